@@ -1,0 +1,3 @@
+"""labvault: the patient-records system of a network of clinical laboratories."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""labvault.crypto.providers."""
