@@ -1,0 +1,69 @@
+"""Settings, read from the environment (documented in docs/configuration.md; a test
+checks that every setting here is documented there).
+
+The embedded default needs nothing: data in ``./var`` (SQLite), root key in ``./var.key``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from labvault.errors import ConfigurationError
+
+# name -> (default, one-line description). The single source for docs and --help.
+SETTINGS: dict[str, tuple[str, str]] = {
+    "LABVAULT_DATA_DIR": ("./var", "data directory: SQLite file, shred log, checkpoints, exports"),
+    "LABVAULT_DATABASE_URL": ("", "SQLAlchemy URL; empty = SQLite file in the data directory; "
+                                  "postgresql://... for PostgreSQL"),
+    "LABVAULT_KEY_PROVIDER": ("file", "root key provider: file or pkcs11"),
+    "LABVAULT_KEY_FILE": ("", "root key file for the file provider; empty = <data dir>.key "
+                              "beside (never inside) the data directory"),
+    "LABVAULT_PKCS11_MODULE": ("", "path of the PKCS#11 module (e.g. libsofthsm2.so)"),
+    "LABVAULT_PKCS11_TOKEN": ("labvault", "label of the PKCS#11 token holding the root key"),
+    "LABVAULT_PKCS11_PIN": ("", "user PIN of the PKCS#11 token"),
+}
+
+
+def _env(name: str, env: dict[str, str]) -> str:
+    return env.get(name, SETTINGS[name][0])
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    database_url: str
+    key_provider: str = "file"
+    key_file: Path | None = None
+    pkcs11_module: str = ""
+    pkcs11_token: str = "labvault"
+    pkcs11_pin: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @staticmethod
+    def from_env(data_dir: str | Path | None = None,
+                 env: dict[str, str] | None = None) -> Settings:
+        e = dict(os.environ) if env is None else env
+        dd = Path(data_dir or _env("LABVAULT_DATA_DIR", e)).expanduser().absolute()
+        url = _env("LABVAULT_DATABASE_URL", e) or f"sqlite:///{dd / 'labvault.db'}"
+        provider = _env("LABVAULT_KEY_PROVIDER", e)
+        if provider not in ("file", "pkcs11"):
+            raise ConfigurationError(f"LABVAULT_KEY_PROVIDER={provider!r} is not a key provider",
+                                     "use file or pkcs11")
+        kf = _env("LABVAULT_KEY_FILE", e)
+        return Settings(
+            data_dir=dd, database_url=url, key_provider=provider,
+            key_file=Path(kf).expanduser().absolute() if kf else dd.with_name(dd.name + ".key"),
+            pkcs11_module=_env("LABVAULT_PKCS11_MODULE", e),
+            pkcs11_token=_env("LABVAULT_PKCS11_TOKEN", e),
+            pkcs11_pin=_env("LABVAULT_PKCS11_PIN", e),
+            extra={k: v for k, v in e.items() if k.startswith("LABVAULT_") and k not in SETTINGS},
+        )
+
+    def with_provider(self, provider: str) -> Settings:
+        return replace(self, key_provider=provider)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")

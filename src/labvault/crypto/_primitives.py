@@ -1,0 +1,89 @@
+"""The only module that touches raw cryptographic primitives (pyca/cryptography hazmat).
+
+Everything else in labvault goes through the small, typed API of ``labvault.crypto``:
+a mistake here (nonce reuse, missing associated data) is a mistake everywhere,
+so the surface is kept tiny and reviewed as one piece.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+KEY_BYTES = 32      # AES-256
+NONCE_BYTES = 12    # 96-bit GCM nonce, random per seal (NIST SP 800-38D §8.2.2)
+
+
+class AuthenticationError(Exception):
+    """Ciphertext, tag or associated data did not authenticate."""
+
+
+def random_key() -> bytes:
+    return os.urandom(KEY_BYTES)
+
+
+def random_bytes(n: int) -> bytes:
+    return os.urandom(n)
+
+
+def aead_seal(key: bytes, plaintext: bytes, aad: bytes) -> bytes:
+    """AES-256-GCM with a fresh random nonce; returns nonce || ciphertext || tag."""
+    nonce = os.urandom(NONCE_BYTES)
+    return nonce + AESGCM(key).encrypt(nonce, plaintext, aad)
+
+
+def aead_open(key: bytes, blob: bytes, aad: bytes) -> bytes:
+    if len(blob) < NONCE_BYTES + 16:
+        raise AuthenticationError("sealed value too short")
+    try:
+        return AESGCM(key).decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], aad)
+    except InvalidTag as exc:
+        raise AuthenticationError("sealed value failed authentication") from exc
+
+
+def hmac_sha256(key: bytes, message: bytes) -> bytes:
+    return hmac.digest(key, message, "sha256")
+
+
+def sha256(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def constant_time_equal(a: bytes, b: bytes) -> bool:
+    return hmac.compare_digest(a, b)
+
+
+def hkdf_sha256(key: bytes, info: bytes, length: int = KEY_BYTES) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=None, info=info).derive(key)
+
+
+def ed25519_generate() -> tuple[bytes, bytes]:
+    """Returns (private key raw 32 bytes, public key raw 32 bytes)."""
+    sk = Ed25519PrivateKey.generate()
+    return (
+        sk.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                         serialization.NoEncryption()),
+        sk.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw),
+    )
+
+
+def ed25519_sign(private_raw: bytes, message: bytes) -> bytes:
+    return Ed25519PrivateKey.from_private_bytes(private_raw).sign(message)
+
+
+def ed25519_verify(public_raw: bytes, signature: bytes, message: bytes) -> bool:
+    try:
+        Ed25519PublicKey.from_public_bytes(public_raw).verify(signature, message)
+    except InvalidSignature:
+        return False
+    return True

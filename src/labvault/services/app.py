@@ -1,0 +1,162 @@
+"""The core: one ``Labvault`` object per process, holding the store, the key ring and
+the gate. Doors (CLI, API, MLLP, web) get one from ``Labvault.open`` and call its
+services; they never touch ``store`` or ``crypto`` themselves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import Connection, Engine
+
+from labvault.config import Settings
+from labvault.crypto import KeyProvider, KeyRing
+from labvault.crypto.providers.file import FileKeyProvider
+from labvault.errors import ConfigurationError, KeyUnavailable
+from labvault.services.gate import (
+    AuditHook,
+    BudgetHook,
+    Gate,
+    MemoryAudit,
+    NoBudget,
+    OperatorOnlyPolicy,
+    Policy,
+)
+from labvault.store import migrate
+from labvault.store import repositories as repo
+from labvault.store.engine import make_engine
+
+
+def open_provider(settings: Settings, create: bool = False) -> KeyProvider:
+    if settings.key_provider == "file":
+        assert settings.key_file is not None
+        if create and not settings.key_file.exists():
+            return FileKeyProvider.create(settings.key_file)
+        return FileKeyProvider(settings.key_file)
+    if settings.key_provider == "pkcs11":
+        from labvault.crypto.providers.pkcs11 import Pkcs11KeyProvider
+        if not settings.pkcs11_module:
+            raise ConfigurationError("LABVAULT_PKCS11_MODULE is not set",
+                                     "set it to the path of your HSM's PKCS#11 module")
+        return Pkcs11KeyProvider(settings.pkcs11_module, settings.pkcs11_token,
+                                 settings.pkcs11_pin, create=create)
+    raise ConfigurationError(f"unknown key provider {settings.key_provider}", "use file or pkcs11")
+
+
+class ShredLogFile:
+    """Append-only log of erased patients, kept beside the database (not in it), so
+    restoring an older database backup replays the erasures (DESIGN §5)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def append(self, tenant_id: str, patient_id: str, at: datetime) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        line = json.dumps({"tenant_id": tenant_id, "patient_id": patient_id,
+                           "at": at.isoformat()}) + "\n"
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, line.encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def entries(self) -> Iterator[tuple[str, str, datetime]]:
+        if not self.path.exists():
+            return
+        with self.path.open() as fh:
+            for raw in fh:
+                if raw.strip():
+                    d = json.loads(raw)
+                    yield d["tenant_id"], d["patient_id"], datetime.fromisoformat(d["at"])
+
+
+class Labvault:
+    def __init__(self, settings: Settings, engine: Engine, keyring: KeyRing,
+                 policy: Policy | None = None, budget: BudgetHook | None = None,
+                 audit: AuditHook | None = None, bound: Connection | None = None) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.keyring = keyring
+        self._bound = bound
+        self.shred_log = ShredLogFile(settings.data_dir / "shred.log")
+        self.gate = Gate(keyring, policy or OperatorOnlyPolicy(), budget or NoBudget(),
+                         audit or MemoryAudit(), self.load_tenant_keys)
+        from labvault.services.keys import KeyService
+        from labvault.services.patients import PatientService
+        from labvault.services.tenants import TenantService
+        self.tenants = TenantService(self)
+        self.patients = PatientService(self)
+        self.keys = KeyService(self)
+
+    # -- life cycle --------------------------------------------------------------------
+    @staticmethod
+    def init(settings: Settings) -> Labvault:
+        """Create the data directory, the root key (if absent) and the schema."""
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(settings.data_dir, 0o700)
+        provider = open_provider(settings, create=True)
+        engine = make_engine(settings.database_url)
+        migrate.upgrade(engine)
+        return Labvault(settings, engine, KeyRing(provider))
+
+    @staticmethod
+    def open(settings: Settings, **hooks: Any) -> Labvault:
+        """Open an initialised installation; fails closed without its key provider."""
+        if settings.is_sqlite and not (settings.data_dir / "labvault.db").exists() \
+                and settings.database_url.endswith(str(settings.data_dir / "labvault.db")):
+            raise ConfigurationError(f"no labvault data in {settings.data_dir}",
+                                     "run `labvault init` first (or `labvault demo`)")
+        provider = open_provider(settings)
+        engine = make_engine(settings.database_url)
+        migrate.upgrade(engine)
+        lv = Labvault(settings, engine, KeyRing(provider), **hooks)
+        lv.replay_shred_log()
+        return lv
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def begin(self) -> Iterator[Connection]:
+        """A transaction: everything inside commits together or not at all."""
+        if self._bound is not None:
+            with self._bound.begin_nested():
+                yield self._bound
+        else:
+            with self.engine.begin() as conn:
+                yield conn
+
+    # -- keys ---------------------------------------------------------------------------
+    def load_tenant_keys(self, conn: Connection, tenant_id: str) -> None:
+        if self.keyring.is_loaded(tenant_id, "kek", repo.current_key_version(conn, tenant_id, "kek")
+                                  or 0):
+            return
+        records = repo.tenant_key_records(conn, tenant_id)
+        if not records:
+            raise KeyUnavailable(f"tenant {tenant_id} has no keys",
+                                 "check the tenant id (`labvault tenant list`)")
+        for rec in records:
+            self.keyring.load(rec)
+
+    # -- shredding ----------------------------------------------------------------------
+    def replay_shred_log(self) -> int:
+        """Re-apply erasures recorded outside the database (after restoring a backup)."""
+        entries = list(self.shred_log.entries())
+        if not entries:
+            return 0
+        with self.begin() as conn:
+            done = repo.shredded_ids(conn)
+            todo = [(t, p, at) for t, p, at in entries if (t, p) not in done]
+            for tenant_id, patient_id, at in todo:
+                repo.shred_patient(conn, tenant_id, patient_id, at)
+        return len(todo)
+
+    def now(self) -> datetime:
+        return datetime.now(UTC)

@@ -1,0 +1,195 @@
+"""The gate: the one code path from a door to plaintext patient data (DESIGN §3).
+
+Every core call that reads or writes personal data passes here, in this order:
+
+    authenticate (the door hands an authenticated ``Actor``)
+    -> policy     (tenant scope × role × category × action × purpose; default deny)
+    -> budget     (read budgets, anomaly rules, honeytokens — ``guard``)
+    -> audit      (one entry per decision, allow or deny — ``audit``)
+    -> unseal     (only now are data keys opened)
+
+Policy, budget and audit are Protocols so each area plugs its implementation in;
+the defaults here are the strict ones (deny all but the CLI operator, no budget,
+an in-memory audit list for tests). ``KeyRing.open``/``DataKey.open`` are called
+from this module only (a test greps for it).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from sqlalchemy.engine import Connection
+
+from labvault.crypto import DataKey, KeyRing, SealContext, WrappedDek
+from labvault.domain.actors import Actor
+from labvault.domain.categories import Action, Category
+from labvault.errors import AccessDenied, KeyUnavailable, NotFound
+from labvault.store import repositories as repo
+
+
+@dataclass(frozen=True, slots=True)
+class Access:
+    """One request to the gate."""
+
+    actor: Actor
+    action: Action
+    tenant_id: str | None                 # None: platform-level (tenant admin, keys)
+    categories: frozenset[Category]
+    purpose: str = "care"                 # care | administration | export | audit | breach ...
+    patient_ids: tuple[str, ...] = ()     # the random ids touched (never identity)
+    reason: str | None = None             # written reason (break-glass, export) — sealed in audit
+    resource: str = "patient"             # patient | order | result | report | export | ...
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    categories: frozenset[Category] = frozenset()   # what may actually be opened (minimal data)
+    rule: str = "default-deny"                      # which policy row decided
+    break_glass: bool = False
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Policy(Protocol):
+    def decide(self, access: Access) -> Decision: ...
+
+
+class BudgetHook(Protocol):
+    """Counts reads and evaluates anomaly rules; raises ``BudgetExceeded`` to stop."""
+
+    def charge(self, conn: Connection, access: Access, decision: Decision) -> None: ...
+
+
+class AuditHook(Protocol):
+    """Writes one audit entry per decision, in the caller's transaction."""
+
+    def record(self, conn: Connection, access: Access, decision: Decision,
+               outcome: str) -> None: ...
+
+
+class OperatorOnlyPolicy:
+    """Foundation policy: the CLI operator (who holds the key file) may do anything;
+    everyone else is denied until the access issue's table policy replaces this."""
+
+    def decide(self, access: Access) -> Decision:
+        if access.actor.kind in ("operator", "system"):
+            return Decision(True, access.categories, rule="operator")
+        return Decision(False, rule="default-deny")
+
+
+class NoBudget:
+    def charge(self, conn: Connection, access: Access, decision: Decision) -> None:
+        return None
+
+
+class MemoryAudit:
+    """Keeps decisions in memory (tests, and until the audit log is plugged in)."""
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[Access, Decision, str]] = []
+
+    def record(self, conn: Connection, access: Access, decision: Decision, outcome: str) -> None:
+        self.entries.append((access, decision, outcome))
+
+
+def _json(data: Mapping[str, Any]) -> bytes:
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False, sort_keys=True).encode()
+
+
+class Gate:
+    def __init__(self, keyring: KeyRing, policy: Policy, budget: BudgetHook,
+                 audit: AuditHook, load_tenant_keys: Callable[[Connection, str], None]) -> None:
+        self.keyring = keyring
+        self.policy = policy
+        self.budget = budget
+        self.audit = audit
+        self._load_tenant_keys = load_tenant_keys
+
+    # -- decisions -----------------------------------------------------------------
+    def check(self, conn: Connection, access: Access) -> Decision:
+        """Policy -> budget -> audit. Raises ``AccessDenied`` (audited) on refusal."""
+        decision = self.policy.decide(access)
+        if not decision.allowed:
+            self.audit.record(conn, access, decision, "denied")
+            raise AccessDenied("not allowed",
+                               "ask your laboratory administrator if your work needs this access")
+        try:
+            self.budget.charge(conn, access, decision)
+        except AccessDenied as exc:
+            self.audit.record(conn, access, Decision(False, rule=exc.code,
+                                                     detail={"message": exc.message}), "denied")
+            raise
+        self.audit.record(conn, access, decision, "allowed")
+        return decision
+
+    # -- patient records ---------------------------------------------------------------
+    def _dek(self, conn: Connection, tenant_id: str, patient_id: str) -> DataKey:
+        self._load_tenant_keys(conn, tenant_id)
+        wrapped = repo.patient_dek(conn, tenant_id, patient_id)
+        if wrapped is None:
+            raise NotFound("no such patient", "check the patient id; erased patients cannot be read")
+        return self.keyring.open_dek(tenant_id, patient_id, WrappedDek(*wrapped))
+
+    def read_patients(self, conn: Connection, access: Access
+                      ) -> dict[str, dict[Category, dict[str, Any]]]:
+        """Check, then open the allowed categories of each patient in ``access.patient_ids``."""
+        assert access.tenant_id is not None
+        decision = self.check(conn, access)
+        wanted = [c for c in access.categories if c in decision.categories]
+        rows = repo.sealed_patients(conn, access.tenant_id, access.patient_ids, wanted)
+        out: dict[str, dict[Category, dict[str, Any]]] = {}
+        for patient_id, blobs in rows.items():
+            dek = self._dek(conn, access.tenant_id, patient_id)
+            opened: dict[Category, dict[str, Any]] = {}
+            for cat, blob in blobs.items():
+                if blob is not None:
+                    ctx = SealContext(access.tenant_id, "patients", cat.value, patient_id)
+                    opened[cat] = json.loads(dek.open(ctx, blob))
+            out[patient_id] = opened
+        return out
+
+    def seal_patient(self, conn: Connection, access: Access, dek: DataKey, patient_id: str,
+                     data: Mapping[Category, Mapping[str, Any]]) -> dict[Category, bytes]:
+        """Seal category blobs for a write that ``check`` already allowed."""
+        assert access.tenant_id is not None
+        return {cat: dek.seal(SealContext(access.tenant_id, "patients", cat.value, patient_id),
+                              _json(values))
+                for cat, values in data.items()}
+
+    # -- tenant-level sealed values (audit reasons, alerts, evidence, messages) -----------
+    def seal_tenant_value(self, conn: Connection, tenant_id: str, table: str, column: str,
+                          record_id: str, plaintext: bytes, purpose: str = "data") -> bytes:
+        self._load_tenant_keys(conn, tenant_id)
+        version = repo.current_key_version(conn, tenant_id, purpose)
+        if version is None:
+            raise KeyUnavailable(f"tenant {tenant_id} has no {purpose} key",
+                                 "run `labvault keys rotate` to create one")
+        key = self.keyring.tenant_data_key(tenant_id, purpose, version)
+        return key.seal(SealContext(tenant_id, table, column, record_id), plaintext)
+
+    def open_tenant_value(self, conn: Connection, access: Access, table: str, column: str,
+                          record_id: str, sealed: bytes, purpose: str = "data") -> bytes:
+        """Check ``access`` then open a tenant-level sealed value."""
+        assert access.tenant_id is not None
+        self.check(conn, access)
+        return self.open_tenant_value_checked(conn, access.tenant_id, table, column, record_id,
+                                              sealed, purpose)
+
+    def open_tenant_value_checked(self, conn: Connection, tenant_id: str, table: str, column: str,
+                                  record_id: str, sealed: bytes, purpose: str = "data") -> bytes:
+        """Open a tenant-level value after a ``check`` the caller already made
+        (e.g. one check for a page of alerts)."""
+        from labvault.crypto.envelope import unpack
+        self._load_tenant_keys(conn, tenant_id)
+        key_id, _ = unpack(sealed)
+        version = int(key_id.rsplit("-", 1)[1])
+        key = self.keyring.tenant_data_key(tenant_id, purpose, version)
+        return key.open(SealContext(tenant_id, table, column, record_id), sealed)
+
+    def categories_of(self, access: Access) -> Iterable[Category]:
+        """What the policy would let ``access`` open, without deciding (for UIs)."""
+        d = self.policy.decide(access)
+        return d.categories if d.allowed else ()

@@ -1,0 +1,316 @@
+"""Patients: register, import (legacy migration), find, show, update, erase.
+
+Every method takes the acting ``Actor`` and passes the gate.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError as DbIntegrityError
+
+from labvault.crypto import blind_index as bi
+from labvault.domain.actors import Actor
+from labvault.domain.categories import PATIENT_CATEGORIES, Action, Category
+from labvault.domain.patient import PatientRecord
+from labvault.errors import InvalidField, InvalidRecord, NotFound, UserError
+from labvault.services import indexing
+from labvault.services.gate import Access
+from labvault.store import repositories as repo
+from labvault.store.ids import new_id
+
+if TYPE_CHECKING:
+    from labvault.services.app import Labvault
+
+ALL = frozenset(PATIENT_CATEGORIES)
+IMPORT_BATCH = 500
+MAX_LINE_BYTES = 64 * 1024
+
+
+@dataclass
+class ImportReport:
+    imported: int = 0
+    skipped: int = 0            # already imported (same external_id)
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"imported": self.imported, "skipped_existing": self.skipped,
+                "rejected": len(self.rejected), "rejections": self.rejected}
+
+
+@dataclass
+class _Prepared:
+    line: int
+    patient_id: str
+    external_digest: bytes | None
+    row: dict[str, Any]
+    key: dict[str, Any]
+    index: list[dict[str, Any]]
+
+
+class PatientService:
+    def __init__(self, lv: Labvault) -> None:
+        self.lv = lv
+
+    # -- writing ---------------------------------------------------------------------------
+    def _prepare(self, conn: Connection, access: Access, tenant_id: str, rec: PatientRecord,
+                 line: int = 0) -> _Prepared:
+        lv = self.lv
+        patient_id = new_id("pt")
+        kek_version = repo.current_key_version(conn, tenant_id, "kek")
+        index_version = repo.current_key_version(conn, tenant_id, "index")
+        assert kek_version is not None and index_version is not None
+        dek, wrapped = lv.keyring.new_dek(tenant_id, patient_id, kek_version)
+        blobs = lv.gate.seal_patient(conn, access, dek, patient_id, rec.categories())
+        ts = lv.now()
+        idx_key = lv.keyring.blind_index_key(tenant_id, index_version)
+        digests = indexing.digests(idx_key, indexing.index_values(rec))
+        ext = next((d for k, d in digests if k == bi.EXTERNAL_ID), None)
+        return _Prepared(
+            line, patient_id, ext,
+            {"tenant_id": tenant_id, "patient_id": patient_id, "status": "active",
+             "created_at": ts, "updated_at": ts, **{c.value: b for c, b in blobs.items()}},
+            {"tenant_id": tenant_id, "patient_id": patient_id,
+             "kek_version": wrapped.kek_version, "wrapped": wrapped.wrapped},
+            [{"tenant_id": tenant_id, "kind": k, "digest": d, "patient_id": patient_id}
+             for k, d in dict.fromkeys(digests)])
+
+    def _write_access(self, actor: Actor, tenant_id: str, ids: Sequence[str],
+                      purpose: str) -> Access:
+        return Access(actor, Action.WRITE, tenant_id, ALL, purpose=purpose, patient_ids=tuple(ids))
+
+    def register(self, actor: Actor, tenant_id: str, data: object,
+                 purpose: str = "care") -> str:
+        """Validate and store one patient (same JSON shape as an import line)."""
+        rec = data if isinstance(data, PatientRecord) else PatientRecord.parse(data)
+        lv = self.lv
+        with lv.begin() as conn:
+            lv.load_tenant_keys(conn, tenant_id)
+            if rec.external_id:
+                idx = repo.current_key_version(conn, tenant_id, "index")
+                assert idx is not None
+                d = bi.digest(lv.keyring.blind_index_key(tenant_id, idx), bi.EXTERNAL_ID,
+                              rec.external_id)
+                if repo.find_by_digest(conn, tenant_id, bi.EXTERNAL_ID, d):
+                    raise InvalidField("external_id", "a patient with this external_id exists",
+                                       "search for the existing patient instead")
+            access = self._write_access(actor, tenant_id, (), purpose)
+            lv.gate.check(conn, access)
+            p = self._prepare(conn, access, tenant_id, rec)
+            repo.insert_patients(conn, [p.row], [p.key], p.index)
+            return p.patient_id
+
+    def import_lines(self, actor: Actor, tenant_id: str, lines: Iterable[str | bytes],
+                     progress: Callable[[int], None] | None = None) -> ImportReport:
+        """NDJSON import: each line all-or-nothing, idempotent on ``external_id``.
+
+        Lines are validated and sealed, then written in batches of ``IMPORT_BATCH``
+        (one transaction and one gate decision per batch). A batch that fails to
+        write is retried line by line, so one bad line never takes others with it.
+        """
+        self.lv.tenants.get(tenant_id)  # clear error for an unknown tenant
+        report = ImportReport()
+        batch: list[tuple[int, PatientRecord]] = []
+        for n, raw in enumerate(lines, start=1):
+            if progress:
+                progress(1)
+            rec = self._parse_line(n, raw, report)
+            if rec is not None:
+                batch.append((n, rec))
+            if len(batch) >= IMPORT_BATCH:
+                self._import_batch(actor, tenant_id, batch, report)
+                batch = []
+        if batch:
+            self._import_batch(actor, tenant_id, batch, report)
+        return report
+
+    @staticmethod
+    def _parse_line(n: int, raw: str | bytes, report: ImportReport) -> PatientRecord | None:
+        def reject(field_: str, reason: str) -> None:
+            report.rejected.append({"line": n, "field": field_, "reason": reason})
+
+        if isinstance(raw, bytes):
+            if len(raw) > MAX_LINE_BYTES:
+                reject("(line)", f"longer than {MAX_LINE_BYTES} bytes")
+                return None
+            try:
+                raw = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                reject("(line)", "not UTF-8; convert the file to UTF-8 (iconv -f latin1 -t utf8)")
+                return None
+        if not raw.strip():
+            return None
+        if len(raw) > MAX_LINE_BYTES:
+            reject("(line)", f"longer than {MAX_LINE_BYTES} bytes")
+            return None
+        try:
+            obj = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            reject("(line)", f"not valid JSON: {exc.msg} at column {exc.colno}")
+            return None
+        try:
+            return PatientRecord.parse(obj)
+        except InvalidRecord as exc:
+            for e in exc.errors:
+                reject(e.field, e.rule)
+            return None
+
+    def _import_batch(self, actor: Actor, tenant_id: str, batch: list[tuple[int, PatientRecord]],
+                      report: ImportReport) -> None:
+        lv = self.lv
+        try:
+            with lv.begin() as conn:
+                prepared = self._prepare_batch(conn, actor, tenant_id, batch, report)
+                repo.insert_patients(conn, [p.row for p in prepared], [p.key for p in prepared],
+                                     [r for p in prepared for r in p.index])
+        except DbIntegrityError:
+            # Rare: a concurrent import of the same external ids. Fall back to one line at a time.
+            skipped_before = report.skipped
+            for item in batch:
+                try:
+                    with lv.begin() as conn:
+                        prepared = self._prepare_batch(conn, actor, tenant_id, [item], report)
+                        repo.insert_patients(conn, [p.row for p in prepared],
+                                             [p.key for p in prepared],
+                                             [r for p in prepared for r in p.index])
+                except DbIntegrityError:
+                    report.rejected.append({"line": item[0], "field": "(line)",
+                                            "reason": "conflicts with a record written meanwhile"})
+                    continue
+                report.imported += len(prepared)
+                report.ids.extend(p.patient_id for p in prepared)
+            del skipped_before
+            return
+        report.imported += len(prepared)
+        report.ids.extend(p.patient_id for p in prepared)
+
+    def _prepare_batch(self, conn: Connection, actor: Actor, tenant_id: str,
+                       batch: list[tuple[int, PatientRecord]],
+                       report: ImportReport) -> list[_Prepared]:
+        lv = self.lv
+        lv.load_tenant_keys(conn, tenant_id)
+        idx = repo.current_key_version(conn, tenant_id, "index")
+        assert idx is not None
+        idx_key = lv.keyring.blind_index_key(tenant_id, idx)
+        ext = {n: bi.digest(idx_key, bi.EXTERNAL_ID, r.external_id)
+               for n, r in batch if r.external_id}
+        existing = repo.find_by_digests(conn, tenant_id, bi.EXTERNAL_ID, list(set(ext.values())))
+        seen: set[bytes] = set()
+        todo: list[tuple[int, PatientRecord]] = []
+        for n, rec in batch:
+            d = ext.get(n)
+            if d is not None and (d in existing or d in seen):
+                report.skipped += 1
+                continue
+            if d is not None:
+                seen.add(d)
+            todo.append((n, rec))
+        access = self._write_access(actor, tenant_id, (), "migration")
+        if todo:
+            lv.gate.check(conn, access)
+        return [self._prepare(conn, access, tenant_id, rec, n) for n, rec in todo]
+
+    def update(self, actor: Actor, patient_id: str, data: object) -> None:
+        """Replace a patient's record (same shape as registration); the data key is kept."""
+        rec = data if isinstance(data, PatientRecord) else PatientRecord.parse(data)
+        lv = self.lv
+        with lv.begin() as conn:
+            tenant_id = self._tenant_of(conn, actor, patient_id)
+            access = Access(actor, Action.WRITE, tenant_id, ALL, patient_ids=(patient_id,))
+            lv.gate.check(conn, access)
+            dek = lv.gate._dek(conn, tenant_id, patient_id)
+            blobs = lv.gate.seal_patient(conn, access, dek, patient_id, rec.categories())
+            repo.update_patient_blobs(conn, tenant_id, patient_id, blobs)
+            idx = repo.current_key_version(conn, tenant_id, "index")
+            assert idx is not None
+            repo.replace_index_rows(conn, tenant_id, patient_id, indexing.digests(
+                lv.keyring.blind_index_key(tenant_id, idx), indexing.index_values(rec)))
+
+    # -- reading ---------------------------------------------------------------------------
+    def _tenant_of(self, conn: Connection, actor: Actor, patient_id: str) -> str:
+        tenant_id = repo.patient_tenant(conn, patient_id)
+        # Staff never learn whether another lab's patient exists: same answer as "absent".
+        if tenant_id is None or (actor.tenant_id is not None and actor.tenant_id != tenant_id
+                                 and actor.kind != "operator"):
+            raise NotFound("no such patient", "check the patient id")
+        return tenant_id
+
+    def find(self, actor: Actor, tenant_id: str, *, nir: str | None = None,
+             email: str | None = None, phone: str | None = None,
+             birth_name: str | None = None, first_name: str | None = None,
+             birth_date: str | date | None = None, purpose: str = "care") -> list[str]:
+        """Patient ids matching one criterion, through the blind indexes."""
+        if nir:
+            kind, norm, cat = bi.NIR, indexing.search_value(bi.NIR, nir), Category.IDENTITY
+        elif email:
+            kind, norm, cat = bi.EMAIL, indexing.search_value(bi.EMAIL, email), Category.CONTACT
+        elif phone:
+            kind, norm, cat = bi.PHONE, indexing.search_value(bi.PHONE, phone), Category.CONTACT
+        elif birth_name and first_name and birth_date:
+            from labvault.domain import validation as v
+            bd = v.birth_date(birth_date)
+            kind, cat = bi.NAME_DOB, Category.IDENTITY
+            norm = indexing.search_value(bi.NAME_DOB, (birth_name, first_name, bd))
+        else:
+            raise UserError("no search criterion",
+                            "give --nir, --email, --phone, or --birth-name with --first-name "
+                            "and --birth-date")
+        lv = self.lv
+        with lv.begin() as conn:
+            lv.load_tenant_keys(conn, tenant_id)
+            idx = repo.current_key_version(conn, tenant_id, "index")
+            assert idx is not None
+            d = bi.digest(lv.keyring.blind_index_key(tenant_id, idx), kind, norm)
+            ids = repo.find_by_digest(conn, tenant_id, kind, d)
+            lv.gate.check(conn, Access(actor, Action.SEARCH, tenant_id, frozenset({cat}),
+                                       purpose=purpose, patient_ids=tuple(ids)))
+            return ids
+
+    def show(self, actor: Actor, patient_id: str,
+             categories: Iterable[Category] | None = None, purpose: str = "care",
+             reason: str | None = None) -> dict[str, Any]:
+        """The patient's data in the import shape, only the categories the actor may read."""
+        lv = self.lv
+        with lv.begin() as conn:
+            tenant_id = self._tenant_of(conn, actor, patient_id)
+            cats = frozenset(categories) if categories is not None else ALL
+            opened = lv.gate.read_patients(conn, Access(
+                actor, Action.READ, tenant_id, cats, purpose=purpose,
+                patient_ids=(patient_id,), reason=reason))
+            meta = repo.patient_meta(conn, tenant_id, patient_id)
+        if patient_id not in opened or meta is None:
+            raise NotFound("no such patient", "check the patient id")
+        return {"id": patient_id, "tenant_id": tenant_id,
+                "categories": sorted(c.value for c in opened[patient_id]),
+                "created_at": meta["created_at"].isoformat() if meta["created_at"] else None,
+                **PatientRecord.from_categories(opened[patient_id])}
+
+    # -- erasing ---------------------------------------------------------------------------
+    def erase(self, actor: Actor, patient_id: str, reason: str | None = None) -> dict[str, Any]:
+        """Crypto-shred: destroy the data key and the index rows; log it outside the database."""
+        lv = self.lv
+        at = lv.now()
+        with lv.begin() as conn:
+            tenant_id = self._tenant_of(conn, actor, patient_id)
+            lv.gate.check(conn, Access(actor, Action.ERASE, tenant_id, ALL,
+                                       purpose="erasure", patient_ids=(patient_id,),
+                                       reason=reason))
+            # Log first: if the database commit then fails, the next open replays it.
+            lv.shred_log.append(tenant_id, patient_id, at)
+            repo.shred_patient(conn, tenant_id, patient_id, at)
+        return {"id": patient_id, "tenant_id": tenant_id, "erased_at": at.isoformat()}
+
+    def tenant_of(self, actor: Actor, patient_id: str) -> str:
+        with self.lv.begin() as conn:
+            return self._tenant_of(conn, actor, patient_id)
+
+    def require(self, patient_id: str) -> None:
+        with self.lv.begin() as conn:
+            if repo.patient_tenant(conn, patient_id) is None:
+                raise NotFound("no such patient", "check the patient id")

@@ -1,0 +1,219 @@
+"""Foundation repositories: small functions over a Connection (the caller owns the transaction)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.engine import Connection
+
+from labvault.crypto import WrappedTenantKey
+from labvault.domain.categories import Category
+from labvault.store.schema import (
+    blind_index,
+    patient_keys,
+    patients,
+    shred_log,
+    tenant_keys,
+    tenants,
+)
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+# -- tenants ---------------------------------------------------------------------------
+def insert_tenant(conn: Connection, tenant_id: str, name: str, finess: str) -> None:
+    conn.execute(insert(tenants).values(tenant_id=tenant_id, name=name, finess=finess,
+                                        status="active", created_at=now()))
+
+
+def get_tenant(conn: Connection, tenant_id: str) -> dict[str, Any] | None:
+    row = conn.execute(select(tenants).where(tenants.c.tenant_id == tenant_id)).mappings().first()
+    return dict(row) if row else None
+
+
+def tenant_by_finess(conn: Connection, finess: str) -> dict[str, Any] | None:
+    row = conn.execute(select(tenants).where(tenants.c.finess == finess)).mappings().first()
+    return dict(row) if row else None
+
+
+def list_tenants(conn: Connection) -> list[dict[str, Any]]:
+    return [dict(r) for r in conn.execute(select(tenants).order_by(tenants.c.name)).mappings()]
+
+
+# -- tenant keys -----------------------------------------------------------------------
+def insert_tenant_key(conn: Connection, k: WrappedTenantKey) -> None:
+    conn.execute(insert(tenant_keys).values(
+        tenant_id=k.tenant_id, purpose=k.purpose, version=k.version, root_id=k.root_id,
+        wrapped=k.wrapped, status="active", created_at=k.created_at))
+
+
+def tenant_key_records(conn: Connection, tenant_id: str) -> list[WrappedTenantKey]:
+    rows = conn.execute(select(tenant_keys).where(
+        tenant_keys.c.tenant_id == tenant_id, tenant_keys.c.wrapped.is_not(None))).mappings()
+    return [WrappedTenantKey(r["tenant_id"], r["purpose"], r["version"], r["root_id"],
+                             r["wrapped"], r["created_at"]) for r in rows]
+
+
+def all_tenant_key_records(conn: Connection) -> list[WrappedTenantKey]:
+    rows = conn.execute(select(tenant_keys).where(tenant_keys.c.wrapped.is_not(None))).mappings()
+    return [WrappedTenantKey(r["tenant_id"], r["purpose"], r["version"], r["root_id"],
+                             r["wrapped"], r["created_at"]) for r in rows]
+
+
+def current_key_version(conn: Connection, tenant_id: str, purpose: str) -> int | None:
+    v = conn.execute(select(func.max(tenant_keys.c.version)).where(
+        tenant_keys.c.tenant_id == tenant_id, tenant_keys.c.purpose == purpose,
+        tenant_keys.c.status == "active")).scalar()
+    return int(v) if v is not None else None
+
+
+def set_key_status(conn: Connection, tenant_id: str, purpose: str, version: int,
+                   status: str) -> None:
+    values: dict[str, Any] = {"status": status}
+    if status == "destroyed":
+        values["wrapped"] = None
+    conn.execute(update(tenant_keys).where(
+        tenant_keys.c.tenant_id == tenant_id, tenant_keys.c.purpose == purpose,
+        tenant_keys.c.version == version).values(**values))
+
+
+def update_tenant_key_wrapping(conn: Connection, k: WrappedTenantKey) -> None:
+    conn.execute(update(tenant_keys).where(
+        tenant_keys.c.tenant_id == k.tenant_id, tenant_keys.c.purpose == k.purpose,
+        tenant_keys.c.version == k.version).values(root_id=k.root_id, wrapped=k.wrapped))
+
+
+# -- patients --------------------------------------------------------------------------
+def insert_patients(conn: Connection, rows: Sequence[dict[str, Any]],
+                    keys: Sequence[dict[str, Any]], index_rows: Sequence[dict[str, Any]]) -> None:
+    """Bulk insert (import batches); each row dict carries tenant_id, patient_id, blobs."""
+    if rows:
+        conn.execute(insert(patients), list(rows))
+    if keys:
+        conn.execute(insert(patient_keys), list(keys))
+    if index_rows:
+        conn.execute(insert(blind_index), list(index_rows))
+
+
+def update_patient_blobs(conn: Connection, tenant_id: str, patient_id: str,
+                         blobs: dict[Category, bytes]) -> None:
+    conn.execute(update(patients).where(
+        patients.c.tenant_id == tenant_id, patients.c.patient_id == patient_id).values(
+        updated_at=now(), **{c.value: b for c, b in blobs.items()}))
+
+
+def patient_tenant(conn: Connection, patient_id: str) -> str | None:
+    return conn.execute(select(patients.c.tenant_id).where(
+        patients.c.patient_id == patient_id, patients.c.status == "active")).scalar()
+
+
+def patient_meta(conn: Connection, tenant_id: str, patient_id: str) -> dict[str, Any] | None:
+    row = conn.execute(select(patients.c.tenant_id, patients.c.patient_id, patients.c.status,
+                              patients.c.created_at, patients.c.updated_at).where(
+        patients.c.tenant_id == tenant_id, patients.c.patient_id == patient_id)).mappings().first()
+    return dict(row) if row else None
+
+
+def patient_dek(conn: Connection, tenant_id: str, patient_id: str) -> tuple[int, bytes] | None:
+    row = conn.execute(select(patient_keys.c.kek_version, patient_keys.c.wrapped).where(
+        patient_keys.c.tenant_id == tenant_id, patient_keys.c.patient_id == patient_id)).first()
+    return (row[0], row[1]) if row else None
+
+
+def sealed_patients(conn: Connection, tenant_id: str, patient_ids: Iterable[str],
+                    categories: Iterable[Category]) -> dict[str, dict[Category, bytes | None]]:
+    cats = list(categories)
+    ids = list(patient_ids)
+    if not ids:
+        return {}
+    cols = [patients.c.patient_id] + [patients.c[c.value] for c in cats]
+    rows = conn.execute(select(*cols).where(
+        patients.c.tenant_id == tenant_id, patients.c.patient_id.in_(ids),
+        patients.c.status == "active"))
+    return {r[0]: {c: r[i + 1] for i, c in enumerate(cats)} for r in rows}
+
+
+def count_patients(conn: Connection, tenant_id: str | None = None) -> int:
+    q = select(func.count()).select_from(patients).where(patients.c.status == "active")
+    if tenant_id:
+        q = q.where(patients.c.tenant_id == tenant_id)
+    return int(conn.execute(q).scalar() or 0)
+
+
+def dek_rows(conn: Connection, tenant_id: str, batch: int = 5000
+             ) -> Iterable[list[tuple[str, int, bytes]]]:
+    """Wrapped DEKs of a tenant in batches (for KEK rotation)."""
+    last = ""
+    while True:
+        rows = conn.execute(select(patient_keys.c.patient_id, patient_keys.c.kek_version,
+                                   patient_keys.c.wrapped).where(
+            patient_keys.c.tenant_id == tenant_id, patient_keys.c.patient_id > last
+        ).order_by(patient_keys.c.patient_id).limit(batch)).all()
+        if not rows:
+            return
+        yield [(r[0], r[1], r[2]) for r in rows]
+        last = rows[-1][0]
+
+
+def update_dek(conn: Connection, tenant_id: str, patient_id: str, kek_version: int,
+               wrapped: bytes) -> None:
+    conn.execute(update(patient_keys).where(
+        patient_keys.c.tenant_id == tenant_id, patient_keys.c.patient_id == patient_id
+    ).values(kek_version=kek_version, wrapped=wrapped))
+
+
+# -- blind indexes ---------------------------------------------------------------------
+def find_by_digest(conn: Connection, tenant_id: str, kind: str, digest: bytes) -> list[str]:
+    return list(conn.execute(select(blind_index.c.patient_id).where(
+        blind_index.c.tenant_id == tenant_id, blind_index.c.kind == kind,
+        blind_index.c.digest == digest)).scalars())
+
+
+def find_by_digests(conn: Connection, tenant_id: str, kind: str,
+                    digests: Sequence[bytes]) -> dict[bytes, list[str]]:
+    out: dict[bytes, list[str]] = {}
+    for i in range(0, len(digests), 500):
+        for d, pid in conn.execute(select(blind_index.c.digest, blind_index.c.patient_id).where(
+                blind_index.c.tenant_id == tenant_id, blind_index.c.kind == kind,
+                blind_index.c.digest.in_(digests[i:i + 500]))):
+            out.setdefault(bytes(d), []).append(pid)
+    return out
+
+
+def replace_index_rows(conn: Connection, tenant_id: str, patient_id: str,
+                       rows: Sequence[tuple[str, bytes]]) -> None:
+    conn.execute(delete(blind_index).where(blind_index.c.tenant_id == tenant_id,
+                                           blind_index.c.patient_id == patient_id))
+    if rows:
+        conn.execute(insert(blind_index), [
+            {"tenant_id": tenant_id, "kind": k, "digest": d, "patient_id": patient_id}
+            for k, d in dict.fromkeys(rows)])
+
+
+# -- crypto-shredding ------------------------------------------------------------------
+def shred_patient(conn: Connection, tenant_id: str, patient_id: str, at: datetime) -> bool:
+    """Destroy the data key, the index rows and the sealed blobs. True if anything was live."""
+    had_key = conn.execute(delete(patient_keys).where(
+        patient_keys.c.tenant_id == tenant_id, patient_keys.c.patient_id == patient_id)).rowcount
+    conn.execute(delete(blind_index).where(blind_index.c.tenant_id == tenant_id,
+                                           blind_index.c.patient_id == patient_id))
+    conn.execute(update(patients).where(
+        patients.c.tenant_id == tenant_id, patients.c.patient_id == patient_id).values(
+        status="erased", updated_at=at, identity=None, contact=None, coverage=None,
+        clinical=None))
+    exists = conn.execute(select(shred_log.c.patient_id).where(
+        shred_log.c.tenant_id == tenant_id, shred_log.c.patient_id == patient_id)).first()
+    if not exists:
+        conn.execute(insert(shred_log).values(tenant_id=tenant_id, patient_id=patient_id,
+                                              shredded_at=at))
+    return bool(had_key)
+
+
+def shredded_ids(conn: Connection) -> set[tuple[str, str]]:
+    return {(r[0], r[1]) for r in conn.execute(select(shred_log.c.tenant_id,
+                                                      shred_log.c.patient_id))}

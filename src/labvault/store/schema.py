@@ -1,0 +1,107 @@
+"""SQLAlchemy Core schema.
+
+Rules (DESIGN §4, §8), checked by tests:
+- every table keys on ``tenant_id`` first (distributes by tenant on Citus unchanged);
+- identifiers are random (``ids.new_id``), never sequential;
+- clear columns are only ids, tenant id, status, workflow timestamps and key ids;
+  everything personal is a sealed ``LargeBinary`` (suffix ``_sealed`` or a category
+  name) or a truncated HMAC digest.
+
+Each module owning tables declares them on this ``metadata`` in its own
+``store/tables_<area>.py`` and ships an Alembic revision on its own branch.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+)
+
+metadata = MetaData(naming_convention={
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "pk": "pk_%(table_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+})
+
+ID = String(40)
+TS = DateTime(timezone=True)
+
+# A laboratory. Its name and FINESS number are public facts about a legal entity,
+# not personal data, so they stay clear.
+tenants = Table(
+    "tenants", metadata,
+    Column("tenant_id", ID, nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("finess", String(9), nullable=False),  # FINESS: French health-facility number
+    Column("status", String(20), nullable=False, server_default="active"),
+    Column("created_at", TS, nullable=False),
+    PrimaryKeyConstraint("tenant_id"),
+    Index(None, "finess", unique=True),
+)
+
+# Tenant keys, wrapped by the root key held by the key provider.
+tenant_keys = Table(
+    "tenant_keys", metadata,
+    Column("tenant_id", ID, nullable=False),
+    Column("purpose", String(20), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("root_id", String(40), nullable=False),
+    Column("wrapped", LargeBinary, nullable=True),   # NULL once destroyed
+    Column("status", String(20), nullable=False),    # active | retired | destroyed
+    Column("created_at", TS, nullable=False),
+    PrimaryKeyConstraint("tenant_id", "purpose", "version"),
+)
+
+patients = Table(
+    "patients", metadata,
+    Column("tenant_id", ID, nullable=False),
+    Column("patient_id", ID, nullable=False),
+    Column("status", String(20), nullable=False),    # active | erased
+    Column("created_at", TS, nullable=False),
+    Column("updated_at", TS, nullable=False),
+    Column("identity", LargeBinary, nullable=True),
+    Column("contact", LargeBinary, nullable=True),
+    Column("coverage", LargeBinary, nullable=True),
+    Column("clinical", LargeBinary, nullable=True),
+    PrimaryKeyConstraint("tenant_id", "patient_id"),
+    Index(None, "patient_id", unique=True),
+)
+
+# One wrapped data key per patient. Deleting the row erases the patient (crypto-shredding).
+patient_keys = Table(
+    "patient_keys", metadata,
+    Column("tenant_id", ID, nullable=False),
+    Column("patient_id", ID, nullable=False),
+    Column("kek_version", Integer, nullable=False),
+    Column("wrapped", LargeBinary, nullable=False),
+    PrimaryKeyConstraint("tenant_id", "patient_id"),
+)
+
+blind_index = Table(
+    "blind_index", metadata,
+    Column("tenant_id", ID, nullable=False),
+    Column("kind", String(20), nullable=False),
+    Column("digest", LargeBinary(8), nullable=False),
+    Column("patient_id", ID, nullable=False),
+    PrimaryKeyConstraint("tenant_id", "kind", "digest", "patient_id"),
+    Index(None, "tenant_id", "patient_id"),
+)
+
+# Mirror of the shred log file kept outside the database; a restore replays the file.
+shred_log = Table(
+    "shred_log", metadata,
+    Column("tenant_id", ID, nullable=False),
+    Column("patient_id", ID, nullable=False),
+    Column("shredded_at", TS, nullable=False),
+    PrimaryKeyConstraint("tenant_id", "patient_id"),
+)
