@@ -37,7 +37,7 @@ class Settings:
     key_provider: str = "file"
     key_file: Path | None = None
     pkcs11_module: str = ""
-    pkcs11_token: str = "labvault"
+    pkcs11_token: str = "labvault"  # noqa: S105 - a token label, not a secret
     pkcs11_pin: str = ""
     extra: dict[str, str] = field(default_factory=dict)
 

@@ -93,9 +93,16 @@ class PatientRecord:
             errors.append(InvalidField("first_names", "must be a non-empty list of first names",
                                        'e.g. ["Jeanne", "Marie"]'))
         else:
-            parsed = [check(lambda i=i, f=f: v.name(f, f"first_names[{i}]"))
-                      for i, f in enumerate(firsts)]
-            first_names = tuple(p for p in parsed if p)
+            parsed: list[str] = []
+            for i, f in enumerate(firsts):
+                try:
+                    n = v.name(f, f"first_names[{i}]")
+                except InvalidField as exc:
+                    errors.append(exc)
+                else:
+                    if n:
+                        parsed.append(n)
+            first_names = tuple(parsed)
         bdate = check(lambda: v.birth_date(data.get("birth_date")))
         sex = check(lambda: v.sex(data.get("sex")))
         external_id = check(lambda: v.text(data.get("external_id"), "external_id", 64))

@@ -11,6 +11,7 @@ import base64
 import json
 import os
 import stat
+from collections.abc import Mapping
 from pathlib import Path
 
 from labvault.crypto import _primitives as P
@@ -39,7 +40,7 @@ class FileKeyProvider:
         return cls(path)
 
     @staticmethod
-    def _write(path: Path, doc: dict[str, object], exclusive: bool) -> None:
+    def _write(path: Path, doc: Mapping[str, object], exclusive: bool) -> None:
         flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC)
         tmp = path if exclusive else path.with_suffix(path.suffix + ".tmp")
         fd = os.open(tmp, flags, 0o600)

@@ -1,0 +1,42 @@
+"""``labvault`` command line (Typer). Every command goes through the core services.
+
+Sub-command groups live in their own modules and are registered here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from labvault.cli import _common
+from labvault.cli.keys import app as keys_app
+from labvault.cli.patients import app as patient_app
+from labvault.cli.system import register as register_system
+from labvault.cli.tenants import app as tenant_app
+
+app = typer.Typer(
+    name="labvault",
+    help="labvault: sealed patient records for clinical laboratories.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _root(
+    data_dir: Path = typer.Option(None, "--data-dir", envvar="LABVAULT_DATA_DIR",
+                                  help="Data directory (default ./var)."),
+) -> None:
+    _common.state.data_dir = data_dir
+
+
+register_system(app)
+app.add_typer(tenant_app, name="tenant", help="Laboratories (tenants).")
+app.add_typer(patient_app, name="patient", help="Patients: import, find, show, erase.")
+app.add_typer(keys_app, name="keys", help="Key rotation.")
+
+
+def main() -> None:
+    app()

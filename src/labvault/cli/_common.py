@@ -1,0 +1,79 @@
+"""What every CLI command shares: opening the core, JSON output, typed errors -> exit 2."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import date, datetime
+from functools import wraps
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+import typer
+from rich.console import Console
+
+from labvault.config import Settings
+from labvault.errors import UserError
+from labvault.services.app import Labvault
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+err_console = Console(stderr=True)
+out_console = Console()
+
+
+class State:
+    data_dir: Path | None = None
+
+
+state = State()
+
+JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON on stdout.")
+
+
+def settings() -> Settings:
+    return Settings.from_env(state.data_dir)
+
+
+@contextmanager
+def opened() -> Iterator[Labvault]:
+    from labvault.services.wiring import open_labvault
+    lv = open_labvault(settings())
+    try:
+        yield lv
+    finally:
+        lv.close()
+
+
+def _default(o: object) -> object:
+    if isinstance(o, datetime | date):
+        return o.isoformat()
+    if isinstance(o, Path):
+        return str(o)
+    if isinstance(o, set | frozenset | tuple):
+        return sorted(o) if isinstance(o, set | frozenset) else list(o)
+    raise TypeError(type(o).__name__)
+
+
+def emit(data: Any, as_json: bool, human: Callable[[], None] | None = None) -> None:
+    if as_json or human is None:
+        sys.stdout.write(json.dumps(data, default=_default, ensure_ascii=False) + "\n")
+    else:
+        human()
+
+
+def user_errors(fn: Callable[P, R]) -> Callable[P, R]:
+    """Typed user errors -> a clear message on stderr and exit code 2."""
+    @wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except UserError as exc:
+            err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+            if exc.hint:
+                err_console.print(f"  {exc.hint}", highlight=False)
+            raise typer.Exit(2) from None
+    return wrapper

@@ -1,0 +1,28 @@
+"""``labvault keys``"""
+
+from __future__ import annotations
+
+import typer
+
+from labvault.cli._common import JsonOpt, emit, opened, out_console, user_errors
+from labvault.domain.actors import Actor
+
+app = typer.Typer(no_args_is_help=True)
+
+
+@app.command("rotate")
+@user_errors
+def rotate(tenant: str = typer.Option(None, "--tenant", help="Only this laboratory."),
+           root: bool = typer.Option(False, "--root",
+                                     help="Rotate the root key and re-wrap every tenant key."),
+           as_json: bool = JsonOpt) -> None:
+    """New key-encryption key version(s); patient data keys are re-wrapped, data untouched."""
+    actor = Actor.operator()
+    with opened() as lv:
+        if root:
+            result: object = lv.keys.rotate_root(actor)
+        elif tenant:
+            result = [lv.keys.rotate_tenant(actor, tenant)]
+        else:
+            result = lv.keys.rotate_all(actor)
+    emit({"rotated": result}, as_json, lambda: out_console.print(result))

@@ -1,0 +1,84 @@
+"""``labvault init | demo | serve``"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from labvault.cli import _common
+from labvault.cli._common import JsonOpt, emit, err_console, out_console, user_errors
+from labvault.config import Settings
+
+
+def register(app: typer.Typer) -> None:
+    app.command("init")(init)
+    app.command("demo")(demo)
+    app.command("serve")(serve)
+
+
+@user_errors
+def init(data_dir: Path = typer.Option(None, "--data-dir", help="Data directory (default ./var)."),
+         key_provider: str = typer.Option(None, "--key-provider", help="file or pkcs11."),
+         as_json: bool = JsonOpt) -> None:
+    """Create the data directory, the root key and the schema."""
+    from labvault.services.wiring import init_labvault
+    if data_dir is not None:
+        _common.state.data_dir = data_dir
+    s = _common.settings()
+    if key_provider:
+        s = s.with_provider(key_provider)
+        Settings.from_env(s.data_dir, env={"LABVAULT_KEY_PROVIDER": key_provider})
+    lv = init_labvault(s)
+    lv.close()
+    info = {"data_dir": str(s.data_dir), "key_provider": s.key_provider,
+            "key_file": str(s.key_file) if s.key_provider == "file" else None,
+            "database": "sqlite" if s.is_sqlite else "postgresql"}
+    emit(info, as_json, lambda: out_console.print(
+        f"labvault initialised in {s.data_dir}; root key: "
+        f"{info['key_file'] or 'PKCS#11 token ' + s.pkcs11_token}.\n"
+        "Keep the key file out of every backup of the data directory, and back it up apart."))
+
+
+@user_errors
+def demo(labs: int = typer.Option(3, "--labs", min=1, max=100, help="Laboratories to create."),
+         patients: int = typer.Option(300, "--patients", min=0, max=2_000_000,
+                                      help="Patients in all, spread over the laboratories."),
+         as_json: bool = JsonOpt) -> None:
+    """Seed synthetic laboratories and French patients (Faker fr_FR; never a real person)."""
+    from labvault.services.demo import seed_demo
+    from labvault.services.wiring import init_labvault
+    s = _common.settings()
+    lv = init_labvault(s)
+    try:
+        summary = seed_demo(lv, labs, patients)
+    finally:
+        lv.close()
+    emit(summary, as_json, lambda: out_console.print_json(data=summary))
+
+
+@user_errors
+def serve(host: str = typer.Option("127.0.0.1", "--host"),
+          port: int = typer.Option(8000, "--port"),
+          workers: int = typer.Option(1, "--workers", min=1, max=64,
+                                      help="Worker processes.")) -> None:
+    """Serve the REST/FHIR API and web pages. First run: initialise and seed demo data."""
+    import os
+
+    import uvicorn
+
+    from labvault.services.demo import seed_demo
+    from labvault.services.wiring import init_labvault
+    s = _common.settings()
+    if s.is_sqlite and not (s.data_dir / "labvault.db").exists():
+        err_console.print(f"first run: creating {s.data_dir} with synthetic demo data…")
+        lv = init_labvault(s)
+        try:
+            summary = seed_demo(lv, 3, 300)
+        finally:
+            lv.close()
+        err_console.print_json(data=summary)
+    os.environ["LABVAULT_DATA_DIR"] = str(s.data_dir)
+    err_console.print(f"labvault serving on http://{host}:{port}  (OpenAPI: /docs)")
+    uvicorn.run("labvault.api.app:create_app_from_env", factory=True, host=host, port=port,
+                workers=workers, log_level="warning", proxy_headers=False)

@@ -1,0 +1,19 @@
+"""Which implementation of each gate hook a running labvault uses.
+
+Each area plugs its implementation in here (policy: access, budget: guard,
+audit: audit). Tests build ``Labvault`` with in-memory hooks instead.
+"""
+
+from __future__ import annotations
+
+from labvault.config import Settings
+from labvault.services.app import Labvault
+
+
+def open_labvault(settings: Settings) -> Labvault:
+    return Labvault.open(settings)
+
+
+def init_labvault(settings: Settings) -> Labvault:
+    Labvault.init(settings).close()
+    return open_labvault(settings)

@@ -1,0 +1,135 @@
+"""Shared fixtures.
+
+``lv`` is a ready core on each backend: SQLite (a copy of a migrated template file
+per test) and PostgreSQL (one schema per test session, each test inside a transaction
+rolled back at the end). With ``CI=true`` PostgreSQL is mandatory: an unreachable
+server fails the run instead of skipping.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+
+from labvault.config import Settings
+from labvault.crypto import KeyRing
+from labvault.crypto.providers.file import FileKeyProvider
+from labvault.domain.actors import Actor
+from labvault.services.app import Labvault
+from labvault.store import migrate
+from labvault.store.engine import make_engine
+
+PG_URL = os.environ.get("LABVAULT_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def pg_available() -> str | None:
+    """None if PostgreSQL answers, else the reason."""
+    try:
+        eng = make_engine(PG_URL)
+        with eng.connect() as c:
+            c.execute(text("select 1"))
+        eng.dispose()
+        return None
+    except Exception as exc:  # any driver error means "not reachable"
+        return f"PostgreSQL not reachable at {PG_URL}: {type(exc).__name__}"
+
+
+def require_pg() -> None:
+    reason = pg_available()
+    if reason:
+        if IN_CI:
+            pytest.fail(f"{reason} (CI=true: PostgreSQL tests are mandatory)")
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def session_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("lv")
+
+
+@pytest.fixture(scope="session")
+def root_key_file(session_dir: Path) -> Path:
+    path = session_dir / "root.key"
+    FileKeyProvider.create(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(session_dir: Path) -> Path:
+    path = session_dir / "template.db"
+    eng = make_engine(f"sqlite:///{path}")
+    migrate.upgrade(eng)
+    with eng.connect() as c:
+        c.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    eng.dispose()
+    return path
+
+
+@pytest.fixture(scope="session")
+def pg_engine() -> Iterator[Engine]:
+    require_pg()
+    schema = f"lvt_{os.getpid()}_{secrets.token_hex(3)}"
+    admin = make_engine(PG_URL)
+    with admin.begin() as c:
+        c.execute(text(f'CREATE SCHEMA "{schema}"'))
+    eng = make_engine(PG_URL, connect_args={"options": f"-csearch_path={schema}"})
+    migrate.upgrade(eng)
+    yield eng
+    eng.dispose()
+    with admin.begin() as c:
+        c.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    admin.dispose()
+
+
+def make_settings(data_dir: Path, url: str, key_file: Path) -> Settings:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return Settings(data_dir=data_dir, database_url=url, key_file=key_file)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def lv(backend: str, request: pytest.FixtureRequest, tmp_path: Path, root_key_file: Path,
+       sqlite_template: Path) -> Iterator[Labvault]:
+    """A core with the default (strict) hooks on the test's backend."""
+    if backend == "sqlite":
+        db = tmp_path / "var" / "labvault.db"
+        db.parent.mkdir(parents=True)
+        shutil.copy(sqlite_template, db)
+        s = make_settings(tmp_path / "var", f"sqlite:///{db}", root_key_file)
+        core = Labvault(s, make_engine(s.database_url), KeyRing(FileKeyProvider(root_key_file)))
+        yield core
+        core.close()
+    else:
+        eng: Engine = request.getfixturevalue("pg_engine")
+        conn = eng.connect()
+        outer = conn.begin()
+        s = make_settings(tmp_path / "var", PG_URL, root_key_file)
+        core = Labvault(s, eng, KeyRing(FileKeyProvider(root_key_file)), bound=conn)
+        yield core
+        outer.rollback()
+        conn.close()
+
+
+@pytest.fixture
+def operator() -> Actor:
+    return Actor.operator()
+
+
+@pytest.fixture
+def tenant_id(lv: Labvault, operator: Actor) -> str:
+    import random
+
+    from labvault.synthetic import make_finess
+    return lv.tenants.add(operator, "Laboratoire de test", make_finess(random.Random())).tenant_id
