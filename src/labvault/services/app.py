@@ -20,9 +20,11 @@ from labvault.crypto import KeyProvider, KeyRing
 from labvault.crypto.providers.file import FileKeyProvider
 from labvault.errors import ConfigurationError, KeyUnavailable
 from labvault.services.gate import (
+    AlertSink,
     AuditHook,
     BudgetHook,
     Gate,
+    LogAlerts,
     MemoryAudit,
     NoBudget,
     OperatorOnlyPolicy,
@@ -80,12 +82,14 @@ class ShredLogFile:
 class Labvault:
     def __init__(self, settings: Settings, engine: Engine, keyring: KeyRing,
                  policy: Policy | None = None, budget: BudgetHook | None = None,
-                 audit: AuditHook | None = None, bound: Connection | None = None) -> None:
+                 audit: AuditHook | None = None, alerts: AlertSink | None = None,
+                 bound: Connection | None = None) -> None:
         self.settings = settings
         self.engine = engine
         self.keyring = keyring
         self._bound = bound
         self.shred_log = ShredLogFile(settings.data_dir / "shred.log")
+        self.alerts: AlertSink = alerts or LogAlerts()
         self.gate = Gate(keyring, policy or OperatorOnlyPolicy(), budget or NoBudget(),
                          audit or MemoryAudit(), self.load_tenant_keys)
         from labvault.services.keys import KeyService

@@ -69,6 +69,20 @@ class AuditHook(Protocol):
     def record(self, conn: Connection, access: Access, decision: Decision,
                outcome: str) -> None: ...
 
+    def event(self, conn: Connection, actor: Actor, event: str, outcome: str,
+              tenant_id: str | None, detail: Mapping[str, Any]) -> None:
+        """A security event that is not a data access: login, logout, failed login, MFA,
+        user/role change, key operation, alert... ``detail`` holds no personal data in
+        clear (ids only); free text is sealed by the implementation."""
+        ...
+
+
+class AlertSink(Protocol):
+    """Raises an alert (guard fills this with stored, deduplicated, dispatched alerts)."""
+
+    def raise_alert(self, conn: Connection, tenant_id: str | None, kind: str, severity: str,
+                    actor: Actor | None, detail: Mapping[str, Any]) -> str | None: ...
+
 
 class OperatorOnlyPolicy:
     """Foundation policy: the CLI operator (who holds the key file) may do anything;
@@ -90,9 +104,30 @@ class MemoryAudit:
 
     def __init__(self) -> None:
         self.entries: list[tuple[Access, Decision, str]] = []
+        self.events: list[tuple[Actor, str, str, str | None, Mapping[str, Any]]] = []
 
     def record(self, conn: Connection, access: Access, decision: Decision, outcome: str) -> None:
         self.entries.append((access, decision, outcome))
+
+    def event(self, conn: Connection, actor: Actor, event: str, outcome: str,
+              tenant_id: str | None, detail: Mapping[str, Any]) -> None:
+        self.events.append((actor, event, outcome, tenant_id, detail))
+
+
+class LogAlerts:
+    """Alerts as log lines (until the guard's alert store is plugged in)."""
+
+    def __init__(self) -> None:
+        self.raised: list[tuple[str | None, str, str, Mapping[str, Any]]] = []
+
+    def raise_alert(self, conn: Connection, tenant_id: str | None, kind: str, severity: str,
+                    actor: Actor | None, detail: Mapping[str, Any]) -> str | None:
+        import logging
+        logging.getLogger("labvault.alerts").warning("ALERT %s %s tenant=%s actor=%s",
+                                                     severity, kind, tenant_id,
+                                                     actor.id if actor else None)
+        self.raised.append((tenant_id, kind, severity, detail))
+        return None
 
 
 def _json(data: Mapping[str, Any]) -> bytes:
