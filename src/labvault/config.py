@@ -23,6 +23,9 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "LABVAULT_PKCS11_MODULE": ("", "path of the PKCS#11 module (e.g. libsofthsm2.so)"),
     "LABVAULT_PKCS11_TOKEN": ("labvault", "label of the PKCS#11 token holding the root key"),
     "LABVAULT_PKCS11_PIN": ("", "user PIN of the PKCS#11 token"),
+    "LABVAULT_DPO_NAME": ("", "data protection officer's name, printed on breach notices"),
+    "LABVAULT_DPO_EMAIL": ("", "data protection officer's e-mail, printed on breach notices"),
+    "LABVAULT_DPO_PHONE": ("", "data protection officer's phone, printed on breach notices"),
 }
 
 

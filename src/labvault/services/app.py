@@ -98,6 +98,8 @@ class Labvault:
         self.tenants = TenantService(self)
         self.patients = PatientService(self)
         self.keys = KeyService(self)
+        from labvault.services.breach import BreachService
+        self.breach = BreachService(self)
 
     # -- life cycle --------------------------------------------------------------------
     @staticmethod

@@ -52,11 +52,25 @@ class _Prepared:
     row: dict[str, Any]
     key: dict[str, Any]
     index: list[dict[str, Any]]
+    rec: PatientRecord | None = None
+
+
+# Called in the writer's transaction after patients are written: (conn, tenant id,
+# [(patient id, record)], fresh) — e.g. breach-matching encodings (services/breach.py).
+WriteHook = Callable[[Connection, str, Sequence[tuple[str, PatientRecord]], bool], None]
+EraseHook = Callable[[Connection, str, str], None]
 
 
 class PatientService:
     def __init__(self, lv: Labvault) -> None:
         self.lv = lv
+        self.write_hooks: list[WriteHook] = []
+        self.erase_hooks: list[EraseHook] = []
+
+    def _written(self, conn: Connection, tenant_id: str, prepared: Sequence[_Prepared]) -> None:
+        items = [(p.patient_id, p.rec) for p in prepared if p.rec is not None]
+        for hook in self.write_hooks:
+            hook(conn, tenant_id, items, True)
 
     # -- writing ---------------------------------------------------------------------------
     def _prepare(self, conn: Connection, access: Access, tenant_id: str, rec: PatientRecord,
@@ -79,7 +93,7 @@ class PatientService:
             {"tenant_id": tenant_id, "patient_id": patient_id,
              "kek_version": wrapped.kek_version, "wrapped": wrapped.wrapped},
             [{"tenant_id": tenant_id, "kind": k, "digest": d, "patient_id": patient_id}
-             for k, d in dict.fromkeys(digests)])
+             for k, d in dict.fromkeys(digests)], rec)
 
     def _write_access(self, actor: Actor, tenant_id: str, ids: Sequence[str],
                       purpose: str) -> Access:
@@ -104,6 +118,7 @@ class PatientService:
             lv.gate.check(conn, access)
             p = self._prepare(conn, access, tenant_id, rec)
             repo.insert_patients(conn, [p.row], [p.key], p.index)
+            self._written(conn, tenant_id, [p])
             return p.patient_id
 
     def import_lines(self, actor: Actor, tenant_id: str, lines: Iterable[str | bytes],
@@ -169,6 +184,7 @@ class PatientService:
                 prepared = self._prepare_batch(conn, actor, tenant_id, batch, report)
                 repo.insert_patients(conn, [p.row for p in prepared], [p.key for p in prepared],
                                      [r for p in prepared for r in p.index])
+                self._written(conn, tenant_id, prepared)
         except DbIntegrityError:
             # Rare: a concurrent import of the same external ids. Fall back to one line at a time.
             skipped_before = report.skipped
@@ -179,6 +195,7 @@ class PatientService:
                         repo.insert_patients(conn, [p.row for p in prepared],
                                              [p.key for p in prepared],
                                              [r for p in prepared for r in p.index])
+                        self._written(conn, tenant_id, prepared)
                 except DbIntegrityError:
                     report.rejected.append({"line": item[0], "field": "(line)",
                                             "reason": "conflicts with a record written meanwhile"})
@@ -231,6 +248,8 @@ class PatientService:
             assert idx is not None
             repo.replace_index_rows(conn, tenant_id, patient_id, indexing.digests(
                 lv.keyring.blind_index_key(tenant_id, idx), indexing.index_values(rec)))
+            for hook in self.write_hooks:
+                hook(conn, tenant_id, [(patient_id, rec)], False)
 
     # -- reading ---------------------------------------------------------------------------
     def _tenant_of(self, conn: Connection, actor: Actor, patient_id: str) -> str:
@@ -304,6 +323,8 @@ class PatientService:
             # Log first: if the database commit then fails, the next open replays it.
             lv.shred_log.append(tenant_id, patient_id, at)
             repo.shred_patient(conn, tenant_id, patient_id, at)
+            for erase_hook in self.erase_hooks:
+                erase_hook(conn, tenant_id, patient_id)
         return {"id": patient_id, "tenant_id": tenant_id, "erased_at": at.isoformat()}
 
     def tenant_of(self, actor: Actor, patient_id: str) -> str:

@@ -1,0 +1,190 @@
+"""Rows of a leaked file -> keys, and the two matching tiers over one tenant's keyed data.
+
+Nothing here opens a sealed value: the exact tier compares keyed digests of the dump's
+values with the tenant's blind-index digests; the fuzzy tier compares keyed Bloom
+filters (``encoding``). The service loads one tenant's digests/encodings at a time
+(bounded memory) and may run tenants in parallel processes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+from labvault.breach.columns import (
+    CATEGORY_OF,
+    Column,
+    normalise_email,
+    normalise_nir,
+    normalise_phone,
+    parse_date,
+)
+from labvault.breach.encoding import FUZZY_ACCEPT, ClkEncoder, KeyedDigest, MatchIdentity, score
+from labvault.crypto import blind_index as bi
+
+EXACT_KINDS = (bi.NIR, bi.EMAIL, bi.PHONE, bi.NAME_DOB)
+_KIND_CODE = {bi.NIR: 0, bi.EMAIL: 1, bi.PHONE: 2, bi.NAME_DOB: 3}
+KEY_NAMES = ("nir", "email", "phone", "name_dob")
+_SEX = {"M": "M", "H": "M", "1": "M", "HOMME": "M", "MASCULIN": "M", "MALE": "M",
+        "F": "F", "2": "F", "FEMME": "F", "FEMININ": "F", "FÉMININ": "F", "FEMALE": "F"}
+_CP = re.compile(r"\b(\d{5})\b")
+
+
+@dataclass(slots=True)
+class RowKeys:
+    """What matching needs of one dump row (normalised), and what the row exposes."""
+
+    ident: MatchIdentity
+    messages: tuple[bytes, ...]        # exact-tier MAC inputs (kind \0 normalised value)
+    kinds: bytes                       # kind code of each message
+    categories: frozenset[str]         # data categories with an intelligible value in the row
+    sealed: bool                       # the row holds ciphertext blobs
+
+
+class RowReader:
+    """Turns raw rows into ``RowKeys`` according to the detected columns."""
+
+    def __init__(self, columns: Sequence[Column]) -> None:
+        self.columns = list(columns)
+
+        def first(meaning: str) -> int | None:
+            return next((c.index for c in columns if c.detected == meaning), None)
+
+        self.nir = first("nir")
+        self.email = first("email")
+        self.phone = first("phone")
+        self.last = first("last_name")
+        self.first = first("first_name")
+        self.birth = first("birth_date")
+        self.postcode = first("postcode")
+        self.address = first("address")
+        self.sex = first("sex")
+        self.cat_cols = [(c.index, CATEGORY_OF[c.detected]) for c in columns
+                         if c.detected in CATEGORY_OF]
+        self.sealed_cols = [c.index for c in columns if c.detected == "sealed"]
+        self._cats: dict[frozenset[str], frozenset[str]] = {}
+
+    @staticmethod
+    def _cell(row: Sequence[str], i: int | None) -> str:
+        if i is None or i >= len(row):
+            return ""
+        return row[i].strip()
+
+    def keys(self, row: Sequence[str]) -> RowKeys:
+        c = self._cell
+        nir = normalise_nir(c(row, self.nir)) if self.nir is not None else None
+        email = normalise_email(c(row, self.email)) if self.email is not None else None
+        phone = normalise_phone(c(row, self.phone)) if self.phone is not None else None
+        last = c(row, self.last)
+        first = c(row, self.first).split(" ")[0] if self.first is not None else ""
+        bd = parse_date(c(row, self.birth)) if self.birth is not None else None
+        pc = c(row, self.postcode)
+        if not pc and self.address is not None:
+            m = _CP.search(c(row, self.address))
+            pc = m.group(1) if m else ""
+        sex = _SEX.get(c(row, self.sex).upper(), "") if self.sex is not None else ""
+        ident = MatchIdentity.of(last, first, bd, pc, sex,
+                                 c(row, self.nir) if self.nir is not None else None,
+                                 c(row, self.email) if self.email is not None else None,
+                                 c(row, self.phone) if self.phone is not None else None)
+        msgs: list[bytes] = []
+        kinds = bytearray()
+        for kind, val in ((bi.NIR, nir), (bi.EMAIL, email), (bi.PHONE, phone)):
+            if val:
+                msgs.append(kind.encode() + b"\x00" + val.encode())
+                kinds.append(_KIND_CODE[kind])
+        if ident.last and ident.first and ident.birth_date:
+            for a, b in ((ident.last, ident.first), (ident.first, ident.last)):
+                msgs.append(bi.NAME_DOB.encode() + b"\x00" + f"{a}|{b}|{ident.birth_date}".encode())
+                kinds.append(_KIND_CODE[bi.NAME_DOB])
+        present = frozenset(cat for i, cat in self.cat_cols if c(row, i))
+        cats = self._cats.setdefault(present, present)
+        sealed = any(c(row, i) for i in self.sealed_cols)
+        return RowKeys(ident, tuple(msgs), bytes(kinds), cats, sealed)
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    row: int                 # 0-based index into the triage's row list
+    tenant_id: str
+    patient_id: str
+    method: str              # exact | fuzzy
+    keys: tuple[str, ...]
+    score: float
+
+
+def exact_tenant(rows: Sequence[RowKeys], tenant_id: str, index_key: bytes,
+                 index: Mapping[bytes, Sequence[str]]) -> list[Match]:
+    """Exact tier for one tenant: keyed digests of the row's identifiers vs its blind index."""
+    kd = KeyedDigest(index_key)
+    mac = kd.mac
+    get = index.get
+    out: list[Match] = []
+    for n, r in enumerate(rows):
+        found: dict[str, list[str]] | None = None
+        for msg, kind in zip(r.messages, r.kinds, strict=True):
+            ids = get(mac(msg)[:8])
+            if ids:
+                if found is None:
+                    found = {}
+                for pid in ids:
+                    ks = found.setdefault(pid, [])
+                    if KEY_NAMES[kind] not in ks:
+                        ks.append(KEY_NAMES[kind])
+        if found:
+            for pid, ks in found.items():
+                out.append(Match(n, tenant_id, pid, "exact", tuple(ks), 1.0))
+    return out
+
+
+def fuzzy_tenant(rows: Sequence[RowKeys], todo: Iterable[int], tenant_id: str,
+                 encoder: ClkEncoder, blocks: Mapping[bytes, Sequence[str]],
+                 encodings: Mapping[str, bytes]) -> Iterator[tuple[int, str, float]]:
+    """Fuzzy tier for one tenant: (row, best patient, score) for rows with a candidate.
+
+    Candidates come from the keyed blocking digests; each is scored by the weighted
+    per-field Dice coefficients (``encoding.score``) of the row's filter (and of the
+    filter with first and last names swapped) against the patient's stored filter.
+    """
+    mask = encoder.mask
+    opened: dict[str, int] = {}
+    for n in todo:
+        ident = rows[n].ident
+        variants = [ident] if not (ident.first and ident.last) else [ident, ident.swapped()]
+        cand: set[str] = set()
+        for v in variants:
+            for b in encoder.blocks(v):
+                ids = blocks.get(b)
+                if ids:
+                    cand.update(ids)
+        if not cand:
+            continue
+        filters = [int.from_bytes(encoder.encode(v), "big") & mask for v in variants]
+        best, top = "", 0.0
+        fm = encoder.field_masks
+        for pid in cand:
+            f = opened.get(pid)
+            if f is None:
+                raw = encodings.get(pid)
+                if raw is None:
+                    continue
+                f = int.from_bytes(raw, "big") & mask
+                opened[pid] = f
+            for rf in filters:
+                s = score(rf, f, fm)
+                if s > top:
+                    best, top = pid, s
+        if best:
+            yield n, best, top
+
+
+def fuzzy_keys(ident: MatchIdentity) -> tuple[str, ...]:
+    return tuple(k for k, v in (("last_name", ident.last), ("first_name", ident.first),
+                                ("birth_date", ident.birth_date), ("postcode", ident.postcode))
+                 if v)
+
+
+def accept_fuzzy(best: Mapping[int, tuple[str, str, float]]) -> dict[int, tuple[str, str, float]]:
+    """Keep, per row, the best (tenant, patient, score) at or above the threshold."""
+    return {n: v for n, v in best.items() if v[2] >= FUZZY_ACCEPT}

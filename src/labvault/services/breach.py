@@ -1,0 +1,730 @@
+"""Breach response: the register (GDPR Art. 33(5)), dump triage, attribution, severity
+and notices (docs/breach.md).
+
+A case is platform-level — one leak may touch many laboratories — so the register is
+filed under the pseudo tenant ``PLATFORM`` whose ``data`` key (created on first use,
+wrapped by the root key like every tenant key) seals every free-text value. Every
+step passes the gate with ``resource="breach"`` and leaves an audit event.
+
+Triage never opens a patient record: the exact tier compares keyed digests with the
+blind indexes, the fuzzy tier compares keyed Bloom-filter encodings written beside
+them when a patient is written (``on_patients_written``). Only ``notify`` opens
+patients' identity and contact data — through the gate, purpose ``breach`` — to
+address the Art. 34 letters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.engine import Connection
+
+from labvault.breach import attribution as attr
+from labvault.breach import columns as colmod
+from labvault.breach import notices
+from labvault.breach.encoding import (
+    BLOCK_LABEL,
+    CLK_LABEL,
+    FUZZY_ACCEPT,
+    PERM_LABEL,
+    ClkEncoder,
+    MatchIdentity,
+)
+from labvault.breach.matching import (
+    EXACT_KINDS,
+    Match,
+    RowKeys,
+    RowReader,
+    exact_tenant,
+    fuzzy_keys,
+    fuzzy_tenant,
+)
+from labvault.breach.readers import DumpError, Progress, open_dump
+from labvault.breach.severity import Circumstances, assess
+from labvault.domain.actors import Actor
+from labvault.domain.categories import Action, Category
+from labvault.domain.patient import PatientRecord
+from labvault.errors import NotFound, UserError
+from labvault.services.gate import Access
+from labvault.store import repositories as repo
+from labvault.store import repositories_breach as brepo
+from labvault.store.ids import new_id
+
+if TYPE_CHECKING:
+    from labvault.services.app import Labvault
+
+PLATFORM = "platform"            # pseudo tenant of platform-level records (breach cases)
+CLOCK = timedelta(hours=72)      # GDPR Art. 33(1)
+EVENT_KINDS = ("evidence", "triage", "severity", "decision", "notification", "measure", "note",
+               "status")
+EVIDENCE_CHUNK = 1 << 20
+BACKFILL_BATCH = 500
+
+
+def _iso(d: datetime | None) -> str | None:
+    if d is None:
+        return None
+    if d.tzinfo is None:
+        d = d.replace(tzinfo=UTC)
+    return d.isoformat()
+
+
+def parse_instant(value: str) -> datetime:
+    try:
+        d = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise UserError(f"{value!r} is not an ISO 8601 date-time",
+                        "e.g. 2026-11-28T09:30:00+01:00") from None
+    if d.tzinfo is None:
+        raise UserError(f"{value!r} has no time zone", "add one, e.g. +01:00 or Z")
+    return d.astimezone(UTC)
+
+
+@dataclass
+class _TenantWork:
+    tenant_id: str
+    index_version: int
+    index_key: bytes
+    clk: bytes
+    perm: bytes
+    block: bytes
+
+
+# Rows shared with forked worker processes (read-only; set just before the pool starts).
+_SHARED_ROWS: list[RowKeys] = []
+
+
+def _exact_worker(args: tuple[_TenantWork, dict[bytes, list[str]]]) -> list[Match]:
+    work, index = args
+    return exact_tenant(_SHARED_ROWS, work.tenant_id, work.index_key, index)
+
+
+class BreachService:
+    def __init__(self, lv: Labvault) -> None:
+        self.lv = lv
+        self.attribution_sources: list[attr.AttributionSource] = []
+        self._encoders: dict[tuple[str, int], ClkEncoder] = {}
+        hooks = getattr(lv.patients, "write_hooks", None)
+        if hooks is not None:
+            hooks.append(self.on_patients_written)
+        erase = getattr(lv.patients, "erase_hooks", None)
+        if erase is not None:
+            erase.append(self.on_patient_erased)
+
+    # -- gate helpers --------------------------------------------------------------------------
+    def _check(self, conn: Connection, actor: Actor, action: Action, case_id: str | None = None,
+               tenant_id: str | None = None, patient_ids: Sequence[str] = (),
+               categories: Iterable[Category] = (), reason: str | None = None) -> None:
+        self.lv.gate.check(conn, Access(actor, action, tenant_id, frozenset(categories),
+                                        purpose="breach", patient_ids=tuple(patient_ids),
+                                        reason=reason, resource="breach"))
+
+    def _event(self, conn: Connection, actor: Actor, event: str, detail: Mapping[str, Any],
+               tenant_id: str | None = None) -> None:
+        self.lv.gate.audit.event(conn, actor, f"breach.{event}", "ok", tenant_id, detail)
+
+    def _platform_key(self, conn: Connection) -> None:
+        if repo.current_key_version(conn, PLATFORM, "data") is None:
+            repo.insert_tenant_key(conn, self.lv.keyring.new_tenant_key(PLATFORM, "data", 1))
+
+    def _seal(self, conn: Connection, table: str, column: str, record_id: str,
+              value: Any) -> bytes:
+        data = json.dumps(value, ensure_ascii=False, default=str).encode()
+        return self.lv.gate.seal_tenant_value(conn, PLATFORM, table, column, record_id, data)
+
+    def _open(self, conn: Connection, table: str, column: str, record_id: str,
+              sealed: bytes) -> Any:
+        return json.loads(self.lv.gate.open_tenant_value_checked(conn, PLATFORM, table, column,
+                                                                 record_id, sealed))
+
+    # -- register -----------------------------------------------------------------------------
+    def open_case(self, actor: Actor, title: str, aware_at: datetime | str,
+                  description: str | None = None) -> str:
+        if not title or not title.strip():
+            raise UserError("a case needs a title", "e.g. --title 'Fichier patients sur un forum'")
+        aware = parse_instant(aware_at) if isinstance(aware_at, str) else aware_at.astimezone(UTC)
+        now = self.lv.now()
+        if aware > now + timedelta(minutes=5):
+            raise UserError("--aware-at is in the future", "give the time you became aware")
+        case_id = new_id("brc")
+        with self.lv.begin() as conn:
+            self._check(conn, actor, Action.WRITE, case_id)
+            self._platform_key(conn)
+            brepo.insert_case(conn, {
+                "tenant_id": PLATFORM, "case_id": case_id, "status": "open",
+                "aware_at": aware, "deadline_at": aware + CLOCK, "opened_at": now,
+                "updated_at": now,
+                "title_sealed": self._seal(conn, "breach_cases", "title", case_id, title.strip()),
+                "description_sealed": (self._seal(conn, "breach_cases", "description", case_id,
+                                                  description) if description else None)})
+            self._add_event(conn, case_id, "note", {"text": "case opened", "by": actor.id})
+            self._event(conn, actor, "case_opened", {"case_id": case_id})
+        return case_id
+
+    def _add_event(self, conn: Connection, case_id: str, kind: str, body: Mapping[str, Any],
+                   at: datetime | None = None) -> str:
+        if kind not in EVENT_KINDS:
+            raise UserError(f"unknown event kind {kind!r}", "one of " + ", ".join(EVENT_KINDS))
+        event_id = new_id("bre")
+        brepo.insert_event(conn, {
+            "tenant_id": PLATFORM, "case_id": case_id, "event_id": event_id, "kind": kind,
+            "at": at or self.lv.now(),
+            "body_sealed": self._seal(conn, "breach_events", "body", event_id, dict(body))})
+        brepo.set_case_status(conn, PLATFORM, case_id,
+                              str(body["status"]) if kind == "status" else
+                              self._status(conn, case_id), self.lv.now())
+        return event_id
+
+    def _status(self, conn: Connection, case_id: str) -> str:
+        row = brepo.get_case(conn, PLATFORM, case_id)
+        return str(row["status"]) if row else "open"
+
+    def record(self, actor: Actor, case_id: str, kind: str, text: str,
+               extra: Mapping[str, Any] | None = None) -> str:
+        """Add a decision, measure or note to the case timeline."""
+        if kind not in ("decision", "measure", "note"):
+            raise UserError(f"cannot record a {kind!r} by hand", "use decision, measure or note")
+        with self.lv.begin() as conn:
+            self._require(conn, case_id)
+            self._check(conn, actor, Action.WRITE, case_id)
+            eid = self._add_event(conn, case_id, kind, {"text": text, "by": actor.id,
+                                                        **dict(extra or {})})
+            self._event(conn, actor, f"{kind}_recorded", {"case_id": case_id, "event_id": eid})
+        return eid
+
+    def close(self, actor: Actor, case_id: str) -> None:
+        with self.lv.begin() as conn:
+            self._require(conn, case_id)
+            self._check(conn, actor, Action.WRITE, case_id)
+            self._add_event(conn, case_id, "status", {"status": "closed", "by": actor.id})
+            self._event(conn, actor, "case_closed", {"case_id": case_id})
+
+    def _require(self, conn: Connection, case_id: str) -> dict[str, Any]:
+        row = brepo.get_case(conn, PLATFORM, case_id)
+        if row is None:
+            raise NotFound(f"no breach case {case_id}", "list cases with `labvault breach list`")
+        return row
+
+    def _case(self, conn: Connection, row: Mapping[str, Any]) -> dict[str, Any]:
+        cid = row["case_id"]
+        now = self.lv.now()
+        deadline = row["deadline_at"] if row["deadline_at"].tzinfo else \
+            row["deadline_at"].replace(tzinfo=UTC)
+        return {
+            "case_id": cid, "status": row["status"],
+            "title": self._open(conn, "breach_cases", "title", cid, row["title_sealed"]),
+            "description": (self._open(conn, "breach_cases", "description", cid,
+                                       row["description_sealed"])
+                            if row["description_sealed"] else None),
+            "aware_at": _iso(row["aware_at"]), "deadline_at": _iso(deadline),
+            "hours_left": round((deadline - now).total_seconds() / 3600, 1),
+            "overdue": now > deadline and row["status"] == "open",
+            "opened_at": _iso(row["opened_at"]), "updated_at": _iso(row["updated_at"]),
+        }
+
+    def list_cases(self, actor: Actor) -> list[dict[str, Any]]:
+        with self.lv.begin() as conn:
+            self._check(conn, actor, Action.READ)
+            if repo.current_key_version(conn, PLATFORM, "data") is None:
+                return []
+            return [self._case(conn, r) for r in brepo.list_cases(conn, PLATFORM)]
+
+    def show(self, actor: Actor, case_id: str, with_matches: bool = False) -> dict[str, Any]:
+        with self.lv.begin() as conn:
+            row = self._require(conn, case_id)
+            self._check(conn, actor, Action.READ, case_id)
+            case = self._case(conn, row)
+            events = []
+            for e in brepo.case_events(conn, PLATFORM, case_id):
+                body = self._open(conn, "breach_events", "body", e["event_id"], e["body_sealed"])
+                if e["kind"] == "triage" and not with_matches:
+                    body = {k: v for k, v in body.items() if k != "matches"}
+                events.append({"event_id": e["event_id"], "kind": e["kind"], "at": _iso(e["at"]),
+                               **body})
+        case["timeline"] = events
+        for kind, key in (("evidence", "evidence"), ("triage", "triage"),
+                          ("severity", "severity"), ("decision", "decisions"),
+                          ("notification", "notifications"), ("measure", "measures")):
+            case[key] = [e for e in events if e["kind"] == kind]
+        return case
+
+    # -- evidence ------------------------------------------------------------------------------
+    def add_evidence(self, actor: Actor, case_id: str, path: Path) -> dict[str, Any]:
+        """Hash the file (SHA-256) and keep a sealed copy beside the database."""
+        if not path.is_file():
+            raise DumpError(f"{path}: no such file", "check the path")
+        evidence_id = new_id("bev")
+        store = self.lv.settings.data_dir / "breach" / case_id
+        store.mkdir(parents=True, exist_ok=True, mode=0o700)
+        target = store / f"{evidence_id}.sealed"
+        h = hashlib.sha256()
+        size = chunks = 0
+        with self.lv.begin() as conn:
+            self._require(conn, case_id)
+            self._check(conn, actor, Action.WRITE, case_id)
+            existing = [e for e in self._events(conn, case_id, "evidence")]
+            with path.open("rb") as src, target.open("wb") as dst:
+                os.chmod(target, 0o600)
+                while True:
+                    data = src.read(EVIDENCE_CHUNK)
+                    if not data:
+                        break
+                    h.update(data)
+                    size += len(data)
+                    sealed = self.lv.gate.seal_tenant_value(
+                        conn, PLATFORM, "breach_evidence", "chunk", f"{evidence_id}:{chunks}",
+                        data)
+                    dst.write(len(sealed).to_bytes(4, "big") + sealed)
+                    chunks += 1
+            digest = h.hexdigest()
+            dup = next((e for e in existing if e.get("sha256") == digest), None)
+            if dup is not None:
+                target.unlink()
+                return dict(dup)
+            body = {"evidence_id": evidence_id, "sha256": digest, "name": path.name,
+                    "bytes": size, "chunks": chunks,
+                    "stored": str(target.relative_to(self.lv.settings.data_dir))}
+            self._add_event(conn, case_id, "evidence", body)
+            self._event(conn, actor, "evidence_added", {"case_id": case_id,
+                                                        "evidence_id": evidence_id})
+        return body
+
+    def _events(self, conn: Connection, case_id: str, kind: str) -> list[dict[str, Any]]:
+        return [self._open(conn, "breach_events", "body", e["event_id"], e["body_sealed"])
+                for e in brepo.case_events(conn, PLATFORM, case_id) if e["kind"] == kind]
+
+    # -- encodings (write path) ----------------------------------------------------------------
+    def _work(self, conn: Connection, tenant_id: str) -> _TenantWork:
+        self.lv.load_tenant_keys(conn, tenant_id)
+        v = repo.current_key_version(conn, tenant_id, "index")
+        assert v is not None
+        kr = self.lv.keyring
+        return _TenantWork(tenant_id, v, kr.blind_index_key(tenant_id, v),
+                           kr.tenant_secret(tenant_id, "index", v, CLK_LABEL),
+                           kr.tenant_secret(tenant_id, "index", v, PERM_LABEL),
+                           kr.tenant_secret(tenant_id, "index", v, BLOCK_LABEL))
+
+    def encoder(self, conn: Connection, tenant_id: str) -> tuple[ClkEncoder, int]:
+        self.lv.load_tenant_keys(conn, tenant_id)
+        v = repo.current_key_version(conn, tenant_id, "index")
+        assert v is not None
+        enc = self._encoders.get((tenant_id, v))
+        if enc is None:
+            w = self._work(conn, tenant_id)
+            enc = ClkEncoder(w.clk, w.perm, w.block)
+            self._encoders[(tenant_id, v)] = enc
+        return enc, v
+
+    @staticmethod
+    def identities(rec: PatientRecord) -> list[MatchIdentity]:
+        pc = rec.address.postal_code if rec.address else None
+        out = [MatchIdentity.of(rec.birth_name, rec.first_names[0], rec.birth_date, pc, rec.sex,
+                                rec.nir, rec.email, rec.phone)]
+        if rec.used_name:
+            out.append(MatchIdentity.of(rec.used_name, rec.first_names[0], rec.birth_date, pc,
+                                        rec.sex))
+        return out
+
+    def encoding_rows(self, enc: ClkEncoder, version: int, tenant_id: str, patient_id: str,
+                      rec: PatientRecord) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        ids = self.identities(rec)
+        blocks = dict.fromkeys(b for m in ids for b in enc.blocks(m))
+        return ({"tenant_id": tenant_id, "patient_id": patient_id, "key_version": version,
+                 "clk": enc.encode(ids[0])},
+                [{"tenant_id": tenant_id, "block": b, "patient_id": patient_id} for b in blocks])
+
+    def on_patients_written(self, conn: Connection, tenant_id: str,
+                            written: Sequence[tuple[str, PatientRecord]], fresh: bool) -> None:
+        """Patient write hook: (re)compute encodings in the writer's transaction."""
+        if not written:
+            return
+        enc, v = self.encoder(conn, tenant_id)
+        rows: list[dict[str, Any]] = []
+        blocks: list[dict[str, Any]] = []
+        for pid, rec in written:
+            r, b = self.encoding_rows(enc, v, tenant_id, pid, rec)
+            rows.append(r)
+            blocks.extend(b)
+        brepo.replace_encodings(conn, tenant_id, rows, blocks, fresh=fresh)
+
+    def on_patient_erased(self, conn: Connection, tenant_id: str, patient_id: str) -> None:
+        brepo.delete_encodings(conn, tenant_id, patient_id)
+
+    def backfill(self, actor: Actor, tenant_id: str | None = None) -> dict[str, int]:
+        """Encode patients written before this module existed (opens identity + contact
+        through the gate, purpose ``breach``); also drops encodings of erased patients."""
+        out: dict[str, int] = {}
+        tenants = [tenant_id] if tenant_id else [t["tenant_id"] for t in self._tenants()]
+        with self.lv.begin() as conn:
+            purged = brepo.purge_orphan_encodings(conn)
+        for t in tenants:
+            with self.lv.begin() as conn:
+                todo = brepo.patients_without_encoding(conn, t)
+            done = 0
+            for i in range(0, len(todo), BACKFILL_BATCH):
+                part = todo[i:i + BACKFILL_BATCH]
+                with self.lv.begin() as conn:
+                    opened = self.lv.gate.read_patients(conn, Access(
+                        actor, Action.READ, t, frozenset({Category.IDENTITY, Category.CONTACT}),
+                        purpose="breach", patient_ids=tuple(part), resource="breach",
+                        reason="breach matching encodings (backfill)"))
+                    written = []
+                    for pid, cats in opened.items():
+                        data = PatientRecord.from_categories(cats)
+                        data = {k: v for k, v in data.items()
+                                if k in ("birth_name", "used_name", "first_names", "birth_date",
+                                         "sex", "address", "nir", "email", "phone")}
+                        written.append((pid, PatientRecord.parse(data)))
+                    self.on_patients_written(conn, t, written, fresh=False)
+                    done += len(written)
+            out[t] = done
+        out["purged_orphans"] = purged
+        return out
+
+    def _tenants(self) -> list[dict[str, Any]]:
+        with self.lv.begin() as conn:
+            return [t for t in repo.list_tenants(conn) if t["tenant_id"] != PLATFORM]
+
+    # -- triage --------------------------------------------------------------------------------
+    def read_dumps(self, paths: Sequence[Path], fmt: str = "auto",
+                   progress: Progress | None = None
+                   ) -> tuple[list[RowKeys], list[dict[str, Any]], list[colmod.Column]]:
+        rows: list[RowKeys] = []
+        files: list[dict[str, Any]] = []
+        all_cols: list[colmod.Column] = []
+        for path in paths:
+            table = open_dump(Path(path), fmt, progress)
+            sample: list[list[str]] = []
+            it = table.rows
+            for r in it:
+                sample.append(r)
+                if len(sample) >= colmod.SAMPLE_ROWS:
+                    break
+            if not sample:
+                raise DumpError(f"{Path(path).name}: no data rows", "check the file")
+            cols = colmod.detect(table.header, sample)
+            reader = RowReader(cols)
+            start = len(rows)
+            for r in sample:
+                rows.append(reader.keys(r))
+            for r in it:
+                rows.append(reader.keys(r))
+            files.append({"name": Path(path).name, "format": table.format,
+                          "encoding": table.encoding, "rows": len(rows) - start,
+                          "first_row": start + 1, "notes": table.notes,
+                          "columns": [c.as_json() for c in cols]})
+            all_cols.extend(cols)
+        return rows, files, all_cols
+
+    def triage(self, actor: Actor, case_id: str, paths: Sequence[Path], fmt: str = "auto",
+               progress: Progress | None = None, circumstances: Circumstances | None = None,
+               workers: int = 1, keep_evidence: bool = True) -> dict[str, Any]:
+        with self.lv.begin() as conn:
+            self._require(conn, case_id)
+            self._check(conn, actor, Action.SEARCH, case_id,
+                        categories=(Category.IDENTITY, Category.CONTACT))
+            brepo.purge_orphan_encodings(conn)
+        evidence = [self.add_evidence(actor, case_id, Path(p)) for p in paths] \
+            if keep_evidence else []
+        rows, files, cols = self.read_dumps(paths, fmt, progress)
+        tenants = self._tenants()
+        matches = self._exact(rows, tenants, workers)
+        exact_rows = {m.row for m in matches}
+        todo = [n for n in range(len(rows)) if n not in exact_rows]
+        fuzzy = self._fuzzy(rows, todo, tenants)
+        for n, (t, pid, score) in sorted(fuzzy.items()):
+            matches.append(Match(n, t, pid, "fuzzy", fuzzy_keys(rows[n].ident), round(score, 3)))
+        matches.sort(key=lambda m: (m.row, m.tenant_id, m.patient_id))
+        result = self._summarise(actor, case_id, rows, files, cols, matches, tenants,
+                                 circumstances or Circumstances())
+        result_store = dict(result)
+        with self.lv.begin() as conn:
+            self._add_event(conn, case_id, "triage", {
+                **{k: v for k, v in result_store.items() if k != "severity"},
+                "files": files, "evidence": [e.get("evidence_id") for e in evidence]})
+            self._add_event(conn, case_id, "severity", result["severity"])
+            self._event(conn, actor, "triaged", {"case_id": case_id, "rows": len(rows),
+                                                 "matches": len(matches)})
+        return result
+
+    def _exact(self, rows: list[RowKeys], tenants: Sequence[Mapping[str, Any]],
+               workers: int) -> list[Match]:
+        jobs: list[tuple[_TenantWork, dict[bytes, list[str]]]] = []
+        out: list[Match] = []
+
+        def load(t: str) -> tuple[_TenantWork, dict[bytes, list[str]]]:
+            with self.lv.begin() as conn:
+                return self._work(conn, t), brepo.tenant_index(conn, t, EXACT_KINDS)
+
+        if workers <= 1 or len(tenants) < 2:
+            for t in tenants:
+                w, index = load(t["tenant_id"])
+                out.extend(exact_tenant(rows, w.tenant_id, w.index_key, index))
+            return out
+        global _SHARED_ROWS
+        _SHARED_ROWS = rows
+        try:
+            import multiprocessing as mp
+            ctx = mp.get_context("fork")
+            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+                futures = []
+                for t in tenants:
+                    jobs = [load(t["tenant_id"])]
+                    futures.append(pool.submit(_exact_worker, jobs[0]))
+                for f in futures:
+                    out.extend(f.result())
+        finally:
+            _SHARED_ROWS = []
+        return out
+
+    def _fuzzy(self, rows: list[RowKeys], todo: list[int], tenants: Sequence[Mapping[str, Any]]
+               ) -> dict[int, tuple[str, str, float]]:
+        best: dict[int, tuple[str, str, float]] = {}
+        todo = [n for n in todo if rows[n].ident.last or rows[n].ident.birth_date]
+        if not todo:
+            return best
+        for t in tenants:
+            tid = t["tenant_id"]
+            with self.lv.begin() as conn:
+                enc, v = self.encoder(conn, tid)
+                blocks = brepo.tenant_blocks(conn, tid)
+                encodings = dict(brepo.tenant_encodings(conn, tid, v))
+            for n, pid, score in fuzzy_tenant(rows, todo, tid, enc, blocks, encodings):
+                if score >= FUZZY_ACCEPT and score > best.get(n, ("", "", 0.0))[2]:
+                    best[n] = (tid, pid, score)
+            del blocks, encodings
+        return best
+
+    def _summarise(self, actor: Actor, case_id: str, rows: list[RowKeys],
+                   files: list[dict[str, Any]], cols: Sequence[colmod.Column],
+                   matches: list[Match], tenants: Sequence[Mapping[str, Any]],
+                   circumstances: Circumstances) -> dict[str, Any]:
+        per_tenant: dict[str, dict[str, Any]] = {}
+        patients: dict[str, set[str]] = defaultdict(set)
+        cats: dict[str, set[str]] = defaultdict(set)
+        row_map: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+        matched_rows: set[int] = set()
+        for m in matches:
+            patients[m.tenant_id].add(m.patient_id)
+            cats[m.tenant_id].update(rows[m.row].categories)
+            row_map[m.tenant_id][m.patient_id].append(m.row + 1)
+            matched_rows.add(m.row)
+        for t, ids in patients.items():
+            per_tenant[t] = {"patients": len(ids), "categories": sorted(cats[t])}
+        # What was exposed: detected meanings with a value in some matched row.
+        meanings = self._exposed_meanings(rows, files, cols, matched_rows)
+        persons = len({(m.tenant_id, m.patient_id) for m in matches})
+        sealed_cols = sum(1 for c in cols if c.detected == "sealed")
+        severity = assess(meanings, persons, len(matched_rows), circumstances, sealed_cols)
+        severity["exposed"] = sorted(meanings)
+        with self.lv.begin() as conn:
+            for t, ids in patients.items():
+                # One audited decision per tenant naming the matched patients (ids only).
+                self._check(conn, actor, Action.SEARCH, case_id, tenant_id=t,
+                            patient_ids=sorted(ids), categories=(Category.IDENTITY,))
+            attribution = self._attribute(conn, {t: sorted(v) for t, v in patients.items()},
+                                          {t: {p: r for p, r in d.items()}
+                                           for t, d in row_map.items()})
+        return {
+            "case": case_id,
+            "rows": len(rows),
+            "columns": [c.as_json() for c in cols],
+            "matches": [{"row": m.row + 1, "tenant_id": m.tenant_id, "patient_id": m.patient_id,
+                         "method": m.method, "keys": list(m.keys), "score": m.score}
+                        for m in matches],
+            "per_tenant": per_tenant,
+            "unmatched_rows": len(rows) - len(matched_rows),
+            "attribution": attribution,
+            "severity": severity,
+        }
+
+    @staticmethod
+    def _exposed_meanings(rows: list[RowKeys], files: list[dict[str, Any]],
+                          cols: Sequence[colmod.Column], matched: set[int]) -> set[str]:
+        """Meanings of detected columns, kept if their category has a value in a matched row."""
+        out: set[str] = set()
+        for f in files:
+            lo, hi = f["first_row"] - 1, f["first_row"] - 1 + f["rows"]
+            in_file = [n for n in matched if lo <= n < hi]
+            if not in_file:
+                continue
+            present: set[str] = set()
+            sealed = False
+            for n in in_file:
+                present |= rows[n].categories
+                sealed = sealed or rows[n].sealed
+            for c in f["columns"]:
+                d = c["detected"]
+                if colmod.CATEGORY_OF.get(d) in present:
+                    out.add(d)
+                elif d == "sealed" and sealed:
+                    out.add("sealed")
+        del cols
+        return out
+
+    def _attribute(self, conn: Connection, matched: Mapping[str, Sequence[str]],
+                   rows: Mapping[str, Mapping[str, Sequence[int]]]) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for t, ids in sorted(matched.items()):
+            lo, hi = brepo.record_times(conn, t, ids)
+            out.append({"kind": "tenant_scope", "tenant_id": t, "patients": len(ids),
+                        "records_created_from": _iso(lo), "records_updated_to": _iso(hi)})
+        audit = self.lv.gate.audit
+        entries = getattr(audit, "entries", None)
+        if isinstance(entries, list):
+            reads = [(a.actor.id, a.tenant_id, a.patient_ids) for a, _, outcome in entries
+                     if outcome == "allowed" and a.purpose != "breach"
+                     and str(a.action) in ("read", "search", "export") and a.patient_ids]
+            out.extend(attr.rank_readers(reads, matched))
+        for source in self.attribution_sources:
+            out.extend(source.attribute(conn, matched, rows))
+        if not self.attribution_sources:
+            out.append({"kind": "note", "detail":
+                        "no honeytoken / export-fingerprint source registered (guard); "
+                        "no export is attributed"})
+        return out
+
+    # -- notices -------------------------------------------------------------------------------
+    def notify(self, actor: Actor, case_id: str, out_dir: Path, dpo: Mapping[str, str],
+               kind: str | None = None, origin: str | None = None,
+               delay_reasons: str | None = None, letters: bool = True) -> dict[str, Any]:
+        if kind not in (None, "initial", "complementary"):
+            raise UserError(f"unknown notification type {kind!r}", "initial or complementary")
+        if not all(dpo.get(k) for k in ("name", "email", "phone")):
+            raise UserError("the DPO contact is incomplete (Art. 33(3)(b))",
+                            "set LABVAULT_DPO_NAME, LABVAULT_DPO_EMAIL and LABVAULT_DPO_PHONE "
+                            "or pass --dpo-name/--dpo-email/--dpo-phone")
+        case = self.show(actor, case_id, with_matches=True)
+        if not case["triage"]:
+            raise UserError("the case has no triage yet", "run `labvault breach triage` first")
+        tri = case["triage"][-1]
+        sev = case["severity"][-1]
+        kind = kind or ("complementary" if case["notifications"] else "initial")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        now = self.lv.now()
+        labs_by_id = {t["tenant_id"]: t for t in self._tenants()}
+        labs = [{"tenant_id": t, "name": labs_by_id[t]["name"], "finess": labs_by_id[t]["finess"],
+                 "persons": v["patients"]} for t, v in sorted(tri["per_tenant"].items())
+                if t in labs_by_id]
+        meanings = sev.get("exposed", [])
+        measures = [m["text"] for m in case["measures"]]
+        origin = origin or self._origin(tri)
+        persons = sum(v["patients"] for v in tri["per_tenant"].values())
+        records = tri["rows"] - tri["unmatched_rows"]
+        cnil = notices.cnil_notification(
+            case=case, kind=kind, labs=labs, meanings=meanings, persons=persons,
+            records=records, severity=sev, dpo=dpo, measures_taken=measures,
+            measures_proposed=[], notified_at=now, origin=origin, delay_reasons=delay_reasons)
+        written: dict[str, Any] = {}
+        p = out_dir / f"cnil-art33-{kind}.json"
+        p.write_text(json.dumps(cnil, ensure_ascii=False, indent=2))
+        written["cnil_json"] = str(p)
+        p = out_dir / f"cnil-art33-{kind}.pdf"
+        written["cnil_pdf_pages"] = notices.render_pdf("cnil.html", p, n=cnil)
+        written["cnil_pdf"] = str(p)
+        ars = notices.ars_report(case=case, labs=labs, meanings=meanings, persons=persons,
+                                 dpo=dpo, measures_taken=measures, origin=origin, cnil_kind=kind)
+        p = out_dir / "ars-cert-sante.json"
+        p.write_text(json.dumps(ars, ensure_ascii=False, indent=2))
+        written["ars_json"] = str(p)
+        p = out_dir / "ars-cert-sante.pdf"
+        notices.render_pdf("ars.html", p, r=ars)
+        written["ars_pdf"] = str(p)
+        if sev["notify_subjects"] and letters:
+            written.update(self._letters(actor, case, tri, labs_by_id, dpo, measures, out_dir,
+                                         now))
+        else:
+            ex = {"case_id": case_id, "date": now.strftime("%d/%m/%Y"),
+                  "reason": cnil["subjects_informed"]["reason"], "rationale": sev["rationale"]}
+            p = out_dir / "art34-exemption.pdf"
+            notices.render_pdf("exemption.html", p, e=ex)
+            (out_dir / "art34-exemption.json").write_text(json.dumps(ex, ensure_ascii=False,
+                                                                     indent=2))
+            written["exemption_pdf"] = str(p)
+        with self.lv.begin() as conn:
+            self._check(conn, actor, Action.WRITE, case_id)
+            self._add_event(conn, case_id, "notification", {
+                "type": kind, "to": ["CNIL", "ARS/CERT Santé"] + (
+                    ["patients"] if "letters" in written else []),
+                "files": sorted(Path(v).name for k, v in written.items()
+                                if isinstance(v, str)),
+                "letters": written.get("letters", 0), "within_72h":
+                cnil["timeline"]["within_72h"]})
+            self._add_event(conn, case_id, "status", {"status": "notified", "by": actor.id})
+            self._event(conn, actor, "notified", {"case_id": case_id, "type": kind})
+        return {"case": case_id, "type": kind, "out": str(out_dir), **written,
+                "notify_subjects": bool(sev["notify_subjects"])}
+
+    @staticmethod
+    def _origin(tri: Mapping[str, Any]) -> str:
+        exports = [a for a in tri.get("attribution", []) if a.get("kind") == "export"]
+        if exports:
+            return "fichier d'export " + ", ".join(str(a.get("export_id")) for a in exports)
+        scopes = [a for a in tri.get("attribution", []) if a.get("kind") == "tenant_scope"]
+        return ("fichier de patients diffusé en ligne ; enregistrements de "
+                f"{len(scopes)} laboratoire(s), origine en cours d'analyse")
+
+    def _letters(self, actor: Actor, case: Mapping[str, Any], tri: Mapping[str, Any],
+                 labs: Mapping[str, Mapping[str, Any]], dpo: Mapping[str, str],
+                 measures: Sequence[str], out_dir: Path, now: datetime) -> dict[str, Any]:
+        """One PDF letter per affected patient + the mail-merge CSV. Contact data are opened
+        through the gate (purpose ``breach``) and written only to ``out_dir``."""
+        by_tenant: dict[str, dict[str, set[int]]] = defaultdict(lambda: defaultdict(set))
+        for m in tri["matches"]:
+            by_tenant[m["tenant_id"]][m["patient_id"]].add(m["row"])
+        exposed = set(case["severity"][-1].get("exposed", []))
+        letters_dir = out_dir / "lettres"
+        letters_dir.mkdir(exist_ok=True)
+        merge: list[list[object]] = []
+        n = 0
+        for t, pats in sorted(by_tenant.items()):
+            ids = sorted(pats)
+            opened: dict[str, Any] = {}
+            for i in range(0, len(ids), BACKFILL_BATCH):
+                with self.lv.begin() as conn:
+                    opened.update(self.lv.gate.read_patients(conn, Access(
+                        actor, Action.READ, t, frozenset({Category.IDENTITY, Category.CONTACT}),
+                        purpose="breach", patient_ids=tuple(ids[i:i + BACKFILL_BATCH]),
+                        reason=f"Art. 34 letters, case {case['case_id']}", resource="breach")))
+            for pid in ids:
+                if pid not in opened:
+                    continue
+                data = {"id": pid, **PatientRecord.from_categories(opened[pid])}
+                letter = notices.letter(case=case, lab=labs[t], patient=data, meanings=exposed,
+                                        measures=measures, dpo=dpo, today=now)
+                name = f"{pid}.pdf"
+                notices.render_pdf("letter.html", letters_dir / name, l=letter)
+                addr = data.get("address") or {}
+                merge.append([pid, labs[t]["name"], letter["salutation"],
+                              data.get("used_name") or data.get("birth_name", ""),
+                              (data.get("first_names") or [""])[0], addr.get("line", ""),
+                              addr.get("postal_code", ""), addr.get("city", ""),
+                              data.get("email", ""), data.get("phone", ""),
+                              f"lettres/{name}"])
+                n += 1
+        csv_path = out_dir / "art34-publipostage.csv"
+        notices.write_csv(csv_path, ["patient_id", "laboratoire", "civilite", "nom", "prenom",
+                                     "adresse", "code_postal", "ville", "email", "telephone",
+                                     "lettre"], merge)
+        os.chmod(csv_path, 0o600)
+        return {"letters": n, "letters_dir": str(letters_dir), "mail_merge_csv": str(csv_path)}
+
+
+def dpo_from_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The DPO contact from LABVAULT_DPO_NAME / _EMAIL / _PHONE (docs/configuration.md)."""
+    from labvault.config import SETTINGS
+    e = os.environ if env is None else env
+    return {k: e.get(f"LABVAULT_DPO_{k.upper()}", SETTINGS[f"LABVAULT_DPO_{k.upper()}"][0])
+            for k in ("name", "email", "phone")}
+
+
+ProgressFactory = Callable[[int], Progress]

@@ -1,0 +1,141 @@
+"""Breach repositories: small functions over a Connection (the caller owns the transaction)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.engine import Connection
+
+from labvault.store.schema import blind_index, patients
+from labvault.store.tables_breach import (
+    breach_blocks,
+    breach_cases,
+    breach_encodings,
+    breach_events,
+)
+
+
+# -- register --------------------------------------------------------------------------
+def insert_case(conn: Connection, row: dict[str, Any]) -> None:
+    conn.execute(insert(breach_cases).values(**row))
+
+
+def get_case(conn: Connection, tenant_id: str, case_id: str) -> dict[str, Any] | None:
+    r = conn.execute(select(breach_cases).where(breach_cases.c.tenant_id == tenant_id,
+                                                breach_cases.c.case_id == case_id)
+                     ).mappings().first()
+    return dict(r) if r else None
+
+
+def list_cases(conn: Connection, tenant_id: str) -> list[dict[str, Any]]:
+    return [dict(r) for r in conn.execute(select(breach_cases).where(
+        breach_cases.c.tenant_id == tenant_id).order_by(breach_cases.c.opened_at)).mappings()]
+
+
+def set_case_status(conn: Connection, tenant_id: str, case_id: str, status: str,
+                    at: datetime) -> None:
+    conn.execute(update(breach_cases).where(breach_cases.c.tenant_id == tenant_id,
+                                            breach_cases.c.case_id == case_id
+                                            ).values(status=status, updated_at=at))
+
+
+def insert_event(conn: Connection, row: dict[str, Any]) -> None:
+    conn.execute(insert(breach_events).values(**row))
+
+
+def case_events(conn: Connection, tenant_id: str, case_id: str) -> list[dict[str, Any]]:
+    return [dict(r) for r in conn.execute(select(breach_events).where(
+        breach_events.c.tenant_id == tenant_id, breach_events.c.case_id == case_id
+    ).order_by(breach_events.c.at, breach_events.c.event_id)).mappings()]
+
+
+# -- encodings -------------------------------------------------------------------------
+def replace_encodings(conn: Connection, tenant_id: str, rows: Sequence[dict[str, Any]],
+                      blocks: Sequence[dict[str, Any]], fresh: bool = False) -> None:
+    """Write encoding and block rows of some patients (``fresh``: known to have none)."""
+    ids = list({r["patient_id"] for r in rows})
+    if not fresh:
+        for i in range(0, len(ids), 500):
+            part = ids[i:i + 500]
+            conn.execute(delete(breach_encodings).where(breach_encodings.c.tenant_id == tenant_id,
+                                                        breach_encodings.c.patient_id.in_(part)))
+            conn.execute(delete(breach_blocks).where(breach_blocks.c.tenant_id == tenant_id,
+                                                     breach_blocks.c.patient_id.in_(part)))
+    if rows:
+        conn.execute(insert(breach_encodings), list(rows))
+    if blocks:
+        conn.execute(insert(breach_blocks), list(blocks))
+
+
+def delete_encodings(conn: Connection, tenant_id: str, patient_id: str) -> None:
+    conn.execute(delete(breach_encodings).where(breach_encodings.c.tenant_id == tenant_id,
+                                                breach_encodings.c.patient_id == patient_id))
+    conn.execute(delete(breach_blocks).where(breach_blocks.c.tenant_id == tenant_id,
+                                             breach_blocks.c.patient_id == patient_id))
+
+
+def purge_orphan_encodings(conn: Connection) -> int:
+    """Drop encodings of patients no longer active (erased, e.g. by a shred-log replay)."""
+    live = select(patients.c.patient_id).where(patients.c.status == "active")
+    n = conn.execute(delete(breach_encodings).where(
+        breach_encodings.c.patient_id.not_in(live))).rowcount
+    conn.execute(delete(breach_blocks).where(breach_blocks.c.patient_id.not_in(live)))
+    return int(n or 0)
+
+
+def patients_without_encoding(conn: Connection, tenant_id: str) -> list[str]:
+    have = select(breach_encodings.c.patient_id).where(breach_encodings.c.tenant_id == tenant_id)
+    return list(conn.execute(select(patients.c.patient_id).where(
+        patients.c.tenant_id == tenant_id, patients.c.status == "active",
+        patients.c.patient_id.not_in(have))).scalars())
+
+
+def tenant_index(conn: Connection, tenant_id: str, kinds: Sequence[str]
+                 ) -> dict[bytes, list[str]]:
+    """Every blind-index digest of some kinds of a tenant -> patient ids (kind is in the MAC)."""
+    out: dict[bytes, list[str]] = {}
+    for d, pid in conn.execute(select(blind_index.c.digest, blind_index.c.patient_id).where(
+            blind_index.c.tenant_id == tenant_id, blind_index.c.kind.in_(list(kinds)))):
+        out.setdefault(bytes(d), []).append(pid)
+    return out
+
+
+def tenant_blocks(conn: Connection, tenant_id: str) -> dict[bytes, list[str]]:
+    out: dict[bytes, list[str]] = {}
+    for b, pid in conn.execute(select(breach_blocks.c.block, breach_blocks.c.patient_id).where(
+            breach_blocks.c.tenant_id == tenant_id)):
+        out.setdefault(bytes(b), []).append(pid)
+    return out
+
+
+def tenant_encodings(conn: Connection, tenant_id: str, key_version: int) -> Iterator[
+        tuple[str, bytes]]:
+    for pid, clk in conn.execute(select(breach_encodings.c.patient_id, breach_encodings.c.clk
+                                        ).where(breach_encodings.c.tenant_id == tenant_id,
+                                                breach_encodings.c.key_version == key_version)):
+        yield pid, bytes(clk)
+
+
+def count_encodings(conn: Connection, tenant_id: str) -> int:
+    return int(conn.execute(select(func.count()).select_from(breach_encodings).where(
+        breach_encodings.c.tenant_id == tenant_id)).scalar() or 0)
+
+
+def record_times(conn: Connection, tenant_id: str, patient_ids: Sequence[str]
+                 ) -> tuple[datetime | None, datetime | None]:
+    """Earliest creation and latest update among some patients (clear workflow timestamps)."""
+    lo: datetime | None = None
+    hi: datetime | None = None
+    ids = list(patient_ids)
+    for i in range(0, len(ids), 500):
+        a, b = conn.execute(select(func.min(patients.c.created_at), func.max(patients.c.updated_at)
+                                   ).where(patients.c.tenant_id == tenant_id,
+                                           patients.c.patient_id.in_(ids[i:i + 500]))).one()
+        if a is not None and (lo is None or a < lo):
+            lo = a
+        if b is not None and (hi is None or b > hi):
+            hi = b
+    return lo, hi
