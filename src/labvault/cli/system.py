@@ -41,11 +41,15 @@ def init(data_dir: Path = typer.Option(None, "--data-dir", help="Data directory 
 
 
 @user_errors
-def demo(labs: int = typer.Option(3, "--labs", min=1, max=100, help="Laboratories to create."),
+def demo(scenario: str = typer.Argument(None, help="breach: re-enact the incident end to end."),
+         labs: int = typer.Option(3, "--labs", min=1, max=100, help="Laboratories to create."),
          patients: int = typer.Option(300, "--patients", min=0, max=2_000_000,
                                       help="Patients in all, spread over the laboratories."),
          as_json: bool = JsonOpt) -> None:
     """Seed synthetic laboratories and French patients (Faker fr_FR; never a real person)."""
+    if scenario == "breach":
+        from labvault.cli.breach import demo_breach
+        return demo_breach(None, as_json)
     from labvault.services.demo import seed_demo
     from labvault.services.wiring import init_labvault
     s = _common.settings()
