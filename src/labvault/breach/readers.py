@@ -107,10 +107,12 @@ def detect_format(path: Path, head: bytes) -> str:
     if text[:1] == b"{":
         first = text.split(b"\n", 1)[0].strip()
         try:
-            json.loads(first)
-            return "ndjson"
+            obj = json.loads(first)
         except ValueError:
             return "json"
+        wrapper = isinstance(obj, dict) and any(
+            isinstance(v, list) and v and isinstance(v[0], dict) for v in obj.values())
+        return "json" if wrapper else "ndjson"
     return "csv"
 
 
@@ -214,25 +216,36 @@ def _csv(path: Path, head: bytes, enc: str, progress: Progress | None) -> Table:
 _HEADERISH = re.compile(r"^[A-Za-zÀ-ÿ_][\w .\-/()#'À-ÿ]{0,60}$")
 
 
+def _shape(v: str) -> str:
+    """'Dupont' -> 'a', '12/05/1980' -> '9/9/9', 'col1' -> 'a9'."""
+    out = re.sub(r"[^\W\d_]+", "a", v.strip())
+    return re.sub(r"\d+", "9", out)
+
+
 def _looks_like_header(rows: list[list[str]]) -> bool:
-    """A first row whose cells are all word-like, none a number/date/e-mail, and
-    unlike the cells below it in that respect."""
-    if len(rows) < 2:
-        return bool(rows) and all(_HEADERISH.match(c.strip() or "x") for c in rows[0])
-    first = rows[0]
-
-    def datalike(c: str) -> bool:
-        c = c.strip()
-        return bool(re.search(r"\d", c)) or "@" in c
-
-    if any(datalike(c) for c in first):
+    """A first row of word-like cells (no e-mail, no number) whose shapes differ from the
+    cells below in most columns ('nom', 'col3', 'Date de naissance' over data)."""
+    if not rows:
         return False
-    if not all(_HEADERISH.match(c.strip()) for c in first if c.strip()):
+    first = [c.strip() for c in rows[0]]
+    if not any(first) or not all(_HEADERISH.match(c) for c in first if c):
         return False
-    below = [r for r in rows[1:20] if r]
-    with_digits = sum(1 for r in below for c in r if datalike(c))
-    return with_digits > 0 or (len({tuple(r) for r in below}) > 0 and csv.Sniffer().has_header(
-        "\n".join(",".join(r) for r in rows[:20])))
+    if any("@" in c or c.replace(" ", "").isdigit() for c in first):
+        return False
+    below = [r for r in rows[1:50] if r]
+    if not below:
+        return True
+    differ = total = 0
+    for i, c in enumerate(first):
+        col = [r[i].strip() for r in below if i < len(r) and r[i].strip()]
+        if not c or not col:
+            continue
+        total += 1
+        if _shape(c) not in {_shape(v) for v in col}:
+            differ += 1
+        elif c == c.lower() and all(v != v.lower() for v in col):
+            differ += 1
+    return total > 0 and differ * 2 >= total
 
 
 # -- JSON / NDJSON ---------------------------------------------------------------------------------
@@ -770,7 +783,8 @@ def _xlsx(path: Path) -> Table:
     import openpyxl  # a pinned dependency; imported here: only .xlsx needs it
 
     try:
-        wb = openpyxl.load_workbook(path, read_only=True, data_only=True, keep_links=False)
+        # data_only=False: a formula is read as its text, never evaluated
+        wb = openpyxl.load_workbook(path, read_only=True, data_only=False, keep_links=False)
     except Exception as exc:  # openpyxl raises many types for malformed files
         raise DumpError(f"{path.name}: unreadable workbook ({type(exc).__name__})",
                         "re-export the sheet as .xlsx or CSV") from None

@@ -1,0 +1,118 @@
+"""Register (72 h clock, audit, sealed evidence) and notices (Art. 33(3) items, PDFs, CSV)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from labvault.breach import notices
+from labvault.breach import synthdump as sd
+from labvault.breach.severity import Circumstances, assess
+from labvault.domain.actors import Actor
+from labvault.errors import AccessDenied, NotFound, UserError
+from labvault.services.app import Labvault
+from labvault.services.gate import MemoryAudit
+from tests.breach.conftest import Store
+
+DPO = {"name": "Camille DPO", "email": "dpo@example.org", "phone": "+33 3 20 00 00 00"}
+
+
+def test_register_clock_audit_and_access(lv: Labvault, operator: Actor) -> None:
+    cid = lv.breach.open_case(operator, "Fuite", "2026-11-20T10:00:00+01:00", "desc")
+    case = lv.breach.show(operator, cid)
+    assert case["aware_at"] == "2026-11-20T09:00:00+00:00"
+    assert case["deadline_at"] == "2026-11-23T09:00:00+00:00"
+    assert case["overdue"] is True and case["hours_left"] < 0
+    lv.breach.record(operator, cid, "measure", "serveur isolé")
+    lv.breach.record(operator, cid, "decision", "notifier la CNIL")
+    case = lv.breach.show(operator, cid)
+    assert [m["text"] for m in case["measures"]] == ["serveur isolé"]
+    assert len(case["decisions"]) == 1
+    assert [c["case_id"] for c in lv.breach.list_cases(operator)] == [cid]
+    audit = lv.gate.audit
+    assert isinstance(audit, MemoryAudit)
+    assert {e[1] for e in audit.events} >= {"breach.case_opened", "breach.measure_recorded"}
+    assert all(a.resource == "breach" for a, _, _ in audit.entries)
+    staff = Actor(kind="staff", id="acct_s", tenant_id=None, roles=frozenset({"reception"}))
+    with pytest.raises(AccessDenied):
+        lv.breach.show(staff, cid)
+    with pytest.raises(NotFound):
+        lv.breach.show(operator, "brc_nope")
+    with pytest.raises(UserError):
+        lv.breach.record(operator, cid, "triage", "x")
+
+
+def test_evidence_is_sealed(lv: Labvault, operator: Actor, tmp_path: Path) -> None:
+    p = tmp_path / "leak.csv"
+    p.write_text("nom,email\nDupont,jeanne.dupont@example.org\n")
+    cid = lv.breach.open_case(operator, "t", "2026-11-20T10:00:00Z")
+    ev = lv.breach.add_evidence(operator, cid, p)
+    import hashlib
+    assert ev["sha256"] == hashlib.sha256(p.read_bytes()).hexdigest()
+    stored = (lv.settings.data_dir / ev["stored"]).read_bytes()
+    assert b"Dupont" not in stored and b"example.org" not in stored
+    assert lv.breach.add_evidence(operator, cid, p)["evidence_id"] == ev["evidence_id"]
+
+
+def test_notices_every_art33_item_and_valid_pdfs(lv: Labvault, operator: Actor, store: Store,
+                                                 tmp_path: Path) -> None:
+    dump = sd.make_dump(store.patients[:12], 3, seed=8)
+    rows = dump.rows
+    rows[0]["notes"] = "=cmd|' /C calc'!A0"
+    rows[0]["nom"] = "=HYPERLINK(\"http://x\")"
+    path = tmp_path / "d.csv"
+    sd.write_csv(path, rows)
+    cid = lv.breach.open_case(operator, "Fichier sur un forum", lv.now().isoformat())
+    lv.breach.triage(operator, cid, [path])
+    lv.breach.record(operator, cid, "measure", "mots de passe réinitialisés")
+    out = lv.breach.notify(operator, cid, tmp_path / "out", DPO)
+    n = json.loads(Path(out["cnil_json"]).read_text())
+    assert notices.missing_art33_items(n) == []
+    # field by field (Art. 33(3)(a)-(d))
+    assert n["type"] == "initial" and n["nature"]["description"]
+    assert n["persons_approx"] >= 10 and n["records_approx"] >= n["persons_approx"]
+    assert {c["meaning"] for c in n["data_categories"]} >= {"nir", "clinical_note", "email"}
+    assert n["data_subject_categories"]
+    assert n["dpo"] == {"name": DPO["name"], "email": DPO["email"], "phone": DPO["phone"]}
+    assert any("NIR" in c for c in n["consequences"])
+    assert n["measures_taken"] == ["mots de passe réinitialisés"] and n["measures_proposed"]
+    assert n["timeline"]["within_72h"] is True
+    for key in ("cnil_pdf", "ars_pdf"):
+        data = Path(out[key]).read_bytes()
+        assert data.startswith(b"%PDF-") and b"%%EOF" in data[-64:]
+    assert out["cnil_pdf_pages"] >= 1
+    assert out["letters"] == n["persons_approx"]
+    letters = sorted((tmp_path / "out" / "lettres").glob("*.pdf"))
+    assert len(letters) == out["letters"] and letters[0].read_bytes().startswith(b"%PDF-")
+    with open(out["mail_merge_csv"], encoding="utf-8-sig") as fh:
+        cells = [c for r in csv.reader(fh, delimiter=";") for c in r]
+    assert not any(c[:1] in ("=", "+", "-", "@") for c in cells)
+    ars = json.loads((tmp_path / "out" / "ars-cert-sante.json").read_text())
+    assert ars["structures"] and ars["health_data"]
+    # a second notification is complementary
+    again = lv.breach.notify(operator, cid, tmp_path / "out2", DPO, letters=False)
+    assert again["type"] == "complementary"
+    assert len(lv.breach.show(operator, cid)["notifications"]) == 2
+    with pytest.raises(UserError):
+        lv.breach.notify(operator, cid, tmp_path / "o3", {"name": "x"})
+
+
+def test_severity_enisa_and_art34_3a() -> None:
+    high = assess({"nir", "last_name", "birth_date", "clinical_note"}, 1000, 1000)
+    assert high["score"] == 4 * 1 + 1.0 and high["level"] == "very high"
+    assert high["notify_subjects"] and high["notify_authority"]
+    sealed = assess({"sealed"}, 1000, 1000, sealed_columns=2)
+    assert sealed["art34_3a"]["unintelligible"] and not sealed["notify_subjects"]
+    assert sealed["ei"]["score"] == 0.25
+    low = assess({"email"}, 10, 10, Circumstances(recipients="known", malicious=False))
+    assert low["level"] == "low" and low["score"] == 1 * 0.75 + 0.25
+    assert "ENISA" in low["rationale"]
+
+
+def test_safe_cell() -> None:
+    for bad in ("=1+1", "+33", "-2", "@SUM(A1)", "\t=x", "|cmd"):
+        assert notices.safe_cell(bad).startswith("'")
+    assert notices.safe_cell("Dupont") == "Dupont"
