@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import json
 import zipfile
 from pathlib import Path
@@ -71,9 +70,9 @@ def test_sql_string_roundtrip(values: list[str]) -> None:
     def std(v: str) -> str:
         return "'" + v.replace("'", "''") + "'"
     for quote, esc in ((my, True), (std, False)):
-        stmt = "INSERT INTO t VALUES (" + ", ".join(quote(v) for v in values) + ")"
+        stmt = "INSERT INTO t VALUES (" + ", ".join(quote(v) for v in values) + ")"  # noqa: S608
         _, _, rows = parse_insert(stmt, esc)
-        assert rows == [[v.replace("\x00", "\x00") for v in values]]
+        assert rows == [values]
 
 
 def test_json_and_ndjson(tmp_path: Path) -> None:
@@ -146,6 +145,6 @@ def test_formula_cells_are_read_as_text(tmp_path: Path) -> None:
     ws.append(["Dupont", "=cmd|' /C calc'!A0"])
     p = tmp_path / "f.xlsx"
     wb.save(p)
-    header, rows = rows_of(p)
+    _header, rows = rows_of(p)
     assert rows == [["Dupont", "=cmd|' /C calc'!A0"]]
 

@@ -187,6 +187,7 @@ class ClkEncoder:
         self._clk = KeyedDigest(clk_secret)
         self._block = KeyedDigest(block_secret)
         self._masks: dict[str, int] = {}
+        self._stored: dict[str, int] = {}
         self._blocks: dict[str, bytes] = {}
         order = _keyed_permutation(perm_secret, 2 * BYTES)
         self._perm = itemgetter(*order)
@@ -214,6 +215,14 @@ class ClkEncoder:
             for i in range(K[token[0]]):
                 m |= 1 << (lo + (h1 + i * h2) % (hi - lo))
             self._masks[token] = m
+        return m
+
+    def stored_token_mask(self, token: str) -> int:
+        """A token's positions in the stored (balanced, shuffled) form's original half."""
+        m = self._stored.get(token)
+        if m is None:
+            m = self.permuted(self.token_mask(token))
+            self._stored[token] = m
         return m
 
     def filter(self, m: MatchIdentity) -> int:

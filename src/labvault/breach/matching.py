@@ -9,6 +9,7 @@ filters (``encoding``). The service loads one tenant's digests/encodings at a ti
 from __future__ import annotations
 
 import re
+from array import array
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -20,7 +21,15 @@ from labvault.breach.columns import (
     normalise_phone,
     parse_date,
 )
-from labvault.breach.encoding import FUZZY_ACCEPT, ClkEncoder, KeyedDigest, MatchIdentity, score
+from labvault.breach.encoding import (
+    FUZZY_ACCEPT,
+    ClkEncoder,
+    KeyedDigest,
+    MatchIdentity,
+    block_values,
+    score,
+    tokens,
+)
 from labvault.crypto import blind_index as bi
 
 EXACT_KINDS = (bi.NIR, bi.EMAIL, bi.PHONE, bi.NAME_DOB)
@@ -138,41 +147,86 @@ def exact_tenant(rows: Sequence[RowKeys], tenant_id: str, index_key: bytes,
     return out
 
 
-def fuzzy_tenant(rows: Sequence[RowKeys], todo: Iterable[int], tenant_id: str,
-                 encoder: ClkEncoder, blocks: Mapping[bytes, Sequence[str]],
+class FuzzyPrep:
+    """Tenant-independent work of the fuzzy tier, done once per triage: each row's
+    tokens and blocking values (both name orders), as ids into shared vocabularies."""
+
+    def __init__(self, rows: Sequence[RowKeys], todo: Iterable[int]) -> None:
+        self.tokens: list[str] = []
+        self.blocks: list[str] = []
+        tok_id: dict[str, int] = {}
+        blk_id: dict[str, int] = {}
+        self.rows: dict[int, tuple[tuple[array[int], ...], array[int]]] = {}
+        for n in todo:
+            ident = rows[n].ident
+            if not (ident.last or ident.birth_date):
+                continue
+            variants = [ident] if not (ident.first and ident.last) else [ident, ident.swapped()]
+            toks = []
+            bids: dict[int, None] = {}
+            for v in variants:
+                ids = array("I")
+                for t in tokens(v):
+                    i = tok_id.get(t)
+                    if i is None:
+                        i = tok_id[t] = len(self.tokens)
+                        self.tokens.append(t)
+                    ids.append(i)
+                toks.append(ids)
+                for bv in block_values(v):
+                    j = blk_id.get(bv)
+                    if j is None:
+                        j = blk_id[bv] = len(self.blocks)
+                        self.blocks.append(bv)
+                    bids[j] = None
+            self.rows[n] = (tuple(toks), array("I", bids))
+
+
+def fuzzy_tenant(prep: FuzzyPrep, encoder: ClkEncoder, blocks: Mapping[bytes, Sequence[str]],
                  encodings: Mapping[str, bytes]) -> Iterator[tuple[int, str, float]]:
     """Fuzzy tier for one tenant: (row, best patient, score) for rows with a candidate.
 
     Candidates come from the keyed blocking digests; each is scored by the weighted
     per-field Dice coefficients (``encoding.score``) of the row's filter (and of the
     filter with first and last names swapped) against the patient's stored filter.
+    Token masks and block digests are computed once per tenant and vocabulary entry.
     """
     mask = encoder.mask
+    fm = encoder.field_masks
+    tmask: list[int | None] = [None] * len(prep.tokens)
+    bdig: list[bytes | None] = [None] * len(prep.blocks)
     opened: dict[str, int] = {}
-    for n in todo:
-        ident = rows[n].ident
-        variants = [ident] if not (ident.first and ident.last) else [ident, ident.swapped()]
+    for n, (variants, bids) in prep.rows.items():
         cand: set[str] = set()
-        for v in variants:
-            for b in encoder.blocks(v):
-                ids = blocks.get(b)
-                if ids:
-                    cand.update(ids)
+        for b in bids:
+            d = bdig[b]
+            if d is None:
+                d = bdig[b] = encoder.block(prep.blocks[b])
+            ids = blocks.get(d)
+            if ids:
+                cand.update(ids)
         if not cand:
             continue
-        filters = [int.from_bytes(encoder.encode(v), "big") & mask for v in variants]
+        filters = []
+        for toks in variants:
+            f = 0
+            for t in toks:
+                m = tmask[t]
+                if m is None:
+                    m = tmask[t] = encoder.stored_token_mask(prep.tokens[t])
+                f |= m
+            filters.append(f)
         best, top = "", 0.0
-        fm = encoder.field_masks
         for pid in cand:
-            f = opened.get(pid)
-            if f is None:
+            sf = opened.get(pid)
+            if sf is None:
                 raw = encodings.get(pid)
                 if raw is None:
                     continue
-                f = int.from_bytes(raw, "big") & mask
-                opened[pid] = f
+                sf = int.from_bytes(raw, "big") & mask
+                opened[pid] = sf
             for rf in filters:
-                s = score(rf, f, fm)
+                s = score(rf, sf, fm)
                 if s > top:
                     best, top = pid, s
         if best:

@@ -241,9 +241,7 @@ def _looks_like_header(rows: list[list[str]]) -> bool:
         if not c or not col:
             continue
         total += 1
-        if _shape(c) not in {_shape(v) for v in col}:
-            differ += 1
-        elif c == c.lower() and all(v != v.lower() for v in col):
+        if _shape(c) not in {_shape(v) for v in col} or (c == c.lower() and all(v != v.lower() for v in col)):
             differ += 1
     return total > 0 and differ * 2 >= total
 

@@ -124,7 +124,7 @@ def triage(dumps: list[Path] = typer.Argument(..., help="Leaked file(s)."),
                                        help="Processes for the exact tier."),
            as_json: bool = JsonOpt) -> None:
     """Match a leaked file to patients without unsealing the store; attribute; score."""
-    from labvault.services.breach import Circumstances
+    from labvault.breach.severity import Circumstances
     with opened() as lv, _progress(list(dumps)) as progress:
         res = lv.breach.triage(Actor.operator(), case_id, list(dumps), fmt, progress,
                                Circumstances(recipients=recipients, malicious=malicious),
@@ -181,10 +181,9 @@ def backfill(tenant: str = typer.Option(None, "--tenant", help="One laboratory (
 
 def demo_breach(out: Path | None, as_json: bool) -> None:
     """``labvault demo breach``: re-enact the incident end to end, printing each step."""
+    from labvault.cli._common import settings
     from labvault.services.breach_demo import run_demo
     from labvault.services.wiring import init_labvault
-
-    from labvault.cli._common import settings
     s = settings()
     lv = init_labvault(s)
     steps: list[dict[str, Any]] = []

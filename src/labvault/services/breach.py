@@ -41,6 +41,7 @@ from labvault.breach.encoding import (
 )
 from labvault.breach.matching import (
     EXACT_KINDS,
+    FuzzyPrep,
     Match,
     RowKeys,
     RowReader,
@@ -489,8 +490,8 @@ class BreachService:
     def _fuzzy(self, rows: list[RowKeys], todo: list[int], tenants: Sequence[Mapping[str, Any]]
                ) -> dict[int, tuple[str, str, float]]:
         best: dict[int, tuple[str, str, float]] = {}
-        todo = [n for n in todo if rows[n].ident.last or rows[n].ident.birth_date]
-        if not todo:
+        prep = FuzzyPrep(rows, todo)
+        if not prep.rows:
             return best
         for t in tenants:
             tid = t["tenant_id"]
@@ -498,7 +499,7 @@ class BreachService:
                 enc, v = self.encoder(conn, tid)
                 blocks = brepo.tenant_blocks(conn, tid)
                 encodings = dict(brepo.tenant_encodings(conn, tid, v))
-            for n, pid, score in fuzzy_tenant(rows, todo, tid, enc, blocks, encodings):
+            for n, pid, score in fuzzy_tenant(prep, enc, blocks, encodings):
                 if score >= FUZZY_ACCEPT and score > best.get(n, ("", "", 0.0))[2]:
                     best[n] = (tid, pid, score)
             del blocks, encodings
