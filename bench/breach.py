@@ -74,6 +74,8 @@ def build(work: Path, patients: int, labs: int, rows: int, seed: int) -> None:
         batch_b: list[dict[str, Any]] = []
 
         def flush() -> None:
+            if not batch_p:  # noqa: B023
+                return
             with lv.begin() as conn:
                 conn.execute(insert(patients_t), batch_p)  # noqa: B023
                 conn.execute(insert(blind_index), batch_i)  # noqa: B023

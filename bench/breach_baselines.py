@@ -166,7 +166,7 @@ def run_splink(store: list[dict[str, str]], dump: list[dict[str, str]],
                      cl.ExactMatch("pc"), cl.ExactMatch("email"), cl.ExactMatch("phone")],
         blocking_rules_to_generate_predictions=[block_on("dob"), block_on("year", "sl"),
                                                 block_on("year", "sf"), block_on("pc", "sf")])
-    linker = Linker([left, right], settings, db_api=DuckDBAPI())
+    linker = Linker([left, right], settings, DuckDBAPI())
     linker.training.estimate_u_using_random_sampling(max_pairs=2e6)
     linker.training.estimate_parameters_using_expectation_maximisation(block_on("dob"))
     linker.training.estimate_parameters_using_expectation_maximisation(block_on("year", "sl"))
