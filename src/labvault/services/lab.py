@@ -231,6 +231,8 @@ class LabService:
         self._catalogues: dict[str, L.Catalogue] = {}
         self._default: L.Catalogue | None = None
         self._lock = threading.Lock()
+        from labvault.services.lab_messages import MessageService
+        self.messages = MessageService(lv, self)
 
     # == gate helpers ===========================================================================
     def _check(self, conn: Connection, actor: Actor, action: Action, tenant_id: str,
@@ -249,6 +251,10 @@ class LabService:
     def _seal(self, dek: DataKey, tenant_id: str, table: str, column: str, record_id: str,
               data: Mapping[str, Any]) -> bytes:
         return dek.seal(SealContext(tenant_id, table, column, record_id), _dumps(data))
+
+    def _seal_bytes(self, dek: DataKey, tenant_id: str, table: str, column: str,
+                    record_id: str, data: bytes) -> bytes:
+        return dek.seal(SealContext(tenant_id, table, column, record_id), data)
 
     def _open(self, dek: DataKey, tenant_id: str, table: str, column: str, record_id: str,
               sealed: bytes | None) -> dict[str, Any]:
