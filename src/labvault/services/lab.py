@@ -51,6 +51,7 @@ CLINICAL = frozenset({Category.CLINICAL})
 IDENTITY = frozenset({Category.IDENTITY})
 PLACER = "lab_placer"          # blind-index kinds (the kind is part of the MAC input)
 FILLER = "lab_filler"
+INDEX_KEY_TTL = 5.0
 ACCESSION = "lab_accession"
 
 
@@ -231,6 +232,7 @@ class LabService:
         self._catalogues: dict[str, L.Catalogue] = {}
         self._default: L.Catalogue | None = None
         self._lock = threading.Lock()
+        self._index_keys: dict[str, tuple[float, bytes]] = {}
         from labvault.services.lab_messages import MessageService
         self.messages = MessageService(lv, self)
 
@@ -265,10 +267,19 @@ class LabService:
         return data
 
     def digest(self, conn: Connection, tenant_id: str, kind: str, value: str) -> bytes:
-        self.lv.load_tenant_keys(conn, tenant_id)
-        idx = repo.current_key_version(conn, tenant_id, "index")
-        assert idx is not None
-        return bi.digest(self.lv.keyring.blind_index_key(tenant_id, idx), kind, value)
+        """Blind-index digest under the tenant's current index key. The key (not any
+        data) is cached for ``INDEX_KEY_TTL`` seconds: after an index-key change a lookup
+        may miss for that long (the result then waits in the import-issues queue)."""
+        import time
+        now = time.monotonic()
+        hit = self._index_keys.get(tenant_id)
+        if hit is None or now - hit[0] > INDEX_KEY_TTL:
+            self.lv.load_tenant_keys(conn, tenant_id)
+            idx = repo.current_key_version(conn, tenant_id, "index")
+            assert idx is not None
+            hit = (now, self.lv.keyring.blind_index_key(tenant_id, idx))
+            self._index_keys[tenant_id] = hit
+        return bi.digest(hit[1], kind, value)
 
     # == catalogue ==============================================================================
     def default_catalogue(self) -> L.Catalogue:
