@@ -23,12 +23,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from labvault.config import Settings  # noqa: E402
-from labvault.domain.actors import Actor  # noqa: E402
-from labvault.interop.hl7.handler import Hl7Handler  # noqa: E402
-from labvault.interop.hl7.mllp import MllpServer, send  # noqa: E402
-from labvault.services.app import Labvault  # noqa: E402
-from labvault.synthetic import make_finess, make_nir  # noqa: E402
+from labvault.config import Settings
+from labvault.domain.actors import Actor
+from labvault.interop.hl7.handler import Hl7Handler
+from labvault.interop.hl7.mllp import MllpServer, send
+from labvault.services.app import Labvault
+from labvault.synthetic import make_finess, make_nir
 
 
 def oru(i: int, nir: str, run: str) -> bytes:
@@ -72,8 +72,18 @@ def main() -> None:
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp())
     env = {"LABVAULT_KEY_FILE": str(tmp / "root.key")}
+    schema = None
     if args.pg:
-        env["LABVAULT_DATABASE_URL"] = args.pg
+        # A private schema, dropped at the end: never touch the shared database's tables.
+        from sqlalchemy import text
+
+        from labvault.store.engine import make_engine
+        schema = f"bench_mllp_{time.time_ns()}"
+        admin = make_engine(args.pg)
+        with admin.begin() as c:
+            c.execute(text(f'CREATE SCHEMA "{schema}"'))
+        sep = "&" if "?" in args.pg else "?"
+        env["LABVAULT_DATABASE_URL"] = f"{args.pg}{sep}options=-csearch_path%3D{schema}"
     s = Settings.from_env(tmp / "var", env=env)
     lv = Labvault.init(s)
     op = Actor.operator()
@@ -108,9 +118,14 @@ def main() -> None:
         rates.sort()
         print(f"connections={conns}: median {rates[len(rates) // 2]:.0f} msg/s "
               f"(runs: {', '.join(f'{x:.0f}' for x in rates)})", flush=True)
+    asyncio.run_coroutine_threadsafe(srv.stop(), loop).result(30)
     loop.call_soon_threadsafe(loop.stop)
     srv.close()
     lv.close()
+    if schema is not None:
+        with admin.begin() as c:
+            c.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
 
 
 if __name__ == "__main__":

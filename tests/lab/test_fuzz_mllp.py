@@ -133,8 +133,11 @@ def server(lab_lv: Labvault, tenant_id: str) -> Iterator[MllpServer]:
     t.start()
     assert started.wait(10)
     yield srv
+
+    asyncio.run_coroutine_threadsafe(srv.stop(), loop).result(10)
     loop.call_soon_threadsafe(loop.stop)
     t.join(10)
+    loop.close()
     srv.close()
 
 

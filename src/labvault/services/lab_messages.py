@@ -11,14 +11,16 @@ it too) with the ACK that was sent, and returns that ACK on a resend.
 from __future__ import annotations
 
 import json
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError as DbIntegrityError
 
+from labvault.crypto import DataKey
 from labvault.crypto import blind_index as bi
 from labvault.domain import inbound as I
 from labvault.domain import lab as L
@@ -57,6 +59,7 @@ class _Ctx:
     message_id: str
     outcome: I.IngestOutcome
     issues: list[dict[str, Any]]
+    deks: dict[str, DataKey] = field(default_factory=dict)
 
 
 class MessageService:
@@ -66,6 +69,10 @@ class MessageService:
         # (tenant, kind, digest) -> patient id. Ids only (no personal data); an erased
         # patient is dropped from it on first miss.
         self._patients: OrderedDict[tuple[str, str, bytes], str] = OrderedDict()
+        # SQLite has one writer: queue writers here instead of in SQLite's busy handler
+        # (which sleeps); PostgreSQL runs messages of several connections in parallel.
+        self._write_lock: threading.Lock | None = (
+            threading.Lock() if lv.engine.dialect.name == "sqlite" else None)
 
     # == entry point ============================================================================
     def ingest(self, actor: Actor, tenant_id: str, raw: bytes, msg: I.InboundMessage,
@@ -74,6 +81,9 @@ class MessageService:
         archived inside the transaction; the caller sends it only after this returns (i.e.
         after the commit). A resend of the same MSH-10 (same sender) returns the first ACK."""
         try:
+            if self._write_lock is not None:
+                with self._write_lock:
+                    return self._ingest(actor, tenant_id, raw, msg, build_ack)
             return self._ingest(actor, tenant_id, raw, msg, build_ack)
         except DbIntegrityError:
             # Two connections delivered the same message at once: the other one won.
@@ -133,29 +143,38 @@ class MessageService:
         lv, tid = self.lv, ctx.tenant_id
         pid = ctx.outcome.patient_id
         if pid is not None:
-            dek = lv.gate.patient_key(ctx.conn, tid, pid)
-            raw_sealed = self.lab._seal_bytes(dek, tid, "lab_hl7_messages", "raw_sealed",
-                                              ctx.message_id, raw)
+            raw_sealed = self.lab._seal_bytes(self._key(ctx, pid), tid, "lab_hl7_messages",
+                                              "raw_sealed", ctx.message_id, raw)
         else:
-            raw_sealed = lv.gate.seal_tenant_value(ctx.conn, tid, "lab_hl7_messages",
-                                                   "raw_sealed", ctx.message_id, raw)
+            raw_sealed = self.lab.seal_tenant(ctx.conn, tid, "lab_hl7_messages", "raw_sealed",
+                                              ctx.message_id, raw)
         lrepo.insert_message(ctx.conn, {
             "tenant_id": tid, "message_id": ctx.message_id,
             "control_digest": self._control_digest(ctx.conn, tid, msg), "patient_id": pid,
             "message_type": msg.kind[:20], "status": ctx.outcome.ack_code,
             "received_at": lv.now(), "raw_sealed": raw_sealed,
-            "ack_sealed": lv.gate.seal_tenant_value(ctx.conn, tid, "lab_hl7_messages",
-                                                    "ack_sealed", ctx.message_id, ack)})
+            "ack_sealed": self.lab.seal_tenant(ctx.conn, tid, "lab_hl7_messages", "ack_sealed",
+                                               ctx.message_id, ack)})
 
     # == patients ===============================================================================
+    def _key(self, ctx: _Ctx, patient_id: str) -> DataKey:
+        """The patient's data key, fetched once per message."""
+        dek = ctx.deks.get(patient_id)
+        if dek is None:
+            dek = ctx.deks[patient_id] = self.lv.gate.patient_key(ctx.conn, ctx.tenant_id,
+                                                                  patient_id)
+        return dek
+
     def _lookup(self, ctx: _Ctx, kind: str, value: str) -> str | None:
         d = self.lab.digest(ctx.conn, ctx.tenant_id, kind, value)
         key = (ctx.tenant_id, kind, d)
         pid = self._patients.get(key)
         if pid is not None:
-            if repo.patient_tenant(ctx.conn, pid) == ctx.tenant_id:
+            try:
+                self._key(ctx, pid)          # still there (not erased): its key opens
                 return pid
-            self._patients.pop(key, None)
+            except NotFound:
+                self._patients.pop(key, None)
         ids = repo.find_by_digest(ctx.conn, ctx.tenant_id, kind, d)
         if len(ids) != 1:
             return None          # none, or ambiguous: never guess a patient
@@ -296,25 +315,69 @@ class MessageService:
                     self._issue(ctx, "unknown-code", pid, order, list(order.results), None,
                                 order.location, "no test of this order is in the catalogue")
                     continue
+                dek = self._key(ctx, pid)
                 if facts is None:
-                    facts = self.lab._patient_facts(ctx.conn, ctx.actor, ctx.tenant_id, pid)
+                    facts = self.lab._patient_facts(ctx.conn, ctx.actor, ctx.tenant_id, pid,
+                                                    dek)
                 req = order.request or L.ServiceRequest(())
                 self.lab._check(ctx.conn, ctx.actor, Action.WRITE, ctx.tenant_id, "order",
                                 (pid,))
-                existing = self.lab._create_order(
-                    ctx.conn, ctx.actor, ctx.tenant_id, pid, L.ServiceRequest(
-                        tuple(dict.fromkeys(tests)), req.priority, req.prescriber,
-                        req.clinical_notes, order.placer_number, order.filler_number,
-                        req.requested_at), facts)
+                sr = L.ServiceRequest(tuple(dict.fromkeys(tests)), req.priority, req.prescriber,
+                                      req.clinical_notes, order.placer_number,
+                                      order.filler_number, req.requested_at)
+                if order.results:
+                    # unsolicited results: order, specimen and results written at once
+                    good = self._interpret(ctx, pid, order, cat, facts)
+                    if good:
+                        self.lab._check(ctx.conn, ctx.actor, Action.WRITE, ctx.tenant_id,
+                                        "observation", (pid,))
+                        created, views = self.lab._create_with_results(
+                            ctx.conn, ctx.actor, ctx.tenant_id, pid, dek, sr,
+                            order.specimen or self._default_specimen(order, pid),
+                            good, facts)
+                        ctx.outcome.order_ids.append(created.order_id)
+                        ctx.outcome.observation_ids.extend(v.observation_id for v in views)
+                        continue
+                existing = self.lab._create_order(ctx.conn, ctx.actor, ctx.tenant_id, pid, sr,
+                                                  facts, dek)
             ctx.outcome.order_ids.append(existing.order_id)
             if existing.status == L.OrderStatus.REGISTERED and (order.specimen or order.results):
-                spec = order.specimen or L.Specimen(
-                    "BLD", next((r.observed_at for r in order.results if r.observed_at),
-                                self.lv.now()),
-                    (order.filler_number or order.placer_number or existing.order_id)[:64])
+                spec = order.specimen or self._default_specimen(order, existing.order_id)
                 self.lab._receive(ctx.conn, ctx.actor, existing, spec)
             if order.results:
                 self._results(ctx, existing, order, cat)
+
+    def _default_specimen(self, order: I.InboundOrder, fallback: str) -> L.Specimen:
+        """An ORU without SPM/OBR-7: the analyzed specimen, numbered by the order number."""
+        return L.Specimen("BLD", next((r.observed_at for r in order.results if r.observed_at),
+                                      self.lv.now()),
+                          (order.filler_number or order.placer_number or fallback)[:64])
+
+    def _interpret(self, ctx: _Ctx, pid: str, group: I.InboundOrder, cat: L.Catalogue,
+                   facts: Mapping[str, Any], mapping: Mapping[str, str] | None = None
+                   ) -> list[L.Observation]:
+        """Results that map, interpreted; the others go to the import-issues queue."""
+        from datetime import date
+        bd = facts.get("birth_date")
+        birth = date.fromisoformat(bd) if bd else None
+        good: list[L.Observation] = []
+        for r in group.results:
+            if r.status in ("X", "D", "W"):       # result cannot be obtained / deleted / wrong
+                continue
+            test = self._resolve_code(cat, r.code, r.code_system, mapping)
+            if test is None:
+                self._issue(ctx, "unknown-code", pid, group, [r], None,
+                            Location(r.location.segment, r.location.sequence, 3),
+                            f"code {r.code} ({r.code_system or 'local'}) is not in catalogue "
+                            f"{cat.version}")
+                continue
+            try:
+                good.append(L.Observation.interpret(self._to_input(r, test), test, cat.version,
+                                                    facts.get("sex"), birth, self.lv.now()))
+            except (InvalidField, InvalidRecord) as exc:
+                self._issue(ctx, "invalid-value", pid, group, [r], None, r.location,
+                            str(exc.message))
+        return good
 
     def _find_order(self, ctx: _Ctx, order: I.InboundOrder) -> _Order | None:
         placer = (self.lab.digest(ctx.conn, ctx.tenant_id, "lab_placer", order.placer_number)
@@ -324,7 +387,7 @@ class MessageService:
         row = lrepo.order_by_digest(ctx.conn, ctx.tenant_id, placer, filler)
         if row is None:
             return None
-        o = self.lab._order_from_row(ctx.conn, row)
+        o = self.lab._order_from_row(ctx.conn, row, self._key(ctx, row["patient_id"]))
         rep = lrepo.report_by_order(ctx.conn, ctx.tenant_id, o.order_id)
         o.row["report_id"] = rep["report_id"] if rep else ""
         return o
@@ -360,23 +423,9 @@ class MessageService:
                         group.location, f"the order is {order.status}: a correction needs a "
                         "biologist (amend)")
             return
-        good: list[L.Observation] = []
-        for r in group.results:
-            if r.status in ("X", "D", "W"):       # result cannot be obtained / deleted / wrong
-                continue
-            test = self._resolve_code(cat, r.code, r.code_system, mapping)
-            if test is None:
-                self._issue(ctx, "unknown-code", order.patient_id, group, [r], None,
-                            Location(r.location.segment, r.location.sequence, 3),
-                            f"code {r.code} ({r.code_system or 'local'}) is not in catalogue "
-                            f"{cat.version}")
-                continue
-            try:
-                good.append(L.Observation.interpret(self._to_input(r, test), test, cat.version,
-                                                    order.sex, order.birth_date, self.lv.now()))
-            except (InvalidField, InvalidRecord) as exc:
-                self._issue(ctx, "invalid-value", order.patient_id, group, [r], None,
-                            r.location, str(exc.message))
+        good = self._interpret(ctx, order.patient_id, group, cat,
+                               {"sex": order.sex, "birth_date": order.request.get(
+                                   "patient", {}).get("birth_date")}, mapping)
         if good:
             self.lab._check(ctx.conn, ctx.actor, Action.WRITE, ctx.tenant_id, "observation",
                             (order.patient_id,))

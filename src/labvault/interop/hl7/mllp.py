@@ -105,6 +105,7 @@ class MllpServer:
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mllp")
         self.server: asyncio.AbstractServer | None = None
         self.messages = 0
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def _safe_handle(self, payload: bytes) -> bytes:
         try:
@@ -118,6 +119,10 @@ class MllpServer:
             return b"MSH|^~\\&|||||||ACK|ERR|P|2.5\rMSA|AE|\r"
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         fr = FrameReader(self.max_bytes)
         loop = asyncio.get_running_loop()
         try:
@@ -169,6 +174,14 @@ class MllpServer:
         server = await self.start()
         async with server:
             await server.serve_forever()
+
+    async def stop(self) -> None:
+        """Stop listening and end the open connections (inside the server's loop)."""
+        if self.server is not None:
+            self.server.close()
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def close(self) -> None:
         if self.server is not None:
