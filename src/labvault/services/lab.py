@@ -234,6 +234,7 @@ class LabService:
         self._lock = threading.Lock()
         self._index_keys: dict[str, tuple[float, bytes]] = {}
         self._data_keys: dict[str, tuple[float, DataKey]] = {}
+        self._active: dict[str, tuple[float, L.Catalogue]] = {}
         from labvault.services.lab_messages import MessageService
         self.messages = MessageService(lv, self)
 
@@ -289,6 +290,18 @@ class LabService:
         return self._default
 
     def _catalogue(self, conn: Connection, tenant_id: str) -> L.Catalogue:
+        """The lab's active catalogue; which one is active is re-read every
+        ``INDEX_KEY_TTL`` seconds (and at once after ``load_catalogue`` in this process)."""
+        import time
+        now = time.monotonic()
+        hit = self._active.get(tenant_id)
+        if hit is not None and now - hit[0] <= INDEX_KEY_TTL:
+            return hit[1]
+        cat = self._catalogue_uncached(conn, tenant_id)
+        self._active[tenant_id] = (now, cat)
+        return cat
+
+    def _catalogue_uncached(self, conn: Connection, tenant_id: str) -> L.Catalogue:
         cid = lrepo.active_catalogue_id(conn, tenant_id)
         if cid is None:
             return self.default_catalogue()
@@ -323,6 +336,7 @@ class LabService:
             lrepo.insert_catalogue(conn, {"tenant_id": tenant_id, "catalogue_id": cid,
                                           "version": cat.version, "status": "active",
                                           "loaded_at": self.lv.now(), "catalogue_sealed": sealed})
+        self._active.pop(tenant_id, None)
         return {"catalogue_id": cid, "version": cat.version, "tests": len(cat.tests)}
 
     def catalogue_versions(self, tenant_id: str) -> list[dict[str, Any]]:
