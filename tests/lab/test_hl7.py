@@ -175,3 +175,26 @@ def test_batch_file_split() -> None:
     msgs = split_file(data)
     assert len(msgs) == 2 and all(m.startswith(b"MSH") for m in msgs)
     assert read_message(msgs[1]).msh.get(10) == "B2"
+
+
+def test_ambiguous_patient_is_never_guessed(h: Hl7Handler, lab_lv: Labvault, tenant_id: str,
+                                            operator: Actor) -> None:
+    for _ in range(2):
+        lab_lv.patients.register(operator, tenant_id, {**patient_data(), "nir": S.NIR_F})
+    _out, ack = h.handle(S.orm("AMB1").encode())
+    a = segs(ack)
+    assert a["MSA"][0][1] == "AE" and a["ERR"][0][3].startswith("205^")
+    assert lab_lv.lab.list_orders(operator, tenant_id) == []
+    out, ack = h.handle(S.oru_numeric("AMB2").encode())
+    assert segs(ack)["MSA"][0][1] == "AA" and out.patient_id is None
+    (issue,) = lab_lv.lab.messages.list_issues(operator, tenant_id)
+    assert issue["kind"] == "unknown-patient" and "several patients" in issue["reason"]
+
+
+def test_ack_written_in_the_message_charset(h: Hl7Handler) -> None:
+    raw = S.orm("CS1").replace("|FRA|", "|FRA|8859/1", 1).replace("MSH|^~\\&|ANALYZER",
+                                                                 "MSH|^~\\&|ANALYSEUR-É")
+    _out, ack = h.handle(raw.encode("iso8859-1"))
+    text = ack.decode("iso8859-1")
+    msh = text.split("\r")[0].split("|")
+    assert msh[17] == "8859/1" and msh[4] == "ANALYSEUR-É"

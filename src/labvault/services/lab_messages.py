@@ -176,8 +176,13 @@ class MessageService:
             except NotFound:
                 self._patients.pop(key, None)
         ids = repo.find_by_digest(ctx.conn, ctx.tenant_id, kind, d)
-        if len(ids) != 1:
-            return None          # none, or ambiguous: never guess a patient
+        if len(ids) > 1:
+            # Several patients share this identifier: never guess, never add another one.
+            raise I.ContentError([MessageError(Location("PID", 1, 3), I.ERR_DUPLICATE_KEY,
+                                               "several patients match PID-3; merge them "
+                                               "first")])
+        if not ids:
+            return None
         self._patients[key] = ids[0]
         if len(self._patients) > PATIENT_CACHE:
             self._patients.popitem(last=False)
@@ -257,7 +262,13 @@ class MessageService:
     def _orders_and_results(self, ctx: _Ctx, msg: I.InboundMessage) -> None:
         p = msg.patient
         assert p is not None
-        pid = self._match(ctx, p)
+        why = "patient not found by NIR or identifier"
+        try:
+            pid = self._match(ctx, p)
+        except I.ContentError:
+            if msg.message_type != "ORU":
+                raise
+            pid, why = None, "several patients match PID-3 (merge them first)"
         if pid is None and msg.message_type in ("ORM", "OML"):
             if p.record is None:
                 raise I.ContentError([MessageError(p.location, I.ERR_UNKNOWN_KEY,
@@ -268,7 +279,7 @@ class MessageService:
             # ORU for a patient we do not know: keep every result, sealed, for a human.
             for order in msg.orders:
                 self._issue(ctx, "unknown-patient", None, order, list(order.results),
-                            p, p.location, "patient not found by NIR or identifier")
+                            p, p.location, why)
             return
         ctx.outcome.patient_id = pid
         cat = self.lab._catalogue(ctx.conn, ctx.tenant_id)

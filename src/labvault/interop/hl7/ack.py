@@ -31,6 +31,7 @@ class Header:
     trigger: str = ""
     version: str = "2.5"
     processing_id: str = "P"
+    charset: str = ""              # MSH-18 of the message: the ACK is written in it too
 
 
 _SAFE = re.compile(r"[^\x20-\x7e\u00a0-\uffff]")
@@ -102,7 +103,8 @@ def build_ack(h: Header, code: str, errors: Sequence[MessageError] = (),
     msh = fs.join(["MSH", seps[1:], e(h.receiving_app), e(h.receiving_facility),
                    e(h.sending_app), e(h.sending_facility), ts, "",
                    cs.join(["ACK", e(h.trigger), "ACK"]) if h.trigger else "ACK",
-                   e(ack_control_id or "ACK"), e(h.processing_id or "P"), e(h.version or "2.5")])
+                   e(ack_control_id or "ACK"), e(h.processing_id or "P"), e(h.version or "2.5")]
+                  + (["", "", "", "", "", e(h.charset)] if h.charset else []))
     old = _old_version(h.version)
     first_error = next((x for x in errors if x.severity == "E"), None)
     msa_fields = ["MSA", code, e(h.control_id)]
@@ -120,4 +122,6 @@ def build_ack(h: Header, code: str, errors: Sequence[MessageError] = (),
                             ss.join([err.code, e(ERR_TEXT.get(err.code, "")), "HL70357"])])
         segments.append(fs.join(["ERR", err1, erl, hl7code, err.severity,
                                  "", "", "", e(err.text)[:250]]))
-    return ("\r".join(segments) + "\r").encode("utf-8")
+    from labvault.interop.hl7.parse import CHARSETS
+    codec = CHARSETS.get(h.charset.upper(), "utf-8")
+    return ("\r".join(segments) + "\r").encode(codec, "replace")

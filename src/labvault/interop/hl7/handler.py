@@ -46,7 +46,8 @@ def prepare(raw: bytes, tz: tzinfo = DEFAULT_TZ, ack_id: str = "ACK") -> Prepare
         return Prepared(h, None, I.IngestOutcome("AR", [err]), A.build_ack(h, "AR", [err], ack_id))
     header = A.Header(msg.separators, msg.msh.get(3), msg.msh.get(4), msg.msh.get(5),
                       msg.msh.get(6), msg.msh.get(10), msg.msh.get(9, 2),
-                      msg.msh.get(12, 1) or "2.5", msg.msh.get(11, 1) or "P")
+                      msg.msh.get(12, 1) or "2.5", msg.msh.get(11, 1) or "P",
+                      msg.msh.get(18).strip().upper())
     try:
         inbound = to_inbound(msg, tz)
     except Rejected as exc:
