@@ -72,7 +72,7 @@ def check_ack(ack: bytes) -> None:
 @settings(max_examples=200, deadline=None, database=None,
           suppress_health_check=list(HealthCheck))
 @given(st.integers(0, len(SEEDS) - 1), st.integers(0, 2**32))
-def test_fuzz_parse_map_ack(which: int, seed: int) -> None:
+def fuzz_parse_map_ack(which: int, seed: int) -> None:
     rng = random.Random(seed)
     for _ in range(500):
         raw = mutate(rng, SEEDS[which])
@@ -85,7 +85,7 @@ def test_fuzz_parse_map_ack(which: int, seed: int) -> None:
 @settings(max_examples=100, deadline=None, database=None,
           suppress_health_check=list(HealthCheck))
 @given(st.binary(max_size=2000), st.integers(0, 2**32))
-def test_fuzz_raw_bytes_and_framing(data: bytes, seed: int) -> None:
+def fuzz_raw_bytes_and_framing(data: bytes, seed: int) -> None:
     rng = random.Random(seed)
     fr = FrameReader(max_bytes=4096)
     for _ in range(50):
@@ -100,8 +100,12 @@ def test_fuzz_raw_bytes_and_framing(data: bytes, seed: int) -> None:
         COUNT["inputs"] += 1
 
 
-def test_fuzz_total_reached() -> None:
-    """Runs after the two fuzz tests (file order): together >= 100,000 inputs."""
+@pytest.mark.slow
+def test_fuzz_100k_inputs_zero_crashes() -> None:
+    """Both hypothesis fuzzers, then the count: >= 100,000 inputs, every one answered."""
+    COUNT["inputs"] = 0
+    fuzz_parse_map_ack()
+    fuzz_raw_bytes_and_framing()
     assert COUNT["inputs"] >= 100_000, COUNT
 
 
