@@ -44,7 +44,8 @@ CONTROL = "hl7_control"
 OPEN_STATES = (L.OrderStatus.REGISTERED, L.OrderStatus.RECEIVED, L.OrderStatus.PRELIMINARY,
                L.OrderStatus.TECHNICALLY_VALIDATED)
 LOINC_SYSTEMS = ("LN", "LOINC", "http://loinc.org")
-PATIENT_CACHE = 4096
+PATIENT_CACHE = 4096        # identifier digest -> patient id (ids only), LRU
+PATIENT_CACHE_TTL = 60.0    # seconds: bounds staleness after an identifier change elsewhere
 
 
 def _dumps(data: Mapping[str, Any]) -> bytes:
@@ -66,9 +67,10 @@ class MessageService:
     def __init__(self, lv: Labvault, lab: LabService) -> None:
         self.lv = lv
         self.lab = lab
-        # (tenant, kind, digest) -> patient id. Ids only (no personal data); an erased
-        # patient is dropped from it on first miss.
-        self._patients: OrderedDict[tuple[str, str, bytes], str] = OrderedDict()
+        # (tenant, kind, digest) -> (patient id, cached at). Ids only (no personal data);
+        # an erased patient is dropped on first use, every entry after PATIENT_CACHE_TTL.
+        self._patients: OrderedDict[tuple[str, str, bytes], tuple[str, float]] = OrderedDict()
+        self._cache_lock = threading.Lock()
         # SQLite has one writer: queue writers here instead of in SQLite's busy handler
         # (which sleeps); PostgreSQL runs messages of several connections in parallel.
         self._write_lock: threading.Lock | None = (
@@ -168,13 +170,17 @@ class MessageService:
     def _lookup(self, ctx: _Ctx, kind: str, value: str) -> str | None:
         d = self.lab.digest(ctx.conn, ctx.tenant_id, kind, value)
         key = (ctx.tenant_id, kind, d)
-        pid = self._patients.get(key)
+        import time
+        now = time.monotonic()
+        hit = self._patients.get(key)
+        pid = hit[0] if hit is not None and now - hit[1] <= PATIENT_CACHE_TTL else None
         if pid is not None:
             try:
                 self._key(ctx, pid)          # still there (not erased): its key opens
                 return pid
             except NotFound:
-                self._patients.pop(key, None)
+                with self._cache_lock:
+                    self._patients.pop(key, None)
         ids = repo.find_by_digest(ctx.conn, ctx.tenant_id, kind, d)
         if len(ids) > 1:
             # Several patients share this identifier: never guess, never add another one.
@@ -183,9 +189,10 @@ class MessageService:
                                                "first")])
         if not ids:
             return None
-        self._patients[key] = ids[0]
-        if len(self._patients) > PATIENT_CACHE:
-            self._patients.popitem(last=False)
+        with self._cache_lock:
+            self._patients[key] = (ids[0], now)
+            while len(self._patients) > PATIENT_CACHE:
+                self._patients.popitem(last=False)
         return ids[0]
 
     def _match(self, ctx: _Ctx, p: I.InboundPatient) -> str | None:
@@ -235,8 +242,9 @@ class MessageService:
         assert idx is not None
         repo.replace_index_rows(ctx.conn, ctx.tenant_id, patient_id, indexing.digests(
             lv.keyring.blind_index_key(ctx.tenant_id, idx), indexing.index_values(rec)))
-        for k in [k for k, v in self._patients.items() if v == patient_id]:
-            self._patients.pop(k, None)
+        with self._cache_lock:
+            for k in [k for k, v in self._patients.items() if v[0] == patient_id]:
+                self._patients.pop(k, None)
 
     def _adt(self, ctx: _Ctx, msg: I.InboundMessage) -> None:
         p = msg.patient
