@@ -111,11 +111,13 @@ def test_fuzz_100k_inputs_zero_crashes() -> None:
 
 def test_frame_reader() -> None:
     fr = FrameReader(max_bytes=100)
-    assert fr.feed(b"junk\x0bMSH|a\x1c\r\x0bMSH|b") == [(b"MSH|a", True)]
-    assert fr.feed(b"\x1c\r") == [(b"MSH|b", True)]
+    assert fr.feed(b"junk\x0bMSH|a\x1c\r\x0bMSH|b") == [(b"MSH|a", "ok")]
+    assert fr.feed(b"\x1c\r") == [(b"MSH|b", "ok")]
     assert fr.discarded == 4
-    # a start block inside a frame: the cut-short frame is reported incomplete
-    assert fr.feed(b"\x0bMSH|cut\x0bMSH|ok\x1c\r") == [(b"MSH|cut", False), (b"MSH|ok", True)]
+    # a start block inside a frame: the cut-short frame is reported truncated
+    assert fr.feed(b"\x0bMSH|cut\x0bMSH|ok\x1c\r") == [(b"MSH|cut", "truncated"),
+                                                        (b"MSH|ok", "ok")]
+    assert fr.feed(b"MSH|^~\\&|no frame\r") == [(b"MSH|^~\\&|no frame\r", "unframed")]
     with pytest.raises(FrameTooLarge):
         fr.feed(b"\x0b" + b"x" * 200)
 
@@ -168,6 +170,11 @@ def test_mllp_oversized_and_truncated(server: MllpServer) -> None:
             got += [p for p, _ in fr.feed(s.recv(65536))]
         assert [segs(a)["MSA"][0][1] for a in got] == ["AR", "AR"]
         assert b"truncated" in got[0]
+        s.sendall(b"MSH|^~\\&|A|B|C|D|1||ORU^R01|T3|P|2.5\rPID|1\r")   # no MLLP framing
+        unframed: list[bytes] = []
+        while not unframed:
+            unframed = [p for p, _ in fr.feed(s.recv(65536))]
+        assert b"MSA|AR|T3" in unframed[0] and b"not framed" in unframed[0]
         s.sendall(b"\x0b" + b"x" * (70 * 1024))
         data = b""
         while b"\x1c" not in data:

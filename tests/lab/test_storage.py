@@ -121,3 +121,51 @@ def test_cli_ingest_issues_catalogue(tmp_path: Path, monkeypatch: pytest.MonkeyP
     cat.write_text(json.dumps({"version": "x2", "tests": [{"code": "718-8", "display": "Hb"}]}))
     res = r.invoke(app, ["catalogue", "load", str(cat), "--tenant", tid])
     assert res.exit_code == 2 and "check digit" in res.output
+
+
+def test_cli_mllp_listener_end_to_end(tmp_path: Path) -> None:
+    """`labvault mllp --port 0` in its own process: a message in, an AA out, stored."""
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from labvault.config import Settings
+    from labvault.interop.hl7.mllp import send
+    from labvault.services.wiring import init_labvault
+    from labvault.synthetic import make_finess
+    env = {**os.environ, "LABVAULT_DATA_DIR": str(tmp_path / "var"),
+           "LABVAULT_KEY_FILE": str(tmp_path / "root.key")}
+    env.pop("LABVAULT_DATABASE_URL", None)
+    lv = init_labvault(Settings.from_env(env=env))
+    op = Actor.operator()
+    tid = lv.tenants.add(op, "Lab MLLP", make_finess(random.Random(9))).tenant_id
+    pid = lv.patients.register(op, tid, {**patient_data(), "nir": S.NIR_F})
+    lv.close()
+    proc = subprocess.Popen([sys.executable, "-m", "labvault", "mllp", "--port", "0",
+                             "--tenant", tid], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        port = 0
+        deadline = time.monotonic() + 60
+        while not port and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if "MLLP listening on" in line:
+                port = int(line.rsplit(":", 1)[1])
+        assert port, "listener did not start"
+        (ack,) = send("127.0.0.1", port, [S.oru_numeric("CLI1").encode()])
+        assert b"MSA|AA|CLI1" in ack
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+    lv = init_labvault(Settings.from_env(env=env))
+    try:
+        assert len(lv.lab.list_observations(op, tid, patient_id=pid)) == 5
+    finally:
+        lv.close()

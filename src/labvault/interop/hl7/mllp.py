@@ -20,6 +20,7 @@ from labvault.domain import inbound as I
 from labvault.domain.inbound import Location, MessageError
 
 SB, EB, CR = b"\x0b", b"\x1c", b"\x0d"
+OK, TRUNCATED, UNFRAMED = "ok", "truncated", "unframed"
 DEFAULT_MAX_BYTES = 1 << 20          # 1 MiB per message
 DEFAULT_IDLE_TIMEOUT = 300.0         # seconds without a byte -> close
 log = logging.getLogger("labvault.mllp")
@@ -38,18 +39,21 @@ class FrameReader:
         self.in_frame = False
         self.discarded = 0
 
-    def feed(self, data: bytes) -> list[tuple[bytes, bool]]:
-        """Frames completed by ``data``: (payload, complete). ``complete`` is False for a
-        frame cut short by a new start block (never processed: it gets an AR, since a
-        message cut at a segment boundary would otherwise look whole). Raises
-        ``FrameTooLarge``."""
-        out: list[tuple[bytes, bool]] = []
+    def feed(self, data: bytes) -> list[tuple[bytes, str]]:
+        """Frames completed by ``data``: (payload, status). ``status`` is ``ok``;
+        ``truncated`` for a frame cut short by a new start block, ``unframed`` for an HL7
+        message sent without MLLP framing — neither is processed (an AR answers: a message
+        cut at a segment boundary would otherwise look whole). Raises ``FrameTooLarge``."""
+        out: list[tuple[bytes, str]] = []
         i = 0
         n = len(data)
         while i < n:
             if not self.in_frame:
                 j = data.find(SB, i)
                 if j == -1:
+                    if data[i:i + 3] == b"MSH":
+                        # HL7 sent without MLLP framing: answer (AR) rather than stay silent
+                        out.append((bytes(data[i:i + 4096]), UNFRAMED))
                     self.discarded += n - i
                     break
                 self.discarded += j - i
@@ -73,9 +77,9 @@ class FrameReader:
             # a new start block inside a frame: the previous frame was truncated
             k = self.buf.rfind(SB)
             if k != -1:
-                out.append((bytes(self.buf[:self.buf.find(SB)]), False))
+                out.append((bytes(self.buf[:self.buf.find(SB)]), TRUNCATED))
                 del self.buf[:k + 1]
-            out.append((bytes(self.buf), True))
+            out.append((bytes(self.buf), OK))
             self.buf.clear()
             self.in_frame = False
             i = j + 1
@@ -142,13 +146,14 @@ class MllpServer:
                     writer.write(frame(ack))
                     await writer.drain()
                     break
-                for payload, complete in payloads:
-                    if complete:
+                for payload, status in payloads:
+                    if status == OK:
                         ack = await loop.run_in_executor(self.pool, self._safe_handle, payload)
                     else:
-                        err = MessageError(Location("MSH"), I.ERR_SEGMENT_SEQUENCE,
-                                           "truncated MLLP frame (a new start block came "
-                                           "before the end block): not processed")
+                        err = MessageError(Location("MSH"), I.ERR_SEGMENT_SEQUENCE, (
+                            "message not framed with MLLP (0x0B ... 0x1C 0x0D)"
+                            if status == UNFRAMED else "truncated MLLP frame (a new start "
+                            "block came before the end block)") + ": not processed")
                         ack = self.reject(payload, err) if self.reject else b"MSA|AR|\r"
                     self.messages += 1
                     writer.write(frame(ack))
@@ -202,6 +207,6 @@ def send(host: str, port: int, payloads: list[bytes], timeout: float = 10.0) -> 
                 data = s.recv(65536)
                 if not data:
                     return acks
-                got = [p for p, _ in fr.feed(data)]
+                got = [p for p, _status in fr.feed(data)]
             acks.extend(got)
     return acks
