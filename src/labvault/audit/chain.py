@@ -171,6 +171,35 @@ def verify_inclusion(index: int, size: int, leaf: bytes, path: Sequence[bytes],
     return sn == 0 and hmac.compare_digest(r, root)
 
 
+# -- appending -----------------------------------------------------------------------------
+@dataclass(slots=True)
+class State:
+    """A chain head: next position, previous leaf hash, current key, Merkle frontier."""
+
+    next_seq: int
+    prev: bytes
+    key: bytes
+    frontier: list[bytes]
+
+    @staticmethod
+    def genesis(k0: bytes) -> State:
+        return State(0, ZERO, k0, [])
+
+
+def append(state: State, chain: str, entry_id: str, at_us: int, actor_id: str,
+           patient_id: str | None, action: str, outcome: str, body: str) -> tuple[Row, State]:
+    """The row for the next entry and the head after it (``state`` is not modified)."""
+    seq = state.next_seq
+    c = entry_bytes(prefix(chain, seq, entry_id, at_us, actor_id, patient_id, action, outcome),
+                    state.prev, body)
+    leaf = leaf_hash(c)
+    frontier = list(state.frontier)
+    frontier_push(frontier, seq, leaf)
+    row = Row(chain, seq, entry_id, at_us, actor_id, patient_id, action, outcome, body,
+              mac(state.key, c))
+    return row, State(seq + 1, leaf, evolve(state.key), frontier)
+
+
 # -- verification --------------------------------------------------------------------------
 class Row(NamedTuple):
     """One stored entry as the verifier sees it (the clear columns, body and MAC)."""

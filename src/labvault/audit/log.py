@@ -72,14 +72,6 @@ def signing_key_path(settings: Settings) -> Any:
 
 
 @dataclass(slots=True)
-class _Head:
-    next_seq: int
-    prev: bytes
-    key: bytes
-    frontier: list[bytes]
-
-
-@dataclass(slots=True)
 class _Frame:
     rescue: list[Draft] = field(default_factory=list)
     chains: set[str] = field(default_factory=set)
@@ -103,7 +95,7 @@ class AuditLog:
                                            SigningKey(signing_key_path(settings)),
                                            setting(settings, "LABVAULT_AUDIT_SYSLOG"))
         self._lv: Labvault | None = None
-        self._heads: dict[str, _Head] = {}
+        self._heads: dict[str, ch.State] = {}
         self._lock = threading.Lock()
         self._local = threading.local()
         self._tenants: set[str] = set()
@@ -203,21 +195,16 @@ class AuditLog:
                     body["sealed"] = base64.b64encode(sealed).decode()
                 text = canonical(body)
             seq = head.next_seq
-            pfx = ch.prefix(chain, seq, d.entry_id, d.at_us, d.actor_id, d.patient_id,
-                            d.action, d.outcome)
-            c = ch.entry_bytes(pfx, head.prev, text)
-            leaf = ch.leaf_hash(c)
-            frontier = list(head.frontier)
-            ch.frontier_push(frontier, seq, leaf)
-            new = _Head(seq + 1, leaf, ch.evolve(head.key), frontier)
+            row, new = ch.append(head, chain, d.entry_id, d.at_us, d.actor_id, d.patient_id,
+                                 d.action, d.outcome, text)
+            frontier = new.frontier
+            leaf = new.prev
             sealed_key = self._seal_key(conn, chain, new.key)
             if arepo.advance_head(conn, chain, seq, seq + 1, leaf, sealed_key,
                                   ch.pack_frontier(frontier), _now()):
-                arepo.insert_entry(conn, {
-                    "tenant_id": chain, "seq": seq, "entry_id": d.entry_id, "at_us": d.at_us,
-                    "actor_id": d.actor_id, "patient_id": d.patient_id, "action": d.action,
-                    "outcome": d.outcome, "body": text, "mac": ch.mac(head.key, c)},
-                    d.patient_ids[1:])
+                values = row._asdict()
+                values["tenant_id"] = values.pop("chain")
+                arepo.insert_entry(conn, values, d.patient_ids[1:])
                 with self._lock:
                     self._heads[chain] = new
                 frame = self._frame()
@@ -266,7 +253,7 @@ class AuditLog:
             self.lv.keyring.load(rec)
         return self.lv.keyring.tenant_secret(chain, "audit", AUDIT_KEY_VERSION, K0_LABEL)
 
-    def _load(self, conn: Connection, chain: str) -> _Head:
+    def _load(self, conn: Connection, chain: str) -> ch.State:
         row = arepo.head_for_update(conn, chain)
         if row is None:
             arepo.create_head(conn, chain, b"", _now())
@@ -282,7 +269,7 @@ class AuditLog:
             key = self.lv.gate.open_tenant_value_checked(
                 conn, chain, "audit_heads", "key_sealed", chain, row["key_sealed"],
                 purpose="audit")
-        head = _Head(int(row["next_seq"]), bytes(row["last_hash"]), key,
+        head = ch.State(int(row["next_seq"]), bytes(row["last_hash"]), key,
                      ch.unpack_frontier(bytes(row["frontier"])))
         with self._lock:
             self._heads[chain] = head
