@@ -3,6 +3,7 @@ tampering in the database detected and located, forward security, checkpoints.""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 from collections import Counter
@@ -87,11 +88,8 @@ def test_refusal_inside_enclosing_transaction_is_kept(lv: Labvault, audit_log: A
     # the allowed one rolled back with its transaction; the refusal was written again
     assert got[("lab", "read", "denied")] == 1 and got[("lab", "read", "allowed")] == 0
     # a caller that catches the refusal and commits keeps exactly one entry
-    with lv.begin() as conn:
-        try:
-            lv.gate.check(conn, Access(intern, Action.SEARCH, tid, frozenset()))
-        except AccessDenied:
-            pass
+    with lv.begin() as conn, contextlib.suppress(AccessDenied):
+        lv.gate.check(conn, Access(intern, Action.SEARCH, tid, frozenset()))
     assert counts(lv)[("lab", "search", "denied")] == 1
     assert audit.verify()["ok"]
 

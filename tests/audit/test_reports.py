@@ -134,7 +134,7 @@ def test_register_of_processing(lv: Labvault, audit: AuditService, scene: dict[s
     assert [c["name"] for c in reg["controllers"]] == ["Laboratoire des Flandres"]
     assert {c["category"] for c in reg["categories"]} >= {"identity", "clinical"}
     assert any(r["setting"] == "LABVAULT_AUDIT_RETENTION_DAYS" for r in reg["retention"])
-    assert any("care" == p["purpose"] for p in reg["purposes"])
+    assert any(p["purpose"] == "care" for p in reg["purposes"])
     md = audit.register_markdown(reg)
     assert md.startswith("# Record of processing activities") and "## Retention" in md
     assert "| clinical |" in md
