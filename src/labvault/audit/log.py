@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import update
@@ -100,6 +101,7 @@ class AuditLog:
         self._local = threading.local()
         self._tenants: set[str] = set()
         self._audit_keys: dict[str, DataKey] = {}
+        self._data_keys: dict[str, DataKey] = {}
 
     # -- wiring ---------------------------------------------------------------------------
     def attach(self, lv: Labvault) -> AuditLog:
@@ -189,10 +191,8 @@ class AuditLog:
             if text is None:       # the chain's keys exist once its head does
                 body = dict(d.body)
                 if d.private:
-                    sealed = self.lv.gate.seal_tenant_value(
-                        conn, chain, "audit_entries", "body", d.entry_id,
-                        canonical(d.private).encode())
-                    body["sealed"] = base64.b64encode(sealed).decode()
+                    body["sealed"] = base64.b64encode(
+                        self._seal_private(conn, chain, d.entry_id, d.private)).decode()
                 text = canonical(body)
             seq = head.next_seq
             row, new = ch.append(head, chain, d.entry_id, d.at_us, d.actor_id, d.patient_id,
@@ -217,6 +217,30 @@ class AuditLog:
             with self._lock:      # another writer moved the head: reload under lock
                 self._heads.pop(chain, None)
         raise RuntimeError(f"audit chain {chain}: could not append after 3 attempts")
+
+    def _seal_private(self, conn: Connection, chain: str, entry_id: str,
+                      private: dict[str, Any]) -> bytes:
+        """Seal the private part of an entry under the chain's ``data`` key.
+
+        Free text (reasons, messages, any non-code detail) goes through
+        ``gate.seal_tenant_value``. A client address alone — on every request from the
+        network — is sealed with the same key, cached per chain, to keep the append cheap;
+        both open with ``gate.open_tenant_value_checked``."""
+        plaintext = canonical(private).encode()
+        ctx = SealContext(chain, "audit_entries", "body", entry_id)
+        if set(private) == {"client"}:
+            key = self._data_keys.get(chain)
+            if key is None:
+                self.lv.load_tenant_keys(conn, chain)
+                version = repo.current_key_version(conn, chain, "data")
+                if version is None:
+                    raise KeyUnavailable(f"tenant {chain} has no data key",
+                                         "run `labvault keys rotate` to create one")
+                key = self.lv.keyring.tenant_data_key(chain, "data", version)
+                self._data_keys[chain] = key
+            return key.seal(ctx, plaintext)
+        return self.lv.gate.seal_tenant_value(conn, chain, "audit_entries", "body", entry_id,
+                                              plaintext)
 
     def _audit_key(self, conn: Connection, chain: str) -> DataKey:
         key = self._audit_keys.get(chain)
@@ -352,6 +376,5 @@ class AuditLog:
         return max(good, key=lambda c: c.tree_size, default=None)
 
 
-def _now() -> Any:
-    from datetime import UTC, datetime
+def _now() -> datetime:
     return datetime.now(UTC)

@@ -41,12 +41,28 @@ def create_head(conn: Connection, chain: str, key_sealed: bytes, at: datetime) -
         conn.execute(insert(audit_heads).values(**values))
 
 
+_ADVANCE = ("UPDATE audit_heads SET next_seq = {p}, last_hash = {p}, key_sealed = {p}, "
+            "frontier = {p}, updated_at = {p} WHERE tenant_id = {p} AND next_seq = {p}")
+_INSERT = ("INSERT INTO audit_entries (tenant_id, seq, entry_id, at_us, actor_id, patient_id, "
+           "action, outcome, body, mac) VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p})")
+
+
+def _sql(conn: Connection, template: str) -> str:
+    """The hot statements as plain SQL in the driver's parameter style: the append runs on
+    every gate decision, and building Core statements costs several times the SQL itself."""
+    return template.format(p="?" if conn.dialect.name == "sqlite" else "%s")
+
+
+def _ts(conn: Connection, at: datetime) -> Any:
+    # the text form SQLAlchemy's SQLite DateTime reads back; PostgreSQL takes the datetime
+    return at.strftime("%Y-%m-%d %H:%M:%S.%f") if conn.dialect.name == "sqlite" else at
+
+
 def advance_head(conn: Connection, chain: str, expected: int, next_seq: int, last_hash: bytes,
                  key_sealed: bytes, frontier: bytes, at: datetime) -> bool:
     """Move the head from ``expected`` to ``next_seq``; False if another writer moved it."""
-    res = conn.execute(update(audit_heads).where(H.tenant_id == chain, H.next_seq == expected)
-                       .values(next_seq=next_seq, last_hash=last_hash, key_sealed=key_sealed,
-                               frontier=frontier, updated_at=at))
+    res = conn.exec_driver_sql(_sql(conn, _ADVANCE), (next_seq, last_hash, key_sealed, frontier,
+                                                      _ts(conn, at), chain, expected))
     return bool(res.rowcount == 1)
 
 
@@ -65,7 +81,9 @@ def head(conn: Connection, chain: str) -> dict[str, Any] | None:
 
 # -- entries -------------------------------------------------------------------------------
 def insert_entry(conn: Connection, row: dict[str, Any], more_patients: Sequence[str]) -> None:
-    conn.execute(insert(audit_entries), row)
+    conn.exec_driver_sql(_sql(conn, _INSERT), (
+        row["tenant_id"], row["seq"], row["entry_id"], row["at_us"], row["actor_id"],
+        row["patient_id"], row["action"], row["outcome"], row["body"], row["mac"]))
     if more_patients:
         conn.execute(insert(audit_refs), [
             {"tenant_id": row["tenant_id"], "patient_id": p, "seq": row["seq"]}
