@@ -184,6 +184,18 @@ def test_database_tampering_is_located(lv: Labvault, audit_log: AuditLog, audit:
     assert (f["kind"], f["seq"]) == ("truncated", 10)
 
 
+def test_entry_behind_the_head_is_reported(lv: Labvault, audit_log: AuditLog,
+                                           audit: AuditService, operator: Actor) -> None:
+    tid, _, ids = _populate(lv, operator, 3)     # no checkpoint: only the head knows
+    with lv.begin() as conn:
+        row = dict(conn.execute(select(audit_entries).where(E.tenant_id == tid, E.seq == 1))
+                   .mappings().one())
+        conn.execute(insert(audit_entries).values(**{**row, "seq": 4, "entry_id": "ae_extra"}))
+    f = _failure(audit, tid)
+    assert (f["kind"], f["seq"], f["entry_id"]) == ("beyond-head", 4, "ae_extra")
+    assert len(ids) == 4
+
+
 def test_current_key_cannot_rewrite_earlier_entries(lv: Labvault, audit_log: AuditLog,
                                                     audit: AuditService,
                                                     operator: Actor) -> None:

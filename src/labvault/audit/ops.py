@@ -154,6 +154,9 @@ class AuditOps:
 
     def verify_chain(self, conn: Connection, chain: str, keep_leaves: bool = False,
                      batch: int = 20_000) -> ChainReport:
+        # Order matters while others keep appending: checkpoints first (each was written
+        # after its entries committed), then the head, then the entries up to that head —
+        # entries appended meanwhile are left for the next run, never taken for tampering.
         cps, bad = self.audit.checkpoints.list(chain)
         try:
             k0 = self.audit.k0(conn, chain)
@@ -162,10 +165,18 @@ class AuditOps:
             r.fail(ch.Problem("no-key", 0, None, exc.message))
             return r
         head = arepo.head(conn, chain)
-        rows = (r for b in arepo.stream_rows(conn, chain, batch=batch) for r in b)
-        report = walk_rows(chain, k0, rows, cps,
-                           head_next=int(head["next_seq"]) if head else None,
-                           keep_leaves=keep_leaves)
+        head_next = int(head["next_seq"]) if head else None
+        rows = (r for b in arepo.stream_rows(conn, chain, to_seq=head_next, batch=batch)
+                for r in b)
+        report = walk_rows(chain, k0, rows, cps, head_next=head_next, keep_leaves=keep_leaves)
+        if report.ok and head_next is not None:
+            extra = arepo.first_at_or_after(conn, chain, head_next)
+            now = arepo.head(conn, chain)
+            if extra is not None and (now is None or int(now["next_seq"]) <= extra[0]):
+                report.fail(ch.Problem("beyond-head", head_next, extra[1],
+                                       f"entry {extra[1]} sits at position {extra[0]}, after "
+                                       f"the chain head ({head_next}): inserted behind "
+                                       "labvault's back"))
         report.warnings.extend(f"checkpoint {b}" for b in bad)
         return report
 

@@ -117,6 +117,12 @@ def first_seq(conn: Connection, chain: str) -> int | None:
     return int(v) if v is not None else None
 
 
+def first_at_or_after(conn: Connection, chain: str, seq: int) -> tuple[int, str] | None:
+    row = conn.execute(select(E.seq, E.entry_id).where(E.tenant_id == chain, E.seq >= seq)
+                       .order_by(E.seq).limit(1)).first()
+    return (int(row[0]), str(row[1])) if row else None
+
+
 def count_entries(conn: Connection, chain: str | None = None) -> int:
     q = select(func.count()).select_from(audit_entries)
     if chain is not None:
