@@ -160,7 +160,8 @@ class CheckpointStore:
                               at or datetime.now(UTC), kind, key_id, b"")
         _, sig = self.key.sign(unsigned.message())
         d = self._dir(tenant)
-        d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        d.mkdir(exist_ok=True, mode=0o700)
         path = d / f"{tree_size:012d}-{kind}.json"
         cp = Checkpoint(unsigned.tenant, tree_size, root, last_leaf, tuple(frontier),
                         unsigned.time, kind, key_id, sig, path)

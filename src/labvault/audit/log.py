@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import update
@@ -63,8 +64,8 @@ def setting(settings: Settings, name: str) -> str:
     return settings.extra.get(name) or SETTINGS[name][0]
 
 
-def signing_key_path(settings: Settings) -> Any:
-    from pathlib import Path
+def signing_key_path(settings: Settings) -> Path:
+    """Beside the root key file (never in the data directory nor the database)."""
     explicit = setting(settings, "LABVAULT_AUDIT_SIGNING_KEY")
     if explicit:
         return Path(explicit).expanduser().absolute()
@@ -107,8 +108,8 @@ class AuditLog:
     def attach(self, lv: Labvault) -> AuditLog:
         self._lv = lv
         lv.gate.audit = self
-        if self not in lv.tx_observers:
-            lv.tx_observers.append(self)
+        lv.tx_observers[:] = [o for o in lv.tx_observers if not isinstance(o, AuditLog)]
+        lv.tx_observers.append(self)
         return self
 
     @property
