@@ -47,10 +47,17 @@ _INSERT = ("INSERT INTO audit_entries (tenant_id, seq, entry_id, at_us, actor_id
            "action, outcome, body, mac) VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p})")
 
 
+_SQL_CACHE: dict[tuple[str, str], str] = {}
+
+
 def _sql(conn: Connection, template: str) -> str:
     """The hot statements as plain SQL in the driver's parameter style: the append runs on
     every gate decision, and building Core statements costs several times the SQL itself."""
-    return template.format(p="?" if conn.dialect.name == "sqlite" else "%s")
+    key = (conn.dialect.name, template)
+    sql = _SQL_CACHE.get(key)
+    if sql is None:
+        sql = _SQL_CACHE[key] = template.format(p="?" if key[0] == "sqlite" else "%s")
+    return sql
 
 
 def _ts(conn: Connection, at: datetime) -> Any:
