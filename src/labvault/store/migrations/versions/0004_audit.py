@@ -33,7 +33,6 @@ def upgrade() -> None:
         sa.Column("mac", sa.LargeBinary(32), nullable=False),
         sa.PrimaryKeyConstraint("tenant_id", "seq", name="pk_audit_entries"),
     )
-    op.create_index("ix_audit_entries_entry_id", "audit_entries", ["entry_id"], unique=True)
     op.create_index("ix_audit_entries_tenant_id_patient_id", "audit_entries",
                     ["tenant_id", "patient_id"])
     op.create_index("ix_audit_entries_actor_id_at_us", "audit_entries", ["actor_id", "at_us"])
