@@ -73,6 +73,9 @@ def main() -> None:
     ap.add_argument("--pg", default="", help="PostgreSQL URL (default: SQLite file)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--workers", type=int, default=4)
+    ap.add_argument("--hooks", choices=("wiring", "memory"), default="wiring",
+                    help="wiring: the gate hooks a running labvault uses (audit chain...); "
+                         "memory: in-memory audit (to see the hooks' cost)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp())
     env = {"LABVAULT_KEY_FILE": str(tmp / "root.key")}
@@ -89,7 +92,11 @@ def main() -> None:
         sep = "&" if "?" in args.pg else "?"
         env["LABVAULT_DATABASE_URL"] = f"{args.pg}{sep}options=-csearch_path%3D{schema}"
     s = Settings.from_env(tmp / "var", env=env)
-    lv = Labvault.init(s)
+    if args.hooks == "wiring":
+        from labvault.services.wiring import init_labvault
+        lv = init_labvault(s)
+    else:
+        lv = Labvault.init(s)
     op = Actor.operator()
     tenant = lv.tenants.add(op, "Bench lab", make_finess(random.Random(time.time_ns()))).tenant_id
     nirs = []
@@ -112,7 +119,8 @@ def main() -> None:
     threading.Thread(target=serve, daemon=True).start()
     started.wait()
     run(srv.port, 100, 1, nirs, "warm")
-    print(f"backend={'postgresql' if args.pg else 'sqlite'} n={args.n} (5 OBX each)")
+    print(f"backend={'postgresql' if args.pg else 'sqlite'} hooks={args.hooks} n={args.n} "
+          "(5 OBX each)")
     # The machine is shared: wall-clock rates depend on the load. Server CPU per message
     # says what one fully available core would do (1000 / ms), load aside.
     for conns in (1, 8):
