@@ -49,7 +49,7 @@ def sniff_header(raw: bytes | str) -> Header:
         parts = first.split(fs)
         enc = parts[1] if len(parts) > 1 else ""
         seps = fs + enc[:4] if len(enc) >= 4 and len(set(fs + enc[:4])) == 5 and not any(
-            c.isalnum() or c.isspace() for c in fs + enc[:4]) else DEFAULT_SEPS
+            c.isalnum() or not "\x21" <= c <= "\x7e" for c in fs + enc[:4]) else DEFAULT_SEPS
         cs = seps[1]
 
         def f(n: int, comp: int | None = None) -> str:

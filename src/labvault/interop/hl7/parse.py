@@ -120,7 +120,7 @@ def check_encoding_chars(text: str) -> str:
     enc = text[4:end] if end != -1 else ""
     seps = fs + enc[:4]
     if len(enc) not in (4, 5) or len(set(seps)) != 5 or any(
-            c.isalnum() or c in " \r\n\t" for c in seps):
+            c.isalnum() or not "\x21" <= c <= "\x7e" for c in seps):
         raise Unparseable("MSH-1/MSH-2 encoding characters are invalid (expected e.g. |^~\\&)",
                           "MSH", 2)
     return seps
