@@ -50,6 +50,7 @@ class InboundPatient:
     record: PatientRecord | None             # full demographics when PID allowed one
     record_error: str | None = None          # why PID could not make a PatientRecord
     location: Location = field(default_factory=lambda: Location("PID", 1, 3))
+    summary: dict[str, str] = field(default_factory=dict)   # name, birth date, sex as sent
 
 
 @dataclass(frozen=True, slots=True)

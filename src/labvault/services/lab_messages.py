@@ -467,6 +467,7 @@ class MessageService:
             "results": [r.as_json() for r in results],
             "patient": ({"identifiers": [{"value": i.value, "type": i.type_code,
                                           "authority": i.authority} for i in patient.identifiers],
+                         "summary": patient.summary,
                          "record": ({c.value: v for c, v in patient.record.categories().items()}
                                     if patient.record else None)} if patient else None)}
         ctx.issues.append({"issue_id": issue_id, "kind": kind, "patient_id": patient_id,

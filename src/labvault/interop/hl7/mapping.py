@@ -87,7 +87,7 @@ class _Mapper:
             return None
 
     # -- PID -----------------------------------------------------------------------------------
-    def patient(self, pid: Segment) -> I.InboundPatient:
+    def patient(self, pid: Segment, with_record: bool = True) -> I.InboundPatient:
         ids: list[I.PatientIdentifier] = []
         for rep in pid.reps(3):
             value = rep[0][0].strip() if rep and rep[0] else ""
@@ -104,9 +104,16 @@ class _Mapper:
         external = tuple(i.value for i in ids if i.value != nir)
         if not ids:
             self.err(pid, 3, I.ERR_REQUIRED_FIELD_MISSING, "PID-3 (patient identifier) is empty")
-        record, record_error = self.patient_record(pid, nir, external)
+        if with_record:
+            record, record_error = self.patient_record(pid, nir, external)
+        else:   # results never register a patient: keep what a human needs to match
+            record, record_error = None, None
+            if pid.get(7):
+                self.dtm(pid, 7, pid.get(7))
+        summary = {"name": " ".join(x for x in (pid.get(5, 1), pid.get(5, 2)) if x)[:200],
+                   "birth_date": pid.get(7)[:8], "sex": pid.get(8)[:1]}
         return I.InboundPatient(tuple(ids), nir, external, record, record_error,
-                                Location("PID", pid.sequence, 3))
+                                Location("PID", pid.sequence, 3), summary)
 
     def patient_record(self, pid: Segment, nir: str | None, external: tuple[str, ...]
                        ) -> tuple[PatientRecord | None, str | None]:
@@ -402,7 +409,7 @@ def to_inbound(msg: Message, tz: tzinfo = DEFAULT_TZ) -> I.InboundMessage:
     m = _Mapper(msg, tz)
     body = list(msg.segments[1:])
     pid = next((s for s in body if s.id == "PID"), None)
-    patient = m.patient(pid) if pid is not None else None
+    patient = m.patient(pid, with_record=mtype != "ORU") if pid is not None else None
     if patient is None:
         m.err("PID", None, I.ERR_SEGMENT_SEQUENCE, f"{mtype}^{trigger} needs a PID segment")
     orders: list[I.InboundOrder] = []

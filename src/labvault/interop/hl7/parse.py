@@ -127,6 +127,8 @@ def check_encoding_chars(text: str) -> str:
 
 
 _HEX = re.compile(r"(?:[0-9A-Fa-f]{2})+")
+_SEG_ID = re.compile(r"[A-Z][A-Z0-9]{2}")
+_NEWLINES = re.compile(r"\r\n|\n")
 
 
 def unescape(value: str, fs: str, cs: str, rs: str, esc: str, ss: str, codec: str) -> str:
@@ -223,7 +225,8 @@ def split_messages(text: str) -> list[str]:
 
 def parse_text(text: str, codec: str = "utf-8") -> Message:
     text = text.strip("\r\n\x00 ")
-    text = re.sub(r"\r\n|\n", "\r", text)
+    if "\n" in text:
+        text = _NEWLINES.sub("\r", text)
     seps = check_encoding_chars(text)
     if "\x0b" in text or "\x1c" in text:
         raise Unparseable("MLLP framing characters inside the message", "MSH")
@@ -231,7 +234,7 @@ def parse_text(text: str, codec: str = "utf-8") -> Message:
     if len(raw_segments) > MAX_SEGMENTS:
         raise Unparseable(f"more than {MAX_SEGMENTS} segments", "MSH")
     for s in raw_segments:
-        if len(s) < 3 or not re.fullmatch(r"[A-Z][A-Z0-9]{2}", s[:3]) or (
+        if len(s) < 3 or not _SEG_ID.fullmatch(s[:3]) or (
                 len(s) > 3 and s[3] != seps[0]):
             raise Unparseable(f"segment {s[:3]!r} is not a valid segment id", s[:3] or "?")
         if s.count(seps[0]) > MAX_FIELDS:
