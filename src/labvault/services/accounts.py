@@ -80,12 +80,12 @@ def _anonymous(client: str | None) -> Actor:
 class AccountService:
     def __init__(self, lv: Labvault) -> None:
         self.lv = lv
-        x = lv.settings.extra
+        st = lv.settings
+        hours = timedelta(hours=float(st.get("LABVAULT_SESSION_HOURS")))
         self.session_policy = sess.SessionPolicy(
-            idle=timedelta(minutes=int(x.get("LABVAULT_SESSION_IDLE_MINUTES", "15"))),
-            absolute_staff=timedelta(hours=float(x.get("LABVAULT_SESSION_HOURS", "8"))),
-            absolute_patient=timedelta(hours=float(x.get("LABVAULT_SESSION_HOURS", "8"))))
-        self.public_url = x.get("LABVAULT_PUBLIC_URL", "http://127.0.0.1:8000").rstrip("/")
+            idle=timedelta(minutes=float(st.get("LABVAULT_SESSION_IDLE_MINUTES"))),
+            absolute_staff=hours, absolute_patient=hours)
+        self.public_url = st.get("LABVAULT_PUBLIC_URL").rstrip("/")
         self._client_secret: bytes | None = None
 
     # -- keys ----------------------------------------------------------------------------------
