@@ -109,6 +109,8 @@ def _personal_parts(user_inputs: Iterable[str]) -> list[str]:
     for value in user_inputs:
         if not value:
             continue
+        if "@" in value:           # an e-mail: its local part is personal, the domain is not
+            value = value.rsplit("@", 1)[0]
         for piece in re.split(r"[\s@._\-+']+", _fold(value)):
             if len(piece) >= 3:
                 parts.append(piece)

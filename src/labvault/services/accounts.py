@@ -144,9 +144,10 @@ class AccountService:
     # -- creation -----------------------------------------------------------------------------
     def create(self, actor: Actor, tenant_id: str | None, roles: list[str] | tuple[str, ...],
                name: str, email: str, password: str | None = None,
-               patient_id: str | None = None) -> dict[str, Any]:
+               patient_id: str | None = None, totp_secret: str | None = None) -> dict[str, Any]:
         """A named personal account. With ``password``: active at once, TOTP secret returned
-        (shown once). Without: pending, with a one-time enrolment link."""
+        (shown once). Without: pending, with a one-time enrolment link.
+        ``totp_secret`` is for seeding demo data only (``labvault demo``)."""
         kind = "patient" if list(roles) == ["patient"] else "staff"
         roles = acc.validate_roles(kind, list(roles))
         name, email = acc.validate_person(name, email)
@@ -199,7 +200,7 @@ class AccountService:
                                                     passwords.hash_password(password).encode())
                 row["password_changed_at"] = now
                 if kind == "staff":
-                    secret = mfa.new_secret()
+                    secret = totp_secret or mfa.new_secret()
                     row["mfa_sealed"] = self._seal(conn, key_tenant, "mfa_sealed", account_id,
                                                    secret.encode())
                     row["mfa_enabled"] = 1
