@@ -73,7 +73,8 @@ def validate_person(name: str, email: str) -> tuple[str, str]:
         raise InvalidField("email", "is required", "give the person's own e-mail address")
     addr = v.email(email, "email")
     local = addr.split("@", 1)[0]
-    if is_generic(local):
+    first_part = re.split(r"[._\-+]+", local)[0]
+    if is_generic(local) or is_generic(first_part):
         raise InvalidField("email", "is a shared or functional mailbox",
                            "use the person's own address (e.g. jeanne.martin@...)")
     return clean, addr
