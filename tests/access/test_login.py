@@ -188,6 +188,7 @@ def test_admin_of_lab_a_cannot_touch_lab_b_accounts(world: World) -> None:
             fn(admin, world.b.accounts["reception"])
 
 
+@pytest.mark.real_argon2
 def test_rehash_on_login(world: World) -> None:
     lv, email = world.lv, world.a.emails["patient"]
     acct = world.a.accounts["patient"]

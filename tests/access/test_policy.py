@@ -55,7 +55,7 @@ accesses = st.builds(
 )
 
 
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=1500, deadline=None)
 @given(accesses)
 def test_policy_invariants(pair: tuple[Actor, Access]) -> None:
     actor, access = pair
