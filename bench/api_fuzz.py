@@ -25,6 +25,8 @@ def run(backend: str, total: int) -> dict[int, int]:
     from datetime import timedelta
 
     from sqlalchemy import text
+    from tests.access.conftest import Clock, World, make_lab
+    from tests.access.fuzz_api import fuzz
 
     from labvault.access.policy import TablePolicy
     from labvault.access.sessions import SessionPolicy
@@ -34,8 +36,6 @@ def run(backend: str, total: int) -> dict[int, int]:
     from labvault.services.app import Labvault
     from labvault.store import migrate
     from labvault.store.engine import make_engine
-    from tests.access.conftest import Clock, World, make_lab
-    from tests.access.fuzz_api import fuzz
 
     tmp = Path(tempfile.mkdtemp(prefix="lvfuzz"))
     key = tmp / "root.key"

@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import seed as hseed
 
 from labvault.api.app import create_app
+from labvault.errors import AuthenticationFailed
 from labvault.services.app import Labvault
 from tests.access.conftest import PASSWORD, World
 
@@ -32,8 +33,8 @@ def fuzz(world: World, total: int, seed: int = 0) -> Counter[int]:
             try:
                 lv.accounts.resolve(tok)
                 return tok
-            except Exception:       # revoked by a generated logout / password change
-                pass
+            except AuthenticationFailed:  # revoked by a generated logout / password change
+                tokens.pop(role)
         code = None if role == "patient" else world.clock.code()
         tokens[role] = lv.accounts.login(world.a.emails[role], PASSWORD, code).token
         return tokens[role]
@@ -48,7 +49,7 @@ def fuzz(world: World, total: int, seed: int = 0) -> Counter[int]:
     while sum(statuses.values()) < total:
         before = sum(statuses.values())
         for op in ops:
-            def make(op: Any) -> Any:
+            def make(op: Any, rnd: int) -> Any:
                 @hseed(rnd)
                 @settings(max_examples=per_op, deadline=None, database=None,
                           suppress_health_check=list(HealthCheck))
@@ -65,7 +66,7 @@ def fuzz(world: World, total: int, seed: int = 0) -> Counter[int]:
 
                 return run
 
-            make(op)()
+            make(op, rnd)()
         rnd += 1
         if sum(statuses.values()) == before:
             break
