@@ -10,7 +10,8 @@ blind index. Every authentication event is written to the audit hook (ids only).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -87,6 +88,16 @@ class AccountService:
             absolute_staff=hours, absolute_patient=hours)
         self.public_url = st.get("LABVAULT_PUBLIC_URL").rstrip("/")
         self._client_secret: bytes | None = None
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        """A read-only connection (no BEGIN/COMMIT of a write transaction)."""
+        bound = self.lv._bound
+        if bound is not None:
+            yield bound
+        else:
+            with self.lv.engine.connect() as conn:
+                yield conn
 
     # -- keys ----------------------------------------------------------------------------------
     def _ensure_platform_keys(self, conn: Connection) -> None:
@@ -395,13 +406,14 @@ class AccountService:
             raise AuthenticationFailed("authentication required", "log in at /api/v1/auth/login")
         lv = self.lv
         now = lv.now()
-        with lv.begin() as conn:
+        with self._read() as conn:          # read-only: no write transaction per request
             s = arepo.session_with_account(conn, sess.token_digest(token))
-            if (s is None or s["scope"] not in scopes or s["status"] != "active"
-                    or not sess.is_live(s, now, self.session_policy)):
-                raise AuthenticationFailed("session expired or invalid",
-                                           "log in again at /api/v1/auth/login")
-            if sess.aware(s["last_seen_at"]) + sess.TOUCH_EVERY <= now:
+        if (s is None or s["scope"] not in scopes or s["status"] != "active"
+                or not sess.is_live(s, now, self.session_policy)):
+            raise AuthenticationFailed("session expired or invalid",
+                                       "log in again at /api/v1/auth/login")
+        if sess.aware(s["last_seen_at"]) + sess.TOUCH_EVERY <= now:
+            with lv.begin() as conn:        # idle clock: written at most every TOUCH_EVERY
                 arepo.touch_session(conn, s["tenant_id"], s["session_id"], now)
         return Actor(kind="patient" if s["kind"] == "patient" else "staff",
                      id=s["account_id"], tenant_id=self._public_tenant(s["tenant_id"]),
