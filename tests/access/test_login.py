@@ -258,3 +258,18 @@ def test_enrolment_link_and_mfa_reset(alv: Labvault, clock: Clock, tenant_id: st
     clock.advance(seconds=30)
     assert lv.accounts.login("ines.caron@example.org", PASSWORD, pyotp.TOTP(
         started["secret"]).at(int(clock.t.timestamp()))).scope == "full"
+
+
+def test_recent_authentication_window(world: World) -> None:
+    from labvault.services.accounts import ReauthenticationRequired
+    lv, clock = world.lv, world.clock
+    actor = world.actor(world.a.emails["biologist"])
+    lv.accounts.require_recent_auth(actor)              # just logged in
+    clock.advance(minutes=6)
+    with pytest.raises(ReauthenticationRequired):
+        lv.accounts.require_recent_auth(actor)
+    lv.accounts.reauthenticate(actor, PASSWORD, clock.code())
+    lv.accounts.require_recent_auth(actor)
+    with pytest.raises(ReauthenticationRequired):
+        lv.accounts.reauthenticate(actor, "Wrong-Password-123!", clock.code())
+    lv.accounts.require_recent_auth(Actor.operator())

@@ -466,6 +466,23 @@ class AccountService:
             raise ReauthenticationRequired("re-authentication failed",
                                            "give your password and a fresh authenticator code")
 
+    def require_recent_auth(self, actor: Actor) -> None:
+        """For sensitive operations (bulk export, break-glass, key operations): the session
+        must have (re-)authenticated within the last ``sessions.REAUTH_WINDOW`` (5 min).
+        The CLI operator and system jobs run on the host holding the keys: exempt."""
+        if actor.kind in ("operator", "system"):
+            return
+        ok = False
+        if actor.session_id is not None:
+            with self._read() as conn:
+                s = arepo.get_session(conn, self._session_tenant(actor), actor.session_id)
+            ok = (s is not None and s["revoked_at"] is None
+                  and sess.aware(s["auth_at"]) + sess.REAUTH_WINDOW > self.lv.now())
+        if not ok:
+            raise ReauthenticationRequired("this operation needs a fresh authentication",
+                                           "POST /api/v1/auth/reauth with your password and "
+                                           "a new authenticator code, then retry")
+
     def change_password(self, actor: Actor, current: str, new: str,
                         totp: str | None = None) -> None:
         """Change one's own password; every other session of the account is revoked."""

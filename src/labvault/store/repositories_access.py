@@ -99,6 +99,13 @@ def session_with_account(conn: Connection, token_digest: bytes) -> dict[str, Any
     return dict(r) if r else None
 
 
+def get_session(conn: Connection, tenant_id: str, session_id: str) -> dict[str, Any] | None:
+    r = conn.execute(select(sessions).where(and_(sessions.c.tenant_id == tenant_id,
+                                                 sessions.c.session_id == session_id))
+                     ).mappings().first()
+    return dict(r) if r else None
+
+
 def touch_session(conn: Connection, tenant_id: str, session_id: str, at: datetime) -> None:
     conn.execute(update(sessions).where(and_(sessions.c.tenant_id == tenant_id,
                                              sessions.c.session_id == session_id))
