@@ -273,3 +273,17 @@ def test_recent_authentication_window(world: World) -> None:
     with pytest.raises(ReauthenticationRequired):
         lv.accounts.reauthenticate(actor, "Wrong-Password-123!", clock.code())
     lv.accounts.require_recent_auth(Actor.operator())
+
+
+def test_reauth_failures_are_throttled(world: World) -> None:
+    from labvault.services.accounts import ReauthenticationRequired
+    lv, clock = world.lv, world.clock
+    actor = world.actor(world.a.emails["technician"])
+    for _ in range(10):
+        with pytest.raises(ReauthenticationRequired):
+            lv.accounts.reauthenticate(actor, "Wrong-Password-123!", clock.code())
+        clock.advance(minutes=5)
+    with pytest.raises(ReauthenticationRequired):      # locked: the right password fails too
+        lv.accounts.reauthenticate(actor, PASSWORD, clock.code())
+    with pytest.raises(AuthenticationFailed):
+        lv.accounts.login(world.a.emails["technician"], PASSWORD, clock.code())

@@ -448,6 +448,24 @@ class AccountService:
             raise AuthenticationFailed("session expired or invalid", "log in again")
         return row
 
+    def _verify_own(self, conn: Connection, row: Mapping[str, Any], password: str,
+                    totp: str | None, now: datetime) -> bool:
+        """Password + second factor of a logged-in account, under the same per-account
+        throttle as the login (a stolen session cannot brute-force the password)."""
+        akey = (row["tenant_id"], throttle.account_subject(row["account_id"]))
+        arow = arepo.throttle_rows(conn, [akey]).get(akey)
+        wait = throttle.retry_at(arow, throttle.ACCOUNT_RULES)
+        if wait is not None and wait > now:
+            passwords.dummy_verify(password or "")
+            return False
+        stored = self._open(conn, row, "password_sealed").decode()
+        ok = (passwords.verify_password(stored, password or "")
+              and self._second_factor(conn, row, totp, now) is None)
+        if not ok:
+            n, locked = throttle.after_failure(arow, now, throttle.ACCOUNT_RULES)
+            arepo.upsert_throttle(conn, *akey, n, now, locked)
+        return ok
+
     def reauthenticate(self, actor: Actor, password: str, totp: str | None = None) -> None:
         """Re-authentication before a sensitive operation (break-glass, export, keys)."""
         lv = self.lv
@@ -455,9 +473,7 @@ class AccountService:
         ok = False
         with lv.begin() as conn:
             row = self._own_row(conn, actor)
-            stored = self._open(conn, row, "password_sealed").decode()
-            if passwords.verify_password(stored, password or ""):
-                ok = self._second_factor(conn, row, totp, now) is None
+            ok = self._verify_own(conn, row, password, totp, now)
             if ok and actor.session_id:
                 arepo.set_session_auth(conn, row["tenant_id"], actor.session_id, now)
             lv.gate.audit.event(conn, actor, "reauth", "success" if ok else "failure",
@@ -490,9 +506,7 @@ class AccountService:
         now = lv.now()
         with lv.begin() as conn:
             row = self._own_row(conn, actor)
-            stored = self._open(conn, row, "password_sealed").decode()
-            second = self._second_factor(conn, row, totp, now)
-            good = passwords.verify_password(stored, current or "") and second is None
+            good = self._verify_own(conn, row, current, totp, now)
             if good:
                 profile = json.loads(self._open(conn, row, "profile_sealed"))
                 passwords.check_password(new, [profile["name"], profile["email"]],
