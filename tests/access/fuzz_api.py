@@ -21,7 +21,9 @@ from tests.access.conftest import PASSWORD, World
 def fuzz(world: World, total: int, seed: int = 0) -> Counter[int]:
     """Spread ``total`` generated requests over every operation; return status counts.
     Raises AssertionError on the first 5xx."""
+    from labvault.services.audit import install_audit
     lv: Labvault = world.lv
+    install_audit(lv)                    # the real, tamper-evident audit log behind the gate
     app = create_app(lv)
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     roles = ["biologist", "reception", "technician", "lab_admin", "dpo", "patient"]

@@ -169,6 +169,8 @@ MATRIX: dict[tuple[str, str], Case] = {
                             "password": PASSWORD, "totp": c.code(r)}),
         allow(("biologist", "dpo"), 200, platform_operator=404), allow((), 0, deny=404)),
     ("GET", "/api/v1/me"): Case(lambda c, r, lab: ("/api/v1/me", None), everyone(200)),
+    ("GET", "/api/v1/me/access-log"): Case(lambda c, r, lab: ("/api/v1/me/access-log", None),
+                                           allow(("patient",), 200)),
 }
 
 
@@ -206,6 +208,8 @@ def _call(client: TestClient, method: str, url: str, body: dict[str, Any] | None
 
 
 def test_route_role_tenant_matrix(world: World, client: TestClient) -> None:
+    from labvault.services.audit import install_audit
+    install_audit(world.lv)              # the real, tamper-evident audit log behind the gate
     c = Ctx(world)
     tokens: dict[str, str] = {}
     for role in ROLES:
