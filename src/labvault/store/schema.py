@@ -106,4 +106,4 @@ shred_log = Table(
     PrimaryKeyConstraint("tenant_id", "patient_id"),
 )
 from labvault.store import tables_access  # noqa: E402,F401,I001
-from labvault.store import tables_audit  # noqa: E402,F401,I001
+from labvault.store import tables_audit  # noqa: E402,F401
