@@ -27,6 +27,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -128,7 +130,37 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=64)
     ap.add_argument("--seconds", type=float, default=10)
     ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--postgres", action="store_true",
+                    help="use a throw-away PostgreSQL database (LABVAULT_TEST_PG_URL server)")
     a = ap.parse_args()
+    if a.postgres:
+        with pg_database() as url:
+            os.environ["LABVAULT_DATABASE_URL"] = url
+            run(a)
+    else:
+        run(a)
+
+
+@contextmanager
+def pg_database() -> Iterator[str]:
+    import secrets
+
+    from sqlalchemy import create_engine, text
+    base = os.environ.get("LABVAULT_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+    name = f"lvbench_{secrets.token_hex(4)}"
+    admin = create_engine(base.replace("postgresql://", "postgresql+psycopg://", 1),
+                          isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield base.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with admin.connect() as c:
+            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def run(a: argparse.Namespace) -> None:
     import pyotp
     tmp = Path(a.data_dir or tempfile.mkdtemp(prefix="lvbench"))
     env = {**os.environ, "LABVAULT_DATA_DIR": str(tmp / "var")}
@@ -200,7 +232,8 @@ def main() -> None:
         reads = asyncio.run(drive_reads())
         result = {
             "workers": a.workers, "clients": a.clients, "seconds": a.seconds,
-            "patients": a.patients, "database": "sqlite",
+            "patients": a.patients,
+            "database": "postgresql" if a.postgres else "sqlite",
             "health": {"req_s": health[0], "p50_ms": round(pct(health[1], 50), 2),
                        "p99_ms": round(pct(health[1], 99), 2), "statuses": health[2]},
             "patient_read": {"req_s": reads[0], "p50_ms": round(pct(reads[1], 50), 2),
