@@ -323,3 +323,16 @@ def test_garbage_tokens_rejected(client: TestClient, world: World, path: str) ->
     for tok in ("x", "a" * 300, "Bearer", "%00%ff"):
         r = client.get(path, headers={"Authorization": f"Bearer {tok}"})
         assert r.status_code == 401
+
+
+def test_cookie_session_refuses_cross_origin_writes(world: World, client: TestClient) -> None:
+    c = Ctx(world)
+    r = client.post("/api/v1/auth/login", json={"email": c.email("reception"),
+                                                "password": PASSWORD, "totp": c.code("reception")})
+    assert r.status_code == 200 and client.cookies.get("labvault_session")
+    assert client.get("/api/v1/me").status_code == 200            # cookie works
+    body = patient_json(42, seed=8)
+    evil = client.post("/api/v1/patients", json=body, headers={"Origin": "https://evil.example"})
+    assert evil.status_code == 401
+    same = client.post("/api/v1/patients", json=body, headers={"Origin": "http://testserver"})
+    assert same.status_code == 201
