@@ -166,7 +166,9 @@ def run_splink(store: list[dict[str, str]], dump: list[dict[str, str]],
                      cl.ExactMatch("pc"), cl.ExactMatch("email"), cl.ExactMatch("phone")],
         blocking_rules_to_generate_predictions=[block_on("dob"), block_on("year", "sl"),
                                                 block_on("year", "sf"), block_on("pc", "sf")])
-    linker = Linker([left, right], settings, DuckDBAPI())
+    db = DuckDBAPI()
+    linker = Linker([db.register(left, dataset_display_name="store"),
+                     db.register(right, dataset_display_name="dump")], settings)
     linker.training.estimate_u_using_random_sampling(max_pairs=2e6)
     linker.training.estimate_parameters_using_expectation_maximisation(block_on("dob"))
     linker.training.estimate_parameters_using_expectation_maximisation(block_on("year", "sl"))
@@ -175,7 +177,7 @@ def run_splink(store: list[dict[str, str]], dump: list[dict[str, str]],
     best: dict[int, float] = {}
     for _, r in df.iterrows():
         lid, rid = (r["unique_id_l"], r["unique_id_r"]) if r["source_dataset_l"] == \
-            "__splink__input_table_0" else (r["unique_id_r"], r["unique_id_l"])
+            "store" else (r["unique_id_r"], r["unique_id_l"])
         n = int(rid)
         if r["match_probability"] > best.get(n, 0):
             best[n] = r["match_probability"]

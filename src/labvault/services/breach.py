@@ -69,6 +69,7 @@ EVENT_KINDS = ("evidence", "triage", "severity", "decision", "notification", "me
                "status")
 EVIDENCE_CHUNK = 1 << 20
 BACKFILL_BATCH = 500
+READER_SAMPLE = 500              # matched patients per laboratory looked up in the audit log
 
 
 def _iso(d: datetime | None) -> str | None:
@@ -579,13 +580,7 @@ class BreachService:
             lo, hi = brepo.record_times(conn, t, ids)
             out.append({"kind": "tenant_scope", "tenant_id": t, "patients": len(ids),
                         "records_created_from": _iso(lo), "records_updated_to": _iso(hi)})
-        audit = self.lv.gate.audit
-        entries = getattr(audit, "entries", None)
-        if isinstance(entries, list):
-            reads = [(a.actor.id, a.tenant_id, a.patient_ids) for a, _, outcome in entries
-                     if outcome == "allowed" and a.purpose != "breach"
-                     and str(a.action) in ("read", "search", "export") and a.patient_ids]
-            out.extend(attr.rank_readers(reads, matched))
+        out.extend(self._readers(conn, matched))
         for source in self.attribution_sources:
             out.extend(source.attribute(conn, matched, rows))
         if not self.attribution_sources:
@@ -593,6 +588,33 @@ class BreachService:
                         "no honeytoken / export-fingerprint source registered (guard); "
                         "no export is attributed"})
         return out
+
+    def _readers(self, conn: Connection, matched: Mapping[str, Sequence[str]]
+                 ) -> list[dict[str, Any]]:
+        """Accounts that read the matched patients, ranked by overlap, from the audit trail:
+        the tamper-evident log when plugged in (up to ``READER_SAMPLE`` matched patients
+        per laboratory are looked up), else the in-memory audit hook."""
+        audit = self.lv.gate.audit
+        reads: list[tuple[str, str | None, Sequence[str]]] = []
+        from labvault.audit.log import AuditLog
+        if isinstance(audit, AuditLog):
+            from labvault.audit.entry import AuditEntry
+            from labvault.store import repositories_audit as arepo
+            sample = {t: list(ids)[:READER_SAMPLE] for t, ids in matched.items()}
+            for t, ids in sample.items():
+                for pid in ids:
+                    for row in arepo.entries_for_patient(conn, t, pid):
+                        e = AuditEntry.from_row(row)
+                        if e.outcome in ("allowed", "success") and e.purpose != "breach" \
+                                and e.action in ("read", "search", "export") and not e.event:
+                            reads.append((e.actor_id, t, (pid,)))
+            return attr.rank_readers(reads, sample)
+        entries = getattr(audit, "entries", None)
+        if isinstance(entries, list):
+            reads = [(a.actor.id, a.tenant_id, a.patient_ids) for a, _, outcome in entries
+                     if outcome == "allowed" and a.purpose != "breach"
+                     and str(a.action) in ("read", "search", "export") and a.patient_ids]
+        return attr.rank_readers(reads, matched)
 
     # -- notices -------------------------------------------------------------------------------
     def notify(self, actor: Actor, case_id: str, out_dir: Path, dpo: Mapping[str, str],
