@@ -132,6 +132,9 @@ def triage(work: Path, workers: int) -> None:
     res = lv.breach.triage(op, case, [work / "dump.csv"], workers=workers, keep_evidence=False)
     wall = time.perf_counter() - t0
     truth = [json.loads(line) for line in (work / "truth.ndjson").open()]
+    with (work / "matches.ndjson").open("w") as fh:
+        for m in res["matches"]:
+            fh.write(json.dumps([m["row"], m["patient_id"], m["method"], m["score"]]) + "\n")
     print(json.dumps({"wall_s": round(wall, 1), **quality(res["matches"], truth),
                       "rows": res["rows"]}))
 

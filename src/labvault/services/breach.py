@@ -105,9 +105,26 @@ class _TenantWork:
 _SHARED_ROWS: list[RowKeys] = []
 
 
+_SHARED_PREP: FuzzyPrep | None = None
+
+
 def _exact_worker(args: tuple[_TenantWork, dict[bytes, list[str]]]) -> list[Match]:
     work, index = args
     return exact_tenant(_SHARED_ROWS, work.tenant_id, work.index_key, index)
+
+
+def _fuzzy_job(prep: FuzzyPrep, work: _TenantWork, blocks: Mapping[bytes, Sequence[str]],
+               encodings: Mapping[str, bytes]) -> list[tuple[int, str, str, float]]:
+    enc = ClkEncoder(work.clk, work.perm, work.block)
+    return [(n, work.tenant_id, pid, score)
+            for n, pid, score in fuzzy_tenant(prep, enc, blocks, encodings)
+            if score >= FUZZY_ACCEPT]
+
+
+def _fuzzy_worker(args: tuple[_TenantWork, dict[bytes, list[str]], dict[str, bytes]]
+                  ) -> list[tuple[int, str, str, float]]:
+    assert _SHARED_PREP is not None
+    return _fuzzy_job(_SHARED_PREP, *args)
 
 
 class BreachService:
@@ -442,7 +459,7 @@ class BreachService:
         matches = self._exact(rows, tenants, workers)
         exact_rows = {m.row for m in matches}
         todo = [n for n in range(len(rows)) if n not in exact_rows]
-        fuzzy = self._fuzzy(rows, todo, tenants)
+        fuzzy = self._fuzzy(rows, todo, tenants, workers)
         for n, (t, pid, score) in sorted(fuzzy.items()):
             matches.append(Match(n, t, pid, "fuzzy", fuzzy_keys(rows[n].ident), round(score, 3)))
         matches.sort(key=lambda m: (m.row, m.tenant_id, m.patient_id))
@@ -488,22 +505,39 @@ class BreachService:
             _SHARED_ROWS = []
         return out
 
-    def _fuzzy(self, rows: list[RowKeys], todo: list[int], tenants: Sequence[Mapping[str, Any]]
-               ) -> dict[int, tuple[str, str, float]]:
+    def _fuzzy(self, rows: list[RowKeys], todo: list[int], tenants: Sequence[Mapping[str, Any]],
+               workers: int = 1) -> dict[int, tuple[str, str, float]]:
         best: dict[int, tuple[str, str, float]] = {}
         prep = FuzzyPrep(rows, todo)
         if not prep.rows:
             return best
-        for t in tenants:
-            tid = t["tenant_id"]
+
+        def load(tid: str) -> tuple[_TenantWork, dict[bytes, list[str]], dict[str, bytes]]:
             with self.lv.begin() as conn:
-                enc, v = self.encoder(conn, tid)
-                blocks = brepo.tenant_blocks(conn, tid)
-                encodings = dict(brepo.tenant_encodings(conn, tid, v))
-            for n, pid, score in fuzzy_tenant(prep, enc, blocks, encodings):
+                w = self._work(conn, tid)
+                return (w, brepo.tenant_blocks(conn, tid),
+                        dict(brepo.tenant_encodings(conn, tid, w.index_version)))
+
+        def keep(found: Iterable[tuple[int, str, str, float]]) -> None:
+            for n, tid, pid, score in found:
                 if score >= FUZZY_ACCEPT and score > best.get(n, ("", "", 0.0))[2]:
                     best[n] = (tid, pid, score)
-            del blocks, encodings
+
+        if workers <= 1 or len(tenants) < 2:
+            for t in tenants:
+                keep(_fuzzy_job(prep, *load(t["tenant_id"])))
+            return best
+        global _SHARED_PREP
+        _SHARED_PREP = prep
+        try:
+            import multiprocessing as mp
+            with ProcessPoolExecutor(max_workers=workers,
+                                     mp_context=mp.get_context("fork")) as pool:
+                futures = [pool.submit(_fuzzy_worker, load(t["tenant_id"])) for t in tenants]
+                for f in futures:
+                    keep(f.result())
+        finally:
+            _SHARED_PREP = None
         return best
 
     def _summarise(self, actor: Actor, case_id: str, rows: list[RowKeys],
