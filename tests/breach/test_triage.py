@@ -144,3 +144,16 @@ def test_open_case_rejects_bad_times(lv: Labvault, operator: Actor, bad: str) ->
     from labvault.errors import UserError
     with pytest.raises(UserError):
         lv.breach.open_case(operator, "t", bad)
+
+
+def test_workers_give_the_same_result(lv: Labvault, operator: Actor, store: Store,
+                                      tmp_path: Path, backend: str) -> None:
+    if backend != "sqlite":
+        pytest.skip("worker processes are forked; the PostgreSQL fixture binds one connection")
+    dump = sd.make_dump(store.patients[:80], 40, seed=9)
+    path = tmp_path / "d.csv"
+    sd.write_csv(path, dump.rows)
+    case = lv.breach.open_case(operator, "t", "2026-11-01T09:00:00Z")
+    one = lv.breach.triage(operator, case, [path], workers=1)
+    two = lv.breach.triage(operator, case, [path], workers=2)
+    assert one["matches"] == two["matches"] and one["matches"]
