@@ -23,6 +23,24 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "LABVAULT_PKCS11_MODULE": ("", "path of the PKCS#11 module (e.g. libsofthsm2.so)"),
     "LABVAULT_PKCS11_TOKEN": ("labvault", "label of the PKCS#11 token holding the root key"),
     "LABVAULT_PKCS11_PIN": ("", "user PIN of the PKCS#11 token"),
+    # guard (docs/guard.md)
+    "LABVAULT_ALERT_DEDUP_SECONDS": ("600", "alerts of the same kind, actor and lab within this "
+                                            "many seconds are merged into one (count bumped)"),
+    "LABVAULT_ALERT_MIN_SEVERITY": ("medium", "lowest severity sent to the webhook and e-mail "
+                                              "sinks (info|low|medium|high|critical)"),
+    "LABVAULT_ALERT_WEBHOOK_URL": ("", "alert webhook: HTTP POST of a JSON notice; empty = off"),
+    "LABVAULT_ALERT_WEBHOOK_SECRET": ("", "HMAC-SHA256 key signing webhook bodies "
+                                          "(header X-Labvault-Signature)"),
+    "LABVAULT_ALERT_SMTP_HOST": ("", "SMTP server for alert e-mails; empty = off"),
+    "LABVAULT_ALERT_SMTP_PORT": ("25", "SMTP port for alert e-mails"),
+    "LABVAULT_ALERT_EMAIL_FROM": ("labvault@localhost", "sender of alert e-mails"),
+    "LABVAULT_ALERT_EMAIL_TO": ("", "comma-separated recipients of alert e-mails"),
+    "LABVAULT_REDIS_URL": ("", "Redis URL for read-budget state shared by several workers; "
+                               "empty = state in the database"),
+    "LABVAULT_EXPORT_APPROVAL_MIN_PATIENTS": ("1000", "exports of at least this many patients "
+                                                      "need a second account's approval"),
+    "LABVAULT_PURGE_INTERVAL_SECONDS": ("3600", "how often `labvault serve` purges expired "
+                                                "exports and retention-expired patients; 0 = off"),
 }
 
 
@@ -58,7 +76,7 @@ class Settings:
             pkcs11_module=_env("LABVAULT_PKCS11_MODULE", e),
             pkcs11_token=_env("LABVAULT_PKCS11_TOKEN", e),
             pkcs11_pin=_env("LABVAULT_PKCS11_PIN", e),
-            extra={k: v for k, v in e.items() if k.startswith("LABVAULT_") and k not in SETTINGS},
+            extra={k: v for k, v in e.items() if k.startswith("LABVAULT_")},
         )
 
     def with_provider(self, provider: str) -> Settings:

@@ -92,12 +92,14 @@ class Labvault:
         self.alerts: AlertSink = alerts or LogAlerts()
         self.gate = Gate(keyring, policy or OperatorOnlyPolicy(), budget or NoBudget(),
                          audit or MemoryAudit(), self.load_tenant_keys)
+        from labvault.services.guard import GuardService
         from labvault.services.keys import KeyService
         from labvault.services.patients import PatientService
         from labvault.services.tenants import TenantService
         self.tenants = TenantService(self)
         self.patients = PatientService(self)
         self.keys = KeyService(self)
+        self.guard = GuardService(self)
 
     # -- life cycle --------------------------------------------------------------------
     @staticmethod

@@ -176,8 +176,16 @@ class Gate:
         wanted = [c for c in access.categories if c in decision.categories]
         rows = repo.sealed_patients(conn, access.tenant_id, access.patient_ids, wanted)
         out: dict[str, dict[Category, dict[str, Any]]] = {}
+        if not rows:
+            return out
+        self._load_tenant_keys(conn, access.tenant_id)
+        wrapped = repo.patient_deks(conn, access.tenant_id, list(rows))  # one query per batch
         for patient_id, blobs in rows.items():
-            dek = self._dek(conn, access.tenant_id, patient_id)
+            if patient_id not in wrapped:
+                raise NotFound("no such patient",
+                               "check the patient id; erased patients cannot be read")
+            dek = self.keyring.open_dek(access.tenant_id, patient_id,
+                                        WrappedDek(*wrapped[patient_id]))
             opened: dict[Category, dict[str, Any]] = {}
             for cat, blob in blobs.items():
                 if blob is not None:

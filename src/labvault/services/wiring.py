@@ -11,7 +11,9 @@ from labvault.services.app import Labvault
 
 
 def open_labvault(settings: Settings) -> Labvault:
-    return Labvault.open(settings)
+    lv = Labvault.open(settings)
+    lv.guard.install()  # budgets, rules, honeytokens, alerts (last: wraps the audit hook)
+    return lv
 
 
 def init_labvault(settings: Settings) -> Labvault:

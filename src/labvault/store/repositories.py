@@ -125,6 +125,20 @@ def patient_dek(conn: Connection, tenant_id: str, patient_id: str) -> tuple[int,
     return (row[0], row[1]) if row else None
 
 
+def patient_deks(conn: Connection, tenant_id: str, patient_ids: Sequence[str]
+                 ) -> dict[str, tuple[int, bytes]]:
+    """Wrapped data keys of many patients in one query per 500 ids (bulk reads, exports)."""
+    out: dict[str, tuple[int, bytes]] = {}
+    ids = list(patient_ids)
+    for i in range(0, len(ids), 500):
+        for pid, ver, wrapped in conn.execute(select(
+                patient_keys.c.patient_id, patient_keys.c.kek_version, patient_keys.c.wrapped
+        ).where(patient_keys.c.tenant_id == tenant_id,
+                patient_keys.c.patient_id.in_(ids[i:i + 500]))):
+            out[pid] = (ver, wrapped)
+    return out
+
+
 def sealed_patients(conn: Connection, tenant_id: str, patient_ids: Iterable[str],
                     categories: Iterable[Category]) -> dict[str, dict[Category, bytes | None]]:
     cats = list(categories)
