@@ -38,6 +38,14 @@ PLATFORM = "platform"                 # tenant_id of alerts that concern no lab
 ALERT_ROLES = frozenset({"dpo", "lab_admin"})
 
 
+def has_written(conn: Connection) -> bool:
+    """True if ``conn`` is SQLite and its transaction already wrote (holds the write lock)."""
+    if conn.dialect.name != "sqlite":
+        return False
+    dbapi = conn.connection.dbapi_connection
+    return dbapi is not None and bool(getattr(dbapi, "in_transaction", False))
+
+
 def actor_summary(actor: Actor | None) -> dict[str, Any]:
     if actor is None:
         return {}
@@ -75,11 +83,9 @@ class AlertService:
 
         SQLite has one writer: if the caller's transaction already wrote, a second
         connection would wait on it, so the write then joins the caller's transaction."""
-        if conn.dialect.name == "sqlite":
-            dbapi = conn.connection.dbapi_connection
-            if dbapi is not None and getattr(dbapi, "in_transaction", False):
-                yield conn
-                return
+        if has_written(conn):
+            yield conn
+            return
         with self.lv.engine.begin() as w:
             yield w
 

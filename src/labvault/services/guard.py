@@ -29,6 +29,7 @@ from labvault.store import repositories_guard as grepo
 from labvault.store.ids import new_id
 
 if TYPE_CHECKING:
+    from labvault.services.alerts import AlertService
     from labvault.services.app import Labvault
     from labvault.services.exports import ExportService
 
@@ -75,6 +76,38 @@ class GuardService:
             lv.gate.audit = DenialObserver(lv.gate.audit, self)
 
     @property
+    def alerts(self) -> AlertService:
+        """The alert store (``lv.alerts`` once installed)."""
+        from labvault.services.alerts import AlertService
+        if not isinstance(self.lv.alerts, AlertService):
+            self.install()
+        assert isinstance(self.lv.alerts, AlertService)
+        return self.lv.alerts
+
+    def start_purge_job(self, interval: float | None = None) -> Callable[[], None]:
+        """Purge expired exports and retention-expired patients every ``interval`` seconds
+        on a daemon thread (started by ``labvault serve``); returns a stop function."""
+        import logging
+        every = interval if interval is not None else float(
+            setting(self.lv.settings.extra, "LABVAULT_PURGE_INTERVAL_SECONDS"))
+        stop = threading.Event()
+        if every <= 0:
+            return stop.set
+        log = logging.getLogger("labvault.guard")
+
+        def run() -> None:
+            while not stop.wait(every):
+                try:
+                    res = self.purge()
+                    log.info("purge: %s exports, %s patients", res["exports"]["purged"],
+                             res["patients"]["erased"])
+                except Exception:  # the job must keep running; the error is logged
+                    log.exception("scheduled purge failed")
+
+        threading.Thread(target=run, name="labvault-purge", daemon=True).start()
+        return stop.set
+
+    @property
     def exports(self) -> ExportService:
         if self._exports is None:
             from labvault.services.exports import ExportService
@@ -102,15 +135,23 @@ class GuardService:
         if s is not None:
             return s
         lv = self.lv
+        from labvault.services.alerts import has_written
         version = repo.current_key_version(conn, tenant_id, "guard")
-        if version is None:
+        cacheable = True
+        if version is None and has_written(conn):
+            # SQLite: a second connection would wait on this transaction's lock. Create the
+            # key here; if this transaction rolls back, the next call creates it again.
+            version, cacheable = 1, False
+            repo.insert_tenant_key(conn, lv.keyring.new_tenant_key(tenant_id, "guard", 1))
+        elif version is None:
             version = lv.tenants.ensure_key(tenant_id, "guard")
         if not lv.keyring.is_loaded(tenant_id, "guard", version):
             for rec in repo.tenant_key_records(conn, tenant_id):
                 if rec.purpose == "guard":
                     lv.keyring.load(rec)
         s = lv.keyring.tenant_secret(tenant_id, "guard", version, f"guard/{label}")
-        self._secrets[k] = s
+        if cacheable:
+            self._secrets[k] = s
         return s
 
     def digest(self, conn: Connection, tenant_id: str, label: str, value: str) -> bytes:

@@ -15,7 +15,7 @@ from labvault.store.ids import new_id
 if TYPE_CHECKING:
     from labvault.services.app import Labvault
 
-TENANT_KEY_PURPOSES = ("kek", "index", "data")
+TENANT_KEY_PURPOSES = ("kek", "index", "data", "guard")  # guard: honeytoken/export HMACs
 
 
 class TenantService:
