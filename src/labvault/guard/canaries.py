@@ -42,6 +42,18 @@ def is_canary_nir(nir: str) -> bool:
     return len(compact) == 15 and compact[5:7] == CANARY_DEPARTMENT
 
 
+def _mobile(rng: random.Random) -> str:
+    """A random French mobile number that phonenumbers deems valid (allocated range)."""
+    from labvault.domain import validation as v
+    from labvault.errors import InvalidField
+    while True:
+        candidate = f"+33{rng.choice('67')}{rng.randrange(10**8):08d}"
+        try:
+            return v.phone(candidate)
+        except InvalidField:
+            continue
+
+
 def canary_person(rng: random.Random | None = None) -> dict[str, Any]:
     """One honeytoken patient in the import format (same shape as ``synthetic.people``)."""
     rng = rng or random.Random(secrets.randbits(64))  # noqa: S311 - plausibility, seeded secretly
@@ -54,6 +66,6 @@ def canary_person(rng: random.Random | None = None) -> dict[str, Any]:
     local = ascii_fold(f"{first}.{p['used_name'] or p['birth_name']}").lower()
     local = local.replace(" ", "").replace("'", "")
     p["email"] = f"{local}.{rng.randrange(10**5, 10**7)}@{rng.choice(EMAIL_DOMAINS)}"
-    p["phone"] = f"+336{rng.randrange(10**8):08d}"
+    p["phone"] = _mobile(rng)
     p["external_id"] = f"LIS-{rng.randrange(100)}-{rng.randrange(10**8):08d}"
     return {k: v for k, v in p.items() if v is not None}

@@ -33,7 +33,7 @@ from labvault.crypto.digests import constant_time_equal, hmac_sha256
 ATTRIBUTION_P = 1e-12      # binomial p-value below which the format channel attributes
 MIN_TRIALS = 12
 
-CHANNELS = ("nir", "phone", "birth_name", "key_order")
+CHANNELS = ("nir", "phone", "birth_name", "email", "key_order")
 
 
 def export_key(guard_secret: bytes, export_id: str) -> bytes:
@@ -89,6 +89,12 @@ def name_variant(name: str, bit: int) -> str:
     return name if any(c.islower() for c in name) else name.title()
 
 
+def email_variant(email: str, bit: int) -> str:
+    """E-mail addresses are matched case-insensitively; only the first letter's case varies."""
+    e = email.lower()
+    return e[:1].upper() + e[1:] if bit else e
+
+
 def observed_bit(channel: str, value: Any) -> int | None:
     """Which variant a leaked value shows, or None if the value shows no choice."""
     if not isinstance(value, str) or not value:
@@ -102,6 +108,9 @@ def observed_bit(channel: str, value: Any) -> int | None:
         if v.startswith("0") and len(v.replace(" ", "")) == 10:
             return 1
         return None
+    if channel == "email":
+        head = value.strip()[:1]
+        return (1 if head.isupper() else 0) if head.isalpha() else None
     if channel == "birth_name":
         letters = [c for c in value if c.isalpha()]
         if not letters:
@@ -136,6 +145,8 @@ def render(h: bytes, row_id: str, values: Mapping[str, Any], fields: Sequence[st
             v = phone_variant(v, _bit(h, "phone"))
         elif k == "birth_name":
             v = name_variant(v, _bit(h, "birth_name"))
+        elif k == "email":
+            v = email_variant(v, _bit(h, "email"))
         out[k] = v
     return out
 
@@ -149,7 +160,8 @@ class ChannelTally:
 
 def tally_row(tally: ChannelTally, h: bytes, row: Mapping[str, Any], ordered: bool) -> None:
     """Compare one leaked row with the choices ``h`` an export would have made."""
-    for ch, fieldname in (("nir", "nir"), ("phone", "phone"), ("birth_name", "birth_name")):
+    for ch, fieldname in (("nir", "nir"), ("phone", "phone"), ("birth_name", "birth_name"),
+                          ("email", "email")):
         ob = observed_bit(ch, row.get(fieldname))
         if ob is None:
             continue
