@@ -57,7 +57,8 @@ def _mobile(rng: random.Random) -> str:
 def canary_person(rng: random.Random | None = None) -> dict[str, Any]:
     """One honeytoken patient in the import format (same shape as ``synthetic.people``)."""
     rng = rng or random.Random(secrets.randbits(64))  # noqa: S311 - plausibility, seeded secretly
-    p = next(people(1, seed=rng.randrange(1 << 16), start=rng.randrange(10**7),
+    # Pool 0 (the demo's) is built once per process; the person is drawn at a random index.
+    p = next(people(1, seed=0, start=rng.randrange(10**7),
                     prefix="LIS"))
     birth = date.fromisoformat(p["birth_date"])
     p["nir"] = canary_nir(p["sex"], birth, rng)

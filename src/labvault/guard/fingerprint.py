@@ -123,9 +123,19 @@ def _bit(h: bytes, channel: str) -> int:
     return h[CHANNELS.index(channel)] & 1
 
 
+_SLOT: dict[str, int] = {}
+
+
+def _slot(k: str) -> int:
+    s = _SLOT.get(k)
+    if s is None:
+        s = _SLOT[k] = 8 + zlib.crc32(k.encode()) % 24
+    return s
+
+
 def key_order(h: bytes, keys: Sequence[str]) -> list[str]:
     """A keyed order of the keys; the order of any subset is the restriction of the whole."""
-    return sorted(keys, key=lambda k: (h[8 + zlib.crc32(k.encode()) % 24], k))
+    return sorted(keys, key=lambda k: (h[_slot(k)], k))
 
 
 def render(h: bytes, row_id: str, values: Mapping[str, Any], fields: Sequence[str]
