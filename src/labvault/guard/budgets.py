@@ -32,6 +32,7 @@ LONG_SECONDS = 86_400        # the "day" window
 SYNC_SECONDS = 5.0
 FLUSH_SECONDS = 1.0
 FLUSH_BATCH = 256
+SYNC_MARGIN = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,43 +69,44 @@ def limits_for(roles: Iterable[str], config: Mapping[str, str], kind: str = "sta
 
 
 class Window:
-    """Items with their last time, oldest first (re-touching moves an item to the end)."""
+    """Items with their last time in two sliding windows, oldest first (re-touching
+    moves an item to the end); counting is amortised O(1): old items fall off the front."""
 
-    __slots__ = ("items", "synced")
+    __slots__ = ("long", "short", "synced")
 
     def __init__(self) -> None:
-        self.items: OrderedDict[str, float] = OrderedDict()
+        self.short: OrderedDict[str, float] = OrderedDict()
+        self.long: OrderedDict[str, float] = OrderedDict()
         self.synced = 0.0
 
     def touch(self, items: Iterable[str], now: float) -> None:
-        d = self.items
-        for it in items:
-            if it in d:
-                d.move_to_end(it)
-            d[it] = now
+        for d in (self.short, self.long):
+            for it in items:
+                if it in d:
+                    d.move_to_end(it)
+                d[it] = now
 
     def merge(self, loaded: Iterable[tuple[str, float]]) -> None:
-        merged = dict(self.items)
+        merged = dict(self.long)
         for it, at in loaded:
             if merged.get(it, 0.0) < at:
                 merged[it] = at
-        self.items = OrderedDict(sorted(merged.items(), key=lambda kv: kv[1]))
+        ordered = sorted(merged.items(), key=lambda kv: kv[1])
+        self.long = OrderedDict(ordered)
+        self.short = OrderedDict(ordered)
 
-    def counts(self, now: float) -> tuple[int, int]:
-        d = self.items
-        horizon = now - LONG_SECONDS
+    @staticmethod
+    def _prune(d: OrderedDict[str, float], horizon: float) -> None:
         while d:
             first = next(iter(d.values()))
             if first >= horizon:
-                break
+                return
             d.popitem(last=False)
-        short_horizon = now - SHORT_SECONDS
-        short = 0
-        for at in reversed(d.values()):
-            if at < short_horizon:
-                break
-            short += 1
-        return short, len(d)
+
+    def counts(self, now: float) -> tuple[int, int]:
+        self._prune(self.long, now - LONG_SECONDS)
+        self._prune(self.short, now - SHORT_SECONDS)
+        return len(self.short), len(self.long)
 
 
 class MarkStore(Protocol):
@@ -137,8 +139,11 @@ class DbMarkStore:
             if w is None:
                 w = self._windows[key] = Window()
             if now - w.synced > SYNC_SECONDS:
-                loaded = grepo.marks_since(conn, tenant_id, account_id, kind,
-                                           _dt(now - LONG_SECONDS))
+                # First sync: the whole day; later: what other workers flushed since (with
+                # a margin for their flush delay and clock skew).
+                since = now - LONG_SECONDS if not w.synced else max(now - LONG_SECONDS,
+                                                                    w.synced - SYNC_MARGIN)
+                loaded = grepo.marks_since(conn, tenant_id, account_id, kind, _dt(since))
                 w.merge((it, at.timestamp()) for it, at in loaded)
                 w.synced = now
             w.touch(items, now)

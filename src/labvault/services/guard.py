@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import Connection
 
+from labvault.crypto.digests import hmac_sha256
 from labvault.domain.actors import Actor
 from labvault.domain.categories import Action
 from labvault.errors import AccessDenied, BudgetExceeded, InvalidField, NotFound
@@ -57,6 +58,9 @@ class GuardService:
                                          else budgets.DbMarkStore())
         self.retention = RetentionRegistry()
         self._config: dict[str, tuple[float, dict[str, str]]] = {}
+        self._hours: dict[str, tuple[dict[str, str], rules.OpeningHours]] = {}
+        self._limits: dict[tuple[str, str, frozenset[str]], tuple[dict[str, str],
+                                                                  budgets.Limits]] = {}
         self._canaries: dict[str, tuple[float, frozenset[bytes]]] = {}
         self._secrets: dict[tuple[str, str], bytes] = {}
         self._suspended: dict[tuple[str, str], tuple[float, bool]] = {}
@@ -155,7 +159,6 @@ class GuardService:
         return s
 
     def digest(self, conn: Connection, tenant_id: str, label: str, value: str) -> bytes:
-        from labvault.crypto.digests import hmac_sha256
         return hmac_sha256(self.secret(conn, tenant_id, label), value.encode())[:16]
 
     # -- per-lab settings --------------------------------------------------------------------------
@@ -167,6 +170,21 @@ class GuardService:
         cfg = grepo.get_config(conn, tenant_id)
         self._config[tenant_id] = (now, cfg)
         return cfg
+
+    def hours(self, tenant_id: str, cfg: dict[str, str]) -> rules.OpeningHours:
+        hit = self._hours.get(tenant_id)
+        if hit is None or hit[0] is not cfg:
+            hit = (cfg, rules.OpeningHours.from_config(cfg))
+            self._hours[tenant_id] = hit
+        return hit[1]
+
+    def limits(self, tenant_id: str, cfg: dict[str, str], actor: Actor) -> budgets.Limits:
+        key = (tenant_id, actor.kind, actor.roles)
+        hit = self._limits.get(key)
+        if hit is None or hit[0] is not cfg:
+            hit = (cfg, budgets.limits_for(actor.roles, cfg, actor.kind))
+            self._limits[key] = hit
+        return hit[1]
 
     def get_config(self, actor: Actor, tenant_id: str) -> dict[str, str]:
         with self.lv.begin() as conn:
@@ -275,7 +293,9 @@ class GuardService:
         digests = self._canary_set(conn, tenant_id)
         if not digests:
             return []
-        return [p for p in patient_ids if self.digest(conn, tenant_id, "canary", p) in digests]
+        key = self.secret(conn, tenant_id, "canary")
+        return [p for p in patient_ids
+                if hmac_sha256(key, p.encode())[:16] in digests]
 
     def is_canary(self, conn: Connection, tenant_id: str, patient_id: str) -> bool:
         """Exact (uncached) test: is this patient a honeytoken?"""
@@ -450,7 +470,7 @@ class GuardBudget:
         cfg = g.config(conn, t)
         if action == Action.READ and ids:
             short, long = g.marks.add(conn, t, actor.id, "read", ids, now)
-            lim = budgets.limits_for(actor.roles, cfg, actor.kind)
+            lim = g.limits(t, cfg, actor)
             if short > lim.short or long > lim.long:
                 window = "10m" if short > lim.short else "day"
                 g.suspend(conn, t, actor, f"budget.{window}",
@@ -471,7 +491,7 @@ class GuardBudget:
                     g.alert(conn, t, "enumeration.misses", actor, {"misses_10m": m})
         if ids or action == Action.SEARCH:
             at = self.guard.lv.now()
-            if not rules.OpeningHours.from_config(cfg).is_open(at):
+            if not g.hours(t, cfg).is_open(at):
                 g.alert(conn, t, "access.off_hours", actor, {"at": at.isoformat()})
             if actor.client and actor.client not in ("cli", "local"):
                 self._client(conn, t, actor)
