@@ -10,8 +10,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -69,28 +68,9 @@ class AlertService:
         """Store (or merge into a recent open alert) and dispatch; in the caller's transaction."""
         return self._raise(conn, conn, tenant_id, kind, severity, actor, detail)
 
-    def raise_independent(self, conn: Connection, tenant_id: str | None, kind: str,
-                          severity: str, actor: Actor | None,
-                          detail: Mapping[str, Any]) -> str | None:
-        """Same, committed on its own: for alerts raised on a path that is about to fail
-        (a refused read rolls its transaction back; the alert must survive it)."""
-        with self.independent(conn) as w:
-            return self._raise(conn, w, tenant_id, kind, severity, actor, detail)
-
-    @contextmanager
-    def independent(self, conn: Connection) -> Iterator[Connection]:
-        """A transaction that commits whatever the caller's transaction does next.
-
-        SQLite has one writer: if the caller's transaction already wrote, a second
-        connection would wait on it, so the write then joins the caller's transaction."""
-        if has_written(conn):
-            yield conn
-            return
-        with self.lv.engine.begin() as w:
-            yield w
-
     def _raise(self, read: Connection, write: Connection, tenant_id: str | None, kind: str,
-               severity: str, actor: Actor | None, detail: Mapping[str, Any]) -> str | None:
+               severity: str, actor: Actor | None, detail: Mapping[str, Any],
+               dispatch: bool = True) -> str | None:
         severity_rank(severity)
         lv = self.lv
         now = lv.now()
@@ -120,7 +100,8 @@ class AlertService:
                                         "severity": severity})
         with self._lock:
             self._recent[key] = mono
-        self.dispatcher.submit(notice_from_row(row))
+        if dispatch:
+            self.dispatcher.submit(notice_from_row(row))
         return alert_id
 
     def recently_raised(self, tenant_id: str | None, kind: str, actor_id: str | None) -> bool:

@@ -66,6 +66,7 @@ class GuardService:
         self._suspended: dict[tuple[str, str], tuple[float, bool]] = {}
         self._clients: set[tuple[str, str, bytes]] = set()
         self._lock = threading.Lock()
+        self._local = threading.local()
         self._exports: ExportService | None = None
 
     # -- wiring --------------------------------------------------------------------------------
@@ -78,6 +79,8 @@ class GuardService:
         lv.gate.budget = GuardBudget(self)
         if not isinstance(lv.gate.audit, DenialObserver):
             lv.gate.audit = DenialObserver(lv.gate.audit, self)
+        if self not in lv.tx_observers:
+            lv.tx_observers.append(self)
 
     @property
     def alerts(self) -> AlertService:
@@ -119,18 +122,69 @@ class GuardService:
         return self._exports
 
     def alert(self, conn: Connection, tenant_id: str | None, kind: str, actor: Actor | None,
-              detail: Mapping[str, Any], independent: bool = False,
+              detail: Mapping[str, Any], durable: bool = False,
               severity: str | None = None) -> str | None:
+        """Raise an alert in the caller's transaction; ``durable``: also when that
+        transaction rolls back (alerts raised on a path that refuses the request)."""
         from labvault.services.alerts import AlertService
         sev = severity or rules.RULES[kind].severity
         sink = self.lv.alerts
-        if isinstance(sink, AlertService):
-            if sink.recently_raised(tenant_id, kind, actor.id if actor else None) \
-                    and sev != "critical":
-                return None
-            if independent:
-                return sink.raise_independent(conn, tenant_id, kind, sev, actor, detail)
-        return sink.raise_alert(conn, tenant_id, kind, sev, actor, detail)
+        if not isinstance(sink, AlertService):
+            return sink.raise_alert(conn, tenant_id, kind, sev, actor, detail)
+        if sink.recently_raised(tenant_id, kind, actor.id if actor else None) \
+                and sev != "critical":
+            return None
+        alert_id = sink._raise(conn, conn, tenant_id, kind, sev, actor, detail)
+        if durable:
+            self.on_rollback(lambda c: sink._raise(c, c, tenant_id, kind, sev, actor, detail,
+                                                   dispatch=False))
+        return alert_id
+
+    # -- transactions (a TxObserver of ``lv.begin``) -------------------------------------------------
+    # Security writes on a refused request (suspension, its alert, the repeated-denials alert)
+    # are made in the request's transaction, which the refusal rolls back; they are then
+    # written again in a transaction of their own. No second connection is ever used while
+    # the request's transaction is open (it may hold the audit chain head or SQLite's lock).
+    def _stack(self) -> list[list[Callable[[Connection], object]]]:
+        stack: list[list[Callable[[Connection], object]]] | None = getattr(
+            self._local, "stack", None)
+        if stack is None:
+            stack = []
+            self._local.stack = stack
+        return stack
+
+    def tx_begin(self) -> None:
+        self._stack().append([])
+
+    def tx_end(self, lv: Labvault, committed: bool, savepoint: bool) -> None:
+        stack = self._stack()
+        if not stack:
+            return
+        rescue = stack.pop()
+        if committed:
+            if savepoint and stack:
+                stack[-1].extend(rescue)     # durable only once the enclosing one commits
+            return
+        if not rescue or getattr(self._local, "rescuing", False):
+            return
+        self._local.rescuing = True
+        try:
+            with lv.begin() as conn:
+                for fn in rescue:
+                    fn(conn)
+            if savepoint and stack:
+                stack[-1].extend(rescue)
+        except Exception:   # logged: the alert was already dispatched to the sinks
+            import logging
+            logging.getLogger("labvault.guard").exception(
+                "could not write %d guard records after a rollback", len(rescue))
+        finally:
+            self._local.rescuing = False
+
+    def on_rollback(self, fn: Callable[[Connection], object]) -> None:
+        stack = self._stack()
+        if stack:
+            stack[-1].append(fn)
 
     # -- tenant secrets (HMAC keys derived from the lab's ``guard`` key) ---------------------------
     def secret(self, conn: Connection, tenant_id: str, label: str) -> bytes:
@@ -233,27 +287,23 @@ class GuardService:
 
     def suspend(self, conn: Connection, tenant_id: str, actor: Actor, rule: str,
                 detail: Mapping[str, Any]) -> None:
-        """Record the suspension and a critical alert, committed even though the read fails."""
-        from labvault.services.alerts import AlertService
-        sink = self.lv.alerts
-        now = self.lv.now()
+        """Record the suspension and a critical alert; both survive the refused read's rollback."""
+        lv = self.lv
         self._suspended[(tenant_id, actor.id)] = (time.time(), True)
         full = {**detail, "rule": rule, "session_id": actor.session_id}
-        if isinstance(sink, AlertService):
-            with sink.independent(conn) as w:
-                if grepo.active_suspension(w, actor.id, tenant_id) is None:
-                    grepo.insert_suspension(w, {
-                        "tenant_id": tenant_id, "suspension_id": new_id("susp"),
-                        "account_id": actor.id, "status": "active", "rule": rule,
-                        "created_at": now})
-                    self.lv.gate.audit.event(w, actor, "account.suspended", "ok", tenant_id,
-                                             {"rule": rule, "session_id": actor.session_id})
-                sink._raise(conn, w, tenant_id, "budget.exceeded", "critical", actor, full)
-        else:
-            grepo.insert_suspension(conn, {
-                "tenant_id": tenant_id, "suspension_id": new_id("susp"), "account_id": actor.id,
-                "status": "active", "rule": rule, "created_at": now})
-            sink.raise_alert(conn, tenant_id, "budget.exceeded", "critical", actor, full)
+
+        def write(c: Connection) -> None:
+            if grepo.active_suspension(c, actor.id, tenant_id) is None:
+                grepo.insert_suspension(c, {
+                    "tenant_id": tenant_id, "suspension_id": new_id("susp"),
+                    "account_id": actor.id, "status": "active", "rule": rule,
+                    "created_at": lv.now()})
+                lv.gate.audit.event(c, actor, "account.suspended", "ok", tenant_id,
+                                    {"rule": rule, "session_id": actor.session_id})
+
+        write(conn)
+        self.on_rollback(write)
+        self.alert(conn, tenant_id, "budget.exceeded", actor, full, durable=True)
 
     def suspensions(self, actor: Actor, tenant_id: str) -> list[dict[str, Any]]:
         with self.lv.begin() as conn:
@@ -363,7 +413,7 @@ class GuardService:
         if short >= rules.threshold("access.denied.repeated", self.config(conn, t)):
             self.alert(conn, t, "access.denied.repeated", actor,
                        {"denials_10m": short, "resource": access.resource,
-                        "action": str(access.action)}, independent=True)
+                        "action": str(access.action)}, durable=True)
 
     # -- purge (exports at expiry, patients at end of retention) -------------------------------------
     def purge(self, dry_run: bool = False,
@@ -520,9 +570,9 @@ class DenialObserver:
         self.guard = guard
 
     def record(self, conn: Connection, access: Access, decision: Decision, outcome: str) -> None:
-        self.inner.record(conn, access, decision, outcome)
         if outcome == "denied":
             self.guard.on_denied(conn, access, decision)
+        self.inner.record(conn, access, decision, outcome)
 
     def event(self, conn: Connection, actor: Actor, event: str, outcome: str,
               tenant_id: str | None, detail: Mapping[str, Any]) -> None:
