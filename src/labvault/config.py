@@ -41,6 +41,14 @@ SETTINGS: dict[str, tuple[str, str]] = {
                                                       "need a second account's approval"),
     "LABVAULT_PURGE_INTERVAL_SECONDS": ("3600", "how often `labvault serve` purges expired "
                                                 "exports and retention-expired patients; 0 = off"),
+    "LABVAULT_AUDIT_RETENTION_DAYS": ("365", "days audit entries are kept before "
+                                             "`labvault audit prune` removes them; 0 = forever"),
+    "LABVAULT_AUDIT_CHECKPOINT_EVERY": ("1000", "write a signed audit checkpoint every N "
+                                                "entries of a chain; 0 = only on demand"),
+    "LABVAULT_AUDIT_SYSLOG": ("", "also send each audit checkpoint as an RFC 5424 syslog "
+                                  "message: udp://host:514 or tcp://host:601; empty = off"),
+    "LABVAULT_AUDIT_SIGNING_KEY": ("", "Ed25519 audit checkpoint signing key file; empty = "
+                                       "<root key file>.audit-signing beside the root key"),
 }
 
 

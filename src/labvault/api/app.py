@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from labvault.api.routers import alerts as alerts_router
+from labvault.api.routers import me_access
 from labvault.config import Settings
 from labvault.services.app import Labvault
 from labvault.services.wiring import open_labvault
@@ -14,6 +15,7 @@ def create_app(lv: Labvault) -> FastAPI:
     app = FastAPI(title="labvault", version="0.1.0")
     app.state.lv = lv
     app.include_router(alerts_router.router)
+    app.include_router(me_access.router)
 
     @app.get("/health", tags=["health"])
     def health() -> dict[str, str]:

@@ -10,6 +10,7 @@ from pathlib import Path
 import typer
 
 from labvault.cli import _common
+from labvault.cli.audit import app as audit_app
 from labvault.cli.guard import register as register_guard
 from labvault.cli.keys import app as keys_app
 from labvault.cli.patients import app as patient_app
@@ -38,6 +39,7 @@ app.add_typer(tenant_app, name="tenant", help="Laboratories (tenants).")
 app.add_typer(patient_app, name="patient", help="Patients: import, find, show, erase.")
 app.add_typer(keys_app, name="keys", help="Key rotation.")
 register_guard(app)
+app.add_typer(audit_app, name="audit", help="Audit trail: verify, checkpoint, prove, reports.")
 
 
 def main() -> None:

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from labvault.config import Settings
 from labvault.services.app import Labvault
+from labvault.services.audit import install_audit
 
 
 def open_labvault(settings: Settings) -> Labvault:
     lv = Labvault.open(settings)
+    install_audit(lv)
     lv.guard.install()  # budgets, rules, honeytokens, alerts (last: wraps the audit hook)
     return lv
 
