@@ -148,6 +148,9 @@ class Gate:
         """Policy -> budget -> audit. Raises ``AccessDenied`` (audited) on refusal."""
         decision = self.policy.decide(access)
         if not decision.allowed:
+            denied = getattr(self.budget, "denied", None)   # anomaly rules on refusals (guard)
+            if denied is not None:
+                denied(conn, access, decision)
             self.audit.record(conn, access, decision, "denied")
             raise AccessDenied("not allowed",
                                "ask your laboratory administrator if your work needs this access")

@@ -24,7 +24,7 @@ from labvault.guard import budgets, rules
 from labvault.guard.alerts import setting
 from labvault.guard.canaries import canary_person
 from labvault.guard.retention import RetentionRegistry
-from labvault.services.gate import Access, AuditHook, Decision
+from labvault.services.gate import Access, Decision
 from labvault.store import repositories as repo
 from labvault.store import repositories_guard as grepo
 from labvault.store.ids import new_id
@@ -71,14 +71,13 @@ class GuardService:
 
     # -- wiring --------------------------------------------------------------------------------
     def install(self) -> None:
-        """Plug the guard into the gate (call after the other hooks are in place)."""
+        """Plug the guard into the gate: budget hook (which also sees refusals), alert
+        store, transaction observer."""
         from labvault.services.alerts import AlertService
         lv = self.lv
         if not isinstance(lv.alerts, AlertService):
             lv.alerts = AlertService(lv)
         lv.gate.budget = GuardBudget(self)
-        if not isinstance(lv.gate.audit, DenialObserver):
-            lv.gate.audit = DenialObserver(lv.gate.audit, self)
         if self not in lv.tx_observers:
             lv.tx_observers.append(self)
 
@@ -547,6 +546,10 @@ class GuardBudget:
                 self._client(conn, t, actor)
         g.marks.maybe_flush(conn, now)
 
+    def denied(self, conn: Connection, access: Access, decision: Decision) -> None:
+        """Called by the gate on each policy refusal (before it is audited)."""
+        self.guard.on_denied(conn, access, decision)
+
     def _client(self, conn: Connection, t: str, actor: Actor) -> None:
         g = self.guard
         assert actor.client is not None
@@ -560,24 +563,3 @@ class GuardBudget:
             if seen_before:
                 g.alert(conn, t, "access.new_client", actor, {"client": actor.client})
         g._clients.add(key)
-
-
-class DenialObserver:
-    """Wraps the audit hook: every refusal also feeds the repeated-denials rule."""
-
-    def __init__(self, inner: AuditHook, guard: GuardService) -> None:
-        self.inner = inner
-        self.guard = guard
-
-    def record(self, conn: Connection, access: Access, decision: Decision, outcome: str) -> None:
-        if outcome == "denied":
-            self.guard.on_denied(conn, access, decision)
-        self.inner.record(conn, access, decision, outcome)
-
-    def event(self, conn: Connection, actor: Actor, event: str, outcome: str,
-              tenant_id: str | None, detail: Mapping[str, Any]) -> None:
-        self.inner.event(conn, actor, event, outcome, tenant_id, detail)
-
-    def __getattr__(self, name: str) -> Any:   # the wrapped hook's own helpers (e.g. entries)
-        return getattr(self.inner, name)
-

@@ -14,7 +14,7 @@ from labvault.services.audit import install_audit
 def open_labvault(settings: Settings) -> Labvault:
     lv = Labvault.open(settings)
     install_audit(lv)
-    lv.guard.install()  # budgets, rules, honeytokens, alerts (last: wraps the audit hook)
+    lv.guard.install()  # budgets, rules, honeytokens, alerts (after the audit log)
     return lv
 
 
