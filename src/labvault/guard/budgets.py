@@ -8,7 +8,7 @@ roles applies, and each lab may override them (``labvault guard config --tenant 
 State is a set of *marks* (account, kind, item, last time) in sliding windows. The
 default ``DbMarkStore`` keeps the windows in process memory — counting costs a few
 microseconds — and writes the marks to the ``guard_marks`` table behind the reads
-(every ``FLUSH_SECONDS`` or ``FLUSH_BATCH`` marks, in the reading transaction), and
+(every ``FLUSH_SECONDS`` (2 s) or ``FLUSH_BATCH`` marks, in the reading transaction), and
 re-reads each account's marks from the table every ``SYNC_SECONDS``: several workers
 on one database see each other's reads within seconds. ``RedisMarkStore`` keeps the
 windows in Redis sorted sets for deployments that need an exact shared count.
@@ -30,7 +30,7 @@ from labvault.store import repositories_guard as grepo
 SHORT_SECONDS = 600          # the "10m" window
 LONG_SECONDS = 86_400        # the "day" window
 SYNC_SECONDS = 5.0
-FLUSH_SECONDS = 1.0
+FLUSH_SECONDS = 2.0
 FLUSH_BATCH = 256
 SYNC_MARGIN = 60.0
 
