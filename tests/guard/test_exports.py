@@ -232,3 +232,7 @@ def test_staff_cannot_identify_other_labs(glv: Labvault, tenant_id: str) -> None
     _export(glv, tenant_id, key.to_public(), ["nir"])
     with pytest.raises(AccessDenied):
         glv.guard.exports.identify(staff(tenant_id, role="reception"), b'{"nir": "x"}\n')
+    other = Actor(kind="staff", id="acct_dpo_b", tenant_id="lab_other", roles=frozenset({"dpo"}))
+    found = glv.guard.exports.identify(other, b'{"nir": "x"}\n')      # sees no other lab's
+    assert found["export_id"] is None and found["candidates"] == []
+    assert glv.guard.exports.list(other) == []

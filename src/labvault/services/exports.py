@@ -377,6 +377,8 @@ class ExportService:
     # -- listing, purge -------------------------------------------------------------------------------
     def list(self, actor: Actor, tenant_id: str | None = None) -> list[dict[str, Any]]:
         lv = self.lv
+        if tenant_id is None and actor.kind not in ("operator", "system"):
+            tenant_id = actor.tenant_id or "-"
         with lv.begin() as conn:
             rows = grepo.list_exports(conn, tenant_id)
             out = []
@@ -435,7 +437,9 @@ class ExportService:
             raise UserError("no rows found", "give the decrypted NDJSON (or CSV) file")
         lv = self.lv
         with lv.begin() as conn:
-            exports = grepo.list_exports(conn)
+            # Staff (a lab's DPO) investigate their own lab's exports; the operator, every lab's.
+            exports = grepo.list_exports(conn, None if actor.kind in ("operator", "system")
+                                         else actor.tenant_id or "-")
             by_tenant: dict[str, list[dict[str, Any]]] = {}
             for e in exports:
                 by_tenant.setdefault(e["tenant_id"], []).append(e)
