@@ -16,6 +16,7 @@ windows in Redis sorted sets for deployments that need an exact shared count.
 
 from __future__ import annotations
 
+import secrets
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
@@ -126,6 +127,7 @@ def _dt(ts: float) -> datetime:
 
 class DbMarkStore:
     def __init__(self) -> None:
+        self.worker = secrets.token_hex(8)      # marks this process wrote are known already
         self._windows: dict[tuple[str, str, str], Window] = {}
         self._pending: dict[tuple[str, str, str, str], float] = {}
         self._last_flush = 0.0
@@ -139,12 +141,17 @@ class DbMarkStore:
             if w is None:
                 w = self._windows[key] = Window()
             if now - w.synced > SYNC_SECONDS:
-                # First sync: the whole day; later: what other workers flushed since (with
+                # First sync: the whole day; later: what *other* workers flushed since (with
                 # a margin for their flush delay and clock skew).
-                since = now - LONG_SECONDS if not w.synced else max(now - LONG_SECONDS,
-                                                                    w.synced - SYNC_MARGIN)
-                loaded = grepo.marks_since(conn, tenant_id, account_id, kind, _dt(since))
-                w.merge((it, at.timestamp()) for it, at in loaded)
+                if not w.synced:
+                    loaded = grepo.marks_since(conn, tenant_id, account_id, kind,
+                                               _dt(now - LONG_SECONDS))
+                else:
+                    loaded = grepo.marks_since(
+                        conn, tenant_id, account_id, kind,
+                        _dt(max(now - LONG_SECONDS, w.synced - SYNC_MARGIN)), self.worker)
+                if loaded:
+                    w.merge((it, at.timestamp()) for it, at in loaded)
                 w.synced = now
             w.touch(items, now)
             for it in items:
@@ -162,7 +169,8 @@ class DbMarkStore:
             pending, self._pending = self._pending, {}
             self._last_flush = now
         grepo.upsert_marks(conn, [
-            {"tenant_id": t, "account_id": a, "kind": k, "item": it, "last_at": _dt(at)}
+            {"tenant_id": t, "account_id": a, "kind": k, "item": it, "last_at": _dt(at),
+             "worker": self.worker}
             for (t, a, k, it), at in pending.items()])
 
     def forget(self, tenant_id: str, account_id: str) -> None:

@@ -103,14 +103,18 @@ def ack_alert(conn: Connection, tenant_id: str, alert_id: str, by: str, at: date
 
 # -- sliding-window marks ----------------------------------------------------------------
 def upsert_marks(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
-    _upsert(conn, guard_marks, rows, ("tenant_id", "account_id", "kind", "item"), ("last_at",))
+    _upsert(conn, guard_marks, rows, ("tenant_id", "account_id", "kind", "item"),
+            ("last_at", "worker"))
 
 
 def marks_since(conn: Connection, tenant_id: str, account_id: str, kind: str,
-                since: datetime) -> list[tuple[str, datetime]]:
-    rows = conn.execute(select(guard_marks.c.item, guard_marks.c.last_at).where(
+                since: datetime, not_worker: str | None = None) -> list[tuple[str, datetime]]:
+    q = select(guard_marks.c.item, guard_marks.c.last_at).where(
         guard_marks.c.tenant_id == tenant_id, guard_marks.c.account_id == account_id,
-        guard_marks.c.kind == kind, guard_marks.c.last_at >= since)).all()
+        guard_marks.c.kind == kind, guard_marks.c.last_at >= since)
+    if not_worker is not None:
+        q = q.where(guard_marks.c.worker != not_worker)
+    rows = conn.execute(q).all()
     return [(r[0], aware(r[1]) or since) for r in rows]
 
 

@@ -49,6 +49,7 @@ guard_marks = Table(
     Column("kind", String(20), nullable=False),
     Column("item", ID, nullable=False),
     Column("last_at", TS, nullable=False),
+    Column("worker", String(16), nullable=False),   # which process wrote it (random id)
     PrimaryKeyConstraint("tenant_id", "account_id", "kind", "item"),
     Index(None, "tenant_id", "account_id", "kind", "last_at"),
 )

@@ -48,6 +48,7 @@ def upgrade() -> None:
         sa.Column("kind", sa.String(20), nullable=False),
         sa.Column("item", ID, nullable=False),
         sa.Column("last_at", TS, nullable=False),
+        sa.Column("worker", sa.String(16), nullable=False),
         sa.PrimaryKeyConstraint("tenant_id", "account_id", "kind", "item",
                                 name="pk_guard_marks"),
     )
