@@ -1,9 +1,10 @@
 """Guard benchmarks.
 
 1. Overhead of read budgets + anomaly rules + honeytoken check on a patient read
-   (``lv.patients.show`` by a staff account), against the same core without the
-   budget hook, in the same run: rounds alternate the two hooks, ratio = median of
-   per-round ratios (target <= 1.05).
+   (``lv.patients.show`` by a staff account, with the real audit log as in production),
+   against the same core without the budget hook, in the same run: rounds alternate
+   the two hooks, ratio = median of per-round ratios (target <= 1.05); plus the CPU
+   time spent inside the hook itself per read.
 2. Governed export of N patients (default 100,000): selection, gate, unsealing,
    fingerprinting, decoys, NDJSON, age encryption, file on disk (target >= 10,000/s).
 
@@ -29,6 +30,7 @@ from labvault.crypto import KeyRing
 from labvault.crypto.providers.file import FileKeyProvider
 from labvault.domain.actors import Actor
 from labvault.services.app import Labvault
+from labvault.services.audit import install_audit
 from labvault.services.gate import Access, Decision, NoBudget
 from labvault.store import migrate
 from labvault.store.engine import make_engine
@@ -73,6 +75,7 @@ def open_core(tmp: Path, url: str | None) -> Labvault:
     engine = make_engine(s.database_url)
     migrate.upgrade(engine)
     lv = Labvault(s, engine, KeyRing(FileKeyProvider(key)), policy=StaffPolicy())
+    install_audit(lv)       # the read cost includes its audit entry, as in production
     lv.guard.install()
     return lv
 

@@ -65,6 +65,7 @@ EXPORTABLE: dict[str, Category] = {
 }
 BATCH = 1000
 MAX_EXPIRY = timedelta(days=30)
+_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode  # one encoder, reused
 _DURATION = re.compile(r"^\s*(\d+)\s*([hdw])\s*$")
 
 
@@ -319,8 +320,7 @@ class ExportService:
                         pos += 1
                     vals = _flatten(opened[pid])
                     row = fp.render(fp.choices(key, pid), fp.new_row_id(key), vals, fields)
-                    out.append(json.dumps(row, ensure_ascii=False,
-                                          separators=(",", ":")).encode() + b"\n")
+                    out.append(_ENCODE(row).encode() + b"\n")
                     counts["rows"] += 1
                     pos += 1
                 for _, d in pending_decoys if i + BATCH >= len(ids) else ():
@@ -372,7 +372,7 @@ class ExportService:
     def _line(key: bytes, decoy: tuple[str, dict[str, Any]], fields: list[str]) -> bytes:
         pid, vals = decoy
         row = fp.render(fp.choices(key, pid), fp.new_row_id(key), vals, fields)
-        return json.dumps(row, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+        return _ENCODE(row).encode() + b"\n"
 
     # -- listing, purge -------------------------------------------------------------------------------
     def list(self, actor: Actor, tenant_id: str | None = None) -> list[dict[str, Any]]:
