@@ -116,7 +116,8 @@ def test_off_hours_new_client_break_glass(glv: Labvault, tenant_id: str) -> None
     (new,) = alerts_of(glv, tenant_id, "access.new_client")
     assert new["detail"]["detail"]["client"] == "203.0.113.9"
     glv.patients.show(staff(tenant_id, ident="acct_n"), pid, reason="break-glass: unconscious")
-    assert alerts_of(glv, tenant_id, "access.break_glass")
+    (glass,) = alerts_of(glv, tenant_id, "break-glass")
+    assert glass["actor_id"] == "acct_n" and glass["severity"] == "high"
 
 
 def test_opening_hours() -> None:

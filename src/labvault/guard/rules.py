@@ -40,7 +40,8 @@ RULES: dict[str, Rule] = {r.kind: r for r in (
          "patient data opened outside the lab's opening hours"),
     Rule("access.new_client", "-", 0, "medium",
          "an account reads from a client address it never used before"),
-    Rule("access.break_glass", "-", 0, "high", "break-glass (emergency) access used"),
+    Rule("break-glass", "-", 0, "high",
+         "break-glass (emergency) access used (raised by the gate itself)"),
 )}
 
 

@@ -103,6 +103,7 @@ class Labvault:
         self.gate = Gate(keyring, policy or OperatorOnlyPolicy(), budget or NoBudget(),
                          audit or MemoryAudit(), self.load_tenant_keys)
         from labvault.services.guard import GuardService
+        self.gate.alerts = self.alerts
         from labvault.services.keys import KeyService
         from labvault.services.patients import PatientService
         from labvault.services.tenants import TenantService
@@ -110,6 +111,7 @@ class Labvault:
         self.patients = PatientService(self)
         self.keys = KeyService(self)
         self.guard = GuardService(self)
+        from labvault.services.accounts import AccountService; self.accounts = AccountService(self)  # noqa: E702, I001
 
     # -- life cycle --------------------------------------------------------------------
     @staticmethod

@@ -135,6 +135,8 @@ def _json(data: Mapping[str, Any]) -> bytes:
 
 
 class Gate:
+    alerts: AlertSink | None = None      # set by ``Labvault``; break-glass decisions raise an alert
+
     def __init__(self, keyring: KeyRing, policy: Policy, budget: BudgetHook,
                  audit: AuditHook, load_tenant_keys: Callable[[Connection, str], None]) -> None:
         self.keyring = keyring
@@ -161,14 +163,19 @@ class Gate:
                                                      detail={"message": exc.message}), "denied")
             raise
         self.audit.record(conn, access, decision, "allowed")
+        if decision.break_glass and self.alerts is not None:
+            self.alerts.raise_alert(conn, access.tenant_id, "break-glass", "high", access.actor,
+                                    {"rule": decision.rule, "resource": access.resource,
+                                     "patient_ids": list(access.patient_ids)})
         return decision
 
     # -- patient records ---------------------------------------------------------------
     def _dek(self, conn: Connection, tenant_id: str, patient_id: str) -> DataKey:
-        self._load_tenant_keys(conn, tenant_id)
         wrapped = repo.patient_dek(conn, tenant_id, patient_id)
         if wrapped is None:
             raise NotFound("no such patient", "check the patient id; erased patients cannot be read")
+        if not self.keyring.is_loaded(tenant_id, "kek", wrapped[0]):   # hot path: cached KEK
+            self._load_tenant_keys(conn, tenant_id)
         return self.keyring.open_dek(tenant_id, patient_id, WrappedDek(*wrapped))
 
     def read_patients(self, conn: Connection, access: Access
@@ -179,21 +186,28 @@ class Gate:
         wanted = [c for c in access.categories if c in decision.categories]
         rows = repo.sealed_patients(conn, access.tenant_id, access.patient_ids, wanted)
         out: dict[str, dict[Category, dict[str, Any]]] = {}
-        if not rows:
-            return out
-        self._load_tenant_keys(conn, access.tenant_id)
-        wrapped = repo.patient_deks(conn, access.tenant_id, list(rows))  # one query per batch
+        only: Mapping[str, Any] = decision.detail.get("fields", {})   # partial categories
+        if len(rows) > 1:       # bulk reads (exports): every data key in one query
+            wrapped = repo.patient_deks(conn, access.tenant_id, list(rows))
         for patient_id, blobs in rows.items():
-            if patient_id not in wrapped:
-                raise NotFound("no such patient",
-                               "check the patient id; erased patients cannot be read")
-            dek = self.keyring.open_dek(access.tenant_id, patient_id,
-                                        WrappedDek(*wrapped[patient_id]))
+            if len(rows) == 1:
+                dek = self._dek(conn, access.tenant_id, patient_id)
+            else:
+                w = wrapped.get(patient_id)
+                if w is None:
+                    raise NotFound("no such patient",
+                                   "check the patient id; erased patients cannot be read")
+                if not self.keyring.is_loaded(access.tenant_id, "kek", w[0]):
+                    self._load_tenant_keys(conn, access.tenant_id)
+                dek = self.keyring.open_dek(access.tenant_id, patient_id, WrappedDek(*w))
             opened: dict[Category, dict[str, Any]] = {}
             for cat, blob in blobs.items():
                 if blob is not None:
                     ctx = SealContext(access.tenant_id, "patients", cat.value, patient_id)
-                    opened[cat] = json.loads(dek.open(ctx, blob))
+                    values = json.loads(dek.open(ctx, blob))
+                    if cat.value in only:
+                        values = {k: v for k, v in values.items() if k in only[cat.value]}
+                    opened[cat] = values
             out[patient_id] = opened
         return out
 

@@ -77,6 +77,7 @@ class GuardService:
         lv = self.lv
         if not isinstance(lv.alerts, AlertService):
             lv.alerts = AlertService(lv)
+        lv.gate.alerts = lv.alerts          # the gate raises break-glass alerts itself
         lv.gate.budget = GuardBudget(self)
         if self not in lv.tx_observers:
             lv.tx_observers.append(self)
@@ -510,9 +511,6 @@ class GuardBudget:
         if actor.kind not in ("staff", "patient") or action not in WATCHED:
             return
         now = time.time()
-        if decision.break_glass:
-            g.alert(conn, t, "access.break_glass", actor,
-                    {"patients": list(ids), "purpose": access.purpose})
         if g._suspended_cached(conn, t, actor.id, now):
             raise BudgetExceeded("this account is suspended after exceeding its read budget",
                                  "a lab administrator must review the alert and release it")

@@ -105,7 +105,6 @@ shred_log = Table(
     Column("shredded_at", TS, nullable=False),
     PrimaryKeyConstraint("tenant_id", "patient_id"),
 )
-from labvault.store import (  # noqa: E402
-    tables_audit,  # noqa: F401
-    tables_guard,  # noqa: F401
-)
+from labvault.store import tables_access  # noqa: E402,F401,I001
+from labvault.store import tables_audit  # noqa: E402,F401
+from labvault.store import tables_guard  # noqa: E402,F401
