@@ -242,7 +242,7 @@ class GuardService:
 
     def get_config(self, actor: Actor, tenant_id: str) -> dict[str, str]:
         with self.lv.begin() as conn:
-            self._admin_check(conn, actor, tenant_id, Action.READ, "guard-config")
+            self._admin_check(conn, actor, tenant_id, Action.READ, "alert")
             return grepo.get_config(conn, tenant_id)
 
     def set_config(self, actor: Actor, tenant_id: str, name: str, value: str | None) -> None:
@@ -256,7 +256,7 @@ class GuardService:
         lv = self.lv
         self.lv.tenants.get(tenant_id)
         with lv.begin() as conn:
-            self._admin_check(conn, actor, tenant_id, Action.WRITE, "guard-config")
+            self._admin_check(conn, actor, tenant_id, Action.WRITE, "alert")
             grepo.set_config(conn, tenant_id, name, value, lv.now())
             lv.gate.audit.event(conn, actor, "guard.config", "ok", tenant_id,
                                 {"name": name, "value": value})
@@ -307,7 +307,7 @@ class GuardService:
 
     def suspensions(self, actor: Actor, tenant_id: str) -> list[dict[str, Any]]:
         with self.lv.begin() as conn:
-            self._admin_check(conn, actor, tenant_id, Action.READ, "suspension")
+            self._admin_check(conn, actor, tenant_id, Action.READ, "alert")
             return [{"id": r["suspension_id"], "account_id": r["account_id"],
                      "rule": r["rule"], "status": r["status"],
                      "created_at": r["created_at"].isoformat()}
@@ -317,7 +317,7 @@ class GuardService:
         """Lift a suspension (lab admin / DPO, or the operator); the windows restart empty."""
         lv = self.lv
         with lv.begin() as conn:
-            self._admin_check(conn, actor, tenant_id, Action.WRITE, "suspension")
+            self._admin_check(conn, actor, tenant_id, Action.WRITE, "alert")
             n = grepo.release_suspensions(conn, tenant_id, account_id, actor.id, lv.now())
             if not n:
                 raise NotFound(f"account {account_id} is not suspended",
@@ -378,6 +378,9 @@ class GuardService:
         lv.tenants.get(tenant_id)
         if not 1 <= count <= 1000:
             raise InvalidField("count", "must be between 1 and 1000", "plant a few per lab")
+        with lv.begin() as conn:   # DPO (resource "canary") or the operator
+            self._admin_check(conn, actor, tenant_id, Action.WRITE, "canary")
+        planter = Actor.system("canary")
         made: list[str] = []
         for _ in range(count):
             for _attempt in range(20):
@@ -387,7 +390,7 @@ class GuardService:
                         or lv.patients.find(Actor.system("guard"), tenant_id,
                                             email=person["email"], purpose="guard")):
                     break
-            pid = lv.patients.register(actor, tenant_id, person, purpose="guard")
+            pid = lv.patients.register(planter, tenant_id, person, purpose="guard")
             try:
                 with lv.begin() as conn:
                     d = self.digest(conn, tenant_id, "canary", pid)
