@@ -8,7 +8,8 @@ roles applies, and each lab may override them (``labvault guard config --tenant 
 State is a set of *marks* (account, kind, item, last time) in sliding windows. The
 default ``DbMarkStore`` keeps the windows in process memory — counting costs a few
 microseconds — and writes the marks to the ``guard_marks`` table behind the reads
-(every ``FLUSH_SECONDS`` (2 s) or ``FLUSH_BATCH`` marks, in the reading transaction), and
+(every ``FLUSH_SECONDS`` (2 s) or ``FLUSH_BATCH`` marks, in the reading transaction;
+a patient re-read moves its stored mark forward at most once a minute), and
 re-reads each account's marks from the table every ``SYNC_SECONDS``: several workers
 on one database see each other's reads within seconds. ``RedisMarkStore`` keeps the
 windows in Redis sorted sets for deployments that need an exact shared count.
@@ -34,6 +35,7 @@ SYNC_SECONDS = 5.0
 FLUSH_SECONDS = 2.0
 FLUSH_BATCH = 256
 SYNC_MARGIN = 60.0
+REFLUSH_SECONDS = 60.0   # a re-read moves a stored mark forward at most once a minute
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +132,7 @@ class DbMarkStore:
         self.worker = secrets.token_hex(8)      # marks this process wrote are known already
         self._windows: dict[tuple[str, str, str], Window] = {}
         self._pending: dict[tuple[str, str, str, str], float] = {}
+        self._flushed: dict[tuple[str, str, str, str], float] = {}
         self._last_flush = 0.0
         self._lock = threading.Lock()
 
@@ -155,7 +158,10 @@ class DbMarkStore:
                 w.synced = now
             w.touch(items, now)
             for it in items:
-                self._pending[(tenant_id, account_id, kind, it)] = now
+                key4 = (tenant_id, account_id, kind, it)
+                prev = self._flushed.get(key4)
+                if prev is None or now - prev >= REFLUSH_SECONDS:
+                    self._pending[key4] = now
             return w.counts(now)
 
     def maybe_flush(self, conn: Connection, now: float) -> None:
@@ -168,6 +174,10 @@ class DbMarkStore:
         with self._lock:
             pending, self._pending = self._pending, {}
             self._last_flush = now
+            self._flushed.update(pending)
+            if len(self._flushed) > 200_000:
+                horizon = now - LONG_SECONDS
+                self._flushed = {k: at for k, at in self._flushed.items() if at >= horizon}
         grepo.upsert_marks(conn, [
             {"tenant_id": t, "account_id": a, "kind": k, "item": it, "last_at": _dt(at),
              "worker": self.worker}
