@@ -62,9 +62,13 @@ class GuardService:
         self._limits: dict[tuple[str, str, frozenset[str]], tuple[dict[str, str],
                                                                   budgets.Limits]] = {}
         self._canaries: dict[str, tuple[float, frozenset[bytes]]] = {}
+        # per lab: (the digest set it was computed against, patient id -> is a honeytoken)
+        self._verdicts: dict[str, tuple[frozenset[bytes], dict[str, bool]]] = {}
+        self._open: dict[str, tuple[int, dict[str, str], bool]] = {}
         self._secrets: dict[tuple[str, str], bytes] = {}
         self._suspended: dict[tuple[str, str], tuple[float, bool]] = {}
         self._clients: set[tuple[str, str, bytes]] = set()
+        self._seen_clients: set[tuple[str, str, str]] = set()
         self._lock = threading.Lock()
         self._local = threading.local()
         self._exports: ExportService | None = None
@@ -240,6 +244,16 @@ class GuardService:
             self._limits[key] = hit
         return hit[1]
 
+    def is_open(self, tenant_id: str, cfg: dict[str, str], now: float) -> bool:
+        """Opening hours, evaluated once per minute per lab."""
+        minute = int(now // 60)
+        hit = self._open.get(tenant_id)
+        if hit is None or hit[0] != minute or hit[1] is not cfg:
+            from datetime import UTC, datetime
+            hit = (minute, cfg, self.hours(tenant_id, cfg).is_open(datetime.fromtimestamp(now, UTC)))
+            self._open[tenant_id] = hit
+        return hit[2]
+
     def get_config(self, actor: Actor, tenant_id: str) -> dict[str, str]:
         with self.lv.begin() as conn:
             self._admin_check(conn, actor, tenant_id, Action.READ, "alert")
@@ -343,9 +357,21 @@ class GuardService:
         digests = self._canary_set(conn, tenant_id)
         if not digests:
             return []
-        key = self.secret(conn, tenant_id, "canary")
-        return [p for p in patient_ids
-                if hmac_sha256(key, p.encode())[:16] in digests]
+        verdicts = self._verdicts.get(tenant_id)
+        if verdicts is None or verdicts[0] is not digests:
+            verdicts = self._verdicts[tenant_id] = (digests, {})
+        known = verdicts[1]
+        out = []
+        for p in patient_ids:
+            hit = known.get(p)
+            if hit is None:
+                hit = hmac_sha256(self.secret(conn, tenant_id, "canary"),
+                                  p.encode())[:16] in digests
+                if len(known) < 200_000:
+                    known[p] = hit
+            if hit:
+                out.append(p)
+        return out
 
     def is_canary(self, conn: Connection, tenant_id: str, patient_id: str) -> bool:
         """Exact (uncached) test: is this patient a honeytoken?"""
@@ -540,9 +566,9 @@ class GuardBudget:
                 if m >= rules.threshold("enumeration.misses", cfg):
                     g.alert(conn, t, "enumeration.misses", actor, {"misses_10m": m})
         if ids or action == Action.SEARCH:
-            at = self.guard.lv.now()
-            if not g.hours(t, cfg).is_open(at):
-                g.alert(conn, t, "access.off_hours", actor, {"at": at.isoformat()})
+            if not g.is_open(t, cfg, now):
+                g.alert(conn, t, "access.off_hours", actor,
+                        {"at": g.lv.now().isoformat()})
             if actor.client and actor.client not in ("cli", "local"):
                 self._client(conn, t, actor)
         g.marks.maybe_flush(conn, now)
@@ -554,9 +580,13 @@ class GuardBudget:
     def _client(self, conn: Connection, t: str, actor: Actor) -> None:
         g = self.guard
         assert actor.client is not None
+        raw = (t, actor.id, actor.client)     # process memory only; the table keeps digests
+        if raw in g._seen_clients:
+            return
         d = g.digest(conn, t, "client", actor.client)
         key = (t, actor.id, d)
         if key in g._clients:
+            g._seen_clients.add(raw)
             return
         if not grepo.client_known(conn, t, actor.id, d):
             seen_before = grepo.account_has_clients(conn, t, actor.id)
@@ -564,3 +594,4 @@ class GuardBudget:
             if seen_before:
                 g.alert(conn, t, "access.new_client", actor, {"client": actor.client})
         g._clients.add(key)
+        g._seen_clients.add(raw)
