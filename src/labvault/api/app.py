@@ -17,6 +17,9 @@ def create_app(lv: Labvault) -> FastAPI:
     def health() -> dict[str, str]:
         return {"status": "ok"}
 
+    from labvault.api.fhir import router as fhir_router
+    app.include_router(fhir_router)
+
     return app
 
 

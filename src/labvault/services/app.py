@@ -9,6 +9,7 @@ import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,10 @@ class Labvault:
         self.engine = engine
         self.keyring = keyring
         self._bound = bound
+        # The transaction open in this context (thread / request), so that service calls
+        # made inside ``with lv.begin()`` join it instead of opening a second one.
+        self._tx: ContextVar[Connection | None] = ContextVar(f"labvault_tx_{id(self)}",
+                                                              default=None)
         self.shred_log = ShredLogFile(settings.data_dir / "shred.log")
         self.alerts: AlertSink = alerts or LogAlerts()
         self.gate = Gate(keyring, policy or OperatorOnlyPolicy(), budget or NoBudget(),
@@ -129,13 +134,30 @@ class Labvault:
 
     @contextmanager
     def begin(self) -> Iterator[Connection]:
-        """A transaction: everything inside commits together or not at all."""
+        """A transaction: everything inside commits together or not at all.
+
+        Re-entrant: a ``begin()`` inside another one (in the same thread or request)
+        joins the enclosing transaction, so a door can make several service calls
+        all-or-nothing (a FHIR transaction Bundle, an HL7 message).
+        """
+        outer = self._tx.get()
+        if outer is not None:
+            yield outer
+            return
         if self._bound is not None:
             with self._bound.begin_nested():
-                yield self._bound
+                token = self._tx.set(self._bound)
+                try:
+                    yield self._bound
+                finally:
+                    self._tx.reset(token)
         else:
             with self.engine.begin() as conn:
-                yield conn
+                token = self._tx.set(conn)
+                try:
+                    yield conn
+                finally:
+                    self._tx.reset(token)
 
     # -- keys ---------------------------------------------------------------------------
     def load_tenant_keys(self, conn: Connection, tenant_id: str) -> None:
