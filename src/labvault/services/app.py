@@ -98,11 +98,13 @@ class Labvault:
         self.gate = Gate(keyring, policy or OperatorOnlyPolicy(), budget or NoBudget(),
                          audit or MemoryAudit(), self.load_tenant_keys)
         from labvault.services.keys import KeyService
+        from labvault.services.lab import LabService
         from labvault.services.patients import PatientService
         from labvault.services.tenants import TenantService
         self.tenants = TenantService(self)
         self.patients = PatientService(self)
         self.keys = KeyService(self)
+        self.lab = LabService(self)
 
     # -- life cycle --------------------------------------------------------------------
     @staticmethod

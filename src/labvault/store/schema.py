@@ -106,3 +106,4 @@ shred_log = Table(
     PrimaryKeyConstraint("tenant_id", "patient_id"),
 )
 from labvault.store import tables_fhir  # noqa: E402,F401
+from labvault.store import tables_lab  # noqa: E402,F401
