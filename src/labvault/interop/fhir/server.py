@@ -20,10 +20,10 @@ from urllib.parse import urlencode
 
 from labvault.domain.actors import Actor
 from labvault.domain.categories import Category
-from labvault.errors import AccessDenied, NotFound, UserError
+from labvault.errors import AccessDenied, InvalidRecord, NotFound, UserError
 from labvault.interop.fhir import ids
 from labvault.interop.fhir import mapping as m
-from labvault.interop.fhir.outcome import FhirError, from_user_error
+from labvault.interop.fhir.outcome import FhirError, from_user_error, issue
 from labvault.interop.fhir.validate import SUPPORTED, validate
 from labvault.services.practitioners import PractitionerService
 
@@ -460,29 +460,46 @@ class FhirServer:
         order = sorted(range(len(plans)),
                        key=lambda i: (plans[i].method != "POST", CREATE_ORDER[plans[i].rtype], i))
         with self.lv.begin():
-            for i in order:
+            k = 0
+            while k < len(order):
+                i = order[k]
                 p = plans[i]
-                where = f"Bundle.entry[{i}]"
+                group = [i]
+                h = self.handler(p.rtype)
+                many = getattr(h, "create_many", None)
+                if p.method == "POST" and many is not None:
+                    # results of one order are entered together (one lab call)
+                    while k + len(group) < len(order):
+                        nxt = plans[order[k + len(group)]]
+                        if nxt.method != "POST" or nxt.rtype != p.rtype:
+                            break
+                        group.append(order[k + len(group)])
+                k += len(group)
                 try:
-                    body = rewrite_references(p.resource, resolved, where)
-                    h = self.handler(p.rtype)
-                    if p.method == "POST":
-                        new = ids.to_fhir(h.create(actor, body))
+                    bodies = [rewrite_references(plans[j].resource, resolved,
+                                                 f"Bundle.entry[{j}]") for j in group]
+                    if p.method == "POST" and many is not None:
+                        news = self._create_grouped(actor, many, group, bodies)
+                        status = "201 Created"
+                    elif p.method == "POST":
+                        news = [ids.to_fhir(h.create(actor, bodies[0]))]
                         status = "201 Created"
                     else:
                         assert p.target_id is not None
-                        new = p.target_id
-                        h.update(actor, new, body)
+                        h.update(actor, p.target_id, bodies[0])
+                        news = [p.target_id]
                         status = "200 OK"
                 except FhirError as exc:
-                    status_code, oo = from_user_error(exc, where)
+                    status_code, oo = from_user_error(exc, f"Bundle.entry[{i}]")
                     raise FhirError(status_code, "invalid", "", issues=oo["issue"]) from None
                 except UserError as exc:
-                    status_code, oo = from_user_error(exc, where + ".resource")
+                    status_code, oo = from_user_error(exc, f"Bundle.entry[{i}].resource")
                     raise FhirError(status_code, "invalid", "", issues=oo["issue"]) from None
-                if p.full_url:
-                    resolved[p.full_url] = f"{p.rtype}/{new}"
-                results[i] = (p.rtype, new, status)
+                for j, new in zip(group, news, strict=True):
+                    fu = plans[j].full_url
+                    if fu:
+                        resolved[fu] = f"{plans[j].rtype}/{new}"
+                    results[j] = (plans[j].rtype, new, status)
         out = []
         for i in range(len(plans)):
             rtype, new, status = results[i]
@@ -490,6 +507,34 @@ class FhirServer:
                         "response": {"status": status, "location": f"{rtype}/{new}/_history/1"}})
         return {"resourceType": "Bundle", "id": str(uuid.uuid4()),
                 "type": "transaction-response", "entry": out}
+
+    @staticmethod
+    def _create_grouped(actor: Actor, many: Callable[..., list[str]], group: list[int],
+                        bodies: list[dict[str, Any]]) -> list[str]:
+        """Create same-type entries in batches per target (``create_many`` wants one order
+        per call); error expressions name the entry at fault."""
+        by_target: dict[str, list[int]] = {}
+        for n, b in enumerate(bodies):
+            key = json.dumps(b.get("basedOn"), sort_keys=True, default=str)
+            by_target.setdefault(key, []).append(n)
+        out: dict[int, str] = {}
+        for members in by_target.values():
+            try:
+                made = many(actor, [bodies[n] for n in members])
+            except InvalidRecord as exc:
+                issues = []
+                for e in exc.errors:
+                    mt = re.match(r"results\[(\d+)\]\.?(.*)", e.field)
+                    entry = group[members[int(mt.group(1))]] if mt else group[members[0]]
+                    issues.append(issue("invalid", f"{mt.group(2) if mt else e.field}: {e.rule}",
+                                        [f"Bundle.entry[{entry}].resource"]))
+                raise FhirError(exc.http_status, "invalid", "", issues=issues) from None
+            except UserError as exc:
+                status_code, oo = from_user_error(exc, f"Bundle.entry[{group[members[0]]}]")
+                raise FhirError(status_code, "invalid", "", issues=oo["issue"]) from None
+            for n, new in zip(members, made, strict=True):
+                out[n] = ids.to_fhir(new)
+        return [out[n] for n in range(len(bodies))]
 
     def _plan(self, i: int, entry: object) -> _Plan:
         where = f"Bundle.entry[{i}]"
