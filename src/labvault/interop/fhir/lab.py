@@ -462,8 +462,12 @@ def date_range(values: Iterable[str]) -> tuple[datetime | None, datetime | None]
     for v in values:
         prefix, text = parse_date_param("date", v)
         parts = [int(x) for x in text.split("-")]
-        start = datetime(parts[0], parts[1] if len(parts) > 1 else 1,
-                         parts[2] if len(parts) > 2 else 1, tzinfo=UTC)
+        try:
+            start = datetime(parts[0], parts[1] if len(parts) > 1 else 1,
+                             parts[2] if len(parts) > 2 else 1, tzinfo=UTC)
+        except ValueError:
+            raise FhirError(400, "invalid", f"date: {v!r} is not a calendar date",
+                            ["date"]) from None
         if len(parts) == 3:
             end = start + timedelta(days=1)
         elif len(parts) == 2:
