@@ -43,7 +43,7 @@ def patient_resource(p: dict[str, Any]) -> dict[str, Any]:
 def visit_bundle(p: dict[str, Any], n: int, rng: random.Random | None = None,
                  day: str = "2026-03-02") -> dict[str, Any]:
     """A transaction Bundle of 9 resources for person ``p``; ``n`` makes numbers unique."""
-    rng = rng or random.Random(n)
+    rng = rng or random.Random(n)  # noqa: S311 - synthetic values, not secrets
     pat, sr, spc = (f"urn:uuid:00000000-0000-4000-8000-{n:08d}{k:04d}" for k in (1, 2, 3))
     doctor = p.get("prescriber") or {}
     requester: dict[str, Any] = {"display": doctor.get("name", "Dr Jean Martin")}
