@@ -135,6 +135,8 @@ def _json(data: Mapping[str, Any]) -> bytes:
 
 
 class Gate:
+    alerts: AlertSink | None = None      # set by ``Labvault``; break-glass decisions raise an alert
+
     def __init__(self, keyring: KeyRing, policy: Policy, budget: BudgetHook,
                  audit: AuditHook, load_tenant_keys: Callable[[Connection, str], None]) -> None:
         self.keyring = keyring
@@ -158,6 +160,10 @@ class Gate:
                                                      detail={"message": exc.message}), "denied")
             raise
         self.audit.record(conn, access, decision, "allowed")
+        if decision.break_glass and self.alerts is not None:
+            self.alerts.raise_alert(conn, access.tenant_id, "break-glass", "high", access.actor,
+                                    {"rule": decision.rule, "resource": access.resource,
+                                     "patient_ids": list(access.patient_ids)})
         return decision
 
     # -- patient records ---------------------------------------------------------------

@@ -6,12 +6,13 @@ audit: audit). Tests build ``Labvault`` with in-memory hooks instead.
 
 from __future__ import annotations
 
+from labvault.access.policy import TablePolicy
 from labvault.config import Settings
 from labvault.services.app import Labvault
 
 
 def open_labvault(settings: Settings) -> Labvault:
-    return Labvault.open(settings)
+    return Labvault.open(settings, policy=TablePolicy())
 
 
 def init_labvault(settings: Settings) -> Labvault:
