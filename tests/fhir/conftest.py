@@ -1,4 +1,4 @@
-"""FHIR door fixtures: a staff actor, a policy allowing it, and a RUNNING server
+"""FHIR door fixtures: a biologist (the access policy table decides), and a RUNNING server
 (uvicorn in a background thread on 127.0.0.1, random port) that a real FHIR client
 library (fhirpy) talks to over loopback."""
 
@@ -21,27 +21,15 @@ from labvault.domain.actors import Actor
 from labvault.errors import AuthenticationFailed
 from labvault.interop.fhir import ids
 from labvault.services.app import Labvault
-from labvault.services.gate import Access, Decision
 
 TOKEN = "test-token-staff"
-
-
-class StaffPolicy:
-    """Test policy (until the access branch's table policy is on main): the staff role
-    of its own laboratory may do anything; everyone else is denied."""
-
-    def decide(self, access: Access) -> Decision:
-        a = access.actor
-        if a.kind == "staff" and "biologist" in a.roles and access.tenant_id == a.tenant_id:
-            return Decision(True, access.categories, rule="test-staff")
-        if a.kind in ("operator", "system"):
-            return Decision(True, access.categories, rule="operator")
-        return Decision(False, rule="default-deny")
+ADMIN_TOKEN = "test-token-lab-admin"   # a lab administrator: no access to patient data
 
 
 @pytest.fixture
 def staff(lv: Labvault, tenant_id: str) -> Actor:
-    lv.gate.policy = StaffPolicy()
+    from labvault.access.policy import TablePolicy
+    lv.gate.policy = TablePolicy()   # the access policy table: a biologist of this laboratory
     return Actor(kind="staff", id="acc_test", tenant_id=tenant_id,
                  roles=frozenset({"biologist"}), display="Test Biologist", client="127.0.0.1")
 
@@ -60,8 +48,14 @@ class Running:
 def server(lv: Labvault, staff: Actor) -> Iterator[Running]:
     app = create_app(lv)
 
+    admin = Actor(kind="staff", id="acc_admin", tenant_id=staff.tenant_id,
+                  roles=frozenset({"lab_admin"}), display="Test Admin", client="127.0.0.1")
+
     def actor_from_token(request: Request) -> Actor:
-        if request.headers.get("authorization") != f"Bearer {TOKEN}":
+        auth = request.headers.get("authorization")
+        if auth == f"Bearer {ADMIN_TOKEN}":
+            return admin
+        if auth != f"Bearer {TOKEN}":
             raise AuthenticationFailed("authentication required", "send a bearer token")
         return staff
 

@@ -15,7 +15,7 @@ from labvault.domain.categories import Action
 from labvault.interop.fhir import ids
 from labvault.store import repositories as repo
 from labvault.synthetic import people
-from tests.fhir.conftest import TOKEN, Running, fhir_patient, validate_r4b
+from tests.fhir.conftest import ADMIN_TOKEN, TOKEN, Running, fhir_patient, validate_r4b
 
 HDR = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/fhir+json"}
 
@@ -300,3 +300,22 @@ def test_validation_error_is_precise(server: Running) -> None:
     r = httpx.post(server.url + "/Patient", headers=HDR, content=json.dumps(body2))
     assert r.status_code == 422
     assert outcome(r)["issue"][0]["expression"] == ["Patient.telecom[0].system"]
+
+
+def test_policy_denial_is_an_operation_outcome(server: Running) -> None:
+    """A lab administrator manages accounts, not patients: 403, nothing opened."""
+    p = next(people(1, seed=12))
+    created = server.client().resource("Patient", **fhir_patient(p))
+    created.save()
+    hdr = {**HDR, "Authorization": f"Bearer {ADMIN_TOKEN}"}
+    for path, params in ((f"/Patient/{created['id']}", {}),
+                         ("/Patient", {"identifier": f"{ids.NIR_SYSTEM}|{p['nir']}"}),
+                         (f"/Coverage/{created['id']}-amo", {})):
+        r = httpx.get(server.url + path, headers=hdr, params=params)
+        assert r.status_code == 403, (path, r.text)
+        assert p["birth_name"] not in r.text
+        assert outcome(r)["issue"][0]["code"] == "forbidden"
+    r = httpx.post(server.url + "/Patient", headers=hdr,
+                   content=json.dumps(fhir_patient(next(people(1, seed=13)))))
+    assert r.status_code == 403
+    outcome(r)

@@ -3,7 +3,7 @@
 Used by the FHIR door (``Practitioner``) and to name an order's requester. The data
 is sealed with the tenant data key; the RPPS number is searchable through a blind
 index. Every read and write passes the gate (category ``clinical``: who prescribes
-for whom is clinical information, DESIGN §4).
+for whom is clinical information, DESIGN §4; gate resource ``order``).
 """
 
 from __future__ import annotations
@@ -29,6 +29,9 @@ if TYPE_CHECKING:
     from labvault.services.app import Labvault
 
 RPPS_INDEX = "rpps"
+# Gate resource: a prescriber is part of an order ("exams asked and prescriber of the
+# order" in the access policy), so the directory is governed by the order rows.
+RESOURCE = "order"
 CLINICAL = frozenset({Category.CLINICAL})
 FIELDS = frozenset({"name", "family", "given", "rpps", "phone", "email"})
 
@@ -121,7 +124,7 @@ class PractitionerService:
         with lv.begin() as conn:
             lv.load_tenant_keys(conn, t)
             pid = new_id("pr")
-            lv.gate.check(conn, Access(actor, Action.WRITE, t, CLINICAL, resource="practitioner"))
+            lv.gate.check(conn, Access(actor, Action.WRITE, t, CLINICAL, resource=RESOURCE))
             prepo.insert_practitioner(conn, t, pid, self._digest(conn, t, p.rpps),
                                       self._seal(conn, t, pid, p), lv.now())
             return pid
@@ -133,7 +136,7 @@ class PractitionerService:
         t = self._tenant(actor, tenant_id)
         with lv.begin() as conn:
             lv.load_tenant_keys(conn, t)
-            lv.gate.check(conn, Access(actor, Action.WRITE, t, CLINICAL, resource="practitioner"))
+            lv.gate.check(conn, Access(actor, Action.WRITE, t, CLINICAL, resource=RESOURCE))
             if not prepo.update_practitioner(conn, t, practitioner_id,
                                              self._digest(conn, t, p.rpps),
                                              self._seal(conn, t, practitioner_id, p), lv.now()):
@@ -156,7 +159,7 @@ class PractitionerService:
         t = self._tenant(actor, tenant_id)
         with lv.begin() as conn:
             row = prepo.get_practitioner(conn, t, practitioner_id)
-            lv.gate.check(conn, Access(actor, Action.READ, t, CLINICAL, resource="practitioner",
+            lv.gate.check(conn, Access(actor, Action.READ, t, CLINICAL, resource=RESOURCE,
                                        patient_ids=()))
             if row is None:
                 raise NotFound("no such practitioner", "check the practitioner id")
@@ -169,8 +172,7 @@ class PractitionerService:
         t = self._tenant(actor, tenant_id)
         with lv.begin() as conn:
             lv.load_tenant_keys(conn, t)
-            lv.gate.check(conn, Access(actor, Action.SEARCH, t, CLINICAL,
-                                       resource="practitioner"))
+            lv.gate.check(conn, Access(actor, Action.READ, t, CLINICAL, resource=RESOURCE))
             if rpps is not None:
                 d = self._digest(conn, t, v.rpps(rpps, "identifier"))
                 assert d is not None
