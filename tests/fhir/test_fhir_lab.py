@@ -133,7 +133,7 @@ def test_stepwise_lab_workflow_through_rest(server: Running) -> None:
 
 
 @pytest.mark.parametrize("breakage", ["unknown-test", "wrong-unit", "no-order", "final-obs",
-                                      "bad-specimen-type"])
+                                      "bad-specimen-type", "foreign-result"])
 def test_invalid_lab_entry_stores_nothing(server: Running, breakage: str) -> None:
     p = next(people(1, seed=23))
     bundle = visit_bundle(p, 3)
@@ -146,6 +146,8 @@ def test_invalid_lab_entry_stores_nothing(server: Running, breakage: str) -> Non
         e[4]["resource"]["basedOn"] = [{"reference": "ServiceRequest/ord-0000000000000000000000000v"}]
     elif breakage == "final-obs":
         e[6]["resource"]["status"] = "final"
+    elif breakage == "foreign-result":     # found only after the validation ran: rolled back
+        e[8]["resource"]["result"][0] = {"reference": "Observation/obs-0000000000000000000000000v"}
     else:
         e[2]["resource"]["type"]["coding"][0]["code"] = "XYZ"
     before = counts(server)

@@ -528,36 +528,40 @@ class DiagnosticReportHandler:
 
     def _apply(self, actor: Actor, order_id: str, resource: Mapping[str, Any]) -> str:
         """Bring the order's report to the sent status: ``final`` = technical and
-        biological validation (biologist) with the conclusion."""
+        biological validation (biologist) with the conclusion. Always called inside a
+        transaction: a check that fails after the validation rolls it back."""
         status = resource.get("status")
         try:
-            current = self.lv.lab.get_report_by_order(actor, order_id)
+            order = self.lv.lab.get_order(actor, order_id)
         except NotFound:
             raise m.invalid("DiagnosticReport.basedOn[0]", "no such ServiceRequest") from None
-        for i, ref in enumerate(resource.get("result") or []):
-            oid = m.reference_id(ref, "Observation", "obs", f"DiagnosticReport.result[{i}]")
-            if oid not in {o.observation_id for o in current.observations}:
-                raise m.invalid(f"DiagnosticReport.result[{i}]",
-                                "is not a result of this report's ServiceRequest")
-        unchanged = status == current.status or (
+        current = L.REPORT_STATUS[order.status]
+        unchanged = status == current or (
             status in ("registered", "partial", "preliminary")
-            and current.status in ("registered", "preliminary"))
+            and current in ("registered", "preliminary"))
         if unchanged:
             if resource.get("conclusion"):
                 raise m.not_supported("DiagnosticReport.conclusion",
                                       "the conclusion is given with the final report")
-            return current.report_id
-        if status == "final" and current.status in ("registered", "preliminary"):
-            if current.order_status == L.OrderStatus.PRELIMINARY:
+            report = self.lv.lab.get_report_by_order(actor, order_id)
+        elif status == "final" and current in ("registered", "preliminary"):
+            if order.status == L.OrderStatus.PRELIMINARY:
                 self.lv.lab.validate_technical(actor, order_id)
-            return self.lv.lab.validate_biological(actor, order_id,
-                                                   resource.get("conclusion")).report_id
-        if status == "cancelled":
+            report = self.lv.lab.validate_biological(actor, order_id, resource.get("conclusion"))
+        elif status == "cancelled":
             self.lv.lab.cancel(actor, order_id, None)
-            return current.report_id
-        raise FhirError(422, "business-rule", f"a {current.status} report cannot become "
-                        f"{status} here (publication and amendment go through the lab "
-                        "workflow)", ["DiagnosticReport.status"])
+            return order.report_id
+        else:
+            raise FhirError(422, "business-rule", f"a {current} report cannot become "
+                            f"{status} here (publication and amendment go through the lab "
+                            "workflow)", ["DiagnosticReport.status"])
+        mine = {o.observation_id for o in report.observations}
+        for i, ref in enumerate(resource.get("result") or []):
+            oid = m.reference_id(ref, "Observation", "obs", f"DiagnosticReport.result[{i}]")
+            if oid not in mine:
+                raise m.invalid(f"DiagnosticReport.result[{i}]",
+                                "is not a result of this report's ServiceRequest")
+        return report.report_id
 
     def create(self, actor: Actor, resource: Mapping[str, Any]) -> str:
         """Every order already has its report: creating one for an order reports on it
