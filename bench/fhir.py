@@ -89,7 +89,7 @@ def one_run(args: argparse.Namespace, run: int, env: dict[str, str], url: str,
     go_at = time.time() + 2.0 + 0.002 * args.bundles / max(1, args.clients)
     procs = []
     start = run * 100_000
-    for i, n in enumerate(per):
+    for n in per:
         procs.append(subprocess.Popen(
             [sys.executable, __file__, "--client", url, token, str(args.seed + run), str(start),
              str(n), str(go_at)], stdout=subprocess.PIPE, env=env, text=True))
