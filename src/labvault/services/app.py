@@ -93,6 +93,9 @@ class Labvault:
         # made inside ``with lv.begin()`` join it instead of opening a second one.
         self._tx: ContextVar[Connection | None] = ContextVar(f"labvault_tx_{id(self)}",
                                                               default=None)
+        # Tenants whose key versions were checked in the open transaction (checked once).
+        self._tx_keys: ContextVar[set[str] | None] = ContextVar(f"labvault_txk_{id(self)}",
+                                                                default=None)
         self.shred_log = ShredLogFile(settings.data_dir / "shred.log")
         self.alerts: AlertSink = alerts or LogAlerts()
         self.gate = Gate(keyring, policy or OperatorOnlyPolicy(), budget or NoBudget(),
@@ -150,23 +153,30 @@ class Labvault:
             return
         if self._bound is not None:
             with self._bound.begin_nested():
-                token = self._tx.set(self._bound)
+                token, ktoken = self._tx.set(self._bound), self._tx_keys.set(set())
                 try:
                     yield self._bound
                 finally:
+                    self._tx_keys.reset(ktoken)
                     self._tx.reset(token)
         else:
             with self.engine.begin() as conn:
-                token = self._tx.set(conn)
+                token, ktoken = self._tx.set(conn), self._tx_keys.set(set())
                 try:
                     yield conn
                 finally:
+                    self._tx_keys.reset(ktoken)
                     self._tx.reset(token)
 
     # -- keys ---------------------------------------------------------------------------
     def load_tenant_keys(self, conn: Connection, tenant_id: str) -> None:
+        checked = self._tx_keys.get() if self._tx.get() is conn else None
+        if checked is not None and tenant_id in checked:
+            return   # already checked in this transaction
         if self.keyring.is_loaded(tenant_id, "kek", repo.current_key_version(conn, tenant_id, "kek")
                                   or 0):
+            if checked is not None:
+                checked.add(tenant_id)
             return
         records = repo.tenant_key_records(conn, tenant_id)
         if not records:
@@ -174,6 +184,8 @@ class Labvault:
                                  "check the tenant id (`labvault tenant list`)")
         for rec in records:
             self.keyring.load(rec)
+        if checked is not None:
+            checked.add(tenant_id)
 
     # -- shredding ----------------------------------------------------------------------
     def replay_shred_log(self) -> int:
