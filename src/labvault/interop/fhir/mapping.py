@@ -129,8 +129,6 @@ def patient_from_fhir(r: Mapping[str, Any]) -> dict[str, Any]:
                                 f"identifier system {system!r} is not stored; use "
                                 f"{ids.NIR_SYSTEM} (NIR), {ids.INS_NIA_SYSTEM} (INS-NIA) or "
                                 f"{ids.EXTERNAL_ID_SYSTEM}")
-    if out.get("nir") and not out.get("ins"):
-        out["ins"] = out["nir"]
     names = list(r.get("name") or [])
     official = next((n for n in names if n.get("use") == "official"), None) \
         or next((n for n in names if n.get("use") in (None, "maiden")), None)
