@@ -6,7 +6,7 @@ resources, all-or-nothing, every resource validated at the door (fhir.resources 
 sealed and audited. The server is a real ``labvault serve`` (uvicorn workers) on
 loopback, authenticated with a demo biologist's bearer token (password + TOTP login).
 
-    .venv/bin/python bench/fhir.py --bundles 2000 --clients 4 --workers 2
+    .venv/bin/python bench/fhir.py --bundles 2000 --clients 4
     .venv/bin/python bench/fhir.py --database-url postgresql://postgres@127.0.0.1:5432/test
 
 Prints resources/s (median of ``--runs``) and latency percentiles.
@@ -115,13 +115,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--bundles", type=int, default=1000, help="bundles per run")
     ap.add_argument("--clients", type=int, default=4, help="client processes")
-    ap.add_argument("--workers", type=int, default=2, help="uvicorn worker processes")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="uvicorn worker processes (default: 1 on SQLite, one writer; "
+                         "2 on PostgreSQL)")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--database-url", default="",
                     help="PostgreSQL URL (a fresh schema is created); default SQLite")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    if args.workers is None:
+        args.workers = 2 if args.database_url else 1
 
     tmp = Path(tempfile.mkdtemp(prefix="lvbench-fhir-"))
     env = {**os.environ, "LABVAULT_DATA_DIR": str(tmp / "var"),

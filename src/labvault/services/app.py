@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -93,6 +94,10 @@ class Labvault:
         # made inside ``with lv.begin()`` join it instead of opening a second one.
         self._tx: ContextVar[Connection | None] = ContextVar(f"labvault_tx_{id(self)}",
                                                               default=None)
+        # SQLite has one writer: transactions of this process queue on a lock instead of
+        # spinning in SQLite's busy handler (which sleeps up to 100 ms per retry).
+        self._write_lock: threading.Lock | None = (
+            threading.Lock() if engine.dialect.name == "sqlite" else None)
         # Tenants whose key versions were checked in the open transaction (checked once).
         self._tx_keys: ContextVar[set[str] | None] = ContextVar(f"labvault_txk_{id(self)}",
                                                                 default=None)
@@ -160,13 +165,20 @@ class Labvault:
                     self._tx_keys.reset(ktoken)
                     self._tx.reset(token)
         else:
-            with self.engine.begin() as conn:
-                token, ktoken = self._tx.set(conn), self._tx_keys.set(set())
-                try:
-                    yield conn
-                finally:
-                    self._tx_keys.reset(ktoken)
-                    self._tx.reset(token)
+            lock = self._write_lock
+            if lock is not None:
+                lock.acquire()
+            try:
+                with self.engine.begin() as conn:
+                    token, ktoken = self._tx.set(conn), self._tx_keys.set(set())
+                    try:
+                        yield conn
+                    finally:
+                        self._tx_keys.reset(ktoken)
+                        self._tx.reset(token)
+            finally:
+                if lock is not None:
+                    lock.release()
 
     # -- keys ---------------------------------------------------------------------------
     def load_tenant_keys(self, conn: Connection, tenant_id: str) -> None:
