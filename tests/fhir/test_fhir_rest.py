@@ -290,6 +290,11 @@ def test_capability_statement(server: Running) -> None:
     types = {res["type"] for res in cs["rest"][0]["resource"]}
     assert {"Patient", "Practitioner", "Coverage"} <= types
     assert cs["fhirVersion"] == "4.0.1"
+    spec = next(res for res in cs["rest"][0]["resource"] if res["type"] == "Specimen")
+    assert "update" not in {i["code"] for i in spec["interaction"]}
+    pat = next(res for res in cs["rest"][0]["resource"] if res["type"] == "Patient")
+    assert {p["name"] for p in pat["searchParam"]} >= {"identifier", "family", "given",
+                                                       "birthdate"}
 
 
 def test_validation_error_is_precise(server: Running) -> None:

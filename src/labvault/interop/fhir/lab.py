@@ -239,6 +239,7 @@ def specimen_to_fhir(s: SpecimenView) -> dict[str, Any]:
 
 class SpecimenHandler:
     rtype = "Specimen"
+    interactions = ("read", "search-type", "create")   # a received specimen is not changed
     search_params: Mapping[str, str] = {"patient": "reference"}
 
     def __init__(self, lv: Labvault) -> None:

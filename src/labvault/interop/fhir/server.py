@@ -578,7 +578,8 @@ class FhirServer:
                 continue
             resources.append({
                 "type": rtype,
-                "interaction": [{"code": c} for c in ("read", "search-type", "create", "update")],
+                "interaction": [{"code": c} for c in getattr(
+                    h, "interactions", ("read", "search-type", "create", "update"))],
                 "versioning": "no-version", "readHistory": False, "updateCreate": False,
                 "searchParam": [{"name": n, "type": t} for n, t in h.search_params.items()],
             })
