@@ -27,6 +27,14 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "LABVAULT_SESSION_HOURS": ("8", "absolute lifetime of an API session, in hours"),
     "LABVAULT_PUBLIC_URL": ("http://127.0.0.1:8000", "public base URL (enrolment links)"),
     "LABVAULT_MAX_REQUEST_BYTES": ("1048576", "largest request body the API accepts"),
+    "LABVAULT_AUDIT_RETENTION_DAYS": ("365", "days audit entries are kept before "
+                                             "`labvault audit prune` removes them; 0 = forever"),
+    "LABVAULT_AUDIT_CHECKPOINT_EVERY": ("1000", "write a signed audit checkpoint every N "
+                                                "entries of a chain; 0 = only on demand"),
+    "LABVAULT_AUDIT_SYSLOG": ("", "also send each audit checkpoint as an RFC 5424 syslog "
+                                  "message: udp://host:514 or tcp://host:601; empty = off"),
+    "LABVAULT_AUDIT_SIGNING_KEY": ("", "Ed25519 audit checkpoint signing key file; empty = "
+                                       "<root key file>.audit-signing beside the root key"),
 }
 
 

@@ -49,6 +49,20 @@ class Clock:
         return pyotp.TOTP(secret).at(int(self.t.timestamp()))
 
 
+@pytest.fixture(autouse=True)
+def cheap_argon2(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Argon2id at test cost (t=1, 1 MiB) so the suite stays fast; tests marked
+    ``real_argon2`` (parameters, rehash) keep the production parameters."""
+    if request.node.get_closest_marker("real_argon2") is None:
+        from labvault.access import passwords
+        monkeypatch.setattr(passwords, "_hasher", passwords.hasher(time_cost=1, memory_kib=1024))
+        monkeypatch.setattr(passwords, "_DUMMY", None)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "real_argon2: use production Argon2id parameters")
+
+
 @pytest.fixture
 def clock(lv: Labvault) -> Clock:
     c = Clock()

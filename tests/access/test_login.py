@@ -188,6 +188,7 @@ def test_admin_of_lab_a_cannot_touch_lab_b_accounts(world: World) -> None:
             fn(admin, world.b.accounts["reception"])
 
 
+@pytest.mark.real_argon2
 def test_rehash_on_login(world: World) -> None:
     lv, email = world.lv, world.a.emails["patient"]
     acct = world.a.accounts["patient"]
@@ -257,3 +258,32 @@ def test_enrolment_link_and_mfa_reset(alv: Labvault, clock: Clock, tenant_id: st
     clock.advance(seconds=30)
     assert lv.accounts.login("ines.caron@example.org", PASSWORD, pyotp.TOTP(
         started["secret"]).at(int(clock.t.timestamp()))).scope == "full"
+
+
+def test_recent_authentication_window(world: World) -> None:
+    from labvault.services.accounts import ReauthenticationRequired
+    lv, clock = world.lv, world.clock
+    actor = world.actor(world.a.emails["biologist"])
+    lv.accounts.require_recent_auth(actor)              # just logged in
+    clock.advance(minutes=6)
+    with pytest.raises(ReauthenticationRequired):
+        lv.accounts.require_recent_auth(actor)
+    lv.accounts.reauthenticate(actor, PASSWORD, clock.code())
+    lv.accounts.require_recent_auth(actor)
+    with pytest.raises(ReauthenticationRequired):
+        lv.accounts.reauthenticate(actor, "Wrong-Password-123!", clock.code())
+    lv.accounts.require_recent_auth(Actor.operator())
+
+
+def test_reauth_failures_are_throttled(world: World) -> None:
+    from labvault.services.accounts import ReauthenticationRequired
+    lv, clock = world.lv, world.clock
+    actor = world.actor(world.a.emails["technician"])
+    for _ in range(10):
+        with pytest.raises(ReauthenticationRequired):
+            lv.accounts.reauthenticate(actor, "Wrong-Password-123!", clock.code())
+        clock.advance(minutes=5)
+    with pytest.raises(ReauthenticationRequired):      # locked: the right password fails too
+        lv.accounts.reauthenticate(actor, PASSWORD, clock.code())
+    with pytest.raises(AuthenticationFailed):
+        lv.accounts.login(world.a.emails["technician"], PASSWORD, clock.code())

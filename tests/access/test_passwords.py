@@ -60,6 +60,7 @@ def test_every_accepted_password_meets_a_cnil_rule(password: str) -> None:
             or pw.is_passphrase(password))
 
 
+@pytest.mark.real_argon2
 def test_argon2id_parameters_and_rehash() -> None:
     h = pw.hash_password("Xk9#mQ2$vL7pZr")
     assert h.startswith("$argon2id$v=19$m=19456,t=2,p=1$")

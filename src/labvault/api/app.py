@@ -10,6 +10,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from labvault.api import auth, me, patients, problems, users
+from labvault.api.routers import me_access
 from labvault.api.security import SecurityMiddleware
 from labvault.config import Settings
 from labvault.services.app import Labvault
@@ -34,6 +35,7 @@ def create_app(lv: Labvault) -> FastAPI:
     app.include_router(users.router)
     app.include_router(patients.router)
     app.include_router(me.router)
+    app.include_router(me_access.router)
     from labvault.api.fhir import router as fhir_router
     app.include_router(fhir_router)
     return app

@@ -29,6 +29,13 @@ def _token(request: Request, creds: HTTPAuthorizationCredentials | None) -> str:
         return creds.credentials
     cookie = request.cookies.get(SESSION_COOKIE)
     if cookie:
+        # Cookie sessions (browsers): SameSite=Strict, and a state-changing request from
+        # another origin is refused (defence in depth against CSRF).
+        origin = request.headers.get("origin")
+        if (request.method not in ("GET", "HEAD", "OPTIONS") and origin is not None
+                and origin.rstrip("/") != f"{request.url.scheme}://{request.url.netloc}"):
+            raise AuthenticationFailed("cross-origin request with a session cookie",
+                                       "send the token as Authorization: Bearer")
         return cookie
     raise AuthenticationFailed("authentication required", "log in at /api/v1/auth/login")
 

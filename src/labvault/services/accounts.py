@@ -10,7 +10,8 @@ blind index. Every authentication event is written to the audit hook (ids only).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -87,6 +88,16 @@ class AccountService:
             absolute_staff=hours, absolute_patient=hours)
         self.public_url = st.get("LABVAULT_PUBLIC_URL").rstrip("/")
         self._client_secret: bytes | None = None
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        """A read-only connection (no BEGIN/COMMIT of a write transaction)."""
+        bound = self.lv._bound
+        if bound is not None:
+            yield bound
+        else:
+            with self.lv.engine.connect() as conn:
+                yield conn
 
     # -- keys ----------------------------------------------------------------------------------
     def _ensure_platform_keys(self, conn: Connection) -> None:
@@ -395,13 +406,14 @@ class AccountService:
             raise AuthenticationFailed("authentication required", "log in at /api/v1/auth/login")
         lv = self.lv
         now = lv.now()
-        with lv.begin() as conn:
+        with self._read() as conn:          # read-only: no write transaction per request
             s = arepo.session_with_account(conn, sess.token_digest(token))
-            if (s is None or s["scope"] not in scopes or s["status"] != "active"
-                    or not sess.is_live(s, now, self.session_policy)):
-                raise AuthenticationFailed("session expired or invalid",
-                                           "log in again at /api/v1/auth/login")
-            if sess.aware(s["last_seen_at"]) + sess.TOUCH_EVERY <= now:
+        if (s is None or s["scope"] not in scopes or s["status"] != "active"
+                or not sess.is_live(s, now, self.session_policy)):
+            raise AuthenticationFailed("session expired or invalid",
+                                       "log in again at /api/v1/auth/login")
+        if sess.aware(s["last_seen_at"]) + sess.TOUCH_EVERY <= now:
+            with lv.begin() as conn:        # idle clock: written at most every TOUCH_EVERY
                 arepo.touch_session(conn, s["tenant_id"], s["session_id"], now)
         return Actor(kind="patient" if s["kind"] == "patient" else "staff",
                      id=s["account_id"], tenant_id=self._public_tenant(s["tenant_id"]),
@@ -436,6 +448,24 @@ class AccountService:
             raise AuthenticationFailed("session expired or invalid", "log in again")
         return row
 
+    def _verify_own(self, conn: Connection, row: Mapping[str, Any], password: str,
+                    totp: str | None, now: datetime) -> bool:
+        """Password + second factor of a logged-in account, under the same per-account
+        throttle as the login (a stolen session cannot brute-force the password)."""
+        akey = (row["tenant_id"], throttle.account_subject(row["account_id"]))
+        arow = arepo.throttle_rows(conn, [akey]).get(akey)
+        wait = throttle.retry_at(arow, throttle.ACCOUNT_RULES)
+        if wait is not None and wait > now:
+            passwords.dummy_verify(password or "")
+            return False
+        stored = self._open(conn, row, "password_sealed").decode()
+        ok = (passwords.verify_password(stored, password or "")
+              and self._second_factor(conn, row, totp, now) is None)
+        if not ok:
+            n, locked = throttle.after_failure(arow, now, throttle.ACCOUNT_RULES)
+            arepo.upsert_throttle(conn, *akey, n, now, locked)
+        return ok
+
     def reauthenticate(self, actor: Actor, password: str, totp: str | None = None) -> None:
         """Re-authentication before a sensitive operation (break-glass, export, keys)."""
         lv = self.lv
@@ -443,9 +473,7 @@ class AccountService:
         ok = False
         with lv.begin() as conn:
             row = self._own_row(conn, actor)
-            stored = self._open(conn, row, "password_sealed").decode()
-            if passwords.verify_password(stored, password or ""):
-                ok = self._second_factor(conn, row, totp, now) is None
+            ok = self._verify_own(conn, row, password, totp, now)
             if ok and actor.session_id:
                 arepo.set_session_auth(conn, row["tenant_id"], actor.session_id, now)
             lv.gate.audit.event(conn, actor, "reauth", "success" if ok else "failure",
@@ -454,6 +482,23 @@ class AccountService:
             raise ReauthenticationRequired("re-authentication failed",
                                            "give your password and a fresh authenticator code")
 
+    def require_recent_auth(self, actor: Actor) -> None:
+        """For sensitive operations (bulk export, break-glass, key operations): the session
+        must have (re-)authenticated within the last ``sessions.REAUTH_WINDOW`` (5 min).
+        The CLI operator and system jobs run on the host holding the keys: exempt."""
+        if actor.kind in ("operator", "system"):
+            return
+        ok = False
+        if actor.session_id is not None:
+            with self._read() as conn:
+                s = arepo.get_session(conn, self._session_tenant(actor), actor.session_id)
+            ok = (s is not None and s["revoked_at"] is None
+                  and sess.aware(s["auth_at"]) + sess.REAUTH_WINDOW > self.lv.now())
+        if not ok:
+            raise ReauthenticationRequired("this operation needs a fresh authentication",
+                                           "POST /api/v1/auth/reauth with your password and "
+                                           "a new authenticator code, then retry")
+
     def change_password(self, actor: Actor, current: str, new: str,
                         totp: str | None = None) -> None:
         """Change one's own password; every other session of the account is revoked."""
@@ -461,9 +506,7 @@ class AccountService:
         now = lv.now()
         with lv.begin() as conn:
             row = self._own_row(conn, actor)
-            stored = self._open(conn, row, "password_sealed").decode()
-            second = self._second_factor(conn, row, totp, now)
-            good = passwords.verify_password(stored, current or "") and second is None
+            good = self._verify_own(conn, row, current, totp, now)
             if good:
                 profile = json.loads(self._open(conn, row, "profile_sealed"))
                 passwords.check_password(new, [profile["name"], profile["email"]],

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy.engine import Connection, Engine
 
@@ -81,6 +81,15 @@ class ShredLogFile:
                     yield d["tenant_id"], d["patient_id"], datetime.fromisoformat(d["at"])
 
 
+class TxObserver(Protocol):
+    """Learns how each ``Labvault.begin`` transaction ended (the audit log uses it to write
+    refusals again after they rolled back, and to sign checkpoints only once committed)."""
+
+    def tx_begin(self) -> None: ...
+
+    def tx_end(self, lv: Labvault, committed: bool, savepoint: bool) -> None: ...
+
+
 class Labvault:
     def __init__(self, settings: Settings, engine: Engine, keyring: KeyRing,
                  policy: Policy | None = None, budget: BudgetHook | None = None,
@@ -102,6 +111,7 @@ class Labvault:
         self._tx_keys: ContextVar[set[str] | None] = ContextVar(f"labvault_txk_{id(self)}",
                                                                 default=None)
         self.shred_log = ShredLogFile(settings.data_dir / "shred.log")
+        self.tx_observers: list[TxObserver] = []
         self.alerts: AlertSink = alerts or LogAlerts()
         self.gate = Gate(keyring, policy or OperatorOnlyPolicy(), budget or NoBudget(),
                          audit or MemoryAudit(), self.load_tenant_keys)
@@ -150,12 +160,29 @@ class Labvault:
 
         Re-entrant: a ``begin()`` inside another one (in the same thread or request)
         joins the enclosing transaction, so a door can make several service calls
-        all-or-nothing (a FHIR transaction Bundle, an HL7 message).
+        all-or-nothing (a FHIR transaction Bundle, an HL7 message); observers see one
+        transaction. They learn how it ended after its connection, the SQLite write lock
+        and the context are released (the audit log opens a new transaction then).
         """
         outer = self._tx.get()
         if outer is not None:
             yield outer
             return
+        observers = tuple(self.tx_observers)
+        for o in observers:
+            o.tx_begin()
+        try:
+            with self._transaction() as conn:
+                yield conn
+        except BaseException:
+            for o in observers:
+                o.tx_end(self, False, self._bound is not None)
+            raise
+        for o in observers:
+            o.tx_end(self, True, self._bound is not None)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Connection]:
         if self._bound is not None:
             with self._bound.begin_nested():
                 token, ktoken = self._tx.set(self._bound), self._tx_keys.set(set())
@@ -164,21 +191,21 @@ class Labvault:
                 finally:
                     self._tx_keys.reset(ktoken)
                     self._tx.reset(token)
-        else:
-            lock = self._write_lock
+            return
+        lock = self._write_lock
+        if lock is not None:
+            lock.acquire()
+        try:
+            with self.engine.begin() as conn:
+                token, ktoken = self._tx.set(conn), self._tx_keys.set(set())
+                try:
+                    yield conn
+                finally:
+                    self._tx_keys.reset(ktoken)
+                    self._tx.reset(token)
+        finally:
             if lock is not None:
-                lock.acquire()
-            try:
-                with self.engine.begin() as conn:
-                    token, ktoken = self._tx.set(conn), self._tx_keys.set(set())
-                    try:
-                        yield conn
-                    finally:
-                        self._tx_keys.reset(ktoken)
-                        self._tx.reset(token)
-            finally:
-                if lock is not None:
-                    lock.release()
+                lock.release()
 
     # -- keys ---------------------------------------------------------------------------
     def load_tenant_keys(self, conn: Connection, tenant_id: str) -> None:

@@ -82,8 +82,9 @@ def seed_accounts(lv: Labvault, tenant_id: str | None, lab_index: int, patient_i
             made.append({"role": role, "email": email, "id": None, "existing": True})
     for pid in patient_ids:
         rec = lv.patients.show(actor, pid, purpose="administration")
-        email = f"patient.{pid[-8:]}@demo.example.org"
-        name = f"{rec['first_names'][0]} {rec.get('used_name') or rec['birth_name']}"
+        first, last = rec["first_names"][0], rec.get("used_name") or rec["birth_name"]
+        email = f"{_ascii(first)}.{_ascii(last)}.{pid[-6:]}@demo.example.org"
+        name = f"{first} {last}"
         try:
             acc = lv.accounts.create(actor, tenant_id, ["patient"], name, email,
                                      password=DEMO_PASSWORD, patient_id=pid)

@@ -168,10 +168,11 @@ class Gate:
 
     # -- patient records ---------------------------------------------------------------
     def _dek(self, conn: Connection, tenant_id: str, patient_id: str) -> DataKey:
-        self._load_tenant_keys(conn, tenant_id)
         wrapped = repo.patient_dek(conn, tenant_id, patient_id)
         if wrapped is None:
             raise NotFound("no such patient", "check the patient id; erased patients cannot be read")
+        if not self.keyring.is_loaded(tenant_id, "kek", wrapped[0]):   # hot path: cached KEK
+            self._load_tenant_keys(conn, tenant_id)
         return self.keyring.open_dek(tenant_id, patient_id, WrappedDek(*wrapped))
 
     def read_patients(self, conn: Connection, access: Access

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, insert, select, update
+from sqlalchemy import and_, bindparam, delete, insert, select, update
 from sqlalchemy.engine import Connection
 
 from labvault.store.tables_access import accounts, login_throttle, recovery_codes, sessions
@@ -85,13 +85,24 @@ _SESSION_COLS = (sessions.c.tenant_id, sessions.c.session_id, sessions.c.account
 _ACCOUNT_COLS = (accounts.c.kind, accounts.c.status, accounts.c.roles, accounts.c.patient_id)
 
 
+# Built once: the hot path (every authenticated request) only binds the digest.
+_SESSION_BY_DIGEST = (
+    select(*_SESSION_COLS, *_ACCOUNT_COLS)
+    .join(accounts, and_(accounts.c.tenant_id == sessions.c.tenant_id,
+                         accounts.c.account_id == sessions.c.account_id))
+    .where(sessions.c.token_digest == bindparam("digest")))
+
+
 def session_with_account(conn: Connection, token_digest: bytes) -> dict[str, Any] | None:
     """The session of a token joined with its account's live status and roles (one query)."""
-    q = (select(*_SESSION_COLS, *_ACCOUNT_COLS)
-         .join(accounts, and_(accounts.c.tenant_id == sessions.c.tenant_id,
-                              accounts.c.account_id == sessions.c.account_id))
-         .where(sessions.c.token_digest == token_digest))
-    r = conn.execute(q).mappings().first()
+    r = conn.execute(_SESSION_BY_DIGEST, {"digest": token_digest}).mappings().first()
+    return dict(r) if r else None
+
+
+def get_session(conn: Connection, tenant_id: str, session_id: str) -> dict[str, Any] | None:
+    r = conn.execute(select(sessions).where(and_(sessions.c.tenant_id == tenant_id,
+                                                 sessions.c.session_id == session_id))
+                     ).mappings().first()
     return dict(r) if r else None
 
 

@@ -369,12 +369,14 @@ class FhirServer:
 
     # -- interactions ------------------------------------------------------------------
     def read(self, actor: Actor, rtype: str, fhir_id: str) -> dict[str, Any]:
+        tenant_of(actor)   # platform accounts: refused before anything is looked up
         h = self.handler(rtype)
         if not ids.is_fhir_id(fhir_id):
             raise not_found(rtype, fhir_id)
         return h.read(actor, fhir_id)
 
     def create(self, actor: Actor, rtype: str, resource: object) -> tuple[str, dict[str, Any]]:
+        tenant_of(actor)
         h = self.handler(rtype)
         validate(resource, rtype)
         assert isinstance(resource, Mapping)
@@ -383,6 +385,7 @@ class FhirServer:
         return new, h.read(actor, new)
 
     def update(self, actor: Actor, rtype: str, fhir_id: str, resource: object) -> dict[str, Any]:
+        tenant_of(actor)
         h = self.handler(rtype)
         validate(resource, rtype)
         assert isinstance(resource, Mapping)
@@ -425,6 +428,7 @@ class FhirServer:
 
     def search(self, actor: Actor, rtype: str, items: Sequence[tuple[str, str]],
                base: str) -> dict[str, Any]:
+        tenant_of(actor)
         q = self.parse_query(rtype, items)
         h = self.handler(rtype)
         if q.count == 0:
@@ -437,6 +441,7 @@ class FhirServer:
     # -- transaction Bundles ------------------------------------------------------------
     def transaction(self, actor: Actor, bundle: object, base: str) -> dict[str, Any]:
         """All-or-nothing: validate every entry, then run them in one transaction."""
+        tenant_of(actor)
         if not isinstance(bundle, Mapping) or bundle.get("resourceType") != "Bundle":
             raise FhirError(400, "invalid", "POST /fhir/R4 takes a Bundle of type transaction",
                             ["Bundle"])
