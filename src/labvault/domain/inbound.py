@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from labvault.domain.lab import CodedValue, ServiceRequest, Specimen
 from labvault.domain.patient import PatientRecord
@@ -50,6 +50,7 @@ class InboundPatient:
     record: PatientRecord | None             # full demographics when PID allowed one
     record_error: str | None = None          # why PID could not make a PatientRecord
     location: Location = field(default_factory=lambda: Location("PID", 1, 3))
+    summary: dict[str, str] = field(default_factory=dict)   # name, birth date, sex as sent
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,8 +72,24 @@ class InboundResult:
     observed_at: datetime | None = None      # OBX-14
     comments: tuple[str, ...] = ()           # NTE after the OBX
 
-    def as_json(self) -> dict[str, object]:
-        return {"location": str(self.location), "code": self.code,
+    @staticmethod
+    def from_json(d: dict[str, Any]) -> InboundResult:
+        loc = d.get("location_parts") or ["OBX", 1, 5, None]
+        c = d.get("coded")
+        return InboundResult(
+            Location(loc[0], loc[1], loc[2], loc[3]), d["code"], d.get("code_system"),
+            d.get("display"), d.get("value_type", "ST"), d.get("numeric"),
+            CodedValue(c["code"], c.get("display"), c.get("system")) if c else None,
+            d.get("text"), d.get("unit"), d.get("reference_range"), d.get("flags"),
+            d.get("status"),
+            datetime.fromisoformat(d["observed_at"]) if d.get("observed_at") else None,
+            tuple(d.get("comments") or ()))
+
+    def as_json(self) -> dict[str, Any]:
+        return {"location": str(self.location),
+                "location_parts": [self.location.segment, self.location.sequence,
+                                   self.location.field, self.location.component],
+                "code": self.code,
                 "code_system": self.code_system, "display": self.display,
                 "value_type": self.value_type, "numeric": self.numeric,
                 "coded": ({"code": self.coded.code, "display": self.coded.display,

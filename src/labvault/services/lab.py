@@ -51,6 +51,7 @@ CLINICAL = frozenset({Category.CLINICAL})
 IDENTITY = frozenset({Category.IDENTITY})
 PLACER = "lab_placer"          # blind-index kinds (the kind is part of the MAC input)
 FILLER = "lab_filler"
+INDEX_KEY_TTL = 5.0
 ACCESSION = "lab_accession"
 
 
@@ -231,6 +232,11 @@ class LabService:
         self._catalogues: dict[str, L.Catalogue] = {}
         self._default: L.Catalogue | None = None
         self._lock = threading.Lock()
+        self._index_keys: dict[str, tuple[float, bytes]] = {}
+        self._data_keys: dict[str, tuple[float, DataKey]] = {}
+        self._active: dict[str, tuple[float, L.Catalogue]] = {}
+        from labvault.services.lab_messages import MessageService
+        self.messages = MessageService(lv, self)
 
     # == gate helpers ===========================================================================
     def _check(self, conn: Connection, actor: Actor, action: Action, tenant_id: str,
@@ -250,6 +256,10 @@ class LabService:
               data: Mapping[str, Any]) -> bytes:
         return dek.seal(SealContext(tenant_id, table, column, record_id), _dumps(data))
 
+    def _seal_bytes(self, dek: DataKey, tenant_id: str, table: str, column: str,
+                    record_id: str, data: bytes) -> bytes:
+        return dek.seal(SealContext(tenant_id, table, column, record_id), data)
+
     def _open(self, dek: DataKey, tenant_id: str, table: str, column: str, record_id: str,
               sealed: bytes | None) -> dict[str, Any]:
         if sealed is None:
@@ -259,10 +269,19 @@ class LabService:
         return data
 
     def digest(self, conn: Connection, tenant_id: str, kind: str, value: str) -> bytes:
-        self.lv.load_tenant_keys(conn, tenant_id)
-        idx = repo.current_key_version(conn, tenant_id, "index")
-        assert idx is not None
-        return bi.digest(self.lv.keyring.blind_index_key(tenant_id, idx), kind, value)
+        """Blind-index digest under the tenant's current index key. The key (not any
+        data) is cached for ``INDEX_KEY_TTL`` seconds: after an index-key change a lookup
+        may miss for that long (the result then waits in the import-issues queue)."""
+        import time
+        now = time.monotonic()
+        hit = self._index_keys.get(tenant_id)
+        if hit is None or now - hit[0] > INDEX_KEY_TTL:
+            self.lv.load_tenant_keys(conn, tenant_id)
+            idx = repo.current_key_version(conn, tenant_id, "index")
+            assert idx is not None
+            hit = (now, self.lv.keyring.blind_index_key(tenant_id, idx))
+            self._index_keys[tenant_id] = hit
+        return bi.digest(hit[1], kind, value)
 
     # == catalogue ==============================================================================
     def default_catalogue(self) -> L.Catalogue:
@@ -271,6 +290,18 @@ class LabService:
         return self._default
 
     def _catalogue(self, conn: Connection, tenant_id: str) -> L.Catalogue:
+        """The lab's active catalogue; which one is active is re-read every
+        ``INDEX_KEY_TTL`` seconds (and at once after ``load_catalogue`` in this process)."""
+        import time
+        now = time.monotonic()
+        hit = self._active.get(tenant_id)
+        if hit is not None and now - hit[0] <= INDEX_KEY_TTL:
+            return hit[1]
+        cat = self._catalogue_uncached(conn, tenant_id)
+        self._active[tenant_id] = (now, cat)
+        return cat
+
+    def _catalogue_uncached(self, conn: Connection, tenant_id: str) -> L.Catalogue:
         cid = lrepo.active_catalogue_id(conn, tenant_id)
         if cid is None:
             return self.default_catalogue()
@@ -305,6 +336,7 @@ class LabService:
             lrepo.insert_catalogue(conn, {"tenant_id": tenant_id, "catalogue_id": cid,
                                           "version": cat.version, "status": "active",
                                           "loaded_at": self.lv.now(), "catalogue_sealed": sealed})
+        self._active.pop(tenant_id, None)
         return {"catalogue_id": cid, "version": cat.version, "tests": len(cat.tests)}
 
     def catalogue_versions(self, tenant_id: str) -> list[dict[str, Any]]:
@@ -339,8 +371,19 @@ class LabService:
         return self._order_from_row(conn, row)
 
     def _patient_facts(self, conn: Connection, actor: Actor, tenant_id: str,
-                       patient_id: str) -> dict[str, Any]:
+                       patient_id: str, dek: DataKey | None = None) -> dict[str, Any]:
         """Sex and birth date (for reference ranges), read through the gate."""
+        if dek is not None:
+            # The caller holds the patient's key already: one check, one row, one unseal.
+            self.lv.gate.check(conn, Access(actor, Action.READ, tenant_id, IDENTITY,
+                                            patient_ids=(patient_id,), resource="patient"))
+            blobs = repo.sealed_patients(conn, tenant_id, (patient_id,), (Category.IDENTITY,))
+            blob = blobs.get(patient_id, {}).get(Category.IDENTITY)
+            if patient_id not in blobs:
+                raise NotFound("no such patient", "check the patient id")
+            ident = self._open(dek, tenant_id, "patients", Category.IDENTITY.value, patient_id,
+                               blob)
+            return {"sex": ident.get("sex"), "birth_date": ident.get("birth_date")}
         if repo.patient_tenant(conn, patient_id) != tenant_id:
             raise NotFound("no such patient", "check the patient id")
         opened = self.lv.gate.read_patients(conn, Access(
@@ -348,6 +391,22 @@ class LabService:
             resource="patient"))
         ident = opened.get(patient_id, {}).get(Category.IDENTITY, {})
         return {"sex": ident.get("sex"), "birth_date": ident.get("birth_date")}
+
+    def seal_tenant(self, conn: Connection, tenant_id: str, table: str, column: str,
+                    record_id: str, data: bytes) -> bytes:
+        """Seal under the tenant's current ``data`` key (version cached ``INDEX_KEY_TTL``)."""
+        import time
+        now = time.monotonic()
+        hit = self._data_keys.get(tenant_id)
+        if hit is None or now - hit[0] > INDEX_KEY_TTL:
+            self.lv.load_tenant_keys(conn, tenant_id)
+            v = repo.current_key_version(conn, tenant_id, "data")
+            if v is None:
+                return self.lv.gate.seal_tenant_value(conn, tenant_id, table, column, record_id,
+                                                      data)
+            hit = (now, self.lv.keyring.tenant_data_key(tenant_id, "data", v))
+            self._data_keys[tenant_id] = hit
+        return hit[1].seal(SealContext(tenant_id, table, column, record_id), data)
 
     # == orders ==================================================================================
     def create_order(self, actor: Actor, tenant_id: str, patient_id: str, request: object,
@@ -365,17 +424,19 @@ class LabService:
             return self._order_view(order, specimens)
 
     def _create_order(self, conn: Connection, actor: Actor, tenant_id: str, patient_id: str,
-                      req: L.ServiceRequest, facts: Mapping[str, Any] | None = None) -> _Order:
+                      req: L.ServiceRequest, facts: Mapping[str, Any] | None = None,
+                      dek: DataKey | None = None, status: L.OrderStatus = L.OrderStatus.REGISTERED,
+                      steps: Sequence[str] = ("registered",)) -> _Order:
         lv = self.lv
+        dek = dek or lv.gate.patient_key(conn, tenant_id, patient_id)
         facts = facts if facts is not None else self._patient_facts(conn, actor, tenant_id,
-                                                                     patient_id)
+                                                                     patient_id, dek)
         order_id, report_id, ts = new_id("ord"), new_id("rep"), lv.now()
-        dek = lv.gate.patient_key(conn, tenant_id, patient_id)
         request = {**req.as_json(), "patient": dict(facts)}
-        workflow: dict[str, Any] = {"registered": {"by": actor.id, "at": ts.isoformat()}}
+        workflow: dict[str, Any] = {k: {"by": actor.id, "at": ts.isoformat()} for k in steps}
         row = {
             "tenant_id": tenant_id, "order_id": order_id, "patient_id": patient_id,
-            "status": L.OrderStatus.REGISTERED.value, "priority": req.priority.value,
+            "status": status.value, "priority": req.priority.value,
             "created_at": ts, "updated_at": ts,
             "placer_digest": (self.digest(conn, tenant_id, PLACER, req.placer_number)
                               if req.placer_number else None),
@@ -387,7 +448,7 @@ class LabService:
                                           order_id, workflow),
         }
         report = {"tenant_id": tenant_id, "report_id": report_id, "order_id": order_id,
-                  "patient_id": patient_id, "status": "registered", "created_at": ts,
+                  "patient_id": patient_id, "status": L.REPORT_STATUS[status], "created_at": ts,
                   "updated_at": ts, "issued_at": None, "report_sealed": None}
         lrepo.insert_order(conn, row, report)
         o = _Order(row, dek, request, workflow)
@@ -528,12 +589,52 @@ class LabService:
                                        "preliminary", rev, created, ts, obs))
         lrepo.insert_observations(conn, new_rows)
         lrepo.insert_history(conn, hist)
-        for view in out:
-            if view.observation.flag is not None and view.observation.flag.is_panic:
-                self.lv.alerts.raise_alert(conn, tenant_id, "panic-value", "critical", actor, {
-                    "order_id": order.order_id, "observation_id": view.observation_id,
-                    "patient_id": order.patient_id})
+        self._panic(conn, actor, order, out)
         return out
+
+    def _create_with_results(self, conn: Connection, actor: Actor, tenant_id: str,
+                             patient_id: str, dek: DataKey, req: L.ServiceRequest,
+                             spec: L.Specimen, results: Sequence[L.Observation],
+                             facts: Mapping[str, Any]) -> tuple[_Order, list[ObservationView]]:
+        """Unsolicited results (an analyzer's ORU for an order we did not have): the order
+        is written directly in its final state of this message — registered, received and
+        results entered in one step — with its specimen, results and history (5 inserts)."""
+        order = self._create_order(conn, actor, tenant_id, patient_id, req, facts, dek,
+                                   L.OrderStatus.PRELIMINARY,
+                                   ("registered", "received", "results-entered"))
+        ts = order.row["created_at"]
+        sid = new_id("spc")
+        lrepo.insert_specimen(conn, {
+            "tenant_id": tenant_id, "specimen_id": sid, "order_id": order.order_id,
+            "patient_id": patient_id, "status": "available", "received_at": ts,
+            "accession_digest": self.digest(conn, tenant_id, ACCESSION, spec.accession_number),
+            "specimen_sealed": self._seal(dek, tenant_id, "lab_specimens", "specimen_sealed",
+                                          sid, spec.as_json())})
+        rows, hist, out = [], [], []
+        for seq, obs in enumerate(results, start=1):
+            oid = new_id("obs")
+            rows.append({"tenant_id": tenant_id, "observation_id": oid,
+                         "order_id": order.order_id, "patient_id": patient_id,
+                         "status": "preliminary", "seq": seq, "revision": 1, "created_at": ts,
+                         "updated_at": ts, "result_sealed": self._seal(
+                             dek, tenant_id, "lab_observations", "result_sealed", oid,
+                             obs.as_json())})
+            hist.append(self._history_row(order, oid, 1, ts, actor, "entered", None, None, obs))
+            out.append(ObservationView(oid, order.order_id, patient_id, tenant_id,
+                                       "preliminary", 1, ts, ts, obs))
+        lrepo.insert_observations(conn, rows)
+        lrepo.insert_history(conn, hist)
+        self._panic(conn, actor, order, out)
+        return order, out
+
+    def _panic(self, conn: Connection, actor: Actor, order: _Order,
+               views: Sequence[ObservationView]) -> None:
+        for view in views:
+            if view.observation.flag is not None and view.observation.flag.is_panic:
+                self.lv.alerts.raise_alert(conn, order.tenant_id, "panic-value", "critical",
+                                           actor, {"order_id": order.order_id,
+                                                   "observation_id": view.observation_id,
+                                                   "patient_id": order.patient_id})
 
     def _history_row(self, order: _Order, oid: str, revision: int, ts: datetime, actor: Actor,
                      change: str, reason: str | None, previous: L.Observation | None,

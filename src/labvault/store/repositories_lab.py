@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import bindparam, func, insert, or_, select, update
 from sqlalchemy.engine import Connection
 
 from labvault.store.tables_lab import (
@@ -32,6 +32,20 @@ _INS_HIST = insert(lab_observation_history)
 _INS_MSG = insert(lab_hl7_messages)
 _INS_ISSUE = insert(lab_import_issues)
 
+# Hot-path statements of the HL7 ingest, built once (SQLAlchemy then reuses the compiled
+# form from its cache without re-building the expression on each call).
+_SEL_CONTROL = select(lab_hl7_messages.c.message_id, lab_hl7_messages.c.status,
+                      lab_hl7_messages.c.ack_sealed).where(
+    lab_hl7_messages.c.tenant_id == bindparam("t"),
+    lab_hl7_messages.c.control_digest == bindparam("d"))
+_SEL_ORDER_DIGESTS = select(lab_orders).where(
+    lab_orders.c.tenant_id == bindparam("t"),
+    or_(lab_orders.c.filler_digest == bindparam("f"),
+        lab_orders.c.placer_digest == bindparam("p"))).limit(4)
+_SEL_ACTIVE_CATALOGUE_ID = select(lab_catalogues.c.catalogue_id).where(
+    lab_catalogues.c.tenant_id == bindparam("t"), lab_catalogues.c.status == "active"
+).order_by(lab_catalogues.c.loaded_at.desc()).limit(1)
+
 
 def _one(conn: Connection, q: Any) -> dict[str, Any] | None:
     row = conn.execute(q).mappings().first()
@@ -50,15 +64,16 @@ def order(conn: Connection, order_id: str) -> dict[str, Any] | None:
 
 def order_by_digest(conn: Connection, tenant_id: str, placer: bytes | None,
                     filler: bytes | None) -> dict[str, Any] | None:
+    """The order with this filler number, else this placer number (one query)."""
+    if filler is None and placer is None:
+        return None
+    rows = [dict(r) for r in conn.execute(_SEL_ORDER_DIGESTS, {
+        "t": tenant_id, "f": filler, "p": placer}).mappings()]
     if filler is not None:
-        row = _one(conn, select(lab_orders).where(lab_orders.c.tenant_id == tenant_id,
-                                                  lab_orders.c.filler_digest == filler))
-        if row:
-            return row
-    if placer is not None:
-        return _one(conn, select(lab_orders).where(lab_orders.c.tenant_id == tenant_id,
-                                                   lab_orders.c.placer_digest == placer))
-    return None
+        for r in rows:
+            if r["filler_digest"] == filler:
+                return r
+    return rows[0] if rows else None
 
 
 def update_order(conn: Connection, tenant_id: str, order_id: str, **values: Any) -> None:
@@ -190,10 +205,8 @@ def history(conn: Connection, tenant_id: str, observation_id: str) -> list[dict[
 
 # -- HL7 message archive ----------------------------------------------------------------------
 def message_by_control(conn: Connection, tenant_id: str, digest: bytes) -> dict[str, Any] | None:
-    return _one(conn, select(lab_hl7_messages.c.message_id, lab_hl7_messages.c.status,
-                             lab_hl7_messages.c.ack_sealed).where(
-        lab_hl7_messages.c.tenant_id == tenant_id,
-        lab_hl7_messages.c.control_digest == digest))
+    row = conn.execute(_SEL_CONTROL, {"t": tenant_id, "d": digest}).mappings().first()
+    return dict(row) if row else None
 
 
 def insert_message(conn: Connection, row: dict[str, Any]) -> None:
@@ -243,9 +256,7 @@ def active_catalogue(conn: Connection, tenant_id: str) -> dict[str, Any] | None:
 
 
 def active_catalogue_id(conn: Connection, tenant_id: str) -> str | None:
-    return conn.execute(select(lab_catalogues.c.catalogue_id).where(
-        lab_catalogues.c.tenant_id == tenant_id, lab_catalogues.c.status == "active")
-        .order_by(lab_catalogues.c.loaded_at.desc()).limit(1)).scalar()
+    return conn.execute(_SEL_ACTIVE_CATALOGUE_ID, {"t": tenant_id}).scalar()
 
 
 def insert_catalogue(conn: Connection, row: dict[str, Any]) -> None:

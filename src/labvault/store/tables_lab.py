@@ -110,6 +110,7 @@ lab_hl7_messages = Table(
     Column("tenant_id", ID, nullable=False),
     Column("message_id", ID, nullable=False),
     Column("control_digest", DIGEST, nullable=False),
+    Column("patient_id", ID, nullable=True),              # raw sealed under their key if set
     Column("message_type", String(20), nullable=False),   # ORU^R01, ADT^A04 ... (no data)
     Column("status", String(2), nullable=False),          # MSA-1 sent: AA | AE
     Column("received_at", TS, nullable=False),

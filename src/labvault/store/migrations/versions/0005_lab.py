@@ -117,6 +117,7 @@ def upgrade() -> None:
         sa.Column("tenant_id", ID, nullable=False),
         sa.Column("message_id", ID, nullable=False),
         sa.Column("control_digest", DIGEST, nullable=False),
+        sa.Column("patient_id", ID, nullable=True),
         sa.Column("message_type", sa.String(20), nullable=False),
         sa.Column("status", sa.String(2), nullable=False),
         sa.Column("received_at", TS, nullable=False),
