@@ -340,6 +340,10 @@ def test_each_role_sees_exactly_its_categories(world: World, client: TestClient)
         for cat, f in fields.items():
             if world.a.patient_data[0].get(f) is not None:
                 assert (f in body) == (cat in cats), (role, f)
+        # technicians get minimal identity only: no NIR, INS, birth place, legacy id
+        for f in ("nir", "birth_place_insee", "external_id"):
+            if world.a.patient_data[0].get(f) is not None:
+                assert (f in body) == (role != "technician"), (role, f)
 
 
 def test_security_headers_size_limit_and_public_paths(world: World, client: TestClient) -> None:

@@ -146,3 +146,17 @@ def test_break_glass_through_gate_alerts_and_audits(world: World) -> None:
     entries = lv.gate.audit.entries  # type: ignore[attr-defined]
     assert entries[-1][1].break_glass and entries[-1][2] == "allowed"
     assert any(e[2] == "denied" and e[0].actor.id == dpo.id for e in entries)
+
+
+def test_minimal_identity_for_technicians_full_when_another_role_grants_it() -> None:
+    from labvault.access.policy import MINIMAL_IDENTITY
+    tech = POLICY.decide(Access(_staff("technician"), Action.READ, "lab_a", ALL,
+                                patient_ids=("pt_1",)))
+    assert set(tech.detail["fields"]["identity"]) == MINIMAL_IDENTITY
+    assert "clinical" not in tech.detail["fields"]
+    both = Actor(kind="staff", id="x", tenant_id="lab_a",
+                 roles=frozenset({"technician", "reception"}))
+    d = POLICY.decide(Access(both, Action.READ, "lab_a", ALL, patient_ids=("pt_1",)))
+    assert d.categories == ALL and "fields" not in d.detail
+    assert "fields" not in POLICY.decide(Access(_staff("biologist"), Action.READ, "lab_a", ALL,
+                                                patient_ids=("pt_1",))).detail

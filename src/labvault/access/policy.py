@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from labvault.domain.categories import PATIENT_CATEGORIES, Action, Category
 from labvault.services.gate import Access, Decision
@@ -50,6 +51,8 @@ class Rule:
     scope: str
     break_glass: bool = False
     note: str = ""
+    # category -> the only fields of it this row opens (absent: the whole category)
+    fields: tuple[tuple[Category, frozenset[str]], ...] = ()
 
     @property
     def name(self) -> str:
@@ -64,16 +67,24 @@ _ACT = {"r": Action.READ, "s": Action.SEARCH, "w": Action.WRITE, "v": Action.VAL
 
 
 def R(role: str, resource: str, actions: str, cats: str = "", purposes: str = ANY_PURPOSE,
-      scope: str = OWN, break_glass: bool = False, note: str = "") -> Rule:
+      scope: str = OWN, break_glass: bool = False, note: str = "",
+      fields: dict[str, frozenset[str]] | None = None) -> Rule:
     """One row. actions: r=read s=search w=write v=validate x=export e=erase;
-    categories: I=identity C=contact V=coverage K=clinical A=account."""
+    categories: I=identity C=contact V=coverage K=clinical A=account;
+    fields: {category letter: the only fields opened} for a partial category."""
     assert resource in RESOURCES, resource
     return Rule(role, resource, frozenset(_ACT[a] for a in actions),
                 frozenset(_CAT[c] for c in cats), frozenset(purposes.split(",")), scope,
-                break_glass, note)
+                break_glass, note,
+                tuple(sorted(((_CAT[c], f) for c, f in (fields or {}).items()),
+                             key=lambda x: x[0].value)))
 
 
 ALL4 = "ICVK"
+# Minimal identity: enough to identify the person on a tube or a result (identity
+# vigilance), not the NIR, INS, birth place or legacy id.
+MINIMAL_IDENTITY = frozenset({"birth_name", "used_name", "first_names", "birth_date", "sex"})
+MIN_I = {"I": MINIMAL_IDENTITY}
 CLINICAL_RESOURCES = ("order", "specimen", "observation", "report")
 
 RULES: tuple[Rule, ...] = (
@@ -85,14 +96,15 @@ RULES: tuple[Rule, ...] = (
     R("reception", "specimen", "rw", "IK", note="specimen collection at the desk"),
     R("reception", "import-issue", "rw", "ICV"),
     # technician: clinical work of its laboratory, identity kept minimal
-    R("technician", "patient", "rs", "IK", "care"),
-    R("technician", "order", "r", "IK"),
-    R("technician", "specimen", "rw", "IK"),
-    R("technician", "observation", "rwv", "IK", note="validate = technical validation"),
-    R("technician", "report", "r", "IK"),
-    R("technician", "hl7-message", "r", "IK"),
+    R("technician", "patient", "rs", "IK", "care", fields=MIN_I),
+    R("technician", "order", "r", "IK", fields=MIN_I),
+    R("technician", "specimen", "rw", "IK", fields=MIN_I),
+    R("technician", "observation", "rwv", "IK", note="validate = technical validation",
+      fields=MIN_I),
+    R("technician", "report", "r", "IK", fields=MIN_I),
+    R("technician", "hl7-message", "r", "IK", fields=MIN_I),
     R("technician", "hl7-message", "w", ALL4, note="instrument / middleware messages in"),
-    R("technician", "import-issue", "rw", "IK"),
+    R("technician", "import-issue", "rw", "IK", fields=MIN_I),
     # biologist: every category of its laboratory, biological validation
     R("biologist", "patient", "rsw", ALL4, "care,administration"),
     R("biologist", "patient", "e", ALL4, "erasure"),
@@ -187,6 +199,24 @@ class TablePolicy:
             return opened or None
         return asked if asked <= granted else None
 
+    @staticmethod
+    def _fields(rules: list[Rule], cats: frozenset[Category]) -> dict[str, Any]:
+        """Field restrictions of the opened categories: a category is restricted only if
+        every matching row granting it restricts it (union of their fields)."""
+        out: dict[str, Any] = {}
+        for cat in cats:
+            allowed: set[str] = set()
+            for r in rules:
+                if cat not in r.categories:
+                    continue
+                restricted = dict(r.fields).get(cat)
+                if restricted is None:
+                    break
+                allowed |= restricted
+            else:
+                out[cat.value] = sorted(allowed)
+        return {"fields": out} if out else {}
+
     def decide(self, access: Access) -> Decision:
         kind = access.actor.kind
         if kind in ("operator", "system"):
@@ -196,7 +226,7 @@ class TablePolicy:
         rules = self._matching(access, break_glass=False)
         cats = self._grant(access, rules)
         if cats is not None:
-            return Decision(True, cats, rule=rules[0].name)
+            return Decision(True, cats, rule=rules[0].name, detail=self._fields(rules, cats))
         if access.purpose == BREAK_GLASS:
             reason = (access.reason or "").strip()
             bg = self._matching(access, break_glass=True)
@@ -224,6 +254,8 @@ def render_markdown(rules: Iterable[Rule] = RULES) -> str:
         "record only.",
         "- **categories**: what may be opened; reading returns only the granted categories "
         "(minimal data), other actions need every category they touch granted.",
+        "- **categories** with a field list open only those fields (e.g. minimal identity "
+        "for technicians: names, birth date, sex — no NIR, INS, birth place).",
         "- **purposes**: `*` is any purpose except `break-glass`.",
         f"- **break-glass** rows allow only with purpose `break-glass` and a written reason of "
         f"at least {MIN_REASON} characters; the decision is flagged, audited and raises an alert.",
@@ -236,7 +268,10 @@ def render_markdown(rules: Iterable[Rule] = RULES) -> str:
     order = {c: i for i, c in enumerate((*PATIENT_CATEGORIES, Category.ACCOUNT))}
     for r in rules:
         acts = ", ".join(a.value for a in Action if a in r.actions)
-        cats = ", ".join(c.value for c in sorted(r.categories, key=order.__getitem__)) or "—"
+        restricted = dict(r.fields)
+        cats = ", ".join(c.value + (f" ({', '.join(sorted(restricted[c]))} only)"
+                                    if c in restricted else "")
+                         for c in sorted(r.categories, key=order.__getitem__)) or "—"
         purposes = ", ".join(sorted(r.purposes))
         lines.append(f"| {r.role} | {r.resource} | {acts} | {cats} | {purposes} | {r.scope} | "
                      f"{'yes' if r.break_glass else ''} | {r.note} |")

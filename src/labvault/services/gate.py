@@ -183,13 +183,17 @@ class Gate:
         wanted = [c for c in access.categories if c in decision.categories]
         rows = repo.sealed_patients(conn, access.tenant_id, access.patient_ids, wanted)
         out: dict[str, dict[Category, dict[str, Any]]] = {}
+        only: Mapping[str, Any] = decision.detail.get("fields", {})   # partial categories
         for patient_id, blobs in rows.items():
             dek = self._dek(conn, access.tenant_id, patient_id)
             opened: dict[Category, dict[str, Any]] = {}
             for cat, blob in blobs.items():
                 if blob is not None:
                     ctx = SealContext(access.tenant_id, "patients", cat.value, patient_id)
-                    opened[cat] = json.loads(dek.open(ctx, blob))
+                    values = json.loads(dek.open(ctx, blob))
+                    if cat.value in only:
+                        values = {k: v for k, v in values.items() if k in only[cat.value]}
+                    opened[cat] = values
             out[patient_id] = opened
         return out
 
