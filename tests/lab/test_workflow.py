@@ -200,3 +200,24 @@ def test_catalogue_override(lab_lv: Labvault, operator: Actor, tenant_id: str,
     assert o.observation.catalogue_version == "lab-2026.2"
     assert o.observation.reference_range == "11-18 g/dL" and o.observation.flag == L.Flag.NORMAL
     assert datetime.now(UTC) > o.created_at
+
+
+def test_workflow_under_the_access_table_policy(lv: Labvault, operator: Actor, tenant_id: str,
+                                                technician: Actor, biologist: Actor) -> None:
+    """The real role table (access area): technician enters and validates technically,
+    only the biologist validates biologically; a receptionist cannot touch results."""
+    from labvault.access.policy import TablePolicy
+    lv.gate.policy = TablePolicy()
+    pid = lv.patients.register(operator, tenant_id, patient_data())
+    oid = _ordered(lv, operator, tenant_id, pid)
+    (o,) = lv.lab.enter_results(technician, oid, [{"code": "718-7", "value": 13.0}])
+    assert o.observation.reference_range == "12-16 g/dL"      # sex/age read within the rules
+    reception = Actor(kind="staff", id="acc_rec", tenant_id=tenant_id,
+                      roles=frozenset({"reception"}))
+    with pytest.raises(AccessDenied):
+        lv.lab.enter_results(reception, oid, [{"code": "718-7", "value": 14.0}])
+    lv.lab.validate_technical(technician, oid)
+    with pytest.raises(AccessDenied):
+        lv.lab.validate_biological(technician, oid)
+    rep = lv.lab.validate_biological(biologist, oid)
+    assert rep.status == "final" and rep.steps["biological"].by == biologist.id

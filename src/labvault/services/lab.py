@@ -375,15 +375,19 @@ class LabService:
         """Sex and birth date (for reference ranges), read through the gate."""
         if dek is not None:
             # The caller holds the patient's key already: one check, one row, one unseal.
-            self.lv.gate.check(conn, Access(actor, Action.READ, tenant_id, IDENTITY,
-                                            patient_ids=(patient_id,), resource="patient"))
+            decision = self.lv.gate.check(conn, Access(
+                actor, Action.READ, tenant_id, IDENTITY, patient_ids=(patient_id,),
+                resource="patient"))
             blobs = repo.sealed_patients(conn, tenant_id, (patient_id,), (Category.IDENTITY,))
-            blob = blobs.get(patient_id, {}).get(Category.IDENTITY)
             if patient_id not in blobs:
                 raise NotFound("no such patient", "check the patient id")
+            if Category.IDENTITY not in decision.categories:
+                return {"sex": None, "birth_date": None}     # any-sex, any-age ranges then
             ident = self._open(dek, tenant_id, "patients", Category.IDENTITY.value, patient_id,
-                               blob)
-            return {"sex": ident.get("sex"), "birth_date": ident.get("birth_date")}
+                               blobs[patient_id].get(Category.IDENTITY))
+            only = decision.detail.get("fields", {}).get(Category.IDENTITY.value)
+            return {k: ident.get(k) if only is None or k in only else None
+                    for k in ("sex", "birth_date")}
         if repo.patient_tenant(conn, patient_id) != tenant_id:
             raise NotFound("no such patient", "check the patient id")
         opened = self.lv.gate.read_patients(conn, Access(
