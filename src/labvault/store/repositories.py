@@ -214,6 +214,34 @@ def shred_patient(conn: Connection, tenant_id: str, patient_id: str, at: datetim
     return bool(had_key)
 
 
+def unshredded(conn: Connection, ids: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Those (tenant, patient) pairs that still hold a data key, index rows, sealed blobs
+    or an active status — i.e. whose erasure is not (or no longer) in effect."""
+    wanted = set(ids)
+    out: set[tuple[str, str]] = set()
+    pids = sorted({p for _, p in wanted})
+    for i in range(0, len(pids), 500):
+        chunk = pids[i:i + 500]
+        queries = (
+            select(patient_keys.c.tenant_id, patient_keys.c.patient_id).where(
+                patient_keys.c.patient_id.in_(chunk)),
+            select(blind_index.c.tenant_id, blind_index.c.patient_id).where(
+                blind_index.c.patient_id.in_(chunk)),
+            select(patients.c.tenant_id, patients.c.patient_id).where(
+                patients.c.patient_id.in_(chunk),
+                (patients.c.status != "erased") | patients.c.identity.is_not(None)
+                | patients.c.contact.is_not(None) | patients.c.coverage.is_not(None)
+                | patients.c.clinical.is_not(None)),
+            select(shred_log.c.tenant_id, shred_log.c.patient_id).where(
+                shred_log.c.patient_id.in_(chunk)),
+        )
+        for q in queries[:3]:
+            out.update((r[0], r[1]) for r in conn.execute(q))
+        logged = {(r[0], r[1]) for r in conn.execute(queries[3])}
+        out.update(k for k in wanted if k[1] in chunk and k not in logged)
+    return out & wanted
+
+
 def shredded_ids(conn: Connection) -> set[tuple[str, str]]:
     return {(r[0], r[1]) for r in conn.execute(select(shred_log.c.tenant_id,
                                                       shred_log.c.patient_id))}
