@@ -59,18 +59,25 @@ class PatientService:
         self.lv = lv
 
     # -- writing ---------------------------------------------------------------------------
-    def _prepare(self, conn: Connection, access: Access, tenant_id: str, rec: PatientRecord,
-                 line: int = 0) -> _Prepared:
-        lv = self.lv
-        patient_id = new_id("pt")
+    def _key_versions(self, conn: Connection, tenant_id: str) -> tuple[int, int]:
+        """Current (KEK, index key) versions: read once per transaction, not per patient."""
         kek_version = repo.current_key_version(conn, tenant_id, "kek")
         index_version = repo.current_key_version(conn, tenant_id, "index")
         assert kek_version is not None and index_version is not None
+        return kek_version, index_version
+
+    def _prepare(self, conn: Connection, access: Access, tenant_id: str, rec: PatientRecord,
+                 line: int = 0, versions: tuple[int, int] | None = None,
+                 indexer: bi.Indexer | None = None) -> _Prepared:
+        lv = self.lv
+        patient_id = new_id("pt")
+        kek_version, index_version = versions or self._key_versions(conn, tenant_id)
         dek, wrapped = lv.keyring.new_dek(tenant_id, patient_id, kek_version)
         blobs = lv.gate.seal_patient(conn, access, dek, patient_id, rec.categories())
         ts = lv.now()
-        idx_key = lv.keyring.blind_index_key(tenant_id, index_version)
-        digests = indexing.digests(idx_key, indexing.index_values(rec))
+        digests = indexing.digests(
+            indexer or lv.keyring.blind_index_key(tenant_id, index_version),
+            indexing.index_values(rec))
         ext = next((d for k, d in digests if k == bi.EXTERNAL_ID), None)
         return _Prepared(
             line, patient_id, ext,
@@ -195,10 +202,9 @@ class PatientService:
                        report: ImportReport) -> list[_Prepared]:
         lv = self.lv
         lv.load_tenant_keys(conn, tenant_id)
-        idx = repo.current_key_version(conn, tenant_id, "index")
-        assert idx is not None
-        idx_key = lv.keyring.blind_index_key(tenant_id, idx)
-        ext = {n: bi.digest(idx_key, bi.EXTERNAL_ID, r.external_id)
+        versions = self._key_versions(conn, tenant_id)
+        indexer = bi.Indexer(lv.keyring.blind_index_key(tenant_id, versions[1]))
+        ext = {n: indexer.digest(bi.EXTERNAL_ID, r.external_id)
                for n, r in batch if r.external_id}
         existing = repo.find_by_digests(conn, tenant_id, bi.EXTERNAL_ID, list(set(ext.values())))
         seen: set[bytes] = set()
@@ -214,7 +220,8 @@ class PatientService:
         access = self._write_access(actor, tenant_id, (), "migration")
         if todo:
             lv.gate.check(conn, access)
-        return [self._prepare(conn, access, tenant_id, rec, n) for n, rec in todo]
+        return [self._prepare(conn, access, tenant_id, rec, n, versions, indexer)
+                for n, rec in todo]
 
     def update(self, actor: Actor, patient_id: str, data: object) -> None:
         """Replace a patient's record (same shape as registration); the data key is kept."""
