@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import sqlite3
 
 import pytest
 from sqlalchemy import select, update
@@ -15,7 +16,7 @@ from labvault.errors import IntegrityError
 from labvault.services.app import Labvault
 from labvault.store.schema import patient_keys, patients
 from labvault.synthetic import make_finess
-from tests.foundation.conftest import synthetic
+from tests.foundation.conftest import Cli, synthetic, write_ndjson
 
 
 def _two_patients(lv: Labvault, operator: Actor, tenant_id: str) -> tuple[str, str]:
@@ -97,3 +98,21 @@ def test_truncated_and_foreign_values(lv: Labvault, operator: Actor, tenant_id: 
         _set(lv, patients, "identity", a, bad)
         with pytest.raises(IntegrityError):
             lv.patients.show(operator, a)
+
+
+def test_cli_reports_tampering_without_traceback(sqlite_cli: Cli) -> None:
+    cli = sqlite_cli
+    tenant = cli.init_with_tenant()
+    recs = synthetic(2, seed=47)
+    cli.ok("patient", "import", str(write_ndjson(cli.root / "p.ndjson", recs)), "--tenant", tenant)
+    a = cli.ok("patient", "find", "--tenant", tenant, "--nir", recs[0]["nir"])["patients"][0]
+    b = cli.ok("patient", "find", "--tenant", tenant, "--nir", recs[1]["nir"])["patients"][0]
+    con = sqlite3.connect(cli.db_file)
+    con.execute("UPDATE patients SET contact = (SELECT contact FROM patients WHERE patient_id = ?) "
+                "WHERE patient_id = ?", (a, b))
+    con.commit()
+    con.close()
+    r = cli.run("patient", "show", b, "--json")
+    assert r.exit_code == 1 and r.stdout == ""
+    assert "integrity error" in r.stderr and "failed authentication" in r.stderr
+    assert "Traceback" not in r.stderr and recs[0]["email"] not in r.stderr
