@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.engine import Connection
 
 from labvault.crypto import WrappedTenantKey
@@ -65,10 +65,16 @@ def all_tenant_key_records(conn: Connection) -> list[WrappedTenantKey]:
                              r["wrapped"], r["created_at"]) for r in rows]
 
 
+# Hot-path statements are built once: building a select and its cache key costs more
+# than running it on SQLite (lookups run these on every call).
+_CURRENT_KEY_VERSION = select(func.max(tenant_keys.c.version)).where(
+    tenant_keys.c.tenant_id == bindparam("tenant_id"),
+    tenant_keys.c.purpose == bindparam("purpose"),
+    tenant_keys.c.status == "active")
+
+
 def current_key_version(conn: Connection, tenant_id: str, purpose: str) -> int | None:
-    v = conn.execute(select(func.max(tenant_keys.c.version)).where(
-        tenant_keys.c.tenant_id == tenant_id, tenant_keys.c.purpose == purpose,
-        tenant_keys.c.status == "active")).scalar()
+    v = conn.execute(_CURRENT_KEY_VERSION, {"tenant_id": tenant_id, "purpose": purpose}).scalar()
     return int(v) if v is not None else None
 
 
@@ -168,10 +174,14 @@ def update_dek(conn: Connection, tenant_id: str, patient_id: str, kek_version: i
 
 
 # -- blind indexes ---------------------------------------------------------------------
+_FIND_BY_DIGEST = select(blind_index.c.patient_id).where(
+    blind_index.c.tenant_id == bindparam("tenant_id"), blind_index.c.kind == bindparam("kind"),
+    blind_index.c.digest == bindparam("digest", type_=blind_index.c.digest.type))
+
+
 def find_by_digest(conn: Connection, tenant_id: str, kind: str, digest: bytes) -> list[str]:
-    return list(conn.execute(select(blind_index.c.patient_id).where(
-        blind_index.c.tenant_id == tenant_id, blind_index.c.kind == kind,
-        blind_index.c.digest == digest)).scalars())
+    return list(conn.execute(_FIND_BY_DIGEST, {"tenant_id": tenant_id, "kind": kind,
+                                               "digest": digest}).scalars())
 
 
 def find_by_digests(conn: Connection, tenant_id: str, kind: str,
