@@ -23,6 +23,14 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "LABVAULT_PKCS11_MODULE": ("", "path of the PKCS#11 module (e.g. libsofthsm2.so)"),
     "LABVAULT_PKCS11_TOKEN": ("labvault", "label of the PKCS#11 token holding the root key"),
     "LABVAULT_PKCS11_PIN": ("", "user PIN of the PKCS#11 token"),
+    "LABVAULT_AUDIT_RETENTION_DAYS": ("365", "days audit entries are kept before "
+                                             "`labvault audit prune` removes them; 0 = forever"),
+    "LABVAULT_AUDIT_CHECKPOINT_EVERY": ("1000", "write a signed audit checkpoint every N "
+                                                "entries of a chain; 0 = only on demand"),
+    "LABVAULT_AUDIT_SYSLOG": ("", "also send each audit checkpoint as an RFC 5424 syslog "
+                                  "message: udp://host:514 or tcp://host:601; empty = off"),
+    "LABVAULT_AUDIT_SIGNING_KEY": ("", "Ed25519 audit checkpoint signing key file; empty = "
+                                       "<root key file>.audit-signing beside the root key"),
 }
 
 
@@ -58,7 +66,7 @@ class Settings:
             pkcs11_module=_env("LABVAULT_PKCS11_MODULE", e),
             pkcs11_token=_env("LABVAULT_PKCS11_TOKEN", e),
             pkcs11_pin=_env("LABVAULT_PKCS11_PIN", e),
-            extra={k: v for k, v in e.items() if k.startswith("LABVAULT_") and k not in SETTINGS},
+            extra={k: v for k, v in e.items() if k.startswith("LABVAULT_")},
         )
 
     def with_provider(self, provider: str) -> Settings:

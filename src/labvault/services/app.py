@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy.engine import Connection, Engine
 
@@ -79,6 +79,15 @@ class ShredLogFile:
                     yield d["tenant_id"], d["patient_id"], datetime.fromisoformat(d["at"])
 
 
+class TxObserver(Protocol):
+    """Learns how each ``Labvault.begin`` transaction ended (the audit log uses it to write
+    refusals again after they rolled back, and to sign checkpoints only once committed)."""
+
+    def tx_begin(self) -> None: ...
+
+    def tx_end(self, lv: Labvault, committed: bool, savepoint: bool) -> None: ...
+
+
 class Labvault:
     def __init__(self, settings: Settings, engine: Engine, keyring: KeyRing,
                  policy: Policy | None = None, budget: BudgetHook | None = None,
@@ -89,6 +98,7 @@ class Labvault:
         self.keyring = keyring
         self._bound = bound
         self.shred_log = ShredLogFile(settings.data_dir / "shred.log")
+        self.tx_observers: list[TxObserver] = []
         self.alerts: AlertSink = alerts or LogAlerts()
         self.gate = Gate(keyring, policy or OperatorOnlyPolicy(), budget or NoBudget(),
                          audit or MemoryAudit(), self.load_tenant_keys)
@@ -130,12 +140,22 @@ class Labvault:
     @contextmanager
     def begin(self) -> Iterator[Connection]:
         """A transaction: everything inside commits together or not at all."""
-        if self._bound is not None:
-            with self._bound.begin_nested():
-                yield self._bound
-        else:
-            with self.engine.begin() as conn:
-                yield conn
+        observers = tuple(self.tx_observers)
+        for o in observers:
+            o.tx_begin()
+        try:
+            if self._bound is not None:
+                with self._bound.begin_nested():
+                    yield self._bound
+            else:
+                with self.engine.begin() as conn:
+                    yield conn
+        except BaseException:
+            for o in observers:
+                o.tx_end(self, False, self._bound is not None)
+            raise
+        for o in observers:
+            o.tx_end(self, True, self._bound is not None)
 
     # -- keys ---------------------------------------------------------------------------
     def load_tenant_keys(self, conn: Connection, tenant_id: str) -> None:

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from labvault.config import Settings
 from labvault.services.app import Labvault
+from labvault.services.audit import install_audit
 
 
 def open_labvault(settings: Settings) -> Labvault:
-    return Labvault.open(settings)
+    lv = Labvault.open(settings)
+    install_audit(lv)
+    return lv
 
 
 def init_labvault(settings: Settings) -> Labvault:

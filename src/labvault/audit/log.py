@@ -1,0 +1,381 @@
+"""``AuditLog``: the gate's audit hook, writing chained entries in the caller's transaction.
+
+Append (per chain, serialised by the chain-head row):
+
+1. take the chain head (cached in process; else ``SELECT … FOR UPDATE``);
+2. build the entry bytes with the previous leaf hash, MAC them with the current key,
+   evolve the key, push the leaf into the Merkle frontier;
+3. ``UPDATE audit_heads … WHERE next_seq = expected`` (moves the head, or tells us another
+   process did: then reload under lock and redo) and ``INSERT`` the entry.
+
+Refusals (``denied``/``failure``) are written in the caller's transaction like the rest;
+when that transaction rolls back — which is what a refusal usually causes — they are
+written again in a transaction of their own (``tx_end``), so no refusal goes unrecorded.
+Automatic checkpoints are signed only after the transaction that reached them commits.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import update
+from sqlalchemy.engine import Connection
+
+from labvault.audit import chain as ch
+from labvault.audit.checkpoints import Checkpoint, CheckpointStore, SigningKey
+from labvault.audit.entry import (
+    CLIENT_MARKERS,
+    PLATFORM,
+    Draft,
+    canonical,
+    sorted_codes,
+    split_detail,
+)
+from labvault.config import SETTINGS, Settings
+from labvault.crypto import DataKey, SealContext
+from labvault.domain.actors import Actor
+from labvault.errors import KeyUnavailable
+from labvault.store import repositories as repo
+from labvault.store import repositories_audit as arepo
+from labvault.store.ids import new_id
+from labvault.store.tables_audit import audit_heads
+
+if TYPE_CHECKING:
+    from labvault.services.app import Labvault
+    from labvault.services.gate import Access, Decision
+
+log = logging.getLogger("labvault.audit")
+
+K0_LABEL = "audit-chain/k0"
+AUDIT_KEY_VERSION = 1       # k_0 always derives from version 1 of the tenant's audit key
+RESCUED_OUTCOMES = frozenset({"denied", "failure"})
+
+
+def setting(settings: Settings, name: str) -> str:
+    return settings.extra.get(name) or SETTINGS[name][0]
+
+
+def signing_key_path(settings: Settings) -> Path:
+    """Beside the root key file (never in the data directory nor the database)."""
+    explicit = setting(settings, "LABVAULT_AUDIT_SIGNING_KEY")
+    if explicit:
+        return Path(explicit).expanduser().absolute()
+    base = settings.key_file or settings.data_dir.with_name(settings.data_dir.name + ".key")
+    return base.with_name(base.name + ".audit-signing")
+
+
+@dataclass(slots=True)
+class _Frame:
+    rescue: list[Draft] = field(default_factory=list)
+    chains: set[str] = field(default_factory=set)
+    checkpoints: list[tuple[str, int, bytes, bytes, list[bytes]]] = field(default_factory=list)
+
+    def merge(self, child: _Frame) -> None:
+        self.rescue.extend(child.rescue)
+        self.chains |= child.chains
+        self.checkpoints.extend(child.checkpoints)
+
+
+class AuditLog:
+    """Implements ``services.gate.AuditHook`` and ``services.app.TxObserver``."""
+
+    def __init__(self, settings: Settings, clock: Callable[[], int] | None = None) -> None:
+        self.settings = settings
+        self.clock = clock or (lambda: time.time_ns() // 1000)
+        self.checkpoint_every = int(setting(settings, "LABVAULT_AUDIT_CHECKPOINT_EVERY"))
+        self.retention_days = int(setting(settings, "LABVAULT_AUDIT_RETENTION_DAYS"))
+        self.checkpoints = CheckpointStore(settings.data_dir / "checkpoints",
+                                           SigningKey(signing_key_path(settings)),
+                                           setting(settings, "LABVAULT_AUDIT_SYSLOG"))
+        self._lv: Labvault | None = None
+        self._heads: dict[str, ch.State] = {}
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._tenants: set[str] = set()
+        self._audit_keys: dict[str, DataKey] = {}
+        self._data_keys: dict[str, DataKey] = {}
+
+    # -- wiring ---------------------------------------------------------------------------
+    def attach(self, lv: Labvault) -> AuditLog:
+        self._lv = lv
+        lv.gate.audit = self
+        lv.tx_observers[:] = [o for o in lv.tx_observers if not isinstance(o, AuditLog)]
+        lv.tx_observers.append(self)
+        return self
+
+    @property
+    def lv(self) -> Labvault:
+        if self._lv is None:
+            raise RuntimeError("AuditLog.attach(lv) was not called")
+        return self._lv
+
+    # -- AuditHook ------------------------------------------------------------------------
+    def record(self, conn: Connection, access: Access, decision: Decision, outcome: str) -> None:
+        a = access.actor
+        cats = decision.categories & access.categories if decision.allowed else access.categories
+        body: dict[str, Any] = {
+            "v": 1, "actor_kind": a.kind, "roles": sorted_codes(a.roles),
+            "actor_tenant": a.tenant_id, "resource": access.resource,
+            "patients": list(access.patient_ids), "categories": sorted_codes(cats),
+            "purpose": access.purpose, "rule": decision.rule, "request_id": a.request_id,
+            "session_id": a.session_id, "tenant": access.tenant_id,
+        }
+        if decision.break_glass:
+            body["break_glass"] = True
+        clear, private = split_detail(decision.detail)
+        if clear:
+            body["detail"] = clear
+        if access.reason:
+            private["reason"] = access.reason
+        self._draft_and_append(conn, a, access.tenant_id, access.action.value, outcome, body,
+                               access.patient_ids, private)
+
+    def event(self, conn: Connection, actor: Actor, event: str, outcome: str,
+              tenant_id: str | None, detail: Mapping[str, Any]) -> None:
+        clear, private = split_detail(detail)
+        pids = tuple(str(p) for p in ([detail["patient_id"]] if detail.get("patient_id") else [])
+                     + list(detail.get("patient_ids") or ()))
+        body: dict[str, Any] = {
+            "v": 1, "event": True, "actor_kind": actor.kind, "roles": sorted_codes(actor.roles),
+            "actor_tenant": actor.tenant_id, "resource": str(detail.get("resource", "security")),
+            "patients": list(pids), "categories": [], "purpose": detail.get("purpose"),
+            "rule": None, "request_id": actor.request_id, "session_id": actor.session_id,
+            "tenant": tenant_id, "detail": clear,
+        }
+        self._draft_and_append(conn, actor, tenant_id, event, outcome, body, pids, private)
+
+    def _draft_and_append(self, conn: Connection, actor: Actor, tenant_id: str | None,
+                          action: str, outcome: str, body: dict[str, Any],
+                          patient_ids: tuple[str, ...], private: dict[str, Any]) -> None:
+        client = actor.client
+        if client is not None and client not in CLIENT_MARKERS:
+            private["client"] = client       # an address is personal data: sealed
+            client = None
+        body["client"] = client
+        draft = Draft(tenant_id, self.clock(), ch.clean(actor.id), ch.clean(action),
+                      ch.clean(outcome), body, tuple(ch.clean(p) for p in patient_ids), private,
+                      new_id("ae"))
+        self._append(conn, draft)
+        if outcome in RESCUED_OUTCOMES:
+            frame = self._frame()
+            if frame is not None:
+                frame.rescue.append(draft)
+
+    # -- append ---------------------------------------------------------------------------
+    def _chain_of(self, conn: Connection, tenant_id: str | None) -> str:
+        if tenant_id is None or tenant_id == PLATFORM:
+            return PLATFORM
+        if tenant_id in self._tenants:
+            return tenant_id
+        if repo.get_tenant(conn, tenant_id) is not None:
+            self._tenants.add(tenant_id)
+            return tenant_id
+        return PLATFORM   # an unknown tenant id never creates a chain (nor keys)
+
+    def _append(self, conn: Connection, d: Draft) -> tuple[str, int]:
+        chain = self._chain_of(conn, d.tenant_id)
+        text: str | None = None
+        for _attempt in range(3):
+            with self._lock:
+                head = self._heads.get(chain)
+            if head is None:
+                head = self._load(conn, chain)
+            if text is None:       # the chain's keys exist once its head does
+                body = dict(d.body)
+                if d.private:
+                    body["sealed"] = base64.b64encode(
+                        self._seal_private(conn, chain, d.entry_id, d.private)).decode()
+                text = canonical(body)
+            seq = head.next_seq
+            row, new = ch.append(head, chain, d.entry_id, d.at_us, d.actor_id, d.patient_id,
+                                 d.action, d.outcome, text)
+            frontier = new.frontier
+            leaf = new.prev
+            sealed_key = self._seal_key(conn, chain, new.key)
+            if arepo.advance_head(conn, chain, seq, seq + 1, leaf, sealed_key,
+                                  ch.pack_frontier(frontier), _now()):
+                values = row._asdict()
+                values["tenant_id"] = values.pop("chain")
+                arepo.insert_entry(conn, values, d.patient_ids[1:])
+                with self._lock:
+                    self._heads[chain] = new
+                frame = self._frame()
+                if frame is not None:
+                    frame.chains.add(chain)
+                    if self.checkpoint_every > 0 and (seq + 1) % self.checkpoint_every == 0:
+                        frame.checkpoints.append((chain, seq + 1, ch.frontier_root(frontier),
+                                                  leaf, frontier))
+                return chain, seq
+            with self._lock:      # another writer moved the head: reload under lock
+                self._heads.pop(chain, None)
+        raise RuntimeError(f"audit chain {chain}: could not append after 3 attempts")
+
+    def _seal_private(self, conn: Connection, chain: str, entry_id: str,
+                      private: dict[str, Any]) -> bytes:
+        """Seal the private part of an entry under the chain's ``data`` key.
+
+        Free text (reasons, messages, any non-code detail) goes through
+        ``gate.seal_tenant_value``. A client address alone — on every request from the
+        network — is sealed with the same key, cached per chain, to keep the append cheap;
+        both open with ``gate.open_tenant_value_checked``."""
+        plaintext = canonical(private).encode()
+        ctx = SealContext(chain, "audit_entries", "body", entry_id)
+        if set(private) == {"client"}:
+            key = self._data_keys.get(chain)
+            if key is None:
+                self.lv.load_tenant_keys(conn, chain)
+                version = repo.current_key_version(conn, chain, "data")
+                if version is None:
+                    raise KeyUnavailable(f"tenant {chain} has no data key",
+                                         "run `labvault keys rotate` to create one")
+                key = self.lv.keyring.tenant_data_key(chain, "data", version)
+                self._data_keys[chain] = key
+            return key.seal(ctx, plaintext)
+        return self.lv.gate.seal_tenant_value(conn, chain, "audit_entries", "body", entry_id,
+                                              plaintext)
+
+    def _audit_key(self, conn: Connection, chain: str) -> DataKey:
+        key = self._audit_keys.get(chain)
+        if key is None:
+            self._ensure_keys(conn, chain)
+            key = self.lv.keyring.tenant_data_key(chain, "audit", AUDIT_KEY_VERSION)
+            self._audit_keys[chain] = key
+        return key
+
+    def _seal_key(self, conn: Connection, chain: str, key: bytes) -> bytes:
+        return self._audit_key(conn, chain).seal(
+            SealContext(chain, "audit_heads", "key_sealed", chain), key)
+
+    def _ensure_keys(self, conn: Connection, chain: str) -> None:
+        """The chain's audit key (and, for the platform chain, a data key for sealed
+        detail) exist and are loaded. Called with the chain head locked."""
+        lv = self.lv
+        records = repo.tenant_key_records(conn, chain)
+        have = {r.purpose for r in records}
+        wanted = ("audit", "data") if chain == PLATFORM else ("audit",)
+        for purpose in wanted:
+            if purpose not in have:
+                lv.keyring.forget(chain, purpose)
+                repo.insert_tenant_key(conn, lv.keyring.new_tenant_key(chain, purpose, 1))
+        for rec in repo.tenant_key_records(conn, chain):
+            lv.keyring.load(rec)
+
+    def k0(self, conn: Connection, chain: str) -> bytes:
+        """The chain's first MAC key, derived from the tenant's audit key (key provider)."""
+        if not any(r.purpose == "audit" for r in repo.tenant_key_records(conn, chain)):
+            raise KeyUnavailable(f"chain {chain} has no audit key",
+                                 "it is created with the chain's first entry")
+        for rec in repo.tenant_key_records(conn, chain):
+            self.lv.keyring.load(rec)
+        return self.lv.keyring.tenant_secret(chain, "audit", AUDIT_KEY_VERSION, K0_LABEL)
+
+    def _load(self, conn: Connection, chain: str) -> ch.State:
+        row = arepo.head_for_update(conn, chain)
+        if row is None:
+            arepo.create_head(conn, chain, b"", _now())
+            row = arepo.head_for_update(conn, chain)
+            assert row is not None
+        if not row["key_sealed"]:   # a new chain; we hold its head
+            self._ensure_keys(conn, chain)
+            key = self.k0(conn, chain)
+            conn.execute(update(audit_heads).where(audit_heads.c.tenant_id == chain)
+                         .values(key_sealed=self._seal_key(conn, chain, key)))
+        else:
+            self._ensure_keys(conn, chain)
+            key = self.lv.gate.open_tenant_value_checked(
+                conn, chain, "audit_heads", "key_sealed", chain, row["key_sealed"],
+                purpose="audit")
+        head = ch.State(int(row["next_seq"]), bytes(row["last_hash"]), key,
+                     ch.unpack_frontier(bytes(row["frontier"])))
+        with self._lock:
+            self._heads[chain] = head
+        return head
+
+    def current_key(self, conn: Connection, chain: str) -> bytes:
+        """The chain's current MAC key as stored in its head (for tests and forensics:
+        this is what an intruder on the running system would hold)."""
+        with self._lock:
+            self._heads.pop(chain, None)
+        return self._load(conn, chain).key
+
+    def forget_cache(self) -> None:
+        with self._lock:
+            self._heads.clear()
+
+    # -- transactions (TxObserver) ---------------------------------------------------------
+    def _stack(self) -> list[_Frame]:
+        stack: list[_Frame] | None = getattr(self._local, "stack", None)
+        if stack is None:
+            stack = []
+            self._local.stack = stack
+        return stack
+
+    def _frame(self) -> _Frame | None:
+        stack = self._stack()
+        return stack[-1] if stack else None
+
+    def tx_begin(self) -> None:
+        self._stack().append(_Frame())
+
+    def tx_end(self, lv: Labvault, committed: bool, savepoint: bool) -> None:
+        stack = self._stack()
+        if not stack:
+            return
+        frame = stack.pop()
+        if committed:
+            if savepoint and stack:
+                stack[-1].merge(frame)      # not durable until the enclosing one commits
+            else:
+                for cp in frame.checkpoints:
+                    self._auto_checkpoint(*cp)
+            return
+        with self._lock:
+            for chain in frame.chains:
+                self._heads.pop(chain, None)
+        if frame.rescue and not getattr(self._local, "rescuing", False):
+            self._local.rescuing = True
+            try:
+                with lv.begin() as conn:
+                    for draft in frame.rescue:
+                        self._append(conn, draft)
+                        top = self._frame()
+                        if top is not None:
+                            top.rescue.append(draft)
+            except Exception:
+                log.exception("could not write %d refusal audit entries after a rollback",
+                              len(frame.rescue))
+            finally:
+                self._local.rescuing = False
+
+    def _auto_checkpoint(self, chain: str, size: int, root: bytes, leaf: bytes,
+                         frontier: list[bytes]) -> None:
+        try:
+            self.checkpoints.write(chain, size, root, leaf, frontier)
+        except Exception:  # a checkpoint failure must not fail the request that reached it
+            log.exception("automatic audit checkpoint of chain %s at %d failed", chain, size)
+
+    # -- reading helpers for the other audit modules ----------------------------------------
+    def open_private(self, conn: Connection, chain: str, entry_id: str,
+                     sealed: bytes) -> dict[str, Any]:
+        """Open an entry's sealed part; the caller has passed the gate for it."""
+        raw = self.lv.gate.open_tenant_value_checked(conn, chain, "audit_entries", "body",
+                                                     entry_id, sealed)
+        out: dict[str, Any] = json.loads(raw)
+        return out
+
+    def latest_checkpoint(self, chain: str) -> Checkpoint | None:
+        good, _ = self.checkpoints.list(chain)
+        return max(good, key=lambda c: c.tree_size, default=None)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,160 @@
+"""``labvault audit``: verify, checkpoint, prove, access, report, fhir, prune, register."""
+
+from __future__ import annotations
+
+import sys
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from labvault.cli._common import JsonOpt, emit, err_console, opened, out_console, user_errors
+from labvault.domain.actors import Actor
+from labvault.errors import UserError
+from labvault.services.audit import audit_of
+
+app = typer.Typer(no_args_is_help=True)
+
+
+def _when(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        if len(value) == 10:
+            d = date.fromisoformat(value)
+            return datetime(d.year, d.month, d.day, tzinfo=UTC)
+        dt = datetime.fromisoformat(value)
+    except ValueError:
+        raise UserError(f"{value!r} is not a date", "use YYYY-MM-DD or an ISO 8601 time") from None
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+@app.command("verify")
+@user_errors
+def verify(tenant: str = typer.Option(None, "--tenant", help="Only this chain (tenant id or "
+                                                              "_platform)."),
+           as_json: bool = JsonOpt) -> None:
+    """Verify every chain against its MACs and the signed checkpoints; exit 1 on tampering."""
+    with opened() as lv:
+        result = audit_of(lv).verify(tenant)
+
+    def human() -> None:
+        for c in result["chains"]:
+            status = "[green]ok[/]" if c["ok"] else "[bold red]TAMPERED[/]"
+            out_console.print(f"{c['tenant']}: {status} ({c['entries_checked']} entries, "
+                              f"{c['checkpoints_checked']} checkpoints)", highlight=False)
+            if c["problem"]:
+                p = c["problem"]
+                out_console.print(f"  at position {p['seq']} (entry {p['entry_id']}): "
+                                  f"{p['kind']}: {p['message']}", highlight=False)
+            for w in c["warnings"]:
+                out_console.print(f"  warning: {w}", highlight=False)
+
+    emit(result, as_json, human)
+    if not result["ok"]:
+        raise typer.Exit(1)
+
+
+@app.command("checkpoint")
+@user_errors
+def checkpoint(tenant: str = typer.Option(None, "--tenant", help="Only this chain."),
+               as_json: bool = JsonOpt) -> None:
+    """Verify, then sign a checkpoint of each chain (written outside the database)."""
+    with opened() as lv:
+        result = audit_of(lv).checkpoint(tenant)
+    emit(result, as_json, lambda: out_console.print_json(data=result))
+    if not result["ok"]:
+        raise typer.Exit(1)
+
+
+@app.command("prove")
+@user_errors
+def prove(entry: str = typer.Argument(..., help="Audit entry id (ae_...)."),
+          as_json: bool = JsonOpt) -> None:
+    """Inclusion proof (RFC 6962 audit path) of one entry against the latest checkpoint."""
+    with opened() as lv:
+        result = audit_of(lv).prove(entry)
+    emit(result, as_json, lambda: out_console.print_json(data=result))
+    if not result["verified"]:
+        raise typer.Exit(1)
+
+
+@app.command("access")
+@user_errors
+def access(patient: str = typer.Option(..., "--patient", help="Patient id (pt_...)."),
+           include_denied: bool = typer.Option(False, "--include-denied",
+                                               help="Also list refused attempts."),
+           since: str = typer.Option(None, "--since", help="From this date (YYYY-MM-DD)."),
+           as_json: bool = JsonOpt) -> None:
+    """Who saw this patient's record: when, role, laboratory, categories, purpose."""
+    with opened() as lv:
+        rows = audit_of(lv).access_log(Actor.operator(), patient, include_denied, _when(since))
+
+    def human() -> None:
+        t = Table("when", "who", "action", "categories", "purpose", "outcome")
+        for r in rows:
+            t.add_row(r["at"], r["who"], r["action"], ", ".join(r["categories"]),
+                      r["purpose"] or "", r["outcome"])
+        out_console.print(t)
+
+    emit(rows, as_json, human)
+
+
+@app.command("report")
+@user_errors
+def report(user: str = typer.Option(..., "--user", help="Account id (or os:user@host)."),
+           since: str = typer.Option(None, "--since", help="From (YYYY-MM-DD or ISO time)."),
+           until: str = typer.Option(None, "--until", help="Until (exclusive)."),
+           as_json: bool = JsonOpt) -> None:
+    """The DPO's report on one user: every decision and event, refusals included."""
+    with opened() as lv:
+        result = audit_of(lv).user_report(Actor.operator(), user, _when(since), _when(until))
+    emit(result, as_json, lambda: out_console.print_json(data={
+        k: v for k, v in result.items() if k != "items"}))
+
+
+@app.command("fhir")
+@user_errors
+def fhir(out: Path = typer.Option(..., "--out", help="NDJSON file to write ('-' = stdout)."),
+         tenant: str = typer.Option(None, "--tenant", help="Only this chain."),
+         since: str = typer.Option(None, "--since", help="From (YYYY-MM-DD)."),
+         as_json: bool = JsonOpt) -> None:
+    """Export the trail as FHIR R4 AuditEvent resources (IHE BALP) in NDJSON."""
+    with opened() as lv:
+        svc = audit_of(lv)
+        if str(out) == "-":
+            n = svc.export_fhir(Actor.operator(), sys.stdout, tenant, _when(since))
+            err_console.print(f"{n} AuditEvent resources written")
+            return
+        n = svc.export_fhir(Actor.operator(), out, tenant, _when(since))
+    emit({"file": str(out), "resources": n}, as_json,
+         lambda: out_console.print(f"{n} AuditEvent resources written to {out}"))
+
+
+@app.command("prune")
+@user_errors
+def prune(as_json: bool = JsonOpt) -> None:
+    """Delete entries older than LABVAULT_AUDIT_RETENTION_DAYS, anchored by a signed checkpoint."""
+    with opened() as lv:
+        result = audit_of(lv).prune()
+    emit(result, as_json, lambda: out_console.print_json(data=result))
+
+
+@app.command("register")
+@user_errors
+def register(fmt: str = typer.Option("md", "--format", help="md or json."),
+             out: Path = typer.Option(None, "--out", help="Write to this file.")) -> None:
+    """The record of processing activities (GDPR Art. 30), from the configuration."""
+    if fmt not in ("md", "json"):
+        raise UserError(f"unknown format {fmt!r}", "use --format md or --format json")
+    import json
+    with opened() as lv:
+        svc = audit_of(lv)
+        reg = svc.register()
+    text = svc.register_markdown(reg) if fmt == "md" else json.dumps(reg, ensure_ascii=False,
+                                                                       indent=1) + "\n"
+    if out is not None:
+        out.write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)

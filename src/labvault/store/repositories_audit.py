@@ -1,0 +1,196 @@
+"""Audit repositories: small functions over a Connection (the caller owns the transaction)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Select, delete, func, insert, or_, select, union, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection
+
+from labvault.store.tables_audit import audit_entries, audit_heads, audit_refs
+
+E = audit_entries.c
+H = audit_heads.c
+
+# -- chain heads ---------------------------------------------------------------------------
+def head_for_update(conn: Connection, chain: str) -> dict[str, Any] | None:
+    """The chain head, locked until the end of the transaction (PostgreSQL row lock;
+    SQLite serialises writers anyway)."""
+    row = conn.execute(select(audit_heads).where(H.tenant_id == chain)
+                       .with_for_update()).mappings().first()
+    return dict(row) if row else None
+
+
+def create_head(conn: Connection, chain: str, key_sealed: bytes, at: datetime) -> None:
+    """Insert an empty head unless one exists (two processes may race to create it)."""
+    values = {"tenant_id": chain, "next_seq": 0, "last_hash": bytes(32),
+              "key_sealed": key_sealed, "frontier": b"", "pruned_below": 0, "updated_at": at}
+    if conn.dialect.name == "postgresql":
+        conn.execute(pg_insert(audit_heads).values(**values).on_conflict_do_nothing())
+    elif conn.dialect.name == "sqlite":
+        conn.execute(sqlite_insert(audit_heads).values(**values).on_conflict_do_nothing())
+    else:  # pragma: no cover - only the two supported backends
+        conn.execute(insert(audit_heads).values(**values))
+
+
+_ADVANCE = ("UPDATE audit_heads SET next_seq = {p}, last_hash = {p}, key_sealed = {p}, "
+            "frontier = {p}, updated_at = {p} WHERE tenant_id = {p} AND next_seq = {p}")
+_INSERT = ("INSERT INTO audit_entries (tenant_id, seq, entry_id, at_us, actor_id, patient_id, "
+           "action, outcome, body, mac) VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p})")
+
+
+_SQL_CACHE: dict[tuple[str, str], str] = {}
+
+
+def _sql(conn: Connection, template: str) -> str:
+    """The hot statements as plain SQL in the driver's parameter style: the append runs on
+    every gate decision, and building Core statements costs several times the SQL itself."""
+    key = (conn.dialect.name, template)
+    sql = _SQL_CACHE.get(key)
+    if sql is None:
+        sql = _SQL_CACHE[key] = template.format(p="?" if key[0] == "sqlite" else "%s")
+    return sql
+
+
+def _ts(conn: Connection, at: datetime) -> Any:
+    # the text form SQLAlchemy's SQLite DateTime reads back; PostgreSQL takes the datetime
+    return at.strftime("%Y-%m-%d %H:%M:%S.%f") if conn.dialect.name == "sqlite" else at
+
+
+def advance_head(conn: Connection, chain: str, expected: int, next_seq: int, last_hash: bytes,
+                 key_sealed: bytes, frontier: bytes, at: datetime) -> bool:
+    """Move the head from ``expected`` to ``next_seq``; False if another writer moved it."""
+    res = conn.exec_driver_sql(_sql(conn, _ADVANCE), (next_seq, last_hash, key_sealed, frontier,
+                                                      _ts(conn, at), chain, expected))
+    return bool(res.rowcount == 1)
+
+
+def set_pruned_below(conn: Connection, chain: str, seq: int) -> None:
+    conn.execute(update(audit_heads).where(H.tenant_id == chain).values(pruned_below=seq))
+
+
+def heads(conn: Connection) -> list[dict[str, Any]]:
+    return [dict(r) for r in conn.execute(select(audit_heads).order_by(H.tenant_id)).mappings()]
+
+
+def head(conn: Connection, chain: str) -> dict[str, Any] | None:
+    row = conn.execute(select(audit_heads).where(H.tenant_id == chain)).mappings().first()
+    return dict(row) if row else None
+
+
+# -- entries -------------------------------------------------------------------------------
+def insert_entry(conn: Connection, row: dict[str, Any], more_patients: Sequence[str]) -> None:
+    conn.exec_driver_sql(_sql(conn, _INSERT), (
+        row["tenant_id"], row["seq"], row["entry_id"], row["at_us"], row["actor_id"],
+        row["patient_id"], row["action"], row["outcome"], row["body"], row["mac"]))
+    if more_patients:
+        conn.execute(insert(audit_refs), [
+            {"tenant_id": row["tenant_id"], "patient_id": p, "seq": row["seq"]}
+            for p in dict.fromkeys(more_patients) if p != row["patient_id"]])
+
+
+def chains(conn: Connection) -> list[str]:
+    q = union(select(H.tenant_id), select(E.tenant_id).distinct())
+    return sorted({r[0] for r in conn.execute(q)})
+
+
+_STREAM = ("SELECT tenant_id, seq, entry_id, at_us, actor_id, patient_id, action, outcome, body, "
+           "mac FROM audit_entries WHERE tenant_id = {p} AND seq > {p} AND seq < {p} "
+           "ORDER BY seq LIMIT {p}")
+
+
+def stream_rows(conn: Connection, chain: str, from_seq: int = 0, to_seq: int | None = None,
+                batch: int = 20_000) -> Iterator[Sequence[Any]]:
+    """Rows of a chain in ``seq`` order, in batches (keyset pagination), as plain tuples in
+    the order of ``ROW_COLUMNS`` (plain SQL: no per-row type processing for a million rows)."""
+    last = from_seq - 1
+    end = to_seq if to_seq is not None else 2**62
+    sql = _sql(conn, _STREAM)
+    while True:
+        rows = conn.exec_driver_sql(sql, (chain, last, end, batch)).all()
+        if not rows:
+            return
+        yield rows
+        last = rows[-1][1]
+        if len(rows) < batch:
+            return
+
+
+def first_seq(conn: Connection, chain: str) -> int | None:
+    v = conn.execute(select(func.min(E.seq)).where(E.tenant_id == chain)).scalar()
+    return int(v) if v is not None else None
+
+
+def first_at_or_after(conn: Connection, chain: str, seq: int) -> tuple[int, str] | None:
+    row = conn.execute(select(E.seq, E.entry_id).where(E.tenant_id == chain, E.seq >= seq)
+                       .order_by(E.seq).limit(1)).first()
+    return (int(row[0]), str(row[1])) if row else None
+
+
+def count_entries(conn: Connection, chain: str | None = None) -> int:
+    q = select(func.count()).select_from(audit_entries)
+    if chain is not None:
+        q = q.where(E.tenant_id == chain)
+    return int(conn.execute(q).scalar() or 0)
+
+
+def entry_by_id(conn: Connection, entry_id: str) -> dict[str, Any] | None:
+    row = conn.execute(select(audit_entries).where(E.entry_id == entry_id)).mappings().first()
+    return dict(row) if row else None
+
+
+def _entries(q: Select[Any]) -> Select[Any]:
+    return q.order_by(E.at_us, E.tenant_id, E.seq)
+
+
+def entries_for_patient(conn: Connection, chain: str, patient_id: str,
+                        since_us: int = 0) -> list[dict[str, Any]]:
+    seqs = union(
+        select(E.seq.label("seq")).where(E.tenant_id == chain, E.patient_id == patient_id),
+        select(audit_refs.c.seq.label("seq")).where(audit_refs.c.tenant_id == chain,
+                                                    audit_refs.c.patient_id == patient_id),
+    ).subquery()
+    q = select(audit_entries).where(E.tenant_id == chain, E.seq.in_(select(seqs.c.seq)),
+                                    E.at_us >= since_us)
+    return [dict(r) for r in conn.execute(_entries(q)).mappings()]
+
+
+def entries_for_actor(conn: Connection, actor_id: str, since_us: int = 0,
+                      until_us: int | None = None) -> list[dict[str, Any]]:
+    q = select(audit_entries).where(E.actor_id == actor_id, E.at_us >= since_us)
+    if until_us is not None:
+        q = q.where(E.at_us < until_us)
+    return [dict(r) for r in conn.execute(_entries(q)).mappings()]
+
+
+def entries_page(conn: Connection, chain: str | None, after: tuple[str, int] | None,
+                 limit: int, since_us: int = 0) -> list[dict[str, Any]]:
+    """Entries in (chain, seq) order for exports, ``limit`` at a time."""
+    q = select(audit_entries).where(E.at_us >= since_us)
+    if chain is not None:
+        q = q.where(E.tenant_id == chain)
+    if after is not None:
+        q = q.where(or_(E.tenant_id > after[0], (E.tenant_id == after[0]) & (E.seq > after[1])))
+    q = q.order_by(E.tenant_id, E.seq).limit(limit)
+    return [dict(r) for r in conn.execute(q).mappings()]
+
+
+def newest_seq_before(conn: Connection, chain: str, cutoff_us: int) -> int | None:
+    """The number of leading entries all older than ``cutoff_us`` (None if none)."""
+    young = conn.execute(select(func.min(E.seq)).where(E.tenant_id == chain,
+                                                       E.at_us >= cutoff_us)).scalar()
+    if young is None:
+        v = conn.execute(select(func.max(E.seq)).where(E.tenant_id == chain)).scalar()
+        return int(v) + 1 if v is not None else None
+    return int(young)
+
+
+def delete_below(conn: Connection, chain: str, seq: int) -> int:
+    conn.execute(delete(audit_refs).where(audit_refs.c.tenant_id == chain,
+                                          audit_refs.c.seq < seq))
+    return int(conn.execute(delete(audit_entries).where(E.tenant_id == chain,
+                                                        E.seq < seq)).rowcount or 0)

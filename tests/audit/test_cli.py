@@ -1,0 +1,62 @@
+"""``labvault audit ...`` end to end on an embedded (SQLite) installation."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from labvault.cli import app
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    return {"LABVAULT_DATA_DIR": str(tmp_path / "var"),
+            "LABVAULT_KEY_FILE": str(tmp_path / "keys" / "root.key"),
+            "LABVAULT_AUDIT_CHECKPOINT_EVERY": "0"}
+
+
+def run(env: dict[str, str], *args: str) -> tuple[int, str]:
+    r = CliRunner().invoke(app, list(args), env=env)
+    return r.exit_code, r.stdout
+
+
+def test_cli_audit_commands(env: dict[str, str], tmp_path: Path) -> None:
+    code, out = run(env, "demo", "--labs", "2", "--patients", "6", "--json")
+    assert code == 0, out
+    code, out = run(env, "audit", "verify", "--json")
+    assert code == 0 and json.loads(out)["ok"]
+    code, out = run(env, "audit", "checkpoint", "--json")
+    assert code == 0 and json.loads(out)["ok"]
+    assert (tmp_path / "keys" / "root.key.audit-signing").exists()
+    db = sqlite3.connect(tmp_path / "var" / "labvault.db")
+    entry = db.execute("select entry_id from audit_entries where tenant_id like 'lab%'"
+                       ).fetchone()[0]
+    pid = db.execute("select patient_id from patients limit 1").fetchone()[0]
+    code, out = run(env, "patient", "show", pid, "--json")
+    assert code == 0, out
+    code, out = run(env, "audit", "access", "--patient", pid, "--json")
+    assert code == 0 and [r["action"] for r in json.loads(out)][:1] == ["read"]
+    code, out = run(env, "audit", "prove", entry, "--json")
+    assert code == 0 and json.loads(out)["verified"]
+    code, out = run(env, "audit", "fhir", "--out", str(tmp_path / "audit.ndjson"), "--json")
+    assert code == 0 and json.loads(out)["resources"] >= 3
+    code, out = run(env, "audit", "register", "--format", "json")
+    assert code == 0 and json.loads(out)["title"].startswith("Record of processing")
+    code, out = run(env, "audit", "report", "--user", "nobody", "--since", "2020-01-01",
+                    "--json")
+    assert code == 0 and json.loads(out)["entries"] == 0
+    code, out = run(env, "audit", "prune", "--json")
+    assert code == 0 and json.loads(out)["pruned"] == []
+    # tamper with the database behind labvault's back
+    db.execute("update audit_entries set actor_id = 'someone-else' where entry_id = ?", (entry,))
+    db.commit()
+    code, out = run(env, "audit", "verify", "--json")
+    res = json.loads(out)
+    assert code == 1 and res["failures"][0]["entry_id"] == entry
+    assert res["failures"][0]["kind"] == "mac-mismatch"
+    code, _ = run(env, "audit", "register", "--format", "xml")
+    assert code == 2
