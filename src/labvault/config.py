@@ -23,6 +23,10 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "LABVAULT_PKCS11_MODULE": ("", "path of the PKCS#11 module (e.g. libsofthsm2.so)"),
     "LABVAULT_PKCS11_TOKEN": ("labvault", "label of the PKCS#11 token holding the root key"),
     "LABVAULT_PKCS11_PIN": ("", "user PIN of the PKCS#11 token"),
+    "LABVAULT_SESSION_IDLE_MINUTES": ("15", "API sessions end after this many idle minutes"),
+    "LABVAULT_SESSION_HOURS": ("8", "absolute lifetime of an API session, in hours"),
+    "LABVAULT_PUBLIC_URL": ("http://127.0.0.1:8000", "public base URL (enrolment links)"),
+    "LABVAULT_MAX_REQUEST_BYTES": ("1048576", "largest request body the API accepts"),
     "LABVAULT_AUDIT_RETENTION_DAYS": ("365", "days audit entries are kept before "
                                              "`labvault audit prune` removes them; 0 = forever"),
     "LABVAULT_AUDIT_CHECKPOINT_EVERY": ("1000", "write a signed audit checkpoint every N "
@@ -71,6 +75,10 @@ class Settings:
 
     def with_provider(self, provider: str) -> Settings:
         return replace(self, key_provider=provider)
+
+    def get(self, name: str) -> str:
+        """A setting of ``SETTINGS`` not held in a field: the environment's value or the default."""
+        return self.extra.get(name, SETTINGS[name][0])
 
     @property
     def is_sqlite(self) -> bool:

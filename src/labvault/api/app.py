@@ -1,24 +1,41 @@
-"""The HTTP door: FastAPI application factory."""
+"""The HTTP door: FastAPI application factory.
+
+Public without authentication: ``/health``, ``/api/v1/auth/login``,
+``/api/v1/auth/enrol`` (one-time link token in the body), the OpenAPI document and
+its viewer. Everything else depends on ``deps.current_actor``.
+"""
 
 from __future__ import annotations
 
 from fastapi import FastAPI
 
+from labvault.api import auth, me, patients, problems, users
 from labvault.api.routers import me_access
+from labvault.api.security import SecurityMiddleware
 from labvault.config import Settings
 from labvault.services.app import Labvault
 from labvault.services.wiring import open_labvault
+
+PUBLIC_PATHS = frozenset({"/health", "/api/v1/auth/login", "/api/v1/auth/enrol",
+                          "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
 
 
 def create_app(lv: Labvault) -> FastAPI:
     app = FastAPI(title="labvault", version="0.1.0")
     app.state.lv = lv
-    app.include_router(me_access.router)
+    problems.install(app)
+    app.add_middleware(SecurityMiddleware,
+                       max_body=int(lv.settings.get("LABVAULT_MAX_REQUEST_BYTES")))
 
     @app.get("/health", tags=["health"])
     def health() -> dict[str, str]:
         return {"status": "ok"}
 
+    app.include_router(auth.router)
+    app.include_router(users.router)
+    app.include_router(patients.router)
+    app.include_router(me.router)
+    app.include_router(me_access.router)
     return app
 
 

@@ -15,6 +15,8 @@ from labvault.cli.keys import app as keys_app
 from labvault.cli.patients import app as patient_app
 from labvault.cli.system import register as register_system
 from labvault.cli.tenants import app as tenant_app
+from labvault.cli.users import app as user_app
+from labvault.cli.users import policy_app
 
 app = typer.Typer(
     name="labvault",
@@ -37,6 +39,8 @@ register_system(app)
 app.add_typer(tenant_app, name="tenant", help="Laboratories (tenants).")
 app.add_typer(patient_app, name="patient", help="Patients: import, find, show, erase.")
 app.add_typer(keys_app, name="keys", help="Key rotation.")
+app.add_typer(user_app, name="user", help="Named personal accounts.")
+app.add_typer(policy_app, name="policy", help="The access policy table.")
 app.add_typer(audit_app, name="audit", help="Audit trail: verify, checkpoint, prove, reports.")
 
 

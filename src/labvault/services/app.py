@@ -102,12 +102,14 @@ class Labvault:
         self.alerts: AlertSink = alerts or LogAlerts()
         self.gate = Gate(keyring, policy or OperatorOnlyPolicy(), budget or NoBudget(),
                          audit or MemoryAudit(), self.load_tenant_keys)
+        self.gate.alerts = self.alerts
         from labvault.services.keys import KeyService
         from labvault.services.patients import PatientService
         from labvault.services.tenants import TenantService
         self.tenants = TenantService(self)
         self.patients = PatientService(self)
         self.keys = KeyService(self)
+        from labvault.services.accounts import AccountService; self.accounts = AccountService(self)  # noqa: E702, I001
 
     # -- life cycle --------------------------------------------------------------------
     @staticmethod

@@ -7,6 +7,7 @@ import random
 from typing import Any
 
 from labvault.domain.actors import Actor
+from labvault.errors import Conflict
 from labvault.services.app import Labvault
 from labvault.synthetic import make_finess, people
 
@@ -34,5 +35,60 @@ def seed_demo(lv: Labvault, labs: int, patients: int, seed: int = 0) -> dict[str
         report = lv.patients.import_lines(actor, tenant_id, lines)
         start += per_lab[i]
         out.append({"id": tenant_id, "name": name, "finess": finess,
-                    "imported": report.imported, "already_present": report.skipped})
-    return {"laboratories": out}
+                    "imported": report.imported, "already_present": report.skipped,
+                    "accounts": seed_accounts(lv, tenant_id, i, report.ids[:1], rng)})
+    platform = seed_accounts(lv, None, 0, [], rng)
+    return {"laboratories": out, "platform_accounts": platform,
+            "demo_password": DEMO_PASSWORD, "demo_totp_secret": DEMO_TOTP_SECRET,
+            "login": "POST /api/v1/auth/login {email, password, totp}; totp = current code of "
+                     "demo_totp_secret (staff); patients log in without TOTP"}
+
+
+# Documented demo credentials (docs/access.md): synthetic accounts of a demo dataset only.
+DEMO_PASSWORD = "Sirop-Violette-Trottinette-42"  # noqa: S105 - documented demo password
+DEMO_TOTP_SECRET = "LABVAULTDEMOONLYNEVERUSEINPRODXX"  # noqa: S105 - documented demo secret
+DEMO_ROLES = ("reception", "technician", "biologist", "lab_admin", "dpo")
+
+
+def _demo_name(rng: random.Random) -> tuple[str, str]:
+    from faker import Faker
+    fake = Faker("fr_FR")
+    fake.seed_instance(rng.randrange(2**32))
+    return fake.first_name(), fake.last_name()
+
+
+def _ascii(s: str) -> str:
+    import unicodedata
+    s = unicodedata.normalize("NFKD", s)
+    return "".join(c for c in s if c.isalnum() and c.isascii()).lower()
+
+
+def seed_accounts(lv: Labvault, tenant_id: str | None, lab_index: int, patient_ids: list[str],
+                  rng: random.Random) -> list[dict[str, Any]]:
+    """One named account per role in a demo laboratory (platform: one operator), plus a portal
+    account for the lab's first patient. Existing demo accounts are left as they are."""
+    actor = Actor.operator()
+    roles = ("platform_operator",) if tenant_id is None else DEMO_ROLES
+    made: list[dict[str, Any]] = []
+    for role in roles:
+        first, last = _demo_name(rng)
+        tag = "platform" if tenant_id is None else f"lab{lab_index + 1}"
+        email = f"{_ascii(first)}.{_ascii(last)}.{role.replace('_', '')}.{tag}@demo.example.org"
+        try:
+            acc = lv.accounts.create(actor, tenant_id, [role], f"{first} {last}", email,
+                                     password=DEMO_PASSWORD, totp_secret=DEMO_TOTP_SECRET)
+            made.append({"role": role, "email": email, "id": acc["id"]})
+        except Conflict:
+            made.append({"role": role, "email": email, "id": None, "existing": True})
+    for pid in patient_ids:
+        rec = lv.patients.show(actor, pid, purpose="administration")
+        first, last = rec["first_names"][0], rec.get("used_name") or rec["birth_name"]
+        email = f"{_ascii(first)}.{_ascii(last)}.{pid[-6:]}@demo.example.org"
+        name = f"{first} {last}"
+        try:
+            acc = lv.accounts.create(actor, tenant_id, ["patient"], name, email,
+                                     password=DEMO_PASSWORD, patient_id=pid)
+            made.append({"role": "patient", "email": email, "id": acc["id"], "patient_id": pid})
+        except Conflict:
+            pass
+    return made

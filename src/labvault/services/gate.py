@@ -135,6 +135,8 @@ def _json(data: Mapping[str, Any]) -> bytes:
 
 
 class Gate:
+    alerts: AlertSink | None = None      # set by ``Labvault``; break-glass decisions raise an alert
+
     def __init__(self, keyring: KeyRing, policy: Policy, budget: BudgetHook,
                  audit: AuditHook, load_tenant_keys: Callable[[Connection, str], None]) -> None:
         self.keyring = keyring
@@ -158,14 +160,19 @@ class Gate:
                                                      detail={"message": exc.message}), "denied")
             raise
         self.audit.record(conn, access, decision, "allowed")
+        if decision.break_glass and self.alerts is not None:
+            self.alerts.raise_alert(conn, access.tenant_id, "break-glass", "high", access.actor,
+                                    {"rule": decision.rule, "resource": access.resource,
+                                     "patient_ids": list(access.patient_ids)})
         return decision
 
     # -- patient records ---------------------------------------------------------------
     def _dek(self, conn: Connection, tenant_id: str, patient_id: str) -> DataKey:
-        self._load_tenant_keys(conn, tenant_id)
         wrapped = repo.patient_dek(conn, tenant_id, patient_id)
         if wrapped is None:
             raise NotFound("no such patient", "check the patient id; erased patients cannot be read")
+        if not self.keyring.is_loaded(tenant_id, "kek", wrapped[0]):   # hot path: cached KEK
+            self._load_tenant_keys(conn, tenant_id)
         return self.keyring.open_dek(tenant_id, patient_id, WrappedDek(*wrapped))
 
     def read_patients(self, conn: Connection, access: Access
@@ -176,13 +183,17 @@ class Gate:
         wanted = [c for c in access.categories if c in decision.categories]
         rows = repo.sealed_patients(conn, access.tenant_id, access.patient_ids, wanted)
         out: dict[str, dict[Category, dict[str, Any]]] = {}
+        only: Mapping[str, Any] = decision.detail.get("fields", {})   # partial categories
         for patient_id, blobs in rows.items():
             dek = self._dek(conn, access.tenant_id, patient_id)
             opened: dict[Category, dict[str, Any]] = {}
             for cat, blob in blobs.items():
                 if blob is not None:
                     ctx = SealContext(access.tenant_id, "patients", cat.value, patient_id)
-                    opened[cat] = json.loads(dek.open(ctx, blob))
+                    values = json.loads(dek.open(ctx, blob))
+                    if cat.value in only:
+                        values = {k: v for k, v in values.items() if k in only[cat.value]}
+                    opened[cat] = values
             out[patient_id] = opened
         return out
 

@@ -6,13 +6,14 @@ audit: audit). Tests build ``Labvault`` with in-memory hooks instead.
 
 from __future__ import annotations
 
+from labvault.access.policy import TablePolicy
 from labvault.config import Settings
 from labvault.services.app import Labvault
 from labvault.services.audit import install_audit
 
 
 def open_labvault(settings: Settings) -> Labvault:
-    lv = Labvault.open(settings)
+    lv = Labvault.open(settings, policy=TablePolicy())
     install_audit(lv)
     return lv
 

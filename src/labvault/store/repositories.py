@@ -113,22 +113,31 @@ def update_patient_blobs(conn: Connection, tenant_id: str, patient_id: str,
         updated_at=now(), **{c.value: b for c, b in blobs.items()}))
 
 
+# Hot-path statements built once (every API read binds ids only; see bench/api.py).
+_PATIENT_TENANT = select(patients.c.tenant_id).where(
+    patients.c.patient_id == bindparam("pid"), patients.c.status == "active")
+_PATIENT_META = select(patients.c.tenant_id, patients.c.patient_id, patients.c.status,
+                       patients.c.created_at, patients.c.updated_at).where(
+    patients.c.tenant_id == bindparam("tid"), patients.c.patient_id == bindparam("pid"))
+_PATIENT_DEK = select(patient_keys.c.kek_version, patient_keys.c.wrapped).where(
+    patient_keys.c.tenant_id == bindparam("tid"), patient_keys.c.patient_id == bindparam("pid"))
+
+
 def patient_tenant(conn: Connection, patient_id: str) -> str | None:
-    return conn.execute(select(patients.c.tenant_id).where(
-        patients.c.patient_id == patient_id, patients.c.status == "active")).scalar()
+    return conn.execute(_PATIENT_TENANT, {"pid": patient_id}).scalar()
 
 
 def patient_meta(conn: Connection, tenant_id: str, patient_id: str) -> dict[str, Any] | None:
-    row = conn.execute(select(patients.c.tenant_id, patients.c.patient_id, patients.c.status,
-                              patients.c.created_at, patients.c.updated_at).where(
-        patients.c.tenant_id == tenant_id, patients.c.patient_id == patient_id)).mappings().first()
+    row = conn.execute(_PATIENT_META, {"tid": tenant_id, "pid": patient_id}).mappings().first()
     return dict(row) if row else None
 
 
 def patient_dek(conn: Connection, tenant_id: str, patient_id: str) -> tuple[int, bytes] | None:
-    row = conn.execute(select(patient_keys.c.kek_version, patient_keys.c.wrapped).where(
-        patient_keys.c.tenant_id == tenant_id, patient_keys.c.patient_id == patient_id)).first()
+    row = conn.execute(_PATIENT_DEK, {"tid": tenant_id, "pid": patient_id}).first()
     return (row[0], row[1]) if row else None
+
+
+_SEALED: dict[tuple[str, ...], Any] = {}
 
 
 def sealed_patients(conn: Connection, tenant_id: str, patient_ids: Iterable[str],
@@ -137,10 +146,15 @@ def sealed_patients(conn: Connection, tenant_id: str, patient_ids: Iterable[str]
     ids = list(patient_ids)
     if not ids:
         return {}
-    cols = [patients.c.patient_id] + [patients.c[c.value] for c in cats]
-    rows = conn.execute(select(*cols).where(
-        patients.c.tenant_id == tenant_id, patients.c.patient_id.in_(ids),
-        patients.c.status == "active"))
+    key = tuple(c.value for c in cats)
+    stmt = _SEALED.get(key)
+    if stmt is None:      # one statement per category set, built once (hot path)
+        cols = [patients.c.patient_id] + [patients.c[c] for c in key]
+        stmt = _SEALED[key] = select(*cols).where(
+            patients.c.tenant_id == bindparam("tid"),
+            patients.c.patient_id.in_(bindparam("pids", expanding=True)),
+            patients.c.status == "active")
+    rows = conn.execute(stmt, {"tid": tenant_id, "pids": ids})
     return {r[0]: {c: r[i + 1] for i, c in enumerate(cats)} for r in rows}
 
 

@@ -1,0 +1,251 @@
+#!/usr/bin/env python3
+"""REST API throughput: authenticated, audited patient reads against `labvault serve`.
+
+    .venv/bin/python bench/api.py [--patients 2000] [--workers 2] [--clients 64] [--seconds 10]
+
+1. seeds a throw-away data directory (`labvault demo`: 2 labs, named accounts per role);
+2. starts `labvault serve --workers N` as a subprocess on a free loopback port;
+3. from this (separate) process, drives 64 concurrent keep-alive HTTP/1.1 connections
+   (a minimal asyncio client, so the load generator costs little CPU next to the server):
+   first `GET /health` (framework baseline), then `GET /api/v1/patients/{id}` with bearer
+   tokens of biologist / technician / reception accounts of both labs (each read passes
+   session lookup, policy, budget and audit hooks, and unseals the record);
+4. reports req/s, p50 and p99 for both in the same run, and login cost vs raw Argon2id.
+The load generator and the server share the machine's cores: figures are a lower bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def patient_ids(data_dir: Path) -> dict[str, list[str]]:
+    from sqlalchemy import select
+
+    from labvault.config import Settings
+    from labvault.services.wiring import open_labvault
+    from labvault.store.schema import patients
+    lv = open_labvault(Settings.from_env(data_dir))
+    with lv.engine.connect() as c:
+        rows = c.execute(select(patients.c.tenant_id, patients.c.patient_id)).all()
+    lv.close()
+    out: dict[str, list[str]] = {}
+    for t, p in rows:
+        out.setdefault(t, []).append(p)
+    return out
+
+
+class Conn:
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.r: asyncio.StreamReader | None = None
+        self.w: asyncio.StreamWriter | None = None
+
+    async def request(self, method: str, path: str, headers: dict[str, str] | None = None,
+                      body: bytes = b"") -> tuple[int, bytes]:
+        if self.w is None:
+            self.r, self.w = await asyncio.open_connection(self.host, self.port)
+        assert self.r is not None
+        head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\n"
+        for k, v in (headers or {}).items():
+            head += f"{k}: {v}\r\n"
+        if body:
+            head += f"Content-Length: {len(body)}\r\nContent-Type: application/json\r\n"
+        self.w.write(head.encode() + b"\r\n" + body)
+        raw = await self.r.readuntil(b"\r\n\r\n")
+        lines = raw.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        length = 0
+        for line in lines[1:]:
+            if line.lower().startswith("content-length:"):
+                length = int(line.split(":", 1)[1])
+        data = await self.r.readexactly(length) if length else b""
+        return status, data
+
+
+async def drive(port: int, clients: int, seconds: float, make_path: object,
+                headers_for: object) -> tuple[int, list[float], dict[int, int]]:
+    lat: list[float] = []
+    statuses: dict[int, int] = {}
+    stop = time.perf_counter() + seconds
+
+    async def one(i: int) -> None:
+        c = Conn("127.0.0.1", port)
+        rng = random.Random(i)
+        while time.perf_counter() < stop:
+            path = make_path(rng)              # type: ignore[operator]
+            t = time.perf_counter()
+            st, _ = await c.request("GET", path, headers_for(i))  # type: ignore[operator]
+            lat.append(time.perf_counter() - t)
+            statuses[st] = statuses.get(st, 0) + 1
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(clients)))
+    return int(len(lat) / (time.perf_counter() - t0)), lat, statuses
+
+
+def pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(p / 100 * len(xs)))] * 1000
+
+
+async def login(port: int, email: str, password: str, totp: str | None) -> tuple[str, float]:
+    c = Conn("127.0.0.1", port)
+    t = time.perf_counter()
+    st, data = await c.request("POST", "/api/v1/auth/login", {},
+                               json.dumps({"email": email, "password": password,
+                                           "totp": totp}).encode())
+    dt = time.perf_counter() - t
+    if st != 200:
+        raise SystemExit(f"login failed for {email}: {st} {data[:200]!r}")
+    return json.loads(data)["token"], dt
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--patients", type=int, default=2000)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--clients", type=int, default=64)
+    ap.add_argument("--seconds", type=float, default=10)
+    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--postgres", action="store_true",
+                    help="use a throw-away PostgreSQL database (LABVAULT_TEST_PG_URL server)")
+    a = ap.parse_args()
+    if a.postgres:
+        with pg_database() as url:
+            os.environ["LABVAULT_DATABASE_URL"] = url
+            run(a)
+    else:
+        run(a)
+
+
+@contextmanager
+def pg_database() -> Iterator[str]:
+    import secrets
+
+    from sqlalchemy import create_engine, text
+    base = os.environ.get("LABVAULT_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+    name = f"lvbench_{secrets.token_hex(4)}"
+    admin = create_engine(base.replace("postgresql://", "postgresql+psycopg://", 1),
+                          isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield base.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with admin.connect() as c:
+            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def run(a: argparse.Namespace) -> None:
+    import pyotp
+    tmp = Path(a.data_dir or tempfile.mkdtemp(prefix="lvbench"))
+    env = {**os.environ, "LABVAULT_DATA_DIR": str(tmp / "var")}
+    demo = json.loads(subprocess.run([str(BIN / "labvault"), "demo", "--labs", "2", "--patients",
+                                      str(a.patients), "--json"], env=env, check=True,
+                                     capture_output=True, text=True).stdout)
+    ids = patient_ids(tmp / "var")
+    port = free_port()
+    server = subprocess.Popen([str(BIN / "labvault"), "serve", "--port", str(port), "--workers",
+                               str(a.workers)], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(200):
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    break
+            except OSError:
+                time.sleep(0.1)
+        time.sleep(1.0)
+        totp = pyotp.TOTP(demo["demo_totp_secret"])
+        tokens: list[tuple[str, list[str]]] = []
+        for lab in demo["laboratories"]:
+            for acc in lab["accounts"]:
+                if acc["role"] in ("biologist", "technician", "reception"):
+                    tok, _ = asyncio.run(login(port, acc["email"], demo["demo_password"],
+                                               totp.now()))
+                    tokens.append((tok, ids[lab["id"]]))
+        # login cost (patient accounts: password only, no TOTP step to wait for)
+        patient_email = next(acc["email"] for acc in demo["laboratories"][0]["accounts"]
+                             if acc["role"] == "patient")
+        login_times = [asyncio.run(login(port, patient_email, demo["demo_password"], None))[1]
+                       for _ in range(9)]
+        from argon2 import PasswordHasher
+        ph = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)
+        h = ph.hash(demo["demo_password"])
+        raw = []
+        for _ in range(9):
+            t = time.perf_counter()
+            ph.verify(h, demo["demo_password"])
+            raw.append(time.perf_counter() - t)
+
+        health = asyncio.run(drive(port, a.clients, a.seconds, lambda rng: "/health",
+                                   lambda i: {}))
+
+        paths: dict[int, tuple[str, list[str]]] = {i: tokens[i % len(tokens)]
+                                                   for i in range(a.clients)}
+        # each client uses its own token and reads random patients of that token's lab
+        async def drive_reads() -> tuple[int, list[float], dict[int, int]]:
+            lat: list[float] = []
+            statuses: dict[int, int] = {}
+            stop = time.perf_counter() + a.seconds
+
+            async def one(i: int) -> None:
+                c = Conn("127.0.0.1", port)
+                rng = random.Random(i)
+                tok, lab_ids = paths[i]
+                hdr = {"Authorization": f"Bearer {tok}"}
+                while time.perf_counter() < stop:
+                    t = time.perf_counter()
+                    st, _ = await c.request("GET", f"/api/v1/patients/{rng.choice(lab_ids)}",
+                                            hdr)
+                    lat.append(time.perf_counter() - t)
+                    statuses[st] = statuses.get(st, 0) + 1
+
+            t0 = time.perf_counter()
+            await asyncio.gather(*(one(i) for i in range(a.clients)))
+            return int(len(lat) / (time.perf_counter() - t0)), lat, statuses
+
+        reads = asyncio.run(drive_reads())
+        result = {
+            "workers": a.workers, "clients": a.clients, "seconds": a.seconds,
+            "patients": a.patients,
+            "database": "postgresql" if a.postgres else "sqlite",
+            "health": {"req_s": health[0], "p50_ms": round(pct(health[1], 50), 2),
+                       "p99_ms": round(pct(health[1], 99), 2), "statuses": health[2]},
+            "patient_read": {"req_s": reads[0], "p50_ms": round(pct(reads[1], 50), 2),
+                             "p99_ms": round(pct(reads[1], 99), 2), "statuses": reads[2]},
+            "login_ms_median": round(statistics.median(login_times) * 1000, 1),
+            "argon2id_verify_ms_median": round(statistics.median(raw) * 1000, 1),
+        }
+        print(json.dumps(result, indent=2))
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,342 @@
+"""The route × role × tenant matrix, generated from the application's own route table.
+
+Every route of the app must have an entry in ``MATRIX`` (a new route without one fails
+the suite). Each entry builds a request for a role of laboratory A against a target in
+laboratory A ("own") and, where the route takes an id, in laboratory B ("other"), and
+states the expected status for every role and for an anonymous caller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from fastapi.routing import APIRoute
+from fastapi.testclient import TestClient
+from starlette.routing import Route
+
+from labvault.domain.actors import Actor
+from tests.access.conftest import PASSWORD, World, patient_json
+
+ROLES = ("reception", "technician", "biologist", "lab_admin", "dpo", "patient",
+         "platform_operator")
+ANON = "anonymous"
+Expect = int | tuple[int, ...]
+Req = tuple[str, dict[str, Any] | None]          # url, json body
+
+
+def allow(roles: tuple[str, ...], ok: int, deny: Expect = 403, anon: Expect = 401,
+          **override: Expect) -> dict[str, Expect]:
+    out: dict[str, Expect] = {r: (ok if r in roles else deny) for r in ROLES}
+    out[ANON] = anon
+    out.update(override)
+    return out
+
+
+def everyone(ok: Expect, anon: Expect = 401) -> dict[str, Expect]:
+    return {**{r: ok for r in ROLES}, ANON: anon}
+
+
+@dataclass
+class Ctx:
+    w: World
+    n: int = 0
+    patient_ids: dict[str, str] = field(default_factory=dict)
+
+    def fresh_patient(self, lab: str = "a") -> str:
+        self.n += 1
+        tenant = (self.w.a if lab == "a" else self.w.b).tenant_id
+        return self.w.lv.patients.register(Actor.operator(), tenant,
+                                           patient_json(500 + self.n, seed=99))
+
+    def fresh_account(self, lab: str = "a") -> str:
+        self.n += 1
+        tenant = (self.w.a if lab == "a" else self.w.b).tenant_id
+        return str(self.w.lv.accounts.create(Actor.operator(), tenant, ["technician"],
+                                             "Paul Renaud", f"paul.renaud{self.n}@example.org",
+                                             password=PASSWORD)["id"])
+
+    def email(self, role: str) -> str:
+        return self.w.platform_email if role == "platform_operator" else self.w.a.emails[role]
+
+    def code(self, role: str) -> str | None:
+        return None if role == "patient" else self.w.clock.code()
+
+    def own_patient(self, role: str) -> str:
+        return self.w.a.patients[0]
+
+
+Build = Callable[[Ctx, str, str], Req]      # ctx, role, lab ("a" own | "b" other)
+
+
+@dataclass
+class Case:
+    build: Build
+    own: dict[str, Expect]
+    other: dict[str, Expect] | None = None
+    fresh_token: bool = False                # the call ends the session: use a new one
+
+
+def _login(c: Ctx, role: str, lab: str) -> Req:
+    if role == ANON:
+        return "/api/v1/auth/login", {"email": "nobody.x@example.org", "password": "x"}
+    return "/api/v1/auth/login", {"email": c.email(role), "password": PASSWORD,
+                                  "totp": c.code(role)}
+
+
+def _user_target(c: Ctx, role: str, lab: str) -> str:
+    return c.fresh_account(lab)
+
+
+def _patient_target(c: Ctx, role: str, lab: str) -> str:
+    if lab == "b":
+        return c.w.b.patients[0]
+    return c.own_patient(role)
+
+
+MATRIX: dict[tuple[str, str], Case] = {
+    ("GET", "/health"): Case(lambda c, r, lab: ("/health", None), everyone(200, 200)),
+    ("GET", "/openapi.json"): Case(lambda c, r, lab: ("/openapi.json", None), everyone(200, 200)),
+    ("GET", "/docs"): Case(lambda c, r, lab: ("/docs", None), everyone(200, 200)),
+    ("GET", "/docs/oauth2-redirect"): Case(lambda c, r, lab: ("/docs/oauth2-redirect", None),
+                                           everyone(200, 200)),
+    ("GET", "/redoc"): Case(lambda c, r, lab: ("/redoc", None), everyone(200, 200)),
+    ("POST", "/api/v1/auth/login"): Case(_login, everyone(200, 401)),
+    ("POST", "/api/v1/auth/enrol"): Case(
+        lambda c, r, lab: ("/api/v1/auth/enrol", {"token": "not-a-link", "password": PASSWORD}),
+        everyone(401, 401)),
+    ("POST", "/api/v1/auth/logout"): Case(lambda c, r, lab: ("/api/v1/auth/logout", None),
+                                          everyone(204), fresh_token=True),
+    ("POST", "/api/v1/auth/logout-all"): Case(
+        lambda c, r, lab: ("/api/v1/auth/logout-all", None), everyone(200), fresh_token=True),
+    ("POST", "/api/v1/auth/password"): Case(
+        lambda c, r, lab: ("/api/v1/auth/password", {"current_password": "Wrong-Pass-123!",
+                                                     "new_password": "Granit-Mouette-73-Cerf",
+                                                     "totp": None}),
+        everyone(401)),      # reaches the handler: wrong current password (own-session check)
+    ("POST", "/api/v1/auth/reauth"): Case(
+        lambda c, r, lab: ("/api/v1/auth/reauth", {"password": PASSWORD, "totp": c.code(r)}),
+        everyone(204)),
+    ("POST", "/api/v1/auth/mfa"): Case(lambda c, r, lab: ("/api/v1/auth/mfa", None),
+                                       allow(("patient",), 200, deny=409)),
+    ("POST", "/api/v1/auth/mfa/verify"): Case(
+        lambda c, r, lab: ("/api/v1/auth/mfa/verify", {"totp": "000000"}),
+        allow(("patient",), (401, 409), deny=409)),
+    ("POST", "/api/v1/users"): Case(
+        lambda c, r, lab: ("/api/v1/users", {"roles": ["technician"], "name": "Marc Vidal",
+                                             "email": f"marc.vidal{c.n + 1000}{r}@example.org"}),
+        allow(("lab_admin",), 201)),
+    ("GET", "/api/v1/users"): Case(lambda c, r, lab: ("/api/v1/users?limit=5", None),
+                                   allow(("lab_admin", "dpo"), 200)),
+    ("GET", "/api/v1/users/{account_id}"): Case(
+        lambda c, r, lab: (f"/api/v1/users/{(c.w.a if lab == 'a' else c.w.b).accounts['dpo']}",
+                           None),
+        allow(("lab_admin", "dpo"), 200), allow(("lab_admin", "dpo"), 404)),
+    ("PUT", "/api/v1/users/{account_id}/roles"): Case(
+        lambda c, r, lab: (f"/api/v1/users/{_user_target(c, r, lab)}/roles",
+                           {"roles": ["technician", "reception"]}),
+        allow(("lab_admin",), 200), allow(("lab_admin",), 404)),
+    **{("POST", f"/api/v1/users/{{account_id}}/{op}"): Case(
+        (lambda op_: lambda c, r, lab: (f"/api/v1/users/{_user_target(c, r, lab)}/{op_}",
+                                        None))(op),
+        allow(("lab_admin",), 200), allow(("lab_admin",), 404))
+       for op in ("disable", "enable", "unlock", "reset-mfa")},
+    ("POST", "/api/v1/patients"): Case(
+        lambda c, r, lab: ("/api/v1/patients", patient_json(700 + c.n + ROLES.index(r)
+                                                            if r in ROLES else 799, seed=5)),
+        allow(("reception", "biologist"), 201)),
+    ("GET", "/api/v1/patients"): Case(
+        lambda c, r, lab: (f"/api/v1/patients?nir="
+                           f"{(c.w.a if lab == 'a' else c.w.b).patient_data[0]['nir']}", None),
+        allow(("reception", "technician", "biologist"), 200),
+        allow(("reception", "technician", "biologist"), 200)),   # other lab: empty result
+    ("GET", "/api/v1/patients/{patient_id}"): Case(
+        lambda c, r, lab: (f"/api/v1/patients/{_patient_target(c, r, lab)}", None),
+        allow(("reception", "technician", "biologist", "patient"), 200, platform_operator=404),
+        allow((), 0, deny=404)),
+    ("PUT", "/api/v1/patients/{patient_id}"): Case(
+        lambda c, r, lab: (f"/api/v1/patients/{c.fresh_patient(lab)}",
+                           patient_json(900 + c.n, seed=6)),
+        allow(("reception", "biologist"), 204, platform_operator=404), allow((), 0, deny=404)),
+    ("DELETE", "/api/v1/patients/{patient_id}"): Case(
+        lambda c, r, lab: (f"/api/v1/patients/{c.fresh_patient(lab)}", None),
+        allow(("biologist",), 200, platform_operator=404), allow((), 0, deny=404)),
+    ("POST", "/api/v1/patients/{patient_id}/break-glass"): Case(
+        lambda c, r, lab: (f"/api/v1/patients/{c.fresh_patient(lab)}/break-glass",
+                           {"reason": "emergency: patient transferred to ICU tonight",
+                            "password": PASSWORD, "totp": c.code(r)}),
+        allow(("biologist", "dpo"), 200, platform_operator=404), allow((), 0, deny=404)),
+    ("GET", "/api/v1/me"): Case(lambda c, r, lab: ("/api/v1/me", None), everyone(200)),
+    ("GET", "/api/v1/me/access-log"): Case(lambda c, r, lab: ("/api/v1/me/access-log", None),
+                                           allow(("patient",), 200)),
+}
+
+
+def _walk(routes: Any, prefix: str = "") -> Any:
+    for r in routes:
+        included = getattr(r, "original_router", None)      # FastAPI's included routers
+        if included is not None:
+            yield from _walk(included.routes, prefix + r.include_context.prefix)
+        elif isinstance(r, APIRoute | Route):
+            yield prefix + r.path, r.methods or set()
+
+
+def app_routes(client: TestClient) -> set[tuple[str, str]]:
+    """Every (method, path) the application serves, from its own route table."""
+    out = {(m, path) for path, methods in _walk(client.app.routes)  # type: ignore[attr-defined]
+           for m in methods if m != "HEAD"}
+    spec = client.app.openapi()  # type: ignore[attr-defined]
+    documented = {(m.upper(), p) for p, ops in spec["paths"].items() for m in ops}
+    assert documented <= out, "the route walk missed routes the OpenAPI document lists"
+    return out
+
+
+def test_matrix_covers_every_route(client: TestClient) -> None:
+    routes = app_routes(client)
+    missing = routes - set(MATRIX)
+    assert not missing, f"routes without a matrix entry: {sorted(missing)}"
+    assert not set(MATRIX) - routes, "matrix entries for routes that no longer exist"
+
+
+def _call(client: TestClient, method: str, url: str, body: dict[str, Any] | None,
+          token: str | None) -> Any:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    client.cookies.clear()
+    return client.request(method, url, json=body, headers=headers)
+
+
+def test_route_role_tenant_matrix(world: World, client: TestClient) -> None:
+    from labvault.services.audit import install_audit
+    install_audit(world.lv)              # the real, tamper-evident audit log behind the gate
+    c = Ctx(world)
+    tokens: dict[str, str] = {}
+    for role in ROLES:
+        tokens[role] = world.lv.accounts.login(c.email(role), PASSWORD, c.code(role)).token
+    failures: list[str] = []
+    for (method, path), case in sorted(MATRIX.items()):
+        for lab, expect in (("a", case.own), ("b", case.other)):
+            if expect is None:
+                continue
+            for role in (*ROLES, ANON):
+                if lab == "b" and role == ANON:
+                    continue
+                token = None
+                if role != ANON:
+                    token = (world.lv.accounts.login(c.email(role), PASSWORD, c.code(role)).token
+                             if case.fresh_token else tokens[role])
+                url, body = case.build(c, role, lab)
+                if (method, path) == ("POST", "/api/v1/auth/login"):
+                    token = None
+                resp = _call(client, method, url, body, token)
+                if case.fresh_token and role != ANON:    # logout-all ended every session
+                    tokens[role] = world.lv.accounts.login(c.email(role), PASSWORD,
+                                                           c.code(role)).token
+                want = expect[role]
+                ok = resp.status_code in (want if isinstance(want, tuple) else (want,))
+                if not ok:
+                    failures.append(f"{method} {path} lab={lab} role={role}: "
+                                    f"{resp.status_code} (want {want}) {resp.text[:160]}")
+                if resp.status_code >= 400 and resp.status_code != 413:
+                    assert resp.headers["content-type"].startswith("application/problem+json")
+                if path.startswith("/api/"):
+                    assert resp.headers["cache-control"] == "no-store"
+    assert not failures, "\n".join(failures)
+
+
+def test_other_lab_patient_indistinguishable_from_absent(world: World,
+                                                         client: TestClient) -> None:
+    c = Ctx(world)
+    for role in ("reception", "technician", "biologist", "dpo", "lab_admin", "patient"):
+        tok = world.lv.accounts.login(c.email(role), PASSWORD, c.code(role)).token
+        other = _call(client, "GET", f"/api/v1/patients/{world.b.patients[1]}", None, tok)
+        absent = _call(client, "GET", "/api/v1/patients/pt_0000000000000000000000000x", None, tok)
+        assert other.status_code == absent.status_code == 404
+        assert other.json() == absent.json()
+        for method in ("PUT", "DELETE"):
+            r = _call(client, method, f"/api/v1/patients/{world.b.patients[1]}",
+                      patient_json(1, seed=3) if method == "PUT" else None, tok)
+            assert r.status_code == 404
+    # and lab B's data was never written nor opened by a lab A actor
+    lab_a_ids = {a for a in world.a.accounts.values()}
+    for access, _d, outcome in world.lv.gate.audit.entries:  # type: ignore[attr-defined]
+        if access.actor.id in lab_a_ids:
+            assert access.tenant_id != world.b.tenant_id or outcome == "denied"
+
+
+def test_each_role_sees_exactly_its_categories(world: World, client: TestClient) -> None:
+    c = Ctx(world)
+    want = {"reception": ["contact", "coverage", "identity"],
+            "technician": ["clinical", "identity"],
+            "biologist": ["clinical", "contact", "coverage", "identity"],
+            "patient": ["clinical", "contact", "coverage", "identity"]}
+    fields = {"contact": "phone", "coverage": "coverage", "identity": "birth_name",
+              "clinical": "blood_group"}
+    for role, cats in want.items():
+        tok = world.lv.accounts.login(c.email(role), PASSWORD, c.code(role)).token
+        r = _call(client, "GET", f"/api/v1/patients/{world.a.patients[0]}", None, tok)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["categories"] == cats
+        for cat, f in fields.items():
+            if world.a.patient_data[0].get(f) is not None:
+                assert (f in body) == (cat in cats), (role, f)
+        # technicians get minimal identity only: no NIR, INS, birth place, legacy id
+        for f in ("nir", "birth_place_insee", "external_id"):
+            if world.a.patient_data[0].get(f) is not None:
+                assert (f in body) == (role != "technician"), (role, f)
+
+
+def test_security_headers_size_limit_and_public_paths(world: World, client: TestClient) -> None:
+    r = client.get("/health")
+    assert r.headers["x-content-type-options"] == "nosniff"
+    assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
+    assert "strict-transport-security" not in r.headers        # no TLS here
+    assert "access-control-allow-origin" not in client.options(
+        "/api/v1/me", headers={"Origin": "https://evil.example", "Access-Control-Request-Method":
+                               "GET"}).headers
+    big = client.post("/api/v1/auth/login", content=b"{" + b" " * 2_000_000 + b"}",
+                      headers={"content-type": "application/json"})
+    assert big.status_code == 413
+    unauth = client.get(f"/api/v1/patients/{world.a.patients[0]}")
+    assert unauth.status_code == 401 and unauth.headers["www-authenticate"] == "Bearer"
+    assert "Traceback" not in unauth.text
+    tls = TestClient(client.app, base_url="https://testserver")
+    assert "strict-transport-security" in tls.get("/health").headers
+
+
+def test_login_contract_and_no_secret_echo(world: World, client: TestClient) -> None:
+    c = Ctx(world)
+    r = client.post("/api/v1/auth/login", json={"email": c.email("biologist"),
+                                                "password": PASSWORD, "totp": c.code("biologist")})
+    assert r.status_code == 200 and set(r.json()) == {"token", "expires_at", "scope"}
+    cookie = r.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=strict" in cookie
+    bad = client.post("/api/v1/auth/login", json={"email": c.email("biologist"),
+                                                  "password": "Secret-Guess-9876!", "totp": "1"})
+    assert bad.status_code == 401 and "Secret-Guess-9876!" not in bad.text
+    weak = _call(client, "POST", "/api/v1/auth/password",
+                 {"current_password": PASSWORD, "new_password": "Password1234!",
+                  "totp": c.code("biologist")}, r.json()["token"])
+    assert weak.status_code == 422 and "Password1234!" not in weak.text
+
+
+@pytest.mark.parametrize("path", ["/api/v1/me", "/api/v1/users", "/api/v1/patients?nir=1"])
+def test_garbage_tokens_rejected(client: TestClient, world: World, path: str) -> None:
+    for tok in ("x", "a" * 300, "Bearer", "%00%ff"):
+        r = client.get(path, headers={"Authorization": f"Bearer {tok}"})
+        assert r.status_code == 401
+
+
+def test_cookie_session_refuses_cross_origin_writes(world: World, client: TestClient) -> None:
+    c = Ctx(world)
+    r = client.post("/api/v1/auth/login", json={"email": c.email("reception"),
+                                                "password": PASSWORD, "totp": c.code("reception")})
+    assert r.status_code == 200 and client.cookies.get("labvault_session")
+    assert client.get("/api/v1/me").status_code == 200            # cookie works
+    body = patient_json(42, seed=8)
+    evil = client.post("/api/v1/patients", json=body, headers={"Origin": "https://evil.example"})
+    assert evil.status_code == 401
+    same = client.post("/api/v1/patients", json=body, headers={"Origin": "http://testserver"})
+    assert same.status_code == 201
