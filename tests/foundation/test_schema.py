@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Column, LargeBinary, String, Table, text
+from sqlalchemy import Column, Date, DateTime, LargeBinary, String, Table, text
 
 from labvault.store import migrate
 from labvault.store.engine import make_engine
@@ -33,9 +33,11 @@ CLEAR_NAME_ALLOWED: dict[tuple[str, str], str] = {
 }
 
 PERSONAL = re.compile(
-    r"(^|_)(name|names|first|last|surname|email|e_mail|mail|phone|tel|mobile|nir|ssn|ins|"
-    r"address|street|city|postal|zip|birth|dob|born|sex|gender|password|secret|note|notes|"
+    r"(^|_)(name|names|surname|firstname|lastname|email|e_mail|mail|phone|tel|mobile|nir|ssn|"
+    r"ins|address|street|city|postal|zip|birth|dob|born|sex|gender|password|secret|note|notes|"
     r"comment|text|diagnos\w*|insurer|amo|amc|member)($|_)")
+# A clear timestamp is allowed (workflow times, DESIGN §4) unless it is a birth date.
+PERSONAL_DATE = re.compile(r"(^|_)(birth|dob|born)($|_)")
 
 
 def _diff(url: str, **engine_kw: Any) -> list[Any]:
@@ -92,8 +94,8 @@ def _clear(col: Column[Any]) -> bool:
 @pytest.mark.parametrize("table", _tables(), ids=lambda t: t.name)
 def test_no_clear_personal_columns(table: Table) -> None:
     bad = [c.name for c in table.columns
-           if _clear(c) and PERSONAL.search(c.name.lower())
-           and (table.name, c.name) not in CLEAR_NAME_ALLOWED]
+           if _clear(c) and (PERSONAL_DATE if isinstance(c.type, DateTime | Date) else PERSONAL)
+           .search(c.name.lower()) and (table.name, c.name) not in CLEAR_NAME_ALLOWED]
     assert not bad, (f"{table.name}: clear columns {bad} look like personal data; seal them "
                      "(LargeBinary through the gate) or rename them")
 
@@ -111,11 +113,14 @@ def test_rules_catch_violations() -> None:
     from sqlalchemy import Integer, MetaData, PrimaryKeyConstraint
     m = MetaData()
     t = Table("bad", m, Column("id", Integer, primary_key=True), Column("tenant_id", String(40)),
-              Column("patient_email", String(200)), Column("birth_date_sealed", LargeBinary))
+              Column("patient_email", String(200)), Column("birth_date_sealed", LargeBinary),
+              Column("password_changed_at", DateTime), Column("last_seen_at", DateTime))
     with pytest.raises(AssertionError):
         test_tenant_id_first_in_primary_key(t)
-    with pytest.raises(AssertionError, match="patient_email"):
+    with pytest.raises(AssertionError, match=r"\['patient_email'\]"):
         test_no_clear_personal_columns(t)
+    with pytest.raises(AssertionError, match="date_of_birth"):
+        test_no_clear_personal_columns(Table("bad2", m, Column("date_of_birth", Date)))
     with pytest.raises(AssertionError):
         test_ids_are_random_strings(t)
     ok = Table("ok", m, Column("tenant_id", String(40)), Column("x_id", String(40)),
