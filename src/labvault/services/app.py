@@ -104,11 +104,13 @@ class Labvault:
                          audit or MemoryAudit(), self.load_tenant_keys)
         self.gate.alerts = self.alerts
         from labvault.services.keys import KeyService
+        from labvault.services.lab import LabService
         from labvault.services.patients import PatientService
         from labvault.services.tenants import TenantService
         self.tenants = TenantService(self)
         self.patients = PatientService(self)
         self.keys = KeyService(self)
+        self.lab = LabService(self)
         from labvault.services.accounts import AccountService; self.accounts = AccountService(self)  # noqa: E702, I001
 
     # -- life cycle --------------------------------------------------------------------
