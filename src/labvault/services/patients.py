@@ -273,9 +273,12 @@ class PatientService:
     def find(self, actor: Actor, tenant_id: str, *, nir: str | None = None,
              email: str | None = None, phone: str | None = None,
              birth_name: str | None = None, first_name: str | None = None,
-             birth_date: str | date | None = None, purpose: str = "care") -> list[str]:
+             birth_date: str | date | None = None, external_id: str | None = None,
+             purpose: str = "care") -> list[str]:
         """Patient ids matching one criterion, through the blind indexes."""
-        if nir:
+        if external_id:
+            kind, norm, cat = bi.EXTERNAL_ID, external_id.strip(), Category.IDENTITY
+        elif nir:
             kind, norm, cat = bi.NIR, indexing.search_value(bi.NIR, nir), Category.IDENTITY
         elif email:
             kind, norm, cat = bi.EMAIL, indexing.search_value(bi.EMAIL, email), Category.CONTACT
