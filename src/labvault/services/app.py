@@ -233,8 +233,12 @@ class Labvault:
         if not entries:
             return 0
         with self.begin() as conn:
-            done = repo.shredded_ids(conn)
-            todo = [(t, p, at) for t, p, at in entries if (t, p) not in done]
+            # Judge by what the database still holds (a data key, index rows or sealed
+            # blobs), not by its own copy of the log: a restored backup may hold both an
+            # old key row and no record of the erasure, or a partial restore may bring
+            # a key row back next to a logged erasure.
+            live = repo.unshredded(conn, [(t, p) for t, p, _ in entries])
+            todo = [(t, p, at) for t, p, at in entries if (t, p) in live]
             for tenant_id, patient_id, at in todo:
                 repo.shred_patient(conn, tenant_id, patient_id, at)
         return len(todo)
