@@ -39,6 +39,8 @@ def create_app(lv: Labvault) -> FastAPI:
     app.include_router(patients.router)
     app.include_router(me.router)
     app.include_router(me_access.router)
+    from labvault.api.fhir import router as fhir_router
+    app.include_router(fhir_router)
     return app
 
 

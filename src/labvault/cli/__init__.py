@@ -13,6 +13,7 @@ from labvault.cli import _common
 from labvault.cli.audit import app as audit_app
 from labvault.cli.guard import register as register_guard
 from labvault.cli.keys import app as keys_app
+from labvault.cli.lab import register as register_lab
 from labvault.cli.patients import app as patient_app
 from labvault.cli.system import register as register_system
 from labvault.cli.tenants import app as tenant_app
@@ -44,6 +45,7 @@ app.add_typer(user_app, name="user", help="Named personal accounts.")
 app.add_typer(policy_app, name="policy", help="The access policy table.")
 register_guard(app)
 app.add_typer(audit_app, name="audit", help="Audit trail: verify, checkpoint, prove, reports.")
+register_lab(app)
 
 
 def main() -> None:

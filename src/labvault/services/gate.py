@@ -253,3 +253,13 @@ class Gate:
         """What the policy would let ``access`` open, without deciding (for UIs)."""
         d = self.policy.decide(access)
         return d.categories if d.allowed else ()
+
+    # -- patient-keyed records outside the patients table (lab orders, results...) --------
+    def patient_key(self, conn: Connection, tenant_id: str, patient_id: str) -> DataKey:
+        """The patient's data key, to seal/open records a ``check`` already allowed."""
+        return self._dek(conn, tenant_id, patient_id)
+
+    def open_patient_value(self, dek: DataKey, tenant_id: str, table: str, column: str,
+                           record_id: str, sealed: bytes) -> bytes:
+        """Open one value sealed under a patient's key (after a ``check``)."""
+        return dek.open(SealContext(tenant_id, table, column, record_id), sealed)

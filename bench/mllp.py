@@ -1,0 +1,150 @@
+"""MLLP throughput: N ORU^R01 messages (5 OBX each) sent by separate client processes over
+loopback, on 1 connection and on 8 connections; every ACK is sent after the message's
+transaction committed (one transaction per message, no batching across ACKs).
+
+    .venv/bin/python bench/mllp.py [--n 2000] [--repeat 3] [--pg URL]
+
+Prints messages/s (median of the runs) per connection count. The server runs in this
+process (asyncio loop + worker threads); the clients are forked processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing as mp
+import random
+import sys
+import tempfile
+import threading
+import time
+from datetime import date
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from labvault.config import Settings
+from labvault.domain.actors import Actor
+from labvault.interop.hl7.handler import Hl7Handler
+from labvault.interop.hl7.mllp import MllpServer, send
+from labvault.services.app import Labvault
+from labvault.synthetic import make_finess, make_nir
+
+
+def oru(i: int, nir: str, run: str) -> bytes:
+    return ("\r".join([
+        f"MSH|^~\\&|ANALYZER|LABO|LABVAULT|LABO|20260301083000||ORU^R01^ORU_R01|{run}-{i}|P|2.5",
+        f"PID|1||{nir}^^^ASIP-SANTE-NIR&1.2.250.1.213.1.4.8&ISO^NH||MARTIN^Jeanne||19800517|F",
+        f"OBR|1|PL{run}{i}|FI{run}{i}|58410-2^CBC^LN|||20260301080000",
+        "OBX|1|NM|718-7^Hemoglobin^LN||13.2|g/dL|||||F",
+        "OBX|2|NM|6690-2^WBC^LN||7.1|10*9/L|||||F",
+        "OBX|3|NM|777-3^Platelets^LN||250|10*9/L|||||F",
+        "OBX|4|NM|2823-3^Potassium^LN||4.4|mmol/L|||||F",
+        "OBX|5|NM|2951-2^Sodium^LN||140|mmol/L|||||F",
+    ]) + "\r").encode()
+
+
+def client(port: int, msgs: list[bytes], q: mp.Queue) -> None:  # type: ignore[type-arg]
+    acks = send("127.0.0.1", port, msgs, timeout=300)
+    q.put(sum(1 for a in acks if b"MSA|AA" in a))
+
+
+def run(port: int, n: int, conns: int, nirs: list[str], run_id: str
+        ) -> tuple[float, int, float]:
+    """(messages/s wall, messages acknowledged AA, server CPU ms per message)."""
+    msgs = [oru(i, nirs[i % len(nirs)], run_id) for i in range(n)]
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    c0 = time.process_time()          # this process = the server (all its threads)
+    t0 = time.perf_counter()
+    procs = [ctx.Process(target=client, args=(port, msgs[k::conns], q)) for k in range(conns)]
+    for p in procs:
+        p.start()
+    ok = sum(q.get() for _ in procs)
+    for p in procs:
+        p.join()
+    wall = time.perf_counter() - t0
+    return n / wall, ok, (time.process_time() - c0) / n * 1000
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument("--pg", default="", help="PostgreSQL URL (default: SQLite file)")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--workers", type=int, default=4)
+    ap.add_argument("--hooks", choices=("wiring", "memory"), default="wiring",
+                    help="wiring: the gate hooks a running labvault uses (audit chain...); "
+                         "memory: in-memory audit (to see the hooks' cost)")
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp())
+    env = {"LABVAULT_KEY_FILE": str(tmp / "root.key")}
+    schema = None
+    if args.pg:
+        # A private schema, dropped at the end: never touch the shared database's tables.
+        from sqlalchemy import text
+
+        from labvault.store.engine import make_engine
+        schema = f"bench_mllp_{time.time_ns()}"
+        admin = make_engine(args.pg)
+        with admin.begin() as c:
+            c.execute(text(f'CREATE SCHEMA "{schema}"'))
+        sep = "&" if "?" in args.pg else "?"
+        env["LABVAULT_DATABASE_URL"] = f"{args.pg}{sep}options=-csearch_path%3D{schema}"
+    s = Settings.from_env(tmp / "var", env=env)
+    if args.hooks == "wiring":
+        from labvault.services.wiring import init_labvault
+        lv = init_labvault(s)
+    else:
+        lv = Labvault.init(s)
+    op = Actor.operator()
+    tenant = lv.tenants.add(op, "Bench lab", make_finess(random.Random(time.time_ns()))).tenant_id
+    nirs = []
+    for k in range(50):
+        nir = make_nir("F", date(1980, 5, 17), "59350", k + 1)
+        lv.patients.register(op, tenant, {"birth_name": "MARTIN", "first_names": ["Jeanne"],
+                                          "birth_date": "1980-05-17", "sex": "F", "nir": nir})
+        nirs.append(nir)
+    h = Hl7Handler(lv, Actor.system("mllp"), tenant)
+    srv = MllpServer(lambda raw: h.handle(raw)[1], "127.0.0.1", 0, workers=args.workers,
+                     reject=h.reject)
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+
+    def serve() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(srv.start())
+        started.set()
+        loop.run_forever()
+    threading.Thread(target=serve, daemon=True).start()
+    started.wait()
+    run(srv.port, 100, 1, nirs, "warm")
+    print(f"backend={'postgresql' if args.pg else 'sqlite'} hooks={args.hooks} n={args.n} "
+          "(5 OBX each)")
+    # The machine is shared: wall-clock rates depend on the load. Server CPU per message
+    # says what one fully available core would do (1000 / ms), load aside.
+    for conns in (1, 8):
+        rates, cpu = [], []
+        for r in range(args.repeat):
+            rate, ok, ms = run(srv.port, args.n, conns, nirs, f"c{conns}r{r}")
+            assert ok == args.n, (ok, args.n)
+            rates.append(rate)
+            cpu.append(ms)
+        rates.sort()
+        cpu.sort()
+        med = cpu[len(cpu) // 2]
+        print(f"connections={conns}: median {rates[len(rates) // 2]:.0f} msg/s "
+              f"(runs: {', '.join(f'{x:.0f}' for x in rates)}); server CPU {med:.2f} ms/msg "
+              f"= {1000 / med:.0f} msg/s per free core", flush=True)
+    asyncio.run_coroutine_threadsafe(srv.stop(), loop).result(30)
+    loop.call_soon_threadsafe(loop.stop)
+    srv.close()
+    lv.close()
+    if schema is not None:
+        with admin.begin() as c:
+            c.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+"""``labvault mllp``, ``labvault ingest hl7``, ``labvault hl7-issues``, ``labvault catalogue``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from labvault.cli._common import JsonOpt, emit, err_console, opened, out_console, user_errors
+from labvault.domain.actors import Actor
+from labvault.errors import UserError
+
+ingest_app = typer.Typer(no_args_is_help=True)
+issues_app = typer.Typer(no_args_is_help=True)
+catalogue_app = typer.Typer(no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("mllp")(mllp)
+    app.add_typer(ingest_app, name="ingest", help="Ingest files (HL7 v2).")
+    app.add_typer(issues_app, name="hl7-issues",
+                  help="Results that could not be mapped (unknown patient or code).")
+    app.add_typer(catalogue_app, name="catalogue", help="Test catalogue (LOINC, ranges).")
+
+
+@user_errors
+def mllp(port: int = typer.Option(2575, "--port", help="TCP port (0: any free port)."),
+         host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+         tenant: str = typer.Option(None, "--tenant",
+                                    help="Laboratory id; default: MSH-6 = the lab's FINESS."),
+         max_bytes: int = typer.Option(1 << 20, "--max-bytes", help="Largest message accepted."),
+         idle_timeout: float = typer.Option(300.0, "--idle-timeout",
+                                            help="Seconds of silence before a connection is "
+                                                 "closed."),
+         workers: int = typer.Option(4, "--workers", min=1, max=64,
+                                     help="Threads storing messages.")) -> None:
+    """HL7 v2 over MLLP: ADT^A04/A08, ORM^O01, OML^O21, ORU^R01; ACK after commit."""
+    import asyncio
+
+    from labvault.interop.hl7.handler import Hl7Handler
+    from labvault.interop.hl7.mllp import MllpServer
+    with opened() as lv:
+        if tenant:
+            lv.tenants.get(tenant)
+        h = Hl7Handler(lv, Actor.system("mllp"), tenant)
+        server = MllpServer(lambda raw: h.handle(raw)[1], host, port, max_bytes, idle_timeout,
+                            workers, reject=h.reject)
+
+        async def run() -> None:
+            await server.start()
+            err_console.print(f"MLLP listening on {host}:{server.port}", highlight=False)
+            assert server.server is not None
+            async with server.server:
+                await server.server.serve_forever()
+        try:
+            asyncio.run(run())
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.close()
+
+
+def _files(path: Path) -> list[Path]:
+    if path.is_dir():
+        return sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+    if path.is_file():
+        return [path]
+    raise UserError(f"{path} is not a file or directory", "give an HL7 file or a folder of them")
+
+
+@ingest_app.command("hl7")
+@user_errors
+def ingest_hl7(path: Path = typer.Argument(..., help="HL7 v2 file (one or more messages, "
+                                                     "FHS/BHS batches too) or a directory."),
+               tenant: str = typer.Option(None, "--tenant", help="Laboratory id; default MSH-6."),
+               as_json: bool = JsonOpt) -> None:
+    """Ingest HL7 v2 files: each message stored (or refused) on its own, as over MLLP."""
+    from labvault.interop.hl7.handler import Hl7Handler
+    from labvault.interop.hl7.ingest import split_file
+    results: list[dict[str, object]] = []
+    with opened() as lv:
+        if tenant:
+            lv.tenants.get(tenant)
+        h = Hl7Handler(lv, Actor.operator(), tenant)
+        for f in _files(path):
+            for n, raw in enumerate(split_file(f.read_bytes()), start=1):
+                outcome, _ack = h.handle(raw)
+                results.append({"file": str(f), "message": n, "ack": outcome.ack_code,
+                                "duplicate": outcome.duplicate,
+                                "issues": outcome.issue_ids,
+                                "errors": [f"{e.location}: {e.text}" if e.location else e.text
+                                           for e in outcome.errors]})
+    summary = {"messages": len(results),
+               "accepted": sum(1 for r in results if r["ack"] == "AA"),
+               "errors": sum(1 for r in results if r["ack"] != "AA"), "results": results}
+
+    def human() -> None:
+        out_console.print(f"{summary['messages']} messages: {summary['accepted']} accepted, "
+                          f"{summary['errors']} refused")
+        for r in results:
+            if r["ack"] != "AA" or r["errors"]:
+                out_console.print(f"  {r['file']} #{r['message']} {r['ack']}: "
+                                  f"{'; '.join(r['errors'])}", highlight=False)  # type: ignore[arg-type]
+    emit(summary, as_json, human)
+    if results and not summary["accepted"]:
+        raise typer.Exit(2)
+
+
+@issues_app.command("list")
+@user_errors
+def issues_list(tenant: str = typer.Option(..., "--tenant"),
+                all_: bool = typer.Option(False, "--all", help="Resolved/discarded too."),
+                as_json: bool = JsonOpt) -> None:
+    """Import issues (opened through the gate, audited)."""
+    with opened() as lv:
+        items = lv.lab.messages.list_issues(Actor.operator(), tenant, None if all_ else "open")
+
+    def human() -> None:
+        for i in items:
+            out_console.print(f"{i['id']}  {i['status']:9} {i['kind']:16} {i.get('reason', '')}",
+                              highlight=False)
+        if not items:
+            out_console.print("no import issue")
+    emit(items, as_json, human)
+
+
+@issues_app.command("resolve")
+@user_errors
+def issues_resolve(issue_id: str = typer.Argument(...),
+                   patient: str = typer.Option(None, "--patient", help="Patient id (pt_...)."),
+                   code: str = typer.Option(None, "--code", help="LOINC code the local code means."),
+                   discard: bool = typer.Option(False, "--discard", help="Close without storing."),
+                   reason: str = typer.Option(None, "--reason", help="Why (required to discard)."),
+                   as_json: bool = JsonOpt) -> None:
+    """Store the kept results with the right patient and/or code, or discard them."""
+    with opened() as lv:
+        if discard:
+            data = lv.lab.messages.discard_issue(Actor.operator(), issue_id, reason or "")
+        else:
+            data = lv.lab.messages.resolve_issue(Actor.operator(), issue_id, patient_id=patient,
+                                                 code=code)
+    emit(data, as_json, lambda: out_console.print(f"issue {issue_id} {data['status']}"))
+
+
+@catalogue_app.command("load")
+@user_errors
+def catalogue_load(file: Path = typer.Argument(..., help="Catalogue JSON (docs/lab.md)."),
+                   tenant: str = typer.Option(..., "--tenant"), as_json: bool = JsonOpt) -> None:
+    """Install a laboratory's own catalogue (replaces the shipped default for that lab)."""
+    try:
+        data = json.loads(file.read_text("utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"cannot read {file}: {exc}", "give a JSON catalogue file") from None
+    with opened() as lv:
+        info = lv.lab.load_catalogue(Actor.operator(), tenant, data)
+    emit(info, as_json, lambda: out_console.print(
+        f"catalogue {info['version']} loaded ({info['tests']} tests)"))
+
+
+@catalogue_app.command("show")
+@user_errors
+def catalogue_show(tenant: str = typer.Option(..., "--tenant"), as_json: bool = JsonOpt) -> None:
+    """The catalogue in force for a laboratory."""
+    with opened() as lv:
+        cat = lv.lab.catalogue(tenant)
+    data = {"version": cat.version, "tests": [
+        {"code": t.code, "display": t.display, "unit": t.unit, "kind": t.kind.value}
+        for t in cat.tests.values()]}
+
+    def human() -> None:
+        out_console.print(f"catalogue {cat.version}")
+        for t in cat.tests.values():
+            out_console.print(f"  {t.code:9} {t.unit or '':9} {t.display}", highlight=False)
+    emit(data, as_json, human)

@@ -1,0 +1,657 @@
+"""The laboratory workflow: orders, specimens, results, reports (pure; no I/O).
+
+FHIR names are used for the four records (ServiceRequest, Specimen, Observation,
+DiagnosticReport) because the FHIR door projects them one to one.
+
+Workflow of an order (one order = one DiagnosticReport)::
+
+    registered ──receive──▶ received ──enter results──▶ preliminary
+        │                      │                           │  ▲ (more results)
+        │                      │                           ▼  │
+        │                      │                technically-validated
+        │                      │                           │ (biologist only)
+        │                      │                           ▼
+        │                      │                         final ──publish──▶ published
+        │                      │                                               │ amend
+        ▼                      ▼                                               ▼
+    cancelled / rejected (reason from REJECTION_REASONS)                    amended ⟲ amend
+
+Rules: only a biologist validates biologically (``BIOLOGIST_ROLE``); validation records
+who and when; after publication a result is never overwritten — an amendment keeps
+the previous value in the observation's history with who, when and why.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from enum import StrEnum
+from typing import Any
+
+from stdnum import luhn
+
+from labvault.domain import validation as v
+from labvault.errors import Conflict, InvalidField, InvalidRecord
+
+BIOLOGIST_ROLE = "biologist"            # médecin/pharmacien biologiste: signs results
+TECHNICAL_ROLES = frozenset({"technician", BIOLOGIST_ROLE})
+
+
+class Priority(StrEnum):
+    """FHIR ServiceRequest.priority subset; HL7 v2 OBR-27/TQ1-9: R, A (→ urgent), S."""
+
+    ROUTINE = "routine"
+    URGENT = "urgent"
+    STAT = "stat"
+
+
+class OrderStatus(StrEnum):
+    REGISTERED = "registered"
+    RECEIVED = "received"
+    PRELIMINARY = "preliminary"
+    TECHNICALLY_VALIDATED = "technically-validated"
+    FINAL = "final"                      # biologically validated
+    PUBLISHED = "published"
+    AMENDED = "amended"                  # corrected after publication (still published)
+    REJECTED = "rejected"
+    CANCELLED = "cancelled"
+
+
+TRANSITIONS: Mapping[OrderStatus, frozenset[OrderStatus]] = {
+    OrderStatus.REGISTERED: frozenset({OrderStatus.RECEIVED, OrderStatus.REJECTED,
+                                       OrderStatus.CANCELLED}),
+    OrderStatus.RECEIVED: frozenset({OrderStatus.RECEIVED, OrderStatus.PRELIMINARY,
+                                     OrderStatus.REJECTED, OrderStatus.CANCELLED}),
+    OrderStatus.PRELIMINARY: frozenset({OrderStatus.PRELIMINARY,
+                                        OrderStatus.TECHNICALLY_VALIDATED,
+                                        OrderStatus.REJECTED, OrderStatus.CANCELLED}),
+    OrderStatus.TECHNICALLY_VALIDATED: frozenset({OrderStatus.FINAL, OrderStatus.PRELIMINARY,
+                                                  OrderStatus.CANCELLED}),
+    OrderStatus.FINAL: frozenset({OrderStatus.PUBLISHED}),
+    OrderStatus.PUBLISHED: frozenset({OrderStatus.AMENDED}),
+    OrderStatus.AMENDED: frozenset({OrderStatus.AMENDED}),
+    OrderStatus.REJECTED: frozenset(),
+    OrderStatus.CANCELLED: frozenset(),
+}
+
+# FHIR status of the DiagnosticReport / Observations for each order state.
+REPORT_STATUS: Mapping[OrderStatus, str] = {
+    OrderStatus.REGISTERED: "registered", OrderStatus.RECEIVED: "registered",
+    OrderStatus.PRELIMINARY: "preliminary", OrderStatus.TECHNICALLY_VALIDATED: "preliminary",
+    OrderStatus.FINAL: "final", OrderStatus.PUBLISHED: "final", OrderStatus.AMENDED: "amended",
+    OrderStatus.REJECTED: "cancelled", OrderStatus.CANCELLED: "cancelled",
+}
+
+
+class InvalidTransition(Conflict):
+    code = "invalid-transition"
+
+
+def check_transition(current: OrderStatus, target: OrderStatus) -> None:
+    if target not in TRANSITIONS[current]:
+        allowed = ", ".join(sorted(TRANSITIONS[current])) or "none (terminal state)"
+        raise InvalidTransition(f"an order that is {current} cannot become {target}",
+                                f"allowed next states: {allowed}")
+
+
+# Reasons a specimen/order is rejected (non-conformity list of the pre-analytical phase).
+REJECTION_REASONS: Mapping[str, str] = {
+    "hemolysed": "specimen hemolysed",
+    "clotted": "specimen clotted",
+    "insufficient-volume": "insufficient volume",
+    "wrong-container": "wrong tube or container",
+    "unlabelled": "specimen not labelled",
+    "identity-mismatch": "identity on specimen and order do not match",
+    "transport-delay": "delay or temperature out of limits during transport",
+    "leaked": "container broken or leaked",
+    "no-prescription": "no valid prescription",
+}
+
+# HL7 table 0487 (specimen type) subset, also used as FHIR Specimen.type code.
+SPECIMEN_TYPES: Mapping[str, str] = {
+    "BLD": "whole blood", "SER": "serum", "PLAS": "plasma", "UR": "urine",
+    "CSF": "cerebrospinal fluid", "STL": "stool", "SAL": "saliva", "SWAB": "swab",
+    "BLDA": "arterial blood", "BLDV": "venous blood", "BLDCAP": "capillary blood",
+}
+
+
+class Flag(StrEnum):
+    """Interpretation (HL7 table 0078 / FHIR v3-ObservationInterpretation)."""
+
+    NORMAL = "N"
+    LOW = "L"
+    HIGH = "H"
+    CRITICAL_LOW = "LL"
+    CRITICAL_HIGH = "HH"
+    ABNORMAL = "A"
+
+    @property
+    def is_panic(self) -> bool:
+        return self in (Flag.CRITICAL_LOW, Flag.CRITICAL_HIGH)
+
+
+class ValueKind(StrEnum):
+    NUMERIC = "numeric"
+    CODED = "coded"
+    TEXT = "text"
+
+
+# -- field checks -------------------------------------------------------------------------
+_LOINC = re.compile(r"\d{1,7}-\d")
+_UCUM = re.compile(r"[!-~]{1,40}")
+
+
+def loinc(value: object, field_: str = "code") -> str:
+    """LOINC code: 1-7 digits, hyphen, mod-10 check digit (the Luhn algorithm)."""
+    if not isinstance(value, str) or not _LOINC.fullmatch(value.strip()):
+        raise InvalidField(field_, "must be a LOINC code (digits-checkdigit)", "e.g. 2345-7")
+    code = value.strip()
+    if not luhn.is_valid(code.replace("-", "")):
+        raise InvalidField(field_, "LOINC check digit does not match", "check the code")
+    return code
+
+
+def ucum(value: object, field_: str = "unit") -> str:
+    """UCUM unit, case-sensitive form: printable ASCII without spaces, balanced brackets."""
+    if not isinstance(value, str) or not _UCUM.fullmatch(value.strip()):
+        raise InvalidField(field_, "must be a UCUM unit", "e.g. mmol/L, g/dL, 10*9/L, %")
+    u = value.strip()
+    depth = 0
+    for c in u:
+        depth += {"[": 1, "]": -1, "(": 1, ")": -1}.get(c, 0)
+        if depth < 0:
+            break
+    if depth != 0:
+        raise InvalidField(field_, "has unbalanced brackets", "e.g. m[IU]/L")
+    return u
+
+
+def aware(value: object, field_: str) -> datetime:
+    """A timestamp with a time zone (naive ones are taken as UTC)."""
+    if isinstance(value, datetime):
+        d = value
+    elif isinstance(value, str):
+        try:
+            d = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise InvalidField(field_, "must be an ISO 8601 date-time",
+                               "e.g. 2026-03-01T08:30:00+01:00") from None
+    else:
+        raise InvalidField(field_, "must be an ISO 8601 date-time", "e.g. 2026-03-01T08:30:00+01:00")
+    if d.tzinfo is None:
+        d = d.replace(tzinfo=UTC)
+    if d.year < 1900 or d.year > 2200:
+        raise InvalidField(field_, "is out of range", "check the year")
+    return d
+
+
+def _collect(errors: list[InvalidField], fn: Any, *args: Any) -> Any:
+    try:
+        return fn(*args)
+    except InvalidField as exc:
+        errors.append(exc)
+        return None
+
+
+def _unknown(data: Mapping[str, Any], allowed: frozenset[str], errors: list[InvalidField],
+             prefix: str = "") -> None:
+    for k in sorted(set(data) - allowed):
+        errors.append(InvalidField(f"{prefix}{k}", "is not a known field",
+                                   "allowed: " + ", ".join(sorted(allowed))))
+
+
+# -- records --------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class OrderPrescriber:
+    name: str
+    rpps: str | None = None   # RPPS: national registry number of health professionals
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceRequest:
+    """An order: who prescribed which tests, how urgently, with which clinical notes."""
+
+    tests: tuple[str, ...]                       # LOINC codes requested
+    priority: Priority = Priority.ROUTINE
+    prescriber: OrderPrescriber | None = None
+    clinical_notes: str | None = None
+    placer_number: str | None = None             # ORC-2/OBR-2: the prescriber's order number
+    filler_number: str | None = None             # ORC-3/OBR-3: the laboratory's number
+    requested_at: datetime | None = None
+
+    FIELDS = frozenset({"tests", "priority", "prescriber", "clinical_notes", "placer_number",
+                        "filler_number", "requested_at"})
+
+    @staticmethod
+    def parse(data: object) -> ServiceRequest:
+        if isinstance(data, ServiceRequest):
+            return data
+        if not isinstance(data, Mapping):
+            raise InvalidRecord([InvalidField("(order)", "must be an object", "")])
+        errors: list[InvalidField] = []
+        _unknown(data, ServiceRequest.FIELDS, errors)
+        raw_tests = data.get("tests")
+        tests: list[str] = []
+        if not isinstance(raw_tests, list | tuple) or not raw_tests:
+            errors.append(InvalidField("tests", "must be a non-empty list of LOINC codes",
+                                       '["718-7", "2345-7"]'))
+        else:
+            for i, t in enumerate(raw_tests):
+                code = _collect(errors, loinc, t, f"tests[{i}]")
+                if code and code not in tests:
+                    tests.append(code)
+        prio_raw = data.get("priority") or "routine"
+        try:
+            priority = Priority(str(prio_raw).lower())
+        except ValueError:
+            errors.append(InvalidField("priority", "must be routine, urgent or stat", ""))
+            priority = Priority.ROUTINE
+        prescriber = None
+        raw_p = data.get("prescriber")
+        if raw_p is not None:
+            if not isinstance(raw_p, Mapping):
+                errors.append(InvalidField("prescriber", "must be an object", '{"name", "rpps"}'))
+            else:
+                _unknown(raw_p, frozenset({"name", "rpps"}), errors, "prescriber.")
+                pname = _collect(errors, v.text, raw_p.get("name"), "prescriber.name", 100, True)
+                prpps = _collect(errors, v.rpps, raw_p["rpps"]) if raw_p.get("rpps") else None
+                if pname:
+                    prescriber = OrderPrescriber(pname, prpps)
+        notes = _collect(errors, v.text, data.get("clinical_notes"), "clinical_notes", 4000)
+        placer = _collect(errors, v.text, data.get("placer_number"), "placer_number", 64)
+        filler = _collect(errors, v.text, data.get("filler_number"), "filler_number", 64)
+        req = (_collect(errors, aware, data["requested_at"], "requested_at")
+               if data.get("requested_at") else None)
+        if errors:
+            raise InvalidRecord(errors)
+        return ServiceRequest(tuple(tests), priority, prescriber, notes, placer, filler, req)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"tests": list(self.tests), "priority": self.priority.value,
+                "prescriber": ({"name": self.prescriber.name, "rpps": self.prescriber.rpps}
+                               if self.prescriber else None),
+                "clinical_notes": self.clinical_notes, "placer_number": self.placer_number,
+                "filler_number": self.filler_number,
+                "requested_at": self.requested_at.isoformat() if self.requested_at else None}
+
+
+@dataclass(frozen=True, slots=True)
+class Specimen:
+    type: str                                    # SPECIMEN_TYPES code
+    collected_at: datetime
+    accession_number: str                        # the laboratory's specimen number (barcode)
+
+    FIELDS = frozenset({"type", "collected_at", "accession_number"})
+
+    @staticmethod
+    def parse(data: object) -> Specimen:
+        if isinstance(data, Specimen):
+            return data
+        if not isinstance(data, Mapping):
+            raise InvalidRecord([InvalidField("(specimen)", "must be an object", "")])
+        errors: list[InvalidField] = []
+        _unknown(data, Specimen.FIELDS, errors)
+        stype = str(data.get("type") or "").strip().upper()
+        if stype not in SPECIMEN_TYPES:
+            errors.append(InvalidField("type", "is not a known specimen type",
+                                       "one of " + ", ".join(SPECIMEN_TYPES)))
+        collected = _collect(errors, aware, data.get("collected_at"), "collected_at")
+        acc = _collect(errors, v.text, data.get("accession_number"), "accession_number", 64, True)
+        if errors:
+            raise InvalidRecord(errors)
+        return Specimen(stype, collected, acc)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"type": self.type, "collected_at": self.collected_at.isoformat(),
+                "accession_number": self.accession_number}
+
+
+@dataclass(frozen=True, slots=True)
+class CodedValue:
+    code: str
+    display: str | None = None
+    system: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ResultInput:
+    """One result as entered by a technician or sent by an analyzer (before interpretation)."""
+
+    code: str                                    # LOINC
+    kind: ValueKind
+    numeric: float | None = None
+    coded: CodedValue | None = None
+    text: str | None = None
+    unit: str | None = None
+    comparator: str | None = None                # <, <=, >, >= ("<0.5")
+    comment: str | None = None
+    observed_at: datetime | None = None
+    local_code: str | None = None                # the analyzer's code, when it was mapped
+
+    FIELDS = frozenset({"code", "value", "unit", "comment", "observed_at", "kind", "local_code"})
+
+    @staticmethod
+    def parse(data: object, where: str = "") -> ResultInput:
+        """``{"code": "2345-7", "value": 5.4, "unit": "mmol/L"}``; value a number (numeric),
+        ``{"code":..,"display":..,"system":..}`` (coded) or a string (text, or numeric
+        with an optional comparator like ``"<0.5"`` when it reads as one)."""
+        if isinstance(data, ResultInput):
+            return data
+        if not isinstance(data, Mapping):
+            raise InvalidRecord([InvalidField(f"{where}(result)", "must be an object", "")])
+        errors: list[InvalidField] = []
+        _unknown(data, ResultInput.FIELDS, errors, where)
+        code = _collect(errors, loinc, data.get("code"), f"{where}code")
+        raw = data.get("value")
+        unit = _collect(errors, ucum, data["unit"], f"{where}unit") if data.get("unit") else None
+        comment = _collect(errors, v.text, data.get("comment"), f"{where}comment", 4000)
+        observed = (_collect(errors, aware, data["observed_at"], f"{where}observed_at")
+                    if data.get("observed_at") else None)
+        local = _collect(errors, v.text, data.get("local_code"), f"{where}local_code", 64)
+        forced = data.get("kind")
+        kind = ValueKind.TEXT
+        numeric: float | None = None
+        coded: CodedValue | None = None
+        text: str | None = None
+        comparator: str | None = None
+        if isinstance(raw, bool) or raw is None:
+            errors.append(InvalidField(f"{where}value", "is required (number, code or text)", ""))
+        elif isinstance(raw, int | float):
+            kind, numeric = ValueKind.NUMERIC, float(raw)
+        elif isinstance(raw, Mapping):
+            c = raw.get("code")
+            if not isinstance(c, str) or not c.strip() or len(c) > 64:
+                errors.append(InvalidField(f"{where}value.code", "must be a code", ""))
+            else:
+                kind = ValueKind.CODED
+                coded = CodedValue(c.strip(), _collect(errors, v.text, raw.get("display"),
+                                                        f"{where}value.display", 200),
+                                   _collect(errors, v.text, raw.get("system"),
+                                            f"{where}value.system", 200))
+        elif isinstance(raw, str):
+            parsed = parse_numeric(raw) if forced != ValueKind.TEXT else None
+            if parsed is not None:
+                kind, (comparator, numeric) = ValueKind.NUMERIC, parsed
+            else:
+                kind = ValueKind.TEXT
+                text = _collect(errors, v.text, raw, f"{where}value", 4000, True)
+        else:
+            errors.append(InvalidField(f"{where}value", "must be a number, a code or text", ""))
+        if numeric is not None and not math.isfinite(numeric):
+            errors.append(InvalidField(f"{where}value", "must be a finite number", ""))
+        if errors:
+            raise InvalidRecord(errors)
+        assert code is not None
+        return ResultInput(code, kind, numeric, coded, text, unit, comparator, comment, observed,
+                           local)
+
+
+_NUM = re.compile(r"\s*(<=|>=|<|>)?\s*([+-]?(?:\d+(?:[.,]\d*)?|[.,]\d+)(?:[eE][+-]?\d+)?)\s*")
+
+
+def parse_numeric(raw: str) -> tuple[str | None, float] | None:
+    """'5.4' -> (None, 5.4); '<0,5' -> ('<', 0.5); anything else -> None."""
+    m = _NUM.fullmatch(raw)
+    if not m:
+        return None
+    try:
+        value = float(m.group(2).replace(",", "."))
+    except ValueError:
+        return None
+    if not math.isfinite(value):
+        return None
+    return m.group(1), value
+
+
+# -- reference ranges and interpretation -----------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class RangeRule:
+    sex: str | None             # F, M or None (any)
+    age_min: float              # years, inclusive
+    age_max: float | None       # years, exclusive; None = no limit
+    low: float | None
+    high: float | None
+    text: str | None = None
+
+    def matches(self, sex: str | None, age: float | None) -> bool:
+        if self.sex is not None and self.sex != sex:
+            return False
+        if age is None:
+            return self.age_min == 0 and self.age_max is None
+        return self.age_min <= age and (self.age_max is None or age < self.age_max)
+
+    def display(self, unit: str | None) -> str:
+        if self.text:
+            return self.text
+        u = f" {unit}" if unit else ""
+        if self.low is not None and self.high is not None:
+            return f"{self.low:g}-{self.high:g}{u}"
+        if self.low is not None:
+            return f">={self.low:g}{u}"
+        if self.high is not None:
+            return f"<={self.high:g}{u}"
+        return ""
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogueTest:
+    code: str                               # LOINC
+    display: str
+    kind: ValueKind
+    unit: str | None
+    ranges: tuple[RangeRule, ...] = ()
+    panic_low: float | None = None
+    panic_high: float | None = None
+    normal_codes: tuple[str, ...] = ()      # coded tests: codes that are not abnormal
+    local_codes: tuple[str, ...] = ()       # analyzer codes that mean this test
+    specimen: str | None = None
+
+    def range_for(self, sex: str | None, age: float | None) -> RangeRule | None:
+        """Most specific rule first: sex-specific before any-sex, then narrower ages."""
+        candidates = [r for r in self.ranges if r.matches(sex, age)]
+        if not candidates:
+            return None
+        return min(candidates, key=lambda r: (r.sex is None,
+                                              (r.age_max or 200.0) - r.age_min))
+
+    def interpret(self, value: ResultInput, sex: str | None, age: float | None
+                  ) -> tuple[Flag | None, RangeRule | None]:
+        rng = self.range_for(sex, age)
+        if value.kind == ValueKind.NUMERIC and value.numeric is not None:
+            x = value.numeric
+            # "<0.5" under a low limit is low only if the whole interval is below it.
+            if self.panic_low is not None and x < self.panic_low and value.comparator != ">":
+                return Flag.CRITICAL_LOW, rng
+            if self.panic_high is not None and x > self.panic_high and value.comparator != "<":
+                return Flag.CRITICAL_HIGH, rng
+            if rng is None:
+                return None, None
+            if rng.low is not None and x < rng.low and value.comparator not in (">", ">="):
+                return Flag.LOW, rng
+            if rng.high is not None and x > rng.high and value.comparator not in ("<", "<="):
+                return Flag.HIGH, rng
+            return Flag.NORMAL, rng
+        if value.kind == ValueKind.CODED and value.coded is not None and self.normal_codes:
+            return (Flag.NORMAL if value.coded.code in self.normal_codes else Flag.ABNORMAL), rng
+        return None, rng
+
+
+@dataclass(frozen=True, slots=True)
+class Catalogue:
+    version: str
+    tests: Mapping[str, CatalogueTest]
+    by_local: Mapping[str, str] = field(default_factory=dict)   # local code -> LOINC
+
+    def get(self, code: str) -> CatalogueTest | None:
+        t = self.tests.get(code)
+        if t is None and code in self.by_local:
+            t = self.tests.get(self.by_local[code])
+        return t
+
+    @staticmethod
+    def parse(data: object) -> Catalogue:
+        """The catalogue JSON (docs/lab.md): ``{"version": ..., "tests": [...]}``."""
+        if not isinstance(data, Mapping):
+            raise InvalidRecord([InvalidField("(catalogue)", "must be an object", "")])
+        errors: list[InvalidField] = []
+        version = _collect(errors, v.text, data.get("version"), "version", 40, True)
+        raw_tests = data.get("tests")
+        tests: dict[str, CatalogueTest] = {}
+        by_local: dict[str, str] = {}
+        if not isinstance(raw_tests, list) or not raw_tests:
+            errors.append(InvalidField("tests", "must be a non-empty list", ""))
+            raw_tests = []
+        for i, t in enumerate(raw_tests):
+            where = f"tests[{i}]."
+            if not isinstance(t, Mapping):
+                errors.append(InvalidField(f"tests[{i}]", "must be an object", ""))
+                continue
+            _unknown(t, frozenset({"code", "display", "kind", "unit", "ranges", "panic_low",
+                                   "panic_high", "normal_codes", "local_codes", "specimen"}),
+                     errors, where)
+            code = _collect(errors, loinc, t.get("code"), where + "code")
+            display = _collect(errors, v.text, t.get("display"), where + "display", 200, True)
+            try:
+                kind = ValueKind(t.get("kind", "numeric"))
+            except ValueError:
+                errors.append(InvalidField(where + "kind", "must be numeric, coded or text", ""))
+                continue
+            unit = _collect(errors, ucum, t["unit"], where + "unit") if t.get("unit") else None
+            ranges: list[RangeRule] = []
+            for j, r in enumerate(t.get("ranges") or []):
+                rw = f"{where}ranges[{j}]"
+                if not isinstance(r, Mapping):
+                    errors.append(InvalidField(rw, "must be an object", ""))
+                    continue
+                sex = r.get("sex")
+                if sex not in (None, "F", "M"):
+                    errors.append(InvalidField(rw + ".sex", "must be F, M or absent", ""))
+                    continue
+                nums = {}
+                for k in ("age_min", "age_max", "low", "high"):
+                    x = r.get(k)
+                    if x is not None and (isinstance(x, bool) or not isinstance(x, int | float)):
+                        errors.append(InvalidField(f"{rw}.{k}", "must be a number", ""))
+                        x = None
+                    nums[k] = None if x is None else float(x)
+                ranges.append(RangeRule(sex, nums["age_min"] or 0.0, nums["age_max"],
+                                        nums["low"], nums["high"], r.get("text")))
+            panic = {}
+            for k in ("panic_low", "panic_high"):
+                x = t.get(k)
+                if x is not None and (isinstance(x, bool) or not isinstance(x, int | float)):
+                    errors.append(InvalidField(where + k, "must be a number", ""))
+                    x = None
+                panic[k] = None if x is None else float(x)
+            locals_ = tuple(str(c) for c in t.get("local_codes") or ())
+            if code and display:
+                tests[code] = CatalogueTest(
+                    code, display, kind, unit, tuple(ranges), panic["panic_low"],
+                    panic["panic_high"], tuple(str(c) for c in t.get("normal_codes") or ()),
+                    locals_, t.get("specimen"))
+                for lc in locals_:
+                    by_local[lc] = code
+        if errors:
+            raise InvalidRecord(errors)
+        assert version is not None
+        return Catalogue(version, tests, by_local)
+
+
+def age_years(birth_date: date | None, at: datetime | date) -> float | None:
+    if birth_date is None:
+        return None
+    d = at.date() if isinstance(at, datetime) else at
+    return max(0.0, (d - birth_date).days / 365.25)
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """A result after interpretation, as stored (sealed) and shown."""
+
+    code: str
+    display: str
+    kind: ValueKind
+    numeric: float | None
+    coded: CodedValue | None
+    text: str | None
+    unit: str | None
+    comparator: str | None
+    reference_range: str | None
+    range_low: float | None
+    range_high: float | None
+    flag: Flag | None
+    comment: str | None
+    observed_at: datetime | None
+    catalogue_version: str
+    local_code: str | None = None
+
+    @staticmethod
+    def interpret(result: ResultInput, test: CatalogueTest, catalogue_version: str,
+                  sex: str | None, birth_date: date | None, now: datetime) -> Observation:
+        if result.unit and test.unit and result.unit != test.unit:
+            raise InvalidField("unit", f"{result.unit} is not the catalogue unit {test.unit} "
+                               f"for {test.code}", "convert the value or fix the catalogue")
+        if test.kind == ValueKind.NUMERIC and result.kind != ValueKind.NUMERIC:
+            raise InvalidField("value", f"{test.code} expects a number", "")
+        at = result.observed_at or now
+        flag, rng = test.interpret(result, sex, age_years(birth_date, at))
+        return Observation(
+            result.code if result.code == test.code else test.code, test.display, result.kind,
+            result.numeric, result.coded, result.text, result.unit or test.unit,
+            result.comparator, rng.display(test.unit) if rng else None,
+            rng.low if rng else None, rng.high if rng else None, flag, result.comment,
+            result.observed_at, catalogue_version, result.local_code)
+
+    def value_display(self) -> str:
+        if self.kind == ValueKind.NUMERIC and self.numeric is not None:
+            return f"{self.comparator or ''}{self.numeric:g}"
+        if self.kind == ValueKind.CODED and self.coded is not None:
+            return self.coded.display or self.coded.code
+        return self.text or ""
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "code": self.code, "display": self.display, "kind": self.kind.value,
+            "value": (self.numeric if self.kind == ValueKind.NUMERIC else
+                      {"code": self.coded.code, "display": self.coded.display,
+                       "system": self.coded.system} if self.coded else self.text),
+            "unit": self.unit, "comparator": self.comparator,
+            "reference_range": self.reference_range, "range_low": self.range_low,
+            "range_high": self.range_high, "flag": self.flag.value if self.flag else None,
+            "comment": self.comment,
+            "observed_at": self.observed_at.isoformat() if self.observed_at else None,
+            "catalogue_version": self.catalogue_version, "local_code": self.local_code,
+        }
+
+    @staticmethod
+    def from_json(d: Mapping[str, Any]) -> Observation:
+        kind = ValueKind(d["kind"])
+        val = d.get("value")
+        coded = (CodedValue(val["code"], val.get("display"), val.get("system"))
+                 if kind == ValueKind.CODED and isinstance(val, Mapping) else None)
+        return Observation(
+            d["code"], d["display"], kind,
+            float(val) if kind == ValueKind.NUMERIC and val is not None else None, coded,
+            val if kind == ValueKind.TEXT else None, d.get("unit"), d.get("comparator"),
+            d.get("reference_range"), d.get("range_low"), d.get("range_high"),
+            Flag(d["flag"]) if d.get("flag") else None, d.get("comment"),
+            datetime.fromisoformat(d["observed_at"]) if d.get("observed_at") else None,
+            d.get("catalogue_version", ""), d.get("local_code"))
+
+
+@dataclass(frozen=True, slots=True)
+class DiagnosticReport:
+    """The report of one order: its results and the biologist's conclusion."""
+
+    order_id: str
+    status: str
+    observations: Sequence[str]
+    conclusion: str | None = None
+
+
+def is_normal(obs: Observation) -> bool:
+    """True when the result may be validated in bulk ("validate all normal")."""
+    return obs.flag == Flag.NORMAL

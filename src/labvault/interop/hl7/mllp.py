@@ -1,0 +1,212 @@
+"""MLLP listener (asyncio): ``0x0B message 0x1C 0x0D`` frames, one ACK per message.
+
+Per connection, messages are handled strictly in order: each is parsed, stored and
+committed (in a worker thread, so the loop keeps serving other connections) before
+its ACK is written back. Hostile input never stops the listener: bytes outside a
+frame are discarded, an oversized frame is refused with an AR and the connection
+closed, idle connections time out, and any unexpected error is logged and answered
+with an AE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from labvault.domain import inbound as I
+from labvault.domain.inbound import Location, MessageError
+
+SB, EB, CR = b"\x0b", b"\x1c", b"\x0d"
+OK, TRUNCATED, UNFRAMED = "ok", "truncated", "unframed"
+DEFAULT_MAX_BYTES = 1 << 20          # 1 MiB per message
+DEFAULT_IDLE_TIMEOUT = 300.0         # seconds without a byte -> close
+log = logging.getLogger("labvault.mllp")
+
+
+class FrameTooLarge(Exception):
+    pass
+
+
+class FrameReader:
+    """Incremental MLLP de-framer (pure; fuzzed in tests)."""
+
+    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self.buf = bytearray()
+        self.in_frame = False
+        self.discarded = 0
+
+    def feed(self, data: bytes) -> list[tuple[bytes, str]]:
+        """Frames completed by ``data``: (payload, status). ``status`` is ``ok``;
+        ``truncated`` for a frame cut short by a new start block, ``unframed`` for an HL7
+        message sent without MLLP framing — neither is processed (an AR answers: a message
+        cut at a segment boundary would otherwise look whole). Raises ``FrameTooLarge``."""
+        out: list[tuple[bytes, str]] = []
+        i = 0
+        n = len(data)
+        while i < n:
+            if not self.in_frame:
+                j = data.find(SB, i)
+                if j == -1:
+                    if data[i:i + 3] == b"MSH":
+                        # HL7 sent without MLLP framing: answer (AR) rather than stay silent
+                        out.append((bytes(data[i:i + 4096]), UNFRAMED))
+                    self.discarded += n - i
+                    break
+                self.discarded += j - i
+                self.in_frame = True
+                self.buf.clear()
+                i = j + 1
+                continue
+            j = data.find(EB, i)
+            if j == -1:
+                self.buf += data[i:]
+                if len(self.buf) > self.max_bytes:
+                    self.buf.clear()
+                    self.in_frame = False
+                    raise FrameTooLarge
+                break
+            self.buf += data[i:j]
+            if len(self.buf) > self.max_bytes:
+                self.buf.clear()
+                self.in_frame = False
+                raise FrameTooLarge
+            # a new start block inside a frame: the previous frame was truncated
+            k = self.buf.rfind(SB)
+            if k != -1:
+                out.append((bytes(self.buf[:self.buf.find(SB)]), TRUNCATED))
+                del self.buf[:k + 1]
+            out.append((bytes(self.buf), OK))
+            self.buf.clear()
+            self.in_frame = False
+            i = j + 1
+            if i < n and data[i:i + 1] == CR:
+                i += 1
+        return out
+
+
+def frame(payload: bytes) -> bytes:
+    return SB + payload + EB + CR
+
+
+Handler = Callable[[bytes], bytes]
+
+
+class MllpServer:
+    def __init__(self, handle: Handler, host: str = "127.0.0.1", port: int = 2575,
+                 max_bytes: int = DEFAULT_MAX_BYTES, idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+                 workers: int = 8, reject: Callable[[bytes, MessageError], bytes] | None = None
+                 ) -> None:
+        self.handle = handle
+        self.host = host
+        self.port = port
+        self.max_bytes = max_bytes
+        self.idle_timeout = idle_timeout
+        self.reject = reject
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mllp")
+        self.server: asyncio.AbstractServer | None = None
+        self.messages = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def _safe_handle(self, payload: bytes) -> bytes:
+        try:
+            return self.handle(payload)
+        except Exception:   # the handler already maps errors; this is the last guard
+            log.exception("MLLP handler failed")
+            err = MessageError(None, I.ERR_INTERNAL, "internal error: message not stored")
+            if self.reject is not None:
+                with contextlib.suppress(Exception):
+                    return self.reject(payload, err)
+            return b"MSH|^~\\&|||||||ACK|ERR|P|2.5\rMSA|AE|\r"
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        fr = FrameReader(self.max_bytes)
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                try:
+                    data = await asyncio.wait_for(reader.read(65536), self.idle_timeout)
+                except TimeoutError:
+                    break
+                if not data:
+                    break
+                try:
+                    payloads = fr.feed(data)
+                except FrameTooLarge:
+                    err = MessageError(Location("MSH"), I.ERR_DATA_TYPE,
+                                       f"message larger than {self.max_bytes} bytes")
+                    ack = self.reject(b"", err) if self.reject else b"MSA|AR|\r"
+                    writer.write(frame(ack))
+                    await writer.drain()
+                    break
+                for payload, status in payloads:
+                    if status == OK:
+                        ack = await loop.run_in_executor(self.pool, self._safe_handle, payload)
+                    else:
+                        err = MessageError(Location("MSH"), I.ERR_SEGMENT_SEQUENCE, (
+                            "message not framed with MLLP (0x0B ... 0x1C 0x0D)"
+                            if status == UNFRAMED else "truncated MLLP frame (a new start "
+                            "block came before the end block)") + ": not processed")
+                        ack = self.reject(payload, err) if self.reject else b"MSA|AR|\r"
+                    self.messages += 1
+                    writer.write(frame(ack))
+                    await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        except Exception:
+            log.exception("MLLP connection error")
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def start(self) -> asyncio.AbstractServer:
+        self.server = await asyncio.start_server(self._client, self.host, self.port,
+                                                 limit=self.max_bytes + 1024)
+        sock = self.server.sockets[0] if self.server.sockets else None
+        if sock is not None:
+            self.port = sock.getsockname()[1]
+        return self.server
+
+    async def serve_forever(self) -> None:
+        server = await self.start()
+        async with server:
+            await server.serve_forever()
+
+    async def stop(self) -> None:
+        """Stop listening and end the open connections (inside the server's loop)."""
+        if self.server is not None:
+            self.server.close()
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def send(host: str, port: int, payloads: list[bytes], timeout: float = 10.0) -> list[bytes]:
+    """A minimal blocking MLLP client (tests, benchmarks, ``labvault ingest --mllp``)."""
+    import socket
+    acks: list[bytes] = []
+    with socket.create_connection((host, port), timeout=timeout) as s:
+        fr = FrameReader(DEFAULT_MAX_BYTES)
+        for p in payloads:
+            s.sendall(frame(p))
+            got: list[bytes] = []
+            while not got:
+                data = s.recv(65536)
+                if not data:
+                    return acks
+                got = [p for p, _status in fr.feed(data)]
+            acks.extend(got)
+    return acks

@@ -1,0 +1,1015 @@
+"""The lab workflow: orders, specimens, results, validation, reports (docs/lab.md).
+
+Every public method takes the acting ``Actor``, opens one transaction and passes the
+gate (category ``clinical``; resources ``order``, ``specimen``, ``observation``,
+``report``; actions read/write/validate). Clinical data is sealed under the patient's
+data key. The ``_``-prefixed variants take the caller's connection so that an
+inbound HL7 message is stored in one transaction (``services/lab_messages.py``).
+
+Public API (stable; the FHIR door builds on it):
+
+- ``create_order(actor, tenant_id, patient_id, request, specimen=None) -> OrderView``
+- ``receive_specimen(actor, order_id, specimen) -> SpecimenView``
+- ``enter_results(actor, order_id, results) -> list[ObservationView]``
+- ``validate_technical(actor, order_id)``, ``validate_biological(actor, order_id, conclusion)``
+- ``validate_all_normal(actor, tenant_id, order_ids=None) -> BulkValidation``
+- ``publish(actor, order_id)``, ``amend(actor, observation_id, result, reason)``
+- ``reject(actor, order_id, reason, comment)``, ``cancel(actor, order_id, reason)``
+- ``worklist(actor, tenant_id, status)``, ``list_orders / list_reports / list_observations``
+- ``get_order``, ``get_report``, ``get_report_by_order``, ``get_observation``,
+  ``get_specimen``, ``observation_history``
+- ``load_catalogue(actor, tenant_id, data)``, ``catalogue(tenant_id)``
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.engine import Connection
+
+from labvault.crypto import DataKey, SealContext
+from labvault.crypto import blind_index as bi
+from labvault.domain import lab as L
+from labvault.domain.actors import Actor
+from labvault.domain.categories import Action, Category
+from labvault.errors import AccessDenied, InvalidField, InvalidRecord, NotFound, UserError
+from labvault.services.gate import Access
+from labvault.store import repositories as repo
+from labvault.store import repositories_lab as lrepo
+from labvault.store.ids import new_id
+
+if TYPE_CHECKING:
+    from labvault.services.app import Labvault
+
+CLINICAL = frozenset({Category.CLINICAL})
+IDENTITY = frozenset({Category.IDENTITY})
+PLACER = "lab_placer"          # blind-index kinds (the kind is part of the MAC input)
+FILLER = "lab_filler"
+INDEX_KEY_TTL = 5.0
+ACCESSION = "lab_accession"
+
+
+def _dumps(data: Mapping[str, Any]) -> bytes:
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+
+
+def _iso(d: datetime | None) -> str | None:
+    return d.isoformat() if d else None
+
+
+# -- views -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Step:
+    by: str                      # actor id
+    at: datetime
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"by": self.by, "at": self.at.isoformat(), **self.detail}
+
+
+@dataclass(frozen=True)
+class SpecimenView:
+    specimen_id: str
+    order_id: str
+    patient_id: str
+    tenant_id: str
+    status: str
+    received_at: datetime
+    specimen: L.Specimen
+
+    def as_json(self) -> dict[str, Any]:
+        return {"id": self.specimen_id, "order_id": self.order_id,
+                "patient_id": self.patient_id, "status": self.status,
+                "received_at": self.received_at.isoformat(), **self.specimen.as_json()}
+
+
+@dataclass(frozen=True)
+class ObservationView:
+    observation_id: str
+    order_id: str
+    patient_id: str
+    tenant_id: str
+    status: str                  # preliminary | final | amended | cancelled
+    revision: int
+    created_at: datetime
+    updated_at: datetime
+    observation: L.Observation
+
+    def as_json(self) -> dict[str, Any]:
+        return {"id": self.observation_id, "order_id": self.order_id,
+                "patient_id": self.patient_id, "status": self.status, "revision": self.revision,
+                "created_at": self.created_at.isoformat(),
+                "updated_at": self.updated_at.isoformat(), **self.observation.as_json()}
+
+
+@dataclass(frozen=True)
+class OrderView:
+    order_id: str
+    report_id: str
+    patient_id: str
+    tenant_id: str
+    status: L.OrderStatus
+    priority: L.Priority
+    created_at: datetime
+    updated_at: datetime
+    request: L.ServiceRequest
+    steps: Mapping[str, Step] = field(default_factory=dict)   # received, technical, ...
+    specimens: Sequence[SpecimenView] = ()
+
+    def as_json(self) -> dict[str, Any]:
+        return {"id": self.order_id, "report_id": self.report_id, "patient_id": self.patient_id,
+                "tenant_id": self.tenant_id, "status": self.status.value,
+                "priority": self.priority.value, "created_at": self.created_at.isoformat(),
+                "updated_at": self.updated_at.isoformat(), **self.request.as_json(),
+                "steps": {k: s.as_json() for k, s in self.steps.items()},
+                "specimens": [s.as_json() for s in self.specimens]}
+
+
+@dataclass(frozen=True)
+class ReportView:
+    report_id: str
+    order_id: str
+    patient_id: str
+    tenant_id: str
+    status: str                  # FHIR DiagnosticReport.status
+    order_status: L.OrderStatus
+    created_at: datetime
+    updated_at: datetime
+    issued_at: datetime | None
+    conclusion: str | None
+    observations: Sequence[ObservationView]
+    steps: Mapping[str, Step] = field(default_factory=dict)
+    tests: Sequence[str] = ()
+
+    def as_json(self) -> dict[str, Any]:
+        return {"id": self.report_id, "order_id": self.order_id, "patient_id": self.patient_id,
+                "status": self.status, "order_status": self.order_status.value,
+                "created_at": self.created_at.isoformat(),
+                "updated_at": self.updated_at.isoformat(), "issued_at": _iso(self.issued_at),
+                "conclusion": self.conclusion, "tests": list(self.tests),
+                "steps": {k: s.as_json() for k, s in self.steps.items()},
+                "observations": [o.as_json() for o in self.observations]}
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    revision: int
+    changed_at: datetime
+    by: str
+    change: str                  # entered | re-entered | amended | cancelled
+    reason: str | None
+    previous: L.Observation | None
+    new: L.Observation | None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"revision": self.revision, "changed_at": self.changed_at.isoformat(),
+                "by": self.by, "change": self.change, "reason": self.reason,
+                "previous": self.previous.as_json() if self.previous else None,
+                "new": self.new.as_json() if self.new else None}
+
+
+@dataclass
+class BulkValidation:
+    validated: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)     # not all normal: left for review
+
+    def as_json(self) -> dict[str, Any]:
+        return {"validated": self.validated, "skipped": self.skipped}
+
+
+@dataclass
+class _Order:
+    """An order row with its opened request and workflow (inside a transaction)."""
+
+    row: dict[str, Any]
+    dek: DataKey
+    request: dict[str, Any]
+    workflow: dict[str, Any]
+
+    @property
+    def tenant_id(self) -> str:
+        return str(self.row["tenant_id"])
+
+    @property
+    def order_id(self) -> str:
+        return str(self.row["order_id"])
+
+    @property
+    def patient_id(self) -> str:
+        return str(self.row["patient_id"])
+
+    @property
+    def status(self) -> L.OrderStatus:
+        return L.OrderStatus(self.row["status"])
+
+    @property
+    def sex(self) -> str | None:
+        sex = self.request.get("patient", {}).get("sex")
+        return str(sex) if sex else None
+
+    @property
+    def birth_date(self) -> date | None:
+        bd = self.request.get("patient", {}).get("birth_date")
+        return date.fromisoformat(bd) if bd else None
+
+
+def default_catalogue_data() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(resources.files("labvault.domain").joinpath(
+        "catalogue/tests.json").read_text("utf-8"))
+    return data
+
+
+class LabService:
+    def __init__(self, lv: Labvault) -> None:
+        self.lv = lv
+        self._catalogues: dict[str, L.Catalogue] = {}
+        self._default: L.Catalogue | None = None
+        self._lock = threading.Lock()
+        self._index_keys: dict[str, tuple[float, bytes]] = {}
+        self._data_keys: dict[str, tuple[float, DataKey]] = {}
+        self._active: dict[str, tuple[float, L.Catalogue]] = {}
+        from labvault.services.lab_messages import MessageService
+        self.messages = MessageService(lv, self)
+
+    # == gate helpers ===========================================================================
+    def _check(self, conn: Connection, actor: Actor, action: Action, tenant_id: str,
+               resource: str, patient_ids: Iterable[str], purpose: str = "care",
+               reason: str | None = None) -> None:
+        self.lv.gate.check(conn, Access(actor, action, tenant_id, CLINICAL, purpose=purpose,
+                                        patient_ids=tuple(dict.fromkeys(patient_ids)),
+                                        reason=reason, resource=resource))
+
+    def _scope(self, actor: Actor, tenant_id: str | None) -> None:
+        """Staff act only inside their own laboratory (same answer as 'absent')."""
+        if tenant_id is None or (actor.tenant_id is not None and actor.tenant_id != tenant_id
+                                 and actor.kind != "operator"):
+            raise NotFound("no such record", "check the id")
+
+    def _seal(self, dek: DataKey, tenant_id: str, table: str, column: str, record_id: str,
+              data: Mapping[str, Any]) -> bytes:
+        return dek.seal(SealContext(tenant_id, table, column, record_id), _dumps(data))
+
+    def _seal_bytes(self, dek: DataKey, tenant_id: str, table: str, column: str,
+                    record_id: str, data: bytes) -> bytes:
+        return dek.seal(SealContext(tenant_id, table, column, record_id), data)
+
+    def _open(self, dek: DataKey, tenant_id: str, table: str, column: str, record_id: str,
+              sealed: bytes | None) -> dict[str, Any]:
+        if sealed is None:
+            return {}
+        data: dict[str, Any] = json.loads(self.lv.gate.open_patient_value(
+            dek, tenant_id, table, column, record_id, sealed))
+        return data
+
+    def digest(self, conn: Connection, tenant_id: str, kind: str, value: str) -> bytes:
+        """Blind-index digest under the tenant's current index key. The key (not any
+        data) is cached for ``INDEX_KEY_TTL`` seconds: after an index-key change a lookup
+        may miss for that long (the result then waits in the import-issues queue)."""
+        import time
+        now = time.monotonic()
+        hit = self._index_keys.get(tenant_id)
+        if hit is None or now - hit[0] > INDEX_KEY_TTL:
+            self.lv.load_tenant_keys(conn, tenant_id)
+            idx = repo.current_key_version(conn, tenant_id, "index")
+            assert idx is not None
+            hit = (now, self.lv.keyring.blind_index_key(tenant_id, idx))
+            self._index_keys[tenant_id] = hit
+        return bi.digest(hit[1], kind, value)
+
+    # == catalogue ==============================================================================
+    def default_catalogue(self) -> L.Catalogue:
+        if self._default is None:
+            self._default = L.Catalogue.parse(default_catalogue_data())
+        return self._default
+
+    def _catalogue(self, conn: Connection, tenant_id: str) -> L.Catalogue:
+        """The lab's active catalogue; which one is active is re-read every
+        ``INDEX_KEY_TTL`` seconds (and at once after ``load_catalogue`` in this process)."""
+        import time
+        now = time.monotonic()
+        hit = self._active.get(tenant_id)
+        if hit is not None and now - hit[0] <= INDEX_KEY_TTL:
+            return hit[1]
+        cat = self._catalogue_uncached(conn, tenant_id)
+        self._active[tenant_id] = (now, cat)
+        return cat
+
+    def _catalogue_uncached(self, conn: Connection, tenant_id: str) -> L.Catalogue:
+        cid = lrepo.active_catalogue_id(conn, tenant_id)
+        if cid is None:
+            return self.default_catalogue()
+        cat = self._catalogues.get(cid)
+        if cat is None:
+            row = lrepo.active_catalogue(conn, tenant_id)
+            assert row is not None
+            raw = self.lv.gate.open_tenant_value_checked(
+                conn, tenant_id, "lab_catalogues", "catalogue_sealed", row["catalogue_id"],
+                row["catalogue_sealed"])
+            cat = L.Catalogue.parse(json.loads(raw))
+            with self._lock:
+                self._catalogues[row["catalogue_id"]] = cat
+        return cat
+
+    def catalogue(self, tenant_id: str) -> L.Catalogue:
+        """The catalogue in force for a laboratory (its own, else the shipped default)."""
+        with self.lv.begin() as conn:
+            return self._catalogue(conn, tenant_id)
+
+    def load_catalogue(self, actor: Actor, tenant_id: str, data: object) -> dict[str, Any]:
+        """Install a laboratory's own catalogue (replaces the active one; old ones kept)."""
+        cat = L.Catalogue.parse(data)
+        assert isinstance(data, Mapping)
+        self.lv.tenants.get(tenant_id)
+        cid = new_id("cat")
+        with self.lv.begin() as conn:
+            self.lv.gate.check(conn, Access(actor, Action.WRITE, tenant_id, frozenset(),
+                                            purpose="administration", resource="catalogue"))
+            sealed = self.lv.gate.seal_tenant_value(conn, tenant_id, "lab_catalogues",
+                                                    "catalogue_sealed", cid, _dumps(data))
+            lrepo.insert_catalogue(conn, {"tenant_id": tenant_id, "catalogue_id": cid,
+                                          "version": cat.version, "status": "active",
+                                          "loaded_at": self.lv.now(), "catalogue_sealed": sealed})
+        self._active.pop(tenant_id, None)
+        return {"catalogue_id": cid, "version": cat.version, "tests": len(cat.tests)}
+
+    def catalogue_versions(self, tenant_id: str) -> list[dict[str, Any]]:
+        with self.lv.begin() as conn:
+            return lrepo.catalogues(conn, tenant_id)
+
+    # == loading ================================================================================
+    def _load_order(self, conn: Connection, order_id: str) -> _Order:
+        row = lrepo.order(conn, order_id)
+        if row is None:
+            raise NotFound("no such order", "check the order id")
+        return self._order_from_row(conn, row)
+
+    def _order_from_row(self, conn: Connection, row: dict[str, Any],
+                        dek: DataKey | None = None) -> _Order:
+        tenant_id, order_id = row["tenant_id"], row["order_id"]
+        dek = dek or self.lv.gate.patient_key(conn, tenant_id, row["patient_id"])
+        request = self._open(dek, tenant_id, "lab_orders", "request_sealed", order_id,
+                             row["request_sealed"])
+        workflow = self._open(dek, tenant_id, "lab_orders", "workflow_sealed", order_id,
+                              row["workflow_sealed"])
+        return _Order(row, dek, request, workflow)
+
+    def _order_for(self, conn: Connection, actor: Actor, order_id: str, action: Action,
+                   resource: str = "order", reason: str | None = None) -> _Order:
+        row = lrepo.order(conn, order_id)
+        if row is None:
+            raise NotFound("no such order", "check the order id")
+        self._scope(actor, row["tenant_id"])
+        self._check(conn, actor, action, row["tenant_id"], resource, (row["patient_id"],),
+                    reason=reason)
+        return self._order_from_row(conn, row)
+
+    def _patient_facts(self, conn: Connection, actor: Actor, tenant_id: str,
+                       patient_id: str, dek: DataKey | None = None) -> dict[str, Any]:
+        """Sex and birth date (for reference ranges), read through the gate."""
+        if dek is not None:
+            # The caller holds the patient's key already: one check, one row, one unseal.
+            decision = self.lv.gate.check(conn, Access(
+                actor, Action.READ, tenant_id, IDENTITY, patient_ids=(patient_id,),
+                resource="patient"))
+            blobs = repo.sealed_patients(conn, tenant_id, (patient_id,), (Category.IDENTITY,))
+            if patient_id not in blobs:
+                raise NotFound("no such patient", "check the patient id")
+            if Category.IDENTITY not in decision.categories:
+                return {"sex": None, "birth_date": None}     # any-sex, any-age ranges then
+            ident = self._open(dek, tenant_id, "patients", Category.IDENTITY.value, patient_id,
+                               blobs[patient_id].get(Category.IDENTITY))
+            only = decision.detail.get("fields", {}).get(Category.IDENTITY.value)
+            return {k: ident.get(k) if only is None or k in only else None
+                    for k in ("sex", "birth_date")}
+        if repo.patient_tenant(conn, patient_id) != tenant_id:
+            raise NotFound("no such patient", "check the patient id")
+        opened = self.lv.gate.read_patients(conn, Access(
+            actor, Action.READ, tenant_id, IDENTITY, patient_ids=(patient_id,),
+            resource="patient"))
+        ident = opened.get(patient_id, {}).get(Category.IDENTITY, {})
+        return {"sex": ident.get("sex"), "birth_date": ident.get("birth_date")}
+
+    def seal_tenant(self, conn: Connection, tenant_id: str, table: str, column: str,
+                    record_id: str, data: bytes) -> bytes:
+        """Seal under the tenant's current ``data`` key (version cached ``INDEX_KEY_TTL``)."""
+        import time
+        now = time.monotonic()
+        hit = self._data_keys.get(tenant_id)
+        if hit is None or now - hit[0] > INDEX_KEY_TTL:
+            self.lv.load_tenant_keys(conn, tenant_id)
+            v = repo.current_key_version(conn, tenant_id, "data")
+            if v is None:
+                return self.lv.gate.seal_tenant_value(conn, tenant_id, table, column, record_id,
+                                                      data)
+            hit = (now, self.lv.keyring.tenant_data_key(tenant_id, "data", v))
+            self._data_keys[tenant_id] = hit
+        return hit[1].seal(SealContext(tenant_id, table, column, record_id), data)
+
+    # == orders ==================================================================================
+    def create_order(self, actor: Actor, tenant_id: str, patient_id: str, request: object,
+                     specimen: object | None = None) -> OrderView:
+        """Register an order (ServiceRequest) for a patient; optionally its specimen."""
+        req = L.ServiceRequest.parse(request)
+        spec = L.Specimen.parse(specimen) if specimen is not None else None
+        self._scope(actor, tenant_id)
+        with self.lv.begin() as conn:
+            self._check(conn, actor, Action.WRITE, tenant_id, "order", (patient_id,))
+            order = self._create_order(conn, actor, tenant_id, patient_id, req)
+            specimens: list[SpecimenView] = []
+            if spec is not None:
+                specimens.append(self._receive(conn, actor, order, spec))
+            return self._order_view(order, specimens)
+
+    def _create_order(self, conn: Connection, actor: Actor, tenant_id: str, patient_id: str,
+                      req: L.ServiceRequest, facts: Mapping[str, Any] | None = None,
+                      dek: DataKey | None = None, status: L.OrderStatus = L.OrderStatus.REGISTERED,
+                      steps: Sequence[str] = ("registered",)) -> _Order:
+        lv = self.lv
+        dek = dek or lv.gate.patient_key(conn, tenant_id, patient_id)
+        facts = facts if facts is not None else self._patient_facts(conn, actor, tenant_id,
+                                                                     patient_id, dek)
+        order_id, report_id, ts = new_id("ord"), new_id("rep"), lv.now()
+        request = {**req.as_json(), "patient": dict(facts)}
+        workflow: dict[str, Any] = {k: {"by": actor.id, "at": ts.isoformat()} for k in steps}
+        row = {
+            "tenant_id": tenant_id, "order_id": order_id, "patient_id": patient_id,
+            "status": status.value, "priority": req.priority.value,
+            "created_at": ts, "updated_at": ts,
+            "placer_digest": (self.digest(conn, tenant_id, PLACER, req.placer_number)
+                              if req.placer_number else None),
+            "filler_digest": (self.digest(conn, tenant_id, FILLER, req.filler_number)
+                              if req.filler_number else None),
+            "request_sealed": self._seal(dek, tenant_id, "lab_orders", "request_sealed",
+                                         order_id, request),
+            "workflow_sealed": self._seal(dek, tenant_id, "lab_orders", "workflow_sealed",
+                                          order_id, workflow),
+        }
+        report = {"tenant_id": tenant_id, "report_id": report_id, "order_id": order_id,
+                  "patient_id": patient_id, "status": L.REPORT_STATUS[status], "created_at": ts,
+                  "updated_at": ts, "issued_at": None, "report_sealed": None}
+        lrepo.insert_order(conn, row, report)
+        o = _Order(row, dek, request, workflow)
+        o.row["report_id"] = report_id
+        return o
+
+    def _transition(self, conn: Connection, actor: Actor, order: _Order,
+                    target: L.OrderStatus, step: str | None = None,
+                    detail: Mapping[str, Any] | None = None) -> None:
+        current = order.status
+        L.check_transition(current, target)
+        ts = self.lv.now()
+        values: dict[str, Any] = {"status": target.value, "updated_at": ts}
+        if step is not None:
+            entry = {"by": actor.id, "at": ts.isoformat(), **(detail or {})}
+            if step in ("amended", "re-entered"):
+                order.workflow.setdefault(step, [])
+                order.workflow[step].append(entry)
+            else:
+                order.workflow[step] = entry
+            values["workflow_sealed"] = self._seal(order.dek, order.tenant_id, "lab_orders",
+                                                   "workflow_sealed", order.order_id,
+                                                   order.workflow)
+        if current != target or step is not None:
+            lrepo.update_order(conn, order.tenant_id, order.order_id, **values)
+            order.row.update(values)
+        new_report = L.REPORT_STATUS[target]
+        if L.REPORT_STATUS[current] != new_report or target == L.OrderStatus.PUBLISHED:
+            rvals: dict[str, Any] = {"status": new_report, "updated_at": ts}
+            if target == L.OrderStatus.PUBLISHED:
+                rvals["issued_at"] = ts
+            lrepo.update_report(conn, order.tenant_id, order.order_id, **rvals)
+
+    # == specimens ===============================================================================
+    def receive_specimen(self, actor: Actor, order_id: str, specimen: object) -> SpecimenView:
+        spec = L.Specimen.parse(specimen)
+        with self.lv.begin() as conn:
+            order = self._order_for(conn, actor, order_id, Action.WRITE, "specimen")
+            return self._receive(conn, actor, order, spec)
+
+    def _receive(self, conn: Connection, actor: Actor, order: _Order,
+                 spec: L.Specimen) -> SpecimenView:
+        self._transition(conn, actor, order, L.OrderStatus.RECEIVED,
+                         "received" if "received" not in order.workflow else None)
+        sid, ts = new_id("spc"), self.lv.now()
+        row = {"tenant_id": order.tenant_id, "specimen_id": sid, "order_id": order.order_id,
+               "patient_id": order.patient_id, "status": "available", "received_at": ts,
+               "accession_digest": self.digest(conn, order.tenant_id, ACCESSION,
+                                               spec.accession_number),
+               "specimen_sealed": self._seal(order.dek, order.tenant_id, "lab_specimens",
+                                             "specimen_sealed", sid, spec.as_json())}
+        lrepo.insert_specimen(conn, row)
+        return SpecimenView(sid, order.order_id, order.patient_id, order.tenant_id,
+                            "available", ts, spec)
+
+    # == results =================================================================================
+    def enter_results(self, actor: Actor, order_id: str,
+                      results: Sequence[object]) -> list[ObservationView]:
+        """Enter (or re-enter, before validation) results; panic values alert at once."""
+        parsed: list[L.ResultInput] = []
+        errors: list[InvalidField] = []
+        for i, r in enumerate(results):
+            try:
+                parsed.append(L.ResultInput.parse(r, f"results[{i}]."))
+            except InvalidRecord as exc:
+                errors.extend(exc.errors)
+        if errors:
+            raise InvalidRecord(errors)
+        if not parsed:
+            raise UserError("no results given", "give at least one result")
+        with self.lv.begin() as conn:
+            order = self._order_for(conn, actor, order_id, Action.WRITE, "observation")
+            cat = self._catalogue(conn, order.tenant_id)
+            interpreted: list[L.Observation] = []
+            for i, r in enumerate(parsed):
+                test = cat.get(r.code)
+                if test is None:
+                    errors.append(InvalidField(f"results[{i}].code",
+                                               f"{r.code} is not in catalogue {cat.version}",
+                                               "add it to the laboratory's catalogue"))
+                    continue
+                try:
+                    interpreted.append(L.Observation.interpret(
+                        r, test, cat.version, order.sex, order.birth_date, self.lv.now()))
+                except InvalidField as exc:
+                    errors.append(InvalidField(f"results[{i}].{exc.field}", exc.rule, exc.hint))
+            if errors:
+                raise InvalidRecord(errors)
+            return self._store_results(conn, actor, order, interpreted)
+
+    def _store_results(self, conn: Connection, actor: Actor, order: _Order,
+                       results: Sequence[L.Observation]) -> list[ObservationView]:
+        if order.status == L.OrderStatus.REGISTERED:
+            raise L.InvalidTransition("the specimen of this order has not been received",
+                                      "receive the specimen first")
+        self._transition(conn, actor, order, L.OrderStatus.PRELIMINARY,
+                         "results-entered" if "results-entered" not in order.workflow else None)
+        ts = self.lv.now()
+        tenant_id = order.tenant_id
+        existing = {}
+        rows_existing = lrepo.observations(conn, tenant_id, order.order_id)
+        for r in rows_existing:
+            if r["status"] == "preliminary":
+                obs = L.Observation.from_json(self._open(
+                    order.dek, tenant_id, "lab_observations", "result_sealed",
+                    r["observation_id"], r["result_sealed"]))
+                existing[obs.code] = (r, obs)
+        seq = len(rows_existing)
+        new_rows: list[dict[str, Any]] = []
+        hist: list[dict[str, Any]] = []
+        out: list[ObservationView] = []
+        for obs in results:
+            prev = existing.get(obs.code)
+            if prev is not None:
+                r, old = prev
+                oid, rev = r["observation_id"], r["revision"] + 1
+                sealed = self._seal(order.dek, tenant_id, "lab_observations", "result_sealed",
+                                    oid, obs.as_json())
+                lrepo.update_observation(conn, tenant_id, oid, revision=rev, updated_at=ts,
+                                         result_sealed=sealed)
+                hist.append(self._history_row(order, oid, rev, ts, actor, "re-entered", None,
+                                              old, obs))
+                created = r["created_at"]
+                existing[obs.code] = ({**r, "revision": rev}, obs)
+            else:
+                oid, rev, seq = new_id("obs"), 1, seq + 1
+                new_rows.append({
+                    "tenant_id": tenant_id, "observation_id": oid, "order_id": order.order_id,
+                    "patient_id": order.patient_id, "status": "preliminary", "seq": seq,
+                    "revision": 1, "created_at": ts, "updated_at": ts,
+                    "result_sealed": self._seal(order.dek, tenant_id, "lab_observations",
+                                                "result_sealed", oid, obs.as_json())})
+                hist.append(self._history_row(order, oid, 1, ts, actor, "entered", None, None,
+                                              obs))
+                created = ts
+                existing[obs.code] = (new_rows[-1], obs)
+            out.append(ObservationView(oid, order.order_id, order.patient_id, tenant_id,
+                                       "preliminary", rev, created, ts, obs))
+        lrepo.insert_observations(conn, new_rows)
+        lrepo.insert_history(conn, hist)
+        self._panic(conn, actor, order, out)
+        return out
+
+    def _create_with_results(self, conn: Connection, actor: Actor, tenant_id: str,
+                             patient_id: str, dek: DataKey, req: L.ServiceRequest,
+                             spec: L.Specimen, results: Sequence[L.Observation],
+                             facts: Mapping[str, Any]) -> tuple[_Order, list[ObservationView]]:
+        """Unsolicited results (an analyzer's ORU for an order we did not have): the order
+        is written directly in its final state of this message — registered, received and
+        results entered in one step — with its specimen, results and history (5 inserts)."""
+        order = self._create_order(conn, actor, tenant_id, patient_id, req, facts, dek,
+                                   L.OrderStatus.PRELIMINARY,
+                                   ("registered", "received", "results-entered"))
+        ts = order.row["created_at"]
+        sid = new_id("spc")
+        lrepo.insert_specimen(conn, {
+            "tenant_id": tenant_id, "specimen_id": sid, "order_id": order.order_id,
+            "patient_id": patient_id, "status": "available", "received_at": ts,
+            "accession_digest": self.digest(conn, tenant_id, ACCESSION, spec.accession_number),
+            "specimen_sealed": self._seal(dek, tenant_id, "lab_specimens", "specimen_sealed",
+                                          sid, spec.as_json())})
+        rows, hist, out = [], [], []
+        for seq, obs in enumerate(results, start=1):
+            oid = new_id("obs")
+            rows.append({"tenant_id": tenant_id, "observation_id": oid,
+                         "order_id": order.order_id, "patient_id": patient_id,
+                         "status": "preliminary", "seq": seq, "revision": 1, "created_at": ts,
+                         "updated_at": ts, "result_sealed": self._seal(
+                             dek, tenant_id, "lab_observations", "result_sealed", oid,
+                             obs.as_json())})
+            hist.append(self._history_row(order, oid, 1, ts, actor, "entered", None, None, obs))
+            out.append(ObservationView(oid, order.order_id, patient_id, tenant_id,
+                                       "preliminary", 1, ts, ts, obs))
+        lrepo.insert_observations(conn, rows)
+        lrepo.insert_history(conn, hist)
+        self._panic(conn, actor, order, out)
+        return order, out
+
+    def _panic(self, conn: Connection, actor: Actor, order: _Order,
+               views: Sequence[ObservationView]) -> None:
+        for view in views:
+            if view.observation.flag is not None and view.observation.flag.is_panic:
+                self.lv.alerts.raise_alert(conn, order.tenant_id, "panic-value", "critical",
+                                           actor, {"order_id": order.order_id,
+                                                   "observation_id": view.observation_id,
+                                                   "patient_id": order.patient_id})
+
+    def _history_row(self, order: _Order, oid: str, revision: int, ts: datetime, actor: Actor,
+                     change: str, reason: str | None, previous: L.Observation | None,
+                     new: L.Observation | None) -> dict[str, Any]:
+        hid = new_id("hst")
+        payload = {"by": actor.id, "change": change, "reason": reason,
+                   "previous": previous.as_json() if previous else None,
+                   "new": new.as_json() if new else None}
+        return {"tenant_id": order.tenant_id, "history_id": hid, "observation_id": oid,
+                "patient_id": order.patient_id, "revision": revision, "changed_at": ts,
+                "change_sealed": self._seal(order.dek, order.tenant_id,
+                                            "lab_observation_history", "change_sealed", hid,
+                                            payload)}
+
+    # == validation ==============================================================================
+    def validate_technical(self, actor: Actor, order_id: str) -> OrderView:
+        """Technical validation (technician or biologist): the results are analytically sound."""
+        if not (actor.roles & L.TECHNICAL_ROLES):
+            raise AccessDenied("technical validation needs a technician or biologist role",
+                               "ask a technician or a biologist to validate")
+        with self.lv.begin() as conn:
+            order = self._order_for(conn, actor, order_id, Action.VALIDATE, "observation")
+            self._transition(conn, actor, order, L.OrderStatus.TECHNICALLY_VALIDATED,
+                             "technical")
+            return self._order_view(order)
+
+    def validate_biological(self, actor: Actor, order_id: str,
+                            conclusion: str | None = None) -> ReportView:
+        """Biological validation: only a biologist; records who and when; results become final."""
+        self._require_biologist(actor)
+        with self.lv.begin() as conn:
+            order = self._order_for(conn, actor, order_id, Action.VALIDATE, "report")
+            self._validate_bio(conn, actor, order, conclusion)
+            return self._report_view(conn, order)
+
+    @staticmethod
+    def _require_biologist(actor: Actor) -> None:
+        if L.BIOLOGIST_ROLE not in actor.roles:
+            raise AccessDenied("only a biologist may validate results biologically",
+                               "ask a biologist of the laboratory to validate")
+
+    def _validate_bio(self, conn: Connection, actor: Actor, order: _Order,
+                      conclusion: str | None) -> None:
+        from labvault.domain import validation as v
+        concl = v.text(conclusion, "conclusion", 8000)
+        if order.row["patient_id"] and not lrepo.observations(conn, order.tenant_id,
+                                                              order.order_id):
+            raise L.InvalidTransition("this order has no results", "enter results first")
+        self._transition(conn, actor, order, L.OrderStatus.FINAL, "biological")
+        ts = self.lv.now()
+        lrepo.set_observations_status(conn, order.tenant_id, order.order_id, "final", ts,
+                                      only=("preliminary",))
+        if concl is not None:
+            self._write_report_payload(conn, order, {"conclusion": concl})
+
+    def _write_report_payload(self, conn: Connection, order: _Order,
+                              changes: Mapping[str, Any]) -> None:
+        rep = lrepo.report_by_order(conn, order.tenant_id, order.order_id)
+        assert rep is not None
+        payload = self._open(order.dek, order.tenant_id, "lab_reports", "report_sealed",
+                             rep["report_id"], rep["report_sealed"])
+        payload.update(changes)
+        lrepo.update_report(conn, order.tenant_id, order.order_id, report_sealed=self._seal(
+            order.dek, order.tenant_id, "lab_reports", "report_sealed", rep["report_id"],
+            payload), updated_at=self.lv.now())
+
+    def validate_all_normal(self, actor: Actor, tenant_id: str,
+                            order_ids: Sequence[str] | None = None,
+                            limit: int = 500) -> BulkValidation:
+        """Biologically validate every technically validated order of the worklist whose
+        results are all within their reference ranges; the others stay for review."""
+        self._require_biologist(actor)
+        self._scope(actor, tenant_id)
+        out = BulkValidation()
+        with self.lv.begin() as conn:
+            rows = lrepo.orders(conn, tenant_id,
+                                statuses=[L.OrderStatus.TECHNICALLY_VALIDATED.value],
+                                order_ids=order_ids, limit=limit)
+            if not rows:
+                return out
+            self._check(conn, actor, Action.VALIDATE, tenant_id, "report",
+                        [r["patient_id"] for r in rows])
+            for row in rows:
+                order = self._order_from_row(conn, row)
+                obs = [L.Observation.from_json(self._open(
+                    order.dek, tenant_id, "lab_observations", "result_sealed",
+                    o["observation_id"], o["result_sealed"]))
+                    for o in lrepo.observations(conn, tenant_id, order.order_id)
+                    if o["status"] != "cancelled"]
+                if obs and all(L.is_normal(o) for o in obs):
+                    self._validate_bio(conn, actor, order, None)
+                    out.validated.append(order.order_id)
+                else:
+                    out.skipped.append(order.order_id)
+        return out
+
+    # == publication, amendment, rejection, cancellation ========================================
+    def publish(self, actor: Actor, order_id: str) -> ReportView:
+        with self.lv.begin() as conn:
+            order = self._order_for(conn, actor, order_id, Action.WRITE, "report")
+            self._transition(conn, actor, order, L.OrderStatus.PUBLISHED, "published")
+            return self._report_view(conn, order)
+
+    def amend(self, actor: Actor, observation_id: str, result: object,
+              reason: str) -> ObservationView:
+        """Correct a published result: a biologist, with a reason; the previous value is kept
+        in the history with who and when; the report becomes ``amended``."""
+        from labvault.domain import validation as v
+        self._require_biologist(actor)
+        why = v.text(reason, "reason", 2000, required=True)
+        new_in = L.ResultInput.parse(result)
+        with self.lv.begin() as conn:
+            orow = lrepo.observation(conn, observation_id)
+            if orow is None:
+                raise NotFound("no such observation", "check the observation id")
+            order = self._order_for(conn, actor, orow["order_id"], Action.WRITE, "observation",
+                                    reason=why)
+            tenant_id = order.tenant_id
+            old = L.Observation.from_json(self._open(order.dek, tenant_id, "lab_observations",
+                                                     "result_sealed", observation_id,
+                                                     orow["result_sealed"]))
+            if new_in.code != old.code:
+                raise InvalidField("code", "an amendment keeps the test code",
+                                   f"give a value for {old.code}")
+            test = self._catalogue(conn, tenant_id).get(old.code)
+            if test is None:
+                raise InvalidField("code", f"{old.code} is no longer in the catalogue", "")
+            new = L.Observation.interpret(new_in, test, self._catalogue(conn, tenant_id).version,
+                                          order.sex, order.birth_date, self.lv.now())
+            self._transition(conn, actor, order, L.OrderStatus.AMENDED, "amended",
+                             {"observation_id": observation_id, "reason": why})
+            ts, rev = self.lv.now(), orow["revision"] + 1
+            lrepo.update_observation(conn, tenant_id, observation_id, status="amended",
+                                     revision=rev, updated_at=ts, result_sealed=self._seal(
+                                         order.dek, tenant_id, "lab_observations",
+                                         "result_sealed", observation_id, new.as_json()))
+            lrepo.insert_history(conn, [self._history_row(order, observation_id, rev, ts, actor,
+                                                          "amended", why, old, new)])
+            if new.flag is not None and new.flag.is_panic:
+                self.lv.alerts.raise_alert(conn, tenant_id, "panic-value", "critical", actor, {
+                    "order_id": order.order_id, "observation_id": observation_id,
+                    "patient_id": order.patient_id})
+            return ObservationView(observation_id, order.order_id, order.patient_id, tenant_id,
+                                   "amended", rev, orow["created_at"], ts, new)
+
+    def reject(self, actor: Actor, order_id: str, reason: str,
+               comment: str | None = None) -> OrderView:
+        """Reject an order's specimen (non-conformity); ``reason`` from ``REJECTION_REASONS``."""
+        from labvault.domain import validation as v
+        if reason not in L.REJECTION_REASONS:
+            raise InvalidField("reason", "is not a rejection reason",
+                               "one of " + ", ".join(L.REJECTION_REASONS))
+        note = v.text(comment, "comment", 2000)
+        with self.lv.begin() as conn:
+            order = self._order_for(conn, actor, order_id, Action.WRITE, "order")
+            self._transition(conn, actor, order, L.OrderStatus.REJECTED, "rejected",
+                             {"reason": reason, "comment": note})
+            lrepo.update_specimens(conn, order.tenant_id, order_id, "rejected")
+            lrepo.set_observations_status(conn, order.tenant_id, order_id, "cancelled",
+                                          self.lv.now())
+            return self._order_view(order)
+
+    def cancel(self, actor: Actor, order_id: str, reason: str | None = None) -> OrderView:
+        from labvault.domain import validation as v
+        note = v.text(reason, "reason", 2000)
+        with self.lv.begin() as conn:
+            order = self._order_for(conn, actor, order_id, Action.WRITE, "order")
+            self._cancel(conn, actor, order, note)
+            return self._order_view(order)
+
+    def _cancel(self, conn: Connection, actor: Actor, order: _Order, note: str | None) -> None:
+        self._transition(conn, actor, order, L.OrderStatus.CANCELLED, "cancelled",
+                         {"reason": note})
+        lrepo.update_specimens(conn, order.tenant_id, order.order_id, "cancelled")
+        lrepo.set_observations_status(conn, order.tenant_id, order.order_id, "cancelled",
+                                      self.lv.now())
+
+    # == reading =================================================================================
+    def _order_view(self, order: _Order,
+                    specimens: Sequence[SpecimenView] = ()) -> OrderView:
+        req = dict(order.request)
+        req.pop("patient", None)
+        return OrderView(order.order_id, str(order.row.get("report_id", "")), order.patient_id,
+                         order.tenant_id, order.status, L.Priority(order.row["priority"]),
+                         order.row["created_at"], order.row["updated_at"],
+                         L.ServiceRequest.parse({k: v for k, v in req.items() if v is not None}),
+                         self._steps(order.workflow), specimens)
+
+    @staticmethod
+    def _steps(workflow: Mapping[str, Any]) -> dict[str, Step]:
+        out: dict[str, Step] = {}
+        for k, s in workflow.items():
+            if isinstance(s, list):
+                s = s[-1] if s else None
+            if isinstance(s, Mapping):
+                out[k] = Step(s["by"], datetime.fromisoformat(s["at"]),
+                              {x: y for x, y in s.items() if x not in ("by", "at")})
+        return out
+
+    def _specimen_views(self, conn: Connection, order: _Order) -> list[SpecimenView]:
+        return [SpecimenView(r["specimen_id"], order.order_id, order.patient_id, order.tenant_id,
+                             r["status"], r["received_at"], L.Specimen.parse(self._open(
+                                 order.dek, order.tenant_id, "lab_specimens", "specimen_sealed",
+                                 r["specimen_id"], r["specimen_sealed"])))
+                for r in lrepo.specimens(conn, order.tenant_id, order.order_id)]
+
+    def _obs_view(self, order_dek: DataKey, r: Mapping[str, Any]) -> ObservationView:
+        return ObservationView(r["observation_id"], r["order_id"], r["patient_id"],
+                               r["tenant_id"], r["status"], r["revision"], r["created_at"],
+                               r["updated_at"], L.Observation.from_json(self._open(
+                                   order_dek, r["tenant_id"], "lab_observations",
+                                   "result_sealed", r["observation_id"], r["result_sealed"])))
+
+    def _report_view(self, conn: Connection, order: _Order) -> ReportView:
+        rep = lrepo.report_by_order(conn, order.tenant_id, order.order_id)
+        assert rep is not None
+        payload = self._open(order.dek, order.tenant_id, "lab_reports", "report_sealed",
+                             rep["report_id"], rep["report_sealed"])
+        obs = [self._obs_view(order.dek, r)
+               for r in lrepo.observations(conn, order.tenant_id, order.order_id)]
+        return ReportView(rep["report_id"], order.order_id, order.patient_id, order.tenant_id,
+                          rep["status"], order.status, rep["created_at"], rep["updated_at"],
+                          rep["issued_at"], payload.get("conclusion"), obs,
+                          self._steps(order.workflow), tuple(order.request.get("tests", ())))
+
+    def get_order(self, actor: Actor, order_id: str) -> OrderView:
+        with self.lv.begin() as conn:
+            order = self._order_for(conn, actor, order_id, Action.READ, "order")
+            rep = lrepo.report_by_order(conn, order.tenant_id, order_id)
+            order.row["report_id"] = rep["report_id"] if rep else ""
+            return self._order_view(order, self._specimen_views(conn, order))
+
+    def get_report(self, actor: Actor, report_id: str) -> ReportView:
+        with self.lv.begin() as conn:
+            rep = lrepo.report(conn, report_id)
+            if rep is None:
+                raise NotFound("no such report", "check the report id")
+            order = self._order_for(conn, actor, rep["order_id"], Action.READ, "report")
+            return self._report_view(conn, order)
+
+    def get_report_by_order(self, actor: Actor, order_id: str) -> ReportView:
+        with self.lv.begin() as conn:
+            order = self._order_for(conn, actor, order_id, Action.READ, "report")
+            return self._report_view(conn, order)
+
+    def get_observation(self, actor: Actor, observation_id: str) -> ObservationView:
+        with self.lv.begin() as conn:
+            r = lrepo.observation(conn, observation_id)
+            if r is None:
+                raise NotFound("no such observation", "check the observation id")
+            self._scope(actor, r["tenant_id"])
+            self._check(conn, actor, Action.READ, r["tenant_id"], "observation",
+                        (r["patient_id"],))
+            dek = self.lv.gate.patient_key(conn, r["tenant_id"], r["patient_id"])
+            return self._obs_view(dek, r)
+
+    def get_specimen(self, actor: Actor, specimen_id: str) -> SpecimenView:
+        with self.lv.begin() as conn:
+            r = lrepo.specimen(conn, specimen_id)
+            if r is None:
+                raise NotFound("no such specimen", "check the specimen id")
+            self._scope(actor, r["tenant_id"])
+            self._check(conn, actor, Action.READ, r["tenant_id"], "specimen", (r["patient_id"],))
+            dek = self.lv.gate.patient_key(conn, r["tenant_id"], r["patient_id"])
+            return SpecimenView(r["specimen_id"], r["order_id"], r["patient_id"], r["tenant_id"],
+                                r["status"], r["received_at"], L.Specimen.parse(self._open(
+                                    dek, r["tenant_id"], "lab_specimens", "specimen_sealed",
+                                    specimen_id, r["specimen_sealed"])))
+
+    def observation_history(self, actor: Actor, observation_id: str) -> list[HistoryEntry]:
+        """Every change of a result: who, when, what (previous/new), why."""
+        with self.lv.begin() as conn:
+            r = lrepo.observation(conn, observation_id)
+            if r is None:
+                raise NotFound("no such observation", "check the observation id")
+            self._scope(actor, r["tenant_id"])
+            self._check(conn, actor, Action.READ, r["tenant_id"], "observation",
+                        (r["patient_id"],))
+            dek = self.lv.gate.patient_key(conn, r["tenant_id"], r["patient_id"])
+            out = []
+            for h in lrepo.history(conn, r["tenant_id"], observation_id):
+                p = self._open(dek, r["tenant_id"], "lab_observation_history", "change_sealed",
+                               h["history_id"], h["change_sealed"])
+                out.append(HistoryEntry(
+                    h["revision"], h["changed_at"], p["by"], p["change"], p.get("reason"),
+                    L.Observation.from_json(p["previous"]) if p.get("previous") else None,
+                    L.Observation.from_json(p["new"]) if p.get("new") else None))
+            return out
+
+    def worklist(self, actor: Actor, tenant_id: str,
+                 status: L.OrderStatus | str | None = None,
+                 limit: int = 200) -> list[dict[str, Any]]:
+        """Orders waiting at one step (clear columns only: nothing clinical is opened).
+        Sorted stat first, then urgent, then by age."""
+        self._scope(actor, tenant_id)
+        statuses = [L.OrderStatus(status).value] if status else [
+            s.value for s in (L.OrderStatus.REGISTERED, L.OrderStatus.RECEIVED,
+                              L.OrderStatus.PRELIMINARY, L.OrderStatus.TECHNICALLY_VALIDATED,
+                              L.OrderStatus.FINAL)]
+        with self.lv.begin() as conn:
+            rows = lrepo.orders(conn, tenant_id, statuses=statuses, limit=limit)
+            self._check(conn, actor, Action.SEARCH, tenant_id, "order",
+                        [r["patient_id"] for r in rows])
+        rank = {"stat": 0, "urgent": 1, "routine": 2}
+        rows.sort(key=lambda r: (rank.get(r["priority"], 3), r["created_at"]))
+        return [{"order_id": r["order_id"], "patient_id": r["patient_id"], "status": r["status"],
+                 "priority": r["priority"], "created_at": r["created_at"]} for r in rows]
+
+    def list_orders(self, actor: Actor, tenant_id: str, patient_id: str | None = None,
+                    status: str | None = None, limit: int = 200) -> list[OrderView]:
+        self._scope(actor, tenant_id)
+        with self.lv.begin() as conn:
+            rows = lrepo.orders(conn, tenant_id, patient_id=patient_id,
+                                statuses=[status] if status else None, limit=limit)
+            if not rows:
+                return []
+            self._check(conn, actor, Action.READ, tenant_id, "order",
+                        [r["patient_id"] for r in rows])
+            out = []
+            for r in rows:
+                o = self._order_from_row(conn, r)
+                rep = lrepo.report_by_order(conn, tenant_id, r["order_id"])
+                o.row["report_id"] = rep["report_id"] if rep else ""
+                out.append(self._order_view(o))
+            return out
+
+    def list_reports(self, actor: Actor, tenant_id: str, patient_id: str | None = None,
+                     status: str | None = None, limit: int = 200) -> list[ReportView]:
+        self._scope(actor, tenant_id)
+        with self.lv.begin() as conn:
+            rows = lrepo.reports(conn, tenant_id, patient_id=patient_id,
+                                 statuses=[status] if status else None, limit=limit)
+            if not rows:
+                return []
+            self._check(conn, actor, Action.READ, tenant_id, "report",
+                        [r["patient_id"] for r in rows])
+            out = []
+            for r in rows:
+                order = self._load_order(conn, r["order_id"])
+                out.append(self._report_view(conn, order))
+            return out
+
+    def list_observations(self, actor: Actor, tenant_id: str, patient_id: str | None = None,
+                          code: str | None = None, status: str | None = None,
+                          since: datetime | None = None, until: datetime | None = None,
+                          limit: int = 200) -> list[ObservationView]:
+        """Results of a laboratory (or one patient), filtered; ``code`` is matched after
+        opening (codes are sealed), so the filter costs one unseal per candidate."""
+        self._scope(actor, tenant_id)
+        with self.lv.begin() as conn:
+            rows = lrepo.observations_of(conn, tenant_id, patient_id=patient_id,
+                                         statuses=[status] if status else None, since=since,
+                                         until=until, limit=limit if code is None else 10_000)
+            # Checked (and audited) even when nothing matched: an empty answer to a refused
+            # actor would otherwise tell it which patients have results.
+            self._check(conn, actor, Action.READ, tenant_id, "observation",
+                        [r["patient_id"] for r in rows] or ([patient_id] if patient_id else []))
+            if not rows:
+                return []
+            deks: dict[str, DataKey] = {}
+            out = []
+            for r in rows:
+                pid = r["patient_id"]
+                if pid not in deks:
+                    try:
+                        deks[pid] = self.lv.gate.patient_key(conn, tenant_id, pid)
+                    except NotFound:  # erased patient: nothing left to read
+                        continue
+                view = self._obs_view(deks[pid], r)
+                if code is None or view.observation.code == code:
+                    out.append(view)
+                    if len(out) >= limit:
+                        break
+            return out

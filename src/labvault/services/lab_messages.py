@@ -1,0 +1,664 @@
+"""Inbound messages (HL7 v2 after mapping): one transaction per message, committed
+before the acknowledgement is released, idempotent on MSH-10, unmappable results
+kept in the import-issues queue (docs/hl7.md).
+
+The door (``interop/hl7``) parses and maps; this service matches the patient, stores
+orders/specimens/results through ``LabService`` internals in the same transaction,
+archives the raw message sealed (under the patient's key when known, so erasure takes
+it too) with the ACK that was sent, and returns that ACK on a resend.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError as DbIntegrityError
+
+from labvault.crypto import DataKey
+from labvault.crypto import blind_index as bi
+from labvault.domain import inbound as I
+from labvault.domain import lab as L
+from labvault.domain.actors import Actor
+from labvault.domain.categories import Action, Category
+from labvault.domain.inbound import Location, MessageError
+from labvault.domain.patient import PatientRecord
+from labvault.errors import InvalidField, InvalidRecord, NotFound, UserError
+from labvault.services import indexing
+from labvault.services.gate import Access
+from labvault.store import repositories as repo
+from labvault.store import repositories_lab as lrepo
+from labvault.store.ids import new_id
+
+if TYPE_CHECKING:
+    from labvault.services.app import Labvault
+    from labvault.services.lab import LabService, _Order
+
+CLINICAL = frozenset({Category.CLINICAL})
+CONTROL = "hl7_control"
+OPEN_STATES = (L.OrderStatus.REGISTERED, L.OrderStatus.RECEIVED, L.OrderStatus.PRELIMINARY,
+               L.OrderStatus.TECHNICALLY_VALIDATED)
+LOINC_SYSTEMS = ("LN", "LOINC", "http://loinc.org")
+PATIENT_CACHE = 4096        # identifier digest -> patient id (ids only), LRU
+PATIENT_CACHE_TTL = 60.0    # seconds: bounds staleness after an identifier change elsewhere
+
+
+def _dumps(data: Mapping[str, Any]) -> bytes:
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+
+
+@dataclass
+class _Ctx:
+    conn: Connection
+    actor: Actor
+    tenant_id: str
+    message_id: str
+    outcome: I.IngestOutcome
+    issues: list[dict[str, Any]]
+    deks: dict[str, DataKey] = field(default_factory=dict)
+
+
+class MessageService:
+    def __init__(self, lv: Labvault, lab: LabService) -> None:
+        self.lv = lv
+        self.lab = lab
+        # (tenant, kind, digest) -> (patient id, cached at). Ids only (no personal data);
+        # an erased patient is dropped on first use, every entry after PATIENT_CACHE_TTL.
+        self._patients: OrderedDict[tuple[str, str, bytes], tuple[str, float]] = OrderedDict()
+        self._cache_lock = threading.Lock()
+        # SQLite has one writer: queue writers here instead of in SQLite's busy handler
+        # (which sleeps); PostgreSQL runs messages of several connections in parallel.
+        self._write_lock: threading.Lock | None = (
+            threading.Lock() if lv.engine.dialect.name == "sqlite" else None)
+
+    # == entry point ============================================================================
+    def ingest(self, actor: Actor, tenant_id: str, raw: bytes, msg: I.InboundMessage,
+               build_ack: Callable[[I.IngestOutcome], bytes]) -> tuple[I.IngestOutcome, bytes]:
+        """Store one mapped message and return (outcome, ACK bytes). The ACK is built and
+        archived inside the transaction; the caller sends it only after this returns (i.e.
+        after the commit). A resend of the same MSH-10 (same sender) returns the first ACK."""
+        try:
+            if self._write_lock is not None:
+                with self._write_lock:
+                    return self._ingest(actor, tenant_id, raw, msg, build_ack)
+            return self._ingest(actor, tenant_id, raw, msg, build_ack)
+        except DbIntegrityError:
+            # Two connections delivered the same message at once: the other one won.
+            with self.lv.begin() as conn:
+                dup = self._duplicate(conn, actor, tenant_id, msg)
+            if dup is None:
+                raise
+            return dup
+
+    def _control_digest(self, conn: Connection, tenant_id: str, msg: I.InboundMessage) -> bytes:
+        return self.lab.digest(conn, tenant_id, CONTROL, f"{msg.sending}\x00{msg.control_id}")
+
+    def _duplicate(self, conn: Connection, actor: Actor, tenant_id: str,
+                   msg: I.InboundMessage) -> tuple[I.IngestOutcome, bytes] | None:
+        row = lrepo.message_by_control(conn, tenant_id, self._control_digest(conn, tenant_id, msg))
+        if row is None:
+            return None
+        self.lv.gate.check(conn, Access(actor, Action.READ, tenant_id, frozenset(),
+                                        resource="hl7-message", purpose="care"))
+        ack = self.lv.gate.open_tenant_value_checked(conn, tenant_id, "lab_hl7_messages",
+                                                     "ack_sealed", row["message_id"],
+                                                     row["ack_sealed"])
+        return I.IngestOutcome(row["status"], message_id=row["message_id"], duplicate=True), ack
+
+    def _ingest(self, actor: Actor, tenant_id: str, raw: bytes, msg: I.InboundMessage,
+                build_ack: Callable[[I.IngestOutcome], bytes]
+                ) -> tuple[I.IngestOutcome, bytes]:
+        lv = self.lv
+        try:
+            with lv.begin() as conn:
+                dup = self._duplicate(conn, actor, tenant_id, msg)
+                if dup is not None:
+                    return dup
+                lv.gate.check(conn, Access(actor, Action.WRITE, tenant_id, CLINICAL,
+                                           resource="hl7-message", purpose="care"))
+                message_id = new_id("msg")
+                ctx = _Ctx(conn, actor, tenant_id, message_id,
+                           I.IngestOutcome("AA", message_id=message_id), [])
+                if msg.message_type == "ADT":
+                    self._adt(ctx, msg)
+                else:
+                    self._orders_and_results(ctx, msg)
+                self._write_issues(ctx)
+                ack = build_ack(ctx.outcome)
+                self._archive(ctx, msg, raw, ack)
+                return ctx.outcome, ack
+        except I.ContentError as exc:
+            outcome = I.IngestOutcome("AE", errors=list(exc.errors))
+            return outcome, build_ack(outcome)
+        except UserError as exc:
+            # A rule of the core refused (e.g. access): nothing stored, AE naming it.
+            outcome = I.IngestOutcome("AE", errors=[MessageError(None, I.ERR_INTERNAL,
+                                                                 exc.message)])
+            return outcome, build_ack(outcome)
+
+    def _archive(self, ctx: _Ctx, msg: I.InboundMessage, raw: bytes, ack: bytes) -> None:
+        lv, tid = self.lv, ctx.tenant_id
+        pid = ctx.outcome.patient_id
+        if pid is not None:
+            raw_sealed = self.lab._seal_bytes(self._key(ctx, pid), tid, "lab_hl7_messages",
+                                              "raw_sealed", ctx.message_id, raw)
+        else:
+            raw_sealed = self.lab.seal_tenant(ctx.conn, tid, "lab_hl7_messages", "raw_sealed",
+                                              ctx.message_id, raw)
+        lrepo.insert_message(ctx.conn, {
+            "tenant_id": tid, "message_id": ctx.message_id,
+            "control_digest": self._control_digest(ctx.conn, tid, msg), "patient_id": pid,
+            "message_type": msg.kind[:20], "status": ctx.outcome.ack_code,
+            "received_at": lv.now(), "raw_sealed": raw_sealed,
+            "ack_sealed": self.lab.seal_tenant(ctx.conn, tid, "lab_hl7_messages", "ack_sealed",
+                                               ctx.message_id, ack)})
+
+    # == patients ===============================================================================
+    def _key(self, ctx: _Ctx, patient_id: str) -> DataKey:
+        """The patient's data key, fetched once per message."""
+        dek = ctx.deks.get(patient_id)
+        if dek is None:
+            dek = ctx.deks[patient_id] = self.lv.gate.patient_key(ctx.conn, ctx.tenant_id,
+                                                                  patient_id)
+        return dek
+
+    def _lookup(self, ctx: _Ctx, kind: str, value: str) -> str | None:
+        d = self.lab.digest(ctx.conn, ctx.tenant_id, kind, value)
+        key = (ctx.tenant_id, kind, d)
+        import time
+        now = time.monotonic()
+        hit = self._patients.get(key)
+        pid = hit[0] if hit is not None and now - hit[1] <= PATIENT_CACHE_TTL else None
+        if pid is not None:
+            try:
+                self._key(ctx, pid)          # still there (not erased): its key opens
+                return pid
+            except NotFound:
+                with self._cache_lock:
+                    self._patients.pop(key, None)
+        ids = repo.find_by_digest(ctx.conn, ctx.tenant_id, kind, d)
+        if len(ids) > 1:
+            # Several patients share this identifier: never guess, never add another one.
+            raise I.ContentError([MessageError(Location("PID", 1, 3), I.ERR_DUPLICATE_KEY,
+                                               "several patients match PID-3; merge them "
+                                               "first")])
+        if not ids:
+            return None
+        with self._cache_lock:
+            self._patients[key] = (ids[0], now)
+            while len(self._patients) > PATIENT_CACHE:
+                self._patients.popitem(last=False)
+        return ids[0]
+
+    def _match(self, ctx: _Ctx, p: I.InboundPatient) -> str | None:
+        if p.nir:
+            try:
+                pid = self._lookup(ctx, bi.NIR, indexing.search_value(bi.NIR, p.nir))
+            except InvalidField:
+                pid = None
+            if pid:
+                return pid
+        for ext in p.external_ids:
+            pid = self._lookup(ctx, bi.EXTERNAL_ID, ext)
+            if pid:
+                return pid
+        return None
+
+    def _register(self, ctx: _Ctx, rec: PatientRecord) -> str:
+        pat = self.lv.patients
+        access = Access(ctx.actor, Action.WRITE, ctx.tenant_id,
+                        frozenset({Category.IDENTITY, Category.CONTACT, Category.COVERAGE,
+                                   Category.CLINICAL}), resource="patient")
+        self.lv.gate.check(ctx.conn, access)
+        prepared = pat._prepare(ctx.conn, access, ctx.tenant_id, rec)
+        repo.insert_patients(ctx.conn, [prepared.row], [prepared.key], prepared.index)
+        return prepared.patient_id
+
+    def _update(self, ctx: _Ctx, patient_id: str, rec: PatientRecord) -> None:
+        lv = self.lv
+        access = Access(ctx.actor, Action.WRITE, ctx.tenant_id,
+                        frozenset({Category.IDENTITY, Category.CONTACT, Category.COVERAGE,
+                                   Category.CLINICAL}), patient_ids=(patient_id,),
+                        resource="patient")
+        lv.gate.check(ctx.conn, access)
+        # Keep what the message does not carry (coverage, blood group, prescriber...).
+        opened = lv.gate.read_patients(ctx.conn, Access(
+            ctx.actor, Action.READ, ctx.tenant_id, frozenset({Category.COVERAGE,
+                                                              Category.CLINICAL}),
+            patient_ids=(patient_id,), resource="patient"))
+        dek = lv.gate.patient_key(ctx.conn, ctx.tenant_id, patient_id)
+        cats = rec.categories()
+        for cat in (Category.COVERAGE, Category.CLINICAL):
+            old = opened.get(patient_id, {}).get(cat) or {}
+            cats[cat] = {**old, **cats[cat]}
+        blobs = lv.gate.seal_patient(ctx.conn, access, dek, patient_id, cats)
+        repo.update_patient_blobs(ctx.conn, ctx.tenant_id, patient_id, blobs)
+        idx = repo.current_key_version(ctx.conn, ctx.tenant_id, "index")
+        assert idx is not None
+        repo.replace_index_rows(ctx.conn, ctx.tenant_id, patient_id, indexing.digests(
+            lv.keyring.blind_index_key(ctx.tenant_id, idx), indexing.index_values(rec)))
+        with self._cache_lock:
+            for k in [k for k, v in self._patients.items() if v[0] == patient_id]:
+                self._patients.pop(k, None)
+
+    def _adt(self, ctx: _Ctx, msg: I.InboundMessage) -> None:
+        p = msg.patient
+        assert p is not None and p.record is not None   # the mapper guarantees it for ADT
+        pid = self._match(ctx, p)
+        if pid is None:
+            pid = self._register(ctx, p.record)
+        else:
+            self._update(ctx, pid, p.record)
+        ctx.outcome.patient_id = pid
+
+    # == orders and results =====================================================================
+    def _resolve_code(self, cat: L.Catalogue, code: str, system: str | None,
+                      mapping: Mapping[str, str] | None = None) -> L.CatalogueTest | None:
+        if mapping and code in mapping:
+            return cat.tests.get(mapping[code])
+        if system is None or system.upper() in LOINC_SYSTEMS or system == "http://loinc.org":
+            t = cat.tests.get(code)
+            if t is not None:
+                return t
+        return cat.tests.get(cat.by_local.get(code, "")) if code in cat.by_local else None
+
+    def _orders_and_results(self, ctx: _Ctx, msg: I.InboundMessage) -> None:
+        p = msg.patient
+        assert p is not None
+        why = "patient not found by NIR or identifier"
+        try:
+            pid = self._match(ctx, p)
+        except I.ContentError:
+            if msg.message_type != "ORU":
+                raise
+            pid, why = None, "several patients match PID-3 (merge them first)"
+        if pid is None and msg.message_type in ("ORM", "OML"):
+            if p.record is None:
+                raise I.ContentError([MessageError(p.location, I.ERR_UNKNOWN_KEY,
+                                                   "unknown patient and PID does not make a "
+                                                   f"valid patient: {p.record_error}")])
+            pid = self._register(ctx, p.record)
+        if pid is None:
+            # ORU for a patient we do not know: keep every result, sealed, for a human.
+            for order in msg.orders:
+                self._issue(ctx, "unknown-patient", None, order, list(order.results),
+                            p, p.location, why)
+            return
+        ctx.outcome.patient_id = pid
+        cat = self.lab._catalogue(ctx.conn, ctx.tenant_id)
+        facts: dict[str, Any] | None = None
+        for order in msg.orders:
+            existing = self._find_order(ctx, order)
+            if order.control in ("CA", "OC", "DC"):
+                if existing is None:
+                    ctx.outcome.errors.append(MessageError(
+                        Location("ORC", 1, 2), I.ERR_UNKNOWN_KEY,
+                        "order to cancel not found", "W"))
+                elif existing.status in (L.OrderStatus.REGISTERED, L.OrderStatus.RECEIVED,
+                                         L.OrderStatus.PRELIMINARY):
+                    self.lab._check(ctx.conn, ctx.actor, Action.WRITE, ctx.tenant_id, "order",
+                                    (existing.patient_id,))
+                    self.lab._cancel(ctx.conn, ctx.actor, existing, "cancelled by the placer")
+                    ctx.outcome.order_ids.append(existing.order_id)
+                else:
+                    raise I.ContentError([MessageError(
+                        Location("ORC", 1, 1), I.ERR_TABLE_VALUE_NOT_FOUND,
+                        f"the order is {existing.status} and can no longer be cancelled")])
+                continue
+            if existing is not None and existing.patient_id != pid:
+                raise I.ContentError([MessageError(Location("OBR", 1, 2), I.ERR_DUPLICATE_KEY,
+                                                   "this order number belongs to another "
+                                                   "patient")])
+            if existing is None:
+                tests: list[str] = []
+                for t in order.tests:
+                    ct = self._resolve_code(cat, t.code, t.code_system)
+                    if ct is not None:
+                        tests.append(ct.code)
+                    elif msg.message_type != "ORU":
+                        raise I.ContentError([MessageError(
+                            t.location if t.location.field else Location("OBR", 1, 4),
+                            I.ERR_TABLE_VALUE_NOT_FOUND,
+                            f"test {t.code} is not in the laboratory's catalogue")])
+                for r in order.results:
+                    ct = self._resolve_code(cat, r.code, r.code_system)
+                    if ct is not None and ct.code not in tests:
+                        tests.append(ct.code)
+                if not tests:
+                    # nothing mappable at all: the results go to the queue below
+                    self._issue(ctx, "unknown-code", pid, order, list(order.results), None,
+                                order.location, "no test of this order is in the catalogue")
+                    continue
+                dek = self._key(ctx, pid)
+                if facts is None:
+                    facts = self.lab._patient_facts(ctx.conn, ctx.actor, ctx.tenant_id, pid,
+                                                    dek)
+                req = order.request or L.ServiceRequest(())
+                self.lab._check(ctx.conn, ctx.actor, Action.WRITE, ctx.tenant_id, "order",
+                                (pid,))
+                sr = L.ServiceRequest(tuple(dict.fromkeys(tests)), req.priority, req.prescriber,
+                                      req.clinical_notes, order.placer_number,
+                                      order.filler_number, req.requested_at)
+                if order.results:
+                    # unsolicited results: order, specimen and results written at once
+                    good = self._interpret(ctx, pid, order, cat, facts)
+                    if good:
+                        self.lab._check(ctx.conn, ctx.actor, Action.WRITE, ctx.tenant_id,
+                                        "observation", (pid,))
+                        created, views = self.lab._create_with_results(
+                            ctx.conn, ctx.actor, ctx.tenant_id, pid, dek, sr,
+                            order.specimen or self._default_specimen(order, pid),
+                            good, facts)
+                        ctx.outcome.order_ids.append(created.order_id)
+                        ctx.outcome.observation_ids.extend(v.observation_id for v in views)
+                        continue
+                existing = self.lab._create_order(ctx.conn, ctx.actor, ctx.tenant_id, pid, sr,
+                                                  facts, dek)
+            ctx.outcome.order_ids.append(existing.order_id)
+            if existing.status == L.OrderStatus.REGISTERED and (order.specimen or order.results):
+                spec = order.specimen or self._default_specimen(order, existing.order_id)
+                self.lab._receive(ctx.conn, ctx.actor, existing, spec)
+            if order.results:
+                self._results(ctx, existing, order, cat)
+
+    def _default_specimen(self, order: I.InboundOrder, fallback: str) -> L.Specimen:
+        """An ORU without SPM/OBR-7: the analyzed specimen, numbered by the order number."""
+        return L.Specimen("BLD", next((r.observed_at for r in order.results if r.observed_at),
+                                      self.lv.now()),
+                          (order.filler_number or order.placer_number or fallback)[:64])
+
+    def _interpret(self, ctx: _Ctx, pid: str, group: I.InboundOrder, cat: L.Catalogue,
+                   facts: Mapping[str, Any], mapping: Mapping[str, str] | None = None
+                   ) -> list[L.Observation]:
+        """Results that map, interpreted; the others go to the import-issues queue."""
+        from datetime import date
+        bd = facts.get("birth_date")
+        birth = date.fromisoformat(bd) if bd else None
+        good: list[L.Observation] = []
+        for r in group.results:
+            if r.status in ("X", "D", "W"):       # result cannot be obtained / deleted / wrong
+                continue
+            test = self._resolve_code(cat, r.code, r.code_system, mapping)
+            if test is None:
+                self._issue(ctx, "unknown-code", pid, group, [r], None,
+                            Location(r.location.segment, r.location.sequence, 3),
+                            f"code {r.code} ({r.code_system or 'local'}) is not in catalogue "
+                            f"{cat.version}")
+                continue
+            try:
+                good.append(L.Observation.interpret(self._to_input(r, test), test, cat.version,
+                                                    facts.get("sex"), birth, self.lv.now()))
+            except (InvalidField, InvalidRecord) as exc:
+                self._issue(ctx, "invalid-value", pid, group, [r], None, r.location,
+                            str(exc.message))
+        return good
+
+    def _find_order(self, ctx: _Ctx, order: I.InboundOrder) -> _Order | None:
+        placer = (self.lab.digest(ctx.conn, ctx.tenant_id, "lab_placer", order.placer_number)
+                  if order.placer_number else None)
+        filler = (self.lab.digest(ctx.conn, ctx.tenant_id, "lab_filler", order.filler_number)
+                  if order.filler_number else None)
+        row = lrepo.order_by_digest(ctx.conn, ctx.tenant_id, placer, filler)
+        if row is None:
+            return None
+        o = self.lab._order_from_row(ctx.conn, row, self._key(ctx, row["patient_id"]))
+        rep = lrepo.report_by_order(ctx.conn, ctx.tenant_id, o.order_id)
+        o.row["report_id"] = rep["report_id"] if rep else ""
+        return o
+
+    def _to_input(self, r: I.InboundResult, test: L.CatalogueTest) -> L.ResultInput:
+        data: dict[str, Any] = {"code": test.code}
+        if r.coded is not None:
+            data["value"] = {"code": r.coded.code, "display": r.coded.display,
+                             "system": r.coded.system}
+        elif r.numeric is not None:
+            data["value"] = r.numeric
+        else:
+            data["value"] = r.text
+            if test.kind == L.ValueKind.TEXT:
+                data["kind"] = "text"
+        if r.unit:
+            data["unit"] = r.unit
+        if r.comments:
+            data["comment"] = "\n".join(r.comments)[:4000]
+        if r.observed_at:
+            data["observed_at"] = r.observed_at
+        if r.code != test.code:
+            data["local_code"] = r.code[:64]
+        res = L.ResultInput.parse(data)
+        if test.kind == L.ValueKind.NUMERIC and res.kind != L.ValueKind.NUMERIC:
+            raise InvalidField("value", f"{test.code} expects a number, got text", "")
+        return res
+
+    def _results(self, ctx: _Ctx, order: _Order, group: I.InboundOrder, cat: L.Catalogue,
+                 mapping: Mapping[str, str] | None = None) -> None:
+        if order.status not in OPEN_STATES:
+            self._issue(ctx, "order-closed", order.patient_id, group, list(group.results), None,
+                        group.location, f"the order is {order.status}: a correction needs a "
+                        "biologist (amend)")
+            return
+        good = self._interpret(ctx, order.patient_id, group, cat,
+                               {"sex": order.sex, "birth_date": order.request.get(
+                                   "patient", {}).get("birth_date")}, mapping)
+        if good:
+            self.lab._check(ctx.conn, ctx.actor, Action.WRITE, ctx.tenant_id, "observation",
+                            (order.patient_id,))
+            views = self.lab._store_results(ctx.conn, ctx.actor, order, good)
+            ctx.outcome.observation_ids.extend(v.observation_id for v in views)
+
+    # == import issues ==========================================================================
+    def _issue(self, ctx: _Ctx, kind: str, patient_id: str | None, group: I.InboundOrder,
+               results: Sequence[I.InboundResult], patient: I.InboundPatient | None,
+               location: Location, reason: str) -> None:
+        issue_id = new_id("iss")
+        payload = {
+            "kind": kind, "reason": reason, "message_id": ctx.message_id,
+            "location": str(location),
+            "order": {"placer_number": group.placer_number, "filler_number": group.filler_number,
+                      "tests": [{"code": t.code, "system": t.code_system, "display": t.display}
+                                for t in group.tests],
+                      "request": group.request.as_json() if group.request else None,
+                      "specimen": group.specimen.as_json() if group.specimen else None},
+            "results": [r.as_json() for r in results],
+            "patient": ({"identifiers": [{"value": i.value, "type": i.type_code,
+                                          "authority": i.authority} for i in patient.identifiers],
+                         "summary": patient.summary,
+                         "record": ({c.value: v for c, v in patient.record.categories().items()}
+                                    if patient.record else None)} if patient else None)}
+        ctx.issues.append({"issue_id": issue_id, "kind": kind, "patient_id": patient_id,
+                           "payload": payload})
+        ctx.outcome.issue_ids.append(issue_id)
+        ctx.outcome.errors.append(MessageError(location, I.ERR_UNKNOWN_KEY if kind.startswith(
+            "unknown") else I.ERR_DATA_TYPE, f"{reason}; kept for review as import issue "
+            f"{issue_id}", "W"))
+
+    def _write_issues(self, ctx: _Ctx) -> None:
+        if not ctx.issues:
+            return
+        lv, tid, ts = self.lv, ctx.tenant_id, self.lv.now()
+        rows = []
+        for it in ctx.issues:
+            sealed = self._seal_issue(ctx.conn, tid, it["patient_id"], it["issue_id"],
+                                      "issue_sealed", it["payload"])
+            rows.append({"tenant_id": tid, "issue_id": it["issue_id"],
+                         "message_id": ctx.message_id, "patient_id": it["patient_id"],
+                         "kind": it["kind"], "status": "open", "created_at": ts,
+                         "resolved_at": None, "issue_sealed": sealed,
+                         "resolution_sealed": None})
+        lrepo.insert_issues(ctx.conn, rows)
+        lv.alerts.raise_alert(ctx.conn, tid, "import-issue", "warning", ctx.actor,
+                              {"message_id": ctx.message_id,
+                               "issue_ids": [r["issue_id"] for r in rows]})
+
+    def _seal_issue(self, conn: Connection, tenant_id: str, patient_id: str | None,
+                    issue_id: str, column: str, payload: Mapping[str, Any]) -> bytes:
+        if patient_id is not None:
+            dek = self.lv.gate.patient_key(conn, tenant_id, patient_id)
+            return self.lab._seal_bytes(dek, tenant_id, "lab_import_issues", column, issue_id,
+                                        _dumps(payload))
+        return self.lv.gate.seal_tenant_value(conn, tenant_id, "lab_import_issues", column,
+                                              issue_id, _dumps(payload))
+
+    def _open_issue(self, conn: Connection, row: Mapping[str, Any]) -> dict[str, Any]:
+        tid = row["tenant_id"]
+        if row["patient_id"] is not None:
+            dek = self.lv.gate.patient_key(conn, tid, row["patient_id"])
+            raw = self.lv.gate.open_patient_value(dek, tid, "lab_import_issues", "issue_sealed",
+                                                  row["issue_id"], row["issue_sealed"])
+        else:
+            raw = self.lv.gate.open_tenant_value_checked(conn, tid, "lab_import_issues",
+                                                         "issue_sealed", row["issue_id"],
+                                                         row["issue_sealed"])
+        data: dict[str, Any] = json.loads(raw)
+        return data
+
+    def list_issues(self, actor: Actor, tenant_id: str, status: str | None = "open",
+                    limit: int = 500) -> list[dict[str, Any]]:
+        """Open (or all) import issues, opened through the gate."""
+        self.lab._scope(actor, tenant_id)
+        with self.lv.begin() as conn:
+            rows = lrepo.issues(conn, tenant_id, [status] if status else None, limit)
+            self.lv.gate.check(conn, Access(actor, Action.READ, tenant_id, CLINICAL,
+                                            resource="import-issue",
+                                            patient_ids=tuple(dict.fromkeys(
+                                                r["patient_id"] for r in rows
+                                                if r["patient_id"]))))
+            out = []
+            for r in rows:
+                try:
+                    payload = self._open_issue(conn, r)
+                except NotFound:      # the patient was erased meanwhile
+                    payload = {"erased": True}
+                out.append({"id": r["issue_id"], "kind": r["kind"], "status": r["status"],
+                            "patient_id": r["patient_id"], "message_id": r["message_id"],
+                            "created_at": r["created_at"], "resolved_at": r["resolved_at"],
+                            **payload})
+            return out
+
+    def resolve_issue(self, actor: Actor, issue_id: str, *, patient_id: str | None = None,
+                      code: str | None = None) -> dict[str, Any]:
+        """Re-process the kept results with a human's answer: the patient they belong to
+        and/or the LOINC code their local code means. Stored in one transaction."""
+        with self.lv.begin() as conn:
+            row = lrepo.issue(conn, issue_id)
+            if row is None or row["status"] != "open":
+                raise NotFound("no open import issue with this id", "labvault hl7-issues list")
+            tid = row["tenant_id"]
+            self.lab._scope(actor, tid)
+            target = patient_id or row["patient_id"]
+            if target is None:
+                raise UserError("this issue needs the patient the results belong to",
+                                "give --patient pt_...")
+            if repo.patient_tenant(conn, target) != tid:
+                raise NotFound("no such patient", "check the patient id")
+            self.lv.gate.check(conn, Access(actor, Action.WRITE, tid, CLINICAL,
+                                            resource="import-issue",
+                                            patient_ids=(target,)))
+            payload = self._open_issue(conn, row)
+            if code is not None:
+                code = L.loinc(code, "code")
+            results = [I.InboundResult.from_json(r) for r in payload["results"]]
+            o = payload["order"]
+            req = o.get("request") or {}
+            group = I.InboundOrder(
+                Location("OBR"), "RE", o.get("placer_number"), o.get("filler_number"),
+                tuple(I.InboundTest(t["code"], t.get("system"), t.get("display"),
+                                    Location("OBR", 1, 4)) for t in o.get("tests", [])),
+                L.ServiceRequest((), L.Priority(req.get("priority") or "routine"),
+                                 L.OrderPrescriber(req["prescriber"]["name"],
+                                                   req["prescriber"].get("rpps"))
+                                 if req.get("prescriber") else None,
+                                 req.get("clinical_notes"), o.get("placer_number"),
+                                 o.get("filler_number")),
+                L.Specimen.parse(o["specimen"]) if o.get("specimen") else None,
+                tuple(results))
+            mapping = {r.code: code for r in results} if code else None
+            msg = I.InboundMessage("ORU", "R01", row["message_id"] or issue_id, "issue", "2.5",
+                                   None, (group,))
+            ctx = _Ctx(conn, actor, tid, row["message_id"] or issue_id,
+                       I.IngestOutcome("AA", patient_id=target), [])
+            cat = self.lab._catalogue(conn, tid)
+            if mapping:
+                cat = L.Catalogue(cat.version, cat.tests, {**cat.by_local, **mapping})
+            try:
+                self._store_group(ctx, target, group, cat, msg)
+            except I.ContentError as exc:
+                raise UserError(f"cannot store the results: {exc}", "fix and retry") from None
+            if ctx.issues:
+                reasons = "; ".join(i["payload"]["reason"] for i in ctx.issues)
+                raise UserError(f"the results still cannot be stored: {reasons}",
+                                "give the right --patient or --code")
+            ts = self.lv.now()
+            resolution = {"by": actor.id, "at": ts.isoformat(), "patient_id": target,
+                          "code": code, "observation_ids": ctx.outcome.observation_ids}
+            lrepo.update_issue(conn, tid, issue_id, status="resolved", resolved_at=ts,
+                               resolution_sealed=self._seal_issue(
+                                   conn, tid, row["patient_id"], issue_id, "resolution_sealed",
+                                   resolution))
+            return {"id": issue_id, "status": "resolved", **resolution}
+
+    def _store_group(self, ctx: _Ctx, pid: str, group: I.InboundOrder, cat: L.Catalogue,
+                     msg: I.InboundMessage) -> None:
+        existing = self._find_order(ctx, group)
+        if existing is None:
+            tests = [t.code for r in group.results
+                     if (t := self._resolve_code(cat, r.code, r.code_system)) is not None]
+            if not tests:
+                self._issue(ctx, "unknown-code", pid, group, list(group.results), None,
+                            group.location, "no result code is in the catalogue")
+                return
+            facts = self.lab._patient_facts(ctx.conn, ctx.actor, ctx.tenant_id, pid)
+            req = group.request or L.ServiceRequest(())
+            existing = self.lab._create_order(ctx.conn, ctx.actor, ctx.tenant_id, pid,
+                                              L.ServiceRequest(tuple(dict.fromkeys(tests)),
+                                                               req.priority, req.prescriber,
+                                                               req.clinical_notes,
+                                                               group.placer_number,
+                                                               group.filler_number), facts)
+        if existing.patient_id != pid:
+            raise I.ContentError([MessageError(Location("OBR", 1, 2), I.ERR_DUPLICATE_KEY,
+                                               "this order number belongs to another patient")])
+        if existing.status == L.OrderStatus.REGISTERED:
+            spec = group.specimen or L.Specimen("BLD", self.lv.now(), (
+                group.filler_number or group.placer_number or existing.order_id)[:64])
+            self.lab._receive(ctx.conn, ctx.actor, existing, spec)
+        mapping = {k: v for k, v in cat.by_local.items()}
+        self._results(ctx, existing, group, cat, mapping)
+
+    def discard_issue(self, actor: Actor, issue_id: str, reason: str) -> dict[str, Any]:
+        """Close an issue without storing its results (reason kept, sealed)."""
+        from labvault.domain import validation as v
+        why = v.text(reason, "reason", 2000, required=True)
+        with self.lv.begin() as conn:
+            row = lrepo.issue(conn, issue_id)
+            if row is None or row["status"] != "open":
+                raise NotFound("no open import issue with this id", "labvault hl7-issues list")
+            tid = row["tenant_id"]
+            self.lab._scope(actor, tid)
+            self.lv.gate.check(conn, Access(actor, Action.WRITE, tid, CLINICAL,
+                                            resource="import-issue",
+                                            patient_ids=(row["patient_id"],)
+                                            if row["patient_id"] else ()))
+            ts = self.lv.now()
+            resolution = {"by": actor.id, "at": ts.isoformat(), "discarded": True, "reason": why}
+            lrepo.update_issue(conn, tid, issue_id, status="discarded", resolved_at=ts,
+                               resolution_sealed=self._seal_issue(
+                                   conn, tid, row["patient_id"], issue_id, "resolution_sealed",
+                                   resolution))
+            return {"id": issue_id, "status": "discarded", "by": actor.id, "at": ts.isoformat()}
+
+    # == misc ===================================================================================
+    def tenant_for_facility(self, facility: str) -> str | None:
+        """The laboratory whose FINESS is ``facility`` (MSH-6), if any."""
+        with self.lv.begin() as conn:
+            row = repo.tenant_by_finess(conn, facility.strip().upper())
+            return str(row["tenant_id"]) if row else None
+
+    def count(self, tenant_id: str) -> int:
+        with self.lv.begin() as conn:
+            return lrepo.count_messages(conn, tenant_id)

@@ -1,0 +1,63 @@
+"""Lab fixtures: staff actors with lab roles and a permissive test policy (the access
+area's table policy replaces it in production), a registered patient."""
+
+from __future__ import annotations
+
+import random
+from datetime import date
+
+import pytest
+
+from labvault.domain.actors import Actor
+from labvault.services.app import Labvault
+from labvault.services.gate import Access, Decision
+from labvault.synthetic import make_nir
+
+
+class LabTestPolicy:
+    """Allows operator/system and staff of their own laboratory (tests only)."""
+
+    def decide(self, access: Access) -> Decision:
+        a = access.actor
+        if a.kind in ("operator", "system"):
+            return Decision(True, access.categories, rule="test-operator")
+        if a.kind == "staff" and a.tenant_id == access.tenant_id:
+            return Decision(True, access.categories, rule="test-staff")
+        return Decision(False, rule="default-deny")
+
+
+@pytest.fixture
+def lab_lv(lv: Labvault) -> Labvault:
+    lv.gate.policy = LabTestPolicy()
+    return lv
+
+
+def staff(tenant_id: str, *roles: str, name: str = "s") -> Actor:
+    return Actor(kind="staff", id=f"acc_{name}", tenant_id=tenant_id, roles=frozenset(roles),
+                 display=name)
+
+
+@pytest.fixture
+def biologist(tenant_id: str) -> Actor:
+    return staff(tenant_id, "biologist", name="bio")
+
+
+@pytest.fixture
+def technician(tenant_id: str) -> Actor:
+    return staff(tenant_id, "technician", name="tech")
+
+
+def patient_data(sex: str = "F", birth: date = date(1980, 5, 17), ext: str | None = None,
+                 seed: int = 1) -> dict[str, object]:
+    rng = random.Random(seed)
+    d: dict[str, object] = {
+        "birth_name": "MARTIN", "first_names": ["Jeanne"], "birth_date": birth.isoformat(),
+        "sex": sex, "nir": make_nir(sex, birth, "59350", rng.randint(1, 999))}
+    if ext:
+        d["external_id"] = ext
+    return d
+
+
+@pytest.fixture
+def patient_id(lab_lv: Labvault, tenant_id: str, operator: Actor) -> str:
+    return lab_lv.patients.register(operator, tenant_id, patient_data())

@@ -1,0 +1,223 @@
+"""Workflow rules: transitions, who validates, amendments keep history, panic alerts,
+reference ranges by sex and age, erasure takes the results with it."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+
+import pytest
+
+from labvault.domain import lab as L
+from labvault.domain.actors import Actor
+from labvault.errors import AccessDenied, InvalidRecord, NotFound
+from labvault.services.app import Labvault
+from labvault.services.gate import LogAlerts
+from tests.lab.conftest import patient_data
+
+REQ = {"tests": ["718-7", "2823-3"], "priority": "urgent",
+       "prescriber": {"name": "Dr Paul Durand", "rpps": "10003456786"},
+       "clinical_notes": "fatigue; sous anticoagulant"}
+SPEC = {"type": "BLD", "collected_at": "2026-03-01T08:30:00+01:00", "accession_number": "A1"}
+
+
+def _ordered(lv: Labvault, op: Actor, tenant_id: str, patient_id: str) -> str:
+    return lv.lab.create_order(op, tenant_id, patient_id, REQ, SPEC).order_id
+
+
+def test_full_workflow(lab_lv: Labvault, operator: Actor, tenant_id: str, patient_id: str,
+                       technician: Actor, biologist: Actor) -> None:
+    lv = lab_lv
+    order = lv.lab.create_order(operator, tenant_id, patient_id, REQ)
+    assert order.status == L.OrderStatus.REGISTERED
+    assert order.request.prescriber and order.request.prescriber.rpps == "10003456786"
+    with pytest.raises(L.InvalidTransition):
+        lv.lab.enter_results(technician, order.order_id, [{"code": "718-7", "value": 13.1}])
+    lv.lab.receive_specimen(technician, order.order_id, SPEC)
+    obs = lv.lab.enter_results(technician, order.order_id, [
+        {"code": "718-7", "value": 13.1, "unit": "g/dL"}, {"code": "2823-3", "value": "5.6"}])
+    assert [o.observation.flag for o in obs] == [L.Flag.NORMAL, L.Flag.HIGH]
+    assert obs[0].observation.reference_range == "12-16 g/dL"     # adult woman
+    with pytest.raises(L.InvalidTransition):
+        lv.lab.validate_biological(biologist, order.order_id)  # not technically validated
+    with pytest.raises(L.InvalidTransition):
+        lv.lab.publish(biologist, order.order_id)
+    with pytest.raises(AccessDenied):
+        lv.lab.validate_technical(operator, order.order_id)
+    lv.lab.validate_technical(technician, order.order_id)
+    with pytest.raises(AccessDenied):
+        lv.lab.validate_biological(technician, order.order_id)
+    rep = lv.lab.validate_biological(biologist, order.order_id, "Hyperkaliémie modérée.")
+    assert rep.status == "final" and rep.conclusion == "Hyperkaliémie modérée."
+    assert rep.steps["biological"].by == biologist.id
+    assert rep.steps["technical"].by == technician.id
+    assert {o.status for o in rep.observations} == {"final"}
+    rep = lv.lab.publish(biologist, order.order_id)
+    assert rep.order_status == L.OrderStatus.PUBLISHED and rep.issued_at is not None
+    with pytest.raises(L.InvalidTransition):
+        lv.lab.cancel(operator, order.order_id)
+    k = rep.observations[1]
+    with pytest.raises(AccessDenied):
+        lv.lab.amend(technician, k.observation_id, {"code": "2823-3", "value": 4.6}, "typo")
+    amended = lv.lab.amend(biologist, k.observation_id, {"code": "2823-3", "value": 4.6},
+                           "hémolyse: résultat corrigé")
+    assert amended.status == "amended" and amended.observation.flag == L.Flag.NORMAL
+    hist = lv.lab.observation_history(biologist, k.observation_id)
+    assert [h.change for h in hist] == ["entered", "amended"]
+    assert hist[-1].by == biologist.id and hist[-1].reason == "hémolyse: résultat corrigé"
+    assert hist[-1].previous and hist[-1].previous.numeric == 5.6
+    assert hist[-1].new and hist[-1].new.numeric == 4.6
+    rep = lv.lab.get_report(biologist, rep.report_id)
+    assert rep.status == "amended" and rep.order_status == L.OrderStatus.AMENDED
+
+
+def test_reject_and_cancel(lab_lv: Labvault, operator: Actor, tenant_id: str,
+                           patient_id: str) -> None:
+    lv = lab_lv
+    oid = _ordered(lv, operator, tenant_id, patient_id)
+    with pytest.raises(Exception, match="rejection reason"):
+        lv.lab.reject(operator, oid, "because")
+    view = lv.lab.reject(operator, oid, "hemolysed", "tube rose")
+    assert view.status == L.OrderStatus.REJECTED
+    assert view.steps["rejected"].detail["reason"] == "hemolysed"
+    with pytest.raises(L.InvalidTransition):
+        lv.lab.receive_specimen(operator, oid, SPEC)
+    oid2 = _ordered(lv, operator, tenant_id, patient_id)
+    assert lv.lab.cancel(operator, oid2, "doublon").status == L.OrderStatus.CANCELLED
+    assert lv.lab.get_order(operator, oid2).specimens[0].status == "cancelled"
+
+
+def test_panic_value_alerts_at_once(lab_lv: Labvault, operator: Actor, tenant_id: str,
+                                    patient_id: str, technician: Actor) -> None:
+    lv = lab_lv
+    assert isinstance(lv.alerts, LogAlerts)
+    oid = _ordered(lv, operator, tenant_id, patient_id)
+    obs = lv.lab.enter_results(technician, oid, [{"code": "2823-3", "value": 7.1}])
+    assert obs[0].observation.flag == L.Flag.CRITICAL_HIGH
+    (tid, kind, severity, detail), = lv.alerts.raised
+    assert (tid, kind, severity) == (tenant_id, "panic-value", "critical")
+    assert set(detail) == {"order_id", "observation_id", "patient_id"}   # ids only
+
+
+def test_validate_all_normal(lab_lv: Labvault, operator: Actor, tenant_id: str,
+                             patient_id: str, technician: Actor, biologist: Actor) -> None:
+    lv = lab_lv
+    normal, abnormal = (_ordered(lv, operator, tenant_id, patient_id) for _ in range(2))
+    lv.lab.enter_results(technician, normal, [{"code": "718-7", "value": 13.0}])
+    lv.lab.enter_results(technician, abnormal, [{"code": "718-7", "value": 9.0}])
+    for oid in (normal, abnormal):
+        lv.lab.validate_technical(technician, oid)
+    with pytest.raises(AccessDenied):
+        lv.lab.validate_all_normal(technician, tenant_id)
+    res = lv.lab.validate_all_normal(biologist, tenant_id)
+    assert res.validated == [normal] and res.skipped == [abnormal]
+    assert lv.lab.get_order(operator, normal).status == L.OrderStatus.FINAL
+    assert lv.lab.get_order(operator, abnormal).status == L.OrderStatus.TECHNICALLY_VALIDATED
+    wl = lv.lab.worklist(biologist, tenant_id, L.OrderStatus.TECHNICALLY_VALIDATED)
+    assert [w["order_id"] for w in wl] == [abnormal]
+
+
+@pytest.mark.parametrize(("sex", "birth", "value", "flag", "rng"), [
+    ("M", date(1970, 1, 1), 12.5, L.Flag.LOW, "13-17 g/dL"),
+    ("F", date(1970, 1, 1), 12.5, L.Flag.NORMAL, "12-16 g/dL"),
+    ("F", date(2025, 6, 1), 10.8, L.Flag.NORMAL, "10.5-14 g/dL"),
+    ("M", date(2018, 6, 1), 11.0, L.Flag.LOW, "11.5-15 g/dL"),
+    ("M", date(1970, 1, 1), 6.5, L.Flag.CRITICAL_LOW, "13-17 g/dL"),
+])
+def test_reference_range_by_sex_and_age(lab_lv: Labvault, operator: Actor, tenant_id: str,
+                                        technician: Actor, sex: str, birth: date, value: float,
+                                        flag: L.Flag, rng: str) -> None:
+    lv = lab_lv
+    pid = lv.patients.register(operator, tenant_id, patient_data(sex, birth, seed=7))
+    oid = _ordered(lv, operator, tenant_id, pid)
+    (o,) = lv.lab.enter_results(technician, oid, [{"code": "718-7", "value": value}])
+    assert o.observation.flag == flag and o.observation.reference_range == rng
+
+
+def test_reentry_before_validation_keeps_history(lab_lv: Labvault, operator: Actor,
+                                                 tenant_id: str, patient_id: str,
+                                                 technician: Actor) -> None:
+    lv = lab_lv
+    oid = _ordered(lv, operator, tenant_id, patient_id)
+    (a,) = lv.lab.enter_results(technician, oid, [{"code": "718-7", "value": 11.0}])
+    (b,) = lv.lab.enter_results(technician, oid, [{"code": "718-7", "value": 12.2}])
+    assert a.observation_id == b.observation_id and b.revision == 2
+    assert [h.change for h in lv.lab.observation_history(operator, a.observation_id)] == [
+        "entered", "re-entered"]
+
+
+def test_bad_input_is_refused_whole(lab_lv: Labvault, operator: Actor, tenant_id: str,
+                                    patient_id: str, technician: Actor) -> None:
+    lv = lab_lv
+    oid = _ordered(lv, operator, tenant_id, patient_id)
+    with pytest.raises(InvalidRecord) as exc:
+        lv.lab.enter_results(technician, oid, [{"code": "718-7", "value": 13},
+                                               {"code": "2106-3", "value": 1},
+                                               {"code": "2823-3", "value": 4, "unit": "mg/dL"}])
+    fields = {e.field for e in exc.value.errors}
+    assert fields == {"results[1].code", "results[2].unit"}
+    assert lv.lab.get_report_by_order(operator, oid).observations == []
+    with pytest.raises(InvalidRecord):
+        lv.lab.create_order(operator, tenant_id, patient_id, {"tests": ["12-3"]})
+
+
+def test_other_lab_staff_see_nothing(lab_lv: Labvault, operator: Actor, tenant_id: str,
+                                     patient_id: str) -> None:
+    lv = lab_lv
+    oid = _ordered(lv, operator, tenant_id, patient_id)
+    stranger = Actor(kind="staff", id="acc_x", tenant_id="lab_other",
+                     roles=frozenset({"biologist"}))
+    with pytest.raises(NotFound):
+        lv.lab.get_order(stranger, oid)
+    with pytest.raises(NotFound):
+        lv.lab.worklist(stranger, tenant_id)
+
+
+def test_erasing_patient_erases_results(lab_lv: Labvault, operator: Actor, tenant_id: str,
+                                        patient_id: str, technician: Actor) -> None:
+    lv = lab_lv
+    oid = _ordered(lv, operator, tenant_id, patient_id)
+    (o,) = lv.lab.enter_results(technician, oid, [{"code": "718-7", "value": 13.0}])
+    lv.patients.erase(operator, patient_id)
+    with pytest.raises(NotFound):
+        lv.lab.get_observation(operator, o.observation_id)
+    with pytest.raises(NotFound):
+        lv.lab.get_order(operator, oid)
+
+
+def test_catalogue_override(lab_lv: Labvault, operator: Actor, tenant_id: str,
+                            patient_id: str, technician: Actor) -> None:
+    lv = lab_lv
+    from labvault.services.lab import default_catalogue_data
+    data = default_catalogue_data()
+    data["version"] = "lab-2026.2"
+    for t in data["tests"]:
+        if t["code"] == "718-7":
+            t["ranges"] = [{"low": 11.0, "high": 18.0}]
+    info = lv.lab.load_catalogue(operator, tenant_id, data)
+    assert info["version"] == "lab-2026.2"
+    oid = _ordered(lv, operator, tenant_id, patient_id)
+    (o,) = lv.lab.enter_results(technician, oid, [{"code": "718-7", "value": 11.5}])
+    assert o.observation.catalogue_version == "lab-2026.2"
+    assert o.observation.reference_range == "11-18 g/dL" and o.observation.flag == L.Flag.NORMAL
+    assert datetime.now(UTC) > o.created_at
+
+
+def test_workflow_under_the_access_table_policy(lv: Labvault, operator: Actor, tenant_id: str,
+                                                technician: Actor, biologist: Actor) -> None:
+    """The real role table (access area): technician enters and validates technically,
+    only the biologist validates biologically; a receptionist cannot touch results."""
+    from labvault.access.policy import TablePolicy
+    lv.gate.policy = TablePolicy()
+    pid = lv.patients.register(operator, tenant_id, patient_data())
+    oid = _ordered(lv, operator, tenant_id, pid)
+    (o,) = lv.lab.enter_results(technician, oid, [{"code": "718-7", "value": 13.0}])
+    assert o.observation.reference_range == "12-16 g/dL"      # sex/age read within the rules
+    reception = Actor(kind="staff", id="acc_rec", tenant_id=tenant_id,
+                      roles=frozenset({"reception"}))
+    with pytest.raises(AccessDenied):
+        lv.lab.enter_results(reception, oid, [{"code": "718-7", "value": 14.0}])
+    lv.lab.validate_technical(technician, oid)
+    with pytest.raises(AccessDenied):
+        lv.lab.validate_biological(technician, oid)
+    rep = lv.lab.validate_biological(biologist, oid)
+    assert rep.status == "final" and rep.steps["biological"].by == biologist.id
