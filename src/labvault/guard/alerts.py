@@ -45,6 +45,17 @@ def severity_rank(severity: str) -> int:
                                  f"use one of {', '.join(SEVERITIES)}") from None
 
 
+ALIASES = {"warning": "medium", "warn": "medium", "notice": "low", "error": "high",
+           "severe": "high", "fatal": "critical"}
+
+
+def normalise_severity(severity: str) -> str:
+    """A known severity for any module's word for it (an alert must never fail its caller)."""
+    s = (severity or "").strip().lower()
+    s = ALIASES.get(s, s)
+    return s if s in SEVERITIES else "medium"
+
+
 def setting(extra: Mapping[str, str], name: str) -> str:
     """A guard setting: the environment value, else its documented default."""
     return extra.get(name) or SETTINGS[name][0]

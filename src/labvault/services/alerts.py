@@ -21,9 +21,9 @@ from labvault.domain.categories import Action
 from labvault.errors import AccessDenied, NotFound
 from labvault.guard.alerts import (
     Dispatcher,
+    normalise_severity,
     notice_from_row,
     setting,
-    severity_rank,
     sinks_from_settings,
 )
 from labvault.services.gate import Access
@@ -71,7 +71,7 @@ class AlertService:
     def _raise(self, read: Connection, write: Connection, tenant_id: str | None, kind: str,
                severity: str, actor: Actor | None, detail: Mapping[str, Any],
                dispatch: bool = True) -> str | None:
-        severity_rank(severity)
+        severity = normalise_severity(severity)
         lv = self.lv
         now = lv.now()
         tenant = tenant_id or PLATFORM
@@ -154,6 +154,8 @@ class AlertService:
 
     def ack(self, actor: Actor, alert_id: str) -> dict[str, Any]:
         lv = self.lv
+        if actor.kind not in ("operator", "system") and not (ALERT_ROLES & actor.roles):
+            raise AccessDenied("not allowed", "alerts are for the lab's DPO and lab administrators")
         with lv.begin() as conn:
             row = grepo.get_alert(conn, alert_id)
             tenant = None if row is None or row["tenant_id"] == PLATFORM else row["tenant_id"]

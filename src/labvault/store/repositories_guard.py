@@ -177,16 +177,16 @@ def add_client(conn: Connection, tenant_id: str, account_id: str, digest: bytes,
 
 # -- per-lab settings ----------------------------------------------------------------------
 def get_config(conn: Connection, tenant_id: str) -> dict[str, str]:
-    return {r[0]: r[1] for r in conn.execute(select(guard_config.c.name, guard_config.c.value)
+    return {r[0]: r[1] for r in conn.execute(select(guard_config.c.setting, guard_config.c.value)
                                              .where(guard_config.c.tenant_id == tenant_id))}
 
 
 def set_config(conn: Connection, tenant_id: str, name: str, value: str | None,
                at: datetime) -> None:
     conn.execute(delete(guard_config).where(guard_config.c.tenant_id == tenant_id,
-                                            guard_config.c.name == name))
+                                            guard_config.c.setting == name))
     if value is not None:
-        conn.execute(insert(guard_config).values(tenant_id=tenant_id, name=name, value=value,
+        conn.execute(insert(guard_config).values(tenant_id=tenant_id, setting=name, value=value,
                                                  updated_at=at))
 
 

@@ -83,10 +83,10 @@ guard_clients = Table(
 guard_config = Table(
     "guard_config", metadata,
     Column("tenant_id", ID, nullable=False),
-    Column("name", String(80), nullable=False),
+    Column("setting", String(80), nullable=False),
     Column("value", String(200), nullable=False),
     Column("updated_at", TS, nullable=False),
-    PrimaryKeyConstraint("tenant_id", "name"),
+    PrimaryKeyConstraint("tenant_id", "setting"),
 )
 
 # Honeytoken patients: HMAC digest of the patient id (tenant guard secret) + the id sealed.

@@ -81,10 +81,10 @@ def upgrade() -> None:
     op.create_table(
         "guard_config",
         sa.Column("tenant_id", ID, nullable=False),
-        sa.Column("name", sa.String(80), nullable=False),
+        sa.Column("setting", sa.String(80), nullable=False),
         sa.Column("value", sa.String(200), nullable=False),
         sa.Column("updated_at", TS, nullable=False),
-        sa.PrimaryKeyConstraint("tenant_id", "name",
+        sa.PrimaryKeyConstraint("tenant_id", "setting",
                                 name="pk_guard_config"),
     )
     op.create_table(
