@@ -289,8 +289,9 @@ class GuardService:
         """For the session layer: True while a budget breach suspends the account."""
         return grepo.active_suspension(conn, account_id, tenant_id) is not None
 
-    def _suspended_cached(self, conn: Connection, tenant_id: str, account_id: str,
+    def suspended_cached(self, conn: Connection, tenant_id: str, account_id: str,
                           now: float) -> bool:
+        """``is_suspended`` cached for ``SYNC_SECONDS`` (the session layer asks per request)."""
         key = (tenant_id, account_id)
         hit = self._suspended.get(key)
         if hit is not None and now - hit[0] < budgets.SYNC_SECONDS:
@@ -540,7 +541,7 @@ class GuardBudget:
         if actor.kind not in ("staff", "patient") or action not in WATCHED:
             return
         now = time.time()
-        if g._suspended_cached(conn, t, actor.id, now):
+        if g.suspended_cached(conn, t, actor.id, now):
             raise BudgetExceeded("this account is suspended after exceeding its read budget",
                                  "a lab administrator must review the alert and release it")
         cfg = g.config(conn, t)
