@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from starlette.routing import Route
 
 from labvault.domain.actors import Actor
-from tests.access.conftest import PASSWORD, World, patient_json
+from tests.access.conftest import PASSWORD, Lab, World, patient_json
 
 ROLES = ("reception", "technician", "biologist", "lab_admin", "dpo", "patient",
          "platform_operator")
@@ -96,6 +96,61 @@ def _patient_target(c: Ctx, role: str, lab: str) -> str:
     return c.own_patient(role)
 
 
+def _fhir_cases() -> dict[tuple[str, str], Case]:
+    """The FHIR door (docs/fhir.md): same tokens and policy; errors are OperationOutcomes.
+    Platform accounts are refused (403) before any lookup; another lab's patient = 404."""
+    from labvault.interop.fhir.ids import NIR_SYSTEM, to_fhir
+    from labvault.interop.fhir.samples import patient_resource
+    counter = iter(range(10_000))
+    readers = ("reception", "technician", "biologist")
+
+    def lab_of(c: Ctx, lab: str) -> Lab:
+        return c.w.a if lab == "a" else c.w.b
+
+    def search(c: Ctx, r: str, lab: str, path: str = "/fhir/R4/Patient") -> Req:
+        return (f"{path}?identifier={NIR_SYSTEM}|{lab_of(c, lab).patient_data[0]['nir']}",
+                None)
+
+    def new_patient() -> dict[str, Any]:
+        return patient_resource(patient_json(3000 + next(counter), seed=8))
+
+    def bundle(c: Ctx, r: str, lab: str, path: str = "/fhir/R4") -> Req:
+        return path, {"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"fullUrl": "urn:uuid:0d9c2f7e-0000-4000-8000-000000000001",
+             "resource": new_patient(), "request": {"method": "POST", "url": "Patient"}}]}
+
+    def put(c: Ctx, r: str, lab: str) -> Req:
+        fid = to_fhir(c.fresh_patient(lab))
+        return f"/fhir/R4/Patient/{fid}", {**new_patient(), "id": fid}
+
+    writers = ("reception", "biologist")
+    out: dict[tuple[str, str], Case] = {
+        ("GET", "/fhir/R4/metadata"): Case(lambda c, r, lab: ("/fhir/R4/metadata", None),
+                                           allow(ROLES, 200, platform_operator=200)),
+        ("GET", "/fhir/R4/{rtype}"): Case(search, allow(readers, 200), allow(readers, 200)),
+        ("POST", "/fhir/R4/{rtype}/_search"): Case(
+            lambda c, r, lab: search(c, r, lab, "/fhir/R4/Patient/_search"),
+            allow(readers, 200), allow(readers, 200)),
+        ("GET", "/fhir/R4/{rtype}/{fhir_id}"): Case(
+            lambda c, r, lab: (f"/fhir/R4/Patient/{to_fhir(_patient_target(c, r, lab))}", None),
+            allow((*readers, "patient"), 200), allow((), 0, deny=404, platform_operator=403)),
+        ("POST", "/fhir/R4"): Case(bundle, allow(writers, 200)),
+        ("POST", "/fhir/R4/"): Case(lambda c, r, lab: bundle(c, r, lab, "/fhir/R4/"),
+                                    allow(writers, 200)),
+        ("POST", "/fhir/R4/{rtype}"): Case(lambda c, r, lab: ("/fhir/R4/Patient", new_patient()),
+                                           allow(writers, 201)),
+        # a FHIR update rewrites the whole record: it needs every category (biologist)
+        ("PUT", "/fhir/R4/{rtype}/{fhir_id}"): Case(
+            put, allow(("biologist",), 200), allow((), 0, deny=404, platform_operator=403)),
+    }
+    for method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
+        status = 405 if method in ("PATCH", "DELETE") else 404
+        out[(method, "/fhir/R4/{rest:path}")] = Case(
+            lambda c, r, lab: ("/fhir/R4/Patient/x/y/z", None),
+            allow(ROLES, status, platform_operator=status))
+    return out
+
+
 MATRIX: dict[tuple[str, str], Case] = {
     ("GET", "/health"): Case(lambda c, r, lab: ("/health", None), everyone(200, 200)),
     ("GET", "/openapi.json"): Case(lambda c, r, lab: ("/openapi.json", None), everyone(200, 200)),
@@ -171,6 +226,13 @@ MATRIX: dict[tuple[str, str], Case] = {
     ("GET", "/api/v1/me"): Case(lambda c, r, lab: ("/api/v1/me", None), everyone(200)),
     ("GET", "/api/v1/me/access-log"): Case(lambda c, r, lab: ("/api/v1/me/access-log", None),
                                            allow(("patient",), 200)),
+    **{key: case for key, case in _fhir_cases().items()},
+    # guard: the caller's lab's alerts (no lab in the path: the other-lab column is moot)
+    ("GET", "/api/v1/alerts"): Case(lambda c, r, lab: ("/api/v1/alerts", None),
+                                    allow(("lab_admin", "dpo"), 200)),
+    ("POST", "/api/v1/alerts/{alert_id}/ack"): Case(
+        lambda c, r, lab: ("/api/v1/alerts/alrt_doesnotexist/ack", None),
+        allow(("lab_admin", "dpo"), 404)),
 }
 
 
@@ -239,7 +301,9 @@ def test_route_role_tenant_matrix(world: World, client: TestClient) -> None:
                     failures.append(f"{method} {path} lab={lab} role={role}: "
                                     f"{resp.status_code} (want {want}) {resp.text[:160]}")
                 if resp.status_code >= 400 and resp.status_code != 413:
-                    assert resp.headers["content-type"].startswith("application/problem+json")
+                    assert resp.headers["content-type"].startswith(
+                        "application/fhir+json" if path.startswith("/fhir/")
+                        else "application/problem+json")
                 if path.startswith("/api/"):
                     assert resp.headers["cache-control"] == "no-store"
     assert not failures, "\n".join(failures)

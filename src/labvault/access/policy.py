@@ -38,7 +38,8 @@ BREAK_GLASS = "break-glass"
 MIN_REASON = 10      # characters of written reason required for break-glass
 
 RESOURCES = ("tenant", "keys", "user", "patient", "order", "specimen", "observation", "report",
-             "hl7-message", "import-issue", "alert", "audit", "export", "breach", "canary")
+             "hl7-message", "import-issue", "alert", "audit", "export", "breach", "canary",
+             "catalogue")
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +116,8 @@ RULES: tuple[Rule, ...] = (
     R("biologist", "hl7-message", "rw", ALL4),
     R("biologist", "import-issue", "rw", ALL4),
     R("biologist", "alert", "r"),
+    R("biologist", "catalogue", "w", purposes="administration",
+      note="reference ranges are a biologist's responsibility"),
     R("biologist", "export", "rwx", ALL4, note="requests an export; the DPO approves it"),
     *(R("biologist", res, "r", ALL4, BREAK_GLASS, break_glass=True)
       for res in ("patient", *CLINICAL_RESOURCES)),
@@ -122,6 +125,8 @@ RULES: tuple[Rule, ...] = (
     R("lab_admin", "user", "rw", "A"),
     R("lab_admin", "alert", "rw"),
     R("lab_admin", "tenant", "r"),
+    R("lab_admin", "catalogue", "w", purposes="administration",
+      note="loads the laboratory's own reference ranges"),
     # data protection officer: audit, alerts, exports approval, breach register, honeytokens
     R("dpo", "audit", "rx"),
     R("dpo", "alert", "rw"),

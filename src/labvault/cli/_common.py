@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 
 from labvault.config import Settings
-from labvault.errors import UserError
+from labvault.errors import IntegrityError, UserError
 from labvault.services.app import Labvault
 
 P = ParamSpec("P")
@@ -76,4 +76,10 @@ def user_errors(fn: Callable[P, R]) -> Callable[P, R]:
             if exc.hint:
                 err_console.print(f"  {exc.hint}", highlight=False)
             raise typer.Exit(2) from None
+        except IntegrityError as exc:
+            # Not the user's doing: stored bytes failed authentication. Say so, no traceback.
+            err_console.print(f"[bold red]integrity error:[/] {exc}", highlight=False)
+            err_console.print("  the stored data was altered or moved; nothing was shown. "
+                              "Restore from a backup and check the audit log.", highlight=False)
+            raise typer.Exit(1) from None
     return wrapper

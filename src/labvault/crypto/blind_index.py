@@ -34,6 +34,19 @@ def digest(index_key: bytes, kind: str, normalised: str) -> bytes:
     return P.hmac_sha256(index_key, kind.encode() + b"\x00" + normalised.encode())[:DIGEST_BYTES]
 
 
+class Indexer:
+    """``digest`` for many values under one index key (one patient's indexes, a batch,
+    a breach file): same digests, the keyed HMAC state is computed once."""
+
+    __slots__ = ("_mac",)
+
+    def __init__(self, index_key: bytes) -> None:
+        self._mac = P.HmacSha256(index_key)
+
+    def digest(self, kind: str, normalised: str) -> bytes:
+        return self._mac.digest(kind.encode() + b"\x00" + normalised.encode())[:DIGEST_BYTES]
+
+
 _NON_LETTERS = re.compile(r"[^A-Z]")
 
 

@@ -53,21 +53,27 @@ class WrappedDek:
 class DataKey:
     """An unwrapped key able to seal and open values. Never persisted unwrapped."""
 
-    __slots__ = ("_key", "key_id")
+    __slots__ = ("_aead", "_key", "key_id")
 
     def __init__(self, key: bytes, key_id: str) -> None:
         self._key = key
         self.key_id = key_id
+        self._aead: P.Aead | None = None
+
+    def _cipher(self) -> P.Aead:
+        if self._aead is None:
+            self._aead = P.Aead(self._key)
+        return self._aead
 
     def seal(self, ctx: SealContext, plaintext: bytes) -> bytes:
-        return envelope.pack(self.key_id, P.aead_seal(self._key, plaintext, ctx.aad(self.key_id)))
+        return envelope.pack(self.key_id, self._cipher().seal(plaintext, ctx.aad(self.key_id)))
 
     def open(self, ctx: SealContext, sealed: bytes) -> bytes:
         key_id, body = envelope.unpack(sealed)
         if key_id != self.key_id:
             raise IntegrityError(f"sealed under key {key_id}, not {self.key_id}")
         try:
-            return P.aead_open(self._key, body, ctx.aad(key_id))
+            return self._cipher().open(body, ctx.aad(key_id))
         except P.AuthenticationError:
             raise IntegrityError(
                 f"sealed value in {ctx.table}.{ctx.column} of record {ctx.record_id} "
@@ -92,6 +98,7 @@ class KeyRing:
     def __init__(self, provider: KeyProvider) -> None:
         self.provider = provider
         self._cache: dict[tuple[str, str, int], bytes] = {}
+        self._ciphers: dict[tuple[str, str, int], P.Aead] = {}
         self._lock = threading.Lock()
 
     # -- tenant keys ------------------------------------------------------------
@@ -128,6 +135,7 @@ class KeyRing:
             for k in [k for k in self._cache
                       if k[0] == tenant_id and (purpose is None or k[1] == purpose)]:
                 del self._cache[k]
+                self._ciphers.pop(k, None)
 
     def _tenant_key(self, tenant_id: str, purpose: str, version: int) -> bytes:
         try:
@@ -136,6 +144,13 @@ class KeyRing:
             raise KeyUnavailable(
                 f"{purpose} key v{version} of tenant {tenant_id} is not available",
                 "the tenant's keys were not loaded or were destroyed") from None
+
+    def _kek(self, tenant_id: str, version: int) -> P.Aead:
+        k = (tenant_id, "kek", version)
+        cipher = self._ciphers.get(k)
+        if cipher is None:
+            cipher = self._ciphers[k] = P.Aead(self._tenant_key(tenant_id, "kek", version))
+        return cipher
 
     def tenant_data_key(self, tenant_id: str, purpose: str, version: int) -> DataKey:
         """A tenant-level sealing key (purpose ``data`` or a module's own)."""
@@ -152,15 +167,14 @@ class KeyRing:
     # -- patient data keys -----------------------------------------------------
     def new_dek(self, tenant_id: str, patient_id: str, kek_version: int) -> tuple[DataKey, WrappedDek]:
         dek = P.random_key()
-        kek = self._tenant_key(tenant_id, "kek", kek_version)
-        wrapped = P.aead_seal(kek, dek, _dek_aad(tenant_id, patient_id, kek_version))
+        wrapped = self._kek(tenant_id, kek_version).seal(
+            dek, _dek_aad(tenant_id, patient_id, kek_version))
         return DataKey(dek, f"dek-{DEK_VERSION}"), WrappedDek(kek_version, wrapped)
 
     def open_dek(self, tenant_id: str, patient_id: str, wrapped: WrappedDek) -> DataKey:
-        kek = self._tenant_key(tenant_id, "kek", wrapped.kek_version)
+        kek = self._kek(tenant_id, wrapped.kek_version)
         try:
-            dek = P.aead_open(kek, wrapped.wrapped, _dek_aad(tenant_id, patient_id,
-                                                             wrapped.kek_version))
+            dek = kek.open(wrapped.wrapped, _dek_aad(tenant_id, patient_id, wrapped.kek_version))
         except P.AuthenticationError:
             raise IntegrityError(f"data key of patient {patient_id} failed authentication") from None
         return DataKey(dek, f"dek-{DEK_VERSION}")
@@ -169,9 +183,8 @@ class KeyRing:
                    new_kek_version: int) -> WrappedDek:
         """KEK rotation: the DEK (and so every sealed value) stays the same."""
         dek = self.open_dek(tenant_id, patient_id, wrapped)._key
-        kek = self._tenant_key(tenant_id, "kek", new_kek_version)
-        return WrappedDek(new_kek_version,
-                          P.aead_seal(kek, dek, _dek_aad(tenant_id, patient_id, new_kek_version)))
+        return WrappedDek(new_kek_version, self._kek(tenant_id, new_kek_version).seal(
+            dek, _dek_aad(tenant_id, patient_id, new_kek_version)))
 
     # -- blind indexes -----------------------------------------------------------
     def blind_index_key(self, tenant_id: str, version: int) -> bytes:

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -97,11 +99,23 @@ class Labvault:
         self.engine = engine
         self.keyring = keyring
         self._bound = bound
+        # The transaction open in this context (thread / request), so that service calls
+        # made inside ``with lv.begin()`` join it instead of opening a second one.
+        self._tx: ContextVar[Connection | None] = ContextVar(f"labvault_tx_{id(self)}",
+                                                              default=None)
+        # SQLite has one writer: transactions of this process queue on a lock instead of
+        # spinning in SQLite's busy handler (which sleeps up to 100 ms per retry).
+        self._write_lock: threading.Lock | None = (
+            threading.Lock() if engine.dialect.name == "sqlite" else None)
+        # Tenants whose key versions were checked in the open transaction (checked once).
+        self._tx_keys: ContextVar[set[str] | None] = ContextVar(f"labvault_txk_{id(self)}",
+                                                                default=None)
         self.shred_log = ShredLogFile(settings.data_dir / "shred.log")
         self.tx_observers: list[TxObserver] = []
         self.alerts: AlertSink = alerts or LogAlerts()
         self.gate = Gate(keyring, policy or OperatorOnlyPolicy(), budget or NoBudget(),
                          audit or MemoryAudit(), self.load_tenant_keys)
+        from labvault.services.guard import GuardService
         self.gate.alerts = self.alerts
         from labvault.services.keys import KeyService
         from labvault.services.lab import LabService
@@ -110,6 +124,7 @@ class Labvault:
         self.tenants = TenantService(self)
         self.patients = PatientService(self)
         self.keys = KeyService(self)
+        self.guard = GuardService(self)
         self.lab = LabService(self)
         from labvault.services.accounts import AccountService; self.accounts = AccountService(self)  # noqa: E702, I001
         from labvault.services.breach import BreachService
@@ -145,17 +160,24 @@ class Labvault:
 
     @contextmanager
     def begin(self) -> Iterator[Connection]:
-        """A transaction: everything inside commits together or not at all."""
+        """A transaction: everything inside commits together or not at all.
+
+        Re-entrant: a ``begin()`` inside another one (in the same thread or request)
+        joins the enclosing transaction, so a door can make several service calls
+        all-or-nothing (a FHIR transaction Bundle, an HL7 message); observers see one
+        transaction. They learn how it ended after its connection, the SQLite write lock
+        and the context are released (the audit log opens a new transaction then).
+        """
+        outer = self._tx.get()
+        if outer is not None:
+            yield outer
+            return
         observers = tuple(self.tx_observers)
         for o in observers:
             o.tx_begin()
         try:
-            if self._bound is not None:
-                with self._bound.begin_nested():
-                    yield self._bound
-            else:
-                with self.engine.begin() as conn:
-                    yield conn
+            with self._transaction() as conn:
+                yield conn
         except BaseException:
             for o in observers:
                 o.tx_end(self, False, self._bound is not None)
@@ -163,10 +185,41 @@ class Labvault:
         for o in observers:
             o.tx_end(self, True, self._bound is not None)
 
+    @contextmanager
+    def _transaction(self) -> Iterator[Connection]:
+        if self._bound is not None:
+            with self._bound.begin_nested():
+                token, ktoken = self._tx.set(self._bound), self._tx_keys.set(set())
+                try:
+                    yield self._bound
+                finally:
+                    self._tx_keys.reset(ktoken)
+                    self._tx.reset(token)
+            return
+        lock = self._write_lock
+        if lock is not None:
+            lock.acquire()
+        try:
+            with self.engine.begin() as conn:
+                token, ktoken = self._tx.set(conn), self._tx_keys.set(set())
+                try:
+                    yield conn
+                finally:
+                    self._tx_keys.reset(ktoken)
+                    self._tx.reset(token)
+        finally:
+            if lock is not None:
+                lock.release()
+
     # -- keys ---------------------------------------------------------------------------
     def load_tenant_keys(self, conn: Connection, tenant_id: str) -> None:
+        checked = self._tx_keys.get() if self._tx.get() is conn else None
+        if checked is not None and tenant_id in checked:
+            return   # already checked in this transaction
         if self.keyring.is_loaded(tenant_id, "kek", repo.current_key_version(conn, tenant_id, "kek")
                                   or 0):
+            if checked is not None:
+                checked.add(tenant_id)
             return
         records = repo.tenant_key_records(conn, tenant_id)
         if not records:
@@ -174,6 +227,8 @@ class Labvault:
                                  "check the tenant id (`labvault tenant list`)")
         for rec in records:
             self.keyring.load(rec)
+        if checked is not None:
+            checked.add(tenant_id)
 
     # -- shredding ----------------------------------------------------------------------
     def replay_shred_log(self) -> int:
@@ -182,8 +237,12 @@ class Labvault:
         if not entries:
             return 0
         with self.begin() as conn:
-            done = repo.shredded_ids(conn)
-            todo = [(t, p, at) for t, p, at in entries if (t, p) not in done]
+            # Judge by what the database still holds (a data key, index rows or sealed
+            # blobs), not by its own copy of the log: a restored backup may hold both an
+            # old key row and no record of the erasure, or a partial restore may bring
+            # a key row back next to a logged erasure.
+            live = repo.unshredded(conn, [(t, p) for t, p, _ in entries])
+            todo = [(t, p, at) for t, p, at in entries if (t, p) in live]
             for tenant_id, patient_id, at in todo:
                 repo.shred_patient(conn, tenant_id, patient_id, at)
         return len(todo)

@@ -69,6 +69,7 @@ EVENT_KINDS = ("evidence", "triage", "severity", "decision", "notification", "me
                "status")
 EVIDENCE_CHUNK = 1 << 20
 BACKFILL_BATCH = 500
+IDENTIFY_MAX = 256 << 20        # leaks larger than this are not handed to the guard's identify
 READER_SAMPLE = 500              # matched patients per laboratory looked up in the audit log
 
 
@@ -465,6 +466,7 @@ class BreachService:
         matches.sort(key=lambda m: (m.row, m.tenant_id, m.patient_id))
         result = self._summarise(actor, case_id, rows, files, cols, matches, tenants,
                                  circumstances or Circumstances())
+        result["attribution"].extend(self._identify_exports(actor, paths, files))
         result_store = dict(result)
         with self.lv.begin() as conn:
             self._add_event(conn, case_id, "triage", {
@@ -615,12 +617,41 @@ class BreachService:
             out.append({"kind": "tenant_scope", "tenant_id": t, "patients": len(ids),
                         "records_created_from": _iso(lo), "records_updated_to": _iso(hi)})
         out.extend(self._readers(conn, matched))
+        guard = getattr(self.lv, "guard", None)
+        if guard is not None and hasattr(guard, "canary_hits"):
+            for t, ids in sorted(matched.items()):
+                for pid in guard.canary_hits(conn, t, ids):
+                    out.append({"kind": "honeytoken", "tenant_id": t, "patient_id": pid,
+                                "rows": list(rows[t][pid])})
         for source in self.attribution_sources:
             out.extend(source.attribute(conn, matched, rows))
-        if not self.attribution_sources:
+        if guard is None and not self.attribution_sources:
             out.append({"kind": "note", "detail":
-                        "no honeytoken / export-fingerprint source registered (guard); "
+                        "no honeytoken / export-fingerprint source (guard not plugged in); "
                         "no export is attributed"})
+        return out
+
+    def _identify_exports(self, actor: Actor, paths: Sequence[Path],
+                          files: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """Export fingerprints and decoy rows (guard): which export a CSV/NDJSON leak is."""
+        exports = getattr(getattr(self.lv, "guard", None), "exports", None)
+        if exports is None:
+            return []
+        out: list[dict[str, Any]] = []
+        for path, f in zip(paths, files, strict=True):
+            if f["format"] not in ("csv", "ndjson") or Path(path).stat().st_size > IDENTIFY_MAX:
+                continue
+            try:
+                res = exports.identify(actor, Path(path).read_bytes())
+            except UserError as exc:
+                out.append({"kind": "note", "file": f["name"],
+                            "detail": f"export identification: {exc.message}"})
+                continue
+            if res.get("export_id"):
+                out.append({"kind": "export", "file": f["name"],
+                            **{k: res.get(k) for k in ("export_id", "tenant_id", "recipient",
+                                                        "requested_by", "approvers", "purpose",
+                                                        "created_at", "evidence")}})
         return out
 
     def _readers(self, conn: Connection, matched: Mapping[str, Sequence[str]]

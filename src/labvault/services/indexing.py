@@ -28,8 +28,10 @@ def index_values(rec: PatientRecord) -> list[tuple[str, str]]:
     return out
 
 
-def digests(index_key: bytes, values: list[tuple[str, str]]) -> list[tuple[str, bytes]]:
-    return [(kind, bi.digest(index_key, kind, norm)) for kind, norm in values]
+def digests(index_key: bytes | bi.Indexer,
+            values: list[tuple[str, str]]) -> list[tuple[str, bytes]]:
+    ix = index_key if isinstance(index_key, bi.Indexer) else bi.Indexer(index_key)
+    return [(kind, ix.digest(kind, norm)) for kind, norm in values]
 
 
 def search_value(kind: str, raw: str | tuple[str, str, date]) -> str:

@@ -992,10 +992,12 @@ class LabService:
             rows = lrepo.observations_of(conn, tenant_id, patient_id=patient_id,
                                          statuses=[status] if status else None, since=since,
                                          until=until, limit=limit if code is None else 10_000)
+            # Checked (and audited) even when nothing matched: an empty answer to a refused
+            # actor would otherwise tell it which patients have results.
+            self._check(conn, actor, Action.READ, tenant_id, "observation",
+                        [r["patient_id"] for r in rows] or ([patient_id] if patient_id else []))
             if not rows:
                 return []
-            self._check(conn, actor, Action.READ, tenant_id, "observation",
-                        [r["patient_id"] for r in rows])
             deks: dict[str, DataKey] = {}
             out = []
             for r in rows:

@@ -65,10 +65,16 @@ def all_tenant_key_records(conn: Connection) -> list[WrappedTenantKey]:
                              r["wrapped"], r["created_at"]) for r in rows]
 
 
+# Hot-path statements are built once: building a select and its cache key costs more
+# than running it on SQLite (lookups run these on every call).
+_CURRENT_KEY_VERSION = select(func.max(tenant_keys.c.version)).where(
+    tenant_keys.c.tenant_id == bindparam("tenant_id"),
+    tenant_keys.c.purpose == bindparam("purpose"),
+    tenant_keys.c.status == "active")
+
+
 def current_key_version(conn: Connection, tenant_id: str, purpose: str) -> int | None:
-    v = conn.execute(select(func.max(tenant_keys.c.version)).where(
-        tenant_keys.c.tenant_id == tenant_id, tenant_keys.c.purpose == purpose,
-        tenant_keys.c.status == "active")).scalar()
+    v = conn.execute(_CURRENT_KEY_VERSION, {"tenant_id": tenant_id, "purpose": purpose}).scalar()
     return int(v) if v is not None else None
 
 
@@ -131,6 +137,26 @@ def patient_dek(conn: Connection, tenant_id: str, patient_id: str) -> tuple[int,
     return (row[0], row[1]) if row else None
 
 
+_DEKS: Any = None
+
+
+def patient_deks(conn: Connection, tenant_id: str, patient_ids: Sequence[str]
+                 ) -> dict[str, tuple[int, bytes]]:
+    """Wrapped data keys of many patients in one query per 500 ids (bulk reads, exports)."""
+    global _DEKS
+    if _DEKS is None:
+        _DEKS = select(patient_keys.c.patient_id, patient_keys.c.kek_version,
+                       patient_keys.c.wrapped).where(
+            patient_keys.c.tenant_id == bindparam("tid"),
+            patient_keys.c.patient_id.in_(bindparam("pids", expanding=True)))
+    out: dict[str, tuple[int, bytes]] = {}
+    ids = list(patient_ids)
+    for i in range(0, len(ids), 500):
+        for pid, ver, wrapped in conn.execute(_DEKS, {"tid": tenant_id, "pids": ids[i:i + 500]}):
+            out[pid] = (ver, wrapped)
+    return out
+
+
 _SEALED: dict[tuple[str, ...], Any] = {}
 
 
@@ -182,10 +208,14 @@ def update_dek(conn: Connection, tenant_id: str, patient_id: str, kek_version: i
 
 
 # -- blind indexes ---------------------------------------------------------------------
+_FIND_BY_DIGEST = select(blind_index.c.patient_id).where(
+    blind_index.c.tenant_id == bindparam("tenant_id"), blind_index.c.kind == bindparam("kind"),
+    blind_index.c.digest == bindparam("digest", type_=blind_index.c.digest.type))
+
+
 def find_by_digest(conn: Connection, tenant_id: str, kind: str, digest: bytes) -> list[str]:
-    return list(conn.execute(select(blind_index.c.patient_id).where(
-        blind_index.c.tenant_id == tenant_id, blind_index.c.kind == kind,
-        blind_index.c.digest == digest)).scalars())
+    return list(conn.execute(_FIND_BY_DIGEST, {"tenant_id": tenant_id, "kind": kind,
+                                               "digest": digest}).scalars())
 
 
 def find_by_digests(conn: Connection, tenant_id: str, kind: str,
@@ -226,6 +256,34 @@ def shred_patient(conn: Connection, tenant_id: str, patient_id: str, at: datetim
         conn.execute(insert(shred_log).values(tenant_id=tenant_id, patient_id=patient_id,
                                               shredded_at=at))
     return bool(had_key)
+
+
+def unshredded(conn: Connection, ids: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Those (tenant, patient) pairs that still hold a data key, index rows, sealed blobs
+    or an active status — i.e. whose erasure is not (or no longer) in effect."""
+    wanted = set(ids)
+    out: set[tuple[str, str]] = set()
+    pids = sorted({p for _, p in wanted})
+    for i in range(0, len(pids), 500):
+        chunk = pids[i:i + 500]
+        queries = (
+            select(patient_keys.c.tenant_id, patient_keys.c.patient_id).where(
+                patient_keys.c.patient_id.in_(chunk)),
+            select(blind_index.c.tenant_id, blind_index.c.patient_id).where(
+                blind_index.c.patient_id.in_(chunk)),
+            select(patients.c.tenant_id, patients.c.patient_id).where(
+                patients.c.patient_id.in_(chunk),
+                (patients.c.status != "erased") | patients.c.identity.is_not(None)
+                | patients.c.contact.is_not(None) | patients.c.coverage.is_not(None)
+                | patients.c.clinical.is_not(None)),
+            select(shred_log.c.tenant_id, shred_log.c.patient_id).where(
+                shred_log.c.patient_id.in_(chunk)),
+        )
+        for q in queries[:3]:
+            out.update((r[0], r[1]) for r in conn.execute(q))
+        logged = {(r[0], r[1]) for r in conn.execute(queries[3])}
+        out.update(k for k in wanted if k[1] in chunk and k not in logged)
+    return out & wanted
 
 
 def shredded_ids(conn: Connection) -> set[tuple[str, str]]:

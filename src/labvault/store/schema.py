@@ -107,5 +107,7 @@ shred_log = Table(
 )
 from labvault.store import tables_access  # noqa: E402,F401,I001
 from labvault.store import tables_audit  # noqa: E402,F401
+from labvault.store import tables_fhir  # noqa: E402,F401
+from labvault.store import tables_guard  # noqa: E402,F401
 from labvault.store import tables_lab  # noqa: E402,F401
 from labvault.store import tables_breach  # noqa: E402,F401

@@ -1,0 +1,185 @@
+"""The practitioner directory: prescribers a laboratory knows (name, RPPS, telecom).
+
+Used by the FHIR door (``Practitioner``) and to name an order's requester. The data
+is sealed with the tenant data key; the RPPS number is searchable through a blind
+index. Every read and write passes the gate (category ``clinical``: who prescribes
+for whom is clinical information, DESIGN §4; gate resource ``order``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from labvault.crypto import blind_index as bi
+from labvault.domain import validation as v
+from labvault.domain.actors import Actor
+from labvault.domain.categories import Action, Category
+from labvault.errors import InvalidField, InvalidRecord, NotFound
+from labvault.services.gate import Access
+from labvault.store import repositories as repo
+from labvault.store import repositories_fhir as prepo
+from labvault.store.ids import new_id
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
+
+    from labvault.services.app import Labvault
+
+RPPS_INDEX = "rpps"
+# Gate resource: a prescriber is part of an order ("exams asked and prescriber of the
+# order" in the access policy), so the directory is governed by the order rows.
+RESOURCE = "order"
+CLINICAL = frozenset({Category.CLINICAL})
+FIELDS = frozenset({"name", "family", "given", "rpps", "phone", "email"})
+
+
+@dataclass(frozen=True, slots=True)
+class Practitioner:
+    name: str                       # as printed on the prescription ("Dr Anne Martin")
+    family: str | None = None
+    given: tuple[str, ...] = ()
+    rpps: str | None = None         # RPPS: national registry number of health professionals
+    phone: str | None = None
+    email: str | None = None
+
+    @staticmethod
+    def parse(data: object) -> Practitioner:
+        if isinstance(data, Practitioner):
+            return data
+        if not isinstance(data, Mapping):
+            raise InvalidRecord([InvalidField("(practitioner)", "must be an object", "")])
+        errors: list[InvalidField] = []
+
+        def grab(fn: Any, *args: Any) -> Any:
+            try:
+                return fn(*args)
+            except InvalidField as exc:
+                errors.append(exc)
+                return None
+
+        for k in sorted(set(data) - FIELDS):
+            errors.append(InvalidField(k, "is not a known field",
+                                       "allowed: " + ", ".join(sorted(FIELDS))))
+        family = grab(v.text, data.get("family"), "family", 100)
+        raw_given = data.get("given") or []
+        given: list[str] = []
+        if not isinstance(raw_given, list | tuple):
+            errors.append(InvalidField("given", "must be a list of first names", ""))
+        else:
+            for i, g in enumerate(raw_given):
+                t = grab(v.text, g, f"given[{i}]", 100)
+                if t:
+                    given.append(t)
+        name = grab(v.text, data.get("name"), "name", 200)
+        if not name:
+            name = " ".join([*given, family or ""]).strip() or None
+        if not name:
+            errors.append(InvalidField("name", "is required", "give a name or family/given"))
+        rpps = grab(v.rpps, data["rpps"], "rpps") if data.get("rpps") else None
+        phone = grab(v.phone, data["phone"], "phone") if data.get("phone") else None
+        email = grab(v.email, data["email"], "email") if data.get("email") else None
+        if errors:
+            raise InvalidRecord(errors)
+        assert name is not None
+        return Practitioner(name, family, tuple(given), rpps, phone, email)
+
+    def as_json(self) -> dict[str, Any]:
+        return {k: val for k, val in {
+            "name": self.name, "family": self.family, "given": list(self.given) or None,
+            "rpps": self.rpps, "phone": self.phone, "email": self.email}.items()
+            if val is not None}
+
+
+class PractitionerService:
+    def __init__(self, lv: Labvault) -> None:
+        self.lv = lv
+
+    def _tenant(self, actor: Actor, tenant_id: str | None) -> str:
+        t = tenant_id or actor.tenant_id
+        if t is None:
+            raise InvalidField("tenant_id", "is required for this account",
+                               "act as a laboratory account or name the laboratory")
+        return t
+
+    def _digest(self, conn: Connection, tenant_id: str, rpps: str | None) -> bytes | None:
+        if not rpps:
+            return None
+        idx = repo.current_key_version(conn, tenant_id, "index")
+        assert idx is not None
+        return bi.digest(self.lv.keyring.blind_index_key(tenant_id, idx), RPPS_INDEX, rpps)
+
+    def _seal(self, conn: Connection, tenant_id: str, practitioner_id: str,
+              p: Practitioner) -> bytes:
+        data = json.dumps(p.as_json(), separators=(",", ":"), ensure_ascii=False).encode()
+        return self.lv.gate.seal_tenant_value(conn, tenant_id, "practitioners", "data_sealed",
+                                              practitioner_id, data)
+
+    def add(self, actor: Actor, data: object, tenant_id: str | None = None) -> str:
+        p = Practitioner.parse(data)
+        lv = self.lv
+        t = self._tenant(actor, tenant_id)
+        with lv.begin() as conn:
+            lv.load_tenant_keys(conn, t)
+            pid = new_id("pr")
+            lv.gate.check(conn, Access(actor, Action.WRITE, t, CLINICAL, resource=RESOURCE))
+            prepo.insert_practitioner(conn, t, pid, self._digest(conn, t, p.rpps),
+                                      self._seal(conn, t, pid, p), lv.now())
+            return pid
+
+    def update(self, actor: Actor, practitioner_id: str, data: object,
+               tenant_id: str | None = None) -> None:
+        p = Practitioner.parse(data)
+        lv = self.lv
+        t = self._tenant(actor, tenant_id)
+        with lv.begin() as conn:
+            lv.load_tenant_keys(conn, t)
+            lv.gate.check(conn, Access(actor, Action.WRITE, t, CLINICAL, resource=RESOURCE))
+            if not prepo.update_practitioner(conn, t, practitioner_id,
+                                             self._digest(conn, t, p.rpps),
+                                             self._seal(conn, t, practitioner_id, p), lv.now()):
+                raise NotFound("no such practitioner", "check the practitioner id")
+
+    def _open(self, conn: Connection, tenant_id: str, rows: Sequence[Mapping[str, Any]]
+              ) -> list[dict[str, Any]]:
+        out = []
+        for r in rows:
+            raw = self.lv.gate.open_tenant_value_checked(
+                conn, tenant_id, "practitioners", "data_sealed", r["practitioner_id"],
+                r["data_sealed"])
+            out.append({"id": r["practitioner_id"], "updated_at": r["updated_at"],
+                        **json.loads(raw)})
+        return out
+
+    def get(self, actor: Actor, practitioner_id: str, tenant_id: str | None = None
+            ) -> dict[str, Any]:
+        lv = self.lv
+        t = self._tenant(actor, tenant_id)
+        with lv.begin() as conn:
+            row = prepo.get_practitioner(conn, t, practitioner_id)
+            lv.gate.check(conn, Access(actor, Action.READ, t, CLINICAL, resource=RESOURCE,
+                                       patient_ids=()))
+            if row is None:
+                raise NotFound("no such practitioner", "check the practitioner id")
+            return self._open(conn, t, [row])[0]
+
+    def find(self, actor: Actor, *, rpps: str | None = None, offset: int = 0, limit: int = 50,
+             tenant_id: str | None = None) -> tuple[list[dict[str, Any]], int]:
+        """A page of practitioners (all, or those with this RPPS) and the total count."""
+        lv = self.lv
+        t = self._tenant(actor, tenant_id)
+        with lv.begin() as conn:
+            lv.load_tenant_keys(conn, t)
+            lv.gate.check(conn, Access(actor, Action.READ, t, CLINICAL, resource=RESOURCE))
+            if rpps is not None:
+                d = self._digest(conn, t, v.rpps(rpps, "identifier"))
+                assert d is not None
+                ids = prepo.practitioners_by_rpps(conn, t, d)
+                rows = prepo.practitioners_by_ids(conn, t, ids[offset:offset + limit])
+                total = len(ids)
+            else:
+                rows = prepo.list_practitioners(conn, t, offset, limit)
+                total = prepo.count_practitioners(conn, t)
+            return self._open(conn, t, rows), total

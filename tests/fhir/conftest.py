@@ -1,0 +1,111 @@
+"""FHIR door fixtures: a biologist (the access policy table decides), and a RUNNING server
+(uvicorn in a background thread on 127.0.0.1, random port) that a real FHIR client
+library (fhirpy) talks to over loopback."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import uvicorn
+from fastapi import Request
+from fhirpy import SyncFHIRClient
+
+from labvault.api.app import create_app
+from labvault.api.deps import current_actor
+from labvault.domain.actors import Actor
+from labvault.errors import AuthenticationFailed
+from labvault.interop.fhir import ids
+from labvault.services.app import Labvault
+
+TOKEN = "test-token-staff"
+ADMIN_TOKEN = "test-token-lab-admin"   # a lab administrator: no access to patient data
+
+
+@pytest.fixture
+def staff(lv: Labvault, tenant_id: str) -> Actor:
+    from labvault.access.policy import TablePolicy
+    lv.gate.policy = TablePolicy()   # the access policy table: a biologist of this laboratory
+    return Actor(kind="staff", id="acc_test", tenant_id=tenant_id,
+                 roles=frozenset({"biologist"}), display="Test Biologist", client="127.0.0.1")
+
+
+@dataclass
+class Running:
+    url: str          # http://127.0.0.1:<port>/fhir/R4
+    lv: Labvault
+    actor: Actor
+
+    def client(self, token: str = TOKEN) -> SyncFHIRClient:
+        return SyncFHIRClient(self.url, authorization=f"Bearer {token}")
+
+
+@pytest.fixture
+def server(lv: Labvault, staff: Actor) -> Iterator[Running]:
+    app = create_app(lv)
+
+    admin = Actor(kind="staff", id="acc_admin", tenant_id=staff.tenant_id,
+                  roles=frozenset({"lab_admin"}), display="Test Admin", client="127.0.0.1")
+
+    def actor_from_token(request: Request) -> Actor:
+        auth = request.headers.get("authorization")
+        if auth == f"Bearer {ADMIN_TOKEN}":
+            return admin
+        if auth != f"Bearer {TOKEN}":
+            raise AuthenticationFailed("authentication required", "send a bearer token")
+        return staff
+
+    app.dependency_overrides[current_actor] = actor_from_token
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
+                            lifespan="off")
+    srv = uvicorn.Server(config)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not srv.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.01)
+    port = srv.servers[0].sockets[0].getsockname()[1]
+    yield Running(f"http://127.0.0.1:{port}/fhir/R4", lv, staff)
+    srv.should_exit = True
+    thread.join(10)
+
+
+def fhir_patient(p: dict[str, Any]) -> dict[str, Any]:
+    """A synthetic person (``labvault.synthetic.people``) written as a FHIR Patient by hand
+    (independently of the server's mapping)."""
+    res: dict[str, Any] = {
+        "resourceType": "Patient",
+        "identifier": [{"system": ids.NIR_SYSTEM, "value": p["nir"]},
+                       {"system": ids.EXTERNAL_ID_SYSTEM, "value": p["external_id"]}],
+        "name": [{"use": "official", "family": p["birth_name"], "given": p["first_names"]}],
+        "gender": {"F": "female", "M": "male"}[p["sex"]],
+        "birthDate": p["birth_date"],
+        "address": [{"line": [p["address"]["line"]], "postalCode": p["address"]["postal_code"],
+                     "city": p["address"]["city"], "country": "FR"}],
+        "telecom": [{"system": "phone", "value": p["phone"]},
+                    {"system": "email", "value": p["email"]}],
+        "extension": [{"url": "http://hl7.org/fhir/StructureDefinition/patient-birthPlace",
+                       "valueAddress": {"extension": [{
+                           "url": ids.INSEE_CODE_URL,
+                           "valueCoding": {"system": ids.INSEE_COMMUNE_SYSTEM,
+                                           "code": p["birth_place_insee"]}}]}}],
+    }
+    if p.get("used_name"):
+        res["name"].append({"use": "usual", "family": p["used_name"]})
+    return res
+
+
+def validate_r4b(resource: dict[str, Any]) -> None:
+    """Every outgoing resource must be valid FHIR R4 (fhir.resources R4B models)."""
+    from fhir.resources.R4B import get_fhir_model_class
+    get_fhir_model_class(resource["resourceType"]).model_validate(resource)
+    if resource["resourceType"] == "Bundle":
+        for e in resource.get("entry") or []:
+            if "resource" in e:
+                validate_r4b(e["resource"])

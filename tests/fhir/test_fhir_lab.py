@@ -1,0 +1,170 @@
+"""Lab resources through the FHIR door: a whole visit as one transaction Bundle, read
+back and searched with fhirpy; an invalid result makes the whole visit fail."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import pytest
+from fhirpy.base.exceptions import OperationOutcome
+
+from labvault.interop.fhir import ids
+from labvault.interop.fhir.samples import BLOOD_COUNT, visit_bundle
+from labvault.store import repositories as repo
+from labvault.store import repositories_lab as lrepo
+from labvault.synthetic import people
+from tests.fhir.conftest import TOKEN, Running, validate_r4b
+
+HDR = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/fhir+json"}
+
+
+def post(srv: Running, bundle: dict[str, Any]) -> httpx.Response:
+    return httpx.post(srv.url, headers=HDR, content=json.dumps(bundle))
+
+
+def counts(srv: Running) -> tuple[int, int]:
+    with srv.lv.begin() as conn:
+        t = srv.actor.tenant_id
+        assert t is not None
+        return repo.count_patients(conn, t), len(lrepo.orders(conn, t, limit=10_000))
+
+
+def test_visit_bundle_round_trip(server: Running) -> None:
+    p = next(people(1, seed=21))
+    r = post(server, visit_bundle(p, 1))
+    assert r.status_code == 200, r.text
+    resp = r.json()
+    validate_r4b(resp)
+    locs = [e["response"]["location"].split("/_history")[0] for e in resp["entry"]]
+    assert [loc.split("/")[0] for loc in locs] == (
+        ["Patient", "ServiceRequest", "Specimen"] + ["Observation"] * 5 + ["DiagnosticReport"])
+    client = server.client()
+    got = {loc: client.get(loc.split("/")[0], loc.split("/")[1]) for loc in locs}
+    for res in got.values():
+        validate_r4b(json.loads(json.dumps(res)))
+    pid = locs[0].split("/")[1]
+    sr = got[locs[1]]
+    assert sr["subject"]["reference"] == f"Patient/{pid}"
+    assert [c["code"] for c in sr["code"]["coding"]] == [c for c, *_ in BLOOD_COUNT]
+    assert sr["requester"]["identifier"]["value"] == p["prescriber"]["rpps"]
+    assert sr["status"] == "completed"
+    spec = got[locs[2]]
+    assert spec["request"][0]["reference"] == locs[1]
+    assert spec["type"]["coding"][0]["code"] == "BLD"
+    obs = [got[loc] for loc in locs[3:8]]
+    assert all(o["status"] == "final" for o in obs)
+    sent = [e["resource"]["valueQuantity"]["value"] for e in visit_bundle(p, 1)["entry"][3:8]]
+    assert [o["valueQuantity"]["value"] for o in obs] == sent
+    assert all(o["interpretation"][0]["coding"][0]["code"] in ("N", "L", "H") for o in obs)
+    rep = got[locs[8]]
+    assert rep["status"] == "final"
+    assert rep["conclusion"] == "Numération sans particularité."
+    assert sorted(x["reference"] for x in rep["result"]) == sorted(locs[3:8])
+
+    # searches
+    found = client.resources("Observation").search(patient=f"Patient/{pid}").fetch()
+    assert sorted(f"Observation/{o['id']}" for o in found) == sorted(locs[3:8])
+    hb = client.resources("Observation").search(patient=pid, code=f"{ids.LOINC_SYSTEM}|718-7"
+                                                ).fetch()
+    assert [o["code"]["coding"][0]["code"] for o in hb] == ["718-7"]
+    assert client.resources("Observation").search(patient=pid, status="preliminary").fetch() == []
+    assert len(client.resources("Observation").search(patient=pid, status="final")
+               .limit(2).fetch_all()) == 5
+    assert client.resources("Observation").search(patient=pid, date="lt2000-01-01").fetch() == []
+    assert len(client.resources("Observation").search(patient=pid, date="ge2000-01-01")
+               .fetch()) == 5
+    reps = client.resources("DiagnosticReport").search(patient=pid, status="final").fetch()
+    assert [f"DiagnosticReport/{x['id']}" for x in reps] == [locs[8]]
+    assert client.resources("DiagnosticReport").search(patient=pid, code="2345-7").fetch() == []
+    assert len(client.resources("DiagnosticReport").search(patient=pid, code="718-7")
+               .fetch()) == 1
+    srs = client.resources("ServiceRequest").search(patient=pid).fetch()
+    assert [f"ServiceRequest/{x['id']}" for x in srs] == [locs[1]]
+    specs = client.resources("Specimen").search(patient=pid).fetch()
+    assert [f"Specimen/{x['id']}" for x in specs] == [locs[2]]
+
+
+def test_stepwise_lab_workflow_through_rest(server: Running) -> None:
+    """Create one by one, then validate with a DiagnosticReport update."""
+    client = server.client()
+    p = next(people(1, seed=22))
+    b = visit_bundle(p, 2)["entry"]
+    pat = client.resource("Patient", **b[0]["resource"])
+    pat.save()
+    sr_body = dict(b[1]["resource"], subject={"reference": f"Patient/{pat['id']}"})
+    sr = client.resource("ServiceRequest", **sr_body)
+    sr.save()
+    assert sr["status"] == "active"
+    spec = client.resource("Specimen", **dict(b[2]["resource"],
+                                              request=[{"reference": f"ServiceRequest/{sr['id']}"}],
+                                              subject={"reference": f"Patient/{pat['id']}"}))
+    spec.save()
+    obs = client.resource("Observation", **dict(
+        b[3]["resource"], subject={"reference": f"Patient/{pat['id']}"},
+        basedOn=[{"reference": f"ServiceRequest/{sr['id']}"}]))
+    obs.save()
+    assert obs["status"] == "preliminary"
+    # re-enter the value before validation
+    obs["valueQuantity"] = {**obs["valueQuantity"], "value": 7.1}
+    obs.save()
+    assert obs["valueQuantity"]["value"] == 7.1
+    assert obs["interpretation"][0]["coding"][0]["code"] in ("L", "LL")
+    reports = client.resources("DiagnosticReport").search(patient=pat["id"]).fetch()
+    assert [r["status"] for r in reports] == ["preliminary"]
+    rep = reports[0]
+    rep["status"] = "final"
+    rep["conclusion"] = "Anémie à contrôler."
+    rep.save()
+    assert rep["status"] == "final" and rep["conclusion"] == "Anémie à contrôler."
+    # a final result cannot be sent back as preliminary
+    obs2 = client.get("Observation", obs["id"])
+    assert obs2["status"] == "final"
+    obs2["status"] = "preliminary"
+    with pytest.raises(OperationOutcome):
+        client.update(obs2)
+    # cancelling an order: ServiceRequest status revoked
+    sr2 = client.resource("ServiceRequest", **sr_body)
+    sr2.save()
+    sr2["status"] = "revoked"
+    sr2.save()
+    assert client.get("ServiceRequest", sr2["id"])["status"] == "revoked"
+
+
+@pytest.mark.parametrize("breakage", ["unknown-test", "wrong-unit", "no-order", "final-obs",
+                                      "bad-specimen-type", "foreign-result"])
+def test_invalid_lab_entry_stores_nothing(server: Running, breakage: str) -> None:
+    p = next(people(1, seed=23))
+    bundle = visit_bundle(p, 3)
+    e = bundle["entry"]
+    if breakage == "unknown-test":          # valid LOINC shape, not in the catalogue
+        e[7]["resource"]["code"]["coding"][0]["code"] = "94500-6"
+    elif breakage == "wrong-unit":
+        e[5]["resource"]["valueQuantity"].update(unit="mg/L", code="mg/L")
+    elif breakage == "no-order":
+        e[4]["resource"]["basedOn"] = [{"reference": "ServiceRequest/ord-0000000000000000000000000v"}]
+    elif breakage == "final-obs":
+        e[6]["resource"]["status"] = "final"
+    elif breakage == "foreign-result":     # found only after the validation ran: rolled back
+        e[8]["resource"]["result"][0] = {"reference": "Observation/obs-0000000000000000000000000v"}
+    else:
+        e[2]["resource"]["type"]["coding"][0]["code"] = "XYZ"
+    before = counts(server)
+    r = post(server, bundle)
+    assert r.status_code in (400, 422), r.text
+    oo = r.json()
+    validate_r4b(oo)
+    assert oo["resourceType"] == "OperationOutcome"
+    assert all(i["expression"][0].startswith("Bundle.entry[") for i in oo["issue"])
+    assert counts(server) == before
+
+
+def test_lab_searches_need_a_patient(server: Running) -> None:
+    for rtype in ("Observation", "DiagnosticReport", "ServiceRequest", "Specimen"):
+        r = httpx.get(f"{server.url}/{rtype}", headers=HDR)
+        assert r.status_code == 400
+        assert r.json()["resourceType"] == "OperationOutcome"
+    r = httpx.get(f"{server.url}/Observation", headers=HDR,
+                  params={"patient": "Patient/pt-0000000000000000000000000v", "date": "2026-13"})
+    assert r.status_code == 400

@@ -1,0 +1,326 @@
+"""The FHIR door through a real FHIR client library (fhirpy) against a running server."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import httpx
+import pytest
+from fhirpy.base.exceptions import AuthorizationError, ResourceNotFound
+
+from labvault.domain.actors import Actor
+from labvault.domain.categories import Action
+from labvault.interop.fhir import ids
+from labvault.store import repositories as repo
+from labvault.synthetic import people
+from tests.fhir.conftest import ADMIN_TOKEN, TOKEN, Running, fhir_patient, validate_r4b
+
+HDR = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/fhir+json"}
+
+
+def count_patients(srv: Running) -> int:
+    with srv.lv.begin() as conn:
+        return repo.count_patients(conn, srv.actor.tenant_id)
+
+
+def outcome(r: httpx.Response) -> dict[str, Any]:
+    assert r.headers["content-type"].startswith("application/fhir+json")
+    body = r.json()
+    assert body["resourceType"] == "OperationOutcome"
+    validate_r4b(body)
+    assert "Traceback" not in r.text
+    return body
+
+
+def test_create_read_search_patient_round_trip(server: Running) -> None:
+    client = server.client()
+    p = next(people(1, seed=5))
+    created = client.resource("Patient", **fhir_patient(p))
+    created.save()
+    assert created["id"].startswith("pt-")
+    validate_r4b(created.serialize())
+
+    got = client.reference("Patient", created["id"]).to_resource().serialize()
+    validate_r4b(got)
+    official = next(n for n in got["name"] if n["use"] == "official")
+    assert official["family"] == p["birth_name"]
+    assert official["given"] == p["first_names"]
+    assert got["birthDate"] == p["birth_date"]
+    assert got["gender"] == {"F": "female", "M": "male"}[p["sex"]]
+    nir = next(i for i in got["identifier"] if i["system"] == ids.NIR_SYSTEM)
+    assert nir["value"] == p["nir"]
+    assert got["extension"][0]["valueAddress"]["extension"][0]["valueCoding"]["code"] \
+        == p["birth_place_insee"]
+    if p.get("used_name"):
+        assert any(n["use"] == "usual" and n["family"] == p["used_name"] for n in got["name"])
+
+    by_nir = client.resources("Patient").search(identifier=f"{ids.NIR_SYSTEM}|{p['nir']}").fetch()
+    assert [r["id"] for r in by_nir] == [created["id"]]
+    by_ext = client.resources("Patient").search(
+        identifier=f"{ids.EXTERNAL_ID_SYSTEM}|{p['external_id']}").fetch()
+    assert [r["id"] for r in by_ext] == [created["id"]]
+    # names are folded (case, accents) exactly as at registration
+    by_name = client.resources("Patient").search(
+        family=p["birth_name"].upper(), given=p["first_names"][0].lower(),
+        birthdate=p["birth_date"]).fetch()
+    assert [r["id"] for r in by_name] == [created["id"]]
+    assert client.resources("Patient").search(identifier=f"{ids.NIR_SYSTEM}|"
+                                              "185057800608436").fetch() == []
+    # every read went through the gate and was audited
+    audit = server.lv.gate.audit
+    pid = ids.from_fhir(created["id"], "pt")
+    reads = [a for a, _, outcome_ in audit.entries  # type: ignore[attr-defined]
+             if a.action == Action.READ and pid in a.patient_ids and outcome_ == "allowed"]
+    assert len(reads) >= 4
+
+
+def test_update_patient_keeps_other_categories(server: Running) -> None:
+    client = server.client()
+    p = next(people(1, seed=6))
+    created = client.resource("Patient", **fhir_patient(p))
+    created.save()
+    cov = client.resource("Coverage", status="active",
+                          type={"coding": [{"system": ids.ACT_CODE_SYSTEM, "code": "PUBLICPOL"}]},
+                          beneficiary={"reference": f"Patient/{created['id']}"},
+                          payor=[{"display": "CPAM de Lille-Douai"}], subscriberId="1234567890")
+    cov.save()
+    assert cov["id"] == f"{created['id']}-amo"
+    validate_r4b(cov.serialize())
+
+    created["name"] = [{"use": "official", "family": "Nouveau-Nom", "given": ["Jeanne"]}]
+    created["telecom"] = [{"system": "email", "value": "jeanne.nouveau@example.org"}]
+    created.save()
+    got = client.reference("Patient", created["id"]).to_resource().serialize()
+    assert got["name"] == [{"use": "official", "family": "Nouveau-Nom", "given": ["Jeanne"]}]
+    assert got["telecom"] == [{"system": "email", "value": "jeanne.nouveau@example.org"}]
+    covs = client.resources("Coverage").search(beneficiary=f"Patient/{created['id']}").fetch()
+    assert [c["payor"][0]["display"] for c in covs] == ["CPAM de Lille-Douai"]
+    assert covs[0]["subscriberId"] == "1234567890"
+    # the blind index follows the update
+    found = client.resources("Patient").search(family="NOUVEAU NOM", given="Jeanne",
+                                               birthdate=p["birth_date"]).fetch()
+    assert [r["id"] for r in found] == [created["id"]]
+
+
+def test_practitioner_round_trip(server: Running) -> None:
+    client = server.client()
+    pr = client.resource("Practitioner", identifier=[{"system": ids.RPPS_SYSTEM,
+                                                      "value": "10291417771"}],
+                         name=[{"family": "Martin", "given": ["Anne"], "text": "Dr Anne Martin"}])
+    pr.save()
+    got = client.reference("Practitioner", pr["id"]).to_resource().serialize()
+    validate_r4b(got)
+    assert got["name"][0]["text"] == "Dr Anne Martin"
+    found = client.resources("Practitioner").search(
+        identifier=f"{ids.RPPS_SYSTEM}|10291417771").fetch()
+    assert [f["id"] for f in found] == [pr["id"]]
+    assert client.resources("Practitioner").search(
+        identifier=f"{ids.RPPS_SYSTEM}|10291417789").fetch() == []
+
+
+def test_paging_follows_next_links(server: Running) -> None:
+    client = server.client()
+    base = next(people(1, seed=7))
+    made = []
+    for i in range(5):   # five homonyms born the same day
+        p = dict(base, nir=None, external_id=f"HOM-{i}", phone=f"+3361234560{i}",
+                 email=f"hom{i}@example.org")
+        body = fhir_patient({**p, "nir": base["nir"]})
+        body["identifier"] = [{"system": ids.EXTERNAL_ID_SYSTEM, "value": f"HOM-{i}"}]
+        r = client.resource("Patient", **body)
+        r.save()
+        made.append(r["id"])
+    q = client.resources("Patient").search(family=base["birth_name"], given=base["first_names"][0],
+                                           birthdate=base["birth_date"]).limit(2)
+    raw = q.fetch_raw()
+    assert raw["total"] == 5 and len(raw["entry"]) == 2
+    rels = {link["relation"] for link in raw["link"]}
+    assert rels == {"self", "next"}
+    validate_r4b(json.loads(json.dumps(raw)))
+    assert sorted(r["id"] for r in q.fetch_all()) == sorted(made)
+    assert q.count() == 5
+    # _count is bounded
+    r = httpx.get(f"{server.url}/Patient", headers=HDR,
+                  params={"family": base["birth_name"], "given": base["first_names"][0],
+                          "birthdate": base["birth_date"], "_count": "100000"})
+    assert r.status_code == 200 and len(r.json()["entry"]) == 5
+
+
+def transaction_bundle(p: dict[str, Any]) -> dict[str, Any]:
+    patient_url = "urn:uuid:6f1c1f0e-1111-4a4a-9b9b-000000000001"
+    return {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": patient_url, "resource": fhir_patient(p),
+         "request": {"method": "POST", "url": "Patient"}},
+        {"fullUrl": "urn:uuid:6f1c1f0e-1111-4a4a-9b9b-000000000002",
+         "resource": {"resourceType": "Coverage", "status": "active",
+                      "type": {"coding": [{"system": ids.ACT_CODE_SYSTEM, "code": "HIP"}]},
+                      "beneficiary": {"reference": patient_url},
+                      "payor": [{"display": "MGEN"}]},
+         "request": {"method": "POST", "url": "Coverage"}},
+        {"resource": {"resourceType": "Practitioner",
+                      "identifier": [{"system": ids.RPPS_SYSTEM, "value": "10291417771"}],
+                      "name": [{"text": "Dr Paul Durand"}]},
+         "request": {"method": "POST", "url": "Practitioner"}},
+    ]}
+
+
+def test_transaction_resolves_references(server: Running) -> None:
+    client = server.client()
+    p = next(people(1, seed=8))
+    before = count_patients(server)
+    resp = client.execute("", method="post", data=transaction_bundle(p))
+    resp = json.loads(json.dumps(resp))
+    validate_r4b(resp)
+    assert resp["type"] == "transaction-response"
+    assert [e["response"]["status"] for e in resp["entry"]] == ["201 Created"] * 3
+    pat_loc = resp["entry"][0]["response"]["location"]
+    pid = pat_loc.split("/")[1]
+    assert count_patients(server) == before + 1
+    covs = client.resources("Coverage").search(patient=f"Patient/{pid}").fetch()
+    assert [c["payor"][0]["display"] for c in covs] == ["MGEN"]
+
+
+@pytest.mark.parametrize("breakage", ["bad-birthdate", "bad-nir", "dangling-ref", "bad-type",
+                                      "unknown-element"])
+def test_transaction_with_one_invalid_entry_stores_nothing(server: Running, breakage: str) -> None:
+    p = next(people(1, seed=9))
+    bundle = transaction_bundle(p)
+    cov = bundle["entry"][1]["resource"]
+    if breakage == "bad-birthdate":       # caught by the R4B model at the door
+        bundle["entry"][0]["resource"]["birthDate"] = "1985-13-45"
+    elif breakage == "bad-nir":           # caught by the core's validation (control key)
+        bundle["entry"][0]["resource"]["identifier"][0]["value"] = p["nir"][:-2] + "00"
+    elif breakage == "dangling-ref":
+        cov["beneficiary"] = {"reference": "urn:uuid:00000000-0000-4000-8000-000000000000"}
+    elif breakage == "bad-type":          # last entry, after the patient was written
+        cov["type"] = {"text": "nothing"}
+    else:
+        bundle["entry"][2]["resource"]["favouriteColour"] = "blue"
+    before = count_patients(server)
+    r = httpx.post(server.url, headers=HDR, content=json.dumps(bundle))
+    assert r.status_code in (400, 422)
+    oo = outcome(r)
+    assert all(i["expression"][0].startswith("Bundle.entry[") for i in oo["issue"])
+    assert count_patients(server) == before
+    client = server.client()
+    assert client.resources("Patient").search(
+        identifier=f"{ids.EXTERNAL_ID_SYSTEM}|{p['external_id']}").fetch() == []
+    assert client.resources("Practitioner").search(
+        identifier=f"{ids.RPPS_SYSTEM}|10291417771").fetch() == []
+
+
+def test_operation_outcomes_on_bad_input(server: Running) -> None:
+    url = server.url
+    cases: list[tuple[str, str, dict[str, Any], int]] = [
+        ("POST", "/Patient", {"content": b"{not json"}, 400),
+        ("POST", "/Patient", {"content": b"[]"}, 400),
+        ("POST", "/Patient", {"content": json.dumps({"resourceType": "Patient",
+                                                     "birthDate": "yesterday"})}, 422),
+        ("POST", "/Patient", {"content": json.dumps({"resourceType": "Observation"})}, 400),
+        ("POST", "/Patient", {"content": json.dumps(
+            {"resourceType": "Patient", "name": [{"use": "official", "family": "X"}],
+             "birthDate": "1980-01-01", "gender": "female"})}, 422),
+        ("POST", "/Patient", {"content": json.dumps(
+            {"resourceType": "Patient", "identifier": [{"system": "urn:x", "value": "1"}],
+             "name": [{"use": "official", "family": "Dupont", "given": ["Jean"]}],
+             "birthDate": "1980-01-01"})}, 422),
+        ("GET", "/Patient", {"params": {"family": "Dupont"}}, 400),
+        ("GET", "/Patient", {}, 400),
+        ("GET", "/Patient", {"params": {"name": "Dupont"}}, 400),
+        ("GET", "/Patient", {"params": {"identifier": "urn:x|1"}}, 400),
+        ("GET", "/Patient", {"params": {"family": "Dupont", "given": "Jean",
+                                        "birthdate": "gt1980-01-01"}}, 400),
+        ("GET", "/Patient", {"params": {"_id": "pt-x", "_count": "many"}}, 400),
+        ("GET", "/Patient/pt-0000000000000000000000000v", {}, 404),
+        ("GET", "/Patient/bad%20id%21", {}, 404),
+        ("GET", "/Medication/1", {}, 404),
+        ("DELETE", "/Patient/pt-0000000000000000000000000v", {}, 405),
+        ("POST", "", {"content": json.dumps({"resourceType": "Bundle", "type": "batch"})}, 400),
+        ("POST", "", {"content": json.dumps({"resourceType": "Patient"})}, 400),
+        ("POST", "", {"content": json.dumps({"resourceType": "Bundle", "type": "transaction",
+                                             "entry": [{"resource": {"resourceType": "Patient"},
+                                                        "request": {"method": "DELETE",
+                                                                    "url": "Patient/x"}}]})},
+         400),
+        ("PUT", "/Patient/pt-0000000000000000000000000v", {"content": json.dumps(
+            {"resourceType": "Patient", "id": "pt-other"})}, 400),
+    ]
+    for method, path, kw, status in cases:
+        r = httpx.request(method, url + path, headers=HDR, **kw)
+        assert r.status_code == status, (method, path, kw, r.status_code, r.text)
+        oo = outcome(r)
+        assert oo["issue"][0]["diagnostics"]
+    r = httpx.post(url + "/Patient", headers={**HDR, "Content-Type": "text/plain"},
+                   content=b"x")
+    assert r.status_code == 415
+    outcome(r)
+
+
+def test_authentication_required(server: Running) -> None:
+    with pytest.raises(AuthorizationError):
+        server.client(token="wrong").resources("Patient").search(_id="pt-x").fetch()
+    for path in ("/metadata", "/Patient/pt-0000000000000000000000000v", "/Patient"):
+        r = httpx.get(server.url + path)
+        assert r.status_code == 401
+        assert r.headers["www-authenticate"].startswith("Bearer")
+        outcome(r)
+
+
+def test_other_laboratory_is_not_found(server: Running) -> None:
+    """A patient of another laboratory answers exactly like an absent one."""
+    import random
+
+    from labvault.synthetic import make_finess
+    op = Actor.operator()
+    other = server.lv.tenants.add(op, "Autre labo", make_finess(random.Random(3))).tenant_id
+    pid = server.lv.patients.register(op, other, next(people(1, seed=10)))
+    with pytest.raises(ResourceNotFound):
+        server.client().reference("Patient", ids.to_fhir(pid)).to_resource()
+    with pytest.raises(ResourceNotFound):
+        server.client().reference("Coverage", ids.to_fhir(pid) + "-amo").to_resource()
+
+
+def test_capability_statement(server: Running) -> None:
+    r = httpx.get(server.url + "/metadata", headers=HDR)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/fhir+json")
+    cs = r.json()
+    validate_r4b(cs)
+    types = {res["type"] for res in cs["rest"][0]["resource"]}
+    assert {"Patient", "Practitioner", "Coverage"} <= types
+    assert cs["fhirVersion"] == "4.0.1"
+    spec = next(res for res in cs["rest"][0]["resource"] if res["type"] == "Specimen")
+    assert "update" not in {i["code"] for i in spec["interaction"]}
+    pat = next(res for res in cs["rest"][0]["resource"] if res["type"] == "Patient")
+    assert {p["name"] for p in pat["searchParam"]} >= {"identifier", "family", "given",
+                                                       "birthdate"}
+
+
+def test_validation_error_is_precise(server: Running) -> None:
+    p = next(people(1, seed=11))
+    body = fhir_patient(p)
+    body2 = copy.deepcopy(body)
+    body2["telecom"][0]["system"] = "pager"
+    r = httpx.post(server.url + "/Patient", headers=HDR, content=json.dumps(body2))
+    assert r.status_code == 422
+    assert outcome(r)["issue"][0]["expression"] == ["Patient.telecom[0].system"]
+
+
+def test_policy_denial_is_an_operation_outcome(server: Running) -> None:
+    """A lab administrator manages accounts, not patients: 403, nothing opened."""
+    p = next(people(1, seed=12))
+    created = server.client().resource("Patient", **fhir_patient(p))
+    created.save()
+    hdr = {**HDR, "Authorization": f"Bearer {ADMIN_TOKEN}"}
+    for path, params in ((f"/Patient/{created['id']}", {}),
+                         ("/Patient", {"identifier": f"{ids.NIR_SYSTEM}|{p['nir']}"}),
+                         (f"/Coverage/{created['id']}-amo", {})):
+        r = httpx.get(server.url + path, headers=hdr, params=params)
+        assert r.status_code == 403, (path, r.text)
+        assert p["birth_name"] not in r.text
+        assert outcome(r)["issue"][0]["code"] == "forbidden"
+    r = httpx.post(server.url + "/Patient", headers=hdr,
+                   content=json.dumps(fhir_patient(next(people(1, seed=13)))))
+    assert r.status_code == 403
+    outcome(r)

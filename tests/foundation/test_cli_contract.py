@@ -1,0 +1,122 @@
+"""The CLI contract other tools script against (issue #2): JSON shapes on stdout,
+exit code 0 on success and 2 with a clear message (no traceback) for user errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import stat
+from typing import Any
+
+from labvault.synthetic import make_finess
+from tests.foundation.conftest import Cli, synthetic, write_ndjson
+
+
+def test_full_contract(cli: Cli) -> None:
+    info = cli.ok("init")
+    assert info["data_dir"] == str(cli.data_dir)
+    assert info["database"] == ("sqlite" if cli.backend == "sqlite" else "postgresql")
+    assert info["key_provider"] == "file" and info["key_file"] == str(cli.key_file)
+    assert stat.S_IMODE(cli.key_file.stat().st_mode) == 0o600
+    assert stat.S_IMODE(cli.data_dir.stat().st_mode) == 0o700
+    assert cli.ok("init")["data_dir"] == str(cli.data_dir)   # idempotent, keeps the key
+    finess = make_finess(random.Random(5))
+    added = cli.ok("tenant", "add", "Laboratoire des Flandres", "--finess", finess)
+    assert set(added) >= {"id"} and added["id"].startswith("lab_")
+    tenant = added["id"]
+    listed = cli.ok("tenant", "list")
+    assert [(t["id"], t["finess"], t["patients"]) for t in listed] == [(tenant, finess, 0)]
+
+    recs = synthetic(12, seed=81)
+    f = write_ndjson(cli.root / "p.ndjson", recs)
+    rep = cli.ok("patient", "import", str(f), "--tenant", tenant)
+    assert rep == {"imported": 12, "skipped_existing": 0, "rejected": 0, "rejections": []}
+    r0 = recs[0]
+    by = {
+        "nir": cli.ok("patient", "find", "--tenant", tenant, "--nir", r0["nir"]),
+        "email": cli.ok("patient", "find", "--tenant", tenant, "--email", r0["email"].upper()),
+        "phone": cli.ok("patient", "find", "--tenant", tenant, "--phone", r0["phone"]),
+        "name": cli.ok("patient", "find", "--tenant", tenant, "--birth-name",
+                       r0["birth_name"].upper(), "--first-name", r0["first_names"][0],
+                       "--birth-date", r0["birth_date"]),
+    }
+    assert all(set(v) == {"patients"} for v in by.values())
+    pid = by["nir"]["patients"][0]
+    assert all(pid in v["patients"] for v in by.values())
+    shown = cli.ok("patient", "show", pid)
+    assert shown["id"] == pid and shown["tenant_id"] == tenant
+    assert shown["categories"] == ["clinical", "contact", "coverage", "identity"]
+    for k in ("birth_name", "first_names", "birth_date", "sex", "nir", "email", "address",
+              "blood_group", "prescriber", "external_id"):
+        assert shown[k] == r0[k], k
+    rot = cli.ok("keys", "rotate", "--tenant", tenant)
+    assert rot["rotated"][0]["tenant_id"] == tenant and rot["rotated"][0]["kek_version"] == 2
+    assert set(cli.ok("keys", "rotate")["rotated"][0]) >= {"tenant_id", "kek_version",
+                                                          "rewrapped_keys"}
+    erased = cli.ok("patient", "erase", pid)
+    assert erased["id"] == pid and erased["tenant_id"] == tenant and erased["erased_at"]
+    assert cli.ok("patient", "find", "--tenant", tenant, "--nir", r0["nir"]) == {"patients": []}
+    # human output works too
+    r = cli.run("tenant", "list")
+    assert r.exit_code == 0 and "Laboratoire des Flandres" in r.stdout
+
+
+def test_demo(sqlite_cli: Cli) -> None:
+    out = sqlite_cli.ok("demo", "--labs", "2", "--patients", "30")
+    labs = out["laboratories"]
+    assert len(labs) == 2 and sum(x["imported"] for x in labs) == 30
+    again = sqlite_cli.ok("demo", "--labs", "2", "--patients", "30")   # idempotent
+    assert sum(x["imported"] for x in again["laboratories"]) == 0
+    assert sum(x["already_present"] for x in again["laboratories"]) == 30
+    assert {t["patients"] for t in sqlite_cli.ok("tenant", "list")} == {15}
+
+
+def _msg(r: Any) -> str:
+    return str(r.stderr)
+
+
+def test_user_errors_exit_2(sqlite_cli: Cli, tmp_path: Any) -> None:
+    cli = sqlite_cli
+    # wrong data dir: nothing initialised there
+    r = cli.user_error("patient", "show", "pt_x",
+                       env={"LABVAULT_DATA_DIR": str(tmp_path / "nowhere")})
+    assert "no labvault data" in _msg(r) and "labvault init" in _msg(r)
+    r = cli.user_error("--data-dir", str(tmp_path / "nowhere"), "tenant", "list")
+    assert "no labvault data" in _msg(r)
+
+    tenant = cli.init_with_tenant()
+    # invalid FINESS (bad Luhn key, wrong length), duplicate FINESS
+    assert "Luhn" in _msg(cli.user_error("tenant", "add", "Lab", "--finess", "590000017"))
+    assert "9 characters" in _msg(cli.user_error("tenant", "add", "Lab", "--finess", "1234"))
+    finess = cli.ok("tenant", "list")[0]["finess"]
+    assert "already exists" in _msg(cli.user_error("tenant", "add", "Lab", "--finess", finess))
+    # unknown tenant
+    f = write_ndjson(cli.root / "p.ndjson", synthetic(2, seed=83))
+    assert "no laboratory" in _msg(cli.user_error("patient", "import", str(f),
+                                                  "--tenant", "lab_unknown"))
+    assert "lab_unknown" in _msg(cli.user_error("patient", "find", "--tenant", "lab_unknown",
+                                                "--nir", synthetic(1, seed=83)[0]["nir"]))
+    # bad file: missing, a directory, not NDJSON at all
+    assert "is not a file" in _msg(cli.user_error("patient", "import", str(tmp_path / "absent"),
+                                                  "--tenant", tenant))
+    assert "is not a file" in _msg(cli.user_error("patient", "import", str(tmp_path),
+                                                  "--tenant", tenant))
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(os.urandom(2000).replace(b"\n", b" ") + b"\n")
+    r = cli.run("patient", "import", str(junk), "--tenant", tenant, "--json")
+    assert r.exit_code == 2 and json.loads(r.stdout)["imported"] == 0
+    # find without a criterion, with an invalid NIR
+    assert "no search criterion" in _msg(cli.user_error("patient", "find", "--tenant", tenant))
+    assert "nir" in _msg(cli.user_error("patient", "find", "--tenant", tenant, "--nir", "123"))
+    # unknown patient
+    assert "no such patient" in _msg(cli.user_error("patient", "show", "pt_nope"))
+    # missing key file
+    cli.key_file.rename(cli.root / "elsewhere.key")
+    r = cli.user_error("tenant", "list")
+    assert "key file" in _msg(r) and "not found" in _msg(r)
+
+
+def test_init_refuses_unknown_provider(sqlite_cli: Cli) -> None:
+    r = sqlite_cli.run("init", "--key-provider", "vault")
+    assert r.exit_code == 2 and "not a key provider" in r.stderr
