@@ -61,3 +61,19 @@ def test_extension_point_attributes_only_marked_dumps(lv: Labvault, operator: Ac
     assert [e["export_id"] for e in exports] == ["exp_1"] and exports[0]["rows"]
     res = lv.breach.triage(operator, case, [clean])
     assert not [a for a in res["attribution"] if a["kind"] == "export"]
+
+
+def test_honeytoken_in_the_dump_names_its_laboratory(lv: Labvault, operator: Actor,
+                                                     store: Store, tmp_path: Path) -> None:
+    t = store.tenants[1]
+    canary = lv.guard.plant(operator, t, 1)[0]
+    shown = lv.patients.show(operator, canary)
+    rec = {k: v for k, v in shown.items() if k not in ("id", "tenant_id", "categories",
+                                                       "created_at")}
+    path = tmp_path / "d.csv"
+    sd.write_csv(path, sd.make_dump([(t, canary, rec), *store.patients[:5]], 3, seed=4).rows)
+    case = lv.breach.open_case(operator, "t", lv.now().isoformat())
+    res = lv.breach.triage(operator, case, [path])
+    hits = [a for a in res["attribution"] if a["kind"] == "honeytoken"]
+    assert [(h["tenant_id"], h["patient_id"]) for h in hits] == [(t, canary)]
+    assert hits[0]["rows"]
