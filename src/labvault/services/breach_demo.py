@@ -8,9 +8,9 @@
    (the audit trail shows which account read exactly those patients), scored (ENISA)
    and the CNIL, ARS/CERT Santé and patient notices are written.
 
-The guard's export service (allow-list, watermark, age encryption) is not part of this
-branch: the leak is simulated from a file produced through the gate, and the demo says
-so when it runs.
+The demo does not yet go through the guard's export service (allow-list, watermark, age
+encryption): the leak is simulated from a file produced through the gate, and the demo
+says so when it runs.
 """
 
 from __future__ import annotations
@@ -59,8 +59,8 @@ def run_demo(lv: Labvault, out: Path, say: Say, export_size: int = 60,
         refused = True
     say("1.", f"over-wide export (all categories, all {len(ids)} patients of {lab['name']}) "
               f"requested by a migration contractor: {'REFUSED' if refused else 'allowed?!'} "
-              "by the gate (guard's export allow-list not merged on this branch: the gate's "
-              "policy refuses it).", {"refused": refused})
+              "by the gate's access policy (this demo does not go through the guard's export "
+              "allow-list yet).", {"refused": refused})
     # 2. approved, narrower export through the gate — then it leaks
     rng = random.Random(7)  # noqa: S311 - picks demo patients, not a secret
     chosen = rng.sample(ids, min(export_size, len(ids)))
@@ -78,8 +78,8 @@ def run_demo(lv: Labvault, out: Path, say: Say, export_size: int = 60,
     sd.write_csv(leaked, dump.rows, delimiter=";", encoding="cp1252")
     say("2.", f"approved export of {len(records)} patients produced through the gate (audited), "
               f"then leaked: {leaked.name} with {len(dump.rows)} rows (typos, reformatted "
-              f"dates and phones, {strangers} other people), cp1252, ';' — simulated leak, the "
-              "guard's watermarked export is not on this branch.", {"file": str(leaked)})
+              f"dates and phones, {strangers} other people), cp1252, ';' — simulated leak: this demo "
+              "does not produce it through the guard's watermarked export yet.", {"file": str(leaked)})
     # 3. triage
     case = lv.breach.open_case(operator, "Fichier de patients diffusé sur un forum",
                                lv.now().isoformat(), "un journaliste signale un fichier de "
