@@ -1,7 +1,7 @@
 """``labvault demo breach``: the incident of DESIGN §1, re-enacted on synthetic data.
 
 1. a migration contractor asks for every category of every patient of a laboratory —
-   refused by the gate (with the guard merged, by its export allow-list);
+   refused by the gate's access policy;
 2. an approved, narrower export is produced through the gate (audited) — and leaks:
    the file is copied, re-typed and padded with other people's rows, as on a forum;
 3. the leaked file is triaged (keyed digests and Bloom filters only), attributed
