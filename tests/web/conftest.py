@@ -21,14 +21,14 @@ from tests.access.conftest import (  # noqa: F401  (fixtures)
 
 
 @pytest.fixture
-def web(world: World) -> World:
+def web(world: World) -> World:  # noqa: F811  (the imported fixture)
     from labvault.services.audit import install_audit
     install_audit(world.lv)
     return world
 
 
 @pytest.fixture
-def browser(alv: Labvault) -> Iterator[TestClient]:
+def browser(alv: Labvault) -> Iterator[TestClient]:  # noqa: F811  (the imported fixture)
     with TestClient(create_app(alv), base_url="http://testserver",
                     follow_redirects=False) as c:
         yield c
