@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 
 import pytest
 from fastapi.testclient import TestClient
@@ -267,3 +269,15 @@ def test_security_headers_and_friendly_errors(web: World, browser: TestClient) -
 def test_staff_have_no_portal(web: World, browser: TestClient, path: str) -> None:
     form_login(browser, web, web.a.emails["biologist"])
     assert browser.get(path).status_code == 403
+
+
+@pytest.mark.skipif(shutil.which("pdftotext") is None, reason="needs pdftotext (poppler-utils)")
+def test_pdf_text_keeps_accents(web: World, browser: TestClient, tmp_path: object) -> None:
+    rep = order(web, web.a, web.a.patients[0], conclusion="Légère élévation ; à contrôler")
+    form_login(browser, web, web.a.emails["patient"], staff=False)
+    pdf = browser.get(f"/portail/rapports/{rep.report_id}.pdf").content
+    text = subprocess.run(["pdftotext", "-", "-"], input=pdf, capture_output=True,
+                          check=True).stdout.decode()
+    assert "Compte rendu d'analyses de biologie médicale" in text
+    assert "Légère élévation ; à contrôler" in text and "publiée" in text
+    assert web.a.patient_data[0]["birth_name"] in text

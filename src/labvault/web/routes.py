@@ -174,7 +174,8 @@ def report_pdf(report_id: str, user: User, portal: Portal, lv: LV) -> Response:
 @router.get("/portail/acces")
 def portal_access_log(user: User, portal: Portal) -> Response:
     _patient(user)
-    return html("access_log.html", user=user, rows=portal.my_access_log(user.actor))
+    rows = portal.my_access_log(user.actor)
+    return html("access_log.html", user=user, rows=rows[::-1])      # newest first
 
 
 @router.get("/portail/donnees.json")
