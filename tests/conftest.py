@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
@@ -25,6 +27,14 @@ from labvault.domain.actors import Actor
 from labvault.services.app import Labvault
 from labvault.store import migrate
 from labvault.store.engine import make_engine
+
+# Machines here are shared and loaded: no per-example deadline. CI runs the same examples
+# every time (derandomize) so a landing never depends on a lucky draw; local runs explore.
+hypothesis_settings.register_profile("ci", derandomize=True, deadline=None,
+                                     suppress_health_check=[HealthCheck.too_slow])
+hypothesis_settings.register_profile("dev", deadline=None,
+                                     suppress_health_check=[HealthCheck.too_slow])
+hypothesis_settings.load_profile("ci" if os.environ.get("CI", "").lower() == "true" else "dev")
 
 PG_URL = os.environ.get("LABVAULT_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 IN_CI = os.environ.get("CI", "").lower() == "true"

@@ -145,7 +145,10 @@ def test_nir_must_agree_with_sex_and_birth(n: tuple[str, str, date]) -> None:
 
 
 # -- phones ---------------------------------------------------------------------------
-@given(st.sampled_from(["6", "73", "75", "76", "77", "78"]), st.integers(0, 99_999_999),
+# Mobile ranges allocated in France (ARCEP): 06 0-2/4-8 and 07 3-9; 063x, 069x are partly
+# unallocated, which phonenumbers knows, so they are left out here.
+@given(st.sampled_from(["60", "61", "62", "64", "65", "66", "67", "68", "73", "75", "76", "77",
+                        "78"]), st.integers(0, 99_999_999),
        st.sampled_from(["0{p}{d}", "+33{p}{d}", "+33 {p} {s}", "0033{p}{d}", "0{p} {s}",
                         "0{p}.{dots}", "(0){p}{d}"]))
 def test_phone_formats_same_e164(prefix: str, n: int, fmt: str) -> None:
