@@ -131,9 +131,14 @@ def test_patient_sees_only_own_published_results(web: World, browser: TestClient
     theirs = order(web, a, a.patients[1], results=HIGH)          # another patient, same lab
     draft = order(web, a, a.patients[0], step="final",
                   results=[{"code": "718-7", "value": 11.3, "unit": "g/dL"}])  # not published
+    amended = order(web, a, a.patients[0])
+    hb = next(o for o in amended.observations if o.observation.code == "718-7")
+    web.lv.lab.amend(web.actor(a.emails["biologist"]), hb.observation_id,
+                     {"code": "718-7", "value": 12.4, "unit": "g/dL"}, "erreur de saisie")
     form_login(browser, web, a.emails["patient"], staff=False)
     page = browser.get("/portail")
     assert page.status_code == 200
+    assert "12,4" in page.text and "corrigée après publication" in page.text
     assert "13,1" in page.text and "g/dL" in page.text and "Bilan rassurant" in page.text
     assert "normal" in page.text and "12-16" in page.text.replace(" ", "")
     assert "13,7" not in page.text and "5,8" not in page.text      # other patient
@@ -150,7 +155,8 @@ def test_patient_sees_only_own_published_results(web: World, browser: TestClient
     doc = json.loads(data.content)
     assert doc["record"]["id"] == a.patients[0]
     assert doc["record"]["nir"] == a.patient_data[0]["nir"]
-    assert [r["id"] for r in doc["reports"]] == [mine.report_id]
+    assert sorted(r["id"] for r in doc["reports"]) == sorted([mine.report_id,
+                                                              amended.report_id])
     assert isinstance(doc["access_log"], list)
 
 

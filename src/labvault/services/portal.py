@@ -66,11 +66,14 @@ class PortalService:
         """The patient's published reports (published or amended after publication), newest
         first. Reports not yet published are never opened for the portal."""
         tenant_id, patient_id = _patient(actor)
-        out: list[ReportView] = []
-        for status in ("final", "amended"):      # report status of published/amended orders
-            out.extend(r for r in self.lv.lab.list_reports(actor, tenant_id,
-                                                           patient_id=patient_id, status=status)
-                       if r.order_status in PUBLISHED)
+        lab = self.lv.lab
+        # amended reports were all published first; "final" reports may not be published
+        # yet, so those are found through their order's (clear) status before opening.
+        out = [r for r in lab.list_reports(actor, tenant_id, patient_id=patient_id,
+                                           status="amended") if r.order_status in PUBLISHED]
+        out.extend(lab.get_report_by_order(actor, o.order_id)
+                   for o in lab.list_orders(actor, tenant_id, patient_id=patient_id,
+                                            status=L.OrderStatus.PUBLISHED.value))
         out.sort(key=lambda r: r.issued_at or r.updated_at, reverse=True)
         return out
 
