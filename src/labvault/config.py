@@ -27,6 +27,24 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "LABVAULT_SESSION_HOURS": ("8", "absolute lifetime of an API session, in hours"),
     "LABVAULT_PUBLIC_URL": ("http://127.0.0.1:8000", "public base URL (enrolment links)"),
     "LABVAULT_MAX_REQUEST_BYTES": ("1048576", "largest request body the API accepts"),
+    # guard (docs/guard.md)
+    "LABVAULT_ALERT_DEDUP_SECONDS": ("600", "alerts of the same kind, actor and lab within this "
+                                            "many seconds are merged into one (count bumped)"),
+    "LABVAULT_ALERT_MIN_SEVERITY": ("medium", "lowest severity sent to the webhook and e-mail "
+                                              "sinks (info|low|medium|high|critical)"),
+    "LABVAULT_ALERT_WEBHOOK_URL": ("", "alert webhook: HTTP POST of a JSON notice; empty = off"),
+    "LABVAULT_ALERT_WEBHOOK_SECRET": ("", "HMAC-SHA256 key signing webhook bodies "
+                                          "(header X-Labvault-Signature)"),
+    "LABVAULT_ALERT_SMTP_HOST": ("", "SMTP server for alert e-mails; empty = off"),
+    "LABVAULT_ALERT_SMTP_PORT": ("25", "SMTP port for alert e-mails"),
+    "LABVAULT_ALERT_EMAIL_FROM": ("labvault@localhost", "sender of alert e-mails"),
+    "LABVAULT_ALERT_EMAIL_TO": ("", "comma-separated recipients of alert e-mails"),
+    "LABVAULT_REDIS_URL": ("", "Redis URL for read-budget state shared by several workers; "
+                               "empty = state in the database"),
+    "LABVAULT_EXPORT_APPROVAL_MIN_PATIENTS": ("1000", "exports of at least this many patients "
+                                                      "need a second account's approval"),
+    "LABVAULT_PURGE_INTERVAL_SECONDS": ("3600", "how often `labvault serve` purges expired "
+                                                "exports and retention-expired patients; 0 = off"),
     "LABVAULT_AUDIT_RETENTION_DAYS": ("365", "days audit entries are kept before "
                                              "`labvault audit prune` removes them; 0 = forever"),
     "LABVAULT_AUDIT_CHECKPOINT_EVERY": ("1000", "write a signed audit checkpoint every N "

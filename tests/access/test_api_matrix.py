@@ -285,6 +285,12 @@ MATRIX: dict[tuple[str, str], Case] = {
                                            allow(("patient",), 200)),
     **{key: case for key, case in _fhir_cases().items()},
     **{key: case for key, case in _web_cases().items()},
+    # guard: the caller's lab's alerts (no lab in the path: the other-lab column is moot)
+    ("GET", "/api/v1/alerts"): Case(lambda c, r, lab: ("/api/v1/alerts", None),
+                                    allow(("lab_admin", "dpo"), 200)),
+    ("POST", "/api/v1/alerts/{alert_id}/ack"): Case(
+        lambda c, r, lab: ("/api/v1/alerts/alrt_doesnotexist/ack", None),
+        allow(("lab_admin", "dpo"), 404)),
 }
 
 

@@ -287,3 +287,21 @@ def test_reauth_failures_are_throttled(world: World) -> None:
         lv.accounts.reauthenticate(actor, PASSWORD, clock.code())
     with pytest.raises(AuthenticationFailed):
         lv.accounts.login(world.a.emails["technician"], PASSWORD, clock.code())
+
+
+def test_suspended_account_cannot_log_in_nor_use_its_sessions(world: World) -> None:
+    """A read-budget breach (guard) suspends the account: its live sessions stop working at
+    once and a new login is refused with the generic answer, until a lab_admin releases it."""
+    lv, email = world.lv, world.a.emails["reception"]
+    token = world.login(email)
+    actor = lv.accounts.resolve(token)
+    with lv.begin() as conn:
+        lv.guard.suspend(conn, world.a.tenant_id, actor, "budget.distinct-10min", {})
+    with pytest.raises(AuthenticationFailed):
+        lv.accounts.resolve(token)
+    world.clock.advance(seconds=31)
+    with pytest.raises(AuthenticationFailed):
+        world.login(email)
+    lv.guard.release(Actor.operator(), world.a.tenant_id, actor.id)
+    world.clock.advance(seconds=31)
+    assert lv.accounts.resolve(world.login(email)).id == actor.id

@@ -10,6 +10,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from labvault.api import auth, me, patients, problems, users
+from labvault.api.routers import alerts as alerts_router
 from labvault.api.routers import me_access
 from labvault.api.security import SecurityMiddleware
 from labvault.config import Settings
@@ -24,6 +25,8 @@ PUBLIC_PATHS = frozenset({"/health", "/api/v1/auth/login", "/api/v1/auth/enrol",
 def create_app(lv: Labvault) -> FastAPI:
     app = FastAPI(title="labvault", version="0.1.0")
     app.state.lv = lv
+    app.include_router(alerts_router.router)
+    app.include_router(me_access.router)
     problems.install(app)
     app.add_middleware(SecurityMiddleware,
                        max_body=int(lv.settings.get("LABVAULT_MAX_REQUEST_BYTES")))

@@ -11,6 +11,7 @@ import typer
 
 from labvault.cli import _common
 from labvault.cli.audit import app as audit_app
+from labvault.cli.guard import register as register_guard
 from labvault.cli.keys import app as keys_app
 from labvault.cli.lab import register as register_lab
 from labvault.cli.patients import app as patient_app
@@ -42,6 +43,7 @@ app.add_typer(patient_app, name="patient", help="Patients: import, find, show, e
 app.add_typer(keys_app, name="keys", help="Key rotation.")
 app.add_typer(user_app, name="user", help="Named personal accounts.")
 app.add_typer(policy_app, name="policy", help="The access policy table.")
+register_guard(app)
 app.add_typer(audit_app, name="audit", help="Audit trail: verify, checkpoint, prove, reports.")
 register_lab(app)
 

@@ -10,6 +10,7 @@ blind index. Every authentication event is written to the audit hook (ids only).
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -331,6 +332,10 @@ class AccountService:
                         stored = self._open(conn, row, "password_sealed").decode()
                         if not passwords.verify_password(stored, password):
                             failure = "wrong-password"
+                        elif lv.guard.is_suspended(conn, row["account_id"], row["tenant_id"]):
+                            # A read-budget breach suspended the account (guard): only a
+                            # lab_admin release lifts it; the answer stays the generic one.
+                            failure = "account-suspended"
                         else:
                             failure = self._second_factor(conn, row, totp, now)
                             if failure is None and passwords.needs_rehash(stored):
@@ -408,7 +413,9 @@ class AccountService:
         now = lv.now()
         with self._read() as conn:          # read-only: no write transaction per request
             s = arepo.session_with_account(conn, sess.token_digest(token))
-        if (s is None or s["scope"] not in scopes or s["status"] != "active"
+            suspended = s is not None and lv.guard.suspended_cached(
+                conn, s["tenant_id"], s["account_id"], time.time())
+        if (s is None or s["scope"] not in scopes or s["status"] != "active" or suspended
                 or not sess.is_live(s, now, self.session_policy)):
             raise AuthenticationFailed("session expired or invalid",
                                        "log in again at /api/v1/auth/login")

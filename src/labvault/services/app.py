@@ -115,6 +115,7 @@ class Labvault:
         self.alerts: AlertSink = alerts or LogAlerts()
         self.gate = Gate(keyring, policy or OperatorOnlyPolicy(), budget or NoBudget(),
                          audit or MemoryAudit(), self.load_tenant_keys)
+        from labvault.services.guard import GuardService
         self.gate.alerts = self.alerts
         from labvault.services.keys import KeyService
         from labvault.services.lab import LabService
@@ -123,6 +124,7 @@ class Labvault:
         self.tenants = TenantService(self)
         self.patients = PatientService(self)
         self.keys = KeyService(self)
+        self.guard = GuardService(self)
         self.lab = LabService(self)
         from labvault.services.accounts import AccountService; self.accounts = AccountService(self)  # noqa: E702, I001
 

@@ -150,6 +150,9 @@ class Gate:
         """Policy -> budget -> audit. Raises ``AccessDenied`` (audited) on refusal."""
         decision = self.policy.decide(access)
         if not decision.allowed:
+            denied = getattr(self.budget, "denied", None)   # anomaly rules on refusals (guard)
+            if denied is not None:
+                denied(conn, access, decision)
             self.audit.record(conn, access, decision, "denied")
             raise AccessDenied("not allowed",
                                "ask your laboratory administrator if your work needs this access")
@@ -184,8 +187,19 @@ class Gate:
         rows = repo.sealed_patients(conn, access.tenant_id, access.patient_ids, wanted)
         out: dict[str, dict[Category, dict[str, Any]]] = {}
         only: Mapping[str, Any] = decision.detail.get("fields", {})   # partial categories
+        if len(rows) > 1:       # bulk reads (exports): every data key in one query
+            wrapped = repo.patient_deks(conn, access.tenant_id, list(rows))
         for patient_id, blobs in rows.items():
-            dek = self._dek(conn, access.tenant_id, patient_id)
+            if len(rows) == 1:
+                dek = self._dek(conn, access.tenant_id, patient_id)
+            else:
+                w = wrapped.get(patient_id)
+                if w is None:
+                    raise NotFound("no such patient",
+                                   "check the patient id; erased patients cannot be read")
+                if not self.keyring.is_loaded(access.tenant_id, "kek", w[0]):
+                    self._load_tenant_keys(conn, access.tenant_id)
+                dek = self.keyring.open_dek(access.tenant_id, patient_id, WrappedDek(*w))
             opened: dict[Category, dict[str, Any]] = {}
             for cat, blob in blobs.items():
                 if blob is not None:

@@ -15,7 +15,7 @@ from labvault.store.ids import new_id
 if TYPE_CHECKING:
     from labvault.services.app import Labvault
 
-TENANT_KEY_PURPOSES = ("kek", "index", "data")
+TENANT_KEY_PURPOSES = ("kek", "index", "data", "guard")  # guard: honeytoken/export HMACs
 
 
 class TenantService:
@@ -46,7 +46,8 @@ class TenantService:
     def list(self) -> list[dict[str, Any]]:
         with self.lv.begin() as conn:
             return [{"id": r["tenant_id"], "name": r["name"], "finess": r["finess"],
-                     "status": r["status"], "patients": repo.count_patients(conn, r["tenant_id"])}
+                     "status": r["status"],
+                     "patients": self.lv.guard.patient_count(conn, r["tenant_id"])}
                     for r in repo.list_tenants(conn)]
 
     def ensure_key(self, tenant_id: str, purpose: str) -> int:

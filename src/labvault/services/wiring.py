@@ -15,6 +15,7 @@ from labvault.services.audit import install_audit
 def open_labvault(settings: Settings) -> Labvault:
     lv = Labvault.open(settings, policy=TablePolicy())
     install_audit(lv)
+    lv.guard.install()  # budgets, rules, honeytokens, alerts (after the audit log)
     return lv
 
 

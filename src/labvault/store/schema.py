@@ -108,4 +108,5 @@ shred_log = Table(
 from labvault.store import tables_access  # noqa: E402,F401,I001
 from labvault.store import tables_audit  # noqa: E402,F401
 from labvault.store import tables_fhir  # noqa: E402,F401
+from labvault.store import tables_guard  # noqa: E402,F401
 from labvault.store import tables_lab  # noqa: E402,F401
