@@ -174,6 +174,12 @@ def _web_cases() -> dict[tuple[str, str], Case]:
     def get(path: str) -> Build:
         return lambda c, r, lab: (path, None)
 
+    def alerts(c: Ctx, r: str, lab: str) -> Req:
+        from labvault.services.alerts import AlertService
+        if not isinstance(c.w.lv.alerts, AlertService):   # the guard's alert store
+            c.w.lv.alerts = c.w.lv.gate.alerts = AlertService(c.w.lv)
+        return "/console/alertes", None
+
     patient_only = allow(("patient",), 200, anon=303)
     return {
         ("GET", "/"): Case(get("/"), everyone(303, 303)),
@@ -205,6 +211,7 @@ def _web_cases() -> dict[tuple[str, str], Case]:
                                              allow(("biologist",), 200, anon=303)),
         ("POST", "/console/validation"): Case(get("/console/validation"),
                                               allow(("biologist",), 200, anon=303), form=True),
+        ("GET", "/console/alertes"): Case(alerts, allow(("lab_admin", "dpo"), 200, anon=303)),
     }
 
 

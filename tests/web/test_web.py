@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from html import unescape
 
 import pytest
 from fastapi.testclient import TestClient
@@ -16,7 +17,7 @@ from tests.web.helpers import HIGH, csrf_in, form_login, order
 
 PROTECTED_GET = ["/", "/portail", "/portail/acces", "/portail/donnees.json",
                  "/portail/effacement", "/portail/rapports/rep_x.pdf", "/console",
-                 "/console/patients/pt_x", "/console/validation"]
+                 "/console/patients/pt_x", "/console/validation", "/console/alertes"]
 PROTECTED_POST = ["/logout", "/portail/effacement", "/console/recherche", "/console/validation"]
 
 
@@ -287,3 +288,33 @@ def test_pdf_text_keeps_accents(web: World, browser: TestClient, tmp_path: objec
     assert "Compte rendu d'analyses de biologie médicale" in text
     assert "Légère élévation ; à contrôler" in text and "publiée" in text
     assert web.a.patient_data[0]["birth_name"] in text
+
+
+def test_alerts_page_for_dpo_and_lab_admin(web: World, browser: TestClient) -> None:
+    from labvault.services.alerts import AlertService
+    lv = web.lv
+    form_login(browser, web, web.a.emails["dpo"])
+    none = browser.get("/console/alertes")          # no alert store plugged: friendly 404
+    assert none.status_code == 404 and "aucun registre" in none.text
+    lv.alerts = AlertService(lv)
+    lv.gate.alerts = lv.alerts
+    patient = TestClient(browser.app, base_url="http://testserver", follow_redirects=False)
+    form_login(patient, web, web.a.emails["patient"], staff=False)
+    page = patient.get("/portail/effacement")
+    assert patient.post("/portail/effacement", data={
+        "csrf": csrf_in(page.text), "reason": "Je ne veux plus être suivi ici"}).status_code == 200
+    for role in ("dpo", "lab_admin"):
+        browser.cookies.clear()
+        form_login(browser, web, web.a.emails[role])
+        r = browser.get("/console/alertes")
+        assert r.status_code == 200 and "demande d'effacement" in unescape(r.text), role
+        assert web.a.patients[0] in r.text
+        assert "Je ne veux plus" not in r.text           # free text stays sealed
+    browser.cookies.clear()
+    form_login(browser, web, web.b.emails["dpo"])      # another lab's DPO sees none of it
+    other = browser.get("/console/alertes")
+    assert other.status_code == 200 and "Aucune alerte" in other.text
+    for role in ("biologist", "reception"):
+        browser.cookies.clear()
+        form_login(browser, web, web.a.emails[role])
+        assert browser.get("/console/alertes").status_code == 403

@@ -57,6 +57,20 @@ CATEGORY_FIELDS = {
     "coverage": ("amo", "amc", "member_id"),
     "clinical": ("blood_group", "prescriber"),
 }
+KIND_FR = {"budget.exceeded": "quota de lecture dépassé (compte suspendu)",
+           "canary.read": "dossier piège ouvert", "canary.search": "dossier piège trouvé par une recherche",
+           "canary.export": "dossier piège exporté",
+           "enumeration.patients": "beaucoup de dossiers ouverts en peu de temps",
+           "enumeration.searches": "beaucoup de recherches en peu de temps",
+           "enumeration.misses": "beaucoup de recherches sans résultat",
+           "access.denied.repeated": "refus répétés", "access.off_hours": "accès hors des heures d'ouverture",
+           "access.new_client": "connexion depuis une nouvelle adresse",
+           "break-glass": "accès d'urgence (bris de glace)", "panic-value": "valeur critique",
+           "import-issue": "message d'automate à traiter",
+           "erasure-request": "demande d'effacement d'un patient"}
+SEVERITY_FR = {"info": "information", "low": "faible", "medium": "moyenne", "high": "élevée",
+               "critical": "critique"}
+ALERT_STATUS_FR = {"open": "ouverte", "acked": "prise en compte"}
 TITLE_FR = {400: "Demande incorrecte", 401: "Connexion nécessaire", 403: "Accès refusé",
             404: "Introuvable", 409: "Action impossible", 413: "Envoi trop volumineux",
             422: "Formulaire incomplet ou incorrect", 429: "Trop de tentatives",
@@ -136,7 +150,10 @@ def _env() -> Environment:
                        action=lambda a: ACTION_FR.get(a, a),
                        category=lambda c: CATEGORY_FR.get(c, c),
                        status=lambda s: STATUS_FR.get(str(s), str(s)),
-                       field=lambda f: FIELD_FR.get(f, f), num=number)
+                       field=lambda f: FIELD_FR.get(f, f), num=number,
+                       kind=lambda k: KIND_FR.get(k, k),
+                       severity=lambda v: SEVERITY_FR.get(v, v),
+                       alert_status=lambda v: ALERT_STATUS_FR.get(v, v))
     env.globals.update(field_value=field_value, who_fr=who_fr, CATEGORY_FIELDS=CATEGORY_FIELDS)
     return env
 

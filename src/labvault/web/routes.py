@@ -24,7 +24,7 @@ from labvault.api.deps import LV, SESSION_COOKIE, client_address, current_actor
 from labvault.domain import lab as L
 from labvault.domain.actors import Actor
 from labvault.domain.categories import Action, Category
-from labvault.errors import AccessDenied, AuthenticationFailed, UserError
+from labvault.errors import AccessDenied, AuthenticationFailed, NotFound, UserError
 from labvault.services.accounts import LoginThrottled
 from labvault.services.gate import Access
 from labvault.services.portal import PortalService
@@ -34,6 +34,7 @@ router = APIRouter(route_class=WebRoute, include_in_schema=False)
 LOGIN_CSRF = "labvault_login_csrf"
 _bearer = HTTPBearer(auto_error=False)
 SEARCH_LIMIT = 20
+ALERT_ROLES = frozenset({"dpo", "lab_admin"})
 TEXT = 200
 
 
@@ -276,3 +277,24 @@ def validate_all_normal(request: Request, user: User, lv: LV, csrf: Csrf = "") -
     _check_csrf(request, user, csrf)
     done = lv.lab.validate_all_normal(user.actor, tenant_id)
     return html("validation.html", user=user, rows=None, done=done)
+
+
+@router.get("/console/alertes")
+def alerts_list(user: User, lv: LV) -> Response:
+    """The laboratory's security alerts (guard's alert store), for its DPO and lab admins."""
+    from labvault.services.alerts import AlertService
+    tenant_id = _staff(user)
+    if not (ALERT_ROLES & user.roles):
+        raise AccessDenied("les alertes sont réservées au délégué à la protection des données "
+                           "et aux administrateurs du laboratoire", "")
+    if not isinstance(lv.alerts, AlertService):
+        raise NotFound("aucun registre d'alertes n'est branché",
+                       "lancez labvault avec `labvault serve` (services.wiring)")
+    items = lv.alerts.list(user.actor, tenant_id, limit=200)
+    for a in items:       # ids only (never free text) in the references column
+        d = a.get("detail")
+        if isinstance(d, dict) and isinstance(d.get("detail"), dict):   # {detail, actor}
+            d = d["detail"]
+        a["ids"] = ({k: v for k, v in d.items() if k.endswith("_id") and isinstance(v, str)}
+                    if isinstance(d, dict) else {})
+    return html("alerts.html", user=user, alerts=items)
