@@ -318,3 +318,17 @@ def test_alerts_page_for_dpo_and_lab_admin(web: World, browser: TestClient) -> N
         browser.cookies.clear()
         form_login(browser, web, web.a.emails[role])
         assert browser.get("/console/alertes").status_code == 403
+
+
+def test_pages_work_under_the_guard(web: World, browser: TestClient) -> None:
+    """With the guard plugged in as in production (budgets, anomaly rules, alert store)."""
+    web.lv.guard.install()
+    rep = order(web, web.a, web.a.patients[0])
+    form_login(browser, web, web.a.emails["patient"], staff=False)
+    for path in ("/portail", "/portail/acces", "/portail/donnees.json",
+                 f"/portail/rapports/{rep.report_id}.pdf"):
+        assert browser.get(path).status_code == 200, path
+    browser.cookies.clear()
+    form_login(browser, web, web.a.emails["biologist"])
+    assert browser.get(f"/console/patients/{web.a.patients[0]}").status_code == 200
+    assert browser.get("/console/validation").status_code == 200
