@@ -17,6 +17,7 @@ from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from starlette.routing import Route
 
+from labvault.api.security import WEB_PREFIXES
 from labvault.domain.actors import Actor
 from tests.access.conftest import PASSWORD, Lab, World, patient_json
 
@@ -44,6 +45,7 @@ class Ctx:
     w: World
     n: int = 0
     patient_ids: dict[str, str] = field(default_factory=dict)
+    cache: dict[str, str] = field(default_factory=dict)
 
     def fresh_patient(self, lab: str = "a") -> str:
         self.n += 1
@@ -77,6 +79,7 @@ class Case:
     own: dict[str, Expect]
     other: dict[str, Expect] | None = None
     fresh_token: bool = False                # the call ends the session: use a new one
+    form: bool = False                       # send the body as an HTML form (web door)
 
 
 def _login(c: Ctx, role: str, lab: str) -> Req:
@@ -149,6 +152,67 @@ def _fhir_cases() -> dict[tuple[str, str], Case]:
             lambda c, r, lab: ("/fhir/R4/Patient/x/y/z", None),
             allow(ROLES, status, platform_operator=status))
     return out
+
+
+def _web_cases() -> dict[tuple[str, str], Case]:
+    """The web door (docs/web.md): HTML pages on the same sessions (a bearer token needs no
+    CSRF field; cookie sessions do, see tests/web). Anonymous callers are sent to /login
+    (303); the portal is for patient accounts, the console for laboratory staff (403)."""
+    from tests.web.helpers import order
+    staff = ("reception", "technician", "biologist", "lab_admin", "dpo")
+    readers = ("reception", "technician", "biologist")
+
+    def lab_of(c: Ctx, lab: str) -> Lab:
+        return c.w.a if lab == "a" else c.w.b
+
+    def report(c: Ctx, r: str, lab: str) -> Req:
+        key = f"report-{lab}"
+        if key not in c.cache:      # one published report of the lab's first patient
+            c.cache[key] = order(c.w, lab_of(c, lab), lab_of(c, lab).patients[0]).report_id
+        return f"/portail/rapports/{c.cache[key]}.pdf", None
+
+    def get(path: str) -> Build:
+        return lambda c, r, lab: (path, None)
+
+    def alerts(c: Ctx, r: str, lab: str) -> Req:
+        from labvault.services.alerts import AlertService
+        if not isinstance(c.w.lv.alerts, AlertService):   # the guard's alert store
+            c.w.lv.alerts = c.w.lv.gate.alerts = AlertService(c.w.lv)
+        return "/console/alertes", None
+
+    patient_only = allow(("patient",), 200, anon=303)
+    return {
+        ("GET", "/"): Case(get("/"), everyone(303, 303)),
+        ("GET", "/login"): Case(get("/login"), everyone(200, 200)),
+        # no login-CSRF cookie in these calls: every login form post is refused
+        ("POST", "/login"): Case(
+            lambda c, r, lab: ("/login", {"email": c.email(r) if r in ROLES else "x@example.org",
+                                          "password": PASSWORD, "totp": c.code(r) or ""}),
+            everyone(403, 403), form=True),
+        ("POST", "/logout"): Case(get("/logout"), everyone(303, 303), fresh_token=True,
+                                  form=True),
+        ("GET", "/portail"): Case(get("/portail"), patient_only),
+        ("GET", "/portail/rapports/{report_id}.pdf"): Case(
+            report, patient_only, allow((), 0, deny=403, patient=404)),
+        ("GET", "/portail/acces"): Case(get("/portail/acces"), patient_only),
+        ("GET", "/portail/donnees.json"): Case(get("/portail/donnees.json"), patient_only),
+        ("GET", "/portail/effacement"): Case(get("/portail/effacement"), patient_only),
+        ("POST", "/portail/effacement"): Case(get("/portail/effacement"), patient_only,
+                                              form=True),
+        ("GET", "/console"): Case(get("/console"), allow(staff, 200, anon=303)),
+        ("POST", "/console/recherche"): Case(
+            lambda c, r, lab: ("/console/recherche", {"nir": lab_of(c, lab).patient_data[0]["nir"]}),
+            allow(readers, 200, anon=303), allow(readers, 200), form=True),
+        ("GET", "/console/patients/{patient_id}"): Case(
+            lambda c, r, lab: (f"/console/patients/{_patient_target(c, r, lab)}", None),
+            allow(readers, 200, anon=303),
+            allow((), 0, deny=404, platform_operator=403, patient=403)),
+        ("GET", "/console/validation"): Case(get("/console/validation"),
+                                             allow(("biologist",), 200, anon=303)),
+        ("POST", "/console/validation"): Case(get("/console/validation"),
+                                              allow(("biologist",), 200, anon=303), form=True),
+        ("GET", "/console/alertes"): Case(alerts, allow(("lab_admin", "dpo"), 200, anon=303)),
+    }
 
 
 MATRIX: dict[tuple[str, str], Case] = {
@@ -227,6 +291,7 @@ MATRIX: dict[tuple[str, str], Case] = {
     ("GET", "/api/v1/me/access-log"): Case(lambda c, r, lab: ("/api/v1/me/access-log", None),
                                            allow(("patient",), 200)),
     **{key: case for key, case in _fhir_cases().items()},
+    **{key: case for key, case in _web_cases().items()},
     # guard: the caller's lab's alerts (no lab in the path: the other-lab column is moot)
     ("GET", "/api/v1/alerts"): Case(lambda c, r, lab: ("/api/v1/alerts", None),
                                     allow(("lab_admin", "dpo"), 200)),
@@ -263,10 +328,13 @@ def test_matrix_covers_every_route(client: TestClient) -> None:
 
 
 def _call(client: TestClient, method: str, url: str, body: dict[str, Any] | None,
-          token: str | None) -> Any:
+          token: str | None, form: bool = False) -> Any:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     client.cookies.clear()
-    return client.request(method, url, json=body, headers=headers)
+    if form:
+        return client.request(method, url, data=body or {}, headers=headers,
+                              follow_redirects=False)
+    return client.request(method, url, json=body, headers=headers, follow_redirects=False)
 
 
 def test_route_role_tenant_matrix(world: World, client: TestClient) -> None:
@@ -291,7 +359,7 @@ def test_route_role_tenant_matrix(world: World, client: TestClient) -> None:
                 url, body = case.build(c, role, lab)
                 if (method, path) == ("POST", "/api/v1/auth/login"):
                     token = None
-                resp = _call(client, method, url, body, token)
+                resp = _call(client, method, url, body, token, case.form)
                 if case.fresh_token and role != ANON:    # logout-all ended every session
                     tokens[role] = world.lv.accounts.login(c.email(role), PASSWORD,
                                                            c.code(role)).token
@@ -303,6 +371,7 @@ def test_route_role_tenant_matrix(world: World, client: TestClient) -> None:
                 if resp.status_code >= 400 and resp.status_code != 413:
                     assert resp.headers["content-type"].startswith(
                         "application/fhir+json" if path.startswith("/fhir/")
+                        else "text/html" if path == "/" or path.startswith(WEB_PREFIXES)
                         else "application/problem+json")
                 if path.startswith("/api/"):
                     assert resp.headers["cache-control"] == "no-store"

@@ -85,3 +85,16 @@ def test_canary_read_search_export_raise_critical_alerts(glv: Labvault, tenant_i
     assert alerts_of(glv, tenant_id, "canary.export")
     glv.alerts.flush()  # type: ignore[attr-defined]
     assert {n.kind for n in sink.notices} >= {"canary.read", "canary.search", "canary.export"}
+
+
+def test_canary_orders_stay_out_of_worklists(glv: Labvault, tenant_id: str) -> None:
+    """Even if a decoy gets an order (planted or sent by an instrument), no worklist shown
+    to real users lists it."""
+    op = Actor.operator()
+    real = import_people(glv, tenant_id, 2)
+    canaries = _plant(glv, tenant_id, 1)
+    order = {"tests": ["718-7"], "priority": "routine"}
+    for pid in (*real, *canaries):
+        glv.lab.create_order(op, tenant_id, pid, order)
+    listed = {row["patient_id"] for row in glv.lab.worklist(op, tenant_id)}
+    assert listed == set(real)

@@ -16,6 +16,7 @@ from labvault.api.security import SecurityMiddleware
 from labvault.config import Settings
 from labvault.services.app import Labvault
 from labvault.services.wiring import open_labvault
+from labvault.web import install as install_web
 
 PUBLIC_PATHS = frozenset({"/health", "/api/v1/auth/login", "/api/v1/auth/enrol",
                           "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
@@ -41,6 +42,7 @@ def create_app(lv: Labvault) -> FastAPI:
     app.include_router(me_access.router)
     from labvault.api.fhir import router as fhir_router
     app.include_router(fhir_router)
+    install_web(app)          # portal and console pages (docs/web.md)
     return app
 
 

@@ -20,6 +20,10 @@ API_CSP = b"default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-ac
 DOCS_CSP = (b"default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
             b"style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; img-src 'self' data: "
             b"https://fastapi.tiangolo.com; frame-ancestors 'none'")
+# Web pages (labvault.web): one same-origin stylesheet, forms posting to this origin, no script.
+WEB_CSP = (b"default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
+           b"frame-ancestors 'none'; base-uri 'none'")
+WEB_PREFIXES = ("/login", "/logout", "/portail", "/console", "/static/")
 COMMON = [
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"no-referrer"),
@@ -77,7 +81,8 @@ class SecurityMiddleware:
                 headers = [(k, v) for k, v in message.get("headers", [])
                            if k != b"cache-control" or not path.startswith("/api/")]
                 headers.extend(COMMON)
-                csp = DOCS_CSP if path in ("/docs", "/redoc") else API_CSP
+                csp = (DOCS_CSP if path in ("/docs", "/redoc") else
+                       WEB_CSP if path == "/" or path.startswith(WEB_PREFIXES) else API_CSP)
                 headers.append((b"content-security-policy", csp))
                 if path.startswith("/api/"):
                     headers.append((b"cache-control", b"no-store"))

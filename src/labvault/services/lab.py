@@ -940,6 +940,10 @@ class LabService:
                               L.OrderStatus.FINAL)]
         with self.lv.begin() as conn:
             rows = lrepo.orders(conn, tenant_id, statuses=statuses, limit=limit)
+            # Honeytoken patients never appear in a worklist shown to real users.
+            real = set(self.lv.guard.without_canaries(
+                conn, tenant_id, list(dict.fromkeys(r["patient_id"] for r in rows))))
+            rows = [r for r in rows if r["patient_id"] in real]
             self._check(conn, actor, Action.SEARCH, tenant_id, "order",
                         [r["patient_id"] for r in rows])
         rank = {"stat": 0, "urgent": 1, "routine": 2}
@@ -953,10 +957,10 @@ class LabService:
         with self.lv.begin() as conn:
             rows = lrepo.orders(conn, tenant_id, patient_id=patient_id,
                                 statuses=[status] if status else None, limit=limit)
+            self._check(conn, actor, Action.READ, tenant_id, "order",
+                        [r["patient_id"] for r in rows] or ([patient_id] if patient_id else []))
             if not rows:
                 return []
-            self._check(conn, actor, Action.READ, tenant_id, "order",
-                        [r["patient_id"] for r in rows])
             out = []
             for r in rows:
                 o = self._order_from_row(conn, r)

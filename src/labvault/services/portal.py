@@ -1,0 +1,132 @@
+"""Core use-cases behind the web door (``labvault.web``): the patient portal's own-record
+views, the erasure request, and the CSRF tokens of the HTML forms.
+
+Everything that touches personal data goes through the other services (``lv.patients``,
+``lv.lab``, the audit reports), so it passes the gate and is audited there.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import TYPE_CHECKING, Any
+
+from labvault.access.accounts import PLATFORM_TENANT
+from labvault.crypto import digests
+from labvault.domain import lab as L
+from labvault.domain.actors import Actor
+from labvault.errors import AccessDenied, NotFound, UserError
+from labvault.services.audit import audit_of
+from labvault.store.ids import new_id
+
+if TYPE_CHECKING:
+    from labvault.services.app import Labvault
+    from labvault.services.lab import ReportView
+
+PUBLISHED = frozenset({L.OrderStatus.PUBLISHED, L.OrderStatus.AMENDED})
+PORTAL_PURPOSE = "patient-access"       # GDPR art. 15/20: the patient reads its own record
+ERASURE_KIND = "erasure-request"
+
+
+def _patient(actor: Actor) -> tuple[str, str]:
+    if actor.kind != "patient" or not actor.patient_id or not actor.tenant_id:
+        raise AccessDenied("this page is for patient accounts",
+                           "staff use the console (/console)")
+    return actor.tenant_id, actor.patient_id
+
+
+class PortalService:
+    def __init__(self, lv: Labvault) -> None:
+        self.lv = lv
+        self._csrf_key: bytes | None = None
+
+    # -- CSRF tokens of HTML forms -------------------------------------------------------------
+    def _key(self) -> bytes:
+        """A secret derived from the platform index key (same in every worker, never stored)."""
+        if self._csrf_key is None:
+            with self.lv.begin() as conn:
+                self.lv.load_tenant_keys(conn, PLATFORM_TENANT)
+            self._csrf_key = self.lv.keyring.tenant_secret(PLATFORM_TENANT, "index", 1,
+                                                           "web-csrf")
+        assert self._csrf_key is not None
+        return self._csrf_key
+
+    def csrf_token(self, actor: Actor) -> str:
+        """The form token of a session: a MAC of the session id (per session, stateless)."""
+        if actor.session_id is None:
+            raise AccessDenied("no session", "log in again")
+        return digests.hmac_sha256(self._key(), b"csrf\x00" + actor.session_id.encode()).hex()
+
+    def check_csrf(self, actor: Actor, token: str | None) -> None:
+        if not token or not hmac.compare_digest(self.csrf_token(actor), token):
+            raise CsrfRefused("the form has expired or did not come from labvault",
+                              "reload the page and submit the form again")
+
+    # -- patient portal --------------------------------------------------------------------------
+    def my_reports(self, actor: Actor) -> list[ReportView]:
+        """The patient's published reports (published or amended after publication), newest
+        first. Reports not yet published are never opened for the portal."""
+        tenant_id, patient_id = _patient(actor)
+        lab = self.lv.lab
+        # amended reports were all published first; "final" reports may not be published
+        # yet, so those are found through their order's (clear) status before opening.
+        out = [r for r in lab.list_reports(actor, tenant_id, patient_id=patient_id,
+                                           status="amended") if r.order_status in PUBLISHED]
+        out.extend(lab.get_report_by_order(actor, o.order_id)
+                   for o in lab.list_orders(actor, tenant_id, patient_id=patient_id,
+                                            status=L.OrderStatus.PUBLISHED.value))
+        out.sort(key=lambda r: r.issued_at or r.updated_at, reverse=True)
+        return out
+
+    def my_report(self, actor: Actor, report_id: str) -> ReportView:
+        """One published report of the patient; anything else answers "not found"."""
+        _tenant, patient_id = _patient(actor)
+        try:
+            rep = self.lv.lab.get_report(actor, report_id)
+        except AccessDenied as exc:      # another patient's report: same answer as absent
+            raise NotFound("no such report", "go back to your results") from exc
+        if rep.patient_id != patient_id or rep.order_status not in PUBLISHED:
+            raise NotFound("no such report", "go back to your results")
+        return rep
+
+    def my_record(self, actor: Actor) -> dict[str, Any]:
+        _tenant, patient_id = _patient(actor)
+        return self.lv.patients.show(actor, patient_id, purpose=PORTAL_PURPOSE)
+
+    def my_access_log(self, actor: Actor) -> list[dict[str, Any]]:
+        """ "Who accessed my record" (audited itself, purpose ``access-log``)."""
+        _tenant, patient_id = _patient(actor)
+        return audit_of(self.lv).access_log(actor, patient_id)
+
+    def my_data(self, actor: Actor) -> dict[str, Any]:
+        """Everything the portal shows, as one JSON document (right of access/portability)."""
+        record = self.my_record(actor)
+        return {"format": "labvault-patient-export/1",
+                "exported_at": self.lv.now().isoformat(),
+                "record": record,
+                "reports": [r.as_json() for r in self.my_reports(actor)],
+                "access_log": self.my_access_log(actor)}
+
+    def request_erasure(self, actor: Actor, reason: str | None = None) -> str:
+        """Record the patient's erasure request for the laboratory's DPO: an audited
+        security event and an alert (kind ``erasure-request``). Nothing is erased here: the
+        DPO checks legal retention duties first, then a biologist erases (``patients.erase``).
+        The reason, if given, is free text: it goes to the audit event's sealed part only."""
+        from labvault.domain import validation as v
+        tenant_id, patient_id = _patient(actor)
+        why = v.text(reason, "reason", 2000)
+        lv = self.lv
+        request_id = new_id("er")
+        with lv.begin() as conn:
+            detail: dict[str, Any] = {"request_id": request_id, "patient_id": patient_id,
+                                      "account_id": actor.id}
+            if why:
+                detail["reason"] = why
+            lv.gate.audit.event(conn, actor, "erasure.request", "recorded", tenant_id, detail)
+            lv.alerts.raise_alert(conn, tenant_id, ERASURE_KIND, "medium", actor,
+                                  {"request_id": request_id, "patient_id": patient_id})
+        return request_id
+
+
+class CsrfRefused(UserError):
+    code = "csrf"
+    http_status = 403

@@ -1,0 +1,207 @@
+"""HTML rendering of the web door: Jinja2 environment (autoescaped), French labels, and
+the route class that turns every error into a friendly page (never a stack trace).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Coroutine, Mapping
+from datetime import date, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from fastapi import Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.routing import APIRoute
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from labvault.errors import AuthenticationFailed, UserError
+
+log = logging.getLogger("labvault.web")
+PARIS = ZoneInfo("Europe/Paris")
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+ROLE_FR = {"reception": "accueil", "technician": "technicien", "biologist": "biologiste",
+           "lab_admin": "administrateur du laboratoire",
+           "dpo": "délégué à la protection des données", "patient": "patient",
+           "platform_operator": "opérateur de la plateforme"}
+FLAG_FR = {"N": "normal", "L": "bas", "H": "haut", "LL": "très bas (critique)",
+           "HH": "très haut (critique)", "A": "anormal"}
+PURPOSE_FR = {"care": "soins", "administration": "gestion administrative",
+              "break-glass": "accès d'urgence", "export": "export", "audit": "contrôle",
+              "access-log": "consultation de ce journal", "patient-access": "vous-même",
+              "erasure": "effacement", "migration": "reprise de données",
+              "security": "sécurité"}
+ACTION_FR = {"read": "consultation", "search": "recherche", "write": "modification",
+             "validate": "validation", "export": "export", "erase": "effacement"}
+CATEGORY_FR = {"identity": "identité", "contact": "coordonnées", "coverage": "assurance maladie",
+               "clinical": "données médicales", "account": "compte"}
+STATUS_FR = {"registered": "enregistrée", "received": "prélèvement reçu",
+             "preliminary": "résultats saisis", "technically-validated": "validée techniquement",
+             "final": "validée par le biologiste", "published": "publiée",
+             "amended": "corrigée après publication", "rejected": "refusée",
+             "cancelled": "annulée"}
+FIELD_FR = {"birth_name": "nom de naissance", "used_name": "nom d'usage",
+            "first_names": "prénoms", "birth_date": "date de naissance", "sex": "sexe",
+            "birth_place_insee": "lieu de naissance (code INSEE)", "nir": "n° de sécurité sociale",
+            "ins": "INS", "external_id": "identifiant d'origine", "address": "adresse",
+            "phone": "téléphone", "email": "e-mail", "amo": "caisse d'assurance maladie (AMO)",
+            "amc": "complémentaire santé (AMC)", "member_id": "n° d'adhérent",
+            "blood_group": "groupe sanguin", "prescriber": "médecin prescripteur"}
+CATEGORY_FIELDS = {
+    "identity": ("birth_name", "used_name", "first_names", "birth_date", "sex",
+                 "birth_place_insee", "nir", "ins", "external_id"),
+    "contact": ("address", "phone", "email"),
+    "coverage": ("amo", "amc", "member_id"),
+    "clinical": ("blood_group", "prescriber"),
+}
+KIND_FR = {"budget.exceeded": "quota de lecture dépassé (compte suspendu)",
+           "canary.read": "dossier piège ouvert", "canary.search": "dossier piège trouvé par une recherche",
+           "canary.export": "dossier piège exporté",
+           "enumeration.patients": "beaucoup de dossiers ouverts en peu de temps",
+           "enumeration.searches": "beaucoup de recherches en peu de temps",
+           "enumeration.misses": "beaucoup de recherches sans résultat",
+           "access.denied.repeated": "refus répétés", "access.off_hours": "accès hors des heures d'ouverture",
+           "access.new_client": "connexion depuis une nouvelle adresse",
+           "break-glass": "accès d'urgence (bris de glace)", "panic-value": "valeur critique",
+           "import-issue": "message d'automate à traiter",
+           "erasure-request": "demande d'effacement d'un patient"}
+SEVERITY_FR = {"info": "information", "low": "faible", "medium": "moyenne", "high": "élevée",
+               "critical": "critique"}
+ALERT_STATUS_FR = {"open": "ouverte", "acked": "prise en compte"}
+TITLE_FR = {400: "Demande incorrecte", 401: "Connexion nécessaire", 403: "Accès refusé",
+            404: "Introuvable", 409: "Action impossible", 413: "Envoi trop volumineux",
+            422: "Formulaire incomplet ou incorrect", 429: "Trop de tentatives",
+            503: "Service indisponible"}
+
+
+def fr_datetime(value: object) -> str:
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            return str(value)
+    if isinstance(value, datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(PARIS)
+        return value.strftime("%d/%m/%Y à %H:%M")
+    if isinstance(value, date):
+        return value.strftime("%d/%m/%Y")
+    return "" if value is None else str(value)
+
+
+def fr_date(value: object) -> str:
+    if isinstance(value, str):
+        try:
+            value = date.fromisoformat(value[:10])
+        except ValueError:
+            return str(value)
+    if isinstance(value, datetime):
+        value = value.date()
+    if isinstance(value, date):
+        return value.strftime("%d/%m/%Y")
+    return "" if value is None else str(value)
+
+
+def field_value(name: str, value: object) -> str:
+    if value is None:
+        return ""
+    if name == "first_names" and isinstance(value, list | tuple):
+        return " ".join(str(v) for v in value)
+    if name == "birth_date":
+        return fr_date(value)
+    if name == "sex":
+        return {"F": "féminin", "M": "masculin"}.get(str(value), str(value))
+    if name == "address" and isinstance(value, Mapping):
+        return f"{value.get('line', '')}, {value.get('postal_code', '')} {value.get('city', '')}"
+    if name == "prescriber" and isinstance(value, Mapping):
+        rpps = f" (RPPS {value['rpps']})" if value.get("rpps") else ""
+        return f"{value.get('name', '')}{rpps}"
+    return str(value)
+
+
+def who_fr(row: Mapping[str, Any]) -> str:
+    """Who accessed a record, in the portal's words: role and laboratory, never a name."""
+    kind = row.get("actor_kind")
+    if kind == "patient":
+        return "vous (portail patient)"
+    if kind == "operator":
+        return "opérateur de la plateforme"
+    if kind == "system":
+        return "labvault (traitement automatique)"
+    return ", ".join(ROLE_FR.get(r, r) for r in row.get("role", ())) or "personnel"
+
+
+def number(value: float | None) -> str:
+    if value is None:
+        return ""
+    return f"{value:g}".replace(".", ",")
+
+
+def _env() -> Environment:
+    env = Environment(loader=PackageLoader("labvault.web", "templates"),
+                      autoescape=select_autoescape(("html",), default=True),
+                      undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters.update(dt=fr_datetime, d=fr_date, role=lambda r: ROLE_FR.get(r, r),
+                       flag=lambda f: FLAG_FR.get(f, f) if f else "",
+                       purpose=lambda p: PURPOSE_FR.get(p, p) if p else "",
+                       action=lambda a: ACTION_FR.get(a, a),
+                       category=lambda c: CATEGORY_FR.get(c, c),
+                       status=lambda s: STATUS_FR.get(str(s), str(s)),
+                       field=lambda f: FIELD_FR.get(f, f), num=number,
+                       kind=lambda k: KIND_FR.get(k, k),
+                       severity=lambda v: SEVERITY_FR.get(v, v),
+                       alert_status=lambda v: ALERT_STATUS_FR.get(v, v))
+    env.globals.update(field_value=field_value, who_fr=who_fr, CATEGORY_FIELDS=CATEGORY_FIELDS)
+    return env
+
+
+ENV = _env()
+
+
+def html(template: str, status: int = 200, headers: Mapping[str, str] | None = None,
+         **context: Any) -> HTMLResponse:
+    body = ENV.get_template(template).render(**context)
+    return HTMLResponse(body, status_code=status, headers={**NO_STORE, **(headers or {})})
+
+
+def error_page(status: int, message: str, hint: str = "",
+               user: Any = None) -> HTMLResponse:
+    return html("error.html", status, title=TITLE_FR.get(status, "Erreur"), message=message,
+                hint=hint, user=user)
+
+
+def to_login() -> RedirectResponse:
+    return RedirectResponse("/login", status_code=303, headers=NO_STORE)
+
+
+class WebRoute(APIRoute):
+    """Every web route: authentication failures go to the login page, user errors render
+    ``error.html`` with their message and hint, anything else a generic page (logged)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def web_handler(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except AuthenticationFailed as exc:
+                if exc.http_status == 429:
+                    return error_page(429, exc.message, exc.hint)
+                return to_login()
+            except UserError as exc:
+                return error_page(exc.http_status, exc.message, exc.hint,
+                                  getattr(request.state, "web_user", None))
+            except RequestValidationError:
+                return error_page(422, "un champ du formulaire manque ou est trop long",
+                                  "revenez en arrière, complétez le formulaire et renvoyez-le")
+            except StarletteHTTPException as exc:
+                return error_page(exc.status_code, "cette page ne peut pas être affichée", "")
+            except Exception:
+                log.exception("unhandled error on %s %s", request.method, request.url.path)
+                return error_page(500, "une erreur interne s'est produite ; elle a été enregistrée",
+                                  "réessayez plus tard ou contactez le laboratoire")
+
+        return web_handler

@@ -1,0 +1,300 @@
+"""The web door's pages: login, patient portal (``/portail``), staff console (``/console``).
+
+Sessions are the API's own (``POST /api/v1/auth/login`` logic, same HttpOnly SameSite=Strict
+cookie, same ``deps.current_actor``). Every POST form carries a CSRF token: before login a
+double-submit value (cookie + hidden field), after login a MAC of the session id
+(``PortalService.csrf_token``); a request authenticated by an ``Authorization: Bearer``
+header (which a browser never sends on its own) needs none. Every page reads through the
+services, so each read passes the gate and is audited.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import secrets
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Form, Request, Response
+from fastapi.responses import RedirectResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from labvault.api.deps import LV, SESSION_COOKIE, client_address, current_actor
+from labvault.domain import lab as L
+from labvault.domain.actors import Actor
+from labvault.domain.categories import Action, Category
+from labvault.errors import AccessDenied, AuthenticationFailed, NotFound, UserError
+from labvault.services.accounts import LoginThrottled
+from labvault.services.gate import Access
+from labvault.services.portal import PortalService
+from labvault.web.render import NO_STORE, WebRoute, error_page, html, to_login
+
+router = APIRouter(route_class=WebRoute, include_in_schema=False)
+LOGIN_CSRF = "labvault_login_csrf"
+_bearer = HTTPBearer(auto_error=False)
+SEARCH_LIMIT = 20
+ALERT_ROLES = frozenset({"dpo", "lab_admin"})
+TEXT = 200
+
+
+@dataclass(frozen=True)
+class WebUser:
+    actor: Actor
+    csrf: str
+    via_cookie: bool
+
+    @property
+    def is_patient(self) -> bool:
+        return self.actor.kind == "patient"
+
+    @property
+    def roles(self) -> frozenset[str]:
+        return self.actor.roles
+
+
+def portal_of(request: Request) -> PortalService:
+    portal: PortalService = request.app.state.portal
+    return portal
+
+
+def web_user(request: Request,
+             creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> WebUser:
+    """The logged-in user (session cookie, or a bearer token for scripts and tests)."""
+    actor = current_actor(request, creds)
+    bearer = creds is not None and creds.scheme.lower() == "bearer" and bool(creds.credentials)
+    user = WebUser(actor, portal_of(request).csrf_token(actor), via_cookie=not bearer)
+    request.state.web_user = user
+    return user
+
+
+User = Annotated[WebUser, Depends(web_user)]
+Portal = Annotated[PortalService, Depends(portal_of)]
+Csrf = Annotated[str, Form(max_length=200)]
+
+
+def _check_csrf(request: Request, user: WebUser, token: str) -> None:
+    if user.via_cookie:
+        portal_of(request).check_csrf(user.actor, token)
+
+
+def _staff(user: WebUser) -> str:
+    if user.actor.kind != "staff" or user.actor.tenant_id is None:
+        raise AccessDenied("la console est réservée au personnel des laboratoires",
+                           "les patients utilisent le portail (/portail)")
+    return user.actor.tenant_id
+
+
+def _patient(user: WebUser) -> None:
+    if not user.is_patient:
+        raise AccessDenied("le portail est réservé aux patients",
+                           "le personnel utilise la console (/console)")
+
+
+# == login / logout ===========================================================================
+def _login_page(request: Request, status: int = 200, error: str | None = None) -> Response:
+    token = secrets.token_urlsafe(32)
+    resp = html("login.html", status, csrf=token, error=error, user=None)
+    resp.set_cookie(LOGIN_CSRF, token, httponly=True, samesite="strict",
+                    secure=request.url.scheme == "https", path="/login", max_age=3600)
+    return resp
+
+
+@router.get("/login")
+def login_form(request: Request) -> Response:
+    return _login_page(request)
+
+
+@router.post("/login")
+def login(request: Request, lv: LV,
+          email: Annotated[str, Form(max_length=320)],
+          password: Annotated[str, Form(max_length=1024)],
+          totp: Annotated[str, Form(max_length=32)] = "",
+          csrf: Annotated[str, Form(max_length=200)] = "") -> Response:
+    cookie = request.cookies.get(LOGIN_CSRF, "")
+    if not cookie or not csrf or not hmac.compare_digest(cookie.encode(), csrf.encode()):
+        return error_page(403, "le formulaire de connexion a expiré",
+                          "rechargez la page de connexion et recommencez")
+    try:
+        res = lv.accounts.login(email, password, totp.strip() or None, client_address(request))
+    except LoginThrottled as exc:
+        return error_page(429, "trop de tentatives de connexion",
+                          f"attendez {exc.retry_after} secondes avant de réessayer")
+    except AuthenticationFailed:
+        return _login_page(request, 401, "Connexion refusée : vérifiez votre e-mail, votre mot "
+                           "de passe et le code de votre application d'authentification. Après "
+                           "plusieurs échecs, attendez quelques minutes.")
+    if res.scope != "full":
+        # staff whose second factor is not set up yet: not a web session (enrol through the API)
+        lv.accounts.logout(lv.accounts.resolve(res.token, client_address(request),
+                                               scopes=(res.scope,)))
+        return error_page(403, "votre compte doit d'abord activer la double authentification",
+                          "suivez le lien d'activation envoyé par votre administrateur")
+    resp = RedirectResponse("/", status_code=303, headers=NO_STORE)
+    resp.set_cookie(SESSION_COOKIE, res.token, httponly=True, samesite="strict",
+                    secure=request.url.scheme == "https", path="/",
+                    max_age=int((res.expires_at - lv.now()).total_seconds()))
+    resp.delete_cookie(LOGIN_CSRF, path="/login")
+    return resp
+
+
+@router.post("/logout")
+def logout(request: Request, user: User, lv: LV, csrf: Csrf = "") -> Response:
+    _check_csrf(request, user, csrf)
+    lv.accounts.logout(user.actor)
+    resp = to_login()
+    resp.delete_cookie(SESSION_COOKIE, path="/")
+    return resp
+
+
+@router.get("/")
+def home(user: User) -> Response:
+    return RedirectResponse("/portail" if user.is_patient else "/console", status_code=303,
+                            headers=NO_STORE)
+
+
+# == patient portal ===========================================================================
+@router.get("/portail")
+def portal_home(user: User, portal: Portal) -> Response:
+    _patient(user)
+    return html("portal.html", user=user, reports=portal.my_reports(user.actor))
+
+
+@router.get("/portail/rapports/{report_id}.pdf")
+def report_pdf(report_id: str, user: User, portal: Portal, lv: LV) -> Response:
+    _patient(user)
+    from labvault.web.pdf import report_pdf as render_pdf
+    report = portal.my_report(user.actor, report_id[:64])
+    record = portal.my_record(user.actor)
+    lab = lv.tenants.get(report.tenant_id).name
+    pdf = render_pdf(report, record, lab)
+    return Response(pdf, media_type="application/pdf", headers={
+        **NO_STORE, "Content-Disposition": f'attachment; filename="compte-rendu-{report.report_id}.pdf"'})
+
+
+@router.get("/portail/acces")
+def portal_access_log(user: User, portal: Portal) -> Response:
+    _patient(user)
+    rows = portal.my_access_log(user.actor)
+    return html("access_log.html", user=user, rows=rows[::-1])      # newest first
+
+
+@router.get("/portail/donnees.json")
+def portal_download(user: User, portal: Portal) -> Response:
+    _patient(user)
+    data = portal.my_data(user.actor)
+    body = json.dumps(data, ensure_ascii=False, indent=2, default=str).encode()
+    return Response(body, media_type="application/json", headers={
+        **NO_STORE, "Content-Disposition": 'attachment; filename="mes-donnees-labvault.json"'})
+
+
+@router.get("/portail/effacement")
+def erasure_form(user: User) -> Response:
+    _patient(user)
+    return html("erasure.html", user=user, request_id=None)
+
+
+@router.post("/portail/effacement")
+def erasure_request(request: Request, user: User, portal: Portal, csrf: Csrf = "",
+                    reason: Annotated[str, Form(max_length=2000)] = "") -> Response:
+    _patient(user)
+    _check_csrf(request, user, csrf)
+    request_id = portal.request_erasure(user.actor, reason or None)
+    return html("erasure.html", user=user, request_id=request_id)
+
+
+# == staff console ============================================================================
+@router.get("/console")
+def console_home(user: User) -> Response:
+    _staff(user)
+    return html("console.html", user=user, results=None, searched=False)
+
+
+@router.post("/console/recherche")
+def console_search(request: Request, user: User, lv: LV, csrf: Csrf = "",
+                   nir: Annotated[str, Form(max_length=TEXT)] = "",
+                   email: Annotated[str, Form(max_length=320)] = "",
+                   phone: Annotated[str, Form(max_length=TEXT)] = "",
+                   birth_name: Annotated[str, Form(max_length=TEXT)] = "",
+                   first_name: Annotated[str, Form(max_length=TEXT)] = "",
+                   birth_date: Annotated[str, Form(max_length=TEXT)] = "") -> Response:
+    """Search by POST: identifiers (NIR, e-mail, phone) never appear in a URL or a log."""
+    tenant_id = _staff(user)
+    _check_csrf(request, user, csrf)
+    crit = {k: v.strip() or None for k, v in (("nir", nir), ("email", email), ("phone", phone),
+                                              ("birth_name", birth_name),
+                                              ("first_name", first_name),
+                                              ("birth_date", birth_date))}
+    if not (crit["nir"] or crit["email"] or crit["phone"]
+            or (crit["birth_name"] and crit["first_name"] and crit["birth_date"])):
+        raise UserError("aucun critère de recherche",
+                        "donnez le NIR, l'e-mail, le téléphone, ou le nom de naissance avec le "
+                        "prénom et la date de naissance")
+    ids = lv.patients.find(user.actor, tenant_id, nir=crit["nir"], email=crit["email"],
+                           phone=crit["phone"], birth_name=crit["birth_name"],
+                           first_name=crit["first_name"], birth_date=crit["birth_date"])
+    results = [lv.patients.show(user.actor, pid, categories=[Category.IDENTITY])
+               for pid in ids[:SEARCH_LIMIT]]
+    return html("console.html", user=user, results=results, searched=True,
+                more=len(ids) > SEARCH_LIMIT)
+
+
+@router.get("/console/patients/{patient_id}")
+def console_patient(patient_id: str, user: User, lv: LV) -> Response:
+    tenant_id = _staff(user)
+    record = lv.patients.show(user.actor, patient_id[:64])
+    reports: list[Any] | None = None
+    if lv.gate.categories_of(Access(user.actor, Action.READ, tenant_id,
+                                    frozenset({Category.CLINICAL}), resource="report",
+                                    patient_ids=(record["id"],))):
+        reports = lv.lab.list_reports(user.actor, tenant_id, patient_id=record["id"])
+    return html("patient.html", user=user, record=record, reports=reports)
+
+
+def _biologist(user: WebUser) -> str:
+    tenant_id = _staff(user)
+    if L.BIOLOGIST_ROLE not in user.roles:
+        raise AccessDenied("la validation biologique est réservée aux biologistes",
+                           "demandez à un biologiste du laboratoire")
+    return tenant_id
+
+
+@router.get("/console/validation")
+def validation_worklist(user: User, lv: LV) -> Response:
+    tenant_id = _biologist(user)
+    waiting = [r for r in lv.lab.list_reports(user.actor, tenant_id, status="preliminary")
+               if r.order_status == L.OrderStatus.TECHNICALLY_VALIDATED]
+    rows = [(r, bool(r.observations) and all(L.is_normal(o.observation)
+                                             for o in r.observations
+                                             if o.status != "cancelled"))
+            for r in waiting]
+    return html("validation.html", user=user, rows=rows, done=None)
+
+
+@router.post("/console/validation")
+def validate_all_normal(request: Request, user: User, lv: LV, csrf: Csrf = "") -> Response:
+    tenant_id = _biologist(user)
+    _check_csrf(request, user, csrf)
+    done = lv.lab.validate_all_normal(user.actor, tenant_id)
+    return html("validation.html", user=user, rows=None, done=done)
+
+
+@router.get("/console/alertes")
+def alerts_list(user: User, lv: LV) -> Response:
+    """The laboratory's security alerts (guard's alert store), for its DPO and lab admins."""
+    from labvault.services.alerts import AlertService
+    tenant_id = _staff(user)
+    if not (ALERT_ROLES & user.roles):
+        raise AccessDenied("les alertes sont réservées au délégué à la protection des données "
+                           "et aux administrateurs du laboratoire", "")
+    if not isinstance(lv.alerts, AlertService):
+        raise NotFound("aucun registre d'alertes n'est branché",
+                       "lancez labvault avec `labvault serve` (services.wiring)")
+    items = lv.alerts.list(user.actor, tenant_id, limit=200)
+    for a in items:       # ids only (never free text) in the references column
+        d = a.get("detail")
+        if isinstance(d, dict) and isinstance(d.get("detail"), dict):   # {detail, actor}
+            d = d["detail"]
+        a["ids"] = ({k: v for k, v in d.items() if k.endswith("_id") and isinstance(v, str)}
+                    if isinstance(d, dict) else {})
+    return html("alerts.html", user=user, alerts=items)

@@ -1,0 +1,53 @@
+"""Builders shared by the web tests and the API matrix: lab orders at a given step."""
+
+from __future__ import annotations
+
+import itertools
+import re
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from tests.access.conftest import PASSWORD, Lab, World
+
+REQ = {"tests": ["718-7", "2823-3"], "priority": "routine",
+       "prescriber": {"name": "Dr Hélène Lefèvre", "rpps": "10003456786"}}
+SPEC = {"type": "BLD", "collected_at": "2026-03-01T08:30:00+01:00"}
+NORMAL = [{"code": "718-7", "value": 13.1, "unit": "g/dL"}, {"code": "2823-3", "value": "4.2"}]
+HIGH = [{"code": "718-7", "value": 13.7, "unit": "g/dL"}, {"code": "2823-3", "value": "5.8"}]
+
+
+def order(w: World, lab: Lab, patient_id: str, step: str = "published",
+          results: list[dict[str, Any]] | None = None, conclusion: str | None = None) -> Any:
+    """An order of ``patient_id`` taken to ``step`` (technical | final | published) by the
+    lab's biologist; returns the report view (or the order view at ``technical``)."""
+    bio = w.actor(lab.emails["biologist"])
+    lv = w.lv
+    o = lv.lab.create_order(bio, lab.tenant_id, patient_id, REQ,
+                            {**SPEC, "accession_number": f"W{next(_ACCESSION)}"})
+    lv.lab.enter_results(bio, o.order_id, results or NORMAL)
+    view: Any = lv.lab.validate_technical(bio, o.order_id)
+    if step == "technical":
+        return view
+    view = lv.lab.validate_biological(bio, o.order_id, conclusion)
+    if step == "final":
+        return view
+    return lv.lab.publish(bio, o.order_id)
+
+
+_ACCESSION = itertools.count(1)
+CSRF = re.compile(r'name="csrf" value="([^"]+)"')
+
+
+def csrf_in(page: str) -> str:
+    m = CSRF.search(page)
+    assert m, "no CSRF field in the page"
+    return m.group(1)
+
+
+def form_login(client: TestClient, w: World, email: str, staff: bool = True) -> Any:
+    page = client.get("/login")
+    assert page.status_code == 200
+    return client.post("/login", data={"email": email, "password": PASSWORD,
+                                       "totp": w.clock.code() if staff else "",
+                                       "csrf": csrf_in(page.text)})

@@ -1,0 +1,334 @@
+"""The web door: login, patient portal, staff console, CSRF, errors, headers."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from html import unescape
+
+import pytest
+from fastapi.testclient import TestClient
+
+from labvault.services.audit import audit_of
+from labvault.web.routes import router
+from tests.access.conftest import PASSWORD, World
+from tests.web.helpers import HIGH, csrf_in, form_login, order
+
+PROTECTED_GET = ["/", "/portail", "/portail/acces", "/portail/donnees.json",
+                 "/portail/effacement", "/portail/rapports/rep_x.pdf", "/console",
+                 "/console/patients/pt_x", "/console/validation", "/console/alertes"]
+PROTECTED_POST = ["/logout", "/portail/effacement", "/console/recherche", "/console/validation"]
+
+
+def test_every_web_route_is_listed_here() -> None:
+    """A new page must be added to the unauthenticated-redirect test below."""
+    routes = {(m, r.path) for r in router.routes for m in r.methods}  # type: ignore[attr-defined]
+    listed = ({("GET", p) for p in PROTECTED_GET} | {("POST", p) for p in PROTECTED_POST}
+              | {("GET", "/login"), ("POST", "/login")})
+    normalised = {(m, p.replace("{report_id}", "rep_x").replace("{patient_id}", "pt_x"))
+                  for m, p in routes}
+    assert normalised == listed
+
+
+def test_unauthenticated_requests_go_to_login(web: World, browser: TestClient) -> None:
+    for path in PROTECTED_GET:
+        r = browser.get(path)
+        assert r.status_code == 303 and r.headers["location"] == "/login", path
+    for path in PROTECTED_POST:
+        r = browser.post(path, data={"csrf": "x"})
+        assert r.status_code == 303 and r.headers["location"] == "/login", path
+    # a forged or expired cookie is no better than none
+    browser.cookies.set("labvault_session", "forged-token")
+    assert browser.get("/portail").headers["location"] == "/login"
+    # only the login page and the stylesheet are public
+    assert browser.get("/login").status_code == 200
+    css = browser.get("/static/labvault.css")
+    assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
+
+
+def test_login_flow_staff_and_logout(web: World, browser: TestClient) -> None:
+    r = form_login(browser, web, web.a.emails["biologist"])
+    assert r.status_code == 303 and r.headers["location"] == "/"
+    cookie = r.headers["set-cookie"].lower()
+    assert "labvault_session=" in cookie and "httponly" in cookie and "samesite=strict" in cookie
+    home = browser.get("/")
+    assert home.status_code == 303 and home.headers["location"] == "/console"
+    console = browser.get("/console")
+    assert console.status_code == 200 and "Recherche de patient" in console.text
+    assert "Validation" in console.text            # biologist menu
+    out = browser.post("/logout", data={"csrf": csrf_in(console.text)})
+    assert out.status_code == 303 and out.headers["location"] == "/login"
+    assert browser.get("/console").status_code == 303        # session revoked
+
+
+def test_login_flow_patient_and_wrong_password(web: World, browser: TestClient) -> None:
+    page = browser.get("/login")
+    bad = browser.post("/login", data={"email": web.a.emails["patient"],
+                                       "password": "Mauvais-Mot-De-Passe-77",
+                                       "csrf": csrf_in(page.text)})
+    assert bad.status_code == 401 and "Connexion refusée" in bad.text
+    assert "Mauvais-Mot-De-Passe-77" not in bad.text
+    assert "labvault_session" not in bad.headers.get("set-cookie", "")
+    r = form_login(browser, web, web.a.emails["patient"], staff=False)
+    assert r.status_code == 303
+    assert browser.get("/").headers["location"] == "/portail"
+    assert browser.get("/portail").status_code == 200
+    # a patient has no console, staff have no portal
+    assert browser.get("/console").status_code == 403
+
+
+def test_staff_without_totp_refused(web: World, browser: TestClient) -> None:
+    page = browser.get("/login")
+    r = browser.post("/login", data={"email": web.a.emails["technician"], "password": PASSWORD,
+                                     "csrf": csrf_in(page.text)})
+    assert r.status_code == 401 and "labvault_session" not in r.headers.get("set-cookie", "")
+
+
+def test_login_without_csrf_refused(web: World, browser: TestClient) -> None:
+    page = browser.get("/login")
+    body = {"email": web.a.emails["patient"], "password": PASSWORD}
+    assert browser.post("/login", data=body).status_code == 403                # no field
+    assert browser.post("/login", data={**body, "csrf": "forged"}).status_code == 403
+    browser.cookies.clear()                                                    # no cookie
+    r = browser.post("/login", data={**body, "csrf": csrf_in(page.text)})
+    assert r.status_code == 403 and "labvault_session" not in r.headers.get("set-cookie", "")
+
+
+def test_session_forms_without_csrf_refused(web: World, browser: TestClient) -> None:
+    form_login(browser, web, web.a.emails["patient"], staff=False)
+    raised = web.lv.alerts.raised  # type: ignore[attr-defined]
+    for token in (None, "", "0" * 64):
+        data = {"reason": "je change de laboratoire"}
+        if token is not None:
+            data["csrf"] = token
+        r = browser.post("/portail/effacement", data=data)
+        assert r.status_code == 403 and "Accès refusé" in r.text
+    assert not [a for a in raised if a[1] == "erasure-request"]
+    # another session's token does not fit this one
+    other = TestClient(browser.app, base_url="http://testserver", follow_redirects=False)
+    form_login(other, web, web.a.emails["patient"], staff=False)
+    foreign = csrf_in(other.get("/portail/effacement").text)
+    assert browser.post("/portail/effacement", data={"csrf": foreign}).status_code == 403
+    # with this session's token: recorded for the DPO (alert + audited event), nothing erased
+    page = browser.get("/portail/effacement")
+    ok = browser.post("/portail/effacement", data={"csrf": csrf_in(page.text),
+                                                   "reason": "je change de laboratoire"})
+    assert ok.status_code == 200 and "demande est enregistrée" in ok.text
+    alerts = [a for a in raised if a[1] == "erasure-request"]
+    assert len(alerts) == 1 and alerts[0][0] == web.a.tenant_id
+    assert alerts[0][3]["patient_id"] == web.a.patients[0]
+    assert web.lv.patients.show(web.actor(web.a.emails["biologist"]), web.a.patients[0])
+    # a cross-origin post is refused even with a token
+    page = browser.get("/portail/effacement")
+    evil = browser.post("/portail/effacement", data={"csrf": csrf_in(page.text)},
+                        headers={"Origin": "https://evil.example"})
+    assert evil.status_code == 303 and evil.headers["location"] == "/login"
+
+
+def test_patient_sees_only_own_published_results(web: World, browser: TestClient) -> None:
+    a = web.a
+    mine = order(web, a, a.patients[0], conclusion="Bilan rassurant, à contrôler dans un an")
+    theirs = order(web, a, a.patients[1], results=HIGH)          # another patient, same lab
+    draft = order(web, a, a.patients[0], step="final",
+                  results=[{"code": "718-7", "value": 11.3, "unit": "g/dL"}])  # not published
+    amended = order(web, a, a.patients[0])
+    hb = next(o for o in amended.observations if o.observation.code == "718-7")
+    web.lv.lab.amend(web.actor(a.emails["biologist"]), hb.observation_id,
+                     {"code": "718-7", "value": 12.4, "unit": "g/dL"}, "erreur de saisie")
+    form_login(browser, web, a.emails["patient"], staff=False)
+    page = browser.get("/portail")
+    assert page.status_code == 200
+    assert "12,4" in page.text and "corrigée après publication" in page.text
+    assert "13,1" in page.text and "g/dL" in page.text and "Bilan rassurant" in page.text
+    assert "normal" in page.text and "12-16" in page.text.replace(" ", "")
+    assert "13,7" not in page.text and "5,8" not in page.text      # other patient
+    assert "11,3" not in page.text                                  # not yet published
+    pdf = browser.get(f"/portail/rapports/{mine.report_id}.pdf")
+    assert pdf.status_code == 200 and pdf.content.startswith(b"%PDF")
+    assert pdf.headers["content-type"] == "application/pdf"
+    assert pdf.headers["cache-control"] == "no-store"
+    for other in (theirs.report_id, draft.report_id, "rep_doesnotexist"):
+        r = browser.get(f"/portail/rapports/{other}.pdf")
+        assert r.status_code == 404 and "%PDF" not in r.text and "Introuvable" in r.text
+    data = browser.get("/portail/donnees.json")
+    assert data.status_code == 200 and "attachment" in data.headers["content-disposition"]
+    doc = json.loads(data.content)
+    assert doc["record"]["id"] == a.patients[0]
+    assert doc["record"]["nir"] == a.patient_data[0]["nir"]
+    assert sorted(r["id"] for r in doc["reports"]) == sorted([mine.report_id,
+                                                              amended.report_id])
+    assert isinstance(doc["access_log"], list)
+
+
+def test_access_log_shows_role_and_lab_of_each_access(web: World, browser: TestClient) -> None:
+    a = web.a
+    bio = TestClient(browser.app, base_url="http://testserver", follow_redirects=False)
+    form_login(bio, web, a.emails["biologist"])
+    assert bio.get(f"/console/patients/{a.patients[0]}").status_code == 200
+    assert bio.get(f"/console/patients/{a.patients[1]}").status_code == 200   # someone else
+    form_login(browser, web, a.emails["patient"], staff=False)
+    page = browser.get("/portail/acces")
+    assert page.status_code == 200
+    assert "biologiste" in page.text and "Laboratoire a" in page.text
+    patient = web.lv.accounts.resolve(browser.cookies["labvault_session"])
+    rows = audit_of(web.lv).access_log(patient, a.patients[0])
+    assert page.text.count("<tr") == len(rows) + 1                  # header + one per access
+    # the biologist's look at the other patient is not in this patient's log
+    staff_reads = [r for r in rows if r["actor_kind"] == "staff"]
+    assert staff_reads and all(r["role"] == ["biologist"] for r in staff_reads)
+    n = len(rows)
+    assert bio.get(f"/console/patients/{a.patients[1]}").status_code == 200
+    assert len(audit_of(web.lv).access_log(patient, a.patients[0])) == n
+
+
+def test_staff_of_lab_a_cannot_open_lab_b_patient(web: World, browser: TestClient) -> None:
+    for role in ("reception", "technician", "biologist", "lab_admin", "dpo"):
+        browser.cookies.clear()
+        form_login(browser, web, web.a.emails[role])
+        other = browser.get(f"/console/patients/{web.b.patients[0]}")
+        absent = browser.get("/console/patients/pt_0000000000000000000000000x")
+        assert other.status_code == absent.status_code == 404, role
+        assert other.text == absent.text
+        assert web.b.patient_data[0]["birth_name"] not in other.text
+
+
+def test_patient_page_shows_only_granted_categories(web: World, browser: TestClient) -> None:
+    a = web.a
+    order(web, a, a.patients[0])
+    data = a.patient_data[0]
+    seen: dict[str, str] = {}
+    for role in ("reception", "technician", "biologist"):
+        browser.cookies.clear()
+        form_login(browser, web, a.emails[role])
+        r = browser.get(f"/console/patients/{a.patients[0]}")
+        assert r.status_code == 200, role
+        seen[role] = r.text
+    assert data["birth_name"] in seen["reception"] and data["nir"] in seen["reception"]
+    assert "Comptes rendus" not in seen["reception"]               # no clinical data
+    assert "Comptes rendus" in seen["technician"] and data["nir"] not in seen["technician"]
+    assert data["nir"] in seen["biologist"] and "13,1" in seen["biologist"]
+    for role in ("lab_admin", "dpo"):
+        browser.cookies.clear()
+        form_login(browser, web, a.emails[role])
+        r = browser.get(f"/console/patients/{a.patients[0]}")
+        assert r.status_code == 403 and data["birth_name"] not in r.text
+
+
+def test_console_search(web: World, browser: TestClient) -> None:
+    a, b = web.a, web.b
+    form_login(browser, web, a.emails["reception"])
+    token = csrf_in(browser.get("/console").text)
+    r = browser.post("/console/recherche", data={"csrf": token, "nir": a.patient_data[1]["nir"]})
+    assert r.status_code == 200 and f"/console/patients/{a.patients[1]}" in r.text
+    d = a.patient_data[2]
+    r = browser.post("/console/recherche", data={
+        "csrf": token, "birth_name": d["birth_name"], "first_name": d["first_names"][0],
+        "birth_date": d["birth_date"]})
+    assert f"/console/patients/{a.patients[2]}" in r.text
+    other = browser.post("/console/recherche", data={"csrf": token,
+                                                     "nir": b.patient_data[0]["nir"]})
+    assert other.status_code == 200 and "Aucun patient" in other.text
+    assert b.patients[0] not in other.text
+    empty = browser.post("/console/recherche", data={"csrf": token})
+    assert empty.status_code == 400 and "aucun critère" in empty.text
+    assert browser.post("/console/recherche", data={"nir": "1"}).status_code == 403
+
+
+def test_validation_worklist_and_validate_all_normal(web: World, browser: TestClient) -> None:
+    a = web.a
+    normal = order(web, a, a.patients[0], step="technical")
+    high = order(web, a, a.patients[1], step="technical", results=HIGH)
+    form_login(browser, web, a.emails["biologist"])
+    page = browser.get("/console/validation")
+    assert page.status_code == 200 and "Valider tous les normaux" in page.text
+    assert "à revoir" in page.text and "5,8" in page.text
+    done = browser.post("/console/validation", data={"csrf": csrf_in(page.text)})
+    assert done.status_code == 200 and "1 demande(s) validée(s)" in done.text
+    bio = web.actor(a.emails["biologist"])
+    assert web.lv.lab.get_order(bio, normal.order_id).status.value == "final"
+    assert web.lv.lab.get_order(bio, high.order_id).status.value == "technically-validated"
+    browser.cookies.clear()
+    form_login(browser, web, a.emails["technician"])
+    assert browser.get("/console/validation").status_code == 403
+
+
+def test_security_headers_and_friendly_errors(web: World, browser: TestClient) -> None:
+    login = browser.get("/login")
+    csp = login.headers["content-security-policy"]
+    assert "script-src" not in csp and "unsafe-inline" not in csp
+    assert "default-src 'none'" in csp and "form-action 'self'" in csp
+    assert "style-src 'self'" in csp and "frame-ancestors 'none'" in csp
+    assert login.headers["x-frame-options"] == "DENY"
+    assert login.headers["cache-control"] == "no-store"
+    assert "<script" not in login.text and "style=" not in login.text
+    form_login(browser, web, web.a.emails["biologist"])
+    r = browser.get("/console/patients/pt_0000000000000000000000000x")
+    assert r.status_code == 404 and r.headers["content-type"].startswith("text/html")
+    assert "Introuvable" in r.text and "Que faire" in r.text and "Traceback" not in r.text
+    assert r.headers["cache-control"] == "no-store"
+    bad = browser.post("/console/recherche", data={"csrf": "x", "nir": "1" * 500})
+    assert bad.status_code == 422 and "formulaire" in bad.text.lower()
+
+
+@pytest.mark.parametrize("path", ["/portail", "/portail/acces", "/portail/donnees.json",
+                                  "/portail/effacement"])
+def test_staff_have_no_portal(web: World, browser: TestClient, path: str) -> None:
+    form_login(browser, web, web.a.emails["biologist"])
+    assert browser.get(path).status_code == 403
+
+
+@pytest.mark.skipif(shutil.which("pdftotext") is None, reason="needs pdftotext (poppler-utils)")
+def test_pdf_text_keeps_accents(web: World, browser: TestClient, tmp_path: object) -> None:
+    rep = order(web, web.a, web.a.patients[0], conclusion="Légère élévation ; à contrôler")
+    form_login(browser, web, web.a.emails["patient"], staff=False)
+    pdf = browser.get(f"/portail/rapports/{rep.report_id}.pdf").content
+    text = subprocess.run(["pdftotext", "-", "-"], input=pdf, capture_output=True,
+                          check=True).stdout.decode()
+    assert "Compte rendu d'analyses de biologie médicale" in text
+    assert "Légère élévation ; à contrôler" in text and "publiée" in text
+    assert web.a.patient_data[0]["birth_name"] in text
+
+
+def test_alerts_page_for_dpo_and_lab_admin(web: World, browser: TestClient) -> None:
+    from labvault.services.alerts import AlertService
+    lv = web.lv
+    form_login(browser, web, web.a.emails["dpo"])
+    none = browser.get("/console/alertes")          # no alert store plugged: friendly 404
+    assert none.status_code == 404 and "aucun registre" in none.text
+    lv.alerts = AlertService(lv)
+    lv.gate.alerts = lv.alerts
+    patient = TestClient(browser.app, base_url="http://testserver", follow_redirects=False)
+    form_login(patient, web, web.a.emails["patient"], staff=False)
+    page = patient.get("/portail/effacement")
+    assert patient.post("/portail/effacement", data={
+        "csrf": csrf_in(page.text), "reason": "Je ne veux plus être suivi ici"}).status_code == 200
+    for role in ("dpo", "lab_admin"):
+        browser.cookies.clear()
+        form_login(browser, web, web.a.emails[role])
+        r = browser.get("/console/alertes")
+        assert r.status_code == 200 and "demande d'effacement" in unescape(r.text), role
+        assert web.a.patients[0] in r.text
+        assert "Je ne veux plus" not in r.text           # free text stays sealed
+    browser.cookies.clear()
+    form_login(browser, web, web.b.emails["dpo"])      # another lab's DPO sees none of it
+    other = browser.get("/console/alertes")
+    assert other.status_code == 200 and "Aucune alerte" in other.text
+    for role in ("biologist", "reception"):
+        browser.cookies.clear()
+        form_login(browser, web, web.a.emails[role])
+        assert browser.get("/console/alertes").status_code == 403
+
+
+def test_pages_work_under_the_guard(web: World, browser: TestClient) -> None:
+    """With the guard plugged in as in production (budgets, anomaly rules, alert store)."""
+    web.lv.guard.install()
+    rep = order(web, web.a, web.a.patients[0])
+    form_login(browser, web, web.a.emails["patient"], staff=False)
+    for path in ("/portail", "/portail/acces", "/portail/donnees.json",
+                 f"/portail/rapports/{rep.report_id}.pdf"):
+        assert browser.get(path).status_code == 200, path
+    browser.cookies.clear()
+    form_login(browser, web, web.a.emails["biologist"])
+    assert browser.get(f"/console/patients/{web.a.patients[0]}").status_code == 200
+    assert browser.get("/console/validation").status_code == 200
