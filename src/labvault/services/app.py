@@ -245,6 +245,8 @@ class Labvault:
             todo = [(t, p, at) for t, p, at in entries if (t, p) in live]
             for tenant_id, patient_id, at in todo:
                 repo.shred_patient(conn, tenant_id, patient_id, at)
+                for erase_hook in self.patients.erase_hooks:   # e.g. breach-matching encodings
+                    erase_hook(conn, tenant_id, patient_id)
         return len(todo)
 
     def now(self) -> datetime:
