@@ -132,6 +132,8 @@ RULES: tuple[Rule, ...] = (
     R("dpo", "alert", "rw"),
     R("dpo", "export", "rv", ALL4, note="validate = approve an export request"),
     R("dpo", "breach", "rw"),
+    R("dpo", "breach", "r", "IC", purposes="breach",
+      note="Art. 34 letters: names and contact of the lab's affected patients"),
     R("dpo", "canary", "rw"),
     R("dpo", "user", "r", "A"),
     R("dpo", "tenant", "r"),
