@@ -13,6 +13,8 @@ from array import array
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from labvault.breach.columns import (
     CATEGORY_OF,
     Column,
@@ -22,12 +24,17 @@ from labvault.breach.columns import (
     parse_date,
 )
 from labvault.breach.encoding import (
+    FIELD_WORDS,
     FUZZY_ACCEPT,
+    WORDS,
     ClkEncoder,
     KeyedDigest,
     MatchIdentity,
     block_values,
+    field_counts,
+    filter_words,
     score,
+    score_words,
     tokens,
 )
 from labvault.crypto import blind_index as bi
@@ -182,9 +189,116 @@ class FuzzyPrep:
             self.rows[n] = (tuple(toks), array("I", bids))
 
 
+# (row, candidate) pairs scored per NumPy batch: bounds memory (~30 MiB per batch).
+PAIR_BATCH = 1 << 16
+
+
 def fuzzy_tenant(prep: FuzzyPrep, encoder: ClkEncoder, blocks: Mapping[bytes, Sequence[str]],
                  encodings: Mapping[str, bytes]) -> Iterator[tuple[int, str, float]]:
     """Fuzzy tier for one tenant: (row, best patient, score) for rows with a candidate.
+
+    Candidates come from the keyed blocking digests; each is scored by the weighted
+    per-field Dice coefficients (``encoding.score``) of the row's filter (and of the
+    filter with first and last names swapped) against the patient's stored filter.
+    Token masks and block digests are computed once per tenant and vocabulary entry.
+
+    Scoring is vectorised (``encoding.score_words``): candidates' original filters are
+    gathered into a uint64 matrix once per patient, and (row, candidate) pairs are
+    scored in batches of ``PAIR_BATCH``. Same scores, same winner as
+    ``fuzzy_tenant_reference``: the best candidate is the first one, in the candidate
+    set's iteration order, reaching the row's best score (ties included).
+    """
+    tmask: list[int | None] = [None] * len(prep.tokens)
+    bdig: list[bytes | None] = [None] * len(prep.blocks)
+    slot: dict[str, int] = {}                    # patient -> row of ``mat`` (-1: no encoding)
+    pids: list[str] = []
+    mat = np.empty((len(encodings), WORDS), dtype=np.uint64)
+    counts = np.empty((len(encodings), len(FIELD_WORDS)), dtype=np.int64)
+    filled = 0
+    pending: list[bytes] = []                    # encodings of slots >= filled
+    seg_rows: list[int] = []
+    seg_len: list[int] = []
+    seg_filters: list[int] = []                  # two per row (the same twice if one order)
+    pairs = array("q")
+
+    def flush() -> Iterator[tuple[int, str, float]]:
+        nonlocal filled
+        if pending:
+            w = encoder.original_words(pending)
+            mat[filled:filled + len(w)] = w
+            counts[filled:filled + len(w)] = field_counts(w)
+            filled += len(w)
+            pending.clear()
+        cidx = np.array(pairs, dtype=np.int64)
+        lens = np.array(seg_len, dtype=np.int64)
+        seg = np.repeat(np.arange(len(seg_len)), lens)
+        rf = filter_words(seg_filters)
+        rc = field_counts(rf)
+        cw, cc = mat[cidx], counts[cidx]
+        s = np.maximum(score_words(rf[2 * seg], rc[2 * seg], cw, cc),
+                       score_words(rf[2 * seg + 1], rc[2 * seg + 1], cw, cc))
+        starts = np.concatenate(([0], np.cumsum(lens)[:-1]))
+        top = np.maximum.reduceat(s, starts)
+        hit = np.flatnonzero(s == top[seg])
+        _, first = np.unique(seg[hit], return_index=True)
+        winner = cidx[hit[first]]
+        for k, n in enumerate(seg_rows):
+            if top[k] > 0.0:
+                yield n, pids[int(winner[k])], float(top[k])
+        seg_rows.clear()
+        seg_len.clear()
+        seg_filters.clear()
+        del pairs[:]
+
+    for n, (variants, bids) in prep.rows.items():
+        cand: set[str] = set()
+        for b in bids:
+            d = bdig[b]
+            if d is None:
+                d = bdig[b] = encoder.block(prep.blocks[b])
+            ids = blocks.get(d)
+            if ids:
+                cand.update(ids)
+        if not cand:
+            continue
+        before = len(pairs)
+        for pid in cand:
+            i = slot.get(pid)
+            if i is None:
+                raw = encodings.get(pid)
+                if raw is None:
+                    i = -1
+                else:
+                    i = len(pids)
+                    pids.append(pid)
+                    pending.append(raw)
+                slot[pid] = i
+            if i >= 0:
+                pairs.append(i)
+        if len(pairs) == before:
+            continue
+        filters = []
+        for toks in variants:
+            f = 0
+            for t in toks:
+                m = tmask[t]
+                if m is None:
+                    m = tmask[t] = encoder.token_mask(prep.tokens[t])
+                f |= m
+            filters.append(f)
+        seg_rows.append(n)
+        seg_len.append(len(pairs) - before)
+        seg_filters += (filters[0], filters[-1])
+        if len(pairs) >= PAIR_BATCH:
+            yield from flush()
+    if seg_rows:
+        yield from flush()
+
+
+def fuzzy_tenant_reference(prep: FuzzyPrep, encoder: ClkEncoder, blocks: Mapping[bytes, Sequence[str]],
+                 encodings: Mapping[str, bytes]) -> Iterator[tuple[int, str, float]]:
+    """Pure-Python fuzzy tier (one ``encoding.score`` call per candidate and name
+    order): the reference ``fuzzy_tenant`` must agree with exactly (tests check it).
 
     Candidates come from the keyed blocking digests; each is scored by the weighted
     per-field Dice coefficients (``encoding.score``) of the row's filter (and of the
