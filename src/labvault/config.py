@@ -59,6 +59,9 @@ SETTINGS: dict[str, tuple[str, str]] = {
 }
 
 
+KEY_PROVIDERS = ("file", "pkcs11")
+
+
 def _env(name: str, env: dict[str, str]) -> str:
     return env.get(name, SETTINGS[name][0])
 
@@ -81,7 +84,7 @@ class Settings:
         dd = Path(data_dir or _env("LABVAULT_DATA_DIR", e)).expanduser().absolute()
         url = _env("LABVAULT_DATABASE_URL", e) or f"sqlite:///{dd / 'labvault.db'}"
         provider = _env("LABVAULT_KEY_PROVIDER", e)
-        if provider not in ("file", "pkcs11"):
+        if provider not in KEY_PROVIDERS:
             raise ConfigurationError(f"LABVAULT_KEY_PROVIDER={provider!r} is not a key provider",
                                      "use file or pkcs11")
         kf = _env("LABVAULT_KEY_FILE", e)
@@ -95,6 +98,8 @@ class Settings:
         )
 
     def with_provider(self, provider: str) -> Settings:
+        if provider not in KEY_PROVIDERS:
+            raise ConfigurationError(f"{provider!r} is not a key provider", "use file or pkcs11")
         return replace(self, key_provider=provider)
 
     def get(self, name: str) -> str:

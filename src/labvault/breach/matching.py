@@ -193,6 +193,21 @@ class FuzzyPrep:
 PAIR_BATCH = 1 << 16
 
 
+def _candidates(bids: Iterable[int], bdig: list[bytes | None], prep: FuzzyPrep,
+                encoder: ClkEncoder, blocks: Mapping[bytes, Sequence[str]]) -> set[str]:
+    """Patients sharing at least one keyed blocking key with a row (digests memoised in
+    ``bdig``, one per vocabulary entry and tenant)."""
+    cand: set[str] = set()
+    for b in bids:
+        d = bdig[b]
+        if d is None:
+            d = bdig[b] = encoder.block(prep.blocks[b])
+        ids = blocks.get(d)
+        if ids:
+            cand.update(ids)
+    return cand
+
+
 def fuzzy_tenant(prep: FuzzyPrep, encoder: ClkEncoder, blocks: Mapping[bytes, Sequence[str]],
                  encodings: Mapping[str, bytes]) -> Iterator[tuple[int, str, float]]:
     """Fuzzy tier for one tenant: (row, best patient, score) for rows with a candidate.
@@ -251,14 +266,7 @@ def fuzzy_tenant(prep: FuzzyPrep, encoder: ClkEncoder, blocks: Mapping[bytes, Se
         del pairs[:]
 
     for n, (variants, bids) in prep.rows.items():
-        cand: set[str] = set()
-        for b in bids:
-            d = bdig[b]
-            if d is None:
-                d = bdig[b] = encoder.block(prep.blocks[b])
-            ids = blocks.get(d)
-            if ids:
-                cand.update(ids)
+        cand = _candidates(bids, bdig, prep, encoder, blocks)
         if not cand:
             continue
         before = len(pairs)
@@ -311,14 +319,7 @@ def fuzzy_tenant_reference(prep: FuzzyPrep, encoder: ClkEncoder, blocks: Mapping
     bdig: list[bytes | None] = [None] * len(prep.blocks)
     opened: dict[str, int] = {}
     for n, (variants, bids) in prep.rows.items():
-        cand: set[str] = set()
-        for b in bids:
-            d = bdig[b]
-            if d is None:
-                d = bdig[b] = encoder.block(prep.blocks[b])
-            ids = blocks.get(d)
-            if ids:
-                cand.update(ids)
+        cand = _candidates(bids, bdig, prep, encoder, blocks)
         if not cand:
             continue
         filters = []

@@ -8,7 +8,6 @@ import typer
 
 from labvault.cli import _common
 from labvault.cli._common import JsonOpt, emit, err_console, out_console, user_errors
-from labvault.config import Settings
 
 
 def register(app: typer.Typer) -> None:
@@ -28,7 +27,6 @@ def init(data_dir: Path = typer.Option(None, "--data-dir", help="Data directory 
     s = _common.settings()
     if key_provider:
         s = s.with_provider(key_provider)
-        Settings.from_env(s.data_dir, env={"LABVAULT_KEY_PROVIDER": key_provider})
     lv = init_labvault(s)
     lv.close()
     info = {"data_dir": str(s.data_dir), "key_provider": s.key_provider,

@@ -215,7 +215,6 @@ class PatientService:
                 self._written(conn, tenant_id, prepared)
         except DbIntegrityError:
             # Rare: a concurrent import of the same external ids. Fall back to one line at a time.
-            skipped_before = report.skipped
             for item in batch:
                 try:
                     with lv.begin() as conn:
@@ -231,7 +230,6 @@ class PatientService:
                     continue
                 report.imported += len(prepared)
                 report.ids.extend(p.patient_id for p in prepared)
-            del skipped_before
             return
         report.imported += len(prepared)
         report.ids.extend(p.patient_id for p in prepared)
