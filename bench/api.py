@@ -130,6 +130,9 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=64)
     ap.add_argument("--seconds", type=float, default=10)
     ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--audit-group-ms", type=int, default=0,
+                    help="LABVAULT_AUDIT_READ_GROUP_MS for the server (0 = entry in the "
+                         "reading transaction)")
     ap.add_argument("--postgres", action="store_true",
                     help="use a throw-away PostgreSQL database (LABVAULT_TEST_PG_URL server)")
     a = ap.parse_args()
@@ -163,7 +166,8 @@ def pg_database() -> Iterator[str]:
 def run(a: argparse.Namespace) -> None:
     import pyotp
     tmp = Path(a.data_dir or tempfile.mkdtemp(prefix="lvbench"))
-    env = {**os.environ, "LABVAULT_DATA_DIR": str(tmp / "var")}
+    env = {**os.environ, "LABVAULT_DATA_DIR": str(tmp / "var"),
+           "LABVAULT_AUDIT_READ_GROUP_MS": str(a.audit_group_ms)}
     demo = json.loads(subprocess.run([str(BIN / "labvault"), "demo", "--labs", "2", "--patients",
                                       str(a.patients), "--json"], env=env, check=True,
                                      capture_output=True, text=True).stdout)
@@ -232,6 +236,7 @@ def run(a: argparse.Namespace) -> None:
         reads = asyncio.run(drive_reads())
         result = {
             "workers": a.workers, "clients": a.clients, "seconds": a.seconds,
+            "audit_read_group_ms": a.audit_group_ms,
             "patients": a.patients,
             "database": "postgresql" if a.postgres else "sqlite",
             "health": {"req_s": health[0], "p50_ms": round(pct(health[1], 50), 2),

@@ -49,6 +49,10 @@ SETTINGS: dict[str, tuple[str, str]] = {
                                              "`labvault audit prune` removes them; 0 = forever"),
     "LABVAULT_AUDIT_CHECKPOINT_EVERY": ("1000", "write a signed audit checkpoint every N "
                                                 "entries of a chain; 0 = only on demand"),
+    "LABVAULT_AUDIT_READ_GROUP_MS": ("0", "group commit of allowed read/search audit entries: "
+                                     "0 = written in the reading transaction; N > 0 = queued "
+                                     "and written in batches at most N ms later (a hard crash "
+                                     "loses at most N ms of read entries)"),
     "LABVAULT_AUDIT_SYSLOG": ("", "also send each audit checkpoint as an RFC 5424 syslog "
                                   "message: udp://host:514 or tcp://host:601; empty = off"),
     "LABVAULT_AUDIT_SIGNING_KEY": ("", "Ed25519 audit checkpoint signing key file; empty = "

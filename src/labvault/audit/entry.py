@@ -8,6 +8,7 @@ under the tenant's ``data`` key) inside the body.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -143,4 +144,11 @@ class AuditEntry:
 
 
 def sorted_codes(values: Iterable[object]) -> list[str]:
+    if isinstance(values, frozenset):   # roles and categories: a handful of shapes
+        return list(_sorted_frozen(values))
     return sorted(clean(str(v)) for v in values)
+
+
+@functools.lru_cache(maxsize=1024)
+def _sorted_frozen(values: frozenset[object]) -> tuple[str, ...]:
+    return tuple(sorted(clean(str(v)) for v in values))

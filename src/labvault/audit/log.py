@@ -12,10 +12,21 @@ Refusals (``denied``/``failure``) are written in the caller's transaction like t
 when that transaction rolls back — which is what a refusal usually causes — they are
 written again in a transaction of their own (``tx_end``), so no refusal goes unrecorded.
 Automatic checkpoints are signed only after the transaction that reached them commits.
+
+Group commit of reads (``LABVAULT_AUDIT_READ_GROUP_MS`` > 0): an *allowed* read or search
+that is not break-glass turns the reading transaction into a write just to record it,
+which costs more than the read (a WAL commit). With grouping on, such entries are queued
+when their transaction ends (committed or not: the data was opened either way) and
+written by the process's audit writer in one transaction per batch — at most N ms later,
+every ``GROUP_MAX`` entries, at shutdown and before any audit report or verification.
+Everything else (writes, exports, erasures, refusals, break-glass, security events) stays
+in the caller's transaction. The price is stated in docs/audit.md: a hard crash of the
+process loses at most the last N ms of read entries.
 """
 
 from __future__ import annotations
 
+import atexit
 import base64
 import json
 import logging
@@ -58,6 +69,8 @@ log = logging.getLogger("labvault.audit")
 K0_LABEL = "audit-chain/k0"
 AUDIT_KEY_VERSION = 1       # k_0 always derives from version 1 of the tenant's audit key
 RESCUED_OUTCOMES = frozenset({"denied", "failure"})
+GROUPED_ACTIONS = frozenset({"read", "search"})
+GROUP_MAX = 500             # a batch this large is written at once, by the thread that filled it
 
 
 def setting(settings: Settings, name: str) -> str:
@@ -78,9 +91,11 @@ class _Frame:
     rescue: list[Draft] = field(default_factory=list)
     chains: set[str] = field(default_factory=set)
     checkpoints: list[tuple[str, int, bytes, bytes, list[bytes]]] = field(default_factory=list)
+    grouped: list[Draft] = field(default_factory=list)
 
     def merge(self, child: _Frame) -> None:
         self.rescue.extend(child.rescue)
+        self.grouped.extend(child.grouped)
         self.chains |= child.chains
         self.checkpoints.extend(child.checkpoints)
 
@@ -103,6 +118,12 @@ class AuditLog:
         self._tenants: set[str] = set()
         self._audit_keys: dict[str, DataKey] = {}
         self._data_keys: dict[str, DataKey] = {}
+        self.group_ms = int(setting(settings, "LABVAULT_AUDIT_READ_GROUP_MS"))
+        self._pending: list[Draft] = []
+        self._pending_since = 0.0
+        self._writer: threading.Thread | None = None
+        self._wake = threading.Event()
+        self._closing = False
 
     # -- wiring ---------------------------------------------------------------------------
     def attach(self, lv: Labvault) -> AuditLog:
@@ -110,6 +131,7 @@ class AuditLog:
         lv.gate.audit = self
         lv.tx_observers[:] = [o for o in lv.tx_observers if not isinstance(o, AuditLog)]
         lv.tx_observers.append(self)
+        lv.close_hooks.append(self.close)
         return self
 
     @property
@@ -164,6 +186,12 @@ class AuditLog:
         draft = Draft(tenant_id, self.clock(), ch.clean(actor.id), ch.clean(action),
                       ch.clean(outcome), body, tuple(ch.clean(p) for p in patient_ids), private,
                       new_id("ae"))
+        if (self.group_ms > 0 and outcome == "allowed" and action in GROUPED_ACTIONS
+                and "event" not in body and not body.get("break_glass")):
+            frame = self._frame()
+            if frame is not None:
+                frame.grouped.append(draft)
+                return
         self._append(conn, draft)
         if outcome in RESCUED_OUTCOMES:
             frame = self._frame()
@@ -183,41 +211,141 @@ class AuditLog:
 
     def _append(self, conn: Connection, d: Draft) -> tuple[str, int]:
         chain = self._chain_of(conn, d.tenant_id)
-        text: str | None = None
+        return chain, self._append_chain(conn, chain, [d])
+
+    def _append_many(self, conn: Connection, drafts: list[Draft]) -> None:
+        """Append a batch: per chain, one head move and one multi-row insert."""
+        by_chain: dict[str, list[Draft]] = {}
+        for d in drafts:
+            by_chain.setdefault(self._chain_of(conn, d.tenant_id), []).append(d)
+        for chain, group in by_chain.items():
+            self._append_chain(conn, chain, group)
+
+    def _append_chain(self, conn: Connection, chain: str, drafts: list[Draft]) -> int:
+        """Append ``drafts`` in order to ``chain``; the sequence number of the first."""
+        texts: list[str] | None = None
         for _attempt in range(3):
             with self._lock:
                 head = self._heads.get(chain)
             if head is None:
                 head = self._load(conn, chain)
-            if text is None:       # the chain's keys exist once its head does
-                body = dict(d.body)
-                if d.private:
-                    body["sealed"] = base64.b64encode(
-                        self._seal_private(conn, chain, d.entry_id, d.private)).decode()
-                text = canonical(body)
-            seq = head.next_seq
-            row, new = ch.append(head, chain, d.entry_id, d.at_us, d.actor_id, d.patient_id,
-                                 d.action, d.outcome, text)
-            frontier = new.frontier
-            leaf = new.prev
-            sealed_key = self._seal_key(conn, chain, new.key)
-            if arepo.advance_head(conn, chain, seq, seq + 1, leaf, sealed_key,
-                                  ch.pack_frontier(frontier), _now()):
-                values = row._asdict()
-                values["tenant_id"] = values.pop("chain")
-                arepo.insert_entry(conn, values, d.patient_ids[1:])
+            if texts is None:       # the chain's keys exist once its head does
+                texts = [self._text(conn, chain, d) for d in drafts]
+            first = head.next_seq
+            state = head
+            rows: list[ch.Row] = []
+            reached: list[tuple[str, int, bytes, bytes, list[bytes]]] = []
+            for d, text in zip(drafts, texts, strict=True):
+                row, state = ch.append(state, chain, d.entry_id, d.at_us, d.actor_id,
+                                       d.patient_id, d.action, d.outcome, text)
+                rows.append(row)
+                if self.checkpoint_every > 0 and state.next_seq % self.checkpoint_every == 0:
+                    reached.append((chain, state.next_seq, ch.frontier_root(state.frontier),
+                                    state.prev, state.frontier))
+            if arepo.advance_head(conn, chain, first, state.next_seq, state.prev,
+                                  self._seal_key(conn, chain, state.key),
+                                  ch.pack_frontier(state.frontier), _now()):
+                if len(rows) == 1:
+                    values = rows[0]._asdict()
+                    values["tenant_id"] = values.pop("chain")
+                    arepo.insert_entry(conn, values, drafts[0].patient_ids[1:])
+                else:   # Row's field order is the INSERT's column order
+                    arepo.insert_entries(conn, rows, [
+                        (chain, p, r.seq) for r, d in zip(rows, drafts, strict=True)
+                        for p in dict.fromkeys(d.patient_ids[1:]) if p != r.patient_id])
                 with self._lock:
-                    self._heads[chain] = new
+                    self._heads[chain] = state
                 frame = self._frame()
                 if frame is not None:
                     frame.chains.add(chain)
-                    if self.checkpoint_every > 0 and (seq + 1) % self.checkpoint_every == 0:
-                        frame.checkpoints.append((chain, seq + 1, ch.frontier_root(frontier),
-                                                  leaf, frontier))
-                return chain, seq
+                    frame.checkpoints.extend(reached)
+                return first
             with self._lock:      # another writer moved the head: reload under lock
                 self._heads.pop(chain, None)
         raise RuntimeError(f"audit chain {chain}: could not append after 3 attempts")
+
+    def _text(self, conn: Connection, chain: str, d: Draft) -> str:
+        body = dict(d.body)
+        if d.private:
+            body["sealed"] = base64.b64encode(
+                self._seal_private(conn, chain, d.entry_id, d.private)).decode()
+        return canonical(body)
+
+    # -- group commit of reads ---------------------------------------------------------------
+    def _queue(self, drafts: list[Draft]) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if not self._pending:
+                self._pending_since = now
+            self._pending.extend(drafts)
+            full = len(self._pending) >= GROUP_MAX
+            due = (now - self._pending_since) * 1000 >= self.group_ms
+        if full or due or self.lv.bound or self._closing:
+            # a full or overdue batch is written by the thread that filled it; with a
+            # test-bound connection there is no writer thread (one connection, one thread)
+            try:
+                self.flush()
+            except Exception:   # the caller's work committed: don't fail it, retry later
+                log.exception("could not write %d queued read audit entries", self.pending())
+                self._start_writer()
+        else:
+            self._start_writer()
+
+    def _start_writer(self) -> None:
+        if self._writer is not None:
+            return
+        with self._lock:
+            if self._writer is not None or self._closing:
+                return
+            self._writer = threading.Thread(target=self._write_loop, name="labvault-audit",
+                                            daemon=True)
+        atexit.register(self._at_exit)    # a door that never calls close() loses nothing
+        self._writer.start()
+
+    def _write_loop(self) -> None:
+        while not self._closing:
+            self._wake.wait(self.group_ms / 1000)
+            self._wake.clear()
+            try:
+                self.flush()
+            except Exception:   # kept pending: the next tick (or close) retries
+                log.exception("audit writer: could not write queued read entries")
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+    def flush(self) -> int:
+        """Write the queued read entries now; how many. On failure they stay queued."""
+        with self._lock:
+            drafts, self._pending = self._pending, []
+        if not drafts:
+            return 0
+        try:
+            with self.lv.begin() as conn:
+                self._append_many(conn, drafts)
+        except BaseException:
+            with self._lock:
+                self._pending[:0] = drafts
+            raise
+        return len(drafts)
+
+    def _at_exit(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            log.exception("at exit: %d queued read audit entries could not be written",
+                          self.pending())
+
+    def close(self) -> None:
+        """Stop the writer and write what is queued (``Labvault.close``)."""
+        self._closing = True
+        self._wake.set()
+        writer, self._writer = self._writer, None
+        if writer is not None and writer is not threading.current_thread():
+            writer.join(timeout=10)
+        if self._lv is not None:
+            self.flush()
 
     def _seal_private(self, conn: Connection, chain: str, entry_id: str,
                       private: dict[str, Any]) -> bytes:
@@ -331,6 +459,12 @@ class AuditLog:
         if not stack:
             return
         frame = stack.pop()
+        if frame.grouped:
+            if savepoint and stack:
+                stack[-1].grouped.extend(frame.grouped)
+            else:       # committed or not: the data was opened
+                self._queue(frame.grouped)
+            frame.grouped = []
         if committed:
             if savepoint and stack:
                 stack[-1].merge(frame)      # not durable until the enclosing one commits

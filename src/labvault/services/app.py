@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
@@ -112,6 +112,7 @@ class Labvault:
                                                                 default=None)
         self.shred_log = ShredLogFile(settings.data_dir / "shred.log")
         self.tx_observers: list[TxObserver] = []
+        self.close_hooks: list[Callable[[], None]] = []   # run by close(), before the engine goes
         self.alerts: AlertSink = alerts or LogAlerts()
         self.gate = Gate(keyring, policy or OperatorOnlyPolicy(), budget or NoBudget(),
                          audit or MemoryAudit(), self.load_tenant_keys)
@@ -155,7 +156,14 @@ class Labvault:
         lv.replay_shred_log()
         return lv
 
+    @property
+    def bound(self) -> bool:
+        """Running on one caller-owned connection (tests): no background threads."""
+        return self._bound is not None
+
     def close(self) -> None:
+        for hook in self.close_hooks:
+            hook()
         self.engine.dispose()
 
     @contextmanager

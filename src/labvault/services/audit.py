@@ -28,4 +28,5 @@ def audit_of(lv: Labvault) -> AuditService:
     if not isinstance(audit, AuditLog):
         raise ConfigurationError("the audit log is not plugged in",
                                  "open labvault through services.wiring.open_labvault")
+    audit.flush()       # reports and verification see every read, queued ones included
     return AuditService(audit)

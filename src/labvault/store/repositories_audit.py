@@ -93,6 +93,17 @@ def insert_entry(conn: Connection, row: dict[str, Any], more_patients: Sequence[
             for p in dict.fromkeys(more_patients) if p != row["patient_id"]])
 
 
+def insert_entries(conn: Connection, rows: Sequence[Sequence[Any]],
+                   refs: Sequence[tuple[str, str, int]]) -> None:
+    """Several entries in one statement (the group commit of reads): ``rows`` in the
+    column order of ``_INSERT`` (tenant, seq, entry id, time, actor, patient, action,
+    outcome, body, MAC); ``refs`` (tenant, patient, seq) for entries naming more patients."""
+    conn.exec_driver_sql(_sql(conn, _INSERT), [tuple(r) for r in rows])
+    if refs:
+        conn.execute(insert(audit_refs), [{"tenant_id": t, "patient_id": p, "seq": q}
+                                          for t, p, q in refs])
+
+
 def chains(conn: Connection) -> list[str]:
     q = union(select(H.tenant_id), select(E.tenant_id).distinct())
     return sorted({r[0] for r in conn.execute(q)})
