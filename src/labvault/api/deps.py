@@ -2,22 +2,39 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from labvault.domain.actors import Actor
 from labvault.errors import AuthenticationFailed
 from labvault.services.app import Labvault
 
+T = TypeVar("T")
 SESSION_COOKIE = "labvault_session"
 _bearer = HTTPBearer(auto_error=False, description="Session token from POST /api/v1/auth/login")
 
 
-def get_lv(request: Request) -> Labvault:
+async def get_lv(request: Request) -> Labvault:
+    return lv_of(request)
+
+
+def lv_of(request: Request) -> Labvault:
     lv: Labvault = request.app.state.lv
     return lv
+
+
+async def blocking(lv: Labvault, fn: Callable[..., T], *args: Any) -> T:
+    """Run a core call from async code. On SQLite the call runs in this thread: the database
+    is a library call that holds the GIL, so a worker thread adds a hand-off (~50 µs) and
+    no parallelism. On PostgreSQL it goes to the thread pool: the event loop must not wait
+    on the network."""
+    if lv.settings.is_sqlite:
+        return fn(*args)
+    return await run_in_threadpool(fn, *args)
 
 
 def client_address(request: Request) -> str | None:
@@ -40,20 +57,24 @@ def _token(request: Request, creds: HTTPAuthorizationCredentials | None) -> str:
     raise AuthenticationFailed("authentication required", "log in at /api/v1/auth/login")
 
 
-def current_actor(request: Request,
-                  creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-                  ) -> Actor:
+async def current_actor(request: Request,
+                        creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+                        ) -> Actor:
     """The authenticated actor behind the bearer token or the session cookie; its roles
     are read from the account at each request."""
-    lv = get_lv(request)
-    return lv.accounts.resolve(_token(request, creds), client_address(request))
+    return await blocking(lv_of(request), resolve_actor, request, creds)
+
+
+def resolve_actor(request: Request, creds: HTTPAuthorizationCredentials | None) -> Actor:
+    """``current_actor`` for synchronous callers (the web pages' own dependency)."""
+    return lv_of(request).accounts.resolve(_token(request, creds), client_address(request))
 
 
 def enrolling_actor(request: Request,
                     creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
                     ) -> Actor:
     """Like ``current_actor``, also accepting a session limited to MFA enrolment."""
-    lv = get_lv(request)
+    lv = lv_of(request)
     return lv.accounts.resolve(_token(request, creds), client_address(request),
                                scopes=("full", "mfa-enrol"))
 

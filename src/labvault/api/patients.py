@@ -8,12 +8,13 @@ returns at most ``MAX_RESULTS`` candidates.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from fastapi import APIRouter, Body, Query, Response
 from pydantic import BaseModel, Field
 
-from labvault.api.deps import LV, CurrentActor
+from labvault.api.deps import LV, CurrentActor, blocking
 from labvault.domain.actors import Actor
 from labvault.domain.categories import Category
 from labvault.errors import AccessDenied
@@ -77,10 +78,14 @@ def search_patients(actor: CurrentActor, lv: LV,
     return {"results": results, "truncated": len(ids) > limit}
 
 
-@router.get("/{patient_id}")
-def get_patient(patient_id: str, actor: CurrentActor, lv: LV) -> dict[str, Any]:
+@router.get("/{patient_id}", response_model=dict[str, Any])
+async def get_patient(patient_id: str, actor: CurrentActor, lv: LV) -> Response:
     """The record, restricted to the categories the caller may read."""
-    return lv.patients.show(actor, patient_id)
+    # The hot path of the API: one hand-off at most, and the body serialised once
+    # (the record is already plain JSON types: no per-field encoder walk).
+    record = await blocking(lv, lv.patients.show, actor, patient_id)
+    return Response(json.dumps(record, ensure_ascii=False, separators=(",", ":")),
+                    media_type="application/json")
 
 
 @router.put("/{patient_id}", status_code=204)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -11,6 +12,7 @@ from sqlalchemy.engine import Connection
 
 from labvault.crypto import WrappedTenantKey
 from labvault.domain.categories import Category
+from labvault.store.driver_sql import driver_sql
 from labvault.store.schema import (
     blind_index,
     patient_keys,
@@ -114,17 +116,18 @@ def update_patient_blobs(conn: Connection, tenant_id: str, patient_id: str,
 
 
 # Hot-path statements built once (every API read binds ids only; see bench/api.py).
-_PATIENT_TENANT = select(patients.c.tenant_id).where(
-    patients.c.patient_id == bindparam("pid"), patients.c.status == "active")
 _PATIENT_META = select(patients.c.tenant_id, patients.c.patient_id, patients.c.status,
                        patients.c.created_at, patients.c.updated_at).where(
     patients.c.tenant_id == bindparam("tid"), patients.c.patient_id == bindparam("pid"))
-_PATIENT_DEK = select(patient_keys.c.kek_version, patient_keys.c.wrapped).where(
-    patient_keys.c.tenant_id == bindparam("tid"), patient_keys.c.patient_id == bindparam("pid"))
+
+_TENANT_SQL = "SELECT tenant_id FROM patients WHERE patient_id = {p} AND status = 'active'"
+_DEK_SQL = ("SELECT kek_version, wrapped FROM patient_keys WHERE tenant_id = {p} "
+            "AND patient_id = {p}")
 
 
 def patient_tenant(conn: Connection, patient_id: str) -> str | None:
-    return conn.execute(_PATIENT_TENANT, {"pid": patient_id}).scalar()
+    row = conn.exec_driver_sql(driver_sql(conn, _TENANT_SQL), (patient_id,)).first()
+    return str(row[0]) if row else None
 
 
 def patient_meta(conn: Connection, tenant_id: str, patient_id: str) -> dict[str, Any] | None:
@@ -133,8 +136,8 @@ def patient_meta(conn: Connection, tenant_id: str, patient_id: str) -> dict[str,
 
 
 def patient_dek(conn: Connection, tenant_id: str, patient_id: str) -> tuple[int, bytes] | None:
-    row = conn.execute(_PATIENT_DEK, {"tid": tenant_id, "pid": patient_id}).first()
-    return (row[0], row[1]) if row else None
+    row = conn.exec_driver_sql(driver_sql(conn, _DEK_SQL), (tenant_id, patient_id)).first()
+    return (int(row[0]), bytes(row[1])) if row else None
 
 
 _DEKS: Any = None
@@ -160,6 +163,14 @@ def patient_deks(conn: Connection, tenant_id: str, patient_ids: Sequence[str]
 _SEALED: dict[tuple[str, ...], Any] = {}
 
 
+@functools.lru_cache(maxsize=64)
+def _one_sealed_sql(columns: tuple[str, ...]) -> str:
+    assert all(c in {x.value for x in Category} for c in columns)   # never user input
+    cols = ", ".join(["patient_id", *columns])
+    return (f"SELECT {cols} FROM patients WHERE tenant_id = {{p}} AND "  # noqa: S608 - enum names
+            "patient_id = {p} AND status = 'active'")
+
+
 def sealed_patients(conn: Connection, tenant_id: str, patient_ids: Iterable[str],
                     categories: Iterable[Category]) -> dict[str, dict[Category, bytes | None]]:
     cats = list(categories)
@@ -167,6 +178,11 @@ def sealed_patients(conn: Connection, tenant_id: str, patient_ids: Iterable[str]
     if not ids:
         return {}
     key = tuple(c.value for c in cats)
+    if len(ids) == 1:     # one record (every API read): plain SQL, column names from the enum
+        row = conn.exec_driver_sql(driver_sql(conn, _one_sealed_sql(key)),
+                                   (tenant_id, ids[0])).first()
+        return {} if row is None else {ids[0]: {c: None if row[i + 1] is None else bytes(row[i + 1])
+                                                for i, c in enumerate(cats)}}
     stmt = _SEALED.get(key)
     if stmt is None:      # one statement per category set, built once (hot path)
         cols = [patients.c.patient_id] + [patients.c[c] for c in key]

@@ -11,6 +11,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
+from labvault.store.driver_sql import driver_sql
 from labvault.store.tables_audit import audit_entries, audit_heads, audit_refs
 
 E = audit_entries.c
@@ -43,17 +44,7 @@ _INSERT = ("INSERT INTO audit_entries (tenant_id, seq, entry_id, at_us, actor_id
            "action, outcome, body, mac) VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p})")
 
 
-_SQL_CACHE: dict[tuple[str, str], str] = {}
-
-
-def _sql(conn: Connection, template: str) -> str:
-    """The hot statements as plain SQL in the driver's parameter style: the append runs on
-    every gate decision, and building Core statements costs several times the SQL itself."""
-    key = (conn.dialect.name, template)
-    sql = _SQL_CACHE.get(key)
-    if sql is None:
-        sql = _SQL_CACHE[key] = template.format(p="?" if key[0] == "sqlite" else "%s")
-    return sql
+_sql = driver_sql      # the append runs on every gate decision
 
 
 def _ts(conn: Connection, at: datetime) -> Any:

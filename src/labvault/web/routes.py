@@ -20,7 +20,7 @@ from fastapi import APIRouter, Depends, Form, Request, Response
 from fastapi.responses import RedirectResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from labvault.api.deps import LV, SESSION_COOKIE, client_address, current_actor
+from labvault.api.deps import LV, SESSION_COOKIE, client_address, resolve_actor
 from labvault.domain import lab as L
 from labvault.domain.actors import Actor
 from labvault.domain.categories import Action, Category
@@ -61,7 +61,7 @@ def portal_of(request: Request) -> PortalService:
 def web_user(request: Request,
              creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> WebUser:
     """The logged-in user (session cookie, or a bearer token for scripts and tests)."""
-    actor = current_actor(request, creds)
+    actor = resolve_actor(request, creds)
     bearer = creds is not None and creds.scheme.lower() == "bearer" and bool(creds.credentials)
     user = WebUser(actor, portal_of(request).csrf_token(actor), via_cookie=not bearer)
     request.state.web_user = user
