@@ -7,6 +7,8 @@ its viewer. Everything else depends on ``deps.current_actor``.
 
 from __future__ import annotations
 
+import gc
+
 from fastapi import FastAPI
 
 from labvault.api import auth, me, patients, problems, users
@@ -25,19 +27,19 @@ PUBLIC_PATHS = frozenset({"/health", "/api/v1/auth/login", "/api/v1/auth/enrol",
 def create_app(lv: Labvault) -> FastAPI:
     app = FastAPI(title="labvault", version="0.1.0")
     app.state.lv = lv
+    # Routes are matched in order: the patient record, the hottest path, first.
+    app.include_router(patients.router)
     app.include_router(alerts_router.router)
-    app.include_router(me_access.router)
     problems.install(app)
     app.add_middleware(SecurityMiddleware,
                        max_body=int(lv.settings.get("LABVAULT_MAX_REQUEST_BYTES")))
 
     @app.get("/health", tags=["health"])
-    def health() -> dict[str, str]:
+    async def health() -> dict[str, str]:
         return {"status": "ok"}
 
     app.include_router(auth.router)
     app.include_router(users.router)
-    app.include_router(patients.router)
     app.include_router(me.router)
     app.include_router(me_access.router)
     from labvault.api.fhir import router as fhir_router
@@ -47,4 +49,10 @@ def create_app(lv: Labvault) -> FastAPI:
 
 
 def create_app_from_env() -> FastAPI:
-    return create_app(open_labvault(Settings.from_env()))
+    app = create_app(open_labvault(Settings.from_env()))
+    # Everything built so far (the app, routes, models, the core) lives as long as the
+    # process: out of the collector's sight, a full collection no longer walks it, which
+    # takes the collector's pauses out of the requests' tail latency.
+    gc.collect()
+    gc.freeze()
+    return app

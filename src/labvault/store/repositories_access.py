@@ -6,9 +6,10 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, insert, select, update
+from sqlalchemy import and_, delete, insert, select, update
 from sqlalchemy.engine import Connection
 
+from labvault.store.driver_sql import driver_sql
 from labvault.store.tables_access import accounts, login_throttle, recovery_codes, sessions
 
 
@@ -79,24 +80,27 @@ def insert_session(conn: Connection, row: dict[str, Any]) -> None:
     conn.execute(insert(sessions).values(**row))
 
 
-_SESSION_COLS = (sessions.c.tenant_id, sessions.c.session_id, sessions.c.account_id,
-                 sessions.c.scope, sessions.c.last_seen_at, sessions.c.expires_at,
-                 sessions.c.auth_at, sessions.c.revoked_at)
-_ACCOUNT_COLS = (accounts.c.kind, accounts.c.status, accounts.c.roles, accounts.c.patient_id)
-
-
-# Built once: the hot path (every authenticated request) only binds the digest.
-_SESSION_BY_DIGEST = (
-    select(*_SESSION_COLS, *_ACCOUNT_COLS)
-    .join(accounts, and_(accounts.c.tenant_id == sessions.c.tenant_id,
-                         accounts.c.account_id == sessions.c.account_id))
-    .where(sessions.c.token_digest == bindparam("digest")))
+_SESSION_BY_DIGEST_SQL = (
+    "SELECT s.tenant_id, s.session_id, s.account_id, s.scope, s.last_seen_at, s.expires_at, "
+    "s.auth_at, s.revoked_at, a.kind, a.status, a.roles, a.patient_id FROM sessions s "
+    "JOIN accounts a ON a.tenant_id = s.tenant_id AND a.account_id = s.account_id "
+    "WHERE s.token_digest = {p}")
+_SESSION_KEYS = ("tenant_id", "session_id", "account_id", "scope", "last_seen_at",
+                 "expires_at", "auth_at", "revoked_at", "kind", "status", "roles", "patient_id")
+_SESSION_TIMES = ("last_seen_at", "expires_at", "auth_at", "revoked_at")
 
 
 def session_with_account(conn: Connection, token_digest: bytes) -> dict[str, Any] | None:
-    """The session of a token joined with its account's live status and roles (one query)."""
-    r = conn.execute(_SESSION_BY_DIGEST, {"digest": token_digest}).mappings().first()
-    return dict(r) if r else None
+    """The session of a token joined with its account's live status and roles (one query,
+    on every authenticated request: plain SQL)."""
+    r = conn.exec_driver_sql(driver_sql(conn, _SESSION_BY_DIGEST_SQL), (token_digest,)).first()
+    if r is None:
+        return None
+    row = dict(zip(_SESSION_KEYS, r, strict=True))
+    for k in _SESSION_TIMES:     # SQLite hands back the text SQLAlchemy wrote
+        if isinstance(row[k], str):
+            row[k] = datetime.fromisoformat(row[k])
+    return row
 
 
 def get_session(conn: Connection, tenant_id: str, session_id: str) -> dict[str, Any] | None:
