@@ -45,7 +45,7 @@ def mllp(port: int = typer.Option(2575, "--port", help="TCP port (0: any free po
             lv.tenants.get(tenant)
         h = Hl7Handler(lv, Actor.system("mllp"), tenant)
         server = MllpServer(lambda raw: h.handle(raw)[1], host, port, max_bytes, idle_timeout,
-                            workers, reject=h.reject)
+                            workers, reject=h.reject, handle_many=h.handle_many)
 
         async def run() -> None:
             await server.start()

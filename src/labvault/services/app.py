@@ -34,7 +34,7 @@ from labvault.services.gate import (
 )
 from labvault.store import migrate
 from labvault.store import repositories as repo
-from labvault.store.engine import make_engine
+from labvault.store.engine import make_engine, open_write_transaction
 
 
 def open_provider(settings: Settings, create: bool = False) -> KeyProvider:
@@ -192,6 +192,28 @@ class Labvault:
             raise
         for o in observers:
             o.tx_end(self, True, self._bound is not None)
+
+    @contextmanager
+    def savepoint(self) -> Iterator[Connection]:
+        """A part of the open transaction that rolls back alone (a savepoint): several
+        independent units of work in one commit (the MLLP group commit). Observers see
+        it as a nested transaction: refusals recorded inside survive its rollback."""
+        conn = self._tx.get()
+        if conn is None:
+            raise RuntimeError("savepoint() needs an open transaction (inside lv.begin())")
+        open_write_transaction(conn)
+        observers = tuple(self.tx_observers)
+        for o in observers:
+            o.tx_begin()
+        try:
+            with conn.begin_nested():
+                yield conn
+        except BaseException:
+            for o in observers:
+                o.tx_end(self, False, True)
+            raise
+        for o in observers:
+            o.tx_end(self, True, True)
 
     @contextmanager
     def _transaction(self) -> Iterator[Connection]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import create_engine, event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
@@ -18,6 +18,8 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
+            # savepoint sub-journals and temporary b-trees in memory, not in temp files
+            cur.execute("PRAGMA temp_store=MEMORY")
             cur.execute("PRAGMA busy_timeout=30000")
             cur.close()
 
@@ -29,3 +31,18 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
 def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
+
+
+def open_write_transaction(conn: Connection) -> None:
+    """Make sure a real transaction is open before a SAVEPOINT.
+
+    Python's sqlite3 (legacy transaction control, which SQLAlchemy uses) sends ``BEGIN``
+    only before the first INSERT/UPDATE/DELETE: a SAVEPOINT issued earlier opens the
+    transaction itself, and its RELEASE then *commits*. A savepoint is only ever taken to
+    write, so the transaction is opened as a write one (IMMEDIATE: the lock now, not a
+    failed upgrade later)."""
+    if conn.dialect.name != "sqlite":
+        return
+    dbapi = conn.connection.dbapi_connection
+    if dbapi is not None and not dbapi.in_transaction:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, or_, select, update
+from sqlalchemy import bindparam, func, insert, select, union_all, update
 from sqlalchemy.engine import Connection
 
 from labvault.store.tables_lab import (
@@ -38,10 +38,13 @@ _SEL_CONTROL = select(lab_hl7_messages.c.message_id, lab_hl7_messages.c.status,
                       lab_hl7_messages.c.ack_sealed).where(
     lab_hl7_messages.c.tenant_id == bindparam("t"),
     lab_hl7_messages.c.control_digest == bindparam("d"))
-_SEL_ORDER_DIGESTS = select(lab_orders).where(
-    lab_orders.c.tenant_id == bindparam("t"),
-    or_(lab_orders.c.filler_digest == bindparam("f"),
-        lab_orders.c.placer_digest == bindparam("p"))).limit(4)
+# Two index searches, not one ``filler = ? OR placer = ?``: SQLite plans the OR as a scan
+# of every order of the lab (one per message, growing with the lab's history).
+_SEL_ORDER_DIGESTS = union_all(
+    select(lab_orders).where(lab_orders.c.tenant_id == bindparam("t"),
+                             lab_orders.c.filler_digest == bindparam("f")),
+    select(lab_orders).where(lab_orders.c.tenant_id == bindparam("t"),
+                             lab_orders.c.placer_digest == bindparam("p"))).limit(4)
 _SEL_ACTIVE_CATALOGUE_ID = select(lab_catalogues.c.catalogue_id).where(
     lab_catalogues.c.tenant_id == bindparam("t"), lab_catalogues.c.status == "active"
 ).order_by(lab_catalogues.c.loaded_at.desc()).limit(1)

@@ -33,6 +33,13 @@ class Prepared:
     inbound: I.InboundMessage | None
     outcome: I.IngestOutcome | None = None
     ack: bytes | None = None
+    raw: bytes = b""
+
+
+class _NothingStored(Exception):
+    def __init__(self, ack: bytes) -> None:
+        super().__init__("message refused")
+        self.ack = ack
 
 
 def prepare(raw: bytes, tz: tzinfo = DEFAULT_TZ, ack_id: str = "ACK") -> Prepared:
@@ -61,7 +68,7 @@ def prepare(raw: bytes, tz: tzinfo = DEFAULT_TZ, ack_id: str = "ACK") -> Prepare
         err = MessageError(None, I.ERR_INTERNAL, f"internal error ({type(exc).__name__})")
         return Prepared(header, None, I.IngestOutcome("AE", [err]),
                         A.build_ack(header, "AE", [err], ack_id))
-    return Prepared(header, inbound)
+    return Prepared(header, inbound, raw=raw)
 
 
 class Hl7Handler:
@@ -89,7 +96,40 @@ class Hl7Handler:
         return A.build_ack(A.sniff_header(raw), "AR", [error], self._ack_id())
 
     def handle(self, raw: bytes) -> tuple[I.IngestOutcome, bytes]:
-        p = prepare(raw, self.tz, self._ack_id())
+        return self._store(prepare(raw, self.tz, self._ack_id()))
+
+    def handle_many(self, raws: list[bytes]) -> list[bytes]:
+        """Several messages (from several connections) in one transaction, one savepoint
+        each: a message refused (AE/AR) or failing leaves nothing and does not touch the
+        others. The ACKs are valid once this returns, i.e. after the commit; if the commit
+        itself fails, every message gets an AE asking to send it again."""
+        prepared = [prepare(raw, self.tz, self._ack_id()) for raw in raws]   # outside the lock
+        if len(raws) == 1:
+            return [self._store(prepared[0])[1]]
+        acks: list[bytes] = []
+        try:
+            with self.lv.begin():
+                for p in prepared:
+                    acks.append(self._in_savepoint(p))
+        except Exception:
+            log.exception("a batch of %d HL7 messages could not be committed", len(raws))
+            err = MessageError(None, I.ERR_INTERNAL, "internal error: message not stored, "
+                               "send it again later")
+            return [A.build_ack(p.header, "AE", [err], self._ack_id()) for p in prepared]
+        return acks
+
+    def _in_savepoint(self, p: Prepared) -> bytes:
+        try:
+            with self.lv.savepoint():
+                outcome, ack = self._store(p)
+                if outcome.ack_code != "AA":
+                    raise _NothingStored(ack)    # undo whatever the refused message wrote
+                return ack
+        except _NothingStored as refused:
+            return refused.ack
+
+    def _store(self, p: Prepared) -> tuple[I.IngestOutcome, bytes]:
+        raw = p.raw
         if p.ack is not None:
             assert p.outcome is not None
             return p.outcome, p.ack

@@ -2,10 +2,14 @@
 
 Per connection, messages are handled strictly in order: each is parsed, stored and
 committed (in a worker thread, so the loop keeps serving other connections) before
-its ACK is written back. Hostile input never stops the listener: bytes outside a
-frame are discarded, an oversized frame is refused with an AR and the connection
-closed, idle connections time out, and any unexpected error is logged and answered
-with an AE.
+its ACK is written back. With a batch handler (``handle_many``), messages that arrive
+together on *different* connections share one transaction — one savepoint each, so one
+message's failure leaves the others — and each ACK leaves only after that commit (group
+commit: the commit, most of a message's cost, is paid once per batch).
+
+Hostile input never stops the listener: bytes outside a frame are discarded, an
+oversized frame is refused with an AR and the connection closed, idle connections time
+out, and any unexpected error is logged and answered with an AE.
 """
 
 from __future__ import annotations
@@ -13,8 +17,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import queue
+import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from labvault.domain import inbound as I
 from labvault.domain.inbound import Location, MessageError
@@ -95,12 +101,69 @@ def frame(payload: bytes) -> bytes:
 Handler = Callable[[bytes], bytes]
 
 
+BatchHandler = Callable[[list[bytes]], list[bytes]]
+
+
+class GroupCommitter:
+    """One thread storing messages in batches: whatever is waiting when it is free (up to
+    ``max_batch``) goes into one ``handle_many`` call; each caller's future gets its ACK."""
+
+    def __init__(self, handle_many: BatchHandler, fallback: Callable[[bytes], bytes],
+                 max_batch: int = 32) -> None:
+        self.handle_many = handle_many
+        self.fallback = fallback
+        self.max_batch = max_batch
+        self._q: queue.SimpleQueue[tuple[bytes, Future[bytes]] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.batches = 0
+
+    def submit(self, payload: bytes) -> Future[bytes]:
+        fut: Future[bytes] = Future()
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="mllp-commit",
+                                                daemon=True)
+                self._thread.start()
+        self._q.put((payload, fut))
+        return fut
+
+    def _run(self) -> None:
+        while True:
+            item = self._q.get()
+            if item is None:
+                return
+            batch = [item]
+            while len(batch) < self.max_batch:
+                try:
+                    nxt = self._q.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._q.put(None)     # stop after this batch
+                    break
+                batch.append(nxt)
+            self.batches += 1
+            try:
+                acks = self.handle_many([p for p, _ in batch])
+            except Exception:   # the batch handler answers errors itself; last guard
+                log.exception("MLLP batch handler failed")
+                acks = [self.fallback(p) for p, _ in batch]
+            for (_, fut), ack in zip(batch, acks, strict=True):
+                fut.set_result(ack)
+
+    def close(self) -> None:
+        self._q.put(None)
+
+
 class MllpServer:
     def __init__(self, handle: Handler, host: str = "127.0.0.1", port: int = 2575,
                  max_bytes: int = DEFAULT_MAX_BYTES, idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
-                 workers: int = 8, reject: Callable[[bytes, MessageError], bytes] | None = None
-                 ) -> None:
+                 workers: int = 8, reject: Callable[[bytes, MessageError], bytes] | None = None,
+                 handle_many: BatchHandler | None = None, max_batch: int = 32) -> None:
         self.handle = handle
+        self.committer = (GroupCommitter(handle_many, self._internal_error, max_batch)
+                          if handle_many is not None else None)
         self.host = host
         self.port = port
         self.max_bytes = max_bytes
@@ -116,11 +179,20 @@ class MllpServer:
             return self.handle(payload)
         except Exception:   # the handler already maps errors; this is the last guard
             log.exception("MLLP handler failed")
-            err = MessageError(None, I.ERR_INTERNAL, "internal error: message not stored")
-            if self.reject is not None:
-                with contextlib.suppress(Exception):
-                    return self.reject(payload, err)
-            return b"MSH|^~\\&|||||||ACK|ERR|P|2.5\rMSA|AE|\r"
+            return self._internal_error(payload)
+
+    def _internal_error(self, payload: bytes) -> bytes:
+        err = MessageError(None, I.ERR_INTERNAL, "internal error: message not stored")
+        if self.reject is not None:
+            with contextlib.suppress(Exception):
+                return self.reject(payload, err)
+        return b"MSH|^~\\&|||||||ACK|ERR|P|2.5\rMSA|AE|\r"
+
+    async def _store(self, payload: bytes) -> bytes:
+        if self.committer is not None:
+            return await asyncio.wrap_future(self.committer.submit(payload))
+        return await asyncio.get_running_loop().run_in_executor(self.pool, self._safe_handle,
+                                                                 payload)
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -128,7 +200,6 @@ class MllpServer:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         fr = FrameReader(self.max_bytes)
-        loop = asyncio.get_running_loop()
         try:
             while True:
                 try:
@@ -148,7 +219,7 @@ class MllpServer:
                     break
                 for payload, status in payloads:
                     if status == OK:
-                        ack = await loop.run_in_executor(self.pool, self._safe_handle, payload)
+                        ack = await self._store(payload)
                     else:
                         err = MessageError(Location("MSH"), I.ERR_SEGMENT_SEQUENCE, (
                             "message not framed with MLLP (0x0B ... 0x1C 0x0D)"
@@ -191,6 +262,8 @@ class MllpServer:
     def close(self) -> None:
         if self.server is not None:
             self.server.close()
+        if self.committer is not None:
+            self.committer.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 

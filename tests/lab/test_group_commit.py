@@ -1,0 +1,121 @@
+"""MLLP group commit: several connections' messages in one transaction, one savepoint each.
+A refused message leaves nothing and does not touch the others; a failed commit answers
+every message of the batch with AE and stores none of them."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from sqlalchemy import func, select
+
+from labvault.domain.actors import Actor
+from labvault.interop.hl7.handler import Hl7Handler
+from labvault.interop.hl7.mllp import MllpServer, send
+from labvault.services.app import Labvault
+from labvault.services.audit import audit_of, install_audit
+from labvault.store.schema import tenants
+from tests.lab import hl7_samples as S
+from tests.lab.test_hl7 import counts, h, known, segs  # noqa: F401 - shared fixtures
+
+
+def code(ack: bytes) -> str:
+    return segs(ack)["MSA"][0][1]
+
+
+def test_a_batch_keeps_each_message_apart(lab_lv: Labvault, h: Hl7Handler, known: str,  # noqa: F811
+                                          tenant_id: str, operator: Actor) -> None:
+    install_audit(lab_lv)
+    before = counts(lab_lv, tenant_id, operator)
+    batch = [S.oru_numeric("G1").encode(),
+             b"garbage",
+             S.oru_numeric("G2").replace("20260301081500", "20261341").encode(),   # bad date
+             S.orm("G3").encode(),
+             S.oru_numeric("G1").encode()]                                  # resend of G1
+    acks = h.handle_many(batch)
+    assert [code(a) for a in acks] == ["AA", "AR", "AE", "AA", "AA"]
+    assert acks[4] == acks[0]                          # the resend gets the original ACK
+    orders, obs, messages = counts(lab_lv, tenant_id, operator)
+    assert (orders - before[0], obs - before[1], messages - before[2]) == (2, 5, 2)
+    assert audit_of(lab_lv).verify()["ok"]
+
+
+def test_a_failed_commit_stores_nothing_and_answers_ae(
+        lab_lv: Labvault, h: Hl7Handler, known: str, tenant_id: str,  # noqa: F811
+        operator: Actor, monkeypatch: pytest.MonkeyPatch) -> None:
+    before = counts(lab_lv, tenant_id, operator)
+    real = h._in_savepoint
+    calls = []
+
+    def failing(p):  # type: ignore[no-untyped-def]
+        calls.append(p)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        return real(p)
+
+    monkeypatch.setattr(h, "_in_savepoint", failing)
+    acks = h.handle_many([S.oru_numeric("F1").encode(), S.orm("F2").encode()])
+    assert [code(a) for a in acks] == ["AE", "AE"]
+    assert all(b"send it again" in a for a in acks)
+    assert counts(lab_lv, tenant_id, operator) == before
+    monkeypatch.setattr(h, "_in_savepoint", real)
+    assert [code(a) for a in h.handle_many([S.oru_numeric("F1").encode(),
+                                            S.orm("F2").encode()])] == ["AA", "AA"]
+
+
+def test_a_savepoint_is_inside_the_transaction(lab_lv: Labvault) -> None:
+    """Python's sqlite3 opens a transaction only before the first write: a savepoint taken
+    earlier would commit on release. ``lv.savepoint`` opens the transaction first."""
+    with lab_lv.begin() as conn:
+        n = conn.execute(select(func.count()).select_from(tenants)).scalar_one()
+    with pytest.raises(RuntimeError), lab_lv.begin() as conn:
+        with lab_lv.savepoint():
+            conn.execute(tenants.insert().values(
+                tenant_id="lab_savepointtest0000000000000", name="Savepoint",
+                finess="010000024", created_at=__import__("datetime").datetime.now()))
+        raise RuntimeError("the batch fails after the savepoint was released")
+    with lab_lv.begin() as conn:
+        assert conn.execute(select(func.count()).select_from(tenants)).scalar_one() == n
+    with pytest.raises(RuntimeError, match="open transaction"), lab_lv.savepoint():
+        pass
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])   # a listener thread needs its own connections
+def test_concurrent_connections_share_commits(lab_lv: Labvault, h: Hl7Handler,  # noqa: F811
+                                              tenant_id: str, known: str,  # noqa: F811
+                                              operator: Actor) -> None:
+    srv = MllpServer(lambda raw: h.handle(raw)[1], "127.0.0.1", 0, reject=h.reject,
+                     handle_many=h.handle_many)
+    import asyncio
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(srv.start())
+        started.set()
+        loop.run_forever()
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    assert started.wait(10)
+    try:
+        results: dict[int, list[bytes]] = {}
+
+        def client(k: int) -> None:
+            results[k] = send("127.0.0.1", srv.port,
+                              [S.oru_numeric(f"C{k}-{i}").encode() for i in range(6)])
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(6)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(60)
+        assert sorted(results) == list(range(6))
+        assert all(code(a) == "AA" for acks in results.values() for a in acks)
+        assert srv.committer is not None and srv.committer.batches <= 36
+        assert counts(lab_lv, tenant_id, operator)[2] == 36
+    finally:
+        asyncio.run_coroutine_threadsafe(srv.stop(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        t.join(10)
+        loop.close()
+        srv.close()
