@@ -28,12 +28,15 @@ from labvault.breach.columns import (
 from labvault.breach.encoding import (
     FIELD_WORDS,
     FUZZY_ACCEPT,
+    MIN_WEIGHT,
     SEGMENTS,
+    WEIGHTS,
     WORDS,
     ClkEncoder,
     Counts,
     KeyedDigest,
     MatchIdentity,
+    Scores,
     Words,
     bigrams,
     block_values,
@@ -43,7 +46,6 @@ from labvault.breach.encoding import (
     field_counts,
     postcode_tokens,
     score,
-    score_counts,
 )
 from labvault.crypto import blind_index as bi
 
@@ -234,7 +236,6 @@ def exact_tenant(prep: ExactPrep, tenant_id: str, index_key: bytes,
 
 # -- fuzzy tier ----------------------------------------------------------------------------------
 FIELDS = tuple(SEGMENTS)                 # L F D P N E T: field segments in filter order
-_WORD_STARTS = np.array([a for _, a, _ in FIELD_WORDS], dtype=np.intp)
 
 
 # The tokens of each field (``encoding.tokens`` is their concatenation), from the
@@ -329,6 +330,8 @@ class FuzzyPrep:
         def arr(a: array[int]) -> Ids:
             return np.frombuffer(a, dtype=np.int64) if len(a) else np.zeros(0, np.int64)
 
+        for voc in self.vocab.values():
+            voc.ids = {}                 # only tokens and their CSR are needed from here
         self.rows = arr(keep)
         self.value = {f: arr(a) for f, a in vals.items()}
         self.swapped_L, self.swapped_F = arr(sw_l), arr(sw_f)
@@ -392,8 +395,9 @@ class TenantEncodings:
             encodings.items(), ((d, p) for d, ps in blocks.items() for p in ps)))
 
 
-# (row, candidate) pairs scored per NumPy batch: bounds memory (~60 MiB per batch).
-PAIR_BATCH = 1 << 18
+# (row, candidate) pairs scored per NumPy batch: small enough for the working arrays
+# (~256 KiB each) to stay in cache.
+PAIR_BATCH = 1 << 15
 
 
 def _or_segments(x: Words, ptr: Ids) -> Words:
@@ -416,36 +420,100 @@ def _value_segments(voc: _FieldVocab, encoder: ClkEncoder) -> Words:
 
 
 def row_filters(prep: FuzzyPrep, encoder: ClkEncoder) -> tuple[Words, Words]:
-    """The rows' original filters under one tenant's keys: (rows, WORDS) for the name
-    order as read, and the L and F words (rows, 7) of the swapped order."""
-    out = np.empty((len(prep), WORDS), dtype=np.uint64)
-    swapped = np.empty((len(prep), FIELD_WORDS[1][2]), dtype=np.uint64)
+    """The rows' original filters under one tenant's keys, word-major: (WORDS, rows)
+    for the name order as read, and the L and F words (7, rows) of the swapped order."""
+    out = np.empty((WORDS, len(prep)), dtype=np.uint64)
+    swapped = np.empty((FIELD_WORDS[1][2], len(prep)), dtype=np.uint64)
     for f, a, b in FIELD_WORDS:
         seg = _value_segments(prep.vocab[f], encoder)
-        out[:, a:b] = seg[prep.value[f]]
+        out[a:b] = seg[prep.value[f]].T
         if f == "L":
-            swapped[:, a:b] = seg[prep.swapped_L]
+            swapped[a:b] = seg[prep.swapped_L].T
         elif f == "F":
-            swapped[:, a:b] = seg[prep.swapped_F]
+            swapped[a:b] = seg[prep.swapped_F].T
     return out, swapped
 
 
-def _field_sums(words: Words, starts: npt.NDArray[np.intp]) -> Counts:
-    return np.add.reduceat(np.bitwise_count(words), starts, axis=1, dtype=np.int64)
+def _counts_t(words_t: Words) -> npt.NDArray[np.float64]:
+    """Per-field popcounts (fields, n) of word-major filters (words, n), as floats."""
+    c = np.bitwise_count(words_t)
+    return np.stack([c[a:b].sum(axis=0, dtype=np.int64) for _, a, b in FIELD_WORDS
+                     if b <= len(words_t)]).astype(np.float64)
 
 
-def fuzzy_tenant(prep: FuzzyPrep, encoder: ClkEncoder, data: TenantEncodings
-                 ) -> Iterator[tuple[int, str, float]]:
-    """Fuzzy tier for one tenant: (row, best patient, score) for rows with a candidate.
+_W2 = tuple(WEIGHTS[f] * 2 for f, _, _ in FIELD_WORDS)
+_W = tuple(WEIGHTS[f] for f, _, _ in FIELD_WORDS)
+
+
+def _score_batch(rf: Words, rsw: Words, rc: npt.NDArray[np.float64],
+                 rc_sw: npt.NDArray[np.float64], cw: Words, cc: npt.NDArray[np.float64],
+                 pr: Ids, pp: Ids) -> Scores:
+    """Scores of (row ``pr[i]``, patient ``pp[i]``) pairs, best of both name orders.
+
+    Word-major inputs: rows' filters ``rf`` (16, R) and swapped L/F words ``rsw`` (7, R),
+    their per-field counts ``rc`` (7, R) / ``rc_sw`` (2, R); patients' filters ``cw``
+    (16, P) and counts ``cc`` (7, P). The same IEEE operations in the same order as
+    ``encoding.score`` (and ``score_counts``): (w*2)*inter/(pa+pb) per valid field,
+    summed field by field from 0.0, divided by the summed weights.
+    """
+    n = len(pp)
+    x = np.empty(n, dtype=np.uint64)
+    y = np.empty(n, dtype=np.uint64)
+    c = np.empty(n, dtype=np.uint64)
+    total = np.zeros(n)
+    weight = np.zeros(n)
+    total_sw = np.zeros(n)
+    weight_sw = np.zeros(n)
+    rest: list[tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]] = []
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for k, (_, a, b) in enumerate(FIELD_WORDS):
+            inter = np.zeros(n, dtype=np.uint16)
+            inter_sw = np.zeros(n, dtype=np.uint16) if k < 2 else inter
+            for w in range(a, b):
+                np.take(cw[w], pp, out=c)
+                np.take(rf[w], pr, out=x)
+                np.bitwise_and(x, c, out=x)
+                inter += np.bitwise_count(x)
+                if k < 2:
+                    np.take(rsw[w], pr, out=y)
+                    np.bitwise_and(y, c, out=y)
+                    inter_sw += np.bitwise_count(y)
+            pb = cc[k][pp]
+            for variant in ((0, 1) if k < 2 else (0,)):
+                pa = (rc if variant == 0 else rc_sw)[k][pr]
+                iv = inter if variant == 0 else inter_sw
+                valid = (pa > 0) & (pb > 0)
+                term = np.where(valid, iv * _W2[k] / (pa + pb), 0.0)
+                wt = np.where(valid, _W[k], 0.0)
+                if variant == 0:
+                    total += term
+                    weight += wt
+                    if k >= 2:
+                        rest.append((term, wt))
+                else:
+                    total_sw += term
+                    weight_sw += wt
+        for term, wt in rest:
+            total_sw += term
+            weight_sw += wt
+        s = np.where(weight >= MIN_WEIGHT, total / weight, 0.0)
+        s_sw = np.where(weight_sw >= MIN_WEIGHT, total_sw / weight_sw, 0.0)
+    return np.maximum(s, s_sw)
+
+
+def fuzzy_tenant(prep: FuzzyPrep, encoder: ClkEncoder, data: TenantEncodings,
+                 min_score: float = 0.0) -> Iterator[tuple[int, str, float]]:
+    """Fuzzy tier for one tenant: (row, best patient, score) for rows whose best
+    candidate scores above 0 and at least ``min_score``.
 
     Candidates are the patients sharing a keyed blocking digest with the row (each
     distinct blocking value HMAC'd once, looked up by binary search in the tenant's
     sorted digests). Each (row, candidate) pair is scored by the weighted per-field
-    Dice coefficients (``encoding.score_counts``, the same floats as
-    ``encoding.score``) of the row's filter and of its swapped-names filter against the
-    patient's stored filter, in batches of about ``PAIR_BATCH`` pairs. A row's winner
-    is the candidate with the best score, the smallest patient id among equal scores
-    (the same as ``fuzzy_tenant_reference``).
+    Dice coefficients (``_score_batch``, the same floats as ``encoding.score``) of the
+    row's filter and of its swapped-names filter against the patient's stored filter,
+    in batches of about ``PAIR_BATCH`` pairs. A row's winner is the candidate with the
+    best score, the smallest patient id among equal scores (the same as
+    ``fuzzy_tenant_reference``).
     """
     if len(prep) == 0 or len(data.block_digests) == 0:
         return
@@ -458,13 +526,13 @@ def fuzzy_tenant(prep: FuzzyPrep, encoder: ClkEncoder, data: TenantEncodings
     e_cnt = v_cnt[prep.block_ids]
     e_cs = np.concatenate(([0], np.cumsum(e_cnt)))
     row_cnt = e_cs[prep.block_ptr[1:]] - e_cs[prep.block_ptr[:-1]]
-    has = np.flatnonzero(row_cnt)
-    if len(has) == 0:
+    if not row_cnt.any():
         return
     rf, rsw = row_filters(prep, encoder)
-    rc = field_counts(rf)
-    rc_sw = rc.copy()
-    rc_sw[:, :2] = _field_sums(rsw, _WORD_STARTS[:2])
+    rc = _counts_t(rf)
+    rc_sw = _counts_t(rsw)
+    cw = np.ascontiguousarray(data.words.T)
+    cc = np.ascontiguousarray(data.counts.T.astype(np.float64))
     e_row = np.repeat(np.arange(len(prep)), np.diff(prep.block_ptr))
     row_cs = np.concatenate(([0], np.cumsum(row_cnt)))
     big = np.iinfo(np.int64).max
@@ -480,19 +548,14 @@ def fuzzy_tenant(prep: FuzzyPrep, encoder: ClkEncoder, data: TenantEncodings
             offs = np.arange(total) - np.repeat(e_cs[e0:e1] - e_cs[e0], cnt)
             pp = data.block_patient[e_lo[rep] + offs]
             pr = e_row[rep]
-            cw = data.words[pp]
-            cc = data.counts[pp]
-            inter = _field_sums(rf[pr] & cw, _WORD_STARTS)
-            s = score_counts(inter, rc[pr], cc)
-            inter[:, :2] = _field_sums(rsw[pr] & cw[:, :rsw.shape[1]], _WORD_STARTS[:2])
-            s = np.maximum(s, score_counts(inter, rc_sw[pr], cc))
+            s = _score_batch(rf, rsw, rc, rc_sw, cw, cc, pr, pp)
             rows_here = np.flatnonzero(row_cnt[a:b]) + a
             lens = row_cnt[rows_here]
             starts = row_cs[rows_here] - row_cs[a]
             top = np.maximum.reduceat(s, starts)
             seg = np.repeat(np.arange(len(rows_here)), lens)
             win = np.minimum.reduceat(np.where(s == top[seg], pp, big), starts)
-            for k in np.flatnonzero(top > 0.0).tolist():
+            for k in np.flatnonzero((top > 0.0) & (top >= min_score)).tolist():
                 yield int(prep.rows[rows_here[k]]), data.pids[int(win[k])], float(top[k])
         a = b
 

@@ -122,8 +122,8 @@ def _fuzzy_job(work: _TenantWork, data: TenantRows) -> list[tuple[int, str, str,
     assert _SHARED_PREP is not None
     enc = ClkEncoder(work.clk, work.perm, work.block)
     return [(n, work.tenant_id, pid, score)
-            for n, pid, score in fuzzy_tenant(_SHARED_PREP, enc, TenantEncodings.build(enc, data))
-            if score >= FUZZY_ACCEPT]
+            for n, pid, score in fuzzy_tenant(_SHARED_PREP, enc, TenantEncodings.build(enc, data),
+                                              FUZZY_ACCEPT)]
 
 
 _J = TypeVar("_J")
