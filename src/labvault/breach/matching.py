@@ -213,11 +213,13 @@ def exact_tenant(prep: ExactPrep, tenant_id: str, index_key: bytes,
     full = np.frombuffer(b"".join(map(kd.mac, prep.messages)), dtype=np.uint8)
     d = np.ascontiguousarray(full.reshape(n, 32)[:, :bi.DIGEST_BYTES]).view(U64).ravel()
     lo = np.searchsorted(index.digests, d, side="left")
-    hi = np.searchsorted(index.digests, d, side="right")
+    hits = np.flatnonzero(index.digests[np.minimum(lo, len(index.digests) - 1)] == d)
+    hi = np.zeros_like(lo)
+    hi[hits] = np.searchsorted(index.digests, d[hits], side="right")
     out: list[Match] = []
     found: dict[str, list[str]] = {}
     current = -1
-    for m in np.flatnonzero(hi > lo).tolist():
+    for m in hits.tolist():
         r = int(prep.row[m])
         if r != current:
             out.extend(Match(current, tenant_id, pid, "exact", tuple(ks), 1.0)
