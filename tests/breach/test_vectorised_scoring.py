@@ -19,7 +19,16 @@ from labvault.breach.encoding import (
     score,
     score_words,
 )
-from labvault.breach.matching import FuzzyPrep, RowKeys, fuzzy_tenant, fuzzy_tenant_reference
+from labvault.breach.matching import (
+    ExactPrep,
+    FuzzyPrep,
+    RowKeys,
+    TenantEncodings,
+    TenantIndex,
+    exact_tenant,
+    fuzzy_tenant,
+    fuzzy_tenant_reference,
+)
 from labvault.synthetic import people
 
 ENC = ClkEncoder(b"k" * 32, b"p" * 32, b"b" * 32)
@@ -97,8 +106,55 @@ def test_fuzzy_tenant_equals_reference(batch: int, monkeypatch: pytest.MonkeyPat
     idents.append(MatchIdentity())                 # nothing to match on
     rows = [RowKeys(m, (), b"", frozenset(), False) for m in idents]
     prep = FuzzyPrep(rows, range(len(rows)))
-    got = list(fuzzy_tenant(prep, ENC, blocks, encodings))
-    want = list(fuzzy_tenant_reference(prep, ENC, blocks, encodings))
+    got = list(fuzzy_tenant(prep, ENC, TenantEncodings.from_maps(ENC, blocks, encodings)))
+    want = list(fuzzy_tenant_reference(rows, range(len(rows)), ENC, blocks, encodings))
     assert got == want
     assert len(got) > 250                          # the comparison is not vacuous
     assert any(s < 1.0 for _, _, s in got) and any(s == 1.0 for _, _, s in got)
+    # ties between the duplicated patients go to the smallest patient id
+    dup = {f"p{i}" for i in range(20)} | {f"p{i}" for i in range(400, 420)}
+    assert any(pid in dup for _, pid, _ in got)
+
+
+def test_exact_tenant_finds_every_key_in_order() -> None:
+    key = b"i" * 32
+    from labvault.breach.encoding import KeyedDigest
+    kd = KeyedDigest(key)
+    msgs = [[b"nir\x00A", b"email\x00a@b.fr"], [], [b"email\x00a@b.fr", b"phone\x00+33"],
+            [b"nir\x00Z"]]
+    kinds = [bytes([0, 1]), b"", bytes([1, 2]), bytes([0])]
+    rows = [RowKeys(MatchIdentity(), tuple(m), k, frozenset(), False)
+            for m, k in zip(msgs, kinds, strict=True)]
+    index = TenantIndex.of([(kd.mac(b"email\x00a@b.fr")[:8], "p2"),
+                            (kd.mac(b"email\x00a@b.fr")[:8], "p1"),
+                            (kd.mac(b"nir\x00A")[:8], "p1"),
+                            (kd.mac(b"phone\x00+33")[:8], "p3")])
+    got = sorted((m.row, m.patient_id, m.keys) for m in
+                 exact_tenant(ExactPrep(rows), "t", key, index))
+    assert got == [(0, "p1", ("nir", "email")), (0, "p2", ("email",)),
+                   (2, "p1", ("email",)), (2, "p2", ("email",)), (2, "p3", ("phone",))]
+
+
+def test_token_segments_equal_token_masks() -> None:
+    from labvault.breach.encoding import FIELD_WORDS, tokens
+    idents = _identities(60, seed=3)
+    for f, a, _ in FIELD_WORDS:
+        toks = sorted({t for m in idents for t in tokens(m)
+                       if (t[0] == f or (f == "P" and t[0] == "S"))})
+        assert toks
+        got = ENC.token_segments(f, toks)
+        lo = SEGMENTS[f][0]
+        want = filter_words([ENC.token_mask(t) for t in toks])[:, a:a + got.shape[1]]
+        assert (got == want).all()
+        assert all(ENC.token_mask(t) >> lo << lo == ENC.token_mask(t) for t in toks)
+
+
+def test_field_tokens_make_up_tokens() -> None:
+    from labvault.breach.encoding import tokens
+    from labvault.breach.matching import _FIELD_TOKENS
+    for m in _identities(50, seed=8):
+        parts = (_FIELD_TOKENS["L"](m.last, "") + _FIELD_TOKENS["F"](m.first, "")
+                 + _FIELD_TOKENS["D"](m.birth_date, "") + _FIELD_TOKENS["N"](m.nir, "")
+                 + _FIELD_TOKENS["T"](m.phone, "") + _FIELD_TOKENS["E"](m.email, "")
+                 + _FIELD_TOKENS["P"](m.postcode, m.sex))
+        assert parts == tokens(m)

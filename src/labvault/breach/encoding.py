@@ -29,9 +29,11 @@ known attacks on Bloom-filter encodings with what this design does about each.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date
+from functools import lru_cache
 from operator import itemgetter
 
 import numpy as np
@@ -99,6 +101,22 @@ class KeyedDigest:
         return self.mac(kind.encode() + b"\x00" + normalised.encode())[:bi.DIGEST_BYTES]
 
 
+_NOT_DIGIT = re.compile(r"[^0-9]")
+_NOT_NIR = re.compile(r"[^0-9AB]")
+# Folded names repeat (a dump has far fewer distinct names than rows).
+_fold = lru_cache(maxsize=1 << 16)(bi.fold_name)
+
+
+def _digits(s: str) -> str:
+    """The characters of ``s`` for which ``str.isdigit`` holds (regex fast path for ASCII)."""
+    return _NOT_DIGIT.sub("", s) if s.isascii() else "".join(c for c in s if c.isdigit())
+
+
+def _nir_chars(s: str) -> str:
+    return _NOT_NIR.sub("", s) if s.isascii() else \
+        "".join(c for c in s if c.isdigit() or c in "AB")
+
+
 # -- identity as the encoders see it ------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class MatchIdentity:
@@ -118,10 +136,10 @@ class MatchIdentity:
            postcode: str | None, sex: str | None = None, nir: str | None = None,
            email: str | None = None, phone: str | None = None) -> MatchIdentity:
         b = birth.isoformat() if isinstance(birth, date) else (birth or "")
-        pc = "".join(c for c in (postcode or "") if c.isdigit())
-        n = "".join(c for c in (nir or "").upper() if c.isdigit() or c in "AB")
-        ph = "".join(c for c in (phone or "") if c.isdigit())
-        return MatchIdentity(bi.fold_name(last or ""), bi.fold_name(first or ""), b,
+        pc = _digits(postcode or "")
+        n = _nir_chars((nir or "").upper())
+        ph = _digits(phone or "")
+        return MatchIdentity(_fold(last or ""), _fold(first or ""), b,
                              pc if len(pc) == 5 else "", (sex or "").upper()[:1],
                              n if 13 <= len(n) <= 15 else "",
                              (email or "").strip().lower()[:100],
@@ -139,26 +157,41 @@ def bigrams(prefix: str, s: str) -> list[str]:
     return [f"{prefix}:{p[i:i + 2]}" for i in range(len(p) - 1)]
 
 
-def tokens(m: MatchIdentity) -> list[str]:
-    out = bigrams("L", m.last) + bigrams("F", m.first)
-    if len(m.birth_date) == 10:
-        y, mo, d = m.birth_date[:4], m.birth_date[5:7], m.birth_date[8:10]
-        out += [f"D:y{y}", f"D:m{mo}", f"D:d{d}", f"D:ym{y}{mo}", f"D:md{mo}{d}", f"D:yd{y}{d}"]
-    # identifiers: positional digit pairs (a typo changes two of them)
-    for prefix, digits in (("N", m.nir[:13]), ("T", m.phone)):
-        out += [f"{prefix}:{i}{digits[i:i + 2]}" for i in range(len(digits) - 1)]
-    if m.email:
-        out += [*bigrams("E", m.email.split("@")[0]), f"E:@{m.email.split('@')[-1]}"]
-    if m.postcode:
-        out += [f"P:{m.postcode}", f"P:d{m.postcode[:2]}", f"P:p{m.postcode[:3]}"]
-    if m.sex in ("M", "F"):
-        out.append(f"S:{m.sex}")
+def date_tokens(birth_date: str) -> list[str]:
+    if len(birth_date) != 10:
+        return []
+    y, mo, d = birth_date[:4], birth_date[5:7], birth_date[8:10]
+    return [f"D:y{y}", f"D:m{mo}", f"D:d{d}", f"D:ym{y}{mo}", f"D:md{mo}{d}", f"D:yd{y}{d}"]
+
+
+def digit_tokens(prefix: str, digits: str) -> list[str]:
+    """Identifiers: positional digit pairs (a typo changes two of them)."""
+    return [f"{prefix}:{i}{digits[i:i + 2]}" for i in range(len(digits) - 1)]
+
+
+def email_tokens(email: str) -> list[str]:
+    if not email:
+        return []
+    return [*bigrams("E", email.split("@")[0]), f"E:@{email.split('@')[-1]}"]
+
+
+def postcode_tokens(postcode: str, sex: str) -> list[str]:
+    out = [f"P:{postcode}", f"P:d{postcode[:2]}", f"P:p{postcode[:3]}"] if postcode else []
+    if sex in ("M", "F"):
+        out.append(f"S:{sex}")
     return out
+
+
+def tokens(m: MatchIdentity) -> list[str]:
+    return (bigrams("L", m.last) + bigrams("F", m.first) + date_tokens(m.birth_date)
+            + digit_tokens("N", m.nir[:13]) + digit_tokens("T", m.phone)
+            + email_tokens(m.email) + postcode_tokens(m.postcode, m.sex))
 
 
 _SOUNDEX = str.maketrans("AEIOUYHWBFPVCGJKQSXZDTLMNR", "000000..111122222222334556")
 
 
+@lru_cache(maxsize=1 << 16)
 def soundex(name: str) -> str:
     """American Soundex of a folded name (A-Z): 'DUPONT' -> 'D153'."""
     if not name:
@@ -236,6 +269,31 @@ class ClkEncoder:
             self._masks[token] = m
         return m
 
+    def token_segments(self, field: str, tokens: Sequence[str]) -> Words:
+        """``token_mask(t) >> lo`` of tokens of one field segment [lo, hi), as an
+        (n, (hi - lo) // 64) array of uint64 words: the same positions, computed with
+        NumPy ((h1 + i*h2) mod m == (h1 mod m + i*(h2 mod m)) mod m, no overflow)."""
+        lo, hi = SEGMENTS[field]
+        m = hi - lo
+        n = len(tokens)
+        out = np.zeros((n, m // 64), dtype=np.uint64)
+        if n == 0:
+            return out
+        if any(SEGMENT_OF[t[0]] != field for t in tokens):
+            raise ValueError(f"tokens outside segment {field}")
+        h = np.frombuffer(b"".join(map(self._clk.mac, (t.encode() for t in tokens))),
+                          dtype=np.uint8).reshape(n, 32)
+        h1 = np.ascontiguousarray(h[:, :8]).view(">u8").ravel().astype(np.uint64) % m
+        h2 = (np.ascontiguousarray(h[:, 8:16]).view(">u8").ravel().astype(np.uint64)
+              | np.uint64(1)) % m
+        k = np.array([K[t[0]] for t in tokens], dtype=np.int64)
+        rows = np.repeat(np.arange(n), k)
+        i = (np.arange(len(rows)) - np.repeat(np.cumsum(k) - k, k)).astype(np.uint64)
+        pos = (h1[rows] + i * h2[rows]) % np.uint64(m)
+        np.bitwise_or.at(out, (rows, (pos // np.uint64(64)).astype(np.intp)),
+                         np.left_shift(np.uint64(1), pos % np.uint64(64)))
+        return out
+
     def stored_token_mask(self, token: str) -> int:
         """A token's positions in the stored (balanced, shuffled) form's original half."""
         m = self._stored.get(token)
@@ -264,6 +322,11 @@ class ClkEncoder:
             d = self._block.mac(value.encode())[:8]
             self._blocks[value] = d
         return d
+
+    def block_macs(self, values: Sequence[bytes]) -> bytes:
+        """The full 32-byte keyed digests of many blocking values, concatenated (the
+        stored blocking key is the first 8 bytes of each)."""
+        return b"".join(map(self._block.mac, values))
 
     def blocks(self, m: MatchIdentity) -> list[bytes]:
         return [self.block(v) for v in block_values(m)]
@@ -295,14 +358,20 @@ def field_counts(words: Words) -> Counts:
 
 
 def score_words(a: Words, a_counts: Counts, b: Words, b_counts: Counts) -> Scores:
-    """``score`` of n pairs of original-form filters at once (row i of ``a`` vs of ``b``).
+    """``score`` of n pairs of original-form filters at once (row i of ``a`` vs of ``b``)."""
+    return score_counts(field_counts(a & b), a_counts, b_counts)
+
+
+def score_counts(inter: Counts, a_counts: Counts, b_counts: Counts) -> Scores:
+    """``score`` of n pairs from their per-field popcounts: of the intersections, of
+    the first and of the second filters (each (n, len(SEGMENTS))).
 
     Bit-for-bit the same floats as ``score``: the same IEEE operations in the same
     order (field by field, skipped fields add 0.0, which changes no sum).
     """
-    inter = field_counts(a & b)
-    total = np.zeros(len(a), dtype=np.float64)
-    weight = np.zeros(len(a), dtype=np.float64)
+    n = len(inter)
+    total = np.zeros(n, dtype=np.float64)
+    weight = np.zeros(n, dtype=np.float64)
     for k, (f, _, _) in enumerate(FIELD_WORDS):
         pa, pb = a_counts[:, k], b_counts[:, k]
         valid = (pa > 0) & (pb > 0)

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import re
 from array import array
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import date
 
 import numpy as np
+import numpy.typing as npt
 
 from labvault.breach.columns import (
     CATEGORY_OF,
@@ -26,16 +28,24 @@ from labvault.breach.columns import (
 from labvault.breach.encoding import (
     FIELD_WORDS,
     FUZZY_ACCEPT,
+    MIN_WEIGHT,
+    SEGMENTS,
+    WEIGHTS,
     WORDS,
     ClkEncoder,
+    Counts,
     KeyedDigest,
     MatchIdentity,
+    Scores,
+    Words,
+    bigrams,
     block_values,
+    date_tokens,
+    digit_tokens,
+    email_tokens,
     field_counts,
-    filter_words,
+    postcode_tokens,
     score,
-    score_words,
-    tokens,
 )
 from labvault.crypto import blind_index as bi
 
@@ -45,6 +55,7 @@ KEY_NAMES = ("nir", "email", "phone", "name_dob")
 _SEX = {"M": "M", "H": "M", "1": "M", "HOMME": "M", "MASCULIN": "M", "MALE": "M",
         "F": "F", "2": "F", "FEMME": "F", "FEMININ": "F", "FÉMININ": "F", "FEMALE": "F"}
 _CP = re.compile(r"\b(\d{5})\b")
+_UNSEEN = date.min
 
 
 @dataclass(slots=True)
@@ -80,6 +91,7 @@ class RowReader:
                          if c.detected in CATEGORY_OF]
         self.sealed_cols = [c.index for c in columns if c.detected == "sealed"]
         self._cats: dict[frozenset[str], frozenset[str]] = {}
+        self._dates: dict[str, date | None] = {}     # dates repeat: parse each once
 
     @staticmethod
     def _cell(row: Sequence[str], i: int | None) -> str:
@@ -94,7 +106,12 @@ class RowReader:
         phone = normalise_phone(c(row, self.phone)) if self.phone is not None else None
         last = c(row, self.last)
         first = c(row, self.first).split(" ")[0] if self.first is not None else ""
-        bd = parse_date(c(row, self.birth)) if self.birth is not None else None
+        bd = None
+        if self.birth is not None:
+            raw = c(row, self.birth)
+            bd = self._dates.get(raw, _UNSEEN)
+            if bd is _UNSEEN:
+                bd = self._dates[raw] = parse_date(raw)
         pc = c(row, self.postcode)
         if not pc and self.address is not None:
             m = _CP.search(c(row, self.address))
@@ -130,219 +147,452 @@ class Match:
     score: float
 
 
-def exact_tenant(rows: Sequence[RowKeys], tenant_id: str, index_key: bytes,
-                 index: Mapping[bytes, Sequence[str]]) -> list[Match]:
-    """Exact tier for one tenant: keyed digests of the row's identifiers vs its blind index."""
+# -- exact tier ----------------------------------------------------------------------------------
+U64 = np.dtype("<u8")
+Ids = npt.NDArray[np.int64]
+
+
+def digests_u64(digests: Sequence[bytes]) -> npt.NDArray[np.uint64]:
+    """8-byte digests as integers (little-endian reading; only equality matters)."""
+    raw = b"".join(digests)
+    if len(raw) != 8 * len(digests):
+        raise ValueError("digests must be 8 bytes")
+    return np.frombuffer(raw, dtype=U64).astype(np.uint64, copy=False)
+
+
+class ExactPrep:
+    """Tenant-independent work of the exact tier, done once per triage: every row's
+    MAC inputs in one flat list, with the row and kind of each."""
+
+    def __init__(self, rows: Sequence[RowKeys]) -> None:
+        self.messages: list[bytes] = []
+        row = array("q")
+        kinds = bytearray()
+        for n, r in enumerate(rows):
+            if r.messages:
+                self.messages.extend(r.messages)
+                row.extend([n] * len(r.messages))
+                kinds += r.kinds
+        self.row = np.frombuffer(row, dtype=np.int64) if row else np.zeros(0, np.int64)
+        self.kinds = bytes(kinds)
+
+
+@dataclass(frozen=True, slots=True)
+class TenantIndex:
+    """A tenant's blind-index digests (sorted, as integers), each with its patient."""
+
+    digests: npt.NDArray[np.uint64]
+    patient: Ids                         # index into ``pids``, aligned with ``digests``
+    pids: list[str]
+
+    @staticmethod
+    def of(pairs: Iterable[tuple[bytes, str]]) -> TenantIndex:
+        ds: list[bytes] = []
+        ps: list[int] = []
+        slot: dict[str, int] = {}
+        for d, pid in pairs:
+            ds.append(bytes(d))
+            ps.append(slot.setdefault(pid, len(slot)))
+        dig = digests_u64(ds)
+        order = np.argsort(dig, kind="stable")
+        return TenantIndex(dig[order], np.asarray(ps, dtype=np.int64)[order], list(slot))
+
+
+def exact_tenant(prep: ExactPrep, tenant_id: str, index_key: bytes,
+                 index: TenantIndex) -> list[Match]:
+    """Exact tier for one tenant: keyed digests of the rows' identifiers vs its blind index.
+
+    One HMAC per MAC input (the key schedule is done once); the look-up is a vectorised
+    binary search of all digests in the tenant's sorted index, and only hits go back
+    to Python. A row's keys are listed in the order of its MAC inputs.
+    """
     kd = KeyedDigest(index_key)
-    mac = kd.mac
-    get = index.get
+    n = len(prep.messages)
+    if n == 0 or len(index.digests) == 0:
+        return []
+    full = np.frombuffer(b"".join(map(kd.mac, prep.messages)), dtype=np.uint8)
+    d = np.ascontiguousarray(full.reshape(n, 32)[:, :bi.DIGEST_BYTES]).view(U64).ravel()
+    lo = np.searchsorted(index.digests, d, side="left")
+    hits = np.flatnonzero(index.digests[np.minimum(lo, len(index.digests) - 1)] == d)
+    hi = np.zeros_like(lo)
+    hi[hits] = np.searchsorted(index.digests, d[hits], side="right")
     out: list[Match] = []
-    for n, r in enumerate(rows):
-        found: dict[str, list[str]] | None = None
-        for msg, kind in zip(r.messages, r.kinds, strict=True):
-            ids = get(mac(msg)[:8])
-            if ids:
-                if found is None:
-                    found = {}
-                for pid in ids:
-                    ks = found.setdefault(pid, [])
-                    if KEY_NAMES[kind] not in ks:
-                        ks.append(KEY_NAMES[kind])
-        if found:
-            for pid, ks in found.items():
-                out.append(Match(n, tenant_id, pid, "exact", tuple(ks), 1.0))
+    found: dict[str, list[str]] = {}
+    current = -1
+    for m in hits.tolist():
+        r = int(prep.row[m])
+        if r != current:
+            out.extend(Match(current, tenant_id, pid, "exact", tuple(ks), 1.0)
+                       for pid, ks in found.items())
+            found = {}
+            current = r
+        key = KEY_NAMES[prep.kinds[m]]
+        for p in index.patient[lo[m]:hi[m]].tolist():
+            ks = found.setdefault(index.pids[p], [])
+            if key not in ks:
+                ks.append(key)
+    out.extend(Match(current, tenant_id, pid, "exact", tuple(ks), 1.0)
+               for pid, ks in found.items())
     return out
 
 
+# -- fuzzy tier ----------------------------------------------------------------------------------
+FIELDS = tuple(SEGMENTS)                 # L F D P N E T: field segments in filter order
+
+
+# The tokens of each field (``encoding.tokens`` is their concatenation), from the
+# field's value and, for P, the sex.
+_FIELD_TOKENS: dict[str, Callable[[str, str], list[str]]] = {
+    "L": lambda a, _: bigrams("L", a),
+    "F": lambda a, _: bigrams("F", a),
+    "D": lambda a, _: date_tokens(a),
+    "P": postcode_tokens,
+    "N": lambda a, _: digit_tokens("N", a[:13]),
+    "E": lambda a, _: email_tokens(a),
+    "T": lambda a, _: digit_tokens("T", a),
+}
+
+
+class _FieldVocab:
+    """Distinct values of one field and their tokens (ids into the field's token list)."""
+
+    def __init__(self, field: str) -> None:
+        self.field = field
+        self.ids: dict[tuple[str, str], int] = {}
+        self.tokens: list[str] = []
+        self._tok: dict[str, int] = {}
+        self.ptr = array("q", [0])
+        self.toks = array("q")
+
+    def id(self, a: str, b: str = "") -> int:
+        if not a and not b:
+            return -1
+        key = (a, b)
+        i = self.ids.get(key)
+        if i is None:
+            i = self.ids[key] = len(self.ids)
+            for t in _FIELD_TOKENS[self.field](a, b):
+                j = self._tok.get(t)
+                if j is None:
+                    j = self._tok[t] = len(self.tokens)
+                    self.tokens.append(t)
+                self.toks.append(j)
+            self.ptr.append(len(self.toks))
+        return i
+
+
 class FuzzyPrep:
-    """Tenant-independent work of the fuzzy tier, done once per triage: each row's
-    tokens and blocking values (both name orders), as ids into shared vocabularies."""
+    """Tenant-independent work of the fuzzy tier, done once per triage.
+
+    For every row to match (``rows``: dump row numbers): the id of its value in each
+    field's vocabulary (``value[f]``, -1 if empty; for the swapped name order, the
+    first name as a last name and vice versa: ``swapped_L``/``swapped_F``) and its
+    blocking values as ids into ``blocks`` (CSR: ``block_ptr``/``block_ids``). Per
+    tenant, each distinct token and blocking value is HMAC'd once, each distinct field
+    value's filter segment is built once, and rows' filters are gathered from those.
+    """
 
     def __init__(self, rows: Sequence[RowKeys], todo: Iterable[int]) -> None:
-        self.tokens: list[str] = []
-        self.blocks: list[str] = []
-        tok_id: dict[str, int] = {}
+        self.vocab = {f: _FieldVocab(f) for f in FIELDS}
+        self.blocks: list[bytes] = []
         blk_id: dict[str, int] = {}
-        self.rows: dict[int, tuple[tuple[array[int], ...], array[int]]] = {}
+        keep = array("q")
+        vals = {f: array("q") for f in FIELDS}
+        sw_l, sw_f = array("q"), array("q")
+        bptr, bids = array("q", [0]), array("q")
+        v = self.vocab
         for n in todo:
             ident = rows[n].ident
             if not (ident.last or ident.birth_date):
                 continue
-            variants = [ident] if not (ident.first and ident.last) else [ident, ident.swapped()]
-            toks = []
-            bids: dict[int, None] = {}
-            for v in variants:
-                ids = array("I")
-                for t in tokens(v):
-                    i = tok_id.get(t)
-                    if i is None:
-                        i = tok_id[t] = len(self.tokens)
-                        self.tokens.append(t)
-                    ids.append(i)
-                toks.append(ids)
-                for bv in block_values(v):
+            keep.append(n)
+            last, first = ident.last, ident.first
+            vals["L"].append(v["L"].id(last))
+            vals["F"].append(v["F"].id(first))
+            vals["D"].append(v["D"].id(ident.birth_date))
+            vals["P"].append(v["P"].id(ident.postcode, ident.sex if ident.sex in ("M", "F")
+                                       else ""))
+            vals["N"].append(v["N"].id(ident.nir[:13]))
+            vals["E"].append(v["E"].id(ident.email))
+            vals["T"].append(v["T"].id(ident.phone))
+            both = bool(first and last)
+            sw_l.append(v["L"].id(first) if both else vals["L"][-1])
+            sw_f.append(v["F"].id(last) if both else vals["F"][-1])
+            seen: dict[int, None] = {}
+            for var in ((ident, ident.swapped()) if both else (ident,)):
+                for bv in block_values(var):
                     j = blk_id.get(bv)
                     if j is None:
                         j = blk_id[bv] = len(self.blocks)
-                        self.blocks.append(bv)
-                    bids[j] = None
-            self.rows[n] = (tuple(toks), array("I", bids))
+                        self.blocks.append(bv.encode())
+                    seen[j] = None
+            bids.extend(seen)
+            bptr.append(len(bids))
+
+        def arr(a: array[int]) -> Ids:
+            return np.frombuffer(a, dtype=np.int64) if len(a) else np.zeros(0, np.int64)
+
+        for voc in self.vocab.values():
+            voc.ids = {}                 # only tokens and their CSR are needed from here
+        self.rows = arr(keep)
+        self.value = {f: arr(a) for f, a in vals.items()}
+        self.swapped_L, self.swapped_F = arr(sw_l), arr(sw_f)
+        self.block_ptr, self.block_ids = arr(bptr), arr(bids)
+
+    def __len__(self) -> int:
+        return len(self.rows)
 
 
-# (row, candidate) pairs scored per NumPy batch: bounds memory (~30 MiB per batch).
-PAIR_BATCH = 1 << 16
+@dataclass(frozen=True, slots=True)
+class TenantRows:
+    """A tenant's fuzzy-tier data as read from the store, compact and picklable (sent
+    to a worker process): encodings sorted by patient id, blocking digests with the
+    index of their patient. Blocks of patients without an encoding are dropped (they
+    cannot be scored)."""
 
+    pids: list[str]
+    stored: list[bytes]                  # stored encodings, aligned with ``pids``
+    block_digests: bytes                 # 8 bytes each
+    block_patient: Ids
 
-def _candidates(bids: Iterable[int], bdig: list[bytes | None], prep: FuzzyPrep,
-                encoder: ClkEncoder, blocks: Mapping[bytes, Sequence[str]]) -> set[str]:
-    """Patients sharing at least one keyed blocking key with a row (digests memoised in
-    ``bdig``, one per vocabulary entry and tenant)."""
-    cand: set[str] = set()
-    for b in bids:
-        d = bdig[b]
-        if d is None:
-            d = bdig[b] = encoder.block(prep.blocks[b])
-        ids = blocks.get(d)
-        if ids:
-            cand.update(ids)
-    return cand
-
-
-def fuzzy_tenant(prep: FuzzyPrep, encoder: ClkEncoder, blocks: Mapping[bytes, Sequence[str]],
-                 encodings: Mapping[str, bytes]) -> Iterator[tuple[int, str, float]]:
-    """Fuzzy tier for one tenant: (row, best patient, score) for rows with a candidate.
-
-    Candidates come from the keyed blocking digests; each is scored by the weighted
-    per-field Dice coefficients (``encoding.score``) of the row's filter (and of the
-    filter with first and last names swapped) against the patient's stored filter.
-    Token masks and block digests are computed once per tenant and vocabulary entry.
-
-    Scoring is vectorised (``encoding.score_words``): candidates' original filters are
-    gathered into a uint64 matrix once per patient, and (row, candidate) pairs are
-    scored in batches of ``PAIR_BATCH``. Same scores, same winner as
-    ``fuzzy_tenant_reference``: the best candidate is the first one, in the candidate
-    set's iteration order, reaching the row's best score (ties included).
-    """
-    tmask: list[int | None] = [None] * len(prep.tokens)
-    bdig: list[bytes | None] = [None] * len(prep.blocks)
-    slot: dict[str, int] = {}                    # patient -> row of ``mat`` (-1: no encoding)
-    pids: list[str] = []
-    mat = np.empty((len(encodings), WORDS), dtype=np.uint64)
-    counts = np.empty((len(encodings), len(FIELD_WORDS)), dtype=np.int64)
-    filled = 0
-    pending: list[bytes] = []                    # encodings of slots >= filled
-    seg_rows: list[int] = []
-    seg_len: list[int] = []
-    seg_filters: list[int] = []                  # two per row (the same twice if one order)
-    pairs = array("q")
-
-    def flush() -> Iterator[tuple[int, str, float]]:
-        nonlocal filled
-        if pending:
-            w = encoder.original_words(pending)
-            mat[filled:filled + len(w)] = w
-            counts[filled:filled + len(w)] = field_counts(w)
-            filled += len(w)
-            pending.clear()
-        cidx = np.array(pairs, dtype=np.int64)
-        lens = np.array(seg_len, dtype=np.int64)
-        seg = np.repeat(np.arange(len(seg_len)), lens)
-        rf = filter_words(seg_filters)
-        rc = field_counts(rf)
-        cw, cc = mat[cidx], counts[cidx]
-        s = np.maximum(score_words(rf[2 * seg], rc[2 * seg], cw, cc),
-                       score_words(rf[2 * seg + 1], rc[2 * seg + 1], cw, cc))
-        starts = np.concatenate(([0], np.cumsum(lens)[:-1]))
-        top = np.maximum.reduceat(s, starts)
-        hit = np.flatnonzero(s == top[seg])
-        _, first = np.unique(seg[hit], return_index=True)
-        winner = cidx[hit[first]]
-        for k, n in enumerate(seg_rows):
-            if top[k] > 0.0:
-                yield n, pids[int(winner[k])], float(top[k])
-        seg_rows.clear()
-        seg_len.clear()
-        seg_filters.clear()
-        del pairs[:]
-
-    for n, (variants, bids) in prep.rows.items():
-        cand = _candidates(bids, bdig, prep, encoder, blocks)
-        if not cand:
-            continue
-        before = len(pairs)
-        for pid in cand:
+    @staticmethod
+    def of(encodings: Iterable[tuple[str, bytes]],
+           blocks: Iterable[tuple[bytes, str]]) -> TenantRows:
+        enc = sorted((pid, bytes(raw)) for pid, raw in encodings)
+        slot = {p: i for i, (p, _) in enumerate(enc)}
+        ds: list[bytes] = []
+        ps: list[int] = []
+        for d, pid in blocks:
             i = slot.get(pid)
-            if i is None:
-                raw = encodings.get(pid)
-                if raw is None:
-                    i = -1
+            if i is not None:
+                ds.append(bytes(d))
+                ps.append(i)
+        return TenantRows([p for p, _ in enc], [r for _, r in enc], b"".join(ds),
+                          np.asarray(ps, dtype=np.int64))
+
+
+@dataclass(frozen=True, slots=True)
+class TenantEncodings:
+    """A tenant's stored encodings as original filters, and its blocking digests."""
+
+    pids: list[str]                      # sorted: index order is patient-id order
+    words: Words                         # (patients, WORDS) original filters
+    counts: Counts                       # (patients, fields) popcounts
+    block_digests: npt.NDArray[np.uint64]    # sorted
+    block_patient: Ids                   # aligned with ``block_digests``
+
+    @staticmethod
+    def build(encoder: ClkEncoder, rows: TenantRows) -> TenantEncodings:
+        words = encoder.original_words(rows.stored) if rows.stored else \
+            np.zeros((0, WORDS), dtype=np.uint64)
+        dig = np.frombuffer(rows.block_digests, dtype=U64).astype(np.uint64, copy=False)
+        order = np.argsort(dig, kind="stable")
+        return TenantEncodings(rows.pids, words, field_counts(words), dig[order],
+                               rows.block_patient[order])
+
+    @staticmethod
+    def from_maps(encoder: ClkEncoder, blocks: Mapping[bytes, Sequence[str]],
+                  encodings: Mapping[str, bytes]) -> TenantEncodings:
+        return TenantEncodings.build(encoder, TenantRows.of(
+            encodings.items(), ((d, p) for d, ps in blocks.items() for p in ps)))
+
+
+# (row, candidate) pairs scored per NumPy batch: small enough for the working arrays
+# (~256 KiB each) to stay in cache.
+PAIR_BATCH = 1 << 15
+
+
+def _or_segments(x: Words, ptr: Ids) -> Words:
+    """Bitwise OR of the row groups ``x[ptr[i]:ptr[i+1]]``, plus a last all-zero row
+    (so that value id -1, an empty field, selects zeros)."""
+    m = len(ptr) - 1
+    out = np.zeros((m + 1, x.shape[1]), dtype=np.uint64)
+    nonempty = ptr[1:] > ptr[:-1]
+    if nonempty.any():
+        out[:m][nonempty] = np.bitwise_or.reduceat(x, ptr[:-1][nonempty], axis=0)
+    return out
+
+
+def _value_segments(voc: _FieldVocab, encoder: ClkEncoder) -> Words:
+    """Each distinct value's filter segment (value id -> words of its field segment)."""
+    tm = encoder.token_segments(voc.field, voc.tokens)
+    toks = np.frombuffer(voc.toks, dtype=np.int64) if len(voc.toks) else np.zeros(0, np.int64)
+    ptr = np.frombuffer(voc.ptr, dtype=np.int64)
+    return _or_segments(tm[toks], ptr)
+
+
+def row_filters(prep: FuzzyPrep, encoder: ClkEncoder) -> tuple[Words, Words]:
+    """The rows' original filters under one tenant's keys, word-major: (WORDS, rows)
+    for the name order as read, and the L and F words (7, rows) of the swapped order."""
+    out = np.empty((WORDS, len(prep)), dtype=np.uint64)
+    swapped = np.empty((FIELD_WORDS[1][2], len(prep)), dtype=np.uint64)
+    for f, a, b in FIELD_WORDS:
+        seg = _value_segments(prep.vocab[f], encoder)
+        out[a:b] = seg[prep.value[f]].T
+        if f == "L":
+            swapped[a:b] = seg[prep.swapped_L].T
+        elif f == "F":
+            swapped[a:b] = seg[prep.swapped_F].T
+    return out, swapped
+
+
+def _counts_t(words_t: Words) -> npt.NDArray[np.float64]:
+    """Per-field popcounts (fields, n) of word-major filters (words, n), as floats."""
+    c = np.bitwise_count(words_t)
+    return np.stack([c[a:b].sum(axis=0, dtype=np.int64) for _, a, b in FIELD_WORDS
+                     if b <= len(words_t)]).astype(np.float64)
+
+
+_W2 = tuple(WEIGHTS[f] * 2 for f, _, _ in FIELD_WORDS)
+_W = tuple(WEIGHTS[f] for f, _, _ in FIELD_WORDS)
+
+
+def _score_batch(rf: Words, rsw: Words, rc: npt.NDArray[np.float64],
+                 rc_sw: npt.NDArray[np.float64], cw: Words, cc: npt.NDArray[np.float64],
+                 pr: Ids, pp: Ids) -> Scores:
+    """Scores of (row ``pr[i]``, patient ``pp[i]``) pairs, best of both name orders.
+
+    Word-major inputs: rows' filters ``rf`` (16, R) and swapped L/F words ``rsw`` (7, R),
+    their per-field counts ``rc`` (7, R) / ``rc_sw`` (2, R); patients' filters ``cw``
+    (16, P) and counts ``cc`` (7, P). The same IEEE operations in the same order as
+    ``encoding.score`` (and ``score_counts``): (w*2)*inter/(pa+pb) per valid field,
+    summed field by field from 0.0, divided by the summed weights.
+    """
+    n = len(pp)
+    x = np.empty(n, dtype=np.uint64)
+    y = np.empty(n, dtype=np.uint64)
+    c = np.empty(n, dtype=np.uint64)
+    total = np.zeros(n)
+    weight = np.zeros(n)
+    total_sw = np.zeros(n)
+    weight_sw = np.zeros(n)
+    rest: list[tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]] = []
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for k, (_, a, b) in enumerate(FIELD_WORDS):
+            inter = np.zeros(n, dtype=np.uint16)
+            inter_sw = np.zeros(n, dtype=np.uint16) if k < 2 else inter
+            for w in range(a, b):
+                np.take(cw[w], pp, out=c)
+                np.take(rf[w], pr, out=x)
+                np.bitwise_and(x, c, out=x)
+                inter += np.bitwise_count(x)
+                if k < 2:
+                    np.take(rsw[w], pr, out=y)
+                    np.bitwise_and(y, c, out=y)
+                    inter_sw += np.bitwise_count(y)
+            pb = cc[k][pp]
+            for variant in ((0, 1) if k < 2 else (0,)):
+                pa = (rc if variant == 0 else rc_sw)[k][pr]
+                iv = inter if variant == 0 else inter_sw
+                valid = (pa > 0) & (pb > 0)
+                term = np.where(valid, iv * _W2[k] / (pa + pb), 0.0)
+                wt = np.where(valid, _W[k], 0.0)
+                if variant == 0:
+                    total += term
+                    weight += wt
+                    if k >= 2:
+                        rest.append((term, wt))
                 else:
-                    i = len(pids)
-                    pids.append(pid)
-                    pending.append(raw)
-                slot[pid] = i
-            if i >= 0:
-                pairs.append(i)
-        if len(pairs) == before:
-            continue
-        filters = []
-        for toks in variants:
-            f = 0
-            for t in toks:
-                m = tmask[t]
-                if m is None:
-                    m = tmask[t] = encoder.token_mask(prep.tokens[t])
-                f |= m
-            filters.append(f)
-        seg_rows.append(n)
-        seg_len.append(len(pairs) - before)
-        seg_filters += (filters[0], filters[-1])
-        if len(pairs) >= PAIR_BATCH:
-            yield from flush()
-    if seg_rows:
-        yield from flush()
+                    total_sw += term
+                    weight_sw += wt
+        for term, wt in rest:
+            total_sw += term
+            weight_sw += wt
+        s = np.where(weight >= MIN_WEIGHT, total / weight, 0.0)
+        s_sw = np.where(weight_sw >= MIN_WEIGHT, total_sw / weight_sw, 0.0)
+    return np.maximum(s, s_sw)
 
 
-def fuzzy_tenant_reference(prep: FuzzyPrep, encoder: ClkEncoder, blocks: Mapping[bytes, Sequence[str]],
-                 encodings: Mapping[str, bytes]) -> Iterator[tuple[int, str, float]]:
+def fuzzy_tenant(prep: FuzzyPrep, encoder: ClkEncoder, data: TenantEncodings,
+                 min_score: float = 0.0) -> Iterator[tuple[int, str, float]]:
+    """Fuzzy tier for one tenant: (row, best patient, score) for rows whose best
+    candidate scores above 0 and at least ``min_score``.
+
+    Candidates are the patients sharing a keyed blocking digest with the row (each
+    distinct blocking value HMAC'd once, looked up by binary search in the tenant's
+    sorted digests). Each (row, candidate) pair is scored by the weighted per-field
+    Dice coefficients (``_score_batch``, the same floats as ``encoding.score``) of the
+    row's filter and of its swapped-names filter against the patient's stored filter,
+    in batches of about ``PAIR_BATCH`` pairs. A row's winner is the candidate with the
+    best score, the smallest patient id among equal scores (the same as
+    ``fuzzy_tenant_reference``).
+    """
+    if len(prep) == 0 or len(data.block_digests) == 0:
+        return
+    nb = len(prep.blocks)
+    full = np.frombuffer(encoder.block_macs(prep.blocks), dtype=np.uint8)
+    vd = np.ascontiguousarray(full.reshape(nb, 32)[:, :8]).view(U64).ravel()
+    v_lo = np.searchsorted(data.block_digests, vd, side="left")
+    v_cnt = np.searchsorted(data.block_digests, vd, side="right") - v_lo
+    e_lo = v_lo[prep.block_ids]
+    e_cnt = v_cnt[prep.block_ids]
+    e_cs = np.concatenate(([0], np.cumsum(e_cnt)))
+    row_cnt = e_cs[prep.block_ptr[1:]] - e_cs[prep.block_ptr[:-1]]
+    if not row_cnt.any():
+        return
+    rf, rsw = row_filters(prep, encoder)
+    rc = _counts_t(rf)
+    rc_sw = _counts_t(rsw)
+    cw = np.ascontiguousarray(data.words.T)
+    cc = np.ascontiguousarray(data.counts.T.astype(np.float64))
+    e_row = np.repeat(np.arange(len(prep)), np.diff(prep.block_ptr))
+    row_cs = np.concatenate(([0], np.cumsum(row_cnt)))
+    big = np.iinfo(np.int64).max
+    a = 0
+    while a < len(prep):
+        b = int(np.searchsorted(row_cs, row_cs[a] + PAIR_BATCH, side="right")) - 1
+        b = min(max(b, a + 1), len(prep))
+        e0, e1 = int(prep.block_ptr[a]), int(prep.block_ptr[b])
+        cnt = e_cnt[e0:e1]
+        total = int(cnt.sum())
+        if total:
+            rep = np.repeat(np.arange(e0, e1), cnt)
+            offs = np.arange(total) - np.repeat(e_cs[e0:e1] - e_cs[e0], cnt)
+            pp = data.block_patient[e_lo[rep] + offs]
+            pr = e_row[rep]
+            s = _score_batch(rf, rsw, rc, rc_sw, cw, cc, pr, pp)
+            rows_here = np.flatnonzero(row_cnt[a:b]) + a
+            lens = row_cnt[rows_here]
+            starts = row_cs[rows_here] - row_cs[a]
+            top = np.maximum.reduceat(s, starts)
+            seg = np.repeat(np.arange(len(rows_here)), lens)
+            win = np.minimum.reduceat(np.where(s == top[seg], pp, big), starts)
+            for k in np.flatnonzero((top > 0.0) & (top >= min_score)).tolist():
+                yield int(prep.rows[rows_here[k]]), data.pids[int(win[k])], float(top[k])
+        a = b
+
+
+def fuzzy_tenant_reference(rows: Sequence[RowKeys], todo: Iterable[int], encoder: ClkEncoder,
+                           blocks: Mapping[bytes, Sequence[str]],
+                           encodings: Mapping[str, bytes]) -> Iterator[tuple[int, str, float]]:
     """Pure-Python fuzzy tier (one ``encoding.score`` call per candidate and name
     order): the reference ``fuzzy_tenant`` must agree with exactly (tests check it).
 
-    Candidates come from the keyed blocking digests; each is scored by the weighted
-    per-field Dice coefficients (``encoding.score``) of the row's filter (and of the
-    filter with first and last names swapped) against the patient's stored filter.
-    Token masks and block digests are computed once per tenant and vocabulary entry.
+    Candidates are the patients sharing a keyed blocking digest with the row; each is
+    scored on the row's filter and on the filter with first and last names swapped;
+    the winner is the best score, the smallest patient id among equal scores.
     """
     mask = encoder.mask
     fm = encoder.field_masks
-    tmask: list[int | None] = [None] * len(prep.tokens)
-    bdig: list[bytes | None] = [None] * len(prep.blocks)
-    opened: dict[str, int] = {}
-    for n, (variants, bids) in prep.rows.items():
-        cand = _candidates(bids, bdig, prep, encoder, blocks)
-        if not cand:
+    for n in todo:
+        ident = rows[n].ident
+        if not (ident.last or ident.birth_date):
             continue
-        filters = []
-        for toks in variants:
-            f = 0
-            for t in toks:
-                m = tmask[t]
-                if m is None:
-                    m = tmask[t] = encoder.stored_token_mask(prep.tokens[t])
-                f |= m
-            filters.append(f)
+        variants = [ident] if not (ident.first and ident.last) else [ident, ident.swapped()]
+        cand: set[str] = set()
+        for v in variants:
+            for d in encoder.blocks(v):
+                cand.update(blocks.get(d, ()))
+        filters = [encoder.permuted(encoder.filter(v)) for v in variants]
         best, top = "", 0.0
         for pid in cand:
-            sf = opened.get(pid)
-            if sf is None:
-                raw = encodings.get(pid)
-                if raw is None:
-                    continue
-                sf = int.from_bytes(raw, "big") & mask
-                opened[pid] = sf
-            for rf in filters:
-                s = score(rf, sf, fm)
-                if s > top:
+            raw = encodings.get(pid)
+            if raw is None:
+                continue
+            sf = int.from_bytes(raw, "big") & mask
+            for f in filters:
+                s = score(f, sf, fm)
+                if s > top or (s == top and s > 0.0 and pid < best):
                     best, top = pid, s
         if best:
             yield n, best, top

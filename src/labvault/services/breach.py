@@ -15,16 +15,17 @@ address the Art. 34 letters.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
-from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy.engine import Connection
 
@@ -41,10 +42,14 @@ from labvault.breach.encoding import (
 )
 from labvault.breach.matching import (
     EXACT_KINDS,
+    ExactPrep,
     FuzzyPrep,
     Match,
     RowKeys,
     RowReader,
+    TenantEncodings,
+    TenantIndex,
+    TenantRows,
     exact_tenant,
     fuzzy_keys,
     fuzzy_tenant,
@@ -102,30 +107,45 @@ class _TenantWork:
     block: bytes
 
 
-# Rows shared with forked worker processes (read-only; set just before the pool starts).
-_SHARED_ROWS: list[RowKeys] = []
-
-
+# Tenant-independent preparation shared with forked worker processes (read-only; set
+# just before the pool starts).
+_SHARED_EXACT: ExactPrep | None = None
 _SHARED_PREP: FuzzyPrep | None = None
 
 
-def _exact_worker(args: tuple[_TenantWork, dict[bytes, list[str]]]) -> list[Match]:
-    work, index = args
-    return exact_tenant(_SHARED_ROWS, work.tenant_id, work.index_key, index)
+def _exact_job(work: _TenantWork, index: TenantIndex) -> list[Match]:
+    assert _SHARED_EXACT is not None
+    return exact_tenant(_SHARED_EXACT, work.tenant_id, work.index_key, index)
 
 
-def _fuzzy_job(prep: FuzzyPrep, work: _TenantWork, blocks: Mapping[bytes, Sequence[str]],
-               encodings: Mapping[str, bytes]) -> list[tuple[int, str, str, float]]:
+def _fuzzy_job(work: _TenantWork, data: TenantRows) -> list[tuple[int, str, str, float]]:
+    assert _SHARED_PREP is not None
     enc = ClkEncoder(work.clk, work.perm, work.block)
     return [(n, work.tenant_id, pid, score)
-            for n, pid, score in fuzzy_tenant(prep, enc, blocks, encodings)
-            if score >= FUZZY_ACCEPT]
+            for n, pid, score in fuzzy_tenant(_SHARED_PREP, enc, TenantEncodings.build(enc, data),
+                                              FUZZY_ACCEPT)]
 
 
-def _fuzzy_worker(args: tuple[_TenantWork, dict[bytes, list[str]], dict[str, bytes]]
-                  ) -> list[tuple[int, str, str, float]]:
-    assert _SHARED_PREP is not None
-    return _fuzzy_job(_SHARED_PREP, *args)
+_J = TypeVar("_J")
+
+
+def _run(fn: Callable[..., _J], jobs: Iterable[tuple[Any, ...]], workers: int) -> Iterator[_J]:
+    """``fn(*job)`` for each job, results in job order; with ``workers`` > 1 in forked
+    processes, the next jobs loaded (by iterating ``jobs``) while the workers compute,
+    at most ``workers`` + 1 in flight (bounded memory)."""
+    if workers <= 1:
+        for job in jobs:
+            yield fn(*job)
+        return
+    import multiprocessing as mp
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("fork")) as pool:
+        pending: deque[Future[_J]] = deque()
+        for job in jobs:
+            pending.append(pool.submit(fn, *job))
+            if len(pending) > workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 class BreachService:
@@ -457,10 +477,16 @@ class BreachService:
             if keep_evidence else []
         rows, files, cols = self.read_dumps(paths, fmt, progress)
         tenants = self._tenants()
-        matches = self._exact(rows, tenants, workers)
-        exact_rows = {m.row for m in matches}
-        todo = [n for n in range(len(rows)) if n not in exact_rows]
-        fuzzy = self._fuzzy(rows, todo, tenants, workers)
+        # The rows live until the end: keep the cyclic GC from rescanning them (and,
+        # in forked workers, from touching their pages).
+        gc.freeze()
+        try:
+            matches = self._exact(rows, tenants, workers)
+            exact_rows = {m.row for m in matches}
+            todo = [n for n in range(len(rows)) if n not in exact_rows]
+            fuzzy = self._fuzzy(rows, todo, tenants, workers)
+        finally:
+            gc.unfreeze()
         for n, (t, pid, score) in sorted(fuzzy.items()):
             matches.append(Match(n, t, pid, "fuzzy", fuzzy_keys(rows[n].ident), round(score, 3)))
         matches.sort(key=lambda m: (m.row, m.tenant_id, m.patient_id))
@@ -479,65 +505,48 @@ class BreachService:
 
     def _exact(self, rows: list[RowKeys], tenants: Sequence[Mapping[str, Any]],
                workers: int) -> list[Match]:
-        jobs: list[tuple[_TenantWork, dict[bytes, list[str]]]] = []
-        out: list[Match] = []
-
-        def load(t: str) -> tuple[_TenantWork, dict[bytes, list[str]]]:
-            with self.lv.begin() as conn:
-                return self._work(conn, t), brepo.tenant_index(conn, t, EXACT_KINDS)
-
-        if workers <= 1 or len(tenants) < 2:
+        def jobs() -> Iterator[tuple[_TenantWork, TenantIndex]]:
             for t in tenants:
-                w, index = load(t["tenant_id"])
-                out.extend(exact_tenant(rows, w.tenant_id, w.index_key, index))
-            return out
-        global _SHARED_ROWS
-        _SHARED_ROWS = rows
+                with self.lv.begin() as conn:
+                    w = self._work(conn, t["tenant_id"])
+                    index = TenantIndex.of(brepo.tenant_index_rows(conn, w.tenant_id,
+                                                                   EXACT_KINDS))
+                yield w, index
+
+        global _SHARED_EXACT
+        _SHARED_EXACT = ExactPrep(rows)
         try:
-            import multiprocessing as mp
-            ctx = mp.get_context("fork")
-            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-                futures = []
-                for t in tenants:
-                    jobs = [load(t["tenant_id"])]
-                    futures.append(pool.submit(_exact_worker, jobs[0]))
-                for f in futures:
-                    out.extend(f.result())
+            out: list[Match] = []
+            for found in _run(_exact_job, jobs(), workers if len(tenants) > 1 else 1):
+                out.extend(found)
+            return out
         finally:
-            _SHARED_ROWS = []
-        return out
+            _SHARED_EXACT = None
 
     def _fuzzy(self, rows: list[RowKeys], todo: list[int], tenants: Sequence[Mapping[str, Any]],
                workers: int = 1) -> dict[int, tuple[str, str, float]]:
         best: dict[int, tuple[str, str, float]] = {}
         prep = FuzzyPrep(rows, todo)
-        if not prep.rows:
+        if not len(prep):
             return best
 
-        def load(tid: str) -> tuple[_TenantWork, dict[bytes, list[str]], dict[str, bytes]]:
-            with self.lv.begin() as conn:
-                w = self._work(conn, tid)
-                return (w, brepo.tenant_blocks(conn, tid),
-                        dict(brepo.tenant_encodings(conn, tid, w.index_version)))
-
-        def keep(found: Iterable[tuple[int, str, str, float]]) -> None:
-            for n, tid, pid, score in found:
-                if score >= FUZZY_ACCEPT and score > best.get(n, ("", "", 0.0))[2]:
-                    best[n] = (tid, pid, score)
-
-        if workers <= 1 or len(tenants) < 2:
+        def jobs() -> Iterator[tuple[_TenantWork, TenantRows]]:
             for t in tenants:
-                keep(_fuzzy_job(prep, *load(t["tenant_id"])))
-            return best
+                with self.lv.begin() as conn:
+                    w = self._work(conn, t["tenant_id"])
+                    data = TenantRows.of(
+                        brepo.tenant_encoding_rows(conn, w.tenant_id, w.index_version),
+                        brepo.tenant_block_rows(conn, w.tenant_id))
+                yield w, data
+
         global _SHARED_PREP
         _SHARED_PREP = prep
         try:
-            import multiprocessing as mp
-            with ProcessPoolExecutor(max_workers=workers,
-                                     mp_context=mp.get_context("fork")) as pool:
-                futures = [pool.submit(_fuzzy_worker, load(t["tenant_id"])) for t in tenants]
-                for f in futures:
-                    keep(f.result())
+            # tenants in order; a later tenant wins a row only with a strictly better score
+            for found in _run(_fuzzy_job, jobs(), workers if len(tenants) > 1 else 1):
+                for n, tid, pid, score in found:
+                    if score >= FUZZY_ACCEPT and score > best.get(n, ("", "", 0.0))[2]:
+                        best[n] = (tid, pid, score)
         finally:
             _SHARED_PREP = None
         return best
