@@ -304,7 +304,8 @@ class AuditLog:
 
     def _write_loop(self) -> None:
         while not self._closing:
-            self._wake.wait(self.group_ms / 1000)
+            # group_ms may be set to 0 at run time (strict again): never spin on wait(0)
+            self._wake.wait(self.group_ms / 1000 if self.group_ms > 0 else 1.0)
             self._wake.clear()
             try:
                 self.flush()
