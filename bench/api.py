@@ -34,6 +34,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+sys.path.insert(0, str(ROOT))
+
+from bench._budgets import raise_read_budgets  # noqa: E402 - after the path is set
 
 
 def free_port() -> int:
@@ -215,16 +218,7 @@ def run(a: argparse.Namespace) -> None:
                                       str(a.patients), "--json"], env=env, check=True,
                                      capture_output=True, text=True).stdout)
     ids = patient_ids(tmp / "var")
-    # 64 clients reading random records of 2,000 patients is what the read budgets exist to
-    # stop (the accounts would be suspended within seconds and every later request refused
-    # with 401/429): the bench raises them for its labs, as a lab would for a batch job.
-    big = str(10**9)
-    budget = [f"budget.{r}.{w}={big}" for r in ("biologist", "technician", "reception")
-              for w in ("10m", "day")] + [f"rule.enumeration.10m={big}"]
-    for lab in demo["laboratories"]:
-        subprocess.run([str(BIN / "labvault"), "guard", "config", "--tenant", lab["id"],
-                        *[x for kv in budget for x in ("--set", kv)]], env=env, check=True,
-                       capture_output=True)
+    raise_read_budgets(BIN / "labvault", env, [lab["id"] for lab in demo["laboratories"]])
     port = free_port()
     server = subprocess.Popen([str(BIN / "labvault"), "serve", "--port", str(port), "--workers",
                                str(a.workers)], env=env, stdout=subprocess.DEVNULL,

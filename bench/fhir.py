@@ -146,6 +146,9 @@ def main() -> None:
         demo = json.loads(run_cli(env, "demo", "--labs", "1", "--patients", "0", "--json"))
         lab = demo["laboratories"][0]
         email = next(a["email"] for a in lab["accounts"] if a["role"] == "biologist")
+        sys.path.insert(0, str(ROOT))
+        from bench._budgets import raise_read_budgets
+        raise_read_budgets(BIN / "labvault", env, [lab["id"]])
         port = free_port()
         base = f"http://127.0.0.1:{port}"
         server = subprocess.Popen([str(BIN / "labvault"), "serve", "--port", str(port),
