@@ -8,7 +8,7 @@ the ground truth; optionally clkhash/anonlink and Splink on the same data in pla
 How the store is built (for speed): tenants and their keys are created through the
 service; patient rows are then inserted in bulk with their blind-index digests and
 breach encodings computed by the same code the write path uses (``KeyedDigest`` ==
-``blind_index.digest``, ``BreachService.encoding_rows``), but WITHOUT sealed
+``blind_index.digest``, ``BreachService.encoding_row``), but WITHOUT sealed
 category blobs (triage never reads them) and without per-patient data keys. Triage
 runs in a child process so its peak RSS is measured alone (``ru_maxrss``).
 """
@@ -44,7 +44,7 @@ def build(work: Path, patients: int, labs: int, rows: int, seed: int) -> None:
     from labvault.store import repositories as repo
     from labvault.store.schema import blind_index
     from labvault.store.schema import patients as patients_t
-    from labvault.store.tables_breach import breach_blocks, breach_encodings
+    from labvault.store.tables_breach import breach_encodings
     from labvault.synthetic import make_finess, people
 
     s = Settings(data_dir=work / "var", database_url=f"sqlite:///{work / 'var' / 'labvault.db'}",
@@ -71,7 +71,6 @@ def build(work: Path, patients: int, labs: int, rows: int, seed: int) -> None:
         batch_p: list[dict[str, Any]] = []
         batch_i: list[dict[str, Any]] = []
         batch_e: list[dict[str, Any]] = []
-        batch_b: list[dict[str, Any]] = []
 
         def flush() -> None:
             if not batch_p:  # noqa: B023
@@ -80,8 +79,7 @@ def build(work: Path, patients: int, labs: int, rows: int, seed: int) -> None:
                 conn.execute(insert(patients_t), batch_p)  # noqa: B023
                 conn.execute(insert(blind_index), batch_i)  # noqa: B023
                 conn.execute(insert(breach_encodings), batch_e)  # noqa: B023
-                conn.execute(insert(breach_blocks), batch_b)  # noqa: B023
-            for b in (batch_p, batch_i, batch_e, batch_b):  # noqa: B023
+            for b in (batch_p, batch_i, batch_e):  # noqa: B023
                 b.clear()
 
         for p in people(per[i], seed=seed, start=start):
@@ -93,9 +91,7 @@ def build(work: Path, patients: int, labs: int, rows: int, seed: int) -> None:
             for kind, d in dict.fromkeys((k, kd.index(k, n))
                                          for k, n in indexing.index_values(rec)):
                 batch_i.append({"tenant_id": tid, "kind": kind, "digest": d, "patient_id": pid})
-            e, b = lv.breach.encoding_rows(enc, ev, tid, pid, rec)
-            batch_e.append(e)
-            batch_b.extend(b)
+            batch_e.append(lv.breach.encoding_row(enc, ev, tid, pid, rec))
             plain.write(json.dumps({"id": pid, **p}) + "\n")
             if rng.random() < keep_p:
                 kept.append((tid, pid, p))

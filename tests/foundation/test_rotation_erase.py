@@ -14,7 +14,7 @@ from labvault.domain.actors import Actor
 from labvault.errors import NotFound
 from labvault.services.app import Labvault
 from labvault.store.schema import blind_index, patient_keys, patients, shred_log, tenant_keys
-from labvault.store.tables_breach import breach_blocks, breach_encodings
+from labvault.store.tables_breach import breach_encodings
 from tests.foundation.conftest import Cli, synthetic, write_ndjson
 
 N = 40
@@ -99,9 +99,8 @@ def _assert_erased(lv: Labvault, tenant: str, rec: dict[str, Any], pid: str) -> 
     with lv.begin() as conn:
         assert conn.execute(select(func.count()).select_from(patient_keys).where(
             patient_keys.c.patient_id == pid)).scalar() == 0
-        for table in (breach_encodings, breach_blocks):   # breach-matching encodings too
-            assert conn.execute(select(func.count()).select_from(table).where(
-                table.c.patient_id == pid)).scalar() == 0
+        assert conn.execute(select(func.count()).select_from(breach_encodings).where(
+            breach_encodings.c.patient_id == pid)).scalar() == 0    # breach encodings too
         assert conn.execute(select(func.count()).select_from(blind_index).where(
             blind_index.c.patient_id == pid)).scalar() == 0
         row = conn.execute(select(patients).where(patients.c.patient_id == pid)).mappings().one()

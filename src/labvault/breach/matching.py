@@ -370,6 +370,15 @@ class TenantRows:
         return TenantRows([p for p, _ in enc], [r for _, r in enc], b"".join(ds),
                           np.asarray(ps, dtype=np.int64))
 
+    @staticmethod
+    def packed(rows: Iterable[tuple[str, bytes, bytes | None]]) -> TenantRows:
+        """From stored rows (patient id, encoding, blocking keys packed 8 bytes each)."""
+        enc = sorted((pid, bytes(raw), bytes(blocks or b"")) for pid, raw, blocks in rows)
+        counts = np.fromiter((len(b) // 8 for _, _, b in enc), dtype=np.int64, count=len(enc))
+        return TenantRows([p for p, _, _ in enc], [r for _, r, _ in enc],
+                          b"".join(b for _, _, b in enc),
+                          np.repeat(np.arange(len(enc), dtype=np.int64), counts))
+
 
 @dataclass(frozen=True, slots=True)
 class TenantEncodings:

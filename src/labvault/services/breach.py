@@ -374,13 +374,13 @@ class BreachService:
                                         rec.sex))
         return out
 
-    def encoding_rows(self, enc: ClkEncoder, version: int, tenant_id: str, patient_id: str,
-                      rec: PatientRecord) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    def encoding_row(self, enc: ClkEncoder, version: int, tenant_id: str, patient_id: str,
+                     rec: PatientRecord) -> dict[str, Any]:
+        """The patient's stored encoding and its blocking keys (packed, 8 bytes each)."""
         ids = self.identities(rec)
         blocks = dict.fromkeys(b for m in ids for b in enc.blocks(m))
-        return ({"tenant_id": tenant_id, "patient_id": patient_id, "key_version": version,
-                 "clk": enc.encode(ids[0])},
-                [{"tenant_id": tenant_id, "block": b, "patient_id": patient_id} for b in blocks])
+        return {"tenant_id": tenant_id, "patient_id": patient_id, "key_version": version,
+                "clk": enc.encode(ids[0]), "blocks": b"".join(blocks)}
 
     def on_patients_written(self, conn: Connection, tenant_id: str,
                             written: Sequence[tuple[str, PatientRecord]], fresh: bool) -> None:
@@ -388,13 +388,8 @@ class BreachService:
         if not written:
             return
         enc, v = self.encoder(conn, tenant_id)
-        rows: list[dict[str, Any]] = []
-        blocks: list[dict[str, Any]] = []
-        for pid, rec in written:
-            r, b = self.encoding_rows(enc, v, tenant_id, pid, rec)
-            rows.append(r)
-            blocks.extend(b)
-        brepo.replace_encodings(conn, tenant_id, rows, blocks, fresh=fresh)
+        brepo.replace_encodings(conn, tenant_id, [self.encoding_row(enc, v, tenant_id, pid, rec)
+                                                  for pid, rec in written], fresh=fresh)
 
     def on_patient_erased(self, conn: Connection, tenant_id: str, patient_id: str) -> None:
         brepo.delete_encodings(conn, tenant_id, patient_id)
@@ -534,9 +529,8 @@ class BreachService:
             for t in tenants:
                 with self.lv.begin() as conn:
                     w = self._work(conn, t["tenant_id"])
-                    data = TenantRows.of(
-                        brepo.tenant_encoding_rows(conn, w.tenant_id, w.index_version),
-                        brepo.tenant_block_rows(conn, w.tenant_id))
+                    data = TenantRows.packed(
+                        brepo.tenant_encoding_rows(conn, w.tenant_id, w.index_version))
                 yield w, data
 
         global _SHARED_PREP

@@ -11,7 +11,6 @@ from sqlalchemy.engine import Connection
 
 from labvault.store.schema import blind_index, patients
 from labvault.store.tables_breach import (
-    breach_blocks,
     breach_cases,
     breach_encodings,
     breach_events,
@@ -54,27 +53,22 @@ def case_events(conn: Connection, tenant_id: str, case_id: str) -> list[dict[str
 
 # -- encodings -------------------------------------------------------------------------
 def replace_encodings(conn: Connection, tenant_id: str, rows: Sequence[dict[str, Any]],
-                      blocks: Sequence[dict[str, Any]], fresh: bool = False) -> None:
-    """Write encoding and block rows of some patients (``fresh``: known to have none)."""
-    ids = list({r["patient_id"] for r in rows})
+                      fresh: bool = False) -> None:
+    """Write the encoding rows (with their packed blocking keys) of some patients
+    (``fresh``: known to have none yet)."""
     if not fresh:
+        ids = list({r["patient_id"] for r in rows})
         for i in range(0, len(ids), 500):
-            part = ids[i:i + 500]
-            conn.execute(delete(breach_encodings).where(breach_encodings.c.tenant_id == tenant_id,
-                                                        breach_encodings.c.patient_id.in_(part)))
-            conn.execute(delete(breach_blocks).where(breach_blocks.c.tenant_id == tenant_id,
-                                                     breach_blocks.c.patient_id.in_(part)))
+            conn.execute(delete(breach_encodings).where(
+                breach_encodings.c.tenant_id == tenant_id,
+                breach_encodings.c.patient_id.in_(ids[i:i + 500])))
     if rows:
         conn.execute(insert(breach_encodings), list(rows))
-    if blocks:
-        conn.execute(insert(breach_blocks), list(blocks))
 
 
 def delete_encodings(conn: Connection, tenant_id: str, patient_id: str) -> None:
     conn.execute(delete(breach_encodings).where(breach_encodings.c.tenant_id == tenant_id,
                                                 breach_encodings.c.patient_id == patient_id))
-    conn.execute(delete(breach_blocks).where(breach_blocks.c.tenant_id == tenant_id,
-                                             breach_blocks.c.patient_id == patient_id))
 
 
 def purge_orphan_encodings(conn: Connection) -> int:
@@ -82,7 +76,6 @@ def purge_orphan_encodings(conn: Connection) -> int:
     live = select(patients.c.patient_id).where(patients.c.status == "active")
     n = conn.execute(delete(breach_encodings).where(
         breach_encodings.c.patient_id.not_in(live))).rowcount
-    conn.execute(delete(breach_blocks).where(breach_blocks.c.patient_id.not_in(live)))
     return int(n or 0)
 
 
@@ -100,14 +93,6 @@ def tenant_index(conn: Connection, tenant_id: str, kinds: Sequence[str]
     for d, pid in conn.execute(select(blind_index.c.digest, blind_index.c.patient_id).where(
             blind_index.c.tenant_id == tenant_id, blind_index.c.kind.in_(list(kinds)))):
         out.setdefault(bytes(d), []).append(pid)
-    return out
-
-
-def tenant_blocks(conn: Connection, tenant_id: str) -> dict[bytes, list[str]]:
-    out: dict[bytes, list[str]] = {}
-    for b, pid in conn.execute(select(breach_blocks.c.block, breach_blocks.c.patient_id).where(
-            breach_blocks.c.tenant_id == tenant_id)):
-        out.setdefault(bytes(b), []).append(pid)
     return out
 
 
@@ -141,16 +126,11 @@ def tenant_index_rows(conn: Connection, tenant_id: str, kinds: Sequence[str]
                         (tenant_id, *kinds))
 
 
-def tenant_block_rows(conn: Connection, tenant_id: str) -> Sequence[tuple[bytes, str]]:
-    """(block digest, patient id) of every blocking key of a tenant."""
-    return _driver_rows(conn, "SELECT block, patient_id FROM breach_blocks "
-                              "WHERE tenant_id = ?", (tenant_id,))
-
-
 def tenant_encoding_rows(conn: Connection, tenant_id: str, key_version: int
-                         ) -> Sequence[tuple[str, bytes]]:
-    """(patient id, stored encoding) of a tenant's encodings under one key version."""
-    return _driver_rows(conn, "SELECT patient_id, clk FROM breach_encodings "
+                         ) -> Sequence[tuple[str, bytes, bytes | None]]:
+    """(patient id, stored encoding, packed blocking keys) of a tenant's encodings under
+    one key version."""
+    return _driver_rows(conn, "SELECT patient_id, clk, blocks FROM breach_encodings "
                               "WHERE tenant_id = ? AND key_version = ?",
                         (tenant_id, key_version))
 

@@ -13,7 +13,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Index, Integer, LargeBinary, PrimaryKeyConstraint, String, Table
+from sqlalchemy import Column, Integer, LargeBinary, PrimaryKeyConstraint, String, Table
 
 from labvault.store.schema import ID, TS, metadata
 
@@ -49,14 +49,8 @@ breach_encodings = Table(
     Column("patient_id", ID, nullable=False),
     Column("key_version", Integer, nullable=False),        # version of the tenant index key
     Column("clk", LargeBinary(256), nullable=False),
+    # the patient's blocking keys (8 bytes each, concatenated): read only in bulk by
+    # triage, so one column instead of a row and two index entries per key (migration 0008)
+    Column("blocks", LargeBinary, nullable=True),
     PrimaryKeyConstraint("tenant_id", "patient_id"),
-)
-
-breach_blocks = Table(
-    "breach_blocks", metadata,
-    Column("tenant_id", ID, nullable=False),
-    Column("block", LargeBinary(8), nullable=False),
-    Column("patient_id", ID, nullable=False),
-    PrimaryKeyConstraint("tenant_id", "block", "patient_id"),
-    Index(None, "tenant_id", "patient_id"),
 )
