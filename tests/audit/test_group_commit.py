@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
@@ -222,3 +223,67 @@ def test_concurrent_readers_make_one_valid_chain(
     grouped.close()
     assert stored(lv) - before == Counter({("read", "allowed"): 100})
     assert audit_of(lv).verify(tid)["ok"]
+
+
+def test_serve_writes_queued_reads_when_it_stops(tmp_path: Path) -> None:
+    """uvicorn's worker processes end with ``os._exit`` (no ``atexit``): the app's
+    shutdown must write what is queued. A real ``labvault serve --workers 2``, SIGTERM."""
+    import json
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    import httpx
+    import pyotp
+    from sqlalchemy import create_engine, text
+
+    exe = Path(sys.executable).parent / "labvault"
+    env = {**os.environ, "LABVAULT_DATA_DIR": str(tmp_path / "var"),
+           "LABVAULT_AUDIT_READ_GROUP_MS": "600000"}
+    env.pop("LABVAULT_DATABASE_URL", None)
+    demo = json.loads(subprocess.run([str(exe), "demo", "--labs", "1", "--patients", "3",
+                                      "--json"], env=env, check=True, capture_output=True,
+                                     text=True).stdout)
+    acc = next(a for a in demo["laboratories"][0]["accounts"] if a["role"] == "biologist")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    base = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen([str(exe), "serve", "--port", str(port), "--workers", "2"],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    db = create_engine(f"sqlite:///{tmp_path / 'var' / 'labvault.db'}")
+
+    def reads() -> int:
+        with db.connect() as c:
+            return int(c.execute(text("SELECT count(*) FROM audit_entries WHERE "
+                                      "action = 'read' AND outcome = 'allowed' AND "
+                                      "actor_id = :a"), {"a": acc["id"]}).scalar_one())
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline and server.poll() is None, "serve did not start"
+            time.sleep(0.2)
+        tok = httpx.post(f"{base}/api/v1/auth/login", json={
+            "email": acc["email"], "password": demo["demo_password"],
+            "totp": pyotp.TOTP(demo["demo_totp_secret"]).now()}).json()["token"]
+        with db.connect() as c:
+            pid = c.execute(text("SELECT patient_id FROM patients WHERE tenant_id = :t "
+                                 "AND status = 'active' LIMIT 1"),
+                            {"t": demo["laboratories"][0]["id"]}).scalar_one()
+        for _ in range(3):
+            r = httpx.get(f"{base}/api/v1/patients/{pid}",
+                          headers={"Authorization": f"Bearer {tok}"})
+            assert r.status_code == 200, r.text
+        assert reads() == 0                 # queued: the group delay is ten minutes
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(30)
+    assert reads() == 3
+    db.dispose()

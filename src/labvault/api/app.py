@@ -8,6 +8,8 @@ its viewer. Everything else depends on ``deps.current_actor``.
 from __future__ import annotations
 
 import gc
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
@@ -24,8 +26,18 @@ PUBLIC_PATHS = frozenset({"/health", "/api/v1/auth/login", "/api/v1/auth/enrol",
                           "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
 
 
-def create_app(lv: Labvault) -> FastAPI:
-    app = FastAPI(title="labvault", version="0.1.0")
+def create_app(lv: Labvault, owns_core: bool = False) -> FastAPI:
+    """The API and web app over ``lv``. ``owns_core``: the app closes ``lv`` when the
+    server stops (``labvault serve``) — queued audit entries are written then: uvicorn's
+    worker processes end with ``os._exit``, which skips ``atexit``."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        if owns_core:
+            lv.close()
+
+    app = FastAPI(title="labvault", version="0.1.0", lifespan=lifespan)
     app.state.lv = lv
     # Routes are matched in order: the patient record, the hottest path, first.
     app.include_router(patients.router)
@@ -49,7 +61,7 @@ def create_app(lv: Labvault) -> FastAPI:
 
 
 def create_app_from_env() -> FastAPI:
-    app = create_app(open_labvault(Settings.from_env()))
+    app = create_app(open_labvault(Settings.from_env()), owns_core=True)
     # Everything built so far (the app, routes, models, the core) lives as long as the
     # process: out of the collector's sight, a full collection no longer walks it, which
     # takes the collector's pauses out of the requests' tail latency.
