@@ -71,10 +71,9 @@ class MessageService:
         # an erased patient is dropped on first use, every entry after PATIENT_CACHE_TTL.
         self._patients: OrderedDict[tuple[str, str, bytes], tuple[str, float]] = OrderedDict()
         self._cache_lock = threading.Lock()
-        # SQLite has one writer: queue writers here instead of in SQLite's busy handler
-        # (which sleeps); PostgreSQL runs messages of several connections in parallel.
-        self._write_lock: threading.Lock | None = (
-            threading.Lock() if lv.engine.dialect.name == "sqlite" else None)
+        # (SQLite's single writer: ``Labvault.begin`` queues this process's transactions on
+        # one lock. A second lock here, taken before it, deadlocked against a group commit,
+        # which holds the transaction first and stores messages inside it.)
 
     # == entry point ============================================================================
     def ingest(self, actor: Actor, tenant_id: str, raw: bytes, msg: I.InboundMessage,
@@ -83,9 +82,6 @@ class MessageService:
         archived inside the transaction; the caller sends it only after this returns (i.e.
         after the commit). A resend of the same MSH-10 (same sender) returns the first ACK."""
         try:
-            if self._write_lock is not None:
-                with self._write_lock:
-                    return self._ingest(actor, tenant_id, raw, msg, build_ack)
             return self._ingest(actor, tenant_id, raw, msg, build_ack)
         except DbIntegrityError:
             # Two connections delivered the same message at once: the other one won.

@@ -105,26 +105,30 @@ BatchHandler = Callable[[list[bytes]], list[bytes]]
 
 
 class GroupCommitter:
-    """One thread storing messages in batches: whatever is waiting when it is free (up to
-    ``max_batch``) goes into one ``handle_many`` call; each caller's future gets its ACK."""
+    """Threads storing messages in batches: a thread that is free takes whatever is
+    waiting (up to ``max_batch``) into one ``handle_many`` call; each caller's future gets
+    its ACK. Several threads overlap one batch's parsing with another's commit (and, on
+    PostgreSQL, run transactions side by side)."""
 
     def __init__(self, handle_many: BatchHandler, fallback: Callable[[bytes], bytes],
-                 max_batch: int = 32) -> None:
+                 max_batch: int = 32, threads: int = 1) -> None:
         self.handle_many = handle_many
         self.fallback = fallback
         self.max_batch = max_batch
+        self.threads = max(1, threads)
         self._q: queue.SimpleQueue[tuple[bytes, Future[bytes]] | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
+        self._started = False
         self._lock = threading.Lock()
         self.batches = 0
 
     def submit(self, payload: bytes) -> Future[bytes]:
         fut: Future[bytes] = Future()
         with self._lock:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="mllp-commit",
-                                                daemon=True)
-                self._thread.start()
+            if not self._started:
+                self._started = True
+                for i in range(self.threads):
+                    threading.Thread(target=self._run, name=f"mllp-commit-{i}",
+                                     daemon=True).start()
         self._q.put((payload, fut))
         return fut
 
@@ -140,10 +144,11 @@ class GroupCommitter:
                 except queue.Empty:
                     break
                 if nxt is None:
-                    self._q.put(None)     # stop after this batch
+                    self._q.put(None)     # a stop for a thread: after this batch
                     break
                 batch.append(nxt)
-            self.batches += 1
+            with self._lock:
+                self.batches += 1
             try:
                 acks = self.handle_many([p for p, _ in batch])
             except Exception:   # the batch handler answers errors itself; last guard
@@ -153,7 +158,8 @@ class GroupCommitter:
                 fut.set_result(ack)
 
     def close(self) -> None:
-        self._q.put(None)
+        for _ in range(self.threads):
+            self._q.put(None)
 
 
 class MllpServer:
@@ -162,7 +168,7 @@ class MllpServer:
                  workers: int = 8, reject: Callable[[bytes, MessageError], bytes] | None = None,
                  handle_many: BatchHandler | None = None, max_batch: int = 32) -> None:
         self.handle = handle
-        self.committer = (GroupCommitter(handle_many, self._internal_error, max_batch)
+        self.committer = (GroupCommitter(handle_many, self._internal_error, max_batch, workers)
                           if handle_many is not None else None)
         self.host = host
         self.port = port
