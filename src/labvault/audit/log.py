@@ -122,6 +122,7 @@ class AuditLog:
         self._pending: list[Draft] = []
         self._pending_since = 0.0
         self._writer: threading.Thread | None = None
+        self._flushing = threading.Lock()     # one opportunistic batch writer at a time
         self._wake = threading.Event()
         self._closing = False
 
@@ -280,16 +281,30 @@ class AuditLog:
             self._pending.extend(drafts)
             full = len(self._pending) >= GROUP_MAX
             due = (now - self._pending_since) * 1000 >= self.group_ms
-        if full or due or self.lv.bound or self._closing:
-            # a full or overdue batch is written by the thread that filled it; with a
-            # test-bound connection there is no writer thread (one connection, one thread)
-            try:
-                self.flush()
-            except Exception:   # the caller's work committed: don't fail it, retry later
-                log.exception("could not write %d queued read audit entries", self.pending())
-                self._start_writer()
-        else:
-            self._start_writer()
+        if self.lv.bound or self._closing:
+            # a test-bound connection has no writer thread (one connection, one thread)
+            self._flush_quietly()
+            return
+        if full or due:
+            # a full or overdue batch is written by the thread that filled it, unless
+            # another thread is writing one: many request threads flushing at once would
+            # queue on the chain head (and the connection pool) instead of serving
+            self._try_flush()
+        self._start_writer()
+
+    def _flush_quietly(self) -> None:
+        try:
+            self.flush()
+        except Exception:   # the caller's work committed: don't fail it, retry later
+            log.exception("could not write %d queued read audit entries", self.pending())
+
+    def _try_flush(self) -> None:
+        if not self._flushing.acquire(blocking=False):
+            return
+        try:
+            self._flush_quietly()
+        finally:
+            self._flushing.release()
 
     def _start_writer(self) -> None:
         if self._writer is not None:
@@ -307,10 +322,7 @@ class AuditLog:
             # group_ms may be set to 0 at run time (strict again): never spin on wait(0)
             self._wake.wait(self.group_ms / 1000 if self.group_ms > 0 else 1.0)
             self._wake.clear()
-            try:
-                self.flush()
-            except Exception:   # kept pending: the next tick (or close) retries
-                log.exception("audit writer: could not write queued read entries")
+            self._try_flush()     # kept pending on failure: the next tick (or close) retries
 
     def pending(self) -> int:
         with self._lock:
