@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.engine import Connection
 
-from labvault.store.schema import blind_index, patients
+from labvault.store.schema import patients
 from labvault.store.tables_breach import (
     breach_cases,
     breach_encodings,
@@ -84,24 +84,6 @@ def patients_without_encoding(conn: Connection, tenant_id: str) -> list[str]:
     return list(conn.execute(select(patients.c.patient_id).where(
         patients.c.tenant_id == tenant_id, patients.c.status == "active",
         patients.c.patient_id.not_in(have))).scalars())
-
-
-def tenant_index(conn: Connection, tenant_id: str, kinds: Sequence[str]
-                 ) -> dict[bytes, list[str]]:
-    """Every blind-index digest of some kinds of a tenant -> patient ids (kind is in the MAC)."""
-    out: dict[bytes, list[str]] = {}
-    for d, pid in conn.execute(select(blind_index.c.digest, blind_index.c.patient_id).where(
-            blind_index.c.tenant_id == tenant_id, blind_index.c.kind.in_(list(kinds)))):
-        out.setdefault(bytes(d), []).append(pid)
-    return out
-
-
-def tenant_encodings(conn: Connection, tenant_id: str, key_version: int) -> Iterator[
-        tuple[str, bytes]]:
-    for pid, clk in conn.execute(select(breach_encodings.c.patient_id, breach_encodings.c.clk
-                                        ).where(breach_encodings.c.tenant_id == tenant_id,
-                                                breach_encodings.c.key_version == key_version)):
-        yield pid, bytes(clk)
 
 
 # Bulk reads for dump triage: plain driver SQL, rows as tuples (SQLAlchemy's typed row
