@@ -246,14 +246,9 @@ class AuditLog:
             if arepo.advance_head(conn, chain, first, state.next_seq, state.prev,
                                   self._seal_key(conn, chain, state.key),
                                   ch.pack_frontier(state.frontier), _now()):
-                if len(rows) == 1:
-                    values = rows[0]._asdict()
-                    values["tenant_id"] = values.pop("chain")
-                    arepo.insert_entry(conn, values, drafts[0].patient_ids[1:])
-                else:   # Row's field order is the INSERT's column order
-                    arepo.insert_entries(conn, rows, [
-                        (chain, p, r.seq) for r, d in zip(rows, drafts, strict=True)
-                        for p in dict.fromkeys(d.patient_ids[1:]) if p != r.patient_id])
+                arepo.insert_entries(conn, rows, [   # Row's fields: the INSERT's column order
+                    (chain, p, r.seq) for r, d in zip(rows, drafts, strict=True)
+                    for p in dict.fromkeys(d.patient_ids[1:]) if p != r.patient_id])
                 with self._lock:
                     self._heads[chain] = state
                 frame = self._frame()

@@ -44,7 +44,6 @@ _INSERT = ("INSERT INTO audit_entries (tenant_id, seq, entry_id, at_us, actor_id
            "action, outcome, body, mac) VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p})")
 
 
-_sql = driver_sql      # the append runs on every gate decision
 
 
 def _ts(conn: Connection, at: datetime) -> Any:
@@ -55,7 +54,7 @@ def _ts(conn: Connection, at: datetime) -> Any:
 def advance_head(conn: Connection, chain: str, expected: int, next_seq: int, last_hash: bytes,
                  key_sealed: bytes, frontier: bytes, at: datetime) -> bool:
     """Move the head from ``expected`` to ``next_seq``; False if another writer moved it."""
-    res = conn.exec_driver_sql(_sql(conn, _ADVANCE), (next_seq, last_hash, key_sealed, frontier,
+    res = conn.exec_driver_sql(driver_sql(conn, _ADVANCE), (next_seq, last_hash, key_sealed, frontier,
                                                       _ts(conn, at), chain, expected))
     return bool(res.rowcount == 1)
 
@@ -74,22 +73,14 @@ def head(conn: Connection, chain: str) -> dict[str, Any] | None:
 
 
 # -- entries -------------------------------------------------------------------------------
-def insert_entry(conn: Connection, row: dict[str, Any], more_patients: Sequence[str]) -> None:
-    conn.exec_driver_sql(_sql(conn, _INSERT), (
-        row["tenant_id"], row["seq"], row["entry_id"], row["at_us"], row["actor_id"],
-        row["patient_id"], row["action"], row["outcome"], row["body"], row["mac"]))
-    if more_patients:
-        conn.execute(insert(audit_refs), [
-            {"tenant_id": row["tenant_id"], "patient_id": p, "seq": row["seq"]}
-            for p in dict.fromkeys(more_patients) if p != row["patient_id"]])
-
-
 def insert_entries(conn: Connection, rows: Sequence[Sequence[Any]],
                    refs: Sequence[tuple[str, str, int]]) -> None:
-    """Several entries in one statement (the group commit of reads): ``rows`` in the
-    column order of ``_INSERT`` (tenant, seq, entry id, time, actor, patient, action,
-    outcome, body, MAC); ``refs`` (tenant, patient, seq) for entries naming more patients."""
-    conn.exec_driver_sql(_sql(conn, _INSERT), [tuple(r) for r in rows])
+    """Entries in one statement (one per gate decision, or a group commit of reads):
+    ``rows`` in the column order of ``_INSERT`` (tenant, seq, entry id, time, actor,
+    patient, action, outcome, body, MAC); ``refs`` (tenant, patient, seq) for entries
+    naming more patients than their first."""
+    sql = driver_sql(conn, _INSERT)
+    conn.exec_driver_sql(sql, tuple(rows[0]) if len(rows) == 1 else [tuple(r) for r in rows])
     if refs:
         conn.execute(insert(audit_refs), [{"tenant_id": t, "patient_id": p, "seq": q}
                                           for t, p, q in refs])
@@ -111,7 +102,7 @@ def stream_rows(conn: Connection, chain: str, from_seq: int = 0, to_seq: int | N
     the order of ``ROW_COLUMNS`` (plain SQL: no per-row type processing for a million rows)."""
     last = from_seq - 1
     end = to_seq if to_seq is not None else 2**62
-    sql = _sql(conn, _STREAM)
+    sql = driver_sql(conn, _STREAM)
     while True:
         rows = conn.exec_driver_sql(sql, (chain, last, end, batch)).all()
         if not rows:

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.engine import Connection
 
+from labvault.store.driver_sql import driver_sql
 from labvault.store.schema import patients
 from labvault.store.tables_breach import (
     breach_cases,
@@ -88,12 +89,10 @@ def patients_without_encoding(conn: Connection, tenant_id: str) -> list[str]:
 
 # Bulk reads for dump triage: plain driver SQL, rows as tuples (SQLAlchemy's typed row
 # processing costs ~7x the fetch itself at a million rows).
-def _driver_rows(conn: Connection, sql: str, params: tuple[Any, ...]) -> Sequence[Any]:
-    if conn.dialect.paramstyle != "qmark":
-        sql = sql.replace("?", "%s")
+def _driver_rows(conn: Connection, template: str, params: tuple[Any, ...]) -> Sequence[Any]:
     cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
     try:
-        cur.execute(sql, params)
+        cur.execute(driver_sql(conn, template), params)
         return list(cur.fetchall())
     finally:
         cur.close()
@@ -102,9 +101,9 @@ def _driver_rows(conn: Connection, sql: str, params: tuple[Any, ...]) -> Sequenc
 def tenant_index_rows(conn: Connection, tenant_id: str, kinds: Sequence[str]
                       ) -> Sequence[tuple[bytes, str]]:
     """(digest, patient id) of every blind-index entry of some kinds of a tenant."""
-    marks = ", ".join("?" for _ in kinds)
-    return _driver_rows(conn, "SELECT digest, patient_id FROM blind_index "  # noqa: S608 (only ?s)
-                              f"WHERE tenant_id = ? AND kind IN ({marks})",
+    marks = ", ".join("{p}" for _ in kinds)
+    return _driver_rows(conn, "SELECT digest, patient_id FROM blind_index "  # noqa: S608 (only {p}s)
+                              f"WHERE tenant_id = {{p}} AND kind IN ({marks})",
                         (tenant_id, *kinds))
 
 
@@ -113,7 +112,7 @@ def tenant_encoding_rows(conn: Connection, tenant_id: str, key_version: int
     """(patient id, stored encoding, packed blocking keys) of a tenant's encodings under
     one key version."""
     return _driver_rows(conn, "SELECT patient_id, clk, blocks FROM breach_encodings "
-                              "WHERE tenant_id = ? AND key_version = ?",
+                              "WHERE tenant_id = {p} AND key_version = {p}",
                         (tenant_id, key_version))
 
 
