@@ -12,6 +12,7 @@ Public API (stable; the FHIR door builds on it):
 - ``receive_specimen(actor, order_id, specimen) -> SpecimenView``
 - ``enter_results(actor, order_id, results) -> list[ObservationView]``
 - ``validate_technical(actor, order_id)``, ``validate_biological(actor, order_id, conclusion)``
+- ``validate_final(actor, order_id, conclusion)``: both, in one call (one order load)
 - ``validate_all_normal(actor, tenant_id, order_ids=None) -> BulkValidation``
 - ``publish(actor, order_id)``, ``amend(actor, observation_id, result, reason)``
 - ``reject(actor, order_id, reason, comment)``, ``cancel(actor, order_id, reason)``
