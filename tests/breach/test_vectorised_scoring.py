@@ -209,3 +209,40 @@ def test_native_loops_are_built_in_ci() -> None:
     if os.environ.get("CI") != "true" and not matching.native_scoring():
         pytest.skip("C scoring loop not built here (no C compiler)")
     assert matching.native_scoring()
+
+
+def test_row_blocks_are_both_name_orders_blocks() -> None:
+    from labvault.breach.encoding import block_values
+    rng = random.Random(8)
+    idents = _identities(300, seed=31)
+    idents += [_corrupt(m, rng) for m in idents]
+    idents += [MatchIdentity.of(m.last, None, m.birth_date, m.postcode) for m in idents[:50]]
+    idents += [MatchIdentity.of(None, m.first, None, m.postcode) for m in idents[:50]]
+    idents.append(MatchIdentity())
+    for i in idents:
+        both = block_values(i) + (block_values(i.swapped()) if i.first and i.last else [])
+        assert matching._row_blocks(i) == list(dict.fromkeys(both)), i
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.text(alphabet="0123456789AB", min_size=0, max_size=14), max_size=30),
+       st.sampled_from(["N", "T"]))
+def test_digit_tokens_vectorised_equal_python(values: list[str], field: str) -> None:
+    def tokens_of(voc: matching._FieldVocab, ids: list[int]) -> list[list[str]]:
+        ptr = list(voc.ptr)
+        return [sorted(voc.tokens[t] for t in voc.toks[ptr[i]:ptr[i + 1]]) if i >= 0 else []
+                for i in ids]
+
+    keys = [(v, "") for v in values]
+    fast = matching._FieldVocab(field)
+    got = tokens_of(fast, fast.ids_of(keys).tolist())
+    slow = matching._FieldVocab(field)
+    slow_keys = [(v, "") for v in values]
+    original = matching._DIGIT_FIELDS
+    try:
+        matching._DIGIT_FIELDS = ()                  # type: ignore[misc]
+        want = tokens_of(slow, slow.ids_of(slow_keys).tolist())
+    finally:
+        matching._DIGIT_FIELDS = original             # type: ignore[misc]
+    assert got == want
+    assert [sorted(matching._FIELD_TOKENS[field](v, "")) for v in values] == want

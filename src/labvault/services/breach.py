@@ -663,7 +663,7 @@ class BreachService:
                           files: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         """Export fingerprints and decoy rows (guard): which export a CSV/NDJSON leak is."""
         exports = getattr(getattr(self.lv, "guard", None), "exports", None)
-        if exports is None:
+        if exports is None or not exports.any_export(actor):
             return []
         out: list[dict[str, Any]] = []
         for path, f in zip(paths, files, strict=True):
