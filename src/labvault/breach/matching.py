@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from itertools import accumulate, chain, islice
+from operator import itemgetter
 from types import ModuleType
 
 import numpy as np
@@ -92,37 +93,43 @@ class RowReader:
         self.cat_cols = [(c.index, CATEGORY_OF[c.detected]) for c in columns
                          if c.detected in CATEGORY_OF]
         self.sealed_cols = [c.index for c in columns if c.detected == "sealed"]
-        self._cats: dict[frozenset[str], frozenset[str]] = {}
+        self._cats: dict[tuple[bool, ...], frozenset[str]] = {}
         self._dates: dict[str, date | None] = {}     # dates repeat: parse each once
-
-    @staticmethod
-    def _cell(row: Sequence[str], i: int | None) -> str:
-        if i is None or i >= len(row):
-            return ""
-        return row[i].strip()
+        # Rows are read as their stripped cells padded to ``_width`` + 1, the last cell
+        # always empty: an absent column reads it (no per-cell bounds checks or calls).
+        self._width = 1 + max((c.index for c in columns), default=-1)
+        self._pad = [""] * (self._width + 1)
+        self._cat_of = _picker([i for i, _ in self.cat_cols])
+        self._cat_names = [cat for _, cat in self.cat_cols]
+        self._sealed_of = _picker(self.sealed_cols)
 
     def keys(self, row: Sequence[str]) -> RowKeys:
-        c = self._cell
-        nir = normalise_nir(c(row, self.nir)) if self.nir is not None else None
-        email = normalise_email(c(row, self.email)) if self.email is not None else None
-        phone = normalise_phone(c(row, self.phone)) if self.phone is not None else None
-        last = c(row, self.last)
-        first = c(row, self.first).split(" ")[0] if self.first is not None else ""
+        cells = [x.strip() for x in row[:self._width]]
+        cells += self._pad[len(cells):]
+        w = self._width
+        nir_raw = cells[w if self.nir is None else self.nir]
+        email_raw = cells[w if self.email is None else self.email]
+        phone_raw = cells[w if self.phone is None else self.phone]
+        nir = normalise_nir(nir_raw) if self.nir is not None else None
+        email = normalise_email(email_raw) if self.email is not None else None
+        phone = normalise_phone(phone_raw) if self.phone is not None else None
+        last = cells[w if self.last is None else self.last]
+        first = cells[self.first].split(" ")[0] if self.first is not None else ""
         bd = None
         if self.birth is not None:
-            raw = c(row, self.birth)
+            raw = cells[self.birth]
             bd = self._dates.get(raw, _UNSEEN)
             if bd is _UNSEEN:
                 bd = self._dates[raw] = parse_date(raw)
-        pc = c(row, self.postcode)
+        pc = cells[w if self.postcode is None else self.postcode]
         if not pc and self.address is not None:
-            m = _CP.search(c(row, self.address))
+            m = _CP.search(cells[self.address])
             pc = m.group(1) if m else ""
-        sex = _SEX.get(c(row, self.sex).upper(), "") if self.sex is not None else ""
+        sex = _SEX.get(cells[self.sex].upper(), "") if self.sex is not None else ""
         ident = MatchIdentity.of(last, first, bd, pc, sex,
-                                 c(row, self.nir) if self.nir is not None else None,
-                                 c(row, self.email) if self.email is not None else None,
-                                 c(row, self.phone) if self.phone is not None else None)
+                                 nir_raw if self.nir is not None else None,
+                                 email_raw if self.email is not None else None,
+                                 phone_raw if self.phone is not None else None)
         msgs: list[bytes] = []
         kinds = bytearray()
         for kind, val in ((bi.NIR, nir), (bi.EMAIL, email), (bi.PHONE, phone)):
@@ -133,10 +140,24 @@ class RowReader:
             for a, b in ((ident.last, ident.first), (ident.first, ident.last)):
                 msgs.append(bi.NAME_DOB.encode() + b"\x00" + f"{a}|{b}|{ident.birth_date}".encode())
                 kinds.append(_KIND_CODE[bi.NAME_DOB])
-        present = frozenset(cat for i, cat in self.cat_cols if c(row, i))
-        cats = self._cats.setdefault(present, present)
-        sealed = any(c(row, i) for i in self.sealed_cols)
+        filled = tuple(map(bool, self._cat_of(cells)))
+        cats = self._cats.get(filled)
+        if cats is None:
+            cats = self._cats[filled] = frozenset(
+                c for c, f in zip(self._cat_names, filled, strict=True) if f)
+        sealed = any(self._sealed_of(cells))
         return RowKeys(ident, tuple(msgs), bytes(kinds), cats, sealed)
+
+
+def _picker(indexes: Sequence[int]) -> Callable[[Sequence[str]], tuple[str, ...]]:
+    """``cells -> tuple(cells[i] for i in indexes)`` at C speed (itemgetter returns a bare
+    value for one index and needs at least one)."""
+    if not indexes:
+        return lambda _cells: ()
+    if len(indexes) == 1:
+        i = indexes[0]
+        return lambda cells: (cells[i],)
+    return itemgetter(*indexes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +221,31 @@ class TenantIndex:
         return TenantIndex(dig[order], np.asarray(ps, dtype=np.int64)[order], list(slot))
 
 
+_PREFILTER_BITS = 22          # 4 MiB of flags: ~3 % false positives at 140,000 digests
+
+
+def _ranges(digests: npt.NDArray[np.uint64], queries: npt.NDArray[np.uint64]
+            ) -> tuple[Ids, Ids]:
+    """For each query, where its equal digests start in the sorted ``digests`` and how
+    many there are (0 and 0 when none). Keyed digests are uniform, so a direct-address
+    bitmap of their top bits rules out most queries with one gather each (~8x cheaper
+    than a binary search); only those that pass are searched."""
+    lo = np.zeros(len(queries), dtype=np.int64)
+    cnt = np.zeros(len(queries), dtype=np.int64)
+    if len(digests) == 0 or len(queries) == 0:
+        return lo, cnt
+    shift = np.uint64(64 - _PREFILTER_BITS)
+    present = np.zeros(1 << _PREFILTER_BITS, dtype=np.bool_)
+    present[digests >> shift] = True
+    cand = np.flatnonzero(present[queries >> shift])
+    q = queries[cand]
+    left = np.searchsorted(digests, q, side="left")
+    right = np.searchsorted(digests, q, side="right")
+    lo[cand] = left
+    cnt[cand] = right - left
+    return lo, cnt
+
+
 def exact_tenant(prep: ExactPrep, tenant_id: str, index_key: bytes,
                  index: TenantIndex) -> list[Match]:
     """Exact tier for one tenant: keyed digests of the rows' identifiers vs its blind index.
@@ -213,14 +259,14 @@ def exact_tenant(prep: ExactPrep, tenant_id: str, index_key: bytes,
     if n == 0 or len(index.digests) == 0:
         return []
     d = np.frombuffer(kd.mac_many(prep.messages, bi.DIGEST_BYTES), dtype=U64)
-    lo = np.searchsorted(index.digests, d, side="left")
-    hits = np.flatnonzero(index.digests[np.minimum(lo, len(index.digests) - 1)] == d)
-    hi = np.zeros_like(lo)
-    hi[hits] = np.searchsorted(index.digests, d[hits], side="right")
+    lo_all, cnt_all = _ranges(index.digests, d)
+    hits = np.flatnonzero(cnt_all)
+    lo = lo_all[hits]
+    hi = lo + cnt_all[hits]
     out: list[Match] = []
     found: dict[str, list[str]] = {}
     current = -1
-    for m in hits.tolist():
+    for j, m in enumerate(hits.tolist()):
         r = int(prep.row[m])
         if r != current:
             out.extend(Match(current, tenant_id, pid, "exact", tuple(ks), 1.0)
@@ -228,7 +274,7 @@ def exact_tenant(prep: ExactPrep, tenant_id: str, index_key: bytes,
             found = {}
             current = r
         key = KEY_NAMES[prep.kinds[m]]
-        for p in index.patient[lo[m]:hi[m]].tolist():
+        for p in index.patient[lo[j]:hi[j]].tolist():
             ks = found.setdefault(index.pids[p], [])
             if key not in ks:
                 ks.append(key)
@@ -659,8 +705,7 @@ def fuzzy_tenant(prep: FuzzyPrep, encoder: ClkEncoder, data: TenantEncodings,
     if len(prep) == 0 or len(data.block_digests) == 0:
         return
     vd = np.frombuffer(encoder.block_macs(prep.blocks), dtype=U64)
-    v_lo = np.searchsorted(data.block_digests, vd, side="left")
-    v_cnt = np.searchsorted(data.block_digests, vd, side="right") - v_lo
+    v_lo, v_cnt = _ranges(data.block_digests, vd)
     e_lo = v_lo[prep.block_ids]
     e_cnt = v_cnt[prep.block_ids]
     e_cs = np.concatenate(([0], np.cumsum(e_cnt)))

@@ -492,7 +492,9 @@ class BreachService:
         clock.lap("read")
         tenants = self._tenants()
         # The rows live until the end: keep the cyclic GC from rescanning them (and,
-        # in forked workers, from touching their pages).
+        # in forked workers, from touching their pages) — up to the end of the summary:
+        # unfrozen earlier, the millions of row objects made the next full collection
+        # walk them all (seconds on a 500,000-row file).
         gc.freeze()
         try:
             matches = self._exact(rows, tenants, workers)
@@ -501,23 +503,24 @@ class BreachService:
             todo = [n for n in range(len(rows)) if n not in exact_rows]
             fuzzy = self._fuzzy(rows, todo, tenants, workers, clock)
             clock.lap("fuzzy")
+            for n, (t, pid, score) in sorted(fuzzy.items()):
+                matches.append(Match(n, t, pid, "fuzzy", fuzzy_keys(rows[n].ident),
+                                     round(score, 3)))
+            matches.sort(key=lambda m: (m.row, m.tenant_id, m.patient_id))
+            result = self._summarise(actor, case_id, rows, files, cols, matches, tenants,
+                                     circumstances or Circumstances())
+            result["attribution"].extend(self._identify_exports(actor, paths, files))
+            result_store = dict(result)
+            with self.lv.begin() as conn:
+                self._add_event(conn, case_id, "triage", {
+                    **{k: v for k, v in result_store.items() if k != "severity"},
+                    "files": files, "evidence": [e.get("evidence_id") for e in evidence]})
+                self._add_event(conn, case_id, "severity", result["severity"])
+                self._event(conn, actor, "triaged", {"case_id": case_id, "rows": len(rows),
+                                                     "matches": len(matches)})
+            clock.lap("summary")
         finally:
             gc.unfreeze()
-        for n, (t, pid, score) in sorted(fuzzy.items()):
-            matches.append(Match(n, t, pid, "fuzzy", fuzzy_keys(rows[n].ident), round(score, 3)))
-        matches.sort(key=lambda m: (m.row, m.tenant_id, m.patient_id))
-        result = self._summarise(actor, case_id, rows, files, cols, matches, tenants,
-                                 circumstances or Circumstances())
-        result["attribution"].extend(self._identify_exports(actor, paths, files))
-        result_store = dict(result)
-        with self.lv.begin() as conn:
-            self._add_event(conn, case_id, "triage", {
-                **{k: v for k, v in result_store.items() if k != "severity"},
-                "files": files, "evidence": [e.get("evidence_id") for e in evidence]})
-            self._add_event(conn, case_id, "severity", result["severity"])
-            self._event(conn, actor, "triaged", {"case_id": case_id, "rows": len(rows),
-                                                 "matches": len(matches)})
-        clock.lap("summary")
         return result
 
     def _exact(self, rows: list[RowKeys], tenants: Sequence[Mapping[str, Any]],
