@@ -20,6 +20,8 @@
 #include <stdint.h>
 
 #define MAX_FIELDS 16
+#define EARLY_FIELDS 3
+#define AHEAD 6           /* entries / candidates prefetched ahead */
 
 /* 1 / n for the field count sums (a field has at most 256 bits: sums <= 512). */
 #define MAX_SUM 1024
@@ -27,11 +29,12 @@ static double inverse[MAX_SUM + 1];
 
 static inline double inv(double x) { return x <= MAX_SUM ? inverse[(int)x] : 1.0 / x; }
 
-/* The pair's per-field intersections (and of the swapped names' L and F words). */
+/* The pair's per-field intersections for fields [from, to) (and of the swapped
+ * names' L and F words, fields 0 and 1). */
 static inline void intersections(const uint64_t *rw, const uint64_t *sw, const uint64_t *cp,
-                                 int fields, const int64_t *lo, const int64_t *hi,
+                                 int from, int to, const int64_t *lo, const int64_t *hi,
                                  unsigned *inter, unsigned *inter_sw) {
-    for (int k = 0; k < fields; k++) {
+    for (int k = from; k < to; k++) {
         unsigned a = 0, b = 0;
         for (int64_t x = lo[k]; x < hi[k]; x++) {
             const uint64_t c = cp[x];
@@ -43,19 +46,19 @@ static inline void intersections(const uint64_t *rw, const uint64_t *sw, const u
     }
 }
 
-/* Whether the pair may score at least `floor`: the score with multiplications by
- * 1/(pa+pb) instead of divisions (within a few ulps of the exact score), compared with
- * a margin far above that error. Pairs that fail cannot reach `floor`; the others get
- * the exact score. */
-static inline int may_reach(const unsigned *inter, const unsigned *inter_sw, const double *rcn,
-                            const double *rsn, const double *ccn, int fields,
-                            const double *w2, const double *w, double min_weight,
-                            double floor) {
+/* Whether the pair may score at least `floor` knowing only the intersections of its
+ * first `known` fields: the others count as perfect agreement (Dice 1) wherever both
+ * sides have them. Multiplications by 1/(pa+pb) stand in for the divisions, with a
+ * margin far above their error. */
+static inline int may_reach_partial(const unsigned *inter, const unsigned *inter_sw,
+                                    const double *rcn, const double *rsn, const double *ccn,
+                                    int known, int fields, const double *w2, const double *w,
+                                    double min_weight, double floor) {
     double total = 0.0, weight = 0.0, total_sw = 0.0, weight_sw = 0.0;
     for (int k = 0; k < fields; k++) {
         const double pb = ccn[k], pa = rcn[k];
         if (pa > 0 && pb > 0) {
-            const double t = (double)inter[k] * w2[k] * inv(pa + pb);
+            const double t = k < known ? (double)inter[k] * w2[k] * inv(pa + pb) : w[k];
             total += t;
             weight += w[k];
             if (k >= 2) {
@@ -64,7 +67,7 @@ static inline int may_reach(const unsigned *inter, const unsigned *inter_sw, con
             }
         }
         if (k < 2 && rsn[k] > 0 && pb > 0) {
-            total_sw += (double)inter_sw[k] * w2[k] * inv(rsn[k] + pb);
+            total_sw += k < known ? (double)inter_sw[k] * w2[k] * inv(rsn[k] + pb) : w[k];
             weight_sw += w[k];
         }
     }
@@ -137,7 +140,7 @@ static void score(const tables_t *t, const int64_t *pr, const int64_t *pp, Py_ss
     for (Py_ssize_t i = 0; i < n; i++) {
         const int64_t r = pr[i], p = pp[i];
         intersections(t->rf + r * t->words, t->rsw + r * t->sw_words, t->cw + p * t->words,
-                      t->fields, t->lo, t->hi, inter, inter_sw);
+                      0, t->fields, t->lo, t->hi, inter, inter_sw);
         out[i] = exact_score(inter, inter_sw, t->rc + r * t->fields, t->rc_sw + r * 2,
                              t->cc + p * t->fields, CONST(t));
     }
@@ -155,15 +158,38 @@ static void best(const tables_t *t, const int64_t *e_row, const int64_t *e_lo,
     unsigned inter[MAX_FIELDS], inter_sw[2];
     for (Py_ssize_t e = 0; e < n; e++) {
         const int64_t r = e_row[e];
+        if (e + AHEAD < n) {
+            /* rows come in blocking-value order, i.e. from all over the row arrays:
+             * ask for a later entry's row now, it arrives while this one is scored */
+            const int64_t q = e_row[e + AHEAD];
+            __builtin_prefetch(t->rf + q * t->words);
+            __builtin_prefetch(t->rf + q * t->words + 8);
+            __builtin_prefetch(t->rsw + q * t->sw_words);
+            __builtin_prefetch(t->rc + q * t->fields);
+            __builtin_prefetch(t->rc_sw + q * 2);
+        }
         const uint64_t *rw = t->rf + r * t->words, *sw = t->rsw + r * t->sw_words;
         const double *rcn = t->rc + r * t->fields, *rsn = t->rc_sw + r * 2;
         for (int64_t j = e_lo[e]; j < e_lo[e] + e_cnt[e]; j++) {
             const int64_t p = block_patient[j];
+            if (j + AHEAD < e_lo[e] + e_cnt[e]) {
+                const int64_t q = block_patient[j + AHEAD];
+                __builtin_prefetch(t->cw + q * t->words);
+                __builtin_prefetch(t->cw + q * t->words + 8);
+                __builtin_prefetch(t->cc + q * t->fields);
+            }
             const double *ccn = t->cc + p * t->fields;
-            intersections(rw, sw, t->cw + p * t->words, t->fields, t->lo, t->hi, inter,
-                          inter_sw);
+            const uint64_t *cp = t->cw + p * t->words;
             const double need = top[r] > floor ? top[r] : floor;
-            if (!may_reach(inter, inter_sw, rcn, rsn, ccn, CONST(t), need)) continue;
+            /* the heavy fields first (last and first names, birth date: 60 % of the
+             * weight); most candidates of a block are ruled out before the rest */
+            const int first = t->fields < EARLY_FIELDS ? t->fields : EARLY_FIELDS;
+            intersections(rw, sw, cp, 0, first, t->lo, t->hi, inter, inter_sw);
+            if (!may_reach_partial(inter, inter_sw, rcn, rsn, ccn, first, CONST(t), need))
+                continue;
+            intersections(rw, sw, cp, first, t->fields, t->lo, t->hi, inter, inter_sw);
+            if (!may_reach_partial(inter, inter_sw, rcn, rsn, ccn, t->fields, CONST(t), need))
+                continue;
             const double s = exact_score(inter, inter_sw, rcn, rsn, ccn, CONST(t));
             if (s > top[r] || (s == top[r] && p < win[r])) {
                 top[r] = s;
@@ -282,7 +308,45 @@ done:
     return res;
 }
 
+PyDoc_STRVAR(or_groups_doc,
+"or_groups(x, toks, ptr, out)\n\n"
+"out[v] |= x[toks[j]] for j in ptr[v]:ptr[v+1], for every group v: each distinct field\n"
+"value's filter segment as the OR of its tokens' (x: (T, w) uint64, out: (V+1, w)).");
+
+static PyObject *or_groups(PyObject *self, PyObject *args) {
+    Py_buffer b[4];
+    PyObject *res = NULL;
+    (void)self;
+    memset(b, 0, sizeof b);
+    if (!PyArg_ParseTuple(args, "y*y*y*w*", &b[0], &b[1], &b[2], &b[3])) return NULL;
+    const Py_ssize_t groups = b[2].len / 8 - 1, m = b[1].len / 8;
+    const Py_ssize_t w = groups >= 0 && b[3].len ? b[3].len / 8 / (groups + 1) : 0;
+    const int64_t *toks = b[1].buf, *ptr = b[2].buf;
+    int ok = groups >= 0 && w > 0 && b[3].len == (groups + 1) * w * 8 && b[0].len % (w * 8) == 0;
+    const Py_ssize_t t = ok ? b[0].len / 8 / w : 0;
+    for (Py_ssize_t v = 0; ok && v < groups; v++)
+        ok = ptr[v] >= 0 && ptr[v] <= ptr[v + 1] && ptr[v + 1] <= m;
+    ok = ok && in_range(&b[1], t);
+    if (!ok) {
+        PyErr_SetString(PyExc_ValueError, "or_groups: inconsistent array shapes or indexes");
+        goto done;
+    }
+    const uint64_t *x = b[0].buf;
+    uint64_t *out = b[3].buf;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t v = 0; v < groups; v++)
+        for (int64_t j = ptr[v]; j < ptr[v + 1]; j++)
+            for (Py_ssize_t k = 0; k < w; k++) out[v * w + k] |= x[toks[j] * w + k];
+    Py_END_ALLOW_THREADS
+    res = Py_None;
+    Py_INCREF(res);
+done:
+    for (int i = 0; i < 4; i++) PyBuffer_Release(&b[i]);
+    return res;
+}
+
 static PyMethodDef methods[] = {
+    {"or_groups", or_groups, METH_VARARGS, or_groups_doc},
     {"score_pairs", score_pairs, METH_VARARGS, score_pairs_doc},
     {"best_pairs", best_pairs, METH_VARARGS, best_pairs_doc},
     {NULL, NULL, 0, NULL},

@@ -535,27 +535,47 @@ def _or_segments(x: Words, ptr: Ids) -> Words:
     return out
 
 
-def _value_segments(voc: _FieldVocab, encoder: ClkEncoder) -> Words:
-    """Each distinct value's filter segment (value id -> words of its field segment)."""
+def _value_segments(voc: _FieldVocab, encoder: ClkEncoder, native: bool = True) -> Words:
+    """Each distinct value's filter segment (value id -> words of its field segment),
+    plus a last all-zero row (value id -1, an empty field)."""
     tm = encoder.token_segments(voc.field, voc.tokens)
     toks = np.frombuffer(voc.toks, dtype=np.int64) if len(voc.toks) else np.zeros(0, np.int64)
     ptr = np.frombuffer(voc.ptr, dtype=np.int64)
+    if native and _scoring is not None and tm.shape[1]:
+        out = np.zeros((len(ptr), tm.shape[1]), dtype=np.uint64)
+        _scoring.or_groups(np.ascontiguousarray(tm), toks, ptr, out)
+        return out
     return _or_segments(tm[toks], ptr)
 
 
-def row_filters(prep: FuzzyPrep, encoder: ClkEncoder) -> tuple[Words, Words]:
+def row_filters(prep: FuzzyPrep, encoder: ClkEncoder, row_major: bool = False
+                ) -> tuple[Words, Words]:
     """The rows' original filters under one tenant's keys, word-major: (WORDS, rows)
-    for the name order as read, and the L and F words (7, rows) of the swapped order."""
-    out = np.empty((WORDS, len(prep)), dtype=np.uint64)
-    swapped = np.empty((FIELD_WORDS[1][2], len(prep)), dtype=np.uint64)
+    for the name order as read, and the L and F words (7, rows) of the swapped order;
+    (rows, WORDS) and (rows, 7) with ``row_major`` (the C scorer's layout)."""
+    n, sw = len(prep), FIELD_WORDS[1][2]
+    out = np.empty((n, WORDS) if row_major else (WORDS, n), dtype=np.uint64)
+    swapped = np.empty((n, sw) if row_major else (sw, n), dtype=np.uint64)
     for f, a, b in FIELD_WORDS:
-        seg = _value_segments(prep.vocab[f], encoder)
-        out[a:b] = seg[prep.value[f]].T
+        seg = _value_segments(prep.vocab[f], encoder, native=row_major)
+        pick = [(prep.value[f], out)]
         if f == "L":
-            swapped[a:b] = seg[prep.swapped_L].T
+            pick.append((prep.swapped_L, swapped))
         elif f == "F":
-            swapped[a:b] = seg[prep.swapped_F].T
+            pick.append((prep.swapped_F, swapped))
+        for ids, dest in pick:
+            if row_major:
+                dest[:, a:b] = seg[ids]
+            else:
+                dest[a:b] = seg[ids].T
     return out, swapped
+
+
+def _counts_rows(words: Words) -> npt.NDArray[np.float64]:
+    """Per-field popcounts (n, fields) of row-major filters (n, words), as floats."""
+    starts = [a for _, a, b in FIELD_WORDS if b <= words.shape[1]]
+    return np.add.reduceat(np.bitwise_count(words), starts, axis=1,
+                           dtype=np.int64).astype(np.float64)
 
 
 def _counts_t(words_t: Words) -> npt.NDArray[np.float64]:
@@ -656,6 +676,19 @@ class PairScorer:
             self.arrays = (rf, rsw, rc, rc_sw, cw, cc)
         self.rows = rf.shape[1]
 
+    @classmethod
+    def row_major(cls, rf: Words, rsw: Words, rc: npt.NDArray[np.float64],
+                  rc_sw: npt.NDArray[np.float64], cw: Words, cc: npt.NDArray[np.float64]
+                  ) -> PairScorer:
+        """The C loops' scorer from arrays already row-major (rows or patients first)."""
+        assert _scoring is not None
+        self = cls.__new__(cls)
+        self.native = True
+        c = np.ascontiguousarray
+        self.arrays = (c(rf), c(rsw), c(rc), c(rc_sw), c(cw), c(cc))
+        self.rows = rf.shape[0]
+        return self
+
     def __call__(self, pr: Ids, pp: Ids) -> Scores:
         if not self.native or _scoring is None:
             return _score_batch(*self.arrays, pr, pp)
@@ -689,7 +722,8 @@ def score_pairs(rf: Words, rsw: Words, rc: npt.NDArray[np.float64],
 
 
 def fuzzy_tenant(prep: FuzzyPrep, encoder: ClkEncoder, data: TenantEncodings,
-                 min_score: float = 0.0) -> Iterator[tuple[int, str, float]]:
+                 min_score: float = 0.0, native: bool = True
+                 ) -> Iterator[tuple[int, str, float]]:
     """Fuzzy tier for one tenant: (row, best patient, score) for rows whose best
     candidate scores above 0 and at least ``min_score``.
 
@@ -712,13 +746,12 @@ def fuzzy_tenant(prep: FuzzyPrep, encoder: ClkEncoder, data: TenantEncodings,
     row_cnt = e_cs[prep.block_ptr[1:]] - e_cs[prep.block_ptr[:-1]]
     if not row_cnt.any():
         return
-    rf, rsw = row_filters(prep, encoder)
-    rc = _counts_t(rf)
-    rc_sw = _counts_t(rsw)
-    cw = np.ascontiguousarray(data.words.T)
-    cc = np.ascontiguousarray(data.counts.T.astype(np.float64))
-    scorer = PairScorer(rf, rsw, rc, rc_sw, cw, cc)
-    if scorer.native:
+    if _scoring is not None and native:
+        # the C loops, on row-major arrays built directly in that layout
+        rf, rsw = row_filters(prep, encoder, row_major=True)
+        scorer = PairScorer.row_major(rf, rsw, _counts_rows(rf), _counts_rows(rsw),
+                                      np.ascontiguousarray(data.words),
+                                      np.ascontiguousarray(data.counts, dtype=np.float64))
         # Entries in block order: a block's patients stay in cache across its rows.
         order = prep.entry_order
         e_cnt_o = e_cnt[order]
@@ -728,6 +761,10 @@ def fuzzy_tenant(prep: FuzzyPrep, encoder: ClkEncoder, data: TenantEncodings,
         for k in np.flatnonzero((top > 0.0) & (top >= min_score)).tolist():
             yield int(prep.rows[k]), data.pids[int(win[k])], float(top[k])
         return
+    rf, rsw = row_filters(prep, encoder)
+    scorer = PairScorer(rf, rsw, _counts_t(rf), _counts_t(rsw),
+                        np.ascontiguousarray(data.words.T),
+                        np.ascontiguousarray(data.counts.T.astype(np.float64)), native=False)
     e_row = np.repeat(np.arange(len(prep)), np.diff(prep.block_ptr))
     row_cs = np.concatenate(([0], np.cumsum(row_cnt)))
     big = np.iinfo(np.int64).max
