@@ -246,3 +246,17 @@ def test_digit_tokens_vectorised_equal_python(values: list[str], field: str) -> 
         matching._DIGIT_FIELDS = original             # type: ignore[misc]
     assert got == want
     assert [sorted(matching._FIELD_TOKENS[field](v, "")) for v in values] == want
+
+
+def test_filter_is_or_of_token_masks() -> None:
+    from labvault.breach.encoding import tokens
+    rng = random.Random(3)
+    idents = _identities(200, seed=51)
+    idents += [_corrupt(m, rng) for m in idents] + [MatchIdentity()]
+    enc = ClkEncoder(b"k" * 32, b"p" * 32, b"b" * 32)
+    for _ in range(2):                               # cold, then from the per-value cache
+        for m in idents:
+            want = 0
+            for t in tokens(m):
+                want |= enc.token_mask(t)
+            assert enc.filter(m) == want

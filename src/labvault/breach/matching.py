@@ -29,6 +29,7 @@ from labvault.breach.columns import (
     parse_date,
 )
 from labvault.breach.encoding import (
+    FIELD_TOKENS,
     FIELD_WORDS,
     FUZZY_ACCEPT,
     MIN_WEIGHT,
@@ -41,12 +42,7 @@ from labvault.breach.encoding import (
     MatchIdentity,
     Scores,
     Words,
-    bigrams,
-    date_tokens,
-    digit_tokens,
-    email_tokens,
     field_counts,
-    postcode_tokens,
     score,
     soundex,
 )
@@ -287,17 +283,7 @@ def exact_tenant(prep: ExactPrep, tenant_id: str, index_key: bytes,
 FIELDS = tuple(SEGMENTS)                 # L F D P N E T: field segments in filter order
 
 
-# The tokens of each field (``encoding.tokens`` is their concatenation), from the
-# field's value and, for P, the sex.
-_FIELD_TOKENS: dict[str, Callable[[str, str], list[str]]] = {
-    "L": lambda a, _: bigrams("L", a),
-    "F": lambda a, _: bigrams("F", a),
-    "D": lambda a, _: date_tokens(a),
-    "P": postcode_tokens,
-    "N": lambda a, _: digit_tokens("N", a[:13]),
-    "E": lambda a, _: email_tokens(a),
-    "T": lambda a, _: digit_tokens("T", a),
-}
+_FIELD_TOKENS = FIELD_TOKENS
 
 
 class _FieldVocab:
