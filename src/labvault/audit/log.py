@@ -118,6 +118,7 @@ class AuditLog:
         self._tenants: set[str] = set()
         self._audit_keys: dict[str, DataKey] = {}
         self._data_keys: dict[str, DataKey] = {}
+        self._head_ctx: dict[str, SealContext] = {}
         self.group_ms = int(setting(settings, "LABVAULT_AUDIT_READ_GROUP_MS"))
         self._pending: list[Draft] = []
         self._pending_since = 0.0
@@ -231,41 +232,54 @@ class AuditLog:
             if head is None:
                 head = self._load(conn, chain)
             if texts is None:       # the chain's keys exist once its head does
-                texts = [self._text(conn, chain, d) for d in drafts]
+                texts = self._texts(conn, chain, drafts)
             first = head.next_seq
-            state = head
-            rows: list[ch.Row] = []
-            reached: list[tuple[str, int, bytes, bytes, list[bytes]]] = []
-            for d, text in zip(drafts, texts, strict=True):
-                row, state = ch.append(state, chain, d.entry_id, d.at_us, d.actor_id,
-                                       d.patient_id, d.action, d.outcome, text)
-                rows.append(row)
-                if self.checkpoint_every > 0 and state.next_seq % self.checkpoint_every == 0:
-                    reached.append((chain, state.next_seq, ch.frontier_root(state.frontier),
-                                    state.prev, state.frontier))
+            rows, state, reached = ch.append_many(
+                head, chain, [(d.entry_id, d.at_us, d.actor_id, d.patient_id, d.action,
+                               d.outcome, text) for d, text in zip(drafts, texts, strict=True)],
+                self.checkpoint_every)
             if arepo.advance_head(conn, chain, first, state.next_seq, state.prev,
                                   self._seal_key(conn, chain, state.key),
                                   ch.pack_frontier(state.frontier), _now()):
                 arepo.insert_entries(conn, rows, [   # Row's fields: the INSERT's column order
                     (chain, p, r.seq) for r, d in zip(rows, drafts, strict=True)
+                    if len(d.patient_ids) > 1
                     for p in dict.fromkeys(d.patient_ids[1:]) if p != r.patient_id])
                 with self._lock:
                     self._heads[chain] = state
                 frame = self._frame()
                 if frame is not None:
                     frame.chains.add(chain)
-                    frame.checkpoints.extend(reached)
+                    frame.checkpoints.extend((chain, *r) for r in reached)
                 return first
             with self._lock:      # another writer moved the head: reload under lock
                 self._heads.pop(chain, None)
         raise RuntimeError(f"audit chain {chain}: could not append after 3 attempts")
 
-    def _text(self, conn: Connection, chain: str, d: Draft) -> str:
-        body = dict(d.body)
-        if d.private:
-            body["sealed"] = base64.b64encode(
-                self._seal_private(conn, chain, d.entry_id, d.private)).decode()
-        return canonical(body)
+    def _texts(self, conn: Connection, chain: str, drafts: list[Draft]) -> list[str]:
+        """The body text of each draft, its private part sealed in. A client address alone
+        (every request from the network) is sealed under the chain's cached ``data`` key,
+        the whole batch in one call; other private parts go through ``_seal_private``."""
+        sealed: dict[int, bytes] = {}
+        clients = [(i, d) for i, d in enumerate(drafts) if d.private]
+        if clients:
+            alone = [(i, d) for i, d in clients if len(d.private) == 1 and "client" in d.private]
+            if alone:
+                key = self._data_key(conn, chain)
+                for (i, _), blob in zip(alone, key.seal_many(
+                        chain, "audit_entries", "body",
+                        [(d.entry_id, canonical(d.private).encode()) for _, d in alone]),
+                        strict=True):
+                    sealed[i] = blob
+            for i, d in clients:
+                if i not in sealed:
+                    sealed[i] = self._seal_private(conn, chain, d.entry_id, d.private)
+        out = []
+        for i, d in enumerate(drafts):
+            s = sealed.get(i)
+            out.append(canonical(d.body) if s is None else
+                       canonical({**d.body, "sealed": base64.b64encode(s).decode()}))
+        return out
 
     # -- group commit of reads ---------------------------------------------------------------
     def _queue(self, drafts: list[Draft]) -> None:
@@ -364,20 +378,24 @@ class AuditLog:
         network — is sealed with the same key, cached per chain, to keep the append cheap;
         both open with ``gate.open_tenant_value_checked``."""
         plaintext = canonical(private).encode()
-        ctx = SealContext(chain, "audit_entries", "body", entry_id)
         if set(private) == {"client"}:
-            key = self._data_keys.get(chain)
-            if key is None:
-                self.lv.load_tenant_keys(conn, chain)
-                version = repo.current_key_version(conn, chain, "data")
-                if version is None:
-                    raise KeyUnavailable(f"tenant {chain} has no data key",
-                                         "run `labvault keys rotate` to create one")
-                key = self.lv.keyring.tenant_data_key(chain, "data", version)
-                self._data_keys[chain] = key
-            return key.seal(ctx, plaintext)
+            return self._data_key(conn, chain).seal(
+                SealContext(chain, "audit_entries", "body", entry_id), plaintext)
         return self.lv.gate.seal_tenant_value(conn, chain, "audit_entries", "body", entry_id,
                                               plaintext)
+
+    def _data_key(self, conn: Connection, chain: str) -> DataKey:
+        """The chain's current ``data`` key, cached (sealing client addresses)."""
+        key = self._data_keys.get(chain)
+        if key is None:
+            self.lv.load_tenant_keys(conn, chain)
+            version = repo.current_key_version(conn, chain, "data")
+            if version is None:
+                raise KeyUnavailable(f"tenant {chain} has no data key",
+                                     "run `labvault keys rotate` to create one")
+            key = self.lv.keyring.tenant_data_key(chain, "data", version)
+            self._data_keys[chain] = key
+        return key
 
     def _audit_key(self, conn: Connection, chain: str) -> DataKey:
         key = self._audit_keys.get(chain)
@@ -388,8 +406,10 @@ class AuditLog:
         return key
 
     def _seal_key(self, conn: Connection, chain: str, key: bytes) -> bytes:
-        return self._audit_key(conn, chain).seal(
-            SealContext(chain, "audit_heads", "key_sealed", chain), key)
+        ctx = self._head_ctx.get(chain)
+        if ctx is None:
+            ctx = self._head_ctx[chain] = SealContext(chain, "audit_heads", "key_sealed", chain)
+        return self._audit_key(conn, chain).seal(ctx, key)
 
     def _ensure_keys(self, conn: Connection, chain: str) -> None:
         """The chain's audit key (and, for the platform chain, a data key for sealed

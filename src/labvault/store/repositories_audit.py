@@ -48,7 +48,8 @@ _INSERT = ("INSERT INTO audit_entries (tenant_id, seq, entry_id, at_us, actor_id
 
 def _ts(conn: Connection, at: datetime) -> Any:
     # the text form SQLAlchemy's SQLite DateTime reads back; PostgreSQL takes the datetime
-    return at.strftime("%Y-%m-%d %H:%M:%S.%f") if conn.dialect.name == "sqlite" else at
+    return (at.replace(tzinfo=None).isoformat(" ", "microseconds")
+            if conn.dialect.name == "sqlite" else at)
 
 
 def advance_head(conn: Connection, chain: str, expected: int, next_seq: int, last_hash: bytes,
