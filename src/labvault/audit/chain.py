@@ -229,6 +229,7 @@ def append_many(state: State, chain: str,
     frontier = list(state.frontier)
     rows: list[Row] = []
     reached: list[Reached] = []
+    new_row = tuple.__new__
     for entry_id, at_us, actor_id, patient_id, action, outcome, body in entries:
         pfx = SEP.join((chain, str(seq), entry_id, str(at_us), actor_id, patient_id or "",
                         action, outcome)).encode()
@@ -236,8 +237,8 @@ def append_many(state: State, chain: str,
                    + body.encode()).digest()
         k = key + kpad
         ki, ko = k.translate(ipad), k.translate(opad)
-        rows.append(Row(chain, seq, entry_id, at_us, actor_id, patient_id, action, outcome,
-                        body, sha(ko + sha(ki + leaf).digest()).digest()))
+        rows.append(new_row(Row, (chain, seq, entry_id, at_us, actor_id, patient_id, action,
+                                  outcome, body, sha(ko + sha(ki + leaf).digest()).digest())))
         key = sha(ko + sha(ki + EVOLVE).digest()).digest()
         h, m = leaf, seq           # frontier_push, inlined
         while m & 1:

@@ -118,7 +118,6 @@ class AuditLog:
         self._tenants: set[str] = set()
         self._audit_keys: dict[str, DataKey] = {}
         self._data_keys: dict[str, DataKey] = {}
-        self._head_ctx: dict[str, SealContext] = {}
         self.group_ms = int(setting(settings, "LABVAULT_AUDIT_READ_GROUP_MS"))
         self._pending: list[Draft] = []
         self._pending_since = 0.0
@@ -155,9 +154,11 @@ class AuditLog:
         }
         if decision.break_glass:
             body["break_glass"] = True
-        clear, private = split_detail(decision.detail)
-        if clear:
-            body["detail"] = clear
+        private: dict[str, Any] = {}
+        if decision.detail:
+            clear, private = split_detail(decision.detail)
+            if clear:
+                body["detail"] = clear
         if access.reason:
             private["reason"] = access.reason
         self._draft_and_append(conn, a, access.tenant_id, access.action.value, outcome, body,
@@ -185,9 +186,9 @@ class AuditLog:
             private["client"] = client       # an address is personal data: sealed
             client = None
         body["client"] = client
-        draft = Draft(tenant_id, self.clock(), ch.clean(actor.id), ch.clean(action),
-                      ch.clean(outcome), body, tuple(ch.clean(p) for p in patient_ids), private,
-                      new_id("ae"))
+        clean = ch.clean
+        draft = Draft(tenant_id, self.clock(), clean(actor.id), clean(action), clean(outcome),
+                      body, tuple([clean(p) for p in patient_ids]), private, new_id("ae"))
         if (self.group_ms > 0 and outcome == "allowed" and action in GROUPED_ACTIONS
                 and "event" not in body and not body.get("break_glass")):
             frame = self._frame()
@@ -406,10 +407,9 @@ class AuditLog:
         return key
 
     def _seal_key(self, conn: Connection, chain: str, key: bytes) -> bytes:
-        ctx = self._head_ctx.get(chain)
-        if ctx is None:
-            ctx = self._head_ctx[chain] = SealContext(chain, "audit_heads", "key_sealed", chain)
-        return self._audit_key(conn, chain).seal(ctx, key)
+        """``seal(SealContext(chain, "audit_heads", "key_sealed", chain), key)``."""
+        return self._audit_key(conn, chain).seal_many(chain, "audit_heads", "key_sealed",
+                                                      [(chain, key)])[0]
 
     def _ensure_keys(self, conn: Connection, chain: str) -> None:
         """The chain's audit key (and, for the platform chain, a data key for sealed

@@ -40,7 +40,8 @@ def aad_many(tenant_id: str, table: str, column: str, key_id: str,
              record_ids: list[str]) -> list[bytes]:
     """``SealContext(tenant_id, table, column, r).aad(key_id)`` for each record id ``r``
     (the shared part joined once)."""
-    if any("\x00" in p for p in (tenant_id, table, column, key_id, *record_ids)):
+    shared = "\x00".join((tenant_id, table, column, key_id))
+    if shared.count("\x00") != 3 or any("\x00" in r for r in record_ids):
         raise ValueError("seal context parts must not contain NUL")
     head = b"labvault/seal/v1\x00" + "\x00".join((tenant_id, table, column, "")).encode()
     tail = b"\x00" + key_id.encode()
