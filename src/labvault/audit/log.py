@@ -86,12 +86,16 @@ def signing_key_path(settings: Settings) -> Path:
     return base.with_name(base.name + ".audit-signing")
 
 
+# A grouped read as recorded: (access, decision, time µs); its entry is built in the batch.
+_Read = tuple["Access", "Decision", int]
+
+
 @dataclass(slots=True)
 class _Frame:
     rescue: list[Draft] = field(default_factory=list)
     chains: set[str] = field(default_factory=set)
     checkpoints: list[tuple[str, int, bytes, bytes, list[bytes]]] = field(default_factory=list)
-    grouped: list[Draft] = field(default_factory=list)
+    grouped: list[_Read] = field(default_factory=list)
 
     def merge(self, child: _Frame) -> None:
         self.rescue.extend(child.rescue)
@@ -119,7 +123,7 @@ class AuditLog:
         self._audit_keys: dict[str, DataKey] = {}
         self._data_keys: dict[str, DataKey] = {}
         self.group_ms = int(setting(settings, "LABVAULT_AUDIT_READ_GROUP_MS"))
-        self._pending: list[Draft] = []
+        self._pending: list[_Read] = []
         self._pending_since = 0.0
         self._writer: threading.Thread | None = None
         self._flushing = threading.Lock()     # one opportunistic batch writer at a time
@@ -143,6 +147,15 @@ class AuditLog:
 
     # -- AuditHook ------------------------------------------------------------------------
     def record(self, conn: Connection, access: Access, decision: Decision, outcome: str) -> None:
+        if (self.group_ms > 0 and outcome == "allowed" and not decision.break_glass
+                and access.action.value in GROUPED_ACTIONS):
+            frame = self._frame()
+            if frame is not None:   # queued when the transaction ends, built in the batch
+                frame.grouped.append((access, decision, self.clock()))
+                return
+        self._draft_and_append(conn, self._draft(access, decision, outcome, self.clock()))
+
+    def _draft(self, access: Access, decision: Decision, outcome: str, at_us: int) -> Draft:
         a = access.actor
         cats = decision.categories & access.categories if decision.allowed else access.categories
         body: dict[str, Any] = {
@@ -161,8 +174,8 @@ class AuditLog:
                 body["detail"] = clear
         if access.reason:
             private["reason"] = access.reason
-        self._draft_and_append(conn, a, access.tenant_id, access.action.value, outcome, body,
-                               access.patient_ids, private)
+        return self._make_draft(a, access.tenant_id, access.action.value, outcome, body,
+                                access.patient_ids, private, at_us)
 
     def event(self, conn: Connection, actor: Actor, event: str, outcome: str,
               tenant_id: str | None, detail: Mapping[str, Any]) -> None:
@@ -176,27 +189,25 @@ class AuditLog:
             "rule": None, "request_id": actor.request_id, "session_id": actor.session_id,
             "tenant": tenant_id, "detail": clear,
         }
-        self._draft_and_append(conn, actor, tenant_id, event, outcome, body, pids, private)
+        self._draft_and_append(conn, self._make_draft(actor, tenant_id, event, outcome, body,
+                                                      pids, private, self.clock()))
 
-    def _draft_and_append(self, conn: Connection, actor: Actor, tenant_id: str | None,
-                          action: str, outcome: str, body: dict[str, Any],
-                          patient_ids: tuple[str, ...], private: dict[str, Any]) -> None:
+    @staticmethod
+    def _make_draft(actor: Actor, tenant_id: str | None, action: str, outcome: str,
+                    body: dict[str, Any], patient_ids: tuple[str, ...], private: dict[str, Any],
+                    at_us: int) -> Draft:
         client = actor.client
         if client is not None and client not in CLIENT_MARKERS:
             private["client"] = client       # an address is personal data: sealed
             client = None
         body["client"] = client
         clean = ch.clean
-        draft = Draft(tenant_id, self.clock(), clean(actor.id), clean(action), clean(outcome),
-                      body, tuple([clean(p) for p in patient_ids]), private, new_id("ae"))
-        if (self.group_ms > 0 and outcome == "allowed" and action in GROUPED_ACTIONS
-                and "event" not in body and not body.get("break_glass")):
-            frame = self._frame()
-            if frame is not None:
-                frame.grouped.append(draft)
-                return
+        return Draft(tenant_id, at_us, clean(actor.id), clean(action), clean(outcome), body,
+                     tuple([clean(p) for p in patient_ids]), private, new_id("ae"))
+
+    def _draft_and_append(self, conn: Connection, draft: Draft) -> None:
         self._append(conn, draft)
-        if outcome in RESCUED_OUTCOMES:
+        if draft.outcome in RESCUED_OUTCOMES:
             frame = self._frame()
             if frame is not None:
                 frame.rescue.append(draft)
@@ -283,7 +294,7 @@ class AuditLog:
         return out
 
     # -- group commit of reads ---------------------------------------------------------------
-    def _queue(self, drafts: list[Draft]) -> None:
+    def _queue(self, drafts: list[_Read]) -> None:
         now = time.monotonic()
         with self._lock:
             if not self._pending:
@@ -341,17 +352,20 @@ class AuditLog:
     def flush(self) -> int:
         """Write the queued read entries now; how many. On failure they stay queued."""
         with self._lock:
-            drafts, self._pending = self._pending, []
-        if not drafts:
+            reads, self._pending = self._pending, []
+        if not reads:
             return 0
         try:
+            draft = self._draft
+            drafts = [draft(access, decision, "allowed", at_us)
+                      for access, decision, at_us in reads]
             with self.lv.begin() as conn:
                 self._append_many(conn, drafts)
         except BaseException:
             with self._lock:
-                self._pending[:0] = drafts
+                self._pending[:0] = reads
             raise
-        return len(drafts)
+        return len(reads)
 
     def _at_exit(self) -> None:
         try:
