@@ -52,24 +52,27 @@ def test_canonical_odd_values_fall_back_to_json() -> None:
         assert canonical(body) == canonical_json(body), body
 
 
-def test_seal_many_is_seal() -> None:
+def test_column_sealer_is_seal() -> None:
     key = DataKey(bytes(range(32)), "data-3")
+    sealer = key.column("lab_a", "audit_entries", "body")
     items = [("ae_1", b'{"client":"10.0.0.1"}'), ("ae_2", b""), ("ae_\u00e9", b"x" * 300)]
-    blobs = key.seal_many("lab_a", "audit_entries", "body", items)
-    for (rid, plaintext), blob in zip(items, blobs, strict=True):
+    blobs = [*sealer.seal_many(items), *(sealer.seal(r, p) for r, p in items)]
+    for (rid, plaintext), blob in zip(items * 2, blobs, strict=True):
         ctx = SealContext("lab_a", "audit_entries", "body", rid)
         assert key.open(ctx, blob) == plaintext
         assert envelope.unpack(blob)[0] == "data-3"
-        assert envelope.aad_many("lab_a", "audit_entries", "body", "data-3", [rid]) \
-            == [ctx.aad("data-3")]
-    head = len(envelope.pack("data-3", b""))
-    assert len({b[head:head + 12] for b in blobs}) == len(blobs)       # distinct nonces
-    try:
-        key.seal_many("lab_a", "audit_entries", "body", [("a\x00b", b"")])
-    except ValueError:
-        pass
-    else:  # pragma: no cover
-        raise AssertionError("a NUL in a record id must be refused")
+        head, tail = envelope.aad_parts("lab_a", "audit_entries", "body", "data-3")
+        assert head + rid.encode() + tail == ctx.aad("data-3")
+    start = len(envelope.pack("data-3", b""))
+    assert len({b[start:start + 12] for b in blobs}) == len(blobs)       # distinct nonces
+    for bad in (lambda: sealer.seal("a\x00b", b""), lambda: sealer.seal_many([("a\x00", b"")]),
+                lambda: key.column("lab\x00", "t", "c")):
+        try:
+            bad()
+        except ValueError:
+            pass
+        else:  # pragma: no cover
+            raise AssertionError("a NUL in a seal context must be refused")
 
 
 def test_new_id_shape() -> None:

@@ -52,7 +52,8 @@ from labvault.audit.entry import (
     split_detail,
 )
 from labvault.config import SETTINGS, Settings
-from labvault.crypto import DataKey, SealContext
+from labvault.crypto import DataKey
+from labvault.crypto.keys import ColumnSealer
 from labvault.domain.actors import Actor
 from labvault.errors import KeyUnavailable
 from labvault.store import repositories as repo
@@ -121,7 +122,8 @@ class AuditLog:
         self._local = threading.local()
         self._tenants: set[str] = set()
         self._audit_keys: dict[str, DataKey] = {}
-        self._data_keys: dict[str, DataKey] = {}
+        self._client_sealers: dict[str, ColumnSealer] = {}
+        self._head_sealers: dict[str, ColumnSealer] = {}
         self.group_ms = int(setting(settings, "LABVAULT_AUDIT_READ_GROUP_MS"))
         self._pending: list[_Read] = []
         self._pending_since = 0.0
@@ -271,26 +273,24 @@ class AuditLog:
     def _texts(self, conn: Connection, chain: str, drafts: list[Draft]) -> list[str]:
         """The body text of each draft, its private part sealed in. A client address alone
         (every request from the network) is sealed under the chain's cached ``data`` key,
-        the whole batch in one call; other private parts go through ``_seal_private``."""
-        sealed: dict[int, bytes] = {}
-        clients = [(i, d) for i, d in enumerate(drafts) if d.private]
-        if clients:
-            alone = [(i, d) for i, d in clients if len(d.private) == 1 and "client" in d.private]
-            if alone:
-                key = self._data_key(conn, chain)
-                for (i, _), blob in zip(alone, key.seal_many(
-                        chain, "audit_entries", "body",
-                        [(d.entry_id, canonical(d.private).encode()) for _, d in alone]),
-                        strict=True):
-                    sealed[i] = blob
-            for i, d in clients:
-                if i not in sealed:
-                    sealed[i] = self._seal_private(conn, chain, d.entry_id, d.private)
+        a batch's in one call; other private parts go through ``_seal_private``."""
+        alone = [(d.entry_id, canonical(d.private).encode()) for d in drafts
+                 if len(d.private) == 1 and "client" in d.private]
+        sealed: dict[str, bytes] = {}
+        if len(alone) == 1:
+            sealed[alone[0][0]] = self._client_sealer(conn, chain).seal(*alone[0])
+        elif alone:
+            sealed = dict(zip([r for r, _ in alone],
+                              self._client_sealer(conn, chain).seal_many(alone), strict=True))
         out = []
-        for i, d in enumerate(drafts):
-            s = sealed.get(i)
-            out.append(canonical(d.body) if s is None else
-                       canonical({**d.body, "sealed": base64.b64encode(s).decode()}))
+        for d in drafts:
+            if d.private:
+                s = sealed.get(d.entry_id)
+                if s is None:
+                    s = self._seal_private(conn, chain, d.entry_id, d.private)
+                out.append(canonical({**d.body, "sealed": base64.b64encode(s).decode()}))
+            else:
+                out.append(canonical(d.body))
         return out
 
     # -- group commit of reads ---------------------------------------------------------------
@@ -394,23 +394,23 @@ class AuditLog:
         both open with ``gate.open_tenant_value_checked``."""
         plaintext = canonical(private).encode()
         if set(private) == {"client"}:
-            return self._data_key(conn, chain).seal(
-                SealContext(chain, "audit_entries", "body", entry_id), plaintext)
+            return self._client_sealer(conn, chain).seal(entry_id, plaintext)
         return self.lv.gate.seal_tenant_value(conn, chain, "audit_entries", "body", entry_id,
                                               plaintext)
 
-    def _data_key(self, conn: Connection, chain: str) -> DataKey:
-        """The chain's current ``data`` key, cached (sealing client addresses)."""
-        key = self._data_keys.get(chain)
-        if key is None:
+    def _client_sealer(self, conn: Connection, chain: str) -> ColumnSealer:
+        """Seals entry bodies' private parts under the chain's current ``data`` key
+        (cached per chain, like the key itself)."""
+        sealer = self._client_sealers.get(chain)
+        if sealer is None:
             self.lv.load_tenant_keys(conn, chain)
             version = repo.current_key_version(conn, chain, "data")
             if version is None:
                 raise KeyUnavailable(f"tenant {chain} has no data key",
                                      "run `labvault keys rotate` to create one")
             key = self.lv.keyring.tenant_data_key(chain, "data", version)
-            self._data_keys[chain] = key
-        return key
+            sealer = self._client_sealers[chain] = key.column(chain, "audit_entries", "body")
+        return sealer
 
     def _audit_key(self, conn: Connection, chain: str) -> DataKey:
         key = self._audit_keys.get(chain)
@@ -422,8 +422,11 @@ class AuditLog:
 
     def _seal_key(self, conn: Connection, chain: str, key: bytes) -> bytes:
         """``seal(SealContext(chain, "audit_heads", "key_sealed", chain), key)``."""
-        return self._audit_key(conn, chain).seal_many(chain, "audit_heads", "key_sealed",
-                                                      [(chain, key)])[0]
+        sealer = self._head_sealers.get(chain)
+        if sealer is None:
+            sealer = self._head_sealers[chain] = self._audit_key(conn, chain).column(
+                chain, "audit_heads", "key_sealed")
+        return sealer.seal(chain, key)
 
     def _ensure_keys(self, conn: Connection, chain: str) -> None:
         """The chain's audit key (and, for the platform chain, a data key for sealed

@@ -36,16 +36,14 @@ class SealContext:
         return b"labvault/seal/v1\x00" + "\x00".join(parts).encode()
 
 
-def aad_many(tenant_id: str, table: str, column: str, key_id: str,
-             record_ids: list[str]) -> list[bytes]:
-    """``SealContext(tenant_id, table, column, r).aad(key_id)`` for each record id ``r``
-    (the shared part joined once)."""
-    shared = "\x00".join((tenant_id, table, column, key_id))
-    if shared.count("\x00") != 3 or any("\x00" in r for r in record_ids):
+def aad_parts(tenant_id: str, table: str, column: str, key_id: str) -> tuple[bytes, bytes]:
+    """(head, tail) such that ``head + record_id.encode() + tail`` is
+    ``SealContext(tenant_id, table, column, record_id).aad(key_id)`` (the caller refuses a
+    record id holding NUL)."""
+    if "\x00" in "".join((tenant_id, table, column, key_id)):
         raise ValueError("seal context parts must not contain NUL")
-    head = b"labvault/seal/v1\x00" + "\x00".join((tenant_id, table, column, "")).encode()
-    tail = b"\x00" + key_id.encode()
-    return [head + r.encode() + tail for r in record_ids]
+    return (b"labvault/seal/v1\x00" + "\x00".join((tenant_id, table, column, "")).encode(),
+            b"\x00" + key_id.encode())
 
 
 def pack(key_id: str, sealed: bytes) -> bytes:
