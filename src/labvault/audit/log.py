@@ -341,9 +341,28 @@ class AuditLog:
     def _write_loop(self) -> None:
         while not self._closing:
             # group_ms may be set to 0 at run time (strict again): never spin on wait(0)
-            self._wake.wait(self.group_ms / 1000 if self.group_ms > 0 else 1.0)
-            self._wake.clear()
-            self._try_flush()     # kept pending on failure: the next tick (or close) retries
+            delay = self._until_due()
+            if delay > 0:
+                self._wake.wait(delay)
+                self._wake.clear()
+                continue
+            self._try_flush()
+            if self._until_due() == 0:
+                # still due: the write failed (kept pending) or another thread is writing;
+                # retry a tick later, never spin
+                self._wake.wait(self.group_ms / 1000 if self.group_ms > 0 else 1.0)
+                self._wake.clear()
+
+    def _until_due(self) -> float:
+        """Seconds until the oldest queued entry is ``group_ms`` old (0: write now). The
+        writer sleeps until then rather than on a fixed tick: the same bound on the delay,
+        one batch per ``group_ms`` instead of a partial one whenever the tick falls."""
+        if self.group_ms <= 0:
+            return 1.0 if not self.pending() else 0.0
+        with self._lock:
+            if not self._pending:
+                return self.group_ms / 1000
+            return max(0.0, self._pending_since + self.group_ms / 1000 - time.monotonic())
 
     def pending(self) -> int:
         with self._lock:
