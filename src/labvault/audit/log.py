@@ -252,13 +252,15 @@ class AuditLog:
                 head, chain, [(d.entry_id, d.at_us, d.actor_id, d.patient_id, d.action,
                                d.outcome, text) for d, text in zip(drafts, texts, strict=True)],
                 self.checkpoint_every)
-            if arepo.advance_head(conn, chain, first, state.next_seq, state.prev,
-                                  self._seal_key(conn, chain, state.key),
-                                  ch.pack_frontier(state.frontier), _now()):
-                arepo.insert_entries(conn, rows, [   # Row's fields: the INSERT's column order
-                    (chain, p, r.seq) for r, d in zip(rows, drafts, strict=True)
-                    if len(d.patient_ids) > 1
-                    for p in dict.fromkeys(d.patient_ids[1:]) if p != r.patient_id])
+            if arepo.advance_head_and_insert(   # Row's fields: the INSERT's column order
+                    conn, chain, first, state.next_seq, state.prev,
+                    self._seal_key(conn, chain, state.key), ch.pack_frontier(state.frontier),
+                    _now(), rows):
+                refs = [(chain, p, r.seq) for r, d in zip(rows, drafts, strict=True)
+                        if len(d.patient_ids) > 1
+                        for p in dict.fromkeys(d.patient_ids[1:]) if p != r.patient_id]
+                if refs:
+                    arepo.insert_refs(conn, refs)
                 with self._lock:
                     self._heads[chain] = state
                 frame = self._frame()
