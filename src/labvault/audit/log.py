@@ -87,16 +87,12 @@ def signing_key_path(settings: Settings) -> Path:
     return base.with_name(base.name + ".audit-signing")
 
 
-# A grouped read as recorded: (access, decision, time µs); its entry is built in the batch.
-_Read = tuple["Access", "Decision", int]
-
-
 @dataclass(slots=True)
 class _Frame:
     rescue: list[Draft] = field(default_factory=list)
     chains: set[str] = field(default_factory=set)
     checkpoints: list[tuple[str, int, bytes, bytes, list[bytes]]] = field(default_factory=list)
-    grouped: list[_Read] = field(default_factory=list)
+    grouped: list[Draft] = field(default_factory=list)
 
     def merge(self, child: _Frame) -> None:
         self.rescue.extend(child.rescue)
@@ -125,7 +121,7 @@ class AuditLog:
         self._client_sealers: dict[str, ColumnSealer] = {}
         self._head_sealers: dict[str, ColumnSealer] = {}
         self.group_ms = int(setting(settings, "LABVAULT_AUDIT_READ_GROUP_MS"))
-        self._pending: list[_Read] = []
+        self._pending: list[Draft] = []
         self._pending_since = 0.0
         self._writer: threading.Thread | None = None
         self._flushing = threading.Lock()     # one opportunistic batch writer at a time
@@ -149,13 +145,15 @@ class AuditLog:
 
     # -- AuditHook ------------------------------------------------------------------------
     def record(self, conn: Connection, access: Access, decision: Decision, outcome: str) -> None:
+        # built here, in the request: a decision that cannot be recorded fails its request
+        draft = self._draft(access, decision, outcome, self.clock())
         if (self.group_ms > 0 and outcome == "allowed" and not decision.break_glass
-                and access.action.value in GROUPED_ACTIONS):
+                and draft.action in GROUPED_ACTIONS):
             frame = self._frame()
-            if frame is not None:   # queued when the transaction ends, built in the batch
-                frame.grouped.append((access, decision, self.clock()))
+            if frame is not None:   # queued when the transaction ends
+                frame.grouped.append(draft)
                 return
-        self._draft_and_append(conn, self._draft(access, decision, outcome, self.clock()))
+        self._draft_and_append(conn, draft)
 
     def _draft(self, access: Access, decision: Decision, outcome: str, at_us: int) -> Draft:
         a = access.actor
@@ -296,7 +294,7 @@ class AuditLog:
         return out
 
     # -- group commit of reads ---------------------------------------------------------------
-    def _queue(self, drafts: list[_Read]) -> None:
+    def _queue(self, drafts: list[Draft]) -> None:
         now = time.monotonic()
         with self._lock:
             if not self._pending:
@@ -373,20 +371,17 @@ class AuditLog:
     def flush(self) -> int:
         """Write the queued read entries now; how many. On failure they stay queued."""
         with self._lock:
-            reads, self._pending = self._pending, []
-        if not reads:
+            drafts, self._pending = self._pending, []
+        if not drafts:
             return 0
         try:
-            draft = self._draft
-            drafts = [draft(access, decision, "allowed", at_us)
-                      for access, decision, at_us in reads]
             with self.lv.begin() as conn:
                 self._append_many(conn, drafts)
         except BaseException:
             with self._lock:
-                self._pending[:0] = reads
+                self._pending[:0] = drafts
             raise
-        return len(reads)
+        return len(drafts)
 
     def _at_exit(self) -> None:
         try:
