@@ -116,6 +116,17 @@ def build(work: Path, patients: int, labs: int, rows: int, seed: int) -> None:
 
 
 def triage(work: Path, workers: int) -> None:
+    import logging
+
+    phases: dict[str, float] = {}
+
+    class _Phases(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            name, secs = record.args  # type: ignore[misc]
+            phases[str(name)] = round(float(secs), 1)
+
+    logging.getLogger("labvault.breach").addHandler(_Phases())
+    logging.getLogger("labvault.breach").setLevel(logging.INFO)
     from labvault.config import Settings
     from labvault.domain.actors import Actor
     from labvault.services.app import Labvault
@@ -132,7 +143,14 @@ def triage(work: Path, workers: int) -> None:
         for m in res["matches"]:
             fh.write(json.dumps([m["row"], m["patient_id"], m["method"], m["score"]]) + "\n")
     print(json.dumps({"wall_s": round(wall, 1), **quality(res["matches"], truth),
-                      "rows": res["rows"]}))
+                      "rows": res["rows"], "cpu_s": round(_cpu(), 1), "phases_s": phases}))
+
+
+def _cpu() -> float:
+    """CPU seconds of this process and its (forked, joined) workers."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def quality(matches: list[dict[str, Any]], truth: list[list[Any]]) -> dict[str, Any]:

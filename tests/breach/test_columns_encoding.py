@@ -73,3 +73,34 @@ def test_balanced_encoding_is_keyed_and_constant_weight() -> None:
     assert a.blocks(m) != c.blocks(m)                             # keyed blocks
     assert soundex("DUPONT") == "D153" and soundex("ASHCRAFT") == "A261"
     assert "dob|1980-05-12" in block_values(m)
+
+
+_NIR_CHARS = "0123456789AB .-xa"
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.one_of(st.text(alphabet=_NIR_CHARS, max_size=22),
+                 st.builds(lambda p, i, c: p["nir"][:i] + c + p["nir"][i + 1:],
+                           st.sampled_from(list(people(50, seed=3))), st.integers(0, 14),
+                           st.sampled_from("0123456789AB"))))
+def test_normalise_nir_agrees_with_stdnum(value: str) -> None:
+    from stdnum.fr import nir as stdnum_nir
+
+    from labvault.breach.columns import normalise_nir
+    v = "".join(c for c in value if c not in " .-\t\n\r\x0b\x0c").upper()
+    expected = v if len(v) == 15 and stdnum_nir.is_valid(v) else None
+    if len(v) == 13 and len(value) < 20:
+        expected = None
+    assert normalise_nir(value) == expected
+
+
+def test_normalise_nir_accepts_synthetic_and_corsican() -> None:
+    from labvault.breach.columns import normalise_nir
+    for p in people(200, seed=4):
+        assert normalise_nir(p["nir"]) == p["nir"]
+    from stdnum.fr import nir as stdnum_nir
+    n13 = "185052A123456"
+    corsican = n13 + stdnum_nir.calc_check_digits(n13 + "00")
+    assert normalise_nir(corsican) == corsican
+    wrong = corsican[:13] + f"{(int(corsican[13:]) + 1) % 100:02d}"
+    assert normalise_nir(wrong) is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 from labvault.breach import matching
 from labvault.breach.encoding import (
     BYTES,
+    FUZZY_ACCEPT,
     SEGMENTS,
     ClkEncoder,
     MatchIdentity,
@@ -88,9 +90,15 @@ def _corrupt(m: MatchIdentity, rng: random.Random) -> MatchIdentity:
     return MatchIdentity.of(last, first, bd, pc, m.sex, None, m.email if r > 0.6 else None)
 
 
+@pytest.mark.parametrize("native", [True, False], ids=["c-loop", "numpy"])
 @pytest.mark.parametrize("batch", [7, 1 << 16])
-def test_fuzzy_tenant_equals_reference(batch: int, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fuzzy_tenant_equals_reference(batch: int, native: bool,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(matching, "PAIR_BATCH", batch)
+    if native and not matching.native_scoring():
+        pytest.skip("C scoring loop not built here")
+    if not native:
+        monkeypatch.setattr(matching, "_scoring", None)
     rng = random.Random(5)
     patients = _identities(400, seed=21)
     patients += patients[:20]                      # exact duplicates: ties between patients
@@ -109,6 +117,12 @@ def test_fuzzy_tenant_equals_reference(batch: int, monkeypatch: pytest.MonkeyPat
     got = list(fuzzy_tenant(prep, ENC, TenantEncodings.from_maps(ENC, blocks, encodings)))
     want = list(fuzzy_tenant_reference(rows, range(len(rows)), ENC, blocks, encodings))
     assert got == want
+    # with a floor (the C loop then skips pairs that cannot reach it): the same rows
+    # at or above it, with the same winners
+    data = TenantEncodings.from_maps(ENC, blocks, encodings)
+    floor = [x for x in want if x[2] >= FUZZY_ACCEPT]
+    assert list(fuzzy_tenant(prep, ENC, data, FUZZY_ACCEPT)) == floor
+    assert 0 < len(floor) < len(want)
     assert len(got) > 250                          # the comparison is not vacuous
     assert any(s < 1.0 for _, _, s in got) and any(s == 1.0 for _, _, s in got)
     # ties between the duplicated patients go to the smallest patient id
@@ -158,3 +172,77 @@ def test_field_tokens_make_up_tokens() -> None:
                  + _FIELD_TOKENS["T"](m.phone, "") + _FIELD_TOKENS["E"](m.email, "")
                  + _FIELD_TOKENS["P"](m.postcode, m.sex))
         assert parts == tokens(m)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.data())
+def test_c_scoring_loop_equals_numpy(data: st.DataObject) -> None:
+    if not matching.native_scoring():
+        pytest.skip("C scoring loop not built here")
+    rows = data.draw(st.lists(filters(), min_size=1, max_size=6))
+    swapped = data.draw(st.lists(filters(), min_size=len(rows), max_size=len(rows)))
+    pats = data.draw(st.lists(filters(), min_size=1, max_size=6))
+    n = data.draw(st.integers(1, 40))
+    pr = np.array(data.draw(st.lists(st.integers(0, len(rows) - 1), min_size=n, max_size=n)))
+    pp = np.array(data.draw(st.lists(st.integers(0, len(pats) - 1), min_size=n, max_size=n)))
+    rf = np.ascontiguousarray(filter_words(rows).T)
+    rsw = np.ascontiguousarray(filter_words(swapped).T[:7])
+    cw = np.ascontiguousarray(filter_words(pats).T)
+    rc, rc_sw = matching._counts_t(rf), matching._counts_t(rsw)
+    cc = np.ascontiguousarray(field_counts(filter_words(pats)).T.astype(np.float64))
+    want = matching.score_pairs(rf, rsw, rc, rc_sw, cw, cc, pr, pp, native=False)
+    got = matching.score_pairs(rf, rsw, rc, rc_sw, cw, cc, pr, pp)
+    assert got.tobytes() == want.tobytes()           # bit-identical doubles
+
+
+def test_c_scoring_loop_rejects_bad_indexes() -> None:
+    if not matching.native_scoring():
+        pytest.skip("C scoring loop not built here")
+    w = np.ascontiguousarray(filter_words([1, 2]).T)
+    c = matching._counts_t(w)
+    with pytest.raises(ValueError, match="inconsistent"):
+        matching.score_pairs(w, w[:7], c, c[:2], w, c, np.array([0, 2]), np.array([0, 1]))
+
+
+def test_native_loops_are_built_in_ci() -> None:
+    import os
+    if os.environ.get("CI") != "true" and not matching.native_scoring():
+        pytest.skip("C scoring loop not built here (no C compiler)")
+    assert matching.native_scoring()
+
+
+def test_row_blocks_are_both_name_orders_blocks() -> None:
+    from labvault.breach.encoding import block_values
+    rng = random.Random(8)
+    idents = _identities(300, seed=31)
+    idents += [_corrupt(m, rng) for m in idents]
+    idents += [MatchIdentity.of(m.last, None, m.birth_date, m.postcode) for m in idents[:50]]
+    idents += [MatchIdentity.of(None, m.first, None, m.postcode) for m in idents[:50]]
+    idents.append(MatchIdentity())
+    for i in idents:
+        both = block_values(i) + (block_values(i.swapped()) if i.first and i.last else [])
+        assert matching._row_blocks(i) == list(dict.fromkeys(both)), i
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.text(alphabet="0123456789AB", min_size=0, max_size=14), max_size=30),
+       st.sampled_from(["N", "T"]))
+def test_digit_tokens_vectorised_equal_python(values: list[str], field: str) -> None:
+    def tokens_of(voc: matching._FieldVocab, ids: list[int]) -> list[list[str]]:
+        ptr = list(voc.ptr)
+        return [sorted(voc.tokens[t] for t in voc.toks[ptr[i]:ptr[i + 1]]) if i >= 0 else []
+                for i in ids]
+
+    keys = [(v, "") for v in values]
+    fast = matching._FieldVocab(field)
+    got = tokens_of(fast, fast.ids_of(keys).tolist())
+    slow = matching._FieldVocab(field)
+    slow_keys = [(v, "") for v in values]
+    original = matching._DIGIT_FIELDS
+    try:
+        matching._DIGIT_FIELDS = ()                  # type: ignore[misc]
+        want = tokens_of(slow, slow.ids_of(slow_keys).tolist())
+    finally:
+        matching._DIGIT_FIELDS = original             # type: ignore[misc]
+    assert got == want
+    assert [sorted(matching._FIELD_TOKENS[field](v, "")) for v in values] == want

@@ -221,3 +221,39 @@ def test_workflow_under_the_access_table_policy(lv: Labvault, operator: Actor, t
         lv.lab.validate_biological(technician, oid)
     rep = lv.lab.validate_biological(biologist, oid)
     assert rep.status == "final" and rep.steps["biological"].by == biologist.id
+
+
+def test_validate_final_is_technical_then_biological(lab_lv: Labvault, operator: Actor,
+                                                     tenant_id: str, patient_id: str,
+                                                     technician: Actor,
+                                                     biologist: Actor) -> None:
+    """``validate_final`` (the FHIR door's final DiagnosticReport): the two validations of
+    before in one transaction, with the same gate decisions and the same refusals."""
+    from labvault.services.gate import MemoryAudit
+    lv = lab_lv
+    oid = _ordered(lv, operator, tenant_id, patient_id)
+    lv.lab.enter_results(technician, oid, [{"code": "718-7", "value": 13.1}])
+    with pytest.raises(AccessDenied):
+        lv.lab.validate_final(operator, oid)                 # no technical role
+    with pytest.raises(AccessDenied):
+        lv.lab.validate_final(technician, oid)               # not a biologist: nothing kept
+    assert lv.lab.get_order(biologist, oid).status == L.OrderStatus.PRELIMINARY
+    audit = lv.gate.audit
+    assert isinstance(audit, MemoryAudit)
+    before = len(audit.entries)
+    rep = lv.lab.validate_final(biologist, oid, "RAS")
+    assert rep.status == "final" and rep.conclusion == "RAS"
+    assert rep.steps["technical"].by == biologist.id == rep.steps["biological"].by
+    assert {o.status for o in rep.observations} == {"final"}
+    assert [(a.action.value, a.resource, o) for a, _, o in audit.entries[before:]] == [
+        ("validate", "observation", "allowed"), ("validate", "report", "allowed")]
+    oid2 = _ordered(lv, operator, tenant_id, patient_id)      # already technically validated
+    lv.lab.enter_results(technician, oid2, [{"code": "718-7", "value": 13.1}])
+    lv.lab.validate_technical(technician, oid2)
+    before = len(audit.entries)
+    rep = lv.lab.validate_final(biologist, oid2)
+    assert rep.status == "final" and rep.steps["technical"].by == technician.id
+    assert [(a.action.value, a.resource) for a, _, _ in audit.entries[before:]] == [
+        ("validate", "report")]
+    with pytest.raises(L.InvalidTransition):
+        lv.lab.validate_final(biologist, _ordered(lv, operator, tenant_id, patient_id))

@@ -137,16 +137,22 @@ def parse_date(value: str) -> date | None:
     return None
 
 
+# A NIR as python-stdnum accepts it once cleaned: 15 ASCII digits, or 2A/2B (Corsica)
+# in the department's place.
+_NIR_SHAPE = re.compile(r"[0-9]{5}(?:[0-9]{2}|2A|2B)[0-9]{8}")
+_NIR_SEPARATORS = re.compile(r"[\s.\-]")
+
+
 def normalise_nir(value: str) -> str | None:
-    v = re.sub(r"[\s.\-]", "", value).upper()
+    v = _NIR_SEPARATORS.sub("", value).upper()
     if len(v) == 13 and len(value) < 20:
         return None                      # NIR without its key: cannot validate
-    if len(v) != 15:
+    if len(v) != 15 or not _NIR_SHAPE.fullmatch(v):
         return None
-    try:
-        return v if stdnum_nir.is_valid(v) else None
-    except Exception:  # stdnum raises on odd characters
-        return None
+    # python-stdnum's own key computation on a value already in its compact form
+    # (``is_valid`` would clean it again, ~4x the cost on a 500,000-row file);
+    # a test checks this agrees with ``is_valid`` on valid, mistyped and odd input.
+    return v if stdnum_nir.calc_check_digits(v) == v[13:] else None
 
 
 def normalise_phone(value: str) -> str | None:

@@ -5,10 +5,10 @@ Three things, all keyed with secrets derived from the tenant's index key
 key provider can compute or test them, and encodings of two tenants cannot be
 compared with each other:
 
-- ``KeyedDigest``: HMAC-SHA256 with the key schedule done once (the inner/outer pads'
-  hash states are copied per message). Byte-identical to ``blind_index.digest``
-  (a property test checks it) and about twice as fast, which matters when a
-  500,000-row dump is tested against 30 laboratories' indexes.
+- ``KeyedDigest``: HMAC-SHA256 with the key schedule done once, and a batch form
+  (``mac_many``) that runs in native code when built. Byte-identical to
+  ``blind_index.digest`` (a property test checks it); the batch form is what makes
+  testing a 500,000-row dump against 30 laboratories' indexes affordable.
 - ``ClkEncoder``: a cryptographic long-term key (CLK, Schnell et al. 2011): one
   1024-bit Bloom filter per person, into which the q-grams (bigrams) of the last and
   first names, the parts of the birth date and of the postcode are hashed, each
@@ -28,7 +28,6 @@ known attacks on Bloom-filter encodings with what this design does about each.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ import numpy as np
 import numpy.typing as npt
 
 from labvault.crypto import blind_index as bi
+from labvault.crypto.digests import HmacSha256
 
 BITS = 1024
 BYTES = BITS // 8
@@ -76,24 +76,17 @@ PERM_LABEL = "breach/clk-permutation/v1"
 BLOCK_LABEL = "breach/block/v1"
 
 
-class KeyedDigest:
-    """HMAC-SHA256 under one key, the pads' states precomputed."""
+class KeyedDigest(HmacSha256):
+    """HMAC-SHA256 under one key (pads' states precomputed; ``mac_many`` in native
+    code when built, see ``labvault.crypto.digests.HmacSha256``)."""
 
-    __slots__ = ("_inner", "_outer")
-
-    def __init__(self, key: bytes) -> None:
-        if len(key) > 64:
-            key = hashlib.sha256(key).digest()
-        k = key.ljust(64, b"\x00")
-        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in k))
-        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in k))
+    __slots__ = ()
 
     def mac(self, message: bytes) -> bytes:
-        inner = self._inner.copy()
-        inner.update(message)
-        outer = self._outer.copy()
-        outer.update(inner.digest())
-        return outer.digest()
+        return self.digest(message)
+
+    def mac_many(self, messages: Sequence[bytes], size: int = 32) -> bytes:
+        return self.digest_many(messages, size)
 
     def index(self, kind: str, normalised: str) -> bytes:
         """Same bytes as ``blind_index.digest(key, kind, normalised)``."""
@@ -275,23 +268,26 @@ class ClkEncoder:
         lo, hi = SEGMENTS[field]
         m = hi - lo
         n = len(tokens)
-        out = np.zeros((n, m // 64), dtype=np.uint64)
         if n == 0:
-            return out
+            return np.zeros((0, m // 64), dtype=np.uint64)
         if any(SEGMENT_OF[t[0]] != field for t in tokens):
             raise ValueError(f"tokens outside segment {field}")
-        h = np.frombuffer(b"".join(map(self._clk.mac, (t.encode() for t in tokens))),
-                          dtype=np.uint8).reshape(n, 32)
+        h = np.frombuffer(self._clk.mac_many([t.encode() for t in tokens], 16),
+                          dtype=np.uint8).reshape(n, 16)
         h1 = np.ascontiguousarray(h[:, :8]).view(">u8").ravel().astype(np.uint64) % m
         h2 = (np.ascontiguousarray(h[:, 8:16]).view(">u8").ravel().astype(np.uint64)
               | np.uint64(1)) % m
         k = np.array([K[t[0]] for t in tokens], dtype=np.int64)
         rows = np.repeat(np.arange(n), k)
         i = (np.arange(len(rows)) - np.repeat(np.cumsum(k) - k, k)).astype(np.uint64)
-        pos = (h1[rows] + i * h2[rows]) % np.uint64(m)
-        np.bitwise_or.at(out, (rows, (pos // np.uint64(64)).astype(np.intp)),
-                         np.left_shift(np.uint64(1), pos % np.uint64(64)))
-        return out
+        pos = ((h1[rows] + i * h2[rows]) % np.uint64(m)).astype(np.intp)
+        # Set the bits in a (n, m) boolean matrix and pack it little-endian: bit p of
+        # the segment is bit p % 64 of word p // 64 (as ``token_mask(t) >> lo``).
+        # ~5x faster than ``np.bitwise_or.at`` on the words.
+        bits = np.zeros((n, m), dtype=np.bool_)
+        bits[rows, pos] = True
+        packed = np.packbits(bits, axis=1, bitorder="little")
+        return packed.view("<u8").astype(np.uint64, copy=False).reshape(n, m // 64)
 
     def stored_token_mask(self, token: str) -> int:
         """A token's positions in the stored (balanced, shuffled) form's original half."""
@@ -323,9 +319,9 @@ class ClkEncoder:
         return d
 
     def block_macs(self, values: Sequence[bytes]) -> bytes:
-        """The full 32-byte keyed digests of many blocking values, concatenated (the
-        stored blocking key is the first 8 bytes of each)."""
-        return b"".join(map(self._block.mac, values))
+        """The blocking keys (8-byte keyed digests, as ``block``) of many values,
+        concatenated."""
+        return self._block.mac_many(values, 8)
 
     def blocks(self, m: MatchIdentity) -> list[bytes]:
         return [self.block(v) for v in block_values(m)]

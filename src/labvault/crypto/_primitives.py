@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+from collections.abc import Callable, Sequence
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
@@ -19,6 +20,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+_native_mac_many: Callable[[bytes, Sequence[bytes], int], bytes] | None
+try:
+    from labvault.crypto._native import mac_many as _native_mac_many
+except ImportError:  # not built: no C compiler or OpenSSL headers where installed
+    _native_mac_many = None
 
 KEY_BYTES = 32      # AES-256
 NONCE_BYTES = 12    # 96-bit GCM nonce, random per seal (NIST SP 800-38D §8.2.2)
@@ -88,18 +95,49 @@ def hmac_sha256(key: bytes, message: bytes) -> bytes:
 
 
 class HmacSha256:
-    """HMAC-SHA256 under one key, many messages: the keyed state is computed once and
-    copied per message (about half the cost of ``hmac_sha256`` for short inputs)."""
+    """HMAC-SHA256 (RFC 2104) under one key, many messages.
 
-    __slots__ = ("_base",)
+    The key's inner and outer pad states are hashed once and copied per message (about
+    half the cost of ``hmac_sha256`` for short inputs). ``digest_many`` runs the loop
+    in native code (``_native.c``, OpenSSL's SHA-256) when that optional extension was
+    built — ~6x faster again, which is what makes triaging a leaked file against every
+    laboratory's indexes affordable — and falls back to this class's Python loop, with
+    byte-identical results (tests compare the two), when it was not.
+    """
+
+    __slots__ = ("_inner", "_key", "_outer")
 
     def __init__(self, key: bytes) -> None:
-        self._base = hmac.new(key, digestmod=hashlib.sha256)
+        self._key = bytes(key)
+        k = hashlib.sha256(key).digest() if len(key) > 64 else key
+        k = k.ljust(64, b"\x00")
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in k))
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in k))
 
     def digest(self, message: bytes) -> bytes:
-        h = self._base.copy()
-        h.update(message)
-        return h.digest()
+        inner = self._inner.copy()
+        inner.update(message)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
+
+    def digest_many(self, messages: Sequence[bytes], size: int = 32) -> bytes:
+        """The digests of ``messages``, each cut to its first ``size`` bytes, concatenated."""
+        if not 1 <= size <= 32:
+            raise ValueError("size must be between 1 and 32")
+        if _native_mac_many is not None:
+            return _native_mac_many(self._key, messages, size)
+        return self.digest_many_python(messages, size)
+
+    def digest_many_python(self, messages: Sequence[bytes], size: int = 32) -> bytes:
+        if size == 32:
+            return b"".join(map(self.digest, messages))
+        return b"".join(self.digest(m)[:size] for m in messages)
+
+
+def native_hmac() -> bool:
+    """Whether the optional native HMAC loop was built (CI requires it)."""
+    return _native_mac_many is not None
 
 
 def sha256(data: bytes) -> bytes:

@@ -5,23 +5,27 @@ export fingerprints and breach encodings use these; AEAD stays private to ``cryp
 """
 
 from labvault.crypto._primitives import (
+    HmacSha256,
     constant_time_equal,
     ed25519_generate,
     ed25519_sign,
     ed25519_verify,
     hkdf_sha256,
     hmac_sha256,
+    native_hmac,
     random_bytes,
     sha256,
 )
 
 __all__ = [
+    "HmacSha256",
     "constant_time_equal",
     "ed25519_generate",
     "ed25519_sign",
     "ed25519_verify",
     "hkdf_sha256",
     "hmac_sha256",
+    "native_hmac",
     "random_bytes",
     "sha256",
 ]

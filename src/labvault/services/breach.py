@@ -18,7 +18,9 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
+import logging
 import os
+import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -64,6 +66,8 @@ from labvault.services.gate import Access
 from labvault.store import repositories as repo
 from labvault.store import repositories_breach as brepo
 from labvault.store.ids import new_id
+
+log = logging.getLogger("labvault.breach")
 
 if TYPE_CHECKING:
     from labvault.services.app import Labvault
@@ -146,6 +150,19 @@ def _run(fn: Callable[..., _J], jobs: Iterable[tuple[Any, ...]], workers: int) -
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
+
+
+class _PhaseClock:
+    """Wall time of each triage phase, logged at INFO on ``labvault.breach`` (bench/breach.py
+    prints them; an operator sees where a slow triage spends its time)."""
+
+    def __init__(self) -> None:
+        self._t = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        log.info("triage phase %s: %.2f s", phase, now - self._t)
+        self._t = now
 
 
 class BreachService:
@@ -468,34 +485,42 @@ class BreachService:
             self._check(conn, actor, Action.SEARCH, case_id,
                         categories=(Category.IDENTITY, Category.CONTACT))
             brepo.purge_orphan_encodings(conn)
+        clock = _PhaseClock()
         evidence = [self.add_evidence(actor, case_id, Path(p)) for p in paths] \
             if keep_evidence else []
         rows, files, cols = self.read_dumps(paths, fmt, progress)
+        clock.lap("read")
         tenants = self._tenants()
         # The rows live until the end: keep the cyclic GC from rescanning them (and,
-        # in forked workers, from touching their pages).
+        # in forked workers, from touching their pages) — up to the end of the summary:
+        # unfrozen earlier, the millions of row objects made the next full collection
+        # walk them all (seconds on a 500,000-row file).
         gc.freeze()
         try:
             matches = self._exact(rows, tenants, workers)
+            clock.lap("exact")
             exact_rows = {m.row for m in matches}
             todo = [n for n in range(len(rows)) if n not in exact_rows]
-            fuzzy = self._fuzzy(rows, todo, tenants, workers)
+            fuzzy = self._fuzzy(rows, todo, tenants, workers, clock)
+            clock.lap("fuzzy")
+            for n, (t, pid, score) in sorted(fuzzy.items()):
+                matches.append(Match(n, t, pid, "fuzzy", fuzzy_keys(rows[n].ident),
+                                     round(score, 3)))
+            matches.sort(key=lambda m: (m.row, m.tenant_id, m.patient_id))
+            result = self._summarise(actor, case_id, rows, files, cols, matches, tenants,
+                                     circumstances or Circumstances())
+            result["attribution"].extend(self._identify_exports(actor, paths, files))
+            result_store = dict(result)
+            with self.lv.begin() as conn:
+                self._add_event(conn, case_id, "triage", {
+                    **{k: v for k, v in result_store.items() if k != "severity"},
+                    "files": files, "evidence": [e.get("evidence_id") for e in evidence]})
+                self._add_event(conn, case_id, "severity", result["severity"])
+                self._event(conn, actor, "triaged", {"case_id": case_id, "rows": len(rows),
+                                                     "matches": len(matches)})
+            clock.lap("summary")
         finally:
             gc.unfreeze()
-        for n, (t, pid, score) in sorted(fuzzy.items()):
-            matches.append(Match(n, t, pid, "fuzzy", fuzzy_keys(rows[n].ident), round(score, 3)))
-        matches.sort(key=lambda m: (m.row, m.tenant_id, m.patient_id))
-        result = self._summarise(actor, case_id, rows, files, cols, matches, tenants,
-                                 circumstances or Circumstances())
-        result["attribution"].extend(self._identify_exports(actor, paths, files))
-        result_store = dict(result)
-        with self.lv.begin() as conn:
-            self._add_event(conn, case_id, "triage", {
-                **{k: v for k, v in result_store.items() if k != "severity"},
-                "files": files, "evidence": [e.get("evidence_id") for e in evidence]})
-            self._add_event(conn, case_id, "severity", result["severity"])
-            self._event(conn, actor, "triaged", {"case_id": case_id, "rows": len(rows),
-                                                 "matches": len(matches)})
         return result
 
     def _exact(self, rows: list[RowKeys], tenants: Sequence[Mapping[str, Any]],
@@ -519,9 +544,12 @@ class BreachService:
             _SHARED_EXACT = None
 
     def _fuzzy(self, rows: list[RowKeys], todo: list[int], tenants: Sequence[Mapping[str, Any]],
-               workers: int = 1) -> dict[int, tuple[str, str, float]]:
+               workers: int = 1, clock: _PhaseClock | None = None
+               ) -> dict[int, tuple[str, str, float]]:
         best: dict[int, tuple[str, str, float]] = {}
         prep = FuzzyPrep(rows, todo)
+        if clock is not None:
+            clock.lap("fuzzy preparation")
         if not len(prep):
             return best
 
@@ -638,7 +666,7 @@ class BreachService:
                           files: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         """Export fingerprints and decoy rows (guard): which export a CSV/NDJSON leak is."""
         exports = getattr(getattr(self.lv, "guard", None), "exports", None)
-        if exports is None:
+        if exports is None or not exports.any_export(actor):
             return []
         out: list[dict[str, Any]] = []
         for path, f in zip(paths, files, strict=True):

@@ -12,6 +12,7 @@ Public API (stable; the FHIR door builds on it):
 - ``receive_specimen(actor, order_id, specimen) -> SpecimenView``
 - ``enter_results(actor, order_id, results) -> list[ObservationView]``
 - ``validate_technical(actor, order_id)``, ``validate_biological(actor, order_id, conclusion)``
+- ``validate_final(actor, order_id, conclusion)``: both, in one call (one order load)
 - ``validate_all_normal(actor, tenant_id, order_ids=None) -> BulkValidation``
 - ``publish(actor, order_id)``, ``amend(actor, observation_id, result, reason)``
 - ``reject(actor, order_id, reason, comment)``, ``cancel(actor, order_id, reason)``
@@ -671,6 +672,34 @@ class LabService:
         self._require_biologist(actor)
         with self.lv.begin() as conn:
             order = self._order_for(conn, actor, order_id, Action.VALIDATE, "report")
+            self._validate_bio(conn, actor, order, conclusion)
+            return self._report_view(conn, order)
+
+    def validate_final(self, actor: Actor, order_id: str,
+                       conclusion: str | None = None) -> ReportView:
+        """``validate_technical`` (when the results are still preliminary) then
+        ``validate_biological``, in one transaction: the same checks and gate decisions
+        (validate observation, validate report), the order loaded and opened once."""
+        if not (actor.roles & L.TECHNICAL_ROLES):
+            raise AccessDenied("technical validation needs a technician or biologist role",
+                               "ask a technician or a biologist to validate")
+        with self.lv.begin() as conn:
+            row = lrepo.order(conn, order_id)
+            if row is None:
+                raise NotFound("no such order", "check the order id")
+            self._scope(actor, row["tenant_id"])
+            technical = row["status"] == L.OrderStatus.PRELIMINARY.value
+            if technical:
+                self._check(conn, actor, Action.VALIDATE, row["tenant_id"], "observation",
+                            (row["patient_id"],))
+                order = self._order_from_row(conn, row)
+                self._transition(conn, actor, order, L.OrderStatus.TECHNICALLY_VALIDATED,
+                                 "technical")
+            self._require_biologist(actor)
+            self._check(conn, actor, Action.VALIDATE, row["tenant_id"], "report",
+                        (row["patient_id"],))
+            if not technical:
+                order = self._order_from_row(conn, row)
             self._validate_bio(conn, actor, order, conclusion)
             return self._report_view(conn, order)
 

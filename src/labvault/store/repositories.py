@@ -69,14 +69,13 @@ def all_tenant_key_records(conn: Connection) -> list[WrappedTenantKey]:
 
 # Hot-path statements are built once: building a select and its cache key costs more
 # than running it on SQLite (lookups run these on every call).
-_CURRENT_KEY_VERSION = select(func.max(tenant_keys.c.version)).where(
-    tenant_keys.c.tenant_id == bindparam("tenant_id"),
-    tenant_keys.c.purpose == bindparam("purpose"),
-    tenant_keys.c.status == "active")
+_CURRENT_KEY_VERSION_SQL = ("SELECT max(version) FROM tenant_keys WHERE tenant_id = {p} "
+                            "AND purpose = {p} AND status = 'active'")
 
 
 def current_key_version(conn: Connection, tenant_id: str, purpose: str) -> int | None:
-    v = conn.execute(_CURRENT_KEY_VERSION, {"tenant_id": tenant_id, "purpose": purpose}).scalar()
+    v = conn.exec_driver_sql(driver_sql(conn, _CURRENT_KEY_VERSION_SQL),
+                             (tenant_id, purpose)).scalar()
     return int(v) if v is not None else None
 
 
@@ -224,14 +223,13 @@ def update_dek(conn: Connection, tenant_id: str, patient_id: str, kek_version: i
 
 
 # -- blind indexes ---------------------------------------------------------------------
-_FIND_BY_DIGEST = select(blind_index.c.patient_id).where(
-    blind_index.c.tenant_id == bindparam("tenant_id"), blind_index.c.kind == bindparam("kind"),
-    blind_index.c.digest == bindparam("digest", type_=blind_index.c.digest.type))
+_FIND_BY_DIGEST_SQL = ("SELECT patient_id FROM blind_index WHERE tenant_id = {p} "
+                       "AND kind = {p} AND digest = {p}")
 
 
 def find_by_digest(conn: Connection, tenant_id: str, kind: str, digest: bytes) -> list[str]:
-    return list(conn.execute(_FIND_BY_DIGEST, {"tenant_id": tenant_id, "kind": kind,
-                                               "digest": digest}).scalars())
+    return [r[0] for r in conn.exec_driver_sql(driver_sql(conn, _FIND_BY_DIGEST_SQL),
+                                               (tenant_id, kind, digest))]
 
 
 def find_by_digests(conn: Connection, tenant_id: str, kind: str,

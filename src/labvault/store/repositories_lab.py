@@ -10,9 +10,17 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, select, union_all, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.engine import Connection
 
+from labvault.store.driver_sql import (
+    columns,
+    driver_sql,
+    insert_rows,
+    insert_sql,
+    select_rows,
+    update_rows,
+)
 from labvault.store.tables_lab import (
     lab_catalogues,
     lab_hl7_messages,
@@ -24,27 +32,45 @@ from labvault.store.tables_lab import (
     lab_specimens,
 )
 
-_INS_ORDER = insert(lab_orders)
-_INS_REPORT = insert(lab_reports)
-_INS_SPECIMEN = insert(lab_specimens)
-_INS_OBS = insert(lab_observations)
-_INS_HIST = insert(lab_observation_history)
-_INS_MSG = insert(lab_hl7_messages)
-_INS_ISSUE = insert(lab_import_issues)
+# Hot statements of the HL7 ingest and the FHIR transactions as plain SQL in the driver's
+# parameter style (``store.driver_sql``): SQLAlchemy Core spends several times the SQL
+# itself building, caching and setting up each execution. The text is generated from the
+# table definitions (fixed column names, never data); values are always bound, and go
+# through the same type processors Core would apply (SQLite's text timestamps), so rows
+# written here read back exactly like rows written by Core.
 
-# Hot-path statements of the HL7 ingest, built once (SQLAlchemy then reuses the compiled
-# form from its cache without re-building the expression on each call).
-_SEL_CONTROL = select(lab_hl7_messages.c.message_id, lab_hl7_messages.c.status,
-                      lab_hl7_messages.c.ack_sealed).where(
-    lab_hl7_messages.c.tenant_id == bindparam("t"),
-    lab_hl7_messages.c.control_digest == bindparam("d"))
+
+_INS_ORDER = insert_sql(lab_orders)
+_INS_REPORT = insert_sql(lab_reports)
+_INS_SPECIMEN = insert_sql(lab_specimens)
+_INS_OBS = insert_sql(lab_observations)
+_INS_HIST = insert_sql(lab_observation_history)
+_INS_MSG = insert_sql(lab_hl7_messages)
+_INS_ISSUE = insert_sql(lab_import_issues)
+
+_SEL_CONTROL = ("SELECT message_id, status, ack_sealed FROM lab_hl7_messages "
+                "WHERE tenant_id = {p} AND control_digest = {p}")
 # Two index searches, not one ``filler = ? OR placer = ?``: SQLite plans the OR as a scan
 # of every order of the lab (one per message, growing with the lab's history).
-_SEL_ORDER_DIGESTS = union_all(
-    select(lab_orders).where(lab_orders.c.tenant_id == bindparam("t"),
-                             lab_orders.c.filler_digest == bindparam("f")),
-    select(lab_orders).where(lab_orders.c.tenant_id == bindparam("t"),
-                             lab_orders.c.placer_digest == bindparam("p"))).limit(4)
+_SEL_ORDER_DIGESTS = (
+    f"SELECT {columns(lab_orders)} FROM lab_orders "  # noqa: S608 - schema names
+    "WHERE tenant_id = {p} AND filler_digest = {p} UNION ALL "
+    f"SELECT {columns(lab_orders)} FROM lab_orders "
+    "WHERE tenant_id = {p} AND placer_digest = {p} LIMIT 4")
+_SEL_REPORT_BY_ORDER = (f"SELECT {columns(lab_reports)} FROM lab_reports "  # noqa: S608
+                        "WHERE tenant_id = {p} AND order_id = {p}")
+_SEL_ORDER = (f"SELECT {columns(lab_orders)} FROM lab_orders "  # noqa: S608
+              "WHERE order_id = {p}")
+_SEL_REPORT = (f"SELECT {columns(lab_reports)} FROM lab_reports "  # noqa: S608
+               "WHERE report_id = {p}")
+_SEL_SPECIMENS = (f"SELECT {columns(lab_specimens)} FROM lab_specimens "  # noqa: S608
+                  "WHERE tenant_id = {p} AND order_id = {p} ORDER BY received_at, specimen_id")
+_SEL_SPECIMEN = (f"SELECT {columns(lab_specimens)} FROM lab_specimens "  # noqa: S608
+                 "WHERE specimen_id = {p}")
+_SEL_OBSERVATIONS = (f"SELECT {columns(lab_observations)} FROM lab_observations "  # noqa: S608
+                     "WHERE tenant_id = {p} AND order_id = {p} ORDER BY seq")
+_SEL_OBSERVATION = (f"SELECT {columns(lab_observations)} FROM lab_observations "  # noqa: S608
+                    "WHERE observation_id = {p}")
 _SEL_ACTIVE_CATALOGUE_ID = select(lab_catalogues.c.catalogue_id).where(
     lab_catalogues.c.tenant_id == bindparam("t"), lab_catalogues.c.status == "active"
 ).order_by(lab_catalogues.c.loaded_at.desc()).limit(1)
@@ -57,12 +83,16 @@ def _one(conn: Connection, q: Any) -> dict[str, Any] | None:
 
 # -- orders / reports -------------------------------------------------------------------------
 def insert_order(conn: Connection, order: dict[str, Any], report: dict[str, Any]) -> None:
-    conn.execute(_INS_ORDER, order)
-    conn.execute(_INS_REPORT, report)
+    insert_rows(conn, lab_orders, _INS_ORDER, (order,))
+    insert_rows(conn, lab_reports, _INS_REPORT, (report,))
+
+
+def _first(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    return rows[0] if rows else None
 
 
 def order(conn: Connection, order_id: str) -> dict[str, Any] | None:
-    return _one(conn, select(lab_orders).where(lab_orders.c.order_id == order_id))
+    return _first(select_rows(conn, lab_orders, _SEL_ORDER, (order_id,)))
 
 
 def order_by_digest(conn: Connection, tenant_id: str, placer: bytes | None,
@@ -70,8 +100,7 @@ def order_by_digest(conn: Connection, tenant_id: str, placer: bytes | None,
     """The order with this filler number, else this placer number (one query)."""
     if filler is None and placer is None:
         return None
-    rows = [dict(r) for r in conn.execute(_SEL_ORDER_DIGESTS, {
-        "t": tenant_id, "f": filler, "p": placer}).mappings()]
+    rows = select_rows(conn, lab_orders, _SEL_ORDER_DIGESTS, (tenant_id, filler, tenant_id, placer))
     if filler is not None:
         for r in rows:
             if r["filler_digest"] == filler:
@@ -80,8 +109,7 @@ def order_by_digest(conn: Connection, tenant_id: str, placer: bytes | None,
 
 
 def update_order(conn: Connection, tenant_id: str, order_id: str, **values: Any) -> None:
-    conn.execute(update(lab_orders).where(lab_orders.c.tenant_id == tenant_id,
-                                          lab_orders.c.order_id == order_id).values(**values))
+    update_rows(conn, lab_orders, {"tenant_id": tenant_id, "order_id": order_id}, values)
 
 
 def orders(conn: Connection, tenant_id: str, *, statuses: Sequence[str] | None = None,
@@ -99,12 +127,12 @@ def orders(conn: Connection, tenant_id: str, *, statuses: Sequence[str] | None =
 
 
 def report_by_order(conn: Connection, tenant_id: str, order_id: str) -> dict[str, Any] | None:
-    return _one(conn, select(lab_reports).where(lab_reports.c.tenant_id == tenant_id,
-                                                lab_reports.c.order_id == order_id))
+    rows = select_rows(conn, lab_reports, _SEL_REPORT_BY_ORDER, (tenant_id, order_id))
+    return rows[0] if rows else None
 
 
 def report(conn: Connection, report_id: str) -> dict[str, Any] | None:
-    return _one(conn, select(lab_reports).where(lab_reports.c.report_id == report_id))
+    return _first(select_rows(conn, lab_reports, _SEL_REPORT, (report_id,)))
 
 
 def reports(conn: Connection, tenant_id: str, *, patient_id: str | None = None,
@@ -119,41 +147,35 @@ def reports(conn: Connection, tenant_id: str, *, patient_id: str | None = None,
 
 
 def update_report(conn: Connection, tenant_id: str, order_id: str, **values: Any) -> None:
-    conn.execute(update(lab_reports).where(lab_reports.c.tenant_id == tenant_id,
-                                           lab_reports.c.order_id == order_id).values(**values))
+    update_rows(conn, lab_reports, {"tenant_id": tenant_id, "order_id": order_id}, values)
 
 
 # -- specimens --------------------------------------------------------------------------------
 def insert_specimen(conn: Connection, row: dict[str, Any]) -> None:
-    conn.execute(_INS_SPECIMEN, row)
+    insert_rows(conn, lab_specimens, _INS_SPECIMEN, (row,))
 
 
 def specimens(conn: Connection, tenant_id: str, order_id: str) -> list[dict[str, Any]]:
-    return [dict(r) for r in conn.execute(select(lab_specimens).where(
-        lab_specimens.c.tenant_id == tenant_id, lab_specimens.c.order_id == order_id
-    ).order_by(lab_specimens.c.received_at, lab_specimens.c.specimen_id)).mappings()]
+    return select_rows(conn, lab_specimens, _SEL_SPECIMENS, (tenant_id, order_id))
 
 
 def specimen(conn: Connection, specimen_id: str) -> dict[str, Any] | None:
-    return _one(conn, select(lab_specimens).where(lab_specimens.c.specimen_id == specimen_id))
+    return _first(select_rows(conn, lab_specimens, _SEL_SPECIMEN, (specimen_id,)))
 
 
 def update_specimens(conn: Connection, tenant_id: str, order_id: str, status: str) -> None:
-    conn.execute(update(lab_specimens).where(lab_specimens.c.tenant_id == tenant_id,
-                                             lab_specimens.c.order_id == order_id
-                                             ).values(status=status))
+    update_rows(conn, lab_specimens, {"tenant_id": tenant_id, "order_id": order_id},
+                {"status": status})
 
 
 # -- observations -----------------------------------------------------------------------------
 def insert_observations(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
     if rows:
-        conn.execute(_INS_OBS, list(rows))
+        insert_rows(conn, lab_observations, _INS_OBS, rows)
 
 
 def observations(conn: Connection, tenant_id: str, order_id: str) -> list[dict[str, Any]]:
-    return [dict(r) for r in conn.execute(select(lab_observations).where(
-        lab_observations.c.tenant_id == tenant_id, lab_observations.c.order_id == order_id
-    ).order_by(lab_observations.c.seq)).mappings()]
+    return select_rows(conn, lab_observations, _SEL_OBSERVATIONS, (tenant_id, order_id))
 
 
 def observations_of(conn: Connection, tenant_id: str, *, patient_id: str | None = None,
@@ -173,19 +195,22 @@ def observations_of(conn: Connection, tenant_id: str, *, patient_id: str | None 
 
 
 def observation(conn: Connection, observation_id: str) -> dict[str, Any] | None:
-    return _one(conn, select(lab_observations).where(
-        lab_observations.c.observation_id == observation_id))
+    return _first(select_rows(conn, lab_observations, _SEL_OBSERVATION, (observation_id,)))
 
 
 def update_observation(conn: Connection, tenant_id: str, observation_id: str,
                        **values: Any) -> None:
-    conn.execute(update(lab_observations).where(
-        lab_observations.c.tenant_id == tenant_id,
-        lab_observations.c.observation_id == observation_id).values(**values))
+    update_rows(conn, lab_observations,
+                {"tenant_id": tenant_id, "observation_id": observation_id}, values)
 
 
 def set_observations_status(conn: Connection, tenant_id: str, order_id: str, status: str,
                             at: datetime, only: Sequence[str] = ()) -> None:
+    if len(only) == 1:      # the hot case (validation: preliminary -> final)
+        update_rows(conn, lab_observations, {"tenant_id": tenant_id, "order_id": order_id,
+                                             "status": only[0]},
+                    {"status": status, "updated_at": at})
+        return
     q = update(lab_observations).where(lab_observations.c.tenant_id == tenant_id,
                                        lab_observations.c.order_id == order_id)
     if only:
@@ -195,7 +220,7 @@ def set_observations_status(conn: Connection, tenant_id: str, order_id: str, sta
 
 def insert_history(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
     if rows:
-        conn.execute(_INS_HIST, list(rows))
+        insert_rows(conn, lab_observation_history, _INS_HIST, rows)
 
 
 def history(conn: Connection, tenant_id: str, observation_id: str) -> list[dict[str, Any]]:
@@ -208,12 +233,13 @@ def history(conn: Connection, tenant_id: str, observation_id: str) -> list[dict[
 
 # -- HL7 message archive ----------------------------------------------------------------------
 def message_by_control(conn: Connection, tenant_id: str, digest: bytes) -> dict[str, Any] | None:
-    row = conn.execute(_SEL_CONTROL, {"t": tenant_id, "d": digest}).mappings().first()
-    return dict(row) if row else None
+    row = conn.exec_driver_sql(driver_sql(conn, _SEL_CONTROL), (tenant_id, digest)).first()
+    return None if row is None else {"message_id": row[0], "status": row[1],
+                                     "ack_sealed": bytes(row[2])}
 
 
 def insert_message(conn: Connection, row: dict[str, Any]) -> None:
-    conn.execute(_INS_MSG, row)
+    insert_rows(conn, lab_hl7_messages, _INS_MSG, (row,))
 
 
 def message(conn: Connection, tenant_id: str, message_id: str) -> dict[str, Any] | None:
@@ -229,7 +255,7 @@ def count_messages(conn: Connection, tenant_id: str) -> int:
 # -- import issues ----------------------------------------------------------------------------
 def insert_issues(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
     if rows:
-        conn.execute(_INS_ISSUE, list(rows))
+        insert_rows(conn, lab_import_issues, _INS_ISSUE, rows)
 
 
 def issues(conn: Connection, tenant_id: str, statuses: Sequence[str] | None = None,

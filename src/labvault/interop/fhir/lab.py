@@ -546,9 +546,8 @@ class DiagnosticReportHandler:
                                       "the conclusion is given with the final report")
             report = self.lv.lab.get_report_by_order(actor, order_id)
         elif status == "final" and current in ("registered", "preliminary"):
-            if order.status == L.OrderStatus.PRELIMINARY:
-                self.lv.lab.validate_technical(actor, order_id)
-            report = self.lv.lab.validate_biological(actor, order_id, resource.get("conclusion"))
+            # technical validation (if the results are preliminary), then biological
+            report = self.lv.lab.validate_final(actor, order_id, resource.get("conclusion"))
         elif status == "cancelled":
             self.lv.lab.cancel(actor, order_id, None)
             return order.report_id

@@ -1,0 +1,3 @@
+from collections.abc import Sequence
+
+def mac_many(key: bytes, messages: Sequence[bytes], size: int, /) -> bytes: ...
