@@ -287,3 +287,32 @@ def test_serve_writes_queued_reads_when_it_stops(tmp_path: Path) -> None:
         server.wait(30)
     assert reads() == 3
     db.dispose()
+
+
+@SQLITE_ONLY
+def test_the_writer_waits_for_the_oldest_entry_not_a_tick(
+        lv: Labvault, grouped: AuditLog, lab: tuple[str, list[str]]) -> None:
+    """One batch per delay: the writer sleeps until the oldest queued read is group_ms old
+    (not until the next fixed tick, which split batches), and never longer."""
+    tid, pids = lab
+    assert grouped._until_due() == 60.0                       # nothing queued: a full delay
+    lv.patients.show(staff(tid), pids[0])
+    assert grouped.pending() == 1
+    assert 59.0 < grouped._until_due() <= 60.0                # due 60 s after that read
+    grouped._pending_since -= 61                              # ... which has now passed
+    assert grouped._until_due() == 0.0
+    grouped.group_ms = 0                                      # strict again: write what waits
+    assert grouped._until_due() == 0.0
+    grouped.flush()
+    assert grouped._until_due() == 1.0                        # and idle without spinning
+    grouped.group_ms = 150
+    grouped._wake.set()                # the writer slept for the old (60 s) delay
+    before = stored(lv)
+    lv.patients.show(staff(tid), pids[1])
+    time.sleep(0.05)
+    lv.patients.show(staff(tid), pids[2])
+    deadline = time.monotonic() + 10
+    while grouped.pending() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert grouped.pending() == 0
+    assert stored(lv) - before == Counter({("read", "allowed"): 2})

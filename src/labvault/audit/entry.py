@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 from labvault.audit.chain import clean
 
 PLATFORM = "_platform"          # the chain of platform-level events (tenant None)
@@ -54,9 +56,65 @@ def split_detail(detail: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, A
     return clear, private
 
 
-def canonical(body: Mapping[str, Any]) -> str:
+def canonical_json(body: Mapping[str, Any]) -> str:
+    """The canonical JSON of an entry body: sorted keys, no spaces, UTF-8 (not escaped),
+    anything that is not JSON as its ``str``. The reference for ``canonical``."""
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
                       default=str)
+
+
+_PLAIN = frozenset({str, int, bool, type(None)})
+_SEQ = frozenset({list, tuple})
+
+
+def _plain(value: Any, depth: int = 0) -> bool:
+    """Only exact str/int/bool/None, lists and tuples, and str-keyed dicts of them: the
+    values orjson writes byte for byte as ``canonical_json`` (floats, str/int subclasses,
+    enums, dates, anything else go to ``json``)."""
+    t = type(value)
+    if t in _PLAIN:
+        return True
+    if depth > 4:
+        return False
+    if t in _SEQ:
+        return all(type(v) in _PLAIN or _plain(v, depth + 1) for v in value)
+    if t is dict:
+        for k, v in value.items():
+            if type(k) is not str or (type(v) not in _PLAIN and not _plain(v, depth + 1)):
+                return False
+        return True
+    return False
+
+
+def _flat(body: Mapping[str, Any]) -> bool:
+    """``_plain`` for the usual body (scalars and lists of scalars), inlined: it runs on
+    every audited decision."""
+    if type(body) is not dict:
+        return False
+    plain = _PLAIN
+    for v in body.values():
+        if type(v) not in plain:
+            if type(v) is not list:
+                return False
+            for x in v:
+                if type(x) not in plain:
+                    return False
+    return True
+
+
+def canonical(body: Mapping[str, Any]) -> str:
+    """``canonical_json(body)``, the same text, ~5x faster for the usual bodies.
+
+    An entry's MAC covers the body text as stored (the verifier never re-serialises), so
+    this only has to be deterministic; it is moreover identical to ``canonical_json``
+    (tested on generated bodies): orjson is used only when every value is of an exact
+    type the two write alike, and integers beyond 64 bits fall back too."""
+    if _flat(body) or _plain(body, -1):
+        try:
+            return orjson.dumps(body, option=orjson.OPT_SORT_KEYS).decode()
+        except TypeError:   # an integer beyond 64 bits, a lone surrogate
+            pass
+    return canonical_json(body)
 
 
 def us_to_datetime(at_us: int) -> datetime:

@@ -52,7 +52,8 @@ from labvault.audit.entry import (
     split_detail,
 )
 from labvault.config import SETTINGS, Settings
-from labvault.crypto import DataKey, SealContext
+from labvault.crypto import DataKey
+from labvault.crypto.keys import ColumnSealer
 from labvault.domain.actors import Actor
 from labvault.errors import KeyUnavailable
 from labvault.store import repositories as repo
@@ -117,7 +118,8 @@ class AuditLog:
         self._local = threading.local()
         self._tenants: set[str] = set()
         self._audit_keys: dict[str, DataKey] = {}
-        self._data_keys: dict[str, DataKey] = {}
+        self._client_sealers: dict[str, ColumnSealer] = {}
+        self._head_sealers: dict[str, ColumnSealer] = {}
         self.group_ms = int(setting(settings, "LABVAULT_AUDIT_READ_GROUP_MS"))
         self._pending: list[Draft] = []
         self._pending_since = 0.0
@@ -143,6 +145,17 @@ class AuditLog:
 
     # -- AuditHook ------------------------------------------------------------------------
     def record(self, conn: Connection, access: Access, decision: Decision, outcome: str) -> None:
+        # built here, in the request: a decision that cannot be recorded fails its request
+        draft = self._draft(access, decision, outcome, self.clock())
+        if (self.group_ms > 0 and outcome == "allowed" and not decision.break_glass
+                and draft.action in GROUPED_ACTIONS):
+            frame = self._frame()
+            if frame is not None:   # queued when the transaction ends
+                frame.grouped.append(draft)
+                return
+        self._draft_and_append(conn, draft)
+
+    def _draft(self, access: Access, decision: Decision, outcome: str, at_us: int) -> Draft:
         a = access.actor
         cats = decision.categories & access.categories if decision.allowed else access.categories
         body: dict[str, Any] = {
@@ -154,13 +167,15 @@ class AuditLog:
         }
         if decision.break_glass:
             body["break_glass"] = True
-        clear, private = split_detail(decision.detail)
-        if clear:
-            body["detail"] = clear
+        private: dict[str, Any] = {}
+        if decision.detail:
+            clear, private = split_detail(decision.detail)
+            if clear:
+                body["detail"] = clear
         if access.reason:
             private["reason"] = access.reason
-        self._draft_and_append(conn, a, access.tenant_id, access.action.value, outcome, body,
-                               access.patient_ids, private)
+        return self._make_draft(a, access.tenant_id, access.action.value, outcome, body,
+                                access.patient_ids, private, at_us)
 
     def event(self, conn: Connection, actor: Actor, event: str, outcome: str,
               tenant_id: str | None, detail: Mapping[str, Any]) -> None:
@@ -174,27 +189,25 @@ class AuditLog:
             "rule": None, "request_id": actor.request_id, "session_id": actor.session_id,
             "tenant": tenant_id, "detail": clear,
         }
-        self._draft_and_append(conn, actor, tenant_id, event, outcome, body, pids, private)
+        self._draft_and_append(conn, self._make_draft(actor, tenant_id, event, outcome, body,
+                                                      pids, private, self.clock()))
 
-    def _draft_and_append(self, conn: Connection, actor: Actor, tenant_id: str | None,
-                          action: str, outcome: str, body: dict[str, Any],
-                          patient_ids: tuple[str, ...], private: dict[str, Any]) -> None:
+    @staticmethod
+    def _make_draft(actor: Actor, tenant_id: str | None, action: str, outcome: str,
+                    body: dict[str, Any], patient_ids: tuple[str, ...], private: dict[str, Any],
+                    at_us: int) -> Draft:
         client = actor.client
         if client is not None and client not in CLIENT_MARKERS:
             private["client"] = client       # an address is personal data: sealed
             client = None
         body["client"] = client
-        draft = Draft(tenant_id, self.clock(), ch.clean(actor.id), ch.clean(action),
-                      ch.clean(outcome), body, tuple(ch.clean(p) for p in patient_ids), private,
-                      new_id("ae"))
-        if (self.group_ms > 0 and outcome == "allowed" and action in GROUPED_ACTIONS
-                and "event" not in body and not body.get("break_glass")):
-            frame = self._frame()
-            if frame is not None:
-                frame.grouped.append(draft)
-                return
+        clean = ch.clean
+        return Draft(tenant_id, at_us, clean(actor.id), clean(action), clean(outcome), body,
+                     tuple([clean(p) for p in patient_ids]), private, new_id("ae"))
+
+    def _draft_and_append(self, conn: Connection, draft: Draft) -> None:
         self._append(conn, draft)
-        if outcome in RESCUED_OUTCOMES:
+        if draft.outcome in RESCUED_OUTCOMES:
             frame = self._frame()
             if frame is not None:
                 frame.rescue.append(draft)
@@ -231,41 +244,54 @@ class AuditLog:
             if head is None:
                 head = self._load(conn, chain)
             if texts is None:       # the chain's keys exist once its head does
-                texts = [self._text(conn, chain, d) for d in drafts]
+                texts = self._texts(conn, chain, drafts)
             first = head.next_seq
-            state = head
-            rows: list[ch.Row] = []
-            reached: list[tuple[str, int, bytes, bytes, list[bytes]]] = []
-            for d, text in zip(drafts, texts, strict=True):
-                row, state = ch.append(state, chain, d.entry_id, d.at_us, d.actor_id,
-                                       d.patient_id, d.action, d.outcome, text)
-                rows.append(row)
-                if self.checkpoint_every > 0 and state.next_seq % self.checkpoint_every == 0:
-                    reached.append((chain, state.next_seq, ch.frontier_root(state.frontier),
-                                    state.prev, state.frontier))
-            if arepo.advance_head(conn, chain, first, state.next_seq, state.prev,
-                                  self._seal_key(conn, chain, state.key),
-                                  ch.pack_frontier(state.frontier), _now()):
-                arepo.insert_entries(conn, rows, [   # Row's fields: the INSERT's column order
-                    (chain, p, r.seq) for r, d in zip(rows, drafts, strict=True)
-                    for p in dict.fromkeys(d.patient_ids[1:]) if p != r.patient_id])
+            rows, state, reached = ch.append_many(
+                head, chain, [(d.entry_id, d.at_us, d.actor_id, d.patient_id, d.action,
+                               d.outcome, text) for d, text in zip(drafts, texts, strict=True)],
+                self.checkpoint_every)
+            if arepo.advance_head_and_insert(   # Row's fields: the INSERT's column order
+                    conn, chain, first, state.next_seq, state.prev,
+                    self._seal_key(conn, chain, state.key), ch.pack_frontier(state.frontier),
+                    _now(), rows):
+                refs = [(chain, p, r.seq) for r, d in zip(rows, drafts, strict=True)
+                        if len(d.patient_ids) > 1
+                        for p in dict.fromkeys(d.patient_ids[1:]) if p != r.patient_id]
+                if refs:
+                    arepo.insert_refs(conn, refs)
                 with self._lock:
                     self._heads[chain] = state
                 frame = self._frame()
                 if frame is not None:
                     frame.chains.add(chain)
-                    frame.checkpoints.extend(reached)
+                    frame.checkpoints.extend((chain, *r) for r in reached)
                 return first
             with self._lock:      # another writer moved the head: reload under lock
                 self._heads.pop(chain, None)
         raise RuntimeError(f"audit chain {chain}: could not append after 3 attempts")
 
-    def _text(self, conn: Connection, chain: str, d: Draft) -> str:
-        body = dict(d.body)
-        if d.private:
-            body["sealed"] = base64.b64encode(
-                self._seal_private(conn, chain, d.entry_id, d.private)).decode()
-        return canonical(body)
+    def _texts(self, conn: Connection, chain: str, drafts: list[Draft]) -> list[str]:
+        """The body text of each draft, its private part sealed in. A client address alone
+        (every request from the network) is sealed under the chain's cached ``data`` key,
+        a batch's in one call; other private parts go through ``_seal_private``."""
+        alone = [(d.entry_id, canonical(d.private).encode()) for d in drafts
+                 if len(d.private) == 1 and "client" in d.private]
+        sealed: dict[str, bytes] = {}
+        if len(alone) == 1:
+            sealed[alone[0][0]] = self._client_sealer(conn, chain).seal(*alone[0])
+        elif alone:
+            sealed = dict(zip([r for r, _ in alone],
+                              self._client_sealer(conn, chain).seal_many(alone), strict=True))
+        out = []
+        for d in drafts:
+            if d.private:
+                s = sealed.get(d.entry_id)
+                if s is None:
+                    s = self._seal_private(conn, chain, d.entry_id, d.private)
+                out.append(canonical({**d.body, "sealed": base64.b64encode(s).decode()}))
+            else:
+                out.append(canonical(d.body))
+        return out
 
     # -- group commit of reads ---------------------------------------------------------------
     def _queue(self, drafts: list[Draft]) -> None:
@@ -315,9 +341,28 @@ class AuditLog:
     def _write_loop(self) -> None:
         while not self._closing:
             # group_ms may be set to 0 at run time (strict again): never spin on wait(0)
-            self._wake.wait(self.group_ms / 1000 if self.group_ms > 0 else 1.0)
-            self._wake.clear()
-            self._try_flush()     # kept pending on failure: the next tick (or close) retries
+            delay = self._until_due()
+            if delay > 0:
+                self._wake.wait(delay)
+                self._wake.clear()
+                continue
+            self._try_flush()
+            if self._until_due() == 0:
+                # still due: the write failed (kept pending) or another thread is writing;
+                # retry a tick later, never spin
+                self._wake.wait(self.group_ms / 1000 if self.group_ms > 0 else 1.0)
+                self._wake.clear()
+
+    def _until_due(self) -> float:
+        """Seconds until the oldest queued entry is ``group_ms`` old (0: write now). The
+        writer sleeps until then rather than on a fixed tick: the same bound on the delay,
+        one batch per ``group_ms`` instead of a partial one whenever the tick falls."""
+        if self.group_ms <= 0:
+            return 1.0 if not self.pending() else 0.0
+        with self._lock:
+            if not self._pending:
+                return self.group_ms / 1000
+            return max(0.0, self._pending_since + self.group_ms / 1000 - time.monotonic())
 
     def pending(self) -> int:
         with self._lock:
@@ -364,20 +409,24 @@ class AuditLog:
         network — is sealed with the same key, cached per chain, to keep the append cheap;
         both open with ``gate.open_tenant_value_checked``."""
         plaintext = canonical(private).encode()
-        ctx = SealContext(chain, "audit_entries", "body", entry_id)
         if set(private) == {"client"}:
-            key = self._data_keys.get(chain)
-            if key is None:
-                self.lv.load_tenant_keys(conn, chain)
-                version = repo.current_key_version(conn, chain, "data")
-                if version is None:
-                    raise KeyUnavailable(f"tenant {chain} has no data key",
-                                         "run `labvault keys rotate` to create one")
-                key = self.lv.keyring.tenant_data_key(chain, "data", version)
-                self._data_keys[chain] = key
-            return key.seal(ctx, plaintext)
+            return self._client_sealer(conn, chain).seal(entry_id, plaintext)
         return self.lv.gate.seal_tenant_value(conn, chain, "audit_entries", "body", entry_id,
                                               plaintext)
+
+    def _client_sealer(self, conn: Connection, chain: str) -> ColumnSealer:
+        """Seals entry bodies' private parts under the chain's current ``data`` key
+        (cached per chain, like the key itself)."""
+        sealer = self._client_sealers.get(chain)
+        if sealer is None:
+            self.lv.load_tenant_keys(conn, chain)
+            version = repo.current_key_version(conn, chain, "data")
+            if version is None:
+                raise KeyUnavailable(f"tenant {chain} has no data key",
+                                     "run `labvault keys rotate` to create one")
+            key = self.lv.keyring.tenant_data_key(chain, "data", version)
+            sealer = self._client_sealers[chain] = key.column(chain, "audit_entries", "body")
+        return sealer
 
     def _audit_key(self, conn: Connection, chain: str) -> DataKey:
         key = self._audit_keys.get(chain)
@@ -388,8 +437,12 @@ class AuditLog:
         return key
 
     def _seal_key(self, conn: Connection, chain: str, key: bytes) -> bytes:
-        return self._audit_key(conn, chain).seal(
-            SealContext(chain, "audit_heads", "key_sealed", chain), key)
+        """``seal(SealContext(chain, "audit_heads", "key_sealed", chain), key)``."""
+        sealer = self._head_sealers.get(chain)
+        if sealer is None:
+            sealer = self._head_sealers[chain] = self._audit_key(conn, chain).column(
+                chain, "audit_heads", "key_sealed")
+        return sealer.seal(chain, key)
 
     def _ensure_keys(self, conn: Connection, chain: str) -> None:
         """The chain's audit key (and, for the platform chain, a data key for sealed

@@ -62,6 +62,16 @@ class Aead:
         nonce = os.urandom(NONCE_BYTES)
         return nonce + self._cipher.encrypt(nonce, plaintext, aad)
 
+    def seal_many(self, items: list[tuple[bytes, bytes]]) -> list[bytes]:
+        """``seal`` of each (plaintext, aad): the random nonces drawn in one call."""
+        nonces = os.urandom(NONCE_BYTES * len(items))
+        enc = self._cipher.encrypt
+        out = []
+        for i, (plaintext, aad) in enumerate(items):
+            nonce = nonces[i * NONCE_BYTES:(i + 1) * NONCE_BYTES]
+            out.append(nonce + enc(nonce, plaintext, aad))
+        return out
+
     def open(self, blob: bytes, aad: bytes) -> bytes:
         if len(blob) < NONCE_BYTES + 16:
             raise AuthenticationError("sealed value too short")

@@ -36,6 +36,16 @@ class SealContext:
         return b"labvault/seal/v1\x00" + "\x00".join(parts).encode()
 
 
+def aad_parts(tenant_id: str, table: str, column: str, key_id: str) -> tuple[bytes, bytes]:
+    """(head, tail) such that ``head + record_id.encode() + tail`` is
+    ``SealContext(tenant_id, table, column, record_id).aad(key_id)`` (the caller refuses a
+    record id holding NUL)."""
+    if "\x00" in "".join((tenant_id, table, column, key_id)):
+        raise ValueError("seal context parts must not contain NUL")
+    return (b"labvault/seal/v1\x00" + "\x00".join((tenant_id, table, column, "")).encode(),
+            b"\x00" + key_id.encode())
+
+
 def pack(key_id: str, sealed: bytes) -> bytes:
     kid = key_id.encode("ascii")
     if len(kid) > 255:
