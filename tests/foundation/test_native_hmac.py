@@ -40,3 +40,13 @@ def test_native_loop_is_built_in_ci() -> None:
     if os.environ.get("CI") != "true" and not P.native_hmac():
         pytest.skip("native HMAC loop not built here (no C compiler / OpenSSL headers)")
     assert P.native_hmac()
+
+
+@settings(max_examples=100, deadline=None)
+@given(key=st.binary(min_size=32, max_size=32),
+       values=st.lists(st.tuples(st.sampled_from(["nir", "email", "phone", "name_dob"]),
+                                 st.text(max_size=40)), max_size=10))
+def test_indexer_digest_many_equals_digest(key: bytes, values: list[tuple[str, str]]) -> None:
+    from labvault.crypto import blind_index as bi
+    ix = bi.Indexer(key)
+    assert ix.digest_many(values) == [bi.digest(key, k, v) for k, v in values]

@@ -31,7 +31,7 @@ def index_values(rec: PatientRecord) -> list[tuple[str, str]]:
 def digests(index_key: bytes | bi.Indexer,
             values: list[tuple[str, str]]) -> list[tuple[str, bytes]]:
     ix = index_key if isinstance(index_key, bi.Indexer) else bi.Indexer(index_key)
-    return [(kind, ix.digest(kind, norm)) for kind, norm in values]
+    return list(zip((kind for kind, _ in values), ix.digest_many(values), strict=True))
 
 
 def search_value(kind: str, raw: str | tuple[str, str, date]) -> str:
