@@ -164,8 +164,8 @@ def test_token_segments_equal_token_masks() -> None:
 
 
 def test_field_tokens_make_up_tokens() -> None:
+    from labvault.breach.encoding import FIELD_TOKENS as _FIELD_TOKENS
     from labvault.breach.encoding import tokens
-    from labvault.breach.matching import _FIELD_TOKENS
     for m in _identities(50, seed=8):
         parts = (_FIELD_TOKENS["L"](m.last, "") + _FIELD_TOKENS["F"](m.first, "")
                  + _FIELD_TOKENS["D"](m.birth_date, "") + _FIELD_TOKENS["N"](m.nir, "")
@@ -245,7 +245,7 @@ def test_digit_tokens_vectorised_equal_python(values: list[str], field: str) -> 
     finally:
         matching._DIGIT_FIELDS = original             # type: ignore[misc]
     assert got == want
-    assert [sorted(matching._FIELD_TOKENS[field](v, "")) for v in values] == want
+    assert [sorted(matching.FIELD_TOKENS[field](v, "")) for v in values] == want
 
 
 def test_filter_is_or_of_token_masks() -> None:

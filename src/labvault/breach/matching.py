@@ -283,7 +283,6 @@ def exact_tenant(prep: ExactPrep, tenant_id: str, index_key: bytes,
 FIELDS = tuple(SEGMENTS)                 # L F D P N E T: field segments in filter order
 
 
-_FIELD_TOKENS = FIELD_TOKENS
 
 
 class _FieldVocab:
@@ -302,7 +301,7 @@ class _FieldVocab:
         Column-wise (one dict pass per field, not a method call per cell): the fuzzy
         preparation of a 500,000-row file is ~2x cheaper this way."""
         ids = self.ids
-        make = _FIELD_TOKENS[self.field]
+        make = FIELD_TOKENS[self.field]
         new = [k for k in dict.fromkeys(keys) if k not in ids]
         base = len(self.ptr) - 1
         if self.field in _DIGIT_FIELDS and self._digit_values([a for a, _ in new]):
@@ -647,33 +646,19 @@ def _score_batch(rf: Words, rsw: Words, rc: npt.NDArray[np.float64],
 
 
 class PairScorer:
-    """Scores (row, patient) pairs of one tenant: ``_score_batch`` in NumPy on the
-    word-major arrays, or the same floats in the C loops (``_scoring.c``) on row-major
-    copies made once per tenant, when they were built and ``native``."""
+    """Scores (row, patient) pairs of one tenant: ``_score_batch`` in NumPy on
+    word-major arrays (words or fields first), or the same floats in the C loops
+    (``_scoring.c``) on row-major arrays (rows or patients first) with ``native``."""
 
     def __init__(self, rf: Words, rsw: Words, rc: npt.NDArray[np.float64],
                  rc_sw: npt.NDArray[np.float64], cw: Words, cc: npt.NDArray[np.float64],
-                 native: bool = True) -> None:
-        self.native = native and _scoring is not None
-        c = np.ascontiguousarray
-        if self.native:
-            self.arrays = (c(rf.T), c(rsw.T), c(rc.T), c(rc_sw.T), c(cw.T), c(cc.T))
-        else:
-            self.arrays = (rf, rsw, rc, rc_sw, cw, cc)
-        self.rows = rf.shape[1]
-
-    @classmethod
-    def row_major(cls, rf: Words, rsw: Words, rc: npt.NDArray[np.float64],
-                  rc_sw: npt.NDArray[np.float64], cw: Words, cc: npt.NDArray[np.float64]
-                  ) -> PairScorer:
-        """The C loops' scorer from arrays already row-major (rows or patients first)."""
-        assert _scoring is not None
-        self = cls.__new__(cls)
-        self.native = True
+                 native: bool) -> None:
+        if native and _scoring is None:
+            raise RuntimeError("the C scoring loops were not built")
+        self.native = native
         c = np.ascontiguousarray
         self.arrays = (c(rf), c(rsw), c(rc), c(rc_sw), c(cw), c(cc))
-        self.rows = rf.shape[0]
-        return self
+        self.rows = rf.shape[0] if native else rf.shape[1]
 
     def __call__(self, pr: Ids, pp: Ids) -> Scores:
         if not self.native or _scoring is None:
@@ -703,8 +688,11 @@ class PairScorer:
 def score_pairs(rf: Words, rsw: Words, rc: npt.NDArray[np.float64],
                 rc_sw: npt.NDArray[np.float64], cw: Words, cc: npt.NDArray[np.float64],
                 pr: Ids, pp: Ids, native: bool = True) -> Scores:
-    """``_score_batch`` (word-major inputs) through ``PairScorer``."""
-    return PairScorer(rf, rsw, rc, rc_sw, cw, cc, native)(pr, pp)
+    """``_score_batch`` of word-major inputs, in the C loop (on transposed copies) when
+    it was built and ``native``."""
+    if native and _scoring is not None:
+        return PairScorer(rf.T, rsw.T, rc.T, rc_sw.T, cw.T, cc.T, native=True)(pr, pp)
+    return PairScorer(rf, rsw, rc, rc_sw, cw, cc, native=False)(pr, pp)
 
 
 def fuzzy_tenant(prep: FuzzyPrep, encoder: ClkEncoder, data: TenantEncodings,
@@ -735,9 +723,8 @@ def fuzzy_tenant(prep: FuzzyPrep, encoder: ClkEncoder, data: TenantEncodings,
     if _scoring is not None and native:
         # the C loops, on row-major arrays built directly in that layout
         rf, rsw = row_filters(prep, encoder, row_major=True)
-        scorer = PairScorer.row_major(rf, rsw, _counts_rows(rf), _counts_rows(rsw),
-                                      np.ascontiguousarray(data.words),
-                                      np.ascontiguousarray(data.counts, dtype=np.float64))
+        scorer = PairScorer(rf, rsw, _counts_rows(rf), _counts_rows(rsw), data.words,
+                            data.counts.astype(np.float64), native=True)
         # Entries in block order: a block's patients stay in cache across its rows.
         order = prep.entry_order
         e_cnt_o = e_cnt[order]
@@ -748,9 +735,8 @@ def fuzzy_tenant(prep: FuzzyPrep, encoder: ClkEncoder, data: TenantEncodings,
             yield int(prep.rows[k]), data.pids[int(win[k])], float(top[k])
         return
     rf, rsw = row_filters(prep, encoder)
-    scorer = PairScorer(rf, rsw, _counts_t(rf), _counts_t(rsw),
-                        np.ascontiguousarray(data.words.T),
-                        np.ascontiguousarray(data.counts.T.astype(np.float64)), native=False)
+    scorer = PairScorer(rf, rsw, _counts_t(rf), _counts_t(rsw), data.words.T,
+                        data.counts.T.astype(np.float64), native=False)
     e_row = np.repeat(np.arange(len(prep)), np.diff(prep.block_ptr))
     row_cs = np.concatenate(([0], np.cumsum(row_cnt)))
     big = np.iinfo(np.int64).max
