@@ -37,7 +37,14 @@ def create_app(lv: Labvault, owns_core: bool = False) -> FastAPI:
         if owns_core:
             lv.close()
 
-    app = FastAPI(title="labvault", version="0.1.0", lifespan=lifespan)
+    # FastAPI's native OpenTelemetry off, whatever the environment says
+    # (FASTAPI_OTEL_AUTO_CONFIGURE, a global provider): request spans, metrics and logs
+    # carry paths and queries — patient ids, NIR searches — to whatever collector is
+    # configured, outside the gate and its audit. Off, it also stops costing ~3 % of a
+    # request's CPU in per-request provider checks.
+    app = FastAPI(title="labvault", version="0.1.0", lifespan=lifespan,
+                  telemetry={"tracing": False, "metrics": False, "logs": False,
+                             "operation_spans": False, "auto_configure": False})
     app.state.lv = lv
     # Routes are matched in order: the patient record, the hottest path, first.
     app.include_router(patients.router)
