@@ -225,6 +225,16 @@ static int tables_of(Py_buffer *b, double min_weight, tables_t *t, Py_ssize_t *R
     return 1;
 }
 
+/* Releases the n buffers; None if ok, else a ValueError naming what was wrong. */
+static PyObject *finish(Py_buffer *b, int n, int ok, const char *error) {
+    for (int i = 0; i < n; i++) PyBuffer_Release(&b[i]);
+    if (!ok) {
+        PyErr_SetString(PyExc_ValueError, error);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 static int in_range(const Py_buffer *b, Py_ssize_t limit) {
     const int64_t *v = b->buf;
     for (Py_ssize_t i = 0; i < b->len / 8; i++)
@@ -244,7 +254,6 @@ PyDoc_STRVAR(score_pairs_doc,
 static PyObject *score_pairs(PyObject *self, PyObject *args) {
     Py_buffer b[13];
     double min_weight;
-    PyObject *res = NULL;
     tables_t t;
     Py_ssize_t R, P;
     (void)self;
@@ -252,19 +261,14 @@ static PyObject *score_pairs(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, TABLES_FMT "y*y*w*", TABLES_ARGS(b), &min_weight,
                           &b[10], &b[11], &b[12]))
         return NULL;
-    if (!tables_of(b, min_weight, &t, &R, &P) || b[11].len != b[10].len
-        || b[12].len != b[10].len || !in_range(&b[10], R) || !in_range(&b[11], P)) {
-        PyErr_SetString(PyExc_ValueError, "score_pairs: inconsistent array shapes or indexes");
-        goto done;
+    const int ok = tables_of(b, min_weight, &t, &R, &P) && b[11].len == b[10].len
+                   && b[12].len == b[10].len && in_range(&b[10], R) && in_range(&b[11], P);
+    if (ok) {
+        Py_BEGIN_ALLOW_THREADS
+        score(&t, b[10].buf, b[11].buf, b[10].len / 8, b[12].buf);
+        Py_END_ALLOW_THREADS
     }
-    Py_BEGIN_ALLOW_THREADS
-    score(&t, b[10].buf, b[11].buf, b[10].len / 8, b[12].buf);
-    Py_END_ALLOW_THREADS
-    res = Py_None;
-    Py_INCREF(res);
-done:
-    for (int i = 0; i < 13; i++) PyBuffer_Release(&b[i]);
-    return res;
+    return finish(b, 13, ok, "score_pairs: inconsistent array shapes or indexes");
 }
 
 PyDoc_STRVAR(best_pairs_doc,
@@ -277,13 +281,11 @@ PyDoc_STRVAR(best_pairs_doc,
 
 static PyObject *best_pairs(PyObject *self, PyObject *args) {
     Py_buffer b[16];
-    double min_weight;
-    PyObject *res = NULL;
+    double min_weight, floor;
     tables_t t;
     Py_ssize_t R, P;
     (void)self;
     memset(b, 0, sizeof b);
-    double floor;
     if (!PyArg_ParseTuple(args, TABLES_FMT "y*y*y*y*dw*w*", TABLES_ARGS(b), &min_weight,
                           &b[10], &b[11], &b[12], &b[13], &floor, &b[14], &b[15]))
         return NULL;
@@ -294,18 +296,12 @@ static PyObject *best_pairs(PyObject *self, PyObject *args) {
     const int64_t *e_lo = b[11].buf, *e_cnt = b[12].buf;
     for (Py_ssize_t e = 0; ok && e < n; e++)
         ok = e_lo[e] >= 0 && e_cnt[e] >= 0 && e_lo[e] + e_cnt[e] <= nb;
-    if (!ok) {
-        PyErr_SetString(PyExc_ValueError, "best_pairs: inconsistent array shapes or indexes");
-        goto done;
+    if (ok) {
+        Py_BEGIN_ALLOW_THREADS
+        best(&t, b[10].buf, e_lo, e_cnt, n, b[13].buf, floor, b[14].buf, b[15].buf);
+        Py_END_ALLOW_THREADS
     }
-    Py_BEGIN_ALLOW_THREADS
-    best(&t, b[10].buf, e_lo, e_cnt, n, b[13].buf, floor, b[14].buf, b[15].buf);
-    Py_END_ALLOW_THREADS
-    res = Py_None;
-    Py_INCREF(res);
-done:
-    for (int i = 0; i < 16; i++) PyBuffer_Release(&b[i]);
-    return res;
+    return finish(b, 16, ok, "best_pairs: inconsistent array shapes or indexes");
 }
 
 PyDoc_STRVAR(or_groups_doc,
@@ -315,7 +311,6 @@ PyDoc_STRVAR(or_groups_doc,
 
 static PyObject *or_groups(PyObject *self, PyObject *args) {
     Py_buffer b[4];
-    PyObject *res = NULL;
     (void)self;
     memset(b, 0, sizeof b);
     if (!PyArg_ParseTuple(args, "y*y*y*w*", &b[0], &b[1], &b[2], &b[3])) return NULL;
@@ -327,22 +322,16 @@ static PyObject *or_groups(PyObject *self, PyObject *args) {
     for (Py_ssize_t v = 0; ok && v < groups; v++)
         ok = ptr[v] >= 0 && ptr[v] <= ptr[v + 1] && ptr[v + 1] <= m;
     ok = ok && in_range(&b[1], t);
-    if (!ok) {
-        PyErr_SetString(PyExc_ValueError, "or_groups: inconsistent array shapes or indexes");
-        goto done;
+    if (ok) {
+        const uint64_t *x = b[0].buf;
+        uint64_t *out = b[3].buf;
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t v = 0; v < groups; v++)
+            for (int64_t j = ptr[v]; j < ptr[v + 1]; j++)
+                for (Py_ssize_t k = 0; k < w; k++) out[v * w + k] |= x[toks[j] * w + k];
+        Py_END_ALLOW_THREADS
     }
-    const uint64_t *x = b[0].buf;
-    uint64_t *out = b[3].buf;
-    Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t v = 0; v < groups; v++)
-        for (int64_t j = ptr[v]; j < ptr[v + 1]; j++)
-            for (Py_ssize_t k = 0; k < w; k++) out[v * w + k] |= x[toks[j] * w + k];
-    Py_END_ALLOW_THREADS
-    res = Py_None;
-    Py_INCREF(res);
-done:
-    for (int i = 0; i < 4; i++) PyBuffer_Release(&b[i]);
-    return res;
+    return finish(b, 4, ok, "or_groups: inconsistent array shapes or indexes");
 }
 
 static PyMethodDef methods[] = {
