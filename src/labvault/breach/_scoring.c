@@ -76,6 +76,19 @@ static inline int may_reach_partial(const unsigned *inter, const unsigned *inter
            || (weight_sw >= min_weight && total_sw >= f * weight_sw) || f <= 0.0;
 }
 
+/* One field's weighted Dice term and weight, (inter * 2w) / (pa + pb) and w, or zeros
+ * when either side lacks the field. */
+static inline void field_term(unsigned inter, double pa, double pb, double w2, double w,
+                              double *term, double *wt) {
+    if (pa > 0 && pb > 0) {
+        *term = ((double)inter * w2) / (pa + pb);
+        *wt = w;
+    } else {
+        *term = 0.0;
+        *wt = 0.0;
+    }
+}
+
 /* The exact score (the same IEEE operations in the same order as _score_batch). */
 static inline double exact_score(const unsigned *inter, const unsigned *inter_sw,
                                  const double *rcn, const double *rsn, const double *ccn,
@@ -85,13 +98,8 @@ static inline double exact_score(const unsigned *inter, const unsigned *inter_sw
     double rest_t[MAX_FIELDS], rest_w[MAX_FIELDS];
     int nrest = 0;
     for (int k = 0; k < fields; k++) {
-        const double pb = ccn[k];
-        const double pa = rcn[k];
-        double term = 0.0, wt = 0.0;
-        if (pa > 0 && pb > 0) {
-            term = ((double)inter[k] * w2[k]) / (pa + pb);
-            wt = w[k];
-        }
+        double term, wt;
+        field_term(inter[k], rcn[k], ccn[k], w2[k], w[k], &term, &wt);
         total += term;
         weight += wt;
         if (k >= 2) {
@@ -99,14 +107,9 @@ static inline double exact_score(const unsigned *inter, const unsigned *inter_sw
             rest_w[nrest] = wt;
             nrest++;
         } else {
-            const double pa_sw = rsn[k];
-            double term_sw = 0.0, wt_sw = 0.0;
-            if (pa_sw > 0 && pb > 0) {
-                term_sw = ((double)inter_sw[k] * w2[k]) / (pa_sw + pb);
-                wt_sw = w[k];
-            }
-            total_sw += term_sw;
-            weight_sw += wt_sw;
+            field_term(inter_sw[k], rsn[k], ccn[k], w2[k], w[k], &term, &wt);
+            total_sw += term;
+            weight_sw += wt;
         }
     }
     for (int j = 0; j < nrest; j++) {

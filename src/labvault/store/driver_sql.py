@@ -51,6 +51,12 @@ def columns(table: Table) -> str:
     return ", ".join(c.name for c in table.c)
 
 
+def select_sql(table: Table, where: str) -> str:
+    """``SELECT <columns(table)> FROM table WHERE <where>`` (``where`` from code, with
+    ``{p}`` placeholders; never data) — the select list ``select_rows`` expects."""
+    return f"SELECT {columns(table)} FROM {table.name} WHERE {where}"  # noqa: S608 - schema names
+
+
 def insert_sql(table: Table) -> str:
     """``INSERT`` of every column (none may have a default: each row gives them all)."""
     assert all(c.server_default is None and c.default is None for c in table.c), table.name

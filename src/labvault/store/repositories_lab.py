@@ -14,11 +14,11 @@ from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.engine import Connection
 
 from labvault.store.driver_sql import (
-    columns,
     driver_sql,
     insert_rows,
     insert_sql,
     select_rows,
+    select_sql,
     update_rows,
 )
 from labvault.store.tables_lab import (
@@ -53,24 +53,16 @@ _SEL_CONTROL = ("SELECT message_id, status, ack_sealed FROM lab_hl7_messages "
 # Two index searches, not one ``filler = ? OR placer = ?``: SQLite plans the OR as a scan
 # of every order of the lab (one per message, growing with the lab's history).
 _SEL_ORDER_DIGESTS = (
-    f"SELECT {columns(lab_orders)} FROM lab_orders "  # noqa: S608 - schema names
-    "WHERE tenant_id = {p} AND filler_digest = {p} UNION ALL "
-    f"SELECT {columns(lab_orders)} FROM lab_orders "
-    "WHERE tenant_id = {p} AND placer_digest = {p} LIMIT 4")
-_SEL_REPORT_BY_ORDER = (f"SELECT {columns(lab_reports)} FROM lab_reports "  # noqa: S608
-                        "WHERE tenant_id = {p} AND order_id = {p}")
-_SEL_ORDER = (f"SELECT {columns(lab_orders)} FROM lab_orders "  # noqa: S608
-              "WHERE order_id = {p}")
-_SEL_REPORT = (f"SELECT {columns(lab_reports)} FROM lab_reports "  # noqa: S608
-               "WHERE report_id = {p}")
-_SEL_SPECIMENS = (f"SELECT {columns(lab_specimens)} FROM lab_specimens "  # noqa: S608
-                  "WHERE tenant_id = {p} AND order_id = {p} ORDER BY received_at, specimen_id")
-_SEL_SPECIMEN = (f"SELECT {columns(lab_specimens)} FROM lab_specimens "  # noqa: S608
-                 "WHERE specimen_id = {p}")
-_SEL_OBSERVATIONS = (f"SELECT {columns(lab_observations)} FROM lab_observations "  # noqa: S608
-                     "WHERE tenant_id = {p} AND order_id = {p} ORDER BY seq")
-_SEL_OBSERVATION = (f"SELECT {columns(lab_observations)} FROM lab_observations "  # noqa: S608
-                    "WHERE observation_id = {p}")
+    select_sql(lab_orders, "tenant_id = {p} AND filler_digest = {p}") + " UNION ALL "
+    + select_sql(lab_orders, "tenant_id = {p} AND placer_digest = {p}") + " LIMIT 4")
+_SEL_REPORT_BY_ORDER = select_sql(lab_reports, "tenant_id = {p} AND order_id = {p}")
+_SEL_ORDER = select_sql(lab_orders, "order_id = {p}")
+_SEL_REPORT = select_sql(lab_reports, "report_id = {p}")
+_SEL_SPECIMENS = select_sql(lab_specimens, "tenant_id = {p} AND order_id = {p} "
+                                           "ORDER BY received_at, specimen_id")
+_SEL_SPECIMEN = select_sql(lab_specimens, "specimen_id = {p}")
+_SEL_OBSERVATIONS = select_sql(lab_observations, "tenant_id = {p} AND order_id = {p} ORDER BY seq")
+_SEL_OBSERVATION = select_sql(lab_observations, "observation_id = {p}")
 _SEL_ACTIVE_CATALOGUE_ID = select(lab_catalogues.c.catalogue_id).where(
     lab_catalogues.c.tenant_id == bindparam("t"), lab_catalogues.c.status == "active"
 ).order_by(lab_catalogues.c.loaded_at.desc()).limit(1)
