@@ -8,6 +8,7 @@ import os
 import random
 from datetime import UTC, datetime
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -242,3 +243,53 @@ def test_append_many_is_append_one_by_one(start: int, n: int, every: int, seed: 
     assert state.next_seq == start and len(state.frontier) == start.bit_count()  # untouched
     single, one = ch.append(state, "lab_a", *entries[0])
     assert (single, one) == _reference_append(state, "lab_a", entries[0])
+
+
+_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=30)
+
+
+@settings(max_examples=300, deadline=None)
+@given(start=st.integers(0, 2**20), every=st.sampled_from([0, 1, 2, 5]),
+       entries=st.lists(st.tuples(_text, st.integers(0, 2**62), _text, st.none() | _text,
+                                  _text, _text, st.text(max_size=200)), max_size=12),
+       seed=st.integers(0, 2**32))
+def test_native_append_matches_python(start: int, every: int,
+                                      entries: list[tuple[str, int, str, str | None, str, str,
+                                                          str]], seed: int) -> None:
+    """The C loop (crypto/_native.c) and the Python reference: the same rows, head and
+    checkpoints, byte for byte, whatever the text (any Unicode, empty, None patient)."""
+    from labvault.crypto.digests import native_chain_append
+    if native_chain_append is None:
+        pytest.skip("native chain loop not built here")
+    rng = random.Random(seed)
+    entries = [e for e in entries if "\udcff" not in e[6]]
+    state = ch.State(start, rng.randbytes(32), rng.randbytes(32),
+                     [rng.randbytes(32) for _ in range(start.bit_count())])
+    native = ch.append_many(state, "lab_é", entries, every)
+    python = ch.append_many_python(state, "lab_é", entries, every)
+    assert native == python
+    assert all(type(r) is ch.Row for r in native[0])
+
+
+def test_native_append_refuses_what_python_refuses() -> None:
+    from labvault.crypto.digests import native_chain_append
+    if os.environ.get("CI") == "true":
+        assert native_chain_append is not None, "CI builds the native chain loop"
+    if native_chain_append is None:
+        pytest.skip("native chain loop not built here")
+    state = ch.State(3, bytes(32), bytes(32), [bytes(32)])      # 3 needs 2 frontier nodes
+    with pytest.raises(ValueError, match="frontier"):
+        ch.append_many(state, "c", [("e", 1, "a", None, "read", "allowed", "{}")])
+    ok = ch.State(0, bytes(32), bytes(32), [])
+    surrogate = [("e", 1, "a", None, "read", "allowed", "\udcff")]
+    short = [("e", 1, "a", None, "read", "allowed")]
+    for bad in (surrogate, short):          # refused by both
+        with pytest.raises((UnicodeEncodeError, TypeError, ValueError)):
+            ch.append_many(ok, "c", bad)  # type: ignore[arg-type]
+        with pytest.raises((UnicodeEncodeError, ValueError)):
+            ch.append_many_python(ok, "c", bad)  # type: ignore[arg-type]
+    # stricter than Python's str(): the log always passes an int time and str ids
+    for bad in ([("e", "1", "a", None, "read", "allowed", "{}")],
+                [("e", 1, None, None, "read", "allowed", "{}")]):
+        with pytest.raises(TypeError):
+            ch.append_many(ok, "c", bad)  # type: ignore[arg-type]

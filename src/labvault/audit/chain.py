@@ -26,7 +26,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from labvault.crypto.digests import hmac_sha256, sha256
+from labvault.crypto.digests import hmac_sha256, native_chain_append, sha256
 
 ZERO = bytes(32)
 EVOLVE = b"evolve"
@@ -222,7 +222,22 @@ def append_many(state: State, chain: str,
     Exactly ``append`` applied once per entry — leaf, MAC under ``k_i``, ``k_{i+1}``,
     frontier — with the per-entry work a batch can share hoisted out of the loop: one
     frontier copy, HMAC-SHA256 spelt out with hashlib (``fast_hmac``) with each key's pads
-    computed once for its MAC and its evolution."""
+    computed once for its MAC and its evolution. The native loop (``crypto/_native.c``)
+    does the same in C when it was built; ``append_many_python`` is the reference (tests
+    compare the two)."""
+    if native_chain_append is not None:
+        entries = entries if isinstance(entries, list | tuple) else list(entries)
+        rows, seq, prev, key, frontier, reached = native_chain_append(
+            Row, chain, state.next_seq, state.prev, state.key, list(state.frontier), entries,
+            checkpoint_every)
+        return rows, State(seq, prev, key, frontier), reached
+    return append_many_python(state, chain, entries, checkpoint_every)
+
+
+def append_many_python(state: State, chain: str,
+                       entries: Iterable[tuple[str, int, str, str | None, str, str, str]],
+                       checkpoint_every: int = 0) -> tuple[list[Row], State, list[Reached]]:
+    """``append_many`` in Python: the reference, and the fallback without the native loop."""
     sha = hashlib.sha256
     ipad, opad, kpad = _IPAD, _OPAD, _KEY_PAD
     seq, prev, key = state.next_seq, state.prev, state.key

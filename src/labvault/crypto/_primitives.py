@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import os
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
@@ -22,10 +23,12 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 _native_mac_many: Callable[[bytes, Sequence[bytes], int], bytes] | None
+native_chain_append: Callable[..., Any] | None   # audit.chain.append_many, one C loop
 try:
+    from labvault.crypto._native import chain_append as native_chain_append
     from labvault.crypto._native import mac_many as _native_mac_many
 except ImportError:  # not built: no C compiler or OpenSSL headers where installed
-    _native_mac_many = None
+    _native_mac_many = native_chain_append = None
 
 KEY_BYTES = 32      # AES-256
 NONCE_BYTES = 12    # 96-bit GCM nonce, random per seal (NIST SP 800-38D §8.2.2)
