@@ -162,14 +162,14 @@ def test_a_failed_flush_keeps_the_entries_and_does_not_fail_the_read(
     tid, pids = lab
     before = stored(lv)
     lv.patients.show(staff(tid), pids[0])
-    real = grouped._append_many
-    monkeypatch.setattr(grouped, "_append_many", _raise)
+    real = grouped._append_reads
+    monkeypatch.setattr(grouped, "_append_reads", _raise)
     with pytest.raises(OSError):
         grouped.flush()
     monkeypatch.setattr(audit_log_module, "GROUP_MAX", 1)
     lv.patients.show(staff(tid), pids[1])            # its flush fails: the read does not
     assert grouped.pending() == 2
-    monkeypatch.setattr(grouped, "_append_many", real)
+    monkeypatch.setattr(grouped, "_append_reads", real)
     assert grouped.flush() == 2
     assert stored(lv) - before == Counter({("read", "allowed"): 2})
 
@@ -316,3 +316,27 @@ def test_the_writer_waits_for_the_oldest_entry_not_a_tick(
         time.sleep(0.01)
     assert grouped.pending() == 0
     assert stored(lv) - before == Counter({("read", "allowed"): 2})
+
+
+def test_a_batch_mixing_templated_and_general_reads_reads_back(
+        lv: Labvault, grouped: AuditLog, lab: tuple[str, list[str]]) -> None:
+    """Templated reads (sealed address, clear marker) and reads the template leaves to the
+    general way (a written reason) in one batch: in order, verified, and the "who saw my
+    record" report reads each back (address sealed, never in clear in the body)."""
+    tid, pids = lab
+    lv.patients.show(staff(tid), pids[0])
+    lv.patients.show(staff(tid, client="cli"), pids[0])
+    lv.patients.show(staff(tid), pids[0], reason="contrôle du dossier")
+    lv.patients.show(staff(tid, client="2001:db8::9"), pids[0])
+    grouped.flush()
+    with lv.begin() as conn:
+        bodies = [r[0] for r in conn.execute(
+            select(E.body).where(E.tenant_id == tid, E.patient_id == pids[0],
+                                 E.action == "read").order_by(E.seq))]
+    assert len(bodies) == 4
+    assert not any("10.0.0.7" in b or "2001:db8::9" in b or "contrôle" in b for b in bodies)
+    assert ['"client":"cli"' in b for b in bodies] == [False, True, False, False]
+    svc = audit_of(lv)
+    assert svc.verify(tid)["ok"]
+    rows = [r for r in svc.access_log(Actor.operator(), pids[0]) if r["actor_kind"] == "staff"]
+    assert len(rows) == 4

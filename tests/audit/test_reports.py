@@ -138,3 +138,39 @@ def test_register_of_processing(lv: Labvault, audit: AuditService, scene: dict[s
     md = audit.register_markdown(reg)
     assert md.startswith("# Record of processing activities") and "## Retention" in md
     assert "| clinical |" in md
+
+
+def test_patient_entries_across_buckets(lv: Labvault, audit_log: AuditLog) -> None:
+    """The patient index is bucketed by position (1,024 entries a bucket): entries naming
+    a patient are all found, in time order, whichever buckets they fall in, first patient
+    or further one (audit_refs), and nothing else."""
+    import random
+
+    from labvault.audit import chain as ch
+    from labvault.store import repositories_audit as arepo
+    tid = new_lab(lv, "Laboratoire des Buckets")
+    with lv.begin() as conn:
+        lv.gate.audit.event(conn, Actor.operator(), "bench.start", "success", tid, {})
+        head = arepo.head(conn, tid)
+        assert head is not None
+        state = ch.State(head["next_seq"], head["last_hash"], audit_log._heads[tid].key,
+                         ch.unpack_frontier(head["frontier"]))
+    rng = random.Random(7)
+    wanted, entries = set(), []
+    for i in range(3 * 1024 + 17):
+        pid = "pt_target" if rng.random() < 0.01 or i in (1023, 1024, 2048) else f"pt_{i % 97}"
+        entries.append((f"ae_{i:026d}", 1_700_000_000_000_000 + i, "acct_x", pid, "read",
+                        "allowed", "{}"))
+        if pid == "pt_target":
+            wanted.add(state.next_seq + i)
+    rows, _, _ = ch.append_many(state, tid, entries)
+    with lv.begin() as conn:
+        arepo.insert_entries(conn, rows)
+        arepo.insert_refs(conn, [(tid, "pt_target", rows[5].seq)])   # a further patient
+        wanted.add(rows[5].seq)
+        got = arepo.entries_for_patient(conn, tid, "pt_target")
+        since = arepo.entries_for_patient(conn, tid, "pt_target", since_us=rows[2000].at_us)
+        assert arepo.entries_for_patient(conn, tid, "pt_nobody") == []
+    assert [r["seq"] for r in got] == sorted(wanted)
+    assert {r["seq"] >> 10 for r in got} >= {0, 1, 2}
+    assert [r["seq"] for r in since] == sorted(s for s in wanted if s >= rows[2000].seq)

@@ -210,10 +210,11 @@ def append(state: State, chain: str, entry_id: str, at_us: int, actor_id: str,
 
 
 Reached = tuple[int, bytes, bytes, list[bytes]]    # (tree size, root, last leaf, frontier)
+# (entry id, time µs, actor id, patient id, action, outcome, body): what an entry adds
+Entry = tuple[str, int, str, str | None, str, str, str]
 
 
-def append_many(state: State, chain: str,
-                entries: Iterable[tuple[str, int, str, str | None, str, str, str]],
+def append_many(state: State, chain: str, entries: Iterable[Entry],
                 checkpoint_every: int = 0) -> tuple[list[Row], State, list[Reached]]:
     """The rows for the next entries ``(entry_id, at_us, actor_id, patient_id, action,
     outcome, body)`` in order, the head after them, and the checkpoints reached (every
@@ -234,8 +235,7 @@ def append_many(state: State, chain: str,
     return append_many_python(state, chain, entries, checkpoint_every)
 
 
-def append_many_python(state: State, chain: str,
-                       entries: Iterable[tuple[str, int, str, str | None, str, str, str]],
+def append_many_python(state: State, chain: str, entries: Iterable[Entry],
                        checkpoint_every: int = 0) -> tuple[list[Row], State, list[Reached]]:
     """``append_many`` in Python: the reference, and the fallback without the native loop."""
     sha = hashlib.sha256

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import atexit
 import base64
+import functools
 import json
 import logging
 import threading
@@ -44,12 +45,21 @@ from sqlalchemy.engine import Connection
 from labvault.audit import chain as ch
 from labvault.audit.checkpoints import Checkpoint, CheckpointStore, SigningKey
 from labvault.audit.entry import (
-    CLIENT_MARKERS,
     PLATFORM,
     Draft,
     canonical,
     sorted_codes,
     split_detail,
+)
+from labvault.audit.reads import (
+    MAX_TEMPLATES,
+    QueuedRead,
+    Template,
+    decision_body,
+    json_values,
+    make_template,
+    sealed_client,
+    shape,
 )
 from labvault.config import SETTINGS, Settings
 from labvault.crypto import DataKey
@@ -92,7 +102,7 @@ class _Frame:
     rescue: list[Draft] = field(default_factory=list)
     chains: set[str] = field(default_factory=set)
     checkpoints: list[tuple[str, int, bytes, bytes, list[bytes]]] = field(default_factory=list)
-    grouped: list[Draft] = field(default_factory=list)
+    grouped: list[QueuedRead] = field(default_factory=list)
 
     def merge(self, child: _Frame) -> None:
         self.rescue.extend(child.rescue)
@@ -121,7 +131,8 @@ class AuditLog:
         self._client_sealers: dict[str, ColumnSealer] = {}
         self._head_sealers: dict[str, ColumnSealer] = {}
         self.group_ms = int(setting(settings, "LABVAULT_AUDIT_READ_GROUP_MS"))
-        self._pending: list[Draft] = []
+        self._pending: list[QueuedRead] = []
+        self._templates: dict[tuple[object, ...], Template | None] = {}
         self._pending_since = 0.0
         self._writer: threading.Thread | None = None
         self._flushing = threading.Lock()     # one opportunistic batch writer at a time
@@ -145,28 +156,17 @@ class AuditLog:
 
     # -- AuditHook ------------------------------------------------------------------------
     def record(self, conn: Connection, access: Access, decision: Decision, outcome: str) -> None:
-        # built here, in the request: a decision that cannot be recorded fails its request
-        draft = self._draft(access, decision, outcome, self.clock())
         if (self.group_ms > 0 and outcome == "allowed" and not decision.break_glass
-                and draft.action in GROUPED_ACTIONS):
+                and access.action.value in GROUPED_ACTIONS):
             frame = self._frame()
-            if frame is not None:   # queued when the transaction ends
-                frame.grouped.append(draft)
+            if frame is not None:   # queued when the transaction ends, rendered when written
+                frame.grouped.append(QueuedRead(access, decision, self.clock()))
                 return
-        self._draft_and_append(conn, draft)
+        # built here, in the request: a decision that cannot be recorded fails its request
+        self._draft_and_append(conn, self._draft(access, decision, outcome, self.clock()))
 
     def _draft(self, access: Access, decision: Decision, outcome: str, at_us: int) -> Draft:
-        a = access.actor
-        cats = decision.categories & access.categories if decision.allowed else access.categories
-        body: dict[str, Any] = {
-            "v": 1, "actor_kind": a.kind, "roles": sorted_codes(a.roles),
-            "actor_tenant": a.tenant_id, "resource": access.resource,
-            "patients": list(access.patient_ids), "categories": sorted_codes(cats),
-            "purpose": access.purpose, "rule": decision.rule, "request_id": a.request_id,
-            "session_id": a.session_id, "tenant": access.tenant_id,
-        }
-        if decision.break_glass:
-            body["break_glass"] = True
+        body = decision_body(access, decision)
         private: dict[str, Any] = {}
         if decision.detail:
             clear, private = split_detail(decision.detail)
@@ -174,8 +174,8 @@ class AuditLog:
                 body["detail"] = clear
         if access.reason:
             private["reason"] = access.reason
-        return self._make_draft(a, access.tenant_id, access.action.value, outcome, body,
-                                access.patient_ids, private, at_us)
+        return self._make_draft(access.actor, access.tenant_id, access.action.value, outcome,
+                                body, access.patient_ids, private, at_us)
 
     def event(self, conn: Connection, actor: Actor, event: str, outcome: str,
               tenant_id: str | None, detail: Mapping[str, Any]) -> None:
@@ -197,7 +197,7 @@ class AuditLog:
                     body: dict[str, Any], patient_ids: tuple[str, ...], private: dict[str, Any],
                     at_us: int) -> Draft:
         client = actor.client
-        if client is not None and client not in CLIENT_MARKERS:
+        if sealed_client(client):
             private["client"] = client       # an address is personal data: sealed
             client = None
         body["client"] = client
@@ -227,36 +227,42 @@ class AuditLog:
         chain = self._chain_of(conn, d.tenant_id)
         return chain, self._append_chain(conn, chain, [d])
 
-    def _append_many(self, conn: Connection, drafts: list[Draft]) -> None:
-        """Append a batch: per chain, one head move and one multi-row insert."""
-        by_chain: dict[str, list[Draft]] = {}
-        for d in drafts:
-            by_chain.setdefault(self._chain_of(conn, d.tenant_id), []).append(d)
+    def _append_reads(self, conn: Connection, reads: list[QueuedRead]) -> None:
+        """Append a batch of queued reads: per chain, one head move and one insert."""
+        by_chain: dict[str, list[QueuedRead]] = {}
+        for r in reads:
+            by_chain.setdefault(self._chain_of(conn, r.access.tenant_id), []).append(r)
         for chain, group in by_chain.items():
-            self._append_chain(conn, chain, group)
+            self._append_entries(conn, chain, functools.partial(self._render, conn, chain, group))
 
     def _append_chain(self, conn: Connection, chain: str, drafts: list[Draft]) -> int:
         """Append ``drafts`` in order to ``chain``; the sequence number of the first."""
-        texts: list[str] | None = None
+        return self._append_entries(conn, chain, lambda: (
+            [(d.entry_id, d.at_us, d.actor_id, d.patient_id, d.action, d.outcome, text)
+             for d, text in zip(drafts, self._texts(conn, chain, drafts), strict=True)],
+            [d.patient_ids for d in drafts]))
+
+    def _append_entries(self, conn: Connection, chain: str,
+                        make: Callable[[], tuple[list[ch.Entry], list[tuple[str, ...]]]]) -> int:
+        """Append the entries ``make`` gives (called once the chain's keys exist) and their
+        further patients; the sequence number of the first."""
+        made: tuple[list[ch.Entry], list[tuple[str, ...]]] | None = None
         for _attempt in range(3):
             with self._lock:
                 head = self._heads.get(chain)
             if head is None:
                 head = self._load(conn, chain)
-            if texts is None:       # the chain's keys exist once its head does
-                texts = self._texts(conn, chain, drafts)
+            if made is None:        # the chain's keys exist once its head does
+                made = make()
+            entries, pids = made
             first = head.next_seq
-            rows, state, reached = ch.append_many(
-                head, chain, [(d.entry_id, d.at_us, d.actor_id, d.patient_id, d.action,
-                               d.outcome, text) for d, text in zip(drafts, texts, strict=True)],
-                self.checkpoint_every)
+            rows, state, reached = ch.append_many(head, chain, entries, self.checkpoint_every)
             if arepo.advance_head_and_insert(   # Row's fields: the INSERT's column order
                     conn, chain, first, state.next_seq, state.prev,
                     self._seal_key(conn, chain, state.key), ch.pack_frontier(state.frontier),
                     _now(), rows):
-                refs = [(chain, p, r.seq) for r, d in zip(rows, drafts, strict=True)
-                        if len(d.patient_ids) > 1
-                        for p in dict.fromkeys(d.patient_ids[1:]) if p != r.patient_id]
+                refs = [(chain, p, r.seq) for r, ps in zip(rows, pids, strict=True)
+                        if len(ps) > 1 for p in dict.fromkeys(ps[1:]) if p != r.patient_id]
                 if refs:
                     arepo.insert_refs(conn, refs)
                 with self._lock:
@@ -269,6 +275,48 @@ class AuditLog:
             with self._lock:      # another writer moved the head: reload under lock
                 self._heads.pop(chain, None)
         raise RuntimeError(f"audit chain {chain}: could not append after 3 attempts")
+
+    def _render(self, conn: Connection, chain: str, reads: list[QueuedRead]
+                ) -> tuple[list[ch.Entry], list[tuple[str, ...]]]:
+        """The entries of queued reads: each body from its shape's template (client
+        addresses sealed in one call), or through a ``Draft`` when it has no template."""
+        entries: list[ch.Entry] = []
+        pids: list[tuple[str, ...]] = []
+        holes: list[tuple[Template, str, str, int] | None] = []   # template, patients, request
+        to_seal: list[tuple[str, bytes]] = []
+        templates = self._templates
+        clean = ch.clean
+        for access, decision, at_us in reads:
+            key = shape(access, decision)
+            try:
+                t = templates[key]
+            except KeyError:
+                if len(templates) >= MAX_TEMPLATES:
+                    templates.clear()
+                t = templates[key] = make_template(access, decision)
+            values = json_values(access) if t is not None else None
+            patients = tuple([clean(p) for p in access.patient_ids])
+            if t is None or values is None:
+                d = self._draft(access, decision, "allowed", at_us)
+                entries.append((d.entry_id, d.at_us, d.actor_id, d.patient_id, d.action,
+                                d.outcome, self._texts(conn, chain, [d])[0]))
+                holes.append(None)
+            else:
+                entry_id = new_id("ae")
+                entries.append((entry_id, at_us, t.actor_id, patients[0] if patients else None,
+                                t.action, "allowed", ""))
+                holes.append((t, values[0], values[1], len(to_seal)))
+                if t.sealed:
+                    to_seal.append((entry_id, canonical({"client": access.actor.client})
+                                     .encode()))
+            pids.append(patients)
+        sealed = (self._client_sealer(conn, chain).seal_many(to_seal) if to_seal else [])
+        for i, h in enumerate(holes):
+            if h is not None:
+                t, pj, rj, k = h
+                text = t.text(pj, rj, base64.b64encode(sealed[k]).decode() if t.sealed else None)
+                entries[i] = (*entries[i][:6], text)
+        return entries, pids
 
     def _texts(self, conn: Connection, chain: str, drafts: list[Draft]) -> list[str]:
         """The body text of each draft, its private part sealed in. A client address alone
@@ -294,12 +342,12 @@ class AuditLog:
         return out
 
     # -- group commit of reads ---------------------------------------------------------------
-    def _queue(self, drafts: list[Draft]) -> None:
+    def _queue(self, reads: list[QueuedRead]) -> None:
         now = time.monotonic()
         with self._lock:
             if not self._pending:
                 self._pending_since = now
-            self._pending.extend(drafts)
+            self._pending.extend(reads)
             full = len(self._pending) >= GROUP_MAX
             due = (now - self._pending_since) * 1000 >= self.group_ms
         if self.lv.bound or self._closing:
@@ -371,17 +419,17 @@ class AuditLog:
     def flush(self) -> int:
         """Write the queued read entries now; how many. On failure they stay queued."""
         with self._lock:
-            drafts, self._pending = self._pending, []
-        if not drafts:
+            reads, self._pending = self._pending, []
+        if not reads:
             return 0
         try:
             with self.lv.begin() as conn:
-                self._append_many(conn, drafts)
+                self._append_reads(conn, reads)
         except BaseException:
             with self._lock:
-                self._pending[:0] = drafts
+                self._pending[:0] = reads
             raise
-        return len(drafts)
+        return len(reads)
 
     def _at_exit(self) -> None:
         try:

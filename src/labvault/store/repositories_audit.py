@@ -6,13 +6,18 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, delete, func, insert, or_, select, union, update
+from sqlalchemy import Select, delete, func, insert, or_, select, text, union, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
 from labvault.store.driver_sql import driver_sql
-from labvault.store.tables_audit import audit_entries, audit_heads, audit_refs
+from labvault.store.tables_audit import (
+    PATIENT_BUCKET_BITS,
+    audit_entries,
+    audit_heads,
+    audit_refs,
+)
 
 E = audit_entries.c
 H = audit_heads.c
@@ -186,16 +191,51 @@ def _entries(q: Select[Any]) -> Select[Any]:
     return q.order_by(E.at_us, E.tenant_id, E.seq)
 
 
+# Every bucket of the chain probed once through the patient index (see tables_audit). The
+# CROSS JOIN keeps the buckets as the outer loop (SQLite's planner, without statistics,
+# would otherwise walk the whole chain by its primary key). The bounds are CAST on
+# PostgreSQL (it types the recursive column) and not on SQLite, where an INTEGER-affinity
+# bucket number would make it convert the indexed expression and pass the index by.
+_PATIENT_SEQS = (
+    "WITH RECURSIVE b(x) AS (SELECT {lo} UNION ALL SELECT x + 1 FROM b WHERE x < {hi}) "  # noqa: S608 - constants; values are bound
+    "SELECT e.seq FROM b CROSS JOIN audit_entries e WHERE e.tenant_id = :chain "
+    f"AND (e.seq >> {PATIENT_BUCKET_BITS}) = b.x AND e.patient_id = :patient")
+
+
+def patient_seqs_sql(dialect: str) -> str:
+    if dialect == "postgresql":
+        return _PATIENT_SEQS.format(lo="CAST(:lo AS BIGINT)", hi="CAST(:hi AS BIGINT)")
+    return _PATIENT_SEQS.format(lo=":lo", hi=":hi")
+
+
+_IN_CHUNK = 5000
+
+
+def patient_seqs(conn: Connection, chain: str, patient_id: str) -> list[int]:
+    """The positions of the chain's entries that name ``patient_id`` (first or further)."""
+    lo, hi = conn.execute(select(func.min(E.seq), func.max(E.seq))
+                          .where(E.tenant_id == chain)).one()
+    seqs: set[int] = set()
+    if lo is not None:
+        seqs.update(int(r[0]) for r in conn.execute(text(patient_seqs_sql(conn.dialect.name)), {
+            "lo": int(lo) >> PATIENT_BUCKET_BITS, "hi": int(hi) >> PATIENT_BUCKET_BITS,
+            "chain": chain, "patient": patient_id}))
+    seqs.update(int(r[0]) for r in conn.execute(
+        select(audit_refs.c.seq).where(audit_refs.c.tenant_id == chain,
+                                       audit_refs.c.patient_id == patient_id)))
+    return sorted(seqs)
+
+
 def entries_for_patient(conn: Connection, chain: str, patient_id: str,
                         since_us: int = 0) -> list[dict[str, Any]]:
-    seqs = union(
-        select(E.seq.label("seq")).where(E.tenant_id == chain, E.patient_id == patient_id),
-        select(audit_refs.c.seq.label("seq")).where(audit_refs.c.tenant_id == chain,
-                                                    audit_refs.c.patient_id == patient_id),
-    ).subquery()
-    q = select(audit_entries).where(E.tenant_id == chain, E.seq.in_(select(seqs.c.seq)),
-                                    E.at_us >= since_us)
-    return [dict(r) for r in conn.execute(_entries(q)).mappings()]
+    seqs = patient_seqs(conn, chain, patient_id)
+    out: list[dict[str, Any]] = []
+    for i in range(0, len(seqs), _IN_CHUNK):
+        q = select(audit_entries).where(E.tenant_id == chain,
+                                        E.seq.in_(seqs[i:i + _IN_CHUNK]), E.at_us >= since_us)
+        out.extend(dict(r) for r in conn.execute(q).mappings())
+    out.sort(key=lambda r: (r["at_us"], r["tenant_id"], r["seq"]))
+    return out
 
 
 def entries_for_actor(conn: Connection, actor_id: str, since_us: int = 0,
