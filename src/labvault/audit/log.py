@@ -65,6 +65,7 @@ from labvault.config import SETTINGS, Settings
 from labvault.crypto import DataKey
 from labvault.crypto.keys import ColumnSealer
 from labvault.domain.actors import Actor
+from labvault.domain.categories import Action
 from labvault.errors import KeyUnavailable
 from labvault.store import repositories as repo
 from labvault.store import repositories_audit as arepo
@@ -80,7 +81,7 @@ log = logging.getLogger("labvault.audit")
 K0_LABEL = "audit-chain/k0"
 AUDIT_KEY_VERSION = 1       # k_0 always derives from version 1 of the tenant's audit key
 RESCUED_OUTCOMES = frozenset({"denied", "failure"})
-GROUPED_ACTIONS = frozenset({"read", "search"})
+GROUPED_ACTIONS = frozenset({Action.READ, Action.SEARCH})
 GROUP_MAX = 500             # a batch this large is written at once, by the thread that filled it
 
 
@@ -133,6 +134,7 @@ class AuditLog:
         self.group_ms = int(setting(settings, "LABVAULT_AUDIT_READ_GROUP_MS"))
         self._pending: list[QueuedRead] = []
         self._templates: dict[tuple[object, ...], Template | None] = {}
+        self._addresses: dict[str, bytes] = {}   # client address -> its sealed part's text
         self._pending_since = 0.0
         self._writer: threading.Thread | None = None
         self._flushing = threading.Lock()     # one opportunistic batch writer at a time
@@ -157,7 +159,7 @@ class AuditLog:
     # -- AuditHook ------------------------------------------------------------------------
     def record(self, conn: Connection, access: Access, decision: Decision, outcome: str) -> None:
         if (self.group_ms > 0 and outcome == "allowed" and not decision.break_glass
-                and access.action.value in GROUPED_ACTIONS):
+                and access.action in GROUPED_ACTIONS):
             frame = self._frame()
             if frame is not None:   # queued when the transaction ends, rendered when written
                 frame.grouped.append(QueuedRead(access, decision, self.clock()))
@@ -280,11 +282,10 @@ class AuditLog:
                 ) -> tuple[list[ch.Entry], list[tuple[str, ...]]]:
         """The entries of queued reads: each body from its shape's template (client
         addresses sealed in one call), or through a ``Draft`` when it has no template."""
-        entries: list[ch.Entry] = []
+        parts: list[tuple[str, int, str, str | None, str, Template | None, str, str]] = []
         pids: list[tuple[str, ...]] = []
-        holes: list[tuple[Template, str, str, int] | None] = []   # template, patients, request
         to_seal: list[tuple[str, bytes]] = []
-        templates = self._templates
+        templates, addresses = self._templates, self._addresses
         clean = ch.clean
         for access, decision, at_us in reads:
             key = shape(access, decision)
@@ -296,27 +297,30 @@ class AuditLog:
                 t = templates[key] = make_template(access, decision)
             values = json_values(access) if t is not None else None
             patients = tuple([clean(p) for p in access.patient_ids])
+            pids.append(patients)
             if t is None or values is None:
                 d = self._draft(access, decision, "allowed", at_us)
-                entries.append((d.entry_id, d.at_us, d.actor_id, d.patient_id, d.action,
-                                d.outcome, self._texts(conn, chain, [d])[0]))
-                holes.append(None)
-            else:
-                entry_id = new_id("ae")
-                entries.append((entry_id, at_us, t.actor_id, patients[0] if patients else None,
-                                t.action, "allowed", ""))
-                holes.append((t, values[0], values[1], len(to_seal)))
-                if t.sealed:
-                    to_seal.append((entry_id, canonical({"client": access.actor.client})
-                                     .encode()))
-            pids.append(patients)
-        sealed = (self._client_sealer(conn, chain).seal_many(to_seal) if to_seal else [])
-        for i, h in enumerate(holes):
-            if h is not None:
-                t, pj, rj, k = h
-                text = t.text(pj, rj, base64.b64encode(sealed[k]).decode() if t.sealed else None)
-                entries[i] = (*entries[i][:6], text)
-        return entries, pids
+                parts.append((d.entry_id, d.at_us, d.actor_id, d.patient_id, d.action, None,
+                              self._texts(conn, chain, [d])[0], ""))
+                continue
+            entry_id = new_id("ae")
+            parts.append((entry_id, at_us, t.actor_id, patients[0] if patients else None,
+                          t.action, t, *values))
+            if t.sealed:
+                client = access.actor.client
+                assert client is not None
+                plain = addresses.get(client)
+                if plain is None:
+                    if len(addresses) >= MAX_TEMPLATES:
+                        addresses.clear()
+                    plain = addresses[client] = canonical({"client": client}).encode()
+                to_seal.append((entry_id, plain))
+        sealed = iter(self._client_sealer(conn, chain).seal_many(to_seal) if to_seal else ())
+        b64 = base64.b64encode
+        return [(eid, at, actor, first, action, "allowed",
+                 text if t is None else t.text(text, rid, b64(next(sealed)).decode()
+                                               if t.sealed else None))
+                for eid, at, actor, first, action, t, text, rid in parts], pids
 
     def _texts(self, conn: Connection, chain: str, drafts: list[Draft]) -> list[str]:
         """The body text of each draft, its private part sealed in. A client address alone

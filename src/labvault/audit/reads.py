@@ -13,6 +13,7 @@ way, through ``Draft``.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -28,6 +29,7 @@ _HOLE_PATIENTS = "\x00patients\x00"
 _HOLE_REQUEST = "\x00request\x00"
 _HOLE_SEALED = "\x00sealed\x00"
 MAX_TEMPLATES = 4096        # shapes kept; a new session or role makes a new one
+_PLAIN_ID = re.compile(r"[A-Za-z0-9_:.@-]{1,64}")   # JSON-encodes as itself in quotes
 
 
 class QueuedRead(NamedTuple):
@@ -125,9 +127,20 @@ def json_values(access: Access) -> tuple[str, str] | None:
     """The patients and request id as canonical JSON, or None if a value is of a type
     ``canonical`` would not hand to orjson (it would fall back to ``json``)."""
     pids, rid = access.patient_ids, access.actor.request_id
-    if not (rid is None or type(rid) is str) or not all(type(p) is str for p in pids):
+    if len(pids) == 1 and type(pids[0]) is str and _PLAIN_ID.fullmatch(pids[0]):
+        patients = f'["{pids[0]}"]'        # one random id (the usual read): no escaping
+    elif all(type(p) is str for p in pids):
+        try:
+            patients = orjson.dumps(pids).decode()
+        except TypeError:   # a lone surrogate: the general way reports it
+            return None
+    else:
+        return None
+    if rid is None:
+        return patients, "null"
+    if type(rid) is not str:
         return None
     try:
-        return orjson.dumps(pids).decode(), orjson.dumps(rid).decode()
-    except TypeError:       # a lone surrogate: the general way reports it
+        return patients, orjson.dumps(rid).decode()
+    except TypeError:
         return None
