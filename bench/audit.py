@@ -230,9 +230,20 @@ def main() -> None:
                              "seconds_cpu": statistics.median(r[1] for r in runs),
                              "us_per_entry_wall": statistics.median(r[0] for r in runs)
                              / args.entries * 1e6}
+            # "who saw my record" on the big chain: one patient of 5,000, ~200 entries
+            # spread over every bucket of the patient index (docs/audit.md)
+            from labvault.store import repositories_audit as arepo
+            times = []
+            for _ in range(5):
+                t = time.perf_counter()
+                with lv.begin() as conn:
+                    found = arepo.entries_for_patient(conn, big, f"pt_{7:026d}")
+                times.append(time.perf_counter() - t)
+            assert len(found) == args.entries // 5000 + (args.entries % 5000 > 7), len(found)
+            out["who_saw"] = {"entries_found": len(found),
+                              "ms_median": statistics.median(times) * 1e3}
             # the walk alone (in memory), to separate hashing from database streaming
             with lv.begin() as conn:
-                from labvault.store import repositories_audit as arepo
                 mem = [tuple(r) for b in arepo.stream_rows(conn, big) for r in b]
                 k0 = audit.k0(conn, big)
             from labvault.audit.ops import walk_rows

@@ -174,3 +174,21 @@ def test_patient_entries_across_buckets(lv: Labvault, audit_log: AuditLog) -> No
     assert [r["seq"] for r in got] == sorted(wanted)
     assert {r["seq"] >> 10 for r in got} >= {0, 1, 2}
     assert [r["seq"] for r in since] == sorted(s for s in wanted if s >= rows[2000].seq)
+
+
+def test_patient_query_probes_each_bucket(lv: Labvault) -> None:
+    """On either backend the query walks the buckets and probes the index per bucket (a
+    plan scanning the tenant's whole index range would grow with the trail)."""
+    from sqlalchemy import text
+
+    from labvault.store import repositories_audit as arepo
+    with lv.begin() as conn:
+        sql = arepo.patient_seqs_sql(conn.dialect.name)
+        params = {"lo": 0, "hi": 40, "chain": "lab_x", "patient": "pt_x"}
+        if conn.dialect.name == "postgresql":
+            plan = " ".join(r[0] for r in conn.execute(text("EXPLAIN " + sql), params))
+            assert "ix_audit_entries_patient_bucket" in plan and "b.x" in plan, plan
+        else:
+            plan = " ".join(str(r[-1]) for r in conn.execute(text("EXPLAIN QUERY PLAN " + sql),
+                                                             params))
+            assert "patient_bucket (tenant_id=? AND <expr>=? AND patient_id=?)" in plan, plan

@@ -60,7 +60,9 @@ def test_audit_settings_documented() -> None:
 def test_patient_index_is_bucketed_and_used(tmp_path: Path) -> None:
     from sqlalchemy import text
 
-    from labvault.store.repositories_audit import patient_seqs_sql
+    from labvault.store.repositories_audit import _PATIENT_SEQS, patient_seqs_sql
+    from labvault.store.tables_audit import PATIENT_BUCKET_BITS
+    assert PATIENT_BUCKET_BITS == 10 and all(">> 10" in q for q in _PATIENT_SEQS.values())
     eng = make_engine(f"sqlite:///{tmp_path / 'm.db'}")
     migrate.upgrade(eng)
     with eng.connect() as conn:

@@ -191,21 +191,28 @@ def _entries(q: Select[Any]) -> Select[Any]:
     return q.order_by(E.at_us, E.tenant_id, E.seq)
 
 
-# Every bucket of the chain probed once through the patient index (see tables_audit). The
-# CROSS JOIN keeps the buckets as the outer loop (SQLite's planner, without statistics,
-# would otherwise walk the whole chain by its primary key). The bounds are CAST on
-# PostgreSQL (it types the recursive column) and not on SQLite, where an INTEGER-affinity
-# bucket number would make it convert the indexed expression and pass the index by.
-_PATIENT_SEQS = (
-    "WITH RECURSIVE b(x) AS (SELECT {lo} UNION ALL SELECT x + 1 FROM b WHERE x < {hi}) "  # noqa: S608 - constants; values are bound
-    "SELECT e.seq FROM b CROSS JOIN audit_entries e WHERE e.tenant_id = :chain "
-    f"AND (e.seq >> {PATIENT_BUCKET_BITS}) = b.x AND e.patient_id = :patient")
+# Every bucket of the chain probed once through the patient index (see tables_audit), the
+# buckets as the outer loop. SQLite: a CROSS JOIN fixes that order (its planner, without
+# statistics, would walk the whole chain by its primary key), and the bounds stay
+# untyped (an INTEGER-affinity bucket number would make it convert the indexed expression
+# and pass the index by). PostgreSQL: a LATERAL subquery per bucket (a plain join lets it
+# scan the tenant's whole index range), bounds CAST to type the recursive column.
+# (PATIENT_BUCKET_BITS = 10 is spelt out as ">> 10": tests/audit/test_schema.py checks both.)
+_PATIENT_SEQS = {
+    "sqlite": "WITH RECURSIVE b(x) AS (SELECT :lo UNION ALL SELECT x + 1 FROM b "
+              "WHERE x < :hi) SELECT e.seq FROM b CROSS JOIN audit_entries e "
+              "WHERE e.tenant_id = :chain AND (e.seq >> 10) = b.x AND e.patient_id = :patient",
+    # OFFSET 0 keeps the subquery a per-bucket probe (else it is pulled up into a join)
+    "postgresql": "WITH RECURSIVE b(x) AS (SELECT CAST(:lo AS BIGINT) UNION ALL "
+                  "SELECT x + 1 FROM b WHERE x < CAST(:hi AS BIGINT)) SELECT p.seq FROM b "
+                  "CROSS JOIN LATERAL (SELECT e.seq FROM audit_entries e "
+                  "WHERE e.tenant_id = :chain AND (e.seq >> 10) = b.x "
+                  "AND e.patient_id = :patient OFFSET 0) p",
+}
 
 
 def patient_seqs_sql(dialect: str) -> str:
-    if dialect == "postgresql":
-        return _PATIENT_SEQS.format(lo="CAST(:lo AS BIGINT)", hi="CAST(:hi AS BIGINT)")
-    return _PATIENT_SEQS.format(lo=":lo", hi=":hi")
+    return _PATIENT_SEQS["postgresql" if dialect == "postgresql" else "sqlite"]
 
 
 _IN_CHUNK = 5000
@@ -213,8 +220,11 @@ _IN_CHUNK = 5000
 
 def patient_seqs(conn: Connection, chain: str, patient_id: str) -> list[int]:
     """The positions of the chain's entries that name ``patient_id`` (first or further)."""
-    lo, hi = conn.execute(select(func.min(E.seq), func.max(E.seq))
-                          .where(E.tenant_id == chain)).one()
+    # two scalar subqueries: SQLite answers a lone min() or max() from the primary key, but
+    # scans the whole chain for both in one SELECT
+    lo, hi = conn.execute(select(
+        select(func.min(E.seq)).where(E.tenant_id == chain).scalar_subquery(),
+        select(func.max(E.seq)).where(E.tenant_id == chain).scalar_subquery())).one()
     seqs: set[int] = set()
     if lo is not None:
         seqs.update(int(r[0]) for r in conn.execute(text(patient_seqs_sql(conn.dialect.name)), {
