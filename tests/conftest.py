@@ -36,6 +36,18 @@ hypothesis_settings.register_profile("dev", deadline=None,
                                      suppress_health_check=[HealthCheck.too_slow])
 hypothesis_settings.load_profile("ci" if os.environ.get("CI", "").lower() == "true" else "dev")
 
+@pytest.fixture(autouse=True)
+def _lab_open_around_the_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests run whatever the hour: a lab is open every day, all day, unless a test sets
+    its hours (``hours.*``). With the shipped default (07:00-20:00 Paris, Monday to
+    Saturday) every read after 20:00 or on a Sunday raised an extra off-hours alert and
+    tests counting alerts failed by the clock."""
+    from labvault.guard import rules
+    monkeypatch.setattr(rules, "DEFAULT_HOURS", {**rules.DEFAULT_HOURS, "hours.open": "00:00",
+                                                 "hours.close": "23:59:59.999999",
+                                                 "hours.days": "mon-sun"})
+
+
 PG_URL = os.environ.get("LABVAULT_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 IN_CI = os.environ.get("CI", "").lower() == "true"
 

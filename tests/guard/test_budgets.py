@@ -129,6 +129,17 @@ def test_opening_hours() -> None:
     assert not h.is_open(datetime(2026, 3, 7, 9, 0, tzinfo=tz))    # Saturday
 
 
+def test_shipped_opening_hours(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.undo()       # the suite's fixture opens labs around the clock: not here
+    h = OpeningHours.from_config({})
+    tz = h.tz
+    assert str(tz) == "Europe/Paris"
+    assert h.is_open(datetime(2026, 11, 28, 7, 0, tzinfo=tz))       # Saturday 07:00
+    assert h.is_open(datetime(2026, 11, 28, 19, 59, tzinfo=tz))
+    assert not h.is_open(datetime(2026, 11, 28, 20, 0, tzinfo=tz))  # closes at 20:00
+    assert not h.is_open(datetime(2026, 11, 29, 10, 0, tzinfo=tz))  # Sunday
+
+
 def test_window_counts_slide() -> None:
     w = budgets.Window()
     w.touch(["a", "b"], 0.0)
