@@ -231,9 +231,17 @@ class AuditLog:
 
     def _append_reads(self, conn: Connection, reads: list[QueuedRead]) -> None:
         """Append a batch of queued reads: per chain, one head move and one insert."""
+        chains: dict[str | None, str] = {}     # tenant -> chain, looked up once a batch
         by_chain: dict[str, list[QueuedRead]] = {}
         for r in reads:
-            by_chain.setdefault(self._chain_of(conn, r.access.tenant_id), []).append(r)
+            tenant_id = r.access.tenant_id
+            chain = chains.get(tenant_id)
+            if chain is None:
+                chain = chains[tenant_id] = self._chain_of(conn, tenant_id)
+            group = by_chain.get(chain)
+            if group is None:
+                group = by_chain[chain] = []
+            group.append(r)         # in queue order within each chain
         for chain, group in by_chain.items():
             self._append_entries(conn, chain, functools.partial(self._render, conn, chain, group))
 

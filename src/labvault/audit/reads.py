@@ -13,7 +13,6 @@ way, through ``Draft``.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -29,7 +28,6 @@ _HOLE_PATIENTS = "\x00patients\x00"
 _HOLE_REQUEST = "\x00request\x00"
 _HOLE_SEALED = "\x00sealed\x00"
 MAX_TEMPLATES = 4096        # shapes kept; a new session or role makes a new one
-_PLAIN_ID = re.compile(r"[A-Za-z0-9_:.@-]{1,64}")   # JSON-encodes as itself in quotes
 
 
 class QueuedRead(NamedTuple):
@@ -127,8 +125,9 @@ def json_values(access: Access) -> tuple[str, str] | None:
     """The patients and request id as canonical JSON, or None if a value is of a type
     ``canonical`` would not hand to orjson (it would fall back to ``json``)."""
     pids, rid = access.patient_ids, access.actor.request_id
-    if len(pids) == 1 and type(pids[0]) is str and _PLAIN_ID.fullmatch(pids[0]):
-        patients = f'["{pids[0]}"]'        # one random id (the usual read): no escaping
+    if len(pids) == 1 and type(pids[0]) is str and pids[0].isascii() and pids[0].isidentifier():
+        # one random id (the usual read): ASCII letters, digits and "_" need no escaping
+        patients = f'["{pids[0]}"]'
     elif all(type(p) is str for p in pids):
         try:
             patients = orjson.dumps(pids).decode()
