@@ -18,7 +18,8 @@ from tests.web.helpers import HIGH, csrf_in, form_login, order
 PROTECTED_GET = ["/", "/portail", "/portail/acces", "/portail/donnees.json",
                  "/portail/effacement", "/portail/rapports/rep_x.pdf", "/console",
                  "/console/patients/pt_x", "/console/validation", "/console/alertes"]
-PROTECTED_POST = ["/logout", "/portail/effacement", "/console/recherche", "/console/validation"]
+PROTECTED_POST = ["/logout", "/portail/effacement", "/console/recherche", "/console/validation",
+                  "/console/validation/ord_x", "/console/alertes/al_x/prise-en-compte"]
 
 
 def test_every_web_route_is_listed_here() -> None:
@@ -26,7 +27,8 @@ def test_every_web_route_is_listed_here() -> None:
     routes = {(m, r.path) for r in router.routes for m in r.methods}  # type: ignore[attr-defined]
     listed = ({("GET", p) for p in PROTECTED_GET} | {("POST", p) for p in PROTECTED_POST}
               | {("GET", "/login"), ("POST", "/login")})
-    normalised = {(m, p.replace("{report_id}", "rep_x").replace("{patient_id}", "pt_x"))
+    normalised = {(m, p.replace("{report_id}", "rep_x").replace("{patient_id}", "pt_x")
+                      .replace("{order_id}", "ord_x").replace("{alert_id}", "al_x"))
                   for m, p in routes}
     assert normalised == listed
 
@@ -253,6 +255,32 @@ def test_validation_worklist_and_validate_all_normal(web: World, browser: TestCl
     assert browser.get("/console/validation").status_code == 403
 
 
+def test_validate_one_order_after_review(web: World, browser: TestClient) -> None:
+    a = web.a
+    high = order(web, a, a.patients[1], step="technical", results=HIGH)
+    form_login(browser, web, a.emails["biologist"])
+    page = browser.get("/console/validation")
+    assert f'action="/console/validation/{high.order_id}"' in page.text
+    token = csrf_in(page.text)
+    forged = browser.post(f"/console/validation/{high.order_id}",
+                          data={"csrf": "x", "conclusion": "x"})
+    assert forged.status_code == 403
+    done = browser.post(f"/console/validation/{high.order_id}",
+                        data={"csrf": token, "conclusion": "Hyperkaliémie à contrôler"})
+    assert done.status_code == 200 and "Demande validée avec votre conclusion" in done.text
+    bio = web.actor(a.emails["biologist"])
+    assert web.lv.lab.get_order(bio, high.order_id).status.value == "final"
+    again = browser.post(f"/console/validation/{high.order_id}", data={"csrf": token})
+    assert again.status_code in (400, 409) and "Traceback" not in again.text   # said plainly
+    other = order(web, a, a.patients[2], step="technical")
+    browser.cookies.clear()
+    form_login(browser, web, a.emails["technician"])
+    tech = browser.post(f"/console/validation/{other.order_id}",
+                        data={"csrf": csrf_in(browser.get("/console").text)})
+    assert tech.status_code == 403
+    assert web.lv.lab.get_order(bio, other.order_id).status.value == "technically-validated"
+
+
 def test_security_headers_and_friendly_errors(web: World, browser: TestClient) -> None:
     login = browser.get("/login")
     csp = login.headers["content-security-policy"]
@@ -318,6 +346,27 @@ def test_alerts_page_for_dpo_and_lab_admin(web: World, browser: TestClient) -> N
         browser.cookies.clear()
         form_login(browser, web, web.a.emails[role])
         assert browser.get("/console/alertes").status_code == 403
+    # acknowledging from the page: the lab's DPO only, CSRF-checked, audited
+    (alert,) = lv.alerts.list(web.actor(web.a.emails["dpo"]), web.a.tenant_id)
+    ack = f"/console/alertes/{alert['id']}/prise-en-compte"
+    token = csrf_in(browser.get("/console").text)
+    assert browser.post(ack, data={"csrf": token}).status_code == 403      # reception
+    browser.cookies.clear()
+    form_login(browser, web, web.b.emails["dpo"])
+    assert browser.post(ack, data={"csrf": csrf_in(browser.get("/console").text)}
+                        ).status_code == 404                                # another lab
+    browser.cookies.clear()
+    form_login(browser, web, web.a.emails["dpo"])
+    page = browser.get("/console/alertes")
+    assert 'action="' + ack + '"' in page.text
+    assert browser.post(ack, data={"csrf": "x"}).status_code == 403
+    done = browser.post(ack, data={"csrf": csrf_in(page.text)})
+    assert done.status_code == 303 and done.headers["location"] == "/console/alertes"
+    after = browser.get("/console/alertes")
+    assert ack not in after.text
+    (acked,) = lv.alerts.list(web.actor(web.a.emails["dpo"]), web.a.tenant_id)
+    assert acked["status"] == "acked" and acked["acked_by"] == web.actor(
+        web.a.emails["dpo"]).id
 
 
 def test_pages_work_under_the_guard(web: World, browser: TestClient) -> None:

@@ -268,7 +268,7 @@ def validation_worklist(user: User, lv: LV) -> Response:
                                              for o in r.observations
                                              if o.status != "cancelled"))
             for r in waiting]
-    return html("validation.html", user=user, rows=rows, done=None)
+    return html("validation.html", user=user, rows=rows, done=None, validated=None)
 
 
 @router.post("/console/validation")
@@ -276,7 +276,34 @@ def validate_all_normal(request: Request, user: User, lv: LV, csrf: Csrf = "") -
     tenant_id = _biologist(user)
     _check_csrf(request, user, csrf)
     done = lv.lab.validate_all_normal(user.actor, tenant_id)
-    return html("validation.html", user=user, rows=None, done=done)
+    return html("validation.html", user=user, rows=None, done=done, validated=None)
+
+
+@router.post("/console/validation/{order_id}")
+def validate_one(request: Request, order_id: str, user: User, lv: LV, csrf: Csrf = "",
+                 conclusion: Annotated[str, Form(max_length=2000)] = "") -> Response:
+    """Biological validation of one order after review (its results out of range or not),
+    with the biologist's conclusion if written (sealed with the report)."""
+    _biologist(user)
+    _check_csrf(request, user, csrf)
+    report = lv.lab.validate_biological(user.actor, order_id, conclusion.strip() or None)
+    return html("validation.html", user=user, rows=None, done=None, validated=report)
+
+
+@router.post("/console/alertes/{alert_id}/prise-en-compte")
+def alert_ack(request: Request, alert_id: str, user: User, lv: LV, csrf: Csrf = "") -> Response:
+    """Acknowledge one alert (the same service call as `labvault alerts ack`, audited)."""
+    from labvault.services.alerts import AlertService
+    _staff(user)
+    _check_csrf(request, user, csrf)
+    if not (ALERT_ROLES & user.roles):
+        raise AccessDenied("les alertes sont réservées au délégué à la protection des données "
+                           "et aux administrateurs du laboratoire", "")
+    if not isinstance(lv.alerts, AlertService):
+        raise NotFound("aucun registre d'alertes n'est branché",
+                       "lancez labvault avec `labvault serve` (services.wiring)")
+    lv.alerts.ack(user.actor, alert_id)
+    return RedirectResponse("/console/alertes", status_code=303, headers=NO_STORE)
 
 
 @router.get("/console/alertes")
