@@ -119,3 +119,100 @@ def test_concurrent_connections_share_commits(lab_lv: Labvault, h: Hl7Handler,  
         t.join(10)
         loop.close()
         srv.close()
+
+
+def test_the_writer_takes_every_waiting_message_in_one_batch() -> None:
+    """One storing thread: while it stores a batch, the messages that arrive wait; when it
+    is free it takes all of them at once, and no ACK is released before its batch returned."""
+    from labvault.interop.hl7.mllp import GroupCommitter
+    first_in = threading.Event()
+    release = threading.Event()
+    batches: list[list[str]] = []
+
+    def handle_many(items: list[str]) -> list[bytes]:
+        batches.append(list(items))
+        if len(batches) == 1:
+            first_in.set()
+            assert release.wait(10)
+        return [f"ACK {i}".encode() for i in items]
+
+    gc = GroupCommitter(handle_many, lambda p: b"AE", max_batch=32)
+    try:
+        f0 = gc.submit(b"m0", "m0")
+        assert first_in.wait(10)
+        later = [gc.submit(f"m{i}".encode(), f"m{i}") for i in range(1, 9)]
+        assert not f0.done() and not any(f.done() for f in later)   # batch 1 still storing
+        release.set()
+        assert f0.result(10) == b"ACK m0"
+        assert [f.result(10) for f in later] == [f"ACK m{i}".encode() for i in range(1, 9)]
+        assert batches == [["m0"], [f"m{i}" for i in range(1, 9)]]
+        assert (gc.batches, gc.messages, gc.largest) == (2, 9, 8)
+    finally:
+        gc.close()
+
+
+def test_the_writer_batch_is_bounded_and_a_failing_batch_answers_each() -> None:
+    from labvault.interop.hl7.mllp import GroupCommitter
+    gate = threading.Event()
+    sizes: list[int] = []
+
+    def handle_many(items: list[bytes]) -> list[bytes]:
+        sizes.append(len(items))
+        if len(sizes) == 1:
+            assert gate.wait(10)
+            return [b"AA"]
+        raise RuntimeError("a bug in the batch handler")
+
+    gc = GroupCommitter(handle_many, lambda p: b"AE " + p, max_batch=3)
+    try:
+        f0 = gc.submit(b"x")
+        while not sizes:
+            threading.Event().wait(0.01)
+        futs = [gc.submit(f"p{i}".encode()) for i in range(5)]
+        gate.set()
+        assert f0.result(10) == b"AA"
+        assert [f.result(10) for f in futs] == [f"AE p{i}".encode() for i in range(5)]
+        assert sizes == [1, 3, 2]
+    finally:
+        gc.close()
+
+
+def test_the_listener_prepares_outside_the_writer(lab_lv: Labvault, h: Hl7Handler,  # noqa: F811
+                                                  known: str) -> None:  # noqa: F811
+    """Messages are parsed and mapped in the pool threads; the storing thread only stores."""
+    import asyncio
+    where: dict[str, set[str]] = {"prepare": set(), "store": set()}
+
+    def prepare(raw: bytes):  # type: ignore[no-untyped-def]
+        where["prepare"].add(threading.current_thread().name)
+        return h.prepare(raw)
+
+    def handle_many(items):  # type: ignore[no-untyped-def]
+        where["store"].add(threading.current_thread().name)
+        assert all(not isinstance(i, bytes) for i in items)      # already prepared
+        return h.handle_many(items)
+
+    srv = MllpServer(lambda raw: h.handle(raw)[1], "127.0.0.1", 0, reject=h.reject,
+                     handle_many=handle_many, prepare=prepare)
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(srv.start())
+        started.set()
+        loop.run_forever()
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    assert started.wait(10)
+    try:
+        acks = send("127.0.0.1", srv.port, [S.oru_numeric("PW1").encode(), b"MSH|bad"])
+        assert [code(a) for a in acks] == ["AA", "AR"]
+        assert where["store"] == {"mllp-commit"}
+        assert where["prepare"] and all(n.startswith("mllp_") for n in where["prepare"])
+    finally:
+        asyncio.run_coroutine_threadsafe(srv.stop(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        t.join(10)
+        loop.close()
+        srv.close()
