@@ -40,7 +40,7 @@ from labvault.domain import lab as L
 from labvault.domain.actors import Actor
 from labvault.domain.categories import Action, Category
 from labvault.errors import AccessDenied, InvalidField, InvalidRecord, NotFound, UserError
-from labvault.services.gate import Access
+from labvault.services.gate import Access, Decision
 from labvault.store import repositories as repo
 from labvault.store import repositories_lab as lrepo
 from labvault.store.ids import new_id
@@ -379,16 +379,7 @@ class LabService:
             decision = self.lv.gate.check(conn, Access(
                 actor, Action.READ, tenant_id, IDENTITY, patient_ids=(patient_id,),
                 resource="patient"))
-            blobs = repo.sealed_patients(conn, tenant_id, (patient_id,), (Category.IDENTITY,))
-            if patient_id not in blobs:
-                raise NotFound("no such patient", "check the patient id")
-            if Category.IDENTITY not in decision.categories:
-                return {"sex": None, "birth_date": None}     # any-sex, any-age ranges then
-            ident = self._open(dek, tenant_id, "patients", Category.IDENTITY.value, patient_id,
-                               blobs[patient_id].get(Category.IDENTITY))
-            only = decision.detail.get("fields", {}).get(Category.IDENTITY.value)
-            return {k: ident.get(k) if only is None or k in only else None
-                    for k in ("sex", "birth_date")}
+            return self._patient_facts_checked(conn, decision, tenant_id, patient_id, dek)
         if repo.patient_tenant(conn, patient_id) != tenant_id:
             raise NotFound("no such patient", "check the patient id")
         opened = self.lv.gate.read_patients(conn, Access(
@@ -396,6 +387,22 @@ class LabService:
             resource="patient"))
         ident = opened.get(patient_id, {}).get(Category.IDENTITY, {})
         return {"sex": ident.get("sex"), "birth_date": ident.get("birth_date")}
+
+    def _patient_facts_checked(self, conn: Connection, decision: Decision, tenant_id: str,
+                               patient_id: str, dek: DataKey) -> dict[str, Any]:
+        """Sex and birth date under a gate ``decision`` already made for this patient
+        (e.g. an HL7 message's one decision): opened only if it allows the identity
+        category, and only the fields it allows."""
+        blobs = repo.sealed_patients(conn, tenant_id, (patient_id,), (Category.IDENTITY,))
+        if patient_id not in blobs:
+            raise NotFound("no such patient", "check the patient id")
+        if Category.IDENTITY not in decision.categories:
+            return {"sex": None, "birth_date": None}     # any-sex, any-age ranges then
+        ident = self._open(dek, tenant_id, "patients", Category.IDENTITY.value, patient_id,
+                           blobs[patient_id].get(Category.IDENTITY))
+        only = decision.detail.get("fields", {}).get(Category.IDENTITY.value)
+        return {k: ident.get(k) if only is None or k in only else None
+                for k in ("sex", "birth_date")}
 
     def seal_tenant(self, conn: Connection, tenant_id: str, table: str, column: str,
                     record_id: str, data: bytes) -> bytes:
