@@ -907,6 +907,21 @@ class LabService:
             order.row["report_id"] = rep["report_id"] if rep else ""
             return self._order_view(order, self._specimen_views(conn, order))
 
+    def order_status(self, actor: Actor, order_id: str) -> tuple[L.OrderStatus, str]:
+        """An order's status and its report's id (clear columns), through the gate as a read
+        of the order (the same decision as ``get_order``), without opening its sealed
+        request, workflow or specimens (the FHIR door's DiagnosticReport step needs only
+        the status)."""
+        with self.lv.begin() as conn:
+            row = lrepo.order(conn, order_id)
+            if row is None:
+                raise NotFound("no such order", "check the order id")
+            self._scope(actor, row["tenant_id"])
+            self._check(conn, actor, Action.READ, row["tenant_id"], "order",
+                        (row["patient_id"],))
+            rep = lrepo.report_by_order(conn, row["tenant_id"], order_id)
+            return L.OrderStatus(row["status"]), rep["report_id"] if rep else ""
+
     def get_report(self, actor: Actor, report_id: str) -> ReportView:
         with self.lv.begin() as conn:
             rep = lrepo.report(conn, report_id)
