@@ -282,3 +282,29 @@ def test_order_status_is_one_audited_read_of_the_order(lab_lv: Labvault, operato
         lv.lab.order_status(other, oid)
     with pytest.raises(NotFound):
         lv.lab.order_status(technician, "ord_nosuchorder")
+
+
+def test_history_entry_with_the_result_already_encoded_is_the_same_bytes(
+        lab_lv: Labvault, operator: Actor, tenant_id: str, patient_id: str) -> None:
+    """Results entry encodes each result once and splices it into its history entry: the
+    sealed entry opens to exactly the bytes of encoding the whole entry."""
+    from labvault.services.lab import _dumps
+    lv = lab_lv
+    oid = _ordered(lv, operator, tenant_id, patient_id)
+    (view,) = lv.lab.enter_results(operator, oid, [
+        {"code": "718-7", "value": 13.1, "comment": "é \"quoted\" \\ ok"}])
+    obs = view.observation
+    ts = datetime.now(UTC)
+    with lv.begin() as conn:
+        order = lv.lab._load_order(conn, oid)
+        plain = lv.lab._history_row(order, view.observation_id, 2, ts, operator, "entered",
+                                    "why", obs, obs)
+        spliced = lv.lab._history_row(order, view.observation_id, 2, ts, operator, "entered",
+                                      "why", obs, obs, _dumps(obs.as_json()))
+
+    def opened(row: dict) -> bytes:  # type: ignore[type-arg]
+        return lv.gate.open_patient_value(order.dek, tenant_id, "lab_observation_history",
+                                          "change_sealed", row["history_id"],
+                                          row["change_sealed"])
+    assert opened(spliced) == opened(plain)
+    assert b'"new":{' in opened(plain) and b'"reason":"why"' in opened(plain)

@@ -587,14 +587,15 @@ class LabService:
                 existing[obs.code] = ({**r, "revision": rev}, obs)
             else:
                 oid, rev, seq = new_id("obs"), 1, seq + 1
+                result = _dumps(obs.as_json())
                 new_rows.append({
                     "tenant_id": tenant_id, "observation_id": oid, "order_id": order.order_id,
                     "patient_id": order.patient_id, "status": "preliminary", "seq": seq,
                     "revision": 1, "created_at": ts, "updated_at": ts,
-                    "result_sealed": self._seal(order.dek, tenant_id, "lab_observations",
-                                                "result_sealed", oid, obs.as_json())})
+                    "result_sealed": self._seal_bytes(order.dek, tenant_id, "lab_observations",
+                                                      "result_sealed", oid, result)})
                 hist.append(self._history_row(order, oid, 1, ts, actor, "entered", None, None,
-                                              obs))
+                                              obs, result))
                 created = ts
                 existing[obs.code] = (new_rows[-1], obs)
             out.append(ObservationView(oid, order.order_id, order.patient_id, tenant_id,
@@ -625,13 +626,14 @@ class LabService:
         rows, hist, out = [], [], []
         for seq, obs in enumerate(results, start=1):
             oid = new_id("obs")
+            result = _dumps(obs.as_json())          # once: the result and its history entry
             rows.append({"tenant_id": tenant_id, "observation_id": oid,
                          "order_id": order.order_id, "patient_id": patient_id,
                          "status": "preliminary", "seq": seq, "revision": 1, "created_at": ts,
-                         "updated_at": ts, "result_sealed": self._seal(
-                             dek, tenant_id, "lab_observations", "result_sealed", oid,
-                             obs.as_json())})
-            hist.append(self._history_row(order, oid, 1, ts, actor, "entered", None, None, obs))
+                         "updated_at": ts, "result_sealed": self._seal_bytes(
+                             dek, tenant_id, "lab_observations", "result_sealed", oid, result)})
+            hist.append(self._history_row(order, oid, 1, ts, actor, "entered", None, None, obs,
+                                          result))
             out.append(ObservationView(oid, order.order_id, patient_id, tenant_id,
                                        "preliminary", 1, ts, ts, obs))
         lrepo.insert_observations(conn, rows)
@@ -650,16 +652,22 @@ class LabService:
 
     def _history_row(self, order: _Order, oid: str, revision: int, ts: datetime, actor: Actor,
                      change: str, reason: str | None, previous: L.Observation | None,
-                     new: L.Observation | None) -> dict[str, Any]:
+                     new: L.Observation | None, new_json: bytes | None = None
+                     ) -> dict[str, Any]:
+        """``new_json``: ``new`` already encoded (``_dumps(new.as_json())``), spliced in
+        as is — the same bytes as encoding the whole entry."""
         hid = new_id("hst")
-        payload = {"by": actor.id, "change": change, "reason": reason,
-                   "previous": previous.as_json() if previous else None,
-                   "new": new.as_json() if new else None}
+        head = {"by": actor.id, "change": change, "reason": reason,
+                "previous": previous.as_json() if previous else None}
+        if new_json is not None:
+            data = _dumps(head)[:-1] + b',"new":' + new_json + b"}"
+        else:
+            data = _dumps({**head, "new": new.as_json() if new else None})
         return {"tenant_id": order.tenant_id, "history_id": hid, "observation_id": oid,
                 "patient_id": order.patient_id, "revision": revision, "changed_at": ts,
-                "change_sealed": self._seal(order.dek, order.tenant_id,
-                                            "lab_observation_history", "change_sealed", hid,
-                                            payload)}
+                "change_sealed": self._seal_bytes(order.dek, order.tenant_id,
+                                                  "lab_observation_history", "change_sealed",
+                                                  hid, data)}
 
     # == validation ==============================================================================
     def validate_technical(self, actor: Actor, order_id: str) -> OrderView:
