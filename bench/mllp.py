@@ -110,8 +110,7 @@ def main() -> None:
     h = Hl7Handler(lv, Actor.system("mllp"), tenant)
     srv = MllpServer(lambda raw: h.handle(raw)[1], "127.0.0.1", 0, workers=args.workers,
                      reject=h.reject,
-                     handle_many=None if args.no_group_commit else h.handle_many,
-                     prepare=h.prepare)
+                     handle_many=None if args.no_group_commit else h.handle_many)
     loop = asyncio.new_event_loop()
     started = threading.Event()
 

@@ -34,8 +34,8 @@ def mllp(port: int = typer.Option(2575, "--port", help="TCP port (0: any free po
                                             help="Seconds of silence before a connection is "
                                                  "closed."),
          workers: int = typer.Option(4, "--workers", min=1, max=64,
-                                     help="Threads parsing and mapping messages (one "
-                                          "thread stores them, in batches).")) -> None:
+                                     help="Threads for the unbatched handler (messages "
+                                          "are stored by one thread, in batches).")) -> None:
     """HL7 v2 over MLLP: ADT^A04/A08, ORM^O01, OML^O21, ORU^R01; ACK after commit."""
     import asyncio
 
@@ -46,8 +46,7 @@ def mllp(port: int = typer.Option(2575, "--port", help="TCP port (0: any free po
             lv.tenants.get(tenant)
         h = Hl7Handler(lv, Actor.system("mllp"), tenant)
         server = MllpServer(lambda raw: h.handle(raw)[1], host, port, max_bytes, idle_timeout,
-                            workers, reject=h.reject, handle_many=h.handle_many,
-                            prepare=h.prepare)
+                            workers, reject=h.reject, handle_many=h.handle_many)
 
         async def run() -> None:
             await server.start()

@@ -8,7 +8,6 @@ import-issues queue). The ACK is returned only after the transaction committed.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import tzinfo
 from typing import TYPE_CHECKING
@@ -99,19 +98,12 @@ class Hl7Handler:
     def handle(self, raw: bytes) -> tuple[I.IngestOutcome, bytes]:
         return self._store(prepare(raw, self.tz, self._ack_id()))
 
-    def prepare(self, raw: bytes) -> Prepared:
-        """Parse and map one message (no database): what ``handle_many`` takes, so that a
-        listener can prepare messages in other threads while a batch is being stored."""
-        return prepare(raw, self.tz, self._ack_id())
-
-    def handle_many(self, raws: Sequence[bytes | Prepared]) -> list[bytes]:
+    def handle_many(self, raws: list[bytes]) -> list[bytes]:
         """Several messages (from several connections) in one transaction, one savepoint
         each: a message refused (AE/AR) or failing leaves nothing and does not touch the
         others. The ACKs are valid once this returns, i.e. after the commit; if the commit
-        itself fails, every message gets an AE asking to send it again. Items may be raw
-        messages or already ``prepare``d ones."""
-        prepared = [r if isinstance(r, Prepared) else prepare(r, self.tz, self._ack_id())
-                    for r in raws]                                        # outside the lock
+        itself fails, every message gets an AE asking to send it again."""
+        prepared = [prepare(raw, self.tz, self._ack_id()) for raw in raws]   # outside the lock
         if len(raws) == 1:
             return [self._store(prepared[0])[1]]
         acks: list[bytes] = []
