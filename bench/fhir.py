@@ -65,6 +65,32 @@ def client_main(url: str, token: str, seed: int, start: int, count: int, go_at: 
                       "n_errors": len(errors)}))
 
 
+def tree_cpu(pid: int) -> float | None:
+    """CPU seconds (user + system) of process ``pid`` and its live descendants (the
+    server and its uvicorn workers), from /proc; None where there is no /proc."""
+    proc = Path("/proc")
+    if not (proc / str(pid) / "stat").exists():
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+    stats: dict[int, tuple[int, float]] = {}
+    for d in proc.iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            f = (d / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        stats[int(d.name)] = (int(f[1]), (int(f[11]) + int(f[12])) / tick)
+    keep, frontier = {pid}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        for child, (ppid, _) in stats.items():
+            if ppid == parent and child not in keep:
+                keep.add(child)
+                frontier.append(child)
+    return sum(stats[p][1] for p in keep if p in stats)
+
+
 def run_cli(env: dict[str, str], *args: str) -> str:
     out = subprocess.run([str(BIN / "labvault"), *args], env=env, capture_output=True,
                          text=True, check=False)
@@ -83,7 +109,7 @@ def login(base: str, email: str, password: str, totp_secret: str) -> str:
 
 
 def one_run(args: argparse.Namespace, run: int, env: dict[str, str], url: str,
-            token: str) -> dict[str, Any]:
+            token: str, server_pid: int | None = None) -> dict[str, Any]:
     per = [args.bundles // args.clients + (1 if i < args.bundles % args.clients else 0)
            for i in range(args.clients)]
     go_at = time.time() + 2.0 + 0.002 * args.bundles / max(1, args.clients)
@@ -94,10 +120,12 @@ def one_run(args: argparse.Namespace, run: int, env: dict[str, str], url: str,
             [sys.executable, __file__, "--client", url, token, str(args.seed + run), str(start),
              str(n), str(go_at)], stdout=subprocess.PIPE, env=env, text=True))
         start += n
+    cpu0 = tree_cpu(server_pid) if server_pid else None
     results = []
     for p in procs:
         out, _ = p.communicate()
         results.append(json.loads(out.strip().splitlines()[-1]))
+    cpu1 = tree_cpu(server_pid) if server_pid else None
     wall = max(r["elapsed"] for r in results)
     lat = sorted(x for r in results for x in r["latencies"])
     n_err = sum(r["n_errors"] for r in results)
@@ -108,7 +136,12 @@ def one_run(args: argparse.Namespace, run: int, env: dict[str, str], url: str,
             "resources_per_s": round(ok * RESOURCES_PER_BUNDLE / wall, 1),
             "bundles_per_s": round(ok / wall, 1),
             "p50_ms": round(1000 * lat[len(lat) // 2], 1),
-            "p95_ms": round(1000 * lat[int(len(lat) * 0.95)], 1)}
+            "p95_ms": round(1000 * lat[int(len(lat) * 0.95)], 1),
+            # the server's CPU (all its processes) per Bundle stored: load aside, what one
+            # free core would do is 1000 / this Bundles/s (the clients' CPU not counted)
+            "server_cpu_ms_per_bundle": (round(1000 * (cpu1 - cpu0) / ok, 2)
+                                         if cpu0 is not None and cpu1 is not None and ok
+                                         else None)}
 
 
 def main() -> None:
@@ -170,12 +203,15 @@ def main() -> None:
         url = f"{base}/fhir/R4"
         one_run(argparse.Namespace(**{**vars(args), "bundles": 20, "clients": 1}), 99, env,
                 url, token)  # warm-up: imports, catalogue, key caches in every worker
-        runs = [one_run(args, r, env, url, token) for r in range(args.runs)]
+        runs = [one_run(args, r, env, url, token, server.pid) for r in range(args.runs)]
         summary = {
             "backend": "postgresql" if args.database_url else "sqlite",
             "workers": args.workers, "clients": args.clients,
             "bundles_per_run": args.bundles, "resources_per_bundle": RESOURCES_PER_BUNDLE,
             "median_resources_per_s": statistics.median(r["resources_per_s"] for r in runs),
+            "median_server_cpu_ms_per_bundle": (statistics.median(
+                r["server_cpu_ms_per_bundle"] for r in runs)
+                if all(r["server_cpu_ms_per_bundle"] is not None for r in runs) else None),
             "runs": runs, "cpus": os.cpu_count()}
         print(json.dumps(summary, indent=None if args.json else 2))
     finally:

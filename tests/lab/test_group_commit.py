@@ -119,3 +119,60 @@ def test_concurrent_connections_share_commits(lab_lv: Labvault, h: Hl7Handler,  
         t.join(10)
         loop.close()
         srv.close()
+
+
+def test_the_writer_takes_every_waiting_message_in_one_batch() -> None:
+    """One storing thread: while it stores a batch, the messages that arrive wait; when it
+    is free it takes all of them at once, and no ACK is released before its batch returned."""
+    from labvault.interop.hl7.mllp import GroupCommitter
+    first_in = threading.Event()
+    release = threading.Event()
+    batches: list[list[str]] = []
+
+    def handle_many(items: list[str]) -> list[bytes]:
+        batches.append(list(items))
+        if len(batches) == 1:
+            first_in.set()
+            assert release.wait(10)
+        return [f"ACK {i}".encode() for i in items]
+
+    gc = GroupCommitter(handle_many, lambda p: b"AE", max_batch=32)
+    try:
+        f0 = gc.submit(b"m0", "m0")
+        assert first_in.wait(10)
+        later = [gc.submit(f"m{i}".encode(), f"m{i}") for i in range(1, 9)]
+        assert not f0.done() and not any(f.done() for f in later)   # batch 1 still storing
+        release.set()
+        assert f0.result(10) == b"ACK m0"
+        assert [f.result(10) for f in later] == [f"ACK m{i}".encode() for i in range(1, 9)]
+        assert batches == [["m0"], [f"m{i}" for i in range(1, 9)]]
+        assert (gc.batches, gc.messages, gc.largest) == (2, 9, 8)
+    finally:
+        gc.close()
+
+
+def test_the_writer_batch_is_bounded_and_a_failing_batch_answers_each() -> None:
+    from labvault.interop.hl7.mllp import GroupCommitter
+    gate = threading.Event()
+    sizes: list[int] = []
+
+    def handle_many(items: list[bytes]) -> list[bytes]:
+        sizes.append(len(items))
+        if len(sizes) == 1:
+            assert gate.wait(10)
+            return [b"AA"]
+        raise RuntimeError("a bug in the batch handler")
+
+    gc = GroupCommitter(handle_many, lambda p: b"AE " + p, max_batch=3)
+    try:
+        f0 = gc.submit(b"x")
+        while not sizes:
+            threading.Event().wait(0.01)
+        futs = [gc.submit(f"p{i}".encode()) for i in range(5)]
+        gate.set()
+        assert f0.result(10) == b"AA"
+        assert [f.result(10) for f in futs] == [f"AE p{i}".encode() for i in range(5)]
+        assert sizes == [1, 3, 2]
+    finally:
+        gc.close()
+

@@ -3,6 +3,8 @@ with nothing stored; idempotency on MSH-10; import issues kept and resolvable.""
 
 from __future__ import annotations
 
+from datetime import date
+
 import pytest
 
 from labvault.domain import lab as L
@@ -11,6 +13,7 @@ from labvault.interop.hl7.handler import Hl7Handler
 from labvault.interop.hl7.ingest import split_file
 from labvault.interop.hl7.parse import read_message
 from labvault.services.app import Labvault
+from labvault.synthetic import make_nir
 from tests.lab import hl7_samples as S
 from tests.lab.conftest import patient_data
 
@@ -198,3 +201,60 @@ def test_ack_written_in_the_message_charset(h: Hl7Handler) -> None:
     text = ack.decode("iso8859-1")
     msh = text.split("\r")[0].split("|")
     assert msh[17] == "8859/1" and msh[4] == "ANALYSEUR-É"
+
+
+def _decisions(lv: Labvault) -> list[tuple[str, str, tuple[str, ...], frozenset[str], str]]:
+    from labvault.services.gate import MemoryAudit
+    audit = lv.gate.audit
+    assert isinstance(audit, MemoryAudit)
+    return [(a.action.value, a.resource, a.patient_ids, frozenset(c.value for c in a.categories),
+             o) for a, _, o in audit.entries]
+
+
+def test_one_gate_decision_per_result_message(h: Hl7Handler, lab_lv: Labvault, known: str,
+                                              tenant_id: str, operator: Actor) -> None:
+    """An ORU (order, specimen, 5 results, archive, identity facts for the ranges) is one
+    gate decision naming its patient: one audit entry, not one per record."""
+    from labvault.services.gate import MemoryAudit
+    assert isinstance(lab_lv.gate.audit, MemoryAudit)
+    n = len(lab_lv.gate.audit.entries)
+    out, ack = h.handle(S.oru_numeric("ONE1").encode())
+    assert segs(ack)["MSA"][0][1] == "AA" and len(out.observation_ids) == 5
+    assert _decisions(lab_lv)[n:] == [
+        ("write", "hl7-message", (known,), frozenset({"clinical", "identity"}), "allowed")]
+    # the ranges still used the patient's sex and birth date (read under that decision)
+    obs = {o.observation.code: o.observation
+           for o in lab_lv.lab.list_observations(operator, tenant_id, patient_id=known)}
+    assert obs["2823-3"].flag == L.Flag.HIGH
+    assert (obs["718-7"].range_low, obs["718-7"].range_high) == (12.0, 16.0)   # adult woman
+    n = len(lab_lv.gate.audit.entries)
+    h.handle(S.orm("ONE2").encode())                   # an order for a known patient: the same
+    assert _decisions(lab_lv)[n:] == [
+        ("write", "hl7-message", (known,), frozenset({"clinical", "identity"}), "allowed")]
+    n = len(lab_lv.gate.audit.entries)
+    h.handle(S.oru_numeric("ONE3", nir=make_nir("M", date(1970, 1, 2), "75056", 7)).encode())
+    assert _decisions(lab_lv)[n:] == [                 # unknown patient: issues only
+        ("write", "hl7-message", (), frozenset({"clinical"}), "allowed")]
+
+
+def test_a_refused_message_decision_is_audited_and_stores_nothing(
+        h: Hl7Handler, lab_lv: Labvault, known: str, tenant_id: str, operator: Actor) -> None:
+    from labvault.services.gate import Decision
+    real = lab_lv.gate.policy
+
+    class NoHl7:
+        def decide(self, access):  # type: ignore[no-untyped-def]
+            if access.resource == "hl7-message" and access.action.value == "write":
+                return Decision(False, rule="test-deny")
+            return real.decide(access)
+    before = counts(lab_lv, tenant_id, operator)
+    lab_lv.gate.policy = NoHl7()
+    n = len(lab_lv.gate.audit.entries)  # type: ignore[attr-defined]
+    out, ack = h.handle(S.oru_numeric("DENY1").encode())
+    lab_lv.gate.policy = real
+    assert segs(ack)["MSA"][0][1] == "AE" and out.ack_code == "AE"
+    assert _decisions(lab_lv)[n:] == [
+        ("write", "hl7-message", (known,), frozenset({"clinical", "identity"}), "denied")]
+    assert counts(lab_lv, tenant_id, operator) == before
+    out, ack = h.handle(S.oru_numeric("DENY1").encode())        # not a duplicate: stored now
+    assert segs(ack)["MSA"][0][1] == "AA"

@@ -257,3 +257,54 @@ def test_validate_final_is_technical_then_biological(lab_lv: Labvault, operator:
         ("validate", "report")]
     with pytest.raises(L.InvalidTransition):
         lv.lab.validate_final(biologist, _ordered(lv, operator, tenant_id, patient_id))
+
+
+def test_order_status_is_one_audited_read_of_the_order(lab_lv: Labvault, operator: Actor,
+                                                       tenant_id: str, patient_id: str,
+                                                       technician: Actor) -> None:
+    """``order_status`` (the FHIR DiagnosticReport step): the status and report id, through
+    the gate as a read of the order — one decision, like ``get_order`` — and nothing of
+    another laboratory (same answer as absent)."""
+    from labvault.services.gate import MemoryAudit
+    lv = lab_lv
+    oid = _ordered(lv, operator, tenant_id, patient_id)
+    audit = lv.gate.audit
+    assert isinstance(audit, MemoryAudit)
+    before = len(audit.entries)
+    status, report_id = lv.lab.order_status(technician, oid)
+    view = lv.lab.get_order(technician, oid)
+    assert (status, report_id) == (view.status, view.report_id) == (
+        L.OrderStatus.RECEIVED, lv.lab.get_report_by_order(technician, oid).report_id)
+    got = [(a.action.value, a.resource, a.patient_ids, o) for a, _, o in audit.entries[before:]]
+    assert got[0] == got[1] == ("read", "order", (patient_id,), "allowed")
+    other = Actor(kind="staff", id="acc_x", tenant_id="lab_other", roles=frozenset({"biologist"}))
+    with pytest.raises(NotFound):
+        lv.lab.order_status(other, oid)
+    with pytest.raises(NotFound):
+        lv.lab.order_status(technician, "ord_nosuchorder")
+
+
+def test_history_entry_with_the_result_already_encoded_is_the_same_bytes(
+        lab_lv: Labvault, operator: Actor, tenant_id: str, patient_id: str) -> None:
+    """Results entry encodes each result once and splices it into its history entry: the
+    sealed entry opens to exactly the bytes of encoding the whole entry."""
+    from labvault.services.lab import _dumps
+    lv = lab_lv
+    oid = _ordered(lv, operator, tenant_id, patient_id)
+    (view,) = lv.lab.enter_results(operator, oid, [
+        {"code": "718-7", "value": 13.1, "comment": "é \"quoted\" \\ ok"}])
+    obs = view.observation
+    ts = datetime.now(UTC)
+    with lv.begin() as conn:
+        order = lv.lab._load_order(conn, oid)
+        plain = lv.lab._history_row(order, view.observation_id, 2, ts, operator, "entered",
+                                    "why", obs, obs)
+        spliced = lv.lab._history_row(order, view.observation_id, 2, ts, operator, "entered",
+                                      "why", obs, obs, _dumps(obs.as_json()))
+
+    def opened(row: dict) -> bytes:  # type: ignore[type-arg]
+        return lv.gate.open_patient_value(order.dek, tenant_id, "lab_observation_history",
+                                          "change_sealed", row["history_id"],
+                                          row["change_sealed"])
+    assert opened(spliced) == opened(plain)
+    assert b'"new":{' in opened(plain) and b'"reason":"why"' in opened(plain)

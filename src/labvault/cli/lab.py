@@ -34,7 +34,9 @@ def mllp(port: int = typer.Option(2575, "--port", help="TCP port (0: any free po
                                             help="Seconds of silence before a connection is "
                                                  "closed."),
          workers: int = typer.Option(4, "--workers", min=1, max=64,
-                                     help="Threads storing messages.")) -> None:
+                                     help="No longer used (kept for compatibility): "
+                                          "messages are stored by one thread, in batches "
+                                          "(docs/hl7.md).")) -> None:
     """HL7 v2 over MLLP: ADT^A04/A08, ORM^O01, OML^O21, ORU^R01; ACK after commit."""
     import asyncio
 

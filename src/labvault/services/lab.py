@@ -40,7 +40,7 @@ from labvault.domain import lab as L
 from labvault.domain.actors import Actor
 from labvault.domain.categories import Action, Category
 from labvault.errors import AccessDenied, InvalidField, InvalidRecord, NotFound, UserError
-from labvault.services.gate import Access
+from labvault.services.gate import Access, Decision
 from labvault.store import repositories as repo
 from labvault.store import repositories_lab as lrepo
 from labvault.store.ids import new_id
@@ -379,16 +379,7 @@ class LabService:
             decision = self.lv.gate.check(conn, Access(
                 actor, Action.READ, tenant_id, IDENTITY, patient_ids=(patient_id,),
                 resource="patient"))
-            blobs = repo.sealed_patients(conn, tenant_id, (patient_id,), (Category.IDENTITY,))
-            if patient_id not in blobs:
-                raise NotFound("no such patient", "check the patient id")
-            if Category.IDENTITY not in decision.categories:
-                return {"sex": None, "birth_date": None}     # any-sex, any-age ranges then
-            ident = self._open(dek, tenant_id, "patients", Category.IDENTITY.value, patient_id,
-                               blobs[patient_id].get(Category.IDENTITY))
-            only = decision.detail.get("fields", {}).get(Category.IDENTITY.value)
-            return {k: ident.get(k) if only is None or k in only else None
-                    for k in ("sex", "birth_date")}
+            return self._patient_facts_checked(conn, decision, tenant_id, patient_id, dek)
         if repo.patient_tenant(conn, patient_id) != tenant_id:
             raise NotFound("no such patient", "check the patient id")
         opened = self.lv.gate.read_patients(conn, Access(
@@ -396,6 +387,22 @@ class LabService:
             resource="patient"))
         ident = opened.get(patient_id, {}).get(Category.IDENTITY, {})
         return {"sex": ident.get("sex"), "birth_date": ident.get("birth_date")}
+
+    def _patient_facts_checked(self, conn: Connection, decision: Decision, tenant_id: str,
+                               patient_id: str, dek: DataKey) -> dict[str, Any]:
+        """Sex and birth date under a gate ``decision`` already made for this patient
+        (e.g. an HL7 message's one decision): opened only if it allows the identity
+        category, and only the fields it allows."""
+        blobs = repo.sealed_patients(conn, tenant_id, (patient_id,), (Category.IDENTITY,))
+        if patient_id not in blobs:
+            raise NotFound("no such patient", "check the patient id")
+        if Category.IDENTITY not in decision.categories:
+            return {"sex": None, "birth_date": None}     # any-sex, any-age ranges then
+        ident = self._open(dek, tenant_id, "patients", Category.IDENTITY.value, patient_id,
+                           blobs[patient_id].get(Category.IDENTITY))
+        only = decision.detail.get("fields", {}).get(Category.IDENTITY.value)
+        return {k: ident.get(k) if only is None or k in only else None
+                for k in ("sex", "birth_date")}
 
     def seal_tenant(self, conn: Connection, tenant_id: str, table: str, column: str,
                     record_id: str, data: bytes) -> bytes:
@@ -580,14 +587,15 @@ class LabService:
                 existing[obs.code] = ({**r, "revision": rev}, obs)
             else:
                 oid, rev, seq = new_id("obs"), 1, seq + 1
+                result = _dumps(obs.as_json())
                 new_rows.append({
                     "tenant_id": tenant_id, "observation_id": oid, "order_id": order.order_id,
                     "patient_id": order.patient_id, "status": "preliminary", "seq": seq,
                     "revision": 1, "created_at": ts, "updated_at": ts,
-                    "result_sealed": self._seal(order.dek, tenant_id, "lab_observations",
-                                                "result_sealed", oid, obs.as_json())})
+                    "result_sealed": self._seal_bytes(order.dek, tenant_id, "lab_observations",
+                                                      "result_sealed", oid, result)})
                 hist.append(self._history_row(order, oid, 1, ts, actor, "entered", None, None,
-                                              obs))
+                                              obs, result))
                 created = ts
                 existing[obs.code] = (new_rows[-1], obs)
             out.append(ObservationView(oid, order.order_id, order.patient_id, tenant_id,
@@ -618,13 +626,14 @@ class LabService:
         rows, hist, out = [], [], []
         for seq, obs in enumerate(results, start=1):
             oid = new_id("obs")
+            result = _dumps(obs.as_json())          # once: the result and its history entry
             rows.append({"tenant_id": tenant_id, "observation_id": oid,
                          "order_id": order.order_id, "patient_id": patient_id,
                          "status": "preliminary", "seq": seq, "revision": 1, "created_at": ts,
-                         "updated_at": ts, "result_sealed": self._seal(
-                             dek, tenant_id, "lab_observations", "result_sealed", oid,
-                             obs.as_json())})
-            hist.append(self._history_row(order, oid, 1, ts, actor, "entered", None, None, obs))
+                         "updated_at": ts, "result_sealed": self._seal_bytes(
+                             dek, tenant_id, "lab_observations", "result_sealed", oid, result)})
+            hist.append(self._history_row(order, oid, 1, ts, actor, "entered", None, None, obs,
+                                          result))
             out.append(ObservationView(oid, order.order_id, patient_id, tenant_id,
                                        "preliminary", 1, ts, ts, obs))
         lrepo.insert_observations(conn, rows)
@@ -643,16 +652,22 @@ class LabService:
 
     def _history_row(self, order: _Order, oid: str, revision: int, ts: datetime, actor: Actor,
                      change: str, reason: str | None, previous: L.Observation | None,
-                     new: L.Observation | None) -> dict[str, Any]:
+                     new: L.Observation | None, new_json: bytes | None = None
+                     ) -> dict[str, Any]:
+        """``new_json``: ``new`` already encoded (``_dumps(new.as_json())``), spliced in
+        as is — the same bytes as encoding the whole entry."""
         hid = new_id("hst")
-        payload = {"by": actor.id, "change": change, "reason": reason,
-                   "previous": previous.as_json() if previous else None,
-                   "new": new.as_json() if new else None}
+        head = {"by": actor.id, "change": change, "reason": reason,
+                "previous": previous.as_json() if previous else None}
+        if new_json is not None:
+            data = _dumps(head)[:-1] + b',"new":' + new_json + b"}"
+        else:
+            data = _dumps({**head, "new": new.as_json() if new else None})
         return {"tenant_id": order.tenant_id, "history_id": hid, "observation_id": oid,
                 "patient_id": order.patient_id, "revision": revision, "changed_at": ts,
-                "change_sealed": self._seal(order.dek, order.tenant_id,
-                                            "lab_observation_history", "change_sealed", hid,
-                                            payload)}
+                "change_sealed": self._seal_bytes(order.dek, order.tenant_id,
+                                                  "lab_observation_history", "change_sealed",
+                                                  hid, data)}
 
     # == validation ==============================================================================
     def validate_technical(self, actor: Actor, order_id: str) -> OrderView:
@@ -899,6 +914,21 @@ class LabService:
             rep = lrepo.report_by_order(conn, order.tenant_id, order_id)
             order.row["report_id"] = rep["report_id"] if rep else ""
             return self._order_view(order, self._specimen_views(conn, order))
+
+    def order_status(self, actor: Actor, order_id: str) -> tuple[L.OrderStatus, str]:
+        """An order's status and its report's id (clear columns), through the gate as a read
+        of the order (the same decision as ``get_order``), without opening its sealed
+        request, workflow or specimens (the FHIR door's DiagnosticReport step needs only
+        the status)."""
+        with self.lv.begin() as conn:
+            row = lrepo.order(conn, order_id)
+            if row is None:
+                raise NotFound("no such order", "check the order id")
+            self._scope(actor, row["tenant_id"])
+            self._check(conn, actor, Action.READ, row["tenant_id"], "order",
+                        (row["patient_id"],))
+            rep = lrepo.report_by_order(conn, row["tenant_id"], order_id)
+            return L.OrderStatus(row["status"]), rep["report_id"] if rep else ""
 
     def get_report(self, actor: Actor, report_id: str) -> ReportView:
         with self.lv.begin() as conn:

@@ -30,7 +30,7 @@ from labvault.domain.inbound import Location, MessageError
 from labvault.domain.patient import PatientRecord
 from labvault.errors import InvalidField, InvalidRecord, NotFound, UserError
 from labvault.services import indexing
-from labvault.services.gate import Access
+from labvault.services.gate import Access, Decision
 from labvault.store import repositories as repo
 from labvault.store import repositories_lab as lrepo
 from labvault.store.ids import new_id
@@ -40,6 +40,9 @@ if TYPE_CHECKING:
     from labvault.services.lab import LabService, _Order
 
 CLINICAL = frozenset({Category.CLINICAL})
+# What one order/result message may touch of its patient: the clinical records it writes
+# and the sex / birth date it reads for the reference ranges.
+MESSAGE_CATEGORIES = frozenset({Category.CLINICAL, Category.IDENTITY})
 CONTROL = "hl7_control"
 OPEN_STATES = (L.OrderStatus.REGISTERED, L.OrderStatus.RECEIVED, L.OrderStatus.PRELIMINARY,
                L.OrderStatus.TECHNICALLY_VALIDATED)
@@ -61,6 +64,11 @@ class _Ctx:
     outcome: I.IngestOutcome
     issues: list[dict[str, Any]]
     deks: dict[str, DataKey] = field(default_factory=dict)
+    # The message's one gate decision (ORU/ORM/OML): made once the patient is known, it
+    # covers every record the message writes for that patient (order, specimen, results,
+    # archive) and the identity facts read for the ranges. None: not made (yet).
+    decision: Decision | None = None
+    decided_for: str | None = None
 
 
 class MessageService:
@@ -115,15 +123,17 @@ class MessageService:
                 dup = self._duplicate(conn, actor, tenant_id, msg)
                 if dup is not None:
                     return dup
-                lv.gate.check(conn, Access(actor, Action.WRITE, tenant_id, CLINICAL,
-                                           resource="hl7-message", purpose="care"))
                 message_id = new_id("msg")
                 ctx = _Ctx(conn, actor, tenant_id, message_id,
                            I.IngestOutcome("AA", message_id=message_id), [])
                 if msg.message_type == "ADT":
+                    lv.gate.check(conn, Access(actor, Action.WRITE, tenant_id, CLINICAL,
+                                               resource="hl7-message", purpose="care"))
                     self._adt(ctx, msg)
                 else:
+                    # one gate decision for the whole message, once its patient is known
                     self._orders_and_results(ctx, msg)
+                assert msg.message_type == "ADT" or ctx.decision is not None
                 self._write_issues(ctx)
                 ack = build_ack(ctx.outcome)
                 self._archive(ctx, msg, raw, ack)
@@ -279,6 +289,7 @@ class MessageService:
                                                    "unknown patient and PID does not make a "
                                                    f"valid patient: {p.record_error}")])
             pid = self._register(ctx, p.record)
+        ctx.decision, ctx.decided_for = self._decide(ctx, pid), pid
         if pid is None:
             # ORU for a patient we do not know: keep every result, sealed, for a human.
             for order in msg.orders:
@@ -289,7 +300,7 @@ class MessageService:
         cat = self.lab._catalogue(ctx.conn, ctx.tenant_id)
         facts: dict[str, Any] | None = None
         for order in msg.orders:
-            existing = self._find_order(ctx, order)
+            existing = self._find_order(ctx, order, pid)
             if order.control in ("CA", "OC", "DC"):
                 if existing is None:
                     ctx.outcome.errors.append(MessageError(
@@ -297,8 +308,6 @@ class MessageService:
                         "order to cancel not found", "W"))
                 elif existing.status in (L.OrderStatus.REGISTERED, L.OrderStatus.RECEIVED,
                                          L.OrderStatus.PRELIMINARY):
-                    self.lab._check(ctx.conn, ctx.actor, Action.WRITE, ctx.tenant_id, "order",
-                                    (existing.patient_id,))
                     self.lab._cancel(ctx.conn, ctx.actor, existing, "cancelled by the placer")
                     ctx.outcome.order_ids.append(existing.order_id)
                 else:
@@ -306,10 +315,6 @@ class MessageService:
                         Location("ORC", 1, 1), I.ERR_TABLE_VALUE_NOT_FOUND,
                         f"the order is {existing.status} and can no longer be cancelled")])
                 continue
-            if existing is not None and existing.patient_id != pid:
-                raise I.ContentError([MessageError(Location("OBR", 1, 2), I.ERR_DUPLICATE_KEY,
-                                                   "this order number belongs to another "
-                                                   "patient")])
             if existing is None:
                 tests: list[str] = []
                 for t in order.tests:
@@ -332,11 +337,10 @@ class MessageService:
                     continue
                 dek = self._key(ctx, pid)
                 if facts is None:
-                    facts = self.lab._patient_facts(ctx.conn, ctx.actor, ctx.tenant_id, pid,
-                                                    dek)
+                    assert ctx.decision is not None and ctx.decided_for == pid
+                    facts = self.lab._patient_facts_checked(ctx.conn, ctx.decision,
+                                                            ctx.tenant_id, pid, dek)
                 req = order.request or L.ServiceRequest(())
-                self.lab._check(ctx.conn, ctx.actor, Action.WRITE, ctx.tenant_id, "order",
-                                (pid,))
                 sr = L.ServiceRequest(tuple(dict.fromkeys(tests)), req.priority, req.prescriber,
                                       req.clinical_notes, order.placer_number,
                                       order.filler_number, req.requested_at)
@@ -344,8 +348,6 @@ class MessageService:
                     # unsolicited results: order, specimen and results written at once
                     good = self._interpret(ctx, pid, order, cat, facts)
                     if good:
-                        self.lab._check(ctx.conn, ctx.actor, Action.WRITE, ctx.tenant_id,
-                                        "observation", (pid,))
                         created, views = self.lab._create_with_results(
                             ctx.conn, ctx.actor, ctx.tenant_id, pid, dek, sr,
                             order.specimen or self._default_specimen(order, pid),
@@ -361,6 +363,21 @@ class MessageService:
                 self.lab._receive(ctx.conn, ctx.actor, existing, spec)
             if order.results:
                 self._results(ctx, existing, order, cat)
+
+    def _decide(self, ctx: _Ctx, patient_id: str | None) -> Decision:
+        """The message's one gate decision (one audit entry): write of an HL7 message's
+        clinical records for its patient, reading the sex and birth date the reference
+        ranges need. A refusal raises ``AccessDenied`` (audited; the message gets an AE and
+        nothing of it is stored)."""
+        return self.lv.gate.check(ctx.conn, Access(
+            ctx.actor, Action.WRITE, ctx.tenant_id,
+            MESSAGE_CATEGORIES if patient_id is not None else CLINICAL,
+            patient_ids=(patient_id,) if patient_id is not None else (),
+            resource="hl7-message", purpose="care"))
+
+    @staticmethod
+    def _covered(ctx: _Ctx, patient_id: str) -> bool:
+        return ctx.decision is not None and ctx.decided_for == patient_id
 
     def _default_specimen(self, order: I.InboundOrder, fallback: str) -> L.Specimen:
         """An ORU without SPM/OBR-7: the analyzed specimen, numbered by the order number."""
@@ -394,7 +411,10 @@ class MessageService:
                             str(exc.message))
         return good
 
-    def _find_order(self, ctx: _Ctx, order: I.InboundOrder) -> _Order | None:
+    def _find_order(self, ctx: _Ctx, order: I.InboundOrder,
+                    patient_id: str | None = None) -> _Order | None:
+        """The order this group names (placer/filler number), opened. With ``patient_id``:
+        an order of another patient is refused before anything of it is opened."""
         placer = (self.lab.digest(ctx.conn, ctx.tenant_id, "lab_placer", order.placer_number)
                   if order.placer_number else None)
         filler = (self.lab.digest(ctx.conn, ctx.tenant_id, "lab_filler", order.filler_number)
@@ -402,6 +422,10 @@ class MessageService:
         row = lrepo.order_by_digest(ctx.conn, ctx.tenant_id, placer, filler)
         if row is None:
             return None
+        if patient_id is not None and row["patient_id"] != patient_id:
+            raise I.ContentError([MessageError(Location("OBR", 1, 2), I.ERR_DUPLICATE_KEY,
+                                               "this order number belongs to another "
+                                               "patient")])
         o = self.lab._order_from_row(ctx.conn, row, self._key(ctx, row["patient_id"]))
         rep = lrepo.report_by_order(ctx.conn, ctx.tenant_id, o.order_id)
         o.row["report_id"] = rep["report_id"] if rep else ""
@@ -442,8 +466,9 @@ class MessageService:
                                {"sex": order.sex, "birth_date": order.request.get(
                                    "patient", {}).get("birth_date")}, mapping)
         if good:
-            self.lab._check(ctx.conn, ctx.actor, Action.WRITE, ctx.tenant_id, "observation",
-                            (order.patient_id,))
+            if not self._covered(ctx, order.patient_id):
+                self.lab._check(ctx.conn, ctx.actor, Action.WRITE, ctx.tenant_id,
+                                "observation", (order.patient_id,))
             views = self.lab._store_results(ctx.conn, ctx.actor, order, good)
             ctx.outcome.observation_ids.extend(v.observation_id for v in views)
 

@@ -533,10 +533,10 @@ class DiagnosticReportHandler:
         transaction: a check that fails after the validation rolls it back."""
         status = resource.get("status")
         try:
-            order = self.lv.lab.get_order(actor, order_id)
+            order_status, report_id = self.lv.lab.order_status(actor, order_id)
         except NotFound:
             raise m.invalid("DiagnosticReport.basedOn[0]", "no such ServiceRequest") from None
-        current = L.REPORT_STATUS[order.status]
+        current = L.REPORT_STATUS[order_status]
         unchanged = status == current or (
             status in ("registered", "partial", "preliminary")
             and current in ("registered", "preliminary"))
@@ -550,7 +550,7 @@ class DiagnosticReportHandler:
             report = self.lv.lab.validate_final(actor, order_id, resource.get("conclusion"))
         elif status == "cancelled":
             self.lv.lab.cancel(actor, order_id, None)
-            return order.report_id
+            return report_id
         else:
             raise FhirError(422, "business-rule", f"a {current} report cannot become "
                             f"{status} here (publication and amendment go through the lab "

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import hl7
 
@@ -172,40 +173,73 @@ def unescape(value: str, fs: str, cs: str, rs: str, esc: str, ss: str, codec: st
     return "".join(out)
 
 
-def _norm_field(f: object, unesc: _Unesc) -> Field:
-    """python-hl7 nests irregularly (a plain value is a bare string); make it regular."""
-    if isinstance(f, str):
-        return [[[unesc(f)]]] if f else []
-    reps: Field = []
-    items = list(f)  # type: ignore[call-overload]
-    if items and all(isinstance(x, str) for x in items):
-        # Field with a single plain value
-        return [[[unesc(x) for x in items]]] if any(items) else []
-    for rep in items:
-        if isinstance(rep, str):
-            reps.append([[unesc(rep)]])
-            continue
-        comps: list[list[str]] = []
-        for comp in rep:
-            if isinstance(comp, str):
-                comps.append([unesc(comp)])
-            else:
-                comps.append([unesc(str(s)) for s in comp])
-        reps.append(comps)
-    return reps
+class _Levels:
+    """The containers python-hl7 builds, as our regular tree (``Field``), unescaped.
 
+    ``hl7.parse`` takes a ``factory`` whose ``create_*`` callables make each level of the
+    tree (its documented extension point). Its default containers nest irregularly — a
+    level that holds no further separator is kept as a bare string — and were then walked
+    a second time to regularise and unescape every leaf. These callables do that while
+    python-hl7 splits, so the message is walked once and no container objects are built.
+    python-hl7 still does all the splitting (``_split`` over its parse plan). What each
+    level receives (python-hl7 0.4.5, ``hl7.parser._split``): a component, its
+    subcomponent strings; a repetition, its components, or one string when it holds no
+    component/subcomponent separator; a field, its repetitions, or one string when it
+    holds no separator at all; a segment, its fields (one string: a segment that is
+    only an id). The codec is fixed per class (``\\Xhh..\\`` escapes are in the
+    message's charset); the separators come with every call."""
 
-class _Unesc:
-    __slots__ = ("codec", "cs", "esc", "fs", "rs", "ss")
+    codec = "utf-8"
 
-    def __init__(self, seps: str, codec: str) -> None:
-        self.fs, self.cs, self.rs, self.esc, self.ss = seps[0], seps[1], seps[2], seps[3], seps[4]
-        self.codec = codec
-
-    def __call__(self, v: str) -> str:
-        if self.esc not in v:
+    @classmethod
+    def unesc(cls, v: str, esc: str, separators: str) -> str:
+        if esc not in v:
             return v
-        return unescape(v, self.fs, self.cs, self.rs, self.esc, self.ss, self.codec)
+        # python-hl7's plan separators: segment, field, repetition, component, subcomponent
+        return unescape(v, separators[1], separators[3], separators[2], esc, separators[4],
+                        cls.codec)
+
+    @classmethod
+    def create_component(cls, sequence: list[str], esc: str = "\\",
+                         separators: str = "\r|~^&", factory: object = None) -> list[str]:
+        return [cls.unesc(x, esc, separators) for x in sequence]
+
+    @classmethod
+    def create_repetition(cls, sequence: list[Any], esc: str = "\\",
+                          separators: str = "\r|~^&", factory: object = None) -> list[Any]:
+        if len(sequence) == 1 and isinstance(sequence[0], str):    # one plain component
+            return [[cls.unesc(sequence[0], esc, separators)]]
+        return sequence
+
+    @classmethod
+    def create_field(cls, sequence: list[Any], esc: str = "\\",
+                     separators: str = "\r|~^&", factory: object = None) -> Field:
+        if len(sequence) == 1 and isinstance(sequence[0], str):    # one plain value
+            return [[[cls.unesc(sequence[0], esc, separators)]]] if sequence[0] else []
+        return sequence
+
+    @classmethod
+    def create_segment(cls, sequence: list[Any], esc: str = "\\",
+                       separators: str = "\r|~^&", factory: object = None) -> list[Field]:
+        if len(sequence) == 1 and isinstance(sequence[0], str):    # an id alone ("ZZZ")
+            return [[[[sequence[0]]]]]
+        return sequence
+
+    @classmethod
+    def create_message(cls, sequence: list[Any], esc: str = "\\",
+                       separators: str = "\r|~^&", factory: object = None) -> list[Any]:
+        return sequence
+
+
+_LEVELS: dict[str, type[_Levels]] = {}
+
+
+def _levels(codec: str) -> type[_Levels]:
+    """One factory class per codec (the codecs of ``CHARSETS``: a bounded set)."""
+    cls = _LEVELS.get(codec)
+    if cls is None:
+        cls = _LEVELS[codec] = type(f"_Levels_{codec}", (_Levels,), {"codec": codec})
+    return cls
 
 
 def split_messages(text: str) -> list[str]:
@@ -242,25 +276,19 @@ def parse_text(text: str, codec: str = "utf-8") -> Message:
     if any(s[:3] == "MSH" for s in raw_segments[1:]):
         raise Unparseable("more than one MSH segment in one message", "MSH")
     try:
-        parsed = hl7.parse("\r".join(raw_segments))
+        parsed: list[list[Field]] = hl7.parse("\r".join(raw_segments), factory=_levels(codec))
     except Exception as exc:  # python-hl7 raises assorted errors on hostile input
         raise Unparseable(f"not parseable as HL7 v2 ({type(exc).__name__})", "MSH") from None
-    unesc = _Unesc(seps, codec)
     counts: dict[str, int] = {}
     segments: list[Segment] = []
-    for seg in parsed:
-        sid = str(seg[0][0]) if not isinstance(seg[0], str) else seg[0]
+    for fields in parsed:
+        sid = fields[0][0][0][0]
         counts[sid] = counts.get(sid, 0) + 1
-        fields: list[Field] = [[[[sid]]]]
-        start = 1
         if sid == "MSH":
             # MSH-1 is the field separator itself, MSH-2 the encoding characters (never
-            # unescaped); python-hl7 gives them as seg[1] and seg[2].
-            fields.append([[[seps[0]]]])
-            fields.append([[[str(seg[2][0]) if not isinstance(seg[2], str) else seg[2]]]])
-            start = 3
-        for f in list(seg)[start:]:
-            fields.append(_norm_field(f, unesc))
+            # unescaped): taken as written.
+            fields[1] = [[[seps[0]]]]
+            fields[2] = [[[text[4:text.find(seps[0], 4)]]]]
         segments.append(Segment(sid, tuple(fields), counts[sid]))
     return Message(tuple(segments), codec, seps)
 
