@@ -212,6 +212,15 @@ def _web_cases() -> dict[tuple[str, str], Case]:
         ("POST", "/console/validation"): Case(get("/console/validation"),
                                               allow(("biologist",), 200, anon=303), form=True),
         ("GET", "/console/alertes"): Case(alerts, allow(("lab_admin", "dpo"), 200, anon=303)),
+        # a fresh technically validated order per call (validation moves it on)
+        ("POST", "/console/validation/{order_id}"): Case(
+            lambda c, r, lab: (f"/console/validation/{order(c.w, lab_of(c, lab), lab_of(c, lab).patients[1], step='technical').order_id}", None),  # noqa: E501
+            allow(("biologist",), 200, anon=303), allow((), 0, deny=403, biologist=404),
+            form=True),
+        ("POST", "/console/alertes/{alert_id}/prise-en-compte"): Case(
+            lambda c, r, lab: (alerts(c, r, lab)[0] + "/alrt_doesnotexist/prise-en-compte",
+                               None),
+            allow(("lab_admin", "dpo"), 404, anon=303), form=True),
     }
 
 
