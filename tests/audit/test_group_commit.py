@@ -4,6 +4,7 @@ is lost on flush failure, on rollback, before a report, or at close."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import Counter
@@ -340,3 +341,30 @@ def test_a_batch_mixing_templated_and_general_reads_reads_back(
     assert svc.verify(tid)["ok"]
     rows = [r for r in svc.access_log(Actor.operator(), pids[0]) if r["actor_kind"] == "staff"]
     assert len(rows) == 4
+    # the DPO's report opens every address, whichever way it was sealed
+    report = svc.user_report(Actor.operator(), "acct_bio")
+    reads = [e for e in report["items"] if e["action"] == "read"]
+    assert [e.get("sealed", {}).get("client") for e in reads] == [
+        "10.0.0.7", None, "10.0.0.7", "2001:db8::9"]
+    assert reads[2]["sealed"]["reason"] == "contrôle du dossier"
+
+
+@SQLITE_ONLY     # a bound PostgreSQL test connection writes each read at once (one batch each)
+def test_an_address_is_sealed_once_per_batch(
+        lv: Labvault, grouped: AuditLog, lab: tuple[str, list[str]]) -> None:
+    """Queued reads from one address share one sealed value within a written batch (the
+    entry's MAC binds it to each entry); the next batch seals it afresh, so entries of
+    different batches cannot be linked by it."""
+    tid, pids = lab
+    for pid in pids:
+        lv.patients.show(staff(tid), pid)
+    grouped.flush()
+    lv.patients.show(staff(tid), pids[0])
+    grouped.flush()
+    with lv.begin() as conn:
+        bodies = [json.loads(r[0]) for r in conn.execute(
+            select(E.body).where(E.tenant_id == tid, E.action == "read").order_by(E.seq))]
+    blobs = [b["client_sealed"] for b in bodies]
+    assert len(blobs) == 4 and len(set(blobs[:3])) == 1 and blobs[3] != blobs[0]
+    assert all("sealed" not in b and b["client"] is None for b in bodies)
+    assert audit_of(lv).verify(tid)["ok"]

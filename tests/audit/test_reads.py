@@ -11,7 +11,13 @@ from hypothesis import strategies as st
 
 from labvault.audit.entry import canonical
 from labvault.audit.log import AuditLog
-from labvault.audit.reads import decision_body, json_values, make_template, shape
+from labvault.audit.reads import (
+    CLIENT_SEALED,
+    decision_body,
+    json_values,
+    make_template,
+    shape,
+)
 from labvault.domain.actors import Actor
 from labvault.domain.categories import Action, Category
 from labvault.services.gate import Access, Decision
@@ -46,7 +52,8 @@ def test_template_text_is_the_canonical_body(d: tuple[Access, Decision]) -> None
     draft = AuditLog._make_draft(access.actor, access.tenant_id, access.action.value, "allowed",
                                  decision_body(access, decision), access.patient_ids, {}, 1)
     sealed = base64.b64encode(os.urandom(40)).decode() if draft.private else None
-    want = canonical({**draft.body, "sealed": sealed} if sealed else draft.body)
+    # the address alone is private here; a queued read carries it in client_sealed
+    want = canonical({**draft.body, CLIENT_SEALED: sealed} if sealed else draft.body)
     values = json_values(access)
     assert values is not None
     assert t.text(*values, sealed) == want
@@ -65,6 +72,10 @@ def test_what_the_template_leaves_to_the_general_way() -> None:
         assert make_template(read, decision) is None
     reasoned = Access(actor, Action.READ, "lab_a", ok.categories, reason="urgence")
     assert make_template(reasoned, ok) is None
+    plain = Access(actor, Action.READ, "lab_a", ok.categories)
+    assert shape(reasoned, ok) != shape(plain, ok)      # never served a reasonless template
+    assert shape(plain, Decision(True, ok.categories, rule="r", detail={"n": 1})) != shape(
+        plain, ok)
     odd = Access(actor, Action.READ, "lab_a", ok.categories, patient_ids=("pt\udcff",))
     assert json_values(odd) is None         # a lone surrogate: the general way reports it
     # the shape ignores what the holes carry, and nothing else
@@ -76,3 +87,22 @@ def test_what_the_template_leaves_to_the_general_way() -> None:
                     Access(actor, Action.READ, "lab_b", ok.categories),
                     Access(actor, Action.READ, "lab_a", ok.categories, purpose="audit")):
         assert shape(changed, ok) != shape(read, ok)
+
+
+def test_values_with_braces_or_hole_spellings() -> None:
+    """Braces in values survive the format string; a value spelling a hole goes the
+    general way instead of being filled."""
+    actor = Actor(kind="staff", id="acct_{p}", tenant_id="lab_a", client="10.0.0.7",
+                  session_id="{s}{{r}}", request_id="{r}")
+    read = Access(actor, Action.READ, "lab_a", frozenset({Category.CLINICAL}),
+                  patient_ids=("pt_1",), purpose="care {x}")
+    ok = Decision(True, read.categories, rule="r}")
+    t = make_template(read, ok)
+    assert t is not None
+    values = json_values(read)
+    assert values is not None
+    draft = AuditLog._make_draft(actor, "lab_a", "read", "allowed", decision_body(read, ok),
+                                 read.patient_ids, {}, 1)
+    assert t.text(*values, "QUJD") == canonical({**draft.body, CLIENT_SEALED: "QUJD"})
+    spelt = Access(actor, Action.READ, "lab_a", read.categories, purpose="\x00patients\x00")
+    assert make_template(spelt, ok) is None

@@ -172,11 +172,13 @@ class AuditEntry:
     detail: Mapping[str, Any]
     sealed: bytes | None
     subject_tenant: str | None      # the tenant concerned when the chain is the platform's
+    client_sealed: bytes | None = None   # a queued read's address (audit/reads.py)
 
     @staticmethod
     def from_row(row: Mapping[str, Any]) -> AuditEntry:
         b = json.loads(row["body"])
         sealed = b.get("sealed")
+        client_sealed = b.get("client_sealed")
         return AuditEntry(
             tenant_id=row["tenant_id"], seq=int(row["seq"]), entry_id=row["entry_id"],
             at=us_to_datetime(int(row["at_us"])), actor_id=row["actor_id"],
@@ -187,7 +189,8 @@ class AuditEntry:
             rule=b.get("rule"), request_id=b.get("request_id"), client=b.get("client"),
             event=bool(b.get("event")), detail=b.get("detail", {}),
             sealed=base64.b64decode(sealed) if sealed else None,
-            subject_tenant=b.get("tenant"))
+            subject_tenant=b.get("tenant"),
+            client_sealed=base64.b64decode(client_sealed) if client_sealed else None)
 
     def as_json(self) -> dict[str, Any]:
         return {"entry_id": self.entry_id, "tenant_id": self.tenant_id, "seq": self.seq,
@@ -198,7 +201,8 @@ class AuditEntry:
                 "patient_ids": list(self.patient_ids), "categories": list(self.categories),
                 "purpose": self.purpose, "rule": self.rule, "request_id": self.request_id,
                 "client": self.client, "event": self.event, "detail": dict(self.detail),
-                "has_sealed": self.sealed is not None, "subject_tenant": self.subject_tenant}
+                "has_sealed": self.sealed is not None or self.client_sealed is not None,
+                "subject_tenant": self.subject_tenant}
 
 
 def sorted_codes(values: Iterable[object]) -> list[str]:

@@ -52,6 +52,7 @@ from labvault.audit.entry import (
     split_detail,
 )
 from labvault.audit.reads import (
+    CLIENT_RECORD,
     MAX_TEMPLATES,
     QueuedRead,
     Template,
@@ -134,7 +135,6 @@ class AuditLog:
         self.group_ms = int(setting(settings, "LABVAULT_AUDIT_READ_GROUP_MS"))
         self._pending: list[QueuedRead] = []
         self._templates: dict[tuple[object, ...], Template | None] = {}
-        self._addresses: dict[str, bytes] = {}   # client address -> its sealed part's text
         self._pending_since = 0.0
         self._writer: threading.Thread | None = None
         self._flushing = threading.Lock()     # one opportunistic batch writer at a time
@@ -288,12 +288,14 @@ class AuditLog:
 
     def _render(self, conn: Connection, chain: str, reads: list[QueuedRead]
                 ) -> tuple[list[ch.Entry], list[tuple[str, ...]]]:
-        """The entries of queued reads: each body from its shape's template (client
-        addresses sealed in one call), or through a ``Draft`` when it has no template."""
-        parts: list[tuple[str, int, str, str | None, str, Template | None, str, str]] = []
+        """The entries of queued reads: each body from its shape's template, the client
+        addresses sealed once per address for the batch (``reads.CLIENT_SEALED``), or
+        through a ``Draft`` when a read has no template."""
+        parts: list[tuple[str, int, str, str | None, str, Template | None, str, str,
+                          str | None]] = []
         pids: list[tuple[str, ...]] = []
-        to_seal: list[tuple[str, bytes]] = []
-        templates, addresses = self._templates, self._addresses
+        addresses: dict[str, int] = {}          # address -> its index in the batch's seals
+        templates = self._templates
         clean = ch.clean
         for access, decision, at_us in reads:
             key = shape(access, decision)
@@ -309,26 +311,22 @@ class AuditLog:
             if t is None or values is None:
                 d = self._draft(access, decision, "allowed", at_us)
                 parts.append((d.entry_id, d.at_us, d.actor_id, d.patient_id, d.action, None,
-                              self._texts(conn, chain, [d])[0], ""))
+                              self._texts(conn, chain, [d])[0], "", None))
                 continue
-            entry_id = new_id("ae")
-            parts.append((entry_id, at_us, t.actor_id, patients[0] if patients else None,
-                          t.action, t, *values))
-            if t.sealed:
-                client = access.actor.client
-                assert client is not None
-                plain = addresses.get(client)
-                if plain is None:
-                    if len(addresses) >= MAX_TEMPLATES:
-                        addresses.clear()
-                    plain = addresses[client] = canonical({"client": client}).encode()
-                to_seal.append((entry_id, plain))
-        sealed = iter(self._client_sealer(conn, chain).seal_many(to_seal) if to_seal else ())
-        b64 = base64.b64encode
+            client = access.actor.client if t.sealed else None
+            if client is not None and client not in addresses:
+                addresses[client] = len(addresses)
+            parts.append((new_id("ae"), at_us, t.actor_id, patients[0] if patients else None,
+                          t.action, t, *values, client))
+        sealed: list[str] = []
+        if addresses:
+            sealer = self._client_sealer(conn, chain)
+            sealed = [base64.b64encode(b).decode() for b in sealer.seal_many(
+                [(CLIENT_RECORD, canonical({"client": a}).encode()) for a in addresses])]
         return [(eid, at, actor, first, action, "allowed",
-                 text if t is None else t.text(text, rid, b64(next(sealed)).decode()
-                                               if t.sealed else None))
-                for eid, at, actor, first, action, t, text, rid in parts], pids
+                 text if t is None else t.text(
+                     text, rid, sealed[addresses[client]] if client is not None else None))
+                for eid, at, actor, first, action, t, text, rid, client in parts], pids
 
     def _texts(self, conn: Connection, chain: str, drafts: list[Draft]) -> list[str]:
         """The body text of each draft, its private part sealed in. A client address alone
@@ -626,6 +624,13 @@ class AuditLog:
                                                      entry_id, sealed)
         out: dict[str, Any] = json.loads(raw)
         return out
+
+    def open_client(self, conn: Connection, chain: str, sealed: bytes) -> str | None:
+        """Open a queued read's ``client_sealed`` address; the caller passed the gate."""
+        raw = self.lv.gate.open_tenant_value_checked(conn, chain, "audit_entries", "body",
+                                                     CLIENT_RECORD, sealed)
+        client = json.loads(raw).get("client")
+        return client if isinstance(client, str) else None
 
     def latest_checkpoint(self, chain: str) -> Checkpoint | None:
         good, _ = self.checkpoints.list(chain)

@@ -28,6 +28,12 @@ _HOLE_PATIENTS = "\x00patients\x00"
 _HOLE_REQUEST = "\x00request\x00"
 _HOLE_SEALED = "\x00sealed\x00"
 MAX_TEMPLATES = 4096        # shapes kept; a new session or role makes a new one
+# A queued read's client address: sealed once per address per written batch under the
+# chain's ``data`` key, with the fixed record id CLIENT_RECORD in its associated data (the
+# entry's MAC already binds it to its entry), instead of once per entry with the rest of
+# the private part in ``sealed``.
+CLIENT_SEALED = "client_sealed"
+CLIENT_RECORD = "client"
 
 
 class QueuedRead(NamedTuple):
@@ -61,25 +67,16 @@ def sealed_client(client: str | None) -> bool:
 class Template:
     actor_id: str           # the clear columns, cleaned once per shape
     action: str
-    head: str               # canonical body text up to the patients
-    middle: str             # between the patients and the request id
-    tail: str               # after the request id (up to the sealed value when sealed)
-    rest: str               # after the sealed value ("" when the client is not sealed)
-    sealed: bool
+    body: str               # canonical body text, str.format holes {p} {r} (and {s})
+    sealed: bool            # the client address goes in ``client_sealed`` ({s})
 
     def text(self, patients_json: str, request_json: str, sealed_b64: str | None) -> str:
-        if self.sealed:
-            return (f'{self.head}{patients_json}{self.middle}{request_json}{self.tail}'
-                    f'"{sealed_b64}"{self.rest}')
-        return f"{self.head}{patients_json}{self.middle}{request_json}{self.tail}"
+        return self.body.format(p=patients_json, r=request_json, s=sealed_b64)
 
 
-def _hole(text: str, hole: str) -> tuple[str, str] | None:
-    mark = orjson.dumps(hole).decode()
-    if text.count(mark) != 1:
-        return None
-    before, after = text.split(mark)
-    return before, after
+_MARKS = {hole: orjson.dumps(hole).decode() for hole in (_HOLE_PATIENTS, _HOLE_REQUEST,
+                                                          _HOLE_SEALED)}
+_FIELDS = {_HOLE_PATIENTS: "{p}", _HOLE_REQUEST: "{r}", _HOLE_SEALED: '"{s}"'}
 
 
 def make_template(access: Access, decision: Decision) -> Template | None:
@@ -92,30 +89,23 @@ def make_template(access: Access, decision: Decision) -> Template | None:
     hidden = sealed_client(a.client)
     body["client"] = None if hidden else a.client
     if hidden:
-        body["sealed"] = _HOLE_SEALED
-    text = canonical(body)
-    cut = _hole(text, _HOLE_PATIENTS)
-    if cut is None:
-        return None
-    head, text = cut
-    cut = _hole(text, _HOLE_REQUEST)
-    if cut is None:
-        return None
-    middle, text = cut
-    rest = ""
-    if hidden:
-        cut = _hole(text, _HOLE_SEALED)
-        if cut is None:
-            return None
-        text, rest = cut
-    return Template(clean(a.id), clean(access.action.value), head, middle, text, rest, hidden)
+        body[CLIENT_SEALED] = _HOLE_SEALED
+    text = canonical(body).replace("{", "{{").replace("}", "}}")
+    for hole, mark in _MARKS.items():
+        if text.count(mark) != (1 if hole != _HOLE_SEALED or hidden else 0):
+            return None     # a value that happens to spell a hole: the general way
+        text = text.replace(mark, _FIELDS[hole])
+    return Template(clean(a.id), clean(access.action.value), text, hidden)
 
 
 def shape(access: Access, decision: Decision) -> tuple[object, ...]:
     """Everything the template depends on (all but patients, request id and address)."""
     a = access.actor
     client = a.client
-    return (a.id, a.kind, a.roles, a.tenant_id, a.session_id,
+    # what makes a read go the general way is part of the shape too: a read with a written
+    # reason must never be rendered from the template of the same read without one
+    return (bool(access.reason), bool(decision.detail), decision.break_glass,
+            a.id, a.kind, a.roles, a.tenant_id, a.session_id,
             client if client is None or client in CLIENT_MARKERS else True,
             access.action, access.tenant_id, access.resource, access.purpose,
             access.categories, decision.categories, decision.allowed, decision.rule)

@@ -248,6 +248,9 @@ class AuditReports:
                 if e.sealed is not None:
                     item["sealed"] = self.audit.open_private(conn, e.tenant_id, e.entry_id,
                                                              e.sealed)
+                if e.client_sealed is not None:
+                    item.setdefault("sealed", {})["client"] = self.audit.open_client(
+                        conn, e.tenant_id, e.client_sealed)
                 entries.append(item)
         by_action: dict[str, int] = {}
         patients_seen: set[str] = set()
