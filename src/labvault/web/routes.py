@@ -14,7 +14,7 @@ import hmac
 import json
 import secrets
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Depends, Form, Request, Response
 from fastapi.responses import RedirectResponse
@@ -29,6 +29,10 @@ from labvault.services.accounts import LoginThrottled
 from labvault.services.gate import Access
 from labvault.services.portal import PortalService
 from labvault.web.render import NO_STORE, WebRoute, error_page, html, to_login
+
+if TYPE_CHECKING:
+    from labvault.services.alerts import AlertService
+    from labvault.services.app import Labvault
 
 router = APIRouter(route_class=WebRoute, include_in_schema=False)
 LOGIN_CSRF = "labvault_login_csrf"
@@ -290,26 +294,9 @@ def validate_one(request: Request, order_id: str, user: User, lv: LV, csrf: Csrf
     return html("validation.html", user=user, rows=None, done=None, validated=report)
 
 
-@router.post("/console/alertes/{alert_id}/prise-en-compte")
-def alert_ack(request: Request, alert_id: str, user: User, lv: LV, csrf: Csrf = "") -> Response:
-    """Acknowledge one alert (the same service call as `labvault alerts ack`, audited)."""
-    from labvault.services.alerts import AlertService
-    _staff(user)
-    _check_csrf(request, user, csrf)
-    if not (ALERT_ROLES & user.roles):
-        raise AccessDenied("les alertes sont réservées au délégué à la protection des données "
-                           "et aux administrateurs du laboratoire", "")
-    if not isinstance(lv.alerts, AlertService):
-        raise NotFound("aucun registre d'alertes n'est branché",
-                       "lancez labvault avec `labvault serve` (services.wiring)")
-    lv.alerts.ack(user.actor, alert_id)
-    return RedirectResponse("/console/alertes", status_code=303, headers=NO_STORE)
-
-
-@router.get("/console/alertes")
-def alerts_list(user: User, lv: LV) -> Response:
-    """The laboratory's security alerts (guard's alert store), for its DPO and lab admins."""
-    from labvault.services.alerts import AlertService
+def _alert_store(user: WebUser, lv: Labvault) -> tuple[str, AlertService]:
+    """The caller's laboratory and the guard's alert store: DPO and lab admins only."""
+    from labvault.services.alerts import AlertService  # the guard's, plugged by wiring
     tenant_id = _staff(user)
     if not (ALERT_ROLES & user.roles):
         raise AccessDenied("les alertes sont réservées au délégué à la protection des données "
@@ -317,7 +304,24 @@ def alerts_list(user: User, lv: LV) -> Response:
     if not isinstance(lv.alerts, AlertService):
         raise NotFound("aucun registre d'alertes n'est branché",
                        "lancez labvault avec `labvault serve` (services.wiring)")
-    items = lv.alerts.list(user.actor, tenant_id, limit=200)
+    return tenant_id, lv.alerts
+
+
+@router.post("/console/alertes/{alert_id}/prise-en-compte")
+def alert_ack(request: Request, alert_id: str, user: User, lv: LV, csrf: Csrf = "") -> Response:
+    """Acknowledge one alert (the same service call as `labvault alerts ack`, audited)."""
+    _staff(user)
+    _check_csrf(request, user, csrf)
+    _, alerts = _alert_store(user, lv)
+    alerts.ack(user.actor, alert_id)
+    return RedirectResponse("/console/alertes", status_code=303, headers=NO_STORE)
+
+
+@router.get("/console/alertes")
+def alerts_list(user: User, lv: LV) -> Response:
+    """The laboratory's security alerts (guard's alert store), for its DPO and lab admins."""
+    tenant_id, alerts = _alert_store(user, lv)
+    items = alerts.list(user.actor, tenant_id, limit=200)
     for a in items:       # ids only (never free text) in the references column
         d = a.get("detail")
         if isinstance(d, dict) and isinstance(d.get("detail"), dict):   # {detail, actor}
