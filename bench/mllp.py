@@ -78,9 +78,14 @@ def main() -> None:
     ap.add_argument("--hooks", choices=("wiring", "memory"), default="wiring",
                     help="wiring: the gate hooks a running labvault uses (audit chain...); "
                          "memory: in-memory audit (to see the hooks' cost)")
+    ap.add_argument("--checkpoint-pages", type=int, default=None,
+                    help="LABVAULT_SQLITE_CHECKPOINT_PAGES for the server (default: the "
+                         "setting's default, SQLite's 1000)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp())
     env = {"LABVAULT_KEY_FILE": str(tmp / "root.key")}
+    if args.checkpoint_pages is not None:
+        env["LABVAULT_SQLITE_CHECKPOINT_PAGES"] = str(args.checkpoint_pages)
     schema = None
     if args.pg:
         # A private schema, dropped at the end: never touch the shared database's tables.
@@ -123,7 +128,8 @@ def main() -> None:
     started.wait()
     run(srv.port, 100, 1, nirs, "warm")
     print(f"backend={'postgresql' if args.pg else 'sqlite'} hooks={args.hooks} n={args.n} "
-          f"(5 OBX each) group_commit={not args.no_group_commit}")
+          f"(5 OBX each) group_commit={not args.no_group_commit} "
+          f"checkpoint_pages={s.get('LABVAULT_SQLITE_CHECKPOINT_PAGES')}")
     # The machine is shared: wall-clock rates depend on the load. Server CPU per message
     # says what one fully available core would do (1000 / ms), load aside.
     for conns in (1, 8):

@@ -23,6 +23,10 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "LABVAULT_PKCS11_MODULE": ("", "path of the PKCS#11 module (e.g. libsofthsm2.so)"),
     "LABVAULT_PKCS11_TOKEN": ("labvault", "label of the PKCS#11 token holding the root key"),
     "LABVAULT_PKCS11_PIN": ("", "user PIN of the PKCS#11 token"),
+    "LABVAULT_SQLITE_CHECKPOINT_PAGES": ("1000", "SQLite only: the write-ahead log is copied "
+                                         "into the database file once it holds this many "
+                                         "4 KiB pages (SQLite's default 1000); a busy HL7 "
+                                         "listener writes less with 8000 (docs/benchmarks.md)"),
     "LABVAULT_SESSION_IDLE_MINUTES": ("15", "API sessions end after this many idle minutes"),
     "LABVAULT_SESSION_HOURS": ("8", "absolute lifetime of an API session, in hours"),
     "LABVAULT_PUBLIC_URL": ("http://127.0.0.1:8000", "public base URL (enrolment links)"),
@@ -109,6 +113,18 @@ class Settings:
     def get(self, name: str) -> str:
         """A setting of ``SETTINGS`` not held in a field: the environment's value or the default."""
         return self.extra.get(name, SETTINGS[name][0])
+
+    def positive_int(self, name: str) -> int:
+        """An integer setting of ``SETTINGS`` that must be at least 1 (empty: the default)."""
+        raw = self.get(name) or SETTINGS[name][0]
+        try:
+            value = int(raw)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise ConfigurationError(f"{name}={raw!r} is not a whole number of at least 1",
+                                     f"set {name} to e.g. {SETTINGS[name][0]}")
+        return value
 
     @property
     def is_sqlite(self) -> bool:

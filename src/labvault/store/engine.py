@@ -8,7 +8,9 @@ from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
+def make_engine(url: str, checkpoint_pages: int = 1000, **kwargs: Any) -> Engine:
+    """``checkpoint_pages``: SQLite's ``wal_autocheckpoint`` (its default, 1000, unless
+    ``LABVAULT_SQLITE_CHECKPOINT_PAGES`` says otherwise); PostgreSQL ignores it."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
 
@@ -24,6 +26,10 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             # indexes, breach blocks, random ids) stay in memory instead of re-reading pages
             cur.execute("PRAGMA cache_size=-65536")
             cur.execute("PRAGMA busy_timeout=30000")
+            # how many WAL pages before they are copied into the database file (and synced):
+            # writes of random-keyed rows (HL7 messages, audit entries) re-dirty the same
+            # pages, which a larger log writes back once instead of once per checkpoint
+            cur.execute(f"PRAGMA wal_autocheckpoint={int(checkpoint_pages)}")
             cur.close()
 
         return engine
