@@ -84,6 +84,7 @@ AUDIT_KEY_VERSION = 1       # k_0 always derives from version 1 of the tenant's 
 RESCUED_OUTCOMES = frozenset({"denied", "failure"})
 GROUPED_ACTIONS = frozenset({Action.READ, Action.SEARCH})
 GROUP_MAX = 500             # a batch this large is written at once, by the thread that filled it
+_new_read = tuple.__new__   # a QueuedRead without NamedTuple's Python-level __new__ (hot path)
 
 
 def setting(settings: Settings, name: str) -> str:
@@ -158,11 +159,12 @@ class AuditLog:
 
     # -- AuditHook ------------------------------------------------------------------------
     def record(self, conn: Connection, access: Access, decision: Decision, outcome: str) -> None:
-        if (self.group_ms > 0 and outcome == "allowed" and not decision.break_glass
-                and access.action in GROUPED_ACTIONS):
-            frame = self._frame()
-            if frame is not None:   # queued when the transaction ends, rendered when written
-                frame.grouped.append(QueuedRead(access, decision, self.clock()))
+        if (outcome == "allowed" and self.group_ms > 0 and access.action in GROUPED_ACTIONS
+                and not decision.break_glass):
+            stack = getattr(self._local, "stack", None)
+            if stack:       # queued when the transaction ends, rendered when written
+                stack[-1].grouped.append(_new_read(QueuedRead, (access, decision,
+                                                                self.clock())))
                 return
         # built here, in the request: a decision that cannot be recorded fails its request
         self._draft_and_append(conn, self._draft(access, decision, outcome, self.clock()))
@@ -355,10 +357,11 @@ class AuditLog:
     def _queue(self, reads: list[QueuedRead]) -> None:
         now = time.monotonic()
         with self._lock:
-            if not self._pending:
+            pending = self._pending
+            if not pending:
                 self._pending_since = now
-            self._pending.extend(reads)
-            full = len(self._pending) >= GROUP_MAX
+            pending.extend(reads)
+            full = len(pending) >= GROUP_MAX
             due = (now - self._pending_since) * 1000 >= self.group_ms
         if self.lv.bound or self._closing:
             # a test-bound connection has no writer thread (one connection, one thread)
@@ -369,7 +372,8 @@ class AuditLog:
             # another thread is writing one: many request threads flushing at once would
             # queue on the chain head (and the connection pool) instead of serving
             self._try_flush()
-        self._start_writer()
+        if self._writer is None:
+            self._start_writer()
 
     def _flush_quietly(self) -> None:
         try:

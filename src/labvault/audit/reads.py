@@ -67,16 +67,18 @@ def sealed_client(client: str | None) -> bool:
 class Template:
     actor_id: str           # the clear columns, cleaned once per shape
     action: str
-    body: str               # canonical body text, str.format holes {p} {r} (and {s})
-    sealed: bool            # the client address goes in ``client_sealed`` ({s})
+    parts: tuple[str, ...]  # the canonical body text around its holes, in text order
+    sealed: bool            # the client address goes in ``client_sealed``
 
     def text(self, patients_json: str, request_json: str, sealed_b64: str | None) -> str:
-        return self.body.format(p=patients_json, r=request_json, s=sealed_b64)
+        a = self.parts
+        if self.sealed:     # "client_sealed" sorts before "patients" and "request_id"
+            return f'{a[0]}"{sealed_b64}"{a[1]}{patients_json}{a[2]}{request_json}{a[3]}'
+        return f"{a[0]}{patients_json}{a[1]}{request_json}{a[2]}"
 
 
-_MARKS = {hole: orjson.dumps(hole).decode() for hole in (_HOLE_PATIENTS, _HOLE_REQUEST,
-                                                          _HOLE_SEALED)}
-_FIELDS = {_HOLE_PATIENTS: "{p}", _HOLE_REQUEST: "{r}", _HOLE_SEALED: '"{s}"'}
+_MARKS = {hole: orjson.dumps(hole).decode() for hole in (_HOLE_SEALED, _HOLE_PATIENTS,
+                                                          _HOLE_REQUEST)}
 
 
 def make_template(access: Access, decision: Decision) -> Template | None:
@@ -90,12 +92,19 @@ def make_template(access: Access, decision: Decision) -> Template | None:
     body["client"] = None if hidden else a.client
     if hidden:
         body[CLIENT_SEALED] = _HOLE_SEALED
-    text = canonical(body).replace("{", "{{").replace("}", "}}")
-    for hole, mark in _MARKS.items():
-        if text.count(mark) != (1 if hole != _HOLE_SEALED or hidden else 0):
+    rest = canonical(body)
+    parts: list[str] = []
+    for hole, mark in _MARKS.items():          # the order ``Template.text`` fills them in
+        if hole == _HOLE_SEALED and not hidden:
+            if mark in rest:
+                return None
+            continue
+        if rest.count(mark) != 1:
             return None     # a value that happens to spell a hole: the general way
-        text = text.replace(mark, _FIELDS[hole])
-    return Template(clean(a.id), clean(access.action.value), text, hidden)
+        before, rest = rest.split(mark)
+        parts.append(before)
+    parts.append(rest)
+    return Template(clean(a.id), clean(access.action.value), tuple(parts), hidden)
 
 
 def shape(access: Access, decision: Decision) -> tuple[object, ...]:
