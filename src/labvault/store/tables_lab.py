@@ -82,8 +82,8 @@ lab_observation_history = Table(
     Column("revision", Integer, nullable=False),
     Column("changed_at", TS, nullable=False),
     Column("change_sealed", LargeBinary, nullable=False),
-    PrimaryKeyConstraint("tenant_id", "history_id"),
-    Index(None, "tenant_id", "observation_id"),
+    # read only by result: the key leads with it (one random-keyed B-tree per row, not two)
+    PrimaryKeyConstraint("tenant_id", "observation_id", "history_id"),
 )
 
 lab_reports = Table(
