@@ -66,9 +66,10 @@ lab_observations = Table(
     Column("created_at", TS, nullable=False),
     Column("updated_at", TS, nullable=False),
     Column("result_sealed", LargeBinary, nullable=False),
-    PrimaryKeyConstraint("tenant_id", "observation_id"),
+    # read by order (the key's prefix) or by id (the unique index): an order's results
+    # share the key's pages instead of one random page each (migration 0011)
+    PrimaryKeyConstraint("tenant_id", "order_id", "observation_id"),
     Index(None, "observation_id", unique=True),
-    Index(None, "tenant_id", "order_id"),
     Index(None, "tenant_id", "patient_id"),
 )
 
