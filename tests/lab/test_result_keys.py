@@ -1,14 +1,17 @@
-"""Migrations 0010 and 0011: a result's history keyed by (tenant, result, history id), a
-result by (tenant, order, result). Rows written under the former keys survive the upgrade
-(and a downgrade) and are read through the new keys."""
+"""Migrations 0010-0012: a result's history keyed by (tenant, result, history id), a result
+by (tenant, order, result), an order by (tenant, patient, order), a specimen by (tenant,
+order, specimen), a report by (tenant, order). Rows written under the former keys survive
+the upgrade (and a downgrade) and are read through the new keys."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from alembic import command
 from sqlalchemy import inspect, text
+from sqlalchemy.exc import IntegrityError
 
 from labvault.store import migrate
 from labvault.store.engine import make_engine
@@ -83,4 +86,50 @@ def test_results_survive_the_key_change(tmp_path: Path) -> None:
             "EXPLAIN QUERY PLAN SELECT * FROM lab_observations "
             "WHERE tenant_id = 'lab_t' AND order_id = 'ord_a'")))
         assert "sqlite_autoindex_lab_observations" in plan, plan
+    eng.dispose()
+
+
+def test_orders_specimens_reports_survive_the_key_change(tmp_path: Path) -> None:
+    eng = make_engine(f"sqlite:///{tmp_path / 'm.db'}")
+    migrate.upgrade(eng)
+    with eng.begin() as conn:
+        cfg = migrate._config(eng)
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "lab@0011_lab_results_key")
+    now = datetime(2026, 3, 1, tzinfo=UTC)
+    with eng.begin() as conn:
+        for oid, pid in (("ord_a", "pt_1"), ("ord_b", "pt_2")):
+            conn.execute(text("INSERT INTO lab_orders (tenant_id, order_id, patient_id, status, "
+                              "priority, created_at, updated_at, request_sealed) VALUES "
+                              "('lab_t', :o, :p, 'registered', 'routine', :at, :at, :b)"),
+                         {"o": oid, "p": pid, "at": now, "b": b"sealed"})
+            conn.execute(text("INSERT INTO lab_specimens (tenant_id, specimen_id, order_id, "
+                              "patient_id, status, received_at, specimen_sealed) VALUES "
+                              "('lab_t', :s, :o, :p, 'available', :at, :b)"),
+                         {"s": "spc_" + oid, "o": oid, "p": pid, "at": now, "b": b"sealed"})
+            conn.execute(text("INSERT INTO lab_reports (tenant_id, report_id, order_id, "
+                              "patient_id, status, created_at, updated_at) VALUES "
+                              "('lab_t', :r, :o, :p, 'registered', :at, :at)"),
+                         {"r": "rep_" + oid, "o": oid, "p": pid, "at": now})
+    migrate.upgrade(eng)
+    with eng.connect() as conn:
+        insp = inspect(conn)
+        keys = {t: insp.get_pk_constraint(t)["constrained_columns"]
+                for t in ("lab_orders", "lab_specimens", "lab_reports")}
+        assert keys == {"lab_orders": ["tenant_id", "patient_id", "order_id"],
+                        "lab_specimens": ["tenant_id", "order_id", "specimen_id"],
+                        "lab_reports": ["tenant_id", "order_id"]}
+        for table, idx in (("lab_orders", "ix_lab_orders_tenant_id_patient_id"),
+                           ("lab_specimens", "ix_lab_specimens_tenant_id_order_id"),
+                           ("lab_reports", "ix_lab_reports_tenant_id_order_id")):
+            assert idx not in {i["name"] for i in insp.get_indexes(table)}
+        assert conn.execute(text("SELECT order_id FROM lab_orders WHERE tenant_id = 'lab_t' "
+                                 "AND patient_id = 'pt_2'")).all() == [("ord_b",)]
+        assert conn.execute(text("SELECT report_id FROM lab_reports WHERE tenant_id = 'lab_t' "
+                                 "AND order_id = 'ord_a'")).all() == [("rep_ord_a",)]
+        assert conn.execute(text("SELECT count(*) FROM lab_specimens")).scalar() == 2
+    with eng.begin() as conn, pytest.raises(IntegrityError):   # still one report per order
+        conn.execute(text("INSERT INTO lab_reports (tenant_id, report_id, order_id, patient_id, "
+                          "status, created_at, updated_at) VALUES ('lab_t', 'rep_x', 'ord_a', "
+                          "'pt_1', 'registered', :at, :at)"), {"at": now})
     eng.dispose()

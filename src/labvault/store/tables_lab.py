@@ -30,10 +30,11 @@ lab_orders = Table(
     Column("filler_digest", DIGEST, nullable=True),        # HMAC of the filler (lab) number
     Column("request_sealed", LargeBinary, nullable=False),  # ServiceRequest + patient sex/birth
     Column("workflow_sealed", LargeBinary, nullable=True),  # who/when of each step, reasons
-    PrimaryKeyConstraint("tenant_id", "order_id"),
+    # keys lead with what rows are read by (a patient's orders; by id: the unique index),
+    # so a row is not one random page for its key and another for that index (0012)
+    PrimaryKeyConstraint("tenant_id", "patient_id", "order_id"),
     Index(None, "order_id", unique=True),
     Index(None, "tenant_id", "status", "created_at"),
-    Index(None, "tenant_id", "patient_id"),
     Index(None, "tenant_id", "placer_digest"),
     Index(None, "tenant_id", "filler_digest"),
 )
@@ -48,9 +49,8 @@ lab_specimens = Table(
     Column("received_at", TS, nullable=False),
     Column("accession_digest", DIGEST, nullable=True),     # HMAC of the accession number
     Column("specimen_sealed", LargeBinary, nullable=False),
-    PrimaryKeyConstraint("tenant_id", "specimen_id"),
+    PrimaryKeyConstraint("tenant_id", "order_id", "specimen_id"),   # an order's specimens
     Index(None, "specimen_id", unique=True),
-    Index(None, "tenant_id", "order_id"),
     Index(None, "tenant_id", "accession_digest"),
 )
 
@@ -98,9 +98,8 @@ lab_reports = Table(
     Column("updated_at", TS, nullable=False),
     Column("issued_at", TS, nullable=True),          # first publication
     Column("report_sealed", LargeBinary, nullable=True),  # conclusion, validations (who/when)
-    PrimaryKeyConstraint("tenant_id", "report_id"),
+    PrimaryKeyConstraint("tenant_id", "order_id"),     # one report per order
     Index(None, "report_id", unique=True),
-    Index(None, "tenant_id", "order_id", unique=True),
     Index(None, "tenant_id", "patient_id"),
 )
 
