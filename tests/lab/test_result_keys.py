@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from alembic import command
 from sqlalchemy import inspect, text
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
 from labvault.store import migrate
@@ -23,13 +24,26 @@ def _rows(conn: object) -> list[tuple[str, str, int]]:
         "ORDER BY observation_id, revision"))]
 
 
-def test_history_survives_the_key_change(tmp_path: Path) -> None:
+def _store_at(tmp_path: Path, lab_revision: str) -> Engine:
+    """A migrated store with the lab branch taken back to ``lab_revision``."""
     eng = make_engine(f"sqlite:///{tmp_path / 'm.db'}")
     migrate.upgrade(eng)
     with eng.begin() as conn:
         cfg = migrate._config(eng)
         cfg.attributes["connection"] = conn
-        command.downgrade(cfg, "lab@0005_lab")
+        command.downgrade(cfg, f"lab@{lab_revision}")
+    return eng
+
+
+def _read_by_key(conn: Connection, table: str, where: str) -> None:
+    """The reading path is served by the table's primary key (SQLite's autoindex)."""
+    plan = " ".join(str(r[-1]) for r in conn.execute(text(
+        f"EXPLAIN QUERY PLAN SELECT * FROM {table} WHERE tenant_id = 'lab_t' AND {where}")))  # noqa: S608 - test constants
+    assert f"sqlite_autoindex_{table}" in plan, plan
+
+
+def test_history_survives_the_key_change(tmp_path: Path) -> None:
+    eng = _store_at(tmp_path, "0005_lab")
     with eng.begin() as conn:
         assert inspect(conn).get_pk_constraint("lab_observation_history")[
             "constrained_columns"] == ["tenant_id", "history_id"]
@@ -47,20 +61,12 @@ def test_history_survives_the_key_change(tmp_path: Path) -> None:
             "tenant_id", "observation_id", "history_id"]
         assert not insp.get_indexes("lab_observation_history")      # the index is gone
         assert _rows(conn) == before
-        plan = " ".join(str(r[-1]) for r in conn.execute(text(
-            "EXPLAIN QUERY PLAN SELECT * FROM lab_observation_history "
-            "WHERE tenant_id = 'lab_t' AND observation_id = 'obs_1'")))
-        assert "sqlite_autoindex_lab_observation_history" in plan, plan
+        _read_by_key(conn, "lab_observation_history", "observation_id = 'obs_1'")
     eng.dispose()
 
 
 def test_results_survive_the_key_change(tmp_path: Path) -> None:
-    eng = make_engine(f"sqlite:///{tmp_path / 'm.db'}")
-    migrate.upgrade(eng)
-    with eng.begin() as conn:
-        cfg = migrate._config(eng)
-        cfg.attributes["connection"] = conn
-        command.downgrade(cfg, "lab@0005_lab")
+    eng = _store_at(tmp_path, "0005_lab")
     now = datetime(2026, 3, 1, tzinfo=UTC)
     with eng.begin() as conn:
         assert inspect(conn).get_pk_constraint("lab_observations")["constrained_columns"] == [
@@ -82,20 +88,12 @@ def test_results_survive_the_key_change(tmp_path: Path) -> None:
             "SELECT observation_id FROM lab_observations WHERE tenant_id = 'lab_t' "
             "AND order_id = 'ord_a' ORDER BY seq"))]
         assert got == [("obs_1",), ("obs_2",)]
-        plan = " ".join(str(r[-1]) for r in conn.execute(text(
-            "EXPLAIN QUERY PLAN SELECT * FROM lab_observations "
-            "WHERE tenant_id = 'lab_t' AND order_id = 'ord_a'")))
-        assert "sqlite_autoindex_lab_observations" in plan, plan
+        _read_by_key(conn, "lab_observations", "order_id = 'ord_a'")
     eng.dispose()
 
 
 def test_orders_specimens_reports_survive_the_key_change(tmp_path: Path) -> None:
-    eng = make_engine(f"sqlite:///{tmp_path / 'm.db'}")
-    migrate.upgrade(eng)
-    with eng.begin() as conn:
-        cfg = migrate._config(eng)
-        cfg.attributes["connection"] = conn
-        command.downgrade(cfg, "lab@0011_lab_results_key")
+    eng = _store_at(tmp_path, "0011_lab_results_key")
     now = datetime(2026, 3, 1, tzinfo=UTC)
     with eng.begin() as conn:
         for oid, pid in (("ord_a", "pt_1"), ("ord_b", "pt_2")):
