@@ -363,13 +363,19 @@ class LabService:
 
     def _order_for(self, conn: Connection, actor: Actor, order_id: str, action: Action,
                    resource: str = "order", reason: str | None = None) -> _Order:
+        return self._order_from_row(conn, self._order_row(conn, actor, order_id, action,
+                                                          resource, reason))
+
+    def _order_row(self, conn: Connection, actor: Actor, order_id: str, action: Action,
+                   resource: str = "order", reason: str | None = None) -> dict[str, Any]:
+        """The order's row (clear columns only), once the gate allowed ``action`` on it."""
         row = lrepo.order(conn, order_id)
         if row is None:
             raise NotFound("no such order", "check the order id")
         self._scope(actor, row["tenant_id"])
         self._check(conn, actor, action, row["tenant_id"], resource, (row["patient_id"],),
                     reason=reason)
-        return self._order_from_row(conn, row)
+        return row
 
     def _patient_facts(self, conn: Connection, actor: Actor, tenant_id: str,
                        patient_id: str, dek: DataKey | None = None) -> dict[str, Any]:
@@ -921,12 +927,7 @@ class LabService:
         request, workflow or specimens (the FHIR door's DiagnosticReport step needs only
         the status)."""
         with self.lv.begin() as conn:
-            row = lrepo.order(conn, order_id)
-            if row is None:
-                raise NotFound("no such order", "check the order id")
-            self._scope(actor, row["tenant_id"])
-            self._check(conn, actor, Action.READ, row["tenant_id"], "order",
-                        (row["patient_id"],))
+            row = self._order_row(conn, actor, order_id, Action.READ)
             rep = lrepo.report_by_order(conn, row["tenant_id"], order_id)
             return L.OrderStatus(row["status"]), rep["report_id"] if rep else ""
 

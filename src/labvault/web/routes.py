@@ -310,9 +310,8 @@ def _alert_store(user: WebUser, lv: Labvault) -> tuple[str, AlertService]:
 @router.post("/console/alertes/{alert_id}/prise-en-compte")
 def alert_ack(request: Request, alert_id: str, user: User, lv: LV, csrf: Csrf = "") -> Response:
     """Acknowledge one alert (the same service call as `labvault alerts ack`, audited)."""
-    _staff(user)
-    _check_csrf(request, user, csrf)
     _, alerts = _alert_store(user, lv)
+    _check_csrf(request, user, csrf)
     alerts.ack(user.actor, alert_id)
     return RedirectResponse("/console/alertes", status_code=303, headers=NO_STORE)
 
