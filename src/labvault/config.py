@@ -114,16 +114,17 @@ class Settings:
         """A setting of ``SETTINGS`` not held in a field: the environment's value or the default."""
         return self.extra.get(name, SETTINGS[name][0])
 
-    def positive_int(self, name: str) -> int:
-        """An integer setting of ``SETTINGS`` that must be at least 1 (empty: the default)."""
+    def whole_number(self, name: str, minimum: int = 1) -> int:
+        """An integer setting of ``SETTINGS`` of at least ``minimum`` (empty: the default);
+        anything else stops the start with a message, not a traceback."""
         raw = self.get(name) or SETTINGS[name][0]
         try:
             value = int(raw)
         except ValueError:
-            value = 0
-        if value < 1:
-            raise ConfigurationError(f"{name}={raw!r} is not a whole number of at least 1",
-                                     f"set {name} to e.g. {SETTINGS[name][0]}")
+            value = minimum - 1
+        if value < minimum:
+            raise ConfigurationError(f"{name}={raw!r} is not a whole number of at least "
+                                     f"{minimum}", f"set {name} to e.g. {SETTINGS[name][0]}")
         return value
 
     @property

@@ -1,7 +1,7 @@
-"""Migrations 0010-0012: a result's history keyed by (tenant, result, history id), a result
-by (tenant, order, result), an order by (tenant, patient, order), a specimen by (tenant,
-order, specimen), a report by (tenant, order). Rows written under the former keys survive
-the upgrade (and a downgrade) and are read through the new keys."""
+"""Migration 0010_lab_read_keys: a result's history keyed by (tenant, result, history id),
+a result by (tenant, order, result), an order by (tenant, patient, order), a specimen by
+(tenant, order, specimen), a report by (tenant, order). Rows written under the former keys
+survive the upgrade (and a downgrade) and are read through the new keys."""
 
 from __future__ import annotations
 
@@ -93,7 +93,7 @@ def test_results_survive_the_key_change(tmp_path: Path) -> None:
 
 
 def test_orders_specimens_reports_survive_the_key_change(tmp_path: Path) -> None:
-    eng = _store_at(tmp_path, "0011_lab_results_key")
+    eng = _store_at(tmp_path, "0005_lab")
     now = datetime(2026, 3, 1, tzinfo=UTC)
     with eng.begin() as conn:
         for oid, pid in (("ord_a", "pt_1"), ("ord_b", "pt_2")):

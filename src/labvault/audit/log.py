@@ -120,8 +120,8 @@ class AuditLog:
     def __init__(self, settings: Settings, clock: Callable[[], int] | None = None) -> None:
         self.settings = settings
         self.clock = clock or (lambda: time.time_ns() // 1000)
-        self.checkpoint_every = int(setting(settings, "LABVAULT_AUDIT_CHECKPOINT_EVERY"))
-        self.retention_days = int(setting(settings, "LABVAULT_AUDIT_RETENTION_DAYS"))
+        self.checkpoint_every = settings.whole_number("LABVAULT_AUDIT_CHECKPOINT_EVERY", 0)
+        self.retention_days = settings.whole_number("LABVAULT_AUDIT_RETENTION_DAYS", 0)
         self.checkpoints = CheckpointStore(settings.data_dir / "checkpoints",
                                            SigningKey(signing_key_path(settings)),
                                            setting(settings, "LABVAULT_AUDIT_SYSLOG"))
@@ -133,7 +133,7 @@ class AuditLog:
         self._audit_keys: dict[str, DataKey] = {}
         self._client_sealers: dict[str, ColumnSealer] = {}
         self._head_sealers: dict[str, ColumnSealer] = {}
-        self.group_ms = int(setting(settings, "LABVAULT_AUDIT_READ_GROUP_MS"))
+        self.group_ms = settings.whole_number("LABVAULT_AUDIT_READ_GROUP_MS", 0)
         self._pending: list[QueuedRead] = []
         self._templates: dict[tuple[object, ...], Template | None] = {}
         self._pending_since = 0.0

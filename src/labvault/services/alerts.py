@@ -23,7 +23,6 @@ from labvault.guard.alerts import (
     Dispatcher,
     normalise_severity,
     notice_from_row,
-    setting,
     sinks_from_settings,
 )
 from labvault.services.gate import Access
@@ -57,8 +56,8 @@ class AlertService:
     def __init__(self, lv: Labvault, dispatcher: Dispatcher | None = None) -> None:
         self.lv = lv
         self.dispatcher = dispatcher or Dispatcher(sinks_from_settings(lv.settings.extra))
-        self.dedup = timedelta(seconds=int(setting(lv.settings.extra,
-                                                   "LABVAULT_ALERT_DEDUP_SECONDS")))
+        self.dedup = timedelta(
+            seconds=lv.settings.whole_number("LABVAULT_ALERT_DEDUP_SECONDS", 0))
         self._recent: dict[tuple[str, str, str | None], float] = {}
         self._lock = threading.Lock()
 

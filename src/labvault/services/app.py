@@ -135,7 +135,7 @@ class Labvault:
     @staticmethod
     def init(settings: Settings) -> Labvault:
         """Create the data directory, the root key (if absent) and the schema."""
-        pages = settings.positive_int("LABVAULT_SQLITE_CHECKPOINT_PAGES")   # before any write
+        pages = settings.whole_number("LABVAULT_SQLITE_CHECKPOINT_PAGES")   # before any write
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(settings.data_dir, 0o700)
         provider = open_provider(settings, create=True)
@@ -151,7 +151,7 @@ class Labvault:
             raise ConfigurationError(f"no labvault data in {settings.data_dir}",
                                      "run `labvault init` first (or `labvault demo`)")
         provider = open_provider(settings)
-        engine = make_engine(settings.database_url, settings.positive_int(
+        engine = make_engine(settings.database_url, settings.whole_number(
             "LABVAULT_SQLITE_CHECKPOINT_PAGES"))
         migrate.upgrade(engine)
         lv = Labvault(settings, engine, KeyRing(provider), **hooks)

@@ -42,7 +42,6 @@ from labvault.errors import (
     UserError,
 )
 from labvault.guard import fingerprint as fp
-from labvault.guard.alerts import setting
 from labvault.guard.canaries import canary_person
 from labvault.services import indexing
 from labvault.services.gate import Access
@@ -150,7 +149,7 @@ class ExportService:
         return d
 
     def approval_threshold(self) -> int:
-        return int(setting(self.lv.settings.extra, "LABVAULT_EXPORT_APPROVAL_MIN_PATIENTS"))
+        return self.lv.settings.whole_number("LABVAULT_EXPORT_APPROVAL_MIN_PATIENTS", 0)
 
     # -- request ---------------------------------------------------------------------------------
     def _fields(self, conn: Connection, tenant_id: str, fields: Sequence[str]) -> list[str]:

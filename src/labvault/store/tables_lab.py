@@ -31,7 +31,7 @@ lab_orders = Table(
     Column("request_sealed", LargeBinary, nullable=False),  # ServiceRequest + patient sex/birth
     Column("workflow_sealed", LargeBinary, nullable=True),  # who/when of each step, reasons
     # keys lead with what rows are read by (a patient's orders; by id: the unique index),
-    # so a row is not one random page for its key and another for that index (0012)
+    # so a row is not one random page for its key and another for that index (migration 0010_lab_read_keys)
     PrimaryKeyConstraint("tenant_id", "patient_id", "order_id"),
     Index(None, "order_id", unique=True),
     Index(None, "tenant_id", "status", "created_at"),
@@ -67,7 +67,7 @@ lab_observations = Table(
     Column("updated_at", TS, nullable=False),
     Column("result_sealed", LargeBinary, nullable=False),
     # read by order (the key's prefix) or by id (the unique index): an order's results
-    # share the key's pages instead of one random page each (migration 0011)
+    # share the key's pages instead of one random page each (migration 0010_lab_read_keys)
     PrimaryKeyConstraint("tenant_id", "order_id", "observation_id"),
     Index(None, "observation_id", unique=True),
     Index(None, "tenant_id", "patient_id"),
