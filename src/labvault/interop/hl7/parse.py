@@ -1,20 +1,18 @@
-"""HL7 v2 bytes -> a checked, unescaped tree (python-hl7 does the splitting).
+"""HL7 v2 bytes -> a checked, unescaped tree (split by python-hl7's rules).
 
 ``read_message(raw)`` never raises anything but ``Unparseable`` for hostile input:
 the bytes are decoded with the charset MSH-18 declares (UTF-8 when absent — no silent
 guessing, a wrong charset would corrupt names and results), the encoding characters
-(MSH-2) are checked, python-hl7 splits the message, and every leaf is unescaped
-explicitly (``\\F\\ \\S\\ \\T\\ \\R\\ \\E\\ \\Xhh..\\``, formatting escapes), because
+(MSH-2) are checked, the message is split as python-hl7 splits it, and every leaf
+is unescaped explicitly (``\\F\\ \\S\\ \\T\\ \\R\\ \\E\\ \\Xhh..\\``, formatting escapes), because
 ``hl7.parse`` keeps escape sequences as written.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
-
-import hl7
 
 MAX_SEGMENTS = 5000
 MAX_FIELDS = 300
@@ -173,73 +171,59 @@ def unescape(value: str, fs: str, cs: str, rs: str, esc: str, ss: str, codec: st
     return "".join(out)
 
 
-class _Levels:
-    """The containers python-hl7 builds, as our regular tree (``Field``), unescaped.
+def _splitter(separators: str, codec: str) -> Callable[[str], list[list[Field]]]:
+    """The message-level split of ``hl7.parse`` (python-hl7 0.4.5, ``hl7.parser._split``)
+    into our regular tree (``Field``), leaves unescaped.
 
-    ``hl7.parse`` takes a ``factory`` whose ``create_*`` callables make each level of the
-    tree (its documented extension point). Its default containers nest irregularly — a
-    level that holds no further separator is kept as a bare string — and were then walked
-    a second time to regularise and unescape every leaf. These callables do that while
-    python-hl7 splits, so the message is walked once and no container objects are built.
-    python-hl7 still does all the splitting (``_split`` over its parse plan). What each
-    level receives (python-hl7 0.4.5, ``hl7.parser._split``): a component, its
-    subcomponent strings; a repetition, its components, or one string when it holds no
-    component/subcomponent separator; a field, its repetitions, or one string when it
-    holds no separator at all; a segment, its fields (one string: a segment that is
-    only an id). The codec is fixed per class (``\\Xhh..\\`` escapes are in the
-    message's charset); the separators come with every call."""
+    Written here rather than called because python-hl7 builds a new parse-plan object
+    for every container it visits and tests every separator at every level: ~500 µs of
+    an 8-segment ORU^R01, a sixth of a message's whole cost in the MLLP listener, against
+    ~60 µs for the same splits done directly (docs/benchmarks.md). The rules are
+    python-hl7's, level by level: a part holding none of its level's separator or any
+    deeper one is one value; MSH/BHS/FHS keep their encoding characters as fields 1-2;
+    an empty field is no value at all, while an empty repetition or component is ''.
+    tests/lab/test_parse_levels.py checks the tree equals ``hl7.parse``'s own on golden,
+    mutated and generated messages. ``separators``: python-hl7's plan order (segment,
+    field, repetition, component, subcomponent) then the escape character."""
+    fs, rs, cs, ss, esc = separators[1], separators[2], separators[3], separators[4], \
+        separators[5]
+    enc = (fs, cs, rs, esc, ss)
 
-    codec = "utf-8"
+    def unesc(v: str) -> str:
+        return unescape(v, *enc, codec) if esc in v else v
 
-    @classmethod
-    def unesc(cls, v: str, esc: str, separators: str) -> str:
-        if esc not in v:
-            return v
-        # python-hl7's plan separators: segment, field, repetition, component, subcomponent
-        return unescape(v, separators[1], separators[3], separators[2], esc, separators[4],
-                        cls.codec)
+    def value(f: str) -> Field:
+        return [[[unesc(f)]]] if f else []
 
-    @classmethod
-    def create_component(cls, sequence: list[str], esc: str = "\\",
-                         separators: str = "\r|~^&", factory: object = None) -> list[str]:
-        return [cls.unesc(x, esc, separators) for x in sequence]
+    def field(f: str) -> Field:
+        if rs not in f and cs not in f and ss not in f:
+            return value(f)
+        reps: Field = []
+        for r in f.split(rs):
+            if cs not in r and ss not in r:
+                reps.append([[unesc(r)]])
+                continue
+            reps.append([[unesc(x) for x in c.split(ss)] if ss in c else [unesc(c)]
+                         for c in r.split(cs)])
+        return reps
 
-    @classmethod
-    def create_repetition(cls, sequence: list[Any], esc: str = "\\",
-                          separators: str = "\r|~^&", factory: object = None) -> list[Any]:
-        if len(sequence) == 1 and isinstance(sequence[0], str):    # one plain component
-            return [[cls.unesc(sequence[0], esc, separators)]]
-        return sequence
+    def segment(text: str) -> list[Field]:
+        if fs not in text and rs not in text and cs not in text and ss not in text:
+            return [[[[text]]]]           # an id alone ("ZZZ"), kept as written
+        head: list[Field] = []
+        if text[:3] in ("MSH", "BHS", "FHS"):
+            # python-hl7: the id, the field separator and the encoding characters are
+            # fields 0-2, taken whole; the rest is split after the encoding characters
+            end = text.find(text[3], 4)
+            head = [value(text[:3]), value(text[3]), value(text[4:end])]
+            text = text[end + 1:]
+            if not text:
+                return head
+        return head + [field(f) for f in text.split(fs)]
 
-    @classmethod
-    def create_field(cls, sequence: list[Any], esc: str = "\\",
-                     separators: str = "\r|~^&", factory: object = None) -> Field:
-        if len(sequence) == 1 and isinstance(sequence[0], str):    # one plain value
-            return [[[cls.unesc(sequence[0], esc, separators)]]] if sequence[0] else []
-        return sequence
-
-    @classmethod
-    def create_segment(cls, sequence: list[Any], esc: str = "\\",
-                       separators: str = "\r|~^&", factory: object = None) -> list[Field]:
-        if len(sequence) == 1 and isinstance(sequence[0], str):    # an id alone ("ZZZ")
-            return [[[[sequence[0]]]]]
-        return sequence
-
-    @classmethod
-    def create_message(cls, sequence: list[Any], esc: str = "\\",
-                       separators: str = "\r|~^&", factory: object = None) -> list[Any]:
-        return sequence
-
-
-_LEVELS: dict[str, type[_Levels]] = {}
-
-
-def _levels(codec: str) -> type[_Levels]:
-    """One factory class per codec (the codecs of ``CHARSETS``: a bounded set)."""
-    cls = _LEVELS.get(codec)
-    if cls is None:
-        cls = _LEVELS[codec] = type(f"_Levels_{codec}", (_Levels,), {"codec": codec})
-    return cls
+    def split(text: str) -> list[list[Field]]:
+        return [segment(t) for t in text.split("\r")]
+    return split
 
 
 def split_messages(text: str) -> list[str]:
@@ -276,7 +260,8 @@ def parse_text(text: str, codec: str = "utf-8") -> Message:
     if any(s[:3] == "MSH" for s in raw_segments[1:]):
         raise Unparseable("more than one MSH segment in one message", "MSH")
     try:
-        parsed: list[list[Field]] = hl7.parse("\r".join(raw_segments), factory=_levels(codec))
+        parsed: list[list[Field]] = _splitter("\r" + seps[0] + seps[2] + seps[1] + seps[4]
+                                              + seps[3], codec)("\r".join(raw_segments).strip())
     except Exception as exc:  # python-hl7 raises assorted errors on hostile input
         raise Unparseable(f"not parseable as HL7 v2 ({type(exc).__name__})", "MSH") from None
     counts: dict[str, int] = {}

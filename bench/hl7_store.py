@@ -1,0 +1,129 @@
+"""The MLLP listener's storing path without the network: N ORU^R01 (5 OBX each, the
+messages of bench/mllp.py) parsed, mapped, gated, sealed, stored, audited and committed
+by ``Hl7Handler.handle_many`` in batches of ``--batch`` (1: one analyser waiting for each
+ACK; 4: the group commit measured with 8 connections).
+
+    .venv/bin/python bench/hl7_store.py [--n 3000] [--batch 1 4] [--runs 3]
+    .venv/bin/python bench/hl7_store.py --against 329b8ef     # side by side with a revision
+
+Prints CPU µs per message (this process, all threads) and what that makes per core. The
+loopback benchmark (bench/mllp.py) varies ±20 % run to run on a shared 2-core machine, as
+the client processes and the server contend; CPU per stored message is the steady part.
+``--against REV`` unpacks that revision's ``src/`` (``git archive``, with the C extensions
+built here copied in) and alternates runs of the two trees, each in a fresh process and
+a fresh database; it prints both medians and their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def measure(n: int, batch: int) -> float:
+    """CPU µs per message for ``n`` messages stored in batches of ``batch``."""
+    from bench.mllp import oru
+    from labvault.config import Settings
+    from labvault.domain.actors import Actor
+    from labvault.interop.hl7.handler import Hl7Handler
+    from labvault.services.wiring import init_labvault
+    from labvault.synthetic import make_finess, make_nir
+
+    tmp = Path(tempfile.mkdtemp())
+    try:
+        lv = init_labvault(Settings.from_env(tmp / "var",
+                                             env={"LABVAULT_KEY_FILE": str(tmp / "root.key")}))
+        op = Actor.operator()
+        tenant = lv.tenants.add(op, "Bench lab", make_finess(random.Random(1))).tenant_id
+        nirs = []
+        for k in range(50):
+            nir = make_nir("F", date(1980, 5, 17), "59350", k + 1)
+            lv.patients.register(op, tenant, {"birth_name": "MARTIN", "first_names": ["Jeanne"],
+                                              "birth_date": "1980-05-17", "sex": "F",
+                                              "nir": nir})
+            nirs.append(nir)
+        h = Hl7Handler(lv, Actor.system("mllp"), tenant)
+        for i in range(0, 400, 4):        # warm caches (keys, patients, statements)
+            h.handle_many([oru(i + j, nirs[(i + j) % 50], "warm") for j in range(4)])
+        msgs = [oru(i, nirs[i % 50], "run") for i in range(n)]
+        c0 = time.process_time()
+        for i in range(0, n, batch):
+            acks = h.handle_many(msgs[i:i + batch])
+            assert all(b"MSA|AA" in a for a in acks), acks
+        cpu = (time.process_time() - c0) / n * 1e6
+        lv.close()
+        return cpu
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _tree(rev: str) -> Path:
+    """``src/`` of ``rev``, with this checkout's built C extensions."""
+    out = Path(tempfile.mkdtemp(prefix="labvault-bench-"))
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "src"], check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(out)], input=archive, check=True)
+    for so in (ROOT / "src").rglob("*.so"):
+        dest = out / so.relative_to(ROOT)
+        if dest.parent.exists():
+            shutil.copy2(so, dest)
+    return out / "src"
+
+
+def _one(src: Path | None, n: int, batch: int) -> float:
+    env = dict(os.environ)
+    if src is not None:
+        env["PYTHONPATH"] = str(src)
+    out = subprocess.run([sys.executable, __file__, "--child", "--n", str(n),
+                          "--batch", str(batch)], env=env, check=True, capture_output=True,
+                         text=True).stdout
+    return float(out.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=3000)
+    ap.add_argument("--batch", type=int, nargs="+", default=[1, 4])
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--against", default=None, help="a git revision to compare with")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(measure(args.n, args.batch[0]))
+        return
+    base = _tree(args.against) if args.against else None
+    try:
+        for batch in args.batch:
+            here: list[float] = []
+            there: list[float] = []
+            for _ in range(args.runs):          # alternated: drift hits both alike
+                if base is not None:
+                    there.append(_one(base, args.n, batch))
+                here.append(_one(None, args.n, batch))
+            h = statistics.median(here)
+            line = (f"batch={batch}: {h:.0f} CPU µs/message = {1e6 / h:.0f} msg/s per core "
+                    f"(runs: {', '.join(f'{x:.0f}' for x in here)})")
+            if there:
+                t = statistics.median(there)
+                line += (f"; {args.against}: {t:.0f} µs (runs: "
+                         f"{', '.join(f'{x:.0f}' for x in there)}); ratio {t / h:.2f}x")
+            print(line, flush=True)
+    finally:
+        if base is not None:
+            shutil.rmtree(base.parent, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
