@@ -80,6 +80,31 @@ def test_a_savepoint_is_inside_the_transaction(lab_lv: Labvault) -> None:
         pass
 
 
+def test_nested_savepoints_undo_only_their_own_writes(lab_lv: Labvault) -> None:
+    """``lv.savepoint`` is plain SAVEPOINT / ROLLBACK TO / RELEASE statements: an inner
+    one that raises undoes its writes alone, and its exception is the one raised."""
+    from datetime import datetime
+
+    def add(conn, n: int) -> None:  # type: ignore[no-untyped-def]
+        conn.execute(tenants.insert().values(
+            tenant_id=f"lab_nestedsavepoint{n:011d}", name=f"Nested {n}",
+            finess=f"0199999{n:02d}", created_at=datetime.now()))
+    with lab_lv.begin() as conn:
+        before = conn.execute(select(func.count()).select_from(tenants)).scalar_one()
+        with lab_lv.savepoint():
+            add(conn, 1)
+            with pytest.raises(LookupError, match="inner"), lab_lv.savepoint():
+                add(conn, 2)
+                raise LookupError("inner")
+            add(conn, 3)
+        with pytest.raises(ValueError, match="second"), lab_lv.savepoint():
+            add(conn, 4)
+            raise ValueError("second")
+        names = set(conn.execute(select(tenants.c.name)).scalars())
+        assert conn.execute(select(func.count()).select_from(tenants)).scalar_one() == before + 2
+        assert {"Nested 1", "Nested 3"} <= names and not {"Nested 2", "Nested 4"} & names
+
+
 @pytest.mark.parametrize("backend", ["sqlite"])   # a listener thread needs its own connections
 def test_concurrent_connections_share_commits(lab_lv: Labvault, h: Hl7Handler,  # noqa: F811
                                               tenant_id: str, known: str,  # noqa: F811

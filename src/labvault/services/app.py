@@ -34,7 +34,7 @@ from labvault.services.gate import (
 )
 from labvault.store import migrate
 from labvault.store import repositories as repo
-from labvault.store.engine import make_engine, open_write_transaction
+from labvault.store.engine import make_engine, savepoint
 
 
 def open_provider(settings: Settings, create: bool = False) -> KeyProvider:
@@ -203,12 +203,11 @@ class Labvault:
         conn = self._tx.get()
         if conn is None:
             raise RuntimeError("savepoint() needs an open transaction (inside lv.begin())")
-        open_write_transaction(conn)
         observers = tuple(self.tx_observers)
         for o in observers:
             o.tx_begin()
         try:
-            with conn.begin_nested():
+            with savepoint(conn):
                 yield conn
         except BaseException:
             for o in observers:

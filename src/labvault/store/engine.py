@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import create_engine, event
@@ -55,3 +58,27 @@ def open_write_transaction(conn: Connection) -> None:
     dbapi = conn.connection.dbapi_connection
     if dbapi is not None and not dbapi.in_transaction:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+_SAVEPOINTS = itertools.count(1)
+
+
+@contextmanager
+def savepoint(conn: Connection) -> Iterator[None]:
+    """A savepoint as three plain statements: what ``begin_nested`` does, without its
+    compiling of a SAVEPOINT / RELEASE clause each time (~190 µs of an HL7 message in
+    the listener's group commit, against ~10 µs; docs/benchmarks.md). Rolled back and
+    released if the block raises; the block's exception is the one that propagates."""
+    open_write_transaction(conn)
+    name = f"lv_sp_{next(_SAVEPOINTS)}"      # unique: savepoints may nest
+    conn.exec_driver_sql(f"SAVEPOINT {name}")
+    try:
+        yield
+    except BaseException:
+        try:
+            conn.exec_driver_sql(f"ROLLBACK TO SAVEPOINT {name}")
+            conn.exec_driver_sql(f"RELEASE SAVEPOINT {name}")
+        except Exception:   # noqa: S110 - the connection is gone: the block's error says why
+            pass
+        raise
+    conn.exec_driver_sql(f"RELEASE SAVEPOINT {name}")
