@@ -12,7 +12,7 @@ from sqlalchemy.engine import Connection
 
 from labvault.crypto import WrappedTenantKey
 from labvault.domain.categories import Category
-from labvault.store.driver_sql import driver_sql
+from labvault.store.driver_sql import all_rows, first
 from labvault.store.schema import (
     blind_index,
     patient_keys,
@@ -74,9 +74,8 @@ _CURRENT_KEY_VERSION_SQL = ("SELECT max(version) FROM tenant_keys WHERE tenant_i
 
 
 def current_key_version(conn: Connection, tenant_id: str, purpose: str) -> int | None:
-    v = conn.exec_driver_sql(driver_sql(conn, _CURRENT_KEY_VERSION_SQL),
-                             (tenant_id, purpose)).scalar()
-    return int(v) if v is not None else None
+    row = first(conn, _CURRENT_KEY_VERSION_SQL, (tenant_id, purpose))
+    return int(row[0]) if row is not None and row[0] is not None else None
 
 
 def set_key_status(conn: Connection, tenant_id: str, purpose: str, version: int,
@@ -125,7 +124,7 @@ _DEK_SQL = ("SELECT kek_version, wrapped FROM patient_keys WHERE tenant_id = {p}
 
 
 def patient_tenant(conn: Connection, patient_id: str) -> str | None:
-    row = conn.exec_driver_sql(driver_sql(conn, _TENANT_SQL), (patient_id,)).first()
+    row = first(conn, _TENANT_SQL, (patient_id,))
     return str(row[0]) if row else None
 
 
@@ -135,7 +134,7 @@ def patient_meta(conn: Connection, tenant_id: str, patient_id: str) -> dict[str,
 
 
 def patient_dek(conn: Connection, tenant_id: str, patient_id: str) -> tuple[int, bytes] | None:
-    row = conn.exec_driver_sql(driver_sql(conn, _DEK_SQL), (tenant_id, patient_id)).first()
+    row = first(conn, _DEK_SQL, (tenant_id, patient_id))
     return (int(row[0]), bytes(row[1])) if row else None
 
 
@@ -178,8 +177,7 @@ def sealed_patients(conn: Connection, tenant_id: str, patient_ids: Iterable[str]
         return {}
     key = tuple(c.value for c in cats)
     if len(ids) == 1:     # one record (every API read): plain SQL, column names from the enum
-        row = conn.exec_driver_sql(driver_sql(conn, _one_sealed_sql(key)),
-                                   (tenant_id, ids[0])).first()
+        row = first(conn, _one_sealed_sql(key), (tenant_id, ids[0]))
         return {} if row is None else {ids[0]: {c: None if row[i + 1] is None else bytes(row[i + 1])
                                                 for i, c in enumerate(cats)}}
     stmt = _SEALED.get(key)
@@ -228,8 +226,7 @@ _FIND_BY_DIGEST_SQL = ("SELECT patient_id FROM blind_index WHERE tenant_id = {p}
 
 
 def find_by_digest(conn: Connection, tenant_id: str, kind: str, digest: bytes) -> list[str]:
-    return [r[0] for r in conn.exec_driver_sql(driver_sql(conn, _FIND_BY_DIGEST_SQL),
-                                               (tenant_id, kind, digest))]
+    return [r[0] for r in all_rows(conn, _FIND_BY_DIGEST_SQL, (tenant_id, kind, digest))]
 
 
 def find_by_digests(conn: Connection, tenant_id: str, kind: str,

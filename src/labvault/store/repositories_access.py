@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import and_, delete, insert, select, update
 from sqlalchemy.engine import Connection
 
-from labvault.store.driver_sql import driver_sql
+from labvault.store.driver_sql import first
 from labvault.store.tables_access import accounts, login_throttle, recovery_codes, sessions
 
 
@@ -93,7 +93,7 @@ _SESSION_TIMES = ("last_seen_at", "expires_at", "auth_at", "revoked_at")
 def session_with_account(conn: Connection, token_digest: bytes) -> dict[str, Any] | None:
     """The session of a token joined with its account's live status and roles (one query,
     on every authenticated request: plain SQL)."""
-    r = conn.exec_driver_sql(driver_sql(conn, _SESSION_BY_DIGEST_SQL), (token_digest,)).first()
+    r = first(conn, _SESSION_BY_DIGEST_SQL, (token_digest,))
     if r is None:
         return None
     row = dict(zip(_SESSION_KEYS, r, strict=True))

@@ -11,7 +11,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
-from labvault.store.driver_sql import driver_sql
+from labvault.store.driver_sql import all_rows, driver_sql
 from labvault.store.tables_audit import (
     PATIENT_BUCKET_BITS,
     audit_entries,
@@ -153,9 +153,8 @@ def stream_rows(conn: Connection, chain: str, from_seq: int = 0, to_seq: int | N
     the order of ``ROW_COLUMNS`` (plain SQL: no per-row type processing for a million rows)."""
     last = from_seq - 1
     end = to_seq if to_seq is not None else 2**62
-    sql = driver_sql(conn, _STREAM)
     while True:
-        rows = conn.exec_driver_sql(sql, (chain, last, end, batch)).all()
+        rows = all_rows(conn, _STREAM, (chain, last, end, batch))
         if not rows:
             return
         yield rows

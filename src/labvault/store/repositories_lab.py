@@ -14,7 +14,7 @@ from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.engine import Connection
 
 from labvault.store.driver_sql import (
-    driver_sql,
+    first,
     insert_rows,
     insert_sql,
     select_rows,
@@ -225,7 +225,7 @@ def history(conn: Connection, tenant_id: str, observation_id: str) -> list[dict[
 
 # -- HL7 message archive ----------------------------------------------------------------------
 def message_by_control(conn: Connection, tenant_id: str, digest: bytes) -> dict[str, Any] | None:
-    row = conn.exec_driver_sql(driver_sql(conn, _SEL_CONTROL), (tenant_id, digest)).first()
+    row = first(conn, _SEL_CONTROL, (tenant_id, digest))
     return None if row is None else {"message_id": row[0], "status": row[1],
                                      "ack_sealed": bytes(row[2])}
 
