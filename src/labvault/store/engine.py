@@ -10,6 +10,8 @@ from typing import Any
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine
 
+from labvault.store.driver_sql import execute
+
 
 def make_engine(url: str, checkpoint_pages: int = 1000, **kwargs: Any) -> Engine:
     """``checkpoint_pages``: SQLite's ``wal_autocheckpoint`` (its default, 1000, unless
@@ -65,20 +67,20 @@ _SAVEPOINTS = itertools.count(1)
 
 @contextmanager
 def savepoint(conn: Connection) -> Iterator[None]:
-    """A savepoint as three plain statements: what ``begin_nested`` does, without its
-    compiling of a SAVEPOINT / RELEASE clause each time (~190 µs of an HL7 message in
-    the listener's group commit, against ~10 µs; docs/benchmarks.md). Rolled back and
+    """A savepoint as three plain statements on the DBAPI cursor: what ``begin_nested``
+    does, without its compiling of a SAVEPOINT / RELEASE clause each time (~190 µs of an
+    HL7 message in the listener's group commit, against ~10 µs; docs/benchmarks.md). Rolled back and
     released if the block raises; the block's exception is the one that propagates."""
     open_write_transaction(conn)
     name = f"lv_sp_{next(_SAVEPOINTS)}"      # unique: savepoints may nest
-    conn.exec_driver_sql(f"SAVEPOINT {name}")
+    execute(conn, f"SAVEPOINT {name}", ()).close()
     try:
         yield
     except BaseException:
         try:
-            conn.exec_driver_sql(f"ROLLBACK TO SAVEPOINT {name}")
-            conn.exec_driver_sql(f"RELEASE SAVEPOINT {name}")
+            execute(conn, f"ROLLBACK TO SAVEPOINT {name}", ()).close()
+            execute(conn, f"RELEASE SAVEPOINT {name}", ()).close()
         except Exception:   # noqa: S110 - the connection is gone: the block's error says why
             pass
         raise
-    conn.exec_driver_sql(f"RELEASE SAVEPOINT {name}")
+    execute(conn, f"RELEASE SAVEPOINT {name}", ()).close()
