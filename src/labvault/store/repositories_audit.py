@@ -11,7 +11,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
-from labvault.store.driver_sql import all_rows, driver_sql
+from labvault.store.driver_sql import all_rows, driver_sql, execute
 from labvault.store.tables_audit import (
     PATIENT_BUCKET_BITS,
     audit_entries,
@@ -64,10 +64,9 @@ def _ts(conn: Connection, at: datetime) -> Any:
 def advance_head(conn: Connection, chain: str, expected: int, next_seq: int, last_hash: bytes,
                  key_sealed: bytes, frontier: bytes, at: datetime) -> bool:
     """Move the head from ``expected`` to ``next_seq``; False if another writer moved it."""
-    cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    cur = execute(conn, driver_sql(conn, _ADVANCE), (next_seq, last_hash, key_sealed, frontier,
+                                                     _ts(conn, at), chain, expected))
     try:
-        cur.execute(driver_sql(conn, _ADVANCE), (next_seq, last_hash, key_sealed, frontier,
-                                                 _ts(conn, at), chain, expected))
         return bool(cur.rowcount == 1)
     finally:
         cur.close()
@@ -94,10 +93,9 @@ def advance_head_and_insert(conn: Connection, chain: str, expected: int, next_se
             return False
         insert_entries(conn, rows)
         return True
-    cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    cur = execute(conn, _ADVANCE_AND_INSERT_PG, (next_seq, last_hash, key_sealed, frontier, at,
+                                                 chain, expected, *rows[0]))
     try:
-        cur.execute(_ADVANCE_AND_INSERT_PG, (next_seq, last_hash, key_sealed, frontier, at,
-                                             chain, expected, *rows[0]))
         return bool(cur.rowcount == 1)
     finally:
         cur.close()
@@ -121,14 +119,8 @@ def insert_entries(conn: Connection, rows: Sequence[Sequence[Any]]) -> None:
     """Entries in one statement (one per gate decision, or a group commit of reads):
     ``rows`` in the column order of ``_INSERT`` (tenant, seq, entry id, time, actor,
     patient, action, outcome, body, MAC)."""
-    cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-    try:
-        if len(rows) == 1:
-            cur.execute(driver_sql(conn, _INSERT), rows[0])
-        else:
-            cur.executemany(driver_sql(conn, _INSERT), rows)
-    finally:
-        cur.close()
+    execute(conn, driver_sql(conn, _INSERT), rows[0] if len(rows) == 1 else rows,
+            many=len(rows) > 1).close()
 
 
 def insert_refs(conn: Connection, refs: Sequence[tuple[str, str, int]]) -> None:

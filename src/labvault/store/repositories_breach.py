@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.engine import Connection
 
-from labvault.store.driver_sql import driver_sql
+from labvault.store.driver_sql import all_rows
 from labvault.store.schema import patients
 from labvault.store.tables_breach import (
     breach_cases,
@@ -87,22 +87,15 @@ def patients_without_encoding(conn: Connection, tenant_id: str) -> list[str]:
         patients.c.patient_id.not_in(have))).scalars())
 
 
-# Bulk reads for dump triage: plain driver SQL, rows as tuples (SQLAlchemy's typed row
-# processing costs ~7x the fetch itself at a million rows).
-def _driver_rows(conn: Connection, template: str, params: tuple[Any, ...]) -> Sequence[Any]:
-    cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-    try:
-        cur.execute(driver_sql(conn, template), params)
-        return list(cur.fetchall())
-    finally:
-        cur.close()
+# Bulk reads for dump triage: plain driver SQL, rows as tuples (``all_rows``; SQLAlchemy's
+# typed row processing costs ~7x the fetch itself at a million rows).
 
 
 def tenant_index_rows(conn: Connection, tenant_id: str, kinds: Sequence[str]
                       ) -> Sequence[tuple[bytes, str]]:
     """(digest, patient id) of every blind-index entry of some kinds of a tenant."""
     marks = ", ".join("{p}" for _ in kinds)
-    return _driver_rows(conn, "SELECT digest, patient_id FROM blind_index "  # noqa: S608 (only {p}s)
+    return all_rows(conn, "SELECT digest, patient_id FROM blind_index "  # noqa: S608 (only {p}s)
                               f"WHERE tenant_id = {{p}} AND kind IN ({marks})",
                         (tenant_id, *kinds))
 
@@ -111,7 +104,7 @@ def tenant_encoding_rows(conn: Connection, tenant_id: str, key_version: int
                          ) -> Sequence[tuple[str, bytes, bytes | None]]:
     """(patient id, stored encoding, packed blocking keys) of a tenant's encodings under
     one key version."""
-    return _driver_rows(conn, "SELECT patient_id, clk, blocks FROM breach_encodings "
+    return all_rows(conn, "SELECT patient_id, clk, blocks FROM breach_encodings "
                               "WHERE tenant_id = {p} AND key_version = {p}",
                         (tenant_id, key_version))
 

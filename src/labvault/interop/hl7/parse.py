@@ -4,8 +4,8 @@
 the bytes are decoded with the charset MSH-18 declares (UTF-8 when absent — no silent
 guessing, a wrong charset would corrupt names and results), the encoding characters
 (MSH-2) are checked, the message is split as python-hl7 splits it, and every leaf
-is unescaped explicitly (``\\F\\ \\S\\ \\T\\ \\R\\ \\E\\ \\Xhh..\\``, formatting escapes), because
-``hl7.parse`` keeps escape sequences as written.
+is unescaped (``\\F\\ \\S\\ \\T\\ \\R\\ \\E\\ \\Xhh..\\``, formatting escapes), which
+``hl7.parse`` itself leaves as written.
 """
 
 from __future__ import annotations
@@ -262,7 +262,7 @@ def parse_text(text: str, codec: str = "utf-8") -> Message:
     try:
         parsed: list[list[Field]] = _splitter("\r" + seps[0] + seps[2] + seps[1] + seps[4]
                                               + seps[3], codec)("\r".join(raw_segments).strip())
-    except Exception as exc:  # python-hl7 raises assorted errors on hostile input
+    except Exception as exc:  # a fault in the split must not take the door down
         raise Unparseable(f"not parseable as HL7 v2 ({type(exc).__name__})", "MSH") from None
     counts: dict[str, int] = {}
     segments: list[Segment] = []

@@ -1,0 +1,33 @@
+"""Hot statements on the DBAPI cursor (``driver_sql.execute``) behave as ``exec_driver_sql``
+did for their callers: inside the connection's transaction, driver errors raised as
+SQLAlchemy's exception classes (callers catch ``sqlalchemy.exc.IntegrityError``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Column, Integer, MetaData, String, Table
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from labvault.store.driver_sql import all_rows, execute, first, insert_rows, insert_sql
+from labvault.store.engine import make_engine
+
+metadata = MetaData()
+things = Table("things", metadata, Column("k", String, primary_key=True),
+               Column("n", Integer, nullable=False))
+
+
+def test_errors_are_sqlalchemys_and_writes_share_the_transaction(tmp_path: Path) -> None:
+    eng = make_engine(f"sqlite:///{tmp_path / 'd.db'}")
+    metadata.create_all(eng)
+    sql = insert_sql(things)
+    with pytest.raises(IntegrityError), eng.begin() as conn:
+        insert_rows(conn, things, sql, [{"k": "a", "n": 1}, {"k": "b", "n": 2}])
+        assert first(conn, "SELECT n FROM things WHERE k = {p}", ("b",)) == (2,)
+        insert_rows(conn, things, sql, [{"k": "a", "n": 3}])          # duplicate key
+    with eng.connect() as conn:                                       # rolled back as a whole
+        assert all_rows(conn, "SELECT k FROM things", ()) == []
+        with pytest.raises(OperationalError, match="no such table"):
+            execute(conn, "SELECT * FROM nothing_here", ())
+    eng.dispose()
