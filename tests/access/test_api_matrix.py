@@ -189,6 +189,12 @@ def _web_cases() -> dict[tuple[str, str], Case]:
             lambda c, r, lab: ("/login", {"email": c.email(r) if r in ROLES else "x@example.org",
                                           "password": PASSWORD, "totp": c.code(r) or ""}),
             everyone(403, 403), form=True),
+        # the enrolment link's page: public; without its CSRF cookie every post is refused
+        ("GET", "/enrol"): Case(get("/enrol"), everyone(200, 200)),
+        ("POST", "/enrol"): Case(
+            lambda c, r, lab: ("/enrol", {"token": "not-a-link", "password": PASSWORD,
+                                          "again": PASSWORD}),
+            everyone(403, 403), form=True),
         ("POST", "/logout"): Case(get("/logout"), everyone(303, 303), fresh_token=True,
                                   form=True),
         ("GET", "/portail"): Case(get("/portail"), patient_only),

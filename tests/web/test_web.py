@@ -26,7 +26,7 @@ def test_every_web_route_is_listed_here() -> None:
     """A new page must be added to the unauthenticated-redirect test below."""
     routes = {(m, r.path) for r in router.routes for m in r.methods}  # type: ignore[attr-defined]
     listed = ({("GET", p) for p in PROTECTED_GET} | {("POST", p) for p in PROTECTED_POST}
-              | {("GET", "/login"), ("POST", "/login")})
+              | {("GET", "/login"), ("POST", "/login"), ("GET", "/enrol"), ("POST", "/enrol")})
     normalised = {(m, p.replace("{report_id}", "rep_x").replace("{patient_id}", "pt_x")
                       .replace("{order_id}", "ord_x").replace("{alert_id}", "al_x"))
                   for m, p in routes}
@@ -43,10 +43,59 @@ def test_unauthenticated_requests_go_to_login(web: World, browser: TestClient) -
     # a forged or expired cookie is no better than none
     browser.cookies.set("labvault_session", "forged-token")
     assert browser.get("/portail").headers["location"] == "/login"
-    # only the login page and the stylesheet are public
+    # only the login and enrolment pages, the stylesheet and the enrolment script are public
     assert browser.get("/login").status_code == 200
+    assert browser.get("/enrol").status_code == 200
+    assert browser.get("/static/enrol.js").status_code == 200
     css = browser.get("/static/labvault.css")
     assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
+
+
+def test_enrolment_link_in_the_browser(web: World, browser: TestClient) -> None:
+    """A new staff member opens the link, chooses a password, scans the QR code and logs
+    in; the link is then spent. Wrong inputs give French messages and keep the form."""
+    import re
+    from urllib.parse import unquote
+
+    import pyotp
+
+    from labvault.domain.actors import Actor
+    email = "ines.garnier.enrol@example.org"
+    out = web.lv.accounts.create(Actor.operator(), web.a.tenant_id, ["technician"],
+                                 "Inès Garnier", email)
+    link = out["enrolment_link"]
+    assert "/enrol#token=" in link
+    token = unquote(link.split("#token=", 1)[1])
+    page = browser.get("/enrol")
+    assert page.status_code == 200 and 'src="/static/enrol.js"' in page.text
+    csp = page.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+    assert "script-src" not in browser.get("/login").headers["content-security-policy"]
+    csrf = csrf_in(page.text)
+    form = {"csrf": csrf, "token": token, "password": "Cerf-Volant-Bleu-Horizon-77"}
+    r = browser.post("/enrol", data={**form, "again": "Cerf-Volant-Bleu-Horizon-78"})
+    assert r.status_code == 422 and "diffèrent" in r.text and token in r.text
+    r = browser.post("/enrol", data={**form, "csrf": csrf_in(r.text), "password": "motdepasse",
+                                     "again": "motdepasse"})
+    assert r.status_code == 422 and "Mot de passe refusé" in r.text
+    r = browser.post("/enrol", data={**form, "csrf": csrf_in(r.text),
+                                     "again": form["password"]})
+    assert r.status_code == 200 and "<svg" in r.text and "Codes de secours" in r.text
+    secret = re.search(r"<code>([A-Z2-7]{16,})</code>", r.text)
+    assert secret is not None
+    codes = re.findall(r"<li><code>([^<]+)</code></li>", r.text)
+    assert len(codes) >= 8
+    web.lv.accounts.login(email, form["password"],
+                          pyotp.TOTP(secret.group(1)).at(web.clock().timestamp()))
+    page = browser.get("/enrol")                                   # the link is spent
+    again = browser.post("/enrol", data={**form, "csrf": csrf_in(page.text),
+                                         "again": form["password"]})
+    assert again.status_code == 401 and "pas valable" in again.text
+    missing = browser.post("/enrol", data={"csrf": csrf_in(browser.get("/enrol").text),
+                                           "password": "x", "again": "x"})
+    assert missing.status_code == 400 and "#token=" in missing.text
+    forged = browser.post("/enrol", data={**form, "csrf": "forged", "again": form["password"]})
+    assert forged.status_code == 403
 
 
 def test_login_flow_staff_and_logout(web: World, browser: TestClient) -> None:

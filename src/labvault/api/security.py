@@ -23,7 +23,11 @@ DOCS_CSP = (b"default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.
 # Web pages (labvault.web): one same-origin stylesheet, forms posting to this origin, no script.
 WEB_CSP = (b"default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
            b"frame-ancestors 'none'; base-uri 'none'")
-WEB_PREFIXES = ("/login", "/logout", "/portail", "/console", "/static/")
+# The enrolment page alone runs one same-origin script (static/enrol.js: the link's token
+# is in the URL fragment, which only a script can read).
+ENROL_CSP = (b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+             b"form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+WEB_PREFIXES = ("/login", "/logout", "/enrol", "/portail", "/console", "/static/")
 COMMON = [
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"no-referrer"),
@@ -82,6 +86,7 @@ class SecurityMiddleware:
                            if k != b"cache-control" or not path.startswith("/api/")]
                 headers.extend(COMMON)
                 csp = (DOCS_CSP if path in ("/docs", "/redoc") else
+                       ENROL_CSP if path == "/enrol" else
                        WEB_CSP if path == "/" or path.startswith(WEB_PREFIXES) else API_CSP)
                 headers.append((b"content-security-policy", csp))
                 if path.startswith("/api/"):

@@ -15,16 +15,24 @@ import json
 import secrets
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
+from urllib.parse import parse_qs, urlsplit
 
 from fastapi import APIRouter, Depends, Form, Request, Response
 from fastapi.responses import RedirectResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from labvault.access.passwords import MAX_LENGTH as MAX_PASSWORD
 from labvault.api.deps import LV, SESSION_COOKIE, client_address, resolve_actor
 from labvault.domain import lab as L
 from labvault.domain.actors import Actor
 from labvault.domain.categories import Action, Category
-from labvault.errors import AccessDenied, AuthenticationFailed, NotFound, UserError
+from labvault.errors import (
+    AccessDenied,
+    AuthenticationFailed,
+    InvalidField,
+    NotFound,
+    UserError,
+)
 from labvault.services.accounts import LoginThrottled
 from labvault.services.gate import Access
 from labvault.services.portal import PortalService
@@ -139,6 +147,75 @@ def login(request: Request, lv: LV,
                     secure=request.url.scheme == "https", path="/",
                     max_age=int((res.expires_at - lv.now()).total_seconds()))
     resp.delete_cookie(LOGIN_CSRF, path="/login")
+    return resp
+
+
+# == enrolment link ==========================================================================
+ENROL_CSRF = "labvault_enrol_csrf"
+# passwords.check_password's rules, as the page says them
+_PASSWORD_FR = {
+    "is required": "il est obligatoire",
+    "does not follow the password rules (CNIL 2022-100)":
+        "il ne suit pas les règles rappelées ci-dessus (CNIL, délibération 2022-100)",
+    "contains your name or e-mail address": "il contient votre nom ou votre adresse e-mail",
+    "is a common or breached password":
+        "il figure dans les listes de mots de passe courants ou divulgués",
+    f"is longer than {MAX_PASSWORD} characters": f"il dépasse {MAX_PASSWORD} caractères",
+}
+
+
+def _enrol_page(request: Request, status: int = 200, error: str | None = None,
+                token: str = "") -> Response:
+    csrf = secrets.token_urlsafe(32)
+    resp = html("enrol.html", status, csrf=csrf, error=error, token=token, user=None)
+    resp.set_cookie(ENROL_CSRF, csrf, httponly=True, samesite="strict",
+                    secure=request.url.scheme == "https", path="/enrol", max_age=3600)
+    return resp
+
+
+@router.get("/enrol")
+def enrol_form(request: Request) -> Response:
+    """The page of a one-time enrolment link (``/enrol#token=...``: the token stays in the
+    browser until the form is sent; ``static/enrol.js`` copies it into the form)."""
+    return _enrol_page(request)
+
+
+@router.post("/enrol")
+def enrol(request: Request, lv: LV,
+          token: Annotated[str, Form(max_length=200)] = "",
+          password: Annotated[str, Form(max_length=1024)] = "",
+          again: Annotated[str, Form(max_length=1024)] = "",
+          csrf: Annotated[str, Form(max_length=200)] = "") -> Response:
+    cookie = request.cookies.get(ENROL_CSRF, "")
+    if not cookie or not csrf or not hmac.compare_digest(cookie.encode(), csrf.encode()):
+        return error_page(403, "le formulaire d'activation a expiré",
+                          "rouvrez le lien d'activation reçu et recommencez")
+    if not token:
+        return error_page(400, "le lien d'activation est incomplet",
+                          "ouvrez le lien complet reçu de votre administrateur (il se termine "
+                          "par #token=…)")
+    if password != again:
+        return _enrol_page(request, 422, "Les deux mots de passe diffèrent.", token)
+    try:
+        out = lv.accounts.enrol(token, password, client_address(request))
+    except AuthenticationFailed:
+        return error_page(401, "ce lien d'activation n'est pas valable (déjà utilisé ou expiré)",
+                          "demandez un nouveau lien à votre administrateur")
+    except InvalidField as exc:
+        reason = _PASSWORD_FR.get(exc.rule, exc.rule)
+        return _enrol_page(request, 422, f"Mot de passe refusé : {reason}.", token)
+    qr = secret = None
+    if out.get("otpauth_uri"):
+        import segno
+        from markupsafe import Markup
+        uri = out["otpauth_uri"]
+        # inline SVG: the page's policy allows no image source but this origin
+        qr = Markup(segno.make(uri, error="m").svg_inline(  # noqa: S704 - segno's own markup
+            scale=4, title="code QR"))
+        secret = parse_qs(urlsplit(uri).query).get("secret", [""])[0]
+    resp = html("enrolled.html", qr=qr, secret=secret,
+                recovery_codes=out.get("recovery_codes", []), user=None)
+    resp.delete_cookie(ENROL_CSRF, path="/enrol")
     return resp
 
 
