@@ -195,6 +195,11 @@ def _web_cases() -> dict[tuple[str, str], Case]:
             lambda c, r, lab: ("/enrol", {"token": "not-a-link", "password": PASSWORD,
                                           "again": PASSWORD}),
             everyone(403, 403), form=True),
+        # second factor (after a reset; patients may opt in): staff here have one (409
+        # page), a patient gets a QR code and a wrong code is refused; anonymous: /login
+        ("GET", "/mfa"): Case(get("/mfa"), allow(("patient",), 200, deny=409, anon=303)),
+        ("POST", "/mfa"): Case(lambda c, r, lab: ("/mfa", {"totp": "000000"}),
+                               allow(("patient",), 422, deny=409, anon=303), form=True),
         ("POST", "/logout"): Case(get("/logout"), everyone(303, 303), fresh_token=True,
                                   form=True),
         ("GET", "/portail"): Case(get("/portail"), patient_only),

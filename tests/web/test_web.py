@@ -26,7 +26,8 @@ def test_every_web_route_is_listed_here() -> None:
     """A new page must be added to the unauthenticated-redirect test below."""
     routes = {(m, r.path) for r in router.routes for m in r.methods}  # type: ignore[attr-defined]
     listed = ({("GET", p) for p in PROTECTED_GET} | {("POST", p) for p in PROTECTED_POST}
-              | {("GET", "/login"), ("POST", "/login"), ("GET", "/enrol"), ("POST", "/enrol")})
+              | {("GET", "/login"), ("POST", "/login"), ("GET", "/enrol"), ("POST", "/enrol"),
+                 ("GET", "/mfa"), ("POST", "/mfa")})
     normalised = {(m, p.replace("{report_id}", "rep_x").replace("{patient_id}", "pt_x")
                       .replace("{order_id}", "ord_x").replace("{alert_id}", "al_x"))
                   for m, p in routes}
@@ -96,6 +97,37 @@ def test_enrolment_link_in_the_browser(web: World, browser: TestClient) -> None:
     assert missing.status_code == 400 and "#token=" in missing.text
     forged = browser.post("/enrol", data={**form, "csrf": "forged", "again": form["password"]})
     assert forged.status_code == 403
+
+
+def test_second_factor_again_after_a_reset(web: World, browser: TestClient) -> None:
+    """After an administrator's MFA reset, the password alone opens /mfa and nothing else;
+    a confirmed code ends that session and the new secret is the one that logs in."""
+    import re
+
+    import pyotp
+
+    from labvault.domain.actors import Actor
+    email = web.a.emails["technician"]
+    web.lv.accounts.reset_mfa(Actor.operator(), web.a.accounts["technician"])
+    page = browser.get("/login")
+    r = browser.post("/login", data={"email": email, "password": PASSWORD, "totp": "",
+                                     "csrf": csrf_in(page.text)})
+    assert r.status_code == 303 and r.headers["location"] == "/mfa"
+    assert browser.get("/console").headers["location"] == "/login"     # only /mfa
+    page = browser.get("/mfa")
+    assert page.status_code == 200 and "<svg" in page.text
+    secret = re.search(r"<code>([A-Z2-7]{16,})</code>", page.text)
+    assert secret is not None
+    assert browser.post("/mfa", data={"csrf": "forged", "totp": "000000"}).status_code == 403
+    bad = browser.post("/mfa", data={"csrf": csrf_in(page.text), "totp": "000000"})
+    assert bad.status_code == 422 and "pas valable" in bad.text
+    code = pyotp.TOTP(secret.group(1)).at(web.clock().timestamp())
+    done = browser.post("/mfa", data={"csrf": csrf_in(page.text), "totp": code})
+    assert done.status_code == 200 and "Codes de secours" in done.text
+    assert browser.get("/mfa").headers["location"] == "/login"          # session ended
+    web.clock.advance(seconds=30)
+    web.lv.accounts.login(email, PASSWORD,
+                          pyotp.TOTP(secret.group(1)).at(web.clock().timestamp()))
 
 
 def test_login_flow_staff_and_logout(web: World, browser: TestClient) -> None:

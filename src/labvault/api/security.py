@@ -27,7 +27,7 @@ WEB_CSP = (b"default-src 'none'; style-src 'self'; img-src 'self'; form-action '
 # is in the URL fragment, which only a script can read).
 ENROL_CSP = (b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
              b"form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
-WEB_PREFIXES = ("/login", "/logout", "/enrol", "/portail", "/console", "/static/")
+WEB_PREFIXES = ("/login", "/logout", "/enrol", "/mfa", "/portail", "/console", "/static/")
 COMMON = [
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"no-referrer"),

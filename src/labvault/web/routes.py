@@ -20,9 +20,16 @@ from urllib.parse import parse_qs, urlsplit
 from fastapi import APIRouter, Depends, Form, Request, Response
 from fastapi.responses import RedirectResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from markupsafe import Markup
 
 from labvault.access.passwords import MAX_LENGTH as MAX_PASSWORD
-from labvault.api.deps import LV, SESSION_COOKIE, client_address, resolve_actor
+from labvault.api.deps import (
+    LV,
+    SESSION_COOKIE,
+    client_address,
+    enrolling_actor,
+    resolve_actor,
+)
 from labvault.domain import lab as L
 from labvault.domain.actors import Actor
 from labvault.domain.categories import Action, Category
@@ -136,13 +143,9 @@ def login(request: Request, lv: LV,
         return _login_page(request, 401, "Connexion refusée : vérifiez votre e-mail, votre mot "
                            "de passe et le code de votre application d'authentification. Après "
                            "plusieurs échecs, attendez quelques minutes.")
-    if res.scope != "full":
-        # staff whose second factor is not set up yet: not a web session (enrol through the API)
-        lv.accounts.logout(lv.accounts.resolve(res.token, client_address(request),
-                                               scopes=(res.scope,)))
-        return error_page(403, "votre compte doit d'abord activer la double authentification",
-                          "suivez le lien d'activation envoyé par votre administrateur")
-    resp = RedirectResponse("/", status_code=303, headers=NO_STORE)
+    # staff whose second factor was reset: a session limited to enrolling a new one (/mfa)
+    resp = RedirectResponse("/" if res.scope == "full" else "/mfa", status_code=303,
+                            headers=NO_STORE)
     resp.set_cookie(SESSION_COOKIE, res.token, httponly=True, samesite="strict",
                     secure=request.url.scheme == "https", path="/",
                     max_age=int((res.expires_at - lv.now()).total_seconds()))
@@ -204,18 +207,58 @@ def enrol(request: Request, lv: LV,
     except InvalidField as exc:
         reason = _PASSWORD_FR.get(exc.rule, exc.rule)
         return _enrol_page(request, 422, f"Mot de passe refusé : {reason}.", token)
-    qr = secret = None
-    if out.get("otpauth_uri"):
-        import segno
-        from markupsafe import Markup
-        uri = out["otpauth_uri"]
-        # inline SVG: the page's policy allows no image source but this origin
-        qr = Markup(segno.make(uri, error="m").svg_inline(  # noqa: S704 - segno's own markup
-            scale=4, title="code QR"))
-        secret = parse_qs(urlsplit(uri).query).get("secret", [""])[0]
-    resp = html("enrolled.html", qr=qr, secret=secret,
+    qr, secret = _qr(out["otpauth_uri"]) if out.get("otpauth_uri") else (None, None)
+    resp = html("enrolled.html", qr=qr, secret=secret, mfa_done=False,
                 recovery_codes=out.get("recovery_codes", []), user=None)
     resp.delete_cookie(ENROL_CSRF, path="/enrol")
+    return resp
+
+
+# == second factor after a reset ==============================================================
+def enrolling_user(request: Request,
+                   creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+                   ) -> WebUser:
+    """A session limited to MFA enrolment (``mfa-enrol``: staff whose second factor was
+    reset log in with their password alone and get only this page)."""
+    actor = enrolling_actor(request, creds)
+    bearer = creds is not None and creds.scheme.lower() == "bearer" and bool(creds.credentials)
+    user = WebUser(actor, portal_of(request).csrf_token(actor), via_cookie=not bearer)
+    request.state.web_user = user
+    return user
+
+
+Enrolling = Annotated[WebUser, Depends(enrolling_user)]
+
+
+def _qr(uri: str) -> tuple[Markup, str]:
+    """The otpauth URI as an inline SVG QR code (the pages allow no image source but this
+    origin) and the secret it carries, for typing by hand."""
+    import segno
+    svg = Markup(segno.make(uri, error="m").svg_inline(  # noqa: S704 - segno's own markup
+        scale=4, title="code QR"))
+    return svg, parse_qs(urlsplit(uri).query).get("secret", [""])[0]
+
+
+@router.get("/mfa")
+def mfa_form(user: Enrolling, lv: LV) -> Response:
+    """A new TOTP secret (each visit replaces the one not yet confirmed) and its QR code."""
+    qr, secret = _qr(lv.accounts.mfa_enrol(user.actor)["otpauth_uri"])
+    return html("mfa.html", qr=qr, secret=secret, csrf=user.csrf, error=None, user=None)
+
+
+@router.post("/mfa")
+def mfa_confirm(request: Request, user: Enrolling, lv: LV, csrf: Csrf = "",
+                totp: Annotated[str, Form(max_length=32)] = "") -> Response:
+    _check_csrf(request, user, csrf)
+    try:
+        out = lv.accounts.mfa_verify(user.actor, totp.strip())
+    except AuthenticationFailed:
+        return html("mfa.html", 422, qr=None, secret=None, csrf=user.csrf, user=None,
+                    error="Ce code n'est pas valable : tapez le code que l'application "
+                          "affiche maintenant.")
+    resp = html("enrolled.html", qr=None, secret=None, mfa_done=True,
+                recovery_codes=out["recovery_codes"], user=None)
+    resp.delete_cookie(SESSION_COOKIE, path="/")      # the enrolment session has ended
     return resp
 
 
