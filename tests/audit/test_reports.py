@@ -149,8 +149,9 @@ def test_patient_entries_across_buckets(lv: Labvault, audit_log: AuditLog) -> No
     from labvault.audit import chain as ch
     from labvault.store import repositories_audit as arepo
     tid = new_lab(lv, "Laboratoire des Buckets")
-    with lv.begin() as conn:
+    with lv.begin() as conn:     # the entry is written as its transaction commits
         lv.gate.audit.event(conn, Actor.operator(), "bench.start", "success", tid, {})
+    with lv.begin() as conn:
         head = arepo.head(conn, tid)
         assert head is not None
         state = ch.State(head["next_seq"], head["last_hash"], audit_log._heads[tid].key,

@@ -102,12 +102,16 @@ def signing_key_path(settings: Settings) -> Path:
 
 @dataclass(slots=True)
 class _Frame:
+    # entries decided in this transaction, written together just before it commits
+    # (``tx_flush``): one head move and one insert per chain instead of one per decision
+    pending: list[Draft] = field(default_factory=list)
     rescue: list[Draft] = field(default_factory=list)
     chains: set[str] = field(default_factory=set)
     checkpoints: list[tuple[str, int, bytes, bytes, list[bytes]]] = field(default_factory=list)
     grouped: list[QueuedRead] = field(default_factory=list)
 
     def merge(self, child: _Frame) -> None:
+        self.pending.extend(child.pending)
         self.rescue.extend(child.rescue)
         self.grouped.extend(child.grouped)
         self.chains |= child.chains
@@ -210,11 +214,16 @@ class AuditLog:
                      tuple([clean(p) for p in patient_ids]), private, new_id("ae"))
 
     def _draft_and_append(self, conn: Connection, draft: Draft) -> None:
-        self._append(conn, draft)
+        """Inside a ``lv.begin()`` transaction the entry is written with the others of the
+        transaction just before it commits (``tx_flush``: it commits with the data or not
+        at all, as before); outside one, now."""
+        frame = self._frame()
+        if frame is None:
+            self._append(conn, draft)
+            return
+        frame.pending.append(draft)
         if draft.outcome in RESCUED_OUTCOMES:
-            frame = self._frame()
-            if frame is not None:
-                frame.rescue.append(draft)
+            frame.rescue.append(draft)
 
     # -- append ---------------------------------------------------------------------------
     def _chain_of(self, conn: Connection, tenant_id: str | None) -> str:
@@ -577,6 +586,22 @@ class AuditLog:
     def tx_begin(self) -> None:
         self._stack().append(_Frame())
 
+    def tx_flush(self, conn: Connection) -> None:
+        """Write the transaction's entries (called by ``lv.begin`` before it commits): per
+        chain, in decision order, one head move and one insert."""
+        frame = self._frame()
+        if frame is None or not frame.pending:
+            return
+        pending, frame.pending = frame.pending, []
+        self._append_drafts(conn, pending)
+
+    def _append_drafts(self, conn: Connection, drafts: list[Draft]) -> None:
+        by_chain: dict[str, list[Draft]] = {}
+        for d in drafts:
+            by_chain.setdefault(self._chain_of(conn, d.tenant_id), []).append(d)
+        for chain, group in by_chain.items():
+            self._append_chain(conn, chain, group)
+
     def tx_end(self, lv: Labvault, committed: bool, savepoint: bool) -> None:
         stack = self._stack()
         if not stack:
@@ -591,9 +616,14 @@ class AuditLog:
         if committed:
             if savepoint and stack:
                 stack[-1].merge(frame)      # not durable until the enclosing one commits
-            else:
-                for cp in frame.checkpoints:
-                    self._auto_checkpoint(*cp)
+                return
+            for cp in frame.checkpoints:
+                self._auto_checkpoint(*cp)
+            if frame.pending:   # not flushed (a transaction not ended by lv.begin): now
+                log.error("%d audit entries were not written with their transaction; "
+                          "writing them now", len(frame.pending))
+                with lv.begin() as conn:
+                    self._append_drafts(conn, frame.pending)
             return
         with self._lock:
             for chain in frame.chains:

@@ -87,6 +87,9 @@ class TxObserver(Protocol):
 
     def tx_begin(self) -> None: ...
 
+    def tx_flush(self, conn: Connection) -> None:
+        """The outermost transaction's body is done: last writes, before it commits."""
+
     def tx_end(self, lv: Labvault, committed: bool, savepoint: bool) -> None: ...
 
 
@@ -188,6 +191,8 @@ class Labvault:
         try:
             with self._transaction() as conn:
                 yield conn
+                for o in observers:
+                    o.tx_flush(conn)
         except BaseException:
             for o in observers:
                 o.tx_end(self, False, self._bound is not None)

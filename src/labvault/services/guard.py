@@ -160,6 +160,9 @@ class GuardService:
     def tx_begin(self) -> None:
         self._stack().append([])
 
+    def tx_flush(self, conn: Connection) -> None:
+        pass                # refusals are kept only if the transaction rolls back
+
     def tx_end(self, lv: Labvault, committed: bool, savepoint: bool) -> None:
         stack = self._stack()
         if not stack:
