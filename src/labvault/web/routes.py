@@ -80,7 +80,11 @@ def portal_of(request: Request) -> PortalService:
 def web_user(request: Request,
              creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> WebUser:
     """The logged-in user (session cookie, or a bearer token for scripts and tests)."""
-    actor = resolve_actor(request, creds)
+    return _as_user(request, creds, resolve_actor(request, creds))
+
+
+def _as_user(request: Request, creds: HTTPAuthorizationCredentials | None,
+             actor: Actor) -> WebUser:
     bearer = creds is not None and creds.scheme.lower() == "bearer" and bool(creds.credentials)
     user = WebUser(actor, portal_of(request).csrf_token(actor), via_cookie=not bearer)
     request.state.web_user = user
@@ -111,12 +115,24 @@ def _patient(user: WebUser) -> None:
 
 
 # == login / logout ===========================================================================
-def _login_page(request: Request, status: int = 200, error: str | None = None) -> Response:
+# Forms sent before any session (login, enrolment): double submit, a random value in the
+# form and in an HttpOnly SameSite=Strict cookie scoped to the form's own path.
+def _form_page(request: Request, template: str, cookie: str, path: str, status: int = 200,
+               **context: Any) -> Response:
     token = secrets.token_urlsafe(32)
-    resp = html("login.html", status, csrf=token, error=error, user=None)
-    resp.set_cookie(LOGIN_CSRF, token, httponly=True, samesite="strict",
-                    secure=request.url.scheme == "https", path="/login", max_age=3600)
+    resp = html(template, status, csrf=token, user=None, **context)
+    resp.set_cookie(cookie, token, httponly=True, samesite="strict",
+                    secure=request.url.scheme == "https", path=path, max_age=3600)
     return resp
+
+
+def _form_sent_here(request: Request, cookie: str, csrf: str) -> bool:
+    value = request.cookies.get(cookie, "")
+    return bool(value) and bool(csrf) and hmac.compare_digest(value.encode(), csrf.encode())
+
+
+def _login_page(request: Request, status: int = 200, error: str | None = None) -> Response:
+    return _form_page(request, "login.html", LOGIN_CSRF, "/login", status, error=error)
 
 
 @router.get("/login")
@@ -130,8 +146,7 @@ def login(request: Request, lv: LV,
           password: Annotated[str, Form(max_length=1024)],
           totp: Annotated[str, Form(max_length=32)] = "",
           csrf: Annotated[str, Form(max_length=200)] = "") -> Response:
-    cookie = request.cookies.get(LOGIN_CSRF, "")
-    if not cookie or not csrf or not hmac.compare_digest(cookie.encode(), csrf.encode()):
+    if not _form_sent_here(request, LOGIN_CSRF, csrf):
         return error_page(403, "le formulaire de connexion a expiré",
                           "rechargez la page de connexion et recommencez")
     try:
@@ -169,11 +184,8 @@ _PASSWORD_FR = {
 
 def _enrol_page(request: Request, status: int = 200, error: str | None = None,
                 token: str = "") -> Response:
-    csrf = secrets.token_urlsafe(32)
-    resp = html("enrol.html", status, csrf=csrf, error=error, token=token, user=None)
-    resp.set_cookie(ENROL_CSRF, csrf, httponly=True, samesite="strict",
-                    secure=request.url.scheme == "https", path="/enrol", max_age=3600)
-    return resp
+    return _form_page(request, "enrol.html", ENROL_CSRF, "/enrol", status, error=error,
+                      token=token)
 
 
 @router.get("/enrol")
@@ -189,8 +201,7 @@ def enrol(request: Request, lv: LV,
           password: Annotated[str, Form(max_length=1024)] = "",
           again: Annotated[str, Form(max_length=1024)] = "",
           csrf: Annotated[str, Form(max_length=200)] = "") -> Response:
-    cookie = request.cookies.get(ENROL_CSRF, "")
-    if not cookie or not csrf or not hmac.compare_digest(cookie.encode(), csrf.encode()):
+    if not _form_sent_here(request, ENROL_CSRF, csrf):
         return error_page(403, "le formulaire d'activation a expiré",
                           "rouvrez le lien d'activation reçu et recommencez")
     if not token:
@@ -220,11 +231,7 @@ def enrolling_user(request: Request,
                    ) -> WebUser:
     """A session limited to MFA enrolment (``mfa-enrol``: staff whose second factor was
     reset log in with their password alone and get only this page)."""
-    actor = enrolling_actor(request, creds)
-    bearer = creds is not None and creds.scheme.lower() == "bearer" and bool(creds.credentials)
-    user = WebUser(actor, portal_of(request).csrf_token(actor), via_cookie=not bearer)
-    request.state.web_user = user
-    return user
+    return _as_user(request, creds, enrolling_actor(request, creds))
 
 
 Enrolling = Annotated[WebUser, Depends(enrolling_user)]
