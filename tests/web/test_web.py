@@ -82,6 +82,7 @@ def test_enrolment_link_in_the_browser(web: World, browser: TestClient) -> None:
     r = browser.post("/enrol", data={**form, "csrf": csrf_in(r.text),
                                      "again": form["password"]})
     assert r.status_code == 200 and "<svg" in r.text and "Codes de secours" in r.text
+    assert r.headers["cache-control"] == "no-store"        # a secret and recovery codes
     secret = re.search(r"<code>([A-Z2-7]{16,})</code>", r.text)
     assert secret is not None
     codes = re.findall(r"<li><code>([^<]+)</code></li>", r.text)
