@@ -94,6 +94,42 @@ def test_refusal_inside_enclosing_transaction_is_kept(lv: Labvault, audit_log: A
     assert audit.verify()["ok"]
 
 
+def test_a_transactions_entries_are_written_together_at_its_end(
+        lv: Labvault, audit_log: AuditLog, audit: AuditService, operator: Actor,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Decisions are drafted as they are made and written just before the transaction
+    commits: one head move per chain, entries in decision order; nothing of a transaction
+    that rolls back (its refusals aside, written again on their own)."""
+    from labvault.domain.categories import Action
+    from labvault.services.gate import Access
+    from labvault.store import repositories_audit as arepo
+    tid, other = new_lab(lv), new_lab(lv, "Laboratoire du Hainaut")
+    moves: list[tuple[str, int]] = []
+    real = arepo.advance_head_and_insert
+
+    def counted(conn, chain, *args, **kw):  # type: ignore[no-untyped-def]
+        moves.append((chain, len(args[-1])))
+        return real(conn, chain, *args, **kw)
+    monkeypatch.setattr(arepo, "advance_head_and_insert", counted)
+    with lv.begin() as conn:
+        for action in (Action.READ, Action.SEARCH, Action.WRITE):
+            lv.gate.check(conn, Access(operator, action, tid, frozenset(), patient_ids=()))
+        lv.gate.check(conn, Access(operator, Action.READ, other, frozenset(), patient_ids=()))
+        lv.gate.check(conn, Access(operator, Action.EXPORT, tid, frozenset(), patient_ids=()))
+        assert moves == []                      # nothing written before the end
+    assert sorted(moves) == sorted([(tid, 4), (other, 1)])
+    with lv.begin() as conn:
+        actions = [r.action for r in conn.execute(
+            select(audit_entries.c.action).where(audit_entries.c.tenant_id == tid)
+            .order_by(audit_entries.c.seq))]
+    assert actions[-4:] == ["read", "search", "write", "export"]
+    moves.clear()
+    with pytest.raises(RuntimeError), lv.begin() as conn:
+        lv.gate.check(conn, Access(operator, Action.READ, tid, frozenset(), patient_ids=()))
+        raise RuntimeError("the work fails")
+    assert moves == [] and audit.verify()["ok"]
+
+
 def test_security_events_seal_free_text(lv: Labvault, audit_log: AuditLog, audit: AuditService,
                                         operator: Actor) -> None:
     tid = new_lab(lv)
