@@ -6,7 +6,8 @@ ACK; 4: the group commit measured with 8 connections).
     .venv/bin/python bench/hl7_store.py [--n 3000] [--batch 1 4] [--runs 3]
     .venv/bin/python bench/hl7_store.py --against 329b8ef     # side by side with a revision
 
-Prints CPU µs per message (this process, all threads) and what that makes per core. The
+Prints CPU µs per message (this process, all threads), what that makes per core, and
+the KiB passed to write() per message (log frames and checkpoints: steady under load). The
 loopback benchmark (bench/mllp.py) varies ±20 % run to run on a shared 2-core machine, as
 the client processes and the server contend; CPU per stored message is the steady part.
 ``--against REV`` unpacks that revision's ``src/`` (``git archive``, with the C extensions
@@ -32,8 +33,18 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def measure(n: int, batch: int) -> float:
-    """CPU µs per message for ``n`` messages stored in batches of ``batch``."""
+def _written() -> int:
+    """Bytes this process has passed to write() so far (Linux; 0 elsewhere)."""
+    try:
+        with open("/proc/self/io") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("wchar:"))
+    except (OSError, StopIteration):
+        return 0
+
+
+def measure(n: int, batch: int) -> tuple[float, float]:
+    """(CPU µs, KiB written) per message for ``n`` messages stored in batches of ``batch``.
+    The bytes (write-ahead log frames, checkpoints) do not depend on the machine's load."""
     from bench.mllp import oru
     from labvault.config import Settings
     from labvault.domain.actors import Actor
@@ -58,13 +69,14 @@ def measure(n: int, batch: int) -> float:
         for i in range(0, 400, 4):        # warm caches (keys, patients, statements)
             h.handle_many([oru(i + j, nirs[(i + j) % 50], "warm") for j in range(4)])
         msgs = [oru(i, nirs[i % 50], "run") for i in range(n)]
-        c0 = time.process_time()
+        c0, w0 = time.process_time(), _written()
         for i in range(0, n, batch):
             acks = h.handle_many(msgs[i:i + batch])
             assert all(b"MSA|AA" in a for a in acks), acks
         cpu = (time.process_time() - c0) / n * 1e6
+        kib = (_written() - w0) / n / 1024
         lv.close()
-        return cpu
+        return cpu, kib
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -82,14 +94,15 @@ def _tree(rev: str) -> Path:
     return out / "src"
 
 
-def _one(src: Path | None, n: int, batch: int) -> float:
+def _one(src: Path | None, n: int, batch: int) -> tuple[float, float]:
     env = dict(os.environ)
     if src is not None:
         env["PYTHONPATH"] = str(src)
     out = subprocess.run([sys.executable, __file__, "--child", "--n", str(n),
                           "--batch", str(batch)], env=env, check=True, capture_output=True,
                          text=True).stdout
-    return float(out.strip().splitlines()[-1])
+    cpu, kib = out.strip().splitlines()[-1].split()
+    return float(cpu), float(kib)
 
 
 def main() -> None:
@@ -101,24 +114,28 @@ def main() -> None:
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(measure(args.n, args.batch[0]))
+        print(*measure(args.n, args.batch[0]))
         return
     base = _tree(args.against) if args.against else None
     try:
         for batch in args.batch:
-            here: list[float] = []
-            there: list[float] = []
+            here: list[tuple[float, float]] = []
+            there: list[tuple[float, float]] = []
             for _ in range(args.runs):          # alternated: drift hits both alike
                 if base is not None:
                     there.append(_one(base, args.n, batch))
                 here.append(_one(None, args.n, batch))
-            h = statistics.median(here)
-            line = (f"batch={batch}: {h:.0f} CPU µs/message = {1e6 / h:.0f} msg/s per core "
-                    f"(runs: {', '.join(f'{x:.0f}' for x in here)})")
+            h = statistics.median(c for c, _ in here)
+            hk = statistics.median(k for _, k in here)
+            line = (f"batch={batch}: {h:.0f} CPU µs/message = {1e6 / h:.0f} msg/s per core, "
+                    f"{hk:.0f} KiB written/message "
+                    f"(runs: {', '.join(f'{c:.0f}' for c, _ in here)})")
             if there:
-                t = statistics.median(there)
-                line += (f"; {args.against}: {t:.0f} µs (runs: "
-                         f"{', '.join(f'{x:.0f}' for x in there)}); ratio {t / h:.2f}x")
+                t = statistics.median(c for c, _ in there)
+                tk = statistics.median(k for _, k in there)
+                line += (f"; {args.against}: {t:.0f} µs, {tk:.0f} KiB (runs: "
+                         f"{', '.join(f'{c:.0f}' for c, _ in there)}); ratio {t / h:.2f}x CPU, "
+                         f"{tk / hk:.2f}x bytes")
             print(line, flush=True)
     finally:
         if base is not None:

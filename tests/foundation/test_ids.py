@@ -8,7 +8,7 @@ import re
 import threading
 from collections import Counter
 
-from labvault.store.ids import new_id
+from labvault.store.ids import new_id, new_ids
 
 SHAPE = re.compile(r"ae_[0-9abcdefghjkmnpqrstvwxyz]{26}")
 
@@ -46,3 +46,18 @@ def test_forked_child_draws_fresh_ids() -> None:
         child = set(f.read().split())
     parent = {new_id("ae") for _ in range(50)}
     assert len(child) == 50 and not child & parent
+
+
+def test_a_group_shares_its_head_and_nothing_more() -> None:
+    groups = [new_ids("obs", 5) for _ in range(2000)]
+    shape = re.compile(r"obs_[0-9abcdefghjkmnpqrstvwxyz]{26}")
+    flat = [i for g in groups for i in g]
+    assert len(flat) == len(set(flat)) == 10000
+    assert all(shape.fullmatch(i) for i in flat)
+    for g in groups:
+        assert len({i[:20] for i in g}) == 1          # "obs_" + the 16 shared digits
+    assert len({g[0][:20] for g in groups}) == 2000     # each group its own head
+    # each id's own 10 digits are random: every digit used, roughly evenly
+    tails = Counter("".join(i[20:] for i in flat))
+    assert len(tails) == 32 and max(tails.values()) < 1.3 * min(tails.values())
+    assert new_ids("obs", 0) == []

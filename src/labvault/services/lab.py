@@ -43,7 +43,7 @@ from labvault.errors import AccessDenied, InvalidField, InvalidRecord, NotFound,
 from labvault.services.gate import Access, Decision
 from labvault.store import repositories as repo
 from labvault.store import repositories_lab as lrepo
-from labvault.store.ids import new_id
+from labvault.store.ids import new_id, new_ids
 
 if TYPE_CHECKING:
     from labvault.services.app import Labvault
@@ -578,6 +578,7 @@ class LabService:
         new_rows: list[dict[str, Any]] = []
         hist: list[dict[str, Any]] = []
         out: list[ObservationView] = []
+        fresh = iter(new_ids("obs", len(results)))     # one group: neighbours in the indexes
         for obs in results:
             prev = existing.get(obs.code)
             if prev is not None:
@@ -592,7 +593,7 @@ class LabService:
                 created = r["created_at"]
                 existing[obs.code] = ({**r, "revision": rev}, obs)
             else:
-                oid, rev, seq = new_id("obs"), 1, seq + 1
+                oid, rev, seq = next(fresh), 1, seq + 1
                 result = _dumps(obs.as_json())
                 new_rows.append({
                     "tenant_id": tenant_id, "observation_id": oid, "order_id": order.order_id,
@@ -630,8 +631,9 @@ class LabService:
             "specimen_sealed": self._seal(dek, tenant_id, "lab_specimens", "specimen_sealed",
                                           sid, spec.as_json())})
         rows, hist, out = [], [], []
-        for seq, obs in enumerate(results, start=1):
-            oid = new_id("obs")
+        # one group of ids: the message's results are neighbours in the indexes keyed by them
+        for seq, (obs, oid) in enumerate(zip(results, new_ids("obs", len(results)),
+                                             strict=True), start=1):
             result = _dumps(obs.as_json())          # once: the result and its history entry
             rows.append({"tenant_id": tenant_id, "observation_id": oid,
                          "order_id": order.order_id, "patient_id": patient_id,
