@@ -5,6 +5,7 @@ ACK; 4: the group commit measured with 8 connections).
 
     .venv/bin/python bench/hl7_store.py [--n 3000] [--batch 1 4] [--runs 3]
     .venv/bin/python bench/hl7_store.py --against 329b8ef     # side by side with a revision
+    .venv/bin/python bench/hl7_store.py --pg postgresql://postgres@127.0.0.1:5432/test
 
 Prints CPU µs per message (this process, all threads), what that makes per core, and
 the KiB passed to write() per message (log frames and checkpoints: steady under load). The
@@ -42,9 +43,11 @@ def _written() -> int:
         return 0
 
 
-def measure(n: int, batch: int) -> tuple[float, float]:
-    """(CPU µs, KiB written) per message for ``n`` messages stored in batches of ``batch``.
-    The bytes (write-ahead log frames, checkpoints) do not depend on the machine's load."""
+def measure(n: int, batch: int, pg: str = "") -> tuple[float, float, float]:
+    """(CPU µs, KiB written, wall µs) per message for ``n`` messages stored in batches of
+    ``batch``. The bytes (SQLite's write-ahead log frames and checkpoints; on PostgreSQL
+    the server writes) do not depend on the machine's load. ``pg``: a PostgreSQL URL (a
+    private schema, dropped at the end) instead of a SQLite file."""
     from bench.mllp import oru
     from labvault.config import Settings
     from labvault.domain.actors import Actor
@@ -53,9 +56,19 @@ def measure(n: int, batch: int) -> tuple[float, float]:
     from labvault.synthetic import make_finess, make_nir
 
     tmp = Path(tempfile.mkdtemp())
+    env = {"LABVAULT_KEY_FILE": str(tmp / "root.key")}
+    admin, schema = None, f"bench_hl7_{time.time_ns()}"
+    if pg:
+        from sqlalchemy import text
+
+        from labvault.store.engine import make_engine
+        admin = make_engine(pg)
+        with admin.begin() as c:
+            c.execute(text(f'CREATE SCHEMA "{schema}"'))
+        env["LABVAULT_DATABASE_URL"] = (f"{pg}{'&' if '?' in pg else '?'}"
+                                        f"options=-csearch_path%3D{schema}")
     try:
-        lv = init_labvault(Settings.from_env(tmp / "var",
-                                             env={"LABVAULT_KEY_FILE": str(tmp / "root.key")}))
+        lv = init_labvault(Settings.from_env(tmp / "var", env=env))
         op = Actor.operator()
         tenant = lv.tenants.add(op, "Bench lab", make_finess(random.Random(1))).tenant_id
         nirs = []
@@ -69,16 +82,21 @@ def measure(n: int, batch: int) -> tuple[float, float]:
         for i in range(0, 400, 4):        # warm caches (keys, patients, statements)
             h.handle_many([oru(i + j, nirs[(i + j) % 50], "warm") for j in range(4)])
         msgs = [oru(i, nirs[i % 50], "run") for i in range(n)]
-        c0, w0 = time.process_time(), _written()
+        c0, w0, t0 = time.process_time(), _written(), time.perf_counter()
         for i in range(0, n, batch):
             acks = h.handle_many(msgs[i:i + batch])
             assert all(b"MSA|AA" in a for a in acks), acks
         cpu = (time.process_time() - c0) / n * 1e6
         kib = (_written() - w0) / n / 1024
+        wall = (time.perf_counter() - t0) / n * 1e6
         lv.close()
-        return cpu, kib
+        return cpu, kib, wall
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if admin is not None:
+            with admin.begin() as c:
+                c.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+            admin.dispose()
 
 
 def _tree(rev: str) -> Path:
@@ -94,15 +112,15 @@ def _tree(rev: str) -> Path:
     return out / "src"
 
 
-def _one(src: Path | None, n: int, batch: int) -> tuple[float, float]:
+def _one(src: Path | None, n: int, batch: int, pg: str) -> tuple[float, float, float]:
     env = dict(os.environ)
     if src is not None:
         env["PYTHONPATH"] = str(src)
     out = subprocess.run([sys.executable, __file__, "--child", "--n", str(n),
-                          "--batch", str(batch)], env=env, check=True, capture_output=True,
+                          "--batch", str(batch), "--pg", pg], env=env, check=True, capture_output=True,
                          text=True).stdout
-    cpu, kib = out.strip().splitlines()[-1].split()
-    return float(cpu), float(kib)
+    cpu, kib, wall = out.strip().splitlines()[-1].split()
+    return float(cpu), float(kib), float(wall)
 
 
 def main() -> None:
@@ -111,31 +129,34 @@ def main() -> None:
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 4])
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--against", default=None, help="a git revision to compare with")
+    ap.add_argument("--pg", default="", help="PostgreSQL URL (default: a SQLite file)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(*measure(args.n, args.batch[0]))
+        print(*measure(args.n, args.batch[0], args.pg))
         return
     base = _tree(args.against) if args.against else None
     try:
         for batch in args.batch:
-            here: list[tuple[float, float]] = []
-            there: list[tuple[float, float]] = []
+            here: list[tuple[float, float, float]] = []
+            there: list[tuple[float, float, float]] = []
             for _ in range(args.runs):          # alternated: drift hits both alike
                 if base is not None:
-                    there.append(_one(base, args.n, batch))
-                here.append(_one(None, args.n, batch))
-            h = statistics.median(c for c, _ in here)
-            hk = statistics.median(k for _, k in here)
+                    there.append(_one(base, args.n, batch, args.pg))
+                here.append(_one(None, args.n, batch, args.pg))
+            h = statistics.median(r[0] for r in here)
+            hk = statistics.median(r[1] for r in here)
+            hw = statistics.median(r[2] for r in here)
             line = (f"batch={batch}: {h:.0f} CPU µs/message = {1e6 / h:.0f} msg/s per core, "
-                    f"{hk:.0f} KiB written/message "
-                    f"(runs: {', '.join(f'{c:.0f}' for c, _ in here)})")
+                    f"{hk:.0f} KiB written, {hw:.0f} µs wall "
+                    f"(runs: {', '.join(f'{r[0]:.0f}' for r in here)})")
             if there:
-                t = statistics.median(c for c, _ in there)
-                tk = statistics.median(k for _, k in there)
-                line += (f"; {args.against}: {t:.0f} µs, {tk:.0f} KiB (runs: "
-                         f"{', '.join(f'{c:.0f}' for c, _ in there)}); ratio {t / h:.2f}x CPU, "
-                         f"{tk / hk:.2f}x bytes")
+                t = statistics.median(r[0] for r in there)
+                tk = statistics.median(r[1] for r in there)
+                tw = statistics.median(r[2] for r in there)
+                line += (f"; {args.against}: {t:.0f} µs, {tk:.0f} KiB, {tw:.0f} µs wall (runs: "
+                         f"{', '.join(f'{r[0]:.0f}' for r in there)}); ratio {t / h:.2f}x CPU, "
+                         f"{tk / hk:.2f}x bytes, {tw / hw:.2f}x wall")
             print(line, flush=True)
     finally:
         if base is not None:
