@@ -125,8 +125,10 @@ def test_cli_ingest_issues_catalogue(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert res.exit_code == 2 and "check digit" in res.output
 
 
-def test_cli_mllp_listener_end_to_end(tmp_path: Path) -> None:
-    """`labvault mllp --port 0` in its own process: a message in, an AA out, stored."""
+@pytest.mark.parametrize("mode", ["clear", "mutual-tls"])
+def test_cli_mllp_listener_end_to_end(tmp_path: Path, mode: str) -> None:
+    """`labvault mllp --port 0` in its own process: a message in, an AA out, stored — in
+    clear on loopback, and inside mutual TLS (a throwaway CA, test_mllp_tls.Pki)."""
     import os
     import random
     import signal
@@ -146,8 +148,16 @@ def test_cli_mllp_listener_end_to_end(tmp_path: Path) -> None:
     tid = lv.tenants.add(op, "Lab MLLP", make_finess(random.Random(9))).tenant_id
     pid = lv.patients.register(op, tid, {**patient_data(), "nir": S.NIR_F})
     lv.close()
+    args, client = [], None
+    if mode == "mutual-tls":
+        from labvault.interop.hl7 import tls
+        from tests.lab.test_mllp_tls import Pki
+        pki = Pki(tmp_path)
+        args = ["--tls-cert", str(pki.cert), "--tls-key", str(pki.key),
+                "--tls-client-ca", str(pki.ca[0])]
+        client = tls.client_context(pki.ca[0], *pki.analyser)
     proc = subprocess.Popen([sys.executable, "-m", "labvault", "mllp", "--port", "0",
-                             "--tenant", tid], env=env, stderr=subprocess.PIPE, text=True)
+                             "--tenant", tid, *args], env=env, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stderr is not None
         port = 0
@@ -157,7 +167,8 @@ def test_cli_mllp_listener_end_to_end(tmp_path: Path) -> None:
             if "MLLP listening on" in line:
                 port = int(line.rsplit(":", 1)[1])
         assert port, "listener did not start"
-        (ack,) = send("127.0.0.1", port, [S.oru_numeric("CLI1").encode()])
+        (ack,) = send("127.0.0.1", port, [S.oru_numeric("CLI1").encode()], ssl_context=client,
+                      server_hostname="localhost")
         assert b"MSA|AA|CLI1" in ack
     finally:
         proc.send_signal(signal.SIGINT)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import ssl
 from pathlib import Path
 
 import typer
@@ -36,22 +37,38 @@ def mllp(port: int = typer.Option(2575, "--port", help="TCP port (0: any free po
          workers: int = typer.Option(4, "--workers", min=1, max=64,
                                      help="No longer used (kept for compatibility): "
                                           "messages are stored by one thread, in batches "
-                                          "(docs/hl7.md).")) -> None:
+                                          "(docs/hl7.md)."),
+         tls_cert: Path = typer.Option(None, "--tls-cert",
+                                       help="PEM certificate (chain) of the listener: MLLP "
+                                            "inside TLS 1.2+."),
+         tls_key: Path = typer.Option(None, "--tls-key", help="PEM private key of --tls-cert."),
+         tls_client_ca: Path = typer.Option(None, "--tls-client-ca",
+                                            help="PEM CA: accept only senders with a "
+                                                 "certificate it signed (mutual TLS)."),
+         insecure_plaintext: bool = typer.Option(False, "--insecure-plaintext",
+                                                 help="Listen in clear on a non-loopback "
+                                                      "address (a VPN or TLS proxy protects "
+                                                      "the link).")) -> None:
     """HL7 v2 over MLLP: ADT^A04/A08, ORM^O01, OML^O21, ORU^R01; ACK after commit."""
     import asyncio
 
     from labvault.interop.hl7.handler import Hl7Handler
     from labvault.interop.hl7.mllp import MllpServer
+    context = _tls(host, tls_cert, tls_key, tls_client_ca, insecure_plaintext)
     with opened() as lv:
         if tenant:
             lv.tenants.get(tenant)
         h = Hl7Handler(lv, Actor.system("mllp"), tenant)
         server = MllpServer(lambda raw: h.handle(raw)[1], host, port, max_bytes, idle_timeout,
-                            workers, reject=h.reject, handle_many=h.handle_many)
+                            workers, reject=h.reject, handle_many=h.handle_many,
+                            ssl_context=context)
 
         async def run() -> None:
             await server.start()
+            how = ("TLS, client certificates required" if tls_client_ca else "TLS") \
+                if context is not None else "in clear"
             err_console.print(f"MLLP listening on {host}:{server.port}", highlight=False)
+            err_console.print(f"  {how}", highlight=False)
             assert server.server is not None
             async with server.server:
                 await server.server.serve_forever()
@@ -61,6 +78,30 @@ def mllp(port: int = typer.Option(2575, "--port", help="TCP port (0: any free po
             pass
         finally:
             server.close()
+
+
+def _tls(host: str, cert: Path | None, key: Path | None, client_ca: Path | None,
+         insecure_plaintext: bool) -> ssl.SSLContext | None:
+    """The listener's TLS context, or None to listen in clear — only on loopback unless
+    ``--insecure-plaintext`` says a VPN or a TLS proxy protects the link."""
+    from labvault.interop.hl7 import tls
+    if (cert is None) != (key is None):
+        raise UserError("--tls-cert and --tls-key go together",
+                        "give the listener's PEM certificate and its private key")
+    if cert is None:
+        if client_ca is not None:
+            raise UserError("--tls-client-ca needs --tls-cert and --tls-key",
+                            "client certificates are checked inside TLS: give the listener's "
+                            "own certificate and key too")
+        if not tls.is_loopback(host) and not insecure_plaintext:
+            raise UserError(f"listening on {host} in clear would carry patients' names, NIRs "
+                            "and results across the network unencrypted",
+                            "give --tls-cert and --tls-key (and --tls-client-ca to accept "
+                            "only your analysers), or --insecure-plaintext if a VPN or a TLS "
+                            "proxy protects the link")
+        return None
+    assert key is not None
+    return tls.server_context(cert, key, client_ca)
 
 
 def _files(path: Path) -> list[Path]:

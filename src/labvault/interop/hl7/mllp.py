@@ -7,6 +7,9 @@ together on *different* connections share one transaction — one savepoint each
 message's failure leaves the others — and each ACK leaves only after that commit (group
 commit: the commit, most of a message's cost, is paid once per batch).
 
+With an ``ssl`` context the listener speaks MLLP inside TLS (``tls.py``: the certificate,
+and optionally the analysers' CA for mutual authentication).
+
 Hostile input never stops the listener: bytes outside a frame are discarded, an
 oversized frame is refused with an AR and the connection closed, idle connections time
 out, and any unexpected error is logged and answered with an AE.
@@ -18,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import queue
+import ssl
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -185,8 +189,10 @@ class MllpServer:
     def __init__(self, handle: Handler, host: str = "127.0.0.1", port: int = 2575,
                  max_bytes: int = DEFAULT_MAX_BYTES, idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
                  workers: int = 8, reject: Callable[[bytes, MessageError], bytes] | None = None,
-                 handle_many: BatchHandler | None = None, max_batch: int = 32) -> None:
+                 handle_many: BatchHandler | None = None, max_batch: int = 32,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self.handle = handle
+        self.ssl = ssl_context
         self.committer = (GroupCommitter(handle_many, self._internal_error, max_batch)
                           if handle_many is not None else None)
         self.host = host
@@ -225,6 +231,11 @@ class MllpServer:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         fr = FrameReader(self.max_bytes)
+        if self.ssl is not None:
+            from labvault.interop.hl7.tls import peer_name
+            log.info("MLLP TLS connection from %s (certificate: %s)",
+                     writer.get_extra_info("peername"),
+                     peer_name(writer.get_extra_info("ssl_object")) or "none")
         try:
             while True:
                 try:
@@ -265,7 +276,7 @@ class MllpServer:
 
     async def start(self) -> asyncio.AbstractServer:
         self.server = await asyncio.start_server(self._client, self.host, self.port,
-                                                 limit=self.max_bytes + 1024)
+                                                 limit=self.max_bytes + 1024, ssl=self.ssl)
         sock = self.server.sockets[0] if self.server.sockets else None
         if sock is not None:
             self.port = sock.getsockname()[1]
@@ -292,11 +303,21 @@ class MllpServer:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
-def send(host: str, port: int, payloads: list[bytes], timeout: float = 10.0) -> list[bytes]:
-    """A minimal blocking MLLP client (tests, benchmarks, ``labvault ingest --mllp``)."""
+def send(host: str, port: int, payloads: list[bytes], timeout: float = 10.0,
+         ssl_context: ssl.SSLContext | None = None, server_hostname: str | None = None
+         ) -> list[bytes]:
+    """A minimal blocking MLLP client (tests, benchmarks); inside TLS with ``ssl_context``
+    (the listener's certificate checked against ``server_hostname``, default ``host``)."""
     import socket
     acks: list[bytes] = []
-    with socket.create_connection((host, port), timeout=timeout) as s:
+    raw = socket.create_connection((host, port), timeout=timeout)
+    try:
+        s = raw if ssl_context is None else ssl_context.wrap_socket(
+            raw, server_hostname=server_hostname or host)
+    except BaseException:
+        raw.close()
+        raise
+    with s:
         fr = FrameReader(DEFAULT_MAX_BYTES)
         for p in payloads:
             s.sendall(frame(p))
