@@ -2,7 +2,7 @@
 loopback, on 1 connection and on 8 connections; every ACK is sent after the message's
 transaction committed (one transaction per message, no batching across ACKs).
 
-    .venv/bin/python bench/mllp.py [--n 2000] [--repeat 3] [--pg URL]
+    .venv/bin/python bench/mllp.py [--n 2000] [--repeat 3] [--pg URL] [--tls]
 
 Prints messages/s (median of the runs) per connection count. The server runs in this
 process (asyncio loop + worker threads); the clients are forked processes.
@@ -44,8 +44,16 @@ def oru(i: int, nir: str, run: str) -> bytes:
     ]) + "\r").encode()
 
 
+TLS: tuple[Path, Path, Path] | None = None     # (CA, analyser cert, its key) with --tls
+
+
 def client(port: int, msgs: list[bytes], q: mp.Queue) -> None:  # type: ignore[type-arg]
-    acks = send("127.0.0.1", port, msgs, timeout=300)
+    ctx = None
+    if TLS is not None:
+        from labvault.interop.hl7 import tls
+        ctx = tls.client_context(*TLS)
+    acks = send("127.0.0.1", port, msgs, timeout=300, ssl_context=ctx,
+                server_hostname="localhost")
     q.put(sum(1 for a in acks if b"MSA|AA" in a))
 
 
@@ -81,8 +89,19 @@ def main() -> None:
     ap.add_argument("--checkpoint-pages", type=int, default=None,
                     help="LABVAULT_SQLITE_CHECKPOINT_PAGES for the server (default: the "
                          "setting's default, SQLite's 1000)")
+    ap.add_argument("--tls", action="store_true",
+                    help="MLLP inside mutual TLS (a throwaway CA: tests/lab/test_mllp_tls.Pki)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp())
+    context = None
+    if args.tls:
+        global TLS
+        from tests.lab.test_mllp_tls import Pki
+
+        from labvault.interop.hl7 import tls
+        pki = Pki(tmp)
+        TLS = (pki.ca[0], *pki.analyser)
+        context = tls.server_context(pki.cert, pki.key, client_ca=pki.ca[0])
     env = {"LABVAULT_KEY_FILE": str(tmp / "root.key")}
     if args.checkpoint_pages is not None:
         env["LABVAULT_SQLITE_CHECKPOINT_PAGES"] = str(args.checkpoint_pages)
@@ -115,7 +134,8 @@ def main() -> None:
     h = Hl7Handler(lv, Actor.system("mllp"), tenant)
     srv = MllpServer(lambda raw: h.handle(raw)[1], "127.0.0.1", 0, workers=args.workers,
                      reject=h.reject,
-                     handle_many=None if args.no_group_commit else h.handle_many)
+                     handle_many=None if args.no_group_commit else h.handle_many,
+                     ssl_context=context)
     loop = asyncio.new_event_loop()
     started = threading.Event()
 
@@ -129,7 +149,7 @@ def main() -> None:
     run(srv.port, 100, 1, nirs, "warm")
     print(f"backend={'postgresql' if args.pg else 'sqlite'} hooks={args.hooks} n={args.n} "
           f"(5 OBX each) group_commit={not args.no_group_commit} "
-          f"checkpoint_pages={s.get('LABVAULT_SQLITE_CHECKPOINT_PAGES')}")
+          f"checkpoint_pages={s.get('LABVAULT_SQLITE_CHECKPOINT_PAGES')} tls={args.tls}")
     # The machine is shared: wall-clock rates depend on the load. Server CPU per message
     # says what one fully available core would do (1000 / ms), load aside.
     for conns in (1, 8):
