@@ -24,6 +24,7 @@ from labvault.services.app import Labvault
 
 TOKEN = "test-token-staff"
 ADMIN_TOKEN = "test-token-lab-admin"   # a lab administrator: no access to patient data
+DPO_TOKEN = "test-token-dpo"           # the laboratory's data protection officer (audit)
 
 
 @pytest.fixture
@@ -50,11 +51,15 @@ def server(lv: Labvault, staff: Actor) -> Iterator[Running]:
 
     admin = Actor(kind="staff", id="acc_admin", tenant_id=staff.tenant_id,
                   roles=frozenset({"lab_admin"}), display="Test Admin", client="127.0.0.1")
+    dpo = Actor(kind="staff", id="acc_dpo", tenant_id=staff.tenant_id,
+                roles=frozenset({"dpo"}), display="Test DPO", client="127.0.0.1")
 
     def actor_from_token(request: Request) -> Actor:
         auth = request.headers.get("authorization")
         if auth == f"Bearer {ADMIN_TOKEN}":
             return admin
+        if auth == f"Bearer {DPO_TOKEN}":
+            return dpo
         if auth != f"Bearer {TOKEN}":
             raise AuthenticationFailed("authentication required", "send a bearer token")
         return staff

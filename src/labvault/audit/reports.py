@@ -265,6 +265,43 @@ class AuditReports:
                 "denied": sum(1 for it in entries if it["outcome"] == "denied"),
                 "items": entries}
 
+    # -- FHIR AuditEvent read and search (the DPO at /fhir/R4/AuditEvent) -------------------
+    def fhir_search(self, actor: Actor, tenant_id: str, patient_id: str | None = None,
+                    agent_id: str | None = None, since: datetime | None = None,
+                    until: datetime | None = None) -> list[dict[str, Any]]:
+        """This laboratory's entries about one patient and/or by one account, in time
+        order, as AuditEvents (ids only). One gate decision (``audit`` read, naming the
+        patient when there is one): the search itself is audited."""
+        if patient_id is None and agent_id is None:
+            raise ValueError("an AuditEvent search names a patient or an agent")
+        since_us = datetime_to_us(since) if since else 0
+        until_us = datetime_to_us(until) if until else None
+        with self.lv.begin() as conn:
+            self._check(conn, actor, tenant_id, "audit",
+                        patient_ids=(patient_id,) if patient_id else ())
+            if patient_id is not None:
+                rows = arepo.entries_for_patient(conn, tenant_id, patient_id, since_us)
+            else:
+                assert agent_id is not None
+                rows = arepo.entries_for_actor(conn, agent_id, since_us, until_us)
+            labs = self._lab_names(conn)
+        return [to_audit_event(AuditEntry.from_row(r), labs) for r in rows
+                if r["tenant_id"] == tenant_id
+                and (agent_id is None or r["actor_id"] == agent_id)
+                and (until_us is None or int(r["at_us"]) < until_us)]
+
+    def fhir_event(self, actor: Actor, tenant_id: str, entry_id: str) -> dict[str, Any]:
+        """One entry of this laboratory's chain as an AuditEvent; ``NotFound`` for an
+        unknown id or another laboratory's entry (the same answer)."""
+        with self.lv.begin() as conn:
+            row = arepo.entry_by_id(conn, entry_id)
+            if row is None or row["tenant_id"] != tenant_id:
+                raise NotFound("no such audit entry", "check the AuditEvent id")
+            e = AuditEntry.from_row(row)
+            self._check(conn, actor, tenant_id, "audit", patient_ids=e.patient_ids)
+            labs = self._lab_names(conn)
+        return to_audit_event(e, labs)
+
     # -- FHIR AuditEvent export -----------------------------------------------------------------
     def audit_events(self, actor: Actor, tenant: str | None = None,
                      since: datetime | None = None) -> Iterator[dict[str, Any]]:

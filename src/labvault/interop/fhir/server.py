@@ -354,8 +354,10 @@ class FhirServer:
         self.lv = lv
         patients = PatientHandler(lv)
         handlers: list[Handler] = [patients, PractitionerHandler(lv), CoverageHandler(lv, patients)]
+        from labvault.interop.fhir.audit import AuditEventHandler
         from labvault.interop.fhir.lab import lab_handlers
         handlers.extend(lab_handlers(lv))
+        handlers.append(AuditEventHandler(lv))
         if extra is not None:
             handlers.extend(extra(lv))
         self.handlers: dict[str, Handler] = {h.rtype: h for h in handlers}
@@ -375,9 +377,17 @@ class FhirServer:
             raise not_found(rtype, fhir_id)
         return h.read(actor, fhir_id)
 
+    def _offers(self, h: Handler, interaction: str) -> None:
+        offered = getattr(h, "interactions", ("read", "search-type", "create", "update"))
+        if interaction not in offered:
+            raise FhirError(405, "not-supported", f"{h.rtype} does not offer {interaction} "
+                            f"here (offered: {', '.join(offered)}; see /fhir/R4/metadata)",
+                            [h.rtype])
+
     def create(self, actor: Actor, rtype: str, resource: object) -> tuple[str, dict[str, Any]]:
         tenant_of(actor)
         h = self.handler(rtype)
+        self._offers(h, "create")
         validate(resource, rtype)
         assert isinstance(resource, Mapping)
         with self.lv.begin():
@@ -387,6 +397,7 @@ class FhirServer:
     def update(self, actor: Actor, rtype: str, fhir_id: str, resource: object) -> dict[str, Any]:
         tenant_of(actor)
         h = self.handler(rtype)
+        self._offers(h, "update")
         validate(resource, rtype)
         assert isinstance(resource, Mapping)
         if resource.get("id") != fhir_id:
@@ -577,7 +588,7 @@ class FhirServer:
     # -- CapabilityStatement ---------------------------------------------------------------
     def capability(self, base: str) -> dict[str, Any]:
         resources = []
-        for rtype in SUPPORTED:
+        for rtype in (*SUPPORTED, *sorted(set(self.handlers) - set(SUPPORTED))):
             h = self.handlers.get(rtype)
             if h is None:
                 continue
