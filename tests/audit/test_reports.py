@@ -52,6 +52,17 @@ def test_who_saw_my_record(lv: Labvault, audit: AuditService, operator: Actor,
         "intern — Laboratoire des Flandres"]
 
 
+def test_the_record_starts_with_who_registered_it(lv: Labvault, audit: AuditService,
+                                                 operator: Actor, scene: dict[str, str]) -> None:
+    """The registration decision names the new patient (its id is drawn before the
+    decision): the patient's access log, and the DPO's search, begin with it."""
+    first = audit.access_log(operator, scene["patient"])[0]
+    assert (first["action"], first["actor_kind"], first["outcome"]) == \
+        ("write", "operator", "allowed")
+    other = audit.access_log(operator, scene["other"])
+    assert [r["entry_id"] for r in other if r["action"] == "write"] != [first["entry_id"]]
+
+
 def test_me_access_log_api(lv: Labvault, audit: AuditService, scene: dict[str, str]) -> None:
     app = create_app(lv)
     me = Actor(kind="patient", id="acct_pat", tenant_id=scene["tenant"],

@@ -217,11 +217,13 @@ class MessageService:
 
     def _register(self, ctx: _Ctx, rec: PatientRecord) -> str:
         pat = self.lv.patients
+        patient_id = new_id("pt")       # named by the decision: the entry is about them
         access = Access(ctx.actor, Action.WRITE, ctx.tenant_id,
                         frozenset({Category.IDENTITY, Category.CONTACT, Category.COVERAGE,
-                                   Category.CLINICAL}), resource="patient")
+                                   Category.CLINICAL}), patient_ids=(patient_id,),
+                        resource="patient")
         self.lv.gate.check(ctx.conn, access)
-        prepared = pat._prepare(ctx.conn, access, ctx.tenant_id, rec)
+        prepared = pat._prepare(ctx.conn, access, ctx.tenant_id, rec, patient_id=patient_id)
         repo.insert_patients(ctx.conn, [prepared.row], [prepared.key], prepared.index)
         return prepared.patient_id
 

@@ -82,9 +82,9 @@ class PatientService:
 
     def _prepare(self, conn: Connection, access: Access, tenant_id: str, rec: PatientRecord,
                  line: int = 0, versions: tuple[int, int] | None = None,
-                 indexer: bi.Indexer | None = None) -> _Prepared:
+                 indexer: bi.Indexer | None = None, patient_id: str | None = None) -> _Prepared:
         lv = self.lv
-        patient_id = new_id("pt")
+        patient_id = patient_id or new_id("pt")
         kek_version, index_version = versions or self._key_versions(conn, tenant_id)
         dek, wrapped = lv.keyring.new_dek(tenant_id, patient_id, kek_version)
         blobs = lv.gate.seal_patient(conn, access, dek, patient_id, rec.categories())
@@ -121,9 +121,12 @@ class PatientService:
                 if repo.find_by_digest(conn, tenant_id, bi.EXTERNAL_ID, d):
                     raise InvalidField("external_id", "a patient with this external_id exists",
                                        "search for the existing patient instead")
-            access = self._write_access(actor, tenant_id, (), purpose)
+            # the id is drawn first so that the decision (its audit entry) names the patient
+            # registered: "who saw my record" starts with who created it
+            patient_id = new_id("pt")
+            access = self._write_access(actor, tenant_id, (patient_id,), purpose)
             lv.gate.check(conn, access)
-            p = self._prepare(conn, access, tenant_id, rec)
+            p = self._prepare(conn, access, tenant_id, rec, patient_id=patient_id)
             repo.insert_patients(conn, [p.row], [p.key], p.index)
             self._written(conn, tenant_id, [p])
             return p.patient_id
