@@ -50,7 +50,7 @@ TLS: tuple[Path, Path, Path] | None = None     # (CA, analyser cert, its key) wi
 def client(port: int, msgs: list[bytes], q: mp.Queue) -> None:  # type: ignore[type-arg]
     ctx = None
     if TLS is not None:
-        from labvault.interop.hl7 import tls
+        from labvault.interop import tls
         ctx = tls.client_context(*TLS)
     acks = send("127.0.0.1", port, msgs, timeout=300, ssl_context=ctx,
                 server_hostname="localhost")
@@ -90,15 +90,15 @@ def main() -> None:
                     help="LABVAULT_SQLITE_CHECKPOINT_PAGES for the server (default: the "
                          "setting's default, SQLite's 1000)")
     ap.add_argument("--tls", action="store_true",
-                    help="MLLP inside mutual TLS (a throwaway CA: tests/lab/test_mllp_tls.Pki)")
+                    help="MLLP inside mutual TLS (a throwaway CA: tests/pki.py)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp())
     context = None
     if args.tls:
         global TLS
-        from tests.lab.test_mllp_tls import Pki
+        from tests.pki import Pki
 
-        from labvault.interop.hl7 import tls
+        from labvault.interop import tls
         pki = Pki(tmp)
         TLS = (pki.ca[0], *pki.analyser)
         context = tls.server_context(pki.cert, pki.key, client_ca=pki.ca[0])

@@ -128,7 +128,7 @@ def test_cli_ingest_issues_catalogue(tmp_path: Path, monkeypatch: pytest.MonkeyP
 @pytest.mark.parametrize("mode", ["clear", "mutual-tls"])
 def test_cli_mllp_listener_end_to_end(tmp_path: Path, mode: str) -> None:
     """`labvault mllp --port 0` in its own process: a message in, an AA out, stored — in
-    clear on loopback, and inside mutual TLS (a throwaway CA, test_mllp_tls.Pki)."""
+    clear on loopback, and inside mutual TLS (a throwaway CA, tests/pki.py)."""
     import os
     import random
     import signal
@@ -150,8 +150,8 @@ def test_cli_mllp_listener_end_to_end(tmp_path: Path, mode: str) -> None:
     lv.close()
     args, client = [], None
     if mode == "mutual-tls":
-        from labvault.interop.hl7 import tls
-        from tests.lab.test_mllp_tls import Pki
+        from labvault.interop import tls
+        from tests.pki import Pki
         pki = Pki(tmp_path)
         args = ["--tls-cert", str(pki.cert), "--tls-key", str(pki.key),
                 "--tls-client-ca", str(pki.ca[0])]

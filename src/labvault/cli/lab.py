@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import ssl
 from pathlib import Path
 
 import typer
@@ -52,9 +51,11 @@ def mllp(port: int = typer.Option(2575, "--port", help="TCP port (0: any free po
     """HL7 v2 over MLLP: ADT^A04/A08, ORM^O01, OML^O21, ORU^R01; ACK after commit."""
     import asyncio
 
+    from labvault.interop import tls
     from labvault.interop.hl7.handler import Hl7Handler
     from labvault.interop.hl7.mllp import MllpServer
-    context = _tls(host, tls_cert, tls_key, tls_client_ca, insecure_plaintext)
+    context = tls.listening_context(host, tls_cert, tls_key, tls_client_ca, insecure_plaintext,
+                                    "patients' names, NIRs and results")
     with opened() as lv:
         if tenant:
             lv.tenants.get(tenant)
@@ -78,30 +79,6 @@ def mllp(port: int = typer.Option(2575, "--port", help="TCP port (0: any free po
             pass
         finally:
             server.close()
-
-
-def _tls(host: str, cert: Path | None, key: Path | None, client_ca: Path | None,
-         insecure_plaintext: bool) -> ssl.SSLContext | None:
-    """The listener's TLS context, or None to listen in clear — only on loopback unless
-    ``--insecure-plaintext`` says a VPN or a TLS proxy protects the link."""
-    from labvault.interop.hl7 import tls
-    if (cert is None) != (key is None):
-        raise UserError("--tls-cert and --tls-key go together",
-                        "give the listener's PEM certificate and its private key")
-    if cert is None:
-        if client_ca is not None:
-            raise UserError("--tls-client-ca needs --tls-cert and --tls-key",
-                            "client certificates are checked inside TLS: give the listener's "
-                            "own certificate and key too")
-        if not tls.is_loopback(host) and not insecure_plaintext:
-            raise UserError(f"listening on {host} in clear would carry patients' names, NIRs "
-                            "and results across the network unencrypted",
-                            "give --tls-cert and --tls-key (and --tls-client-ca to accept "
-                            "only your analysers), or --insecure-plaintext if a VPN or a TLS "
-                            "proxy protects the link")
-        return None
-    assert key is not None
-    return tls.server_context(cert, key, client_ca)
 
 
 def _files(path: Path) -> list[Path]:

@@ -63,14 +63,26 @@ def demo(scenario: str = typer.Argument(None, help="breach: re-enact the inciden
 def serve(host: str = typer.Option("127.0.0.1", "--host"),
           port: int = typer.Option(8000, "--port"),
           workers: int = typer.Option(1, "--workers", min=1, max=64,
-                                      help="Worker processes.")) -> None:
+                                      help="Worker processes."),
+          tls_cert: Path = typer.Option(None, "--tls-cert",
+                                        help="PEM certificate (chain): serve HTTPS (TLS 1.2+)."),
+          tls_key: Path = typer.Option(None, "--tls-key", help="PEM private key of --tls-cert."),
+          insecure_plaintext: bool = typer.Option(False, "--insecure-plaintext",
+                                                  help="Serve plain HTTP on a non-loopback "
+                                                       "address (a TLS proxy in front).")
+          ) -> None:
     """Serve the REST/FHIR API and web pages. First run: initialise and seed demo data."""
     import os
 
     import uvicorn
 
+    from labvault.interop import tls
     from labvault.services.demo import seed_demo
     from labvault.services.wiring import init_labvault
+    # checked before anything starts: a refusal or an unusable file is exit 2, not a
+    # traceback from a worker
+    context = tls.listening_context(host, tls_cert, tls_key, None, insecure_plaintext,
+                                    "patients' records, results and session tokens")
     s = _common.settings()
     if s.is_sqlite and not (s.data_dir / "labvault.db").exists():
         err_console.print(f"first run: creating {s.data_dir} with synthetic demo data…")
@@ -81,6 +93,9 @@ def serve(host: str = typer.Option("127.0.0.1", "--host"),
             lv.close()
         err_console.print_json(data=summary)
     os.environ["LABVAULT_DATA_DIR"] = str(s.data_dir)
-    err_console.print(f"labvault serving on http://{host}:{port}  (OpenAPI: /docs)")
+    scheme = "https" if context is not None else "http"
+    err_console.print(f"labvault serving on {scheme}://{host}:{port}  (OpenAPI: /docs)")
     uvicorn.run("labvault.api.app:create_app_from_env", factory=True, host=host, port=port,
-                workers=workers, log_level="warning", proxy_headers=False)
+                workers=workers, log_level="warning", proxy_headers=False,
+                ssl_certfile=str(tls_cert) if context is not None else None,
+                ssl_keyfile=str(tls_key) if context is not None else None)

@@ -232,7 +232,7 @@ class MllpServer:
             task.add_done_callback(self._tasks.discard)
         fr = FrameReader(self.max_bytes)
         if self.ssl is not None:
-            from labvault.interop.hl7.tls import peer_name
+            from labvault.interop.tls import peer_name
             log.info("MLLP TLS connection from %s (certificate: %s)",
                      writer.get_extra_info("peername"),
                      peer_name(writer.get_extra_info("ssl_object")) or "none")

@@ -1,11 +1,12 @@
-"""TLS for the MLLP listener (IHE ATNA "secure node": TLS, and with a client CA, only
-peers whose certificate that CA signed — mutual authentication of the analyser).
+"""TLS for the doors that listen: the MLLP listener (IHE ATNA "secure node": TLS, and
+with a client CA only peers whose certificate that CA signed — mutual authentication of
+the analyser) and ``labvault serve`` (HTTPS).
 
-HL7 v2 carries names, NIRs and results: on anything but the loopback interface the
-listener refuses to run in clear unless told so (``--insecure-plaintext``: a VPN or a
-TLS-terminating proxy protects the link). The contexts are the standard library's, set
-to TLS 1.2 or later with its default (secure) cipher choice; nothing here is
-cryptography of our own.
+HL7 messages and API responses carry names, NIRs and results: on anything but the
+loopback interface a door refuses to run in clear unless told so (``--insecure-plaintext``:
+a VPN or a TLS-terminating proxy protects the link). The contexts are the standard
+library's, set to TLS 1.2 or later with its default (secure) cipher choice; nothing here
+is cryptography of our own.
 """
 
 from __future__ import annotations
@@ -56,6 +57,30 @@ def server_context(cert: Path, key: Path, client_ca: Path | None = None) -> ssl.
                             "certificates") from None
         ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
+
+
+def listening_context(host: str, cert: Path | None, key: Path | None,
+                      client_ca: Path | None, insecure_plaintext: bool, carries: str
+                      ) -> ssl.SSLContext | None:
+    """A door's TLS context from its options, or None to listen in clear — only on
+    loopback unless ``--insecure-plaintext`` says a VPN or a TLS proxy protects the link.
+    ``carries``: what would cross the network in clear (for the refusal's message)."""
+    if (cert is None) != (key is None):
+        raise UserError("--tls-cert and --tls-key go together",
+                        "give the listener's PEM certificate and its private key")
+    if cert is None:
+        if client_ca is not None:
+            raise UserError("--tls-client-ca needs --tls-cert and --tls-key",
+                            "client certificates are checked inside TLS: give the listener's "
+                            "own certificate and key too")
+        if not is_loopback(host) and not insecure_plaintext:
+            raise UserError(f"listening on {host} in clear would carry {carries} across the "
+                            "network unencrypted",
+                            "give --tls-cert and --tls-key, or --insecure-plaintext if a VPN "
+                            "or a TLS proxy protects the link")
+        return None
+    assert key is not None
+    return server_context(cert, key, client_ca)
 
 
 def client_context(ca: Path, cert: Path | None = None, key: Path | None = None
