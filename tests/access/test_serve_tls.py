@@ -6,7 +6,6 @@ certificate files are an exit 2 before anything starts."""
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -15,8 +14,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from typer.testing import CliRunner
 
+from tests.doors import assert_refused, stop
 from tests.pki import Pki
 
 
@@ -59,12 +58,7 @@ def test_serve_over_https(tmp_path: Path) -> None:
         cookies = page.headers.get_list("set-cookie")
         assert cookies and all("; secure" in c.lower() for c in cookies), cookies
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(10)
+        stop(server)
 
 
 @pytest.mark.parametrize("args, says", [
@@ -74,11 +68,4 @@ def test_serve_over_https(tmp_path: Path) -> None:
 ])
 def test_serve_refuses_before_starting(args: list[str], says: str, tmp_path: Path,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    from labvault.cli import app
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("LABVAULT_DATA_DIR", str(tmp_path / "var"))
-    monkeypatch.setenv("LABVAULT_KEY_FILE", str(tmp_path / "root.key"))
-    res = CliRunner().invoke(app, ["serve", "--port", "0", *args])
-    assert res.exit_code == 2, res.output
-    assert says in " ".join(res.output.split())
-    assert not (tmp_path / "var").exists()      # refused before the first-run demo data
+    assert_refused("serve", args, says, tmp_path, monkeypatch)

@@ -10,9 +10,7 @@ paid 200 times, not 100,000.
 
 from __future__ import annotations
 
-import asyncio
 import random
-import threading
 from collections.abc import Iterator
 
 import pytest
@@ -25,6 +23,7 @@ from labvault.interop.hl7.mllp import FrameReader, FrameTooLarge, MllpServer, fr
 from labvault.interop.hl7.parse import read_message
 from labvault.services.app import Labvault
 from tests.lab import hl7_samples as S
+from tests.lab.serving import serving
 from tests.lab.test_hl7 import segs
 
 SEEDS = [S.oru_numeric().encode(), S.oru_v23_local_codes().encode(), S.orm().encode(),
@@ -127,24 +126,8 @@ def server(lab_lv: Labvault, tenant_id: str) -> Iterator[MllpServer]:
     h = Hl7Handler(lab_lv, Actor.system("mllp"), tenant_id)
     srv = MllpServer(lambda raw: h.handle(raw)[1], "127.0.0.1", 0, max_bytes=64 * 1024,
                      idle_timeout=5, workers=2, reject=h.reject)
-    loop = asyncio.new_event_loop()
-    started = threading.Event()
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(srv.start())
-        started.set()
-        loop.run_forever()
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    assert started.wait(10)
-    yield srv
-
-    asyncio.run_coroutine_threadsafe(srv.stop(), loop).result(10)
-    loop.call_soon_threadsafe(loop.stop)
-    t.join(10)
-    loop.close()
-    srv.close()
+    with serving(srv):
+        yield srv
 
 
 def test_mllp_round_trip(server: MllpServer, lab_lv: Labvault, tenant_id: str,

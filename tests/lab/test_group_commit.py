@@ -16,6 +16,7 @@ from labvault.services.app import Labvault
 from labvault.services.audit import audit_of, install_audit
 from labvault.store.schema import tenants
 from tests.lab import hl7_samples as S
+from tests.lab.serving import serving
 from tests.lab.test_hl7 import counts, h, known, segs  # noqa: F401 - shared fixtures
 
 
@@ -111,19 +112,7 @@ def test_concurrent_connections_share_commits(lab_lv: Labvault, h: Hl7Handler,  
                                               operator: Actor) -> None:
     srv = MllpServer(lambda raw: h.handle(raw)[1], "127.0.0.1", 0, reject=h.reject,
                      handle_many=h.handle_many)
-    import asyncio
-    loop = asyncio.new_event_loop()
-    started = threading.Event()
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(srv.start())
-        started.set()
-        loop.run_forever()
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    assert started.wait(10)
-    try:
+    with serving(srv):
         results: dict[int, list[bytes]] = {}
 
         def client(k: int) -> None:
@@ -138,12 +127,6 @@ def test_concurrent_connections_share_commits(lab_lv: Labvault, h: Hl7Handler,  
         assert all(code(a) == "AA" for acks in results.values() for a in acks)
         assert srv.committer is not None and srv.committer.batches <= 36
         assert counts(lab_lv, tenant_id, operator)[2] == 36
-    finally:
-        asyncio.run_coroutine_threadsafe(srv.stop(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        t.join(10)
-        loop.close()
-        srv.close()
 
 
 def test_the_writer_takes_every_waiting_message_in_one_batch() -> None:

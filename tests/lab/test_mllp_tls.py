@@ -5,15 +5,11 @@ beyond loopback and says what to give, and refuses unusable certificate files (e
 
 from __future__ import annotations
 
-import asyncio
 import ssl
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 from labvault.domain.actors import Actor
 from labvault.errors import UserError
@@ -21,7 +17,9 @@ from labvault.interop import tls
 from labvault.interop.hl7.handler import Hl7Handler
 from labvault.interop.hl7.mllp import MllpServer, send
 from labvault.services.app import Labvault
+from tests.doors import assert_refused
 from tests.lab import hl7_samples as S
+from tests.lab.serving import serving
 from tests.lab.test_hl7 import counts, h, known, segs  # noqa: F401 - shared fixtures
 from tests.pki import Pki
 
@@ -29,29 +27,6 @@ from tests.pki import Pki
 @pytest.fixture
 def pki(tmp_path: Path) -> Pki:
     return Pki(tmp_path)
-
-
-@contextmanager
-def _serve(srv: MllpServer) -> Iterator[MllpServer]:
-    loop = asyncio.new_event_loop()
-    started = threading.Event()
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(srv.start())
-        started.set()
-        loop.run_forever()
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    assert started.wait(10)
-    try:
-        yield srv
-    finally:
-        asyncio.run_coroutine_threadsafe(srv.stop(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        t.join(10)
-        loop.close()
-        srv.close()
 
 
 def _server(handler: Hl7Handler, ctx: ssl.SSLContext) -> MllpServer:
@@ -73,7 +48,7 @@ def test_a_message_over_tls_is_stored_and_acknowledged(
         pki: Pki, lab_lv: Labvault, h: Hl7Handler, known: str,  # noqa: F811
         tenant_id: str, operator: Actor) -> None:
     before = counts(lab_lv, tenant_id, operator)
-    with _serve(_server(h, tls.server_context(pki.cert, pki.key))) as srv:
+    with serving(_server(h, tls.server_context(pki.cert, pki.key))) as srv:
         acks = send("127.0.0.1", srv.port, [S.oru_numeric("T1").encode()],
                     ssl_context=tls.client_context(pki.ca[0]), server_hostname="localhost")
         assert [segs(a)["MSA"][0][1] for a in acks] == ["AA"]
@@ -90,7 +65,7 @@ def test_mutual_tls_admits_only_the_cas_analysers(
         tenant_id: str, operator: Actor) -> None:
     before = counts(lab_lv, tenant_id, operator)
     ctx = tls.server_context(pki.cert, pki.key, client_ca=pki.ca[0])
-    with _serve(_server(h, ctx)) as srv:
+    with serving(_server(h, ctx)) as srv:
         ok = send("127.0.0.1", srv.port, [S.oru_numeric("M1").encode()],
                   ssl_context=tls.client_context(pki.ca[0], *pki.analyser),
                   server_hostname="localhost")
@@ -130,11 +105,4 @@ def test_what_counts_as_loopback(host: str, loopback: bool) -> None:
 ])
 def test_cli_refuses_before_listening(args: list[str], says: str, tmp_path: Path,
                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    from labvault.cli import app
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("LABVAULT_DATA_DIR", str(tmp_path / "var"))
-    monkeypatch.setenv("LABVAULT_KEY_FILE", str(tmp_path / "root.key"))
-    res = CliRunner().invoke(app, ["mllp", "--port", "0", *args])
-    assert res.exit_code == 2, res.output
-    assert says in " ".join(res.output.split())
-    assert not (tmp_path / "var").exists()      # refused before anything was opened
+    assert_refused("mllp", args, says, tmp_path, monkeypatch)

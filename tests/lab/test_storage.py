@@ -16,6 +16,7 @@ from labvault.interop.hl7.handler import Hl7Handler
 from labvault.services.app import Labvault
 from labvault.store import tables_lab
 from labvault.store.engine import make_engine
+from tests.doors import stop
 from tests.lab import hl7_samples as S
 from tests.lab.conftest import patient_data
 
@@ -171,12 +172,7 @@ def test_cli_mllp_listener_end_to_end(tmp_path: Path, mode: str) -> None:
                       server_hostname="localhost")
         assert b"MSA|AA|CLI1" in ack
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop(proc, signal.SIGINT)
     lv = init_labvault(Settings.from_env(env=env))
     try:
         assert len(lv.lab.list_observations(op, tid, patient_id=pid)) == 5
