@@ -1,5 +1,6 @@
 """MLLP inside TLS: a message sent over TLS is stored and acknowledged; with a client CA
-only a sender whose certificate that CA signed gets in (nothing stored otherwise); a
+only a sender whose certificate that CA signed gets in (nothing stored otherwise), and
+what it sends is written and audited as that analyser (the certificate's CN); a
 plaintext sender to a TLS port gets nothing; ``labvault mllp`` refuses to listen in clear
 beyond loopback and says what to give, and refuses unusable certificate files (exit 2)."""
 
@@ -17,6 +18,7 @@ from labvault.interop import tls
 from labvault.interop.hl7.handler import Hl7Handler
 from labvault.interop.hl7.mllp import MllpServer, send
 from labvault.services.app import Labvault
+from labvault.services.audit import audit_of, install_audit
 from tests.doors import assert_refused
 from tests.lab import hl7_samples as S
 from tests.lab.serving import serving
@@ -63,6 +65,7 @@ def test_a_message_over_tls_is_stored_and_acknowledged(
 def test_mutual_tls_admits_only_the_cas_analysers(
         pki: Pki, lab_lv: Labvault, h: Hl7Handler, known: str,  # noqa: F811
         tenant_id: str, operator: Actor) -> None:
+    install_audit(lab_lv)
     before = counts(lab_lv, tenant_id, operator)
     ctx = tls.server_context(pki.cert, pki.key, client_ca=pki.ca[0])
     with serving(_server(h, ctx)) as srv:
@@ -77,6 +80,11 @@ def test_mutual_tls_admits_only_the_cas_analysers(
                 ssl_context=c, server_hostname="localhost"))
     after = counts(lab_lv, tenant_id, operator)
     assert after[2] - before[2] == 1
+    # the message was written, and audited, as the analyser its certificate names
+    report = audit_of(lab_lv).user_report(operator, "system:mllp:analyser-01")
+    writes = [i for i in report["items"] if i["action"] == "write"]
+    assert writes and all(i["outcome"] == "allowed" for i in writes)
+    assert audit_of(lab_lv).user_report(operator, "system:mllp")["entries"] == 0
 
 
 def test_the_listener_refuses_unusable_files(pki: Pki, tmp_path: Path) -> None:

@@ -8,7 +8,8 @@ import-issues queue). The ACK is returned only after the transaction committed.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from datetime import tzinfo
 from typing import TYPE_CHECKING
 
@@ -17,6 +18,7 @@ from labvault.domain.actors import Actor
 from labvault.domain.inbound import Location, MessageError
 from labvault.interop.hl7 import ack as A
 from labvault.interop.hl7.mapping import DEFAULT_TZ, Rejected, to_inbound
+from labvault.interop.hl7.mllp import Received
 from labvault.interop.hl7.parse import Unparseable, read_message
 
 if TYPE_CHECKING:
@@ -34,6 +36,7 @@ class Prepared:
     outcome: I.IngestOutcome | None = None
     ack: bytes | None = None
     raw: bytes = b""
+    actor: Actor | None = None      # the authenticated sender (mutual TLS), if any
 
 
 class _NothingStored(Exception):
@@ -98,12 +101,25 @@ class Hl7Handler:
     def handle(self, raw: bytes) -> tuple[I.IngestOutcome, bytes]:
         return self._store(prepare(raw, self.tz, self._ack_id()))
 
-    def handle_many(self, raws: list[bytes]) -> list[bytes]:
+    def sender_actor(self, received: Received) -> Actor:
+        """The actor a message of an authenticated analyser is written and audited as:
+        ``system:mllp:<certificate CN>`` from the peer's address (the CN the lab's CA
+        vouched for; kept to id characters)."""
+        cn = "".join(c if c.isalnum() or c in "._-" else "_" for c in received.sender)[:60]
+        return Actor(kind="system", id=f"{self.actor.id}:{cn}", tenant_id=None,
+                     roles=self.actor.roles, display=f"analyser {cn}",
+                     client=received.address or self.actor.client)
+
+    def handle_many(self, raws: Sequence[bytes | Received]) -> list[bytes]:
         """Several messages (from several connections) in one transaction, one savepoint
         each: a message refused (AE/AR) or failing leaves nothing and does not touch the
         others. The ACKs are valid once this returns, i.e. after the commit; if the commit
-        itself fails, every message gets an AE asking to send it again."""
-        prepared = [prepare(raw, self.tz, self._ack_id()) for raw in raws]   # outside the lock
+        itself fails, every message gets an AE asking to send it again. A ``Received``
+        message is written as its authenticated sender (``sender_actor``)."""
+        prepared = [prepare(r, self.tz, self._ack_id()) if isinstance(r, bytes) else
+                    replace(prepare(r.raw, self.tz, self._ack_id()),
+                            actor=self.sender_actor(r))
+                    for r in raws]   # outside the lock
         if len(raws) == 1:
             return [self._store(prepared[0])[1]]
         acks: list[bytes] = []
@@ -143,7 +159,7 @@ class Hl7Handler:
             return I.IngestOutcome("AR", [err]), A.build_ack(header, "AR", [err], self._ack_id())
         try:
             return self.lv.lab.messages.ingest(
-                self.actor, tenant_id, raw, p.inbound,
+                p.actor or self.actor, tenant_id, raw, p.inbound,
                 lambda outcome: A.build_ack(header, outcome.ack_code, outcome.errors,
                                             self._ack_id()))
         except Exception:

@@ -25,6 +25,7 @@ import ssl
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from labvault.domain import inbound as I
@@ -104,6 +105,16 @@ def frame(payload: bytes) -> bytes:
 
 
 Handler = Callable[[bytes], bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """A message and who sent it, when TLS authenticated the sender: the subject CN of
+    the certificate the analysers' CA signed, and the peer address."""
+
+    raw: bytes
+    sender: str
+    address: str | None = None
 
 
 # A batch handler takes what ``prepare`` made of each payload (the payloads themselves
@@ -219,9 +230,10 @@ class MllpServer:
                 return self.reject(payload, err)
         return b"MSH|^~\\&|||||||ACK|ERR|P|2.5\rMSA|AE|\r"
 
-    async def _store(self, payload: bytes) -> bytes:
+    async def _store(self, payload: bytes, sender: tuple[str, str | None] | None) -> bytes:
         if self.committer is not None:
-            return await asyncio.wrap_future(self.committer.submit(payload))
+            item = None if sender is None else Received(payload, *sender)
+            return await asyncio.wrap_future(self.committer.submit(payload, item))
         return await asyncio.get_running_loop().run_in_executor(self.pool, self._safe_handle,
                                                                  payload)
 
@@ -231,11 +243,14 @@ class MllpServer:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         fr = FrameReader(self.max_bytes)
+        sender: tuple[str, str | None] | None = None
         if self.ssl is not None:
             from labvault.interop.tls import peer_name
-            log.info("MLLP TLS connection from %s (certificate: %s)",
-                     writer.get_extra_info("peername"),
-                     peer_name(writer.get_extra_info("ssl_object")) or "none")
+            peer = writer.get_extra_info("peername")
+            cn = peer_name(writer.get_extra_info("ssl_object"))
+            log.info("MLLP TLS connection from %s (certificate: %s)", peer, cn or "none")
+            if cn is not None:     # a certificate the analysers' CA signed: who writes
+                sender = (cn, str(peer[0]) if isinstance(peer, tuple) and peer else None)
         try:
             while True:
                 try:
@@ -255,7 +270,7 @@ class MllpServer:
                     break
                 for payload, status in payloads:
                     if status == OK:
-                        ack = await self._store(payload)
+                        ack = await self._store(payload, sender)
                     else:
                         err = MessageError(Location("MSH"), I.ERR_SEGMENT_SEQUENCE, (
                             "message not framed with MLLP (0x0B ... 0x1C 0x0D)"
