@@ -64,7 +64,7 @@ def test_a_message_over_tls_is_stored_and_acknowledged(
 @pytest.mark.parametrize("backend", ["sqlite"])
 def test_mutual_tls_admits_only_the_cas_analysers(
         pki: Pki, lab_lv: Labvault, h: Hl7Handler, known: str,  # noqa: F811
-        tenant_id: str, operator: Actor) -> None:
+        tenant_id: str, operator: Actor, caplog: pytest.LogCaptureFixture) -> None:
     install_audit(lab_lv)
     before = counts(lab_lv, tenant_id, operator)
     ctx = tls.server_context(pki.cert, pki.key, client_ca=pki.ca[0])
@@ -80,6 +80,9 @@ def test_mutual_tls_admits_only_the_cas_analysers(
                 ssl_context=c, server_hostname="localhost"))
     after = counts(lab_lv, tenant_id, operator)
     assert after[2] - before[2] == 1
+    refusals = [r for r in caplog.records if r.name == "labvault.tls"
+                and "handshake refused" in r.getMessage()]
+    assert len(refusals) >= 2, [r.getMessage() for r in caplog.records]   # both, in the log
     # the message was written, and audited, as the analyser its certificate names
     report = audit_of(lab_lv).user_report(operator, "system:mllp:analyser-01")
     writes = [i for i in report["items"] if i["action"] == "write"]

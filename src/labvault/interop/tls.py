@@ -12,12 +12,28 @@ is cryptography of our own.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import ssl
 from pathlib import Path
 
 from labvault.errors import UserError
 
 MINIMUM = ssl.TLSVersion.TLSv1_2
+log = logging.getLogger("labvault.tls")
+
+
+class _RefusalsLogged(ssl.SSLObject):
+    """asyncio drops a failed server handshake silently (it logs only in debug mode); a
+    sender refused for want of a good certificate is what a security log is for."""
+
+    def do_handshake(self) -> None:
+        try:
+            super().do_handshake()
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            raise                     # the non-blocking handshake is under way
+        except ssl.SSLError as exc:
+            log.warning("TLS handshake refused: %s", exc.reason or exc)
+            raise
 
 
 def _readable(path: Path, what: str, option: str) -> str:
@@ -37,6 +53,7 @@ def server_context(cert: Path, key: Path, client_ca: Path | None = None) -> ssl.
     ``client_ca``, a client certificate signed by that CA is required."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = MINIMUM
+    ctx.sslobject_class = _RefusalsLogged
     cert_s = _readable(cert, "the certificate", "--tls-cert")
     key_s = _readable(key, "the private key", "--tls-key")
     try:
