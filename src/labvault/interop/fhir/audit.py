@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from labvault.domain.actors import Actor
 from labvault.errors import NotFound
 from labvault.interop.fhir import ids
-from labvault.interop.fhir.lab import _patient_param, date_range
+from labvault.interop.fhir.lab import date_range, patient_param
 from labvault.interop.fhir.outcome import FhirError
 from labvault.interop.fhir.server import Query, SearchResult, not_found, split_token, tenant_of
 from labvault.services.audit import audit_of
@@ -57,7 +57,7 @@ class AuditEventHandler:
         raise self._read_only()
 
     def search(self, actor: Actor, q: Query) -> SearchResult:
-        patient_id = _patient_param(q, required=False)
+        patient_id = patient_param(q, required=False)
         agent = q.one("agent")
         agent_id = None
         if agent is not None:

@@ -196,7 +196,7 @@ class ServiceRequestHandler:
 
     def search(self, actor: Actor, q: Query) -> SearchResult:
         from labvault.interop.fhir.server import SearchResult, tenant_of
-        patient_id = _patient_param(q, required=True)
+        patient_id = patient_param(q, required=True)
         status = q.one("status")
         orders = self.lv.lab.list_orders(actor, tenant_of(actor), patient_id=patient_id,
                                          limit=10_000)
@@ -206,7 +206,7 @@ class ServiceRequestHandler:
         return SearchResult(found[q.offset:q.offset + q.count], len(found))
 
 
-def _patient_param(q: Query, required: bool) -> str | None:
+def patient_param(q: Query, required: bool) -> str | None:
     ref = q.one("patient") or q.one("subject")
     if ref is None:
         if required:
@@ -280,7 +280,7 @@ class SpecimenHandler:
 
     def search(self, actor: Actor, q: Query) -> SearchResult:
         from labvault.interop.fhir.server import SearchResult, tenant_of
-        patient_id = _patient_param(q, required=True)
+        patient_id = patient_param(q, required=True)
         found: list[dict[str, Any]] = []
         for o in self.lv.lab.list_orders(actor, tenant_of(actor), patient_id=patient_id,
                                          limit=10_000):
@@ -431,7 +431,7 @@ class ObservationHandler:
 
     def search(self, actor: Actor, q: Query) -> SearchResult:
         from labvault.interop.fhir.server import SearchResult, tenant_of
-        patient_id = _patient_param(q, required=True)
+        patient_id = patient_param(q, required=True)
         code = q.one("code")
         loinc = None
         if code is not None:
@@ -576,7 +576,7 @@ class DiagnosticReportHandler:
 
     def search(self, actor: Actor, q: Query) -> SearchResult:
         from labvault.interop.fhir.server import SearchResult, tenant_of
-        patient_id = _patient_param(q, required=True)
+        patient_id = patient_param(q, required=True)
         status = q.one("status")
         code = q.one("code")
         since, until = date_range(q.params.get("date") or [])
