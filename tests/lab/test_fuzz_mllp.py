@@ -11,6 +11,7 @@ paid 200 times, not 100,000.
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -166,3 +167,40 @@ def test_mllp_oversized_and_truncated(server: MllpServer) -> None:
                 break
             data += chunk
         assert b"MSA|AR" in data and b"larger than" in data
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])   # a listener thread needs its own connections
+def test_connections_beyond_the_limit_are_closed(lab_lv: Labvault, tenant_id: str,
+                                                 operator: Actor) -> None:
+    """A flood of connections does not exhaust the listener: beyond ``max_connections``
+    each is closed at once, the open ones keep working, and a place freed is taken."""
+    import socket
+    h = Hl7Handler(lab_lv, Actor.system("mllp"), tenant_id)
+    lab_lv.patients.register(operator, tenant_id, {
+        "birth_name": "MARTIN", "first_names": ["Jeanne"], "birth_date": "1980-05-17",
+        "sex": "F", "nir": S.NIR_F})
+    srv = MllpServer(lambda raw: h.handle(raw)[1], "127.0.0.1", 0, idle_timeout=10,
+                     reject=h.reject, max_connections=2)
+    with serving(srv):
+        held = [socket.create_connection(("127.0.0.1", srv.port), timeout=5) for _ in range(2)]
+        try:
+            deadline = time.monotonic() + 5
+            while len(srv._tasks) < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as extra:
+                extra.sendall(frame(S.oru_numeric("X1").encode()))
+                try:
+                    assert extra.recv(1024) == b""      # closed without a word
+                except ConnectionResetError:
+                    pass                                # (or reset: its bytes were unread)
+            assert srv.turned_away == 1
+            held[0].sendall(frame(S.oru_numeric("L1").encode()))   # the open ones still work
+            assert b"MSA|AA|L1" in held[0].recv(65536)
+        finally:
+            for s in held:
+                s.close()
+        deadline = time.monotonic() + 5
+        while srv._tasks and time.monotonic() < deadline:
+            time.sleep(0.01)
+        (ack,) = send("127.0.0.1", srv.port, [S.oru_numeric("L2").encode()])
+        assert b"MSA|AA|L2" in ack

@@ -44,6 +44,9 @@ def mllp(port: int = typer.Option(2575, "--port", help="TCP port (0: any free po
          tls_client_ca: Path = typer.Option(None, "--tls-client-ca",
                                             help="PEM CA: accept only senders with a "
                                                  "certificate it signed (mutual TLS)."),
+         max_connections: int = typer.Option(64, "--max-connections", min=1,
+                                             help="Connections open at once; more are "
+                                                  "closed at once (logged)."),
          insecure_plaintext: bool = typer.Option(False, "--insecure-plaintext",
                                                  help="Listen in clear on a non-loopback "
                                                       "address (a VPN or TLS proxy protects "
@@ -62,7 +65,7 @@ def mllp(port: int = typer.Option(2575, "--port", help="TCP port (0: any free po
         h = Hl7Handler(lv, Actor.system("mllp"), tenant)
         server = MllpServer(lambda raw: h.handle(raw)[1], host, port, max_bytes, idle_timeout,
                             workers, reject=h.reject, handle_many=h.handle_many,
-                            ssl_context=context)
+                            ssl_context=context, max_connections=max_connections)
 
         async def run() -> None:
             await server.start()

@@ -12,7 +12,8 @@ and optionally the analysers' CA for mutual authentication).
 
 Hostile input never stops the listener: bytes outside a frame are discarded, an
 oversized frame is refused with an AR and the connection closed, idle connections time
-out, and any unexpected error is logged and answered with an AE.
+out, connections beyond ``max_connections`` are closed at once, and any unexpected error
+is logged and answered with an AE.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ SB, EB, CR = b"\x0b", b"\x1c", b"\x0d"
 OK, TRUNCATED, UNFRAMED = "ok", "truncated", "unframed"
 DEFAULT_MAX_BYTES = 1 << 20          # 1 MiB per message
 DEFAULT_IDLE_TIMEOUT = 300.0         # seconds without a byte -> close
+DEFAULT_MAX_CONNECTIONS = 64         # a laboratory's analysers and middleware, with room
 log = logging.getLogger("labvault.mllp")
 
 
@@ -201,7 +203,8 @@ class MllpServer:
                  max_bytes: int = DEFAULT_MAX_BYTES, idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
                  workers: int = 8, reject: Callable[[bytes, MessageError], bytes] | None = None,
                  handle_many: BatchHandler | None = None, max_batch: int = 32,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+                 ssl_context: ssl.SSLContext | None = None,
+                 max_connections: int = DEFAULT_MAX_CONNECTIONS) -> None:
         self.handle = handle
         self.ssl = ssl_context
         self.committer = (GroupCommitter(handle_many, self._internal_error, max_batch)
@@ -214,6 +217,8 @@ class MllpServer:
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mllp")
         self.server: asyncio.AbstractServer | None = None
         self.messages = 0
+        self.max_connections = max(1, max_connections)
+        self.turned_away = 0        # connections closed at once: the limit was reached
         self._tasks: set[asyncio.Task[None]] = set()
 
     def _safe_handle(self, payload: bytes) -> bytes:
@@ -238,6 +243,16 @@ class MllpServer:
                                                                  payload)
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(self._tasks) >= self.max_connections:
+            # A flood of connections (or a misconfigured sender reconnecting in a loop)
+            # must not exhaust the listener's descriptors: the analysers already
+            # connected keep their place.
+            self.turned_away += 1
+            log.warning("MLLP connection from %s closed: %d connections open (limit %d)",
+                        writer.get_extra_info("peername"), len(self._tasks),
+                        self.max_connections)
+            writer.close()
+            return
         task = asyncio.current_task()
         if task is not None:
             self._tasks.add(task)
