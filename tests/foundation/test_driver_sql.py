@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from labvault.store.driver_sql import all_rows, execute, first, insert_rows, insert_sql
+from labvault.store.driver_sql import all_rows, execute, first, insert_rows, insert_sql, pipelined
 from labvault.store.engine import make_engine
 
 metadata = MetaData()
@@ -30,4 +30,33 @@ def test_errors_are_sqlalchemys_and_writes_share_the_transaction(tmp_path: Path)
         assert all_rows(conn, "SELECT k FROM things", ()) == []
         with pytest.raises(OperationalError, match="no such table"):
             execute(conn, "SELECT * FROM nothing_here", ())
+    eng.dispose()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_pipelined_statements_share_the_transaction_and_its_errors(
+        backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """``pipelined``: the block's statements go out together on PostgreSQL (one round
+    trip), are read back inside the block, and a failing one raises SQLAlchemy's class
+    and rolls the transaction back — as on SQLite, where the block is plain."""
+    if backend == "sqlite":
+        eng = make_engine(f"sqlite:///{tmp_path / 'p.db'}")
+    else:
+        from tests.foundation.conftest import _pg_schema_url
+        eng = make_engine(_pg_schema_url(request.getfixturevalue("pg_schema")))
+    metadata.create_all(eng)
+    sql = insert_sql(things)
+    with eng.begin() as conn, pipelined(conn):
+        if backend == "postgres":       # really in psycopg's pipeline mode
+            assert conn.connection.driver_connection.pgconn.pipeline_status != 0  # type: ignore[union-attr]
+        insert_rows(conn, things, sql, [{"k": "a", "n": 1}])
+        insert_rows(conn, things, sql, [{"k": "b", "n": 2}, {"k": "c", "n": 3}])
+        assert first(conn, "SELECT count(*) FROM things", ()) == (3,)   # read inside
+    with pytest.raises(IntegrityError), eng.begin() as conn, pipelined(conn):
+        insert_rows(conn, things, sql, [{"k": "d", "n": 4}])
+        insert_rows(conn, things, sql, [{"k": "a", "n": 5}])          # duplicate key
+        insert_rows(conn, things, sql, [{"k": "e", "n": 6}])
+    with eng.connect() as conn:
+        assert sorted(r[0] for r in all_rows(conn, "SELECT k FROM things", ())) == \
+            ["a", "b", "c"]
     eng.dispose()

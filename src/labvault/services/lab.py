@@ -41,6 +41,7 @@ from labvault.domain.actors import Actor
 from labvault.domain.categories import Action, Category
 from labvault.errors import AccessDenied, InvalidField, InvalidRecord, NotFound, UserError
 from labvault.services.gate import Access, Decision
+from labvault.store import driver_sql
 from labvault.store import repositories as repo
 from labvault.store import repositories_lab as lrepo
 from labvault.store.ids import new_id, new_ids
@@ -618,7 +619,16 @@ class LabService:
                              facts: Mapping[str, Any]) -> tuple[_Order, list[ObservationView]]:
         """Unsolicited results (an analyzer's ORU for an order we did not have): the order
         is written directly in its final state of this message — registered, received and
-        results entered in one step — with its specimen, results and history (5 inserts)."""
+        results entered in one step — with its specimen, results and history (5 inserts,
+        one round trip on PostgreSQL)."""
+        with driver_sql.pipelined(conn):
+            return self._write_with_results(conn, actor, tenant_id, patient_id, dek, req,
+                                            spec, results, facts)
+
+    def _write_with_results(self, conn: Connection, actor: Actor, tenant_id: str,
+                            patient_id: str, dek: DataKey, req: L.ServiceRequest,
+                            spec: L.Specimen, results: Sequence[L.Observation],
+                            facts: Mapping[str, Any]) -> tuple[_Order, list[ObservationView]]:
         order = self._create_order(conn, actor, tenant_id, patient_id, req, facts, dek,
                                    L.OrderStatus.PRELIMINARY,
                                    ("registered", "received", "results-entered"))

@@ -8,7 +8,8 @@ formatted into the text; the templates take only ``{p}`` placeholders and fixed 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Table
@@ -46,6 +47,27 @@ def execute(conn: Connection, sql: str, params: Any, many: bool = False) -> Any:
         raise sa_exc.DBAPIError.instance(sql, params, exc, conn.dialect.loaded_dbapi.Error,
                                          dialect=conn.dialect) from exc
     return cur
+
+
+@contextmanager
+def pipelined(conn: Connection) -> Iterator[None]:
+    """On PostgreSQL, the statements of the block go out without waiting for each answer
+    (psycopg's pipeline mode: one round trip for a message's inserts instead of one each);
+    a query whose rows are read inside still gets them (psycopg syncs first). An error of
+    a queued statement is raised by the statement or the block's end that learns of it,
+    as SQLAlchemy's exception class. Elsewhere (SQLite: no round trips) the block just runs."""
+    if conn.dialect.name != "postgresql":
+        yield
+        return
+    raw = conn.connection.driver_connection
+    assert raw is not None
+    try:
+        with raw.pipeline():
+            yield
+    except conn.dialect.loaded_dbapi.Error as exc:
+        raise sa_exc.DBAPIError.instance("(pipelined statements)", None, exc,
+                                         conn.dialect.loaded_dbapi.Error,
+                                         dialect=conn.dialect) from exc
 
 
 def first(conn: Connection, template: str, params: tuple[Any, ...]) -> Any:
