@@ -11,17 +11,17 @@ process (asyncio loop + worker threads); the clients are forked processes.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import multiprocessing as mp
 import random
 import sys
 import tempfile
-import threading
 import time
 from datetime import date
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.lab.serving import serving
 
 from labvault.config import Settings
 from labvault.domain.actors import Actor
@@ -136,16 +136,16 @@ def main() -> None:
                      reject=h.reject,
                      handle_many=None if args.no_group_commit else h.handle_many,
                      ssl_context=context)
-    loop = asyncio.new_event_loop()
-    started = threading.Event()
+    with serving(srv):
+        measure(args, s, srv, nirs)
+    lv.close()
+    if schema is not None:
+        with admin.begin() as c:
+            c.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
 
-    def serve() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(srv.start())
-        started.set()
-        loop.run_forever()
-    threading.Thread(target=serve, daemon=True).start()
-    started.wait()
+
+def measure(args: argparse.Namespace, s: Settings, srv: MllpServer, nirs: list[str]) -> None:
     run(srv.port, 100, 1, nirs, "warm")
     print(f"backend={'postgresql' if args.pg else 'sqlite'} hooks={args.hooks} n={args.n} "
           f"(5 OBX each) group_commit={not args.no_group_commit} "
@@ -168,14 +168,6 @@ def main() -> None:
               f"= {1000 / med:.0f} msg/s per free core"
               + (f"; {args.n * args.repeat / (srv.committer.batches - batches0):.1f} "
                  "messages per commit" if srv.committer else ""), flush=True)
-    asyncio.run_coroutine_threadsafe(srv.stop(), loop).result(30)
-    loop.call_soon_threadsafe(loop.stop)
-    srv.close()
-    lv.close()
-    if schema is not None:
-        with admin.begin() as c:
-            c.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
 
 
 if __name__ == "__main__":
