@@ -469,7 +469,8 @@ class LabService:
         report = {"tenant_id": tenant_id, "report_id": report_id, "order_id": order_id,
                   "patient_id": patient_id, "status": L.REPORT_STATUS[status], "created_at": ts,
                   "updated_at": ts, "issued_at": None, "report_sealed": None}
-        lrepo.insert_order(conn, row, report)
+        with driver_sql.pipelined(conn):          # the order and its report: one round trip
+            lrepo.insert_order(conn, row, report)
         o = _Order(row, dek, request, workflow)
         o.row["report_id"] = report_id
         return o
@@ -608,8 +609,9 @@ class LabService:
                 existing[obs.code] = (new_rows[-1], obs)
             out.append(ObservationView(oid, order.order_id, order.patient_id, tenant_id,
                                        "preliminary", rev, created, ts, obs))
-        lrepo.insert_observations(conn, new_rows)
-        lrepo.insert_history(conn, hist)
+        with driver_sql.pipelined(conn):          # results and history: one round trip
+            lrepo.insert_observations(conn, new_rows)
+            lrepo.insert_history(conn, hist)
         self._panic(conn, actor, order, out)
         return out
 

@@ -21,6 +21,7 @@ from labvault.domain.patient import PatientRecord
 from labvault.errors import InvalidField, InvalidRecord, NotFound, UserError
 from labvault.services import indexing
 from labvault.services.gate import Access
+from labvault.store import driver_sql
 from labvault.store import repositories as repo
 from labvault.store.ids import new_id
 
@@ -127,8 +128,9 @@ class PatientService:
             access = self._write_access(actor, tenant_id, (patient_id,), purpose)
             lv.gate.check(conn, access)
             p = self._prepare(conn, access, tenant_id, rec, patient_id=patient_id)
-            repo.insert_patients(conn, [p.row], [p.key], p.index)
-            self._written(conn, tenant_id, [p])
+            with driver_sql.pipelined(conn):      # record, key, index, encodings: one round trip
+                repo.insert_patients(conn, [p.row], [p.key], p.index)
+                self._written(conn, tenant_id, [p])
             return p.patient_id
 
     def import_lines(self, actor: Actor, tenant_id: str, lines: Iterable[str | bytes],
