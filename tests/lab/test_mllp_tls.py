@@ -95,6 +95,14 @@ def test_the_listener_refuses_unusable_files(pki: Pki, tmp_path: Path) -> None:
         tls.server_context(tmp_path / "nope.pem", pki.key)
     with pytest.raises(UserError, match="cannot be used together"):
         tls.server_context(pki.cert, pki.analyser[1])          # another certificate's key
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    locked = tmp_path / "locked.key"
+    locked.write_bytes(ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"a passphrase")))
+    with pytest.raises(UserError, match="is encrypted"):      # refused, not prompted for
+        tls.server_context(pki.cert, locked)
     garbage = tmp_path / "garbage.pem"
     garbage.write_text("not a certificate\n")
     with pytest.raises(UserError, match="not a PEM certificate"):

@@ -56,8 +56,14 @@ def server_context(cert: Path, key: Path, client_ca: Path | None = None) -> ssl.
     ctx.sslobject_class = _RefusalsLogged
     cert_s = _readable(cert, "the certificate", "--tls-cert")
     key_s = _readable(key, "the private key", "--tls-key")
+    def encrypted() -> str:
+        # Without a callback OpenSSL would prompt on the terminal (a service would hang).
+        raise UserError(f"the private key {key} is encrypted (it asks for a passphrase)",
+                        "give an unencrypted PEM key, readable only by the account that runs "
+                        "labvault (e.g. openssl pkey -in KEY -out KEY.plain)")
+
     try:
-        ctx.load_cert_chain(cert_s, key_s)
+        ctx.load_cert_chain(cert_s, key_s, password=encrypted)
     except ssl.SSLError as exc:
         raise UserError(f"the certificate {cert} and the private key {key} cannot be used "
                         f"together ({exc.reason or exc})",
