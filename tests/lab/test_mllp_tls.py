@@ -6,6 +6,7 @@ beyond loopback and says what to give, and refuses unusable certificate files (e
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 from collections.abc import Callable
 from pathlib import Path
@@ -125,3 +126,21 @@ def test_what_counts_as_loopback(host: str, loopback: bool) -> None:
 def test_cli_refuses_before_listening(args: list[str], says: str, tmp_path: Path,
                                       monkeypatch: pytest.MonkeyPatch) -> None:
     assert_refused("mllp", args, says, tmp_path, monkeypatch)
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_a_silent_connection_is_dropped_before_the_handshake_ends(
+        pki: Pki, h: Hl7Handler, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """A connection that never starts its TLS handshake does not hold a descriptor for
+    asyncio's default minute: it is dropped after ``HANDSHAKE_TIMEOUT``."""
+    import socket
+    import time
+
+    from labvault.interop.hl7 import mllp
+    monkeypatch.setattr(mllp, "HANDSHAKE_TIMEOUT", 0.5)
+    with serving(_server(h, tls.server_context(pki.cert, pki.key))) as srv, \
+            socket.create_connection(("127.0.0.1", srv.port), timeout=10) as silent:
+        t0 = time.monotonic()
+        with contextlib.suppress(ConnectionResetError):
+            assert silent.recv(1024) == b""
+        assert time.monotonic() - t0 < 5

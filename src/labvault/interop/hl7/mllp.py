@@ -37,6 +37,7 @@ OK, TRUNCATED, UNFRAMED = "ok", "truncated", "unframed"
 DEFAULT_MAX_BYTES = 1 << 20          # 1 MiB per message
 DEFAULT_IDLE_TIMEOUT = 300.0         # seconds without a byte -> close
 DEFAULT_MAX_CONNECTIONS = 64         # a laboratory's analysers and middleware, with room
+HANDSHAKE_TIMEOUT = 10.0             # seconds to complete a TLS handshake
 log = logging.getLogger("labvault.mllp")
 
 
@@ -305,8 +306,12 @@ class MllpServer:
                 await writer.wait_closed()
 
     async def start(self) -> asyncio.AbstractServer:
-        self.server = await asyncio.start_server(self._client, self.host, self.port,
-                                                 limit=self.max_bytes + 1024, ssl=self.ssl)
+        # A TLS handshake takes milliseconds: a connection that has not finished it within
+        # HANDSHAKE_TIMEOUT is dropped (asyncio's default, 60 s, would let a flood of silent
+        # connections hold descriptors before max_connections ever counts them).
+        self.server = await asyncio.start_server(
+            self._client, self.host, self.port, limit=self.max_bytes + 1024, ssl=self.ssl,
+            ssl_handshake_timeout=HANDSHAKE_TIMEOUT if self.ssl is not None else None)
         sock = self.server.sockets[0] if self.server.sockets else None
         if sock is not None:
             self.port = sock.getsockname()[1]
