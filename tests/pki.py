@@ -18,13 +18,13 @@ def _name(cn: str) -> x509.Name:
 
 
 def _issue(subject: str, key: ec.EllipticCurvePrivateKey, issuer: str,
-           issuer_key: ec.EllipticCurvePrivateKey, ca: bool, server: bool = False
-           ) -> x509.Certificate:
+           issuer_key: ec.EllipticCurvePrivateKey, ca: bool, server: bool = False,
+           days: float = 1) -> x509.Certificate:
     now = dt.datetime.now(dt.UTC)
     b = (x509.CertificateBuilder().subject_name(_name(subject)).issuer_name(_name(issuer))
          .public_key(key.public_key()).serial_number(x509.random_serial_number())
-         .not_valid_before(now - dt.timedelta(minutes=5))
-         .not_valid_after(now + dt.timedelta(days=1))
+         .not_valid_before(now - dt.timedelta(days=2))
+         .not_valid_after(now + dt.timedelta(days=days))
          .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
     if server:
         b = b.add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]),
@@ -38,8 +38,8 @@ class Pki:
 
     def __init__(self, d: Path) -> None:
         self.dir = d
-        ca_key = ec.generate_private_key(ec.SECP256R1())
-        ca = _issue("Lab test CA", ca_key, "Lab test CA", ca_key, ca=True)
+        ca_key = self._ca_key = ec.generate_private_key(ec.SECP256R1())
+        ca = _issue("Lab test CA", ca_key, "Lab test CA", ca_key, ca=True, days=400)
         self.ca = self._write("ca.pem", ca, None)
         srv_key = ec.generate_private_key(ec.SECP256R1())
         self.cert, self.key = self._write("listener.pem", _issue(
@@ -50,6 +50,13 @@ class Pki:
         s_key = ec.generate_private_key(ec.SECP256R1())
         self.stranger = self._write("stranger.pem", _issue(
             "stranger", s_key, "stranger", s_key, ca=False), s_key)
+
+    def listener(self, days: float) -> tuple[Path, Path]:
+        """Another listener certificate (and key), valid ``days`` more (negative: expired)."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        return self._write(f"listener-{days}.pem", _issue(
+            "localhost", key, "Lab test CA", self._ca_key, ca=False, server=True, days=days),
+            key)
 
     def _write(self, name: str, cert: x509.Certificate,
                key: ec.EllipticCurvePrivateKey | None) -> tuple[Path, Path]:

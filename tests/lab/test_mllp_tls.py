@@ -104,6 +104,9 @@ def test_the_listener_refuses_unusable_files(pki: Pki, tmp_path: Path) -> None:
         serialization.BestAvailableEncryption(b"a passphrase")))
     with pytest.raises(UserError, match="is encrypted"):      # refused, not prompted for
         tls.server_context(pki.cert, locked)
+    expired = pki.listener(days=-1)
+    with pytest.raises(UserError, match="expired on"):
+        tls.server_context(*expired)
     garbage = tmp_path / "garbage.pem"
     garbage.write_text("not a certificate\n")
     with pytest.raises(UserError, match="not a PEM certificate"):
@@ -144,3 +147,12 @@ def test_a_silent_connection_is_dropped_before_the_handshake_ends(
         with contextlib.suppress(ConnectionResetError):
             assert silent.recv(1024) == b""
         assert time.monotonic() - t0 < 5
+
+
+def test_startup_says_until_when_the_certificate_is_valid(pki: Pki) -> None:
+    """An expired certificate stops every analyser at once: the start-up lines name the
+    certificate and its end, and warn when fewer than 30 days are left."""
+    far = tls.expiry_lines(tls.certificate_info(pki.listener(days=200)[0]))
+    assert len(far) == 1 and "CN=localhost" in far[0] and "(200 days)" in far[0]
+    near = tls.expiry_lines(tls.certificate_info(pki.listener(days=12)[0]))
+    assert near[1].startswith("warning: the certificate expires in 12 days")

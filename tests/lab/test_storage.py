@@ -162,12 +162,16 @@ def test_cli_mllp_listener_end_to_end(tmp_path: Path, mode: str) -> None:
     try:
         assert proc.stderr is not None
         port = 0
+        said: list[str] = []
         deadline = time.monotonic() + 60
         while not port and time.monotonic() < deadline:
             line = proc.stderr.readline()
+            said.append(line)
             if "MLLP listening on" in line:
                 port = int(line.rsplit(":", 1)[1])
         assert port, "listener did not start"
+        if mode == "mutual-tls":    # the test certificate is valid a day: start-up warns
+            assert any(x.startswith("warning: the certificate expires in") for x in said), said
         (ack,) = send("127.0.0.1", port, [S.oru_numeric("CLI1").encode()], ssl_context=client,
                       server_hostname="localhost")
         assert b"MSA|AA|CLI1" in ack

@@ -59,6 +59,9 @@ def mllp(port: int = typer.Option(2575, "--port", help="TCP port (0: any free po
     from labvault.interop.hl7.mllp import MllpServer
     context = tls.listening_context(host, tls_cert, tls_key, tls_client_ca, insecure_plaintext,
                                     "patients' names, NIRs and results")
+    if tls_cert is not None:
+        for line in tls.expiry_lines(tls.certificate_info(tls_cert)):
+            err_console.print(line, highlight=False)
     with opened() as lv:
         if tenant:
             lv.tenants.get(tenant)

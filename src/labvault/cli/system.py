@@ -83,6 +83,9 @@ def serve(host: str = typer.Option("127.0.0.1", "--host"),
     # traceback from a worker
     context = tls.listening_context(host, tls_cert, tls_key, None, insecure_plaintext,
                                     "patients' records, results and session tokens")
+    if tls_cert is not None:
+        for line in tls.expiry_lines(tls.certificate_info(tls_cert)):
+            err_console.print(line, highlight=False)
     s = _common.settings()
     if s.is_sqlite and not (s.data_dir / "labvault.db").exists():
         err_console.print(f"first run: creating {s.data_dir} with synthetic demo data…")

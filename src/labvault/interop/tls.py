@@ -14,6 +14,8 @@ from __future__ import annotations
 import ipaddress
 import logging
 import ssl
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from labvault.errors import UserError
@@ -69,6 +71,11 @@ def server_context(cert: Path, key: Path, client_ca: Path | None = None) -> ssl.
                         f"together ({exc.reason or exc})",
                         "give a PEM certificate chain and the unencrypted PEM key that "
                         "matches it") from None
+    info = certificate_info(cert)
+    if info.days_left() <= 0:
+        raise UserError(f"the certificate {cert} ({info.subject}) expired on "
+                        f"{info.not_after:%Y-%m-%d}",
+                        "renew it: every sender would refuse the connection")
     if client_ca is not None:
         ca_s = _readable(client_ca, "the client CA", "--tls-client-ca")
         try:
@@ -80,6 +87,44 @@ def server_context(cert: Path, key: Path, client_ca: Path | None = None) -> ssl.
                             "certificates") from None
         ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
+
+
+EXPIRY_WARNING_DAYS = 30
+
+
+@dataclass(frozen=True)
+class CertificateInfo:
+    """What an operator needs to know of the listener's certificate: whose, and until when."""
+
+    subject: str
+    not_after: datetime
+
+    def days_left(self, now: datetime | None = None) -> float:
+        return (self.not_after - (now or datetime.now(UTC))).total_seconds() / 86400
+
+
+def certificate_info(path: Path) -> CertificateInfo:
+    """The first certificate of a PEM chain file (the listener's own)."""
+    from cryptography import x509
+    try:
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+    except ValueError as exc:
+        raise UserError(f"{path} is not a PEM certificate ({exc})",
+                        "give the listener's certificate chain in PEM") from None
+    return CertificateInfo(cert.subject.rfc4514_string(), cert.not_valid_after_utc)
+
+
+def expiry_lines(info: CertificateInfo) -> list[str]:
+    """The start-up lines about the certificate: its subject and end of validity, and a
+    warning when fewer than EXPIRY_WARNING_DAYS are left — an expired certificate stops
+    every analyser at once, and renewing one takes a laboratory days."""
+    days = info.days_left()
+    lines = [f"certificate {info.subject}, valid until {info.not_after:%Y-%m-%d %H:%M} UTC "
+             f"({max(days, 0):.0f} days)"]
+    if days < EXPIRY_WARNING_DAYS:
+        lines.append(f"warning: the certificate expires in {max(days, 0):.0f} days: renew it "
+                     "before the senders refuse it")
+    return lines
 
 
 def listening_context(host: str, cert: Path | None, key: Path | None,
