@@ -58,6 +58,27 @@ class Pki:
             "localhost", key, "Lab test CA", self._ca_key, ca=False, server=True, days=days),
             key)
 
+    def another_analyser(self, cn: str) -> tuple[Path, Path]:
+        """One more analyser certificate (and key) the CA signed."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        return self._write(f"{cn}.pem", _issue(cn, key, "Lab test CA", self._ca_key, ca=False),
+                           key)
+
+    def revoke(self, cert_path: Path, days: float = 7) -> Path:
+        """The CA's revocation list (PEM) naming the certificate at ``cert_path``, next
+        updated in ``days`` (negative: a list already out of date)."""
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        now = dt.datetime.now(dt.UTC)
+        revoked = (x509.RevokedCertificateBuilder().serial_number(cert.serial_number)
+                   .revocation_date(now - dt.timedelta(minutes=1)).build())
+        crl = (x509.CertificateRevocationListBuilder().issuer_name(_name("Lab test CA"))
+               .last_update(now - dt.timedelta(days=10))
+               .next_update(now + dt.timedelta(days=days)).add_revoked_certificate(revoked)
+               .sign(self._ca_key, hashes.SHA256()))
+        out = self.dir / "ca.crl.pem"
+        out.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
+        return out
+
     def _write(self, name: str, cert: x509.Certificate,
                key: ec.EllipticCurvePrivateKey | None) -> tuple[Path, Path]:
         c = self.dir / name

@@ -123,7 +123,8 @@ def test_what_counts_as_loopback(host: str, loopback: bool) -> None:
 @pytest.mark.parametrize("args, says", [
     (["--host", "0.0.0.0"], "in clear would carry"),  # noqa: S104 - refused: the point
     (["--tls-cert", "c.pem"], "--tls-cert and --tls-key go together"),
-    (["--tls-client-ca", "ca.pem"], "--tls-client-ca needs --tls-cert"),
+    (["--tls-client-ca", "ca.pem"], "--tls-client-ca and --tls-crl need --tls-cert"),
+    (["--tls-crl", "crl.pem"], "--tls-client-ca and --tls-crl need --tls-cert"),
     (["--tls-cert", "missing.pem", "--tls-key", "missing.key"], "does not exist"),
 ])
 def test_cli_refuses_before_listening(args: list[str], says: str, tmp_path: Path,
@@ -156,3 +157,33 @@ def test_startup_says_until_when_the_certificate_is_valid(pki: Pki) -> None:
     assert len(far) == 1 and "CN=localhost" in far[0] and "(200 days)" in far[0]
     near = tls.expiry_lines(tls.certificate_info(pki.listener(days=12)[0]))
     assert near[1].startswith("warning: the certificate expires in 12 days")
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_a_revoked_analyser_is_refused(
+        pki: Pki, lab_lv: Labvault, h: Hl7Handler, known: str,  # noqa: F811
+        tenant_id: str, operator: Actor, caplog: pytest.LogCaptureFixture) -> None:
+    """With the CA's revocation list, an analyser whose certificate was revoked (retired,
+    its key lost) is refused in the handshake; another of the CA's analysers still gets in."""
+    crl = pki.revoke(pki.analyser[0])
+    ctx = tls.server_context(pki.cert, pki.key, client_ca=pki.ca[0], crl=crl)
+    other = pki.another_analyser("analyser-02")
+    before = counts(lab_lv, tenant_id, operator)
+    with serving(_server(h, ctx)) as srv:
+        _nothing_back(lambda: send("127.0.0.1", srv.port, [S.oru_numeric("R1").encode()],
+                                   timeout=3, server_hostname="localhost",
+                                   ssl_context=tls.client_context(pki.ca[0], *pki.analyser)))
+        ok = send("127.0.0.1", srv.port, [S.oru_numeric("R2").encode()],
+                  ssl_context=tls.client_context(pki.ca[0], *other),
+                  server_hostname="localhost")
+        assert [segs(a)["MSA"][0][1] for a in ok] == ["AA"]
+    assert counts(lab_lv, tenant_id, operator)[2] - before[2] == 1
+    assert any("revoked" in r.getMessage().lower() for r in caplog.records
+               if r.name == "labvault.tls"), [r.getMessage() for r in caplog.records]
+    with pytest.raises(UserError, match="needs --tls-client-ca"):
+        tls.server_context(pki.cert, pki.key, crl=crl)
+    with pytest.raises(UserError, match="not a PEM CRL"):        # a certificate, not a CRL
+        tls.server_context(pki.cert, pki.key, client_ca=pki.ca[0], crl=pki.ca[0])
+    stale = pki.revoke(pki.analyser[0], days=-1)
+    with pytest.raises(UserError, match=r"expired on .* every sender would be refused"):
+        tls.server_context(pki.cert, pki.key, client_ca=pki.ca[0], crl=stale)

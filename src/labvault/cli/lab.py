@@ -44,6 +44,9 @@ def mllp(port: int = typer.Option(2575, "--port", help="TCP port (0: any free po
          tls_client_ca: Path = typer.Option(None, "--tls-client-ca",
                                             help="PEM CA: accept only senders with a "
                                                  "certificate it signed (mutual TLS)."),
+         tls_crl: Path = typer.Option(None, "--tls-crl",
+                                      help="PEM revocation list of --tls-client-ca: its "
+                                           "revoked certificates are refused."),
          max_connections: int = typer.Option(64, "--max-connections", min=1,
                                              help="Connections open at once; more are "
                                                   "closed at once (logged)."),
@@ -58,7 +61,7 @@ def mllp(port: int = typer.Option(2575, "--port", help="TCP port (0: any free po
     from labvault.interop.hl7.handler import Hl7Handler
     from labvault.interop.hl7.mllp import MllpServer
     context = tls.listening_context(host, tls_cert, tls_key, tls_client_ca, insecure_plaintext,
-                                    "patients' names, NIRs and results")
+                                    "patients' names, NIRs and results", tls_crl)
     if tls_cert is not None:
         for line in tls.expiry_lines(tls.certificate_info(tls_cert)):
             err_console.print(line, highlight=False)

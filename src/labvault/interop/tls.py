@@ -34,7 +34,9 @@ class _RefusalsLogged(ssl.SSLObject):
         except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
             raise                     # the non-blocking handshake is under way
         except ssl.SSLError as exc:
-            log.warning("TLS handshake refused: %s", exc.reason or exc)
+            why = getattr(exc, "verify_message", None)     # e.g. "certificate revoked"
+            log.warning("TLS handshake refused: %s%s", exc.reason or exc,
+                        f" ({why})" if why else "")
             raise
 
 
@@ -50,9 +52,11 @@ def _readable(path: Path, what: str, option: str) -> str:
     return str(path)
 
 
-def server_context(cert: Path, key: Path, client_ca: Path | None = None) -> ssl.SSLContext:
+def server_context(cert: Path, key: Path, client_ca: Path | None = None,
+                   crl: Path | None = None) -> ssl.SSLContext:
     """The listener's context: its certificate chain and private key (PEM); with
-    ``client_ca``, a client certificate signed by that CA is required."""
+    ``client_ca``, a client certificate signed by that CA is required, and with ``crl``
+    (that CA's revocation list, PEM) one it revoked is refused."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = MINIMUM
     ctx.sslobject_class = _RefusalsLogged
@@ -86,6 +90,26 @@ def server_context(cert: Path, key: Path, client_ca: Path | None = None) -> ssl.
                             "give the PEM certificate of the CA that signs your analysers' "
                             "certificates") from None
         ctx.verify_mode = ssl.CERT_REQUIRED
+    if crl is not None:
+        if client_ca is None:
+            raise UserError("--tls-crl needs --tls-client-ca",
+                            "a revocation list applies to the analysers' certificates")
+        crl_s = _readable(crl, "the revocation list", "--tls-crl")
+        from cryptography import x509
+        try:       # load_verify_locations would take a certificate here without a word
+            parsed = x509.load_pem_x509_crl(crl.read_bytes())
+        except ValueError as exc:
+            raise UserError(f"the revocation list {crl} is not a PEM CRL ({exc})",
+                            "give the CRL your CA publishes, in PEM") from None
+        nxt = parsed.next_update_utc
+        if nxt is not None and nxt <= datetime.now(UTC):
+            raise UserError(f"the revocation list {crl} expired on {nxt:%Y-%m-%d %H:%M} UTC: "
+                            "every sender would be refused",
+                            "fetch the current CRL from your CA")
+        ctx.load_verify_locations(cafile=crl_s)
+        # the sender's certificate is checked against the list; a certificate the CA
+        # revoked (an instrument retired, a key lost) is refused in the handshake
+        ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
     return ctx
 
 
@@ -128,8 +152,8 @@ def expiry_lines(info: CertificateInfo) -> list[str]:
 
 
 def listening_context(host: str, cert: Path | None, key: Path | None,
-                      client_ca: Path | None, insecure_plaintext: bool, carries: str
-                      ) -> ssl.SSLContext | None:
+                      client_ca: Path | None, insecure_plaintext: bool, carries: str,
+                      crl: Path | None = None) -> ssl.SSLContext | None:
     """A door's TLS context from its options, or None to listen in clear — only on
     loopback unless ``--insecure-plaintext`` says a VPN or a TLS proxy protects the link.
     ``carries``: what would cross the network in clear (for the refusal's message)."""
@@ -137,8 +161,8 @@ def listening_context(host: str, cert: Path | None, key: Path | None,
         raise UserError("--tls-cert and --tls-key go together",
                         "give the listener's PEM certificate and its private key")
     if cert is None:
-        if client_ca is not None:
-            raise UserError("--tls-client-ca needs --tls-cert and --tls-key",
+        if client_ca is not None or crl is not None:
+            raise UserError("--tls-client-ca and --tls-crl need --tls-cert and --tls-key",
                             "client certificates are checked inside TLS: give the listener's "
                             "own certificate and key too")
         if not is_loopback(host) and not insecure_plaintext:
@@ -148,7 +172,7 @@ def listening_context(host: str, cert: Path | None, key: Path | None,
                             "or a TLS proxy protects the link")
         return None
     assert key is not None
-    return server_context(cert, key, client_ca)
+    return server_context(cert, key, client_ca, crl)
 
 
 def client_context(ca: Path, cert: Path | None = None, key: Path | None = None
