@@ -62,6 +62,7 @@ def server_context(cert: Path, key: Path, client_ca: Path | None = None,
     ctx.sslobject_class = _RefusalsLogged
     cert_s = _readable(cert, "the certificate", "--tls-cert")
     key_s = _readable(key, "the private key", "--tls-key")
+
     def encrypted() -> str:
         # Without a callback OpenSSL would prompt on the terminal (a service would hang).
         raise UserError(f"the private key {key} is encrypted (it asks for a passphrase)",
