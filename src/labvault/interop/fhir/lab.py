@@ -18,6 +18,7 @@ from labvault.errors import NotFound
 from labvault.interop.fhir import ids
 from labvault.interop.fhir import mapping as m
 from labvault.interop.fhir.outcome import FhirError
+from labvault.interop.fhir.server import split_token
 from labvault.services.lab import ObservationView, OrderView, ReportView, SpecimenView
 from labvault.services.practitioners import PractitionerService
 
@@ -435,7 +436,7 @@ class ObservationHandler:
         code = q.one("code")
         loinc = None
         if code is not None:
-            system, loinc = _split(code)
+            system, loinc = split_token(code)
             if system not in (None, ids.LOINC_SYSTEM):
                 raise FhirError(400, "not-supported", "Observation codes are LOINC", ["code"])
         since, until = date_range(q.params.get("date") or [])
@@ -446,13 +447,6 @@ class ObservationHandler:
         found = [v for v in views if status is None or v.status in status.split(",")]
         page = found[q.offset:q.offset + q.count]
         return SearchResult([observation_to_fhir(v) for v in page], len(found))
-
-
-def _split(token: str) -> tuple[str | None, str]:
-    if "|" in token:
-        s, _, c = token.partition("|")
-        return s or None, c
-    return None, token
 
 
 def date_range(values: Iterable[str]) -> tuple[datetime | None, datetime | None]:
@@ -586,7 +580,7 @@ class DiagnosticReportHandler:
         for r in reports:
             if status is not None and r.status not in status.split(","):
                 continue
-            if code is not None and _split(code)[1] not in ("11502-2", *r.tests):
+            if code is not None and split_token(code)[1] not in ("11502-2", *r.tests):
                 continue
             when = r.created_at if r.created_at.tzinfo else r.created_at.replace(tzinfo=UTC)
             if (since and when < since) or (until and when >= until):
