@@ -27,6 +27,10 @@ SETTINGS: dict[str, tuple[str, str]] = {
                                          "into the database file once it holds this many "
                                          "4 KiB pages (SQLite's default 1000); a busy HL7 "
                                          "listener writes less with 8000 (docs/benchmarks.md)"),
+    "LABVAULT_SQLITE_SYNCHRONOUS": ("full", "SQLite only: full = each commit is synced to "
+                                    "disk before it returns (an ACK or a 201 survives a power "
+                                    "loss); normal = synced at checkpoints only (a crash of "
+                                    "the machine may undo the last commits)"),
     "LABVAULT_SESSION_IDLE_MINUTES": ("15", "API sessions end after this many idle minutes"),
     "LABVAULT_SESSION_HOURS": ("8", "absolute lifetime of an API session, in hours"),
     "LABVAULT_PUBLIC_URL": ("http://127.0.0.1:8000", "public base URL (enrolment links)"),
@@ -125,6 +129,16 @@ class Settings:
         if value < minimum:
             raise ConfigurationError(f"{name}={raw!r} is not a whole number of at least "
                                      f"{minimum}", f"set {name} to e.g. {SETTINGS[name][0]}")
+        return value
+
+    def choice(self, name: str, allowed: tuple[str, ...]) -> str:
+        """A setting of ``SETTINGS`` that must be one of ``allowed`` (case-insensitive;
+        empty: the default); anything else stops the start with a message."""
+        raw = self.get(name) or SETTINGS[name][0]
+        value = raw.strip().lower()
+        if value not in allowed:
+            raise ConfigurationError(f"{name}={raw!r} is not one of {', '.join(allowed)}",
+                                     f"set {name} to {SETTINGS[name][0]} (the default)")
         return value
 
     @property

@@ -6,6 +6,7 @@ services; they never touch ``store`` or ``crypto`` themselves.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -34,7 +35,16 @@ from labvault.services.gate import (
 )
 from labvault.store import migrate
 from labvault.store import repositories as repo
-from labvault.store.engine import make_engine, savepoint
+from labvault.store.engine import SYNCHRONOUS, durability_warnings, make_engine, savepoint
+
+log = logging.getLogger("labvault.store")
+
+
+def _engine_args(settings: Settings) -> tuple[int, str]:
+    """The SQLite settings of the engine (checkpoint pages, synchronous), refused at start
+    when malformed."""
+    return (settings.whole_number("LABVAULT_SQLITE_CHECKPOINT_PAGES"),
+            settings.choice("LABVAULT_SQLITE_SYNCHRONOUS", SYNCHRONOUS))
 
 
 def open_provider(settings: Settings, create: bool = False) -> KeyProvider:
@@ -138,11 +148,11 @@ class Labvault:
     @staticmethod
     def init(settings: Settings) -> Labvault:
         """Create the data directory, the root key (if absent) and the schema."""
-        pages = settings.whole_number("LABVAULT_SQLITE_CHECKPOINT_PAGES")   # before any write
+        engine_args = _engine_args(settings)        # checked before anything is written
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(settings.data_dir, 0o700)
         provider = open_provider(settings, create=True)
-        engine = make_engine(settings.database_url, pages)
+        engine = make_engine(settings.database_url, *engine_args)
         migrate.upgrade(engine)
         return Labvault(settings, engine, KeyRing(provider))
 
@@ -154,8 +164,9 @@ class Labvault:
             raise ConfigurationError(f"no labvault data in {settings.data_dir}",
                                      "run `labvault init` first (or `labvault demo`)")
         provider = open_provider(settings)
-        engine = make_engine(settings.database_url, settings.whole_number(
-            "LABVAULT_SQLITE_CHECKPOINT_PAGES"))
+        engine = make_engine(settings.database_url, *_engine_args(settings))
+        for warning in durability_warnings(engine):
+            log.warning(warning)
         migrate.upgrade(engine)
         lv = Labvault(settings, engine, KeyRing(provider), **hooks)
         lv.replay_shred_log()

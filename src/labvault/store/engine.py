@@ -12,10 +12,17 @@ from sqlalchemy.engine import Connection, Engine
 
 from labvault.store.driver_sql import execute
 
+SYNCHRONOUS = ("full", "normal")
 
-def make_engine(url: str, checkpoint_pages: int = 1000, **kwargs: Any) -> Engine:
+
+def make_engine(url: str, checkpoint_pages: int = 1000, synchronous: str = "full",
+                **kwargs: Any) -> Engine:
     """``checkpoint_pages``: SQLite's ``wal_autocheckpoint`` (its default, 1000, unless
-    ``LABVAULT_SQLITE_CHECKPOINT_PAGES`` says otherwise); PostgreSQL ignores it."""
+    ``LABVAULT_SQLITE_CHECKPOINT_PAGES`` says otherwise); ``synchronous``: SQLite's
+    ``synchronous`` (``LABVAULT_SQLITE_SYNCHRONOUS``). PostgreSQL ignores both (its own
+    ``synchronous_commit``, on by default, makes a commit durable)."""
+    if synchronous not in SYNCHRONOUS:
+        raise ValueError(f"synchronous must be one of {SYNCHRONOUS}, not {synchronous!r}")
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
 
@@ -23,7 +30,12 @@ def make_engine(url: str, checkpoint_pages: int = 1000, **kwargs: Any) -> Engine
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=NORMAL")
+            # FULL: the log is synced at every commit, so a commit that returned -- an HL7
+            # ACK, a FHIR 201 -- survives a power loss. NORMAL syncs only at checkpoints:
+            # consistent after a crash, but the last commits may be gone (SQLite's "WAL
+            # mode loses durability"), which an analyser that already dropped its copy of
+            # an acknowledged result cannot know.
+            cur.execute(f"PRAGMA synchronous={synchronous.upper()}")
             cur.execute("PRAGMA foreign_keys=ON")
             # savepoint sub-journals and temporary b-trees in memory, not in temp files
             cur.execute("PRAGMA temp_store=MEMORY")
@@ -41,6 +53,24 @@ def make_engine(url: str, checkpoint_pages: int = 1000, **kwargs: Any) -> Engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://"):]
     return create_engine(url, pool_pre_ping=True, **kwargs)
+
+
+def durability_warnings(engine: Engine) -> list[str]:
+    """What makes a returned commit not durable on this PostgreSQL server (its
+    ``synchronous_commit`` or ``fsync`` off): an HL7 ACK or a FHIR 201 would then promise
+    what a crash of the server may undo. SQLite's setting is labvault's own
+    (``LABVAULT_SQLITE_SYNCHRONOUS``); nothing to ask there."""
+    if engine.dialect.name != "postgresql":
+        return []
+    out = []
+    with engine.connect() as conn:
+        for name, fix in (("synchronous_commit", "on"), ("fsync", "on")):
+            value = str(conn.exec_driver_sql(f"SHOW {name}").scalar())
+            if value == "off":
+                out.append(f"PostgreSQL runs with {name}=off: a commit labvault acknowledges "
+                           "(HL7 ACK, FHIR 201, an audit entry) may be lost if the server "
+                           f"crashes; set {name}={fix} for the labvault database")
+    return out
 
 
 def is_sqlite(engine: Engine) -> bool:
