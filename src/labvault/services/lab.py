@@ -57,8 +57,12 @@ INDEX_KEY_TTL = 5.0
 ACCESSION = "lab_accession"
 
 
+# one encoder for every call: json.dumps with options builds a new one each time
+_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str)
+
+
 def _dumps(data: Mapping[str, Any]) -> bytes:
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+    return _JSON.encode(data).encode()
 
 
 def _iso(d: datetime | None) -> str | None:
