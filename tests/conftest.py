@@ -27,6 +27,7 @@ from labvault.domain.actors import Actor
 from labvault.services.app import Labvault
 from labvault.store import migrate
 from labvault.store.engine import make_engine
+from tests.durability import events  # noqa: F401 - the fixture, for every test package
 
 # Machines here are shared and loaded: no per-example deadline. CI runs the same examples
 # every time (derandomize) so a landing never depends on a lucky draw; local runs explore.

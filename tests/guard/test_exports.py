@@ -25,6 +25,7 @@ from labvault.errors import (
 from labvault.guard.canaries import is_canary_nir
 from labvault.services.app import Labvault
 from labvault.store import repositories_guard as grepo
+from tests.durability import Events, durable
 from tests.guard.conftest import alerts_of, import_people, staff
 
 TODAY = date.today()
@@ -236,3 +237,10 @@ def test_staff_cannot_identify_other_labs(glv: Labvault, tenant_id: str) -> None
     found = glv.guard.exports.identify(other, b'{"nir": "x"}\n')      # sees no other lab's
     assert found["export_id"] is None and found["candidates"] == []
     assert glv.guard.exports.list(other) == []
+
+
+def test_the_export_file_is_on_disk_by_name_before_its_manifest(
+        glv: Labvault, tenant_id: str, events: Events) -> None:
+    import_people(glv, tenant_id, 3)
+    res = _export(glv, tenant_id, x25519.Identity.generate().to_public(), ["birth_name"])
+    assert durable(events, Path(res["file"]))

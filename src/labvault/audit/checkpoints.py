@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from labvault import durable
 from labvault.crypto.digests import ed25519_generate, ed25519_sign, ed25519_verify, sha256
 from labvault.errors import ConfigurationError, KeyUnavailable
 
@@ -103,6 +104,7 @@ class SigningKey:
                 json.dump(doc, fh)
                 fh.flush()
                 os.fsync(fh.fileno())
+            durable.sync_directory(self.path.parent)
         mode = stat.S_IMODE(self.path.stat().st_mode)
         if mode & 0o077:
             raise KeyUnavailable(f"audit signing key {self.path} is readable by group or others "
@@ -173,7 +175,7 @@ class CheckpointStore:
             fh.write(json.dumps(cp.as_json() | {"file": None}, indent=1, sort_keys=True))
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        durable.replace(tmp, path)
         if self.syslog:
             forward_syslog(self.syslog, cp)
         return cp

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from sqlalchemy.engine import Connection, Engine
 
+from labvault import durable
 from labvault.config import Settings
 from labvault.crypto import KeyProvider, KeyRing
 from labvault.crypto.providers.file import FileKeyProvider
@@ -74,12 +75,15 @@ class ShredLogFile:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         line = json.dumps({"tenant_id": tenant_id, "patient_id": patient_id,
                            "at": at.isoformat()}) + "\n"
+        created = not self.path.exists()
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             os.write(fd, line.encode())
             os.fsync(fd)
         finally:
             os.close(fd)
+        if created:     # the erasure is committed next: the log's name must be on disk too
+            durable.sync_directory(self.path.parent)
 
     def entries(self) -> Iterator[tuple[str, str, datetime]]:
         if not self.path.exists():

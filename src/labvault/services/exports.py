@@ -29,6 +29,7 @@ from typing import IO, TYPE_CHECKING, Any
 import pyrage
 from sqlalchemy.engine import Connection
 
+from labvault import durable
 from labvault.crypto import blind_index as bi
 from labvault.domain.actors import Actor
 from labvault.domain.categories import Action, Category
@@ -351,6 +352,7 @@ class ExportService:
                 pyrage.encrypt_io(_Stream(lines()), writer, [recipient])
                 fh.flush()
                 os.fsync(fh.fileno())
+            durable.sync_directory(path.parent)    # before the manifest that names it
         except BaseException:
             path.unlink(missing_ok=True)
             raise

@@ -14,6 +14,7 @@ import stat
 from collections.abc import Mapping
 from pathlib import Path
 
+from labvault import durable
 from labvault.crypto import _primitives as P
 from labvault.errors import KeyUnavailable
 
@@ -48,9 +49,11 @@ class FileKeyProvider:
             json.dump(doc, fh)
             fh.flush()
             os.fsync(fh.fileno())
-        if not exclusive:
+        if exclusive:
+            durable.sync_directory(path.parent)     # the new file's name, not only its bytes
+        else:
             os.chmod(tmp, 0o600)
-            os.replace(tmp, path)
+            durable.replace(tmp, path)
 
     @staticmethod
     def _load(path: Path) -> tuple[dict[str, bytes], str]:
