@@ -147,6 +147,8 @@ class Labvault:
         from labvault.services.accounts import AccountService; self.accounts = AccountService(self)  # noqa: E702, I001
         from labvault.services.breach import BreachService
         self.breach = BreachService(self)
+        from labvault.services.backup import BackupService
+        self.backups = BackupService(self)
 
     # -- life cycle --------------------------------------------------------------------
     @staticmethod

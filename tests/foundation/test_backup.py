@@ -1,0 +1,141 @@
+"""``labvault backup``: a consistent, checked copy taken while labvault writes; no
+plaintext and no key in it; restored, it opens with the installation's key and the shred
+log erases again whoever was erased since; what it cannot do is refused with exit 2."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import stat
+import threading
+from pathlib import Path
+
+import pytest
+
+from labvault.crypto.providers.file import FileKeyProvider
+from labvault.domain.actors import Actor
+from labvault.errors import NotFound, UserError
+from labvault.services.app import Labvault
+from tests.foundation.conftest import Cli, synthetic, write_ndjson
+
+
+def _installed(cli: Cli, n: int = 5) -> tuple[str, list[dict[str, object]], list[str]]:
+    tenant = cli.init_with_tenant()
+    recs = synthetic(n, seed=47)
+    cli.ok("patient", "import", str(write_ndjson(cli.root / "p.ndjson", recs)), "--tenant", tenant)
+    ids = [cli.ok("patient", "find", "--tenant", tenant, "--nir", str(r["nir"]))["patients"][0]
+           for r in recs]
+    return tenant, recs, ids
+
+
+def test_a_backup_is_checked_sealed_and_keyless(sqlite_cli: Cli) -> None:
+    cli = sqlite_cli
+    _tenant, recs, _ids = _installed(cli)
+    out = cli.ok("backup", str(cli.root / "backups"))
+    file = Path(out["file"])
+    assert file.parent == cli.root / "backups" and file.name.startswith("labvault-")
+    assert stat.S_IMODE(file.stat().st_mode) == 0o600
+    assert stat.S_IMODE(file.parent.stat().st_mode) == 0o700
+    assert [p.name for p in file.parent.iterdir()] == [file.name]    # no partial, no -wal
+    assert out["integrity"] == "ok" and out["patients"] == 5 and out["tenants"] == 1
+    assert out["tenant_keys_checked"] >= 2 and str(cli.key_file) in out["root_key"]
+    raw = file.read_bytes()
+    import hashlib
+    assert out["sha256"] == hashlib.sha256(raw).hexdigest() and out["bytes"] == len(raw)
+    for r in recs:
+        for value in (r["birth_name"], r["nir"], r["email"]):
+            assert str(value).encode() not in raw
+    assert cli.key_file.read_bytes() not in raw
+    # the copy is self-contained (no write-ahead log to carry) and a valid database
+    con = sqlite3.connect(f"file:{file}?mode=ro", uri=True)
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    con.close()
+    # the operator's backup is in the audit trail, with the file's digest
+    report = cli.ok("audit", "report", "--user", Actor.operator().id)
+    assert out["sha256"] in str(report)
+
+
+def test_a_restored_backup_opens_and_stays_erased(sqlite_cli: Cli) -> None:
+    cli = sqlite_cli
+    _tenant, _recs, ids = _installed(cli)
+    file = Path(cli.ok("backup", str(cli.root / "backups"))["file"])
+    cli.ok("patient", "erase", ids[0])          # after the backup
+    cli.ok("audit", "checkpoint")               # signed, outside the database
+    # the restore of docs/cli.md: labvault stopped, the database replaced by the copy
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{cli.db_file}{suffix}").unlink(missing_ok=True)
+    shutil.copy(file, cli.db_file)
+    lv = cli.open()                              # replays the installation's shred log
+    try:
+        with pytest.raises(NotFound):
+            lv.patients.show(Actor.operator(), ids[0])
+        assert lv.patients.show(Actor.operator(), ids[1])["id"] == ids[1]
+    finally:
+        lv.close()
+    # what the restore lost is on record: the chain ends before the checkpoint
+    r = cli.run("audit", "verify")
+    assert r.exit_code == 1 and "truncated" in r.stdout, r.stdout
+
+
+def test_a_backup_taken_while_patients_are_written_is_one_moment(sqlite_cli: Cli) -> None:
+    cli = sqlite_cli
+    tenant, _recs, _ids = _installed(cli, 2)
+    lv = cli.open()
+    stop, going = threading.Event(), threading.Event()
+
+    def writer() -> None:
+        for i, rec in enumerate(synthetic(400, seed=5, start=100)):
+            if stop.is_set():
+                return
+            lv.patients.register(Actor.operator(), tenant, {**rec, "external_id": f"w{i}"})
+            if i == 20:
+                going.set()
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        assert going.wait(60)                   # the copy starts amid the writes
+        out = lv.backups.create(Actor.operator(), cli.root / "backups")
+    finally:
+        stop.set()
+        t.join()
+        lv.close()
+    con = sqlite3.connect(f"file:{out['file']}?mode=ro", uri=True)
+    try:
+        patients = con.execute("SELECT count(*) FROM patients").fetchone()[0]
+        keys = con.execute("SELECT count(*) FROM patient_keys").fetchone()[0]
+        indexed = con.execute("SELECT count(DISTINCT patient_id) FROM blind_index").fetchone()[0]
+    finally:
+        con.close()
+    # every patient in the copy came with its key and its index rows: no half transaction
+    assert patients == out["patients"] == keys == indexed >= 2 + 21
+
+
+def test_what_a_backup_refuses(sqlite_cli: Cli) -> None:
+    cli = sqlite_cli
+    _installed(cli, 1)
+    (cli.root / "a-file").write_text("x")
+    assert "is not a directory" in cli.user_error("backup", str(cli.root / "a-file")).stderr
+    r = cli.user_error("backup", str(cli.key_file.parent))      # beside the root key
+    assert "holds the root key file" in r.stderr
+    assert not list(cli.key_file.parent.glob("labvault-*.db"))
+
+
+def test_a_copy_the_key_provider_cannot_open_is_not_kept(sqlite_cli: Cli,
+                                                           tmp_path: Path) -> None:
+    cli = sqlite_cli
+    _installed(cli, 1)
+    lv = cli.open()
+    try:
+        lv.keyring.provider = FileKeyProvider.create(tmp_path / "another.key")
+        with pytest.raises(UserError, match="does not open with the current root key"):
+            lv.backups.create(Actor.operator(), cli.root / "backups")
+    finally:
+        lv.close()
+    assert list((cli.root / "backups").iterdir()) == []
+
+
+@pytest.mark.parametrize("backend", ["postgres"])
+def test_postgresql_is_sent_to_pg_dump(lv: Labvault, tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="pg_dump"):
+        lv.backups.create(Actor.operator(), tmp_path / "backups")
+    assert not (tmp_path / "backups").exists()
