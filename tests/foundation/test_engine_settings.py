@@ -94,24 +94,11 @@ def test_a_postgresql_server_that_does_not_sync_commits_is_named() -> None:
     assert durability_warnings(make_engine("sqlite://")) == []
 
 
-def test_opening_logs_the_durability_warnings(tmp_path: Path,
+def test_opening_logs_the_durability_warnings(tmp_path: Path, pg_schema: str,
                                               caplog: pytest.LogCaptureFixture) -> None:
-    from tests.conftest import PG_URL, require_pg
-    require_pg()
-    from sqlalchemy import text as sql
-
-    from labvault.store.engine import make_engine
-    schema = f"lvt_sync_{tmp_path.name[-12:].replace('-', '_')}"
-    admin = make_engine(PG_URL)
-    with admin.begin() as c:
-        c.execute(sql(f'CREATE SCHEMA "{schema}"'))
-    try:
-        url = f"{PG_URL}?options=-csearch_path%3D{schema}%20-csynchronous_commit%3Doff"
-        Labvault.init(_settings(tmp_path, LABVAULT_DATABASE_URL=url)).close()
-        with caplog.at_level("WARNING", logger="labvault.store"):
-            Labvault.open(_settings(tmp_path, LABVAULT_DATABASE_URL=url)).close()
-        assert any("synchronous_commit=off" in r.getMessage() for r in caplog.records)
-    finally:
-        with admin.begin() as c:
-            c.execute(sql(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    from tests.conftest import PG_URL
+    url = f"{PG_URL}?options=-csearch_path%3D{pg_schema}%20-csynchronous_commit%3Doff"
+    Labvault.init(_settings(tmp_path, LABVAULT_DATABASE_URL=url)).close()
+    with caplog.at_level("WARNING", logger="labvault.store"):
+        Labvault.open(_settings(tmp_path, LABVAULT_DATABASE_URL=url)).close()
+    assert any("synchronous_commit=off" in r.getMessage() for r in caplog.records)
