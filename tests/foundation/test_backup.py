@@ -31,7 +31,7 @@ def _installed(cli: Cli, n: int = 5) -> tuple[str, list[dict[str, object]], list
 def test_a_backup_is_checked_sealed_and_keyless(sqlite_cli: Cli) -> None:
     cli = sqlite_cli
     _tenant, recs, _ids = _installed(cli)
-    out = cli.ok("backup", str(cli.root / "backups"))
+    out = cli.ok("backup", "create", str(cli.root / "backups"))
     file = Path(out["file"])
     assert file.parent == cli.root / "backups" and file.name.startswith("labvault-")
     assert stat.S_IMODE(file.stat().st_mode) == 0o600
@@ -58,9 +58,12 @@ def test_a_backup_is_checked_sealed_and_keyless(sqlite_cli: Cli) -> None:
 def test_a_restored_backup_opens_and_stays_erased(sqlite_cli: Cli) -> None:
     cli = sqlite_cli
     _tenant, _recs, ids = _installed(cli)
-    file = Path(cli.ok("backup", str(cli.root / "backups"))["file"])
+    file = Path(cli.ok("backup", "create", str(cli.root / "backups"))["file"])
     cli.ok("patient", "erase", ids[0])          # after the backup
     cli.ok("audit", "checkpoint")               # signed, outside the database
+    drill = cli.ok("backup", "check", str(file))   # before restoring: what it would do
+    assert drill["integrity"] == "ok" and drill["patients"] == 5
+    assert drill["erased_again_on_restore"] == 1
     # the restore of docs/cli.md: labvault stopped, the database replaced by the copy
     for suffix in ("", "-wal", "-shm"):
         Path(f"{cli.db_file}{suffix}").unlink(missing_ok=True)
@@ -114,8 +117,8 @@ def test_what_a_backup_refuses(sqlite_cli: Cli) -> None:
     cli = sqlite_cli
     _installed(cli, 1)
     (cli.root / "a-file").write_text("x")
-    assert "is not a directory" in cli.user_error("backup", str(cli.root / "a-file")).stderr
-    r = cli.user_error("backup", str(cli.key_file.parent))      # beside the root key
+    assert "is not a directory" in cli.user_error("backup", "create", str(cli.root / "a-file")).stderr
+    r = cli.user_error("backup", "create", str(cli.key_file.parent))      # beside the root key
     assert "holds the root key file" in r.stderr
     assert not list(cli.key_file.parent.glob("labvault-*.db"))
 
@@ -139,3 +142,26 @@ def test_postgresql_is_sent_to_pg_dump(lv: Labvault, tmp_path: Path) -> None:
     with pytest.raises(UserError, match="pg_dump"):
         lv.backups.create(Actor.operator(), tmp_path / "backups")
     assert not (tmp_path / "backups").exists()
+
+
+def test_checking_what_is_not_a_backup(sqlite_cli: Cli) -> None:
+    cli = sqlite_cli
+    _installed(cli, 1)
+    (cli.root / "notes.db").write_bytes(b"not a database at all" * 100)
+    assert "is not a labvault database" in cli.user_error(
+        "backup", "check", str(cli.root / "notes.db")).stderr
+    assert "is not a file" in cli.user_error("backup", "check", str(cli.root / "nope.db")).stderr
+
+
+def test_a_backup_another_root_cannot_open_fails_its_check(sqlite_cli: Cli,
+                                                           tmp_path: Path) -> None:
+    cli = sqlite_cli
+    _installed(cli, 1)
+    file = cli.ok("backup", "create", str(cli.root / "backups"))["file"]
+    lv = cli.open()
+    try:
+        lv.keyring.provider = FileKeyProvider.create(tmp_path / "another.key")
+        with pytest.raises(UserError, match="does not open with the current root key"):
+            lv.backups.check(Actor.operator(), Path(file))
+    finally:
+        lv.close()

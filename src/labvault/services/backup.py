@@ -16,6 +16,8 @@ import hashlib
 import os
 import shutil
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -91,6 +93,34 @@ class BackupService:
                                  "patients": report["patients"]})
         return result
 
+    def check(self, actor: Actor, file: Path) -> dict[str, Any]:
+        """A restore drill without the restore: is ``file`` (a backup, possibly moved and
+        copied back since) sound, does it open with the current root key, and how many
+        of its patients the installation's shred log will erase again if it is restored."""
+        lv = self.lv
+        file = file.expanduser().absolute()
+        if not file.is_file():
+            raise UserError(f"{file} is not a file", "give a backup made by labvault backup "
+                                                     "create (labvault-<time>.db)")
+        with lv.begin() as conn:
+            lv.gate.check(conn, Access(actor, Action.READ, None, frozenset(),
+                                       purpose="backup", resource="tenant"))
+        try:
+            report = self._check(file)
+            with _read_only(file) as con:
+                keyed = set(con.execute("SELECT tenant_id, patient_id FROM patient_keys"))
+        except sqlite3.DatabaseError as exc:
+            raise UserError(f"{file} is not a labvault database ({exc})",
+                            "give a backup made by labvault backup create") from None
+        erased = {(t, p) for t, p, _ in lv.shred_log.entries()}
+        digest, size = _sha256(file)
+        result = {"file": str(file), "bytes": size, "sha256": digest, **report,
+                  "erased_again_on_restore": len(keyed & erased)}
+        with lv.begin() as conn:
+            lv.gate.audit.event(conn, actor, "backup.check", "success", None,
+                                {"file": file.name, "sha256": digest, "bytes": size})
+        return result
+
     def _copy(self, target: Path) -> None:
         raw = self.lv.engine.raw_connection()
         try:
@@ -114,20 +144,16 @@ class BackupService:
             os.fsync(fh.fileno())
 
     def _check(self, path: Path) -> dict[str, Any]:
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
+        with _read_only(path) as con:
             problems = [r[0] for r in con.execute("PRAGMA integrity_check")]
             tenants = con.execute("SELECT count(*) FROM tenants").fetchone()[0]
             patients = con.execute("SELECT count(*) FROM patients").fetchone()[0]
-        finally:
-            con.close()
         if problems != ["ok"]:
             raise UserError(f"the copy failed SQLite's integrity check: {problems[:3]}",
                             "check the disk of the data directory and of the destination; "
                             "nothing was kept")
         # read-only and without the engine's pragmas (which would turn the copy back to WAL)
-        engine = create_engine("sqlite://", creator=lambda: sqlite3.connect(
-            f"file:{path}?mode=ro", uri=True, check_same_thread=False))
+        engine = create_engine("sqlite://", creator=lambda: _connect_read_only(path))
         try:
             with engine.connect() as conn:
                 records = repo.all_tenant_key_records(conn)
@@ -159,6 +185,19 @@ class BackupService:
             os.fsync(out.fileno())
         durable.sync_directory(target.parent)
         return target
+
+
+def _connect_read_only(path: Path) -> sqlite3.Connection:
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+
+
+@contextmanager
+def _read_only(path: Path) -> Iterator[sqlite3.Connection]:
+    con = _connect_read_only(path)
+    try:
+        yield con
+    finally:
+        con.close()
 
 
 def _sha256(path: Path) -> tuple[str, int]:
