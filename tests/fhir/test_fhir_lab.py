@@ -168,3 +168,18 @@ def test_lab_searches_need_a_patient(server: Running) -> None:
     r = httpx.get(f"{server.url}/Observation", headers=HDR,
                   params={"patient": "Patient/pt-0000000000000000000000000v", "date": "2026-13"})
     assert r.status_code == 400
+
+
+def test_a_dangling_reference_in_the_fourth_result_names_that_entry(server: Running) -> None:
+    """Results are created together; the error still points at the one entry at fault."""
+    p = next(people(1, seed=23))
+    bundle = visit_bundle(p, 1)
+    assert bundle["entry"][6]["resource"]["resourceType"] == "Observation"
+    bundle["entry"][6]["resource"]["subject"] = {
+        "reference": "urn:uuid:00000000-0000-4000-8000-000000000000"}
+    before = counts(server)
+    r = post(server, bundle)
+    assert r.status_code == 422, r.text
+    assert [i["expression"] for i in r.json()["issue"]] == [
+        ["Bundle.entry[6].resource.subject.reference"]]
+    assert counts(server) == before

@@ -203,6 +203,9 @@ def test_transaction_with_one_invalid_entry_stores_nothing(server: Running, brea
     assert r.status_code in (400, 422)
     oo = outcome(r)
     assert all(i["expression"][0].startswith("Bundle.entry[") for i in oo["issue"])
+    if breakage == "dangling-ref":        # the element named, not only the entry
+        assert [i["expression"] for i in oo["issue"]] == [
+            ["Bundle.entry[1].resource.beneficiary.reference"]]
     assert count_patients(server) == before
     client = server.client()
     assert client.resources("Patient").search(

@@ -491,9 +491,15 @@ class FhirServer:
                             break
                         group.append(order[k + len(group)])
                 k += len(group)
+                bodies = []
+                for j in group:      # an unresolved reference names its own entry
+                    try:
+                        bodies.append(rewrite_references(plans[j].resource, resolved))
+                    except FhirError as exc:
+                        status_code, oo = from_user_error(exc, f"Bundle.entry[{j}]")
+                        raise FhirError(status_code, "invalid", "",
+                                        issues=oo["issue"]) from None
                 try:
-                    bodies = [rewrite_references(plans[j].resource, resolved,
-                                                 f"Bundle.entry[{j}]") for j in group]
                     if p.method == "POST" and many is not None:
                         news = self._create_grouped(actor, many, group, bodies)
                         status = "201 Created"
@@ -625,12 +631,13 @@ class _Plan:
     target_id: str | None
 
 
-def rewrite_references(resource: Mapping[str, Any], resolved: Mapping[str, str],
-                       where: str) -> dict[str, Any]:
+def rewrite_references(resource: Mapping[str, Any], resolved: Mapping[str, str]
+                       ) -> dict[str, Any]:
     """Copy of ``resource`` with ``urn:uuid:``/``urn:oid:`` references replaced by the
     ``Type/id`` of the entry that carried that fullUrl. An unresolved ``urn:`` reference
-    is an error (it would point nowhere)."""
-    def walk(node: Any, path: str) -> Any:
+    is an error (it would point nowhere), located relative to its entry
+    (``resource.subject.reference``: the transaction prefixes ``Bundle.entry[i]``)."""
+    def walk(node: Any) -> Any:
         if isinstance(node, Mapping):
             out = {}
             for k, v in node.items():
@@ -638,16 +645,33 @@ def rewrite_references(resource: Mapping[str, Any], resolved: Mapping[str, str],
                     if v not in resolved:
                         raise FhirError(422, "invalid", f"reference {v!r} names no entry of "
                                         "this Bundle (or one created after it)",
-                                        [f"{where}.resource{path}.reference"])
+                                        [f"resource{_path_of(resource, v)}.reference"])
                     out[k] = resolved[v]
                 else:
-                    out[k] = walk(v, f"{path}.{k}")
+                    out[k] = walk(v)
             return out
         if isinstance(node, list):
-            return [walk(v, f"{path}[{i}]") for i, v in enumerate(node)]
+            return [walk(v) for v in node]
         return node
-    result: dict[str, Any] = walk(resource, "")
+    result: dict[str, Any] = walk(resource)
     return result
+
+
+def _path_of(node: Any, reference: str, path: str = "") -> str:
+    """Where ``reference`` sits in ``node`` (``.subject``, ``.basedOn[0]``): built only for
+    the error, not for every element of every resource of a Bundle."""
+    if isinstance(node, Mapping):
+        if node.get("reference") == reference:
+            return path
+        items: Any = ((f"{path}.{k}", v) for k, v in node.items())
+    elif isinstance(node, list):
+        items = ((f"{path}[{i}]", v) for i, v in enumerate(node))
+    else:
+        return ""
+    for sub, v in items:
+        if found := _path_of(v, reference, sub):
+            return found
+    return ""
 
 
 def searchset(base: str, rtype: str, q: Query, resources: list[dict[str, Any]],
