@@ -11,6 +11,7 @@ import typer
 
 from labvault.cli import _common
 from labvault.cli.audit import app as audit_app
+from labvault.cli.backup import app as backup_app
 from labvault.cli.breach import app as breach_app
 from labvault.cli.guard import register as register_guard
 from labvault.cli.keys import app as keys_app
@@ -42,6 +43,8 @@ register_system(app)
 app.add_typer(tenant_app, name="tenant", help="Laboratories (tenants).")
 app.add_typer(patient_app, name="patient", help="Patients: import, find, show, erase.")
 app.add_typer(keys_app, name="keys", help="Key rotation.")
+app.add_typer(backup_app, name="backup",
+              help="Backups of the SQLite database: create one, check one.")
 app.add_typer(user_app, name="user", help="Named personal accounts.")
 app.add_typer(policy_app, name="policy", help="The access policy table.")
 register_guard(app)

@@ -14,11 +14,6 @@ def register(app: typer.Typer) -> None:
     app.command("init")(init)
     app.command("demo")(demo)
     app.command("serve")(serve)
-    backup_app = typer.Typer(no_args_is_help=True)
-    backup_app.command("create")(backup_create)
-    backup_app.command("check")(backup_check)
-    app.add_typer(backup_app, name="backup",
-                  help="Backups of the SQLite database: create one, check one.")
 
 
 @user_errors
@@ -108,42 +103,3 @@ def serve(host: str = typer.Option("127.0.0.1", "--host"),
                 ssl_certfile=str(tls_cert) if context is not None else None,
                 ssl_keyfile=str(tls_key) if context is not None else None)
 
-
-@user_errors
-def backup_create(dest: Path = typer.Argument(..., help="Directory for the backup (made 0700 if "
-                                                 "absent); not the root key file's."),
-           as_json: bool = JsonOpt) -> None:
-    """Copy the SQLite database while labvault runs: checked, synced, without the root key."""
-    from labvault.domain.actors import Actor
-    with _common.opened() as lv:
-        result = lv.backups.create(Actor.operator(), dest)
-
-    def show() -> None:
-        for line in (f"backup {result['file']}",
-                     f"  {result['bytes']:,} bytes, sha256 {result['sha256']}",
-                     f"  {result['tenants']} laboratories, {result['patients']} patients; "
-                     f"SQLite integrity ok; {result['tenant_keys_checked']} tenant keys open "
-                     "with the current root key",
-                     f"  shred log: {result['shred_log'] or 'none yet'}"):
-            out_console.print(line, highlight=False, soft_wrap=True)
-        err_console.print(f"  root key {result['root_key']}", highlight=False, soft_wrap=True)
-    emit(result, as_json, show)
-
-
-@user_errors
-def backup_check(file: Path = typer.Argument(..., help="A backup (labvault-<time>.db)."),
-                 as_json: bool = JsonOpt) -> None:
-    """Check a backup: sound, opens with the current root key, what a restore would erase."""
-    from labvault.domain.actors import Actor
-    with _common.opened() as lv:
-        result = lv.backups.check(Actor.operator(), file)
-
-    def show() -> None:
-        for line in (f"backup {result['file']}: SQLite integrity ok",
-                     f"  {result['bytes']:,} bytes, sha256 {result['sha256']}",
-                     f"  {result['tenants']} laboratories, {result['patients']} patients; "
-                     f"{result['tenant_keys_checked']} tenant keys open with the current root key",
-                     f"  restored, {result['erased_again_on_restore']} of its patients would be "
-                     "erased again (the shred log)"):
-            out_console.print(line, highlight=False, soft_wrap=True)
-    emit(result, as_json, show)
