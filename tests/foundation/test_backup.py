@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 import sqlite3
 import stat
+import subprocess
 import threading
 from pathlib import Path
 
@@ -15,8 +16,16 @@ import pytest
 from labvault.crypto.providers.file import FileKeyProvider
 from labvault.domain.actors import Actor
 from labvault.errors import NotFound, UserError
-from labvault.services.app import Labvault
+from tests.conftest import IN_CI
 from tests.foundation.conftest import Cli, synthetic, write_ndjson
+
+
+def require_pg_dump() -> None:
+    if shutil.which("pg_dump") is None or shutil.which("pg_restore") is None:
+        msg = "pg_dump not installed (apt-get install postgresql-client; .ci/run does it)"
+        if IN_CI:
+            pytest.fail(msg)
+        pytest.skip(msg)
 
 
 def _installed(cli: Cli, n: int = 5) -> tuple[str, list[dict[str, object]], list[str]]:
@@ -137,18 +146,72 @@ def test_a_copy_the_key_provider_cannot_open_is_not_kept(sqlite_cli: Cli,
     assert list((cli.root / "backups").iterdir()) == []
 
 
-@pytest.mark.parametrize("backend", ["postgres"])
-def test_postgresql_is_sent_to_pg_dump(lv: Labvault, tmp_path: Path) -> None:
-    with pytest.raises(UserError, match="pg_dump"):
-        lv.backups.create(Actor.operator(), tmp_path / "backups")
-    assert not (tmp_path / "backups").exists()
+def test_postgresql_backs_up_to_a_checked_pg_dump_archive(request: pytest.FixtureRequest,
+                                                          tmp_path: Path) -> None:
+    """The same promises on PostgreSQL, with pg_dump's custom format: one schema, checked
+    through pg_restore, no plaintext in what it restores, and a restore that keeps the
+    erasures."""
+    from sqlalchemy import text
+
+    from labvault.store.engine import make_engine
+    from tests.conftest import PG_URL
+    from tests.foundation.conftest import make_cli
+    require_pg_dump()
+    cli = make_cli("postgres", tmp_path, request)
+    _tenant, recs, ids = _installed(cli)
+    out = cli.ok("backup", "create", str(cli.root / "backups"))
+    file = Path(out["file"])
+    assert file.suffix == ".dump" and stat.S_IMODE(file.stat().st_mode) == 0o600
+    assert out["integrity"] == "ok" and out["patients"] == 5 and out["tenants"] == 1
+    assert out["tenant_keys_checked"] >= 2
+    script = subprocess.run(["pg_restore", "--file=-", str(file)], capture_output=True,
+                            text=True, check=True).stdout
+    assert f"CREATE SCHEMA {cli.schema}" in script and "COPY" in script
+    for r in recs:
+        for value in (r["birth_name"], r["nir"], r["email"]):
+            assert str(value) not in script
+    cli.ok("patient", "erase", ids[0])
+    assert cli.ok("backup", "check", str(file))["erased_again_on_restore"] == 1
+    # restore: the schema gone, pg_restore brings it back; the shred log erases again
+    admin = make_engine(PG_URL)
+    with admin.begin() as c:
+        c.execute(text(f'DROP SCHEMA "{cli.schema}" CASCADE'))
+    admin.dispose()
+    subprocess.run(["pg_restore", "--no-owner", f"--dbname={PG_URL}", str(file)],
+                   capture_output=True, text=True, check=True)
+    lv = cli.open()
+    try:
+        with pytest.raises(NotFound):
+            lv.patients.show(Actor.operator(), ids[0])
+        assert lv.patients.show(Actor.operator(), ids[1])["id"] == ids[1]
+    finally:
+        lv.close()
+
+
+def test_a_pg_dump_archive_of_something_else_is_not_a_backup(sqlite_cli: Cli,
+                                                            pg_schema: str) -> None:
+    require_pg_dump()
+    cli = sqlite_cli
+    _installed(cli, 1)
+    from sqlalchemy import text
+
+    from labvault.store.engine import make_engine
+    from tests.conftest import PG_URL
+    eng = make_engine(PG_URL)
+    with eng.begin() as c:
+        c.execute(text(f'CREATE TABLE "{pg_schema}".things (k text)'))
+    eng.dispose()
+    other = cli.root / "other.dump"
+    subprocess.run(["pg_dump", "--format=custom", f"--schema={pg_schema}", f"--file={other}",
+                    f"--dbname={PG_URL}"], check=True, capture_output=True)
+    assert "without labvault's tables" in cli.user_error("backup", "check", str(other)).stderr
 
 
 def test_checking_what_is_not_a_backup(sqlite_cli: Cli) -> None:
     cli = sqlite_cli
     _installed(cli, 1)
     (cli.root / "notes.db").write_bytes(b"not a database at all" * 100)
-    assert "is not a labvault database" in cli.user_error(
+    assert "is not a labvault backup" in cli.user_error(
         "backup", "check", str(cli.root / "notes.db")).stderr
     assert "is not a file" in cli.user_error("backup", "check", str(cli.root / "nope.db")).stderr
 

@@ -44,7 +44,7 @@ app.add_typer(tenant_app, name="tenant", help="Laboratories (tenants).")
 app.add_typer(patient_app, name="patient", help="Patients: import, find, show, erase.")
 app.add_typer(keys_app, name="keys", help="Key rotation.")
 app.add_typer(backup_app, name="backup",
-              help="Backups of the SQLite database: create one, check one.")
+              help="Backups (SQLite copy or pg_dump archive): create one, check one.")
 app.add_typer(user_app, name="user", help="Named personal accounts.")
 app.add_typer(policy_app, name="policy", help="The access policy table.")
 register_guard(app)

@@ -26,7 +26,7 @@ def _show(result: dict[str, Any], head: str, tail: list[str]) -> None:
 def create(dest: Path = typer.Argument(..., help="Directory for the backup (made 0700 if "
                                                  "absent); not the root key file's."),
            as_json: bool = JsonOpt) -> None:
-    """Copy the SQLite database while labvault runs: checked, synced, without the root key."""
+    """Back the database up while labvault runs: checked, synced, without the root key."""
     with opened() as lv:
         result = lv.backups.create(Actor.operator(), dest)
 
