@@ -102,4 +102,3 @@ def serve(host: str = typer.Option("127.0.0.1", "--host"),
                 workers=workers, log_level="warning", proxy_headers=False,
                 ssl_certfile=str(tls_cert) if context is not None else None,
                 ssl_keyfile=str(tls_key) if context is not None else None)
-
