@@ -73,6 +73,8 @@ def test_a_restored_backup_opens_and_stays_erased(sqlite_cli: Cli) -> None:
     drill = cli.ok("backup", "check", str(file))   # before restoring: what it would do
     assert drill["integrity"] == "ok" and drill["patients"] == 5
     assert drill["erased_again_on_restore"] == 1
+    # the erasure, the checkpoint, the backup's own event... are after the backup's moment
+    assert drill["audit_entries_lost_on_restore"] >= 3
     # the restore of docs/cli.md: labvault stopped, the database replaced by the copy
     for suffix in ("", "-wal", "-shm"):
         Path(f"{cli.db_file}{suffix}").unlink(missing_ok=True)
@@ -171,7 +173,8 @@ def test_postgresql_backs_up_to_a_checked_pg_dump_archive(request: pytest.Fixtur
         for value in (r["birth_name"], r["nir"], r["email"]):
             assert str(value) not in script
     cli.ok("patient", "erase", ids[0])
-    assert cli.ok("backup", "check", str(file))["erased_again_on_restore"] == 1
+    drill = cli.ok("backup", "check", str(file))
+    assert drill["erased_again_on_restore"] == 1 and drill["audit_entries_lost_on_restore"] >= 2
     # restore: the schema gone, pg_restore brings it back; the shred log erases again
     admin = make_engine(PG_URL)
     with admin.begin() as c:

@@ -39,7 +39,7 @@ def create(dest: Path = typer.Argument(..., help="Directory for the backup (made
 
 @app.command("check")
 @user_errors
-def check(file: Path = typer.Argument(..., help="A backup (labvault-<time>.db)."),
+def check(file: Path = typer.Argument(..., help="A backup (labvault-<time>.db or .dump)."),
           as_json: bool = JsonOpt) -> None:
     """Check a backup: sound, opens with the current root key, what a restore would erase."""
     with opened() as lv:
@@ -47,4 +47,6 @@ def check(file: Path = typer.Argument(..., help="A backup (labvault-<time>.db)."
     emit(result, as_json, lambda: _show(
         result, f"backup {result['file']}",
         [f"  restored, {result['erased_again_on_restore']} of its patients would be erased "
-         "again (the shred log)"]))
+         "again (the shred log)",
+         f"  and {result['audit_entries_lost_on_restore']} audit entries written since would "
+         "be lost (audit verify reports them missing)"]))

@@ -37,6 +37,7 @@ from labvault.domain.categories import Action
 from labvault.errors import UserError
 from labvault.services.gate import Access
 from labvault.store import repositories as repo
+from labvault.store import repositories_audit as arepo
 
 if TYPE_CHECKING:
     from labvault.services.app import Labvault
@@ -54,6 +55,7 @@ class _Contents:
     patients: int
     keyed: frozenset[tuple[str, str]]         # (tenant, patient) holding a data key
     tenant_keys: list[WrappedTenantKey]
+    audit_heads: dict[str, int]               # chain -> entries written (its next seq)
 
 
 class BackupService:
@@ -128,9 +130,15 @@ class BackupService:
         contents = _read(file)
         report = self._verify(contents)
         erased = {(t, p) for t, p, _ in lv.shred_log.entries()}
+        with lv.engine.connect() as conn:
+            live = {h["tenant_id"]: int(h["next_seq"]) for h in arepo.heads(conn)}
         digest, size = _sha256(file)
         result = {"file": str(file), "bytes": size, "sha256": digest, **report,
-                  "erased_again_on_restore": len(contents.keyed & erased)}
+                  "erased_again_on_restore": len(contents.keyed & erased),
+                  # what `audit verify` will report missing after restoring this backup
+                  "audit_entries_lost_on_restore": sum(
+                      max(0, n - contents.audit_heads.get(chain, 0))
+                      for chain, n in live.items())}
         with lv.begin() as conn:
             lv.gate.audit.event(conn, actor, "backup.check", "success", None,
                                 {"file": file.name, "sha256": digest, "bytes": size})
@@ -222,6 +230,7 @@ def _read_sqlite(path: Path) -> _Contents:
             tenants = con.execute("SELECT count(*) FROM tenants").fetchone()[0]
             patients = con.execute("SELECT count(*) FROM patients").fetchone()[0]
             keyed = frozenset(con.execute("SELECT tenant_id, patient_id FROM patient_keys"))
+            heads = dict(con.execute("SELECT tenant_id, next_seq FROM audit_heads"))
         # read-only and without the engine's pragmas (which would turn a copy back to WAL)
         engine = create_engine("sqlite://", creator=lambda: _connect_read_only(path))
         try:
@@ -231,14 +240,14 @@ def _read_sqlite(path: Path) -> _Contents:
             engine.dispose()
     except sqlite3.DatabaseError as exc:
         raise UserError(f"{path} is not a labvault database ({exc})", NOT_A_BACKUP) from None
-    return _Contents(tenants, patients, keyed, records)
+    return _Contents(tenants, patients, keyed, records, heads)
 
 
 def _read_dump(path: Path) -> _Contents:
     """Read back through ``pg_restore`` (the archive's own reader: a truncated or corrupt
     archive fails there), the four tables the checks need as COPY text."""
     pg_restore = _tool("pg_restore")
-    tables = ("tenants", "patients", "patient_keys", "tenant_keys")
+    tables = ("tenants", "patients", "patient_keys", "tenant_keys", "audit_heads")
     done = subprocess.run(    # noqa: S603 - pg_restore from PATH, arguments are ours
         [pg_restore, "--data-only", *(f"--table={t}" for t in tables), "--file=-", str(path)],
         capture_output=True, text=True)
@@ -261,7 +270,8 @@ def _read_dump(path: Path) -> _Contents:
             for r in rows["tenant_keys"] if r.get("wrapped") is not None]
     return _Contents(len(rows["tenants"]), len(rows["patients"]),
                      frozenset((v(r, "tenant_id"), v(r, "patient_id"))
-                               for r in rows["patient_keys"]), keys)
+                               for r in rows["patient_keys"]), keys,
+                     {v(r, "tenant_id"): int(v(r, "next_seq")) for r in rows["audit_heads"]})
 
 
 _COPY = re.compile(r'COPY (?:"?\w+"?\.)?"?(\w+)"? \(([^)]*)\) FROM stdin;')
