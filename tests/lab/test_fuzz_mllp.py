@@ -203,3 +203,36 @@ def test_connections_beyond_the_limit_are_closed(lab_lv: Labvault, tenant_id: st
             time.sleep(0.01)
         (ack,) = send("127.0.0.1", srv.port, [S.oru_numeric("L2").encode()])
         assert b"MSA|AA|L2" in ack
+
+
+def test_a_graceful_stop_answers_the_message_in_hand() -> None:
+    """``shutdown`` (SIGTERM in ``labvault mllp``): no new connection is accepted, a message
+    already being stored is answered before its connection is ended."""
+    import asyncio
+    import socket
+    import threading
+
+    entered = threading.Event()
+
+    def slow_batch(items: list[object]) -> list[bytes]:
+        entered.set()
+        time.sleep(0.5)                  # the commit of a large batch, say
+        return [b"MSH|^~\\&|||||||ACK|1|P|2.5\rMSA|AA|SLOW\r" for _ in items]
+
+    srv = MllpServer(lambda raw: b"", "127.0.0.1", 0, handle_many=slow_batch)
+    with serving(srv):
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
+            s.sendall(frame(S.oru_numeric("SLOW").encode()))
+            assert entered.wait(10) and srv.in_flight == 1
+            loop = next(t for t in srv._tasks).get_loop()
+            left = asyncio.run_coroutine_threadsafe(srv.shutdown(grace=10), loop)
+            fr = FrameReader()
+            got: list[bytes] = []
+            while not got:
+                chunk = s.recv(65536)
+                assert chunk, "closed before the answer"
+                got = [p for p, _ in fr.feed(chunk)]
+            assert b"MSA|AA|SLOW" in got[0]
+            assert left.result(10) == 0
+        with pytest.raises(OSError):         # no new connection once stopping
+            socket.create_connection(("127.0.0.1", srv.port), timeout=2).close()

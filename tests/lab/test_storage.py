@@ -129,7 +129,8 @@ def test_cli_ingest_issues_catalogue(tmp_path: Path, monkeypatch: pytest.MonkeyP
 @pytest.mark.parametrize("mode", ["clear", "mutual-tls"])
 def test_cli_mllp_listener_end_to_end(tmp_path: Path, mode: str) -> None:
     """`labvault mllp --port 0` in its own process: a message in, an AA out, stored — in
-    clear on loopback, and inside mutual TLS (a throwaway CA, tests/pki.py)."""
+    clear on loopback, and inside mutual TLS (a throwaway CA, tests/pki.py); stopped by
+    SIGTERM (a service manager) or SIGINT (Ctrl-C), it ends cleanly and says so."""
     import os
     import random
     import signal
@@ -176,7 +177,9 @@ def test_cli_mllp_listener_end_to_end(tmp_path: Path, mode: str) -> None:
                       server_hostname="localhost")
         assert b"MSA|AA|CLI1" in ack
     finally:
-        stop(proc, signal.SIGINT)
+        stop(proc, signal.SIGTERM if mode == "clear" else signal.SIGINT)
+    assert proc.returncode == 0
+    assert "MLLP listener stopped: 1 messages answered" in proc.stderr.read()
     lv = init_labvault(Settings.from_env(env=env))
     try:
         assert len(lv.lab.list_observations(op, tid, patient_id=pid)) == 5

@@ -56,6 +56,7 @@ def mllp(port: int = typer.Option(2575, "--port", help="TCP port (0: any free po
                                                       "the link).")) -> None:
     """HL7 v2 over MLLP: ADT^A04/A08, ORM^O01, OML^O21, ORU^R01; ACK after commit."""
     import asyncio
+    import signal
 
     from labvault.interop import tls
     from labvault.interop.hl7.handler import Hl7Handler
@@ -74,18 +75,24 @@ def mllp(port: int = typer.Option(2575, "--port", help="TCP port (0: any free po
                             ssl_context=context, max_connections=max_connections)
 
         async def run() -> None:
+            # SIGTERM (systemd, docker stop) and Ctrl-C stop gracefully: no new connection,
+            # the messages already read are stored and answered, then the listener ends.
+            stopping = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stopping.set)
             await server.start()
             how = ("TLS, client certificates required" if tls_client_ca else "TLS") \
                 if context is not None else "in clear"
             err_console.print(f"MLLP listening on {host}:{server.port}", highlight=False)
             err_console.print(f"  {how}", highlight=False)
-            assert server.server is not None
-            async with server.server:
-                await server.server.serve_forever()
+            await stopping.wait()
+            left = await server.shutdown()
+            err_console.print(f"MLLP listener stopped: {server.messages} messages answered"
+                              + (f", {left} left unanswered (their senders resend them)"
+                                 if left else ""), highlight=False)
         try:
             asyncio.run(run())
-        except KeyboardInterrupt:
-            pass
         finally:
             server.close()
 

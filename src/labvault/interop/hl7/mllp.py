@@ -220,6 +220,7 @@ class MllpServer:
         self.messages = 0
         self.max_connections = max(1, max_connections)
         self.turned_away = 0        # connections closed at once: the limit was reached
+        self.in_flight = 0          # messages read and not yet answered
         self._tasks: set[asyncio.Task[None]] = set()
 
     def _safe_handle(self, payload: bytes) -> bytes:
@@ -285,17 +286,11 @@ class MllpServer:
                     await writer.drain()
                     break
                 for payload, status in payloads:
-                    if status == OK:
-                        ack = await self._store(payload, sender)
-                    else:
-                        err = MessageError(Location("MSH"), I.ERR_SEGMENT_SEQUENCE, (
-                            "message not framed with MLLP (0x0B ... 0x1C 0x0D)"
-                            if status == UNFRAMED else "truncated MLLP frame (a new start "
-                            "block came before the end block)") + ": not processed")
-                        ack = self.reject(payload, err) if self.reject else b"MSA|AR|\r"
-                    self.messages += 1
-                    writer.write(frame(ack))
-                    await writer.drain()
+                    self.in_flight += 1
+                    try:
+                        await self._answer(writer, payload, status, sender)
+                    finally:
+                        self.in_flight -= 1
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         except Exception:
@@ -304,6 +299,20 @@ class MllpServer:
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+
+    async def _answer(self, writer: asyncio.StreamWriter, payload: bytes, status: str,
+                      sender: tuple[str, str | None] | None) -> None:
+        if status == OK:
+            ack = await self._store(payload, sender)
+        else:
+            err = MessageError(Location("MSH"), I.ERR_SEGMENT_SEQUENCE, (
+                "message not framed with MLLP (0x0B ... 0x1C 0x0D)"
+                if status == UNFRAMED else "truncated MLLP frame (a new start "
+                "block came before the end block)") + ": not processed")
+            ack = self.reject(payload, err) if self.reject else b"MSA|AR|\r"
+        self.messages += 1
+        writer.write(frame(ack))
+        await writer.drain()
 
     async def start(self) -> asyncio.AbstractServer:
         # A TLS handshake takes milliseconds: a connection that has not finished it within
@@ -321,6 +330,20 @@ class MllpServer:
         server = await self.start()
         async with server:
             await server.serve_forever()
+
+    async def shutdown(self, grace: float = 10.0) -> int:
+        """Stop gracefully (SIGTERM, Ctrl-C): accept no new connection, let the messages
+        already read be stored and answered for up to ``grace`` seconds, then end the
+        connections. Returns how many were still unanswered (their senders resend them:
+        an MSH-10 already stored is answered with its first ACK)."""
+        if self.server is not None:
+            self.server.close()
+        deadline = asyncio.get_running_loop().time() + grace
+        while self.in_flight and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        left = self.in_flight
+        await self.stop()
+        return left
 
     async def stop(self) -> None:
         """Stop listening and end the open connections (inside the server's loop)."""
