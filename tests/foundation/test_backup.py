@@ -129,6 +129,9 @@ def test_what_a_backup_refuses(sqlite_cli: Cli) -> None:
     _installed(cli, 1)
     (cli.root / "a-file").write_text("x")
     assert "is not a directory" in cli.user_error("backup", "create", str(cli.root / "a-file")).stderr
+    r = cli.user_error("backup", "create", str(cli.root / "a-file" / "below"))
+    assert "cannot write the backup in" in r.stderr and "nothing was kept" in " ".join(
+        r.stderr.split())
     r = cli.user_error("backup", "create", str(cli.key_file.parent))      # beside the root key
     assert "holds the root key file" in r.stderr
     assert not list(cli.key_file.parent.glob("labvault-*.db"))

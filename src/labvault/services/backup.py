@@ -83,7 +83,10 @@ class BackupService:
         with lv.begin() as conn:
             lv.gate.check(conn, Access(actor, Action.EXPORT, None, frozenset(),
                                        purpose="backup", resource="tenant"))
-        dest.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            dest.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise _unwritable(dest, exc) from None
         suffix = ".db" if dump is None else ".dump"
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         n = 1
@@ -101,6 +104,8 @@ class BackupService:
                 os.fsync(fh.fileno())
             report = self._verify(_read(partial))
             durable.replace(partial, final)
+        except (OSError, sqlite3.Error) as exc:    # full disk, permissions: nothing is kept
+            raise _unwritable(dest, exc) from None
         finally:
             partial.unlink(missing_ok=True)
         digest, size = _sha256(final)
@@ -127,7 +132,10 @@ class BackupService:
         with lv.begin() as conn:
             lv.gate.check(conn, Access(actor, Action.READ, None, frozenset(),
                                        purpose="backup", resource="tenant"))
-        contents = _read(file)
+        try:
+            contents = _read(file)
+        except OSError as exc:
+            raise UserError(f"cannot read {file}: {exc.strerror}", NOT_A_BACKUP) from None
         report = self._verify(contents)
         erased = {(t, p) for t, p, _ in lv.shred_log.entries()}
         with lv.engine.connect() as conn:
@@ -298,6 +306,13 @@ def _copy_blocks(sql: str) -> dict[str, list[dict[str, str | None]]]:
                          _UNESCAPE.sub(lambda e: _ESCAPES.get(e.group(1), e.group(1)), v)
                          for c, v in zip(cols, data.split("\t"), strict=True)})
     return out
+
+
+def _unwritable(dest: Path, exc: Exception) -> UserError:
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return UserError(f"cannot write the backup in {dest}: {reason}",
+                     "choose a directory labvault may write to, with room for a copy of the "
+                     "database; nothing was kept")
 
 
 def _tool(name: str) -> str:
