@@ -28,6 +28,17 @@ def require_pg_dump() -> None:
         pytest.skip(msg)
 
 
+def assert_restored(cli: Cli, erased: str, kept: str) -> None:
+    """The restored installation opens; the patient erased since the backup stays erased."""
+    lv = cli.open()
+    try:
+        with pytest.raises(NotFound):
+            lv.patients.show(Actor.operator(), erased)
+        assert lv.patients.show(Actor.operator(), kept)["id"] == kept
+    finally:
+        lv.close()
+
+
 def _installed(cli: Cli, n: int = 5) -> tuple[str, list[dict[str, object]], list[str]]:
     tenant = cli.init_with_tenant()
     recs = synthetic(n, seed=47)
@@ -79,13 +90,7 @@ def test_a_restored_backup_opens_and_stays_erased(sqlite_cli: Cli) -> None:
     for suffix in ("", "-wal", "-shm"):
         Path(f"{cli.db_file}{suffix}").unlink(missing_ok=True)
     shutil.copy(file, cli.db_file)
-    lv = cli.open()                              # replays the installation's shred log
-    try:
-        with pytest.raises(NotFound):
-            lv.patients.show(Actor.operator(), ids[0])
-        assert lv.patients.show(Actor.operator(), ids[1])["id"] == ids[1]
-    finally:
-        lv.close()
+    assert_restored(cli, erased=ids[0], kept=ids[1])   # the shred log replayed
     # what the restore lost is on record: the chain ends before the checkpoint
     r = cli.run("audit", "verify")
     assert r.exit_code == 1 and "truncated" in r.stdout, r.stdout
@@ -185,13 +190,7 @@ def test_postgresql_backs_up_to_a_checked_pg_dump_archive(request: pytest.Fixtur
     admin.dispose()
     subprocess.run(["pg_restore", "--no-owner", f"--dbname={PG_URL}", str(file)],
                    capture_output=True, text=True, check=True)
-    lv = cli.open()
-    try:
-        with pytest.raises(NotFound):
-            lv.patients.show(Actor.operator(), ids[0])
-        assert lv.patients.show(Actor.operator(), ids[1])["id"] == ids[1]
-    finally:
-        lv.close()
+    assert_restored(cli, erased=ids[0], kept=ids[1])
 
 
 def test_a_pg_dump_archive_of_something_else_is_not_a_backup(sqlite_cli: Cli,
