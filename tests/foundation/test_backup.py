@@ -51,8 +51,8 @@ def _installed(cli: Cli, n: int = 5) -> tuple[str, list[dict[str, object]], list
 def test_a_backup_is_checked_sealed_and_keyless(sqlite_cli: Cli) -> None:
     cli = sqlite_cli
     _tenant, recs, _ids = _installed(cli)
-    out = cli.ok("backup", "create", str(cli.root / "backups"))
-    file = Path(out["file"])
+    out = cli.ok("backup", "create", str(cli.root / "elsewhere" / ".." / "backups"))
+    file = Path(out["file"])                     # the place itself, not the way to it
     assert file.parent == cli.root / "backups" and file.name.startswith("labvault-")
     assert stat.S_IMODE(file.stat().st_mode) == 0o600
     assert stat.S_IMODE(file.parent.stat().st_mode) == 0o700

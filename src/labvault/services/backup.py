@@ -70,7 +70,7 @@ class BackupService:
         and checked."""
         lv = self.lv
         settings = lv.settings
-        dest = dest.expanduser().absolute()
+        dest = Path(os.path.abspath(dest.expanduser()))   # "../x" shown as the place it is
         if dest.exists() and not dest.is_dir():
             raise UserError(f"{dest} is not a directory", "give a directory for the backups")
         key_file = settings.key_file if settings.key_provider == "file" else None
@@ -126,7 +126,7 @@ class BackupService:
         copied back since) sound, does it open with the current root key, and how many
         of its patients the installation's shred log will erase again if it is restored."""
         lv = self.lv
-        file = file.expanduser().absolute()
+        file = Path(os.path.abspath(file.expanduser()))
         if not file.is_file():
             raise UserError(f"{file} is not a file", NOT_A_BACKUP)
         with lv.begin() as conn:
