@@ -207,14 +207,17 @@ def test_connections_beyond_the_limit_are_closed(lab_lv: Labvault, tenant_id: st
 
 def test_a_graceful_stop_answers_the_message_in_hand() -> None:
     """``shutdown`` (SIGTERM in ``labvault mllp``): no new connection is accepted, a message
-    already being stored is answered before its connection is ended."""
+    already being stored is answered before its connection is ended, and the one the
+    analyser sent after it is not read (it will resend it to the next listener)."""
     import asyncio
     import socket
     import threading
 
     entered = threading.Event()
+    stored: list[object] = []
 
     def slow_batch(items: list[object]) -> list[bytes]:
+        stored.extend(items)
         entered.set()
         time.sleep(0.5)                  # the commit of a large batch, say
         return [b"MSH|^~\\&|||||||ACK|1|P|2.5\rMSA|AA|SLOW\r" for _ in items]
@@ -224,6 +227,7 @@ def test_a_graceful_stop_answers_the_message_in_hand() -> None:
         with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
             s.sendall(frame(S.oru_numeric("SLOW").encode()))
             assert entered.wait(10) and srv.in_flight == 1
+            s.sendall(frame(S.oru_numeric("NEXT").encode()))     # queued behind it
             loop = next(t for t in srv._tasks).get_loop()
             left = asyncio.run_coroutine_threadsafe(srv.shutdown(grace=10), loop)
             fr = FrameReader()
@@ -234,5 +238,7 @@ def test_a_graceful_stop_answers_the_message_in_hand() -> None:
                 got = [p for p, _ in fr.feed(chunk)]
             assert b"MSA|AA|SLOW" in got[0]
             assert left.result(10) == 0
+            assert len(got) == 1 and s.recv(65536) == b""     # closed, NEXT unanswered
+            assert len(stored) == 1
         with pytest.raises(OSError):         # no new connection once stopping
             socket.create_connection(("127.0.0.1", srv.port), timeout=2).close()

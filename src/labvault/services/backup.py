@@ -79,7 +79,10 @@ class BackupService:
                 f"{dest} holds the root key file ({key_file.name})",
                 "put backups in another directory: a backup kept with its key is a database "
                 "in clear for whoever copies that directory")
-        dump = None if settings.is_sqlite else _tool("pg_dump")
+        dump = None
+        if not settings.is_sqlite:
+            dump = _tool("pg_dump")
+            _tool("pg_restore")     # the archive is read back with it: say so before dumping
         with lv.begin() as conn:
             lv.gate.check(conn, Access(actor, Action.EXPORT, None, frozenset(),
                                        purpose="backup", resource="tenant"))
@@ -178,6 +181,7 @@ class BackupService:
         with self.lv.engine.connect() as conn:
             schema = str(conn.execute(text("SELECT current_schema()")).scalar())
         url = self.lv.settings.database_url.replace("postgresql+psycopg://", "postgresql://")
+        # created 0600 here: pg_dump writes into it and keeps the mode (its own is 0644)
         os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         done = subprocess.run(    # noqa: S603 - pg_dump from PATH, arguments are ours
             [pg_dump, "--format=custom", "--no-owner", f"--schema={schema}",

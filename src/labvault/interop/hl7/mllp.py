@@ -221,6 +221,7 @@ class MllpServer:
         self.max_connections = max(1, max_connections)
         self.turned_away = 0        # connections closed at once: the limit was reached
         self.in_flight = 0          # messages read and not yet answered
+        self._stopping = False      # shutdown: answer what was read, read nothing more
         self._tasks: set[asyncio.Task[None]] = set()
 
     def _safe_handle(self, payload: bytes) -> bytes:
@@ -269,7 +270,7 @@ class MllpServer:
             if cn is not None:     # a certificate the analysers' CA signed: who writes
                 sender = (cn, str(peer[0]) if isinstance(peer, tuple) and peer else None)
         try:
-            while True:
+            while not self._stopping:
                 try:
                     data = await asyncio.wait_for(reader.read(65536), self.idle_timeout)
                 except TimeoutError:
@@ -336,6 +337,7 @@ class MllpServer:
         already read be stored and answered for up to ``grace`` seconds, then end the
         connections. Returns how many were still unanswered (their senders resend them:
         an MSH-10 already stored is answered with its first ACK)."""
+        self._stopping = True       # a busy analyser does not keep the listener alive
         if self.server is not None:
             self.server.close()
         deadline = asyncio.get_running_loop().time() + grace
