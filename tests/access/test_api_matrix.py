@@ -142,15 +142,20 @@ def _fhir_cases() -> dict[tuple[str, str], Case]:
                                     allow(writers, 200)),
         ("POST", "/fhir/R4/{rtype}"): Case(lambda c, r, lab: ("/fhir/R4/Patient", new_patient()),
                                            allow(writers, 201)),
-        # a FHIR update rewrites the whole record: it needs every category (biologist)
+        # a FHIR update rewrites the whole record: it needs every category (biologist);
+        # another laboratory's patient is answered as an absent id: 405, update does not
+        # create (http.html#update)
         ("PUT", "/fhir/R4/{rtype}/{fhir_id}"): Case(
-            put, allow(("biologist",), 200), allow((), 0, deny=404, platform_operator=403)),
+            put, allow(("biologist",), 200), allow((), 0, deny=405, platform_operator=403)),
     }
-    for method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
-        status = 405 if method in ("PATCH", "DELETE") else 404
+    for method in ("GET", "POST", "PUT"):       # no FHIR endpoint at that path
         out[(method, "/fhir/R4/{rest:path}")] = Case(
             lambda c, r, lab: ("/fhir/R4/Patient/x/y/z", None),
-            allow(ROLES, status, platform_operator=status))
+            allow(ROLES, 404, platform_operator=404))
+    for method in ("PATCH", "DELETE", "OPTIONS"):   # a resource's URL, not that method
+        out[(method, "/fhir/R4/{rest:path}")] = Case(
+            lambda c, r, lab: ("/fhir/R4/Patient/x", None),
+            allow(ROLES, 405, platform_operator=405))
     return out
 
 

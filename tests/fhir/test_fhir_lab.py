@@ -156,7 +156,16 @@ def test_invalid_lab_entry_stores_nothing(server: Running, breakage: str) -> Non
     oo = r.json()
     validate_r4b(oo)
     assert oo["resourceType"] == "OperationOutcome"
-    assert all(i["expression"][0].startswith("Bundle.entry[") for i in oo["issue"])
+    # each issue names the one entry at fault and its element, once (not the entry
+    # prefix twice, nor the group's first result)
+    assert [i["expression"] for i in oo["issue"]] == [[{
+        "unknown-test": "Bundle.entry[7].resource.code",
+        "wrong-unit": "Bundle.entry[5].resource.valueQuantity.unit",
+        "no-order": "Bundle.entry[4].resource.basedOn[0]",
+        "final-obs": "Bundle.entry[6].resource.status",
+        "foreign-result": "Bundle.entry[8].resource.result[0]",
+        "bad-specimen-type": "Bundle.entry[2].resource.type",
+    }[breakage]]], oo
     assert counts(server) == before
 
 

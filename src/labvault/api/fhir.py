@@ -23,7 +23,7 @@ from labvault.interop.fhir.outcome import FhirError, from_user_error, operation_
 from labvault.interop.fhir.server import FhirServer, dumps
 
 FHIR_JSON = "application/fhir+json"
-MAX_BODY = 16 * 1024 * 1024
+MAX_DEPTH = 64     # a transaction Bundle of real resources stays under ~20
 log = logging.getLogger("labvault.fhir")
 
 
@@ -47,9 +47,14 @@ class FhirRoute(APIRoute):
 
         async def handler(request: Request) -> Response:
             try:
+                negotiate(request)
                 return await original(request)
             except UserError as exc:
-                return outcome_response(*from_user_error(exc))
+                status, oo = from_user_error(exc)
+                if status == 405:    # RFC 9110 §15.5.6: a 405 names what is allowed
+                    allow = ", ".join(allowed_methods(request))
+                    return fhir_response(oo, 405, {"Allow": allow} if allow else None)
+                return outcome_response(status, oo)
             except RequestValidationError:
                 return outcome_response(400, operation_outcome("invalid", "malformed request"))
             except HTTPException as exc:
@@ -65,6 +70,26 @@ class FhirRoute(APIRoute):
 
 router = APIRouter(prefix="/fhir/R4", tags=["fhir"], route_class=FhirRoute)
 
+# What this door serves (JSON only): `_format` values and Accept media ranges that take it.
+JSON_FORMATS = frozenset({"json", "application/json", "application/fhir+json"})
+JSON_ACCEPTS = JSON_FORMATS | {"*/*", "application/*"}
+
+
+def negotiate(request: Request) -> None:
+    """http.html#mime-type: ``_format`` overrides ``Accept``; a format this server does not
+    produce (XML, Turtle...) is a 406, on every interaction, not a JSON answer instead."""
+    formats = request.query_params.getlist("_format")
+    if formats:
+        fmt = formats[-1].split(";", 1)[0].strip().lower()
+        if fmt not in JSON_FORMATS:
+            raise FhirError(406, "not-supported", f"_format={formats[-1]!r}: only JSON is "
+                            "served (_format=json or application/fhir+json)", ["_format"])
+        return
+    accept = request.headers.get("accept")
+    if accept and not any(r.split(";", 1)[0].strip().lower() in JSON_ACCEPTS
+                          for r in accept.split(",")):
+        raise FhirError(406, "not-supported", f"Accept: {accept!r}: only {FHIR_JSON} is served")
+
 
 def server(request: Request) -> FhirServer:
     srv: FhirServer | None = getattr(request.app.state, "fhir", None)
@@ -78,22 +103,43 @@ def base_url(request: Request) -> str:
 
 
 async def read_json(request: Request) -> object:
+    """The request's JSON body. Its size is capped before any route runs
+    (``LABVAULT_MAX_REQUEST_BYTES``, api/security.py: a 413 OperationOutcome here)."""
     ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if ctype not in (FHIR_JSON, "application/json"):
         raise FhirError(415, "not-supported", f"send {FHIR_JSON} (got {ctype or 'nothing'})")
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > MAX_BODY:
-        raise FhirError(413, "too-costly", f"the body is larger than {MAX_BODY} bytes")
     raw = await request.body()
-    if len(raw) > MAX_BODY:
-        raise FhirError(413, "too-costly", f"the body is larger than {MAX_BODY} bytes")
     try:
-        return json.loads(raw)
+        body = json.loads(raw)
     except (ValueError, RecursionError):
         raise FhirError(400, "structure", "the body is not valid JSON") from None
+    if _depth_over(body, MAX_DEPTH):
+        # validation and mapping recurse per level: a few KB of nesting must be a 400,
+        # not a RecursionError (a 500 and a traceback per request in the log)
+        raise FhirError(400, "too-costly", f"the body nests more than {MAX_DEPTH} levels "
+                        "(no FHIR resource needs that many)")
+    return body
+
+
+def _depth_over(body: object, limit: int) -> bool:
+    """Whether ``body`` nests objects/arrays more than ``limit`` deep (iterative)."""
+    stack: list[tuple[object, int]] = [(body, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children: Any = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+    return False
 
 
 @router.get("/metadata")
+@router.head("/metadata", include_in_schema=False)   # HEAD: GET without the body
 async def metadata(request: Request, actor: CurrentActor) -> Response:
     return fhir_response(server(request).capability(base_url(request)))
 
@@ -108,6 +154,7 @@ async def transaction(request: Request, actor: CurrentActor) -> Response:
 
 
 @router.get("/{rtype}")
+@router.head("/{rtype}", include_in_schema=False)   # HEAD: GET without the body
 async def search(rtype: str, request: Request, actor: CurrentActor) -> Response:
     srv = server(request)
     items = list(request.query_params.multi_items())
@@ -117,6 +164,11 @@ async def search(rtype: str, request: Request, actor: CurrentActor) -> Response:
 
 @router.post("/{rtype}/_search")
 async def search_post(rtype: str, request: Request, actor: CurrentActor) -> Response:
+    ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if ctype not in ("", "application/x-www-form-urlencoded"):
+        # search.html#Introduction: the parameters of a POST search are a form
+        raise FhirError(415, "not-supported", "a POST search takes its parameters as "
+                        f"application/x-www-form-urlencoded (got {ctype})")
     srv = server(request)
     form = await request.form()
     items = [*request.query_params.multi_items(),
@@ -126,6 +178,7 @@ async def search_post(rtype: str, request: Request, actor: CurrentActor) -> Resp
 
 
 @router.get("/{rtype}/{fhir_id}")
+@router.head("/{rtype}/{fhir_id}", include_in_schema=False)   # HEAD: GET without the body
 async def read(rtype: str, fhir_id: str, request: Request, actor: CurrentActor) -> Response:
     srv = server(request)
     return fhir_response(await run_in_threadpool(srv.read, actor, rtype, fhir_id))
@@ -136,7 +189,8 @@ async def create(rtype: str, request: Request, actor: CurrentActor) -> Response:
     body = await read_json(request)
     srv = server(request)
     new_id, resource = await run_in_threadpool(srv.create, actor, rtype, body)
-    location = f"{base_url(request)}/{rtype}/{new_id}/_history/1"
+    # versioning is no-version (CapabilityStatement): no _history URL that would 404
+    location = f"{base_url(request)}/{rtype}/{new_id}"
     return fhir_response(resource, 201, {"Location": location})
 
 
@@ -147,10 +201,32 @@ async def update(rtype: str, fhir_id: str, request: Request, actor: CurrentActor
     return fhir_response(await run_in_threadpool(srv.update, actor, rtype, fhir_id, body))
 
 
-@router.api_route("/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
-                  include_in_schema=False)
+@router.api_route("/{rest:path}", methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE",
+                                            "OPTIONS"], include_in_schema=False)
 async def unsupported(rest: str, request: Request, actor: CurrentActor) -> Response:
-    if request.method in ("PATCH", "DELETE"):
-        raise FhirError(405, "not-supported", f"{request.method} is not offered "
+    if request.method in ("PATCH", "DELETE", "OPTIONS") and allowed_methods(request):
+        raise FhirError(405, "not-supported", f"{request.method} is not offered here "
                         "(see /fhir/R4/metadata)")
     raise FhirError(404, "not-found", f"no FHIR endpoint at {rest!r} (see /fhir/R4/metadata)")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """The methods this door answers at the request's path, from the handlers' own
+    interactions (empty: no FHIR endpoint there)."""
+    rest = request.url.path.removeprefix(router.prefix).strip("/")
+    parts = rest.split("/") if rest else []
+    if not parts:
+        return ["POST"]                                # transaction Bundles
+    if parts == ["metadata"]:
+        return ["GET", "HEAD"]
+    h = server(request).handlers.get(parts[0])
+    if h is None or len(parts) > 2:
+        return []
+    offered = getattr(h, "interactions", ("read", "search-type", "create", "update"))
+    if len(parts) == 1:
+        return [*(["GET", "HEAD"] if "search-type" in offered else []),
+                *(["POST"] if "create" in offered else [])]
+    if parts[1] == "_search":
+        return ["POST"]
+    return [*(["GET", "HEAD"] if "read" in offered else []),
+            *(["PUT"] if "update" in offered else [])]

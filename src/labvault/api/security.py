@@ -64,7 +64,7 @@ class SecurityMiddleware:
                 except ValueError:
                     too_big = True
                 if too_big:
-                    await self._refuse(send, tls)
+                    await self._refuse(send, tls, path)
                     return
         received = 0
         started = False
@@ -101,14 +101,21 @@ class SecurityMiddleware:
             await self.app(scope, limited_receive, send_with_headers)
         except _TooLarge:
             if not started:
-                await self._refuse(send, tls)
+                await self._refuse(send, tls, path)
 
-    async def _refuse(self, send: Send, tls: bool) -> None:
-        body: dict[str, Any] = {"type": "/problems/too-large", "title": "request body too large",
-                                "status": 413, "code": "too-large",
-                                "detail": f"send at most {self.max_body} bytes"}
+    async def _refuse(self, send: Send, tls: bool, path: str) -> None:
+        detail = (f"send at most {self.max_body} bytes (LABVAULT_MAX_REQUEST_BYTES)")
+        body: dict[str, Any]
+        if path.startswith("/fhir/"):   # a FHIR client reads every error as an OperationOutcome
+            ctype = b"application/fhir+json"
+            body = {"resourceType": "OperationOutcome", "issue": [
+                {"severity": "error", "code": "too-costly", "diagnostics": detail}]}
+        else:
+            ctype = b"application/problem+json"
+            body = {"type": "/problems/too-large", "title": "request body too large",
+                    "status": 413, "code": "too-large", "detail": detail}
         raw = json.dumps(body).encode()
-        headers = [(b"content-type", b"application/problem+json"),
+        headers = [(b"content-type", ctype),
                    (b"content-length", str(len(raw)).encode()),
                    (b"cache-control", b"no-store"), *COMMON,
                    (b"content-security-policy", API_CSP)]

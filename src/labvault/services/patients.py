@@ -343,6 +343,7 @@ class PatientService:
         return {"id": patient_id, "tenant_id": tenant_id,
                 "categories": sorted(c.value for c in opened[patient_id]),
                 "created_at": meta["created_at"].isoformat() if meta["created_at"] else None,
+                "updated_at": meta["updated_at"].isoformat() if meta["updated_at"] else None,
                 **PatientRecord.from_categories(opened[patient_id])}
 
     # -- erasing ---------------------------------------------------------------------------

@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 from labvault.domain import lab as L
 from labvault.domain.actors import Actor
-from labvault.errors import NotFound
+from labvault.errors import InvalidField, InvalidRecord, NotFound
 from labvault.interop.fhir import ids
 from labvault.interop.fhir import mapping as m
-from labvault.interop.fhir.outcome import FhirError
-from labvault.interop.fhir.server import split_token
+from labvault.interop.fhir.outcome import FhirError, issue
+from labvault.interop.fhir.server import not_found, split_token
 from labvault.services.lab import ObservationView, OrderView, ReportView, SpecimenView
 from labvault.services.practitioners import PractitionerService
 
@@ -47,6 +47,34 @@ REQUEST_STATUS = {
 SPECIMEN_STATUS = {"available": "available", "rejected": "unsatisfactory",
                    "cancelled": "unavailable"}
 QUANTITY_COMPARATORS = ("<", "<=", ">", ">=")
+REPORT_STATUSES = frozenset({"registered", "partial", "preliminary", "final", "amended",
+                             "corrected", "appended", "cancelled", "entered-in-error",
+                             "unknown"})
+
+
+# Fields of the lab core's records -> the FHIR element they come from: an error names
+# what the client sent (Specimen.collection.collectedDateTime), not labvault's own names.
+SPECIMEN_ELEMENTS = {"type": "type", "accession_number": "accessionIdentifier",
+                     "collected_at": "collection.collectedDateTime"}
+RESULT_ELEMENTS = {"code": "code", "value": "value[x]", "kind": "value[x]",
+                   "unit": "valueQuantity.unit", "comment": "note",
+                   "observed_at": "effectiveDateTime", "status": "status"}
+
+
+def element_of(field: str, elements: Mapping[str, str]) -> str:
+    """``unit`` (or ``results[0].unit``) -> ``valueQuantity.unit``; unknown names pass."""
+    name = field.rsplit("].", 1)[-1].split(".", 1)[0].split("[", 1)[0]
+    return elements.get(name, field)
+
+
+def fhir_invalid(exc: InvalidRecord, rtype: str, elements: Mapping[str, str]) -> FhirError:
+    """A core ``InvalidRecord`` as a 422 whose issues name FHIR elements."""
+    issues = []
+    for e in exc.errors:
+        path = f"{rtype}.{element_of(e.field, elements)}"
+        hint = f" ({e.hint})" if e.hint else ""
+        issues.append(issue("invalid", f"{path}: {e.rule}{hint}", [path]))
+    return FhirError(exc.http_status, "invalid", "", issues=issues)
 
 
 def _ref(rtype: str, internal_id: str) -> dict[str, str]:
@@ -60,7 +88,7 @@ def _instant(d: datetime | None) -> str | None:
 def _lab_id(fhir_id: str, prefix: str, rtype: str) -> str:
     found = ids.from_fhir(fhir_id, prefix)
     if found is None:
-        raise FhirError(404, "not-found", f"{rtype}/{fhir_id} is not known", [rtype])
+        raise not_found(rtype, fhir_id)
     return found
 
 
@@ -128,7 +156,7 @@ class ServiceRequestHandler:
             return service_request_to_fhir(self.lv.lab.get_order(
                 actor, _lab_id(fhir_id, "ord", self.rtype)))
         except NotFound:
-            raise FhirError(404, "not-found", f"ServiceRequest/{fhir_id} is not known") from None
+            raise not_found(self.rtype, fhir_id) from None
 
     def _prescriber(self, actor: Actor, r: Mapping[str, Any]) -> dict[str, Any] | None:
         req = r.get("requester")
@@ -148,10 +176,11 @@ class ServiceRequestHandler:
                             f"identifier ({ids.RPPS_SYSTEM}) with a display name")
         return {"name": req["display"], "rpps": ident.get("value")}
 
-    def _request(self, actor: Actor, r: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    def _request(self, actor: Actor, r: Mapping[str, Any], new: bool = True
+                 ) -> tuple[str, dict[str, Any]]:
         if r.get("intent") != "order":
             raise m.not_supported("ServiceRequest.intent", "only intent = order is stored")
-        if r.get("status") not in ("active", "draft"):
+        if new and r.get("status") not in ("active", "draft"):
             raise m.not_supported("ServiceRequest.status", "a new order is active")
         patient_id = m.reference_id(r.get("subject"), "Patient", "pt", "ServiceRequest.subject")
         req: dict[str, Any] = {"tests": _loinc_codes(r.get("code"), "ServiceRequest.code"),
@@ -179,13 +208,27 @@ class ServiceRequestHandler:
     def create(self, actor: Actor, resource: Mapping[str, Any]) -> str:
         from labvault.interop.fhir.server import tenant_of
         patient_id, req = self._request(actor, resource)
-        return self.lv.lab.create_order(actor, tenant_of(actor), patient_id, req).order_id
+        try:
+            return self.lv.lab.create_order(actor, tenant_of(actor), patient_id, req).order_id
+        except NotFound:   # a reference that points nowhere: the element is at fault (422)
+            raise m.invalid("ServiceRequest.subject", "no such Patient") from None
 
     def update(self, actor: Actor, fhir_id: str, resource: Mapping[str, Any]) -> None:
-        """Only the status may change: ``revoked`` cancels the order."""
+        """Only the status may change: ``revoked`` cancels the order. Any other change is
+        refused (a 200 must mean the change was stored, not silently dropped)."""
         order_id = _lab_id(fhir_id, "ord", self.rtype)
-        current = self.read(actor, fhir_id)
+        try:
+            order = self.lv.lab.get_order(actor, order_id)
+        except NotFound:
+            raise not_found(self.rtype, fhir_id) from None
+        current = service_request_to_fhir(order)
         wanted = resource.get("status")
+        changed = self._changed(actor, order, resource, cancelling=wanted == "revoked")
+        if changed is not None:
+            raise FhirError(422, "business-rule", "an order's content is fixed once "
+                            f"registered ({changed} differs from the stored order); only "
+                            "status = revoked (cancellation, with the reason in note) may be "
+                            "sent", [changed])
         if wanted == current["status"]:
             return
         if wanted == "revoked":
@@ -194,6 +237,28 @@ class ServiceRequestHandler:
         raise FhirError(422, "business-rule", "an order's content is fixed once registered; "
                         "only status = revoked (cancellation) may be sent",
                         ["ServiceRequest.status"])
+
+    def _changed(self, actor: Actor, order: OrderView, r: Mapping[str, Any],
+                 cancelling: bool) -> str | None:
+        """The first element of ``r`` whose content differs from the stored order, compared
+        as labvault stores it (a Practitioner reference and an RPPS identifier naming the
+        same prescriber are equal); None when only the status may differ. The note of a
+        cancellation is its reason, not the order's clinical notes."""
+        patient_id, req = self._request(actor, r, new=False)
+        stored = order.request
+        prescriber = req.get("prescriber")
+        same = {
+            "ServiceRequest.subject": patient_id == order.patient_id,
+            "ServiceRequest.code": sorted(set(req["tests"])) == sorted(stored.tests),
+            "ServiceRequest.priority": str(req["priority"]) == order.priority.value,
+            "ServiceRequest.requester": (prescriber or {}).get("rpps") == (
+                stored.prescriber.rpps if stored.prescriber else None),
+            "ServiceRequest.identifier": (
+                req.get("placer_number"), req.get("filler_number")) == (
+                stored.placer_number, stored.filler_number),
+            "ServiceRequest.note": cancelling or req.get("clinical_notes") == stored.clinical_notes,
+        }
+        return next((where for where, ok in same.items() if not ok), None)
 
     def search(self, actor: Actor, q: Query) -> SearchResult:
         from labvault.interop.fhir.server import SearchResult, tenant_of
@@ -251,7 +316,7 @@ class SpecimenHandler:
             return specimen_to_fhir(self.lv.lab.get_specimen(
                 actor, _lab_id(fhir_id, "spc", self.rtype)))
         except NotFound:
-            raise FhirError(404, "not-found", f"Specimen/{fhir_id} is not known") from None
+            raise not_found(self.rtype, fhir_id) from None
 
     def create(self, actor: Actor, resource: Mapping[str, Any]) -> str:
         r = resource
@@ -268,6 +333,10 @@ class SpecimenHandler:
             view = self.lv.lab.receive_specimen(actor, order_id, spec)
         except NotFound:
             raise m.invalid("Specimen.request[0]", "no such ServiceRequest") from None
+        except InvalidField as exc:
+            raise fhir_invalid(InvalidRecord([exc]), self.rtype, SPECIMEN_ELEMENTS) from None
+        except InvalidRecord as exc:
+            raise fhir_invalid(exc, self.rtype, SPECIMEN_ELEMENTS) from None
         if r.get("subject") is not None:
             subject = m.reference_id(r["subject"], "Patient", "pt", "Specimen.subject")
             if subject != view.patient_id:
@@ -388,7 +457,7 @@ class ObservationHandler:
             return observation_to_fhir(self.lv.lab.get_observation(
                 actor, _lab_id(fhir_id, "obs", self.rtype)))
         except NotFound:
-            raise FhirError(404, "not-found", f"Observation/{fhir_id} is not known") from None
+            raise not_found(self.rtype, fhir_id) from None
 
     def create(self, actor: Actor, resource: Mapping[str, Any]) -> str:
         return self.create_many(actor, [resource])[0]
@@ -398,22 +467,30 @@ class ObservationHandler:
         order_ids = {_order_of_observation(r) for r in resources}
         if len(order_ids) != 1:
             raise m.invalid("Observation.basedOn", "results entered together share one order")
-        for r in resources:
-            if r.get("status") != "preliminary":
-                raise m.not_supported("Observation.status", "results are entered preliminary; "
-                                      "they become final when the DiagnosticReport is validated")
+        bad = [InvalidField(f"results[{k}].status", "results are entered preliminary; they "
+                            "become final when the DiagnosticReport is validated", "")
+               for k, r in enumerate(resources) if r.get("status") != "preliminary"]
+        if bad:     # indexed, so that a transaction names each entry at fault
+            raise InvalidRecord(bad)
         try:
             views = self.lv.lab.enter_results(actor, order_ids.pop(),
                                               [result_from_fhir(r) for r in resources])
         except NotFound:
             raise m.invalid("Observation.basedOn[0]", "no such ServiceRequest") from None
+        except InvalidRecord as exc:
+            if len(resources) > 1:
+                raise        # a transaction locates each result's entry (server.py)
+            raise fhir_invalid(exc, self.rtype, RESULT_ELEMENTS) from None
         return [v.observation_id for v in views]
 
     def update(self, actor: Actor, fhir_id: str, resource: Mapping[str, Any]) -> None:
         """Before validation: re-enter the value. After publication (status amended or
         corrected): amend, with the reason in ``note``."""
         oid = _lab_id(fhir_id, "obs", self.rtype)
-        current = self.lv.lab.get_observation(actor, oid)
+        try:
+            current = self.lv.lab.get_observation(actor, oid)
+        except NotFound:
+            raise not_found(self.rtype, fhir_id) from None
         result = result_from_fhir(resource)
         if result["code"] != current.observation.code:
             raise m.invalid("Observation.code", "the test code of a result does not change")
@@ -519,13 +596,18 @@ class DiagnosticReportHandler:
             return diagnostic_report_to_fhir(self.lv.lab.get_report(
                 actor, _lab_id(fhir_id, "rep", self.rtype)))
         except NotFound:
-            raise FhirError(404, "not-found", f"DiagnosticReport/{fhir_id} is not known") from None
+            raise not_found(self.rtype, fhir_id) from None
 
     def _apply(self, actor: Actor, order_id: str, resource: Mapping[str, Any]) -> str:
         """Bring the order's report to the sent status: ``final`` = technical and
         biological validation (biologist) with the conclusion. Always called inside a
         transaction: a check that fails after the validation rolls it back."""
         status = resource.get("status")
+        if status not in REPORT_STATUSES:
+            # the R4B models do not check bound codes: an unknown status is not a transition
+            raise FhirError(422, "code-invalid", f"DiagnosticReport.status {status!r} is not a "
+                            "code of http://hl7.org/fhir/diagnostic-report-status",
+                            ["DiagnosticReport.status"])
         try:
             order_status, report_id = self.lv.lab.order_status(actor, order_id)
         except NotFound:
@@ -535,10 +617,13 @@ class DiagnosticReportHandler:
             status in ("registered", "partial", "preliminary")
             and current in ("registered", "preliminary"))
         if unchanged:
-            if resource.get("conclusion"):
-                raise m.not_supported("DiagnosticReport.conclusion",
-                                      "the conclusion is given with the final report")
             report = self.lv.lab.get_report_by_order(actor, order_id)
+            # a report sent back as read is unchanged (PUT is idempotent); a new conclusion
+            # is given with the biological validation, never slipped in afterwards
+            if (resource.get("conclusion") or None) not in (None, report.conclusion):
+                raise m.not_supported("DiagnosticReport.conclusion", (
+                    "the conclusion is given with the final report" if current != "final"
+                    else "the conclusion of a validated report is not changed here"))
         elif status == "final" and current in ("registered", "preliminary"):
             # technical validation (if the results are preliminary), then biological
             report = self.lv.lab.validate_final(actor, order_id, resource.get("conclusion"))
@@ -565,7 +650,10 @@ class DiagnosticReportHandler:
         return self._apply(actor, order_id, resource)
 
     def update(self, actor: Actor, fhir_id: str, resource: Mapping[str, Any]) -> None:
-        rep = self.lv.lab.get_report(actor, _lab_id(fhir_id, "rep", self.rtype))
+        try:
+            rep = self.lv.lab.get_report(actor, _lab_id(fhir_id, "rep", self.rtype))
+        except NotFound:
+            raise not_found(self.rtype, fhir_id) from None
         self._apply(actor, rep.order_id, resource)
 
     def search(self, actor: Actor, q: Query) -> SearchResult:

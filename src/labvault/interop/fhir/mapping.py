@@ -129,6 +129,16 @@ def patient_from_fhir(r: Mapping[str, Any]) -> dict[str, Any]:
                                 f"identifier system {system!r} is not stored; use "
                                 f"{ids.NIR_SYSTEM} (NIR), {ids.INS_NIA_SYSTEM} (INS-NIA) or "
                                 f"{ids.EXTERNAL_ID_SYSTEM}")
+    # Modifier elements change the meaning of the rest (R4 conformance-rules): labvault
+    # keeps neither an inactive nor a deceased flag, so it refuses them rather than
+    # storing a record that reads as active and alive.
+    if r.get("active") is False:
+        raise not_supported("Patient.active", "inactive patient records are not kept here; "
+                            "send the patient without active = false")
+    for key in ("deceasedBoolean", "deceasedDateTime"):
+        if r.get(key) not in (None, False):
+            raise not_supported(f"Patient.{key}", "a date or flag of death is not stored "
+                                "here; send the patient without it")
     names = list(r.get("name") or [])
     official = next((n for n in names if n.get("use") == "official"), None) \
         or next((n for n in names if n.get("use") in (None, "maiden")), None)

@@ -307,7 +307,15 @@ class CoverageHandler:
             raise FhirError(400, "invalid", "the beneficiary and type of a Coverage cannot "
                             "change (its id is derived from them)", ["Coverage.beneficiary"])
         with self.lv.begin():
-            current = keep_all_categories(self.patients.show(actor, pid))
+            try:
+                shown = self.patients.show(actor, pid)
+            except FhirError as exc:
+                if exc.http_status != 404:
+                    raise
+                if expect is not None:      # updating the Coverage of no patient: no such one
+                    raise not_found(self.rtype, m.coverage_id(pid, kind)) from None
+                raise m.invalid("Coverage.beneficiary", "no such Patient") from None
+            current = keep_all_categories(shown)
             cov = dict(current.get("coverage") or {})
             cov[kind] = values["insurer"]
             if values.get("member_id"):
@@ -403,8 +411,16 @@ class FhirServer:
         if resource.get("id") != fhir_id:
             raise FhirError(400, "invalid", "the resource id must equal the id in the URL",
                             [f"{rtype}.id"])
-        with self.lv.begin():
-            h.update(actor, fhir_id, resource)
+        try:
+            with self.lv.begin():
+                h.update(actor, fhir_id, resource)
+        except FhirError as exc:
+            if exc.http_status == 404 and exc.message == not_found(rtype, fhir_id).message:
+                # http.html#update: no client-defined ids (updateCreate false) -> 405
+                raise FhirError(405, "not-supported", f"{rtype}/{fhir_id} does not exist, and "
+                                "an update does not create: POST the resource (the server "
+                                "assigns its id)", [f"{rtype}.id"]) from None
+            raise
         return h.read(actor, fhir_id)
 
     def parse_query(self, rtype: str, items: Sequence[tuple[str, str]]) -> Query:
@@ -496,9 +512,7 @@ class FhirServer:
                     try:
                         bodies.append(rewrite_references(plans[j].resource, resolved))
                     except FhirError as exc:
-                        status_code, oo = from_user_error(exc, f"Bundle.entry[{j}]")
-                        raise FhirError(status_code, "invalid", "",
-                                        issues=oo["issue"]) from None
+                        raise at_entry(exc, j, plans[j].rtype) from None
                 try:
                     if p.method == "POST" and many is not None:
                         news = self._create_grouped(actor, many, group, bodies)
@@ -511,12 +525,8 @@ class FhirServer:
                         h.update(actor, p.target_id, bodies[0])
                         news = [p.target_id]
                         status = "200 OK"
-                except FhirError as exc:
-                    status_code, oo = from_user_error(exc, f"Bundle.entry[{i}]")
-                    raise FhirError(status_code, "invalid", "", issues=oo["issue"]) from None
                 except UserError as exc:
-                    status_code, oo = from_user_error(exc, f"Bundle.entry[{i}].resource")
-                    raise FhirError(status_code, "invalid", "", issues=oo["issue"]) from None
+                    raise at_entry(exc, i, p.rtype) from None
                 for j, new in zip(group, news, strict=True):
                     fu = plans[j].full_url
                     if fu:
@@ -526,7 +536,7 @@ class FhirServer:
         for i in range(len(plans)):
             rtype, new, status = results[i]
             out.append({"fullUrl": f"{base}/{rtype}/{new}",
-                        "response": {"status": status, "location": f"{rtype}/{new}/_history/1"}})
+                        "response": {"status": status, "location": f"{rtype}/{new}"}})
         return {"resourceType": "Bundle", "id": str(uuid.uuid4()),
                 "type": "transaction-response", "entry": out}
 
@@ -535,6 +545,7 @@ class FhirServer:
                         bodies: list[dict[str, Any]]) -> list[str]:
         """Create same-type entries in batches per target (``create_many`` wants one order
         per call); error expressions name the entry at fault."""
+        from labvault.interop.fhir.lab import RESULT_ELEMENTS, element_of  # lab imports us
         by_target: dict[str, list[int]] = {}
         for n, b in enumerate(bodies):
             key = json.dumps(b.get("basedOn"), sort_keys=True, default=str)
@@ -548,12 +559,12 @@ class FhirServer:
                 for e in exc.errors:
                     mt = re.match(r"results\[(\d+)\]\.?(.*)", e.field)
                     entry = group[members[int(mt.group(1))]] if mt else group[members[0]]
-                    issues.append(issue("invalid", f"{mt.group(2) if mt else e.field}: {e.rule}",
-                                        [f"Bundle.entry[{entry}].resource"]))
+                    element = element_of(e.field, RESULT_ELEMENTS)
+                    issues.append(issue("invalid", f"Observation.{element}: {e.rule}",
+                                        [f"Bundle.entry[{entry}].resource.{element}"]))
                 raise FhirError(exc.http_status, "invalid", "", issues=issues) from None
             except UserError as exc:
-                status_code, oo = from_user_error(exc, f"Bundle.entry[{group[members[0]]}]")
-                raise FhirError(status_code, "invalid", "", issues=oo["issue"]) from None
+                raise at_entry(exc, group[members[0]], "Observation") from None
             for n, new in zip(members, made, strict=True):
                 out[n] = ids.to_fhir(new)
         return [out[n] for n in range(len(bodies))]
@@ -629,6 +640,27 @@ class _Plan:
     resource: Mapping[str, Any]
     full_url: str | None
     target_id: str | None
+
+
+def at_entry(exc: UserError, i: int, rtype: str) -> FhirError:
+    """``exc``, raised for entry ``i`` (a ``rtype``), with every expression placed in the
+    Bundle once: ``Observation.basedOn[0]`` and ``resource.subject.reference`` become
+    ``Bundle.entry[i].resource...``; an expression already in the Bundle stays as it is."""
+    status, oo = from_user_error(exc)
+    where = f"Bundle.entry[{i}].resource"
+    for iss in oo["issue"]:
+        out = []
+        for e in iss.get("expression") or [""]:
+            if e.startswith("Bundle."):
+                out.append(e)
+            elif e == rtype or e.startswith((f"{rtype}.", f"{rtype}[")):
+                out.append(where + e[len(rtype):])
+            elif e == "resource" or e.startswith("resource."):
+                out.append(f"Bundle.entry[{i}].{e}")
+            else:
+                out.append(f"{where}.{e}" if e else where)
+        iss["expression"] = out
+    return FhirError(status, "invalid", "", issues=oo["issue"])
 
 
 def rewrite_references(resource: Mapping[str, Any], resolved: Mapping[str, str]

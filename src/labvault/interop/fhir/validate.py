@@ -57,4 +57,28 @@ def validate(resource: object, expected: str | None = None, where: str | None = 
                         [f"{prefix}.{_path(e['loc'])}" if e["loc"] else prefix])
                   for e in exc.errors(include_url=False)[:MAX_ISSUES]]
         raise FhirError(422, "invalid", "the resource is not valid FHIR R4", issues=issues) from None
+    found = modifier_extension(resource)
+    if found is not None:
+        # extensibility.html#modifierExtension: a system must not process a resource
+        # carrying a modifier extension it does not know (and labvault knows none)
+        raise FhirError(422, "not-supported", "modifier extensions are not understood here: "
+                        "the resource would be stored with a different meaning",
+                        [f"{where or rtype}{found}"])
     return rtype
+
+
+def modifier_extension(resource: Mapping[str, Any]) -> str | None:
+    """The path (``.contained[0].modifierExtension``) of the first ``modifierExtension`` in
+    ``resource``, or None."""
+    stack: list[tuple[str, Any]] = [("", resource)]
+    while stack:
+        path, node = stack.pop()
+        if isinstance(node, Mapping):
+            if node.get("modifierExtension"):
+                return f"{path}.modifierExtension"
+            stack.extend((f"{path}.{k}", v) for k, v in node.items()
+                         if isinstance(v, Mapping | list))
+        elif isinstance(node, list):
+            stack.extend((f"{path}[{i}]", v) for i, v in enumerate(node)
+                         if isinstance(v, Mapping | list))
+    return None
