@@ -249,3 +249,17 @@ def test_specimen_errors_name_fhir_elements(server: Running) -> None:
     exprs = sorted(e for i in outcome(r)["issue"] for e in i["expression"])
     assert exprs == ["Specimen.accessionIdentifier", "Specimen.collection.collectedDateTime"]
     assert "collected_at" not in r.text and "accession_number" not in r.text
+
+
+def test_bundle_and_entry_elements_are_checked(server: Running) -> None:
+    bundle = visit_bundle(next(people(1, seed=88)), 88)
+    for where, broken in [("Bundle.favourite", {**bundle, "favourite": 1}),
+                          ("Bundle.entry[1].resourse", {**bundle, "entry": [
+                              bundle["entry"][0], {**bundle["entry"][1], "resourse": {}},
+                              *bundle["entry"][2:]]})]:
+        r = httpx.post(server.url, headers=HDR, content=json.dumps(broken))
+        assert r.status_code == 400, r.text
+        assert outcome(r)["issue"][0]["expression"] == [where]
+    r = httpx.post(server.url, headers=HDR,
+                   content=json.dumps({"resourceType": "Bundle", "type": "transaction"}))
+    assert r.status_code == 200 and "entry" not in r.json()

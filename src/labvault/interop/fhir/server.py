@@ -479,6 +479,10 @@ class FhirServer:
         entries = bundle.get("entry") or []
         if not isinstance(entries, list):
             raise FhirError(400, "structure", "Bundle.entry must be a list", ["Bundle.entry"])
+        _known_keys(bundle, BUNDLE_KEYS, "Bundle")
+        for i, e in enumerate(entries):
+            if isinstance(e, Mapping):
+                _known_keys(e, ENTRY_KEYS, f"Bundle.entry[{i}]")
         if len(entries) > MAX_BUNDLE_ENTRIES:
             raise FhirError(413, "too-costly", f"at most {MAX_BUNDLE_ENTRIES} entries per "
                             "transaction", ["Bundle.entry"])
@@ -537,8 +541,11 @@ class FhirServer:
             rtype, new, status = results[i]
             out.append({"fullUrl": f"{base}/{rtype}/{new}",
                         "response": {"status": status, "location": f"{rtype}/{new}"}})
-        return {"resourceType": "Bundle", "id": str(uuid.uuid4()),
-                "type": "transaction-response", "entry": out}
+        resp: dict[str, Any] = {"resourceType": "Bundle", "id": str(uuid.uuid4()),
+                                "type": "transaction-response"}
+        if out:                       # FHIR JSON has no empty arrays (json.html)
+            resp["entry"] = out
+        return resp
 
     @staticmethod
     def _create_grouped(actor: Actor, many: Callable[..., list[str]], group: list[int],
@@ -640,6 +647,23 @@ class _Plan:
     resource: Mapping[str, Any]
     full_url: str | None
     target_id: str | None
+
+
+# The elements of a Bundle and of its entries (R4 bundle.html): anything else is refused,
+# as an unknown element of a resource is (the R4B models check resources, not the Bundle
+# around them, which is not validated whole: each entry's resource is, once).
+BUNDLE_KEYS = frozenset({"resourceType", "id", "meta", "implicitRules", "language",
+                         "identifier", "type", "timestamp", "total", "link", "entry",
+                         "signature"})
+ENTRY_KEYS = frozenset({"id", "extension", "link", "fullUrl", "resource", "search",
+                        "request", "response"})
+
+
+def _known_keys(node: Mapping[str, Any], known: frozenset[str], where: str) -> None:
+    unknown = sorted(k for k in node if k not in known)
+    if unknown:
+        raise FhirError(400, "structure", f"unknown element {unknown[0]!r} (R4 bundle.html)",
+                        [f"{where}.{unknown[0]}"])
 
 
 def at_entry(exc: UserError, i: int, rtype: str) -> FhirError:
