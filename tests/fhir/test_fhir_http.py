@@ -183,10 +183,12 @@ def test_deep_nesting_is_a_400_not_a_500(server: Running) -> None:
     for _ in range(150):
         ext = {"url": "http://example.org/x", "extension": [ext]}
     body = {**fhir_patient(next(people(1, seed=82))), "extension": [ext]}
-    for url in (f"{server.url}/Patient", server.url):
-        r = httpx.post(url, headers=HDR, content=json.dumps(body))
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": body, "request": {"method": "POST", "url": "Patient"}}]}
+    for url, sent in ((f"{server.url}/Patient", body), (server.url, bundle)):
+        r = httpx.post(url, headers=HDR, content=json.dumps(sent))
         assert r.status_code == 400, r.text
-        assert "nests more than" in outcome(r)["issue"][0]["diagnostics"]
+        assert "nests too deeply" in outcome(r)["issue"][0]["diagnostics"]
 
 
 def test_body_over_the_limit_is_an_operation_outcome(server: Running) -> None:
@@ -223,6 +225,9 @@ def test_patient_last_updated_moves_with_an_update(server: Running) -> None:
     ({"name": [{"use": "official", "family": "DURAND", "given": ["Ana"], "modifierExtension": [
         {"url": "http://example.org/x", "valueBoolean": True}]}]},
      "Patient.name[0].modifierExtension"),
+    ({"contact": [{"name": {"family": "X"}, "modifierExtension": [
+        {"url": "http://example.org/x", "valueBoolean": True}]}]},
+     "Patient.contact[0].modifierExtension"),
     ({"active": False}, "Patient.active"),
     ({"deceasedBoolean": True}, "Patient.deceasedBoolean"),
     ({"deceasedDateTime": "2026-01-02"}, "Patient.deceasedDateTime"),
@@ -263,3 +268,13 @@ def test_bundle_and_entry_elements_are_checked(server: Running) -> None:
     r = httpx.post(server.url, headers=HDR,
                    content=json.dumps({"resourceType": "Bundle", "type": "transaction"}))
     assert r.status_code == 200 and "entry" not in r.json()
+
+
+def test_a_modifier_extension_inside_a_bundle_names_its_entry(server: Running) -> None:
+    bundle = visit_bundle(next(people(1, seed=89)), 89)
+    bundle["entry"][4]["resource"]["modifierExtension"] = [
+        {"url": "http://example.org/x", "valueBoolean": True}]
+    r = httpx.post(server.url, headers=HDR, content=json.dumps(bundle))
+    assert r.status_code == 422, r.text
+    assert outcome(r)["issue"][0]["expression"] == [
+        "Bundle.entry[4].resource.modifierExtension"]

@@ -57,13 +57,6 @@ def validate(resource: object, expected: str | None = None, where: str | None = 
                         [f"{prefix}.{_path(e['loc'])}" if e["loc"] else prefix])
                   for e in exc.errors(include_url=False)[:MAX_ISSUES]]
         raise FhirError(422, "invalid", "the resource is not valid FHIR R4", issues=issues) from None
-    found = modifier_extension(resource)
-    if found is not None:
-        # extensibility.html#modifierExtension: a system must not process a resource
-        # carrying a modifier extension it does not know (and labvault knows none)
-        raise FhirError(422, "not-supported", "modifier extensions are not understood here: "
-                        "the resource would be stored with a different meaning",
-                        [f"{where or rtype}{found}"])
     return rtype
 
 
