@@ -118,6 +118,18 @@ def test_practitioner_round_trip(server: Running) -> None:
     assert [f["id"] for f in found] == [pr["id"]]
     assert client.resources("Practitioner").search(
         identifier=f"{ids.RPPS_SYSTEM}|10291417789").fetch() == []
+    # one directory entry per RPPS: a second one is a 409, and nothing is added
+    r = httpx.post(f"{server.url}/Practitioner", headers=HDR, content=json.dumps({
+        "resourceType": "Practitioner", "name": [{"text": "Dr A. Martin"}],
+        "identifier": [{"system": ids.RPPS_SYSTEM, "value": "10291417771"}]}))
+    assert r.status_code == 409, r.text
+    assert "RPPS" in outcome(r)["issue"][0]["diagnostics"]
+    assert len(client.resources("Practitioner").search(
+        identifier=f"{ids.RPPS_SYSTEM}|10291417771").fetch()) == 1
+    # an update keeping its own RPPS is fine
+    got["name"][0]["text"] = "Dr Anne Martin-Leroy"
+    r = httpx.put(f"{server.url}/Practitioner/{pr['id']}", headers=HDR, content=json.dumps(got))
+    assert r.status_code == 200, r.text
 
 
 def test_paging_follows_next_links(server: Running) -> None:

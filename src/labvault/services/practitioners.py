@@ -17,7 +17,7 @@ from labvault.crypto import blind_index as bi
 from labvault.domain import validation as v
 from labvault.domain.actors import Actor
 from labvault.domain.categories import Action, Category
-from labvault.errors import InvalidField, InvalidRecord, NotFound
+from labvault.errors import Conflict, InvalidField, InvalidRecord, NotFound
 from labvault.services.gate import Access
 from labvault.store import repositories as repo
 from labvault.store import repositories_fhir as prepo
@@ -125,9 +125,25 @@ class PractitionerService:
             lv.load_tenant_keys(conn, t)
             pid = new_id("pr")
             lv.gate.check(conn, Access(actor, Action.WRITE, t, CLINICAL, resource=RESOURCE))
-            prepo.insert_practitioner(conn, t, pid, self._digest(conn, t, p.rpps),
-                                      self._seal(conn, t, pid, p), lv.now())
+            digest = self._digest(conn, t, p.rpps)
+            self._unique_rpps(conn, t, digest, None)
+            prepo.insert_practitioner(conn, t, pid, digest, self._seal(conn, t, pid, p),
+                                      lv.now())
             return pid
+
+    @staticmethod
+    def _unique_rpps(conn: Connection, tenant_id: str, digest: bytes | None,
+                     practitioner_id: str | None) -> None:
+        """One directory entry per RPPS number in a laboratory: a second one would split
+        a prescriber's orders between two entries (the gate already allowed the write)."""
+        if digest is None:
+            return
+        others = [i for i in prepo.practitioners_by_rpps(conn, tenant_id, digest)
+                  if i != practitioner_id]
+        if others:
+            raise Conflict("this RPPS number is already in the laboratory's directory",
+                           "find that entry by its RPPS and update it instead of adding "
+                           "another one")
 
     def update(self, actor: Actor, practitioner_id: str, data: object,
                tenant_id: str | None = None) -> None:
@@ -137,8 +153,9 @@ class PractitionerService:
         with lv.begin() as conn:
             lv.load_tenant_keys(conn, t)
             lv.gate.check(conn, Access(actor, Action.WRITE, t, CLINICAL, resource=RESOURCE))
-            if not prepo.update_practitioner(conn, t, practitioner_id,
-                                             self._digest(conn, t, p.rpps),
+            digest = self._digest(conn, t, p.rpps)
+            self._unique_rpps(conn, t, digest, practitioner_id)
+            if not prepo.update_practitioner(conn, t, practitioner_id, digest,
                                              self._seal(conn, t, practitioner_id, p), lv.now()):
                 raise NotFound("no such practitioner", "check the practitioner id")
 
