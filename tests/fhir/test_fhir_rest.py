@@ -126,6 +126,12 @@ def test_practitioner_round_trip(server: Running) -> None:
     assert "RPPS" in outcome(r)["issue"][0]["diagnostics"]
     assert len(client.resources("Practitioner").search(
         identifier=f"{ids.RPPS_SYSTEM}|10291417771").fetch()) == 1
+    # a title without a text is kept in the display name, not dropped
+    r = httpx.post(f"{server.url}/Practitioner", headers=HDR, content=json.dumps({
+        "resourceType": "Practitioner", "name": [{"prefix": ["Dr"], "given": ["Paul"],
+                                                  "family": "Roux"}]}))
+    assert r.status_code == 201, r.text
+    assert r.json()["name"][0]["text"] == "Dr Paul Roux"
     # an update keeping its own RPPS is fine
     got["name"][0]["text"] = "Dr Anne Martin-Leroy"
     r = httpx.put(f"{server.url}/Practitioner/{pr['id']}", headers=HDR, content=json.dumps(got))

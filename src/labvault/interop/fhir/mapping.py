@@ -233,6 +233,13 @@ def practitioner_from_fhir(r: Mapping[str, Any]) -> dict[str, Any]:
         out["given"] = list(n["given"])
     if n.get("text"):
         out["name"] = n["text"]
+    elif n.get("prefix") or n.get("suffix"):
+        # titles have no field of their own: kept in the display name, not dropped
+        out["name"] = " ".join([*(n.get("prefix") or []), *(n.get("given") or []),
+                                *([n["family"]] if n.get("family") else []),
+                                *(n.get("suffix") or [])])
+    if len(names) > 1:
+        raise not_supported("Practitioner.name[1]", "one name is stored")
     for i, t in enumerate(r.get("telecom") or []):
         if t.get("system") == "phone":
             out["phone"] = t.get("value")
