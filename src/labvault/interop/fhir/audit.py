@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 from labvault.domain.actors import Actor
 from labvault.errors import NotFound
 from labvault.interop.fhir import ids
-from labvault.interop.fhir.lab import date_range, patient_param
+from labvault.interop.fhir.lab import patient_param
 from labvault.interop.fhir.outcome import FhirError
+from labvault.interop.fhir.search import date_window
 from labvault.interop.fhir.server import Query, SearchResult, not_found, split_token, tenant_of
 from labvault.services.audit import audit_of
 
@@ -69,7 +70,7 @@ class AuditEventHandler:
             raise FhirError(400, "not-supported", "an AuditEvent search names patient=Patient/"
                             "<id> or agent=<account id>; the whole trail is `labvault audit "
                             "fhir` (an audited export)", ["patient"])
-        since, until = date_range(q.params.get("date") or [])
+        since, until = date_window("date", q.params.get("date") or [])
         events = audit_of(self.lv).fhir_search(actor, tenant_of(actor), patient_id, agent_id,
                                                since, until)
         return SearchResult(events[q.offset:q.offset + q.count], len(events))

@@ -9,7 +9,7 @@ never writes lab rows itself.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from labvault.domain import lab as L
@@ -18,6 +18,7 @@ from labvault.errors import NotFound
 from labvault.interop.fhir import ids
 from labvault.interop.fhir import mapping as m
 from labvault.interop.fhir.outcome import FhirError
+from labvault.interop.fhir.search import date_window
 from labvault.interop.fhir.server import split_token
 from labvault.services.lab import ObservationView, OrderView, ReportView, SpecimenView
 from labvault.services.practitioners import PractitionerService
@@ -439,7 +440,7 @@ class ObservationHandler:
             system, loinc = split_token(code)
             if system not in (None, ids.LOINC_SYSTEM):
                 raise FhirError(400, "not-supported", "Observation codes are LOINC", ["code"])
-        since, until = date_range(q.params.get("date") or [])
+        since, until = date_window("date", q.params.get("date") or [])
         views = self.lv.lab.list_observations(actor, tenant_of(actor), patient_id=patient_id,
                                               code=loinc, since=since, until=until,
                                               limit=10_000)
@@ -447,42 +448,6 @@ class ObservationHandler:
         found = [v for v in views if status is None or v.status in status.split(",")]
         page = found[q.offset:q.offset + q.count]
         return SearchResult([observation_to_fhir(v) for v in page], len(found))
-
-
-def date_range(values: Iterable[str]) -> tuple[datetime | None, datetime | None]:
-    """FHIR date params (``ge2026-01-01``, ``lt2026-02``, ``2026-01-15``) -> [since, until)."""
-    from labvault.interop.fhir.server import parse_date_param
-    since: datetime | None = None
-    until: datetime | None = None
-    for v in values:
-        prefix, text = parse_date_param("date", v)
-        parts = [int(x) for x in text.split("-")]
-        try:
-            start = datetime(parts[0], parts[1] if len(parts) > 1 else 1,
-                             parts[2] if len(parts) > 2 else 1, tzinfo=UTC)
-        except ValueError:
-            raise FhirError(400, "invalid", f"date: {v!r} is not a calendar date",
-                            ["date"]) from None
-        if len(parts) == 3:
-            end = start + timedelta(days=1)
-        elif len(parts) == 2:
-            end = datetime(start.year + start.month // 12, start.month % 12 + 1, 1, tzinfo=UTC)
-        else:
-            end = datetime(start.year + 1, 1, 1, tzinfo=UTC)
-        if prefix == "eq":
-            since, until = start, end
-        elif prefix == "ge":
-            since = start
-        elif prefix == "gt":
-            since = end
-        elif prefix == "lt":
-            until = start
-        elif prefix == "le":
-            until = end
-        else:
-            raise FhirError(400, "not-supported", f"date prefix {prefix} is not supported "
-                            "(eq, ge, gt, le, lt)", ["date"])
-    return since, until
 
 
 # -- DiagnosticReport -----------------------------------------------------------------------
@@ -573,7 +538,7 @@ class DiagnosticReportHandler:
         patient_id = patient_param(q, required=True)
         status = q.one("status")
         code = q.one("code")
-        since, until = date_range(q.params.get("date") or [])
+        since, until = date_window("date", q.params.get("date") or [])
         reports = self.lv.lab.list_reports(actor, tenant_of(actor), patient_id=patient_id,
                                            limit=10_000)
         found = []
