@@ -87,9 +87,11 @@ def test_only_the_dpo_and_only_reads(server: Running) -> None:
         assert r.json()["issue"][0]["code"] == "forbidden"
     r = httpx.get(server.url + "/AuditEvent", headers=_hdr(DPO_TOKEN))
     assert r.status_code == 400 and "names patient" in r.text
-    r = httpx.get(server.url + "/AuditEvent", headers=_hdr(DPO_TOKEN),
-                  params={"agent": "http://other|acc_test"})
-    assert r.status_code == 400
+    for agent in ("http://other|acc_test", "acc_test,acc_dpo", "|acc_test"):
+        r = httpx.get(server.url + "/AuditEvent", headers=_hdr(DPO_TOKEN),
+                      params={"agent": agent})
+        assert r.status_code == 400, agent      # one account at a time, never a silent 0
+        assert r.json()["issue"][0]["expression"] == ["agent"]
     for method, path in (("POST", "/AuditEvent"), ("PUT", "/AuditEvent/ae-x")):
         r = httpx.request(method, server.url + path, headers={
             **_hdr(DPO_TOKEN), "Content-Type": "application/fhir+json"},

@@ -263,3 +263,41 @@ def test_unreadable_dates_are_refused_naming_the_parameter(server: Running) -> N
                           params={"patient": f"Patient/{pid}", "date": value})
             assert r.status_code == 400, (rtype, value, r.text)
             assert r.json()["issue"][0]["expression"] == ["date"], value
+
+
+def codes_found(srv: Running, rtype: str, pid: str, code: str) -> httpx.Response:
+    return httpx.get(f"{srv.url}/{rtype}", headers=HDR,
+                     params={"patient": f"Patient/{pid}", "code": code})
+
+
+def test_code_search_ors_commas_and_honours_the_system(server: Running) -> None:
+    pid = recorded_visit(server, 25)
+    loinc = ids.LOINC_SYSTEM
+
+    def obs_codes(code: str) -> list[str]:
+        r = codes_found(server, "Observation", pid, code)
+        assert r.status_code == 200, (code, r.text)
+        return sorted(e["resource"]["code"]["coding"][0]["code"] for e in r.json()["entry"])
+
+    def reports(code: str) -> int:
+        r = codes_found(server, "DiagnosticReport", pid, code)
+        assert r.status_code == 200, (code, r.text)
+        return int(r.json()["total"])
+
+    every = sorted(c for c, *_ in BLOOD_COUNT)
+    # comma = or, each value with or without its system
+    assert obs_codes("718-7,789-8") == ["718-7", "789-8"]
+    assert obs_codes(f"{loinc}|718-7,{loinc}|789-8") == ["718-7", "789-8"]
+    assert obs_codes(f"718-7,{loinc}|4544-3,2345-7") == ["4544-3", "718-7"]
+    assert obs_codes(f"{loinc}|") == every                     # any LOINC code
+    assert reports("11502-2,999-9") == 1
+    assert reports(f"{loinc}|11502-2") == 1
+    assert reports(f"{loinc}|") == 1
+    assert reports("2345-7,999-9") == 0
+    # another system, or "no system", is refused on both (labvault's codes are all LOINC)
+    for rtype in ("Observation", "DiagnosticReport"):
+        for bad in ("http://snomed.info/sct|718-7", "718-7,http://snomed.info/sct|789-8",
+                    "|718-7", "718-7,", "a|b|c", "|"):
+            r = codes_found(server, rtype, pid, bad)
+            assert r.status_code == 400, (rtype, bad, r.text)
+            assert r.json()["issue"][0]["expression"] == ["code"], (rtype, bad)

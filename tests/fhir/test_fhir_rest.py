@@ -67,7 +67,7 @@ def test_create_read_search_patient_round_trip(server: Running) -> None:
         birthdate=p["birth_date"]).fetch()
     assert [r["id"] for r in by_name] == [created["id"]]
     assert client.resources("Patient").search(identifier=f"{ids.NIR_SYSTEM}|"
-                                              "185057800608436").fetch() == []
+                                              "185057800608491").fetch() == []
     # every read went through the gate and was audited
     audit = server.lv.gate.audit
     pid = ids.from_fhir(created["id"], "pt")
@@ -118,6 +118,61 @@ def test_practitioner_round_trip(server: Running) -> None:
     assert [f["id"] for f in found] == [pr["id"]]
     assert client.resources("Practitioner").search(
         identifier=f"{ids.RPPS_SYSTEM}|10291417789").fetch() == []
+
+
+def ids_found(srv: Running, rtype: str, **params: str) -> list[str]:
+    r = httpx.get(f"{srv.url}/{rtype}", headers=HDR, params=params)
+    assert r.status_code == 200, (params, r.text)
+    return sorted(e["resource"]["id"] for e in r.json().get("entry", []))
+
+
+def refused(srv: Running, rtype: str, **params: str) -> dict[str, Any]:
+    """The OperationOutcome of a search answered 400."""
+    r = httpx.get(f"{srv.url}/{rtype}", headers=HDR, params=params)
+    assert r.status_code == 400, (params, r.text)
+    return outcome(r)
+
+
+def test_identifier_search_ors_commas_and_refuses_malformed_values(server: Running) -> None:
+    client = server.client()
+    a, b = people(2, seed=14)
+    made = []
+    for p in (a, b):
+        r = client.resource("Patient", **fhir_patient(p))
+        r.save()
+        made.append(r["id"])
+    both = sorted(made)
+    nir, ext = ids.NIR_SYSTEM, ids.EXTERNAL_ID_SYSTEM
+    assert ids_found(server, "Patient", identifier=f"{nir}|{a['nir']},{nir}|{b['nir']}") == both
+    assert ids_found(server, "Patient", identifier=f"{a['nir']},{ext}|{b['external_id']}") == both
+    assert ids_found(server, "Patient", identifier=f"{b['external_id']},{a['external_id']}") \
+        == both                                 # no system, not a NIR: the external id
+    assert ids_found(server, "Patient", identifier=f"{nir}|{a['nir']},{nir}|185057800608491") \
+        == [made[0]]                            # a well-formed NIR nobody has adds nobody
+    # one malformed value is a 400 naming the parameter, never a silently shorter answer
+    for bad in (f"{nir}|185057800608436",                     # control key
+                f"{nir}|{a['nir']},{nir}|185057800608436",
+                f"{nir}|{a['nir']},", f"|{a['nir']}", f"{nir}|", f"{nir}|{a['nir']}|x",
+                f"urn:x|1,{nir}|{a['nir']}"):
+        oo = refused(server, "Patient", identifier=bad)
+        assert oo["issue"][0]["expression"] == ["identifier"], bad
+
+    rpps = ids.RPPS_SYSTEM
+    doctors = []
+    for number in ("10291417771", "10988399506"):
+        pr = client.resource("Practitioner", identifier=[{"system": rpps, "value": number}],
+                             name=[{"text": f"Dr {number}"}])
+        pr.save()
+        doctors.append(pr["id"])
+    assert ids_found(server, "Practitioner", identifier=f"{rpps}|10291417771,10988399506") \
+        == sorted(doctors)
+    r = httpx.get(f"{server.url}/Practitioner", headers=HDR,
+                  params={"identifier": "10988399506,10291417771", "_count": "1"})
+    assert r.json()["total"] == 2 and len(r.json()["entry"]) == 1
+    for bad in ("10291417772", "10291417771,10291417772", f"{rpps}|", "|10291417771",
+                f"urn:x|10291417771,{rpps}|10988399506"):
+        oo = refused(server, "Practitioner", identifier=bad)
+        assert oo["issue"][0]["expression"] == ["identifier"], bad
 
 
 def test_paging_follows_next_links(server: Running) -> None:

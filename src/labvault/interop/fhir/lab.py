@@ -18,8 +18,7 @@ from labvault.errors import NotFound
 from labvault.interop.fhir import ids
 from labvault.interop.fhir import mapping as m
 from labvault.interop.fhir.outcome import FhirError
-from labvault.interop.fhir.search import date_window
-from labvault.interop.fhir.server import split_token
+from labvault.interop.fhir.search import Token, date_window, tokens_in
 from labvault.services.lab import ObservationView, OrderView, ReportView, SpecimenView
 from labvault.services.practitioners import PractitionerService
 
@@ -33,7 +32,8 @@ OBS_CATEGORY = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/obs
                             "code": "laboratory", "display": "Laboratory"}]}
 REPORT_CATEGORY = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0074",
                                "code": "LAB", "display": "Laboratory"}]}
-REPORT_CODE = {"coding": [{"system": ids.LOINC_SYSTEM, "code": "11502-2",
+REPORT_LOINC = "11502-2"
+REPORT_CODE = {"coding": [{"system": ids.LOINC_SYSTEM, "code": REPORT_LOINC,
                            "display": "Laboratory report"}]}
 IDENTIFIER_TYPE = "http://terminology.hl7.org/CodeSystem/v2-0203"
 
@@ -434,20 +434,28 @@ class ObservationHandler:
     def search(self, actor: Actor, q: Query) -> SearchResult:
         from labvault.interop.fhir.server import SearchResult, tenant_of
         patient_id = patient_param(q, required=True)
-        code = q.one("code")
-        loinc = None
-        if code is not None:
-            system, loinc = split_token(code)
-            if system not in (None, ids.LOINC_SYSTEM):
-                raise FhirError(400, "not-supported", "Observation codes are LOINC", ["code"])
+        codes = loinc_codes(q)
         since, until = date_window("date", q.params.get("date") or [])
         views = self.lv.lab.list_observations(actor, tenant_of(actor), patient_id=patient_id,
-                                              code=loinc, since=since, until=until,
-                                              limit=10_000)
+                                              since=since, until=until, limit=10_000)
         status = q.one("status")
-        found = [v for v in views if status is None or v.status in status.split(",")]
+        found = [v for v in views if (status is None or v.status in status.split(","))
+                 and coded_as(codes, v.observation.code)]
         page = found[q.offset:q.offset + q.count]
         return SearchResult([observation_to_fhir(v) for v in page], len(found))
+
+
+def loinc_codes(q: Query) -> list[Token] | None:
+    """The ``code`` alternatives of a lab search (comma: or), or None without ``code``.
+    labvault's tests are LOINC codes: another system is refused, not answered with 0."""
+    value = q.one("code")
+    return None if value is None else tokens_in("code", value, (ids.LOINC_SYSTEM,))
+
+
+def coded_as(codes: list[Token] | None, *loinc: str) -> bool:
+    """Whether a resource coded with these LOINC codes matches the ``code`` search
+    (``http://loinc.org|`` matches any of them)."""
+    return codes is None or any(t.matches(ids.LOINC_SYSTEM, c) for t in codes for c in loinc)
 
 
 # -- DiagnosticReport -----------------------------------------------------------------------
@@ -537,7 +545,7 @@ class DiagnosticReportHandler:
         from labvault.interop.fhir.server import SearchResult, tenant_of
         patient_id = patient_param(q, required=True)
         status = q.one("status")
-        code = q.one("code")
+        codes = loinc_codes(q)
         since, until = date_window("date", q.params.get("date") or [])
         reports = self.lv.lab.list_reports(actor, tenant_of(actor), patient_id=patient_id,
                                            limit=10_000)
@@ -545,7 +553,7 @@ class DiagnosticReportHandler:
         for r in reports:
             if status is not None and r.status not in status.split(","):
                 continue
-            if code is not None and split_token(code)[1] not in ("11502-2", *r.tests):
+            if not coded_as(codes, REPORT_LOINC, *r.tests):
                 continue
             when = r.created_at if r.created_at.tzinfo else r.created_at.replace(tzinfo=UTC)
             if (since and when < since) or (until and when >= until):

@@ -1,6 +1,7 @@
 """The FHIR R4 search values labvault understands (http://hl7.org/fhir/R4/search.html):
-dates with their implicit ranges. One parser for every resource, so that ``date`` means
-the same on Observation, DiagnosticReport and AuditEvent.
+dates with their implicit ranges, tokens (``system|code``) and comma-separated "or"
+lists. One parser for every resource, so that ``date`` or a token means the same on
+every resource.
 
 A value labvault cannot read exactly is a ``400`` naming its parameter: a misread
 value would silently widen or empty the search.
@@ -9,10 +10,15 @@ value would silently widen or empty the search.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
+from typing import TypeVar
 
+from labvault.errors import InvalidField
 from labvault.interop.fhir.outcome import FhirError
+
+T = TypeVar("T")
 
 DATE_PREFIXES = ("eq", "ge", "gt", "le", "lt")
 _DATE = re.compile(
@@ -113,3 +119,92 @@ def date_window(name: str, values: list[str]) -> tuple[datetime | None, datetime
         if high is not None and (until is None or high < until):
             until = high
     return since, until
+
+
+@dataclass(frozen=True)
+class Token:
+    """One token value (search.html#token): ``code`` (any system), ``system|code``,
+    ``|code`` (explicitly no system) or ``system|`` (any code of that system)."""
+
+    system: str | None    # None: any system; "": no system
+    code: str | None      # None: any code of ``system``
+
+    def matches(self, system: str, code: str) -> bool:
+        """Whether a stored coding (labvault's always carry a system) is this value."""
+        if self.system is not None and self.system != system:
+            return False
+        return self.code is None or self.code == code
+
+
+def _split(value: str, sep: str) -> list[str]:
+    """``value`` cut at each ``sep`` not escaped by a backslash (search.html#escaping);
+    escapes are kept for ``_unescape``."""
+    parts: list[str] = []
+    current: list[str] = []
+    chars = iter(value)
+    for c in chars:
+        if c == "\\":
+            current.append(c + next(chars, ""))
+        elif c == sep:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(c)
+    parts.append("".join(current))
+    return parts
+
+
+def _unescape(value: str) -> str:
+    return re.sub(r"\\(.)", r"\1", value)
+
+
+def any_of(name: str, value: str) -> list[str]:
+    """The comma-separated alternatives of one parameter ("or"), unescaped; an empty
+    alternative is a client error, not a wildcard."""
+    parts = _split(value, ",")
+    if any(not p for p in parts):
+        raise FhirError(400, "invalid", f"{name}: empty value in {value!r}", [name])
+    return [_unescape(p) for p in parts]
+
+
+def tokens(name: str, value: str) -> list[Token]:
+    """The token alternatives of ``name=value`` (comma: or)."""
+    out = []
+    for part in _split(value, ","):
+        pieces = _split(part, "|")
+        if not part or len(pieces) > 2 or part == "|":
+            raise FhirError(400, "invalid", f"{name}: {part!r} is not a token "
+                            "(code, system|code, |code or system|)", [name])
+        if len(pieces) == 1:
+            out.append(Token(None, _unescape(part)))
+        else:
+            system, code = (_unescape(p) for p in pieces)
+            out.append(Token(system, code or None))
+    return out
+
+
+def tokens_in(name: str, value: str, systems: Sequence[str]) -> list[Token]:
+    """The alternatives of a token parameter whose stored values all carry one of
+    ``systems``. Another system, or ``|code`` (no system), could only match nothing: it
+    is refused rather than answered with a misleading 0 (a code system confused with
+    another, a patient then registered twice)."""
+    out = tokens(name, value)
+    for t in out:
+        if t.system == "":
+            raise FhirError(400, "not-supported", f"{name}: |{t.code} asks for a value without "
+                            f"a system, and labvault's all have one ({', '.join(systems)}); "
+                            f"send {t.code} or system|{t.code}", [name])
+        if t.system is not None and t.system not in systems:
+            raise FhirError(400, "not-supported", f"{name}: system {t.system!r} is not "
+                            f"searchable here; use {', '.join(systems)}", [name])
+    return out
+
+
+def checked(name: str, check: Callable[[str, str], T], value: str) -> T:
+    """``value`` through a core validation rule; a failure is a 400 naming the search
+    parameter (422 is for the content of a resource)."""
+    try:
+        return check(value, name)
+    except InvalidField as exc:
+        hint = f" ({exc.hint})" if exc.hint else ""
+        raise FhirError(400, "invalid", f"{name}: {exc.rule}{hint}", [name]) from None

@@ -18,12 +18,14 @@ from datetime import date
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlencode
 
+from labvault.domain import validation
 from labvault.domain.actors import Actor
 from labvault.domain.categories import Category
-from labvault.errors import AccessDenied, InvalidRecord, NotFound, UserError
+from labvault.errors import InvalidField, InvalidRecord, NotFound, UserError
 from labvault.interop.fhir import ids
 from labvault.interop.fhir import mapping as m
 from labvault.interop.fhir.outcome import FhirError, from_user_error, issue
+from labvault.interop.fhir.search import Token, any_of, checked, tokens_in
 from labvault.interop.fhir.validate import SUPPORTED, validate
 from labvault.services.practitioners import PractitionerService
 
@@ -93,14 +95,6 @@ def parse_date_param(name: str, value: str) -> tuple[str, str]:
     return mt.group(1) or "eq", mt.group(2)
 
 
-def split_token(value: str) -> tuple[str | None, str]:
-    """``system|code`` -> (system, code); ``code`` -> (None, code)."""
-    if "|" in value:
-        system, _, code = value.partition("|")
-        return system or None, code
-    return None, value
-
-
 # -- Patient ------------------------------------------------------------------------------
 class PatientHandler:
     rtype = "Patient"
@@ -144,18 +138,9 @@ class PatientHandler:
     def find_ids(self, actor: Actor, q: Query) -> list[str]:
         tenant = tenant_of(actor)
         sets: list[list[str]] = []
-        if "_id" in q.params:
-            wanted = [ids.from_fhir(v, "pt") for v in ",".join(q.params["_id"]).split(",")]
-            found = []
-            for pid in wanted:
-                if pid is None:
-                    continue
-                try:
-                    self.lv.patients.tenant_of(actor, pid)
-                except NotFound:
-                    continue
-                found.append(pid)
-            sets.append(found)
+        id_list = q.one("_id")
+        if id_list is not None:
+            sets.append(self._by_id(actor, any_of("_id", id_list)))
         identifier = q.one("identifier")
         if identifier is not None:
             sets.append(self._by_identifier(actor, tenant, identifier))
@@ -189,34 +174,58 @@ class PatientHandler:
             result = [p for p in result if p in other]
         return result
 
+    def _by_id(self, actor: Actor, fhir_ids: list[str]) -> list[str]:
+        """The records among ``fhir_ids`` (comma: or) that exist in the actor's laboratory."""
+        found = []
+        for pid in (ids.from_fhir(f, "pt") for f in fhir_ids):
+            if pid is None or pid in found:
+                continue
+            try:
+                self.lv.patients.tenant_of(actor, pid)
+            except NotFound:
+                continue
+            found.append(pid)
+        return found
+
     def _by_identifier(self, actor: Actor, tenant: str, value: str) -> list[str]:
-        system, code = split_token(value)
-        if not code:
-            raise FhirError(400, "invalid", "identifier needs a value", ["identifier"])
-        try:
-            if system in (ids.NIR_SYSTEM, ids.INS_NIA_SYSTEM):
-                return self.lv.patients.find(actor, tenant, nir=code)
-            if system == ids.EXTERNAL_ID_SYSTEM:
-                return self.lv.patients.find(actor, tenant, external_id=code)
-            if system is None:
-                try:
-                    return self.lv.patients.find(actor, tenant, nir=code)
-                except AccessDenied:
-                    raise
-                except UserError:
-                    return self.lv.patients.find(actor, tenant, external_id=code)
-        except AccessDenied:
-            raise
-        except UserError:
-            return []   # a malformed NIR matches nobody
-        raise FhirError(400, "not-supported", f"identifier system {system!r} is not searchable; "
-                        f"use {ids.NIR_SYSTEM}, {ids.INS_NIA_SYSTEM} or {ids.EXTERNAL_ID_SYSTEM}",
-                        ["identifier"])
+        """Patients with any of the identifiers (comma: or). Every value is checked before
+        the first lookup: a malformed one is a 400, never a silently shorter answer."""
+        lookups = [identifier_lookup(t) for t in
+                   tokens_in("identifier", value, PATIENT_IDENTIFIER_SYSTEMS)]
+        found: list[str] = []
+        for by_nir, code in lookups:
+            pids = (self.lv.patients.find(actor, tenant, nir=code) if by_nir
+                    else self.lv.patients.find(actor, tenant, external_id=code))
+            found.extend(p for p in pids if p not in found)
+        return found
 
     def search(self, actor: Actor, q: Query) -> SearchResult:
         found = self.find_ids(actor, q)
         page = found[q.offset:q.offset + q.count]
         return SearchResult([self.read(actor, ids.to_fhir(p)) for p in page], len(found))
+
+
+PATIENT_IDENTIFIER_SYSTEMS = (ids.NIR_SYSTEM, ids.INS_NIA_SYSTEM, ids.EXTERNAL_ID_SYSTEM)
+
+
+def identifier_lookup(token: Token) -> tuple[bool, str]:
+    """(by NIR?, value) for one Patient identifier value; a NIR is checked here (control
+    key) so that a typo is answered as one."""
+    code = (token.code or "").strip()
+    if token.code is None:
+        raise FhirError(400, "not-supported", f"identifier={token.system}| would list every "
+                        "patient with such an identifier (not offered); send system|value",
+                        ["identifier"])
+    if not code:
+        raise FhirError(400, "invalid", "identifier needs a value", ["identifier"])
+    if token.system in (ids.NIR_SYSTEM, ids.INS_NIA_SYSTEM):
+        return True, checked("identifier", validation.nir, code)
+    if token.system == ids.EXTERNAL_ID_SYSTEM:
+        return False, code
+    try:        # no system: a NIR when it reads as one, else the laboratory's own id
+        return True, validation.nir(code, "identifier")
+    except InvalidField:
+        return False, code
 
 
 def keep_all_categories(current: Mapping[str, Any]) -> dict[str, Any]:
@@ -263,21 +272,19 @@ class PractitionerHandler:
             raise not_found(self.rtype, fhir_id) from None
 
     def search(self, actor: Actor, q: Query) -> SearchResult:
-        rpps = None
         identifier = q.one("identifier")
-        if identifier is not None:
-            system, rpps = split_token(identifier)
-            if system not in (None, ids.RPPS_SYSTEM):
-                raise FhirError(400, "not-supported", f"Practitioner identifiers are RPPS "
-                                f"numbers ({ids.RPPS_SYSTEM})", ["identifier"])
-            try:
-                from labvault.domain.validation import rpps as check_rpps
-                check_rpps(rpps, "identifier")
-            except UserError:
-                return SearchResult([], 0)
+        rpps = None if identifier is None else [
+            self._rpps(t) for t in tokens_in("identifier", identifier, (ids.RPPS_SYSTEM,))]
         rows, total = self.svc.find(actor, rpps=rpps, offset=q.offset, limit=q.count,
                                     tenant_id=tenant_of(actor))
         return SearchResult([m.practitioner_to_fhir(r) for r in rows], total)
+
+    @staticmethod
+    def _rpps(token: Token) -> str:
+        if token.code is None:
+            raise FhirError(400, "not-supported", "identifier needs an RPPS number (no "
+                            "parameter lists the laboratory's directory)", ["identifier"])
+        return checked("identifier", validation.rpps, token.code)
 
 
 # -- Coverage -----------------------------------------------------------------------------
