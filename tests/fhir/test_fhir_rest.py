@@ -175,6 +175,15 @@ def test_identifier_search_ors_commas_and_refuses_malformed_values(server: Runni
         assert oo["issue"][0]["expression"] == ["identifier"], bad
 
 
+def test_an_invalid_birthdate_is_a_400_naming_it(server: Running) -> None:
+    """A search value, not resource content: 400 (not the core's 422 ``birth_date``)."""
+    for birth in ("1949-02-31", "1949-13-01", "2990-01-01", "1850-01-01", "1949",
+                  "1949-02-28T10:00:00Z", "gt1949-02-28", "", "02/28/1949"):
+        oo = refused(server, "Patient", family="Lemonnier", given="Noemi", birthdate=birth)
+        assert oo["issue"][0]["expression"] == ["birthdate"], birth
+        assert "birth_date" not in oo["issue"][0]["diagnostics"], birth
+
+
 def test_paging_follows_next_links(server: Running) -> None:
     client = server.client()
     base = next(people(1, seed=7))

@@ -25,7 +25,7 @@ from labvault.errors import InvalidField, InvalidRecord, NotFound, UserError
 from labvault.interop.fhir import ids
 from labvault.interop.fhir import mapping as m
 from labvault.interop.fhir.outcome import FhirError, from_user_error, issue
-from labvault.interop.fhir.search import Token, any_of, checked, tokens_in
+from labvault.interop.fhir.search import Token, any_of, checked, parse_date, tokens_in
 from labvault.interop.fhir.validate import SUPPORTED, validate
 from labvault.services.practitioners import PractitionerService
 
@@ -37,7 +37,6 @@ DEFAULT_COUNT = 20
 MAX_COUNT = 100
 MAX_BUNDLE_ENTRIES = 1000
 COMMON_PARAMS = frozenset({"_count", "_offset", "_format", "_total", "_totalMethod"})
-_DATE = re.compile(r"(eq|ne|gt|lt|ge|le|sa|eb|ap)?(\d{4}(-\d{2}(-\d{2})?)?)(T.*)?")
 
 
 @dataclass
@@ -86,13 +85,14 @@ def not_found(rtype: str, fhir_id: str) -> FhirError:
     return FhirError(404, "not-found", f"{rtype}/{fhir_id} is not known", [rtype])
 
 
-def parse_date_param(name: str, value: str) -> tuple[str, str]:
-    """``[prefix]YYYY[-MM[-DD]]`` -> (prefix, date text)."""
-    mt = _DATE.fullmatch(value)
-    if not mt:
-        raise FhirError(400, "invalid", f"{name}: {value!r} is not a FHIR date "
-                        "([eq|gt|ge|lt|le]YYYY-MM-DD)", [name])
-    return mt.group(1) or "eq", mt.group(2)
+def birth_date_param(value: str) -> date:
+    """``birthdate``: one full date without comparator (the index holds the exact date),
+    a real calendar day that passes the core's birth date rule -- else a 400 naming it."""
+    when = parse_date("birthdate", value)
+    if when.prefix != "eq" or when.precision != "day":
+        raise FhirError(400, "not-supported", "birthdate must be a full date "
+                        "(YYYY-MM-DD) without a comparator", ["birthdate"])
+    return checked("birthdate", validation.birth_date, when.start.date().isoformat())
 
 
 # -- Patient ------------------------------------------------------------------------------
@@ -145,25 +145,8 @@ class PatientHandler:
         if identifier is not None:
             sets.append(self._by_identifier(actor, tenant, identifier))
         family, given, birth = q.one("family"), q.one("given"), q.one("birthdate")
-        if family or given or birth:
-            if not (family and given and birth):
-                raise FhirError(400, "not-supported",
-                                "Patient search by name needs family, given and birthdate "
-                                "together (names are found through a keyed index of "
-                                "name + first name + birth date); or search by identifier",
-                                ["family", "given", "birthdate"])
-            prefix, day = parse_date_param("birthdate", birth)
-            if prefix != "eq" or len(day) != 10:
-                raise FhirError(400, "not-supported", "birthdate must be a full date "
-                                "(YYYY-MM-DD) without a comparator", ["birthdate"])
-            found_names: list[str] = []
-            for fam in family.split(","):
-                for giv in given.split(","):
-                    for pid in self.lv.patients.find(actor, tenant, birth_name=fam,
-                                                     first_name=giv, birth_date=day):
-                        if pid not in found_names:
-                            found_names.append(pid)
-            sets.append(found_names)
+        if family is not None or given is not None or birth is not None:
+            sets.append(self._by_name(actor, tenant, family, given, birth))
         if not sets:
             raise FhirError(400, "not-supported",
                             "a Patient search needs identifier=system|value, or family + given "
@@ -173,6 +156,25 @@ class PatientHandler:
         for other in sets[1:]:
             result = [p for p in result if p in other]
         return result
+
+    def _by_name(self, actor: Actor, tenant: str, family: str | None, given: str | None,
+                 birth: str | None) -> list[str]:
+        """Patients by (birth or used) name + first name + birth date: the one name key of
+        the blind indexes (``name_dob``); comma alternatives of family and given are ORed."""
+        if family is None or given is None or birth is None:
+            raise FhirError(400, "not-supported",
+                            "Patient search by name needs family, given and birthdate "
+                            "together (names are found through a keyed index of "
+                            "name + first name + birth date); or search by identifier",
+                            ["family", "given", "birthdate"])
+        born = birth_date_param(birth)
+        found: list[str] = []
+        for fam in any_of("family", family):
+            for giv in any_of("given", given):
+                pids = self.lv.patients.find(actor, tenant, birth_name=fam, first_name=giv,
+                                             birth_date=born)
+                found.extend(p for p in pids if p not in found)
+        return found
 
     def _by_id(self, actor: Actor, fhir_ids: list[str]) -> list[str]:
         """The records among ``fhir_ids`` (comma: or) that exist in the actor's laboratory."""
