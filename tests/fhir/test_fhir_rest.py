@@ -184,6 +184,46 @@ def test_an_invalid_birthdate_is_a_400_naming_it(server: Running) -> None:
         assert "birth_date" not in oo["issue"][0]["diagnostics"], birth
 
 
+def test_name_search_says_what_it_cannot_match(server: Running) -> None:
+    """Only the first given name is indexed and names match whole: an empty answer says so
+    (an OperationOutcome entry, search mode outcome) instead of a bare 0; modifiers the
+    index cannot honour (``:exact``) are refused, not ignored."""
+    p = dict(next(people(1, seed=15)), first_names=["Noémi", "Océane"])
+    created = server.client().resource("Patient", **fhir_patient(p))
+    created.save()
+    family, born = p["birth_name"], p["birth_date"]
+
+    def search(**params: str) -> dict[str, Any]:
+        r = httpx.get(f"{server.url}/Patient", headers=HDR, params=params)
+        assert r.status_code == 200, (params, r.text)
+        validate_r4b(r.json())
+        return dict(r.json())
+
+    def outcomes(bundle: dict[str, Any]) -> list[dict[str, Any]]:
+        return [e["resource"] for e in bundle.get("entry", [])
+                if e["search"]["mode"] == "outcome"]
+
+    hit = search(family=family, given="noemi", birthdate=born)
+    assert hit["total"] == 1 and outcomes(hit) == []
+    assert [e["resource"]["id"] for e in hit["entry"]] == [created["id"]]
+    for miss in (search(family=family, given="Océane", birthdate=born),     # second first name
+                 search(family=family[:3], given="Noémi", birthdate=born),  # start of the name
+                 search(family=family, given="Océane", birthdate=born, _count="0")):
+        assert miss["total"] == 0
+        [oo] = outcomes(miss)
+        assert oo["issue"][0]["severity"] == "warning"
+        assert oo["issue"][0]["expression"] == ["family", "given"]
+        assert "first given name" in oo["issue"][0]["diagnostics"]
+    # a FHIR client library keeps the outcome apart from the matches
+    assert server.client().resources("Patient").search(
+        family=family, given="Océane", birthdate=born).fetch() == []
+    for modifier in ("family:exact", "given:exact", "family:contains", "given:missing"):
+        r = httpx.get(f"{server.url}/Patient", headers=HDR, params=[
+            (modifier, family.lower()), ("given", "Noémi"), ("birthdate", born)])
+        assert r.status_code == 400, (modifier, r.text)
+        assert outcome(r)["issue"][0]["expression"] == [modifier], modifier
+
+
 def test_paging_follows_next_links(server: Running) -> None:
     client = server.client()
     base = next(people(1, seed=7))

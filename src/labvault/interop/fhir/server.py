@@ -43,6 +43,7 @@ COMMON_PARAMS = frozenset({"_count", "_offset", "_format", "_total", "_totalMeth
 class SearchResult:
     resources: list[dict[str, Any]]
     total: int
+    notes: list[dict[str, Any]] = field(default_factory=list)  # OperationOutcome issues
 
 
 @dataclass
@@ -204,9 +205,26 @@ class PatientHandler:
     def search(self, actor: Actor, q: Query) -> SearchResult:
         found = self.find_ids(actor, q)
         page = found[q.offset:q.offset + q.count]
-        return SearchResult([self.read(actor, ids.to_fhir(p)) for p in page], len(found))
+        # An empty name search is where the index's limits mislead (a second first name,
+        # the start of a name): said in the Bundle, before a duplicate is registered.
+        notes = [NAME_SEARCH_LIMITS] if not found and "given" in q.params else []
+        return SearchResult([self.read(actor, ids.to_fhir(p)) for p in page], len(found), notes)
 
 
+# Names are found through the ``name_dob`` blind index: folded birth (or used) name +
+# folded FIRST first name + birth date. Indexing every first name was not chosen: rows
+# of patients already registered hold the first one only and cannot be recomputed without
+# unsealing every record (no migration can: it has no keys), breach triage and the
+# documented index (docs/security-model.md) use the first first name as identity
+# vigilance does, and one row per first name would tell a stolen database how many first
+# names each patient has.
+NAME_SEARCH_LIMITS = issue(
+    "informational", "no patient found with this family name (whole birth or used name) + "
+    "FIRST given name + birth date. Names are compared whole after folding (case, accents, "
+    "spaces, punctuation), not as 'starts with', and only the first given name is indexed: "
+    "a patient registered as 'Noémi Océane' is found with given=Noémi, not given=Océane. "
+    "Search by identifier (NIR/INS) before registering the patient as new.",
+    ["family", "given"], severity="warning")
 PATIENT_IDENTIFIER_SYSTEMS = (ids.NIR_SYSTEM, ids.INS_NIA_SYSTEM, ids.EXTERNAL_ID_SYSTEM)
 
 
@@ -421,7 +439,7 @@ class FhirServer:
         params: dict[str, list[str]] = {}
         for k, v in items:
             name = k.split(":", 1)[0]
-            if k != name and not (name in ("family", "given") and k.endswith(":exact")):
+            if k != name:   # :exact, :contains, :missing...: the indexes cannot honour them
                 raise FhirError(400, "not-supported", f"search modifier {k!r} is not supported",
                                 [k])
             if name not in h.search_params and name not in COMMON_PARAMS:
@@ -454,9 +472,9 @@ class FhirServer:
         if q.count == 0:
             # _count=0: only the total
             res = h.search(actor, Query(q.params, 1, 0, q.raw))
-            return searchset(base, rtype, q, [], res.total)
+            return searchset(base, rtype, q, [], res.total, res.notes)
         res = h.search(actor, q)
-        return searchset(base, rtype, q, res.resources, res.total)
+        return searchset(base, rtype, q, res.resources, res.total, res.notes)
 
     # -- transaction Bundles ------------------------------------------------------------
     def transaction(self, actor: Actor, bundle: object, base: str) -> dict[str, Any]:
@@ -684,7 +702,10 @@ def _path_of(node: Any, reference: str, path: str = "") -> str:
 
 
 def searchset(base: str, rtype: str, q: Query, resources: list[dict[str, Any]],
-              total: int) -> dict[str, Any]:
+              total: int, notes: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+    """The Bundle of one page; ``notes`` (warnings about the search) come as an
+    OperationOutcome entry with ``search.mode = outcome`` (R4 search.html#errors), which
+    clients keep apart from the matches."""
     def link(offset: int) -> str:
         return f"{base}/{rtype}?" + urlencode([*q.raw, ("_count", str(q.count)),
                                                ("_offset", str(offset))])
@@ -696,7 +717,10 @@ def searchset(base: str, rtype: str, q: Query, resources: list[dict[str, Any]],
     return {"resourceType": "Bundle", "id": str(uuid.uuid4()), "type": "searchset",
             "total": total, "link": links,
             "entry": [{"fullUrl": f"{base}/{rtype}/{r['id']}", "resource": r,
-                       "search": {"mode": "match"}} for r in resources]}
+                       "search": {"mode": "match"}} for r in resources]
+            + ([{"fullUrl": f"urn:uuid:{uuid.uuid4()}",
+                 "resource": {"resourceType": "OperationOutcome", "issue": list(notes)},
+                 "search": {"mode": "outcome"}}] if notes else [])}
 
 
 def dumps(obj: Mapping[str, Any]) -> bytes:
