@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -250,6 +251,31 @@ def test_paging_follows_next_links(server: Running) -> None:
                   params={"family": base["birth_name"], "given": base["first_names"][0],
                           "birthdate": base["birth_date"], "_count": "100000"})
     assert r.status_code == 200 and len(r.json()["entry"]) == 5
+
+
+def test_paging_parameters_are_checked_and_previous_stays_in_range(server: Running) -> None:
+    rpps = ("10291417771", "10988399506", "10000000009")
+    for number in rpps:
+        server.client().resource("Practitioner", identifier=[
+            {"system": ids.RPPS_SYSTEM, "value": number}], name=[{"text": f"Dr {number}"}]).save()
+    for name, value in (("_count", "-5"), ("_offset", "-3"), ("_count", "many"),
+                        ("_offset", "1.5"), ("_offset", "")):
+        oo = refused(server, "Practitioner", identifier=",".join(rpps), **{name: value})
+        assert oo["issue"][0]["expression"] == [name], (name, value)
+
+    def links(offset: int) -> dict[str, int]:
+        r = httpx.get(f"{server.url}/Practitioner", headers=HDR,
+                      params={"identifier": ",".join(rpps), "_count": "2",
+                              "_offset": str(offset)})
+        assert r.status_code == 200 and r.json()["total"] == 3, r.text
+        return {link["relation"]: int(parse_qs(urlsplit(link["url"]).query)["_offset"][0])
+                for link in r.json()["link"]}
+
+    assert links(0) == {"self": 0, "next": 2}
+    assert links(1) == {"self": 1, "previous": 0}
+    assert links(2) == {"self": 2, "previous": 0}
+    assert links(3) == {"self": 3, "previous": 1}
+    assert links(100) == {"self": 100, "previous": 2}   # the last page with matches
 
 
 def transaction_bundle(p: dict[str, Any]) -> dict[str, Any]:

@@ -447,16 +447,8 @@ class FhirServer:
                                 f"{rtype} search parameter {name!r} is not supported; supported: "
                                 + ", ".join(sorted(h.search_params)), [name])
             params.setdefault(name, []).append(v)
-        count = DEFAULT_COUNT
-        offset = 0
-        try:
-            if "_count" in params:
-                count = max(0, min(MAX_COUNT, int(params["_count"][-1])))
-            if "_offset" in params:
-                offset = max(0, int(params["_offset"][-1]))
-        except ValueError:
-            raise FhirError(400, "invalid", "_count and _offset must be integers",
-                            ["_count"]) from None
+        count = min(MAX_COUNT, paging_number(params, "_count", DEFAULT_COUNT))
+        offset = paging_number(params, "_offset", 0)
         fmt = (params.get("_format") or ["json"])[-1]
         if "json" not in fmt:
             raise FhirError(406, "not-supported", "only JSON is served", ["_format"])
@@ -713,7 +705,8 @@ def searchset(base: str, rtype: str, q: Query, resources: list[dict[str, Any]],
     if q.count and q.offset + q.count < total:
         links.append({"relation": "next", "url": link(q.offset + q.count)})
     if q.count and q.offset > 0:
-        links.append({"relation": "previous", "url": link(max(0, q.offset - q.count))})
+        links.append({"relation": "previous",
+                      "url": link(previous_offset(q.offset, q.count, total))})
     return {"resourceType": "Bundle", "id": str(uuid.uuid4()), "type": "searchset",
             "total": total, "link": links,
             "entry": [{"fullUrl": f"{base}/{rtype}/{r['id']}", "resource": r,
@@ -721,6 +714,28 @@ def searchset(base: str, rtype: str, q: Query, resources: list[dict[str, Any]],
             + ([{"fullUrl": f"urn:uuid:{uuid.uuid4()}",
                  "resource": {"resourceType": "OperationOutcome", "issue": list(notes)},
                  "search": {"mode": "outcome"}}] if notes else [])}
+
+
+def paging_number(params: Mapping[str, list[str]], name: str, default: int) -> int:
+    """``_count`` or ``_offset`` (the last one given): a whole number, 0 or more. A negative
+    one is refused rather than read as 0: ``_count=-5`` would silently mean "only the
+    total"."""
+    values = params.get(name)
+    if not values:
+        return default
+    if not re.fullmatch(r"-?\d{1,9}", values[-1]):
+        raise FhirError(400, "invalid", f"{name} must be a whole number", [name])
+    number = int(values[-1])
+    if number < 0:
+        raise FhirError(400, "invalid", f"{name} must be 0 or more (got {number})", [name])
+    return number
+
+
+def previous_offset(offset: int, count: int, total: int) -> int:
+    """Where the page before ``offset`` starts; from past the end, the last page that has
+    matches (a 'previous' page past the end would hold nothing either)."""
+    last_page = (total - 1) // count * count if total else 0
+    return max(0, min(offset - count, last_page))
 
 
 def dumps(obj: Mapping[str, Any]) -> bytes:
