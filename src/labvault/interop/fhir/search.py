@@ -92,7 +92,7 @@ def _implicit_range(prefix: str, mt: re.Match[str], fraction: str) -> SearchDate
     year, month, day = int(mt["year"]), int(mt["month"] or 1), int(mt["day"] or 1)
     if mt["hour"] is not None:
         local = datetime(year, month, day, int(mt["hour"]), int(mt["minute"]),
-                         int(mt["second"]), int(fraction.ljust(6, "0") or 0),
+                         int(mt["second"]), int(fraction.ljust(MAX_FRACTION_DIGITS, "0")),
                          tzinfo=_zone(mt["zone"]))
         width = timedelta(microseconds=10 ** (MAX_FRACTION_DIGITS - len(fraction)))
         start = local.astimezone(UTC)

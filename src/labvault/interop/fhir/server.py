@@ -231,11 +231,11 @@ PATIENT_IDENTIFIER_SYSTEMS = (ids.NIR_SYSTEM, ids.INS_NIA_SYSTEM, ids.EXTERNAL_I
 def identifier_lookup(token: Token) -> tuple[bool, str]:
     """(by NIR?, value) for one Patient identifier value; a NIR is checked here (control
     key) so that a typo is answered as one."""
-    code = (token.code or "").strip()
     if token.code is None:
         raise FhirError(400, "not-supported", f"identifier={token.system}| would list every "
                         "patient with such an identifier (not offered); send system|value",
                         ["identifier"])
+    code = token.code.strip()
     if not code:
         raise FhirError(400, "invalid", "identifier needs a value", ["identifier"])
     if token.system in (ids.NIR_SYSTEM, ids.INS_NIA_SYSTEM):
