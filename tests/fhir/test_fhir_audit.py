@@ -6,7 +6,7 @@ written; the DPO's own searches are audited; another laboratory's entries are un
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import httpx
 import pytest
@@ -87,9 +87,11 @@ def test_only_the_dpo_and_only_reads(server: Running) -> None:
         assert r.json()["issue"][0]["code"] == "forbidden"
     r = httpx.get(server.url + "/AuditEvent", headers=_hdr(DPO_TOKEN))
     assert r.status_code == 400 and "names patient" in r.text
-    r = httpx.get(server.url + "/AuditEvent", headers=_hdr(DPO_TOKEN),
-                  params={"agent": "http://other|acc_test"})
-    assert r.status_code == 400
+    for agent in ("http://other|acc_test", "acc_test,acc_dpo", "|acc_test"):
+        r = httpx.get(server.url + "/AuditEvent", headers=_hdr(DPO_TOKEN),
+                      params={"agent": agent})
+        assert r.status_code == 400, agent      # one account at a time, never a silent 0
+        assert r.json()["issue"][0]["expression"] == ["agent"]
     for method, path in (("POST", "/AuditEvent"), ("PUT", "/AuditEvent/ae-x")):
         r = httpx.request(method, server.url + path, headers={
             **_hdr(DPO_TOKEN), "Content-Type": "application/fhir+json"},
@@ -122,3 +124,33 @@ def test_another_laboratorys_entries_are_unknown(server: Running) -> None:
         == []
     with pytest.raises(OperationOutcome):
         dpo.resources("AuditEvent").search(patient="Practitioner/pr-x").fetch()
+
+
+def test_audit_date_is_an_instant_and_repeats_are_anded(server: Running) -> None:
+    """``date`` on AuditEvent is the same parser as on the lab resources: a time is
+    compared at its own precision (its timezone converted), repeats narrow."""
+    install_audit(server.lv)
+    fid, _ = _visit(server, 45)
+    dpo = server.client(DPO_TOKEN)
+
+    def ids_of(*dates: str) -> list[str]:
+        r = httpx.get(server.url + "/AuditEvent", headers=_hdr(DPO_TOKEN),
+                      params=[("patient", f"Patient/{fid}"), ("_count", "100"),
+                              *(("date", d) for d in dates)])
+        assert r.status_code == 200, (dates, r.text)
+        return [e["resource"]["id"] for e in r.json().get("entry", [])]
+
+    before = [e["id"] for e in dpo.resources("AuditEvent").search(
+        patient=f"Patient/{fid}").limit(100).fetch_all()]
+    assert len(before) >= 3
+    soon = datetime.now(UTC).replace(microsecond=0) + timedelta(minutes=1)
+    india = soon.astimezone(timezone(timedelta(hours=5, minutes=30)))
+    assert ids_of(f"ge{soon:%Y-%m-%dT%H:%M:%S}Z") == []
+    assert ids_of(f"ge{india.isoformat()}") == []
+    assert ids_of(f"lt{soon:%Y-%m-%dT%H:%M:%S}Z")[:len(before)] == before
+    assert ids_of(f"lt{india.isoformat()}")[:len(before)] == before
+    assert ids_of("le2020-01-01", "le2100-01-01") == []
+    assert ids_of("le2100-01-01", "le2020-01-01") == []
+    r = httpx.get(server.url + "/AuditEvent", headers=_hdr(DPO_TOKEN),
+                  params={"patient": f"Patient/{fid}", "date": "2026-11-29T05:19:30"})
+    assert r.status_code == 400 and r.json()["issue"][0]["expression"] == ["date"]

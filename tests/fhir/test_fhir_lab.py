@@ -4,6 +4,7 @@ back and searched with fhirpy; an invalid result makes the whole visit fail."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -192,3 +193,120 @@ def test_a_dangling_reference_in_the_fourth_result_names_that_entry(server: Runn
     assert [i["expression"] for i in r.json()["issue"]] == [
         ["Bundle.entry[6].resource.subject.reference"]]
     assert counts(server) == before
+
+
+# The instant the visit below is recorded (results and report): date searches compare
+# stored instants with the implicit range of the searched value.
+RECORDED = datetime(2026, 11, 29, 5, 19, 30, 250000, tzinfo=UTC)
+
+
+def recorded_visit(srv: Running, seed: int) -> str:
+    """A visit (5 results, 1 report) recorded at ``RECORDED``: the patient's FHIR id."""
+    srv.lv.now = lambda: RECORDED  # type: ignore[method-assign]
+    r = post(srv, visit_bundle(next(people(1, seed=seed)), seed))
+    assert r.status_code == 200, r.text
+    return str(r.json()["entry"][0]["response"]["location"].split("/")[1])
+
+
+def found(srv: Running, rtype: str, pid: str, dates: list[str]) -> int:
+    r = httpx.get(f"{srv.url}/{rtype}", headers=HDR,
+                  params=[("patient", f"Patient/{pid}"), *(("date", d) for d in dates)])
+    assert r.status_code == 200, (dates, r.text)
+    validate_r4b(r.json())
+    return int(r.json()["total"])
+
+
+# (date values, whether the visit recorded at 2026-11-29T05:19:30.25Z matches)
+DATE_CASES: list[tuple[list[str], bool]] = [
+    # a time is compared at its own precision, not read as its whole day
+    (["lt2026-11-29T23:00:00Z"], True),
+    (["ge2026-11-29T23:00:00Z"], False),
+    (["2026-11-29T05:19:30Z"], True),            # that second
+    (["2026-11-29T05:19:31Z"], False),
+    (["gt2026-11-29T05:19:29Z"], True),
+    (["gt2026-11-29T05:19:30Z"], False),         # after the end of that second
+    (["le2026-11-29T05:19:30Z"], True),
+    (["lt2026-11-29T05:19:30Z"], False),
+    (["2026-11-29T05:19:30.25Z"], True),         # that hundredth of a second
+    (["lt2026-11-29T05:19:30.250Z"], False),
+    (["2026-11-29T05:19:30.251Z"], False),
+    # a timezone is converted to UTC
+    (["lt2026-11-29T06:19:30+01:00"], False),
+    (["le2026-11-29T06:19:30+01:00"], True),
+    (["2026-11-29T00:49:30-04:30"], True),
+    (["lt2026-11-28T23:30:00-06:00"], True),     # 05:30Z, the next day in UTC
+    # a date without time is its UTC day, month or year, as before
+    (["2026-11-29"], True), (["2026-11"], True), (["2026"], True), (["2026-11-28"], False),
+    (["gt2026-11-28"], True), (["gt2026-11"], False), (["le2026-11-28"], False),
+    # repeats are ANDed: the tighter bound wins, in any order
+    (["le2020-01-01", "le2030-01-01"], False),
+    (["le2030-01-01", "le2020-01-01"], False),
+    (["ge2026-01-01", "ge2026-11-29T06:00:00Z"], False),
+    (["ge2026-11-29T06:00:00Z", "ge2026-01-01"], False),
+    (["ge2026-11-29", "lt2026-11-30"], True),
+    (["ge2026-11-29T05:00:00Z", "lt2026-11-29T05:19:00Z"], False),
+    (["2026-11-29", "2026-11-28"], False),       # eq twice, two days: nothing
+    (["2026-11-28", "2026-11-29"], False),
+    (["2026-11-29", "2026-11"], True),
+]
+
+
+@pytest.mark.parametrize("rtype", ["Observation", "DiagnosticReport"])
+def test_date_search_compares_instants_and_ands_repeats(server: Running, rtype: str) -> None:
+    pid = recorded_visit(server, 24)
+    every = 5 if rtype == "Observation" else 1
+    wrong = [(dates, hit) for dates, hit in DATE_CASES
+             if found(server, rtype, pid, dates) != (every if hit else 0)]
+    assert wrong == []
+
+
+def test_unreadable_dates_are_refused_naming_the_parameter(server: Running) -> None:
+    pid = "pt-0000000000000000000000000v"
+    for value in ("2026-11-29T05:19:30",            # a time without timezone: which instant?
+                  "2026-11-29T05:19Z", "2026-11-29T25:00:00Z", "2026-02-30",
+                  "2026-11-29T05:19:30.1234567Z",    # finer than a stored instant
+                  "2026-11-29T05:19:30+01:70", "ne2026-11-29", "ap2026", "2026-11-29,2026-11-30",
+                  "yesterday"):
+        for rtype in ("Observation", "DiagnosticReport"):
+            r = httpx.get(f"{server.url}/{rtype}", headers=HDR,
+                          params={"patient": f"Patient/{pid}", "date": value})
+            assert r.status_code == 400, (rtype, value, r.text)
+            assert r.json()["issue"][0]["expression"] == ["date"], value
+
+
+def codes_found(srv: Running, rtype: str, pid: str, code: str) -> httpx.Response:
+    return httpx.get(f"{srv.url}/{rtype}", headers=HDR,
+                     params={"patient": f"Patient/{pid}", "code": code})
+
+
+def test_code_search_ors_commas_and_honours_the_system(server: Running) -> None:
+    pid = recorded_visit(server, 25)
+    loinc = ids.LOINC_SYSTEM
+
+    def obs_codes(code: str) -> list[str]:
+        r = codes_found(server, "Observation", pid, code)
+        assert r.status_code == 200, (code, r.text)
+        return sorted(e["resource"]["code"]["coding"][0]["code"] for e in r.json()["entry"])
+
+    def reports(code: str) -> int:
+        r = codes_found(server, "DiagnosticReport", pid, code)
+        assert r.status_code == 200, (code, r.text)
+        return int(r.json()["total"])
+
+    every = sorted(c for c, *_ in BLOOD_COUNT)
+    # comma = or, each value with or without its system
+    assert obs_codes("718-7,789-8") == ["718-7", "789-8"]
+    assert obs_codes(f"{loinc}|718-7,{loinc}|789-8") == ["718-7", "789-8"]
+    assert obs_codes(f"718-7,{loinc}|4544-3,2345-7") == ["4544-3", "718-7"]
+    assert obs_codes(f"{loinc}|") == every                     # any LOINC code
+    assert reports("11502-2,999-9") == 1
+    assert reports(f"{loinc}|11502-2") == 1
+    assert reports(f"{loinc}|") == 1
+    assert reports("2345-7,999-9") == 0
+    # another system, or "no system", is refused on both (labvault's codes are all LOINC)
+    for rtype in ("Observation", "DiagnosticReport"):
+        for bad in ("http://snomed.info/sct|718-7", "718-7,http://snomed.info/sct|789-8",
+                    "|718-7", "718-7,", "a|b|c", "|"):
+            r = codes_found(server, rtype, pid, bad)
+            assert r.status_code == 400, (rtype, bad, r.text)
+            assert r.json()["issue"][0]["expression"] == ["code"], (rtype, bad)

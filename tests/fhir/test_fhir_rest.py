@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -67,7 +68,7 @@ def test_create_read_search_patient_round_trip(server: Running) -> None:
         birthdate=p["birth_date"]).fetch()
     assert [r["id"] for r in by_name] == [created["id"]]
     assert client.resources("Patient").search(identifier=f"{ids.NIR_SYSTEM}|"
-                                              "185057800608436").fetch() == []
+                                              "185057800608491").fetch() == []
     # every read went through the gate and was audited
     audit = server.lv.gate.audit
     pid = ids.from_fhir(created["id"], "pt")
@@ -138,6 +139,110 @@ def test_practitioner_round_trip(server: Running) -> None:
     assert r.status_code == 200, r.text
 
 
+def ids_found(srv: Running, rtype: str, **params: str) -> list[str]:
+    r = httpx.get(f"{srv.url}/{rtype}", headers=HDR, params=params)
+    assert r.status_code == 200, (params, r.text)
+    return sorted(e["resource"]["id"] for e in r.json().get("entry", []))
+
+
+def refused(srv: Running, rtype: str, **params: str) -> dict[str, Any]:
+    """The OperationOutcome of a search answered 400."""
+    r = httpx.get(f"{srv.url}/{rtype}", headers=HDR, params=params)
+    assert r.status_code == 400, (params, r.text)
+    return outcome(r)
+
+
+def test_identifier_search_ors_commas_and_refuses_malformed_values(server: Running) -> None:
+    client = server.client()
+    a, b = people(2, seed=14)
+    made = []
+    for p in (a, b):
+        r = client.resource("Patient", **fhir_patient(p))
+        r.save()
+        made.append(r["id"])
+    both = sorted(made)
+    nir, ext = ids.NIR_SYSTEM, ids.EXTERNAL_ID_SYSTEM
+    assert ids_found(server, "Patient", identifier=f"{nir}|{a['nir']},{nir}|{b['nir']}") == both
+    assert ids_found(server, "Patient", identifier=f"{a['nir']},{ext}|{b['external_id']}") == both
+    assert ids_found(server, "Patient", identifier=f"{b['external_id']},{a['external_id']}") \
+        == both                                 # no system, not a NIR: the external id
+    assert ids_found(server, "Patient", identifier=f"{nir}|{a['nir']},{nir}|185057800608491") \
+        == [made[0]]                            # a well-formed NIR nobody has adds nobody
+    # one malformed value is a 400 naming the parameter, never a silently shorter answer
+    for bad in (f"{nir}|185057800608436",                     # control key
+                f"{nir}|{a['nir']},{nir}|185057800608436",
+                f"{nir}|{a['nir']},", f"|{a['nir']}", f"{nir}|", f"{nir}|{a['nir']}|x",
+                f"urn:x|1,{nir}|{a['nir']}"):
+        oo = refused(server, "Patient", identifier=bad)
+        assert oo["issue"][0]["expression"] == ["identifier"], bad
+
+    rpps = ids.RPPS_SYSTEM
+    doctors = []
+    for number in ("10291417771", "10988399506"):
+        pr = client.resource("Practitioner", identifier=[{"system": rpps, "value": number}],
+                             name=[{"text": f"Dr {number}"}])
+        pr.save()
+        doctors.append(pr["id"])
+    assert ids_found(server, "Practitioner", identifier=f"{rpps}|10291417771,10988399506") \
+        == sorted(doctors)
+    r = httpx.get(f"{server.url}/Practitioner", headers=HDR,
+                  params={"identifier": "10988399506,10291417771", "_count": "1"})
+    assert r.json()["total"] == 2 and len(r.json()["entry"]) == 1
+    for bad in ("10291417772", "10291417771,10291417772", f"{rpps}|", "|10291417771",
+                f"urn:x|10291417771,{rpps}|10988399506"):
+        oo = refused(server, "Practitioner", identifier=bad)
+        assert oo["issue"][0]["expression"] == ["identifier"], bad
+
+
+def test_an_invalid_birthdate_is_a_400_naming_it(server: Running) -> None:
+    """A search value, not resource content: 400 (not the core's 422 ``birth_date``)."""
+    for birth in ("1949-02-31", "1949-13-01", "2990-01-01", "1850-01-01", "1949",
+                  "1949-02-28T10:00:00Z", "gt1949-02-28", "", "02/28/1949"):
+        oo = refused(server, "Patient", family="Lemonnier", given="Noemi", birthdate=birth)
+        assert oo["issue"][0]["expression"] == ["birthdate"], birth
+        assert "birth_date" not in oo["issue"][0]["diagnostics"], birth
+
+
+def test_name_search_says_what_it_cannot_match(server: Running) -> None:
+    """Only the first given name is indexed and names match whole: an empty answer says so
+    (an OperationOutcome entry, search mode outcome) instead of a bare 0; modifiers the
+    index cannot honour (``:exact``) are refused, not ignored."""
+    p = dict(next(people(1, seed=15)), first_names=["Noémi", "Océane"])
+    created = server.client().resource("Patient", **fhir_patient(p))
+    created.save()
+    family, born = p["birth_name"], p["birth_date"]
+
+    def search(**params: str) -> dict[str, Any]:
+        r = httpx.get(f"{server.url}/Patient", headers=HDR, params=params)
+        assert r.status_code == 200, (params, r.text)
+        validate_r4b(r.json())
+        return dict(r.json())
+
+    def outcomes(bundle: dict[str, Any]) -> list[dict[str, Any]]:
+        return [e["resource"] for e in bundle.get("entry", [])
+                if e["search"]["mode"] == "outcome"]
+
+    hit = search(family=family, given="noemi", birthdate=born)
+    assert hit["total"] == 1 and outcomes(hit) == []
+    assert [e["resource"]["id"] for e in hit["entry"]] == [created["id"]]
+    for miss in (search(family=family, given="Océane", birthdate=born),     # second first name
+                 search(family=family[:3], given="Noémi", birthdate=born),  # start of the name
+                 search(family=family, given="Océane", birthdate=born, _count="0")):
+        assert miss["total"] == 0
+        [oo] = outcomes(miss)
+        assert oo["issue"][0]["severity"] == "warning"
+        assert oo["issue"][0]["expression"] == ["family", "given"]
+        assert "first given name" in oo["issue"][0]["diagnostics"]
+    # a FHIR client library keeps the outcome apart from the matches
+    assert server.client().resources("Patient").search(
+        family=family, given="Océane", birthdate=born).fetch() == []
+    for modifier in ("family:exact", "given:exact", "family:contains", "given:missing"):
+        r = httpx.get(f"{server.url}/Patient", headers=HDR, params=[
+            (modifier, family.lower()), ("given", "Noémi"), ("birthdate", born)])
+        assert r.status_code == 400, (modifier, r.text)
+        assert outcome(r)["issue"][0]["expression"] == [modifier], modifier
+
+
 def test_paging_follows_next_links(server: Running) -> None:
     client = server.client()
     base = next(people(1, seed=7))
@@ -164,6 +269,31 @@ def test_paging_follows_next_links(server: Running) -> None:
                   params={"family": base["birth_name"], "given": base["first_names"][0],
                           "birthdate": base["birth_date"], "_count": "100000"})
     assert r.status_code == 200 and len(r.json()["entry"]) == 5
+
+
+def test_paging_parameters_are_checked_and_previous_stays_in_range(server: Running) -> None:
+    rpps = ("10291417771", "10988399506", "10000000009")
+    for number in rpps:
+        server.client().resource("Practitioner", identifier=[
+            {"system": ids.RPPS_SYSTEM, "value": number}], name=[{"text": f"Dr {number}"}]).save()
+    for name, value in (("_count", "-5"), ("_offset", "-3"), ("_count", "many"),
+                        ("_offset", "1.5"), ("_offset", "")):
+        oo = refused(server, "Practitioner", identifier=",".join(rpps), **{name: value})
+        assert oo["issue"][0]["expression"] == [name], (name, value)
+
+    def links(offset: int) -> dict[str, int]:
+        r = httpx.get(f"{server.url}/Practitioner", headers=HDR,
+                      params={"identifier": ",".join(rpps), "_count": "2",
+                              "_offset": str(offset)})
+        assert r.status_code == 200 and r.json()["total"] == 3, r.text
+        return {link["relation"]: int(parse_qs(urlsplit(link["url"]).query)["_offset"][0])
+                for link in r.json()["link"]}
+
+    assert links(0) == {"self": 0, "next": 2}
+    assert links(1) == {"self": 1, "previous": 0}
+    assert links(2) == {"self": 2, "previous": 0}
+    assert links(3) == {"self": 3, "previous": 1}
+    assert links(100) == {"self": 100, "previous": 2}   # the last page with matches
 
 
 def transaction_bundle(p: dict[str, Any]) -> dict[str, Any]:

@@ -111,6 +111,15 @@ class PractitionerService:
         assert idx is not None
         return bi.digest(self.lv.keyring.blind_index_key(tenant_id, idx), RPPS_INDEX, rpps)
 
+    def _ids_by_rpps(self, conn: Connection, tenant_id: str, rpps: Sequence[str]) -> list[str]:
+        """Practitioners with any of these RPPS numbers, in id order (as a listing)."""
+        found: set[str] = set()
+        for number in rpps:
+            d = self._digest(conn, tenant_id, v.rpps(number, "identifier"))
+            assert d is not None
+            found.update(prepo.practitioners_by_rpps(conn, tenant_id, d))
+        return sorted(found)
+
     def _seal(self, conn: Connection, tenant_id: str, practitioner_id: str,
               p: Practitioner) -> bytes:
         data = json.dumps(p.as_json(), separators=(",", ":"), ensure_ascii=False).encode()
@@ -182,18 +191,17 @@ class PractitionerService:
                 raise NotFound("no such practitioner", "check the practitioner id")
             return self._open(conn, t, [row])[0]
 
-    def find(self, actor: Actor, *, rpps: str | None = None, offset: int = 0, limit: int = 50,
-             tenant_id: str | None = None) -> tuple[list[dict[str, Any]], int]:
-        """A page of practitioners (all, or those with this RPPS) and the total count."""
+    def find(self, actor: Actor, *, rpps: str | Sequence[str] | None = None, offset: int = 0,
+             limit: int = 50, tenant_id: str | None = None) -> tuple[list[dict[str, Any]], int]:
+        """A page of practitioners (all, or those with this RPPS, or with any of these)
+        and the total count."""
         lv = self.lv
         t = self._tenant(actor, tenant_id)
         with lv.begin() as conn:
             lv.load_tenant_keys(conn, t)
             lv.gate.check(conn, Access(actor, Action.READ, t, CLINICAL, resource=RESOURCE))
             if rpps is not None:
-                d = self._digest(conn, t, v.rpps(rpps, "identifier"))
-                assert d is not None
-                ids = prepo.practitioners_by_rpps(conn, t, d)
+                ids = self._ids_by_rpps(conn, t, [rpps] if isinstance(rpps, str) else rpps)
                 rows = prepo.practitioners_by_ids(conn, t, ids[offset:offset + limit])
                 total = len(ids)
             else:

@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING, Any
 from labvault.domain.actors import Actor
 from labvault.errors import NotFound
 from labvault.interop.fhir import ids
-from labvault.interop.fhir.lab import date_range, patient_param
+from labvault.interop.fhir.lab import patient_param
 from labvault.interop.fhir.outcome import FhirError
-from labvault.interop.fhir.server import Query, SearchResult, not_found, split_token, tenant_of
+from labvault.interop.fhir.search import date_window, tokens_in
+from labvault.interop.fhir.server import Query, SearchResult, not_found, tenant_of
 from labvault.services.audit import audit_of
 
 if TYPE_CHECKING:
@@ -56,20 +57,24 @@ class AuditEventHandler:
     def update(self, actor: Actor, fhir_id: str, resource: Mapping[str, Any]) -> None:
         raise self._read_only()
 
+    @staticmethod
+    def _agent(value: str) -> str:
+        """One account id: the trail is read one account at a time (an audited question)."""
+        found = tokens_in("agent", value, (ACCOUNT_SYSTEM,))
+        if len(found) != 1 or not found[0].code:
+            raise FhirError(400, "invalid", f"agent is one account id ({ACCOUNT_SYSTEM}|"
+                            "acc_...)", ["agent"])
+        return found[0].code
+
     def search(self, actor: Actor, q: Query) -> SearchResult:
         patient_id = patient_param(q, required=False)
         agent = q.one("agent")
-        agent_id = None
-        if agent is not None:
-            system, agent_id = split_token(agent)
-            if system not in (None, ACCOUNT_SYSTEM) or not agent_id:
-                raise FhirError(400, "invalid", f"agent is an account id ({ACCOUNT_SYSTEM}|"
-                                "acc_...)", ["agent"])
+        agent_id = None if agent is None else self._agent(agent)
         if patient_id is None and agent_id is None:
             raise FhirError(400, "not-supported", "an AuditEvent search names patient=Patient/"
                             "<id> or agent=<account id>; the whole trail is `labvault audit "
                             "fhir` (an audited export)", ["patient"])
-        since, until = date_range(q.params.get("date") or [])
+        since, until = date_window("date", q.params.get("date") or [])
         events = audit_of(self.lv).fhir_search(actor, tenant_of(actor), patient_id, agent_id,
                                                since, until)
         return SearchResult(events[q.offset:q.offset + q.count], len(events))

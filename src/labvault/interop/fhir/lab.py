@@ -9,7 +9,7 @@ never writes lab rows itself.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from labvault.domain import lab as L
@@ -18,7 +18,8 @@ from labvault.errors import InvalidField, InvalidRecord, NotFound
 from labvault.interop.fhir import ids
 from labvault.interop.fhir import mapping as m
 from labvault.interop.fhir.outcome import FhirError, issue
-from labvault.interop.fhir.server import not_found, split_token
+from labvault.interop.fhir.search import Token, date_window, tokens_in
+from labvault.interop.fhir.server import not_found
 from labvault.services.lab import ObservationView, OrderView, ReportView, SpecimenView
 from labvault.services.practitioners import PractitionerService
 
@@ -32,7 +33,8 @@ OBS_CATEGORY = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/obs
                             "code": "laboratory", "display": "Laboratory"}]}
 REPORT_CATEGORY = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0074",
                                "code": "LAB", "display": "Laboratory"}]}
-REPORT_CODE = {"coding": [{"system": ids.LOINC_SYSTEM, "code": "11502-2",
+REPORT_LOINC = "11502-2"
+REPORT_CODE = {"coding": [{"system": ids.LOINC_SYSTEM, "code": REPORT_LOINC,
                            "display": "Laboratory report"}]}
 IDENTIFIER_TYPE = "http://terminology.hl7.org/CodeSystem/v2-0203"
 
@@ -510,56 +512,28 @@ class ObservationHandler:
     def search(self, actor: Actor, q: Query) -> SearchResult:
         from labvault.interop.fhir.server import SearchResult, tenant_of
         patient_id = patient_param(q, required=True)
-        code = q.one("code")
-        loinc = None
-        if code is not None:
-            system, loinc = split_token(code)
-            if system not in (None, ids.LOINC_SYSTEM):
-                raise FhirError(400, "not-supported", "Observation codes are LOINC", ["code"])
-        since, until = date_range(q.params.get("date") or [])
+        codes = loinc_codes(q)
+        since, until = date_window("date", q.params.get("date") or [])
         views = self.lv.lab.list_observations(actor, tenant_of(actor), patient_id=patient_id,
-                                              code=loinc, since=since, until=until,
-                                              limit=10_000)
+                                              since=since, until=until, limit=10_000)
         status = q.one("status")
-        found = [v for v in views if status is None or v.status in status.split(",")]
+        found = [v for v in views if (status is None or v.status in status.split(","))
+                 and coded_as(codes, v.observation.code)]
         page = found[q.offset:q.offset + q.count]
         return SearchResult([observation_to_fhir(v) for v in page], len(found))
 
 
-def date_range(values: Iterable[str]) -> tuple[datetime | None, datetime | None]:
-    """FHIR date params (``ge2026-01-01``, ``lt2026-02``, ``2026-01-15``) -> [since, until)."""
-    from labvault.interop.fhir.server import parse_date_param
-    since: datetime | None = None
-    until: datetime | None = None
-    for v in values:
-        prefix, text = parse_date_param("date", v)
-        parts = [int(x) for x in text.split("-")]
-        try:
-            start = datetime(parts[0], parts[1] if len(parts) > 1 else 1,
-                             parts[2] if len(parts) > 2 else 1, tzinfo=UTC)
-        except ValueError:
-            raise FhirError(400, "invalid", f"date: {v!r} is not a calendar date",
-                            ["date"]) from None
-        if len(parts) == 3:
-            end = start + timedelta(days=1)
-        elif len(parts) == 2:
-            end = datetime(start.year + start.month // 12, start.month % 12 + 1, 1, tzinfo=UTC)
-        else:
-            end = datetime(start.year + 1, 1, 1, tzinfo=UTC)
-        if prefix == "eq":
-            since, until = start, end
-        elif prefix == "ge":
-            since = start
-        elif prefix == "gt":
-            since = end
-        elif prefix == "lt":
-            until = start
-        elif prefix == "le":
-            until = end
-        else:
-            raise FhirError(400, "not-supported", f"date prefix {prefix} is not supported "
-                            "(eq, ge, gt, le, lt)", ["date"])
-    return since, until
+def loinc_codes(q: Query) -> list[Token] | None:
+    """The ``code`` alternatives of a lab search (comma: or), or None without ``code``.
+    labvault's tests are LOINC codes: another system is refused, not answered with 0."""
+    value = q.one("code")
+    return None if value is None else tokens_in("code", value, (ids.LOINC_SYSTEM,))
+
+
+def coded_as(codes: list[Token] | None, *loinc: str) -> bool:
+    """Whether a resource coded with these LOINC codes matches the ``code`` search
+    (``http://loinc.org|`` matches any of them)."""
+    return codes is None or any(t.matches(ids.LOINC_SYSTEM, c) for t in codes for c in loinc)
 
 
 # -- DiagnosticReport -----------------------------------------------------------------------
@@ -660,15 +634,15 @@ class DiagnosticReportHandler:
         from labvault.interop.fhir.server import SearchResult, tenant_of
         patient_id = patient_param(q, required=True)
         status = q.one("status")
-        code = q.one("code")
-        since, until = date_range(q.params.get("date") or [])
+        codes = loinc_codes(q)
+        since, until = date_window("date", q.params.get("date") or [])
         reports = self.lv.lab.list_reports(actor, tenant_of(actor), patient_id=patient_id,
                                            limit=10_000)
         found = []
         for r in reports:
             if status is not None and r.status not in status.split(","):
                 continue
-            if code is not None and split_token(code)[1] not in ("11502-2", *r.tests):
+            if not coded_as(codes, REPORT_LOINC, *r.tests):
                 continue
             when = r.created_at if r.created_at.tzinfo else r.created_at.replace(tzinfo=UTC)
             if (since and when < since) or (until and when >= until):

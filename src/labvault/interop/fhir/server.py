@@ -18,12 +18,14 @@ from datetime import date
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlencode
 
+from labvault.domain import validation
 from labvault.domain.actors import Actor
 from labvault.domain.categories import Category
-from labvault.errors import AccessDenied, InvalidRecord, NotFound, UserError
+from labvault.errors import InvalidField, InvalidRecord, NotFound, UserError
 from labvault.interop.fhir import ids
 from labvault.interop.fhir import mapping as m
 from labvault.interop.fhir.outcome import FhirError, from_user_error, issue
+from labvault.interop.fhir.search import Token, any_of, checked, parse_date, tokens_in
 from labvault.interop.fhir.validate import SUPPORTED, validate
 from labvault.services.practitioners import PractitionerService
 
@@ -35,13 +37,13 @@ DEFAULT_COUNT = 20
 MAX_COUNT = 100
 MAX_BUNDLE_ENTRIES = 1000
 COMMON_PARAMS = frozenset({"_count", "_offset", "_format", "_total", "_totalMethod"})
-_DATE = re.compile(r"(eq|ne|gt|lt|ge|le|sa|eb|ap)?(\d{4}(-\d{2}(-\d{2})?)?)(T.*)?")
 
 
 @dataclass
 class SearchResult:
     resources: list[dict[str, Any]]
     total: int
+    notes: list[dict[str, Any]] = field(default_factory=list)  # OperationOutcome issues
 
 
 @dataclass
@@ -84,21 +86,14 @@ def not_found(rtype: str, fhir_id: str) -> FhirError:
     return FhirError(404, "not-found", f"{rtype}/{fhir_id} is not known", [rtype])
 
 
-def parse_date_param(name: str, value: str) -> tuple[str, str]:
-    """``[prefix]YYYY[-MM[-DD]]`` -> (prefix, date text)."""
-    mt = _DATE.fullmatch(value)
-    if not mt:
-        raise FhirError(400, "invalid", f"{name}: {value!r} is not a FHIR date "
-                        "([eq|gt|ge|lt|le]YYYY-MM-DD)", [name])
-    return mt.group(1) or "eq", mt.group(2)
-
-
-def split_token(value: str) -> tuple[str | None, str]:
-    """``system|code`` -> (system, code); ``code`` -> (None, code)."""
-    if "|" in value:
-        system, _, code = value.partition("|")
-        return system or None, code
-    return None, value
+def birth_date_param(value: str) -> date:
+    """``birthdate``: one full date without comparator (the index holds the exact date),
+    a real calendar day that passes the core's birth date rule -- else a 400 naming it."""
+    when = parse_date("birthdate", value)
+    if when.prefix != "eq" or when.precision != "day":
+        raise FhirError(400, "not-supported", "birthdate must be a full date "
+                        "(YYYY-MM-DD) without a comparator", ["birthdate"])
+    return checked("birthdate", validation.birth_date, when.start.date().isoformat())
 
 
 # -- Patient ------------------------------------------------------------------------------
@@ -144,41 +139,15 @@ class PatientHandler:
     def find_ids(self, actor: Actor, q: Query) -> list[str]:
         tenant = tenant_of(actor)
         sets: list[list[str]] = []
-        if "_id" in q.params:
-            wanted = [ids.from_fhir(v, "pt") for v in ",".join(q.params["_id"]).split(",")]
-            found = []
-            for pid in wanted:
-                if pid is None:
-                    continue
-                try:
-                    self.lv.patients.tenant_of(actor, pid)
-                except NotFound:
-                    continue
-                found.append(pid)
-            sets.append(found)
+        id_list = q.one("_id")
+        if id_list is not None:
+            sets.append(self._by_id(actor, any_of("_id", id_list)))
         identifier = q.one("identifier")
         if identifier is not None:
             sets.append(self._by_identifier(actor, tenant, identifier))
         family, given, birth = q.one("family"), q.one("given"), q.one("birthdate")
-        if family or given or birth:
-            if not (family and given and birth):
-                raise FhirError(400, "not-supported",
-                                "Patient search by name needs family, given and birthdate "
-                                "together (names are found through a keyed index of "
-                                "name + first name + birth date); or search by identifier",
-                                ["family", "given", "birthdate"])
-            prefix, day = parse_date_param("birthdate", birth)
-            if prefix != "eq" or len(day) != 10:
-                raise FhirError(400, "not-supported", "birthdate must be a full date "
-                                "(YYYY-MM-DD) without a comparator", ["birthdate"])
-            found_names: list[str] = []
-            for fam in family.split(","):
-                for giv in given.split(","):
-                    for pid in self.lv.patients.find(actor, tenant, birth_name=fam,
-                                                     first_name=giv, birth_date=day):
-                        if pid not in found_names:
-                            found_names.append(pid)
-            sets.append(found_names)
+        if family is not None or given is not None or birth is not None:
+            sets.append(self._by_name(actor, tenant, family, given, birth))
         if not sets:
             raise FhirError(400, "not-supported",
                             "a Patient search needs identifier=system|value, or family + given "
@@ -189,34 +158,94 @@ class PatientHandler:
             result = [p for p in result if p in other]
         return result
 
+    def _by_name(self, actor: Actor, tenant: str, family: str | None, given: str | None,
+                 birth: str | None) -> list[str]:
+        """Patients by (birth or used) name + first name + birth date: the one name key of
+        the blind indexes (``name_dob``); comma alternatives of family and given are ORed."""
+        if family is None or given is None or birth is None:
+            raise FhirError(400, "not-supported",
+                            "Patient search by name needs family, given and birthdate "
+                            "together (names are found through a keyed index of "
+                            "name + first name + birth date); or search by identifier",
+                            ["family", "given", "birthdate"])
+        born = birth_date_param(birth)
+        found: list[str] = []
+        for fam in any_of("family", family):
+            for giv in any_of("given", given):
+                pids = self.lv.patients.find(actor, tenant, birth_name=fam, first_name=giv,
+                                             birth_date=born)
+                found.extend(p for p in pids if p not in found)
+        return found
+
+    def _by_id(self, actor: Actor, fhir_ids: list[str]) -> list[str]:
+        """The records among ``fhir_ids`` (comma: or) that exist in the actor's laboratory."""
+        found = []
+        for pid in (ids.from_fhir(f, "pt") for f in fhir_ids):
+            if pid is None or pid in found:
+                continue
+            try:
+                self.lv.patients.tenant_of(actor, pid)
+            except NotFound:
+                continue
+            found.append(pid)
+        return found
+
     def _by_identifier(self, actor: Actor, tenant: str, value: str) -> list[str]:
-        system, code = split_token(value)
-        if not code:
-            raise FhirError(400, "invalid", "identifier needs a value", ["identifier"])
-        try:
-            if system in (ids.NIR_SYSTEM, ids.INS_NIA_SYSTEM):
-                return self.lv.patients.find(actor, tenant, nir=code)
-            if system == ids.EXTERNAL_ID_SYSTEM:
-                return self.lv.patients.find(actor, tenant, external_id=code)
-            if system is None:
-                try:
-                    return self.lv.patients.find(actor, tenant, nir=code)
-                except AccessDenied:
-                    raise
-                except UserError:
-                    return self.lv.patients.find(actor, tenant, external_id=code)
-        except AccessDenied:
-            raise
-        except UserError:
-            return []   # a malformed NIR matches nobody
-        raise FhirError(400, "not-supported", f"identifier system {system!r} is not searchable; "
-                        f"use {ids.NIR_SYSTEM}, {ids.INS_NIA_SYSTEM} or {ids.EXTERNAL_ID_SYSTEM}",
-                        ["identifier"])
+        """Patients with any of the identifiers (comma: or). Every value is checked before
+        the first lookup: a malformed one is a 400, never a silently shorter answer."""
+        lookups = [identifier_lookup(t) for t in
+                   tokens_in("identifier", value, PATIENT_IDENTIFIER_SYSTEMS)]
+        found: list[str] = []
+        for by_nir, code in lookups:
+            pids = (self.lv.patients.find(actor, tenant, nir=code) if by_nir
+                    else self.lv.patients.find(actor, tenant, external_id=code))
+            found.extend(p for p in pids if p not in found)
+        return found
 
     def search(self, actor: Actor, q: Query) -> SearchResult:
         found = self.find_ids(actor, q)
         page = found[q.offset:q.offset + q.count]
-        return SearchResult([self.read(actor, ids.to_fhir(p)) for p in page], len(found))
+        # An empty name search is where the index's limits mislead (a second first name,
+        # the start of a name): said in the Bundle, before a duplicate is registered.
+        notes = [NAME_SEARCH_LIMITS] if not found and "given" in q.params else []
+        return SearchResult([self.read(actor, ids.to_fhir(p)) for p in page], len(found), notes)
+
+
+# Names are found through the ``name_dob`` blind index: folded birth (or used) name +
+# folded FIRST first name + birth date. Indexing every first name was not chosen: rows
+# of patients already registered hold the first one only and cannot be recomputed without
+# unsealing every record (no migration can: it has no keys), breach triage and the
+# documented index (docs/security-model.md) use the first first name as identity
+# vigilance does, and one row per first name would tell a stolen database how many first
+# names each patient has.
+NAME_SEARCH_LIMITS = issue(
+    "informational", "no patient found with this family name (whole birth or used name) + "
+    "FIRST given name + birth date. Names are compared whole after folding (case, accents, "
+    "spaces, punctuation), not as 'starts with', and only the first given name is indexed: "
+    "a patient registered as 'Noémi Océane' is found with given=Noémi, not given=Océane. "
+    "Search by identifier (NIR/INS) before registering the patient as new.",
+    ["family", "given"], severity="warning")
+PATIENT_IDENTIFIER_SYSTEMS = (ids.NIR_SYSTEM, ids.INS_NIA_SYSTEM, ids.EXTERNAL_ID_SYSTEM)
+
+
+def identifier_lookup(token: Token) -> tuple[bool, str]:
+    """(by NIR?, value) for one Patient identifier value; a NIR is checked here (control
+    key) so that a typo is answered as one."""
+    if token.code is None:
+        raise FhirError(400, "not-supported", f"identifier={token.system}| would list every "
+                        "patient with such an identifier (not offered); send system|value",
+                        ["identifier"])
+    code = token.code.strip()
+    if not code:
+        raise FhirError(400, "invalid", "identifier needs a value", ["identifier"])
+    if token.system in (ids.NIR_SYSTEM, ids.INS_NIA_SYSTEM):
+        return True, checked("identifier", validation.nir, code)
+    if token.system == ids.EXTERNAL_ID_SYSTEM:
+        return False, code
+    try:        # no system: a NIR when it reads as one, else the laboratory's own id
+        return True, validation.nir(code, "identifier")
+    except InvalidField:
+        return False, code
 
 
 def keep_all_categories(current: Mapping[str, Any]) -> dict[str, Any]:
@@ -263,21 +292,19 @@ class PractitionerHandler:
             raise not_found(self.rtype, fhir_id) from None
 
     def search(self, actor: Actor, q: Query) -> SearchResult:
-        rpps = None
         identifier = q.one("identifier")
-        if identifier is not None:
-            system, rpps = split_token(identifier)
-            if system not in (None, ids.RPPS_SYSTEM):
-                raise FhirError(400, "not-supported", f"Practitioner identifiers are RPPS "
-                                f"numbers ({ids.RPPS_SYSTEM})", ["identifier"])
-            try:
-                from labvault.domain.validation import rpps as check_rpps
-                check_rpps(rpps, "identifier")
-            except UserError:
-                return SearchResult([], 0)
+        rpps = None if identifier is None else [
+            self._rpps(t) for t in tokens_in("identifier", identifier, (ids.RPPS_SYSTEM,))]
         rows, total = self.svc.find(actor, rpps=rpps, offset=q.offset, limit=q.count,
                                     tenant_id=tenant_of(actor))
         return SearchResult([m.practitioner_to_fhir(r) for r in rows], total)
+
+    @staticmethod
+    def _rpps(token: Token) -> str:
+        if token.code is None:
+            raise FhirError(400, "not-supported", "identifier needs an RPPS number (no "
+                            "parameter lists the laboratory's directory)", ["identifier"])
+        return checked("identifier", validation.rpps, token.code)
 
 
 # -- Coverage -----------------------------------------------------------------------------
@@ -428,7 +455,7 @@ class FhirServer:
         params: dict[str, list[str]] = {}
         for k, v in items:
             name = k.split(":", 1)[0]
-            if k != name and not (name in ("family", "given") and k.endswith(":exact")):
+            if k != name:   # :exact, :contains, :missing...: the indexes cannot honour them
                 raise FhirError(400, "not-supported", f"search modifier {k!r} is not supported",
                                 [k])
             if name not in h.search_params and name not in COMMON_PARAMS:
@@ -436,16 +463,8 @@ class FhirServer:
                                 f"{rtype} search parameter {name!r} is not supported; supported: "
                                 + ", ".join(sorted(h.search_params)), [name])
             params.setdefault(name, []).append(v)
-        count = DEFAULT_COUNT
-        offset = 0
-        try:
-            if "_count" in params:
-                count = max(0, min(MAX_COUNT, int(params["_count"][-1])))
-            if "_offset" in params:
-                offset = max(0, int(params["_offset"][-1]))
-        except ValueError:
-            raise FhirError(400, "invalid", "_count and _offset must be integers",
-                            ["_count"]) from None
+        count = min(MAX_COUNT, paging_number(params, "_count", DEFAULT_COUNT))
+        offset = paging_number(params, "_offset", 0)
         fmt = (params.get("_format") or ["json"])[-1]
         if "json" not in fmt:
             raise FhirError(406, "not-supported", "only JSON is served", ["_format"])
@@ -461,9 +480,9 @@ class FhirServer:
         if q.count == 0:
             # _count=0: only the total
             res = h.search(actor, Query(q.params, 1, 0, q.raw))
-            return searchset(base, rtype, q, [], res.total)
+            return searchset(base, rtype, q, [], res.total, res.notes)
         res = h.search(actor, q)
-        return searchset(base, rtype, q, res.resources, res.total)
+        return searchset(base, rtype, q, res.resources, res.total, res.notes)
 
     # -- transaction Bundles ------------------------------------------------------------
     def transaction(self, actor: Actor, bundle: object, base: str) -> dict[str, Any]:
@@ -731,7 +750,10 @@ def _path_of(node: Any, reference: str, path: str = "") -> str:
 
 
 def searchset(base: str, rtype: str, q: Query, resources: list[dict[str, Any]],
-              total: int) -> dict[str, Any]:
+              total: int, notes: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+    """The Bundle of one page; ``notes`` (warnings about the search) come as an
+    OperationOutcome entry with ``search.mode = outcome`` (R4 search.html#errors), which
+    clients keep apart from the matches."""
     def link(offset: int) -> str:
         return f"{base}/{rtype}?" + urlencode([*q.raw, ("_count", str(q.count)),
                                                ("_offset", str(offset))])
@@ -739,11 +761,41 @@ def searchset(base: str, rtype: str, q: Query, resources: list[dict[str, Any]],
     if q.count and q.offset + q.count < total:
         links.append({"relation": "next", "url": link(q.offset + q.count)})
     if q.count and q.offset > 0:
-        links.append({"relation": "previous", "url": link(max(0, q.offset - q.count))})
-    return {"resourceType": "Bundle", "id": str(uuid.uuid4()), "type": "searchset",
-            "total": total, "link": links,
-            "entry": [{"fullUrl": f"{base}/{rtype}/{r['id']}", "resource": r,
-                       "search": {"mode": "match"}} for r in resources]}
+        links.append({"relation": "previous",
+                      "url": link(previous_offset(q.offset, q.count, total))})
+    entries = [{"fullUrl": f"{base}/{rtype}/{r['id']}", "resource": r,
+                "search": {"mode": "match"}} for r in resources]
+    if notes:
+        entries.append({"fullUrl": f"urn:uuid:{uuid.uuid4()}",
+                        "resource": {"resourceType": "OperationOutcome", "issue": list(notes)},
+                        "search": {"mode": "outcome"}})
+    bundle: dict[str, Any] = {"resourceType": "Bundle", "id": str(uuid.uuid4()),
+                              "type": "searchset", "total": total, "link": links}
+    if entries:                  # FHIR JSON has no empty arrays (json.html)
+        bundle["entry"] = entries
+    return bundle
+
+
+def paging_number(params: Mapping[str, list[str]], name: str, default: int) -> int:
+    """``_count`` or ``_offset`` (the last one given): a whole number, 0 or more. A negative
+    one is refused rather than read as 0: ``_count=-5`` would silently mean "only the
+    total"."""
+    values = params.get(name)
+    if not values:
+        return default
+    if not re.fullmatch(r"-?\d{1,9}", values[-1]):
+        raise FhirError(400, "invalid", f"{name} must be a whole number", [name])
+    number = int(values[-1])
+    if number < 0:
+        raise FhirError(400, "invalid", f"{name} must be 0 or more (got {number})", [name])
+    return number
+
+
+def previous_offset(offset: int, count: int, total: int) -> int:
+    """Where the page before ``offset`` starts; from past the end, the last page that has
+    matches (a 'previous' page past the end would hold nothing either)."""
+    last_page = (total - 1) // count * count if total else 0
+    return max(0, min(offset - count, last_page))
 
 
 def dumps(obj: Mapping[str, Any]) -> bytes:
