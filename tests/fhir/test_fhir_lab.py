@@ -200,10 +200,16 @@ def test_a_dangling_reference_in_the_fourth_result_names_that_entry(server: Runn
 RECORDED = datetime(2026, 11, 29, 5, 19, 30, 250000, tzinfo=UTC)
 
 
-def recorded_visit(srv: Running, seed: int) -> str:
-    """A visit (5 results, 1 report) recorded at ``RECORDED``: the patient's FHIR id."""
+def recorded_visit(srv: Running, seed: int, effective: bool = False) -> str:
+    """A visit (5 results, 1 report) recorded at ``RECORDED``: the patient's FHIR id. Its
+    results carry no effectiveDateTime (so they were observed when recorded) unless
+    ``effective`` (then the sample's 2026-03-02)."""
     srv.lv.now = lambda: RECORDED  # type: ignore[method-assign]
-    r = post(srv, visit_bundle(next(people(1, seed=seed)), seed))
+    bundle = visit_bundle(next(people(1, seed=seed)), seed)
+    if not effective:
+        for e in bundle["entry"]:
+            e["resource"].pop("effectiveDateTime", None)
+    r = post(srv, bundle)
     assert r.status_code == 200, r.text
     return str(r.json()["entry"][0]["response"]["location"].split("/")[1])
 
@@ -258,6 +264,14 @@ def test_date_search_compares_instants_and_ands_repeats(server: Running, rtype: 
     wrong = [(dates, hit) for dates, hit in DATE_CASES
              if found(server, rtype, pid, dates) != (every if hit else 0)]
     assert wrong == []
+
+
+def test_observation_date_is_when_it_was_observed(server: Running) -> None:
+    """search parameter observation-date is Observation.effective, not the recording."""
+    pid = recorded_visit(server, 26, effective=True)
+    assert found(server, "Observation", pid, ["2026-03-02"]) == 5
+    assert found(server, "Observation", pid, ["2026-11-29"]) == 0
+    assert found(server, "Observation", pid, ["lt2026-03-02T00:00:00Z"]) == 0
 
 
 def test_unreadable_dates_are_refused_naming_the_parameter(server: Running) -> None:

@@ -446,6 +446,16 @@ def _order_of_observation(r: Mapping[str, Any]) -> str:
     return _single(r.get("basedOn"), "ServiceRequest", "ord", "Observation.basedOn")
 
 
+def _effective(v: ObservationView) -> datetime:
+    """Observation.effective[x] as projected: when it was observed, else recorded (UTC)."""
+    d = v.observation.observed_at or v.created_at
+    return d if d.tzinfo is not None else d.replace(tzinfo=UTC)
+
+
+def _within(d: datetime, since: datetime | None, until: datetime | None) -> bool:
+    return (since is None or d >= since) and (until is None or d < until)
+
+
 class ObservationHandler:
     rtype = "Observation"
     search_params: Mapping[str, str] = {"patient": "reference", "subject": "reference",
@@ -514,11 +524,14 @@ class ObservationHandler:
         patient_id = patient_param(q, required=True)
         codes = loinc_codes(q)
         since, until = date_window("date", q.params.get("date") or [])
+        # `date` is Observation.effective (search parameter observation-date): the time
+        # sealed with the result, so it is compared after opening, as codes are
         views = self.lv.lab.list_observations(actor, tenant_of(actor), patient_id=patient_id,
-                                              since=since, until=until, limit=10_000)
+                                              limit=10_000)
         status = q.one("status")
         found = [v for v in views if (status is None or v.status in status.split(","))
-                 and coded_as(codes, v.observation.code)]
+                 and coded_as(codes, v.observation.code)
+                 and _within(_effective(v), since, until)]
         page = found[q.offset:q.offset + q.count]
         return SearchResult([observation_to_fhir(v) for v in page], len(found))
 
