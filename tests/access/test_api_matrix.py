@@ -154,6 +154,54 @@ def _fhir_cases() -> dict[tuple[str, str], Case]:
     return out
 
 
+def _lab_cases() -> dict[tuple[str, str], Case]:
+    """The lab workflow's REST steps (docs/lab.md): a fresh order at the right step per
+    call of the patient that is not the portal account's. The role checks of the service
+    come first (403 whatever the lab); then another lab's order answers 404 like an
+    absent one, except to a platform account (403: no lab, refused by the gate)."""
+    from tests.web.helpers import order
+
+    def lab_of(c: Ctx, lab: str) -> Lab:
+        return c.w.a if lab == "a" else c.w.b
+
+    def at(step: str, path: str = "", body: dict[str, Any] | None = None) -> Build:
+        def build(c: Ctx, r: str, lab: str) -> Req:
+            o = order(c.w, lab_of(c, lab), lab_of(c, lab).patients[1], step=step)
+            oid = o[0].order_id if isinstance(o, list) else o.order_id
+            return f"/api/v1/orders/{oid}{path}", body
+        return build
+
+    def amendment(c: Ctx, r: str, lab: str) -> Req:
+        rep = order(c.w, lab_of(c, lab), lab_of(c, lab).patients[1])
+        return (f"/api/v1/observations/{rep.observations[0].observation_id}/amendment",
+                {"result": {"code": "718-7", "value": 12.9, "unit": "g/dL"},
+                 "reason": "erreur de saisie"})
+
+    other_lab = allow((), 0, deny=404, platform_operator=403)
+    tech = ("technician", "biologist")
+    return {
+        ("GET", "/api/v1/orders/{order_id}"): Case(at("published"), allow(tech, 200),
+                                                   other_lab),
+        ("POST", "/api/v1/orders/{order_id}/technical-validation"): Case(
+            at("preliminary", "/technical-validation", {}), allow(tech, 200),
+            allow((), 0, deny=403, technician=404, biologist=404)),
+        ("POST", "/api/v1/orders/{order_id}/biological-validation"): Case(
+            at("technical", "/biological-validation", {"conclusion": "RAS"}),
+            allow(("biologist",), 200), allow((), 0, deny=403, biologist=404)),
+        ("POST", "/api/v1/orders/{order_id}/publication"): Case(
+            at("final", "/publication", {}), allow(("biologist",), 200), other_lab),
+        # a specimen decision: the desk, the bench, the biologist (before any result here)
+        ("POST", "/api/v1/orders/{order_id}/rejection"): Case(
+            at("received", "/rejection", {"reason": "hemolysed"}),
+            allow(("reception", *tech), 200), other_lab),
+        ("POST", "/api/v1/orders/{order_id}/conclusion"): Case(
+            at("published", "/conclusion", {"conclusion": "RAS", "reason": "relecture"}),
+            allow(("biologist",), 200), allow((), 0, deny=403, biologist=404)),
+        ("POST", "/api/v1/observations/{observation_id}/amendment"): Case(
+            amendment, allow(("biologist",), 200), allow((), 0, deny=403, biologist=404)),
+    }
+
+
 def _web_cases() -> dict[tuple[str, str], Case]:
     """The web door (docs/web.md): HTML pages on the same sessions (a bearer token needs no
     CSRF field; cookie sessions do, see tests/web). Anonymous callers are sent to /login
@@ -312,6 +360,7 @@ MATRIX: dict[tuple[str, str], Case] = {
                                            allow(("patient",), 200)),
     **{key: case for key, case in _fhir_cases().items()},
     **{key: case for key, case in _web_cases().items()},
+    **{key: case for key, case in _lab_cases().items()},
     # guard: the caller's lab's alerts (no lab in the path: the other-lab column is moot)
     ("GET", "/api/v1/alerts"): Case(lambda c, r, lab: ("/api/v1/alerts", None),
                                     allow(("lab_admin", "dpo"), 200)),

@@ -304,6 +304,12 @@ class WorkflowConflict(L.InvalidTransition):
             by = f" by {step.detail.get('name') or step.by} at {step.at.isoformat()}"
         super().__init__(message.format(by=by, status=status.value, action=action), hint)
 
+    def details(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.kind, "order_status": self.status.value}
+        if self.step is not None:
+            out["step"] = self.step.as_json()
+        return out
+
 
 _CONFLICT_EN: Mapping[str, tuple[str, str]] = {
     "no-results": ("no results have been entered for this order yet", "enter the results first"),
