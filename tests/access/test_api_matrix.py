@@ -228,6 +228,12 @@ def _web_cases() -> dict[tuple[str, str], Case]:
             c.w.lv.alerts = c.w.lv.gate.alerts = AlertService(c.w.lv)
         return "/console/alertes", None
 
+    def at(step: str, path: str, body: dict[str, Any] | None = None) -> Build:
+        def build(c: Ctx, r: str, lab: str) -> Req:
+            o = order(c.w, lab_of(c, lab), lab_of(c, lab).patients[1], step=step)
+            return path.format(o[0].order_id if isinstance(o, list) else o.order_id), body
+        return build
+
     patient_only = allow(("patient",), 200, anon=303)
     return {
         ("GET", "/"): Case(get("/"), everyone(303, 303)),
@@ -275,6 +281,25 @@ def _web_cases() -> dict[tuple[str, str], Case]:
         ("POST", "/console/validation/{order_id}"): Case(
             lambda c, r, lab: (f"/console/validation/{order(c.w, lab_of(c, lab), lab_of(c, lab).patients[1], step='technical').order_id}", None),  # noqa: E501
             allow(("biologist",), 200, anon=303), allow((), 0, deny=403, biologist=404),
+            form=True),
+        # the lab workflow's pages: a fresh order at the right step per call
+        ("GET", "/console/technique"): Case(get("/console/technique"),
+                                            allow(("technician", "biologist"), 200, anon=303)),
+        ("POST", "/console/technique/{order_id}"): Case(
+            at("preliminary", "/console/technique/{}"), allow(("technician", "biologist"), 200,
+                                                              anon=303),
+            allow((), 0, deny=403, technician=404, biologist=404), form=True),
+        ("POST", "/console/demandes/{order_id}/refus"): Case(
+            at("received", "/console/demandes/{}/refus", {"reason": "hemolysed"}),
+            allow(("reception", "technician", "biologist"), 200, anon=303),
+            allow(staff, 404, deny=403), form=True),
+        ("POST", "/console/diffusion/{order_id}"): Case(
+            at("final", "/console/diffusion/{}"), allow(("biologist",), 200, anon=303),
+            allow((), 0, deny=403, biologist=404), form=True),
+        ("POST", "/console/demandes/{order_id}/conclusion"): Case(
+            at("published", "/console/demandes/{}/conclusion",
+               {"conclusion": "RAS", "reason": "relecture"}),
+            allow(("biologist",), 303, anon=303), allow((), 0, deny=403, biologist=404),
             form=True),
         ("POST", "/console/alertes/{alert_id}/prise-en-compte"): Case(
             lambda c, r, lab: (alerts(c, r, lab)[0] + "/alrt_doesnotexist/prise-en-compte",

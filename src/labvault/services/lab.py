@@ -429,6 +429,21 @@ def _test_name(cat: L.Catalogue, code: str) -> str:
     return test.display if test else code
 
 
+def review_reason(results: Sequence[L.Observation], missing: Mapping[str, str]) -> Skip | None:
+    """Why an order's results need a biologist's review rather than "validate all normal"
+    (the most serious reason, with the tests concerned); None when they may go in bulk."""
+    if not results:
+        return Skip("no-results")
+    why: dict[str, list[str]] = {}
+    for o in results:
+        if not L.is_normal(o):
+            why.setdefault(_not_normal(o), []).append(o.display)
+    if why:
+        reason = min(why, key=SKIP_REASONS.index)
+        return Skip(reason, tuple(why[reason]))
+    return Skip("incomplete", tuple(missing.values())) if missing else None
+
+
 def _not_normal(obs: L.Observation) -> str:
     """Why a result keeps its order out of "validate all normal" (a ``SKIP_REASONS``)."""
     if obs.flag is not None and obs.flag.is_panic:
@@ -1104,17 +1119,8 @@ class LabService:
         except ResultsChanged:
             return Skip("changed")
         results = self._results(order, rows)
-        if not results:
-            return Skip("no-results")
-        why: dict[str, list[str]] = {}
-        for o in results:
-            if not L.is_normal(o):
-                why.setdefault(_not_normal(o), []).append(o.display)
-        if why:
-            reason = min(why, key=SKIP_REASONS.index)
-            return Skip(reason, tuple(why[reason]))
         missing = self._missing(conn, order, results) if partial is False else {}
-        return Skip("incomplete", tuple(missing.values())) if missing else None
+        return review_reason(results, missing)
 
     # == publication, amendment, rejection, cancellation ========================================
     def publish(self, actor: Actor, order_id: str, partial: bool | None = None) -> ReportView:
