@@ -248,3 +248,25 @@ def test_revise_conclusion(lab_lv: Labvault, operator: Actor, tenant_id: str,
     assert rep.order_status == L.OrderStatus.AMENDED and rep.conclusion == "Bilan normal"
     assert rep.conclusion_revisions[0].previous == "Bilan normal, à contrôler dans un an"
     assert rep.steps["amended"].detail["conclusion"] is True
+
+
+def test_analyser_final_results_wait_for_a_person(lab_lv: Labvault, operator: Actor,
+                                                  tenant_id: str, technician: Actor,
+                                                  biologist: Actor) -> None:
+    """OBX-11 ``F`` is the analyser's run being final, not a technical validation: the
+    results arrive preliminary and the biologist is told a technician must validate."""
+    from labvault.interop.hl7.handler import Hl7Handler
+    from tests.lab import hl7_samples as S
+    lv = lab_lv
+    lv.patients.register(operator, tenant_id, {**patient_data(), "nir": S.NIR_F})
+    assert "|||F|" in S.oru_numeric()
+    out, _ack = Hl7Handler(lv, Actor.system("mllp"), tenant_id).handle(
+        S.oru_numeric().encode())
+    order_id = lv.lab.get_observation(operator, out.observation_ids[0]).order_id
+    rep = lv.lab.get_report_by_order(operator, order_id)
+    assert rep.order_status == L.OrderStatus.PRELIMINARY and "technical" not in rep.steps
+    assert {o.status for o in rep.observations} == {"preliminary"}
+    with pytest.raises(WorkflowConflict) as exc:
+        lv.lab.validate_biological(biologist, order_id)
+    assert exc.value.kind == "technical-missing"
+    lv.lab.validate_technical(technician, order_id, expected=rep.expected)
