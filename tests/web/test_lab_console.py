@@ -202,6 +202,8 @@ def test_validate_and_publish_then_publish_from_the_list(web: World,
     _console(browser, web, "patient")
     portal = _text(browser.get("/portail"))
     assert "Hyperkaliémie modérée" in portal and portal.count("Compte rendu du") == 2
+    download = browser.get("/portail/donnees.json").text       # staff are never named
+    assert '"biological"' in download and "Léa Moreau" not in download
 
 
 def test_partial_report_needs_a_tick_and_is_marked_for_the_patient(

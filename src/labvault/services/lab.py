@@ -100,8 +100,9 @@ class Step:
     at: datetime
     detail: Mapping[str, Any] = field(default_factory=dict)
 
-    def as_json(self) -> dict[str, Any]:
-        return {"by": self.by, "at": self.at.isoformat(), **self.detail}
+    def as_json(self, names: bool = True) -> dict[str, Any]:
+        return {"by": self.by, "at": self.at.isoformat(),
+                **{k: v for k, v in self.detail.items() if names or k != "name"}}
 
 
 @dataclass(frozen=True)
@@ -224,7 +225,9 @@ class ReportView:
             return False
         return any(c.at > self.conclusion_at for cs in self.corrections.values() for c in cs)
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self, staff_names: bool = True) -> dict[str, Any]:
+        """``staff_names=False``: without the names of the staff who took each step (the
+        patient's own download: the portal never names staff)."""
         return {"id": self.report_id, "order_id": self.order_id, "patient_id": self.patient_id,
                 "status": self.status, "order_status": self.order_status.value,
                 "created_at": self.created_at.isoformat(),
@@ -232,7 +235,7 @@ class ReportView:
                 "conclusion": self.conclusion, "conclusion_at": _iso(self.conclusion_at),
                 "tests": list(self.tests), "missing": dict(self.missing),
                 "partial": bool(self.missing) and self.order_status in _VALIDATED,
-                "steps": {k: s.as_json() for k, s in self.steps.items()},
+                "steps": {k: s.as_json(staff_names) for k, s in self.steps.items()},
                 "observations": [o.as_json() for o in self.observations],
                 "not_requested": [o.observation_id for o in self.observations
                                   if not self.requested(o)],
