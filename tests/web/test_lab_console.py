@@ -210,7 +210,6 @@ def test_partial_report_needs_a_tick_and_is_marked_for_the_patient(
         web: World, browser: TestClient) -> None:
     """QA 18: a K-only result on a Hb + K order: said on the page, validated only with
     the tick, and the published report says it is partial (portal and PDF)."""
-    from labvault.web.pdf import report_html
     a = web.a
     (k,) = order(web, a, a.patients[0], step="preliminary",
                  results=[{"code": "2823-3", "value": "4.2"}])
@@ -230,9 +229,7 @@ def test_partial_report_needs_a_tick_and_is_marked_for_the_patient(
         browser.get("/portail"))
     patient = web.lv.accounts.resolve(browser.cookies["labvault_session"])
     report_id = web.lv.lab.get_report_by_order(patient, k.order_id).report_id
-    rep = browser.app.state.portal.my_report(patient, report_id)  # type: ignore[attr-defined]
-    assert "Compte rendu partiel" in unescape(report_html(rep, {}, "Laboratoire a"))
-    _pdf_says(browser, report_id, "Compte rendu partiel")
+    _pdf_says(web, browser, report_id, f"Compte rendu partiel : pas encore de résultat pour {HB}")
 
 
 def test_correction_after_publication_is_shown(web: World, browser: TestClient) -> None:
@@ -251,7 +248,7 @@ def test_correction_after_publication_is_shown(web: World, browser: TestClient) 
     assert "corrigé le " in portal and "valeur précédente : 5,6 mmol/L (haut)" in portal
     assert "motif : inversion de tubes" in portal and "1,9" in portal
     assert "rédigée avant la correction" in portal
-    _pdf_says(browser, rep.report_id, "valeur précédente : 5,6 mmol/L")
+    _pdf_says(web, browser, rep.report_id, "valeur précédente : 5,6 mmol/L")
     _console(browser, web, "biologist")
     page = browser.get(f"/console/patients/{a.patients[0]}")
     assert "valeur précédente : 5,6" in _text(page) and "Corriger la conclusion" in _text(page)
@@ -267,7 +264,7 @@ def test_correction_after_publication_is_shown(web: World, browser: TestClient) 
     assert "Conclusion corrigée le " in portal
     assert "conclusion précédente : « Hyperkaliémie »" in portal
     assert "rédigée avant la correction" not in portal
-    _pdf_says(browser, rep.report_id, "conclusion précédente")
+    _pdf_says(web, browser, rep.report_id, "conclusion précédente")
 
 
 def test_workflow_errors_are_french_and_say_what_to_do(web: World,
@@ -294,11 +291,16 @@ def test_workflow_errors_are_french_and_say_what_to_do(web: World,
     assert "did not come from" not in forged.text
 
 
-def _pdf_says(browser: TestClient, report_id: str, words: str) -> None:
-    """The portal's PDF of a report contains ``words`` (read back with pdftotext when the
-    machine has it, as in test_web's accents test)."""
+def _pdf_says(web: World, browser: TestClient, report_id: str, words: str) -> None:
+    """The portal's PDF of a report contains ``words``: the page it is printed from always,
+    the PDF's own text too when the machine has pdftotext (as test_web's accents test)."""
+    from labvault.web.pdf import report_html
     pdf = browser.get(f"/portail/rapports/{report_id}.pdf")
     assert pdf.status_code == 200 and pdf.content.startswith(b"%PDF")
+    patient = web.lv.accounts.resolve(browser.cookies["labvault_session"])
+    rep = browser.app.state.portal.my_report(patient, report_id)  # type: ignore[attr-defined]
+    source = re.sub(r"<[^>]+>", " ", unescape(report_html(rep, {}, "Laboratoire a")))
+    assert words in " ".join(source.split())
     if shutil.which("pdftotext") is None:
         return
     text = subprocess.run(["pdftotext", "-", "-"], input=pdf.content, capture_output=True,
