@@ -20,6 +20,10 @@ Public API (stable; the FHIR door builds on it):
   ``amend(actor, observation_id, result, reason, conclusion=None)``,
   ``revise_conclusion(actor, order_id, conclusion, reason)``
 - ``reject(actor, order_id, reason, comment)``, ``cancel(actor, order_id, reason)``
+- ``worklist(actor, tenant_id, status)``, ``list_orders / list_reports / list_observations``
+- ``get_order``, ``get_report``, ``get_report_by_order``, ``get_observation``,
+  ``get_specimen``, ``observation_history``
+- ``load_catalogue(actor, tenant_id, data)``, ``catalogue(tenant_id)``
 
 ``expected`` is what the validating person was shown: ``{observation_id: revision}`` of
 the order (``ReportView.expected``); when the results differ now, the call is refused
@@ -28,10 +32,6 @@ do not all have a result (``IncompleteOrder``, 409), ``True`` validates/publishe
 partial report (recorded in the step), ``None`` does not look (in-process callers, the
 FHIR door's final report). A call made at the wrong step raises ``WorkflowConflict``
 (409), which says where the order is and who did the step already done, and when.
-- ``worklist(actor, tenant_id, status)``, ``list_orders / list_reports / list_observations``
-- ``get_order``, ``get_report``, ``get_report_by_order``, ``get_observation``,
-  ``get_specimen``, ``observation_history``
-- ``load_catalogue(actor, tenant_id, data)``, ``catalogue(tenant_id)``
 """
 
 from __future__ import annotations
@@ -333,21 +333,15 @@ _CONFLICT_EN: Mapping[str, tuple[str, str]] = {
     "not-allowed": ("an order that is {status} does not allow {action}", ""),
 }
 
-# The step that brought an order to its status (the one a late action collides with).
-_STEP_OF: Mapping[L.OrderStatus, str] = {
-    L.OrderStatus.TECHNICALLY_VALIDATED: "technical", L.OrderStatus.FINAL: "biological",
-    L.OrderStatus.PUBLISHED: "published", L.OrderStatus.AMENDED: "published",
-    L.OrderStatus.REJECTED: "rejected", L.OrderStatus.CANCELLED: "cancelled",
-}
 _BEFORE_RESULTS = frozenset({L.OrderStatus.REGISTERED, L.OrderStatus.RECEIVED})
 _VALIDATED = frozenset({L.OrderStatus.FINAL, L.OrderStatus.PUBLISHED, L.OrderStatus.AMENDED})
 
 
 def _conflict_kind(action: str, status: L.OrderStatus) -> tuple[str, str | None]:
-    """(kind, step name) of ``action`` refused at ``status``."""
+    """(kind, the step that settles it) of ``action`` refused at ``status``."""
     S = L.OrderStatus
     if status in (S.REJECTED, S.CANCELLED):
-        return status.value, _STEP_OF[status]
+        return status.value, status.value        # the steps are named as the states
     if action == "reject":
         return "results-validated", "technical"
     if status in _BEFORE_RESULTS:
@@ -1009,18 +1003,19 @@ class LabService:
                 raise NotFound("no such order", "check the order id")
             self._scope(actor, row["tenant_id"])
             technical = row["status"] == L.OrderStatus.PRELIMINARY.value
+            signed = self._signed(actor)
             if technical:
                 self._check(conn, actor, Action.VALIDATE, row["tenant_id"], "observation",
                             (row["patient_id"],))
                 order = self._order_from_row(conn, row)
                 self._transition(conn, actor, order, L.OrderStatus.TECHNICALLY_VALIDATED,
-                                 "technical", self._signed(actor))
+                                 "technical", signed)
             self._require_biologist(actor)
             self._check(conn, actor, Action.VALIDATE, row["tenant_id"], "report",
                         (row["patient_id"],))
             if not technical:
                 order = self._order_from_row(conn, row)
-            self._validate_bio(conn, actor, order, conclusion)
+            self._validate_bio(conn, actor, order, conclusion, signed=signed)
             return self._report_view(conn, order)
 
     @staticmethod
