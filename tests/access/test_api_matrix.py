@@ -159,6 +159,54 @@ def _fhir_cases() -> dict[tuple[str, str], Case]:
     return out
 
 
+def _lab_cases() -> dict[tuple[str, str], Case]:
+    """The lab workflow's REST steps (docs/lab.md): a fresh order at the right step per
+    call of the patient that is not the portal account's. The role checks of the service
+    come first (403 whatever the lab); then another lab's order answers 404 like an
+    absent one, except to a platform account (403: no lab, refused by the gate)."""
+    from tests.web.helpers import order
+
+    def lab_of(c: Ctx, lab: str) -> Lab:
+        return c.w.a if lab == "a" else c.w.b
+
+    def at(step: str, path: str = "", body: dict[str, Any] | None = None) -> Build:
+        def build(c: Ctx, r: str, lab: str) -> Req:
+            o = order(c.w, lab_of(c, lab), lab_of(c, lab).patients[1], step=step)
+            oid = o[0].order_id if isinstance(o, list) else o.order_id
+            return f"/api/v1/orders/{oid}{path}", body
+        return build
+
+    def amendment(c: Ctx, r: str, lab: str) -> Req:
+        rep = order(c.w, lab_of(c, lab), lab_of(c, lab).patients[1])
+        return (f"/api/v1/observations/{rep.observations[0].observation_id}/amendment",
+                {"result": {"code": "718-7", "value": 12.9, "unit": "g/dL"},
+                 "reason": "erreur de saisie"})
+
+    other_lab = allow((), 0, deny=404, platform_operator=403)
+    tech = ("technician", "biologist")
+    return {
+        ("GET", "/api/v1/orders/{order_id}"): Case(at("published"), allow(tech, 200),
+                                                   other_lab),
+        ("POST", "/api/v1/orders/{order_id}/technical-validation"): Case(
+            at("preliminary", "/technical-validation", {}), allow(tech, 200),
+            allow((), 0, deny=403, technician=404, biologist=404)),
+        ("POST", "/api/v1/orders/{order_id}/biological-validation"): Case(
+            at("technical", "/biological-validation", {"conclusion": "RAS"}),
+            allow(("biologist",), 200), allow((), 0, deny=403, biologist=404)),
+        ("POST", "/api/v1/orders/{order_id}/publication"): Case(
+            at("final", "/publication", {}), allow(("biologist",), 200), other_lab),
+        # a specimen decision: the desk, the bench, the biologist (before any result here)
+        ("POST", "/api/v1/orders/{order_id}/rejection"): Case(
+            at("received", "/rejection", {"reason": "hemolysed"}),
+            allow(("reception", *tech), 200), other_lab),
+        ("POST", "/api/v1/orders/{order_id}/conclusion"): Case(
+            at("published", "/conclusion", {"conclusion": "RAS", "reason": "relecture"}),
+            allow(("biologist",), 200), allow((), 0, deny=403, biologist=404)),
+        ("POST", "/api/v1/observations/{observation_id}/amendment"): Case(
+            amendment, allow(("biologist",), 200), allow((), 0, deny=403, biologist=404)),
+    }
+
+
 def _web_cases() -> dict[tuple[str, str], Case]:
     """The web door (docs/web.md): HTML pages on the same sessions (a bearer token needs no
     CSRF field; cookie sessions do, see tests/web). Anonymous callers are sent to /login
@@ -184,6 +232,12 @@ def _web_cases() -> dict[tuple[str, str], Case]:
         if not isinstance(c.w.lv.alerts, AlertService):   # the guard's alert store
             c.w.lv.alerts = c.w.lv.gate.alerts = AlertService(c.w.lv)
         return "/console/alertes", None
+
+    def at(step: str, path: str, body: dict[str, Any] | None = None) -> Build:
+        def build(c: Ctx, r: str, lab: str) -> Req:
+            o = order(c.w, lab_of(c, lab), lab_of(c, lab).patients[1], step=step)
+            return path.format(o[0].order_id if isinstance(o, list) else o.order_id), body
+        return build
 
     patient_only = allow(("patient",), 200, anon=303)
     return {
@@ -232,6 +286,25 @@ def _web_cases() -> dict[tuple[str, str], Case]:
         ("POST", "/console/validation/{order_id}"): Case(
             lambda c, r, lab: (f"/console/validation/{order(c.w, lab_of(c, lab), lab_of(c, lab).patients[1], step='technical').order_id}", None),  # noqa: E501
             allow(("biologist",), 200, anon=303), allow((), 0, deny=403, biologist=404),
+            form=True),
+        # the lab workflow's pages: a fresh order at the right step per call
+        ("GET", "/console/technique"): Case(get("/console/technique"),
+                                            allow(("technician", "biologist"), 200, anon=303)),
+        ("POST", "/console/technique/{order_id}"): Case(
+            at("preliminary", "/console/technique/{}"), allow(("technician", "biologist"), 200,
+                                                              anon=303),
+            allow((), 0, deny=403, technician=404, biologist=404), form=True),
+        ("POST", "/console/demandes/{order_id}/refus"): Case(
+            at("received", "/console/demandes/{}/refus", {"reason": "hemolysed"}),
+            allow(("reception", "technician", "biologist"), 200, anon=303),
+            allow(staff, 404, deny=403), form=True),
+        ("POST", "/console/diffusion/{order_id}"): Case(
+            at("final", "/console/diffusion/{}"), allow(("biologist",), 200, anon=303),
+            allow((), 0, deny=403, biologist=404), form=True),
+        ("POST", "/console/demandes/{order_id}/conclusion"): Case(
+            at("published", "/console/demandes/{}/conclusion",
+               {"conclusion": "RAS", "reason": "relecture"}),
+            allow(("biologist",), 303, anon=303), allow((), 0, deny=403, biologist=404),
             form=True),
         ("POST", "/console/alertes/{alert_id}/prise-en-compte"): Case(
             lambda c, r, lab: (alerts(c, r, lab)[0] + "/alrt_doesnotexist/prise-en-compte",
@@ -317,6 +390,7 @@ MATRIX: dict[tuple[str, str], Case] = {
                                            allow(("patient",), 200)),
     **{key: case for key, case in _fhir_cases().items()},
     **{key: case for key, case in _web_cases().items()},
+    **{key: case for key, case in _lab_cases().items()},
     # guard: the caller's lab's alerts (no lab in the path: the other-lab column is moot)
     ("GET", "/api/v1/alerts"): Case(lambda c, r, lab: ("/api/v1/alerts", None),
                                     allow(("lab_admin", "dpo"), 200)),

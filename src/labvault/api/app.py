@@ -15,6 +15,7 @@ from fastapi import FastAPI
 
 from labvault.api import auth, me, patients, problems, users
 from labvault.api.routers import alerts as alerts_router
+from labvault.api.routers import lab as lab_router
 from labvault.api.routers import me_access
 from labvault.api.security import SecurityMiddleware
 from labvault.config import Settings
@@ -61,6 +62,7 @@ def create_app(lv: Labvault, owns_core: bool = False) -> FastAPI:
     app.include_router(users.router)
     app.include_router(me.router)
     app.include_router(me_access.router)
+    app.include_router(lab_router.router)
     from labvault.api.fhir import router as fhir_router
     app.include_router(fhir_router)
     install_web(app)          # portal and console pages (docs/web.md)

@@ -37,6 +37,9 @@ async def _user_error(request: Request, exc: Exception) -> JSONResponse:
     extra: dict[str, Any] = {}
     if isinstance(exc, InvalidRecord):
         extra["errors"] = [{"field": e.field, "rule": e.rule} for e in exc.errors]
+    details = getattr(exc, "details", None)      # typed errors' own facts (never input)
+    if callable(details):
+        extra.update(details())
     headers = {}
     retry = getattr(exc, "retry_after", None)
     if retry:

@@ -449,6 +449,18 @@ class AccountService:
                                      actor.tenant_id, {"account_id": actor.id, "revoked": n})
         return n
 
+    def name_of(self, actor: Actor) -> str:
+        """The acting person's own name, to sign what they validate (a report names the
+        biologist who validated it). Not a gate read: it is the caller's own account.
+        Actors without a profile (CLI operator, system jobs) give their display."""
+        if actor.kind not in ("staff", "patient"):
+            return actor.display or actor.id
+        with self.lv.begin() as conn:
+            row = arepo.get_account(conn, actor.id)
+            if row is None:
+                return actor.display or actor.id
+            return str(json.loads(self._open(conn, row, "profile_sealed"))["name"])
+
     def _own_row(self, conn: Connection, actor: Actor) -> dict[str, Any]:
         row = arepo.get_account(conn, actor.id)
         if row is None or row["status"] != "active":

@@ -11,15 +11,27 @@ Public API (stable; the FHIR door builds on it):
 - ``create_order(actor, tenant_id, patient_id, request, specimen=None) -> OrderView``
 - ``receive_specimen(actor, order_id, specimen) -> SpecimenView``
 - ``enter_results(actor, order_id, results) -> list[ObservationView]``
-- ``validate_technical(actor, order_id)``, ``validate_biological(actor, order_id, conclusion)``
+- ``validate_technical(actor, order_id, expected=None)``,
+  ``validate_biological(actor, order_id, conclusion, expected=None, partial=None)``
 - ``validate_final(actor, order_id, conclusion)``: both, in one call (one order load)
-- ``validate_all_normal(actor, tenant_id, order_ids=None) -> BulkValidation``
-- ``publish(actor, order_id)``, ``amend(actor, observation_id, result, reason)``
+- ``validate_all_normal(actor, tenant_id, order_ids=None, expected=None, partial=None)
+  -> BulkValidation``
+- ``publish(actor, order_id, partial=None)``,
+  ``amend(actor, observation_id, result, reason, conclusion=None)``,
+  ``revise_conclusion(actor, order_id, conclusion, reason)``
 - ``reject(actor, order_id, reason, comment)``, ``cancel(actor, order_id, reason)``
 - ``worklist(actor, tenant_id, status)``, ``list_orders / list_reports / list_observations``
 - ``get_order``, ``get_report``, ``get_report_by_order``, ``get_observation``,
   ``get_specimen``, ``observation_history``
 - ``load_catalogue(actor, tenant_id, data)``, ``catalogue(tenant_id)``
+
+``expected`` is what the validating person was shown: ``{observation_id: revision}`` of
+the order (``ReportView.expected``); when the results differ now, the call is refused
+(``ResultsChanged``, 409). ``partial``: ``False`` refuses an order whose requested tests
+do not all have a result (``IncompleteOrder``, 409), ``True`` validates/publishes it as a
+partial report (recorded in the step), ``None`` does not look (in-process callers, the
+FHIR door's final report). A call made at the wrong step raises ``WorkflowConflict``
+(409), which says where the order is and who did the step already done, and when.
 """
 
 from __future__ import annotations
@@ -28,7 +40,7 @@ import json
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +51,14 @@ from labvault.crypto import blind_index as bi
 from labvault.domain import lab as L
 from labvault.domain.actors import Actor
 from labvault.domain.categories import Action, Category
-from labvault.errors import AccessDenied, InvalidField, InvalidRecord, NotFound, UserError
+from labvault.errors import (
+    AccessDenied,
+    Conflict,
+    InvalidField,
+    InvalidRecord,
+    NotFound,
+    UserError,
+)
 from labvault.services.gate import Access, Decision
 from labvault.store import driver_sql
 from labvault.store import repositories as repo
@@ -69,6 +88,11 @@ def _iso(d: datetime | None) -> str | None:
     return d.isoformat() if d else None
 
 
+def _utc(d: datetime) -> datetime:
+    """A stored timestamp as an aware one (SQLite gives them back naive, in UTC)."""
+    return d if d.tzinfo is not None else d.replace(tzinfo=UTC)
+
+
 # -- views -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Step:
@@ -76,8 +100,9 @@ class Step:
     at: datetime
     detail: Mapping[str, Any] = field(default_factory=dict)
 
-    def as_json(self) -> dict[str, Any]:
-        return {"by": self.by, "at": self.at.isoformat(), **self.detail}
+    def as_json(self, names: bool = True) -> dict[str, Any]:
+        return {"by": self.by, "at": self.at.isoformat(),
+                **{k: v for k, v in self.detail.items() if names or k != "name"}}
 
 
 @dataclass(frozen=True)
@@ -139,6 +164,32 @@ class OrderView:
 
 
 @dataclass(frozen=True)
+class Correction:
+    """A published result corrected: when, why, and the value it replaced (from the
+    result's history), so that the report shows its reader what changed."""
+
+    at: datetime
+    reason: str | None
+    previous: L.Observation
+
+    def as_json(self) -> dict[str, Any]:
+        return {"at": self.at.isoformat(), "reason": self.reason,
+                "previous": self.previous.as_json()}
+
+
+@dataclass(frozen=True)
+class ConclusionRevision:
+    """A published conclusion replaced: when, why, and the text it replaced."""
+
+    at: datetime
+    reason: str | None
+    previous: str | None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"at": self.at.isoformat(), "reason": self.reason, "previous": self.previous}
+
+
+@dataclass(frozen=True)
 class ReportView:
     report_id: str
     order_id: str
@@ -153,15 +204,44 @@ class ReportView:
     observations: Sequence[ObservationView]
     steps: Mapping[str, Step] = field(default_factory=dict)
     tests: Sequence[str] = ()
+    missing: Mapping[str, str] = field(default_factory=dict)  # requested, no result: code -> name
+    corrections: Mapping[str, Sequence[Correction]] = field(default_factory=dict)  # by result id
+    conclusion_revisions: Sequence[ConclusionRevision] = ()
+    conclusion_at: datetime | None = None
 
-    def as_json(self) -> dict[str, Any]:
+    @property
+    def expected(self) -> dict[str, int]:
+        """What this view shows, as validation calls take it back (``expected``)."""
+        return {o.observation_id: o.revision for o in self.observations}
+
+    def requested(self, obs: ObservationView) -> bool:
+        """Whether the order asked for this result (results of other tests are kept)."""
+        return not self.tests or obs.observation.code in self.tests
+
+    @property
+    def conclusion_outdated(self) -> bool:
+        """A result was corrected after the conclusion was last written."""
+        if not self.conclusion or self.conclusion_at is None:
+            return False
+        return any(c.at > self.conclusion_at for cs in self.corrections.values() for c in cs)
+
+    def as_json(self, staff_names: bool = True) -> dict[str, Any]:
+        """``staff_names=False``: without the names of the staff who took each step (the
+        patient's own download: the portal never names staff)."""
         return {"id": self.report_id, "order_id": self.order_id, "patient_id": self.patient_id,
                 "status": self.status, "order_status": self.order_status.value,
                 "created_at": self.created_at.isoformat(),
                 "updated_at": self.updated_at.isoformat(), "issued_at": _iso(self.issued_at),
-                "conclusion": self.conclusion, "tests": list(self.tests),
-                "steps": {k: s.as_json() for k, s in self.steps.items()},
-                "observations": [o.as_json() for o in self.observations]}
+                "conclusion": self.conclusion, "conclusion_at": _iso(self.conclusion_at),
+                "tests": list(self.tests), "missing": dict(self.missing),
+                "partial": bool(self.missing) and self.order_status in _VALIDATED,
+                "steps": {k: s.as_json(staff_names) for k, s in self.steps.items()},
+                "observations": [o.as_json() for o in self.observations],
+                "not_requested": [o.observation_id for o in self.observations
+                                  if not self.requested(o)],
+                "corrections": {k: [c.as_json() for c in cs]
+                                for k, cs in self.corrections.items()},
+                "conclusion_revisions": [r.as_json() for r in self.conclusion_revisions]}
 
 
 @dataclass(frozen=True)
@@ -181,13 +261,128 @@ class HistoryEntry:
                 "new": self.new.as_json() if self.new else None}
 
 
+@dataclass(frozen=True)
+class Skip:
+    """Why "validate all normal" left an order for review, and the tests concerned."""
+
+    reason: str       # one of SKIP_REASONS
+    tests: tuple[str, ...] = ()
+
+    def as_json(self) -> dict[str, Any]:
+        return {"reason": self.reason, "tests": list(self.tests)}
+
+
+# Most serious first: an order is reported under the first that applies.
+SKIP_REASONS = ("not-waiting", "changed", "no-results", "panic", "out-of-range",
+                "indeterminate", "no-reference-range", "incomplete")
+
+
 @dataclass
 class BulkValidation:
     validated: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)     # not all normal: left for review
+    skipped: list[str] = field(default_factory=list)     # left for review
+    reasons: dict[str, Skip] = field(default_factory=dict)   # skipped order id -> why
+
+    def skip(self, order_id: str, reason: str, tests: Iterable[str] = ()) -> None:
+        self.skipped.append(order_id)
+        self.reasons[order_id] = Skip(reason, tuple(tests))
 
     def as_json(self) -> dict[str, Any]:
-        return {"validated": self.validated, "skipped": self.skipped}
+        return {"validated": self.validated, "skipped": self.skipped,
+                "reasons": {k: r.as_json() for k, r in self.reasons.items()}}
+
+
+# == workflow errors: typed, with what each door needs to say them in its own words ========
+class WorkflowConflict(L.InvalidTransition):
+    """An action asked at the wrong step of the order. ``kind`` says which mismatch
+    (``technical-missing``, ``already-biological``...); ``step`` is the step that settles
+    it, with who (``detail["name"]``) and when."""
+
+    def __init__(self, action: str, status: L.OrderStatus, kind: str,
+                 step: Step | None) -> None:
+        self.action, self.status, self.kind, self.step = action, status, kind, step
+        message, hint = _CONFLICT_EN.get(kind, _CONFLICT_EN["not-allowed"])
+        by = ""
+        if step is not None:
+            by = f" by {step.detail.get('name') or step.by} at {step.at.isoformat()}"
+        super().__init__(message.format(by=by, status=status.value, action=action), hint)
+
+    def details(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.kind, "order_status": self.status.value}
+        if self.step is not None:
+            out["step"] = self.step.as_json()
+        return out
+
+
+_CONFLICT_EN: Mapping[str, tuple[str, str]] = {
+    "no-results": ("no results have been entered for this order yet", "enter the results first"),
+    "technical-missing": ("technical validation missing: a technician must validate these "
+                          "results first", "ask a technician to validate them technically"),
+    "biological-missing": ("biological validation missing: a biologist must validate the "
+                           "report first", "ask a biologist to validate it"),
+    "already-technical": ("already technically validated{by}", "nothing left to do here"),
+    "already-biological": ("already validated biologically{by}", "nothing left to do here"),
+    "already-published": ("already published{by}",
+                          "to correct it, amend a result or revise the conclusion"),
+    "results-validated": ("the results are already validated technically{by}: the specimen "
+                          "can no longer be rejected", "a biologist decides what to do with "
+                          "the results"),
+    "rejected": ("the specimen of this order was rejected{by}",
+                 "a new specimen needs a new order"),
+    "cancelled": ("this order was cancelled{by}", "a new order is needed"),
+    "not-allowed": ("an order that is {status} does not allow {action}", ""),
+}
+
+_BEFORE_RESULTS = frozenset({L.OrderStatus.REGISTERED, L.OrderStatus.RECEIVED})
+_VALIDATED = frozenset({L.OrderStatus.FINAL, L.OrderStatus.PUBLISHED, L.OrderStatus.AMENDED})
+
+
+def _conflict_kind(action: str, status: L.OrderStatus) -> tuple[str, str | None]:
+    """(kind, the step that settles it) of ``action`` refused at ``status``."""
+    S = L.OrderStatus
+    if status in (S.REJECTED, S.CANCELLED):
+        return status.value, status.value        # the steps are named as the states
+    if action == "reject":
+        return "results-validated", "technical"
+    if status in _BEFORE_RESULTS:
+        return "no-results", None
+    if action == "technical" and status == S.TECHNICALLY_VALIDATED:
+        return "already-technical", "technical"
+    if action in ("technical", "biological") and status in _VALIDATED:
+        return "already-biological", "biological"
+    if action == "biological" and status == S.PRELIMINARY:
+        return "technical-missing", None
+    if action in ("publish", "revise-conclusion") and status in (S.PRELIMINARY,
+                                                                 S.TECHNICALLY_VALIDATED):
+        return "biological-missing", None
+    if action == "publish" and status in (S.PUBLISHED, S.AMENDED):
+        return "already-published", "published"
+    return "not-allowed", None
+
+
+class ResultsChanged(Conflict):
+    """The results are not those the validating person was shown."""
+
+    code = "results-changed"
+
+    def __init__(self) -> None:
+        super().__init__("the results changed since they were shown (entered again, added "
+                         "or removed)", "review them again, then validate")
+
+
+class IncompleteOrder(Conflict):
+    """Requested tests without a result, on validation or publication."""
+
+    code = "incomplete-order"
+
+    def __init__(self, missing: Mapping[str, str]) -> None:
+        self.missing = dict(missing)          # LOINC code -> test name
+        super().__init__("no result yet for " + ", ".join(
+            f"{c} ({n})" for c, n in self.missing.items()),
+            "wait for them, or validate a partial report (partial: true)")
+
+    def details(self) -> dict[str, Any]:
+        return {"missing": list(self.missing)}
 
 
 @dataclass
@@ -224,6 +419,37 @@ class _Order:
     def birth_date(self) -> date | None:
         bd = self.request.get("patient", {}).get("birth_date")
         return date.fromisoformat(bd) if bd else None
+
+
+def _test_name(cat: L.Catalogue, code: str) -> str:
+    test = cat.get(code)
+    return test.display if test else code
+
+
+def review_reason(results: Sequence[L.Observation], missing: Mapping[str, str]) -> Skip | None:
+    """Why an order's results need a biologist's review rather than "validate all normal"
+    (the most serious reason, with the tests concerned); None when they may go in bulk."""
+    if not results:
+        return Skip("no-results")
+    why: dict[str, list[str]] = {}
+    for o in results:
+        if not L.is_normal(o):
+            why.setdefault(_not_normal(o), []).append(o.display)
+    if why:
+        reason = min(why, key=SKIP_REASONS.index)
+        return Skip(reason, tuple(why[reason]))
+    return Skip("incomplete", tuple(missing.values())) if missing else None
+
+
+def _not_normal(obs: L.Observation) -> str:
+    """Why a result keeps its order out of "validate all normal" (a ``SKIP_REASONS``)."""
+    if obs.flag is not None and obs.flag.is_panic:
+        return "panic"
+    if obs.flag in (L.Flag.LOW, L.Flag.HIGH, L.Flag.ABNORMAL):
+        return "out-of-range"
+    if obs.flag is None and not obs.reference_range:
+        return "no-reference-range"
+    return "indeterminate"        # a flag that does not settle it (e.g. "<5" across a limit)
 
 
 def default_catalogue_data() -> dict[str, Any]:
@@ -694,24 +920,73 @@ class LabService:
                                                   hid, data)}
 
     # == validation ==============================================================================
-    def validate_technical(self, actor: Actor, order_id: str) -> OrderView:
-        """Technical validation (technician or biologist): the results are analytically sound."""
+    def _signed(self, actor: Actor, **detail: Any) -> dict[str, Any]:
+        """A step's detail with the name of the person who took it: who validated a
+        report is part of the report (and of "already validated by … at …")."""
+        return {"name": self.lv.accounts.name_of(actor), **detail}
+
+    @staticmethod
+    def _expect(order: _Order, action: str, target: L.OrderStatus) -> None:
+        """Refuse ``action`` at a step that does not allow it, saying why (who did the
+        step that settles it, and when) rather than naming states."""
+        if target in L.TRANSITIONS[order.status]:
+            return
+        kind, step = _conflict_kind(action, order.status)
+        steps = LabService._steps(order.workflow)
+        raise WorkflowConflict(action, order.status, kind, steps.get(step) if step else None)
+
+    @staticmethod
+    def _unchanged(conn: Connection, order: _Order,
+                   expected: Mapping[str, int] | None) -> list[dict[str, Any]]:
+        """The order's result rows; refused when they are not what was shown
+        (``expected``: result id -> revision)."""
+        rows = lrepo.observations(conn, order.tenant_id, order.order_id)
+        if expected is not None and {r["observation_id"]: r["revision"]
+                                     for r in rows} != dict(expected):
+            raise ResultsChanged()
+        return rows
+
+    def _results(self, order: _Order, rows: Iterable[Mapping[str, Any]]) -> list[L.Observation]:
+        """The order's results in force (cancelled ones left out), opened."""
+        return [L.Observation.from_json(self._open(
+            order.dek, order.tenant_id, "lab_observations", "result_sealed",
+            r["observation_id"], r["result_sealed"]))
+            for r in rows if r["status"] != "cancelled"]
+
+    def _missing(self, conn: Connection, order: _Order,
+                 results: Iterable[L.Observation]) -> dict[str, str]:
+        """Requested tests without a result: LOINC code -> test name."""
+        have = {o.code for o in results}
+        cat = self._catalogue(conn, order.tenant_id)
+        return {t: _test_name(cat, t) for t in order.request.get("tests", ()) if t not in have}
+
+    def validate_technical(self, actor: Actor, order_id: str,
+                           expected: Mapping[str, int] | None = None) -> OrderView:
+        """Technical validation (technician or biologist): the results are analytically
+        sound. ``expected``: the results shown to the validating person."""
         if not (actor.roles & L.TECHNICAL_ROLES):
             raise AccessDenied("technical validation needs a technician or biologist role",
                                "ask a technician or a biologist to validate")
         with self.lv.begin() as conn:
             order = self._order_for(conn, actor, order_id, Action.VALIDATE, "observation")
+            self._expect(order, "technical", L.OrderStatus.TECHNICALLY_VALIDATED)
+            self._unchanged(conn, order, expected)
             self._transition(conn, actor, order, L.OrderStatus.TECHNICALLY_VALIDATED,
-                             "technical")
+                             "technical", self._signed(actor))
             return self._order_view(order)
 
     def validate_biological(self, actor: Actor, order_id: str,
-                            conclusion: str | None = None) -> ReportView:
-        """Biological validation: only a biologist; records who and when; results become final."""
+                            conclusion: str | None = None,
+                            expected: Mapping[str, int] | None = None,
+                            partial: bool | None = None) -> ReportView:
+        """Biological validation: only a biologist; records who and when; results become
+        final. ``expected``: the results the biologist reviewed; ``partial``: see the
+        module's docstring."""
         self._require_biologist(actor)
         with self.lv.begin() as conn:
             order = self._order_for(conn, actor, order_id, Action.VALIDATE, "report")
-            self._validate_bio(conn, actor, order, conclusion)
+            self._expect(order, "biological", L.OrderStatus.FINAL)
+            self._validate_bio(conn, actor, order, conclusion, expected, partial)
             return self._report_view(conn, order)
 
     def validate_final(self, actor: Actor, order_id: str,
@@ -728,95 +1003,153 @@ class LabService:
                 raise NotFound("no such order", "check the order id")
             self._scope(actor, row["tenant_id"])
             technical = row["status"] == L.OrderStatus.PRELIMINARY.value
+            signed = self._signed(actor)
             if technical:
                 self._check(conn, actor, Action.VALIDATE, row["tenant_id"], "observation",
                             (row["patient_id"],))
                 order = self._order_from_row(conn, row)
                 self._transition(conn, actor, order, L.OrderStatus.TECHNICALLY_VALIDATED,
-                                 "technical")
+                                 "technical", signed)
             self._require_biologist(actor)
             self._check(conn, actor, Action.VALIDATE, row["tenant_id"], "report",
                         (row["patient_id"],))
             if not technical:
                 order = self._order_from_row(conn, row)
-            self._validate_bio(conn, actor, order, conclusion)
+            self._validate_bio(conn, actor, order, conclusion, signed=signed)
             return self._report_view(conn, order)
 
     @staticmethod
-    def _require_biologist(actor: Actor) -> None:
+    def _require_biologist(actor: Actor, what: str = "validate results biologically") -> None:
         if L.BIOLOGIST_ROLE not in actor.roles:
-            raise AccessDenied("only a biologist may validate results biologically",
-                               "ask a biologist of the laboratory to validate")
+            raise AccessDenied(f"only a biologist may {what}",
+                               "ask a biologist of the laboratory")
 
     def _validate_bio(self, conn: Connection, actor: Actor, order: _Order,
-                      conclusion: str | None) -> None:
+                      conclusion: str | None, expected: Mapping[str, int] | None = None,
+                      partial: bool | None = None, signed: Mapping[str, Any] | None = None,
+                      ) -> None:
         from labvault.domain import validation as v
         concl = v.text(conclusion, "conclusion", 8000)
-        if order.row["patient_id"] and not lrepo.observations(conn, order.tenant_id,
-                                                              order.order_id):
+        rows = self._unchanged(conn, order, expected)
+        if not rows:
             raise L.InvalidTransition("this order has no results", "enter results first")
-        self._transition(conn, actor, order, L.OrderStatus.FINAL, "biological")
+        detail = dict(signed or self._signed(actor))
+        if partial is not None:
+            missing = self._missing(conn, order, self._results(order, rows))
+            if missing and not partial:
+                raise IncompleteOrder(missing)
+            if missing:
+                detail["partial"] = sorted(missing)
+        self._transition(conn, actor, order, L.OrderStatus.FINAL, "biological", detail)
         ts = self.lv.now()
         lrepo.set_observations_status(conn, order.tenant_id, order.order_id, "final", ts,
                                       only=("preliminary",))
         if concl is not None:
-            self._write_report_payload(conn, order, {"conclusion": concl})
+            self._write_report_payload(conn, order, {"conclusion": concl,
+                                                     "conclusion_at": ts.isoformat()})
 
     def _write_report_payload(self, conn: Connection, order: _Order,
-                              changes: Mapping[str, Any]) -> None:
+                              changes: Mapping[str, Any],
+                              revised_because: str | None = None) -> None:
+        """Update the report's sealed payload. ``revised_because``: a published conclusion
+        is being replaced; the previous text is kept with when and why."""
         rep = lrepo.report_by_order(conn, order.tenant_id, order.order_id)
         assert rep is not None
         payload = self._open(order.dek, order.tenant_id, "lab_reports", "report_sealed",
                              rep["report_id"], rep["report_sealed"])
+        ts = self.lv.now()
+        if revised_because is not None:
+            payload["conclusion_revisions"] = [
+                *payload.get("conclusion_revisions", ()),
+                {"at": ts.isoformat(), "reason": revised_because,
+                 "previous": payload.get("conclusion")}]
         payload.update(changes)
         lrepo.update_report(conn, order.tenant_id, order.order_id, report_sealed=self._seal(
             order.dek, order.tenant_id, "lab_reports", "report_sealed", rep["report_id"],
-            payload), updated_at=self.lv.now())
+            payload), updated_at=ts)
 
     def validate_all_normal(self, actor: Actor, tenant_id: str,
                             order_ids: Sequence[str] | None = None,
-                            limit: int = 500) -> BulkValidation:
+                            limit: int = 500,
+                            expected: Mapping[str, Mapping[str, int]] | None = None,
+                            partial: bool | None = None) -> BulkValidation:
         """Biologically validate every technically validated order of the worklist whose
-        results are all within their reference ranges; the others stay for review."""
+        results are all within their reference ranges; the others stay for review, each
+        with its reason (``BulkValidation.reasons``). ``expected``: the orders shown, each
+        with its results as shown (order id -> result id -> revision): only those orders
+        are considered, and one whose results changed is left for review. ``partial=False``
+        leaves the orders with a requested test still without result."""
         self._require_biologist(actor)
         self._scope(actor, tenant_id)
+        if expected is not None:
+            order_ids = [o for o in expected if order_ids is None or o in order_ids]
         out = BulkValidation()
         with self.lv.begin() as conn:
             rows = lrepo.orders(conn, tenant_id,
                                 statuses=[L.OrderStatus.TECHNICALLY_VALIDATED.value],
                                 order_ids=order_ids, limit=limit)
+            found = {r["order_id"] for r in rows}
+            for oid in order_ids or ():
+                if oid not in found:        # validated meanwhile, re-entered, cancelled...
+                    out.skip(oid, "not-waiting")
             if not rows:
                 return out
             self._check(conn, actor, Action.VALIDATE, tenant_id, "report",
                         [r["patient_id"] for r in rows])
+            signed = self._signed(actor)
             for row in rows:
                 order = self._order_from_row(conn, row)
-                obs = [L.Observation.from_json(self._open(
-                    order.dek, tenant_id, "lab_observations", "result_sealed",
-                    o["observation_id"], o["result_sealed"]))
-                    for o in lrepo.observations(conn, tenant_id, order.order_id)
-                    if o["status"] != "cancelled"]
-                if obs and all(L.is_normal(o) for o in obs):
-                    self._validate_bio(conn, actor, order, None)
-                    out.validated.append(order.order_id)
-                else:
-                    out.skipped.append(order.order_id)
+                skip = self._bulk_skip(conn, order, expected, partial)
+                if skip is not None:
+                    out.skip(order.order_id, skip.reason, skip.tests)
+                    continue
+                self._validate_bio(conn, actor, order, None, signed=signed)
+                out.validated.append(order.order_id)
         return out
 
+    def _bulk_skip(self, conn: Connection, order: _Order,
+                   expected: Mapping[str, Mapping[str, int]] | None,
+                   partial: bool | None) -> Skip | None:
+        """Why an order may not be validated in bulk (None: it may)."""
+        try:
+            rows = self._unchanged(conn, order,
+                                   None if expected is None else expected[order.order_id])
+        except ResultsChanged:
+            return Skip("changed")
+        results = self._results(order, rows)
+        missing = self._missing(conn, order, results) if partial is False else {}
+        return review_reason(results, missing)
+
     # == publication, amendment, rejection, cancellation ========================================
-    def publish(self, actor: Actor, order_id: str) -> ReportView:
+    def publish(self, actor: Actor, order_id: str, partial: bool | None = None) -> ReportView:
+        """Make a biologically validated report available to the prescriber and the
+        patient's portal. ``partial=False`` refuses a report with requested tests still
+        without result, unless the biological validation already accepted it as partial."""
         with self.lv.begin() as conn:
             order = self._order_for(conn, actor, order_id, Action.WRITE, "report")
-            self._transition(conn, actor, order, L.OrderStatus.PUBLISHED, "published")
+            self._expect(order, "publish", L.OrderStatus.PUBLISHED)
+            detail = self._signed(actor)
+            if partial is not None:
+                rows = lrepo.observations(conn, order.tenant_id, order_id)
+                missing = self._missing(conn, order, self._results(order, rows))
+                accepted = (order.workflow.get("biological") or {}).get("partial")
+                if missing and not partial and not accepted:
+                    raise IncompleteOrder(missing)
+                if missing:
+                    detail["partial"] = sorted(missing)
+            self._transition(conn, actor, order, L.OrderStatus.PUBLISHED, "published", detail)
             return self._report_view(conn, order)
 
     def amend(self, actor: Actor, observation_id: str, result: object,
-              reason: str) -> ObservationView:
+              reason: str, conclusion: str | None = None) -> ObservationView:
         """Correct a published result: a biologist, with a reason; the previous value is kept
-        in the history with who and when; the report becomes ``amended``."""
+        in the history with who and when; the report becomes ``amended``. ``conclusion``,
+        when given, replaces the report's conclusion in the same transaction (the previous
+        one kept, with the same reason)."""
         from labvault.domain import validation as v
-        self._require_biologist(actor)
+        self._require_biologist(actor, "correct a published result")
         why = v.text(reason, "reason", 2000, required=True)
+        concl = v.text(conclusion, "conclusion", 8000)
         new_in = L.ResultInput.parse(result)
         with self.lv.begin() as conn:
             orow = lrepo.observation(conn, observation_id)
@@ -837,7 +1170,7 @@ class LabService:
             new = L.Observation.interpret(new_in, test, self._catalogue(conn, tenant_id).version,
                                           order.sex, order.birth_date, self.lv.now())
             self._transition(conn, actor, order, L.OrderStatus.AMENDED, "amended",
-                             {"observation_id": observation_id, "reason": why})
+                             self._signed(actor, observation_id=observation_id, reason=why))
             ts, rev = self.lv.now(), orow["revision"] + 1
             lrepo.update_observation(conn, tenant_id, observation_id, status="amended",
                                      revision=rev, updated_at=ts, result_sealed=self._seal(
@@ -845,6 +1178,9 @@ class LabService:
                                          "result_sealed", observation_id, new.as_json()))
             lrepo.insert_history(conn, [self._history_row(order, observation_id, rev, ts, actor,
                                                           "amended", why, old, new)])
+            if concl is not None:
+                self._write_report_payload(conn, order, {
+                    "conclusion": concl, "conclusion_at": ts.isoformat()}, revised_because=why)
             if new.flag is not None and new.flag.is_panic:
                 self.lv.alerts.raise_alert(conn, tenant_id, "panic-value", "critical", actor, {
                     "order_id": order.order_id, "observation_id": observation_id,
@@ -852,18 +1188,52 @@ class LabService:
             return ObservationView(observation_id, order.order_id, order.patient_id, tenant_id,
                                    "amended", rev, orow["created_at"], ts, new)
 
+    def revise_conclusion(self, actor: Actor, order_id: str, conclusion: str,
+                          reason: str | None = None) -> ReportView:
+        """A biologist rewrites the conclusion of a validated report. Once published, it is
+        an amendment: a reason is required, the previous text is kept (shown as corrected)
+        and the report becomes ``amended``; before publication nobody outside the
+        laboratory has read it, so it is simply replaced."""
+        from labvault.domain import validation as v
+        self._require_biologist(actor, "write a report's conclusion")
+        concl = v.text(conclusion, "conclusion", 8000, required=True)
+        with self.lv.begin() as conn:
+            order = self._order_for(conn, actor, order_id, Action.WRITE, "report")
+            if order.status not in _VALIDATED:
+                kind, _ = _conflict_kind("revise-conclusion", order.status)
+                raise WorkflowConflict("revise-conclusion", order.status, kind, None)
+            if order.status == L.OrderStatus.FINAL:
+                self._write_report_payload(conn, order, {
+                    "conclusion": concl, "conclusion_at": self.lv.now().isoformat()})
+                return self._report_view(conn, order)
+            why = v.text(reason, "reason", 2000, required=True)
+            assert concl is not None and why is not None
+            self._transition(conn, actor, order, L.OrderStatus.AMENDED, "amended",
+                             self._signed(actor, conclusion=True, reason=why))
+            self._write_report_payload(conn, order, {
+                "conclusion": concl, "conclusion_at": self.lv.now().isoformat()},
+                revised_because=why)
+            return self._report_view(conn, order)
+
     def reject(self, actor: Actor, order_id: str, reason: str,
                comment: str | None = None) -> OrderView:
-        """Reject an order's specimen (non-conformity); ``reason`` from ``REJECTION_REASONS``."""
+        """Reject an order's specimen (non-conformity); ``reason`` from ``REJECTION_REASONS``.
+        A decision on the specimen (gate: ``specimen`` write: the reception desk, the
+        technician at the bench, the biologist); when results were entered, they are
+        cancelled with it, which also needs ``observation`` write."""
         from labvault.domain import validation as v
         if reason not in L.REJECTION_REASONS:
             raise InvalidField("reason", "is not a rejection reason",
                                "one of " + ", ".join(L.REJECTION_REASONS))
         note = v.text(comment, "comment", 2000)
         with self.lv.begin() as conn:
-            order = self._order_for(conn, actor, order_id, Action.WRITE, "order")
+            order = self._order_for(conn, actor, order_id, Action.WRITE, "specimen")
+            if lrepo.observations(conn, order.tenant_id, order_id):
+                self._check(conn, actor, Action.WRITE, order.tenant_id, "observation",
+                            (order.patient_id,))
+            self._expect(order, "reject", L.OrderStatus.REJECTED)
             self._transition(conn, actor, order, L.OrderStatus.REJECTED, "rejected",
-                             {"reason": reason, "comment": note})
+                             self._signed(actor, reason=reason, comment=note))
             lrepo.update_specimens(conn, order.tenant_id, order_id, "rejected")
             lrepo.set_observations_status(conn, order.tenant_id, order_id, "cancelled",
                                           self.lv.now())
@@ -925,12 +1295,35 @@ class LabService:
         assert rep is not None
         payload = self._open(order.dek, order.tenant_id, "lab_reports", "report_sealed",
                              rep["report_id"], rep["report_sealed"])
-        obs = [self._obs_view(order.dek, r)
-               for r in lrepo.observations(conn, order.tenant_id, order.order_id)]
-        return ReportView(rep["report_id"], order.order_id, order.patient_id, order.tenant_id,
-                          rep["status"], order.status, rep["created_at"], rep["updated_at"],
-                          rep["issued_at"], payload.get("conclusion"), obs,
-                          self._steps(order.workflow), tuple(order.request.get("tests", ())))
+        rows = lrepo.observations(conn, order.tenant_id, order.order_id)
+        obs = [self._obs_view(order.dek, r) for r in rows]
+        steps = self._steps(order.workflow)
+        concl_at = payload.get("conclusion_at")
+        bio = steps.get("biological")
+        return ReportView(
+            rep["report_id"], order.order_id, order.patient_id, order.tenant_id,
+            rep["status"], order.status, rep["created_at"], rep["updated_at"],
+            rep["issued_at"], payload.get("conclusion"), obs, steps,
+            tuple(order.request.get("tests", ())),
+            self._missing(conn, order, [o.observation for o in obs if o.status != "cancelled"]),
+            {o.observation_id: self._corrections(conn, order, o.observation_id)
+             for o in obs if o.status == "amended"},
+            [ConclusionRevision(datetime.fromisoformat(r["at"]), r.get("reason"),
+                                r.get("previous"))
+             for r in payload.get("conclusion_revisions", ())],
+            datetime.fromisoformat(concl_at) if concl_at else (bio.at if bio else None))
+
+    def _corrections(self, conn: Connection, order: _Order,
+                     observation_id: str) -> list[Correction]:
+        """The amendments of a published result, oldest first, from its history."""
+        out = []
+        for h in lrepo.history(conn, order.tenant_id, observation_id):
+            p = self._open(order.dek, order.tenant_id, "lab_observation_history",
+                           "change_sealed", h["history_id"], h["change_sealed"])
+            if p["change"] == "amended" and p.get("previous"):
+                out.append(Correction(_utc(h["changed_at"]), p.get("reason"),
+                                      L.Observation.from_json(p["previous"])))
+        return out
 
     def get_order(self, actor: Actor, order_id: str) -> OrderView:
         with self.lv.begin() as conn:

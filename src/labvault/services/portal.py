@@ -103,7 +103,7 @@ class PortalService:
         return {"format": "labvault-patient-export/1",
                 "exported_at": self.lv.now().isoformat(),
                 "record": record,
-                "reports": [r.as_json() for r in self.my_reports(actor)],
+                "reports": [r.as_json(staff_names=False) for r in self.my_reports(actor)],
                 "access_log": self.my_access_log(actor)}
 
     def request_erasure(self, actor: Actor, reason: str | None = None) -> str:

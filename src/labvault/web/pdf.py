@@ -14,9 +14,14 @@ def _no_fetch(url: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
     raise UserError("external resources are not allowed in a report", "")
 
 
+def report_html(report: ReportView, record: dict[str, Any], lab_name: str) -> str:
+    """The page the PDF is printed from."""
+    return ENV.get_template("report_pdf.html").render(report=report, record=record,
+                                                      lab_name=lab_name)
+
+
 def report_pdf(report: ReportView, record: dict[str, Any], lab_name: str) -> bytes:
     from weasyprint import HTML
-    source = ENV.get_template("report_pdf.html").render(report=report, record=record,
-                                                        lab_name=lab_name)
-    pdf: bytes = HTML(string=source, url_fetcher=_no_fetch).write_pdf()
+    pdf: bytes = HTML(string=report_html(report, record, lab_name),
+                      url_fetcher=_no_fetch).write_pdf()
     return pdf

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Coroutine, Mapping
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -84,9 +84,9 @@ def fr_datetime(value: object) -> str:
         except ValueError:
             return str(value)
     if isinstance(value, datetime):
-        if value.tzinfo is not None:
-            value = value.astimezone(PARIS)
-        return value.strftime("%d/%m/%Y à %H:%M")
+        # labvault stores UTC; SQLite gives it back without its zone
+        aware = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+        return aware.astimezone(PARIS).strftime("%d/%m/%Y à %H:%M")
     if isinstance(value, date):
         return value.strftime("%d/%m/%Y")
     return "" if value is None else str(value)
@@ -154,7 +154,12 @@ def _env() -> Environment:
                        kind=lambda k: KIND_FR.get(k, k),
                        severity=lambda v: SEVERITY_FR.get(v, v),
                        alert_status=lambda v: ALERT_STATUS_FR.get(v, v))
-    env.globals.update(field_value=field_value, who_fr=who_fr, CATEGORY_FIELDS=CATEGORY_FIELDS)
+    from labvault.web import lab_text
+    env.filters.update(skip=lambda r: lab_text.SKIP_FR.get(r, r),
+                       rejection=lambda r: lab_text.REJECTION_FR.get(r, r),
+                       shown=lab_text.shown)
+    env.globals.update(field_value=field_value, who_fr=who_fr, CATEGORY_FIELDS=CATEGORY_FIELDS,
+                       REJECTION_FR=lab_text.REJECTION_FR)
     return env
 
 
@@ -192,8 +197,11 @@ class WebRoute(APIRoute):
                     return error_page(429, exc.message, exc.hint)
                 return to_login()
             except UserError as exc:
-                return error_page(exc.http_status, exc.message, exc.hint,
-                                  getattr(request.state, "web_user", None))
+                from labvault.web.lab_text import french
+                user = getattr(request.state, "web_user", None)
+                message, hint = (french(exc, user.actor.id if user else None)
+                                 or (exc.message, exc.hint))
+                return error_page(exc.http_status, message, hint, user)
             except RequestValidationError:
                 return error_page(422, "un champ du formulaire manque ou est trop long",
                                   "revenez en arrière, complétez le formulaire et renvoyez-le")

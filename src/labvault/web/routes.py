@@ -42,8 +42,10 @@ from labvault.errors import (
 )
 from labvault.services.accounts import LoginThrottled
 from labvault.services.gate import Access
+from labvault.services.lab import BulkValidation, review_reason
 from labvault.services.portal import PortalService
-from labvault.web.render import NO_STORE, WebRoute, error_page, html, to_login
+from labvault.web import lab_text
+from labvault.web.render import NO_STORE, WebRoute, error_page, fr_datetime, html, to_login
 
 if TYPE_CHECKING:
     from labvault.services.alerts import AlertService
@@ -379,7 +381,7 @@ def console_patient(patient_id: str, user: User, lv: LV) -> Response:
                                     frozenset({Category.CLINICAL}), resource="report",
                                     patient_ids=(record["id"],))):
         reports = lv.lab.list_reports(user.actor, tenant_id, patient_id=record["id"])
-    return html("patient.html", user=user, record=record, reports=reports)
+    return html("patient.html", user=user, record=record, reports=reports, staff=True)
 
 
 def _biologist(user: WebUser) -> str:
@@ -390,35 +392,153 @@ def _biologist(user: WebUser) -> str:
     return tenant_id
 
 
+def _bench(user: WebUser) -> str:
+    tenant_id = _staff(user)
+    if not (L.TECHNICAL_ROLES & user.roles):
+        raise AccessDenied("la validation technique est réservée aux techniciens et aux "
+                           "biologistes", "demandez à un technicien du laboratoire")
+    return tenant_id
+
+
+def _notice(user: WebUser, title: str, message: str, *links: tuple[str, str]) -> Response:
+    return html("notice.html", user=user, title=title, message=message, links=links)
+
+
+Shown = Annotated[str | None, Form(max_length=20_000)]
+Tick = Annotated[str, Form(max_length=8)]
+
+
+def _expected(shown: str | None) -> dict[str, int] | None:
+    """What the form showed (None: a form without the field, e.g. a script's)."""
+    return None if shown is None else lab_text.parse_shown(shown)
+
+
+# -- technical validation and specimen rejection (the bench) -----------------------------------
+@router.get("/console/technique")
+def bench_worklist(user: User, lv: LV) -> Response:
+    """Results entered, waiting for technical validation; specimens received, not analysed
+    yet (a non-conforming one is refused from here)."""
+    tenant_id = _bench(user)
+    pending = [r for r in lv.lab.list_reports(user.actor, tenant_id, status="preliminary")
+               if r.order_status == L.OrderStatus.PRELIMINARY]
+    received = lv.lab.list_orders(user.actor, tenant_id, status=L.OrderStatus.RECEIVED.value)
+    cat = lv.lab.catalogue(tenant_id)
+    names = {t: (test.display if (test := cat.get(t)) else t)
+             for o in received for t in o.request.tests}
+    return html("technique.html", user=user, pending=pending, received=received, names=names,
+                staff=True)
+
+
+@router.post("/console/technique/{order_id}")
+def validate_technical(request: Request, order_id: str, user: User, lv: LV, csrf: Csrf = "",
+                       shown: Shown = None) -> Response:
+    """"Valider techniquement": the results as shown on the page (``shown``)."""
+    _bench(user)
+    _check_csrf(request, user, csrf)
+    view = lv.lab.validate_technical(user.actor, order_id[:64], _expected(shown))
+    return _notice(user, "Validation technique",
+                   "Résultats validés techniquement : la demande attend maintenant la "
+                   "validation biologique.",
+                   (f"/console/patients/{view.patient_id}", "Voir le dossier"),
+                   ("/console/technique", "Retour à la liste"))
+
+
+@router.post("/console/demandes/{order_id}/refus")
+def reject_specimen(request: Request, order_id: str, user: User, lv: LV, csrf: Csrf = "",
+                    reason: Annotated[str, Form(max_length=64)] = "",
+                    comment: Annotated[str, Form(max_length=2000)] = "") -> Response:
+    """"Refuser le prélèvement" with a reason from the list (whoever the gate lets decide
+    on a specimen: the desk before analysis, the bench, the biologist)."""
+    _staff(user)
+    _check_csrf(request, user, csrf)
+    if reason not in lab_text.REJECTION_FR:
+        raise UserError("motif de refus manquant ou inconnu", "choisissez le motif dans la liste")
+    view = lv.lab.reject(user.actor, order_id[:64], reason, comment.strip() or None)
+    return _notice(user, "Prélèvement refusé",
+                   f"Prélèvement refusé ({lab_text.REJECTION_FR[reason]}) : la demande est "
+                   "close et ses résultats éventuels sont annulés.",
+                   (f"/console/patients/{view.patient_id}", "Voir le dossier"),
+                   ("/console/technique", "Retour à la liste"))
+
+
+# -- biological validation and publication (the biologist) ---------------------------------------
+def _validation_page(user: WebUser, lv: Labvault, tenant_id: str,
+                     done: BulkValidation | None = None) -> Response:
+    reports = lv.lab.list_reports(user.actor, tenant_id, status="preliminary")
+    waiting = [r for r in reports if r.order_status == L.OrderStatus.TECHNICALLY_VALIDATED]
+    rows = [(r, review_reason([o.observation for o in r.observations
+                               if o.status != "cancelled"], r.missing)) for r in waiting]
+    to_publish = [r for r in lv.lab.list_reports(user.actor, tenant_id, status="final")
+                  if r.order_status == L.OrderStatus.FINAL]
+    labels = {r.order_id: f"Demande du {fr_datetime(r.created_at)}" for r in waiting}
+    return html("validation.html", user=user, rows=rows, to_publish=to_publish, done=done,
+                labels=labels, validated=None, staff=True)
+
+
 @router.get("/console/validation")
 def validation_worklist(user: User, lv: LV) -> Response:
-    tenant_id = _biologist(user)
-    waiting = [r for r in lv.lab.list_reports(user.actor, tenant_id, status="preliminary")
-               if r.order_status == L.OrderStatus.TECHNICALLY_VALIDATED]
-    rows = [(r, bool(r.observations) and all(L.is_normal(o.observation)
-                                             for o in r.observations
-                                             if o.status != "cancelled"))
-            for r in waiting]
-    return html("validation.html", user=user, rows=rows, done=None, validated=None)
+    return _validation_page(user, lv, _biologist(user))
 
 
 @router.post("/console/validation")
-def validate_all_normal(request: Request, user: User, lv: LV, csrf: Csrf = "") -> Response:
+def validate_all_normal(request: Request, user: User, lv: LV, csrf: Csrf = "",
+                        shown: Annotated[list[str] | None, Form(max_length=1000)] = None
+                        ) -> Response:
+    """"Valider tous les normaux": only the orders the page showed (one ``shown`` field
+    each), still as shown, all normal and complete; the others stay, each with its reason."""
     tenant_id = _biologist(user)
     _check_csrf(request, user, csrf)
-    done = lv.lab.validate_all_normal(user.actor, tenant_id)
-    return html("validation.html", user=user, rows=None, done=done, validated=None)
+    expected = None if shown is None else lab_text.parse_shown_orders(shown)
+    done = lv.lab.validate_all_normal(user.actor, tenant_id, expected=expected,
+                                      partial=False)
+    return _validation_page(user, lv, tenant_id, done)
 
 
 @router.post("/console/validation/{order_id}")
 def validate_one(request: Request, order_id: str, user: User, lv: LV, csrf: Csrf = "",
-                 conclusion: Annotated[str, Form(max_length=2000)] = "") -> Response:
+                 conclusion: Annotated[str, Form(max_length=2000)] = "",
+                 shown: Shown = None, partial: Tick = "", diffuser: Tick = "") -> Response:
     """Biological validation of one order after review (its results out of range or not),
-    with the biologist's conclusion if written (sealed with the report)."""
+    with the biologist's conclusion if written (sealed with the report); "Valider et
+    diffuser" publishes it in the same transaction."""
     _biologist(user)
     _check_csrf(request, user, csrf)
-    report = lv.lab.validate_biological(user.actor, order_id, conclusion.strip() or None)
-    return html("validation.html", user=user, rows=None, done=None, validated=report)
+    with lv.begin():
+        report = lv.lab.validate_biological(user.actor, order_id[:64],
+                                            conclusion.strip() or None, _expected(shown),
+                                            partial=bool(partial))
+        if diffuser:
+            report = lv.lab.publish(user.actor, report.order_id, partial=bool(partial))
+    return html("validation.html", user=user, rows=None, done=None, validated=report,
+                staff=True)
+
+
+@router.post("/console/diffusion/{order_id}")
+def publish(request: Request, order_id: str, user: User, lv: LV, csrf: Csrf = "",
+            partial: Tick = "") -> Response:
+    """"Diffuser": the validated report reaches the prescriber and the patient's portal."""
+    _biologist(user)
+    _check_csrf(request, user, csrf)
+    report = lv.lab.publish(user.actor, order_id[:64], partial=bool(partial))
+    return _notice(user, "Compte rendu diffusé",
+                   "Compte rendu diffusé : le prescripteur et le patient (sur son portail) "
+                   "peuvent le lire." + (" Il est partiel." if report.missing else ""),
+                   (f"/console/patients/{report.patient_id}", "Voir le dossier"),
+                   ("/console/validation", "Retour à la liste"))
+
+
+@router.post("/console/demandes/{order_id}/conclusion")
+def revise_conclusion(request: Request, order_id: str, user: User, lv: LV, csrf: Csrf = "",
+                      conclusion: Annotated[str, Form(max_length=8000)] = "",
+                      reason: Annotated[str, Form(max_length=2000)] = "") -> Response:
+    """A biologist rewrites a validated report's conclusion (after publication: with a
+    reason, the previous text kept and shown as corrected)."""
+    _biologist(user)
+    _check_csrf(request, user, csrf)
+    report = lv.lab.revise_conclusion(user.actor, order_id[:64], conclusion,
+                                      reason.strip() or None)
+    return RedirectResponse(f"/console/patients/{report.patient_id}", status_code=303,
+                            headers=NO_STORE)
 
 
 def _alert_store(user: WebUser, lv: Labvault) -> tuple[str, AlertService]:

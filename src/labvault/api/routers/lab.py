@@ -1,0 +1,126 @@
+"""``/api/v1/orders``, ``/api/v1/observations``: the lab workflow's steps for lab staff.
+
+Each call goes through ``lv.lab`` (``services/lab.py``), which checks the role and the
+gate and audits; errors are problem+json like every other route. The review read
+(``GET /api/v1/orders/{id}``) returns ``expected``: sent back with a validation, it makes
+the validation refuse (409 ``results-changed``) results that changed since they were
+read. A requested test without result makes validation and publication refuse (409
+``incomplete-order``, the tests in ``missing``) unless ``partial`` is true.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel, Field
+
+from labvault.api.deps import LV, CurrentActor
+from labvault.domain import lab as L
+
+router = APIRouter(tags=["lab"])
+
+ORDER = "/api/v1/orders/{order_id}"
+EXPECTED = Field(default=None, description=(
+    "the results as read (GET /api/v1/orders/{id} `expected`: result id -> revision); "
+    "refused with 409 results-changed if they differ now"),
+    examples=[{"obs_5k2q8v0d1r7m3x9c4b6n2t8w1z": 1}])
+PARTIAL = Field(default=False, description=(
+    "true: validate/publish even though requested tests have no result yet (the report "
+    "is shown as partial); false: such an order is refused with 409 incomplete-order"))
+
+
+class TechnicalIn(BaseModel):
+    expected: dict[str, int] | None = EXPECTED
+
+
+class BiologicalIn(BaseModel):
+    conclusion: str | None = Field(default=None, max_length=8000,
+                                   description="the biologist's conclusion (sealed)")
+    expected: dict[str, int] | None = EXPECTED
+    partial: bool = PARTIAL
+    publish: bool = Field(default=False, description="publish in the same transaction "
+                                                     "(validate and publish)")
+
+
+class PublicationIn(BaseModel):
+    partial: bool = PARTIAL
+
+
+class RejectionIn(BaseModel):
+    reason: str = Field(description="one of: " + ", ".join(L.REJECTION_REASONS),
+                        examples=["hemolysed"], max_length=64)
+    comment: str | None = Field(default=None, max_length=2000)
+
+
+class ConclusionIn(BaseModel):
+    conclusion: str = Field(max_length=8000)
+    reason: str | None = Field(default=None, max_length=2000,
+                               description="required once the report is published")
+
+
+class AmendmentIn(BaseModel):
+    result: dict[str, Any] = Field(description="the corrected result (same test code)",
+                                   examples=[{"code": "2823-3", "value": 4.6,
+                                              "unit": "mmol/L"}])
+    reason: str = Field(max_length=2000)
+    conclusion: str | None = Field(default=None, max_length=8000, description=(
+        "a new conclusion, replacing the published one in the same transaction"))
+
+
+def _review(report: Any) -> dict[str, Any]:
+    return {**report.as_json(), "expected": report.expected}
+
+
+@router.get(ORDER, summary="An order's report for review: results, flags, missing tests, "
+                           "`expected` for the validation calls")
+def review_order(order_id: str, actor: CurrentActor, lv: LV) -> dict[str, Any]:
+    return _review(lv.lab.get_report_by_order(actor, order_id))
+
+
+@router.post(ORDER + "/technical-validation",
+             summary="Technical validation (technician or biologist)")
+def technical_validation(order_id: str, actor: CurrentActor, lv: LV,
+                         body: TechnicalIn | None = None) -> dict[str, Any]:
+    expected = body.expected if body else None
+    return lv.lab.validate_technical(actor, order_id, expected).as_json()
+
+
+@router.post(ORDER + "/biological-validation",
+             summary="Biological validation (biologist), optionally published at once")
+def biological_validation(order_id: str, body: BiologicalIn, actor: CurrentActor,
+                          lv: LV) -> dict[str, Any]:
+    with lv.begin():        # validate and publish: both or neither
+        report = lv.lab.validate_biological(actor, order_id, body.conclusion, body.expected,
+                                            body.partial)
+        if body.publish:
+            report = lv.lab.publish(actor, order_id, body.partial)
+    return _review(report)
+
+
+@router.post(ORDER + "/publication",
+             summary="Publish a validated report to the prescriber and the patient portal")
+def publication(order_id: str, actor: CurrentActor, lv: LV,
+                body: PublicationIn | None = None) -> dict[str, Any]:
+    return _review(lv.lab.publish(actor, order_id, body.partial if body else False))
+
+
+@router.post(ORDER + "/rejection", summary="Reject the order's specimen (non-conformity)")
+def rejection(order_id: str, body: RejectionIn, actor: CurrentActor,
+              lv: LV) -> dict[str, Any]:
+    return lv.lab.reject(actor, order_id, body.reason, body.comment).as_json()
+
+
+@router.post(ORDER + "/conclusion",
+             summary="Rewrite a validated report's conclusion (an amendment once published)")
+def conclusion(order_id: str, body: ConclusionIn, actor: CurrentActor,
+               lv: LV) -> dict[str, Any]:
+    return _review(lv.lab.revise_conclusion(actor, order_id, body.conclusion, body.reason))
+
+
+@router.post("/api/v1/observations/{observation_id}/amendment",
+             summary="Correct a published result (biologist, with a reason)")
+def amendment(observation_id: str, body: AmendmentIn, actor: CurrentActor,
+              lv: LV) -> dict[str, Any]:
+    return lv.lab.amend(actor, observation_id, body.result, body.reason,
+                        body.conclusion).as_json()

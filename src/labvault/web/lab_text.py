@@ -1,0 +1,119 @@
+"""The lab workflow in the console's words (French): rejection reasons, why "valider tous
+les normaux" left an order for review, and the workflow's typed errors said the way a
+laboratory says them — what is missing, who did it already and when, what to do."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from labvault.errors import UserError
+from labvault.services.lab import (
+    IncompleteOrder,
+    ReportView,
+    ResultsChanged,
+    WorkflowConflict,
+)
+from labvault.services.portal import CsrfRefused
+
+REJECTION_FR: Mapping[str, str] = {
+    "hemolysed": "prélèvement hémolysé",
+    "clotted": "prélèvement coagulé",
+    "insufficient-volume": "volume insuffisant",
+    "wrong-container": "tube ou contenant inadapté",
+    "unlabelled": "prélèvement non étiqueté",
+    "identity-mismatch": "identité du tube et de la demande discordantes",
+    "transport-delay": "délai ou température de transport hors limites",
+    "leaked": "contenant cassé ou fuyant",
+    "no-prescription": "pas de prescription valable",
+}
+
+SKIP_FR: Mapping[str, str] = {
+    "not-waiting": "n'attend plus de validation (validée entre-temps, résultats ressaisis ou "
+                   "demande close)",
+    "changed": "les résultats ont changé depuis l'ouverture de la page : relisez-les",
+    "no-results": "aucun résultat",
+    "panic": "valeur critique",
+    "out-of-range": "résultat hors des valeurs de référence",
+    "indeterminate": "résultat que les valeurs de référence ne permettent pas de classer",
+    "no-reference-range": "pas de valeurs de référence pour ce patient",
+    "incomplete": "analyses demandées sans résultat",
+}
+
+_CONFLICT_FR: Mapping[str, tuple[str, str]] = {
+    "no-results": ("aucun résultat n'a encore été saisi pour cette demande",
+                   "saisissez d'abord les résultats"),
+    "technical-missing": ("validation technique manquante : un technicien doit d'abord valider "
+                          "ces résultats", "demandez-le à un technicien (page « Validation "
+                          "technique »)"),
+    "biological-missing": ("validation biologique manquante : un biologiste doit d'abord "
+                           "valider ce compte rendu", "validez-le sur la page « Validation "
+                           "biologique »"),
+    "already-technical": ("déjà validée techniquement{by}",
+                          "rien à refaire : elle attend la validation biologique"),
+    "already-biological": ("déjà validée{by}", "rien à refaire : diffusez-la si ce n'est pas "
+                                               "encore fait"),
+    "already-published": ("déjà diffusée{by}",
+                          "pour la corriger, corrigez un résultat ou la conclusion"),
+    "results-validated": ("les résultats sont déjà validés techniquement{by} : le prélèvement "
+                          "ne peut plus être refusé", "un biologiste décide de la suite"),
+    "rejected": ("le prélèvement de cette demande a été refusé{by}",
+                 "un nouveau prélèvement demande une nouvelle demande"),
+    "cancelled": ("cette demande a été annulée{by}", "une nouvelle demande est nécessaire"),
+    "not-allowed": ("cette action n'est pas possible à cette étape de la demande", ""),
+}
+
+
+def conflict_fr(exc: WorkflowConflict, user_id: str | None) -> tuple[str, str]:
+    from labvault.web.render import fr_datetime
+    message, hint = _CONFLICT_FR.get(exc.kind, _CONFLICT_FR["not-allowed"])
+    by = ""
+    if exc.step is not None:
+        who = ("vous" if exc.step.by == user_id
+               else exc.step.detail.get("name") or "un autre compte")
+        by = f" par {who} le {fr_datetime(exc.step.at)}"
+    return message.format(by=by), hint
+
+
+def french(exc: UserError, user_id: str | None) -> tuple[str, str] | None:
+    """The console's (message, hint) for the errors of the workflow and of the forms;
+    None: the error's own words."""
+    if isinstance(exc, WorkflowConflict):
+        return conflict_fr(exc, user_id)
+    if isinstance(exc, ResultsChanged):
+        return ("les résultats ont changé depuis l'ouverture de la page : relisez-les",
+                "rouvrez la liste, relisez les résultats, puis validez")
+    if isinstance(exc, IncompleteOrder):
+        return ("pas encore de résultat pour : " + ", ".join(exc.missing.values()),
+                "attendez-les, ou cochez « valider un compte rendu partiel »")
+    if isinstance(exc, CsrfRefused):
+        return ("le formulaire a expiré ou ne vient pas de labvault : rechargez la page",
+                "rechargez la page, puis renvoyez le formulaire")
+    return None
+
+
+def shown(report: ReportView) -> str:
+    """What a validation form shows, for the service to compare: ``obs:rev,obs:rev``."""
+    return ",".join(f"{oid}:{rev}" for oid, rev in report.expected.items())
+
+
+def parse_shown(value: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for part in filter(None, value.split(",")):
+        oid, _, rev = part.partition(":")
+        if not oid or not rev.isdigit():
+            raise UserError("le formulaire a été modifié ou tronqué",
+                            "rechargez la page, relisez les résultats, puis validez")
+        out[oid] = int(rev)
+    return out
+
+
+def parse_shown_orders(values: list[str]) -> dict[str, dict[str, int]]:
+    """The bulk form: one ``order_id=obs:rev,…`` per order shown."""
+    out: dict[str, dict[str, int]] = {}
+    for value in values:
+        order_id, sep, results = value.partition("=")
+        if not order_id or not sep:
+            raise UserError("le formulaire a été modifié ou tronqué",
+                            "rechargez la page, puis validez")
+        out[order_id] = parse_shown(results)
+    return out

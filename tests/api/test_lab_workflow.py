@@ -1,0 +1,149 @@
+"""The lab workflow's REST door (``/api/v1/orders``): review, technical and biological
+validation, publication, rejection, conclusion and amendment — problem+json errors,
+the ``expected`` and ``partial`` checks of the service, the OpenAPI document."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from tests.access.conftest import Lab, World
+from tests.web.helpers import order
+
+K_HIGH = [{"code": "718-7", "value": 13.1, "unit": "g/dL"}, {"code": "2823-3", "value": "5.6"}]
+
+
+def _bearer(w: World, lab: Lab, role: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {w.login(lab.emails[role])}"}
+
+
+def _problem(r: Any, status: int, code: str) -> dict[str, Any]:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+    body: dict[str, Any] = r.json()
+    assert body["code"] == code, body
+    return body
+
+
+def test_technical_then_biological_validation_and_publication(world: World,
+                                                              client: TestClient) -> None:
+    a = world.a
+    tech, bio = _bearer(world, a, "technician"), _bearer(world, a, "biologist")
+    (hb, _k) = order(world, a, a.patients[0], step="preliminary", results=K_HIGH)
+    oid = hb.order_id
+    review = client.get(f"/api/v1/orders/{oid}", headers=tech)
+    assert review.status_code == 200
+    doc = review.json()
+    assert doc["order_status"] == "preliminary" and doc["missing"] == {}
+    assert set(doc["expected"]) == {o["id"] for o in doc["observations"]}
+    assert [o["flag"] for o in doc["observations"]] == ["N", "H"]
+    r = client.post(f"/api/v1/orders/{oid}/technical-validation",
+                    json={"expected": doc["expected"]}, headers=tech)
+    assert r.status_code == 200 and r.json()["status"] == "technically-validated"
+    assert r.json()["steps"]["technical"]["name"] == "Hugo Lefebvre"
+    again = _problem(client.post(f"/api/v1/orders/{oid}/technical-validation", headers=tech),
+                     409, "invalid-transition")
+    assert again["kind"] == "already-technical" and "Hugo Lefebvre" in again["title"]
+    assert again["step"]["by"] == a.accounts["technician"]
+    refused = _problem(client.post(f"/api/v1/orders/{oid}/biological-validation",
+                                   json={"conclusion": "x"}, headers=tech), 403, "forbidden")
+    assert "biologist" in refused["title"]
+    r = client.post(f"/api/v1/orders/{oid}/biological-validation",
+                    json={"conclusion": "Hyperkaliémie modérée", "expected": doc["expected"],
+                          "publish": True}, headers=bio)
+    assert r.status_code == 200, r.text
+    rep = r.json()
+    assert rep["order_status"] == "published" and rep["conclusion"] == "Hyperkaliémie modérée"
+    assert rep["steps"]["biological"]["name"] == "Léa Moreau" and rep["issued_at"]
+    twice = _problem(client.post(f"/api/v1/orders/{oid}/publication", headers=bio), 409,
+                     "invalid-transition")
+    assert twice["kind"] == "already-published" and "Léa Moreau" in twice["title"]
+
+
+def test_validation_refused_when_results_changed_since_review(world: World,
+                                                              client: TestClient) -> None:
+    a = world.a
+    bio = _bearer(world, a, "biologist")
+    view = order(world, a, a.patients[0], step="technical")
+    shown = client.get(f"/api/v1/orders/{view.order_id}", headers=bio).json()["expected"]
+    actor = world.actor(a.emails["technician"])
+    world.lv.lab.enter_results(actor, view.order_id, [{"code": "2823-3", "value": 6.9}])
+    world.lv.lab.validate_technical(actor, view.order_id)
+    body = _problem(client.post(f"/api/v1/orders/{view.order_id}/biological-validation",
+                                json={"conclusion": "RAS", "expected": shown}, headers=bio),
+                    409, "results-changed")
+    assert "review them again" in body["detail"]
+    state = client.get(f"/api/v1/orders/{view.order_id}", headers=bio).json()
+    assert state["order_status"] == "technically-validated" and state["conclusion"] is None
+    wrong_step = _problem(client.post(f"/api/v1/orders/{view.order_id}/publication",
+                                      headers=bio), 409, "invalid-transition")
+    assert wrong_step["kind"] == "biological-missing"
+
+
+def test_incomplete_order_needs_partial(world: World, client: TestClient) -> None:
+    a = world.a
+    bio = _bearer(world, a, "biologist")
+    (k,) = order(world, a, a.patients[0], step="preliminary",
+                 results=[{"code": "2823-3", "value": "4.2"}])
+    world.lv.lab.validate_technical(world.actor(a.emails["technician"]), k.order_id)
+    url = f"/api/v1/orders/{k.order_id}/biological-validation"
+    body = _problem(client.post(url, json={}, headers=bio), 409, "incomplete-order")
+    assert body["missing"] == ["718-7"] and "partial" in body["detail"]
+    r = client.post(url, json={"partial": True, "publish": True}, headers=bio)
+    assert r.status_code == 200 and r.json()["partial"] is True
+    assert r.json()["missing"] == {"718-7": "Hemoglobin [Mass/volume] in Blood"}
+
+
+def test_rejection_by_the_bench(world: World, client: TestClient) -> None:
+    a = world.a
+    tech = _bearer(world, a, "technician")
+    (hb, _k) = order(world, a, a.patients[0], step="preliminary")
+    url = f"/api/v1/orders/{hb.order_id}/rejection"
+    bad = _problem(client.post(url, json={"reason": "because"}, headers=tech), 422,
+                   "invalid-field")
+    assert "hemolysed" in bad["detail"]
+    r = client.post(url, json={"reason": "hemolysed", "comment": "tube rose"}, headers=tech)
+    assert r.status_code == 200 and r.json()["status"] == "rejected"
+    assert r.json()["steps"]["rejected"]["reason"] == "hemolysed"
+    rec = _bearer(world, a, "reception")              # results exist: not the desk's call
+    (other, _) = order(world, a, a.patients[0], step="preliminary")
+    _problem(client.post(f"/api/v1/orders/{other.order_id}/rejection",
+                         json={"reason": "clotted"}, headers=rec), 403, "forbidden")
+    late = order(world, a, a.patients[0], step="technical")
+    body = _problem(client.post(f"/api/v1/orders/{late.order_id}/rejection",
+                                json={"reason": "clotted"}, headers=tech),
+                    409, "invalid-transition")
+    assert body["kind"] == "results-validated"
+
+
+def test_amendment_with_conclusion_and_conclusion_revision(world: World,
+                                                           client: TestClient) -> None:
+    a = world.a
+    bio = _bearer(world, a, "biologist")
+    rep = order(world, a, a.patients[0], results=K_HIGH, conclusion="Hyperkaliémie")
+    k = next(o for o in rep.observations if o.observation.code == "2823-3")
+    r = client.post(f"/api/v1/observations/{k.observation_id}/amendment",
+                    json={"result": {"code": "2823-3", "value": 1.9}, "reason": "inversion",
+                          "conclusion": "Hypokaliémie sévère"}, headers=bio)
+    assert r.status_code == 200 and r.json()["status"] == "amended"
+    doc = client.get(f"/api/v1/orders/{rep.order_id}", headers=bio).json()
+    assert doc["conclusion"] == "Hypokaliémie sévère"
+    assert doc["corrections"][k.observation_id][0]["previous"]["value"] == 5.6
+    assert doc["conclusion_revisions"][0]["previous"] == "Hyperkaliémie"
+    url = f"/api/v1/orders/{rep.order_id}/conclusion"
+    _problem(client.post(url, json={"conclusion": "RAS"}, headers=bio), 422, "invalid-field")
+    r = client.post(url, json={"conclusion": "Hypokaliémie sévère, contrôle demandé",
+                               "reason": "précision"}, headers=bio)
+    assert r.status_code == 200 and len(r.json()["conclusion_revisions"]) == 2
+
+
+def test_openapi_documents_the_lab_steps(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    for step in ("technical-validation", "biological-validation", "publication",
+                 "rejection", "conclusion"):
+        op = paths[f"/api/v1/orders/{{order_id}}/{step}"]["post"]
+        assert op["tags"] == ["lab"] and op["summary"]
+    body = paths["/api/v1/orders/{order_id}/biological-validation"]["post"]["requestBody"]
+    assert body["content"]["application/json"]["schema"]["$ref"].endswith("BiologicalIn")
+    assert "/api/v1/observations/{observation_id}/amendment" in paths
