@@ -227,23 +227,31 @@ class MessageService:
         repo.insert_patients(ctx.conn, [prepared.row], [prepared.key], prepared.index)
         return prepared.patient_id
 
-    def _update(self, ctx: _Ctx, patient_id: str, rec: PatientRecord) -> None:
+    def _update(self, ctx: _Ctx, patient_id: str, p: I.InboundPatient) -> None:
+        """Apply a PID to a known patient (ADT^A08...): what the message leaves empty is
+        kept, ``""`` deletes (HL7 v2.5 §2.5.3); coverage and clinical facts, which a PID
+        does not carry, are kept as they are."""
         lv = self.lv
+        assert p.changes is not None
         access = Access(ctx.actor, Action.WRITE, ctx.tenant_id,
                         frozenset({Category.IDENTITY, Category.CONTACT, Category.COVERAGE,
                                    Category.CLINICAL}), patient_ids=(patient_id,),
                         resource="patient")
         lv.gate.check(ctx.conn, access)
-        # Keep what the message does not carry (coverage, blood group, prescriber...).
         opened = lv.gate.read_patients(ctx.conn, Access(
-            ctx.actor, Action.READ, ctx.tenant_id, frozenset({Category.COVERAGE,
-                                                              Category.CLINICAL}),
-            patient_ids=(patient_id,), resource="patient"))
-        dek = lv.gate.patient_key(ctx.conn, ctx.tenant_id, patient_id)
+            ctx.actor, Action.READ, ctx.tenant_id, access.categories,
+            patient_ids=(patient_id,), resource="patient")).get(patient_id, {})
+        stored = {**opened.get(Category.IDENTITY, {}), **opened.get(Category.CONTACT, {})}
+        merged = p.changes.applied_to(stored)
+        try:
+            rec = PatientRecord.parse(merged)
+        except InvalidRecord as exc:
+            raise I.ContentError(p.changes.errors(exc, merged, p.location)) from None
+        self._identifiers_free(ctx, patient_id, rec, p.location)
         cats = rec.categories()
         for cat in (Category.COVERAGE, Category.CLINICAL):
-            old = opened.get(patient_id, {}).get(cat) or {}
-            cats[cat] = {**old, **cats[cat]}
+            cats[cat] = dict(opened.get(cat) or {})
+        dek = lv.gate.patient_key(ctx.conn, ctx.tenant_id, patient_id)
         blobs = lv.gate.seal_patient(ctx.conn, access, dek, patient_id, cats)
         repo.update_patient_blobs(ctx.conn, ctx.tenant_id, patient_id, blobs)
         idx = repo.current_key_version(ctx.conn, ctx.tenant_id, "index")
@@ -254,14 +262,32 @@ class MessageService:
             for k in [k for k, v in self._patients.items() if v[0] == patient_id]:
                 self._patients.pop(k, None)
 
+    def _identifiers_free(self, ctx: _Ctx, patient_id: str, rec: PatientRecord,
+                          where: Location) -> None:
+        """Never two patients with one NIR or one external id (MRN): an update that would
+        give this patient another patient's identifier is refused (AE 205)."""
+        named = {bi.NIR: "NIR", bi.EXTERNAL_ID: "identifier"}
+        for kind, value in indexing.index_values(rec):
+            if kind not in named:
+                continue
+            owners = repo.find_by_digest(ctx.conn, ctx.tenant_id, kind,
+                                         self.lab.digest(ctx.conn, ctx.tenant_id, kind, value))
+            if any(o != patient_id for o in owners):
+                raise I.ContentError([MessageError(
+                    where, I.ERR_DUPLICATE_KEY,
+                    f"PID-3 {named[kind]} {value} already identifies another patient: "
+                    "correct the identifier, or merge the two records first, then resend")])
+
     def _adt(self, ctx: _Ctx, msg: I.InboundMessage) -> None:
         p = msg.patient
-        assert p is not None and p.record is not None   # the mapper guarantees it for ADT
+        assert p is not None and p.changes is not None   # the mapper guarantees it for ADT
         pid = self._match(ctx, p)
         if pid is None:
+            if p.record is None:
+                raise I.ContentError(list(p.record_errors))
             pid = self._register(ctx, p.record)
         else:
-            self._update(ctx, pid, p.record)
+            self._update(ctx, pid, p)
         ctx.outcome.patient_id = pid
 
     # == orders and results =====================================================================
@@ -287,9 +313,9 @@ class MessageService:
             pid, why = None, "several patients match PID-3 (merge them first)"
         if pid is None and msg.message_type in ("ORM", "OML"):
             if p.record is None:
-                raise I.ContentError([MessageError(p.location, I.ERR_UNKNOWN_KEY,
-                                                   "unknown patient and PID does not make a "
-                                                   f"valid patient: {p.record_error}")])
+                raise I.ContentError([MessageError(
+                    e.location, e.code, f"unknown patient, not registered: {e.text}")
+                    for e in p.record_errors])
             pid = self._register(ctx, p.record)
         ctx.decision, ctx.decided_for = self._decide(ctx, pid), pid
         if pid is None:
