@@ -81,3 +81,37 @@ def test_err_names_the_field_at_fault(h: Hl7Handler, lab_lv: Labvault, tenant_id
     assert code == "AE" and [e[2] for e in errs] == ["ORC^2^2"]
     assert set(orders_of(lab_lv, tenant_id, operator, marie)) == {"PR15M"}
     assert set(orders_of(lab_lv, tenant_id, operator, paul)) == {"PR15C"}
+
+
+# -- one result per test and order in a message ---------------------------------------------
+@pytest.mark.parametrize("second", ["2951-2^Na^LN", "NA^Sodium^L"])   # LOINC, local alias
+@pytest.mark.parametrize("ordered", [True, False])
+def test_two_values_of_one_test_refuse_the_message(h: Hl7Handler, lab_lv: Labvault,
+                                                   tenant_id: str, operator: Actor, paul: str,
+                                                   second: str, ordered: bool) -> None:
+    if ordered:
+        assert ack_of(h.handle(hl7("ORM^O01", "R3A", PID_PAUL, "ORC|NW|PR3",
+                                   "OBR|1|PR3||2951-2^Na^LN"))[1])[0] == "AA"
+    before = lab_lv.lab.list_orders(operator, tenant_id)
+    code, errs = ack_of(h.handle(hl7("ORU^R01", "R3B", PID_PAUL,
+                                     "OBR|1|PR3||2951-2^Na^LN|||20260304080000",
+                                     "OBX|1|NM|2823-3^K^LN||4.1|mmol/L|||||F",
+                                     "OBX|2|NM|2951-2^Na^LN||119|mmol/L|||||F",
+                                     f"OBX|3|NM|{second}||140|mmol/L|||||F"))[1])
+    assert code == "AE" and [(e[2], e[3][:3]) for e in errs] == [("OBX^3^3", "205")]
+    assert "already given by OBX[2]" in errs[0][8]
+    assert lab_lv.lab.list_observations(operator, tenant_id) == []      # nothing half-stored
+    assert [o.status for o in lab_lv.lab.list_orders(operator, tenant_id)] == [
+        o.status for o in before]
+
+
+def test_enter_results_refuses_one_test_twice(lab_lv: Labvault, tenant_id: str,
+                                              operator: Actor, paul: str) -> None:
+    from labvault.errors import InvalidRecord
+    order = lab_lv.lab.create_order(operator, tenant_id, paul, {"tests": ["2951-2"]}, {
+        "type": "BLD", "collected_at": "2026-03-04T08:00:00+01:00", "accession_number": "A1"})
+    with pytest.raises(InvalidRecord, match=r"results\[1\].code: 2951-2 is given twice"):
+        lab_lv.lab.enter_results(operator, order.order_id, [
+            {"code": "2951-2", "value": 119, "unit": "mmol/L"},
+            {"code": "2951-2", "value": 140, "unit": "mmol/L"}])
+    assert lab_lv.lab.list_observations(operator, tenant_id) == []

@@ -65,6 +65,21 @@ def _dumps(data: Mapping[str, Any]) -> bytes:
     return _JSON.encode(data).encode()
 
 
+def _one_per_test(results: Sequence[L.Observation]) -> None:
+    """One value per test in one entry: a second one would be written as a re-entry of
+    a row not inserted yet (the row and its history would disagree)."""
+    seen: set[str] = set()
+    errors = []
+    for i, obs in enumerate(results):
+        if obs.code in seen:
+            errors.append(InvalidField(f"results[{i}].code", f"{obs.code} is given twice",
+                                       "give one result per test; a new value is a "
+                                       "re-entry, in an entry of its own"))
+        seen.add(obs.code)
+    if errors:
+        raise InvalidRecord(errors)
+
+
 def _iso(d: datetime | None) -> str | None:
     return d.isoformat() if d else None
 
@@ -568,6 +583,7 @@ class LabService:
         if order.status == L.OrderStatus.REGISTERED:
             raise L.InvalidTransition("the specimen of this order has not been received",
                                       "receive the specimen first")
+        _one_per_test(results)
         self._transition(conn, actor, order, L.OrderStatus.PRELIMINARY,
                          "results-entered" if "results-entered" not in order.workflow else None)
         ts = self.lv.now()
@@ -635,6 +651,7 @@ class LabService:
                             patient_id: str, dek: DataKey, req: L.ServiceRequest,
                             spec: L.Specimen, results: Sequence[L.Observation],
                             facts: Mapping[str, Any]) -> tuple[_Order, list[ObservationView]]:
+        _one_per_test(results)
         order = self._create_order(conn, actor, tenant_id, patient_id, req, facts, dek,
                                    L.OrderStatus.PRELIMINARY,
                                    ("registered", "received", "results-entered"))

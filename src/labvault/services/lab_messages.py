@@ -70,6 +70,21 @@ def _result_location(r: I.InboundResult, exc: InvalidField | InvalidRecord) -> L
     return Location(r.location.segment, r.location.sequence, field)
 
 
+def _one_result_per_test(first: I.InboundResult, r: I.InboundResult,
+                         test: L.CatalogueTest) -> None:
+    """Two values of one test for one order in one message: which is right is the
+    sender's knowledge, not ours. Taking either would hide the disagreement (and HL7
+    wants OBX-3 + OBX-4 unique within an order), so the message is refused (AE) at the
+    second OBX; a rerun is a correction (OBX-11 C) in a message of its own."""
+    if first is r:
+        return
+    raise I.ContentError([MessageError(
+        Location(r.location.segment, r.location.sequence, 3), I.ERR_DUPLICATE_KEY,
+        f"OBX-3 {r.code} is test {test.code} again, already given by "
+        f"OBX[{first.location.sequence}] for this order: one result per test and order in "
+        "a message; send a rerun as a correction (OBX-11 C) in a message of its own")])
+
+
 def _dumps(data: Mapping[str, Any]) -> bytes:
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False, default=str).encode()
 
@@ -440,10 +455,13 @@ class MessageService:
         bd = facts.get("birth_date")
         birth = date.fromisoformat(bd) if bd else None
         good: list[L.Observation] = []
+        first: dict[str, I.InboundResult] = {}
         for r in group.results:
             if r.status in ("X", "D", "W"):       # result cannot be obtained / deleted / wrong
                 continue
             test = self._resolve_code(cat, r.code, r.code_system, mapping)
+            if test is not None:
+                _one_result_per_test(first.setdefault(test.code, r), r, test)
             if test is None:
                 self._issue(ctx, "unknown-code", pid, group, [r], None,
                             Location(r.location.segment, r.location.sequence, 3),
