@@ -85,6 +85,36 @@ def _one_result_per_test(first: I.InboundResult, r: I.InboundResult,
         "a message; send a rerun as a correction (OBX-11 C) in a message of its own")])
 
 
+# What can fix an issue of each kind (hl7-issues resolve's hint).
+_DISCARD_HINT = ('discard it once handled: --discard --reason "..." (--all-results when it '
+                 "holds several)")
+_RESOLVE_HINTS = {
+    "unknown-patient": "give the patient: --patient pt_... (labvault patient find ...)",
+    "unknown-code": "say what each unknown code means: --code LOCAL=LOINC (labvault catalogue "
+                    "show lists the LOINC codes)",
+    "invalid-value": "labvault converts no value or unit: ask the sender for a corrected "
+                     "result, then " + _DISCARD_HINT,
+    "order-closed": "the order is validated: a biologist corrects the result by an "
+                    "amendment, then " + _DISCARD_HINT,
+}
+
+
+def _group_of(order: Mapping[str, Any], results: Sequence[I.InboundResult]) -> I.InboundOrder:
+    """The order group an issue kept, rebuilt from its payload."""
+    req = order.get("request") or {}
+    presc = req.get("prescriber")
+    return I.InboundOrder(
+        Location("OBR"), "RE", order.get("placer_number"), order.get("filler_number"),
+        tuple(I.InboundTest(t["code"], t.get("system"), t.get("display"),
+                            Location("OBR", 1, 4)) for t in order.get("tests", [])),
+        L.ServiceRequest((), L.Priority(req.get("priority") or "routine"),
+                         L.OrderPrescriber(presc["name"], presc.get("rpps")) if presc else None,
+                         req.get("clinical_notes"), order.get("placer_number"),
+                         order.get("filler_number")),
+        L.Specimen.parse(order["specimen"]) if order.get("specimen") else None,
+        tuple(results))
+
+
 def _dumps(data: Mapping[str, Any]) -> bytes:
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False, default=str).encode()
 
@@ -625,66 +655,94 @@ class MessageService:
             return out
 
     def resolve_issue(self, actor: Actor, issue_id: str, *, patient_id: str | None = None,
-                      code: str | None = None) -> dict[str, Any]:
+                      code: str | None = None, codes: Mapping[str, str] | None = None
+                      ) -> dict[str, Any]:
         """Re-process the kept results with a human's answer: the patient they belong to
-        and/or the LOINC code their local code means. Stored in one transaction."""
+        and/or the LOINC code each unknown code means (``codes``: local -> LOINC; ``code``
+        alone when the issue has one unknown code). A mapping applies only to the results
+        whose code is not in the catalogue. What can be stored is stored; what still cannot
+        becomes a new issue of its own (``left_as``). One transaction."""
         with self.lv.begin() as conn:
-            row = lrepo.issue(conn, issue_id)
-            if row is None or row["status"] != "open":
-                raise NotFound("no open import issue with this id", "labvault hl7-issues list")
+            row = self._open_row(conn, actor, issue_id)
             tid = row["tenant_id"]
-            self.lab._scope(actor, tid)
             target = patient_id or row["patient_id"]
             if target is None:
-                raise UserError("this issue needs the patient the results belong to",
-                                "give --patient pt_...")
+                raise UserError(f"issue {issue_id} needs the patient its results belong to",
+                                "give --patient pt_... (labvault patient find ...)")
             if repo.patient_tenant(conn, target) != tid:
-                raise NotFound("no such patient", "check the patient id")
+                raise NotFound(f"no patient {target} in this laboratory",
+                               "check the patient id (labvault patient find ...)")
             self.lv.gate.check(conn, Access(actor, Action.WRITE, tid, CLINICAL,
                                             resource="import-issue",
                                             patient_ids=(target,)))
             payload = self._open_issue(conn, row)
-            if code is not None:
-                code = L.loinc(code, "code")
+            if "results" not in payload:
+                raise UserError(f"issue {issue_id} ({row['kind']}) holds no results to store",
+                                _RESOLVE_HINTS.get(row["kind"], _DISCARD_HINT))
             results = [I.InboundResult.from_json(r) for r in payload["results"]]
-            o = payload["order"]
-            req = o.get("request") or {}
-            group = I.InboundOrder(
-                Location("OBR"), "RE", o.get("placer_number"), o.get("filler_number"),
-                tuple(I.InboundTest(t["code"], t.get("system"), t.get("display"),
-                                    Location("OBR", 1, 4)) for t in o.get("tests", [])),
-                L.ServiceRequest((), L.Priority(req.get("priority") or "routine"),
-                                 L.OrderPrescriber(req["prescriber"]["name"],
-                                                   req["prescriber"].get("rpps"))
-                                 if req.get("prescriber") else None,
-                                 req.get("clinical_notes"), o.get("placer_number"),
-                                 o.get("filler_number")),
-                L.Specimen.parse(o["specimen"]) if o.get("specimen") else None,
-                tuple(results))
-            mapping = {r.code: code for r in results} if code else None
+            group = _group_of(payload["order"], results)
+            cat = self.lab._catalogue(conn, tid)
+            mapping = self._code_mapping(cat, results, code, codes or {})
             msg = I.InboundMessage("ORU", "R01", row["message_id"] or issue_id, "issue", "2.5",
                                    None, (group,))
             ctx = _Ctx(conn, actor, tid, row["message_id"] or issue_id,
                        I.IngestOutcome("AA", patient_id=target), [])
-            cat = self.lab._catalogue(conn, tid)
             if mapping:
                 cat = L.Catalogue(cat.version, cat.tests, {**cat.by_local, **mapping})
             try:
                 self._store_group(ctx, target, group, cat, msg)
             except I.ContentError as exc:
-                raise UserError(f"cannot store the results: {exc}", "fix and retry") from None
-            if ctx.issues:
+                raise UserError(f"cannot store the results: {exc}",
+                                "fix and retry, or discard the issue") from None
+            if ctx.issues and not ctx.outcome.observation_ids:
                 reasons = "; ".join(i["payload"]["reason"] for i in ctx.issues)
+                kinds = dict.fromkeys(i["kind"] for i in ctx.issues)
                 raise UserError(f"the results still cannot be stored: {reasons}",
-                                "give the right --patient or --code")
+                                "; ".join(_RESOLVE_HINTS.get(k, _DISCARD_HINT) for k in kinds))
+            self._write_issues(ctx)       # what still cannot be stored: an issue of its own
             ts = self.lv.now()
             resolution = {"by": actor.id, "at": ts.isoformat(), "patient_id": target,
-                          "code": code, "observation_ids": ctx.outcome.observation_ids}
+                          "codes": mapping, "observation_ids": ctx.outcome.observation_ids,
+                          "left_as": [i["issue_id"] for i in ctx.issues]}
             lrepo.update_issue(conn, tid, issue_id, status="resolved", resolved_at=ts,
                                resolution_sealed=self._seal_issue(
                                    conn, tid, row["patient_id"], issue_id, "resolution_sealed",
                                    resolution))
             return {"id": issue_id, "status": "resolved", **resolution}
+
+    def _open_row(self, conn: Connection, actor: Actor, issue_id: str) -> dict[str, Any]:
+        """The issue's row, if open and in the actor's laboratory."""
+        row = lrepo.issue(conn, issue_id)
+        if row is None or row["status"] != "open":
+            raise NotFound(f"no open import issue {issue_id}", "labvault hl7-issues list")
+        self.lab._scope(actor, row["tenant_id"])
+        return row
+
+    def _code_mapping(self, cat: L.Catalogue, results: Sequence[I.InboundResult],
+                      code: str | None, codes: Mapping[str, str]) -> dict[str, str]:
+        """local code -> catalogue test, for the results whose code is unknown only."""
+        unknown = list(dict.fromkeys(r.code for r in results
+                                     if self._resolve_code(cat, r.code, r.code_system) is None))
+        wanted = dict(codes)
+        if code is not None:
+            if len(unknown) != 1:
+                raise UserError(
+                    f"--code {code} alone is ambiguous: the unknown codes of this issue are "
+                    f"{', '.join(unknown) or 'none'}",
+                    "say which is which: --code LOCAL=LOINC, once per unknown code")
+            wanted[unknown[0]] = code
+        out: dict[str, str] = {}
+        for local, loinc in wanted.items():
+            if local not in unknown:
+                raise UserError(f"{local} is not an unknown code of this issue (its unknown "
+                                f"codes: {', '.join(unknown) or 'none'})",
+                                "map only the codes the catalogue does not know")
+            test = L.loinc(loinc, "code")
+            if test not in cat.tests:
+                raise UserError(f"{test} is not in catalogue {cat.version}",
+                                "labvault catalogue show --tenant ... lists its LOINC codes")
+            out[local] = test
+        return out
 
     def _store_group(self, ctx: _Ctx, pid: str, group: I.InboundOrder, cat: L.Catalogue,
                      msg: I.InboundMessage) -> None:
@@ -713,27 +771,40 @@ class MessageService:
         mapping = {k: v for k, v in cat.by_local.items()}
         self._results(ctx, existing, group, cat, mapping)
 
-    def discard_issue(self, actor: Actor, issue_id: str, reason: str) -> dict[str, Any]:
-        """Close an issue without storing its results (reason kept, sealed)."""
+    def discard_issue(self, actor: Actor, issue_id: str, reason: str | None,
+                      all_results: bool = False) -> dict[str, Any]:
+        """Close an issue without storing its results (reason kept, sealed). An issue
+        holding several results is discarded only with ``all_results``: they may not all
+        be wrong (resolving stores those that can be, and keeps the rest as a new issue)."""
         from labvault.domain import validation as v
+        if not (reason or "").strip():
+            raise UserError("discarding an issue needs a reason (kept with it)",
+                            'add --reason "..." (e.g. "duplicate of a paper result")')
         why = v.text(reason, "reason", 2000, required=True)
         with self.lv.begin() as conn:
-            row = lrepo.issue(conn, issue_id)
-            if row is None or row["status"] != "open":
-                raise NotFound("no open import issue with this id", "labvault hl7-issues list")
+            row = self._open_row(conn, actor, issue_id)
             tid = row["tenant_id"]
-            self.lab._scope(actor, tid)
             self.lv.gate.check(conn, Access(actor, Action.WRITE, tid, CLINICAL,
                                             resource="import-issue",
                                             patient_ids=(row["patient_id"],)
                                             if row["patient_id"] else ()))
+            results = self._open_issue(conn, row).get("results") or []
+            if len(results) > 1 and not all_results:
+                raise UserError(
+                    f"issue {issue_id} holds {len(results)} results "
+                    f"({', '.join(str(r.get('code')) for r in results)}): discarding throws "
+                    "all of them away",
+                    "resolve it instead (what can be stored is, the rest stays as a new "
+                    "issue), or confirm with --all-results")
             ts = self.lv.now()
-            resolution = {"by": actor.id, "at": ts.isoformat(), "discarded": True, "reason": why}
+            resolution = {"by": actor.id, "at": ts.isoformat(), "discarded": True, "reason": why,
+                          "results": len(results)}
             lrepo.update_issue(conn, tid, issue_id, status="discarded", resolved_at=ts,
                                resolution_sealed=self._seal_issue(
                                    conn, tid, row["patient_id"], issue_id, "resolution_sealed",
                                    resolution))
-            return {"id": issue_id, "status": "discarded", "by": actor.id, "at": ts.isoformat()}
+            return {"id": issue_id, "status": "discarded", "by": actor.id, "at": ts.isoformat(),
+                    "results_discarded": len(results)}
 
     # == misc ===================================================================================
     def tenant_for_facility(self, facility: str) -> str | None:
