@@ -115,3 +115,39 @@ def test_enter_results_refuses_one_test_twice(lab_lv: Labvault, tenant_id: str,
             {"code": "2951-2", "value": 119, "unit": "mmol/L"},
             {"code": "2951-2", "value": 140, "unit": "mmol/L"}])
     assert lab_lv.lab.list_observations(operator, tenant_id) == []
+
+
+# -- order matching -------------------------------------------------------------------------
+def test_an_orc_belongs_to_its_own_order_group_only(h: Hl7Handler, lab_lv: Labvault,
+                                                    tenant_id: str, operator: Actor,
+                                                    paul: str) -> None:
+    out, ack = h.handle(hl7("ORU^R01", "R7", PID_PAUL, "ORC|RE|PR7A|FR7A",
+                            "OBR|1|PR7A|FR7A|718-7^Hb^LN|||20260310070000",
+                            "OBX|1|NM|718-7^Hb^LN||12.0|g/dL|||||F",
+                            "OBR|2|PR7B|FR7B|2951-2^Na^LN|||20260310070000",
+                            "OBX|2|NM|2951-2^Na^LN||138|mmol/L|||||F",
+                            "OBR|3|||2823-3^K^LN|||20260310070000",     # no number: PR7B's
+                            "OBX|3|NM|2823-3^K^LN||4.0|mmol/L|||||F"))
+    assert ack_of(ack) == ("AA", []) and len(out.order_ids) == 2
+    orders = orders_of(lab_lv, tenant_id, operator, paul)
+    assert (orders["PR7A"].filler_number, orders["PR7A"].tests) == ("FR7A", ("718-7",))
+    assert (orders["PR7B"].filler_number, orders["PR7B"].tests) == ("FR7B",
+                                                                    ("2951-2", "2823-3"))
+
+
+def test_a_filler_number_received_later_is_attached_to_the_order(
+        h: Hl7Handler, lab_lv: Labvault, tenant_id: str, operator: Actor, paul: str) -> None:
+    assert ack_of(h.handle(hl7("ORM^O01", "R6A", PID_PAUL, "ORC|NW|PR6",
+                               "OBR|1|PR6||2823-3^K^LN~2951-2^Na^LN"))[1])[0] == "AA"
+    out_b, ack = h.handle(hl7("ORU^R01", "R6B", PID_PAUL,
+                              "OBR|1|PR6|FR6|2823-3^K^LN|||20260306103000",
+                              "OBX|1|NM|2823-3^K^LN||4.1|mmol/L|||||F"))
+    assert ack_of(ack) == ("AA", [])
+    out_c, ack = h.handle(hl7("ORU^R01", "R6C", PID_PAUL,     # the filler number alone
+                              "OBR|1||FR6|2951-2^Na^LN|||20260306103000",
+                              "OBX|1|NM|2951-2^Na^LN||140|mmol/L|||||F"))
+    assert ack_of(ack) == ("AA", []) and out_c.order_ids == out_b.order_ids
+    (order,) = lab_lv.lab.list_orders(operator, tenant_id, patient_id=paul)
+    assert (order.request.placer_number, order.request.filler_number) == ("PR6", "FR6")
+    assert {o.observation.code for o in lab_lv.lab.get_report_by_order(
+        operator, order.order_id).observations} == {"2823-3", "2951-2"}

@@ -494,6 +494,24 @@ class LabService:
         o.row["report_id"] = report_id
         return o
 
+    def _attach_numbers(self, conn: Connection, order: _Order, placer: str | None,
+                        filler: str | None) -> None:
+        """Give an order the placer/filler number it did not have yet (the filler assigns
+        its number after the order was placed): a later message naming the order by that
+        number alone then finds it. A number the order already has is never replaced."""
+        values: dict[str, Any] = {}
+        for kind, column, key, number in ((PLACER, "placer_digest", "placer_number", placer),
+                                          (FILLER, "filler_digest", "filler_number", filler)):
+            if number and order.row.get(column) is None:
+                values[column] = self.digest(conn, order.tenant_id, kind, number)
+                order.request[key] = number
+        if not values:
+            return
+        values["request_sealed"] = self._seal(order.dek, order.tenant_id, "lab_orders",
+                                              "request_sealed", order.order_id, order.request)
+        lrepo.update_order(conn, order.tenant_id, order.order_id, **values)
+        order.row.update(values)
+
     def _transition(self, conn: Connection, actor: Actor, order: _Order,
                     target: L.OrderStatus, step: str | None = None,
                     detail: Mapping[str, Any] | None = None) -> None:

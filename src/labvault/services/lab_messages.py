@@ -407,7 +407,10 @@ class MessageService:
                         order.control_location(), I.ERR_TABLE_VALUE_NOT_FOUND,
                         f"the order is {existing.status} and can no longer be cancelled")])
                 continue
-            if existing is None:
+            if existing is not None:
+                self.lab._attach_numbers(ctx.conn, existing, order.placer_number,
+                                         order.filler_number)
+            else:
                 tests: list[str] = []
                 for t in order.tests:
                     ct = self._resolve_code(cat, t.code, t.code_system)
@@ -764,6 +767,7 @@ class MessageService:
                                                                group.filler_number), facts)
         if existing.patient_id != pid:
             raise I.ContentError([_another_patients(group)])
+        self.lab._attach_numbers(ctx.conn, existing, group.placer_number, group.filler_number)
         if existing.status == L.OrderStatus.REGISTERED:
             spec = group.specimen or L.Specimen("BLD", self.lv.now(), (
                 group.filler_number or group.placer_number or existing.order_id)[:64])

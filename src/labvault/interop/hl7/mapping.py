@@ -351,7 +351,10 @@ class _Mapper:
         return Specimen(stype, collected, accession[:64])
 
     def orders(self, segs: list[Segment], with_results: bool) -> list[I.InboundOrder]:
-        """Groups: ORC? OBR [TQ1] [SPM] [NTE*] [OBX [NTE*]]* (the ORC may precede OBRs)."""
+        """Groups: ORC? [TQ1] OBR [TQ1] [SPM] [NTE*] [OBX [NTE*]]*. An ORC belongs to the
+        OBR that follows it only (ORU_R01 ORDER_OBSERVATION, ORM_O01 ORDER): an OBR without
+        its own ORC is its own order, named by its OBR-2/OBR-3 — unless it has neither, in
+        which case it continues the order before it (more tests of that order)."""
         groups: list[dict[str, Any]] = []
         current: dict[str, Any] | None = None
         pending_orc: Segment | None = None
@@ -359,17 +362,17 @@ class _Mapper:
         last_obx_notes: list[str] | None = None
         for s in segs:
             if s.id == "ORC":
-                pending_orc = s
-                pending_tq1 = None
-                last_obx_notes = None
-                if current is not None and current.get("obr") is None:
-                    current["orc"] = s
+                pending_orc, pending_tq1, last_obx_notes = s, None, None
             elif s.id == "OBR":
                 current = {"orc": pending_orc, "obr": s, "tq1": pending_tq1, "spm": None,
-                           "notes": [], "obx": []}
+                           "notes": [], "obx": [], **_numbers(pending_orc, s)}
+                if pending_orc is None and not (s.get(2) or s.get(3)) and groups:
+                    last = groups[-1]            # no number of its own: that order again
+                    current.update(orc=last["orc"], placer=last["placer"],
+                                   filler=last["filler"])
                 groups.append(current)
-                last_obx_notes = None
-            elif s.id == "TQ1" and (current is None or current["orc"] is not pending_orc):
+                pending_orc, pending_tq1, last_obx_notes = None, None, None
+            elif s.id == "TQ1" and (current is None or pending_orc is not None):
                 pending_tq1 = s       # ORC TQ1 OBR (OML_O21 timing group)
             elif current is None:
                 continue
@@ -391,8 +394,7 @@ class _Mapper:
         for g in groups:
             obr: Segment = g["obr"]
             orc: Segment | None = g["orc"]
-            placer = (orc.get(2) if orc else "") or obr.get(2)
-            filler = (orc.get(3) if orc else "") or obr.get(3)
+            placer, filler = g["placer"], g["filler"]
             if not placer and not filler:
                 self.err(obr, 2, I.ERR_REQUIRED_FIELD_MISSING,
                          "no order number: OBR-2 (placer) or OBR-3 (filler) is required")
@@ -439,6 +441,12 @@ class _Mapper:
                 merged[key] = len(out)
                 out.append(order)
         return out
+
+
+def _numbers(orc: Segment | None, obr: Segment) -> dict[str, str]:
+    """The group's placer and filler numbers: its own ORC-2/ORC-3, else OBR-2/OBR-3."""
+    return {"placer": (orc.get(2) if orc else "") or obr.get(2),
+            "filler": (orc.get(3) if orc else "") or obr.get(3)}
 
 
 def _request(data: dict[str, Any]) -> ServiceRequest | None:
