@@ -151,3 +151,17 @@ def test_a_filler_number_received_later_is_attached_to_the_order(
     assert (order.request.placer_number, order.request.filler_number) == ("PR6", "FR6")
     assert {o.observation.code for o in lab_lv.lab.get_report_by_order(
         operator, order.order_id).observations} == {"2823-3", "2951-2"}
+
+
+# -- unsolicited results none of which can be stored ----------------------------------------
+@pytest.mark.parametrize("obx", ["OBX|1|NM|2823-3^K^LN||4.0|mmol/l|||||F",        # unit
+                                 "OBX|1|ST|6301-6^INR^LN||high|{INR}|||||F"])    # not a number
+def test_unusable_unsolicited_results_queue_once_and_make_no_order(
+        h: Hl7Handler, lab_lv: Labvault, tenant_id: str, operator: Actor, paul: str,
+        obx: str) -> None:
+    out, ack = h.handle(hl7("ORU^R01", "R10", PID_PAUL,
+                            "OBR|1|PR10||6301-6^INR^LN|||20260305080000", obx))
+    code, errs = ack_of(ack)
+    assert code == "AA" and [e[4] for e in errs] == ["W"] and len(out.issue_ids) == 1
+    assert len(lab_lv.lab.messages.list_issues(operator, tenant_id)) == 1
+    assert lab_lv.lab.list_orders(operator, tenant_id) == [] and out.order_ids == []

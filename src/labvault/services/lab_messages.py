@@ -449,7 +449,8 @@ class MessageService:
                             good, facts)
                         ctx.outcome.order_ids.append(created.order_id)
                         ctx.outcome.observation_ids.extend(v.observation_id for v in views)
-                        continue
+                    # none usable: each is queued once (above), and no empty order is made
+                    continue
                 existing = self.lab._create_order(ctx.conn, ctx.actor, ctx.tenant_id, pid, sr,
                                                   facts, dek)
             ctx.outcome.order_ids.append(existing.order_id)
