@@ -165,3 +165,105 @@ def test_unusable_unsolicited_results_queue_once_and_make_no_order(
     assert code == "AA" and [e[4] for e in errs] == ["W"] and len(out.issue_ids) == 1
     assert len(lab_lv.lab.messages.list_issues(operator, tenant_id)) == 1
     assert lab_lv.lab.list_orders(operator, tenant_id) == [] and out.order_ids == []
+
+
+# -- OBX-11 statuses, SN comparators --------------------------------------------------------
+def test_a_pending_result_is_noted_and_the_others_stored(h: Hl7Handler, lab_lv: Labvault,
+                                                         tenant_id: str, operator: Actor,
+                                                         paul: str) -> None:
+    _out, ack = h.handle(hl7("ORU^R01", "R8", PID_PAUL,
+                            "OBR|1|PR8||58410-2^CBC^LN|||20260309110000",
+                            "OBX|1|NM|718-7^Hb^LN||13.5|g/dL|||||F",
+                            "OBX|2|NM|777-3^PLT^LN||||||||I",
+                            "OBX|3|NM|6690-2^WBC^LN||||||||N"))
+    code, errs = ack_of(ack)
+    assert code == "AA" and [(e[2], e[3][:2], e[4]) for e in errs] == [
+        ("OBX^2^11", "0^", "I"), ("OBX^3^11", "0^", "I")]
+    assert "pending" in errs[0][8]
+    assert [o.observation.code for o in lab_lv.lab.list_observations(operator, tenant_id)] == [
+        "718-7"]
+    # a value still missing without such a status is refused, saying what to send
+    code, errs = ack_of(h.handle(hl7("ORU^R01", "R8B", PID_PAUL,
+                                     "OBR|1|PR8||58410-2^CBC^LN|||20260309110000",
+                                     "OBX|1|NM|777-3^PLT^LN||||||||F"))[1])
+    assert code == "AE" and errs[0][2] == "OBX^1^5" and "OBX-11 I (pending)" in errs[0][8]
+
+
+@pytest.fixture
+def potassium(h: Hl7Handler, lab_lv: Labvault, tenant_id: str, operator: Actor,
+              paul: str) -> str:
+    """Order PR6 with K = 4.1 (preliminary) and Na = 140."""
+    out, ack = h.handle(hl7("ORU^R01", "R6B", PID_PAUL,
+                            "OBR|1|PR6|FR6|2823-3^K^LN|||20260306103000",
+                            "OBX|1|NM|2823-3^K^LN||4.1|mmol/L|||||F",
+                            "OBX|2|NM|2951-2^Na^LN||140|mmol/L|||||F"))
+    assert ack_of(ack) == ("AA", [])
+    return out.order_ids[0]
+
+
+def _by_code(lv: Labvault, op: Actor, order_id: str) -> dict[str, tuple[str, float | None]]:
+    return {o.observation.code: (o.status, o.observation.numeric)
+            for o in lv.lab.get_report_by_order(op, order_id).observations}
+
+
+@pytest.mark.parametrize(("status", "value"), [("W", "4.1"), ("D", '""'), ("D", "")])
+def test_a_retracted_result_is_cancelled_with_its_reason(
+        h: Hl7Handler, lab_lv: Labvault, operator: Actor, technician: Actor, potassium: str,
+        status: str, value: str) -> None:
+    lab_lv.lab.validate_technical(technician, potassium)
+    out, ack = h.handle(hl7("ORU^R01", "R9", PID_PAUL, "OBR|1|PR6||2823-3^K^LN|||20260306103000",
+                            f"OBX|1|NM|2823-3^K^LN||{value}|mmol/L|||||{status}"))
+    assert ack_of(ack) == ("AA", [])
+    assert _by_code(lab_lv, operator, potassium) == {"2823-3": ("cancelled", 4.1),
+                                                     "2951-2": ("preliminary", 140.0)}
+    hist = lab_lv.lab.observation_history(operator, out.observation_ids[0])
+    assert (hist[-1].change, hist[-1].new) == ("cancelled", None)
+    assert f"OBX-11 {status}" in (hist[-1].reason or "")
+    # the technical validation covered that result: to be validated again
+    assert lab_lv.lab.get_order(operator, potassium).status == L.OrderStatus.PRELIMINARY
+
+
+def test_wrong_then_right_value_in_one_message(h: Hl7Handler, lab_lv: Labvault,
+                                               operator: Actor, potassium: str) -> None:
+    _out, ack = h.handle(hl7("ORU^R01", "R9W", PID_PAUL,
+                             "OBR|1|PR6||2823-3^K^LN|||20260306103000",
+                             "OBX|1|NM|2823-3^K^LN||4.1|mmol/L|||||W",
+                             "OBX|2|NM|2823-3^K^LN||3.9|mmol/L|||||F"))
+    assert ack_of(ack) == ("AA", [])
+    obs = lab_lv.lab.get_report_by_order(operator, potassium).observations
+    assert sorted((o.status, o.observation.numeric) for o in obs
+                  if o.observation.code == "2823-3") == [("cancelled", 4.1),
+                                                         ("preliminary", 3.9)]
+
+
+def test_a_retraction_with_nothing_to_retract_or_after_validation_is_not_silent(
+        h: Hl7Handler, lab_lv: Labvault, tenant_id: str, operator: Actor, biologist: Actor,
+        potassium: str) -> None:
+    code, errs = ack_of(h.handle(hl7("ORU^R01", "R9N", PID_PAUL,
+                                     "OBR|1|PR6||718-7^Hb^LN|||20260306103000",
+                                     'OBX|1|NM|718-7^Hb^LN||""|g/dL|||||D'))[1])
+    assert code == "AA" and [(e[2], e[4]) for e in errs] == [("OBX^1^11", "W")]
+    assert "nothing retracted" in errs[0][8]
+    lab_lv.lab.validate_final(biologist, potassium, None)
+    code, errs = ack_of(h.handle(hl7("ORU^R01", "R9F", PID_PAUL,
+                                     "OBR|1|PR6||2823-3^K^LN|||20260306103000",
+                                     "OBX|1|NM|2823-3^K^LN||4.1|mmol/L|||||W"))[1])
+    assert code == "AA" and [e[4] for e in errs] == ["W"]
+    (issue,) = lab_lv.lab.messages.list_issues(operator, tenant_id)
+    assert issue["kind"] == "order-closed" and "retraction" in str(issue["reason"])
+    assert _by_code(lab_lv, operator, potassium)["2823-3"] == ("final", 4.1)  # for a biologist
+
+
+def test_sn_equals_is_a_number_and_a_range_says_so(h: Hl7Handler, lab_lv: Labvault,
+                                                   tenant_id: str, operator: Actor,
+                                                   paul: str) -> None:
+    _out, ack = h.handle(hl7("ORU^R01", "R10", PID_PAUL,
+                            "OBR|1|PR10||6301-6^INR^LN|||20260305080000",
+                            "OBX|1|SN|6301-6^INR^LN||=^2.5|{INR}|||||F",
+                            "OBX|2|SN|2823-3^K^LN||^3.9^-^4.2|mmol/L|||||F"))
+    code, errs = ack_of(ack)
+    assert code == "AA" and [(e[2], e[4]) for e in errs] == [("OBX^2^5", "W")]
+    assert "range or ratio" in errs[0][8]
+    (obs,) = lab_lv.lab.list_observations(operator, tenant_id)
+    assert (obs.observation.code, obs.observation.numeric, obs.observation.comparator) == (
+        "6301-6", 2.5, None)

@@ -210,6 +210,7 @@ class InboundMessage:
 
 
 # HL7 table 0357 (message error condition codes) used in ERR-3.
+ERR_ACCEPTED = "0"                  # with severity I: a note on a message accepted
 ERR_SEGMENT_SEQUENCE = "100"
 ERR_REQUIRED_FIELD_MISSING = "101"
 ERR_DATA_TYPE = "102"
@@ -223,7 +224,8 @@ ERR_DUPLICATE_KEY = "205"
 ERR_INTERNAL = "207"
 
 ERR_TEXT = {
-    "100": "Segment sequence error", "101": "Required field missing", "102": "Data type error",
+    "0": "Message accepted", "100": "Segment sequence error",
+    "101": "Required field missing", "102": "Data type error",
     "103": "Table value not found", "200": "Unsupported message type",
     "201": "Unsupported event code", "202": "Unsupported processing id",
     "203": "Unsupported version id", "204": "Unknown key identifier",

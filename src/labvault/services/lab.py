@@ -653,6 +653,30 @@ class LabService:
         self._panic(conn, actor, order, out)
         return out
 
+    def _cancel_result(self, conn: Connection, actor: Actor, order: _Order, code: str,
+                       reason: str) -> str | None:
+        """Cancel the result of ``code`` not yet validated (the sender retracted it), the
+        reason in its history; a technically validated order goes back to preliminary
+        (its validation covered that result). The observation id, or None if there is
+        no such result."""
+        tenant_id = order.tenant_id
+        for r in lrepo.observations(conn, tenant_id, order.order_id):
+            if r["status"] != "preliminary":
+                continue
+            old = L.Observation.from_json(self._open(order.dek, tenant_id, "lab_observations",
+                                                     "result_sealed", r["observation_id"],
+                                                     r["result_sealed"]))
+            if old.code != code:
+                continue
+            oid, rev, ts = r["observation_id"], r["revision"] + 1, self.lv.now()
+            self._transition(conn, actor, order, L.OrderStatus.PRELIMINARY)
+            lrepo.update_observation(conn, tenant_id, oid, status="cancelled", revision=rev,
+                                     updated_at=ts)
+            lrepo.insert_history(conn, [self._history_row(order, oid, rev, ts, actor,
+                                                          "cancelled", reason, old, None)])
+            return str(oid)
+        return None
+
     def _create_with_results(self, conn: Connection, actor: Actor, tenant_id: str,
                              patient_id: str, dek: DataKey, req: L.ServiceRequest,
                              spec: L.Specimen, results: Sequence[L.Observation],

@@ -44,6 +44,12 @@ CLINICAL = frozenset({Category.CLINICAL})
 # and the sex / birth date it reads for the reference ranges.
 MESSAGE_CATEGORIES = frozenset({Category.CLINICAL, Category.IDENTITY})
 CONTROL = "hl7_control"
+# OBX-11 (HL7 table 0085): no result to store (X: cannot be obtained), noted in the ACK
+# with a reason; D and W retract a result already sent.
+NOTED = {"I": "result pending", "N": "not asked", "O": "order detail only, no result"}
+NO_RESULT = ("X", *NOTED)
+RETRACTING = {"D": "deleted by the sender (OBX-11 D)",
+              "W": "sent as wrong by the sender (OBX-11 W)"}
 OPEN_STATES = (L.OrderStatus.REGISTERED, L.OrderStatus.RECEIVED, L.OrderStatus.PRELIMINARY,
                L.OrderStatus.TECHNICALLY_VALIDATED)
 LOINC_SYSTEMS = ("LN", "LOINC", "http://loinc.org")
@@ -68,6 +74,13 @@ def _result_location(r: I.InboundResult, exc: InvalidField | InvalidRecord) -> L
         exc.errors[0].field if exc.errors else "value")
     field = OBX_FIELDS.get(name.split(".")[0].split("[")[0], r.location.field or 5)
     return Location(r.location.segment, r.location.sequence, field)
+
+
+def _nothing_to_retract(r: I.InboundResult) -> MessageError:
+    return MessageError(Location(r.location.segment, r.location.sequence, 11),
+                        I.ERR_UNKNOWN_KEY,
+                        f"OBX-11 {r.status}: no result of {r.code} is stored for this order, "
+                        "nothing retracted", "W")
 
 
 def _one_result_per_test(first: I.InboundResult, r: I.InboundResult,
@@ -441,6 +454,8 @@ class MessageService:
                                       order.filler_number, req.requested_at)
                 if order.results:
                     # unsolicited results: order, specimen and results written at once
+                    ctx.outcome.errors.extend(_nothing_to_retract(r) for r in order.results
+                                              if r.status in RETRACTING)
                     good = self._interpret(ctx, pid, order, cat, facts)
                     if good:
                         created, views = self.lab._create_with_results(
@@ -491,7 +506,13 @@ class MessageService:
         good: list[L.Observation] = []
         first: dict[str, I.InboundResult] = {}
         for r in group.results:
-            if r.status in ("X", "D", "W"):       # result cannot be obtained / deleted / wrong
+            if r.status in NO_RESULT:
+                if r.status in NOTED:
+                    ctx.outcome.errors.append(MessageError(
+                        Location(r.location.segment, r.location.sequence, 11), I.ERR_ACCEPTED,
+                        f"OBX-11 {r.status} ({NOTED[r.status]}): {r.code} not stored", "I"))
+                continue
+            if r.status in RETRACTING:            # applied by _retract, never stored
                 continue
             test = self._resolve_code(cat, r.code, r.code_system, mapping)
             if test is not None:
@@ -547,27 +568,53 @@ class MessageService:
             data["observed_at"] = r.observed_at
         if r.code != test.code:
             data["local_code"] = r.code[:64]
+        if r.value_type == "SN" and r.numeric and L.parse_numeric(r.numeric) is None:
+            raise InvalidField("value", f"SN {r.numeric!r} is a range or ratio (or an unknown "
+                               "comparator): labvault keeps one number, with <, >, <=, >= or "
+                               "=", "ask the sender for the single value")
         res = L.ResultInput.parse(data)
         if test.kind == L.ValueKind.NUMERIC and res.kind != L.ValueKind.NUMERIC:
-            raise InvalidField("value", f"{test.code} expects a number, got text", "")
+            raise InvalidField("value", f"{test.code} expects a number, got text "
+                               f"{(r.text or '')[:40]!r}", "")
         return res
 
     def _results(self, ctx: _Ctx, order: _Order, group: I.InboundOrder, cat: L.Catalogue,
                  mapping: Mapping[str, str] | None = None) -> None:
         if order.status not in OPEN_STATES:
+            what = ("a retraction (OBX-11 D/W) of a validated result" if any(
+                r.status in RETRACTING for r in group.results) else "a correction")
             self._issue(ctx, "order-closed", order.patient_id, group, list(group.results), None,
-                        group.location, f"the order is {order.status}: a correction needs a "
+                        group.location, f"the order is {order.status}: {what} needs a "
                         "biologist (amend)")
             return
         good = self._interpret(ctx, order.patient_id, group, cat,
                                {"sex": order.sex, "birth_date": order.request.get(
                                    "patient", {}).get("birth_date")}, mapping)
+        retracting = any(r.status in RETRACTING for r in group.results)
+        if (good or retracting) and not self._covered(ctx, order.patient_id):
+            self.lab._check(ctx.conn, ctx.actor, Action.WRITE, ctx.tenant_id,
+                            "observation", (order.patient_id,))
+        if retracting:           # before the new values: "W old value, F new one" works
+            self._retract(ctx, order, group, cat, mapping)
         if good:
-            if not self._covered(ctx, order.patient_id):
-                self.lab._check(ctx.conn, ctx.actor, Action.WRITE, ctx.tenant_id,
-                                "observation", (order.patient_id,))
             views = self.lab._store_results(ctx.conn, ctx.actor, order, good)
             ctx.outcome.observation_ids.extend(v.observation_id for v in views)
+
+    def _retract(self, ctx: _Ctx, order: _Order, group: I.InboundOrder, cat: L.Catalogue,
+                 mapping: Mapping[str, str] | None) -> None:
+        """OBX-11 D (delete) and W (wrong: e.g. another patient's) cancel the result not yet
+        validated, with the reason in its history; nothing to retract is a warning. (A
+        validated order's results go to the queue before this, for a biologist.)"""
+        for r in group.results:
+            if r.status not in RETRACTING:
+                continue
+            test = self._resolve_code(cat, r.code, r.code_system, mapping)
+            oid = test and self.lab._cancel_result(ctx.conn, ctx.actor, order, test.code,
+                                                   RETRACTING[r.status])
+            if oid:
+                ctx.outcome.observation_ids.append(oid)
+            else:
+                ctx.outcome.errors.append(_nothing_to_retract(r))
 
     # == import issues ==========================================================================
     def _issue(self, ctx: _Ctx, kind: str, patient_id: str | None, group: I.InboundOrder,

@@ -31,6 +31,9 @@ NIR_OIDS = ("1.2.250.1.213.1.4.8", "1.2.250.1.213.1.4.10")   # INS-NIR, INS-NIR 
 NIR_TYPES = ("NH", "INS", "INS-NIR", "SS")
 DEFAULT_TZ = ZoneInfo("Europe/Paris")
 NULL = '""'     # HL7 null value: delete what the receiver holds (v2.5 §2.5.3)
+# OBX-11 statuses that carry no value (table 0085): results cannot be obtained, deleted,
+# wrong, pending, not asked, order detail only.
+NO_VALUE = ("X", "D", "W", "I", "N", "O")
 
 
 class Rejected(Exception):
@@ -300,6 +303,7 @@ class _Mapper:
             numeric = obx.get(5).strip() or None
         elif vt == "SN":
             comp = obx.get(5, 1)
+            comp = "" if comp == "=" else comp      # "=": equals, the number itself
             n1 = obx.get(5, 2)
             sep = obx.get(5, 3)
             n2 = obx.get(5, 4)
@@ -315,9 +319,11 @@ class _Mapper:
             self.err(obx, 2, I.ERR_TABLE_VALUE_NOT_FOUND,
                      f"OBX-2 value type {vt!r} is not supported (NM, SN, ST, TX, FT, CE, CWE)")
             return None
-        status = obx.get(11) or None
-        if numeric is None and coded is None and text is None and status not in ("X", "D"):
-            self.err(obx, 5, I.ERR_REQUIRED_FIELD_MISSING, "OBX-5 (value) is empty")
+        status = obx.get(11).upper() or None
+        if numeric is None and coded is None and text is None and status not in NO_VALUE:
+            self.err(obx, 5, I.ERR_REQUIRED_FIELD_MISSING,
+                     f"OBX-5 (value) is empty, but OBX-11 is {status or 'empty'}: send the "
+                     "value, or OBX-11 I (pending), X (cannot be obtained), D (delete)")
             return None
         observed = self.dtm(obx, 14, obx.get(14))
         return I.InboundResult(loc, code, system, obx.get(3, 2) or None, vt or "ST", numeric,
