@@ -261,3 +261,4 @@ class IngestOutcome:
     issue_ids: list[str] = field(default_factory=list)
     message_id: str | None = None
     duplicate: bool = False
+    kept: bool = False          # an AE whose record for review (an import issue) is kept

@@ -11,6 +11,8 @@ it too) with the ACK that was sent, and returns that ACK on a resend.
 from __future__ import annotations
 
 import json
+import logging
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -39,6 +41,7 @@ if TYPE_CHECKING:
     from labvault.services.app import Labvault
     from labvault.services.lab import LabService, _Order
 
+log = logging.getLogger("labvault.hl7")
 CLINICAL = frozenset({Category.CLINICAL})
 # What one order/result message may touch of its patient: the clinical records it writes
 # and the sex / birth date it reads for the reference ranges.
@@ -55,6 +58,19 @@ OPEN_STATES = (L.OrderStatus.REGISTERED, L.OrderStatus.RECEIVED, L.OrderStatus.P
 LOINC_SYSTEMS = ("LN", "LOINC", "http://loinc.org")
 PATIENT_CACHE = 4096        # identifier digest -> patient id (ids only), LRU
 PATIENT_CACHE_TTL = 60.0    # seconds: bounds staleness after an identifier change elsewhere
+
+
+def resent_content(raw: bytes) -> bytes:
+    """A message as compared with the first one under its MSH-10: the segments as sent,
+    line endings (CR, LF, CRLF) and a UTF-8 BOM aside, and without MSH-7 (its date/time,
+    which some senders stamp again when they resend)."""
+    segments = [s for s in re.split(rb"\r\n|\n|\r", raw.removeprefix(b"\xef\xbb\xbf")) if s]
+    if segments and segments[0][:3] == b"MSH" and len(segments[0]) > 3:
+        fields = segments[0].split(segments[0][3:4])
+        if len(fields) > 6:
+            fields[6] = b""
+        segments[0] = segments[0][3:4].join(fields)
+    return b"\r".join(segments)
 
 
 def _another_patients(order: I.InboundOrder) -> MessageError:
@@ -109,6 +125,8 @@ _RESOLVE_HINTS = {
                      "result, then " + _DISCARD_HINT,
     "order-closed": "the order is validated: a biologist corrects the result by an "
                     "amendment, then " + _DISCARD_HINT,
+    "reused-control-id": "ask the sender to send the message again under a new MSH-10 (the "
+                         "first message with that MSH-10 is stored), then " + _DISCARD_HINT,
 }
 
 
@@ -165,13 +183,14 @@ class MessageService:
                build_ack: Callable[[I.IngestOutcome], bytes]) -> tuple[I.IngestOutcome, bytes]:
         """Store one mapped message and return (outcome, ACK bytes). The ACK is built and
         archived inside the transaction; the caller sends it only after this returns (i.e.
-        after the commit). A resend of the same MSH-10 (same sender) returns the first ACK."""
+        after the commit). A resend of the same MSH-10 (same sender) returns the first ACK;
+        another message under that MSH-10 gets an AE and is kept as an import issue."""
         try:
             return self._ingest(actor, tenant_id, raw, msg, build_ack)
         except DbIntegrityError:
             # Two connections delivered the same message at once: the other one won.
             with self.lv.begin() as conn:
-                dup = self._duplicate(conn, actor, tenant_id, msg)
+                dup = self._duplicate(conn, actor, tenant_id, msg, raw, build_ack)
             if dup is None:
                 raise
             return dup
@@ -179,17 +198,68 @@ class MessageService:
     def _control_digest(self, conn: Connection, tenant_id: str, msg: I.InboundMessage) -> bytes:
         return self.lab.digest(conn, tenant_id, CONTROL, f"{msg.sending}\x00{msg.control_id}")
 
-    def _duplicate(self, conn: Connection, actor: Actor, tenant_id: str,
-                   msg: I.InboundMessage) -> tuple[I.IngestOutcome, bytes] | None:
+    def _duplicate(self, conn: Connection, actor: Actor, tenant_id: str, msg: I.InboundMessage,
+                   raw: bytes, build_ack: Callable[[I.IngestOutcome], bytes]
+                   ) -> tuple[I.IngestOutcome, bytes] | None:
+        """None if this MSH-10 is new from this sender; else the first ACK for a resend
+        of the same message, or an AE for another message under a reused MSH-10."""
         row = lrepo.message_by_control(conn, tenant_id, self._control_digest(conn, tenant_id, msg))
         if row is None:
             return None
         self.lv.gate.check(conn, Access(actor, Action.READ, tenant_id, frozenset(),
                                         resource="hl7-message", purpose="care"))
+        if not self._same_message(conn, tenant_id, row, raw):
+            return self._reused(conn, actor, tenant_id, msg, raw, row, build_ack)
         ack = self.lv.gate.open_tenant_value_checked(conn, tenant_id, "lab_hl7_messages",
                                                      "ack_sealed", row["message_id"],
                                                      row["ack_sealed"])
         return I.IngestOutcome(row["status"], message_id=row["message_id"], duplicate=True), ack
+
+    def _same_message(self, conn: Connection, tenant_id: str, row: Mapping[str, Any],
+                      raw: bytes) -> bool:
+        """Is ``raw`` the archived message again (``resent_content``)? A first message whose
+        patient was erased cannot be compared: taken as the same (nothing is stored)."""
+        try:
+            if row["patient_id"] is not None:
+                first = self.lv.gate.open_patient_value(
+                    self.lv.gate.patient_key(conn, tenant_id, row["patient_id"]), tenant_id,
+                    "lab_hl7_messages", "raw_sealed", row["message_id"], row["raw_sealed"])
+            else:
+                first = self.lv.gate.open_tenant_value_checked(
+                    conn, tenant_id, "lab_hl7_messages", "raw_sealed", row["message_id"],
+                    row["raw_sealed"])
+        except NotFound:
+            return True
+        return resent_content(first) == resent_content(raw)
+
+    def _reused(self, conn: Connection, actor: Actor, tenant_id: str, msg: I.InboundMessage,
+                raw: bytes, row: Mapping[str, Any],
+                build_ack: Callable[[I.IngestOutcome], bytes]) -> tuple[I.IngestOutcome, bytes]:
+        """Another message under an MSH-10 this sender already used (an analyser reset, a
+        counter wrapped): acknowledging it would lose it while the sender believes it
+        delivered. AE naming MSH-10, nothing of it stored, and the message kept (sealed) as
+        an import issue with an alert, for a person to follow up."""
+        ctx = _Ctx(conn, actor, tenant_id, row["message_id"],
+                   I.IngestOutcome("AE", kept=True), [])
+        ctx.decision = self._decide(ctx, None)
+        received = str(row["received_at"])[:16].replace("T", " ")   # raw SQL: text or datetime
+        reason = (f"MSH-10 {msg.control_id} already names another message from this sender "
+                  f"(received {received} UTC): control id reused with different content")
+        issue_id = new_id("iss")
+        ctx.issues.append({"issue_id": issue_id, "kind": "reused-control-id", "patient_id": None,
+                           "payload": {"kind": "reused-control-id", "reason": reason,
+                                       "message_id": row["message_id"],
+                                       "location": "MSH[1]-10", "control_id": msg.control_id,
+                                       "message": raw.decode("utf-8", "replace")}})
+        ctx.outcome.issue_ids.append(issue_id)
+        ctx.outcome.errors.append(MessageError(
+            Location("MSH", 1, 10), I.ERR_DUPLICATE_KEY,
+            f"{reason}; nothing stored (kept for review as import issue {issue_id}): send it "
+            "again under a new MSH-10"))
+        self._write_issues(ctx)
+        log.warning("HL7 MSH-10 reused with different content (first: %s): refused, kept as "
+                    "import issue %s", row["message_id"], issue_id)
+        return ctx.outcome, build_ack(ctx.outcome)
 
     def _ingest(self, actor: Actor, tenant_id: str, raw: bytes, msg: I.InboundMessage,
                 build_ack: Callable[[I.IngestOutcome], bytes]
@@ -197,7 +267,7 @@ class MessageService:
         lv = self.lv
         try:
             with lv.begin() as conn:
-                dup = self._duplicate(conn, actor, tenant_id, msg)
+                dup = self._duplicate(conn, actor, tenant_id, msg, raw, build_ack)
                 if dup is not None:
                     return dup
                 message_id = new_id("msg")

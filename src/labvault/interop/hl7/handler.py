@@ -138,7 +138,7 @@ class Hl7Handler:
         try:
             with self.lv.savepoint():
                 outcome, ack = self._store(p)
-                if outcome.ack_code != "AA":
+                if outcome.ack_code != "AA" and not outcome.kept:
                     raise _NothingStored(ack)    # undo whatever the refused message wrote
                 return ack
         except _NothingStored as refused:
