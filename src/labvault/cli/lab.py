@@ -127,19 +127,24 @@ def ingest_hl7(path: Path = typer.Argument(..., help="HL7 v2 file (one or more m
                                 "issues": outcome.issue_ids,
                                 "errors": [f"{e.location}: {e.text}" if e.location else e.text
                                            for e in outcome.errors]})
-    summary = {"messages": len(results),
-               "accepted": sum(1 for r in results if r["ack"] == "AA"),
-               "errors": sum(1 for r in results if r["ack"] != "AA"), "results": results}
+    refused = sum(1 for r in results if r["ack"] != "AA")
+    duplicates = sum(1 for r in results if r["ack"] == "AA" and r["duplicate"])
+    summary = {"messages": len(results), "accepted": len(results) - refused - duplicates,
+               "duplicates": duplicates, "errors": refused, "results": results}
 
     def human() -> None:
         out_console.print(f"{summary['messages']} messages: {summary['accepted']} accepted, "
-                          f"{summary['errors']} refused")
+                          f"{duplicates} already stored (resent), {refused} refused",
+                          highlight=False)
         for r in results:
             if r["ack"] != "AA" or r["errors"]:
                 out_console.print(f"  {r['file']} #{r['message']} {r['ack']}: "
                                   f"{'; '.join(r['errors'])}", highlight=False)  # type: ignore[arg-type]
     emit(summary, as_json, human)
-    if results and not summary["accepted"]:
+    if refused:
+        # a file drop run by cron must see a partial failure, not only a total one
+        err_console.print(f"error: {refused} of {len(results)} messages refused (nothing of "
+                          "them stored): correct and send them again", highlight=False)
         raise typer.Exit(2)
 
 

@@ -31,6 +31,7 @@ NIR_OIDS = ("1.2.250.1.213.1.4.8", "1.2.250.1.213.1.4.10")   # INS-NIR, INS-NIR 
 NIR_TYPES = ("NH", "INS", "INS-NIR", "SS")
 DEFAULT_TZ = ZoneInfo("Europe/Paris")
 NULL = '""'     # HL7 null value: delete what the receiver holds (v2.5 §2.5.3)
+NOT_PRODUCTION = {"T": "training", "D": "debugging"}     # MSH-11, HL7 table 0103
 # OBX-11 statuses that carry no value (table 0085): results cannot be obtained, deleted,
 # wrong, pending, not asked, order detail only.
 NO_VALUE = ("X", "D", "W", "I", "N", "O")
@@ -498,9 +499,15 @@ def header(msg: Message) -> tuple[str, str, str, str, str]:
         raise Rejected(MessageError(Location("MSH", 1, 12), I.ERR_UNSUPPORTED_VERSION,
                                     f"HL7 version {version} is not supported (2.3 to 2.8)"))
     pid = msh.get(11, 1).upper()
-    if pid and pid not in ("P", "T", "D"):
+    if pid in NOT_PRODUCTION:
+        # Stored, a training or debugging message would be a real patient's result.
         raise Rejected(MessageError(Location("MSH", 1, 11), I.ERR_UNSUPPORTED_PROCESSING_ID,
-                                    f"processing id {pid} is not P, T or D"))
+                                    f"processing id {pid} ({NOT_PRODUCTION[pid]}): labvault "
+                                    "stores production messages (P) only; send training and "
+                                    "test messages to a test installation"))
+    if pid and pid != "P":
+        raise Rejected(MessageError(Location("MSH", 1, 11), I.ERR_UNSUPPORTED_PROCESSING_ID,
+                                    f"processing id {pid} is not P (production)"))
     return mtype, trigger, control, sending, version
 
 
