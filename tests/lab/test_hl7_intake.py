@@ -161,3 +161,11 @@ def test_cli_exit_codes_and_an_unknown_laboratory(tmp_path: Path,
     assert res.exit_code == 0 and json.loads(res.stdout)["duplicates"] == 1
     res = r.invoke(app, ["hl7-issues", "list", "--tenant", "lab_doesnotexist"])
     assert res.exit_code == 2 and "no such laboratory lab_doesnotexist" in res.output
+
+
+def test_an_unknown_receiving_facility_is_named(lab_lv: Labvault) -> None:
+    h = Hl7Handler(lab_lv, Actor.system("mllp"))            # MSH-6 chooses the laboratory
+    raw = r12().replace(b"|LV|LABO|", b"|LV|LABO REPRO^130000029^FINESS|")
+    code, errs = ack_of(h.handle(raw)[1])
+    assert code == "AR" and errs[0][2] == "MSH^1^6"
+    assert "'LABO REPRO' is not the FINESS" in errs[0][8] and "MSH-6.1" in errs[0][8]
