@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from labvault.domain.actors import Actor
+from labvault.errors import UserError
 from labvault.interop.hl7.handler import Hl7Handler
 from labvault.services.app import Labvault
 from labvault.synthetic import make_nir
@@ -68,6 +69,9 @@ def test_a_reused_control_id_with_other_content_is_refused_and_kept(
     assert potassium(lab_lv, tenant_id, operator) == [4.2 if batch else 4.0]   # never 7.9
     (issue,) = lab_lv.lab.messages.list_issues(operator, tenant_id)
     assert issue["kind"] == "reused-control-id" and "||7.9|" in str(issue["message"])
+    with pytest.raises(UserError, match="holds a message, not results") as exc:
+        lab_lv.lab.messages.resolve_issue(operator, str(issue["id"]))
+    assert "new MSH-10" in (exc.value.hint or "")
     assert any("import-issue" in r.getMessage() for r in caplog.records)      # alert raised
     assert any(str(issue["id"]) in r.getMessage() for r in caplog.records)   # and logged
 

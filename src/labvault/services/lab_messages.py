@@ -49,6 +49,7 @@ MESSAGE_CATEGORIES = frozenset({Category.CLINICAL, Category.IDENTITY})
 CONTROL = "hl7_control"
 # OBX-11 (HL7 table 0085): no result to store (X: cannot be obtained), noted in the ACK
 # with a reason; D and W retract a result already sent.
+WHOLE_MESSAGE_KINDS = ("reused-control-id",)   # issues keeping a message, not results
 NOTED = {"I": "result pending", "N": "not asked", "O": "order detail only, no result"}
 NO_RESULT = ("X", *NOTED)
 RETRACTING = {"D": "deleted by the sender (OBX-11 D)",
@@ -788,6 +789,9 @@ class MessageService:
         with self.lv.begin() as conn:
             row = self._open_row(conn, actor, issue_id)
             tid = row["tenant_id"]
+            if row["kind"] in WHOLE_MESSAGE_KINDS:
+                raise UserError(f"issue {issue_id} ({row['kind']}) holds a message, not "
+                                "results to store", _RESOLVE_HINTS[row["kind"]])
             target = patient_id or row["patient_id"]
             if target is None:
                 raise UserError(f"issue {issue_id} needs the patient its results belong to",
@@ -799,9 +803,6 @@ class MessageService:
                                             resource="import-issue",
                                             patient_ids=(target,)))
             payload = self._open_issue(conn, row)
-            if "results" not in payload:
-                raise UserError(f"issue {issue_id} ({row['kind']}) holds no results to store",
-                                _RESOLVE_HINTS.get(row["kind"], _DISCARD_HINT))
             results = [I.InboundResult.from_json(r) for r in payload["results"]]
             group = _group_of(payload["order"], results)
             cat = self.lab._catalogue(conn, tid)
