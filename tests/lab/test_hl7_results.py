@@ -267,3 +267,16 @@ def test_sn_equals_is_a_number_and_a_range_says_so(h: Hl7Handler, lab_lv: Labvau
     (obs,) = lab_lv.lab.list_observations(operator, tenant_id)
     assert (obs.observation.code, obs.observation.numeric, obs.observation.comparator) == (
         "6301-6", 2.5, None)
+
+
+def test_results_for_tests_the_order_did_not_list_are_added_to_it(
+        h: Hl7Handler, lab_lv: Labvault, tenant_id: str, operator: Actor, paul: str) -> None:
+    assert ack_of(h.handle(hl7("ORM^O01", "P40A", PID_PAUL, "ORC|NW|PL40001",
+                               "OBR|1|PL40001||777-3^PLT^LN"))[1])[0] == "AA"
+    for n, obx in enumerate(("OBX|1|NM|777-3^PLT^LN||250|10*9/L|||||F",
+                             "OBX|1|NM|718-7^Hb^LN||13.5|g/dL|||||F")):
+        code, _errs = ack_of(h.handle(hl7("ORU^R01", f"P40{n}", PID_PAUL,
+                                          "OBR|1|PL40001||58410-2^CBC^LN|||20260309110000",
+                                          obx))[1])
+        assert code == "AA"
+    assert orders_of(lab_lv, tenant_id, operator, paul)["PL40001"].tests == ("777-3", "718-7")

@@ -512,6 +512,18 @@ class LabService:
         lrepo.update_order(conn, order.tenant_id, order.order_id, **values)
         order.row.update(values)
 
+    def _add_tests(self, conn: Connection, order: _Order, codes: Iterable[str]) -> None:
+        """Tests results came for that the order did not list (a later message, a second
+        analyser): added to it, so the order (FHIR ServiceRequest.code) says what was done."""
+        tests = list(order.request.get("tests") or [])
+        new = [c for c in dict.fromkeys(codes) if c not in tests]
+        if not new:
+            return
+        order.request["tests"] = tests + new
+        lrepo.update_order(conn, order.tenant_id, order.order_id, request_sealed=self._seal(
+            order.dek, order.tenant_id, "lab_orders", "request_sealed", order.order_id,
+            order.request))
+
     def _transition(self, conn: Connection, actor: Actor, order: _Order,
                     target: L.OrderStatus, step: str | None = None,
                     detail: Mapping[str, Any] | None = None) -> None:

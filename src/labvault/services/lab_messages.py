@@ -670,6 +670,7 @@ class MessageService:
         if good:
             views = self.lab._store_results(ctx.conn, ctx.actor, order, good)
             ctx.outcome.observation_ids.extend(v.observation_id for v in views)
+            self.lab._add_tests(ctx.conn, order, (o.code for o in good))
 
     def _retract(self, ctx: _Ctx, order: _Order, group: I.InboundOrder, cat: L.Catalogue,
                  mapping: Mapping[str, str] | None) -> None:
