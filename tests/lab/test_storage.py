@@ -111,9 +111,13 @@ def test_cli_ingest_issues_catalogue(tmp_path: Path, monkeypatch: pytest.MonkeyP
     res = r.invoke(app, ["hl7-issues", "list", "--tenant", tid, "--json"])
     issues = json.loads(res.stdout)
     assert len(issues) == 2 and {i["kind"] for i in issues} == {"unknown-patient"}
-    res = r.invoke(app, ["hl7-issues", "resolve", issues[0]["id"], "--discard", "--reason",
-                         "duplicate of a paper result", "--json"])
+    discard = ["hl7-issues", "resolve", issues[0]["id"], "--discard", "--reason",
+               "duplicate of a paper result", "--json"]
+    res = r.invoke(app, discard)                 # 5 results: not thrown away unasked
+    assert res.exit_code == 2 and "--all-results" in res.output
+    res = r.invoke(app, [*discard, "--all-results"])
     assert res.exit_code == 0 and json.loads(res.stdout)["status"] == "discarded"
+    assert json.loads(res.stdout)["results_discarded"] == 5
     res = r.invoke(app, ["hl7-issues", "resolve", issues[1]["id"]])
     assert res.exit_code == 2                    # needs --patient: a clear user error
     cat = tmp_path / "cat.json"

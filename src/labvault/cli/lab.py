@@ -127,19 +127,24 @@ def ingest_hl7(path: Path = typer.Argument(..., help="HL7 v2 file (one or more m
                                 "issues": outcome.issue_ids,
                                 "errors": [f"{e.location}: {e.text}" if e.location else e.text
                                            for e in outcome.errors]})
-    summary = {"messages": len(results),
-               "accepted": sum(1 for r in results if r["ack"] == "AA"),
-               "errors": sum(1 for r in results if r["ack"] != "AA"), "results": results}
+    refused = sum(1 for r in results if r["ack"] != "AA")
+    duplicates = sum(1 for r in results if r["ack"] == "AA" and r["duplicate"])
+    summary = {"messages": len(results), "accepted": len(results) - refused - duplicates,
+               "duplicates": duplicates, "errors": refused, "results": results}
 
     def human() -> None:
         out_console.print(f"{summary['messages']} messages: {summary['accepted']} accepted, "
-                          f"{summary['errors']} refused")
+                          f"{duplicates} already stored (resent), {refused} refused",
+                          highlight=False)
         for r in results:
             if r["ack"] != "AA" or r["errors"]:
                 out_console.print(f"  {r['file']} #{r['message']} {r['ack']}: "
                                   f"{'; '.join(r['errors'])}", highlight=False)  # type: ignore[arg-type]
     emit(summary, as_json, human)
-    if results and not summary["accepted"]:
+    if refused:
+        # a file drop run by cron must see a partial failure, not only a total one
+        err_console.print(f"error: {refused} of {len(results)} messages refused (nothing of "
+                          "them stored): correct and send them again", highlight=False)
         raise typer.Exit(2)
 
 
@@ -165,18 +170,48 @@ def issues_list(tenant: str = typer.Option(..., "--tenant"),
 @user_errors
 def issues_resolve(issue_id: str = typer.Argument(...),
                    patient: str = typer.Option(None, "--patient", help="Patient id (pt_...)."),
-                   code: str = typer.Option(None, "--code", help="LOINC code the local code means."),
+                   code: list[str] = typer.Option(
+                       [], "--code", help="LOCAL=LOINC: what an unknown code means (once per "
+                                          "code); LOINC alone when the issue has one unknown "
+                                          "code."),
                    discard: bool = typer.Option(False, "--discard", help="Close without storing."),
                    reason: str = typer.Option(None, "--reason", help="Why (required to discard)."),
+                   all_results: bool = typer.Option(False, "--all-results",
+                                                    help="Discard an issue holding several "
+                                                         "results (all of them)."),
                    as_json: bool = JsonOpt) -> None:
-    """Store the kept results with the right patient and/or code, or discard them."""
+    """Store the kept results with the right patient and/or codes, or discard them."""
+    bare, codes = _codes(code)
     with opened() as lv:
         if discard:
-            data = lv.lab.messages.discard_issue(Actor.operator(), issue_id, reason or "")
+            data = lv.lab.messages.discard_issue(Actor.operator(), issue_id, reason,
+                                                 all_results)
         else:
             data = lv.lab.messages.resolve_issue(Actor.operator(), issue_id, patient_id=patient,
-                                                 code=code)
-    emit(data, as_json, lambda: out_console.print(f"issue {issue_id} {data['status']}"))
+                                                 code=bare, codes=codes)
+
+    def human() -> None:
+        if data["status"] == "discarded":
+            out_console.print(f"issue {issue_id} discarded ({data['results_discarded']} "
+                              "results not stored)", highlight=False)
+            return
+        left = data.get("left_as") or []
+        out_console.print(f"issue {issue_id} resolved: {len(data['observation_ids'])} results "
+                          "stored" + (f"; the rest kept as issue {', '.join(left)}" if left
+                                      else ""), highlight=False)
+    emit(data, as_json, human)
+
+
+def _codes(given: list[str]) -> tuple[str | None, dict[str, str]]:
+    """--code values: LOCAL=LOINC pairs, or one LOINC alone."""
+    bare = [c for c in given if "=" not in c]
+    if len(bare) > 1:
+        raise UserError(f"--code {' '.join(bare)}: several codes without their local code",
+                        "give --code LOCAL=LOINC for each unknown code")
+    pairs = [c.split("=", 1) for c in given if "=" in c]
+    if any(not a.strip() or not b.strip() for a, b in pairs):
+        raise UserError("--code needs LOCAL=LOINC (both sides)", "e.g. --code GLUX=2345-7")
+    return (bare[0] if bare else None), {a.strip(): b.strip() for a, b in pairs}
 
 
 @catalogue_app.command("load")

@@ -8,12 +8,15 @@ with every part so an error names where it comes from (HL7 ERR-2).
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
 from labvault.domain.lab import CodedValue, ServiceRequest, Specimen
 from labvault.domain.patient import PatientRecord
+from labvault.errors import InvalidRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +46,57 @@ class PatientIdentifier:
 
 
 @dataclass(frozen=True, slots=True)
+class PatientChanges:
+    """What a PID says about a patient, field by field, in the record's own field names
+    (HL7 v2.5 §2.5.3): a field the message leaves empty is in neither ``values`` nor
+    ``cleared`` (no change); the null value ``""`` puts it in ``cleared`` (delete). A
+    field sent replaces all its repetitions (PID-13: phone and e-mail together).
+    ``where``: the PID field each record field comes from, for ERR-2."""
+
+    values: Mapping[str, Any]
+    cleared: frozenset[str] = frozenset()
+    where: Mapping[str, Location] = field(default_factory=dict)
+
+    def applied_to(self, stored: Mapping[str, Any]) -> dict[str, Any]:
+        """The stored record (import shape) with these changes."""
+        out = {k: v for k, v in stored.items() if k not in self.cleared}
+        out.update(self.values)
+        return out
+
+    def errors(self, exc: InvalidRecord, record: Mapping[str, Any],
+               default: Location) -> list[MessageError]:
+        """One ERR per field error of ``PatientRecord.parse(record)``, each at its PID
+        field, naming the value sent."""
+        out = []
+        for e in exc.errors:
+            root = e.field.split(".")[0].split("[")[0]
+            value = _value_at(record, e.field) if root in self.values else None
+            shown = f" ({value!r})" if isinstance(value, str) else ""
+            hint = f"; {e.hint}" if e.hint else ""
+            where = self.where.get(root, default)
+            out.append(MessageError(where, ERR_DATA_TYPE,
+                                    f"{_pid_name(where)}{e.field}{shown}: {e.rule}{hint}"))
+        return out
+
+
+def _value_at(record: Mapping[str, Any], path: str) -> Any:
+    """``address.postal_code``, ``first_names[0]`` -> that value of ``record`` (or None)."""
+    value: Any = record
+    for part in re.findall(r"[^.\[\]]+", path):
+        if isinstance(value, Mapping):
+            value = value.get(part)
+        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        else:
+            return None
+    return value
+
+
+def _pid_name(where: Location) -> str:
+    return f"{where.segment}-{where.field} " if where.field is not None else ""
+
+
+@dataclass(frozen=True, slots=True)
 class InboundPatient:
     identifiers: tuple[PatientIdentifier, ...]
     nir: str | None                          # NIR/INS found among the identifiers
@@ -51,6 +105,8 @@ class InboundPatient:
     record_error: str | None = None          # why PID could not make a PatientRecord
     location: Location = field(default_factory=lambda: Location("PID", 1, 3))
     summary: dict[str, str] = field(default_factory=dict)   # name, birth date, sex as sent
+    changes: PatientChanges | None = None    # field by field, for an update (ADT^A08)
+    record_errors: tuple[MessageError, ...] = ()   # record_error, one ERR per PID field
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +177,21 @@ class InboundOrder:
     specimen: Specimen | None
     results: tuple[InboundResult, ...] = ()
     notes: tuple[str, ...] = ()
+    orc: Location | None = None              # the group's own ORC, if it has one
+
+    def at(self, field: int) -> Location:
+        """This group's OBR field ``field`` (ERR-2)."""
+        return Location(self.location.segment, self.location.sequence, field)
+
+    def number_location(self) -> Location:
+        """Where the order number that identifies this group was read."""
+        if self.orc is not None:
+            return Location("ORC", self.orc.sequence, 2 if self.placer_number else 3)
+        return self.at(2 if self.placer_number else 3)
+
+    def control_location(self) -> Location:
+        """ORC-1 (order control) of this group; OBR-2 when it has no ORC."""
+        return Location("ORC", self.orc.sequence, 1) if self.orc is not None else self.at(2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +210,7 @@ class InboundMessage:
 
 
 # HL7 table 0357 (message error condition codes) used in ERR-3.
+ERR_ACCEPTED = "0"                  # with severity I: a note on a message accepted
 ERR_SEGMENT_SEQUENCE = "100"
 ERR_REQUIRED_FIELD_MISSING = "101"
 ERR_DATA_TYPE = "102"
@@ -152,7 +224,8 @@ ERR_DUPLICATE_KEY = "205"
 ERR_INTERNAL = "207"
 
 ERR_TEXT = {
-    "100": "Segment sequence error", "101": "Required field missing", "102": "Data type error",
+    "0": "Message accepted", "100": "Segment sequence error",
+    "101": "Required field missing", "102": "Data type error",
     "103": "Table value not found", "200": "Unsupported message type",
     "201": "Unsupported event code", "202": "Unsupported processing id",
     "203": "Unsupported version id", "204": "Unknown key identifier",
@@ -188,3 +261,4 @@ class IngestOutcome:
     issue_ids: list[str] = field(default_factory=list)
     message_id: str | None = None
     duplicate: bool = False
+    kept: bool = False          # an AE whose record for review (an import issue) is kept

@@ -84,6 +84,21 @@ def _dumps(data: Mapping[str, Any]) -> bytes:
     return _JSON.encode(data).encode()
 
 
+def _one_per_test(results: Sequence[L.Observation]) -> None:
+    """One value per test in one entry: a second one would be written as a re-entry of
+    a row not inserted yet (the row and its history would disagree)."""
+    seen: set[str] = set()
+    errors = []
+    for i, obs in enumerate(results):
+        if obs.code in seen:
+            errors.append(InvalidField(f"results[{i}].code", f"{obs.code} is given twice",
+                                       "give one result per test; a new value is a "
+                                       "re-entry, in an entry of its own"))
+        seen.add(obs.code)
+    if errors:
+        raise InvalidRecord(errors)
+
+
 def _iso(d: datetime | None) -> str | None:
     return d.isoformat() if d else None
 
@@ -705,6 +720,36 @@ class LabService:
         o.row["report_id"] = report_id
         return o
 
+    def _attach_numbers(self, conn: Connection, order: _Order, placer: str | None,
+                        filler: str | None) -> None:
+        """Give an order the placer/filler number it did not have yet (the filler assigns
+        its number after the order was placed): a later message naming the order by that
+        number alone then finds it. A number the order already has is never replaced."""
+        values: dict[str, Any] = {}
+        for kind, column, key, number in ((PLACER, "placer_digest", "placer_number", placer),
+                                          (FILLER, "filler_digest", "filler_number", filler)):
+            if number and order.row.get(column) is None:
+                values[column] = self.digest(conn, order.tenant_id, kind, number)
+                order.request[key] = number
+        if not values:
+            return
+        values["request_sealed"] = self._seal(order.dek, order.tenant_id, "lab_orders",
+                                              "request_sealed", order.order_id, order.request)
+        lrepo.update_order(conn, order.tenant_id, order.order_id, **values)
+        order.row.update(values)
+
+    def _add_tests(self, conn: Connection, order: _Order, codes: Iterable[str]) -> None:
+        """Tests results came for that the order did not list (a later message, a second
+        analyser): added to it, so the order (FHIR ServiceRequest.code) says what was done."""
+        tests = list(order.request.get("tests") or [])
+        new = [c for c in dict.fromkeys(codes) if c not in tests]
+        if not new:
+            return
+        order.request["tests"] = tests + new
+        lrepo.update_order(conn, order.tenant_id, order.order_id, request_sealed=self._seal(
+            order.dek, order.tenant_id, "lab_orders", "request_sealed", order.order_id,
+            order.request))
+
     def _transition(self, conn: Connection, actor: Actor, order: _Order,
                     target: L.OrderStatus, step: str | None = None,
                     detail: Mapping[str, Any] | None = None) -> None:
@@ -794,6 +839,7 @@ class LabService:
         if order.status == L.OrderStatus.REGISTERED:
             raise L.InvalidTransition("the specimen of this order has not been received",
                                       "receive the specimen first")
+        _one_per_test(results)
         self._transition(conn, actor, order, L.OrderStatus.PRELIMINARY,
                          "results-entered" if "results-entered" not in order.workflow else None)
         ts = self.lv.now()
@@ -845,6 +891,30 @@ class LabService:
         self._panic(conn, actor, order, out)
         return out
 
+    def _cancel_result(self, conn: Connection, actor: Actor, order: _Order, code: str,
+                       reason: str) -> str | None:
+        """Cancel the result of ``code`` not yet validated (the sender retracted it), the
+        reason in its history; a technically validated order goes back to preliminary
+        (its validation covered that result). The observation id, or None if there is
+        no such result."""
+        tenant_id = order.tenant_id
+        for r in lrepo.observations(conn, tenant_id, order.order_id):
+            if r["status"] != "preliminary":
+                continue
+            old = L.Observation.from_json(self._open(order.dek, tenant_id, "lab_observations",
+                                                     "result_sealed", r["observation_id"],
+                                                     r["result_sealed"]))
+            if old.code != code:
+                continue
+            oid, rev, ts = r["observation_id"], r["revision"] + 1, self.lv.now()
+            self._transition(conn, actor, order, L.OrderStatus.PRELIMINARY)
+            lrepo.update_observation(conn, tenant_id, oid, status="cancelled", revision=rev,
+                                     updated_at=ts)
+            lrepo.insert_history(conn, [self._history_row(order, oid, rev, ts, actor,
+                                                          "cancelled", reason, old, None)])
+            return str(oid)
+        return None
+
     def _create_with_results(self, conn: Connection, actor: Actor, tenant_id: str,
                              patient_id: str, dek: DataKey, req: L.ServiceRequest,
                              spec: L.Specimen, results: Sequence[L.Observation],
@@ -861,6 +931,7 @@ class LabService:
                             patient_id: str, dek: DataKey, req: L.ServiceRequest,
                             spec: L.Specimen, results: Sequence[L.Observation],
                             facts: Mapping[str, Any]) -> tuple[_Order, list[ObservationView]]:
+        _one_per_test(results)
         order = self._create_order(conn, actor, tenant_id, patient_id, req, facts, dek,
                                    L.OrderStatus.PRELIMINARY,
                                    ("registered", "received", "results-entered"))

@@ -11,6 +11,8 @@ it too) with the ACK that was sent, and returns that ACK on a resend.
 from __future__ import annotations
 
 import json
+import logging
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -39,16 +41,110 @@ if TYPE_CHECKING:
     from labvault.services.app import Labvault
     from labvault.services.lab import LabService, _Order
 
+log = logging.getLogger("labvault.hl7")
 CLINICAL = frozenset({Category.CLINICAL})
 # What one order/result message may touch of its patient: the clinical records it writes
 # and the sex / birth date it reads for the reference ranges.
 MESSAGE_CATEGORIES = frozenset({Category.CLINICAL, Category.IDENTITY})
 CONTROL = "hl7_control"
+# OBX-11 (HL7 table 0085): no result to store (X: cannot be obtained), noted in the ACK
+# with a reason; D and W retract a result already sent.
+WHOLE_MESSAGE_KINDS = ("reused-control-id",)   # issues keeping a message, not results
+NOTED = {"I": "result pending", "N": "not asked", "O": "order detail only, no result"}
+NO_RESULT = ("X", *NOTED)
+RETRACTING = {"D": "deleted by the sender (OBX-11 D)",
+              "W": "sent as wrong by the sender (OBX-11 W)"}
 OPEN_STATES = (L.OrderStatus.REGISTERED, L.OrderStatus.RECEIVED, L.OrderStatus.PRELIMINARY,
                L.OrderStatus.TECHNICALLY_VALIDATED)
 LOINC_SYSTEMS = ("LN", "LOINC", "http://loinc.org")
 PATIENT_CACHE = 4096        # identifier digest -> patient id (ids only), LRU
 PATIENT_CACHE_TTL = 60.0    # seconds: bounds staleness after an identifier change elsewhere
+
+
+def resent_content(raw: bytes) -> bytes:
+    """A message as compared with the first one under its MSH-10: the segments as sent,
+    line endings (CR, LF, CRLF) and a UTF-8 BOM aside, and without MSH-7 (its date/time,
+    which some senders stamp again when they resend)."""
+    segments = [s for s in re.split(rb"\r\n|\n|\r", raw.removeprefix(b"\xef\xbb\xbf")) if s]
+    if segments and segments[0][:3] == b"MSH" and len(segments[0]) > 3:
+        fields = segments[0].split(segments[0][3:4])
+        if len(fields) > 6:
+            fields[6] = b""
+        segments[0] = segments[0][3:4].join(fields)
+    return b"\r".join(segments)
+
+
+def _another_patients(order: I.InboundOrder) -> MessageError:
+    number = order.placer_number or order.filler_number
+    return MessageError(order.number_location(), I.ERR_DUPLICATE_KEY,
+                        f"order number {number} belongs to another patient: check the "
+                        "patient (PID-3) or the order number, then resend")
+
+
+# A result's field (ResultInput / Observation names) -> its OBX field, for ERR-2.
+OBX_FIELDS = {"code": 3, "value": 5, "unit": 6, "observed_at": 14}
+
+
+def _result_location(r: I.InboundResult, exc: InvalidField | InvalidRecord) -> Location:
+    """Where in the OBX the problem is: OBX-6 for a unit, OBX-5 for a value..."""
+    name = exc.field if isinstance(exc, InvalidField) else (
+        exc.errors[0].field if exc.errors else "value")
+    field = OBX_FIELDS.get(name.split(".")[0].split("[")[0], r.location.field or 5)
+    return Location(r.location.segment, r.location.sequence, field)
+
+
+def _nothing_to_retract(r: I.InboundResult) -> MessageError:
+    return MessageError(Location(r.location.segment, r.location.sequence, 11),
+                        I.ERR_UNKNOWN_KEY,
+                        f"OBX-11 {r.status}: no result of {r.code} is stored for this order, "
+                        "nothing retracted", "W")
+
+
+def _one_result_per_test(first: I.InboundResult, r: I.InboundResult,
+                         test: L.CatalogueTest) -> None:
+    """Two values of one test for one order in one message: which is right is the
+    sender's knowledge, not ours. Taking either would hide the disagreement (and HL7
+    wants OBX-3 + OBX-4 unique within an order), so the message is refused (AE) at the
+    second OBX; a rerun is a correction (OBX-11 C) in a message of its own."""
+    if first is r:
+        return
+    raise I.ContentError([MessageError(
+        Location(r.location.segment, r.location.sequence, 3), I.ERR_DUPLICATE_KEY,
+        f"OBX-3 {r.code} is test {test.code} again, already given by "
+        f"OBX[{first.location.sequence}] for this order: one result per test and order in "
+        "a message; send a rerun as a correction (OBX-11 C) in a message of its own")])
+
+
+# What can fix an issue of each kind (hl7-issues resolve's hint).
+_DISCARD_HINT = ('discard it once handled: --discard --reason "..." (--all-results when it '
+                 "holds several)")
+_RESOLVE_HINTS = {
+    "unknown-patient": "give the patient: --patient pt_... (labvault patient find ...)",
+    "unknown-code": "say what each unknown code means: --code LOCAL=LOINC (labvault catalogue "
+                    "show lists the LOINC codes)",
+    "invalid-value": "labvault converts no value or unit: ask the sender for a corrected "
+                     "result, then " + _DISCARD_HINT,
+    "order-closed": "the order is validated: a biologist corrects the result by an "
+                    "amendment, then " + _DISCARD_HINT,
+    "reused-control-id": "ask the sender to send the message again under a new MSH-10 (the "
+                         "first message with that MSH-10 is stored), then " + _DISCARD_HINT,
+}
+
+
+def _group_of(order: Mapping[str, Any], results: Sequence[I.InboundResult]) -> I.InboundOrder:
+    """The order group an issue kept, rebuilt from its payload."""
+    req = order.get("request") or {}
+    presc = req.get("prescriber")
+    return I.InboundOrder(
+        Location("OBR"), "RE", order.get("placer_number"), order.get("filler_number"),
+        tuple(I.InboundTest(t["code"], t.get("system"), t.get("display"),
+                            Location("OBR", 1, 4)) for t in order.get("tests", [])),
+        L.ServiceRequest((), L.Priority(req.get("priority") or "routine"),
+                         L.OrderPrescriber(presc["name"], presc.get("rpps")) if presc else None,
+                         req.get("clinical_notes"), order.get("placer_number"),
+                         order.get("filler_number")),
+        L.Specimen.parse(order["specimen"]) if order.get("specimen") else None,
+        tuple(results))
 
 
 def _dumps(data: Mapping[str, Any]) -> bytes:
@@ -88,13 +184,14 @@ class MessageService:
                build_ack: Callable[[I.IngestOutcome], bytes]) -> tuple[I.IngestOutcome, bytes]:
         """Store one mapped message and return (outcome, ACK bytes). The ACK is built and
         archived inside the transaction; the caller sends it only after this returns (i.e.
-        after the commit). A resend of the same MSH-10 (same sender) returns the first ACK."""
+        after the commit). A resend of the same MSH-10 (same sender) returns the first ACK;
+        another message under that MSH-10 gets an AE and is kept as an import issue."""
         try:
             return self._ingest(actor, tenant_id, raw, msg, build_ack)
         except DbIntegrityError:
             # Two connections delivered the same message at once: the other one won.
             with self.lv.begin() as conn:
-                dup = self._duplicate(conn, actor, tenant_id, msg)
+                dup = self._duplicate(conn, actor, tenant_id, msg, raw, build_ack)
             if dup is None:
                 raise
             return dup
@@ -102,17 +199,68 @@ class MessageService:
     def _control_digest(self, conn: Connection, tenant_id: str, msg: I.InboundMessage) -> bytes:
         return self.lab.digest(conn, tenant_id, CONTROL, f"{msg.sending}\x00{msg.control_id}")
 
-    def _duplicate(self, conn: Connection, actor: Actor, tenant_id: str,
-                   msg: I.InboundMessage) -> tuple[I.IngestOutcome, bytes] | None:
+    def _duplicate(self, conn: Connection, actor: Actor, tenant_id: str, msg: I.InboundMessage,
+                   raw: bytes, build_ack: Callable[[I.IngestOutcome], bytes]
+                   ) -> tuple[I.IngestOutcome, bytes] | None:
+        """None if this MSH-10 is new from this sender; else the first ACK for a resend
+        of the same message, or an AE for another message under a reused MSH-10."""
         row = lrepo.message_by_control(conn, tenant_id, self._control_digest(conn, tenant_id, msg))
         if row is None:
             return None
         self.lv.gate.check(conn, Access(actor, Action.READ, tenant_id, frozenset(),
                                         resource="hl7-message", purpose="care"))
+        if not self._same_message(conn, tenant_id, row, raw):
+            return self._reused(conn, actor, tenant_id, msg, raw, row, build_ack)
         ack = self.lv.gate.open_tenant_value_checked(conn, tenant_id, "lab_hl7_messages",
                                                      "ack_sealed", row["message_id"],
                                                      row["ack_sealed"])
         return I.IngestOutcome(row["status"], message_id=row["message_id"], duplicate=True), ack
+
+    def _same_message(self, conn: Connection, tenant_id: str, row: Mapping[str, Any],
+                      raw: bytes) -> bool:
+        """Is ``raw`` the archived message again (``resent_content``)? A first message whose
+        patient was erased cannot be compared: taken as the same (nothing is stored)."""
+        try:
+            if row["patient_id"] is not None:
+                first = self.lv.gate.open_patient_value(
+                    self.lv.gate.patient_key(conn, tenant_id, row["patient_id"]), tenant_id,
+                    "lab_hl7_messages", "raw_sealed", row["message_id"], row["raw_sealed"])
+            else:
+                first = self.lv.gate.open_tenant_value_checked(
+                    conn, tenant_id, "lab_hl7_messages", "raw_sealed", row["message_id"],
+                    row["raw_sealed"])
+        except NotFound:
+            return True
+        return resent_content(first) == resent_content(raw)
+
+    def _reused(self, conn: Connection, actor: Actor, tenant_id: str, msg: I.InboundMessage,
+                raw: bytes, row: Mapping[str, Any],
+                build_ack: Callable[[I.IngestOutcome], bytes]) -> tuple[I.IngestOutcome, bytes]:
+        """Another message under an MSH-10 this sender already used (an analyser reset, a
+        counter wrapped): acknowledging it would lose it while the sender believes it
+        delivered. AE naming MSH-10, nothing of it stored, and the message kept (sealed) as
+        an import issue with an alert, for a person to follow up."""
+        ctx = _Ctx(conn, actor, tenant_id, row["message_id"],
+                   I.IngestOutcome("AE", kept=True), [])
+        ctx.decision = self._decide(ctx, None)
+        received = str(row["received_at"])[:16].replace("T", " ")   # raw SQL: text or datetime
+        reason = (f"MSH-10 {msg.control_id} already names another message from this sender "
+                  f"(received {received} UTC): control id reused with different content")
+        issue_id = new_id("iss")
+        ctx.issues.append({"issue_id": issue_id, "kind": "reused-control-id", "patient_id": None,
+                           "payload": {"kind": "reused-control-id", "reason": reason,
+                                       "message_id": row["message_id"],
+                                       "location": "MSH[1]-10", "control_id": msg.control_id,
+                                       "message": raw.decode("utf-8", "replace")}})
+        ctx.outcome.issue_ids.append(issue_id)
+        ctx.outcome.errors.append(MessageError(
+            Location("MSH", 1, 10), I.ERR_DUPLICATE_KEY,
+            f"{reason}; nothing stored (kept for review as import issue {issue_id}): send it "
+            "again under a new MSH-10"))
+        self._write_issues(ctx)
+        log.warning("HL7 MSH-10 reused with different content (first: %s): refused, kept as "
+                    "import issue %s", row["message_id"], issue_id)
+        return ctx.outcome, build_ack(ctx.outcome)
 
     def _ingest(self, actor: Actor, tenant_id: str, raw: bytes, msg: I.InboundMessage,
                 build_ack: Callable[[I.IngestOutcome], bytes]
@@ -120,7 +268,7 @@ class MessageService:
         lv = self.lv
         try:
             with lv.begin() as conn:
-                dup = self._duplicate(conn, actor, tenant_id, msg)
+                dup = self._duplicate(conn, actor, tenant_id, msg, raw, build_ack)
                 if dup is not None:
                     return dup
                 message_id = new_id("msg")
@@ -227,23 +375,31 @@ class MessageService:
         repo.insert_patients(ctx.conn, [prepared.row], [prepared.key], prepared.index)
         return prepared.patient_id
 
-    def _update(self, ctx: _Ctx, patient_id: str, rec: PatientRecord) -> None:
+    def _update(self, ctx: _Ctx, patient_id: str, p: I.InboundPatient) -> None:
+        """Apply a PID to a known patient (ADT^A08...): what the message leaves empty is
+        kept, ``""`` deletes (HL7 v2.5 §2.5.3); coverage and clinical facts, which a PID
+        does not carry, are kept as they are."""
         lv = self.lv
+        assert p.changes is not None
         access = Access(ctx.actor, Action.WRITE, ctx.tenant_id,
                         frozenset({Category.IDENTITY, Category.CONTACT, Category.COVERAGE,
                                    Category.CLINICAL}), patient_ids=(patient_id,),
                         resource="patient")
         lv.gate.check(ctx.conn, access)
-        # Keep what the message does not carry (coverage, blood group, prescriber...).
         opened = lv.gate.read_patients(ctx.conn, Access(
-            ctx.actor, Action.READ, ctx.tenant_id, frozenset({Category.COVERAGE,
-                                                              Category.CLINICAL}),
-            patient_ids=(patient_id,), resource="patient"))
-        dek = lv.gate.patient_key(ctx.conn, ctx.tenant_id, patient_id)
+            ctx.actor, Action.READ, ctx.tenant_id, access.categories,
+            patient_ids=(patient_id,), resource="patient")).get(patient_id, {})
+        stored = {**opened.get(Category.IDENTITY, {}), **opened.get(Category.CONTACT, {})}
+        merged = p.changes.applied_to(stored)
+        try:
+            rec = PatientRecord.parse(merged)
+        except InvalidRecord as exc:
+            raise I.ContentError(p.changes.errors(exc, merged, p.location)) from None
+        self._identifiers_free(ctx, patient_id, rec, p.location)
         cats = rec.categories()
         for cat in (Category.COVERAGE, Category.CLINICAL):
-            old = opened.get(patient_id, {}).get(cat) or {}
-            cats[cat] = {**old, **cats[cat]}
+            cats[cat] = dict(opened.get(cat) or {})
+        dek = lv.gate.patient_key(ctx.conn, ctx.tenant_id, patient_id)
         blobs = lv.gate.seal_patient(ctx.conn, access, dek, patient_id, cats)
         repo.update_patient_blobs(ctx.conn, ctx.tenant_id, patient_id, blobs)
         idx = repo.current_key_version(ctx.conn, ctx.tenant_id, "index")
@@ -254,14 +410,32 @@ class MessageService:
             for k in [k for k, v in self._patients.items() if v[0] == patient_id]:
                 self._patients.pop(k, None)
 
+    def _identifiers_free(self, ctx: _Ctx, patient_id: str, rec: PatientRecord,
+                          where: Location) -> None:
+        """Never two patients with one NIR or one external id (MRN): an update that would
+        give this patient another patient's identifier is refused (AE 205)."""
+        named = {bi.NIR: "NIR", bi.EXTERNAL_ID: "identifier"}
+        for kind, value in indexing.index_values(rec):
+            if kind not in named:
+                continue
+            owners = repo.find_by_digest(ctx.conn, ctx.tenant_id, kind,
+                                         self.lab.digest(ctx.conn, ctx.tenant_id, kind, value))
+            if any(o != patient_id for o in owners):
+                raise I.ContentError([MessageError(
+                    where, I.ERR_DUPLICATE_KEY,
+                    f"PID-3 {named[kind]} {value} already identifies another patient: "
+                    "correct the identifier, or merge the two records first, then resend")])
+
     def _adt(self, ctx: _Ctx, msg: I.InboundMessage) -> None:
         p = msg.patient
-        assert p is not None and p.record is not None   # the mapper guarantees it for ADT
+        assert p is not None and p.changes is not None   # the mapper guarantees it for ADT
         pid = self._match(ctx, p)
         if pid is None:
+            if p.record is None:
+                raise I.ContentError(list(p.record_errors))
             pid = self._register(ctx, p.record)
         else:
-            self._update(ctx, pid, p.record)
+            self._update(ctx, pid, p)
         ctx.outcome.patient_id = pid
 
     # == orders and results =====================================================================
@@ -287,9 +461,9 @@ class MessageService:
             pid, why = None, "several patients match PID-3 (merge them first)"
         if pid is None and msg.message_type in ("ORM", "OML"):
             if p.record is None:
-                raise I.ContentError([MessageError(p.location, I.ERR_UNKNOWN_KEY,
-                                                   "unknown patient and PID does not make a "
-                                                   f"valid patient: {p.record_error}")])
+                raise I.ContentError([MessageError(
+                    e.location, e.code, f"unknown patient, not registered: {e.text}")
+                    for e in p.record_errors])
             pid = self._register(ctx, p.record)
         ctx.decision, ctx.decided_for = self._decide(ctx, pid), pid
         if pid is None:
@@ -306,7 +480,7 @@ class MessageService:
             if order.control in ("CA", "OC", "DC"):
                 if existing is None:
                     ctx.outcome.errors.append(MessageError(
-                        Location("ORC", 1, 2), I.ERR_UNKNOWN_KEY,
+                        order.number_location(), I.ERR_UNKNOWN_KEY,
                         "order to cancel not found", "W"))
                 elif existing.status in (L.OrderStatus.REGISTERED, L.OrderStatus.RECEIVED,
                                          L.OrderStatus.PRELIMINARY):
@@ -314,10 +488,13 @@ class MessageService:
                     ctx.outcome.order_ids.append(existing.order_id)
                 else:
                     raise I.ContentError([MessageError(
-                        Location("ORC", 1, 1), I.ERR_TABLE_VALUE_NOT_FOUND,
+                        order.control_location(), I.ERR_TABLE_VALUE_NOT_FOUND,
                         f"the order is {existing.status} and can no longer be cancelled")])
                 continue
-            if existing is None:
+            if existing is not None:
+                self.lab._attach_numbers(ctx.conn, existing, order.placer_number,
+                                         order.filler_number)
+            else:
                 tests: list[str] = []
                 for t in order.tests:
                     ct = self._resolve_code(cat, t.code, t.code_system)
@@ -325,7 +502,7 @@ class MessageService:
                         tests.append(ct.code)
                     elif msg.message_type != "ORU":
                         raise I.ContentError([MessageError(
-                            t.location if t.location.field else Location("OBR", 1, 4),
+                            t.location,
                             I.ERR_TABLE_VALUE_NOT_FOUND,
                             f"test {t.code} is not in the laboratory's catalogue")])
                 for r in order.results:
@@ -348,6 +525,8 @@ class MessageService:
                                       order.filler_number, req.requested_at)
                 if order.results:
                     # unsolicited results: order, specimen and results written at once
+                    ctx.outcome.errors.extend(_nothing_to_retract(r) for r in order.results
+                                              if r.status in RETRACTING)
                     good = self._interpret(ctx, pid, order, cat, facts)
                     if good:
                         created, views = self.lab._create_with_results(
@@ -356,7 +535,8 @@ class MessageService:
                             good, facts)
                         ctx.outcome.order_ids.append(created.order_id)
                         ctx.outcome.observation_ids.extend(v.observation_id for v in views)
-                        continue
+                    # none usable: each is queued once (above), and no empty order is made
+                    continue
                 existing = self.lab._create_order(ctx.conn, ctx.actor, ctx.tenant_id, pid, sr,
                                                   facts, dek)
             ctx.outcome.order_ids.append(existing.order_id)
@@ -395,10 +575,19 @@ class MessageService:
         bd = facts.get("birth_date")
         birth = date.fromisoformat(bd) if bd else None
         good: list[L.Observation] = []
+        first: dict[str, I.InboundResult] = {}
         for r in group.results:
-            if r.status in ("X", "D", "W"):       # result cannot be obtained / deleted / wrong
+            if r.status in NO_RESULT:
+                if r.status in NOTED:
+                    ctx.outcome.errors.append(MessageError(
+                        Location(r.location.segment, r.location.sequence, 11), I.ERR_ACCEPTED,
+                        f"OBX-11 {r.status} ({NOTED[r.status]}): {r.code} not stored", "I"))
+                continue
+            if r.status in RETRACTING:            # applied by _retract, never stored
                 continue
             test = self._resolve_code(cat, r.code, r.code_system, mapping)
+            if test is not None:
+                _one_result_per_test(first.setdefault(test.code, r), r, test)
             if test is None:
                 self._issue(ctx, "unknown-code", pid, group, [r], None,
                             Location(r.location.segment, r.location.sequence, 3),
@@ -409,8 +598,8 @@ class MessageService:
                 good.append(L.Observation.interpret(self._to_input(r, test), test, cat.version,
                                                     facts.get("sex"), birth, self.lv.now()))
             except (InvalidField, InvalidRecord) as exc:
-                self._issue(ctx, "invalid-value", pid, group, [r], None, r.location,
-                            str(exc.message))
+                self._issue(ctx, "invalid-value", pid, group, [r], None,
+                            _result_location(r, exc), str(exc.message))
         return good
 
     def _find_order(self, ctx: _Ctx, order: I.InboundOrder,
@@ -425,9 +614,7 @@ class MessageService:
         if row is None:
             return None
         if patient_id is not None and row["patient_id"] != patient_id:
-            raise I.ContentError([MessageError(Location("OBR", 1, 2), I.ERR_DUPLICATE_KEY,
-                                               "this order number belongs to another "
-                                               "patient")])
+            raise I.ContentError([_another_patients(order)])
         o = self.lab._order_from_row(ctx.conn, row, self._key(ctx, row["patient_id"]))
         rep = lrepo.report_by_order(ctx.conn, ctx.tenant_id, o.order_id)
         o.row["report_id"] = rep["report_id"] if rep else ""
@@ -452,27 +639,54 @@ class MessageService:
             data["observed_at"] = r.observed_at
         if r.code != test.code:
             data["local_code"] = r.code[:64]
+        if r.value_type == "SN" and r.numeric and L.parse_numeric(r.numeric) is None:
+            raise InvalidField("value", f"SN {r.numeric!r} is a range or ratio (or an unknown "
+                               "comparator): labvault keeps one number, with <, >, <=, >= or "
+                               "=", "ask the sender for the single value")
         res = L.ResultInput.parse(data)
         if test.kind == L.ValueKind.NUMERIC and res.kind != L.ValueKind.NUMERIC:
-            raise InvalidField("value", f"{test.code} expects a number, got text", "")
+            raise InvalidField("value", f"{test.code} expects a number, got text "
+                               f"{(r.text or '')[:40]!r}", "")
         return res
 
     def _results(self, ctx: _Ctx, order: _Order, group: I.InboundOrder, cat: L.Catalogue,
                  mapping: Mapping[str, str] | None = None) -> None:
         if order.status not in OPEN_STATES:
+            what = ("a retraction (OBX-11 D/W) of a validated result" if any(
+                r.status in RETRACTING for r in group.results) else "a correction")
             self._issue(ctx, "order-closed", order.patient_id, group, list(group.results), None,
-                        group.location, f"the order is {order.status}: a correction needs a "
+                        group.location, f"the order is {order.status}: {what} needs a "
                         "biologist (amend)")
             return
         good = self._interpret(ctx, order.patient_id, group, cat,
                                {"sex": order.sex, "birth_date": order.request.get(
                                    "patient", {}).get("birth_date")}, mapping)
+        retracting = any(r.status in RETRACTING for r in group.results)
+        if (good or retracting) and not self._covered(ctx, order.patient_id):
+            self.lab._check(ctx.conn, ctx.actor, Action.WRITE, ctx.tenant_id,
+                            "observation", (order.patient_id,))
+        if retracting:           # before the new values: "W old value, F new one" works
+            self._retract(ctx, order, group, cat, mapping)
         if good:
-            if not self._covered(ctx, order.patient_id):
-                self.lab._check(ctx.conn, ctx.actor, Action.WRITE, ctx.tenant_id,
-                                "observation", (order.patient_id,))
             views = self.lab._store_results(ctx.conn, ctx.actor, order, good)
             ctx.outcome.observation_ids.extend(v.observation_id for v in views)
+            self.lab._add_tests(ctx.conn, order, (o.code for o in good))
+
+    def _retract(self, ctx: _Ctx, order: _Order, group: I.InboundOrder, cat: L.Catalogue,
+                 mapping: Mapping[str, str] | None) -> None:
+        """OBX-11 D (delete) and W (wrong: e.g. another patient's) cancel the result not yet
+        validated, with the reason in its history; nothing to retract is a warning. (A
+        validated order's results go to the queue before this, for a biologist.)"""
+        for r in group.results:
+            if r.status not in RETRACTING:
+                continue
+            test = self._resolve_code(cat, r.code, r.code_system, mapping)
+            oid = test and self.lab._cancel_result(ctx.conn, ctx.actor, order, test.code,
+                                                   RETRACTING[r.status])
+            if oid:
+                ctx.outcome.observation_ids.append(oid)
+            else:
+                ctx.outcome.errors.append(_nothing_to_retract(r))
 
     # == import issues ==========================================================================
     def _issue(self, ctx: _Ctx, kind: str, patient_id: str | None, group: I.InboundOrder,
@@ -545,6 +759,8 @@ class MessageService:
         """Open (or all) import issues, opened through the gate."""
         self.lab._scope(actor, tenant_id)
         with self.lv.begin() as conn:
+            if repo.get_tenant(conn, tenant_id) is None:
+                raise NotFound(f"no such laboratory {tenant_id}", "labvault tenant list")
             rows = lrepo.issues(conn, tenant_id, [status] if status else None, limit)
             self.lv.gate.check(conn, Access(actor, Action.READ, tenant_id, CLINICAL,
                                             resource="import-issue",
@@ -564,66 +780,94 @@ class MessageService:
             return out
 
     def resolve_issue(self, actor: Actor, issue_id: str, *, patient_id: str | None = None,
-                      code: str | None = None) -> dict[str, Any]:
+                      code: str | None = None, codes: Mapping[str, str] | None = None
+                      ) -> dict[str, Any]:
         """Re-process the kept results with a human's answer: the patient they belong to
-        and/or the LOINC code their local code means. Stored in one transaction."""
+        and/or the LOINC code each unknown code means (``codes``: local -> LOINC; ``code``
+        alone when the issue has one unknown code). A mapping applies only to the results
+        whose code is not in the catalogue. What can be stored is stored; what still cannot
+        becomes a new issue of its own (``left_as``). One transaction."""
         with self.lv.begin() as conn:
-            row = lrepo.issue(conn, issue_id)
-            if row is None or row["status"] != "open":
-                raise NotFound("no open import issue with this id", "labvault hl7-issues list")
+            row = self._open_row(conn, actor, issue_id)
             tid = row["tenant_id"]
-            self.lab._scope(actor, tid)
+            if row["kind"] in WHOLE_MESSAGE_KINDS:
+                raise UserError(f"issue {issue_id} ({row['kind']}) holds a message, not "
+                                "results to store", _RESOLVE_HINTS[row["kind"]])
             target = patient_id or row["patient_id"]
             if target is None:
-                raise UserError("this issue needs the patient the results belong to",
-                                "give --patient pt_...")
+                raise UserError(f"issue {issue_id} needs the patient its results belong to",
+                                "give --patient pt_... (labvault patient find ...)")
             if repo.patient_tenant(conn, target) != tid:
-                raise NotFound("no such patient", "check the patient id")
+                raise NotFound(f"no patient {target} in this laboratory",
+                               "check the patient id (labvault patient find ...)")
             self.lv.gate.check(conn, Access(actor, Action.WRITE, tid, CLINICAL,
                                             resource="import-issue",
                                             patient_ids=(target,)))
             payload = self._open_issue(conn, row)
-            if code is not None:
-                code = L.loinc(code, "code")
             results = [I.InboundResult.from_json(r) for r in payload["results"]]
-            o = payload["order"]
-            req = o.get("request") or {}
-            group = I.InboundOrder(
-                Location("OBR"), "RE", o.get("placer_number"), o.get("filler_number"),
-                tuple(I.InboundTest(t["code"], t.get("system"), t.get("display"),
-                                    Location("OBR", 1, 4)) for t in o.get("tests", [])),
-                L.ServiceRequest((), L.Priority(req.get("priority") or "routine"),
-                                 L.OrderPrescriber(req["prescriber"]["name"],
-                                                   req["prescriber"].get("rpps"))
-                                 if req.get("prescriber") else None,
-                                 req.get("clinical_notes"), o.get("placer_number"),
-                                 o.get("filler_number")),
-                L.Specimen.parse(o["specimen"]) if o.get("specimen") else None,
-                tuple(results))
-            mapping = {r.code: code for r in results} if code else None
+            group = _group_of(payload["order"], results)
+            cat = self.lab._catalogue(conn, tid)
+            mapping = self._code_mapping(cat, results, code, codes or {})
             msg = I.InboundMessage("ORU", "R01", row["message_id"] or issue_id, "issue", "2.5",
                                    None, (group,))
             ctx = _Ctx(conn, actor, tid, row["message_id"] or issue_id,
                        I.IngestOutcome("AA", patient_id=target), [])
-            cat = self.lab._catalogue(conn, tid)
             if mapping:
                 cat = L.Catalogue(cat.version, cat.tests, {**cat.by_local, **mapping})
             try:
                 self._store_group(ctx, target, group, cat, msg)
             except I.ContentError as exc:
-                raise UserError(f"cannot store the results: {exc}", "fix and retry") from None
-            if ctx.issues:
+                raise UserError(f"cannot store the results: {exc}",
+                                "fix and retry, or discard the issue") from None
+            if ctx.issues and not ctx.outcome.observation_ids:
                 reasons = "; ".join(i["payload"]["reason"] for i in ctx.issues)
+                kinds = dict.fromkeys(i["kind"] for i in ctx.issues)
                 raise UserError(f"the results still cannot be stored: {reasons}",
-                                "give the right --patient or --code")
+                                "; ".join(_RESOLVE_HINTS.get(k, _DISCARD_HINT) for k in kinds))
+            self._write_issues(ctx)       # what still cannot be stored: an issue of its own
             ts = self.lv.now()
             resolution = {"by": actor.id, "at": ts.isoformat(), "patient_id": target,
-                          "code": code, "observation_ids": ctx.outcome.observation_ids}
+                          "codes": mapping, "observation_ids": ctx.outcome.observation_ids,
+                          "left_as": [i["issue_id"] for i in ctx.issues]}
             lrepo.update_issue(conn, tid, issue_id, status="resolved", resolved_at=ts,
                                resolution_sealed=self._seal_issue(
                                    conn, tid, row["patient_id"], issue_id, "resolution_sealed",
                                    resolution))
             return {"id": issue_id, "status": "resolved", **resolution}
+
+    def _open_row(self, conn: Connection, actor: Actor, issue_id: str) -> dict[str, Any]:
+        """The issue's row, if open and in the actor's laboratory."""
+        row = lrepo.issue(conn, issue_id)
+        if row is None or row["status"] != "open":
+            raise NotFound(f"no open import issue {issue_id}", "labvault hl7-issues list")
+        self.lab._scope(actor, row["tenant_id"])
+        return row
+
+    def _code_mapping(self, cat: L.Catalogue, results: Sequence[I.InboundResult],
+                      code: str | None, codes: Mapping[str, str]) -> dict[str, str]:
+        """local code -> catalogue test, for the results whose code is unknown only."""
+        unknown = list(dict.fromkeys(r.code for r in results
+                                     if self._resolve_code(cat, r.code, r.code_system) is None))
+        wanted = dict(codes)
+        if code is not None:
+            if len(unknown) != 1:
+                raise UserError(
+                    f"--code {code} alone is ambiguous: the unknown codes of this issue are "
+                    f"{', '.join(unknown) or 'none'}",
+                    "say which is which: --code LOCAL=LOINC, once per unknown code")
+            wanted[unknown[0]] = code
+        out: dict[str, str] = {}
+        for local, loinc in wanted.items():
+            if local not in unknown:
+                raise UserError(f"{local} is not an unknown code of this issue (its unknown "
+                                f"codes: {', '.join(unknown) or 'none'})",
+                                "map only the codes the catalogue does not know")
+            test = L.loinc(loinc, "code")
+            if test not in cat.tests:
+                raise UserError(f"{test} is not in catalogue {cat.version}",
+                                "labvault catalogue show --tenant ... lists its LOINC codes")
+            out[local] = test
+        return out
 
     def _store_group(self, ctx: _Ctx, pid: str, group: I.InboundOrder, cat: L.Catalogue,
                      msg: I.InboundMessage) -> None:
@@ -644,8 +888,8 @@ class MessageService:
                                                                group.placer_number,
                                                                group.filler_number), facts)
         if existing.patient_id != pid:
-            raise I.ContentError([MessageError(Location("OBR", 1, 2), I.ERR_DUPLICATE_KEY,
-                                               "this order number belongs to another patient")])
+            raise I.ContentError([_another_patients(group)])
+        self.lab._attach_numbers(ctx.conn, existing, group.placer_number, group.filler_number)
         if existing.status == L.OrderStatus.REGISTERED:
             spec = group.specimen or L.Specimen("BLD", self.lv.now(), (
                 group.filler_number or group.placer_number or existing.order_id)[:64])
@@ -653,27 +897,40 @@ class MessageService:
         mapping = {k: v for k, v in cat.by_local.items()}
         self._results(ctx, existing, group, cat, mapping)
 
-    def discard_issue(self, actor: Actor, issue_id: str, reason: str) -> dict[str, Any]:
-        """Close an issue without storing its results (reason kept, sealed)."""
+    def discard_issue(self, actor: Actor, issue_id: str, reason: str | None,
+                      all_results: bool = False) -> dict[str, Any]:
+        """Close an issue without storing its results (reason kept, sealed). An issue
+        holding several results is discarded only with ``all_results``: they may not all
+        be wrong (resolving stores those that can be, and keeps the rest as a new issue)."""
         from labvault.domain import validation as v
+        if not (reason or "").strip():
+            raise UserError("discarding an issue needs a reason (kept with it)",
+                            'add --reason "..." (e.g. "duplicate of a paper result")')
         why = v.text(reason, "reason", 2000, required=True)
         with self.lv.begin() as conn:
-            row = lrepo.issue(conn, issue_id)
-            if row is None or row["status"] != "open":
-                raise NotFound("no open import issue with this id", "labvault hl7-issues list")
+            row = self._open_row(conn, actor, issue_id)
             tid = row["tenant_id"]
-            self.lab._scope(actor, tid)
             self.lv.gate.check(conn, Access(actor, Action.WRITE, tid, CLINICAL,
                                             resource="import-issue",
                                             patient_ids=(row["patient_id"],)
                                             if row["patient_id"] else ()))
+            results = self._open_issue(conn, row).get("results") or []
+            if len(results) > 1 and not all_results:
+                raise UserError(
+                    f"issue {issue_id} holds {len(results)} results "
+                    f"({', '.join(str(r.get('code')) for r in results)}): discarding throws "
+                    "all of them away",
+                    "resolve it instead (what can be stored is, the rest stays as a new "
+                    "issue), or confirm with --all-results")
             ts = self.lv.now()
-            resolution = {"by": actor.id, "at": ts.isoformat(), "discarded": True, "reason": why}
+            resolution = {"by": actor.id, "at": ts.isoformat(), "discarded": True, "reason": why,
+                          "results": len(results)}
             lrepo.update_issue(conn, tid, issue_id, status="discarded", resolved_at=ts,
                                resolution_sealed=self._seal_issue(
                                    conn, tid, row["patient_id"], issue_id, "resolution_sealed",
                                    resolution))
-            return {"id": issue_id, "status": "discarded", "by": actor.id, "at": ts.isoformat()}
+            return {"id": issue_id, "status": "discarded", "by": actor.id, "at": ts.isoformat(),
+                    "results_discarded": len(results)}
 
     # == misc ===================================================================================
     def tenant_for_facility(self, facility: str) -> str | None:

@@ -48,8 +48,8 @@ _INS_HIST = insert_sql(lab_observation_history)
 _INS_MSG = insert_sql(lab_hl7_messages)
 _INS_ISSUE = insert_sql(lab_import_issues)
 
-_SEL_CONTROL = ("SELECT message_id, status, ack_sealed FROM lab_hl7_messages "
-                "WHERE tenant_id = {p} AND control_digest = {p}")
+_SEL_CONTROL = ("SELECT message_id, status, ack_sealed, patient_id, received_at, raw_sealed "
+                "FROM lab_hl7_messages WHERE tenant_id = {p} AND control_digest = {p}")
 # Two index searches, not one ``filler = ? OR placer = ?``: SQLite plans the OR as a scan
 # of every order of the lab (one per message, growing with the lab's history).
 _SEL_ORDER_DIGESTS = (
@@ -227,7 +227,8 @@ def history(conn: Connection, tenant_id: str, observation_id: str) -> list[dict[
 def message_by_control(conn: Connection, tenant_id: str, digest: bytes) -> dict[str, Any] | None:
     row = first(conn, _SEL_CONTROL, (tenant_id, digest))
     return None if row is None else {"message_id": row[0], "status": row[1],
-                                     "ack_sealed": bytes(row[2])}
+                                     "ack_sealed": bytes(row[2]), "patient_id": row[3],
+                                     "received_at": row[4], "raw_sealed": bytes(row[5])}
 
 
 def insert_message(conn: Connection, row: dict[str, Any]) -> None:

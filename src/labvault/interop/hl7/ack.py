@@ -41,7 +41,7 @@ def sniff_header(raw: bytes | str) -> Header:
     """Read MSH fields without trusting the message (for an AR on unparseable input)."""
     try:
         text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-        text = text.lstrip("\x0b\r\n ")
+        text = text.lstrip("\ufeff\x0b\r\n ")
         if not text.startswith("MSH") or len(text) < 8:
             return Header()
         first = re.split(r"\r|\n", text, maxsplit=1)[0][:4096]

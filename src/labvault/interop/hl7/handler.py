@@ -138,7 +138,7 @@ class Hl7Handler:
         try:
             with self.lv.savepoint():
                 outcome, ack = self._store(p)
-                if outcome.ack_code != "AA":
+                if outcome.ack_code != "AA" and not outcome.kept:
                     raise _NothingStored(ack)    # undo whatever the refused message wrote
                 return ack
         except _NothingStored as refused:
@@ -154,8 +154,9 @@ class Hl7Handler:
         tenant_id = self._tenant(header, header.receiving_facility)
         if tenant_id is None:
             err = MessageError(Location("MSH", 1, 6), I.ERR_UNKNOWN_KEY,
-                               "MSH-6 (receiving facility) is not the FINESS of a laboratory "
-                               "here")
+                               f"MSH-6 (receiving facility) {header.receiving_facility!r} is "
+                               "not the FINESS of a laboratory here: send the laboratory's "
+                               "FINESS in MSH-6.1, or run the listener with --tenant")
             return I.IngestOutcome("AR", [err]), A.build_ack(header, "AR", [err], self._ack_id())
         try:
             return self.lv.lab.messages.ingest(

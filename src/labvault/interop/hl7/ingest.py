@@ -9,7 +9,9 @@ _SEG = re.compile(rb"\r\n|\n|\r")
 
 def split_file(data: bytes) -> list[bytes]:
     """Messages of a file as raw bytes (each decoded later with its own MSH-18).
-    Batch envelopes (FHS, BHS, BTS, FTS) and MLLP framing bytes are dropped."""
+    Batch envelopes (FHS, BHS, BTS, FTS), MLLP framing bytes and a leading UTF-8 byte
+    order mark are dropped."""
+    data = data.removeprefix(b"\xef\xbb\xbf")      # a UTF-8 byte order mark (Windows)
     data = data.replace(b"\x0b", b"").replace(b"\x1c", b"")
     out: list[list[bytes]] = []
     for seg in _SEG.split(data):

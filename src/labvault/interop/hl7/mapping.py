@@ -30,6 +30,11 @@ VERSIONS = ("2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.7.1", "2.8")
 NIR_OIDS = ("1.2.250.1.213.1.4.8", "1.2.250.1.213.1.4.10")   # INS-NIR, INS-NIR (test)
 NIR_TYPES = ("NH", "INS", "INS-NIR", "SS")
 DEFAULT_TZ = ZoneInfo("Europe/Paris")
+NULL = '""'     # HL7 null value: delete what the receiver holds (v2.5 §2.5.3)
+NOT_PRODUCTION = {"T": "training", "D": "debugging"}     # MSH-11, HL7 table 0103
+# OBX-11 statuses that carry no value (table 0085): results cannot be obtained, deleted,
+# wrong, pending, not asked, order detail only.
+NO_VALUE = ("X", "D", "W", "I", "N", "O")
 
 
 class Rejected(Exception):
@@ -57,8 +62,12 @@ def parse_dtm(value: str, tz: tzinfo = DEFAULT_TZ) -> datetime:
         if hours > 14 or mins > 59:
             raise ValueError(f"{value!r} has an invalid time zone offset")
         zone = timezone(sign * timedelta(hours=hours, minutes=mins))
-    dt = datetime(int(y), int(mo or 1), int(d or 1), int(h or 0), int(mi or 0), int(s or 0),
-                  int((frac or "0").ljust(6, "0")[:6]), tzinfo=zone)
+    try:
+        dt = datetime(int(y), int(mo or 1), int(d or 1), int(h or 0), int(mi or 0),
+                      int(s or 0), int((frac or "0").ljust(6, "0")[:6]), tzinfo=zone)
+    except ValueError as exc:       # "month must be in 1..12": say which value
+        raise ValueError(f"{value!r} is not a valid date/time ({exc}); expected "
+                         "YYYYMMDDHHMMSS[+ZZZZ]") from None
     if dt.year < 1880 or dt.year > 2200:
         raise ValueError(f"{value!r} is out of range")
     return dt.astimezone(UTC)
@@ -91,12 +100,12 @@ class _Mapper:
         ids: list[I.PatientIdentifier] = []
         for rep in pid.reps(3):
             value = rep[0][0].strip() if rep and rep[0] else ""
-            if not value:
+            if not value or value == NULL:
                 continue
             authority = "&".join(x for x in rep[3] if x) if len(rep) > 3 else ""
             type_code = rep[4][0] if len(rep) > 4 and rep[4] else ""
             ids.append(I.PatientIdentifier(value, type_code or None, authority or None))
-        if not ids and pid.get(2):   # v2.3 external id
+        if not ids and pid.get(2) and pid.get(2) != NULL:   # v2.3 external id
             ids.append(I.PatientIdentifier(pid.get(2), pid.get(2, 5) or None,
                                            pid.get(2, 4) or None))
         nir = next((i.value for i in ids if (i.type_code or "").upper() in NIR_TYPES
@@ -104,19 +113,63 @@ class _Mapper:
         external = tuple(i.value for i in ids if i.value != nir)
         if not ids:
             self.err(pid, 3, I.ERR_REQUIRED_FIELD_MISSING, "PID-3 (patient identifier) is empty")
+        changes: I.PatientChanges | None = None
+        record: PatientRecord | None = None
+        record_errors: tuple[MessageError, ...] = ()
         if with_record:
-            record, record_error = self.patient_record(pid, nir, external)
-        else:   # results never register a patient: keep what a human needs to match
-            record, record_error = None, None
-            if pid.get(7):
-                self.dtm(pid, 7, pid.get(7))
+            changes = self.patient_changes(pid, nir, external)
+            record, record_errors = self.registration(pid, changes)
+        elif pid.get(7) and pid.get(7) != NULL:
+            # results never register a patient: PID-7 is only kept for a human to match
+            self.dtm(pid, 7, pid.get(7))
         summary = {"name": " ".join(x for x in (pid.get(5, 1), pid.get(5, 2)) if x)[:200],
                    "birth_date": pid.get(7)[:8], "sex": pid.get(8)[:1]}
-        return I.InboundPatient(tuple(ids), nir, external, record, record_error,
-                                Location("PID", pid.sequence, 3), summary)
+        return I.InboundPatient(tuple(ids), nir, external, record,
+                                "; ".join(e.text for e in record_errors) or None,
+                                Location("PID", pid.sequence, 3), summary, changes,
+                                record_errors)
 
-    def patient_record(self, pid: Segment, nir: str | None, external: tuple[str, ...]
-                       ) -> tuple[PatientRecord | None, str | None]:
+    def patient_changes(self, pid: Segment, nir: str | None, external: tuple[str, ...]
+                        ) -> I.PatientChanges:
+        """PID field by field (HL7 v2.5 §2.5.3): empty = no change, ``""`` = delete. PID-3
+        only adds or changes identifiers (it is what the patient is matched by)."""
+        values: dict[str, Any] = {}
+        cleared: set[str] = set()
+        where: dict[str, Location] = {}
+
+        def at(field: int, *names: str) -> None:
+            for n in names:
+                where[n] = Location("PID", pid.sequence, field)
+        at(3, "nir", "ins", "external_id")
+        if nir:
+            values["nir"] = nir
+        if external:
+            values["external_id"] = external[0]
+        at(5, "birth_name", "used_name", "first_names")
+        self._names(pid, values, cleared)
+        at(7, "birth_date")
+        self._birth_date(pid, values)
+        at(8, "sex")
+        self._sex(pid, values)
+        at(11, "address")
+        self._address(pid, values, cleared)
+        at(13, "phone", "email")
+        self._telecom(pid, values, cleared)
+        return I.PatientChanges(values, frozenset(cleared), where)
+
+    def _required_not_null(self, pid: Segment, field: int, name: str, what: str) -> bool:
+        """False (and an ERR) when a field the record cannot lose is sent as ``""``."""
+        if pid.get(field) != NULL:
+            return True
+        self.err(pid, field, I.ERR_REQUIRED_FIELD_MISSING,
+                 f'PID-{field} ({name}) is "" (delete), but a patient cannot lose it: '
+                 f"send {what}, or leave the field empty to keep the one on record")
+        return False
+
+    def _names(self, pid: Segment, values: dict[str, Any], cleared: set[str]) -> None:
+        if not pid.reps(5) or not self._required_not_null(pid, 5, "patient name",
+                                                           "the name"):
+            return
         birth_name = used_name = None
         first_names: list[str] = []
         for rep in pid.reps(5):
@@ -130,39 +183,76 @@ class _Mapper:
                 first_names = [rep[1][0]]
                 if len(rep) > 2 and rep[2] and rep[2][0]:
                     first_names += [x for x in re.split(r"[ ,]+", rep[2][0]) if x]
-        data: dict[str, Any] = {"birth_name": birth_name, "first_names": first_names,
-                                "sex": {"F": "F", "M": "M"}.get(pid.get(8).upper(), "U")}
-        if used_name and used_name != birth_name:
-            data["used_name"] = used_name
-        raw_bd = pid.get(7)
-        if raw_bd and self.dtm(pid, 7, raw_bd) is not None:
-            data["birth_date"] = f"{raw_bd[:4]}-{raw_bd[4:6] or '01'}-{raw_bd[6:8] or '01'}"
-        if nir:
-            data["nir"] = nir
-        if external:
-            data["external_id"] = external[0]
-        addr = pid.reps(11)
-        if addr and addr[0]:
-            a = addr[0]
+        if birth_name:
+            values["birth_name"] = birth_name
+        if first_names:
+            values["first_names"] = first_names
+        # PID-5 sent replaces all its repetitions: no D (used) name any more -> none
+        if used_name and used_name != (birth_name or ""):
+            values["used_name"] = used_name
+        else:
+            cleared.add("used_name")
 
-            def comp(i: int, a: list[list[str]] = a) -> str:
-                return a[i][0] if len(a) > i and a[i] else ""
-            if comp(0) and comp(2) and comp(4):
-                data["address"] = {"line": " ".join(x for x in (comp(0), comp(1)) if x),
-                                   "city": comp(2), "postal_code": comp(4),
-                                   "country": {"FRA": "FR", "": "FR"}.get(comp(5), comp(5)[:2])}
+    def _birth_date(self, pid: Segment, values: dict[str, Any]) -> None:
+        raw = pid.get(7).strip()
+        if not raw or not self._required_not_null(pid, 7, "birth date", "the birth date"):
+            return
+        if re.fullmatch(r"\d{4}(\d{2})?", raw):
+            # A day invented here would change the identity used for matching and the
+            # age used for the reference ranges.
+            self.err(pid, 7, I.ERR_DATA_TYPE,
+                     f"PID-7 {raw!r} is a birth date without a day: labvault needs the full "
+                     "date (YYYYMMDD) to identify the patient; send it, or leave PID-7 empty")
+            return
+        if self.dtm(pid, 7, raw) is not None:
+            values["birth_date"] = f"{raw[:4]}-{raw[4:6]}-{raw[6:8]}"
+
+    def _sex(self, pid: Segment, values: dict[str, Any]) -> None:
+        raw = pid.get(8)
+        if raw and self._required_not_null(pid, 8, "administrative sex", "F, M or U"):
+            values["sex"] = {"F": "F", "M": "M"}.get(raw.upper(), "U")
+
+    def _address(self, pid: Segment, values: dict[str, Any], cleared: set[str]) -> None:
+        if pid.get(11) == NULL:
+            cleared.add("address")
+            return
+        addr = pid.reps(11)
+        if not addr or not addr[0]:
+            return
+        a = addr[0]
+
+        def comp(i: int) -> str:
+            return a[i][0] if len(a) > i and a[i] else ""
+        # An address without street, city and postal code is not kept (nor applied).
+        if comp(0) and comp(2) and comp(4):
+            values["address"] = {"line": " ".join(x for x in (comp(0), comp(1)) if x),
+                                 "city": comp(2), "postal_code": comp(4),
+                                 "country": {"FRA": "FR", "": "FR"}.get(comp(5), comp(5)[:2])}
+
+    def _telecom(self, pid: Segment, values: dict[str, Any], cleared: set[str]) -> None:
+        if not pid.reps(13):
+            return
+        found: dict[str, str] = {}
         for rep in pid.reps(13):
             use = rep[2][0] if len(rep) > 2 and rep[2] else ""
             if use in ("Internet", "NET", "X.400") and len(rep) > 3 and rep[3] and rep[3][0]:
-                data.setdefault("email", rep[3][0])
-            elif rep and rep[0] and rep[0][0]:
-                data.setdefault("phone", rep[0][0])
+                found.setdefault("email", rep[3][0])
+            elif rep and rep[0] and rep[0][0] and rep[0][0] != NULL:
+                found.setdefault("phone", rep[0][0])
             elif len(rep) > 11 and rep[11] and rep[11][0]:
-                data.setdefault("phone", rep[11][0])
+                found.setdefault("phone", rep[11][0])
+        values.update(found)
+        # PID-13 sent (or "") replaces all its repetitions: what it no longer has is gone
+        cleared.update(k for k in ("phone", "email") if k not in found)
+
+    def registration(self, pid: Segment, changes: I.PatientChanges
+                     ) -> tuple[PatientRecord | None, tuple[MessageError, ...]]:
+        """The record a new patient gets from this PID (sex U when PID-8 is empty)."""
+        data = {"sex": "U", **changes.values}
         try:
-            return PatientRecord.parse(data), None
+            return PatientRecord.parse(data), ()
         except InvalidRecord as exc:
-            return None, "; ".join(f"{e.field}: {e.rule}" for e in exc.errors)
+            return None, tuple(changes.errors(exc, data, Location("PID", pid.sequence)))
 
     # -- orders --------------------------------------------------------------------------------
     def tests_of(self, obr: Segment) -> list[I.InboundTest]:
@@ -214,6 +304,7 @@ class _Mapper:
             numeric = obx.get(5).strip() or None
         elif vt == "SN":
             comp = obx.get(5, 1)
+            comp = "" if comp == "=" else comp      # "=": equals, the number itself
             n1 = obx.get(5, 2)
             sep = obx.get(5, 3)
             n2 = obx.get(5, 4)
@@ -229,9 +320,11 @@ class _Mapper:
             self.err(obx, 2, I.ERR_TABLE_VALUE_NOT_FOUND,
                      f"OBX-2 value type {vt!r} is not supported (NM, SN, ST, TX, FT, CE, CWE)")
             return None
-        status = obx.get(11) or None
-        if numeric is None and coded is None and text is None and status not in ("X", "D"):
-            self.err(obx, 5, I.ERR_REQUIRED_FIELD_MISSING, "OBX-5 (value) is empty")
+        status = obx.get(11).upper() or None
+        if numeric is None and coded is None and text is None and status not in NO_VALUE:
+            self.err(obx, 5, I.ERR_REQUIRED_FIELD_MISSING,
+                     f"OBX-5 (value) is empty, but OBX-11 is {status or 'empty'}: send the "
+                     "value, or OBX-11 I (pending), X (cannot be obtained), D (delete)")
             return None
         observed = self.dtm(obx, 14, obx.get(14))
         return I.InboundResult(loc, code, system, obx.get(3, 2) or None, vt or "ST", numeric,
@@ -265,7 +358,10 @@ class _Mapper:
         return Specimen(stype, collected, accession[:64])
 
     def orders(self, segs: list[Segment], with_results: bool) -> list[I.InboundOrder]:
-        """Groups: ORC? OBR [TQ1] [SPM] [NTE*] [OBX [NTE*]]* (the ORC may precede OBRs)."""
+        """Groups: ORC? [TQ1] OBR [TQ1] [SPM] [NTE*] [OBX [NTE*]]*. An ORC belongs to the
+        OBR that follows it only (ORU_R01 ORDER_OBSERVATION, ORM_O01 ORDER): an OBR without
+        its own ORC is its own order, named by its OBR-2/OBR-3 — unless it has neither, in
+        which case it continues the order before it (more tests of that order)."""
         groups: list[dict[str, Any]] = []
         current: dict[str, Any] | None = None
         pending_orc: Segment | None = None
@@ -273,17 +369,17 @@ class _Mapper:
         last_obx_notes: list[str] | None = None
         for s in segs:
             if s.id == "ORC":
-                pending_orc = s
-                pending_tq1 = None
-                last_obx_notes = None
-                if current is not None and current.get("obr") is None:
-                    current["orc"] = s
+                pending_orc, pending_tq1, last_obx_notes = s, None, None
             elif s.id == "OBR":
                 current = {"orc": pending_orc, "obr": s, "tq1": pending_tq1, "spm": None,
-                           "notes": [], "obx": []}
+                           "notes": [], "obx": [], **_numbers(pending_orc, s)}
+                if pending_orc is None and not (s.get(2) or s.get(3)) and groups:
+                    last = groups[-1]            # no number of its own: that order again
+                    current.update(orc=last["orc"], placer=last["placer"],
+                                   filler=last["filler"])
                 groups.append(current)
-                last_obx_notes = None
-            elif s.id == "TQ1" and (current is None or current["orc"] is not pending_orc):
+                pending_orc, pending_tq1, last_obx_notes = None, None, None
+            elif s.id == "TQ1" and (current is None or pending_orc is not None):
                 pending_tq1 = s       # ORC TQ1 OBR (OML_O21 timing group)
             elif current is None:
                 continue
@@ -305,8 +401,7 @@ class _Mapper:
         for g in groups:
             obr: Segment = g["obr"]
             orc: Segment | None = g["orc"]
-            placer = (orc.get(2) if orc else "") or obr.get(2)
-            filler = (orc.get(3) if orc else "") or obr.get(3)
+            placer, filler = g["placer"], g["filler"]
             if not placer and not filler:
                 self.err(obr, 2, I.ERR_REQUIRED_FIELD_MISSING,
                          "no order number: OBR-2 (placer) or OBR-3 (filler) is required")
@@ -341,17 +436,24 @@ class _Mapper:
                         "requested_at": requested}
             order = I.InboundOrder(Location("OBR", obr.sequence), control.upper(),
                                    placer or None, filler or None, tuple(tests),
-                                   _request(req_data), spec, tuple(results), tuple(notes))
+                                   _request(req_data), spec, tuple(results), tuple(notes),
+                                   Location("ORC", orc.sequence) if orc else None)
             if key in merged:   # several OBRs of one order number: one order, several tests
                 prev = out[merged[key]]
                 out[merged[key]] = I.InboundOrder(
                     prev.location, prev.control, prev.placer_number, prev.filler_number,
                     prev.tests + order.tests, prev.request, prev.specimen or order.specimen,
-                    prev.results + order.results, prev.notes + order.notes)
+                    prev.results + order.results, prev.notes + order.notes, prev.orc)
             else:
                 merged[key] = len(out)
                 out.append(order)
         return out
+
+
+def _numbers(orc: Segment | None, obr: Segment) -> dict[str, str]:
+    """The group's placer and filler numbers: its own ORC-2/ORC-3, else OBR-2/OBR-3."""
+    return {"placer": (orc.get(2) if orc else "") or obr.get(2),
+            "filler": (orc.get(3) if orc else "") or obr.get(3)}
 
 
 def _request(data: dict[str, Any]) -> ServiceRequest | None:
@@ -397,9 +499,15 @@ def header(msg: Message) -> tuple[str, str, str, str, str]:
         raise Rejected(MessageError(Location("MSH", 1, 12), I.ERR_UNSUPPORTED_VERSION,
                                     f"HL7 version {version} is not supported (2.3 to 2.8)"))
     pid = msh.get(11, 1).upper()
-    if pid and pid not in ("P", "T", "D"):
+    if pid in NOT_PRODUCTION:
+        # Stored, a training or debugging message would be a real patient's result.
         raise Rejected(MessageError(Location("MSH", 1, 11), I.ERR_UNSUPPORTED_PROCESSING_ID,
-                                    f"processing id {pid} is not P, T or D"))
+                                    f"processing id {pid} ({NOT_PRODUCTION[pid]}): labvault "
+                                    "stores production messages (P) only; send training and "
+                                    "test messages to a test installation"))
+    if pid and pid != "P":
+        raise Rejected(MessageError(Location("MSH", 1, 11), I.ERR_UNSUPPORTED_PROCESSING_ID,
+                                    f"processing id {pid} is not P (production)"))
     return mtype, trigger, control, sending, version
 
 
@@ -417,9 +525,6 @@ def to_inbound(msg: Message, tz: tzinfo = DEFAULT_TZ) -> I.InboundMessage:
         orders = m.orders(body, with_results=mtype == "ORU")
         if not orders and not m.errors:
             m.err("OBR", None, I.ERR_SEGMENT_SEQUENCE, f"{mtype}^{trigger} needs an OBR segment")
-    elif patient is not None and patient.record is None:
-        m.err(Location("PID", 1, 5).segment, 5, I.ERR_DATA_TYPE,
-              f"PID does not make a valid patient: {patient.record_error}")
     if m.errors:
         raise I.ContentError(m.errors)
     return I.InboundMessage(mtype, trigger, control, sending, version, patient, tuple(orders))

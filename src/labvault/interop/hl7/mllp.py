@@ -38,11 +38,16 @@ DEFAULT_MAX_BYTES = 1 << 20          # 1 MiB per message
 DEFAULT_IDLE_TIMEOUT = 300.0         # seconds without a byte -> close
 DEFAULT_MAX_CONNECTIONS = 64         # a laboratory's analysers and middleware, with room
 HANDSHAKE_TIMEOUT = 10.0             # seconds to complete a TLS handshake
+HEAD_BYTES = 4096                    # of a refused frame, kept to answer its MSH-10
 log = logging.getLogger("labvault.mllp")
 
 
 class FrameTooLarge(Exception):
-    pass
+    """A frame over ``max_bytes``; ``head``: its first bytes, for the AR's MSA-2."""
+
+    def __init__(self, head: bytes = b"") -> None:
+        super().__init__("MLLP frame too large")
+        self.head = head
 
 
 class FrameReader:
@@ -79,16 +84,10 @@ class FrameReader:
             j = data.find(EB, i)
             if j == -1:
                 self.buf += data[i:]
-                if len(self.buf) > self.max_bytes:
-                    self.buf.clear()
-                    self.in_frame = False
-                    raise FrameTooLarge
+                self._check_size()
                 break
             self.buf += data[i:j]
-            if len(self.buf) > self.max_bytes:
-                self.buf.clear()
-                self.in_frame = False
-                raise FrameTooLarge
+            self._check_size()
             # a new start block inside a frame: the previous frame was truncated
             k = self.buf.rfind(SB)
             if k != -1:
@@ -101,6 +100,14 @@ class FrameReader:
             if i < n and data[i:i + 1] == CR:
                 i += 1
         return out
+
+
+    def _check_size(self) -> None:
+        if len(self.buf) > self.max_bytes:
+            head = bytes(self.buf[:HEAD_BYTES])
+            self.buf.clear()
+            self.in_frame = False
+            raise FrameTooLarge(head)
 
 
 def frame(payload: bytes) -> bytes:
@@ -279,10 +286,9 @@ class MllpServer:
                     break
                 try:
                     payloads = fr.feed(data)
-                except FrameTooLarge:
-                    err = MessageError(Location("MSH"), I.ERR_DATA_TYPE,
-                                       f"message larger than {self.max_bytes} bytes")
-                    ack = self.reject(b"", err) if self.reject else b"MSA|AR|\r"
+                except FrameTooLarge as too_large:
+                    ack = self._too_large(too_large.head)
+                    self.messages += 1
                     writer.write(frame(ack))
                     await writer.drain()
                     break
@@ -300,6 +306,16 @@ class MllpServer:
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+
+    def _too_large(self, head: bytes) -> bytes:
+        """The AR for a frame over ``max_bytes``, answering its MSH-10 (MSA-2) read from the
+        frame's first bytes; the text says why MSA-2 is empty when they hold no MSH."""
+        why = "" if head.lstrip(b"\r\n ")[:3] == b"MSH" else (
+            "; its first bytes are not an MSH segment, so MSA-2 cannot name it")
+        err = MessageError(Location("MSH"), I.ERR_DATA_TYPE,
+                           f"message larger than {self.max_bytes} bytes (the listener's "
+                           f"--max-bytes): not processed, connection closed{why}")
+        return self.reject(head, err) if self.reject else b"MSA|AR|\r"
 
     async def _answer(self, writer: asyncio.StreamWriter, payload: bytes, status: str,
                       sender: tuple[str, str | None] | None) -> None:

@@ -101,7 +101,11 @@ def charset_of(raw: bytes) -> str:
     return codec
 
 
+BOM = b"\xef\xbb\xbf"     # UTF-8 byte order mark (Windows middleware writes one)
+
+
 def decode(raw: bytes) -> tuple[str, str]:
+    raw = raw.removeprefix(BOM)
     codec = charset_of(raw)
     try:
         return raw.decode(codec), codec
@@ -242,7 +246,7 @@ def split_messages(text: str) -> list[str]:
 
 
 def parse_text(text: str, codec: str = "utf-8") -> Message:
-    text = text.strip("\r\n\x00 ")
+    text = text.lstrip("\ufeff").strip("\r\n\x00 ")
     if "\n" in text:
         text = _NEWLINES.sub("\r", text)
     seps = check_encoding_chars(text)

@@ -1,0 +1,282 @@
+"""Orders and results from HL7 v2 (golden messages after the QA pass): each ERR names the
+segment occurrence and field at fault, an ORC applies only to its own order group, a
+filler number received later is attached to the order, one result per test and order
+in a message, OBX-11 statuses (pending, deleted, wrong) are honoured, nothing is queued
+twice."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import pytest
+
+from labvault.domain import lab as L
+from labvault.domain.actors import Actor
+from labvault.interop.hl7.handler import Hl7Handler
+from labvault.services.app import Labvault
+from labvault.synthetic import make_nir
+from tests.lab.conftest import patient_data
+
+MARIE = make_nir("F", date(1980, 5, 17), "75056", 123)
+PAUL = make_nir("M", date(1955, 1, 2), "69123", 45)
+PID_MARIE = f"PID|1||{MARIE}^^^^NH||DUPONT^Marie||19800517|F"
+PID_PAUL = f"PID|1||{PAUL}^^^^NH||LEGRAND^Paul||19550102|M"
+
+
+def hl7(mtype: str, control: str, *segments: str) -> bytes:
+    return "\r".join([f"MSH|^~\\&|LAB|L|LV|LABO|20260312090000||{mtype}|{control}|P|2.5",
+                      *segments, ""]).encode()
+
+
+def ack_of(ack: bytes) -> tuple[str, list[list[str]]]:
+    segs = [s.split("|") for s in ack.decode().strip("\r").split("\r")]
+    return next(s[1] for s in segs if s[0] == "MSA"), [s for s in segs if s[0] == "ERR"]
+
+
+@pytest.fixture
+def h(lab_lv: Labvault, tenant_id: str) -> Hl7Handler:
+    return Hl7Handler(lab_lv, Actor.system("mllp"), tenant_id)
+
+
+@pytest.fixture
+def marie(lab_lv: Labvault, tenant_id: str, operator: Actor) -> str:
+    return lab_lv.patients.register(operator, tenant_id, {
+        **patient_data("F", date(1980, 5, 17)), "nir": MARIE, "birth_name": "DUPONT"})
+
+
+@pytest.fixture
+def paul(lab_lv: Labvault, tenant_id: str, operator: Actor) -> str:
+    return lab_lv.patients.register(operator, tenant_id, {
+        **patient_data("M", date(1955, 1, 2)), "nir": PAUL, "birth_name": "LEGRAND"})
+
+
+def orders_of(lv: Labvault, tenant_id: str, op: Actor, patient: str) -> dict[str, L.ServiceRequest]:
+    return {o.request.placer_number or o.request.filler_number or "": o.request
+            for o in lv.lab.list_orders(op, tenant_id, patient_id=patient)}
+
+
+# -- ERR locations --------------------------------------------------------------------------
+def test_err_names_the_field_at_fault(h: Hl7Handler, lab_lv: Labvault, tenant_id: str,
+                                      operator: Actor, marie: str, paul: str) -> None:
+    assert ack_of(h.handle(hl7("ORM^O01", "R15A", PID_MARIE, "ORC|NW|PR15M",
+                               "OBR|1|PR15M||3016-3^TSH^LN"))[1])[0] == "AA"
+    # the second OBR is the one naming another patient's order: OBR[2]-2, not OBR[1]
+    code, errs = ack_of(h.handle(hl7(
+        "ORU^R01", "R15B", PID_PAUL, "OBR|1|PR15P||718-7^Hb^LN|||20260312070000",
+        "OBX|1|NM|718-7^Hb^LN||14|g/dL|||||F", "OBR|2|PR15M||3016-3^TSH^LN|||20260312070000",
+        "OBX|2|NM|3016-3^TSH^LN||1.2|m[IU]/L|||||F"))[1])
+    assert code == "AE" and [(e[2], e[3][:3]) for e in errs] == [("OBR^2^2", "205")]
+    assert "PR15M belongs to another patient" in errs[0][8]
+    # a unit that is not the catalogue's: OBX-6, not OBX-5
+    assert ack_of(h.handle(hl7("ORM^O01", "R15E", PID_PAUL, "ORC|NW|PR15C",
+                               "OBR|1|PR15C||2823-3^K^LN"))[1])[0] == "AA"
+    code, errs = ack_of(h.handle(hl7("ORU^R01", "R15C", PID_PAUL,
+                                     "OBR|1|PR15C||2823-3^K^LN|||20260312070000",
+                                     "OBX|1|NM|2823-3^K^LN||4.0|mmol/l|||||F"))[1])
+    assert code == "AA" and [(e[2], e[4]) for e in errs] == [("OBX^1^6", "W")]
+    # cancelling another patient's order: at that group's own ORC
+    code, errs = ack_of(h.handle(hl7("ORM^O01", "R15D", PID_PAUL, "ORC|NW|PR15X",
+                                     "OBR|1|PR15X||718-7^Hb^LN", "ORC|CA|PR15M",
+                                     "OBR|2|PR15M||3016-3^TSH^LN"))[1])
+    assert code == "AE" and [e[2] for e in errs] == ["ORC^2^2"]
+    assert set(orders_of(lab_lv, tenant_id, operator, marie)) == {"PR15M"}
+    assert set(orders_of(lab_lv, tenant_id, operator, paul)) == {"PR15C"}
+
+
+# -- one result per test and order in a message ---------------------------------------------
+@pytest.mark.parametrize("second", ["2951-2^Na^LN", "NA^Sodium^L"])   # LOINC, local alias
+@pytest.mark.parametrize("ordered", [True, False])
+def test_two_values_of_one_test_refuse_the_message(h: Hl7Handler, lab_lv: Labvault,
+                                                   tenant_id: str, operator: Actor, paul: str,
+                                                   second: str, ordered: bool) -> None:
+    if ordered:
+        assert ack_of(h.handle(hl7("ORM^O01", "R3A", PID_PAUL, "ORC|NW|PR3",
+                                   "OBR|1|PR3||2951-2^Na^LN"))[1])[0] == "AA"
+    before = lab_lv.lab.list_orders(operator, tenant_id)
+    code, errs = ack_of(h.handle(hl7("ORU^R01", "R3B", PID_PAUL,
+                                     "OBR|1|PR3||2951-2^Na^LN|||20260304080000",
+                                     "OBX|1|NM|2823-3^K^LN||4.1|mmol/L|||||F",
+                                     "OBX|2|NM|2951-2^Na^LN||119|mmol/L|||||F",
+                                     f"OBX|3|NM|{second}||140|mmol/L|||||F"))[1])
+    assert code == "AE" and [(e[2], e[3][:3]) for e in errs] == [("OBX^3^3", "205")]
+    assert "already given by OBX[2]" in errs[0][8]
+    assert lab_lv.lab.list_observations(operator, tenant_id) == []      # nothing half-stored
+    assert [o.status for o in lab_lv.lab.list_orders(operator, tenant_id)] == [
+        o.status for o in before]
+
+
+def test_enter_results_refuses_one_test_twice(lab_lv: Labvault, tenant_id: str,
+                                              operator: Actor, paul: str) -> None:
+    from labvault.errors import InvalidRecord
+    order = lab_lv.lab.create_order(operator, tenant_id, paul, {"tests": ["2951-2"]}, {
+        "type": "BLD", "collected_at": "2026-03-04T08:00:00+01:00", "accession_number": "A1"})
+    with pytest.raises(InvalidRecord, match=r"results\[1\].code: 2951-2 is given twice"):
+        lab_lv.lab.enter_results(operator, order.order_id, [
+            {"code": "2951-2", "value": 119, "unit": "mmol/L"},
+            {"code": "2951-2", "value": 140, "unit": "mmol/L"}])
+    assert lab_lv.lab.list_observations(operator, tenant_id) == []
+
+
+# -- order matching -------------------------------------------------------------------------
+def test_an_orc_belongs_to_its_own_order_group_only(h: Hl7Handler, lab_lv: Labvault,
+                                                    tenant_id: str, operator: Actor,
+                                                    paul: str) -> None:
+    out, ack = h.handle(hl7("ORU^R01", "R7", PID_PAUL, "ORC|RE|PR7A|FR7A",
+                            "OBR|1|PR7A|FR7A|718-7^Hb^LN|||20260310070000",
+                            "OBX|1|NM|718-7^Hb^LN||12.0|g/dL|||||F",
+                            "OBR|2|PR7B|FR7B|2951-2^Na^LN|||20260310070000",
+                            "OBX|2|NM|2951-2^Na^LN||138|mmol/L|||||F",
+                            "OBR|3|||2823-3^K^LN|||20260310070000",     # no number: PR7B's
+                            "OBX|3|NM|2823-3^K^LN||4.0|mmol/L|||||F"))
+    assert ack_of(ack) == ("AA", []) and len(out.order_ids) == 2
+    orders = orders_of(lab_lv, tenant_id, operator, paul)
+    assert (orders["PR7A"].filler_number, orders["PR7A"].tests) == ("FR7A", ("718-7",))
+    assert (orders["PR7B"].filler_number, orders["PR7B"].tests) == ("FR7B",
+                                                                    ("2951-2", "2823-3"))
+
+
+def test_a_filler_number_received_later_is_attached_to_the_order(
+        h: Hl7Handler, lab_lv: Labvault, tenant_id: str, operator: Actor, paul: str) -> None:
+    assert ack_of(h.handle(hl7("ORM^O01", "R6A", PID_PAUL, "ORC|NW|PR6",
+                               "OBR|1|PR6||2823-3^K^LN~2951-2^Na^LN"))[1])[0] == "AA"
+    out_b, ack = h.handle(hl7("ORU^R01", "R6B", PID_PAUL,
+                              "OBR|1|PR6|FR6|2823-3^K^LN|||20260306103000",
+                              "OBX|1|NM|2823-3^K^LN||4.1|mmol/L|||||F"))
+    assert ack_of(ack) == ("AA", [])
+    out_c, ack = h.handle(hl7("ORU^R01", "R6C", PID_PAUL,     # the filler number alone
+                              "OBR|1||FR6|2951-2^Na^LN|||20260306103000",
+                              "OBX|1|NM|2951-2^Na^LN||140|mmol/L|||||F"))
+    assert ack_of(ack) == ("AA", []) and out_c.order_ids == out_b.order_ids
+    (order,) = lab_lv.lab.list_orders(operator, tenant_id, patient_id=paul)
+    assert (order.request.placer_number, order.request.filler_number) == ("PR6", "FR6")
+    assert {o.observation.code for o in lab_lv.lab.get_report_by_order(
+        operator, order.order_id).observations} == {"2823-3", "2951-2"}
+
+
+# -- unsolicited results none of which can be stored ----------------------------------------
+@pytest.mark.parametrize("obx", ["OBX|1|NM|2823-3^K^LN||4.0|mmol/l|||||F",        # unit
+                                 "OBX|1|ST|6301-6^INR^LN||high|{INR}|||||F"])    # not a number
+def test_unusable_unsolicited_results_queue_once_and_make_no_order(
+        h: Hl7Handler, lab_lv: Labvault, tenant_id: str, operator: Actor, paul: str,
+        obx: str) -> None:
+    out, ack = h.handle(hl7("ORU^R01", "R10", PID_PAUL,
+                            "OBR|1|PR10||6301-6^INR^LN|||20260305080000", obx))
+    code, errs = ack_of(ack)
+    assert code == "AA" and [e[4] for e in errs] == ["W"] and len(out.issue_ids) == 1
+    assert len(lab_lv.lab.messages.list_issues(operator, tenant_id)) == 1
+    assert lab_lv.lab.list_orders(operator, tenant_id) == [] and out.order_ids == []
+
+
+# -- OBX-11 statuses, SN comparators --------------------------------------------------------
+def test_a_pending_result_is_noted_and_the_others_stored(h: Hl7Handler, lab_lv: Labvault,
+                                                         tenant_id: str, operator: Actor,
+                                                         paul: str) -> None:
+    _out, ack = h.handle(hl7("ORU^R01", "R8", PID_PAUL,
+                            "OBR|1|PR8||58410-2^CBC^LN|||20260309110000",
+                            "OBX|1|NM|718-7^Hb^LN||13.5|g/dL|||||F",
+                            "OBX|2|NM|777-3^PLT^LN||||||||I",
+                            "OBX|3|NM|6690-2^WBC^LN||||||||N"))
+    code, errs = ack_of(ack)
+    assert code == "AA" and [(e[2], e[3][:2], e[4]) for e in errs] == [
+        ("OBX^2^11", "0^", "I"), ("OBX^3^11", "0^", "I")]
+    assert "pending" in errs[0][8]
+    assert [o.observation.code for o in lab_lv.lab.list_observations(operator, tenant_id)] == [
+        "718-7"]
+    # a value still missing without such a status is refused, saying what to send
+    code, errs = ack_of(h.handle(hl7("ORU^R01", "R8B", PID_PAUL,
+                                     "OBR|1|PR8||58410-2^CBC^LN|||20260309110000",
+                                     "OBX|1|NM|777-3^PLT^LN||||||||F"))[1])
+    assert code == "AE" and errs[0][2] == "OBX^1^5" and "OBX-11 I (pending)" in errs[0][8]
+
+
+@pytest.fixture
+def potassium(h: Hl7Handler, lab_lv: Labvault, tenant_id: str, operator: Actor,
+              paul: str) -> str:
+    """Order PR6 with K = 4.1 (preliminary) and Na = 140."""
+    out, ack = h.handle(hl7("ORU^R01", "R6B", PID_PAUL,
+                            "OBR|1|PR6|FR6|2823-3^K^LN|||20260306103000",
+                            "OBX|1|NM|2823-3^K^LN||4.1|mmol/L|||||F",
+                            "OBX|2|NM|2951-2^Na^LN||140|mmol/L|||||F"))
+    assert ack_of(ack) == ("AA", [])
+    return out.order_ids[0]
+
+
+def _by_code(lv: Labvault, op: Actor, order_id: str) -> dict[str, tuple[str, float | None]]:
+    return {o.observation.code: (o.status, o.observation.numeric)
+            for o in lv.lab.get_report_by_order(op, order_id).observations}
+
+
+@pytest.mark.parametrize(("status", "value"), [("W", "4.1"), ("D", '""'), ("D", "")])
+def test_a_retracted_result_is_cancelled_with_its_reason(
+        h: Hl7Handler, lab_lv: Labvault, operator: Actor, technician: Actor, potassium: str,
+        status: str, value: str) -> None:
+    lab_lv.lab.validate_technical(technician, potassium)
+    out, ack = h.handle(hl7("ORU^R01", "R9", PID_PAUL, "OBR|1|PR6||2823-3^K^LN|||20260306103000",
+                            f"OBX|1|NM|2823-3^K^LN||{value}|mmol/L|||||{status}"))
+    assert ack_of(ack) == ("AA", [])
+    assert _by_code(lab_lv, operator, potassium) == {"2823-3": ("cancelled", 4.1),
+                                                     "2951-2": ("preliminary", 140.0)}
+    hist = lab_lv.lab.observation_history(operator, out.observation_ids[0])
+    assert (hist[-1].change, hist[-1].new) == ("cancelled", None)
+    assert f"OBX-11 {status}" in (hist[-1].reason or "")
+    # the technical validation covered that result: to be validated again
+    assert lab_lv.lab.get_order(operator, potassium).status == L.OrderStatus.PRELIMINARY
+
+
+def test_wrong_then_right_value_in_one_message(h: Hl7Handler, lab_lv: Labvault,
+                                               operator: Actor, potassium: str) -> None:
+    _out, ack = h.handle(hl7("ORU^R01", "R9W", PID_PAUL,
+                             "OBR|1|PR6||2823-3^K^LN|||20260306103000",
+                             "OBX|1|NM|2823-3^K^LN||4.1|mmol/L|||||W",
+                             "OBX|2|NM|2823-3^K^LN||3.9|mmol/L|||||F"))
+    assert ack_of(ack) == ("AA", [])
+    obs = lab_lv.lab.get_report_by_order(operator, potassium).observations
+    assert sorted((o.status, o.observation.numeric) for o in obs
+                  if o.observation.code == "2823-3") == [("cancelled", 4.1),
+                                                         ("preliminary", 3.9)]
+
+
+def test_a_retraction_with_nothing_to_retract_or_after_validation_is_not_silent(
+        h: Hl7Handler, lab_lv: Labvault, tenant_id: str, operator: Actor, biologist: Actor,
+        potassium: str) -> None:
+    code, errs = ack_of(h.handle(hl7("ORU^R01", "R9N", PID_PAUL,
+                                     "OBR|1|PR6||718-7^Hb^LN|||20260306103000",
+                                     'OBX|1|NM|718-7^Hb^LN||""|g/dL|||||D'))[1])
+    assert code == "AA" and [(e[2], e[4]) for e in errs] == [("OBX^1^11", "W")]
+    assert "nothing retracted" in errs[0][8]
+    lab_lv.lab.validate_final(biologist, potassium, None)
+    code, errs = ack_of(h.handle(hl7("ORU^R01", "R9F", PID_PAUL,
+                                     "OBR|1|PR6||2823-3^K^LN|||20260306103000",
+                                     "OBX|1|NM|2823-3^K^LN||4.1|mmol/L|||||W"))[1])
+    assert code == "AA" and [e[4] for e in errs] == ["W"]
+    (issue,) = lab_lv.lab.messages.list_issues(operator, tenant_id)
+    assert issue["kind"] == "order-closed" and "retraction" in str(issue["reason"])
+    assert _by_code(lab_lv, operator, potassium)["2823-3"] == ("final", 4.1)  # for a biologist
+
+
+def test_sn_equals_is_a_number_and_a_range_says_so(h: Hl7Handler, lab_lv: Labvault,
+                                                   tenant_id: str, operator: Actor,
+                                                   paul: str) -> None:
+    _out, ack = h.handle(hl7("ORU^R01", "R10", PID_PAUL,
+                            "OBR|1|PR10||6301-6^INR^LN|||20260305080000",
+                            "OBX|1|SN|6301-6^INR^LN||=^2.5|{INR}|||||F",
+                            "OBX|2|SN|2823-3^K^LN||^3.9^-^4.2|mmol/L|||||F"))
+    code, errs = ack_of(ack)
+    assert code == "AA" and [(e[2], e[4]) for e in errs] == [("OBX^2^5", "W")]
+    assert "range or ratio" in errs[0][8]
+    (obs,) = lab_lv.lab.list_observations(operator, tenant_id)
+    assert (obs.observation.code, obs.observation.numeric, obs.observation.comparator) == (
+        "6301-6", 2.5, None)
+
+
+def test_results_for_tests_the_order_did_not_list_are_added_to_it(
+        h: Hl7Handler, lab_lv: Labvault, tenant_id: str, operator: Actor, paul: str) -> None:
+    assert ack_of(h.handle(hl7("ORM^O01", "P40A", PID_PAUL, "ORC|NW|PL40001",
+                               "OBR|1|PL40001||777-3^PLT^LN"))[1])[0] == "AA"
+    for n, obx in enumerate(("OBX|1|NM|777-3^PLT^LN||250|10*9/L|||||F",
+                             "OBX|1|NM|718-7^Hb^LN||13.5|g/dL|||||F")):
+        code, _errs = ack_of(h.handle(hl7("ORU^R01", f"P40{n}", PID_PAUL,
+                                          "OBR|1|PL40001||58410-2^CBC^LN|||20260309110000",
+                                          obx))[1])
+        assert code == "AA"
+    assert orders_of(lab_lv, tenant_id, operator, paul)["PL40001"].tests == ("777-3", "718-7")
