@@ -183,3 +183,22 @@ def test_a_dangling_reference_in_the_fourth_result_names_that_entry(server: Runn
     assert [i["expression"] for i in r.json()["issue"]] == [
         ["Bundle.entry[6].resource.subject.reference"]]
     assert counts(server) == before
+
+
+def test_a_comparator_that_straddles_the_range_is_indeterminate(server: Running) -> None:
+    """"<20" g/dL of haemoglobin may be 13 (normal), 10 (low) or 5 (panic): interpretation IND
+    (v3-ObservationInterpretation, valid R4), never N."""
+    p = next(people(1, seed=24))
+    bundle = visit_bundle(p, 4)
+    q = bundle["entry"][3]["resource"]["valueQuantity"]
+    assert bundle["entry"][3]["resource"]["code"]["coding"][0]["code"] == "718-7"
+    q.update(value=20, comparator="<")
+    r = post(server, bundle)
+    assert r.status_code == 200, r.text
+    loc = r.json()["entry"][3]["response"]["location"].split("/_history")[0]
+    obs = httpx.get(f"{server.url}/{loc}", headers=HDR).json()
+    validate_r4b(obs)
+    assert obs["valueQuantity"]["comparator"] == "<"
+    assert obs["interpretation"][0]["coding"][0] == {
+        "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation",
+        "code": "IND"}

@@ -116,6 +116,29 @@ def test_validate_all_normal(lab_lv: Labvault, operator: Actor, tenant_id: str,
     assert [w["order_id"] for w in wl] == [abnormal]
 
 
+def test_comparator_results_that_straddle_a_limit_are_left_for_review(
+        lab_lv: Labvault, operator: Actor, tenant_id: str, patient_id: str,
+        technician: Actor, biologist: Actor) -> None:
+    """">1.0" mmol/L of potassium may be 1.5 (panic) or 4 (normal): flagged IND, no alert,
+    never validated by "validate all normal"; "<2.0" is wholly below the panic limit:
+    LL and the alert, as for a plain value."""
+    lv = lab_lv
+    assert isinstance(lv.alerts, LogAlerts)
+    straddling, panic = (_ordered(lv, operator, tenant_id, patient_id) for _ in range(2))
+    (o,) = lv.lab.enter_results(technician, straddling, [
+        {"code": "2823-3", "value": ">1.0", "unit": "mmol/L"}])
+    assert o.observation.flag == L.Flag.INDETERMINATE and not lv.alerts.raised
+    (p,) = lv.lab.enter_results(technician, panic, [
+        {"code": "2823-3", "value": "<2.0", "unit": "mmol/L"}])
+    assert p.observation.flag == L.Flag.CRITICAL_LOW
+    assert [(kind, d["observation_id"]) for _, kind, _, d in lv.alerts.raised] == [
+        ("panic-value", p.observation_id)]
+    for oid in (straddling, panic):
+        lv.lab.validate_technical(technician, oid)
+    res = lv.lab.validate_all_normal(biologist, tenant_id)
+    assert res.validated == [] and sorted(res.skipped) == sorted([straddling, panic])
+
+
 @pytest.mark.parametrize(("sex", "birth", "value", "flag", "rng"), [
     ("M", date(1970, 1, 1), 12.5, L.Flag.LOW, "13-17 g/dL"),
     ("F", date(1970, 1, 1), 12.5, L.Flag.NORMAL, "12-16 g/dL"),

@@ -127,6 +127,9 @@ class Flag(StrEnum):
     CRITICAL_LOW = "LL"
     CRITICAL_HIGH = "HH"
     ABNORMAL = "A"
+    # A value with a comparator ("<10") whose interval straddles a limit: it may be normal
+    # or not, so it is never called normal (HL7 0078 / v3 ObservationInterpretation IND).
+    INDETERMINATE = "IND"
 
     @property
     def is_panic(self) -> bool:
@@ -461,22 +464,66 @@ class CatalogueTest:
                   ) -> tuple[Flag | None, RangeRule | None]:
         rng = self.range_for(sex, age)
         if value.kind == ValueKind.NUMERIC and value.numeric is not None:
-            x = value.numeric
-            # "<0.5" under a low limit is low only if the whole interval is below it.
-            if self.panic_low is not None and x < self.panic_low and value.comparator != ">":
-                return Flag.CRITICAL_LOW, rng
-            if self.panic_high is not None and x > self.panic_high and value.comparator != "<":
-                return Flag.CRITICAL_HIGH, rng
-            if rng is None:
-                return None, None
-            if rng.low is not None and x < rng.low and value.comparator not in (">", ">="):
-                return Flag.LOW, rng
-            if rng.high is not None and x > rng.high and value.comparator not in ("<", "<="):
-                return Flag.HIGH, rng
-            return Flag.NORMAL, rng
+            return self._numeric_flag(ValueInterval.of(value.numeric, value.comparator), rng), rng
         if value.kind == ValueKind.CODED and value.coded is not None and self.normal_codes:
             return (Flag.NORMAL if value.coded.code in self.normal_codes else Flag.ABNORMAL), rng
         return None, rng
+
+    def _numeric_flag(self, values: ValueInterval, rng: RangeRule | None) -> Flag | None:
+        """A flag only when every value the result may stand for gets it: "<10" against
+        a range <=5 could be 4 or 9, so it is indeterminate, never normal."""
+        if self.panic_low is not None and values.below(self.panic_low):
+            return Flag.CRITICAL_LOW
+        if self.panic_high is not None and values.above(self.panic_high):
+            return Flag.CRITICAL_HIGH
+        if not ((self.panic_low is None or values.at_least(self.panic_low))
+                and (self.panic_high is None or values.at_most(self.panic_high))):
+            return Flag.INDETERMINATE           # may or may not be a panic value
+        if rng is None:
+            return None                         # no range: only the panic limits speak
+        if rng.low is not None and values.below(rng.low):
+            return Flag.LOW
+        if rng.high is not None and values.above(rng.high):
+            return Flag.HIGH
+        if ((rng.low is None or values.at_least(rng.low))
+                and (rng.high is None or values.at_most(rng.high))):
+            return Flag.NORMAL
+        return Flag.INDETERMINATE
+
+
+@dataclass(frozen=True, slots=True)
+class ValueInterval:
+    """The values a numeric result stands for: "5.4" is [5.4, 5.4], "<10" is (-inf, 10),
+    ">=2" is [2, +inf). ``<=``/``>=`` are ``<``/``>`` plus the bound itself."""
+
+    low: float
+    high: float
+    low_open: bool = False
+    high_open: bool = False
+
+    @staticmethod
+    def of(value: float, comparator: str | None) -> ValueInterval:
+        if comparator in ("<", "<="):
+            return ValueInterval(-math.inf, value, True, comparator == "<")
+        if comparator in (">", ">="):
+            return ValueInterval(value, math.inf, comparator == ">", True)
+        return ValueInterval(value, value)
+
+    def below(self, limit: float) -> bool:
+        """Every value is < limit."""
+        return self.high < limit or (self.high == limit and self.high_open)
+
+    def above(self, limit: float) -> bool:
+        """Every value is > limit."""
+        return self.low > limit or (self.low == limit and self.low_open)
+
+    def at_least(self, limit: float) -> bool:
+        """Every value is >= limit."""
+        return self.low >= limit
+
+    def at_most(self, limit: float) -> bool:
+        """Every value is <= limit."""
+        return self.high <= limit
 
 
 @dataclass(frozen=True, slots=True)
