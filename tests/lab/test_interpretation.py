@@ -4,7 +4,7 @@ validation."""
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
@@ -76,3 +76,50 @@ def test_no_range_but_panic_limits_still_speak() -> None:
     assert interpret("718-7", "<5", sex=None).flag == L.Flag.CRITICAL_LOW
     assert interpret("718-7", "<9", sex=None).flag == L.Flag.INDETERMINATE
     assert interpret("718-7", ">8", sex=None).flag == L.Flag.INDETERMINATE   # 25 is panic
+
+
+# -- 2. calendar age: a band's age_min applies on the birthday itself ------------------------
+@pytest.mark.parametrize(("birth", "on", "age"), [
+    (date(2008, 11, 29), date(2026, 11, 29), 18),       # the 18th birthday
+    (date(2025, 11, 29), date(2026, 11, 29), 1),        # the 1st birthday
+    (date(2008, 2, 29), date(2024, 2, 29), 16),         # leap-day birth, leap year
+    (date(2008, 2, 29), date(2026, 3, 1), 18),          # ... common year: 1 March
+    (date(2008, 2, 28), date(2026, 2, 28), 18),
+    (date(2008, 3, 1), date(2026, 3, 1), 18),
+    (date(2026, 11, 29), date(2026, 11, 29), 0),        # the day of birth
+])
+def test_age_is_whole_years_on_the_birthday(birth: date, on: date, age: int) -> None:
+    assert L.age_years(birth, on) == age
+    before = L.age_years(birth, on - timedelta(days=1))
+    assert before is not None and (age == 0 or age - 1 < before < age)
+
+
+def test_a_leap_day_birth_completes_its_year_on_1_march_in_common_years() -> None:
+    """Rule: born 29 February -> the birthday of a common year is 1 March (on 28 February
+    the day of birth has not yet come round)."""
+    born = date(2008, 2, 29)
+    assert L.age_years(born, date(2026, 2, 28)) < 18            # type: ignore[operator]
+    assert L.age_years(born, date(2026, 3, 1)) == 18
+    assert L.birthday(born, 2026) == date(2026, 3, 1)
+    assert L.birthday(born, 2028) == date(2028, 2, 29)
+
+
+def test_fractions_of_a_year_follow_the_calendar() -> None:
+    born = date(2026, 1, 1)
+    assert L.age_years(born, date(2026, 7, 2)) == pytest.approx(182 / 365)
+    assert L.age_years(born, date(2025, 12, 1)) == 0.0            # before birth: 0
+
+
+@pytest.mark.parametrize(("code", "birth", "value", "flag", "rng"), [
+    # alkaline phosphatase: child band age_max 18, adult band age_min 18
+    ("6768-6", date(2008, 11, 29), 60, L.Flag.NORMAL, "40-130 U/L"),      # 18 today
+    ("6768-6", date(2008, 11, 30), 60, L.Flag.LOW, "100-400 U/L"),        # 18 tomorrow
+    ("6768-6", date(2008, 2, 29), 60, L.Flag.NORMAL, "40-130 U/L"),
+    # creatinine: age_max 1, then 1-18
+    ("14682-9", date(2025, 11, 29), 40, L.Flag.NORMAL, "20-80 umol/L"),   # 1 today
+    ("14682-9", date(2025, 11, 30), 40, L.Flag.HIGH, "14-34 umol/L"),
+])
+def test_bands_change_on_the_birthday(code: str, birth: date, value: float, flag: L.Flag,
+                                      rng: str) -> None:
+    obs = interpret(code, value, birth=birth)
+    assert (obs.flag, obs.reference_range) == (flag, rng)

@@ -156,6 +156,18 @@ def test_reference_range_by_sex_and_age(lab_lv: Labvault, operator: Actor, tenan
     assert o.observation.flag == flag and o.observation.reference_range == rng
 
 
+def test_the_adult_band_applies_on_the_18th_birthday(lab_lv: Labvault, operator: Actor,
+                                                     tenant_id: str, technician: Actor) -> None:
+    """The QA repro: born 2008-11-29, alkaline phosphatase observed on 2026-11-29."""
+    lv = lab_lv
+    pid = lv.patients.register(operator, tenant_id, patient_data("M", date(2008, 11, 29), seed=9))
+    oid = _ordered(lv, operator, tenant_id, pid)
+    (o,) = lv.lab.enter_results(technician, oid, [
+        {"code": "6768-6", "value": 60, "unit": "U/L",
+         "observed_at": "2026-11-29T09:00:00+01:00"}])
+    assert (o.observation.flag, o.observation.reference_range) == (L.Flag.NORMAL, "40-130 U/L")
+
+
 def test_reentry_before_validation_keeps_history(lab_lv: Labvault, operator: Actor,
                                                  tenant_id: str, patient_id: str,
                                                  technician: Actor) -> None:

@@ -607,11 +607,28 @@ class Catalogue:
         return Catalogue(version, tests, by_local)
 
 
+def birthday(birth_date: date, year: int) -> date:
+    """The birthday in ``year``; someone born on 29 February has it on 1 March in other
+    years (they have not completed the year on 28 February: the day has not come)."""
+    try:
+        return birth_date.replace(year=year)
+    except ValueError:                      # 29 February in a common year
+        return date(year, 3, 1)
+
+
 def age_years(birth_date: date | None, at: datetime | date) -> float | None:
+    """Calendar age: completed years (a whole number from the birthday on, so a band's
+    ``age_min`` applies on that very day), plus the part of the current year of life
+    already lived, for the bands with a fraction of a year (0.5 = 6 months)."""
     if birth_date is None:
         return None
     d = at.date() if isinstance(at, datetime) else at
-    return max(0.0, (d - birth_date).days / 365.25)
+    if d <= birth_date:
+        return 0.0
+    years = d.year - birth_date.year - (1 if d < birthday(birth_date, d.year) else 0)
+    last = birthday(birth_date, birth_date.year + years)
+    following = birthday(birth_date, birth_date.year + years + 1)
+    return years + (d - last).days / (following - last).days
 
 
 @dataclass(frozen=True, slots=True)
