@@ -132,8 +132,8 @@ def test_stepwise_lab_workflow_through_rest(server: Running) -> None:
     assert client.get("ServiceRequest", sr2["id"])["status"] == "revoked"
 
 
-@pytest.mark.parametrize("breakage", ["unknown-test", "wrong-unit", "no-order", "final-obs",
-                                      "bad-specimen-type", "foreign-result"])
+@pytest.mark.parametrize("breakage", ["unknown-test", "wrong-unit", "no-unit", "no-order",
+                                      "final-obs", "bad-specimen-type", "foreign-result"])
 def test_invalid_lab_entry_stores_nothing(server: Running, breakage: str) -> None:
     p = next(people(1, seed=23))
     bundle = visit_bundle(p, 3)
@@ -142,6 +142,9 @@ def test_invalid_lab_entry_stores_nothing(server: Running, breakage: str) -> Non
         e[7]["resource"]["code"]["coding"][0]["code"] = "94500-6"
     elif breakage == "wrong-unit":
         e[5]["resource"]["valueQuantity"].update(unit="mg/L", code="mg/L")
+    elif breakage == "no-unit":             # never read in the catalogue's unit
+        for k in ("unit", "code", "system"):
+            del e[5]["resource"]["valueQuantity"][k]
     elif breakage == "no-order":
         e[4]["resource"]["basedOn"] = [{"reference": "ServiceRequest/ord-0000000000000000000000000v"}]
     elif breakage == "final-obs":
@@ -157,6 +160,10 @@ def test_invalid_lab_entry_stores_nothing(server: Running, breakage: str) -> Non
     validate_r4b(oo)
     assert oo["resourceType"] == "OperationOutcome"
     assert all(i["expression"][0].startswith("Bundle.entry[") for i in oo["issue"])
+    if breakage in ("wrong-unit", "no-unit"):
+        (i,) = oo["issue"]
+        assert i["expression"][0].endswith("Bundle.entry[5].resource")
+        assert i["diagnostics"].startswith("valueQuantity.unit: ")
     assert counts(server) == before
 
 
@@ -202,3 +209,37 @@ def test_a_comparator_that_straddles_the_range_is_indeterminate(server: Running)
     assert obs["interpretation"][0]["coding"][0] == {
         "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation",
         "code": "IND"}
+
+
+def test_a_quantity_without_its_unit_is_refused_naming_the_unit(server: Running) -> None:
+    """POST or PUT of an Observation whose valueQuantity has no unit/code: 422 naming
+    Observation.valueQuantity.unit, with the unit expected; nothing stored."""
+    client = server.client()
+    b = visit_bundle(next(people(1, seed=25)), 5)["entry"]
+    pat = client.resource("Patient", **b[0]["resource"])
+    pat.save()
+    subject = {"reference": f"Patient/{pat['id']}"}
+    sr = client.resource("ServiceRequest", **dict(b[1]["resource"], subject=subject))
+    sr.save()
+    client.resource("Specimen", **dict(b[2]["resource"], subject=subject,
+                                       request=[{"reference": f"ServiceRequest/{sr['id']}"}]
+                                       )).save()
+    body = dict(b[3]["resource"], subject=subject,
+                basedOn=[{"reference": f"ServiceRequest/{sr['id']}"}])
+    body["valueQuantity"] = {"value": 13.2}
+    r = httpx.post(f"{server.url}/Observation", headers=HDR, content=json.dumps(body))
+    assert r.status_code == 422, r.text
+    validate_r4b(r.json())
+    (i,) = r.json()["issue"]
+    assert i["expression"] == ["Observation.valueQuantity.unit"]
+    assert "g/dL" in i["diagnostics"] and "718-7" in i["diagnostics"]
+    assert client.resources("Observation").search(patient=pat["id"]).fetch() == []
+    body["valueQuantity"] = {"value": 13.2, "unit": "g/dL", "system": ids.UCUM_SYSTEM,
+                             "code": "g/dL"}
+    obs = client.resource("Observation", **body)
+    obs.save()
+    put = dict(obs.serialize(), valueQuantity={"value": 12.0})
+    r = httpx.put(f"{server.url}/Observation/{obs['id']}", headers=HDR, content=json.dumps(put))
+    assert r.status_code == 422, r.text
+    assert r.json()["issue"][0]["expression"] == ["Observation.valueQuantity.unit"]
+    assert client.get("Observation", obs["id"])["valueQuantity"]["value"] == 13.2

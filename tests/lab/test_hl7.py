@@ -258,3 +258,29 @@ def test_a_refused_message_decision_is_audited_and_stores_nothing(
     assert counts(lab_lv, tenant_id, operator) == before
     out, ack = h.handle(S.oru_numeric("DENY1").encode())        # not a duplicate: stored now
     assert segs(ack)["MSA"][0][1] == "AA"
+
+
+def test_a_result_without_its_unit_goes_where_a_wrong_unit_goes(
+        h: Hl7Handler, lab_lv: Labvault, tenant_id: str, known: str, operator: Actor) -> None:
+    """OBX-6 empty: never read in the catalogue's unit; like a wrong unit, the result is
+    kept as an invalid-value import issue (AA with an ERR-4 W warning), the others are
+    stored."""
+    raw = "\r".join([
+        S.msh("ORU^R01^ORU_R01", "NOUNIT1"), S.pid(),
+        "OBR|1|PL9001|FI9001|58410-2^CBC panel^LN|||20260301080000",
+        "OBX|1|NM|718-7^Hemoglobin^LN||13.2|g/dL|||||F",
+        "OBX|2|NM|2823-3^Potassium^LN||5.6||||||F",
+        "OBX|3|NM|2951-2^Sodium^LN||140|mg/dL|||||F",
+    ]) + "\r"
+    out, ack = h.handle(raw.encode())
+    a = segs(ack)
+    assert a["MSA"][0][1] == "AA"
+    assert [e[4] for e in a["ERR"]] == ["W", "W"] and all(e[3].startswith("102^")
+                                                          for e in a["ERR"])
+    assert len(out.observation_ids) == 1 and len(out.issue_ids) == 2
+    issues = {i["results"][0]["code"]: i for i in lab_lv.lab.messages.list_issues(operator,
+                                                                                   tenant_id)}
+    assert {i["kind"] for i in issues.values()} == {"invalid-value"}
+    assert "unit: is missing" in issues["2823-3"]["reason"]
+    assert "mmol/L" in issues["2823-3"]["reason"]
+    assert "unit: mg/dL is not the catalogue unit" in issues["2951-2"]["reason"]

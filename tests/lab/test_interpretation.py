@@ -9,6 +9,7 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 
 from labvault.domain import lab as L
+from labvault.errors import InvalidField
 from labvault.services.lab import default_catalogue_data
 
 CAT = L.Catalogue.parse(default_catalogue_data())
@@ -123,3 +124,25 @@ def test_bands_change_on_the_birthday(code: str, birth: date, value: float, flag
                                       rng: str) -> None:
     obs = interpret(code, value, birth=birth)
     assert (obs.flag, obs.reference_range) == (flag, rng)
+
+
+# -- 3. a number without its unit is refused -------------------------------------------------
+@pytest.mark.parametrize(("code", "value"), [("14682-9", 8.0), ("2345-7", 5.4), ("1988-5", "<5")])
+def test_a_number_without_a_unit_is_not_read_in_the_catalogue_unit(code: str,
+                                                                   value: object) -> None:
+    """Creatinine 8.0 meant in mg/dL (renal failure) was read as 8 umol/L, "low"."""
+    test = CAT.get(code)
+    assert test is not None and test.unit
+    result = L.ResultInput.parse({"code": code, "value": value})
+    with pytest.raises(InvalidField) as exc:
+        L.Observation.interpret(result, test, CAT.version, "F", ADULT, NOW)
+    assert exc.value.field == "unit"
+    assert code in exc.value.rule and test.unit in exc.value.rule
+
+
+def test_a_coded_result_needs_no_unit() -> None:
+    test = CAT.get("882-1")
+    assert test is not None and test.unit is None
+    obs = L.Observation.interpret(L.ResultInput.parse({"code": "882-1", "value": {"code": "A"}}),
+                                  test, CAT.version, "F", ADULT, NOW)
+    assert obs.unit is None

@@ -631,6 +631,15 @@ def age_years(birth_date: date | None, at: datetime | date) -> float | None:
     return years + (d - last).days / (following - last).days
 
 
+def _require_unit(result: ResultInput, test: CatalogueTest) -> None:
+    """A number without its unit is refused, never read in the catalogue's unit: 8.0
+    creatinine meant in mg/dL (renal failure) would otherwise be 8 umol/L, "low"."""
+    if result.kind == ValueKind.NUMERIC and test.unit and not result.unit:
+        raise InvalidField("unit", f"is missing: {test.code} ({test.display}) is reported "
+                           f"in {test.unit}", f"send the unit with the value ({test.unit}); "
+                           "a value in another unit must be converted first")
+
+
 @dataclass(frozen=True, slots=True)
 class Observation:
     """A result after interpretation, as stored (sealed) and shown."""
@@ -660,11 +669,12 @@ class Observation:
                                f"for {test.code}", "convert the value or fix the catalogue")
         if test.kind == ValueKind.NUMERIC and result.kind != ValueKind.NUMERIC:
             raise InvalidField("value", f"{test.code} expects a number", "")
+        _require_unit(result, test)
         at = result.observed_at or now
         flag, rng = test.interpret(result, sex, age_years(birth_date, at))
         return Observation(
             result.code if result.code == test.code else test.code, test.display, result.kind,
-            result.numeric, result.coded, result.text, result.unit or test.unit,
+            result.numeric, result.coded, result.text, result.unit,
             result.comparator, rng.display(test.unit) if rng else None,
             rng.low if rng else None, rng.high if rng else None, flag, result.comment,
             result.observed_at, catalogue_version, result.local_code)

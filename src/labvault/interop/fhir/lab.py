@@ -8,16 +8,17 @@ never writes lab rows itself.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from labvault.domain import lab as L
 from labvault.domain.actors import Actor
-from labvault.errors import NotFound
+from labvault.errors import InvalidField, InvalidRecord, NotFound
 from labvault.interop.fhir import ids
 from labvault.interop.fhir import mapping as m
-from labvault.interop.fhir.outcome import FhirError
+from labvault.interop.fhir.outcome import FhirError, issue
 from labvault.interop.fhir.server import split_token
 from labvault.services.lab import ObservationView, OrderView, ReportView, SpecimenView
 from labvault.services.practitioners import PractitionerService
@@ -375,6 +376,36 @@ def _order_of_observation(r: Mapping[str, Any]) -> str:
     return _single(r.get("basedOn"), "ServiceRequest", "ord", "Observation.basedOn")
 
 
+# A result's fields (lab service) -> the Observation elements they come from.
+RESULT_ELEMENTS = {"unit": "valueQuantity.unit", "value": "value[x]", "kind": "value[x]",
+                   "code": "code", "observed_at": "effectiveDateTime", "comment": "note",
+                   "reason": "note"}
+_ENTRY = re.compile(r"results\[\d+\]\.")
+
+
+def _element(result_field: str) -> str:
+    """``results[0].unit`` (or ``unit``) -> ``valueQuantity.unit``."""
+    bare = _ENTRY.sub("", result_field, count=1)
+    return RESULT_ELEMENTS.get(bare.split(".", 1)[0], bare)
+
+
+def _in_fhir_terms(exc: InvalidRecord) -> InvalidRecord:
+    """The lab's refusal with each field named as the Observation element it came from
+    (a missing or wrong unit is ``valueQuantity.unit``); the ``results[i].`` prefix is
+    kept for a Bundle to find the entry at fault."""
+    return InvalidRecord([InvalidField(
+        (entry.group(0) if (entry := _ENTRY.match(e.field)) else "") + _element(e.field),
+        e.rule, e.hint) for e in exc.errors])
+
+
+def _as_outcome(exc: InvalidRecord | InvalidField) -> FhirError:
+    """422 naming ``Observation.<element>`` for each refused field (one resource)."""
+    errors = exc.errors if isinstance(exc, InvalidRecord) else [exc]
+    return FhirError(422, "invalid", "", issues=[
+        issue("invalid", e.rule + (f" ({e.hint})" if e.hint else ""),
+              [f"Observation.{_element(e.field)}"]) for e in errors])
+
+
 class ObservationHandler:
     rtype = "Observation"
     search_params: Mapping[str, str] = {"patient": "reference", "subject": "reference",
@@ -391,7 +422,10 @@ class ObservationHandler:
             raise FhirError(404, "not-found", f"Observation/{fhir_id} is not known") from None
 
     def create(self, actor: Actor, resource: Mapping[str, Any]) -> str:
-        return self.create_many(actor, [resource])[0]
+        try:
+            return self.create_many(actor, [resource])[0]
+        except InvalidRecord as exc:
+            raise _as_outcome(exc) from None
 
     def create_many(self, actor: Actor, resources: Sequence[Mapping[str, Any]]) -> list[str]:
         """Results of one order entered together (one lab call: one gate decision)."""
@@ -407,6 +441,8 @@ class ObservationHandler:
                                               [result_from_fhir(r) for r in resources])
         except NotFound:
             raise m.invalid("Observation.basedOn[0]", "no such ServiceRequest") from None
+        except InvalidRecord as exc:
+            raise _in_fhir_terms(exc) from None
         return [v.observation_id for v in views]
 
     def update(self, actor: Actor, fhir_id: str, resource: Mapping[str, Any]) -> None:
@@ -419,12 +455,18 @@ class ObservationHandler:
             raise m.invalid("Observation.code", "the test code of a result does not change")
         status = resource.get("status")
         if status == "preliminary" and current.status == "preliminary":
-            self.lv.lab.enter_results(actor, current.order_id, [result])
+            try:
+                self.lv.lab.enter_results(actor, current.order_id, [result])
+            except InvalidRecord as exc:
+                raise _as_outcome(exc) from None
         elif status in ("amended", "corrected"):
             reason = result.pop("comment", None)
             if not reason:
                 raise m.invalid("Observation.note", "an amendment needs its reason in note")
-            self.lv.lab.amend(actor, oid, result, reason)
+            try:
+                self.lv.lab.amend(actor, oid, result, reason)
+            except (InvalidRecord, InvalidField) as exc:
+                raise _as_outcome(exc) from None
         else:
             raise FhirError(422, "business-rule", f"a {current.status} result cannot be sent "
                             f"as {status}: re-enter preliminary results, or amend published "
