@@ -162,7 +162,7 @@ def test_invalid_lab_entry_stores_nothing(server: Running, breakage: str) -> Non
     assert all(i["expression"][0].startswith("Bundle.entry[") for i in oo["issue"])
     if breakage in ("wrong-unit", "no-unit"):
         (i,) = oo["issue"]
-        assert i["expression"][0].endswith("Bundle.entry[5].resource")
+        assert i["expression"] == ["Bundle.entry[5].resource"]      # not prefixed twice
         assert i["diagnostics"].startswith("valueQuantity.unit: ")
     assert counts(server) == before
 

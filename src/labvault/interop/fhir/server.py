@@ -73,6 +73,10 @@ class Handler(Protocol):
     def search(self, actor: Actor, q: Query) -> SearchResult: ...
 
 
+class _EntryError(FhirError):
+    """A transaction entry's error whose expressions already name the entry."""
+
+
 def tenant_of(actor: Actor) -> str:
     if actor.tenant_id is None:
         raise FhirError(403, "forbidden", "the FHIR API acts within a laboratory: use a "
@@ -501,6 +505,7 @@ class FhirServer:
                                         issues=oo["issue"]) from None
                 try:
                     if p.method == "POST" and many is not None:
+                        # its errors already name their entries: not prefixed again below
                         news = self._create_grouped(actor, many, group, bodies)
                         status = "201 Created"
                     elif p.method == "POST":
@@ -511,6 +516,8 @@ class FhirServer:
                         h.update(actor, p.target_id, bodies[0])
                         news = [p.target_id]
                         status = "200 OK"
+                except _EntryError:
+                    raise
                 except FhirError as exc:
                     status_code, oo = from_user_error(exc, f"Bundle.entry[{i}]")
                     raise FhirError(status_code, "invalid", "", issues=oo["issue"]) from None
@@ -550,10 +557,10 @@ class FhirServer:
                     entry = group[members[int(mt.group(1))]] if mt else group[members[0]]
                     issues.append(issue("invalid", f"{mt.group(2) if mt else e.field}: {e.rule}",
                                         [f"Bundle.entry[{entry}].resource"]))
-                raise FhirError(exc.http_status, "invalid", "", issues=issues) from None
+                raise _EntryError(exc.http_status, "invalid", "", issues=issues) from None
             except UserError as exc:
                 status_code, oo = from_user_error(exc, f"Bundle.entry[{group[members[0]]}]")
-                raise FhirError(status_code, "invalid", "", issues=oo["issue"]) from None
+                raise _EntryError(status_code, "invalid", "", issues=oo["issue"]) from None
             for n, new in zip(members, made, strict=True):
                 out[n] = ids.to_fhir(new)
         return [out[n] for n in range(len(bodies))]
