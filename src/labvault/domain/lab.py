@@ -426,6 +426,18 @@ class RangeRule:
             return self.age_min == 0 and self.age_max is None
         return self.age_min <= age and (self.age_max is None or age < self.age_max)
 
+    def as_json(self) -> dict[str, Any]:
+        """As in the catalogue file (``Catalogue.parse`` reads it back)."""
+        return {"sex": self.sex, "age_min": self.age_min, "age_max": self.age_max,
+                "low": self.low, "high": self.high, "text": self.text}
+
+    def band(self) -> str:
+        """Whom the range is for: "F, 15 y and over", "any sex, 2 to 12 y"."""
+        who = self.sex or "any sex"
+        if self.age_max is not None:
+            return f"{who}, {self.age_min:g} to {self.age_max:g} y"
+        return f"{who}, {self.age_min:g} y and over" if self.age_min else f"{who}, all ages"
+
     def display(self, unit: str | None) -> str:
         if self.text:
             return self.text
@@ -451,6 +463,14 @@ class CatalogueTest:
     normal_codes: tuple[str, ...] = ()      # coded tests: codes that are not abnormal
     local_codes: tuple[str, ...] = ()       # analyzer codes that mean this test
     specimen: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        """As in the catalogue file: what was loaded, for a biologist to check."""
+        return {"code": self.code, "display": self.display, "kind": self.kind.value,
+                "unit": self.unit, "ranges": [r.as_json() for r in self.ranges],
+                "panic_low": self.panic_low, "panic_high": self.panic_high,
+                "normal_codes": list(self.normal_codes), "local_codes": list(self.local_codes),
+                "specimen": self.specimen}
 
     def range_for(self, sex: str | None, age: float | None) -> RangeRule | None:
         """Most specific rule first: sex-specific before any-sex, then narrower ages."""
@@ -532,6 +552,9 @@ class Catalogue:
     tests: Mapping[str, CatalogueTest]
     by_local: Mapping[str, str] = field(default_factory=dict)   # local code -> LOINC
 
+    def as_json(self) -> dict[str, Any]:
+        return {"version": self.version, "tests": [t.as_json() for t in self.tests.values()]}
+
     def get(self, code: str) -> CatalogueTest | None:
         t = self.tests.get(code)
         if t is None and code in self.by_local:
@@ -540,71 +563,161 @@ class Catalogue:
 
     @staticmethod
     def parse(data: object) -> Catalogue:
-        """The catalogue JSON (docs/lab.md): ``{"version": ..., "tests": [...]}``."""
+        """The catalogue JSON (docs/lab.md): ``{"version": ..., "tests": [...]}``. Every
+        problem is refused with its path (``tests[0].ranges[1].age_minimum``): a typo or
+        an inverted bound would otherwise change which results are called normal."""
         if not isinstance(data, Mapping):
             raise InvalidRecord([InvalidField("(catalogue)", "must be an object", "")])
         errors: list[InvalidField] = []
         version = _collect(errors, v.text, data.get("version"), "version", 40, True)
         raw_tests = data.get("tests")
-        tests: dict[str, CatalogueTest] = {}
-        by_local: dict[str, str] = {}
         if not isinstance(raw_tests, list) or not raw_tests:
             errors.append(InvalidField("tests", "must be a non-empty list", ""))
             raw_tests = []
+        tests: dict[str, CatalogueTest] = {}
+        by_local: dict[str, str] = {}
         for i, t in enumerate(raw_tests):
-            where = f"tests[{i}]."
-            if not isinstance(t, Mapping):
-                errors.append(InvalidField(f"tests[{i}]", "must be an object", ""))
-                continue
-            _unknown(t, frozenset({"code", "display", "kind", "unit", "ranges", "panic_low",
-                                   "panic_high", "normal_codes", "local_codes", "specimen"}),
-                     errors, where)
-            code = _collect(errors, loinc, t.get("code"), where + "code")
-            display = _collect(errors, v.text, t.get("display"), where + "display", 200, True)
-            try:
-                kind = ValueKind(t.get("kind", "numeric"))
-            except ValueError:
-                errors.append(InvalidField(where + "kind", "must be numeric, coded or text", ""))
-                continue
-            unit = _collect(errors, ucum, t["unit"], where + "unit") if t.get("unit") else None
-            ranges: list[RangeRule] = []
-            for j, r in enumerate(t.get("ranges") or []):
-                rw = f"{where}ranges[{j}]"
-                if not isinstance(r, Mapping):
-                    errors.append(InvalidField(rw, "must be an object", ""))
-                    continue
-                sex = r.get("sex")
-                if sex not in (None, "F", "M"):
-                    errors.append(InvalidField(rw + ".sex", "must be F, M or absent", ""))
-                    continue
-                nums = {}
-                for k in ("age_min", "age_max", "low", "high"):
-                    x = r.get(k)
-                    if x is not None and (isinstance(x, bool) or not isinstance(x, int | float)):
-                        errors.append(InvalidField(f"{rw}.{k}", "must be a number", ""))
-                        x = None
-                    nums[k] = None if x is None else float(x)
-                ranges.append(RangeRule(sex, nums["age_min"] or 0.0, nums["age_max"],
-                                        nums["low"], nums["high"], r.get("text")))
-            panic = {}
-            for k in ("panic_low", "panic_high"):
-                x = t.get(k)
-                if x is not None and (isinstance(x, bool) or not isinstance(x, int | float)):
-                    errors.append(InvalidField(where + k, "must be a number", ""))
-                    x = None
-                panic[k] = None if x is None else float(x)
-            locals_ = tuple(str(c) for c in t.get("local_codes") or ())
-            if code and display:
-                tests[code] = CatalogueTest(
-                    code, display, kind, unit, tuple(ranges), panic["panic_low"],
-                    panic["panic_high"], tuple(str(c) for c in t.get("normal_codes") or ()),
-                    locals_, t.get("specimen"))
-                for lc in locals_:
-                    by_local[lc] = code
+            test = _parse_test(t, f"tests[{i}]", errors)
+            if test is not None:
+                tests[test.code] = test
+                by_local.update((lc, test.code) for lc in test.local_codes)
+        _no_duplicates(raw_tests, errors)
         if errors:
             raise InvalidRecord(errors)
         assert version is not None
         return Catalogue(version, tests, by_local)
+
+
+TEST_FIELDS = frozenset({"code", "display", "kind", "unit", "ranges", "panic_low", "panic_high",
+                         "normal_codes", "local_codes", "specimen"})
+RANGE_FIELDS = frozenset({"sex", "age_min", "age_max", "low", "high", "text"})
+
+
+def _no_duplicates(raw_tests: Sequence[object], errors: list[InvalidField]) -> None:
+    """A test code, or an analyzer's local code, names one test: a second entry would
+    silently replace the first."""
+    first: dict[str, str] = {}
+    for i, t in enumerate(raw_tests):
+        if not isinstance(t, Mapping):
+            continue
+        raw_locals = t.get("local_codes")
+        locals_ = raw_locals if isinstance(raw_locals, list) else []
+        named = [(t.get("code"), f"tests[{i}].code"),
+                 *((lc, f"tests[{i}].local_codes[{k}]") for k, lc in enumerate(locals_))]
+        for key, where in named:
+            if not isinstance(key, str) or not key.strip():
+                continue
+            if key.strip() in first:
+                errors.append(InvalidField(where, f"{key.strip()} is already used by "
+                                           f"{first[key.strip()]}",
+                                           "one entry per test: merge the two"))
+            first.setdefault(key.strip(), where)
+
+
+def _number(data: Mapping[str, Any], key: str, where: str,
+            errors: list[InvalidField]) -> float | None:
+    x = data.get(key)
+    if x is None:
+        return None
+    if isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(x):
+        errors.append(InvalidField(f"{where}.{key}", "must be a number", ""))
+        return None
+    return float(x)
+
+
+def _parse_test(t: object, where: str, errors: list[InvalidField]) -> CatalogueTest | None:
+    """One test of the catalogue, or None (its problems added to ``errors``)."""
+    if not isinstance(t, Mapping):
+        errors.append(InvalidField(where, "must be an object", ""))
+        return None
+    before = len(errors)
+    _unknown(t, TEST_FIELDS, errors, where + ".")
+    code = _collect(errors, loinc, t.get("code"), where + ".code")
+    display = _collect(errors, v.text, t.get("display"), where + ".display", 200, True)
+    try:
+        kind = ValueKind(t.get("kind", "numeric"))
+    except ValueError:
+        errors.append(InvalidField(where + ".kind", "must be numeric, coded or text", ""))
+        return None
+    unit = _collect(errors, ucum, t["unit"], where + ".unit") if t.get("unit") else None
+    raw_ranges = t.get("ranges") or []
+    if not isinstance(raw_ranges, list):
+        errors.append(InvalidField(where + ".ranges", "must be a list", ""))
+        raw_ranges = []
+    ranges = [(j, r) for j, raw in enumerate(raw_ranges)
+              if (r := _parse_range(raw, f"{where}.ranges[{j}]", kind, errors)) is not None]
+    panic_low = _number(t, "panic_low", where, errors)
+    panic_high = _number(t, "panic_high", where, errors)
+    _check_panic(panic_low, panic_high, ranges, where, errors)
+    normal_codes = _codes(t, "normal_codes", where, errors)
+    local_codes = _codes(t, "local_codes", where, errors)
+    if len(errors) > before or code is None or display is None:
+        return None
+    return CatalogueTest(code, display, kind, unit, tuple(r for _, r in ranges), panic_low,
+                         panic_high, normal_codes, local_codes, t.get("specimen"))
+
+
+def _codes(t: Mapping[str, Any], key: str, where: str,
+           errors: list[InvalidField]) -> tuple[str, ...]:
+    raw = t.get(key) or []
+    if not isinstance(raw, list) or not all(
+            isinstance(c, str | int) and not isinstance(c, bool) and str(c).strip()
+            for c in raw):
+        errors.append(InvalidField(f"{where}.{key}", "must be a list of codes", '["HGB"]'))
+        return ()
+    return tuple(str(c).strip() for c in raw)
+
+
+def _parse_range(r: object, where: str, kind: ValueKind,
+                 errors: list[InvalidField]) -> RangeRule | None:
+    """One reference range (``where`` = ``tests[i].ranges[j]``), or None."""
+    if not isinstance(r, Mapping):
+        errors.append(InvalidField(where, "must be an object", ""))
+        return None
+    before = len(errors)
+    _unknown(r, RANGE_FIELDS, errors, where + ".")
+    sex = r.get("sex")
+    if sex not in (None, "F", "M"):
+        errors.append(InvalidField(where + ".sex", "must be F, M or absent", ""))
+    age_min, age_max, low, high = (_number(r, k, where, errors)
+                                   for k in ("age_min", "age_max", "low", "high"))
+    text = _collect(errors, v.text, r.get("text"), where + ".text", 200)
+    if age_min is not None and age_min < 0:
+        errors.append(InvalidField(where + ".age_min", "must be 0 or more", "years"))
+    if age_max is not None and age_max <= (age_min or 0.0):
+        errors.append(InvalidField(where + ".age_min", f"must be below age_max ({age_max:g}); "
+                                   f"the band from {age_min or 0:g} to {age_max:g} is empty",
+                                   "age_min is inclusive, age_max exclusive, in years"))
+    if low is not None and high is not None and low > high:
+        errors.append(InvalidField(where + ".low", f"must not be above high ({low:g} > {high:g})",
+                                   "swap them or correct the typo"))
+    if kind == ValueKind.NUMERIC and low is None and high is None:
+        errors.append(InvalidField(where, "gives neither low nor high",
+                                   "a range without limits would call every value normal"))
+    if len(errors) > before:
+        return None
+    return RangeRule(sex, age_min or 0.0, age_max, low, high, text)
+
+
+def _check_panic(panic_low: float | None, panic_high: float | None,
+                 ranges: Sequence[tuple[int, RangeRule]], where: str,
+                 errors: list[InvalidField]) -> None:
+    """Panic limits lie beyond every reference range: a value the range calls normal must
+    never raise a panic alert, and the other way round."""
+    if panic_low is not None and panic_high is not None and panic_low >= panic_high:
+        errors.append(InvalidField(where + ".panic_low", f"must be below panic_high "
+                                   f"({panic_low:g} >= {panic_high:g})", "swap them"))
+        return
+    for j, r in ranges:
+        bounds = [b for b in (r.low, r.high) if b is not None]
+        if panic_low is not None and any(panic_low > b for b in bounds):
+            errors.append(InvalidField(where + ".panic_low", f"{panic_low:g} is inside the "
+                                       f"reference range ranges[{j}] ({r.display(None)})",
+                                       "a panic limit lies below the range's low limit"))
+        if panic_high is not None and any(panic_high < b for b in bounds):
+            errors.append(InvalidField(where + ".panic_high", f"{panic_high:g} is inside the "
+                                       f"reference range ranges[{j}] ({r.display(None)})",
+                                       "a panic limit lies above the range's high limit"))
 
 
 def birthday(birth_date: date, year: int) -> date:

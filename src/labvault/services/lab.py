@@ -318,7 +318,15 @@ class LabService:
             raw = self.lv.gate.open_tenant_value_checked(
                 conn, tenant_id, "lab_catalogues", "catalogue_sealed", row["catalogue_id"],
                 row["catalogue_sealed"])
-            cat = L.Catalogue.parse(json.loads(raw))
+            try:
+                cat = L.Catalogue.parse(json.loads(raw))
+            except InvalidRecord as exc:
+                # Loaded before the loader's checks: fail closed rather than interpret
+                # results against inverted bounds or a dropped (misspelt) key.
+                raise UserError(f"the laboratory's catalogue {row['version']} no longer "
+                                f"passes the catalogue checks: {exc.message}",
+                                "load a corrected catalogue (labvault catalogue load)"
+                                ) from None
             with self._lock:
                 self._catalogues[row["catalogue_id"]] = cat
         return cat
