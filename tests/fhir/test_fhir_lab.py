@@ -124,12 +124,19 @@ def test_stepwise_lab_workflow_through_rest(server: Running) -> None:
     obs2["status"] = "preliminary"
     with pytest.raises(OperationOutcome):
         client.update(obs2)
-    # cancelling an order: ServiceRequest status revoked
+    # cancelling an order: ServiceRequest status revoked, the reason in an added note
     sr2 = client.resource("ServiceRequest", **sr_body)
     sr2.save()
     sr2["status"] = "revoked"
+    with pytest.raises(OperationOutcome, match=r"ServiceRequest\.note"):
+        sr2.save()                          # its clinical note alone is no reason
+    assert client.get("ServiceRequest", sr2["id"])["status"] == "active"
+    sr2["note"] = [*sr2["note"], {"text": "prescription en double"}]
     sr2.save()
     assert client.get("ServiceRequest", sr2["id"])["status"] == "revoked"
+    order = server.lv.lab.get_order(server.actor, ids.from_fhir(sr2["id"], "ord") or "")
+    assert order.steps["cancelled"].detail["reason"] == "prescription en double"
+    assert order.request.clinical_notes == "bilan annuel"
 
 
 @pytest.mark.parametrize("breakage", ["unknown-test", "wrong-unit", "no-unit", "no-order",
@@ -243,3 +250,24 @@ def test_a_quantity_without_its_unit_is_refused_naming_the_unit(server: Running)
     assert r.status_code == 422, r.text
     assert r.json()["issue"][0]["expression"] == ["Observation.valueQuantity.unit"]
     assert client.get("Observation", obs["id"])["valueQuantity"]["value"] == 13.2
+
+
+def test_a_cancelled_diagnostic_report_needs_its_reason(server: Running) -> None:
+    """R4 DiagnosticReport has no note: the reason is its conclusion; without it, 422."""
+    client = server.client()
+    b = visit_bundle(next(people(1, seed=26)), 6)["entry"]
+    pat = client.resource("Patient", **b[0]["resource"])
+    pat.save()
+    sr = client.resource("ServiceRequest", **dict(
+        b[1]["resource"], subject={"reference": f"Patient/{pat['id']}"}))
+    sr.save()
+    (rep,) = client.resources("DiagnosticReport").search(patient=pat["id"]).fetch()
+    rep["status"] = "cancelled"
+    with pytest.raises(OperationOutcome, match=r"DiagnosticReport\.conclusion"):
+        rep.save()
+    assert client.get("ServiceRequest", sr["id"])["status"] == "active"
+    rep["conclusion"] = "demande annulée par le prescripteur"
+    rep.save()
+    assert client.get("ServiceRequest", sr["id"])["status"] == "revoked"
+    order = server.lv.lab.get_order(server.actor, ids.from_fhir(sr["id"], "ord") or "")
+    assert order.steps["cancelled"].detail["reason"] == "demande annulée par le prescripteur"

@@ -62,7 +62,7 @@ def test_full_workflow(lab_lv: Labvault, operator: Actor, tenant_id: str, patien
     rep = lv.lab.publish(biologist, order.order_id)
     assert rep.order_status == L.OrderStatus.PUBLISHED and rep.issued_at is not None
     with pytest.raises(L.InvalidTransition):
-        lv.lab.cancel(operator, order.order_id)
+        lv.lab.cancel(operator, order.order_id, "doublon")
     k = rep.observations[1]
     with pytest.raises(AccessDenied):
         lv.lab.amend(technician, k.observation_id, potassium(4.6), "typo")
@@ -92,6 +92,39 @@ def test_reject_and_cancel(lab_lv: Labvault, operator: Actor, tenant_id: str,
     oid2 = _ordered(lv, operator, tenant_id, patient_id)
     assert lv.lab.cancel(operator, oid2, "doublon").status == L.OrderStatus.CANCELLED
     assert lv.lab.get_order(operator, oid2).specimens[0].status == "cancelled"
+
+
+def test_a_cancellation_needs_its_reason(lab_lv: Labvault, operator: Actor, tenant_id: str,
+                                        patient_id: str) -> None:
+    lv = lab_lv
+    oid = _ordered(lv, operator, tenant_id, patient_id)
+    for blank in ("", "   "):
+        with pytest.raises(InvalidField, match="reason: is required"):
+            lv.lab.cancel(operator, oid, blank)
+    assert lv.lab.get_order(operator, oid).status == L.OrderStatus.RECEIVED
+    view = lv.lab.cancel(operator, oid, "demande en double")
+    assert view.steps["cancelled"].detail["reason"] == "demande en double"
+
+
+def test_after_technical_validation_only_a_biologist_cancels(
+        lab_lv: Labvault, operator: Actor, tenant_id: str, patient_id: str,
+        technician: Actor, biologist: Actor) -> None:
+    """docs/lab.md: the results are verified; withdrawing them is the biologist's call."""
+    from tests.lab.conftest import staff
+    lv = lab_lv
+    oid = _ordered(lv, operator, tenant_id, patient_id)
+    lv.lab.enter_results(technician, oid, [hb(13.1)])
+    lv.lab.validate_technical(technician, oid)
+    reception = staff(tenant_id, "reception", name="rec")
+    for who in (reception, technician):
+        with pytest.raises(AccessDenied, match="biologist only"):
+            lv.lab.cancel(who, oid, "doublon")
+    assert lv.lab.get_order(operator, oid).status == L.OrderStatus.TECHNICALLY_VALIDATED
+    view = lv.lab.cancel(biologist, oid, "patient erroné sur la demande")
+    assert view.status == L.OrderStatus.CANCELLED
+    assert view.steps["cancelled"].by == biologist.id
+    assert {o.status for o in lv.lab.get_report_by_order(operator, oid).observations} == {
+        "cancelled"}
 
 
 def test_panic_value_alerts_at_once(lab_lv: Labvault, operator: Actor, tenant_id: str,

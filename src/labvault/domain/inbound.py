@@ -121,6 +121,7 @@ class InboundOrder:
     specimen: Specimen | None
     results: tuple[InboundResult, ...] = ()
     notes: tuple[str, ...] = ()
+    control_reason: str | None = None        # ORC-16 (text, else code): why, for a cancel
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,8 @@ Workflow of an order (one order = one DiagnosticReport)::
         │                      │                         final ──publish──▶ published
         │                      │                                               │ amend
         ▼                      ▼                                               ▼
-    cancelled / rejected (reason from REJECTION_REASONS)                    amended ⟲ amend
+    cancelled (reason) / rejected (reason from REJECTION_REASONS)           amended ⟲ amend
+    (also from preliminary; from technically-validated: cancelled, by a biologist only)
 
 Rules: only a biologist validates biologically (``BIOLOGIST_ROLE``); validation records
 who and when; after publication a result is never overwritten — an amendment keeps
@@ -34,7 +35,7 @@ from typing import Any
 from stdnum import luhn
 
 from labvault.domain import validation as v
-from labvault.errors import Conflict, InvalidField, InvalidRecord
+from labvault.errors import AccessDenied, Conflict, InvalidField, InvalidRecord
 
 BIOLOGIST_ROLE = "biologist"            # médecin/pharmacien biologiste: signs results
 TECHNICAL_ROLES = frozenset({"technician", BIOLOGIST_ROLE})
@@ -68,6 +69,7 @@ TRANSITIONS: Mapping[OrderStatus, frozenset[OrderStatus]] = {
     OrderStatus.PRELIMINARY: frozenset({OrderStatus.PRELIMINARY,
                                         OrderStatus.TECHNICALLY_VALIDATED,
                                         OrderStatus.REJECTED, OrderStatus.CANCELLED}),
+    # -> CANCELLED: a biologist only (check_cancel)
     OrderStatus.TECHNICALLY_VALIDATED: frozenset({OrderStatus.FINAL, OrderStatus.PRELIMINARY,
                                                   OrderStatus.CANCELLED}),
     OrderStatus.FINAL: frozenset({OrderStatus.PUBLISHED}),
@@ -95,6 +97,23 @@ def check_transition(current: OrderStatus, target: OrderStatus) -> None:
         allowed = ", ".join(sorted(TRANSITIONS[current])) or "none (terminal state)"
         raise InvalidTransition(f"an order that is {current} cannot become {target}",
                                 f"allowed next states: {allowed}")
+
+
+# Cancelling withdraws an order and its results. Once the results are technically
+# validated, that is a decision about verified results -- the biologist's, as an amendment
+# is -- not the reception's or the placer's. Not forbidden outright: a duplicate or
+# wrong-patient order found at that point must still be withdrawable, and the only way
+# round would be re-entering a result to send it back to preliminary, hiding the decision.
+CANCELLED_BY_BIOLOGIST_ONLY = frozenset({OrderStatus.TECHNICALLY_VALIDATED})
+
+
+def check_cancel(current: OrderStatus, roles: frozenset[str]) -> None:
+    """May an actor with ``roles`` cancel an order that is ``current``?"""
+    check_transition(current, OrderStatus.CANCELLED)
+    if current in CANCELLED_BY_BIOLOGIST_ONLY and BIOLOGIST_ROLE not in roles:
+        raise AccessDenied(f"an order that is {current} may be cancelled by a biologist only "
+                           "(its results are technically validated)",
+                           "ask a biologist of the laboratory to cancel it, with the reason")
 
 
 # Reasons a specimen/order is rejected (non-conformity list of the pre-analytical phase).

@@ -15,7 +15,8 @@ Public API (stable; the FHIR door builds on it):
 - ``validate_final(actor, order_id, conclusion)``: both, in one call (one order load)
 - ``validate_all_normal(actor, tenant_id, order_ids=None) -> BulkValidation``
 - ``publish(actor, order_id)``, ``amend(actor, observation_id, result, reason)``
-- ``reject(actor, order_id, reason, comment)``, ``cancel(actor, order_id, reason)``
+- ``reject(actor, order_id, reason, comment)``, ``cancel(actor, order_id, reason)`` (reason
+  required)
 - ``worklist(actor, tenant_id, status)``, ``list_orders / list_reports / list_observations``
 - ``get_order``, ``get_report``, ``get_report_by_order``, ``get_observation``,
   ``get_specimen``, ``observation_history``
@@ -877,15 +878,19 @@ class LabService:
                                           self.lv.now())
             return self._order_view(order)
 
-    def cancel(self, actor: Actor, order_id: str, reason: str | None = None) -> OrderView:
+    def cancel(self, actor: Actor, order_id: str, reason: str) -> OrderView:
+        """Cancel an order (and its results), with the reason, which is kept; after
+        technical validation a biologist only (``L.check_cancel``)."""
         from labvault.domain import validation as v
-        note = v.text(reason, "reason", 2000)
+        note = v.text(reason, "reason", 2000, required=True)
+        assert note is not None
         with self.lv.begin() as conn:
-            order = self._order_for(conn, actor, order_id, Action.WRITE, "order")
+            order = self._order_for(conn, actor, order_id, Action.WRITE, "order", reason=note)
+            L.check_cancel(order.status, actor.roles)
             self._cancel(conn, actor, order, note)
             return self._order_view(order)
 
-    def _cancel(self, conn: Connection, actor: Actor, order: _Order, note: str | None) -> None:
+    def _cancel(self, conn: Connection, actor: Actor, order: _Order, note: str) -> None:
         self._transition(conn, actor, order, L.OrderStatus.CANCELLED, "cancelled",
                          {"reason": note})
         lrepo.update_specimens(conn, order.tenant_id, order.order_id, "cancelled")

@@ -183,14 +183,15 @@ class ServiceRequestHandler:
         return self.lv.lab.create_order(actor, tenant_of(actor), patient_id, req).order_id
 
     def update(self, actor: Actor, fhir_id: str, resource: Mapping[str, Any]) -> None:
-        """Only the status may change: ``revoked`` cancels the order."""
+        """Only the status may change: ``revoked`` cancels the order, with its reason in
+        a ``note`` added to the order's own."""
         order_id = _lab_id(fhir_id, "ord", self.rtype)
         current = self.read(actor, fhir_id)
         wanted = resource.get("status")
         if wanted == current["status"]:
             return
         if wanted == "revoked":
-            self.lv.lab.cancel(actor, order_id, _notes(resource.get("note")))
+            self.lv.lab.cancel(actor, order_id, _cancel_reason(resource, current))
             return
         raise FhirError(422, "business-rule", "an order's content is fixed once registered; "
                         "only status = revoked (cancellation) may be sent",
@@ -206,6 +207,21 @@ class ServiceRequestHandler:
         if status:
             found = [r for r in found if r["status"] in status.split(",")]
         return SearchResult(found[q.offset:q.offset + q.count], len(found))
+
+
+def _cancel_reason(sent: Mapping[str, Any], current: Mapping[str, Any]) -> str:
+    """The notes a revoked ServiceRequest adds to the order's clinical notes (which come
+    back with the resource): the reason for the cancellation, required."""
+    own = {n.get("text") for n in current.get("note") or []}
+    own |= {line for text in list(own) if isinstance(text, str) for line in text.splitlines()}
+    sent_notes = sent.get("note")
+    added = [n for n in sent_notes if isinstance(n, Mapping) and n.get("text") not in own] \
+        if isinstance(sent_notes, list) else []
+    reason = _notes(added)
+    if reason is None:
+        raise m.invalid("ServiceRequest.note", "a cancellation (status revoked) needs its "
+                        "reason: add a note saying why the order is cancelled")
+    return reason
 
 
 def patient_param(q: Query, required: bool) -> str | None:
@@ -577,7 +593,7 @@ class DiagnosticReportHandler:
             status in ("registered", "partial", "preliminary")
             and current in ("registered", "preliminary"))
         if unchanged:
-            if resource.get("conclusion"):
+            if resource.get("conclusion") and status != "cancelled":   # (its reason, resent)
                 raise m.not_supported("DiagnosticReport.conclusion",
                                       "the conclusion is given with the final report")
             report = self.lv.lab.get_report_by_order(actor, order_id)
@@ -585,7 +601,13 @@ class DiagnosticReportHandler:
             # technical validation (if the results are preliminary), then biological
             report = self.lv.lab.validate_final(actor, order_id, resource.get("conclusion"))
         elif status == "cancelled":
-            self.lv.lab.cancel(actor, order_id, None)
+            # R4 DiagnosticReport has no note: the reason comes in the conclusion
+            reason = resource.get("conclusion")
+            if not isinstance(reason, str) or not reason.strip():
+                raise m.invalid("DiagnosticReport.conclusion", "a cancellation needs its "
+                                "reason in conclusion (or revoke the ServiceRequest, reason "
+                                "in note)")
+            self.lv.lab.cancel(actor, order_id, reason)
             return report_id
         else:
             raise FhirError(422, "business-rule", f"a {current} report cannot become "
