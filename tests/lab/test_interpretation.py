@@ -67,6 +67,7 @@ def test_an_indeterminate_result_is_not_normal_and_not_a_panic() -> None:
         obs = interpret("1988-5", value)
         assert not L.is_normal(obs)
         assert obs.flag is not None and not obs.flag.is_panic
+        assert L.review_reason(obs) == L.ReviewReason.INDETERMINATE
     assert interpret("2823-3", "<2.0").flag.is_panic     # type: ignore[union-attr]
 
 
@@ -146,3 +147,36 @@ def test_a_coded_result_needs_no_unit() -> None:
     obs = L.Observation.interpret(L.ResultInput.parse({"code": "882-1", "value": {"code": "A"}}),
                                   test, CAT.version, "F", ADULT, NOW)
     assert obs.unit is None
+
+
+# -- 6. why a result is left for review ------------------------------------------------------
+@pytest.mark.parametrize(("code", "value", "sex", "reason"), [
+    ("718-7", 13.1, "F", None),
+    ("718-7", 9.0, None, L.ReviewReason.NO_REFERENCE_RANGE),    # sex unknown: no range
+    ("718-7", 13.1, None, L.ReviewReason.NO_REFERENCE_RANGE),   # ... even if plausible
+    ("718-7", 9.0, "F", L.ReviewReason.OUTSIDE_REFERENCE_RANGE),
+    ("718-7", 6.0, None, L.ReviewReason.PANIC_VALUE),           # panic limits still apply
+    ("1988-5", "<10", "F", L.ReviewReason.INDETERMINATE),
+    ("882-1", {"code": "A"}, "F", L.ReviewReason.NO_REFERENCE_RANGE),
+])
+def test_review_reason_tells_no_range_from_out_of_range(code: str, value: object,
+                                                       sex: str | None,
+                                                       reason: L.ReviewReason | None) -> None:
+    test = CAT.get(code)
+    assert test is not None
+    data: dict[str, object] = {"code": code, "value": value}
+    if test.unit:
+        data["unit"] = test.unit
+    obs = L.Observation.interpret(L.ResultInput.parse(data), test, CAT.version, sex, ADULT, NOW)
+    assert L.review_reason(obs) == reason
+    assert L.is_normal(obs) == (reason is None)
+
+
+def test_an_order_s_reasons_most_serious_first() -> None:
+    obs = [interpret("718-7", 9.0, sex=None), interpret("2823-3", 7.0),
+           interpret("2823-3", 5.5), interpret("718-7", 13.1)]
+    assert L.review_reasons(obs) == [L.ReviewReason.PANIC_VALUE,
+                                     L.ReviewReason.OUTSIDE_REFERENCE_RANGE,
+                                     L.ReviewReason.NO_REFERENCE_RANGE]
+    assert L.review_reasons([interpret("718-7", 13.1)]) == []
+    assert L.review_reasons([]) == [L.ReviewReason.NO_RESULTS]

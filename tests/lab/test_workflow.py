@@ -151,6 +151,7 @@ def test_validate_all_normal(lab_lv: Labvault, operator: Actor, tenant_id: str,
         lv.lab.validate_all_normal(technician, tenant_id)
     res = lv.lab.validate_all_normal(biologist, tenant_id)
     assert res.validated == [normal] and res.skipped == [abnormal]
+    assert res.reasons == {abnormal: ["outside-reference-range"]}
     assert lv.lab.get_order(operator, normal).status == L.OrderStatus.FINAL
     assert lv.lab.get_order(operator, abnormal).status == L.OrderStatus.TECHNICALLY_VALIDATED
     wl = lv.lab.worklist(biologist, tenant_id, L.OrderStatus.TECHNICALLY_VALIDATED)
@@ -176,6 +177,7 @@ def test_comparator_results_that_straddle_a_limit_are_left_for_review(
         lv.lab.validate_technical(technician, oid)
     res = lv.lab.validate_all_normal(biologist, tenant_id)
     assert res.validated == [] and sorted(res.skipped) == sorted([straddling, panic])
+    assert res.reasons == {straddling: ["indeterminate"], panic: ["panic-value"]}
 
 
 @pytest.mark.parametrize(("sex", "birth", "value", "flag", "rng"), [
@@ -193,6 +195,27 @@ def test_reference_range_by_sex_and_age(lab_lv: Labvault, operator: Actor, tenan
     oid = _ordered(lv, operator, tenant_id, pid)
     (o,) = lv.lab.enter_results(technician, oid, [hb(value)])
     assert o.observation.flag == flag and o.observation.reference_range == rng
+
+
+def test_sex_unknown_a_sex_specific_test_has_no_range_and_is_not_bulk_validated(
+        lab_lv: Labvault, operator: Actor, tenant_id: str, technician: Actor,
+        biologist: Actor) -> None:
+    """Haemoglobin is sex-specific for adults: with the sex unknown it gets no range and
+    no flag (kept so), stays for review, and the reason says "no reference range" — not
+    "outside the reference range" (QA finding 19)."""
+    lv = lab_lv
+    data = patient_data(seed=11)
+    data["sex"] = "U"
+    del data["nir"]
+    pid = lv.patients.register(operator, tenant_id, data)
+    oid = _ordered(lv, operator, tenant_id, pid)
+    (o,) = lv.lab.enter_results(technician, oid, [hb(13.1)])
+    assert o.observation.flag is None and o.observation.reference_range is None
+    lv.lab.validate_technical(technician, oid)
+    res = lv.lab.validate_all_normal(biologist, tenant_id)
+    assert res.validated == [] and res.skipped == [oid]
+    assert res.as_json()["reasons"] == {oid: ["no-reference-range"]}
+    assert lv.lab.get_order(operator, oid).status == L.OrderStatus.TECHNICALLY_VALIDATED
 
 
 def test_the_adult_band_applies_on_the_18th_birthday(lab_lv: Labvault, operator: Actor,

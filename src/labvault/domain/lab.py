@@ -858,6 +858,42 @@ class DiagnosticReport:
     conclusion: str | None = None
 
 
+class ReviewReason(StrEnum):
+    """Why a result is left for a biologist's review instead of being validated in bulk
+    ("validate all normal"); the words a page shows for them are the door's."""
+
+    PANIC_VALUE = "panic-value"                          # LL, HH
+    OUTSIDE_REFERENCE_RANGE = "outside-reference-range"  # L, H
+    ABNORMAL_CODE = "abnormal-code"                      # A
+    INDETERMINATE = "indeterminate"                      # IND: a comparator across a limit
+    # Nothing to compare it with: no range for this patient (a sex-specific test and the
+    # sex unknown), or a text / coded result without normal codes. Not "outside".
+    NO_REFERENCE_RANGE = "no-reference-range"
+    NO_RESULTS = "no-results"                            # an order without results
+
+
+def review_reason(obs: Observation) -> ReviewReason | None:
+    """None when the result may be validated in bulk; else why it needs a review."""
+    if obs.flag == Flag.NORMAL:
+        return None
+    if obs.flag is None:
+        return ReviewReason.NO_REFERENCE_RANGE
+    if obs.flag.is_panic:
+        return ReviewReason.PANIC_VALUE
+    return {Flag.ABNORMAL: ReviewReason.ABNORMAL_CODE,
+            Flag.INDETERMINATE: ReviewReason.INDETERMINATE}.get(
+                obs.flag, ReviewReason.OUTSIDE_REFERENCE_RANGE)
+
+
+def review_reasons(observations: Sequence[Observation]) -> list[ReviewReason]:
+    """Why an order's results cannot be validated in bulk, most serious first (empty:
+    they can)."""
+    if not observations:
+        return [ReviewReason.NO_RESULTS]
+    found = {review_reason(o) for o in observations}
+    return [r for r in ReviewReason if r in found]
+
+
 def is_normal(obs: Observation) -> bool:
     """True when the result may be validated in bulk ("validate all normal")."""
-    return obs.flag == Flag.NORMAL
+    return review_reason(obs) is None

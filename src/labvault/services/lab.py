@@ -186,9 +186,12 @@ class HistoryEntry:
 class BulkValidation:
     validated: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)     # not all normal: left for review
+    # skipped order id -> why (L.ReviewReason values, most serious first): "no reference
+    # range" is not "outside the reference range"
+    reasons: dict[str, list[str]] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
-        return {"validated": self.validated, "skipped": self.skipped}
+        return {"validated": self.validated, "skipped": self.skipped, "reasons": self.reasons}
 
 
 @dataclass
@@ -805,11 +808,13 @@ class LabService:
                     o["observation_id"], o["result_sealed"]))
                     for o in lrepo.observations(conn, tenant_id, order.order_id)
                     if o["status"] != "cancelled"]
-                if obs and all(L.is_normal(o) for o in obs):
+                why = L.review_reasons(obs)
+                if not why:
                     self._validate_bio(conn, actor, order, None)
                     out.validated.append(order.order_id)
                 else:
                     out.skipped.append(order.order_id)
+                    out.reasons[order.order_id] = [r.value for r in why]
         return out
 
     # == publication, amendment, rejection, cancellation ========================================
