@@ -11,7 +11,8 @@ from fastapi.testclient import TestClient
 from tests.access.conftest import Lab, World
 from tests.web.helpers import order
 
-K_HIGH = [{"code": "718-7", "value": 13.1, "unit": "g/dL"}, {"code": "2823-3", "value": "5.6"}]
+K_HIGH = [{"code": "718-7", "value": 13.1, "unit": "g/dL"},
+          {"code": "2823-3", "value": "5.6", "unit": "mmol/L"}]
 
 
 def _bearer(w: World, lab: Lab, role: str) -> dict[str, str]:
@@ -68,7 +69,7 @@ def test_validation_refused_when_results_changed_since_review(world: World,
     view = order(world, a, a.patients[0], step="technical")
     shown = client.get(f"/api/v1/orders/{view.order_id}", headers=bio).json()["expected"]
     actor = world.actor(a.emails["technician"])
-    world.lv.lab.enter_results(actor, view.order_id, [{"code": "2823-3", "value": 6.9}])
+    world.lv.lab.enter_results(actor, view.order_id, [{"code": "2823-3", "value": 6.9, "unit": "mmol/L"}])
     world.lv.lab.validate_technical(actor, view.order_id)
     body = _problem(client.post(f"/api/v1/orders/{view.order_id}/biological-validation",
                                 json={"conclusion": "RAS", "expected": shown}, headers=bio),
@@ -85,7 +86,7 @@ def test_incomplete_order_needs_partial(world: World, client: TestClient) -> Non
     a = world.a
     bio = _bearer(world, a, "biologist")
     (k,) = order(world, a, a.patients[0], step="preliminary",
-                 results=[{"code": "2823-3", "value": "4.2"}])
+                 results=[{"code": "2823-3", "value": "4.2", "unit": "mmol/L"}])
     world.lv.lab.validate_technical(world.actor(a.emails["technician"]), k.order_id)
     url = f"/api/v1/orders/{k.order_id}/biological-validation"
     body = _problem(client.post(url, json={}, headers=bio), 409, "incomplete-order")
@@ -124,7 +125,7 @@ def test_amendment_with_conclusion_and_conclusion_revision(world: World,
     rep = order(world, a, a.patients[0], results=K_HIGH, conclusion="Hyperkaliémie")
     k = next(o for o in rep.observations if o.observation.code == "2823-3")
     r = client.post(f"/api/v1/observations/{k.observation_id}/amendment",
-                    json={"result": {"code": "2823-3", "value": 1.9}, "reason": "inversion",
+                    json={"result": {"code": "2823-3", "value": 1.9, "unit": "mmol/L"}, "reason": "inversion",
                           "conclusion": "Hypokaliémie sévère"}, headers=bio)
     assert r.status_code == 200 and r.json()["status"] == "amended"
     doc = client.get(f"/api/v1/orders/{rep.order_id}", headers=bio).json()

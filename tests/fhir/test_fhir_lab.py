@@ -125,16 +125,23 @@ def test_stepwise_lab_workflow_through_rest(server: Running) -> None:
     obs2["status"] = "preliminary"
     with pytest.raises(OperationOutcome):
         client.update(obs2)
-    # cancelling an order: ServiceRequest status revoked
+    # cancelling an order: ServiceRequest status revoked, the reason in an added note
     sr2 = client.resource("ServiceRequest", **sr_body)
     sr2.save()
     sr2["status"] = "revoked"
+    with pytest.raises(OperationOutcome, match=r"ServiceRequest\.note"):
+        sr2.save()                          # its clinical note alone is no reason
+    assert client.get("ServiceRequest", sr2["id"])["status"] == "active"
+    sr2["note"] = [*sr2["note"], {"text": "prescription en double"}]
     sr2.save()
     assert client.get("ServiceRequest", sr2["id"])["status"] == "revoked"
+    order = server.lv.lab.get_order(server.actor, ids.from_fhir(sr2["id"], "ord") or "")
+    assert order.steps["cancelled"].detail["reason"] == "prescription en double"
+    assert order.request.clinical_notes == "bilan annuel"
 
 
-@pytest.mark.parametrize("breakage", ["unknown-test", "wrong-unit", "no-order", "final-obs",
-                                      "bad-specimen-type", "foreign-result"])
+@pytest.mark.parametrize("breakage", ["unknown-test", "wrong-unit", "no-unit", "no-order",
+                                      "final-obs", "bad-specimen-type", "foreign-result"])
 def test_invalid_lab_entry_stores_nothing(server: Running, breakage: str) -> None:
     p = next(people(1, seed=23))
     bundle = visit_bundle(p, 3)
@@ -143,6 +150,9 @@ def test_invalid_lab_entry_stores_nothing(server: Running, breakage: str) -> Non
         e[7]["resource"]["code"]["coding"][0]["code"] = "94500-6"
     elif breakage == "wrong-unit":
         e[5]["resource"]["valueQuantity"].update(unit="mg/L", code="mg/L")
+    elif breakage == "no-unit":             # never read in the catalogue's unit
+        for k in ("unit", "code", "system"):
+            del e[5]["resource"]["valueQuantity"][k]
     elif breakage == "no-order":
         e[4]["resource"]["basedOn"] = [{"reference": "ServiceRequest/ord-0000000000000000000000000v"}]
     elif breakage == "final-obs":
@@ -162,6 +172,7 @@ def test_invalid_lab_entry_stores_nothing(server: Running, breakage: str) -> Non
     assert [i["expression"] for i in oo["issue"]] == [[{
         "unknown-test": "Bundle.entry[7].resource.code",
         "wrong-unit": "Bundle.entry[5].resource.valueQuantity.unit",
+        "no-unit": "Bundle.entry[5].resource.valueQuantity.unit",
         "no-order": "Bundle.entry[4].resource.basedOn[0]",
         "final-obs": "Bundle.entry[6].resource.status",
         "foreign-result": "Bundle.entry[8].resource.result[0]",
@@ -324,3 +335,75 @@ def test_code_search_ors_commas_and_honours_the_system(server: Running) -> None:
             r = codes_found(server, rtype, pid, bad)
             assert r.status_code == 400, (rtype, bad, r.text)
             assert r.json()["issue"][0]["expression"] == ["code"], (rtype, bad)
+def test_a_comparator_that_straddles_the_range_is_indeterminate(server: Running) -> None:
+    """"<20" g/dL of haemoglobin may be 13 (normal), 10 (low) or 5 (panic): interpretation IND
+    (v3-ObservationInterpretation, valid R4), never N."""
+    p = next(people(1, seed=24))
+    bundle = visit_bundle(p, 4)
+    q = bundle["entry"][3]["resource"]["valueQuantity"]
+    assert bundle["entry"][3]["resource"]["code"]["coding"][0]["code"] == "718-7"
+    q.update(value=20, comparator="<")
+    r = post(server, bundle)
+    assert r.status_code == 200, r.text
+    loc = r.json()["entry"][3]["response"]["location"].split("/_history")[0]
+    obs = httpx.get(f"{server.url}/{loc}", headers=HDR).json()
+    validate_r4b(obs)
+    assert obs["valueQuantity"]["comparator"] == "<"
+    assert obs["interpretation"][0]["coding"][0] == {
+        "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation",
+        "code": "IND"}
+
+
+def test_a_quantity_without_its_unit_is_refused_naming_the_unit(server: Running) -> None:
+    """POST or PUT of an Observation whose valueQuantity has no unit/code: 422 naming
+    Observation.valueQuantity.unit, with the unit expected; nothing stored."""
+    client = server.client()
+    b = visit_bundle(next(people(1, seed=25)), 5)["entry"]
+    pat = client.resource("Patient", **b[0]["resource"])
+    pat.save()
+    subject = {"reference": f"Patient/{pat['id']}"}
+    sr = client.resource("ServiceRequest", **dict(b[1]["resource"], subject=subject))
+    sr.save()
+    client.resource("Specimen", **dict(b[2]["resource"], subject=subject,
+                                       request=[{"reference": f"ServiceRequest/{sr['id']}"}]
+                                       )).save()
+    body = dict(b[3]["resource"], subject=subject,
+                basedOn=[{"reference": f"ServiceRequest/{sr['id']}"}])
+    body["valueQuantity"] = {"value": 13.2}
+    r = httpx.post(f"{server.url}/Observation", headers=HDR, content=json.dumps(body))
+    assert r.status_code == 422, r.text
+    validate_r4b(r.json())
+    (i,) = r.json()["issue"]
+    assert i["expression"] == ["Observation.valueQuantity.unit"]
+    assert "g/dL" in i["diagnostics"] and "718-7" in i["diagnostics"]
+    assert client.resources("Observation").search(patient=pat["id"]).fetch() == []
+    body["valueQuantity"] = {"value": 13.2, "unit": "g/dL", "system": ids.UCUM_SYSTEM,
+                             "code": "g/dL"}
+    obs = client.resource("Observation", **body)
+    obs.save()
+    put = dict(obs.serialize(), valueQuantity={"value": 12.0})
+    r = httpx.put(f"{server.url}/Observation/{obs['id']}", headers=HDR, content=json.dumps(put))
+    assert r.status_code == 422, r.text
+    assert r.json()["issue"][0]["expression"] == ["Observation.valueQuantity.unit"]
+    assert client.get("Observation", obs["id"])["valueQuantity"]["value"] == 13.2
+
+
+def test_a_cancelled_diagnostic_report_needs_its_reason(server: Running) -> None:
+    """R4 DiagnosticReport has no note: the reason is its conclusion; without it, 422."""
+    client = server.client()
+    b = visit_bundle(next(people(1, seed=26)), 6)["entry"]
+    pat = client.resource("Patient", **b[0]["resource"])
+    pat.save()
+    sr = client.resource("ServiceRequest", **dict(
+        b[1]["resource"], subject={"reference": f"Patient/{pat['id']}"}))
+    sr.save()
+    (rep,) = client.resources("DiagnosticReport").search(patient=pat["id"]).fetch()
+    rep["status"] = "cancelled"
+    with pytest.raises(OperationOutcome, match=r"DiagnosticReport\.conclusion"):
+        rep.save()
+    assert client.get("ServiceRequest", sr["id"])["status"] == "active"
+    rep["conclusion"] = "demande annulée par le prescripteur"
+    rep.save()
+    assert client.get("ServiceRequest", sr["id"])["status"] == "revoked"
+    order = server.lv.lab.get_order(server.actor, ids.from_fhir(sr["id"], "ord") or "")
+    assert order.steps["cancelled"].detail["reason"] == "demande annulée par le prescripteur"

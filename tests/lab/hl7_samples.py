@@ -60,6 +60,14 @@ def orm(control: str = "O1", nir: str = NIR_F, version: str = "2.5") -> str:
     ]) + "\r"
 
 
+def orm_cancel(control: str = "C1", placer: str = "PL3003", reason: str = "",
+               nir: str = NIR_F) -> str:
+    """ORC-1 CA: the placer cancels its order; ORC-16 (reason, CWE) when given."""
+    orc = "|".join(["ORC", "CA", placer, *[""] * 13, reason]).rstrip("|")
+    return "\r".join([msh("ORM^O01", control), pid(nir), orc,
+                      f"OBR|1|{placer}||718-7^Hemoglobin^LN"]) + "\r"
+
+
 def oml(control: str = "L1", nir: str = NIR_F) -> str:
     return "\r".join([
         msh("OML^O21^OML_O21", control), pid(nir),

@@ -258,3 +258,58 @@ def test_a_refused_message_decision_is_audited_and_stores_nothing(
     assert counts(lab_lv, tenant_id, operator) == before
     out, ack = h.handle(S.oru_numeric("DENY1").encode())        # not a duplicate: stored now
     assert segs(ack)["MSA"][0][1] == "AA"
+
+
+def test_a_result_without_its_unit_goes_where_a_wrong_unit_goes(
+        h: Hl7Handler, lab_lv: Labvault, tenant_id: str, known: str, operator: Actor) -> None:
+    """OBX-6 empty: never read in the catalogue's unit; like a wrong unit, the result is
+    kept as an invalid-value import issue (AA with an ERR-4 W warning), the others are
+    stored."""
+    raw = "\r".join([
+        S.msh("ORU^R01^ORU_R01", "NOUNIT1"), S.pid(),
+        "OBR|1|PL9001|FI9001|58410-2^CBC panel^LN|||20260301080000",
+        "OBX|1|NM|718-7^Hemoglobin^LN||13.2|g/dL|||||F",
+        "OBX|2|NM|2823-3^Potassium^LN||5.6||||||F",
+        "OBX|3|NM|2951-2^Sodium^LN||140|mg/dL|||||F",
+    ]) + "\r"
+    out, ack = h.handle(raw.encode())
+    a = segs(ack)
+    assert a["MSA"][0][1] == "AA"
+    assert [e[4] for e in a["ERR"]] == ["W", "W"] and all(e[3].startswith("102^")
+                                                          for e in a["ERR"])
+    assert len(out.observation_ids) == 1 and len(out.issue_ids) == 2
+    issues = {i["results"][0]["code"]: i for i in lab_lv.lab.messages.list_issues(operator,
+                                                                                   tenant_id)}
+    assert {i["kind"] for i in issues.values()} == {"invalid-value"}
+    assert "unit: is missing" in issues["2823-3"]["reason"]
+    assert "mmol/L" in issues["2823-3"]["reason"]
+    assert "unit: mg/dL is not the catalogue unit" in issues["2951-2"]["reason"]
+
+
+@pytest.mark.parametrize(("orc16", "reason"), [
+    ("DUP^Doublon de prescription^L", "cancelled by the placer: Doublon de prescription"),
+    ("", "cancelled by the placer (no reason given in ORC-16)")])
+def test_a_placer_cancel_keeps_its_reason(h: Hl7Handler, lab_lv: Labvault, operator: Actor,
+                                          orc16: str, reason: str) -> None:
+    out, _ = h.handle(S.orm().encode())
+    (oid,) = out.order_ids
+    out2, ack = h.handle(S.orm_cancel(reason=orc16).encode())
+    assert segs(ack)["MSA"][0][1] == "AA" and out2.order_ids == [oid]
+    order = lab_lv.lab.get_order(operator, oid)
+    assert order.status == L.OrderStatus.CANCELLED
+    assert order.steps["cancelled"].detail["reason"] == reason
+
+
+def test_a_placer_cannot_cancel_technically_validated_results(
+        h: Hl7Handler, lab_lv: Labvault, tenant_id: str, operator: Actor) -> None:
+    """After technical validation a cancel is a biologist's decision: the message gets an
+    AE and the order stays as it is."""
+    out, _ = h.handle(S.orm().encode())
+    (oid,) = out.order_ids
+    h.handle(S.oru_numeric("R8").replace("PL1001", "PL3003").encode())
+    tech = Actor(kind="staff", id="acc_t", tenant_id=tenant_id, roles=frozenset({"technician"}))
+    lab_lv.lab.validate_technical(tech, oid)
+    _, ack = h.handle(S.orm_cancel("C2").encode())
+    (err,) = segs(ack)["ERR"]
+    assert segs(ack)["MSA"][0][1] == "AE" and "biologist" in err[8]
+    assert lab_lv.lab.get_order(operator, oid).status == L.OrderStatus.TECHNICALLY_VALIDATED

@@ -18,7 +18,7 @@ from tests.lab.conftest import patient_data
 REQ = {"tests": ["718-7", "2823-3"]}
 SPEC = {"type": "BLD", "collected_at": "2026-03-01T08:30:00+01:00"}
 HB = {"code": "718-7", "value": 13.1, "unit": "g/dL"}
-K = {"code": "2823-3", "value": 4.2}
+K = {"code": "2823-3", "value": 4.2, "unit": "mmol/L"}
 _N = iter(range(1, 10_000))
 
 
@@ -42,7 +42,7 @@ def test_biological_validation_refused_when_results_changed_after_display(
     oid = _order(lv, operator, tenant_id, patient_id, technician)
     shown = lv.lab.get_report_by_order(biologist, oid).expected
     assert set(shown.values()) == {1}
-    lv.lab.enter_results(technician, oid, [{"code": "2823-3", "value": 6.9}])
+    lv.lab.enter_results(technician, oid, [{"code": "2823-3", "value": 6.9, "unit": "mmol/L"}])
     lv.lab.validate_technical(technician, oid)
     with pytest.raises(ResultsChanged) as exc:
         lv.lab.validate_biological(biologist, oid, "RAS, kaliémie normale", expected=shown)
@@ -136,9 +136,9 @@ def test_validate_all_normal_takes_only_what_was_shown_and_says_why(
     lv = lab_lv
     normal = _order(lv, operator, tenant_id, patient_id, technician)
     high = _order(lv, operator, tenant_id, patient_id, technician,
-                  [HB, {"code": "2823-3", "value": 5.8}])
+                  [HB, {"code": "2823-3", "value": 5.8, "unit": "mmol/L"}])
     panic = _order(lv, operator, tenant_id, patient_id, technician,
-                   [HB, {"code": "2823-3", "value": 7.4}])
+                   [HB, {"code": "2823-3", "value": 7.4, "unit": "mmol/L"}])
     incomplete = _order(lv, operator, tenant_id, patient_id, technician, [K])
     changed = _order(lv, operator, tenant_id, patient_id, technician)
     unknown = lv.patients.register(operator, tenant_id, {
@@ -148,7 +148,7 @@ def test_validate_all_normal_takes_only_what_was_shown_and_says_why(
     never_shown = _order(lv, operator, tenant_id, patient_id, technician)
     shown = {oid: lv.lab.get_report_by_order(biologist, oid).expected
              for oid in (normal, high, panic, incomplete, changed, no_range, gone)}
-    lv.lab.enter_results(technician, changed, [{"code": "2823-3", "value": 4.4}])
+    lv.lab.enter_results(technician, changed, [{"code": "2823-3", "value": 4.4, "unit": "mmol/L"}])
     lv.lab.validate_technical(technician, changed)
     lv.lab.validate_biological(biologist, gone)                # validated by a colleague
     res = lv.lab.validate_all_normal(biologist, tenant_id, expected=shown, partial=False)
@@ -206,18 +206,18 @@ def test_amendment_with_a_new_conclusion_keeps_what_changed(
     conclusion can be replaced in the same step, the previous one kept."""
     lv = lab_lv
     oid = _order(lv, operator, tenant_id, patient_id, technician,
-                 [HB, {"code": "2823-3", "value": 5.6}])
+                 [HB, {"code": "2823-3", "value": 5.6, "unit": "mmol/L"}])
     lv.lab.validate_biological(biologist, oid, "Hyperkaliémie")
     rep = lv.lab.publish(biologist, oid)
     assert rep.corrections == {} and not rep.conclusion_outdated
     k = next(o for o in rep.observations if o.observation.code == "2823-3")
-    lv.lab.amend(biologist, k.observation_id, {"code": "2823-3", "value": 1.9},
+    lv.lab.amend(biologist, k.observation_id, {"code": "2823-3", "value": 1.9, "unit": "mmol/L"},
                  "inversion de tubes")
     rep = lv.lab.get_report_by_order(biologist, oid)
     (corr,) = rep.corrections[k.observation_id]
     assert corr.previous.numeric == 5.6 and corr.reason == "inversion de tubes"
     assert rep.conclusion == "Hyperkaliémie" and rep.conclusion_outdated
-    lv.lab.amend(biologist, k.observation_id, {"code": "2823-3", "value": 2.0},
+    lv.lab.amend(biologist, k.observation_id, {"code": "2823-3", "value": 2.0, "unit": "mmol/L"},
                  "recontrôle", conclusion="Hypokaliémie sévère")
     rep = lv.lab.get_report_by_order(biologist, oid)
     assert [c.previous.numeric for c in rep.corrections[k.observation_id]] == [5.6, 1.9]

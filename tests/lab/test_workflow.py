@@ -9,7 +9,7 @@ import pytest
 
 from labvault.domain import lab as L
 from labvault.domain.actors import Actor
-from labvault.errors import AccessDenied, InvalidRecord, NotFound
+from labvault.errors import AccessDenied, InvalidField, InvalidRecord, NotFound
 from labvault.services.app import Labvault
 from labvault.services.gate import LogAlerts
 from tests.lab.conftest import patient_data
@@ -18,6 +18,15 @@ REQ = {"tests": ["718-7", "2823-3"], "priority": "urgent",
        "prescriber": {"name": "Dr Paul Durand", "rpps": "10003456786"},
        "clinical_notes": "fatigue; sous anticoagulant"}
 SPEC = {"type": "BLD", "collected_at": "2026-03-01T08:30:00+01:00", "accession_number": "A1"}
+
+
+def hb(value: object, **extra: object) -> dict[str, object]:
+    """A haemoglobin result, in the catalogue's unit (a number is never sent without it)."""
+    return {"code": "718-7", "value": value, "unit": "g/dL", **extra}
+
+
+def potassium(value: object) -> dict[str, object]:
+    return {"code": "2823-3", "value": value, "unit": "mmol/L"}
 
 
 def _ordered(lv: Labvault, op: Actor, tenant_id: str, patient_id: str) -> str:
@@ -31,10 +40,9 @@ def test_full_workflow(lab_lv: Labvault, operator: Actor, tenant_id: str, patien
     assert order.status == L.OrderStatus.REGISTERED
     assert order.request.prescriber and order.request.prescriber.rpps == "10003456786"
     with pytest.raises(L.InvalidTransition):
-        lv.lab.enter_results(technician, order.order_id, [{"code": "718-7", "value": 13.1}])
+        lv.lab.enter_results(technician, order.order_id, [hb(13.1)])
     lv.lab.receive_specimen(technician, order.order_id, SPEC)
-    obs = lv.lab.enter_results(technician, order.order_id, [
-        {"code": "718-7", "value": 13.1, "unit": "g/dL"}, {"code": "2823-3", "value": "5.6"}])
+    obs = lv.lab.enter_results(technician, order.order_id, [hb(13.1), potassium("5.6")])
     assert [o.observation.flag for o in obs] == [L.Flag.NORMAL, L.Flag.HIGH]
     assert obs[0].observation.reference_range == "12-16 g/dL"     # adult woman
     with pytest.raises(L.InvalidTransition):
@@ -54,11 +62,11 @@ def test_full_workflow(lab_lv: Labvault, operator: Actor, tenant_id: str, patien
     rep = lv.lab.publish(biologist, order.order_id)
     assert rep.order_status == L.OrderStatus.PUBLISHED and rep.issued_at is not None
     with pytest.raises(L.InvalidTransition):
-        lv.lab.cancel(operator, order.order_id)
+        lv.lab.cancel(operator, order.order_id, "doublon")
     k = rep.observations[1]
     with pytest.raises(AccessDenied):
-        lv.lab.amend(technician, k.observation_id, {"code": "2823-3", "value": 4.6}, "typo")
-    amended = lv.lab.amend(biologist, k.observation_id, {"code": "2823-3", "value": 4.6},
+        lv.lab.amend(technician, k.observation_id, potassium(4.6), "typo")
+    amended = lv.lab.amend(biologist, k.observation_id, potassium(4.6),
                            "hémolyse: résultat corrigé")
     assert amended.status == "amended" and amended.observation.flag == L.Flag.NORMAL
     hist = lv.lab.observation_history(biologist, k.observation_id)
@@ -86,12 +94,45 @@ def test_reject_and_cancel(lab_lv: Labvault, operator: Actor, tenant_id: str,
     assert lv.lab.get_order(operator, oid2).specimens[0].status == "cancelled"
 
 
+def test_a_cancellation_needs_its_reason(lab_lv: Labvault, operator: Actor, tenant_id: str,
+                                        patient_id: str) -> None:
+    lv = lab_lv
+    oid = _ordered(lv, operator, tenant_id, patient_id)
+    for blank in ("", "   "):
+        with pytest.raises(InvalidField, match="reason: is required"):
+            lv.lab.cancel(operator, oid, blank)
+    assert lv.lab.get_order(operator, oid).status == L.OrderStatus.RECEIVED
+    view = lv.lab.cancel(operator, oid, "demande en double")
+    assert view.steps["cancelled"].detail["reason"] == "demande en double"
+
+
+def test_after_technical_validation_only_a_biologist_cancels(
+        lab_lv: Labvault, operator: Actor, tenant_id: str, patient_id: str,
+        technician: Actor, biologist: Actor) -> None:
+    """docs/lab.md: the results are verified; withdrawing them is the biologist's call."""
+    from tests.lab.conftest import staff
+    lv = lab_lv
+    oid = _ordered(lv, operator, tenant_id, patient_id)
+    lv.lab.enter_results(technician, oid, [hb(13.1)])
+    lv.lab.validate_technical(technician, oid)
+    reception = staff(tenant_id, "reception", name="rec")
+    for who in (reception, technician):
+        with pytest.raises(AccessDenied, match="biologist only"):
+            lv.lab.cancel(who, oid, "doublon")
+    assert lv.lab.get_order(operator, oid).status == L.OrderStatus.TECHNICALLY_VALIDATED
+    view = lv.lab.cancel(biologist, oid, "patient erroné sur la demande")
+    assert view.status == L.OrderStatus.CANCELLED
+    assert view.steps["cancelled"].by == biologist.id
+    assert {o.status for o in lv.lab.get_report_by_order(operator, oid).observations} == {
+        "cancelled"}
+
+
 def test_panic_value_alerts_at_once(lab_lv: Labvault, operator: Actor, tenant_id: str,
                                     patient_id: str, technician: Actor) -> None:
     lv = lab_lv
     assert isinstance(lv.alerts, LogAlerts)
     oid = _ordered(lv, operator, tenant_id, patient_id)
-    obs = lv.lab.enter_results(technician, oid, [{"code": "2823-3", "value": 7.1}])
+    obs = lv.lab.enter_results(technician, oid, [potassium(7.1)])
     assert obs[0].observation.flag == L.Flag.CRITICAL_HIGH
     (tid, kind, severity, detail), = lv.alerts.raised
     assert (tid, kind, severity) == (tenant_id, "panic-value", "critical")
@@ -102,18 +143,42 @@ def test_validate_all_normal(lab_lv: Labvault, operator: Actor, tenant_id: str,
                              patient_id: str, technician: Actor, biologist: Actor) -> None:
     lv = lab_lv
     normal, abnormal = (_ordered(lv, operator, tenant_id, patient_id) for _ in range(2))
-    lv.lab.enter_results(technician, normal, [{"code": "718-7", "value": 13.0}])
-    lv.lab.enter_results(technician, abnormal, [{"code": "718-7", "value": 9.0}])
+    lv.lab.enter_results(technician, normal, [hb(13.0)])
+    lv.lab.enter_results(technician, abnormal, [hb(9.0)])
     for oid in (normal, abnormal):
         lv.lab.validate_technical(technician, oid)
     with pytest.raises(AccessDenied):
         lv.lab.validate_all_normal(technician, tenant_id)
     res = lv.lab.validate_all_normal(biologist, tenant_id)
     assert res.validated == [normal] and res.skipped == [abnormal]
+    assert {k: r.reason for k, r in res.reasons.items()} == {abnormal: "out-of-range"}
     assert lv.lab.get_order(operator, normal).status == L.OrderStatus.FINAL
     assert lv.lab.get_order(operator, abnormal).status == L.OrderStatus.TECHNICALLY_VALIDATED
     wl = lv.lab.worklist(biologist, tenant_id, L.OrderStatus.TECHNICALLY_VALIDATED)
     assert [w["order_id"] for w in wl] == [abnormal]
+
+
+def test_comparator_results_that_straddle_a_limit_are_left_for_review(
+        lab_lv: Labvault, operator: Actor, tenant_id: str, patient_id: str,
+        technician: Actor, biologist: Actor) -> None:
+    """">1.0" mmol/L of potassium may be 1.5 (panic) or 4 (normal): flagged IND, no alert,
+    never validated by "validate all normal"; "<2.0" is wholly below the panic limit:
+    LL and the alert, as for a plain value."""
+    lv = lab_lv
+    assert isinstance(lv.alerts, LogAlerts)
+    straddling, panic = (_ordered(lv, operator, tenant_id, patient_id) for _ in range(2))
+    (o,) = lv.lab.enter_results(technician, straddling, [potassium(">1.0")])
+    assert o.observation.flag == L.Flag.INDETERMINATE and not lv.alerts.raised
+    (p,) = lv.lab.enter_results(technician, panic, [potassium("<2.0")])
+    assert p.observation.flag == L.Flag.CRITICAL_LOW
+    assert [(kind, d["observation_id"]) for _, kind, _, d in lv.alerts.raised] == [
+        ("panic-value", p.observation_id)]
+    for oid in (straddling, panic):
+        lv.lab.validate_technical(technician, oid)
+    res = lv.lab.validate_all_normal(biologist, tenant_id)
+    assert res.validated == [] and sorted(res.skipped) == sorted([straddling, panic])
+    assert {k: r.reason for k, r in res.reasons.items()} == {straddling: "indeterminate",
+                                                              panic: "panic"}
 
 
 @pytest.mark.parametrize(("sex", "birth", "value", "flag", "rng"), [
@@ -129,8 +194,42 @@ def test_reference_range_by_sex_and_age(lab_lv: Labvault, operator: Actor, tenan
     lv = lab_lv
     pid = lv.patients.register(operator, tenant_id, patient_data(sex, birth, seed=7))
     oid = _ordered(lv, operator, tenant_id, pid)
-    (o,) = lv.lab.enter_results(technician, oid, [{"code": "718-7", "value": value}])
+    (o,) = lv.lab.enter_results(technician, oid, [hb(value)])
     assert o.observation.flag == flag and o.observation.reference_range == rng
+
+
+def test_sex_unknown_a_sex_specific_test_has_no_range_and_is_not_bulk_validated(
+        lab_lv: Labvault, operator: Actor, tenant_id: str, technician: Actor,
+        biologist: Actor) -> None:
+    """Haemoglobin is sex-specific for adults: with the sex unknown it gets no range and
+    no flag (kept so), stays for review, and the reason says "no reference range" — not
+    "outside the reference range" (QA finding 19)."""
+    lv = lab_lv
+    data = patient_data(seed=11)
+    data["sex"] = "U"
+    del data["nir"]
+    pid = lv.patients.register(operator, tenant_id, data)
+    oid = _ordered(lv, operator, tenant_id, pid)
+    (o,) = lv.lab.enter_results(technician, oid, [hb(13.1)])
+    assert o.observation.flag is None and o.observation.reference_range is None
+    lv.lab.validate_technical(technician, oid)
+    res = lv.lab.validate_all_normal(biologist, tenant_id)
+    assert res.validated == [] and res.skipped == [oid]
+    assert res.as_json()["reasons"] == {oid: {"reason": "no-reference-range",
+                                              "tests": ["Hemoglobin [Mass/volume] in Blood"]}}
+    assert lv.lab.get_order(operator, oid).status == L.OrderStatus.TECHNICALLY_VALIDATED
+
+
+def test_the_adult_band_applies_on_the_18th_birthday(lab_lv: Labvault, operator: Actor,
+                                                     tenant_id: str, technician: Actor) -> None:
+    """The QA repro: born 2008-11-29, alkaline phosphatase observed on 2026-11-29."""
+    lv = lab_lv
+    pid = lv.patients.register(operator, tenant_id, patient_data("M", date(2008, 11, 29), seed=9))
+    oid = _ordered(lv, operator, tenant_id, pid)
+    (o,) = lv.lab.enter_results(technician, oid, [
+        {"code": "6768-6", "value": 60, "unit": "U/L",
+         "observed_at": "2026-11-29T09:00:00+01:00"}])
+    assert (o.observation.flag, o.observation.reference_range) == (L.Flag.NORMAL, "40-130 U/L")
 
 
 def test_reentry_before_validation_keeps_history(lab_lv: Labvault, operator: Actor,
@@ -138,8 +237,8 @@ def test_reentry_before_validation_keeps_history(lab_lv: Labvault, operator: Act
                                                  technician: Actor) -> None:
     lv = lab_lv
     oid = _ordered(lv, operator, tenant_id, patient_id)
-    (a,) = lv.lab.enter_results(technician, oid, [{"code": "718-7", "value": 11.0}])
-    (b,) = lv.lab.enter_results(technician, oid, [{"code": "718-7", "value": 12.2}])
+    (a,) = lv.lab.enter_results(technician, oid, [hb(11.0)])
+    (b,) = lv.lab.enter_results(technician, oid, [hb(12.2)])
     assert a.observation_id == b.observation_id and b.revision == 2
     assert [h.change for h in lv.lab.observation_history(operator, a.observation_id)] == [
         "entered", "re-entered"]
@@ -150,7 +249,7 @@ def test_bad_input_is_refused_whole(lab_lv: Labvault, operator: Actor, tenant_id
     lv = lab_lv
     oid = _ordered(lv, operator, tenant_id, patient_id)
     with pytest.raises(InvalidRecord) as exc:
-        lv.lab.enter_results(technician, oid, [{"code": "718-7", "value": 13},
+        lv.lab.enter_results(technician, oid, [hb(13),
                                                {"code": "2106-3", "value": 1},
                                                {"code": "2823-3", "value": 4, "unit": "mg/dL"}])
     fields = {e.field for e in exc.value.errors}
@@ -158,6 +257,27 @@ def test_bad_input_is_refused_whole(lab_lv: Labvault, operator: Actor, tenant_id
     assert lv.lab.get_report_by_order(operator, oid).observations == []
     with pytest.raises(InvalidRecord):
         lv.lab.create_order(operator, tenant_id, patient_id, {"tests": ["12-3"]})
+
+
+def test_a_number_without_its_unit_is_refused(lab_lv: Labvault, operator: Actor,
+                                             tenant_id: str, patient_id: str,
+                                             technician: Actor, biologist: Actor) -> None:
+    """Never read in the catalogue's unit (5.4 glucose would be a false panic in g/L):
+    refused like a wrong unit, at entry and at amendment, and nothing is stored."""
+    lv = lab_lv
+    assert isinstance(lv.alerts, LogAlerts)
+    oid = _ordered(lv, operator, tenant_id, patient_id)
+    with pytest.raises(InvalidRecord) as exc:
+        lv.lab.enter_results(technician, oid, [hb(13.1), {"code": "2345-7", "value": 5.4}])
+    (err,) = exc.value.errors
+    assert err.field == "results[1].unit" and "g/L" in err.rule and "2345-7" in err.rule
+    assert "send the unit" in err.hint
+    assert lv.lab.get_report_by_order(operator, oid).observations == [] and not lv.alerts.raised
+    (o,) = lv.lab.enter_results(technician, oid, [hb(13.1)])
+    lv.lab.validate_final(biologist, oid)
+    lv.lab.publish(biologist, oid)
+    with pytest.raises(InvalidField, match="unit: is missing"):
+        lv.lab.amend(biologist, o.observation_id, {"code": "718-7", "value": 12.0}, "typo")
 
 
 def test_other_lab_staff_see_nothing(lab_lv: Labvault, operator: Actor, tenant_id: str,
@@ -176,7 +296,7 @@ def test_erasing_patient_erases_results(lab_lv: Labvault, operator: Actor, tenan
                                         patient_id: str, technician: Actor) -> None:
     lv = lab_lv
     oid = _ordered(lv, operator, tenant_id, patient_id)
-    (o,) = lv.lab.enter_results(technician, oid, [{"code": "718-7", "value": 13.0}])
+    (o,) = lv.lab.enter_results(technician, oid, [hb(13.0)])
     lv.patients.erase(operator, patient_id)
     with pytest.raises(NotFound):
         lv.lab.get_observation(operator, o.observation_id)
@@ -196,7 +316,7 @@ def test_catalogue_override(lab_lv: Labvault, operator: Actor, tenant_id: str,
     info = lv.lab.load_catalogue(operator, tenant_id, data)
     assert info["version"] == "lab-2026.2"
     oid = _ordered(lv, operator, tenant_id, patient_id)
-    (o,) = lv.lab.enter_results(technician, oid, [{"code": "718-7", "value": 11.5}])
+    (o,) = lv.lab.enter_results(technician, oid, [hb(11.5)])
     assert o.observation.catalogue_version == "lab-2026.2"
     assert o.observation.reference_range == "11-18 g/dL" and o.observation.flag == L.Flag.NORMAL
     assert datetime.now(UTC) > o.created_at
@@ -210,12 +330,12 @@ def test_workflow_under_the_access_table_policy(lv: Labvault, operator: Actor, t
     lv.gate.policy = TablePolicy()
     pid = lv.patients.register(operator, tenant_id, patient_data())
     oid = _ordered(lv, operator, tenant_id, pid)
-    (o,) = lv.lab.enter_results(technician, oid, [{"code": "718-7", "value": 13.0}])
+    (o,) = lv.lab.enter_results(technician, oid, [hb(13.0)])
     assert o.observation.reference_range == "12-16 g/dL"      # sex/age read within the rules
     reception = Actor(kind="staff", id="acc_rec", tenant_id=tenant_id,
                       roles=frozenset({"reception"}))
     with pytest.raises(AccessDenied):
-        lv.lab.enter_results(reception, oid, [{"code": "718-7", "value": 14.0}])
+        lv.lab.enter_results(reception, oid, [hb(14.0)])
     lv.lab.validate_technical(technician, oid)
     with pytest.raises(AccessDenied):
         lv.lab.validate_biological(technician, oid)
@@ -232,7 +352,7 @@ def test_validate_final_is_technical_then_biological(lab_lv: Labvault, operator:
     from labvault.services.gate import MemoryAudit
     lv = lab_lv
     oid = _ordered(lv, operator, tenant_id, patient_id)
-    lv.lab.enter_results(technician, oid, [{"code": "718-7", "value": 13.1}])
+    lv.lab.enter_results(technician, oid, [hb(13.1)])
     with pytest.raises(AccessDenied):
         lv.lab.validate_final(operator, oid)                 # no technical role
     with pytest.raises(AccessDenied):
@@ -248,7 +368,7 @@ def test_validate_final_is_technical_then_biological(lab_lv: Labvault, operator:
     assert [(a.action.value, a.resource, o) for a, _, o in audit.entries[before:]] == [
         ("validate", "observation", "allowed"), ("validate", "report", "allowed")]
     oid2 = _ordered(lv, operator, tenant_id, patient_id)      # already technically validated
-    lv.lab.enter_results(technician, oid2, [{"code": "718-7", "value": 13.1}])
+    lv.lab.enter_results(technician, oid2, [hb(13.1)])
     lv.lab.validate_technical(technician, oid2)
     before = len(audit.entries)
     rep = lv.lab.validate_final(biologist, oid2)
@@ -292,7 +412,7 @@ def test_history_entry_with_the_result_already_encoded_is_the_same_bytes(
     lv = lab_lv
     oid = _ordered(lv, operator, tenant_id, patient_id)
     (view,) = lv.lab.enter_results(operator, oid, [
-        {"code": "718-7", "value": 13.1, "comment": "é \"quoted\" \\ ok"}])
+        hb(13.1, comment="é \"quoted\" \\ ok")])
     obs = view.observation
     ts = datetime.now(UTC)
     with lv.begin() as conn:

@@ -13,8 +13,10 @@ from tests.access.conftest import PASSWORD, Lab, World
 REQ = {"tests": ["718-7", "2823-3"], "priority": "routine",
        "prescriber": {"name": "Dr Hélène Lefèvre", "rpps": "10003456786"}}
 SPEC = {"type": "BLD", "collected_at": "2026-03-01T08:30:00+01:00"}
-NORMAL = [{"code": "718-7", "value": 13.1, "unit": "g/dL"}, {"code": "2823-3", "value": "4.2"}]
-HIGH = [{"code": "718-7", "value": 13.7, "unit": "g/dL"}, {"code": "2823-3", "value": "5.8"}]
+NORMAL = [{"code": "718-7", "value": 13.1, "unit": "g/dL"},
+          {"code": "2823-3", "value": "4.2", "unit": "mmol/L"}]
+HIGH = [{"code": "718-7", "value": 13.7, "unit": "g/dL"},
+        {"code": "2823-3", "value": "5.8", "unit": "mmol/L"}]
 
 
 def order(w: World, lab: Lab, patient_id: str, step: str = "published",

@@ -47,7 +47,7 @@ def test_technician_validates_technically_from_the_bench_page(web: World,
     a = web.a
     (hb, _k) = order(web, a, a.patients[0], step="preliminary", results=HIGH)
     crp = order(web, a, a.patients[1], step="preliminary",
-                results=[{"code": "2823-3", "value": "4.2"},
+                results=[{"code": "2823-3", "value": "4.2", "unit": "mmol/L"},
                          {"code": "1988-5", "value": 3.0, "unit": "mg/L"}])[0]
     _console(browser, web, "technician")
     assert "Validation technique" in browser.get("/console").text          # menu
@@ -108,7 +108,7 @@ def test_validation_refused_when_results_changed_after_display(web: World,
     page = browser.get("/console/validation")
     form = _form_of(page.text, view.order_id)
     tech = web.actor(a.emails["technician"])
-    web.lv.lab.enter_results(tech, view.order_id, [{"code": "2823-3", "value": 6.9}])
+    web.lv.lab.enter_results(tech, view.order_id, [{"code": "2823-3", "value": 6.9, "unit": "mmol/L"}])
     web.lv.lab.validate_technical(tech, view.order_id)
     r = browser.post(f"/console/validation/{view.order_id}",
                      data={**form, "conclusion": "RAS, kaliémie normale"})
@@ -130,7 +130,7 @@ def test_validate_all_normal_takes_the_orders_shown_and_says_why(web: World,
     normal = order(web, a, a.patients[0], step="technical")
     high = order(web, a, a.patients[1], step="technical", results=HIGH)
     (k_only,) = order(web, a, a.patients[2], step="preliminary",
-                      results=[{"code": "2823-3", "value": "4.2"}])
+                      results=[{"code": "2823-3", "value": "4.2", "unit": "mmol/L"}])
     web.lv.lab.validate_technical(web.actor(a.emails["technician"]), k_only.order_id)
     changed = order(web, a, a.patients[0], step="technical")
     _console(browser, web, "biologist")
@@ -141,7 +141,7 @@ def test_validate_all_normal_takes_the_orders_shown_and_says_why(web: World,
     assert len(shown) == 4
     late = order(web, a, a.patients[1], step="technical")          # never on the page
     tech = web.actor(a.emails["technician"])
-    web.lv.lab.enter_results(tech, changed.order_id, [{"code": "2823-3", "value": 4.4}])
+    web.lv.lab.enter_results(tech, changed.order_id, [{"code": "2823-3", "value": 4.4, "unit": "mmol/L"}])
     web.lv.lab.validate_technical(tech, changed.order_id)
     done = browser.post("/console/validation", data={"csrf": csrf_in(page.text),
                                                      "shown": shown})
@@ -212,7 +212,7 @@ def test_partial_report_needs_a_tick_and_is_marked_for_the_patient(
     the tick, and the published report says it is partial (portal and PDF)."""
     a = web.a
     (k,) = order(web, a, a.patients[0], step="preliminary",
-                 results=[{"code": "2823-3", "value": "4.2"}])
+                 results=[{"code": "2823-3", "value": "4.2", "unit": "mmol/L"}])
     web.lv.lab.validate_technical(web.actor(a.emails["technician"]), k.order_id)
     _console(browser, web, "biologist")
     page = browser.get("/console/validation")
@@ -238,11 +238,11 @@ def test_correction_after_publication_is_shown(web: World, browser: TestClient) 
     a = web.a
     rep = order(web, a, a.patients[0], results=[{"code": "718-7", "value": 13.1,
                                                  "unit": "g/dL"},
-                                                {"code": "2823-3", "value": "5.6"}],
+                                                {"code": "2823-3", "value": "5.6", "unit": "mmol/L"}],
                 conclusion="Hyperkaliémie")
     kid = next(o.observation_id for o in rep.observations if o.observation.code == "2823-3")
-    web.lv.lab.amend(web.actor(a.emails["biologist"]), kid, {"code": "2823-3", "value": 1.9},
-                     "inversion de tubes")
+    web.lv.lab.amend(web.actor(a.emails["biologist"]), kid,
+                     {"code": "2823-3", "value": 1.9, "unit": "mmol/L"}, "inversion de tubes")
     _console(browser, web, "patient")
     portal = _text(browser.get("/portail"))
     assert "corrigé le " in portal and "valeur précédente : 5,6 mmol/L (haut)" in portal

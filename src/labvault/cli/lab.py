@@ -231,16 +231,31 @@ def catalogue_load(file: Path = typer.Argument(..., help="Catalogue JSON (docs/l
 
 @catalogue_app.command("show")
 @user_errors
-def catalogue_show(tenant: str = typer.Option(..., "--tenant"), as_json: bool = JsonOpt) -> None:
-    """The catalogue in force for a laboratory."""
+def catalogue_show(tenant: str = typer.Option(..., "--tenant"),
+                   code: str = typer.Option(None, "--code",
+                                            help="Only this test (LOINC or local code)."),
+                   as_json: bool = JsonOpt) -> None:
+    """The catalogue in force for a laboratory: each test with its ranges and panic
+    limits, as loaded."""
     with opened() as lv:
         cat = lv.lab.catalogue(tenant)
-    data = {"version": cat.version, "tests": [
-        {"code": t.code, "display": t.display, "unit": t.unit, "kind": t.kind.value}
-        for t in cat.tests.values()]}
+    tests = list(cat.tests.values())
+    if code is not None:
+        one = cat.get(code)
+        if one is None:
+            raise UserError(f"{code} is not in catalogue {cat.version}",
+                            "give a LOINC or local code of the catalogue")
+        tests = [one]
+    data = {"version": cat.version, "tests": [t.as_json() for t in tests]}
 
     def human() -> None:
         out_console.print(f"catalogue {cat.version}")
-        for t in cat.tests.values():
-            out_console.print(f"  {t.code:9} {t.unit or '':9} {t.display}", highlight=False)
+        for t in tests:
+            panic = " ".join(p for p in (f"<{t.panic_low:g}" if t.panic_low is not None else "",
+                                         f">{t.panic_high:g}" if t.panic_high is not None
+                                         else "") if p)
+            out_console.print(f"  {t.code:9} {t.unit or '':9} {t.display}"
+                              + (f"  (panic {panic})" if panic else ""), highlight=False)
+            for r in t.ranges:
+                out_console.print(f"      {r.band()}: {r.display(t.unit)}", highlight=False)
     emit(data, as_json, human)

@@ -192,6 +192,7 @@ class InboundOrder:
     def control_location(self) -> Location:
         """ORC-1 (order control) of this group; OBR-2 when it has no ORC."""
         return Location("ORC", self.orc.sequence, 1) if self.orc is not None else self.at(2)
+    control_reason: str | None = None        # ORC-16 (text, else code): why, for a cancel
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,8 @@ Workflow of an order (one order = one DiagnosticReport)::
         │                      │                         final ──publish──▶ published
         │                      │                                               │ amend
         ▼                      ▼                                               ▼
-    cancelled / rejected (reason from REJECTION_REASONS)                    amended ⟲ amend
+    cancelled (reason) / rejected (reason from REJECTION_REASONS)           amended ⟲ amend
+    (also from preliminary; from technically-validated: cancelled, by a biologist only)
 
 Rules: only a biologist validates biologically (``BIOLOGIST_ROLE``); validation records
 who and when; after publication a result is never overwritten — an amendment keeps
@@ -34,7 +35,7 @@ from typing import Any
 from stdnum import luhn
 
 from labvault.domain import validation as v
-from labvault.errors import Conflict, InvalidField, InvalidRecord
+from labvault.errors import AccessDenied, Conflict, InvalidField, InvalidRecord
 
 BIOLOGIST_ROLE = "biologist"            # médecin/pharmacien biologiste: signs results
 TECHNICAL_ROLES = frozenset({"technician", BIOLOGIST_ROLE})
@@ -68,6 +69,7 @@ TRANSITIONS: Mapping[OrderStatus, frozenset[OrderStatus]] = {
     OrderStatus.PRELIMINARY: frozenset({OrderStatus.PRELIMINARY,
                                         OrderStatus.TECHNICALLY_VALIDATED,
                                         OrderStatus.REJECTED, OrderStatus.CANCELLED}),
+    # -> CANCELLED: a biologist only (check_cancel)
     OrderStatus.TECHNICALLY_VALIDATED: frozenset({OrderStatus.FINAL, OrderStatus.PRELIMINARY,
                                                   OrderStatus.CANCELLED}),
     OrderStatus.FINAL: frozenset({OrderStatus.PUBLISHED}),
@@ -95,6 +97,23 @@ def check_transition(current: OrderStatus, target: OrderStatus) -> None:
         allowed = ", ".join(sorted(TRANSITIONS[current])) or "none (terminal state)"
         raise InvalidTransition(f"an order that is {current} cannot become {target}",
                                 f"allowed next states: {allowed}")
+
+
+# Cancelling withdraws an order and its results. Once the results are technically
+# validated, that is a decision about verified results -- the biologist's, as an amendment
+# is -- not the reception's or the placer's. Not forbidden outright: a duplicate or
+# wrong-patient order found at that point must still be withdrawable, and the only way
+# round would be re-entering a result to send it back to preliminary, hiding the decision.
+CANCELLED_BY_BIOLOGIST_ONLY = frozenset({OrderStatus.TECHNICALLY_VALIDATED})
+
+
+def check_cancel(current: OrderStatus, roles: frozenset[str]) -> None:
+    """May an actor with ``roles`` cancel an order that is ``current``?"""
+    check_transition(current, OrderStatus.CANCELLED)
+    if current in CANCELLED_BY_BIOLOGIST_ONLY and BIOLOGIST_ROLE not in roles:
+        raise AccessDenied(f"an order that is {current} may be cancelled by a biologist only "
+                           "(its results are technically validated)",
+                           "ask a biologist of the laboratory to cancel it, with the reason")
 
 
 # Reasons a specimen/order is rejected (non-conformity list of the pre-analytical phase).
@@ -127,6 +146,9 @@ class Flag(StrEnum):
     CRITICAL_LOW = "LL"
     CRITICAL_HIGH = "HH"
     ABNORMAL = "A"
+    # A value with a comparator ("<10") whose interval straddles a limit: it may be normal
+    # or not, so it is never called normal (HL7 0078 / v3 ObservationInterpretation IND).
+    INDETERMINATE = "IND"
 
     @property
     def is_panic(self) -> bool:
@@ -423,6 +445,18 @@ class RangeRule:
             return self.age_min == 0 and self.age_max is None
         return self.age_min <= age and (self.age_max is None or age < self.age_max)
 
+    def as_json(self) -> dict[str, Any]:
+        """As in the catalogue file (``Catalogue.parse`` reads it back)."""
+        return {"sex": self.sex, "age_min": self.age_min, "age_max": self.age_max,
+                "low": self.low, "high": self.high, "text": self.text}
+
+    def band(self) -> str:
+        """Whom the range is for: "F, 15 y and over", "any sex, 2 to 12 y"."""
+        who = self.sex or "any sex"
+        if self.age_max is not None:
+            return f"{who}, {self.age_min:g} to {self.age_max:g} y"
+        return f"{who}, {self.age_min:g} y and over" if self.age_min else f"{who}, all ages"
+
     def display(self, unit: str | None) -> str:
         if self.text:
             return self.text
@@ -449,6 +483,14 @@ class CatalogueTest:
     local_codes: tuple[str, ...] = ()       # analyzer codes that mean this test
     specimen: str | None = None
 
+    def as_json(self) -> dict[str, Any]:
+        """As in the catalogue file: what was loaded, for a biologist to check."""
+        return {"code": self.code, "display": self.display, "kind": self.kind.value,
+                "unit": self.unit, "ranges": [r.as_json() for r in self.ranges],
+                "panic_low": self.panic_low, "panic_high": self.panic_high,
+                "normal_codes": list(self.normal_codes), "local_codes": list(self.local_codes),
+                "specimen": self.specimen}
+
     def range_for(self, sex: str | None, age: float | None) -> RangeRule | None:
         """Most specific rule first: sex-specific before any-sex, then narrower ages."""
         candidates = [r for r in self.ranges if r.matches(sex, age)]
@@ -461,22 +503,66 @@ class CatalogueTest:
                   ) -> tuple[Flag | None, RangeRule | None]:
         rng = self.range_for(sex, age)
         if value.kind == ValueKind.NUMERIC and value.numeric is not None:
-            x = value.numeric
-            # "<0.5" under a low limit is low only if the whole interval is below it.
-            if self.panic_low is not None and x < self.panic_low and value.comparator != ">":
-                return Flag.CRITICAL_LOW, rng
-            if self.panic_high is not None and x > self.panic_high and value.comparator != "<":
-                return Flag.CRITICAL_HIGH, rng
-            if rng is None:
-                return None, None
-            if rng.low is not None and x < rng.low and value.comparator not in (">", ">="):
-                return Flag.LOW, rng
-            if rng.high is not None and x > rng.high and value.comparator not in ("<", "<="):
-                return Flag.HIGH, rng
-            return Flag.NORMAL, rng
+            return self._numeric_flag(ValueInterval.of(value.numeric, value.comparator), rng), rng
         if value.kind == ValueKind.CODED and value.coded is not None and self.normal_codes:
             return (Flag.NORMAL if value.coded.code in self.normal_codes else Flag.ABNORMAL), rng
         return None, rng
+
+    def _numeric_flag(self, values: ValueInterval, rng: RangeRule | None) -> Flag | None:
+        """A flag only when every value the result may stand for gets it: "<10" against
+        a range <=5 could be 4 or 9, so it is indeterminate, never normal."""
+        if self.panic_low is not None and values.below(self.panic_low):
+            return Flag.CRITICAL_LOW
+        if self.panic_high is not None and values.above(self.panic_high):
+            return Flag.CRITICAL_HIGH
+        if not ((self.panic_low is None or values.at_least(self.panic_low))
+                and (self.panic_high is None or values.at_most(self.panic_high))):
+            return Flag.INDETERMINATE           # may or may not be a panic value
+        if rng is None:
+            return None                         # no range: only the panic limits speak
+        if rng.low is not None and values.below(rng.low):
+            return Flag.LOW
+        if rng.high is not None and values.above(rng.high):
+            return Flag.HIGH
+        if ((rng.low is None or values.at_least(rng.low))
+                and (rng.high is None or values.at_most(rng.high))):
+            return Flag.NORMAL
+        return Flag.INDETERMINATE
+
+
+@dataclass(frozen=True, slots=True)
+class ValueInterval:
+    """The values a numeric result stands for: "5.4" is [5.4, 5.4], "<10" is (-inf, 10),
+    ">=2" is [2, +inf). ``<=``/``>=`` are ``<``/``>`` plus the bound itself."""
+
+    low: float
+    high: float
+    low_open: bool = False
+    high_open: bool = False
+
+    @staticmethod
+    def of(value: float, comparator: str | None) -> ValueInterval:
+        if comparator in ("<", "<="):
+            return ValueInterval(-math.inf, value, True, comparator == "<")
+        if comparator in (">", ">="):
+            return ValueInterval(value, math.inf, comparator == ">", True)
+        return ValueInterval(value, value)
+
+    def below(self, limit: float) -> bool:
+        """Every value is < limit."""
+        return self.high < limit or (self.high == limit and self.high_open)
+
+    def above(self, limit: float) -> bool:
+        """Every value is > limit."""
+        return self.low > limit or (self.low == limit and self.low_open)
+
+    def at_least(self, limit: float) -> bool:
+        """Every value is >= limit."""
+        return self.low >= limit
+
+    def at_most(self, limit: float) -> bool:
+        """Every value is <= limit."""
+        return self.high <= limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -484,6 +570,9 @@ class Catalogue:
     version: str
     tests: Mapping[str, CatalogueTest]
     by_local: Mapping[str, str] = field(default_factory=dict)   # local code -> LOINC
+
+    def as_json(self) -> dict[str, Any]:
+        return {"version": self.version, "tests": [t.as_json() for t in self.tests.values()]}
 
     def get(self, code: str) -> CatalogueTest | None:
         t = self.tests.get(code)
@@ -493,78 +582,194 @@ class Catalogue:
 
     @staticmethod
     def parse(data: object) -> Catalogue:
-        """The catalogue JSON (docs/lab.md): ``{"version": ..., "tests": [...]}``."""
+        """The catalogue JSON (docs/lab.md): ``{"version": ..., "tests": [...]}``. Every
+        problem is refused with its path (``tests[0].ranges[1].age_minimum``): a typo or
+        an inverted bound would otherwise change which results are called normal."""
         if not isinstance(data, Mapping):
             raise InvalidRecord([InvalidField("(catalogue)", "must be an object", "")])
         errors: list[InvalidField] = []
         version = _collect(errors, v.text, data.get("version"), "version", 40, True)
         raw_tests = data.get("tests")
-        tests: dict[str, CatalogueTest] = {}
-        by_local: dict[str, str] = {}
         if not isinstance(raw_tests, list) or not raw_tests:
             errors.append(InvalidField("tests", "must be a non-empty list", ""))
             raw_tests = []
+        tests: dict[str, CatalogueTest] = {}
+        by_local: dict[str, str] = {}
         for i, t in enumerate(raw_tests):
-            where = f"tests[{i}]."
-            if not isinstance(t, Mapping):
-                errors.append(InvalidField(f"tests[{i}]", "must be an object", ""))
-                continue
-            _unknown(t, frozenset({"code", "display", "kind", "unit", "ranges", "panic_low",
-                                   "panic_high", "normal_codes", "local_codes", "specimen"}),
-                     errors, where)
-            code = _collect(errors, loinc, t.get("code"), where + "code")
-            display = _collect(errors, v.text, t.get("display"), where + "display", 200, True)
-            try:
-                kind = ValueKind(t.get("kind", "numeric"))
-            except ValueError:
-                errors.append(InvalidField(where + "kind", "must be numeric, coded or text", ""))
-                continue
-            unit = _collect(errors, ucum, t["unit"], where + "unit") if t.get("unit") else None
-            ranges: list[RangeRule] = []
-            for j, r in enumerate(t.get("ranges") or []):
-                rw = f"{where}ranges[{j}]"
-                if not isinstance(r, Mapping):
-                    errors.append(InvalidField(rw, "must be an object", ""))
-                    continue
-                sex = r.get("sex")
-                if sex not in (None, "F", "M"):
-                    errors.append(InvalidField(rw + ".sex", "must be F, M or absent", ""))
-                    continue
-                nums = {}
-                for k in ("age_min", "age_max", "low", "high"):
-                    x = r.get(k)
-                    if x is not None and (isinstance(x, bool) or not isinstance(x, int | float)):
-                        errors.append(InvalidField(f"{rw}.{k}", "must be a number", ""))
-                        x = None
-                    nums[k] = None if x is None else float(x)
-                ranges.append(RangeRule(sex, nums["age_min"] or 0.0, nums["age_max"],
-                                        nums["low"], nums["high"], r.get("text")))
-            panic = {}
-            for k in ("panic_low", "panic_high"):
-                x = t.get(k)
-                if x is not None and (isinstance(x, bool) or not isinstance(x, int | float)):
-                    errors.append(InvalidField(where + k, "must be a number", ""))
-                    x = None
-                panic[k] = None if x is None else float(x)
-            locals_ = tuple(str(c) for c in t.get("local_codes") or ())
-            if code and display:
-                tests[code] = CatalogueTest(
-                    code, display, kind, unit, tuple(ranges), panic["panic_low"],
-                    panic["panic_high"], tuple(str(c) for c in t.get("normal_codes") or ()),
-                    locals_, t.get("specimen"))
-                for lc in locals_:
-                    by_local[lc] = code
+            test = _parse_test(t, f"tests[{i}]", errors)
+            if test is not None:
+                tests[test.code] = test
+                by_local.update((lc, test.code) for lc in test.local_codes)
+        _no_duplicates(raw_tests, errors)
         if errors:
             raise InvalidRecord(errors)
         assert version is not None
         return Catalogue(version, tests, by_local)
 
 
+TEST_FIELDS = frozenset({"code", "display", "kind", "unit", "ranges", "panic_low", "panic_high",
+                         "normal_codes", "local_codes", "specimen"})
+RANGE_FIELDS = frozenset({"sex", "age_min", "age_max", "low", "high", "text"})
+
+
+def _no_duplicates(raw_tests: Sequence[object], errors: list[InvalidField]) -> None:
+    """A test code, or an analyzer's local code, names one test: a second entry would
+    silently replace the first."""
+    first: dict[str, str] = {}
+    for i, t in enumerate(raw_tests):
+        if not isinstance(t, Mapping):
+            continue
+        raw_locals = t.get("local_codes")
+        locals_ = raw_locals if isinstance(raw_locals, list) else []
+        named = [(t.get("code"), f"tests[{i}].code"),
+                 *((lc, f"tests[{i}].local_codes[{k}]") for k, lc in enumerate(locals_))]
+        for key, where in named:
+            if not isinstance(key, str) or not key.strip():
+                continue
+            if key.strip() in first:
+                errors.append(InvalidField(where, f"{key.strip()} is already used by "
+                                           f"{first[key.strip()]}",
+                                           "one entry per test: merge the two"))
+            first.setdefault(key.strip(), where)
+
+
+def _number(data: Mapping[str, Any], key: str, where: str,
+            errors: list[InvalidField]) -> float | None:
+    x = data.get(key)
+    if x is None:
+        return None
+    if isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(x):
+        errors.append(InvalidField(f"{where}.{key}", "must be a number", ""))
+        return None
+    return float(x)
+
+
+def _parse_test(t: object, where: str, errors: list[InvalidField]) -> CatalogueTest | None:
+    """One test of the catalogue, or None (its problems added to ``errors``)."""
+    if not isinstance(t, Mapping):
+        errors.append(InvalidField(where, "must be an object", ""))
+        return None
+    before = len(errors)
+    _unknown(t, TEST_FIELDS, errors, where + ".")
+    code = _collect(errors, loinc, t.get("code"), where + ".code")
+    display = _collect(errors, v.text, t.get("display"), where + ".display", 200, True)
+    try:
+        kind = ValueKind(t.get("kind", "numeric"))
+    except ValueError:
+        errors.append(InvalidField(where + ".kind", "must be numeric, coded or text", ""))
+        return None
+    unit = _collect(errors, ucum, t["unit"], where + ".unit") if t.get("unit") else None
+    raw_ranges = t.get("ranges") or []
+    if not isinstance(raw_ranges, list):
+        errors.append(InvalidField(where + ".ranges", "must be a list", ""))
+        raw_ranges = []
+    ranges = [(j, r) for j, raw in enumerate(raw_ranges)
+              if (r := _parse_range(raw, f"{where}.ranges[{j}]", kind, errors)) is not None]
+    panic_low = _number(t, "panic_low", where, errors)
+    panic_high = _number(t, "panic_high", where, errors)
+    _check_panic(panic_low, panic_high, ranges, where, errors)
+    normal_codes = _codes(t, "normal_codes", where, errors)
+    local_codes = _codes(t, "local_codes", where, errors)
+    if len(errors) > before or code is None or display is None:
+        return None
+    return CatalogueTest(code, display, kind, unit, tuple(r for _, r in ranges), panic_low,
+                         panic_high, normal_codes, local_codes, t.get("specimen"))
+
+
+def _codes(t: Mapping[str, Any], key: str, where: str,
+           errors: list[InvalidField]) -> tuple[str, ...]:
+    raw = t.get(key) or []
+    if not isinstance(raw, list) or not all(
+            isinstance(c, str | int) and not isinstance(c, bool) and str(c).strip()
+            for c in raw):
+        errors.append(InvalidField(f"{where}.{key}", "must be a list of codes", '["HGB"]'))
+        return ()
+    return tuple(str(c).strip() for c in raw)
+
+
+def _parse_range(r: object, where: str, kind: ValueKind,
+                 errors: list[InvalidField]) -> RangeRule | None:
+    """One reference range (``where`` = ``tests[i].ranges[j]``), or None."""
+    if not isinstance(r, Mapping):
+        errors.append(InvalidField(where, "must be an object", ""))
+        return None
+    before = len(errors)
+    _unknown(r, RANGE_FIELDS, errors, where + ".")
+    sex = r.get("sex")
+    if sex not in (None, "F", "M"):
+        errors.append(InvalidField(where + ".sex", "must be F, M or absent", ""))
+    age_min, age_max, low, high = (_number(r, k, where, errors)
+                                   for k in ("age_min", "age_max", "low", "high"))
+    text = _collect(errors, v.text, r.get("text"), where + ".text", 200)
+    if age_min is not None and age_min < 0:
+        errors.append(InvalidField(where + ".age_min", "must be 0 or more", "years"))
+    if age_max is not None and age_max <= (age_min or 0.0):
+        errors.append(InvalidField(where + ".age_min", f"must be below age_max ({age_max:g}); "
+                                   f"the band from {age_min or 0:g} to {age_max:g} is empty",
+                                   "age_min is inclusive, age_max exclusive, in years"))
+    if low is not None and high is not None and low > high:
+        errors.append(InvalidField(where + ".low", f"must not be above high ({low:g} > {high:g})",
+                                   "swap them or correct the typo"))
+    if kind == ValueKind.NUMERIC and low is None and high is None:
+        errors.append(InvalidField(where, "gives neither low nor high",
+                                   "a range without limits would call every value normal"))
+    if len(errors) > before:
+        return None
+    return RangeRule(sex, age_min or 0.0, age_max, low, high, text)
+
+
+def _check_panic(panic_low: float | None, panic_high: float | None,
+                 ranges: Sequence[tuple[int, RangeRule]], where: str,
+                 errors: list[InvalidField]) -> None:
+    """Panic limits lie beyond every reference range: a value the range calls normal must
+    never raise a panic alert, and the other way round."""
+    if panic_low is not None and panic_high is not None and panic_low >= panic_high:
+        errors.append(InvalidField(where + ".panic_low", f"must be below panic_high "
+                                   f"({panic_low:g} >= {panic_high:g})", "swap them"))
+        return
+    for j, r in ranges:
+        bounds = [b for b in (r.low, r.high) if b is not None]
+        if panic_low is not None and any(panic_low > b for b in bounds):
+            errors.append(InvalidField(where + ".panic_low", f"{panic_low:g} is inside the "
+                                       f"reference range ranges[{j}] ({r.display(None)})",
+                                       "a panic limit lies below the range's low limit"))
+        if panic_high is not None and any(panic_high < b for b in bounds):
+            errors.append(InvalidField(where + ".panic_high", f"{panic_high:g} is inside the "
+                                       f"reference range ranges[{j}] ({r.display(None)})",
+                                       "a panic limit lies above the range's high limit"))
+
+
+def birthday(birth_date: date, year: int) -> date:
+    """The birthday in ``year``; someone born on 29 February has it on 1 March in other
+    years (they have not completed the year on 28 February: the day has not come)."""
+    try:
+        return birth_date.replace(year=year)
+    except ValueError:                      # 29 February in a common year
+        return date(year, 3, 1)
+
+
 def age_years(birth_date: date | None, at: datetime | date) -> float | None:
+    """Calendar age: completed years (a whole number from the birthday on, so a band's
+    ``age_min`` applies on that very day), plus the part of the current year of life
+    already lived, for the bands with a fraction of a year (0.5 = 6 months)."""
     if birth_date is None:
         return None
     d = at.date() if isinstance(at, datetime) else at
-    return max(0.0, (d - birth_date).days / 365.25)
+    if d <= birth_date:
+        return 0.0
+    years = d.year - birth_date.year - (1 if d < birthday(birth_date, d.year) else 0)
+    last = birthday(birth_date, birth_date.year + years)
+    following = birthday(birth_date, birth_date.year + years + 1)
+    return years + (d - last).days / (following - last).days
+
+
+def _require_unit(result: ResultInput, test: CatalogueTest) -> None:
+    """A number without its unit is refused, never read in the catalogue's unit: 8.0
+    creatinine meant in mg/dL (renal failure) would otherwise be 8 umol/L, "low"."""
+    if result.kind == ValueKind.NUMERIC and test.unit and not result.unit:
+        raise InvalidField("unit", f"is missing: {test.code} ({test.display}) is reported "
+                           f"in {test.unit}", f"send the unit with the value ({test.unit}); "
+                           "a value in another unit must be converted first")
 
 
 @dataclass(frozen=True, slots=True)
@@ -596,11 +801,12 @@ class Observation:
                                f"for {test.code}", "convert the value or fix the catalogue")
         if test.kind == ValueKind.NUMERIC and result.kind != ValueKind.NUMERIC:
             raise InvalidField("value", f"{test.code} expects a number", "")
+        _require_unit(result, test)
         at = result.observed_at or now
         flag, rng = test.interpret(result, sex, age_years(birth_date, at))
         return Observation(
             result.code if result.code == test.code else test.code, test.display, result.kind,
-            result.numeric, result.coded, result.text, result.unit or test.unit,
+            result.numeric, result.coded, result.text, result.unit,
             result.comparator, rng.display(test.unit) if rng else None,
             rng.low if rng else None, rng.high if rng else None, flag, result.comment,
             result.observed_at, catalogue_version, result.local_code)
@@ -652,6 +858,42 @@ class DiagnosticReport:
     conclusion: str | None = None
 
 
+class ReviewReason(StrEnum):
+    """Why a result is left for a biologist's review instead of being validated in bulk
+    ("validate all normal"); the words a page shows for them are the door's."""
+
+    PANIC_VALUE = "panic-value"                          # LL, HH
+    OUTSIDE_REFERENCE_RANGE = "outside-reference-range"  # L, H
+    ABNORMAL_CODE = "abnormal-code"                      # A
+    INDETERMINATE = "indeterminate"                      # IND: a comparator across a limit
+    # Nothing to compare it with: no range for this patient (a sex-specific test and the
+    # sex unknown), or a text / coded result without normal codes. Not "outside".
+    NO_REFERENCE_RANGE = "no-reference-range"
+    NO_RESULTS = "no-results"                            # an order without results
+
+
+def review_reason(obs: Observation) -> ReviewReason | None:
+    """None when the result may be validated in bulk; else why it needs a review."""
+    if obs.flag == Flag.NORMAL:
+        return None
+    if obs.flag is None:
+        return ReviewReason.NO_REFERENCE_RANGE
+    if obs.flag.is_panic:
+        return ReviewReason.PANIC_VALUE
+    return {Flag.ABNORMAL: ReviewReason.ABNORMAL_CODE,
+            Flag.INDETERMINATE: ReviewReason.INDETERMINATE}.get(
+                obs.flag, ReviewReason.OUTSIDE_REFERENCE_RANGE)
+
+
+def review_reasons(observations: Sequence[Observation]) -> list[ReviewReason]:
+    """Why an order's results cannot be validated in bulk, most serious first (empty:
+    they can)."""
+    if not observations:
+        return [ReviewReason.NO_RESULTS]
+    found = {review_reason(o) for o in observations}
+    return [r for r in ReviewReason if r in found]
+
+
 def is_normal(obs: Observation) -> bool:
     """True when the result may be validated in bulk ("validate all normal")."""
-    return obs.flag == Flag.NORMAL
+    return review_reason(obs) is None

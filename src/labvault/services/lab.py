@@ -19,7 +19,8 @@ Public API (stable; the FHIR door builds on it):
 - ``publish(actor, order_id, partial=None)``,
   ``amend(actor, observation_id, result, reason, conclusion=None)``,
   ``revise_conclusion(actor, order_id, conclusion, reason)``
-- ``reject(actor, order_id, reason, comment)``, ``cancel(actor, order_id, reason)``
+- ``reject(actor, order_id, reason, comment)``, ``cancel(actor, order_id, reason)`` (reason
+  required)
 - ``worklist(actor, tenant_id, status)``, ``list_orders / list_reports / list_observations``
 - ``get_order``, ``get_report``, ``get_report_by_order``, ``get_observation``,
   ``get_specimen``, ``observation_history``
@@ -456,15 +457,18 @@ def review_reason(results: Sequence[L.Observation], missing: Mapping[str, str]) 
     return Skip("incomplete", tuple(missing.values())) if missing else None
 
 
+# the domain's review reasons in the words of a skipped order (``SKIP_REASONS``)
+_SKIP_OF = {L.ReviewReason.PANIC_VALUE: "panic",
+            L.ReviewReason.OUTSIDE_REFERENCE_RANGE: "out-of-range",
+            L.ReviewReason.ABNORMAL_CODE: "out-of-range",
+            L.ReviewReason.INDETERMINATE: "indeterminate",
+            L.ReviewReason.NO_REFERENCE_RANGE: "no-reference-range"}
+
+
 def _not_normal(obs: L.Observation) -> str:
     """Why a result keeps its order out of "validate all normal" (a ``SKIP_REASONS``)."""
-    if obs.flag is not None and obs.flag.is_panic:
-        return "panic"
-    if obs.flag in (L.Flag.LOW, L.Flag.HIGH, L.Flag.ABNORMAL):
-        return "out-of-range"
-    if obs.flag is None and not obs.reference_range:
-        return "no-reference-range"
-    return "indeterminate"        # a flag that does not settle it (e.g. "<5" across a limit)
+    reason = L.review_reason(obs)
+    return _SKIP_OF[reason] if reason is not None else "indeterminate"
 
 
 def default_catalogue_data() -> dict[str, Any]:
@@ -559,7 +563,15 @@ class LabService:
             raw = self.lv.gate.open_tenant_value_checked(
                 conn, tenant_id, "lab_catalogues", "catalogue_sealed", row["catalogue_id"],
                 row["catalogue_sealed"])
-            cat = L.Catalogue.parse(json.loads(raw))
+            try:
+                cat = L.Catalogue.parse(json.loads(raw))
+            except InvalidRecord as exc:
+                # Loaded before the loader's checks: fail closed rather than interpret
+                # results against inverted bounds or a dropped (misspelt) key.
+                raise UserError(f"the laboratory's catalogue {row['version']} no longer "
+                                f"passes the catalogue checks: {exc.message}",
+                                "load a corrected catalogue (labvault catalogue load)"
+                                ) from None
             with self._lock:
                 self._catalogues[row["catalogue_id"]] = cat
         return cat
@@ -1310,15 +1322,19 @@ class LabService:
                                           self.lv.now())
             return self._order_view(order)
 
-    def cancel(self, actor: Actor, order_id: str, reason: str | None = None) -> OrderView:
+    def cancel(self, actor: Actor, order_id: str, reason: str) -> OrderView:
+        """Cancel an order (and its results), with the reason, which is kept; after
+        technical validation a biologist only (``L.check_cancel``)."""
         from labvault.domain import validation as v
-        note = v.text(reason, "reason", 2000)
+        note = v.text(reason, "reason", 2000, required=True)
+        assert note is not None
         with self.lv.begin() as conn:
-            order = self._order_for(conn, actor, order_id, Action.WRITE, "order")
+            order = self._order_for(conn, actor, order_id, Action.WRITE, "order", reason=note)
+            L.check_cancel(order.status, actor.roles)
             self._cancel(conn, actor, order, note)
             return self._order_view(order)
 
-    def _cancel(self, conn: Connection, actor: Actor, order: _Order, note: str | None) -> None:
+    def _cancel(self, conn: Connection, actor: Actor, order: _Order, note: str) -> None:
         self._transition(conn, actor, order, L.OrderStatus.CANCELLED, "cancelled",
                          {"reason": note})
         lrepo.update_specimens(conn, order.tenant_id, order.order_id, "cancelled")

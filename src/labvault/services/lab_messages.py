@@ -145,6 +145,16 @@ def _group_of(order: Mapping[str, Any], results: Sequence[I.InboundResult]) -> I
                          order.get("filler_number")),
         L.Specimen.parse(order["specimen"]) if order.get("specimen") else None,
         tuple(results))
+# A placer's cancel (ORC-1 CA/OC/DC) before the results are technically validated; after
+# that, cancelling is a biologist's decision (L.check_cancel), not a message's.
+PLACER_MAY_CANCEL = (L.OrderStatus.REGISTERED, L.OrderStatus.RECEIVED,
+                     L.OrderStatus.PRELIMINARY)
+
+
+def placer_cancel_reason(order: I.InboundOrder) -> str:
+    """The reason kept for a placer's cancel: who, and ORC-16's reason when sent."""
+    return ("cancelled by the placer" + (f": {order.control_reason}" if order.control_reason
+                                          else " (no reason given in ORC-16)"))
 
 
 def _dumps(data: Mapping[str, Any]) -> bytes:
@@ -482,14 +492,14 @@ class MessageService:
                     ctx.outcome.errors.append(MessageError(
                         order.number_location(), I.ERR_UNKNOWN_KEY,
                         "order to cancel not found", "W"))
-                elif existing.status in (L.OrderStatus.REGISTERED, L.OrderStatus.RECEIVED,
-                                         L.OrderStatus.PRELIMINARY):
-                    self.lab._cancel(ctx.conn, ctx.actor, existing, "cancelled by the placer")
+                elif existing.status in PLACER_MAY_CANCEL:
+                    self.lab._cancel(ctx.conn, ctx.actor, existing, placer_cancel_reason(order))
                     ctx.outcome.order_ids.append(existing.order_id)
                 else:
                     raise I.ContentError([MessageError(
                         order.control_location(), I.ERR_TABLE_VALUE_NOT_FOUND,
-                        f"the order is {existing.status} and can no longer be cancelled")])
+                        f"the order is {existing.status} and can no longer be cancelled by "
+                        "the placer (after technical validation: a biologist of the lab)")])
                 continue
             if existing is not None:
                 self.lab._attach_numbers(ctx.conn, existing, order.placer_number,

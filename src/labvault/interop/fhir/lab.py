@@ -60,7 +60,8 @@ SPECIMEN_ELEMENTS = {"type": "type", "accession_number": "accessionIdentifier",
                      "collected_at": "collection.collectedDateTime"}
 RESULT_ELEMENTS = {"code": "code", "value": "value[x]", "kind": "value[x]",
                    "unit": "valueQuantity.unit", "comment": "note",
-                   "observed_at": "effectiveDateTime", "status": "status"}
+                   "observed_at": "effectiveDateTime", "status": "status",
+                   "reason": "note"}
 
 
 def element_of(field: str, elements: Mapping[str, str]) -> str:
@@ -216,8 +217,9 @@ class ServiceRequestHandler:
             raise m.invalid("ServiceRequest.subject", "no such Patient") from None
 
     def update(self, actor: Actor, fhir_id: str, resource: Mapping[str, Any]) -> None:
-        """Only the status may change: ``revoked`` cancels the order. Any other change is
-        refused (a 200 must mean the change was stored, not silently dropped)."""
+        """Only the status may change: ``revoked`` cancels the order, with its reason in
+        a ``note`` added to the order's own. Any other change is refused (a 200 must mean
+        the change was stored, not silently dropped)."""
         order_id = _lab_id(fhir_id, "ord", self.rtype)
         try:
             order = self.lv.lab.get_order(actor, order_id)
@@ -234,7 +236,7 @@ class ServiceRequestHandler:
         if wanted == current["status"]:
             return
         if wanted == "revoked":
-            self.lv.lab.cancel(actor, order_id, _notes(resource.get("note")))
+            self.lv.lab.cancel(actor, order_id, _cancel_reason(resource, current))
             return
         raise FhirError(422, "business-rule", "an order's content is fixed once registered; "
                         "only status = revoked (cancellation) may be sent",
@@ -272,6 +274,21 @@ class ServiceRequestHandler:
         if status:
             found = [r for r in found if r["status"] in status.split(",")]
         return SearchResult(found[q.offset:q.offset + q.count], len(found))
+
+
+def _cancel_reason(sent: Mapping[str, Any], current: Mapping[str, Any]) -> str:
+    """The notes a revoked ServiceRequest adds to the order's clinical notes (which come
+    back with the resource): the reason for the cancellation, required."""
+    own = {n.get("text") for n in current.get("note") or []}
+    own |= {line for text in list(own) if isinstance(text, str) for line in text.splitlines()}
+    sent_notes = sent.get("note")
+    added = [n for n in sent_notes if isinstance(n, Mapping) and n.get("text") not in own] \
+        if isinstance(sent_notes, list) else []
+    reason = _notes(added)
+    if reason is None:
+        raise m.invalid("ServiceRequest.note", "a cancellation (status revoked) needs its "
+                        "reason: add a note saying why the order is cancelled")
+    return reason
 
 
 def patient_param(q: Query, required: bool) -> str | None:
@@ -456,6 +473,12 @@ def _within(d: datetime, since: datetime | None, until: datetime | None) -> bool
     return (since is None or d >= since) and (until is None or d < until)
 
 
+def _as_outcome(exc: InvalidRecord | InvalidField) -> FhirError:
+    """422 naming ``Observation.<element>`` for each refused field (one resource)."""
+    errors = exc.errors if isinstance(exc, InvalidRecord) else [exc]
+    return fhir_invalid(InvalidRecord(list(errors)), "Observation", RESULT_ELEMENTS)
+
+
 class ObservationHandler:
     rtype = "Observation"
     search_params: Mapping[str, str] = {"patient": "reference", "subject": "reference",
@@ -472,7 +495,10 @@ class ObservationHandler:
             raise not_found(self.rtype, fhir_id) from None
 
     def create(self, actor: Actor, resource: Mapping[str, Any]) -> str:
-        return self.create_many(actor, [resource])[0]
+        try:
+            return self.create_many(actor, [resource])[0]
+        except InvalidRecord as exc:
+            raise _as_outcome(exc) from None
 
     def create_many(self, actor: Actor, resources: Sequence[Mapping[str, Any]]) -> list[str]:
         """Results of one order entered together (one lab call: one gate decision)."""
@@ -508,12 +534,18 @@ class ObservationHandler:
             raise m.invalid("Observation.code", "the test code of a result does not change")
         status = resource.get("status")
         if status == "preliminary" and current.status == "preliminary":
-            self.lv.lab.enter_results(actor, current.order_id, [result])
+            try:
+                self.lv.lab.enter_results(actor, current.order_id, [result])
+            except InvalidRecord as exc:
+                raise _as_outcome(exc) from None
         elif status in ("amended", "corrected"):
             reason = result.pop("comment", None)
             if not reason:
                 raise m.invalid("Observation.note", "an amendment needs its reason in note")
-            self.lv.lab.amend(actor, oid, result, reason)
+            try:
+                self.lv.lab.amend(actor, oid, result, reason)
+            except (InvalidRecord, InvalidField) as exc:
+                raise _as_outcome(exc) from None
         else:
             raise FhirError(422, "business-rule", f"a {current.status} result cannot be sent "
                             f"as {status}: re-enter preliminary results, or amend published "
@@ -607,7 +639,8 @@ class DiagnosticReportHandler:
             report = self.lv.lab.get_report_by_order(actor, order_id)
             # a report sent back as read is unchanged (PUT is idempotent); a new conclusion
             # is given with the biological validation, never slipped in afterwards
-            if (resource.get("conclusion") or None) not in (None, report.conclusion):
+            if status != "cancelled" and (resource.get("conclusion") or None) not in (
+                    None, report.conclusion):       # (a cancelled one's is its reason)
                 raise m.not_supported("DiagnosticReport.conclusion", (
                     "the conclusion is given with the final report" if current != "final"
                     else "the conclusion of a validated report is not changed here"))
@@ -615,7 +648,13 @@ class DiagnosticReportHandler:
             # technical validation (if the results are preliminary), then biological
             report = self.lv.lab.validate_final(actor, order_id, resource.get("conclusion"))
         elif status == "cancelled":
-            self.lv.lab.cancel(actor, order_id, None)
+            # R4 DiagnosticReport has no note: the reason comes in the conclusion
+            reason = resource.get("conclusion")
+            if not isinstance(reason, str) or not reason.strip():
+                raise m.invalid("DiagnosticReport.conclusion", "a cancellation needs its "
+                                "reason in conclusion (or revoke the ServiceRequest, reason "
+                                "in note)")
+            self.lv.lab.cancel(actor, order_id, reason)
             return report_id
         else:
             raise FhirError(422, "business-rule", f"a {current} report cannot become "

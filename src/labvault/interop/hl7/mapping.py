@@ -434,16 +434,19 @@ class _Mapper:
                         "clinical_notes": "\n".join(notes)[:4000] or None,
                         "prescriber": presc,
                         "requested_at": requested}
+            reason = (orc.get(16, 2) or orc.get(16, 1)) if orc else ""
             order = I.InboundOrder(Location("OBR", obr.sequence), control.upper(),
                                    placer or None, filler or None, tuple(tests),
                                    _request(req_data), spec, tuple(results), tuple(notes),
-                                   Location("ORC", orc.sequence) if orc else None)
+                                   Location("ORC", orc.sequence) if orc else None,
+                                   reason.strip()[:2000] or None)
             if key in merged:   # several OBRs of one order number: one order, several tests
                 prev = out[merged[key]]
                 out[merged[key]] = I.InboundOrder(
                     prev.location, prev.control, prev.placer_number, prev.filler_number,
                     prev.tests + order.tests, prev.request, prev.specimen or order.specimen,
-                    prev.results + order.results, prev.notes + order.notes, prev.orc)
+                    prev.results + order.results, prev.notes + order.notes, prev.orc,
+                    prev.control_reason or order.control_reason)
             else:
                 merged[key] = len(out)
                 out.append(order)

@@ -1,0 +1,182 @@
+"""Interpretation of one result against the catalogue (pure domain, no database):
+comparators, calendar age at the band limits, units, what "normal" means for the bulk
+validation."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+
+import pytest
+
+from labvault.domain import lab as L
+from labvault.errors import InvalidField
+from labvault.services.lab import default_catalogue_data
+
+CAT = L.Catalogue.parse(default_catalogue_data())
+NOW = datetime(2026, 11, 29, 8, tzinfo=UTC)
+ADULT = date(1980, 1, 1)
+
+
+def interpret(code: str, value: object, sex: str | None = "F", birth: date | None = ADULT,
+              at: datetime = NOW) -> L.Observation:
+    test = CAT.get(code)
+    assert test is not None
+    data = {"code": code, "value": value, "unit": test.unit}
+    return L.Observation.interpret(L.ResultInput.parse(data), test, CAT.version, sex, birth, at)
+
+
+# -- 1. a value with a comparator is the interval it denotes ---------------------------------
+@pytest.mark.parametrize(("code", "value", "flag"), [
+    # CRP, range <=5 mg/L, no panic limits
+    ("1988-5", "<10", L.Flag.INDETERMINATE),       # could be 4 (normal) or 9 (high)
+    ("1988-5", "<=10", L.Flag.INDETERMINATE),
+    ("1988-5", "<5", L.Flag.NORMAL),               # every value it may be is <= 5
+    ("1988-5", "<=5", L.Flag.NORMAL),
+    ("1988-5", ">5", L.Flag.HIGH),
+    ("1988-5", ">=5", L.Flag.INDETERMINATE),       # 5 itself is normal
+    ("1988-5", ">12", L.Flag.HIGH),
+    # potassium, range 3.5-5.1 mmol/L, panic <2.8 / >6.2
+    ("2823-3", ">1.0", L.Flag.INDETERMINATE),      # could be 1.5 (panic low) or 4 (normal)
+    ("2823-3", "<2.0", L.Flag.CRITICAL_LOW),       # wholly below the panic limit
+    ("2823-3", "<2.8", L.Flag.CRITICAL_LOW),
+    ("2823-3", "<=2.8", L.Flag.INDETERMINATE),     # 2.8 itself is low, not critical
+    ("2823-3", "<3.0", L.Flag.INDETERMINATE),      # low for sure, critical or not
+    ("2823-3", ">7", L.Flag.CRITICAL_HIGH),
+    ("2823-3", ">=6.2", L.Flag.INDETERMINATE),     # 6.2 itself is high, not critical
+    ("2823-3", ">6.2", L.Flag.CRITICAL_HIGH),
+    # sodium, range 136-145, panic <120 / >160: "<=" and "<" alike
+    ("2951-2", "<=170", L.Flag.INDETERMINATE),
+    ("2951-2", "<170", L.Flag.INDETERMINATE),
+    ("2951-2", ">=170", L.Flag.CRITICAL_HIGH),
+    ("2951-2", ">170", L.Flag.CRITICAL_HIGH),
+])
+def test_comparator_flags_only_what_the_whole_interval_is(code: str, value: str,
+                                                          flag: L.Flag) -> None:
+    assert interpret(code, value).flag == flag
+
+
+@pytest.mark.parametrize(("value", "flag"), [
+    (2.7, L.Flag.CRITICAL_LOW), (2.8, L.Flag.LOW), (3.5, L.Flag.NORMAL), (5.1, L.Flag.NORMAL),
+    (5.2, L.Flag.HIGH), (6.2, L.Flag.HIGH), (6.3, L.Flag.CRITICAL_HIGH)])
+def test_plain_values_keep_their_flags(value: float, flag: L.Flag) -> None:
+    assert interpret("2823-3", value).flag == flag
+
+
+def test_an_indeterminate_result_is_not_normal_and_not_a_panic() -> None:
+    for value in ("<10", ">=5"):
+        obs = interpret("1988-5", value)
+        assert not L.is_normal(obs)
+        assert obs.flag is not None and not obs.flag.is_panic
+        assert L.review_reason(obs) == L.ReviewReason.INDETERMINATE
+    assert interpret("2823-3", "<2.0").flag.is_panic     # type: ignore[union-attr]
+
+
+def test_no_range_but_panic_limits_still_speak() -> None:
+    """Sex unknown: haemoglobin has no adult range (sex-specific), its panic limits apply
+    to any value — and to an interval only when it lies wholly beyond them."""
+    assert interpret("718-7", 9.0, sex=None).flag is None
+    assert interpret("718-7", "<5", sex=None).flag == L.Flag.CRITICAL_LOW
+    assert interpret("718-7", "<9", sex=None).flag == L.Flag.INDETERMINATE
+    assert interpret("718-7", ">8", sex=None).flag == L.Flag.INDETERMINATE   # 25 is panic
+
+
+# -- 2. calendar age: a band's age_min applies on the birthday itself ------------------------
+@pytest.mark.parametrize(("birth", "on", "age"), [
+    (date(2008, 11, 29), date(2026, 11, 29), 18),       # the 18th birthday
+    (date(2025, 11, 29), date(2026, 11, 29), 1),        # the 1st birthday
+    (date(2008, 2, 29), date(2024, 2, 29), 16),         # leap-day birth, leap year
+    (date(2008, 2, 29), date(2026, 3, 1), 18),          # ... common year: 1 March
+    (date(2008, 2, 28), date(2026, 2, 28), 18),
+    (date(2008, 3, 1), date(2026, 3, 1), 18),
+    (date(2026, 11, 29), date(2026, 11, 29), 0),        # the day of birth
+])
+def test_age_is_whole_years_on_the_birthday(birth: date, on: date, age: int) -> None:
+    assert L.age_years(birth, on) == age
+    before = L.age_years(birth, on - timedelta(days=1))
+    assert before is not None and (age == 0 or age - 1 < before < age)
+
+
+def test_a_leap_day_birth_completes_its_year_on_1_march_in_common_years() -> None:
+    """Rule: born 29 February -> the birthday of a common year is 1 March (on 28 February
+    the day of birth has not yet come round)."""
+    born = date(2008, 2, 29)
+    assert L.age_years(born, date(2026, 2, 28)) < 18            # type: ignore[operator]
+    assert L.age_years(born, date(2026, 3, 1)) == 18
+    assert L.birthday(born, 2026) == date(2026, 3, 1)
+    assert L.birthday(born, 2028) == date(2028, 2, 29)
+
+
+def test_fractions_of_a_year_follow_the_calendar() -> None:
+    born = date(2026, 1, 1)
+    assert L.age_years(born, date(2026, 7, 2)) == pytest.approx(182 / 365)
+    assert L.age_years(born, date(2025, 12, 1)) == 0.0            # before birth: 0
+
+
+@pytest.mark.parametrize(("code", "birth", "value", "flag", "rng"), [
+    # alkaline phosphatase: child band age_max 18, adult band age_min 18
+    ("6768-6", date(2008, 11, 29), 60, L.Flag.NORMAL, "40-130 U/L"),      # 18 today
+    ("6768-6", date(2008, 11, 30), 60, L.Flag.LOW, "100-400 U/L"),        # 18 tomorrow
+    ("6768-6", date(2008, 2, 29), 60, L.Flag.NORMAL, "40-130 U/L"),
+    # creatinine: age_max 1, then 1-18
+    ("14682-9", date(2025, 11, 29), 40, L.Flag.NORMAL, "20-80 umol/L"),   # 1 today
+    ("14682-9", date(2025, 11, 30), 40, L.Flag.HIGH, "14-34 umol/L"),
+])
+def test_bands_change_on_the_birthday(code: str, birth: date, value: float, flag: L.Flag,
+                                      rng: str) -> None:
+    obs = interpret(code, value, birth=birth)
+    assert (obs.flag, obs.reference_range) == (flag, rng)
+
+
+# -- 3. a number without its unit is refused -------------------------------------------------
+@pytest.mark.parametrize(("code", "value"), [("14682-9", 8.0), ("2345-7", 5.4), ("1988-5", "<5")])
+def test_a_number_without_a_unit_is_not_read_in_the_catalogue_unit(code: str,
+                                                                   value: object) -> None:
+    """Creatinine 8.0 meant in mg/dL (renal failure) was read as 8 umol/L, "low"."""
+    test = CAT.get(code)
+    assert test is not None and test.unit
+    result = L.ResultInput.parse({"code": code, "value": value})
+    with pytest.raises(InvalidField) as exc:
+        L.Observation.interpret(result, test, CAT.version, "F", ADULT, NOW)
+    assert exc.value.field == "unit"
+    assert code in exc.value.rule and test.unit in exc.value.rule
+
+
+def test_a_coded_result_needs_no_unit() -> None:
+    test = CAT.get("882-1")
+    assert test is not None and test.unit is None
+    obs = L.Observation.interpret(L.ResultInput.parse({"code": "882-1", "value": {"code": "A"}}),
+                                  test, CAT.version, "F", ADULT, NOW)
+    assert obs.unit is None
+
+
+# -- 6. why a result is left for review ------------------------------------------------------
+@pytest.mark.parametrize(("code", "value", "sex", "reason"), [
+    ("718-7", 13.1, "F", None),
+    ("718-7", 9.0, None, L.ReviewReason.NO_REFERENCE_RANGE),    # sex unknown: no range
+    ("718-7", 13.1, None, L.ReviewReason.NO_REFERENCE_RANGE),   # ... even if plausible
+    ("718-7", 9.0, "F", L.ReviewReason.OUTSIDE_REFERENCE_RANGE),
+    ("718-7", 6.0, None, L.ReviewReason.PANIC_VALUE),           # panic limits still apply
+    ("1988-5", "<10", "F", L.ReviewReason.INDETERMINATE),
+    ("882-1", {"code": "A"}, "F", L.ReviewReason.NO_REFERENCE_RANGE),
+])
+def test_review_reason_tells_no_range_from_out_of_range(code: str, value: object,
+                                                       sex: str | None,
+                                                       reason: L.ReviewReason | None) -> None:
+    test = CAT.get(code)
+    assert test is not None
+    data: dict[str, object] = {"code": code, "value": value}
+    if test.unit:
+        data["unit"] = test.unit
+    obs = L.Observation.interpret(L.ResultInput.parse(data), test, CAT.version, sex, ADULT, NOW)
+    assert L.review_reason(obs) == reason
+    assert L.is_normal(obs) == (reason is None)
+
+
+def test_an_order_s_reasons_most_serious_first() -> None:
+    obs = [interpret("718-7", 9.0, sex=None), interpret("2823-3", 7.0),
+           interpret("2823-3", 5.5), interpret("718-7", 13.1)]
+    assert L.review_reasons(obs) == [L.ReviewReason.PANIC_VALUE,
+                                     L.ReviewReason.OUTSIDE_REFERENCE_RANGE,
+                                     L.ReviewReason.NO_REFERENCE_RANGE]
+    assert L.review_reasons([interpret("718-7", 13.1)]) == []
+    assert L.review_reasons([]) == [L.ReviewReason.NO_RESULTS]
