@@ -11,7 +11,7 @@ import json
 import threading
 import time
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import Connection
@@ -21,6 +21,7 @@ from labvault.domain.categories import Action
 from labvault.errors import AccessDenied, NotFound
 from labvault.guard.alerts import (
     Dispatcher,
+    is_clinical,
     normalise_severity,
     notice_from_row,
     sinks_from_settings,
@@ -63,13 +64,33 @@ class AlertService:
 
     # -- raising ---------------------------------------------------------------------------
     def raise_alert(self, conn: Connection, tenant_id: str | None, kind: str, severity: str,
-                    actor: Actor | None, detail: Mapping[str, Any]) -> str | None:
-        """Store (or merge into a recent open alert) and dispatch; in the caller's transaction."""
-        return self._raise(conn, conn, tenant_id, kind, severity, actor, detail)
+                    actor: Actor | None, detail: Mapping[str, Any],
+                    subject: str | None = None) -> str | None:
+        """Store (or merge into a recent open alert) and dispatch; in the caller's transaction.
+        ``subject``: what the alert is about (e.g. one result and its value); alerts about
+        the same subject are merged, whoever raised them (see ``_repeats``)."""
+        return self._raise(conn, conn, tenant_id, kind, severity, actor, detail,
+                           subject=subject)
+
+    def _repeats(self, conn: Connection, tenant_id: str | None, kind: str,
+                 actor_id: str | None, subject: str | None,
+                 since: datetime) -> tuple[dict[str, Any] | None, bytes | None]:
+        """The open alert this one repeats (or None), and this one's subject digest.
+
+        With a subject: the alert about the same subject. Without: a security alert
+        repeats the same kind from the same account (a flood from one account is one
+        alert); a clinical alert repeats nothing -- one account (an analyser) sends every
+        patient's results, and each panic value must be named and sent."""
+        if subject is not None and tenant_id is not None:
+            digest = self.lv.guard.digest(conn, tenant_id, "alert-subject", subject)
+            return grepo.open_alert_about(conn, tenant_id, kind, digest, since), digest
+        if is_clinical(kind):
+            return None, None
+        return grepo.open_alert_since(conn, tenant_id or PLATFORM, kind, actor_id, since), None
 
     def _raise(self, read: Connection, write: Connection, tenant_id: str | None, kind: str,
                severity: str, actor: Actor | None, detail: Mapping[str, Any],
-               dispatch: bool = True) -> str | None:
+               dispatch: bool = True, subject: str | None = None) -> str | None:
         severity = normalise_severity(severity)
         lv = self.lv
         now = lv.now()
@@ -77,11 +98,13 @@ class AlertService:
         actor_id = actor.id if actor else None
         key = (tenant, kind, actor_id)
         mono = time.monotonic()
-        existing = grepo.open_alert_since(write, tenant, kind, actor_id, now - self.dedup)
+        existing, digest = self._repeats(write, tenant_id, kind, actor_id, subject,
+                                         now - self.dedup)
         if existing is not None:
             grepo.bump_alert(write, tenant, existing["alert_id"], now)
-            with self._lock:
-                self._recent[key] = mono
+            if digest is None:
+                with self._lock:
+                    self._recent[key] = mono
             return str(existing["alert_id"])
         alert_id = new_id("alrt")
         sealed = None
@@ -92,13 +115,14 @@ class AlertService:
                                                alert_id, body)
         row = {"tenant_id": tenant, "alert_id": alert_id, "kind": kind, "severity": severity,
                "status": "open", "actor_id": actor_id, "count": 1, "created_at": now,
-               "last_seen_at": now, "detail_sealed": sealed}
+               "last_seen_at": now, "detail_sealed": sealed, "subject_digest": digest}
         grepo.insert_alert(write, row)
         lv.gate.audit.event(write, actor or Actor.system("guard"), "alert.raised", "ok",
                             tenant_id, {"alert_id": alert_id, "kind": kind,
                                         "severity": severity})
-        with self._lock:
-            self._recent[key] = mono
+        if digest is None and not is_clinical(kind):
+            with self._lock:
+                self._recent[key] = mono
         if dispatch:
             self.dispatcher.submit(notice_from_row(row))
         return alert_id

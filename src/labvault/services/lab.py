@@ -668,11 +668,20 @@ class LabService:
     def _panic(self, conn: Connection, actor: Actor, order: _Order,
                views: Sequence[ObservationView]) -> None:
         for view in views:
-            if view.observation.flag is not None and view.observation.flag.is_panic:
-                self.lv.alerts.raise_alert(conn, order.tenant_id, "panic-value", "critical",
-                                           actor, {"order_id": order.order_id,
-                                                   "observation_id": view.observation_id,
-                                                   "patient_id": order.patient_id})
+            self._panic_alert(conn, actor, order, view.observation_id, view.observation)
+
+    def _panic_alert(self, conn: Connection, actor: Actor, order: _Order, observation_id: str,
+                     obs: L.Observation) -> None:
+        """A critical value: an alert of its own naming the patient, order and result, sent
+        at once. Its subject is the result and its value, so only the same value of the same
+        result (a resent message, a re-entry) is merged into it -- never another patient's."""
+        if obs.flag is None or not obs.flag.is_panic:
+            return
+        subject = f"{observation_id}|{obs.value_display()}|{obs.unit or ''}|{obs.flag.value}"
+        self.lv.alerts.raise_alert(conn, order.tenant_id, "panic-value", "critical", actor,
+                                   {"order_id": order.order_id,
+                                    "observation_id": observation_id,
+                                    "patient_id": order.patient_id}, subject=subject)
 
     def _history_row(self, order: _Order, oid: str, revision: int, ts: datetime, actor: Actor,
                      change: str, reason: str | None, previous: L.Observation | None,
@@ -845,10 +854,7 @@ class LabService:
                                          "result_sealed", observation_id, new.as_json()))
             lrepo.insert_history(conn, [self._history_row(order, observation_id, rev, ts, actor,
                                                           "amended", why, old, new)])
-            if new.flag is not None and new.flag.is_panic:
-                self.lv.alerts.raise_alert(conn, tenant_id, "panic-value", "critical", actor, {
-                    "order_id": order.order_id, "observation_id": observation_id,
-                    "patient_id": order.patient_id})
+            self._panic_alert(conn, actor, order, observation_id, new)
             return ObservationView(observation_id, order.order_id, order.patient_id, tenant_id,
                                    "amended", rev, orow["created_at"], ts, new)
 
