@@ -99,6 +99,29 @@ def _patient_target(c: Ctx, role: str, lab: str) -> str:
     return c.own_patient(role)
 
 
+def _alert_store(c: Ctx) -> Any:
+    from labvault.services.alerts import AlertService
+    if not isinstance(c.w.lv.alerts, AlertService):   # the guard's alert store
+        c.w.lv.alerts = c.w.lv.gate.alerts = AlertService(c.w.lv)
+    return c.w.lv.alerts
+
+
+def _panic_alert(c: Ctx, lab: str) -> str:
+    """A fresh open panic-value alert of the lab (a clinical alert: biologists, DPO and
+    lab administrators of that lab may acknowledge it; every call needs a new one)."""
+    c.n += 1
+    lab_ = c.w.a if lab == "a" else c.w.b
+    with c.w.lv.begin() as conn:
+        aid = _alert_store(c).raise_alert(
+            conn, lab_.tenant_id, "panic-value", "critical", None,
+            {"patient_id": lab_.patients[0], "order_id": f"ord_matrix{c.n}",
+             "observation_id": f"obs_matrix{c.n}"}, subject=f"matrix-{c.n}")
+    return str(aid)
+
+
+ALERT_READERS = ("biologist", "lab_admin", "dpo")
+
+
 def _fhir_cases() -> dict[tuple[str, str], Case]:
     """The FHIR door (docs/fhir.md): same tokens and policy; errors are OperationOutcomes.
     Platform accounts are refused (403) before any lookup; another lab's patient = 404."""
@@ -175,9 +198,7 @@ def _web_cases() -> dict[tuple[str, str], Case]:
         return lambda c, r, lab: (path, None)
 
     def alerts(c: Ctx, r: str, lab: str) -> Req:
-        from labvault.services.alerts import AlertService
-        if not isinstance(c.w.lv.alerts, AlertService):   # the guard's alert store
-            c.w.lv.alerts = c.w.lv.gate.alerts = AlertService(c.w.lv)
+        _alert_store(c)
         return "/console/alertes", None
 
     patient_only = allow(("patient",), 200, anon=303)
@@ -222,16 +243,19 @@ def _web_cases() -> dict[tuple[str, str], Case]:
                                              allow(("biologist",), 200, anon=303)),
         ("POST", "/console/validation"): Case(get("/console/validation"),
                                               allow(("biologist",), 200, anon=303), form=True),
-        ("GET", "/console/alertes"): Case(alerts, allow(("lab_admin", "dpo"), 200, anon=303)),
+        # biologists: the clinical alerts (panic values); DPO and lab admins: every alert
+        ("GET", "/console/alertes"): Case(alerts, allow(ALERT_READERS, 200, anon=303)),
         # a fresh technically validated order per call (validation moves it on)
         ("POST", "/console/validation/{order_id}"): Case(
             lambda c, r, lab: (f"/console/validation/{order(c.w, lab_of(c, lab), lab_of(c, lab).patients[1], step='technical').order_id}", None),  # noqa: E501
             allow(("biologist",), 200, anon=303), allow((), 0, deny=403, biologist=404),
             form=True),
+        # a fresh panic-value alert per call; another lab's: the same 404 as an absent one
         ("POST", "/console/alertes/{alert_id}/prise-en-compte"): Case(
-            lambda c, r, lab: (alerts(c, r, lab)[0] + "/alrt_doesnotexist/prise-en-compte",
+            lambda c, r, lab: (f"/console/alertes/{_panic_alert(c, lab)}/prise-en-compte",
                                None),
-            allow(("lab_admin", "dpo"), 404, anon=303), form=True),
+            allow(ALERT_READERS, 303, anon=303),
+            allow((), 0, deny=403, biologist=404, lab_admin=404, dpo=404), form=True),
     }
 
 
@@ -314,10 +338,11 @@ MATRIX: dict[tuple[str, str], Case] = {
     **{key: case for key, case in _web_cases().items()},
     # guard: the caller's lab's alerts (no lab in the path: the other-lab column is moot)
     ("GET", "/api/v1/alerts"): Case(lambda c, r, lab: ("/api/v1/alerts", None),
-                                    allow(("lab_admin", "dpo"), 200)),
+                                    allow(ALERT_READERS, 200)),
     ("POST", "/api/v1/alerts/{alert_id}/ack"): Case(
-        lambda c, r, lab: ("/api/v1/alerts/alrt_doesnotexist/ack", None),
-        allow(("lab_admin", "dpo"), 404)),
+        lambda c, r, lab: (f"/api/v1/alerts/{_panic_alert(c, lab)}/ack", None),
+        allow(ALERT_READERS, 200), allow((), 0, deny=403, biologist=404, lab_admin=404,
+                                         dpo=404)),
 }
 
 

@@ -424,7 +424,12 @@ def test_alerts_page_for_dpo_and_lab_admin(web: World, browser: TestClient) -> N
     form_login(browser, web, web.b.emails["dpo"])      # another lab's DPO sees none of it
     other = browser.get("/console/alertes")
     assert other.status_code == 200 and "Aucune alerte" in other.text
-    for role in ("biologist", "reception"):
+    browser.cookies.clear()
+    form_login(browser, web, web.a.emails["biologist"])   # clinical alerts only
+    clinical = browser.get("/console/alertes")
+    assert clinical.status_code == 200 and "Aucune alerte" in clinical.text
+    assert "demande d'effacement" not in unescape(clinical.text)
+    for role in ("technician", "reception"):
         browser.cookies.clear()
         form_login(browser, web, web.a.emails[role])
         assert browser.get("/console/alertes").status_code == 403
@@ -463,3 +468,47 @@ def test_pages_work_under_the_guard(web: World, browser: TestClient) -> None:
     form_login(browser, web, web.a.emails["biologist"])
     assert browser.get(f"/console/patients/{web.a.patients[0]}").status_code == 200
     assert browser.get("/console/validation").status_code == 200
+
+
+def test_biologist_sees_open_panic_values_at_the_top_of_the_worklist(
+        web: World, browser: TestClient) -> None:
+    """QA finding 2: a panic value is put in front of the biologist at once -- at the top of
+    the validation worklist while its order is still preliminary, with the link to the
+    patient's order -- and "Prendre en compte" records who and when, then it leaves the
+    list; the security alerts of the lab never show there."""
+    from labvault.services.alerts import AlertService
+    lv, a = web.lv, web.a
+    lv.alerts = lv.gate.alerts = AlertService(lv)
+    tech = web.actor(a.emails["technician"])
+    o = lv.lab.create_order(web.actor(a.emails["biologist"]), a.tenant_id, a.patients[1],
+                            {"tests": ["2823-3"], "priority": "stat"},
+                            {"type": "BLD", "accession_number": "PANIC1",
+                             "collected_at": "2026-03-01T08:30:00+01:00"})
+    (k,) = lv.lab.enter_results(tech, o.order_id, [{"code": "2823-3", "value": "7.4"}])
+    with lv.begin() as conn:       # a security alert of the same lab: the DPO's only
+        lv.alerts.raise_alert(conn, a.tenant_id, "access.off_hours", "medium", tech,
+                              {"patient_id": a.patients[2]})
+    form_login(browser, web, a.emails["biologist"])
+    page = browser.get("/console/validation")
+    assert page.status_code == 200
+    top = page.text.index("Valeurs critiques à traiter")
+    assert top < page.text.index("Demandes validées techniquement")
+    link = f'href="/console/patients/{a.patients[1]}#{o.order_id}"'
+    assert link in page.text and "7,4" in page.text and "critique" in page.text
+    assert a.patients[2] not in page.text
+    assert f'id="{o.order_id}"' in browser.get(f"/console/patients/{a.patients[1]}").text
+    alerts_page = browser.get("/console/alertes")
+    assert link in alerts_page.text and a.patients[2] not in alerts_page.text
+    bio = web.actor(a.emails["biologist"])
+    (alert,) = lv.alerts.list(bio, a.tenant_id)
+    assert alert["kind"] == "panic-value"
+    assert alert["detail"]["detail"]["observation_id"] == k.observation_id
+    done = browser.post(f"/console/alertes/{alert['id']}/prise-en-compte",
+                        data={"csrf": csrf_in(page.text), "retour": "/console/validation"})
+    assert done.status_code == 303 and done.headers["location"] == "/console/validation"
+    assert "Valeurs critiques à traiter" not in browser.get("/console/validation").text
+    (acked,) = lv.alerts.list(bio, a.tenant_id)
+    assert acked["status"] == "acked" and acked["acked_by"] == bio.id and acked["acked_at"]
+    elsewhere = browser.post(f"/console/alertes/{alert['id']}/prise-en-compte",
+                             data={"csrf": csrf_in(page.text), "retour": "https://evil.example"})
+    assert elsewhere.headers["location"] == "/console/alertes"     # never an outside URL

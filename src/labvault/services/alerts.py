@@ -1,8 +1,9 @@
 """Alerts: stored (sealed details), deduplicated, dispatched to log / webhook / e-mail.
 
 Implements the gate's ``AlertSink``. Plugged as ``lv.alerts`` by ``services/wiring.py``.
-Reading and acknowledging alerts is for the lab's DPO and lab administrators (and the
-CLI operator); each read and ack passes the gate (resource ``alert``) and is audited.
+Reading and acknowledging alerts is for the lab's DPO and lab administrators (every alert,
+resource ``alert``), its biologists (the clinical alerts, resource ``clinical-alert``) and
+the CLI operator; each read and ack passes the gate and is audited.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 import threading
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +22,7 @@ from labvault.domain.actors import Actor
 from labvault.domain.categories import Action
 from labvault.errors import AccessDenied, NotFound
 from labvault.guard.alerts import (
+    CLINICAL_KINDS,
     Dispatcher,
     is_clinical,
     normalise_severity,
@@ -34,7 +37,48 @@ if TYPE_CHECKING:
     from labvault.services.app import Labvault
 
 PLATFORM = "platform"                 # tenant_id of alerts that concern no lab
-ALERT_ROLES = frozenset({"dpo", "lab_admin"})
+SECURITY_ROLES = frozenset({"dpo", "lab_admin"})   # every alert of their lab
+CLINICAL_ROLES = frozenset({"biologist"})          # the clinical alerts (panic values)
+ALERT_ROLES = SECURITY_ROLES | CLINICAL_ROLES
+NOT_YOURS = ("alerts are for the lab's biologists (panic values), DPO and lab "
+             "administrators")
+
+
+@dataclass(frozen=True, slots=True)
+class Reach:
+    """The alerts a reader may read and acknowledge, and the gate resource it asks for."""
+
+    resource: str
+    purpose: str
+    kinds: frozenset[str] | None          # None: every kind
+
+    def covers(self, kind: str) -> bool:
+        return self.kinds is None or kind in self.kinds
+
+
+EVERY_ALERT = Reach("alert", "security", None)
+CLINICAL_ALERTS = Reach("clinical-alert", "care", CLINICAL_KINDS)
+
+
+def reach(actor: Actor) -> Reach:
+    """The DPO and lab administrators read every alert of their lab; a biologist only the
+    clinical ones: security alerts name staff accounts and are the DPO's. Technicians get
+    none (the policy table grants them no alert: the bench sees the flag as it enters the
+    value; calling the prescriber about it is the biologist's duty)."""
+    if actor.kind in ("operator", "system") or SECURITY_ROLES & actor.roles:
+        return EVERY_ALERT
+    if CLINICAL_ROLES & actor.roles:
+        return CLINICAL_ALERTS
+    raise AccessDenied("not allowed", NOT_YOURS)
+
+
+def _listed(row: Mapping[str, Any], detail: Any) -> dict[str, Any]:
+    return {"id": row["alert_id"], "tenant_id": row["tenant_id"], "kind": row["kind"],
+            "severity": row["severity"], "status": row["status"], "actor_id": row["actor_id"],
+            "count": row["count"], "created_at": row["created_at"].isoformat(),
+            "last_seen_at": row["last_seen_at"].isoformat(), "acked_by": row["acked_by"],
+            "acked_at": row["acked_at"].isoformat() if row["acked_at"] else None,
+            "detail": detail}
 
 
 def has_written(conn: Connection) -> bool:
@@ -136,54 +180,55 @@ class AlertService:
 
     # -- reading -----------------------------------------------------------------------------
     def _authorise(self, conn: Connection, actor: Actor, tenant_id: str | None,
-                   action: Action) -> None:
-        # Defence in depth on top of the policy: only DPO / lab admin of that very lab.
+                   action: Action) -> Reach:
+        """Which alerts ``actor`` may read or acknowledge in ``tenant_id`` (gate decision,
+        audited). Defence in depth on top of the policy: only the roles of ``reach``, and
+        only in their own laboratory."""
+        r = reach(actor)
         if actor.kind not in ("operator", "system") and (
-                not (ALERT_ROLES & actor.roles) or tenant_id is None
-                or actor.tenant_id != tenant_id):
-            raise AccessDenied("not allowed", "alerts are for the lab's DPO and lab administrators")
+                tenant_id is None or actor.tenant_id != tenant_id):
+            raise AccessDenied("not allowed", NOT_YOURS)
         if tenant_id is not None:
             self.lv.gate.check(conn, Access(actor, action, tenant_id, frozenset(),
-                                            purpose="security", resource="alert"))
+                                            purpose=r.purpose, resource=r.resource))
+        return r
 
     def list(self, actor: Actor, tenant_id: str | None = None, status: str | None = None,
              limit: int = 100) -> list[dict[str, Any]]:
+        """The alerts ``actor`` may read, newest first: every alert of the lab for its DPO
+        and lab administrators, the clinical ones (panic values) for its biologists."""
         lv = self.lv
         if tenant_id is None and actor.kind not in ("operator", "system"):
             tenant_id = actor.tenant_id
         with lv.begin() as conn:
-            self._authorise(conn, actor, tenant_id, Action.READ)
-            rows = grepo.list_alerts(conn, tenant_id, status, max(1, min(limit, 1000)))
+            r = self._authorise(conn, actor, tenant_id, Action.READ)
+            rows = grepo.list_alerts(conn, tenant_id, status, max(1, min(limit, 1000)),
+                                     r.kinds)
             out = []
-            for r in rows:
+            for row in rows:
                 detail: Any = None
-                if r["detail_sealed"] is not None and r["tenant_id"] != PLATFORM:
+                if row["detail_sealed"] is not None and row["tenant_id"] != PLATFORM:
                     if tenant_id is None:   # operator listing every lab: one check per lab
-                        lv.gate.check(conn, Access(actor, Action.READ, r["tenant_id"],
-                                                   frozenset(), purpose="security",
-                                                   resource="alert"))
+                        lv.gate.check(conn, Access(actor, Action.READ, row["tenant_id"],
+                                                   frozenset(), purpose=r.purpose,
+                                                   resource=r.resource))
                     detail = json.loads(lv.gate.open_tenant_value_checked(
-                        conn, r["tenant_id"], "guard_alerts", "detail_sealed", r["alert_id"],
-                        r["detail_sealed"]))
-                out.append({"id": r["alert_id"], "tenant_id": r["tenant_id"],
-                            "kind": r["kind"], "severity": r["severity"],
-                            "status": r["status"], "actor_id": r["actor_id"],
-                            "count": r["count"], "created_at": r["created_at"].isoformat(),
-                            "last_seen_at": r["last_seen_at"].isoformat(),
-                            "acked_by": r["acked_by"],
-                            "acked_at": r["acked_at"].isoformat() if r["acked_at"] else None,
-                            "detail": detail})
+                        conn, row["tenant_id"], "guard_alerts", "detail_sealed",
+                        row["alert_id"], row["detail_sealed"]))
+                out.append(_listed(row, detail))
             return out
 
     def ack(self, actor: Actor, alert_id: str) -> dict[str, Any]:
+        """Acknowledge an alert: who and when are recorded (and audited, ``alert.acked``).
+        An alert of another lab, or one the actor may not read (a security alert for a
+        biologist), is answered as absent."""
         lv = self.lv
-        if actor.kind not in ("operator", "system") and not (ALERT_ROLES & actor.roles):
-            raise AccessDenied("not allowed", "alerts are for the lab's DPO and lab administrators")
+        r = reach(actor)
         with lv.begin() as conn:
             row = grepo.get_alert(conn, alert_id)
             tenant = None if row is None or row["tenant_id"] == PLATFORM else row["tenant_id"]
             if row is None or (actor.kind not in ("operator", "system")
-                               and actor.tenant_id != tenant):
+                               and actor.tenant_id != tenant) or not r.covers(row["kind"]):
                 raise NotFound(f"no alert {alert_id}", "list alerts with `labvault alerts list`")
             self._authorise(conn, actor, tenant, Action.WRITE)
             now = lv.now()

@@ -90,12 +90,14 @@ def bump_alert(conn: Connection, tenant_id: str, alert_id: str, at: datetime) ->
 
 
 def list_alerts(conn: Connection, tenant_id: str | None, status: str | None,
-                limit: int) -> list[dict[str, Any]]:
+                limit: int, kinds: Iterable[str] | None = None) -> list[dict[str, Any]]:
     q = select(guard_alerts)
     if tenant_id is not None:
         q = q.where(guard_alerts.c.tenant_id == tenant_id)
     if status:
         q = q.where(guard_alerts.c.status == status)
+    if kinds is not None:
+        q = q.where(guard_alerts.c.kind.in_(sorted(kinds)))
     return _rows(conn.execute(q.order_by(guard_alerts.c.last_seen_at.desc()).limit(limit))
                  .mappings())
 
