@@ -10,6 +10,7 @@ from html import unescape
 import pytest
 from fastapi.testclient import TestClient
 
+from labvault.domain.actors import Actor
 from labvault.services.audit import audit_of
 from labvault.web.routes import router
 from tests.access.conftest import PASSWORD, World
@@ -512,3 +513,23 @@ def test_biologist_sees_open_panic_values_at_the_top_of_the_worklist(
     elsewhere = browser.post(f"/console/alertes/{alert['id']}/prise-en-compte",
                              data={"csrf": csrf_in(page.text), "retour": "https://evil.example"})
     assert elsewhere.headers["location"] == "/console/alertes"     # never an outside URL
+
+
+def test_portal_reads_are_audited_as_the_patients_own_access(web: World,
+                                                              browser: TestClient) -> None:
+    """QA finding 15: every read the portal makes for the patient -- record, orders,
+    reports, PDF, data download -- is audited with purpose ``patient-access`` (what
+    ``labvault audit access --patient`` shows), never ``care``."""
+    a = web.a
+    rep = order(web, a, a.patients[0])
+    amended = order(web, a, a.patients[0])
+    hb = next(o for o in amended.observations if o.observation.code == "718-7")
+    web.lv.lab.amend(web.actor(a.emails["biologist"]), hb.observation_id,
+                     {"code": "718-7", "value": 12.4, "unit": "g/dL"}, "erreur de saisie")
+    form_login(browser, web, a.emails["patient"], staff=False)
+    for path in ("/portail", "/portail/donnees.json", f"/portail/rapports/{rep.report_id}.pdf"):
+        assert browser.get(path).status_code == 200, path
+    rows = audit_of(web.lv).access_log(Actor.operator(), a.patients[0])
+    mine = [r for r in rows if r["actor_kind"] == "patient"]
+    assert len(mine) >= 6                  # record, orders, reports (list and each), PDF
+    assert {r["purpose"] for r in mine} == {"patient-access"}

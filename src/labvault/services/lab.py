@@ -55,6 +55,9 @@ PLACER = "lab_placer"          # blind-index kinds (the kind is part of the MAC 
 FILLER = "lab_filler"
 INDEX_KEY_TTL = 5.0
 ACCESSION = "lab_accession"
+# The purpose a read is audited under: staff work ("care") unless the caller says why --
+# the patient portal reads for the patient itself ("patient-access", GDPR art. 15/20).
+CARE = "care"
 
 
 # one encoder for every call: json.dumps with options builds a new one each time
@@ -246,7 +249,7 @@ class LabService:
 
     # == gate helpers ===========================================================================
     def _check(self, conn: Connection, actor: Actor, action: Action, tenant_id: str,
-               resource: str, patient_ids: Iterable[str], purpose: str = "care",
+               resource: str, patient_ids: Iterable[str], purpose: str = CARE,
                reason: str | None = None) -> None:
         self.lv.gate.check(conn, Access(actor, action, tenant_id, CLINICAL, purpose=purpose,
                                         patient_ids=tuple(dict.fromkeys(patient_ids)),
@@ -367,19 +370,21 @@ class LabService:
         return _Order(row, dek, request, workflow)
 
     def _order_for(self, conn: Connection, actor: Actor, order_id: str, action: Action,
-                   resource: str = "order", reason: str | None = None) -> _Order:
+                   resource: str = "order", reason: str | None = None,
+                   purpose: str = CARE) -> _Order:
         return self._order_from_row(conn, self._order_row(conn, actor, order_id, action,
-                                                          resource, reason))
+                                                          resource, reason, purpose))
 
     def _order_row(self, conn: Connection, actor: Actor, order_id: str, action: Action,
-                   resource: str = "order", reason: str | None = None) -> dict[str, Any]:
+                   resource: str = "order", reason: str | None = None,
+                   purpose: str = CARE) -> dict[str, Any]:
         """The order's row (clear columns only), once the gate allowed ``action`` on it."""
         row = lrepo.order(conn, order_id)
         if row is None:
             raise NotFound("no such order", "check the order id")
         self._scope(actor, row["tenant_id"])
         self._check(conn, actor, action, row["tenant_id"], resource, (row["patient_id"],),
-                    reason=reason)
+                    purpose=purpose, reason=reason)
         return row
 
     def _patient_facts(self, conn: Connection, actor: Actor, tenant_id: str,
@@ -938,9 +943,10 @@ class LabService:
                           rep["issued_at"], payload.get("conclusion"), obs,
                           self._steps(order.workflow), tuple(order.request.get("tests", ())))
 
-    def get_order(self, actor: Actor, order_id: str) -> OrderView:
+    def get_order(self, actor: Actor, order_id: str, purpose: str = CARE) -> OrderView:
         with self.lv.begin() as conn:
-            order = self._order_for(conn, actor, order_id, Action.READ, "order")
+            order = self._order_for(conn, actor, order_id, Action.READ, "order",
+                                    purpose=purpose)
             rep = lrepo.report_by_order(conn, order.tenant_id, order_id)
             order.row["report_id"] = rep["report_id"] if rep else ""
             return self._order_view(order, self._specimen_views(conn, order))
@@ -955,44 +961,50 @@ class LabService:
             rep = lrepo.report_by_order(conn, row["tenant_id"], order_id)
             return L.OrderStatus(row["status"]), rep["report_id"] if rep else ""
 
-    def get_report(self, actor: Actor, report_id: str) -> ReportView:
+    def get_report(self, actor: Actor, report_id: str, purpose: str = CARE) -> ReportView:
         with self.lv.begin() as conn:
             rep = lrepo.report(conn, report_id)
             if rep is None:
                 raise NotFound("no such report", "check the report id")
-            order = self._order_for(conn, actor, rep["order_id"], Action.READ, "report")
+            order = self._order_for(conn, actor, rep["order_id"], Action.READ, "report",
+                                    purpose=purpose)
             return self._report_view(conn, order)
 
-    def get_report_by_order(self, actor: Actor, order_id: str) -> ReportView:
+    def get_report_by_order(self, actor: Actor, order_id: str,
+                            purpose: str = CARE) -> ReportView:
         with self.lv.begin() as conn:
-            order = self._order_for(conn, actor, order_id, Action.READ, "report")
+            order = self._order_for(conn, actor, order_id, Action.READ, "report",
+                                    purpose=purpose)
             return self._report_view(conn, order)
 
-    def get_observation(self, actor: Actor, observation_id: str) -> ObservationView:
+    def get_observation(self, actor: Actor, observation_id: str,
+                        purpose: str = CARE) -> ObservationView:
         with self.lv.begin() as conn:
             r = lrepo.observation(conn, observation_id)
             if r is None:
                 raise NotFound("no such observation", "check the observation id")
             self._scope(actor, r["tenant_id"])
             self._check(conn, actor, Action.READ, r["tenant_id"], "observation",
-                        (r["patient_id"],))
+                        (r["patient_id"],), purpose=purpose)
             dek = self.lv.gate.patient_key(conn, r["tenant_id"], r["patient_id"])
             return self._obs_view(dek, r)
 
-    def get_specimen(self, actor: Actor, specimen_id: str) -> SpecimenView:
+    def get_specimen(self, actor: Actor, specimen_id: str, purpose: str = CARE) -> SpecimenView:
         with self.lv.begin() as conn:
             r = lrepo.specimen(conn, specimen_id)
             if r is None:
                 raise NotFound("no such specimen", "check the specimen id")
             self._scope(actor, r["tenant_id"])
-            self._check(conn, actor, Action.READ, r["tenant_id"], "specimen", (r["patient_id"],))
+            self._check(conn, actor, Action.READ, r["tenant_id"], "specimen", (r["patient_id"],),
+                        purpose=purpose)
             dek = self.lv.gate.patient_key(conn, r["tenant_id"], r["patient_id"])
             return SpecimenView(r["specimen_id"], r["order_id"], r["patient_id"], r["tenant_id"],
                                 r["status"], r["received_at"], L.Specimen.parse(self._open(
                                     dek, r["tenant_id"], "lab_specimens", "specimen_sealed",
                                     specimen_id, r["specimen_sealed"])))
 
-    def observation_history(self, actor: Actor, observation_id: str) -> list[HistoryEntry]:
+    def observation_history(self, actor: Actor, observation_id: str,
+                            purpose: str = CARE) -> list[HistoryEntry]:
         """Every change of a result: who, when, what (previous/new), why."""
         with self.lv.begin() as conn:
             r = lrepo.observation(conn, observation_id)
@@ -1000,7 +1012,7 @@ class LabService:
                 raise NotFound("no such observation", "check the observation id")
             self._scope(actor, r["tenant_id"])
             self._check(conn, actor, Action.READ, r["tenant_id"], "observation",
-                        (r["patient_id"],))
+                        (r["patient_id"],), purpose=purpose)
             dek = self.lv.gate.patient_key(conn, r["tenant_id"], r["patient_id"])
             out = []
             for h in lrepo.history(conn, r["tenant_id"], observation_id):
@@ -1036,13 +1048,15 @@ class LabService:
                  "priority": r["priority"], "created_at": r["created_at"]} for r in rows]
 
     def list_orders(self, actor: Actor, tenant_id: str, patient_id: str | None = None,
-                    status: str | None = None, limit: int = 200) -> list[OrderView]:
+                    status: str | None = None, limit: int = 200,
+                    purpose: str = CARE) -> list[OrderView]:
         self._scope(actor, tenant_id)
         with self.lv.begin() as conn:
             rows = lrepo.orders(conn, tenant_id, patient_id=patient_id,
                                 statuses=[status] if status else None, limit=limit)
             self._check(conn, actor, Action.READ, tenant_id, "order",
-                        [r["patient_id"] for r in rows] or ([patient_id] if patient_id else []))
+                        [r["patient_id"] for r in rows] or ([patient_id] if patient_id else []),
+                        purpose=purpose)
             if not rows:
                 return []
             out = []
@@ -1054,7 +1068,8 @@ class LabService:
             return out
 
     def list_reports(self, actor: Actor, tenant_id: str, patient_id: str | None = None,
-                     status: str | None = None, limit: int = 200) -> list[ReportView]:
+                     status: str | None = None, limit: int = 200,
+                     purpose: str = CARE) -> list[ReportView]:
         self._scope(actor, tenant_id)
         with self.lv.begin() as conn:
             rows = lrepo.reports(conn, tenant_id, patient_id=patient_id,
@@ -1062,7 +1077,7 @@ class LabService:
             if not rows:
                 return []
             self._check(conn, actor, Action.READ, tenant_id, "report",
-                        [r["patient_id"] for r in rows])
+                        [r["patient_id"] for r in rows], purpose=purpose)
             out = []
             for r in rows:
                 order = self._load_order(conn, r["order_id"])
@@ -1072,7 +1087,7 @@ class LabService:
     def list_observations(self, actor: Actor, tenant_id: str, patient_id: str | None = None,
                           code: str | None = None, status: str | None = None,
                           since: datetime | None = None, until: datetime | None = None,
-                          limit: int = 200) -> list[ObservationView]:
+                          limit: int = 200, purpose: str = CARE) -> list[ObservationView]:
         """Results of a laboratory (or one patient), filtered; ``code`` is matched after
         opening (codes are sealed), so the filter costs one unseal per candidate."""
         self._scope(actor, tenant_id)
@@ -1083,7 +1098,8 @@ class LabService:
             # Checked (and audited) even when nothing matched: an empty answer to a refused
             # actor would otherwise tell it which patients have results.
             self._check(conn, actor, Action.READ, tenant_id, "observation",
-                        [r["patient_id"] for r in rows] or ([patient_id] if patient_id else []))
+                        [r["patient_id"] for r in rows] or ([patient_id] if patient_id else []),
+                        purpose=purpose)
             if not rows:
                 return []
             deks: dict[str, DataKey] = {}

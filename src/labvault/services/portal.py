@@ -70,10 +70,12 @@ class PortalService:
         # amended reports were all published first; "final" reports may not be published
         # yet, so those are found through their order's (clear) status before opening.
         out = [r for r in lab.list_reports(actor, tenant_id, patient_id=patient_id,
-                                           status="amended") if r.order_status in PUBLISHED]
-        out.extend(lab.get_report_by_order(actor, o.order_id)
+                                           status="amended", purpose=PORTAL_PURPOSE)
+               if r.order_status in PUBLISHED]
+        out.extend(lab.get_report_by_order(actor, o.order_id, purpose=PORTAL_PURPOSE)
                    for o in lab.list_orders(actor, tenant_id, patient_id=patient_id,
-                                            status=L.OrderStatus.PUBLISHED.value))
+                                            status=L.OrderStatus.PUBLISHED.value,
+                                            purpose=PORTAL_PURPOSE))
         out.sort(key=lambda r: r.issued_at or r.updated_at, reverse=True)
         return out
 
@@ -81,7 +83,7 @@ class PortalService:
         """One published report of the patient; anything else answers "not found"."""
         _tenant, patient_id = _patient(actor)
         try:
-            rep = self.lv.lab.get_report(actor, report_id)
+            rep = self.lv.lab.get_report(actor, report_id, purpose=PORTAL_PURPOSE)
         except AccessDenied as exc:      # another patient's report: same answer as absent
             raise NotFound("no such report", "go back to your results") from exc
         if rep.patient_id != patient_id or rep.order_status not in PUBLISHED:
