@@ -233,9 +233,12 @@ def test_patient_sees_only_own_published_results(web: World, browser: TestClient
     assert pdf.status_code == 200 and pdf.content.startswith(b"%PDF")
     assert pdf.headers["content-type"] == "application/pdf"
     assert pdf.headers["cache-control"] == "no-store"
+    pages = set()
     for other in (theirs.report_id, draft.report_id, "rep_doesnotexist"):
         r = browser.get(f"/portail/rapports/{other}.pdf")
         assert r.status_code == 404 and "%PDF" not in r.text and "Introuvable" in r.text
+        pages.add(r.text)
+    assert len(pages) == 1                  # the same page: nothing says which case it was
     data = browser.get("/portail/donnees.json")
     assert data.status_code == 200 and "attachment" in data.headers["content-disposition"]
     doc = json.loads(data.content)

@@ -58,6 +58,37 @@ ACCESSION = "lab_accession"
 # The purpose a read is audited under: staff work ("care") unless the caller says why --
 # the patient portal reads for the patient itself ("patient-access", GDPR art. 15/20).
 CARE = "care"
+# A patient sees the records of an order (the order, its specimens, results and report)
+# once its report is published, or amended after publication -- whatever the door (portal,
+# FHIR): before, they answer as absent ids do, and listings leave them out.
+PATIENT_VISIBLE = frozenset({L.OrderStatus.PUBLISHED, L.OrderStatus.AMENDED})
+_ABSENT = {
+    "order": ("no such order", "check the order id"),
+    "report": ("no such report", "check the report id"),
+    "observation": ("no such observation", "check the observation id"),
+    "specimen": ("no such specimen", "check the specimen id"),
+}
+
+
+def absent(kind: str) -> NotFound:
+    """The one answer for an id of ``kind`` that does not exist -- and for one the actor
+    may not learn exists (a patient's own result not published yet): the same bytes."""
+    message, hint = _ABSENT[kind]
+    return NotFound(message, hint)
+
+
+def _listed_statuses(actor: Actor, status: str | None) -> list[str] | None:
+    """The order statuses a listing of orders keeps (None: all): the one asked for; for a
+    patient, only the published ones (an empty list: nothing to list)."""
+    asked = [status] if status else None
+    if actor.kind != "patient":
+        return asked
+    return sorted(s.value for s in PATIENT_VISIBLE if asked is None or s.value in asked)
+
+
+def _order_filter(actor: Actor) -> list[str] | None:
+    """For listings of results and reports: the order statuses a patient may see."""
+    return sorted(s.value for s in PATIENT_VISIBLE) if actor.kind == "patient" else None
 
 
 # one encoder for every call: json.dumps with options builds a new one each time
@@ -356,8 +387,21 @@ class LabService:
     def _load_order(self, conn: Connection, order_id: str) -> _Order:
         row = lrepo.order(conn, order_id)
         if row is None:
-            raise NotFound("no such order", "check the order id")
+            raise absent("order")
         return self._order_from_row(conn, row)
+
+    @staticmethod
+    def _unpublished(conn: Connection, actor: Actor, patient_id: str, order_id: str,
+                     order_status: str | None = None) -> bool:
+        """True if ``actor`` is this order's patient and its report is not published yet
+        (``PATIENT_VISIBLE``). Another patient's record is left to the gate, which refuses
+        it whatever its step (an audited denial that says nothing of the step)."""
+        if actor.kind != "patient" or actor.patient_id != patient_id:
+            return False
+        if order_status is None:
+            row = lrepo.order(conn, order_id)
+            order_status = row["status"] if row is not None else None
+        return order_status is None or L.OrderStatus(order_status) not in PATIENT_VISIBLE
 
     def _order_from_row(self, conn: Connection, row: dict[str, Any],
                         dek: DataKey | None = None) -> _Order:
@@ -371,18 +415,21 @@ class LabService:
 
     def _order_for(self, conn: Connection, actor: Actor, order_id: str, action: Action,
                    resource: str = "order", reason: str | None = None,
-                   purpose: str = CARE) -> _Order:
+                   purpose: str = CARE, asked: str = "order") -> _Order:
         return self._order_from_row(conn, self._order_row(conn, actor, order_id, action,
-                                                          resource, reason, purpose))
+                                                          resource, reason, purpose, asked))
 
     def _order_row(self, conn: Connection, actor: Actor, order_id: str, action: Action,
                    resource: str = "order", reason: str | None = None,
-                   purpose: str = CARE) -> dict[str, Any]:
-        """The order's row (clear columns only), once the gate allowed ``action`` on it."""
+                   purpose: str = CARE, asked: str = "order") -> dict[str, Any]:
+        """The order's row (clear columns only), once the gate allowed ``action`` on it.
+        ``asked``: the kind of id the caller was given (what "not found" names)."""
         row = lrepo.order(conn, order_id)
         if row is None:
-            raise NotFound("no such order", "check the order id")
+            raise absent(asked)
         self._scope(actor, row["tenant_id"])
+        if self._unpublished(conn, actor, row["patient_id"], order_id, row["status"]):
+            raise absent(asked)
         self._check(conn, actor, action, row["tenant_id"], resource, (row["patient_id"],),
                     purpose=purpose, reason=reason)
         return row
@@ -739,7 +786,7 @@ class LabService:
         with self.lv.begin() as conn:
             row = lrepo.order(conn, order_id)
             if row is None:
-                raise NotFound("no such order", "check the order id")
+                raise absent("order")
             self._scope(actor, row["tenant_id"])
             technical = row["status"] == L.OrderStatus.PRELIMINARY.value
             if technical:
@@ -835,7 +882,7 @@ class LabService:
         with self.lv.begin() as conn:
             orow = lrepo.observation(conn, observation_id)
             if orow is None:
-                raise NotFound("no such observation", "check the observation id")
+                raise absent("observation")
             order = self._order_for(conn, actor, orow["order_id"], Action.WRITE, "observation",
                                     reason=why)
             tenant_id = order.tenant_id
@@ -965,9 +1012,9 @@ class LabService:
         with self.lv.begin() as conn:
             rep = lrepo.report(conn, report_id)
             if rep is None:
-                raise NotFound("no such report", "check the report id")
+                raise absent("report")
             order = self._order_for(conn, actor, rep["order_id"], Action.READ, "report",
-                                    purpose=purpose)
+                                    purpose=purpose, asked="report")
             return self._report_view(conn, order)
 
     def get_report_by_order(self, actor: Actor, order_id: str,
@@ -980,21 +1027,27 @@ class LabService:
     def get_observation(self, actor: Actor, observation_id: str,
                         purpose: str = CARE) -> ObservationView:
         with self.lv.begin() as conn:
-            r = lrepo.observation(conn, observation_id)
-            if r is None:
-                raise NotFound("no such observation", "check the observation id")
-            self._scope(actor, r["tenant_id"])
+            r = self._record_row(conn, actor, "observation", lrepo.observation(
+                conn, observation_id))
             self._check(conn, actor, Action.READ, r["tenant_id"], "observation",
                         (r["patient_id"],), purpose=purpose)
             dek = self.lv.gate.patient_key(conn, r["tenant_id"], r["patient_id"])
             return self._obs_view(dek, r)
 
+    def _record_row(self, conn: Connection, actor: Actor, kind: str,
+                    row: dict[str, Any] | None) -> dict[str, Any]:
+        """A result's or specimen's row as the actor may know it: absent, another lab's and
+        a patient's own unpublished one all answer ``absent(kind)``."""
+        if row is None:
+            raise absent(kind)
+        self._scope(actor, row["tenant_id"])
+        if self._unpublished(conn, actor, row["patient_id"], row["order_id"]):
+            raise absent(kind)
+        return row
+
     def get_specimen(self, actor: Actor, specimen_id: str, purpose: str = CARE) -> SpecimenView:
         with self.lv.begin() as conn:
-            r = lrepo.specimen(conn, specimen_id)
-            if r is None:
-                raise NotFound("no such specimen", "check the specimen id")
-            self._scope(actor, r["tenant_id"])
+            r = self._record_row(conn, actor, "specimen", lrepo.specimen(conn, specimen_id))
             self._check(conn, actor, Action.READ, r["tenant_id"], "specimen", (r["patient_id"],),
                         purpose=purpose)
             dek = self.lv.gate.patient_key(conn, r["tenant_id"], r["patient_id"])
@@ -1007,10 +1060,8 @@ class LabService:
                             purpose: str = CARE) -> list[HistoryEntry]:
         """Every change of a result: who, when, what (previous/new), why."""
         with self.lv.begin() as conn:
-            r = lrepo.observation(conn, observation_id)
-            if r is None:
-                raise NotFound("no such observation", "check the observation id")
-            self._scope(actor, r["tenant_id"])
+            r = self._record_row(conn, actor, "observation", lrepo.observation(
+                conn, observation_id))
             self._check(conn, actor, Action.READ, r["tenant_id"], "observation",
                         (r["patient_id"],), purpose=purpose)
             dek = self.lv.gate.patient_key(conn, r["tenant_id"], r["patient_id"])
@@ -1051,9 +1102,10 @@ class LabService:
                     status: str | None = None, limit: int = 200,
                     purpose: str = CARE) -> list[OrderView]:
         self._scope(actor, tenant_id)
+        statuses = _listed_statuses(actor, status)
         with self.lv.begin() as conn:
-            rows = lrepo.orders(conn, tenant_id, patient_id=patient_id,
-                                statuses=[status] if status else None, limit=limit)
+            rows = [] if statuses == [] else lrepo.orders(
+                conn, tenant_id, patient_id=patient_id, statuses=statuses, limit=limit)
             self._check(conn, actor, Action.READ, tenant_id, "order",
                         [r["patient_id"] for r in rows] or ([patient_id] if patient_id else []),
                         purpose=purpose)
@@ -1073,7 +1125,8 @@ class LabService:
         self._scope(actor, tenant_id)
         with self.lv.begin() as conn:
             rows = lrepo.reports(conn, tenant_id, patient_id=patient_id,
-                                 statuses=[status] if status else None, limit=limit)
+                                 statuses=[status] if status else None, limit=limit,
+                                 order_statuses=_order_filter(actor))
             if not rows:
                 return []
             self._check(conn, actor, Action.READ, tenant_id, "report",
@@ -1094,7 +1147,8 @@ class LabService:
         with self.lv.begin() as conn:
             rows = lrepo.observations_of(conn, tenant_id, patient_id=patient_id,
                                          statuses=[status] if status else None, since=since,
-                                         until=until, limit=limit if code is None else 10_000)
+                                         until=until, limit=limit if code is None else 10_000,
+                                         order_statuses=_order_filter(actor))
             # Checked (and audited) even when nothing matched: an empty answer to a refused
             # actor would otherwise tell it which patients have results.
             self._check(conn, actor, Action.READ, tenant_id, "observation",
