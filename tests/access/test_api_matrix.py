@@ -8,6 +8,8 @@ states the expected status for every role and for an anonymous caller.
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -518,3 +520,145 @@ def test_cookie_session_refuses_cross_origin_writes(world: World, client: TestCl
     assert evil.status_code == 401
     same = client.post("/api/v1/patients", json=body, headers={"Origin": "http://testserver"})
     assert same.status_code == 201
+
+
+# -- another laboratory's record answers exactly like an absent one ----------------------------
+# Every route whose path names a record (an ``*_id`` or FHIR id parameter, found in the route
+# table; each FHIR resource type of the CapabilityStatement with its read/update): asked
+# about a record of laboratory B and about an id that does not exist, every role of
+# laboratory A gets the same status and the same bytes (the id itself aside) -- nothing
+# tells that the other laboratory's record exists.
+RANDOM = re.compile(r"\b([a-z]{1,8})([_-])([0-9a-hjkmnp-tv-z]{26})\b")
+NOWHERE = "0" * 25 + "v"
+
+
+def _absent(real: str) -> str:
+    """The same id with its random part replaced: a well-formed id nobody has."""
+    return RANDOM.sub(lambda m: m.group(1) + m.group(2) + NOWHERE, real)
+
+
+def _id_params(path: str) -> list[str]:
+    return [p for p in re.findall(r"\{(\w+)(?::\w+)?\}", path)
+            if p.endswith("_id") or p == "fhir_id"]
+
+
+def _lab_b_fhir(c: Ctx, client: TestClient) -> dict[str, tuple[str, dict[str, Any] | None]]:
+    """Per FHIR type: the id of one laboratory B resource and a body to PUT it with (read
+    back by laboratory B's own staff, as a client would send it)."""
+    from labvault.interop.fhir.ids import to_fhir
+    from tests.web.helpers import order
+    b = c.w.b
+
+    def as_b(role: str, method: str, url: str, body: dict[str, Any] | None = None) -> Any:
+        tok = c.w.lv.accounts.login(b.emails[role], PASSWORD, c.code(role)).token
+        r = _call(client, method, url, body, tok)
+        assert r.status_code < 300, (url, r.text)
+        return r.json()
+
+    rep = order(c.w, b, b.patients[0])
+    obs = rep.observations[0].observation_id
+    spec = c.w.lv.lab.get_order(c.w.actor(b.emails["biologist"]), rep.order_id).specimens[0]
+    pid = to_fhir(b.patients[0])
+    prac = as_b("biologist", "POST", "/fhir/R4/Practitioner", {
+        "resourceType": "Practitioner", "name": [{"family": "Lefèvre", "given": ["Hélène"]}],
+        "identifier": [{"system": "urn:oid:1.2.250.1.71.4.2.1", "value": "10003456786"}]})
+    cov = as_b("biologist", "GET", f"/fhir/R4/Coverage?beneficiary=Patient/{pid}")
+    audit = as_b("dpo", "GET", f"/fhir/R4/AuditEvent?patient=Patient/{pid}")
+    found = {"Patient": pid, "Practitioner": prac["id"],
+             "Coverage": cov["entry"][0]["resource"]["id"],
+             "ServiceRequest": to_fhir(rep.order_id), "Specimen": to_fhir(spec.specimen_id),
+             "Observation": to_fhir(obs), "DiagnosticReport": to_fhir(rep.report_id),
+             "AuditEvent": audit["entry"][0]["resource"]["id"]}
+    edits: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+        "ServiceRequest": lambda r: {**r, "status": "revoked"},
+        "Observation": lambda r: {**r, "status": "amended", "note": [{"text": "erreur"}]},
+    }
+    out: dict[str, tuple[str, dict[str, Any] | None]] = {}
+    for rtype, fid in found.items():
+        res = as_b("dpo" if rtype == "AuditEvent" else "biologist", "GET",
+                   f"/fhir/R4/{rtype}/{fid}")
+        res.pop("meta", None)
+        out[rtype] = (fid, edits.get(rtype, lambda r: r)(res))
+    return out
+
+
+def _id_routes(c: Ctx, client: TestClient) -> dict[tuple[str, str], list[Req]]:
+    """For each route naming a record: the requests about laboratory B's records (one per
+    FHIR type for the FHIR routes); the absent twin of each is derived by ``_absent``."""
+    from tests.web.helpers import order
+    b = c.w.b
+    spec = client.get("/fhir/R4/metadata", headers={
+        "Authorization": f"Bearer {c.w.lv.accounts.login(c.email('biologist'), PASSWORD, c.code('biologist')).token}"}).json()  # noqa: E501
+    offered = {r["type"]: {i["code"] for i in r["interaction"]}
+               for r in spec["rest"][0]["resource"]}
+    fhir = _lab_b_fhir(c, client)
+    missing = set(offered) - set(fhir)
+    assert not missing, f"FHIR types without a laboratory B record in this test: {missing}"
+    alert = _panic_alert(c, "b")
+    account = b.accounts["technician"]
+    patient = b.patients[0]
+    return {
+        ("GET", "/fhir/R4/{rtype}/{fhir_id}"): [
+            (f"/fhir/R4/{t}/{fid}", None) for t, (fid, _) in fhir.items()
+            if "read" in offered[t]],
+        ("PUT", "/fhir/R4/{rtype}/{fhir_id}"): [
+            (f"/fhir/R4/{t}/{fid}", body) for t, (fid, body) in fhir.items()
+            if "update" in offered[t]],
+        ("GET", "/api/v1/users/{account_id}"): [(f"/api/v1/users/{account}", None)],
+        ("PUT", "/api/v1/users/{account_id}/roles"): [
+            (f"/api/v1/users/{account}/roles", {"roles": ["technician", "reception"]})],
+        **{("POST", f"/api/v1/users/{{account_id}}/{op}"): [
+            (f"/api/v1/users/{account}/{op}", None)]
+           for op in ("disable", "enable", "unlock", "reset-mfa")},
+        ("GET", "/api/v1/patients/{patient_id}"): [(f"/api/v1/patients/{patient}", None)],
+        ("PUT", "/api/v1/patients/{patient_id}"): [
+            (f"/api/v1/patients/{patient}", patient_json(950, seed=6))],
+        ("DELETE", "/api/v1/patients/{patient_id}"): [(f"/api/v1/patients/{patient}", None)],
+        ("POST", "/api/v1/patients/{patient_id}/break-glass"): [
+            (f"/api/v1/patients/{patient}/break-glass",
+             {"reason": "emergency: patient transferred to ICU tonight", "password": PASSWORD,
+              "totp": None})],
+        ("POST", "/api/v1/alerts/{alert_id}/ack"): [(f"/api/v1/alerts/{alert}/ack", None)],
+        ("GET", "/portail/rapports/{report_id}.pdf"): [
+            (f"/portail/rapports/{order(c.w, b, patient).report_id}.pdf", None)],
+        ("GET", "/console/patients/{patient_id}"): [(f"/console/patients/{patient}", None)],
+        ("POST", "/console/validation/{order_id}"): [
+            (f"/console/validation/{order(c.w, b, b.patients[1], step='technical').order_id}",
+             {"conclusion": "RAS"})],
+        ("POST", "/console/alertes/{alert_id}/prise-en-compte"): [
+            (f"/console/alertes/{alert}/prise-en-compte", None)],
+    }
+
+
+def test_other_lab_records_answer_exactly_like_absent_ids(world: World,
+                                                          client: TestClient) -> None:
+    from labvault.services.audit import install_audit
+    install_audit(world.lv)              # AuditEvent reads need the real audit log
+    c = Ctx(world)
+    cases = _id_routes(c, client)
+    naming = {(m, p) for m, p in app_routes(client) if _id_params(p)}
+    assert naming == set(cases), (f"routes naming a record without a case here: "
+                                  f"{sorted(naming - set(cases))}")
+    failures = []
+    for (method, path), requests in sorted(cases.items()):
+        form = path.startswith(WEB_PREFIXES)
+        for url, body in requests:
+            for role in ROLES:
+                token = world.lv.accounts.login(c.email(role), PASSWORD, c.code(role)).token
+                if body is not None and "totp" in body:      # a fresh code for each call
+                    body = {**body, "totp": c.code(role)}
+                other = _call(client, method, url, body, token, form)
+                real = RANDOM.search(url)
+                assert real is not None
+                nowhere_url = url.replace(real.group(0), _absent(real.group(0)))
+                nowhere_body = (json.loads(json.dumps(body).replace(
+                    real.group(3), NOWHERE)) if body is not None else None)
+                if body is not None and "totp" in body:
+                    nowhere_body = {**(nowhere_body or {}), "totp": c.code(role)}
+                nowhere = _call(client, method, nowhere_url, nowhere_body, token, form)
+                seen = (other.status_code, other.text.replace(real.group(3), NOWHERE))
+                if seen != (nowhere.status_code, nowhere.text) or other.status_code < 400:
+                    failures.append(f"{method} {url} as {role}: other lab {other.status_code} "
+                                    f"{other.text[:120]!r} / absent {nowhere.status_code} "
+                                    f"{nowhere.text[:120]!r}")
+    assert not failures, "\n".join(failures)

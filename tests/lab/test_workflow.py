@@ -308,3 +308,43 @@ def test_history_entry_with_the_result_already_encoded_is_the_same_bytes(
                                           row["change_sealed"])
     assert opened(spliced) == opened(plain)
     assert b'"new":{' in opened(plain) and b'"reason":"why"' in opened(plain)
+
+
+def test_other_lab_ids_answer_exactly_like_absent_ids(lab_lv: Labvault, operator: Actor,
+                                                      tenant_id: str, patient_id: str,
+                                                      technician: Actor) -> None:
+    """QA finding 10: every LabService call taking a record id answers another
+    laboratory's record with the very NotFound (message and hint) of an absent id of the
+    same kind -- for a biologist of that other laboratory, who may do all of these."""
+    lv = lab_lv
+    oid = _ordered(lv, operator, tenant_id, patient_id)
+    (obs,) = lv.lab.enter_results(technician, oid, [{"code": "718-7", "value": 13.0}])
+    order = lv.lab.get_order(operator, oid)
+    ids = {"order": oid, "report": order.report_id, "observation": obs.observation_id,
+           "specimen": order.specimens[0].specimen_id}
+    nowhere = {k: f"{v.split('_')[0]}_{'0' * 25}v" for k, v in ids.items()}
+    bio = Actor(kind="staff", id="acc_x", tenant_id="lab_other", roles=frozenset({"biologist"}))
+    calls = {
+        "order": [lambda i: lv.lab.get_order(bio, i), lambda i: lv.lab.order_status(bio, i),
+                  lambda i: lv.lab.get_report_by_order(bio, i),
+                  lambda i: lv.lab.receive_specimen(bio, i, SPEC),
+                  lambda i: lv.lab.enter_results(bio, i, [{"code": "718-7", "value": 1}]),
+                  lambda i: lv.lab.validate_technical(bio, i),
+                  lambda i: lv.lab.validate_biological(bio, i),
+                  lambda i: lv.lab.validate_final(bio, i), lambda i: lv.lab.publish(bio, i),
+                  lambda i: lv.lab.reject(bio, i, "hemolysed"), lambda i: lv.lab.cancel(bio, i)],
+        "report": [lambda i: lv.lab.get_report(bio, i)],
+        "observation": [lambda i: lv.lab.get_observation(bio, i),
+                        lambda i: lv.lab.observation_history(bio, i),
+                        lambda i: lv.lab.amend(bio, i, {"code": "718-7", "value": 1}, "typo")],
+        "specimen": [lambda i: lv.lab.get_specimen(bio, i)],
+    }
+    for kind, fns in calls.items():
+        for fn in fns:
+            answers = []
+            for i in (ids[kind], nowhere[kind]):
+                with pytest.raises(NotFound) as exc:
+                    fn(i)
+                answers.append((exc.value.message, exc.value.hint))
+            assert answers[0] == answers[1], (kind, answers)
+    assert lv.lab.get_order(operator, oid).status == L.OrderStatus.PRELIMINARY   # untouched

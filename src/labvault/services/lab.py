@@ -67,6 +67,8 @@ _ABSENT = {
     "report": ("no such report", "check the report id"),
     "observation": ("no such observation", "check the observation id"),
     "specimen": ("no such specimen", "check the specimen id"),
+    "laboratory": ("no such laboratory", "act in your own laboratory"),
+    "import-issue": ("no open import issue with this id", "labvault hl7-issues list"),
 }
 
 
@@ -286,11 +288,13 @@ class LabService:
                                         patient_ids=tuple(dict.fromkeys(patient_ids)),
                                         reason=reason, resource=resource))
 
-    def _scope(self, actor: Actor, tenant_id: str | None) -> None:
-        """Staff act only inside their own laboratory (same answer as 'absent')."""
+    def _scope(self, actor: Actor, tenant_id: str | None, asked: str) -> None:
+        """Staff act only inside their own laboratory: another laboratory's record answers
+        ``absent(asked)``, byte for byte what an id of that kind that does not exist
+        answers (a different message would tell that the record exists elsewhere)."""
         if tenant_id is None or (actor.tenant_id is not None and actor.tenant_id != tenant_id
                                  and actor.kind != "operator"):
-            raise NotFound("no such record", "check the id")
+            raise absent(asked)
 
     def _seal(self, dek: DataKey, tenant_id: str, table: str, column: str, record_id: str,
               data: Mapping[str, Any]) -> bytes:
@@ -427,7 +431,7 @@ class LabService:
         row = lrepo.order(conn, order_id)
         if row is None:
             raise absent(asked)
-        self._scope(actor, row["tenant_id"])
+        self._scope(actor, row["tenant_id"], asked)
         if self._unpublished(conn, actor, row["patient_id"], order_id, row["status"]):
             raise absent(asked)
         self._check(conn, actor, action, row["tenant_id"], resource, (row["patient_id"],),
@@ -489,7 +493,7 @@ class LabService:
         """Register an order (ServiceRequest) for a patient; optionally its specimen."""
         req = L.ServiceRequest.parse(request)
         spec = L.Specimen.parse(specimen) if specimen is not None else None
-        self._scope(actor, tenant_id)
+        self._scope(actor, tenant_id, "laboratory")
         with self.lv.begin() as conn:
             self._check(conn, actor, Action.WRITE, tenant_id, "order", (patient_id,))
             order = self._create_order(conn, actor, tenant_id, patient_id, req)
@@ -787,7 +791,7 @@ class LabService:
             row = lrepo.order(conn, order_id)
             if row is None:
                 raise absent("order")
-            self._scope(actor, row["tenant_id"])
+            self._scope(actor, row["tenant_id"], "order")
             technical = row["status"] == L.OrderStatus.PRELIMINARY.value
             if technical:
                 self._check(conn, actor, Action.VALIDATE, row["tenant_id"], "observation",
@@ -840,7 +844,7 @@ class LabService:
         """Biologically validate every technically validated order of the worklist whose
         results are all within their reference ranges; the others stay for review."""
         self._require_biologist(actor)
-        self._scope(actor, tenant_id)
+        self._scope(actor, tenant_id, "laboratory")
         out = BulkValidation()
         with self.lv.begin() as conn:
             rows = lrepo.orders(conn, tenant_id,
@@ -884,7 +888,7 @@ class LabService:
             if orow is None:
                 raise absent("observation")
             order = self._order_for(conn, actor, orow["order_id"], Action.WRITE, "observation",
-                                    reason=why)
+                                    reason=why, asked="observation")
             tenant_id = order.tenant_id
             old = L.Observation.from_json(self._open(order.dek, tenant_id, "lab_observations",
                                                      "result_sealed", observation_id,
@@ -1040,7 +1044,7 @@ class LabService:
         a patient's own unpublished one all answer ``absent(kind)``."""
         if row is None:
             raise absent(kind)
-        self._scope(actor, row["tenant_id"])
+        self._scope(actor, row["tenant_id"], kind)
         if self._unpublished(conn, actor, row["patient_id"], row["order_id"]):
             raise absent(kind)
         return row
@@ -1080,7 +1084,7 @@ class LabService:
                  limit: int = 200) -> list[dict[str, Any]]:
         """Orders waiting at one step (clear columns only: nothing clinical is opened).
         Sorted stat first, then urgent, then by age."""
-        self._scope(actor, tenant_id)
+        self._scope(actor, tenant_id, "laboratory")
         statuses = [L.OrderStatus(status).value] if status else [
             s.value for s in (L.OrderStatus.REGISTERED, L.OrderStatus.RECEIVED,
                               L.OrderStatus.PRELIMINARY, L.OrderStatus.TECHNICALLY_VALIDATED,
@@ -1101,7 +1105,7 @@ class LabService:
     def list_orders(self, actor: Actor, tenant_id: str, patient_id: str | None = None,
                     status: str | None = None, limit: int = 200,
                     purpose: str = CARE) -> list[OrderView]:
-        self._scope(actor, tenant_id)
+        self._scope(actor, tenant_id, "laboratory")
         statuses = _listed_statuses(actor, status)
         with self.lv.begin() as conn:
             rows = [] if statuses == [] else lrepo.orders(
@@ -1122,7 +1126,7 @@ class LabService:
     def list_reports(self, actor: Actor, tenant_id: str, patient_id: str | None = None,
                      status: str | None = None, limit: int = 200,
                      purpose: str = CARE) -> list[ReportView]:
-        self._scope(actor, tenant_id)
+        self._scope(actor, tenant_id, "laboratory")
         with self.lv.begin() as conn:
             rows = lrepo.reports(conn, tenant_id, patient_id=patient_id,
                                  statuses=[status] if status else None, limit=limit,
@@ -1143,7 +1147,7 @@ class LabService:
                           limit: int = 200, purpose: str = CARE) -> list[ObservationView]:
         """Results of a laboratory (or one patient), filtered; ``code`` is matched after
         opening (codes are sealed), so the filter costs one unseal per candidate."""
-        self._scope(actor, tenant_id)
+        self._scope(actor, tenant_id, "laboratory")
         with self.lv.begin() as conn:
             rows = lrepo.observations_of(conn, tenant_id, patient_id=patient_id,
                                          statuses=[status] if status else None, since=since,

@@ -31,6 +31,7 @@ from labvault.domain.patient import PatientRecord
 from labvault.errors import InvalidField, InvalidRecord, NotFound, UserError
 from labvault.services import indexing
 from labvault.services.gate import Access, Decision
+from labvault.services.lab import absent
 from labvault.store import repositories as repo
 from labvault.store import repositories_lab as lrepo
 from labvault.store.ids import new_id
@@ -543,7 +544,7 @@ class MessageService:
     def list_issues(self, actor: Actor, tenant_id: str, status: str | None = "open",
                     limit: int = 500) -> list[dict[str, Any]]:
         """Open (or all) import issues, opened through the gate."""
-        self.lab._scope(actor, tenant_id)
+        self.lab._scope(actor, tenant_id, "laboratory")
         with self.lv.begin() as conn:
             rows = lrepo.issues(conn, tenant_id, [status] if status else None, limit)
             self.lv.gate.check(conn, Access(actor, Action.READ, tenant_id, CLINICAL,
@@ -570,9 +571,9 @@ class MessageService:
         with self.lv.begin() as conn:
             row = lrepo.issue(conn, issue_id)
             if row is None or row["status"] != "open":
-                raise NotFound("no open import issue with this id", "labvault hl7-issues list")
+                raise absent("import-issue")
             tid = row["tenant_id"]
-            self.lab._scope(actor, tid)
+            self.lab._scope(actor, tid, "import-issue")
             target = patient_id or row["patient_id"]
             if target is None:
                 raise UserError("this issue needs the patient the results belong to",
@@ -660,9 +661,9 @@ class MessageService:
         with self.lv.begin() as conn:
             row = lrepo.issue(conn, issue_id)
             if row is None or row["status"] != "open":
-                raise NotFound("no open import issue with this id", "labvault hl7-issues list")
+                raise absent("import-issue")
             tid = row["tenant_id"]
-            self.lab._scope(actor, tid)
+            self.lab._scope(actor, tid, "import-issue")
             self.lv.gate.check(conn, Access(actor, Action.WRITE, tid, CLINICAL,
                                             resource="import-issue",
                                             patient_ids=(row["patient_id"],)
