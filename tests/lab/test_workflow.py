@@ -348,3 +348,45 @@ def test_other_lab_ids_answer_exactly_like_absent_ids(lab_lv: Labvault, operator
                 answers.append((exc.value.message, exc.value.hint))
             assert answers[0] == answers[1], (kind, answers)
     assert lv.lab.get_order(operator, oid).status == L.OrderStatus.PRELIMINARY   # untouched
+
+
+def test_worklists_under_the_access_table_policy(lv: Labvault, operator: Actor,
+                                                  tenant_id: str, technician: Actor,
+                                                  biologist: Actor) -> None:
+    """QA finding 14: ``worklist`` is what the policy grants -- a read of the lab's orders
+    (technician, biologist; reception too) -- and no more a refusal for every staff role:
+    the technician's technical-validation queue (results entered) and the biologist's
+    (technically validated), each one audited read naming the patients listed."""
+    from labvault.access.policy import TablePolicy
+    from labvault.services.gate import MemoryAudit
+    lv.gate.policy = TablePolicy()
+    audit = lv.gate.audit
+    assert isinstance(audit, MemoryAudit)
+    pids = [lv.patients.register(operator, tenant_id, patient_data(seed=70 + i))
+            for i in range(3)]
+    entered, checked, waiting = (
+        lv.lab.create_order(operator, tenant_id, pid, REQ, {**SPEC, "accession_number": f"W{i}"})
+        .order_id for i, pid in enumerate(pids))
+    for oid in (entered, checked):
+        lv.lab.enter_results(technician, oid, [{"code": "718-7", "value": 13.0}])
+    lv.lab.validate_technical(technician, checked)
+    queues = {(technician.id, L.OrderStatus.PRELIMINARY): [entered],
+              (biologist.id, L.OrderStatus.TECHNICALLY_VALIDATED): [checked],
+              (biologist.id, L.OrderStatus.RECEIVED): [waiting]}
+    for who in (technician, biologist):
+        for (actor_id, status), want in queues.items():
+            if actor_id != who.id:
+                continue
+            before = len(audit.entries)
+            got = lv.lab.worklist(who, tenant_id, status)
+            assert [w["order_id"] for w in got] == want
+            ((access, _decision, outcome),) = audit.entries[before:]
+            assert (access.action.value, access.resource, outcome) == ("read", "order",
+                                                                      "allowed")
+            assert set(access.patient_ids) == {w["patient_id"] for w in got}
+    everything = lv.lab.worklist(technician, tenant_id)
+    assert {w["order_id"] for w in everything} == {entered, checked, waiting}
+    patient = Actor(kind="patient", id="acc_p", tenant_id=tenant_id,
+                    roles=frozenset({"patient"}), patient_id=pids[0])
+    with pytest.raises(AccessDenied):
+        lv.lab.worklist(patient, tenant_id)

@@ -1082,8 +1082,11 @@ class LabService:
     def worklist(self, actor: Actor, tenant_id: str,
                  status: L.OrderStatus | str | None = None,
                  limit: int = 200) -> list[dict[str, Any]]:
-        """Orders waiting at one step (clear columns only: nothing clinical is opened).
-        Sorted stat first, then urgent, then by age."""
+        """Orders waiting at one step (clear columns only: nothing clinical is opened):
+        e.g. ``preliminary`` is the technicians' technical-validation queue,
+        ``technically-validated`` the biologists'. Sorted stat first, then urgent, then by
+        age. One gate decision: a read of the lab's orders (what the policy grants
+        reception, technicians and biologists), naming the patients listed."""
         self._scope(actor, tenant_id, "laboratory")
         statuses = [L.OrderStatus(status).value] if status else [
             s.value for s in (L.OrderStatus.REGISTERED, L.OrderStatus.RECEIVED,
@@ -1095,7 +1098,7 @@ class LabService:
             real = set(self.lv.guard.without_canaries(
                 conn, tenant_id, list(dict.fromkeys(r["patient_id"] for r in rows))))
             rows = [r for r in rows if r["patient_id"] in real]
-            self._check(conn, actor, Action.SEARCH, tenant_id, "order",
+            self._check(conn, actor, Action.READ, tenant_id, "order",
                         [r["patient_id"] for r in rows])
         rank = {"stat": 0, "urgent": 1, "routine": 2}
         rows.sort(key=lambda r: (rank.get(r["priority"], 3), r["created_at"]))
