@@ -256,3 +256,26 @@ def test_a_patient_sees_only_its_published_results_through_fhir(server: Running)
         assert _get(server, token, f"Observation/{ids.to_fhir(o)}").status_code == 200
     assert _get(server, token, f"DiagnosticReport/{ids.to_fhir(published[2])}"
                 ).json()["status"] == "final"
+
+
+def test_an_amendment_without_a_reason_names_observation_note(server: Running) -> None:
+    """QA finding 16: a blank note and no note are the same error, on ``Observation.note``
+    (not the lab service's ``reason``)."""
+    from labvault.domain.actors import Actor
+    tenant = server.actor.tenant_id
+    assert tenant is not None
+    pid = server.lv.patients.register(Actor.operator(), tenant, {
+        k: v for k, v in next(people(1, seed=32)).items() if v is not None})
+    _oid, obs, _rep, _spec = _staff_order(server, pid, "published")
+    path = f"Observation/{ids.to_fhir(obs[1])}"
+    current = _get(server, TOKEN, path).json()
+    current.pop("note", None)
+    answers = []
+    for note in (None, [{"text": "   "}], [{"text": "\n\t"}, {"text": " "}]):
+        body = {**current, "status": "amended", "valueQuantity": {
+            **current["valueQuantity"], "value": 4.4}, **({"note": note} if note else {})}
+        r = httpx.put(f"{server.url}/{path}", headers=HDR, content=json.dumps(body))
+        answers.append((r.status_code, r.json()))
+    assert answers[0][0] in (400, 422)
+    assert answers[0] == answers[1] == answers[2], answers
+    assert answers[0][1]["issue"][0]["expression"] == ["Observation.note"]

@@ -390,3 +390,23 @@ def test_worklists_under_the_access_table_policy(lv: Labvault, operator: Actor,
                     roles=frozenset({"patient"}), patient_id=pids[0])
     with pytest.raises(AccessDenied):
         lv.lab.worklist(patient, tenant_id)
+
+
+def test_refusals_name_what_only_a_biologist_may_do(lab_lv: Labvault, operator: Actor,
+                                                    tenant_id: str, patient_id: str,
+                                                    technician: Actor,
+                                                    biologist: Actor) -> None:
+    """QA finding 16: a technician who tries to amend is told that only a biologist may
+    correct a published result -- not something about biological validation."""
+    lv = lab_lv
+    oid = _ordered(lv, operator, tenant_id, patient_id)
+    (k,) = lv.lab.enter_results(technician, oid, [{"code": "2823-3", "value": "4.2"}])
+    with pytest.raises(AccessDenied) as validating:
+        lv.lab.validate_biological(technician, oid)
+    assert validating.value.message == "only a biologist may validate results biologically"
+    lv.lab.validate_final(biologist, oid)
+    lv.lab.publish(biologist, oid)
+    with pytest.raises(AccessDenied) as amending:
+        lv.lab.amend(technician, k.observation_id, {"code": "2823-3", "value": 4.4}, "typo")
+    assert amending.value.message == "only a biologist may correct a published result"
+    assert "biologist" in amending.value.hint and "correct" in amending.value.hint

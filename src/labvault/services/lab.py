@@ -58,6 +58,7 @@ ACCESSION = "lab_accession"
 # The purpose a read is audited under: staff work ("care") unless the caller says why --
 # the patient portal reads for the patient itself ("patient-access", GDPR art. 15/20).
 CARE = "care"
+VALIDATE_BIO = "validate results biologically"
 # A patient sees the records of an order (the order, its specimens, results and report)
 # once its report is published, or amended after publication -- whatever the door (portal,
 # FHIR): before, they answer as absent ids do, and listings leave them out.
@@ -808,10 +809,12 @@ class LabService:
             return self._report_view(conn, order)
 
     @staticmethod
-    def _require_biologist(actor: Actor) -> None:
+    def _require_biologist(actor: Actor, action: str = VALIDATE_BIO) -> None:
+        """``action``: what was attempted, as the refusal says it ("correct a published
+        result"): the user learns what only a biologist may do, not another rule."""
         if L.BIOLOGIST_ROLE not in actor.roles:
-            raise AccessDenied("only a biologist may validate results biologically",
-                               "ask a biologist of the laboratory to validate")
+            raise AccessDenied(f"only a biologist may {action}",
+                               f"ask a biologist of the laboratory to {action}")
 
     def _validate_bio(self, conn: Connection, actor: Actor, order: _Order,
                       conclusion: str | None) -> None:
@@ -880,7 +883,7 @@ class LabService:
         """Correct a published result: a biologist, with a reason; the previous value is kept
         in the history with who and when; the report becomes ``amended``."""
         from labvault.domain import validation as v
-        self._require_biologist(actor)
+        self._require_biologist(actor, "correct a published result")
         why = v.text(reason, "reason", 2000, required=True)
         new_in = L.ResultInput.parse(result)
         with self.lv.begin() as conn:

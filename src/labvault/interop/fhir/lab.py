@@ -422,7 +422,7 @@ class ObservationHandler:
             self.lv.lab.enter_results(actor, current.order_id, [result])
         elif status in ("amended", "corrected"):
             reason = result.pop("comment", None)
-            if not reason:
+            if reason is None or not reason.strip():    # blank: no reason either
                 raise m.invalid("Observation.note", "an amendment needs its reason in note")
             self.lv.lab.amend(actor, oid, result, reason)
         else:
