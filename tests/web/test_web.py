@@ -536,3 +536,4 @@ def test_portal_reads_are_audited_as_the_patients_own_access(web: World,
     mine = [r for r in rows if r["actor_kind"] == "patient"]
     assert len(mine) >= 6                  # record, orders, reports (list and each), PDF
     assert {r["purpose"] for r in mine} == {"patient-access"}
+    assert {r["resource"] for r in mine} == {"patient", "order", "report"}   # QA finding 20
