@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from datetime import UTC, datetime, timedelta
 from html import unescape
 
 import pytest
@@ -12,6 +13,7 @@ from fastapi.testclient import TestClient
 
 from labvault.domain.actors import Actor
 from labvault.services.audit import audit_of
+from labvault.web.render import PARIS
 from labvault.web.routes import router
 from tests.access.conftest import PASSWORD, World
 from tests.web.helpers import HIGH, csrf_in, form_login, order
@@ -537,3 +539,44 @@ def test_portal_reads_are_audited_as_the_patients_own_access(web: World,
     assert len(mine) >= 6                  # record, orders, reports (list and each), PDF
     assert {r["purpose"] for r in mine} == {"patient-access"}
     assert {r["resource"] for r in mine} == {"patient", "order", "report"}   # QA finding 20
+
+
+def test_times_are_shown_in_paris_time_whatever_the_backend(web: World,
+                                                            browser: TestClient) -> None:
+    """QA finding 12: a report published at 05:19 UTC shows 06:19 in winter and 07:19 in
+    summer (Europe/Paris) on the portal, in its PDF's source page and on the console; the
+    data download carries the offset of every time (UTC)."""
+    a = web.a
+    for when, shown in ((datetime(2027, 1, 15, 5, 19, tzinfo=UTC), "15/01/2027 à 06:19"),
+                        (datetime(2027, 7, 15, 5, 19, tzinfo=UTC), "15/07/2027 à 07:19")):
+        web.clock.t = when - timedelta(minutes=30)
+        rep = order(web, a, a.patients[0], step="final")
+        bio = web.actor(a.emails["biologist"])
+        web.clock.t = when
+        web.lv.lab.publish(bio, rep.order_id)
+        browser.cookies.clear()
+        form_login(browser, web, a.emails["patient"], staff=False)
+        page = browser.get("/portail").text
+        assert f"Compte rendu du {shown}" in page, (shown, page[:2000])
+        data = json.loads(browser.get("/portail/donnees.json").content)
+        (mine,) = [r for r in data["reports"] if r["id"] == rep.report_id]
+        assert datetime.fromisoformat(mine["issued_at"]) == when
+        for key in ("issued_at", "created_at", "updated_at"):
+            assert datetime.fromisoformat(mine[key]).utcoffset() is not None, key
+        for obs in mine["observations"]:
+            assert datetime.fromisoformat(obs["updated_at"]).utcoffset() is not None
+        browser.cookies.clear()
+        form_login(browser, web, a.emails["biologist"])
+        console = unescape(browser.get(f"/console/patients/{a.patients[0]}").text)
+        ordered = (when - timedelta(minutes=30)).astimezone(PARIS).strftime("%d/%m/%Y à %H:%M")
+        assert f"Demande du {ordered}" in console
+
+
+def test_fr_datetime_reads_a_time_without_offset_as_utc() -> None:
+    from labvault.web.render import fr_date, fr_datetime
+    for naive, aware in ((datetime(2026, 1, 15, 23, 30), "16/01/2026 à 00:30"),
+                         (datetime(2026, 7, 15, 5, 19), "15/07/2026 à 07:19")):
+        assert fr_datetime(naive) == fr_datetime(naive.replace(tzinfo=UTC)) == aware
+        assert fr_datetime(naive.isoformat()) == aware
+        assert fr_datetime(naive.replace(tzinfo=UTC).isoformat()) == aware
+        assert fr_date(naive) == aware[:10]
