@@ -150,3 +150,44 @@ def test_property_one_alert_per_distinct_observation_value(
     # a re-entry replaces an order's value: an alert per value entered while it was open
     assert len(open_alerts) == len(seen)
     assert sum(a["count"] for a in open_alerts) == len(entries)
+
+
+def _oru(control: str, nir: str, order_no: str, potassium: str) -> bytes:
+    """The analyser's ORU of ``hl7_samples`` with its own order numbers and potassium."""
+    from tests.lab import hl7_samples as S
+    msg = S.oru_numeric(control, nir).replace("PL1001", f"PL{order_no}").replace(
+        "FI2001", f"FI{order_no}")
+    return msg.replace("2823-3^Potassium^LN||5.6|mmol/L|3.5-5.1|H",
+                       f"2823-3^Potassium^LN||{potassium}|mmol/L|3.5-5.1|H").encode()
+
+
+def test_hl7_panic_values_of_two_patients_are_two_alerts(
+        lab_lv: Labvault, store: AlertService, sink: MemorySink, operator: Actor,
+        tenant_id: str) -> None:
+    """The QA repro through the production path: ORU messages from the analyser (one
+    account, ``system:mllp``) for two patients within the window -- two alerts, each naming
+    its patient; the same message resent (same control id: the stored answer) or sent again
+    under a new control id (same result, same value) is no new alert."""
+    import datetime
+
+    from labvault.interop.hl7.handler import Hl7Handler
+    from labvault.synthetic import make_nir
+    lv = lab_lv
+    h = Hl7Handler(lv, Actor.system("mllp"), tenant_id)
+    pids = []
+    for i, nir in enumerate(make_nir("F", datetime.date(1980, 5, 17), "59350", n)
+                            for n in (101, 102)):
+        d = patient_data(seed=80 + i)
+        d["nir"] = nir
+        pids.append((lv.patients.register(operator, tenant_id, d), nir))
+    outs = [h.handle(_oru(f"K{i}", nir, f"90{i}", k))[0]
+            for i, ((_pid, nir), k) in enumerate(zip(pids, ("7.4", "1.9"), strict=True))]
+    assert [(o.ack_code, o.patient_id) for o in outs] == [("AA", p) for p, _ in pids], outs
+    h.handle(_oru("K0", pids[0][1], "900", "7.4"))            # resent: same control id
+    h.handle(_oru("K0-again", pids[0][1], "900", "7.4"))      # re-sent under a new id
+    alerts = _panics(store, tenant_id)
+    assert sorted(_named(a)["patient_id"] for a in alerts) == sorted(p for p, _ in pids)
+    assert sorted(_named(a)["order_id"] for a in alerts) == sorted(o.order_ids[0] for o in outs)
+    assert sorted(a["count"] for a in alerts) == [1, 2]
+    store.flush()
+    assert len([n for n in sink.notices if n.kind == "panic-value"]) == 2

@@ -683,10 +683,15 @@ class LabService:
         """Unsolicited results (an analyzer's ORU for an order we did not have): the order
         is written directly in its final state of this message — registered, received and
         results entered in one step — with its specimen, results and history (5 inserts,
-        one round trip on PostgreSQL)."""
+        one round trip on PostgreSQL). Panic values alert after the pipeline: the alert
+        store reads (is this value already alerted?), and a read's rows cannot be iterated
+        inside PostgreSQL's pipeline mode -- raised inside, every analyser message with a
+        critical value was refused (AE, nothing stored)."""
         with driver_sql.pipelined(conn):
-            return self._write_with_results(conn, actor, tenant_id, patient_id, dek, req,
-                                            spec, results, facts)
+            order, views = self._write_with_results(conn, actor, tenant_id, patient_id, dek,
+                                                    req, spec, results, facts)
+        self._panic(conn, actor, order, views)
+        return order, views
 
     def _write_with_results(self, conn: Connection, actor: Actor, tenant_id: str,
                             patient_id: str, dek: DataKey, req: L.ServiceRequest,
@@ -719,7 +724,6 @@ class LabService:
                                        "preliminary", 1, ts, ts, obs))
         lrepo.insert_observations(conn, rows)
         lrepo.insert_history(conn, hist)
-        self._panic(conn, actor, order, out)
         return order, out
 
     def _panic(self, conn: Connection, actor: Actor, order: _Order,
