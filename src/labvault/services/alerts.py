@@ -39,7 +39,6 @@ if TYPE_CHECKING:
 PLATFORM = "platform"                 # tenant_id of alerts that concern no lab
 SECURITY_ROLES = frozenset({"dpo", "lab_admin"})   # every alert of their lab
 CLINICAL_ROLES = frozenset({"biologist"})          # the clinical alerts (panic values)
-ALERT_ROLES = SECURITY_ROLES | CLINICAL_ROLES
 NOT_YOURS = ("alerts are for the lab's biologists (panic values), DPO and lab "
              "administrators")
 
