@@ -36,8 +36,10 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "LABVAULT_PUBLIC_URL": ("http://127.0.0.1:8000", "public base URL (enrolment links)"),
     "LABVAULT_MAX_REQUEST_BYTES": ("1048576", "largest request body the API accepts"),
     # guard (docs/guard.md)
-    "LABVAULT_ALERT_DEDUP_SECONDS": ("600", "alerts of the same kind, actor and lab within this "
-                                            "many seconds are merged into one (count bumped)"),
+    "LABVAULT_ALERT_DEDUP_SECONDS": ("600", "security alerts of the same kind, account and lab "
+                                            "(clinical alerts: of the same result and value) "
+                                            "within this many seconds are merged into one (count "
+                                            "bumped)"),
     "LABVAULT_ALERT_MIN_SEVERITY": ("medium", "lowest severity sent to the webhook and e-mail "
                                               "sinks (info|low|medium|high|critical)"),
     "LABVAULT_ALERT_WEBHOOK_URL": ("", "alert webhook: HTTP POST of a JSON notice; empty = off"),

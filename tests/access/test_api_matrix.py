@@ -8,6 +8,8 @@ states the expected status for every role and for an anonymous caller.
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -97,6 +99,29 @@ def _patient_target(c: Ctx, role: str, lab: str) -> str:
     if lab == "b":
         return c.w.b.patients[0]
     return c.own_patient(role)
+
+
+def _alert_store(c: Ctx) -> Any:
+    from labvault.services.alerts import AlertService
+    if not isinstance(c.w.lv.alerts, AlertService):   # the guard's alert store
+        c.w.lv.alerts = c.w.lv.gate.alerts = AlertService(c.w.lv)
+    return c.w.lv.alerts
+
+
+def _panic_alert(c: Ctx, lab: str) -> str:
+    """A fresh open panic-value alert of the lab (a clinical alert: biologists, DPO and
+    lab administrators of that lab may acknowledge it; every call needs a new one)."""
+    c.n += 1
+    lab_ = c.w.a if lab == "a" else c.w.b
+    with c.w.lv.begin() as conn:
+        aid = _alert_store(c).raise_alert(
+            conn, lab_.tenant_id, "panic-value", "critical", None,
+            {"patient_id": lab_.patients[0], "order_id": f"ord_matrix{c.n}",
+             "observation_id": f"obs_matrix{c.n}"}, subject=f"matrix-{c.n}")
+    return str(aid)
+
+
+ALERT_READERS = ("biologist", "lab_admin", "dpo")
 
 
 def _fhir_cases() -> dict[tuple[str, str], Case]:
@@ -228,9 +253,7 @@ def _web_cases() -> dict[tuple[str, str], Case]:
         return lambda c, r, lab: (path, None)
 
     def alerts(c: Ctx, r: str, lab: str) -> Req:
-        from labvault.services.alerts import AlertService
-        if not isinstance(c.w.lv.alerts, AlertService):   # the guard's alert store
-            c.w.lv.alerts = c.w.lv.gate.alerts = AlertService(c.w.lv)
+        _alert_store(c)
         return "/console/alertes", None
 
     def at(step: str, path: str, body: dict[str, Any] | None = None) -> Build:
@@ -281,7 +304,8 @@ def _web_cases() -> dict[tuple[str, str], Case]:
                                              allow(("biologist",), 200, anon=303)),
         ("POST", "/console/validation"): Case(get("/console/validation"),
                                               allow(("biologist",), 200, anon=303), form=True),
-        ("GET", "/console/alertes"): Case(alerts, allow(("lab_admin", "dpo"), 200, anon=303)),
+        # biologists: the clinical alerts (panic values); DPO and lab admins: every alert
+        ("GET", "/console/alertes"): Case(alerts, allow(ALERT_READERS, 200, anon=303)),
         # a fresh technically validated order per call (validation moves it on)
         ("POST", "/console/validation/{order_id}"): Case(
             lambda c, r, lab: (f"/console/validation/{order(c.w, lab_of(c, lab), lab_of(c, lab).patients[1], step='technical').order_id}", None),  # noqa: E501
@@ -306,10 +330,12 @@ def _web_cases() -> dict[tuple[str, str], Case]:
                {"conclusion": "RAS", "reason": "relecture"}),
             allow(("biologist",), 303, anon=303), allow((), 0, deny=403, biologist=404),
             form=True),
+        # a fresh panic-value alert per call; another lab's: the same 404 as an absent one
         ("POST", "/console/alertes/{alert_id}/prise-en-compte"): Case(
-            lambda c, r, lab: (alerts(c, r, lab)[0] + "/alrt_doesnotexist/prise-en-compte",
+            lambda c, r, lab: (f"/console/alertes/{_panic_alert(c, lab)}/prise-en-compte",
                                None),
-            allow(("lab_admin", "dpo"), 404, anon=303), form=True),
+            allow(ALERT_READERS, 303, anon=303),
+            allow((), 0, deny=403, biologist=404, lab_admin=404, dpo=404), form=True),
     }
 
 
@@ -393,10 +419,11 @@ MATRIX: dict[tuple[str, str], Case] = {
     **{key: case for key, case in _lab_cases().items()},
     # guard: the caller's lab's alerts (no lab in the path: the other-lab column is moot)
     ("GET", "/api/v1/alerts"): Case(lambda c, r, lab: ("/api/v1/alerts", None),
-                                    allow(("lab_admin", "dpo"), 200)),
+                                    allow(ALERT_READERS, 200)),
     ("POST", "/api/v1/alerts/{alert_id}/ack"): Case(
-        lambda c, r, lab: ("/api/v1/alerts/alrt_doesnotexist/ack", None),
-        allow(("lab_admin", "dpo"), 404)),
+        lambda c, r, lab: (f"/api/v1/alerts/{_panic_alert(c, lab)}/ack", None),
+        allow(ALERT_READERS, 200), allow((), 0, deny=403, biologist=404, lab_admin=404,
+                                         dpo=404)),
 }
 
 
@@ -572,3 +599,182 @@ def test_cookie_session_refuses_cross_origin_writes(world: World, client: TestCl
     assert evil.status_code == 401
     same = client.post("/api/v1/patients", json=body, headers={"Origin": "http://testserver"})
     assert same.status_code == 201
+
+
+# -- another laboratory's record answers exactly like an absent one ----------------------------
+# Every route whose path names a record (an ``*_id`` or FHIR id parameter, found in the route
+# table; each FHIR resource type of the CapabilityStatement with its read/update): asked
+# about a record of laboratory B and about an id that does not exist, every role of
+# laboratory A gets the same status and the same bytes (the id itself aside) -- nothing
+# tells that the other laboratory's record exists.
+RANDOM = re.compile(r"\b([a-z]{1,8})([_-])([0-9a-hjkmnp-tv-z]{26})\b")
+NOWHERE = "0" * 25 + "v"
+
+
+def _absent(real: str) -> str:
+    """The same id with its random part replaced: a well-formed id nobody has."""
+    return RANDOM.sub(lambda m: m.group(1) + m.group(2) + NOWHERE, real)
+
+
+def _id_params(path: str) -> list[str]:
+    return [p for p in re.findall(r"\{(\w+)(?::\w+)?\}", path)
+            if p.endswith("_id") or p == "fhir_id"]
+
+
+def _lab_b_fhir(c: Ctx, client: TestClient) -> dict[str, tuple[str, dict[str, Any] | None]]:
+    """Per FHIR type: the id of one laboratory B resource and a body to PUT it with (read
+    back by laboratory B's own staff, as a client would send it)."""
+    from labvault.interop.fhir.ids import to_fhir
+    from tests.web.helpers import order
+    b = c.w.b
+
+    def as_b(role: str, method: str, url: str, body: dict[str, Any] | None = None) -> Any:
+        tok = c.w.lv.accounts.login(b.emails[role], PASSWORD, c.code(role)).token
+        r = _call(client, method, url, body, tok)
+        assert r.status_code < 300, (url, r.text)
+        return r.json()
+
+    rep = order(c.w, b, b.patients[0])
+    obs = rep.observations[0].observation_id
+    spec = c.w.lv.lab.get_order(c.w.actor(b.emails["biologist"]), rep.order_id).specimens[0]
+    pid = to_fhir(b.patients[0])
+    prac = as_b("biologist", "POST", "/fhir/R4/Practitioner", {
+        "resourceType": "Practitioner", "name": [{"family": "Lefèvre", "given": ["Hélène"]}],
+        "identifier": [{"system": "urn:oid:1.2.250.1.71.4.2.1", "value": "10003456786"}]})
+    cov = as_b("biologist", "GET", f"/fhir/R4/Coverage?beneficiary=Patient/{pid}")
+    audit = as_b("dpo", "GET", f"/fhir/R4/AuditEvent?patient=Patient/{pid}")
+    found = {"Patient": pid, "Practitioner": prac["id"],
+             "Coverage": cov["entry"][0]["resource"]["id"],
+             "ServiceRequest": to_fhir(rep.order_id), "Specimen": to_fhir(spec.specimen_id),
+             "Observation": to_fhir(obs), "DiagnosticReport": to_fhir(rep.report_id),
+             "AuditEvent": audit["entry"][0]["resource"]["id"]}
+    edits: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+        "ServiceRequest": lambda r: {**r, "status": "revoked"},
+        "Observation": lambda r: {**r, "status": "amended", "note": [{"text": "erreur"}]},
+    }
+    out: dict[str, tuple[str, dict[str, Any] | None]] = {}
+    for rtype, fid in found.items():
+        res = as_b("dpo" if rtype == "AuditEvent" else "biologist", "GET",
+                   f"/fhir/R4/{rtype}/{fid}")
+        res.pop("meta", None)
+        out[rtype] = (fid, edits.get(rtype, lambda r: r)(res))
+    return out
+
+
+def _id_routes(c: Ctx, client: TestClient) -> dict[tuple[str, str], list[Req]]:
+    """For each route naming a record: the requests about laboratory B's records (one per
+    FHIR type for the FHIR routes); the absent twin of each is derived by ``_absent``."""
+    from tests.web.helpers import order
+    b = c.w.b
+    spec = client.get("/fhir/R4/metadata", headers={
+        "Authorization": f"Bearer {c.w.lv.accounts.login(c.email('biologist'), PASSWORD, c.code('biologist')).token}"}).json()  # noqa: E501
+    offered = {r["type"]: {i["code"] for i in r["interaction"]}
+               for r in spec["rest"][0]["resource"]}
+    fhir = _lab_b_fhir(c, client)
+    missing = set(offered) - set(fhir)
+    assert not missing, f"FHIR types without a laboratory B record in this test: {missing}"
+    alert = _panic_alert(c, "b")
+    account = b.accounts["technician"]
+    patient = b.patients[0]
+    return {
+        ("GET", "/fhir/R4/{rtype}/{fhir_id}"): [
+            (f"/fhir/R4/{t}/{fid}", None) for t, (fid, _) in fhir.items()
+            if "read" in offered[t]],
+        ("PUT", "/fhir/R4/{rtype}/{fhir_id}"): [
+            (f"/fhir/R4/{t}/{fid}", body) for t, (fid, body) in fhir.items()
+            if "update" in offered[t]],
+        ("GET", "/api/v1/users/{account_id}"): [(f"/api/v1/users/{account}", None)],
+        ("PUT", "/api/v1/users/{account_id}/roles"): [
+            (f"/api/v1/users/{account}/roles", {"roles": ["technician", "reception"]})],
+        **{("POST", f"/api/v1/users/{{account_id}}/{op}"): [
+            (f"/api/v1/users/{account}/{op}", None)]
+           for op in ("disable", "enable", "unlock", "reset-mfa")},
+        ("GET", "/api/v1/patients/{patient_id}"): [(f"/api/v1/patients/{patient}", None)],
+        ("PUT", "/api/v1/patients/{patient_id}"): [
+            (f"/api/v1/patients/{patient}", patient_json(950, seed=6))],
+        ("DELETE", "/api/v1/patients/{patient_id}"): [(f"/api/v1/patients/{patient}", None)],
+        ("POST", "/api/v1/patients/{patient_id}/break-glass"): [
+            (f"/api/v1/patients/{patient}/break-glass",
+             {"reason": "emergency: patient transferred to ICU tonight", "password": PASSWORD,
+              "totp": None})],
+        ("POST", "/api/v1/alerts/{alert_id}/ack"): [(f"/api/v1/alerts/{alert}/ack", None)],
+        ("GET", "/portail/rapports/{report_id}.pdf"): [
+            (f"/portail/rapports/{order(c.w, b, patient).report_id}.pdf", None)],
+        ("GET", "/console/patients/{patient_id}"): [(f"/console/patients/{patient}", None)],
+        ("POST", "/console/validation/{order_id}"): [
+            (f"/console/validation/{order(c.w, b, b.patients[1], step='technical').order_id}",
+             {"conclusion": "RAS"})],
+        ("POST", "/console/alertes/{alert_id}/prise-en-compte"): [
+            (f"/console/alertes/{alert}/prise-en-compte", None)],
+        # the lab workflow's steps: laboratory B's order at the step each one acts on
+        **_workflow_id_routes(c),
+    }
+
+
+def _workflow_id_routes(c: Ctx) -> dict[tuple[str, str], list[Req]]:
+    from tests.web.helpers import order
+    b = c.w.b
+    prelim = order(c.w, b, b.patients[1], step="preliminary")[0].order_id
+    received = order(c.w, b, b.patients[1], step="received").order_id
+    technical = order(c.w, b, b.patients[1], step="technical").order_id
+    final = order(c.w, b, b.patients[1], step="final").order_id
+    published = order(c.w, b, b.patients[1], step="published")
+    obs = published.observations[0].observation_id
+    api = "/api/v1/orders"
+    return {
+        ("GET", f"{api}/{{order_id}}"): [(f"{api}/{technical}", None)],
+        ("POST", f"{api}/{{order_id}}/technical-validation"): [
+            (f"{api}/{prelim}/technical-validation", {})],
+        ("POST", f"{api}/{{order_id}}/biological-validation"): [
+            (f"{api}/{technical}/biological-validation", {"conclusion": "RAS"})],
+        ("POST", f"{api}/{{order_id}}/publication"): [(f"{api}/{final}/publication", {})],
+        ("POST", f"{api}/{{order_id}}/rejection"): [
+            (f"{api}/{received}/rejection", {"reason": "hemolysed"})],
+        ("POST", f"{api}/{{order_id}}/conclusion"): [
+            (f"{api}/{published.order_id}/conclusion",
+             {"conclusion": "RAS", "reason": "relecture"})],
+        ("POST", "/api/v1/observations/{observation_id}/amendment"): [
+            (f"/api/v1/observations/{obs}/amendment",
+             {"result": {"code": "718-7", "value": 12.0, "unit": "g/dL"}, "reason": "typo"})],
+        ("POST", "/console/technique/{order_id}"): [(f"/console/technique/{prelim}", None)],
+        ("POST", "/console/demandes/{order_id}/refus"): [
+            (f"/console/demandes/{received}/refus", {"reason": "hemolysed"})],
+        ("POST", "/console/diffusion/{order_id}"): [(f"/console/diffusion/{final}", None)],
+        ("POST", "/console/demandes/{order_id}/conclusion"): [
+            (f"/console/demandes/{published.order_id}/conclusion",
+             {"conclusion": "RAS", "reason": "relecture"})],
+    }
+
+
+def test_other_lab_records_answer_exactly_like_absent_ids(world: World,
+                                                          client: TestClient) -> None:
+    from labvault.services.audit import install_audit
+    install_audit(world.lv)              # AuditEvent reads need the real audit log
+    c = Ctx(world)
+    cases = _id_routes(c, client)
+    naming = {(m, p) for m, p in app_routes(client) if _id_params(p)}
+    assert naming == set(cases), (f"routes naming a record without a case here: "
+                                  f"{sorted(naming - set(cases))}")
+    failures = []
+    for (method, path), requests in sorted(cases.items()):
+        form = path.startswith(WEB_PREFIXES)
+        for url, body in requests:
+            for role in ROLES:
+                token = world.lv.accounts.login(c.email(role), PASSWORD, c.code(role)).token
+                if body is not None and "totp" in body:      # a fresh code for each call
+                    body = {**body, "totp": c.code(role)}
+                other = _call(client, method, url, body, token, form)
+                real = RANDOM.search(url)
+                assert real is not None
+                nowhere_url = url.replace(real.group(0), _absent(real.group(0)))
+                nowhere_body = (json.loads(json.dumps(body).replace(
+                    real.group(3), NOWHERE)) if body is not None else None)
+                if body is not None and "totp" in body:
+                    nowhere_body = {**(nowhere_body or {}), "totp": c.code(role)}
+                nowhere = _call(client, method, nowhere_url, nowhere_body, token, form)
+                seen = (other.status_code, other.text.replace(real.group(3), NOWHERE))
+                if seen != (nowhere.status_code, nowhere.text) or other.status_code < 400:
+                    failures.append(f"{method} {url} as {role}: other lab {other.status_code} "
+                                    f"{other.text[:120]!r} / absent {nowhere.status_code} "
+                                    f"{nowhere.text[:120]!r}")
+    assert not failures, "\n".join(failures)

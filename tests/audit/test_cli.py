@@ -40,6 +40,9 @@ def test_cli_audit_commands(env: dict[str, str], tmp_path: Path) -> None:
     assert code == 0, out
     code, out = run(env, "audit", "access", "--patient", pid, "--json")
     assert code == 0 and [r["action"] for r in json.loads(out)][:1] == ["read"]
+    assert [r["resource"] for r in json.loads(out)][:1] == ["patient"]
+    code, out = run(env, "audit", "access", "--patient", pid)
+    assert code == 0 and "resource" in out and "patient" in out
     code, out = run(env, "audit", "prove", entry, "--json")
     assert code == 0 and json.loads(out)["verified"]
     code, out = run(env, "audit", "fhir", "--out", str(tmp_path / "audit.ndjson"), "--json")

@@ -45,6 +45,7 @@ def test_who_saw_my_record(lv: Labvault, audit: AuditService, operator: Actor,
          ["clinical", "contact", "coverage", "identity"], "care"),
         ("reception — Laboratoire des Flandres", ["contact"], "administration"),
     ]
+    assert {r["resource"] for r in staff_rows} == {"patient"}       # what was opened
     text = json.dumps(rows)
     assert "acct_bio" not in text and "10.0.0.7" not in text   # role and lab only
     denied = audit.access_log(operator, scene["patient"], include_denied=True)

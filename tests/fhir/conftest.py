@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -40,9 +40,19 @@ class Running:
     url: str          # http://127.0.0.1:<port>/fhir/R4
     lv: Labvault
     actor: Actor
+    tokens: dict[str, Actor] = field(default_factory=dict)   # bearer token -> actor
 
     def client(self, token: str = TOKEN) -> SyncFHIRClient:
         return SyncFHIRClient(self.url, authorization=f"Bearer {token}")
+
+    def patient_token(self, patient_id: str) -> str:
+        """A bearer token of the patient account of ``patient_id`` (the portal's actor)."""
+        token = f"test-token-patient-{patient_id}"
+        self.tokens[token] = Actor(kind="patient", id=f"acc_{patient_id}",
+                                   tenant_id=self.actor.tenant_id, roles=frozenset({"patient"}),
+                                   display="Test Patient", client="127.0.0.1",
+                                   patient_id=patient_id)
+        return token
 
 
 @pytest.fixture
@@ -54,15 +64,14 @@ def server(lv: Labvault, staff: Actor) -> Iterator[Running]:
     dpo = Actor(kind="staff", id="acc_dpo", tenant_id=staff.tenant_id,
                 roles=frozenset({"dpo"}), display="Test DPO", client="127.0.0.1")
 
+    tokens = {TOKEN: staff, ADMIN_TOKEN: admin, DPO_TOKEN: dpo}
+
     def actor_from_token(request: Request) -> Actor:
-        auth = request.headers.get("authorization")
-        if auth == f"Bearer {ADMIN_TOKEN}":
-            return admin
-        if auth == f"Bearer {DPO_TOKEN}":
-            return dpo
-        if auth != f"Bearer {TOKEN}":
+        auth = request.headers.get("authorization") or ""
+        actor = tokens.get(auth.removeprefix("Bearer "))
+        if actor is None or not auth.startswith("Bearer "):
             raise AuthenticationFailed("authentication required", "send a bearer token")
-        return staff
+        return actor
 
     app.dependency_overrides[current_actor] = actor_from_token
     config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
@@ -76,7 +85,7 @@ def server(lv: Labvault, staff: Actor) -> Iterator[Running]:
             raise RuntimeError("uvicorn did not start")
         time.sleep(0.01)
     port = srv.servers[0].sockets[0].getsockname()[1]
-    yield Running(f"http://127.0.0.1:{port}/fhir/R4", lv, staff)
+    yield Running(f"http://127.0.0.1:{port}/fhir/R4", lv, staff, tokens)
     srv.should_exit = True
     thread.join(10)
 

@@ -407,3 +407,97 @@ def test_a_cancelled_diagnostic_report_needs_its_reason(server: Running) -> None
     assert client.get("ServiceRequest", sr["id"])["status"] == "revoked"
     order = server.lv.lab.get_order(server.actor, ids.from_fhir(sr["id"], "ord") or "")
     assert order.steps["cancelled"].detail["reason"] == "demande annulée par le prescripteur"
+def _staff_order(server: Running, patient_id: str, step: str) -> tuple[str, list[str], str, str]:
+    """An order of ``patient_id`` taken to ``step`` by the server's biologist: its id, its
+    results' ids, its report id and its specimen id."""
+    lab, bio = server.lv.lab, server.actor
+    assert bio.tenant_id is not None
+    o = lab.create_order(bio, bio.tenant_id, patient_id, {"tests": ["718-7", "2823-3"]},
+                         {"type": "BLD", "collected_at": "2026-03-01T08:30:00+01:00",
+                          "accession_number": f"F{next(_ACC)}"})
+    views = lab.enter_results(bio, o.order_id, [{"code": "718-7", "value": 13.1, "unit": "g/dL"},
+                                                {"code": "2823-3", "value": "5.8", "unit": "mmol/L"}])
+    if step in ("final", "published"):
+        lab.validate_final(bio, o.order_id)
+    if step == "published":
+        lab.publish(bio, o.order_id)
+    spec = lab.get_order(bio, o.order_id).specimens[0].specimen_id
+    return o.order_id, [v.observation_id for v in views], o.report_id, spec
+
+
+_ACC = iter(range(1, 10_000))
+
+
+def _get(server: Running, token: str, path: str, **params: str) -> httpx.Response:
+    return httpx.get(f"{server.url}/{path}", params=params,
+                     headers={"Authorization": f"Bearer {token}"})
+
+
+def test_a_patient_sees_only_its_published_results_through_fhir(server: Running) -> None:
+    """QA finding 7: a patient account reads its orders, specimens, results and reports
+    through FHIR only once the report is published (or amended after publication); before,
+    a read is the same 404 as an absent id and a search leaves them out -- totals too."""
+    from labvault.domain.actors import Actor
+    tenant = server.actor.tenant_id
+    assert tenant is not None
+    pid = server.lv.patients.register(Actor.operator(), tenant, {
+        k: v for k, v in next(people(1, seed=31)).items() if v is not None})
+    token = server.patient_token(pid)
+    published = _staff_order(server, pid, "published")
+    for step in ("preliminary", "final"):
+        oid, obs, rep, spec = _staff_order(server, pid, step)
+        for path, absent in ((f"ServiceRequest/{ids.to_fhir(oid)}", "ord"),
+                             (f"Specimen/{ids.to_fhir(spec)}", "spc"),
+                             (f"Observation/{ids.to_fhir(obs[0])}", "obs"),
+                             (f"DiagnosticReport/{ids.to_fhir(rep)}", "rep")):
+            hidden = _get(server, token, path)
+            nowhere_id = f"{absent}-{'0' * 25}v"
+            nowhere = _get(server, token, f"{path.split('/')[0]}/{nowhere_id}")
+            assert hidden.status_code == nowhere.status_code == 404, (step, path)
+            assert hidden.text.replace(path.split("/")[1], "X") == nowhere.text.replace(
+                nowhere_id, "X"), (step, path)
+            assert _get(server, TOKEN, path).status_code == 200      # staff: as before
+    ref = f"Patient/{ids.to_fhir(pid)}"
+    # per type: how many records an order has, and a status only unpublished ones have
+    for rtype, n, draft in (("ServiceRequest", 1, "active"), ("Specimen", 1, None),
+                            ("Observation", 2, "preliminary"),
+                            ("DiagnosticReport", 1, "preliminary")):
+        for params in ({"patient": ref}, *([{"patient": ref, "status": draft}] if draft else [])):
+            bundle = _get(server, token, rtype, **params).json()
+            want = n if "status" not in params else 0
+            assert bundle["total"] == want, (rtype, params, bundle)
+            assert len(bundle.get("entry", [])) == want
+            if draft:
+                assert _get(server, TOKEN, rtype, patient=ref, status=draft).json()["total"]
+        staff_total = _get(server, TOKEN, rtype, patient=ref).json()["total"]
+        assert staff_total == 3 * n                        # staff still see every order
+    seen = {e["resource"]["id"] for e in _get(server, token, "Observation",
+                                               patient=ref).json()["entry"]}
+    assert seen == {ids.to_fhir(o) for o in published[1]}
+    for o in published[1]:
+        assert _get(server, token, f"Observation/{ids.to_fhir(o)}").status_code == 200
+    assert _get(server, token, f"DiagnosticReport/{ids.to_fhir(published[2])}"
+                ).json()["status"] == "final"
+
+
+def test_an_amendment_without_a_reason_names_observation_note(server: Running) -> None:
+    """QA finding 16: a blank note and no note are the same error, on ``Observation.note``
+    (not the lab service's ``reason``)."""
+    from labvault.domain.actors import Actor
+    tenant = server.actor.tenant_id
+    assert tenant is not None
+    pid = server.lv.patients.register(Actor.operator(), tenant, {
+        k: v for k, v in next(people(1, seed=32)).items() if v is not None})
+    _oid, obs, _rep, _spec = _staff_order(server, pid, "published")
+    path = f"Observation/{ids.to_fhir(obs[1])}"
+    current = _get(server, TOKEN, path).json()
+    current.pop("note", None)
+    answers = []
+    for note in (None, [{"text": "   "}], [{"text": "\n\t"}, {"text": " "}]):
+        body = {**current, "status": "amended", "valueQuantity": {
+            **current["valueQuantity"], "value": 4.4}, **({"note": note} if note else {})}
+        r = httpx.put(f"{server.url}/{path}", headers=HDR, content=json.dumps(body))
+        answers.append((r.status_code, r.json()))
+    assert answers[0][0] in (400, 422)
+    assert answers[0] == answers[1] == answers[2], answers
+    assert answers[0][1]["issue"][0]["expression"] == ["Observation.note"]

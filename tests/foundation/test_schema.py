@@ -11,12 +11,16 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import Column, Date, DateTime, LargeBinary, String, Table, text
 
 from labvault.store import migrate
@@ -133,3 +137,35 @@ def test_rules_catch_violations() -> None:
     test_tenant_id_first_in_primary_key(ok)
     test_no_clear_personal_columns(ok)
     test_ids_are_random_strings(ok)
+
+
+@settings(max_examples=25, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.datetimes(min_value=datetime(1990, 1, 1), max_value=datetime(2100, 1, 1),
+                    timezones=st.sampled_from([UTC, timezone(timedelta(hours=1)),
+                                               timezone(timedelta(hours=-9, minutes=-30)),
+                                               ZoneInfo("Europe/Paris")])))
+@example(datetime(2030, 3, 31, 2, 0, tzinfo=ZoneInfo("Europe/Paris")))   # in the DST gap
+def test_timestamps_come_back_as_the_same_utc_instant(lv: Any, when: datetime) -> None:
+    """QA finding 12: on SQLite as on PostgreSQL, a timestamp column gives back an aware
+    time, the very instant written (whatever offset it was written with), in UTC: no door
+    ever gets a naive time to print as if it were local. Core statements and the plain-SQL
+    hot path (``store.driver_sql``) alike."""
+    from sqlalchemy import delete, insert, select
+
+    from labvault.store.driver_sql import select_rows, select_sql
+    from labvault.store.schema import shred_log
+    with lv.begin() as conn:
+        conn.execute(delete(shred_log).where(shred_log.c.tenant_id == "lab_tz"))
+        conn.execute(insert(shred_log).values(tenant_id="lab_tz", patient_id="pt_tz",
+                                              shredded_at=when))
+        core = conn.execute(select(shred_log.c.shredded_at).where(
+            shred_log.c.tenant_id == "lab_tz")).scalar_one()
+        plain = select_rows(conn, shred_log, select_sql(shred_log, "tenant_id = {p}"),
+                            ("lab_tz",))[0]["shredded_at"]
+        later = conn.execute(select(shred_log.c.patient_id).where(
+            shred_log.c.shredded_at > when - timedelta(microseconds=1))).scalars().all()
+        conn.execute(delete(shred_log).where(shred_log.c.tenant_id == "lab_tz"))
+    # (compared in UTC: a local time in a DST gap never equals another zone's, PEP 495)
+    for got in (core, plain):
+        assert got == when.astimezone(UTC) and got.utcoffset() == timedelta(0), (when, got)
+    assert later == ["pt_tz"]                # compared as instants in SQL too

@@ -67,3 +67,84 @@ def test_roles_of_the_table(tlv: Labvault, tenant_id: str) -> None:
     tlv.guard.plant(dpo, tenant_id, 1)
     with pytest.raises(AccessDenied):
         tlv.guard.plant(bio, tenant_id, 1)
+
+
+def _raise_kinds(lv: Labvault, tenant_id: str, kinds: list[str]) -> dict[str, str]:
+    """One alert per kind (distinct subjects / accounts), alert id -> kind."""
+    out = {}
+    with lv.begin() as conn:
+        for i, kind in enumerate(kinds):
+            actor = staff(tenant_id, "reception", f"acct_{i}")
+            aid = lv.alerts.raise_alert(conn, tenant_id, kind, "high", actor,
+                                        {"patient_id": f"pt_{i}"}, subject=f"s{i}")
+            assert aid is not None
+            out[aid] = kind
+    return out
+
+
+def test_biologists_read_and_acknowledge_clinical_alerts_only(tlv: Labvault,
+                                                              tenant_id: str) -> None:
+    """QA finding 2: a biologist reads the lab's panic-value alerts (the policy's
+    ``clinical-alert`` row) and acknowledges them (who and when recorded, audited); the
+    security alerts (they name staff accounts) stay the DPO's and lab admins': a biologist
+    acknowledging one gets the same answer as for an alert that does not exist."""
+    from labvault.errors import NotFound
+    ids = _raise_kinds(tlv, tenant_id, ["panic-value", "access.off_hours", "panic-value",
+                                        "canary.read"])
+    clinical = {a for a, k in ids.items() if k == "panic-value"}
+    bio = staff(tenant_id, "biologist", "acct_bio")
+    dpo = staff(tenant_id, "dpo", "acct_dpo")
+    assert {a["id"] for a in tlv.guard.alerts.list(bio)} == clinical
+    assert {a["id"] for a in tlv.guard.alerts.list(dpo)} == set(ids)
+    for role in ("technician", "reception", "patient_like"):
+        with pytest.raises(AccessDenied):
+            tlv.guard.alerts.list(staff(tenant_id, role, f"acct_{role}"))
+    security = next(a for a, k in ids.items() if k == "access.off_hours")
+    with pytest.raises(NotFound) as absent:
+        tlv.guard.alerts.ack(bio, "alrt_doesnotexist")
+    with pytest.raises(NotFound) as hidden:
+        tlv.guard.alerts.ack(bio, security)
+    assert (absent.value.message, absent.value.hint) == (
+        hidden.value.message.replace(security, "alrt_doesnotexist"), hidden.value.hint)
+    panic = sorted(clinical)[0]
+    done = tlv.guard.alerts.ack(bio, panic)
+    assert done["acked_by"] == "acct_bio" and done["acked_at"]
+    listed = {a["id"]: a for a in tlv.guard.alerts.list(dpo)}
+    assert listed[panic]["status"] == "acked" and listed[panic]["acked_by"] == "acct_bio"
+    assert listed[security]["status"] == "open"
+    other_lab_bio = Actor(kind="staff", id="acct_x", tenant_id="lab_other",
+                          roles=frozenset({"biologist"}))
+    with pytest.raises(NotFound):
+        tlv.guard.alerts.ack(other_lab_bio, sorted(clinical)[1])
+
+
+@pytest.mark.parametrize("roles", [("biologist",), ("dpo",), ("lab_admin",),
+                                   ("biologist", "dpo"), ("technician",), ("reception",)])
+def test_property_each_role_reads_exactly_its_alert_kinds(tlv: Labvault, tenant_id: str,
+                                                          roles: tuple[str, ...]) -> None:
+    """For a mix of every kind the product raises: the DPO and lab admins read all, a
+    biologist exactly the clinical ones, anybody else nothing; the same holds for
+    acknowledging (an alert one cannot read cannot be acknowledged)."""
+    from labvault.errors import NotFound
+    from labvault.guard.alerts import CLINICAL_KINDS
+    from labvault.guard.rules import RULES
+    kinds = sorted({*RULES, "panic-value", "break-glass", "import-issue", "erasure-request"})
+    ids = _raise_kinds(tlv, tenant_id, kinds)
+    who = Actor(kind="staff", id="acct_who", tenant_id=tenant_id, roles=frozenset(roles))
+    if {"dpo", "lab_admin"} & set(roles):
+        readable = set(ids)
+    elif "biologist" in roles:
+        readable = {a for a, k in ids.items() if k in CLINICAL_KINDS}
+    else:
+        with pytest.raises(AccessDenied):
+            tlv.guard.alerts.list(who)
+        with pytest.raises(AccessDenied):
+            tlv.guard.alerts.ack(who, next(iter(ids)))
+        return
+    assert {a["id"] for a in tlv.guard.alerts.list(who, limit=1000)} == readable
+    for aid in ids:
+        if aid in readable:
+            assert tlv.guard.alerts.ack(who, aid)["status"] == "acked"
+        else:
+            with pytest.raises(NotFound):
+                tlv.guard.alerts.ack(who, aid)

@@ -428,3 +428,106 @@ def test_history_entry_with_the_result_already_encoded_is_the_same_bytes(
                                           row["change_sealed"])
     assert opened(spliced) == opened(plain)
     assert b'"new":{' in opened(plain) and b'"reason":"why"' in opened(plain)
+
+
+def test_other_lab_ids_answer_exactly_like_absent_ids(lab_lv: Labvault, operator: Actor,
+                                                      tenant_id: str, patient_id: str,
+                                                      technician: Actor) -> None:
+    """QA finding 10: every LabService call taking a record id answers another
+    laboratory's record with the very NotFound (message and hint) of an absent id of the
+    same kind -- for a biologist of that other laboratory, who may do all of these."""
+    lv = lab_lv
+    oid = _ordered(lv, operator, tenant_id, patient_id)
+    (obs,) = lv.lab.enter_results(technician, oid, [{"code": "718-7", "value": 13.0, "unit": "g/dL"}])
+    order = lv.lab.get_order(operator, oid)
+    ids = {"order": oid, "report": order.report_id, "observation": obs.observation_id,
+           "specimen": order.specimens[0].specimen_id}
+    nowhere = {k: f"{v.split('_')[0]}_{'0' * 25}v" for k, v in ids.items()}
+    bio = Actor(kind="staff", id="acc_x", tenant_id="lab_other", roles=frozenset({"biologist"}))
+    calls = {
+        "order": [lambda i: lv.lab.get_order(bio, i), lambda i: lv.lab.order_status(bio, i),
+                  lambda i: lv.lab.get_report_by_order(bio, i),
+                  lambda i: lv.lab.receive_specimen(bio, i, SPEC),
+                  lambda i: lv.lab.enter_results(bio, i, [{"code": "718-7", "value": 1, "unit": "g/dL"}]),
+                  lambda i: lv.lab.validate_technical(bio, i),
+                  lambda i: lv.lab.validate_biological(bio, i),
+                  lambda i: lv.lab.validate_final(bio, i), lambda i: lv.lab.publish(bio, i),
+                  lambda i: lv.lab.reject(bio, i, "hemolysed"), lambda i: lv.lab.cancel(bio, i, "doublon")],
+        "report": [lambda i: lv.lab.get_report(bio, i)],
+        "observation": [lambda i: lv.lab.get_observation(bio, i),
+                        lambda i: lv.lab.observation_history(bio, i),
+                        lambda i: lv.lab.amend(bio, i, {"code": "718-7", "value": 1,
+                                                        "unit": "g/dL"}, "typo")],
+        "specimen": [lambda i: lv.lab.get_specimen(bio, i)],
+    }
+    for kind, fns in calls.items():
+        for fn in fns:
+            answers = []
+            for i in (ids[kind], nowhere[kind]):
+                with pytest.raises(NotFound) as exc:
+                    fn(i)
+                answers.append((exc.value.message, exc.value.hint))
+            assert answers[0] == answers[1], (kind, answers)
+    assert lv.lab.get_order(operator, oid).status == L.OrderStatus.PRELIMINARY   # untouched
+
+
+def test_worklists_under_the_access_table_policy(lv: Labvault, operator: Actor,
+                                                  tenant_id: str, technician: Actor,
+                                                  biologist: Actor) -> None:
+    """QA finding 14: ``worklist`` is what the policy grants -- a read of the lab's orders
+    (technician, biologist; reception too) -- and no more a refusal for every staff role:
+    the technician's technical-validation queue (results entered) and the biologist's
+    (technically validated), each one audited read naming the patients listed."""
+    from labvault.access.policy import TablePolicy
+    from labvault.services.gate import MemoryAudit
+    lv.gate.policy = TablePolicy()
+    audit = lv.gate.audit
+    assert isinstance(audit, MemoryAudit)
+    pids = [lv.patients.register(operator, tenant_id, patient_data(seed=70 + i))
+            for i in range(3)]
+    entered, checked, waiting = (
+        lv.lab.create_order(operator, tenant_id, pid, REQ, {**SPEC, "accession_number": f"W{i}"})
+        .order_id for i, pid in enumerate(pids))
+    for oid in (entered, checked):
+        lv.lab.enter_results(technician, oid, [{"code": "718-7", "value": 13.0, "unit": "g/dL"}])
+    lv.lab.validate_technical(technician, checked)
+    queues = {(technician.id, L.OrderStatus.PRELIMINARY): [entered],
+              (biologist.id, L.OrderStatus.TECHNICALLY_VALIDATED): [checked],
+              (biologist.id, L.OrderStatus.RECEIVED): [waiting]}
+    for who in (technician, biologist):
+        for (actor_id, status), want in queues.items():
+            if actor_id != who.id:
+                continue
+            before = len(audit.entries)
+            got = lv.lab.worklist(who, tenant_id, status)
+            assert [w["order_id"] for w in got] == want
+            ((access, _decision, outcome),) = audit.entries[before:]
+            assert (access.action.value, access.resource, outcome) == ("read", "order",
+                                                                      "allowed")
+            assert set(access.patient_ids) == {w["patient_id"] for w in got}
+    everything = lv.lab.worklist(technician, tenant_id)
+    assert {w["order_id"] for w in everything} == {entered, checked, waiting}
+    patient = Actor(kind="patient", id="acc_p", tenant_id=tenant_id,
+                    roles=frozenset({"patient"}), patient_id=pids[0])
+    with pytest.raises(AccessDenied):
+        lv.lab.worklist(patient, tenant_id)
+
+
+def test_refusals_name_what_only_a_biologist_may_do(lab_lv: Labvault, operator: Actor,
+                                                    tenant_id: str, patient_id: str,
+                                                    technician: Actor,
+                                                    biologist: Actor) -> None:
+    """QA finding 16: a technician who tries to amend is told that only a biologist may
+    correct a published result -- not something about biological validation."""
+    lv = lab_lv
+    oid = _ordered(lv, operator, tenant_id, patient_id)
+    (k,) = lv.lab.enter_results(technician, oid, [{"code": "2823-3", "value": "4.2", "unit": "mmol/L"}])
+    with pytest.raises(AccessDenied) as validating:
+        lv.lab.validate_biological(technician, oid)
+    assert validating.value.message == "only a biologist may validate results biologically"
+    lv.lab.validate_final(biologist, oid)
+    lv.lab.publish(biologist, oid)
+    with pytest.raises(AccessDenied) as amending:
+        lv.lab.amend(technician, k.observation_id, {"code": "2823-3", "value": 4.4, "unit": "mmol/L"}, "typo")
+    assert amending.value.message == "only a biologist may correct a published result"
+    assert "biologist" in amending.value.hint and "correct" in amending.value.hint

@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from datetime import UTC, datetime, timedelta
 from html import unescape
 
 import pytest
 from fastapi.testclient import TestClient
 
+from labvault.domain.actors import Actor
 from labvault.services.audit import audit_of
+from labvault.web.render import PARIS
 from labvault.web.routes import router
 from tests.access.conftest import PASSWORD, World
 from tests.web.helpers import HIGH, csrf_in, form_login, order
@@ -235,9 +238,12 @@ def test_patient_sees_only_own_published_results(web: World, browser: TestClient
     assert pdf.status_code == 200 and pdf.content.startswith(b"%PDF")
     assert pdf.headers["content-type"] == "application/pdf"
     assert pdf.headers["cache-control"] == "no-store"
+    pages = set()
     for other in (theirs.report_id, draft.report_id, "rep_doesnotexist"):
         r = browser.get(f"/portail/rapports/{other}.pdf")
         assert r.status_code == 404 and "%PDF" not in r.text and "Introuvable" in r.text
+        pages.add(r.text)
+    assert len(pages) == 1                  # the same page: nothing says which case it was
     data = browser.get("/portail/donnees.json")
     assert data.status_code == 200 and "attachment" in data.headers["content-disposition"]
     doc = json.loads(data.content)
@@ -427,7 +433,12 @@ def test_alerts_page_for_dpo_and_lab_admin(web: World, browser: TestClient) -> N
     form_login(browser, web, web.b.emails["dpo"])      # another lab's DPO sees none of it
     other = browser.get("/console/alertes")
     assert other.status_code == 200 and "Aucune alerte" in other.text
-    for role in ("biologist", "reception"):
+    browser.cookies.clear()
+    form_login(browser, web, web.a.emails["biologist"])   # clinical alerts only
+    clinical = browser.get("/console/alertes")
+    assert clinical.status_code == 200 and "Aucune alerte" in clinical.text
+    assert "demande d'effacement" not in unescape(clinical.text)
+    for role in ("technician", "reception"):
         browser.cookies.clear()
         form_login(browser, web, web.a.emails[role])
         assert browser.get("/console/alertes").status_code == 403
@@ -466,3 +477,109 @@ def test_pages_work_under_the_guard(web: World, browser: TestClient) -> None:
     form_login(browser, web, web.a.emails["biologist"])
     assert browser.get(f"/console/patients/{web.a.patients[0]}").status_code == 200
     assert browser.get("/console/validation").status_code == 200
+
+
+def test_biologist_sees_open_panic_values_at_the_top_of_the_worklist(
+        web: World, browser: TestClient) -> None:
+    """QA finding 2: a panic value is put in front of the biologist at once -- at the top of
+    the validation worklist while its order is still preliminary, with the link to the
+    patient's order -- and "Prendre en compte" records who and when, then it leaves the
+    list; the security alerts of the lab never show there."""
+    from labvault.services.alerts import AlertService
+    lv, a = web.lv, web.a
+    lv.alerts = lv.gate.alerts = AlertService(lv)
+    tech = web.actor(a.emails["technician"])
+    o = lv.lab.create_order(web.actor(a.emails["biologist"]), a.tenant_id, a.patients[1],
+                            {"tests": ["2823-3"], "priority": "stat"},
+                            {"type": "BLD", "accession_number": "PANIC1",
+                             "collected_at": "2026-03-01T08:30:00+01:00"})
+    (k,) = lv.lab.enter_results(tech, o.order_id, [{"code": "2823-3", "value": "7.4", "unit": "mmol/L"}])
+    with lv.begin() as conn:       # a security alert of the same lab: the DPO's only
+        lv.alerts.raise_alert(conn, a.tenant_id, "access.off_hours", "medium", tech,
+                              {"patient_id": a.patients[2]})
+    form_login(browser, web, a.emails["biologist"])
+    page = browser.get("/console/validation")
+    assert page.status_code == 200
+    top = page.text.index("Valeurs critiques à traiter")
+    assert top < page.text.index("Demandes validées techniquement")
+    link = f'href="/console/patients/{a.patients[1]}#{o.order_id}"'
+    assert link in page.text and "7,4" in page.text and "critique" in page.text
+    assert a.patients[2] not in page.text
+    assert f'id="{o.order_id}"' in browser.get(f"/console/patients/{a.patients[1]}").text
+    alerts_page = browser.get("/console/alertes")
+    assert link in alerts_page.text and a.patients[2] not in alerts_page.text
+    bio = web.actor(a.emails["biologist"])
+    (alert,) = lv.alerts.list(bio, a.tenant_id)
+    assert alert["kind"] == "panic-value"
+    assert alert["detail"]["detail"]["observation_id"] == k.observation_id
+    done = browser.post(f"/console/alertes/{alert['id']}/prise-en-compte",
+                        data={"csrf": csrf_in(page.text), "retour": "/console/validation"})
+    assert done.status_code == 303 and done.headers["location"] == "/console/validation"
+    assert "Valeurs critiques à traiter" not in browser.get("/console/validation").text
+    (acked,) = lv.alerts.list(bio, a.tenant_id)
+    assert acked["status"] == "acked" and acked["acked_by"] == bio.id and acked["acked_at"]
+    elsewhere = browser.post(f"/console/alertes/{alert['id']}/prise-en-compte",
+                             data={"csrf": csrf_in(page.text), "retour": "https://evil.example"})
+    assert elsewhere.headers["location"] == "/console/alertes"     # never an outside URL
+
+
+def test_portal_reads_are_audited_as_the_patients_own_access(web: World,
+                                                              browser: TestClient) -> None:
+    """QA finding 15: every read the portal makes for the patient -- record, orders,
+    reports, PDF, data download -- is audited with purpose ``patient-access`` (what
+    ``labvault audit access --patient`` shows), never ``care``."""
+    a = web.a
+    rep = order(web, a, a.patients[0])
+    amended = order(web, a, a.patients[0])
+    hb = next(o for o in amended.observations if o.observation.code == "718-7")
+    web.lv.lab.amend(web.actor(a.emails["biologist"]), hb.observation_id,
+                     {"code": "718-7", "value": 12.4, "unit": "g/dL"}, "erreur de saisie")
+    form_login(browser, web, a.emails["patient"], staff=False)
+    for path in ("/portail", "/portail/donnees.json", f"/portail/rapports/{rep.report_id}.pdf"):
+        assert browser.get(path).status_code == 200, path
+    rows = audit_of(web.lv).access_log(Actor.operator(), a.patients[0])
+    mine = [r for r in rows if r["actor_kind"] == "patient"]
+    assert len(mine) >= 6                  # record, orders, reports (list and each), PDF
+    assert {r["purpose"] for r in mine} == {"patient-access"}
+    assert {r["resource"] for r in mine} == {"patient", "order", "report"}   # QA finding 20
+
+
+def test_times_are_shown_in_paris_time_whatever_the_backend(web: World,
+                                                            browser: TestClient) -> None:
+    """QA finding 12: a report published at 05:19 UTC shows 06:19 in winter and 07:19 in
+    summer (Europe/Paris) on the portal, in its PDF's source page and on the console; the
+    data download carries the offset of every time (UTC)."""
+    a = web.a
+    for when, shown in ((datetime(2027, 1, 15, 5, 19, tzinfo=UTC), "15/01/2027 à 06:19"),
+                        (datetime(2027, 7, 15, 5, 19, tzinfo=UTC), "15/07/2027 à 07:19")):
+        web.clock.t = when - timedelta(minutes=30)
+        rep = order(web, a, a.patients[0], step="final")
+        bio = web.actor(a.emails["biologist"])
+        web.clock.t = when
+        web.lv.lab.publish(bio, rep.order_id)
+        browser.cookies.clear()
+        form_login(browser, web, a.emails["patient"], staff=False)
+        page = browser.get("/portail").text
+        assert f"Compte rendu du {shown}" in page, (shown, page[:2000])
+        data = json.loads(browser.get("/portail/donnees.json").content)
+        (mine,) = [r for r in data["reports"] if r["id"] == rep.report_id]
+        assert datetime.fromisoformat(mine["issued_at"]) == when
+        for key in ("issued_at", "created_at", "updated_at"):
+            assert datetime.fromisoformat(mine[key]).utcoffset() is not None, key
+        for obs in mine["observations"]:
+            assert datetime.fromisoformat(obs["updated_at"]).utcoffset() is not None
+        browser.cookies.clear()
+        form_login(browser, web, a.emails["biologist"])
+        console = unescape(browser.get(f"/console/patients/{a.patients[0]}").text)
+        ordered = (when - timedelta(minutes=30)).astimezone(PARIS).strftime("%d/%m/%Y à %H:%M")
+        assert f"Demande du {ordered}" in console
+
+
+def test_fr_datetime_reads_a_time_without_offset_as_utc() -> None:
+    from labvault.web.render import fr_date, fr_datetime
+    for naive, aware in ((datetime(2026, 1, 15, 23, 30), "16/01/2026 à 00:30"),
+                         (datetime(2026, 7, 15, 5, 19), "15/07/2026 à 07:19")):
+        assert fr_datetime(naive) == fr_datetime(naive.replace(tzinfo=UTC)) == aware
+        assert fr_datetime(naive.isoformat()) == aware
+        assert fr_datetime(naive.replace(tzinfo=UTC).isoformat()) == aware
+        assert fr_date(naive) == aware[:10]

@@ -38,8 +38,8 @@ BREAK_GLASS = "break-glass"
 MIN_REASON = 10      # characters of written reason required for break-glass
 
 RESOURCES = ("tenant", "keys", "user", "patient", "order", "specimen", "observation", "report",
-             "hl7-message", "import-issue", "alert", "audit", "export", "breach", "canary",
-             "catalogue")
+             "hl7-message", "import-issue", "alert", "clinical-alert", "audit", "export",
+             "breach", "canary", "catalogue")
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +118,9 @@ RULES: tuple[Rule, ...] = (
     R("biologist", "report", "rwv", ALL4),
     R("biologist", "hl7-message", "rw", ALL4),
     R("biologist", "import-issue", "rw", ALL4),
-    R("biologist", "alert", "r"),
+    R("biologist", "clinical-alert", "rw",
+      note="panic values of its laboratory: read and acknowledge (security alerts are the "
+           "DPO's)"),
     R("biologist", "catalogue", "w", purposes="administration",
       note="reference ranges are a biologist's responsibility"),
     R("biologist", "export", "rwx", ALL4, note="requests an export; the DPO approves it"),

@@ -227,6 +227,7 @@ class AuditReports:
             out.append({"at": e.at.isoformat(), "who": self.who(e, labs),
                         "role": list(e.actor_roles), "lab": labs.get(e.actor_tenant or ""),
                         "actor_kind": e.actor_kind, "action": e.action,
+                        "resource": e.resource or None,     # patient, order, report...
                         "categories": list(e.categories), "purpose": e.purpose,
                         "outcome": e.outcome, "break_glass": bool(e.detail.get("break_glass"))
                         or e.rule == "break-glass", "entry_id": e.entry_id})

@@ -87,15 +87,16 @@ def access(patient: str = typer.Option(..., "--patient", help="Patient id (pt_..
                                                help="Also list refused attempts."),
            since: str = typer.Option(None, "--since", help="From this date (YYYY-MM-DD)."),
            as_json: bool = JsonOpt) -> None:
-    """Who saw this patient's record: when, role, laboratory, categories, purpose."""
+    """Who saw this patient's record: when, role, laboratory, what (action on which
+    resource: patient, order, report...), categories, purpose."""
     with opened() as lv:
         rows = audit_of(lv).access_log(Actor.operator(), patient, include_denied, _when(since))
 
     def human() -> None:
-        t = Table("when", "who", "action", "categories", "purpose", "outcome")
+        t = Table("when", "who", "action", "resource", "categories", "purpose", "outcome")
         for r in rows:
-            t.add_row(r["at"], r["who"], r["action"], ", ".join(r["categories"]),
-                      r["purpose"] or "", r["outcome"])
+            t.add_row(r["at"], r["who"], r["action"], r["resource"] or "",
+                      ", ".join(r["categories"]), r["purpose"] or "", r["outcome"])
         out_console.print(t)
 
     emit(rows, as_json, human)

@@ -45,6 +45,16 @@ def severity_rank(severity: str) -> int:
                                  f"use one of {', '.join(SEVERITIES)}") from None
 
 
+# Clinical alerts: a patient's result needs a biologist now. Each is about one subject (a
+# result's value): never merged with another subject's, read and acknowledged by the lab's
+# biologists. Every other kind is a security alert (it names staff accounts): the DPO's.
+CLINICAL_KINDS = frozenset({"panic-value"})
+
+
+def is_clinical(kind: str) -> bool:
+    return kind in CLINICAL_KINDS
+
+
 ALIASES = {"warning": "medium", "warn": "medium", "notice": "low", "error": "high",
            "severe": "high", "fatal": "critical"}
 

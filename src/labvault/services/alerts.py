@@ -1,8 +1,9 @@
 """Alerts: stored (sealed details), deduplicated, dispatched to log / webhook / e-mail.
 
 Implements the gate's ``AlertSink``. Plugged as ``lv.alerts`` by ``services/wiring.py``.
-Reading and acknowledging alerts is for the lab's DPO and lab administrators (and the
-CLI operator); each read and ack passes the gate (resource ``alert``) and is audited.
+Reading and acknowledging alerts is for the lab's DPO and lab administrators (every alert,
+resource ``alert``), its biologists (the clinical alerts, resource ``clinical-alert``) and
+the CLI operator; each read and ack passes the gate and is audited.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import json
 import threading
 import time
 from collections.abc import Mapping
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import Connection
@@ -20,7 +22,9 @@ from labvault.domain.actors import Actor
 from labvault.domain.categories import Action
 from labvault.errors import AccessDenied, NotFound
 from labvault.guard.alerts import (
+    CLINICAL_KINDS,
     Dispatcher,
+    is_clinical,
     normalise_severity,
     notice_from_row,
     sinks_from_settings,
@@ -33,7 +37,47 @@ if TYPE_CHECKING:
     from labvault.services.app import Labvault
 
 PLATFORM = "platform"                 # tenant_id of alerts that concern no lab
-ALERT_ROLES = frozenset({"dpo", "lab_admin"})
+SECURITY_ROLES = frozenset({"dpo", "lab_admin"})   # every alert of their lab
+CLINICAL_ROLES = frozenset({"biologist"})          # the clinical alerts (panic values)
+NOT_YOURS = ("alerts are for the lab's biologists (panic values), DPO and lab "
+             "administrators")
+
+
+@dataclass(frozen=True, slots=True)
+class Reach:
+    """The alerts a reader may read and acknowledge, and the gate resource it asks for."""
+
+    resource: str
+    purpose: str
+    kinds: frozenset[str] | None          # None: every kind
+
+    def covers(self, kind: str) -> bool:
+        return self.kinds is None or kind in self.kinds
+
+
+EVERY_ALERT = Reach("alert", "security", None)
+CLINICAL_ALERTS = Reach("clinical-alert", "care", CLINICAL_KINDS)
+
+
+def reach(actor: Actor) -> Reach:
+    """The DPO and lab administrators read every alert of their lab; a biologist only the
+    clinical ones: security alerts name staff accounts and are the DPO's. Technicians get
+    none (the policy table grants them no alert: the bench sees the flag as it enters the
+    value; calling the prescriber about it is the biologist's duty)."""
+    if actor.kind in ("operator", "system") or SECURITY_ROLES & actor.roles:
+        return EVERY_ALERT
+    if CLINICAL_ROLES & actor.roles:
+        return CLINICAL_ALERTS
+    raise AccessDenied("not allowed", NOT_YOURS)
+
+
+def _listed(row: Mapping[str, Any], detail: Any) -> dict[str, Any]:
+    return {"id": row["alert_id"], "tenant_id": row["tenant_id"], "kind": row["kind"],
+            "severity": row["severity"], "status": row["status"], "actor_id": row["actor_id"],
+            "count": row["count"], "created_at": row["created_at"].isoformat(),
+            "last_seen_at": row["last_seen_at"].isoformat(), "acked_by": row["acked_by"],
+            "acked_at": row["acked_at"].isoformat() if row["acked_at"] else None,
+            "detail": detail}
 
 
 def has_written(conn: Connection) -> bool:
@@ -63,13 +107,33 @@ class AlertService:
 
     # -- raising ---------------------------------------------------------------------------
     def raise_alert(self, conn: Connection, tenant_id: str | None, kind: str, severity: str,
-                    actor: Actor | None, detail: Mapping[str, Any]) -> str | None:
-        """Store (or merge into a recent open alert) and dispatch; in the caller's transaction."""
-        return self._raise(conn, conn, tenant_id, kind, severity, actor, detail)
+                    actor: Actor | None, detail: Mapping[str, Any],
+                    subject: str | None = None) -> str | None:
+        """Store (or merge into a recent open alert) and dispatch; in the caller's transaction.
+        ``subject``: what the alert is about (e.g. one result and its value); alerts about
+        the same subject are merged, whoever raised them (see ``_repeats``)."""
+        return self._raise(conn, conn, tenant_id, kind, severity, actor, detail,
+                           subject=subject)
+
+    def _repeats(self, conn: Connection, tenant_id: str | None, kind: str,
+                 actor_id: str | None, subject: str | None,
+                 since: datetime) -> tuple[dict[str, Any] | None, bytes | None]:
+        """The open alert this one repeats (or None), and this one's subject digest.
+
+        With a subject: the alert about the same subject. Without: a security alert
+        repeats the same kind from the same account (a flood from one account is one
+        alert); a clinical alert repeats nothing -- one account (an analyser) sends every
+        patient's results, and each panic value must be named and sent."""
+        if subject is not None and tenant_id is not None:
+            digest = self.lv.guard.digest(conn, tenant_id, "alert-subject", subject)
+            return grepo.open_alert_about(conn, tenant_id, kind, digest, since), digest
+        if is_clinical(kind):
+            return None, None
+        return grepo.open_alert_since(conn, tenant_id or PLATFORM, kind, actor_id, since), None
 
     def _raise(self, read: Connection, write: Connection, tenant_id: str | None, kind: str,
                severity: str, actor: Actor | None, detail: Mapping[str, Any],
-               dispatch: bool = True) -> str | None:
+               dispatch: bool = True, subject: str | None = None) -> str | None:
         severity = normalise_severity(severity)
         lv = self.lv
         now = lv.now()
@@ -77,11 +141,13 @@ class AlertService:
         actor_id = actor.id if actor else None
         key = (tenant, kind, actor_id)
         mono = time.monotonic()
-        existing = grepo.open_alert_since(write, tenant, kind, actor_id, now - self.dedup)
+        existing, digest = self._repeats(write, tenant_id, kind, actor_id, subject,
+                                         now - self.dedup)
         if existing is not None:
             grepo.bump_alert(write, tenant, existing["alert_id"], now)
-            with self._lock:
-                self._recent[key] = mono
+            if digest is None:
+                with self._lock:
+                    self._recent[key] = mono
             return str(existing["alert_id"])
         alert_id = new_id("alrt")
         sealed = None
@@ -92,13 +158,14 @@ class AlertService:
                                                alert_id, body)
         row = {"tenant_id": tenant, "alert_id": alert_id, "kind": kind, "severity": severity,
                "status": "open", "actor_id": actor_id, "count": 1, "created_at": now,
-               "last_seen_at": now, "detail_sealed": sealed}
+               "last_seen_at": now, "detail_sealed": sealed, "subject_digest": digest}
         grepo.insert_alert(write, row)
         lv.gate.audit.event(write, actor or Actor.system("guard"), "alert.raised", "ok",
                             tenant_id, {"alert_id": alert_id, "kind": kind,
                                         "severity": severity})
-        with self._lock:
-            self._recent[key] = mono
+        if digest is None and not is_clinical(kind):
+            with self._lock:
+                self._recent[key] = mono
         if dispatch:
             self.dispatcher.submit(notice_from_row(row))
         return alert_id
@@ -112,54 +179,55 @@ class AlertService:
 
     # -- reading -----------------------------------------------------------------------------
     def _authorise(self, conn: Connection, actor: Actor, tenant_id: str | None,
-                   action: Action) -> None:
-        # Defence in depth on top of the policy: only DPO / lab admin of that very lab.
+                   action: Action) -> Reach:
+        """Which alerts ``actor`` may read or acknowledge in ``tenant_id`` (gate decision,
+        audited). Defence in depth on top of the policy: only the roles of ``reach``, and
+        only in their own laboratory."""
+        r = reach(actor)
         if actor.kind not in ("operator", "system") and (
-                not (ALERT_ROLES & actor.roles) or tenant_id is None
-                or actor.tenant_id != tenant_id):
-            raise AccessDenied("not allowed", "alerts are for the lab's DPO and lab administrators")
+                tenant_id is None or actor.tenant_id != tenant_id):
+            raise AccessDenied("not allowed", NOT_YOURS)
         if tenant_id is not None:
             self.lv.gate.check(conn, Access(actor, action, tenant_id, frozenset(),
-                                            purpose="security", resource="alert"))
+                                            purpose=r.purpose, resource=r.resource))
+        return r
 
     def list(self, actor: Actor, tenant_id: str | None = None, status: str | None = None,
              limit: int = 100) -> list[dict[str, Any]]:
+        """The alerts ``actor`` may read, newest first: every alert of the lab for its DPO
+        and lab administrators, the clinical ones (panic values) for its biologists."""
         lv = self.lv
         if tenant_id is None and actor.kind not in ("operator", "system"):
             tenant_id = actor.tenant_id
         with lv.begin() as conn:
-            self._authorise(conn, actor, tenant_id, Action.READ)
-            rows = grepo.list_alerts(conn, tenant_id, status, max(1, min(limit, 1000)))
+            r = self._authorise(conn, actor, tenant_id, Action.READ)
+            rows = grepo.list_alerts(conn, tenant_id, status, max(1, min(limit, 1000)),
+                                     r.kinds)
             out = []
-            for r in rows:
+            for row in rows:
                 detail: Any = None
-                if r["detail_sealed"] is not None and r["tenant_id"] != PLATFORM:
+                if row["detail_sealed"] is not None and row["tenant_id"] != PLATFORM:
                     if tenant_id is None:   # operator listing every lab: one check per lab
-                        lv.gate.check(conn, Access(actor, Action.READ, r["tenant_id"],
-                                                   frozenset(), purpose="security",
-                                                   resource="alert"))
+                        lv.gate.check(conn, Access(actor, Action.READ, row["tenant_id"],
+                                                   frozenset(), purpose=r.purpose,
+                                                   resource=r.resource))
                     detail = json.loads(lv.gate.open_tenant_value_checked(
-                        conn, r["tenant_id"], "guard_alerts", "detail_sealed", r["alert_id"],
-                        r["detail_sealed"]))
-                out.append({"id": r["alert_id"], "tenant_id": r["tenant_id"],
-                            "kind": r["kind"], "severity": r["severity"],
-                            "status": r["status"], "actor_id": r["actor_id"],
-                            "count": r["count"], "created_at": r["created_at"].isoformat(),
-                            "last_seen_at": r["last_seen_at"].isoformat(),
-                            "acked_by": r["acked_by"],
-                            "acked_at": r["acked_at"].isoformat() if r["acked_at"] else None,
-                            "detail": detail})
+                        conn, row["tenant_id"], "guard_alerts", "detail_sealed",
+                        row["alert_id"], row["detail_sealed"]))
+                out.append(_listed(row, detail))
             return out
 
     def ack(self, actor: Actor, alert_id: str) -> dict[str, Any]:
+        """Acknowledge an alert: who and when are recorded (and audited, ``alert.acked``).
+        An alert of another lab, or one the actor may not read (a security alert for a
+        biologist), is answered as absent."""
         lv = self.lv
-        if actor.kind not in ("operator", "system") and not (ALERT_ROLES & actor.roles):
-            raise AccessDenied("not allowed", "alerts are for the lab's DPO and lab administrators")
+        r = reach(actor)
         with lv.begin() as conn:
             row = grepo.get_alert(conn, alert_id)
             tenant = None if row is None or row["tenant_id"] == PLATFORM else row["tenant_id"]
             if row is None or (actor.kind not in ("operator", "system")
-                               and actor.tenant_id != tenant):
+                               and actor.tenant_id != tenant) or not r.covers(row["kind"]):
                 raise NotFound(f"no alert {alert_id}", "list alerts with `labvault alerts list`")
             self._authorise(conn, actor, tenant, Action.WRITE)
             now = lv.now()

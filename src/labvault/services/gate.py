@@ -78,10 +78,13 @@ class AuditHook(Protocol):
 
 
 class AlertSink(Protocol):
-    """Raises an alert (guard fills this with stored, deduplicated, dispatched alerts)."""
+    """Raises an alert (guard fills this with stored, deduplicated, dispatched alerts).
+    ``subject``: what the alert is about (e.g. one result and its value): alerts about the
+    same subject may be merged, alerts about different subjects never are."""
 
     def raise_alert(self, conn: Connection, tenant_id: str | None, kind: str, severity: str,
-                    actor: Actor | None, detail: Mapping[str, Any]) -> str | None: ...
+                    actor: Actor | None, detail: Mapping[str, Any],
+                    subject: str | None = None) -> str | None: ...
 
 
 class OperatorOnlyPolicy:
@@ -121,7 +124,8 @@ class LogAlerts:
         self.raised: list[tuple[str | None, str, str, Mapping[str, Any]]] = []
 
     def raise_alert(self, conn: Connection, tenant_id: str | None, kind: str, severity: str,
-                    actor: Actor | None, detail: Mapping[str, Any]) -> str | None:
+                    actor: Actor | None, detail: Mapping[str, Any],
+                    subject: str | None = None) -> str | None:
         import logging
         logging.getLogger("labvault.alerts").warning("ALERT %s %s tenant=%s actor=%s",
                                                      severity, kind, tenant_id,

@@ -75,6 +75,43 @@ PLACER = "lab_placer"          # blind-index kinds (the kind is part of the MAC 
 FILLER = "lab_filler"
 INDEX_KEY_TTL = 5.0
 ACCESSION = "lab_accession"
+# The purpose a read is audited under: staff work ("care") unless the caller says why --
+# the patient portal reads for the patient itself ("patient-access", GDPR art. 15/20).
+CARE = "care"
+VALIDATE_BIO = "validate results biologically"
+# A patient sees the records of an order (the order, its specimens, results and report)
+# once its report is published, or amended after publication -- whatever the door (portal,
+# FHIR): before, they answer as absent ids do, and listings leave them out.
+PATIENT_VISIBLE = frozenset({L.OrderStatus.PUBLISHED, L.OrderStatus.AMENDED})
+_ABSENT = {
+    "order": ("no such order", "check the order id"),
+    "report": ("no such report", "check the report id"),
+    "observation": ("no such observation", "check the observation id"),
+    "specimen": ("no such specimen", "check the specimen id"),
+    "laboratory": ("no such laboratory", "act in your own laboratory"),
+    "import-issue": ("no open import issue with this id", "labvault hl7-issues list"),
+}
+
+
+def absent(kind: str) -> NotFound:
+    """The one answer for an id of ``kind`` that does not exist -- and for one the actor
+    may not learn exists (a patient's own result not published yet): the same bytes."""
+    message, hint = _ABSENT[kind]
+    return NotFound(message, hint)
+
+
+def _listed_statuses(actor: Actor, status: str | None) -> list[str] | None:
+    """The order statuses a listing of orders keeps (None: all): the one asked for; for a
+    patient, only the published ones (an empty list: nothing to list)."""
+    asked = [status] if status else None
+    if actor.kind != "patient":
+        return asked
+    return sorted(s.value for s in PATIENT_VISIBLE if asked is None or s.value in asked)
+
+
+def _order_filter(actor: Actor) -> list[str] | None:
+    """For listings of results and reports: the order statuses a patient may see."""
+    return sorted(s.value for s in PATIENT_VISIBLE) if actor.kind == "patient" else None
 
 
 # one encoder for every call: json.dumps with options builds a new one each time
@@ -491,17 +528,19 @@ class LabService:
 
     # == gate helpers ===========================================================================
     def _check(self, conn: Connection, actor: Actor, action: Action, tenant_id: str,
-               resource: str, patient_ids: Iterable[str], purpose: str = "care",
+               resource: str, patient_ids: Iterable[str], purpose: str = CARE,
                reason: str | None = None) -> None:
         self.lv.gate.check(conn, Access(actor, action, tenant_id, CLINICAL, purpose=purpose,
                                         patient_ids=tuple(dict.fromkeys(patient_ids)),
                                         reason=reason, resource=resource))
 
-    def _scope(self, actor: Actor, tenant_id: str | None) -> None:
-        """Staff act only inside their own laboratory (same answer as 'absent')."""
+    def _scope(self, actor: Actor, tenant_id: str | None, asked: str) -> None:
+        """Staff act only inside their own laboratory: another laboratory's record answers
+        ``absent(asked)``, byte for byte what an id of that kind that does not exist
+        answers (a different message would tell that the record exists elsewhere)."""
         if tenant_id is None or (actor.tenant_id is not None and actor.tenant_id != tenant_id
                                  and actor.kind != "operator"):
-            raise NotFound("no such record", "check the id")
+            raise absent(asked)
 
     def _seal(self, dek: DataKey, tenant_id: str, table: str, column: str, record_id: str,
               data: Mapping[str, Any]) -> bytes:
@@ -606,8 +645,21 @@ class LabService:
     def _load_order(self, conn: Connection, order_id: str) -> _Order:
         row = lrepo.order(conn, order_id)
         if row is None:
-            raise NotFound("no such order", "check the order id")
+            raise absent("order")
         return self._order_from_row(conn, row)
+
+    @staticmethod
+    def _unpublished(conn: Connection, actor: Actor, patient_id: str, order_id: str,
+                     order_status: str | None = None) -> bool:
+        """True if ``actor`` is this order's patient and its report is not published yet
+        (``PATIENT_VISIBLE``). Another patient's record is left to the gate, which refuses
+        it whatever its step (an audited denial that says nothing of the step)."""
+        if actor.kind != "patient" or actor.patient_id != patient_id:
+            return False
+        if order_status is None:
+            row = lrepo.order(conn, order_id)
+            order_status = row["status"] if row is not None else None
+        return order_status is None or L.OrderStatus(order_status) not in PATIENT_VISIBLE
 
     def _order_from_row(self, conn: Connection, row: dict[str, Any],
                         dek: DataKey | None = None) -> _Order:
@@ -620,19 +672,24 @@ class LabService:
         return _Order(row, dek, request, workflow)
 
     def _order_for(self, conn: Connection, actor: Actor, order_id: str, action: Action,
-                   resource: str = "order", reason: str | None = None) -> _Order:
+                   resource: str = "order", reason: str | None = None,
+                   purpose: str = CARE, asked: str = "order") -> _Order:
         return self._order_from_row(conn, self._order_row(conn, actor, order_id, action,
-                                                          resource, reason))
+                                                          resource, reason, purpose, asked))
 
     def _order_row(self, conn: Connection, actor: Actor, order_id: str, action: Action,
-                   resource: str = "order", reason: str | None = None) -> dict[str, Any]:
-        """The order's row (clear columns only), once the gate allowed ``action`` on it."""
+                   resource: str = "order", reason: str | None = None,
+                   purpose: str = CARE, asked: str = "order") -> dict[str, Any]:
+        """The order's row (clear columns only), once the gate allowed ``action`` on it.
+        ``asked``: the kind of id the caller was given (what "not found" names)."""
         row = lrepo.order(conn, order_id)
         if row is None:
-            raise NotFound("no such order", "check the order id")
-        self._scope(actor, row["tenant_id"])
+            raise absent(asked)
+        self._scope(actor, row["tenant_id"], asked)
+        if self._unpublished(conn, actor, row["patient_id"], order_id, row["status"]):
+            raise absent(asked)
         self._check(conn, actor, action, row["tenant_id"], resource, (row["patient_id"],),
-                    reason=reason)
+                    purpose=purpose, reason=reason)
         return row
 
     def _patient_facts(self, conn: Connection, actor: Actor, tenant_id: str,
@@ -690,7 +747,7 @@ class LabService:
         """Register an order (ServiceRequest) for a patient; optionally its specimen."""
         req = L.ServiceRequest.parse(request)
         spec = L.Specimen.parse(specimen) if specimen is not None else None
-        self._scope(actor, tenant_id)
+        self._scope(actor, tenant_id, "laboratory")
         with self.lv.begin() as conn:
             self._check(conn, actor, Action.WRITE, tenant_id, "order", (patient_id,))
             order = self._create_order(conn, actor, tenant_id, patient_id, req)
@@ -934,10 +991,15 @@ class LabService:
         """Unsolicited results (an analyzer's ORU for an order we did not have): the order
         is written directly in its final state of this message — registered, received and
         results entered in one step — with its specimen, results and history (5 inserts,
-        one round trip on PostgreSQL)."""
+        one round trip on PostgreSQL). Panic values alert after the pipeline: the alert
+        store reads (is this value already alerted?), and a read's rows cannot be iterated
+        inside PostgreSQL's pipeline mode -- raised inside, every analyser message with a
+        critical value was refused (AE, nothing stored)."""
         with driver_sql.pipelined(conn):
-            return self._write_with_results(conn, actor, tenant_id, patient_id, dek, req,
-                                            spec, results, facts)
+            order, views = self._write_with_results(conn, actor, tenant_id, patient_id, dek,
+                                                    req, spec, results, facts)
+        self._panic(conn, actor, order, views)
+        return order, views
 
     def _write_with_results(self, conn: Connection, actor: Actor, tenant_id: str,
                             patient_id: str, dek: DataKey, req: L.ServiceRequest,
@@ -971,17 +1033,25 @@ class LabService:
                                        "preliminary", 1, ts, ts, obs))
         lrepo.insert_observations(conn, rows)
         lrepo.insert_history(conn, hist)
-        self._panic(conn, actor, order, out)
         return order, out
 
     def _panic(self, conn: Connection, actor: Actor, order: _Order,
                views: Sequence[ObservationView]) -> None:
         for view in views:
-            if view.observation.flag is not None and view.observation.flag.is_panic:
-                self.lv.alerts.raise_alert(conn, order.tenant_id, "panic-value", "critical",
-                                           actor, {"order_id": order.order_id,
-                                                   "observation_id": view.observation_id,
-                                                   "patient_id": order.patient_id})
+            self._panic_alert(conn, actor, order, view.observation_id, view.observation)
+
+    def _panic_alert(self, conn: Connection, actor: Actor, order: _Order, observation_id: str,
+                     obs: L.Observation) -> None:
+        """A critical value: an alert of its own naming the patient, order and result, sent
+        at once. Its subject is the result and its value, so only the same value of the same
+        result (a resent message, a re-entry) is merged into it -- never another patient's."""
+        if obs.flag is None or not obs.flag.is_panic:
+            return
+        subject = f"{observation_id}|{obs.value_display()}|{obs.unit or ''}|{obs.flag.value}"
+        self.lv.alerts.raise_alert(conn, order.tenant_id, "panic-value", "critical", actor,
+                                   {"order_id": order.order_id,
+                                    "observation_id": observation_id,
+                                    "patient_id": order.patient_id}, subject=subject)
 
     def _history_row(self, order: _Order, oid: str, revision: int, ts: datetime, actor: Actor,
                      change: str, reason: str | None, previous: L.Observation | None,
@@ -1083,8 +1153,8 @@ class LabService:
         with self.lv.begin() as conn:
             row = lrepo.order(conn, order_id)
             if row is None:
-                raise NotFound("no such order", "check the order id")
-            self._scope(actor, row["tenant_id"])
+                raise absent("order")
+            self._scope(actor, row["tenant_id"], "order")
             technical = row["status"] == L.OrderStatus.PRELIMINARY.value
             signed = self._signed(actor)
             if technical:
@@ -1102,10 +1172,12 @@ class LabService:
             return self._report_view(conn, order)
 
     @staticmethod
-    def _require_biologist(actor: Actor, what: str = "validate results biologically") -> None:
+    def _require_biologist(actor: Actor, action: str = VALIDATE_BIO) -> None:
+        """``action``: what was attempted, as the refusal says it ("correct a published
+        result"): the user learns what only a biologist may do, not another rule."""
         if L.BIOLOGIST_ROLE not in actor.roles:
-            raise AccessDenied(f"only a biologist may {what}",
-                               "ask a biologist of the laboratory")
+            raise AccessDenied(f"only a biologist may {action}",
+                               f"ask a biologist of the laboratory to {action}")
 
     def _validate_bio(self, conn: Connection, actor: Actor, order: _Order,
                       conclusion: str | None, expected: Mapping[str, int] | None = None,
@@ -1163,7 +1235,7 @@ class LabService:
         are considered, and one whose results changed is left for review. ``partial=False``
         leaves the orders with a requested test still without result."""
         self._require_biologist(actor)
-        self._scope(actor, tenant_id)
+        self._scope(actor, tenant_id, "laboratory")
         if expected is not None:
             order_ids = [o for o in expected if order_ids is None or o in order_ids]
         out = BulkValidation()
@@ -1237,9 +1309,9 @@ class LabService:
         with self.lv.begin() as conn:
             orow = lrepo.observation(conn, observation_id)
             if orow is None:
-                raise NotFound("no such observation", "check the observation id")
+                raise absent("observation")
             order = self._order_for(conn, actor, orow["order_id"], Action.WRITE, "observation",
-                                    reason=why)
+                                    reason=why, asked="observation")
             tenant_id = order.tenant_id
             old = L.Observation.from_json(self._open(order.dek, tenant_id, "lab_observations",
                                                      "result_sealed", observation_id,
@@ -1264,10 +1336,7 @@ class LabService:
             if concl is not None:
                 self._write_report_payload(conn, order, {
                     "conclusion": concl, "conclusion_at": ts.isoformat()}, revised_because=why)
-            if new.flag is not None and new.flag.is_panic:
-                self.lv.alerts.raise_alert(conn, tenant_id, "panic-value", "critical", actor, {
-                    "order_id": order.order_id, "observation_id": observation_id,
-                    "patient_id": order.patient_id})
+            self._panic_alert(conn, actor, order, observation_id, new)
             return ObservationView(observation_id, order.order_id, order.patient_id, tenant_id,
                                    "amended", rev, orow["created_at"], ts, new)
 
@@ -1412,9 +1481,10 @@ class LabService:
                                       L.Observation.from_json(p["previous"])))
         return out
 
-    def get_order(self, actor: Actor, order_id: str) -> OrderView:
+    def get_order(self, actor: Actor, order_id: str, purpose: str = CARE) -> OrderView:
         with self.lv.begin() as conn:
-            order = self._order_for(conn, actor, order_id, Action.READ, "order")
+            order = self._order_for(conn, actor, order_id, Action.READ, "order",
+                                    purpose=purpose)
             rep = lrepo.report_by_order(conn, order.tenant_id, order_id)
             order.row["report_id"] = rep["report_id"] if rep else ""
             return self._order_view(order, self._specimen_views(conn, order))
@@ -1429,52 +1499,62 @@ class LabService:
             rep = lrepo.report_by_order(conn, row["tenant_id"], order_id)
             return L.OrderStatus(row["status"]), rep["report_id"] if rep else ""
 
-    def get_report(self, actor: Actor, report_id: str) -> ReportView:
+    def get_report(self, actor: Actor, report_id: str, purpose: str = CARE) -> ReportView:
         with self.lv.begin() as conn:
             rep = lrepo.report(conn, report_id)
             if rep is None:
-                raise NotFound("no such report", "check the report id")
-            order = self._order_for(conn, actor, rep["order_id"], Action.READ, "report")
+                raise absent("report")
+            order = self._order_for(conn, actor, rep["order_id"], Action.READ, "report",
+                                    purpose=purpose, asked="report")
             return self._report_view(conn, order)
 
-    def get_report_by_order(self, actor: Actor, order_id: str) -> ReportView:
+    def get_report_by_order(self, actor: Actor, order_id: str,
+                            purpose: str = CARE) -> ReportView:
         with self.lv.begin() as conn:
-            order = self._order_for(conn, actor, order_id, Action.READ, "report")
+            order = self._order_for(conn, actor, order_id, Action.READ, "report",
+                                    purpose=purpose)
             return self._report_view(conn, order)
 
-    def get_observation(self, actor: Actor, observation_id: str) -> ObservationView:
+    def get_observation(self, actor: Actor, observation_id: str,
+                        purpose: str = CARE) -> ObservationView:
         with self.lv.begin() as conn:
-            r = lrepo.observation(conn, observation_id)
-            if r is None:
-                raise NotFound("no such observation", "check the observation id")
-            self._scope(actor, r["tenant_id"])
+            r = self._record_row(conn, actor, "observation", lrepo.observation(
+                conn, observation_id))
             self._check(conn, actor, Action.READ, r["tenant_id"], "observation",
-                        (r["patient_id"],))
+                        (r["patient_id"],), purpose=purpose)
             dek = self.lv.gate.patient_key(conn, r["tenant_id"], r["patient_id"])
             return self._obs_view(dek, r)
 
-    def get_specimen(self, actor: Actor, specimen_id: str) -> SpecimenView:
+    def _record_row(self, conn: Connection, actor: Actor, kind: str,
+                    row: dict[str, Any] | None) -> dict[str, Any]:
+        """A result's or specimen's row as the actor may know it: absent, another lab's and
+        a patient's own unpublished one all answer ``absent(kind)``."""
+        if row is None:
+            raise absent(kind)
+        self._scope(actor, row["tenant_id"], kind)
+        if self._unpublished(conn, actor, row["patient_id"], row["order_id"]):
+            raise absent(kind)
+        return row
+
+    def get_specimen(self, actor: Actor, specimen_id: str, purpose: str = CARE) -> SpecimenView:
         with self.lv.begin() as conn:
-            r = lrepo.specimen(conn, specimen_id)
-            if r is None:
-                raise NotFound("no such specimen", "check the specimen id")
-            self._scope(actor, r["tenant_id"])
-            self._check(conn, actor, Action.READ, r["tenant_id"], "specimen", (r["patient_id"],))
+            r = self._record_row(conn, actor, "specimen", lrepo.specimen(conn, specimen_id))
+            self._check(conn, actor, Action.READ, r["tenant_id"], "specimen", (r["patient_id"],),
+                        purpose=purpose)
             dek = self.lv.gate.patient_key(conn, r["tenant_id"], r["patient_id"])
             return SpecimenView(r["specimen_id"], r["order_id"], r["patient_id"], r["tenant_id"],
                                 r["status"], r["received_at"], L.Specimen.parse(self._open(
                                     dek, r["tenant_id"], "lab_specimens", "specimen_sealed",
                                     specimen_id, r["specimen_sealed"])))
 
-    def observation_history(self, actor: Actor, observation_id: str) -> list[HistoryEntry]:
+    def observation_history(self, actor: Actor, observation_id: str,
+                            purpose: str = CARE) -> list[HistoryEntry]:
         """Every change of a result: who, when, what (previous/new), why."""
         with self.lv.begin() as conn:
-            r = lrepo.observation(conn, observation_id)
-            if r is None:
-                raise NotFound("no such observation", "check the observation id")
-            self._scope(actor, r["tenant_id"])
+            r = self._record_row(conn, actor, "observation", lrepo.observation(
+                conn, observation_id))
             self._check(conn, actor, Action.READ, r["tenant_id"], "observation",
-                        (r["patient_id"],))
+                        (r["patient_id"],), purpose=purpose)
             dek = self.lv.gate.patient_key(conn, r["tenant_id"], r["patient_id"])
             out = []
             for h in lrepo.history(conn, r["tenant_id"], observation_id):
@@ -1489,9 +1569,12 @@ class LabService:
     def worklist(self, actor: Actor, tenant_id: str,
                  status: L.OrderStatus | str | None = None,
                  limit: int = 200) -> list[dict[str, Any]]:
-        """Orders waiting at one step (clear columns only: nothing clinical is opened).
-        Sorted stat first, then urgent, then by age."""
-        self._scope(actor, tenant_id)
+        """Orders waiting at one step (clear columns only: nothing clinical is opened):
+        e.g. ``preliminary`` is the technicians' technical-validation queue,
+        ``technically-validated`` the biologists'. Sorted stat first, then urgent, then by
+        age. One gate decision: a read of the lab's orders (what the policy grants
+        reception, technicians and biologists), naming the patients listed."""
+        self._scope(actor, tenant_id, "laboratory")
         statuses = [L.OrderStatus(status).value] if status else [
             s.value for s in (L.OrderStatus.REGISTERED, L.OrderStatus.RECEIVED,
                               L.OrderStatus.PRELIMINARY, L.OrderStatus.TECHNICALLY_VALIDATED,
@@ -1502,7 +1585,7 @@ class LabService:
             real = set(self.lv.guard.without_canaries(
                 conn, tenant_id, list(dict.fromkeys(r["patient_id"] for r in rows))))
             rows = [r for r in rows if r["patient_id"] in real]
-            self._check(conn, actor, Action.SEARCH, tenant_id, "order",
+            self._check(conn, actor, Action.READ, tenant_id, "order",
                         [r["patient_id"] for r in rows])
         rank = {"stat": 0, "urgent": 1, "routine": 2}
         rows.sort(key=lambda r: (rank.get(r["priority"], 3), r["created_at"]))
@@ -1510,13 +1593,16 @@ class LabService:
                  "priority": r["priority"], "created_at": r["created_at"]} for r in rows]
 
     def list_orders(self, actor: Actor, tenant_id: str, patient_id: str | None = None,
-                    status: str | None = None, limit: int = 200) -> list[OrderView]:
-        self._scope(actor, tenant_id)
+                    status: str | None = None, limit: int = 200,
+                    purpose: str = CARE) -> list[OrderView]:
+        self._scope(actor, tenant_id, "laboratory")
+        statuses = _listed_statuses(actor, status)
         with self.lv.begin() as conn:
-            rows = lrepo.orders(conn, tenant_id, patient_id=patient_id,
-                                statuses=[status] if status else None, limit=limit)
+            rows = [] if statuses == [] else lrepo.orders(
+                conn, tenant_id, patient_id=patient_id, statuses=statuses, limit=limit)
             self._check(conn, actor, Action.READ, tenant_id, "order",
-                        [r["patient_id"] for r in rows] or ([patient_id] if patient_id else []))
+                        [r["patient_id"] for r in rows] or ([patient_id] if patient_id else []),
+                        purpose=purpose)
             if not rows:
                 return []
             out = []
@@ -1528,15 +1614,17 @@ class LabService:
             return out
 
     def list_reports(self, actor: Actor, tenant_id: str, patient_id: str | None = None,
-                     status: str | None = None, limit: int = 200) -> list[ReportView]:
-        self._scope(actor, tenant_id)
+                     status: str | None = None, limit: int = 200,
+                     purpose: str = CARE) -> list[ReportView]:
+        self._scope(actor, tenant_id, "laboratory")
         with self.lv.begin() as conn:
             rows = lrepo.reports(conn, tenant_id, patient_id=patient_id,
-                                 statuses=[status] if status else None, limit=limit)
+                                 statuses=[status] if status else None, limit=limit,
+                                 order_statuses=_order_filter(actor))
             if not rows:
                 return []
             self._check(conn, actor, Action.READ, tenant_id, "report",
-                        [r["patient_id"] for r in rows])
+                        [r["patient_id"] for r in rows], purpose=purpose)
             out = []
             for r in rows:
                 order = self._load_order(conn, r["order_id"])
@@ -1546,18 +1634,20 @@ class LabService:
     def list_observations(self, actor: Actor, tenant_id: str, patient_id: str | None = None,
                           code: str | None = None, status: str | None = None,
                           since: datetime | None = None, until: datetime | None = None,
-                          limit: int = 200) -> list[ObservationView]:
+                          limit: int = 200, purpose: str = CARE) -> list[ObservationView]:
         """Results of a laboratory (or one patient), filtered; ``code`` is matched after
         opening (codes are sealed), so the filter costs one unseal per candidate."""
-        self._scope(actor, tenant_id)
+        self._scope(actor, tenant_id, "laboratory")
         with self.lv.begin() as conn:
             rows = lrepo.observations_of(conn, tenant_id, patient_id=patient_id,
                                          statuses=[status] if status else None, since=since,
-                                         until=until, limit=limit if code is None else 10_000)
+                                         until=until, limit=limit if code is None else 10_000,
+                                         order_statuses=_order_filter(actor))
             # Checked (and audited) even when nothing matched: an empty answer to a refused
             # actor would otherwise tell it which patients have results.
             self._check(conn, actor, Action.READ, tenant_id, "observation",
-                        [r["patient_id"] for r in rows] or ([patient_id] if patient_id else []))
+                        [r["patient_id"] for r in rows] or ([patient_id] if patient_id else []),
+                        purpose=purpose)
             if not rows:
                 return []
             deks: dict[str, DataKey] = {}

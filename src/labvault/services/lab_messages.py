@@ -33,6 +33,7 @@ from labvault.domain.patient import PatientRecord
 from labvault.errors import InvalidField, InvalidRecord, NotFound, UserError
 from labvault.services import indexing
 from labvault.services.gate import Access, Decision
+from labvault.services.lab import absent
 from labvault.store import repositories as repo
 from labvault.store import repositories_lab as lrepo
 from labvault.store.ids import new_id
@@ -767,7 +768,7 @@ class MessageService:
     def list_issues(self, actor: Actor, tenant_id: str, status: str | None = "open",
                     limit: int = 500) -> list[dict[str, Any]]:
         """Open (or all) import issues, opened through the gate."""
-        self.lab._scope(actor, tenant_id)
+        self.lab._scope(actor, tenant_id, "laboratory")
         with self.lv.begin() as conn:
             if repo.get_tenant(conn, tenant_id) is None:
                 raise NotFound(f"no such laboratory {tenant_id}", "labvault tenant list")
@@ -849,8 +850,8 @@ class MessageService:
         """The issue's row, if open and in the actor's laboratory."""
         row = lrepo.issue(conn, issue_id)
         if row is None or row["status"] != "open":
-            raise NotFound(f"no open import issue {issue_id}", "labvault hl7-issues list")
-        self.lab._scope(actor, row["tenant_id"])
+            raise absent("import-issue")
+        self.lab._scope(actor, row["tenant_id"], "import-issue")
         return row
 
     def _code_mapping(self, cat: L.Catalogue, results: Sequence[I.InboundResult],

@@ -16,13 +16,14 @@ from labvault.domain import lab as L
 from labvault.domain.actors import Actor
 from labvault.errors import AccessDenied, NotFound, UserError
 from labvault.services.audit import audit_of
+from labvault.services.lab import PATIENT_VISIBLE
 from labvault.store.ids import new_id
 
 if TYPE_CHECKING:
     from labvault.services.app import Labvault
     from labvault.services.lab import ReportView
 
-PUBLISHED = frozenset({L.OrderStatus.PUBLISHED, L.OrderStatus.AMENDED})
+PUBLISHED = PATIENT_VISIBLE     # what a patient sees of the lab (enforced in LabService)
 PORTAL_PURPOSE = "patient-access"       # GDPR art. 15/20: the patient reads its own record
 ERASURE_KIND = "erasure-request"
 
@@ -70,19 +71,22 @@ class PortalService:
         # amended reports were all published first; "final" reports may not be published
         # yet, so those are found through their order's (clear) status before opening.
         out = [r for r in lab.list_reports(actor, tenant_id, patient_id=patient_id,
-                                           status="amended") if r.order_status in PUBLISHED]
-        out.extend(lab.get_report_by_order(actor, o.order_id)
+                                           status="amended", purpose=PORTAL_PURPOSE)
+               if r.order_status in PUBLISHED]
+        out.extend(lab.get_report_by_order(actor, o.order_id, purpose=PORTAL_PURPOSE)
                    for o in lab.list_orders(actor, tenant_id, patient_id=patient_id,
-                                            status=L.OrderStatus.PUBLISHED.value))
+                                            status=L.OrderStatus.PUBLISHED.value,
+                                            purpose=PORTAL_PURPOSE))
         out.sort(key=lambda r: r.issued_at or r.updated_at, reverse=True)
         return out
 
     def my_report(self, actor: Actor, report_id: str) -> ReportView:
-        """One published report of the patient; anything else answers "not found"."""
+        """One published report of the patient; anything else (another patient's, not
+        published yet, no such id) answers the same "not found"."""
         _tenant, patient_id = _patient(actor)
         try:
-            rep = self.lv.lab.get_report(actor, report_id)
-        except AccessDenied as exc:      # another patient's report: same answer as absent
+            rep = self.lv.lab.get_report(actor, report_id, purpose=PORTAL_PURPOSE)
+        except (AccessDenied, NotFound) as exc:
             raise NotFound("no such report", "go back to your results") from exc
         if rep.patient_id != patient_id or rep.order_status not in PUBLISHED:
             raise NotFound("no such report", "go back to your results")

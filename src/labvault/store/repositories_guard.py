@@ -68,6 +68,17 @@ def open_alert_since(conn: Connection, tenant_id: str, kind: str, actor_id: str 
     return rows[0] if rows else None
 
 
+def open_alert_about(conn: Connection, tenant_id: str, kind: str, subject_digest: bytes,
+                     since: datetime) -> dict[str, Any] | None:
+    """The open alert of this kind about this subject seen since ``since`` (any account)."""
+    rows = _rows(conn.execute(select(guard_alerts).where(
+        guard_alerts.c.tenant_id == tenant_id, guard_alerts.c.kind == kind,
+        guard_alerts.c.subject_digest == subject_digest, guard_alerts.c.status == "open",
+        guard_alerts.c.last_seen_at >= since)
+        .order_by(guard_alerts.c.last_seen_at.desc()).limit(1)).mappings())
+    return rows[0] if rows else None
+
+
 def insert_alert(conn: Connection, row: dict[str, Any]) -> None:
     conn.execute(insert(guard_alerts).values(**row))
 
@@ -79,12 +90,14 @@ def bump_alert(conn: Connection, tenant_id: str, alert_id: str, at: datetime) ->
 
 
 def list_alerts(conn: Connection, tenant_id: str | None, status: str | None,
-                limit: int) -> list[dict[str, Any]]:
+                limit: int, kinds: Iterable[str] | None = None) -> list[dict[str, Any]]:
     q = select(guard_alerts)
     if tenant_id is not None:
         q = q.where(guard_alerts.c.tenant_id == tenant_id)
     if status:
         q = q.where(guard_alerts.c.status == status)
+    if kinds is not None:
+        q = q.where(guard_alerts.c.kind.in_(sorted(kinds)))
     return _rows(conn.execute(q.order_by(guard_alerts.c.last_seen_at.desc()).limit(limit))
                  .mappings())
 

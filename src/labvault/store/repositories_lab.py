@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import and_, bindparam, func, insert, select, update
 from sqlalchemy.engine import Connection
 
 from labvault.store.driver_sql import (
@@ -127,13 +127,24 @@ def report(conn: Connection, report_id: str) -> dict[str, Any] | None:
     return _first(select_rows(conn, lab_reports, _SEL_REPORT, (report_id,)))
 
 
+def _of_orders_in(q: Any, table: Any, order_statuses: Sequence[str] | None) -> Any:
+    """Only the rows whose order is in one of ``order_statuses`` (None: any)."""
+    if order_statuses is None:
+        return q
+    return q.join(lab_orders, and_(lab_orders.c.tenant_id == table.c.tenant_id,
+                                   lab_orders.c.order_id == table.c.order_id)).where(
+        lab_orders.c.status.in_(list(order_statuses)))
+
+
 def reports(conn: Connection, tenant_id: str, *, patient_id: str | None = None,
-            statuses: Sequence[str] | None = None, limit: int = 200) -> list[dict[str, Any]]:
+            statuses: Sequence[str] | None = None, limit: int = 200,
+            order_statuses: Sequence[str] | None = None) -> list[dict[str, Any]]:
     q = select(lab_reports).where(lab_reports.c.tenant_id == tenant_id)
     if patient_id:
         q = q.where(lab_reports.c.patient_id == patient_id)
     if statuses:
         q = q.where(lab_reports.c.status.in_(list(statuses)))
+    q = _of_orders_in(q, lab_reports, order_statuses)
     q = q.order_by(lab_reports.c.created_at, lab_reports.c.report_id).limit(limit)
     return [dict(r) for r in conn.execute(q).mappings()]
 
@@ -172,8 +183,10 @@ def observations(conn: Connection, tenant_id: str, order_id: str) -> list[dict[s
 
 def observations_of(conn: Connection, tenant_id: str, *, patient_id: str | None = None,
                     statuses: Sequence[str] | None = None, since: datetime | None = None,
-                    until: datetime | None = None, limit: int = 1000) -> list[dict[str, Any]]:
-    q = select(lab_observations).where(lab_observations.c.tenant_id == tenant_id)
+                    until: datetime | None = None, limit: int = 1000,
+                    order_statuses: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    q = _of_orders_in(select(lab_observations), lab_observations, order_statuses).where(
+        lab_observations.c.tenant_id == tenant_id)
     if patient_id:
         q = q.where(lab_observations.c.patient_id == patient_id)
     if statuses:

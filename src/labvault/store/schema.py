@@ -1,5 +1,7 @@
 """SQLAlchemy Core schema.
 
+Timestamps (``TS``) are UTC: written as UTC and read back aware (UTC) on every backend.
+
 Rules (DESIGN §4, §8), checked by tests:
 - every table keys on ``tenant_id`` first (distributes by tenant on Citus unchanged);
 - identifiers are random (``ids.new_id``), never sequential;
@@ -13,6 +15,8 @@ Each module owning tables declares them on this ``metadata`` in its own
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from sqlalchemy import (
     Column,
     DateTime,
@@ -23,7 +27,9 @@ from sqlalchemy import (
     PrimaryKeyConstraint,
     String,
     Table,
+    TypeDecorator,
 )
+from sqlalchemy.engine import Dialect
 
 metadata = MetaData(naming_convention={
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -33,8 +39,31 @@ metadata = MetaData(naming_convention={
     "ck": "ck_%(table_name)s_%(constraint_name)s",
 })
 
+
+class UtcOnSqlite(TypeDecorator[datetime]):
+    """SQLite keeps timestamps as text without an offset, and hands them back naive.
+    labvault writes UTC only, so: an aware value is stored as its UTC time, and every
+    value read is UTC again (aware) -- the same as PostgreSQL's ``timestamptz`` gives, so
+    no caller ever sees a naive time (and prints UTC as if it were local time)."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is not None:
+            value = value.astimezone(UTC).replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: datetime | None,
+                             dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value
+
+
 ID = String(40)
-TS = DateTime(timezone=True)
+# PostgreSQL: timestamptz, as is (no per-row cost); SQLite: UTC both ways (above).
+TS = DateTime(timezone=True).with_variant(UtcOnSqlite(), "sqlite")
 
 # A laboratory. Its name and FINESS number are public facts about a legal entity,
 # not personal data, so they stay clear.

@@ -20,7 +20,9 @@ from sqlalchemy import (
 
 from labvault.store.schema import ID, TS, metadata
 
-# Security alerts (deduplicated: same tenant + kind + actor within a window bumps ``count``).
+# Alerts. Security alerts are deduplicated (same tenant + kind + actor within a window
+# bumps ``count``); clinical alerts only with the same subject (``subject_digest``: a keyed
+# HMAC of e.g. one result's value, never the value itself).
 guard_alerts = Table(
     "guard_alerts", metadata,
     Column("tenant_id", ID, nullable=False),         # "platform" for alerts without a lab
@@ -35,9 +37,11 @@ guard_alerts = Table(
     Column("acked_at", TS, nullable=True),
     Column("acked_by", String(120), nullable=True),
     Column("detail_sealed", LargeBinary, nullable=True),
+    Column("subject_digest", LargeBinary(16), nullable=True),
     PrimaryKeyConstraint("tenant_id", "alert_id"),
     Index(None, "tenant_id", "kind", "actor_id", "last_seen_at"),
     Index(None, "tenant_id", "status", "created_at"),
+    Index(None, "tenant_id", "kind", "subject_digest"),
 )
 
 # Sliding-window marks: one row per (account, kind, item); ``item`` is a patient id for

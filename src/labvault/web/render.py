@@ -78,15 +78,17 @@ TITLE_FR = {400: "Demande incorrecte", 401: "Connexion nécessaire", 403: "Accè
 
 
 def fr_datetime(value: object) -> str:
+    """A time as people in the laboratory read it: Paris time. labvault stores and passes
+    UTC only, so a time without an offset is UTC (never printed as if it were local)."""
     if isinstance(value, str):
         try:
             value = datetime.fromisoformat(value)
         except ValueError:
             return str(value)
     if isinstance(value, datetime):
-        # labvault stores UTC; SQLite gives it back without its zone
-        aware = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-        return aware.astimezone(PARIS).strftime("%d/%m/%Y à %H:%M")
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value.astimezone(PARIS).strftime("%d/%m/%Y à %H:%M")
     if isinstance(value, date):
         return value.strftime("%d/%m/%Y")
     return "" if value is None else str(value)
@@ -98,8 +100,8 @@ def fr_date(value: object) -> str:
             value = date.fromisoformat(value[:10])
         except ValueError:
             return str(value)
-    if isinstance(value, datetime):
-        value = value.date()
+    if isinstance(value, datetime):          # its Paris day (a naive time is UTC)
+        value = (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(PARIS).date()
     if isinstance(value, date):
         return value.strftime("%d/%m/%Y")
     return "" if value is None else str(value)

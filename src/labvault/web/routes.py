@@ -48,15 +48,16 @@ from labvault.web import lab_text
 from labvault.web.render import NO_STORE, WebRoute, error_page, fr_datetime, html, to_login
 
 if TYPE_CHECKING:
-    from labvault.services.alerts import AlertService
+    from labvault.services.alerts import AlertService, Reach
     from labvault.services.app import Labvault
 
 router = APIRouter(route_class=WebRoute, include_in_schema=False)
 LOGIN_CSRF = "labvault_login_csrf"
 _bearer = HTTPBearer(auto_error=False)
 SEARCH_LIMIT = 20
-ALERT_ROLES = frozenset({"dpo", "lab_admin"})
 TEXT = 200
+# where "Prendre en compte" may send the browser back to (never a URL from the form)
+ACK_RETURNS = frozenset({"/console/alertes", "/console/validation"})
 
 
 @dataclass(frozen=True)
@@ -472,12 +473,52 @@ def _validation_page(user: WebUser, lv: Labvault, tenant_id: str,
                   if r.order_status == L.OrderStatus.FINAL]
     labels = {r.order_id: f"Demande du {fr_datetime(r.created_at)}" for r in waiting}
     return html("validation.html", user=user, rows=rows, to_publish=to_publish, done=done,
-                labels=labels, validated=None, staff=True)
+                labels=labels, validated=None, staff=True,
+                panics=_open_panics(user, lv, tenant_id))
 
 
 @router.get("/console/validation")
 def validation_worklist(user: User, lv: LV) -> Response:
+    """The biologist's worklist: open panic values first (a critical result is the
+    biologist's to phone in, whatever its validation step), then the technically
+    validated orders."""
     return _validation_page(user, lv, _biologist(user))
+
+
+def _open_panics(user: WebUser, lv: Labvault, tenant_id: str) -> list[dict[str, Any]]:
+    """The lab's open panic-value alerts, each with its result (an audited read) and the
+    link to the patient's order; none without the guard's alert store."""
+    from labvault.services.alerts import AlertService
+    if not isinstance(lv.alerts, AlertService):
+        return []
+    out = []
+    for a in lv.alerts.list(user.actor, tenant_id, status="open", limit=200):
+        ids = _alert_ids(a)
+        if a["kind"] != "panic-value" or "observation_id" not in ids:
+            continue
+        try:
+            obs: Any = lv.lab.get_observation(user.actor, ids["observation_id"])
+        except NotFound:          # the patient was erased since: the alert stays listed
+            obs = None
+        out.append({**a, "ids": ids, "observation": obs, "link": _order_link(ids)})
+    return out
+
+
+def _alert_ids(alert: dict[str, Any]) -> dict[str, str]:
+    """The ids in an alert's detail (never free text)."""
+    d = alert.get("detail")
+    if isinstance(d, dict) and isinstance(d.get("detail"), dict):   # {detail, actor}
+        d = d["detail"]
+    return ({k: v for k, v in d.items() if k.endswith("_id") and isinstance(v, str)}
+            if isinstance(d, dict) else {})
+
+
+def _order_link(ids: dict[str, str]) -> str | None:
+    """The patient's page, at the order (its reports are anchored by order id)."""
+    if "patient_id" not in ids:
+        return None
+    return f"/console/patients/{ids['patient_id']}" + (
+        f"#{ids['order_id']}" if "order_id" in ids else "")
 
 
 @router.post("/console/validation")
@@ -541,37 +582,44 @@ def revise_conclusion(request: Request, order_id: str, user: User, lv: LV, csrf:
                             headers=NO_STORE)
 
 
-def _alert_store(user: WebUser, lv: Labvault) -> tuple[str, AlertService]:
-    """The caller's laboratory and the guard's alert store: DPO and lab admins only."""
-    from labvault.services.alerts import AlertService  # the guard's, plugged by wiring
+def _alert_store(user: WebUser, lv: Labvault) -> tuple[str, AlertService, Reach]:
+    """The caller's laboratory, the guard's alert store and which alerts the caller may
+    see: the DPO and lab admins every alert, biologists the clinical ones (panic values)."""
+    from labvault.services.alerts import AlertService, reach  # the guard's, plugged by wiring
     tenant_id = _staff(user)
-    if not (ALERT_ROLES & user.roles):
-        raise AccessDenied("les alertes sont réservées au délégué à la protection des données "
-                           "et aux administrateurs du laboratoire", "")
+    try:
+        which = reach(user.actor)
+    except AccessDenied:
+        raise AccessDenied("les alertes sont réservées aux biologistes (valeurs critiques), au "
+                           "délégué à la protection des données et aux administrateurs du "
+                           "laboratoire", "") from None
     if not isinstance(lv.alerts, AlertService):
         raise NotFound("aucun registre d'alertes n'est branché",
                        "lancez labvault avec `labvault serve` (services.wiring)")
-    return tenant_id, lv.alerts
+    return tenant_id, lv.alerts, which
 
 
 @router.post("/console/alertes/{alert_id}/prise-en-compte")
-def alert_ack(request: Request, alert_id: str, user: User, lv: LV, csrf: Csrf = "") -> Response:
-    """Acknowledge one alert (the same service call as `labvault alerts ack`, audited)."""
-    _, alerts = _alert_store(user, lv)
+def alert_ack(request: Request, alert_id: str, user: User, lv: LV, csrf: Csrf = "",
+              retour: Annotated[str, Form(max_length=TEXT)] = "") -> Response:
+    """Acknowledge one alert (the same service call as `labvault alerts ack`, audited: who
+    and when); back to the page the form was on."""
+    _, alerts, _ = _alert_store(user, lv)
     _check_csrf(request, user, csrf)
     alerts.ack(user.actor, alert_id)
-    return RedirectResponse("/console/alertes", status_code=303, headers=NO_STORE)
+    back = retour if retour in ACK_RETURNS else "/console/alertes"
+    return RedirectResponse(back, status_code=303, headers=NO_STORE)
 
 
 @router.get("/console/alertes")
 def alerts_list(user: User, lv: LV) -> Response:
-    """The laboratory's security alerts (guard's alert store), for its DPO and lab admins."""
-    tenant_id, alerts = _alert_store(user, lv)
+    """The laboratory's alerts (guard's alert store): every alert for its DPO and lab
+    admins, the panic values for its biologists (with the link to the patient's order)."""
+    tenant_id, alerts, which = _alert_store(user, lv)
     items = alerts.list(user.actor, tenant_id, limit=200)
+    clinical_reader = L.BIOLOGIST_ROLE in user.roles
     for a in items:       # ids only (never free text) in the references column
-        d = a.get("detail")
-        if isinstance(d, dict) and isinstance(d.get("detail"), dict):   # {detail, actor}
-            d = d["detail"]
-        a["ids"] = ({k: v for k, v in d.items() if k.endswith("_id") and isinstance(v, str)}
-                    if isinstance(d, dict) else {})
-    return html("alerts.html", user=user, alerts=items)
+        a["ids"] = _alert_ids(a)
+        a["link"] = _order_link(a["ids"]) if (clinical_reader
+                                              and a["kind"] == "panic-value") else None
+    return html("alerts.html", user=user, alerts=items, clinical_only=which.kinds is not None)

@@ -1,4 +1,5 @@
-"""``/api/v1/alerts``: security alerts for the lab's DPO and lab administrators.
+"""``/api/v1/alerts``: the lab's alerts -- every alert for its DPO and lab administrators,
+the clinical ones (panic values) for its biologists (``services.alerts.reach``).
 
 The router's lifespan also starts the guard's scheduled purge (expired exports,
 retention) for the lifetime of the served application.
@@ -38,7 +39,7 @@ def problem(exc: UserError) -> JSONResponse:
                         status_code=exc.http_status, media_type="application/problem+json")
 
 
-@router.get("", summary="Alerts of the caller's laboratory, newest first")
+@router.get("", summary="Alerts of the caller's laboratory it may read, newest first")
 def list_alerts(lv: LV, actor: CurrentActor,
                 status: str | None = Query(None, pattern="^(open|acked)$"),
                 limit: int = Query(100, ge=1, le=1000)) -> Any:

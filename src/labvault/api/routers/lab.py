@@ -12,13 +12,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
 
 from labvault.api.deps import LV, CurrentActor
 from labvault.domain import lab as L
+from labvault.errors import AccessDenied
 
-router = APIRouter(tags=["lab"])
+
+def laboratory_account(actor: CurrentActor) -> None:
+    """The workflow acts inside a laboratory: an account of none (the platform operator)
+    is refused before any lookup, so that it learns nothing of which orders exist (an
+    order of a laboratory and an absent id get the same 403)."""
+    if actor.tenant_id is None:
+        raise AccessDenied("not allowed", "the lab workflow is for a laboratory's accounts")
+
+
+router = APIRouter(tags=["lab"], dependencies=[Depends(laboratory_account)])
 
 ORDER = "/api/v1/orders/{order_id}"
 EXPECTED = Field(default=None, description=(

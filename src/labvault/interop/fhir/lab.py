@@ -540,7 +540,7 @@ class ObservationHandler:
                 raise _as_outcome(exc) from None
         elif status in ("amended", "corrected"):
             reason = result.pop("comment", None)
-            if not reason:
+            if reason is None or not reason.strip():    # blank: no reason either
                 raise m.invalid("Observation.note", "an amendment needs its reason in note")
             try:
                 self.lv.lab.amend(actor, oid, result, reason)

@@ -1,0 +1,196 @@
+"""Panic values with the guard's alert store (``services/alerts.py``): every critical
+result is an alert of its own, naming its patient, order and observation, sent at once;
+only the same observation with the same value is merged (a resent message, a re-entry).
+Security alerts keep their flood control (same kind and account: one alert)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+
+from labvault.domain.actors import Actor
+from labvault.guard.alerts import Dispatcher
+from labvault.services.alerts import AlertService
+from labvault.services.app import Labvault
+from tests.guard.conftest import MemorySink
+from tests.lab.conftest import patient_data
+
+REQ = {"tests": ["2823-3"], "priority": "stat"}
+SPEC = {"type": "BLD", "collected_at": "2026-03-01T08:30:00+01:00"}
+_accession = iter(range(1, 1_000_000))
+
+
+@pytest.fixture
+def sink() -> MemorySink:
+    return MemorySink()
+
+
+@pytest.fixture
+def store(lab_lv: Labvault, sink: MemorySink) -> AlertService:
+    """The guard's alert store, dedup window as shipped (600 s): what production runs."""
+    lab_lv.alerts = lab_lv.gate.alerts = AlertService(lab_lv, Dispatcher([sink]))
+    return lab_lv.alerts
+
+
+def _order(lv: Labvault, op: Actor, tenant_id: str, patient_id: str) -> str:
+    return lv.lab.create_order(op, tenant_id, patient_id, REQ,
+                               {**SPEC, "accession_number": f"P{next(_accession)}"}).order_id
+
+
+def _panics(store: AlertService, tenant_id: str) -> list[dict[str, Any]]:
+    return [a for a in store.list(Actor.operator(), tenant_id) if a["kind"] == "panic-value"]
+
+
+def _named(alert: dict[str, Any]) -> dict[str, str]:
+    d = alert["detail"]["detail"]
+    return {k: d[k] for k in ("patient_id", "order_id", "observation_id")}
+
+
+def test_each_patients_panic_value_is_its_own_alert_sent_at_once(
+        lab_lv: Labvault, store: AlertService, sink: MemorySink, operator: Actor,
+        tenant_id: str) -> None:
+    """QA finding 1: an analyser (one actor) sends panic values for three patients within
+    the dedup window: three alerts, each naming its own patient, order and result."""
+    lv = lab_lv
+    analyser = Actor.system("mllp")
+    expected = []
+    for i, value in enumerate(("7.4", "1.9", "7.9")):
+        pid = lv.patients.register(operator, tenant_id, patient_data(seed=20 + i))
+        oid = _order(lv, operator, tenant_id, pid)
+        (view,) = lv.lab.enter_results(analyser, oid, [{"code": "2823-3", "value": value,
+                                                           "unit": "mmol/L"}])
+        expected.append({"patient_id": pid, "order_id": oid,
+                         "observation_id": view.observation_id})
+    alerts = _panics(store, tenant_id)
+    assert sorted((_named(a) for a in alerts), key=str) == sorted(expected, key=str)
+    assert {a["count"] for a in alerts} == {1}
+    store.flush()
+    sent = [n for n in sink.notices if n.kind == "panic-value"]
+    assert sorted(n.alert_id for n in sent) == sorted(a["id"] for a in alerts)
+    assert {n.severity for n in sent} == {"critical"}
+
+
+def test_same_observation_same_value_is_merged_a_new_value_is_not(
+        lab_lv: Labvault, store: AlertService, sink: MemorySink, operator: Actor,
+        tenant_id: str, patient_id: str, technician: Actor) -> None:
+    lv = lab_lv
+    oid = _order(lv, operator, tenant_id, patient_id)
+    (first,) = lv.lab.enter_results(technician, oid, [{"code": "2823-3", "value": "7.4", "unit": "mmol/L"}])
+    (again,) = lv.lab.enter_results(Actor.system("mllp"), oid,
+                                    [{"code": "2823-3", "value": "7.4", "unit": "mmol/L"}])   # resent
+    assert again.observation_id == first.observation_id
+    (only,) = _panics(store, tenant_id)
+    assert only["count"] == 2 and _named(only)["observation_id"] == first.observation_id
+    lv.lab.enter_results(technician, oid, [{"code": "2823-3", "value": "1.6", "unit": "mmol/L"}])  # new value
+    assert sorted(a["count"] for a in _panics(store, tenant_id)) == [1, 2]
+    store.flush()
+    assert len([n for n in sink.notices if n.kind == "panic-value"]) == 2
+
+
+def test_panic_value_through_an_amendment_is_its_own_alert(
+        lab_lv: Labvault, store: AlertService, operator: Actor, tenant_id: str,
+        technician: Actor, biologist: Actor) -> None:
+    """``amend`` raises through the same path: a second patient's amended panic value
+    within the window is not merged into the first patient's alert."""
+    lv = lab_lv
+    views = []
+    for i in range(2):
+        pid = lv.patients.register(operator, tenant_id, patient_data(seed=40 + i))
+        oid = _order(lv, operator, tenant_id, pid)
+        (view,) = lv.lab.enter_results(technician, oid,
+                                       [{"code": "2823-3", "value": "4.2", "unit": "mmol/L"}])
+        lv.lab.validate_technical(technician, oid)
+        lv.lab.validate_biological(biologist, oid)
+        lv.lab.publish(biologist, oid)
+        views.append(lv.lab.amend(biologist, view.observation_id,
+                                  {"code": "2823-3", "value": "7.6", "unit": "mmol/L"}, "erreur de saisie"))
+    alerts = _panics(store, tenant_id)
+    assert sorted(_named(a)["observation_id"] for a in alerts) == sorted(
+        v.observation_id for v in views)
+
+
+def test_security_alerts_keep_their_flood_control(lab_lv: Labvault, store: AlertService,
+                                                  tenant_id: str) -> None:
+    thief = Actor(kind="staff", id="acc_thief", tenant_id=tenant_id,
+                  roles=frozenset({"reception"}))
+    with lab_lv.begin() as conn:
+        ids = {store.raise_alert(conn, tenant_id, "access.off_hours", "medium", thief,
+                                 {"patient_id": f"pt_{i}"}) for i in range(3)}
+    (alert,) = [a for a in store.list(Actor.operator(), tenant_id)
+                if a["kind"] == "access.off_hours"]
+    assert len(ids) == 1 and alert["count"] == 3
+
+
+@hsettings(max_examples=15, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.integers(0, 3), st.sampled_from(["7.4", "7.9", "1.6"])),
+                min_size=1, max_size=6))
+def test_property_one_alert_per_distinct_observation_value(
+        lab_lv: Labvault, store: AlertService, operator: Actor, tenant_id: str,
+        technician: Actor, entries: list[tuple[int, str]]) -> None:
+    """Whatever the sequence of panic entries (same or different orders, same or new
+    values), the open panic alerts are exactly the distinct (observation, value) pairs
+    entered, and together they count every entry."""
+    lv = lab_lv
+    with lv.begin() as conn:        # each example starts with no open panic alert
+        for a in _panics(store, tenant_id):
+            if a["status"] == "open":
+                from labvault.store import repositories_guard as grepo
+                grepo.ack_alert(conn, tenant_id, a["id"], "acc_test", lv.now())
+    pid = lv.patients.register(operator, tenant_id, patient_data(seed=60))
+    orders = [_order(lv, operator, tenant_id, pid) for _ in range(4)]
+    seen: dict[tuple[str, str], int] = {}
+    for k, value in entries:
+        (view,) = lv.lab.enter_results(technician, orders[k], [{"code": "2823-3",
+                                                                 "value": value,
+                                                                 "unit": "mmol/L"}])
+        key = (view.observation_id, value)
+        seen[key] = seen.get(key, 0) + 1
+    open_alerts = [a for a in _panics(store, tenant_id) if a["status"] == "open"]
+    # a re-entry replaces an order's value: an alert per value entered while it was open
+    assert len(open_alerts) == len(seen)
+    assert sum(a["count"] for a in open_alerts) == len(entries)
+
+
+def _oru(control: str, nir: str, order_no: str, potassium: str) -> bytes:
+    """The analyser's ORU of ``hl7_samples`` with its own order numbers and potassium."""
+    from tests.lab import hl7_samples as S
+    msg = S.oru_numeric(control, nir).replace("PL1001", f"PL{order_no}").replace(
+        "FI2001", f"FI{order_no}")
+    return msg.replace("2823-3^Potassium^LN||5.6|mmol/L|3.5-5.1|H",
+                       f"2823-3^Potassium^LN||{potassium}|mmol/L|3.5-5.1|H").encode()
+
+
+def test_hl7_panic_values_of_two_patients_are_two_alerts(
+        lab_lv: Labvault, store: AlertService, sink: MemorySink, operator: Actor,
+        tenant_id: str) -> None:
+    """The QA repro through the production path: ORU messages from the analyser (one
+    account, ``system:mllp``) for two patients within the window -- two alerts, each naming
+    its patient; the same message resent (same control id: the stored answer) or sent again
+    under a new control id (same result, same value) is no new alert."""
+    import datetime
+
+    from labvault.interop.hl7.handler import Hl7Handler
+    from labvault.synthetic import make_nir
+    lv = lab_lv
+    h = Hl7Handler(lv, Actor.system("mllp"), tenant_id)
+    pids = []
+    for i, nir in enumerate(make_nir("F", datetime.date(1980, 5, 17), "59350", n)
+                            for n in (101, 102)):
+        d = patient_data(seed=80 + i)
+        d["nir"] = nir
+        pids.append((lv.patients.register(operator, tenant_id, d), nir))
+    outs = [h.handle(_oru(f"K{i}", nir, f"90{i}", k))[0]
+            for i, ((_pid, nir), k) in enumerate(zip(pids, ("7.4", "1.9"), strict=True))]
+    assert [(o.ack_code, o.patient_id) for o in outs] == [("AA", p) for p, _ in pids], outs
+    h.handle(_oru("K0", pids[0][1], "900", "7.4"))            # resent: same control id
+    h.handle(_oru("K0-again", pids[0][1], "900", "7.4"))      # re-sent under a new id
+    alerts = _panics(store, tenant_id)
+    assert sorted(_named(a)["patient_id"] for a in alerts) == sorted(p for p, _ in pids)
+    assert sorted(_named(a)["order_id"] for a in alerts) == sorted(o.order_ids[0] for o in outs)
+    assert sorted(a["count"] for a in alerts) == [1, 2]
+    store.flush()
+    assert len([n for n in sink.notices if n.kind == "panic-value"]) == 2
