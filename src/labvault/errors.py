@@ -92,3 +92,26 @@ class IntegrityError(LabvaultError):
 
 class ConfigurationError(UserError):
     code = "configuration"
+
+
+class MassErasureRefused(UserError):
+    """A purge would crypto-shred more of a lab's patients than one run may; nothing
+    was done. ``held``: lab id -> {"expired", "active", "limit"}."""
+
+    code = "mass-erasure-refused"
+    http_status = 409
+
+    def __init__(self, total: int, held: dict[str, dict[str, int]],
+                 confirmed: int | None = None) -> None:
+        labs = "; ".join(f"{t}: {f['expired']} of {f['active']} active patients "
+                         f"(limit {f['limit']} per run)" for t, f in held.items())
+        wrong = (f" (--confirm-mass-erasure {confirmed} does not match)"
+                 if confirmed is not None else "")
+        super().__init__(
+            f"purge refused, nothing erased: it would crypto-shred {total} patient(s), "
+            f"too many for one run in {labs}{wrong}",
+            "check the labs' retention settings (`labvault guard config --tenant ID`) and "
+            "`labvault purge --dry-run`; if every one of these erasures is intended, run "
+            f"`labvault purge --confirm-mass-erasure {total}`")
+        self.total = total
+        self.held = held

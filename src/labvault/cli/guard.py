@@ -172,6 +172,11 @@ def _read(file: Path) -> bytes:
 # -- purge -----------------------------------------------------------------------------------
 @user_errors
 def purge(dry_run: bool = typer.Option(False, "--dry-run", help="Count, delete nothing."),
+          confirm: int = typer.Option(None, "--confirm-mass-erasure", min=0, metavar="N",
+                                      help="Allow more erasures than one run may make "
+                                           "(LABVAULT_PURGE_MAX_ERASE_*): N is the exact "
+                                           "number of patients this run erases, as "
+                                           "--dry-run reports it."),
           as_json: bool = JsonOpt) -> None:
     """Delete expired exports and crypto-shred patients past their retention period."""
     show = err_console.is_terminal and not as_json
@@ -183,17 +188,32 @@ def purge(dry_run: bool = typer.Option(False, "--dry-run", help="Count, delete n
         def step(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
 
-        res: dict[str, Any] = lv.guard.purge(dry_run=dry_run, progress=step)
-    emit(res, as_json, lambda: out_console.print(
-        f"{'would purge' if dry_run else 'purged'} {res['exports']['expired']} export(s), "
-        f"{res['patients']['expired']} patient(s) past retention"))
+        res: dict[str, Any] = lv.guard.purge(dry_run=dry_run, progress=step,
+                                             confirm_mass_erasure=confirm)
+
+    def human() -> None:
+        out_console.print(f"{'would purge' if dry_run else 'purged'} "
+                          f"{res['exports']['expired']} export(s), "
+                          f"{res['patients']['expired']} patient(s) past retention")
+        for tid, f in res["patients"]["mass_erasure"].items():
+            out_console.print(f"  {tid}: {f['expired']} of {f['active']} active patients, "
+                              f"over the limit of {f['limit']} per run", highlight=False)
+        if dry_run and res["patients"]["mass_erasure"]:
+            out_console.print("purge would refuse this; if every erasure is intended: "
+                              "labvault purge --confirm-mass-erasure "
+                              f"{res['patients']['expired']}")
+
+    emit(res, as_json, human)
 
 
 # -- settings, suspensions ---------------------------------------------------------------------
 @guard_app.command("config")
 @user_errors
 def guard_config(tenant: str = typer.Option(..., "--tenant"),
-                 set_: list[str] = typer.Option(None, "--set", help="NAME=VALUE (repeatable)."),
+                 set_: list[str] = typer.Option(None, "--set", help="NAME=VALUE (repeatable): "
+                                              "budget.<role>.10m|day, rule.<rule>.10m, "
+                                              "hours.open|close|days|tz, "
+                                              "retention.<type> (years), export.fields."),
                  unset: list[str] = typer.Option(None, "--unset", help="NAME (repeatable)."),
                  as_json: bool = JsonOpt) -> None:
     """Show or change a lab's guard settings (budgets, rules, opening hours, retention)."""
