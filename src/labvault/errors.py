@@ -94,6 +94,14 @@ class ConfigurationError(UserError):
     code = "configuration"
 
 
+class NotADemoInstallation(UserError):
+    """Demo seeding on an installation that holds real laboratories (the demo adds
+    accounts whose password and TOTP secret are published)."""
+
+    code = "not-a-demo-installation"
+    http_status = 409
+
+
 class MassErasureRefused(UserError):
     """A purge would crypto-shred more of a lab's patients than one run may; nothing
     was done. ``held``: lab id -> {"expired", "active", "limit"}."""

@@ -120,3 +120,66 @@ def test_user_errors_exit_2(sqlite_cli: Cli, tmp_path: Any) -> None:
 def test_init_refuses_unknown_provider(sqlite_cli: Cli) -> None:
     r = sqlite_cli.run("init", "--key-provider", "vault")
     assert r.exit_code == 2 and "not a key provider" in r.stderr
+
+
+def _real_finess() -> str:
+    from labvault.services.demo import demo_finesses
+    demo = demo_finesses()
+    return next(f for f in (make_finess(random.Random(n)) for n in range(1000, 2000))
+                if f not in demo)
+
+
+def test_demo_refused_beside_real_laboratories(sqlite_cli: Cli) -> None:
+    """QA report item 4: `demo` on a production install added a platform operator whose
+    password and TOTP secret are published."""
+    cli = sqlite_cli
+    cli.ok("init")
+    cli.ok("tenant", "add", "Laboratoire Reel", "--finess", _real_finess())
+    r = cli.user_error("demo", "--labs", "1", "--patients", "3")
+    assert "not demo data" in r.stderr and "Laboratoire Reel" in r.stderr
+    assert r.stdout == ""
+    assert [t["name"] for t in cli.ok("tenant", "list")] == ["Laboratoire Reel"]
+    from sqlalchemy import func, select
+
+    from labvault.store.tables_access import accounts
+    lv = cli.open()
+    try:                            # no account of any kind was added
+        with lv.begin() as conn:
+            assert conn.execute(select(func.count()).select_from(accounts)).scalar() == 0
+    finally:
+        lv.close()
+    assert "not demo data" in cli.user_error("demo", "breach").stderr
+
+
+def test_demo_beside_demo_laboratories_only(sqlite_cli: Cli) -> None:
+    from labvault.services.demo import demo_finesses
+    labs = sqlite_cli.ok("demo", "--labs", "3", "--patients", "6")["laboratories"]
+    assert {lab["finess"] for lab in labs} <= demo_finesses()
+    again = sqlite_cli.ok("demo", "--labs", "4", "--patients", "8")["laboratories"]
+    assert [lab["id"] for lab in again[:3]] == [lab["id"] for lab in labs]
+
+
+def test_serve_seeds_only_when_asked(sqlite_cli: Cli, monkeypatch: Any) -> None:
+    """QA report item 4: a typo in the data directory started a demo instance with
+    published credentials."""
+    import uvicorn
+    served: list[dict[str, Any]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: served.append(k))
+    cli = sqlite_cli
+    r = cli.user_error("serve")
+    assert "no labvault data" in r.stderr and "--demo" in r.stderr
+    assert not cli.data_dir.exists() and not served
+    assert "loopback" in cli.user_error("serve", "--demo", "--host", "192.0.2.1",
+                                        "--insecure-plaintext").stderr
+    assert not cli.data_dir.exists()
+    r = cli.run("serve", "--demo")
+    assert r.exit_code == 0 and "DEMO INSTANCE" in r.stderr and len(served) == 1
+    assert len(cli.ok("tenant", "list")) == 3
+    assert cli.run("serve").exit_code == 0 and len(served) == 2     # an existing install
+
+
+def test_run_script_serves_a_demo_instance() -> None:
+    """README's first command: `python3 scripts/run` is `labvault serve --demo`."""
+    from pathlib import Path
+    script = (Path(__file__).resolve().parents[2] / "scripts" / "run").read_text()
+    assert 'args = sys.argv[1:] or ["serve", "--demo"]' in script
