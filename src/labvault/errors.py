@@ -86,6 +86,25 @@ class KeyUnavailable(UserError):
     http_status = 503
 
 
+class KeyFileMissing(KeyUnavailable):
+    """The root key file is not where the settings say. What to do depends on whether
+    data sealed under it exists (``holds_data``; None: not known here)."""
+
+    def __init__(self, path: object, holds_data: bool | None = None) -> None:
+        if holds_data:
+            hint = ("restore the key file from your backup, or point LABVAULT_KEY_FILE at it; "
+                    "this installation holds data and a new key cannot open it")
+        elif holds_data is None:
+            hint = ("point LABVAULT_KEY_FILE at the existing one or restore it from your "
+                    "backup; `labvault init` creates one only for an installation without "
+                    "data. Without it no patient data can be read")
+        else:
+            hint = ("run `labvault init` to create it, or point LABVAULT_KEY_FILE at the "
+                    "existing one; without it no patient data can be read")
+        super().__init__(f"key file {path} not found", hint)
+        self.path = path
+
+
 class IntegrityError(LabvaultError):
     """Sealed bytes failed authentication (tampered, moved, or wrong key)."""
 

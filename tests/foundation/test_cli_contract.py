@@ -183,3 +183,53 @@ def test_run_script_serves_a_demo_instance() -> None:
     from pathlib import Path
     script = (Path(__file__).resolve().parents[2] / "scripts" / "run").read_text()
     assert 'args = sys.argv[1:] or ["serve", "--demo"]' in script
+
+
+def test_init_refuses_a_key_file_inside_the_data_dir(sqlite_cli: Cli, tmp_path: Any) -> None:
+    """QA report item 5: a copy of the data directory must not carry the root key."""
+    cli = sqlite_cli
+    inside = cli.data_dir / "inside.key"
+    r = cli.user_error("init", env={"LABVAULT_KEY_FILE": str(inside)})
+    assert "inside the data directory" in r.stderr and not inside.exists()
+    real = tmp_path / "real"                       # the same through symbolic links
+    real.mkdir()
+    (tmp_path / "alias").symlink_to(real)
+    r = cli.user_error("init", env={"LABVAULT_DATA_DIR": str(real),
+                                    "LABVAULT_KEY_FILE": str(tmp_path / "alias" / "x.key")})
+    assert "inside the data directory" in r.stderr
+    r = cli.user_error("init", env={"LABVAULT_DATA_DIR": str(tmp_path / "alias"),
+                                    "LABVAULT_KEY_FILE": str(real / "sub" / "x.key")})
+    assert "inside the data directory" in r.stderr
+    assert not list(real.rglob("*.key"))
+    assert cli.ok("init")["key_file"] == str(cli.key_file)      # beside: fine
+
+
+def test_init_refuses_a_data_dir_that_is_a_file(sqlite_cli: Cli, tmp_path: Any) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    r = sqlite_cli.user_error("init", env={"LABVAULT_DATA_DIR": str(afile)})
+    assert "is a file" in r.stderr
+
+
+def test_lost_key_file_is_restored_not_recreated(sqlite_cli: Cli) -> None:
+    """QA report item 6: the hint said `run labvault init`, and init then wrote a fresh
+    root key that opens nothing."""
+    cli = sqlite_cli
+    cli.init_with_tenant()
+    cli.key_file.rename(cli.root / "backup.key")
+    r = cli.user_error("tenant", "list")
+    assert "not found" in r.stderr and "restore the key file" in r.stderr
+    assert "labvault init` to create" not in r.stderr
+    r = cli.user_error("init")
+    assert "restore the key file" in r.stderr and "new key cannot open" in r.stderr
+    assert not cli.key_file.exists()
+    (cli.root / "backup.key").rename(cli.key_file)            # the restore
+    assert len(cli.ok("tenant", "list")) == 1
+
+
+def test_missing_key_of_an_empty_installation_says_init(sqlite_cli: Cli) -> None:
+    cli = sqlite_cli
+    cli.ok("init")
+    cli.key_file.unlink()
+    assert "labvault init` to create it" in cli.user_error("tenant", "list").stderr
+    assert cli.ok("init")["key_file"] == str(cli.key_file)     # nothing sealed: a new key
