@@ -233,3 +233,59 @@ def test_missing_key_of_an_empty_installation_says_init(sqlite_cli: Cli) -> None
     cli.key_file.unlink()
     assert "labvault init` to create it" in cli.user_error("tenant", "list").stderr
     assert cli.ok("init")["key_file"] == str(cli.key_file)     # nothing sealed: a new key
+
+
+UNKNOWN_LAB_COMMANDS = [
+    ("audit", "verify", "--tenant", "lab_nope"),        # exit 1 said "tampering"
+    ("audit", "checkpoint", "--tenant", "lab_nope"),
+    ("export", "list", "--tenant", "lab_nope"),          # the rest answered "nothing"
+    ("guard", "suspensions", "--tenant", "lab_nope"),
+    ("guard", "config", "--tenant", "lab_nope"),
+    ("guard", "release", "--tenant", "lab_nope", "--account", "acct_x"),
+    ("alerts", "list", "--tenant", "lab_nope"),
+    ("breach", "backfill", "--tenant", "lab_nope"),
+    ("audit", "fhir", "--out", "-", "--tenant", "lab_nope"),
+    ("catalogue", "show", "--tenant", "lab_nope"),
+    ("hl7-issues", "list", "--tenant", "lab_nope"),
+]
+
+
+def test_unknown_laboratory_is_a_user_error_everywhere(sqlite_cli: Cli) -> None:
+    """QA report item 8: an unknown tenant is exit 2 "no laboratory", never an empty
+    answer (exit 0) nor a tamper alarm (exit 1)."""
+    cli = sqlite_cli
+    cli.init_with_tenant()
+    for args in UNKNOWN_LAB_COMMANDS:
+        r = cli.user_error(*args, "--json")
+        assert "no laboratory lab_nope" in r.stderr, args
+    r = cli.user_error("audit", "report", "--user", "acct_nope", "--json")
+    assert "no account acct_nope" in r.stderr
+    assert cli.ok("audit", "verify", "--tenant", "_platform")["ok"] is True
+    assert cli.ok("alerts", "list", "--tenant", "platform") == {"alerts": []}
+
+
+def test_cli_option_mistakes(sqlite_cli: Cli) -> None:
+    """QA report items 10 and 11: a typo in --status hid every alert; --root silently
+    ignored --tenant."""
+    cli = sqlite_cli
+    tenant = cli.init_with_tenant()
+    for typo in ("closed", "ack"):
+        r = cli.run("alerts", "list", "--status", typo, "--json")
+        assert r.exit_code == 2 and "open" in r.stderr and "acked" in r.stderr
+    assert cli.ok("alerts", "list", "--status", "acked") == {"alerts": []}
+    before = cli.key_file.read_text()
+    r = cli.user_error("keys", "rotate", "--root", "--tenant", tenant)
+    assert "exclusive" in r.stderr and cli.key_file.read_text() == before
+
+
+def test_cli_patient_find_is_audited_as_administration(sqlite_cli: Cli) -> None:
+    """QA report item 13: the operator's search was recorded with purpose `care`."""
+    cli = sqlite_cli
+    tenant = cli.init_with_tenant()
+    rec = synthetic(1, seed=87)[0]
+    cli.ok("patient", "import", str(write_ndjson(cli.root / "p.ndjson", [rec])),
+           "--tenant", tenant)
+    (pid,) = cli.ok("patient", "find", "--tenant", tenant, "--nir", rec["nir"])["patients"]
+    seen = cli.ok("audit", "access", "--patient", pid)
+    searches = [e for e in seen if e["action"] == "search"]
+    assert searches and {e["purpose"] for e in searches} == {"administration"}

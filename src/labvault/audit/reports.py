@@ -171,6 +171,13 @@ def to_audit_event(e: AuditEntry, lab_names: dict[str, str]) -> dict[str, Any]:
     return ev
 
 
+def _known_actor(conn: Connection, actor_id: str) -> bool:
+    """An account (even one that did nothing yet) or an actor the trail has seen."""
+    from labvault.store import repositories_access as accrepo
+    return accrepo.get_account(conn, actor_id) is not None \
+        or arepo.actor_has_entries(conn, actor_id)
+
+
 class AuditReports:
     audit: AuditLog
 
@@ -239,6 +246,10 @@ class AuditReports:
             self._check(conn, actor, None, "audit")
             rows = arepo.entries_for_actor(conn, user_id, datetime_to_us(since) if since else 0,
                                            datetime_to_us(until) if until else None)
+            if not rows and not _known_actor(conn, user_id):
+                raise NotFound(f"no account {user_id}, and no audit entry by it",
+                               "check the id (`labvault user show`); the CLI operator is "
+                               "os:<user>@<host>")
             labs = self._lab_names(conn)
             entries: list[dict[str, Any]] = []
             for row in rows:
@@ -306,6 +317,9 @@ class AuditReports:
     def audit_events(self, actor: Actor, tenant: str | None = None,
                      since: datetime | None = None) -> Iterator[dict[str, Any]]:
         with self.lv.begin() as conn:
+            if tenant is not None:
+                from labvault.audit.ops import require_chain
+                require_chain(conn, set(arepo.chains(conn)), tenant)
             self._check(conn, actor, tenant if tenant != PLATFORM else None, "audit",
                         Action.EXPORT)
             labs = self._lab_names(conn)

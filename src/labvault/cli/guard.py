@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from datetime import date
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -31,15 +32,27 @@ def register(app: typer.Typer) -> None:
 
 
 # -- alerts --------------------------------------------------------------------------------
+class AlertStatus(StrEnum):
+    open = "open"
+    acked = "acked"
+
+
 @alerts_app.command("list")
 @user_errors
 def alerts_list(tenant: str = typer.Option(None, "--tenant", help="Laboratory id (default all)."),
-                status: str = typer.Option(None, "--status", help="open or acked."),
-                limit: int = typer.Option(100, "--limit", min=1, max=1000),
+                status: AlertStatus = typer.Option(None, "--status",
+                                                   help="Only open or only acknowledged "
+                                                        "alerts."),
+                limit: int = typer.Option(100, "--limit", min=1, max=1000,
+                                          help="At most this many alerts."),
                 as_json: bool = JsonOpt) -> None:
     """Alerts, newest first, with their (unsealed) details."""
+    from labvault.services.alerts import PLATFORM
     with opened() as lv:
-        rows = lv.guard.alerts.list(Actor.operator(), tenant, status, limit)
+        if tenant is not None and tenant != PLATFORM:
+            lv.tenants.get(tenant)      # a typo: "no laboratory", not an empty list
+        rows = lv.guard.alerts.list(Actor.operator(), tenant,
+                                    status.value if status else None, limit)
 
     def human() -> None:
         for a in rows:

@@ -145,11 +145,12 @@ def ingest_hl7(path: Path = typer.Argument(..., help="HL7 v2 file (one or more m
 
 @issues_app.command("list")
 @user_errors
-def issues_list(tenant: str = typer.Option(..., "--tenant"),
+def issues_list(tenant: str = typer.Option(..., "--tenant", help="Laboratory id."),
                 all_: bool = typer.Option(False, "--all", help="Resolved/discarded too."),
                 as_json: bool = JsonOpt) -> None:
     """Import issues (opened through the gate, audited)."""
     with opened() as lv:
+        lv.tenants.get(tenant)          # a typo: "no laboratory", not an empty list
         items = lv.lab.messages.list_issues(Actor.operator(), tenant, None if all_ else "open")
 
     def human() -> None:
@@ -182,13 +183,15 @@ def issues_resolve(issue_id: str = typer.Argument(...),
 @catalogue_app.command("load")
 @user_errors
 def catalogue_load(file: Path = typer.Argument(..., help="Catalogue JSON (docs/lab.md)."),
-                   tenant: str = typer.Option(..., "--tenant"), as_json: bool = JsonOpt) -> None:
+                   tenant: str = typer.Option(..., "--tenant", help="Laboratory id."),
+                   as_json: bool = JsonOpt) -> None:
     """Install a laboratory's own catalogue (replaces the shipped default for that lab)."""
     try:
         data = json.loads(file.read_text("utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise UserError(f"cannot read {file}: {exc}", "give a JSON catalogue file") from None
     with opened() as lv:
+        lv.tenants.get(tenant)
         info = lv.lab.load_catalogue(Actor.operator(), tenant, data)
     emit(info, as_json, lambda: out_console.print(
         f"catalogue {info['version']} loaded ({info['tests']} tests)"))
@@ -196,9 +199,11 @@ def catalogue_load(file: Path = typer.Argument(..., help="Catalogue JSON (docs/l
 
 @catalogue_app.command("show")
 @user_errors
-def catalogue_show(tenant: str = typer.Option(..., "--tenant"), as_json: bool = JsonOpt) -> None:
+def catalogue_show(tenant: str = typer.Option(..., "--tenant", help="Laboratory id."),
+                   as_json: bool = JsonOpt) -> None:
     """The catalogue in force for a laboratory."""
     with opened() as lv:
+        lv.tenants.get(tenant)          # a typo: "no laboratory", not the default catalogue
         cat = lv.lab.catalogue(tenant)
     data = {"version": cat.version, "tests": [
         {"code": t.code, "display": t.display, "unit": t.unit, "kind": t.kind.value}

@@ -66,11 +66,12 @@ def find(tenant: str = typer.Option(..., "--tenant", help="Laboratory id."),
          first_name: str = typer.Option(None, "--first-name"),
          birth_date: str = typer.Option(None, "--birth-date", help="YYYY-MM-DD"),
          as_json: bool = JsonOpt) -> None:
-    """Find patients through the blind indexes (no record is opened)."""
+    """Find patients through the blind indexes (no record is opened; audited as a search
+    by the operator, purpose administration)."""
     with opened() as lv:
         ids = lv.patients.find(Actor.operator(), tenant, nir=nir, email=email, phone=phone,
                                birth_name=birth_name, first_name=first_name,
-                               birth_date=birth_date)
+                               birth_date=birth_date, purpose="administration")
     emit({"patients": ids}, as_json, lambda: out_console.print("\n".join(ids) or "no match"))
 
 

@@ -415,6 +415,8 @@ class BreachService:
         """Encode patients written before this module existed (opens identity + contact
         through the gate, purpose ``breach``); also drops encodings of erased patients."""
         out: dict[str, int] = {}
+        if tenant_id:
+            self.lv.tenants.get(tenant_id)      # a typo: "no laboratory", not 0 encoded
         tenants = [tenant_id] if tenant_id else [t["tenant_id"] for t in self._tenants()]
         with self.lv.begin() as conn:
             purged = brepo.purge_orphan_encodings(conn)

@@ -394,6 +394,8 @@ class ExportService:
         lv = self.lv
         if tenant_id is None and actor.kind not in ("operator", "system"):
             tenant_id = actor.tenant_id or "-"
+        elif tenant_id is not None:
+            lv.guard.require_lab(actor, tenant_id)
         with lv.begin() as conn:
             rows = grepo.list_exports(conn, tenant_id)
             out = []

@@ -254,6 +254,7 @@ class GuardService:
         return hit[2]
 
     def get_config(self, actor: Actor, tenant_id: str) -> dict[str, str]:
+        self.require_lab(actor, tenant_id)
         with self.lv.begin() as conn:
             self._admin_check(conn, actor, tenant_id, Action.READ, "alert")
             return grepo.get_config(conn, tenant_id)
@@ -279,6 +280,12 @@ class GuardService:
             lv.gate.audit.event(conn, actor, "guard.config", "ok", tenant_id,
                                 {"name": name, "value": value})
         self._config.pop(tenant_id, None)
+
+    def require_lab(self, actor: Actor, tenant_id: str) -> None:
+        """An operator's laboratory id names a laboratory (a typo is "no laboratory",
+        exit 2, not an empty answer). Staff act on their own lab, checked by the policy."""
+        if actor.kind in ("operator", "system"):
+            self.lv.tenants.get(tenant_id)
 
     def _admin_check(self, conn: Connection, actor: Actor, tenant_id: str, action: Action,
                      resource: str) -> None:
@@ -325,6 +332,7 @@ class GuardService:
         self.alert(conn, tenant_id, "budget.exceeded", actor, full, durable=True)
 
     def suspensions(self, actor: Actor, tenant_id: str) -> list[dict[str, Any]]:
+        self.require_lab(actor, tenant_id)
         with self.lv.begin() as conn:
             self._admin_check(conn, actor, tenant_id, Action.READ, "alert")
             return [{"id": r["suspension_id"], "account_id": r["account_id"],
@@ -335,6 +343,7 @@ class GuardService:
     def release(self, actor: Actor, tenant_id: str, account_id: str) -> int:
         """Lift a suspension (lab admin / DPO, or the operator); the windows restart empty."""
         lv = self.lv
+        self.require_lab(actor, tenant_id)
         with lv.begin() as conn:
             self._admin_check(conn, actor, tenant_id, Action.WRITE, "alert")
             n = grepo.release_suspensions(conn, tenant_id, account_id, actor.id, lv.now())
