@@ -72,7 +72,9 @@ def alerts_ack(alert_id: str = typer.Argument(..., help="Alert id (alrt_...)."),
     """Acknowledge an alert (it stays listed, marked acked)."""
     with opened() as lv:
         res = lv.guard.alerts.ack(Actor.operator(), alert_id)
-    emit(res, as_json, lambda: out_console.print(f"alert {alert_id} acknowledged"))
+    emit(res, as_json, lambda: out_console.print(
+        f"alert {alert_id} already acknowledged by {res['acked_by']} at {res['acked_at']}"
+        if res["already_acked"] else f"alert {alert_id} acknowledged", highlight=False))
 
 
 # -- honeytokens ---------------------------------------------------------------------------
