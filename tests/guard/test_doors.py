@@ -135,3 +135,31 @@ def test_cli_retention_and_mass_erasure_guard(env: dict[str, str]) -> None:
     _run("purge", "--confirm-mass-erasure", "29", "--json", ok=False)
     done = _run("purge", "--confirm-mass-erasure", "30", "--json")
     assert done["patients"]["erased"] == 30  # type: ignore[index]
+
+
+def test_cli_breach_triage_attributes_a_semicolon_leak(env: dict[str, str]) -> None:
+    """QA report item 3: breach triage matched the semicolon CSV's patients but named no
+    export, since identify read it as one column."""
+    import csv
+    import io
+    tenant = _run("demo", "--labs", "1", "--patients", "30", "--json")[
+        "laboratories"][0]["id"]  # type: ignore[index]
+    key = x25519.Identity.generate()
+    out = _run("export", "--tenant", tenant, "--purpose", "transfer", "--from", "2000-01-01",
+               "--to", "2100-01-01", "--recipient", str(key.to_public()),
+               "--fields", "birth_name,first_names,birth_date,nir,phone,email", "--json")
+    rows = [json.loads(r) for r in pyrage.decrypt(Path(str(out["file"])).read_bytes(),
+                                                  [key]).decode().splitlines()]
+    cols = ["birth_name", "nir", "email", "phone", "birth_date"]
+    text = io.StringIO()
+    w = csv.writer(text, delimiter=";")
+    w.writerow(cols)
+    for r in rows:
+        w.writerow([r.get(c) for c in cols])
+    leak = Path(env["LABVAULT_DATA_DIR"]).parent / "leak_semi.csv"
+    leak.write_bytes(text.getvalue().encode("utf-8-sig"))
+    case = _run("breach", "open", "--title", "fuite", "--aware-at",
+                "2026-01-01T10:00:00+01:00", "--json")["case"]
+    res = _run("breach", "triage", str(leak), "--case", str(case), "--json")
+    exports = [a for a in res["attribution"] if a["kind"] == "export"]  # type: ignore[union-attr]
+    assert [a["export_id"] for a in exports] == [out["export_id"]]

@@ -81,6 +81,20 @@ def detect_encoding(sample: bytes) -> str:
         return "latin-1"
 
 
+def decode_text(data: bytes, name: str) -> str:
+    """A whole leaked file as text, in the encoding ``detect_encoding`` finds in its head
+    (a UTF-8 or UTF-16 byte-order mark is removed), decoded strictly: bytes that are not
+    that encoding are an error that says so, never replacement characters (a name turned
+    into "Lef\ufffdvre" matches nobody)."""
+    enc = detect_encoding(data[:SNIFF_BYTES])
+    try:
+        return data.decode(enc)
+    except UnicodeDecodeError as exc:
+        raise DumpError(f"{name}: byte {exc.start} is not {enc} ({exc.reason})",
+                        "the file mixes encodings or is truncated; convert it to UTF-8 "
+                        "(iconv -f <its encoding> -t UTF-8)") from None
+
+
 def _text(fh: IO[bytes], encoding: str) -> IO[str]:
     return io.TextIOWrapper(fh, encoding=encoding, errors="strict", newline="")
 
@@ -175,18 +189,33 @@ def _decode_error(path: Path, enc: str, exc: UnicodeDecodeError) -> DumpError:
 
 
 # -- CSV ---------------------------------------------------------------------------------------
+CSV_DELIMITERS = ",;\t|"      # comma, semicolon (French Excel's default), tab, pipe
+
+
+def most_common_delimiter(sample: str) -> str:
+    counts = {d: sample.count(d) for d in CSV_DELIMITERS}
+    delim = max(counts, key=lambda d: counts[d])
+    return delim if counts[delim] else ","
+
+
+def sniff_delimiter(header: str) -> str:
+    """The delimiter of a CSV file from its header line: csv.Sniffer restricted to
+    ``CSV_DELIMITERS``, else the one the line holds most, else a comma (one column)."""
+    try:
+        return csv.Sniffer().sniff(header, delimiters=CSV_DELIMITERS).delimiter
+    except csv.Error:
+        return most_common_delimiter(header)
+
+
 def _csv(path: Path, head: bytes, enc: str, progress: Progress | None) -> Table:
     sample = head.decode(enc, errors="ignore")
     lines = sample.splitlines()
     if len(lines) > 1:                 # drop a possibly truncated last line
         sample = "\n".join(lines[:-1]) + "\n"
     try:
-        dialect: Any = csv.Sniffer().sniff(sample, delimiters=",;\t|:")
+        dialect: Any = csv.Sniffer().sniff(sample, delimiters=CSV_DELIMITERS + ":")
     except csv.Error:
-        dialect = csv.excel
-        counts = {d: sample.count(d) for d in ",;\t|"}
-        delim = max(counts, key=lambda d: counts[d])
-        dialect = type("Sniffed", (csv.excel,), {"delimiter": delim if counts[delim] else ","})
+        dialect = type("Sniffed", (csv.excel,), {"delimiter": most_common_delimiter(sample)})
     header_rows = list(csv.reader(io.StringIO(sample), dialect))
     has_header = _looks_like_header(header_rows)
     notes = [f"delimiter {dialect.delimiter!r}", f"encoding {enc}",

@@ -30,6 +30,7 @@ import pyrage
 from sqlalchemy.engine import Connection
 
 from labvault import durable
+from labvault.breach.readers import decode_text, sniff_delimiter
 from labvault.crypto import blind_index as bi
 from labvault.domain.actors import Actor
 from labvault.domain.categories import Action, Category
@@ -526,8 +527,10 @@ class ExportService:
 
 
 def parse_leak(data: bytes) -> tuple[list[dict[str, Any]], bool]:
-    """Rows of a leaked copy: NDJSON (key order kept) or CSV with a header row."""
-    text = data.decode("utf-8", errors="replace")
+    """Rows of a leaked copy: NDJSON (key order kept) or CSV with a header row. Read as
+    breach triage reads it: the same encoding detection, decoded strictly, and the
+    delimiter sniffed from the header line (French Excel writes semicolons)."""
+    text = decode_text(data, "the leaked file")
     stripped = text.lstrip()
     rows: list[dict[str, Any]] = []
     if stripped.startswith("{"):
@@ -544,10 +547,12 @@ def parse_leak(data: bytes) -> tuple[list[dict[str, Any]], bool]:
         return rows, True
     # csv.reader + the header, not DictReader: the same dicts (surplus and empty cells
     # left out, a repeated header name keeps its last cell) at half the cost.
-    reader = csv.reader(io.StringIO(text))
+    delimiter = sniff_delimiter(stripped.split("\n", 1)[0])
+    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
     header = next(reader, None)
     if header is None:
         return rows, False
+    header = [h.strip() for h in header]
     for rec in reader:
         if rec:
             rows.append({k: v for k, v in dict(zip(header, rec, strict=False)).items() if v})
