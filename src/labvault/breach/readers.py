@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from labvault.errors import UserError
+from labvault.textfiles import CSV_DELIMITERS, most_common_delimiter
 
 FORMATS = ("auto", "csv", "json", "ndjson", "sql", "xlsx")
 MAX_FIELD = 1 << 20            # 1 MiB: longest cell / line / SQL statement we accept
@@ -189,24 +190,6 @@ def _decode_error(path: Path, enc: str, exc: UnicodeDecodeError) -> DumpError:
 
 
 # -- CSV ---------------------------------------------------------------------------------------
-CSV_DELIMITERS = ",;\t|"      # comma, semicolon (French Excel's default), tab, pipe
-
-
-def most_common_delimiter(sample: str) -> str:
-    counts = {d: sample.count(d) for d in CSV_DELIMITERS}
-    delim = max(counts, key=lambda d: counts[d])
-    return delim if counts[delim] else ","
-
-
-def sniff_delimiter(header: str) -> str:
-    """The delimiter of a CSV file from its header line: csv.Sniffer restricted to
-    ``CSV_DELIMITERS``, else the one the line holds most, else a comma (one column)."""
-    try:
-        return csv.Sniffer().sniff(header, delimiters=CSV_DELIMITERS).delimiter
-    except csv.Error:
-        return most_common_delimiter(header)
-
-
 def _csv(path: Path, head: bytes, enc: str, progress: Progress | None) -> Table:
     sample = head.decode(enc, errors="ignore")
     lines = sample.splitlines()

@@ -30,7 +30,7 @@ import pyrage
 from sqlalchemy.engine import Connection
 
 from labvault import durable
-from labvault.breach.readers import decode_text, sniff_delimiter
+from labvault.breach.readers import decode_text
 from labvault.crypto import blind_index as bi
 from labvault.domain.actors import Actor
 from labvault.domain.categories import Action, Category
@@ -50,6 +50,7 @@ from labvault.services.gate import Access
 from labvault.store import repositories as repo
 from labvault.store import repositories_guard as grepo
 from labvault.store.ids import new_id
+from labvault.textfiles import sniff_delimiter
 
 if TYPE_CHECKING:
     from labvault.services.app import Labvault
