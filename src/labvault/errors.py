@@ -113,6 +113,14 @@ class ConfigurationError(UserError):
     code = "configuration"
 
 
+class UnreadableFile(UserError):
+    """A whole input file is not what the command reads (another encoding, another
+    format); the message names what it is."""
+
+    code = "unreadable-file"
+    http_status = 422
+
+
 class NotADemoInstallation(UserError):
     """Demo seeding on an installation that holds real laboratories (the demo adds
     accounts whose password and TOTP secret are published)."""

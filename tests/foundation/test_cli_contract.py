@@ -289,3 +289,43 @@ def test_cli_patient_find_is_audited_as_administration(sqlite_cli: Cli) -> None:
     seen = cli.ok("audit", "access", "--patient", pid)
     searches = [e for e in seen if e["action"] == "search"]
     assert searches and {e["purpose"] for e in searches} == {"administration"}
+
+
+def test_out_into_a_missing_directory_is_a_user_error(sqlite_cli: Cli, tmp_path: Any) -> None:
+    """QA report item 14: a FileNotFoundError traceback."""
+    cli = sqlite_cli
+    cli.init_with_tenant()
+    nowhere = tmp_path / "nodir" / "x.ndjson"
+    assert "no directory" in cli.user_error("audit", "fhir", "--out", str(nowhere)).stderr
+    assert "no directory" in cli.user_error("audit", "register", "--out", str(nowhere)).stderr
+    assert "is a directory" in cli.user_error("audit", "fhir", "--out", str(tmp_path)).stderr
+    out = tmp_path / "f.ndjson"                  # a refusal leaves no empty file behind
+    cli.user_error("audit", "fhir", "--out", str(out), "--tenant", "lab_nope")
+    assert not out.exists()
+    assert cli.ok("audit", "fhir", "--out", str(out))["resources"] > 0
+
+
+def test_import_names_the_encoding_and_format_mistakes(sqlite_cli: Cli) -> None:
+    """QA report item 16: a UTF-8 byte-order mark was rejected with Python's own hint, a
+    UTF-16 file got a latin-1 hint, a CSV file a "not valid JSON" per line."""
+    cli = sqlite_cli
+    tenant = cli.init_with_tenant()
+    recs = synthetic(3, seed=89)
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs)
+    bom = cli.root / "bom.ndjson"
+    bom.write_bytes(text.encode("utf-8-sig"))
+    assert cli.ok("patient", "import", str(bom), "--tenant", tenant)["imported"] == 3
+    for name, data in (("utf16.ndjson", text.encode("utf-16")),
+                       ("utf16le.ndjson", text.encode("utf-16-le"))):
+        f = cli.root / name
+        f.write_bytes(data)
+        r = cli.user_error("patient", "import", str(f), "--tenant", tenant)
+        assert "UTF-16" in r.stderr and "iconv -f UTF-16 -t UTF-8" in r.stderr
+    csv_file = cli.root / "patients.csv"
+    csv_file.write_text("birth_name;first_names;birth_date\nMartin;Jeanne;1984-12-31\n",
+                        encoding="utf-8-sig")
+    r = cli.user_error("patient", "import", str(csv_file), "--tenant", tenant)
+    assert "looks like CSV" in r.stderr and "';'" in r.stderr and "NDJSON" in r.stderr
+    r = cli.run("patient", "import", "-", "--tenant", tenant, input=csv_file.read_text())
+    assert r.exit_code == 2 and "looks like CSV" in r.stderr
+    assert [t["patients"] for t in cli.ok("tenant", "list")] == [3]
