@@ -81,7 +81,8 @@ def alerts_ack(alert_id: str = typer.Argument(..., help="Alert id (alrt_...)."),
 @canary_app.command("plant")
 @user_errors
 def canary_plant(tenant: str = typer.Option(..., "--tenant", help="Laboratory id."),
-                 count: int = typer.Option(1, "--count", min=1, max=1000),
+                 count: int = typer.Option(1, "--count", min=1, max=1000,
+                                           help="How many honeytoken patients (1-1000)."),
                  as_json: bool = JsonOpt) -> None:
     """Plant honeytoken patients: any read, search hit or export of one raises a critical alert."""
     with opened() as lv:
@@ -150,7 +151,9 @@ def export_approve(export_id: str = typer.Argument(..., help="Export id (exp_...
 
 @export_app.command("list")
 @user_errors
-def export_list(tenant: str = typer.Option(None, "--tenant"), as_json: bool = JsonOpt) -> None:
+def export_list(tenant: str = typer.Option(None, "--tenant",
+                                           help="Only this laboratory's exports."),
+                as_json: bool = JsonOpt) -> None:
     """Exports with their manifests."""
     with opened() as lv:
         rows = lv.guard.exports.list(Actor.operator(), tenant)
@@ -224,7 +227,7 @@ def purge(dry_run: bool = typer.Option(False, "--dry-run", help="Count, delete n
 # -- settings, suspensions ---------------------------------------------------------------------
 @guard_app.command("config")
 @user_errors
-def guard_config(tenant: str = typer.Option(..., "--tenant"),
+def guard_config(tenant: str = typer.Option(..., "--tenant", help="Laboratory id."),
                  set_: list[str] = typer.Option(None, "--set", help="NAME=VALUE (repeatable): "
                                               "budget.<role>.10m|day, rule.<rule>.10m, "
                                               "hours.open|close|days|tz, "
@@ -246,7 +249,8 @@ def guard_config(tenant: str = typer.Option(..., "--tenant"),
 
 @guard_app.command("suspensions")
 @user_errors
-def guard_suspensions(tenant: str = typer.Option(..., "--tenant"), as_json: bool = JsonOpt) -> None:
+def guard_suspensions(tenant: str = typer.Option(..., "--tenant", help="Laboratory id."),
+                      as_json: bool = JsonOpt) -> None:
     """Accounts suspended by a budget breach."""
     with opened() as lv:
         rows = lv.guard.suspensions(Actor.operator(), tenant)
@@ -255,8 +259,9 @@ def guard_suspensions(tenant: str = typer.Option(..., "--tenant"), as_json: bool
 
 @guard_app.command("release")
 @user_errors
-def guard_release(tenant: str = typer.Option(..., "--tenant"),
-                  account: str = typer.Option(..., "--account", help="Account id."),
+def guard_release(tenant: str = typer.Option(..., "--tenant", help="Laboratory id."),
+                  account: str = typer.Option(..., "--account",
+                                              help="The suspended account's id (acct_...)."),
                   as_json: bool = JsonOpt) -> None:
     """Release a suspended account after reviewing its alert."""
     with opened() as lv:

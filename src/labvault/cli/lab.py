@@ -164,7 +164,7 @@ def issues_list(tenant: str = typer.Option(..., "--tenant", help="Laboratory id.
 
 @issues_app.command("resolve")
 @user_errors
-def issues_resolve(issue_id: str = typer.Argument(...),
+def issues_resolve(issue_id: str = typer.Argument(..., help="Issue id (iss_...)."),
                    patient: str = typer.Option(None, "--patient", help="Patient id (pt_...)."),
                    code: str = typer.Option(None, "--code", help="LOINC code the local code means."),
                    discard: bool = typer.Option(False, "--discard", help="Close without storing."),
