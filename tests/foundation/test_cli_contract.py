@@ -329,3 +329,16 @@ def test_import_names_the_encoding_and_format_mistakes(sqlite_cli: Cli) -> None:
     r = cli.run("patient", "import", "-", "--tenant", tenant, input=csv_file.read_text())
     assert r.exit_code == 2 and "looks like CSV" in r.stderr
     assert [t["patients"] for t in cli.ok("tenant", "list")] == [3]
+
+
+def test_patient_timestamps_carry_their_offset(cli: Cli) -> None:
+    """QA report item 18: `patient show --json` gave created_at without an offset."""
+    from datetime import datetime, timedelta
+    tenant = cli.init_with_tenant()
+    rec = synthetic(1, seed=97)[0]
+    cli.ok("patient", "import", str(write_ndjson(cli.root / "p.ndjson", [rec])),
+           "--tenant", tenant)
+    (pid,) = cli.ok("patient", "find", "--tenant", tenant, "--nir", rec["nir"])["patients"]
+    shown = cli.ok("patient", "show", pid)
+    for key in ("created_at", "updated_at"):
+        assert datetime.fromisoformat(shown[key]).utcoffset() == timedelta(0), shown[key]

@@ -140,7 +140,11 @@ def patient_tenant(conn: Connection, patient_id: str) -> str | None:
 
 def patient_meta(conn: Connection, tenant_id: str, patient_id: str) -> dict[str, Any] | None:
     row = conn.execute(_PATIENT_META, {"tid": tenant_id, "pid": patient_id}).mappings().first()
-    return dict(row) if row else None
+    if not row:
+        return None
+    # SQLite hands back naive datetimes; everything labvault writes is UTC
+    return {k: v.replace(tzinfo=UTC) if isinstance(v, datetime) and v.tzinfo is None else v
+            for k, v in row.items()}
 
 
 def patient_dek(conn: Connection, tenant_id: str, patient_id: str) -> tuple[int, bytes] | None:
