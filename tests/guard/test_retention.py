@@ -152,9 +152,17 @@ def test_scheduled_purge_raises_a_critical_alert_instead_of_erasing(
     if backend != "sqlite":
         pytest.skip("the purge thread needs its own connections (the PostgreSQL core is "
                     "bound to the test's transaction)")
+    from datetime import date
+
+    from pyrage import x25519
     ids = import_people(glv, tenant_id, 4)
     _age(glv, tenant_id, ids, 11)
     _limit(glv, 1)
+    export = glv.guard.exports.create(
+        Actor.operator(), tenant_id, "transfer", ["birth_name"], date(2000, 1, 1),
+        date(2100, 1, 1), str(x25519.Identity.generate().to_public()), "1h")
+    real_now = glv.now
+    glv.now = lambda: real_now() + timedelta(hours=2)  # type: ignore[method-assign]
     stop = glv.guard.start_purge_job(interval=0.05)
     try:
         deadline = time.monotonic() + 20
@@ -165,7 +173,9 @@ def test_scheduled_purge_raises_a_critical_alert_instead_of_erasing(
         stop()
     alert = alerts_of(glv, tenant_id, "retention.mass_erasure")[0]
     assert alert["severity"] == "critical" and alert["detail"]["detail"]["expired"] == 4
-    assert any(r.levelname == "CRITICAL" and "nothing erased" in r.getMessage()
+    assert any(r.levelname == "CRITICAL" and "no patient erased" in r.getMessage()
                for r in caplog.records)
     for pid in ids:
         assert glv.patients.show(Actor.operator(), pid)["id"] == pid
+    with glv.begin() as conn:             # expired exports are deleted all the same
+        assert grepo.get_export(conn, export["export_id"])["status"] == "purged"  # type: ignore[index]

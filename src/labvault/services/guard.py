@@ -548,11 +548,16 @@ class GuardService:
                 "by_tenant": by_tenant}
 
     def hold_mass_erasure(self, refused: MassErasureRefused) -> None:
-        """The scheduled purge met a mass erasure: nothing was erased; say so loudly
-        (a critical log line and a critical alert per lab, for the DPO's sinks)."""
+        """The scheduled purge met a mass erasure: no patient was erased; say so loudly
+        (a critical log line and a critical alert per lab, for the DPO's sinks). Expired
+        exports are still deleted: their expiry is no retention decision."""
         import logging
         log = logging.getLogger("labvault.guard")
-        log.critical("scheduled purge refused, nothing erased: %s", refused)
+        log.critical("scheduled purge refused, no patient erased: %s", refused)
+        try:
+            self.exports.purge_expired()
+        except Exception:
+            log.exception("scheduled purge of expired exports failed")
         try:
             with self.lv.begin() as conn:
                 for tid, figures in refused.held.items():
