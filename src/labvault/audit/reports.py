@@ -173,9 +173,12 @@ def to_audit_event(e: AuditEntry, lab_names: dict[str, str]) -> dict[str, Any]:
 
 
 def _known_actor(conn: Connection, actor_id: str) -> bool:
-    """An account (even one that did nothing yet) or an actor the trail has seen."""
+    """An operator or system principal (``os:user@host``, ``system:job``: not accounts,
+    an empty report about one is an answer), an account (even one that did nothing yet),
+    or an actor the trail has seen. Anything else is a typo, not an innocent user."""
     from labvault.store import repositories_access as accrepo
-    return accrepo.get_account(conn, actor_id) is not None \
+    return actor_id.startswith(("os:", "system:")) \
+        or accrepo.get_account(conn, actor_id) is not None \
         or arepo.actor_has_entries(conn, actor_id)
 
 
@@ -250,7 +253,7 @@ class AuditReports:
             if not rows and not _known_actor(conn, user_id):
                 raise NotFound(f"no account {user_id}, and no audit entry by it",
                                "check the id (`labvault user show`); the CLI operator is "
-                               "os:<user>@<host>")
+                               "os:<user>@<host>, labvault's own jobs system:<job>")
             labs = self._lab_names(conn)
             entries: list[dict[str, Any]] = []
             for row in rows:
