@@ -55,6 +55,12 @@ SETTINGS: dict[str, tuple[str, str]] = {
                                                       "need a second account's approval"),
     "LABVAULT_PURGE_INTERVAL_SECONDS": ("3600", "how often `labvault serve` purges expired "
                                                 "exports and retention-expired patients; 0 = off"),
+    "LABVAULT_PURGE_MAX_ERASE_PATIENTS": ("25", "a purge erases at most this many patients of "
+                                                "a lab, or LABVAULT_PURGE_MAX_ERASE_PERCENT % of "
+                                                "them if more, without "
+                                                "--confirm-mass-erasure"),
+    "LABVAULT_PURGE_MAX_ERASE_PERCENT": ("2", "share (percent of a lab's active patients) one "
+                                              "purge may erase without --confirm-mass-erasure"),
     "LABVAULT_AUDIT_RETENTION_DAYS": ("365", "days audit entries are kept before "
                                              "`labvault audit prune` removes them; 0 = forever"),
     "LABVAULT_AUDIT_CHECKPOINT_EVERY": ("1000", "write a signed audit checkpoint every N "

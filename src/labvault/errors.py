@@ -86,9 +86,67 @@ class KeyUnavailable(UserError):
     http_status = 503
 
 
+class KeyFileMissing(KeyUnavailable):
+    """The root key file is not where the settings say. What to do depends on whether
+    data sealed under it exists (``holds_data``; None: not known here)."""
+
+    def __init__(self, path: object, holds_data: bool | None = None) -> None:
+        if holds_data:
+            hint = ("restore the key file from your backup, or point LABVAULT_KEY_FILE at it; "
+                    "this installation holds data and a new key cannot open it")
+        elif holds_data is None:
+            hint = ("point LABVAULT_KEY_FILE at the existing one or restore it from your "
+                    "backup; `labvault init` creates one only for an installation without "
+                    "data. Without it no patient data can be read")
+        else:
+            hint = ("run `labvault init` to create it, or point LABVAULT_KEY_FILE at the "
+                    "existing one; without it no patient data can be read")
+        super().__init__(f"key file {path} not found", hint)
+        self.path = path
+
+
 class IntegrityError(LabvaultError):
     """Sealed bytes failed authentication (tampered, moved, or wrong key)."""
 
 
 class ConfigurationError(UserError):
     code = "configuration"
+
+
+class UnreadableFile(UserError):
+    """A whole input file is not what the command reads (another encoding, another
+    format); the message names what it is."""
+
+    code = "unreadable-file"
+    http_status = 422
+
+
+class NotADemoInstallation(UserError):
+    """Demo seeding on an installation that holds real laboratories (the demo adds
+    accounts whose password and TOTP secret are published)."""
+
+    code = "not-a-demo-installation"
+    http_status = 409
+
+
+class MassErasureRefused(UserError):
+    """A purge would crypto-shred more of a lab's patients than one run may; nothing
+    was done. ``held``: lab id -> {"expired", "active", "limit"}."""
+
+    code = "mass-erasure-refused"
+    http_status = 409
+
+    def __init__(self, total: int, held: dict[str, dict[str, int]],
+                 confirmed: int | None = None) -> None:
+        labs = "; ".join(f"{t}: {f['expired']} of {f['active']} active patients "
+                         f"(limit {f['limit']} per run)" for t, f in held.items())
+        wrong = (f" (--confirm-mass-erasure {confirmed} does not match)"
+                 if confirmed is not None else "")
+        super().__init__(
+            f"purge refused, nothing erased: it would crypto-shred {total} patient(s), "
+            f"too many for one run in {labs}{wrong}",
+            "check the labs' retention settings (`labvault guard config --tenant ID`) and "
+            "`labvault purge --dry-run`; if every one of these erasures is intended, run "
+            f"`labvault purge --confirm-mass-erasure {total}`")
+        self.total = total
+        self.held = held

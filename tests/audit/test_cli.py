@@ -51,6 +51,9 @@ def test_cli_audit_commands(env: dict[str, str], tmp_path: Path) -> None:
     assert code == 0 and json.loads(out)["title"].startswith("Record of processing")
     code, out = run(env, "audit", "report", "--user", "nobody", "--since", "2020-01-01",
                     "--json")
+    assert code == 2 and out == ""      # a typo, not a user who did nothing
+    code, out = run(env, "audit", "report", "--user", "system:nobody", "--since", "2020-01-01",
+                    "--json")
     assert code == 0 and json.loads(out)["entries"] == 0
     code, out = run(env, "audit", "prune", "--json")
     assert code == 0 and json.loads(out)["pruned"] == []

@@ -116,3 +116,29 @@ def test_safe_cell() -> None:
     for bad in ("=1+1", "+33", "-2", "@SUM(A1)", "\t=x", "|cmd"):
         assert notices.safe_cell(bad).startswith("'")
     assert notices.safe_cell("Dupont") == "Dupont"
+
+
+def test_notices_are_readable_by_their_owner_only(lv: Labvault, operator: Actor,
+                                                  store: Store, tmp_path: Path) -> None:
+    """QA report item 18: the Art. 34 letters (names, addresses) were written 0644 in a
+    0755 directory while the mail-merge CSV was 0600."""
+    import os
+    import stat
+    dump = sd.make_dump(store.patients[:12], 3, seed=8)
+    path = tmp_path / "d.csv"
+    sd.write_csv(path, dump.rows)
+    cid = lv.breach.open_case(operator, "Fichier sur un forum", lv.now().isoformat())
+    lv.breach.triage(operator, cid, [path])
+    old = os.umask(0o022)                            # the usual umask
+    try:
+        out = lv.breach.notify(operator, cid, tmp_path / "out", DPO)
+    finally:
+        os.umask(old)
+    assert out["letters"] >= 1
+    files = [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+    assert {p.name for p in files} >= {"art34-publipostage.csv", "cnil-art33-initial.pdf",
+                                       "cnil-art33-initial.json"}
+    modes = {p.relative_to(tmp_path).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in files}
+    assert set(modes.values()) == {0o600}, modes
+    for d in (tmp_path / "out", tmp_path / "out" / "lettres"):
+        assert stat.S_IMODE(d.stat().st_mode) == 0o700, d

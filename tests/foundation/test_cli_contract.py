@@ -120,3 +120,225 @@ def test_user_errors_exit_2(sqlite_cli: Cli, tmp_path: Any) -> None:
 def test_init_refuses_unknown_provider(sqlite_cli: Cli) -> None:
     r = sqlite_cli.run("init", "--key-provider", "vault")
     assert r.exit_code == 2 and "not a key provider" in r.stderr
+
+
+def _real_finess() -> str:
+    from labvault.services.demo import demo_finesses
+    demo = demo_finesses()
+    return next(f for f in (make_finess(random.Random(n)) for n in range(1000, 2000))
+                if f not in demo)
+
+
+def test_demo_refused_beside_real_laboratories(sqlite_cli: Cli) -> None:
+    """QA report item 4: `demo` on a production install added a platform operator whose
+    password and TOTP secret are published."""
+    cli = sqlite_cli
+    cli.ok("init")
+    cli.ok("tenant", "add", "Laboratoire Reel", "--finess", _real_finess())
+    r = cli.user_error("demo", "--labs", "1", "--patients", "3")
+    assert "not demo data" in r.stderr and "Laboratoire Reel" in r.stderr
+    assert r.stdout == ""
+    assert [t["name"] for t in cli.ok("tenant", "list")] == ["Laboratoire Reel"]
+    from sqlalchemy import func, select
+
+    from labvault.store.tables_access import accounts
+    lv = cli.open()
+    try:                            # no account of any kind was added
+        with lv.begin() as conn:
+            assert conn.execute(select(func.count()).select_from(accounts)).scalar() == 0
+    finally:
+        lv.close()
+    assert "not demo data" in cli.user_error("demo", "breach").stderr
+
+
+def test_demo_beside_demo_laboratories_only(sqlite_cli: Cli) -> None:
+    from labvault.services.demo import demo_finesses
+    labs = sqlite_cli.ok("demo", "--labs", "3", "--patients", "6")["laboratories"]
+    assert {lab["finess"] for lab in labs} <= demo_finesses()
+    again = sqlite_cli.ok("demo", "--labs", "4", "--patients", "8")["laboratories"]
+    assert [lab["id"] for lab in again[:3]] == [lab["id"] for lab in labs]
+
+
+def test_serve_seeds_only_when_asked(sqlite_cli: Cli, monkeypatch: Any) -> None:
+    """QA report item 4: a typo in the data directory started a demo instance with
+    published credentials."""
+    import uvicorn
+    served: list[dict[str, Any]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: served.append(k))
+    cli = sqlite_cli
+    r = cli.user_error("serve")
+    assert "no labvault data" in r.stderr and "--demo" in r.stderr
+    assert not cli.data_dir.exists() and not served
+    assert "loopback" in cli.user_error("serve", "--demo", "--host", "192.0.2.1",
+                                        "--insecure-plaintext").stderr
+    assert not cli.data_dir.exists()
+    r = cli.run("serve", "--demo")
+    assert r.exit_code == 0 and "DEMO INSTANCE" in r.stderr and len(served) == 1
+    assert len(cli.ok("tenant", "list")) == 3
+    assert cli.run("serve").exit_code == 0 and len(served) == 2     # an existing install
+
+
+def test_run_script_serves_a_demo_instance() -> None:
+    """README's first command: `python3 scripts/run` is `labvault serve --demo`."""
+    from pathlib import Path
+    script = (Path(__file__).resolve().parents[2] / "scripts" / "run").read_text()
+    assert 'args = sys.argv[1:] or ["serve", "--demo"]' in script
+
+
+def test_init_refuses_a_key_file_inside_the_data_dir(sqlite_cli: Cli, tmp_path: Any) -> None:
+    """QA report item 5: a copy of the data directory must not carry the root key."""
+    cli = sqlite_cli
+    inside = cli.data_dir / "inside.key"
+    r = cli.user_error("init", env={"LABVAULT_KEY_FILE": str(inside)})
+    assert "inside the data directory" in r.stderr and not inside.exists()
+    real = tmp_path / "real"                       # the same through symbolic links
+    real.mkdir()
+    (tmp_path / "alias").symlink_to(real)
+    r = cli.user_error("init", env={"LABVAULT_DATA_DIR": str(real),
+                                    "LABVAULT_KEY_FILE": str(tmp_path / "alias" / "x.key")})
+    assert "inside the data directory" in r.stderr
+    r = cli.user_error("init", env={"LABVAULT_DATA_DIR": str(tmp_path / "alias"),
+                                    "LABVAULT_KEY_FILE": str(real / "sub" / "x.key")})
+    assert "inside the data directory" in r.stderr
+    assert not list(real.rglob("*.key"))
+    assert cli.ok("init")["key_file"] == str(cli.key_file)      # beside: fine
+
+
+def test_init_refuses_a_data_dir_that_is_a_file(sqlite_cli: Cli, tmp_path: Any) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    r = sqlite_cli.user_error("init", env={"LABVAULT_DATA_DIR": str(afile)})
+    assert "is a file" in r.stderr
+
+
+def test_lost_key_file_is_restored_not_recreated(sqlite_cli: Cli) -> None:
+    """QA report item 6: the hint said `run labvault init`, and init then wrote a fresh
+    root key that opens nothing."""
+    cli = sqlite_cli
+    cli.init_with_tenant()
+    cli.key_file.rename(cli.root / "backup.key")
+    r = cli.user_error("tenant", "list")
+    assert "not found" in r.stderr and "restore the key file" in r.stderr
+    assert "labvault init` to create" not in r.stderr
+    r = cli.user_error("init")
+    assert "restore the key file" in r.stderr and "new key cannot open" in r.stderr
+    assert not cli.key_file.exists()
+    (cli.root / "backup.key").rename(cli.key_file)            # the restore
+    assert len(cli.ok("tenant", "list")) == 1
+
+
+def test_missing_key_of_an_empty_installation_says_init(sqlite_cli: Cli) -> None:
+    cli = sqlite_cli
+    cli.ok("init")
+    cli.key_file.unlink()
+    assert "labvault init` to create it" in cli.user_error("tenant", "list").stderr
+    assert cli.ok("init")["key_file"] == str(cli.key_file)     # nothing sealed: a new key
+
+
+UNKNOWN_LAB_COMMANDS = [
+    ("audit", "verify", "--tenant", "lab_nope"),        # exit 1 said "tampering"
+    ("audit", "checkpoint", "--tenant", "lab_nope"),
+    ("export", "list", "--tenant", "lab_nope"),          # the rest answered "nothing"
+    ("guard", "suspensions", "--tenant", "lab_nope"),
+    ("guard", "config", "--tenant", "lab_nope"),
+    ("guard", "release", "--tenant", "lab_nope", "--account", "acct_x"),
+    ("alerts", "list", "--tenant", "lab_nope"),
+    ("breach", "backfill", "--tenant", "lab_nope"),
+    ("audit", "fhir", "--out", "-", "--tenant", "lab_nope"),
+    ("catalogue", "show", "--tenant", "lab_nope"),
+    ("hl7-issues", "list", "--tenant", "lab_nope"),
+]
+
+
+def test_unknown_laboratory_is_a_user_error_everywhere(sqlite_cli: Cli) -> None:
+    """QA report item 8: an unknown tenant is exit 2 "no laboratory", never an empty
+    answer (exit 0) nor a tamper alarm (exit 1)."""
+    cli = sqlite_cli
+    cli.init_with_tenant()
+    for args in UNKNOWN_LAB_COMMANDS:
+        r = cli.user_error(*args, "--json")
+        assert "no laboratory lab_nope" in r.stderr, args
+    r = cli.user_error("audit", "report", "--user", "acct_nope", "--json")
+    assert "no account acct_nope" in r.stderr
+    assert cli.ok("audit", "verify", "--tenant", "_platform")["ok"] is True
+    assert cli.ok("alerts", "list", "--tenant", "platform") == {"alerts": []}
+
+
+def test_cli_option_mistakes(sqlite_cli: Cli) -> None:
+    """QA report items 10 and 11: a typo in --status hid every alert; --root silently
+    ignored --tenant."""
+    cli = sqlite_cli
+    tenant = cli.init_with_tenant()
+    for typo in ("closed", "ack"):
+        r = cli.run("alerts", "list", "--status", typo, "--json")
+        assert r.exit_code == 2 and "open" in r.stderr and "acked" in r.stderr
+    assert cli.ok("alerts", "list", "--status", "acked") == {"alerts": []}
+    before = cli.key_file.read_text()
+    r = cli.user_error("keys", "rotate", "--root", "--tenant", tenant)
+    assert "exclusive" in r.stderr and cli.key_file.read_text() == before
+
+
+def test_cli_patient_find_is_audited_as_administration(sqlite_cli: Cli) -> None:
+    """QA report item 13: the operator's search was recorded with purpose `care`."""
+    cli = sqlite_cli
+    tenant = cli.init_with_tenant()
+    rec = synthetic(1, seed=87)[0]
+    cli.ok("patient", "import", str(write_ndjson(cli.root / "p.ndjson", [rec])),
+           "--tenant", tenant)
+    (pid,) = cli.ok("patient", "find", "--tenant", tenant, "--nir", rec["nir"])["patients"]
+    seen = cli.ok("audit", "access", "--patient", pid)
+    searches = [e for e in seen if e["action"] == "search"]
+    assert searches and {e["purpose"] for e in searches} == {"administration"}
+
+
+def test_out_into_a_missing_directory_is_a_user_error(sqlite_cli: Cli, tmp_path: Any) -> None:
+    """QA report item 14: a FileNotFoundError traceback."""
+    cli = sqlite_cli
+    cli.init_with_tenant()
+    nowhere = tmp_path / "nodir" / "x.ndjson"
+    assert "no directory" in cli.user_error("audit", "fhir", "--out", str(nowhere)).stderr
+    assert "no directory" in cli.user_error("audit", "register", "--out", str(nowhere)).stderr
+    assert "is a directory" in cli.user_error("audit", "fhir", "--out", str(tmp_path)).stderr
+    out = tmp_path / "f.ndjson"                  # a refusal leaves no empty file behind
+    cli.user_error("audit", "fhir", "--out", str(out), "--tenant", "lab_nope")
+    assert not out.exists()
+    assert cli.ok("audit", "fhir", "--out", str(out))["resources"] > 0
+
+
+def test_import_names_the_encoding_and_format_mistakes(sqlite_cli: Cli) -> None:
+    """QA report item 16: a UTF-8 byte-order mark was rejected with Python's own hint, a
+    UTF-16 file got a latin-1 hint, a CSV file a "not valid JSON" per line."""
+    cli = sqlite_cli
+    tenant = cli.init_with_tenant()
+    recs = synthetic(3, seed=89)
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs)
+    bom = cli.root / "bom.ndjson"
+    bom.write_bytes(text.encode("utf-8-sig"))
+    assert cli.ok("patient", "import", str(bom), "--tenant", tenant)["imported"] == 3
+    for name, data in (("utf16.ndjson", text.encode("utf-16")),
+                       ("utf16le.ndjson", text.encode("utf-16-le"))):
+        f = cli.root / name
+        f.write_bytes(data)
+        r = cli.user_error("patient", "import", str(f), "--tenant", tenant)
+        assert "UTF-16" in r.stderr and "iconv -f UTF-16 -t UTF-8" in r.stderr
+    csv_file = cli.root / "patients.csv"
+    csv_file.write_text("birth_name;first_names;birth_date\nMartin;Jeanne;1984-12-31\n",
+                        encoding="utf-8-sig")
+    r = cli.user_error("patient", "import", str(csv_file), "--tenant", tenant)
+    assert "looks like CSV" in r.stderr and "';'" in r.stderr and "NDJSON" in r.stderr
+    r = cli.run("patient", "import", "-", "--tenant", tenant, input=csv_file.read_text())
+    assert r.exit_code == 2 and "looks like CSV" in r.stderr
+    assert [t["patients"] for t in cli.ok("tenant", "list")] == [3]
+
+
+def test_patient_timestamps_carry_their_offset(cli: Cli) -> None:
+    """QA report item 18: `patient show --json` gave created_at without an offset."""
+    from datetime import datetime, timedelta
+    tenant = cli.init_with_tenant()
+    rec = synthetic(1, seed=97)[0]
+    cli.ok("patient", "import", str(write_ndjson(cli.root / "p.ndjson", [rec])),
+           "--tenant", tenant)
+    (pid,) = cli.ok("patient", "find", "--tenant", tenant, "--nir", rec["nir"])["patients"]
+    shown = cli.ok("patient", "show", pid)
+    for key in ("created_at", "updated_at"):
+        assert datetime.fromisoformat(shown[key]).utcoffset() == timedelta(0), shown[key]

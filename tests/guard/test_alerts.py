@@ -156,3 +156,16 @@ def test_failing_sink_is_recorded_not_fatal() -> None:
 def test_bad_severity_setting() -> None:
     with pytest.raises(ConfigurationError):
         sinks_from_settings({"LABVAULT_ALERT_MIN_SEVERITY": "urgent"})
+
+
+def test_a_second_ack_keeps_the_first(glv: Labvault, tenant_id: str) -> None:
+    """QA report item 9: a second `alerts ack` overwrote who acknowledged and when."""
+    aid = str(_raise(glv, tenant_id, staff(tenant_id)))
+    first = glv.alerts.ack(staff(tenant_id, role="dpo", ident="acct_dpo"), aid)  # type: ignore[attr-defined]
+    assert first["acked_by"] == "acct_dpo" and first["already_acked"] is False
+    again = glv.alerts.ack(staff(tenant_id, role="lab_admin", ident="acct_adm"), aid)  # type: ignore[attr-defined]
+    assert again["already_acked"] is True
+    assert (again["acked_by"], again["acked_at"]) == (first["acked_by"], first["acked_at"])
+    assert glv.alerts.ack(Actor.operator(), aid)["acked_by"] == "acct_dpo"  # type: ignore[attr-defined]
+    (stored,) = alerts_of(glv, tenant_id)
+    assert (stored["acked_by"], stored["acked_at"]) == ("acct_dpo", first["acked_at"])

@@ -99,3 +99,67 @@ def test_api_alerts_for_dpo_only(glv: Labvault, tenant_id: str) -> None:
         assert r.status_code == 403 and r.headers["content-type"] == "application/problem+json"
     assert alerts_of(glv, tenant_id)[0]["status"] == "acked"
     del pid
+
+
+def test_cli_retention_and_mass_erasure_guard(env: dict[str, str]) -> None:
+    """QA report item 1: `retention.lab_report=0` was accepted and the next purge
+    crypto-shredded the whole lab."""
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from labvault.config import Settings
+    from labvault.store.schema import patients
+    tenant = _run("demo", "--labs", "1", "--patients", "30", "--json")[
+        "laboratories"][0]["id"]  # type: ignore[index]
+    for bad in ("retention.lab_report=0", "retention.lab_report=1", "retention.foo=3",
+                "budget.nobody.10m=5", "rule.nope.10m=3"):
+        res = CliRunner().invoke(cli, ["guard", "config", "--tenant", tenant, "--set", bad])
+        assert res.exit_code == 2 and "error:" in res.stderr, (bad, res.output)
+    assert _run("guard", "config", "--tenant", tenant, "--json") == {}
+    # any other way of making every patient due (a clock, a restore): the purge holds
+    lv = Labvault.open(Settings.from_env())
+    try:
+        with lv.begin() as conn:
+            conn.execute(update(patients).values(updated_at=lv.now() - timedelta(days=4100)))
+    finally:
+        lv.close()
+    res = CliRunner().invoke(cli, ["purge", "--json"])
+    assert res.exit_code == 2 and "nothing erased" in res.stderr, res.output
+    assert "--confirm-mass-erasure 30" in res.stderr
+    assert json.dumps(_run("tenant", "list", "--json")).count('"patients": 30') == 1
+    dry = _run("purge", "--dry-run", "--json")["patients"]
+    assert dry["expired"] == 30  # type: ignore[index]
+    assert dry["mass_erasure"] == {tenant: {"expired": 30, "active": 30,  # type: ignore[index]
+                                            "limit": 25}}
+    _run("purge", "--confirm-mass-erasure", "29", "--json", ok=False)
+    done = _run("purge", "--confirm-mass-erasure", "30", "--json")
+    assert done["patients"]["erased"] == 30  # type: ignore[index]
+
+
+def test_cli_breach_triage_attributes_a_semicolon_leak(env: dict[str, str]) -> None:
+    """QA report item 3: breach triage matched the semicolon CSV's patients but named no
+    export, since identify read it as one column."""
+    import csv
+    import io
+    tenant = _run("demo", "--labs", "1", "--patients", "30", "--json")[
+        "laboratories"][0]["id"]  # type: ignore[index]
+    key = x25519.Identity.generate()
+    out = _run("export", "--tenant", tenant, "--purpose", "transfer", "--from", "2000-01-01",
+               "--to", "2100-01-01", "--recipient", str(key.to_public()),
+               "--fields", "birth_name,first_names,birth_date,nir,phone,email", "--json")
+    rows = [json.loads(r) for r in pyrage.decrypt(Path(str(out["file"])).read_bytes(),
+                                                  [key]).decode().splitlines()]
+    cols = ["birth_name", "nir", "email", "phone", "birth_date"]
+    text = io.StringIO()
+    w = csv.writer(text, delimiter=";")
+    w.writerow(cols)
+    for r in rows:
+        w.writerow([r.get(c) for c in cols])
+    leak = Path(env["LABVAULT_DATA_DIR"]).parent / "leak_semi.csv"
+    leak.write_bytes(text.getvalue().encode("utf-8-sig"))
+    case = _run("breach", "open", "--title", "fuite", "--aware-at",
+                "2026-01-01T10:00:00+01:00", "--json")["case"]
+    res = _run("breach", "triage", str(leak), "--case", str(case), "--json")
+    exports = [a for a in res["attribution"] if a["kind"] == "export"]  # type: ignore[union-attr]
+    assert [a["export_id"] for a in exports] == [out["export_id"]]

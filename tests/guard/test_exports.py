@@ -244,3 +244,47 @@ def test_the_export_file_is_on_disk_by_name_before_its_manifest(
     import_people(glv, tenant_id, 3)
     res = _export(glv, tenant_id, x25519.Identity.generate().to_public(), ["birth_name"])
     assert durable(events, Path(res["file"]))
+
+
+def _as_csv(rows: list[dict[str, Any]], delimiter: str) -> str:
+    cols = ["birth_name", "nir", "email", "phone", "birth_date"]     # no row_id
+    out = io.StringIO()
+    w = csv.writer(out, delimiter=delimiter)
+    w.writerow(cols)
+    for r in rows:
+        w.writerow([r.get(c) for c in cols])
+    return out.getvalue()
+
+
+def test_identify_reads_csv_as_french_excel_writes_it(glv: Labvault, tenant_id: str) -> None:
+    """QA report item 3: a semicolon-separated leak (French Excel's default) was read as
+    one column and attributed to nobody; a byte-order mark stayed glued to the header."""
+    import_people(glv, tenant_id, 20)
+    key = x25519.Identity.generate()
+    res = _export(glv, tenant_id, key.to_public(),
+                  ["birth_name", "first_names", "birth_date", "nir", "phone", "email"])
+    rows = _rows(res["file"], key)
+    leaks = {
+        "comma": _as_csv(rows, ",").encode(),
+        "semicolon": _as_csv(rows, ";").encode(),
+        "semicolon, BOM": _as_csv(rows, ";").encode("utf-8-sig"),
+        "semicolon, cp1252": _as_csv(rows, ";").encode("cp1252", errors="replace"),
+        "tab, UTF-16": _as_csv(rows, "\t").encode("utf-16"),
+        "pipe": _as_csv(rows, "|").encode(),
+    }
+    for name, data in leaks.items():
+        found = glv.guard.exports.identify(Actor.operator(), data)
+        assert found["export_id"] == res["export_id"], name
+        assert found["rows"] == len(rows), name
+
+
+def test_parse_leak_decodes_strictly() -> None:
+    from labvault.breach.readers import DumpError
+    from labvault.services.exports import parse_leak
+    rows, _ = parse_leak("\ufeffnom;nir\nLefèvre;1\n".encode("utf-8"))
+    assert rows == [{"nom": "Lefèvre", "nir": "1"}]
+    rows, _ = parse_leak("nom;nir\nLefèvre;1\n".encode("cp1252"))
+    assert rows == [{"nom": "Lefèvre", "nir": "1"}]                # not "Lef\ufffdvre"
+    mixed = b"nom;nir\n" + b"Martin;1\n" * 10_000 + "Lefèvre;2\n".encode("cp1252")
+    with pytest.raises(DumpError, match="is not utf-8"):            # UTF-8 head, cp1252 tail
+        parse_leak(mixed)

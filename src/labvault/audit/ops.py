@@ -139,6 +139,15 @@ def walk_rows(chain: str, k0: bytes, rows: Iterable[Sequence[Any]] | Iterable[ch
     return report
 
 
+def require_chain(conn: Connection, known: set[str], chain: str) -> None:
+    """A chain named on the command line exists: an unknown laboratory is the caller's
+    typo (exit 2), not a chain that fails verification (exit 1 means tampering)."""
+    from labvault.store import repositories as repo
+    if chain not in known and repo.get_tenant(conn, chain) is None:
+        raise NotFound(f"no laboratory {chain}",
+                       "use `labvault tenant list` (or _platform for the platform chain)")
+
+
 class AuditOps:
     def __init__(self, audit: AuditLog) -> None:
         self.audit = audit
@@ -148,9 +157,11 @@ class AuditOps:
         return self.audit.lv
 
     def chains(self, conn: Connection, tenant: str | None = None) -> list[str]:
+        known = set(arepo.chains(conn)) | set(self.audit.checkpoints.tenants())
         if tenant is not None:
+            require_chain(conn, known, tenant)
             return [tenant]
-        return sorted(set(arepo.chains(conn)) | set(self.audit.checkpoints.tenants()))
+        return sorted(known)
 
     def verify_chain(self, conn: Connection, chain: str, keep_leaves: bool = False,
                      batch: int = 20_000) -> ChainReport:

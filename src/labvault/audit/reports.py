@@ -6,6 +6,7 @@ Reading the audit trail is itself a gate decision (and so an audit entry).
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -171,6 +172,16 @@ def to_audit_event(e: AuditEntry, lab_names: dict[str, str]) -> dict[str, Any]:
     return ev
 
 
+def _known_actor(conn: Connection, actor_id: str) -> bool:
+    """An operator or system principal (``os:user@host``, ``system:job``: not accounts,
+    an empty report about one is an answer), an account (even one that did nothing yet),
+    or an actor the trail has seen. Anything else is a typo, not an innocent user."""
+    from labvault.store import repositories_access as accrepo
+    return actor_id.startswith(("os:", "system:")) \
+        or accrepo.get_account(conn, actor_id) is not None \
+        or arepo.actor_has_entries(conn, actor_id)
+
+
 class AuditReports:
     audit: AuditLog
 
@@ -240,6 +251,10 @@ class AuditReports:
             self._check(conn, actor, None, "audit")
             rows = arepo.entries_for_actor(conn, user_id, datetime_to_us(since) if since else 0,
                                            datetime_to_us(until) if until else None)
+            if not rows and not _known_actor(conn, user_id):
+                raise NotFound(f"no account {user_id}, and no audit entry by it",
+                               "check the id (`labvault user show`); the CLI operator is "
+                               "os:<user>@<host>, labvault's own jobs system:<job>")
             labs = self._lab_names(conn)
             entries: list[dict[str, Any]] = []
             for row in rows:
@@ -307,6 +322,9 @@ class AuditReports:
     def audit_events(self, actor: Actor, tenant: str | None = None,
                      since: datetime | None = None) -> Iterator[dict[str, Any]]:
         with self.lv.begin() as conn:
+            if tenant is not None:
+                from labvault.audit.ops import require_chain
+                require_chain(conn, set(arepo.chains(conn)), tenant)
             self._check(conn, actor, tenant if tenant != PLATFORM else None, "audit",
                         Action.EXPORT)
             labs = self._lab_names(conn)
@@ -325,10 +343,12 @@ class AuditReports:
                     since: datetime | None = None) -> int:
         """Write AuditEvent resources as NDJSON; returns how many."""
         n = 0
+        events = self.audit_events(actor, tenant, since)
+        first = next(events, None)      # the checks (laboratory, gate) before a file exists
 
         def write(fh: IO[str]) -> None:
             nonlocal n
-            for ev in self.audit_events(actor, tenant, since):
+            for ev in itertools.chain([first] if first is not None else [], events):
                 fh.write(json.dumps(ev, ensure_ascii=False, separators=(",", ":")) + "\n")
                 n += 1
 

@@ -9,6 +9,7 @@ results and the patients' contact data it opened through the gate.
 from __future__ import annotations
 
 import csv
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from functools import lru_cache
@@ -89,9 +90,22 @@ def safe_cell(value: object) -> str:
     return s
 
 
+def _private(path: str, flags: int) -> int:
+    """``open``'s opener for notice files: mode 0600 from their creation (letters and the
+    mail-merge file hold names and addresses), an older file's mode narrowed too."""
+    fd = os.open(path, flags, 0o600)
+    os.fchmod(fd, 0o600)
+    return fd
+
+
+def write_private_text(path: Path, text: str) -> None:
+    with open(path, "w", encoding="utf-8", opener=_private) as fh:
+        fh.write(text)
+
+
 def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[object]]) -> int:
     n = 0
-    with path.open("w", newline="", encoding="utf-8-sig") as fh:
+    with open(path, "w", newline="", encoding="utf-8-sig", opener=_private) as fh:
         w = csv.writer(fh, delimiter=";", quoting=csv.QUOTE_ALL)
         w.writerow([safe_cell(h) for h in header])
         for r in rows:
@@ -118,7 +132,8 @@ def render_pdf(name: str, path: Path, **ctx: Any) -> int:
     """Render a template to PDF; returns the page count."""
     from weasyprint import HTML
     doc = HTML(string=render_html(name, **ctx)).render()
-    doc.write_pdf(str(path))
+    with open(path, "wb", opener=_private) as fh:
+        doc.write_pdf(target=fh)
     return len(doc.pages)
 
 

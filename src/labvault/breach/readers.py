@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from labvault.errors import UserError
+from labvault.textfiles import CSV_DELIMITERS, most_common_delimiter
 
 FORMATS = ("auto", "csv", "json", "ndjson", "sql", "xlsx")
 MAX_FIELD = 1 << 20            # 1 MiB: longest cell / line / SQL statement we accept
@@ -79,6 +80,20 @@ def detect_encoding(sample: bytes) -> str:
         return "cp1252"
     except UnicodeDecodeError:
         return "latin-1"
+
+
+def decode_text(data: bytes, name: str) -> str:
+    """A whole leaked file as text, in the encoding ``detect_encoding`` finds in its head
+    (a UTF-8 or UTF-16 byte-order mark is removed), decoded strictly: bytes that are not
+    that encoding are an error that says so, never replacement characters (a name turned
+    into "Lef\ufffdvre" matches nobody)."""
+    enc = detect_encoding(data[:SNIFF_BYTES])
+    try:
+        return data.decode(enc)
+    except UnicodeDecodeError as exc:
+        raise DumpError(f"{name}: byte {exc.start} is not {enc} ({exc.reason})",
+                        "the file mixes encodings or is truncated; convert it to UTF-8 "
+                        "(iconv -f <its encoding> -t UTF-8)") from None
 
 
 def _text(fh: IO[bytes], encoding: str) -> IO[str]:
@@ -181,12 +196,9 @@ def _csv(path: Path, head: bytes, enc: str, progress: Progress | None) -> Table:
     if len(lines) > 1:                 # drop a possibly truncated last line
         sample = "\n".join(lines[:-1]) + "\n"
     try:
-        dialect: Any = csv.Sniffer().sniff(sample, delimiters=",;\t|:")
+        dialect: Any = csv.Sniffer().sniff(sample, delimiters=CSV_DELIMITERS + ":")
     except csv.Error:
-        dialect = csv.excel
-        counts = {d: sample.count(d) for d in ",;\t|"}
-        delim = max(counts, key=lambda d: counts[d])
-        dialect = type("Sniffed", (csv.excel,), {"delimiter": delim if counts[delim] else ","})
+        dialect = type("Sniffed", (csv.excel,), {"delimiter": most_common_delimiter(sample)})
     header_rows = list(csv.reader(io.StringIO(sample), dialect))
     has_header = _looks_like_header(header_rows)
     notes = [f"delimiter {dialect.delimiter!r}", f"encoding {enc}",

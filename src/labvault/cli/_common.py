@@ -48,6 +48,27 @@ def opened() -> Iterator[Labvault]:
         lv.close()
 
 
+def output_file(path: Path) -> Path:
+    """An ``--out FILE`` to write: checked before any work (a clear error, not a
+    traceback once the work is done)."""
+    if path.is_dir():
+        raise UserError(f"{path} is a directory", "give a file path for --out")
+    if not path.parent.is_dir():
+        raise UserError(f"cannot write {path}: there is no directory {path.parent}",
+                        "create the directory first, or choose another --out")
+    return path
+
+
+@contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """OS errors while writing ``path`` (permissions, a full disk) as a user error."""
+    try:
+        yield
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror or exc}",
+                        "check the directory's permissions and free space") from None
+
+
 def _default(o: object) -> object:
     if isinstance(o, datetime | date):
         return o.isoformat()

@@ -9,7 +9,16 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from labvault.cli._common import JsonOpt, emit, err_console, opened, out_console, user_errors
+from labvault.cli._common import (
+    JsonOpt,
+    emit,
+    err_console,
+    opened,
+    out_console,
+    output_file,
+    user_errors,
+    writing,
+)
 from labvault.domain.actors import Actor
 from labvault.errors import UserError
 from labvault.services.audit import audit_of
@@ -128,7 +137,8 @@ def fhir(out: Path = typer.Option(..., "--out", help="NDJSON file to write ('-' 
             n = svc.export_fhir(Actor.operator(), sys.stdout, tenant, _when(since))
             err_console.print(f"{n} AuditEvent resources written")
             return
-        n = svc.export_fhir(Actor.operator(), out, tenant, _when(since))
+        with writing(out):
+            n = svc.export_fhir(Actor.operator(), output_file(out), tenant, _when(since))
     emit({"file": str(out), "resources": n}, as_json,
          lambda: out_console.print(f"{n} AuditEvent resources written to {out}"))
 
@@ -156,6 +166,7 @@ def register(fmt: str = typer.Option("md", "--format", help="md or json."),
     text = svc.register_markdown(reg) if fmt == "md" else json.dumps(reg, ensure_ascii=False,
                                                                        indent=1) + "\n"
     if out is not None:
-        out.write_text(text, encoding="utf-8")
+        with writing(out):
+            output_file(out).write_text(text, encoding="utf-8")
     else:
         sys.stdout.write(text)

@@ -57,7 +57,7 @@ def list_cases(as_json: bool = JsonOpt) -> None:
 
 @app.command("show")
 @user_errors
-def show(case_id: str = typer.Argument(..., help="Case id."),
+def show(case_id: str = typer.Argument(..., help="Case id (brc_...)."),
          matches: bool = typer.Option(False, "--matches", help="Include matched rows."),
          as_json: bool = JsonOpt) -> None:
     """A case: timeline, evidence, triage, severity, decisions, notifications, measures."""
@@ -76,9 +76,9 @@ def show(case_id: str = typer.Argument(..., help="Case id."),
 
 @app.command("record")
 @user_errors
-def record(case_id: str = typer.Argument(...),
+def record(case_id: str = typer.Argument(..., help="Case id (brc_...)."),
            kind: str = typer.Option(..., "--kind", help="decision | measure | note"),
-           text: str = typer.Option(..., "--text"),
+           text: str = typer.Option(..., "--text", help="The text (sealed)."),
            as_json: bool = JsonOpt) -> None:
     """Add a decision, a measure taken, or a note to the case timeline."""
     with opened() as lv:
@@ -89,7 +89,8 @@ def record(case_id: str = typer.Argument(...),
 
 @app.command("close")
 @user_errors
-def close(case_id: str = typer.Argument(...), as_json: bool = JsonOpt) -> None:
+def close(case_id: str = typer.Argument(..., help="Case id (brc_...)."),
+          as_json: bool = JsonOpt) -> None:
     """Close a case."""
     with opened() as lv:
         lv.breach.close(Actor.operator(), case_id)
@@ -114,12 +115,13 @@ def _progress(paths: list[Path]) -> Iterator[Any]:
 @app.command("triage")
 @user_errors
 def triage(dumps: list[Path] = typer.Argument(..., help="Leaked file(s)."),
-           case_id: str = typer.Option(..., "--case", help="Case id."),
+           case_id: str = typer.Option(..., "--case", help="Case id (brc_...)."),
            fmt: str = typer.Option("auto", "--format",
                                    help="auto | csv | json | ndjson | sql | xlsx"),
            recipients: str = typer.Option("unknown", "--recipients",
                                           help="Who got the data: none | known | unknown."),
-           malicious: bool = typer.Option(True, "--malicious/--accidental"),
+           malicious: bool = typer.Option(True, "--malicious/--accidental",
+                                          help="Malicious intent (ENISA +0.5) or not."),
            workers: int = typer.Option(1, "--workers", min=1, max=64,
                                        help="Processes for the exact tier."),
            as_json: bool = JsonOpt) -> None:
@@ -147,13 +149,16 @@ def triage(dumps: list[Path] = typer.Argument(..., help="Leaked file(s)."),
 
 @app.command("notify")
 @user_errors
-def notify(case_id: str = typer.Argument(...),
+def notify(case_id: str = typer.Argument(..., help="Case id (brc_...), triaged."),
            out: Path = typer.Option(..., "--out", help="Directory for the notices."),
            kind: str = typer.Option(None, "--type", help="initial | complementary "
                                                         "(default: from the register)"),
-           dpo_name: str = typer.Option(None, "--dpo-name"),
-           dpo_email: str = typer.Option(None, "--dpo-email"),
-           dpo_phone: str = typer.Option(None, "--dpo-phone"),
+           dpo_name: str = typer.Option(None, "--dpo-name",
+                                        help="DPO's name (default LABVAULT_DPO_NAME)."),
+           dpo_email: str = typer.Option(None, "--dpo-email",
+                                         help="DPO's e-mail (default LABVAULT_DPO_EMAIL)."),
+           dpo_phone: str = typer.Option(None, "--dpo-phone",
+                                         help="DPO's phone (default LABVAULT_DPO_PHONE)."),
            delay_reasons: str = typer.Option(None, "--delay-reasons",
                                              help="Why later than 72 h (Art. 33(1))."),
            as_json: bool = JsonOpt) -> None:

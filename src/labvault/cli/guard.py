@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from datetime import date
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -31,15 +32,27 @@ def register(app: typer.Typer) -> None:
 
 
 # -- alerts --------------------------------------------------------------------------------
+class AlertStatus(StrEnum):
+    open = "open"
+    acked = "acked"
+
+
 @alerts_app.command("list")
 @user_errors
 def alerts_list(tenant: str = typer.Option(None, "--tenant", help="Laboratory id (default all)."),
-                status: str = typer.Option(None, "--status", help="open or acked."),
-                limit: int = typer.Option(100, "--limit", min=1, max=1000),
+                status: AlertStatus = typer.Option(None, "--status",
+                                                   help="Only open or only acknowledged "
+                                                        "alerts."),
+                limit: int = typer.Option(100, "--limit", min=1, max=1000,
+                                          help="At most this many alerts."),
                 as_json: bool = JsonOpt) -> None:
     """Alerts, newest first, with their (unsealed) details."""
+    from labvault.services.alerts import PLATFORM
     with opened() as lv:
-        rows = lv.guard.alerts.list(Actor.operator(), tenant, status, limit)
+        if tenant is not None and tenant != PLATFORM:
+            lv.tenants.get(tenant)      # a typo: "no laboratory", not an empty list
+        rows = lv.guard.alerts.list(Actor.operator(), tenant,
+                                    status.value if status else None, limit)
 
     def human() -> None:
         for a in rows:
@@ -59,14 +72,17 @@ def alerts_ack(alert_id: str = typer.Argument(..., help="Alert id (alrt_...)."),
     """Acknowledge an alert (it stays listed, marked acked)."""
     with opened() as lv:
         res = lv.guard.alerts.ack(Actor.operator(), alert_id)
-    emit(res, as_json, lambda: out_console.print(f"alert {alert_id} acknowledged"))
+    emit(res, as_json, lambda: out_console.print(
+        f"alert {alert_id} already acknowledged by {res['acked_by']} at {res['acked_at']}"
+        if res["already_acked"] else f"alert {alert_id} acknowledged", highlight=False))
 
 
 # -- honeytokens ---------------------------------------------------------------------------
 @canary_app.command("plant")
 @user_errors
 def canary_plant(tenant: str = typer.Option(..., "--tenant", help="Laboratory id."),
-                 count: int = typer.Option(1, "--count", min=1, max=1000),
+                 count: int = typer.Option(1, "--count", min=1, max=1000,
+                                           help="How many honeytoken patients (1-1000)."),
                  as_json: bool = JsonOpt) -> None:
     """Plant honeytoken patients: any read, search hit or export of one raises a critical alert."""
     with opened() as lv:
@@ -135,7 +151,9 @@ def export_approve(export_id: str = typer.Argument(..., help="Export id (exp_...
 
 @export_app.command("list")
 @user_errors
-def export_list(tenant: str = typer.Option(None, "--tenant"), as_json: bool = JsonOpt) -> None:
+def export_list(tenant: str = typer.Option(None, "--tenant",
+                                           help="Only this laboratory's exports."),
+                as_json: bool = JsonOpt) -> None:
     """Exports with their manifests."""
     with opened() as lv:
         rows = lv.guard.exports.list(Actor.operator(), tenant)
@@ -172,6 +190,11 @@ def _read(file: Path) -> bytes:
 # -- purge -----------------------------------------------------------------------------------
 @user_errors
 def purge(dry_run: bool = typer.Option(False, "--dry-run", help="Count, delete nothing."),
+          confirm: int = typer.Option(None, "--confirm-mass-erasure", min=0, metavar="N",
+                                      help="Allow more erasures than one run may make "
+                                           "(LABVAULT_PURGE_MAX_ERASE_*): N is the exact "
+                                           "number of patients this run erases, as "
+                                           "--dry-run reports it."),
           as_json: bool = JsonOpt) -> None:
     """Delete expired exports and crypto-shred patients past their retention period."""
     show = err_console.is_terminal and not as_json
@@ -183,17 +206,32 @@ def purge(dry_run: bool = typer.Option(False, "--dry-run", help="Count, delete n
         def step(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
 
-        res: dict[str, Any] = lv.guard.purge(dry_run=dry_run, progress=step)
-    emit(res, as_json, lambda: out_console.print(
-        f"{'would purge' if dry_run else 'purged'} {res['exports']['expired']} export(s), "
-        f"{res['patients']['expired']} patient(s) past retention"))
+        res: dict[str, Any] = lv.guard.purge(dry_run=dry_run, progress=step,
+                                             confirm_mass_erasure=confirm)
+
+    def human() -> None:
+        out_console.print(f"{'would purge' if dry_run else 'purged'} "
+                          f"{res['exports']['expired']} export(s), "
+                          f"{res['patients']['expired']} patient(s) past retention")
+        for tid, f in res["patients"]["mass_erasure"].items():
+            out_console.print(f"  {tid}: {f['expired']} of {f['active']} active patients, "
+                              f"over the limit of {f['limit']} per run", highlight=False)
+        if dry_run and res["patients"]["mass_erasure"]:
+            out_console.print("purge would refuse this; if every erasure is intended: "
+                              "labvault purge --confirm-mass-erasure "
+                              f"{res['patients']['expired']}")
+
+    emit(res, as_json, human)
 
 
 # -- settings, suspensions ---------------------------------------------------------------------
 @guard_app.command("config")
 @user_errors
-def guard_config(tenant: str = typer.Option(..., "--tenant"),
-                 set_: list[str] = typer.Option(None, "--set", help="NAME=VALUE (repeatable)."),
+def guard_config(tenant: str = typer.Option(..., "--tenant", help="Laboratory id."),
+                 set_: list[str] = typer.Option(None, "--set", help="NAME=VALUE (repeatable): "
+                                              "budget.<role>.10m|day, rule.<rule>.10m, "
+                                              "hours.open|close|days|tz, "
+                                              "retention.<type> (years), export.fields."),
                  unset: list[str] = typer.Option(None, "--unset", help="NAME (repeatable)."),
                  as_json: bool = JsonOpt) -> None:
     """Show or change a lab's guard settings (budgets, rules, opening hours, retention)."""
@@ -211,7 +249,8 @@ def guard_config(tenant: str = typer.Option(..., "--tenant"),
 
 @guard_app.command("suspensions")
 @user_errors
-def guard_suspensions(tenant: str = typer.Option(..., "--tenant"), as_json: bool = JsonOpt) -> None:
+def guard_suspensions(tenant: str = typer.Option(..., "--tenant", help="Laboratory id."),
+                      as_json: bool = JsonOpt) -> None:
     """Accounts suspended by a budget breach."""
     with opened() as lv:
         rows = lv.guard.suspensions(Actor.operator(), tenant)
@@ -220,8 +259,9 @@ def guard_suspensions(tenant: str = typer.Option(..., "--tenant"), as_json: bool
 
 @guard_app.command("release")
 @user_errors
-def guard_release(tenant: str = typer.Option(..., "--tenant"),
-                  account: str = typer.Option(..., "--account", help="Account id."),
+def guard_release(tenant: str = typer.Option(..., "--tenant", help="Laboratory id."),
+                  account: str = typer.Option(..., "--account",
+                                              help="The suspended account's id (acct_...)."),
                   as_json: bool = JsonOpt) -> None:
     """Release a suspended account after reviewing its alert."""
     with opened() as lv:

@@ -6,6 +6,7 @@ import typer
 
 from labvault.cli._common import JsonOpt, emit, opened, out_console, user_errors
 from labvault.domain.actors import Actor
+from labvault.errors import UserError
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -17,6 +18,10 @@ def rotate(tenant: str = typer.Option(None, "--tenant", help="Only this laborato
                                      help="Rotate the root key and re-wrap every tenant key."),
            as_json: bool = JsonOpt) -> None:
     """New key-encryption key version(s); patient data keys are re-wrapped, data untouched."""
+    if root and tenant:
+        raise UserError("--root and --tenant are exclusive",
+                        "--root rotates the root key (every laboratory's keys are re-wrapped); "
+                        "--tenant ID a laboratory's key-encryption key")
     actor = Actor.operator()
     with opened() as lv:
         if root:

@@ -150,11 +150,12 @@ def ingest_hl7(path: Path = typer.Argument(..., help="HL7 v2 file (one or more m
 
 @issues_app.command("list")
 @user_errors
-def issues_list(tenant: str = typer.Option(..., "--tenant"),
+def issues_list(tenant: str = typer.Option(..., "--tenant", help="Laboratory id."),
                 all_: bool = typer.Option(False, "--all", help="Resolved/discarded too."),
                 as_json: bool = JsonOpt) -> None:
     """Import issues (opened through the gate, audited)."""
     with opened() as lv:
+        lv.tenants.get(tenant)          # a typo: "no laboratory", not an empty list
         items = lv.lab.messages.list_issues(Actor.operator(), tenant, None if all_ else "open")
 
     def human() -> None:
@@ -168,7 +169,7 @@ def issues_list(tenant: str = typer.Option(..., "--tenant"),
 
 @issues_app.command("resolve")
 @user_errors
-def issues_resolve(issue_id: str = typer.Argument(...),
+def issues_resolve(issue_id: str = typer.Argument(..., help="Issue id (iss_...)."),
                    patient: str = typer.Option(None, "--patient", help="Patient id (pt_...)."),
                    code: list[str] = typer.Option(
                        [], "--code", help="LOCAL=LOINC: what an unknown code means (once per "
@@ -217,13 +218,15 @@ def _codes(given: list[str]) -> tuple[str | None, dict[str, str]]:
 @catalogue_app.command("load")
 @user_errors
 def catalogue_load(file: Path = typer.Argument(..., help="Catalogue JSON (docs/lab.md)."),
-                   tenant: str = typer.Option(..., "--tenant"), as_json: bool = JsonOpt) -> None:
+                   tenant: str = typer.Option(..., "--tenant", help="Laboratory id."),
+                   as_json: bool = JsonOpt) -> None:
     """Install a laboratory's own catalogue (replaces the shipped default for that lab)."""
     try:
         data = json.loads(file.read_text("utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise UserError(f"cannot read {file}: {exc}", "give a JSON catalogue file") from None
     with opened() as lv:
+        lv.tenants.get(tenant)
         info = lv.lab.load_catalogue(Actor.operator(), tenant, data)
     emit(info, as_json, lambda: out_console.print(
         f"catalogue {info['version']} loaded ({info['tests']} tests)"))
@@ -231,13 +234,14 @@ def catalogue_load(file: Path = typer.Argument(..., help="Catalogue JSON (docs/l
 
 @catalogue_app.command("show")
 @user_errors
-def catalogue_show(tenant: str = typer.Option(..., "--tenant"),
+def catalogue_show(tenant: str = typer.Option(..., "--tenant", help="Laboratory id."),
                    code: str = typer.Option(None, "--code",
                                             help="Only this test (LOINC or local code)."),
                    as_json: bool = JsonOpt) -> None:
     """The catalogue in force for a laboratory: each test with its ranges and panic
     limits, as loaded."""
     with opened() as lv:
+        lv.tenants.get(tenant)          # a typo: "no laboratory", not the default catalogue
         cat = lv.lab.catalogue(tenant)
     tests = list(cat.tests.values())
     if code is not None:

@@ -60,17 +60,20 @@ def import_(file: Path = typer.Argument(..., help="NDJSON file, one patient per 
 @user_errors
 def find(tenant: str = typer.Option(..., "--tenant", help="Laboratory id."),
          nir: str = typer.Option(None, "--nir", help="NIR (social security number)."),
-         email: str = typer.Option(None, "--email"),
-         phone: str = typer.Option(None, "--phone"),
-         birth_name: str = typer.Option(None, "--birth-name"),
-         first_name: str = typer.Option(None, "--first-name"),
-         birth_date: str = typer.Option(None, "--birth-date", help="YYYY-MM-DD"),
+         email: str = typer.Option(None, "--email", help="E-mail address."),
+         phone: str = typer.Option(None, "--phone",
+                                   help="Phone number, any French or international format."),
+         birth_name: str = typer.Option(None, "--birth-name",
+                                        help="Birth name (with --first-name and --birth-date)."),
+         first_name: str = typer.Option(None, "--first-name", help="First first name."),
+         birth_date: str = typer.Option(None, "--birth-date", help="Birth date, YYYY-MM-DD."),
          as_json: bool = JsonOpt) -> None:
-    """Find patients through the blind indexes (no record is opened)."""
+    """Find patients through the blind indexes (no record is opened; audited as a search
+    by the operator, purpose administration)."""
     with opened() as lv:
         ids = lv.patients.find(Actor.operator(), tenant, nir=nir, email=email, phone=phone,
                                birth_name=birth_name, first_name=first_name,
-                               birth_date=birth_date)
+                               birth_date=birth_date, purpose="administration")
     emit({"patients": ids}, as_json, lambda: out_console.print("\n".join(ids) or "no match"))
 
 

@@ -8,6 +8,7 @@ import typer
 
 from labvault.cli import _common
 from labvault.cli._common import JsonOpt, emit, err_console, out_console, user_errors
+from labvault.config import Settings
 
 
 def register(app: typer.Typer) -> None:
@@ -60,8 +61,9 @@ def demo(scenario: str = typer.Argument(None, help="breach: re-enact the inciden
 
 
 @user_errors
-def serve(host: str = typer.Option("127.0.0.1", "--host"),
-          port: int = typer.Option(8000, "--port"),
+def serve(host: str = typer.Option("127.0.0.1", "--host",
+                                   help="Address to listen on (default loopback only)."),
+          port: int = typer.Option(8000, "--port", help="TCP port."),
           workers: int = typer.Option(1, "--workers", min=1, max=64,
                                       help="Worker processes."),
           tls_cert: Path = typer.Option(None, "--tls-cert",
@@ -69,16 +71,18 @@ def serve(host: str = typer.Option("127.0.0.1", "--host"),
           tls_key: Path = typer.Option(None, "--tls-key", help="PEM private key of --tls-cert."),
           insecure_plaintext: bool = typer.Option(False, "--insecure-plaintext",
                                                   help="Serve plain HTTP on a non-loopback "
-                                                       "address (a TLS proxy in front).")
+                                                       "address (a TLS proxy in front)."),
+          demo: bool = typer.Option(False, "--demo",
+                                    help="A demo instance: on first run (no database yet) "
+                                         "create it with synthetic data and accounts whose "
+                                         "credentials are published; loopback only.")
           ) -> None:
-    """Serve the REST/FHIR API and web pages. First run: initialise and seed demo data."""
+    """Serve the REST/FHIR API and web pages (--demo: a demo instance, seeded on first run)."""
     import os
 
     import uvicorn
 
     from labvault.interop import tls
-    from labvault.services.demo import seed_demo
-    from labvault.services.wiring import init_labvault
     # checked before anything starts: a refusal or an unusable file is exit 2, not a
     # traceback from a worker
     context = tls.listening_context(host, tls_cert, tls_key, None, insecure_plaintext,
@@ -87,14 +91,7 @@ def serve(host: str = typer.Option("127.0.0.1", "--host"),
         for line in tls.expiry_lines(tls.certificate_info(tls_cert)):
             err_console.print(line, highlight=False)
     s = _common.settings()
-    if s.is_sqlite and not (s.data_dir / "labvault.db").exists():
-        err_console.print(f"first run: creating {s.data_dir} with synthetic demo data…")
-        lv = init_labvault(s)
-        try:
-            summary = seed_demo(lv, 3, 300)
-        finally:
-            lv.close()
-        err_console.print_json(data=summary)
+    _first_run(s, demo, host)
     os.environ["LABVAULT_DATA_DIR"] = str(s.data_dir)
     scheme = "https" if context is not None else "http"
     err_console.print(f"labvault serving on {scheme}://{host}:{port}  (OpenAPI: /docs)")
@@ -102,3 +99,37 @@ def serve(host: str = typer.Option("127.0.0.1", "--host"),
                 workers=workers, log_level="warning", proxy_headers=False,
                 ssl_certfile=str(tls_cert) if context is not None else None,
                 ssl_keyfile=str(tls_key) if context is not None else None)
+
+
+DEMO_BANNER = ("[bold red]DEMO INSTANCE[/]: synthetic patients, and accounts whose password and "
+               "TOTP secret are published in the README. Never put real data here.")
+
+
+def _first_run(s: Settings, demo: bool, host: str) -> None:
+    """Without a database, ``serve`` starts nothing — a typo in the data directory must
+    not start an instance — unless ``--demo`` asks for a demo instance, seeded here."""
+    from labvault.errors import ConfigurationError, UserError
+    from labvault.interop import tls
+    if demo and not tls.is_loopback(host):
+        raise UserError("--demo listens on loopback only",
+                        "its accounts' credentials are published; drop --host or --demo")
+    if demo and not s.is_sqlite:
+        raise UserError("--demo works on the embedded SQLite default only",
+                        "unset LABVAULT_DATABASE_URL, or seed with `labvault demo`")
+    if not s.is_sqlite or (s.data_dir / "labvault.db").exists():
+        return      # --demo seeds a first run only: an existing installation is served as is
+    if not demo:
+        raise ConfigurationError(
+            f"no labvault data in {s.data_dir}",
+            "check --data-dir / LABVAULT_DATA_DIR; `labvault init` creates an installation, "
+            "`labvault serve --demo` a demo one (python3 scripts/run does that)")
+    from labvault.services.demo import seed_demo
+    from labvault.services.wiring import init_labvault
+    err_console.print(DEMO_BANNER, highlight=False)
+    err_console.print(f"first run: creating {s.data_dir} with synthetic demo data…")
+    lv = init_labvault(s)
+    try:
+        summary = seed_demo(lv, 3, 300)
+    finally:
+        lv.close()
+    err_console.print_json(data=summary)

@@ -12,6 +12,7 @@ from labvault.domain.actors import Actor
 
 app = typer.Typer(no_args_is_help=True, help="Named personal accounts (staff, patients).")
 policy_app = typer.Typer(no_args_is_help=True, help="The access policy table.")
+AccountArg = typer.Argument(..., help="Account id (acct_...).")
 
 
 @app.command("add")
@@ -60,42 +61,42 @@ def _admin(action: str, account_id: str, as_json: bool) -> None:
 
 @app.command("disable")
 @user_errors
-def disable(account_id: str, as_json: bool = JsonOpt) -> None:
+def disable(account_id: str = AccountArg, as_json: bool = JsonOpt) -> None:
     """Disable an account; its sessions end at once."""
     _admin("disable", account_id, as_json)
 
 
 @app.command("enable")
 @user_errors
-def enable(account_id: str, as_json: bool = JsonOpt) -> None:
+def enable(account_id: str = AccountArg, as_json: bool = JsonOpt) -> None:
     """Re-enable a disabled account."""
     _admin("enable", account_id, as_json)
 
 
 @app.command("unlock")
 @user_errors
-def unlock(account_id: str, as_json: bool = JsonOpt) -> None:
+def unlock(account_id: str = AccountArg, as_json: bool = JsonOpt) -> None:
     """Clear failed-login counters and lockout of an account."""
     _admin("unlock", account_id, as_json)
 
 
 @app.command("reset-mfa")
 @user_errors
-def reset_mfa(account_id: str, as_json: bool = JsonOpt) -> None:
+def reset_mfa(account_id: str = AccountArg, as_json: bool = JsonOpt) -> None:
     """Forget the TOTP secret and recovery codes; the user enrols again at next login."""
     _admin("reset-mfa", account_id, as_json)
 
 
 @app.command("show")
 @user_errors
-def show(account_id: str, as_json: bool = JsonOpt) -> None:
+def show(account_id: str = AccountArg, as_json: bool = JsonOpt) -> None:
     """Show an account (name and e-mail are unsealed for the operator)."""
     _admin("show", account_id, as_json)
 
 
 @app.command("roles")
 @user_errors
-def roles(account_id: str,
+def roles(account_id: str = AccountArg,
           role: list[str] = typer.Option(..., "--role", help="New role set (repeat)."),
           as_json: bool = JsonOpt) -> None:
     """Replace the roles of an account (applies to live sessions at once)."""

@@ -9,7 +9,7 @@ rules are stated per *clinical* record type and the other categories follow.
 
 Defaults and what they rest on (French law, checked 2026; a lab may lengthen or
 shorten them with ``labvault guard config --tenant ID --set retention.<type>=<years>``
-after its own legal review):
+after its own legal review, down to the type's floor — see ``minimum`` below):
 
 - ``lab_report`` — 10 years. Code de la santé publique art. L1142-28 (10-year
   limitation of liability actions against health professionals, in force since law
@@ -22,6 +22,16 @@ after its own legal review):
 
 Every patient has ``lab_report`` records; other record types come from the modules
 that store them (``RetentionRegistry.add_source``).
+
+Floors. A retention period is the one setting that erases data on its own: a period
+shorter than the patients' idle time crypto-shreds them at the next purge, backups
+included, and ``0`` (which reads as "forever" elsewhere, e.g. the audit retention)
+would shred the whole lab. So each type has a floor no lab setting may go below, the
+shortest period any French text has set for that record: 5 years for medical-biology
+reports (the 1999 GBEA, before the profession moved to 10), 30 for genetic reports
+(R1131-20 leaves no shorter period). There is no override: a lab whose legal review
+finds a shorter period changes ``minimum`` here, in review, not with a CLI flag.
+``MAXIMUM_YEARS`` bounds the other side (a typo of 1000 years would overflow dates).
 """
 
 from __future__ import annotations
@@ -37,13 +47,16 @@ class RetentionRule:
     record_type: str
     years: int
     source: str
+    minimum: int      # the floor a lab setting may not go below (module docstring)
 
 
 DEFAULT_RULES: dict[str, RetentionRule] = {r.record_type: r for r in (
-    RetentionRule("lab_report", 10, "CSP L1142-28; SDBIO (LBM reports: 10 years)"),
-    RetentionRule("genetic_report", 30, "CSP R1131-20 (genetic examination reports: 30 years)"),
-    RetentionRule("amp_report", 20, "public establishments / AMP labs: 20 years (SDBIO)"),
+    RetentionRule("lab_report", 10, "CSP L1142-28; SDBIO (LBM reports: 10 years)", 5),
+    RetentionRule("genetic_report", 30, "CSP R1131-20 (genetic examination reports: 30 years)",
+                  30),
+    RetentionRule("amp_report", 20, "public establishments / AMP labs: 20 years (SDBIO)", 5),
 )}
+MAXIMUM_YEARS = 100
 
 BASE_TYPE = "lab_report"
 

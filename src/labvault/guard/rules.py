@@ -42,6 +42,9 @@ RULES: dict[str, Rule] = {r.kind: r for r in (
          "an account reads from a client address it never used before"),
     Rule("break-glass", "-", 0, "high",
          "break-glass (emergency) access used (raised by the gate itself)"),
+    Rule("retention.mass_erasure", "-", 0, "critical",
+         "the scheduled purge would crypto-shred more of the lab's patients than one run "
+         "may: nothing erased until `labvault purge --confirm-mass-erasure N`"),
 )}
 
 

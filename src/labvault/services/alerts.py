@@ -231,11 +231,17 @@ class AlertService:
                 raise NotFound(f"no alert {alert_id}", "list alerts with `labvault alerts list`")
             self._authorise(conn, actor, tenant, Action.WRITE)
             now = lv.now()
-            grepo.ack_alert(conn, row["tenant_id"], alert_id, actor.id, now)
+            # The first acknowledgement is the record (who took the alert in hand, when):
+            # a second one, or one racing it, answers it and overwrites nothing.
+            if row["status"] == "acked" or not grepo.ack_alert(conn, row["tenant_id"],
+                                                                alert_id, actor.id, now):
+                first = grepo.get_alert(conn, alert_id) or row
+                return {"id": alert_id, "status": "acked", "acked_by": first["acked_by"],
+                        "acked_at": first["acked_at"].isoformat(), "already_acked": True}
             lv.gate.audit.event(conn, actor, "alert.acked", "ok", tenant,
                                 {"alert_id": alert_id, "kind": row["kind"]})
         return {"id": alert_id, "status": "acked", "acked_by": actor.id,
-                "acked_at": now.isoformat()}
+                "acked_at": now.isoformat(), "already_acked": False}
 
     def flush(self, timeout: float = 10.0) -> bool:
         return self.dispatcher.flush(timeout)

@@ -22,7 +22,7 @@ from labvault import durable
 from labvault.config import Settings
 from labvault.crypto import KeyProvider, KeyRing
 from labvault.crypto.providers.file import FileKeyProvider
-from labvault.errors import ConfigurationError, KeyUnavailable
+from labvault.errors import ConfigurationError, KeyFileMissing, KeyUnavailable
 from labvault.services.gate import (
     AlertSink,
     AuditHook,
@@ -62,6 +62,23 @@ def open_provider(settings: Settings, create: bool = False) -> KeyProvider:
         return Pkcs11KeyProvider(settings.pkcs11_module, settings.pkcs11_token,
                                  settings.pkcs11_pin, create=create)
     raise ConfigurationError(f"unknown key provider {settings.key_provider}", "use file or pkcs11")
+
+
+def _check_places(settings: Settings) -> None:
+    """The data directory is a directory, and the root key file is outside it: a copy of
+    the data directory (a backup, a stolen disk image) must not carry the key."""
+    data_dir = settings.data_dir
+    if data_dir.exists() and not data_dir.is_dir():
+        raise ConfigurationError(f"the data directory {data_dir} is a file",
+                                 "choose a directory (--data-dir / LABVAULT_DATA_DIR)")
+    if settings.key_provider != "file" or settings.key_file is None:
+        return
+    key, data = settings.key_file.resolve(), data_dir.resolve()   # symlinks followed
+    if key == data or key.is_relative_to(data):
+        raise ConfigurationError(
+            f"the key file {settings.key_file} is inside the data directory {data_dir}",
+            "keep it beside, never inside (the default is <data dir>.key), or on another "
+            "volume: set LABVAULT_KEY_FILE")
 
 
 class ShredLogFile:
@@ -155,10 +172,21 @@ class Labvault:
     def init(settings: Settings) -> Labvault:
         """Create the data directory, the root key (if absent) and the schema."""
         engine_args = _engine_args(settings)        # checked before anything is written
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(settings.data_dir, 0o700)
-        provider = open_provider(settings, create=True)
+        _check_places(settings)
+        try:
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+            os.chmod(settings.data_dir, 0o700)
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot create the data directory {settings.data_dir}: {exc.strerror}",
+                "choose a directory you may write (--data-dir / LABVAULT_DATA_DIR)") from None
         engine = make_engine(settings.database_url, *engine_args)
+        if settings.key_provider == "file" and settings.key_file is not None \
+                and not settings.key_file.exists() and repo.holds_tenant_keys(engine):
+            # a fresh root key would sit where the lost one was expected and open nothing
+            engine.dispose()
+            raise KeyFileMissing(settings.key_file, holds_data=True)
+        provider = open_provider(settings, create=True)
         migrate.upgrade(engine)
         return Labvault(settings, engine, KeyRing(provider))
 
@@ -169,8 +197,13 @@ class Labvault:
                 and settings.database_url.endswith(str(settings.data_dir / "labvault.db")):
             raise ConfigurationError(f"no labvault data in {settings.data_dir}",
                                      "run `labvault init` first (or `labvault demo`)")
-        provider = open_provider(settings)
         engine = make_engine(settings.database_url, *_engine_args(settings))
+        try:
+            provider = open_provider(settings)
+        except KeyFileMissing as exc:   # the hint depends on whether data is sealed under it
+            holds_data = repo.holds_tenant_keys(engine)
+            engine.dispose()
+            raise KeyFileMissing(exc.path, holds_data) from None
         for warning in durability_warnings(engine):
             log.warning(warning)
         migrate.upgrade(engine)

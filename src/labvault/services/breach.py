@@ -415,6 +415,8 @@ class BreachService:
         """Encode patients written before this module existed (opens identity + contact
         through the gate, purpose ``breach``); also drops encodings of erased patients."""
         out: dict[str, int] = {}
+        if tenant_id:
+            self.lv.tenants.get(tenant_id)      # a typo: "no laboratory", not 0 encoded
         tenants = [tenant_id] if tenant_id else [t["tenant_id"] for t in self._tenants()]
         with self.lv.begin() as conn:
             purged = brepo.purge_orphan_encodings(conn)
@@ -728,7 +730,7 @@ class BreachService:
         tri = case["triage"][-1]
         sev = case["severity"][-1]
         kind = kind or ("complementary" if case["notifications"] else "initial")
-        out_dir.mkdir(parents=True, exist_ok=True)
+        out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         now = self.lv.now()
         labs_by_id = {t["tenant_id"]: t for t in self._tenants()}
         labs = [{"tenant_id": t, "name": labs_by_id[t]["name"], "finess": labs_by_id[t]["finess"],
@@ -745,7 +747,7 @@ class BreachService:
             measures_proposed=[], notified_at=now, origin=origin, delay_reasons=delay_reasons)
         written: dict[str, Any] = {}
         p = out_dir / f"cnil-art33-{kind}.json"
-        p.write_text(json.dumps(cnil, ensure_ascii=False, indent=2))
+        notices.write_private_text(p, json.dumps(cnil, ensure_ascii=False, indent=2))
         written["cnil_json"] = str(p)
         p = out_dir / f"cnil-art33-{kind}.pdf"
         written["cnil_pdf_pages"] = notices.render_pdf("cnil.html", p, n=cnil)
@@ -753,7 +755,7 @@ class BreachService:
         ars = notices.ars_report(case=case, labs=labs, meanings=meanings, persons=persons,
                                  dpo=dpo, measures_taken=measures, origin=origin, cnil_kind=kind)
         p = out_dir / "ars-cert-sante.json"
-        p.write_text(json.dumps(ars, ensure_ascii=False, indent=2))
+        notices.write_private_text(p, json.dumps(ars, ensure_ascii=False, indent=2))
         written["ars_json"] = str(p)
         p = out_dir / "ars-cert-sante.pdf"
         notices.render_pdf("ars.html", p, r=ars)
@@ -766,8 +768,8 @@ class BreachService:
                   "reason": cnil["subjects_informed"]["reason"], "rationale": sev["rationale"]}
             p = out_dir / "art34-exemption.pdf"
             notices.render_pdf("exemption.html", p, e=ex)
-            (out_dir / "art34-exemption.json").write_text(json.dumps(ex, ensure_ascii=False,
-                                                                     indent=2))
+            notices.write_private_text(out_dir / "art34-exemption.json",
+                                       json.dumps(ex, ensure_ascii=False, indent=2))
             written["exemption_pdf"] = str(p)
         with self.lv.begin() as conn:
             self._check(conn, actor, Action.WRITE, case_id)
@@ -801,8 +803,9 @@ class BreachService:
         for m in tri["matches"]:
             by_tenant[m["tenant_id"]][m["patient_id"]].add(m["row"])
         exposed = set(case["severity"][-1].get("exposed", []))
-        letters_dir = out_dir / "lettres"
-        letters_dir.mkdir(exist_ok=True)
+        letters_dir = out_dir / "lettres"        # names and addresses: the owner's only
+        letters_dir.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(letters_dir, 0o700)
         merge: list[list[object]] = []
         n = 0
         for t, pats in sorted(by_tenant.items()):
@@ -834,7 +837,6 @@ class BreachService:
         notices.write_csv(csv_path, ["patient_id", "laboratoire", "civilite", "nom", "prenom",
                                      "adresse", "code_postal", "ville", "email", "telephone",
                                      "lettre"], merge)
-        os.chmod(csv_path, 0o600)
         return {"letters": n, "letters_dir": str(letters_dir), "mail_merge_csv": str(csv_path)}
 
 

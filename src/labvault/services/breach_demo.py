@@ -27,7 +27,7 @@ from labvault.domain.patient import PatientRecord
 from labvault.errors import AccessDenied
 from labvault.services.app import Labvault
 from labvault.services.breach import dpo_from_env
-from labvault.services.demo import seed_demo
+from labvault.services.demo import refuse_real_laboratories, seed_demo
 from labvault.services.gate import Access
 
 Say = Callable[[str, str, "dict[str, Any] | None"], None]
@@ -36,6 +36,7 @@ Say = Callable[[str, str, "dict[str, Any] | None"], None]
 def run_demo(lv: Labvault, out: Path, say: Say, export_size: int = 60,
              strangers: int = 25) -> dict[str, Any]:
     operator = Actor.operator()
+    refuse_real_laboratories(lv)    # it reads, exports and "leaks" the first lab's patients
     if not lv.tenants.list():
         seed_demo(lv, 3, 300)
     labs = lv.tenants.list()

@@ -7,7 +7,7 @@ import random
 from typing import Any
 
 from labvault.domain.actors import Actor
-from labvault.errors import Conflict
+from labvault.errors import Conflict, NotADemoInstallation
 from labvault.services.app import Labvault
 from labvault.synthetic import make_finess, people
 
@@ -16,7 +16,13 @@ LAB_NAMES = ("Laboratoire des Flandres", "Biologie Médicale de l'Artois",
              "Biolab Métropole")
 
 
+MAX_LABS = 100        # `labvault demo --labs` at most
+
+
 def seed_demo(lv: Labvault, labs: int, patients: int, seed: int = 0) -> dict[str, Any]:
+    """Synthetic laboratories, patients and one account per role (published credentials);
+    refused on an installation that holds any other laboratory."""
+    refuse_real_laboratories(lv, seed)
     actor = Actor.operator()
     rng = random.Random(seed)
     existing = {t["finess"]: t for t in lv.tenants.list()}
@@ -24,7 +30,7 @@ def seed_demo(lv: Labvault, labs: int, patients: int, seed: int = 0) -> dict[str
     per_lab = [patients // labs + (1 if i < patients % labs else 0) for i in range(labs)]
     start = 0
     for i in range(labs):
-        finess = make_finess(rng, "59" if i % 2 == 0 else "62")
+        finess = _lab_finess(rng, i)
         name = LAB_NAMES[i % len(LAB_NAMES)] + (f" {i // len(LAB_NAMES) + 1}" if i >= 6 else "")
         if finess in existing:
             tenant_id = existing[finess]["id"]
@@ -42,6 +48,38 @@ def seed_demo(lv: Labvault, labs: int, patients: int, seed: int = 0) -> dict[str
             "demo_password": DEMO_PASSWORD, "demo_totp_secret": DEMO_TOTP_SECRET,
             "login": "POST /api/v1/auth/login {email, password, totp}; totp = current code of "
                      "demo_totp_secret (staff); patients log in without TOTP"}
+
+
+def _lab_finess(rng: random.Random, index: int) -> str:
+    return make_finess(rng, "59" if index % 2 == 0 else "62")
+
+
+def demo_finesses(seed: int = 0, labs: int = MAX_LABS) -> set[str]:
+    """The FINESS numbers ``seed_demo`` gives its laboratories. It draws, from one
+    generator, each lab's FINESS then one name per demo role (``seed_accounts``): the
+    same draws here, so a demo laboratory is known by its FINESS alone."""
+    rng = random.Random(seed)
+    out: set[str] = set()
+    for i in range(labs):
+        out.add(_lab_finess(rng, i))
+        for _ in DEMO_ROLES:
+            rng.randrange(2**32)        # the name seed_accounts draws for this role
+    return out
+
+
+def refuse_real_laboratories(lv: Labvault, seed: int = 0) -> None:
+    """Demo data only beside demo data: the demo's accounts, a platform operator among
+    them, log in with a password and TOTP secret printed in the README."""
+    demo = demo_finesses(seed)
+    real = [t for t in lv.tenants.list() if t["finess"] not in demo]
+    if real:
+        named = ", ".join(f"{t['name']} (FINESS {t['finess']})" for t in real[:3])
+        raise NotADemoInstallation(
+            f"this installation holds laboratories that are not demo data: {named}"
+            + (f" and {len(real) - 3} more" if len(real) > 3 else ""),
+            "the demo adds accounts whose password and TOTP secret are published, a platform "
+            "operator among them; run it in a data directory of its own "
+            "(labvault --data-dir /tmp/labvault-demo demo)")
 
 
 # Documented demo credentials (docs/access.md): synthetic accounts of a demo dataset only.

@@ -30,6 +30,7 @@ import pyrage
 from sqlalchemy.engine import Connection
 
 from labvault import durable
+from labvault.breach.readers import decode_text
 from labvault.crypto import blind_index as bi
 from labvault.domain.actors import Actor
 from labvault.domain.categories import Action, Category
@@ -49,6 +50,7 @@ from labvault.services.gate import Access
 from labvault.store import repositories as repo
 from labvault.store import repositories_guard as grepo
 from labvault.store.ids import new_id
+from labvault.textfiles import sniff_delimiter
 
 if TYPE_CHECKING:
     from labvault.services.app import Labvault
@@ -394,6 +396,8 @@ class ExportService:
         lv = self.lv
         if tenant_id is None and actor.kind not in ("operator", "system"):
             tenant_id = actor.tenant_id or "-"
+        elif tenant_id is not None:
+            lv.guard.require_lab(actor, tenant_id)
         with lv.begin() as conn:
             rows = grepo.list_exports(conn, tenant_id)
             out = []
@@ -524,8 +528,10 @@ class ExportService:
 
 
 def parse_leak(data: bytes) -> tuple[list[dict[str, Any]], bool]:
-    """Rows of a leaked copy: NDJSON (key order kept) or CSV with a header row."""
-    text = data.decode("utf-8", errors="replace")
+    """Rows of a leaked copy: NDJSON (key order kept) or CSV with a header row. Read as
+    breach triage reads it: the same encoding detection, decoded strictly, and the
+    delimiter sniffed from the header line (French Excel writes semicolons)."""
+    text = decode_text(data, "the leaked file")
     stripped = text.lstrip()
     rows: list[dict[str, Any]] = []
     if stripped.startswith("{"):
@@ -542,10 +548,12 @@ def parse_leak(data: bytes) -> tuple[list[dict[str, Any]], bool]:
         return rows, True
     # csv.reader + the header, not DictReader: the same dicts (surplus and empty cells
     # left out, a repeated header name keeps its last cell) at half the cost.
-    reader = csv.reader(io.StringIO(text))
+    delimiter = sniff_delimiter(stripped.split("\n", 1)[0])
+    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
     header = next(reader, None)
     if header is None:
         return rows, False
+    header = [h.strip() for h in header]
     for rec in reader:
         if rec:
             rows.append({k: v for k, v in dict(zip(header, rec, strict=False)).items() if v})

@@ -7,7 +7,6 @@ plugs the budget hook, the alert store and the denial observer into the gate.
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -19,7 +18,13 @@ from sqlalchemy.engine import Connection
 from labvault.crypto.digests import hmac_sha256
 from labvault.domain.actors import Actor
 from labvault.domain.categories import Action
-from labvault.errors import AccessDenied, BudgetExceeded, InvalidField, NotFound
+from labvault.errors import (
+    AccessDenied,
+    BudgetExceeded,
+    InvalidField,
+    MassErasureRefused,
+    NotFound,
+)
 from labvault.guard import budgets, rules
 from labvault.guard.alerts import setting
 from labvault.guard.canaries import canary_person
@@ -38,17 +43,6 @@ CONFIG_TTL = 30.0
 CANARY_TTL = 30.0
 WATCHED = frozenset({Action.READ, Action.SEARCH, Action.EXPORT})
 ADMIN_ROLES = frozenset({"lab_admin", "dpo"})
-
-_CONFIG_KEYS: tuple[tuple[re.Pattern[str], str], ...] = (
-    (re.compile(r"budget\.[a-z_*]+\.(10m|day)"), "int"),
-    (re.compile(r"rule\.[a-z_]+\.10m"), "int"),
-    (re.compile(r"hours\.(open|close)"), "time"),
-    (re.compile(r"hours\.days"), "days"),
-    (re.compile(r"hours\.tz"), "tz"),
-    (re.compile(r"retention\.[a-z_]+"), "int"),
-    (re.compile(r"export\.fields"), "fields"),
-)
-
 
 class GuardService:
     def __init__(self, lv: Labvault) -> None:
@@ -112,6 +106,8 @@ class GuardService:
                     res = self.purge()
                     log.info("purge: %s exports, %s patients", res["exports"]["purged"],
                              res["patients"]["erased"])
+                except MassErasureRefused as refused:
+                    self.hold_mass_erasure(refused)
                 except Exception:  # the job must keep running; the error is logged
                     log.exception("scheduled purge failed")
 
@@ -258,26 +254,38 @@ class GuardService:
         return hit[2]
 
     def get_config(self, actor: Actor, tenant_id: str) -> dict[str, str]:
+        self.require_lab(actor, tenant_id)
         with self.lv.begin() as conn:
             self._admin_check(conn, actor, tenant_id, Action.READ, "alert")
             return grepo.get_config(conn, tenant_id)
 
     def set_config(self, actor: Actor, tenant_id: str, name: str, value: str | None) -> None:
-        kind = next((t for pat, t in _CONFIG_KEYS if pat.fullmatch(name)), None)
-        if kind is None:
-            raise InvalidField(name, "is not a guard setting",
-                               "see docs/guard.md: budget.<role>.10m|day, rule.<rule>.10m, "
-                               "hours.open|close|days|tz, retention.<type>, export.fields")
+        """Set (``value``) or unset (None) one per-lab setting. Only known names: a
+        misspelt role, rule or record type would be stored and silently do nothing."""
+        kinds = setting_kinds()
+        unknown = InvalidField(name, "is not a guard setting", "valid settings: "
+                               + _settings_summary())
+        if name not in kinds and value is not None:
+            raise unknown
         if value is not None:
-            _validate_config(name, kind, value)
+            _validate_config(name, kinds[name], value)
         lv = self.lv
         self.lv.tenants.get(tenant_id)
         with lv.begin() as conn:
             self._admin_check(conn, actor, tenant_id, Action.WRITE, "alert")
+            # an unknown name stored before names were checked can still be unset
+            if name not in kinds and name not in grepo.get_config(conn, tenant_id):
+                raise unknown
             grepo.set_config(conn, tenant_id, name, value, lv.now())
             lv.gate.audit.event(conn, actor, "guard.config", "ok", tenant_id,
                                 {"name": name, "value": value})
         self._config.pop(tenant_id, None)
+
+    def require_lab(self, actor: Actor, tenant_id: str) -> None:
+        """An operator's laboratory id names a laboratory (a typo is "no laboratory",
+        exit 2, not an empty answer). Staff act on their own lab, checked by the policy."""
+        if actor.kind in ("operator", "system"):
+            self.lv.tenants.get(tenant_id)
 
     def _admin_check(self, conn: Connection, actor: Actor, tenant_id: str, action: Action,
                      resource: str) -> None:
@@ -324,6 +332,7 @@ class GuardService:
         self.alert(conn, tenant_id, "budget.exceeded", actor, full, durable=True)
 
     def suspensions(self, actor: Actor, tenant_id: str) -> list[dict[str, Any]]:
+        self.require_lab(actor, tenant_id)
         with self.lv.begin() as conn:
             self._admin_check(conn, actor, tenant_id, Action.READ, "alert")
             return [{"id": r["suspension_id"], "account_id": r["account_id"],
@@ -334,6 +343,7 @@ class GuardService:
     def release(self, actor: Actor, tenant_id: str, account_id: str) -> int:
         """Lift a suspension (lab admin / DPO, or the operator); the windows restart empty."""
         lv = self.lv
+        self.require_lab(actor, tenant_id)
         with lv.begin() as conn:
             self._admin_check(conn, actor, tenant_id, Action.WRITE, "alert")
             n = grepo.release_suspensions(conn, tenant_id, account_id, actor.id, lv.now())
@@ -450,9 +460,19 @@ class GuardService:
 
     # -- purge (exports at expiry, patients at end of retention) -------------------------------------
     def purge(self, dry_run: bool = False,
-              progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+              progress: Callable[[int, int], None] | None = None,
+              confirm_mass_erasure: int | None = None) -> dict[str, Any]:
+        """Delete expired exports, crypto-shred patients past retention. Refused whole
+        (``MassErasureRefused``, nothing done) when a lab would lose more patients than
+        ``mass_erasure_limit`` allows, unless ``confirm_mass_erasure`` is the exact count
+        the run would erase (what a dry run reports)."""
+        due = self._retention_due()
+        held = self._mass_erasures(due)
+        if held and not dry_run and confirm_mass_erasure != len(due):
+            raise MassErasureRefused(len(due), held, confirm_mass_erasure)
         exports = self.exports.purge_expired(dry_run=dry_run)
-        patients = self.purge_retention(dry_run=dry_run, progress=progress)
+        patients = self._erase_due(due, dry_run=dry_run, progress=progress)
+        patients["mass_erasure"] = held
         if not dry_run:
             with self.lv.begin() as conn:
                 grepo.delete_marks_before(conn, self.lv.now() - timedelta(days=2))
@@ -460,16 +480,19 @@ class GuardService:
 
     def purge_retention(self, dry_run: bool = False,
                         progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+        return self._erase_due(self._retention_due(), dry_run=dry_run, progress=progress)
+
+    def _retention_due(self) -> list[tuple[str, str, str]]:
+        """(tenant, patient, rule) of every patient whose retention period has run out."""
+        from labvault.guard.retention import DEFAULT_RULES, years_for
         lv = self.lv
-        system = Actor.system("retention")
         now = lv.now()
-        due: list[tuple[str, str, str]] = []       # (tenant, patient, record type rule)
+        due: list[tuple[str, str, str]] = []
         with lv.begin() as conn:
             for t in repo.list_tenants(conn):
                 tid = t["tenant_id"]
                 cfg = grepo.get_config(conn, tid)
                 # Shortest rule bounds the candidates; each candidate then gets its own period.
-                from labvault.guard.retention import DEFAULT_RULES, years_for
                 shortest = min(years_for(r, cfg) for r in DEFAULT_RULES)
                 cands = grepo.patients_idle_since(conn, tid, now - timedelta(days=365 * shortest))
                 types = self.retention.types_of(conn, tid, [p for p, _ in cands])
@@ -478,6 +501,37 @@ class GuardService:
                     if last + _years(years) <= now:
                         rule = max(types[pid], key=lambda ty: years_for(ty, cfg))
                         due.append((tid, pid, f"retention:{rule}"))
+        return due
+
+    def mass_erasure_limit(self, active: int) -> int:
+        """Patients of a lab one purge may erase unaided: the larger of
+        LABVAULT_PURGE_MAX_ERASE_PATIENTS and LABVAULT_PURGE_MAX_ERASE_PERCENT % of its
+        active patients. Retention expires a trickle a day; far more in one run is a
+        misconfiguration (a retention period, a clock, a restored database) until a
+        person says otherwise."""
+        settings = self.lv.settings
+        floor = settings.whole_number("LABVAULT_PURGE_MAX_ERASE_PATIENTS", 0)
+        percent = settings.whole_number("LABVAULT_PURGE_MAX_ERASE_PERCENT", 0)
+        return max(floor, active * percent // 100)
+
+    def _mass_erasures(self, due: Sequence[tuple[str, str, str]]) -> dict[str, dict[str, int]]:
+        """Labs whose erasures in this run exceed ``mass_erasure_limit``."""
+        counts: dict[str, int] = {}
+        for tid, _, _ in due:
+            counts[tid] = counts.get(tid, 0) + 1
+        held: dict[str, dict[str, int]] = {}
+        with self.lv.begin() as conn:
+            for tid, n in sorted(counts.items()):
+                active = grepo.count_active(conn, tid)
+                limit = self.mass_erasure_limit(active)
+                if n > limit:
+                    held[tid] = {"expired": n, "active": active, "limit": limit}
+        return held
+
+    def _erase_due(self, due: Sequence[tuple[str, str, str]], dry_run: bool,
+                   progress: Callable[[int, int], None] | None) -> dict[str, Any]:
+        lv = self.lv
+        system = Actor.system("retention")
         by_tenant: dict[str, int] = {}
         for i, (tid, pid, rule) in enumerate(due, start=1):
             by_tenant[tid] = by_tenant.get(tid, 0) + 1
@@ -493,14 +547,60 @@ class GuardService:
         return {"expired": len(due), "erased": 0 if dry_run else len(due),
                 "by_tenant": by_tenant}
 
+    def hold_mass_erasure(self, refused: MassErasureRefused) -> None:
+        """The scheduled purge met a mass erasure: no patient was erased; say so loudly
+        (a critical log line and a critical alert per lab, for the DPO's sinks). Expired
+        exports are still deleted: their expiry is no retention decision."""
+        import logging
+        log = logging.getLogger("labvault.guard")
+        log.critical("scheduled purge refused, no patient erased: %s", refused)
+        try:
+            self.exports.purge_expired()
+        except Exception:
+            log.exception("scheduled purge of expired exports failed")
+        try:
+            with self.lv.begin() as conn:
+                for tid, figures in refused.held.items():
+                    self.alert(conn, tid, "retention.mass_erasure", Actor.system("retention"),
+                               {**figures, "confirm_with": "labvault purge "
+                                f"--confirm-mass-erasure {refused.total}"})
+        except Exception:  # the critical log line above stands; the job keeps running
+            log.exception("could not raise the mass-erasure alert")
+
 
 def _years(n: int) -> timedelta:
     return timedelta(days=round(365.25 * n))
 
 
+def setting_kinds() -> dict[str, str]:
+    """Every per-lab guard setting -> the kind of value it takes (docs/guard.md)."""
+    from labvault.access.accounts import ROLES
+    from labvault.guard.retention import DEFAULT_RULES
+    kinds = {f"budget.{role}.{window}": "int" for role in (*ROLES, "*")
+             for window in ("10m", "day")}
+    kinds |= {r.setting: "int" for r in rules.RULES.values() if r.setting.startswith("rule.")}
+    kinds |= {"hours.open": "time", "hours.close": "time", "hours.days": "days",
+              "hours.tz": "tz", "export.fields": "fields"}
+    kinds |= {f"retention.{t}": "retention" for t in DEFAULT_RULES}
+    return kinds
+
+
+def _settings_summary() -> str:
+    """The valid setting names, compactly: budget.<role>.10m|day (roles: ...), ..."""
+    from labvault.access.accounts import ROLES
+    from labvault.guard.retention import DEFAULT_RULES
+    rule_names = sorted(r.setting for r in rules.RULES.values() if r.setting.startswith("rule."))
+    return (f"budget.<role>.10m|day (role: {', '.join((*ROLES, '*'))}), "
+            f"{', '.join(rule_names)}, hours.open|close|days|tz, "
+            f"retention.{'|'.join(DEFAULT_RULES)}, export.fields")
+
+
 def _validate_config(name: str, kind: str, value: str) -> None:
     from datetime import time as dtime
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+    if kind == "retention":
+        _validate_retention(name, value)
+        return
     try:
         if kind == "int":
             if int(value) < 0:
@@ -519,6 +619,22 @@ def _validate_config(name: str, kind: str, value: str) -> None:
     except (ValueError, ZoneInfoNotFoundError):
         raise InvalidField(name, f"invalid value {value!r}",
                            "integers >= 0, HH:MM, mon-sat, Europe/Paris, or known fields") from None
+
+
+def _validate_retention(name: str, value: str) -> None:
+    """Years between the record type's floor and ``MAXIMUM_YEARS``: a shorter period
+    crypto-shreds patients at the next purge (guard/retention.py says why the floors)."""
+    from labvault.guard.retention import DEFAULT_RULES, MAXIMUM_YEARS
+    rule = DEFAULT_RULES[name.removeprefix("retention.")]
+    try:
+        years = int(value)
+    except ValueError:
+        years = -1
+    if not rule.minimum <= years <= MAXIMUM_YEARS:
+        raise InvalidField(name, f"must be a whole number of years from {rule.minimum} to "
+                                 f"{MAXIMUM_YEARS}, not {value!r}",
+                           f"a shorter period would crypto-shred this lab's patients at the "
+                           f"next purge; the default is {rule.years} ({rule.source})")
 
 
 class GuardBudget:

@@ -5,6 +5,7 @@ Every method takes the acting ``Actor`` and passes the gate.
 
 from __future__ import annotations
 
+import codecs
 import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -18,12 +19,13 @@ from labvault.crypto import blind_index as bi
 from labvault.domain.actors import Actor
 from labvault.domain.categories import PATIENT_CATEGORIES, Action, Category
 from labvault.domain.patient import PatientRecord
-from labvault.errors import InvalidField, InvalidRecord, NotFound, UserError
+from labvault.errors import InvalidField, InvalidRecord, NotFound, UnreadableFile, UserError
 from labvault.services import indexing
 from labvault.services.gate import Access
 from labvault.store import driver_sql
 from labvault.store import repositories as repo
 from labvault.store.ids import new_id
+from labvault.textfiles import sniff_delimiter
 
 if TYPE_CHECKING:
     from labvault.services.app import Labvault
@@ -60,6 +62,52 @@ class _Prepared:
 # [(patient id, record)], fresh) — e.g. breach-matching encodings (services/breach.py).
 WriteHook = Callable[[Connection, str, Sequence[tuple[str, PatientRecord]], bool], None]
 EraseHook = Callable[[Connection, str, str], None]
+
+
+def _first_line(raw: str | bytes) -> str | bytes:
+    """The first line says what the file is. A UTF-8 byte-order mark (Excel's and
+    Notepad's "UTF-8") is still UTF-8: dropped. A UTF-16 file or a CSV file is refused
+    whole, by name, before anything is imported — line by line they would only give a
+    "not valid JSON" per line, or a latin-1 hint that would garble UTF-16."""
+    if isinstance(raw, bytes):
+        if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or _utf16_text(raw):
+            raise UnreadableFile("the file is UTF-16, not UTF-8",
+                                 "save it as UTF-8 (iconv -f UTF-16 -t UTF-8 FILE > "
+                                 "FILE.utf8.ndjson)")
+        raw = raw.removeprefix(codecs.BOM_UTF8)
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return raw                  # the line's own rejection says "not UTF-8"
+    else:
+        raw = text = raw.removeprefix("\ufeff")
+    delimiter = _csv_delimiter(text)
+    if delimiter:
+        raise UnreadableFile(f"the file looks like CSV (fields separated by {delimiter!r}), "
+                             "not NDJSON",
+                             "patient import reads one JSON object per line (docs/formats.md); "
+                             "convert the CSV first")
+    return raw
+
+
+def _utf16_text(line: bytes) -> bool:
+    """UTF-16 without a byte-order mark: ASCII characters with a zero byte between them."""
+    head = line[:16]
+    return len(head) >= 8 and (not any(head[1::2]) or not any(head[0::2]))
+
+
+def _csv_delimiter(line: str) -> str | None:
+    """The delimiter of a line that is no JSON but CSV (a header or a record), else None."""
+    stripped = line.strip()
+    if not stripped or stripped[0] in "{[":
+        return None
+    try:
+        json.loads(stripped)
+        return None
+    except json.JSONDecodeError:
+        pass
+    delimiter = sniff_delimiter(stripped)
+    return delimiter if delimiter in stripped else None
 
 
 class PatientService:
@@ -147,7 +195,7 @@ class PatientService:
         for n, raw in enumerate(lines, start=1):
             if progress:
                 progress(1)
-            rec = self._parse_line(n, raw, report)
+            rec = self._parse_line(n, _first_line(raw) if n == 1 else raw, report)
             if rec is not None:
                 batch.append((n, rec))
             if len(batch) >= IMPORT_BATCH:

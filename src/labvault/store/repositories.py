@@ -7,8 +7,8 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, insert, select, update
-from sqlalchemy.engine import Connection
+from sqlalchemy import bindparam, delete, func, insert, inspect, select, update
+from sqlalchemy.engine import Connection, Engine
 
 from labvault.crypto import WrappedTenantKey
 from labvault.domain.categories import Category
@@ -52,6 +52,16 @@ def insert_tenant_key(conn: Connection, k: WrappedTenantKey) -> None:
     conn.execute(insert(tenant_keys).values(
         tenant_id=k.tenant_id, purpose=k.purpose, version=k.version, root_id=k.root_id,
         wrapped=k.wrapped, status="active", created_at=k.created_at))
+
+
+def holds_tenant_keys(engine: Engine) -> bool:
+    """Whether the database (initialised or not) holds a wrapped tenant key, i.e. data
+    sealed under some root key."""
+    with engine.connect() as conn:
+        if not inspect(conn).has_table(tenant_keys.name):
+            return False
+        return conn.execute(select(tenant_keys.c.tenant_id).where(
+            tenant_keys.c.wrapped.is_not(None)).limit(1)).first() is not None
 
 
 def tenant_key_records(conn: Connection, tenant_id: str) -> list[WrappedTenantKey]:
@@ -130,7 +140,11 @@ def patient_tenant(conn: Connection, patient_id: str) -> str | None:
 
 def patient_meta(conn: Connection, tenant_id: str, patient_id: str) -> dict[str, Any] | None:
     row = conn.execute(_PATIENT_META, {"tid": tenant_id, "pid": patient_id}).mappings().first()
-    return dict(row) if row else None
+    if not row:
+        return None
+    # SQLite hands back naive datetimes; everything labvault writes is UTC
+    return {k: v.replace(tzinfo=UTC) if isinstance(v, datetime) and v.tzinfo is None else v
+            for k, v in row.items()}
 
 
 def patient_dek(conn: Connection, tenant_id: str, patient_id: str) -> tuple[int, bytes] | None:

@@ -247,6 +247,10 @@ def entries_for_actor(conn: Connection, actor_id: str, since_us: int = 0,
     return [dict(r) for r in conn.execute(_entries(q)).mappings()]
 
 
+def actor_has_entries(conn: Connection, actor_id: str) -> bool:
+    return conn.execute(select(E.seq).where(E.actor_id == actor_id).limit(1)).first() is not None
+
+
 def entries_page(conn: Connection, chain: str | None, after: tuple[str, int] | None,
                  limit: int, since_us: int = 0) -> list[dict[str, Any]]:
     """Entries in (chain, seq) order for exports, ``limit`` at a time."""

@@ -108,10 +108,12 @@ def get_alert(conn: Connection, alert_id: str) -> dict[str, Any] | None:
     return rows[0] if rows else None
 
 
-def ack_alert(conn: Connection, tenant_id: str, alert_id: str, by: str, at: datetime) -> None:
-    conn.execute(update(guard_alerts).where(
-        guard_alerts.c.tenant_id == tenant_id, guard_alerts.c.alert_id == alert_id).values(
-        status="acked", acked_by=by, acked_at=at))
+def ack_alert(conn: Connection, tenant_id: str, alert_id: str, by: str, at: datetime) -> bool:
+    """Acknowledge an alert not acknowledged yet; False if it already was."""
+    res = conn.execute(update(guard_alerts).where(
+        guard_alerts.c.tenant_id == tenant_id, guard_alerts.c.alert_id == alert_id,
+        guard_alerts.c.status != "acked").values(status="acked", acked_by=by, acked_at=at))
+    return res.rowcount == 1
 
 
 # -- sliding-window marks ----------------------------------------------------------------

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from labvault import durable
 from labvault.crypto import _primitives as P
-from labvault.errors import KeyUnavailable
+from labvault.errors import KeyFileMissing, KeyUnavailable
 
 FORMAT = "labvault-root-key/1"
 
@@ -60,10 +60,8 @@ class FileKeyProvider:
         try:
             st = path.stat()
         except FileNotFoundError:
-            raise KeyUnavailable(
-                f"key file {path} not found",
-                "run `labvault init` to create it, or point LABVAULT_KEY_FILE at the existing one; "
-                "without it no patient data can be read") from None
+            # Labvault.open says whether data exists (restore the key, or run init)
+            raise KeyFileMissing(path) from None
         if stat.S_IMODE(st.st_mode) & 0o077:
             raise KeyUnavailable(
                 f"key file {path} is readable by group or others "
