@@ -233,6 +233,20 @@ def test_restores_in_a_row(cli: Cli) -> None:
         (1, n1, m1), (2, n2, m2)]
 
 
+def test_backup_check_says_what_a_restore_will_need_acknowledged(cli: Cli) -> None:
+    tenant, _recs, ids = _installed(cli)
+    file = cli.ok("backup", "create", str(cli.root / "backups"))["file"]
+    cli.ok("patient", "show", ids[0])
+    drill = cli.ok("backup", "check", file)
+    assert drill["audit_chains_to_acknowledge"] == [] and drill["audit_entries_lost_on_restore"]
+    cli.ok("audit", "checkpoint")
+    drill = cli.ok("backup", "check", file)
+    assert tenant in drill["audit_chains_to_acknowledge"]
+    assert drill["audit_entries_to_acknowledge"] >= 1
+    r = cli.run("backup", "check", file)
+    assert "acknowledge-restore" in " ".join(r.stdout.split())
+
+
 # -- in process, both backends ---------------------------------------------------------------
 def _head(lv: Labvault, chain: str) -> dict[str, Any]:
     with lv.begin() as conn:
