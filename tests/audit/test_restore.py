@@ -233,6 +233,32 @@ def test_restores_in_a_row(cli: Cli) -> None:
         (1, n1, m1), (2, n2, m2)]
 
 
+def test_a_checkpoint_put_back_after_the_acknowledgement_widens_the_loss(cli: Cli) -> None:
+    """The record says what was signed when it was signed; a checkpoint of the old epoch
+    that was missing then (put back from its copy) shows more was lost, and verify says so."""
+    tenant, _recs, ids = _installed(cli)
+    cli.ok("audit", "checkpoint")
+    file = Path(cli.ok("backup", "create", str(cli.root / "backups"))["file"])
+    cli.ok("patient", "show", ids[0])
+    m1 = cli.ok("audit", "checkpoint")["checkpoints"]
+    m1 = next(c["tree_size"] for c in m1 if c["tenant"] == tenant)
+    for pid in ids:
+        cli.ok("patient", "show", pid)
+    last = next(c for c in cli.ok("audit", "checkpoint")["checkpoints"]
+                if c["tenant"] == tenant)
+    _restore(cli, file)
+    hidden = Path(last["file"]).rename(cli.root / "hidden.json")
+    out = cli.ok("audit", "acknowledge-restore", "--all", "--reason", "restored")
+    mine = next(c for c in out["chains"] if c["tenant"] == tenant)
+    n = mine["restored_size"]
+    assert mine["lost_to"] == m1 < last["tree_size"]
+    hidden.rename(last["file"])
+    code, res = _verify(cli, tenant)
+    assert code == 0 and res["restores"][0]["lost_to"] == last["tree_size"]
+    assert res["entries_lost_at_restores"] == last["tree_size"] - n
+    assert any("more than the restore record" in w for w in res["chains"][0]["warnings"])
+
+
 def test_backup_check_says_what_a_restore_will_need_acknowledged(cli: Cli) -> None:
     tenant, _recs, ids = _installed(cli)
     file = cli.ok("backup", "create", str(cli.root / "backups"))["file"]

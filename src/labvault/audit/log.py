@@ -44,7 +44,7 @@ from sqlalchemy import update
 from sqlalchemy.engine import Connection
 
 from labvault.audit import chain as ch
-from labvault.audit.checkpoints import Checkpoint, CheckpointStore, SigningKey
+from labvault.audit.checkpoints import Checkpoint, CheckpointStore, History, SigningKey
 from labvault.audit.entry import (
     PLATFORM,
     Draft,
@@ -183,14 +183,10 @@ class AuditLog:
         its signed checkpoints refuses reads as it refuses everything else (the writer
         could not write their entries)."""
         chain = self._chain_of(conn, tenant_id)
-        with self._lock:
-            cached = self._heads.get(chain)
-        if cached is not None:
-            self.check_head(chain, cached.next_seq, cached.frontier)
-        else:
-            row = arepo.head(conn, chain)
-            self.check_head(chain, int(row["next_seq"]) if row else 0,
-                            ch.unpack_frontier(bytes(row["frontier"])) if row else [])
+        hist = self.checkpoints.current(chain)   # before the head (see ``_load``)
+        row = arepo.head(conn, chain)   # not the cached head: other processes move it
+        self.check_head(chain, int(row["next_seq"]) if row else 0,
+                        ch.unpack_frontier(bytes(row["frontier"])) if row else [], hist)
         with self._lock:
             self._open_tenants.add(tenant_id)
 
@@ -562,6 +558,9 @@ class AuditLog:
         return self.lv.keyring.tenant_secret(chain, "audit", AUDIT_KEY_VERSION, K0_LABEL)
 
     def _load(self, conn: Connection, chain: str) -> ch.State:
+        # the checkpoints before the head: each is written after its entries commit, so
+        # none read now can be ahead of the head read next unless the chain was rolled back
+        hist = self.checkpoints.current(chain)
         row = arepo.head_for_update(conn, chain)
         if row is None:
             arepo.create_head(conn, chain, b"", _now())
@@ -579,19 +578,22 @@ class AuditLog:
                 purpose="audit")
         head = ch.State(int(row["next_seq"]), bytes(row["last_hash"]), key,
                      ch.unpack_frontier(bytes(row["frontier"])))
-        self.check_head(chain, head.next_seq, head.frontier)
+        self.check_head(chain, head.next_seq, head.frontier, hist)
         with self._lock:
             self._heads[chain] = head
         return head
 
-    def check_head(self, chain: str, next_seq: int, frontier: list[bytes]) -> None:
+    def check_head(self, chain: str, next_seq: int, frontier: list[bytes],
+                   hist: History | None = None) -> None:
         """Before appending to a chain: its head must not be behind, nor contradict, the
         latest signed checkpoint of its history. A head behind it means the database was
         rolled back (a restore from a backup, or a truncation): the next entries would
         reuse lost positions, and verification would blame them. Refused (fail closed)
         until the operator acknowledges the restore, which opens a new epoch at the
-        restored size (``AuditOps.acknowledge_restore``)."""
-        hist = self.checkpoints.current(chain)
+        restored size (``AuditOps.acknowledge_restore``). ``hist``: the chain's history
+        as read *before* the head."""
+        if hist is None:
+            hist = self.checkpoints.current(chain)
         latest = hist.latest
         what = "the platform" if chain == PLATFORM else f"laboratory {chain}"
         verify = f"`labvault audit verify --tenant {chain}`"

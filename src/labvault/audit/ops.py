@@ -114,6 +114,16 @@ def walk_rows(chain: str, k0: bytes, rows: Iterable[Sequence[Any]] | Iterable[ch
     for r in hist.restores:
         report.restores.append(restore_statement(r))
         report.warnings.append(restore_warning(r))
+        # the record says what was signed when it was acknowledged; a checkpoint of the
+        # epochs before it that goes further (put back since) makes the loss larger
+        before = history([c for c in checkpoints if c.epoch < r.epoch]).latest
+        if before is not None and before.tree_size > r.lost_to:
+            report.restores[-1]["lost_to"] = before.tree_size
+            report.restores[-1]["lost"] = before.tree_size - r.tree_size
+            report.warnings.append(
+                f"{before.describe()} (epoch {before.epoch}) covers {before.tree_size} "
+                f"entries, more than the restore record of epoch {r.epoch} says: entries "
+                f"{r.tree_size}..{before.tree_size - 1} were lost at that restore")
     # root checks at the sizes of today's history; subtree checks where a lost history
     # shares today's below its cut (the last perfect subtree of the frontier at size b
     # is the range [b - lowbit(b), b): ``w.frontier[-1]`` once b entries are fed)
