@@ -105,6 +105,16 @@ class KeyFileMissing(KeyUnavailable):
         self.path = path
 
 
+class AuditChainBehind(UserError):
+    """Fail closed: an audit chain is shorter than the latest signed checkpoint of its
+    history (the database was restored from a backup, or truncated). Appending would
+    reuse the lost positions, so audited actions on that chain are refused until the
+    operator acknowledges the restore (``labvault audit acknowledge-restore``)."""
+
+    code = "audit-restore-unacknowledged"
+    http_status = 503
+
+
 class IntegrityError(LabvaultError):
     """Sealed bytes failed authentication (tampered, moved, or wrong key)."""
 

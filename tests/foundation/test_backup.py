@@ -233,3 +233,103 @@ def test_a_backup_another_root_cannot_open_fails_its_check(sqlite_cli: Cli,
             lv.backups.check(Actor.operator(), Path(file))
     finally:
         lv.close()
+
+
+def _restore(cli: Cli, file: Path) -> None:
+    """docs/cli.md "Restore": labvault stopped, the database replaced by the backup."""
+    if cli.backend == "sqlite":
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{cli.db_file}{suffix}").unlink(missing_ok=True)
+        shutil.copy(file, cli.db_file)
+        cli.db_file.chmod(0o600)
+        return
+    from sqlalchemy import text
+
+    from labvault.store.engine import make_engine
+    from tests.conftest import PG_URL
+    admin = make_engine(PG_URL)
+    with admin.begin() as c:
+        c.execute(text(f'DROP SCHEMA "{cli.schema}" CASCADE'))
+    admin.dispose()
+    subprocess.run(["pg_restore", "--no-owner", f"--dbname={PG_URL}", str(file)],
+                   capture_output=True, text=True, check=True)
+
+
+def test_after_a_restore_the_trail_is_refused_acknowledged_and_goes_on(
+        backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """QA ops report, finding 2: after a restore, nothing reuses a lost position; the
+    operator's signed acknowledgement re-anchors the chains, and `audit verify` reports
+    what the restore lost for ever after, with exit 0."""
+    import json
+
+    from tests.foundation.conftest import make_cli
+    if backend == "postgres":
+        require_pg_dump()
+    cli = make_cli(backend, tmp_path, request)
+    tenant, recs, ids = _installed(cli)
+    cli.ok("audit", "checkpoint")
+    file = Path(cli.ok("backup", "create", str(cli.root / "backups"))["file"])
+    cli.ok("patient", "show", ids[1])
+    cli.ok("patient", "erase", ids[0])
+    cli.ok("audit", "checkpoint")               # signed, outside the database: M entries
+    m = cli.ok("audit", "verify", "--tenant", tenant)["chains"][0]["next_seq"]
+    drill = cli.ok("backup", "check", str(file))
+    assert tenant in drill["audit_chains_to_acknowledge"]
+    assert drill["audit_entries_to_acknowledge"] >= 2
+    _restore(cli, file)
+    # 1. verify: the loss, unacknowledged, is a truncation (exit 1)
+    r = cli.run("audit", "verify", "--tenant", tenant, "--json")
+    res = json.loads(r.stdout)
+    assert r.exit_code == 1 and res["failures"][0]["kind"] == "truncated", r.stdout
+    n = res["chains"][0]["next_seq"]
+    assert 0 < n < m and f"entries {n}..{m - 1} are missing" in res["failures"][0]["message"]
+    assert "acknowledge-restore" in res["failures"][0]["message"]
+    # 2. an audited action on that laboratory is refused, and names the way out
+    nir = str(recs[2]["nir"])
+    r = cli.user_error("patient", "find", "--tenant", tenant, "--nir", nir)
+    err = " ".join(r.stderr.split())
+    assert "restored from a backup" in err and "refused" in err
+    assert f"labvault audit acknowledge-restore --tenant {tenant}" in err
+    # ... so the lost positions are not reused: verify says the same as before
+    again = json.loads(cli.run("audit", "verify", "--tenant", tenant, "--json").stdout)
+    assert again["failures"][0]["message"] == res["failures"][0]["message"]
+    # 3. the operator acknowledges (the checkpoint key signs a restore record)
+    ack = cli.ok("audit", "acknowledge-restore", "--all", "--reason", "disque perdu, copie de "
+                 "la veille restaurée")
+    mine = next(c for c in ack["chains"] if c["tenant"] == tenant)
+    assert mine["status"] == "acknowledged" and (mine["lost_from"], mine["lost_to"]) == (n, m)
+    assert mine["anchored"] and mine["anchor"]["tree_size"] <= n and mine["epoch"] == 1
+    # 4. verify: intact, with the loss as a warning (exit 0), printed and counted
+    warning = f"entries {n}..{m - 1} lost at the restore acknowledged on"
+
+    def verified() -> dict[str, object]:
+        r = cli.run("audit", "verify")
+        assert r.exit_code == 0 and "TAMPERED" not in r.stdout, r.stdout
+        assert warning in " ".join(r.stdout.split()) and "disque perdu" in r.stdout
+        out = cli.ok("audit", "verify", "--tenant", tenant)
+        chain = out["chains"][0]
+        assert out["ok"] and out["warnings"] >= 1 and chain["entries_lost_at_restores"] == m - n
+        assert [(x["lost_from"], x["lost_to"]) for x in out["restores"]] == [(n, m)]
+        assert any(w.startswith(warning) for w in chain["warnings"])
+        assert out["restores"][0]["operator"] == Actor.operator().id
+        return chain
+    first = verified()
+    assert first["next_seq"] == n + 1 and first["epoch"] == 1   # the acknowledgement, at n
+    # 5. new audited actions go on at n+1, n+2...; a checkpoint of the new epoch; verify
+    assert cli.ok("patient", "find", "--tenant", tenant, "--nir", nir)["patients"]
+    cli.ok("patient", "show", ids[3])
+    assert cli.ok("audit", "checkpoint")["ok"]
+    chain = verified()
+    assert chain["next_seq"] >= n + 3 and chain["latest_checkpoint"]["epoch"] == 1
+    # an entry of the new epoch has its inclusion proof against the new checkpoint
+    report = cli.ok("audit", "report", "--user", Actor.operator().id)
+    mine_items = [i for i in report["items"] if i["tenant_id"] == tenant]
+    newest = max(mine_items, key=lambda i: i["seq"])
+    assert newest["seq"] > n and cli.ok("audit", "prove", newest["entry_id"])["verified"]
+    # the acknowledgement is the first entry of the new epoch, its reason sealed
+    acked = next(i for i in mine_items if i["action"] == "audit.restore-acknowledged")
+    assert acked["seq"] == n and acked["detail"]["lost_to"] == m
+    assert "disque perdu" in acked["sealed"]["reason"]
+    # a second acknowledgement finds nothing to acknowledge
+    again_ack = cli.ok("audit", "acknowledge-restore", "--tenant", tenant, "--reason", "x")
+    assert again_ack["chains"][0]["status"] == "not-behind" and again_ack["acknowledged"] == 0

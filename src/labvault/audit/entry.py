@@ -28,7 +28,8 @@ SAFE_DETAIL_KEYS = frozenset({
     "kek_version", "data_key_version", "rewrapped_keys", "rewrapped_tenant_keys", "root_id",
     "purpose", "status", "role", "roles", "break_glass", "factor", "scope", "records", "fields",
     "expires_at", "size", "tree_size", "entries", "problem", "ok", "chains", "pruned",
-    "categories", "resource", "action", "outcome", "reason_code",
+    "categories", "resource", "action", "outcome", "reason_code", "epoch", "lost_from",
+    "lost_to", "anchored",
 })
 
 

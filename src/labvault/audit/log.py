@@ -29,6 +29,7 @@ from __future__ import annotations
 import atexit
 import base64
 import functools
+import hmac
 import json
 import logging
 import threading
@@ -43,7 +44,7 @@ from sqlalchemy import update
 from sqlalchemy.engine import Connection
 
 from labvault.audit import chain as ch
-from labvault.audit.checkpoints import Checkpoint, CheckpointStore, SigningKey
+from labvault.audit.checkpoints import Checkpoint, CheckpointStore, History, SigningKey
 from labvault.audit.entry import (
     PLATFORM,
     Draft,
@@ -67,7 +68,7 @@ from labvault.crypto import DataKey
 from labvault.crypto.keys import ColumnSealer
 from labvault.domain.actors import Actor
 from labvault.domain.categories import Action
-from labvault.errors import KeyUnavailable
+from labvault.errors import AuditChainBehind, KeyUnavailable
 from labvault.store import repositories as repo
 from labvault.store import repositories_audit as arepo
 from labvault.store.ids import new_id
@@ -145,6 +146,8 @@ class AuditLog:
         self._flushing = threading.Lock()     # one opportunistic batch writer at a time
         self._wake = threading.Event()
         self._closing = False
+        # tenants whose chain was checked (``check_head``) before queuing a read for it
+        self._open_tenants: set[str | None] = set()
 
     # -- wiring ---------------------------------------------------------------------------
     def attach(self, lv: Labvault) -> AuditLog:
@@ -167,11 +170,25 @@ class AuditLog:
                 and not decision.break_glass):
             stack = getattr(self._local, "stack", None)
             if stack:       # queued when the transaction ends, rendered when written
+                if access.tenant_id not in self._open_tenants:
+                    self._admit(conn, access.tenant_id)
                 stack[-1].grouped.append(_new_read(QueuedRead, (access, decision,
                                                                 self.clock())))
                 return
         # built here, in the request: a decision that cannot be recorded fails its request
         self._draft_and_append(conn, self._draft(access, decision, outcome, self.clock()))
+
+    def _admit(self, conn: Connection, tenant_id: str | None) -> None:
+        """A read is queued for a chain only once its head was checked: a chain behind
+        its signed checkpoints refuses reads as it refuses everything else (the writer
+        could not write their entries)."""
+        chain = self._chain_of(conn, tenant_id)
+        hist = self.checkpoints.current(chain)   # before the head (see ``_load``)
+        row = arepo.head(conn, chain)   # not the cached head: other processes move it
+        self.check_head(chain, int(row["next_seq"]) if row else 0,
+                        ch.unpack_frontier(bytes(row["frontier"])) if row else [], hist)
+        with self._lock:
+            self._open_tenants.add(tenant_id)
 
     def _draft(self, access: Access, decision: Decision, outcome: str, at_us: int) -> Draft:
         body = decision_body(access, decision)
@@ -387,6 +404,8 @@ class AuditLog:
     def _flush_quietly(self) -> None:
         try:
             self.flush()
+        except AuditChainBehind as exc:     # until the restore is acknowledged
+            log.error("could not write %d queued read audit entries: %s", self.pending(), exc)
         except Exception:   # the caller's work committed: don't fail it, retry later
             log.exception("could not write %d queued read audit entries", self.pending())
 
@@ -539,6 +558,9 @@ class AuditLog:
         return self.lv.keyring.tenant_secret(chain, "audit", AUDIT_KEY_VERSION, K0_LABEL)
 
     def _load(self, conn: Connection, chain: str) -> ch.State:
+        # the checkpoints before the head: each is written after its entries commit, so
+        # none read now can be ahead of the head read next unless the chain was rolled back
+        hist = self.checkpoints.current(chain)
         row = arepo.head_for_update(conn, chain)
         if row is None:
             arepo.create_head(conn, chain, b"", _now())
@@ -556,9 +578,79 @@ class AuditLog:
                 purpose="audit")
         head = ch.State(int(row["next_seq"]), bytes(row["last_hash"]), key,
                      ch.unpack_frontier(bytes(row["frontier"])))
+        self.check_head(chain, head.next_seq, head.frontier, hist)
         with self._lock:
             self._heads[chain] = head
         return head
+
+    def check_head(self, chain: str, next_seq: int, frontier: list[bytes],
+                   hist: History | None = None) -> None:
+        """Before appending to a chain: its head must not be behind, nor contradict, the
+        latest signed checkpoint of its history. A head behind it means the database was
+        rolled back (a restore from a backup, or a truncation): the next entries would
+        reuse lost positions, and verification would blame them. Refused (fail closed)
+        until the operator acknowledges the restore, which opens a new epoch at the
+        restored size (``AuditOps.acknowledge_restore``). ``hist``: the chain's history
+        as read *before* the head."""
+        if hist is None:
+            hist = self.checkpoints.current(chain)
+        latest = hist.latest
+        what = "the platform" if chain == PLATFORM else f"laboratory {chain}"
+        verify = f"`labvault audit verify --tenant {chain}`"
+        if hist.problems:
+            self._refused()
+            raise AuditChainBehind(
+                f"the signed checkpoint history of audit chain {chain} is inconsistent "
+                f"({hist.problems[0][1]}): audited actions on {what} are refused",
+                f"run {verify} and investigate; put the missing record back from its copy "
+                "(syslog)")
+        if latest is None:
+            return
+        if latest.tree_size > next_seq:
+            self._refused()
+            raise AuditChainBehind(
+                f"the audit trail of {what} ends at entry {next_seq}, but {latest.describe()} "
+                f"covers {latest.tree_size} entries: the database was restored from a backup "
+                "(or truncated). Audited actions on it are refused, so that no new entry "
+                "reuses a lost position",
+                f"check with {verify}; if this is a restore, the operator acknowledges it "
+                f"with `labvault audit acknowledge-restore --tenant {chain} --reason "
+                '"..."` (or --all)')
+        # the perfect subtrees both frontiers share (all of them at the same size) agree
+        common = 0
+        for a, b in zip(ch.frontier_ranges(latest.tree_size), ch.frontier_ranges(next_seq),
+                        strict=False):
+            if a != b:
+                break
+            common += 1
+        if (len(latest.frontier) < common or len(frontier) < common
+                or list(latest.frontier[:common]) != frontier[:common]):
+            self._refused()
+            raise AuditChainBehind(
+                f"the audit chain head of {what} contradicts {latest.describe()} "
+                f"({latest.tree_size} entries): its history was rewritten. Audited actions "
+                "on it are refused",
+                f"run {verify} and investigate; restore the database from a backup and "
+                "acknowledge the restore")
+
+    def _refused(self) -> None:
+        with self._lock:
+            self._open_tenants.clear()      # queued reads are admitted afresh
+
+    def head_matches(self, conn: Connection, chain: str, row: Mapping[str, Any],
+                     walker: ch.Walker) -> bool:
+        """Is the stored head ``row`` exactly the state after the entries ``walker`` read:
+        position, last leaf hash, Merkle frontier and (sealed) current key?"""
+        if int(row["next_seq"]) != walker.next_seq or bytes(row["last_hash"]) != walker.prev \
+                or ch.unpack_frontier(bytes(row["frontier"])) != walker.frontier:
+            return False
+        if not row["key_sealed"]:
+            return False
+        self._ensure_keys(conn, chain)
+        key = self.lv.gate.open_tenant_value_checked(
+            conn, chain, "audit_heads", "key_sealed", chain, row["key_sealed"],
+            purpose="audit")
+        return hmac.compare_digest(key, walker.key)
 
     def current_key(self, conn: Connection, chain: str) -> bytes:
         """The chain's current MAC key as stored in its head (for tests and forensics:
@@ -637,6 +729,9 @@ class AuditLog:
                         top = self._frame()
                         if top is not None:
                             top.rescue.append(draft)
+            except AuditChainBehind as exc:     # said plainly, without a traceback
+                log.error("could not write %d refusal audit entries after a rollback: %s",
+                          len(frame.rescue), exc)
             except Exception:
                 log.exception("could not write %d refusal audit entries after a rollback",
                               len(frame.rescue))
@@ -667,8 +762,8 @@ class AuditLog:
         return client if isinstance(client, str) else None
 
     def latest_checkpoint(self, chain: str) -> Checkpoint | None:
-        good, _ = self.checkpoints.list(chain)
-        return max(good, key=lambda c: c.tree_size, default=None)
+        """The latest checkpoint of the chain's history (since its last restore)."""
+        return self.checkpoints.read_history(chain)[0].latest
 
 
 def _now() -> datetime:

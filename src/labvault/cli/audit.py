@@ -1,4 +1,5 @@
-"""``labvault audit``: verify, checkpoint, prove, access, report, fhir, prune, register."""
+"""``labvault audit``: verify, checkpoint, acknowledge-restore, prove, access, report, fhir,
+prune, register."""
 
 from __future__ import annotations
 
@@ -51,6 +52,9 @@ def verify(tenant: str = typer.Option(None, "--tenant", help="Only this chain (t
     def human() -> None:
         for c in result["chains"]:
             status = "[green]ok[/]" if c["ok"] else "[bold red]TAMPERED[/]"
+            if c["ok"] and c["restores"]:
+                status = (f"[yellow]ok, restored[/] ({c['entries_lost_at_restores']} entries "
+                          "lost at acknowledged restores)")
             out_console.print(f"{c['tenant']}: {status} ({c['entries_checked']} entries, "
                               f"{c['checkpoints_checked']} checkpoints)", highlight=False)
             if c["problem"]:
@@ -58,7 +62,7 @@ def verify(tenant: str = typer.Option(None, "--tenant", help="Only this chain (t
                 out_console.print(f"  at position {p['seq']} (entry {p['entry_id']}): "
                                   f"{p['kind']}: {p['message']}", highlight=False)
             for w in c["warnings"]:
-                out_console.print(f"  warning: {w}", highlight=False)
+                out_console.print(f"  [yellow]warning:[/] {w}", highlight=False)
 
     emit(result, as_json, human)
     if not result["ok"]:
@@ -75,6 +79,59 @@ def checkpoint(tenant: str = typer.Option(None, "--tenant", help="Only this chai
     emit(result, as_json, lambda: out_console.print_json(data=result))
     if not result["ok"]:
         raise typer.Exit(1)
+
+
+@app.command("acknowledge-restore")
+@user_errors
+def acknowledge_restore(
+        tenant: str = typer.Option(None, "--tenant", help="The chain to acknowledge (tenant "
+                                                          "id or _platform)."),
+        all_chains: bool = typer.Option(False, "--all", help="Every chain shorter than its "
+                                                             "latest signed checkpoint."),
+        reason: str = typer.Option(..., "--reason", help="Why the database was restored "
+                                                         "(kept in clear in the signed "
+                                                         "record: no personal data)."),
+        unanchored: bool = typer.Option(False, "--unanchored",
+                                        help="Acknowledge even when no signed checkpoint "
+                                             "vouches for the restored entries (said "
+                                             "forever by audit verify)."),
+        as_json: bool = JsonOpt) -> None:
+    """After restoring a backup: sign a restore record (the checkpoint key) stating what
+    was lost, so that the chains go on and verify reports the loss as a warning."""
+    if (tenant is None) == (not all_chains):
+        raise UserError("give --tenant ID or --all", "one chain, or every chain behind "
+                                                     "its checkpoints")
+    with opened() as lv:
+        result = audit_of(lv).acknowledge_restore(Actor.operator(), tenant, reason,
+                                                  unanchored)
+
+    def human() -> None:
+        for c in result["chains"]:
+            if c["status"] == "acknowledged":
+                line = (f"{c['tenant']}: [yellow]restore acknowledged[/] (epoch {c['epoch']}): "
+                        f"{c['warning']}; new entries continue at {c['restored_size']}")
+                if not c["anchored"] and c["restored_size"] > 0:
+                    line += (" [bold red]WARNING: UNANCHORED — nothing signed vouches for "
+                             "the restored entries[/]")
+            elif c["status"] == "not-behind":
+                line = f"{c['tenant']}: {c['message']}"
+            else:
+                line = f"{c['tenant']}: [bold red]{c['status'].upper()}[/]: {c['message']}"
+                if c.get("problem"):
+                    p = c["problem"]
+                    line += f"\n  at position {p['seq']}: {p['kind']}: {p['message']}"
+            out_console.print(line, highlight=False, soft_wrap=True)
+
+    emit(result, as_json, human)
+    statuses = {c["status"] for c in result["chains"]}
+    if "refused" in statuses:
+        raise typer.Exit(1)
+    if "unanchored" in statuses:
+        err_console.print("[bold red]error:[/] a restored chain is not anchored by any signed "
+                          "checkpoint; nothing was acknowledged for it", highlight=False)
+        err_console.print("  check it, then add --unanchored to acknowledge it anyway",
+                          highlight=False)
+        raise typer.Exit(2)
 
 
 @app.command("prove")

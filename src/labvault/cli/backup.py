@@ -49,4 +49,8 @@ def check(file: Path = typer.Argument(..., help="A backup (labvault-<time>.db or
         [f"  restored, {result['erased_again_on_restore']} of its patients would be erased "
          "again (the shred log)",
          f"  and {result['audit_entries_lost_on_restore']} audit entries written since would "
-         "be lost (audit verify reports them missing)"]))
+         "be lost (audit verify reports them missing)",
+         *([f"  {result['audit_entries_to_acknowledge']} of them are covered by signed "
+            f"checkpoints: {len(result['audit_chains_to_acknowledge'])} chains would refuse "
+            "audited actions until `labvault audit acknowledge-restore --all --reason ...`"]
+           if result["audit_chains_to_acknowledge"] else [])]))

@@ -144,12 +144,20 @@ class BackupService:
         with lv.engine.connect() as conn:
             live = {h["tenant_id"]: int(h["next_seq"]) for h in arepo.heads(conn)}
         digest, size = _sha256(file)
+        signed = _signed_sizes(lv, set(live))
+        # chains the signed checkpoints say are longer than the backup's: restored, they
+        # refuse audited actions until `labvault audit acknowledge-restore`
+        acknowledge = {chain: n - contents.audit_heads.get(chain, 0)
+                       for chain, n in sorted(signed.items())
+                       if n > contents.audit_heads.get(chain, 0)}
         result = {"file": str(file), "bytes": size, "sha256": digest, **report,
                   "erased_again_on_restore": len(contents.keyed & erased),
                   # what `audit verify` will report missing after restoring this backup
                   "audit_entries_lost_on_restore": sum(
                       max(0, n - contents.audit_heads.get(chain, 0))
-                      for chain, n in live.items())}
+                      for chain, n in live.items()),
+                  "audit_entries_to_acknowledge": sum(acknowledge.values()),
+                  "audit_chains_to_acknowledge": list(acknowledge)}
         with lv.begin() as conn:
             lv.gate.audit.event(conn, actor, "backup.check", "success", None,
                                 {"file": file.name, "sha256": digest, "bytes": size})
@@ -219,6 +227,21 @@ class BackupService:
                     "backup would not be kept either") from exc
         return {"integrity": "ok", "tenants": contents.tenants, "patients": contents.patients,
                 "tenant_keys_checked": len(contents.tenant_keys)}
+
+
+def _signed_sizes(lv: Labvault, chains: set[str]) -> dict[str, int]:
+    """Per chain, the size of the latest signed checkpoint of its history (what a
+    restored chain is compared with before anything is appended to it)."""
+    from labvault.audit.log import AuditLog
+    audit = lv.gate.audit
+    if not isinstance(audit, AuditLog):
+        return {}
+    out: dict[str, int] = {}
+    for chain in chains | set(audit.checkpoints.tenants()):
+        latest = audit.checkpoints.read_history(chain)[0].latest
+        if latest is not None:
+            out[chain] = latest.tree_size
+    return out
 
 
 def _read(path: Path) -> _Contents:
