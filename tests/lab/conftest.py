@@ -9,6 +9,7 @@ from datetime import date
 import pytest
 
 from labvault.domain.actors import Actor
+from labvault.interop.hl7.handler import Hl7Handler
 from labvault.services.app import Labvault
 from labvault.services.gate import Access, Decision
 from labvault.synthetic import make_nir
@@ -61,3 +62,15 @@ def patient_data(sex: str = "F", birth: date = date(1980, 5, 17), ext: str | Non
 @pytest.fixture
 def patient_id(lab_lv: Labvault, tenant_id: str, operator: Actor) -> str:
     return lab_lv.patients.register(operator, tenant_id, patient_data())
+
+
+@pytest.fixture
+def h(lab_lv: Labvault, tenant_id: str) -> Hl7Handler:
+    """The HL7 handler of the lab's listener (as ``system:mllp``)."""
+    return Hl7Handler(lab_lv, Actor.system("mllp"), tenant_id)
+
+
+def ack_of(ack: bytes) -> tuple[str, list[list[str]]]:
+    """An ACK's MSA-1 and its ERR segments (split into fields)."""
+    segs = [s.split("|") for s in ack.decode().strip("\r").split("\r")]
+    return next(s[1] for s in segs if s[0] == "MSA"), [s for s in segs if s[0] == "ERR"]

@@ -27,11 +27,6 @@ def segs(ack: bytes) -> dict[str, list[list[str]]]:
 
 
 @pytest.fixture
-def h(lab_lv: Labvault, tenant_id: str) -> Hl7Handler:
-    return Hl7Handler(lab_lv, Actor.system("mllp"), tenant_id)
-
-
-@pytest.fixture
 def known(lab_lv: Labvault, tenant_id: str, operator: Actor) -> str:
     d = patient_data()
     d["nir"] = S.NIR_F

@@ -14,7 +14,7 @@ from labvault.errors import UserError
 from labvault.interop.hl7.handler import Hl7Handler
 from labvault.services.app import Labvault
 from labvault.synthetic import make_nir
-from tests.lab.conftest import patient_data
+from tests.lab.conftest import ack_of, patient_data
 
 PAUL = make_nir("M", date(1955, 1, 2), "69123", 45)
 
@@ -25,16 +25,6 @@ def r12(value: str = "4.0", stamp: str = "20260312090000", control: str = "R12",
                      f"PID|1||{PAUL}^^^^NH||LEGRAND^Paul||19550102|M",
                      "OBR|1|PR12||2823-3^K^LN|||20260312070000",
                      f"OBX|1|NM|2823-3^K^LN||{value}|mmol/L|||||F", ""]).encode()
-
-
-def ack_of(ack: bytes) -> tuple[str, list[list[str]]]:
-    segs = [s.split("|") for s in ack.decode().strip("\r").split("\r")]
-    return next(s[1] for s in segs if s[0] == "MSA"), [s for s in segs if s[0] == "ERR"]
-
-
-@pytest.fixture
-def h(lab_lv: Labvault, tenant_id: str) -> Hl7Handler:
-    return Hl7Handler(lab_lv, Actor.system("mllp"), tenant_id)
 
 
 @pytest.fixture
@@ -164,7 +154,7 @@ def test_cli_exit_codes_and_an_unknown_laboratory(tmp_path: Path,
     res = r.invoke(app, ["ingest", "hl7", str(f), "--tenant", tid, "--json"])
     assert res.exit_code == 0 and json.loads(res.stdout)["duplicates"] == 1
     res = r.invoke(app, ["hl7-issues", "list", "--tenant", "lab_doesnotexist"])
-    assert res.exit_code == 2 and "no such laboratory lab_doesnotexist" in res.output
+    assert res.exit_code == 2 and "no laboratory lab_doesnotexist" in res.output
 
 
 def test_an_unknown_receiving_facility_is_named(lab_lv: Labvault) -> None:

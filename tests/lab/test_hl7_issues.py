@@ -26,11 +26,6 @@ def hl7(control: str, *segments: str, mtype: str = "ORU^R01") -> bytes:
 
 
 @pytest.fixture
-def h(lab_lv: Labvault, tenant_id: str) -> Hl7Handler:
-    return Hl7Handler(lab_lv, Actor.system("mllp"), tenant_id)
-
-
-@pytest.fixture
 def paul(lab_lv: Labvault, tenant_id: str, operator: Actor) -> str:
     return lab_lv.patients.register(operator, tenant_id, {
         **patient_data("M", date(1955, 1, 2)), "nir": PAUL, "birth_name": "LEGRAND"})

@@ -15,7 +15,7 @@ from labvault.domain.actors import Actor
 from labvault.interop.hl7.handler import Hl7Handler
 from labvault.services.app import Labvault
 from labvault.synthetic import make_nir
-from tests.lab.conftest import patient_data
+from tests.lab.conftest import ack_of, patient_data
 
 MARIE = make_nir("F", date(1980, 5, 17), "75056", 123)
 PAUL = make_nir("M", date(1955, 1, 2), "69123", 45)
@@ -26,16 +26,6 @@ PID_PAUL = f"PID|1||{PAUL}^^^^NH||LEGRAND^Paul||19550102|M"
 def hl7(mtype: str, control: str, *segments: str) -> bytes:
     return "\r".join([f"MSH|^~\\&|LAB|L|LV|LABO|20260312090000||{mtype}|{control}|P|2.5",
                       *segments, ""]).encode()
-
-
-def ack_of(ack: bytes) -> tuple[str, list[list[str]]]:
-    segs = [s.split("|") for s in ack.decode().strip("\r").split("\r")]
-    return next(s[1] for s in segs if s[0] == "MSA"), [s for s in segs if s[0] == "ERR"]
-
-
-@pytest.fixture
-def h(lab_lv: Labvault, tenant_id: str) -> Hl7Handler:
-    return Hl7Handler(lab_lv, Actor.system("mllp"), tenant_id)
 
 
 @pytest.fixture

@@ -771,7 +771,7 @@ class MessageService:
         self.lab._scope(actor, tenant_id, "laboratory")
         with self.lv.begin() as conn:
             if repo.get_tenant(conn, tenant_id) is None:
-                raise NotFound(f"no such laboratory {tenant_id}", "labvault tenant list")
+                raise NotFound(f"no laboratory {tenant_id}", "labvault tenant list")
             rows = lrepo.issues(conn, tenant_id, [status] if status else None, limit)
             self.lv.gate.check(conn, Access(actor, Action.READ, tenant_id, CLINICAL,
                                             resource="import-issue",
