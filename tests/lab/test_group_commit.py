@@ -17,7 +17,7 @@ from labvault.services.audit import audit_of, install_audit
 from labvault.store.schema import tenants
 from tests.lab import hl7_samples as S
 from tests.lab.serving import serving
-from tests.lab.test_hl7 import counts, h, known, segs  # noqa: F401 - shared fixtures
+from tests.lab.test_hl7 import counts, known, segs  # noqa: F401 - shared fixtures
 
 
 def code(ack: bytes) -> str:
@@ -107,7 +107,7 @@ def test_nested_savepoints_undo_only_their_own_writes(lab_lv: Labvault) -> None:
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])   # a listener thread needs its own connections
-def test_concurrent_connections_share_commits(lab_lv: Labvault, h: Hl7Handler,  # noqa: F811
+def test_concurrent_connections_share_commits(lab_lv: Labvault, h: Hl7Handler,
                                               tenant_id: str, known: str,  # noqa: F811
                                               operator: Actor) -> None:
     srv = MllpServer(lambda raw: h.handle(raw)[1], "127.0.0.1", 0, reject=h.reject,

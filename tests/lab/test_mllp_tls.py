@@ -23,7 +23,7 @@ from labvault.services.audit import audit_of, install_audit
 from tests.doors import assert_refused
 from tests.lab import hl7_samples as S
 from tests.lab.serving import serving
-from tests.lab.test_hl7 import counts, h, known, segs  # noqa: F401 - shared fixtures
+from tests.lab.test_hl7 import counts, known, segs  # noqa: F401 - shared fixtures
 from tests.pki import Pki
 
 
@@ -134,7 +134,7 @@ def test_cli_refuses_before_listening(args: list[str], says: str, tmp_path: Path
 
 @pytest.mark.parametrize("backend", ["sqlite"])
 def test_a_silent_connection_is_dropped_before_the_handshake_ends(
-        pki: Pki, h: Hl7Handler, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+        pki: Pki, h: Hl7Handler, monkeypatch: pytest.MonkeyPatch) -> None:
     """A connection that never starts its TLS handshake does not hold a descriptor for
     asyncio's default minute: it is dropped after ``HANDSHAKE_TIMEOUT``."""
     import socket
