@@ -194,3 +194,27 @@ def test_hl7_panic_values_of_two_patients_are_two_alerts(
     assert sorted(a["count"] for a in alerts) == [1, 2]
     store.flush()
     assert len([n for n in sink.notices if n.kind == "panic-value"]) == 2
+
+
+def test_a_panic_value_waiting_in_the_import_queue_is_alerted_at_once(
+        lab_lv: Labvault, store: AlertService, sink: MemorySink, tenant_id: str) -> None:
+    """A result that cannot be matched (unknown patient) waits in the import-issues queue;
+    a critical value among them is a biologist's to act on now: one panic-value alert per
+    issue, naming the issue (no patient is known); a normal value raises none."""
+    import datetime
+
+    from labvault.interop.hl7.handler import Hl7Handler
+    from labvault.synthetic import make_nir
+    h = Hl7Handler(lab_lv, Actor.system("mllp"), tenant_id)
+    unknown = make_nir("F", datetime.date(1980, 5, 17), "59350", 301)
+    normal, _ = h.handle(_oru("Q1", unknown, "930", "4.2"))
+    assert normal.ack_code == "AA" and normal.issue_ids and not _panics(store, tenant_id)
+    out, _ = h.handle(_oru("Q2", unknown, "931", "7.9"))
+    assert out.ack_code == "AA" and out.patient_id is None and len(out.issue_ids) == 1
+    (alert,) = _panics(store, tenant_id)
+    detail = alert["detail"]["detail"]
+    assert alert["severity"] == "critical"
+    assert detail["issue_id"] == out.issue_ids[0] and detail["tests"] == ["2823-3"]
+    assert "patient_id" not in detail
+    store.flush()
+    assert [n.kind for n in sink.notices].count("panic-value") == 1
