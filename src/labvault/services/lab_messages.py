@@ -743,7 +743,7 @@ class MessageService:
                               {"message_id": ctx.message_id,
                                "issue_ids": [r["issue_id"] for r in rows]})
         for it in ctx.issues:
-            if it["panic"]:
+            if it.get("panic"):      # (an issue keeping a whole message has no results)
                 # a critical value waiting in the queue (patient not matched, order closed...)
                 # is a biologist's to act on now, not when someone resolves the issue
                 lv.alerts.raise_alert(ctx.conn, tid, "panic-value", "critical", ctx.actor, {
