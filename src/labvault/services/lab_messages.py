@@ -745,10 +745,10 @@ class MessageService:
         for it in ctx.issues:
             if it.get("panic"):      # (an issue keeping a whole message has no results)
                 # a critical value waiting in the queue (patient not matched, order closed...)
-                # is a biologist's to act on now, not when someone resolves the issue
+                # is a biologist's to act on now, not when someone resolves the issue. Ids
+                # only, as every alert: which test and value stay sealed in the issue.
                 lv.alerts.raise_alert(ctx.conn, tid, "panic-value", "critical", ctx.actor, {
                     "issue_id": it["issue_id"], "message_id": ctx.message_id,
-                    "tests": it["panic"],
                     **({"patient_id": it["patient_id"]} if it["patient_id"] else {})},
                     subject=it["issue_id"])
 
