@@ -161,10 +161,7 @@ def test_postgresql_backs_up_to_a_checked_pg_dump_archive(request: pytest.Fixtur
     """The same promises on PostgreSQL, with pg_dump's custom format: one schema, checked
     through pg_restore, no plaintext in what it restores, and a restore that keeps the
     erasures."""
-    from sqlalchemy import text
 
-    from labvault.store.engine import make_engine
-    from tests.conftest import PG_URL
     from tests.foundation.conftest import make_cli
     require_pg_dump()
     cli = make_cli("postgres", tmp_path, request)
@@ -184,12 +181,7 @@ def test_postgresql_backs_up_to_a_checked_pg_dump_archive(request: pytest.Fixtur
     drill = cli.ok("backup", "check", str(file))
     assert drill["erased_again_on_restore"] == 1 and drill["audit_entries_lost_on_restore"] >= 2
     # restore: the schema gone, pg_restore brings it back; the shred log erases again
-    admin = make_engine(PG_URL)
-    with admin.begin() as c:
-        c.execute(text(f'DROP SCHEMA "{cli.schema}" CASCADE'))
-    admin.dispose()
-    subprocess.run(["pg_restore", "--no-owner", f"--dbname={PG_URL}", str(file)],
-                   capture_output=True, text=True, check=True)
+    _restore(cli, file)
     assert_restored(cli, erased=ids[0], kept=ids[1])
 
 

@@ -719,7 +719,7 @@ class MessageService:
                          "record": ({c.value: v for c, v in patient.record.categories().items()}
                                     if patient.record else None)} if patient else None)}
         ctx.issues.append({"issue_id": issue_id, "kind": kind, "patient_id": patient_id,
-                           "payload": payload, "panic": self._panic_codes(ctx, results)})
+                           "payload": payload, "panic": self._holds_panic_value(ctx, results)})
         ctx.outcome.issue_ids.append(issue_id)
         ctx.outcome.errors.append(MessageError(location, I.ERR_UNKNOWN_KEY if kind.startswith(
             "unknown") else I.ERR_DATA_TYPE, f"{reason}; kept for review as import issue "
@@ -752,12 +752,11 @@ class MessageService:
                     **({"patient_id": it["patient_id"]} if it["patient_id"] else {})},
                     subject=it["issue_id"])
 
-    def _panic_codes(self, ctx: _Ctx, results: Sequence[I.InboundResult]) -> list[str]:
-        """The tests of ``results`` whose value is beyond a panic limit of the catalogue,
-        whoever the patient is (panic limits do not depend on sex or age). Only a number
-        in the catalogue's own unit is judged: another unit says nothing sure."""
+    def _holds_panic_value(self, ctx: _Ctx, results: Sequence[I.InboundResult]) -> bool:
+        """Whether a value of ``results`` is beyond a panic limit of the catalogue, whoever
+        the patient is (panic limits do not depend on sex or age). Only a number in the
+        catalogue's own unit is judged: another unit says nothing sure."""
         cat = self.lab._catalogue(ctx.conn, ctx.tenant_id)
-        found = []
         for r in results:
             test = self._resolve_code(cat, r.code, r.code_system)
             if test is None or r.numeric is None or not r.unit or r.unit != test.unit:
@@ -767,8 +766,8 @@ class MessageService:
             except (InvalidField, InvalidRecord):
                 continue
             if flag is not None and flag.is_panic:
-                found.append(test.code)
-        return found
+                return True
+        return False
 
     def _seal_issue(self, conn: Connection, tenant_id: str, patient_id: str | None,
                     issue_id: str, column: str, payload: Mapping[str, Any]) -> bytes:
