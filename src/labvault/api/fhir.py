@@ -192,7 +192,7 @@ async def create(rtype: str, request: Request, actor: CurrentActor) -> Response:
     body = await read_json(request)
     srv = server(request)
     new_id, resource = await run_in_threadpool(srv.create, actor, rtype, body)
-    # versioning is no-version (CapabilityStatement): no _history URL that would 404
+    # no vread (readHistory false in the CapabilityStatement): no _history URL that would 404
     location = f"{base_url(request)}/{rtype}/{new_id}"
     return versioned_response(resource, 201, {"Location": location})
 

@@ -271,7 +271,7 @@ class ServiceRequestHandler:
         patient_id = patient_param(q, required=True)
         status = q.one("status")
         orders = self.lv.lab.list_orders(actor, tenant_of(actor), patient_id=patient_id,
-                                         limit=10_000)
+                                         limit=10_000, specimens=True)   # found as read
         found = [service_request_to_fhir(o) for o in orders]
         if status:
             found = [r for r in found if r["status"] in status.split(",")]
@@ -374,9 +374,8 @@ class SpecimenHandler:
         patient_id = patient_param(q, required=True)
         found: list[dict[str, Any]] = []
         for o in self.lv.lab.list_orders(actor, tenant_of(actor), patient_id=patient_id,
-                                         limit=10_000):
-            for s in self.lv.lab.get_order(actor, o.order_id).specimens:
-                found.append(specimen_to_fhir(s))
+                                         limit=10_000, specimens=True):
+            found.extend(specimen_to_fhir(s) for s in o.specimens)
         return SearchResult(found[q.offset:q.offset + q.count], len(found))
 
 

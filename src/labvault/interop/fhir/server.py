@@ -662,8 +662,9 @@ class FhirServer:
             resources.append({
                 "type": rtype,
                 "interaction": [{"code": c} for c in offered],
-                # versionId on every resource read; If-Match honoured on update (R5 says it
-                # plainly: "supports version-aware updates"); no vread, no history
+                # versionId on every resource read; If-Match honoured on update (R4: "using
+                # e-tags for version integrity"; R5: "supports version-aware updates"); no
+                # vread, no history
                 "versioning": getattr(h, "versioning", "versioned-update" if "update" in offered
                                       else "versioned"),
                 "readHistory": False, "updateCreate": False,
