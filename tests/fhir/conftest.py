@@ -42,8 +42,10 @@ class Running:
     actor: Actor
     tokens: dict[str, Actor] = field(default_factory=dict)   # bearer token -> actor
 
-    def client(self, token: str = TOKEN) -> SyncFHIRClient:
-        return SyncFHIRClient(self.url, authorization=f"Bearer {token}")
+    def client(self, token: str = TOKEN, headers: dict[str, str] | None = None
+               ) -> SyncFHIRClient:
+        """fhirpy over the running server; ``headers`` go with every request (If-Match)."""
+        return SyncFHIRClient(self.url, authorization=f"Bearer {token}", extra_headers=headers)
 
     def patient_token(self, patient_id: str) -> str:
         """A bearer token of the patient account of ``patient_id`` (the portal's actor)."""

@@ -213,13 +213,16 @@ RECORDED = datetime(2026, 11, 29, 5, 19, 30, 250000, tzinfo=UTC)
 
 def recorded_visit(srv: Running, seed: int, effective: bool = False) -> str:
     """A visit (5 results, 1 report) recorded at ``RECORDED``: the patient's FHIR id. Its
-    results carry no effectiveDateTime (so they were observed when recorded) unless
-    ``effective`` (then the sample's 2026-03-02)."""
+    results carry no effectiveDateTime (so they were observed when recorded) and its
+    specimen was collected at ``RECORDED`` too, unless ``effective`` (then the sample's
+    2026-03-02, for both)."""
     srv.lv.now = lambda: RECORDED  # type: ignore[method-assign]
     bundle = visit_bundle(next(people(1, seed=seed)), seed)
     if not effective:
         for e in bundle["entry"]:
             e["resource"].pop("effectiveDateTime", None)
+            if e["resource"]["resourceType"] == "Specimen":
+                e["resource"]["collection"]["collectedDateTime"] = RECORDED.isoformat()
     r = post(srv, bundle)
     assert r.status_code == 200, r.text
     return str(r.json()["entry"][0]["response"]["location"].split("/")[1])
@@ -283,6 +286,70 @@ def test_observation_date_is_when_it_was_observed(server: Running) -> None:
     assert found(server, "Observation", pid, ["2026-03-02"]) == 5
     assert found(server, "Observation", pid, ["2026-11-29"]) == 0
     assert found(server, "Observation", pid, ["lt2026-03-02T00:00:00Z"]) == 0
+
+
+def _report_of(srv: Running, bundle: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """Post ``bundle``: the patient's FHIR id and the order's DiagnosticReport as read."""
+    r = post(srv, bundle)
+    assert r.status_code == 200, r.text
+    locs = [e["response"]["location"] for e in r.json()["entry"]]
+    pid = next(loc for loc in locs if loc.startswith("Patient/")).split("/")[1]
+    (rep,) = httpx.get(f"{srv.url}/DiagnosticReport", headers=HDR,
+                       params={"patient": f"Patient/{pid}"}).json()["entry"]
+    got = httpx.get(f"{srv.url}/DiagnosticReport/{rep['resource']['id']}", headers=HDR).json()
+    validate_r4b(got)
+    assert got == rep["resource"]                  # searched as read
+    return pid, got
+
+
+def test_report_date_is_when_its_specimen_was_collected(server: Running) -> None:
+    """DiagnosticReport.effective[x] is the clinically relevant time of a lab report: when
+    its specimen was collected (the earliest of two), here the evening before the order
+    was entered -- and `date` (clinical-date) searches that value, not the entry."""
+    server.lv.now = lambda: RECORDED  # type: ignore[method-assign]
+    bundle = visit_bundle(next(people(1, seed=27)), 27)
+    spec = bundle["entry"][2]
+    assert spec["resource"]["resourceType"] == "Specimen"
+    spec["resource"]["collection"]["collectedDateTime"] = "2026-11-28T18:45:00+01:00"
+    later = json.loads(json.dumps(spec))          # a second tube, collected in the morning
+    later["fullUrl"] = "urn:uuid:00000000-0000-4000-8000-000000270098"
+    later["resource"]["accessionIdentifier"]["value"] += "B"
+    later["resource"]["collection"]["collectedDateTime"] = "2026-11-29T04:00:00Z"
+    bundle["entry"].insert(3, later)
+    pid, rep = _report_of(server, bundle)
+    assert datetime.fromisoformat(rep["effectiveDateTime"]) == datetime(
+        2026, 11, 28, 17, 45, tzinfo=UTC)
+    assert found(server, "DiagnosticReport", pid, ["2026-11-28"]) == 1
+    assert found(server, "DiagnosticReport", pid, ["2026-11-29"]) == 0   # the order's day
+    assert found(server, "DiagnosticReport", pid, ["lt2026-11-28T17:45:00Z"]) == 0
+    assert found(server, "DiagnosticReport", pid, ["le2026-11-28T17:45:00Z"]) == 1
+
+
+def test_a_report_without_specimen_is_dated_by_its_order(server: Running) -> None:
+    """No specimen received yet: effective[x] falls back to when the order was entered."""
+    server.lv.now = lambda: RECORDED  # type: ignore[method-assign]
+    bundle = visit_bundle(next(people(1, seed=28)), 28)
+    bundle["entry"] = bundle["entry"][:2]          # the patient and the order only
+    pid, rep = _report_of(server, bundle)
+    assert rep["status"] == "registered"
+    assert datetime.fromisoformat(rep["effectiveDateTime"]) == RECORDED
+    assert found(server, "DiagnosticReport", pid, ["2026-11-29"]) == 1
+
+
+def test_a_report_is_issued_when_published(server: Running) -> None:
+    """DiagnosticReport.issued is when the report was made available (published, the date
+    the portal and the PDF give as "émis le"), not its biological validation: a validated
+    report not yet published has no issued."""
+    server.lv.now = lambda: RECORDED  # type: ignore[method-assign]
+    _pid, rep = _report_of(server, visit_bundle(next(people(1, seed=29)), 29))
+    assert rep["status"] == "final" and "issued" not in rep
+    published = datetime(2026, 11, 29, 11, 2, 3, tzinfo=UTC)
+    server.lv.now = lambda: published  # type: ignore[method-assign]
+    server.lv.lab.publish(server.actor, ids.from_fhir(
+        rep["basedOn"][0]["reference"].split("/")[1], "ord") or "")
+    again = httpx.get(f"{server.url}/DiagnosticReport/{rep['id']}", headers=HDR).json()
+    assert datetime.fromisoformat(again["issued"]) == published
+    assert again["effectiveDateTime"] == rep["effectiveDateTime"]
 
 
 def test_unreadable_dates_are_refused_naming_the_parameter(server: Running) -> None:

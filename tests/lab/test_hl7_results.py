@@ -270,3 +270,27 @@ def test_results_for_tests_the_order_did_not_list_are_added_to_it(
                                           obx))[1])
         assert code == "AA"
     assert orders_of(lab_lv, tenant_id, operator, paul)["PL40001"].tests == ("777-3", "718-7")
+
+
+def test_a_later_message_that_changes_an_order_moves_its_updated_at(
+        h: Hl7Handler, lab_lv: Labvault, tenant_id: str, operator: Actor, paul: str) -> None:
+    """A filler number attached to the order, a test added to it: the order changed, so its
+    ``updated_at`` moves (the FHIR ServiceRequest's meta.lastUpdated and version), even when
+    its status stays the same."""
+    def updated() -> object:
+        (order,) = lab_lv.lab.list_orders(operator, tenant_id, patient_id=paul)
+        return order.updated_at
+    assert ack_of(h.handle(hl7("ORM^O01", "R7A", PID_PAUL, "ORC|NW|PR7",
+                               "OBR|1|PR7||777-3^PLT^LN"))[1])[0] == "AA"
+    assert ack_of(h.handle(hl7("ORU^R01", "R7B", PID_PAUL, "OBR|1|PR7||777-3^PLT^LN",
+                               "OBX|1|NM|777-3^PLT^LN||250|10*9/L|||||F"))[1])[0] == "AA"
+    first = updated()
+    assert ack_of(h.handle(hl7("ORM^O01", "R7C", PID_PAUL, "ORC|NW|PR7|FR7",
+                               "OBR|1|PR7|FR7|777-3^PLT^LN"))[1])[0] == "AA"
+    assert orders_of(lab_lv, tenant_id, operator, paul)["PR7"].filler_number == "FR7"
+    second = updated()
+    assert second != first
+    assert ack_of(h.handle(hl7("ORU^R01", "R7D", PID_PAUL, "OBR|1|PR7||58410-2^CBC^LN",
+                               "OBX|1|NM|718-7^Hb^LN||13.5|g/dL|||||F"))[1])[0] == "AA"
+    assert orders_of(lab_lv, tenant_id, operator, paul)["PR7"].tests == ("777-3", "718-7")
+    assert updated() != second

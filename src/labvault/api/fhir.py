@@ -22,6 +22,7 @@ from labvault.errors import UserError
 from labvault.interop.fhir.outcome import FhirError, from_user_error, operation_outcome
 from labvault.interop.fhir.server import FhirServer, dumps
 from labvault.interop.fhir.validate import modifier_extension
+from labvault.interop.fhir.versions import etag
 
 FHIR_JSON = "application/fhir+json"
 log = logging.getLogger("labvault.fhir")
@@ -31,6 +32,14 @@ def fhir_response(body: Mapping[str, Any], status: int = 200,
                   headers: Mapping[str, str] | None = None) -> Response:
     return Response(dumps(body), status_code=status, media_type=FHIR_JSON,
                     headers=dict(headers or {}))
+
+
+def versioned_response(resource: Mapping[str, Any], status: int = 200,
+                       headers: Mapping[str, str] | None = None) -> Response:
+    """A resource with its ``ETag`` (``W/"<meta.versionId>"``, http.html#versioning): what
+    an update sends back in ``If-Match``."""
+    tag = etag(resource)
+    return fhir_response(resource, status, {**(headers or {}), **({"ETag": tag} if tag else {})})
 
 
 def outcome_response(status: int, oo: Mapping[str, Any]) -> Response:
@@ -175,7 +184,7 @@ async def search_post(rtype: str, request: Request, actor: CurrentActor) -> Resp
 @router.head("/{rtype}/{fhir_id}", include_in_schema=False)   # HEAD: GET without the body
 async def read(rtype: str, fhir_id: str, request: Request, actor: CurrentActor) -> Response:
     srv = server(request)
-    return fhir_response(await run_in_threadpool(srv.read, actor, rtype, fhir_id))
+    return versioned_response(await run_in_threadpool(srv.read, actor, rtype, fhir_id))
 
 
 @router.post("/{rtype}")
@@ -183,16 +192,17 @@ async def create(rtype: str, request: Request, actor: CurrentActor) -> Response:
     body = await read_json(request)
     srv = server(request)
     new_id, resource = await run_in_threadpool(srv.create, actor, rtype, body)
-    # versioning is no-version (CapabilityStatement): no _history URL that would 404
+    # no vread (readHistory false in the CapabilityStatement): no _history URL that would 404
     location = f"{base_url(request)}/{rtype}/{new_id}"
-    return fhir_response(resource, 201, {"Location": location})
+    return versioned_response(resource, 201, {"Location": location})
 
 
 @router.put("/{rtype}/{fhir_id}")
 async def update(rtype: str, fhir_id: str, request: Request, actor: CurrentActor) -> Response:
     body = await read_json(request)
     srv = server(request)
-    return fhir_response(await run_in_threadpool(srv.update, actor, rtype, fhir_id, body))
+    return versioned_response(await run_in_threadpool(
+        srv.update, actor, rtype, fhir_id, body, request.headers.get("if-match")))
 
 
 @router.api_route("/{rest:path}", methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE",

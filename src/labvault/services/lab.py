@@ -261,6 +261,7 @@ class ReportView:
     corrections: Mapping[str, Sequence[Correction]] = field(default_factory=dict)  # by result id
     conclusion_revisions: Sequence[ConclusionRevision] = ()
     conclusion_at: datetime | None = None
+    specimens: Sequence[SpecimenView] = ()
 
     @property
     def expected(self) -> dict[str, int]:
@@ -270,6 +271,12 @@ class ReportView:
     def requested(self, obs: ObservationView) -> bool:
         """Whether the order asked for this result (results of other tests are kept)."""
         return not self.tests or obs.observation.code in self.tests
+
+    @property
+    def collected_at(self) -> datetime | None:
+        """When the order's specimen was collected (the earliest, if several): the
+        clinically relevant time of the report. None: no specimen received."""
+        return min((s.specimen.collected_at for s in self.specimens), default=None)
 
     @property
     def conclusion_outdated(self) -> bool:
@@ -804,6 +811,7 @@ class LabService:
             return
         values["request_sealed"] = self._seal(order.dek, order.tenant_id, "lab_orders",
                                               "request_sealed", order.order_id, order.request)
+        values["updated_at"] = self.lv.now()      # the order changed (FHIR meta, versions)
         lrepo.update_order(conn, order.tenant_id, order.order_id, **values)
         order.row.update(values)
 
@@ -815,9 +823,11 @@ class LabService:
         if not new:
             return
         order.request["tests"] = tests + new
-        lrepo.update_order(conn, order.tenant_id, order.order_id, request_sealed=self._seal(
-            order.dek, order.tenant_id, "lab_orders", "request_sealed", order.order_id,
-            order.request))
+        values = {"request_sealed": self._seal(order.dek, order.tenant_id, "lab_orders",
+                                               "request_sealed", order.order_id, order.request),
+                  "updated_at": self.lv.now()}     # the order changed (FHIR meta, versions)
+        lrepo.update_order(conn, order.tenant_id, order.order_id, **values)
+        order.row.update(values)
 
     def _transition(self, conn: Connection, actor: Actor, order: _Order,
                     target: L.OrderStatus, step: str | None = None,
@@ -855,9 +865,12 @@ class LabService:
 
     def _receive(self, conn: Connection, actor: Actor, order: _Order,
                  spec: L.Specimen) -> SpecimenView:
-        self._transition(conn, actor, order, L.OrderStatus.RECEIVED,
-                         "received" if "received" not in order.workflow else None)
+        first = "received" not in order.workflow
+        self._transition(conn, actor, order, L.OrderStatus.RECEIVED, "received" if first else None)
         sid, ts = new_id("spc"), self.lv.now()
+        if not first:   # a further specimen changes the order too (its list of specimens)
+            lrepo.update_order(conn, order.tenant_id, order.order_id, updated_at=ts)
+            order.row["updated_at"] = ts
         row = {"tenant_id": order.tenant_id, "specimen_id": sid, "order_id": order.order_id,
                "patient_id": order.patient_id, "status": "available", "received_at": ts,
                "accession_digest": self.digest(conn, order.tenant_id, ACCESSION,
@@ -1467,7 +1480,8 @@ class LabService:
             [ConclusionRevision(datetime.fromisoformat(r["at"]), r.get("reason"),
                                 r.get("previous"))
              for r in payload.get("conclusion_revisions", ())],
-            datetime.fromisoformat(concl_at) if concl_at else (bio.at if bio else None))
+            datetime.fromisoformat(concl_at) if concl_at else (bio.at if bio else None),
+            self._specimen_views(conn, order))
 
     def _corrections(self, conn: Connection, order: _Order,
                      observation_id: str) -> list[Correction]:
@@ -1594,7 +1608,9 @@ class LabService:
 
     def list_orders(self, actor: Actor, tenant_id: str, patient_id: str | None = None,
                     status: str | None = None, limit: int = 200,
-                    purpose: str = CARE) -> list[OrderView]:
+                    purpose: str = CARE, specimens: bool = False) -> list[OrderView]:
+        """``specimens``: each order with its specimens, as ``get_order`` gives it (one
+        more read and unseal per order)."""
         self._scope(actor, tenant_id, "laboratory")
         statuses = _listed_statuses(actor, status)
         with self.lv.begin() as conn:
@@ -1610,7 +1626,8 @@ class LabService:
                 o = self._order_from_row(conn, r)
                 rep = lrepo.report_by_order(conn, tenant_id, r["order_id"])
                 o.row["report_id"] = rep["report_id"] if rep else ""
-                out.append(self._order_view(o))
+                out.append(self._order_view(o, self._specimen_views(conn, o) if specimens
+                                            else ()))
             return out
 
     def list_reports(self, actor: Actor, tenant_id: str, patient_id: str | None = None,

@@ -34,6 +34,7 @@ class AuditEventHandler:
     search_params: Mapping[str, str] = {"patient": "reference", "agent": "token",
                                         "date": "date"}
     interactions = ("read", "search-type")
+    versioning = "no-version"       # an entry never changes: no versionId, no ETag
 
     def __init__(self, lv: Labvault) -> None:
         self.lv = lv

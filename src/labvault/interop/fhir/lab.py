@@ -20,6 +20,7 @@ from labvault.interop.fhir import mapping as m
 from labvault.interop.fhir.outcome import FhirError, issue
 from labvault.interop.fhir.search import Token, date_window, tokens_in
 from labvault.interop.fhir.server import not_found
+from labvault.interop.fhir.versions import versioned
 from labvault.services.lab import ObservationView, OrderView, ReportView, SpecimenView
 from labvault.services.practitioners import PractitionerService
 
@@ -143,7 +144,8 @@ def service_request_to_fhir(o: OrderView) -> dict[str, Any]:
         res["note"] = [{"text": req.clinical_notes}]
     if o.specimens:
         res["specimen"] = [_ref("Specimen", s.specimen_id) for s in o.specimens]
-    return res
+    # every change of an order (a specimen received, a test added) moves its updated_at
+    return versioned(res, o.status.value, o.updated_at)
 
 
 class ServiceRequestHandler:
@@ -269,7 +271,7 @@ class ServiceRequestHandler:
         patient_id = patient_param(q, required=True)
         status = q.one("status")
         orders = self.lv.lab.list_orders(actor, tenant_of(actor), patient_id=patient_id,
-                                         limit=10_000)
+                                         limit=10_000, specimens=True)   # found as read
         found = [service_request_to_fhir(o) for o in orders]
         if status:
             found = [r for r in found if r["status"] in status.split(",")]
@@ -309,7 +311,7 @@ def patient_param(q: Query, required: bool) -> str | None:
 # -- Specimen -----------------------------------------------------------------------------
 def specimen_to_fhir(s: SpecimenView) -> dict[str, Any]:
     spec = s.specimen
-    return {
+    return versioned({
         "resourceType": "Specimen", "id": ids.to_fhir(s.specimen_id),
         "status": SPECIMEN_STATUS.get(s.status, "available"),
         "accessionIdentifier": {"system": ids.ACCESSION_SYSTEM, "value": spec.accession_number},
@@ -319,7 +321,7 @@ def specimen_to_fhir(s: SpecimenView) -> dict[str, Any]:
         "receivedTime": _instant(s.received_at),
         "request": [_ref("ServiceRequest", s.order_id)],
         "collection": {"collectedDateTime": _instant(spec.collected_at)},
-    }
+    }, s.status, s.received_at)      # a received specimen changes only its status
 
 
 class SpecimenHandler:
@@ -372,9 +374,8 @@ class SpecimenHandler:
         patient_id = patient_param(q, required=True)
         found: list[dict[str, Any]] = []
         for o in self.lv.lab.list_orders(actor, tenant_of(actor), patient_id=patient_id,
-                                         limit=10_000):
-            for s in self.lv.lab.get_order(actor, o.order_id).specimens:
-                found.append(specimen_to_fhir(s))
+                                         limit=10_000, specimens=True):
+            found.extend(specimen_to_fhir(s) for s in o.specimens)
         return SearchResult(found[q.offset:q.offset + q.count], len(found))
 
 
@@ -421,7 +422,7 @@ def observation_to_fhir(v: ObservationView) -> dict[str, Any]:
         res["referenceRange"] = [rr]
     if o.comment:
         res["note"] = [{"text": o.comment}]
-    return res
+    return versioned(res, v.status, v.revision, v.updated_at)
 
 
 def result_from_fhir(r: Mapping[str, Any]) -> dict[str, Any]:
@@ -582,6 +583,14 @@ def coded_as(codes: list[Token] | None, *loinc: str) -> bool:
 
 
 # -- DiagnosticReport -----------------------------------------------------------------------
+def _report_effective(r: ReportView) -> datetime:
+    """DiagnosticReport.effective[x] as projected: the clinically relevant time of a lab
+    report, when its specimen was collected (the earliest, if several); without a specimen,
+    when the order was entered."""
+    d = r.collected_at or r.created_at
+    return d if d.tzinfo is not None else d.replace(tzinfo=UTC)
+
+
 def diagnostic_report_to_fhir(r: ReportView) -> dict[str, Any]:
     res: dict[str, Any] = {
         "resourceType": "DiagnosticReport", "id": ids.to_fhir(r.report_id),
@@ -589,7 +598,7 @@ def diagnostic_report_to_fhir(r: ReportView) -> dict[str, Any]:
         "status": r.status, "category": [REPORT_CATEGORY], "code": REPORT_CODE,
         "subject": _ref("Patient", r.patient_id),
         "basedOn": [_ref("ServiceRequest", r.order_id)],
-        "effectiveDateTime": _instant(r.created_at),
+        "effectiveDateTime": _instant(_report_effective(r)),
     }
     if r.issued_at is not None:
         res["issued"] = _instant(r.issued_at)
@@ -599,7 +608,11 @@ def diagnostic_report_to_fhir(r: ReportView) -> dict[str, Any]:
         res["result"] = results
     if r.conclusion:
         res["conclusion"] = r.conclusion
-    return res
+    # the report's version covers its results' (their revisions: the console's "results
+    # changed since you looked") and its specimens (effective[x])
+    return versioned(res, r.status, r.updated_at, r.issued_at,
+                     [(o.observation_id, o.status, o.revision) for o in r.observations],
+                     [s.specimen_id for s in r.specimens])
 
 
 class DiagnosticReportHandler:
@@ -687,6 +700,8 @@ class DiagnosticReportHandler:
         patient_id = patient_param(q, required=True)
         status = q.one("status")
         codes = loinc_codes(q)
+        # `date` is DiagnosticReport.effective (search parameter clinical-date): the
+        # specimen's collection, sealed with it, so compared after opening, as shown
         since, until = date_window("date", q.params.get("date") or [])
         reports = self.lv.lab.list_reports(actor, tenant_of(actor), patient_id=patient_id,
                                            limit=10_000)
@@ -696,8 +711,7 @@ class DiagnosticReportHandler:
                 continue
             if not coded_as(codes, REPORT_LOINC, *r.tests):
                 continue
-            when = r.created_at if r.created_at.tzinfo else r.created_at.replace(tzinfo=UTC)
-            if (since and when < since) or (until and when >= until):
+            if not _within(_report_effective(r), since, until):
                 continue
             found.append(r)
         page = found[q.offset:q.offset + q.count]

@@ -15,6 +15,7 @@ from typing import Any
 
 from labvault.interop.fhir import ids
 from labvault.interop.fhir.outcome import FhirError
+from labvault.interop.fhir.versions import versioned
 
 GENDER_TO_FHIR = {"F": "female", "M": "male", "U": "unknown"}
 GENDER_FROM_FHIR = {"female": "F", "male": "M", "unknown": "U", "other": "U"}
@@ -107,7 +108,7 @@ def patient_to_fhir(p: Mapping[str, Any]) -> dict[str, Any]:
     if addr:
         res["address"] = [{"use": "home", "line": [addr["line"]], "postalCode": addr["postal_code"],
                            "city": addr["city"], "country": addr.get("country") or "FR"}]
-    return res
+    return versioned(res, p.get("updated_at") or p.get("created_at"))
 
 
 def patient_from_fhir(r: Mapping[str, Any]) -> dict[str, Any]:
@@ -213,7 +214,7 @@ def practitioner_to_fhir(p: Mapping[str, Any]) -> dict[str, Any]:
         telecom.append({"system": "email", "value": p["email"]})
     if telecom:
         res["telecom"] = telecom
-    return res
+    return versioned(res, p.get("updated_at"))
 
 
 def practitioner_from_fhir(r: Mapping[str, Any]) -> dict[str, Any]:
@@ -287,8 +288,10 @@ def coverage_from_id(fhir_id: str) -> tuple[str, str] | None:
     return pid, kind
 
 
-def coverages_to_fhir(patient_id: str, cov: Mapping[str, Any] | None) -> list[dict[str, Any]]:
-    """The patient's coverage category -> 0, 1 or 2 Coverage resources."""
+def coverages_to_fhir(patient_id: str, cov: Mapping[str, Any] | None,
+                      updated_at: object = None) -> list[dict[str, Any]]:
+    """The patient's coverage category -> 0, 1 or 2 Coverage resources; ``updated_at``:
+    the patient record's last change (the version of its coverages)."""
     if not cov:
         return []
     out = []
@@ -304,7 +307,7 @@ def coverages_to_fhir(patient_id: str, cov: Mapping[str, Any] | None) -> list[di
             "payor": [{"display": cov[kind]}]}
         if cov.get("member_id") and kind == member_on:
             res["subscriberId"] = cov["member_id"]
-        out.append(res)
+        out.append(versioned(res, updated_at))
     return out
 
 

@@ -22,7 +22,7 @@ from labvault.domain import validation
 from labvault.domain.actors import Actor
 from labvault.domain.categories import Category
 from labvault.errors import InvalidField, InvalidRecord, NotFound, UserError
-from labvault.interop.fhir import ids
+from labvault.interop.fhir import ids, versions
 from labvault.interop.fhir import mapping as m
 from labvault.interop.fhir.outcome import FhirError, from_user_error, issue
 from labvault.interop.fhir.search import Token, any_of, checked, parse_date, tokens_in
@@ -322,7 +322,7 @@ class CoverageHandler:
             raise not_found(self.rtype, fhir_id)
         pid, _kind = found
         p = self.patients.show(actor, pid, (Category.COVERAGE,))
-        for res in m.coverages_to_fhir(pid, p.get("coverage")):
+        for res in m.coverages_to_fhir(pid, p.get("coverage"), p.get("updated_at")):
             if res["id"] == fhir_id:
                 return res
         raise not_found(self.rtype, fhir_id)
@@ -372,7 +372,7 @@ class CoverageHandler:
             p = self.lv.patients.show(actor, pid, (Category.COVERAGE,))
         except NotFound:
             return SearchResult([], 0)
-        found = m.coverages_to_fhir(pid, p.get("coverage"))
+        found = m.coverages_to_fhir(pid, p.get("coverage"), p.get("updated_at"))
         return SearchResult(found[q.offset:q.offset + q.count], len(found))
 
 
@@ -429,10 +429,14 @@ class FhirServer:
             new = ids.to_fhir(h.create(actor, resource))
         return new, h.read(actor, new)
 
-    def update(self, actor: Actor, rtype: str, fhir_id: str, resource: object) -> dict[str, Any]:
+    def update(self, actor: Actor, rtype: str, fhir_id: str, resource: object,
+               if_match: str | None = None) -> dict[str, Any]:
+        """``if_match``: the ``If-Match`` header (http.html#concurrency): the update is made
+        only if the resource is still at that version, else 412 and nothing is written."""
         tenant_of(actor)
         h = self.handler(rtype)
         self._offers(h, "update")
+        wanted = None if if_match is None else versions.accepted(if_match)
         validate(resource, rtype)
         assert isinstance(resource, Mapping)
         if resource.get("id") != fhir_id:
@@ -440,6 +444,8 @@ class FhirServer:
                             [f"{rtype}.id"])
         try:
             with self.lv.begin():
+                if if_match is not None:
+                    versions.check(wanted, h.read(actor, fhir_id))
                 h.update(actor, fhir_id, resource)
         except FhirError as exc:
             if exc.http_status == 404 and exc.message == not_found(rtype, fhir_id).message:
@@ -545,6 +551,9 @@ class FhirServer:
                         status = "201 Created"
                     else:
                         assert p.target_id is not None
+                        if p.if_match is not None:   # as it is now, after the creates
+                            versions.check(p.if_match, h.read(actor, p.target_id),
+                                           [f"Bundle.entry[{i}].request.ifMatch"])
                         h.update(actor, p.target_id, bodies[0])
                         news = [p.target_id]
                         status = "200 OK"
@@ -618,15 +627,29 @@ class FhirServer:
             if "ifNoneExist" in req:
                 raise FhirError(400, "not-supported", "conditional create is not supported",
                                 [where + ".request.ifNoneExist"])
+            if "ifMatch" in req:
+                raise FhirError(400, "not-supported", "ifMatch applies to an update (PUT): a "
+                                "created resource has no version yet", [where + ".request.ifMatch"])
             return _Plan(rtype, "POST", resource, full_url, None)
         if method == "PUT":
             parts = url.split("/")
             if len(parts) != 2 or parts[0] != rtype or resource.get("id") != parts[1]:
                 raise FhirError(400, "invalid", f"request.url must be {rtype}/<id> with the "
                                 "resource's id", [where + ".request.url"])
-            return _Plan(rtype, "PUT", resource, full_url, parts[1])
+            return _Plan(rtype, "PUT", resource, full_url, parts[1],
+                         self._if_match(req.get("ifMatch"), where + ".request.ifMatch"))
         raise FhirError(400, "not-supported", "transaction entries may be POST or PUT",
                         [where + ".request.method"])
+
+    @staticmethod
+    def _if_match(value: object, where: str) -> frozenset[str] | None:
+        """The versions an entry's ``request.ifMatch`` accepts (None: no condition)."""
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise FhirError(400, "structure", "ifMatch must be a string (W/\"<versionId>\")",
+                            [where])
+        return versions.accepted(value, [where])
 
     # -- CapabilityStatement ---------------------------------------------------------------
     def capability(self, base: str) -> dict[str, Any]:
@@ -635,11 +658,18 @@ class FhirServer:
             h = self.handlers.get(rtype)
             if h is None:
                 continue
+            offered = getattr(h, "interactions", ("read", "search-type", "create", "update"))
             resources.append({
                 "type": rtype,
-                "interaction": [{"code": c} for c in getattr(
-                    h, "interactions", ("read", "search-type", "create", "update"))],
-                "versioning": "no-version", "readHistory": False, "updateCreate": False,
+                "interaction": [{"code": c} for c in offered],
+                # versionId on every resource read; If-Match honoured on update (R4: "using
+                # e-tags for version integrity"; R5: "supports version-aware updates"); no
+                # vread, no history
+                "versioning": getattr(h, "versioning", "versioned-update" if "update" in offered
+                                      else "versioned"),
+                "readHistory": False, "updateCreate": False,
+                # If-Match is not a conditional update (that is PUT [type]?search)
+                "conditionalUpdate": False,
                 "searchParam": [{"name": n, "type": t} for n, t in h.search_params.items()],
             })
         return {
@@ -666,6 +696,7 @@ class _Plan:
     resource: Mapping[str, Any]
     full_url: str | None
     target_id: str | None
+    if_match: frozenset[str] | None = None      # request.ifMatch: the versions accepted
 
 
 # The elements of a Bundle and of its entries (R4 bundle.html): anything else is refused,
