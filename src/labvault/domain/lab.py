@@ -178,6 +178,10 @@ def loinc(value: object, field_: str = "code") -> str:
 
 def ucum(value: object, field_: str = "unit") -> str:
     """UCUM unit, case-sensitive form: printable ASCII without spaces, balanced brackets."""
+    if isinstance(value, str) and ("\u00b5" in value or "\u03bc" in value):
+        # the micro sign (or Greek mu) is UCUM's print symbol; its case-sensitive form is u
+        raise InvalidField(field_, f"must be a UCUM unit: {value.strip()[:40]} writes micro as µ, "
+                           "UCUM as u (umol/L)", "send the unit in UCUM's case-sensitive form")
     if not isinstance(value, str) or not _UCUM.fullmatch(value.strip()):
         raise InvalidField(field_, "must be a UCUM unit", "e.g. mmol/L, g/dL, 10*9/L, %")
     u = value.strip()
@@ -878,6 +882,8 @@ class Observation:
     def with_analyser(self, reference_range: str | None, flags: str | None) -> Observation:
         """This result with the analyser's own range and flag (OBX-7, OBX-8) as sent,
         stripped and bounded (a range is a few characters; a flag, codes of table 0078)."""
+        if not reference_range and not flags:
+            return self
         return replace(self, analyser_range=(reference_range or "").strip()[:200] or None,
                        analyser_flag=(flags or "").strip()[:40] or None)
 
