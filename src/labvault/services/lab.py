@@ -320,8 +320,8 @@ class Skip:
 
     reason: str       # one of SKIP_REASONS
     tests: tuple[str, ...] = ()
-    # analyser-disagrees: per test, the analyser's flag (OBX-8) and labvault's (None: none)
-    flags: tuple[tuple[str, str | None], ...] = ()
+    # analyser-disagrees: per test, the analyser's flag (OBX-8) and labvault's
+    flags: tuple[tuple[str, str], ...] = ()
 
     def as_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"reason": self.reason, "tests": list(self.tests)}
@@ -342,7 +342,7 @@ class BulkValidation:
     reasons: dict[str, Skip] = field(default_factory=dict)   # skipped order id -> why
 
     def skip(self, order_id: str, reason: str, tests: Iterable[str] = (),
-             flags: Iterable[tuple[str, str | None]] = ()) -> None:
+             flags: Iterable[tuple[str, str]] = ()) -> None:
         self.skipped.append(order_id)
         self.reasons[order_id] = Skip(reason, tuple(tests), tuple(flags))
 
@@ -496,7 +496,7 @@ def review_reason(results: Sequence[L.Observation], missing: Mapping[str, str]) 
             why.setdefault(_not_normal(o), []).append(o)
     if why:
         reason = min(why, key=SKIP_REASONS.index)
-        flags = (tuple((o.analyser_flag or "", o.flag.value if o.flag else None)
+        flags = (tuple((o.analyser_flag or "", o.flag.value if o.flag else "")
                        for o in why[reason]) if reason == "analyser-disagrees" else ())
         return Skip(reason, tuple(o.display for o in why[reason]), flags)
     return Skip("incomplete", tuple(missing.values())) if missing else None

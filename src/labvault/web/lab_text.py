@@ -41,14 +41,14 @@ SKIP_FR: Mapping[str, str] = {
     "incomplete": "analyses demandées sans résultat",
 }
 
+
 def skip_tests(skip: Skip) -> str:
     """The tests an order was left for, with each flag when the analyser's and the
     catalogue's disagree ("Potassium : l'automate l'a signalé H, le catalogue dit normal")."""
     if not skip.flags:
         return ", ".join(skip.tests)
     from labvault.web.render import FLAG_FR
-    return "; ".join(f"{t} : l'automate l'a signalé {a}, le catalogue dit "
-                     f"{FLAG_FR.get(f, f) if f else 'rien'}"
+    return "; ".join(f"{t} : l'automate l'a signalé {a}, le catalogue dit {FLAG_FR.get(f, f)}"
                      for t, (a, f) in zip(skip.tests, skip.flags, strict=True))
 
 
