@@ -421,6 +421,21 @@ def test_a_comparator_that_straddles_the_range_is_indeterminate(server: Running)
         "code": "IND"}
 
 
+def test_a_lower_case_litre_is_the_catalogue_unit(server: Running) -> None:
+    """UCUM's litre is l or L: g/dl is the catalogue's g/dL (stored so); G/dL is not."""
+    p = next(people(1, seed=26))
+    bundle = visit_bundle(p, 4)
+    bundle["entry"][3]["resource"]["valueQuantity"].update(unit="g/dl", code="g/dl")
+    r = post(server, bundle)
+    assert r.status_code == 200, r.text
+    loc = r.json()["entry"][3]["response"]["location"].split("/_history")[0]
+    q = httpx.get(f"{server.url}/{loc}", headers=HDR).json()["valueQuantity"]
+    assert (q["unit"], q["code"]) == ("g/dL", "g/dL")
+    bundle = visit_bundle(next(people(1, seed=27)), 4)
+    bundle["entry"][3]["resource"]["valueQuantity"].update(unit="G/dL", code="G/dL")
+    assert post(server, bundle).status_code == 422
+
+
 def test_a_quantity_without_its_unit_is_refused_naming_the_unit(server: Running) -> None:
     """POST or PUT of an Observation whose valueQuantity has no unit/code: 422 naming
     Observation.valueQuantity.unit, with the unit expected; nothing stored."""

@@ -103,7 +103,7 @@ def test_the_resolve_hint_says_what_fixes_each_kind(h: Hl7Handler, lab_lv: Labva
     h.handle(hl7("R15O", PID_PAUL, "ORC|NW|PR15C", "OBR|1|PR15C||2823-3^K^LN",
                  mtype="ORM^O01"))
     h.handle(hl7("R15C", PID_PAUL, "OBR|1|PR15C||2823-3^K^LN|||20260312070000",
-                 "OBX|1|NM|2823-3^K^LN||4.0|mmol/l|||||F"))
+                 "OBX|1|NM|2823-3^K^LN||4.0|meq/L|||||F"))
     issue = only_issue(lab_lv, tenant_id, operator)
     assert issue["kind"] == "invalid-value"
     with pytest.raises(UserError) as exc:

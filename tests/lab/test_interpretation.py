@@ -9,7 +9,7 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 
 from labvault.domain import lab as L
-from labvault.errors import InvalidField
+from labvault.errors import InvalidField, InvalidRecord
 from labvault.services.lab import default_catalogue_data
 
 CAT = L.Catalogue.parse(default_catalogue_data())
@@ -147,6 +147,99 @@ def test_a_coded_result_needs_no_unit() -> None:
     obs = L.Observation.interpret(L.ResultInput.parse({"code": "882-1", "value": {"code": "A"}}),
                                   test, CAT.version, "F", ADULT, NOW)
     assert obs.unit is None
+
+
+# -- 4. the litre is l or L; every other symbol keeps its case --------------------------------
+@pytest.mark.parametrize(("code", "value", "sent", "flag"), [
+    ("2823-3", 5.6, "mmol/l", L.Flag.HIGH),          # potassium, catalogue mmol/L
+    ("3094-0", 15, "mg/dl", L.Flag.NORMAL),          # urea nitrogen, mg/dL
+    ("2345-7", 0.95, "g/l", L.Flag.NORMAL),          # glucose, g/L
+    ("777-3", 120, "10*9/l", L.Flag.LOW),            # platelets, 10*9/L
+    ("787-2", 90, "fl", L.Flag.NORMAL),              # MCV, fL (femtolitre)
+    ("14682-9", 70, "umol/l", L.Flag.NORMAL),        # creatinine, umol/L
+])
+def test_a_lower_case_litre_is_the_catalogue_unit_stored_as_the_catalogue_spells_it(
+        code: str, value: float, sent: str, flag: L.Flag) -> None:
+    """Analysers send mmol/l, mg/dl... UCUM's litre has both symbols: not a wrong unit."""
+    test = CAT.get(code)
+    assert test is not None and test.unit and test.unit != sent
+    obs = L.Observation.interpret(L.ResultInput.parse({"code": code, "value": value,
+                                                       "unit": sent}),
+                                  test, CAT.version, "F", ADULT, NOW)
+    assert (obs.unit, obs.flag) == (test.unit, flag)
+
+
+@pytest.mark.parametrize(("code", "sent"), [
+    ("2823-3", "Mmol/L"),       # M is mega: another unit, not a spelling
+    ("2823-3", "MMOL/L"),
+    ("3094-0", "mg/DL"),        # D is no prefix
+    ("3094-0", "Mg/dL"),
+    ("2823-3", "mmol/dL"),      # a decilitre is not a litre
+    ("2823-3", "mmol/ml"),
+])
+def test_only_the_litre_ignores_case(code: str, sent: str) -> None:
+    test = CAT.get(code)
+    assert test is not None
+    with pytest.raises(InvalidField) as exc:
+        L.Observation.interpret(L.ResultInput.parse({"code": code, "value": 4.0, "unit": sent}),
+                                test, CAT.version, "F", ADULT, NOW)
+    assert exc.value.field == "unit" and f"{sent} is not the catalogue unit" in exc.value.rule
+
+
+@pytest.mark.parametrize(("sent", "catalogue", "same"), [
+    ("mmol/l", "mmol/L", True), ("l", "L", True), ("dal", "daL", True),
+    ("ml.min-1", "mL.min-1", True), ("m[IU]/l", "m[IU]/L", True), ("(l)", "(L)", True),
+    ("Ml", "mL", False),            # megalitre
+    ("lm", "Lm", False),            # lumen: l is not a term of its own
+    ("mol", "moL", False), ("kcal", "kcaL", False),
+    ("[lb_av]", "[Lb_av]", False),  # inside brackets: another atom's letters
+    ("{l}", "{L}", False), ("u/l", "U/L", False),
+])
+def test_same_unit_folds_the_litre_atom_only(sent: str, catalogue: str, same: bool) -> None:
+    assert L.same_unit(sent, catalogue) is same
+    assert L.same_unit(catalogue, sent) is same
+
+
+def test_a_micro_sign_is_not_ucum() -> None:
+    """UCUM's case-sensitive micro is u (umol/L); an analyser's µmol/l is refused as not
+    UCUM (over HL7: an import issue saying so), never guessed."""
+    with pytest.raises(InvalidRecord, match="must be a UCUM unit"):
+        L.ResultInput.parse({"code": "14682-9", "value": 70, "unit": "µmol/l"})
+
+
+# -- 5. the analyser's own range and flag (HL7 OBX-7, OBX-8) ----------------------------------
+def test_the_analyser_s_range_and_flag_travel_with_the_result_and_only_when_sent() -> None:
+    plain = interpret("2823-3", 4.2)
+    assert "analyser_range" not in plain.as_json() and "analyser_flag" not in plain.as_json()
+    sent = plain.with_analyser(" 3.5-5.1 ", "H")
+    assert (sent.analyser_range, sent.analyser_flag, sent.flag) == ("3.5-5.1", "H", L.Flag.NORMAL)
+    assert L.Observation.from_json(sent.as_json()) == sent
+    assert L.Observation.from_json(plain.as_json()) == plain
+    assert plain.with_analyser(None, "") == plain
+
+
+@pytest.mark.parametrize(("code", "value", "analyser", "reason"), [
+    ("2823-3", 4.2, "H", L.ReviewReason.ANALYSER_DISAGREES),     # labvault N
+    ("2823-3", 4.2, "L", L.ReviewReason.ANALYSER_DISAGREES),
+    ("2823-3", 4.2, "AA", L.ReviewReason.ANALYSER_DISAGREES),
+    ("2823-3", 4.2, ">", L.ReviewReason.ANALYSER_DISAGREES),     # above the instrument's scale
+    ("2823-3", 4.2, "N~h", L.ReviewReason.ANALYSER_DISAGREES),   # repeated, any case
+    ("2823-3", 4.2, "N", None),
+    ("2823-3", 4.2, "U", None),                                  # a delta flag says nothing
+    ("2823-3", 5.6, "L", L.ReviewReason.ANALYSER_DISAGREES),     # labvault H, analyser L
+    ("2823-3", 5.6, "N", L.ReviewReason.ANALYSER_DISAGREES),     # labvault H, analyser N
+    ("2823-3", 5.6, "H", L.ReviewReason.OUTSIDE_REFERENCE_RANGE),
+    ("2823-3", 5.6, "A", L.ReviewReason.OUTSIDE_REFERENCE_RANGE),   # abnormal, both
+    ("2823-3", 7.0, "N", L.ReviewReason.PANIC_VALUE),            # a panic value stays one
+    ("718-7", 13.1, "H", L.ReviewReason.NO_REFERENCE_RANGE),     # sex unknown: nothing to
+    ("1988-5", "<10", "N", L.ReviewReason.INDETERMINATE),        # ... compare with
+])
+def test_an_analyser_flag_that_contradicts_the_catalogue_keeps_the_result_for_review(
+        code: str, value: object, analyser: str, reason: L.ReviewReason | None) -> None:
+    obs = interpret(code, value, sex=None if code == "718-7" else "F").with_analyser(
+        None, analyser)
+    assert L.review_reason(obs) == reason
+    assert L.is_normal(obs) == (reason is None)
 
 
 # -- 6. why a result is left for review ------------------------------------------------------

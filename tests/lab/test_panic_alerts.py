@@ -155,13 +155,13 @@ def test_property_one_alert_per_distinct_observation_value(
     assert sum(a["count"] for a in open_alerts) == len(entries)
 
 
-def _oru(control: str, nir: str, order_no: str, potassium: str) -> bytes:
+def _oru(control: str, nir: str, order_no: str, potassium: str, unit: str = "mmol/L") -> bytes:
     """The analyser's ORU of ``hl7_samples`` with its own order numbers and potassium."""
     from tests.lab import hl7_samples as S
     msg = S.oru_numeric(control, nir).replace("PL1001", f"PL{order_no}").replace(
         "FI2001", f"FI{order_no}")
     return msg.replace("2823-3^Potassium^LN||5.6|mmol/L|3.5-5.1|H",
-                       f"2823-3^Potassium^LN||{potassium}|mmol/L|3.5-5.1|H").encode()
+                       f"2823-3^Potassium^LN||{potassium}|{unit}|3.5-5.1|H").encode()
 
 
 def test_hl7_panic_values_of_two_patients_are_two_alerts(
@@ -218,3 +218,20 @@ def test_a_panic_value_waiting_in_the_import_queue_is_alerted_at_once(
     assert "patient_id" not in detail and "2823-3" not in str(alert)   # ids only, in clear
     store.flush()
     assert [n.kind for n in sink.notices].count("panic-value") == 1
+
+
+@pytest.mark.parametrize(("unit", "alerted"), [("mmol/l", True), ("Mmol/L", False)])
+def test_a_queued_panic_value_in_a_lower_case_litre_is_alerted(
+        lab_lv: Labvault, store: AlertService, tenant_id: str, unit: str,
+        alerted: bool) -> None:
+    """The queue judges units as the results do: mmol/l is the catalogue's mmol/L (UCUM's
+    litre is l or L); Mmol/L (mega) is another unit, about which nothing is sure."""
+    import datetime
+
+    from labvault.interop.hl7.handler import Hl7Handler
+    from labvault.synthetic import make_nir
+    h = Hl7Handler(lab_lv, Actor.system("mllp"), tenant_id)
+    unknown = make_nir("F", datetime.date(1980, 5, 17), "59350", 302)
+    out, _ = h.handle(_oru("Q3", unknown, "932", "7.9", unit))
+    assert out.ack_code == "AA" and out.patient_id is None and len(out.issue_ids) == 1
+    assert len(_panics(store, tenant_id)) == (1 if alerted else 0)

@@ -53,7 +53,7 @@ def test_nothing_clinical_in_clear(lab_lv: Labvault, tenant_id: str, operator: A
     # 5+ characters each: shorter strings turn up in random ciphertext by chance.
     secrets_ = [S.NIR_F, "MARTIN", "Jeanne", "718-7", "2823-3", "13.2|g/dL", "PL1001", "FI2001",
                 "Hemoglobin", "anticoagulant", "DURAND", "Mystery", "IPP123", "hmolys",
-                "Lilas", "0612345678", "mmol/L"]
+                "Lilas", "0612345678", "mmol/L", "12.0-16.0"]   # the last: OBX-7
     with lv.begin() as conn:
         for t in LAB_TABLES:
             for row in conn.execute(select(t)).mappings():

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 
 from labvault.domain import lab as L
 from tests.access.conftest import World
-from tests.web.helpers import HIGH, csrf_in, form_login, order
+from tests.web.helpers import HIGH, analyser_order, csrf_in, form_login, order
 
 HB = "Hemoglobin [Mass/volume] in Blood"
 K = "Potassium [Moles/volume] in Serum or Plasma"
@@ -306,3 +306,35 @@ def _pdf_says(web: World, browser: TestClient, report_id: str, words: str) -> No
     text = subprocess.run(["pdftotext", "-", "-"], input=pdf.content, capture_output=True,
                           check=True).stdout.decode()
     assert words in " ".join(text.split()), text
+
+
+def test_the_analyser_s_range_and_flag_are_shown_and_a_contradiction_is_left_for_review(
+        web: World, browser: TestClient) -> None:
+    """OBX-7/8 beside labvault's range and flag, for staff only; an analyser's H on a
+    value the catalogue calls normal is not validated with "valider tous les normaux"."""
+    a = web.a
+    flagged = analyser_order(web, a, 0, "OBX|1|NM|2823-3^K^LN||4.2|mmol/l|3.4-4.0|H|||F",
+                             control="W1")
+    agreed = analyser_order(web, a, 1, "OBX|1|NM|2823-3^K^LN||4.3|mmol/L|3.5-5.1|N|||F",
+                            control="W2")
+    _console(browser, web, "biologist")
+    page = browser.get("/console/validation")
+    text = _text(page)
+    assert "automate : 3.4-4.0" in text and "automate : H (ne concorde pas)" in text
+    assert "automate : 3.5-5.1" in text and "automate : N" in text
+    why = f"{K} : l'automate l'a signalé H, le catalogue dit normal"
+    assert f"à revoir : l'automate et le catalogue ne concordent pas ({why})" in text
+    done = browser.post("/console/validation", data={
+        "csrf": csrf_in(page.text), "shown": [v for v in SHOWN.findall(page.text) if "=" in v]})
+    text = _text(done)
+    assert "1 demande(s) validée(s) ; 1 laissée(s)" in text
+    assert f"l'automate et le catalogue ne concordent pas ({why})" in text
+    assert _status(web, flagged) == L.OrderStatus.TECHNICALLY_VALIDATED
+    assert _status(web, agreed) == L.OrderStatus.FINAL
+    assert "automate :" in _text(browser.get(f"/console/patients/{a.patients[0]}"))
+    # the patient's portal shows labvault's interpretation only
+    web.lv.lab.validate_final(web.actor(a.emails["biologist"]), flagged, None)
+    web.lv.lab.publish(web.actor(a.emails["biologist"]), flagged)
+    _console(browser, web, "patient")
+    portal = _text(browser.get("/portail"))
+    assert "4,2" in portal and "automate" not in portal and "3.4-4.0" not in portal

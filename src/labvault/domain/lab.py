@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import Any
@@ -178,6 +178,10 @@ def loinc(value: object, field_: str = "code") -> str:
 
 def ucum(value: object, field_: str = "unit") -> str:
     """UCUM unit, case-sensitive form: printable ASCII without spaces, balanced brackets."""
+    if isinstance(value, str) and ("\u00b5" in value or "\u03bc" in value):
+        # the micro sign (or Greek mu) is UCUM's print symbol; its case-sensitive form is u
+        raise InvalidField(field_, f"must be a UCUM unit: {value.strip()[:40]} writes micro as µ, "
+                           "UCUM as u (umol/L)", "send the unit in UCUM's case-sensitive form")
     if not isinstance(value, str) or not _UCUM.fullmatch(value.strip()):
         raise InvalidField(field_, "must be a UCUM unit", "e.g. mmol/L, g/dL, 10*9/L, %")
     u = value.strip()
@@ -189,6 +193,25 @@ def ucum(value: object, field_: str = "unit") -> str:
     if depth != 0:
         raise InvalidField(field_, "has unbalanced brackets", "e.g. m[IU]/L")
     return u
+
+
+# UCUM's litre has two symbols, ``l`` and ``L`` (the one atom spelt either way: analysers
+# send mmol/l, g/l, 10*9/l, mg/dl). Every other symbol is case-sensitive -- m is milli, M
+# mega -- so nothing else is folded. A litre term: an optional prefix then l/L, between
+# term boundaries (start, ``.``, ``/``, brackets, an exponent); ``[...]`` and ``{...}`` are
+# matched first so that nothing inside them is taken for a litre.
+_LITRE = re.compile(r"(\[[^\]]*\]|\{[^}]*\})"
+                    r"|(?<![^./(])(da|[YZEPTGMkhdcmunpfazy])?[lL](?![^./)\d+-])")
+
+
+def _litre_as_l(unit: str) -> str:
+    return _LITRE.sub(lambda m: m.group(1) or (m.group(2) or "") + "L", unit)
+
+
+def same_unit(sent: str, catalogue: str) -> bool:
+    """Whether a result's unit is the catalogue's: equal, case-sensitive, except the litre
+    atom (``mmol/l`` is ``mmol/L``, ``mg/dl`` is ``mg/dL``; ``Mmol/L`` is not ``mmol/L``)."""
+    return sent == catalogue or _litre_as_l(sent) == _litre_as_l(catalogue)
 
 
 def aware(value: object, field_: str) -> datetime:
@@ -792,11 +815,15 @@ class Observation:
     observed_at: datetime | None
     catalogue_version: str
     local_code: str | None = None
+    # What the analyser itself said (HL7 OBX-7, OBX-8), as sent: shown to the biologist
+    # beside labvault's own range and flag, which are the ones that count.
+    analyser_range: str | None = None
+    analyser_flag: str | None = None
 
     @staticmethod
     def interpret(result: ResultInput, test: CatalogueTest, catalogue_version: str,
                   sex: str | None, birth_date: date | None, now: datetime) -> Observation:
-        if result.unit and test.unit and result.unit != test.unit:
+        if result.unit and test.unit and not same_unit(result.unit, test.unit):
             raise InvalidField("unit", f"{result.unit} is not the catalogue unit {test.unit} "
                                f"for {test.code}", "convert the value or fix the catalogue")
         if test.kind == ValueKind.NUMERIC and result.kind != ValueKind.NUMERIC:
@@ -806,7 +833,8 @@ class Observation:
         flag, rng = test.interpret(result, sex, age_years(birth_date, at))
         return Observation(
             result.code if result.code == test.code else test.code, test.display, result.kind,
-            result.numeric, result.coded, result.text, result.unit,
+            result.numeric, result.coded, result.text,
+            test.unit if result.unit and test.unit else result.unit,   # the catalogue's spelling
             result.comparator, rng.display(test.unit) if rng else None,
             rng.low if rng else None, rng.high if rng else None, flag, result.comment,
             result.observed_at, catalogue_version, result.local_code)
@@ -830,6 +858,9 @@ class Observation:
             "comment": self.comment,
             "observed_at": self.observed_at.isoformat() if self.observed_at else None,
             "catalogue_version": self.catalogue_version, "local_code": self.local_code,
+            # only when sent: a result without them is stored as before
+            **({"analyser_range": self.analyser_range} if self.analyser_range else {}),
+            **({"analyser_flag": self.analyser_flag} if self.analyser_flag else {}),
         }
 
     @staticmethod
@@ -845,7 +876,36 @@ class Observation:
             d.get("reference_range"), d.get("range_low"), d.get("range_high"),
             Flag(d["flag"]) if d.get("flag") else None, d.get("comment"),
             datetime.fromisoformat(d["observed_at"]) if d.get("observed_at") else None,
-            d.get("catalogue_version", ""), d.get("local_code"))
+            d.get("catalogue_version", ""), d.get("local_code"), d.get("analyser_range"),
+            d.get("analyser_flag"))
+
+    def with_analyser(self, reference_range: str | None, flags: str | None) -> Observation:
+        """This result with the analyser's own range and flag (OBX-7, OBX-8) as sent,
+        stripped and bounded (a range is a few characters; a flag, codes of table 0078)."""
+        if not reference_range and not flags:
+            return self
+        return replace(self, analyser_range=(reference_range or "").strip()[:200] or None,
+                       analyser_flag=(flags or "").strip()[:40] or None)
+
+    def analyser_disagrees(self) -> bool:
+        """Whether the analyser's flag contradicts labvault's: one calls the value normal and
+        the other not, or they point opposite ways (L against H). Flags of other kinds
+        (microbiology S/R, deltas U/D...) and a result labvault could not flag say nothing."""
+        if not self.analyser_flag or self.flag is None or self.flag == Flag.INDETERMINATE:
+            return False
+        sent = {c.strip().upper() for c in self.analyser_flag.split("~")}
+        if sent & ANALYSER_ABNORMAL:
+            return (self.flag == Flag.NORMAL
+                    or bool(sent & ANALYSER_LOW and self.flag in (Flag.HIGH, Flag.CRITICAL_HIGH))
+                    or bool(sent & ANALYSER_HIGH and self.flag in (Flag.LOW, Flag.CRITICAL_LOW)))
+        return "N" in sent and self.flag != Flag.NORMAL
+
+
+# An analyser's abnormal flags (HL7 table 0078): low, high, and abnormal without direction
+# (``<``/``>``: below/above the instrument's scale).
+ANALYSER_LOW = frozenset({"L", "LL", "<"})
+ANALYSER_HIGH = frozenset({"H", "HH", ">"})
+ANALYSER_ABNORMAL = ANALYSER_LOW | ANALYSER_HIGH | {"A", "AA"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -863,6 +923,9 @@ class ReviewReason(StrEnum):
     ("validate all normal"); the words a page shows for them are the door's."""
 
     PANIC_VALUE = "panic-value"                          # LL, HH
+    # The analyser's own flag (OBX-8) contradicts the catalogue's: H where labvault says N,
+    # N where it says L, L where it says H -- a wrong range, unit or analyser to look at.
+    ANALYSER_DISAGREES = "analyser-disagrees"
     OUTSIDE_REFERENCE_RANGE = "outside-reference-range"  # L, H
     ABNORMAL_CODE = "abnormal-code"                      # A
     INDETERMINATE = "indeterminate"                      # IND: a comparator across a limit
@@ -874,12 +937,14 @@ class ReviewReason(StrEnum):
 
 def review_reason(obs: Observation) -> ReviewReason | None:
     """None when the result may be validated in bulk; else why it needs a review."""
+    if obs.flag is not None and obs.flag.is_panic:
+        return ReviewReason.PANIC_VALUE
+    if obs.analyser_disagrees():
+        return ReviewReason.ANALYSER_DISAGREES
     if obs.flag == Flag.NORMAL:
         return None
     if obs.flag is None:
         return ReviewReason.NO_REFERENCE_RANGE
-    if obs.flag.is_panic:
-        return ReviewReason.PANIC_VALUE
     return {Flag.ABNORMAL: ReviewReason.ABNORMAL_CODE,
             Flag.INDETERMINATE: ReviewReason.INDETERMINATE}.get(
                 obs.flag, ReviewReason.OUTSIDE_REFERENCE_RANGE)

@@ -327,14 +327,19 @@ class Skip:
 
     reason: str       # one of SKIP_REASONS
     tests: tuple[str, ...] = ()
+    # analyser-disagrees: per test, the analyser's flag (OBX-8) and labvault's
+    flags: tuple[tuple[str, str], ...] = ()
 
     def as_json(self) -> dict[str, Any]:
-        return {"reason": self.reason, "tests": list(self.tests)}
+        out: dict[str, Any] = {"reason": self.reason, "tests": list(self.tests)}
+        if self.flags:
+            out["flags"] = [{"analyser": a, "labvault": f} for a, f in self.flags]
+        return out
 
 
 # Most serious first: an order is reported under the first that applies.
-SKIP_REASONS = ("not-waiting", "changed", "no-results", "panic", "out-of-range",
-                "indeterminate", "no-reference-range", "incomplete")
+SKIP_REASONS = ("not-waiting", "changed", "no-results", "panic", "analyser-disagrees",
+                "out-of-range", "indeterminate", "no-reference-range", "incomplete")
 
 
 @dataclass
@@ -343,9 +348,10 @@ class BulkValidation:
     skipped: list[str] = field(default_factory=list)     # left for review
     reasons: dict[str, Skip] = field(default_factory=dict)   # skipped order id -> why
 
-    def skip(self, order_id: str, reason: str, tests: Iterable[str] = ()) -> None:
+    def skip(self, order_id: str, reason: str, tests: Iterable[str] = (),
+             flags: Iterable[tuple[str, str]] = ()) -> None:
         self.skipped.append(order_id)
-        self.reasons[order_id] = Skip(reason, tuple(tests))
+        self.reasons[order_id] = Skip(reason, tuple(tests), tuple(flags))
 
     def as_json(self) -> dict[str, Any]:
         return {"validated": self.validated, "skipped": self.skipped,
@@ -491,18 +497,21 @@ def review_reason(results: Sequence[L.Observation], missing: Mapping[str, str]) 
     (the most serious reason, with the tests concerned); None when they may go in bulk."""
     if not results:
         return Skip("no-results")
-    why: dict[str, list[str]] = {}
+    why: dict[str, list[L.Observation]] = {}
     for o in results:
         if not L.is_normal(o):
-            why.setdefault(_not_normal(o), []).append(o.display)
+            why.setdefault(_not_normal(o), []).append(o)
     if why:
         reason = min(why, key=SKIP_REASONS.index)
-        return Skip(reason, tuple(why[reason]))
+        flags = (tuple((o.analyser_flag or "", o.flag.value if o.flag else "")
+                       for o in why[reason]) if reason == "analyser-disagrees" else ())
+        return Skip(reason, tuple(o.display for o in why[reason]), flags)
     return Skip("incomplete", tuple(missing.values())) if missing else None
 
 
 # the domain's review reasons in the words of a skipped order (``SKIP_REASONS``)
 _SKIP_OF = {L.ReviewReason.PANIC_VALUE: "panic",
+            L.ReviewReason.ANALYSER_DISAGREES: "analyser-disagrees",
             L.ReviewReason.OUTSIDE_REFERENCE_RANGE: "out-of-range",
             L.ReviewReason.ABNORMAL_CODE: "out-of-range",
             L.ReviewReason.INDETERMINATE: "indeterminate",
@@ -1269,7 +1278,7 @@ class LabService:
                 order = self._order_from_row(conn, row)
                 skip = self._bulk_skip(conn, order, expected, partial)
                 if skip is not None:
-                    out.skip(order.order_id, skip.reason, skip.tests)
+                    out.skip(order.order_id, skip.reason, skip.tests, skip.flags)
                     continue
                 self._validate_bio(conn, actor, order, None, signed=signed)
                 out.validated.append(order.order_id)

@@ -606,8 +606,9 @@ class MessageService:
                             f"{cat.version}")
                 continue
             try:
-                good.append(L.Observation.interpret(self._to_input(r, test), test, cat.version,
-                                                    facts.get("sex"), birth, self.lv.now()))
+                good.append(L.Observation.interpret(
+                    self._to_input(r, test), test, cat.version, facts.get("sex"), birth,
+                    self.lv.now()).with_analyser(r.reference_range, r.flags))
             except (InvalidField, InvalidRecord) as exc:
                 self._issue(ctx, "invalid-value", pid, group, [r], None,
                             _result_location(r, exc), str(exc.message))
@@ -759,7 +760,8 @@ class MessageService:
         cat = self.lab._catalogue(ctx.conn, ctx.tenant_id)
         for r in results:
             test = self._resolve_code(cat, r.code, r.code_system)
-            if test is None or r.numeric is None or not r.unit or r.unit != test.unit:
+            if (test is None or r.numeric is None or not r.unit or not test.unit
+                    or not L.same_unit(r.unit, test.unit)):
                 continue
             try:
                 flag, _ = test.interpret(self._to_input(r, test), None, None)

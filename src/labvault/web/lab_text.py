@@ -11,6 +11,7 @@ from labvault.services.lab import (
     IncompleteOrder,
     ReportView,
     ResultsChanged,
+    Skip,
     WorkflowConflict,
 )
 from labvault.services.portal import CsrfRefused
@@ -33,11 +34,23 @@ SKIP_FR: Mapping[str, str] = {
     "changed": "les résultats ont changé depuis l'ouverture de la page : relisez-les",
     "no-results": "aucun résultat",
     "panic": "valeur critique",
+    "analyser-disagrees": "l'automate et le catalogue ne concordent pas",
     "out-of-range": "résultat hors des valeurs de référence",
     "indeterminate": "résultat que les valeurs de référence ne permettent pas de classer",
     "no-reference-range": "pas de valeurs de référence pour ce patient",
     "incomplete": "analyses demandées sans résultat",
 }
+
+
+def skip_tests(skip: Skip) -> str:
+    """The tests an order was left for, with each flag when the analyser's and the
+    catalogue's disagree ("Potassium : l'automate l'a signalé H, le catalogue dit normal")."""
+    if not skip.flags:
+        return ", ".join(skip.tests)
+    from labvault.web.render import FLAG_FR
+    return "; ".join(f"{t} : l'automate l'a signalé {a}, le catalogue dit {FLAG_FR.get(f, f)}"
+                     for t, (a, f) in zip(skip.tests, skip.flags, strict=True))
+
 
 _CONFLICT_FR: Mapping[str, tuple[str, str]] = {
     "no-results": ("aucun résultat n'a encore été saisi pour cette demande",

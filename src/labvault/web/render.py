@@ -157,7 +157,7 @@ def _env() -> Environment:
                        severity=lambda v: SEVERITY_FR.get(v, v),
                        alert_status=lambda v: ALERT_STATUS_FR.get(v, v))
     from labvault.web import lab_text
-    env.filters.update(skip=lambda r: lab_text.SKIP_FR.get(r, r),
+    env.filters.update(skip=lambda r: lab_text.SKIP_FR.get(r, r), skip_tests=lab_text.skip_tests,
                        rejection=lambda r: lab_text.REJECTION_FR.get(r, r),
                        shown=lab_text.shown)
     env.globals.update(field_value=field_value, who_fr=who_fr, CATEGORY_FIELDS=CATEGORY_FIELDS,

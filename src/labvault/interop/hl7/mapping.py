@@ -327,9 +327,11 @@ class _Mapper:
                      "value, or OBX-11 I (pending), X (cannot be obtained), D (delete)")
             return None
         observed = self.dtm(obx, 14, obx.get(14))
+        # OBX-8 repeats (table 0078 codes, CWE from v2.7: the code is the first component)
+        flags = "~".join(f for i in range(len(obx.reps(8))) if (f := obx.get(8, 1, i)))
         return I.InboundResult(loc, code, system, obx.get(3, 2) or None, vt or "ST", numeric,
                                coded, text, obx.get(6, 1) or None, obx.get(7) or None,
-                               obx.get(8) or None, status, observed, tuple(notes))
+                               flags or None, status, observed, tuple(notes))
 
     def specimen(self, obr: Segment, spm: Segment | None, placer: str | None,
                  filler: str | None) -> Specimen | None:
