@@ -397,15 +397,15 @@ def test_an_analyser_flag_the_catalogue_contradicts_is_not_validated_in_bulk(
         L.OrderStatus.TECHNICALLY_VALIDATED)
 
 
-def test_a_micro_sign_is_not_read_as_ucum_micro(h: Hl7Handler, lab_lv: Labvault,
-                                                tenant_id: str, operator: Actor,
-                                                paul: str) -> None:
-    """µmol/l is not UCUM (its micro is u: umol/L): kept as an import issue saying so, at
-    OBX-6, never guessed (docs/hl7.md)."""
+def test_a_micro_sign_is_read_as_ucum_micro(h: Hl7Handler, lab_lv: Labvault,
+                                            tenant_id: str, operator: Actor,
+                                            paul: str) -> None:
+    """µmol/l (a micro sign: UCUM's print symbol, whose code is u) is the catalogue's umol/L,
+    stored in the catalogue's spelling (docs/hl7.md)."""
     _out, ack = h.handle(hl7("ORU^R01", "U2", PID_PAUL,
                              "OBR|1|PU2||14682-9^CREA^LN|||20260312070000",
                              "OBX|1|NM|14682-9^CREA^LN||70|µmol/l|||||F"))
-    code, errs = ack_of(ack)
-    assert code == "AA" and [(e[2], e[4]) for e in errs] == [("OBX^1^6", "W")]
-    assert "must be a UCUM unit: µmol/l writes micro as µ, UCUM as u (umol/L)" in errs[0][8]
-    assert lab_lv.lab.list_observations(operator, tenant_id) == []
+    assert ack_of(ack) == ("AA", [])
+    assert [(o.observation.code, o.observation.unit)
+            for o in lab_lv.lab.list_observations(operator, tenant_id)] == [
+        ("14682-9", "umol/L")]

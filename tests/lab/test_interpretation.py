@@ -200,11 +200,14 @@ def test_same_unit_folds_the_litre_atom_only(sent: str, catalogue: str, same: bo
     assert L.same_unit(catalogue, sent) is same
 
 
-def test_a_micro_sign_is_not_ucum() -> None:
-    """UCUM's case-sensitive micro is u (umol/L); an analyser's µmol/l is refused as not
-    UCUM (over HL7: an import issue saying so), never guessed."""
+def test_a_micro_sign_is_ucum_micro() -> None:
+    """UCUM's print symbol µ (micro sign or Greek mu) is its code u: an analyser's µmol/l is
+    the catalogue's umol/L; nothing else about the unit is guessed."""
+    for unit in ("µmol/l", "\u03bcmol/L", "umol/L"):
+        got = L.ResultInput.parse({"code": "14682-9", "value": 70, "unit": unit})
+        assert got.unit is not None and L.same_unit(got.unit, "umol/L")
     with pytest.raises(InvalidRecord, match="must be a UCUM unit"):
-        L.ResultInput.parse({"code": "14682-9", "value": 70, "unit": "µmol/l"})
+        L.ResultInput.parse({"code": "14682-9", "value": 70, "unit": "µ mol/l"})
 
 
 # -- 5. the analyser's own range and flag (HL7 OBX-7, OBX-8) ----------------------------------

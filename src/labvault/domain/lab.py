@@ -178,10 +178,11 @@ def loinc(value: object, field_: str = "code") -> str:
 
 def ucum(value: object, field_: str = "unit") -> str:
     """UCUM unit, case-sensitive form: printable ASCII without spaces, balanced brackets."""
-    if isinstance(value, str) and ("\u00b5" in value or "\u03bc" in value):
-        # the micro sign (or Greek mu) is UCUM's print symbol; its case-sensitive form is u
-        raise InvalidField(field_, f"must be a UCUM unit: {value.strip()[:40]} writes micro as µ, "
-                           "UCUM as u (umol/L)", "send the unit in UCUM's case-sensitive form")
+    if isinstance(value, str):
+        # The micro sign (or Greek mu) is UCUM's print symbol for the prefix whose code is
+        # u: French analysers print µmol/l. It has no other meaning in a unit, so it is read
+        # as u (umol/l is then the catalogue's umol/L, ``same_unit``), never refused.
+        value = value.replace("\u00b5", "u").replace("\u03bc", "u")
     if not isinstance(value, str) or not _UCUM.fullmatch(value.strip()):
         raise InvalidField(field_, "must be a UCUM unit", "e.g. mmol/L, g/dL, 10*9/L, %")
     u = value.strip()
