@@ -25,7 +25,7 @@ from labvault.services.gate import Access
 from labvault.store import driver_sql
 from labvault.store import repositories as repo
 from labvault.store.ids import new_id
-from labvault.textfiles import sniff_delimiter
+from labvault.textfiles import DuplicateKey, loads_unique_keys, sniff_delimiter
 
 if TYPE_CHECKING:
     from labvault.services.app import Labvault
@@ -246,7 +246,11 @@ class PatientService:
             reject("(line)", f"longer than {MAX_LINE_BYTES} bytes")
             return None
         try:
-            obj = json.loads(raw)
+            obj = loads_unique_keys(raw)
+        except DuplicateKey as exc:
+            reject(exc.key, "given twice in the line (which value is meant cannot be told); "
+                   "keep one")
+            return None
         except json.JSONDecodeError as exc:
             reject("(line)", f"not valid JSON: {exc.msg} at column {exc.colno}")
             return None
