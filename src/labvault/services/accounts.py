@@ -676,49 +676,38 @@ class AccountService:
     def reissue_enrolment(self, actor: Actor, account_id: str) -> dict[str, Any]:
         """A new one-time enrolment link for an account that has not finished enrolment
         (its link expired or was lost); every earlier link stops working."""
-        lv = self.lv
-        now = lv.now()
-        with lv.begin() as conn:
-            row = self._admin_row(conn, actor, account_id, Action.WRITE)
-            self._refuse_disabled(row)
-            if row["password_sealed"] is not None:
-                raise Conflict(f"account {account_id} has finished enrolment",
-                               "to let its holder choose a new password, reset it "
-                               "(labvault user reset-password / POST …/reset-password)")
-            # also heals an account re-enabled as 'active' before it ever enrolled
-            arepo.update_account(conn, account_id, status="pending", updated_at=now)
-            revoked = arepo.revoke_account_sessions(conn, row["tenant_id"], account_id, now)
-            link = self._enrolment_link(conn, row["tenant_id"], account_id, now)
-            lv.gate.audit.event(conn, actor, "user.reissue-enrolment", "success",
-                                self._public_tenant(row["tenant_id"]),
-                                {"account_id": account_id, "links_revoked": revoked})
-            return {**self._view(conn, {**row, "status": "pending"}), **link}
+        return self._new_link(actor, account_id, "user.reissue-enrolment")
 
     def reset_password(self, actor: Actor, account_id: str) -> dict[str, Any]:
         """The holder forgot the password: it stops working at once, every session and
         earlier link ends, and a one-time link lets the holder choose a new one (through
         the enrolment page). The second factor is kept (``reset_mfa`` forgets it)."""
+        return self._new_link(actor, account_id, "user.reset-password", password_sealed=None)
+
+    def _new_link(self, actor: Actor, account_id: str, event: str,
+                  **values: Any) -> dict[str, Any]:
+        """The account back to ``pending`` (which also heals one re-enabled as 'active'
+        before it ever enrolled) with a fresh enrolment link; its sessions and earlier
+        links end. A disabled account gets none: that would undo the disabling."""
         lv = self.lv
         now = lv.now()
         with lv.begin() as conn:
             row = self._admin_row(conn, actor, account_id, Action.WRITE)
-            self._refuse_disabled(row)
-            arepo.update_account(conn, account_id, status="pending", password_sealed=None,
-                                 updated_at=now)
+            if row["status"] == "disabled":
+                raise Conflict(f"account {account_id} is disabled",
+                               "enable it first if its holder may log in again "
+                               "(labvault user enable / POST …/enable), then retry")
+            if "password_sealed" not in values and row["password_sealed"] is not None:
+                raise Conflict(f"account {account_id} has finished enrolment",
+                               "to let its holder choose a new password, reset it "
+                               "(labvault user reset-password / POST …/reset-password)")
+            arepo.update_account(conn, account_id, status="pending", updated_at=now, **values)
             revoked = arepo.revoke_account_sessions(conn, row["tenant_id"], account_id, now)
             link = self._enrolment_link(conn, row["tenant_id"], account_id, now)
-            lv.gate.audit.event(conn, actor, "user.reset-password", "success",
+            lv.gate.audit.event(conn, actor, event, "success",
                                 self._public_tenant(row["tenant_id"]),
                                 {"account_id": account_id, "sessions_revoked": revoked})
             return {**self._view(conn, {**row, "status": "pending"}), **link}
-
-    @staticmethod
-    def _refuse_disabled(row: Mapping[str, Any]) -> None:
-        """A disabled account gets no link: disabling must not be undone by a side door."""
-        if row["status"] == "disabled":
-            raise Conflict(f"account {row['account_id']} is disabled",
-                           "enable it first if its holder may log in again "
-                           "(labvault user enable / POST …/enable), then retry")
 
     def set_roles(self, actor: Actor, account_id: str, roles: list[str]) -> dict[str, Any]:
         """Takes effect on live sessions at their next request (roles are read per request)."""
