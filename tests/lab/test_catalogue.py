@@ -153,3 +153,12 @@ def test_a_key_given_twice_is_refused_with_its_line(cli: Cli) -> None:
     line = next(n for n, t in enumerate(text.splitlines(), start=1) if '"low": 35' in t) - 1
     assert f"line {line}: the key 'low' appears twice" in said, said
     assert cli.ok("catalogue", "show", "--tenant", tenant)["version"] != "t-1"
+
+
+def test_a_catalogue_not_in_utf8_is_named_not_a_traceback(cli: Cli) -> None:
+    tenant = cli.init_with_tenant()
+    latin1 = cli.root / "latin1.json"
+    latin1.write_bytes(json.dumps(potassium(display="Potassium sérique"),
+                                  ensure_ascii=False).encode("latin-1"))
+    r = cli.user_error("catalogue", "load", str(latin1), "--tenant", tenant)
+    assert "is not UTF-8 text" in " ".join(r.stderr.split())

@@ -228,6 +228,9 @@ def catalogue_load(file: Path = typer.Argument(..., help="Catalogue JSON (docs/l
         raise UserError(f"{file}: line {exc.line}: the key {exc.key!r} appears twice in the "
                         "object opened there", "keep one value per key, then load the "
                         "catalogue again") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{file} is not UTF-8 text", f"save it as UTF-8 (iconv -f latin1 "
+                        f"-t utf8 {file} > {file}.utf8.json)") from None
     except (OSError, json.JSONDecodeError) as exc:
         raise UserError(f"cannot read {file}: {exc}", "give a JSON catalogue file") from None
     with opened() as lv:
