@@ -86,23 +86,57 @@ class KeyUnavailable(UserError):
     http_status = 503
 
 
-class KeyFileMissing(KeyUnavailable):
-    """The root key file is not where the settings say. What to do depends on whether
-    data sealed under it exists (``holds_data``; None: not known here)."""
+class RootKeyMissing(KeyUnavailable):
+    """The root key is not where the settings say (``where``: a key file, a PKCS#11
+    token). What to do depends on whether data sealed under a root key exists
+    (``holds_data``; None: not known where raised), so the opener that knows raises it
+    again as ``type(exc)(exc.where, holds_data)``."""
 
-    def __init__(self, path: object, holds_data: bool | None = None) -> None:
+    def __init__(self, where: object, holds_data: bool | None = None) -> None:
+        super().__init__(self.missing(where), self.what_to_do(holds_data))
+        self.where = where
+
+    def missing(self, where: object) -> str:
+        raise NotImplementedError
+
+    def what_to_do(self, holds_data: bool | None) -> str:
+        raise NotImplementedError
+
+
+class KeyFileMissing(RootKeyMissing):
+    """The root key file is not where the settings say."""
+
+    def missing(self, where: object) -> str:
+        return f"key file {where} not found"
+
+    def what_to_do(self, holds_data: bool | None) -> str:
         if holds_data:
-            hint = ("restore the key file from your backup, or point LABVAULT_KEY_FILE at it; "
+            return ("restore the key file from your backup, or point LABVAULT_KEY_FILE at it; "
                     "this installation holds data and a new key cannot open it")
-        elif holds_data is None:
-            hint = ("point LABVAULT_KEY_FILE at the existing one or restore it from your "
+        if holds_data is None:
+            return ("point LABVAULT_KEY_FILE at the existing one or restore it from your "
                     "backup; `labvault init` creates one only for an installation without "
                     "data. Without it no patient data can be read")
-        else:
-            hint = ("run `labvault init` to create it, or point LABVAULT_KEY_FILE at the "
-                    "existing one; without it no patient data can be read")
-        super().__init__(f"key file {path} not found", hint)
-        self.path = path
+        return ("run `labvault init` to create it, or point LABVAULT_KEY_FILE at the "
+                "existing one; without it no patient data can be read")
+
+
+class TokenKeyMissing(RootKeyMissing):
+    """The PKCS#11 token holds no labvault root key."""
+
+    def missing(self, where: object) -> str:
+        return f"no labvault root key in PKCS#11 token {str(where)!r}"
+
+    def what_to_do(self, holds_data: bool | None) -> str:
+        if holds_data:
+            return ("use the token that created this installation (LABVAULT_PKCS11_TOKEN, "
+                    "LABVAULT_PKCS11_MODULE), or restore its root key from the HSM's backup; "
+                    "this installation holds data and a new root key cannot open it")
+        if holds_data is None:
+            return ("point LABVAULT_PKCS11_TOKEN at the token that created this installation; "
+                    "`labvault init --key-provider pkcs11` creates a root key only for an "
+                    "installation without data")
+        return "run `labvault init --key-provider pkcs11` first"
 
 
 class AuditChainBehind(UserError):

@@ -55,12 +55,12 @@ class Ctx:
         return self.w.lv.patients.register(Actor.operator(), tenant,
                                            patient_json(500 + self.n, seed=99))
 
-    def fresh_account(self, lab: str = "a") -> str:
+    def fresh_account(self, lab: str = "a", enrolled: bool = True) -> str:
         self.n += 1
         tenant = (self.w.a if lab == "a" else self.w.b).tenant_id
         return str(self.w.lv.accounts.create(Actor.operator(), tenant, ["technician"],
                                              "Paul Renaud", f"paul.renaud{self.n}@example.org",
-                                             password=PASSWORD)["id"])
+                                             password=PASSWORD if enrolled else None)["id"])
 
     def email(self, role: str) -> str:
         return self.w.platform_email if role == "platform_operator" else self.w.a.emails[role]
@@ -385,7 +385,11 @@ MATRIX: dict[tuple[str, str], Case] = {
         (lambda op_: lambda c, r, lab: (f"/api/v1/users/{_user_target(c, r, lab)}/{op_}",
                                         None))(op),
         allow(("lab_admin",), 200), allow(("lab_admin",), 404))
-       for op in ("disable", "enable", "unlock", "reset-mfa")},
+       for op in ("disable", "enable", "unlock", "reset-mfa", "reset-password")},
+    ("POST", "/api/v1/users/{account_id}/reissue-enrolment"): Case(
+        lambda c, r, lab: (f"/api/v1/users/{c.fresh_account(lab, enrolled=False)}"
+                           "/reissue-enrolment", None),
+        allow(("lab_admin",), 200), allow(("lab_admin",), 404)),
     ("POST", "/api/v1/patients"): Case(
         lambda c, r, lab: ("/api/v1/patients", patient_json(700 + c.n + ROLES.index(r)
                                                             if r in ROLES else 799, seed=5)),
@@ -688,7 +692,8 @@ def _id_routes(c: Ctx, client: TestClient) -> dict[tuple[str, str], list[Req]]:
             (f"/api/v1/users/{account}/roles", {"roles": ["technician", "reception"]})],
         **{("POST", f"/api/v1/users/{{account_id}}/{op}"): [
             (f"/api/v1/users/{account}/{op}", None)]
-           for op in ("disable", "enable", "unlock", "reset-mfa")},
+           for op in ("disable", "enable", "unlock", "reset-mfa", "reset-password",
+                      "reissue-enrolment")},
         ("GET", "/api/v1/patients/{patient_id}"): [(f"/api/v1/patients/{patient}", None)],
         ("PUT", "/api/v1/patients/{patient_id}"): [
             (f"/api/v1/patients/{patient}", patient_json(950, seed=6))],

@@ -9,7 +9,7 @@ from sqlalchemy import select
 from labvault.access import passwords as pw
 from labvault.access.sessions import SessionPolicy
 from labvault.domain.actors import Actor
-from labvault.errors import AuthenticationFailed, Conflict, InvalidField, NotFound
+from labvault.errors import AccessDenied, AuthenticationFailed, Conflict, InvalidField, NotFound
 from labvault.services.accounts import LoginThrottled
 from labvault.services.app import Labvault
 from labvault.store.tables_access import accounts, sessions
@@ -258,6 +258,106 @@ def test_enrolment_link_and_mfa_reset(alv: Labvault, clock: Clock, tenant_id: st
     clock.advance(seconds=30)
     assert lv.accounts.login("ines.caron@example.org", PASSWORD, pyotp.TOTP(
         started["secret"]).at(int(clock.t.timestamp()))).scope == "full"
+
+
+NEW_PASSWORD = "Grenadine-Marmotte-Cerf-Volant-77"
+
+
+def _events(lv: Labvault, name: str) -> list[dict[str, object]]:
+    return [dict(e[4]) for e in lv.gate.audit.events  # type: ignore[attr-defined]
+            if e[1] == name and e[2] == "success"]
+
+
+def test_reissue_enrolment_link(alv: Labvault, clock: Clock, tenant_id: str) -> None:
+    """An expired or lost enrolment link left the account stuck: a new link revokes the
+    earlier ones, and a disabled then re-enabled pending account can enrol too."""
+    lv, op = alv, Actor.operator()
+    out = lv.accounts.create(op, tenant_id, ["technician"], "Inès Caron",
+                             "ines.caron@example.org")
+    clock.advance(hours=73)                                 # the 72 h link expired
+    with pytest.raises(AuthenticationFailed):
+        lv.accounts.enrol(out["enrolment_token"], PASSWORD)
+    again = lv.accounts.reissue_enrolment(op, out["id"])
+    third = lv.accounts.reissue_enrolment(op, out["id"])
+    assert again["status"] == "pending" and again["enrolment_link"].endswith(
+        "#token=" + again["enrolment_token"])
+    with pytest.raises(AuthenticationFailed):               # an earlier link stops working
+        lv.accounts.enrol(again["enrolment_token"], PASSWORD)
+    enrolled = lv.accounts.enrol(third["enrolment_token"], PASSWORD)
+    secret = enrolled["otpauth_uri"].split("secret=")[1].split("&")[0]
+    clock.advance(seconds=30)
+    assert lv.accounts.login("ines.caron@example.org", PASSWORD, pyotp.TOTP(secret).at(
+        int(clock.t.timestamp()))).scope == "full"
+    assert [e["account_id"] for e in _events(lv, "user.reissue-enrolment")] == [out["id"]] * 2
+    with pytest.raises(Conflict, match="finished enrolment"):  # enrolled: reset-password
+        lv.accounts.reissue_enrolment(op, out["id"])
+
+    # disabled before enrolling, then re-enabled: pending again (was 'active' with no
+    # password, which neither a link nor a login could ever complete)
+    other = lv.accounts.create(op, tenant_id, ["reception"], "Hugo Lefebvre",
+                               "hugo.lefebvre@example.org")
+    lv.accounts.disable(op, other["id"])
+    with pytest.raises(Conflict, match="is disabled"):
+        lv.accounts.reissue_enrolment(op, other["id"])
+    assert lv.accounts.enable(op, other["id"])["status"] == "pending"
+    link = lv.accounts.reissue_enrolment(op, other["id"])["enrolment_token"]
+    assert lv.accounts.enrol(link, PASSWORD)["otpauth_uri"]
+    assert lv.accounts.get(op, other["id"])["status"] == "active"
+
+
+def test_reset_password(world: World) -> None:
+    """A forgotten password: the old one stops working at once, sessions end, the one-time
+    link sets a new one; staff keep their TOTP; a disabled account is refused."""
+    lv, clock, op = world.lv, world.clock, Actor.operator()
+    email, account = world.a.emails["biologist"], world.a.accounts["biologist"]
+    token = world.login(email)
+    for _ in range(10):                                     # the holder kept trying: locked
+        clock.advance(minutes=2)
+        with pytest.raises(AuthenticationFailed):
+            lv.accounts.login(email, "Forgotten-Password-1!", clock.code())
+    with pytest.raises(AuthenticationFailed):
+        lv.accounts.login(email, PASSWORD, clock.code())
+    assert any(e[1] == "account.lock" for e in lv.gate.audit.events)  # type: ignore[attr-defined]
+    out = lv.accounts.reset_password(op, account)
+    assert out["status"] == "pending" and out["enrolment_link"]
+    with pytest.raises(AuthenticationFailed):               # live session ended
+        lv.accounts.resolve(token)
+    with pytest.raises(AuthenticationFailed):               # old password refused at once
+        lv.accounts.login(email, PASSWORD, clock.code())
+    assert lv.accounts.reset_password(op, account)["enrolment_token"] != out["enrolment_token"]
+    with pytest.raises(AuthenticationFailed):               # the first link was replaced
+        lv.accounts.enrol(out["enrolment_token"], NEW_PASSWORD)
+    link = lv.accounts.reset_password(op, account)["enrolment_token"]
+    done = lv.accounts.enrol(link, NEW_PASSWORD)
+    assert done["otpauth_uri"] is None and "recovery_codes" not in done  # TOTP kept
+    with pytest.raises(AuthenticationFailed):
+        lv.accounts.enrol(link, NEW_PASSWORD)               # once
+    with pytest.raises(AuthenticationFailed):
+        lv.accounts.login(email, PASSWORD, clock.code())
+    with pytest.raises(AuthenticationFailed):               # the second factor still asked
+        lv.accounts.login(email, NEW_PASSWORD, None)
+    # the lockout earned against the forgotten password does not outlive it
+    assert lv.accounts.login(email, NEW_PASSWORD, clock.code()).scope == "full"
+    resets = _events(lv, "user.reset-password")
+    assert [e["account_id"] for e in resets] == [account] * 3
+    assert resets[0]["sessions_revoked"] == 1
+    assert account in [e["account_id"] for e in _events(lv, "user.enrol")]
+    lv.accounts.disable(op, account)
+    with pytest.raises(Conflict, match="is disabled"):
+        lv.accounts.reset_password(op, account)
+
+
+def test_recovery_is_for_the_own_laboratory_admin(world: World) -> None:
+    lv = world.lv
+    admin = world.actor(world.a.emails["lab_admin"])
+    dpo = world.actor(world.a.emails["dpo"])
+    for action in (lv.accounts.reset_password, lv.accounts.reissue_enrolment):
+        with pytest.raises(NotFound):                       # another laboratory's account
+            action(admin, world.b.accounts["technician"])
+        with pytest.raises(AccessDenied):                   # dpo: read only
+            action(dpo, world.a.accounts["technician"])
+    assert lv.accounts.reset_password(admin, world.a.accounts["technician"])["enrolment_token"]
+    assert lv.accounts.get(Actor.operator(), world.b.accounts["technician"])["status"] == "active"
 
 
 def test_recent_authentication_window(world: World) -> None:

@@ -115,3 +115,21 @@ def test_not_utf8_and_oversized_lines(cli: Cli) -> None:
     assert [(x["line"], "UTF-8" in x["reason"] or "longer" in x["reason"])
             for x in out["rejections"]] == [(1, True), (2, True)]
     assert _counts(cli) == (0, 0, 0)
+
+
+def test_a_key_given_twice_rejects_its_line(cli: Cli) -> None:
+    """json keeps the last of two equal keys silently: which NIR was meant cannot be
+    told, so the line is rejected naming the key (a nested one too); others import."""
+    tenant = cli.init_with_tenant()
+    p = synthetic(3, seed=64)
+    first = json.dumps(p[0])
+    twice = first.replace('"nir": ', f'"nir": "{p[1]["nir"]}", "nir": ', 1)
+    city = json.dumps(p[2]).replace('"city": ', '"city": "Lille", "city": ', 1)
+    assert twice.count('"nir"') == 2 and city.count('"city"') == 2
+    f = cli.root / "twice.ndjson"
+    f.write_text(f"{twice}\n{json.dumps(p[1])}\n{city}\n")
+    report = cli.ok("patient", "import", str(f), "--tenant", tenant)
+    assert report["imported"] == 1
+    assert [(r["line"], r["field"]) for r in report["rejections"]] == [(1, "nir"), (3, "city")]
+    assert all("given twice" in r["reason"] for r in report["rejections"])
+    assert p[0]["nir"] not in json.dumps(report) and p[1]["nir"] not in json.dumps(report)

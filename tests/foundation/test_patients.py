@@ -10,6 +10,7 @@ from labvault.domain.actors import Actor
 from labvault.errors import AccessDenied, InvalidRecord, NotFound
 from labvault.services.app import Labvault
 from labvault.synthetic import people
+from tests.foundation.conftest import Cli, synthetic, write_ndjson
 
 
 def _one(i: int = 0) -> dict[str, object]:
@@ -28,6 +29,36 @@ def test_register_find_show(lv: Labvault, operator: Actor, tenant_id: str) -> No
     shown = lv.patients.show(operator, pid)
     assert shown["nir"] == p["nir"]
     assert shown["coverage"] == p["coverage"]
+
+
+def test_find_criteria_combine_with_and(sqlite_cli: Cli) -> None:
+    """Several criteria were silently reduced to the first: `--nir A --email B` listed A's
+    patient whatever B. Now every criterion must match (intersection)."""
+    cli = sqlite_cli
+    tenant = cli.init_with_tenant()
+    a, b, c = synthetic(3, seed=77)
+    c = {**c, "phone": a["phone"]}                  # a shared family phone
+    cli.ok("patient", "import", str(write_ndjson(cli.root / "p.ndjson", [a, b, c])),
+           "--tenant", tenant)
+
+    def find(*args: str) -> list[str]:
+        return list(cli.ok("patient", "find", "--tenant", tenant, *args)["patients"])
+
+    pa, pb, pc = (find("--nir", p["nir"])[0] for p in (a, b, c))
+    trio = ("--birth-name", a["birth_name"], "--first-name", a["first_names"][0],
+            "--birth-date", a["birth_date"])
+    assert sorted(find("--phone", a["phone"])) == sorted([pa, pc])
+    assert find("--phone", a["phone"], "--nir", c["nir"]) == [pc]
+    assert find("--nir", a["nir"], "--email", a["email"], *trio) == [pa]
+    assert find("--nir", a["nir"], "--email", b["email"]) == []       # was [pa]
+    assert find("--email", b["email"], "--nir", a["nir"]) == []
+    assert find("--phone", a["phone"], *trio) == [pa]
+    assert find("--nir", b["nir"], *trio) == []
+    assert pb not in find("--phone", a["phone"])
+    # a part of the name trio is refused, not dropped
+    r = cli.user_error("patient", "find", "--tenant", tenant, "--nir", a["nir"],
+                       "--birth-name", a["birth_name"])
+    assert "birth name, first name and birth date go together" in r.stderr
 
 
 def test_staff_denied_by_default(lv: Labvault, operator: Actor, tenant_id: str) -> None:

@@ -137,3 +137,22 @@ def test_provider_wraps_in_token(token: Token, tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-c", PROVIDER_CHECKS, token.module, token.label, PIN],
                        env=token.env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+def test_init_refuses_a_new_root_key_over_existing_data(token: Token, tmp_path: Path) -> None:
+    """Like a missing key file: a token without labvault's root key, over a database that
+    holds keys sealed under another root key, gets no fresh root key (it would open
+    nothing, and a later write would seal new data under it)."""
+    data = tmp_path / "var"
+    ok(token.labvault_env(data), "init", "--key-provider", "pkcs11")
+    ok(token.labvault_env(data), "tenant", "add", "Laboratoire HSM", "--finess", "590000014")
+    other = Token(tmp_path / "other")
+    r = labvault(other.labvault_env(data), "init", "--key-provider", "pkcs11")
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    said = " ".join(r.stderr.split())
+    assert f"no labvault root key in PKCS#11 token '{other.label}'" in said
+    assert "holds data" in said and "run `labvault init" not in said
+    # nothing was generated in the other token: it still opens nothing
+    r = labvault(other.labvault_env(data), "tenant", "list")
+    assert r.returncode == 2 and "no labvault root key in PKCS#11 token" in r.stderr
+    assert ok(token.labvault_env(data), "init", "--key-provider", "pkcs11")   # idempotent

@@ -138,3 +138,27 @@ def test_catalogue_show_prints_ranges_and_panic_limits(cli: Cli) -> None:
     assert human.exit_code == 0
     assert "(panic <2.8 >6.2)" in human.stdout and "any sex, all ages: 3.5-5.1 mmol/L" in \
         human.stdout
+
+
+def test_a_key_given_twice_is_refused_with_its_line(cli: Cli) -> None:
+    """json keeps the last of two equal keys silently: a catalogue giving `low` twice
+    would load whichever came last. Refused whole, naming the key and the line."""
+    tenant = cli.init_with_tenant()
+    text = json.dumps(potassium(), indent=2).replace('"low": 3.5,', '"low": 3.5, "low": 35,')
+    assert text.count('"low"') == 2
+    twice = cli.root / "twice.json"
+    twice.write_text(text)
+    r = cli.user_error("catalogue", "load", str(twice), "--tenant", tenant)
+    said = " ".join(r.stderr.split())
+    line = next(n for n, t in enumerate(text.splitlines(), start=1) if '"low": 35' in t) - 1
+    assert f"line {line}: the key 'low' appears twice" in said, said
+    assert cli.ok("catalogue", "show", "--tenant", tenant)["version"] != "t-1"
+
+
+def test_a_catalogue_not_in_utf8_is_named_not_a_traceback(cli: Cli) -> None:
+    tenant = cli.init_with_tenant()
+    latin1 = cli.root / "latin1.json"
+    latin1.write_bytes(json.dumps(potassium(display="Potassium sérique"),
+                                  ensure_ascii=False).encode("latin-1"))
+    r = cli.user_error("catalogue", "load", str(latin1), "--tenant", tenant)
+    assert "is not UTF-8 text" in " ".join(r.stderr.split())

@@ -106,6 +106,20 @@ def test_enrolment_link_in_the_browser(web: World, browser: TestClient) -> None:
     assert forged.status_code == 403
 
 
+def test_password_reset_link_in_the_browser(web: World, browser: TestClient) -> None:
+    """The reset link opens the enrolment page, which then sets only the password: the
+    authenticator the person already has keeps working, no new secret is shown."""
+    from urllib.parse import unquote
+    email, new = web.a.emails["technician"], "Cerf-Volant-Bleu-Horizon-77"
+    out = web.lv.accounts.reset_password(Actor.operator(), web.a.accounts["technician"])
+    token = unquote(out["enrolment_link"].split("#token=", 1)[1])
+    r = browser.post("/enrol", data={"csrf": csrf_in(browser.get("/enrol").text),
+                                     "token": token, "password": new, "again": new})
+    assert r.status_code == 200 and "mot de passe est enregistré" in r.text
+    assert "<svg" not in r.text and "Codes de secours" not in r.text
+    assert web.lv.accounts.login(email, new, web.clock.code()).scope == "full"
+
+
 def test_second_factor_again_after_a_reset(web: World, browser: TestClient) -> None:
     """After an administrator's MFA reset, the password alone opens /mfa and nothing else;
     a confirmed code ends that session and the new secret is the one that logs in."""

@@ -75,3 +75,17 @@ def unlock_user(account_id: str, actor: CurrentActor, lv: LV) -> dict[str, Any]:
 @router.post("/{account_id}/reset-mfa")
 def reset_mfa(account_id: str, actor: CurrentActor, lv: LV) -> dict[str, Any]:
     return lv.accounts.reset_mfa(actor, account_id)
+
+
+@router.post("/{account_id}/reissue-enrolment")
+def reissue_enrolment(account_id: str, actor: CurrentActor, lv: LV) -> dict[str, Any]:
+    """A new one-time enrolment link for an account that has not finished enrolment; any
+    earlier link stops working."""
+    return lv.accounts.reissue_enrolment(actor, account_id)
+
+
+@router.post("/{account_id}/reset-password")
+def reset_password(account_id: str, actor: CurrentActor, lv: LV) -> dict[str, Any]:
+    """The password stops working and sessions end; returns a one-time link with which the
+    holder chooses a new one (staff keep their TOTP)."""
+    return lv.accounts.reset_password(actor, account_id)

@@ -10,6 +10,7 @@ import typer
 from labvault.cli._common import JsonOpt, emit, err_console, opened, out_console, user_errors
 from labvault.domain.actors import Actor
 from labvault.errors import UserError
+from labvault.textfiles import DuplicateKey, loads_unique_keys
 
 ingest_app = typer.Typer(no_args_is_help=True)
 issues_app = typer.Typer(no_args_is_help=True)
@@ -222,7 +223,14 @@ def catalogue_load(file: Path = typer.Argument(..., help="Catalogue JSON (docs/l
                    as_json: bool = JsonOpt) -> None:
     """Install a laboratory's own catalogue (replaces the shipped default for that lab)."""
     try:
-        data = json.loads(file.read_text("utf-8"))
+        data = loads_unique_keys(file.read_text("utf-8"))
+    except DuplicateKey as exc:
+        raise UserError(f"{file}: line {exc.line}: the key {exc.key!r} appears twice in the "
+                        "object opened there", "keep one value per key, then load the "
+                        "catalogue again") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{file} is not UTF-8 text", f"save it as UTF-8 (iconv -f latin1 "
+                        f"-t utf8 {file} > {file}.utf8.json)") from None
     except (OSError, json.JSONDecodeError) as exc:
         raise UserError(f"cannot read {file}: {exc}", "give a JSON catalogue file") from None
     with opened() as lv:

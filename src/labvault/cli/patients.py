@@ -68,8 +68,8 @@ def find(tenant: str = typer.Option(..., "--tenant", help="Laboratory id."),
          first_name: str = typer.Option(None, "--first-name", help="First first name."),
          birth_date: str = typer.Option(None, "--birth-date", help="Birth date, YYYY-MM-DD."),
          as_json: bool = JsonOpt) -> None:
-    """Find patients through the blind indexes (no record is opened; audited as a search
-    by the operator, purpose administration)."""
+    """Find patients through the blind indexes; several criteria combine with AND (no
+    record is opened; audited as a search by the operator, purpose administration)."""
     with opened() as lv:
         ids = lv.patients.find(Actor.operator(), tenant, nir=nir, email=email, phone=phone,
                                birth_name=birth_name, first_name=first_name,

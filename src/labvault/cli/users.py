@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -36,10 +37,16 @@ def add(tenant: str = typer.Option(None, "--tenant", help="Laboratory id (omit f
     with opened() as lv:
         out = lv.accounts.create(Actor.operator(), tenant, role, name, email, password=password,
                                  patient_id=patient_id)
+    _emit_with_secrets(out, as_json, f"account {out['id']} created ({', '.join(out['roles'])})")
+
+
+def _emit_with_secrets(out: dict[str, Any], as_json: bool, headline: str) -> None:
+    """What is shown once (TOTP URI, recovery codes, one-time link); the link's bare token
+    is left out: the link carries it."""
     out.pop("enrolment_token", None)
 
     def human() -> None:
-        out_console.print(f"account {out['id']} created ({', '.join(out['roles'])})")
+        out_console.print(headline)
         if out.get("otpauth_uri"):
             out_console.print(f"authenticator (shown once): {out['otpauth_uri']}")
         if out.get("recovery_codes"):
@@ -85,6 +92,27 @@ def unlock(account_id: str = AccountArg, as_json: bool = JsonOpt) -> None:
 def reset_mfa(account_id: str = AccountArg, as_json: bool = JsonOpt) -> None:
     """Forget the TOTP secret and recovery codes; the user enrols again at next login."""
     _admin("reset-mfa", account_id, as_json)
+
+
+@app.command("reissue-enrolment")
+@user_errors
+def reissue_enrolment(account_id: str = AccountArg, as_json: bool = JsonOpt) -> None:
+    """A new one-time enrolment link for an account that has not finished enrolment; any
+    earlier link stops working. The link is shown once."""
+    with opened() as lv:
+        out = lv.accounts.reissue_enrolment(Actor.operator(), account_id)
+    _emit_with_secrets(out, as_json, f"account {account_id}: new enrolment link, earlier "
+                       "links revoked")
+
+
+@app.command("reset-password")
+@user_errors
+def reset_password(account_id: str = AccountArg, as_json: bool = JsonOpt) -> None:
+    """The current password stops working and sessions end; a one-time link (shown once)
+    lets the holder choose a new one. Staff keep their TOTP (see reset-mfa)."""
+    with opened() as lv:
+        out = lv.accounts.reset_password(Actor.operator(), account_id)
+    _emit_with_secrets(out, as_json, f"account {account_id}: password reset, sessions ended")
 
 
 @app.command("show")

@@ -222,17 +222,22 @@ class AccountService:
                     out["otpauth_uri"] = None
             arepo.insert_account(conn, row)
             if password is None:
-                token, digest = sess.new_token()
-                arepo.insert_session(conn, {
-                    "tenant_id": key_tenant, "session_id": new_id("ses"), "token_digest": digest,
-                    "account_id": account_id, "scope": sess.ENROL_LINK_SCOPE, "created_at": now,
-                    "last_seen_at": now, "auth_at": now, "expires_at": now + sess.ENROL_LINK})
-                out["enrolment_link"] = f"{self.public_url}/enrol#token={token}"
-                out["enrolment_token"] = token
-                out["enrolment_expires_at"] = (now + sess.ENROL_LINK).isoformat()
+                out.update(self._enrolment_link(conn, key_tenant, account_id, now))
             lv.gate.audit.event(conn, actor, "user.create", "success", tenant_id,
                                 {"account_id": account_id, "roles": list(roles)})
         return out
+
+    def _enrolment_link(self, conn: Connection, key_tenant: str, account_id: str,
+                        now: datetime) -> dict[str, str]:
+        """A one-time enrolment link (72 h): the token is shown once, only its digest kept."""
+        token, digest = sess.new_token()
+        arepo.insert_session(conn, {
+            "tenant_id": key_tenant, "session_id": new_id("ses"), "token_digest": digest,
+            "account_id": account_id, "scope": sess.ENROL_LINK_SCOPE, "created_at": now,
+            "last_seen_at": now, "auth_at": now, "expires_at": now + sess.ENROL_LINK})
+        return {"enrolment_link": f"{self.public_url}/enrol#token={token}",
+                "enrolment_token": token,
+                "enrolment_expires_at": (now + sess.ENROL_LINK).isoformat()}
 
     def _new_recovery(self, conn: Connection, key_tenant: str, account_id: str) -> list[str]:
         codes = mfa.new_recovery_codes()
@@ -241,7 +246,8 @@ class AccountService:
         return codes
 
     def enrol(self, token: str, password: str, client: str | None = None) -> dict[str, Any]:
-        """Complete a one-time enrolment link: set the password; staff get their TOTP secret."""
+        """Complete a one-time enrolment link: set the password; staff without a second
+        factor get their TOTP secret (after ``reset_password`` they keep the one they have)."""
         lv = self.lv
         now = lv.now()
         with lv.begin() as conn:
@@ -260,7 +266,7 @@ class AccountService:
                                               passwords.hash_password(password).encode()),
                 "password_changed_at": now, "status": "active", "updated_at": now}
             out: dict[str, Any] = {"id": row["account_id"], "otpauth_uri": None}
-            if row["kind"] == "staff":
+            if row["kind"] == "staff" and not row["mfa_enabled"]:
                 secret = mfa.new_secret()
                 values["mfa_sealed"] = self._seal(conn, row["tenant_id"], "mfa_sealed",
                                                   row["account_id"], secret.encode())
@@ -270,6 +276,9 @@ class AccountService:
                                                            row["account_id"])
             arepo.update_account(conn, row["account_id"], **values)
             arepo.revoke_session(conn, s["tenant_id"], s["session_id"], now)
+            # failures against the password just replaced say nothing about the new one
+            arepo.clear_throttle(conn, row["tenant_id"],
+                                 throttle.account_subject(row["account_id"]))
             lv.gate.audit.event(conn, self._actor_of(row, client), "user.enrol", "success",
                                 self._public_tenant(row["tenant_id"]),
                                 {"account_id": row["account_id"]})
@@ -628,6 +637,8 @@ class AccountService:
         now = lv.now()
         with lv.begin() as conn:
             row = self._admin_row(conn, actor, account_id, Action.WRITE)
+            if event == "user.enable" and row["password_sealed"] is None:
+                values["status"] = "pending"    # never enrolled: its link must still work
             if values:
                 arepo.update_account(conn, account_id, updated_at=now, **values)
             detail: dict[str, Any] = {"account_id": account_id}
@@ -661,6 +672,42 @@ class AccountService:
             assert row is not None
             arepo.replace_recovery_codes(conn, row["tenant_id"], account_id, [])
         return out
+
+    def reissue_enrolment(self, actor: Actor, account_id: str) -> dict[str, Any]:
+        """A new one-time enrolment link for an account that has not finished enrolment
+        (its link expired or was lost); every earlier link stops working."""
+        return self._new_link(actor, account_id, "user.reissue-enrolment")
+
+    def reset_password(self, actor: Actor, account_id: str) -> dict[str, Any]:
+        """The holder forgot the password: it stops working at once, every session and
+        earlier link ends, and a one-time link lets the holder choose a new one (through
+        the enrolment page). The second factor is kept (``reset_mfa`` forgets it)."""
+        return self._new_link(actor, account_id, "user.reset-password", password_sealed=None)
+
+    def _new_link(self, actor: Actor, account_id: str, event: str,
+                  **values: Any) -> dict[str, Any]:
+        """The account back to ``pending`` (which also heals one re-enabled as 'active'
+        before it ever enrolled) with a fresh enrolment link; its sessions and earlier
+        links end. A disabled account gets none: that would undo the disabling."""
+        lv = self.lv
+        now = lv.now()
+        with lv.begin() as conn:
+            row = self._admin_row(conn, actor, account_id, Action.WRITE)
+            if row["status"] == "disabled":
+                raise Conflict(f"account {account_id} is disabled",
+                               "enable it first if its holder may log in again "
+                               "(labvault user enable / POST …/enable), then retry")
+            if "password_sealed" not in values and row["password_sealed"] is not None:
+                raise Conflict(f"account {account_id} has finished enrolment",
+                               "to let its holder choose a new password, reset it "
+                               "(labvault user reset-password / POST …/reset-password)")
+            arepo.update_account(conn, account_id, status="pending", updated_at=now, **values)
+            revoked = arepo.revoke_account_sessions(conn, row["tenant_id"], account_id, now)
+            link = self._enrolment_link(conn, row["tenant_id"], account_id, now)
+            lv.gate.audit.event(conn, actor, event, "success",
+                                self._public_tenant(row["tenant_id"]),
+                                {"account_id": account_id, "sessions_revoked": revoked})
+            return {**self._view(conn, {**row, "status": "pending"}), **link}
 
     def set_roles(self, actor: Actor, account_id: str, roles: list[str]) -> dict[str, Any]:
         """Takes effect on live sessions at their next request (roles are read per request)."""

@@ -22,7 +22,7 @@ from labvault import durable
 from labvault.config import Settings
 from labvault.crypto import KeyProvider, KeyRing
 from labvault.crypto.providers.file import FileKeyProvider
-from labvault.errors import ConfigurationError, KeyFileMissing, KeyUnavailable
+from labvault.errors import ConfigurationError, KeyUnavailable, RootKeyMissing
 from labvault.services.gate import (
     AlertSink,
     AuditHook,
@@ -181,12 +181,14 @@ class Labvault:
                 f"cannot create the data directory {settings.data_dir}: {exc.strerror}",
                 "choose a directory you may write (--data-dir / LABVAULT_DATA_DIR)") from None
         engine = make_engine(settings.database_url, *engine_args)
-        if settings.key_provider == "file" and settings.key_file is not None \
-                and not settings.key_file.exists() and repo.holds_tenant_keys(engine):
-            # a fresh root key would sit where the lost one was expected and open nothing
+        # Over data sealed under a root key, a fresh one (a new key file, a key generated in
+        # another token) would sit where the lost one was expected and open nothing.
+        holds_data = repo.holds_tenant_keys(engine)
+        try:
+            provider = open_provider(settings, create=not holds_data)
+        except RootKeyMissing as exc:
             engine.dispose()
-            raise KeyFileMissing(settings.key_file, holds_data=True)
-        provider = open_provider(settings, create=True)
+            raise type(exc)(exc.where, holds_data) from None
         migrate.upgrade(engine)
         return Labvault(settings, engine, KeyRing(provider))
 
@@ -200,10 +202,10 @@ class Labvault:
         engine = make_engine(settings.database_url, *_engine_args(settings))
         try:
             provider = open_provider(settings)
-        except KeyFileMissing as exc:   # the hint depends on whether data is sealed under it
+        except RootKeyMissing as exc:   # the hint depends on whether data is sealed under it
             holds_data = repo.holds_tenant_keys(engine)
             engine.dispose()
-            raise KeyFileMissing(exc.path, holds_data) from None
+            raise type(exc)(exc.where, holds_data) from None
         for warning in durability_warnings(engine):
             log.warning(warning)
         migrate.upgrade(engine)

@@ -25,7 +25,7 @@ from labvault.services.gate import Access
 from labvault.store import driver_sql
 from labvault.store import repositories as repo
 from labvault.store.ids import new_id
-from labvault.textfiles import sniff_delimiter
+from labvault.textfiles import DuplicateKey, loads_unique_keys, sniff_delimiter
 
 if TYPE_CHECKING:
     from labvault.services.app import Labvault
@@ -246,7 +246,11 @@ class PatientService:
             reject("(line)", f"longer than {MAX_LINE_BYTES} bytes")
             return None
         try:
-            obj = json.loads(raw)
+            obj = loads_unique_keys(raw)
+        except DuplicateKey as exc:
+            reject(exc.key, "given twice in the line (which value is meant cannot be told); "
+                   "keep one")
+            return None
         except json.JSONDecodeError as exc:
             reject("(line)", f"not valid JSON: {exc.msg} at column {exc.colno}")
             return None
@@ -345,21 +349,29 @@ class PatientService:
              birth_name: str | None = None, first_name: str | None = None,
              birth_date: str | date | None = None, external_id: str | None = None,
              purpose: str = "care") -> list[str]:
-        """Patient ids matching one criterion, through the blind indexes."""
+        """Patient ids matching every criterion given (AND: the intersection of their
+        blind-index matches), through the blind indexes. Birth name, first name and birth
+        date are one criterion: the three together or none of them."""
+        criteria: list[tuple[str, Any, Category]] = []
         if external_id:
-            kind, norm, cat = bi.EXTERNAL_ID, external_id.strip(), Category.IDENTITY
-        elif nir:
-            kind, norm, cat = bi.NIR, indexing.search_value(bi.NIR, nir), Category.IDENTITY
-        elif email:
-            kind, norm, cat = bi.EMAIL, indexing.search_value(bi.EMAIL, email), Category.CONTACT
-        elif phone:
-            kind, norm, cat = bi.PHONE, indexing.search_value(bi.PHONE, phone), Category.CONTACT
-        elif birth_name and first_name and birth_date:
+            criteria.append((bi.EXTERNAL_ID, external_id.strip(), Category.IDENTITY))
+        if nir:
+            criteria.append((bi.NIR, indexing.search_value(bi.NIR, nir), Category.IDENTITY))
+        if email:
+            criteria.append((bi.EMAIL, indexing.search_value(bi.EMAIL, email), Category.CONTACT))
+        if phone:
+            criteria.append((bi.PHONE, indexing.search_value(bi.PHONE, phone), Category.CONTACT))
+        if birth_name and first_name and birth_date:
             from labvault.domain import validation as v
             bd = v.birth_date(birth_date)
-            kind, cat = bi.NAME_DOB, Category.IDENTITY
-            norm = indexing.search_value(bi.NAME_DOB, (birth_name, first_name, bd))
-        else:
+            criteria.append((bi.NAME_DOB, indexing.search_value(bi.NAME_DOB,
+                                                                (birth_name, first_name, bd)),
+                             Category.IDENTITY))
+        elif birth_name or first_name or birth_date:
+            # one of the three alone would be dropped silently: the index holds the trio
+            raise UserError("birth name, first name and birth date go together",
+                            "give --birth-name, --first-name and --birth-date, all three")
+        if not criteria:
             raise UserError("no search criterion",
                             "give --nir, --email, --phone, or --birth-name with --first-name "
                             "and --birth-date")
@@ -368,9 +380,20 @@ class PatientService:
             lv.load_tenant_keys(conn, tenant_id)
             idx = repo.current_key_version(conn, tenant_id, "index")
             assert idx is not None
-            d = bi.digest(lv.keyring.blind_index_key(tenant_id, idx), kind, norm)
-            ids = repo.find_by_digest(conn, tenant_id, kind, d)
-            lv.gate.check(conn, Access(actor, Action.SEARCH, tenant_id, frozenset({cat}),
+            key = lv.keyring.blind_index_key(tenant_id, idx)
+            ids: list[str] | None = None
+            for kind, norm, _cat in criteria:
+                found = repo.find_by_digest(conn, tenant_id, kind, bi.digest(key, kind, norm))
+                if ids is None:
+                    ids = found
+                else:
+                    keep = set(found)
+                    ids = [i for i in ids if i in keep]
+                if not ids:
+                    break
+            assert ids is not None
+            lv.gate.check(conn, Access(actor, Action.SEARCH, tenant_id,
+                                       frozenset(c for _k, _n, c in criteria),
                                        purpose=purpose, patient_ids=tuple(ids)))
             return ids
 

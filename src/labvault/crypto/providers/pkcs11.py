@@ -15,7 +15,7 @@ from typing import Any
 import pkcs11
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 
-from labvault.errors import KeyUnavailable
+from labvault.errors import KeyUnavailable, TokenKeyMissing
 
 LABEL_PREFIX = "labvault-root-"
 IV_BYTES = 12
@@ -62,8 +62,7 @@ class Pkcs11KeyProvider:
                                       if str(k.label).startswith(LABEL_PREFIX)}
         if not self._keys:
             if not create:
-                raise KeyUnavailable(f"no labvault root key in PKCS#11 token {token_label!r}",
-                                     "run `labvault init --key-provider pkcs11` first")
+                raise TokenKeyMissing(token_label)
             self._generate(f"{LABEL_PREFIX}1")
 
     def _generate(self, label: str) -> None:
