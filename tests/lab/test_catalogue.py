@@ -162,3 +162,12 @@ def test_a_catalogue_not_in_utf8_is_named_not_a_traceback(cli: Cli) -> None:
                                   ensure_ascii=False).encode("latin-1"))
     r = cli.user_error("catalogue", "load", str(latin1), "--tenant", tenant)
     assert "is not UTF-8 text" in " ".join(r.stderr.split())
+
+
+def test_a_catalogue_saved_with_a_byte_order_mark_loads(cli: Cli) -> None:
+    """Windows Notepad writes UTF-8 with a BOM; patient import already reads it."""
+    tenant = cli.init_with_tenant()
+    bom = cli.root / "bom.json"
+    bom.write_bytes(b"\xef\xbb\xbf" + json.dumps(potassium(display="Potassium sérique"),
+                                                  ensure_ascii=False).encode())
+    cli.ok("catalogue", "load", str(bom), "--tenant", tenant)

@@ -88,6 +88,7 @@ def test_enrolment_link_in_the_browser(web: World, browser: TestClient) -> None:
     r = browser.post("/enrol", data={**form, "csrf": csrf_in(r.text),
                                      "again": form["password"]})
     assert r.status_code == 200 and "<svg" in r.text and "Codes de secours" in r.text
+    assert "Compte activé" in r.text and "Mot de passe changé" not in r.text
     assert r.headers["cache-control"] == "no-store"        # a secret and recovery codes
     secret = re.search(r"<code>([A-Z2-7]{16,})</code>", r.text)
     assert secret is not None
@@ -115,7 +116,8 @@ def test_password_reset_link_in_the_browser(web: World, browser: TestClient) -> 
     token = unquote(out["enrolment_link"].split("#token=", 1)[1])
     r = browser.post("/enrol", data={"csrf": csrf_in(browser.get("/enrol").text),
                                      "token": token, "password": new, "again": new})
-    assert r.status_code == 200 and "mot de passe est enregistré" in r.text
+    assert r.status_code == 200 and "Mot de passe changé" in r.text
+    assert "Compte activé" not in r.text
     assert "<svg" not in r.text and "Codes de secours" not in r.text
     assert web.lv.accounts.login(email, new, web.clock.code()).scope == "full"
 

@@ -223,7 +223,7 @@ def catalogue_load(file: Path = typer.Argument(..., help="Catalogue JSON (docs/l
                    as_json: bool = JsonOpt) -> None:
     """Install a laboratory's own catalogue (replaces the shipped default for that lab)."""
     try:
-        data = loads_unique_keys(file.read_text("utf-8"))
+        data = loads_unique_keys(file.read_text("utf-8-sig"))   # a BOM (Notepad) is fine
     except DuplicateKey as exc:
         raise UserError(f"{file}: line {exc.line}: the key {exc.key!r} appears twice in the "
                         "object opened there", "keep one value per key, then load the "

@@ -265,7 +265,9 @@ class AccountService:
                                               row["account_id"],
                                               passwords.hash_password(password).encode()),
                 "password_changed_at": now, "status": "active", "updated_at": now}
-            out: dict[str, Any] = {"id": row["account_id"], "otpauth_uri": None}
+            out: dict[str, Any] = {"id": row["account_id"], "otpauth_uri": None,
+                                   # a password chosen before: this link came from a reset
+                                   "password_reset": row["password_changed_at"] is not None}
             if row["kind"] == "staff" and not row["mfa_enabled"]:
                 secret = mfa.new_secret()
                 values["mfa_sealed"] = self._seal(conn, row["tenant_id"], "mfa_sealed",

@@ -223,6 +223,7 @@ def enrol(request: Request, lv: LV,
         return _enrol_page(request, 422, f"Mot de passe refusé : {reason}.", token)
     qr, secret = _qr(out["otpauth_uri"]) if out.get("otpauth_uri") else (None, None)
     resp = html("enrolled.html", qr=qr, secret=secret, mfa_done=False,
+                password_reset=out.get("password_reset", False),
                 recovery_codes=out.get("recovery_codes", []), user=None)
     resp.delete_cookie(ENROL_CSRF, path="/enrol")
     return resp
