@@ -54,7 +54,7 @@ def test_technician_validates_technically_from_the_bench_page(web: World,
     page = browser.get("/console/technique")
     assert page.status_code == 200
     text = _text(page)
-    assert "5,8" in text and "haut" in text and "3.5-5.1" in text.replace(" ", "")
+    assert "5,8" in text and "haut" in text and "3,5-5,1" in text.replace(" ", "")
     assert "non demandé" in text                                   # CRP on a K order
     assert f"Analyses demandées sans résultat : {HB}" in text
     assert "Valider techniquement" in text and "Refuser le prélèvement" in text

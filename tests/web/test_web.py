@@ -422,7 +422,7 @@ def test_pdf_text_keeps_accents(web: World, browser: TestClient, tmp_path: objec
                           check=True).stdout.decode()
     assert "Compte rendu d'analyses de biologie médicale" in text
     assert "Légère élévation ; à contrôler" in text and "publiée" in text
-    assert web.a.patient_data[0]["birth_name"] in text
+    assert web.a.patient_data[0]["birth_name"].upper() in text       # NOM Prénoms
 
 
 def test_alerts_page_for_dpo_and_lab_admin(web: World, browser: TestClient) -> None:

@@ -262,6 +262,9 @@ class ReportView:
     conclusion_revisions: Sequence[ConclusionRevision] = ()
     conclusion_at: datetime | None = None
     specimens: Sequence[SpecimenView] = ()
+    # who ordered these tests ({"name", "rpps"}): the doctor the report is for, not the
+    # patient record's usual prescriber
+    prescriber: Mapping[str, Any] | None = None
 
     @property
     def expected(self) -> dict[str, int]:
@@ -301,7 +304,8 @@ class ReportView:
                                   if not self.requested(o)],
                 "corrections": {k: [c.as_json() for c in cs]
                                 for k, cs in self.corrections.items()},
-                "conclusion_revisions": [r.as_json() for r in self.conclusion_revisions]}
+                "conclusion_revisions": [r.as_json() for r in self.conclusion_revisions],
+                "prescriber": dict(self.prescriber) if self.prescriber else None}
 
 
 @dataclass(frozen=True)
@@ -1490,7 +1494,8 @@ class LabService:
                                 r.get("previous"))
              for r in payload.get("conclusion_revisions", ())],
             datetime.fromisoformat(concl_at) if concl_at else (bio.at if bio else None),
-            self._specimen_views(conn, order))
+            self._specimen_views(conn, order),
+            order.request.get("prescriber"))
 
     def _corrections(self, conn: Connection, order: _Order,
                      observation_id: str) -> list[Correction]:

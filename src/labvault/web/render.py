@@ -5,6 +5,7 @@ the route class that turns every error into a friendly page (never a stack trace
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Coroutine, Mapping
 from datetime import UTC, date, datetime
 from typing import Any
@@ -142,6 +143,15 @@ def number(value: float | None) -> str:
     return f"{value:g}".replace(".", ",")
 
 
+_DECIMAL_POINT = re.compile(r"(?<=\d)\.(?=\d)")
+
+
+def decimal(value: object) -> str:
+    """Numbers the French way, in a value or a range ("3.5-5.1 mmol/L" -> "3,5-5,1 mmol/L"):
+    only a point between two digits, never one in words."""
+    return "" if value is None else _DECIMAL_POINT.sub(",", str(value))
+
+
 def _env() -> Environment:
     env = Environment(loader=PackageLoader("labvault.web", "templates"),
                       autoescape=select_autoescape(("html",), default=True),
@@ -152,7 +162,7 @@ def _env() -> Environment:
                        action=lambda a: ACTION_FR.get(a, a),
                        category=lambda c: CATEGORY_FR.get(c, c),
                        status=lambda s: STATUS_FR.get(str(s), str(s)),
-                       field=lambda f: FIELD_FR.get(f, f), num=number,
+                       field=lambda f: FIELD_FR.get(f, f), num=number, decimal=decimal,
                        kind=lambda k: KIND_FR.get(k, k),
                        severity=lambda v: SEVERITY_FR.get(v, v),
                        alert_status=lambda v: ALERT_STATUS_FR.get(v, v))

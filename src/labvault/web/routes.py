@@ -182,6 +182,8 @@ _PASSWORD_FR = {
     "is a common or breached password":
         "il figure dans les listes de mots de passe courants ou divulgués",
     f"is longer than {MAX_PASSWORD} characters": f"il dépasse {MAX_PASSWORD} caractères",
+    "is too easy to guess (common words, names or patterns)":
+        "il est trop facile à deviner (mots courants, prénoms ou suites de caractères)",
 }
 
 
@@ -219,7 +221,8 @@ def enrol(request: Request, lv: LV,
         return error_page(401, "ce lien d'activation n'est pas valable (déjà utilisé ou expiré)",
                           "demandez un nouveau lien à votre administrateur")
     except InvalidField as exc:
-        reason = _PASSWORD_FR.get(exc.rule, exc.rule)
+        # a rule without its French words still gets a French refusal, never English
+        reason = _PASSWORD_FR.get(exc.rule, "il ne suit pas les règles rappelées ci-dessus")
         return _enrol_page(request, 422, f"Mot de passe refusé : {reason}.", token)
     qr, secret = _qr(out["otpauth_uri"]) if out.get("otpauth_uri") else (None, None)
     resp = html("enrolled.html", qr=qr, secret=secret, mfa_done=False,
@@ -301,8 +304,8 @@ def report_pdf(report_id: str, user: User, portal: Portal, lv: LV) -> Response:
     from labvault.web.pdf import report_pdf as render_pdf
     report = portal.my_report(user.actor, report_id[:64])
     record = portal.my_record(user.actor)
-    lab = lv.tenants.get(report.tenant_id).name
-    pdf = render_pdf(report, record, lab)
+    lab = lv.tenants.get(report.tenant_id)
+    pdf = render_pdf(report, record, lab.name, lab.finess)
     return Response(pdf, media_type="application/pdf", headers={
         **NO_STORE, "Content-Disposition": f'attachment; filename="compte-rendu-{report.report_id}.pdf"'})
 

@@ -1,0 +1,116 @@
+"""The report as the patient and the prescribing doctor read it (QA pass of the patient and
+doctor side): who prescribed it, who validated it, the laboratory's identity, times said in
+Paris time, French numbers, a withdrawn result without its value; and the pages around it
+(enrolment refusals in French, the console's coverage)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from html import unescape
+from urllib.parse import unquote
+
+from fastapi.testclient import TestClient
+
+from labvault.domain.actors import Actor
+from labvault.web.pdf import report_html
+from tests.access.conftest import World
+from tests.web.helpers import REQ, csrf_in, form_login, order
+
+PRESCRIBER = f"{REQ['prescriber']['name']} (RPPS {REQ['prescriber']['rpps']})"
+
+
+def _words(page: str) -> str:
+    return " ".join(unescape(re.sub(r"<[^>]+>", " ", page)).split())
+
+
+def test_each_report_names_the_doctor_who_ordered_it(web: World, browser: TestClient) -> None:
+    """The order's prescriber (name and RPPS), not the patient record's usual doctor, is
+    on the portal, the PDF, the biologist's worklist and the patient's page in the console:
+    the doctor to phone about a critical value."""
+    a = web.a
+    usual = a.patient_data[0]["prescriber"]["name"]
+    assert usual != REQ["prescriber"]["name"]
+    rep = order(web, a, a.patients[0])
+    waiting = order(web, a, a.patients[0], step="technical")
+    assert rep.prescriber == REQ["prescriber"]
+    assert rep.as_json()["prescriber"] == REQ["prescriber"]
+    form_login(browser, web, a.emails["patient"], staff=False)
+    assert f"Prescrit par {PRESCRIBER}" in _words(browser.get("/portail").text)
+    patient = web.lv.accounts.resolve(browser.cookies["labvault_session"])
+    mine = browser.app.state.portal.my_report(patient, rep.report_id)  # type: ignore[attr-defined]
+    assert f"Prescripteur : {PRESCRIBER}" in _words(report_html(mine, {}, "Laboratoire a"))
+    bio = TestClient(browser.app, base_url="http://testserver", follow_redirects=False)
+    form_login(bio, web, a.emails["biologist"])
+    page = _words(bio.get(f"/console/patients/{a.patients[0]}").text)
+    assert f"Prescripteur de cette demande : {PRESCRIBER}" in page
+    worklist = _words(bio.get("/console/validation").text)
+    assert waiting.order_id and f"Prescripteur : {PRESCRIBER}" in worklist
+
+
+def test_pdf_names_the_lab_the_validating_biologist_and_the_time_zone(
+        web: World, browser: TestClient) -> None:
+    a = web.a
+    rep = order(web, a, a.patients[0], results=[{"code": "2823-3", "value": "3.9",
+                                                 "unit": "mmol/L"}])
+    form_login(browser, web, a.emails["patient"], staff=False)
+    pdf = browser.get(f"/portail/rapports/{rep.report_id}.pdf")
+    assert pdf.status_code == 200 and pdf.content.startswith(b"%PDF")
+    patient = web.lv.accounts.resolve(browser.cookies["labvault_session"])
+    portal = browser.app.state.portal  # type: ignore[attr-defined]
+    mine, record = portal.my_report(patient, rep.report_id), portal.my_record(patient)
+    lab = web.lv.tenants.get(a.tenant_id)
+    words = _words(report_html(mine, record, lab.name, lab.finess))
+    biologist = web.lv.accounts.name_of(web.actor(a.emails["biologist"]))
+    assert f"FINESS {lab.finess}" in words
+    assert f"Validé par {biologist}, biologiste, le " in words
+    assert "heure de Paris" in words
+    assert a.patient_data[0]["birth_name"].upper() in words       # NOM Prénoms
+    assert "3,9" in words and "3,5-5,1 mmol/L" in words and "3.5" not in words
+
+
+def test_a_withdrawn_result_shows_no_value_to_the_patient(web: World,
+                                                         browser: TestClient) -> None:
+    """A result its sender withdrew (OBX-11 D/W) is listed as cancelled, without the
+    withdrawn number: on paper (pdftotext) the strike-through is lost and 4,1 reads as a
+    result. Staff still see it."""
+    a = web.a
+    rep = order(web, a, a.patients[0], results=[{"code": "718-7", "value": 13.1,
+                                                 "unit": "g/dL"},
+                                                {"code": "2823-3", "value": "4.1",
+                                                 "unit": "mmol/L"}])
+    withdrawn = replace(rep, observations=[
+        replace(o, status="cancelled") if o.observation.code == "2823-3" else o
+        for o in rep.observations])
+    portal = _words(report_html(withdrawn, {}, "Laboratoire a"))
+    assert "annulé" in portal and "4,1" not in portal and "13,1" in portal
+    from labvault.web.render import ENV
+    staff = _words(ENV.get_template("_results.html").render(report=withdrawn, staff=True))
+    assert "4,1" in staff and "annulé" in staff
+
+
+def test_enrolment_refuses_a_guessable_password_in_french(web: World,
+                                                          browser: TestClient) -> None:
+    """zxcvbn's refusal ("too easy to guess") was shown in English on the French page."""
+    out = web.lv.accounts.create(Actor.operator(), web.a.tenant_id, ["patient"],
+                                 "Paul Renard", "paul.renard.portail@example.org",
+                                 patient_id=web.a.patients[1])
+    token = unquote(out["enrolment_link"].split("#token=", 1)[1])
+    for _ in range(2):
+        page = browser.get("/enrol")
+        r = browser.post("/enrol", data={"token": token, "password": "Aaaaaaaaaaa1!",
+                                         "again": "Aaaaaaaaaaa1!", "csrf": csrf_in(page.text)})
+        assert r.status_code == 422
+        assert "Mot de passe refusé : il est trop facile à deviner" in unescape(r.text)
+        assert "is too easy" not in r.text
+
+
+def test_console_shows_the_patients_coverage(web: World, browser: TestClient) -> None:
+    """The "Assurance maladie" section was always empty: the record keeps its coverage as
+    one object, the page looked for top-level fields."""
+    a = web.a
+    form_login(browser, web, a.emails["biologist"])
+    page = _words(browser.get(f"/console/patients/{a.patients[0]}").text)
+    cov = a.patient_data[0]["coverage"]
+    assert f"caisse d'assurance maladie (AMO) {cov['amo']}" in page
+    assert f"n° d'adhérent {cov['member_id']}" in page
