@@ -114,3 +114,23 @@ def test_console_shows_the_patients_coverage(web: World, browser: TestClient) ->
     cov = a.patient_data[0]["coverage"]
     assert f"caisse d'assurance maladie (AMO) {cov['amo']}" in page
     assert f"n° d'adhérent {cov['member_id']}" in page
+
+
+def test_publishing_does_not_claim_the_prescriber_has_the_report(web: World,
+                                                                 browser: TestClient) -> None:
+    """labvault sends nothing to prescribers: "Diffuser" and "Valider et diffuser" said the
+    prescriber could read the report; they now say the patient can, and that the lab must
+    send it to the prescriber itself."""
+    a = web.a
+    first = order(web, a, a.patients[0], step="final")
+    second = order(web, a, a.patients[0], step="technical")
+    form_login(browser, web, a.emails["biologist"])
+    token = csrf_in(browser.get("/console").text)
+    done = [browser.post(f"/console/diffusion/{first.order_id}", data={"csrf": token}),
+            browser.post(f"/console/validation/{second.order_id}",
+                         data={"csrf": token, "diffuser": "1"})]
+    for r in done:
+        said = _words(r.text)
+        assert r.status_code == 200 and "le patient peut l" in said and "sur son portail" in said
+        assert "ne l'envoie pas au prescripteur" in said
+        assert "le prescripteur et le patient" not in said

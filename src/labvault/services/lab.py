@@ -1303,9 +1303,10 @@ class LabService:
 
     # == publication, amendment, rejection, cancellation ========================================
     def publish(self, actor: Actor, order_id: str, partial: bool | None = None) -> ReportView:
-        """Make a biologically validated report available to the prescriber and the
-        patient's portal. ``partial=False`` refuses a report with requested tests still
-        without result, unless the biological validation already accepted it as partial."""
+        """Make a biologically validated report available to the patient (portal, FHIR
+        reads); nothing is sent to the prescriber from here (docs/lab.md). ``partial=False``
+        refuses a report with requested tests still without result, unless the biological
+        validation already accepted it as partial."""
         with self.lv.begin() as conn:
             order = self._order_for(conn, actor, order_id, Action.WRITE, "report")
             self._expect(order, "publish", L.OrderStatus.PUBLISHED)

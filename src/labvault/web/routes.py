@@ -56,6 +56,9 @@ LOGIN_CSRF = "labvault_login_csrf"
 _bearer = HTTPBearer(auto_error=False)
 SEARCH_LIMIT = 20
 TEXT = 200
+# what publication does not do: a biologist must not believe the doctor has the report
+TO_PRESCRIBER = ("labvault ne l'envoie pas au prescripteur : transmettez-le-lui par la voie "
+                 "habituelle du laboratoire.")
 # where "Prendre en compte" may send the browser back to (never a URL from the form)
 ACK_RETURNS = frozenset({"/console/alertes", "/console/validation"})
 
@@ -555,19 +558,20 @@ def validate_one(request: Request, order_id: str, user: User, lv: LV, csrf: Csrf
         if diffuser:
             report = lv.lab.publish(user.actor, report.order_id, partial=bool(partial))
     return html("validation.html", user=user, rows=None, done=None, validated=report,
-                staff=True)
+                staff=True, to_prescriber=TO_PRESCRIBER)
 
 
 @router.post("/console/diffusion/{order_id}")
 def publish(request: Request, order_id: str, user: User, lv: LV, csrf: Csrf = "",
             partial: Tick = "") -> Response:
-    """"Diffuser": the validated report reaches the prescriber and the patient's portal."""
+    """"Diffuser": the validated report reaches the patient's portal. labvault sends
+    nothing to the prescriber (no account, message or mail of theirs): the page says so."""
     _biologist(user)
     _check_csrf(request, user, csrf)
     report = lv.lab.publish(user.actor, order_id[:64], partial=bool(partial))
     return _notice(user, "Compte rendu diffusé",
-                   "Compte rendu diffusé : le prescripteur et le patient (sur son portail) "
-                   "peuvent le lire." + (" Il est partiel." if report.missing else ""),
+                   "Compte rendu diffusé : le patient peut le lire sur son portail."
+                   + (" Il est partiel." if report.missing else "") + " " + TO_PRESCRIBER,
                    (f"/console/patients/{report.patient_id}", "Voir le dossier"),
                    ("/console/validation", "Retour à la liste"))
 

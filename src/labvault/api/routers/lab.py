@@ -109,7 +109,8 @@ def biological_validation(order_id: str, body: BiologicalIn, actor: CurrentActor
 
 
 @router.post(ORDER + "/publication",
-             summary="Publish a validated report to the prescriber and the patient portal")
+             summary="Publish a validated report to the patient portal (nothing is sent to "
+                     "the prescriber)")
 def publication(order_id: str, actor: CurrentActor, lv: LV,
                 body: PublicationIn | None = None) -> dict[str, Any]:
     return _review(lv.lab.publish(actor, order_id, body.partial if body else False))
