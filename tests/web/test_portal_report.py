@@ -6,6 +6,8 @@ Paris time, French numbers, a withdrawn result without its value; and the pages 
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 from dataclasses import replace
 from html import unescape
 from urllib.parse import unquote
@@ -60,13 +62,22 @@ def test_pdf_names_the_lab_the_validating_biologist_and_the_time_zone(
     portal = browser.app.state.portal  # type: ignore[attr-defined]
     mine, record = portal.my_report(patient, rep.report_id), portal.my_record(patient)
     lab = web.lv.tenants.get(a.tenant_id)
-    words = _words(report_html(mine, record, lab.name, lab.finess))
+    words = _words(report_html(mine, record, lab.name, lab.finess,
+                               portal.my_specimens(patient, mine)))
     biologist = web.lv.accounts.name_of(web.actor(a.emails["biologist"]))
     assert f"FINESS {lab.finess}" in words
     assert f"Validé par {biologist}, biologiste, le " in words
     assert "heure de Paris" in words
     assert a.patient_data[0]["birth_name"].upper() in words       # NOM Prénoms
     assert "3,9" in words and "3,5-5,1 mmol/L" in words and "3.5" not in words
+    # when the blood was drawn (SPEC: 08:30 Paris time), not only when the order was typed
+    assert "Prélèvement (sang total) du 01/03/2026 à 08:30" in words
+    if shutil.which("pdftotext") is not None:       # the route prints the same page
+        text = " ".join(subprocess.run(["pdftotext", "-", "-"], input=pdf.content,
+                                       capture_output=True, check=True).stdout.decode().split())
+        for said in (f"FINESS {lab.finess}", "Prélèvement (sang total) du 01/03/2026 à 08:30",
+                     f"Validé par {biologist}", f"Prescripteur : {PRESCRIBER}"):
+            assert said in text, said
 
 
 def test_a_withdrawn_result_shows_no_value_to_the_patient(web: World,
@@ -134,3 +145,11 @@ def test_publishing_does_not_claim_the_prescriber_has_the_report(web: World,
         assert r.status_code == 200 and "le patient peut l" in said and "sur son portail" in said
         assert "ne l'envoie pas au prescripteur" in said
         assert "le prescripteur et le patient" not in said
+
+
+def test_patients_find_the_second_factor_page(web: World, browser: TestClient) -> None:
+    """Patients may protect their account with a second factor (/mfa), but no page led
+    there: the portal's menu now does."""
+    form_login(browser, web, web.a.emails["patient"], staff=False)
+    assert 'href="/mfa"' in browser.get("/portail").text
+    assert browser.get("/mfa").status_code == 200

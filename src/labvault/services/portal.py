@@ -21,7 +21,7 @@ from labvault.store.ids import new_id
 
 if TYPE_CHECKING:
     from labvault.services.app import Labvault
-    from labvault.services.lab import ReportView
+    from labvault.services.lab import ReportView, SpecimenView
 
 PUBLISHED = PATIENT_VISIBLE     # what a patient sees of the lab (enforced in LabService)
 PORTAL_PURPOSE = "patient-access"       # GDPR art. 15/20: the patient reads its own record
@@ -91,6 +91,12 @@ class PortalService:
         if rep.patient_id != patient_id or rep.order_status not in PUBLISHED:
             raise NotFound("no such report", "go back to your results")
         return rep
+
+    def my_specimens(self, actor: Actor, report: ReportView) -> list[SpecimenView]:
+        """The specimens of one of the patient's published reports (when each was
+        collected: a report is read against that time)."""
+        return list(self.lv.lab.get_order(actor, report.order_id,
+                                          purpose=PORTAL_PURPOSE).specimens)
 
     def my_record(self, actor: Actor) -> dict[str, Any]:
         _tenant, patient_id = _patient(actor)

@@ -3,11 +3,18 @@ the stylesheet is inside the template and every URL is refused."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from labvault.errors import UserError
-from labvault.services.lab import ReportView
+from labvault.services.lab import ReportView, SpecimenView
 from labvault.web.render import ENV
+
+# specimen types (domain.lab.SPECIMEN_TYPES) as a French report names them
+SPECIMEN_FR = {"BLD": "sang total", "SER": "sérum", "PLAS": "plasma", "UR": "urine",
+               "CSF": "liquide cérébrospinal", "STL": "selles", "SAL": "salive",
+               "SWAB": "écouvillon", "BLDA": "sang artériel", "BLDV": "sang veineux",
+               "BLDCAP": "sang capillaire"}
 
 
 def _no_fetch(url: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
@@ -15,16 +22,17 @@ def _no_fetch(url: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
 
 
 def report_html(report: ReportView, record: dict[str, Any], lab_name: str,
-                finess: str = "") -> str:
+                finess: str = "", specimens: Sequence[SpecimenView] = ()) -> str:
     """The page the PDF is printed from: the laboratory (name, FINESS), the patient, the
-    prescriber, the results and who validated them, when."""
-    return ENV.get_template("report_pdf.html").render(report=report, record=record,
-                                                      lab_name=lab_name, finess=finess)
+    prescriber, when the specimens were collected, the results and who validated them."""
+    return ENV.get_template("report_pdf.html").render(
+        report=report, record=record, lab_name=lab_name, finess=finess, specimens=specimens,
+        SPECIMEN_FR=SPECIMEN_FR)
 
 
 def report_pdf(report: ReportView, record: dict[str, Any], lab_name: str,
-               finess: str = "") -> bytes:
+               finess: str = "", specimens: Sequence[SpecimenView] = ()) -> bytes:
     from weasyprint import HTML
-    pdf: bytes = HTML(string=report_html(report, record, lab_name, finess),
+    pdf: bytes = HTML(string=report_html(report, record, lab_name, finess, specimens),
                       url_fetcher=_no_fetch).write_pdf()
     return pdf

@@ -308,7 +308,8 @@ def report_pdf(report_id: str, user: User, portal: Portal, lv: LV) -> Response:
     report = portal.my_report(user.actor, report_id[:64])
     record = portal.my_record(user.actor)
     lab = lv.tenants.get(report.tenant_id)
-    pdf = render_pdf(report, record, lab.name, lab.finess)
+    pdf = render_pdf(report, record, lab.name, lab.finess,
+                     portal.my_specimens(user.actor, report))
     return Response(pdf, media_type="application/pdf", headers={
         **NO_STORE, "Content-Disposition": f'attachment; filename="compte-rendu-{report.report_id}.pdf"'})
 
