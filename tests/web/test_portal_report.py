@@ -153,3 +153,15 @@ def test_patients_find_the_second_factor_page(web: World, browser: TestClient) -
     form_login(browser, web, web.a.emails["patient"], staff=False)
     assert 'href="/mfa"' in browser.get("/portail").text
     assert browser.get("/mfa").status_code == 200
+
+
+def test_every_interpretation_flag_is_said_in_french(web: World, browser: TestClient) -> None:
+    """A CRP "<10" mg/L (range <=5) is indeterminate: the portal showed the code "IND"."""
+    from labvault.domain.lab import Flag
+    from labvault.web.render import FLAG_FR
+    assert set(FLAG_FR) == {f.value for f in Flag}
+    a = web.a
+    order(web, a, a.patients[0], results=[{"code": "1988-5", "value": "<10", "unit": "mg/L"}])
+    form_login(browser, web, a.emails["patient"], staff=False)
+    page = _words(browser.get("/portail").text)
+    assert "indéterminé" in page and " IND " not in f" {page} "

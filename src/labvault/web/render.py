@@ -28,8 +28,10 @@ ROLE_FR = {"reception": "accueil", "technician": "technicien", "biologist": "bio
            "lab_admin": "administrateur du laboratoire",
            "dpo": "délégué à la protection des données", "patient": "patient",
            "platform_operator": "opérateur de la plateforme"}
+# one French word for every domain.lab.Flag (a test checks none is missing)
 FLAG_FR = {"N": "normal", "L": "bas", "H": "haut", "LL": "très bas (critique)",
-           "HH": "très haut (critique)", "A": "anormal"}
+           "HH": "très haut (critique)", "A": "anormal",
+           "IND": "indéterminé (voir le biologiste)"}
 PURPOSE_FR = {"care": "soins", "administration": "gestion administrative",
               "break-glass": "accès d'urgence", "export": "export", "audit": "contrôle",
               "access-log": "consultation de ce journal", "patient-access": "vous-même",
