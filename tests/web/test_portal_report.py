@@ -165,3 +165,21 @@ def test_every_interpretation_flag_is_said_in_french(web: World, browser: TestCl
     form_login(browser, web, a.emails["patient"], staff=False)
     page = _words(browser.get("/portail").text)
     assert "indéterminé" in page and " IND " not in f" {page} "
+
+
+def test_every_purpose_of_an_access_is_said_in_french() -> None:
+    """"Qui a consulté mon dossier" said "breach" (the Art. 34 letters read the patient's
+    address), "guard", "backup"... in English: every purpose the code audits has its words."""
+    import pathlib
+
+    import labvault
+    from labvault.web.render import ENV, PURPOSE_FR
+    src = pathlib.Path(labvault.__file__).parent
+    used = {m for f in src.rglob("*.py")
+            for m in re.findall(r'purpose="([a-z-]+)"', f.read_text(encoding="utf-8"))}
+    assert used and used <= set(PURPOSE_FR), sorted(used - set(PURPOSE_FR))
+    row = {"at": "2026-03-01T08:00:00+00:00", "actor_kind": "operator", "lab": None,
+           "action": "read", "categories": ["contact"], "purpose": "breach",
+           "break_glass": False}
+    page = _words(ENV.get_template("access_log.html").render(user=None, rows=[row]))
+    assert "information après une violation de données" in page and "breach" not in page

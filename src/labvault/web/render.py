@@ -36,7 +36,9 @@ PURPOSE_FR = {"care": "soins", "administration": "gestion administrative",
               "break-glass": "accès d'urgence", "export": "export", "audit": "contrôle",
               "access-log": "consultation de ce journal", "patient-access": "vous-même",
               "erasure": "effacement", "migration": "reprise de données",
-              "security": "sécurité"}
+              "security": "sécurité", "breach": "information après une violation de données",
+              "backup": "sauvegarde", "guard": "surveillance de sécurité",
+              "key-management": "gestion des clés de chiffrement"}
 ACTION_FR = {"read": "consultation", "search": "recherche", "write": "modification",
              "validate": "validation", "export": "export", "erase": "effacement"}
 CATEGORY_FR = {"identity": "identité", "contact": "coordonnées", "coverage": "assurance maladie",
