@@ -183,3 +183,16 @@ def test_every_purpose_of_an_access_is_said_in_french() -> None:
            "break_glass": False}
     page = _words(ENV.get_template("access_log.html").render(user=None, rows=[row]))
     assert "information après une violation de données" in page and "breach" not in page
+
+
+def test_each_pdf_link_says_which_report_it_downloads(web: World, browser: TestClient) -> None:
+    """Screen readers list links out of context: "Télécharger en PDF" five times said
+    nothing of which report (WCAG 2.4.4); each link's name now carries its report's date."""
+    a = web.a
+    for _ in range(2):
+        order(web, a, a.patients[0])
+        web.clock.advance(seconds=120)
+    form_login(browser, web, a.emails["patient"], staff=False)
+    names = re.findall(r'aria-label="(Télécharger en PDF le compte rendu du [^"]+)"',
+                       unescape(browser.get("/portail").text))
+    assert len(names) == 2 and len(set(names)) == 2
