@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 
 from labvault.domain.actors import Actor
 from labvault.web.pdf import report_html
-from tests.access.conftest import World
+from tests.access.conftest import PASSWORD, World
 from tests.web.helpers import REQ, csrf_in, form_login, order
 
 PRESCRIBER = f"{REQ['prescriber']['name']} (RPPS {REQ['prescriber']['rpps']})"
@@ -196,3 +196,22 @@ def test_each_pdf_link_says_which_report_it_downloads(web: World, browser: TestC
     names = re.findall(r'aria-label="(Télécharger en PDF le compte rendu du [^"]+)"',
                        unescape(browser.get("/portail").text))
     assert len(names) == 2 and len(set(names)) == 2
+
+
+def test_an_erased_patient_has_no_portal_account_left(web: World, browser: TestClient) -> None:
+    """After crypto-shredding, the portal account still logged in (to an English "no such
+    patient" page) and kept the name, e-mail and password hash the erasure was asked for."""
+    import pytest
+
+    from labvault.errors import AuthenticationFailed, NotFound
+    a = web.a
+    form_login(browser, web, a.emails["patient"], staff=False)
+    assert browser.get("/portail").status_code == 200
+    web.lv.patients.erase(Actor.operator(), a.patients[0])
+    assert browser.get("/portail").headers["location"] == "/login"   # its session ended
+    with pytest.raises(AuthenticationFailed):
+        web.lv.accounts.login(a.emails["patient"], PASSWORD)
+    with pytest.raises(NotFound):
+        web.lv.accounts.get(Actor.operator(), a.accounts["patient"])
+    # staff accounts and other patients' accounts are untouched
+    assert web.lv.accounts.get(Actor.operator(), a.accounts["biologist"])["status"] == "active"

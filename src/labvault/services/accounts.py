@@ -89,6 +89,14 @@ class AccountService:
             absolute_staff=hours, absolute_patient=hours)
         self.public_url = st.get("LABVAULT_PUBLIC_URL").rstrip("/")
         self._client_secret: bytes | None = None
+        lv.patients.erase_hooks.append(self.on_patient_erased)
+
+    def on_patient_erased(self, conn: Connection, tenant_id: str, patient_id: str) -> None:
+        """An erased patient's portal accounts go with the record (erasure and replay of the
+        shred log): their name, e-mail and password hash are personal data the erasure was
+        asked for, and a live account would keep logging in to a portal with nothing in it."""
+        for account_id in arepo.delete_patient_accounts(conn, tenant_id, patient_id):
+            arepo.clear_throttle(conn, tenant_id, throttle.account_subject(account_id))
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:

@@ -23,6 +23,18 @@ def get_account(conn: Connection, account_id: str) -> dict[str, Any] | None:
     return dict(r) if r else None
 
 
+def delete_patient_accounts(conn: Connection, tenant_id: str, patient_id: str) -> list[str]:
+    """Delete the portal accounts of a patient with their sessions and recovery codes;
+    their ids."""
+    ids = [str(r[0]) for r in conn.execute(select(accounts.c.account_id).where(
+        accounts.c.tenant_id == tenant_id, accounts.c.patient_id == patient_id))]
+    if ids:
+        for table in (sessions, recovery_codes, accounts):
+            conn.execute(delete(table).where(table.c.tenant_id == tenant_id,
+                                             table.c.account_id.in_(ids)))
+    return ids
+
+
 def accounts_by_digests(conn: Connection, digests: Sequence[bytes]) -> list[dict[str, Any]]:
     if not digests:
         return []
