@@ -258,6 +258,7 @@ def test_patient_sees_only_own_published_results(web: World, browser: TestClient
     for other in (theirs.report_id, draft.report_id, "rep_doesnotexist"):
         r = browser.get(f"/portail/rapports/{other}.pdf")
         assert r.status_code == 404 and "%PDF" not in r.text and "Introuvable" in r.text
+        assert "pas disponible" in unescape(r.text) and "no such" not in r.text    # French
         pages.add(r.text)
     assert len(pages) == 1                  # the same page: nothing says which case it was
     data = browser.get("/portail/donnees.json")

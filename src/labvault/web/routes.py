@@ -305,7 +305,11 @@ def portal_home(user: User, portal: Portal) -> Response:
 def report_pdf(report_id: str, user: User, portal: Portal, lv: LV) -> Response:
     _patient(user)
     from labvault.web.pdf import report_pdf as render_pdf
-    report = portal.my_report(user.actor, report_id[:64])
+    try:
+        report = portal.my_report(user.actor, report_id[:64])
+    except NotFound:      # another patient's, not published yet, no such id: one answer
+        raise NotFound("ce compte rendu n'est pas disponible",
+                       "revenez à vos résultats (Mes résultats)") from None
     record = portal.my_record(user.actor)
     lab = lv.tenants.get(report.tenant_id)
     pdf = render_pdf(report, record, lab.name, lab.finess,
