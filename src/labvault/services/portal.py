@@ -95,6 +95,7 @@ class PortalService:
     def my_specimens(self, actor: Actor, report: ReportView) -> list[SpecimenView]:
         """The specimens of one of the patient's published reports (when each was
         collected: a report is read against that time)."""
+        _patient(actor)
         return list(self.lv.lab.get_order(actor, report.order_id,
                                           purpose=PORTAL_PURPOSE).specimens)
 
