@@ -215,3 +215,16 @@ def test_an_erased_patient_has_no_portal_account_left(web: World, browser: TestC
         web.lv.accounts.get(Actor.operator(), a.accounts["patient"])
     # staff accounts and other patients' accounts are untouched
     assert web.lv.accounts.get(Actor.operator(), a.accounts["biologist"])["status"] == "active"
+
+
+def test_an_unknown_page_address_answers_a_french_page(web: World,
+                                                       browser: TestClient) -> None:
+    """A mistyped or stale address under /portail or /console answered problem+json."""
+    form_login(browser, web, web.a.emails["patient"], staff=False)
+    for path in ("/portail/resultats", "/console/nulle-part"):
+        r = browser.get(path)
+        assert r.status_code == 404 and r.headers["content-type"].startswith("text/html")
+        assert "cette page n'existe pas" in unescape(r.text)
+    api = browser.get("/api/v1/nowhere")                # the API keeps its problem+json
+    assert api.status_code == 404
+    assert api.headers["content-type"] == "application/problem+json"

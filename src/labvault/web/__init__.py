@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import inspect
 from importlib import resources
 
 from fastapi import FastAPI
@@ -18,3 +19,28 @@ def install(app: FastAPI) -> None:
     app.include_router(router)
     static = resources.files("labvault.web").joinpath("static")
     app.mount("/static", StaticFiles(directory=str(static)), name="static")
+    _page_for_unknown_paths(app)
+
+
+# Paths under the pages' own prefixes: a mistyped or stale address there is read by a
+# person in a browser, who gets a page in French (the API keeps its problem+json).
+PAGE_PREFIXES = ("/portail", "/console")
+
+
+def _page_for_unknown_paths(app: FastAPI) -> None:
+    from starlette.exceptions import HTTPException
+    from starlette.requests import Request
+    from starlette.responses import Response
+
+    from labvault.web.render import error_page
+    api_handler = app.exception_handlers[HTTPException]
+
+    async def handler(request: Request, exc: Exception) -> Response:
+        if (isinstance(exc, HTTPException) and exc.status_code in (404, 405)
+                and request.url.path.startswith(PAGE_PREFIXES)):
+            return error_page(404, "cette page n'existe pas",
+                              "revenez à l'accueil et suivez les liens du menu")
+        out = api_handler(request, exc)
+        return await out if inspect.isawaitable(out) else out
+
+    app.add_exception_handler(HTTPException, handler)
