@@ -73,9 +73,12 @@ SETTINGS: dict[str, tuple[str, str]] = {
                                   "message: udp://host:514 or tcp://host:601; empty = off"),
     "LABVAULT_AUDIT_SIGNING_KEY": ("", "Ed25519 audit checkpoint signing key file; empty = "
                                        "<root key file>.audit-signing beside the root key"),
-    "LABVAULT_DPO_NAME": ("", "data protection officer's name, printed on breach notices"),
-    "LABVAULT_DPO_EMAIL": ("", "data protection officer's e-mail, printed on breach notices"),
-    "LABVAULT_DPO_PHONE": ("", "data protection officer's phone, printed on breach notices"),
+    "LABVAULT_DPO_NAME": ("", "data protection officer's name, printed on breach notices "
+                          "and shown on the patient portal"),
+    "LABVAULT_DPO_EMAIL": ("", "data protection officer's e-mail, printed on breach notices "
+                          "and shown on the patient portal"),
+    "LABVAULT_DPO_PHONE": ("", "data protection officer's phone, printed on breach notices "
+                          "and shown on the patient portal"),
 }
 
 

@@ -12,6 +12,7 @@ from dataclasses import replace
 from html import unescape
 from urllib.parse import unquote
 
+import pytest
 from fastapi.testclient import TestClient
 
 from labvault.domain.actors import Actor
@@ -201,8 +202,6 @@ def test_each_pdf_link_says_which_report_it_downloads(web: World, browser: TestC
 def test_an_erased_patient_has_no_portal_account_left(web: World, browser: TestClient) -> None:
     """After crypto-shredding, the portal account still logged in (to an English "no such
     patient" page) and kept the name, e-mail and password hash the erasure was asked for."""
-    import pytest
-
     from labvault.errors import AuthenticationFailed, NotFound
     a = web.a
     form_login(browser, web, a.emails["patient"], staff=False)
@@ -228,3 +227,18 @@ def test_an_unknown_page_address_answers_a_french_page(web: World,
     api = browser.get("/api/v1/nowhere")                # the API keeps its problem+json
     assert api.status_code == 404
     assert api.headers["content-type"] == "application/problem+json"
+
+
+def test_the_portal_says_how_to_reach_the_dpo(web: World, browser: TestClient,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """"Qui a consulté mon dossier" and the erasure page sent the patient to the DPO
+    without saying how to reach them (GDPR Art. 13): the configured contact is shown."""
+    form_login(browser, web, web.a.emails["patient"], staff=False)
+    assert "demandez ses coordonnées au laboratoire" in unescape(
+        browser.get("/portail/acces").text)
+    monkeypatch.setenv("LABVAULT_DPO_NAME", "Claire Fabre")
+    monkeypatch.setenv("LABVAULT_DPO_EMAIL", "dpo@labo-flandres.example.org")
+    for path in ("/portail/acces", "/portail/effacement"):
+        page = _words(browser.get(path).text)
+        assert ("Délégué à la protection des données : Claire Fabre — "
+                "dpo@labo-flandres.example.org.") in page

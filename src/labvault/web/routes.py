@@ -41,6 +41,7 @@ from labvault.errors import (
     UserError,
 )
 from labvault.services.accounts import LoginThrottled
+from labvault.services.breach import dpo_from_env
 from labvault.services.gate import Access
 from labvault.services.lab import BulkValidation, review_reason
 from labvault.services.portal import PortalService
@@ -322,7 +323,8 @@ def report_pdf(report_id: str, user: User, portal: Portal, lv: LV) -> Response:
 def portal_access_log(user: User, portal: Portal) -> Response:
     _patient(user)
     rows = portal.my_access_log(user.actor)
-    return html("access_log.html", user=user, rows=rows[::-1])      # newest first
+    return html("access_log.html", user=user, rows=rows[::-1],      # newest first
+                dpo=dpo_from_env())
 
 
 @router.get("/portail/donnees.json")
@@ -337,7 +339,7 @@ def portal_download(user: User, portal: Portal) -> Response:
 @router.get("/portail/effacement")
 def erasure_form(user: User) -> Response:
     _patient(user)
-    return html("erasure.html", user=user, request_id=None)
+    return html("erasure.html", user=user, request_id=None, dpo=dpo_from_env())
 
 
 @router.post("/portail/effacement")
@@ -346,7 +348,7 @@ def erasure_request(request: Request, user: User, portal: Portal, csrf: Csrf = "
     _patient(user)
     _check_csrf(request, user, csrf)
     request_id = portal.request_erasure(user.actor, reason or None)
-    return html("erasure.html", user=user, request_id=request_id)
+    return html("erasure.html", user=user, request_id=request_id, dpo=dpo_from_env())
 
 
 # == staff console ============================================================================
