@@ -182,7 +182,8 @@ def test_every_purpose_of_an_access_is_said_in_french() -> None:
     row = {"at": "2026-03-01T08:00:00+00:00", "actor_kind": "operator", "lab": None,
            "action": "read", "categories": ["contact"], "purpose": "breach",
            "break_glass": False}
-    page = _words(ENV.get_template("access_log.html").render(user=None, rows=[row]))
+    page = _words(ENV.get_template("access_log.html").render(
+        user=None, rows=[row], dpo={"name": "", "email": "", "phone": ""}))
     assert "information après une violation de données" in page and "breach" not in page
 
 
