@@ -142,3 +142,60 @@ def test_notices_are_readable_by_their_owner_only(lv: Labvault, operator: Actor,
     assert set(modes.values()) == {0o600}, modes
     for d in (tmp_path / "out", tmp_path / "out" / "lettres"):
         assert stat.S_IMODE(d.stat().st_mode) == 0o700, d
+
+
+def _identity_csv(path: Path, patients: list[tuple[str, str, dict[str, object]]],
+                  notes: bool) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh, delimiter=";")
+        w.writerow(["nom", "prenom", "date_naissance", "nir"] + (["notes"] if notes else []))
+        for _, _, p in patients:
+            w.writerow([p["birth_name"], p["first_names"][0], p["birth_date"], p["nir"]]  # type: ignore[index]
+                       + (["Patient VIH+ sous traitement antirétroviral"] if notes else []))
+    return path
+
+
+def test_notify_covers_every_triage_of_the_case(lv: Labvault, operator: Actor, store: Store,
+                                                tmp_path: Path) -> None:
+    """QA (DPO, breach): a second file of the same leak, triaged days later in the same
+    case, made the CNIL notification count only the last file's persons — the first file's
+    patients (with their HIV notes) were neither counted nor written to."""
+    first = _identity_csv(tmp_path / "a.csv", store.patients[:8], notes=True)
+    second = _identity_csv(tmp_path / "b.csv", store.patients[8:12], notes=False)
+    cid = lv.breach.open_case(operator, "Fichier sur un forum", lv.now().isoformat())
+    lv.breach.triage(operator, cid, [first])
+    lv.breach.triage(operator, cid, [second])
+    lv.breach.triage(operator, cid, [first])             # the same file again: counted once
+    out = lv.breach.notify(operator, cid, tmp_path / "out", DPO)
+    n = json.loads(Path(out["cnil_json"]).read_text())
+    assert n["persons_approx"] == 12 and n["records_approx"] == 12
+    assert sum(c["persons"] for c in n["controllers"]) == 12
+    assert "clinical_note" in {c["meaning"] for c in n["data_categories"]}
+    assert n["subjects_informed"]["required"] and out["letters"] == 12
+    assert "12 personnes et 12 enregistrements" in n["severity"]["rationale"]
+
+
+def test_honeytokens_are_attributed_not_counted_nor_written_to(lv: Labvault, operator: Actor,
+                                                               store: Store,
+                                                               tmp_path: Path) -> None:
+    """QA (DPO, breach): a honeytoken in the leak was counted as a person concerned (CNIL
+    notification, severity) and got an Art. 34 letter, as if it were a patient."""
+    t = store.tenants[0]
+    canary = lv.guard.plant(operator, t, 1)[0]
+    shown = lv.patients.show(operator, canary)
+    leaked = [p for p in store.patients if p[0] == t][:5] + [(t, canary, shown)]
+    path = _identity_csv(tmp_path / "d.csv", leaked, notes=True)
+    cid = lv.breach.open_case(operator, "Fichier sur un forum", lv.now().isoformat())
+    res = lv.breach.triage(operator, cid, [path])
+    assert [(a["tenant_id"], a["patient_id"]) for a in res["attribution"]
+            if a["kind"] == "honeytoken"] == [(t, canary)]
+    assert res["per_tenant"][t]["patients"] == 5 and res["severity"]["persons"] == 5
+    assert [m["honeytoken"] for m in res["matches"] if m["patient_id"] == canary] == [True]
+    scope = [a for a in res["attribution"] if a["kind"] == "tenant_scope"]
+    assert [s["patients"] for s in scope] == [5]
+    out = lv.breach.notify(operator, cid, tmp_path / "out", DPO)
+    assert json.loads(Path(out["cnil_json"]).read_text())["persons_approx"] == 5
+    assert out["letters"] == 5
+    assert not (tmp_path / "out" / "lettres" / f"{canary}.pdf").exists()
+    with open(out["mail_merge_csv"], encoding="utf-8-sig") as fh:
+        assert canary not in fh.read()
