@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import Connection
@@ -61,6 +61,7 @@ class GuardService:
         self._open: dict[str, tuple[int, dict[str, str], bool]] = {}
         self._secrets: dict[tuple[str, str], bytes] = {}
         self._suspended: dict[tuple[str, str], tuple[float, bool]] = {}
+        self._released: dict[tuple[str, str], datetime] = {}
         self._clients: set[tuple[str, str, bytes]] = set()
         self._seen_clients: set[tuple[str, str, str]] = set()
         self._lock = threading.Lock()
@@ -248,7 +249,7 @@ class GuardService:
         minute = int(now // 60)
         hit = self._open.get(tenant_id)
         if hit is None or hit[0] != minute or hit[1] is not cfg:
-            from datetime import UTC, datetime
+            from datetime import UTC
             hit = (minute, cfg, self.hours(tenant_id, cfg).is_open(datetime.fromtimestamp(now, UTC)))
             self._open[tenant_id] = hit
         return hit[2]
@@ -307,7 +308,14 @@ class GuardService:
         hit = self._suspended.get(key)
         if hit is not None and now - hit[0] < budgets.SYNC_SECONDS:
             return hit[1]
-        state = grepo.active_suspension(conn, account_id, tenant_id) is not None
+        state, released = grepo.suspension_state(conn, account_id, tenant_id)
+        if released is not None and self._released.get(key) != released:
+            # Released since this process last looked — usually by `labvault guard release`,
+            # another process: the windows this process holds still count the reads that
+            # suspended the account and would suspend it again at once. They restart from
+            # the table, which the release emptied.
+            self.marks.forget(tenant_id, account_id)
+            self._released[key] = released
         self._suspended[key] = (now, state)
         return state
 
@@ -350,6 +358,7 @@ class GuardService:
             if not n:
                 raise NotFound(f"account {account_id} is not suspended",
                                "list suspensions with `labvault guard suspensions`")
+            grepo.delete_account_marks(conn, tenant_id, account_id)
             lv.gate.audit.event(conn, actor, "account.released", "ok", tenant_id,
                                 {"account_id": account_id})
         self._suspended.pop((tenant_id, account_id), None)
