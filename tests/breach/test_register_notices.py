@@ -199,3 +199,29 @@ def test_honeytokens_are_attributed_not_counted_nor_written_to(lv: Labvault, ope
     assert not (tmp_path / "out" / "lettres" / f"{canary}.pdf").exists()
     with open(out["mail_merge_csv"], encoding="utf-8-sig") as fh:
         assert canary not in fh.read()
+
+
+def test_notices_are_dated_in_paris_time_and_in_french() -> None:
+    """QA (DPO, breach): the letters and notices printed UTC dates — a leak learnt at
+    00:30 in Paris was 'learnt' the day before, a letter drafted at 00:30 was dated the
+    day before; the ARS report said 'notification initial'."""
+    from datetime import UTC, datetime
+    case = {"case_id": "brc_1", "title": "Fichier", "aware_at": "2026-11-28T23:30:00+00:00",
+            "deadline_at": "2026-12-01T23:30:00+00:00"}
+    lab = {"name": "Laboratoire", "finess": "590000001"}
+    letter = notices.letter(case=case, lab=lab, patient={"sex": "F", "birth_name": "Martin"},
+                            meanings={"nir"}, measures=[], dpo=DPO,
+                            today=datetime(2026, 11, 29, 23, 30, tzinfo=UTC))
+    assert letter["aware_date"] == "29/11/2026" and letter["date"] == "30/11/2026"
+    sev = assess({"nir", "last_name", "birth_date"}, 3, 3)
+    cnil = notices.cnil_notification(
+        case=case, kind="initial", labs=[lab], meanings={"nir"}, persons=3, records=3,
+        severity=sev, dpo=DPO, measures_taken=[], measures_proposed=[],
+        notified_at=datetime(2026, 11, 29, 8, 0, tzinfo=UTC), origin="o", delay_reasons=None)
+    html = notices.render_html("cnil.html", n=cnil)
+    assert "29/11/2026 à 00:30 (heure de Paris)" in html and "T23:30" not in html
+    for kind, word in (("initial", "initiale"), ("complementary", "complémentaire")):
+        ars = notices.ars_report(case=case, labs=[lab], meanings={"nir"}, persons=3, dpo=DPO,
+                                 measures_taken=[], origin="o", cnil_kind=kind)
+        assert ars["cnil_notification"].startswith(f"notification {word} ")
+        assert "29/11/2026 à 00:30" in notices.render_html("ars.html", r=ars)

@@ -786,7 +786,7 @@ class BreachService:
             written.update(self._letters(actor, case, tri, set(meanings), labs_by_id, dpo,
                                          measures, out_dir, now))
         else:
-            ex = {"case_id": case_id, "date": now.strftime("%d/%m/%Y"),
+            ex = {"case_id": case_id, "date": notices.date_fr(now),
                   "reason": cnil["subjects_informed"]["reason"], "rationale": sev["rationale"]}
             p = out_dir / "art34-exemption.pdf"
             notices.render_pdf("exemption.html", p, e=ex)
