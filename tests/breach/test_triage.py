@@ -157,3 +157,18 @@ def test_workers_give_the_same_result(lv: Labvault, operator: Actor, store: Stor
     one = lv.breach.triage(operator, case, [path], workers=1)
     two = lv.breach.triage(operator, case, [path], workers=2)
     assert one["matches"] == two["matches"] and one["matches"]
+
+
+def test_unknown_recipients_refused_before_anything_is_written(lv: Labvault, operator: Actor,
+                                                               store: Store,
+                                                               tmp_path: Path) -> None:
+    """QA (DPO): `--recipients everyone` was taken for 'unknown' and the rationale said
+    'perte de confidentialité , intention…' (an empty phrase)."""
+    from labvault.breach.severity import Circumstances
+    from labvault.errors import UserError
+    path = tmp_path / "d.csv"
+    sd.write_csv(path, sd.make_dump(store.patients[:5], 1, seed=2).rows)
+    case = lv.breach.open_case(operator, "t", lv.now().isoformat())
+    with pytest.raises(UserError, match="unknown recipients 'everyone'"):
+        lv.breach.triage(operator, case, [path], circumstances=Circumstances("everyone"))
+    assert [e["kind"] for e in lv.breach.show(operator, case)["timeline"]] == ["note"]

@@ -24,6 +24,9 @@ IDENTIFYING = frozenset({"nir", "email", "phone", "last_name", "first_name", "bi
 HEALTH = frozenset({"clinical_note", "blood_group", "prescriber", "rpps"})
 
 
+RECIPIENTS = ("none", "known", "unknown")      # who got the data (ENISA CB)
+
+
 @dataclass(frozen=True)
 class Circumstances:
     recipients: str = "unknown"       # none | known | unknown (published / sold)

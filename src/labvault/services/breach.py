@@ -57,7 +57,7 @@ from labvault.breach.matching import (
     fuzzy_tenant,
 )
 from labvault.breach.readers import DumpError, Progress, open_dump
-from labvault.breach.severity import Circumstances, assess
+from labvault.breach.severity import RECIPIENTS, Circumstances, assess
 from labvault.domain.actors import Actor
 from labvault.domain.categories import Action, Category
 from labvault.domain.patient import PatientRecord
@@ -482,6 +482,9 @@ class BreachService:
     def triage(self, actor: Actor, case_id: str, paths: Sequence[Path], fmt: str = "auto",
                progress: Progress | None = None, circumstances: Circumstances | None = None,
                workers: int = 1, keep_evidence: bool = True) -> dict[str, Any]:
+        if circumstances is not None and circumstances.recipients not in RECIPIENTS:
+            raise UserError(f"unknown recipients {circumstances.recipients!r}",
+                            "use --recipients " + " | ".join(RECIPIENTS))
         with self.lv.begin() as conn:
             self._require(conn, case_id)
             self._check(conn, actor, Action.SEARCH, case_id,
