@@ -225,3 +225,15 @@ def test_notices_are_dated_in_paris_time_and_in_french() -> None:
                                  measures_taken=[], origin="o", cnil_kind=kind)
         assert ars["cnil_notification"].startswith(f"notification {word} ")
         assert "29/11/2026 à 00:30" in notices.render_html("ars.html", r=ars)
+
+
+def test_severity_of_a_file_of_strangers_says_so() -> None:
+    """QA (DPO, breach): a clear file in which no patient was found was assessed as
+    'seules des valeurs chiffrées (inintelligibles)… Art. 34(3)(a)'."""
+    nobody = assess(set(), 0, 0)
+    assert not nobody["art34_3a"]["unintelligible"] and not nobody["notify_subjects"]
+    assert "chiffrées" not in nobody["rationale"] and "34(3)(a)" not in nobody["rationale"]
+    assert "Aucun patient de la plateforme" in nobody["rationale"]
+    assert nobody["level"] == "low"
+    sealed = assess(set(), 0, 0, sealed_columns=2)        # a stolen database: ciphertext
+    assert sealed["art34_3a"]["unintelligible"] and "34(3)(a)" in sealed["rationale"]
