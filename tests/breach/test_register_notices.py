@@ -237,3 +237,34 @@ def test_severity_of_a_file_of_strangers_says_so() -> None:
     assert nobody["level"] == "low"
     sealed = assess(set(), 0, 0, sealed_columns=2)        # a stolen database: ciphertext
     assert sealed["art34_3a"]["unintelligible"] and "34(3)(a)" in sealed["rationale"]
+
+
+def test_each_letter_lists_the_data_of_its_patients_file(lv: Labvault, operator: Actor,
+                                                         store: Store, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    """QA (DPO, breach): every letter listed what any file of the case exposed — a patient
+    found in a names-only file was told their NIR and HIV notes had leaked."""
+    seen: dict[str, set[str]] = {}
+    real = notices.letter
+
+    def spy(**kw: object) -> dict[str, object]:
+        seen[kw["patient"]["id"]] = set(kw["meanings"])  # type: ignore[index, call-overload]
+        return real(**kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(notices, "letter", spy)
+    with_notes = _identity_csv(tmp_path / "a.csv", store.patients[:4], notes=True)
+    names_only = tmp_path / "b.csv"
+    with names_only.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["nom", "prenom", "date_naissance"])
+        for _, _, p in store.patients[4:8]:
+            w.writerow([p["birth_name"], p["first_names"][0], p["birth_date"]])
+    cid = lv.breach.open_case(operator, "Fichier sur un forum", lv.now().isoformat())
+    lv.breach.triage(operator, cid, [with_notes, names_only])
+    out = lv.breach.notify(operator, cid, tmp_path / "out", DPO)
+    assert out["letters"] == 8
+    for _, pid, _ in store.patients[:4]:
+        assert {"nir", "clinical_note"} <= seen[pid]
+    for _, pid, _ in store.patients[4:8]:
+        assert seen[pid] == {"last_name", "first_name", "birth_date"}, seen[pid]

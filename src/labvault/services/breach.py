@@ -820,6 +820,7 @@ class BreachService:
         A matched row is known by its file's evidence (the same file triaged again is the
         same evidence) and its row in that file."""
         matches: dict[tuple[Any, ...], dict[str, Any]] = {}
+        held: dict[tuple[str, str], set[str]] = defaultdict(set)
         meanings: set[str] = set()
         cats: dict[str, set[str]] = defaultdict(set)
         attribution: list[dict[str, Any]] = []
@@ -827,7 +828,8 @@ class BreachService:
         for n, tri in enumerate(case["triage"]):
             evidence = tri.get("evidence") or []
             spans = [(f["first_row"], f["first_row"] + f["rows"],
-                      evidence[i] if i < len(evidence) and evidence[i] else (n, i))
+                      evidence[i] if i < len(evidence) and evidence[i] else (n, i),
+                      frozenset(c["detected"] for c in f.get("columns", [])))
                      for i, f in enumerate(tri.get("files", []))]
             for m in tri["matches"]:
                 if m.get("honeytoken"):
@@ -835,6 +837,8 @@ class BreachService:
                 span = next((sp for sp in spans if sp[0] <= m["row"] < sp[1]), None)
                 where = (span[2], m["row"] - span[0]) if span else ((n,), m["row"])
                 matches[(*where, m["tenant_id"], m["patient_id"])] = m
+                if span is not None:         # what this patient's own file holds
+                    held[(m["tenant_id"], m["patient_id"])] |= span[3]
             for t, v in tri["per_tenant"].items():
                 cats[t].update(v["categories"])
             attribution.extend(tri.get("attribution", []))
@@ -846,7 +850,7 @@ class BreachService:
             patients[m["tenant_id"]].add(m["patient_id"])
         records = len({k[:2] for k in matches})
         merged = {"matches": list(matches.values()), "records": records,
-                  "attribution": attribution,
+                  "attribution": attribution, "held": dict(held),
                   "per_tenant": {t: {"patients": len(ids), "categories": sorted(cats[t])}
                                  for t, ids in sorted(patients.items())}}
         last = case["severity"][-1]
@@ -896,7 +900,9 @@ class BreachService:
                 if pid not in opened:
                     continue
                 data = {"id": pid, **PatientRecord.from_categories(opened[pid])}
-                letter = notices.letter(case=case, lab=labs[t], patient=data, meanings=exposed,
+                # the data of *this* patient's file(s), not of every file of the case
+                mine = exposed & tri.get("held", {}).get((t, pid), exposed)
+                letter = notices.letter(case=case, lab=labs[t], patient=data, meanings=mine,
                                         measures=measures, dpo=dpo, today=now)
                 name = f"{pid}.pdf"
                 notices.render_pdf("letter.html", letters_dir / name, l=letter)
