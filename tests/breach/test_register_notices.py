@@ -268,3 +268,17 @@ def test_each_letter_lists_the_data_of_its_patients_file(lv: Labvault, operator:
         assert {"nir", "clinical_note"} <= seen[pid]
     for _, pid, _ in store.patients[4:8]:
         assert seen[pid] == {"last_name", "first_name", "birth_date"}, seen[pid]
+
+
+def test_show_prints_what_each_step_found(lv: Labvault, operator: Actor, store: Store,
+                                          tmp_path: Path) -> None:
+    """QA (DPO, breach): `breach show` printed the triage line of the timeline empty."""
+    from labvault.cli.breach import event_text
+    path = _identity_csv(tmp_path / "a.csv", store.patients[:4], notes=True)
+    cid = lv.breach.open_case(operator, "Fichier sur un forum", lv.now().isoformat())
+    lv.breach.triage(operator, cid, [path])
+    lines = {e["kind"]: event_text(e) for e in lv.breach.show(operator, cid)["timeline"]}
+    assert lines["triage"] == "4 rows, 4 matched: 4 patients in 1 lab(s)"
+    assert lines["severity"].startswith("very high (5.0), 4 persons")
+    assert lines["evidence"].startswith("a.csv (") and "SHA-256" in lines["evidence"]
+    assert lines["note"] == "case opened"
