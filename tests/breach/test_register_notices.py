@@ -183,7 +183,7 @@ def test_honeytokens_are_attributed_not_counted_nor_written_to(lv: Labvault, ope
     t = store.tenants[0]
     canary = lv.guard.plant(operator, t, 1)[0]
     shown = lv.patients.show(operator, canary)
-    leaked = [p for p in store.patients if p[0] == t][:5] + [(t, canary, shown)]
+    leaked = [*[p for p in store.patients if p[0] == t][:5], (t, canary, shown)]
     path = _identity_csv(tmp_path / "d.csv", leaked, notes=True)
     cid = lv.breach.open_case(operator, "Fichier sur un forum", lv.now().isoformat())
     res = lv.breach.triage(operator, cid, [path])

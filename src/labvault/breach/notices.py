@@ -16,7 +16,6 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
-
 from zoneinfo import ZoneInfo
 
 from jinja2 import Environment, select_autoescape
