@@ -282,3 +282,17 @@ def test_show_prints_what_each_step_found(lv: Labvault, operator: Actor, store: 
     assert lines["severity"].startswith("very high (5.0), 4 persons")
     assert lines["evidence"].startswith("a.csv (") and "SHA-256" in lines["evidence"]
     assert lines["note"] == "case opened"
+
+
+def test_a_letter_claims_no_measure_that_was_not_recorded() -> None:
+    """QA (DPO, breach): with no measure recorded, every letter told the patient 'nous avons
+    … demandé le retrait du fichier' — a step nobody had taken."""
+    from datetime import UTC, datetime
+    case = {"case_id": "brc_1", "aware_at": "2026-11-28T10:00:00+00:00"}
+    lab = {"name": "Laboratoire", "finess": "590000001"}
+    kw = {"case": case, "lab": lab, "patient": {"sex": "M"}, "meanings": {"email"},
+          "dpo": DPO, "today": datetime(2026, 11, 29, 10, tzinfo=UTC)}
+    bare = notices.letter(measures=[], **kw)  # type: ignore[arg-type]
+    assert bare["measures"] == ["nous avons notifié l'incident à la CNIL"]
+    done = notices.letter(measures=["serveur de migration isolé"], **kw)  # type: ignore[arg-type]
+    assert done["measures"] == ["serveur de migration isolé"]

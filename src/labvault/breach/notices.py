@@ -276,8 +276,9 @@ def letter(*, case: Mapping[str, Any], lab: Mapping[str, Any], patient: Mapping[
         "aware_date": date_fr(str(case["aware_at"])),
         "categories": [MEANING_FR[k] for k in sorted(m) if k in MEANING_FR and k != "sealed"],
         "consequences": consequences(m),
-        "measures": list(measures) or ["nous avons signalé l'incident à la CNIL et demandé le "
-                                       "retrait du fichier"],
+        # Only what was done: with no measure recorded, the one certain step is the
+        # notification to the CNIL written with this letter (no withdrawal claimed).
+        "measures": list(measures) or ["nous avons notifié l'incident à la CNIL"],
         "advice": [ADVICE[k] for k in ADVICE if k in m] or
         ["Restez vigilant face aux sollicitations inhabituelles qui citent le laboratoire."],
         "dpo": dict(dpo),
