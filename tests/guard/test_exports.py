@@ -227,6 +227,20 @@ def test_identify_from_row_ids_or_decoys_alone(glv: Labvault, tenant_id: str) ->
     assert found["export_id"] == res["export_id"] and found["evidence"]["decoys"] == 1
 
 
+def test_identify_counts_decoy_rows_not_their_identifiers(glv: Labvault,
+                                                           tenant_id: str) -> None:
+    """QA (DPO, breach): one decoy row with its NIR, e-mail and phone was reported as
+    "decoys": 3 in the evidence (and in breach triage's attribution)."""
+    import_people(glv, tenant_id, 50)
+    key = x25519.Identity.generate()
+    res = _export(glv, tenant_id, key.to_public(), ["nir", "email", "phone"])
+    decoys = [r for r in _rows(res["file"], key) if is_canary_nir(r["nir"])]
+    one = (json.dumps({k: decoys[0][k] for k in ("nir", "email", "phone")}) + "\n").encode()
+    assert glv.guard.exports.identify(Actor.operator(), one)["evidence"]["decoys"] == 1
+    both = "".join(json.dumps(d) + "\n" for d in decoys[:2]).encode()
+    assert glv.guard.exports.identify(Actor.operator(), both)["evidence"]["decoys"] == 2
+
+
 def test_staff_cannot_identify_other_labs(glv: Labvault, tenant_id: str) -> None:
     import_people(glv, tenant_id, 3)
     key = x25519.Identity.generate()

@@ -492,12 +492,17 @@ class ExportService:
                 assert ver is not None
                 idx_key = lv.keyring.blind_index_key(tenant_id, ver)
                 digests = [_row_digests(idx_key, r) for r in rows]
+                # decoy *rows* per export: one row's NIR, e-mail and phone are one decoy
+                decoy_rows: dict[str, set[int]] = {}
                 for kind in (bi.NIR, bi.EMAIL, bi.PHONE):
                     ds = [d[kind] for d in digests if kind in d]
-                    for eids in grepo.find_decoys(conn, tenant_id, kind, ds).values():
-                        for eid in eids:
+                    hits = grepo.find_decoys(conn, tenant_id, kind, ds)
+                    for i, d in enumerate(digests):
+                        for eid in hits.get(d.get(kind, b""), ()):
                             if eid in evidence:
-                                evidence[eid]["decoys"] += 1
+                                decoy_rows.setdefault(eid, set()).add(i)
+                for eid, found in decoy_rows.items():
+                    evidence[eid]["decoys"] = len(found)
                 patients = _map_rows(conn, tenant_id, digests)
                 lv.gate.check(conn, Access(actor, Action.READ, tenant_id, frozenset(),
                                            purpose="breach",
