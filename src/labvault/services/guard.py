@@ -124,9 +124,10 @@ class GuardService:
 
     def alert(self, conn: Connection, tenant_id: str | None, kind: str, actor: Actor | None,
               detail: Mapping[str, Any], durable: bool = False,
-              severity: str | None = None) -> str | None:
+              severity: str | None = None, subject: str | None = None) -> str | None:
         """Raise an alert in the caller's transaction; ``durable``: also when that
-        transaction rolls back (alerts raised on a path that refuses the request)."""
+        transaction rolls back (alerts raised on a path that refuses the request);
+        ``subject``: merged only with an open alert about the same subject."""
         from labvault.services.alerts import AlertService
         sev = severity or rules.RULES[kind].severity
         sink = self.lv.alerts
@@ -135,10 +136,10 @@ class GuardService:
         if sink.recently_raised(tenant_id, kind, actor.id if actor else None) \
                 and sev != "critical":
             return None
-        alert_id = sink._raise(conn, conn, tenant_id, kind, sev, actor, detail)
+        alert_id = sink._raise(conn, conn, tenant_id, kind, sev, actor, detail, subject=subject)
         if durable:
             self.on_rollback(lambda c: sink._raise(c, c, tenant_id, kind, sev, actor, detail,
-                                                   dispatch=False))
+                                                   dispatch=False, subject=subject))
         return alert_id
 
     # -- transactions (a TxObserver of ``lv.begin``) -------------------------------------------------
@@ -663,9 +664,12 @@ class GuardBudget:
         if ids and action in WATCHED and actor.kind != "system":
             hits = g.canary_hits(conn, t, ids)
             if hits:
+                # Merged per account *and* honeytokens: a second honeytoken touched within
+                # the window is an alert naming it, not a count on the first one's.
                 g.alert(conn, t, f"canary.{action.value}", actor,
                         {"patients": hits, "purpose": access.purpose,
-                         "resource": access.resource})
+                         "resource": access.resource},
+                        subject=f"{actor.id}|{','.join(sorted(hits))}")
         if actor.kind not in ("staff", "patient") or action not in WATCHED:
             return
         now = time.time()
