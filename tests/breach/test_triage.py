@@ -210,3 +210,22 @@ def test_a_row_is_one_person_namesakes_and_shared_contacts(lv: Labvault, operato
     names = {v: k for k, v in ids.items()}
     got = sorted((m["row"], names[m["patient_id"]]) for m in res["matches"])
     assert got == [(1, "a"), (2, "child"), (3, "a"), (3, "b")]
+
+
+def test_a_refused_file_leaves_nothing_in_the_case(lv: Labvault, operator: Actor, store: Store,
+                                                   tmp_path: Path) -> None:
+    """QA (DPO): a triage refused for a truncated file (exit 2) had already filed the good
+    file given with it and the bad one as evidence — a half-written case."""
+    from labvault.breach.readers import DumpError
+    good = tmp_path / "d.csv"
+    sd.write_csv(good, sd.make_dump(store.patients[:5], 1, seed=2).rows)
+    bad = tmp_path / "bad.json"
+    bad.write_text('[{"nom": "Martin", ')
+    case = lv.breach.open_case(operator, "t", lv.now().isoformat())
+    with pytest.raises(DumpError, match="invalid JSON"):
+        lv.breach.triage(operator, case, [good, bad])
+    assert [e["kind"] for e in lv.breach.show(operator, case)["timeline"]] == ["note"]
+    stored = lv.settings.data_dir / "breach" / case
+    assert not stored.exists() or not any(stored.iterdir())
+    res = lv.breach.triage(operator, case, [good])
+    assert res["matches"] and len(lv.breach.show(operator, case)["evidence"]) == 1

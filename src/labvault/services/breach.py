@@ -491,10 +491,12 @@ class BreachService:
                         categories=(Category.IDENTITY, Category.CONTACT))
             brepo.purge_orphan_encodings(conn)
         clock = _PhaseClock()
-        evidence = [self.add_evidence(actor, case_id, Path(p)) for p in paths] \
-            if keep_evidence else []
         rows, files, cols = self.read_dumps(paths, fmt, progress)
         clock.lap("read")
+        # Kept once every file was read: a file refused (truncated, not a dump) leaves
+        # nothing in the case — no evidence event, no sealed copy.
+        evidence = [self.add_evidence(actor, case_id, Path(p)) for p in paths] \
+            if keep_evidence else []
         tenants = self._tenants()
         # The rows live until the end: keep the cyclic GC from rescanning them (and,
         # in forked workers, from touching their pages) — up to the end of the summary:
