@@ -66,3 +66,34 @@ def test_cli_audit_commands(env: dict[str, str], tmp_path: Path) -> None:
     assert res["failures"][0]["kind"] == "mac-mismatch"
     code, _ = run(env, "audit", "register", "--format", "xml")
     assert code == 2
+
+
+def test_cli_access_and_report_are_readable_without_json(env: dict[str, str]) -> None:
+    """QA (DPO): on a piped or narrow output the access table cut the time to
+    '2026-11-…' (when — the column the DPO needs), and `audit report` without --json
+    printed counts only, no entry."""
+    from datetime import UTC, datetime
+    code, out = run(env, "demo", "--labs", "1", "--patients", "3", "--json")
+    assert code == 0, out
+    db = sqlite3.connect(Path(env["LABVAULT_DATA_DIR"]) / "labvault.db")
+    pid = db.execute("select patient_id from patients limit 1").fetchone()[0]
+    assert run(env, "patient", "show", pid, "--json")[0] == 0
+    code, out = run(env, "audit", "access", "--patient", pid, "--json")
+    stamps = [datetime.fromisoformat(r["at"]).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+              for r in json.loads(out)]
+    code, out = run(env, "audit", "access", "--patient", pid)
+    assert code == 0 and stamps and all(s in out for s in stamps), out
+    code, out = run(env, "audit", "report", "--user", _operator(db), "--json")
+    items = json.loads(out)["items"]
+    code, out = run(env, "audit", "report", "--user", _operator(db))
+    assert code == 0
+    lines = [ln for ln in out.splitlines() if ln[:4].isdigit()]
+    assert len(lines) == len(items) + 1 >= 3     # + the --json report's own audited read
+    read = next(it for it in items if it["action"] == "read" and pid in it["patient_ids"])
+    assert any(ln.startswith(datetime.fromisoformat(read["at"]).astimezone(UTC).strftime(
+        "%Y-%m-%d %H:%M:%S UTC  read allowed  patient")) for ln in lines), out
+
+
+def _operator(db: sqlite3.Connection) -> str:
+    return str(db.execute("select actor_id from audit_entries where actor_id like 'os:%' "
+                          "limit 1").fetchone()[0])

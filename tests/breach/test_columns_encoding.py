@@ -89,9 +89,32 @@ def test_normalise_nir_agrees_with_stdnum(value: str) -> None:
     from labvault.breach.columns import normalise_nir
     v = "".join(c for c in value if c not in " .-\t\n\r\x0b\x0c").upper()
     expected = v if len(v) == 15 and stdnum_nir.is_valid(v) else None
-    if len(v) == 13 and len(value) < 20:
-        expected = None
+    if len(v) == 13:                           # without its key: completed when it can be
+        full = v + stdnum_nir.calc_check_digits(v) if _nir13(v) else ""
+        expected = full if full and stdnum_nir.is_valid(full) else None
     assert normalise_nir(value) == expected
+
+
+def _nir13(v: str) -> bool:
+    """The shape of a NIR without its key: sex, year, month (INSEE), department."""
+    if not (v[:5].isdigit() and v[7:].isdigit() and (v[5:7].isdigit() or v[5:7] in ("2A", "2B"))):
+        return False
+    month = int(v[3:5])
+    return v[0] in "12" and (1 <= month <= 12 or 20 <= month <= 42 or month >= 50)
+
+
+def test_nir_without_its_key_is_completed() -> None:
+    """QA (DPO, breach): a leak of 13-digit NIRs (key kept apart, as old systems do) was
+    neither detected as NIRs nor matched — the notification would not have said NIRs
+    leaked."""
+    from labvault.breach.columns import detect, normalise_nir
+    nirs = [p["nir"] for p in people(40, seed=6)]
+    assert [normalise_nir(n[:13]) for n in nirs] == nirs
+    assert normalise_nir(f"{nirs[0][0]} {nirs[0][1:3]} {nirs[0][3:5]} {nirs[0][5:13]}") == nirs[0]
+    assert normalise_nir("3400936543213") is None        # a drug code (CIP13)
+    assert normalise_nir("0033612345678") is None        # a phone number
+    (col,) = detect(["secu"], [[n[:13]] for n in nirs])
+    assert col.detected == "nir"
 
 
 def test_normalise_nir_accepts_synthetic_and_corsican() -> None:

@@ -94,6 +94,9 @@ def test_json_and_ndjson(tmp_path: Path) -> None:
     (b"{\"a\": \"" + b"x" * (2 << 20) + b"\"}\n", "ndjson", "longer than"),
     (b"INSERT INTO t VALUES ('unterminated);\n", "sql", "quoted string"),
     (b"\xd0\xcf\x11\xe0" + b"\0" * 100, "auto", "legacy binary"),
+    # QA (DPO): binary garbage was read as a one-row CSV and scored "unintelligible"
+    (b"\x00\x01\x02garbage\xff\xfe", "auto", "NUL bytes"),
+    ("nom;prenom\nMartin;Jeanne\n".encode("utf-16-le"), "auto", "UTF-16 without"),
 ])
 def test_hostile_files_give_typed_errors(tmp_path: Path, content: bytes, fmt: str,
                                          message: str) -> None:

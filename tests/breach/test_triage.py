@@ -157,3 +157,75 @@ def test_workers_give_the_same_result(lv: Labvault, operator: Actor, store: Stor
     one = lv.breach.triage(operator, case, [path], workers=1)
     two = lv.breach.triage(operator, case, [path], workers=2)
     assert one["matches"] == two["matches"] and one["matches"]
+
+
+def test_unknown_recipients_refused_before_anything_is_written(lv: Labvault, operator: Actor,
+                                                               store: Store,
+                                                               tmp_path: Path) -> None:
+    """QA (DPO): `--recipients everyone` was taken for 'unknown' and the rationale said
+    'perte de confidentialité , intention…' (an empty phrase)."""
+    from labvault.breach.severity import Circumstances
+    from labvault.errors import UserError
+    path = tmp_path / "d.csv"
+    sd.write_csv(path, sd.make_dump(store.patients[:5], 1, seed=2).rows)
+    case = lv.breach.open_case(operator, "t", lv.now().isoformat())
+    with pytest.raises(UserError, match="unknown recipients 'everyone'"):
+        lv.breach.triage(operator, case, [path], circumstances=Circumstances("everyone"))
+    assert [e["kind"] for e in lv.breach.show(operator, case)["timeline"]] == ["note"]
+
+
+def test_a_row_is_one_person_namesakes_and_shared_contacts(lv: Labvault, operator: Actor,
+                                                          tmp_path: Path) -> None:
+    """QA (DPO): a leaked row matched every patient of the lab with the same name, first
+    name and birth date — a namesake born the same day got a letter although the row's NIR
+    named the other — and a parent whose phone and e-mail are on the child's record was
+    matched by the child's row."""
+    import csv
+    from datetime import date
+
+    from labvault.synthetic import make_finess, make_nir, people, strip_none
+    t = lv.tenants.add(operator, "Laboratoire", make_finess(__import__("random").Random(1))
+                       ).tenant_id
+    a, b, parent, child = (strip_none(p) for p in people(4, seed=41))
+    # b: a's namesake born the same day (another person: own NIR, phone, e-mail)
+    b.update(birth_name=a["birth_name"], first_names=a["first_names"], used_name=None,
+             birth_date=a["birth_date"], sex=a["sex"],
+             nir=make_nir(a["sex"], date.fromisoformat(a["birth_date"]),
+                          b["birth_place_insee"], 77))
+    child.update(phone=parent["phone"], email=parent["email"])    # the parent's contacts
+    rep = lv.patients.import_lines(operator, t, [json.dumps(strip_none(p))
+                                                 for p in (a, b, parent, child)])
+    ids = dict(zip(("a", "b", "parent", "child"), rep.ids, strict=True))
+    path = tmp_path / "leak.csv"
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["nom", "prenom", "date_naissance", "nir", "telephone", "email"])
+        for p in (a, child):
+            w.writerow([p["birth_name"], p["first_names"][0], p["birth_date"], p["nir"],
+                        p["phone"], p["email"]])
+        # the namesakes' row without any identifier: nothing tells them apart, both stay
+        w.writerow([a["birth_name"], a["first_names"][0], a["birth_date"], "", "", ""])
+    case = lv.breach.open_case(operator, "t", lv.now().isoformat())
+    res = lv.breach.triage(operator, case, [path])
+    names = {v: k for k, v in ids.items()}
+    got = sorted((m["row"], names[m["patient_id"]]) for m in res["matches"])
+    assert got == [(1, "a"), (2, "child"), (3, "a"), (3, "b")]
+
+
+def test_a_refused_file_leaves_nothing_in_the_case(lv: Labvault, operator: Actor, store: Store,
+                                                   tmp_path: Path) -> None:
+    """QA (DPO): a triage refused for a truncated file (exit 2) had already filed the good
+    file given with it and the bad one as evidence — a half-written case."""
+    from labvault.breach.readers import DumpError
+    good = tmp_path / "d.csv"
+    sd.write_csv(good, sd.make_dump(store.patients[:5], 1, seed=2).rows)
+    bad = tmp_path / "bad.json"
+    bad.write_text('[{"nom": "Martin", ')
+    case = lv.breach.open_case(operator, "t", lv.now().isoformat())
+    with pytest.raises(DumpError, match="invalid JSON"):
+        lv.breach.triage(operator, case, [good, bad])
+    assert [e["kind"] for e in lv.breach.show(operator, case)["timeline"]] == ["note"]
+    stored = lv.settings.data_dir / "breach" / case
+    assert not stored.exists() or not any(stored.iterdir())
+    res = lv.breach.triage(operator, case, [good])
+    assert res["matches"] and len(lv.breach.show(operator, case)["evidence"]) == 1

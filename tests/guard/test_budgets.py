@@ -194,3 +194,25 @@ def test_db_marks_shared_between_workers(glv: Labvault, tenant_id: str) -> None:
             glv.patients.show(user, pid)
             got += 1
     assert got == 2
+
+
+def test_release_by_another_process_restores_access(glv: Labvault, tenant_id: str,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """QA (DPO): `labvault guard release` runs in its own process; the server that had
+    suspended the account kept counting the reads that suspended it (in memory and in
+    ``guard_marks``), so the released account was suspended again by its first read."""
+    from labvault.services.guard import GuardService
+    monkeypatch.setattr(budgets, "SYNC_SECONDS", 0.0)     # no 5 s wait in the test
+    glv.guard.set_config(Actor.operator(), tenant_id, "budget.reception.10m", "3")
+    ids = import_people(glv, tenant_id, 6)
+    user = staff(tenant_id, ident="acct_released")
+    assert _read_until_refused(glv, user, ids) == 3
+    with glv.begin() as conn:
+        glv.guard.marks.flush(conn, time.time())          # the server's marks in the table
+    GuardService(glv).release(Actor.operator(), tenant_id, user.id)   # "the CLI process"
+    assert glv.patients.show(user, ids[4])["id"] == ids[4]
+    assert glv.patients.show(user, ids[0])["id"] == ids[0]
+    glv.guard.marks = budgets.DbMarkStore()               # a worker started after the release
+    assert glv.patients.show(user, ids[5])["id"] == ids[5]
+    with glv.begin() as conn:
+        assert not glv.guard.is_suspended(conn, user.id)

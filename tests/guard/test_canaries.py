@@ -98,3 +98,20 @@ def test_canary_orders_stay_out_of_worklists(glv: Labvault, tenant_id: str) -> N
         glv.lab.create_order(op, tenant_id, pid, order)
     listed = {row["patient_id"] for row in glv.lab.worklist(op, tenant_id)}
     assert listed == set(real)
+
+
+def test_each_honeytoken_an_account_touches_is_named(glv: Labvault, tenant_id: str) -> None:
+    """QA (DPO): a second honeytoken read by the same account within the merge window only
+    bumped the first one's alert, which named the first honeytoken alone."""
+    import_people(glv, tenant_id, 3)
+    first, second = _plant(glv, tenant_id, 2)
+    thief = staff(tenant_id, role="biologist", ident="acct_thief")
+    glv.patients.show(thief, first)
+    glv.patients.show(thief, second)
+    glv.patients.show(thief, first)                      # the same one again: merged
+    reads = alerts_of(glv, tenant_id, "canary.read")
+    named = {tuple(a["detail"]["detail"]["patients"]): a["count"] for a in reads}
+    assert named == {(first,): 2, (second,): 1}
+    assert {a["actor_id"] for a in reads} == {"acct_thief"}
+    glv.patients.show(staff(tenant_id, role="biologist", ident="acct_other"), first)
+    assert len(alerts_of(glv, tenant_id, "canary.read")) == 3   # another account: its own

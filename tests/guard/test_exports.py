@@ -227,6 +227,20 @@ def test_identify_from_row_ids_or_decoys_alone(glv: Labvault, tenant_id: str) ->
     assert found["export_id"] == res["export_id"] and found["evidence"]["decoys"] == 1
 
 
+def test_identify_counts_decoy_rows_not_their_identifiers(glv: Labvault,
+                                                           tenant_id: str) -> None:
+    """QA (DPO, breach): one decoy row with its NIR, e-mail and phone was reported as
+    "decoys": 3 in the evidence (and in breach triage's attribution)."""
+    import_people(glv, tenant_id, 50)
+    key = x25519.Identity.generate()
+    res = _export(glv, tenant_id, key.to_public(), ["nir", "email", "phone"])
+    decoys = [r for r in _rows(res["file"], key) if is_canary_nir(r["nir"])]
+    one = (json.dumps({k: decoys[0][k] for k in ("nir", "email", "phone")}) + "\n").encode()
+    assert glv.guard.exports.identify(Actor.operator(), one)["evidence"]["decoys"] == 1
+    both = "".join(json.dumps(d) + "\n" for d in decoys[:2]).encode()
+    assert glv.guard.exports.identify(Actor.operator(), both)["evidence"]["decoys"] == 2
+
+
 def test_staff_cannot_identify_other_labs(glv: Labvault, tenant_id: str) -> None:
     import_people(glv, tenant_id, 3)
     key = x25519.Identity.generate()
@@ -288,3 +302,26 @@ def test_parse_leak_decodes_strictly() -> None:
     mixed = b"nom;nir\n" + b"Martin;1\n" * 10_000 + "Lefèvre;2\n".encode("cp1252")
     with pytest.raises(DumpError, match="is not utf-8"):            # UTF-8 head, cp1252 tail
         parse_leak(mixed)
+
+
+def test_identify_a_retyped_leak_with_renamed_columns(glv: Labvault, tenant_id: str) -> None:
+    """QA (DPO, breach): a leak re-typed by its seller (columns NIR, NOM, PRENOM,
+    DATE_NAISS, TEL, MAIL; ';'; cp1252) was attributed to no export — not even by the
+    decoy row it carried — so breach triage named no source."""
+    import_people(glv, tenant_id, 40)
+    key = x25519.Identity.generate()
+    res = _export(glv, tenant_id, key.to_public(),
+                  ["birth_name", "first_names", "birth_date", "nir", "phone", "email"])
+    rows = _rows(res["file"], key)
+    out = io.StringIO()
+    w = csv.writer(out, delimiter=";")
+    w.writerow(["NIR", "NOM", "PRENOM", "DATE_NAISS", "TEL", "MAIL"])
+    for r in rows[::3]:
+        w.writerow([r["nir"], r["birth_name"], r["first_names"][0], r["birth_date"],
+                    r["phone"], r["email"]])
+    found = glv.guard.exports.identify(Actor.operator(), out.getvalue().encode("cp1252"))
+    assert found["export_id"] == res["export_id"]
+    assert found["evidence"]["p_value"] < 1e-12
+    decoy = next(r for r in rows if is_canary_nir(r["nir"]))
+    one = f"Numéro sécu;Nom\n{decoy['nir']};{decoy['birth_name']}\n".encode()
+    assert glv.guard.exports.identify(Actor.operator(), one)["export_id"] == res["export_id"]

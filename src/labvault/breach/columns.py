@@ -140,13 +140,23 @@ def parse_date(value: str) -> date | None:
 # A NIR as python-stdnum accepts it once cleaned: 15 ASCII digits, or 2A/2B (Corsica)
 # in the department's place.
 _NIR_SHAPE = re.compile(r"[0-9]{5}(?:[0-9]{2}|2A|2B)[0-9]{8}")
+# Without its key (old systems keep the 13 digits and the key apart): sex 1 or 2 (not the
+# rarer 3, 4, 7, 8: drug codes CIP13 start with 3400, other EAN-13 with 3-9), birth month
+# 01-12, 20-42 or 50-99 (INSEE), a department — what a random 13-digit number rarely is,
+# so a column of other ids is not taken for NIRs.
+_NIR13_SHAPE = re.compile(r"[12][0-9]{2}(?:0[1-9]|1[0-2]|[2-3][0-9]|4[0-2]|[5-9][0-9])"
+                          r"(?:[0-9]{2}|2A|2B)[0-9]{6}")
 _NIR_SEPARATORS = re.compile(r"[\s.\-]")
 
 
 def normalise_nir(value: str) -> str | None:
+    """A NIR in any usual writing -> its 15 characters (key checked), else None. A NIR
+    written without its key is completed with it (the key is computed, not secret): a
+    leak of 13-digit NIRs exposes NIRs and matches like any other."""
     v = _NIR_SEPARATORS.sub("", value).upper()
-    if len(v) == 13 and len(value) < 20:
-        return None                      # NIR without its key: cannot validate
+    if len(v) == 13 and _NIR13_SHAPE.fullmatch(v):
+        v += stdnum_nir.calc_check_digits(v)
+        return v if stdnum_nir.is_valid(v) else None
     if len(v) != 15 or not _NIR_SHAPE.fullmatch(v):
         return None
     # python-stdnum's own key computation on a value already in its compact form

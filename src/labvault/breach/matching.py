@@ -266,7 +266,7 @@ def exact_tenant(prep: ExactPrep, tenant_id: str, index_key: bytes,
         r = int(prep.row[m])
         if r != current:
             out.extend(Match(current, tenant_id, pid, "exact", tuple(ks), 1.0)
-                       for pid, ks in found.items())
+                       for pid, ks in _one_person(found))
             found = {}
             current = r
         key = KEY_NAMES[prep.kinds[m]]
@@ -275,8 +275,20 @@ def exact_tenant(prep: ExactPrep, tenant_id: str, index_key: bytes,
             if key not in ks:
                 ks.append(key)
     out.extend(Match(current, tenant_id, pid, "exact", tuple(ks), 1.0)
-               for pid, ks in found.items())
+               for pid, ks in _one_person(found))
     return out
+
+
+def _one_person(found: dict[str, list[str]]) -> list[tuple[str, list[str]]]:
+    """A row is one person: a patient whose matched keys are a strict subset of another
+    patient's for the same row is someone else who shares them — a namesake born the same
+    day (name + birth date only, while the NIR names the other), a parent whose phone and
+    e-mail are on a child's record. Equal key sets stay (nothing tells them apart)."""
+    if len(found) < 2:
+        return list(found.items())
+    sets = {pid: frozenset(ks) for pid, ks in found.items()}
+    return [(pid, ks) for pid, ks in found.items()
+            if not any(sets[pid] < other for other in sets.values())]
 
 
 # -- fuzzy tier ----------------------------------------------------------------------------------

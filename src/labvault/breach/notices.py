@@ -16,10 +16,15 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from jinja2 import Environment, select_autoescape
 
 from labvault.breach.severity import LEVEL_FR
+
+# The notices are read in France: their dates are the laboratories' (Paris) dates, not
+# UTC ones — a leak learnt at 00:30 in Paris was learnt that day, not the day before.
+PARIS = ZoneInfo("Europe/Paris")
 
 # GDPR Art. 33(3): the items a notification must at least contain, and where each is.
 ART33_ITEMS: dict[str, tuple[str, ...]] = {
@@ -114,10 +119,24 @@ def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[object]
     return n
 
 
+def date_fr(value: datetime | str) -> str:
+    """``29/11/2026``, the Paris date of an instant (ISO text or aware datetime)."""
+    d = datetime.fromisoformat(value) if isinstance(value, str) else value
+    return d.astimezone(PARIS).strftime("%d/%m/%Y")
+
+
+def datetime_fr(value: datetime | str) -> str:
+    """``29/11/2026 à 00:30 (heure de Paris)``."""
+    d = datetime.fromisoformat(value) if isinstance(value, str) else value
+    return d.astimezone(PARIS).strftime("%d/%m/%Y à %H:%M (heure de Paris)")
+
+
 @lru_cache(maxsize=1)
 def _env() -> Environment:
-    return Environment(autoescape=select_autoescape(default=True, default_for_string=True),
-                       trim_blocks=True, lstrip_blocks=True)
+    env = Environment(autoescape=select_autoescape(default=True, default_for_string=True),
+                      trim_blocks=True, lstrip_blocks=True)
+    env.filters["datetime_fr"] = datetime_fr
+    return env
 
 
 def _template(name: str) -> str:
@@ -232,7 +251,8 @@ def ars_report(*, case: Mapping[str, Any], labs: Sequence[Mapping[str, Any]],
         "persons_approx": persons,
         "origin": origin,
         "measures_taken": list(measures_taken) or ["analyse du fichier divulgué (triage)"],
-        "cnil_notification": f"notification {cnil_kind} adressée à la CNIL (article 33 RGPD)",
+        "cnil_notification": "notification {} adressée à la CNIL (article 33 RGPD)".format(
+            "initiale" if cnil_kind == "initial" else "complémentaire"),
         "contact": {"name": dpo.get("name", ""), "email": dpo.get("email", ""),
                     "phone": dpo.get("phone", "")},
     }
@@ -252,12 +272,13 @@ def letter(*, case: Mapping[str, Any], lab: Mapping[str, Any], patient: Mapping[
         "address_line": addr.get("line", ""), "postcode": addr.get("postal_code", ""),
         "city": addr.get("city", ""),
         "salutation": civ,
-        "date": today.strftime("%d/%m/%Y"),
-        "aware_date": datetime.fromisoformat(str(case["aware_at"])).strftime("%d/%m/%Y"),
+        "date": date_fr(today),
+        "aware_date": date_fr(str(case["aware_at"])),
         "categories": [MEANING_FR[k] for k in sorted(m) if k in MEANING_FR and k != "sealed"],
         "consequences": consequences(m),
-        "measures": list(measures) or ["nous avons signalé l'incident à la CNIL et demandé le "
-                                       "retrait du fichier"],
+        # Only what was done: with no measure recorded, the one certain step is the
+        # notification to the CNIL written with this letter (no withdrawal claimed).
+        "measures": list(measures) or ["nous avons notifié l'incident à la CNIL"],
         "advice": [ADVICE[k] for k in ADVICE if k in m] or
         ["Restez vigilant face aux sollicitations inhabituelles qui citent le laboratoire."],
         "dpo": dict(dpo),

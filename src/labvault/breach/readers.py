@@ -146,6 +146,13 @@ def open_dump(path: Path, fmt: str = "auto", progress: Progress | None = None) -
     if fmt == "xlsx":
         return _xlsx(path)
     enc = detect_encoding(head)
+    if b"\x00" in head and enc != "utf-16":
+        # Text has no NUL: this is a binary file, or UTF-16 without its byte-order mark,
+        # which would be read as one row of garbage scored "unintelligible".
+        raise DumpError(f"{path.name}: NUL bytes — not a text dump (a binary file, or "
+                        "UTF-16 without a byte-order mark)",
+                        "convert it to UTF-8 (e.g. iconv -f UTF-16LE -t UTF-8), or export "
+                        "it as CSV from the program that wrote it")
     if fmt == "csv":
         return _csv(path, head, enc, progress)
     if fmt in ("ndjson", "json"):

@@ -24,6 +24,9 @@ IDENTIFYING = frozenset({"nir", "email", "phone", "last_name", "first_name", "bi
 HEALTH = frozenset({"clinical_note", "blood_group", "prescriber", "rpps"})
 
 
+RECIPIENTS = ("none", "known", "unknown")      # who got the data (ENISA CB)
+
+
 @dataclass(frozen=True)
 class Circumstances:
     recipients: str = "unknown"       # none | known | unknown (published / sold)
@@ -53,8 +56,9 @@ def assess(meanings: Collection[str], persons: int, records: int,
     m = set(meanings)
     why: list[str] = []
     unintelligible = not (m - {"sealed"}) and (sealed_columns > 0 or "sealed" in m)
-    if not m - {"sealed"} and not unintelligible:
-        unintelligible = True
+    # No patient of the platform found in a clear file: nothing of theirs is exposed — which
+    # is not "unintelligible data" (Art. 34(3)(a)), the rationale must not say so.
+    nobody = not m and not unintelligible
     # -- DPC ------------------------------------------------------------------------------
     adjustments: list[tuple[float, str]] = []
     if "clinical_note" in m:
@@ -74,6 +78,9 @@ def assess(meanings: Collection[str], persons: int, records: int,
     elif unintelligible:
         base = 1.0
         why.append("seules des valeurs chiffrées (inintelligibles) sont exposées : DPC 1")
+    elif nobody:
+        base = 1.0
+        why.append("aucune donnée d'un patient identifié n'est exposée : DPC 1")
     else:
         base = 1.0
         why.append("données d'identification et de contact : données simples, DPC de base 1")
@@ -81,12 +88,14 @@ def assess(meanings: Collection[str], persons: int, records: int,
         adjustments.append((1.0, "NIR exposé (identifiant national, usurpation d'identité) : +1"))
     if base < 4 and ("password" in m):
         adjustments.append((1.0, "mots de passe en clair (prise de contrôle de comptes) : +1"))
-    if base < 4 and persons >= 10_000 and not unintelligible:
+    if base < 4 and persons >= 10_000 and not unintelligible and not nobody:
         adjustments.append((0.5, f"volume ({persons} personnes) permettant le profilage : +0,5"))
     dpc = max(1.0, min(4.0, base + sum(a for a, _ in adjustments)))
     # -- EI -------------------------------------------------------------------------------
     if unintelligible:
         ei, ei_why = 0.25, "négligeable : valeurs chiffrées, aucune clé divulguée"
+    elif nobody:
+        ei, ei_why = 0.25, "négligeable : aucun patient identifié dans le fichier"
     elif "nir" in m or ({"last_name", "birth_date"} <= m) or ({"last_name", "address"} <= m):
         ei, ei_why = 1.0, "maximale : NIR ou nom avec date de naissance / adresse"
     elif {"last_name", "first_name"} <= m or "email" in m:
@@ -100,7 +109,7 @@ def assess(meanings: Collection[str], persons: int, records: int,
     cb = conf + c.integrity + c.availability + (0.5 if c.malicious else 0.0)
     score = round(dpc * ei + cb, 2)
     level = level_of(score)
-    art34_required = level in ("high", "very high") and not unintelligible
+    art34_required = level in ("high", "very high") and not unintelligible and not nobody
     rationale = (
         f"Méthode ENISA 2013 : SE = DPC × EI + CB = {dpc:g} × {ei:g} + {cb:g} = {score:g} "
         f"(niveau {LEVEL_FR[level]}). DPC : " + "; ".join(why + [t for _, t in adjustments])
@@ -112,6 +121,9 @@ def assess(meanings: Collection[str], persons: int, records: int,
         + ("Art. 34(3)(a) : les données exposées étaient inintelligibles (chiffrées, clés non "
            "compromises) : la communication aux personnes n'est pas requise."
            if unintelligible else
+           "Aucun patient de la plateforme n'a été retrouvé dans le fichier : aucune personne "
+           "à informer (Art. 34)."
+           if nobody else
            ("Risque élevé pour les droits et libertés : communication aux personnes requise "
             "(Art. 34(1))." if art34_required else
             "Risque non élevé : notification à la CNIL (Art. 33) sans communication "
@@ -131,10 +143,11 @@ def assess(meanings: Collection[str], persons: int, records: int,
         "art34_3a": {"unintelligible": unintelligible,
                      "reason": ("toutes les valeurs exposées sont des blobs chiffrés"
                                 if unintelligible else
+                                "aucun patient identifié" if nobody else
                                 "des valeurs lisibles sont exposées")},
         # Art. 33(1): no notification if the breach is unlikely to result in a risk -
         # the case when every exposed value is unintelligible (keys not compromised).
-        "notify_authority": not unintelligible,
+        "notify_authority": not unintelligible and not nobody,
         "notify_subjects": art34_required,
         "persons": persons,
         "records": records,

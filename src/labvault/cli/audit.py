@@ -8,7 +8,8 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 import typer
-from rich.table import Table
+from rich.console import Console
+from rich.table import Column, Table
 
 from labvault.cli._common import (
     JsonOpt,
@@ -38,6 +39,11 @@ def _when(value: str | None) -> datetime | None:
     except ValueError:
         raise UserError(f"{value!r} is not a date", "use YYYY-MM-DD or an ISO 8601 time") from None
     return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+def _at(value: str) -> str:
+    """An entry's time for a table cell, whole on one line: ``2026-11-29 08:12:31 UTC``."""
+    return datetime.fromisoformat(value).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 @app.command("verify")
@@ -159,11 +165,17 @@ def access(patient: str = typer.Option(..., "--patient", help="Patient id (pt_..
         rows = audit_of(lv).access_log(Actor.operator(), patient, include_denied, _when(since))
 
     def human() -> None:
-        t = Table("when", "who", "action", "resource", "categories", "purpose", "outcome")
+        # Cells wrap rather than end in "…": a narrow or piped output keeps every word.
+        t = Table(Column("when (UTC)", no_wrap=True),
+                  *(Column(h, overflow="fold", min_width=len(h))
+                    for h in ("who", "action", "resource", "categories", "purpose",
+                              "outcome")))
         for r in rows:
-            t.add_row(r["at"], r["who"], r["action"], r["resource"] or "",
-                      ", ".join(r["categories"]), r["purpose"] or "", r["outcome"])
-        out_console.print(t)
+            t.add_row(_at(r["at"]).removesuffix(" UTC"), r["who"], r["action"],
+                      r["resource"] or "", ", ".join(r["categories"]), r["purpose"] or "",
+                      r["outcome"])
+        # Piped to a file or a mail, a row stays one line (rich's default would be 80).
+        (out_console if out_console.is_terminal else Console(width=160)).print(t)
 
     emit(rows, as_json, human)
 
@@ -177,8 +189,26 @@ def report(user: str = typer.Option(..., "--user", help="Account id (or os:user@
     """The DPO's report on one user: every decision and event, refusals included."""
     with opened() as lv:
         result = audit_of(lv).user_report(Actor.operator(), user, _when(since), _when(until))
-    emit(result, as_json, lambda: out_console.print_json(data={
-        k: v for k, v in result.items() if k != "items"}))
+    def human() -> None:
+        out_console.print(f"{result['user']}: {result['entries']} entries, "
+                          f"{result['denied']} refused, {result['distinct_patients']} "
+                          "distinct patients", highlight=False)
+        for key, n in sorted(result["by_action"].items()):
+            out_console.print(f"  {key:<32} {n}", highlight=False)
+        # Every entry, not only the counts — what the DPO reads the report for; one line
+        # each, whole, whatever the width.
+        for it in result["items"]:
+            ids = it["patient_ids"]
+            parts = [_at(it["at"]), f"{it['action']} {it['outcome']}", it["resource"] or "",
+                     it["lab"] or it["tenant_id"],
+                     (ids[0] + (f" (+{len(ids) - 1})" if len(ids) > 1 else "")) if ids else "",
+                     f"purpose {it['purpose']}" if it["purpose"] else "",
+                     f"from {client}" if (client := (it.get("sealed") or {}).get("client"))
+                     else ""]
+            out_console.print("  ".join(x for x in parts if x), highlight=False,
+                              overflow="fold")
+
+    emit(result, as_json, human)
 
 
 @app.command("fhir")

@@ -55,6 +55,24 @@ def list_cases(as_json: bool = JsonOpt) -> None:
     emit(cases, as_json, human)
 
 
+def event_text(e: dict[str, Any]) -> str:
+    """One timeline line's text: what a triage found, how severe, to whom a notification
+    went (the triage line was empty)."""
+    kind = e["kind"]
+    if kind == "triage":
+        labs = e.get("per_tenant") or {}
+        persons = sum(v["patients"] for v in labs.values())
+        return (f"{e['rows']} rows, {e['rows'] - e['unmatched_rows']} matched: {persons} "
+                f"patients in {len(labs)} lab(s)")
+    if kind == "severity":
+        return f"{e['level']} ({e['score']}), {e.get('persons', 0)} persons"
+    if kind == "evidence":
+        return f"{e['name']} ({e['bytes']} bytes, SHA-256 {e['sha256'][:16]}…)"
+    if kind == "notification":
+        return f"{e['type']} to {', '.join(e.get('to', []))}"
+    return str(e.get("text") or e.get("status") or "")
+
+
 @app.command("show")
 @user_errors
 def show(case_id: str = typer.Argument(..., help="Case id (brc_...)."),
@@ -69,8 +87,8 @@ def show(case_id: str = typer.Argument(..., help="Case id (brc_...)."),
                           highlight=False)
         out_console.print(_deadline_line(case))
         for e in case["timeline"]:
-            text = e.get("text") or e.get("name") or e.get("level") or e.get("type") or ""
-            out_console.print(f"  {e['at']}  {e['kind']:<12} {text}", highlight=False)
+            out_console.print(f"  {e['at']}  {e['kind']:<12} {event_text(e)}",
+                              highlight=False)
     emit(case, as_json, human)
 
 

@@ -57,7 +57,7 @@ from labvault.breach.matching import (
     fuzzy_tenant,
 )
 from labvault.breach.readers import DumpError, Progress, open_dump
-from labvault.breach.severity import Circumstances, assess
+from labvault.breach.severity import RECIPIENTS, Circumstances, assess
 from labvault.domain.actors import Actor
 from labvault.domain.categories import Action, Category
 from labvault.domain.patient import PatientRecord
@@ -482,16 +482,21 @@ class BreachService:
     def triage(self, actor: Actor, case_id: str, paths: Sequence[Path], fmt: str = "auto",
                progress: Progress | None = None, circumstances: Circumstances | None = None,
                workers: int = 1, keep_evidence: bool = True) -> dict[str, Any]:
+        if circumstances is not None and circumstances.recipients not in RECIPIENTS:
+            raise UserError(f"unknown recipients {circumstances.recipients!r}",
+                            "use --recipients " + " | ".join(RECIPIENTS))
         with self.lv.begin() as conn:
             self._require(conn, case_id)
             self._check(conn, actor, Action.SEARCH, case_id,
                         categories=(Category.IDENTITY, Category.CONTACT))
             brepo.purge_orphan_encodings(conn)
         clock = _PhaseClock()
-        evidence = [self.add_evidence(actor, case_id, Path(p)) for p in paths] \
-            if keep_evidence else []
         rows, files, cols = self.read_dumps(paths, fmt, progress)
         clock.lap("read")
+        # Kept once every file was read: a file refused (truncated, not a dump) leaves
+        # nothing in the case — no evidence event, no sealed copy.
+        evidence = [self.add_evidence(actor, case_id, Path(p)) for p in paths] \
+            if keep_evidence else []
         tenants = self._tenants()
         # The rows live until the end: keep the cyclic GC from rescanning them (and,
         # in forked workers, from touching their pages) — up to the end of the summary:
@@ -581,21 +586,30 @@ class BreachService:
                    circumstances: Circumstances) -> dict[str, Any]:
         per_tenant: dict[str, dict[str, Any]] = {}
         patients: dict[str, set[str]] = defaultdict(set)
-        cats: dict[str, set[str]] = defaultdict(set)
         row_map: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
         matched_rows: set[int] = set()
         for m in matches:
             patients[m.tenant_id].add(m.patient_id)
-            cats[m.tenant_id].update(rows[m.row].categories)
             row_map[m.tenant_id][m.patient_id].append(m.row + 1)
             matched_rows.add(m.row)
-        for t, ids in patients.items():
+        # Honeytokens name the leak's source (attribution) but are nobody: they are not
+        # persons concerned, their rows no records, and no letter is written to them.
+        decoys = self._decoys(patients)
+        real = [m for m in matches if m.patient_id not in decoys.get(m.tenant_id, ())]
+        real_patients: dict[str, set[str]] = defaultdict(set)
+        cats: dict[str, set[str]] = defaultdict(set)
+        real_rows: set[int] = set()
+        for m in real:
+            real_patients[m.tenant_id].add(m.patient_id)
+            cats[m.tenant_id].update(rows[m.row].categories)
+            real_rows.add(m.row)
+        for t, ids in real_patients.items():
             per_tenant[t] = {"patients": len(ids), "categories": sorted(cats[t])}
         # What was exposed: detected meanings with a value in some matched row.
-        meanings = self._exposed_meanings(rows, files, cols, matched_rows)
-        persons = len({(m.tenant_id, m.patient_id) for m in matches})
+        meanings = self._exposed_meanings(rows, files, cols, real_rows)
+        persons = len({(m.tenant_id, m.patient_id) for m in real})
         sealed_cols = sum(1 for c in cols if c.detected == "sealed")
-        severity = assess(meanings, persons, len(matched_rows), circumstances, sealed_cols)
+        severity = assess(meanings, persons, len(real_rows), circumstances, sealed_cols)
         severity["exposed"] = sorted(meanings)
         with self.lv.begin() as conn:
             for t, ids in patients.items():
@@ -604,13 +618,15 @@ class BreachService:
                             patient_ids=sorted(ids), categories=(Category.IDENTITY,))
             attribution = self._attribute(conn, {t: sorted(v) for t, v in patients.items()},
                                           {t: {p: r for p, r in d.items()}
-                                           for t, d in row_map.items()})
+                                           for t, d in row_map.items()}, decoys)
         return {
             "case": case_id,
             "rows": len(rows),
             "columns": [c.as_json() for c in cols],
             "matches": [{"row": m.row + 1, "tenant_id": m.tenant_id, "patient_id": m.patient_id,
-                         "method": m.method, "keys": list(m.keys), "score": m.score}
+                         "method": m.method, "keys": list(m.keys), "score": m.score,
+                         **({"honeytoken": True} if m.patient_id in decoys.get(m.tenant_id, ())
+                            else {})}
                         for m in matches],
             "per_tenant": per_tenant,
             "unmatched_rows": len(rows) - len(matched_rows),
@@ -642,20 +658,32 @@ class BreachService:
         del cols
         return out
 
+    def _decoys(self, matched: Mapping[str, Iterable[str]]) -> dict[str, set[str]]:
+        """The guard's honeytokens among the matched patients, per laboratory."""
+        guard = getattr(self.lv, "guard", None)
+        if guard is None or not hasattr(guard, "canary_hits") or not matched:
+            return {}
+        with self.lv.begin() as conn:
+            return {t: hits for t, ids in matched.items()
+                    if (hits := set(guard.canary_hits(conn, t, ids)))}
+
     def _attribute(self, conn: Connection, matched: Mapping[str, Sequence[str]],
-                   rows: Mapping[str, Mapping[str, Sequence[int]]]) -> list[dict[str, Any]]:
+                   rows: Mapping[str, Mapping[str, Sequence[int]]],
+                   decoys: Mapping[str, set[str]]) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         for t, ids in sorted(matched.items()):
-            lo, hi = brepo.record_times(conn, t, ids)
-            out.append({"kind": "tenant_scope", "tenant_id": t, "patients": len(ids),
+            real = [p for p in ids if p not in decoys.get(t, ())]
+            if not real:
+                continue
+            lo, hi = brepo.record_times(conn, t, real)
+            out.append({"kind": "tenant_scope", "tenant_id": t, "patients": len(real),
                         "records_created_from": _iso(lo), "records_updated_to": _iso(hi)})
         out.extend(self._readers(conn, matched))
         guard = getattr(self.lv, "guard", None)
-        if guard is not None and hasattr(guard, "canary_hits"):
-            for t, ids in sorted(matched.items()):
-                for pid in guard.canary_hits(conn, t, ids):
-                    out.append({"kind": "honeytoken", "tenant_id": t, "patient_id": pid,
-                                "rows": list(rows[t][pid])})
+        for t, hits in sorted(decoys.items()):
+            for pid in sorted(hits):
+                out.append({"kind": "honeytoken", "tenant_id": t, "patient_id": pid,
+                            "rows": list(rows[t][pid])})
         for source in self.attribution_sources:
             out.extend(source.attribute(conn, matched, rows))
         if guard is None and not self.attribution_sources:
@@ -727,8 +755,7 @@ class BreachService:
         case = self.show(actor, case_id, with_matches=True)
         if not case["triage"]:
             raise UserError("the case has no triage yet", "run `labvault breach triage` first")
-        tri = case["triage"][-1]
-        sev = case["severity"][-1]
+        tri, sev = self._case_triage(case)
         kind = kind or ("complementary" if case["notifications"] else "initial")
         out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         now = self.lv.now()
@@ -740,7 +767,7 @@ class BreachService:
         measures = [m["text"] for m in case["measures"]]
         origin = origin or self._origin(tri)
         persons = sum(v["patients"] for v in tri["per_tenant"].values())
-        records = tri["rows"] - tri["unmatched_rows"]
+        records = tri["records"]
         cnil = notices.cnil_notification(
             case=case, kind=kind, labs=labs, meanings=meanings, persons=persons,
             records=records, severity=sev, dpo=dpo, measures_taken=measures,
@@ -761,10 +788,10 @@ class BreachService:
         notices.render_pdf("ars.html", p, r=ars)
         written["ars_pdf"] = str(p)
         if sev["notify_subjects"] and letters:
-            written.update(self._letters(actor, case, tri, labs_by_id, dpo, measures, out_dir,
-                                         now))
+            written.update(self._letters(actor, case, tri, set(meanings), labs_by_id, dpo,
+                                         measures, out_dir, now))
         else:
-            ex = {"case_id": case_id, "date": now.strftime("%d/%m/%Y"),
+            ex = {"case_id": case_id, "date": notices.date_fr(now),
                   "reason": cnil["subjects_informed"]["reason"], "rationale": sev["rationale"]}
             p = out_dir / "art34-exemption.pdf"
             notices.render_pdf("exemption.html", p, e=ex)
@@ -786,6 +813,60 @@ class BreachService:
                 "notify_subjects": bool(sev["notify_subjects"])}
 
     @staticmethod
+    def _case_triage(case: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Every triage of the case as one — files arrive over days and each is triaged
+        when it comes: the matches of all triages, honeytokens left out, each person and
+        each matched row counted once, the severity assessed on the whole (with the latest
+        triage's circumstances).
+
+        A matched row is known by its file's evidence (the same file triaged again is the
+        same evidence) and its row in that file."""
+        matches: dict[tuple[Any, ...], dict[str, Any]] = {}
+        held: dict[tuple[str, str], set[str]] = defaultdict(set)
+        meanings: set[str] = set()
+        cats: dict[str, set[str]] = defaultdict(set)
+        attribution: list[dict[str, Any]] = []
+        sealed = 0
+        for n, tri in enumerate(case["triage"]):
+            evidence = tri.get("evidence") or []
+            spans = [(f["first_row"], f["first_row"] + f["rows"],
+                      evidence[i] if i < len(evidence) and evidence[i] else (n, i),
+                      frozenset(c["detected"] for c in f.get("columns", [])))
+                     for i, f in enumerate(tri.get("files", []))]
+            for m in tri["matches"]:
+                if m.get("honeytoken"):
+                    continue
+                span = next((sp for sp in spans if sp[0] <= m["row"] < sp[1]), None)
+                where = (span[2], m["row"] - span[0]) if span else ((n,), m["row"])
+                matches[(*where, m["tenant_id"], m["patient_id"])] = m
+                if span is not None:         # what this patient's own file holds
+                    held[(m["tenant_id"], m["patient_id"])] |= span[3]
+            for t, v in tri["per_tenant"].items():
+                cats[t].update(v["categories"])
+            attribution.extend(tri.get("attribution", []))
+            sealed += sum(1 for c in tri.get("columns", []) if c.get("detected") == "sealed")
+        for sv in case["severity"]:
+            meanings.update(sv.get("exposed", []))
+        patients: dict[str, set[str]] = defaultdict(set)
+        for m in matches.values():
+            patients[m["tenant_id"]].add(m["patient_id"])
+        records = len({k[:2] for k in matches})
+        merged = {"matches": list(matches.values()), "records": records,
+                  "attribution": attribution, "held": dict(held),
+                  "per_tenant": {t: {"patients": len(ids), "categories": sorted(cats[t])}
+                                 for t, ids in sorted(patients.items())}}
+        last = case["severity"][-1]
+        if len(case["triage"]) == 1:
+            return merged, last
+        cb = last["cb"]
+        sev = assess(meanings, sum(map(len, patients.values())), records, Circumstances(
+            recipients={0.0: "none", 0.25: "known"}.get(cb["confidentiality"], "unknown"),
+            malicious=bool(cb["malicious"]), integrity=cb["integrity"],
+            availability=cb["availability"]), sealed)
+        sev["exposed"] = sorted(meanings)
+        return merged, sev
+
+    @staticmethod
     def _origin(tri: Mapping[str, Any]) -> str:
         exports = [a for a in tri.get("attribution", []) if a.get("kind") == "export"]
         if exports:
@@ -795,14 +876,14 @@ class BreachService:
                 f"{len(scopes)} laboratoire(s), origine en cours d'analyse")
 
     def _letters(self, actor: Actor, case: Mapping[str, Any], tri: Mapping[str, Any],
-                 labs: Mapping[str, Mapping[str, Any]], dpo: Mapping[str, str],
-                 measures: Sequence[str], out_dir: Path, now: datetime) -> dict[str, Any]:
+                 exposed: set[str], labs: Mapping[str, Mapping[str, Any]],
+                 dpo: Mapping[str, str], measures: Sequence[str], out_dir: Path,
+                 now: datetime) -> dict[str, Any]:
         """One PDF letter per affected patient + the mail-merge CSV. Contact data are opened
         through the gate (purpose ``breach``) and written only to ``out_dir``."""
         by_tenant: dict[str, dict[str, set[int]]] = defaultdict(lambda: defaultdict(set))
         for m in tri["matches"]:
             by_tenant[m["tenant_id"]][m["patient_id"]].add(m["row"])
-        exposed = set(case["severity"][-1].get("exposed", []))
         letters_dir = out_dir / "lettres"        # names and addresses: the owner's only
         letters_dir.mkdir(mode=0o700, exist_ok=True)
         os.chmod(letters_dir, 0o700)
@@ -821,7 +902,9 @@ class BreachService:
                 if pid not in opened:
                     continue
                 data = {"id": pid, **PatientRecord.from_categories(opened[pid])}
-                letter = notices.letter(case=case, lab=labs[t], patient=data, meanings=exposed,
+                # the data of *this* patient's file(s), not of every file of the case
+                mine = exposed & tri.get("held", {}).get((t, pid), exposed)
+                letter = notices.letter(case=case, lab=labs[t], patient=data, meanings=mine,
                                         measures=measures, dpo=dpo, today=now)
                 name = f"{pid}.pdf"
                 notices.render_pdf("letter.html", letters_dir / name, l=letter)

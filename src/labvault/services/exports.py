@@ -466,6 +466,7 @@ class ExportService:
         rows, ordered = parse_leak(data)
         if not rows:
             raise UserError("no rows found", "give the decrypted NDJSON (or CSV) file")
+        rows = export_fields(rows)
         lv = self.lv
         with lv.begin() as conn:
             exports = self._visible_exports(conn, actor)
@@ -491,12 +492,17 @@ class ExportService:
                 assert ver is not None
                 idx_key = lv.keyring.blind_index_key(tenant_id, ver)
                 digests = [_row_digests(idx_key, r) for r in rows]
+                # decoy *rows* per export: one row's NIR, e-mail and phone are one decoy
+                decoy_rows: dict[str, set[int]] = {}
                 for kind in (bi.NIR, bi.EMAIL, bi.PHONE):
                     ds = [d[kind] for d in digests if kind in d]
-                    for eids in grepo.find_decoys(conn, tenant_id, kind, ds).values():
-                        for eid in eids:
+                    hits = grepo.find_decoys(conn, tenant_id, kind, ds)
+                    for i, d in enumerate(digests):
+                        for eid in hits.get(d.get(kind, b""), ()):
                             if eid in evidence:
-                                evidence[eid]["decoys"] += 1
+                                decoy_rows.setdefault(eid, set()).add(i)
+                for eid, found in decoy_rows.items():
+                    evidence[eid]["decoys"] = len(found)
                 patients = _map_rows(conn, tenant_id, digests)
                 lv.gate.check(conn, Access(actor, Action.READ, tenant_id, frozenset(),
                                            purpose="breach",
@@ -558,6 +564,39 @@ def parse_leak(data: bytes) -> tuple[list[dict[str, Any]], bool]:
         if rec:
             rows.append({k: v for k, v in dict(zip(header, rec, strict=False)).items() if v})
     return rows, False
+
+
+# breach column meaning -> the export field it is (identify reads these fields)
+_FIELD_OF_MEANING = {"nir": "nir", "email": "email", "phone": "phone",
+                     "last_name": "birth_name", "first_name": "first_names",
+                     "birth_date": "birth_date"}
+
+
+def export_fields(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A leak's columns under the export's field names. A leaker who re-types the file
+    renames them (``NIR``, ``NOM``, ``TEL``, ``MAIL``…): a name that is an export field in
+    any case is taken as such, the others by their content, as breach triage detects
+    them — else nothing, not even a decoy row, was recognised."""
+    from labvault.breach import columns as colmod
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    known = {f.lower(): f for f in (*EXPORTABLE, "row_id")}
+    names = {k: known.get(k.strip().lower(), k) for k in keys}
+    taken = set(names.values())
+    sample = [[_text(r.get(k)) for k in keys] for r in rows[:colmod.SAMPLE_ROWS]]
+    for k, col in zip(keys, colmod.detect(keys, sample), strict=False):
+        field = _FIELD_OF_MEANING.get(col.detected)
+        if names[k] not in known.values() and field and field not in taken:
+            names[k] = field
+            taken.add(field)
+    if all(k == n for k, n in names.items()):
+        return rows
+    return [{names[k]: v for k, v in r.items()} for r in rows]
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, list):
+        return str(value[0]) if value else ""
+    return "" if value is None else str(value)
 
 
 def _row_digests(idx_key: bytes, row: dict[str, Any]) -> dict[str, bytes]:

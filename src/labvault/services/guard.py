@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import Connection
@@ -61,6 +61,7 @@ class GuardService:
         self._open: dict[str, tuple[int, dict[str, str], bool]] = {}
         self._secrets: dict[tuple[str, str], bytes] = {}
         self._suspended: dict[tuple[str, str], tuple[float, bool]] = {}
+        self._released: dict[tuple[str, str], datetime] = {}
         self._clients: set[tuple[str, str, bytes]] = set()
         self._seen_clients: set[tuple[str, str, str]] = set()
         self._lock = threading.Lock()
@@ -123,9 +124,10 @@ class GuardService:
 
     def alert(self, conn: Connection, tenant_id: str | None, kind: str, actor: Actor | None,
               detail: Mapping[str, Any], durable: bool = False,
-              severity: str | None = None) -> str | None:
+              severity: str | None = None, subject: str | None = None) -> str | None:
         """Raise an alert in the caller's transaction; ``durable``: also when that
-        transaction rolls back (alerts raised on a path that refuses the request)."""
+        transaction rolls back (alerts raised on a path that refuses the request);
+        ``subject``: merged only with an open alert about the same subject."""
         from labvault.services.alerts import AlertService
         sev = severity or rules.RULES[kind].severity
         sink = self.lv.alerts
@@ -134,10 +136,10 @@ class GuardService:
         if sink.recently_raised(tenant_id, kind, actor.id if actor else None) \
                 and sev != "critical":
             return None
-        alert_id = sink._raise(conn, conn, tenant_id, kind, sev, actor, detail)
+        alert_id = sink._raise(conn, conn, tenant_id, kind, sev, actor, detail, subject=subject)
         if durable:
             self.on_rollback(lambda c: sink._raise(c, c, tenant_id, kind, sev, actor, detail,
-                                                   dispatch=False))
+                                                   dispatch=False, subject=subject))
         return alert_id
 
     # -- transactions (a TxObserver of ``lv.begin``) -------------------------------------------------
@@ -248,7 +250,7 @@ class GuardService:
         minute = int(now // 60)
         hit = self._open.get(tenant_id)
         if hit is None or hit[0] != minute or hit[1] is not cfg:
-            from datetime import UTC, datetime
+            from datetime import UTC
             hit = (minute, cfg, self.hours(tenant_id, cfg).is_open(datetime.fromtimestamp(now, UTC)))
             self._open[tenant_id] = hit
         return hit[2]
@@ -307,7 +309,14 @@ class GuardService:
         hit = self._suspended.get(key)
         if hit is not None and now - hit[0] < budgets.SYNC_SECONDS:
             return hit[1]
-        state = grepo.active_suspension(conn, account_id, tenant_id) is not None
+        state, released = grepo.suspension_state(conn, account_id, tenant_id)
+        if released is not None and self._released.get(key) != released:
+            # Released since this process last looked — usually by `labvault guard release`,
+            # another process: the windows this process holds still count the reads that
+            # suspended the account and would suspend it again at once. They restart from
+            # the table, which the release emptied.
+            self.marks.forget(tenant_id, account_id)
+            self._released[key] = released
         self._suspended[key] = (now, state)
         return state
 
@@ -350,6 +359,7 @@ class GuardService:
             if not n:
                 raise NotFound(f"account {account_id} is not suspended",
                                "list suspensions with `labvault guard suspensions`")
+            grepo.delete_account_marks(conn, tenant_id, account_id)
             lv.gate.audit.event(conn, actor, "account.released", "ok", tenant_id,
                                 {"account_id": account_id})
         self._suspended.pop((tenant_id, account_id), None)
@@ -654,9 +664,12 @@ class GuardBudget:
         if ids and action in WATCHED and actor.kind != "system":
             hits = g.canary_hits(conn, t, ids)
             if hits:
+                # Merged per account *and* honeytokens: a second honeytoken touched within
+                # the window is an alert naming it, not a count on the first one's.
                 g.alert(conn, t, f"canary.{action.value}", actor,
                         {"patients": hits, "purpose": access.purpose,
-                         "resource": access.resource})
+                         "resource": access.resource},
+                        subject=f"{actor.id}|{','.join(sorted(hits))}")
         if actor.kind not in ("staff", "patient") or action not in WATCHED:
             return
         now = time.time()

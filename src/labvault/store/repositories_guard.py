@@ -137,6 +137,13 @@ def delete_marks_before(conn: Connection, before: datetime) -> int:
     return int(conn.execute(delete(guard_marks).where(guard_marks.c.last_at < before)).rowcount)
 
 
+def delete_account_marks(conn: Connection, tenant_id: str, account_id: str) -> int:
+    """Every mark of one account (its windows restart empty when it is released)."""
+    return int(conn.execute(delete(guard_marks).where(
+        guard_marks.c.tenant_id == tenant_id,
+        guard_marks.c.account_id == account_id)).rowcount)
+
+
 # -- suspensions -------------------------------------------------------------------------
 def insert_suspension(conn: Connection, row: dict[str, Any]) -> None:
     conn.execute(insert(guard_suspensions).values(**row))
@@ -150,6 +157,16 @@ def active_suspension(conn: Connection, account_id: str,
         q = q.where(guard_suspensions.c.tenant_id == tenant_id)
     rows = _rows(conn.execute(q.limit(1)).mappings())
     return rows[0] if rows else None
+
+
+def suspension_state(conn: Connection, account_id: str, tenant_id: str
+                     ) -> tuple[bool, datetime | None]:
+    """(suspended now, time of the account's latest release or None)."""
+    rows = conn.execute(select(guard_suspensions.c.status, guard_suspensions.c.released_at)
+                        .where(guard_suspensions.c.account_id == account_id,
+                               guard_suspensions.c.tenant_id == tenant_id)).all()
+    released = [d for r in rows if (d := aware(r[1])) is not None]
+    return any(r[0] == "active" for r in rows), max(released, default=None)
 
 
 def list_suspensions(conn: Connection, tenant_id: str | None,
