@@ -57,11 +57,11 @@ LOGIN_CSRF = "labvault_login_csrf"
 _bearer = HTTPBearer(auto_error=False)
 SEARCH_LIMIT = 20
 TEXT = 200
-# what publication does not do: a biologist must not believe the doctor has the report
-TO_PRESCRIBER = ("labvault ne l'envoie pas au prescripteur : téléchargez-le (« Télécharger le "
-                 "compte rendu (PDF) ») et transmettez-le-lui par la voie habituelle du "
-                 "laboratoire.")
+# the link to a report's PDF in the console (/console/rapports/{id}.pdf)
 DOWNLOAD = "Télécharger le compte rendu (PDF)"
+# what publication does not do: a biologist must not believe the doctor has the report
+TO_PRESCRIBER = (f"labvault ne l'envoie pas au prescripteur : téléchargez-le (« {DOWNLOAD} ») "
+                 "et transmettez-le-lui par la voie habituelle du laboratoire.")
 # where "Prendre en compte" may send the browser back to (never a URL from the form)
 ACK_RETURNS = frozenset({"/console/alertes", "/console/validation"})
 
