@@ -243,11 +243,17 @@ def _web_cases() -> dict[tuple[str, str], Case]:
     def lab_of(c: Ctx, lab: str) -> Lab:
         return c.w.a if lab == "a" else c.w.b
 
-    def report(c: Ctx, r: str, lab: str) -> Req:
+    def published(c: Ctx, lab: str) -> str:
         key = f"report-{lab}"
         if key not in c.cache:      # one published report of the lab's first patient
             c.cache[key] = order(c.w, lab_of(c, lab), lab_of(c, lab).patients[0]).report_id
-        return f"/portail/rapports/{c.cache[key]}.pdf", None
+        return c.cache[key]
+
+    def report(c: Ctx, r: str, lab: str) -> Req:
+        return f"/portail/rapports/{published(c, lab)}.pdf", None
+
+    def staff_report(c: Ctx, r: str, lab: str) -> Req:
+        return f"/console/rapports/{published(c, lab)}.pdf", None
 
     def get(path: str) -> Build:
         return lambda c, r, lab: (path, None)
@@ -299,6 +305,10 @@ def _web_cases() -> dict[tuple[str, str], Case]:
         ("GET", "/console/patients/{patient_id}"): Case(
             lambda c, r, lab: (f"/console/patients/{_patient_target(c, r, lab)}", None),
             allow(readers, 200, anon=303),
+            allow((), 0, deny=404, platform_operator=403, patient=403)),
+        # the roles the policy lets read reports (resource report): to send to the prescriber
+        ("GET", "/console/rapports/{report_id}.pdf"): Case(
+            staff_report, allow(("technician", "biologist"), 200, anon=303),
             allow((), 0, deny=404, platform_operator=403, patient=403)),
         ("GET", "/console/validation"): Case(get("/console/validation"),
                                              allow(("biologist",), 200, anon=303)),
@@ -706,6 +716,8 @@ def _id_routes(c: Ctx, client: TestClient) -> dict[tuple[str, str], list[Req]]:
         ("GET", "/portail/rapports/{report_id}.pdf"): [
             (f"/portail/rapports/{order(c.w, b, patient).report_id}.pdf", None)],
         ("GET", "/console/patients/{patient_id}"): [(f"/console/patients/{patient}", None)],
+        ("GET", "/console/rapports/{report_id}.pdf"): [
+            (f"/console/rapports/{order(c.w, b, patient).report_id}.pdf", None)],
         ("POST", "/console/validation/{order_id}"): [
             (f"/console/validation/{order(c.w, b, b.patients[1], step='technical').order_id}",
              {"conclusion": "RAS"})],

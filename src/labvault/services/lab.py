@@ -455,6 +455,16 @@ class IncompleteOrder(Conflict):
         return {"missing": list(self.missing)}
 
 
+class ReportNotPublished(Conflict):
+    """A report not published yet (validated or not) may not leave the laboratory."""
+
+    code = "report-not-published"
+
+    def __init__(self) -> None:
+        super().__init__("this report is not published yet: it may not leave the laboratory",
+                         "publish it first (biological validation, then publication)")
+
+
 @dataclass
 class _Order:
     """An order row with its opened request and workflow (inside a transaction)."""
@@ -1536,6 +1546,22 @@ class LabService:
             order = self._order_for(conn, actor, rep["order_id"], Action.READ, "report",
                                     purpose=purpose, asked="report")
             return self._report_view(conn, order)
+
+    def get_published_report(self, actor: Actor, report_id: str,
+                             purpose: str = CARE) -> ReportView:
+        """A report the laboratory may send out (to its prescriber): published, or amended
+        after publication. Read through the gate like ``get_report`` (audited, counted); one
+        not published yet raises ``ReportNotPublished`` before anything is opened (the
+        transaction, its read entry included, is rolled back: nothing was read)."""
+        with self.lv.begin() as conn:
+            rep = lrepo.report(conn, report_id)
+            if rep is None:
+                raise absent("report")
+            row = self._order_row(conn, actor, rep["order_id"], Action.READ, "report",
+                                  purpose=purpose, asked="report")
+            if L.OrderStatus(row["status"]) not in PATIENT_VISIBLE:
+                raise ReportNotPublished()
+            return self._report_view(conn, self._order_from_row(conn, row))
 
     def get_report_by_order(self, actor: Actor, order_id: str,
                             purpose: str = CARE) -> ReportView:

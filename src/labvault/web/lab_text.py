@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from labvault.errors import UserError
 from labvault.services.lab import (
     IncompleteOrder,
+    ReportNotPublished,
     ReportView,
     ResultsChanged,
     Skip,
@@ -98,6 +99,11 @@ def french(exc: UserError, user_id: str | None) -> tuple[str, str] | None:
     if isinstance(exc, IncompleteOrder):
         return ("pas encore de résultat pour : " + ", ".join(exc.missing.values()),
                 "attendez-les, ou cochez « valider un compte rendu partiel »")
+    if isinstance(exc, ReportNotPublished):
+        return ("ce compte rendu n'est pas encore diffusé : non validé et diffusé, il ne doit "
+                "pas quitter le laboratoire",
+                "un biologiste le valide puis le diffuse (page « Validation biologique »), "
+                "ensuite téléchargez-le depuis le dossier du patient")
     if isinstance(exc, CsrfRefused):
         return ("le formulaire a expiré ou ne vient pas de labvault : rechargez la page",
                 "rechargez la page, puis renvoyez le formulaire")
