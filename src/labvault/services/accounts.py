@@ -480,6 +480,25 @@ class AccountService:
                 return actor.display or actor.id
             return str(json.loads(self._open(conn, row, "profile_sealed"))["name"])
 
+    def own_account(self, actor: Actor) -> dict[str, Any]:
+        """The caller's own account as its holder may have it (the patient's data download,
+        GDPR art. 15/20): e-mail and name as stored for the account, when it was created,
+        enrolled (first password chosen) and its password last changed, whether a second
+        factor is on -- never a secret, a hash or a recovery code. Not a gate read: it is
+        the caller's own account (like ``name_of``)."""
+        from labvault.audit.entry import us_to_datetime
+        from labvault.store import repositories_audit as audrepo
+        with self.lv.begin() as conn:
+            row = self._own_row(conn, actor)
+            profile = json.loads(self._open(conn, row, "profile_sealed"))
+            enrolled = audrepo.first_at_us(conn, row["account_id"], "user.enrol", "success")
+        changed = row["password_changed_at"]
+        return {"email": profile["email"], "name": profile["name"],
+                "created_at": sess.aware(row["created_at"]).isoformat(),
+                "enrolled_at": us_to_datetime(enrolled).isoformat() if enrolled else None,
+                "password_changed_at": sess.aware(changed).isoformat() if changed else None,
+                "second_factor": bool(row["mfa_enabled"])}
+
     def _own_row(self, conn: Connection, actor: Actor) -> dict[str, Any]:
         row = arepo.get_account(conn, actor.id)
         if row is None or row["status"] != "active":

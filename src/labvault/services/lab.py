@@ -83,6 +83,10 @@ VALIDATE_BIO = "validate results biologically"
 # once its report is published, or amended after publication -- whatever the door (portal,
 # FHIR): before, they answer as absent ids do, and listings leave them out.
 PATIENT_VISIBLE = frozenset({L.OrderStatus.PUBLISHED, L.OrderStatus.AMENDED})
+# Orders closed without a report (specimen rejected, order cancelled): a patient's listing
+# of its own orders may ask for them too (``closed``: the data download says why no result
+# came); their results were withdrawn unvalidated, so results and report stay unseen.
+PATIENT_CLOSED = frozenset({L.OrderStatus.REJECTED, L.OrderStatus.CANCELLED})
 _ABSENT = {
     "order": ("no such order", "check the order id"),
     "report": ("no such report", "check the report id"),
@@ -100,13 +104,16 @@ def absent(kind: str) -> NotFound:
     return NotFound(message, hint)
 
 
-def _listed_statuses(actor: Actor, status: str | None) -> list[str] | None:
+def _listed_statuses(actor: Actor, status: str | None,
+                     closed: bool = False) -> list[str] | None:
     """The order statuses a listing of orders keeps (None: all): the one asked for; for a
-    patient, only the published ones (an empty list: nothing to list)."""
+    patient, only the published ones, and the closed ones if ``closed`` (an empty list:
+    nothing to list)."""
     asked = [status] if status else None
     if actor.kind != "patient":
         return asked
-    return sorted(s.value for s in PATIENT_VISIBLE if asked is None or s.value in asked)
+    seen = PATIENT_VISIBLE | PATIENT_CLOSED if closed else PATIENT_VISIBLE
+    return sorted(s.value for s in seen if asked is None or s.value in asked)
 
 
 def _order_filter(actor: Actor) -> list[str] | None:
@@ -1649,11 +1656,14 @@ class LabService:
 
     def list_orders(self, actor: Actor, tenant_id: str, patient_id: str | None = None,
                     status: str | None = None, limit: int = 200,
-                    purpose: str = CARE, specimens: bool = False) -> list[OrderView]:
+                    purpose: str = CARE, specimens: bool = False,
+                    closed: bool = False) -> list[OrderView]:
         """``specimens``: each order with its specimens, as ``get_order`` gives it (one
-        more read and unseal per order)."""
+        more read and unseal per order). ``closed``: a patient's listing also keeps its
+        orders closed without a report (``PATIENT_CLOSED``; staff listings keep them
+        anyway)."""
         self._scope(actor, tenant_id, "laboratory")
-        statuses = _listed_statuses(actor, status)
+        statuses = _listed_statuses(actor, status, closed)
         with self.lv.begin() as conn:
             rows = [] if statuses == [] else lrepo.orders(
                 conn, tenant_id, patient_id=patient_id, statuses=statuses, limit=limit)

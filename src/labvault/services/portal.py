@@ -8,6 +8,8 @@ Everything that touches personal data goes through the other services (``lv.pati
 from __future__ import annotations
 
 import hmac
+from dataclasses import dataclass
+from datetime import UTC
 from typing import TYPE_CHECKING, Any
 
 from labvault.access.accounts import PLATFORM_TENANT
@@ -21,11 +23,12 @@ from labvault.store.ids import new_id
 
 if TYPE_CHECKING:
     from labvault.services.app import Labvault
-    from labvault.services.lab import ReportView, SpecimenView
+    from labvault.services.lab import OrderView, ReportView, SpecimenView
 
 PUBLISHED = PATIENT_VISIBLE     # what a patient sees of the lab (enforced in LabService)
 PORTAL_PURPOSE = "patient-access"       # GDPR art. 15/20: the patient reads its own record
 ERASURE_KIND = "erasure-request"
+EXPORT_FORMAT = "labvault-patient-export/2"     # docs/formats.md, "Patient data download"
 
 
 def _patient(actor: Actor) -> tuple[str, str]:
@@ -108,14 +111,37 @@ class PortalService:
         _tenant, patient_id = _patient(actor)
         return audit_of(self.lv).access_log(actor, patient_id)
 
+    def my_accesses(self, actor: Actor) -> Accesses:
+        """ "Who accessed my record" as the portal shows it: every access by someone else
+        (staff, systems, the DPO, breach letters...), and the patient's own portal reads
+        only counted -- each page view makes several, which would drown the others."""
+        return Accesses.of(self.my_access_log(actor))
+
+    def my_orders(self, actor: Actor) -> list[OrderView]:
+        """The patient's orders it may see, with their specimens: those whose report is
+        published, and those closed without one (specimen rejected, order cancelled: the
+        reason says why no result came), oldest first."""
+        tenant_id, patient_id = _patient(actor)
+        orders = self.lv.lab.list_orders(actor, tenant_id, patient_id=patient_id,
+                                         purpose=PORTAL_PURPOSE, specimens=True, closed=True)
+        return sorted(orders, key=lambda o: o.created_at)
+
     def my_data(self, actor: Actor) -> dict[str, Any]:
-        """Everything the portal shows, as one JSON document (right of access/portability)."""
-        record = self.my_record(actor)
-        return {"format": "labvault-patient-export/1",
-                "exported_at": self.lv.now().isoformat(),
-                "record": record,
-                "reports": [r.as_json(staff_names=False) for r in self.my_reports(actor)],
-                "access_log": self.my_access_log(actor)}
+        """The patient's data as the portal may give it, as one JSON document (GDPR art.
+        15/20; docs/formats.md, "Patient data download"): its portal account (never a
+        secret or a hash), its record, its orders (specimens, why one was closed, the
+        prescriber's notes), its published reports, and who accessed its record (read
+        last: the count of its own reads includes this download's)."""
+        _patient(actor)
+        doc = {"format": EXPORT_FORMAT,
+               "exported_at": self.lv.now().isoformat(),
+               "account": self.lv.accounts.own_account(actor),
+               "record": self.my_record(actor),
+               "orders": [order_json(o) for o in self.my_orders(actor)],
+               "reports": [r.as_json(staff_names=False) for r in self.my_reports(actor)]}
+        accesses = self.my_accesses(actor)
+        return {**doc, "access_log": accesses.others,
+                "own_accesses": {"count": accesses.own_count, "last_at": accesses.own_last}}
 
     def request_erasure(self, actor: Actor, reason: str | None = None) -> str:
         """Record the patient's erasure request for the laboratory's DPO: an audited
@@ -136,6 +162,44 @@ class PortalService:
             lv.alerts.raise_alert(conn, tenant_id, ERASURE_KIND, "medium", actor,
                                   {"request_id": request_id, "patient_id": patient_id})
         return request_id
+
+
+@dataclass(frozen=True)
+class Accesses:
+    """A record's access log split for its patient: ``others`` (oldest first), and the
+    patient's own portal reads as a count and the time of the last one."""
+
+    others: list[dict[str, Any]]
+    own_count: int
+    own_last: str | None
+
+    @staticmethod
+    def of(rows: list[dict[str, Any]]) -> Accesses:
+        # a patient account reads only its own record (policy scope SELF): these rows are
+        # the patient's own; anyone else's access stays listed
+        own = [r for r in rows if r["actor_kind"] == "patient"]
+        return Accesses([r for r in rows if r["actor_kind"] != "patient"], len(own),
+                        own[-1]["at"] if own else None)
+
+
+def order_json(order: OrderView) -> dict[str, Any]:
+    """One of the patient's orders in its data download: the request (tests, prescriber,
+    the prescriber's clinical notes), its specimens, and for a closed order why and when
+    (staff never named: no step carries who took it)."""
+    closed = next((s for k, s in order.steps.items()
+                   if k in ("rejected", "cancelled")), None)
+    return {"id": order.order_id,
+            "report_id": order.report_id if order.status in PUBLISHED else None,
+            "status": order.status.value, "created_at": order.created_at.isoformat(),
+            **order.request.as_json(),
+            "specimens": [{"type": s.specimen.type,
+                           "collected_at": s.specimen.collected_at.astimezone(UTC).isoformat(),
+                           "received_at": s.received_at.isoformat(),
+                           "accession_number": s.specimen.accession_number,
+                           "status": s.status} for s in order.specimens],
+            "closed": None if closed is None else {
+                "at": closed.at.isoformat(), "reason": closed.detail.get("reason"),
+                "comment": closed.detail.get("comment")}}
 
 
 class CsrfRefused(UserError):

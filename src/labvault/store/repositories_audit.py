@@ -247,6 +247,13 @@ def entries_for_actor(conn: Connection, actor_id: str, since_us: int = 0,
     return [dict(r) for r in conn.execute(_entries(q)).mappings()]
 
 
+def first_at_us(conn: Connection, actor_id: str, action: str, outcome: str) -> int | None:
+    """When ``actor_id`` first did ``action`` with ``outcome`` (µs since the epoch), or None."""
+    at = conn.execute(select(func.min(E.at_us)).where(
+        E.actor_id == actor_id, E.action == action, E.outcome == outcome)).scalar()
+    return None if at is None else int(at)
+
+
 def actor_has_entries(conn: Connection, actor_id: str) -> bool:
     return conn.execute(select(E.seq).where(E.actor_id == actor_id).limit(1)).first() is not None
 

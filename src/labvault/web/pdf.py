@@ -8,13 +8,7 @@ from typing import Any
 
 from labvault.errors import UserError
 from labvault.services.lab import ReportView, SpecimenView
-from labvault.web.render import ENV
-
-# specimen types (domain.lab.SPECIMEN_TYPES) as a French report names them
-SPECIMEN_FR = {"BLD": "sang total", "SER": "sérum", "PLAS": "plasma", "UR": "urine",
-               "CSF": "liquide cérébrospinal", "STL": "selles", "SAL": "salive",
-               "SWAB": "écouvillon", "BLDA": "sang artériel", "BLDV": "sang veineux",
-               "BLDCAP": "sang capillaire"}
+from labvault.web.render import ENV, SPECIMEN_FR
 
 
 def _no_fetch(url: str, *args: Any, **kwargs: Any) -> dict[str, Any]:

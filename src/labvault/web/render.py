@@ -55,6 +55,13 @@ FIELD_FR = {"birth_name": "nom de naissance", "used_name": "nom d'usage",
             "phone": "téléphone", "email": "e-mail", "amo": "caisse d'assurance maladie (AMO)",
             "amc": "complémentaire santé (AMC)", "member_id": "n° d'adhérent",
             "blood_group": "groupe sanguin", "prescriber": "médecin prescripteur"}
+# specimen types (domain.lab.SPECIMEN_TYPES) as a French report names them
+SPECIMEN_FR = {"BLD": "sang total", "SER": "sérum", "PLAS": "plasma", "UR": "urine",
+               "CSF": "liquide cérébrospinal", "STL": "selles", "SAL": "salive",
+               "SWAB": "écouvillon", "BLDA": "sang artériel", "BLDV": "sang veineux",
+               "BLDCAP": "sang capillaire"}
+
+
 CATEGORY_FIELDS = {
     "identity": ("birth_name", "used_name", "first_names", "birth_date", "sex",
                  "birth_place_insee", "nir", "ins", "external_id"),
@@ -141,6 +148,34 @@ def who_fr(row: Mapping[str, Any]) -> str:
     return ", ".join(ROLE_FR.get(r, r) for r in row.get("role", ())) or "personnel"
 
 
+def who_at_fr(row: Mapping[str, Any]) -> str:
+    """``who_fr`` with the laboratory, as one text (the data download's ``who``)."""
+    who = who_fr(row)
+    return f"{who} — {row['lab']}" if row.get("lab") else who
+
+
+def download_fr(doc: dict[str, Any]) -> dict[str, Any]:
+    """The patient's data download (``PortalService.my_data``) with French words where
+    people read it (docs/formats.md, "Patient data download"): who accessed the record,
+    what and why; order statuses, specimen types, why an order was closed. The codes stay
+    beside them, under their English keys."""
+    from labvault.web.lab_text import REJECTION_FR
+    for row in doc["access_log"]:
+        row["who"] = who_at_fr(row)
+        row["action_fr"] = ACTION_FR.get(row["action"], row["action"])
+        row["categories_fr"] = [CATEGORY_FR.get(c, c) for c in row["categories"]]
+        row["purpose_fr"] = PURPOSE_FR.get(row["purpose"], row["purpose"]) \
+            if row["purpose"] else None
+    for order in doc["orders"]:
+        order["status_fr"] = STATUS_FR.get(order["status"], order["status"])
+        for s in order["specimens"]:
+            s["type_fr"] = SPECIMEN_FR.get(s["type"], s["type"])
+        if order["closed"] is not None:        # a rejection's code, a cancellation's text
+            reason = order["closed"]["reason"]
+            order["closed"]["reason_fr"] = REJECTION_FR.get(reason, reason) if reason else None
+    return doc
+
+
 def number(value: float | None) -> str:
     if value is None:
         return ""
@@ -156,6 +191,21 @@ def decimal(value: object) -> str:
     return "" if value is None else _DECIMAL_POINT.sub(",", str(value))
 
 
+# comparators as people read them: "<=5" is stored, "≤ 5" is shown
+COMPARATOR_FR = {"<": "< ", "<=": "≤ ", ">": "> ", ">=": "≥ "}
+_COMPARATOR = re.compile(r"(<=|>=|<|>)\s*(?=[\d.,])")
+
+
+def people(value: object) -> str:
+    """A value or a range as pages and the PDF show it: French decimals, comparators as
+    signs ("<=5 mg/L" -> "≤ 5 mg/L", ">=5.5" -> "≥ 5,5"); what is stored is unchanged."""
+    return _COMPARATOR.sub(lambda m: COMPARATOR_FR[m.group(1)], decimal(value))
+
+
+def result_value(obs: Any) -> str:
+    return people(obs.value_display())
+
+
 def _env() -> Environment:
     env = Environment(loader=PackageLoader("labvault.web", "templates"),
                       autoescape=select_autoescape(("html",), default=True),
@@ -167,6 +217,7 @@ def _env() -> Environment:
                        category=lambda c: CATEGORY_FR.get(c, c),
                        status=lambda s: STATUS_FR.get(str(s), str(s)),
                        field=lambda f: FIELD_FR.get(f, f), num=number, decimal=decimal,
+                       result=result_value, people=people,
                        kind=lambda k: KIND_FR.get(k, k),
                        severity=lambda v: SEVERITY_FR.get(v, v),
                        alert_status=lambda v: ALERT_STATUS_FR.get(v, v))

@@ -23,6 +23,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from markupsafe import Markup
 
 from labvault.access.passwords import MAX_LENGTH as MAX_PASSWORD
+from labvault.access.throttle import ACCOUNT_RULES as LOCKOUT
 from labvault.api.deps import (
     LV,
     SESSION_COOKIE,
@@ -46,7 +47,15 @@ from labvault.services.gate import Access
 from labvault.services.lab import BulkValidation, review_reason
 from labvault.services.portal import PortalService
 from labvault.web import lab_text
-from labvault.web.render import NO_STORE, WebRoute, error_page, fr_datetime, html, to_login
+from labvault.web.render import (
+    NO_STORE,
+    WebRoute,
+    download_fr,
+    error_page,
+    fr_datetime,
+    html,
+    to_login,
+)
 
 if TYPE_CHECKING:
     from labvault.services.alerts import AlertService, Reach
@@ -165,8 +174,10 @@ def login(request: Request, lv: LV,
                           f"attendez {exc.retry_after} secondes avant de réessayer")
     except AuthenticationFailed:
         return _login_page(request, 401, "Connexion refusée : vérifiez votre e-mail, votre mot "
-                           "de passe et le code de votre application d'authentification. Après "
-                           "plusieurs échecs, attendez quelques minutes.")
+                           "de passe et le code de votre application d'authentification. "
+                           f"Après {LOCKOUT.lock_after} échecs de suite, le compte est bloqué "
+                           f"{LOCKOUT.lock_minutes} minutes (le laboratoire peut le débloquer "
+                           "avant).")
     # staff whose second factor was reset: a session limited to enrolling a new one (/mfa)
     resp = RedirectResponse("/" if res.scope == "full" else "/mfa", status_code=303,
                             headers=NO_STORE)
@@ -259,21 +270,35 @@ def _qr(uri: str) -> tuple[Markup, str]:
     return svg, parse_qs(urlsplit(uri).query).get("secret", [""])[0]
 
 
+def _menu(request: Request, creds: HTTPAuthorizationCredentials | None) -> WebUser | None:
+    """Who the page's menu is for: a full session gets the layout of its other pages; a
+    session limited to MFA enrolment none (every other page sends it to /login)."""
+    try:
+        return _as_user(request, creds, resolve_actor(request, creds))
+    except AuthenticationFailed:
+        return None
+
+
+Creds = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
 @router.get("/mfa")
-def mfa_form(user: Enrolling, lv: LV) -> Response:
+def mfa_form(request: Request, user: Enrolling, lv: LV, creds: Creds) -> Response:
     """A new TOTP secret (each visit replaces the one not yet confirmed) and its QR code."""
     qr, secret = _qr(lv.accounts.mfa_enrol(user.actor)["otpauth_uri"])
-    return html("mfa.html", qr=qr, secret=secret, csrf=user.csrf, error=None, user=None)
+    return html("mfa.html", qr=qr, secret=secret, csrf=user.csrf, error=None,
+                user=_menu(request, creds))
 
 
 @router.post("/mfa")
-def mfa_confirm(request: Request, user: Enrolling, lv: LV, csrf: Csrf = "",
+def mfa_confirm(request: Request, user: Enrolling, lv: LV, creds: Creds, csrf: Csrf = "",
                 totp: Annotated[str, Form(max_length=32)] = "") -> Response:
     _check_csrf(request, user, csrf)
     try:
         out = lv.accounts.mfa_verify(user.actor, totp.strip())
     except AuthenticationFailed:
-        return html("mfa.html", 422, qr=None, secret=None, csrf=user.csrf, user=None,
+        return html("mfa.html", 422, qr=None, secret=None, csrf=user.csrf,
+                    user=_menu(request, creds),
                     error="Ce code n'est pas valable : tapez le code que l'application "
                           "affiche maintenant.")
     resp = html("enrolled.html", qr=None, secret=None, mfa_done=True,
@@ -328,15 +353,15 @@ def _pdf_download(pdf: bytes, report_id: str) -> Response:
 @router.get("/portail/acces")
 def portal_access_log(user: User, portal: Portal) -> Response:
     _patient(user)
-    rows = portal.my_access_log(user.actor)
-    return html("access_log.html", user=user, rows=rows[::-1],      # newest first
-                dpo=dpo_from_env())
+    seen = portal.my_accesses(user.actor)
+    return html("access_log.html", user=user, rows=seen.others[::-1],      # newest first
+                own_count=seen.own_count, own_last=seen.own_last, dpo=dpo_from_env())
 
 
 @router.get("/portail/donnees.json")
 def portal_download(user: User, portal: Portal) -> Response:
     _patient(user)
-    data = portal.my_data(user.actor)
+    data = download_fr(portal.my_data(user.actor))
     body = json.dumps(data, ensure_ascii=False, indent=2, default=str).encode()
     return Response(body, media_type="application/json", headers={
         **NO_STORE, "Content-Disposition": 'attachment; filename="mes-donnees-labvault.json"'})
