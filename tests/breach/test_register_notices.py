@@ -110,6 +110,10 @@ def test_severity_enisa_and_art34_3a() -> None:
     low = assess({"email"}, 10, 10, Circumstances(recipients="known", malicious=False))
     assert low["level"] == "low" and low["score"] == 1 * 0.75 + 0.25
     assert "ENISA" in low["rationale"]
+    # French typography: decimal commas, a space before the semicolon
+    assert "= 1 × 0,75 + 0,25 = 1 (niveau" in low["rationale"]
+    nir = assess({"nir", "last_name", "birth_date"}, 10, 10)["rationale"]
+    assert "DPC de base 1 ; NIR exposé" in nir and "; " not in nir.replace(" ; ", "")
 
 
 def test_safe_cell() -> None:

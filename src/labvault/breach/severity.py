@@ -35,6 +35,11 @@ class Circumstances:
     availability: float = 0.0         # 0, 0.25, 0.5
 
 
+def _fr(x: float) -> str:
+    """A score as French text writes it: a decimal comma (1,75)."""
+    return f"{x:g}".replace(".", ",")
+
+
 def level_of(score: float) -> str:
     if score < 2:
         return "low"
@@ -111,8 +116,9 @@ def assess(meanings: Collection[str], persons: int, records: int,
     level = level_of(score)
     art34_required = level in ("high", "very high") and not unintelligible and not nobody
     rationale = (
-        f"Méthode ENISA 2013 : SE = DPC × EI + CB = {dpc:g} × {ei:g} + {cb:g} = {score:g} "
-        f"(niveau {LEVEL_FR[level]}). DPC : " + "; ".join(why + [t for _, t in adjustments])
+        f"Méthode ENISA 2013 : SE = DPC × EI + CB = {_fr(dpc)} × {_fr(ei)} + {_fr(cb)} = "
+        f"{_fr(score)} (niveau {LEVEL_FR[level]}). DPC : "
+        + " ; ".join(why + [t for _, t in adjustments])
         + f". EI {ei_why}. CB : perte de confidentialité "
         + {"none": "sans diffusion", "known": "vers des destinataires connus",
            "unknown": "vers des destinataires inconnus (fichier diffusé)"}.get(c.recipients, "")
