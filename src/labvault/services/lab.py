@@ -1546,13 +1546,7 @@ class LabService:
             return L.OrderStatus(row["status"]), rep["report_id"] if rep else ""
 
     def get_report(self, actor: Actor, report_id: str, purpose: str = CARE) -> ReportView:
-        with self.lv.begin() as conn:
-            rep = lrepo.report(conn, report_id)
-            if rep is None:
-                raise absent("report")
-            order = self._order_for(conn, actor, rep["order_id"], Action.READ, "report",
-                                    purpose=purpose, asked="report")
-            return self._report_view(conn, order)
+        return self._report(actor, report_id, purpose, published_only=False)
 
     def get_published_report(self, actor: Actor, report_id: str,
                              purpose: str = CARE) -> ReportView:
@@ -1560,13 +1554,17 @@ class LabService:
         after publication. Read through the gate like ``get_report`` (audited, counted); one
         not published yet raises ``ReportNotPublished`` before anything is opened (the
         transaction, its read entry included, is rolled back: nothing was read)."""
+        return self._report(actor, report_id, purpose, published_only=True)
+
+    def _report(self, actor: Actor, report_id: str, purpose: str,
+                published_only: bool) -> ReportView:
         with self.lv.begin() as conn:
             rep = lrepo.report(conn, report_id)
             if rep is None:
                 raise absent("report")
             row = self._order_row(conn, actor, rep["order_id"], Action.READ, "report",
                                   purpose=purpose, asked="report")
-            if L.OrderStatus(row["status"]) not in PATIENT_VISIBLE:
+            if published_only and L.OrderStatus(row["status"]) not in PATIENT_VISIBLE:
                 raise ReportNotPublished()
             return self._report_view(conn, self._order_from_row(conn, row))
 
