@@ -25,11 +25,16 @@ def _words(page: str) -> str:
 
 
 def test_patient_and_staff_read_the_french_names(web: World, browser: TestClient) -> None:
+    from labvault.services.alerts import AlertService
     a = web.a
+    web.lv.alerts = web.lv.gate.alerts = AlertService(web.lv)     # the panic values' list
     rep = order(web, a, a.patients[0])                       # Hb + K, published
     waiting = order(web, a, a.patients[0], step="technical")  # on the biologist's list
     received = order(web, a, a.patients[1], step="received")  # on the bench's list
-    assert waiting.order_id and received.order_id
+    panic = order(web, a, a.patients[1], step="technical",     # a critical haemoglobin
+                  results=[{"code": "718-7", "value": 6.5, "unit": "g/dL"},
+                           {"code": "2823-3", "value": "4.2", "unit": "mmol/L"}])
+    assert waiting.order_id and received.order_id and panic.order_id
     form_login(browser, web, a.emails["patient"], staff=False)
     portal = _words(browser.get("/portail").text)
     assert HB_FR in portal and HB_LOINC not in portal and K_LOINC not in portal
@@ -56,6 +61,9 @@ def test_patient_and_staff_read_the_french_names(web: World, browser: TestClient
     for url in (f"/console/patients/{a.patients[0]}", "/console/validation"):
         page = _words(staff.get(url).text)
         assert HB_FR in page and HB_LOINC not in page and K_LOINC not in page, url
+    validation = _words(staff.get("/console/validation").text)
+    assert f"{HB_FR} : 6,5 g/dL — très bas (critique)" in validation      # the panic list
+    assert f"à revoir : valeur critique ({HB_FR})" in validation
     staff.cookies.clear()
     form_login(staff, web, a.emails["technician"])
     bench = _words(staff.get("/console/technique").text)
