@@ -93,7 +93,7 @@ def test_incomplete_order_needs_partial(world: World, client: TestClient) -> Non
     assert body["missing"] == ["718-7"] and "partial" in body["detail"]
     r = client.post(url, json={"partial": True, "publish": True}, headers=bio)
     assert r.status_code == 200 and r.json()["partial"] is True
-    assert r.json()["missing"] == {"718-7": "Hemoglobin [Mass/volume] in Blood"}
+    assert r.json()["missing"] == {"718-7": "Hémoglobine"}
 
 
 def test_rejection_by_the_bench(world: World, client: TestClient) -> None:

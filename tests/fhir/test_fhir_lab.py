@@ -583,3 +583,31 @@ def test_an_amendment_without_a_reason_names_observation_note(server: Running) -
     assert answers[0][0] in (400, 422)
     assert answers[0] == answers[1] == answers[2], answers
     assert answers[0][1]["issue"][0]["expression"] == ["Observation.note"]
+
+
+def test_code_text_is_the_french_name_and_coding_display_stays_loinc(server: Running) -> None:
+    """People read ``code.text`` (the catalogue's French label); systems read the LOINC
+    coding, whose display stays LOINC's own name. A resource read and sent back, text
+    included, is accepted unchanged (``code.text`` is not read back)."""
+    p = next(people(1, seed=27))
+    r = post(server, visit_bundle(p, 1))
+    assert r.status_code == 200, r.text
+    locs = [e["response"]["location"].split("/_history")[0] for e in r.json()["entry"]]
+    client = server.client()
+    got = {loc: client.get(loc.split("/")[0], loc.split("/")[1]) for loc in locs}
+    for res in got.values():
+        validate_r4b(json.loads(json.dumps(res)))
+    obs = {o["code"]["coding"][0]["code"]: o["code"] for o in (got[loc] for loc in locs[3:8])}
+    assert obs["718-7"] == {"coding": [{"system": ids.LOINC_SYSTEM, "code": "718-7",
+                                        "display": "Hemoglobin [Mass/volume] in Blood"}],
+                            "text": "Hémoglobine"}
+    assert obs["6690-2"]["text"] == "Leucocytes" and obs["789-8"]["text"] == "Hématies"
+    sr = got[locs[1]]
+    assert sr["code"]["text"] == ("Hémoglobine, Hématies, Leucocytes, Plaquettes, "
+                                  "Hématocrite")
+    rep = got[locs[8]]
+    assert rep["code"]["coding"][0]["display"] == "Laboratory report"
+    assert rep["code"]["text"] == "Compte rendu d'analyses de biologie médicale"
+    put = httpx.put(f"{server.url}/{locs[1]}", headers=HDR, content=json.dumps(sr))
+    assert put.status_code == 200, put.text              # sent back as read, text included
+    assert client.get("ServiceRequest", locs[1].split("/")[1])["code"] == sr["code"]

@@ -197,7 +197,9 @@ class ObservationView:
         return {"id": self.observation_id, "order_id": self.order_id,
                 "patient_id": self.patient_id, "status": self.status, "revision": self.revision,
                 "created_at": self.created_at.isoformat(),
-                "updated_at": self.updated_at.isoformat(), **self.observation.as_json()}
+                "updated_at": self.updated_at.isoformat(), **self.observation.as_json(),
+                # the name people read (the catalogue's French label, else the display)
+                "label": self.observation.name}
 
 
 @dataclass(frozen=True)
@@ -213,6 +215,12 @@ class OrderView:
     request: L.ServiceRequest
     steps: Mapping[str, Step] = field(default_factory=dict)   # received, technical, ...
     specimens: Sequence[SpecimenView] = ()
+    # requested tests as people read them (LOINC code -> ``Catalogue.name_of``)
+    test_names: Mapping[str, str] = field(default_factory=dict)
+
+    def test_name(self, code: str) -> str:
+        """A requested test's name as people read it (the code if the catalogue lacks it)."""
+        return self.test_names.get(code, code)
 
     def as_json(self) -> dict[str, Any]:
         return {"id": self.order_id, "report_id": self.report_id, "patient_id": self.patient_id,
@@ -508,11 +516,6 @@ class _Order:
         return date.fromisoformat(bd) if bd else None
 
 
-def _test_name(cat: L.Catalogue, code: str) -> str:
-    test = cat.get(code)
-    return test.display if test else code
-
-
 def review_reason(results: Sequence[L.Observation], missing: Mapping[str, str]) -> Skip | None:
     """Why an order's results need a biologist's review rather than "validate all normal"
     (the most serious reason, with the tests concerned); None when they may go in bulk."""
@@ -526,7 +529,7 @@ def review_reason(results: Sequence[L.Observation], missing: Mapping[str, str]) 
         reason = min(why, key=SKIP_REASONS.index)
         flags = (tuple((o.analyser_flag or "", o.flag.value if o.flag else "")
                        for o in why[reason]) if reason == "analyser-disagrees" else ())
-        return Skip(reason, tuple(o.display for o in why[reason]), flags)
+        return Skip(reason, tuple(o.name for o in why[reason]), flags)
     return Skip("incomplete", tuple(missing.values())) if missing else None
 
 
@@ -791,7 +794,7 @@ class LabService:
             specimens: list[SpecimenView] = []
             if spec is not None:
                 specimens.append(self._receive(conn, actor, order, spec))
-            return self._order_view(order, specimens)
+            return self._order_view(conn, order, specimens)
 
     def _create_order(self, conn: Connection, actor: Actor, tenant_id: str, patient_id: str,
                       req: L.ServiceRequest, facts: Mapping[str, Any] | None = None,
@@ -1154,7 +1157,7 @@ class LabService:
         """Requested tests without a result: LOINC code -> test name."""
         have = {o.code for o in results}
         cat = self._catalogue(conn, order.tenant_id)
-        return {t: _test_name(cat, t) for t in order.request.get("tests", ()) if t not in have}
+        return {t: cat.name_of(t) for t in order.request.get("tests", ()) if t not in have}
 
     def validate_technical(self, actor: Actor, order_id: str,
                            expected: Mapping[str, int] | None = None) -> OrderView:
@@ -1169,7 +1172,7 @@ class LabService:
             self._unchanged(conn, order, expected)
             self._transition(conn, actor, order, L.OrderStatus.TECHNICALLY_VALIDATED,
                              "technical", self._signed(actor))
-            return self._order_view(order)
+            return self._order_view(conn, order)
 
     def validate_biological(self, actor: Actor, order_id: str,
                             conclusion: str | None = None,
@@ -1433,7 +1436,7 @@ class LabService:
             lrepo.update_specimens(conn, order.tenant_id, order_id, "rejected")
             lrepo.set_observations_status(conn, order.tenant_id, order_id, "cancelled",
                                           self.lv.now())
-            return self._order_view(order)
+            return self._order_view(conn, order)
 
     def cancel(self, actor: Actor, order_id: str, reason: str) -> OrderView:
         """Cancel an order (and its results), with the reason, which is kept; after
@@ -1445,7 +1448,7 @@ class LabService:
             order = self._order_for(conn, actor, order_id, Action.WRITE, "order", reason=note)
             L.check_cancel(order.status, actor.roles)
             self._cancel(conn, actor, order, note)
-            return self._order_view(order)
+            return self._order_view(conn, order)
 
     def _cancel(self, conn: Connection, actor: Actor, order: _Order, note: str) -> None:
         self._transition(conn, actor, order, L.OrderStatus.CANCELLED, "cancelled",
@@ -1455,7 +1458,7 @@ class LabService:
                                       self.lv.now())
 
     # == reading =================================================================================
-    def _order_view(self, order: _Order,
+    def _order_view(self, conn: Connection, order: _Order,
                     specimens: Sequence[SpecimenView] = ()) -> OrderView:
         req = dict(order.request)
         req.pop("patient", None)
@@ -1463,7 +1466,19 @@ class LabService:
                          order.tenant_id, order.status, L.Priority(order.row["priority"]),
                          order.row["created_at"], order.row["updated_at"],
                          L.ServiceRequest.parse({k: v for k, v in req.items() if v is not None}),
-                         self._steps(order.workflow), specimens)
+                         self._steps(order.workflow), specimens,
+                         self._test_names(conn, order.tenant_id, req.get("tests", ())))
+
+    def _test_names(self, conn: Connection, tenant_id: str,
+                    codes: Iterable[str]) -> dict[str, str]:
+        """Requested tests as people read them, from the laboratory's catalogue in force.
+        A stored catalogue that no longer passes the checks refuses results (its message
+        says to load a corrected one); an order is still shown, its tests by code."""
+        try:
+            cat = self._catalogue(conn, tenant_id)
+        except UserError:
+            return {}
+        return {c: cat.name_of(c) for c in codes}
 
     @staticmethod
     def _steps(workflow: Mapping[str, Any]) -> dict[str, Step]:
@@ -1533,7 +1548,7 @@ class LabService:
                                     purpose=purpose)
             rep = lrepo.report_by_order(conn, order.tenant_id, order_id)
             order.row["report_id"] = rep["report_id"] if rep else ""
-            return self._order_view(order, self._specimen_views(conn, order))
+            return self._order_view(conn, order, self._specimen_views(conn, order))
 
     def order_status(self, actor: Actor, order_id: str) -> tuple[L.OrderStatus, str]:
         """An order's status and its report's id (clear columns), through the gate as a read
@@ -1675,7 +1690,7 @@ class LabService:
                 o = self._order_from_row(conn, r)
                 rep = lrepo.report_by_order(conn, tenant_id, r["order_id"])
                 o.row["report_id"] = rep["report_id"] if rep else ""
-                out.append(self._order_view(o, self._specimen_views(conn, o) if specimens
+                out.append(self._order_view(conn, o, self._specimen_views(conn, o) if specimens
                                             else ()))
             return out
 

@@ -491,11 +491,7 @@ def bench_worklist(user: User, lv: LV) -> Response:
     pending = [r for r in lv.lab.list_reports(user.actor, tenant_id, status="preliminary")
                if r.order_status == L.OrderStatus.PRELIMINARY]
     received = lv.lab.list_orders(user.actor, tenant_id, status=L.OrderStatus.RECEIVED.value)
-    cat = lv.lab.catalogue(tenant_id)
-    names = {t: (test.display if (test := cat.get(t)) else t)
-             for o in received for t in o.request.tests}
-    return html("technique.html", user=user, pending=pending, received=received, names=names,
-                staff=True)
+    return html("technique.html", user=user, pending=pending, received=received, staff=True)
 
 
 @router.post("/console/technique/{order_id}")

@@ -35,8 +35,11 @@ OBS_CATEGORY = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/obs
 REPORT_CATEGORY = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0074",
                                "code": "LAB", "display": "Laboratory"}]}
 REPORT_LOINC = "11502-2"
+# ``coding.display`` is LOINC's own name (interoperability); ``text`` is the name people
+# read, in French as on the laboratory's report (the catalogue's labels for tests)
 REPORT_CODE = {"coding": [{"system": ids.LOINC_SYSTEM, "code": REPORT_LOINC,
-                           "display": "Laboratory report"}]}
+                           "display": "Laboratory report"}],
+               "text": "Compte rendu d'analyses de biologie médicale"}
 IDENTIFIER_TYPE = "http://terminology.hl7.org/CodeSystem/v2-0203"
 
 # order status -> ServiceRequest.status (request-status)
@@ -125,7 +128,8 @@ def service_request_to_fhir(o: OrderView) -> dict[str, Any]:
         "status": REQUEST_STATUS[o.status], "intent": "order", "priority": o.priority.value,
         "category": [{"coding": [{"system": "http://snomed.info/sct", "code": "108252007",
                                   "display": "Laboratory procedure"}]}],
-        "code": {"coding": [{"system": ids.LOINC_SYSTEM, "code": t} for t in req.tests]},
+        "code": {"coding": [{"system": ids.LOINC_SYSTEM, "code": t} for t in req.tests],
+                 "text": ", ".join(o.test_name(t) for t in req.tests)},
         "subject": _ref("Patient", o.patient_id),
         "authoredOn": _instant(req.requested_at or o.created_at),
     }
@@ -386,7 +390,8 @@ def observation_to_fhir(v: ObservationView) -> dict[str, Any]:
         "resourceType": "Observation", "id": ids.to_fhir(v.observation_id),
         "meta": {"lastUpdated": _instant(v.updated_at)},
         "status": v.status, "category": [OBS_CATEGORY],
-        "code": {"coding": [{"system": ids.LOINC_SYSTEM, "code": o.code, "display": o.display}]},
+        "code": {"coding": [{"system": ids.LOINC_SYSTEM, "code": o.code, "display": o.display}],
+                 "text": o.name},
         "subject": _ref("Patient", v.patient_id),
         "basedOn": [_ref("ServiceRequest", v.order_id)],
         "effectiveDateTime": _instant(o.observed_at or v.created_at),
