@@ -612,10 +612,14 @@ class BreachService:
         severity = assess(meanings, persons, len(real_rows), circumstances, sealed_cols)
         severity["exposed"] = sorted(meanings)
         with self.lv.begin() as conn:
-            for t, ids in patients.items():
+            for t, ids in real_patients.items():
                 # One audited decision per tenant naming the matched patients (ids only).
+                # Honeytokens are left out of it: the gate would take the DPO's triage for
+                # someone opening a decoy (``canary.search`` naming the DPO); a decoy in a
+                # leaked file is the lab's own alarm, raised below as ``canary.leaked``.
                 self._check(conn, actor, Action.SEARCH, case_id, tenant_id=t,
                             patient_ids=sorted(ids), categories=(Category.IDENTITY,))
+            self._decoys_leaked(conn, actor, case_id, decoys, row_map)
             attribution = self._attribute(conn, {t: sorted(v) for t, v in patients.items()},
                                           {t: {p: r for p, r in d.items()}
                                            for t, d in row_map.items()}, decoys)
@@ -666,6 +670,21 @@ class BreachService:
         with self.lv.begin() as conn:
             return {t: hits for t, ids in matched.items()
                     if (hits := set(guard.canary_hits(conn, t, ids)))}
+
+    def _decoys_leaked(self, conn: Connection, actor: Actor, case_id: str,
+                       decoys: Mapping[str, set[str]],
+                       rows: Mapping[str, Mapping[str, Sequence[int]]]) -> None:
+        """A critical ``canary.leaked`` alert per laboratory whose honeytokens are in the
+        leak: proof the file came from that lab's data. It names the case and who triaged
+        it as the finder, not as a suspect (no account on the alert)."""
+        guard = getattr(self.lv, "guard", None)
+        if guard is None:
+            return
+        for t, hits in sorted(decoys.items()):
+            guard.alert(conn, t, "canary.leaked", None,
+                        {"case_id": case_id, "patients": sorted(hits), "found_by": actor.id,
+                         "rows": sorted(r for p in hits for r in rows[t][p])},
+                        subject=f"{case_id}|{','.join(sorted(hits))}")
 
     def _attribute(self, conn: Connection, matched: Mapping[str, Sequence[str]],
                    rows: Mapping[str, Mapping[str, Sequence[int]]],

@@ -72,6 +72,7 @@ CATEGORY_FIELDS = {
 KIND_FR = {"budget.exceeded": "quota de lecture dépassé (compte suspendu)",
            "canary.read": "dossier piège ouvert", "canary.search": "dossier piège trouvé par une recherche",
            "canary.export": "dossier piège exporté",
+           "canary.leaked": "dossier piège retrouvé dans un fichier fuité",
            "enumeration.patients": "beaucoup de dossiers ouverts en peu de temps",
            "enumeration.searches": "beaucoup de recherches en peu de temps",
            "enumeration.misses": "beaucoup de recherches sans résultat",
