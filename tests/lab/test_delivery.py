@@ -440,7 +440,7 @@ def test_cli_delivery(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     res = r.invoke(app, ["delivery", "add", "--tenant", tid, "--name", "CHU", "--host",
                          "10.0.0.1", "--port", "2575", "--all"])
     assert res.exit_code == 2 and "--tls-ca" in res.output
-    res = r.invoke(app, ["delivery", "add", "--tenant", tid, "--name", "CHU de test",
+    res = r.invoke(app, ["delivery", "add", "--tenant", tid, "--name", "CHU [test]",
                          "--host", "127.0.0.1", "--port", str(receiver.port), "--rpps", RPPS,
                          "--insecure-plaintext", "--json"])
     assert res.exit_code == 0, res.output
@@ -448,7 +448,9 @@ def test_cli_delivery(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     dest = json.loads(res.stdout)["id"]
     res = r.invoke(app, ["delivery", "list", "--tenant", tid, "--json"])
     listed = json.loads(res.stdout)
-    assert [(d["id"], d["name"], d["prescribers"]) for d in listed] == [(dest, "CHU de test", 1)]
+    assert [(d["id"], d["name"], d["prescribers"]) for d in listed] == [(dest, "CHU [test]", 1)]
+    res = r.invoke(app, ["delivery", "list", "--tenant", tid])
+    assert dest in res.stdout and "CHU [test]" in res.stdout     # as given, not Rich markup
     lv = open_labvault(Settings.from_env())
     try:
         pid = lv.patients.register(Actor.operator(), tid, patient_data())

@@ -50,7 +50,8 @@ def add(tenant: str = TenantOpt,
     emit(d, as_json, lambda: out_console.print(
         f"destination {d['id']} added: {d['host']}:{d['port']} ({d['transport']}), "
         + ("every report" if d["routing"] == "all"
-           else f"reports of {d['prescribers']} prescriber(s)"), highlight=False))
+           else f"reports of {d['prescribers']} prescriber(s)"), highlight=False,
+        markup=False))
 
 
 @app.command("list")
@@ -70,8 +71,10 @@ def list_(tenant: str = TenantOpt,
         for r in rows:
             what = "every report" if r["routing"] == "all" \
                 else f"{r['prescribers']} prescriber(s)"
+            # the name and host are the operator's text: printed as is, never as markup
             out_console.print(f"{r['id']}  {r['status']:8} {r['host']}:{r['port']} "
-                              f"{r['transport']:9} {what}  {r['name']}", highlight=False)
+                              f"{r['transport']:9} {what}  {r['name']}", highlight=False,
+                              markup=False)
     emit(rows, as_json, human)
 
 
@@ -146,5 +149,6 @@ def status(tenant: str = TenantOpt,
         for r in rows:
             out_console.print(f"{r['id']}  {r['status']:9} {r['kind']:9} report {r['report_id']}"
                               f" -> {r['destination_id']}  attempts {r['attempts']}"
-                              + (f"  {r['error']}" if r["error"] else ""), highlight=False)
+                              + (f"  {r['error']}" if r["error"] else ""), highlight=False,
+                              markup=False)
     emit(rows, as_json, human)
