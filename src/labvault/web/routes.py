@@ -446,10 +446,11 @@ def console_patient(patient_id: str, user: User, lv: LV) -> Response:
 @router.get("/console/rapports/{report_id}.pdf")
 def console_report_pdf(report_id: str, user: User, lv: LV) -> Response:
     """"Télécharger le compte rendu (PDF)": a published (or amended) report, the document
-    the patient's portal prints, for the laboratory to send to the prescriber (labvault
-    sends nothing: docs/lab.md). Read through the gate (resource ``report``, purpose care:
-    the roles the policy lets read the laboratory's reports); one not published yet is
-    refused; another laboratory's answers like an id that does not exist."""
+    the patient's portal prints, for the laboratory to send to the prescriber when no
+    delivery destination takes this prescriber's reports (docs/lab.md). Read through the
+    gate (resource ``report``, purpose care: the roles the policy lets read the
+    laboratory's reports); one not published yet is refused; another laboratory's answers
+    like an id that does not exist."""
     _staff(user)
     from labvault.web.pdf import FROM_CONSOLE
     from labvault.web.pdf import report_pdf as render_pdf
