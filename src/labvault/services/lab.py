@@ -40,7 +40,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -280,6 +280,9 @@ class ReportView:
     # who ordered these tests ({"name", "rpps"}): the doctor the report is for, not the
     # patient record's usual prescriber
     prescriber: Mapping[str, Any] | None = None
+    # ORU^R01 messages queued for the prescriber's or hospital's system by the call that
+    # returned this view (publication, revised conclusion): 0 when no destination matched
+    queued: int = 0
 
     @property
     def expected(self) -> dict[str, int]:
@@ -1324,9 +1327,11 @@ class LabService:
     # == publication, amendment, rejection, cancellation ========================================
     def publish(self, actor: Actor, order_id: str, partial: bool | None = None) -> ReportView:
         """Make a biologically validated report available to the patient (portal, FHIR
-        reads); nothing is sent to the prescriber from here (docs/lab.md). ``partial=False``
-        refuses a report with requested tests still without result, unless the biological
-        validation already accepted it as partial."""
+        reads) and, in the same transaction, queue it (sealed ORU^R01) for each delivery
+        destination its prescriber matches (docs/lab.md "What reaches the prescriber";
+        ``ReportView.queued``). ``partial=False`` refuses a report with requested tests
+        still without result, unless the biological validation already accepted it as
+        partial."""
         with self.lv.begin() as conn:
             order = self._order_for(conn, actor, order_id, Action.WRITE, "report")
             self._expect(order, "publish", L.OrderStatus.PUBLISHED)
@@ -1340,7 +1345,14 @@ class LabService:
                 if missing:
                     detail["partial"] = sorted(missing)
             self._transition(conn, actor, order, L.OrderStatus.PUBLISHED, "published", detail)
-            return self._report_view(conn, order)
+            return self._delivered(conn, order, corrected=False)
+
+    def _delivered(self, conn: Connection, order: _Order, corrected: bool) -> ReportView:
+        """The report as it now stands, queued for the destinations it goes to (in the
+        caller's transaction: the messages are written with the change, or neither)."""
+        view = self._report_view(conn, order)
+        queued = self.lv.delivery.enqueue(conn, order, view, corrected)
+        return replace(view, queued=queued) if queued else view
 
     def amend(self, actor: Actor, observation_id: str, result: object,
               reason: str, conclusion: str | None = None) -> ObservationView:
@@ -1384,6 +1396,7 @@ class LabService:
                 self._write_report_payload(conn, order, {
                     "conclusion": concl, "conclusion_at": ts.isoformat()}, revised_because=why)
             self._panic_alert(conn, actor, order, observation_id, new)
+            self._delivered(conn, order, corrected=True)
             return ObservationView(observation_id, order.order_id, order.patient_id, tenant_id,
                                    "amended", rev, orow["created_at"], ts, new)
 
@@ -1412,7 +1425,7 @@ class LabService:
             self._write_report_payload(conn, order, {
                 "conclusion": concl, "conclusion_at": self.lv.now().isoformat()},
                 revised_because=why)
-            return self._report_view(conn, order)
+            return self._delivered(conn, order, corrected=True)
 
     def reject(self, actor: Actor, order_id: str, reason: str,
                comment: str | None = None) -> OrderView:
