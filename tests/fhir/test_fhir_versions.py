@@ -373,3 +373,36 @@ def test_if_none_match_on_update_and_conditional_create_are_not_dropped(
     found = httpx.get(f"{server.url}/Patient", headers=AUTH, params={
         "identifier": new["identifier"][0]["value"]}).json()
     assert found["total"] == 0                   # nothing created
+
+
+def test_transaction_entry_conditions_are_honoured_or_refused_never_dropped(
+        server: Running) -> None:
+    """``request.ifNoneMatch`` on a PUT entry is the If-None-Match of an update (412, the
+    whole Bundle stored nothing); on a POST entry (conditional create), like
+    ``ifModifiedSince`` (a read's condition) or an element Bundle.entry.request does not
+    have, it is a 400 naming it."""
+    pat = create_patient(server, 100)
+    body, tag = read(server, f"Patient/{pat['id']}")
+    moved = {**body, "address": [{"line": ["10 rue Neuve"], "postalCode": "59000",
+                                  "city": "Lille", "country": "FR"}]}
+    for value in ("*", tag):
+        r = transaction(server, {"resource": moved, "request": {
+            "method": "PUT", "url": f"Patient/{pat['id']}", "ifNoneMatch": value}})
+        assert r.status_code == 412, (value, r.text)
+        assert outcome(r)["issue"][0]["expression"] == ["Bundle.entry[0].request.ifNoneMatch"]
+        assert read(server, f"Patient/{pat['id']}") == (body, tag)
+    r = transaction(server, {"resource": moved, "request": {
+        "method": "PUT", "url": f"Patient/{pat['id']}", "ifNoneMatch": NEVER}})
+    assert r.status_code == 200, r.text
+    new = fhir_patient(next(people(1, seed=101)))
+    for request, where in (
+            ({"method": "POST", "url": "Patient", "ifNoneMatch": "*"}, "ifNoneMatch"),
+            ({"method": "POST", "url": "Patient",
+              "ifModifiedSince": "2026-01-01T00:00:00Z"}, "ifModifiedSince"),
+            ({"method": "POST", "url": "Patient", "ifMatchh": NEVER}, "ifMatchh"),
+            ({"method": "PUT", "url": f"Patient/{pat['id']}", "ifNoneMatch": "W/3"},
+             "ifNoneMatch")):
+        resource = new if request["method"] == "POST" else moved
+        r = transaction(server, {"resource": resource, "request": request})
+        assert r.status_code == 400, (request, r.text)
+        assert outcome(r)["issue"][0]["expression"] == [f"Bundle.entry[0].request.{where}"]

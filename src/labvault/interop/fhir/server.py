@@ -641,10 +641,16 @@ class FhirServer:
                         status = "201 Created"
                     else:
                         assert p.target_id is not None
-                        if p.if_match is not None:   # as it is now, after the creates
-                            versions.check(p.if_match,
-                                           h.read(actor, p.target_id, for_update=True),
-                                           [f"Bundle.entry[{i}].request.ifMatch"])
+                        if p.if_match is not None or p.if_none_match is not None:
+                            # as it is now, after the creates; locked until the commit
+                            now = h.read(actor, p.target_id, for_update=True)
+                            if p.if_match is not None:
+                                versions.check(p.if_match, now,
+                                               [f"Bundle.entry[{i}].request.ifMatch"])
+                            if p.if_none_match is not None:
+                                versions.check_none_match(versions.accepted(
+                                    p.if_none_match, header="If-None-Match"), now,
+                                    [f"Bundle.entry[{i}].request.ifNoneMatch"])
                         h.update(actor, p.target_id, bodies[0])
                         news = [p.target_id]
                         status = "200 OK"
@@ -712,6 +718,11 @@ class FhirServer:
         if not isinstance(req, Mapping):
             raise FhirError(400, "required", "a transaction entry needs request.method and "
                             "request.url", [where + ".request"])
+        _known_keys(req, REQUEST_KEYS, where + ".request")
+        if "ifModifiedSince" in req:        # dropped, it would read as "no condition"
+            raise FhirError(400, "not-supported", "ifModifiedSince is a condition of a read; "
+                            "entries here are POST or PUT (for an update: ifMatch)",
+                            [where + ".request.ifModifiedSince"])
         method = req.get("method")
         url = str(req.get("url") or "").strip("/")
         resource = entry.get("resource")
@@ -727,6 +738,9 @@ class FhirServer:
             if "ifNoneExist" in req:
                 raise FhirError(400, "not-supported", "conditional create is not supported",
                                 [where + ".request.ifNoneExist"])
+            if "ifNoneMatch" in req:
+                raise FhirError(400, "not-supported", "conditional create is not supported "
+                                "(ifNoneMatch on a POST)", [where + ".request.ifNoneMatch"])
             if "ifMatch" in req:
                 raise FhirError(400, "not-supported", "ifMatch applies to an update (PUT): a "
                                 "created resource has no version yet", [where + ".request.ifMatch"])
@@ -736,20 +750,26 @@ class FhirServer:
             if len(parts) != 2 or parts[0] != rtype or resource.get("id") != parts[1]:
                 raise FhirError(400, "invalid", f"request.url must be {rtype}/<id> with the "
                                 "resource's id", [where + ".request.url"])
+            none_match = req.get("ifNoneMatch")
+            if none_match is not None:          # checked now: a 400 before anything runs
+                self._if_match(none_match, where + ".request.ifNoneMatch", "If-None-Match")
             return _Plan(rtype, "PUT", resource, full_url, parts[1],
-                         self._if_match(req.get("ifMatch"), where + ".request.ifMatch"))
+                         self._if_match(req.get("ifMatch"), where + ".request.ifMatch"),
+                         none_match)
         raise FhirError(400, "not-supported", "transaction entries may be POST or PUT",
                         [where + ".request.method"])
 
     @staticmethod
-    def _if_match(value: object, where: str) -> frozenset[str] | None:
-        """The versions an entry's ``request.ifMatch`` accepts (None: no condition)."""
+    def _if_match(value: object, where: str,
+                  header: str = "If-Match") -> frozenset[str] | None:
+        """The versions an entry's ``request.ifMatch`` (or ``ifNoneMatch``) names (None: no
+        condition, or ``*``)."""
         if value is None:
             return None
         if not isinstance(value, str):
-            raise FhirError(400, "structure", "ifMatch must be a string (W/\"<versionId>\")",
-                            [where])
-        return versions.accepted(value, [where])
+            raise FhirError(400, "structure", f"{where.rsplit('.', 1)[-1]} must be a string "
+                            '(W/"<versionId>")', [where])
+        return versions.accepted(value, [where], header)
 
     # -- CapabilityStatement ---------------------------------------------------------------
     def capability(self, base: str) -> dict[str, Any]:
@@ -802,6 +822,7 @@ class _Plan:
     full_url: str | None
     target_id: str | None
     if_match: frozenset[str] | None = None      # request.ifMatch: the versions accepted
+    if_none_match: str | None = None            # request.ifNoneMatch, as sent (checked)
 
 
 # The elements of a Bundle and of its entries (R4 bundle.html): anything else is refused,
@@ -812,6 +833,8 @@ BUNDLE_KEYS = frozenset({"resourceType", "id", "meta", "implicitRules", "languag
                          "signature"})
 ENTRY_KEYS = frozenset({"id", "extension", "link", "fullUrl", "resource", "search",
                         "request", "response"})
+REQUEST_KEYS = frozenset({"id", "extension", "method", "url", "ifNoneMatch",
+                          "ifModifiedSince", "ifMatch", "ifNoneExist"})
 
 
 def _known_keys(node: Mapping[str, Any], known: frozenset[str], where: str) -> None:

@@ -97,7 +97,8 @@ def check(wanted: frozenset[str] | None, now: Mapping[str, Any],
                     "the new ETag", where)
 
 
-def check_none_match(excluded: frozenset[str] | None, now: Mapping[str, Any]) -> None:
+def check_none_match(excluded: frozenset[str] | None, now: Mapping[str, Any],
+                     where: list[str] | None = None) -> None:
     """``If-None-Match`` on an update (RFC 9110 §13.1.2): 412 when the resource is at one of
     the ``excluded`` versions -- with ``*``, whenever it exists (every update's target
     does: an update never creates here, so ``If-None-Match: *`` never lets one through)."""
@@ -107,4 +108,4 @@ def check_none_match(excluded: frozenset[str] | None, now: Mapping[str, Any]) ->
     said = "*" if excluded is None else ", ".join(sorted(excluded))
     raise FhirError(412, "conflict", f"{rtype}/{rid} exists at a version the update excludes "
                     f"(If-None-Match {said}): nothing was changed. An update here never "
-                    "creates (the server assigns ids: POST the resource instead)")
+                    "creates (the server assigns ids: POST the resource instead)", where)
