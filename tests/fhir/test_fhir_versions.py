@@ -361,6 +361,11 @@ def test_if_none_match_on_update_and_conditional_create_are_not_dropped(
         assert outcome(r)["issue"][0]["code"] == "conflict"
         assert read(server, f"Patient/{pat['id']}") == (body, tag)       # nothing stored
     r = httpx.put(f"{server.url}/Patient/{pat['id']}", content=json.dumps(moved),
+                  headers={**HDR, "If-Unmodified-Since": "Sun, 29 Nov 2026 10:00:00 GMT"})
+    assert r.status_code == 400, r.text                    # a write's condition: not dropped
+    assert outcome(r)["issue"][0]["expression"] == ["If-Unmodified-Since"]
+    assert read(server, f"Patient/{pat['id']}") == (body, tag)
+    r = httpx.put(f"{server.url}/Patient/{pat['id']}", content=json.dumps(moved),
                   headers={**HDR, "If-None-Match": NEVER})
     assert r.status_code == 200, r.text
     new = fhir_patient(next(people(1, seed=99)))

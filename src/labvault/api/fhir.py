@@ -209,6 +209,12 @@ async def create(rtype: str, request: Request, actor: CurrentActor) -> Response:
 
 @router.put("/{rtype}/{fhir_id}")
 async def update(rtype: str, fhir_id: str, request: Request, actor: CurrentActor) -> Response:
+    if "if-unmodified-since" in request.headers:
+        # a write's precondition by time: dropped, the update would go through whatever
+        # changed; the version is the exact form of it (If-Match)
+        raise FhirError(400, "not-supported", "If-Unmodified-Since is not supported: send "
+                        'If-Match: W/"<versionId>" (the ETag of your read)',
+                        ["If-Unmodified-Since"])
     body = await read_json(request)
     srv = server(request)
     return versioned_response(await run_in_threadpool(
