@@ -352,6 +352,44 @@ def test_a_report_is_issued_when_published(server: Running) -> None:
     assert again["effectiveDateTime"] == rep["effectiveDateTime"]
 
 
+def test_an_amended_report_is_issued_when_amended(server: Running) -> None:
+    """DiagnosticReport.issued is "the date and time that this version of the report was
+    made available" (R4): after an amendment (a result corrected after publication,
+    available at once) the amendment's time, and after a later one (the conclusion
+    rewritten) that one's -- not the first publication's, which the searched and the read
+    report alike give up."""
+    server.lv.now = lambda: RECORDED  # type: ignore[method-assign]
+    pid, rep = _report_of(server, visit_bundle(next(people(1, seed=30)), 30))
+    order_id = ids.from_fhir(rep["basedOn"][0]["reference"].split("/")[1], "ord") or ""
+    lab = server.lv.lab
+    published = datetime(2026, 11, 29, 11, 2, 3, tzinfo=UTC)
+    server.lv.now = lambda: published  # type: ignore[method-assign]
+    lab.publish(server.actor, order_id)
+
+    def issued() -> datetime:
+        read = httpx.get(f"{server.url}/DiagnosticReport/{rep['id']}", headers=HDR).json()
+        validate_r4b(read)
+        (searched,) = httpx.get(f"{server.url}/DiagnosticReport", headers=HDR, params={
+            "patient": f"Patient/{pid}"}).json()["entry"]
+        assert searched["resource"] == read
+        return datetime.fromisoformat(read["issued"])
+    assert issued() == published
+    corrected = datetime(2026, 11, 30, 9, 15, 0, tzinfo=UTC)
+    server.lv.now = lambda: corrected  # type: ignore[method-assign]
+    obs = lab.get_report(server.actor, ids.from_fhir(rep["id"], "rep") or "").observations[0]
+    lab.amend(server.actor, obs.observation_id, {
+        "code": obs.observation.code, "value": (obs.observation.numeric or 0) + 1,
+        "unit": obs.observation.unit}, "erreur de saisie")
+    assert issued() == corrected
+    revised = datetime(2026, 12, 1, 16, 40, 0, tzinfo=UTC)
+    server.lv.now = lambda: revised  # type: ignore[method-assign]
+    lab.revise_conclusion(server.actor, order_id, "Bilan revu.", "résultat corrigé")
+    assert issued() == revised
+    # the portal's and the PDF's "émis le" stays the first publication (the core's own)
+    assert lab.get_report(server.actor, ids.from_fhir(rep["id"], "rep") or "").issued_at \
+        in (published, published.replace(tzinfo=None))
+
+
 def test_unreadable_dates_are_refused_naming_the_parameter(server: Running) -> None:
     pid = "pt-0000000000000000000000000v"
     for value in ("2026-11-29T05:19:30",            # a time without timezone: which instant?

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from importlib import resources
@@ -716,16 +716,24 @@ class LabService:
 
     def _order_for(self, conn: Connection, actor: Actor, order_id: str, action: Action,
                    resource: str = "order", reason: str | None = None,
-                   purpose: str = CARE, asked: str = "order") -> _Order:
+                   purpose: str = CARE, asked: str = "order", lock: bool = False) -> _Order:
         return self._order_from_row(conn, self._order_row(conn, actor, order_id, action,
-                                                          resource, reason, purpose, asked))
+                                                          resource, reason, purpose, asked,
+                                                          lock))
 
     def _order_row(self, conn: Connection, actor: Actor, order_id: str, action: Action,
                    resource: str = "order", reason: str | None = None,
-                   purpose: str = CARE, asked: str = "order") -> dict[str, Any]:
+                   purpose: str = CARE, asked: str = "order",
+                   lock: bool = False) -> dict[str, Any]:
         """The order's row (clear columns only), once the gate allowed ``action`` on it.
-        ``asked``: the kind of id the caller was given (what "not found" names)."""
-        row = lrepo.order(conn, order_id)
+        ``asked``: the kind of id the caller was given (what "not found" names).
+
+        Every write locks the order first (``lock``, or any action but a read): the order
+        row is the lock of the order's report, specimens and results, so that what a write
+        reads (a status, the revisions a validation was shown, the version a FHIR
+        ``If-Match`` names) is still so when it writes -- another writer of the order waits
+        for the end of this transaction, then reads what it committed."""
+        row = lrepo.order(conn, order_id, lock=lock or action != Action.READ)
         if row is None:
             raise absent(asked)
         self._scope(actor, row["tenant_id"], asked)
@@ -1200,7 +1208,7 @@ class LabService:
             raise AccessDenied("technical validation needs a technician or biologist role",
                                "ask a technician or a biologist to validate")
         with self.lv.begin() as conn:
-            row = lrepo.order(conn, order_id)
+            row = lrepo.order(conn, order_id, lock=True)
             if row is None:
                 raise absent("order")
             self._scope(actor, row["tenant_id"], "order")
@@ -1291,7 +1299,7 @@ class LabService:
         with self.lv.begin() as conn:
             rows = lrepo.orders(conn, tenant_id,
                                 statuses=[L.OrderStatus.TECHNICALLY_VALIDATED.value],
-                                order_ids=order_ids, limit=limit)
+                                order_ids=order_ids, limit=limit, lock=True)
             found = {r["order_id"] for r in rows}
             for oid in order_ids or ():
                 if oid not in found:        # validated meanwhile, re-entered, cancelled...
@@ -1371,6 +1379,9 @@ class LabService:
                 raise absent("observation")
             order = self._order_for(conn, actor, orow["order_id"], Action.WRITE, "observation",
                                     reason=why, asked="observation")
+            # read again under the order's lock: the revision and value being corrected are
+            # the last committed ones (two amendments at once are one after the other)
+            orow = lrepo.observation(conn, observation_id) or orow
             tenant_id = order.tenant_id
             old = L.Observation.from_json(self._open(order.dek, tenant_id, "lab_observations",
                                                      "result_sealed", observation_id,
@@ -1555,10 +1566,16 @@ class LabService:
                                       L.Observation.from_json(p["previous"])))
         return out
 
-    def get_order(self, actor: Actor, order_id: str, purpose: str = CARE) -> OrderView:
+    def get_order(self, actor: Actor, order_id: str, purpose: str = CARE,
+                  for_update: bool = False) -> OrderView:
+        """``for_update`` (here and in ``get_report``, ``get_observation``,
+        ``get_specimen``): the read is the first step of a write in the caller's open
+        transaction (``lv.begin()``), e.g. the FHIR door's ``If-Match`` check -- the order
+        is locked before it is read (``_order_row``), so nothing of it changes before that
+        transaction ends."""
         with self.lv.begin() as conn:
             order = self._order_for(conn, actor, order_id, Action.READ, "order",
-                                    purpose=purpose)
+                                    purpose=purpose, lock=for_update)
             rep = lrepo.report_by_order(conn, order.tenant_id, order_id)
             order.row["report_id"] = rep["report_id"] if rep else ""
             return self._order_view(conn, order, self._specimen_views(conn, order))
@@ -1573,8 +1590,10 @@ class LabService:
             rep = lrepo.report_by_order(conn, row["tenant_id"], order_id)
             return L.OrderStatus(row["status"]), rep["report_id"] if rep else ""
 
-    def get_report(self, actor: Actor, report_id: str, purpose: str = CARE) -> ReportView:
-        return self._report(actor, report_id, purpose, published_only=False)
+    def get_report(self, actor: Actor, report_id: str, purpose: str = CARE,
+                   for_update: bool = False) -> ReportView:
+        return self._report(actor, report_id, purpose, published_only=False,
+                            lock=for_update)
 
     def get_published_report(self, actor: Actor, report_id: str,
                              purpose: str = CARE) -> ReportView:
@@ -1585,13 +1604,13 @@ class LabService:
         return self._report(actor, report_id, purpose, published_only=True)
 
     def _report(self, actor: Actor, report_id: str, purpose: str,
-                published_only: bool) -> ReportView:
+                published_only: bool, lock: bool = False) -> ReportView:
         with self.lv.begin() as conn:
-            rep = lrepo.report(conn, report_id)
+            rep = lrepo.report(conn, report_id)      # (its order id: the rest is read after)
             if rep is None:
                 raise absent("report")
             row = self._order_row(conn, actor, rep["order_id"], Action.READ, "report",
-                                  purpose=purpose, asked="report")
+                                  purpose=purpose, asked="report", lock=lock)
             if published_only and L.OrderStatus(row["status"]) not in PATIENT_VISIBLE:
                 raise ReportNotPublished()
             return self._report_view(conn, self._order_from_row(conn, row))
@@ -1604,14 +1623,24 @@ class LabService:
             return self._report_view(conn, order)
 
     def get_observation(self, actor: Actor, observation_id: str,
-                        purpose: str = CARE) -> ObservationView:
+                        purpose: str = CARE, for_update: bool = False) -> ObservationView:
         with self.lv.begin() as conn:
             r = self._record_row(conn, actor, "observation", lrepo.observation(
                 conn, observation_id))
+            if for_update:
+                r = self._locked(conn, r, lambda: lrepo.observation(conn, observation_id))
             self._check(conn, actor, Action.READ, r["tenant_id"], "observation",
                         (r["patient_id"],), purpose=purpose)
             dek = self.lv.gate.patient_key(conn, r["tenant_id"], r["patient_id"])
             return self._obs_view(dek, r)
+
+    @staticmethod
+    def _locked(conn: Connection, row: dict[str, Any],
+                again: Callable[[], dict[str, Any] | None]) -> dict[str, Any]:
+        """A result's or specimen's row read again once its order is locked (``_order_row``):
+        what another writer committed before the lock is seen, nothing after it."""
+        lrepo.order(conn, row["order_id"], lock=True)
+        return again() or row
 
     def _record_row(self, conn: Connection, actor: Actor, kind: str,
                     row: dict[str, Any] | None) -> dict[str, Any]:
@@ -1624,9 +1653,12 @@ class LabService:
             raise absent(kind)
         return row
 
-    def get_specimen(self, actor: Actor, specimen_id: str, purpose: str = CARE) -> SpecimenView:
+    def get_specimen(self, actor: Actor, specimen_id: str, purpose: str = CARE,
+                     for_update: bool = False) -> SpecimenView:
         with self.lv.begin() as conn:
             r = self._record_row(conn, actor, "specimen", lrepo.specimen(conn, specimen_id))
+            if for_update:
+                r = self._locked(conn, r, lambda: lrepo.specimen(conn, specimen_id))
             self._check(conn, actor, Action.READ, r["tenant_id"], "specimen", (r["patient_id"],),
                         purpose=purpose)
             dek = self.lv.gate.patient_key(conn, r["tenant_id"], r["patient_id"])
@@ -1634,6 +1666,55 @@ class LabService:
                                 r["status"], r["received_at"], L.Specimen.parse(self._open(
                                     dek, r["tenant_id"], "lab_specimens", "specimen_sealed",
                                     specimen_id, r["specimen_sealed"])))
+
+    def change_markers(self, actor: Actor, kind: str, record_id: str) -> dict[str, Any]:
+        """The clear change markers of an order, report, observation or specimen (``kind``):
+        what its version is a digest of (statuses, times, revisions, ids: the FHIR door's
+        ``meta.versionId``, interop/fhir/versions.py) -- clear columns only, never a sealed
+        value: what a stolen database shows. So no gate decision and no audit entry (nothing
+        personal is read); the record must be of the actor's laboratory, and a patient's own
+        unpublished one is absent, as on a read. The FHIR door uses it for the versions of
+        the records a transaction Bundle has just written (each write a gate decision of
+        its own) without reading each of them again.
+
+        - order: ``status``, ``updated_at``
+        - report: ``status``, ``updated_at``, ``issued_at``, ``observations`` ((id, status,
+          revision) in the report's order), ``specimens`` (ids, in the report's order)
+        - observation: ``status``, ``revision``, ``updated_at``
+        - specimen: ``status``, ``received_at``"""
+        with self.lv.begin() as conn:
+            if kind in ("observation", "specimen"):
+                row = self._record_row(conn, actor, kind, lrepo.observation(conn, record_id)
+                                       if kind == "observation"
+                                       else lrepo.specimen(conn, record_id))
+                keys = (("status", "revision", "updated_at") if kind == "observation"
+                        else ("status", "received_at"))
+                return {k: row[k] for k in keys}
+            if kind == "report":
+                rep = lrepo.report(conn, record_id)
+                order_id = rep["order_id"] if rep is not None else None
+            elif kind == "order":
+                order_id = record_id
+            else:
+                raise ValueError(f"no change markers for {kind!r}")
+            order = lrepo.order(conn, order_id) if order_id is not None else None
+            if order is None:
+                raise absent(kind)
+            self._scope(actor, order["tenant_id"], kind)
+            if self._unpublished(conn, actor, order["patient_id"], order["order_id"],
+                                 order["status"]):
+                raise absent(kind)
+            if kind == "order":
+                return {"status": order["status"], "updated_at": order["updated_at"]}
+            rep = lrepo.report_by_order(conn, order["tenant_id"], order["order_id"])
+            assert rep is not None
+            return {"status": rep["status"], "updated_at": rep["updated_at"],
+                    "issued_at": rep["issued_at"],
+                    "observations": [(r["observation_id"], r["status"], r["revision"])
+                                     for r in lrepo.observations(conn, order["tenant_id"],
+                                                                 order["order_id"])],
+                    "specimens": [r["specimen_id"] for r in lrepo.specimens(
+                        conn, order["tenant_id"], order["order_id"])]}
 
     def observation_history(self, actor: Actor, observation_id: str,
                             purpose: str = CARE) -> list[HistoryEntry]:
