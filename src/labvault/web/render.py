@@ -80,7 +80,9 @@ KIND_FR = {"budget.exceeded": "quota de lecture dépassé (compte suspendu)",
            "access.new_client": "connexion depuis une nouvelle adresse",
            "break-glass": "accès d'urgence (bris de glace)", "panic-value": "valeur critique",
            "import-issue": "message d'automate à traiter",
-           "erasure-request": "demande d'effacement d'un patient"}
+           "erasure-request": "demande d'effacement d'un patient",
+           "delivery-failed": "compte rendu non remis au système du prescripteur",
+           "retention.mass_erasure": "purge de conservation bloquée : trop de dossiers à effacer"}
 SEVERITY_FR = {"info": "information", "low": "faible", "medium": "moyenne", "high": "élevée",
                "critical": "critique"}
 ALERT_STATUS_FR = {"open": "ouverte", "acked": "prise en compte"}
