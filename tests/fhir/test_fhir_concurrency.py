@@ -197,6 +197,19 @@ def test_two_updates_with_the_same_if_match_one_wins_the_other_is_412(
         assert now == won.headers["etag"]
 
 
+def preliminary_report(a: Running, b: Running, seed: int
+                       ) -> tuple[dict[str, Any], str, str, Any]:
+    """A visit posted to ``a`` with its report left preliminary: the report as read (and its
+    ETag), its order's id, and one of its results as ``b``'s service reads it."""
+    v = visit(a, seed, final=False)
+    (entry,) = httpx.get(f"{a.url}/DiagnosticReport", headers=AUTH, timeout=WAIT,
+                         params={"patient": f"Patient/{v['Patient']}"}).json()["entry"]
+    rep, tag = read(a, f"DiagnosticReport/{entry['resource']['id']}")
+    order_id = ids.from_fhir(v["ServiceRequest"], "ord") or ""
+    obs = b.lv.lab.get_observation(b.actor, ids.from_fhir(v["Observation"], "obs") or "")
+    return rep, tag, order_id, obs
+
+
 def test_a_result_re_entered_meanwhile_makes_the_validation_412(
         workers: tuple[Running, Running], monkeypatch: pytest.MonkeyPatch) -> None:
     """A biologist's client validates a report (``final``, with the If-Match of its read)
@@ -205,13 +218,8 @@ def test_a_result_re_entered_meanwhile_makes_the_validation_412(
     validation waits, then sees the new revision and is refused -- the report is never
     validated over a value the biologist did not see."""
     a, b = workers
-    v = visit(a, 92, final=False)
-    (entry,) = httpx.get(f"{a.url}/DiagnosticReport", headers=AUTH, timeout=WAIT,
-                         params={"patient": f"Patient/{v['Patient']}"}).json()["entry"]
-    rep, tag = read(a, f"DiagnosticReport/{entry['resource']['id']}")
-    order_id = ids.from_fhir(v["ServiceRequest"], "ord") or ""
+    rep, tag, order_id, obs = preliminary_report(a, b, 92)
     lab = b.lv.lab
-    obs = lab.get_observation(b.actor, ids.from_fhir(v["Observation"], "obs") or "")
     hold = Hold()
     monkeypatch.setattr(lab, "_store_results", hold.before(lab._store_results))
     results: dict[str, Any] = {}
@@ -246,13 +254,8 @@ def test_a_console_write_waits_for_a_validation_that_checked_first(
     (a workflow conflict: validated results are corrected by amendment) -- the validated
     value stays the one the biologist saw."""
     a, b = workers
-    v = visit(a, 93, final=False)
-    (entry,) = httpx.get(f"{a.url}/DiagnosticReport", headers=AUTH, timeout=WAIT,
-                         params={"patient": f"Patient/{v['Patient']}"}).json()["entry"]
-    rep, tag = read(a, f"DiagnosticReport/{entry['resource']['id']}")
-    order_id = ids.from_fhir(v["ServiceRequest"], "ord") or ""
+    rep, tag, order_id, obs = preliminary_report(a, b, 93)
     lab = b.lv.lab
-    obs = lab.get_observation(b.actor, ids.from_fhir(v["Observation"], "obs") or "")
     hold = Hold()
     monkeypatch.setattr(versions, "check", hold.after(versions.check))
     results: dict[str, Any] = {}

@@ -4,15 +4,19 @@ area's table policy replaces it in production), a registered patient."""
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date
+from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from labvault.domain.actors import Actor
 from labvault.interop.hl7.handler import Hl7Handler
 from labvault.services.app import Labvault
 from labvault.services.gate import Access, Decision
-from labvault.synthetic import make_nir
+from labvault.synthetic import make_finess, make_nir
 
 
 class LabTestPolicy:
@@ -74,3 +78,25 @@ def ack_of(ack: bytes) -> tuple[str, list[list[str]]]:
     """An ACK's MSA-1 and its ERR segments (split into fields)."""
     segs = [s.split("|") for s in ack.decode().strip("\r").split("\r")]
     return next(s[1] for s in segs if s[0] == "MSA"), [s for s in segs if s[0] == "ERR"]
+
+
+@contextmanager
+def cli_laboratory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str = "Lab CLI",
+                   seed: int = 5) -> Iterator[tuple[CliRunner, Labvault, str]]:
+    """A ``labvault init`` data directory (SQLite) with one laboratory: the CLI runner, the
+    installation opened in process (closed at the block's end, before the CLI runs again)
+    and the laboratory's id."""
+    from labvault.cli import app
+    from labvault.config import Settings
+    from labvault.services.wiring import open_labvault
+    monkeypatch.setenv("LABVAULT_DATA_DIR", str(tmp_path / "var"))
+    monkeypatch.setenv("LABVAULT_KEY_FILE", str(tmp_path / "root.key"))
+    monkeypatch.delenv("LABVAULT_DATABASE_URL", raising=False)
+    r = CliRunner()
+    assert r.invoke(app, ["init"]).exit_code == 0
+    lv = open_labvault(Settings.from_env())
+    try:
+        yield r, lv, lv.tenants.add(Actor.operator(), name,
+                                    make_finess(random.Random(seed))).tenant_id
+    finally:
+        lv.close()

@@ -17,7 +17,6 @@ from typing import Any
 import hl7
 import pytest
 from sqlalchemy import select
-from typer.testing import CliRunner
 
 from labvault.domain.actors import Actor
 from labvault.errors import AccessDenied, UserError
@@ -29,7 +28,7 @@ from labvault.services.app import Labvault
 from labvault.services.gate import LogAlerts, MemoryAudit
 from labvault.store.tables_delivery import delivery_outbox
 from labvault.synthetic import make_finess
-from tests.lab.conftest import patient_data, staff
+from tests.lab.conftest import cli_laboratory, patient_data, staff
 from tests.pki import Pki
 
 RPPS = "10003456786"          # Dr Paul Durand (valid Luhn key)
@@ -427,16 +426,8 @@ def test_cli_delivery(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     from labvault.cli import app
     from labvault.config import Settings
     from labvault.services.wiring import open_labvault
-    monkeypatch.setenv("LABVAULT_DATA_DIR", str(tmp_path / "var"))
-    monkeypatch.setenv("LABVAULT_KEY_FILE", str(tmp_path / "root.key"))
-    monkeypatch.delenv("LABVAULT_DATABASE_URL", raising=False)
-    r = CliRunner()
-    assert r.invoke(app, ["init"]).exit_code == 0
-    lv = open_labvault(Settings.from_env())
-    try:
-        tid = lv.tenants.add(Actor.operator(), "Lab CLI", make_finess(random.Random(5))).tenant_id
-    finally:
-        lv.close()
+    with cli_laboratory(tmp_path, monkeypatch) as (r, _lv, tid):
+        pass
     res = r.invoke(app, ["delivery", "add", "--tenant", tid, "--name", "CHU", "--host",
                          "10.0.0.1", "--port", "2575", "--all"])
     assert res.exit_code == 2 and "--tls-ca" in res.output
@@ -541,21 +532,10 @@ def test_serve_deliver_runs_one_sender_thread(tmp_path: Path, monkeypatch: pytes
     import uvicorn
 
     from labvault.cli import app
-    from labvault.config import Settings
-    from labvault.services.wiring import open_labvault
-    monkeypatch.setenv("LABVAULT_DATA_DIR", str(tmp_path / "var"))
-    monkeypatch.setenv("LABVAULT_KEY_FILE", str(tmp_path / "root.key"))
-    monkeypatch.delenv("LABVAULT_DATABASE_URL", raising=False)
-    r = CliRunner()
-    assert r.invoke(app, ["init"]).exit_code == 0
-    lv = open_labvault(Settings.from_env())
-    try:
-        tid = lv.tenants.add(Actor.operator(), "Lab", make_finess(random.Random(6))).tenant_id
+    with cli_laboratory(tmp_path, monkeypatch, "Lab", 6) as (r, lv, tid):
         _to(lv, tid, receiver.port)
         pid = lv.patients.register(Actor.operator(), tid, patient_data())
         lv.lab.publish(staff(tid, "biologist"), _final(lv, tid, pid))
-    finally:
-        lv.close()
     threads: list[str] = []
 
     def serving(*_a: Any, **_kw: Any) -> None:       # uvicorn.run: until the report is sent

@@ -123,26 +123,12 @@ def test_a_date_error_shows_the_value(h: Hl7Handler, paul: str) -> None:
 def test_cli_exit_codes_and_an_unknown_laboratory(tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     import json
-    import random
-
-    from typer.testing import CliRunner
 
     from labvault.cli import app
-    from labvault.config import Settings
-    from labvault.services.wiring import open_labvault
-    from labvault.synthetic import make_finess
-    monkeypatch.setenv("LABVAULT_DATA_DIR", str(tmp_path / "var"))
-    monkeypatch.setenv("LABVAULT_KEY_FILE", str(tmp_path / "root.key"))
-    monkeypatch.delenv("LABVAULT_DATABASE_URL", raising=False)
-    r = CliRunner()
-    assert r.invoke(app, ["init"]).exit_code == 0
-    lv = open_labvault(Settings.from_env())
-    try:
-        tid = lv.tenants.add(Actor.operator(), "Lab CLI", make_finess(random.Random(5))).tenant_id
+    from tests.lab.conftest import cli_laboratory
+    with cli_laboratory(tmp_path, monkeypatch) as (r, lv, tid):
         lv.patients.register(Actor.operator(), tid, {
             **patient_data("M", date(1955, 1, 2)), "nir": PAUL, "birth_name": "LEGRAND"})
-    finally:
-        lv.close()
     f = tmp_path / "drop.hl7"
     bad = r12(control="R8").replace(b"||4.0|mmol/L|||||F", b"||||||||F")   # no value
     f.write_bytes(r12() + bad)
