@@ -206,6 +206,33 @@ def result_value(obs: Any) -> str:
     return people(obs.value_display())
 
 
+_SUPERSCRIPT = str.maketrans("0123456789-", "⁰¹²³⁴⁵⁶⁷⁸⁹⁻")
+
+
+def unit_print(unit: object) -> str:
+    """A UCUM unit as a report prints it (what is stored is unchanged): ``10*9/L`` is
+    10⁹/L, the micro prefix ``u`` is µ (``umol/L``: µmol/L), ``[IU]`` is the French UI
+    (``m[IU]/L``: mUI/L); a unit that is only an annotation (``{INR}``, ``{ratio}``) says
+    what the number is, not a unit: nothing is printed; an annotation inside a unit is
+    printed without its braces."""
+    u = str(unit or "")
+    if re.fullmatch(r"\{[^}]*\}", u):
+        return ""
+    u = re.sub(r"\{([^}]*)\}", lambda m: m.group(1).replace("_", " "), u)
+    u = re.sub(r"10[*^](-?\d+)", lambda m: "10" + m.group(1).translate(_SUPERSCRIPT), u)
+    u = u.replace("[IU]", "UI").replace("[iU]", "UI")
+    return re.sub(r"(^|[/.(])u(?=[a-zA-Z])", lambda m: m.group(1) + "µ", u)
+
+
+def range_print(obs: Any) -> str:
+    """A result's reference range as pages print it: French decimals, comparators as
+    signs, and its unit (the range ends with it) as ``unit_print`` prints it."""
+    text = str(obs.reference_range or "")
+    if obs.unit and text.endswith(" " + obs.unit):
+        return people(text[:-len(obs.unit)]) + unit_print(obs.unit)
+    return people(text)
+
+
 def _env() -> Environment:
     env = Environment(loader=PackageLoader("labvault.web", "templates"),
                       autoescape=select_autoescape(("html",), default=True),
@@ -217,7 +244,8 @@ def _env() -> Environment:
                        category=lambda c: CATEGORY_FR.get(c, c),
                        status=lambda s: STATUS_FR.get(str(s), str(s)),
                        field=lambda f: FIELD_FR.get(f, f), num=number, decimal=decimal,
-                       result=result_value, people=people,
+                       result=result_value, people=people, unit=unit_print,
+                       range=range_print,
                        kind=lambda k: KIND_FR.get(k, k),
                        severity=lambda v: SEVERITY_FR.get(v, v),
                        alert_status=lambda v: ALERT_STATUS_FR.get(v, v))
