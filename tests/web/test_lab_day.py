@@ -12,8 +12,9 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
+from labvault.domain import lab as L
 from tests.access.conftest import World
-from tests.web.helpers import SPEC, form_login
+from tests.web.helpers import SPEC, csrf_in, form_login, order
 
 K = "2823-3"
 
@@ -30,6 +31,41 @@ def _console(browser: TestClient, w: World, role: str) -> None:
 def _section(page: str, title: str) -> str:
     """The part of a page after a heading (to the end)."""
     return page[page.index(title):]
+
+
+def test_console_refusals_are_said_in_french(web: World, browser: TestClient) -> None:
+    """QA lab 6: a stale link to a patient or an order, a correction reason of blanks, the
+    gate's refusal answered the console's users in the services' English ("no such
+    patient — check the patient id", "reason: is required", "not allowed")."""
+    a, lv = web.a, web.lv
+    rep = order(web, a, a.patients[0])
+    (hb, _k) = order(web, a, a.patients[1], step="preliminary")
+    _console(browser, web, "biologist")
+    gone = browser.get("/console/patients/pt_0000000000000000000000")
+    assert gone.status_code == 404
+    assert "ce patient n'existe pas dans votre laboratoire" in _text(gone)
+    assert "no such" not in gone.text
+    page = browser.get(f"/console/patients/{a.patients[0]}")
+    token = csrf_in(page.text)
+    stale = browser.post("/console/technique/ord_0000000000000000000000", data={"csrf": token})
+    assert stale.status_code == 404
+    assert "cette demande n'existe pas dans votre laboratoire" in _text(stale)
+    blank = browser.post(f"/console/demandes/{rep.order_id}/conclusion",
+                         data={"csrf": token, "conclusion": "Bilan normal", "reason": "   "})
+    assert blank.status_code == 422
+    assert "le champ « motif de la correction » est obligatoire" in _text(blank)
+    assert "is required" not in blank.text
+    # the reception desk refuses tubes before analysis only: once results are entered the
+    # gate refuses it (results are cancelled with a rejection) -- in French
+    _console(browser, web, "reception")
+    token = csrf_in(browser.get("/console").text)
+    late = browser.post(f"/console/demandes/{hb.order_id}/refus",
+                        data={"csrf": token, "reason": "hemolysed"})
+    assert late.status_code == 403
+    assert "votre fonction ne permet pas cette action" in _text(late)
+    assert "not allowed" not in late.text
+    assert lv.lab.get_order(web.actor(a.emails["biologist"]), hb.order_id).status == \
+        L.OrderStatus.PRELIMINARY
 
 
 def test_units_are_printed_as_a_report_prints_them() -> None:

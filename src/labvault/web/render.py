@@ -294,7 +294,8 @@ class WebRoute(APIRoute):
             except UserError as exc:
                 from labvault.web.lab_text import french
                 user = getattr(request.state, "web_user", None)
-                message, hint = (french(exc, user.actor.id if user else None)
+                message, hint = (french(exc, user.actor.id if user else None,
+                                        request.url.path.startswith("/console"))
                                  or (exc.message, exc.hint))
                 return error_page(exc.http_status, message, hint, user)
             except RequestValidationError:
