@@ -33,6 +33,40 @@ def _section(page: str, title: str) -> str:
     return page[page.index(title):]
 
 
+def test_a_panic_value_waiting_in_the_import_queue_is_at_the_top_of_the_worklist(
+        web: World, browser: TestClient) -> None:
+    """QA lab 4: a critical potassium from an analyser for a patient labvault does not
+    know raised its panic-value alert (naming the import issue), but the validation page
+    listed only alerts naming a stored result: the biologist who works from that page
+    never saw it. It is listed now, with the test, the value and the patient as sent."""
+    from labvault.domain.actors import Actor
+    from labvault.interop.hl7.handler import Hl7Handler
+    from labvault.services.alerts import AlertService
+    a, lv = web.a, web.lv
+    lv.alerts = lv.gate.alerts = AlertService(lv)
+    msg = "\r".join([
+        "MSH|^~\\&|ANALYZER|LABO|LABVAULT|LABO|20260301083000||ORU^R01|Q1|P|2.5",
+        "PID|1||999999^^^LABO^PI||INCONNU^Jeanne||19400312|F",
+        "OBR|1|AQ1||2823-3^K^LN|||20260301080000",
+        "OBX|1|NM|2823-3^K^LN||7.4|mmol/L|||||F", ""])
+    out, _ack = Hl7Handler(lv, Actor.system("mllp"), a.tenant_id).handle(msg.encode())
+    assert out.ack_code == "AA" and len(out.issue_ids) == 1
+    issue_id = out.issue_ids[0]
+    _console(browser, web, "biologist")
+    page = browser.get("/console/validation")
+    text = _text(page)
+    top = _section(text, "Valeurs critiques à traiter (1)")
+    assert "7,4 mmol/L — très haut (critique)" in top
+    assert "patient non reconnu" in top and "INCONNU Jeanne, né(e) le 12/03/1940" in top
+    assert f"référence {issue_id}" in top
+    bio = web.actor(a.emails["biologist"])
+    (alert,) = [x for x in lv.alerts.list(bio, a.tenant_id) if x["kind"] == "panic-value"]
+    done = browser.post(f"/console/alertes/{alert['id']}/prise-en-compte",
+                        data={"csrf": csrf_in(page.text), "retour": "/console/validation"})
+    assert done.status_code == 303
+    assert "Valeurs critiques à traiter" not in browser.get("/console/validation").text
+
+
 def test_console_refusals_are_said_in_french(web: World, browser: TestClient) -> None:
     """QA lab 6: a stale link to a patient or an order, a correction reason of blanks, the
     gate's refusal answered the console's users in the services' English ("no such

@@ -80,6 +80,11 @@ KIND_FR = {"budget.exceeded": "quota de lecture dépassé (compte suspendu)",
            "break-glass": "accès d'urgence (bris de glace)", "panic-value": "valeur critique",
            "import-issue": "message d'automate à traiter",
            "erasure-request": "demande d'effacement d'un patient"}
+# import issues (docs/hl7.md): why an analyser's results wait in the queue
+ISSUE_KIND_FR = {"unknown-patient": "patient non reconnu", "unknown-code": "code d'analyse inconnu",
+                 "invalid-value": "valeur ou unité non reconnue",
+                 "order-closed": "demande déjà validée : une correction est nécessaire",
+                 "reused-control-id": "numéro de message déjà utilisé"}
 SEVERITY_FR = {"info": "information", "low": "faible", "medium": "moyenne", "high": "élevée",
                "critical": "critique"}
 ALERT_STATUS_FR = {"open": "ouverte", "acked": "prise en compte"}
@@ -104,6 +109,16 @@ def fr_datetime(value: object) -> str:
     if isinstance(value, date):
         return value.strftime("%d/%m/%Y")
     return "" if value is None else str(value)
+
+
+def hl7_date_fr(value: object) -> str:
+    """A date as an HL7 message sent it (``YYYYMMDD``), the French way; anything else as
+    sent (it was not checked: it is what the sender wrote)."""
+    text = str(value or "")
+    try:
+        return date(int(text[:4]), int(text[4:6]), int(text[6:8])).strftime("%d/%m/%Y")
+    except ValueError:
+        return text
 
 
 def fr_date(value: object) -> str:
@@ -247,6 +262,7 @@ def _env() -> Environment:
                        result=result_value, people=people, unit=unit_print,
                        range=range_print,
                        kind=lambda k: KIND_FR.get(k, k),
+                       issue_kind=lambda k: ISSUE_KIND_FR.get(k, k), hl7_date=hl7_date_fr,
                        severity=lambda v: SEVERITY_FR.get(v, v),
                        alert_status=lambda v: ALERT_STATUS_FR.get(v, v))
     from labvault.web import lab_text

@@ -562,13 +562,23 @@ def _open_panics(user: WebUser, lv: Labvault, tenant_id: str) -> list[dict[str, 
     out = []
     for a in lv.alerts.list(user.actor, tenant_id, status="open", limit=200):
         ids = _alert_ids(a)
-        if a["kind"] != "panic-value" or "observation_id" not in ids:
+        if a["kind"] != "panic-value":
             continue
+        obs: Any = None
+        issue: dict[str, Any] | None = None
         try:
-            obs: Any = lv.lab.get_observation(user.actor, ids["observation_id"])
+            if "observation_id" in ids:
+                obs = lv.lab.get_observation(user.actor, ids["observation_id"])
+            elif "issue_id" in ids:
+                # a critical value waiting in the import-issues queue (patient not matched,
+                # order already validated...): the biologist's to phone in now as well
+                issue = lv.lab.messages.get_issue(user.actor, ids["issue_id"])
+            else:
+                continue
         except NotFound:          # the patient was erased since: the alert stays listed
-            obs = None
-        out.append({**a, "ids": ids, "observation": obs, "link": _order_link(ids)})
+            pass
+        out.append({**a, "ids": ids, "observation": obs, "issue": issue,
+                    "link": _order_link(ids)})
     return out
 
 
