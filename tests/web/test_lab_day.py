@@ -7,14 +7,17 @@ console's refusals in French; a published result corrected from the console."""
 from __future__ import annotations
 
 import re
+from datetime import date, timedelta
 from html import unescape
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 
 from labvault.domain import lab as L
-from tests.access.conftest import World
-from tests.web.helpers import SPEC, csrf_in, form_login, order
+from labvault.web import routes
+from tests.access.conftest import World, patient_json
+from tests.web.helpers import NORMAL, REQ, SPEC, csrf_in, form_login, order
 
 K = "2823-3"
 
@@ -31,6 +34,123 @@ def _console(browser: TestClient, w: World, role: str) -> None:
 def _section(page: str, title: str) -> str:
     """The part of a page after a heading (to the end)."""
     return page[page.index(title):]
+
+
+def test_worklists_list_every_order_at_their_step_urgent_first(
+        web: World, browser: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """QA lab 1: the validation page took the 200 oldest reports whose FHIR status was
+    "final" -- published ones included -- and kept the validated ones: once 200 reports
+    were published, "Validées, à diffuser" was empty for good; likewise the worklist and
+    the bench shared the 200 oldest "preliminary" reports. Each list now asks for its own
+    step, stat orders first, and says when it shows only the first ones."""
+    monkeypatch.setattr(routes, "WORKLIST_LIMIT", 2)
+    a, lv = web.a, web.lv
+    bio = web.actor(a.emails["biologist"])
+    for i in range(3):                      # older: published, and waiting at the bench
+        order(web, a, a.patients[i % 3])
+        order(web, a, a.patients[i % 3], step="preliminary")
+    final = order(web, a, a.patients[0], step="final")
+    waiting = order(web, a, a.patients[1], step="technical")
+    stat = lv.lab.create_order(bio, a.tenant_id, a.patients[2], {**REQ, "priority": "stat"},
+                               {**SPEC, "accession_number": "STAT-42"})
+    lv.lab.enter_results(bio, stat.order_id, NORMAL)
+    lv.lab.validate_technical(bio, stat.order_id)
+    _console(browser, web, "biologist")
+    page = browser.get("/console/validation")
+    assert page.status_code == 200
+    html = page.text
+    # the stat order first, marked; the routine one after it; both shown
+    assert html.index(f'action="/console/validation/{stat.order_id}"') < html.index(
+        f'action="/console/validation/{waiting.order_id}"')
+    assert "très urgent" in _text(page) and "Prélèvement n° STAT-42" in _text(page)
+    to_publish = _section(html, "Validées, à diffuser")
+    assert f'action="/console/diffusion/{final.order_id}"' in to_publish
+    # the bench: 3 orders waiting for technical validation, 2 shown and the rest said
+    _console(browser, web, "technician")
+    bench = browser.get("/console/technique")
+    assert bench.text.count('action="/console/technique/') == 2
+    assert "Seules les 2 premières demandes" in _text(bench)
+    # the service itself: a listing by step counts only that step
+    rows = lv.lab.list_reports(bio, a.tenant_id, limit=1,
+                               order_status=L.OrderStatus.FINAL.value)
+    assert [r.order_id for r in rows] == [final.order_id]
+
+
+def test_worklist_cards_say_which_tube_and_whom_the_ranges_are_for(
+        web: World, browser: TestClient) -> None:
+    """QA lab 2: every card read "Demande du 01/03/2026 à 08:30" and nothing else: the
+    bench could not tell which tube to refuse, the biologist not that the ranges shown
+    were a child's. Each card now gives the tube's number and type, and the patient's sex
+    and age at collection (from what the order keeps: no read of the record)."""
+    a, lv = web.a, web.lv
+    bio = web.actor(a.emails["biologist"])
+    collected = date(2026, 3, 1)
+    child = {**patient_json(7), "birth_date": (collected - timedelta(days=5 * 365 + 40))
+             .isoformat(), "sex": "F"}
+    child.pop("nir", None)
+    child.pop("ins", None)
+    baby = {**patient_json(8), "birth_date": "2024-09-10", "sex": "M"}
+    baby.pop("nir", None)
+    baby.pop("ins", None)
+    kid_id = lv.patients.register(bio, a.tenant_id, child)
+    baby_id = lv.patients.register(bio, a.tenant_id, baby)
+    hb = [{"code": "718-7", "value": 11.8, "unit": "g/dL",
+           "observed_at": "2026-03-01T09:00:00+01:00"}]
+    o = lv.lab.create_order(bio, a.tenant_id, kid_id, {"tests": ["718-7"]},
+                            {**SPEC, "accession_number": "TUBE-5A"})
+    lv.lab.enter_results(bio, o.order_id, hb)
+    received = lv.lab.create_order(bio, a.tenant_id, baby_id, {"tests": ["718-7"],
+                                                                "priority": "urgent"},
+                                   {**SPEC, "accession_number": "TUBE-18M"})
+    _console(browser, web, "technician")
+    text = _text(browser.get("/console/technique"))
+    assert "Prélèvement n° TUBE-5A (sang total) du 01/03/2026 à 08:30" in text
+    assert "Patient : sexe féminin, 5 ans" in text
+    assert "11,5-15" in text                   # the 2-15 years range, not an adult's
+    assert "urgent Prélèvement n° TUBE-18M" in text and "sexe masculin, 17 mois" in text
+    assert f'href="/console/patients/{kid_id}#{o.order_id}"' in browser.get(
+        "/console/technique").text
+    lv.lab.validate_technical(bio, o.order_id)
+    _console(browser, web, "biologist")
+    assert "Patient : sexe féminin, 5 ans" in _text(browser.get("/console/validation"))
+    assert received.order_id
+
+
+def test_a_result_entered_again_shows_the_value_it_replaced_to_staff_only(
+        web: World, browser: TestClient) -> None:
+    """QA lab 3: a potassium entered 6.9 (critical), then entered again 4.2 after a
+    rerun, reached the biologist as a plain normal 4.2 -- "tous les résultats sont
+    normaux", nothing saying that the value changed. The bench, the worklist and the
+    patient page now say when it was entered again and the value it replaced; the
+    patient's portal and PDF do not (what was validated is what they get)."""
+    a, lv = web.a, web.lv
+    tech = web.actor(a.emails["technician"])
+    (hb, k) = order(web, a, a.patients[0], step="preliminary",
+                    results=[{"code": "718-7", "value": 13.1, "unit": "g/dL"},
+                             {"code": K, "value": 6.9, "unit": "mmol/L"}])
+    lv.lab.enter_results(tech, hb.order_id, [{"code": K, "value": 4.2, "unit": "mmol/L"}])
+    said = "ressaisi le "
+    replaced = "valeur remplacée : 6,9 mmol/L (très haut (critique))"
+    _console(browser, web, "technician")
+    bench = _text(browser.get("/console/technique"))
+    assert said in bench and replaced in bench
+    lv.lab.validate_technical(tech, hb.order_id)
+    _console(browser, web, "biologist")
+    page = _text(browser.get("/console/validation"))
+    assert replaced in page and "4,2" in page
+    assert replaced in _text(browser.get(f"/console/patients/{a.patients[0]}"))
+    bio = web.actor(a.emails["biologist"])
+    lv.lab.validate_biological(bio, hb.order_id)
+    rep = lv.lab.publish(bio, hb.order_id)
+    assert set(rep.reentries) == {k.observation_id} and not rep.corrections
+    (was,) = rep.as_json()["reentries"][k.observation_id]        # the REST door's review
+    assert was["previous"]["value"] == 6.9 and was["previous"]["flag"] == "HH"
+    assert "reentries" not in rep.as_json(staff_names=False)     # the patient's download
+    _console(browser, web, "patient")
+    portal = _text(browser.get("/portail"))
+    assert "4,2" in portal and said not in portal and "6,9" not in portal
+    from labvault.web.pdf import report_html
+    assert said not in report_html(rep, {}, "Laboratoire a")
 
 
 def test_a_panic_value_waiting_in_the_import_queue_is_at_the_top_of_the_worklist(
@@ -100,6 +220,26 @@ def test_console_refusals_are_said_in_french(web: World, browser: TestClient) ->
     assert "not allowed" not in late.text
     assert lv.lab.get_order(web.actor(a.emails["biologist"]), hb.order_id).status == \
         L.OrderStatus.PRELIMINARY
+
+
+def test_validate_all_normal_sent_twice_does_not_count_validated_orders_as_left(
+        web: World, browser: TestClient) -> None:
+    """QA lab 8: "Valider tous les normaux" clicked twice answered the second time "0
+    demande(s) validée(s) ; 1 laissée(s) pour revue" -- an order validated a second
+    earlier, counted as waiting for review while the list below no longer had it."""
+    a = web.a
+    view = order(web, a, a.patients[0], step="technical")
+    _console(browser, web, "biologist")
+    page = browser.get("/console/validation")
+    form = {"csrf": csrf_in(page.text),
+            "shown": [v for v in re.findall(r'name="shown" value="([^"]*)"', page.text)
+                      if "=" in v]}
+    first = _text(browser.post("/console/validation", data=form))
+    assert "1 demande(s) validée(s) ; 0 laissée(s) pour revue." in first
+    second = _text(browser.post("/console/validation", data=form))
+    assert "0 demande(s) validée(s) ; 0 laissée(s) pour revue ; 1 n'attendai(en)t plus" in second
+    assert web.lv.lab.get_order(web.actor(a.emails["biologist"]), view.order_id).status == \
+        L.OrderStatus.FINAL
 
 
 def test_units_are_printed_as_a_report_prints_them() -> None:

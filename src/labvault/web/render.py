@@ -62,6 +62,47 @@ SPECIMEN_FR = {"BLD": "sang total", "SER": "sérum", "PLAS": "plasma", "UR": "ur
                "BLDCAP": "sang capillaire"}
 
 
+# an order's priority as the worklists mark it (routine: no mark)
+PRIORITY_FR = {"stat": "très urgent", "urgent": "urgent"}
+
+
+def months_between(birth: date, at: date) -> int:
+    """Completed months of life at ``at``."""
+    return (at.year - birth.year) * 12 + at.month - birth.month - (1 if at.day < birth.day
+                                                                   else 0)
+
+
+def age_fr(birth: date | None, at: datetime | date | None) -> str:
+    """The patient's age as a laboratory says it: days for a newborn, months up to two
+    years, then completed years ("3 semaines" is said "21 jours")."""
+    if birth is None:
+        return "âge inconnu"
+    if at is None:
+        when = datetime.now(PARIS).date()
+    elif isinstance(at, datetime):       # its Paris day (a naive time is UTC)
+        when = (at if at.tzinfo else at.replace(tzinfo=UTC)).astimezone(PARIS).date()
+    else:
+        when = at
+    from labvault.domain.lab import age_years
+    months = months_between(birth, when)
+    if months < 1:
+        days = max((when - birth).days, 0)
+        return f"{days} jour{'s' if days > 1 else ''}"
+    if months < 24:
+        return f"{months} mois"
+    years = int(age_years(birth, when) or 0)
+    return f"{years} ans"
+
+
+def patient_fr(report: Any) -> str:
+    """Whom a report's reference ranges were chosen for: sex and age at collection, from
+    what the order keeps (no read of the patient's record)."""
+    sex = {"F": "sexe féminin", "M": "sexe masculin"}.get(report.patient_sex or "",
+                                                            "sexe non renseigné")
+    at = report.collected_at or report.created_at
+    return f"{sex}, {age_fr(report.patient_birth_date, at)}"
+
+
 CATEGORY_FIELDS = {
     "identity": ("birth_name", "used_name", "first_names", "birth_date", "sex",
                  "birth_place_insee", "nir", "ins", "external_id"),
@@ -262,7 +303,9 @@ def _env() -> Environment:
                        result=result_value, people=people, unit=unit_print,
                        range=range_print,
                        kind=lambda k: KIND_FR.get(k, k),
+                       priority=lambda p: PRIORITY_FR.get(str(p), ""),
                        issue_kind=lambda k: ISSUE_KIND_FR.get(k, k), hl7_date=hl7_date_fr,
+                       patient=patient_fr,
                        severity=lambda v: SEVERITY_FR.get(v, v),
                        alert_status=lambda v: ALERT_STATUS_FR.get(v, v))
     from labvault.web import lab_text
@@ -270,7 +313,7 @@ def _env() -> Environment:
                        rejection=lambda r: lab_text.REJECTION_FR.get(r, r),
                        shown=lab_text.shown)
     env.globals.update(field_value=field_value, who_fr=who_fr, CATEGORY_FIELDS=CATEGORY_FIELDS,
-                       REJECTION_FR=lab_text.REJECTION_FR)
+                       REJECTION_FR=lab_text.REJECTION_FR, SPECIMEN_FR=SPECIMEN_FR)
     return env
 
 

@@ -65,6 +65,8 @@ router = APIRouter(route_class=WebRoute, include_in_schema=False)
 LOGIN_CSRF = "labvault_login_csrf"
 _bearer = HTTPBearer(auto_error=False)
 SEARCH_LIMIT = 20
+# orders one worklist page shows (stat and urgent first, then the oldest); more: said so
+WORKLIST_LIMIT = 100
 TEXT = 200
 # the link to a report's PDF in the console (/console/rapports/{id}.pdf)
 DOWNLOAD = "Télécharger le compte rendu (PDF)"
@@ -488,14 +490,24 @@ def bench_worklist(user: User, lv: LV) -> Response:
     """Results entered, waiting for technical validation; specimens received, not analysed
     yet (a non-conforming one is refused from here)."""
     tenant_id = _bench(user)
-    pending = [r for r in lv.lab.list_reports(user.actor, tenant_id, status="preliminary")
-               if r.order_status == L.OrderStatus.PRELIMINARY]
-    received = lv.lab.list_orders(user.actor, tenant_id, status=L.OrderStatus.RECEIVED.value)
+    pending = lv.lab.list_reports(user.actor, tenant_id, limit=WORKLIST_LIMIT + 1,
+                                  order_status=L.OrderStatus.PRELIMINARY.value,
+                                  urgent_first=True)
+    received = lv.lab.list_orders(user.actor, tenant_id, status=L.OrderStatus.RECEIVED.value,
+                                  limit=WORKLIST_LIMIT + 1, specimens=True)
+    more = {"pending": len(pending) > WORKLIST_LIMIT, "received": len(received) > WORKLIST_LIMIT}
+    pending, received = pending[:WORKLIST_LIMIT], _urgent_first(received[:WORKLIST_LIMIT])
     cat = lv.lab.catalogue(tenant_id)
     names = {t: (test.display if (test := cat.get(t)) else t)
              for o in received for t in o.request.tests}
     return html("technique.html", user=user, pending=pending, received=received, names=names,
-                staff=True)
+                staff=True, more=more, limit=WORKLIST_LIMIT)
+
+
+def _urgent_first(orders: list[Any]) -> list[Any]:
+    """Stat, then urgent orders first, each group oldest first (as the lists are read)."""
+    rank = {L.Priority.STAT: 0, L.Priority.URGENT: 1}
+    return sorted(orders, key=lambda o: rank.get(o.priority, 2))
 
 
 @router.post("/console/technique/{order_id}")
@@ -533,16 +545,22 @@ def reject_specimen(request: Request, order_id: str, user: User, lv: LV, csrf: C
 # -- biological validation and publication (the biologist) ---------------------------------------
 def _validation_page(user: WebUser, lv: Labvault, tenant_id: str,
                      done: BulkValidation | None = None) -> Response:
-    reports = lv.lab.list_reports(user.actor, tenant_id, status="preliminary")
-    waiting = [r for r in reports if r.order_status == L.OrderStatus.TECHNICALLY_VALIDATED]
+    waiting = lv.lab.list_reports(user.actor, tenant_id, limit=WORKLIST_LIMIT + 1,
+                                  order_status=L.OrderStatus.TECHNICALLY_VALIDATED.value,
+                                  urgent_first=True)
+    to_publish = lv.lab.list_reports(user.actor, tenant_id, limit=WORKLIST_LIMIT + 1,
+                                     order_status=L.OrderStatus.FINAL.value, urgent_first=True)
+    more = {"waiting": len(waiting) > WORKLIST_LIMIT,
+            "to_publish": len(to_publish) > WORKLIST_LIMIT}
+    waiting, to_publish = waiting[:WORKLIST_LIMIT], to_publish[:WORKLIST_LIMIT]
     rows = [(r, review_reason([o.observation for o in r.observations
                                if o.status != "cancelled"], r.missing)) for r in waiting]
-    to_publish = [r for r in lv.lab.list_reports(user.actor, tenant_id, status="final")
-                  if r.order_status == L.OrderStatus.FINAL]
     labels = {r.order_id: f"Demande du {fr_datetime(r.created_at)}" for r in waiting}
+    gone = [] if done is None else [o for o in done.skipped
+                                    if done.reasons[o].reason == "not-waiting"]
     return html("validation.html", user=user, rows=rows, to_publish=to_publish, done=done,
-                labels=labels, validated=None, staff=True,
-                panics=_open_panics(user, lv, tenant_id))
+                labels=labels, validated=None, staff=True, more=more, limit=WORKLIST_LIMIT,
+                gone=gone, panics=_open_panics(user, lv, tenant_id))
 
 
 @router.get("/console/validation")
