@@ -242,6 +242,24 @@ def test_validate_all_normal_sent_twice_does_not_count_validated_orders_as_left(
         L.OrderStatus.FINAL
 
 
+def test_a_report_corrected_after_publication_says_to_send_it_again(
+        web: World, browser: TestClient) -> None:
+    """QA lab 9: after a correction the patient's page offered the PDF "à transmettre au
+    prescripteur" exactly as before: nothing said that the doctor may hold the previous
+    version. It says so now, with when the last correction was made."""
+    a = web.a
+    rep = order(web, a, a.patients[0])
+    _console(browser, web, "biologist")
+    page = browser.get(f"/console/patients/{a.patients[0]}")
+    assert "corrigé après sa diffusion" not in _text(page)
+    k = next(o.observation_id for o in rep.observations if o.observation.code == K)
+    web.lv.lab.amend(web.actor(a.emails["biologist"]), k,
+                     {"code": K, "value": 3.1, "unit": "mmol/L"}, "erreur de saisie")
+    text = _text(browser.get(f"/console/patients/{a.patients[0]}"))
+    assert "Compte rendu corrigé après sa diffusion (dernière correction le " in text
+    assert "transmettez la version corrigée au prescripteur" in text
+
+
 def test_units_are_printed_as_a_report_prints_them() -> None:
     """QA lab 10: the portal, the PDF sent to the prescriber and the console printed the
     UCUM codes as stored: "10*9/L", "umol/L", "m[IU]/L", "{INR}" (braces and all)."""
@@ -278,3 +296,45 @@ def test_a_blood_count_reads_in_printed_units(web: World, browser: TestClient) -
     assert "10*9" not in portal and "ug/L" not in portal
     _console(browser, web, "technician")
     assert "10⁹/L" in _text(browser.get(f"/console/patients/{a.patients[0]}"))
+
+
+def test_the_biologist_corrects_a_published_result_from_the_console(
+        web: World, browser: TestClient) -> None:
+    """QA lab 11: a result found wrong after publication could be corrected only through
+    the REST API with a bearer token -- nothing on the console a biologist works in. The
+    patient's page now has "Corriger un résultat diffusé": the same amendment (reason
+    required, previous value kept and shown, the report marked corrected)."""
+    a = web.a
+    rep = order(web, a, a.patients[0])
+    k = next(o.observation_id for o in rep.observations if o.observation.code == K)
+    hb = next(o.observation_id for o in rep.observations if o.observation.code != K)
+    _console(browser, web, "biologist")
+    page = browser.get(f"/console/patients/{a.patients[0]}")
+    assert "Corriger un résultat diffusé" in _text(page)
+    url = f"/console/demandes/{rep.order_id}/correction"
+    token = csrf_in(page.text)
+    no_reason = browser.post(url, data={"csrf": token, "observation_id": k, "value": "3,1"})
+    assert no_reason.status_code == 422
+    assert "le champ « motif de la correction » est obligatoire" in _text(no_reason)
+    word = browser.post(url, data={"csrf": token, "observation_id": k, "value": "bas",
+                                   "reason": "erreur de saisie"})
+    assert word.status_code == 422 and "valeur corrigée" in _text(word)
+    elsewhere = browser.post(f"/console/demandes/{order(web, a, a.patients[1]).order_id}"
+                             "/correction", data={"csrf": token, "observation_id": k,
+                                                  "value": "3,1", "reason": "x"})
+    assert elsewhere.status_code == 404
+    r = browser.post(url, data={"csrf": token, "observation_id": k, "value": "3,1",
+                                "reason": "erreur de saisie"})
+    assert r.status_code == 303
+    assert r.headers["location"] == f"/console/patients/{a.patients[0]}#{rep.order_id}"
+    text = _text(browser.get(f"/console/patients/{a.patients[0]}"))
+    assert "valeur précédente : 4,2 mmol/L (normal) — motif : erreur de saisie" in text
+    assert "3,1" in text and "Compte rendu corrigé après sa diffusion" in text
+    bio = web.actor(a.emails["biologist"])
+    assert web.lv.lab.get_observation(bio, k).status == "amended"
+    assert web.lv.lab.get_observation(bio, hb).status == "final"
+    _console(browser, web, "technician")
+    tech_page = browser.get(f"/console/patients/{a.patients[0]}")
+    assert "Corriger un résultat diffusé" not in _text(tech_page)
+    assert browser.post(url, data={"csrf": csrf_in(tech_page.text), "observation_id": k,
+                                   "value": "3,2", "reason": "x"}).status_code == 403

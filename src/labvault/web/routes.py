@@ -680,6 +680,37 @@ def revise_conclusion(request: Request, order_id: str, user: User, lv: LV, csrf:
                             headers=NO_STORE)
 
 
+@router.post("/console/demandes/{order_id}/correction")
+def amend_result(request: Request, order_id: str, user: User, lv: LV, csrf: Csrf = "",
+                 observation_id: Annotated[str, Form(max_length=64)] = "",
+                 value: Annotated[str, Form(max_length=TEXT)] = "",
+                 reason: Annotated[str, Form(max_length=2000)] = "") -> Response:
+    """"Corriger un résultat" of a published report (a biologist, with a reason): the
+    same call as ``POST /api/v1/observations/{id}/amendment`` (``lv.lab.amend``) -- the
+    previous value kept in the history and shown with the report, a critical new value
+    alerting at once; the result keeps its test and unit. Then back to the patient's
+    page, which says to send the corrected report to the prescriber."""
+    _biologist(user)
+    _check_csrf(request, user, csrf)
+    if not value.strip():
+        raise UserError("la nouvelle valeur manque", "revenez en arrière, saisissez la valeur "
+                        "corrigée (avec une virgule ou un point), puis renvoyez le formulaire")
+    obs = lv.lab.get_observation(user.actor, observation_id)
+    if obs.order_id != order_id:
+        raise NotFound("ce résultat n'appartient pas à cette demande",
+                       "revenez au dossier du patient et rechargez-le")
+    if obs.observation.kind != L.ValueKind.NUMERIC or obs.status == "cancelled":
+        raise UserError("seul un résultat numérique en vigueur se corrige depuis la console",
+                        "pour un résultat codé ou textuel, utilisez l'API "
+                        "(POST /api/v1/observations/{id}/amendment)")
+    lv.lab.amend(user.actor, obs.observation_id,
+                 {"code": obs.observation.code, "value": value.strip(),
+                  **({"unit": obs.observation.unit} if obs.observation.unit else {})},
+                 reason)
+    return RedirectResponse(f"/console/patients/{obs.patient_id}#{obs.order_id}",
+                            status_code=303, headers=NO_STORE)
+
+
 def _alert_store(user: WebUser, lv: Labvault) -> tuple[str, AlertService, Reach]:
     """The caller's laboratory, the guard's alert store and which alerts the caller may
     see: the DPO and lab admins every alert, biologists the clinical ones (panic values)."""
