@@ -338,3 +338,20 @@ def test_the_biologist_corrects_a_published_result_from_the_console(
     assert "Corriger un résultat diffusé" not in _text(tech_page)
     assert browser.post(url, data={"csrf": csrf_in(tech_page.text), "observation_id": k,
                                    "value": "3,2", "reason": "x"}).status_code == 403
+
+
+def test_the_patient_page_says_why_an_order_was_closed(web: World,
+                                                       browser: TestClient) -> None:
+    """QA lab 12: a refused specimen or a cancelled order read "— refusée" / "— annulée"
+    on the patient's page and nothing else: not why, when, nor by whom -- what the desk
+    needs to tell the patient before taking a new sample."""
+    a, lv = web.a, web.lv
+    (hb, _k) = order(web, a, a.patients[0], step="preliminary")
+    lv.lab.reject(web.actor(a.emails["technician"]), hb.order_id, "hemolysed", "tube rose")
+    gone = order(web, a, a.patients[0], step="received")
+    lv.lab.cancel(web.actor(a.emails["biologist"]), gone.order_id, "demande en double")
+    _console(browser, web, "biologist")
+    text = _text(browser.get(f"/console/patients/{a.patients[0]}"))
+    assert "Prélèvement refusé le " in text
+    assert "par Hugo Lefebvre : prélèvement hémolysé — tube rose." in text
+    assert "Demande annulée le " in text and ": demande en double." in text
