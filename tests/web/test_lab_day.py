@@ -355,3 +355,24 @@ def test_the_patient_page_says_why_an_order_was_closed(web: World,
     assert "Prélèvement refusé le " in text
     assert "par Hugo Lefebvre : prélèvement hémolysé — tube rose." in text
     assert "Demande annulée le " in text and ": demande en double." in text
+
+
+def test_the_patient_page_reads_identity_first_and_phones_as_written(
+        web: World, browser: TestClient) -> None:
+    """QA lab 13: the record opened on "Données médicales", then contact and insurance,
+    the identity last (the service lists categories alphabetically); the phone read
+    "+33600000000"."""
+    from labvault.web.render import phone_fr
+    a = web.a
+    _console(browser, web, "biologist")
+    text = _text(browser.get(f"/console/patients/{a.patients[0]}"))
+    order_ = [text.index(h) for h in ("Identité", "Coordonnées", "Assurance maladie",
+                                      "Données médicales")]
+    assert order_ == sorted(order_)
+    assert "ce que votre fonction permet : identité, coordonnées, assurance maladie, " \
+           "données médicales." in text
+    phone = str(a.patient_data[0]["phone"])
+    assert phone_fr(phone) in text and phone_fr(phone) != phone
+    assert phone_fr("+33612345678") == "06 12 34 56 78"
+    assert phone_fr("+41223456789") == "+41 22 345 67 89"
+    assert phone_fr("pas un numéro") == "pas un numéro"

@@ -184,12 +184,29 @@ def field_value(name: str, value: object) -> str:
         return fr_date(value)
     if name == "sex":
         return {"F": "féminin", "M": "masculin"}.get(str(value), str(value))
+    if name == "phone":
+        return phone_fr(str(value))
     if name == "address" and isinstance(value, Mapping):
         return f"{value.get('line', '')}, {value.get('postal_code', '')} {value.get('city', '')}"
     if name == "prescriber" and isinstance(value, Mapping):
         rpps = f" (RPPS {value['rpps']})" if value.get("rpps") else ""
         return f"{value.get('name', '')}{rpps}"
     return str(value)
+
+
+def phone_fr(value: str) -> str:
+    """A phone number as people write it: a French one in the national format ("06 12 34
+    56 78"), another country's in the international one ("+41 22 345 67 89"); stored
+    E.164 ("+33612345678")."""
+    import phonenumbers
+    try:
+        n = phonenumbers.parse(value, "FR")
+    except phonenumbers.NumberParseException:
+        return value
+    fmt = (phonenumbers.PhoneNumberFormat.NATIONAL if phonenumbers.region_code_for_number(n)
+           in ("FR", "GP", "MQ", "GF", "RE", "YT", "PM", "BL", "MF")
+           else phonenumbers.PhoneNumberFormat.INTERNATIONAL)
+    return phonenumbers.format_number(n, fmt)
 
 
 def who_fr(row: Mapping[str, Any]) -> str:
