@@ -62,6 +62,23 @@ def test_technical_then_biological_validation_and_publication(world: World,
     assert twice["kind"] == "already-published" and "Léa Moreau" in twice["title"]
 
 
+def test_publication_says_how_many_messages_it_queued_for_the_prescriber(
+        world: World, client: TestClient) -> None:
+    """``queued``: the ORU^R01 messages queued for the prescriber's system (0 when no
+    delivery destination matches the order's prescriber)."""
+    from labvault.domain.actors import Actor
+    a = world.a
+    bio = _bearer(world, a, "biologist")
+    first, second = (order(world, a, a.patients[0], step="final") for _ in range(2))
+    r = client.post(f"/api/v1/orders/{first.order_id}/publication", headers=bio)
+    assert r.status_code == 200 and r.json()["queued"] == 0
+    world.lv.delivery.add_destination(Actor.operator(), a.tenant_id, "CHU", "127.0.0.1", 2575,
+                                      [], all_orders=True, insecure_plaintext=True)
+    r = client.post(f"/api/v1/orders/{second.order_id}/publication", headers=bio)
+    assert r.status_code == 200 and r.json()["queued"] == 1
+    assert r.json()["order_status"] == "published"
+
+
 def test_validation_refused_when_results_changed_since_review(world: World,
                                                               client: TestClient) -> None:
     a = world.a
@@ -93,7 +110,7 @@ def test_incomplete_order_needs_partial(world: World, client: TestClient) -> Non
     assert body["missing"] == ["718-7"] and "partial" in body["detail"]
     r = client.post(url, json={"partial": True, "publish": True}, headers=bio)
     assert r.status_code == 200 and r.json()["partial"] is True
-    assert r.json()["missing"] == {"718-7": "Hemoglobin [Mass/volume] in Blood"}
+    assert r.json()["missing"] == {"718-7": "Hémoglobine"}
 
 
 def test_rejection_by_the_bench(world: World, client: TestClient) -> None:

@@ -77,3 +77,39 @@ def test_honeytoken_in_the_dump_names_its_laboratory(lv: Labvault, operator: Act
     hits = [a for a in res["attribution"] if a["kind"] == "honeytoken"]
     assert [(h["tenant_id"], h["patient_id"]) for h in hits] == [(t, canary)]
     assert hits[0]["rows"]
+
+
+def test_a_honeytoken_in_a_leak_alerts_its_lab_without_blaming_the_dpo(
+        lv: Labvault, operator: Actor, store: Store, tmp_path: Path) -> None:
+    """Left alone in session 9: the DPO's triage went through the gate naming the matched
+    honeytoken, so the guard raised ``canary.search`` naming the DPO, as if they had
+    opened a decoy. The leak's decoy now raises ``canary.leaked`` (no account, the case
+    named) and the DPO's triage raises no honeytoken alert against them."""
+    from labvault.services.alerts import AlertService
+    t = store.tenants[1]
+    lv.alerts = AlertService(lv)
+    lv.guard.install()
+    canary = lv.guard.plant(operator, t, 1)[0]
+    shown = lv.patients.show(operator, canary)     # the test's own read: canary.read
+    rec = {k: v for k, v in shown.items() if k not in ("id", "tenant_id", "categories",
+                                                       "created_at")}
+    path = tmp_path / "d.csv"
+    sd.write_csv(path, sd.make_dump([(t, canary, rec), *store.patients[:5]], 3, seed=4).rows)
+    case = lv.breach.open_case(operator, "t", lv.now().isoformat())
+
+    def kinds() -> list[tuple[str, str | None]]:
+        lv.alerts.flush()  # type: ignore[attr-defined]
+        return sorted((a["kind"], a.get("actor_id")) for a in lv.alerts.list(operator, t)  # type: ignore[attr-defined]
+                      if a["kind"].startswith("canary."))
+
+    before = kinds()
+    assert [k for k, _ in before] == ["canary.read"]
+    lv.breach.triage(operator, case, [path])     # the DPO, at the command line
+    new = [k for k in kinds() if k not in before]
+    assert [k for k, _ in new] == ["canary.leaked"]
+    leaked = next(a for a in lv.alerts.list(operator, t)  # type: ignore[attr-defined]
+                  if a["kind"] == "canary.leaked")
+    assert leaked["severity"] == "critical" and leaked["actor_id"] is None
+    detail = leaked["detail"]["detail"]
+    assert detail["found_by"] == operator.id and detail["case_id"] == case
+    assert detail["patients"] == [canary] and detail["rows"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,8 +58,10 @@ class Running:
         return token
 
 
-@pytest.fixture
-def server(lv: Labvault, staff: Actor) -> Iterator[Running]:
+@contextmanager
+def serving(lv: Labvault, staff: Actor) -> Iterator[Running]:
+    """``lv`` behind uvicorn on a random loopback port, for the duration of the block (one
+    worker of ``labvault serve``; tests of concurrent workers run two, on one database)."""
     app = create_app(lv)
 
     admin = Actor(kind="staff", id="acc_admin", tenant_id=staff.tenant_id,
@@ -87,9 +90,17 @@ def server(lv: Labvault, staff: Actor) -> Iterator[Running]:
             raise RuntimeError("uvicorn did not start")
         time.sleep(0.01)
     port = srv.servers[0].sockets[0].getsockname()[1]
-    yield Running(f"http://127.0.0.1:{port}/fhir/R4", lv, staff, tokens)
-    srv.should_exit = True
-    thread.join(10)
+    try:
+        yield Running(f"http://127.0.0.1:{port}/fhir/R4", lv, staff, tokens)
+    finally:
+        srv.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture
+def server(lv: Labvault, staff: Actor) -> Iterator[Running]:
+    with serving(lv, staff) as running:
+        yield running
 
 
 def fhir_patient(p: dict[str, Any]) -> dict[str, Any]:

@@ -352,6 +352,44 @@ def test_a_report_is_issued_when_published(server: Running) -> None:
     assert again["effectiveDateTime"] == rep["effectiveDateTime"]
 
 
+def test_an_amended_report_is_issued_when_amended(server: Running) -> None:
+    """DiagnosticReport.issued is "the date and time that this version of the report was
+    made available" (R4): after an amendment (a result corrected after publication,
+    available at once) the amendment's time, and after a later one (the conclusion
+    rewritten) that one's -- not the first publication's, which the searched and the read
+    report alike give up."""
+    server.lv.now = lambda: RECORDED  # type: ignore[method-assign]
+    pid, rep = _report_of(server, visit_bundle(next(people(1, seed=30)), 30))
+    order_id = ids.from_fhir(rep["basedOn"][0]["reference"].split("/")[1], "ord") or ""
+    lab = server.lv.lab
+    published = datetime(2026, 11, 29, 11, 2, 3, tzinfo=UTC)
+    server.lv.now = lambda: published  # type: ignore[method-assign]
+    lab.publish(server.actor, order_id)
+
+    def issued() -> datetime:
+        read = httpx.get(f"{server.url}/DiagnosticReport/{rep['id']}", headers=HDR).json()
+        validate_r4b(read)
+        (searched,) = httpx.get(f"{server.url}/DiagnosticReport", headers=HDR, params={
+            "patient": f"Patient/{pid}"}).json()["entry"]
+        assert searched["resource"] == read
+        return datetime.fromisoformat(read["issued"])
+    assert issued() == published
+    corrected = datetime(2026, 11, 30, 9, 15, 0, tzinfo=UTC)
+    server.lv.now = lambda: corrected  # type: ignore[method-assign]
+    obs = lab.get_report(server.actor, ids.from_fhir(rep["id"], "rep") or "").observations[0]
+    lab.amend(server.actor, obs.observation_id, {
+        "code": obs.observation.code, "value": (obs.observation.numeric or 0) + 1,
+        "unit": obs.observation.unit}, "erreur de saisie")
+    assert issued() == corrected
+    revised = datetime(2026, 12, 1, 16, 40, 0, tzinfo=UTC)
+    server.lv.now = lambda: revised  # type: ignore[method-assign]
+    lab.revise_conclusion(server.actor, order_id, "Bilan revu.", "résultat corrigé")
+    assert issued() == revised
+    # the portal's and the PDF's "émis le" stays the first publication (the core's own)
+    assert lab.get_report(server.actor, ids.from_fhir(rep["id"], "rep") or "").issued_at \
+        in (published, published.replace(tzinfo=None))
+
+
 def test_unreadable_dates_are_refused_naming_the_parameter(server: Running) -> None:
     pid = "pt-0000000000000000000000000v"
     for value in ("2026-11-29T05:19:30",            # a time without timezone: which instant?
@@ -583,3 +621,31 @@ def test_an_amendment_without_a_reason_names_observation_note(server: Running) -
     assert answers[0][0] in (400, 422)
     assert answers[0] == answers[1] == answers[2], answers
     assert answers[0][1]["issue"][0]["expression"] == ["Observation.note"]
+
+
+def test_code_text_is_the_french_name_and_coding_display_stays_loinc(server: Running) -> None:
+    """People read ``code.text`` (the catalogue's French label); systems read the LOINC
+    coding, whose display stays LOINC's own name. A resource read and sent back, text
+    included, is accepted unchanged (``code.text`` is not read back)."""
+    p = next(people(1, seed=27))
+    r = post(server, visit_bundle(p, 1))
+    assert r.status_code == 200, r.text
+    locs = [e["response"]["location"].split("/_history")[0] for e in r.json()["entry"]]
+    client = server.client()
+    got = {loc: client.get(loc.split("/")[0], loc.split("/")[1]) for loc in locs}
+    for res in got.values():
+        validate_r4b(json.loads(json.dumps(res)))
+    obs = {o["code"]["coding"][0]["code"]: o["code"] for o in (got[loc] for loc in locs[3:8])}
+    assert obs["718-7"] == {"coding": [{"system": ids.LOINC_SYSTEM, "code": "718-7",
+                                        "display": "Hemoglobin [Mass/volume] in Blood"}],
+                            "text": "Hémoglobine"}
+    assert obs["6690-2"]["text"] == "Leucocytes" and obs["789-8"]["text"] == "Hématies"
+    sr = got[locs[1]]
+    assert sr["code"]["text"] == ("Hémoglobine, Hématies, Leucocytes, Plaquettes, "
+                                  "Hématocrite")
+    rep = got[locs[8]]
+    assert rep["code"]["coding"][0]["display"] == "Laboratory report"
+    assert rep["code"]["text"] == "Compte rendu d'analyses de biologie médicale"
+    put = httpx.put(f"{server.url}/{locs[1]}", headers=HDR, content=json.dumps(sr))
+    assert put.status_code == 200, put.text              # sent back as read, text included
+    assert client.get("ServiceRequest", locs[1].split("/")[1])["code"] == sr["code"]

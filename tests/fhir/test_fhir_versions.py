@@ -82,6 +82,13 @@ def test_capability_statement_says_how_versions_work(server: Running) -> None:
         assert got[rtype] == ("versioned-update", False, False), rtype
     assert got["Specimen"] == ("versioned", False, False)      # read only: versions, no update
     assert got["AuditEvent"] == ("no-version", False, False)   # an entry never changes
+    # If-None-Match on read (304); no If-None-Exist (conditional create)
+    conditional = {r["type"]: (r["conditionalRead"], r["conditionalCreate"])
+                   for r in cs["rest"][0]["resource"]}
+    for rtype in ("Patient", "Practitioner", "Coverage", "ServiceRequest", "Specimen",
+                  "Observation", "DiagnosticReport"):
+        assert conditional[rtype] == ("not-match", False), rtype
+    assert conditional["AuditEvent"] == ("not-supported", False)
 
 
 def test_a_stale_if_match_is_412_and_stores_nothing(server: Running) -> None:
@@ -237,3 +244,170 @@ def test_an_orders_version_moves_when_another_door_changes_it(server: Running) -
     assert after["meta"]["lastUpdated"] > before["meta"]["lastUpdated"]
     assert put(server, after, tag).status_code == 412
     assert put(server, after, new_tag).status_code == 200
+
+
+def test_transaction_response_entries_carry_the_etag_a_read_gives(server: Running) -> None:
+    """Bundle.entry.response.etag (and lastModified, when the resource has a
+    meta.lastUpdated) of every entry is what a read of its location then gives -- taken
+    once the whole Bundle ran: the Specimen moved its ServiceRequest, the final report its
+    Observations, the Coverage its Patient."""
+    bundle = visit_bundle(next(people(1, seed=94)), 94)
+    patient_url = next(e["fullUrl"] for e in bundle["entry"]
+                       if e["resource"]["resourceType"] == "Patient")
+    bundle["entry"].append({"resource": {
+        "resourceType": "Coverage", "status": "active",
+        "type": {"coding": [{"system": ids.ACT_CODE_SYSTEM, "code": "PUBLICPOL"}]},
+        "beneficiary": {"reference": patient_url}, "payor": [{"display": "CPAM de Lille"}],
+        "subscriberId": "1234567890"}, "request": {"method": "POST", "url": "Coverage"}})
+    bundle["entry"].append({"resource": {
+        "resourceType": "Practitioner", "name": [{"text": "Dr Anne Martin"}],
+        "identifier": [{"system": ids.RPPS_SYSTEM, "value": "10988399506"}]},
+        "request": {"method": "POST", "url": "Practitioner"}})
+    r = httpx.post(server.url, headers=HDR, content=json.dumps(bundle))
+    assert r.status_code == 200, r.text
+    validate_r4b(r.json())
+    entries = r.json()["entry"]
+    assert {e["response"]["location"].split("/")[0] for e in entries} == {
+        "Patient", "ServiceRequest", "Specimen", "Observation", "DiagnosticReport",
+        "Coverage", "Practitioner"}
+    for e in entries:
+        body, tag = read(server, e["response"]["location"])
+        assert e["response"]["etag"] == tag, e["response"]["location"]
+        assert e["response"].get("lastModified") == body.get("meta", {}).get("lastUpdated")
+    # an update entry: its etag is the version it made
+    pat_loc = next(e["response"]["location"] for e in entries
+                   if e["response"]["location"].startswith("Patient/"))
+    pat, pat_tag = read(server, pat_loc)
+    moved = {**pat, "address": [{"line": ["8 rue Neuve"], "postalCode": "59000",
+                                 "city": "Lille", "country": "FR"}]}
+    r = transaction(server, {"resource": moved, "request": {"method": "PUT", "url": pat_loc,
+                                                            "ifMatch": pat_tag}})
+    assert r.status_code == 200, r.text
+    (entry,) = r.json()["entry"]
+    body, tag = read(server, pat_loc)
+    assert entry["response"]["etag"] == tag != pat_tag
+    assert entry["response"]["lastModified"] == body["meta"]["lastUpdated"]
+
+
+def test_if_none_match_on_the_current_version_is_304_without_a_body(
+        server: Running) -> None:
+    """A client holding the current version asks again with If-None-Match: 304 Not
+    Modified, no body, the same ETag -- after the same gate decision as a read (audited)."""
+    v, _order = _preliminary_report(server, 95)
+    for rtype, rid in v.items():
+        body, tag = read(server, f"{rtype}/{rid}")
+        pid = ids.from_fhir(v["Patient"], "pt")
+        audit = server.lv.gate.audit
+        before = len(audit.entries)  # type: ignore[attr-defined]
+        for method in ("GET", "HEAD"):
+            for header in (tag, f"{NEVER}, {tag}", tag.removeprefix("W/"), "*"):
+                r = httpx.request(method, f"{server.url}/{rtype}/{rid}",
+                                  headers={**AUTH, "If-None-Match": header})
+                assert r.status_code == 304, (rtype, method, header, r.text)
+                assert r.content == b"" and r.headers["etag"] == tag
+        reads = [a for a, _, out in audit.entries[before:]  # type: ignore[attr-defined]
+                 if pid in a.patient_ids and out == "allowed"]
+        assert len(reads) >= 8, rtype           # each 304 a read through the gate
+        r = httpx.get(f"{server.url}/{rtype}/{rid}", headers={**AUTH, "If-None-Match": NEVER})
+        assert r.status_code == 200 and r.json() == body and r.headers["etag"] == tag
+    for bad in ("3", "W/3", '"', f"{NEVER},"):       # never read as "no condition"
+        r = httpx.get(f"{server.url}/Patient/{v['Patient']}",
+                      headers={**AUTH, "If-None-Match": bad})
+        assert r.status_code == 400, (bad, r.text)
+        assert "If-None-Match" in outcome(r)["issue"][0]["diagnostics"]
+
+
+def test_a_304_is_never_given_to_whom_the_read_is_refused(server: Running) -> None:
+    """The gate decides before any version is compared: a lab administrator gets the 403
+    of a read, an id of another laboratory or none the 404, whatever If-None-Match says."""
+    import random
+
+    from labvault.domain.actors import Actor
+    from labvault.synthetic import make_finess
+    from tests.fhir.conftest import ADMIN_TOKEN
+    pat = create_patient(server, 96)
+    _body, tag = read(server, f"Patient/{pat['id']}")
+    for header in (tag, "*"):
+        r = httpx.get(f"{server.url}/Patient/{pat['id']}",
+                      headers={"Authorization": f"Bearer {ADMIN_TOKEN}", "If-None-Match": header})
+        assert r.status_code == 403, r.text
+        assert outcome(r)["issue"][0]["code"] == "forbidden" and "etag" not in r.headers
+    op = Actor.operator()
+    other = server.lv.tenants.add(op, "Autre labo", make_finess(random.Random(96))).tenant_id
+    theirs = ids.to_fhir(server.lv.patients.register(op, other, next(people(1, seed=97))))
+    for rid in (theirs, "pt-0000000000000000000000000v"):
+        r = httpx.get(f"{server.url}/Patient/{rid}", headers={**AUTH, "If-None-Match": "*"})
+        assert r.status_code == 404, r.text
+        outcome(r)
+    # AuditEvent has no version: If-None-Match cannot apply (400 before anything is read)
+    r = httpx.get(f"{server.url}/AuditEvent/ae-0000000000000000000000000v",
+                  headers={**AUTH, "If-None-Match": "*"})
+    assert r.status_code == 400 and "no version" in outcome(r)["issue"][0]["diagnostics"]
+
+
+def test_if_none_match_on_update_and_conditional_create_are_not_dropped(
+        server: Running) -> None:
+    """PUT with If-None-Match: 412 when the resource is at a version it names (``*``: it
+    exists -- always, an update never creates). POST with If-None-Exist or If-None-Match
+    (conditional create, not offered) is a 400, never a create that ignored it."""
+    pat = create_patient(server, 98)
+    body, tag = read(server, f"Patient/{pat['id']}")
+    moved = {**body, "address": [{"line": ["9 rue Neuve"], "postalCode": "59000",
+                                  "city": "Lille", "country": "FR"}]}
+    for header in ("*", tag, f"{NEVER}, {tag}"):
+        r = httpx.put(f"{server.url}/Patient/{pat['id']}", content=json.dumps(moved),
+                      headers={**HDR, "If-None-Match": header})
+        assert r.status_code == 412, (header, r.text)
+        assert outcome(r)["issue"][0]["code"] == "conflict"
+        assert read(server, f"Patient/{pat['id']}") == (body, tag)       # nothing stored
+    r = httpx.put(f"{server.url}/Patient/{pat['id']}", content=json.dumps(moved),
+                  headers={**HDR, "If-Unmodified-Since": "Sun, 29 Nov 2026 10:00:00 GMT"})
+    assert r.status_code == 400, r.text                    # a write's condition: not dropped
+    assert outcome(r)["issue"][0]["expression"] == ["If-Unmodified-Since"]
+    assert read(server, f"Patient/{pat['id']}") == (body, tag)
+    r = httpx.put(f"{server.url}/Patient/{pat['id']}", content=json.dumps(moved),
+                  headers={**HDR, "If-None-Match": NEVER})
+    assert r.status_code == 200, r.text
+    new = fhir_patient(next(people(1, seed=99)))
+    for header, value in (("If-None-Exist", f"identifier={ids.NIR_SYSTEM}|1"),
+                          ("If-None-Match", "*")):
+        r = httpx.post(f"{server.url}/Patient", content=json.dumps(new),
+                       headers={**HDR, header: value})
+        assert r.status_code == 400, (header, r.text)
+        assert outcome(r)["issue"][0]["expression"] == [header]
+    found = httpx.get(f"{server.url}/Patient", headers=AUTH, params={
+        "identifier": new["identifier"][0]["value"]}).json()
+    assert found["total"] == 0                   # nothing created
+
+
+def test_transaction_entry_conditions_are_honoured_or_refused_never_dropped(
+        server: Running) -> None:
+    """``request.ifNoneMatch`` on a PUT entry is the If-None-Match of an update (412, the
+    whole Bundle stored nothing); on a POST entry (conditional create), like
+    ``ifModifiedSince`` (a read's condition) or an element Bundle.entry.request does not
+    have, it is a 400 naming it."""
+    pat = create_patient(server, 100)
+    body, tag = read(server, f"Patient/{pat['id']}")
+    moved = {**body, "address": [{"line": ["10 rue Neuve"], "postalCode": "59000",
+                                  "city": "Lille", "country": "FR"}]}
+    for value in ("*", tag):
+        r = transaction(server, {"resource": moved, "request": {
+            "method": "PUT", "url": f"Patient/{pat['id']}", "ifNoneMatch": value}})
+        assert r.status_code == 412, (value, r.text)
+        assert outcome(r)["issue"][0]["expression"] == ["Bundle.entry[0].request.ifNoneMatch"]
+        assert read(server, f"Patient/{pat['id']}") == (body, tag)
+    r = transaction(server, {"resource": moved, "request": {
+        "method": "PUT", "url": f"Patient/{pat['id']}", "ifNoneMatch": NEVER}})
+    assert r.status_code == 200, r.text
+    new = fhir_patient(next(people(1, seed=101)))
+    for request, where in (
+            ({"method": "POST", "url": "Patient", "ifNoneMatch": "*"}, "ifNoneMatch"),
+            ({"method": "POST", "url": "Patient",
+              "ifModifiedSince": "2026-01-01T00:00:00Z"}, "ifModifiedSince"),
+            ({"method": "POST", "url": "Patient", "ifMatchh": NEVER}, "ifMatchh"),
+            ({"method": "PUT", "url": f"Patient/{pat['id']}", "ifNoneMatch": "W/3"},
+             "ifNoneMatch")):
+        resource = new if request["method"] == "POST" else moved
+        r = transaction(server, {"resource": resource, "request": request})
+        assert r.status_code == 400, (request, r.text)
+        assert outcome(r)["issue"][0]["expression"] == [f"Bundle.entry[0].request.{where}"]

@@ -342,3 +342,15 @@ def test_patient_timestamps_carry_their_offset(cli: Cli) -> None:
     shown = cli.ok("patient", "show", pid)
     for key in ("created_at", "updated_at"):
         assert datetime.fromisoformat(shown[key]).utcoffset() == timedelta(0), shown[key]
+
+
+def test_errors_are_neither_wrapped_nor_read_as_markup(sqlite_cli: Cli, tmp_path: Any) -> None:
+    """Rich wrapped error lines at 80 columns when stderr was not a terminal (a log, a
+    pipe): a long path was cut by a newline, and a ``[...]`` in a file name was taken for
+    markup and vanished. The error is now one line, the path exactly as given."""
+    cli = sqlite_cli
+    tenant = cli.init_with_tenant()
+    deep = tmp_path / ("exports-[bleu]-" + "x" * 60) / "patients [copie].ndjson"
+    r = cli.user_error("patient", "import", str(deep), "--tenant", tenant)
+    first = r.stderr.splitlines()[0]
+    assert first.startswith("error: ") and str(deep) in first, r.stderr

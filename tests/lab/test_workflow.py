@@ -216,7 +216,7 @@ def test_sex_unknown_a_sex_specific_test_has_no_range_and_is_not_bulk_validated(
     res = lv.lab.validate_all_normal(biologist, tenant_id)
     assert res.validated == [] and res.skipped == [oid]
     assert res.as_json()["reasons"] == {oid: {"reason": "no-reference-range",
-                                              "tests": ["Hemoglobin [Mass/volume] in Blood"]}}
+                                              "tests": ["Hémoglobine"]}}
     assert lv.lab.get_order(operator, oid).status == L.OrderStatus.TECHNICALLY_VALIDATED
 
 

@@ -16,8 +16,8 @@ from labvault.domain import lab as L
 from tests.access.conftest import World
 from tests.web.helpers import HIGH, analyser_order, csrf_in, form_login, order
 
-HB = "Hemoglobin [Mass/volume] in Blood"
-K = "Potassium [Moles/volume] in Serum or Plasma"
+HB = "Hémoglobine"   # the catalogue's French labels: what the console shows
+K = "Potassium"
 SHOWN = re.compile(r'name="shown" value="([^"]*)"')
 
 

@@ -257,7 +257,7 @@ def test_a_report_corrected_after_publication_says_to_send_it_again(
                      {"code": K, "value": 3.1, "unit": "mmol/L"}, "erreur de saisie")
     text = _text(browser.get(f"/console/patients/{a.patients[0]}"))
     assert "Compte rendu corrigé après sa diffusion (dernière correction le " in text
-    assert "transmettez la version corrigée au prescripteur" in text
+    assert "transmettez-lui la version corrigée" in text
 
 
 def test_units_are_printed_as_a_report_prints_them() -> None:

@@ -148,6 +148,36 @@ def test_publishing_does_not_claim_the_prescriber_has_the_report(web: World,
         assert "le prescripteur et le patient" not in said
 
 
+def test_publishing_says_when_the_report_was_queued_for_the_prescribers_system(
+        web: World, browser: TestClient) -> None:
+    """With a delivery destination for the order's prescriber, "Diffuser" and "Valider et
+    diffuser" say the report was queued for the prescriber's system (and no longer that
+    labvault sends nothing); a destination for another prescriber changes nothing."""
+    a, op = web.a, Actor.operator()
+    rpps = str(REQ["prescriber"]["rpps"])  # type: ignore[index]
+    orders = [order(web, a, a.patients[0], step=s) for s in ("final", "final", "technical")]
+    form_login(browser, web, a.emails["biologist"])
+    token = csrf_in(browser.get("/console").text)
+
+    def destination(number: str) -> None:
+        web.lv.delivery.add_destination(op, a.tenant_id, "CHU", "127.0.0.1", 2575, [number],
+                                        insecure_plaintext=True)
+    destination("10000000041")                     # another prescriber's system
+    said = _words(browser.post(f"/console/diffusion/{orders[0].order_id}",
+                               data={"csrf": token}).text)
+    assert "ne l'envoie pas au prescripteur" in said and "file d'envoi" not in said
+    destination(rpps)
+    done = [browser.post(f"/console/diffusion/{orders[1].order_id}", data={"csrf": token}),
+            browser.post(f"/console/validation/{orders[2].order_id}",
+                         data={"csrf": token, "diffuser": "1"})]
+    for r in done:
+        said = _words(r.text)
+        assert r.status_code == 200 and "sur son portail" in said
+        assert "mis en file d'envoi vers le système du prescripteur" in said
+        assert "ne l'envoie pas au prescripteur" not in said
+    assert len(web.lv.delivery.status(op, a.tenant_id, ["pending"])) == 2
+
+
 def test_patients_find_the_second_factor_page(web: World, browser: TestClient) -> None:
     """Patients may protect their account with a second factor (/mfa), but no page led
     there: the portal's menu now does."""

@@ -184,14 +184,24 @@ async def search_post(rtype: str, request: Request, actor: CurrentActor) -> Resp
 @router.head("/{rtype}/{fhir_id}", include_in_schema=False)   # HEAD: GET without the body
 async def read(rtype: str, fhir_id: str, request: Request, actor: CurrentActor) -> Response:
     srv = server(request)
-    return versioned_response(await run_in_threadpool(srv.read, actor, rtype, fhir_id))
+    resource, changed = await run_in_threadpool(srv.read_if_changed, actor, rtype, fhir_id,
+                                                request.headers.get("if-none-match"))
+    if not changed:
+        # If-None-Match names the current version: 304, no body, the same ETag
+        # (RFC 9110 §15.4.5); the read was made and audited all the same
+        tag = etag(resource)
+        return Response(status_code=304, headers={"ETag": tag} if tag else None)
+    return versioned_response(resource)
 
 
 @router.post("/{rtype}")
 async def create(rtype: str, request: Request, actor: CurrentActor) -> Response:
     body = await read_json(request)
     srv = server(request)
-    new_id, resource = await run_in_threadpool(srv.create, actor, rtype, body)
+    conditions = {name: request.headers[name.lower()] for name in ("If-None-Exist",
+                                                                  "If-None-Match")
+                  if name.lower() in request.headers}
+    new_id, resource = await run_in_threadpool(srv.create, actor, rtype, body, conditions)
     # no vread (readHistory false in the CapabilityStatement): no _history URL that would 404
     location = f"{base_url(request)}/{rtype}/{new_id}"
     return versioned_response(resource, 201, {"Location": location})
@@ -199,10 +209,17 @@ async def create(rtype: str, request: Request, actor: CurrentActor) -> Response:
 
 @router.put("/{rtype}/{fhir_id}")
 async def update(rtype: str, fhir_id: str, request: Request, actor: CurrentActor) -> Response:
+    if "if-unmodified-since" in request.headers:
+        # a write's precondition by time: dropped, the update would go through whatever
+        # changed; the version is the exact form of it (If-Match)
+        raise FhirError(400, "not-supported", "If-Unmodified-Since is not supported: send "
+                        'If-Match: W/"<versionId>" (the ETag of your read)',
+                        ["If-Unmodified-Since"])
     body = await read_json(request)
     srv = server(request)
     return versioned_response(await run_in_threadpool(
-        srv.update, actor, rtype, fhir_id, body, request.headers.get("if-match")))
+        srv.update, actor, rtype, fhir_id, body, request.headers.get("if-match"),
+        request.headers.get("if-none-match")))
 
 
 @router.api_route("/{rest:path}", methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE",

@@ -13,6 +13,7 @@ from labvault.cli import _common
 from labvault.cli.audit import app as audit_app
 from labvault.cli.backup import app as backup_app
 from labvault.cli.breach import app as breach_app
+from labvault.cli.delivery import app as delivery_app
 from labvault.cli.guard import register as register_guard
 from labvault.cli.keys import app as keys_app
 from labvault.cli.lab import register as register_lab
@@ -50,6 +51,8 @@ app.add_typer(policy_app, name="policy", help="The access policy table.")
 register_guard(app)
 app.add_typer(audit_app, name="audit", help="Audit trail: verify, checkpoint, prove, reports.")
 register_lab(app)
+app.add_typer(delivery_app, name="delivery",
+              help="Results to prescribers' systems: destinations, sender, outbox (HL7 MLLP).")
 app.add_typer(breach_app, name="breach", help="Breach register, dump triage, notices.")
 
 

@@ -13,6 +13,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from labvault.config import Settings
 from labvault.errors import IntegrityError, UserError
@@ -21,7 +22,9 @@ from labvault.services.app import Labvault
 P = ParamSpec("P")
 R = TypeVar("R")
 
-err_console = Console(stderr=True)
+# Messages are never hard-wrapped: a path or an id cut by an inserted newline (Rich wraps
+# at 80 columns when stderr is not a terminal) can no longer be copied or grepped from a log.
+err_console = Console(stderr=True, soft_wrap=True)
 out_console = Console()
 
 
@@ -93,13 +96,15 @@ def user_errors(fn: Callable[P, R]) -> Callable[P, R]:
         try:
             return fn(*args, **kwargs)
         except UserError as exc:
-            err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+            # The message and hint carry user input (paths, values): printed as text, not
+            # markup, so a "[...]" in a file name is shown, not taken for a style.
+            err_console.print(Text.assemble(("error:", "bold red"), " ", exc.message))
             if exc.hint:
-                err_console.print(f"  {exc.hint}", highlight=False)
+                err_console.print(Text("  " + exc.hint))
             raise typer.Exit(2) from None
         except IntegrityError as exc:
             # Not the user's doing: stored bytes failed authentication. Say so, no traceback.
-            err_console.print(f"[bold red]integrity error:[/] {exc}", highlight=False)
+            err_console.print(Text.assemble(("integrity error:", "bold red"), " ", str(exc)))
             err_console.print("  the stored data was altered or moved; nothing was shown. "
                               "Restore from a backup and check the audit log.", highlight=False)
             raise typer.Exit(1) from None

@@ -294,7 +294,9 @@ def catalogue_show(tenant: str = typer.Option(..., "--tenant", help="Laboratory 
             panic = " ".join(p for p in (f"<{t.panic_low:g}" if t.panic_low is not None else "",
                                          f">{t.panic_high:g}" if t.panic_high is not None
                                          else "") if p)
-            out_console.print(f"  {t.code:9} {t.unit or '':9} {t.display}"
+            # the French label people read on reports, then LOINC's name when it differs
+            name = t.name if t.label is None else f"{t.label} -- LOINC: {t.display}"
+            out_console.print(f"  {t.code:9} {t.unit or '':9} {name}"
                               + (f"  (panic {panic})" if panic else ""), highlight=False)
             for r in t.ranges:
                 out_console.print(f"      {r.band()}: {r.display(t.unit)}", highlight=False)

@@ -75,7 +75,11 @@ def serve(host: str = typer.Option("127.0.0.1", "--host",
           demo: bool = typer.Option(False, "--demo",
                                     help="A demo instance: on first run (no database yet) "
                                          "create it with synthetic data and accounts whose "
-                                         "credentials are published; loopback only.")
+                                         "credentials are published; loopback only."),
+          deliver: bool = typer.Option(False, "--deliver",
+                                       help="Also send the queued reports to the "
+                                            "prescribers' systems (one sender thread, "
+                                            "as `delivery send`).")
           ) -> None:
     """Serve the REST/FHIR API and web pages (--demo: a demo instance, seeded on first run)."""
     import os
@@ -94,11 +98,25 @@ def serve(host: str = typer.Option("127.0.0.1", "--host",
     _first_run(s, demo, host)
     os.environ["LABVAULT_DATA_DIR"] = str(s.data_dir)
     scheme = "https" if context is not None else "http"
+    sender = None
+    if deliver:
+        # One sender in this (the supervising) process, however many API workers serve.
+        from labvault.interop.hl7.outbound import Sender
+        from labvault.services.wiring import open_labvault
+        sender = Sender(open_labvault(s))
+        sender.start()
+        err_console.print("sending queued reports to the prescribers' systems "
+                          f"every {sender.interval:g} s", highlight=False)
     err_console.print(f"labvault serving on {scheme}://{host}:{port}  (OpenAPI: /docs)")
-    uvicorn.run("labvault.api.app:create_app_from_env", factory=True, host=host, port=port,
-                workers=workers, log_level="warning", proxy_headers=False,
-                ssl_certfile=str(tls_cert) if context is not None else None,
-                ssl_keyfile=str(tls_key) if context is not None else None)
+    try:
+        uvicorn.run("labvault.api.app:create_app_from_env", factory=True, host=host,
+                    port=port, workers=workers, log_level="warning", proxy_headers=False,
+                    ssl_certfile=str(tls_cert) if context is not None else None,
+                    ssl_keyfile=str(tls_key) if context is not None else None)
+    finally:
+        if sender is not None:
+            sender.stop()
+            sender.lv.close()
 
 
 DEMO_BANNER = ("[bold red]DEMO INSTANCE[/]: synthetic patients, and accounts whose password and "

@@ -494,10 +494,45 @@ class RangeRule:
         return ""
 
 
+LABEL_MAX = 80       # a French test name fits one line of a report's results table
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def french_label(value: object, field_: str = "label", test: object = None) -> str | None:
+    """A test's French name as a French report prints it ("Hémoglobine glyquée (HbA1c)"):
+    optional (None: absent), else non-blank text on one line, at most ``LABEL_MAX``
+    characters. ``test``: the test's code, named in the error."""
+    if value is None:
+        return None
+    of = f" (test {str(test).strip()})" if isinstance(test, str) and test.strip() else ""
+    example = 'e.g. "label": "Hémoglobine"'
+    if not isinstance(value, str):
+        raise InvalidField(field_, f"must be text, the test's French name{of}", example)
+    text = value.strip()
+    if not text:
+        raise InvalidField(field_, f"is empty{of}", f"give the test's French name ({example}) "
+                           "or leave the key out (the LOINC display is shown then)")
+    if _CONTROL.search(text):
+        raise InvalidField(field_, f"must be one line without control characters{of}", example)
+    if len(text) > LABEL_MAX:
+        raise InvalidField(field_, f"is longer than {LABEL_MAX} characters ({len(text)}){of}",
+                           "shorten it: it is the name printed on one line of the report")
+    return text
+
+
+def readable_name(label: str | None, display: str) -> str:
+    """The name a person reads for a test -- on the portal, the PDF report, the console,
+    the patient's data download: the laboratory's French label, else the LOINC display
+    (a laboratory catalogue without labels, a result stored before labels existed). The
+    one place that decides it: interoperability (FHIR ``coding.display``, HL7) keeps the
+    LOINC display."""
+    return label or display
+
+
 @dataclass(frozen=True, slots=True)
 class CatalogueTest:
     code: str                               # LOINC
-    display: str
+    display: str                            # LOINC long common name (English)
     kind: ValueKind
     unit: str | None
     ranges: tuple[RangeRule, ...] = ()
@@ -506,10 +541,19 @@ class CatalogueTest:
     normal_codes: tuple[str, ...] = ()      # coded tests: codes that are not abnormal
     local_codes: tuple[str, ...] = ()       # analyzer codes that mean this test
     specimen: str | None = None
+    label: str | None = None                # French name on reports ("Hémoglobine")
+
+    @property
+    def name(self) -> str:
+        """What people read for this test (``readable_name``)."""
+        return readable_name(self.label, self.display)
 
     def as_json(self) -> dict[str, Any]:
-        """As in the catalogue file: what was loaded, for a biologist to check."""
-        return {"code": self.code, "display": self.display, "kind": self.kind.value,
+        """As in the catalogue file: what was loaded, for a biologist to check (``label``
+        only when the catalogue gives one: it loads back as it is)."""
+        return {"code": self.code, "display": self.display,
+                **({"label": self.label} if self.label is not None else {}),
+                "kind": self.kind.value,
                 "unit": self.unit, "ranges": [r.as_json() for r in self.ranges],
                 "panic_low": self.panic_low, "panic_high": self.panic_high,
                 "normal_codes": list(self.normal_codes), "local_codes": list(self.local_codes),
@@ -604,6 +648,12 @@ class Catalogue:
             t = self.tests.get(self.by_local[code])
         return t
 
+    def name_of(self, code: str) -> str:
+        """What people read for a requested test (``readable_name``); the code itself
+        when this catalogue no longer has it."""
+        t = self.get(code)
+        return t.name if t is not None else code
+
     @staticmethod
     def parse(data: object) -> Catalogue:
         """The catalogue JSON (docs/lab.md): ``{"version": ..., "tests": [...]}``. Every
@@ -631,8 +681,8 @@ class Catalogue:
         return Catalogue(version, tests, by_local)
 
 
-TEST_FIELDS = frozenset({"code", "display", "kind", "unit", "ranges", "panic_low", "panic_high",
-                         "normal_codes", "local_codes", "specimen"})
+TEST_FIELDS = frozenset({"code", "display", "label", "kind", "unit", "ranges", "panic_low",
+                         "panic_high", "normal_codes", "local_codes", "specimen"})
 RANGE_FIELDS = frozenset({"sex", "age_min", "age_max", "low", "high", "text"})
 
 
@@ -677,6 +727,7 @@ def _parse_test(t: object, where: str, errors: list[InvalidField]) -> CatalogueT
     _unknown(t, TEST_FIELDS, errors, where + ".")
     code = _collect(errors, loinc, t.get("code"), where + ".code")
     display = _collect(errors, v.text, t.get("display"), where + ".display", 200, True)
+    name = _collect(errors, french_label, t.get("label"), where + ".label", t.get("code"))
     try:
         kind = ValueKind(t.get("kind", "numeric"))
     except ValueError:
@@ -697,7 +748,7 @@ def _parse_test(t: object, where: str, errors: list[InvalidField]) -> CatalogueT
     if len(errors) > before or code is None or display is None:
         return None
     return CatalogueTest(code, display, kind, unit, tuple(r for _, r in ranges), panic_low,
-                         panic_high, normal_codes, local_codes, t.get("specimen"))
+                         panic_high, normal_codes, local_codes, t.get("specimen"), name)
 
 
 def _codes(t: Mapping[str, Any], key: str, where: str,
@@ -820,6 +871,15 @@ class Observation:
     # beside labvault's own range and flag, which are the ones that count.
     analyser_range: str | None = None
     analyser_flag: str | None = None
+    # the catalogue's French name when the result was interpreted (None: the catalogue had
+    # none, or the result was stored before labels): the report keeps the name it was
+    # issued with, like ``display`` and the range
+    label: str | None = None
+
+    @property
+    def name(self) -> str:
+        """What people read for this result's test (``readable_name``)."""
+        return readable_name(self.label, self.display)
 
     @staticmethod
     def interpret(result: ResultInput, test: CatalogueTest, catalogue_version: str,
@@ -838,7 +898,7 @@ class Observation:
             test.unit if result.unit and test.unit else result.unit,   # the catalogue's spelling
             result.comparator, rng.display(test.unit) if rng else None,
             rng.low if rng else None, rng.high if rng else None, flag, result.comment,
-            result.observed_at, catalogue_version, result.local_code)
+            result.observed_at, catalogue_version, result.local_code, label=test.label)
 
     def value_display(self) -> str:
         if self.kind == ValueKind.NUMERIC and self.numeric is not None:
@@ -849,7 +909,9 @@ class Observation:
 
     def as_json(self) -> dict[str, Any]:
         return {
-            "code": self.code, "display": self.display, "kind": self.kind.value,
+            "code": self.code, "display": self.display,
+            **({"label": self.label} if self.label is not None else {}),
+            "kind": self.kind.value,
             "value": (self.numeric if self.kind == ValueKind.NUMERIC else
                       {"code": self.coded.code, "display": self.coded.display,
                        "system": self.coded.system} if self.coded else self.text),
@@ -878,7 +940,7 @@ class Observation:
             Flag(d["flag"]) if d.get("flag") else None, d.get("comment"),
             datetime.fromisoformat(d["observed_at"]) if d.get("observed_at") else None,
             d.get("catalogue_version", ""), d.get("local_code"), d.get("analyser_range"),
-            d.get("analyser_flag"))
+            d.get("analyser_flag"), d.get("label"))
 
     def with_analyser(self, reference_range: str | None, flags: str | None) -> Observation:
         """This result with the analyser's own range and flag (OBX-7, OBX-8) as sent,

@@ -28,6 +28,9 @@ RULES: dict[str, Rule] = {r.kind: r for r in (
     Rule("canary.read", "-", 0, "critical", "a honeytoken patient was opened"),
     Rule("canary.search", "-", 0, "critical", "a search returned a honeytoken patient"),
     Rule("canary.export", "-", 0, "critical", "a honeytoken patient was exported"),
+    Rule("canary.leaked", "-", 0, "critical",
+         "a honeytoken patient is in a leaked file being triaged (breach case): the leak "
+         "comes from this lab's data"),
     Rule("enumeration.patients", "rule.enumeration.10m", 40, "high",
          "many distinct patients opened within 10 minutes (below the budget)"),
     Rule("enumeration.searches", "rule.search_fanout.10m", 60, "high",

@@ -161,6 +161,8 @@ class Labvault:
         self.keys = KeyService(self)
         self.guard = GuardService(self)
         self.lab = LabService(self)
+        from labvault.services.delivery import DeliveryService
+        self.delivery = DeliveryService(self)
         from labvault.services.accounts import AccountService; self.accounts = AccountService(self)  # noqa: E702, I001
         from labvault.services.breach import BreachService
         self.breach = BreachService(self)

@@ -489,7 +489,6 @@ class BreachService:
             self._require(conn, case_id)
             self._check(conn, actor, Action.SEARCH, case_id,
                         categories=(Category.IDENTITY, Category.CONTACT))
-            brepo.purge_orphan_encodings(conn)
         clock = _PhaseClock()
         rows, files, cols = self.read_dumps(paths, fmt, progress)
         clock.lap("read")
@@ -513,6 +512,7 @@ class BreachService:
             for n, (t, pid, score) in sorted(fuzzy.items()):
                 matches.append(Match(n, t, pid, "fuzzy", fuzzy_keys(rows[n].ident),
                                      round(score, 3)))
+            matches = self._living(matches)
             matches.sort(key=lambda m: (m.row, m.tenant_id, m.patient_id))
             result = self._summarise(actor, case_id, rows, files, cols, matches, tenants,
                                      circumstances or Circumstances())
@@ -529,6 +529,21 @@ class BreachService:
         finally:
             gc.unfreeze()
         return result
+
+    def _living(self, matches: list[Match]) -> list[Match]:
+        """Matches of active patients only. Erasure and its replay drop a patient's
+        encodings in their own transaction (``on_patient_erased``); an encoding left by other
+        means (a patient erased before this module was plugged in) must still never make
+        an erased patient a person concerned. Checked on the matched ids, and such leftover
+        encodings deleted then: a scan of every encoding before each triage cost ~5 s at
+        a million patients (``breach backfill`` still purges them all)."""
+        if not matches:
+            return matches
+        with self.lv.begin() as conn:
+            gone = brepo.inactive_among(conn, sorted({m.patient_id for m in matches}))
+            if gone:
+                brepo.delete_encodings_of(conn, sorted(gone))
+        return [m for m in matches if m.patient_id not in gone] if gone else matches
 
     def _exact(self, rows: list[RowKeys], tenants: Sequence[Mapping[str, Any]],
                workers: int) -> list[Match]:
@@ -612,10 +627,14 @@ class BreachService:
         severity = assess(meanings, persons, len(real_rows), circumstances, sealed_cols)
         severity["exposed"] = sorted(meanings)
         with self.lv.begin() as conn:
-            for t, ids in patients.items():
+            for t, ids in real_patients.items():
                 # One audited decision per tenant naming the matched patients (ids only).
+                # Honeytokens are left out of it: the gate would take the DPO's triage for
+                # someone opening a decoy (``canary.search`` naming the DPO); a decoy in a
+                # leaked file is the lab's own alarm, raised below as ``canary.leaked``.
                 self._check(conn, actor, Action.SEARCH, case_id, tenant_id=t,
                             patient_ids=sorted(ids), categories=(Category.IDENTITY,))
+            self._decoys_leaked(conn, actor, case_id, decoys, row_map)
             attribution = self._attribute(conn, {t: sorted(v) for t, v in patients.items()},
                                           {t: {p: r for p, r in d.items()}
                                            for t, d in row_map.items()}, decoys)
@@ -666,6 +685,21 @@ class BreachService:
         with self.lv.begin() as conn:
             return {t: hits for t, ids in matched.items()
                     if (hits := set(guard.canary_hits(conn, t, ids)))}
+
+    def _decoys_leaked(self, conn: Connection, actor: Actor, case_id: str,
+                       decoys: Mapping[str, set[str]],
+                       rows: Mapping[str, Mapping[str, Sequence[int]]]) -> None:
+        """A critical ``canary.leaked`` alert per laboratory whose honeytokens are in the
+        leak: proof the file came from that lab's data. It names the case and who triaged
+        it as the finder, not as a suspect (no account on the alert)."""
+        guard = getattr(self.lv, "guard", None)
+        if guard is None:
+            return
+        for t, hits in sorted(decoys.items()):
+            guard.alert(conn, t, "canary.leaked", None,
+                        {"case_id": case_id, "patients": sorted(hits), "found_by": actor.id,
+                         "rows": sorted(r for p in hits for r in rows[t][p])},
+                        subject=f"{case_id}|{','.join(sorted(hits))}")
 
     def _attribute(self, conn: Connection, matched: Mapping[str, Sequence[str]],
                    rows: Mapping[str, Mapping[str, Sequence[int]]],

@@ -39,8 +39,8 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -197,7 +197,9 @@ class ObservationView:
         return {"id": self.observation_id, "order_id": self.order_id,
                 "patient_id": self.patient_id, "status": self.status, "revision": self.revision,
                 "created_at": self.created_at.isoformat(),
-                "updated_at": self.updated_at.isoformat(), **self.observation.as_json()}
+                "updated_at": self.updated_at.isoformat(), **self.observation.as_json(),
+                # the name people read (the catalogue's French label, else the display)
+                "label": self.observation.name}
 
 
 @dataclass(frozen=True)
@@ -213,9 +215,16 @@ class OrderView:
     request: L.ServiceRequest
     steps: Mapping[str, Step] = field(default_factory=dict)   # received, technical, ...
     specimens: Sequence[SpecimenView] = ()
+    # requested tests as people read them (LOINC code -> ``Catalogue.name_of``)
+    test_names: Mapping[str, str] = field(default_factory=dict)
+
     # the patient's sex and birth date as the order keeps them (ReportView's)
     patient_sex: str | None = None
     patient_birth_date: date | None = None
+
+    def test_name(self, code: str) -> str:
+        """A requested test's name as people read it (the code if the catalogue lacks it)."""
+        return self.test_names.get(code, code)
 
     @property
     def collected_at(self) -> datetime | None:
@@ -289,6 +298,9 @@ class ReportView:
     # values they replaced, when, oldest first, by result id -- for the laboratory's
     # staff, who validate what changed (the patient's portal and PDF never show them)
     reentries: Mapping[str, Sequence[Correction]] = field(default_factory=dict)
+    # ORU^R01 messages queued for the prescriber's or hospital's system by the call that
+    # returned this view (publication, revised conclusion): 0 when no destination matched
+    queued: int = 0
 
     @property
     def expected(self) -> dict[str, int]:
@@ -529,11 +541,6 @@ class _Order:
         return date.fromisoformat(bd) if bd else None
 
 
-def _test_name(cat: L.Catalogue, code: str) -> str:
-    test = cat.get(code)
-    return test.display if test else code
-
-
 def review_reason(results: Sequence[L.Observation], missing: Mapping[str, str]) -> Skip | None:
     """Why an order's results need a biologist's review rather than "validate all normal"
     (the most serious reason, with the tests concerned); None when they may go in bulk."""
@@ -547,7 +554,7 @@ def review_reason(results: Sequence[L.Observation], missing: Mapping[str, str]) 
         reason = min(why, key=SKIP_REASONS.index)
         flags = (tuple((o.analyser_flag or "", o.flag.value if o.flag else "")
                        for o in why[reason]) if reason == "analyser-disagrees" else ())
-        return Skip(reason, tuple(o.display for o in why[reason]), flags)
+        return Skip(reason, tuple(o.name for o in why[reason]), flags)
     return Skip("incomplete", tuple(missing.values())) if missing else None
 
 
@@ -731,16 +738,24 @@ class LabService:
 
     def _order_for(self, conn: Connection, actor: Actor, order_id: str, action: Action,
                    resource: str = "order", reason: str | None = None,
-                   purpose: str = CARE, asked: str = "order") -> _Order:
+                   purpose: str = CARE, asked: str = "order", lock: bool = False) -> _Order:
         return self._order_from_row(conn, self._order_row(conn, actor, order_id, action,
-                                                          resource, reason, purpose, asked))
+                                                          resource, reason, purpose, asked,
+                                                          lock))
 
     def _order_row(self, conn: Connection, actor: Actor, order_id: str, action: Action,
                    resource: str = "order", reason: str | None = None,
-                   purpose: str = CARE, asked: str = "order") -> dict[str, Any]:
+                   purpose: str = CARE, asked: str = "order",
+                   lock: bool = False) -> dict[str, Any]:
         """The order's row (clear columns only), once the gate allowed ``action`` on it.
-        ``asked``: the kind of id the caller was given (what "not found" names)."""
-        row = lrepo.order(conn, order_id)
+        ``asked``: the kind of id the caller was given (what "not found" names).
+
+        Every write locks the order first (``lock``, or any action but a read): the order
+        row is the lock of the order's report, specimens and results, so that what a write
+        reads (a status, the revisions a validation was shown, the version a FHIR
+        ``If-Match`` names) is still so when it writes -- another writer of the order waits
+        for the end of this transaction, then reads what it committed."""
+        row = lrepo.order(conn, order_id, lock=lock or action != Action.READ)
         if row is None:
             raise absent(asked)
         self._scope(actor, row["tenant_id"], asked)
@@ -812,7 +827,7 @@ class LabService:
             specimens: list[SpecimenView] = []
             if spec is not None:
                 specimens.append(self._receive(conn, actor, order, spec))
-            return self._order_view(order, specimens)
+            return self._order_view(conn, order, specimens)
 
     def _create_order(self, conn: Connection, actor: Actor, tenant_id: str, patient_id: str,
                       req: L.ServiceRequest, facts: Mapping[str, Any] | None = None,
@@ -1175,7 +1190,7 @@ class LabService:
         """Requested tests without a result: LOINC code -> test name."""
         have = {o.code for o in results}
         cat = self._catalogue(conn, order.tenant_id)
-        return {t: _test_name(cat, t) for t in order.request.get("tests", ()) if t not in have}
+        return {t: cat.name_of(t) for t in order.request.get("tests", ()) if t not in have}
 
     def validate_technical(self, actor: Actor, order_id: str,
                            expected: Mapping[str, int] | None = None) -> OrderView:
@@ -1190,7 +1205,7 @@ class LabService:
             self._unchanged(conn, order, expected)
             self._transition(conn, actor, order, L.OrderStatus.TECHNICALLY_VALIDATED,
                              "technical", self._signed(actor))
-            return self._order_view(order)
+            return self._order_view(conn, order)
 
     def validate_biological(self, actor: Actor, order_id: str,
                             conclusion: str | None = None,
@@ -1215,7 +1230,7 @@ class LabService:
             raise AccessDenied("technical validation needs a technician or biologist role",
                                "ask a technician or a biologist to validate")
         with self.lv.begin() as conn:
-            row = lrepo.order(conn, order_id)
+            row = lrepo.order(conn, order_id, lock=True)
             if row is None:
                 raise absent("order")
             self._scope(actor, row["tenant_id"], "order")
@@ -1306,7 +1321,7 @@ class LabService:
         with self.lv.begin() as conn:
             rows = lrepo.orders(conn, tenant_id,
                                 statuses=[L.OrderStatus.TECHNICALLY_VALIDATED.value],
-                                order_ids=order_ids, limit=limit)
+                                order_ids=order_ids, limit=limit, lock=True)
             found = {r["order_id"] for r in rows}
             for oid in order_ids or ():
                 if oid not in found:        # validated meanwhile, re-entered, cancelled...
@@ -1342,9 +1357,11 @@ class LabService:
     # == publication, amendment, rejection, cancellation ========================================
     def publish(self, actor: Actor, order_id: str, partial: bool | None = None) -> ReportView:
         """Make a biologically validated report available to the patient (portal, FHIR
-        reads); nothing is sent to the prescriber from here (docs/lab.md). ``partial=False``
-        refuses a report with requested tests still without result, unless the biological
-        validation already accepted it as partial."""
+        reads) and, in the same transaction, queue it (sealed ORU^R01) for each delivery
+        destination its prescriber matches (docs/lab.md "What reaches the prescriber";
+        ``ReportView.queued``). ``partial=False`` refuses a report with requested tests
+        still without result, unless the biological validation already accepted it as
+        partial."""
         with self.lv.begin() as conn:
             order = self._order_for(conn, actor, order_id, Action.WRITE, "report")
             self._expect(order, "publish", L.OrderStatus.PUBLISHED)
@@ -1358,7 +1375,14 @@ class LabService:
                 if missing:
                     detail["partial"] = sorted(missing)
             self._transition(conn, actor, order, L.OrderStatus.PUBLISHED, "published", detail)
-            return self._report_view(conn, order)
+            return self._delivered(conn, order, corrected=False)
+
+    def _delivered(self, conn: Connection, order: _Order, corrected: bool) -> ReportView:
+        """The report as it now stands, queued for the destinations it goes to (in the
+        caller's transaction: the messages are written with the change, or neither)."""
+        view = self._report_view(conn, order)
+        queued = self.lv.delivery.enqueue(conn, order, view, corrected)
+        return replace(view, queued=queued) if queued else view
 
     def amend(self, actor: Actor, observation_id: str, result: object,
               reason: str, conclusion: str | None = None) -> ObservationView:
@@ -1377,6 +1401,9 @@ class LabService:
                 raise absent("observation")
             order = self._order_for(conn, actor, orow["order_id"], Action.WRITE, "observation",
                                     reason=why, asked="observation")
+            # read again under the order's lock: the revision and value being corrected are
+            # the last committed ones (two amendments at once are one after the other)
+            orow = lrepo.observation(conn, observation_id) or orow
             tenant_id = order.tenant_id
             old = L.Observation.from_json(self._open(order.dek, tenant_id, "lab_observations",
                                                      "result_sealed", observation_id,
@@ -1402,6 +1429,7 @@ class LabService:
                 self._write_report_payload(conn, order, {
                     "conclusion": concl, "conclusion_at": ts.isoformat()}, revised_because=why)
             self._panic_alert(conn, actor, order, observation_id, new)
+            self._delivered(conn, order, corrected=True)
             return ObservationView(observation_id, order.order_id, order.patient_id, tenant_id,
                                    "amended", rev, orow["created_at"], ts, new)
 
@@ -1430,7 +1458,7 @@ class LabService:
             self._write_report_payload(conn, order, {
                 "conclusion": concl, "conclusion_at": self.lv.now().isoformat()},
                 revised_because=why)
-            return self._report_view(conn, order)
+            return self._delivered(conn, order, corrected=True)
 
     def reject(self, actor: Actor, order_id: str, reason: str,
                comment: str | None = None) -> OrderView:
@@ -1454,7 +1482,7 @@ class LabService:
             lrepo.update_specimens(conn, order.tenant_id, order_id, "rejected")
             lrepo.set_observations_status(conn, order.tenant_id, order_id, "cancelled",
                                           self.lv.now())
-            return self._order_view(order)
+            return self._order_view(conn, order)
 
     def cancel(self, actor: Actor, order_id: str, reason: str) -> OrderView:
         """Cancel an order (and its results), with the reason, which is kept; after
@@ -1466,7 +1494,7 @@ class LabService:
             order = self._order_for(conn, actor, order_id, Action.WRITE, "order", reason=note)
             L.check_cancel(order.status, actor.roles)
             self._cancel(conn, actor, order, note)
-            return self._order_view(order)
+            return self._order_view(conn, order)
 
     def _cancel(self, conn: Connection, actor: Actor, order: _Order, note: str) -> None:
         self._transition(conn, actor, order, L.OrderStatus.CANCELLED, "cancelled",
@@ -1476,7 +1504,7 @@ class LabService:
                                       self.lv.now())
 
     # == reading =================================================================================
-    def _order_view(self, order: _Order,
+    def _order_view(self, conn: Connection, order: _Order,
                     specimens: Sequence[SpecimenView] = ()) -> OrderView:
         req = dict(order.request)
         req.pop("patient", None)
@@ -1484,7 +1512,20 @@ class LabService:
                          order.tenant_id, order.status, L.Priority(order.row["priority"]),
                          order.row["created_at"], order.row["updated_at"],
                          L.ServiceRequest.parse({k: v for k, v in req.items() if v is not None}),
-                         self._steps(order.workflow), specimens, order.sex, order.birth_date)
+                         self._steps(order.workflow), specimens,
+                         self._test_names(conn, order.tenant_id, req.get("tests", ())),
+                         order.sex, order.birth_date)
+
+    def _test_names(self, conn: Connection, tenant_id: str,
+                    codes: Iterable[str]) -> dict[str, str]:
+        """Requested tests as people read them, from the laboratory's catalogue in force.
+        A stored catalogue that no longer passes the checks refuses results (its message
+        says to load a corrected one); an order is still shown, its tests by code."""
+        try:
+            cat = self._catalogue(conn, tenant_id)
+        except UserError:
+            return {}
+        return {c: cat.name_of(c) for c in codes}
 
     @staticmethod
     def _steps(workflow: Mapping[str, Any]) -> dict[str, Step]:
@@ -1557,13 +1598,19 @@ class LabService:
                                    L.Observation.from_json(p["previous"])))
         return out
 
-    def get_order(self, actor: Actor, order_id: str, purpose: str = CARE) -> OrderView:
+    def get_order(self, actor: Actor, order_id: str, purpose: str = CARE,
+                  for_update: bool = False) -> OrderView:
+        """``for_update`` (here and in ``get_report``, ``get_observation``,
+        ``get_specimen``): the read is the first step of a write in the caller's open
+        transaction (``lv.begin()``), e.g. the FHIR door's ``If-Match`` check -- the order
+        is locked before it is read (``_order_row``), so nothing of it changes before that
+        transaction ends."""
         with self.lv.begin() as conn:
             order = self._order_for(conn, actor, order_id, Action.READ, "order",
-                                    purpose=purpose)
+                                    purpose=purpose, lock=for_update)
             rep = lrepo.report_by_order(conn, order.tenant_id, order_id)
             order.row["report_id"] = rep["report_id"] if rep else ""
-            return self._order_view(order, self._specimen_views(conn, order))
+            return self._order_view(conn, order, self._specimen_views(conn, order))
 
     def order_status(self, actor: Actor, order_id: str) -> tuple[L.OrderStatus, str]:
         """An order's status and its report's id (clear columns), through the gate as a read
@@ -1575,8 +1622,10 @@ class LabService:
             rep = lrepo.report_by_order(conn, row["tenant_id"], order_id)
             return L.OrderStatus(row["status"]), rep["report_id"] if rep else ""
 
-    def get_report(self, actor: Actor, report_id: str, purpose: str = CARE) -> ReportView:
-        return self._report(actor, report_id, purpose, published_only=False)
+    def get_report(self, actor: Actor, report_id: str, purpose: str = CARE,
+                   for_update: bool = False) -> ReportView:
+        return self._report(actor, report_id, purpose, published_only=False,
+                            lock=for_update)
 
     def get_published_report(self, actor: Actor, report_id: str,
                              purpose: str = CARE) -> ReportView:
@@ -1587,13 +1636,13 @@ class LabService:
         return self._report(actor, report_id, purpose, published_only=True)
 
     def _report(self, actor: Actor, report_id: str, purpose: str,
-                published_only: bool) -> ReportView:
+                published_only: bool, lock: bool = False) -> ReportView:
         with self.lv.begin() as conn:
-            rep = lrepo.report(conn, report_id)
+            rep = lrepo.report(conn, report_id)      # (its order id: the rest is read after)
             if rep is None:
                 raise absent("report")
             row = self._order_row(conn, actor, rep["order_id"], Action.READ, "report",
-                                  purpose=purpose, asked="report")
+                                  purpose=purpose, asked="report", lock=lock)
             if published_only and L.OrderStatus(row["status"]) not in PATIENT_VISIBLE:
                 raise ReportNotPublished()
             return self._report_view(conn, self._order_from_row(conn, row))
@@ -1606,14 +1655,24 @@ class LabService:
             return self._report_view(conn, order)
 
     def get_observation(self, actor: Actor, observation_id: str,
-                        purpose: str = CARE) -> ObservationView:
+                        purpose: str = CARE, for_update: bool = False) -> ObservationView:
         with self.lv.begin() as conn:
             r = self._record_row(conn, actor, "observation", lrepo.observation(
                 conn, observation_id))
+            if for_update:
+                r = self._locked(conn, r, lambda: lrepo.observation(conn, observation_id))
             self._check(conn, actor, Action.READ, r["tenant_id"], "observation",
                         (r["patient_id"],), purpose=purpose)
             dek = self.lv.gate.patient_key(conn, r["tenant_id"], r["patient_id"])
             return self._obs_view(dek, r)
+
+    @staticmethod
+    def _locked(conn: Connection, row: dict[str, Any],
+                again: Callable[[], dict[str, Any] | None]) -> dict[str, Any]:
+        """A result's or specimen's row read again once its order is locked (``_order_row``):
+        what another writer committed before the lock is seen, nothing after it."""
+        lrepo.order(conn, row["order_id"], lock=True)
+        return again() or row
 
     def _record_row(self, conn: Connection, actor: Actor, kind: str,
                     row: dict[str, Any] | None) -> dict[str, Any]:
@@ -1626,9 +1685,12 @@ class LabService:
             raise absent(kind)
         return row
 
-    def get_specimen(self, actor: Actor, specimen_id: str, purpose: str = CARE) -> SpecimenView:
+    def get_specimen(self, actor: Actor, specimen_id: str, purpose: str = CARE,
+                     for_update: bool = False) -> SpecimenView:
         with self.lv.begin() as conn:
             r = self._record_row(conn, actor, "specimen", lrepo.specimen(conn, specimen_id))
+            if for_update:
+                r = self._locked(conn, r, lambda: lrepo.specimen(conn, specimen_id))
             self._check(conn, actor, Action.READ, r["tenant_id"], "specimen", (r["patient_id"],),
                         purpose=purpose)
             dek = self.lv.gate.patient_key(conn, r["tenant_id"], r["patient_id"])
@@ -1636,6 +1698,55 @@ class LabService:
                                 r["status"], r["received_at"], L.Specimen.parse(self._open(
                                     dek, r["tenant_id"], "lab_specimens", "specimen_sealed",
                                     specimen_id, r["specimen_sealed"])))
+
+    def change_markers(self, actor: Actor, kind: str, record_id: str) -> dict[str, Any]:
+        """The clear change markers of an order, report, observation or specimen (``kind``):
+        what its version is a digest of (statuses, times, revisions, ids: the FHIR door's
+        ``meta.versionId``, interop/fhir/versions.py) -- clear columns only, never a sealed
+        value: what a stolen database shows. So no gate decision and no audit entry (nothing
+        personal is read); the record must be of the actor's laboratory, and a patient's own
+        unpublished one is absent, as on a read. The FHIR door uses it for the versions of
+        the records a transaction Bundle has just written (each write a gate decision of
+        its own) without reading each of them again.
+
+        - order: ``status``, ``updated_at``
+        - report: ``status``, ``updated_at``, ``issued_at``, ``observations`` ((id, status,
+          revision) in the report's order), ``specimens`` (ids, in the report's order)
+        - observation: ``status``, ``revision``, ``updated_at``
+        - specimen: ``status``, ``received_at``"""
+        with self.lv.begin() as conn:
+            if kind in ("observation", "specimen"):
+                row = self._record_row(conn, actor, kind, lrepo.observation(conn, record_id)
+                                       if kind == "observation"
+                                       else lrepo.specimen(conn, record_id))
+                keys = (("status", "revision", "updated_at") if kind == "observation"
+                        else ("status", "received_at"))
+                return {k: row[k] for k in keys}
+            if kind == "report":
+                rep = lrepo.report(conn, record_id)
+                order_id = rep["order_id"] if rep is not None else None
+            elif kind == "order":
+                order_id = record_id
+            else:
+                raise ValueError(f"no change markers for {kind!r}")
+            order = lrepo.order(conn, order_id) if order_id is not None else None
+            if order is None:
+                raise absent(kind)
+            self._scope(actor, order["tenant_id"], kind)
+            if self._unpublished(conn, actor, order["patient_id"], order["order_id"],
+                                 order["status"]):
+                raise absent(kind)
+            if kind == "order":
+                return {"status": order["status"], "updated_at": order["updated_at"]}
+            rep = lrepo.report_by_order(conn, order["tenant_id"], order["order_id"])
+            assert rep is not None
+            return {"status": rep["status"], "updated_at": rep["updated_at"],
+                    "issued_at": rep["issued_at"],
+                    "observations": [(r["observation_id"], r["status"], r["revision"])
+                                     for r in lrepo.observations(conn, order["tenant_id"],
+                                                                 order["order_id"])],
+                    "specimens": [r["specimen_id"] for r in lrepo.specimens(
+                        conn, order["tenant_id"], order["order_id"])]}
 
     def observation_history(self, actor: Actor, observation_id: str,
                             purpose: str = CARE) -> list[HistoryEntry]:
@@ -1705,7 +1816,7 @@ class LabService:
                 o = self._order_from_row(conn, r)
                 rep = lrepo.report_by_order(conn, tenant_id, r["order_id"])
                 o.row["report_id"] = rep["report_id"] if rep else ""
-                out.append(self._order_view(o, self._specimen_views(conn, o) if specimens
+                out.append(self._order_view(conn, o, self._specimen_views(conn, o) if specimens
                                             else ()))
             return out
 

@@ -625,6 +625,9 @@ class MessageService:
         row = lrepo.order_by_digest(ctx.conn, ctx.tenant_id, placer, filler)
         if row is None:
             return None
+        # read again, locked (``LabService._order_row``): results stored for it now are not
+        # lost to, nor slipped under, a validation or FHIR update of it running meanwhile
+        row = lrepo.order(ctx.conn, row["order_id"], lock=True) or row
         if patient_id is not None and row["patient_id"] != patient_id:
             raise I.ContentError([_another_patients(order)])
         o = self.lab._order_from_row(ctx.conn, row, self._key(ctx, row["patient_id"]))
@@ -775,7 +778,7 @@ class MessageService:
             except (InvalidField, InvalidRecord):
                 continue
             if flag is not None and flag.is_panic:
-                out.append({"code": test.code, "test": test.display, "value": r.numeric,
+                out.append({"code": test.code, "test": test.name, "value": r.numeric,
                             "unit": test.unit, "flag": flag.value})
         return out
 

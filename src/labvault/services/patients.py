@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import codecs
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from typing import TYPE_CHECKING, Any
@@ -108,6 +108,10 @@ def _csv_delimiter(line: str) -> str | None:
         pass
     delimiter = sniff_delimiter(stripped)
     return delimiter if delimiter in stripped else None
+
+
+def _times(meta: Mapping[str, Any]) -> dict[str, str | None]:
+    return {k: meta[k].isoformat() if meta[k] else None for k in ("created_at", "updated_at")}
 
 
 class PatientService:
@@ -338,7 +342,7 @@ class PatientService:
         rec = data if isinstance(data, PatientRecord) else PatientRecord.parse(data)
         lv = self.lv
         with lv.begin() as conn:
-            tenant_id = self._tenant_of(conn, actor, patient_id)
+            tenant_id = self._tenant_of(conn, actor, patient_id, lock=True)
             access = Access(actor, Action.WRITE, tenant_id, ALL, patient_ids=(patient_id,))
             lv.gate.check(conn, access)
             lv.load_tenant_keys(conn, tenant_id)
@@ -354,8 +358,11 @@ class PatientService:
                 hook(conn, tenant_id, [(patient_id, rec)], False)
 
     # -- reading ---------------------------------------------------------------------------
-    def _tenant_of(self, conn: Connection, actor: Actor, patient_id: str) -> str:
-        tenant_id = repo.patient_tenant(conn, patient_id)
+    def _tenant_of(self, conn: Connection, actor: Actor, patient_id: str,
+                   lock: bool = False) -> str:
+        """``lock``: the patient's row locked until the end of the transaction
+        (``store.engine.for_update``): a write's first read."""
+        tenant_id = repo.patient_tenant(conn, patient_id, lock)
         # Staff never learn whether another lab's patient exists: same answer as "absent".
         if tenant_id is None or (actor.kind not in ("operator", "system")
                                  and actor.tenant_id != tenant_id):
@@ -417,11 +424,15 @@ class PatientService:
 
     def show(self, actor: Actor, patient_id: str,
              categories: Iterable[Category] | None = None, purpose: str = "care",
-             reason: str | None = None) -> dict[str, Any]:
-        """The patient's data in the import shape, only the categories the actor may read."""
+             reason: str | None = None, for_update: bool = False) -> dict[str, Any]:
+        """The patient's data in the import shape, only the categories the actor may read.
+        ``for_update``: the read is the first step of a write in the caller's open
+        transaction (``lv.begin()``: a FHIR update keeping the other categories, an
+        ``If-Match`` check): the patient's row is locked before it is read, so nothing of
+        the record changes before that transaction ends."""
         lv = self.lv
         with lv.begin() as conn:
-            tenant_id = self._tenant_of(conn, actor, patient_id)
+            tenant_id = self._tenant_of(conn, actor, patient_id, lock=for_update)
             cats = frozenset(categories) if categories is not None else ALL
             opened = lv.gate.read_patients(conn, Access(
                 actor, Action.READ, tenant_id, cats, purpose=purpose,
@@ -431,9 +442,20 @@ class PatientService:
             raise NotFound("no such patient", "check the patient id")
         return {"id": patient_id, "tenant_id": tenant_id,
                 "categories": sorted(c.value for c in opened[patient_id]),
-                "created_at": meta["created_at"].isoformat() if meta["created_at"] else None,
-                "updated_at": meta["updated_at"].isoformat() if meta["updated_at"] else None,
-                **PatientRecord.from_categories(opened[patient_id])}
+                **_times(meta), **PatientRecord.from_categories(opened[patient_id])}
+
+    def change_markers(self, actor: Actor, patient_id: str) -> dict[str, Any]:
+        """When the record was created and last changed (``created_at``, ``updated_at``,
+        as ``show`` gives them): clear columns, what a FHIR version is a digest of
+        (interop/fhir/versions.py). Nothing personal is read, so no gate decision and no
+        audit entry; another laboratory's patient is absent, as on a read. The FHIR door
+        uses it for the versions of records a transaction Bundle has just written."""
+        with self.lv.begin() as conn:
+            tenant_id = self._tenant_of(conn, actor, patient_id)
+            meta = repo.patient_meta(conn, tenant_id, patient_id)
+        if meta is None:
+            raise NotFound("no such patient", "check the patient id")
+        return _times(meta)
 
     # -- erasing ---------------------------------------------------------------------------
     def erase(self, actor: Actor, patient_id: str, reason: str | None = None) -> dict[str, Any]:

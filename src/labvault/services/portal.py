@@ -192,6 +192,8 @@ def order_json(order: OrderView) -> dict[str, Any]:
             "report_id": order.report_id if order.status in PUBLISHED else None,
             "status": order.status.value, "created_at": order.created_at.isoformat(),
             **order.request.as_json(),
+            # the requested tests as the patient reads them, in the order of ``tests``
+            "test_labels": [order.test_name(t) for t in order.request.tests],
             "specimens": [{"type": s.specimen.type,
                            "collected_at": s.specimen.collected_at.astimezone(UTC).isoformat(),
                            "received_at": s.received_at.isoformat(),

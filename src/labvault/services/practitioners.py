@@ -179,17 +179,30 @@ class PractitionerService:
                         **json.loads(raw)})
         return out
 
-    def get(self, actor: Actor, practitioner_id: str, tenant_id: str | None = None
-            ) -> dict[str, Any]:
+    def get(self, actor: Actor, practitioner_id: str, tenant_id: str | None = None,
+            for_update: bool = False) -> dict[str, Any]:
+        """``for_update``: the entry is locked before it is read, until the end of the
+        caller's open transaction (a FHIR ``If-Match`` check, then the update)."""
         lv = self.lv
         t = self._tenant(actor, tenant_id)
         with lv.begin() as conn:
-            row = prepo.get_practitioner(conn, t, practitioner_id)
+            row = prepo.get_practitioner(conn, t, practitioner_id, lock=for_update)
             lv.gate.check(conn, Access(actor, Action.READ, t, CLINICAL, resource=RESOURCE,
                                        patient_ids=()))
             if row is None:
                 raise NotFound("no such practitioner", "check the practitioner id")
             return self._open(conn, t, [row])[0]
+
+    def change_markers(self, actor: Actor, practitioner_id: str,
+                       tenant_id: str | None = None) -> dict[str, Any]:
+        """When the entry last changed (``updated_at``, as ``get`` gives it): a clear column,
+        what its FHIR version is a digest of; no gate decision (nothing sealed is read)."""
+        t = self._tenant(actor, tenant_id)
+        with self.lv.begin() as conn:
+            row = prepo.get_practitioner(conn, t, practitioner_id)
+        if row is None:
+            raise NotFound("no such practitioner", "check the practitioner id")
+        return {"updated_at": row["updated_at"]}
 
     def find(self, actor: Actor, *, rpps: str | Sequence[str] | None = None, offset: int = 0,
              limit: int = 50, tenant_id: str | None = None) -> tuple[list[dict[str, Any]], int]:

@@ -92,6 +92,24 @@ def open_write_transaction(conn: Connection) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def for_update(conn: Connection) -> str:
+    """What makes a read the first step of a write (read, check, then write, with nothing
+    committed in between): the text to append to the ``SELECT`` of the rows to lock.
+
+    PostgreSQL: `` FOR UPDATE`` -- the rows read stay locked until the transaction ends;
+    another writer of them waits, then reads what this one committed (READ COMMITTED takes
+    a new snapshot per statement). SQLite: the write transaction is opened now
+    (``BEGIN IMMEDIATE``, ``open_write_transaction``) and nothing is appended: the
+    database has one writer at a time, across processes (``labvault serve --workers``),
+    and what is read after BEGIN IMMEDIATE is the last committed state, which nobody else
+    can change before this transaction ends. Without it, Python's sqlite3 reads outside
+    any transaction until the first write, and another process may commit in between."""
+    if conn.dialect.name == "postgresql":
+        return " FOR UPDATE"
+    open_write_transaction(conn)
+    return ""
+
+
 _SAVEPOINTS = itertools.count(1)
 
 

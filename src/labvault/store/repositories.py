@@ -13,6 +13,7 @@ from sqlalchemy.engine import Connection, Engine
 from labvault.crypto import WrappedTenantKey
 from labvault.domain.categories import Category
 from labvault.store.driver_sql import all_rows, first
+from labvault.store.engine import for_update
 from labvault.store.schema import (
     blind_index,
     patient_keys,
@@ -133,8 +134,10 @@ _DEK_SQL = ("SELECT kek_version, wrapped FROM patient_keys WHERE tenant_id = {p}
             "AND patient_id = {p}")
 
 
-def patient_tenant(conn: Connection, patient_id: str) -> str | None:
-    row = first(conn, _TENANT_SQL, (patient_id,))
+def patient_tenant(conn: Connection, patient_id: str, lock: bool = False) -> str | None:
+    """The laboratory of an active patient; ``lock``: the patient's row locked until the end
+    of the transaction (``engine.for_update``), read first by a read-modify-write."""
+    row = first(conn, _TENANT_SQL + for_update(conn) if lock else _TENANT_SQL, (patient_id,))
     return str(row[0]) if row else None
 
 

@@ -80,6 +80,26 @@ def purge_orphan_encodings(conn: Connection) -> int:
     return int(n or 0)
 
 
+def inactive_among(conn: Connection, patient_ids: Sequence[str]) -> set[str]:
+    """The ids among ``patient_ids`` with no active patient row (erased, or gone)."""
+    active: set[str] = set()
+    ids = list(patient_ids)
+    for i in range(0, len(ids), 500):
+        part = ids[i:i + 500]
+        marks = ", ".join("{p}" for _ in part)
+        active.update(r[0] for r in all_rows(
+            conn, "SELECT patient_id FROM patients "  # noqa: S608 (only {p}s)
+                  f"WHERE status = 'active' AND patient_id IN ({marks})", tuple(part)))
+    return set(ids) - active
+
+
+def delete_encodings_of(conn: Connection, patient_ids: Sequence[str]) -> None:
+    ids = list(patient_ids)
+    for i in range(0, len(ids), 500):
+        conn.execute(delete(breach_encodings).where(
+            breach_encodings.c.patient_id.in_(ids[i:i + 500])))
+
+
 def patients_without_encoding(conn: Connection, tenant_id: str) -> list[str]:
     have = select(breach_encodings.c.patient_id).where(breach_encodings.c.tenant_id == tenant_id)
     return list(conn.execute(select(patients.c.patient_id).where(

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.engine import Connection
 
+from labvault.store.engine import for_update
 from labvault.store.tables_fhir import practitioners as P
 
 
@@ -27,10 +28,13 @@ def update_practitioner(conn: Connection, tenant_id: str, practitioner_id: str,
     return bool(res.rowcount)
 
 
-def get_practitioner(conn: Connection, tenant_id: str, practitioner_id: str
-                     ) -> dict[str, Any] | None:
-    row = conn.execute(select(P).where(P.c.tenant_id == tenant_id,
-                                       P.c.practitioner_id == practitioner_id)).mappings().first()
+def get_practitioner(conn: Connection, tenant_id: str, practitioner_id: str,
+                     lock: bool = False) -> dict[str, Any] | None:
+    """``lock``: the row locked until the end of the transaction (``engine.for_update``)."""
+    q = select(P).where(P.c.tenant_id == tenant_id, P.c.practitioner_id == practitioner_id)
+    if lock and for_update(conn):
+        q = q.with_for_update()
+    row = conn.execute(q).mappings().first()
     return dict(row) if row else None
 
 

@@ -21,6 +21,7 @@ from labvault.store.driver_sql import (
     select_sql,
     update_rows,
 )
+from labvault.store.engine import for_update
 from labvault.store.tables_lab import (
     lab_catalogues,
     lab_hl7_messages,
@@ -83,8 +84,12 @@ def _first(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     return rows[0] if rows else None
 
 
-def order(conn: Connection, order_id: str) -> dict[str, Any] | None:
-    return _first(select_rows(conn, lab_orders, _SEL_ORDER, (order_id,)))
+def order(conn: Connection, order_id: str, lock: bool = False) -> dict[str, Any] | None:
+    """The order's row; ``lock``: locked until the end of the transaction
+    (``engine.for_update``): the order row is the lock of everything of an order (its
+    report, specimens and results), which every lab write takes before it reads."""
+    sql = _SEL_ORDER + for_update(conn) if lock else _SEL_ORDER
+    return _first(select_rows(conn, lab_orders, sql, (order_id,)))
 
 
 def order_by_digest(conn: Connection, tenant_id: str, placer: bytes | None,
@@ -106,7 +111,10 @@ def update_order(conn: Connection, tenant_id: str, order_id: str, **values: Any)
 
 def orders(conn: Connection, tenant_id: str, *, statuses: Sequence[str] | None = None,
            patient_id: str | None = None, limit: int = 200,
-           order_ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
+           order_ids: Sequence[str] | None = None, lock: bool = False) -> list[dict[str, Any]]:
+    """``lock``: the orders found locked until the end of the transaction (a bulk
+    validation: ``engine.for_update``); PostgreSQL re-checks the filter on a row another
+    writer changed meanwhile."""
     q = select(lab_orders).where(lab_orders.c.tenant_id == tenant_id)
     if statuses:
         q = q.where(lab_orders.c.status.in_(list(statuses)))
@@ -115,6 +123,8 @@ def orders(conn: Connection, tenant_id: str, *, statuses: Sequence[str] | None =
     if order_ids is not None:
         q = q.where(lab_orders.c.order_id.in_(list(order_ids)))
     q = q.order_by(lab_orders.c.created_at, lab_orders.c.order_id).limit(limit)
+    if lock and for_update(conn):
+        q = q.with_for_update()
     return [dict(r) for r in conn.execute(q).mappings()]
 
 

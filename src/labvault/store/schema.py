@@ -140,3 +140,4 @@ from labvault.store import tables_fhir  # noqa: E402,F401
 from labvault.store import tables_guard  # noqa: E402,F401
 from labvault.store import tables_lab  # noqa: E402,F401
 from labvault.store import tables_breach  # noqa: E402,F401
+from labvault.store import tables_delivery  # noqa: E402,F401

@@ -113,6 +113,7 @@ CATEGORY_FIELDS = {
 KIND_FR = {"budget.exceeded": "quota de lecture dépassé (compte suspendu)",
            "canary.read": "dossier piège ouvert", "canary.search": "dossier piège trouvé par une recherche",
            "canary.export": "dossier piège exporté",
+           "canary.leaked": "dossier piège retrouvé dans un fichier fuité",
            "enumeration.patients": "beaucoup de dossiers ouverts en peu de temps",
            "enumeration.searches": "beaucoup de recherches en peu de temps",
            "enumeration.misses": "beaucoup de recherches sans résultat",
@@ -120,7 +121,9 @@ KIND_FR = {"budget.exceeded": "quota de lecture dépassé (compte suspendu)",
            "access.new_client": "connexion depuis une nouvelle adresse",
            "break-glass": "accès d'urgence (bris de glace)", "panic-value": "valeur critique",
            "import-issue": "message d'automate à traiter",
-           "erasure-request": "demande d'effacement d'un patient"}
+           "erasure-request": "demande d'effacement d'un patient",
+           "delivery-failed": "compte rendu non remis au système du prescripteur",
+           "retention.mass_erasure": "purge de conservation bloquée : trop de dossiers à effacer"}
 # import issues (docs/hl7.md): why an analyser's results wait in the queue
 ISSUE_KIND_FR = {"unknown-patient": "patient non reconnu", "unknown-code": "code d'analyse inconnu",
                  "invalid-value": "valeur ou unité non reconnue",

@@ -73,6 +73,19 @@ DOWNLOAD = "Télécharger le compte rendu (PDF)"
 # what publication does not do: a biologist must not believe the doctor has the report
 TO_PRESCRIBER = (f"labvault ne l'envoie pas au prescripteur : téléchargez-le (« {DOWNLOAD} ») "
                  "et transmettez-le-lui par la voie habituelle du laboratoire.")
+
+
+def to_prescriber(queued: int) -> str:
+    """What "Diffuser" did for the prescriber: the report queued (HL7 ORU^R01) for the
+    prescriber's or the hospital's system when a delivery destination matches its
+    prescriber, otherwise nothing (``TO_PRESCRIBER``)."""
+    if not queued:
+        return TO_PRESCRIBER
+    return ("Le compte rendu est mis en file d'envoi vers le système du prescripteur"
+            + (f" ({queued} destinations)" if queued > 1 else "")
+            + " : labvault l'envoie (HL7) et signale une alerte s'il ne peut pas être remis.")
+
+
 # where "Prendre en compte" may send the browser back to (never a URL from the form)
 ACK_RETURNS = frozenset({"/console/alertes", "/console/validation"})
 
@@ -435,10 +448,11 @@ def console_patient(patient_id: str, user: User, lv: LV) -> Response:
 @router.get("/console/rapports/{report_id}.pdf")
 def console_report_pdf(report_id: str, user: User, lv: LV) -> Response:
     """"Télécharger le compte rendu (PDF)": a published (or amended) report, the document
-    the patient's portal prints, for the laboratory to send to the prescriber (labvault
-    sends nothing: docs/lab.md). Read through the gate (resource ``report``, purpose care:
-    the roles the policy lets read the laboratory's reports); one not published yet is
-    refused; another laboratory's answers like an id that does not exist."""
+    the patient's portal prints, for the laboratory to send to the prescriber when no
+    delivery destination takes this prescriber's reports (docs/lab.md). Read through the
+    gate (resource ``report``, purpose care: the roles the policy lets read the
+    laboratory's reports); one not published yet is refused; another laboratory's answers
+    like an id that does not exist."""
     _staff(user)
     from labvault.web.pdf import FROM_CONSOLE
     from labvault.web.pdf import report_pdf as render_pdf
@@ -497,11 +511,8 @@ def bench_worklist(user: User, lv: LV) -> Response:
                                   limit=WORKLIST_LIMIT + 1, specimens=True)
     more = {"pending": len(pending) > WORKLIST_LIMIT, "received": len(received) > WORKLIST_LIMIT}
     pending, received = pending[:WORKLIST_LIMIT], _urgent_first(received[:WORKLIST_LIMIT])
-    cat = lv.lab.catalogue(tenant_id)
-    names = {t: (test.display if (test := cat.get(t)) else t)
-             for o in received for t in o.request.tests}
-    return html("technique.html", user=user, pending=pending, received=received, names=names,
-                staff=True, more=more, limit=WORKLIST_LIMIT)
+    return html("technique.html", user=user, pending=pending, received=received, staff=True,
+                more=more, limit=WORKLIST_LIMIT)
 
 
 def _urgent_first(orders: list[Any]) -> list[Any]:
@@ -647,20 +658,22 @@ def validate_one(request: Request, order_id: str, user: User, lv: LV, csrf: Csrf
         if diffuser:
             report = lv.lab.publish(user.actor, report.order_id, partial=bool(partial))
     return html("validation.html", user=user, rows=None, done=None, validated=report,
-                staff=True, to_prescriber=TO_PRESCRIBER)
+                staff=True, to_prescriber=to_prescriber(report.queued))
 
 
 @router.post("/console/diffusion/{order_id}")
 def publish(request: Request, order_id: str, user: User, lv: LV, csrf: Csrf = "",
             partial: Tick = "") -> Response:
-    """"Diffuser": the validated report reaches the patient's portal. labvault sends
-    nothing to the prescriber (no account, message or mail of theirs): the page says so."""
+    """"Diffuser": the validated report reaches the patient's portal, and is queued for the
+    prescriber's system when a delivery destination matches; otherwise labvault sends
+    nothing to the prescriber: the page says which."""
     _biologist(user)
     _check_csrf(request, user, csrf)
     report = lv.lab.publish(user.actor, order_id[:64], partial=bool(partial))
     return _notice(user, "Compte rendu diffusé",
                    "Compte rendu diffusé : le patient peut le lire sur son portail."
-                   + (" Il est partiel." if report.missing else "") + " " + TO_PRESCRIBER,
+                   + (" Il est partiel." if report.missing else "") + " "
+                   + to_prescriber(report.queued),
                    (f"/console/rapports/{report.report_id}.pdf", DOWNLOAD),
                    (f"/console/patients/{report.patient_id}", "Voir le dossier"),
                    ("/console/validation", "Retour à la liste"))

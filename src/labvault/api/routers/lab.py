@@ -82,6 +82,13 @@ def _review(report: Any) -> dict[str, Any]:
     return {**report.as_json(), "expected": report.expected}
 
 
+def _published(report: Any) -> dict[str, Any]:
+    """A publication's answer: the report, and ``queued``: how many ORU^R01 messages it
+    queued for the prescriber's (or hospital's) system (0: no delivery destination
+    matches its prescriber; the laboratory sends the report itself)."""
+    return {**_review(report), "queued": report.queued}
+
+
 @router.get(ORDER, summary="An order's report for review: results, flags, missing tests, "
                            "`expected` for the validation calls")
 def review_order(order_id: str, actor: CurrentActor, lv: LV) -> dict[str, Any]:
@@ -104,16 +111,17 @@ def biological_validation(order_id: str, body: BiologicalIn, actor: CurrentActor
         report = lv.lab.validate_biological(actor, order_id, body.conclusion, body.expected,
                                             body.partial)
         if body.publish:
-            report = lv.lab.publish(actor, order_id, body.partial)
+            return _published(lv.lab.publish(actor, order_id, body.partial))
     return _review(report)
 
 
 @router.post(ORDER + "/publication",
-             summary="Publish a validated report to the patient portal (nothing is sent to "
-                     "the prescriber)")
+             summary="Publish a validated report to the patient portal, and queue it for "
+                     "the prescriber's system when a delivery destination matches "
+                     "(`queued`)")
 def publication(order_id: str, actor: CurrentActor, lv: LV,
                 body: PublicationIn | None = None) -> dict[str, Any]:
-    return _review(lv.lab.publish(actor, order_id, body.partial if body else False))
+    return _published(lv.lab.publish(actor, order_id, body.partial if body else False))
 
 
 @router.post(ORDER + "/rejection", summary="Reject the order's specimen (non-conformity)")

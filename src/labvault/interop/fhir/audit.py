@@ -39,7 +39,12 @@ class AuditEventHandler:
     def __init__(self, lv: Labvault) -> None:
         self.lv = lv
 
-    def read(self, actor: Actor, fhir_id: str) -> dict[str, Any]:
+    def version(self, actor: Actor, fhir_id: str) -> tuple[str, str | None]:
+        raise FhirError(405, "not-supported", "an AuditEvent has no version (it never "
+                        "changes) and is never written through this door", [self.rtype])
+
+    def read(self, actor: Actor, fhir_id: str, for_update: bool = False) -> dict[str, Any]:
+        """(``for_update`` is never asked: an audit entry is not updated here.)"""
         entry_id = ids.from_fhir(fhir_id, "ae")
         if entry_id is None:
             raise not_found(self.rtype, fhir_id)

@@ -20,7 +20,7 @@ from labvault.interop.fhir import mapping as m
 from labvault.interop.fhir.outcome import FhirError, issue
 from labvault.interop.fhir.search import Token, date_window, tokens_in
 from labvault.interop.fhir.server import not_found
-from labvault.interop.fhir.versions import versioned
+from labvault.interop.fhir.versions import version_id, versioned
 from labvault.services.lab import ObservationView, OrderView, ReportView, SpecimenView
 from labvault.services.practitioners import PractitionerService
 
@@ -35,8 +35,11 @@ OBS_CATEGORY = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/obs
 REPORT_CATEGORY = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0074",
                                "code": "LAB", "display": "Laboratory"}]}
 REPORT_LOINC = "11502-2"
+# ``coding.display`` is LOINC's own name (interoperability); ``text`` is the name people
+# read, in French as on the laboratory's report (the catalogue's labels for tests)
 REPORT_CODE = {"coding": [{"system": ids.LOINC_SYSTEM, "code": REPORT_LOINC,
-                           "display": "Laboratory report"}]}
+                           "display": "Laboratory report"}],
+               "text": "Compte rendu d'analyses de biologie médicale"}
 IDENTIFIER_TYPE = "http://terminology.hl7.org/CodeSystem/v2-0203"
 
 # order status -> ServiceRequest.status (request-status)
@@ -125,7 +128,8 @@ def service_request_to_fhir(o: OrderView) -> dict[str, Any]:
         "status": REQUEST_STATUS[o.status], "intent": "order", "priority": o.priority.value,
         "category": [{"coding": [{"system": "http://snomed.info/sct", "code": "108252007",
                                   "display": "Laboratory procedure"}]}],
-        "code": {"coding": [{"system": ids.LOINC_SYSTEM, "code": t} for t in req.tests]},
+        "code": {"coding": [{"system": ids.LOINC_SYSTEM, "code": t} for t in req.tests],
+                 "text": ", ".join(o.test_name(t) for t in req.tests)},
         "subject": _ref("Patient", o.patient_id),
         "authoredOn": _instant(req.requested_at or o.created_at),
     }
@@ -145,7 +149,30 @@ def service_request_to_fhir(o: OrderView) -> dict[str, Any]:
     if o.specimens:
         res["specimen"] = [_ref("Specimen", s.specimen_id) for s in o.specimens]
     # every change of an order (a specimen received, a test added) moves its updated_at
-    return versioned(res, o.status.value, o.updated_at)
+    return versioned(res, *order_markers({"status": o.status.value,
+                                          "updated_at": o.updated_at}))
+
+
+# What each lab resource's version covers, from the views a read builds or from the lab
+# service's ``change_markers`` (the same clear columns): one function each, so that a
+# transaction's response.etag is the ETag a read then gives.
+def order_markers(c: Mapping[str, Any]) -> tuple[object, ...]:
+    return (c["status"], c["updated_at"])
+
+
+def specimen_markers(c: Mapping[str, Any]) -> tuple[object, ...]:
+    return (c["status"], c["received_at"])      # a received specimen changes only its status
+
+
+def observation_markers(c: Mapping[str, Any]) -> tuple[object, ...]:
+    return (c["status"], c["revision"], c["updated_at"])
+
+
+def report_markers(c: Mapping[str, Any]) -> tuple[object, ...]:
+    """The report's own, its results' (their revisions: the console's "results changed
+    since you looked") and its specimens' (effective[x])."""
+    return (c["status"], c["updated_at"], c["issued_at"], list(c["observations"]),
+            list(c["specimens"]))
 
 
 class ServiceRequestHandler:
@@ -156,10 +183,17 @@ class ServiceRequestHandler:
         self.lv = lv
         self.practitioners = PractitionerService(lv)
 
-    def read(self, actor: Actor, fhir_id: str) -> dict[str, Any]:
+    def version(self, actor: Actor, fhir_id: str) -> tuple[str, str | None]:
+        try:
+            c = self.lv.lab.change_markers(actor, "order", _lab_id(fhir_id, "ord", self.rtype))
+        except NotFound:
+            raise not_found(self.rtype, fhir_id) from None
+        return version_id(self.rtype, fhir_id, *order_markers(c)), _instant(c["updated_at"])
+
+    def read(self, actor: Actor, fhir_id: str, for_update: bool = False) -> dict[str, Any]:
         try:
             return service_request_to_fhir(self.lv.lab.get_order(
-                actor, _lab_id(fhir_id, "ord", self.rtype)))
+                actor, _lab_id(fhir_id, "ord", self.rtype), for_update=for_update))
         except NotFound:
             raise not_found(self.rtype, fhir_id) from None
 
@@ -321,7 +355,7 @@ def specimen_to_fhir(s: SpecimenView) -> dict[str, Any]:
         "receivedTime": _instant(s.received_at),
         "request": [_ref("ServiceRequest", s.order_id)],
         "collection": {"collectedDateTime": _instant(spec.collected_at)},
-    }, s.status, s.received_at)      # a received specimen changes only its status
+    }, *specimen_markers({"status": s.status, "received_at": s.received_at}))
 
 
 class SpecimenHandler:
@@ -332,10 +366,17 @@ class SpecimenHandler:
     def __init__(self, lv: Labvault) -> None:
         self.lv = lv
 
-    def read(self, actor: Actor, fhir_id: str) -> dict[str, Any]:
+    def version(self, actor: Actor, fhir_id: str) -> tuple[str, str | None]:
+        try:
+            c = self.lv.lab.change_markers(actor, "specimen", _lab_id(fhir_id, "spc", self.rtype))
+        except NotFound:
+            raise not_found(self.rtype, fhir_id) from None
+        return version_id(self.rtype, fhir_id, *specimen_markers(c)), None
+
+    def read(self, actor: Actor, fhir_id: str, for_update: bool = False) -> dict[str, Any]:
         try:
             return specimen_to_fhir(self.lv.lab.get_specimen(
-                actor, _lab_id(fhir_id, "spc", self.rtype)))
+                actor, _lab_id(fhir_id, "spc", self.rtype), for_update=for_update))
         except NotFound:
             raise not_found(self.rtype, fhir_id) from None
 
@@ -386,7 +427,8 @@ def observation_to_fhir(v: ObservationView) -> dict[str, Any]:
         "resourceType": "Observation", "id": ids.to_fhir(v.observation_id),
         "meta": {"lastUpdated": _instant(v.updated_at)},
         "status": v.status, "category": [OBS_CATEGORY],
-        "code": {"coding": [{"system": ids.LOINC_SYSTEM, "code": o.code, "display": o.display}]},
+        "code": {"coding": [{"system": ids.LOINC_SYSTEM, "code": o.code, "display": o.display}],
+                 "text": o.name},
         "subject": _ref("Patient", v.patient_id),
         "basedOn": [_ref("ServiceRequest", v.order_id)],
         "effectiveDateTime": _instant(o.observed_at or v.created_at),
@@ -422,7 +464,8 @@ def observation_to_fhir(v: ObservationView) -> dict[str, Any]:
         res["referenceRange"] = [rr]
     if o.comment:
         res["note"] = [{"text": o.comment}]
-    return versioned(res, v.status, v.revision, v.updated_at)
+    return versioned(res, *observation_markers({"status": v.status, "revision": v.revision,
+                                                "updated_at": v.updated_at}))
 
 
 def result_from_fhir(r: Mapping[str, Any]) -> dict[str, Any]:
@@ -488,10 +531,17 @@ class ObservationHandler:
     def __init__(self, lv: Labvault) -> None:
         self.lv = lv
 
-    def read(self, actor: Actor, fhir_id: str) -> dict[str, Any]:
+    def version(self, actor: Actor, fhir_id: str) -> tuple[str, str | None]:
+        try:
+            c = self.lv.lab.change_markers(actor, "observation", _lab_id(fhir_id, "obs", self.rtype))
+        except NotFound:
+            raise not_found(self.rtype, fhir_id) from None
+        return version_id(self.rtype, fhir_id, *observation_markers(c)), _instant(c["updated_at"])
+
+    def read(self, actor: Actor, fhir_id: str, for_update: bool = False) -> dict[str, Any]:
         try:
             return observation_to_fhir(self.lv.lab.get_observation(
-                actor, _lab_id(fhir_id, "obs", self.rtype)))
+                actor, _lab_id(fhir_id, "obs", self.rtype), for_update=for_update))
         except NotFound:
             raise not_found(self.rtype, fhir_id) from None
 
@@ -591,6 +641,19 @@ def _report_effective(r: ReportView) -> datetime:
     return d if d.tzinfo is not None else d.replace(tzinfo=UTC)
 
 
+def report_issued(r: ReportView) -> datetime | None:
+    """DiagnosticReport.issued: "the date and time that this version of the report was made
+    available" (R4). Its publication; after an amendment (a result corrected, or the
+    conclusion rewritten, after publication: available at once, the report stays
+    published), the latest amendment's -- the workflow's ``amended`` step, whose last entry
+    is the latest. None before publication (a validated report not yet published)."""
+    if r.issued_at is None:
+        return None
+    amended = r.steps.get("amended")
+    times = [r.issued_at] if amended is None else [r.issued_at, amended.at]
+    return max(d if d.tzinfo is not None else d.replace(tzinfo=UTC) for d in times)
+
+
 def diagnostic_report_to_fhir(r: ReportView) -> dict[str, Any]:
     res: dict[str, Any] = {
         "resourceType": "DiagnosticReport", "id": ids.to_fhir(r.report_id),
@@ -600,19 +663,19 @@ def diagnostic_report_to_fhir(r: ReportView) -> dict[str, Any]:
         "basedOn": [_ref("ServiceRequest", r.order_id)],
         "effectiveDateTime": _instant(_report_effective(r)),
     }
-    if r.issued_at is not None:
-        res["issued"] = _instant(r.issued_at)
+    issued = report_issued(r)
+    if issued is not None:
+        res["issued"] = _instant(issued)
     results = [_ref("Observation", o.observation_id) for o in r.observations
                if o.status != "cancelled"]
     if results:
         res["result"] = results
     if r.conclusion:
         res["conclusion"] = r.conclusion
-    # the report's version covers its results' (their revisions: the console's "results
-    # changed since you looked") and its specimens (effective[x])
-    return versioned(res, r.status, r.updated_at, r.issued_at,
-                     [(o.observation_id, o.status, o.revision) for o in r.observations],
-                     [s.specimen_id for s in r.specimens])
+    return versioned(res, *report_markers({
+        "status": r.status, "updated_at": r.updated_at, "issued_at": r.issued_at,
+        "observations": [(o.observation_id, o.status, o.revision) for o in r.observations],
+        "specimens": [s.specimen_id for s in r.specimens]}))
 
 
 class DiagnosticReportHandler:
@@ -623,10 +686,17 @@ class DiagnosticReportHandler:
     def __init__(self, lv: Labvault) -> None:
         self.lv = lv
 
-    def read(self, actor: Actor, fhir_id: str) -> dict[str, Any]:
+    def version(self, actor: Actor, fhir_id: str) -> tuple[str, str | None]:
+        try:
+            c = self.lv.lab.change_markers(actor, "report", _lab_id(fhir_id, "rep", self.rtype))
+        except NotFound:
+            raise not_found(self.rtype, fhir_id) from None
+        return version_id(self.rtype, fhir_id, *report_markers(c)), _instant(c["updated_at"])
+
+    def read(self, actor: Actor, fhir_id: str, for_update: bool = False) -> dict[str, Any]:
         try:
             return diagnostic_report_to_fhir(self.lv.lab.get_report(
-                actor, _lab_id(fhir_id, "rep", self.rtype)))
+                actor, _lab_id(fhir_id, "rep", self.rtype), for_update=for_update))
         except NotFound:
             raise not_found(self.rtype, fhir_id) from None
 

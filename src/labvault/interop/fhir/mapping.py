@@ -65,6 +65,12 @@ def _codings(cc: object) -> list[Mapping[str, Any]]:
 
 
 # -- Patient ------------------------------------------------------------------------------
+def patient_markers(p: Mapping[str, Any]) -> tuple[object, ...]:
+    """What a Patient's (and its Coverages') version covers: the record's last change
+    (``show`` or ``change_markers``)."""
+    return (p.get("updated_at") or p.get("created_at"),)
+
+
 def patient_to_fhir(p: Mapping[str, Any]) -> dict[str, Any]:
     """A patient as ``PatientService.show`` returns it -> FHIR Patient."""
     res: dict[str, Any] = {"resourceType": "Patient", "id": ids.to_fhir(p["id"])}
@@ -108,7 +114,7 @@ def patient_to_fhir(p: Mapping[str, Any]) -> dict[str, Any]:
     if addr:
         res["address"] = [{"use": "home", "line": [addr["line"]], "postalCode": addr["postal_code"],
                            "city": addr["city"], "country": addr.get("country") or "FR"}]
-    return versioned(res, p.get("updated_at") or p.get("created_at"))
+    return versioned(res, *patient_markers(p))
 
 
 def patient_from_fhir(r: Mapping[str, Any]) -> dict[str, Any]:
@@ -195,6 +201,11 @@ IDENTITY_CONTACT = ("external_id", "birth_name", "used_name", "first_names", "bi
 
 
 # -- Practitioner -------------------------------------------------------------------------
+def practitioner_markers(p: Mapping[str, Any]) -> tuple[object, ...]:
+    """What a Practitioner's version covers: the directory entry's last change."""
+    return (p.get("updated_at"),)
+
+
 def practitioner_to_fhir(p: Mapping[str, Any]) -> dict[str, Any]:
     res: dict[str, Any] = {"resourceType": "Practitioner", "id": ids.to_fhir(p["id"])}
     if p.get("updated_at"):
@@ -214,7 +225,7 @@ def practitioner_to_fhir(p: Mapping[str, Any]) -> dict[str, Any]:
         telecom.append({"system": "email", "value": p["email"]})
     if telecom:
         res["telecom"] = telecom
-    return versioned(res, p.get("updated_at"))
+    return versioned(res, *practitioner_markers(p))
 
 
 def practitioner_from_fhir(r: Mapping[str, Any]) -> dict[str, Any]:
@@ -288,6 +299,11 @@ def coverage_from_id(fhir_id: str) -> tuple[str, str] | None:
     return pid, kind
 
 
+def coverage_markers(updated_at: object) -> tuple[object, ...]:
+    """What a Coverage's version covers: the patient record's last change (any category)."""
+    return (updated_at,)
+
+
 def coverages_to_fhir(patient_id: str, cov: Mapping[str, Any] | None,
                       updated_at: object = None) -> list[dict[str, Any]]:
     """The patient's coverage category -> 0, 1 or 2 Coverage resources; ``updated_at``:
@@ -307,7 +323,7 @@ def coverages_to_fhir(patient_id: str, cov: Mapping[str, Any] | None,
             "payor": [{"display": cov[kind]}]}
         if cov.get("member_id") and kind == member_on:
             res["subscriberId"] = cov["member_id"]
-        out.append(versioned(res, updated_at))
+        out.append(versioned(res, *coverage_markers(updated_at)))
     return out
 
 

@@ -69,10 +69,20 @@ class Handler(Protocol):
     rtype: str
     search_params: Mapping[str, str]  # name -> FHIR search param type
 
-    def read(self, actor: Actor, fhir_id: str) -> dict[str, Any]: ...
+    def read(self, actor: Actor, fhir_id: str, for_update: bool = False) -> dict[str, Any]:
+        """``for_update``: read as the first step of a write in the open transaction (the
+        service locks the record before reading it, until the transaction ends)."""
+        ...
+
     def create(self, actor: Actor, resource: Mapping[str, Any]) -> str: ...
     def update(self, actor: Actor, fhir_id: str, resource: Mapping[str, Any]) -> None: ...
     def search(self, actor: Actor, q: Query) -> SearchResult: ...
+
+    def version(self, actor: Actor, fhir_id: str) -> tuple[str, str | None]:
+        """(``meta.versionId``, ``meta.lastUpdated`` or None) as a read would give them, from
+        the record's clear change markers, without reading it (no unsealing, no audited
+        read): the ``etag`` and ``lastModified`` of a transaction's response entries."""
+        ...
 
 
 def tenant_of(actor: Actor) -> str:
@@ -112,15 +122,24 @@ class PatientHandler:
         return pid
 
     def show(self, actor: Actor, patient_id: str,
-             categories: Iterable[Category] | None = None) -> dict[str, Any]:
+             categories: Iterable[Category] | None = None,
+             for_update: bool = False) -> dict[str, Any]:
         try:
-            return self.lv.patients.show(actor, patient_id, categories)
+            return self.lv.patients.show(actor, patient_id, categories, for_update=for_update)
         except NotFound:
             raise not_found(self.rtype, ids.to_fhir(patient_id)) from None
 
-    def read(self, actor: Actor, fhir_id: str) -> dict[str, Any]:
+    def read(self, actor: Actor, fhir_id: str, for_update: bool = False) -> dict[str, Any]:
         return m.patient_to_fhir(self.show(actor, self._id(fhir_id),
-                                           (Category.IDENTITY, Category.CONTACT)))
+                                           (Category.IDENTITY, Category.CONTACT), for_update))
+
+    def version(self, actor: Actor, fhir_id: str) -> tuple[str, str | None]:
+        try:
+            t = self.lv.patients.change_markers(actor, self._id(fhir_id))
+        except NotFound:
+            raise not_found(self.rtype, fhir_id) from None
+        return (versions.version_id(self.rtype, fhir_id, *m.patient_markers(t)),
+                m.instant(t["updated_at"] or t["created_at"]))
 
     def create(self, actor: Actor, resource: Mapping[str, Any]) -> str:
         return self.lv.patients.register(actor, tenant_of(actor), m.patient_from_fhir(resource))
@@ -129,7 +148,9 @@ class PatientHandler:
         pid = self._id(fhir_id)
         incoming = m.patient_from_fhir(resource)
         with self.lv.begin():
-            current = self.show(actor, pid)
+            # locked until the write: a change of another category committed meanwhile
+            # (coverage at the desk) is kept, not overwritten with what was read before it
+            current = self.show(actor, pid, for_update=True)
             merged = keep_all_categories(current)
             for k in m.IDENTITY_CONTACT:
                 merged.pop(k, None)
@@ -275,11 +296,20 @@ class PractitionerHandler:
             raise not_found(self.rtype, fhir_id)
         return pid
 
-    def read(self, actor: Actor, fhir_id: str) -> dict[str, Any]:
+    def read(self, actor: Actor, fhir_id: str, for_update: bool = False) -> dict[str, Any]:
         try:
-            return m.practitioner_to_fhir(self.svc.get(actor, self._id(fhir_id), tenant_of(actor)))
+            return m.practitioner_to_fhir(self.svc.get(actor, self._id(fhir_id),
+                                                       tenant_of(actor), for_update))
         except NotFound:
             raise not_found(self.rtype, fhir_id) from None
+
+    def version(self, actor: Actor, fhir_id: str) -> tuple[str, str | None]:
+        try:
+            t = self.svc.change_markers(actor, self._id(fhir_id), tenant_of(actor))
+        except NotFound:
+            raise not_found(self.rtype, fhir_id) from None
+        return (versions.version_id(self.rtype, fhir_id, *m.practitioner_markers(t)),
+                m.instant(t["updated_at"]))
 
     def create(self, actor: Actor, resource: Mapping[str, Any]) -> str:
         return self.svc.add(actor, m.practitioner_from_fhir(resource), tenant_of(actor))
@@ -316,12 +346,12 @@ class CoverageHandler:
         self.lv = lv
         self.patients = patients
 
-    def read(self, actor: Actor, fhir_id: str) -> dict[str, Any]:
+    def read(self, actor: Actor, fhir_id: str, for_update: bool = False) -> dict[str, Any]:
         found = m.coverage_from_id(fhir_id)
         if found is None:
             raise not_found(self.rtype, fhir_id)
         pid, _kind = found
-        p = self.patients.show(actor, pid, (Category.COVERAGE,))
+        p = self.patients.show(actor, pid, (Category.COVERAGE,), for_update)
         for res in m.coverages_to_fhir(pid, p.get("coverage"), p.get("updated_at")):
             if res["id"] == fhir_id:
                 return res
@@ -335,7 +365,7 @@ class CoverageHandler:
                             "change (its id is derived from them)", ["Coverage.beneficiary"])
         with self.lv.begin():
             try:
-                shown = self.patients.show(actor, pid)
+                shown = self.patients.show(actor, pid, for_update=True)   # kept: see Patient
             except FhirError as exc:
                 if exc.http_status != 404:
                     raise
@@ -350,6 +380,18 @@ class CoverageHandler:
             current["coverage"] = cov
             self.lv.patients.update(actor, pid, current)
         return m.coverage_id(pid, kind)
+
+    def version(self, actor: Actor, fhir_id: str) -> tuple[str, str | None]:
+        found = m.coverage_from_id(fhir_id)
+        if found is None:
+            raise not_found(self.rtype, fhir_id)
+        try:
+            t = self.lv.patients.change_markers(actor, found[0])
+        except NotFound:
+            raise not_found(self.rtype, fhir_id) from None
+        # a Coverage carries no meta.lastUpdated (the record's last change may be another
+        # category's)
+        return versions.version_id(self.rtype, fhir_id, *m.coverage_markers(t["updated_at"])), None
 
     def create(self, actor: Actor, resource: Mapping[str, Any]) -> str:
         return self._write(actor, resource)
@@ -412,6 +454,34 @@ class FhirServer:
             raise not_found(rtype, fhir_id)
         return h.read(actor, fhir_id)
 
+    def read_if_changed(self, actor: Actor, rtype: str, fhir_id: str,
+                        if_none_match: str | None) -> tuple[dict[str, Any], bool]:
+        """A read with the client's ``If-None-Match`` (http.html#cread, RFC 9110 §13.1.2):
+        (the resource, whether it is at none of the versions named -- False: the door
+        answers ``304 Not Modified`` without a body). The header is checked before anything
+        is read (a malformed one is a 400); the read itself is the same one, through the
+        gate and audited: a 304 only tells a client the version it already holds is still
+        the current one, but only someone allowed to read the resource learns even that
+        (anyone else gets the read's 403 or 404)."""
+        excluded = (None if if_none_match is None
+                    else versions.accepted(if_none_match, header="If-None-Match"))
+        if if_none_match is not None and self._versioning(self.handler(rtype)) == "no-version":
+            raise FhirError(400, "not-supported", f"a {rtype} has no version (it never "
+                            "changes): If-None-Match cannot apply; read without it",
+                            ["If-None-Match"])
+        resource = self.read(actor, rtype, fhir_id)
+        if if_none_match is None:
+            return resource, True
+        return resource, not versions.is_current(excluded, resource)
+
+    @staticmethod
+    def _versioning(h: Handler) -> str:
+        """CapabilityStatement ``versioning``: meta.versionId on every read; If-Match
+        honoured on update (R4: "using e-tags for version integrity")."""
+        offered = getattr(h, "interactions", ("read", "search-type", "create", "update"))
+        default = "versioned-update" if "update" in offered else "versioned"
+        return str(getattr(h, "versioning", default))
+
     def _offers(self, h: Handler, interaction: str) -> None:
         offered = getattr(h, "interactions", ("read", "search-type", "create", "update"))
         if interaction not in offered:
@@ -419,10 +489,19 @@ class FhirServer:
                             f"here (offered: {', '.join(offered)}; see /fhir/R4/metadata)",
                             [h.rtype])
 
-    def create(self, actor: Actor, rtype: str, resource: object) -> tuple[str, dict[str, Any]]:
+    def create(self, actor: Actor, rtype: str, resource: object,
+               conditions: Mapping[str, str] | None = None) -> tuple[str, dict[str, Any]]:
+        """``conditions``: the request's ``If-None-Exist`` / ``If-None-Match`` headers, if
+        any. Conditional create is not offered: a condition is a 400, never dropped (the
+        client would get the duplicate it asked not to make)."""
         tenant_of(actor)
         h = self.handler(rtype)
         self._offers(h, "create")
+        if conditions:
+            header = sorted(conditions)[0]
+            raise FhirError(400, "not-supported", f"{header} is not supported on create: "
+                            "conditional create is not offered (search first, e.g. Patient "
+                            "by identifier, then POST without the header)", [header])
         validate(resource, rtype)
         assert isinstance(resource, Mapping)
         with self.lv.begin():
@@ -430,13 +509,18 @@ class FhirServer:
         return new, h.read(actor, new)
 
     def update(self, actor: Actor, rtype: str, fhir_id: str, resource: object,
-               if_match: str | None = None) -> dict[str, Any]:
+               if_match: str | None = None, if_none_match: str | None = None
+               ) -> dict[str, Any]:
         """``if_match``: the ``If-Match`` header (http.html#concurrency): the update is made
-        only if the resource is still at that version, else 412 and nothing is written."""
+        only if the resource is still at that version, else 412 and nothing is written.
+        ``if_none_match``: the ``If-None-Match`` header: 412 if the resource is at one of
+        those versions (``*``: if it exists -- always, since an update never creates)."""
         tenant_of(actor)
         h = self.handler(rtype)
         self._offers(h, "update")
         wanted = None if if_match is None else versions.accepted(if_match)
+        excluded = (None if if_none_match is None
+                    else versions.accepted(if_none_match, header="If-None-Match"))
         validate(resource, rtype)
         assert isinstance(resource, Mapping)
         if resource.get("id") != fhir_id:
@@ -444,8 +528,14 @@ class FhirServer:
                             [f"{rtype}.id"])
         try:
             with self.lv.begin():
-                if if_match is not None:
-                    versions.check(wanted, h.read(actor, fhir_id))
+                if if_match is not None or if_none_match is not None:
+                    # read for update: the service locks the record before reading it, so
+                    # the version checked is still the one written over when this commits
+                    now = h.read(actor, fhir_id, for_update=True)
+                    if if_match is not None:
+                        versions.check(wanted, now)
+                    if if_none_match is not None:
+                        versions.check_none_match(excluded, now)
                 h.update(actor, fhir_id, resource)
         except FhirError as exc:
             if exc.http_status == 404 and exc.message == not_found(rtype, fhir_id).message:
@@ -551,9 +641,16 @@ class FhirServer:
                         status = "201 Created"
                     else:
                         assert p.target_id is not None
-                        if p.if_match is not None:   # as it is now, after the creates
-                            versions.check(p.if_match, h.read(actor, p.target_id),
-                                           [f"Bundle.entry[{i}].request.ifMatch"])
+                        if p.if_match is not None or p.if_none_match is not None:
+                            # as it is now, after the creates; locked until the commit
+                            now = h.read(actor, p.target_id, for_update=True)
+                            if p.if_match is not None:
+                                versions.check(p.if_match, now,
+                                               [f"Bundle.entry[{i}].request.ifMatch"])
+                            if p.if_none_match is not None:
+                                versions.check_none_match(versions.accepted(
+                                    p.if_none_match, header="If-None-Match"), now,
+                                    [f"Bundle.entry[{i}].request.ifNoneMatch"])
                         h.update(actor, p.target_id, bodies[0])
                         news = [p.target_id]
                         status = "200 OK"
@@ -564,11 +661,20 @@ class FhirServer:
                     if fu:
                         resolved[fu] = f"{plans[j].rtype}/{new}"
                     results[j] = (plans[j].rtype, new, status)
+            # Each entry's version as committed: taken last, inside the transaction (a later
+            # entry changes earlier ones: a Specimen its ServiceRequest, a final report its
+            # Observations), from the change markers (no second, audited read of each).
+            stamps = {(rtype, new): self.handler(rtype).version(actor, new)
+                      for rtype, new, _status in results.values()}
         out = []
         for i in range(len(plans)):
             rtype, new, status = results[i]
-            out.append({"fullUrl": f"{base}/{rtype}/{new}",
-                        "response": {"status": status, "location": f"{rtype}/{new}"}})
+            response = {"status": status, "location": f"{rtype}/{new}"}
+            version, last_modified = stamps[(rtype, new)]
+            response["etag"] = f'W/"{version}"'        # the ETag a read of it gives
+            if last_modified is not None:
+                response["lastModified"] = last_modified
+            out.append({"fullUrl": f"{base}/{rtype}/{new}", "response": response})
         resp: dict[str, Any] = {"resourceType": "Bundle", "id": str(uuid.uuid4()),
                                 "type": "transaction-response"}
         if out:                       # FHIR JSON has no empty arrays (json.html)
@@ -612,6 +718,11 @@ class FhirServer:
         if not isinstance(req, Mapping):
             raise FhirError(400, "required", "a transaction entry needs request.method and "
                             "request.url", [where + ".request"])
+        _known_keys(req, REQUEST_KEYS, where + ".request")
+        if "ifModifiedSince" in req:        # dropped, it would read as "no condition"
+            raise FhirError(400, "not-supported", "ifModifiedSince is a condition of a read; "
+                            "entries here are POST or PUT (for an update: ifMatch)",
+                            [where + ".request.ifModifiedSince"])
         method = req.get("method")
         url = str(req.get("url") or "").strip("/")
         resource = entry.get("resource")
@@ -627,6 +738,9 @@ class FhirServer:
             if "ifNoneExist" in req:
                 raise FhirError(400, "not-supported", "conditional create is not supported",
                                 [where + ".request.ifNoneExist"])
+            if "ifNoneMatch" in req:
+                raise FhirError(400, "not-supported", "conditional create is not supported "
+                                "(ifNoneMatch on a POST)", [where + ".request.ifNoneMatch"])
             if "ifMatch" in req:
                 raise FhirError(400, "not-supported", "ifMatch applies to an update (PUT): a "
                                 "created resource has no version yet", [where + ".request.ifMatch"])
@@ -636,20 +750,26 @@ class FhirServer:
             if len(parts) != 2 or parts[0] != rtype or resource.get("id") != parts[1]:
                 raise FhirError(400, "invalid", f"request.url must be {rtype}/<id> with the "
                                 "resource's id", [where + ".request.url"])
+            none_match = req.get("ifNoneMatch")
+            if none_match is not None:          # checked now: a 400 before anything runs
+                self._if_match(none_match, where + ".request.ifNoneMatch", "If-None-Match")
             return _Plan(rtype, "PUT", resource, full_url, parts[1],
-                         self._if_match(req.get("ifMatch"), where + ".request.ifMatch"))
+                         self._if_match(req.get("ifMatch"), where + ".request.ifMatch"),
+                         none_match)
         raise FhirError(400, "not-supported", "transaction entries may be POST or PUT",
                         [where + ".request.method"])
 
     @staticmethod
-    def _if_match(value: object, where: str) -> frozenset[str] | None:
-        """The versions an entry's ``request.ifMatch`` accepts (None: no condition)."""
+    def _if_match(value: object, where: str,
+                  header: str = "If-Match") -> frozenset[str] | None:
+        """The versions an entry's ``request.ifMatch`` (or ``ifNoneMatch``) names (None: no
+        condition, or ``*``)."""
         if value is None:
             return None
         if not isinstance(value, str):
-            raise FhirError(400, "structure", "ifMatch must be a string (W/\"<versionId>\")",
-                            [where])
-        return versions.accepted(value, [where])
+            raise FhirError(400, "structure", f"{where.rsplit('.', 1)[-1]} must be a string "
+                            '(W/"<versionId>")', [where])
+        return versions.accepted(value, [where], header)
 
     # -- CapabilityStatement ---------------------------------------------------------------
     def capability(self, base: str) -> dict[str, Any]:
@@ -659,17 +779,22 @@ class FhirServer:
             if h is None:
                 continue
             offered = getattr(h, "interactions", ("read", "search-type", "create", "update"))
+            versioning = self._versioning(h)
             resources.append({
                 "type": rtype,
                 "interaction": [{"code": c} for c in offered],
                 # versionId on every resource read; If-Match honoured on update (R4: "using
                 # e-tags for version integrity"; R5: "supports version-aware updates"); no
                 # vread, no history
-                "versioning": getattr(h, "versioning", "versioned-update" if "update" in offered
-                                      else "versioned"),
+                "versioning": versioning,
                 "readHistory": False, "updateCreate": False,
-                # If-Match is not a conditional update (that is PUT [type]?search)
-                "conditionalUpdate": False,
+                # If-None-Match on read (304); not If-Modified-Since: a version is exact,
+                # a time to the second is not
+                "conditionalRead": "not-supported" if versioning == "no-version"
+                else "not-match",
+                # no If-None-Exist (a 400); If-Match is not a conditional update (that is
+                # PUT [type]?search)
+                "conditionalCreate": False, "conditionalUpdate": False,
                 "searchParam": [{"name": n, "type": t} for n, t in h.search_params.items()],
             })
         return {
@@ -697,6 +822,7 @@ class _Plan:
     full_url: str | None
     target_id: str | None
     if_match: frozenset[str] | None = None      # request.ifMatch: the versions accepted
+    if_none_match: str | None = None            # request.ifNoneMatch, as sent (checked)
 
 
 # The elements of a Bundle and of its entries (R4 bundle.html): anything else is refused,
@@ -707,6 +833,8 @@ BUNDLE_KEYS = frozenset({"resourceType", "id", "meta", "implicitRules", "languag
                          "signature"})
 ENTRY_KEYS = frozenset({"id", "extension", "link", "fullUrl", "resource", "search",
                         "request", "response"})
+REQUEST_KEYS = frozenset({"id", "extension", "method", "url", "ifNoneMatch",
+                          "ifModifiedSince", "ifMatch", "ifNoneExist"})
 
 
 def _known_keys(node: Mapping[str, Any], known: frozenset[str], where: str) -> None:

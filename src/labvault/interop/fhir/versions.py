@@ -56,33 +56,56 @@ def etag(resource: Mapping[str, Any]) -> str | None:
     return f'W/"{version}"' if version else None
 
 
-def accepted(value: str, where: list[str] | None = None) -> frozenset[str] | None:
-    """The versions an ``If-Match`` value (or a transaction entry's ``request.ifMatch``)
-    accepts: ``W/"<versionId>"`` (or ``"<versionId>"``), several separated by commas; None
-    for ``*`` (any current version). Anything else is a 400: read as "no condition", a
-    typo would silently drop the protection the client asked for."""
+def accepted(value: str, where: list[str] | None = None,
+             header: str = "If-Match") -> frozenset[str] | None:
+    """The versions an ``If-Match`` value (or a transaction entry's ``request.ifMatch``, or
+    an ``If-None-Match``: ``header``) names: ``W/"<versionId>"`` (or ``"<versionId>"``),
+    several separated by commas; None for ``*`` (any current version). Anything else is a
+    400: read as "no condition", a typo would silently drop the protection the client
+    asked for (or, for If-None-Match, make every read a full one)."""
     if value.strip() == "*":
         return None
     versions = []
     for part in value.split(","):
         mt = _ETAG.fullmatch(part)
         if mt is None or not mt.group(1):
-            raise FhirError(400, "invalid", f"If-Match {value!r} is not an entity tag: send "
+            raise FhirError(400, "invalid", f"{header} {value!r} is not an entity tag: send "
                             'W/"<versionId>" (the ETag of the read, or its meta.versionId '
                             'in W/"…")', where)
         versions.append(mt.group(1))
     return frozenset(versions)
 
 
-def check(wanted: frozenset[str] | None, current: Mapping[str, Any],
+def is_current(named: frozenset[str] | None, resource: Mapping[str, Any]) -> bool:
+    """Whether ``resource`` is at one of the ``named`` versions (None: ``*``, any)."""
+    version = (resource.get("meta") or {}).get("versionId")
+    return named is None or version in named
+
+
+def check(wanted: frozenset[str] | None, now: Mapping[str, Any],
           where: list[str] | None = None) -> None:
     """412 when the resource is no longer at a version the client accepts (it changed
     since the client read it): nothing is written, the client reads it again."""
-    version = (current.get("meta") or {}).get("versionId")
-    if wanted is None or version in wanted:
+    if is_current(wanted, now):
         return
-    rtype, rid = current.get("resourceType"), current.get("id")
+    assert wanted is not None                   # (``*`` accepts any version)
+    version = (now.get("meta") or {}).get("versionId")
+    rtype, rid = now.get("resourceType"), now.get("id")
     raise FhirError(412, "conflict", f"{rtype}/{rid} has changed since it was read (If-Match "
                     f"{', '.join(sorted(wanted))}, now {version}): nothing was "
                     "changed; read it again, check the changes, and send the update with "
                     "the new ETag", where)
+
+
+def check_none_match(excluded: frozenset[str] | None, now: Mapping[str, Any],
+                     where: list[str] | None = None) -> None:
+    """``If-None-Match`` on an update (RFC 9110 §13.1.2): 412 when the resource is at one of
+    the ``excluded`` versions -- with ``*``, whenever it exists (every update's target
+    does: an update never creates here, so ``If-None-Match: *`` never lets one through)."""
+    if not is_current(excluded, now):
+        return
+    rtype, rid = now.get("resourceType"), now.get("id")
+    said = "*" if excluded is None else ", ".join(sorted(excluded))
+    raise FhirError(412, "conflict", f"{rtype}/{rid} exists at a version the update excludes "
+                    f"(If-None-Match {said}): nothing was changed. An update here never "
+                    "creates (the server assigns ids: POST the resource instead)", where)

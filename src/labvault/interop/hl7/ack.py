@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from labvault.domain.inbound import ERR_TEXT, MessageError
+from labvault.domain.outbound import escape  # one HL7 escaping for ACKs and ORU^R01
 
 DEFAULT_SEPS = "|^~\\&"
 
@@ -62,29 +63,6 @@ def sniff_header(raw: bytes | str) -> Header:
         return Header(seps, f(3), f(4), f(5), f(6), f(10), f(9, 2), version, f(11, 1) or "P")
     except Exception:  # best effort only: an AR must always be producible
         return Header()
-
-
-def escape(value: str, seps: str) -> str:
-    fs, cs, rs, esc, ss = seps[0], seps[1], seps[2], seps[3], seps[4]
-    out = []
-    for c in value:
-        if c == esc:
-            out.append(f"{esc}E{esc}")
-        elif c == fs:
-            out.append(f"{esc}F{esc}")
-        elif c == cs:
-            out.append(f"{esc}S{esc}")
-        elif c == rs:
-            out.append(f"{esc}R{esc}")
-        elif c == ss:
-            out.append(f"{esc}T{esc}")
-        elif c in "\r\n":
-            out.append(f"{esc}.br{esc}")
-        elif ord(c) < 0x20:
-            continue
-        else:
-            out.append(c)
-    return "".join(out)
 
 
 def _old_version(version: str) -> bool:

@@ -1,0 +1,359 @@
+"""Result delivery: each published or corrected report goes to the prescriber's or the
+hospital's system as an HL7 v2.5 ORU^R01 over MLLP (docs/lab.md "What reaches the
+prescriber", docs/hl7.md "Outbound").
+
+- **Destinations** (``delivery add``): a receiver's address (host, port, TLS files) and
+  what goes there: every order of the laboratory, or the orders of some prescribers
+  (their RPPS numbers kept only as blind-index digests). Its label is sealed.
+- **Outbox**: ``enqueue`` runs inside the transaction that publishes or amends a report:
+  for each matching destination it composes the message (``domain/outbound.py``) and
+  writes it sealed under the patient's data key -- with the publication, or not at all.
+- **Sending** is a door's work (``interop/hl7/outbound.py``): it takes the due rows
+  (``due``), opens each message through the gate as ``system:delivery`` (purpose care,
+  resource report: ``open_message``), sends it and reports the outcome (``record``),
+  which marks the row, writes an audit event naming destination, report and patient and,
+  when the message will not arrive, raises a ``delivery-failed`` alert.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.engine import Connection
+
+from labvault.crypto import SealContext
+from labvault.domain import outbound as O
+from labvault.domain import validation as v
+from labvault.domain.actors import Actor
+from labvault.domain.categories import Action, Category
+from labvault.errors import InvalidField, NotFound, UserError
+from labvault.services.gate import Access
+from labvault.store import repositories as repo
+from labvault.store import repositories_delivery as drepo
+from labvault.store.ids import new_id
+
+if TYPE_CHECKING:
+    from labvault.services.app import Labvault
+    from labvault.services.lab import ReportView, _Order
+
+SYSTEM = Actor.system("delivery")
+RPPS_INDEX = "rpps"            # the practitioner directory's blind-index kind, same digests
+DEFAULT_MAX_ATTEMPTS = 8
+DEFAULT_BACKOFF = 30.0         # seconds before the 2nd attempt; doubled each time
+MAX_BACKOFF = 3600.0
+ALERT_KIND = "delivery-failed"
+STATUSES = ("pending", "delivered", "failed")
+CLINICAL = frozenset({Category.CLINICAL})
+IDENTITY = frozenset({Category.IDENTITY})
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """Where to connect (clear columns: no personal data)."""
+
+    destination_id: str
+    tenant_id: str
+    host: str
+    port: int
+    transport: str               # tls | plaintext
+    tls_ca: str | None
+    tls_cert: str | None
+    tls_key: str | None
+
+    @staticmethod
+    def from_row(r: dict[str, Any]) -> Destination:
+        return Destination(r["destination_id"], r["tenant_id"], r["host"], r["port"],
+                           r["transport"], r["tls_ca"], r["tls_cert"], r["tls_key"])
+
+
+@dataclass(frozen=True, slots=True)
+class Due:
+    """An outbox row to send now: ids only, and where to send it."""
+
+    tenant_id: str
+    outbox_id: str
+    report_id: str
+    patient_id: str
+    attempts: int
+    destination: Destination | None      # None: removed since the message was queued
+
+
+def backoff_delay(attempts: int, base: float) -> float:
+    """Seconds to wait after the ``attempts``-th failed attempt: base, 2 base, 4 base...
+    capped at an hour."""
+    return float(min(base * (2 ** max(attempts - 1, 0)), MAX_BACKOFF))
+
+
+def _existing_file(value: Path | None, option: str) -> str | None:
+    if value is None:
+        return None
+    if not value.is_file():
+        raise UserError(f"{option} {value} does not exist or is not a file",
+                        f"give the PEM file with {option}")
+    return str(value.resolve())
+
+
+class DeliveryService:
+    def __init__(self, lv: Labvault) -> None:
+        self.lv = lv
+
+    # == destinations ==========================================================================
+    def _admin(self, conn: Connection, actor: Actor, tenant_id: str, action: Action) -> None:
+        # No policy row names ``delivery``: only the CLI operator (and system jobs) manage
+        # destinations; staff accounts are refused (audited) by default deny.
+        self.lv.gate.check(conn, Access(actor, action, tenant_id, frozenset(),
+                                        purpose="administration", resource="delivery"))
+
+    def add_destination(self, actor: Actor, tenant_id: str, name: str, host: str, port: int,
+                        rpps: Sequence[str] = (), all_orders: bool = False,
+                        tls_ca: Path | None = None, tls_cert: Path | None = None,
+                        tls_key: Path | None = None,
+                        insecure_plaintext: bool = False) -> dict[str, Any]:
+        label = v.text(name, "name", 200, required=True)
+        assert label is not None
+        host = (host or "").strip()
+        if not host or len(host) > 255 or any(c.isspace() for c in host):
+            raise InvalidField("host", "must be a host name or an address",
+                               "give the receiver's host, e.g. --host hl7.chu.example")
+        if not 1 <= port <= 65535:
+            raise InvalidField("port", f"{port} is not a TCP port", "give 1 to 65535")
+        if all_orders == bool(rpps):
+            raise UserError("say which reports go to this destination",
+                            "give --rpps NUMBER (once per prescriber) or --all (every order "
+                            "of the laboratory), not both")
+        numbers = [v.rpps(r, "rpps") for r in rpps]
+        if (tls_cert is None) != (tls_key is None):
+            raise UserError("--tls-cert and --tls-key go together",
+                            "give labvault's client certificate and its private key, or "
+                            "neither")
+        if tls_ca is None and (tls_cert is not None or not insecure_plaintext):
+            raise UserError("a destination needs --tls-ca (the CA that signed the receiver's "
+                            "certificate)",
+                            "give --tls-ca PEM, or --insecure-plaintext if a VPN protects the "
+                            "link (reports would cross the network in clear)")
+        if tls_ca is not None and insecure_plaintext:
+            raise UserError("--insecure-plaintext and --tls-ca contradict each other",
+                            "give one of them")
+        ca, cert, key = (_existing_file(tls_ca, "--tls-ca"),
+                         _existing_file(tls_cert, "--tls-cert"),
+                         _existing_file(tls_key, "--tls-key"))
+        self.lv.tenants.get(tenant_id)
+        did = new_id("dst")
+        with self.lv.begin() as conn:
+            self._admin(conn, actor, tenant_id, Action.WRITE)
+            digests = [self.lv.lab.digest(conn, tenant_id, RPPS_INDEX, n) for n in numbers]
+            sealed = self.lv.gate.seal_tenant_value(conn, tenant_id, "delivery_destinations",
+                                                    "label_sealed", did, label.encode())
+            drepo.insert_destination(conn, {
+                "tenant_id": tenant_id, "destination_id": did, "status": "active",
+                "host": host, "port": port,
+                "transport": "plaintext" if insecure_plaintext else "tls",
+                "tls_ca": ca, "tls_cert": cert, "tls_key": key,
+                "routing": "all" if all_orders else "rpps", "created_at": self.lv.now(),
+                "removed_at": None, "label_sealed": sealed}, digests)
+            self.lv.gate.audit.event(conn, actor, "delivery.destination.add", "success",
+                                     tenant_id, {"destination_id": did, "host": host,
+                                                 "port": port, "prescribers": len(numbers),
+                                                 "all": all_orders})
+        return {"id": did, "name": label, "host": host, "port": port,
+                "transport": "plaintext" if insecure_plaintext else "tls",
+                "routing": "all" if all_orders else "rpps", "prescribers": len(numbers)}
+
+    def list_destinations(self, actor: Actor, tenant_id: str,
+                          include_removed: bool = False) -> list[dict[str, Any]]:
+        self.lv.tenants.get(tenant_id)
+        with self.lv.begin() as conn:
+            self._admin(conn, actor, tenant_id, Action.READ)
+            counts = drepo.route_counts(conn, tenant_id)
+            out = []
+            for r in drepo.destinations(conn, tenant_id, active_only=not include_removed):
+                label = self.lv.gate.open_tenant_value_checked(
+                    conn, tenant_id, "delivery_destinations", "label_sealed",
+                    r["destination_id"], r["label_sealed"]).decode()
+                out.append({"id": r["destination_id"], "name": label, "status": r["status"],
+                            "host": r["host"], "port": r["port"], "transport": r["transport"],
+                            "tls_ca": r["tls_ca"], "tls_cert": r["tls_cert"],
+                            "routing": r["routing"],
+                            "prescribers": counts.get(r["destination_id"], 0),
+                            "created_at": r["created_at"], "removed_at": r["removed_at"]})
+            return out
+
+    def remove_destination(self, actor: Actor, tenant_id: str,
+                           destination_id: str) -> dict[str, Any]:
+        """Stop sending there. Messages already queued for it are not sent: the sender
+        marks them failed (``destination removed``) and raises an alert."""
+        self.lv.tenants.get(tenant_id)
+        with self.lv.begin() as conn:
+            self._admin(conn, actor, tenant_id, Action.WRITE)
+            if not drepo.remove_destination(conn, tenant_id, destination_id, self.lv.now()):
+                raise NotFound(f"no active destination {destination_id} in this laboratory",
+                               "see `labvault delivery list --tenant ID`")
+            pending = len(drepo.outbox(conn, tenant_id, ("pending",)))
+            self.lv.gate.audit.event(conn, actor, "delivery.destination.remove", "success",
+                                     tenant_id, {"destination_id": destination_id})
+        return {"id": destination_id, "status": "removed", "pending_in_laboratory": pending}
+
+    # == outbox: written with the publication ==================================================
+    def enqueue(self, conn: Connection, order: _Order, report: ReportView,
+                corrected: bool) -> int:
+        """Compose and queue (sealed) one ORU^R01 per destination this report goes to, in
+        the caller's transaction. Returns how many were queued (0: no destination)."""
+        tenant_id = order.tenant_id
+        prescriber = order.request.get("prescriber") or {}
+        rpps = prescriber.get("rpps")
+        digest = self.lv.lab.digest(conn, tenant_id, RPPS_INDEX, rpps) if rpps else None
+        found = drepo.matching_destinations(conn, tenant_id, digest)
+        if not found:
+            return 0
+        # The message names the patient: the identity is read through the gate, audited
+        # as the delivery job composing it.
+        opened = self.lv.gate.read_patients(conn, Access(
+            SYSTEM, Action.READ, tenant_id, IDENTITY, patient_ids=(order.patient_id,),
+            resource="patient"))
+        identity = opened.get(order.patient_id, {}).get(Category.IDENTITY, {})
+        tenant = repo.get_tenant(conn, tenant_id)
+        assert tenant is not None
+        now = self.lv.now()
+        results = [O.OutboundResult(o.observation, corrected and o.status == "amended")
+                   for o in report.observations if o.status != "cancelled"]
+        rows = []
+        for dest in found:
+            oid = new_id("out")
+            msg = O.compose_oru(O.OutboundReport(
+                oid, now, tenant["finess"], tenant["name"], order.patient_id, identity,
+                report.report_id, order.request.get("placer_number"),
+                order.request.get("filler_number"), prescriber or None, corrected,
+                report.collected_at, report.issued_at, results, report.conclusion))
+            rows.append({
+                "tenant_id": tenant_id, "outbox_id": oid,
+                "destination_id": dest["destination_id"], "report_id": report.report_id,
+                "order_id": order.order_id, "patient_id": order.patient_id,
+                "kind": "corrected" if corrected else "final", "status": "pending",
+                "attempts": 0, "created_at": now, "next_attempt_at": now, "updated_at": now,
+                "delivered_at": None, "ack_code": None,
+                "message_sealed": order.dek.seal(
+                    SealContext(tenant_id, "delivery_outbox", "message_sealed", oid), msg),
+                "error_sealed": None})
+        drepo.insert_outbox(conn, rows)
+        return len(rows)
+
+    # == sending (called by the door that speaks MLLP) =========================================
+    def due(self, tenant_id: str | None = None, limit: int = 100,
+            lease: float = 120.0) -> list[Due]:
+        """The pending messages whose next attempt is due, oldest first (no unsealing),
+        each leased to the caller for ``lease`` seconds: another sender does not take them
+        meanwhile, and if this one stops before recording an outcome they are due again
+        when the lease ends."""
+        now = self.lv.now()
+        with self.lv.begin() as conn:
+            rows = drepo.due(conn, now, tenant_id, limit)
+            dests: dict[tuple[str, str], Destination | None] = {}
+            out = []
+            for r in rows:
+                if not drepo.claim(conn, r["tenant_id"], r["outbox_id"], now,
+                                   now + timedelta(seconds=lease)):
+                    continue
+                k = (r["tenant_id"], r["destination_id"])
+                if k not in dests:
+                    d = drepo.destination(conn, *k)
+                    dests[k] = Destination.from_row(d) if d and d["status"] == "active" \
+                        else None
+                out.append(Due(r["tenant_id"], r["outbox_id"], r["report_id"],
+                               r["patient_id"], r["attempts"], dests[k]))
+            return out
+
+    def open_message(self, item: Due) -> bytes | None:
+        """The message to send, opened through the gate (``system:delivery``, purpose care,
+        resource report: an audited read naming the patient). None: the patient was erased
+        since (the message went with the data key)."""
+        with self.lv.begin() as conn:
+            row = drepo.outbox_row(conn, item.tenant_id, item.outbox_id)
+            if row is None or row["status"] != "pending":
+                return None
+            self.lv.gate.check(conn, Access(SYSTEM, Action.READ, item.tenant_id, CLINICAL,
+                                            purpose="care", patient_ids=(item.patient_id,),
+                                            resource="report"))
+            try:
+                dek = self.lv.gate.patient_key(conn, item.tenant_id, item.patient_id)
+            except NotFound:
+                return None
+            return self.lv.gate.open_patient_value(dek, item.tenant_id, "delivery_outbox",
+                                                   "message_sealed", item.outbox_id,
+                                                   row["message_sealed"])
+
+    def record(self, item: Due, outcome: str, ack_code: str | None = None,
+               error: str | None = None, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+               backoff: float = DEFAULT_BACKOFF) -> str:
+        """Mark an attempt. ``outcome``: ``delivered`` (MSA-1 AA/CA), ``refused`` (AE/AR:
+        the receiver will not take it; not retried), ``unsent`` (connection refused, timeout,
+        no ACK: retried with exponential backoff until ``max_attempts``) or ``undeliverable``
+        (destination removed, patient erased). Returns the row's new status."""
+        now = self.lv.now()
+        attempts = item.attempts + (0 if outcome == "undeliverable" else 1)
+        values: dict[str, Any] = {"attempts": attempts, "updated_at": now, "ack_code": ack_code}
+        if outcome == "delivered":
+            values.update(status="delivered", delivered_at=now)
+        elif outcome == "unsent" and attempts < max_attempts:
+            values.update(status="pending",
+                          next_attempt_at=now + timedelta(seconds=backoff_delay(attempts,
+                                                                                backoff)))
+        elif outcome in ("refused", "unsent", "undeliverable"):
+            values["status"] = "failed"
+        else:
+            raise ValueError(f"unknown delivery outcome {outcome!r}")
+        with self.lv.begin() as conn:
+            if error:
+                values["error_sealed"] = self.lv.gate.seal_tenant_value(
+                    conn, item.tenant_id, "delivery_outbox", "error_sealed", item.outbox_id,
+                    error[:2000].encode())
+            if not drepo.update_outbox(conn, item.tenant_id, item.outbox_id, "pending",
+                                       **values):
+                return "gone"          # another sender marked it meanwhile
+            ids = {"outbox_id": item.outbox_id, "report_id": item.report_id,
+                   "patient_id": item.patient_id,
+                   "destination_id": item.destination.destination_id
+                   if item.destination else None,
+                   "attempt": attempts, "ack": ack_code, "status": values["status"]}
+            self.lv.gate.audit.event(conn, SYSTEM, "delivery.send",
+                                     "success" if outcome == "delivered" else "failure",
+                                     item.tenant_id, {**ids, "outcome": outcome,
+                                                      "resource": "report", "purpose": "care"})
+            if values["status"] == "failed":
+                self.lv.alerts.raise_alert(conn, item.tenant_id, ALERT_KIND, "high", SYSTEM,
+                                           {**ids, "outcome": outcome},
+                                           subject=f"delivery|{item.outbox_id}")
+        return str(values["status"])
+
+    # == status ================================================================================
+    def status(self, actor: Actor, tenant_id: str, statuses: Sequence[str] = (),
+               report_id: str | None = None) -> list[dict[str, Any]]:
+        """The outbox rows (ids, state, attempts, times; the error, opened through the gate,
+        for failed ones). No personal data in clear: the message stays sealed."""
+        for s in statuses:
+            if s not in STATUSES:
+                raise InvalidField("status", f"{s!r} is not a delivery status",
+                                   f"use one of {', '.join(STATUSES)}")
+        self.lv.tenants.get(tenant_id)
+        with self.lv.begin() as conn:
+            self._admin(conn, actor, tenant_id, Action.READ)
+            out = []
+            for r in drepo.outbox(conn, tenant_id, statuses, report_id):
+                error = None
+                if r["error_sealed"] is not None:
+                    error = self.lv.gate.open_tenant_value_checked(
+                        conn, tenant_id, "delivery_outbox", "error_sealed", r["outbox_id"],
+                        r["error_sealed"]).decode()
+                out.append({"id": r["outbox_id"], "destination_id": r["destination_id"],
+                            "report_id": r["report_id"], "order_id": r["order_id"],
+                            "patient_id": r["patient_id"], "kind": r["kind"],
+                            "status": r["status"], "attempts": r["attempts"],
+                            "created_at": r["created_at"],
+                            "next_attempt_at": r["next_attempt_at"],
+                            "delivered_at": r["delivered_at"], "ack": r["ack_code"],
+                            "error": error})
+            return out
+

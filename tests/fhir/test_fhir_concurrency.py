@@ -1,0 +1,314 @@
+"""Concurrent writers of one resource (R4 http.html#concurrency), with two workers of
+``labvault serve`` on one database -- two ``Labvault`` instances, each with its own engine
+(connections, and on SQLite its own in-process write lock), as two processes have.
+
+``If-Match`` is only worth something if the version it names is still the resource's when
+the update is written: the check and the write are one step. A pause holds the first
+writer between its check and its write (or, for a console re-entry, between its read of
+the order and its write) while the second one runs: exactly one of them wins, and the
+other gets a 412 with nothing stored -- never two 200s of which the first is silently
+overwritten (a lost update)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import secrets
+import shutil
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+
+from labvault.access.policy import TablePolicy
+from labvault.crypto import KeyRing
+from labvault.crypto.providers.file import FileKeyProvider
+from labvault.domain.actors import Actor
+from labvault.errors import UserError
+from labvault.interop.fhir import ids, versions
+from labvault.services.app import Labvault
+from labvault.store import migrate
+from labvault.store.engine import make_engine
+from labvault.synthetic import make_finess
+from tests.conftest import PG_URL, make_settings, require_pg
+from tests.fhir.conftest import Running, serving
+from tests.fhir.test_fhir_http import AUTH, HDR, create_patient, visit
+from tests.fhir.test_fhir_rest import outcome
+
+WAIT = 30          # seconds: a bound on every wait, never reached when things go right
+OVERLAP = 1.0      # how long the second writer is given to run while the first is held
+
+
+@pytest.fixture(scope="module")
+def pg_schema() -> Iterator[str]:
+    """A schema of its own: these tests commit (two connections must see each other's
+    writes), unlike the other PostgreSQL tests, which roll back one connection."""
+    require_pg()
+    schema = f"lvc_{os.getpid()}_{secrets.token_hex(3)}"
+    admin = make_engine(PG_URL)
+    with admin.begin() as c:
+        c.execute(text(f'CREATE SCHEMA "{schema}"'))
+    eng = make_engine(PG_URL, connect_args={"options": f"-csearch_path={schema}"})
+    migrate.upgrade(eng)
+    eng.dispose()
+    yield schema
+    with admin.begin() as c:
+        c.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    admin.dispose()
+
+
+@pytest.fixture
+def workers(backend: str, request: pytest.FixtureRequest, tmp_path: Path,
+            root_key_file: Path, sqlite_template: Path) -> Iterator[tuple[Running, Running]]:
+    """Two servers (two workers), each over its own ``Labvault`` and engine, one database;
+    the same biologist's token on both."""
+    if backend == "sqlite":
+        db = tmp_path / "var" / "labvault.db"
+        db.parent.mkdir(parents=True)
+        shutil.copy(sqlite_template, db)
+        url = f"sqlite:///{db}"
+
+        def engine() -> Engine:
+            return make_engine(url)
+    else:
+        schema = request.getfixturevalue("pg_schema")
+        url = PG_URL
+
+        def engine() -> Engine:
+            return make_engine(PG_URL, connect_args={"options": f"-csearch_path={schema}"})
+    settings = make_settings(tmp_path / "var", url, root_key_file)
+    cores = [Labvault(settings, engine(), KeyRing(FileKeyProvider(root_key_file)))
+             for _ in range(2)]
+    for core in cores:
+        core.gate.policy = TablePolicy()
+    tid = cores[0].tenants.add(Actor.operator(), "Laboratoire de test",
+                               make_finess(random.Random())).tenant_id
+    staff = Actor(kind="staff", id="acc_test", tenant_id=tid, roles=frozenset({"biologist"}),
+                  display="Test Biologist", client="127.0.0.1")
+    try:
+        with serving(cores[0], staff) as a, serving(cores[1], staff) as b:
+            yield a, b
+    finally:
+        for core in cores:
+            core.close()
+
+
+class Hold:
+    """Holds the first call of a function (before or after it runs) until released; other
+    calls pass. ``reached`` is set when the first one is held."""
+
+    def __init__(self) -> None:
+        self.reached = threading.Event()
+        self.release = threading.Event()
+        self._taken = threading.Lock()
+
+    def _first(self) -> bool:
+        return self._taken.acquire(blocking=False)
+
+    def _hold(self) -> None:
+        self.reached.set()
+        assert self.release.wait(WAIT), "never released"
+
+    def after(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def held(*args: Any, **kwargs: Any) -> Any:
+            out = fn(*args, **kwargs)
+            if self._first():
+                self._hold()
+            return out
+        return held
+
+    def before(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def held(*args: Any, **kwargs: Any) -> Any:
+            if self._first():
+                self._hold()
+            return fn(*args, **kwargs)
+        return held
+
+
+def in_thread(results: dict[str, Any], name: str, fn: Callable[[], Any]) -> threading.Thread:
+    def run() -> None:
+        try:
+            results[name] = fn()
+        except BaseException as exc:      # looked at by the test
+            results[name] = exc
+    t = threading.Thread(target=run, name=name, daemon=True)
+    t.start()
+    return t
+
+
+def put(srv: Running, body: dict[str, Any], if_match: str) -> httpx.Response:
+    return httpx.put(f"{srv.url}/{body['resourceType']}/{body['id']}", timeout=WAIT,
+                     headers={**HDR, "If-Match": if_match}, content=json.dumps(body))
+
+
+def put_in_transaction(srv: Running, body: dict[str, Any], if_match: str) -> httpx.Response:
+    url = f"{body['resourceType']}/{body['id']}"
+    return httpx.post(srv.url, timeout=WAIT, headers=HDR, content=json.dumps({
+        "resourceType": "Bundle", "type": "transaction", "entry": [{
+            "resource": body, "request": {"method": "PUT", "url": url, "ifMatch": if_match}}]}))
+
+
+def read(srv: Running, path: str) -> tuple[dict[str, Any], str]:
+    r = httpx.get(f"{srv.url}/{path}", headers=AUTH, timeout=WAIT)
+    assert r.status_code == 200, r.text
+    return dict(r.json()), r.headers["etag"]
+
+
+@pytest.mark.parametrize("second", [put, put_in_transaction])
+def test_two_updates_with_the_same_if_match_one_wins_the_other_is_412(
+        workers: tuple[Running, Running], monkeypatch: pytest.MonkeyPatch,
+        second: Callable[[Running, dict[str, Any], str], httpx.Response]) -> None:
+    """Two clients read the same Patient and update it with its ETag, through two workers.
+    The first is held between its If-Match check and its write while the second runs: the
+    second must wait for the first's transaction, then see the new version (412), instead of
+    passing the check on the same old version and being overwritten by the first."""
+    a, b = workers
+    pat = create_patient(a, 91)
+    _body, tag = read(a, f"Patient/{pat['id']}")
+
+    def moved(line: str) -> dict[str, Any]:
+        return {**pat, "address": [{"line": [line], "postalCode": "59000", "city": "Lille",
+                                    "country": "FR"}]}
+    hold = Hold()
+    monkeypatch.setattr(versions, "check", hold.after(versions.check))
+    results: dict[str, Any] = {}
+    first = in_thread(results, "first", lambda: put(a, moved("1 rue du Nord"), tag))
+    assert hold.reached.wait(WAIT)
+    then = in_thread(results, "second", lambda: second(b, moved("2 rue du Sud"), tag))
+    then.join(OVERLAP)         # free to run now: only a lock makes it wait for the first
+    hold.release.set()
+    first.join(WAIT)
+    then.join(WAIT)
+    won, lost = results["first"], results["second"]
+    assert isinstance(won, httpx.Response) and isinstance(lost, httpx.Response), results
+    assert (won.status_code, lost.status_code) == (200, 412), (won.text, lost.text)
+    (issue,) = outcome(lost)["issue"]
+    assert issue["code"] == "conflict" and "changed since it was read" in issue["diagnostics"]
+    # nothing of the second is stored: the record is the first's, at the first's version
+    for srv in (a, b):
+        body, now = read(srv, f"Patient/{pat['id']}")
+        assert body["address"][0]["line"] == ["1 rue du Nord"]
+        assert now == won.headers["etag"]
+
+
+def test_a_result_re_entered_meanwhile_makes_the_validation_412(
+        workers: tuple[Running, Running], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A biologist's client validates a report (``final``, with the If-Match of its read)
+    while a technician re-enters one of its results at the console of another worker. The
+    re-entry holds the order (read, not yet written) when the validation arrives: the
+    validation waits, then sees the new revision and is refused -- the report is never
+    validated over a value the biologist did not see."""
+    a, b = workers
+    v = visit(a, 92, final=False)
+    (entry,) = httpx.get(f"{a.url}/DiagnosticReport", headers=AUTH, timeout=WAIT,
+                         params={"patient": f"Patient/{v['Patient']}"}).json()["entry"]
+    rep, tag = read(a, f"DiagnosticReport/{entry['resource']['id']}")
+    order_id = ids.from_fhir(v["ServiceRequest"], "ord") or ""
+    lab = b.lv.lab
+    obs = lab.get_observation(b.actor, ids.from_fhir(v["Observation"], "obs") or "")
+    hold = Hold()
+    monkeypatch.setattr(lab, "_store_results", hold.before(lab._store_results))
+    results: dict[str, Any] = {}
+    console = in_thread(results, "console", lambda: lab.enter_results(b.actor, order_id, [{
+        "code": obs.observation.code, "value": (obs.observation.numeric or 0) + 1,
+        "unit": obs.observation.unit}]))
+    assert hold.reached.wait(WAIT)
+    final = {**rep, "status": "final", "conclusion": "Bilan normal."}
+    fhir = in_thread(results, "fhir", lambda: put(a, final, tag))
+    fhir.join(OVERLAP)
+    hold.release.set()
+    console.join(WAIT)
+    fhir.join(WAIT)
+    entered, validation = results["console"], results["fhir"]
+    assert not isinstance(entered, BaseException), entered
+    assert isinstance(validation, httpx.Response), validation
+    assert validation.status_code == 412, validation.text
+    assert outcome(validation)["issue"][0]["code"] == "conflict"
+    assert entered[0].revision == obs.revision + 1
+    assert lab.get_order(b.actor, order_id).status.value == "preliminary"
+    now, new_tag = read(a, f"DiagnosticReport/{rep['id']}")
+    assert now["status"] == "preliminary" and new_tag != tag
+    # read again (the new value seen): the validation goes through
+    assert put(a, {**now, "status": "final", "conclusion": "Bilan normal."},
+               new_tag).status_code == 200
+
+
+def test_a_console_write_waits_for_a_validation_that_checked_first(
+        workers: tuple[Running, Running], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The other way round: the validation has checked its If-Match and holds the order;
+    the console's re-entry waits for it, then finds the report validated and is refused
+    (a workflow conflict: validated results are corrected by amendment) -- the validated
+    value stays the one the biologist saw."""
+    a, b = workers
+    v = visit(a, 93, final=False)
+    (entry,) = httpx.get(f"{a.url}/DiagnosticReport", headers=AUTH, timeout=WAIT,
+                         params={"patient": f"Patient/{v['Patient']}"}).json()["entry"]
+    rep, tag = read(a, f"DiagnosticReport/{entry['resource']['id']}")
+    order_id = ids.from_fhir(v["ServiceRequest"], "ord") or ""
+    lab = b.lv.lab
+    obs = lab.get_observation(b.actor, ids.from_fhir(v["Observation"], "obs") or "")
+    hold = Hold()
+    monkeypatch.setattr(versions, "check", hold.after(versions.check))
+    results: dict[str, Any] = {}
+    final = {**rep, "status": "final", "conclusion": "Bilan normal."}
+    fhir = in_thread(results, "fhir", lambda: put(a, final, tag))
+    assert hold.reached.wait(WAIT)
+    console = in_thread(results, "console", lambda: lab.enter_results(b.actor, order_id, [{
+        "code": obs.observation.code, "value": (obs.observation.numeric or 0) + 1,
+        "unit": obs.observation.unit}]))
+    console.join(OVERLAP)
+    hold.release.set()
+    fhir.join(WAIT)
+    console.join(WAIT)
+    validation, entered = results["fhir"], results["console"]
+    assert isinstance(validation, httpx.Response) and validation.status_code == 200, \
+        validation
+    assert isinstance(entered, UserError), entered
+    after = lab.get_observation(b.actor, obs.observation_id)
+    assert (after.revision, after.observation.numeric) == (obs.revision,
+                                                          obs.observation.numeric)
+    assert after.status == "final"
+    assert read(a, f"DiagnosticReport/{rep['id']}")[1] == validation.headers["etag"]
+
+
+def test_two_amendments_at_once_are_one_after_the_other(
+        workers: tuple[Running, Running], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without If-Match either: two biologists correct the same published result at once,
+    through two workers. The second waits for the first (the order is locked before the
+    result is read) and corrects the value the first stored: two revisions, each keeping
+    the value before it -- not two "revision 2" of which one silently replaced the other."""
+    a, b = workers
+    v = visit(a, 94)                             # validated (final)
+    order_id = ids.from_fhir(v["ServiceRequest"], "ord") or ""
+    a.lv.lab.publish(a.actor, order_id)
+    oid = ids.from_fhir(v["Observation"], "obs") or ""
+    before = a.lv.lab.get_observation(a.actor, oid)
+    value = before.observation.numeric or 0
+    hold = Hold()
+    monkeypatch.setattr(a.lv.lab, "_catalogue", hold.before(a.lv.lab._catalogue))
+
+    def amend(srv: Running, new: float, why: str) -> Any:
+        return srv.lv.lab.amend(srv.actor, oid, {"code": before.observation.code,
+                                                 "value": new,
+                                                 "unit": before.observation.unit}, why)
+    results: dict[str, Any] = {}
+    first = in_thread(results, "first", lambda: amend(a, value + 1, "erreur de saisie"))
+    assert hold.reached.wait(WAIT)
+    then = in_thread(results, "second", lambda: amend(b, value + 2, "second contrôle"))
+    then.join(OVERLAP)
+    hold.release.set()
+    first.join(WAIT)
+    then.join(WAIT)
+    assert not any(isinstance(r, BaseException) for r in results.values()), results
+    history = b.lv.lab.observation_history(b.actor, oid)
+    amended = [(h.revision, h.previous.numeric if h.previous else None,
+                h.new.numeric if h.new else None) for h in history if h.change == "amended"]
+    assert amended == [(before.revision + 1, value, value + 1),
+                       (before.revision + 2, value + 1, value + 2)], amended
+    assert b.lv.lab.get_observation(b.actor, oid).observation.numeric == value + 2
