@@ -268,6 +268,13 @@ def _web_cases() -> dict[tuple[str, str], Case]:
             return path.format(o[0].order_id if isinstance(o, list) else o.order_id), body
         return build
 
+    def correction(c: Ctx, r: str, lab: str) -> Req:
+        rep = order(c.w, lab_of(c, lab), lab_of(c, lab).patients[1], step="published")
+        k = next(o.observation_id for o in rep.observations
+                 if o.observation.code == "2823-3")
+        return (f"/console/demandes/{rep.order_id}/correction",
+                {"observation_id": k, "value": "4,0", "reason": "relecture"})
+
     patient_only = allow(("patient",), 200, anon=303)
     return {
         ("GET", "/"): Case(get("/"), everyone(303, 303)),
@@ -340,6 +347,9 @@ def _web_cases() -> dict[tuple[str, str], Case]:
                {"conclusion": "RAS", "reason": "relecture"}),
             allow(("biologist",), 303, anon=303), allow((), 0, deny=403, biologist=404),
             form=True),
+        ("POST", "/console/demandes/{order_id}/correction"): Case(
+            correction, allow(("biologist",), 303, anon=303),
+            allow((), 0, deny=403, biologist=404), form=True),
         # a fresh panic-value alert per call; another lab's: the same 404 as an absent one
         ("POST", "/console/alertes/{alert_id}/prise-en-compte"): Case(
             lambda c, r, lab: (f"/console/alertes/{_panic_alert(c, lab)}/prise-en-compte",
@@ -760,6 +770,9 @@ def _workflow_id_routes(c: Ctx) -> dict[tuple[str, str], list[Req]]:
         ("POST", "/console/demandes/{order_id}/conclusion"): [
             (f"/console/demandes/{published.order_id}/conclusion",
              {"conclusion": "RAS", "reason": "relecture"})],
+        ("POST", "/console/demandes/{order_id}/correction"): [
+            (f"/console/demandes/{published.order_id}/correction",
+             {"observation_id": obs, "value": "12,0", "reason": "typo"})],
     }
 
 

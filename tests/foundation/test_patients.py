@@ -7,7 +7,7 @@ import json
 import pytest
 
 from labvault.domain.actors import Actor
-from labvault.errors import AccessDenied, InvalidRecord, NotFound
+from labvault.errors import AccessDenied, InvalidField, InvalidRecord, NotFound
 from labvault.services.app import Labvault
 from labvault.synthetic import people
 from tests.foundation.conftest import Cli, synthetic, write_ndjson
@@ -59,6 +59,27 @@ def test_find_criteria_combine_with_and(sqlite_cli: Cli) -> None:
     r = cli.user_error("patient", "find", "--tenant", tenant, "--nir", a["nir"],
                        "--birth-name", a["birth_name"])
     assert "birth name, first name and birth date go together" in r.stderr
+
+
+def test_a_registration_sent_twice_is_refused_not_duplicated(lv: Labvault, operator: Actor,
+                                                             tenant_id: str) -> None:
+    """QA lab 5: the reception desk's form sent twice (a double click, a page sent again)
+    registered the same person twice under one NIR -- two records whose results would
+    split between them; HL7 updates already kept one NIR to one patient. Registration and
+    update now refuse a NIR (or INS) another patient of the laboratory has, naming it."""
+    p = {k: v for k, v in _one().items() if k != "external_id"}    # typed at the desk
+    assert p["nir"]
+    pid = lv.patients.register(operator, tenant_id, p)
+    with pytest.raises(InvalidField) as exc:
+        lv.patients.register(operator, tenant_id, p)
+    assert exc.value.field == "nir" and "already registered" in exc.value.rule
+    assert lv.patients.find(operator, tenant_id, nir=str(p["nir"])) == [pid]
+    other = lv.patients.register(operator, tenant_id,
+                                 {k: v for k, v in _one(2).items() if k != "external_id"})
+    with pytest.raises(InvalidField):            # nor given to another patient by an update
+        lv.patients.update(operator, other, p)
+    lv.patients.update(operator, pid, {**p, "email": "nouvelle.adresse@example.org"})
+    assert lv.patients.find(operator, tenant_id, nir=str(p["nir"])) == [pid]
 
 
 def test_staff_denied_by_default(lv: Labvault, operator: Actor, tenant_id: str) -> None:

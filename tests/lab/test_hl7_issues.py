@@ -132,3 +132,27 @@ def test_cli_code_pairs() -> None:
         _codes(["2345-7", "2093-3"])
     with pytest.raises(UserError):
         _codes(["GLUX="])
+
+
+def test_the_queue_listing_says_whose_results_and_which(
+        h: Hl7Handler, lab_lv: Labvault, tenant_id: str, operator: Actor, paul: str) -> None:
+    """QA lab 7: `hl7-issues list` printed an id, a kind and a reason: nothing to find the
+    patient by, nor which results wait -- the person working the queue had to read the
+    JSON. Each issue now says the patient (its id, or the name, birth date and sex as
+    sent) and its results."""
+    from labvault.cli.lab import issue_lines
+    h.handle(hl7("R6", "PID|1||MRN-TYPO^^^H^PI||LEGRAND^Paul||19550102|M",
+                 "OBR|1|PR6||2823-3^K^LN|||20260304080000",
+                 "OBX|1|NM|2823-3^K^LN||7.4|mmol/L||HH|||F"))
+    lines = issue_lines(only_issue(lab_lv, tenant_id, operator))
+    assert "unknown-patient" in lines[0]
+    assert lines[1].strip() == ("patient as sent: LEGRAND Paul, born 1955-01-02, sex M "
+                                "(labvault patient find ...)")
+    assert lines[2].strip() == "result 2823-3 (K): 7.4 mmol/L [HH]"
+    h.handle(hl7("R7", PID_PAUL, "OBR|1|PR7||718-7^Hb^LN|||20260304080000",
+                 "OBX|1|NM|XYZ1^Mystery^L||3|U/L|||||F"))
+    (known,) = [i for i in lab_lv.lab.messages.list_issues(operator, tenant_id)
+                if i["kind"] == "unknown-code"]
+    lines = issue_lines(known)
+    assert lines[1].strip() == f"patient: {paul}"
+    assert lines[2].strip() == "result XYZ1 (Mystery): 3 U/L"

@@ -140,7 +140,9 @@ def test_property_one_alert_per_distinct_observation_value(
             if a["status"] == "open":
                 from labvault.store import repositories_guard as grepo
                 grepo.ack_alert(conn, tenant_id, a["id"], "acc_test", lv.now())
-    pid = lv.patients.register(operator, tenant_id, patient_data(seed=60))
+    person = patient_data(seed=60)      # one patient for every example (one NIR, one record)
+    pid = (lv.patients.find(operator, tenant_id, nir=str(person["nir"]))
+           or [lv.patients.register(operator, tenant_id, person)])[0]
     orders = [_order(lv, operator, tenant_id, pid) for _ in range(4)]
     seen: dict[tuple[str, str], int] = {}
     for k, value in entries:

@@ -25,7 +25,8 @@ PROTECTED_GET = ["/", "/portail", "/portail/acces", "/portail/donnees.json",
 PROTECTED_POST = ["/logout", "/portail/effacement", "/console/recherche", "/console/validation",
                   "/console/validation/ord_x", "/console/alertes/al_x/prise-en-compte",
                   "/console/technique/ord_x", "/console/demandes/ord_x/refus",
-                  "/console/diffusion/ord_x", "/console/demandes/ord_x/conclusion"]
+                  "/console/diffusion/ord_x", "/console/demandes/ord_x/conclusion",
+                  "/console/demandes/ord_x/correction"]
 
 
 def test_every_web_route_is_listed_here() -> None:

@@ -161,11 +161,39 @@ def issues_list(tenant: str = typer.Option(..., "--tenant", help="Laboratory id.
 
     def human() -> None:
         for i in items:
-            out_console.print(f"{i['id']}  {i['status']:9} {i['kind']:16} {i.get('reason', '')}",
-                              highlight=False)
+            for line in issue_lines(i):
+                out_console.print(line, highlight=False)
         if not items:
             out_console.print("no import issue")
     emit(items, as_json, human)
+
+
+def issue_lines(issue: dict[str, object]) -> list[str]:
+    """One import issue as the person working the queue reads it: what and why, whose
+    results (the patient's id, or the name, birth date and sex the sender gave: what to
+    look the patient up by) and which results (test, value, unit, the sender's flag)."""
+    lines = [f"{issue['id']}  {issue['status']:9} {issue['kind']:16} {issue.get('reason', '')}"]
+    sent = issue.get("patient")
+    summary = sent.get("summary") if isinstance(sent, dict) else None
+    if issue.get("patient_id"):
+        lines.append(f"    patient: {issue['patient_id']}")
+    elif isinstance(summary, dict) and any(summary.values()):
+        born = str(summary.get("birth_date") or "")
+        born = f"{born[:4]}-{born[4:6]}-{born[6:8]}" if len(born) == 8 else born or "?"
+        lines.append(f"    patient as sent: {summary.get('name') or '?'}, born {born}, "
+                     f"sex {summary.get('sex') or '?'} (labvault patient find ...)")
+    results = issue.get("results")
+    for r in results if isinstance(results, list) else ():
+        if not isinstance(r, dict):
+            continue
+        coded: dict[str, object] = r["coded"] if isinstance(r.get("coded"), dict) else {}
+        value = (r.get("numeric") or coded.get("display") or coded.get("code")
+                 or r.get("text") or "")
+        name = f" ({r['display']})" if r.get("display") else ""
+        flag = f" [{r['flags']}]" if r.get("flags") else ""
+        lines.append(f"    result {r.get('code')}{name}: {value} {r.get('unit') or ''}".rstrip()
+                     + flag)
+    return lines
 
 
 @issues_app.command("resolve")

@@ -218,9 +218,18 @@ class OrderView:
     # requested tests as people read them (LOINC code -> ``Catalogue.name_of``)
     test_names: Mapping[str, str] = field(default_factory=dict)
 
+    # the patient's sex and birth date as the order keeps them (ReportView's)
+    patient_sex: str | None = None
+    patient_birth_date: date | None = None
+
     def test_name(self, code: str) -> str:
         """A requested test's name as people read it (the code if the catalogue lacks it)."""
         return self.test_names.get(code, code)
+
+    @property
+    def collected_at(self) -> datetime | None:
+        """When the order's first specimen was collected (None: none received)."""
+        return min((s.specimen.collected_at for s in self.specimens), default=None)
 
     def as_json(self) -> dict[str, Any]:
         return {"id": self.order_id, "report_id": self.report_id, "patient_id": self.patient_id,
@@ -280,6 +289,15 @@ class ReportView:
     # who ordered these tests ({"name", "rpps"}): the doctor the report is for, not the
     # patient record's usual prescriber
     prescriber: Mapping[str, Any] | None = None
+    priority: L.Priority = L.Priority.ROUTINE
+    # the patient's sex and birth date as the order keeps them (sealed with it, read when
+    # it was created): what chose the reference ranges, for staff pages to say whom for
+    patient_sex: str | None = None
+    patient_birth_date: date | None = None
+    # results entered again before validation (an analyser's rerun, a typing error): the
+    # values they replaced, when, oldest first, by result id -- for the laboratory's
+    # staff, who validate what changed (the patient's portal and PDF never show them)
+    reentries: Mapping[str, Sequence[Correction]] = field(default_factory=dict)
     # ORU^R01 messages queued for the prescriber's or hospital's system by the call that
     # returned this view (publication, revised conclusion): 0 when no destination matched
     queued: int = 0
@@ -307,8 +325,9 @@ class ReportView:
         return any(c.at > self.conclusion_at for cs in self.corrections.values() for c in cs)
 
     def as_json(self, staff_names: bool = True) -> dict[str, Any]:
-        """``staff_names=False``: without the names of the staff who took each step (the
-        patient's own download: the portal never names staff)."""
+        """``staff_names=False``: without the names of the staff who took each step nor
+        the values re-entered before validation (the patient's own download: the portal
+        never names staff, and shows what was validated)."""
         return {"id": self.report_id, "order_id": self.order_id, "patient_id": self.patient_id,
                 "status": self.status, "order_status": self.order_status.value,
                 "created_at": self.created_at.isoformat(),
@@ -323,7 +342,10 @@ class ReportView:
                 "corrections": {k: [c.as_json() for c in cs]
                                 for k, cs in self.corrections.items()},
                 "conclusion_revisions": [r.as_json() for r in self.conclusion_revisions],
-                "prescriber": dict(self.prescriber) if self.prescriber else None}
+                "prescriber": dict(self.prescriber) if self.prescriber else None,
+                **({"reentries": {k: [c.as_json() for c in cs]
+                                  for k, cs in self.reentries.items()}}
+                   if staff_names else {})}
 
 
 @dataclass(frozen=True)
@@ -1491,7 +1513,8 @@ class LabService:
                          order.row["created_at"], order.row["updated_at"],
                          L.ServiceRequest.parse({k: v for k, v in req.items() if v is not None}),
                          self._steps(order.workflow), specimens,
-                         self._test_names(conn, order.tenant_id, req.get("tests", ())))
+                         self._test_names(conn, order.tenant_id, req.get("tests", ())),
+                         order.sex, order.birth_date)
 
     def _test_names(self, conn: Connection, tenant_id: str,
                     codes: Iterable[str]) -> dict[str, str]:
@@ -1539,31 +1562,40 @@ class LabService:
         steps = self._steps(order.workflow)
         concl_at = payload.get("conclusion_at")
         bio = steps.get("biological")
+        changes = self._changes(conn, order, obs)
         return ReportView(
             rep["report_id"], order.order_id, order.patient_id, order.tenant_id,
             rep["status"], order.status, rep["created_at"], rep["updated_at"],
             rep["issued_at"], payload.get("conclusion"), obs, steps,
             tuple(order.request.get("tests", ())),
             self._missing(conn, order, [o.observation for o in obs if o.status != "cancelled"]),
-            {o.observation_id: self._corrections(conn, order, o.observation_id)
+            {o.observation_id: changes.get(o.observation_id, {}).get("amended", [])
              for o in obs if o.status == "amended"},
             [ConclusionRevision(datetime.fromisoformat(r["at"]), r.get("reason"),
                                 r.get("previous"))
              for r in payload.get("conclusion_revisions", ())],
             datetime.fromisoformat(concl_at) if concl_at else (bio.at if bio else None),
             self._specimen_views(conn, order),
-            order.request.get("prescriber"))
+            order.request.get("prescriber"), L.Priority(order.row["priority"]),
+            order.sex, order.birth_date,
+            {oid: c["re-entered"] for oid, c in changes.items() if c.get("re-entered")})
 
-    def _corrections(self, conn: Connection, order: _Order,
-                     observation_id: str) -> list[Correction]:
-        """The amendments of a published result, oldest first, from its history."""
-        out = []
-        for h in lrepo.history(conn, order.tenant_id, observation_id):
-            p = self._open(order.dek, order.tenant_id, "lab_observation_history",
-                           "change_sealed", h["history_id"], h["change_sealed"])
-            if p["change"] == "amended" and p.get("previous"):
-                out.append(Correction(_utc(h["changed_at"]), p.get("reason"),
-                                      L.Observation.from_json(p["previous"])))
+    def _changes(self, conn: Connection, order: _Order,
+                 obs: Sequence[ObservationView]) -> dict[str, dict[str, list[Correction]]]:
+        """The results' changes that replaced a value (amended after publication,
+        re-entered before validation), by result id then kind, oldest first, from their
+        history: only results past their first revision have any."""
+        out: dict[str, dict[str, list[Correction]]] = {}
+        for o in obs:
+            if o.revision < 2:
+                continue
+            for h in lrepo.history(conn, order.tenant_id, o.observation_id):
+                p = self._open(order.dek, order.tenant_id, "lab_observation_history",
+                               "change_sealed", h["history_id"], h["change_sealed"])
+                if p["change"] in ("amended", "re-entered") and p.get("previous"):
+                    out.setdefault(o.observation_id, {}).setdefault(p["change"], []).append(
+                        Correction(_utc(h["changed_at"]), p.get("reason"),
+                                   L.Observation.from_json(p["previous"])))
         return out
 
     def get_order(self, actor: Actor, order_id: str, purpose: str = CARE,
@@ -1790,12 +1822,23 @@ class LabService:
 
     def list_reports(self, actor: Actor, tenant_id: str, patient_id: str | None = None,
                      status: str | None = None, limit: int = 200,
-                     purpose: str = CARE) -> list[ReportView]:
+                     purpose: str = CARE, order_status: str | None = None,
+                     urgent_first: bool = False) -> list[ReportView]:
+        """Reports, oldest first. ``status``: the report's (FHIR) status; ``order_status``:
+        the step its order is at (a worklist: ``technically-validated``...), filtered in
+        the query, so that ``limit`` counts only those -- "final" reports are the
+        published ones too, and a page keeping the validated ones out of the first 200
+        would show none once 200 were published. ``urgent_first``: stat, then urgent
+        orders first."""
         self._scope(actor, tenant_id, "laboratory")
+        order_statuses = _order_filter(actor)
+        if order_status is not None:
+            step = L.OrderStatus(order_status).value
+            order_statuses = [step] if order_statuses is None or step in order_statuses else []
         with self.lv.begin() as conn:
-            rows = lrepo.reports(conn, tenant_id, patient_id=patient_id,
-                                 statuses=[status] if status else None, limit=limit,
-                                 order_statuses=_order_filter(actor))
+            rows = [] if order_statuses == [] else lrepo.reports(
+                conn, tenant_id, patient_id=patient_id, statuses=[status] if status else None,
+                limit=limit, order_statuses=order_statuses, urgent_first=urgent_first)
             if not rows:
                 return []
             self._check(conn, actor, Action.READ, tenant_id, "report",

@@ -760,7 +760,14 @@ class MessageService:
         """Whether a value of ``results`` is beyond a panic limit of the catalogue, whoever
         the patient is (panic limits do not depend on sex or age). Only a number in the
         catalogue's own unit is judged: another unit says nothing sure."""
-        cat = self.lab._catalogue(ctx.conn, ctx.tenant_id)
+        return bool(self._panic_values(ctx.conn, ctx.tenant_id, results))
+
+    def _panic_values(self, conn: Connection, tenant_id: str,
+                      results: Sequence[I.InboundResult]) -> list[dict[str, Any]]:
+        """The values of ``results`` beyond a panic limit (``_holds_panic_value``), each
+        as a page shows it: test, value as sent, the catalogue's unit, flag."""
+        cat = self.lab._catalogue(conn, tenant_id)
+        out = []
         for r in results:
             test = self._resolve_code(cat, r.code, r.code_system)
             if (test is None or r.numeric is None or not r.unit or not test.unit
@@ -771,8 +778,32 @@ class MessageService:
             except (InvalidField, InvalidRecord):
                 continue
             if flag is not None and flag.is_panic:
-                return True
-        return False
+                out.append({"code": test.code, "test": test.name, "value": r.numeric,
+                            "unit": test.unit, "flag": flag.value})
+        return out
+
+    def get_issue(self, actor: Actor, issue_id: str) -> dict[str, Any]:
+        """One import issue of the actor's laboratory (open or not), opened through the
+        gate like ``list_issues`` (a read of ``import-issue``, audited), with
+        ``panic_values``: its values beyond a panic limit -- what a biologist phones in
+        before anyone resolves the issue. Another laboratory's issue answers as an
+        absent one."""
+        with self.lv.begin() as conn:
+            row = lrepo.issue(conn, issue_id)
+            if row is None:
+                raise absent("import-issue")
+            self.lab._scope(actor, row["tenant_id"], "import-issue")
+            tid = row["tenant_id"]
+            self.lv.gate.check(conn, Access(actor, Action.READ, tid, CLINICAL,
+                                            resource="import-issue",
+                                            patient_ids=(row["patient_id"],)
+                                            if row["patient_id"] else ()))
+            payload = self._open_issue(conn, row)
+            results = [I.InboundResult.from_json(r) for r in payload.get("results") or ()]
+            return {"id": row["issue_id"], "kind": row["kind"], "status": row["status"],
+                    "patient_id": row["patient_id"], "message_id": row["message_id"],
+                    "created_at": row["created_at"], "resolved_at": row["resolved_at"],
+                    **payload, "panic_values": self._panic_values(conn, tid, results)}
 
     def _seal_issue(self, conn: Connection, tenant_id: str, patient_id: str | None,
                     issue_id: str, column: str, payload: Mapping[str, Any]) -> bytes:

@@ -166,14 +166,7 @@ class PatientService:
         lv = self.lv
         with lv.begin() as conn:
             lv.load_tenant_keys(conn, tenant_id)
-            if rec.external_id:
-                idx = repo.current_key_version(conn, tenant_id, "index")
-                assert idx is not None
-                d = bi.digest(lv.keyring.blind_index_key(tenant_id, idx), bi.EXTERNAL_ID,
-                              rec.external_id)
-                if repo.find_by_digest(conn, tenant_id, bi.EXTERNAL_ID, d):
-                    raise InvalidField("external_id", "a patient with this external_id exists",
-                                       "search for the existing patient instead")
+            self._identifiers_free(conn, tenant_id, rec)
             # the id is drawn first so that the decision (its audit entry) names the patient
             # registered: "who saw my record" starts with who created it
             patient_id = new_id("pt")
@@ -321,6 +314,29 @@ class PatientService:
         return [self._prepare(conn, access, tenant_id, rec, n, versions, indexer)
                 for n, rec in todo]
 
+    def _identifiers_free(self, conn: Connection, tenant_id: str, rec: PatientRecord,
+                          patient_id: str | None = None) -> None:
+        """Never two patients of a laboratory with one NIR (or INS) or one external id
+        (as HL7 updates, docs/hl7.md): a registration sent twice -- a double click at the
+        desk, a form sent again -- would otherwise make a second record of the same
+        person, whose results then split between the two. ``patient_id``: the patient
+        being updated (its own identifiers are free for it)."""
+        idx = repo.current_key_version(conn, tenant_id, "index")
+        assert idx is not None
+        key = self.lv.keyring.blind_index_key(tenant_id, idx)
+        for kind, value in indexing.index_values(rec):
+            if kind not in (bi.NIR, bi.EXTERNAL_ID):
+                continue
+            owners = repo.find_by_digest(conn, tenant_id, kind, bi.digest(key, kind, value))
+            if any(o != patient_id for o in owners):
+                if kind == bi.EXTERNAL_ID:
+                    raise InvalidField("external_id", "a patient with this external_id exists",
+                                       "search for the existing patient instead")
+                field_ = "nir" if rec.nir and bi.normalise_nir(rec.nir) == value else "ins"
+                raise InvalidField(field_, "a patient with this NIR is already registered in "
+                                   "this laboratory", "search for the existing patient by its "
+                                   "NIR and use that record (or correct the NIR)")
+
     def update(self, actor: Actor, patient_id: str, data: object) -> None:
         """Replace a patient's record (same shape as registration); the data key is kept."""
         rec = data if isinstance(data, PatientRecord) else PatientRecord.parse(data)
@@ -329,6 +345,8 @@ class PatientService:
             tenant_id = self._tenant_of(conn, actor, patient_id, lock=True)
             access = Access(actor, Action.WRITE, tenant_id, ALL, patient_ids=(patient_id,))
             lv.gate.check(conn, access)
+            lv.load_tenant_keys(conn, tenant_id)
+            self._identifiers_free(conn, tenant_id, rec, patient_id)
             dek = lv.gate._dek(conn, tenant_id, patient_id)
             blobs = lv.gate.seal_patient(conn, access, dek, patient_id, rec.categories())
             repo.update_patient_blobs(conn, tenant_id, patient_id, blobs)

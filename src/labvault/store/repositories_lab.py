@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, func, insert, select, update
+from sqlalchemy import and_, bindparam, case, func, insert, select, update
 from sqlalchemy.engine import Connection
 
 from labvault.store.driver_sql import (
@@ -146,16 +146,28 @@ def _of_orders_in(q: Any, table: Any, order_statuses: Sequence[str] | None) -> A
         lab_orders.c.status.in_(list(order_statuses)))
 
 
+# a worklist's order: stat, then urgent, then routine (the column's words sort otherwise)
+_URGENCY = case({"stat": 0, "urgent": 1}, value=lab_orders.c.priority, else_=2)
+
+
 def reports(conn: Connection, tenant_id: str, *, patient_id: str | None = None,
             statuses: Sequence[str] | None = None, limit: int = 200,
-            order_statuses: Sequence[str] | None = None) -> list[dict[str, Any]]:
+            order_statuses: Sequence[str] | None = None,
+            urgent_first: bool = False) -> list[dict[str, Any]]:
+    """Reports, oldest first; ``order_statuses``: only those whose order is at one of
+    these steps (filtered in the query, so that ``limit`` counts only them);
+    ``urgent_first``: a worklist's order, stat then urgent orders first."""
     q = select(lab_reports).where(lab_reports.c.tenant_id == tenant_id)
     if patient_id:
         q = q.where(lab_reports.c.patient_id == patient_id)
     if statuses:
         q = q.where(lab_reports.c.status.in_(list(statuses)))
+    if urgent_first and order_statuses is None:
+        q = q.join(lab_orders, and_(lab_orders.c.tenant_id == lab_reports.c.tenant_id,
+                                    lab_orders.c.order_id == lab_reports.c.order_id))
     q = _of_orders_in(q, lab_reports, order_statuses)
-    q = q.order_by(lab_reports.c.created_at, lab_reports.c.report_id).limit(limit)
+    first_ = (_URGENCY,) if urgent_first else ()
+    q = q.order_by(*first_, lab_reports.c.created_at, lab_reports.c.report_id).limit(limit)
     return [dict(r) for r in conn.execute(q).mappings()]
 
 

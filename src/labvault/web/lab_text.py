@@ -4,9 +4,10 @@ laboratory says them — what is missing, who did it already and when, what to d
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
-from labvault.errors import UserError
+from labvault.errors import AccessDenied, InvalidField, NotFound, UserError
 from labvault.services.lab import (
     IncompleteOrder,
     ReportNotPublished,
@@ -88,9 +89,30 @@ def conflict_fr(exc: WorkflowConflict, user_id: str | None) -> tuple[str, str]:
     return message.format(by=by), hint
 
 
-def french(exc: UserError, user_id: str | None) -> tuple[str, str] | None:
+# what the services answer for an id that does not exist (or is another laboratory's:
+# the same words), as the console says it
+_ABSENT_FR: Mapping[str, tuple[str, str]] = {
+    "no such patient": ("ce patient n'existe pas dans votre laboratoire",
+                        "recherchez-le (« Recherche de patient »)"),
+    "no such order": ("cette demande n'existe pas dans votre laboratoire",
+                      "revenez à la liste et rechargez-la"),
+    "no such report": ("ce compte rendu n'existe pas dans votre laboratoire",
+                       "revenez au dossier du patient"),
+    "no such observation": ("ce résultat n'existe pas dans votre laboratoire",
+                            "revenez à la liste et rechargez-la"),
+    "no such specimen": ("ce prélèvement n'existe pas dans votre laboratoire",
+                         "revenez à la liste et rechargez-la"),
+}
+# the console's form fields, as their labels say them
+_FIELD_FR: Mapping[str, str] = {"reason": "motif de la correction", "conclusion": "conclusion",
+                                "comment": "commentaire", "value": "valeur corrigée"}
+
+
+def french(exc: UserError, user_id: str | None,
+           console: bool = True) -> tuple[str, str] | None:
     """The console's (message, hint) for the errors of the workflow and of the forms;
-    None: the error's own words."""
+    None: the error's own words. ``console``: a staff page (an absent record, a form
+    field, the gate's refusal are said in the laboratory's words there)."""
     if isinstance(exc, WorkflowConflict):
         return conflict_fr(exc, user_id)
     if isinstance(exc, ResultsChanged):
@@ -107,6 +129,22 @@ def french(exc: UserError, user_id: str | None) -> tuple[str, str] | None:
     if isinstance(exc, CsrfRefused):
         return ("le formulaire a expiré ou ne vient pas de labvault : rechargez la page",
                 "rechargez la page, puis renvoyez le formulaire")
+    if not console:
+        return None
+    if isinstance(exc, NotFound) and exc.message in _ABSENT_FR:
+        return _ABSENT_FR[exc.message]
+    if isinstance(exc, InvalidField) and exc.field in _FIELD_FR:
+        name = _FIELD_FR[exc.field]
+        if exc.rule == "is required":
+            return (f"le champ « {name} » est obligatoire",
+                    "revenez en arrière, complétez-le, puis renvoyez le formulaire")
+        longer = re.fullmatch(r"is longer than (\d+) characters", exc.rule)
+        return (f"le champ « {name} » "
+                + (f"dépasse {longer.group(1)} caractères" if longer else "n'est pas valable"),
+                "revenez en arrière, corrigez-le, puis renvoyez le formulaire")
+    if type(exc) is AccessDenied and exc.message == "not allowed":      # the gate's refusal
+        return ("votre fonction ne permet pas cette action sur ce dossier (refus enregistré)",
+                "si votre travail le demande, voyez l'administrateur du laboratoire")
     return None
 
 

@@ -62,6 +62,47 @@ SPECIMEN_FR = {"BLD": "sang total", "SER": "sérum", "PLAS": "plasma", "UR": "ur
                "BLDCAP": "sang capillaire"}
 
 
+# an order's priority as the worklists mark it (routine: no mark)
+PRIORITY_FR = {"stat": "très urgent", "urgent": "urgent"}
+
+
+def months_between(birth: date, at: date) -> int:
+    """Completed months of life at ``at``."""
+    return (at.year - birth.year) * 12 + at.month - birth.month - (1 if at.day < birth.day
+                                                                   else 0)
+
+
+def age_fr(birth: date | None, at: datetime | date | None) -> str:
+    """The patient's age as a laboratory says it: days for a newborn, months up to two
+    years, then completed years ("3 semaines" is said "21 jours")."""
+    if birth is None:
+        return "âge inconnu"
+    if at is None:
+        when = datetime.now(PARIS).date()
+    elif isinstance(at, datetime):       # its Paris day (a naive time is UTC)
+        when = (at if at.tzinfo else at.replace(tzinfo=UTC)).astimezone(PARIS).date()
+    else:
+        when = at
+    from labvault.domain.lab import age_years
+    months = months_between(birth, when)
+    if months < 1:
+        days = max((when - birth).days, 0)
+        return f"{days} jour{'s' if days > 1 else ''}"
+    if months < 24:
+        return f"{months} mois"
+    years = int(age_years(birth, when) or 0)
+    return f"{years} ans"
+
+
+def patient_fr(report: Any) -> str:
+    """Whom a report's reference ranges were chosen for: sex and age at collection, from
+    what the order keeps (no read of the patient's record)."""
+    sex = {"F": "sexe féminin", "M": "sexe masculin"}.get(report.patient_sex or "",
+                                                            "sexe non renseigné")
+    at = report.collected_at or report.created_at
+    return f"{sex}, {age_fr(report.patient_birth_date, at)}"
+
+
 CATEGORY_FIELDS = {
     "identity": ("birth_name", "used_name", "first_names", "birth_date", "sex",
                  "birth_place_insee", "nir", "ins", "external_id"),
@@ -83,6 +124,11 @@ KIND_FR = {"budget.exceeded": "quota de lecture dépassé (compte suspendu)",
            "erasure-request": "demande d'effacement d'un patient",
            "delivery-failed": "compte rendu non remis au système du prescripteur",
            "retention.mass_erasure": "purge de conservation bloquée : trop de dossiers à effacer"}
+# import issues (docs/hl7.md): why an analyser's results wait in the queue
+ISSUE_KIND_FR = {"unknown-patient": "patient non reconnu", "unknown-code": "code d'analyse inconnu",
+                 "invalid-value": "valeur ou unité non reconnue",
+                 "order-closed": "demande déjà validée : une correction est nécessaire",
+                 "reused-control-id": "numéro de message déjà utilisé"}
 SEVERITY_FR = {"info": "information", "low": "faible", "medium": "moyenne", "high": "élevée",
                "critical": "critique"}
 ALERT_STATUS_FR = {"open": "ouverte", "acked": "prise en compte"}
@@ -109,6 +155,16 @@ def fr_datetime(value: object) -> str:
     return "" if value is None else str(value)
 
 
+def hl7_date_fr(value: object) -> str:
+    """A date as an HL7 message sent it (``YYYYMMDD``), the French way; anything else as
+    sent (it was not checked: it is what the sender wrote)."""
+    text = str(value or "")
+    try:
+        return date(int(text[:4]), int(text[4:6]), int(text[6:8])).strftime("%d/%m/%Y")
+    except ValueError:
+        return text
+
+
 def fr_date(value: object) -> str:
     if isinstance(value, str):
         try:
@@ -131,12 +187,29 @@ def field_value(name: str, value: object) -> str:
         return fr_date(value)
     if name == "sex":
         return {"F": "féminin", "M": "masculin"}.get(str(value), str(value))
+    if name == "phone":
+        return phone_fr(str(value))
     if name == "address" and isinstance(value, Mapping):
         return f"{value.get('line', '')}, {value.get('postal_code', '')} {value.get('city', '')}"
     if name == "prescriber" and isinstance(value, Mapping):
         rpps = f" (RPPS {value['rpps']})" if value.get("rpps") else ""
         return f"{value.get('name', '')}{rpps}"
     return str(value)
+
+
+def phone_fr(value: str) -> str:
+    """A phone number as people write it: a French one in the national format ("06 12 34
+    56 78"), another country's in the international one ("+41 22 345 67 89"); stored
+    E.164 ("+33612345678")."""
+    import phonenumbers
+    try:
+        n = phonenumbers.parse(value, "FR")
+    except phonenumbers.NumberParseException:
+        return value
+    fmt = (phonenumbers.PhoneNumberFormat.NATIONAL if phonenumbers.region_code_for_number(n)
+           in ("FR", "GP", "MQ", "GF", "RE", "YT", "PM", "BL", "MF")
+           else phonenumbers.PhoneNumberFormat.INTERNATIONAL)
+    return phonenumbers.format_number(n, fmt)
 
 
 def who_fr(row: Mapping[str, Any]) -> str:
@@ -209,6 +282,33 @@ def result_value(obs: Any) -> str:
     return people(obs.value_display())
 
 
+_SUPERSCRIPT = str.maketrans("0123456789-", "⁰¹²³⁴⁵⁶⁷⁸⁹⁻")
+
+
+def unit_print(unit: object) -> str:
+    """A UCUM unit as a report prints it (what is stored is unchanged): ``10*9/L`` is
+    10⁹/L, the micro prefix ``u`` is µ (``umol/L``: µmol/L), ``[IU]`` is the French UI
+    (``m[IU]/L``: mUI/L); a unit that is only an annotation (``{INR}``, ``{ratio}``) says
+    what the number is, not a unit: nothing is printed; an annotation inside a unit is
+    printed without its braces."""
+    u = str(unit or "")
+    if re.fullmatch(r"\{[^}]*\}", u):
+        return ""
+    u = re.sub(r"\{([^}]*)\}", lambda m: m.group(1).replace("_", " "), u)
+    u = re.sub(r"10[*^](-?\d+)", lambda m: "10" + m.group(1).translate(_SUPERSCRIPT), u)
+    u = u.replace("[IU]", "UI").replace("[iU]", "UI")
+    return re.sub(r"(^|[/.(])u(?=[a-zA-Z])", lambda m: m.group(1) + "µ", u)
+
+
+def range_print(obs: Any) -> str:
+    """A result's reference range as pages print it: French decimals, comparators as
+    signs, and its unit (the range ends with it) as ``unit_print`` prints it."""
+    text = str(obs.reference_range or "")
+    if obs.unit and text.endswith(" " + obs.unit):
+        return people(text[:-len(obs.unit)]) + unit_print(obs.unit)
+    return people(text)
+
+
 def _env() -> Environment:
     env = Environment(loader=PackageLoader("labvault.web", "templates"),
                       autoescape=select_autoescape(("html",), default=True),
@@ -220,8 +320,12 @@ def _env() -> Environment:
                        category=lambda c: CATEGORY_FR.get(c, c),
                        status=lambda s: STATUS_FR.get(str(s), str(s)),
                        field=lambda f: FIELD_FR.get(f, f), num=number, decimal=decimal,
-                       result=result_value, people=people,
+                       result=result_value, people=people, unit=unit_print,
+                       range=range_print,
                        kind=lambda k: KIND_FR.get(k, k),
+                       priority=lambda p: PRIORITY_FR.get(str(p), ""),
+                       issue_kind=lambda k: ISSUE_KIND_FR.get(k, k), hl7_date=hl7_date_fr,
+                       patient=patient_fr,
                        severity=lambda v: SEVERITY_FR.get(v, v),
                        alert_status=lambda v: ALERT_STATUS_FR.get(v, v))
     from labvault.web import lab_text
@@ -229,7 +333,7 @@ def _env() -> Environment:
                        rejection=lambda r: lab_text.REJECTION_FR.get(r, r),
                        shown=lab_text.shown)
     env.globals.update(field_value=field_value, who_fr=who_fr, CATEGORY_FIELDS=CATEGORY_FIELDS,
-                       REJECTION_FR=lab_text.REJECTION_FR)
+                       REJECTION_FR=lab_text.REJECTION_FR, SPECIMEN_FR=SPECIMEN_FR)
     return env
 
 
@@ -269,7 +373,8 @@ class WebRoute(APIRoute):
             except UserError as exc:
                 from labvault.web.lab_text import french
                 user = getattr(request.state, "web_user", None)
-                message, hint = (french(exc, user.actor.id if user else None)
+                message, hint = (french(exc, user.actor.id if user else None,
+                                        request.url.path.startswith("/console"))
                                  or (exc.message, exc.hint))
                 return error_page(exc.http_status, message, hint, user)
             except RequestValidationError:

@@ -65,6 +65,8 @@ router = APIRouter(route_class=WebRoute, include_in_schema=False)
 LOGIN_CSRF = "labvault_login_csrf"
 _bearer = HTTPBearer(auto_error=False)
 SEARCH_LIMIT = 20
+# orders one worklist page shows (stat and urgent first, then the oldest); more: said so
+WORKLIST_LIMIT = 100
 TEXT = 200
 # the link to a report's PDF in the console (/console/rapports/{id}.pdf)
 DOWNLOAD = "Télécharger le compte rendu (PDF)"
@@ -502,10 +504,21 @@ def bench_worklist(user: User, lv: LV) -> Response:
     """Results entered, waiting for technical validation; specimens received, not analysed
     yet (a non-conforming one is refused from here)."""
     tenant_id = _bench(user)
-    pending = [r for r in lv.lab.list_reports(user.actor, tenant_id, status="preliminary")
-               if r.order_status == L.OrderStatus.PRELIMINARY]
-    received = lv.lab.list_orders(user.actor, tenant_id, status=L.OrderStatus.RECEIVED.value)
-    return html("technique.html", user=user, pending=pending, received=received, staff=True)
+    pending = lv.lab.list_reports(user.actor, tenant_id, limit=WORKLIST_LIMIT + 1,
+                                  order_status=L.OrderStatus.PRELIMINARY.value,
+                                  urgent_first=True)
+    received = lv.lab.list_orders(user.actor, tenant_id, status=L.OrderStatus.RECEIVED.value,
+                                  limit=WORKLIST_LIMIT + 1, specimens=True)
+    more = {"pending": len(pending) > WORKLIST_LIMIT, "received": len(received) > WORKLIST_LIMIT}
+    pending, received = pending[:WORKLIST_LIMIT], _urgent_first(received[:WORKLIST_LIMIT])
+    return html("technique.html", user=user, pending=pending, received=received, staff=True,
+                more=more, limit=WORKLIST_LIMIT)
+
+
+def _urgent_first(orders: list[Any]) -> list[Any]:
+    """Stat, then urgent orders first, each group oldest first (as the lists are read)."""
+    rank = {L.Priority.STAT: 0, L.Priority.URGENT: 1}
+    return sorted(orders, key=lambda o: rank.get(o.priority, 2))
 
 
 @router.post("/console/technique/{order_id}")
@@ -543,16 +556,22 @@ def reject_specimen(request: Request, order_id: str, user: User, lv: LV, csrf: C
 # -- biological validation and publication (the biologist) ---------------------------------------
 def _validation_page(user: WebUser, lv: Labvault, tenant_id: str,
                      done: BulkValidation | None = None) -> Response:
-    reports = lv.lab.list_reports(user.actor, tenant_id, status="preliminary")
-    waiting = [r for r in reports if r.order_status == L.OrderStatus.TECHNICALLY_VALIDATED]
+    waiting = lv.lab.list_reports(user.actor, tenant_id, limit=WORKLIST_LIMIT + 1,
+                                  order_status=L.OrderStatus.TECHNICALLY_VALIDATED.value,
+                                  urgent_first=True)
+    to_publish = lv.lab.list_reports(user.actor, tenant_id, limit=WORKLIST_LIMIT + 1,
+                                     order_status=L.OrderStatus.FINAL.value, urgent_first=True)
+    more = {"waiting": len(waiting) > WORKLIST_LIMIT,
+            "to_publish": len(to_publish) > WORKLIST_LIMIT}
+    waiting, to_publish = waiting[:WORKLIST_LIMIT], to_publish[:WORKLIST_LIMIT]
     rows = [(r, review_reason([o.observation for o in r.observations
                                if o.status != "cancelled"], r.missing)) for r in waiting]
-    to_publish = [r for r in lv.lab.list_reports(user.actor, tenant_id, status="final")
-                  if r.order_status == L.OrderStatus.FINAL]
     labels = {r.order_id: f"Demande du {fr_datetime(r.created_at)}" for r in waiting}
+    gone = [] if done is None else [o for o in done.skipped
+                                    if done.reasons[o].reason == "not-waiting"]
     return html("validation.html", user=user, rows=rows, to_publish=to_publish, done=done,
-                labels=labels, validated=None, staff=True,
-                panics=_open_panics(user, lv, tenant_id))
+                labels=labels, validated=None, staff=True, more=more, limit=WORKLIST_LIMIT,
+                gone=gone, panics=_open_panics(user, lv, tenant_id))
 
 
 @router.get("/console/validation")
@@ -572,13 +591,23 @@ def _open_panics(user: WebUser, lv: Labvault, tenant_id: str) -> list[dict[str, 
     out = []
     for a in lv.alerts.list(user.actor, tenant_id, status="open", limit=200):
         ids = _alert_ids(a)
-        if a["kind"] != "panic-value" or "observation_id" not in ids:
+        if a["kind"] != "panic-value":
             continue
+        obs: Any = None
+        issue: dict[str, Any] | None = None
         try:
-            obs: Any = lv.lab.get_observation(user.actor, ids["observation_id"])
+            if "observation_id" in ids:
+                obs = lv.lab.get_observation(user.actor, ids["observation_id"])
+            elif "issue_id" in ids:
+                # a critical value waiting in the import-issues queue (patient not matched,
+                # order already validated...): the biologist's to phone in now as well
+                issue = lv.lab.messages.get_issue(user.actor, ids["issue_id"])
+            else:
+                continue
         except NotFound:          # the patient was erased since: the alert stays listed
-            obs = None
-        out.append({**a, "ids": ids, "observation": obs, "link": _order_link(ids)})
+            pass
+        out.append({**a, "ids": ids, "observation": obs, "issue": issue,
+                    "link": _order_link(ids)})
     return out
 
 
@@ -662,6 +691,37 @@ def revise_conclusion(request: Request, order_id: str, user: User, lv: LV, csrf:
                                       reason.strip() or None)
     return RedirectResponse(f"/console/patients/{report.patient_id}", status_code=303,
                             headers=NO_STORE)
+
+
+@router.post("/console/demandes/{order_id}/correction")
+def amend_result(request: Request, order_id: str, user: User, lv: LV, csrf: Csrf = "",
+                 observation_id: Annotated[str, Form(max_length=64)] = "",
+                 value: Annotated[str, Form(max_length=TEXT)] = "",
+                 reason: Annotated[str, Form(max_length=2000)] = "") -> Response:
+    """"Corriger un résultat" of a published report (a biologist, with a reason): the
+    same call as ``POST /api/v1/observations/{id}/amendment`` (``lv.lab.amend``) -- the
+    previous value kept in the history and shown with the report, a critical new value
+    alerting at once; the result keeps its test and unit. Then back to the patient's
+    page, which says to send the corrected report to the prescriber."""
+    _biologist(user)
+    _check_csrf(request, user, csrf)
+    if not value.strip():
+        raise UserError("la nouvelle valeur manque", "revenez en arrière, saisissez la valeur "
+                        "corrigée (avec une virgule ou un point), puis renvoyez le formulaire")
+    obs = lv.lab.get_observation(user.actor, observation_id)
+    if obs.order_id != order_id:
+        raise NotFound("ce résultat n'appartient pas à cette demande",
+                       "revenez au dossier du patient et rechargez-le")
+    if obs.observation.kind != L.ValueKind.NUMERIC or obs.status == "cancelled":
+        raise UserError("seul un résultat numérique en vigueur se corrige depuis la console",
+                        "pour un résultat codé ou textuel, utilisez l'API "
+                        "(POST /api/v1/observations/{id}/amendment)")
+    lv.lab.amend(user.actor, obs.observation_id,
+                 {"code": obs.observation.code, "value": value.strip(),
+                  **({"unit": obs.observation.unit} if obs.observation.unit else {})},
+                 reason)
+    return RedirectResponse(f"/console/patients/{obs.patient_id}#{obs.order_id}",
+                            status_code=303, headers=NO_STORE)
 
 
 def _alert_store(user: WebUser, lv: Labvault) -> tuple[str, AlertService, Reach]:
