@@ -178,6 +178,40 @@ def test_publishing_says_when_the_report_was_queued_for_the_prescribers_system(
     assert len(web.lv.delivery.status(op, a.tenant_id, ["pending"])) == 2
 
 
+def test_the_patient_page_says_whether_each_report_reached_the_prescribers_system(
+        web: World, browser: TestClient) -> None:
+    """The patient page told staff, beside every published report, that labvault does not
+    send it to the prescriber, even with a delivery destination taking this prescriber's
+    reports. It now says, per report, that it is queued, received (with when) or not
+    delivered (to be sent by hand), and only without a destination that none is sent."""
+    a, op = web.a, Actor.operator()
+    rpps = str(REQ["prescriber"]["rpps"])  # type: ignore[index]
+    pid = a.patients[0]
+    form_login(browser, web, a.emails["biologist"])
+    token = csrf_in(browser.get("/console").text)
+    first = order(web, a, pid, step="final")
+    browser.post(f"/console/diffusion/{first.order_id}", data={"csrf": token})
+    page = _words(browser.get(f"/console/patients/{pid}").text)
+    assert "aucun envoi automatique n'est prévu pour ce prescripteur" in page
+    web.lv.delivery.add_destination(op, a.tenant_id, "CHU", "127.0.0.1", 2575, [rpps],
+                                    insecure_plaintext=True)
+    second, third = order(web, a, pid, step="final"), order(web, a, pid, step="final")
+    for o in (second, third):
+        browser.post(f"/console/diffusion/{o.order_id}", data={"csrf": token})
+    page = _words(browser.get(f"/console/patients/{pid}").text)
+    assert page.count("en file d'envoi vers le système du prescripteur") == 2
+    due = {d.report_id: d for d in web.lv.delivery.due(a.tenant_id)}
+    assert len(due) == 2
+    got, lost = sorted(due.values(), key=lambda d: d.outbox_id)
+    web.lv.delivery.record(got, "delivered", ack_code="AA")
+    web.lv.delivery.record(lost, "refused", ack_code="AE", error="patient inconnu")
+    page = _words(browser.get(f"/console/patients/{pid}").text)
+    assert "reçu par le système du prescripteur le" in page
+    assert "non remis au système du prescripteur" in page
+    assert "patient inconnu" not in page                     # the error stays in the CLI/alert
+    assert page.count("aucun envoi automatique n'est prévu pour ce prescripteur") == 1
+
+
 def test_patients_find_the_second_factor_page(web: World, browser: TestClient) -> None:
     """Patients may protect their account with a second factor (/mfa), but no page led
     there: the portal's menu now does."""

@@ -328,6 +328,25 @@ class DeliveryService:
                                            subject=f"delivery|{item.outbox_id}")
         return str(values["status"])
 
+    # == what staff see of it =====================================================================
+    def of_reports(self, actor: Actor, tenant_id: str, patient_id: str,
+                   report_ids: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+        """For the console's patient page: where each of the patient's reports stands on
+        its way to the prescriber's system (kind, status, attempts, times; no message, no
+        error text), for staff who may read the patient's reports (gate: resource
+        ``report``, purpose care). Reports with no message are absent: nothing was queued
+        (no destination takes this prescriber's reports)."""
+        with self.lv.begin() as conn:
+            self.lv.gate.check(conn, Access(actor, Action.READ, tenant_id, CLINICAL,
+                                            purpose="care", patient_ids=(patient_id,),
+                                            resource="report"))
+            out: dict[str, list[dict[str, Any]]] = {}
+            for r in drepo.outbox_of_reports(conn, tenant_id, report_ids):
+                out.setdefault(r["report_id"], []).append(
+                    {k: r[k] for k in ("destination_id", "kind", "status", "attempts",
+                                       "created_at", "updated_at", "delivered_at")})
+            return out
+
     # == status ================================================================================
     def status(self, actor: Actor, tenant_id: str, statuses: Sequence[str] = (),
                report_id: str | None = None) -> list[dict[str, Any]]:

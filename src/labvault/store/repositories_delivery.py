@@ -122,6 +122,21 @@ def outbox(conn: Connection, tenant_id: str, statuses: Sequence[str] | None = No
     return [dict(r) for r in conn.execute(q).mappings()]
 
 
+def outbox_of_reports(conn: Connection, tenant_id: str, report_ids: Sequence[str]
+                      ) -> list[dict[str, Any]]:
+    """Where each report's messages stand (clear columns only: no message, no error)."""
+    o = delivery_outbox
+    out: list[dict[str, Any]] = []
+    ids = list(report_ids)
+    for i in range(0, len(ids), 500):
+        q = select(o.c.report_id, o.c.destination_id, o.c.kind, o.c.status, o.c.attempts,
+                   o.c.created_at, o.c.updated_at, o.c.delivered_at).where(
+            o.c.tenant_id == tenant_id, o.c.report_id.in_(ids[i:i + 500])
+        ).order_by(o.c.created_at, o.c.outbox_id)
+        out.extend(dict(r) for r in conn.execute(q).mappings())
+    return out
+
+
 def update_outbox(conn: Connection, tenant_id: str, outbox_id: str, expect_status: str,
                   **values: Any) -> bool:
     """Update one row if it still has ``expect_status`` (two senders never both mark it)."""

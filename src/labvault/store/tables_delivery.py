@@ -67,4 +67,5 @@ delivery_outbox = Table(
     PrimaryKeyConstraint("tenant_id", "outbox_id"),
     Index(None, "status", "next_attempt_at"),
     Index(None, "tenant_id", "status", "created_at"),
+    Index(None, "tenant_id", "report_id"),                # a report's deliveries (console)
 )

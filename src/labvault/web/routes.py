@@ -442,7 +442,12 @@ def console_patient(patient_id: str, user: User, lv: LV) -> Response:
                                     frozenset({Category.CLINICAL}), resource="report",
                                     patient_ids=(record["id"],))):
         reports = lv.lab.list_reports(user.actor, tenant_id, patient_id=record["id"])
-    return html("patient.html", user=user, record=record, reports=reports, staff=True)
+    # whether each published report reached the prescriber's system (delivery), or is the
+    # staff's to send: a biologist must not believe the doctor has it when they do not
+    deliveries = lv.delivery.of_reports(user.actor, tenant_id, record["id"],
+                                        [r.report_id for r in reports]) if reports else {}
+    return html("patient.html", user=user, record=record, reports=reports, staff=True,
+                deliveries=deliveries)
 
 
 @router.get("/console/rapports/{report_id}.pdf")
