@@ -138,6 +138,9 @@ def test_registration_errors_are_said_in_french_and_store_nothing(
     assert f'value="{person["first_names"][0]}' in r.text
     assert f'value="{bad_key}"' in r.text
     assert lv.patients.find(bio, a.tenant_id, email=person["email"]) == []
+    # a NIR too short (python-stdnum calls it a format error): its length is said
+    r = _post(browser, NEW, NEW, {**registration_form(person), "nir": "123"})
+    assert r.status_code == 422 and "15 caractères" in _error_of(r.text, "nir")
     # a NIR that does not agree with the sex
     wrong_sex = {**registration_form(person), "sex": "M" if person["sex"] == "F" else "F"}
     r = _post(browser, NEW, NEW, wrong_sex)

@@ -136,7 +136,9 @@ _RULE_FR: Mapping[str, str] = {
 }
 _NIR_FORMAT_FR: Mapping[str, str] = {
     "length": "doit compter 15 caractères (13 chiffres et la clé de 2 chiffres)",
-    "format": "ne peut contenir que des chiffres (2A ou 2B pour une naissance en Corse)",
+    # python-stdnum checks the characters before the length: "123" is a format error
+    "format": "doit compter 15 caractères, tous des chiffres (sauf 2A ou 2B aux 6e et 7e "
+              "places pour une naissance en Corse)",
 }
 
 
