@@ -236,7 +236,7 @@ def _web_cases() -> dict[tuple[str, str], Case]:
     """The web door (docs/web.md): HTML pages on the same sessions (a bearer token needs no
     CSRF field; cookie sessions do, see tests/web). Anonymous callers are sent to /login
     (303); the portal is for patient accounts, the console for laboratory staff (403)."""
-    from tests.web.helpers import order
+    from tests.web.helpers import ORDER_FORM, order, registration_form
     staff = ("reception", "technician", "biologist", "lab_admin", "dpo")
     readers = ("reception", "technician", "biologist")
 
@@ -275,6 +275,14 @@ def _web_cases() -> dict[tuple[str, str], Case]:
         return (f"/console/demandes/{rep.order_id}/correction",
                 {"observation_id": k, "value": "4,0", "reason": "relecture"})
 
+    def new_patient(c: Ctx, r: str, lab: str) -> Req:      # a new person each call
+        c.n += 1
+        return "/console/nouveau-patient", registration_form(patient_json(700 + c.n, seed=97))
+
+    def new_order(c: Ctx, r: str, lab: str) -> Req:
+        return f"/console/patients/{_patient_target(c, r, lab)}/demande", ORDER_FORM
+
+    desk = ("reception", "biologist")      # the roles the policy lets write patients, orders
     patient_only = allow(("patient",), 200, anon=303)
     return {
         ("GET", "/"): Case(get("/"), everyone(303, 303)),
@@ -350,6 +358,17 @@ def _web_cases() -> dict[tuple[str, str], Case]:
         ("POST", "/console/demandes/{order_id}/correction"): Case(
             correction, allow(("biologist",), 303, anon=303),
             allow((), 0, deny=403, biologist=404), form=True),
+        # the reception desk: registration, and an order with its specimen (docs/web.md)
+        ("GET", "/console/nouveau-patient"): Case(get("/console/nouveau-patient"),
+                                                  allow(desk, 200, anon=303)),
+        ("POST", "/console/nouveau-patient"): Case(new_patient, allow(desk, 200, anon=303),
+                                                   form=True),
+        ("GET", "/console/patients/{patient_id}/demande"): Case(
+            lambda c, r, lab: (f"/console/patients/{_patient_target(c, r, lab)}/demande",
+                               None),
+            allow(desk, 200, anon=303), allow(desk, 404, deny=403)),
+        ("POST", "/console/patients/{patient_id}/demande"): Case(
+            new_order, allow(desk, 200, anon=303), allow(desk, 404, deny=403), form=True),
         # a fresh panic-value alert per call; another lab's: the same 404 as an absent one
         ("POST", "/console/alertes/{alert_id}/prise-en-compte"): Case(
             lambda c, r, lab: (f"/console/alertes/{_panic_alert(c, lab)}/prise-en-compte",
@@ -688,7 +707,7 @@ def _lab_b_fhir(c: Ctx, client: TestClient) -> dict[str, tuple[str, dict[str, An
 def _id_routes(c: Ctx, client: TestClient) -> dict[tuple[str, str], list[Req]]:
     """For each route naming a record: the requests about laboratory B's records (one per
     FHIR type for the FHIR routes); the absent twin of each is derived by ``_absent``."""
-    from tests.web.helpers import order
+    from tests.web.helpers import ORDER_FORM, order
     b = c.w.b
     spec = client.get("/fhir/R4/metadata", headers={
         "Authorization": f"Bearer {c.w.lv.accounts.login(c.email('biologist'), PASSWORD, c.code('biologist')).token}"}).json()  # noqa: E501
@@ -726,6 +745,10 @@ def _id_routes(c: Ctx, client: TestClient) -> dict[tuple[str, str], list[Req]]:
         ("GET", "/portail/rapports/{report_id}.pdf"): [
             (f"/portail/rapports/{order(c.w, b, patient).report_id}.pdf", None)],
         ("GET", "/console/patients/{patient_id}"): [(f"/console/patients/{patient}", None)],
+        ("GET", "/console/patients/{patient_id}/demande"): [
+            (f"/console/patients/{patient}/demande", None)],
+        ("POST", "/console/patients/{patient_id}/demande"): [
+            (f"/console/patients/{patient}/demande", ORDER_FORM)],
         ("GET", "/console/rapports/{report_id}.pdf"): [
             (f"/console/rapports/{order(c.w, b, patient).report_id}.pdf", None)],
         ("POST", "/console/validation/{order_id}"): [

@@ -75,3 +75,25 @@ def analyser_order(w: World, lab: Lab, i: int, *obx: str, control: str = "W1") -
     assert out.ack_code == "AA" and out.patient_id == lab.patients[i], out
     w.lv.lab.validate_technical(w.actor(lab.emails["technician"]), out.order_ids[0])
     return str(out.order_ids[0])
+
+
+def registration_form(p: dict[str, Any]) -> dict[str, str]:
+    """A patient (``patient_json``) as the console's "Nouveau patient" form sends it."""
+    addr, cov, doc = p.get("address") or {}, p.get("coverage") or {}, p.get("prescriber") or {}
+    return {k: v for k, v in {
+        "birth_name": p["birth_name"], "used_name": p.get("used_name") or "",
+        "first_names": ", ".join(p["first_names"]), "birth_date": p["birth_date"],
+        "sex": p["sex"], "nir": p.get("nir") or "", "address_line": addr.get("line", ""),
+        "postal_code": addr.get("postal_code", ""), "city": addr.get("city", ""),
+        "country": addr.get("country", ""), "phone": p.get("phone") or "",
+        "email": p.get("email") or "", "doctor_name": doc.get("name", ""),
+        "doctor_rpps": doc.get("rpps") or "", "amo": cov.get("amo") or "",
+        "amc": cov.get("amc") or "", "member_id": cov.get("member_id") or ""}.items() if v}
+
+
+# the console's "Nouvelle demande" form: two tests, the prescriber, a blood tube taken now
+ORDER_FORM: dict[str, Any] = {
+    "tests": ["718-7", "2823-3"], "prescriber_name": "Dr Hélène Lefèvre",
+    "prescriber_rpps": "10003456786", "priority": "urgent",
+    "clinical_notes": "sous anticoagulant", "collected": "oui", "specimen_type": "BLD",
+    "collected_at": "2026-03-01T08:30"}

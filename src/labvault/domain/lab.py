@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import re
+import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
@@ -322,6 +323,19 @@ class ServiceRequest:
                 "clinical_notes": self.clinical_notes, "placer_number": self.placer_number,
                 "filler_number": self.filler_number,
                 "requested_at": self.requested_at.isoformat() if self.requested_at else None}
+
+
+# the characters of a generated accession number: digits and capitals people cannot misread
+# (no I, L, O, U: Crockford's base 32)
+ACCESSION_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def new_accession_number(day: date) -> str:
+    """A specimen number for a tube labelled at the desk: ``A`` + the day (YYMMDD) + 5
+    random characters (``A260301-7K2QX``: 32⁵ per day, a repeat improbable), short enough
+    to write on a tube by hand."""
+    tail = "".join(secrets.choice(ACCESSION_ALPHABET) for _ in range(5))
+    return f"A{day:%y%m%d}-{tail}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,7 +33,7 @@ from labvault.api.deps import (
 )
 from labvault.domain import lab as L
 from labvault.domain.actors import Actor
-from labvault.domain.categories import Action, Category
+from labvault.domain.categories import PATIENT_CATEGORIES, Action, Category
 from labvault.errors import (
     AccessDenied,
     AuthenticationFailed,
@@ -95,6 +95,9 @@ class WebUser:
     actor: Actor
     csrf: str
     via_cookie: bool
+    # the reception desk's pages, for the roles the policy lets do their actions (menu)
+    may_register: bool = False          # "Nouveau patient": patient write
+    may_order: bool = False             # "Nouvelle demande": order write
 
     @property
     def is_patient(self) -> bool:
@@ -103,6 +106,22 @@ class WebUser:
     @property
     def roles(self) -> frozenset[str]:
         return self.actor.roles
+
+
+# what each desk action writes, as the services ask the gate (patients.register: every
+# category of the record; lab.create_order: the order's clinical data)
+DESK_WRITES: dict[str, frozenset[Category]] = {
+    "patient": frozenset(PATIENT_CATEGORIES), "order": frozenset({Category.CLINICAL})}
+
+
+def may_write(lv: Labvault, actor: Actor, resource: str) -> bool:
+    """Whether the policy lets ``actor`` write ``resource`` in its own laboratory (no
+    decision recorded: which pages and menu entries to offer; the service's call still
+    passes the gate, which decides and audits)."""
+    if actor.kind != "staff" or actor.tenant_id is None:
+        return False
+    return bool(lv.gate.categories_of(Access(actor, Action.WRITE, actor.tenant_id,
+                                             DESK_WRITES[resource], resource=resource)))
 
 
 def portal_of(request: Request) -> PortalService:
@@ -119,7 +138,10 @@ def web_user(request: Request,
 def _as_user(request: Request, creds: HTTPAuthorizationCredentials | None,
              actor: Actor) -> WebUser:
     bearer = creds is not None and creds.scheme.lower() == "bearer" and bool(creds.credentials)
-    user = WebUser(actor, portal_of(request).csrf_token(actor), via_cookie=not bearer)
+    lv: Labvault = request.app.state.lv
+    user = WebUser(actor, portal_of(request).csrf_token(actor), via_cookie=not bearer,
+                   may_register=may_write(lv, actor, "patient"),
+                   may_order=may_write(lv, actor, "order"))
     request.state.web_user = user
     return user
 

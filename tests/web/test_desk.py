@@ -1,0 +1,228 @@
+"""The reception desk on the console (docs/web.md, "Reception desk"): a patient who walks in
+is registered ("Nouveau patient"), then the prescription and the tube collected at the desk
+are recorded from the patient's page ("Nouvelle demande"); the number to write on the tube
+is shown, and the bench and the biologist find the order in their worklists. Every error
+is said in French next to its field, the form comes back filled in, nothing is stored; the
+roles the policy refuses get the console's refusal; another laboratory's patient answers
+like an id that does not exist."""
+
+from __future__ import annotations
+
+import re
+from html import unescape
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from labvault.web.desk import rule_fr
+from tests.access.conftest import World, patient_json
+from tests.web.helpers import ORDER_FORM, csrf_in, form_login, registration_form
+
+NEW = "/console/nouveau-patient"
+ACCESSION = re.compile(r"A\d{6}-[0-9A-HJKMNP-TV-Z]{5}")
+
+
+def _text(r: Any) -> str:
+    return " ".join(unescape(re.sub(r"<[^>]+>", " ", r.text)).split())
+
+
+def _console(browser: TestClient, w: World, role: str) -> None:
+    browser.cookies.clear()
+    assert form_login(browser, w, w.a.emails[role]).status_code == 303
+
+
+def _post(browser: TestClient, page: str, url: str, data: dict[str, Any]) -> Any:
+    """Send a console form as a browser does: with the CSRF token of the page it is on."""
+    form = browser.get(page)
+    assert form.status_code == 200, form.text
+    return browser.post(url, data={**data, "csrf": csrf_in(form.text)})
+
+
+def _error_of(page: str, field: str) -> str:
+    """The error said next to a form input."""
+    m = re.search(rf'<p class="field-error" id="err-{field}">(.*?)</p>', page, re.S)
+    assert m, f"no error next to {field}"
+    return unescape(m.group(1))
+
+
+def _orders(w: World, patient_id: str) -> list[Any]:
+    return w.lv.lab.list_orders(w.actor(w.a.emails["biologist"]), w.a.tenant_id,
+                                patient_id=patient_id, specimens=True)
+
+
+def test_reception_registers_a_patient_and_records_an_order_with_its_tube(
+        web: World, browser: TestClient) -> None:
+    a, lv = web.a, web.lv
+    person = patient_json(801, seed=41)
+    _console(browser, web, "reception")
+    home = browser.get("/console")
+    assert 'href="/console/nouveau-patient"' in home.text       # the menu offers it
+    done = _post(browser, NEW, NEW, registration_form(person))
+    assert done.status_code == 200, _text(done)
+    assert "Patient inscrit" in _text(done)
+    patient_id = re.search(r'href="/console/patients/(pt_[0-9a-z]+)/demande"', done.text)
+    assert patient_id is not None
+    pid = patient_id.group(1)
+    # stored through the service: found by its NIR, with what the form said
+    bio = web.actor(a.emails["biologist"])
+    assert lv.patients.find(bio, a.tenant_id, nir=person["nir"]) == [pid]
+    record = lv.patients.show(bio, pid)
+    assert record["birth_name"] == person["birth_name"]
+    assert record["first_names"] == person["first_names"]
+    assert record["email"] == person["email"].lower()
+    assert record["coverage"]["amo"] == person["coverage"]["amo"]
+    assert record["prescriber"]["rpps"] == person["prescriber"]["rpps"]
+    # the patient's page offers the order form; the desk records the prescription and tube
+    page = browser.get(f"/console/patients/{pid}")
+    assert f'href="/console/patients/{pid}/demande"' in page.text
+    form = browser.get(f"/console/patients/{pid}/demande")
+    assert "Hémoglobine" in form.text and "Potassium" in form.text    # French names
+    assert "<legend>Sang total</legend>" in form.text                 # grouped by tube
+    assert 'for="prescriber_rpps"' in form.text                       # labelled inputs
+    sent = browser.post(f"/console/patients/{pid}/demande",
+                        data={**ORDER_FORM, "csrf": csrf_in(form.text)})
+    assert sent.status_code == 200, _text(sent)
+    text = _text(sent)
+    number = ACCESSION.search(text)
+    assert number, text
+    assert "Demande enregistrée" in text and "Hémoglobine" in text and "urgente" in text
+    assert person["birth_name"].upper() in text
+    (o,) = _orders(web, pid)
+    assert o.status.value == "received" and o.priority.value == "urgent"
+    assert list(o.request.tests) == ["718-7", "2823-3"]
+    assert o.request.prescriber is not None and o.request.prescriber.rpps == "10003456786"
+    assert o.request.clinical_notes == "sous anticoagulant"
+    (spec,) = o.specimens
+    assert spec.specimen.accession_number == number.group(0)
+    assert spec.specimen.type == "BLD"
+    assert spec.specimen.collected_at.isoformat() == "2026-03-01T08:30:00+01:00"  # Paris
+    # the bench and the biologist find it, by its tube number
+    for role in ("technician", "biologist"):
+        _console(browser, web, role)
+        bench = _text(browser.get("/console/technique"))
+        assert f"Prélèvement n° {number.group(0)}" in bench, role
+
+
+def test_a_pre_printed_label_and_an_order_without_tube(web: World, browser: TestClient) -> None:
+    a = web.a
+    pid = a.patients[2]
+    _console(browser, web, "biologist")          # the policy lets biologists do it too
+    page = f"/console/patients/{pid}/demande"
+    r = _post(browser, page, page, {**ORDER_FORM, "accession_number": "ETQ-0042"})
+    assert r.status_code == 200 and "ETQ-0042" in _text(r)
+    r = _post(browser, page, page, {k: v for k, v in ORDER_FORM.items() if k != "collected"})
+    assert r.status_code == 200
+    assert "Aucun prélèvement n'est encore enregistré" in _text(r)
+    numbers = sorted((o.status.value, [s.specimen.accession_number for s in o.specimens])
+                     for o in _orders(web, pid))
+    assert ("received", ["ETQ-0042"]) in numbers and ("registered", []) in numbers
+
+
+def test_registration_errors_are_said_in_french_and_store_nothing(
+        web: World, browser: TestClient) -> None:
+    a, lv = web.a, web.lv
+    bio = web.actor(a.emails["biologist"])
+    _console(browser, web, "reception")
+    person = patient_json(802, seed=41)
+    nir = person["nir"]
+    bad_key = nir[:13] + f"{(int(nir[13:]) % 97) + 1:02d}"
+    r = _post(browser, NEW, NEW, {**registration_form(person), "nir": bad_key,
+                                  "birth_name": "", "phone": "12"})
+    assert r.status_code == 422
+    assert "ne correspond pas" in _error_of(r.text, "nir")
+    assert "obligatoire" in _error_of(r.text, "birth_name")
+    assert "numéro" in _error_of(r.text, "phone")
+    assert "Rien n'a été enregistré" in _text(r)
+    assert "is required" not in r.text and "control key" not in r.text       # no English
+    # the form comes back filled in (what was typed, to correct it)
+    assert f'value="{person["first_names"][0]}' in r.text
+    assert f'value="{bad_key}"' in r.text
+    assert lv.patients.find(bio, a.tenant_id, email=person["email"]) == []
+    # a NIR too short (python-stdnum calls it a format error): its length is said
+    r = _post(browser, NEW, NEW, {**registration_form(person), "nir": "123"})
+    assert r.status_code == 422 and "15 caractères" in _error_of(r.text, "nir")
+    # a NIR that does not agree with the sex
+    wrong_sex = {**registration_form(person), "sex": "M" if person["sex"] == "F" else "F"}
+    r = _post(browser, NEW, NEW, wrong_sex)
+    assert r.status_code == 422 and "premier chiffre" in _error_of(r.text, "nir")
+    # the same person registered twice (a double click at the desk): refused, one record
+    known = a.patient_data[0]
+    r = _post(browser, NEW, NEW, registration_form(known))
+    assert r.status_code == 422
+    assert "un autre patient du laboratoire a déjà ce NIR" in _error_of(r.text, "nir")
+    assert lv.patients.find(bio, a.tenant_id, nir=known["nir"]) == [a.patients[0]]
+    assert lv.patients.find(bio, a.tenant_id, email=person["email"]) == []
+
+
+def test_order_errors_are_said_in_french_and_store_nothing(web: World,
+                                                           browser: TestClient) -> None:
+    a = web.a
+    pid = a.patients[1]
+    before = len(_orders(web, pid))
+    _console(browser, web, "reception")
+    page = f"/console/patients/{pid}/demande"
+    r = _post(browser, page, page, {**ORDER_FORM, "tests": ["718-7", "1234-5"],
+                                    "prescriber_rpps": "10003456780",
+                                    "collected_at": "2099-01-01T08:00"})
+    assert r.status_code == 422
+    assert "analyse inconnue du catalogue" in _error_of(r.text, "tests")
+    assert "vérifiez les 11 chiffres" in _error_of(r.text, "prescriber_rpps")
+    assert "pas dans le futur" in _error_of(r.text, "collected_at")
+    assert 'value="718-7" checked' in r.text                  # the form refilled
+    assert 'value="10003456780"' in r.text
+    r = _post(browser, page, page, {**ORDER_FORM, "tests": [], "prescriber_name": "",
+                                    "specimen_type": "XYZ"})
+    assert r.status_code == 422
+    assert "au moins une analyse" in _error_of(r.text, "tests")
+    assert "obligatoire" in _error_of(r.text, "prescriber_name")
+    assert "type de prélèvement" in _error_of(r.text, "specimen_type")
+    assert "must be" not in r.text and "is not" not in r.text
+    assert len(_orders(web, pid)) == before
+    # a form without its CSRF token (a forged post): refused, nothing stored
+    r = browser.post(page, data=ORDER_FORM)
+    assert r.status_code == 403 and len(_orders(web, pid)) == before
+
+
+def test_roles_the_policy_refuses_and_another_laboratorys_patient(
+        web: World, browser: TestClient) -> None:
+    a, b = web.a, web.b
+    for role in ("technician", "lab_admin", "dpo"):
+        _console(browser, web, role)
+        assert 'href="/console/nouveau-patient"' not in browser.get("/console").text
+        for url in (NEW, f"/console/patients/{a.patients[0]}/demande"):
+            r = browser.get(url)
+            assert r.status_code == 403, (role, url)
+            assert "votre fonction ne permet pas" in _text(r)
+    _console(browser, web, "technician")
+    page = browser.get(f"/console/patients/{a.patients[0]}")
+    assert page.status_code == 200
+    assert f'/console/patients/{a.patients[0]}/demande"' not in page.text
+    before = len(_orders(web, a.patients[0]))
+    r = browser.post(f"/console/patients/{a.patients[0]}/demande",
+                     data={**ORDER_FORM, "csrf": csrf_in(page.text)})
+    assert r.status_code == 403 and len(_orders(web, a.patients[0])) == before
+    # reception of laboratory A, laboratory B's patient: the page of an absent id
+    _console(browser, web, "reception")
+    other = browser.get(f"/console/patients/{b.patients[0]}/demande")
+    absent = browser.get("/console/patients/pt_00000000000000000000000000/demande")
+    assert other.status_code == absent.status_code == 404
+    assert _text(other) == _text(absent)
+    assert "ce patient n'existe pas dans votre laboratoire" in _text(other)
+    form = browser.get(f"/console/patients/{a.patients[0]}/demande")
+    r = browser.post(f"/console/patients/{b.patients[0]}/demande",
+                     data={**ORDER_FORM, "csrf": csrf_in(form.text)})
+    assert r.status_code == 404
+    bio_b = web.actor(b.emails["biologist"])
+    assert web.lv.lab.list_orders(bio_b, b.tenant_id, patient_id=b.patients[0]) == []
+
+
+def test_every_rule_has_french_words() -> None:
+    """The services' field rules the desk's forms can meet, each in French (none echoed
+    in English), including the ones whose text carries a value."""
+    for rule in ("is required", "first digit 1 does not match sex F",
+                 "not a valid NIR (The number has an invalid length.)",
+                 "not a valid NIR (The number has an invalid format.)",
+                 "is not a valid e-mail address (The email address is not valid.)",
+                 "is longer than 100 characters", "something new"):
+        said = rule_fr(rule)
+        assert not re.search(r"\b(is|not|the|must|does)\b", said), (rule, said)
