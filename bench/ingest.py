@@ -4,8 +4,9 @@
 
 Pipelines (every one parses and validates each NDJSON line the same way —
 ``json.loads`` + ``PatientRecord.parse`` — and computes the same normalised search
-values, in batches of 500 lines with one transaction and one "already imported?"
-query per batch; only what is stored differs):
+values, in batches of 500 lines with one transaction, one "already imported?" query
+and one "NIR already registered?" query per batch (one NIR, one patient per laboratory:
+``PatientService._nirs_free``); only what is stored differs):
 
   sqlite-sealed   labvault on SQLite: the real ``PatientService.import_lines`` (seal each
                   category with the patient's DEK, wrap the DEK, HMAC blind indexes)
@@ -158,10 +159,23 @@ class Baseline:
                         self.index.c.tenant_id == TENANT, self.index.c.kind == "external_id",
                         self.index.c.value.in_(ext))
                 assert not conn.execute(q).first()
+                values = [list(dict.fromkeys(indexing.index_values(r))) for r in recs]
+                nirs = [v for vs in values for k, v in vs if k == "nir"]
+                if self.mode == "pgcrypto":
+                    q = select(self.index.c.patient_id).where(
+                        self.index.c.tenant_id == TENANT, self.index.c.kind == "nir",
+                        self.index.c.value.in_([func.hmac(v, self.key, "sha256")
+                                                for v in nirs]))
+                else:
+                    q = select(self.index.c.patient_id).where(
+                        self.index.c.tenant_id == TENANT, self.index.c.kind == "nir",
+                        self.index.c.value.in_(nirs))
+                assert not conn.execute(q).first()
+                assert len(set(nirs)) == len(nirs)
                 rows: list[dict[str, Any]] = []
                 idx: list[dict[str, Any]] = []
                 ts = datetime.now(UTC)
-                for r in recs:
+                for r, vs in zip(recs, values, strict=True):
                     pid = new_id("pt")
                     cats = r.categories()
                     row: dict[str, Any] = {
@@ -171,7 +185,7 @@ class Baseline:
                     if self.mode == "pgcrypto":
                         row["k"] = self.key
                     rows.append(row)
-                    for kind, value in dict.fromkeys(indexing.index_values(r)):
+                    for kind, value in vs:
                         d = {"tenant_id": TENANT, "kind": kind, "value": value, "patient_id": pid}
                         if self.mode == "pgcrypto":
                             d["k"] = self.key

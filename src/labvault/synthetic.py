@@ -92,12 +92,15 @@ def pools(seed: int = 0) -> Pools:
 
 def people(n: int, seed: int = 0, start: int = 0, prefix: str = "LIS") -> Iterator[dict[str, Any]]:
     """``n`` import-format patients (docs/formats.md). Deterministic for a seed; person
-    ``start + i`` is unique by its external id, e-mail and phone (NIRs collide
-    about once in 2,000 people: 3-digit birth order numbers)."""
+    ``start + i`` is unique by its external id, e-mail and phone; the NIRs of one call
+    are unique too (a laboratory refuses a second patient with a NIR it has: registration
+    and import), those of separate calls (another ``start``) collide about once in 2,000
+    people past the first 999 (3-digit birth order numbers)."""
     p = pools(seed)
     rng = random.Random(seed * 1_000_003 + start)
     today = date(2026, 1, 1)
     weights = [w for _, w in BLOOD]
+    taken: set[str] = set()
     for i in range(start, start + n):
         sex = "F" if rng.random() < 0.52 else "M"
         birth = today - timedelta(days=rng.randint(0, 95 * 365))
@@ -112,6 +115,11 @@ def people(n: int, seed: int = 0, start: int = 0, prefix: str = "LIS") -> Iterat
         home = rng.choice(PLACES[:13])
         # Order number from the person's index: unique NIR per person within 1000 per place/month.
         nir = make_nir(sex, birth, insee, (i % 999) + 1)
+        bump = 0
+        while nir[:13] in taken and bump < 998:     # another person of this call has it
+            bump += 1
+            nir = make_nir(sex, birth, insee, (i + bump) % 999 + 1)
+        taken.add(nir[:13])
         local = ascii_fold(f"{first}.{used or last}").lower().replace(" ", "").replace("'", "")
         doctor = rng.choice(p.doctors)
         amc = rng.choice(AMC)

@@ -62,6 +62,22 @@ def test_technical_then_biological_validation_and_publication(world: World,
     assert twice["kind"] == "already-published" and "Léa Moreau" in twice["title"]
 
 
+def test_review_read_says_why_an_order_is_left_for_review(world: World,
+                                                         client: TestClient) -> None:
+    """``review``: why "validate all normal" would leave the order (a re-entered result,
+    normal both times: ``re-entered``), null when it would validate it."""
+    a = world.a
+    bio = _bearer(world, a, "biologist")
+    plain = order(world, a, a.patients[0], step="technical")
+    (_hb, k) = order(world, a, a.patients[1], step="preliminary")
+    world.lv.lab.enter_results(world.actor(a.emails["biologist"]), k.order_id,
+                               [{"code": "2823-3", "value": "4.3", "unit": "mmol/L"}])
+    doc = client.get(f"/api/v1/orders/{k.order_id}", headers=bio).json()
+    assert doc["review"] == {"reason": "re-entered", "tests": ["Potassium"]}
+    assert [c["previous"]["value"] for c in doc["reentries"][k.observation_id]] == [4.2]
+    assert client.get(f"/api/v1/orders/{plain.order_id}", headers=bio).json()["review"] is None
+
+
 def test_publication_says_how_many_messages_it_queued_for_the_prescriber(
         world: World, client: TestClient) -> None:
     """``queued``: the ORU^R01 messages queued for the prescriber's system (0 when no

@@ -82,6 +82,85 @@ def test_a_registration_sent_twice_is_refused_not_duplicated(lv: Labvault, opera
     assert lv.patients.find(operator, tenant_id, nir=str(p["nir"])) == [pid]
 
 
+def test_import_refuses_a_nir_another_patient_has(lv: Labvault, operator: Actor,
+                                                  tenant_id: str) -> None:
+    """Registration and update refused a NIR (or INS) another patient of the laboratory
+    has; the NDJSON import stored it, making the duplicates registration prevents. A line
+    whose NIR/INS is stored already, or on an earlier line of the file, is rejected whole,
+    naming the field (and the earlier line); ``external_id`` re-imports are still skipped,
+    not taken for duplicates of themselves."""
+    desk = {k: v for k, v in _one(0).items() if k != "external_id"}
+    a = lv.patients.register(operator, tenant_id, desk)
+    b = {**_one(1), "nir": desk["nir"], "sex": desk["sex"], "birth_date": desk["birth_date"]}
+    c, d = _one(2), _one(3)
+    e = {**_one(4), "nir": d["nir"], "sex": d["sex"], "birth_date": d["birth_date"]}
+    f = {**_one(5), "ins": c["nir"]}
+    lines = [json.dumps(x) for x in (b, c, d, e, f)]
+    report = lv.patients.import_lines(operator, tenant_id, lines)
+    assert (report.imported, report.skipped) == (2, 0)
+    why = {r["line"]: r for r in report.rejected}
+    assert sorted(why) == [1, 4, 5]
+    assert (why[1]["field"], why[4]["field"], why[5]["field"]) == ("nir", "nir", "ins")
+    assert "already has this NIR" in why[1]["reason"]
+    assert why[4]["reason"].startswith("line 3 of this file has the same NIR")
+    assert why[5]["reason"].startswith("line 2 of this file")      # f's INS: c's NIR
+    assert why[5]["reason"].endswith("correct the INS")
+    assert str(desk["nir"]) not in json.dumps(report.as_json())     # ids, never values
+    # nothing of a rejected line is stored: one patient per NIR, none by their e-mails
+    assert lv.patients.find(operator, tenant_id, nir=str(desk["nir"])) == [a]
+    (pd,) = lv.patients.find(operator, tenant_id, nir=str(d["nir"]))
+    assert lv.patients.find(operator, tenant_id, nir=str(c["nir"])) != []
+    for x in (b, e, f):
+        assert lv.patients.find(operator, tenant_id, email=str(x["email"])) == []
+    # the same file again: c and d skipped by their external_id, the others still rejected
+    again = lv.patients.import_lines(operator, tenant_id, lines)
+    assert (again.imported, again.skipped) == (0, 2)
+    assert sorted(r["line"] for r in again.rejected) == [1, 4, 5]
+    assert lv.patients.find(operator, tenant_id, nir=str(d["nir"])) == [pd]
+
+
+def test_import_refuses_a_nir_of_an_earlier_batch(lv: Labvault, operator: Actor,
+                                                 tenant_id: str,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The file's earlier lines written by a batch before are checked in the store."""
+    monkeypatch.setattr("labvault.services.patients.IMPORT_BATCH", 2)
+    first, other, twin = _one(0), _one(1), _one(2)
+    twin = {**twin, "nir": first["nir"], "sex": first["sex"],
+            "birth_date": first["birth_date"]}
+    report = lv.patients.import_lines(operator, tenant_id,
+                                      [json.dumps(x) for x in (first, other, twin)])
+    assert report.imported == 2
+    assert [(r["line"], r["field"]) for r in report.rejected] == [(3, "nir")]
+    assert "already has this NIR" in report.rejected[0]["reason"]
+    assert len(lv.patients.find(operator, tenant_id, nir=str(first["nir"]))) == 1
+
+
+def test_import_batch_retried_line_by_line_counts_each_line_once(
+        lv: Labvault, operator: Actor, tenant_id: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch whose write fails (a concurrent import) is retried one line at a time: the
+    lines it had skipped or rejected were counted again by the retry."""
+    from sqlalchemy.exc import IntegrityError
+
+    from labvault.store import repositories as repo
+    kept = _one(0)
+    lv.patients.import_lines(operator, tenant_id, [json.dumps(kept)])
+    twin = {**_one(2), "nir": _one(1)["nir"], "sex": _one(1)["sex"],
+            "birth_date": _one(1)["birth_date"]}
+    real, calls = repo.insert_patients, []
+
+    def once(*args: object, **kwargs: object) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise IntegrityError("INSERT", {}, Exception("written meanwhile"))
+        real(*args, **kwargs)       # type: ignore[arg-type]
+
+    monkeypatch.setattr(repo, "insert_patients", once)
+    report = lv.patients.import_lines(operator, tenant_id,
+                                      [json.dumps(x) for x in (kept, _one(1), twin)])
+    assert (report.imported, report.skipped) == (1, 1)
+    assert [(r["line"], r["field"]) for r in report.rejected] == [(3, "nir")]
+
+
 def test_staff_denied_by_default(lv: Labvault, operator: Actor, tenant_id: str) -> None:
     pid = lv.patients.register(operator, tenant_id, _one())
     staff = Actor(kind="staff", id="acct_x", tenant_id=tenant_id, roles=frozenset({"reception"}))

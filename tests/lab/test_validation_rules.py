@@ -167,6 +167,42 @@ def test_validate_all_normal_takes_only_what_was_shown_and_says_why(
     assert lv.lab.validate_all_normal(biologist, tenant_id, expected={}).validated == []
 
 
+def test_a_reentered_result_is_left_for_review_not_validated_in_bulk(
+        lab_lv: Labvault, operator: Actor, tenant_id: str, patient_id: str,
+        technician: Actor, biologist: Actor) -> None:
+    """A re-run (a result entered again before validation) means the value was doubted:
+    "validate all normal" validated the order all the same when the new value was normal.
+    It is left for the biologist (``re-entered``, the test named), whatever its flag, and
+    the review read says so; an order without re-entry still goes in bulk."""
+    lv = lab_lv
+    normal = _order(lv, operator, tenant_id, patient_id, technician)
+    rerun = _order(lv, operator, tenant_id, patient_id, technician, technical=False)
+    lv.lab.enter_results(technician, rerun, [{"code": "2823-3", "value": 4.3, "unit": "mmol/L"}])
+    lv.lab.validate_technical(technician, rerun)
+    both = _order(lv, operator, tenant_id, patient_id, technician, technical=False)
+    lv.lab.enter_results(technician, both, [{"code": "2823-3", "value": 5.8, "unit": "mmol/L"},
+                                            {"code": "718-7", "value": 13.3, "unit": "g/dL"}])
+    lv.lab.validate_technical(technician, both)
+    report = lv.lab.get_report_by_order(biologist, rerun)
+    assert report.order_status == L.OrderStatus.TECHNICALLY_VALIDATED
+    assert all(o.observation.flag == L.Flag.NORMAL for o in report.observations)
+    review = report.review()
+    assert review is not None and (review.reason, review.tests) == ("re-entered",
+                                                                    ("Potassium",))
+    assert lv.lab.get_report_by_order(biologist, normal).review() is None
+    shown = {oid: lv.lab.get_report_by_order(biologist, oid).expected
+             for oid in (normal, rerun, both)}
+    res = lv.lab.validate_all_normal(biologist, tenant_id, expected=shown)
+    assert res.validated == [normal]
+    assert res.as_json()["reasons"] == {
+        rerun: {"reason": "re-entered", "tests": ["Potassium"]},
+        # K re-entered out of range, Hb re-entered normal: both named, as re-entered
+        both: {"reason": "re-entered", "tests": ["Hémoglobine", "Potassium"]}}
+    assert lv.lab.get_order(biologist, rerun).status == L.OrderStatus.TECHNICALLY_VALIDATED
+    # the biologist, having looked, validates it on its own
+    assert lv.lab.validate_biological(biologist, rerun, expected=shown[rerun]).status == "final"
+
+
 def test_technician_rejects_a_specimen_under_the_table_policy(
         lv: Labvault, operator: Actor, tenant_id: str, technician: Actor,
         biologist: Actor) -> None:

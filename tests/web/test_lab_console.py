@@ -157,6 +157,32 @@ def test_validate_all_normal_takes_the_orders_shown_and_says_why(web: World,
     assert "Validées, à diffuser" in text and f"/console/diffusion/{normal.order_id}" in text
 
 
+def test_a_reentered_result_is_left_for_review_on_the_validation_page(
+        web: World, browser: TestClient) -> None:
+    """A re-run result (entered again before validation, normal both times) was validated
+    by "Valider tous les normaux" like any normal one: the page now says it is to be
+    looked at, and the bulk validation leaves it."""
+    a = web.a
+    normal = order(web, a, a.patients[0], step="technical")
+    (_hb, k) = order(web, a, a.patients[1], step="preliminary")
+    bio = web.actor(a.emails["biologist"])
+    web.lv.lab.enter_results(bio, k.order_id, [{"code": "2823-3", "value": "4.3",
+                                                "unit": "mmol/L"}])
+    web.lv.lab.validate_technical(bio, k.order_id)
+    _console(browser, web, "biologist")
+    page = browser.get("/console/validation")
+    assert (f"à revoir : résultat ressaisi avant validation (nouvelle mesure ou correction "
+            f"de saisie) : comparez-le à la valeur remplacée ({K})") in _text(page)
+    shown = [v for v in SHOWN.findall(page.text) if "=" in v]
+    done = browser.post("/console/validation", data={"csrf": csrf_in(page.text),
+                                                     "shown": shown})
+    text = _text(done)
+    assert "1 demande(s) validée(s) ; 1 laissée(s)" in text
+    assert "résultat ressaisi avant validation" in text
+    assert _status(web, normal.order_id) == L.OrderStatus.FINAL
+    assert _status(web, k.order_id) == L.OrderStatus.TECHNICALLY_VALIDATED
+
+
 def test_no_reference_range_is_said_as_such(web: World, browser: TestClient) -> None:
     """QA 17: haemoglobin of a patient of unknown sex has no range: the summary says so
     rather than "out of the reference range"."""

@@ -483,6 +483,37 @@ def test_alerts_page_for_dpo_and_lab_admin(web: World, browser: TestClient) -> N
         web.a.emails["dpo"]).id
 
 
+def test_alerts_page_names_who_acknowledged(web: World, browser: TestClient) -> None:
+    """The alerts page said who acknowledged an alert by account id (``acct_…``): it names
+    the staff member, as the other console pages do, and shows the id only when there is
+    no name (the CLI operator's acknowledgement)."""
+    from labvault.services.alerts import AlertService
+    lv = web.lv
+    lv.alerts = AlertService(lv)
+    lv.gate.alerts = lv.alerts
+    with lv.begin() as conn:
+        first, second = (lv.alerts.raise_alert(conn, web.a.tenant_id, "enumeration", "high",
+                                               None, {"n": i}, subject=f"s{i}")
+                         for i in range(2))
+    assert first and second and first != second
+    dpo = web.actor(web.a.emails["dpo"])
+    operator = Actor.operator()
+    lv.alerts.ack(operator, second)
+    form_login(browser, web, web.a.emails["dpo"])
+    page = browser.get("/console/alertes")
+    done = browser.post(f"/console/alertes/{first}/prise-en-compte",
+                        data={"csrf": csrf_in(page.text)})
+    assert done.status_code == 303
+    text = unescape(browser.get("/console/alertes").text)
+    name = lv.accounts.name_of(dpo)
+    assert name and f"par {name}" in text
+    assert f"par <code>{dpo.id}</code>" not in text         # no longer the account id
+    assert f"par <code>{operator.id}</code>" in text        # no name: the id
+    listed = {a["id"]: a for a in lv.alerts.list(dpo, web.a.tenant_id)}
+    assert (listed[first]["acked_by"], listed[first]["acked_by_name"]) == (dpo.id, name)
+    assert listed[second]["acked_by_name"] is None
+
+
 def test_pages_work_under_the_guard(web: World, browser: TestClient) -> None:
     """With the guard plugged in as in production (budgets, anomaly rules, alert store)."""
     web.lv.guard.install()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -479,6 +479,20 @@ class AccountService:
             if row is None:
                 return actor.display or actor.id
             return str(json.loads(self._open(conn, row, "profile_sealed"))["name"])
+
+    def staff_names(self, conn: Connection, tenant_id: str,
+                    account_ids: Iterable[str]) -> dict[str, str]:
+        """The names of the staff accounts of laboratory ``tenant_id`` among
+        ``account_ids`` (account id -> name), for a record the caller was already allowed
+        to read that names who acted on it (who acknowledged an alert), in the caller's
+        transaction after its gate decision. Accounts of another laboratory, patients'
+        accounts and accounts gone since are left out: the page shows their id."""
+        ids = sorted({i for i in account_ids if i})
+        out: dict[str, str] = {}
+        for row in arepo.staff_accounts(conn, tenant_id, ids):
+            out[row["account_id"]] = str(json.loads(self._open(conn, row,
+                                                               "profile_sealed"))["name"])
+        return out
 
     def own_account(self, actor: Actor) -> dict[str, Any]:
         """The caller's own account as its holder may have it (the patient's data download,

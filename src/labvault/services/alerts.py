@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -76,6 +76,7 @@ def _listed(row: Mapping[str, Any], detail: Any) -> dict[str, Any]:
             "severity": row["severity"], "status": row["status"], "actor_id": row["actor_id"],
             "count": row["count"], "created_at": row["created_at"].isoformat(),
             "last_seen_at": row["last_seen_at"].isoformat(), "acked_by": row["acked_by"],
+            "acked_by_name": None,
             "acked_at": row["acked_at"].isoformat() if row["acked_at"] else None,
             "detail": detail}
 
@@ -215,7 +216,22 @@ class AlertService:
                         conn, row["tenant_id"], "guard_alerts", "detail_sealed",
                         row["alert_id"], row["detail_sealed"]))
                 out.append(_listed(row, detail))
+            self._name_ackers(conn, out)
             return out
+
+    def _name_ackers(self, conn: Connection, listed: Sequence[dict[str, Any]]) -> None:
+        """``acked_by_name``: the name of the laboratory's staff member who acknowledged
+        each alert (the console names staff; ``acked_by`` keeps the account id). None for
+        an account of no laboratory (the CLI operator), a deleted one, or a platform
+        alert: the id is then what there is."""
+        by_lab: dict[str, set[str]] = {}
+        for a in listed:
+            if a["acked_by"] and a["tenant_id"] != PLATFORM:
+                by_lab.setdefault(a["tenant_id"], set()).add(a["acked_by"])
+        names = {(t, i): n for t, ids in by_lab.items()
+                 for i, n in self.lv.accounts.staff_names(conn, t, ids).items()}
+        for a in listed:
+            a["acked_by_name"] = names.get((a["tenant_id"], a["acked_by"]))
 
     def ack(self, actor: Actor, alert_id: str) -> dict[str, Any]:
         """Acknowledge an alert: who and when are recorded (and audited, ``alert.acked``).

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from importlib import resources
@@ -307,6 +307,15 @@ class ReportView:
         """What this view shows, as validation calls take it back (``expected``)."""
         return {o.observation_id: o.revision for o in self.observations}
 
+    def review(self) -> Skip | None:
+        """Why "validate all normal" would leave this order for review (``review_reason``:
+        its results in force, requested tests without result, results re-entered before
+        validation); None when it may go in bulk."""
+        in_force = [o for o in self.observations if o.status != "cancelled"]
+        return review_reason([o.observation for o in in_force], self.missing,
+                             [o.observation for o in in_force
+                              if self.reentries.get(o.observation_id)])
+
     def requested(self, obs: ObservationView) -> bool:
         """Whether the order asked for this result (results of other tests are kept)."""
         return not self.tests or obs.observation.code in self.tests
@@ -383,7 +392,8 @@ class Skip:
 
 # Most serious first: an order is reported under the first that applies.
 SKIP_REASONS = ("not-waiting", "changed", "no-results", "panic", "analyser-disagrees",
-                "out-of-range", "indeterminate", "no-reference-range", "incomplete")
+                "re-entered", "out-of-range", "indeterminate", "no-reference-range",
+                "incomplete")
 
 
 @dataclass
@@ -541,15 +551,21 @@ class _Order:
         return date.fromisoformat(bd) if bd else None
 
 
-def review_reason(results: Sequence[L.Observation], missing: Mapping[str, str]) -> Skip | None:
+def review_reason(results: Sequence[L.Observation], missing: Mapping[str, str],
+                  reentered: Collection[L.Observation] = ()) -> Skip | None:
     """Why an order's results need a biologist's review rather than "validate all normal"
-    (the most serious reason, with the tests concerned); None when they may go in bulk."""
+    (the most serious reason, with the tests concerned); None when they may go in bulk.
+    ``reentered``: those of ``results`` entered again before validation (a rerun: the
+    value was doubted, the biologist compares it with the one it replaced), whatever
+    their flag (``re-entered``)."""
     if not results:
         return Skip("no-results")
     why: dict[str, list[L.Observation]] = {}
     for o in results:
         if not L.is_normal(o):
             why.setdefault(_not_normal(o), []).append(o)
+        if any(o is r for r in reentered):
+            why.setdefault("re-entered", []).append(o)
     if why:
         reason = min(why, key=SKIP_REASONS.index)
         flags = (tuple((o.analyser_flag or "", o.flag.value if o.flag else "")
@@ -1350,9 +1366,14 @@ class LabService:
                                    None if expected is None else expected[order.order_id])
         except ResultsChanged:
             return Skip("changed")
-        results = self._results(order, rows)
+        in_force = [r for r in rows if r["status"] != "cancelled"]
+        results = self._results(order, in_force)
         missing = self._missing(conn, order, results) if partial is False else {}
-        return review_reason(results, missing)
+        # before validation only a re-entry takes a result in force past its first
+        # revision (amendments come after publication, a retraction cancels it)
+        return review_reason(results, missing, [o for o, r in zip(results, in_force,
+                                                                  strict=True)
+                                                if r["revision"] > 1])
 
     # == publication, amendment, rejection, cancellation ========================================
     def publish(self, actor: Actor, order_id: str, partial: bool | None = None) -> ReportView:

@@ -135,16 +135,20 @@ class PatientService:
 
     def _prepare(self, conn: Connection, access: Access, tenant_id: str, rec: PatientRecord,
                  line: int = 0, versions: tuple[int, int] | None = None,
-                 indexer: bi.Indexer | None = None, patient_id: str | None = None) -> _Prepared:
+                 indexer: bi.Indexer | None = None, patient_id: str | None = None,
+                 digests: list[tuple[str, bytes]] | None = None) -> _Prepared:
+        """``digests``: the record's blind-index digests, when the caller computed them
+        already (the import, to check its NIRs) under the current index key."""
         lv = self.lv
         patient_id = patient_id or new_id("pt")
         kek_version, index_version = versions or self._key_versions(conn, tenant_id)
         dek, wrapped = lv.keyring.new_dek(tenant_id, patient_id, kek_version)
         blobs = lv.gate.seal_patient(conn, access, dek, patient_id, rec.categories())
         ts = lv.now()
-        digests = indexing.digests(
-            indexer or lv.keyring.blind_index_key(tenant_id, index_version),
-            indexing.index_values(rec))
+        if digests is None:
+            digests = indexing.digests(
+                indexer or lv.keyring.blind_index_key(tenant_id, index_version),
+                indexing.index_values(rec))
         ext = next((d for k, d in digests if k == bi.EXTERNAL_ID), None)
         return _Prepared(
             line, patient_id, ext,
@@ -261,6 +265,7 @@ class PatientService:
     def _import_batch(self, actor: Actor, tenant_id: str, batch: list[tuple[int, PatientRecord]],
                       report: ImportReport, purpose: str = "migration") -> None:
         lv = self.lv
+        rejected, skipped = len(report.rejected), report.skipped
         try:
             with lv.begin() as conn:
                 prepared = self._prepare_batch(conn, actor, tenant_id, batch, report, purpose)
@@ -268,7 +273,10 @@ class PatientService:
                                      [r for p in prepared for r in p.index])
                 self._written(conn, tenant_id, prepared)
         except DbIntegrityError:
-            # Rare: a concurrent import of the same external ids. Fall back to one line at a time.
+            # Rare: a concurrent import of the same external ids. Fall back to one line at a
+            # time, each line's skip or rejection counted once (by the line's own attempt).
+            del report.rejected[rejected:]
+            report.skipped = skipped
             for item in batch:
                 try:
                     with lv.begin() as conn:
@@ -309,10 +317,51 @@ class PatientService:
                 seen.add(d)
             todo.append((n, rec))
         access = self._write_access(actor, tenant_id, (), purpose)
-        if todo:
-            lv.gate.check(conn, access)
-        return [self._prepare(conn, access, tenant_id, rec, n, versions, indexer)
-                for n, rec in todo]
+        if not todo:
+            return []
+        # the decision comes before the NIR lookup: a refused import learns nothing of
+        # which NIRs the laboratory holds
+        lv.gate.check(conn, access)
+        digests = {n: indexing.digests(indexer, indexing.index_values(rec)) for n, rec in todo}
+        free = self._nirs_free(conn, tenant_id, todo, digests, indexer, report)
+        return [self._prepare(conn, access, tenant_id, rec, n, versions, indexer,
+                              digests=digests[n])
+                for n, rec in free]
+
+    @staticmethod
+    def _nirs_free(conn: Connection, tenant_id: str, todo: list[tuple[int, PatientRecord]],
+                   digests: Mapping[int, list[tuple[str, bytes]]], indexer: bi.Indexer,
+                   report: ImportReport) -> list[tuple[int, PatientRecord]]:
+        """The lines whose NIR and INS no other patient of the laboratory has, as
+        registration requires (``_identifiers_free``): a line whose NIR (or INS) is
+        already stored, or is on an earlier line of the file, is rejected whole, naming
+        the field. One blind-index lookup for the whole batch (a line already imported,
+        same ``external_id``, was skipped before: it is not a duplicate of itself)."""
+        nirs = {n: list(dict.fromkeys(d for k, d in digests[n] if k == bi.NIR)) for n, _ in todo}
+        stored = repo.find_by_digests(conn, tenant_id, bi.NIR,
+                                      list({d for ds in nirs.values() for d in ds}))
+        first_line: dict[bytes, int] = {}
+        out: list[tuple[int, PatientRecord]] = []
+        for n, rec in todo:
+            clash = next((d for d in nirs[n] if d in stored or d in first_line), None)
+            if clash is None:
+                first_line.update(dict.fromkeys(nirs[n], n))
+                out.append((n, rec))
+                continue
+            field_ = ("nir" if rec.nir and indexer.digest(bi.NIR, bi.normalise_nir(rec.nir))
+                      == clash else "ins")
+            if clash in stored:
+                reason = (f"a patient of this laboratory already has this {field_.upper()} "
+                          "(registered before, or imported from an earlier line of this "
+                          "file): the line is not imported; if it is the same person, keep "
+                          "the stored record (labvault patient find --nir), otherwise "
+                          f"correct the {field_.upper()}")
+            else:
+                reason = (f"line {first_line[clash]} of this file has the same NIR (or INS): "
+                          "one person on two lines? the line is not imported: keep one "
+                          f"line, or correct the {field_.upper()}")
+            report.rejected.append({"line": n, "field": field_, "reason": reason})
+        return out
 
     def _identifiers_free(self, conn: Connection, tenant_id: str, rec: PatientRecord,
                           patient_id: str | None = None) -> None:

@@ -42,6 +42,17 @@ def accounts_by_digests(conn: Connection, digests: Sequence[bytes]) -> list[dict
     return [dict(r) for r in rows.mappings()]
 
 
+def staff_accounts(conn: Connection, tenant_id: str, account_ids: Sequence[str]
+                   ) -> list[dict[str, Any]]:
+    """The staff accounts of ``tenant_id`` among ``account_ids`` (others left out)."""
+    if not account_ids:
+        return []
+    rows = conn.execute(select(accounts).where(accounts.c.tenant_id == tenant_id,
+                                               accounts.c.kind == "staff",
+                                               accounts.c.account_id.in_(list(account_ids))))
+    return [dict(r) for r in rows.mappings()]
+
+
 def index_versions(conn: Connection) -> list[tuple[str, int]]:
     """(tenant, index key version) pairs that some account digest was computed with."""
     rows = conn.execute(select(accounts.c.tenant_id, accounts.c.index_version).distinct())

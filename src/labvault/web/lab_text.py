@@ -37,6 +37,8 @@ SKIP_FR: Mapping[str, str] = {
     "no-results": "aucun résultat",
     "panic": "valeur critique",
     "analyser-disagrees": "l'automate et le catalogue ne concordent pas",
+    "re-entered": "résultat ressaisi avant validation (nouvelle mesure ou correction de "
+                  "saisie) : comparez-le à la valeur remplacée",
     "out-of-range": "résultat hors des valeurs de référence",
     "indeterminate": "résultat que les valeurs de référence ne permettent pas de classer",
     "no-reference-range": "pas de valeurs de référence pour ce patient",

@@ -44,7 +44,7 @@ from labvault.errors import (
 from labvault.services.accounts import LoginThrottled
 from labvault.services.breach import dpo_from_env
 from labvault.services.gate import Access
-from labvault.services.lab import BulkValidation, review_reason
+from labvault.services.lab import BulkValidation
 from labvault.services.portal import PortalService
 from labvault.web import lab_text
 from labvault.web.render import (
@@ -591,8 +591,7 @@ def _validation_page(user: WebUser, lv: Labvault, tenant_id: str,
     more = {"waiting": len(waiting) > WORKLIST_LIMIT,
             "to_publish": len(to_publish) > WORKLIST_LIMIT}
     waiting, to_publish = waiting[:WORKLIST_LIMIT], to_publish[:WORKLIST_LIMIT]
-    rows = [(r, review_reason([o.observation for o in r.observations
-                               if o.status != "cancelled"], r.missing)) for r in waiting]
+    rows = [(r, r.review()) for r in waiting]
     labels = {r.order_id: f"Demande du {fr_datetime(r.created_at)}" for r in waiting}
     gone = [] if done is None else [o for o in done.skipped
                                     if done.reasons[o].reason == "not-waiting"]

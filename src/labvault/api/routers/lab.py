@@ -79,7 +79,12 @@ class AmendmentIn(BaseModel):
 
 
 def _review(report: Any) -> dict[str, Any]:
-    return {**report.as_json(), "expected": report.expected}
+    """The report with ``expected`` and ``review``: why "validate all normal" would leave
+    it for individual review (``{reason, tests[, flags]}``, the reasons of docs/lab.md), or
+    null."""
+    skip = report.review()
+    return {**report.as_json(), "expected": report.expected,
+            "review": skip.as_json() if skip is not None else None}
 
 
 def _published(report: Any) -> dict[str, Any]:
