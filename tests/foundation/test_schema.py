@@ -145,6 +145,7 @@ def test_rules_catch_violations() -> None:
                                                timezone(timedelta(hours=-9, minutes=-30)),
                                                ZoneInfo("Europe/Paris")])))
 @example(datetime(2030, 3, 31, 2, 0, tzinfo=ZoneInfo("Europe/Paris")))   # in the DST gap
+@example(datetime(2000, 3, 26, 2, 0, tzinfo=ZoneInfo("Europe/Paris"), fold=1))  # gap, fold=1
 def test_timestamps_come_back_as_the_same_utc_instant(lv: Any, when: datetime) -> None:
     """QA finding 12: on SQLite as on PostgreSQL, a timestamp column gives back an aware
     time, the very instant written (whatever offset it was written with), in UTC: no door
@@ -162,8 +163,11 @@ def test_timestamps_come_back_as_the_same_utc_instant(lv: Any, when: datetime) -
             shred_log.c.tenant_id == "lab_tz")).scalar_one()
         plain = select_rows(conn, shred_log, select_sql(shred_log, "tenant_id = {p}"),
                             ("lab_tz",))[0]["shredded_at"]
+        # one microsecond before, as an instant: Python's aware arithmetic is wall-clock
+        # time, so "02:00 (fold=1) - 1 µs" in a DST gap is an hour off (2000-03-26, Paris)
+        before = when.astimezone(UTC) - timedelta(microseconds=1)
         later = conn.execute(select(shred_log.c.patient_id).where(
-            shred_log.c.shredded_at > when - timedelta(microseconds=1))).scalars().all()
+            shred_log.c.shredded_at > before)).scalars().all()
         conn.execute(delete(shred_log).where(shred_log.c.tenant_id == "lab_tz"))
     # (compared in UTC: a local time in a DST gap never equals another zone's, PEP 495)
     for got in (core, plain):
