@@ -13,10 +13,17 @@ VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 
 
+def _stamp(extras: str) -> str:
+    return hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + extras.encode()).hexdigest()
+
+
 def ensure(extras: str = "dev") -> Path:
     stamp = VENV / ".labvault-stamp"
-    want = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + extras.encode()).hexdigest()
-    if stamp.exists() and stamp.read_text() == want and (BIN / "python").exists():
+    want = _stamp(extras)
+    have = stamp.read_text() if stamp.exists() else ""
+    # A venv installed with the extras (scripts/test) holds everything scripts/run needs:
+    # alternating the README's two commands must not reinstall each time.
+    if (BIN / "python").exists() and (have == want or (not extras and have == _stamp("dev"))):
         return BIN / "python"
     if not (BIN / "python").exists():
         print("creating .venv …", file=sys.stderr)

@@ -354,3 +354,39 @@ def test_errors_are_neither_wrapped_nor_read_as_markup(sqlite_cli: Cli, tmp_path
     r = cli.user_error("patient", "import", str(deep), "--tenant", tenant)
     first = r.stderr.splitlines()[0]
     assert first.startswith("error: ") and str(deep) in first, r.stderr
+
+
+def test_the_two_readme_commands_share_one_install(tmp_path: Any, monkeypatch: Any) -> None:
+    """`scripts/run` (no extras) after `scripts/test` (extras "dev") reinstalled the whole
+    venv (~1 min), and `scripts/test` after `scripts/run` again: alternating the README's
+    two commands paid it every time. A dev install now serves both."""
+    import importlib.util
+    from pathlib import Path
+    root = tmp_path / "repo"
+    (root / "scripts").mkdir(parents=True)
+    src = Path(__file__).resolve().parents[2]
+    (root / "pyproject.toml").write_bytes((src / "pyproject.toml").read_bytes())
+    spec = importlib.util.spec_from_file_location("_venv_under_test", src / "scripts" / "_venv.py")
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.setattr(mod, "ROOT", root)
+    monkeypatch.setattr(mod, "VENV", root / ".venv")
+    monkeypatch.setattr(mod, "BIN", root / ".venv" / "bin")
+    installs: list[list[str]] = []
+
+    def fake_run(cmd: list[str], check: bool = False) -> None:
+        if cmd[1:3] == ["-m", "venv"]:
+            (root / ".venv" / "bin").mkdir(parents=True)
+            (root / ".venv" / "bin" / "python").write_text("")
+        elif "-e" in cmd:
+            installs.append(cmd)
+    monkeypatch.setattr(mod.subprocess, "run", fake_run)
+    mod.ensure("dev")
+    mod.ensure("")                       # run after test: nothing to install
+    mod.ensure("dev")
+    assert len(installs) == 1 and installs[0][-1].endswith("[dev]")
+    (root / ".venv" / ".labvault-stamp").unlink()
+    mod.ensure("")                       # run on a fresh venv: installs without extras
+    mod.ensure("dev")                    # then test needs its extras: installs them
+    assert [c[-1].endswith("[dev]") for c in installs[1:]] == [False, True]
