@@ -226,3 +226,31 @@ def test_every_rule_has_french_words() -> None:
                  "is longer than 100 characters", "something new"):
         said = rule_fr(rule)
         assert not re.search(r"\b(is|not|the|must|does)\b", said), (rule, said)
+
+
+def test_the_analysers_results_for_the_desks_tube_find_its_order(web: World,
+                                                                 browser: TestClient) -> None:
+    """The tube number written at the desk was kept on the specimen only; an analyser's
+    ORU^R01 quoting it (OBR-3, the barcode it read) found no order and made a second one.
+    The tube's number is now the order's filler number: the results go to the desk's order."""
+    from labvault.domain.actors import Actor
+    from labvault.interop.hl7.handler import Hl7Handler
+    a, lv = web.a, web.lv
+    pid = a.patients[1]
+    _console(browser, web, "reception")
+    page = f"/console/patients/{pid}/demande"
+    before = {o.order_id for o in _orders(web, pid)}
+    r = _post(browser, page, page, {**ORDER_FORM, "accession_number": "ETQ-0077"})
+    assert r.status_code == 200
+    (order,) = [o for o in _orders(web, pid) if o.order_id not in before]
+    nir = lv.patients.show(Actor.operator(), pid)["nir"]
+    oru = "\r".join([
+        "MSH|^~\\&|ANALYZER|LABO|LABVAULT|LABO|20260301093000||ORU^R01^ORU_R01|DESK-1|P|2.5",
+        f"PID|1||{nir}^^^ASIP-SANTE-NIR&1.2.250.1.213.1.4.8&ISO^NH",
+        "OBR|1||ETQ-0077|58410-2^CBC^LN|||20260301083000",
+        "OBX|1|NM|718-7^Hemoglobin^LN||13.2|g/dL|||||F",
+        "OBX|2|NM|2823-3^Potassium^LN||4.4|mmol/L|||||F"]) + "\r"
+    ack = Hl7Handler(lv, Actor.system("mllp"), a.tenant_id).handle(oru.encode())[1]
+    assert b"MSA|AA" in ack, ack
+    (after,) = [o for o in _orders(web, pid) if o.order_id not in before]   # no new order
+    assert after.order_id == order.order_id and after.status.value == "preliminary"

@@ -304,6 +304,10 @@ def _order_input(form: OrderForm, catalogue: L.Catalogue, now: datetime
             L.Specimen.parse(specimen)
         except InvalidRecord as exc:
             errors.extend(e for e in exc.errors if e.field != "collected_at")
+        # The tube's number is the laboratory's number for this order (its filler number,
+        # ORC-3/OBR-3): an analyser reading the tube's barcode sends it back with the
+        # results, which then find this order instead of making a new one.
+        request["filler_number"] = specimen["accession_number"]
         if collected_at is None:
             errors.append(InvalidField("collected_at", "not a past time"))
     out = field_errors(errors, ORDER_INPUTS)
