@@ -12,6 +12,7 @@ import os
 import secrets
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -96,20 +97,37 @@ def sqlite_template(session_dir: Path) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def pg_engine() -> Iterator[Engine]:
+@contextmanager
+def private_schema(prefix: str) -> Iterator[str]:
+    """A PostgreSQL schema of its own (named after ``prefix``, this process and a random
+    part: xdist workers never share one), dropped with everything in it at the end."""
     require_pg()
-    schema = f"lvt_{os.getpid()}_{secrets.token_hex(3)}"
+    schema = f"{prefix}_{os.getpid()}_{secrets.token_hex(4)}"
     admin = make_engine(PG_URL)
     with admin.begin() as c:
         c.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield schema
+    finally:
+        with admin.begin() as c:
+            c.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        admin.dispose()
+
+
+def schema_engine(schema: str, migrated: bool = True) -> Engine:
+    """An engine whose connections work in ``schema`` (migrated to the heads)."""
     eng = make_engine(PG_URL, connect_args={"options": f"-csearch_path={schema}"})
-    migrate.upgrade(eng)
-    yield eng
-    eng.dispose()
-    with admin.begin() as c:
-        c.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-    admin.dispose()
+    if migrated:
+        migrate.upgrade(eng)
+    return eng
+
+
+@pytest.fixture(scope="session")
+def pg_engine() -> Iterator[Engine]:
+    with private_schema("lvt") as schema:
+        eng = schema_engine(schema)
+        yield eng
+        eng.dispose()
 
 
 def make_settings(data_dir: Path, url: str, key_file: Path) -> Settings:

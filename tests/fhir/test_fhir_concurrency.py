@@ -12,9 +12,7 @@ overwritten (a lost update)."""
 from __future__ import annotations
 
 import json
-import os
 import random
-import secrets
 import shutil
 import threading
 from collections.abc import Callable, Iterator
@@ -23,7 +21,6 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from labvault.access.policy import TablePolicy
@@ -33,10 +30,9 @@ from labvault.domain.actors import Actor
 from labvault.errors import UserError
 from labvault.interop.fhir import ids, versions
 from labvault.services.app import Labvault
-from labvault.store import migrate
 from labvault.store.engine import make_engine
 from labvault.synthetic import make_finess
-from tests.conftest import PG_URL, make_settings, require_pg
+from tests.conftest import PG_URL, make_settings, private_schema, schema_engine
 from tests.fhir.conftest import Running, serving
 from tests.fhir.test_fhir_http import AUTH, HDR, create_patient, visit
 from tests.fhir.test_fhir_rest import outcome
@@ -49,18 +45,9 @@ OVERLAP = 1.0      # how long the second writer is given to run while the first 
 def pg_schema() -> Iterator[str]:
     """A schema of its own: these tests commit (two connections must see each other's
     writes), unlike the other PostgreSQL tests, which roll back one connection."""
-    require_pg()
-    schema = f"lvc_{os.getpid()}_{secrets.token_hex(3)}"
-    admin = make_engine(PG_URL)
-    with admin.begin() as c:
-        c.execute(text(f'CREATE SCHEMA "{schema}"'))
-    eng = make_engine(PG_URL, connect_args={"options": f"-csearch_path={schema}"})
-    migrate.upgrade(eng)
-    eng.dispose()
-    yield schema
-    with admin.begin() as c:
-        c.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-    admin.dispose()
+    with private_schema("lvc") as schema:
+        schema_engine(schema).dispose()
+        yield schema
 
 
 @pytest.fixture
@@ -81,7 +68,7 @@ def workers(backend: str, request: pytest.FixtureRequest, tmp_path: Path,
         url = PG_URL
 
         def engine() -> Engine:
-            return make_engine(PG_URL, connect_args={"options": f"-csearch_path={schema}"})
+            return schema_engine(schema, migrated=False)
     settings = make_settings(tmp_path / "var", url, root_key_file)
     cores = [Labvault(settings, engine(), KeyRing(FileKeyProvider(root_key_file)))
              for _ in range(2)]

@@ -6,7 +6,6 @@ each backend (an SQLite data directory, or a PostgreSQL schema of its own so tha
 from __future__ import annotations
 
 import json
-import os
 import secrets
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -16,15 +15,13 @@ from urllib.parse import quote
 
 import pytest
 from click.testing import Result
-from sqlalchemy import text
 from typer.testing import CliRunner
 
 from labvault.cli import app
 from labvault.config import Settings
 from labvault.services.app import Labvault
-from labvault.store.engine import make_engine
 from labvault.synthetic import make_finess, people, strip_none
-from tests.conftest import PG_URL, require_pg
+from tests.conftest import PG_URL, private_schema
 
 
 @dataclass
@@ -86,17 +83,8 @@ def _pg_schema_url(schema: str) -> str:
 @pytest.fixture
 def pg_schema() -> Iterator[str]:
     """A fresh, empty PostgreSQL schema (committed data; dropped afterwards)."""
-    require_pg()
-    schema = f"lvf_{os.getpid()}_{secrets.token_hex(4)}"
-    admin = make_engine(PG_URL)
-    with admin.begin() as c:
-        c.execute(text(f'CREATE SCHEMA "{schema}"'))
-    try:
+    with private_schema("lvf") as schema:
         yield schema
-    finally:
-        with admin.begin() as c:
-            c.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        admin.dispose()
 
 
 def make_cli(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Cli:

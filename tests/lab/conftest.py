@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -100,3 +101,19 @@ def cli_laboratory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str = 
                                     make_finess(random.Random(seed))).tenant_id
     finally:
         lv.close()
+
+
+def store_unchecked_catalogue(lv: Labvault, tenant_id: str, data: dict[str, Any]) -> None:
+    """Make ``data`` the lab's active catalogue as stored, without today's checks (one
+    loaded by an earlier version), and forget the cached one, as another process would."""
+    import json
+
+    from labvault.store import repositories_lab as lrepo
+    cid = f"cat_{data['version']}"
+    with lv.begin() as conn:
+        sealed = lv.gate.seal_tenant_value(conn, tenant_id, "lab_catalogues",
+                                           "catalogue_sealed", cid, json.dumps(data).encode())
+        lrepo.insert_catalogue(conn, {"tenant_id": tenant_id, "catalogue_id": cid,
+                                      "version": data["version"], "status": "active",
+                                      "loaded_at": lv.now(), "catalogue_sealed": sealed})
+    lv.lab._active.clear()

@@ -17,6 +17,7 @@ from labvault.errors import InvalidRecord, UserError
 from labvault.services.app import Labvault
 from labvault.services.lab import default_catalogue_data
 from tests.foundation.conftest import Cli, make_cli
+from tests.lab.conftest import store_unchecked_catalogue
 
 # The QA report's file (finding 11): every line of it is a mistake.
 QA_CATALOGUE = {"version": "qa-1", "tests": [
@@ -99,14 +100,7 @@ def test_a_stored_catalogue_that_no_longer_passes_fails_closed(
         lab_lv: Labvault, operator: Actor, tenant_id: str) -> None:
     """A catalogue loaded before these checks is not used with its mistakes: results are
     refused with a message saying to load a corrected one."""
-    from labvault.store import repositories_lab as lrepo
-    with lab_lv.begin() as conn:
-        sealed = lab_lv.gate.seal_tenant_value(conn, tenant_id, "lab_catalogues",
-                                               "catalogue_sealed", "cat_old",
-                                               json.dumps(QA_CATALOGUE).encode())
-        lrepo.insert_catalogue(conn, {"tenant_id": tenant_id, "catalogue_id": "cat_old",
-                                      "version": "qa-1", "status": "active",
-                                      "loaded_at": lab_lv.now(), "catalogue_sealed": sealed})
+    store_unchecked_catalogue(lab_lv, tenant_id, QA_CATALOGUE)
     with pytest.raises(UserError, match="catalogue qa-1 no longer passes") as exc:
         lab_lv.lab.catalogue(tenant_id)
     assert "labvault catalogue load" in exc.value.hint

@@ -18,6 +18,7 @@ from labvault.errors import InvalidRecord
 from labvault.services.app import Labvault
 from labvault.services.lab import default_catalogue_data
 from tests.foundation.conftest import Cli, make_cli
+from tests.lab.conftest import store_unchecked_catalogue
 
 NOW = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 
@@ -154,16 +155,8 @@ def test_an_order_is_still_shown_when_the_stored_catalogue_no_longer_passes(
         lab_lv: Labvault, operator: Actor, tenant_id: str, patient_id: str) -> None:
     """Results are refused then (test_catalogue), but reading an order must not be: its
     tests are named by their codes."""
-    from labvault.store import repositories_lab as lrepo
     o = lab_lv.lab.create_order(operator, tenant_id, patient_id, {"tests": ["718-7"]})
-    bad = potassium(ranges=[{"low": 5.1, "high": 3.5}])           # inverted bounds
-    with lab_lv.begin() as conn:
-        sealed = lab_lv.gate.seal_tenant_value(conn, tenant_id, "lab_catalogues",
-                                               "catalogue_sealed", "cat_stale",
-                                               json.dumps(bad).encode())
-        lrepo.insert_catalogue(conn, {"tenant_id": tenant_id, "catalogue_id": "cat_stale",
-                                      "version": "own-1", "status": "active",
-                                      "loaded_at": lab_lv.now(), "catalogue_sealed": sealed})
-    lab_lv.lab._active.clear()                # as another process would see it
+    store_unchecked_catalogue(lab_lv, tenant_id,
+                              potassium(ranges=[{"low": 5.1, "high": 3.5}]))  # inverted
     got = lab_lv.lab.get_order(operator, o.order_id)
     assert got.test_names == {} and got.test_name("718-7") == "718-7"
