@@ -17,7 +17,7 @@ prescriber", docs/hl7.md "Outbound").
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -198,10 +198,12 @@ class DeliveryService:
         return {"id": destination_id, "status": "removed", "pending_in_laboratory": pending}
 
     # == outbox: written with the publication ==================================================
-    def enqueue(self, conn: Connection, order: _Order, report: ReportView,
+    def enqueue(self, conn: Connection, order: _Order, report: Callable[[], ReportView],
                 corrected: bool) -> int:
         """Compose and queue (sealed) one ORU^R01 per destination this report goes to, in
-        the caller's transaction. Returns how many were queued (0: no destination)."""
+        the caller's transaction. Returns how many were queued (0: no destination).
+        ``report`` builds the report's view (its results unsealed) only when a destination
+        matches: a correction in a laboratory without delivery opens nothing more."""
         tenant_id = order.tenant_id
         prescriber = order.request.get("prescriber") or {}
         rpps = prescriber.get("rpps")
@@ -209,6 +211,7 @@ class DeliveryService:
         found = drepo.matching_destinations(conn, tenant_id, digest)
         if not found:
             return 0
+        view = report()
         # The message names the patient: the identity is read through the gate, audited
         # as the delivery job composing it.
         opened = self.lv.gate.read_patients(conn, Access(
@@ -219,18 +222,18 @@ class DeliveryService:
         assert tenant is not None
         now = self.lv.now()
         results = [O.OutboundResult(o.observation, corrected and o.status == "amended")
-                   for o in report.observations if o.status != "cancelled"]
+                   for o in view.observations if o.status != "cancelled"]
         rows = []
         for dest in found:
             oid = new_id("out")
             msg = O.compose_oru(O.OutboundReport(
                 oid, now, tenant["finess"], tenant["name"], order.patient_id, identity,
-                report.report_id, order.request.get("placer_number"),
+                view.report_id, order.request.get("placer_number"),
                 order.request.get("filler_number"), prescriber or None, corrected,
-                report.collected_at, report.issued_at, results, report.conclusion))
+                view.collected_at, view.issued_at, results, view.conclusion))
             rows.append({
                 "tenant_id": tenant_id, "outbox_id": oid,
-                "destination_id": dest["destination_id"], "report_id": report.report_id,
+                "destination_id": dest["destination_id"], "report_id": view.report_id,
                 "order_id": order.order_id, "patient_id": order.patient_id,
                 "kind": "corrected" if corrected else "final", "status": "pending",
                 "attempts": 0, "created_at": now, "next_attempt_at": now, "updated_at": now,

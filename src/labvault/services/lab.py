@@ -1402,8 +1402,13 @@ class LabService:
         """The report as it now stands, queued for the destinations it goes to (in the
         caller's transaction: the messages are written with the change, or neither)."""
         view = self._report_view(conn, order)
-        queued = self.lv.delivery.enqueue(conn, order, view, corrected)
+        queued = self.lv.delivery.enqueue(conn, order, lambda: view, corrected)
         return replace(view, queued=queued) if queued else view
+
+    def _queue_correction(self, conn: Connection, order: _Order) -> None:
+        """A corrected result sent on to the destinations its report goes to; the report's
+        view is built only if one matches (the amendment returns the result, not it)."""
+        self.lv.delivery.enqueue(conn, order, lambda: self._report_view(conn, order), True)
 
     def amend(self, actor: Actor, observation_id: str, result: object,
               reason: str, conclusion: str | None = None) -> ObservationView:
@@ -1450,7 +1455,7 @@ class LabService:
                 self._write_report_payload(conn, order, {
                     "conclusion": concl, "conclusion_at": ts.isoformat()}, revised_because=why)
             self._panic_alert(conn, actor, order, observation_id, new)
-            self._delivered(conn, order, corrected=True)
+            self._queue_correction(conn, order)
             return ObservationView(observation_id, order.order_id, order.patient_id, tenant_id,
                                    "amended", rev, orow["created_at"], ts, new)
 
