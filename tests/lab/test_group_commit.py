@@ -4,6 +4,7 @@ every message of the batch with AE and stores none of them."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 
 import pytest
@@ -129,58 +130,81 @@ def test_concurrent_connections_share_commits(lab_lv: Labvault, h: Hl7Handler,
         assert counts(lab_lv, tenant_id, operator)[2] == 36
 
 
-def test_the_writer_takes_every_waiting_message_in_one_batch() -> None:
-    """One storing thread: while it stores a batch, the messages that arrive wait; when it
-    is free it takes all of them at once, and no ACK is released before its batch returned."""
+def test_busy_connections_share_one_batch_and_no_ack_leaves_before_it() -> None:
+    """Three connections that sent recently: the batch waits until all three have a
+    message waiting (however long max_wait), stores them in one call, and no ACK is
+    released before that call returned."""
     from labvault.interop.hl7.mllp import GroupCommitter
-    first_in = threading.Event()
-    release = threading.Event()
     batches: list[list[str]] = []
 
     def handle_many(items: list[str]) -> list[bytes]:
         batches.append(list(items))
-        if len(batches) == 1:
-            first_in.set()
-            assert release.wait(10)
         return [f"ACK {i}".encode() for i in items]
 
-    gc = GroupCommitter(handle_many, lambda p: b"AE", max_batch=32)
-    try:
-        f0 = gc.submit(b"m0", "m0")
-        assert first_in.wait(10)
-        later = [gc.submit(f"m{i}".encode(), f"m{i}") for i in range(1, 9)]
-        assert not f0.done() and not any(f.done() for f in later)   # batch 1 still storing
-        release.set()
-        assert f0.result(10) == b"ACK m0"
-        assert [f.result(10) for f in later] == [f"ACK m{i}".encode() for i in range(1, 9)]
-        assert batches == [["m0"], [f"m{i}" for i in range(1, 9)]]
-        assert (gc.batches, gc.messages, gc.largest) == (2, 9, 8)
-    finally:
+    async def main() -> None:
+        gc = GroupCommitter(handle_many, lambda p: b"AE", max_wait=60)
+        a, b, c = object(), object(), object()
+        t0 = asyncio.get_running_loop().time()
+        assert await asyncio.gather(*(gc.submit(conn, b"x", "first") for conn in (a, b, c))) \
+            == [b"ACK first"] * 3
+        assert asyncio.get_running_loop().time() - t0 < 30     # not max_wait: all three came
+        fa = gc.submit(a, b"m1", "m1")
+        fb = gc.submit(b, b"m2", "m2")
+        await asyncio.sleep(0.05)
+        assert not fa.done() and not fb.done()      # c is busy too: wait for it
+        fc = gc.submit(c, b"m3", "m3")
+        assert await asyncio.gather(fa, fb, fc) == [b"ACK m1", b"ACK m2", b"ACK m3"]
+        assert batches[-1] == ["m1", "m2", "m3"]
+        assert (gc.batches, gc.messages, gc.largest) == (2, 6, 3)
         gc.close()
+    asyncio.run(main())
 
 
-def test_the_writer_batch_is_bounded_and_a_failing_batch_answers_each() -> None:
+def test_a_quiet_connection_delays_the_others_by_max_wait_only() -> None:
+    """A connection that sent recently and then went quiet (or closed) holds a waiting
+    message for ``max_wait`` at most; one that closed, or has been quiet longer than the
+    busy window, not at all."""
     from labvault.interop.hl7.mllp import GroupCommitter
-    gate = threading.Event()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        gc = GroupCommitter(lambda items: [b"AA" for _ in items], lambda p: b"AE",
+                            max_wait=0.2, busy_window=0.5)
+        quiet, sender = object(), object()
+        await gc.submit(quiet, b"q")
+        t0 = loop.time()
+        await gc.submit(sender, b"s")               # quiet is still busy: max_wait
+        assert 0.15 < loop.time() - t0 < 2
+        gc.forget(quiet)                            # its connection closed
+        t0 = loop.time()
+        await gc.submit(sender, b"s")
+        assert loop.time() - t0 < 0.15
+        await gc.submit(quiet, b"q")
+        await asyncio.sleep(0.6)                    # quiet longer than the busy window
+        t0 = loop.time()
+        await gc.submit(sender, b"s")
+        assert loop.time() - t0 < 0.15
+        gc.close()
+    asyncio.run(main())
+
+
+def test_the_batch_is_bounded_and_a_failing_batch_answers_each() -> None:
+    from labvault.interop.hl7.mllp import GroupCommitter
     sizes: list[int] = []
 
     def handle_many(items: list[bytes]) -> list[bytes]:
         sizes.append(len(items))
         if len(sizes) == 1:
-            assert gate.wait(10)
-            return [b"AA"]
+            return [b"AA" for _ in items]
         raise RuntimeError("a bug in the batch handler")
 
-    gc = GroupCommitter(handle_many, lambda p: b"AE " + p, max_batch=3)
-    try:
-        f0 = gc.submit(b"x")
-        while not sizes:
-            threading.Event().wait(0.01)
-        futs = [gc.submit(f"p{i}".encode()) for i in range(5)]
-        gate.set()
-        assert f0.result(10) == b"AA"
-        assert [f.result(10) for f in futs] == [f"AE p{i}".encode() for i in range(5)]
-        assert sizes == [1, 3, 2]
-    finally:
+    async def main() -> None:
+        gc = GroupCommitter(handle_many, lambda p: b"AE " + p, max_batch=3, max_wait=60)
+        conns = [object() for _ in range(5)]
+        for conn in conns:                          # five busy connections
+            gc._seen[conn] = asyncio.get_running_loop().time()
+        futs = [gc.submit(conn, f"p{i}".encode()) for i, conn in enumerate(conns)]
+        assert await asyncio.gather(*futs) == [b"AA", b"AA", b"AA", b"AE p3", b"AE p4"]
+        assert sizes == [3, 2]
         gc.close()
-
+    asyncio.run(main())

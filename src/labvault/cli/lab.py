@@ -36,7 +36,8 @@ def mllp(port: int = typer.Option(2575, "--port", help="TCP port (0: any free po
                                                  "closed."),
          workers: int = typer.Option(4, "--workers", min=1, max=64,
                                      help="No longer used (kept for compatibility): "
-                                          "messages are stored by one thread, in batches "
+                                          "messages are stored on the listener's loop, "
+                                          "in batches "
                                           "(docs/hl7.md)."),
          tls_cert: Path = typer.Option(None, "--tls-cert",
                                        help="PEM certificate (chain) of the listener: MLLP "

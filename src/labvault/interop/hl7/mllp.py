@@ -1,11 +1,11 @@
 """MLLP listener (asyncio): ``0x0B message 0x1C 0x0D`` frames, one ACK per message.
 
 Per connection, messages are handled strictly in order: each is parsed, stored and
-committed (in a worker thread, so the loop keeps serving other connections) before
-its ACK is written back. With a batch handler (``handle_many``), messages that arrive
-together on *different* connections share one transaction — one savepoint each, so one
-message's failure leaves the others — and each ACK leaves only after that commit (group
-commit: the commit, most of a message's cost, is paid once per batch).
+committed before its ACK is written back. With a batch handler (``handle_many``),
+messages that arrive together on *different* connections share one transaction — one
+savepoint each, so one message's failure leaves the others — stored on the loop itself
+(``GroupCommitter``), and each ACK leaves only after that commit (group commit: the
+commit is paid once per batch). Without one, each message is stored in a worker thread.
 
 With an ``ssl`` context the listener speaks MLLP inside TLS (``tls.py``: the certificate,
 and optionally the analysers' CA for mutual authentication).
@@ -21,11 +21,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import queue
 import ssl
-import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,77 +131,89 @@ BatchHandler = Callable[[list[Any]], list[bytes]]
 
 
 class GroupCommitter:
-    """One storing thread (the writer) that stores messages in batches: whenever it is
-    free it takes *every* message waiting at that moment (up to ``max_batch``) into one
-    ``handle_many`` call — parse, map, one transaction, one commit — and each caller's
-    future gets its ACK only once that call returned (i.e. after the commit).
+    """Group commit on the listener's own event loop: messages from *different*
+    connections (a connection sends its next message only after its ACK) are stored
+    together by one ``handle_many`` call — parse, map, one transaction, one commit — and
+    each caller gets its ACK only once that call returned, i.e. after the commit.
 
-    One thread, measured (bench/mllp.py, 8 connections): with several storing threads
-    the waiting messages were split between them (1.9–2.0 messages per commit); parsing
-    in other threads before queueing gave 4–5 per commit but cost more CPU per message
-    than it saved (the GIL: those threads only contend with the writer). One thread doing
-    everything: 5–5.6 messages per commit and the least CPU per message."""
+    When to store: at once when every *busy* connection (one that sent a message within
+    ``busy_window`` seconds and is still open) has its message waiting — nobody else can
+    join the batch — or when ``max_batch`` are waiting; otherwise at most ``max_wait``
+    seconds after the first waiting message, so that an analyser gone quiet delays the
+    others by that much and no more. One analyser alone is stored at once.
+
+    The storing runs on the loop, not in a thread: while a batch is stored, the loop reads
+    nothing, and the messages that arrive meanwhile wait in the sockets for the next
+    batch. Measured (bench/mllp.py, docs/benchmarks.md "Session 11"): the storing thread
+    of before cost ~0.5 ms of server CPU per message in hand-offs between it and the loop
+    (two threads passing the GIL at every SQLite call), and made batches of 4 out of 8
+    connections; on the loop, 8 of 8, and −35 % CPU per message."""
 
     def __init__(self, handle_many: BatchHandler, fallback: Callable[[bytes], bytes],
-                 max_batch: int = 32) -> None:
+                 max_batch: int = 32, max_wait: float = 0.002,
+                 busy_window: float = 1.0) -> None:
         self.handle_many = handle_many
         self.fallback = fallback
         self.max_batch = max(1, max_batch)
-        self._q: queue.SimpleQueue[tuple[bytes, Any, Future[bytes]] | None] = \
-            queue.SimpleQueue()
-        self._started = False
-        self._lock = threading.Lock()
+        self.max_wait = max_wait
+        self.busy_window = busy_window
+        self._waiting: list[tuple[bytes, Any, asyncio.Future[bytes]]] = []
+        self._seen: dict[object, float] = {}      # connection -> when it last sent
+        self._timer: asyncio.TimerHandle | asyncio.Handle | None = None
+        self._due = False                         # a store is scheduled with call_soon
         self.batches = 0
         self.messages = 0
         self.largest = 0
 
-    def submit(self, payload: bytes, item: Any = None) -> Future[bytes]:
-        """Queue one message: ``item`` is what the batch handler gets for it (the payload
-        itself when None); ``payload`` is kept for the last-guard AE."""
-        fut: Future[bytes] = Future()
-        with self._lock:
-            if not self._started:
-                self._started = True
-                threading.Thread(target=self._run, name="mllp-commit", daemon=True).start()
-        self._q.put((payload, payload if item is None else item, fut))
+    def submit(self, conn: object, payload: bytes, item: Any = None) -> asyncio.Future[bytes]:
+        """Queue one message of connection ``conn`` (called on the loop): ``item`` is what
+        the batch handler gets for it (the payload itself when None); ``payload`` is kept
+        for the last-guard AE. The future is done once its batch is committed."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[bytes] = loop.create_future()
+        self._waiting.append((payload, payload if item is None else item, fut))
+        now = loop.time()
+        self._seen[conn] = now
+        if self._due:
+            return fut
+        busy = sum(1 for t in self._seen.values() if now - t < self.busy_window)
+        if len(self._waiting) >= min(busy, self.max_batch):
+            if self._timer is not None:
+                self._timer.cancel()
+            self._due = True
+            self._timer = loop.call_soon(self._store)
+        elif self._timer is None:
+            self._timer = loop.call_later(self.max_wait, self._store)
         return fut
 
-    def _take(self) -> list[tuple[bytes, Any, Future[bytes]]] | None:
-        """Block for one message, then take all that are waiting (``None``: stop)."""
-        first = self._q.get()
-        if first is None:
-            return None
-        batch = [first]
-        while len(batch) < self.max_batch:
-            try:
-                nxt = self._q.get_nowait()
-            except queue.Empty:
-                break
-            if nxt is None:
-                self._q.put(None)     # stop after this batch
-                break
-            batch.append(nxt)
-        return batch
+    def forget(self, conn: object) -> None:
+        """A connection closed: no batch waits for it any more."""
+        self._seen.pop(conn, None)
 
-    def _run(self) -> None:
-        while True:
-            batch = self._take()
-            if batch is None:
-                return
-            with self._lock:
-                self.batches += 1
-                self.messages += len(batch)
-                self.largest = max(self.largest, len(batch))
-            try:
-                acks = self.handle_many([item for _, item, _ in batch])
-            except Exception:   # the batch handler answers errors itself; last guard
-                log.exception("MLLP batch handler failed")
-                acks = [self.fallback(p) for p, _, _ in batch]
-            for (_, _, fut), ack in zip(batch, acks, strict=True):
+    def _store(self) -> None:
+        self._timer, self._due = None, False
+        batch, self._waiting = self._waiting[:self.max_batch], self._waiting[self.max_batch:]
+        if self._waiting:       # over max_batch: the rest right after this batch
+            self._due = True
+            self._timer = asyncio.get_running_loop().call_soon(self._store)
+        if not batch:
+            return
+        self.batches += 1
+        self.messages += len(batch)
+        self.largest = max(self.largest, len(batch))
+        try:
+            acks = self.handle_many([item for _, item, _ in batch])
+        except Exception:   # the batch handler answers errors itself; last guard
+            log.exception("MLLP batch handler failed")
+            acks = [self.fallback(p) for p, _, _ in batch]
+        for (_, _, fut), ack in zip(batch, acks, strict=True):
+            if not fut.done():      # its connection may have been cancelled meanwhile
                 fut.set_result(ack)
 
     def close(self) -> None:
-        self._q.put(None)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 class MllpServer:
@@ -248,7 +258,7 @@ class MllpServer:
     async def _store(self, payload: bytes, sender: tuple[str, str | None] | None) -> bytes:
         if self.committer is not None:
             item = None if sender is None else Received(payload, *sender)
-            return await asyncio.wrap_future(self.committer.submit(payload, item))
+            return await self.committer.submit(asyncio.current_task(), payload, item)
         return await asyncio.get_running_loop().run_in_executor(self.pool, self._safe_handle,
                                                                  payload)
 
@@ -282,7 +292,9 @@ class MllpServer:
                     data = await asyncio.wait_for(reader.read(65536), self.idle_timeout)
                 except TimeoutError:
                     break
-                if not data:
+                if not data or self._stopping:
+                    # stopping: what arrived while it began is not answered; the analyser
+                    # resends it (the stop may have waited behind a batch on the loop)
                     break
                 try:
                     payloads = fr.feed(data)
@@ -303,6 +315,8 @@ class MllpServer:
         except Exception:
             log.exception("MLLP connection error")
         finally:
+            if self.committer is not None:
+                self.committer.forget(task)
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
