@@ -14,10 +14,9 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from labvault.api.deps import CurrentActor
+from labvault.api.deps import CurrentActor, blocking
 from labvault.errors import UserError
 from labvault.interop.fhir.outcome import FhirError, from_user_error, operation_outcome
 from labvault.interop.fhir.server import FhirServer, dumps
@@ -152,7 +151,7 @@ async def metadata(request: Request, actor: CurrentActor) -> Response:
 async def transaction(request: Request, actor: CurrentActor) -> Response:
     body = await read_json(request)
     srv = server(request)
-    result = await run_in_threadpool(srv.transaction, actor, body, base_url(request))
+    result = await blocking(srv.lv, srv.transaction, actor, body, base_url(request))
     return fhir_response(result)
 
 
@@ -161,7 +160,7 @@ async def transaction(request: Request, actor: CurrentActor) -> Response:
 async def search(rtype: str, request: Request, actor: CurrentActor) -> Response:
     srv = server(request)
     items = list(request.query_params.multi_items())
-    return fhir_response(await run_in_threadpool(srv.search, actor, rtype, items,
+    return fhir_response(await blocking(srv.lv, srv.search, actor, rtype, items,
                                                  base_url(request)))
 
 
@@ -176,7 +175,7 @@ async def search_post(rtype: str, request: Request, actor: CurrentActor) -> Resp
     form = await request.form()
     items = [*request.query_params.multi_items(),
              *((k, v) for k, v in form.multi_items() if isinstance(v, str))]
-    return fhir_response(await run_in_threadpool(srv.search, actor, rtype, items,
+    return fhir_response(await blocking(srv.lv, srv.search, actor, rtype, items,
                                                  base_url(request)))
 
 
@@ -184,7 +183,7 @@ async def search_post(rtype: str, request: Request, actor: CurrentActor) -> Resp
 @router.head("/{rtype}/{fhir_id}", include_in_schema=False)   # HEAD: GET without the body
 async def read(rtype: str, fhir_id: str, request: Request, actor: CurrentActor) -> Response:
     srv = server(request)
-    resource, changed = await run_in_threadpool(srv.read_if_changed, actor, rtype, fhir_id,
+    resource, changed = await blocking(srv.lv, srv.read_if_changed, actor, rtype, fhir_id,
                                                 request.headers.get("if-none-match"))
     if not changed:
         # If-None-Match names the current version: 304, no body, the same ETag
@@ -201,7 +200,7 @@ async def create(rtype: str, request: Request, actor: CurrentActor) -> Response:
     conditions = {name: request.headers[name.lower()] for name in ("If-None-Exist",
                                                                   "If-None-Match")
                   if name.lower() in request.headers}
-    new_id, resource = await run_in_threadpool(srv.create, actor, rtype, body, conditions)
+    new_id, resource = await blocking(srv.lv, srv.create, actor, rtype, body, conditions)
     # no vread (readHistory false in the CapabilityStatement): no _history URL that would 404
     location = f"{base_url(request)}/{rtype}/{new_id}"
     return versioned_response(resource, 201, {"Location": location})
@@ -217,8 +216,8 @@ async def update(rtype: str, fhir_id: str, request: Request, actor: CurrentActor
                         ["If-Unmodified-Since"])
     body = await read_json(request)
     srv = server(request)
-    return versioned_response(await run_in_threadpool(
-        srv.update, actor, rtype, fhir_id, body, request.headers.get("if-match"),
+    return versioned_response(await blocking(
+        srv.lv, srv.update, actor, rtype, fhir_id, body, request.headers.get("if-match"),
         request.headers.get("if-none-match")))
 
 
