@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import and_, delete, insert, select, update
 from sqlalchemy.engine import Connection
 
-from labvault.store.driver_sql import first
+from labvault.store.driver_sql import first, select_rows, select_sql
 from labvault.store.tables_access import accounts, login_throttle, recovery_codes, sessions
 
 
@@ -18,9 +18,13 @@ def insert_account(conn: Connection, row: dict[str, Any]) -> None:
     conn.execute(insert(accounts).values(**row))
 
 
+_ACCOUNT = select_sql(accounts, "account_id = {p}")
+
+
 def get_account(conn: Connection, account_id: str) -> dict[str, Any] | None:
-    r = conn.execute(select(accounts).where(accounts.c.account_id == account_id)).mappings().first()
-    return dict(r) if r else None
+    # driver SQL: every request's session check and every validation's signature read it
+    rows = select_rows(conn, accounts, _ACCOUNT, (account_id,))
+    return rows[0] if rows else None
 
 
 def delete_patient_accounts(conn: Connection, tenant_id: str, patient_id: str) -> list[str]:
