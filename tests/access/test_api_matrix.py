@@ -189,7 +189,7 @@ def _lab_cases() -> dict[tuple[str, str], Case]:
     call of the patient that is not the portal account's. The role checks of the service
     come first (403 whatever the lab); then another lab's order answers 404 like an
     absent one, except to a platform account (403: no lab, refused by the gate)."""
-    from tests.web.helpers import order
+    from tests.web.helpers import import_issue, order
 
     def lab_of(c: Ctx, lab: str) -> Lab:
         return c.w.a if lab == "a" else c.w.b
@@ -207,9 +207,28 @@ def _lab_cases() -> dict[tuple[str, str], Case]:
                 {"result": {"code": "718-7", "value": 12.9, "unit": "g/dL"},
                  "reason": "erreur de saisie"})
 
+    def issue(path: str = "", body: dict[str, Any] | None = None) -> Build:
+        def build(c: Ctx, r: str, lab: str) -> Req:
+            (iid,) = import_issue(c.w, lab_of(c, lab)).issue_ids
+            return f"/api/v1/import-issues/{iid}{path}", body
+        return build
+
     other_lab = allow((), 0, deny=404, platform_operator=403)
     tech = ("technician", "biologist")
+    # the queue: policy rows for reception (the patient as sent, no result), technicians
+    # and biologists; storing or discarding results is a clinical write (not reception)
+    queue = ("reception", *tech)
     return {
+        ("GET", "/api/v1/import-issues"): Case(
+            lambda c, r, lab: ("/api/v1/import-issues", None), allow(queue, 200)),
+        ("GET", "/api/v1/import-issues/{issue_id}"): Case(issue(), allow(queue, 200),
+                                                          other_lab),
+        ("POST", "/api/v1/import-issues/{issue_id}/resolution"): Case(
+            lambda c, r, lab: issue("/resolution", {"patient_id": lab_of(c, lab).patients[1]})(
+                c, r, lab), allow(tech, 200), other_lab),
+        ("POST", "/api/v1/import-issues/{issue_id}/discard"): Case(
+            issue("/discard", {"reason": "doublon d'un résultat papier"}), allow(tech, 200),
+            other_lab),
         ("GET", "/api/v1/orders/{order_id}"): Case(at("published"), allow(tech, 200),
                                                    other_lab),
         ("POST", "/api/v1/orders/{order_id}/technical-validation"): Case(
@@ -707,7 +726,7 @@ def _lab_b_fhir(c: Ctx, client: TestClient) -> dict[str, tuple[str, dict[str, An
 def _id_routes(c: Ctx, client: TestClient) -> dict[tuple[str, str], list[Req]]:
     """For each route naming a record: the requests about laboratory B's records (one per
     FHIR type for the FHIR routes); the absent twin of each is derived by ``_absent``."""
-    from tests.web.helpers import ORDER_FORM, order
+    from tests.web.helpers import ORDER_FORM, import_issue, order
     b = c.w.b
     spec = client.get("/fhir/R4/metadata", headers={
         "Authorization": f"Bearer {c.w.lv.accounts.login(c.email('biologist'), PASSWORD, c.code('biologist')).token}"}).json()  # noqa: E501
@@ -717,6 +736,7 @@ def _id_routes(c: Ctx, client: TestClient) -> dict[tuple[str, str], list[Req]]:
     missing = set(offered) - set(fhir)
     assert not missing, f"FHIR types without a laboratory B record in this test: {missing}"
     alert = _panic_alert(c, "b")
+    (issue,) = import_issue(c.w, b).issue_ids
     account = b.accounts["technician"]
     patient = b.patients[0]
     return {
@@ -756,6 +776,12 @@ def _id_routes(c: Ctx, client: TestClient) -> dict[tuple[str, str], list[Req]]:
              {"conclusion": "RAS"})],
         ("POST", "/console/alertes/{alert_id}/prise-en-compte"): [
             (f"/console/alertes/{alert}/prise-en-compte", None)],
+        ("GET", "/api/v1/import-issues/{issue_id}"): [(f"/api/v1/import-issues/{issue}", None)],
+        ("POST", "/api/v1/import-issues/{issue_id}/resolution"): [
+            (f"/api/v1/import-issues/{issue}/resolution", {"patient_id": c.w.a.patients[1]})],
+        ("POST", "/api/v1/import-issues/{issue_id}/discard"): [
+            (f"/api/v1/import-issues/{issue}/discard", {"reason": "doublon",
+                                                        "all_results": True})],
         # the lab workflow's steps: laboratory B's order at the step each one acts on
         **_workflow_id_routes(c),
     }

@@ -77,6 +77,27 @@ def analyser_order(w: World, lab: Lab, i: int, *obx: str, control: str = "W1") -
     return str(out.order_ids[0])
 
 
+STRANGER_NIR = "161073306311891"         # synthetic (make_nir): no laboratory registers it
+STRANGER_PID = f"PID|1||{STRANGER_NIR}^^^^NH~MRN77^^^^PI||BARRAULT^Denis||19610703|M"
+_CONTROL = itertools.count(1)
+
+
+def import_issue(w: World, lab: Lab, pid: str = STRANGER_PID,
+                 obx: tuple[str, ...] = ("OBX|1|NM|2823-3^K^LN||6.9|mmol/L|||||F",),
+                 control: str | None = None) -> Any:
+    """An analyser's ORU^R01 for ``lab`` whose results wait in the import-issues queue
+    (by default: a patient no laboratory here registered); the ingest outcome (its
+    ``issue_ids``)."""
+    from labvault.domain.actors import Actor
+    from labvault.interop.hl7.handler import Hl7Handler
+    control = control or f"IQ{next(_CONTROL)}"
+    msg = "\r".join([f"MSH|^~\\&|ANALYZER|LABO|LABVAULT|LABO|20260301083000||ORU^R01|"
+                     f"{control}|P|2.5", pid,
+                     f"OBR|1|P{control}||2823-3^K^LN|||20260301080000", *obx, ""])
+    outcome, _ack = Hl7Handler(w.lv, Actor.system("mllp"), lab.tenant_id).handle(msg.encode())
+    return outcome
+
+
 def registration_form(p: dict[str, Any]) -> dict[str, str]:
     """A patient (``patient_json``) as the console's "Nouveau patient" form sends it."""
     addr, cov, doc = p.get("address") or {}, p.get("coverage") or {}, p.get("prescriber") or {}

@@ -47,6 +47,13 @@ CLINICAL = frozenset({Category.CLINICAL})
 # What one order/result message may touch of its patient: the clinical records it writes
 # and the sex / birth date it reads for the reference ranges.
 MESSAGE_CATEGORIES = frozenset({Category.CLINICAL, Category.IDENTITY})
+# what an import issue's sealed payload may hold: the results (clinical) and the patient as
+# the analyser sent it (identifiers, name, birth date, sex; a registration's categories)
+ISSUE_CATEGORIES = frozenset({Category.CLINICAL, Category.IDENTITY, Category.CONTACT,
+                              Category.COVERAGE})
+_ISSUE_CLINICAL = ("order", "results", "reason", "location", "message", "control_id")
+_SUMMARY_FIELDS = {"name": ("birth_name", "first_names"), "birth_date": ("birth_date",),
+                   "sex": ("sex",)}
 CONTROL = "hl7_control"
 # OBX-11 (HL7 table 0085): no result to store (X: cannot be obtained), noted in the ACK
 # with a reason; D and W retract a result already sent.
@@ -118,11 +125,12 @@ def _one_result_per_test(first: I.InboundResult, r: I.InboundResult,
 
 # What can fix an issue of each kind (hl7-issues resolve's hint).
 _DISCARD_HINT = ('discard it once handled: --discard --reason "..." (--all-results when it '
-                 "holds several)")
+                 "holds several; REST: POST /api/v1/import-issues/{id}/discard)")
 _RESOLVE_HINTS = {
-    "unknown-patient": "give the patient: --patient pt_... (labvault patient find ...)",
-    "unknown-code": "say what each unknown code means: --code LOCAL=LOINC (labvault catalogue "
-                    "show lists the LOINC codes)",
+    "unknown-patient": "give the patient: --patient pt_... (REST: patient_id; labvault "
+                       "patient find ...)",
+    "unknown-code": "say what each unknown code means: --code LOCAL=LOINC (REST: codes "
+                    "{LOCAL: LOINC}; labvault catalogue show lists the LOINC codes)",
     "invalid-value": "labvault converts no value or unit: ask the sender for a corrected "
                      "result, then " + _DISCARD_HINT,
     "order-closed": "the order is validated: a biologist corrects the result by an "
@@ -794,16 +802,18 @@ class MessageService:
                 raise absent("import-issue")
             self.lab._scope(actor, row["tenant_id"], "import-issue")
             tid = row["tenant_id"]
-            self.lv.gate.check(conn, Access(actor, Action.READ, tid, CLINICAL,
-                                            resource="import-issue",
-                                            patient_ids=(row["patient_id"],)
-                                            if row["patient_id"] else ()))
+            decision = self.lv.gate.check(conn, Access(
+                actor, Action.READ, tid, ISSUE_CATEGORIES, resource="import-issue",
+                patient_ids=(row["patient_id"],) if row["patient_id"] else ()))
             payload = self._open_issue(conn, row)
             results = [I.InboundResult.from_json(r) for r in payload.get("results") or ()]
+            seen = issue_as_seen(payload, decision)
+            if Category.CLINICAL in decision.categories:
+                seen["panic_values"] = self._panic_values(conn, tid, results)
             return {"id": row["issue_id"], "kind": row["kind"], "status": row["status"],
                     "patient_id": row["patient_id"], "message_id": row["message_id"],
                     "created_at": row["created_at"], "resolved_at": row["resolved_at"],
-                    **payload, "panic_values": self._panic_values(conn, tid, results)}
+                    **seen}
 
     def _seal_issue(self, conn: Connection, tenant_id: str, patient_id: str | None,
                     issue_id: str, column: str, payload: Mapping[str, Any]) -> bytes:
@@ -835,15 +845,14 @@ class MessageService:
             if repo.get_tenant(conn, tenant_id) is None:
                 raise NotFound(f"no laboratory {tenant_id}", "labvault tenant list")
             rows = lrepo.issues(conn, tenant_id, [status] if status else None, limit)
-            self.lv.gate.check(conn, Access(actor, Action.READ, tenant_id, CLINICAL,
-                                            resource="import-issue",
-                                            patient_ids=tuple(dict.fromkeys(
-                                                r["patient_id"] for r in rows
+            decision = self.lv.gate.check(conn, Access(
+                actor, Action.READ, tenant_id, ISSUE_CATEGORIES, resource="import-issue",
+                patient_ids=tuple(dict.fromkeys(r["patient_id"] for r in rows
                                                 if r["patient_id"]))))
             out = []
             for r in rows:
                 try:
-                    payload = self._open_issue(conn, r)
+                    payload = issue_as_seen(self._open_issue(conn, r), decision)
                 except NotFound:      # the patient was erased meanwhile
                     payload = {"erased": True}
                 out.append({"id": r["issue_id"], "kind": r["kind"], "status": r["status"],
@@ -869,7 +878,8 @@ class MessageService:
             target = patient_id or row["patient_id"]
             if target is None:
                 raise UserError(f"issue {issue_id} needs the patient its results belong to",
-                                "give --patient pt_... (labvault patient find ...)")
+                                "give --patient pt_... (REST: patient_id; labvault patient "
+                                "find ...)")
             if repo.patient_tenant(conn, target) != tid:
                 raise NotFound(f"no patient {target} in this laboratory",
                                "check the patient id (labvault patient find ...)")
@@ -978,7 +988,8 @@ class MessageService:
         from labvault.domain import validation as v
         if not (reason or "").strip():
             raise UserError("discarding an issue needs a reason (kept with it)",
-                            'add --reason "..." (e.g. "duplicate of a paper result")')
+                            'add --reason "..." (REST: reason; e.g. "duplicate of a paper '
+                            'result")')
         why = v.text(reason, "reason", 2000, required=True)
         with self.lv.begin() as conn:
             row = self._open_row(conn, actor, issue_id)
@@ -994,7 +1005,7 @@ class MessageService:
                     f"({', '.join(str(r.get('code')) for r in results)}): discarding throws "
                     "all of them away",
                     "resolve it instead (what can be stored is, the rest stays as a new "
-                    "issue), or confirm with --all-results")
+                    "issue), or confirm with --all-results (REST: all_results)")
             ts = self.lv.now()
             resolution = {"by": actor.id, "at": ts.isoformat(), "discarded": True, "reason": why,
                           "results": len(results)}
@@ -1015,3 +1026,54 @@ class MessageService:
     def count(self, tenant_id: str) -> int:
         with self.lv.begin() as conn:
             return lrepo.count_messages(conn, tenant_id)
+
+
+def issue_as_seen(payload: Mapping[str, Any], decision: Decision) -> dict[str, Any]:
+    """What of an import issue's payload ``decision`` opens (docs/access-policy.md, the
+    ``import-issue`` rows): without ``clinical``, no result, order, reason or raw message;
+    the patient as sent only in the categories and fields granted — a technician (identity
+    restricted to names, birth date and sex) sees the name, birth date and sex the analyser
+    sent, not the NIR or other identifiers (any of them may be the NIR), nor the raw
+    message that holds them. ``withheld`` lists what was left out, so that a page can say
+    why something is missing."""
+    cats = decision.categories
+    only: Mapping[str, Any] = decision.detail.get("fields", {})
+
+    def shown(cat: Category, name: str) -> bool:
+        return cat in cats and (cat.value not in only or name in only[cat.value])
+
+    def whole(cat: Category) -> bool:
+        return cat in cats and cat.value not in only
+
+    out: dict[str, Any] = {}
+    withheld: list[str] = []
+    for key, value in payload.items():
+        if key in _ISSUE_CLINICAL and (not whole(Category.CLINICAL) or (
+                key in ("message", "control_id") and not whole(Category.IDENTITY))):
+            withheld.append(key)        # the raw message holds the PID as sent, NIR included
+            continue
+        if key != "patient" or value is None:
+            out[key] = value
+            continue
+        patient: dict[str, Any] = {}
+        if value.get("identifiers"):
+            if shown(Category.IDENTITY, "nir"):
+                patient["identifiers"] = value["identifiers"]
+            else:
+                withheld.append("patient.identifiers")
+        summary = {k: v for k, v in (value.get("summary") or {}).items()
+                   if any(shown(Category.IDENTITY, f) for f in _SUMMARY_FIELDS.get(k, (k,)))}
+        patient["summary"] = summary
+        record = value.get("record")
+        if record:
+            kept = {c: {k: v for k, v in fields.items() if shown(Category(c), k)}
+                    for c, fields in record.items() if Category(c) in cats}
+            patient["record"] = {c: f for c, f in kept.items() if f} or None
+            if any(set(fields) - set(kept.get(c, {})) for c, fields in record.items()):
+                withheld.append("patient.record")
+        else:
+            patient["record"] = record
+        out["patient"] = patient
+    if withheld:
+        out["withheld"] = withheld
+    return out

@@ -1,4 +1,5 @@
-"""``/api/v1/orders``, ``/api/v1/observations``: the lab workflow's steps for lab staff.
+"""``/api/v1/orders``, ``/api/v1/observations``, ``/api/v1/import-issues``: the lab
+workflow's steps for lab staff, and the queue of analyser results waiting for a person.
 
 Each call goes through ``lv.lab`` (``services/lab.py``), which checks the role and the
 gate and audits; errors are problem+json like every other route. The review read
@@ -10,9 +11,9 @@ read. A requested test without result makes validation and publication refuse (4
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field
 
 from labvault.api.deps import LV, CurrentActor
@@ -148,3 +149,59 @@ def amendment(observation_id: str, body: AmendmentIn, actor: CurrentActor,
               lv: LV) -> dict[str, Any]:
     return lv.lab.amend(actor, observation_id, body.result, body.reason,
                         body.conclusion).as_json()
+
+
+# -- the import-issues queue (docs/hl7.md "Import issues") ---------------------------------
+ISSUES = "/api/v1/import-issues"
+
+
+class ResolutionIn(BaseModel):
+    patient_id: str | None = Field(default=None, max_length=64, description=(
+        "the patient the results belong to (an unknown patient; the patient id of "
+        "GET /api/v1/patients?...)"), examples=["pt_8f3k2m9q0w1e5r7t4y6u2i8o0p"])
+    codes: dict[str, str] | None = Field(default=None, description=(
+        "local code -> LOINC code of the catalogue, for results whose code is not in it"),
+        examples=[{"GLUX": "2345-7"}])
+
+
+class DiscardIn(BaseModel):
+    reason: str = Field(max_length=2000, description="why the results are not stored (kept, "
+                                                     "sealed)")
+    all_results: bool = Field(default=False, description=(
+        "required to discard an issue holding several results (resolving instead stores "
+        "those that can be)"))
+
+
+@router.get(ISSUES, summary="The laboratory's import-issues queue: analyser results kept "
+                            "for a person (unknown patient or code, wrong unit, closed order)"
+                            " — what the caller's role may see of each (`withheld`)")
+def import_issues(actor: CurrentActor, lv: LV,
+                  status: Literal["open", "resolved", "discarded", "all"] = Query(
+                      "open", description="which issues (`all`: every status)")
+                  ) -> dict[str, Any]:
+    assert actor.tenant_id is not None          # laboratory_account
+    return {"issues": lv.lab.messages.list_issues(actor, actor.tenant_id,
+                                                  None if status == "all" else status)}
+
+
+@router.get(ISSUES + "/{issue_id}", summary="One import issue, with its values beyond a "
+                                            "panic limit (`panic_values`)")
+def import_issue(issue_id: str, actor: CurrentActor, lv: LV) -> dict[str, Any]:
+    return lv.lab.messages.get_issue(actor, issue_id)
+
+
+@router.post(ISSUES + "/{issue_id}/resolution",
+             summary="Store the issue's results with a person's answer: the patient and/or "
+                     "the LOINC code each unknown code means; what still cannot be stored "
+                     "stays as a new issue (`left_as`)")
+def resolve_import_issue(issue_id: str, body: ResolutionIn, actor: CurrentActor,
+                         lv: LV) -> dict[str, Any]:
+    return lv.lab.messages.resolve_issue(actor, issue_id, patient_id=body.patient_id,
+                                         codes=body.codes)
+
+
+@router.post(ISSUES + "/{issue_id}/discard",
+             summary="Close an issue without storing its results (the reason is kept)")
+def discard_import_issue(issue_id: str, body: DiscardIn, actor: CurrentActor,
+                         lv: LV) -> dict[str, Any]:
+    return lv.lab.messages.discard_issue(actor, issue_id, body.reason, body.all_results)
