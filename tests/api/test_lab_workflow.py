@@ -9,7 +9,7 @@ from typing import Any
 from fastapi.testclient import TestClient
 
 from tests.access.conftest import Lab, World
-from tests.web.helpers import order
+from tests.web.helpers import analyser_order, order
 
 K_HIGH = [{"code": "718-7", "value": 13.1, "unit": "g/dL"},
           {"code": "2823-3", "value": "5.6", "unit": "mmol/L"}]
@@ -170,6 +170,35 @@ def test_amendment_with_conclusion_and_conclusion_revision(world: World,
     r = client.post(url, json={"conclusion": "Hypokaliémie sévère, contrôle demandé",
                                "reason": "précision"}, headers=bio)
     assert r.status_code == 200 and len(r.json()["conclusion_revisions"]) == 2
+
+
+def test_amending_a_withdrawn_result_is_a_conflict(world: World, client: TestClient) -> None:
+    """A result the analyser withdrew before validation (OBX-11 W, a new value after it)
+    is no part of the published report: its amendment is a 409 ``result-withdrawn`` naming
+    the withdrawal and the result in force to amend instead."""
+    a = world.a
+    bio = _bearer(world, a, "biologist")
+    oid = analyser_order(world, a, 0, "OBX|1|NM|2823-3^K^LN||4.1|mmol/L|||||F",
+                         control="WD1", number="AWD")
+    assert analyser_order(world, a, 0, "OBX|1|NM|2823-3^K^LN||4.1|mmol/L|||||W",
+                          "OBX|2|NM|2823-3^K^LN||3.9|mmol/L|||||F",
+                          control="WD2", number="AWD") == oid
+    r = client.post(f"/api/v1/orders/{oid}/biological-validation", json={"publish": True},
+                    headers=bio)
+    assert r.status_code == 200 and r.json()["order_status"] == "published", r.text
+    status = {o["status"]: o["id"] for o in r.json()["observations"]}
+    body = _problem(client.post(
+        f"/api/v1/observations/{status['cancelled']}/amendment",
+        json={"result": {"code": "2823-3", "value": 4.0, "unit": "mmol/L"}, "reason": "typo"},
+        headers=bio), 409, "invalid-transition")
+    assert body["kind"] == "result-withdrawn" and body["order_status"] == "published"
+    assert body["title"].startswith("this result was withdrawn by system:mllp at ")
+    assert body["step"]["by"] == "system:mllp" and "OBX-11 W" in body["step"]["reason"]
+    assert body["in_force"] == status["final"] and status["final"] in body["detail"]
+    r = client.post(f"/api/v1/observations/{status['final']}/amendment",
+                    json={"result": {"code": "2823-3", "value": 4.0, "unit": "mmol/L"},
+                          "reason": "typo"}, headers=bio)
+    assert r.status_code == 200 and r.json()["status"] == "amended"
 
 
 def test_openapi_documents_the_lab_steps(client: TestClient) -> None:

@@ -14,7 +14,7 @@ from labvault.domain import lab as L
 from labvault.domain.actors import Actor
 from labvault.interop.hl7.handler import Hl7Handler
 from labvault.services.app import Labvault
-from labvault.services.lab import Skip
+from labvault.services.lab import ResultWithdrawn, Skip, WorkflowConflict
 from labvault.synthetic import make_nir
 from tests.lab.conftest import ack_of, patient_data
 
@@ -225,6 +225,57 @@ def test_wrong_then_right_value_in_one_message(h: Hl7Handler, lab_lv: Labvault,
     assert sorted((o.status, o.observation.numeric) for o in obs
                   if o.observation.code == "2823-3") == [("cancelled", 4.1),
                                                          ("preliminary", 3.9)]
+
+
+def test_a_withdrawn_result_is_not_amended_after_publication(
+        h: Hl7Handler, lab_lv: Labvault, operator: Actor, biologist: Actor,
+        potassium: str) -> None:
+    """A result its sender withdrew before validation is no part of the published report:
+    amending it would put the retracted value back in force. Refused (a workflow
+    conflict, 409 at the doors), saying who withdrew it, when and why, and which result
+    of the test to amend instead -- or, when the report has none, that it needs a new
+    order. Nothing is written."""
+    assert ack_of(h.handle(hl7("ORU^R01", "R9A", PID_PAUL,
+                               "OBR|1|PR6||2823-3^K^LN|||20260306103000",
+                               "OBX|1|NM|2823-3^K^LN||4.1|mmol/L|||||W",
+                               "OBX|2|NM|2823-3^K^LN||3.9|mmol/L|||||F"))[1]) == ("AA", [])
+    assert ack_of(h.handle(hl7("ORU^R01", "R9B", PID_PAUL,
+                               "OBR|1|PR6||2951-2^Na^LN|||20260306103000",
+                               'OBX|1|NM|2951-2^Na^LN||""|mmol/L|||||D'))[1]) == ("AA", [])
+    lab_lv.lab.validate_final(biologist, potassium, None)
+    lab_lv.lab.publish(biologist, potassium)
+    obs = {(o.observation.code, o.status): o
+           for o in lab_lv.lab.get_report_by_order(operator, potassium).observations}
+    k_gone, k_now = obs["2823-3", "cancelled"], obs["2823-3", "final"]
+    na_gone = obs["2951-2", "cancelled"]
+    before = lab_lv.lab.observation_history(operator, k_gone.observation_id)
+
+    with pytest.raises(ResultWithdrawn) as exc:
+        lab_lv.lab.amend(biologist, k_gone.observation_id,
+                         {"code": "2823-3", "value": 4.0, "unit": "mmol/L"}, "typo")
+    err = exc.value
+    assert isinstance(err, WorkflowConflict) and err.http_status == 409
+    assert err.kind == "result-withdrawn" and err.status == L.OrderStatus.PUBLISHED
+    assert err.step is not None and err.step.by == "system:mllp"
+    assert err.step.at == before[-1].changed_at.replace(tzinfo=err.step.at.tzinfo)
+    assert "OBX-11 W" in err.step.detail["reason"]
+    assert err.message.startswith("this result was withdrawn by system:mllp at ")
+    assert err.in_force == k_now.observation_id and k_now.observation_id in err.hint
+    assert err.details()["in_force"] == k_now.observation_id
+    with pytest.raises(ResultWithdrawn) as exc:
+        lab_lv.lab.amend(biologist, na_gone.observation_id,
+                         {"code": "2951-2", "value": 139, "unit": "mmol/L"}, "typo")
+    assert exc.value.in_force is None and "a new order" in exc.value.hint
+    assert "OBX-11 D" in exc.value.step.detail["reason"]        # type: ignore[union-attr]
+
+    # nothing written: the report, the withdrawn result and its history are as they were
+    assert lab_lv.lab.get_order(operator, potassium).status == L.OrderStatus.PUBLISHED
+    again = lab_lv.lab.get_observation(operator, k_gone.observation_id)
+    assert (again.status, again.revision) == ("cancelled", k_gone.revision)
+    assert lab_lv.lab.observation_history(operator, k_gone.observation_id) == before
+    # the result in force is the one amended
+    assert lab_lv.lab.amend(biologist, k_now.observation_id, {
+        "code": "2823-3", "value": 4.0, "unit": "mmol/L"}, "typo").status == "amended"
 
 
 def test_a_retraction_with_nothing_to_retract_or_after_validation_is_not_silent(

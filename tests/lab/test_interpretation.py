@@ -127,6 +127,101 @@ def test_bands_change_on_the_birthday(code: str, birth: date, value: float, flag
     assert (obs.flag, obs.reference_range) == (flag, rng)
 
 
+# -- the range chosen among those that match: the narrowest age band, then sex-specific -----
+def _lab_own(*ranges: dict[str, object]) -> L.CatalogueTest:
+    cat = L.Catalogue.parse({"version": "own-1", "tests": [
+        {"code": "718-7", "display": "Hemoglobin", "unit": "g/dL", "ranges": list(ranges)}]})
+    return cat.tests["718-7"]
+
+
+def test_a_narrower_age_band_wins_over_sex_specificity() -> None:
+    """A laboratory's own catalogue with "M, 0-120 y" and "any sex, 0-17 y": a boy of 10 is
+    a child first -- the children's band, not the adult male range."""
+    hb = _lab_own({"sex": "M", "age_min": 0, "age_max": 120, "low": 13, "high": 17},
+                  {"age_min": 0, "age_max": 17, "low": 11.5, "high": 15})
+    men, children = hb.ranges
+    assert hb.range_for("M", 10) is children
+    assert hb.range_for("F", 10) is children and hb.range_for(None, 10) is children
+    assert hb.range_for("M", 17) is men and hb.range_for("M", 30) is men
+    assert hb.range_for("F", 30) is None and hb.range_for("M", None) is None
+    boy = L.Observation.interpret(L.ResultInput.parse({"code": "718-7", "value": 12.0,
+                                                       "unit": "g/dL"}), hb, "own-1", "M",
+                                  date(2016, 5, 1), NOW)
+    assert (boy.flag, boy.reference_range) == (L.Flag.NORMAL, "11.5-15 g/dL")
+
+
+def test_bands_as_wide_prefer_the_sex_specific_then_the_first_listed() -> None:
+    """Ties as before: of two bands as wide, the sex-specific one; of two alike, the
+    first in the catalogue."""
+    hb = _lab_own({"age_min": 0, "age_max": 17, "low": 11, "high": 15},
+                  {"sex": "M", "age_min": 1, "age_max": 18, "low": 12, "high": 16},
+                  {"age_min": 2, "age_max": 19, "low": 10, "high": 14})
+    anyone, boys, later = hb.ranges
+    assert hb.range_for("M", 10) is boys
+    assert hb.range_for("F", 10) is anyone and hb.range_for("F", 17.5) is later
+    unbounded = _lab_own({"sex": "F", "low": 12, "high": 16}, {"low": 11, "high": 17})
+    women, everyone = unbounded.ranges
+    assert unbounded.range_for("F", None) is women and unbounded.range_for("F", 40) is women
+    assert unbounded.range_for("U", 40) is everyone and unbounded.range_for(None, None) is everyone
+
+
+def _range_for_before(test: L.CatalogueTest, sex: str | None,
+                      age: float | None) -> L.RangeRule | None:
+    """``CatalogueTest.range_for`` as it was until the narrower age band came first
+    (sex-specific before any-sex, then the narrower band), frozen here on purpose: the
+    shipped catalogue must give every patient the range it gave before the change -- the
+    proof below compares the two, so this copy must not follow the code."""
+    candidates = [r for r in test.ranges if r.matches(sex, age)]
+    if not candidates:
+        return None
+    return min(candidates, key=lambda r: (r.sex is None, (r.age_max or 200.0) - r.age_min))
+
+
+def _ages_around_every_band_edge() -> list[float | None]:
+    """Calendar ages (``age_years``) the day before, on and after each band edge's
+    birthday -- born on an ordinary day, on 31 December and on 29 February -- a fraction
+    of a year either side of each edge, the first 40 days and 36 months of life, the
+    oldest ages, and the age unknown."""
+    edges = {0.0} | {b for t in CAT.tests.values() for r in t.ranges
+                     for b in (r.age_min, r.age_max) if b is not None}
+    ages: set[float] = set()
+    for edge in edges:
+        ages.update(a for a in (edge - 1 / 366, edge, edge + 1 / 366) if a >= 0)
+        if edge.is_integer():
+            for born in (date(2001, 6, 15), date(2003, 12, 31), date(2000, 2, 29)):
+                day = L.birthday(born, born.year + int(edge))
+                ages.update(L.age_years(born, day + timedelta(days=d)) or 0.0
+                            for d in (-1, 0, 1))
+    born = date(2024, 2, 29)
+    ages.update(L.age_years(born, born + timedelta(days=d)) or 0.0 for d in range(41))
+    born = date(2024, 1, 15)
+    ages.update(L.age_years(born, date(2024 + m // 12, m % 12 + 1, 15)) or 0.0
+                for m in range(1, 37))
+    ages.update((119.0, 120.0, 121.0, 150.0, 199.9, 200.0, 250.0))
+    return [*sorted(ages), None]
+
+
+def test_the_shipped_catalogue_chooses_the_ranges_it_chose_before() -> None:
+    """The choice changed (the narrowest age band before sex specificity); the shipped
+    catalogue's ranges do not: for every test, sex (F, M, U unknown, none) and age on the
+    grid, the range chosen is the very rule the former choice took. Every rule of the
+    catalogue is chosen somewhere on the grid, so no band is left unchecked."""
+    ages = _ages_around_every_band_edge()
+    assert len(ages) > 100
+    chosen: set[int] = set()
+    compared = 0
+    for test in CAT.tests.values():
+        for sex in ("F", "M", "U", None):
+            for age in ages:
+                now, before = test.range_for(sex, age), _range_for_before(test, sex, age)
+                assert now is before, (test.code, sex, age, now, before)
+                compared += 1
+                if now is not None:
+                    chosen.add(id(now))
+    assert compared == len(CAT.tests) * 4 * len(ages)
+    assert {id(r) for t in CAT.tests.values() for r in t.ranges} <= chosen
+
+
 # -- 3. a number without its unit is refused -------------------------------------------------
 @pytest.mark.parametrize(("code", "value"), [("14682-9", 8.0), ("2345-7", 5.4), ("1988-5", "<5")])
 def test_a_number_without_a_unit_is_not_read_in_the_catalogue_unit(code: str,

@@ -60,9 +60,11 @@ def form_login(client: TestClient, w: World, email: str, staff: bool = True) -> 
                                        "csrf": csrf_in(page.text)})
 
 
-def analyser_order(w: World, lab: Lab, i: int, *obx: str, control: str = "W1") -> str:
+def analyser_order(w: World, lab: Lab, i: int, *obx: str, control: str = "W1",
+                   number: str | None = None) -> str:
     """An analyser's ORU^R01 (HL7, as the MLLP listener stores it) for ``lab``'s patient
-    ``i``, technically validated; its order id. ``obx``: the OBX segments."""
+    ``i``, technically validated; its order id. ``obx``: the OBX segments; ``number``:
+    the order's (OBR-2; ``A`` + ``control`` by default): a second message for an order."""
     from labvault.domain.actors import Actor
     from labvault.interop.hl7.handler import Hl7Handler
     p = lab.patient_data[i]
@@ -70,7 +72,7 @@ def analyser_order(w: World, lab: Lab, i: int, *obx: str, control: str = "W1") -
         f"MSH|^~\\&|ANALYZER|LABO|LABVAULT|LABO|20260301083000||ORU^R01|{control}|P|2.5",
         f"PID|1||{p['nir']}^^^^NH||{p['birth_name']}^{p['first_names'][0]}||"
         f"{p['birth_date'].replace('-', '')}|{p['sex']}",
-        f"OBR|1|A{control}||2823-3^K^LN|||20260301080000", *obx, ""])
+        f"OBR|1|{number or 'A' + control}||2823-3^K^LN|||20260301080000", *obx, ""])
     out, _ack = Hl7Handler(w.lv, Actor.system("mllp"), lab.tenant_id).handle(msg.encode())
     assert out.ack_code == "AA" and out.patient_id == lab.patients[i], out
     w.lv.lab.validate_technical(w.actor(lab.emails["technician"]), out.order_ids[0])

@@ -364,3 +364,23 @@ def test_the_analyser_s_range_and_flag_are_shown_and_a_contradiction_is_left_for
     _console(browser, web, "patient")
     portal = _text(browser.get("/portail"))
     assert "4,2" in portal and "automate" not in portal and "3.4-4.0" not in portal
+
+
+def test_a_withdrawn_result_refused_in_french() -> None:
+    """The console says an amendment of a withdrawn result (``ResultWithdrawn``) in the
+    laboratory's words: who withdrew it and when, and what to do -- amend the result in
+    force, or, when the report has none for that test, a new order."""
+    from datetime import UTC, datetime
+
+    from labvault.services.lab import ResultWithdrawn, Step
+    from labvault.web.lab_text import french
+    step = Step("acc_t", datetime(2026, 3, 6, 9, 30, tzinfo=UTC), {"name": "Hugo Lefebvre"})
+    message, hint = french(ResultWithdrawn(L.OrderStatus.PUBLISHED, "2823-3", step,
+                                           "obs_now"), None) or ("", "")
+    assert message.startswith("ce résultat a été retiré par Hugo Lefebvre le ")
+    assert "il n'y a rien à corriger" in message
+    assert hint == "corrigez le résultat en vigueur de cette analyse"
+    _message, hint = french(ResultWithdrawn(L.OrderStatus.AMENDED, "2823-3", step, None),
+                            "acc_t") or ("", "")
+    assert _message.startswith("ce résultat a été retiré par vous le ")
+    assert "une nouvelle mesure demande une nouvelle demande" in hint

@@ -574,12 +574,15 @@ class CatalogueTest:
                 "specimen": self.specimen}
 
     def range_for(self, sex: str | None, age: float | None) -> RangeRule | None:
-        """Most specific rule first: sex-specific before any-sex, then narrower ages."""
+        """Most specific rule first: the narrowest matching age band, then sex-specific
+        before any-sex; of rules alike in both, the first listed. Age before sex: with
+        "M, 0-120 y" and "any sex, 0-17 y", a boy of 10 gets the children's range, not
+        the adult men's. An open band counts as reaching 200 years."""
         candidates = [r for r in self.ranges if r.matches(sex, age)]
         if not candidates:
             return None
-        return min(candidates, key=lambda r: (r.sex is None,
-                                              (r.age_max or 200.0) - r.age_min))
+        return min(candidates, key=lambda r: ((r.age_max or 200.0) - r.age_min,
+                                              r.sex is None))
 
     def interpret(self, value: ResultInput, sex: str | None, age: float | None
                   ) -> tuple[Flag | None, RangeRule | None]:

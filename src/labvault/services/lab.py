@@ -450,6 +450,8 @@ _CONFLICT_EN: Mapping[str, tuple[str, str]] = {
     "rejected": ("the specimen of this order was rejected{by}",
                  "a new specimen needs a new order"),
     "cancelled": ("this order was cancelled{by}", "a new order is needed"),
+    "result-withdrawn": ("this result was withdrawn{by}: it is not part of the report, "
+                         "there is nothing to amend", "amend the result in force instead"),
     "not-allowed": ("an order that is {status} does not allow {action}", ""),
 }
 
@@ -478,6 +480,26 @@ def _conflict_kind(action: str, status: L.OrderStatus) -> tuple[str, str | None]
     if action == "publish" and status in (S.PUBLISHED, S.AMENDED):
         return "already-published", "published"
     return "not-allowed", None
+
+
+class ResultWithdrawn(WorkflowConflict):
+    """An amendment of a result that was withdrawn (cancelled before validation: its
+    sender retracted it, HL7 OBX-11 D/W): it is no part of the report, and amending it
+    would put a retracted value back in force. ``step`` is the withdrawal (who, when, the
+    reason) as the result's history says it; ``in_force`` the id of the result of the same
+    test in force, if any: the one to amend."""
+
+    def __init__(self, status: L.OrderStatus, test: str, step: Step | None,
+                 in_force: str | None) -> None:
+        super().__init__("amend", status, "result-withdrawn", step)
+        self.test, self.in_force = test, in_force        # ``code`` is the error's own
+        self.hint = (f"amend the result of {test} in force instead ({in_force})" if in_force
+                     else f"this report has no result of {test} in force: a new measurement "
+                          "needs a new order")
+
+    def details(self) -> dict[str, Any]:
+        return {**super().details(), "test": self.test,
+                **({"in_force": self.in_force} if self.in_force else {})}
 
 
 class ResultsChanged(Conflict):
@@ -1434,6 +1456,9 @@ class LabService:
             old = L.Observation.from_json(self._open(order.dek, tenant_id, "lab_observations",
                                                      "result_sealed", observation_id,
                                                      orow["result_sealed"]))
+            if orow["status"] == "cancelled":
+                self._expect(order, "amend", L.OrderStatus.AMENDED)   # a closed order says so
+                raise self._withdrawn(conn, order, observation_id, old.code)
             if new_in.code != old.code:
                 raise InvalidField("code", "an amendment keeps the test code",
                                    f"give a value for {old.code}")
@@ -1458,6 +1483,27 @@ class LabService:
             self._queue_correction(conn, order)
             return ObservationView(observation_id, order.order_id, order.patient_id, tenant_id,
                                    "amended", rev, orow["created_at"], ts, new)
+
+    def _withdrawn(self, conn: Connection, order: _Order, observation_id: str,
+                   code: str) -> ResultWithdrawn:
+        """The refusal to amend a withdrawn result: who withdrew it, when and why (its
+        history's last cancellation), and the result of the same test in force, if any."""
+        step = None
+        for h in reversed(lrepo.history(conn, order.tenant_id, observation_id)):
+            p = self._open(order.dek, order.tenant_id, "lab_observation_history",
+                           "change_sealed", h["history_id"], h["change_sealed"])
+            if p["change"] == "cancelled":
+                names = self.lv.accounts.staff_names(conn, order.tenant_id, [p["by"]])
+                step = Step(p["by"], _utc(h["changed_at"]), {
+                    **({"name": names[p["by"]]} if p["by"] in names else {}),
+                    "reason": p.get("reason")})
+                break
+        in_force = next((r["observation_id"] for r in lrepo.observations(
+            conn, order.tenant_id, order.order_id) if r["status"] != "cancelled"
+            and L.Observation.from_json(self._open(
+                order.dek, order.tenant_id, "lab_observations", "result_sealed",
+                r["observation_id"], r["result_sealed"])).code == code), None)
+        return ResultWithdrawn(order.status, code, step, in_force)
 
     def revise_conclusion(self, actor: Actor, order_id: str, conclusion: str,
                           reason: str | None = None) -> ReportView:

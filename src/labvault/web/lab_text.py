@@ -13,6 +13,7 @@ from labvault.services.lab import (
     ReportNotPublished,
     ReportView,
     ResultsChanged,
+    ResultWithdrawn,
     Skip,
     WorkflowConflict,
 )
@@ -76,6 +77,9 @@ _CONFLICT_FR: Mapping[str, tuple[str, str]] = {
     "rejected": ("le prélèvement de cette demande a été refusé{by}",
                  "un nouveau prélèvement demande une nouvelle demande"),
     "cancelled": ("cette demande a été annulée{by}", "une nouvelle demande est nécessaire"),
+    "result-withdrawn": ("ce résultat a été retiré{by} : il ne fait pas partie du compte "
+                         "rendu, il n'y a rien à corriger",
+                         "corrigez le résultat en vigueur de cette analyse"),
     "not-allowed": ("cette action n'est pas possible à cette étape de la demande", ""),
 }
 
@@ -88,6 +92,9 @@ def conflict_fr(exc: WorkflowConflict, user_id: str | None) -> tuple[str, str]:
         who = ("vous" if exc.step.by == user_id
                else exc.step.detail.get("name") or "un autre compte")
         by = f" par {who} le {fr_datetime(exc.step.at)}"
+    if isinstance(exc, ResultWithdrawn) and exc.in_force is None:
+        hint = ("ce compte rendu n'a pas de résultat en vigueur pour cette analyse : une "
+                "nouvelle mesure demande une nouvelle demande")
     return message.format(by=by), hint
 
 
