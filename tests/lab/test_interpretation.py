@@ -165,6 +165,18 @@ def test_bands_as_wide_prefer_the_sex_specific_then_the_first_listed() -> None:
     assert unbounded.range_for("U", 40) is everyone and unbounded.range_for(None, None) is everyone
 
 
+def test_an_open_band_is_narrower_than_a_lifelong_one_from_an_earlier_age() -> None:
+    """"18 y and over" ends at OPEN_BAND_END (130 y) when widths are compared: a man of 30
+    gets the men's range over "any sex, 0-120 y", a boy of 10 the only band he matches;
+    and a closed band beats an open one from the same age."""
+    test = _lab_own({"sex": "M", "age_min": 18, "low": 13, "high": 17},
+                    {"age_min": 0, "age_max": 120, "low": 11, "high": 16},
+                    {"age_min": 0, "low": 10, "high": 18})
+    men, lifelong, open_ = test.ranges
+    assert test.range_for("M", 30) is men and test.range_for("F", 30) is lifelong
+    assert test.range_for("M", 10) is lifelong and test.range_for(None, 125) is open_
+
+
 def _range_for_before(test: L.CatalogueTest, sex: str | None,
                       age: float | None) -> L.RangeRule | None:
     """``CatalogueTest.range_for`` as it was until the narrower age band came first

@@ -543,6 +543,11 @@ def readable_name(label: str | None, display: str) -> str:
     return label or display
 
 
+# Where an age band without an upper bound ends when bands are compared by width: past
+# any lifespan on record (122 y), so that "18 y and over" is narrower than "0-120 y"
+OPEN_BAND_END = 130.0
+
+
 @dataclass(frozen=True, slots=True)
 class CatalogueTest:
     code: str                               # LOINC
@@ -577,12 +582,14 @@ class CatalogueTest:
         """Most specific rule first: the narrowest matching age band, then sex-specific
         before any-sex; of rules alike in both, the first listed. Age before sex: with
         "M, 0-120 y" and "any sex, 0-17 y", a boy of 10 gets the children's range, not
-        the adult men's. An open band counts as reaching 200 years."""
+        the adult men's. An open band ("18 y and over") reaches OPEN_BAND_END: it is
+        narrower than one starting earlier ("M, 18 y and over" wins over "any sex, 0-120
+        y" for a man of 30) and wider than a closed band from the same age."""
         candidates = [r for r in self.ranges if r.matches(sex, age)]
         if not candidates:
             return None
-        return min(candidates, key=lambda r: ((r.age_max or 200.0) - r.age_min,
-                                              r.sex is None))
+        return min(candidates, key=lambda r: (
+            (OPEN_BAND_END if r.age_max is None else r.age_max) - r.age_min, r.sex is None))
 
     def interpret(self, value: ResultInput, sex: str | None, age: float | None
                   ) -> tuple[Flag | None, RangeRule | None]:
