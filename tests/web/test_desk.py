@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 
 from labvault.web.desk import rule_fr
 from tests.access.conftest import World, patient_json
+from tests.foundation.test_plaintext_scan import Scanner, encoded
 from tests.web.helpers import ORDER_FORM, csrf_in, form_login, registration_form
 
 NEW = "/console/nouveau-patient"
@@ -152,6 +153,79 @@ def test_registration_errors_are_said_in_french_and_store_nothing(
     assert "un autre patient du laboratoire a déjà ce NIR" in _error_of(r.text, "nir")
     assert lv.patients.find(bio, a.tenant_id, nir=known["nir"]) == [a.patients[0]]
     assert lv.patients.find(bio, a.tenant_id, email=person["email"]) == []
+
+
+def _with_key(digits13: str) -> str:
+    """A 15-character NIR/INS: 13 digits and their key (97 - n mod 97)."""
+    return f"{digits13}{97 - int(digits13) % 97:02d}"
+
+
+def _bad_key(nir: str) -> str:
+    return nir[:13] + f"{(int(nir[13:]) % 97) + 1:02d}"
+
+
+def _stored_bytes(w: World) -> bytes:
+    """Every value of every table of the database, as stored (blobs as their bytes)."""
+    from sqlalchemy import select
+
+    from labvault.store.schema import metadata
+    out = bytearray()
+    with w.lv.begin() as conn:
+        for table in metadata.sorted_tables:
+            for row in conn.execute(select(table)):
+                for value in row:
+                    out += (bytes(value) if isinstance(value, bytes | memoryview)
+                            else str(value).encode()) + b"\0"
+    return bytes(out)
+
+
+def test_registration_with_birth_place_ins_and_blood_group(web: World,
+                                                           browser: TestClient) -> None:
+    """The three optional fields of the domain's record the form did not offer: stored as
+    typed (normalised by the domain), shown back on the patient's page, sealed: none of
+    them is anywhere in the database in clear."""
+    a, lv = web.a, web.lv
+    person = {**patient_json(803, seed=41), "birth_place_insee": "2a004", "blood_group": "AB-"}
+    ins = _with_key("1840575056007")
+    _console(browser, web, "reception")
+    form = browser.get(NEW)
+    assert 'for="birth_place_insee">Commune de naissance (code INSEE)' in form.text
+    assert 'for="ins">INS (matricule INS)' in form.text
+    assert [*re.findall(r'<option value="([^"]*)"', form.text.split('name="blood_group"')[1]
+                        .split("</select>")[0])] == ["", "A+", "A-", "B+", "B-", "AB+", "AB-",
+                                                     "O+", "O-"]
+    done = _post(browser, NEW, NEW, {**registration_form(person), "ins": ins})
+    assert done.status_code == 200, _text(done)
+    (pid,) = lv.patients.find(web.actor(a.emails["biologist"]), a.tenant_id, nir=person["nir"])
+    record = lv.patients.show(web.actor(a.emails["biologist"]), pid)
+    assert (record["birth_place_insee"], record["ins"], record["blood_group"]) == (
+        "2A004", ins, "AB-")
+    # found by its INS too (the blind index of NIRs holds it)
+    assert lv.patients.find(web.actor(a.emails["reception"]), a.tenant_id, nir=ins) == [pid]
+    _console(browser, web, "biologist")
+    shown = _text(browser.get(f"/console/patients/{pid}"))
+    assert "2A004" in shown and ins in shown and "AB-" in shown
+    leaks = Scanner(encoded({ins, '"2A004"', '"AB-"', f'"ins":"{ins}"'})).hits(
+        _stored_bytes(web))
+    assert not leaks
+
+
+def test_birth_place_ins_and_blood_group_errors_in_french(web: World,
+                                                         browser: TestClient) -> None:
+    a, lv = web.a, web.lv
+    person = patient_json(804, seed=41)
+    _console(browser, web, "reception")
+    r = _post(browser, NEW, NEW, {**registration_form(person), "birth_place_insee": "7505",
+                                  "ins": _bad_key(_with_key("1840575056007")),
+                                  "blood_group": "C+"})
+    assert r.status_code == 422
+    assert "code INSEE de la commune" in _error_of(r.text, "birth_place_insee")
+    assert "ne correspond pas" in _error_of(r.text, "ins")
+    assert "groupe sanguin dans la liste" in _error_of(r.text, "blood_group")
+    assert "must be" not in r.text and "control key" not in r.text
+    assert 'value="7505"' in r.text                          # the form refilled
+    assert lv.patients.find(web.actor(a.emails["biologist"]), a.tenant_id,
+                            nir=person["nir"]) == []
 
 
 def test_order_errors_are_said_in_french_and_store_nothing(web: World,

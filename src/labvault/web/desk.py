@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field
 from labvault.api.deps import LV
 from labvault.domain import lab as L
 from labvault.domain.categories import Category
+from labvault.domain.validation import BLOOD_GROUPS
 from labvault.errors import AccessDenied, InvalidField, InvalidRecord
 from labvault.web.render import PARIS, SPECIMEN_FR, WebRoute, html
 from labvault.web.routes import TEXT, User, WebUser, _check_csrf, _staff, may_write
@@ -42,7 +43,9 @@ class RegistrationForm(BaseModel):
     first_names: str = Field("", max_length=TEXT)
     birth_date: str = Field("", max_length=20)
     sex: str = Field("", max_length=8)
+    birth_place_insee: str = Field("", max_length=20)
     nir: str = Field("", max_length=40)
+    ins: str = Field("", max_length=40)
     address_line: str = Field("", max_length=TEXT)
     postal_code: str = Field("", max_length=20)
     city: str = Field("", max_length=TEXT)
@@ -54,6 +57,7 @@ class RegistrationForm(BaseModel):
     amo: str = Field("", max_length=TEXT)
     amc: str = Field("", max_length=TEXT)
     member_id: str = Field("", max_length=60)
+    blood_group: str = Field("", max_length=8)
 
     def record(self) -> dict[str, Any]:
         """The import-line shape (docs/formats.md) ``PatientRecord.parse`` reads; a part
@@ -63,8 +67,9 @@ class RegistrationForm(BaseModel):
             "birth_name": s["birth_name"], "used_name": s["used_name"],
             # several first names are written separated by commas, as on an identity card
             "first_names": [f.strip() for f in s["first_names"].split(",") if f.strip()],
-            "birth_date": s["birth_date"], "sex": s["sex"], "nir": s["nir"],
-            "phone": s["phone"], "email": s["email"]}
+            "birth_date": s["birth_date"], "sex": s["sex"],
+            "birth_place_insee": s["birth_place_insee"], "nir": s["nir"], "ins": s["ins"],
+            "phone": s["phone"], "email": s["email"], "blood_group": s["blood_group"]}
         if s["address_line"] or s["postal_code"] or s["city"]:
             out["address"] = {"line": s["address_line"], "postal_code": s["postal_code"],
                               "city": s["city"], "country": s["country"] or "FR"}
@@ -110,6 +115,10 @@ _RULE_FR: Mapping[str, str] = {
     "is in the future": "est dans le futur : vérifiez l'année",
     "is before 1880": "est antérieure à 1880 : vérifiez l'année",
     "must be F, M or U": "choisissez féminin, masculin ou inconnu",
+    "must be a 5-character INSEE commune code":
+        "doit compter 5 caractères : le code INSEE de la commune (par exemple 75056 pour "
+        "Paris, 2A004 pour Ajaccio, 99 suivi du code du pays pour une naissance à l'étranger)",
+    "must be an ABO/Rh group": "choisissez le groupe sanguin dans la liste",
     "must be a 15-character NIR": "doit compter 15 caractères (par exemple 1 84 12 76 451 089 46)",
     "control key does not match": "la clé (les 2 derniers chiffres) ne correspond pas aux 13 "
                                   "premiers : vérifiez les 15 caractères sur la carte Vitale",
@@ -194,7 +203,8 @@ def _desk(user: WebUser, lv: Any, resource: str) -> str:
 # == "Nouveau patient" ==========================================================================
 def _registration_page(user: WebUser, values: Mapping[str, str],
                        errors: Mapping[str, list[str]], status: int = 200) -> Response:
-    return html("desk_patient.html", status, user=user, values=values, errors=errors)
+    return html("desk_patient.html", status, user=user, values=values, errors=errors,
+                blood_groups=BLOOD_GROUPS)
 
 
 @router.get(NEW_PATIENT)
