@@ -301,6 +301,10 @@ def _web_cases() -> dict[tuple[str, str], Case]:
     def new_order(c: Ctx, r: str, lab: str) -> Req:
         return f"/console/patients/{_patient_target(c, r, lab)}/demande", ORDER_FORM
 
+    def edit(c: Ctx, r: str, lab: str) -> Req:      # the record's form, a new phone number
+        return (f"/console/patients/{_patient_target(c, r, lab)}/modifier",
+                {**registration_form(lab_of(c, lab).patient_data[0]), "phone": "06 11 22 33 44"})
+
     desk = ("reception", "biologist")      # the roles the policy lets write patients, orders
     patient_only = allow(("patient",), 200, anon=303)
     return {
@@ -388,6 +392,13 @@ def _web_cases() -> dict[tuple[str, str], Case]:
             allow(desk, 200, anon=303), allow(desk, 404, deny=403)),
         ("POST", "/console/patients/{patient_id}/demande"): Case(
             new_order, allow(desk, 200, anon=303), allow(desk, 404, deny=403), form=True),
+        # "Modifier" a record: the roles the policy lets write patients; then the record's page
+        ("GET", "/console/patients/{patient_id}/modifier"): Case(
+            lambda c, r, lab: (f"/console/patients/{_patient_target(c, r, lab)}/modifier",
+                               None),
+            allow(desk, 200, anon=303), allow(desk, 404, deny=403)),
+        ("POST", "/console/patients/{patient_id}/modifier"): Case(
+            edit, allow(desk, 303, anon=303), allow(desk, 404, deny=403), form=True),
         # a fresh panic-value alert per call; another lab's: the same 404 as an absent one
         ("POST", "/console/alertes/{alert_id}/prise-en-compte"): Case(
             lambda c, r, lab: (f"/console/alertes/{_panic_alert(c, lab)}/prise-en-compte",
@@ -726,7 +737,7 @@ def _lab_b_fhir(c: Ctx, client: TestClient) -> dict[str, tuple[str, dict[str, An
 def _id_routes(c: Ctx, client: TestClient) -> dict[tuple[str, str], list[Req]]:
     """For each route naming a record: the requests about laboratory B's records (one per
     FHIR type for the FHIR routes); the absent twin of each is derived by ``_absent``."""
-    from tests.web.helpers import ORDER_FORM, import_issue, order
+    from tests.web.helpers import ORDER_FORM, import_issue, order, registration_form
     b = c.w.b
     spec = client.get("/fhir/R4/metadata", headers={
         "Authorization": f"Bearer {c.w.lv.accounts.login(c.email('biologist'), PASSWORD, c.code('biologist')).token}"}).json()  # noqa: E501
@@ -769,6 +780,11 @@ def _id_routes(c: Ctx, client: TestClient) -> dict[tuple[str, str], list[Req]]:
             (f"/console/patients/{patient}/demande", None)],
         ("POST", "/console/patients/{patient_id}/demande"): [
             (f"/console/patients/{patient}/demande", ORDER_FORM)],
+        ("GET", "/console/patients/{patient_id}/modifier"): [
+            (f"/console/patients/{patient}/modifier", None)],
+        ("POST", "/console/patients/{patient_id}/modifier"): [
+            (f"/console/patients/{patient}/modifier",
+             {**registration_form(b.patient_data[0]), "phone": "06 11 22 33 44"})],
         ("GET", "/console/rapports/{report_id}.pdf"): [
             (f"/console/rapports/{order(c.w, b, patient).report_id}.pdf", None)],
         ("POST", "/console/validation/{order_id}"): [

@@ -82,6 +82,37 @@ def test_a_registration_sent_twice_is_refused_not_duplicated(lv: Labvault, opera
     assert lv.patients.find(operator, tenant_id, nir=str(p["nir"])) == [pid]
 
 
+def test_amend_changes_the_fields_given_and_checks_the_whole_record(
+        lv: Labvault, operator: Actor, tenant_id: str) -> None:
+    """``amend`` (the console's "Modifier"): the fields given are merged into the stored
+    record, ``None`` removes one; the changed record is checked whole; it returns the
+    fields that really changed (a NIR typed with spaces is the same NIR)."""
+    p = _one(3)
+    pid = lv.patients.register(operator, tenant_id, p)
+    other = lv.patients.register(operator, tenant_id, _one(4))
+    nir = str(p["nir"])
+    spaced = f"{nir[0]} {nir[1:3]} {nir[3:5]} {nir[5:7]} {nir[7:10]} {nir[10:13]} {nir[13:]}"
+    changed = lv.patients.amend(operator, pid, {"phone": "07 61 23 45 98", "email": None,
+                                                "nir": spaced})
+    assert changed == ["email", "phone"]
+    shown = lv.patients.show(operator, pid)
+    assert shown["phone"] == "+33761234598" and "email" not in shown
+    assert shown["coverage"] == p["coverage"] and shown["blood_group"] == p["blood_group"]
+    assert lv.patients.find(operator, tenant_id, phone="0761234598") == [pid]
+    assert lv.patients.find(operator, tenant_id, email=str(p["email"])) == []
+    assert lv.patients.amend(operator, pid, {"phone": "+33761234598"}) == []
+    with pytest.raises(InvalidRecord) as exc:
+        lv.patients.amend(operator, pid, {"height": 180, "birth_name": None})
+    assert {e.field for e in exc.value.errors} == {"height"}
+    with pytest.raises(InvalidRecord) as exc:         # the NIR no longer agrees with it
+        lv.patients.amend(operator, pid, {"birth_date": "1901-01-01", "birth_name": None})
+    assert {e.field for e in exc.value.errors} == {"nir", "birth_name"}
+    with pytest.raises(InvalidField) as one:          # another patient's NIR, as an INS
+        lv.patients.amend(operator, other, {"ins": nir})
+    assert one.value.field == "ins" and "already registered" in one.value.rule
+    assert lv.patients.show(operator, pid) == shown
+
+
 def test_import_refuses_a_nir_another_patient_has(lv: Labvault, operator: Actor,
                                                   tenant_id: str) -> None:
     """Registration and update refused a NIR (or INS) another patient of the laboratory

@@ -106,7 +106,9 @@ def registration_form(p: dict[str, Any]) -> dict[str, str]:
     return {k: v for k, v in {
         "birth_name": p["birth_name"], "used_name": p.get("used_name") or "",
         "first_names": ", ".join(p["first_names"]), "birth_date": p["birth_date"],
-        "sex": p["sex"], "nir": p.get("nir") or "", "address_line": addr.get("line", ""),
+        "sex": p["sex"], "birth_place_insee": p.get("birth_place_insee") or "",
+        "nir": p.get("nir") or "", "ins": p.get("ins") or "",
+        "blood_group": p.get("blood_group") or "", "address_line": addr.get("line", ""),
         "postal_code": addr.get("postal_code", ""), "city": addr.get("city", ""),
         "country": addr.get("country", ""), "phone": p.get("phone") or "",
         "email": p.get("email") or "", "doctor_name": doc.get("name", ""),

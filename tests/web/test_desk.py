@@ -12,10 +12,12 @@ import re
 from html import unescape
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 
 from labvault.web.desk import rule_fr
 from tests.access.conftest import World, patient_json
+from tests.foundation.test_plaintext_scan import Scanner, encoded
 from tests.web.helpers import ORDER_FORM, csrf_in, form_login, registration_form
 
 NEW = "/console/nouveau-patient"
@@ -152,6 +154,253 @@ def test_registration_errors_are_said_in_french_and_store_nothing(
     assert "un autre patient du laboratoire a déjà ce NIR" in _error_of(r.text, "nir")
     assert lv.patients.find(bio, a.tenant_id, nir=known["nir"]) == [a.patients[0]]
     assert lv.patients.find(bio, a.tenant_id, email=person["email"]) == []
+
+
+def _with_key(digits13: str) -> str:
+    """A 15-character NIR/INS: 13 digits and their key (97 - n mod 97)."""
+    return f"{digits13}{97 - int(digits13) % 97:02d}"
+
+
+def _bad_key(nir: str) -> str:
+    return nir[:13] + f"{(int(nir[13:]) % 97) + 1:02d}"
+
+
+def _stored_bytes(w: World) -> bytes:
+    """Every value of every table of the database, as stored (blobs as their bytes)."""
+    from sqlalchemy import select
+
+    from labvault.store.schema import metadata
+    out = bytearray()
+    with w.lv.begin() as conn:
+        for table in metadata.sorted_tables:
+            for row in conn.execute(select(table)):
+                for value in row:
+                    out += (bytes(value) if isinstance(value, bytes | memoryview)
+                            else str(value).encode()) + b"\0"
+    return bytes(out)
+
+
+def test_registration_with_birth_place_ins_and_blood_group(web: World,
+                                                           browser: TestClient) -> None:
+    """The three optional fields of the domain's record the form did not offer: stored as
+    typed (normalised by the domain), shown back on the patient's page, sealed: none of
+    them is anywhere in the database in clear."""
+    a, lv = web.a, web.lv
+    person = {**patient_json(803, seed=41), "birth_place_insee": "2a004", "blood_group": "AB-"}
+    ins = _with_key("1840575056007")
+    _console(browser, web, "reception")
+    form = browser.get(NEW)
+    assert 'for="birth_place_insee">Commune de naissance (code INSEE)' in form.text
+    assert 'for="ins">INS (matricule INS)' in form.text
+    assert [*re.findall(r'<option value="([^"]*)"', form.text.split('name="blood_group"')[1]
+                        .split("</select>")[0])] == ["", "A+", "A-", "B+", "B-", "AB+", "AB-",
+                                                     "O+", "O-"]
+    done = _post(browser, NEW, NEW, {**registration_form(person), "ins": ins})
+    assert done.status_code == 200, _text(done)
+    (pid,) = lv.patients.find(web.actor(a.emails["biologist"]), a.tenant_id, nir=person["nir"])
+    record = lv.patients.show(web.actor(a.emails["biologist"]), pid)
+    assert (record["birth_place_insee"], record["ins"], record["blood_group"]) == (
+        "2A004", ins, "AB-")
+    # found by its INS too (the blind index of NIRs holds it)
+    assert lv.patients.find(web.actor(a.emails["reception"]), a.tenant_id, nir=ins) == [pid]
+    _console(browser, web, "biologist")
+    shown = _text(browser.get(f"/console/patients/{pid}"))
+    assert "2A004" in shown and ins in shown and "AB-" in shown
+    leaks = Scanner(encoded({ins, '"2A004"', '"AB-"', f'"ins":"{ins}"'})).hits(
+        _stored_bytes(web))
+    assert not leaks
+
+
+def test_birth_place_ins_and_blood_group_errors_in_french(web: World,
+                                                         browser: TestClient) -> None:
+    a, lv = web.a, web.lv
+    person = patient_json(804, seed=41)
+    _console(browser, web, "reception")
+    r = _post(browser, NEW, NEW, {**registration_form(person), "birth_place_insee": "7505",
+                                  "ins": _bad_key(_with_key("1840575056007")),
+                                  "blood_group": "C+"})
+    assert r.status_code == 422
+    assert "code INSEE de la commune" in _error_of(r.text, "birth_place_insee")
+    assert "ne correspond pas" in _error_of(r.text, "ins")
+    assert "groupe sanguin dans la liste" in _error_of(r.text, "blood_group")
+    assert "must be" not in r.text and "control key" not in r.text
+    assert 'value="7505"' in r.text                          # the form refilled
+    assert lv.patients.find(web.actor(a.emails["biologist"]), a.tenant_id,
+                            nir=person["nir"]) == []
+
+
+def _edit(pid: str) -> str:
+    return f"/console/patients/{pid}/modifier"
+
+
+def _writes(w: World, pid: str) -> list[Any]:
+    """The audit log's write decisions about the patient."""
+    from labvault.audit.entry import AuditEntry
+    from labvault.services.audit import audit_of
+    from labvault.store import repositories_audit as arepo
+    audit_of(w.lv)                  # queued entries written
+    with w.lv.begin() as conn:
+        rows = arepo.entries_for_patient(conn, w.a.tenant_id, pid)
+    return [e for e in map(AuditEntry.from_row, rows) if e.action == "write"]
+
+
+def _inputs(page: str) -> dict[str, str]:
+    """The form's inputs and their values (a select: its selected option)."""
+    out = {m.group(1): unescape(m.group(2)) for m in re.finditer(
+        r'<input id="[^"]+" name="([^"]+)" type="[^"]+" maxlength="\d+" value="([^"]*)"', page)}
+    for name, body in re.findall(r'<select id="[^"]+" name="([^"]+)".*?>(.*?)</select>', page,
+                                 re.S):
+        sel = re.search(r'<option value="([^"]*)" selected>', body)
+        out[name] = sel.group(1) if sel else ""
+    return out
+
+
+def test_reception_changes_a_records_address_and_phone(web: World,
+                                                       browser: TestClient) -> None:
+    """A patient moved and changed phone: from the patient's page, "Modifier" shows the
+    record as the desk may read it (no clinical section for reception); only what changed
+    is saved, the rest of the record (clinical data included) is kept; the write's audit
+    entry names the fields changed, not their values, which are nowhere in clear."""
+    a, lv = web.a, web.lv
+    pid, person = a.patients[1], a.patient_data[1]
+    bio = web.actor(a.emails["biologist"])
+    before = lv.patients.show(bio, pid)
+    _console(browser, web, "reception")
+    page = browser.get(f"/console/patients/{pid}")
+    assert f'<a href="{_edit(pid)}">Modifier</a>' in page.text
+    form = browser.get(_edit(pid))
+    assert form.status_code == 200
+    values = _inputs(form.text)
+    assert values["birth_name"] == before["birth_name"]
+    assert values["first_names"] == ", ".join(before["first_names"])
+    assert values["birth_date"] == before["birth_date"] and values["sex"] == before["sex"]
+    assert values["nir"] == before["nir"] and values["city"] == before["address"]["city"]
+    assert re.fullmatch(r"0\d( \d\d){4}", values["phone"])       # as people write it
+    assert values["amo"] == before["coverage"]["amo"]
+    assert "blood_group" not in values and "doctor_name" not in values    # not read: not shown
+    new = {"address_line": "12, rue des Tanneurs", "postal_code": "59800", "city": "Lille",
+           "phone": "07 61 23 45 98"}
+    r = browser.post(_edit(pid), data={**values, **new, "csrf": csrf_in(form.text)})
+    assert r.status_code == 303 and r.headers["location"] == f"/console/patients/{pid}"
+    after = lv.patients.show(bio, pid)
+    assert after["address"] == {"line": "12, rue des Tanneurs", "postal_code": "59800",
+                                "city": "Lille", "country": before["address"]["country"]}
+    assert after["phone"] == "+33761234598"
+    kept = {k: val for k, val in after.items() if k not in ("address", "phone", "updated_at")}
+    assert kept == {k: val for k, val in before.items()
+                    if k not in ("address", "phone", "updated_at")}   # blood group, doctor...
+    # the new phone finds the patient, the old one no longer does (indexes rebuilt)
+    assert lv.patients.find(bio, a.tenant_id, phone="07 61 23 45 98") == [pid]
+    assert lv.patients.find(bio, a.tenant_id, phone=person["phone"]) == []
+    shown = _text(browser.get(f"/console/patients/{pid}"))
+    assert "12, rue des Tanneurs, 59800 Lille" in shown and "07 61 23 45 98" in shown
+    (write,) = _writes(web, pid)
+    assert write.detail == {"changed": ["address", "phone"]}
+    assert write.categories == ("contact",) and write.outcome == "allowed"
+    leaks = Scanner(encoded({"rue des Tanneurs", "+33761234598", "0761234598",
+                             "07 61 23 45 98"})).hits(_stored_bytes(web))
+    assert not leaks
+
+
+def test_a_biologist_changes_the_blood_group_and_empties_fields(web: World,
+                                                                browser: TestClient) -> None:
+    """The biologist reads every category: the blood group and usual doctor are offered
+    too. An input emptied removes the field where the domain lets it (e-mail, NIR: a
+    child registered under a parent's NIR); nothing changed: nothing written."""
+    a, lv = web.a, web.lv
+    pid = a.patients[2]
+    bio = web.actor(a.emails["biologist"])
+    _console(browser, web, "biologist")
+    form = browser.get(_edit(pid))
+    values = _inputs(form.text)
+    assert values["blood_group"] == lv.patients.show(bio, pid)["blood_group"]
+    r = browser.post(_edit(pid), data={**values, "csrf": csrf_in(form.text)})
+    assert r.status_code == 303 and _writes(web, pid) == []       # nothing changed
+    group = "B-" if values["blood_group"] != "B-" else "A+"
+    r = browser.post(_edit(pid), data={**values, "blood_group": group, "email": "", "nir": "",
+                                       "csrf": csrf_in(form.text)})
+    assert r.status_code == 303
+    after = lv.patients.show(bio, pid)
+    assert after["blood_group"] == group and "email" not in after and "nir" not in after
+    assert after["prescriber"]["name"] == values["doctor_name"]
+    assert lv.patients.find(bio, a.tenant_id, nir=a.patient_data[2]["nir"]) == []
+    (write,) = _writes(web, pid)
+    assert write.detail == {"changed": ["blood_group", "email", "nir"]}
+    assert write.categories == ("clinical", "contact", "identity")
+
+
+def test_a_change_needs_reading_what_it_changes(web: World) -> None:
+    """Reception writes a prescriber or blood group at registration without reading the
+    clinical category; changing one means merging into what is stored: refused (and not
+    offered on its "Modifier" page), nothing written."""
+    from labvault.errors import AccessDenied
+    a, lv = web.a, web.lv
+    pid = a.patients[2]
+    bio = web.actor(a.emails["biologist"])
+    before = lv.patients.show(bio, pid)
+    with pytest.raises(AccessDenied):
+        lv.patients.amend(web.actor(a.emails["reception"]), pid, {"blood_group": "O-"})
+    assert lv.patients.show(bio, pid) == before and _writes(web, pid) == []
+
+
+def test_edit_errors_are_said_in_french_and_keep_the_form(web: World,
+                                                         browser: TestClient) -> None:
+    a, lv = web.a, web.lv
+    pid = a.patients[1]
+    bio = web.actor(a.emails["biologist"])
+    before = lv.patients.show(bio, pid)
+    _console(browser, web, "reception")
+    form = browser.get(_edit(pid))
+    values = _inputs(form.text)
+    r = browser.post(_edit(pid), data={**values, "phone": "12", "city": "Roubaix",
+                                       "birth_name": "", "csrf": csrf_in(form.text)})
+    assert r.status_code == 422
+    assert "numéro" in _error_of(r.text, "phone")
+    assert "obligatoire" in _error_of(r.text, "birth_name")
+    assert "Rien n'a été enregistré" in _text(r) and "is not" not in r.text
+    typed = _inputs(r.text)
+    assert typed["phone"] == "12" and typed["city"] == "Roubaix" and typed["birth_name"] == ""
+    # a birth date the NIR does not agree with (digits 2 to 5: year and month of birth)
+    r = browser.post(_edit(pid), data={**values, "birth_date": "1901-01-01",
+                                       "csrf": csrf_in(form.text)})
+    assert r.status_code == 422 and "ne correspondent pas" in _error_of(r.text, "nir")
+    assert lv.patients.show(bio, pid) == before and _writes(web, pid) == []
+    # a form without its CSRF token (a forged post): refused, nothing changed
+    r = browser.post(_edit(pid), data={**values, "city": "Roubaix"})
+    assert r.status_code == 403 and lv.patients.show(bio, pid) == before
+
+
+def test_edit_refused_to_roles_without_patient_write_and_for_another_lab(
+        web: World, browser: TestClient) -> None:
+    a, b, lv = web.a, web.b, web.lv
+    pid = a.patients[0]
+    bio = web.actor(a.emails["biologist"])
+    before = lv.patients.show(bio, pid)
+    _console(browser, web, "reception")
+    values = _inputs(browser.get(_edit(pid)).text)
+    for role in ("technician", "lab_admin", "dpo"):
+        _console(browser, web, role)
+        if role == "technician":
+            page = browser.get(f"/console/patients/{pid}")
+            assert page.status_code == 200 and _edit(pid) not in page.text
+        r = browser.get(_edit(pid))
+        assert r.status_code == 403, role
+        assert "votre fonction ne permet pas de modifier un dossier patient" in _text(r)
+        token = csrf_in(browser.get("/console").text)
+        r = browser.post(_edit(pid), data={**values, "city": "Roubaix", "csrf": token})
+        assert r.status_code == 403, role
+    assert lv.patients.show(bio, pid) == before
+    # reception of laboratory A, laboratory B's patient: the page of an absent id
+    _console(browser, web, "reception")
+    other = browser.get(_edit(b.patients[0]))
+    absent = browser.get(_edit("pt_00000000000000000000000000"))
+    assert other.status_code == absent.status_code == 404
+    assert _text(other) == _text(absent)
+    token = csrf_in(browser.get("/console").text)
+    bio_b = web.actor(b.emails["biologist"])
+    theirs = lv.patients.show(bio_b, b.patients[0])
+    r = browser.post(_edit(b.patients[0]), data={**values, "city": "Roubaix", "csrf": token})
+    assert r.status_code == 404 and lv.patients.show(bio_b, b.patients[0]) == theirs
 
 
 def test_order_errors_are_said_in_french_and_store_nothing(web: World,

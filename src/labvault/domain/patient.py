@@ -21,6 +21,15 @@ IMPORT_FIELDS = frozenset({
     "birth_place_insee", "nir", "ins", "address", "phone", "email", "coverage",
     "blood_group", "prescriber",
 })
+# the category each field of the import shape is sealed in (``PatientRecord.categories``)
+FIELD_CATEGORIES: Mapping[str, Category] = {
+    **dict.fromkeys(("external_id", "birth_name", "used_name", "first_names", "birth_date",
+                     "sex", "birth_place_insee", "nir", "ins"), Category.IDENTITY),
+    **dict.fromkeys(("address", "phone", "email"), Category.CONTACT),
+    "coverage": Category.COVERAGE,
+    **dict.fromkeys(("blood_group", "prescriber"), Category.CLINICAL),
+}
+assert set(FIELD_CATEGORIES) == IMPORT_FIELDS
 ADDRESS_FIELDS = frozenset({"line", "postal_code", "city", "country"})
 COVERAGE_FIELDS = frozenset({"amo", "amc", "member_id"})
 PRESCRIBER_FIELDS = frozenset({"name", "rpps"})

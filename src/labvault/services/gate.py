@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from sqlalchemy.engine import Connection
@@ -150,9 +150,14 @@ class Gate:
         self._load_tenant_keys = load_tenant_keys
 
     # -- decisions -----------------------------------------------------------------
-    def check(self, conn: Connection, access: Access) -> Decision:
-        """Policy -> budget -> audit. Raises ``AccessDenied`` (audited) on refusal."""
+    def check(self, conn: Connection, access: Access,
+              detail: Mapping[str, Any] | None = None) -> Decision:
+        """Policy -> budget -> audit. Raises ``AccessDenied`` (audited) on refusal.
+        ``detail``: what the caller adds to the decision's audit entry, codes only (the
+        fields a write changes: ``changed``), never a value."""
         decision = self.policy.decide(access)
+        if detail:
+            decision = replace(decision, detail={**decision.detail, **detail})
         if not decision.allowed:
             denied = getattr(self.budget, "denied", None)   # anomaly rules on refusals (guard)
             if denied is not None:

@@ -18,8 +18,15 @@ from sqlalchemy.exc import IntegrityError as DbIntegrityError
 from labvault.crypto import blind_index as bi
 from labvault.domain.actors import Actor
 from labvault.domain.categories import PATIENT_CATEGORIES, Action, Category
-from labvault.domain.patient import PatientRecord
-from labvault.errors import InvalidField, InvalidRecord, NotFound, UnreadableFile, UserError
+from labvault.domain.patient import FIELD_CATEGORIES, IMPORT_FIELDS, PatientRecord
+from labvault.errors import (
+    AccessDenied,
+    InvalidField,
+    InvalidRecord,
+    NotFound,
+    UnreadableFile,
+    UserError,
+)
 from labvault.services import indexing
 from labvault.services.gate import Access
 from labvault.store import driver_sql
@@ -405,6 +412,67 @@ class PatientService:
                 lv.keyring.blind_index_key(tenant_id, idx), indexing.index_values(rec)))
             for hook in self.write_hooks:
                 hook(conn, tenant_id, [(patient_id, rec)], False)
+
+    def amend(self, actor: Actor, patient_id: str, changes: Mapping[str, Any],
+              purpose: str = "care") -> list[str]:
+        """Change some fields of a patient's record, keeping the others as stored (the
+        console's "Modifier"; ``update`` replaces the whole record). ``changes``: fields
+        of the import shape (docs/formats.md; ``address``, ``coverage``, ``prescriber``
+        whole), ``None`` removing a field. The changed record is checked whole
+        (``PatientRecord.parse``: a required field emptied, a NIR that no longer agrees
+        with a changed birth date are refused), all in one transaction.
+
+        A change is merged into the stored record as the actor may read it: the gate
+        decides the read of the categories changed with identity and contact (the
+        record's indexes are made of those), and refuses the change if one of them is not
+        opened (reception, which writes a prescriber it cannot read at registration,
+        cannot change one here). Then the write of the categories changed, whose audit
+        entry names the fields that changed (detail ``changed``), never their values;
+        only those categories are sealed again. Returns the fields changed (none: nothing
+        was written, no write decision asked)."""
+        if not isinstance(changes, Mapping):
+            raise InvalidRecord([InvalidField("(record)", "must be a JSON object", "")])
+        unknown = sorted(str(k) for k in set(changes) - IMPORT_FIELDS)
+        if unknown:
+            raise InvalidRecord([InvalidField(k, "is not a known field",
+                                              "allowed: " + ", ".join(sorted(IMPORT_FIELDS)))
+                                 for k in unknown])
+        touched = frozenset(FIELD_CATEGORIES[k] for k in changes)
+        needed = touched | {Category.IDENTITY, Category.CONTACT}
+        lv = self.lv
+        with lv.begin() as conn:
+            tenant_id = self._tenant_of(conn, actor, patient_id, lock=True)
+            opened = lv.gate.read_patients(conn, Access(
+                actor, Action.READ, tenant_id, needed, purpose=purpose,
+                patient_ids=(patient_id,))).get(patient_id, {})
+            hidden = needed - set(opened)
+            if hidden:
+                raise AccessDenied("changing these fields needs reading "
+                                   + ", ".join(sorted(c.value for c in hidden)),
+                                   "ask someone whose role may read them")
+            before = PatientRecord.from_categories(opened)
+            merged = {k: val for k, val in {**before, **changes}.items() if val is not None}
+            rec = PatientRecord.parse(merged)
+            sealed = rec.categories()
+            after = PatientRecord.from_categories({c: sealed[c] for c in needed})
+            changed = sorted(k for k in changes if before.get(k) != after.get(k))
+            if not changed:
+                return []
+            write = Access(actor, Action.WRITE, tenant_id, touched, purpose=purpose,
+                           patient_ids=(patient_id,))
+            lv.gate.check(conn, write, detail={"changed": changed})
+            lv.load_tenant_keys(conn, tenant_id)
+            self._identifiers_free(conn, tenant_id, rec, patient_id)
+            dek = lv.gate.patient_key(conn, tenant_id, patient_id)
+            repo.update_patient_blobs(conn, tenant_id, patient_id, lv.gate.seal_patient(
+                conn, write, dek, patient_id, {c: sealed[c] for c in touched}))
+            idx = repo.current_key_version(conn, tenant_id, "index")
+            assert idx is not None
+            repo.replace_index_rows(conn, tenant_id, patient_id, indexing.digests(
+                lv.keyring.blind_index_key(tenant_id, idx), indexing.index_values(rec)))
+            for hook in self.write_hooks:
+                hook(conn, tenant_id, [(patient_id, rec)], False)
+            return changed
 
     # -- reading ---------------------------------------------------------------------------
     def _tenant_of(self, conn: Connection, actor: Actor, patient_id: str,

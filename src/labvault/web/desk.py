@@ -17,13 +17,15 @@ from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Request, Response
+from fastapi.responses import RedirectResponse
 from pydantic import BaseModel, Field
 
 from labvault.api.deps import LV
 from labvault.domain import lab as L
 from labvault.domain.categories import Category
+from labvault.domain.validation import BLOOD_GROUPS
 from labvault.errors import AccessDenied, InvalidField, InvalidRecord
-from labvault.web.render import PARIS, SPECIMEN_FR, WebRoute, html
+from labvault.web.render import NO_STORE, PARIS, SPECIMEN_FR, WebRoute, html, phone_fr
 from labvault.web.routes import TEXT, User, WebUser, _check_csrf, _staff, may_write
 
 router = APIRouter(route_class=WebRoute, include_in_schema=False)
@@ -42,7 +44,9 @@ class RegistrationForm(BaseModel):
     first_names: str = Field("", max_length=TEXT)
     birth_date: str = Field("", max_length=20)
     sex: str = Field("", max_length=8)
+    birth_place_insee: str = Field("", max_length=20)
     nir: str = Field("", max_length=40)
+    ins: str = Field("", max_length=40)
     address_line: str = Field("", max_length=TEXT)
     postal_code: str = Field("", max_length=20)
     city: str = Field("", max_length=TEXT)
@@ -54,6 +58,7 @@ class RegistrationForm(BaseModel):
     amo: str = Field("", max_length=TEXT)
     amc: str = Field("", max_length=TEXT)
     member_id: str = Field("", max_length=60)
+    blood_group: str = Field("", max_length=8)
 
     def record(self) -> dict[str, Any]:
         """The import-line shape (docs/formats.md) ``PatientRecord.parse`` reads; a part
@@ -63,8 +68,9 @@ class RegistrationForm(BaseModel):
             "birth_name": s["birth_name"], "used_name": s["used_name"],
             # several first names are written separated by commas, as on an identity card
             "first_names": [f.strip() for f in s["first_names"].split(",") if f.strip()],
-            "birth_date": s["birth_date"], "sex": s["sex"], "nir": s["nir"],
-            "phone": s["phone"], "email": s["email"]}
+            "birth_date": s["birth_date"], "sex": s["sex"],
+            "birth_place_insee": s["birth_place_insee"], "nir": s["nir"], "ins": s["ins"],
+            "phone": s["phone"], "email": s["email"], "blood_group": s["blood_group"]}
         if s["address_line"] or s["postal_code"] or s["city"]:
             out["address"] = {"line": s["address_line"], "postal_code": s["postal_code"],
                               "city": s["city"], "country": s["country"] or "FR"}
@@ -90,6 +96,41 @@ class OrderForm(BaseModel):
     accession_number: str = Field("", max_length=80)  # a pre-printed label's number
 
 
+# the form's inputs of each category of the record (its sections), and the record's field
+# each input is part of
+SECTIONS: Mapping[str, tuple[str, ...]] = {
+    "identity": ("birth_name", "used_name", "first_names", "birth_date", "sex",
+                 "birth_place_insee", "nir", "ins"),
+    "contact": ("address_line", "postal_code", "city", "country", "phone", "email"),
+    "coverage": ("amo", "amc", "member_id"),
+    "clinical": ("blood_group", "doctor_name", "doctor_rpps"),
+}
+RECORD_FIELD: Mapping[str, str] = {
+    **{i: i for inputs in SECTIONS.values() for i in inputs},
+    **dict.fromkeys(("address_line", "postal_code", "city", "country"), "address"),
+    **dict.fromkeys(("amo", "amc", "member_id"), "coverage"),
+    **dict.fromkeys(("doctor_name", "doctor_rpps"), "prescriber")}
+
+
+def form_values(record: Mapping[str, Any]) -> dict[str, str]:
+    """A stored record (``PatientService.show``) as the patient form's inputs show it
+    (``RegistrationForm.record`` reads them back): first names separated by commas, the
+    phone as people write it."""
+    addr, cov = record.get("address") or {}, record.get("coverage") or {}
+    doc = record.get("prescriber") or {}
+    values = {
+        **{f: str(record.get(f) or "") for f in SECTIONS["identity"] if f != "first_names"},
+        "first_names": ", ".join(record.get("first_names") or ()),
+        "address_line": addr.get("line", ""), "postal_code": addr.get("postal_code", ""),
+        "city": addr.get("city", ""), "country": addr.get("country", ""),
+        "phone": phone_fr(record["phone"]) if record.get("phone") else "",
+        "email": record.get("email") or "", "amo": cov.get("amo") or "",
+        "amc": cov.get("amc") or "", "member_id": cov.get("member_id") or "",
+        "blood_group": record.get("blood_group") or "", "doctor_name": doc.get("name") or "",
+        "doctor_rpps": doc.get("rpps") or ""}
+    return values
+
+
 # the form's input for each field a service names (registration, then order and specimen)
 PATIENT_INPUTS: Mapping[str, str] = {
     "address.line": "address_line", "address.postal_code": "postal_code",
@@ -110,6 +151,10 @@ _RULE_FR: Mapping[str, str] = {
     "is in the future": "est dans le futur : vérifiez l'année",
     "is before 1880": "est antérieure à 1880 : vérifiez l'année",
     "must be F, M or U": "choisissez féminin, masculin ou inconnu",
+    "must be a 5-character INSEE commune code":
+        "doit compter 5 caractères : le code INSEE de la commune (par exemple 75056 pour "
+        "Paris, 2A004 pour Ajaccio, 99 suivi du code du pays pour une naissance à l'étranger)",
+    "must be an ABO/Rh group": "choisissez le groupe sanguin dans la liste",
     "must be a 15-character NIR": "doit compter 15 caractères (par exemple 1 84 12 76 451 089 46)",
     "control key does not match": "la clé (les 2 derniers chiffres) ne correspond pas aux 13 "
                                   "premiers : vérifiez les 15 caractères sur la carte Vitale",
@@ -181,11 +226,12 @@ def _refused(exc: InvalidRecord | InvalidField) -> list[InvalidField]:
     return exc.errors if isinstance(exc, InvalidRecord) else [exc]
 
 
-def _desk(user: WebUser, lv: Any, resource: str) -> str:
+def _desk(user: WebUser, lv: Any, resource: str, what: str = "") -> str:
     """The caller's laboratory, if the policy lets its role do this desk action."""
     tenant_id = _staff(user)
     if not may_write(lv, user.actor, resource):
-        what = "d'inscrire un patient" if resource == "patient" else "d'enregistrer une demande"
+        what = what or ("d'inscrire un patient" if resource == "patient"
+                        else "d'enregistrer une demande")
         raise AccessDenied(f"votre fonction ne permet pas {what}",
                            "l'accueil du laboratoire s'en charge")
     return tenant_id
@@ -194,7 +240,8 @@ def _desk(user: WebUser, lv: Any, resource: str) -> str:
 # == "Nouveau patient" ==========================================================================
 def _registration_page(user: WebUser, values: Mapping[str, str],
                        errors: Mapping[str, list[str]], status: int = 200) -> Response:
-    return html("desk_patient.html", status, user=user, values=values, errors=errors)
+    return html("desk_patient.html", status, user=user, values=values, errors=errors,
+                blood_groups=BLOOD_GROUPS, sections=SECTIONS, record=None)
 
 
 @router.get(NEW_PATIENT)
@@ -223,6 +270,61 @@ def register(request: Request, user: User, lv: LV,
                 message="Le patient est inscrit. Enregistrez maintenant sa demande "
                         "(l'ordonnance et le prélèvement).",
                 links=((f"{record}/demande", "Nouvelle demande"), (record, "Voir le dossier")))
+
+
+# == "Modifier" (a registered record) ===========================================================
+EDIT = "/console/patients/{patient_id}/modifier"
+NO_EDIT = "de modifier un dossier patient"
+
+
+def _editable(user: WebUser, lv: Any, patient_id: str) -> tuple[dict[str, Any], list[str]]:
+    """The record as the gate lets this user read it (an audited read; another
+    laboratory's patient answers like an id that does not exist), and the form's sections
+    it may change: the categories it reads, identity and contact always among them (a
+    change is merged into what the user may read: ``PatientService.amend``)."""
+    record: dict[str, Any] = lv.patients.show(user.actor, patient_id[:64])
+    sections = [c for c in SECTIONS if c in record["categories"]]
+    if not {"identity", "contact"} <= set(sections):
+        raise AccessDenied(f"votre fonction ne permet pas {NO_EDIT}",
+                           "l'accueil du laboratoire s'en charge")
+    return record, sections
+
+
+def _edit_page(user: WebUser, record: Mapping[str, Any], sections: list[str],
+               values: Mapping[str, str], errors: Mapping[str, list[str]],
+               status: int = 200) -> Response:
+    return html("desk_patient.html", status, user=user, values=values, errors=errors,
+                blood_groups=BLOOD_GROUPS, sections=sections, record=record)
+
+
+@router.get(EDIT)
+def edit_form(patient_id: str, user: User, lv: LV) -> Response:
+    _desk(user, lv, "patient", NO_EDIT)
+    record, sections = _editable(user, lv, patient_id)
+    return _edit_page(user, record, sections, form_values(record), {})
+
+
+@router.post(EDIT)
+def edit(request: Request, patient_id: str, user: User, lv: LV,
+         form: Annotated[RegistrationForm, Form()]) -> Response:
+    """Save what was changed on the form (``lv.patients.amend``: the fields whose input
+    differs from the record as read now; an input emptied removes its field, where the
+    domain lets it), then back to the patient's page."""
+    _desk(user, lv, "patient", NO_EDIT)
+    _check_csrf(request, user, form.csrf)
+    record, sections = _editable(user, lv, patient_id)
+    now = form_values(record)
+    typed = {k: val.strip() for k, val in form.model_dump(exclude={"csrf"}).items()}
+    fields = {RECORD_FIELD[i] for c in sections for i in SECTIONS[c] if typed[i] != now[i]}
+    if fields:
+        full = form.record()
+        try:
+            lv.patients.amend(user.actor, record["id"], {f: full.get(f) for f in fields})
+        except (InvalidRecord, InvalidField) as exc:
+            return _edit_page(user, record, sections, form.model_dump(exclude={"csrf"}),
+                              field_errors(_refused(exc), PATIENT_INPUTS), 422)
+    return RedirectResponse(f"/console/patients/{record['id']}", status_code=303,
+                            headers=NO_STORE)
 
 
 # == "Nouvelle demande" =========================================================================
