@@ -41,6 +41,39 @@ PURPOSE_FR = {"care": "soins", "administration": "gestion administrative",
               "key-management": "gestion des clés de chiffrement"}
 ACTION_FR = {"read": "consultation", "search": "recherche", "write": "modification",
              "validate": "validation", "export": "export", "erase": "effacement"}
+# audit events (``gate.audit.event``) as a patient's "who saw my record" names them: those
+# naming a patient reach that page (a report sent to the prescriber, an erasure asked...)
+EVENT_FR = {
+    "delivery.send": "envoi du compte rendu au logiciel du prescripteur",
+    "erasure.request": "demande d'effacement",
+    "export.requested": "export de données demandé", "export.approved": "export approuvé",
+    "export.identify": "identification pour un export", "export.disclosure":
+    "communication de données à un destinataire autorisé", "export.purged": "export supprimé",
+    "alert.raised": "alerte levée", "alert.acked": "alerte prise en compte",
+    "canary.planted": "dossier témoin de sécurité créé",
+    "login": "connexion", "logout": "déconnexion", "reauth": "confirmation d'identité",
+    "password.change": "changement de mot de passe", "mfa.enrol": "activation de la double "
+    "authentification", "mfa.verify": "vérification de la double authentification",
+    "session.revoke-all": "fermeture de toutes les sessions",
+    "user.create": "création de compte", "user.enrol": "activation de compte",
+    "account.lock": "compte verrouillé", "account.suspended": "compte suspendu",
+    "account.released": "compte rétabli", "guard.config": "réglage de la surveillance",
+    "backup.create": "sauvegarde", "backup.check": "vérification de sauvegarde",
+    "audit.restore-acknowledged": "restauration du journal reconnue",
+    "delivery.destination.add": "destinataire de comptes rendus ajouté",
+    "delivery.destination.remove": "destinataire de comptes rendus retiré",
+}
+
+
+def action_fr(action: str) -> str:
+    """A read's action or an audit event in French (a breach case's steps: one text)."""
+    if action in ACTION_FR:
+        return ACTION_FR[action]
+    if action.startswith("breach."):
+        return "traitement d'une violation de données"
+    return EVENT_FR.get(action, "opération technique")
+
+
 CATEGORY_FR = {"identity": "identité", "contact": "coordonnées", "coverage": "assurance maladie",
                "clinical": "données médicales", "account": "compte"}
 STATUS_FR = {"registered": "enregistrée", "received": "prélèvement reçu",
@@ -238,7 +271,7 @@ def download_fr(doc: dict[str, Any]) -> dict[str, Any]:
     from labvault.web.lab_text import REJECTION_FR
     for row in doc["access_log"]:
         row["who"] = who_at_fr(row)
-        row["action_fr"] = ACTION_FR.get(row["action"], row["action"])
+        row["action_fr"] = action_fr(row["action"])
         row["categories_fr"] = [CATEGORY_FR.get(c, c) for c in row["categories"]]
         row["purpose_fr"] = PURPOSE_FR.get(row["purpose"], row["purpose"]) \
             if row["purpose"] else None
@@ -316,7 +349,7 @@ def _env() -> Environment:
     env.filters.update(dt=fr_datetime, d=fr_date, role=lambda r: ROLE_FR.get(r, r),
                        flag=lambda f: FLAG_FR.get(f, f) if f else "",
                        purpose=lambda p: PURPOSE_FR.get(p, p) if p else "",
-                       action=lambda a: ACTION_FR.get(a, a),
+                       action=action_fr,
                        category=lambda c: CATEGORY_FR.get(c, c),
                        status=lambda s: STATUS_FR.get(str(s), str(s)),
                        field=lambda f: FIELD_FR.get(f, f), num=number, decimal=decimal,
