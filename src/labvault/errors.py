@@ -62,6 +62,15 @@ class Conflict(UserError):
     http_status = 409
 
 
+class RecordChanged(Conflict):
+    """A record changed after the caller read it: nothing was written (a form opened
+    before someone else's change would write its stale values back over it)."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"{what} changed since you read it: nothing was written",
+                         "read it again and redo your change")
+
+
 class AccessDenied(UserError):
     """The gate refused. The message never says whether the target exists."""
 

@@ -248,6 +248,9 @@ def _inputs(page: str) -> dict[str, str]:
     """The form's inputs and their values (a select: its selected option)."""
     out = {m.group(1): unescape(m.group(2)) for m in re.finditer(
         r'<input id="[^"]+" name="([^"]+)" type="[^"]+" maxlength="\d+" value="([^"]*)"', page)}
+    seen = re.search(r'<input type="hidden" name="seen" value="([^"]*)">', page)
+    if seen:                            # "Modifier": the record's version as shown
+        out["seen"] = unescape(seen.group(1))
     for name, body in re.findall(r'<select id="[^"]+" name="([^"]+)".*?>(.*?)</select>', page,
                                  re.S):
         sel = re.search(r'<option value="([^"]*)" selected>', body)
@@ -503,3 +506,31 @@ def test_the_analysers_results_for_the_desks_tube_find_its_order(web: World,
     assert b"MSA|AA" in ack, ack
     (after,) = [o for o in _orders(web, pid) if o.order_id not in before]   # no new order
     assert after.order_id == order.order_id and after.status.value == "preliminary"
+
+
+def test_a_form_opened_before_someone_elses_change_writes_nothing(
+        web: World, browser: TestClient) -> None:
+    """Reception opens "Modifier"; meanwhile a biologist saves a new phone number. The
+    desk's form still holds the old number: saving it as it stands would put the old
+    number back. Nothing is written (409), the page shows the record as it is now and
+    says why; once reloaded, the desk's change goes through."""
+    a, lv = web.a, web.lv
+    pid = a.patients[1]
+    bio = web.actor(a.emails["biologist"])
+    _console(browser, web, "reception")
+    form = browser.get(_edit(pid))
+    values = _inputs(form.text)
+    assert values["seen"] == lv.patients.show(bio, pid)["updated_at"]
+    assert lv.patients.amend(bio, pid, {"phone": "06 44 55 66 77"}) == ["phone"]
+    r = browser.post(_edit(pid), data={**values, "city": "Roubaix",
+                                       "csrf": csrf_in(form.text)})
+    assert r.status_code == 409
+    assert "modifié par quelqu'un d'autre" in unescape(r.text)
+    now = lv.patients.show(bio, pid)
+    assert now["phone"] == "+33644556677" and now["address"]["city"] != "Roubaix"
+    again = _inputs(r.text)                              # the record as it is now
+    assert again["phone"] == "06 44 55 66 77" and again["seen"] == now["updated_at"]
+    r = browser.post(_edit(pid), data={**again, "city": "Roubaix", "csrf": csrf_in(r.text)})
+    assert r.status_code == 303
+    after = lv.patients.show(bio, pid)
+    assert after["address"]["city"] == "Roubaix" and after["phone"] == "+33644556677"

@@ -24,6 +24,7 @@ from labvault.errors import (
     InvalidField,
     InvalidRecord,
     NotFound,
+    RecordChanged,
     UnreadableFile,
     UserError,
 )
@@ -414,7 +415,7 @@ class PatientService:
                 hook(conn, tenant_id, [(patient_id, rec)], False)
 
     def amend(self, actor: Actor, patient_id: str, changes: Mapping[str, Any],
-              purpose: str = "care") -> list[str]:
+              purpose: str = "care", seen: str | None = None) -> list[str]:
         """Change some fields of a patient's record, keeping the others as stored (the
         console's "Modifier"; ``update`` replaces the whole record). ``changes``: fields
         of the import shape (docs/formats.md; ``address``, ``coverage``, ``prescriber``
@@ -429,7 +430,11 @@ class PatientService:
         cannot change one here). Then the write of the categories changed, whose audit
         entry names the fields that changed (detail ``changed``), never their values;
         only those categories are sealed again. Returns the fields changed (none: nothing
-        was written, no write decision asked)."""
+        was written, no write decision asked).
+
+        ``seen``: the record's ``updated_at`` as the caller read it (``show``); if the
+        record changed since, nothing is written (``Conflict``): a form opened before
+        someone else's change would otherwise write its stale values back over it."""
         if not isinstance(changes, Mapping):
             raise InvalidRecord([InvalidField("(record)", "must be a JSON object", "")])
         unknown = sorted(str(k) for k in set(changes) - IMPORT_FIELDS)
@@ -442,6 +447,10 @@ class PatientService:
         lv = self.lv
         with lv.begin() as conn:
             tenant_id = self._tenant_of(conn, actor, patient_id, lock=True)
+            if seen is not None:
+                meta = repo.patient_meta(conn, tenant_id, patient_id)
+                if meta is not None and _times(meta)["updated_at"] != seen:
+                    raise RecordChanged(f"patient {patient_id}'s record")
             opened = lv.gate.read_patients(conn, Access(
                 actor, Action.READ, tenant_id, needed, purpose=purpose,
                 patient_ids=(patient_id,))).get(patient_id, {})

@@ -24,7 +24,7 @@ from labvault.api.deps import LV
 from labvault.domain import lab as L
 from labvault.domain.categories import Category
 from labvault.domain.validation import BLOOD_GROUPS
-from labvault.errors import AccessDenied, InvalidField, InvalidRecord
+from labvault.errors import AccessDenied, InvalidField, InvalidRecord, RecordChanged
 from labvault.web.render import NO_STORE, PARIS, SPECIMEN_FR, WebRoute, html, phone_fr
 from labvault.web.routes import TEXT, User, WebUser, _check_csrf, _staff, may_write
 
@@ -59,6 +59,7 @@ class RegistrationForm(BaseModel):
     amc: str = Field("", max_length=TEXT)
     member_id: str = Field("", max_length=60)
     blood_group: str = Field("", max_length=8)
+    seen: str = Field("", max_length=40)     # "Modifier": the record's version as shown
 
     def record(self) -> dict[str, Any]:
         """The import-line shape (docs/formats.md) ``PatientRecord.parse`` reads; a part
@@ -292,9 +293,10 @@ def _editable(user: WebUser, lv: Any, patient_id: str) -> tuple[dict[str, Any], 
 
 def _edit_page(user: WebUser, record: Mapping[str, Any], sections: list[str],
                values: Mapping[str, str], errors: Mapping[str, list[str]],
-               status: int = 200) -> Response:
+               status: int = 200, changed_meanwhile: bool = False) -> Response:
     return html("desk_patient.html", status, user=user, values=values, errors=errors,
-                blood_groups=BLOOD_GROUPS, sections=sections, record=record)
+                blood_groups=BLOOD_GROUPS, sections=sections, record=record,
+                seen=record.get("updated_at") or "", changed_meanwhile=changed_meanwhile)
 
 
 @router.get(EDIT)
@@ -314,12 +316,19 @@ def edit(request: Request, patient_id: str, user: User, lv: LV,
     _check_csrf(request, user, form.csrf)
     record, sections = _editable(user, lv, patient_id)
     now = form_values(record)
-    typed = {k: val.strip() for k, val in form.model_dump(exclude={"csrf"}).items()}
+    typed = {k: val.strip() for k, val in form.model_dump(exclude={"csrf", "seen"}).items()}
     fields = {RECORD_FIELD[i] for c in sections for i in SECTIONS[c] if typed[i] != now[i]}
     if fields:
         full = form.record()
         try:
-            lv.patients.amend(user.actor, record["id"], {f: full.get(f) for f in fields})
+            lv.patients.amend(user.actor, record["id"], {f: full.get(f) for f in fields},
+                              seen=form.seen or None)
+        except RecordChanged:
+            # someone saved this record after this page was opened: what they changed is
+            # shown, nothing of this form is written (its stale values would undo theirs)
+            record, sections = _editable(user, lv, patient_id)
+            return _edit_page(user, record, sections, form_values(record), {}, 409,
+                              changed_meanwhile=True)
         except (InvalidRecord, InvalidField) as exc:
             return _edit_page(user, record, sections, form.model_dump(exclude={"csrf"}),
                               field_errors(_refused(exc), PATIENT_INPUTS), 422)
