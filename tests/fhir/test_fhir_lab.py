@@ -17,6 +17,7 @@ from labvault.store import repositories as repo
 from labvault.store import repositories_lab as lrepo
 from labvault.synthetic import people
 from tests.fhir.conftest import TOKEN, Running, validate_r4b
+from tests.fhir.test_fhir_rest import outcome
 
 HDR = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/fhir+json"}
 
@@ -649,3 +650,27 @@ def test_code_text_is_the_french_name_and_coding_display_stays_loinc(server: Run
     put = httpx.put(f"{server.url}/{locs[1]}", headers=HDR, content=json.dumps(sr))
     assert put.status_code == 200, put.text              # sent back as read, text included
     assert client.get("ServiceRequest", locs[1].split("/")[1])["code"] == sr["code"]
+
+
+def create_patient_fhir(server: Running, resource: dict[str, Any]) -> str:
+    r = httpx.post(f"{server.url}/Patient", headers=HDR, content=json.dumps(resource))
+    assert r.status_code == 201, r.text
+    return str(r.json()["id"])
+
+
+def test_a_filler_number_taken_is_a_409_duplicate(server: Running) -> None:
+    """One filler number, one order of the laboratory: a ServiceRequest naming another
+    order's is refused 409 (issue ``duplicate``, naming the element), nothing stored."""
+    b = visit_bundle(next(people(1, seed=32)), 32)["entry"]
+    pid = create_patient_fhir(server, b[0]["resource"])
+    numbered = dict(b[1]["resource"], subject={"reference": f"Patient/{pid}"},
+                    identifier=[{"system": ids.FILLER_SYSTEM, "value": "ETQ-9001"}])
+    r = httpx.post(f"{server.url}/ServiceRequest", headers=HDR, content=json.dumps(numbered))
+    assert r.status_code == 201, r.text
+    before = counts(server)
+    r = httpx.post(f"{server.url}/ServiceRequest", headers=HDR, content=json.dumps(numbered))
+    assert r.status_code == 409
+    (issue,) = outcome(r)["issue"]
+    assert issue["code"] == "duplicate" and issue["expression"] == ["ServiceRequest.identifier"]
+    assert "next label" in issue["diagnostics"]
+    assert counts(server) == before

@@ -254,3 +254,32 @@ def test_the_analysers_results_for_the_desks_tube_find_its_order(web: World,
     assert b"MSA|AA" in ack, ack
     (after,) = [o for o in _orders(web, pid) if o.order_id not in before]   # no new order
     assert after.order_id == order.order_id and after.status.value == "preliminary"
+
+
+def test_a_tube_number_typed_twice_is_refused_next_to_it(web: World, browser: TestClient,
+                                                         monkeypatch: Any) -> None:
+    """A pre-printed label typed for a second order made two orders with one filler
+    number, which an analyser's results could not tell apart: refused on the tube number's
+    field, the form kept, nothing stored. A number labvault drew that is another order's
+    is drawn again, unseen."""
+    from labvault.domain import lab as L
+    pid = web.a.patients[2]
+    _console(browser, web, "reception")
+    page = f"/console/patients/{pid}/demande"
+    assert _post(browser, page, page, {**ORDER_FORM, "accession_number": "ETQ-0101"}
+                 ).status_code == 200
+    before = len(_orders(web, pid))
+    r = _post(browser, page, page, {**ORDER_FORM, "accession_number": "ETQ-0101"})
+    assert r.status_code == 422
+    said = _error_of(r.text, "accession_number")
+    assert "le n° ETQ-0101 est déjà celui d'une autre demande" in said
+    assert "prenez l'étiquette suivante" in said
+    assert "Rien n'a été enregistré" in _text(r)
+    assert 'value="ETQ-0101"' in r.text and 'value="718-7" checked' in r.text   # kept
+    assert 'value="10003456786"' in r.text and "sous anticoagulant" in r.text
+    assert len(_orders(web, pid)) == before
+    drawn = iter(["ETQ-0101", "A260301-NEW01"])
+    monkeypatch.setattr(L, "new_accession_number", lambda day: next(drawn))
+    r = _post(browser, page, page, ORDER_FORM)
+    assert r.status_code == 200 and "A260301-NEW01" in _text(r)
+    assert len(_orders(web, pid)) == before + 1

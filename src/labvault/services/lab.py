@@ -505,6 +505,28 @@ class IncompleteOrder(Conflict):
         return {"missing": list(self.missing)}
 
 
+class FillerNumberTaken(Conflict):
+    """A new order, or an order receiving its tube, given a filler number (the laboratory's
+    order number: the tube's label, OBR-3 of an analyser's results) that another order of
+    the laboratory already has: the analyser's results could not tell the two apart.
+    ``field``: what the caller sent it as (``filler_number``, or the specimen's
+    ``accession_number`` when the tube's number becomes the order's); ``number``: the
+    number, for the console to say in the form (never echoed in an API's answer)."""
+
+    code = "filler-number-taken"
+
+    def __init__(self, number: str, field: str = "filler_number") -> None:
+        self.number, self.field = number, field
+        what = "tube" if field == "accession_number" else "filler (order)"
+        super().__init__(f"this {what} number is already the number of another order of this "
+                         "laboratory: an analyser's results quoting it could not tell the "
+                         "orders apart", "use the next label: give this order another number "
+                         "(one tube number names one order)")
+
+    def details(self) -> dict[str, Any]:
+        return {"field": self.field}
+
+
 class ReportNotPublished(Conflict):
     """A report not published yet (validated or not) may not leave the laboratory."""
 
@@ -839,6 +861,10 @@ class LabService:
         self._scope(actor, tenant_id, "laboratory")
         with self.lv.begin() as conn:
             self._check(conn, actor, Action.WRITE, tenant_id, "order", (patient_id,))
+            if req.filler_number:
+                field = ("accession_number" if spec is not None
+                         and spec.accession_number == req.filler_number else "filler_number")
+                self._claim_filler(conn, tenant_id, req.filler_number, field)
             order = self._create_order(conn, actor, tenant_id, patient_id, req)
             specimens: list[SpecimenView] = []
             if spec is not None:
@@ -877,6 +903,19 @@ class LabService:
         o = _Order(row, dek, request, workflow)
         o.row["report_id"] = report_id
         return o
+
+    def _claim_filler(self, conn: Connection, tenant_id: str, number: str,
+                      field: str = "filler_number") -> None:
+        """Refuse (``FillerNumberTaken``) a filler number another order of the laboratory
+        already has, for a caller about to give it to an order in this transaction: the
+        number stays locked until the transaction ends (``lrepo.lock_number``), so two
+        orders created at once with one number cannot both pass. For the doors that create
+        orders with the caller's number (console, FHIR); an HL7 message naming a known
+        filler number is about that order (``MessageService``) and never comes here."""
+        digest = self.digest(conn, tenant_id, FILLER, number)
+        lrepo.lock_number(conn, digest)
+        if lrepo.order_with_filler(conn, tenant_id, digest) is not None:
+            raise FillerNumberTaken(number, field)
 
     def _attach_numbers(self, conn: Connection, order: _Order, placer: str | None,
                         filler: str | None) -> None:

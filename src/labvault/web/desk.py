@@ -23,6 +23,7 @@ from labvault.api.deps import LV
 from labvault.domain import lab as L
 from labvault.domain.categories import Category
 from labvault.errors import AccessDenied, InvalidField, InvalidRecord
+from labvault.services.lab import FillerNumberTaken
 from labvault.web.render import PARIS, SPECIMEN_FR, WebRoute, html
 from labvault.web.routes import TEXT, User, WebUser, _check_csrf, _staff, may_write
 
@@ -163,6 +164,13 @@ def rule_fr(rule: str) -> str:
     if m:
         return f"dépasse {m.group(1)} caractères"
     return "n'est pas valable"
+
+
+def number_taken_fr(number: str) -> str:
+    """A tube number another order of the laboratory has already (``FillerNumberTaken``)."""
+    return (f"le n° {number} est déjà celui d'une autre demande du laboratoire : prenez "
+            "l'étiquette suivante et saisissez son numéro (un n° de tube ne désigne qu'une "
+            "demande : les résultats de l'automate la retrouvent par ce numéro)")
 
 
 def field_errors(errors: Iterable[InvalidField], inputs: Mapping[str, str]) -> dict[str, list[str]]:
@@ -335,6 +343,13 @@ def create_order(request: Request, patient_id: str, user: User, lv: LV,
     if not errors:
         try:
             view = lv.lab.create_order(user.actor, tenant_id, record["id"], req, spec)
+        except FillerNumberTaken as exc:
+            if spec is None or form.accession_number.strip():
+                errors = {"accession_number": [number_taken_fr(exc.number)]}
+            else:   # the number labvault drew for the tube is another's (32⁵ a day): redraw
+                spec["accession_number"] = req["filler_number"] = L.new_accession_number(
+                    lv.now().astimezone(PARIS))
+                view = lv.lab.create_order(user.actor, tenant_id, record["id"], req, spec)
         except (InvalidRecord, InvalidField) as exc:
             errors = field_errors(_refused(exc), ORDER_INPUTS)
     if errors:

@@ -21,7 +21,13 @@ from labvault.interop.fhir.outcome import FhirError, issue
 from labvault.interop.fhir.search import Token, date_window, tokens_in
 from labvault.interop.fhir.server import not_found
 from labvault.interop.fhir.versions import version_id, versioned
-from labvault.services.lab import ObservationView, OrderView, ReportView, SpecimenView
+from labvault.services.lab import (
+    FillerNumberTaken,
+    ObservationView,
+    OrderView,
+    ReportView,
+    SpecimenView,
+)
 from labvault.services.practitioners import PractitionerService
 
 if TYPE_CHECKING:
@@ -72,6 +78,12 @@ def element_of(field: str, elements: Mapping[str, str]) -> str:
     """``unit`` (or ``results[0].unit``) -> ``valueQuantity.unit``; unknown names pass."""
     name = field.rsplit("].", 1)[-1].split(".", 1)[0].split("[", 1)[0]
     return elements.get(name, field)
+
+
+def number_taken(exc: FillerNumberTaken, element: str) -> FhirError:
+    """409 ``duplicate``: the filler number (or the tube's number that would become it) is
+    another order's already; the element that carries it named."""
+    return FhirError(exc.http_status, "duplicate", f"{exc.message} ({exc.hint})", [element])
 
 
 def fhir_invalid(exc: InvalidRecord, rtype: str, elements: Mapping[str, str]) -> FhirError:
@@ -251,6 +263,8 @@ class ServiceRequestHandler:
             return self.lv.lab.create_order(actor, tenant_of(actor), patient_id, req).order_id
         except NotFound:   # a reference that points nowhere: the element is at fault (422)
             raise m.invalid("ServiceRequest.subject", "no such Patient") from None
+        except FillerNumberTaken as exc:
+            raise number_taken(exc, "ServiceRequest.identifier") from None
 
     def update(self, actor: Actor, fhir_id: str, resource: Mapping[str, Any]) -> None:
         """Only the status may change: ``revoked`` cancels the order, with its reason in
