@@ -18,6 +18,7 @@ import pytest
 
 from labvault.crypto import KeyRing
 from labvault.crypto.providers.file import FileKeyProvider
+from labvault.domain import lab as L
 from labvault.domain.actors import Actor
 from labvault.services.app import Labvault
 from labvault.services.lab import FillerNumberTaken
@@ -118,3 +119,30 @@ def test_two_orders_created_at_once_with_one_number_cannot_both_pass(
     assert sorted(outcomes) == ["created", "refused"]
     assert len(_orders(lv, operator, tenant_id, patient_id)) == 1
 
+
+def test_a_received_tube_becomes_the_filler_number_of_an_order_without_one(
+        lab_lv: Labvault, operator: Actor, tenant_id: str, patient_id: str) -> None:
+    lv = lab_lv
+    taken = lv.lab.create_order(operator, tenant_id, patient_id,
+                                {**REQ, "filler_number": "ETQ-7"})
+    waiting = lv.lab.create_order(operator, tenant_id, patient_id, REQ)
+    # a tube whose number is another order's: refused, the order still waits for its tube
+    with pytest.raises(FillerNumberTaken) as exc:
+        lv.lab.receive_specimen(operator, waiting.order_id,
+                                {**SPEC, "accession_number": "ETQ-7"}, tube_is_filler=True)
+    assert exc.value.field == "accession_number"
+    got = lv.lab.get_order(operator, waiting.order_id)
+    assert got.status == L.OrderStatus.REGISTERED and got.specimens == []
+    assert got.request.filler_number is None
+    lv.lab.receive_specimen(operator, waiting.order_id, {**SPEC, "accession_number": "ETQ-8"},
+                            tube_is_filler=True)
+    got = lv.lab.get_order(operator, waiting.order_id)
+    assert got.status == L.OrderStatus.RECEIVED and got.request.filler_number == "ETQ-8"
+    # an order with its number keeps it (a second tube is only a tube)
+    lv.lab.receive_specimen(operator, taken.order_id, {**SPEC, "accession_number": "ETQ-8"},
+                            tube_is_filler=True)
+    assert lv.lab.get_order(operator, taken.order_id).request.filler_number == "ETQ-7"
+    # without the flag (the HL7 path's and the stable API's default): the tube only
+    plain = lv.lab.create_order(operator, tenant_id, patient_id, REQ)
+    lv.lab.receive_specimen(operator, plain.order_id, {**SPEC, "accession_number": "ETQ-8"})
+    assert lv.lab.get_order(operator, plain.order_id).request.filler_number is None

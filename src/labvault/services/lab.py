@@ -978,10 +978,21 @@ class LabService:
             lrepo.update_report(conn, order.tenant_id, order.order_id, **rvals)
 
     # == specimens ===============================================================================
-    def receive_specimen(self, actor: Actor, order_id: str, specimen: object) -> SpecimenView:
+    def receive_specimen(self, actor: Actor, order_id: str, specimen: object,
+                         tube_is_filler: bool = False) -> SpecimenView:
+        """Receive an order's specimen. ``tube_is_filler``: the tube's number (the
+        specimen's accession number) becomes the order's filler number if the order has
+        none yet -- as the desk's order form does -- so that an analyser's results quoting
+        the tube's barcode find the order; refused (``FillerNumberTaken``) when another
+        order of the laboratory has that number. The console and the FHIR door ask it."""
         spec = L.Specimen.parse(specimen)
         with self.lv.begin() as conn:
             order = self._order_for(conn, actor, order_id, Action.WRITE, "specimen")
+            if tube_is_filler and order.row.get("filler_digest") is None:
+                L.check_transition(order.status, L.OrderStatus.RECEIVED)  # that error first
+                self._claim_filler(conn, order.tenant_id, spec.accession_number,
+                                   "accession_number")
+                self._attach_numbers(conn, order, None, spec.accession_number)
             return self._receive(conn, actor, order, spec)
 
     def _receive(self, conn: Connection, actor: Actor, order: _Order,

@@ -307,9 +307,10 @@ class ServiceRequestHandler:
             "ServiceRequest.priority": str(req["priority"]) == order.priority.value,
             "ServiceRequest.requester": (prescriber or {}).get("rpps") == (
                 stored.prescriber.rpps if stored.prescriber else None),
-            "ServiceRequest.identifier": (
-                req.get("placer_number"), req.get("filler_number")) == (
-                stored.placer_number, stored.filler_number),
+            # the filler number the laboratory gave the order after it was placed (its
+            # tube's number, an analyser's): the placer's copy need not carry it
+            "ServiceRequest.identifier": req.get("placer_number") == stored.placer_number
+            and req.get("filler_number") in (None, stored.filler_number),
             "ServiceRequest.note": cancelling or req.get("clinical_notes") == stored.clinical_notes,
         }
         return next((where for where, ok in same.items() if not ok), None)
@@ -406,9 +407,13 @@ class SpecimenHandler:
         spec = {"type": stype, "accession_number": acc.get("value"),
                 "collected_at": collection.get("collectedDateTime")}
         try:
-            view = self.lv.lab.receive_specimen(actor, order_id, spec)
+            # the tube's number becomes the order's filler number if it has none (as at the
+            # desk): an analyser's results quoting the tube's barcode then find the order
+            view = self.lv.lab.receive_specimen(actor, order_id, spec, tube_is_filler=True)
         except NotFound:
             raise m.invalid("Specimen.request[0]", "no such ServiceRequest") from None
+        except FillerNumberTaken as exc:
+            raise number_taken(exc, "Specimen.accessionIdentifier") from None
         except InvalidField as exc:
             raise fhir_invalid(InvalidRecord([exc]), self.rtype, SPECIMEN_ELEMENTS) from None
         except InvalidRecord as exc:
