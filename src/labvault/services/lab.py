@@ -450,6 +450,8 @@ _CONFLICT_EN: Mapping[str, tuple[str, str]] = {
     "rejected": ("the specimen of this order was rejected{by}",
                  "a new specimen needs a new order"),
     "cancelled": ("this order was cancelled{by}", "a new order is needed"),
+    "already-received": ("the specimen of this order was already received{by}",
+                         "nothing left to do here: the order waits at the bench"),
     "not-allowed": ("an order that is {status} does not allow {action}", ""),
 }
 
@@ -478,6 +480,17 @@ def _conflict_kind(action: str, status: L.OrderStatus) -> tuple[str, str | None]
     if action == "publish" and status in (S.PUBLISHED, S.AMENDED):
         return "already-published", "published"
     return "not-allowed", None
+
+
+def awaits_specimen(status: L.OrderStatus,
+                    steps: Mapping[str, Step]) -> WorkflowConflict | None:
+    """None if an order at ``status`` still awaits its specimen (registered); otherwise
+    why not: received already (by whom, when), or closed (rejected, cancelled)."""
+    if status == L.OrderStatus.REGISTERED:
+        return None
+    closed = status in (L.OrderStatus.REJECTED, L.OrderStatus.CANCELLED)
+    kind = status.value if closed else "already-received"
+    return WorkflowConflict("receive", status, kind, steps.get(kind if closed else "received"))
 
 
 class ResultsChanged(Conflict):
@@ -979,15 +992,21 @@ class LabService:
 
     # == specimens ===============================================================================
     def receive_specimen(self, actor: Actor, order_id: str, specimen: object,
-                         tube_is_filler: bool = False) -> SpecimenView:
+                         tube_is_filler: bool = False, awaited: bool = False) -> SpecimenView:
         """Receive an order's specimen. ``tube_is_filler``: the tube's number (the
         specimen's accession number) becomes the order's filler number if the order has
         none yet -- as the desk's order form does -- so that an analyser's results quoting
         the tube's barcode find the order; refused (``FillerNumberTaken``) when another
-        order of the laboratory has that number. The console and the FHIR door ask it."""
+        order of the laboratory has that number. The console and the FHIR door ask it.
+        ``awaited``: only the specimen the order still awaits (``awaits_specimen``, under
+        the order's lock): a form posted twice is refused instead of adding a second tube
+        (the console's reception page)."""
         spec = L.Specimen.parse(specimen)
         with self.lv.begin() as conn:
             order = self._order_for(conn, actor, order_id, Action.WRITE, "specimen")
+            if awaited and (refused := awaits_specimen(order.status,
+                                                       self._steps(order.workflow))):
+                raise refused
             if tube_is_filler and order.row.get("filler_digest") is None:
                 L.check_transition(order.status, L.OrderStatus.RECEIVED)  # that error first
                 self._claim_filler(conn, order.tenant_id, spec.accession_number,

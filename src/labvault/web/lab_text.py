@@ -76,6 +76,8 @@ _CONFLICT_FR: Mapping[str, tuple[str, str]] = {
     "rejected": ("le prélèvement de cette demande a été refusé{by}",
                  "un nouveau prélèvement demande une nouvelle demande"),
     "cancelled": ("cette demande a été annulée{by}", "une nouvelle demande est nécessaire"),
+    "already-received": ("le prélèvement de cette demande est déjà enregistré{by}",
+                         "rien à refaire : la demande attend à la paillasse"),
     "not-allowed": ("cette action n'est pas possible à cette étape de la demande", ""),
 }
 
