@@ -305,7 +305,14 @@ def _web_cases() -> dict[tuple[str, str], Case]:
         return (f"/console/patients/{_patient_target(c, r, lab)}/modifier",
                 {**registration_form(lab_of(c, lab).patient_data[0]), "phone": "06 11 22 33 44"})
 
+    def reception(c: Ctx, r: str, lab: str) -> Req:        # a fresh order and tube each call
+        c.n += 1
+        return (at("registered", "/console/demandes/{}/reception")(c, r, lab)[0],
+                {"specimen_type": "BLD", "collected_at": "2026-03-01T08:30",
+                 "accession_number": f"MTX-{lab}-{c.n}"})
+
     desk = ("reception", "biologist")      # the roles the policy lets write patients, orders
+    receivers = ("reception", "technician", "biologist")    # ... and specimens
     patient_only = allow(("patient",), 200, anon=303)
     return {
         ("GET", "/"): Case(get("/"), everyone(303, 303)),
@@ -399,6 +406,13 @@ def _web_cases() -> dict[tuple[str, str], Case]:
             allow(desk, 200, anon=303), allow(desk, 404, deny=403)),
         ("POST", "/console/patients/{patient_id}/modifier"): Case(
             edit, allow(desk, 303, anon=303), allow(desk, 404, deny=403), form=True),
+        # an order's specimen received later: the roles the policy lets write specimens
+        ("GET", "/console/demandes/{order_id}/reception"): Case(
+            at("registered", "/console/demandes/{}/reception"),
+            allow(receivers, 200, anon=303), allow(receivers, 404, deny=403)),
+        ("POST", "/console/demandes/{order_id}/reception"): Case(
+            reception, allow(receivers, 303, anon=303), allow(receivers, 404, deny=403),
+            form=True),
         # a fresh panic-value alert per call; another lab's: the same 404 as an absent one
         ("POST", "/console/alertes/{alert_id}/prise-en-compte"): Case(
             lambda c, r, lab: (f"/console/alertes/{_panic_alert(c, lab)}/prise-en-compte",
@@ -807,6 +821,7 @@ def _workflow_id_routes(c: Ctx) -> dict[tuple[str, str], list[Req]]:
     from tests.web.helpers import order
     b = c.w.b
     prelim = order(c.w, b, b.patients[1], step="preliminary")[0].order_id
+    registered = order(c.w, b, b.patients[1], step="registered").order_id
     received = order(c.w, b, b.patients[1], step="received").order_id
     technical = order(c.w, b, b.patients[1], step="technical").order_id
     final = order(c.w, b, b.patients[1], step="final").order_id
@@ -831,6 +846,12 @@ def _workflow_id_routes(c: Ctx) -> dict[tuple[str, str], list[Req]]:
         ("POST", "/console/technique/{order_id}"): [(f"/console/technique/{prelim}", None)],
         ("POST", "/console/demandes/{order_id}/refus"): [
             (f"/console/demandes/{received}/refus", {"reason": "hemolysed"})],
+        ("GET", "/console/demandes/{order_id}/reception"): [
+            (f"/console/demandes/{registered}/reception", None)],
+        ("POST", "/console/demandes/{order_id}/reception"): [
+            (f"/console/demandes/{registered}/reception",
+             {"specimen_type": "BLD", "collected_at": "2026-03-01T08:30",
+              "accession_number": "MTX-B"})],
         ("POST", "/console/diffusion/{order_id}"): [(f"/console/diffusion/{final}", None)],
         ("POST", "/console/demandes/{order_id}/conclusion"): [
             (f"/console/demandes/{published.order_id}/conclusion",

@@ -17,6 +17,7 @@ from labvault.store import repositories as repo
 from labvault.store import repositories_lab as lrepo
 from labvault.synthetic import people
 from tests.fhir.conftest import TOKEN, Running, validate_r4b
+from tests.fhir.test_fhir_rest import outcome
 
 HDR = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/fhir+json"}
 
@@ -469,7 +470,7 @@ def test_a_lower_case_litre_is_the_catalogue_unit(server: Running) -> None:
     loc = r.json()["entry"][3]["response"]["location"].split("/_history")[0]
     q = httpx.get(f"{server.url}/{loc}", headers=HDR).json()["valueQuantity"]
     assert (q["unit"], q["code"]) == ("g/dL", "g/dL")
-    bundle = visit_bundle(next(people(1, seed=27)), 4)
+    bundle = visit_bundle(next(people(1, seed=27)), 5)   # its own tube number
     bundle["entry"][3]["resource"]["valueQuantity"].update(unit="G/dL", code="G/dL")
     assert post(server, bundle).status_code == 422
 
@@ -649,3 +650,83 @@ def test_code_text_is_the_french_name_and_coding_display_stays_loinc(server: Run
     put = httpx.put(f"{server.url}/{locs[1]}", headers=HDR, content=json.dumps(sr))
     assert put.status_code == 200, put.text              # sent back as read, text included
     assert client.get("ServiceRequest", locs[1].split("/")[1])["code"] == sr["code"]
+
+
+def create_patient_fhir(server: Running, resource: dict[str, Any]) -> str:
+    r = httpx.post(f"{server.url}/Patient", headers=HDR, content=json.dumps(resource))
+    assert r.status_code == 201, r.text
+    return str(r.json()["id"])
+
+
+def _sr_identifiers(server: Running, sr_id: str) -> dict[str, str]:
+    sr = httpx.get(f"{server.url}/ServiceRequest/{sr_id}", headers=HDR).json()
+    return {i["system"]: i["value"] for i in sr.get("identifier", [])}
+
+
+def test_a_specimens_number_becomes_the_orders_filler_number(server: Running) -> None:
+    """An order placed without the laboratory's number gets its tube's (Specimen
+    accessionIdentifier) as filler number, as the desk's: an analyser's results quoting
+    the tube's barcode (OBR-3) find it. The placer's copy of the ServiceRequest, without
+    that number, still cancels it."""
+    b = visit_bundle(next(people(1, seed=31)), 31)["entry"]
+    pid = create_patient_fhir(server, b[0]["resource"])
+    sr_body = dict(b[1]["resource"], subject={"reference": f"Patient/{pid}"})
+    r = httpx.post(f"{server.url}/ServiceRequest", headers=HDR, content=json.dumps(sr_body))
+    assert r.status_code == 201, r.text
+    sr_id = r.json()["id"]
+    assert ids.FILLER_SYSTEM not in _sr_identifiers(server, sr_id)
+    spec = dict(b[2]["resource"], request=[{"reference": f"ServiceRequest/{sr_id}"}],
+                subject={"reference": f"Patient/{pid}"})
+    r = httpx.post(f"{server.url}/Specimen", headers=HDR, content=json.dumps(spec))
+    assert r.status_code == 201, r.text
+    tube = b[2]["resource"]["accessionIdentifier"]["value"]
+    assert _sr_identifiers(server, sr_id)[ids.FILLER_SYSTEM] == tube
+    order = server.lv.lab.get_order(server.actor, ids.from_fhir(sr_id, "ord") or "")
+    assert order.request.filler_number == tube and order.request.placer_number
+    revoked = dict(sr_body, id=sr_id, status="revoked",
+                   note=[*sr_body["note"], {"text": "prescription en double"}])
+    r = httpx.put(f"{server.url}/ServiceRequest/{sr_id}", headers=HDR,
+                  content=json.dumps(revoked))
+    assert r.status_code == 200, r.text
+
+
+def test_a_filler_number_taken_is_a_409_duplicate(server: Running) -> None:
+    """One filler number, one order of the laboratory: a ServiceRequest naming another
+    order's, a Specimen whose tube number is another order's (it would become its filler
+    number) and a Bundle repeating a visit's tube are refused 409 (issue ``duplicate``,
+    naming the element), nothing stored."""
+    b = visit_bundle(next(people(1, seed=32)), 32)["entry"]
+    pid = create_patient_fhir(server, b[0]["resource"])
+    numbered = dict(b[1]["resource"], subject={"reference": f"Patient/{pid}"},
+                    identifier=[{"system": ids.FILLER_SYSTEM, "value": "ETQ-9001"}])
+    r = httpx.post(f"{server.url}/ServiceRequest", headers=HDR, content=json.dumps(numbered))
+    assert r.status_code == 201, r.text
+    before = counts(server)
+    r = httpx.post(f"{server.url}/ServiceRequest", headers=HDR, content=json.dumps(numbered))
+    assert r.status_code == 409
+    (issue,) = outcome(r)["issue"]
+    assert issue["code"] == "duplicate" and issue["expression"] == ["ServiceRequest.identifier"]
+    assert "next label" in issue["diagnostics"]
+    assert counts(server) == before
+    plain = dict(b[1]["resource"], subject={"reference": f"Patient/{pid}"})
+    sr_id = httpx.post(f"{server.url}/ServiceRequest", headers=HDR,
+                       content=json.dumps(plain)).json()["id"]
+    spec = dict(b[2]["resource"], request=[{"reference": f"ServiceRequest/{sr_id}"}],
+                subject={"reference": f"Patient/{pid}"},
+                accessionIdentifier={"system": ids.ACCESSION_SYSTEM, "value": "ETQ-9001"})
+    r = httpx.post(f"{server.url}/Specimen", headers=HDR, content=json.dumps(spec))
+    assert r.status_code == 409
+    (issue,) = outcome(r)["issue"]
+    assert issue["code"] == "duplicate"
+    assert issue["expression"] == ["Specimen.accessionIdentifier"]
+    assert httpx.get(f"{server.url}/ServiceRequest/{sr_id}", headers=HDR).json()[
+        "status"] == "active"                                     # still waits for its tube
+    # a visit Bundle sent again with its tube: the whole transaction refused
+    assert post(server, visit_bundle(next(people(1, seed=33)), 33)).status_code == 200
+    before = counts(server)
+    r = post(server, visit_bundle(next(people(1, seed=34)), 33))
+    assert r.status_code == 409
+    (issue,) = outcome(r)["issue"]
+    assert issue["code"] == "duplicate"
+    assert issue["expression"] == ["Bundle.entry[2].resource.accessionIdentifier"]
+    assert counts(server) == before

@@ -103,9 +103,13 @@ def bio(tenant_id: str) -> Actor:
 
 
 def _final(lv: Labvault, tenant_id: str, patient_id: str, req: dict[str, Any] = REQ) -> str:
-    """An order biologically validated (not yet published)."""
+    """An order biologically validated (not yet published); the patient's first is F-77,
+    the next ones F-77-2... (one filler number, one order of the laboratory)."""
     op = Actor.operator()
     tech, bio = staff(tenant_id, "technician", name="tech"), staff(tenant_id, "biologist")
+    n = len(lv.lab.list_orders(op, tenant_id, patient_id=patient_id))
+    if n:
+        req = {**req, "filler_number": f"{req['filler_number']}-{n + 1}"}
     oid = lv.lab.create_order(op, tenant_id, patient_id, req, SPEC).order_id
     lv.lab.enter_results(tech, oid, [HB, K])
     lv.lab.validate_technical(tech, oid)

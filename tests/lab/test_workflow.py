@@ -531,3 +531,26 @@ def test_refusals_name_what_only_a_biologist_may_do(lab_lv: Labvault, operator: 
         lv.lab.amend(technician, k.observation_id, {"code": "2823-3", "value": 4.4, "unit": "mmol/L"}, "typo")
     assert amending.value.message == "only a biologist may correct a published result"
     assert "biologist" in amending.value.hint and "correct" in amending.value.hint
+
+
+def test_only_the_awaited_specimen_is_received_when_asked(
+        lab_lv: Labvault, operator: Actor, tenant_id: str, patient_id: str) -> None:
+    """``awaited`` (the console's reception page): a second post of the form is refused,
+    saying who received the specimen, instead of adding a second tube; so is a closed
+    order. Without it, a further tube is received as before."""
+    from labvault.services.lab import WorkflowConflict
+    lv = lab_lv
+    o = lv.lab.create_order(operator, tenant_id, patient_id, REQ)
+    lv.lab.receive_specimen(operator, o.order_id, SPEC, awaited=True)
+    with pytest.raises(WorkflowConflict) as exc:
+        lv.lab.receive_specimen(operator, o.order_id, SPEC, awaited=True)
+    assert exc.value.kind == "already-received" and exc.value.http_status == 409
+    assert exc.value.step is not None and exc.value.step.by == operator.id
+    assert len(lv.lab.get_order(operator, o.order_id).specimens) == 1
+    lv.lab.receive_specimen(operator, o.order_id, {**SPEC, "accession_number": "A2"})
+    assert len(lv.lab.get_order(operator, o.order_id).specimens) == 2
+    closed = lv.lab.create_order(operator, tenant_id, patient_id, REQ)
+    lv.lab.cancel(operator, closed.order_id, "doublon")
+    with pytest.raises(WorkflowConflict) as exc:
+        lv.lab.receive_specimen(operator, closed.order_id, SPEC, awaited=True)
+    assert exc.value.kind == "cancelled"

@@ -21,14 +21,15 @@ HIGH = [{"code": "718-7", "value": 13.7, "unit": "g/dL"},
 
 def order(w: World, lab: Lab, patient_id: str, step: str = "published",
           results: list[dict[str, Any]] | None = None, conclusion: str | None = None) -> Any:
-    """An order of ``patient_id`` taken to ``step`` (received | preliminary | technical |
-    final | published) by the lab's biologist; returns the report view (the order view
-    at ``received`` and ``technical``, the results at ``preliminary``)."""
+    """An order of ``patient_id`` taken to ``step`` (registered: awaiting its specimen |
+    received | preliminary | technical | final | published) by the lab's biologist;
+    returns the report view (the order view at ``registered``, ``received`` and
+    ``technical``, the results at ``preliminary``)."""
     bio = w.actor(lab.emails["biologist"])
     lv = w.lv
-    o = lv.lab.create_order(bio, lab.tenant_id, patient_id, REQ,
-                            {**SPEC, "accession_number": f"W{next(_ACCESSION)}"})
-    if step == "received":
+    o = lv.lab.create_order(bio, lab.tenant_id, patient_id, REQ, None if step == "registered"
+                            else {**SPEC, "accession_number": f"W{next(_ACCESSION)}"})
+    if step in ("registered", "received"):
         return o
     entered = lv.lab.enter_results(bio, o.order_id, results or NORMAL)
     if step == "preliminary":

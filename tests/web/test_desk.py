@@ -534,3 +534,145 @@ def test_a_form_opened_before_someone_elses_change_writes_nothing(
     assert r.status_code == 303
     after = lv.patients.show(bio, pid)
     assert after["address"]["city"] == "Roubaix" and after["phone"] == "+33644556677"
+
+
+def test_a_tube_number_typed_twice_is_refused_next_to_it(web: World, browser: TestClient,
+                                                         monkeypatch: Any) -> None:
+    """A pre-printed label typed for a second order made two orders with one filler
+    number, which an analyser's results could not tell apart: refused on the tube number's
+    field, the form kept, nothing stored. A number labvault drew that is another order's
+    is drawn again, unseen."""
+    from labvault.domain import lab as L
+    pid = web.a.patients[2]
+    _console(browser, web, "reception")
+    page = f"/console/patients/{pid}/demande"
+    assert _post(browser, page, page, {**ORDER_FORM, "accession_number": "ETQ-0101"}
+                 ).status_code == 200
+    before = len(_orders(web, pid))
+    r = _post(browser, page, page, {**ORDER_FORM, "accession_number": "ETQ-0101"})
+    assert r.status_code == 422
+    said = _error_of(r.text, "accession_number")
+    assert "le n° ETQ-0101 est déjà celui d'une autre demande" in said
+    assert "prenez l'étiquette suivante" in said
+    assert "Rien n'a été enregistré" in _text(r)
+    assert 'value="ETQ-0101"' in r.text and 'value="718-7" checked' in r.text   # kept
+    assert 'value="10003456786"' in r.text and "sous anticoagulant" in r.text
+    assert len(_orders(web, pid)) == before
+    drawn = iter(["ETQ-0101", "A260301-NEW01"])
+    monkeypatch.setattr(L, "new_accession_number", lambda day: next(drawn))
+    r = _post(browser, page, page, ORDER_FORM)
+    assert r.status_code == 200 and "A260301-NEW01" in _text(r)
+    assert len(_orders(web, pid)) == before + 1
+
+
+RECEPTION_FORM = {"specimen_type": "SER", "collected_at": "2026-03-01T09:15",
+                  "accession_number": "ETQ-0300"}
+
+
+def test_a_specimen_received_later_at_the_desk(web: World, browser: TestClient) -> None:
+    """An order recorded without its tube (the patient comes back) is listed on the
+    patient's page as awaiting it; "Enregistrer le prélèvement" receives it: the order is
+    received, the tube's number its filler number, then back to the patient's page. A
+    form posted twice adds no second tube."""
+    from labvault.domain.actors import Actor
+    from labvault.services.audit import audit_of
+    from tests.web.helpers import order
+    a, lv = web.a, web.lv
+    pid = a.patients[2]
+    waiting = order(web, a, pid, step="registered")
+    url = f"/console/demandes/{waiting.order_id}/reception"
+    _console(browser, web, "reception")
+    page = browser.get(f"/console/patients/{pid}")
+    assert "Demandes en attente de prélèvement" in page.text and f'href="{url}"' in page.text
+    form = browser.get(url)
+    assert form.status_code == 200, _text(form)
+    assert "Hémoglobine" in _text(form) and "Dr Hélène Lefèvre" in _text(form)
+    assert 'for="accession_number"' in form.text and 'name="collected_at"' in form.text
+    r = browser.post(url, data={**RECEPTION_FORM, "csrf": csrf_in(form.text)},
+                     follow_redirects=False)
+    assert r.status_code == 303, _text(r)
+    assert r.headers["location"] == f"/console/patients/{pid}#{waiting.order_id}"
+    got = lv.lab.get_order(web.actor(a.emails["biologist"]), waiting.order_id)
+    assert got.status.value == "received" and got.request.filler_number == "ETQ-0300"
+    (spec,) = got.specimens
+    assert spec.specimen.type == "SER" and spec.specimen.accession_number == "ETQ-0300"
+    assert spec.specimen.collected_at.isoformat() == "2026-03-01T09:15:00+01:00"   # Paris
+    assert f'href="{url}"' not in browser.get(f"/console/patients/{pid}").text
+    rows = audit_of(lv).access_log(Actor.operator(), pid)
+    assert any(r["resource"] == "specimen" and r["action"] == "write" for r in rows)
+    # the same form sent again (a double click): said, and no second tube
+    again = browser.post(url, data={**RECEPTION_FORM, "csrf": csrf_in(form.text)})
+    assert again.status_code == 409 and "déjà enregistré par vous" in _text(again)
+    assert len(lv.lab.get_order(web.actor(a.emails["biologist"]),
+                                waiting.order_id).specimens) == 1
+    # the roles that read reports find the link on the order's report card
+    other = order(web, a, pid, step="registered")
+    _console(browser, web, "technician")
+    assert f'href="/console/demandes/{other.order_id}/reception"' in browser.get(
+        f"/console/patients/{pid}").text
+
+
+def test_reception_errors_are_said_next_to_their_field(web: World,
+                                                       browser: TestClient) -> None:
+    from tests.web.helpers import order
+    a = web.a
+    pid = a.patients[2]
+    taken = order(web, a, pid, step="registered")
+    waiting = order(web, a, pid, step="registered")
+    web.lv.lab.receive_specimen(web.actor(a.emails["biologist"]), taken.order_id,
+                                {"type": "BLD", "collected_at": "2026-03-01T08:00:00+01:00",
+                                 "accession_number": "ETQ-0301"}, tube_is_filler=True)
+    url = f"/console/demandes/{waiting.order_id}/reception"
+    _console(browser, web, "reception")
+    r = _post(browser, url, url, {**RECEPTION_FORM, "accession_number": "ETQ-0301"})
+    assert r.status_code == 422
+    assert "le n° ETQ-0301 est déjà celui d'une autre demande" in _error_of(
+        r.text, "accession_number")
+    assert 'value="ETQ-0301"' in r.text and 'value="2026-03-01T09:15"' in r.text   # kept
+    assert 'value="SER" selected' in r.text
+    r = _post(browser, url, url, {**RECEPTION_FORM, "collected_at": "2099-01-01T08:00",
+                                  "specimen_type": "", "accession_number": ""})
+    assert r.status_code == 422
+    assert "pas dans le futur" in _error_of(r.text, "collected_at")
+    assert "type de prélèvement" in _error_of(r.text, "specimen_type")
+    assert "est obligatoire" in _error_of(r.text, "accession_number")
+    r = _post(browser, url, url, {**RECEPTION_FORM, "collected_at": "demain matin"})
+    assert r.status_code == 422 and "heure de Paris" in _error_of(r.text, "collected_at")
+    assert "must be" not in r.text and "is not" not in r.text
+    got = web.lv.lab.get_order(web.actor(a.emails["biologist"]), waiting.order_id)
+    assert got.status.value == "registered" and got.specimens == []
+    assert got.request.filler_number is None
+
+
+def test_reception_roles_and_another_laboratorys_order(web: World,
+                                                       browser: TestClient) -> None:
+    from tests.web.helpers import order
+    a, b = web.a, web.b
+    waiting = order(web, a, a.patients[2], step="registered")
+    url = f"/console/demandes/{waiting.order_id}/reception"
+    for role in ("lab_admin", "dpo"):
+        _console(browser, web, role)
+        r = browser.get(url)
+        assert r.status_code == 403, role
+        assert "votre fonction ne permet pas d'enregistrer un prélèvement" in _text(r)
+    _console(browser, web, "lab_admin")
+    r = browser.post(url, data=RECEPTION_FORM)
+    assert r.status_code == 403
+    # reception of laboratory A, laboratory B's order: the page of an absent id
+    _console(browser, web, "reception")
+    theirs = order(web, b, b.patients[0], step="registered")
+    other = browser.get(f"/console/demandes/{theirs.order_id}/reception")
+    absent = browser.get("/console/demandes/ord_00000000000000000000000000/reception")
+    assert other.status_code == absent.status_code == 404
+    assert _text(other) == _text(absent)
+    assert "cette demande n'existe pas dans votre laboratoire" in _text(other)
+    form = browser.get(url)
+    r = browser.post(f"/console/demandes/{theirs.order_id}/reception",
+                     data={**RECEPTION_FORM, "csrf": csrf_in(form.text)})
+    assert r.status_code == 404
+    bio_b = web.actor(b.emails["biologist"])
+    assert web.lv.lab.get_order(bio_b, theirs.order_id).status.value == "registered"
+    # a received order's page says so (409), with who received it and when
+    done = order(web, a, a.patients[2], step="received")
+    r = browser.get(f"/console/demandes/{done.order_id}/reception")
+    assert r.status_code == 409 and "déjà enregistré" in _text(r)

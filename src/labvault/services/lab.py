@@ -452,6 +452,8 @@ _CONFLICT_EN: Mapping[str, tuple[str, str]] = {
     "cancelled": ("this order was cancelled{by}", "a new order is needed"),
     "result-withdrawn": ("this result was withdrawn{by}: it is not part of the report, "
                          "there is nothing to amend", "amend the result in force instead"),
+    "already-received": ("the specimen of this order was already received{by}",
+                         "nothing left to do here: the order waits at the bench"),
     "not-allowed": ("an order that is {status} does not allow {action}", ""),
 }
 
@@ -500,6 +502,15 @@ class ResultWithdrawn(WorkflowConflict):
     def details(self) -> dict[str, Any]:
         return {**super().details(), "test": self.test,
                 **({"in_force": self.in_force} if self.in_force else {})}
+def awaits_specimen(status: L.OrderStatus,
+                    steps: Mapping[str, Step]) -> WorkflowConflict | None:
+    """None if an order at ``status`` still awaits its specimen (registered); otherwise
+    why not: received already (by whom, when), or closed (rejected, cancelled)."""
+    if status == L.OrderStatus.REGISTERED:
+        return None
+    closed = status in (L.OrderStatus.REJECTED, L.OrderStatus.CANCELLED)
+    kind = status.value if closed else "already-received"
+    return WorkflowConflict("receive", status, kind, steps.get(kind if closed else "received"))
 
 
 class ResultsChanged(Conflict):
@@ -525,6 +536,28 @@ class IncompleteOrder(Conflict):
 
     def details(self) -> dict[str, Any]:
         return {"missing": list(self.missing)}
+
+
+class FillerNumberTaken(Conflict):
+    """A new order, or an order receiving its tube, given a filler number (the laboratory's
+    order number: the tube's label, OBR-3 of an analyser's results) that another order of
+    the laboratory already has: the analyser's results could not tell the two apart.
+    ``field``: what the caller sent it as (``filler_number``, or the specimen's
+    ``accession_number`` when the tube's number becomes the order's); ``number``: the
+    number, for the console to say in the form (never echoed in an API's answer)."""
+
+    code = "filler-number-taken"
+
+    def __init__(self, number: str, field: str = "filler_number") -> None:
+        self.number, self.field = number, field
+        what = "tube" if field == "accession_number" else "filler (order)"
+        super().__init__(f"this {what} number is already the number of another order of this "
+                         "laboratory: an analyser's results quoting it could not tell the "
+                         "orders apart", "use the next label: give this order another number "
+                         "(one tube number names one order)")
+
+    def details(self) -> dict[str, Any]:
+        return {"field": self.field}
 
 
 class ReportNotPublished(Conflict):
@@ -861,6 +894,10 @@ class LabService:
         self._scope(actor, tenant_id, "laboratory")
         with self.lv.begin() as conn:
             self._check(conn, actor, Action.WRITE, tenant_id, "order", (patient_id,))
+            if req.filler_number:
+                field = ("accession_number" if spec is not None
+                         and spec.accession_number == req.filler_number else "filler_number")
+                self._claim_filler(conn, tenant_id, req.filler_number, field)
             order = self._create_order(conn, actor, tenant_id, patient_id, req)
             specimens: list[SpecimenView] = []
             if spec is not None:
@@ -899,6 +936,19 @@ class LabService:
         o = _Order(row, dek, request, workflow)
         o.row["report_id"] = report_id
         return o
+
+    def _claim_filler(self, conn: Connection, tenant_id: str, number: str,
+                      field: str = "filler_number") -> None:
+        """Refuse (``FillerNumberTaken``) a filler number another order of the laboratory
+        already has, for a caller about to give it to an order in this transaction: the
+        number stays locked until the transaction ends (``lrepo.lock_number``), so two
+        orders created at once with one number cannot both pass. For the doors that create
+        orders with the caller's number (console, FHIR); an HL7 message naming a known
+        filler number is about that order (``MessageService``) and never comes here."""
+        digest = self.digest(conn, tenant_id, FILLER, number)
+        lrepo.lock_number(conn, digest)
+        if lrepo.order_with_filler(conn, tenant_id, digest) is not None:
+            raise FillerNumberTaken(number, field)
 
     def _attach_numbers(self, conn: Connection, order: _Order, placer: str | None,
                         filler: str | None) -> None:
@@ -961,10 +1011,27 @@ class LabService:
             lrepo.update_report(conn, order.tenant_id, order.order_id, **rvals)
 
     # == specimens ===============================================================================
-    def receive_specimen(self, actor: Actor, order_id: str, specimen: object) -> SpecimenView:
+    def receive_specimen(self, actor: Actor, order_id: str, specimen: object,
+                         tube_is_filler: bool = False, awaited: bool = False) -> SpecimenView:
+        """Receive an order's specimen. ``tube_is_filler``: the tube's number (the
+        specimen's accession number) becomes the order's filler number if the order has
+        none yet -- as the desk's order form does -- so that an analyser's results quoting
+        the tube's barcode find the order; refused (``FillerNumberTaken``) when another
+        order of the laboratory has that number. The console and the FHIR door ask it.
+        ``awaited``: only the specimen the order still awaits (``awaits_specimen``, under
+        the order's lock): a form posted twice is refused instead of adding a second tube
+        (the console's reception page)."""
         spec = L.Specimen.parse(specimen)
         with self.lv.begin() as conn:
             order = self._order_for(conn, actor, order_id, Action.WRITE, "specimen")
+            if awaited and (refused := awaits_specimen(order.status,
+                                                       self._steps(order.workflow))):
+                raise refused
+            if tube_is_filler and order.row.get("filler_digest") is None:
+                L.check_transition(order.status, L.OrderStatus.RECEIVED)  # that error first
+                self._claim_filler(conn, order.tenant_id, spec.accession_number,
+                                   "accession_number")
+                self._attach_numbers(conn, order, None, spec.accession_number)
             return self._receive(conn, actor, order, spec)
 
     def _receive(self, conn: Connection, actor: Actor, order: _Order,

@@ -14,6 +14,7 @@ from sqlalchemy import and_, bindparam, case, func, insert, select, update
 from sqlalchemy.engine import Connection
 
 from labvault.store.driver_sql import (
+    execute,
     first,
     insert_rows,
     insert_sql,
@@ -21,7 +22,7 @@ from labvault.store.driver_sql import (
     select_sql,
     update_rows,
 )
-from labvault.store.engine import for_update
+from labvault.store.engine import for_update, open_write_transaction
 from labvault.store.tables_lab import (
     lab_catalogues,
     lab_hl7_messages,
@@ -56,6 +57,8 @@ _SEL_CONTROL = ("SELECT message_id, status, ack_sealed, patient_id, received_at,
 _SEL_ORDER_DIGESTS = (
     select_sql(lab_orders, "tenant_id = {p} AND filler_digest = {p}") + " UNION ALL "
     + select_sql(lab_orders, "tenant_id = {p} AND placer_digest = {p}") + " LIMIT 4")
+_SEL_ORDER_BY_FILLER = ("SELECT order_id FROM lab_orders WHERE tenant_id = {p} "
+                        "AND filler_digest = {p} LIMIT 1")
 _SEL_REPORT_BY_ORDER = select_sql(lab_reports, "tenant_id = {p} AND order_id = {p}")
 _SEL_ORDER = select_sql(lab_orders, "order_id = {p}")
 _SEL_REPORT = select_sql(lab_reports, "report_id = {p}")
@@ -103,6 +106,27 @@ def order_by_digest(conn: Connection, tenant_id: str, placer: bytes | None,
             if r["filler_digest"] == filler:
                 return r
     return rows[0] if rows else None
+
+
+def lock_number(conn: Connection, digest: bytes) -> None:
+    """Until the end of the transaction, the only writer that may give an order the number
+    of this blind-index ``digest``: read, check, then write, with no other order taking it
+    in between. PostgreSQL: a transaction advisory lock keyed by the digest (64 bits), so
+    that the orders of other numbers are not held up; another writer of the same number
+    waits, then reads what this one committed (READ COMMITTED). SQLite: the write
+    transaction is opened now (``BEGIN IMMEDIATE``): one writer at a time, which reads the
+    last committed state (``engine.for_update``)."""
+    if conn.dialect.name == "postgresql":
+        execute(conn, "SELECT pg_advisory_xact_lock(%s)",
+                (int.from_bytes(digest[:8], "big", signed=True),)).close()
+    else:
+        open_write_transaction(conn)
+
+
+def order_with_filler(conn: Connection, tenant_id: str, filler: bytes) -> str | None:
+    """The id of an order of the laboratory with this filler number (its digest), if any."""
+    row = first(conn, _SEL_ORDER_BY_FILLER, (tenant_id, filler))
+    return str(row[0]) if row is not None else None
 
 
 def update_order(conn: Connection, tenant_id: str, order_id: str, **values: Any) -> None:

@@ -3,10 +3,12 @@
 "Nouveau patient" registers a patient who walks in (``lv.patients.register``, the call
 behind ``POST /api/v1/patients``); "Nouvelle demande", from a patient's page, records the
 prescription and the specimen collected at the desk (``lv.lab.create_order`` with its
-specimen, one transaction), then shows the number to write on the tube. The pages are
-offered to the roles the policy lets write patients / orders (``routes.may_write``); the
-services still pass the gate, which decides and audits. A field the services refuse is
-said in French next to it, the form comes back filled in, and nothing is stored.
+specimen, one transaction), then shows the number to write on the tube; "Réception du
+prélèvement" records the specimen of an order that awaits it (``lv.lab.receive_specimen``).
+The pages are offered to the roles the policy lets write patients / orders / specimens
+(``routes.may_write``); the services still pass the gate, which decides and audits. A
+field the services refuse is said in French next to it, the form comes back filled in,
+and nothing is stored.
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ from labvault.domain import lab as L
 from labvault.domain.categories import Category
 from labvault.domain.validation import BLOOD_GROUPS
 from labvault.errors import AccessDenied, InvalidField, InvalidRecord, RecordChanged
+from labvault.services.lab import FillerNumberTaken, OrderView, awaits_specimen
 from labvault.web.render import NO_STORE, PARIS, SPECIMEN_FR, WebRoute, html, phone_fr
 from labvault.web.routes import TEXT, User, WebUser, _check_csrf, _staff, may_write
 
 router = APIRouter(route_class=WebRoute, include_in_schema=False)
 
 NEW_PATIENT = "/console/nouveau-patient"
+RECEPTION = "/console/demandes/{order_id}/reception"
 # a collection time a little ahead of the server's clock is a clock's drift, not an error
 CLOCK_SLACK = timedelta(minutes=5)
 
@@ -132,6 +136,15 @@ def form_values(record: Mapping[str, Any]) -> dict[str, str]:
     return values
 
 
+class ReceptionForm(BaseModel):
+    """The "Réception du prélèvement" form: the specimen an order awaits."""
+
+    csrf: str = Field("", max_length=200)
+    specimen_type: str = Field("", max_length=16)
+    collected_at: str = Field("", max_length=40)      # Paris time (datetime-local)
+    accession_number: str = Field("", max_length=80)  # the tube's label
+
+
 # the form's input for each field a service names (registration, then order and specimen)
 PATIENT_INPUTS: Mapping[str, str] = {
     "address.line": "address_line", "address.postal_code": "postal_code",
@@ -211,6 +224,13 @@ def rule_fr(rule: str) -> str:
     return "n'est pas valable"
 
 
+def number_taken_fr(number: str) -> str:
+    """A tube number another order of the laboratory has already (``FillerNumberTaken``)."""
+    return (f"le n° {number} est déjà celui d'une autre demande du laboratoire : prenez "
+            "l'étiquette suivante et saisissez son numéro (un n° de tube ne désigne qu'une "
+            "demande : les résultats de l'automate la retrouvent par ce numéro)")
+
+
 def field_errors(errors: Iterable[InvalidField], inputs: Mapping[str, str]) -> dict[str, list[str]]:
     """The services' field errors by form input (``first_names[1]`` is the first names'
     input, ``tests[0]`` the tests'), in French."""
@@ -227,13 +247,17 @@ def _refused(exc: InvalidRecord | InvalidField) -> list[InvalidField]:
     return exc.errors if isinstance(exc, InvalidRecord) else [exc]
 
 
+_DESK_ACTION_FR: Mapping[str, str] = {"patient": "d'inscrire un patient",
+                                       "order": "d'enregistrer une demande",
+                                       "specimen": "d'enregistrer un prélèvement"}
+
+
 def _desk(user: WebUser, lv: Any, resource: str, what: str = "") -> str:
-    """The caller's laboratory, if the policy lets its role do this desk action."""
+    """The caller's laboratory, if the policy lets its role do this desk action
+    (``what``: the action in French, when not the resource's own)."""
     tenant_id = _staff(user)
     if not may_write(lv, user.actor, resource):
-        what = what or ("d'inscrire un patient" if resource == "patient"
-                        else "d'enregistrer une demande")
-        raise AccessDenied(f"votre fonction ne permet pas {what}",
+        raise AccessDenied(f"votre fonction ne permet pas {what or _DESK_ACTION_FR[resource]}",
                            "l'accueil du laboratoire s'en charge")
     return tenant_id
 
@@ -387,6 +411,29 @@ def _collection_time(value: str, now: datetime) -> str | None:
     return None if at > now + CLOCK_SLACK else at.isoformat()
 
 
+def _specimen(specimen_type: str, collected_at: str, number: str, now: datetime,
+              errors: list[InvalidField]) -> dict[str, Any]:
+    """The specimen a form describes (``Specimen.parse``'s shape); what is wrong with it
+    added to ``errors``: the domain's checks, and a collection time not in the future."""
+    at = _collection_time(collected_at, now)
+    specimen = {"type": specimen_type, "collected_at": at, "accession_number": number}
+    try:
+        L.Specimen.parse(specimen)
+    except InvalidRecord as exc:
+        errors.extend(e for e in exc.errors if e.field != "collected_at")
+    if at is None:
+        errors.append(InvalidField("collected_at", "not a past time"))
+    return specimen
+
+
+def _specimen_fr(out: dict[str, list[str]]) -> dict[str, list[str]]:
+    """A collection time refused, in the words of the form (its two reasons as one)."""
+    if "collected_at" in out:
+        out["collected_at"] = ["n'est pas une heure de prélèvement valable : la date et "
+                               "l'heure (heure de Paris) du prélèvement, pas dans le futur"]
+    return out
+
+
 def _order_input(form: OrderForm, catalogue: L.Catalogue, now: datetime
                  ) -> tuple[dict[str, Any], dict[str, Any] | None, dict[str, list[str]]]:
     """The request and specimen the form describes, and what is wrong with them: the
@@ -407,28 +454,18 @@ def _order_input(form: OrderForm, catalogue: L.Catalogue, now: datetime
     except InvalidRecord as exc:
         errors.extend(e for e in exc.errors if not (unknown and e.field.startswith("tests")))
     if form.collected:
-        collected_at = _collection_time(form.collected_at, now)
-        specimen = {"type": form.specimen_type, "collected_at": collected_at,
-                    "accession_number": (form.accession_number.strip()
-                                         or L.new_accession_number(now.astimezone(PARIS)))}
-        try:
-            L.Specimen.parse(specimen)
-        except InvalidRecord as exc:
-            errors.extend(e for e in exc.errors if e.field != "collected_at")
+        specimen = _specimen(form.specimen_type, form.collected_at,
+                             (form.accession_number.strip()
+                              or L.new_accession_number(now.astimezone(PARIS))), now, errors)
         # The tube's number is the laboratory's number for this order (its filler number,
         # ORC-3/OBR-3): an analyser reading the tube's barcode sends it back with the
         # results, which then find this order instead of making a new one.
         request["filler_number"] = specimen["accession_number"]
-        if collected_at is None:
-            errors.append(InvalidField("collected_at", "not a past time"))
-    out = field_errors(errors, ORDER_INPUTS)
+    out = _specimen_fr(field_errors(errors, ORDER_INPUTS))
     if unknown:
         out["tests"] = ["analyse inconnue du catalogue du laboratoire : "
                         + ", ".join(c[:20] for c in unknown)
                         + " ; cochez les analyses dans la liste"]
-    if "collected_at" in out:
-        out["collected_at"] = ["n'est pas une heure de prélèvement valable : la date et "
-                               "l'heure (heure de Paris) du prélèvement, pas dans le futur"]
     if "prescriber_name" in out and not form.prescriber_name.strip():
         out["prescriber_name"] = ["est obligatoire : le médecin qui a signé l'ordonnance"]
     return request, specimen, out
@@ -446,6 +483,13 @@ def create_order(request: Request, patient_id: str, user: User, lv: LV,
     if not errors:
         try:
             view = lv.lab.create_order(user.actor, tenant_id, record["id"], req, spec)
+        except FillerNumberTaken as exc:
+            if spec is None or form.accession_number.strip():
+                errors = {"accession_number": [number_taken_fr(exc.number)]}
+            else:   # the number labvault drew for the tube is another's (32⁵ a day): redraw
+                spec["accession_number"] = req["filler_number"] = L.new_accession_number(
+                    lv.now().astimezone(PARIS))
+                view = lv.lab.create_order(user.actor, tenant_id, record["id"], req, spec)
         except (InvalidRecord, InvalidField) as exc:
             errors = field_errors(_refused(exc), ORDER_INPUTS)
     if errors:
@@ -453,3 +497,61 @@ def create_order(request: Request, patient_id: str, user: User, lv: LV,
                            errors, 422)
     return html("desk_order_done.html", user=user, record=record, order=view,
                 specimen=view.specimens[0] if view.specimens else None)
+
+
+# == "Réception du prélèvement" =================================================================
+def _reception_page(user: WebUser, order: OrderView, record: Mapping[str, Any],
+                    values: Mapping[str, Any], errors: Mapping[str, list[str]],
+                    status: int = 200) -> Response:
+    return html("desk_reception.html", status, user=user, order=order, record=record,
+                values=values, errors=errors)
+
+
+def _awaiting(user: WebUser, lv: Any, order_id: str) -> OrderView:
+    """The order (an audited read; another laboratory's answers like an id that does not
+    exist), if it still awaits its specimen; else why not (409: received by whom and when,
+    or closed)."""
+    order: OrderView = lv.lab.get_order(user.actor, order_id[:64])
+    refused = awaits_specimen(order.status, order.steps)
+    if refused is not None:
+        raise refused
+    return order
+
+
+@router.get(RECEPTION)
+def reception_form(order_id: str, user: User, lv: LV) -> Response:
+    _desk(user, lv, "specimen")
+    order = _awaiting(user, lv, order_id)
+    return _reception_page(user, order, _identity(user, lv, order.patient_id),
+                           {"collected_at": _now_paris(lv)}, {})
+
+
+@router.post(RECEPTION)
+def receive_specimen(request: Request, order_id: str, user: User, lv: LV,
+                     form: Annotated[ReceptionForm, Form()]) -> Response:
+    """Receive the specimen the order awaits (``receive_specimen``: the order is locked,
+    still awaiting it -- a form posted twice adds no second tube; the tube's number becomes
+    its filler number if it has none, refused if another order has it); then back to the
+    patient's page."""
+    _desk(user, lv, "specimen")
+    _check_csrf(request, user, form.csrf)
+    order = _awaiting(user, lv, order_id)
+    wrong: list[InvalidField] = []
+    spec = _specimen(form.specimen_type, form.collected_at, form.accession_number.strip(),
+                     lv.now(), wrong)
+    errors = _specimen_fr(field_errors(wrong, ORDER_INPUTS))
+    if not errors:
+        try:
+            lv.lab.receive_specimen(user.actor, order.order_id, spec, tube_is_filler=True,
+                                    awaited=True)
+        except FillerNumberTaken as exc:
+            errors = {"accession_number": [number_taken_fr(exc.number)]}
+        except (InvalidRecord, InvalidField) as exc:
+            errors = _specimen_fr(field_errors(_refused(exc), ORDER_INPUTS))
+    if errors:
+        if errors.get("accession_number") and not spec["accession_number"]:
+            errors["accession_number"] = ["est obligatoire : le numéro de l'étiquette du tube"]
+        return _reception_page(user, order, _identity(user, lv, order.patient_id),
+                               form.model_dump(exclude={"csrf"}), errors, 422)
+    return RedirectResponse(f"/console/patients/{order.patient_id}#{order.order_id}",
+                            status_code=303, headers=NO_STORE)

@@ -80,6 +80,8 @@ _CONFLICT_FR: Mapping[str, tuple[str, str]] = {
     "result-withdrawn": ("ce résultat a été retiré{by} : il ne fait pas partie du compte "
                          "rendu, il n'y a rien à corriger",
                          "corrigez le résultat en vigueur de cette analyse"),
+    "already-received": ("le prélèvement de cette demande est déjà enregistré{by}",
+                         "rien à refaire : la demande attend à la paillasse"),
     "not-allowed": ("cette action n'est pas possible à cette étape de la demande", ""),
 }
 

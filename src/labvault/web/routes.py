@@ -98,6 +98,7 @@ class WebUser:
     # the reception desk's pages, for the roles the policy lets do their actions (menu)
     may_register: bool = False          # "Nouveau patient": patient write
     may_order: bool = False             # "Nouvelle demande": order write
+    may_receive: bool = False           # "Réception du prélèvement": specimen write
 
     @property
     def is_patient(self) -> bool:
@@ -109,9 +110,10 @@ class WebUser:
 
 
 # what each desk action writes, as the services ask the gate (patients.register: every
-# category of the record; lab.create_order: the order's clinical data)
+# category of the record; lab.create_order, lab.receive_specimen: clinical data)
 DESK_WRITES: dict[str, frozenset[Category]] = {
-    "patient": frozenset(PATIENT_CATEGORIES), "order": frozenset({Category.CLINICAL})}
+    "patient": frozenset(PATIENT_CATEGORIES), "order": frozenset({Category.CLINICAL}),
+    "specimen": frozenset({Category.CLINICAL})}
 
 
 def may_write(lv: Labvault, actor: Actor, resource: str) -> bool:
@@ -141,7 +143,8 @@ def _as_user(request: Request, creds: HTTPAuthorizationCredentials | None,
     lv: Labvault = request.app.state.lv
     user = WebUser(actor, portal_of(request).csrf_token(actor), via_cookie=not bearer,
                    may_register=may_write(lv, actor, "patient"),
-                   may_order=may_write(lv, actor, "order"))
+                   may_order=may_write(lv, actor, "order"),
+                   may_receive=may_write(lv, actor, "specimen"))
     request.state.web_user = user
     return user
 
@@ -468,8 +471,13 @@ def console_patient(patient_id: str, user: User, lv: LV) -> Response:
     # staff's to send: a biologist must not believe the doctor has it when they do not
     deliveries = lv.delivery.of_reports(user.actor, tenant_id, record["id"],
                                         [r.report_id for r in reports]) if reports else {}
+    # the roles that receive specimens but read no report (the desk) see the orders that
+    # await theirs, to receive it ("Réception du prélèvement"); the others, on the report
+    waiting = (lv.lab.list_orders(user.actor, tenant_id, patient_id=record["id"],
+                                  status=L.OrderStatus.REGISTERED.value)
+               if user.may_receive and reports is None else None)
     return html("patient.html", user=user, record=record, reports=reports, staff=True,
-                deliveries=deliveries)
+                deliveries=deliveries, waiting=waiting)
 
 
 @router.get("/console/rapports/{report_id}.pdf")

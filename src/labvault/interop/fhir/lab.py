@@ -21,7 +21,13 @@ from labvault.interop.fhir.outcome import FhirError, issue
 from labvault.interop.fhir.search import Token, date_window, tokens_in
 from labvault.interop.fhir.server import not_found
 from labvault.interop.fhir.versions import version_id, versioned
-from labvault.services.lab import ObservationView, OrderView, ReportView, SpecimenView
+from labvault.services.lab import (
+    FillerNumberTaken,
+    ObservationView,
+    OrderView,
+    ReportView,
+    SpecimenView,
+)
 from labvault.services.practitioners import PractitionerService
 
 if TYPE_CHECKING:
@@ -72,6 +78,12 @@ def element_of(field: str, elements: Mapping[str, str]) -> str:
     """``unit`` (or ``results[0].unit``) -> ``valueQuantity.unit``; unknown names pass."""
     name = field.rsplit("].", 1)[-1].split(".", 1)[0].split("[", 1)[0]
     return elements.get(name, field)
+
+
+def number_taken(exc: FillerNumberTaken, element: str) -> FhirError:
+    """409 ``duplicate``: the filler number (or the tube's number that would become it) is
+    another order's already; the element that carries it named."""
+    return FhirError(exc.http_status, "duplicate", f"{exc.message} ({exc.hint})", [element])
 
 
 def fhir_invalid(exc: InvalidRecord, rtype: str, elements: Mapping[str, str]) -> FhirError:
@@ -251,6 +263,8 @@ class ServiceRequestHandler:
             return self.lv.lab.create_order(actor, tenant_of(actor), patient_id, req).order_id
         except NotFound:   # a reference that points nowhere: the element is at fault (422)
             raise m.invalid("ServiceRequest.subject", "no such Patient") from None
+        except FillerNumberTaken as exc:
+            raise number_taken(exc, "ServiceRequest.identifier") from None
 
     def update(self, actor: Actor, fhir_id: str, resource: Mapping[str, Any]) -> None:
         """Only the status may change: ``revoked`` cancels the order, with its reason in
@@ -293,9 +307,10 @@ class ServiceRequestHandler:
             "ServiceRequest.priority": str(req["priority"]) == order.priority.value,
             "ServiceRequest.requester": (prescriber or {}).get("rpps") == (
                 stored.prescriber.rpps if stored.prescriber else None),
-            "ServiceRequest.identifier": (
-                req.get("placer_number"), req.get("filler_number")) == (
-                stored.placer_number, stored.filler_number),
+            # the filler number the laboratory gave the order after it was placed (its
+            # tube's number, an analyser's): the placer's copy need not carry it
+            "ServiceRequest.identifier": req.get("placer_number") == stored.placer_number
+            and req.get("filler_number") in (None, stored.filler_number),
             "ServiceRequest.note": cancelling or req.get("clinical_notes") == stored.clinical_notes,
         }
         return next((where for where, ok in same.items() if not ok), None)
@@ -392,9 +407,13 @@ class SpecimenHandler:
         spec = {"type": stype, "accession_number": acc.get("value"),
                 "collected_at": collection.get("collectedDateTime")}
         try:
-            view = self.lv.lab.receive_specimen(actor, order_id, spec)
+            # the tube's number becomes the order's filler number if it has none (as at the
+            # desk): an analyser's results quoting the tube's barcode then find the order
+            view = self.lv.lab.receive_specimen(actor, order_id, spec, tube_is_filler=True)
         except NotFound:
             raise m.invalid("Specimen.request[0]", "no such ServiceRequest") from None
+        except FillerNumberTaken as exc:
+            raise number_taken(exc, "Specimen.accessionIdentifier") from None
         except InvalidField as exc:
             raise fhir_invalid(InvalidRecord([exc]), self.rtype, SPECIMEN_ELEMENTS) from None
         except InvalidRecord as exc:

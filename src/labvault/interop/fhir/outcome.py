@@ -11,7 +11,7 @@ _ISSUE_TYPE = {
     "invalid-field": "invalid", "invalid-record": "invalid", "not-found": "not-found",
     "conflict": "conflict", "forbidden": "forbidden", "unauthorized": "login",
     "read-budget-exceeded": "throttled", "key-unavailable": "transient",
-    "invalid-transition": "business-rule",
+    "invalid-transition": "business-rule", "filler-number-taken": "duplicate",
 }
 
 
