@@ -255,7 +255,7 @@ def _web_cases() -> dict[tuple[str, str], Case]:
     """The web door (docs/web.md): HTML pages on the same sessions (a bearer token needs no
     CSRF field; cookie sessions do, see tests/web). Anonymous callers are sent to /login
     (303); the portal is for patient accounts, the console for laboratory staff (403)."""
-    from tests.web.helpers import ORDER_FORM, order, registration_form
+    from tests.web.helpers import ORDER_FORM, import_issue, order, registration_form
     staff = ("reception", "technician", "biologist", "lab_admin", "dpo")
     readers = ("reception", "technician", "biologist")
 
@@ -311,8 +311,15 @@ def _web_cases() -> dict[tuple[str, str], Case]:
                 {"specimen_type": "BLD", "collected_at": "2026-03-01T08:30",
                  "accession_number": f"MTX-{lab}-{c.n}"})
 
+    def issue(action: str, body: dict[str, Any]) -> Build:     # a fresh open issue per call
+        def build(c: Ctx, r: str, lab: str) -> Req:
+            (iid,) = import_issue(c.w, lab_of(c, lab)).issue_ids
+            return f"/console/messages/{iid}/{action}", body
+        return build
+
     desk = ("reception", "biologist")      # the roles the policy lets write patients, orders
     receivers = ("reception", "technician", "biologist")    # ... and specimens
+    bench = ("technician", "biologist")    # the roles the policy lets store or discard results
     patient_only = allow(("patient",), 200, anon=303)
     return {
         ("GET", "/"): Case(get("/"), everyone(303, 303)),
@@ -413,6 +420,21 @@ def _web_cases() -> dict[tuple[str, str], Case]:
         ("POST", "/console/demandes/{order_id}/reception"): Case(
             reception, allow(receivers, 303, anon=303), allow(receivers, 404, deny=403),
             form=True),
+        # the import-issues queue ("Messages d'automate"): the roles with an import-issue
+        # row read it; storing or discarding results is the bench's and the biologist's
+        ("GET", "/console/messages"): Case(get("/console/messages"),
+                                           allow(readers, 200, anon=303)),
+        ("POST", "/console/messages/{issue_id}/recherche"): Case(
+            issue("recherche", {"birth_name": "BARRAULT", "first_name": "Denis",
+                                "birth_date": "1961-07-03"}),
+            allow(bench, 200, anon=303), allow(bench, 404, deny=403), form=True),
+        ("POST", "/console/messages/{issue_id}/rattacher"): Case(
+            lambda c, r, lab: issue("rattacher", {"patient_id": lab_of(c, lab).patients[1]})(
+                c, r, lab),
+            allow(bench, 200, anon=303), allow(bench, 404, deny=403), form=True),
+        ("POST", "/console/messages/{issue_id}/classer"): Case(
+            issue("classer", {"reason": "doublon d'un résultat papier"}),
+            allow(bench, 200, anon=303), allow(bench, 404, deny=403), form=True),
         # a fresh panic-value alert per call; another lab's: the same 404 as an absent one
         ("POST", "/console/alertes/{alert_id}/prise-en-compte"): Case(
             lambda c, r, lab: (f"/console/alertes/{_panic_alert(c, lab)}/prise-en-compte",
@@ -812,6 +834,14 @@ def _id_routes(c: Ctx, client: TestClient) -> dict[tuple[str, str], list[Req]]:
         ("POST", "/api/v1/import-issues/{issue_id}/discard"): [
             (f"/api/v1/import-issues/{issue}/discard", {"reason": "doublon",
                                                         "all_results": True})],
+        ("POST", "/console/messages/{issue_id}/recherche"): [
+            (f"/console/messages/{issue}/recherche",
+             {"birth_name": "BARRAULT", "first_name": "Denis", "birth_date": "1961-07-03"})],
+        ("POST", "/console/messages/{issue_id}/rattacher"): [
+            (f"/console/messages/{issue}/rattacher", {"patient_id": c.w.a.patients[1]})],
+        ("POST", "/console/messages/{issue_id}/classer"): [
+            (f"/console/messages/{issue}/classer", {"reason": "doublon",
+                                                    "all_results": "oui"})],
         # the lab workflow's steps: laboratory B's order at the step each one acts on
         **_workflow_id_routes(c),
     }

@@ -773,7 +773,8 @@ class MessageService:
     def _panic_values(self, conn: Connection, tenant_id: str,
                       results: Sequence[I.InboundResult]) -> list[dict[str, Any]]:
         """The values of ``results`` beyond a panic limit (``_holds_panic_value``), each
-        as a page shows it: test, value as sent, the catalogue's unit, flag."""
+        as a page shows it: test, value as sent, the catalogue's unit, flag, and the code
+        the analyser sent (``sent_code``: which of the issue's results it is)."""
         cat = self.lab._catalogue(conn, tenant_id)
         out = []
         for r in results:
@@ -787,7 +788,7 @@ class MessageService:
                 continue
             if flag is not None and flag.is_panic:
                 out.append({"code": test.code, "test": test.name, "value": r.numeric,
-                            "unit": test.unit, "flag": flag.value})
+                            "unit": test.unit, "flag": flag.value, "sent_code": r.code})
         return out
 
     def get_issue(self, actor: Actor, issue_id: str) -> dict[str, Any]:
@@ -806,14 +807,26 @@ class MessageService:
                 actor, Action.READ, tid, ISSUE_CATEGORIES, resource="import-issue",
                 patient_ids=(row["patient_id"],) if row["patient_id"] else ()))
             payload = self._open_issue(conn, row)
-            results = [I.InboundResult.from_json(r) for r in payload.get("results") or ()]
-            seen = issue_as_seen(payload, decision)
-            if Category.CLINICAL in decision.categories:
-                seen["panic_values"] = self._panic_values(conn, tid, results)
+            seen = {**issue_as_seen(payload, decision),
+                    **self._details(conn, tid, payload, decision)}
             return {"id": row["issue_id"], "kind": row["kind"], "status": row["status"],
                     "patient_id": row["patient_id"], "message_id": row["message_id"],
                     "created_at": row["created_at"], "resolved_at": row["resolved_at"],
                     **seen}
+
+    def _details(self, conn: Connection, tenant_id: str, payload: Mapping[str, Any],
+                 decision: Decision) -> dict[str, Any]:
+        """What the catalogue says of an issue's results, for a reader they are opened
+        to: ``panic_values`` (``_panic_values``) and ``unknown_codes``, the codes as sent
+        that the catalogue does not know (what ``resolve_issue``'s ``codes`` may map)."""
+        if Category.CLINICAL not in decision.categories:
+            return {}
+        results = [I.InboundResult.from_json(r) for r in payload.get("results") or ()]
+        cat = self.lab._catalogue(conn, tenant_id)
+        return {"panic_values": self._panic_values(conn, tenant_id, results),
+                "unknown_codes": list(dict.fromkeys(
+                    r.code for r in results
+                    if self._resolve_code(cat, r.code, r.code_system) is None))}
 
     def _seal_issue(self, conn: Connection, tenant_id: str, patient_id: str | None,
                     issue_id: str, column: str, payload: Mapping[str, Any]) -> bytes:
@@ -837,14 +850,20 @@ class MessageService:
         data: dict[str, Any] = json.loads(raw)
         return data
 
-    def list_issues(self, actor: Actor, tenant_id: str, status: str | None = "open",
-                    limit: int = 500) -> list[dict[str, Any]]:
-        """Open (or all) import issues, opened through the gate."""
+    def list_issues(self, actor: Actor, tenant_id: str,
+                    status: str | Sequence[str] | None = "open", limit: int = 500, *,
+                    newest_first: bool = False, detailed: bool = False
+                    ) -> list[dict[str, Any]]:
+        """Open (or all, or those of the statuses given) import issues, opened through the
+        gate (one decision, one audited read for the list). ``detailed``: each issue as
+        ``get_issue`` gives it (``panic_values``, ``unknown_codes``) where the results are
+        opened -- a page showing the queue needs no second read per issue."""
         self.lab._scope(actor, tenant_id, "laboratory")
+        statuses = [status] if isinstance(status, str) else list(status or ()) or None
         with self.lv.begin() as conn:
             if repo.get_tenant(conn, tenant_id) is None:
                 raise NotFound(f"no laboratory {tenant_id}", "labvault tenant list")
-            rows = lrepo.issues(conn, tenant_id, [status] if status else None, limit)
+            rows = lrepo.issues(conn, tenant_id, statuses, limit, newest_first)
             decision = self.lv.gate.check(conn, Access(
                 actor, Action.READ, tenant_id, ISSUE_CATEGORIES, resource="import-issue",
                 patient_ids=tuple(dict.fromkeys(r["patient_id"] for r in rows
@@ -852,7 +871,10 @@ class MessageService:
             out = []
             for r in rows:
                 try:
-                    payload = issue_as_seen(self._open_issue(conn, r), decision)
+                    opened = self._open_issue(conn, r)
+                    payload = issue_as_seen(opened, decision)
+                    if detailed:
+                        payload.update(self._details(conn, tenant_id, opened, decision))
                 except NotFound:      # the patient was erased meanwhile
                     payload = {"erased": True}
                 out.append({"id": r["issue_id"], "kind": r["kind"], "status": r["status"],

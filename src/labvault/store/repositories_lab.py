@@ -311,11 +311,12 @@ def insert_issues(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
 
 
 def issues(conn: Connection, tenant_id: str, statuses: Sequence[str] | None = None,
-           limit: int = 500) -> list[dict[str, Any]]:
+           limit: int = 500, newest_first: bool = False) -> list[dict[str, Any]]:
     q = select(lab_import_issues).where(lab_import_issues.c.tenant_id == tenant_id)
     if statuses:
         q = q.where(lab_import_issues.c.status.in_(list(statuses)))
-    q = q.order_by(lab_import_issues.c.created_at, lab_import_issues.c.issue_id).limit(limit)
+    keys = (lab_import_issues.c.created_at, lab_import_issues.c.issue_id)
+    q = q.order_by(*(k.desc() for k in keys) if newest_first else keys).limit(limit)
     return [dict(r) for r in conn.execute(q).mappings()]
 
 

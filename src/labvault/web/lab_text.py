@@ -113,6 +113,9 @@ _ABSENT_FR: Mapping[str, tuple[str, str]] = {
                             "revenez à la liste et rechargez-la"),
     "no such specimen": ("ce prélèvement n'existe pas dans votre laboratoire",
                          "revenez à la liste et rechargez-la"),
+    "no open import issue with this id": (
+        "ce message d'automate n'est pas en attente dans votre laboratoire (déjà traité, ou "
+        "inexistant)", "revenez à la liste des messages d'automate et rechargez-la"),
 }
 # the console's form fields, as their labels say them
 _FIELD_FR: Mapping[str, str] = {"reason": "motif de la correction", "conclusion": "conclusion",

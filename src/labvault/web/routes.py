@@ -45,6 +45,7 @@ from labvault.services.accounts import LoginThrottled
 from labvault.services.breach import dpo_from_env
 from labvault.services.gate import Access
 from labvault.services.lab import BulkValidation
+from labvault.services.lab_messages import ISSUE_CATEGORIES
 from labvault.services.portal import PortalService
 from labvault.web import lab_text
 from labvault.web.render import (
@@ -99,6 +100,7 @@ class WebUser:
     may_register: bool = False          # "Nouveau patient": patient write
     may_order: bool = False             # "Nouvelle demande": order write
     may_receive: bool = False           # "Réception du prélèvement": specimen write
+    may_queue: bool = False             # "Messages d'automate": import-issue read
 
     @property
     def is_patient(self) -> bool:
@@ -116,14 +118,26 @@ DESK_WRITES: dict[str, frozenset[Category]] = {
     "specimen": frozenset({Category.CLINICAL})}
 
 
-def may_write(lv: Labvault, actor: Actor, resource: str) -> bool:
-    """Whether the policy lets ``actor`` write ``resource`` in its own laboratory (no
-    decision recorded: which pages and menu entries to offer; the service's call still
-    passes the gate, which decides and audits)."""
+def may(lv: Labvault, actor: Actor, action: Action, resource: str,
+        categories: frozenset[Category]) -> bool:
+    """Whether the policy lets ``actor`` do ``action`` on ``resource`` in its own
+    laboratory (no decision recorded: which pages and menu entries to offer; the service's
+    call still passes the gate, which decides and audits)."""
     if actor.kind != "staff" or actor.tenant_id is None:
         return False
-    return bool(lv.gate.categories_of(Access(actor, Action.WRITE, actor.tenant_id,
-                                             DESK_WRITES[resource], resource=resource)))
+    return bool(lv.gate.categories_of(Access(actor, action, actor.tenant_id, categories,
+                                             resource=resource)))
+
+
+def may_write(lv: Labvault, actor: Actor, resource: str) -> bool:
+    """``may`` for the desk's writes (``DESK_WRITES``)."""
+    return may(lv, actor, Action.WRITE, resource, DESK_WRITES[resource])
+
+
+def may_read_queue(lv: Labvault, actor: Actor) -> bool:
+    """Whether the policy opens the import-issues queue to ``actor`` (``import-issue``
+    read: reception, technicians, biologists; each sees of an issue what its row opens)."""
+    return may(lv, actor, Action.READ, "import-issue", ISSUE_CATEGORIES)
 
 
 def portal_of(request: Request) -> PortalService:
@@ -144,7 +158,8 @@ def _as_user(request: Request, creds: HTTPAuthorizationCredentials | None,
     user = WebUser(actor, portal_of(request).csrf_token(actor), via_cookie=not bearer,
                    may_register=may_write(lv, actor, "patient"),
                    may_order=may_write(lv, actor, "order"),
-                   may_receive=may_write(lv, actor, "specimen"))
+                   may_receive=may_write(lv, actor, "specimen"),
+                   may_queue=may_read_queue(lv, actor))
     request.state.web_user = user
     return user
 

@@ -1,0 +1,276 @@
+"""The import-issues queue on the console, "Messages d'automate" (docs/web.md): the
+laboratory's staff see the analyser results labvault could not store, each role what the
+policy opens (a technician no NIR, reception no result); technicians and biologists find
+the patient an unknown-patient issue belongs to and attach it, say which catalogue test
+an unknown code is, or discard an issue with a reason -- every refusal in French on the
+issue's card, another laboratory's issue answering like an absent one."""
+
+from __future__ import annotations
+
+import re
+from html import unescape
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from labvault.domain.actors import Actor
+from labvault.web.queue import split_name
+from tests.access.conftest import Lab, World
+from tests.web.helpers import STRANGER_NIR, csrf_in, form_login, import_issue
+
+QUEUE = "/console/messages"
+K_HIGH = "OBX|1|NM|2823-3^K^LN||6.9|mmol/L|||||F"          # beyond the panic limit (6.2)
+NA = "OBX|2|NM|2951-2^Na^LN||139|mmol/L|||||F"
+
+
+def _text(r: Any) -> str:
+    return " ".join(unescape(re.sub(r"<[^>]+>", " ", r.text)).split())
+
+
+def _console(browser: TestClient, w: World, role: str) -> None:
+    browser.cookies.clear()
+    assert form_login(browser, w, w.a.emails[role]).status_code == 303
+
+
+def _card(page: Any, issue_id: str) -> str:
+    """The text of one issue's card."""
+    m = re.search(rf'<section class="card" id="{issue_id}">(.*?)</section>', page.text, re.S)
+    assert m, f"no card for {issue_id}"
+    return " ".join(unescape(re.sub(r"<[^>]+>", " ", m.group(1))).split())
+
+
+def _alert(page: Any) -> str:
+    """The refusal said on a card."""
+    m = re.search(r'<div class="alert" role="alert">(.*?)</div>', page.text, re.S)
+    assert m, "no refusal on the page"
+    return unescape(m.group(1))
+
+
+def _pid(lab: Lab, i: int, ident: str) -> str:
+    """A PID naming the lab's patient ``i`` as an analyser does (name in capitals), under
+    an identifier labvault does not know: the patient is not recognised."""
+    p = lab.patient_data[i]
+    return (f"PID|1||{ident}^^^^PI||{p['birth_name'].upper()}^{p['first_names'][0]}||"
+            f"{p['birth_date'].replace('-', '')}|{p['sex']}")
+
+
+def _known_pid(lab: Lab, i: int = 0) -> str:
+    p = lab.patient_data[i]
+    return (f"PID|1||{p['nir']}^^^^NH||{p['birth_name']}^{p['first_names'][0]}||"
+            f"{p['birth_date'].replace('-', '')}|{p['sex']}")
+
+
+def _open(w: World, lab: Lab) -> list[dict[str, Any]]:
+    return w.lv.lab.messages.list_issues(Actor.operator(), lab.tenant_id)
+
+
+def test_a_technician_sees_the_queue_without_identifiers(web: World,
+                                                         browser: TestClient) -> None:
+    (iid,) = import_issue(web, web.a, obx=(K_HIGH,)).issue_ids
+    _console(browser, web, "technician")
+    page = browser.get(QUEUE)
+    assert page.status_code == 200, page.text
+    assert f'href="{QUEUE}"' in page.text                    # the menu's entry
+    card = _card(page, iid)
+    assert "Patient non reconnu" in card and "Reçu le" in card
+    assert "BARRAULT Denis, né(e) le 03/07/1961, sexe masculin" in card
+    assert "2823-3 — K" in card and "6,9 — valeur critique" in card and "mmol/L" in card
+    assert "Identifiants masqués pour votre rôle" in card
+    assert STRANGER_NIR not in page.text and "MRN77" not in page.text
+    # the patient's search, filled in with what the analyser sent
+    assert 'name="birth_name" maxlength="200" autocomplete="off" value="BARRAULT"' in page.text
+    assert 'value="Denis"' in page.text and 'value="1961-07-03"' in page.text
+    assert f'action="{QUEUE}/{iid}/classer"' in page.text
+
+
+def test_reception_sees_the_patient_as_sent_but_no_result(web: World,
+                                                          browser: TestClient) -> None:
+    (iid,) = import_issue(web, web.a, obx=(K_HIGH,)).issue_ids
+    _console(browser, web, "reception")
+    page = browser.get(QUEUE)
+    assert page.status_code == 200, page.text
+    card = _card(page, iid)
+    assert STRANGER_NIR in card and "BARRAULT Denis" in card     # to find the record
+    assert "Résultats non visibles pour votre rôle" in card
+    assert "6,9" not in page.text and "6.9" not in page.text and "2823-3" not in page.text
+    assert "/classer" not in page.text and "/recherche" not in page.text
+    assert "revient à un technicien ou à un biologiste" in card
+
+
+def test_a_biologist_sees_the_identifiers(web: World, browser: TestClient) -> None:
+    (iid,) = import_issue(web, web.a, obx=(K_HIGH,)).issue_ids
+    _console(browser, web, "biologist")
+    card = _card(browser.get(QUEUE), iid)
+    assert f"{STRANGER_NIR} (NH), MRN77 (PI)" in card and "6,9 — valeur critique" in card
+    assert "masqué" not in card and "non visible" not in card
+
+
+def test_an_unknown_patient_is_found_by_the_search_step_and_attached(
+        web: World, browser: TestClient) -> None:
+    a, lv = web.a, web.lv
+    (iid,) = import_issue(web, a, _pid(a, 1, "MRN991"), (K_HIGH,)).issue_ids
+    p = a.patient_data[1]
+    _console(browser, web, "technician")
+    page = browser.get(QUEUE)
+    token = csrf_in(page.text)
+    # the card's form, as filled in from the analyser's PID
+    assert split_name(f"{p['birth_name'].upper()} {p['first_names'][0]}") == (
+        p["birth_name"].upper(), p["first_names"][0])
+    found = browser.post(f"{QUEUE}/{iid}/recherche", data={
+        "csrf": token, "birth_name": p["birth_name"].upper(),
+        "first_name": p["first_names"][0], "birth_date": p["birth_date"]})
+    assert found.status_code == 200, _text(found)
+    assert "Patients trouvés" in _text(found)
+    assert f'name="patient_id" value="{a.patients[1]}"' in found.text
+    assert p["nir"] not in found.text                        # minimal identity only
+    done = browser.post(f"{QUEUE}/{iid}/rattacher",
+                        data={"csrf": csrf_in(found.text), "patient_id": a.patients[1]})
+    assert done.status_code == 200, _text(done)
+    assert "1 résultat enregistré dans le dossier du patient." in _text(done)
+    assert "Aucun message en attente." in _text(done)
+    obs = lv.lab.list_observations(Actor.operator(), a.tenant_id)
+    assert [(o.patient_id, o.observation.code) for o in obs] == [(a.patients[1], "2823-3")]
+    handled = browser.get(f"{QUEUE}?statut=traites")
+    assert "Rattaché : résultats enregistrés le" in _card(handled, iid)
+    # nobody by that name: said, and the way to register them
+    (other,) = import_issue(web, a, obx=(K_HIGH,)).issue_ids
+    none = browser.post(f"{QUEUE}/{other}/recherche", data={
+        "csrf": token, "birth_name": "BARRAULT", "first_name": "Denis",
+        "birth_date": "1961-07-03"})
+    assert "Aucun patient de votre laboratoire ne correspond" in _text(none)
+    half = browser.post(f"{QUEUE}/{other}/recherche", data={"csrf": token,
+                                                            "birth_name": "BARRAULT"})
+    assert half.status_code == 422
+    assert "Donnez le nom de naissance, le prénom et la date de naissance." in _text(half)
+
+
+def test_an_unknown_code_is_mapped_to_a_catalogue_test(web: World,
+                                                      browser: TestClient) -> None:
+    a, lv = web.a, web.lv
+    (iid,) = import_issue(web, a, _known_pid(a),
+                          ("OBX|1|NM|GLUX^Glucose^L||1.05|g/L|||||F",)).issue_ids
+    _console(browser, web, "biologist")
+    page = browser.get(QUEUE)
+    assert "Code d'analyse inconnu" in _card(page, iid)
+    assert 'name="code_GLUX"' in page.text and '<option value="2345-7">' in page.text
+    token = csrf_in(page.text)
+    nothing = browser.post(f"{QUEUE}/{iid}/rattacher", data={"csrf": token, "code_GLUX": ""})
+    assert nothing.status_code == 422
+    assert "choisissez le patient, ou l'analyse que désigne chaque code inconnu" in \
+        _card(nothing, iid)
+    wrong = browser.post(f"{QUEUE}/{iid}/rattacher", data={"csrf": token, "code_GLUX": "1-8"})
+    assert wrong.status_code == 400
+    assert "1-8 n'est pas une analyse du catalogue du laboratoire" in _card(wrong, iid)
+    assert "is not in" not in _alert(wrong)
+    done = browser.post(f"{QUEUE}/{iid}/rattacher", data={"csrf": token, "code_GLUX": "2345-7"})
+    assert done.status_code == 200, _text(done)
+    assert "1 résultat enregistré" in _text(done)
+    obs = lv.lab.list_observations(Actor.operator(), a.tenant_id)
+    assert [(o.patient_id, o.observation.code) for o in obs] == [(a.patients[0], "2345-7")]
+
+
+def test_a_resolution_refused_is_said_in_french_on_the_card(web: World,
+                                                           browser: TestClient) -> None:
+    (iid,) = import_issue(web, web.a, obx=(K_HIGH,)).issue_ids
+    _console(browser, web, "technician")
+    token = csrf_in(browser.get(QUEUE).text)
+    r = browser.post(f"{QUEUE}/{iid}/rattacher",
+                     data={"csrf": token, "patient_id": "pt_0000000000000000000000000v"})
+    assert r.status_code == 404
+    assert "Refusé : ce patient n'existe pas dans votre laboratoire." in _card(r, iid)
+    assert "no patient" not in _alert(r)
+    assert [i["id"] for i in _open(web, web.a)] == [iid]
+
+
+def test_discard_needs_a_reason(web: World, browser: TestClient) -> None:
+    (iid,) = import_issue(web, web.a, obx=(K_HIGH,)).issue_ids
+    _console(browser, web, "technician")
+    token = csrf_in(browser.get(QUEUE).text)
+    blank = browser.post(f"{QUEUE}/{iid}/classer", data={"csrf": token, "reason": "  "})
+    assert blank.status_code == 400
+    assert "Refusé : le motif est obligatoire pour classer un message." in _card(blank, iid)
+    assert "needs a reason" not in _alert(blank)
+    assert [i["id"] for i in _open(web, web.a)] == [iid]
+    done = browser.post(f"{QUEUE}/{iid}/classer",
+                        data={"csrf": token, "reason": "doublon d'un résultat papier"})
+    assert done.status_code == 200, _text(done)
+    assert "Message classé sans enregistrer ses résultats (1 résultat écarté)" in _text(done)
+    assert _open(web, web.a) == []
+    handled = browser.get(f"{QUEUE}?statut=traites")
+    assert "Classé sans enregistrer ses résultats le" in _card(handled, iid)
+
+
+def test_several_results_are_discarded_only_with_the_tick(web: World,
+                                                          browser: TestClient) -> None:
+    (iid,) = import_issue(web, web.a, obx=(K_HIGH, NA)).issue_ids
+    _console(browser, web, "biologist")
+    page = browser.get(QUEUE)
+    assert "classer tous les résultats (2)" in _card(page, iid)
+    token = csrf_in(page.text)
+    r = browser.post(f"{QUEUE}/{iid}/classer", data={"csrf": token, "reason": "doublon"})
+    assert r.status_code == 400
+    card = _card(r, iid)
+    assert "ce message contient 2 résultats (2823-3, 2951-2) : le classer les écarte tous" in card
+    assert "cochez « classer tous les résultats »" in card and "all_results" not in _alert(r)
+    assert "doublon</textarea>" in r.text                     # what was typed is kept
+    done = browser.post(f"{QUEUE}/{iid}/classer",
+                        data={"csrf": token, "reason": "doublon", "all_results": "oui"})
+    assert done.status_code == 200
+    assert "(2 résultats écartés)" in _text(done)
+
+
+def test_another_laboratorys_issue_answers_like_an_absent_one(web: World,
+                                                             browser: TestClient) -> None:
+    (iid,) = import_issue(web, web.b, obx=(K_HIGH,)).issue_ids
+    _console(browser, web, "biologist")
+    page = browser.get(QUEUE)
+    assert iid not in page.text
+    token = csrf_in(page.text)
+    for action, data in (("rattacher", {"patient_id": web.a.patients[1]}),
+                         ("classer", {"reason": "doublon"}),
+                         ("recherche", {"birth_name": "BARRAULT", "first_name": "Denis",
+                                        "birth_date": "1961-07-03"})):
+        other = browser.post(f"{QUEUE}/{iid}/{action}", data={"csrf": token, **data})
+        absent = browser.post(f"{QUEUE}/iss_0000000000000000000000000v/{action}",
+                              data={"csrf": token, **data})
+        assert other.status_code == absent.status_code == 404, (action, _text(other))
+        assert _text(other) == _text(absent)
+        assert "ce message d'automate n'est pas en attente dans votre laboratoire" in \
+            _text(other)
+    assert [i["id"] for i in _open(web, web.b)] == [iid]
+
+
+def test_roles_without_the_queue_are_refused(web: World, browser: TestClient) -> None:
+    (iid,) = import_issue(web, web.a, obx=(K_HIGH,)).issue_ids
+    _console(browser, web, "lab_admin")
+    assert f'href="{QUEUE}"' not in browser.get("/console").text
+    r = browser.get(QUEUE)
+    assert r.status_code == 403
+    assert "votre fonction ne donne pas accès aux messages d'automate" in _text(r)
+    _console(browser, web, "reception")
+    token = csrf_in(browser.get(QUEUE).text)
+    r = browser.post(f"{QUEUE}/{iid}/classer", data={"csrf": token, "reason": "doublon"})
+    assert r.status_code == 403
+    assert "votre fonction ne permet pas de rattacher ni de classer" in _text(r)
+    assert [i["id"] for i in _open(web, web.a)] == [iid]
+
+
+def test_a_form_without_its_csrf_token_is_refused(web: World, browser: TestClient) -> None:
+    (iid,) = import_issue(web, web.a, obx=(K_HIGH,)).issue_ids
+    _console(browser, web, "technician")
+    for action, data in (("classer", {"reason": "doublon"}),
+                         ("rattacher", {"patient_id": web.a.patients[1]}),
+                         ("recherche", {"birth_name": "BARRAULT", "first_name": "Denis",
+                                        "birth_date": "1961-07-03"})):
+        r = browser.post(f"{QUEUE}/{iid}/{action}", data=data)
+        assert r.status_code == 403, (action, _text(r))
+        assert "le formulaire a expiré" in _text(r)
+    assert [i["id"] for i in _open(web, web.a)] == [iid]
+
+
+def test_split_name() -> None:
+    assert split_name("BARRAULT Denis") == ("BARRAULT", "Denis")
+    assert split_name("LE GALL Marie Anne") == ("LE GALL", "Marie Anne")
+    assert split_name("DUPONT JEAN") == ("DUPONT", "JEAN")
+    assert split_name("Martin Paul") == ("Martin", "Paul")
+    assert split_name("DUPONT") == ("DUPONT", "")
