@@ -144,10 +144,10 @@ class GroupCommitter:
 
     The storing runs on the loop, not in a thread: while a batch is stored, the loop reads
     nothing, and the messages that arrive meanwhile wait in the sockets for the next
-    batch. Measured against the storing thread of before (bench/mllp.py, alternated four
+    batch. Measured against the storing thread of before (bench/mllp.py, alternated six
     times, docs/benchmarks.md "Session 11"): 8 connections made batches of 4 there, 7.9
-    here; +8 % messages/s with 8 connections, +11 % with one, −8 % server CPU per message
-    (the thread and the loop traded the GIL at every SQLite call)."""
+    here; +9 % messages/s and −9 % server CPU per message with 8 connections (the thread
+    and the loop traded the GIL at every SQLite call), +5 % with one (within the noise)."""
 
     def __init__(self, handle_many: BatchHandler, fallback: Callable[[bytes], bytes],
                  max_batch: int = 32, max_wait: float = 0.002,
