@@ -402,17 +402,7 @@ class PatientService:
             tenant_id = self._tenant_of(conn, actor, patient_id, lock=True)
             access = Access(actor, Action.WRITE, tenant_id, ALL, patient_ids=(patient_id,))
             lv.gate.check(conn, access)
-            lv.load_tenant_keys(conn, tenant_id)
-            self._identifiers_free(conn, tenant_id, rec, patient_id)
-            dek = lv.gate._dek(conn, tenant_id, patient_id)
-            blobs = lv.gate.seal_patient(conn, access, dek, patient_id, rec.categories())
-            repo.update_patient_blobs(conn, tenant_id, patient_id, blobs)
-            idx = repo.current_key_version(conn, tenant_id, "index")
-            assert idx is not None
-            repo.replace_index_rows(conn, tenant_id, patient_id, indexing.digests(
-                lv.keyring.blind_index_key(tenant_id, idx), indexing.index_values(rec)))
-            for hook in self.write_hooks:
-                hook(conn, tenant_id, [(patient_id, rec)], False)
+            self._rewrite(conn, access, patient_id, rec, rec.categories())
 
     def amend(self, actor: Actor, patient_id: str, changes: Mapping[str, Any],
               purpose: str = "care", seen: str | None = None) -> list[str]:
@@ -470,18 +460,28 @@ class PatientService:
             write = Access(actor, Action.WRITE, tenant_id, touched, purpose=purpose,
                            patient_ids=(patient_id,))
             lv.gate.check(conn, write, detail={"changed": changed})
-            lv.load_tenant_keys(conn, tenant_id)
-            self._identifiers_free(conn, tenant_id, rec, patient_id)
-            dek = lv.gate.patient_key(conn, tenant_id, patient_id)
-            repo.update_patient_blobs(conn, tenant_id, patient_id, lv.gate.seal_patient(
-                conn, write, dek, patient_id, {c: sealed[c] for c in touched}))
-            idx = repo.current_key_version(conn, tenant_id, "index")
-            assert idx is not None
-            repo.replace_index_rows(conn, tenant_id, patient_id, indexing.digests(
-                lv.keyring.blind_index_key(tenant_id, idx), indexing.index_values(rec)))
-            for hook in self.write_hooks:
-                hook(conn, tenant_id, [(patient_id, rec)], False)
+            self._rewrite(conn, write, patient_id, rec, {c: sealed[c] for c in touched})
             return changed
+
+    def _rewrite(self, conn: Connection, access: Access, patient_id: str, rec: PatientRecord,
+                 categories: Mapping[Category, Mapping[str, Any]]) -> None:
+        """After the write's gate decision (``access``): the changed record's NIR / INS
+        free in the laboratory, ``categories`` sealed again, the search indexes rebuilt
+        from the whole record, the write hooks (breach encodings) told."""
+        lv = self.lv
+        tenant_id = access.tenant_id
+        assert tenant_id is not None
+        lv.load_tenant_keys(conn, tenant_id)
+        self._identifiers_free(conn, tenant_id, rec, patient_id)
+        dek = lv.gate.patient_key(conn, tenant_id, patient_id)
+        repo.update_patient_blobs(conn, tenant_id, patient_id, lv.gate.seal_patient(
+            conn, access, dek, patient_id, categories))
+        idx = repo.current_key_version(conn, tenant_id, "index")
+        assert idx is not None
+        repo.replace_index_rows(conn, tenant_id, patient_id, indexing.digests(
+            lv.keyring.blind_index_key(tenant_id, idx), indexing.index_values(rec)))
+        for hook in self.write_hooks:
+            hook(conn, tenant_id, [(patient_id, rec)], False)
 
     # -- reading ---------------------------------------------------------------------------
     def _tenant_of(self, conn: Connection, actor: Actor, patient_id: str,
