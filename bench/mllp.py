@@ -1,11 +1,14 @@
 """MLLP throughput: N ORU^R01 messages (5 OBX each) sent by separate client processes over
 loopback, on 1 connection and on 8 connections; every ACK is sent after the message's
-transaction committed (one transaction per message, no batching across ACKs).
+transaction committed (with 8 connections, the messages waiting from several connections
+share one transaction: the listener's group commit, docs/hl7.md; ``--no-group-commit``:
+one transaction per message).
 
     .venv/bin/python bench/mllp.py [--n 2000] [--repeat 3] [--pg URL] [--tls]
 
-Prints messages/s (median of the runs) per connection count. The server runs in this
-process (asyncio loop + worker threads); the clients are forked processes.
+Prints messages/s (median of the runs) per connection count, the server's CPU per message
+and the messages per commit. The server runs in this process (its asyncio loop stores the
+batches); the clients are forked processes.
 """
 
 from __future__ import annotations
