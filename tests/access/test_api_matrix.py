@@ -189,7 +189,7 @@ def _lab_cases() -> dict[tuple[str, str], Case]:
     call of the patient that is not the portal account's. The role checks of the service
     come first (403 whatever the lab); then another lab's order answers 404 like an
     absent one, except to a platform account (403: no lab, refused by the gate)."""
-    from tests.web.helpers import import_issue, order
+    from tests.web.helpers import NORMAL, REQ, SPEC, import_issue, order
 
     def lab_of(c: Ctx, lab: str) -> Lab:
         return c.w.a if lab == "a" else c.w.b
@@ -200,6 +200,17 @@ def _lab_cases() -> dict[tuple[str, str], Case]:
             oid = o[0].order_id if isinstance(o, list) else o.order_id
             return f"/api/v1/orders/{oid}{path}", body
         return build
+
+    def tube(c: Ctx, lab: str) -> dict[str, Any]:       # a fresh tube number each call
+        c.n += 1
+        return {**SPEC, "accession_number": f"MTX-API-{lab}-{c.n}"}
+
+    def new_order(c: Ctx, r: str, lab: str) -> Req:
+        return "/api/v1/orders", {"patient_id": lab_of(c, lab).patients[1], "request": REQ,
+                                  "specimen": tube(c, lab)}
+
+    def reception(c: Ctx, r: str, lab: str) -> Req:
+        return at("registered", "/specimens", tube(c, lab))(c, r, lab)
 
     def amendment(c: Ctx, r: str, lab: str) -> Req:
         rep = order(c.w, lab_of(c, lab), lab_of(c, lab).patients[1])
@@ -229,6 +240,14 @@ def _lab_cases() -> dict[tuple[str, str], Case]:
         ("POST", "/api/v1/import-issues/{issue_id}/discard"): Case(
             issue("/discard", {"reason": "doublon d'un résultat papier"}), allow(tech, 200),
             other_lab),
+        # the policy's order writers; another lab's patient: 404 like an absent one
+        ("POST", "/api/v1/orders"): Case(new_order, allow(("reception", "biologist"), 201),
+                                         allow(("reception", "biologist"), 404)),
+        # the order's awaited specimen: the roles the policy lets write specimens
+        ("POST", "/api/v1/orders/{order_id}/specimens"): Case(
+            reception, allow(("reception", *tech), 201), other_lab),
+        ("POST", "/api/v1/orders/{order_id}/results"): Case(
+            at("received", "/results", {"results": NORMAL}), allow(tech, 200), other_lab),
         ("GET", "/api/v1/orders/{order_id}"): Case(at("published"), allow(tech, 200),
                                                    other_lab),
         ("POST", "/api/v1/orders/{order_id}/technical-validation"): Case(
@@ -848,7 +867,7 @@ def _id_routes(c: Ctx, client: TestClient) -> dict[tuple[str, str], list[Req]]:
 
 
 def _workflow_id_routes(c: Ctx) -> dict[tuple[str, str], list[Req]]:
-    from tests.web.helpers import order
+    from tests.web.helpers import NORMAL, SPEC, order
     b = c.w.b
     prelim = order(c.w, b, b.patients[1], step="preliminary")[0].order_id
     registered = order(c.w, b, b.patients[1], step="registered").order_id
@@ -860,6 +879,10 @@ def _workflow_id_routes(c: Ctx) -> dict[tuple[str, str], list[Req]]:
     api = "/api/v1/orders"
     return {
         ("GET", f"{api}/{{order_id}}"): [(f"{api}/{technical}", None)],
+        ("POST", f"{api}/{{order_id}}/specimens"): [
+            (f"{api}/{registered}/specimens", {**SPEC, "accession_number": "MTX-API-B"})],
+        ("POST", f"{api}/{{order_id}}/results"): [
+            (f"{api}/{received}/results", {"results": NORMAL})],
         ("POST", f"{api}/{{order_id}}/technical-validation"): [
             (f"{api}/{prelim}/technical-validation", {})],
         ("POST", f"{api}/{{order_id}}/biological-validation"): [

@@ -1,5 +1,7 @@
 """``/api/v1/orders``, ``/api/v1/observations``, ``/api/v1/import-issues``: the lab
-workflow's steps for lab staff, and the queue of analyser results waiting for a person.
+workflow's steps for lab staff -- an order created (with its specimen, or the specimen
+received later), its results entered, reviewed, validated, published -- and the queue of
+analyser results waiting for a person.
 
 Each call goes through ``lv.lab`` (``services/lab.py``), which checks the role and the
 gate and audits; errors are problem+json like every other route. The review read
@@ -11,14 +13,19 @@ read. A requested test without result makes validation and publication refuse (4
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import dataclasses
+from collections.abc import Callable
+from typing import Any, Literal, TypeVar
 
-from fastapi import APIRouter, Depends, Query
-from pydantic import BaseModel, Field
+from fastapi import APIRouter, Depends, Query, Response
+from pydantic import BaseModel, ConfigDict, Field
 
 from labvault.api.deps import LV, CurrentActor
 from labvault.domain import lab as L
-from labvault.errors import AccessDenied
+from labvault.errors import AccessDenied, InvalidField, InvalidRecord
+from labvault.services.lab import FillerNumberTaken
+
+T = TypeVar("T")
 
 
 def laboratory_account(actor: CurrentActor) -> None:
@@ -39,6 +46,68 @@ EXPECTED = Field(default=None, description=(
 PARTIAL = Field(default=False, description=(
     "true: validate/publish even though requested tests have no result yet (the report "
     "is shown as partial); false: such an order is refused with 409 incomplete-order"))
+
+
+class PrescriberIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(max_length=100, description="the prescriber's name (sealed)",
+                      examples=["Dr Hélène Lefèvre"])
+    rpps: str | None = Field(default=None, max_length=32,
+                             description="RPPS number (11 digits, checked)",
+                             examples=["10003456786"])
+
+
+class ServiceRequestIn(BaseModel):
+    """What is asked (docs/lab.md, ``L.ServiceRequest``): sealed with the order."""
+    model_config = ConfigDict(extra="forbid")
+    tests: list[str] = Field(min_length=1, description=(
+        "the LOINC codes of the tests asked, each in the laboratory's catalogue"),
+        examples=[["718-7", "2823-3"]])
+    priority: Literal["routine", "urgent", "stat"] = "routine"
+    prescriber: PrescriberIn | None = None
+    clinical_notes: str | None = Field(default=None, max_length=4000)
+    placer_number: str | None = Field(default=None, max_length=64, description=(
+        "the prescriber's (or hospital's) order number, HL7 ORC-2"))
+    filler_number: str | None = Field(default=None, max_length=64, description=(
+        "the laboratory's order number (HL7 ORC-3/OBR-3, the number an analyser quotes); "
+        "one order per number in a laboratory (409 filler-number-taken). Without it, a "
+        "specimen given with the order gives its tube number"))
+    requested_at: str | None = Field(default=None, description=(
+        "when it was prescribed: ISO 8601 with its offset (without one: UTC)"),
+        examples=["2026-03-01T07:45:00+01:00"])
+
+
+class SpecimenIn(BaseModel):
+    """A tube received (``L.Specimen``); its number is the tube's label."""
+    model_config = ConfigDict(extra="forbid")
+    type: str = Field(max_length=16, description="one of: " + ", ".join(L.SPECIMEN_TYPES),
+                      examples=["BLD"])
+    collected_at: str = Field(description=("when it was collected: ISO 8601 with its "
+                                           "offset (without one: UTC)"),
+                              examples=["2026-03-01T08:30:00+01:00"])
+    accession_number: str = Field(max_length=64, description=(
+        "the tube's number (its label's barcode); it becomes the order's filler number "
+        "when the order has none"), examples=["A260301-7K2QX"])
+
+
+class OrderIn(BaseModel):
+    patient_id: str = Field(max_length=64, description=(
+        "a patient of the caller's laboratory (GET /api/v1/patients?...); another "
+        "laboratory's answers 404 like an absent id"),
+        examples=["pt_8f3k2m9q0w1e5r7t4y6u2i8o0p"])
+    request: ServiceRequestIn
+    specimen: SpecimenIn | None = Field(default=None, description=(
+        "the specimen collected with the order (status received); without it the order "
+        "awaits it (registered: POST /api/v1/orders/{id}/specimens)"))
+
+
+class ResultsIn(BaseModel):
+    results: list[dict[str, Any]] = Field(min_length=1, description=(
+        "one result per test: code (LOINC, in the catalogue), value (a number, a string "
+        "such as \"<0.5\", or a coded {code, display?, system?}), unit (UCUM), and "
+        "optionally comment, observed_at; a test entered again before validation is a "
+        "re-entry"), examples=[[{"code": "718-7", "value": 13.1, "unit": "g/dL"},
+                                {"code": "2823-3", "value": "4.2", "unit": "mmol/L"}]])
 
 
 class TechnicalIn(BaseModel):
@@ -79,6 +148,17 @@ class AmendmentIn(BaseModel):
         "a new conclusion, replacing the published one in the same transaction"))
 
 
+def _parsed(parse: Callable[[object], T], data: BaseModel, where: str,
+            errors: list[InvalidField]) -> T | None:
+    """``parse`` of a part of the body; its field errors named by their path in the body
+    (``request.tests[0]``), added to ``errors``."""
+    try:
+        return parse(data.model_dump(exclude_none=True))
+    except InvalidRecord as exc:
+        errors.extend(InvalidField(f"{where}.{e.field}", e.rule, e.hint) for e in exc.errors)
+        return None
+
+
 def _review(report: Any) -> dict[str, Any]:
     """The report with ``expected`` and ``review``: why "validate all normal" would leave
     it for individual review (``{reason, tests[, flags]}``, the reasons of docs/lab.md), or
@@ -93,6 +173,56 @@ def _published(report: Any) -> dict[str, Any]:
     queued for the prescriber's (or hospital's) system (0: no delivery destination
     matches its prescriber; the laboratory sends the report itself)."""
     return {**_review(report), "queued": report.queued}
+
+
+@router.post("/api/v1/orders", status_code=201,
+             summary="Create an order for a patient (reception, biologist), with the "
+                     "specimen collected now or without (received later)")
+def create_order(body: OrderIn, actor: CurrentActor, lv: LV,
+                 response: Response) -> dict[str, Any]:
+    """The order (status ``registered``, or ``received`` with its specimen), created with
+    its specimen in one transaction. With a specimen and no filler number, the tube's
+    number becomes the order's filler number, as at the desk. Location: the order."""
+    errors: list[InvalidField] = []
+    req = _parsed(L.ServiceRequest.parse, body.request, "request", errors)
+    spec = (_parsed(L.Specimen.parse, body.specimen, "specimen", errors)
+            if body.specimen is not None else None)
+    if errors or req is None:
+        raise InvalidRecord(errors)
+    if spec is not None and not req.filler_number:
+        req = dataclasses.replace(req, filler_number=spec.accession_number)
+    assert actor.tenant_id is not None          # laboratory_account
+    try:
+        view = lv.lab.create_order(actor, actor.tenant_id, body.patient_id, req, spec)
+    except FillerNumberTaken as exc:            # named by its path in the body
+        exc.field = f"{'specimen' if exc.field == 'accession_number' else 'request'}.{exc.field}"
+        raise
+    response.headers["Location"] = f"/api/v1/orders/{view.order_id}"
+    return view.as_json()
+
+
+@router.post(ORDER + "/specimens", status_code=201,
+             summary="Receive the specimen an order awaits (reception, technician, "
+                     "biologist); its tube number becomes the order's filler number if "
+                     "it has none")
+def receive_specimen(order_id: str, body: SpecimenIn, actor: CurrentActor,
+                     lv: LV) -> dict[str, Any]:
+    """Only the specimen the order awaits (``registered``): an order received already is
+    a 409 invalid-transition of kind ``already-received`` (``rejected``, ``cancelled``
+    for a closed one)."""
+    return lv.lab.receive_specimen(actor, order_id, body.model_dump(exclude_none=True),
+                                   tube_is_filler=True, awaited=True).as_json()
+
+
+@router.post(ORDER + "/results",
+             summary="Enter results (technician, biologist): stored preliminary; a test "
+                     "entered again before validation is a re-entry")
+def enter_results(order_id: str, body: ResultsIn, actor: CurrentActor,
+                  lv: LV) -> dict[str, Any]:
+    """The results as stored, each with its flag and reference range; a panic value
+    raises its alert in the same transaction."""
+    return {"results": [o.as_json() for o in lv.lab.enter_results(actor, order_id,
+                                                                  body.results)]}
 
 
 @router.get(ORDER, summary="An order's report for review: results, flags, missing tests, "

@@ -1,0 +1,189 @@
+"""Orders created, specimens received and results entered over the REST door
+(``POST /api/v1/orders``, ``…/{id}/specimens``, ``…/{id}/results``): what a lab's own
+tools (a middleware, a script at the desk) need without FHIR or HL7."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from labvault.domain.categories import Action
+from tests.access.conftest import Lab, World
+from tests.web.helpers import NORMAL, REQ, SPEC
+
+_TUBE = itertools.count(1)
+
+
+def _bearer(w: World, lab: Lab, role: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {w.login(lab.emails[role])}"}
+
+
+def _problem(r: Any, status: int, code: str) -> dict[str, Any]:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+    body: dict[str, Any] = r.json()
+    assert body["code"] == code, body
+    return body
+
+
+def _tube() -> dict[str, Any]:
+    return {**SPEC, "accession_number": f"API-{next(_TUBE)}"}
+
+
+def _create(client: TestClient, headers: dict[str, str], patient_id: str,
+            specimen: dict[str, Any] | None = None, **request: Any) -> Any:
+    body: dict[str, Any] = {"patient_id": patient_id, "request": {**REQ, **request}}
+    if specimen is not None:
+        body["specimen"] = specimen
+    return client.post("/api/v1/orders", json=body, headers=headers)
+
+
+def test_create_with_specimen_the_tube_number_is_the_filler_number(
+        world: World, client: TestClient) -> None:
+    a = world.a
+    tube = _tube()
+    r = _create(client, _bearer(world, a, "reception"), a.patients[0], tube)
+    assert r.status_code == 201, r.text
+    order = r.json()
+    assert r.headers["location"] == f"/api/v1/orders/{order['id']}"
+    assert order["status"] == "received" and order["patient_id"] == a.patients[0]
+    assert order["filler_number"] == tube["accession_number"]
+    assert order["tests"] == REQ["tests"] and order["prescriber"] == REQ["prescriber"]
+    assert [s["accession_number"] for s in order["specimens"]] == [tube["accession_number"]]
+    assert set(order["steps"]) == {"registered", "received"}
+    writes = [(acc.resource, outcome) for acc, _d, outcome in world.lv.gate.audit.entries  # type: ignore[attr-defined]
+              if acc.action == Action.WRITE and acc.patient_ids == (a.patients[0],)]
+    assert ("order", "allowed") in writes
+    # a filler number given with the order stays the order's; the tube is only a tube
+    own = _create(client, _bearer(world, a, "biologist"), a.patients[0], _tube(),
+                  filler_number="LAB-REST-1")
+    assert own.status_code == 201 and own.json()["filler_number"] == "LAB-REST-1"
+
+
+def test_create_without_specimen_then_receive_it(world: World, client: TestClient) -> None:
+    a = world.a
+    r = _create(client, _bearer(world, a, "reception"), a.patients[0])
+    assert r.status_code == 201 and r.json()["status"] == "registered", r.text
+    assert r.json()["specimens"] == [] and r.json()["filler_number"] is None
+    oid = r.json()["id"]
+    tube = _tube()
+    url = f"/api/v1/orders/{oid}/specimens"
+    got = client.post(url, json=tube, headers=_bearer(world, a, "technician"))
+    assert got.status_code == 201, got.text
+    assert got.json()["order_id"] == oid and got.json()["status"] == "available"
+    assert got.json()["accession_number"] == tube["accession_number"]
+    view = world.lv.lab.get_order(world.actor(a.emails["biologist"]), oid)
+    assert view.status.value == "received"
+    assert view.request.filler_number == tube["accession_number"]
+    again = _problem(client.post(url, json=_tube(), headers=_bearer(world, a, "reception")),
+                     409, "invalid-transition")
+    assert again["kind"] == "already-received" and again["step"]["by"] == a.accounts["technician"]
+    assert len(world.lv.lab.get_order(world.actor(a.emails["biologist"]), oid).specimens) == 1
+
+
+def test_a_taken_tube_number_is_refused_naming_the_field(world: World,
+                                                         client: TestClient) -> None:
+    a = world.a
+    rec = _bearer(world, a, "reception")
+    tube = _tube()
+    assert _create(client, rec, a.patients[0], tube).status_code == 201
+    body = _problem(_create(client, rec, a.patients[1], tube), 409, "filler-number-taken")
+    assert body["field"] == "specimen.accession_number" and "tube" in body["title"]
+    assert tube["accession_number"] not in _create(client, rec, a.patients[1], tube).text
+    body = _problem(_create(client, rec, a.patients[1], _tube(),
+                            filler_number=tube["accession_number"]), 409, "filler-number-taken")
+    assert body["field"] == "request.filler_number"
+    # received later: the same rule, nothing received
+    later = _create(client, rec, a.patients[1]).json()["id"]
+    body = _problem(client.post(f"/api/v1/orders/{later}/specimens", json=tube, headers=rec),
+                    409, "filler-number-taken")
+    assert body["field"] == "accession_number"
+    view = world.lv.lab.get_order(world.actor(a.emails["biologist"]), later)
+    assert view.status.value == "registered" and not view.specimens
+
+
+def test_entered_results_then_technical_validation(world: World, client: TestClient) -> None:
+    a = world.a
+    tech = _bearer(world, a, "technician")
+    waiting = _create(client, _bearer(world, a, "reception"), a.patients[0]).json()["id"]
+    early = _problem(client.post(f"/api/v1/orders/{waiting}/results",
+                                 json={"results": NORMAL}, headers=tech),
+                     409, "invalid-transition")
+    assert "receive the specimen first" in early["detail"]
+    oid = _create(client, _bearer(world, a, "biologist"), a.patients[0], _tube()).json()["id"]
+    r = client.post(f"/api/v1/orders/{oid}/results",
+                    json={"results": [{"code": "718-7", "value": 13.1, "unit": "g/dL"},
+                                      {"code": "2823-3", "value": "5.6", "unit": "mmol/L"}]},
+                    headers=tech)
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert [(o["code"], o["status"], o["flag"], o["revision"]) for o in results] == [
+        ("718-7", "preliminary", "N", 1), ("2823-3", "preliminary", "H", 1)]
+    doc = client.get(f"/api/v1/orders/{oid}", headers=tech).json()
+    assert doc["order_status"] == "preliminary"
+    assert set(doc["expected"]) == {o["id"] for o in results}
+    v = client.post(f"/api/v1/orders/{oid}/technical-validation",
+                    json={"expected": doc["expected"]}, headers=tech)
+    assert v.status_code == 200 and v.json()["status"] == "technically-validated", v.text
+
+
+def test_invalid_bodies_name_the_field(world: World, client: TestClient) -> None:
+    a = world.a
+    bio = _bearer(world, a, "biologist")
+    body = _problem(_create(client, bio, a.patients[0],
+                            {**_tube(), "type": "BLOOD", "collected_at": "hier matin"},
+                            tests=["2823-3", "not-loinc"]), 422, "invalid-record")
+    assert {e["field"] for e in body["errors"]} == {
+        "request.tests[1]", "specimen.type", "specimen.collected_at"}
+    schema = _problem(client.post("/api/v1/orders", json={"patient_id": a.patients[0]},
+                                  headers=bio), 422, "invalid-request")
+    assert [e["field"] for e in schema["errors"]] == ["request"]
+    extra = _problem(_create(client, bio, a.patients[0], {**_tube(), "barcode": "x"}), 422,
+                     "invalid-request")
+    assert [e["field"] for e in extra["errors"]] == ["specimen.barcode"]
+    oid = _create(client, bio, a.patients[0], _tube()).json()["id"]
+    bad = _problem(client.post(f"/api/v1/orders/{oid}/results",
+                               json={"results": [{"code": "9999-9", "value": 1}]}, headers=bio),
+                   422, "invalid-record")
+    assert [e["field"] for e in bad["errors"]] == ["results[0].code"]
+    assert world.lv.lab.get_order(world.actor(a.emails["biologist"]), oid).status.value == \
+        "received"
+
+
+def test_another_laboratory_s_patient_or_order_is_not_found(world: World,
+                                                            client: TestClient) -> None:
+    a, b = world.a, world.b
+    rec = _bearer(world, a, "reception")
+    other = _problem(_create(client, rec, b.patients[0], _tube()), 404, "not-found")
+    absent = _problem(_create(client, rec, "pt_" + "0" * 25 + "v", _tube()), 404, "not-found")
+    assert other == absent
+    b_order = _create(client, _bearer(world, b, "reception"), b.patients[0]).json()["id"]
+    spec = _problem(client.post(f"/api/v1/orders/{b_order}/specimens", json=_tube(),
+                                headers=rec), 404, "not-found")
+    assert spec["title"] == "no such order"
+
+
+def test_roles_come_from_the_policy(world: World, client: TestClient) -> None:
+    a = world.a
+    _problem(_create(client, _bearer(world, a, "technician"), a.patients[0]), 403, "forbidden")
+    oid = _create(client, _bearer(world, a, "reception"), a.patients[0]).json()["id"]
+    _problem(client.post(f"/api/v1/orders/{oid}/specimens", json=_tube(),
+                         headers=_bearer(world, a, "lab_admin")), 403, "forbidden")
+    assert client.post(f"/api/v1/orders/{oid}/specimens", json=_tube(),
+                       headers=_bearer(world, a, "reception")).status_code == 201
+    _problem(client.post(f"/api/v1/orders/{oid}/results", json={"results": NORMAL},
+                         headers=_bearer(world, a, "reception")), 403, "forbidden")
+
+
+def test_openapi_documents_the_new_routes(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    for path, model in (("/api/v1/orders", "OrderIn"),
+                        ("/api/v1/orders/{order_id}/specimens", "SpecimenIn"),
+                        ("/api/v1/orders/{order_id}/results", "ResultsIn")):
+        op = paths[path]["post"]
+        assert op["tags"] == ["lab"] and op["summary"]
+        schema = op["requestBody"]["content"]["application/json"]["schema"]
+        assert schema["$ref"].endswith(model)
+    assert "201" in paths["/api/v1/orders"]["post"]["responses"]
