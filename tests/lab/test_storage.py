@@ -33,7 +33,7 @@ def test_migration_matches_tables(sqlite_template: Path) -> None:
             assert cols[c.name]["nullable"] == c.nullable, (t.name, c.name)
             assert type(cols[c.name]["type"]).__name__.upper().startswith(
                 {"String": "VARCHAR", "DateTime": "DATETIME", "Integer": "INTEGER",
-                 "LargeBinary": "BLOB"}[type(c.type).__name__]), (t.name, c.name)
+                 "LargeBinary": "BLOB", "Blob": "BLOB"}[type(c.type).__name__]), (t.name, c.name)
         assert insp.get_pk_constraint(t.name)["constrained_columns"] == [
             c.name for c in t.primary_key.columns]
         assert t.primary_key.columns.values()[0].name == "tenant_id"

@@ -14,13 +14,12 @@ from sqlalchemy import (
     Column,
     Index,
     Integer,
-    LargeBinary,
     PrimaryKeyConstraint,
     String,
     Table,
 )
 
-from labvault.store.schema import ID, TS, metadata
+from labvault.store.schema import ID, TS, Blob, metadata
 
 # Staff (one tenant, one or more roles), patient portal (one tenant + one patient) and
 # platform accounts (tenant_id = "platform").
@@ -32,11 +31,11 @@ accounts = Table(
     Column("status", String(20), nullable=False),        # pending | active | disabled
     Column("roles", String(200), nullable=False),        # comma-separated role names
     Column("patient_id", ID, nullable=True),             # portal accounts: their own record
-    Column("email_digest", LargeBinary(16), nullable=False),
+    Column("email_digest", Blob(16), nullable=False),
     Column("index_version", Integer, nullable=False),    # index key version of email_digest
-    Column("profile_sealed", LargeBinary, nullable=False),   # {"name", "email"}
-    Column("password_sealed", LargeBinary, nullable=True),   # Argon2id PHC string, sealed
-    Column("mfa_sealed", LargeBinary, nullable=True),        # TOTP secret, sealed
+    Column("profile_sealed", Blob, nullable=False),   # {"name", "email"}
+    Column("password_sealed", Blob, nullable=True),   # Argon2id PHC string, sealed
+    Column("mfa_sealed", Blob, nullable=True),        # TOTP secret, sealed
     Column("mfa_enabled", Integer, nullable=False, server_default="0"),
     Column("totp_last_step", BigInteger, nullable=False, server_default="0"),  # replay guard
     Column("created_at", TS, nullable=False),
@@ -52,7 +51,7 @@ recovery_codes = Table(
     "recovery_codes", metadata,
     Column("tenant_id", ID, nullable=False),
     Column("account_id", ID, nullable=False),
-    Column("code_digest", LargeBinary(32), nullable=False),
+    Column("code_digest", Blob(32), nullable=False),
     Column("used_at", TS, nullable=True),
     PrimaryKeyConstraint("tenant_id", "account_id", "code_digest"),
 )
@@ -62,7 +61,7 @@ sessions = Table(
     "sessions", metadata,
     Column("tenant_id", ID, nullable=False),
     Column("session_id", ID, nullable=False),
-    Column("token_digest", LargeBinary(32), nullable=False),
+    Column("token_digest", Blob(32), nullable=False),
     Column("account_id", ID, nullable=False),
     Column("scope", String(20), nullable=False),          # full | mfa-enrol | enrol-link
     Column("created_at", TS, nullable=False),

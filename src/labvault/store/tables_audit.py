@@ -15,7 +15,6 @@ from sqlalchemy import (
     BigInteger,
     Column,
     Index,
-    LargeBinary,
     PrimaryKeyConstraint,
     String,
     Table,
@@ -23,7 +22,7 @@ from sqlalchemy import (
     literal_column,
 )
 
-from labvault.store.schema import ID, TS, metadata
+from labvault.store.schema import ID, TS, Blob, metadata
 
 CHAIN = ID
 
@@ -40,7 +39,7 @@ audit_entries = Table(
     Column("action", String(40), nullable=False),
     Column("outcome", String(20), nullable=False),       # allowed | denied | success | failure
     Column("body", Text, nullable=False),                # canonical JSON (ids, codes, sealed b64)
-    Column("mac", LargeBinary(32), nullable=False),      # HMAC-SHA256(k_seq, entry bytes)
+    Column("mac", Blob(32), nullable=False),      # HMAC-SHA256(k_seq, entry bytes)
     PrimaryKeyConstraint("tenant_id", "seq"),
     Index(None, "actor_id", "at_us"),
 )
@@ -68,9 +67,9 @@ audit_heads = Table(
     "audit_heads", metadata,
     Column("tenant_id", CHAIN, nullable=False),
     Column("next_seq", BigInteger, nullable=False),
-    Column("last_hash", LargeBinary(32), nullable=False),
-    Column("key_sealed", LargeBinary, nullable=False),    # current MAC key, sealed (audit key)
-    Column("frontier", LargeBinary, nullable=False),      # RFC 6962 compact range of [0, next_seq)
+    Column("last_hash", Blob(32), nullable=False),
+    Column("key_sealed", Blob, nullable=False),    # current MAC key, sealed (audit key)
+    Column("frontier", Blob, nullable=False),      # RFC 6962 compact range of [0, next_seq)
     Column("pruned_below", BigInteger, nullable=False, server_default="0"),
     Column("updated_at", TS, nullable=False),
     PrimaryKeyConstraint("tenant_id"),

@@ -13,9 +13,9 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Integer, LargeBinary, PrimaryKeyConstraint, String, Table
+from sqlalchemy import Column, Integer, PrimaryKeyConstraint, String, Table
 
-from labvault.store.schema import ID, TS, metadata
+from labvault.store.schema import ID, TS, Blob, metadata
 
 breach_cases = Table(
     "breach_cases", metadata,
@@ -26,8 +26,8 @@ breach_cases = Table(
     Column("deadline_at", TS, nullable=False),
     Column("opened_at", TS, nullable=False),
     Column("updated_at", TS, nullable=False),
-    Column("title_sealed", LargeBinary, nullable=False),
-    Column("description_sealed", LargeBinary, nullable=True),
+    Column("title_sealed", Blob, nullable=False),
+    Column("description_sealed", Blob, nullable=True),
     PrimaryKeyConstraint("tenant_id", "case_id"),
 )
 
@@ -39,7 +39,7 @@ breach_events = Table(
     Column("event_id", ID, nullable=False),
     Column("kind", String(20), nullable=False),
     Column("at", TS, nullable=False),
-    Column("body_sealed", LargeBinary, nullable=False),
+    Column("body_sealed", Blob, nullable=False),
     PrimaryKeyConstraint("tenant_id", "case_id", "event_id"),
 )
 
@@ -48,9 +48,9 @@ breach_encodings = Table(
     Column("tenant_id", ID, nullable=False),
     Column("patient_id", ID, nullable=False),
     Column("key_version", Integer, nullable=False),        # version of the tenant index key
-    Column("clk", LargeBinary(256), nullable=False),
+    Column("clk", Blob(256), nullable=False),
     # the patient's blocking keys (8 bytes each, concatenated): read only in bulk by
     # triage, so one column instead of a row and two index entries per key (migration 0008)
-    Column("blocks", LargeBinary, nullable=True),
+    Column("blocks", Blob, nullable=True),
     PrimaryKeyConstraint("tenant_id", "patient_id"),
 )

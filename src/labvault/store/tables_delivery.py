@@ -11,11 +11,11 @@ clinical row, so erasing the patient erases the messages not yet sent too.
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Index, Integer, LargeBinary, PrimaryKeyConstraint, String, Table
+from sqlalchemy import Column, Index, Integer, PrimaryKeyConstraint, String, Table
 
-from labvault.store.schema import ID, TS, metadata
+from labvault.store.schema import ID, TS, Blob, metadata
 
-DIGEST = LargeBinary(8)
+DIGEST = Blob(8)
 
 delivery_destinations = Table(
     "delivery_destinations", metadata,
@@ -31,7 +31,7 @@ delivery_destinations = Table(
     Column("routing", String(10), nullable=False),       # all | rpps
     Column("created_at", TS, nullable=False),
     Column("removed_at", TS, nullable=True),
-    Column("label_sealed", LargeBinary, nullable=False),  # the name given at `delivery add`
+    Column("label_sealed", Blob, nullable=False),  # the name given at `delivery add`
     PrimaryKeyConstraint("tenant_id", "destination_id"),
 )
 
@@ -62,8 +62,8 @@ delivery_outbox = Table(
     Column("updated_at", TS, nullable=False),
     Column("delivered_at", TS, nullable=True),
     Column("ack_code", String(2), nullable=True),        # MSA-1 received: AA | CA | AE | AR
-    Column("message_sealed", LargeBinary, nullable=False),
-    Column("error_sealed", LargeBinary, nullable=True),  # why it failed (tenant data key)
+    Column("message_sealed", Blob, nullable=False),
+    Column("error_sealed", Blob, nullable=True),  # why it failed (tenant data key)
     PrimaryKeyConstraint("tenant_id", "outbox_id"),
     Index(None, "status", "next_attempt_at"),
     Index(None, "tenant_id", "status", "created_at"),

@@ -7,16 +7,16 @@ tenant's data key; the RPPS number is found through a blind index (``rpps_digest
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Index, LargeBinary, PrimaryKeyConstraint, Table
+from sqlalchemy import Column, Index, PrimaryKeyConstraint, Table
 
-from labvault.store.schema import ID, TS, metadata
+from labvault.store.schema import ID, TS, Blob, metadata
 
 practitioners = Table(
     "practitioners", metadata,
     Column("tenant_id", ID, nullable=False),
     Column("practitioner_id", ID, nullable=False),
-    Column("rpps_digest", LargeBinary(8), nullable=True),   # HMAC of the RPPS number
-    Column("data_sealed", LargeBinary, nullable=False),     # name, RPPS, telecom
+    Column("rpps_digest", Blob(8), nullable=True),   # HMAC of the RPPS number
+    Column("data_sealed", Blob, nullable=False),     # name, RPPS, telecom
     Column("created_at", TS, nullable=False),
     Column("updated_at", TS, nullable=False),
     PrimaryKeyConstraint("tenant_id", "practitioner_id"),

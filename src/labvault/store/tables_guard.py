@@ -12,13 +12,12 @@ from sqlalchemy import (
     Column,
     Index,
     Integer,
-    LargeBinary,
     PrimaryKeyConstraint,
     String,
     Table,
 )
 
-from labvault.store.schema import ID, TS, metadata
+from labvault.store.schema import ID, TS, Blob, metadata
 
 # Alerts. Security alerts are deduplicated (same tenant + kind + actor within a window
 # bumps ``count``); clinical alerts only with the same subject (``subject_digest``: a keyed
@@ -36,8 +35,8 @@ guard_alerts = Table(
     Column("last_seen_at", TS, nullable=False),
     Column("acked_at", TS, nullable=True),
     Column("acked_by", String(120), nullable=True),
-    Column("detail_sealed", LargeBinary, nullable=True),
-    Column("subject_digest", LargeBinary(16), nullable=True),
+    Column("detail_sealed", Blob, nullable=True),
+    Column("subject_digest", Blob(16), nullable=True),
     PrimaryKeyConstraint("tenant_id", "alert_id"),
     Index(None, "tenant_id", "kind", "actor_id", "last_seen_at"),
     Index(None, "tenant_id", "status", "created_at"),
@@ -78,7 +77,7 @@ guard_clients = Table(
     "guard_clients", metadata,
     Column("tenant_id", ID, nullable=False),
     Column("account_id", String(120), nullable=False),
-    Column("client_digest", LargeBinary(16), nullable=False),
+    Column("client_digest", Blob(16), nullable=False),
     Column("first_seen_at", TS, nullable=False),
     PrimaryKeyConstraint("tenant_id", "account_id", "client_digest"),
 )
@@ -97,8 +96,8 @@ guard_config = Table(
 guard_canaries = Table(
     "guard_canaries", metadata,
     Column("tenant_id", ID, nullable=False),
-    Column("digest", LargeBinary(16), nullable=False),
-    Column("ref_sealed", LargeBinary, nullable=False),
+    Column("digest", Blob(16), nullable=False),
+    Column("ref_sealed", Blob, nullable=False),
     Column("created_at", TS, nullable=False),
     PrimaryKeyConstraint("tenant_id", "digest"),
 )
@@ -118,7 +117,7 @@ guard_exports = Table(
     Column("approved_at", TS, nullable=True),
     Column("expires_at", TS, nullable=False),
     Column("purged_at", TS, nullable=True),
-    Column("manifest_sealed", LargeBinary, nullable=False),
+    Column("manifest_sealed", Blob, nullable=False),
     PrimaryKeyConstraint("tenant_id", "export_id"),
     Index(None, "status", "expires_at"),
 )
@@ -128,7 +127,7 @@ guard_export_decoys = Table(
     "guard_export_decoys", metadata,
     Column("tenant_id", ID, nullable=False),
     Column("kind", String(20), nullable=False),
-    Column("digest", LargeBinary(8), nullable=False),
+    Column("digest", Blob(8), nullable=False),
     Column("export_id", ID, nullable=False),
     PrimaryKeyConstraint("tenant_id", "kind", "digest", "export_id"),
 )

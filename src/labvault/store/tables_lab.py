@@ -11,11 +11,11 @@ is unknown, a catalogue) are sealed under the tenant's ``data`` key.
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Index, Integer, LargeBinary, PrimaryKeyConstraint, String, Table
+from sqlalchemy import Column, Index, Integer, PrimaryKeyConstraint, String, Table
 
-from labvault.store.schema import ID, TS, metadata
+from labvault.store.schema import ID, TS, Blob, metadata
 
-DIGEST = LargeBinary(8)
+DIGEST = Blob(8)
 
 lab_orders = Table(
     "lab_orders", metadata,
@@ -28,8 +28,8 @@ lab_orders = Table(
     Column("updated_at", TS, nullable=False),
     Column("placer_digest", DIGEST, nullable=True),        # HMAC of the placer order number
     Column("filler_digest", DIGEST, nullable=True),        # HMAC of the filler (lab) number
-    Column("request_sealed", LargeBinary, nullable=False),  # ServiceRequest + patient sex/birth
-    Column("workflow_sealed", LargeBinary, nullable=True),  # who/when of each step, reasons
+    Column("request_sealed", Blob, nullable=False),  # ServiceRequest + patient sex/birth
+    Column("workflow_sealed", Blob, nullable=True),  # who/when of each step, reasons
     # keys lead with what rows are read by (a patient's orders; by id: the unique index),
     # so a row is not one random page for its key and another for that index (migration 0010_lab_read_keys)
     PrimaryKeyConstraint("tenant_id", "patient_id", "order_id"),
@@ -48,7 +48,7 @@ lab_specimens = Table(
     Column("status", String(20), nullable=False),          # available | rejected | cancelled
     Column("received_at", TS, nullable=False),
     Column("accession_digest", DIGEST, nullable=True),     # HMAC of the accession number
-    Column("specimen_sealed", LargeBinary, nullable=False),
+    Column("specimen_sealed", Blob, nullable=False),
     PrimaryKeyConstraint("tenant_id", "order_id", "specimen_id"),   # an order's specimens
     Index(None, "specimen_id", unique=True),
     Index(None, "tenant_id", "accession_digest"),
@@ -65,7 +65,7 @@ lab_observations = Table(
     Column("revision", Integer, nullable=False),     # 1, then +1 per correction
     Column("created_at", TS, nullable=False),
     Column("updated_at", TS, nullable=False),
-    Column("result_sealed", LargeBinary, nullable=False),
+    Column("result_sealed", Blob, nullable=False),
     # read by order (the key's prefix) or by id (the unique index): an order's results
     # share the key's pages instead of one random page each (migration 0010_lab_read_keys)
     PrimaryKeyConstraint("tenant_id", "order_id", "observation_id"),
@@ -82,7 +82,7 @@ lab_observation_history = Table(
     Column("patient_id", ID, nullable=False),
     Column("revision", Integer, nullable=False),
     Column("changed_at", TS, nullable=False),
-    Column("change_sealed", LargeBinary, nullable=False),
+    Column("change_sealed", Blob, nullable=False),
     # read only by result: the key leads with it (one random-keyed B-tree per row, not two)
     PrimaryKeyConstraint("tenant_id", "observation_id", "history_id"),
 )
@@ -97,7 +97,7 @@ lab_reports = Table(
     Column("created_at", TS, nullable=False),
     Column("updated_at", TS, nullable=False),
     Column("issued_at", TS, nullable=True),          # first publication
-    Column("report_sealed", LargeBinary, nullable=True),  # conclusion, validations (who/when)
+    Column("report_sealed", Blob, nullable=True),  # conclusion, validations (who/when)
     PrimaryKeyConstraint("tenant_id", "order_id"),     # one report per order
     Index(None, "report_id", unique=True),
     Index(None, "tenant_id", "patient_id"),
@@ -114,8 +114,8 @@ lab_hl7_messages = Table(
     Column("message_type", String(20), nullable=False),   # ORU^R01, ADT^A04 ... (no data)
     Column("status", String(2), nullable=False),          # MSA-1 sent: AA | AE
     Column("received_at", TS, nullable=False),
-    Column("raw_sealed", LargeBinary, nullable=False),
-    Column("ack_sealed", LargeBinary, nullable=False),
+    Column("raw_sealed", Blob, nullable=False),
+    Column("ack_sealed", Blob, nullable=False),
     PrimaryKeyConstraint("tenant_id", "message_id"),
     Index(None, "tenant_id", "control_digest", unique=True),
 )
@@ -133,8 +133,8 @@ lab_import_issues = Table(
     Column("status", String(20), nullable=False),  # open | resolved | discarded
     Column("created_at", TS, nullable=False),
     Column("resolved_at", TS, nullable=True),
-    Column("issue_sealed", LargeBinary, nullable=False),
-    Column("resolution_sealed", LargeBinary, nullable=True),
+    Column("issue_sealed", Blob, nullable=False),
+    Column("resolution_sealed", Blob, nullable=True),
     PrimaryKeyConstraint("tenant_id", "issue_id"),
     Index(None, "tenant_id", "status", "created_at"),
 )
@@ -147,7 +147,7 @@ lab_catalogues = Table(
     Column("version", String(40), nullable=False),
     Column("status", String(20), nullable=False),  # active | retired
     Column("loaded_at", TS, nullable=False),
-    Column("catalogue_sealed", LargeBinary, nullable=False),
+    Column("catalogue_sealed", Blob, nullable=False),
     PrimaryKeyConstraint("tenant_id", "catalogue_id"),
     Index(None, "tenant_id", "status"),
 )
