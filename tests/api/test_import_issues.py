@@ -12,14 +12,12 @@ from fastapi.testclient import TestClient
 
 from labvault.domain.actors import Actor
 from tests.access.conftest import Lab, World
+from tests.api.helpers import bearer as _bearer
 from tests.web.helpers import STRANGER_NIR as STRANGER
 from tests.web.helpers import STRANGER_PID, import_issue
 
 ISSUES = "/api/v1/import-issues"
 
-
-def _bearer(w: World, lab: Lab, role: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {w.login(lab.emails[role])}"}
 
 
 def _send(w: World, lab: Lab, control: str, pid: str, *obx: str) -> Any:

@@ -10,22 +10,14 @@ from typing import Any
 from fastapi.testclient import TestClient
 
 from labvault.domain.categories import Action
-from tests.access.conftest import Lab, World
+from tests.access.conftest import World
+from tests.api.helpers import bearer as _bearer
+from tests.api.helpers import problem as _problem
 from tests.web.helpers import NORMAL, REQ, SPEC
 
 _TUBE = itertools.count(1)
 
 
-def _bearer(w: World, lab: Lab, role: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {w.login(lab.emails[role])}"}
-
-
-def _problem(r: Any, status: int, code: str) -> dict[str, Any]:
-    assert r.status_code == status, r.text
-    assert r.headers["content-type"].startswith("application/problem+json")
-    body: dict[str, Any] = r.json()
-    assert body["code"] == code, body
-    return body
 
 
 def _tube() -> dict[str, Any]:

@@ -4,27 +4,17 @@ the ``expected`` and ``partial`` checks of the service, the OpenAPI document."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi.testclient import TestClient
 
-from tests.access.conftest import Lab, World
+from tests.access.conftest import World
+from tests.api.helpers import bearer as _bearer
+from tests.api.helpers import problem as _problem
 from tests.web.helpers import analyser_order, order
 
 K_HIGH = [{"code": "718-7", "value": 13.1, "unit": "g/dL"},
           {"code": "2823-3", "value": "5.6", "unit": "mmol/L"}]
 
 
-def _bearer(w: World, lab: Lab, role: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {w.login(lab.emails[role])}"}
-
-
-def _problem(r: Any, status: int, code: str) -> dict[str, Any]:
-    assert r.status_code == status, r.text
-    assert r.headers["content-type"].startswith("application/problem+json")
-    body: dict[str, Any] = r.json()
-    assert body["code"] == code, body
-    return body
 
 
 def test_technical_then_biological_validation_and_publication(world: World,
