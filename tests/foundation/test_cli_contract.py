@@ -66,8 +66,14 @@ def test_demo(sqlite_cli: Cli) -> None:
     out = sqlite_cli.ok("demo", "--labs", "2", "--patients", "30")
     labs = out["laboratories"]
     assert len(labs) == 2 and sum(x["imported"] for x in labs) == 30
+    # a morning of each laboratory: orders at every step, an analyser's results, and two
+    # messages waiting in the import-issues queue (an unknown patient, an unknown code)
+    assert [x["lab_day"] for x in labs] == [{"orders": 6, "import_issues": 2}] * 2
+    issues = sqlite_cli.ok("hl7-issues", "list", "--tenant", labs[0]["id"])
+    assert sorted(i["kind"] for i in issues) == ["unknown-code", "unknown-patient"]
     again = sqlite_cli.ok("demo", "--labs", "2", "--patients", "30")   # idempotent
     assert sum(x["imported"] for x in again["laboratories"]) == 0
+    assert all("lab_day" not in x for x in again["laboratories"])
     assert sum(x["already_present"] for x in again["laboratories"]) == 30
     assert {t["patients"] for t in sqlite_cli.ok("tenant", "list")} == {15}
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from labvault.cli import _common
 from labvault.cli._common import JsonOpt, emit, err_console, out_console, user_errors
 from labvault.config import Settings
+from labvault.domain.actors import Actor
 
 
 def register(app: typer.Typer) -> None:
@@ -39,6 +42,12 @@ def init(data_dir: Path = typer.Option(None, "--data-dir", help="Data directory 
         "Keep the key file out of every backup of the data directory, and back it up apart."))
 
 
+def _analyser(lv: Any) -> Callable[[str, bytes], Any]:
+    """The demo's analyser: an HL7 message stored as ``labvault mllp`` stores it."""
+    from labvault.interop.hl7.handler import Hl7Handler
+    return lambda tenant_id, raw: Hl7Handler(lv, Actor.system("mllp"), tenant_id).handle(raw)[0]
+
+
 @user_errors
 def demo(scenario: str = typer.Argument(None, help="breach: re-enact the incident end to end."),
          labs: int = typer.Option(3, "--labs", min=1, max=100, help="Laboratories to create."),
@@ -54,7 +63,7 @@ def demo(scenario: str = typer.Argument(None, help="breach: re-enact the inciden
     s = _common.settings()
     lv = init_labvault(s)
     try:
-        summary = seed_demo(lv, labs, patients)
+        summary = seed_demo(lv, labs, patients, analyser=_analyser(lv))
     finally:
         lv.close()
     emit(summary, as_json, lambda: out_console.print_json(data=summary))
@@ -147,7 +156,7 @@ def _first_run(s: Settings, demo: bool, host: str) -> None:
     err_console.print(f"first run: creating {s.data_dir} with synthetic demo data…")
     lv = init_labvault(s)
     try:
-        summary = seed_demo(lv, 3, 300)
+        summary = seed_demo(lv, 3, 300, analyser=_analyser(lv))
     finally:
         lv.close()
     err_console.print_json(data=summary)

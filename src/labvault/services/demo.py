@@ -9,6 +9,7 @@ from typing import Any
 from labvault.domain.actors import Actor
 from labvault.errors import Conflict, NotADemoInstallation
 from labvault.services.app import Labvault
+from labvault.services.demo_lab import Analyser, seed_lab_day
 from labvault.synthetic import make_finess, people
 
 LAB_NAMES = ("Laboratoire des Flandres", "Biologie Médicale de l'Artois",
@@ -19,9 +20,12 @@ LAB_NAMES = ("Laboratoire des Flandres", "Biologie Médicale de l'Artois",
 MAX_LABS = 100        # `labvault demo --labs` at most
 
 
-def seed_demo(lv: Labvault, labs: int, patients: int, seed: int = 0) -> dict[str, Any]:
+def seed_demo(lv: Labvault, labs: int, patients: int, seed: int = 0,
+              analyser: Analyser | None = None) -> dict[str, Any]:
     """Synthetic laboratories, patients and one account per role (published credentials);
-    refused on an installation that holds any other laboratory."""
+    refused on an installation that holds any other laboratory. With ``analyser`` (how
+    the door stores an HL7 message), each new laboratory also gets a morning's orders,
+    results and import issues (``demo_lab.seed_lab_day``)."""
     refuse_real_laboratories(lv, seed)
     actor = Actor.operator()
     rng = random.Random(seed)
@@ -36,13 +40,18 @@ def seed_demo(lv: Labvault, labs: int, patients: int, seed: int = 0) -> dict[str
             tenant_id = existing[finess]["id"]
         else:
             tenant_id = lv.tenants.add(actor, name, finess).tenant_id
-        lines = (json.dumps({k: v for k, v in p.items() if v is not None})
-                 for p in people(per_lab[i], seed=seed, start=start))
+        records = list(people(per_lab[i], seed=seed, start=start))
+        lines = (json.dumps({k: v for k, v in p.items() if v is not None}) for p in records)
         report = lv.patients.import_lines(actor, tenant_id, lines)
         start += per_lab[i]
-        out.append({"id": tenant_id, "name": name, "finess": finess,
-                    "imported": report.imported, "already_present": report.skipped,
-                    "accounts": seed_accounts(lv, tenant_id, i, report.ids[:1], rng)})
+        accounts = seed_accounts(lv, tenant_id, i, report.ids[:1], rng)
+        lab: dict[str, Any] = {"id": tenant_id, "name": name, "finess": finess,
+                               "imported": report.imported, "already_present": report.skipped,
+                               "accounts": accounts}
+        if analyser is not None and report.imported == len(records):
+            lab["lab_day"] = seed_lab_day(lv, tenant_id, accounts, report.ids, records,
+                                          analyser)
+        out.append(lab)
     platform = seed_accounts(lv, None, 0, [], rng)
     return {"laboratories": out, "platform_accounts": platform,
             "demo_password": DEMO_PASSWORD, "demo_totp_secret": DEMO_TOTP_SECRET,
