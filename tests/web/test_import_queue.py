@@ -274,3 +274,17 @@ def test_split_name() -> None:
     assert split_name("DUPONT JEAN") == ("DUPONT", "JEAN")
     assert split_name("Martin Paul") == ("Martin", "Paul")
     assert split_name("DUPONT") == ("DUPONT", "")
+
+
+def test_every_refusal_of_the_queue_has_french_words() -> None:
+    """The console says the service's refusals by their kind (``IssueRefused``): a kind
+    raised in the service without French words here would show the English detail."""
+    import inspect
+    import re as _re
+
+    from labvault.services import lab_messages
+    from labvault.web.queue import _REFUSALS_FR
+    raised = set(_re.findall(r'IssueRefused\(\s*"([a-z-]+)"', inspect.getsource(lab_messages)))
+    raised.add(lab_messages.IssuePatientAbsent("pt_x").kind)
+    assert {"reason-needed", "several-results", "patient-needed", "cannot-store"} <= raised
+    assert raised <= set(_REFUSALS_FR)

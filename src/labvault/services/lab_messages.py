@@ -123,6 +123,24 @@ def _one_result_per_test(first: I.InboundResult, r: I.InboundResult,
         "a message; send a rerun as a correction (OBX-11 C) in a message of its own")])
 
 
+class IssueRefused(UserError):
+    """A refusal of ``resolve_issue`` / ``discard_issue``: ``kind`` says which (a code a
+    door can put in its own words: the console's, web/queue.py), ``params`` its values;
+    the message and hint are the CLI's and the API's."""
+
+    def __init__(self, kind: str, message: str, hint: str = "", **params: str) -> None:
+        super().__init__(message, hint)
+        self.kind, self.params = kind, params
+
+
+class IssuePatientAbsent(IssueRefused, NotFound):
+    """The patient named to resolve an issue is not one of its laboratory's (404)."""
+
+    def __init__(self, patient_id: str) -> None:
+        super().__init__("patient-absent", f"no patient {patient_id} in this laboratory",
+                         "check the patient id (labvault patient find ...)")
+
+
 # What can fix an issue of each kind (hl7-issues resolve's hint).
 _DISCARD_HINT = ('discard it once handled: --discard --reason "..." (--all-results when it '
                  "holds several; REST: POST /api/v1/import-issues/{id}/discard)")
@@ -895,16 +913,16 @@ class MessageService:
             row = self._open_row(conn, actor, issue_id)
             tid = row["tenant_id"]
             if row["kind"] in WHOLE_MESSAGE_KINDS:
-                raise UserError(f"issue {issue_id} ({row['kind']}) holds a message, not "
-                                "results to store", _RESOLVE_HINTS[row["kind"]])
+                raise IssueRefused("whole-message", f"issue {issue_id} ({row['kind']}) holds "
+                                   "a message, not results to store",
+                                   _RESOLVE_HINTS[row["kind"]])
             target = patient_id or row["patient_id"]
             if target is None:
-                raise UserError(f"issue {issue_id} needs the patient its results belong to",
-                                "give --patient pt_... (REST: patient_id; labvault patient "
-                                "find ...)")
+                raise IssueRefused("patient-needed", f"issue {issue_id} needs the patient "
+                                   "its results belong to", "give --patient pt_... (REST: "
+                                   "patient_id; labvault patient find ...)")
             if repo.patient_tenant(conn, target) != tid:
-                raise NotFound(f"no patient {target} in this laboratory",
-                               "check the patient id (labvault patient find ...)")
+                raise IssuePatientAbsent(target)
             self.lv.gate.check(conn, Access(actor, Action.WRITE, tid, CLINICAL,
                                             resource="import-issue",
                                             patient_ids=(target,)))
@@ -922,13 +940,16 @@ class MessageService:
             try:
                 self._store_group(ctx, target, group, cat, msg)
             except I.ContentError as exc:
-                raise UserError(f"cannot store the results: {exc}",
-                                "fix and retry, or discard the issue") from None
+                raise IssueRefused("cannot-store", f"cannot store the results: {exc}",
+                                   "fix and retry, or discard the issue",
+                                   why=str(exc)) from None
             if ctx.issues and not ctx.outcome.observation_ids:
                 reasons = "; ".join(i["payload"]["reason"] for i in ctx.issues)
                 kinds = dict.fromkeys(i["kind"] for i in ctx.issues)
-                raise UserError(f"the results still cannot be stored: {reasons}",
-                                "; ".join(_RESOLVE_HINTS.get(k, _DISCARD_HINT) for k in kinds))
+                raise IssueRefused("still-not-stored",
+                                   f"the results still cannot be stored: {reasons}",
+                                   "; ".join(_RESOLVE_HINTS.get(k, _DISCARD_HINT)
+                                             for k in kinds), why=reasons)
             self._write_issues(ctx)       # what still cannot be stored: an issue of its own
             ts = self.lv.now()
             resolution = {"by": actor.id, "at": ts.isoformat(), "patient_id": target,
@@ -956,21 +977,27 @@ class MessageService:
         wanted = dict(codes)
         if code is not None:
             if len(unknown) != 1:
-                raise UserError(
+                raise IssueRefused(
+                    "code-ambiguous",
                     f"--code {code} alone is ambiguous: the unknown codes of this issue are "
                     f"{', '.join(unknown) or 'none'}",
-                    "say which is which: --code LOCAL=LOINC, once per unknown code")
+                    "say which is which: --code LOCAL=LOINC, once per unknown code",
+                    code=code, unknown=", ".join(unknown))
             wanted[unknown[0]] = code
         out: dict[str, str] = {}
         for local, loinc in wanted.items():
             if local not in unknown:
-                raise UserError(f"{local} is not an unknown code of this issue (its unknown "
-                                f"codes: {', '.join(unknown) or 'none'})",
-                                "map only the codes the catalogue does not know")
+                raise IssueRefused("code-not-unknown", f"{local} is not an unknown code of "
+                                   f"this issue (its unknown codes: "
+                                   f"{', '.join(unknown) or 'none'})",
+                                   "map only the codes the catalogue does not know",
+                                   code=local)
             test = L.loinc(loinc, "code")
             if test not in cat.tests:
-                raise UserError(f"{test} is not in catalogue {cat.version}",
-                                "labvault catalogue show --tenant ... lists its LOINC codes")
+                raise IssueRefused("code-not-in-catalogue",
+                                   f"{test} is not in catalogue {cat.version}",
+                                   "labvault catalogue show --tenant ... lists its LOINC codes",
+                                   code=test)
             out[local] = test
         return out
 
@@ -1009,9 +1036,9 @@ class MessageService:
         be wrong (resolving stores those that can be, and keeps the rest as a new issue)."""
         from labvault.domain import validation as v
         if not (reason or "").strip():
-            raise UserError("discarding an issue needs a reason (kept with it)",
-                            'add --reason "..." (REST: reason; e.g. "duplicate of a paper '
-                            'result")')
+            raise IssueRefused("reason-needed", "discarding an issue needs a reason (kept "
+                               "with it)", 'add --reason "..." (REST: reason; e.g. "duplicate '
+                               'of a paper result")')
         why = v.text(reason, "reason", 2000, required=True)
         with self.lv.begin() as conn:
             row = self._open_row(conn, actor, issue_id)
@@ -1022,12 +1049,14 @@ class MessageService:
                                             if row["patient_id"] else ()))
             results = self._open_issue(conn, row).get("results") or []
             if len(results) > 1 and not all_results:
-                raise UserError(
-                    f"issue {issue_id} holds {len(results)} results "
-                    f"({', '.join(str(r.get('code')) for r in results)}): discarding throws "
-                    "all of them away",
+                codes_sent = ", ".join(str(r.get("code")) for r in results)
+                raise IssueRefused(
+                    "several-results",
+                    f"issue {issue_id} holds {len(results)} results ({codes_sent}): "
+                    "discarding throws all of them away",
                     "resolve it instead (what can be stored is, the rest stays as a new "
-                    "issue), or confirm with --all-results (REST: all_results)")
+                    "issue), or confirm with --all-results (REST: all_results)",
+                    n=str(len(results)), codes=codes_sent)
             ts = self.lv.now()
             resolution = {"by": actor.id, "at": ts.isoformat(), "discarded": True, "reason": why,
                           "results": len(results)}

@@ -24,7 +24,7 @@ from labvault.api.deps import LV
 from labvault.domain.actors import Actor
 from labvault.domain.categories import Action, Category
 from labvault.errors import AccessDenied, InvalidField, NotFound, UserError
-from labvault.services.lab_messages import WHOLE_MESSAGE_KINDS
+from labvault.services.lab_messages import WHOLE_MESSAGE_KINDS, IssueRefused
 from labvault.web.desk import catalogue_groups, rule_fr
 from labvault.web.render import FLAG_FR, WebRoute, hl7_date_fr, html, people
 from labvault.web.routes import (
@@ -199,40 +199,43 @@ def queue(user: User, lv: LV,
 
 
 # == the service's refusals, in French =========================================================
-_REFUSALS_FR: tuple[tuple[str, str, str], ...] = (
-    (r"discarding an issue needs a reason.*",
-     "le motif est obligatoire pour classer un message",
-     "écrivez pourquoi ces résultats ne sont pas enregistrés (par exemple « doublon d'un "
-     "résultat papier »), puis « Classer »"),
-    (r"issue \S+ holds (?P<n>\d+) results \((?P<codes>.*)\): discarding throws all of them "
-     r"away",
-     "ce message contient {n} résultats ({codes}) : le classer les écarte tous",
-     "cochez « classer tous les résultats » pour confirmer ; ou rattachez-le : ce qui peut "
-     "être enregistré l'est, le reste devient un nouveau message à traiter"),
-    (r"issue \S+ needs the patient its results belong to",
-     "choisissez le patient auquel appartiennent ces résultats",
-     "recherchez-le avec le formulaire du message, puis « Rattacher à ce patient »"),
-    (r"no patient \S+ in this laboratory",
-     "ce patient n'existe pas dans votre laboratoire",
-     "recherchez-le avec le formulaire du message, puis « Rattacher à ce patient »"),
-    (r"(?P<code>\S+) is not an unknown code of this issue.*",
-     "{code} n'est pas un code inconnu de ce message",
-     "choisissez une analyse pour les codes inconnus seulement"),
-    (r"(?P<code>\S+) is not in catalogue \S+",
-     "{code} n'est pas une analyse du catalogue du laboratoire",
-     "choisissez l'analyse dans la liste"),
-    (r"issue \S+ \(\S+\) holds a message, not results to store",
-     "ce message ne contient pas de résultats à enregistrer",
-     TODO_FR["reused-control-id"]),
-    (r"the results still cannot be stored: (?P<why>.*)",
-     "les résultats ne peuvent toujours pas être enregistrés (détail technique : {why})",
-     "vérifiez le patient et les analyses choisies ; si le message lui-même est en cause, "
-     "classez-le avec un motif"),
-    (r"cannot store the results: (?P<why>.*)",
-     "les résultats ne peuvent pas être enregistrés (détail technique : {why})",
-     "vérifiez le patient choisi (une demande de même numéro appartient peut-être à un autre "
-     "patient), ou classez le message avec un motif"),
-)
+# by the refusal's kind (``IssueRefused.kind``), formatted with its ``params``
+_REFUSALS_FR: Mapping[str, tuple[str, str]] = {
+    "reason-needed": (
+        "le motif est obligatoire pour classer un message",
+        "écrivez pourquoi ces résultats ne sont pas enregistrés (par exemple « doublon d'un "
+        "résultat papier »), puis « Classer »"),
+    "several-results": (
+        "ce message contient {n} résultats ({codes}) : le classer les écarte tous",
+        "cochez « classer tous les résultats » pour confirmer ; ou rattachez-le : ce qui peut "
+        "être enregistré l'est, le reste devient un nouveau message à traiter"),
+    "patient-needed": (
+        "choisissez le patient auquel appartiennent ces résultats",
+        "recherchez-le avec le formulaire du message, puis « Rattacher à ce patient »"),
+    "patient-absent": (
+        "ce patient n'existe pas dans votre laboratoire",
+        "recherchez-le avec le formulaire du message, puis « Rattacher à ce patient »"),
+    "code-not-unknown": (
+        "{code} n'est pas un code inconnu de ce message",
+        "choisissez une analyse pour les codes inconnus seulement"),
+    "code-not-in-catalogue": (
+        "{code} n'est pas une analyse du catalogue du laboratoire",
+        "choisissez l'analyse dans la liste"),
+    "code-ambiguous": (
+        "précisez l'analyse de chaque code inconnu ({unknown})",
+        "choisissez une analyse pour chacun"),
+    "whole-message": (
+        "ce message ne contient pas de résultats à enregistrer",
+        TODO_FR["reused-control-id"]),
+    "still-not-stored": (
+        "les résultats ne peuvent toujours pas être enregistrés (détail technique : {why})",
+        "vérifiez le patient et les analyses choisies ; si le message lui-même est en cause, "
+        "classez-le avec un motif"),
+    "cannot-store": (
+        "les résultats ne peuvent pas être enregistrés (détail technique : {why})",
+        "vérifiez le patient choisi (une demande de même numéro appartient peut-être à un "
+        "autre patient), ou classez le message avec un motif"),
+}
 
 
 def refusal_fr(exc: UserError) -> tuple[str, str]:
@@ -240,10 +243,9 @@ def refusal_fr(exc: UserError) -> tuple[str, str]:
     if isinstance(exc, InvalidField):
         return (f"le motif {rule_fr(exc.rule)}",
                 "revenez en arrière, corrigez le motif, puis « Classer »")
-    for pattern, message, hint in _REFUSALS_FR:
-        m = re.fullmatch(pattern, exc.message, re.S)
-        if m:
-            return message.format(**m.groupdict()), hint
+    if isinstance(exc, IssueRefused) and exc.kind in _REFUSALS_FR:
+        message, hint = _REFUSALS_FR[exc.kind]
+        return message.format(**exc.params), hint
     return (f"le message n'a pas pu être traité (détail technique : {exc.message})",
             "rechargez la liste ; si le problème persiste, voyez un biologiste")
 
