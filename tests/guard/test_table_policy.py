@@ -128,7 +128,8 @@ def test_property_each_role_reads_exactly_its_alert_kinds(tlv: Labvault, tenant_
     from labvault.errors import NotFound
     from labvault.guard.alerts import CLINICAL_KINDS
     from labvault.guard.rules import RULES
-    kinds = sorted({*RULES, "panic-value", "break-glass", "import-issue", "erasure-request"})
+    kinds = sorted({*RULES, "panic-value", "break-glass", "import-issue", "erasure-request",
+                    "delivery-failed"})
     ids = _raise_kinds(tlv, tenant_id, kinds)
     who = Actor(kind="staff", id="acct_who", tenant_id=tenant_id, roles=frozenset(roles))
     if {"dpo", "lab_admin"} & set(roles):

@@ -242,7 +242,8 @@ def test_an_ae_marks_failed_with_the_receivers_words_and_is_not_retried(
     refusing = Receiver("AE")
     try:
         _to(lv, tenant_id, refusing.port)
-        lv.lab.publish(bio, _final(lv, tenant_id, patient_id))
+        oid = _final(lv, tenant_id, patient_id)
+        lv.lab.publish(bio, oid)
         done = send_due(lv, timeout=5, backoff=0)
         assert done.refused == 1 and len(refusing.received) == 1
         assert send_due(lv, timeout=5, backoff=0).refused == 0      # not sent again
@@ -254,8 +255,10 @@ def test_an_ae_marks_failed_with_the_receivers_words_and_is_not_retried(
     failed = lv.delivery.status(Actor.operator(), tenant_id, ["failed"])
     assert len(failed) == 1 and "AE" in failed[0]["error"]
     assert "patient inconnu dans le DPI" in failed[0]["error"]
-    assert [(k, d["report_id"]) for _t, k, _s, d in alerts.raised] == [
-        ("delivery-failed", row["report_id"])]
+    # the alert names the order: the biologist's link to the patient's page, at the report
+    assert [(k, d["report_id"], d["order_id"], d["patient_id"])
+            for _t, k, _s, d in alerts.raised] == [
+        ("delivery-failed", row["report_id"], oid, patient_id)]
 
 
 def test_connection_refused_is_retried_with_backoff_then_alerted(

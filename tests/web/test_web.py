@@ -514,6 +514,42 @@ def test_alerts_page_names_who_acknowledged(web: World, browser: TestClient) -> 
     assert listed[second]["acked_by_name"] is None
 
 
+def test_biologists_see_reports_the_prescriber_did_not_get(web: World,
+                                                          browser: TestClient) -> None:
+    """A report the prescriber's system refused (or never received) must reach the doctor
+    another way, which is the biologist's duty: the ``delivery-failed`` alert is a
+    clinical one, listed on the biologist's alerts page with the link to the patient's
+    page at the order; a security alert of the same lab stays the DPO's."""
+    from labvault.services.alerts import AlertService
+    lv = web.lv
+    lv.alerts = lv.gate.alerts = AlertService(lv)
+    pid = web.a.patients[0]
+    with lv.begin() as conn:
+        failed = lv.alerts.raise_alert(
+            conn, web.a.tenant_id, "delivery-failed", "high", Actor.system("delivery"),
+            {"outbox_id": "dout_1", "report_id": "rep_1", "order_id": "ord_1",
+             "patient_id": pid, "outcome": "refused"}, subject="delivery|dout_1")
+        security = lv.alerts.raise_alert(
+            conn, web.a.tenant_id, "access.off_hours", "medium",
+            Actor(kind="staff", id="acct_r", tenant_id=web.a.tenant_id,
+                  roles=frozenset({"reception"})), {"n": 1})
+    form_login(browser, web, web.a.emails["biologist"])
+    page = browser.get("/console/alertes")
+    text = unescape(page.text)
+    assert page.status_code == 200 and "Alertes cliniques du laboratoire" in text
+    assert "compte rendu non remis au système du prescripteur" in text
+    assert f'href="/console/patients/{pid}#ord_1"' in page.text
+    assert f"/console/alertes/{failed}/prise-en-compte" in page.text
+    assert f"/console/alertes/{security}/prise-en-compte" not in page.text
+    assert ">Alertes cliniques</a>" in page.text                  # the menu says so too
+    done = browser.post(f"/console/alertes/{failed}/prise-en-compte",
+                        data={"csrf": csrf_in(page.text)})
+    assert done.status_code == 303
+    (acked,) = [a for a in lv.alerts.list(Actor.operator(), web.a.tenant_id)
+                if a["id"] == failed]
+    assert acked["acked_by"] == web.actor(web.a.emails["biologist"]).id
+
+
 def test_pages_work_under_the_guard(web: World, browser: TestClient) -> None:
     """With the guard plugged in as in production (budgets, anomaly rules, alert store)."""
     web.lv.guard.install()

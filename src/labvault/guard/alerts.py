@@ -45,10 +45,14 @@ def severity_rank(severity: str) -> int:
                                  f"use one of {', '.join(SEVERITIES)}") from None
 
 
-# Clinical alerts: a patient's result needs a biologist now. Each is about one subject (a
-# result's value): never merged with another subject's, read and acknowledged by the lab's
-# biologists. Every other kind is a security alert (it names staff accounts): the DPO's.
-CLINICAL_KINDS = frozenset({"panic-value"})
+# Clinical alerts: a patient's result needs a biologist now -- a critical value to phone
+# in, or a published report that the prescriber's system refused or never received (the
+# results must reach the doctor another way: the biologist answers for their delivery).
+# Each is about one subject (a result's value, an outbox message): never merged with
+# another subject's, read and acknowledged by the lab's biologists (and the DPO and lab
+# administrators, who read every alert). Every other kind is a security alert (it names
+# staff accounts): the DPO's.
+CLINICAL_KINDS = frozenset({"panic-value", "delivery-failed"})
 
 
 def is_clinical(kind: str) -> bool:

@@ -80,6 +80,7 @@ class Due:
     patient_id: str
     attempts: int
     destination: Destination | None      # None: removed since the message was queued
+    order_id: str                        # named by the alert: the biologist's link to it
 
 
 def backoff_delay(attempts: int, base: float) -> float:
@@ -266,7 +267,7 @@ class DeliveryService:
                     dests[k] = Destination.from_row(d) if d and d["status"] == "active" \
                         else None
                 out.append(Due(r["tenant_id"], r["outbox_id"], r["report_id"],
-                               r["patient_id"], r["attempts"], dests[k]))
+                               r["patient_id"], r["attempts"], dests[k], r["order_id"]))
             return out
 
     def open_message(self, item: Due) -> bytes | None:
@@ -317,7 +318,7 @@ class DeliveryService:
                                        **values):
                 return "gone"          # another sender marked it meanwhile
             ids = {"outbox_id": item.outbox_id, "report_id": item.report_id,
-                   "patient_id": item.patient_id,
+                   "order_id": item.order_id, "patient_id": item.patient_id,
                    "destination_id": item.destination.destination_id
                    if item.destination else None,
                    "attempt": attempts, "ack": ack_code, "status": values["status"]}

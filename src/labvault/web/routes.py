@@ -41,6 +41,7 @@ from labvault.errors import (
     NotFound,
     UserError,
 )
+from labvault.guard.alerts import CLINICAL_KINDS
 from labvault.services.accounts import LoginThrottled
 from labvault.services.breach import dpo_from_env
 from labvault.services.gate import Access
@@ -805,12 +806,13 @@ def alert_ack(request: Request, alert_id: str, user: User, lv: LV, csrf: Csrf = 
 @router.get("/console/alertes")
 def alerts_list(user: User, lv: LV) -> Response:
     """The laboratory's alerts (guard's alert store): every alert for its DPO and lab
-    admins, the panic values for its biologists (with the link to the patient's order)."""
+    admins, the clinical ones (panic values, reports the prescriber's system did not get)
+    for its biologists (with the link to the patient's order)."""
     tenant_id, alerts, which = _alert_store(user, lv)
     items = alerts.list(user.actor, tenant_id, limit=200)
     clinical_reader = L.BIOLOGIST_ROLE in user.roles
     for a in items:       # ids only (never free text) in the references column
         a["ids"] = _alert_ids(a)
         a["link"] = _order_link(a["ids"]) if (clinical_reader
-                                              and a["kind"] == "panic-value") else None
+                                              and a["kind"] in CLINICAL_KINDS) else None
     return html("alerts.html", user=user, alerts=items, clinical_only=which.kinds is not None)
