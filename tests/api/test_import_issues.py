@@ -125,6 +125,17 @@ def test_codes_then_discard_with_a_reason(world: World, client: TestClient) -> N
     assert r.status_code == 200 and r.json()["status"] == "discarded", r.text
     shown = client.get(f"{ISSUES}/{left}", headers=bio).json()
     assert shown["status"] == "discarded"
+    # who handled it and when, for every reader; the reason only where the results are seen
+    handled = shown["resolution"]
+    assert handled["by"] == a.accounts["biologist"] and handled["by_name"]
+    assert handled["reason"] == "dosage refait sur papier" and handled["discarded"] is True
+    assert shown["params"] == {"code": "CHOLX", "system": "L"}
+    desk = client.get(f"{ISSUES}/{left}", headers=_bearer(world, a, "reception")).json()
+    assert desk["resolution"]["by"] == a.accounts["biologist"]
+    assert desk["resolution"]["at"] == handled["at"]
+    assert "reason" not in desk["resolution"] and "params" not in desk
+    assert "dosage refait" not in str(desk)
+    assert {"resolution.reason", "params"} <= set(desk["withheld"])
 
 
 def test_several_results_are_discarded_only_when_said(world: World,

@@ -288,3 +288,107 @@ def test_every_refusal_of_the_queue_has_french_words() -> None:
     raised.add(lab_messages.IssuePatientAbsent("pt_x").kind)
     assert {"reason-needed", "several-results", "patient-needed", "cannot-store"} <= raised
     assert raised <= set(_REFUSALS_FR)
+
+
+def test_every_kind_of_issue_has_french_words() -> None:
+    """The console says why an issue waits by its kind (the service's ISSUE_KINDS): a kind
+    the service creates without French words here would show the English reason."""
+    import inspect
+
+    from labvault.services import lab_messages
+    from labvault.web.queue import REASONS_FR
+    from labvault.web.render import ISSUE_KIND_FR
+    source = inspect.getsource(lab_messages)
+    created = set(re.findall(r'"kind": "([a-z-]+)"', source)) | set(
+        re.findall(r'self\._issue\(\s*ctx,\s*"([a-z-]+)"', source))
+    assert {"unknown-patient", "unknown-code", "invalid-value", "order-closed",
+            "reused-control-id"} <= created
+    assert created <= set(lab_messages.ISSUE_KINDS)
+    assert set(lab_messages.ISSUE_KINDS) <= set(REASONS_FR) & set(ISSUE_KIND_FR)
+    for kind in lab_messages.ISSUE_KINDS:
+        # an issue kept before ``params`` were recorded still gets French words
+        general = REASONS_FR[kind]({}, {"kind": kind})
+        assert general and not re.search(r"\b(the|is|not|found)\b", general), (kind, general)
+
+
+def test_the_card_says_why_in_french(web: World, browser: TestClient) -> None:
+    a = web.a
+    (patient,) = import_issue(web, a, obx=(K_HIGH,)).issue_ids
+    (code,) = import_issue(web, a, _known_pid(a),
+                           ("OBX|1|NM|GLUX^Glucose^L||1.05|g/L|||||F",)).issue_ids
+    (unit,) = import_issue(web, a, _known_pid(a),
+                           ("OBX|1|NM|2823-3^K^LN||4.0|meq/L|||||F",)).issue_ids
+    assert import_issue(web, a, _known_pid(a), (NA,), control="IQR").ack_code == "AA"
+    (reused,) = import_issue(web, a, _known_pid(a), (K_HIGH,), control="IQR").issue_ids
+    _console(browser, web, "biologist")
+    page = browser.get(QUEUE)
+    assert ("Motif : aucun patient du laboratoire ne porte le NIR ni l'identifiant envoyés "
+            "par l'automate (PID-3).") in _card(page, patient)
+    assert ("Motif : le code d'analyse « GLUX » (code local) envoyé par l'automate n'est pas "
+            "dans le catalogue du laboratoire.") in _card(page, code)
+    assert ("Motif : l'unité envoyée pour 2823-3 (« meq/L », OBX-6) n'est pas celle du "
+            "catalogue (mmol/L) : labvault ne convertit pas les unités.") in _card(page, unit)
+    said = _card(page, reused)
+    assert "Motif : le numéro de message IQR (MSH-10) désigne déjà un autre message de cet " \
+           "expéditeur, reçu le " in said
+    assert "n'a pas été enregistré" in said
+    # the English reason is the technical detail only, folded away
+    for iid, english in ((patient, "patient not found by NIR or identifier"),
+                         (code, "code GLUX (L) is not in catalogue")):
+        m = re.search(rf'id="{iid}">.*?<details><summary>Détail technique[^<]*</summary>'
+                      rf'<p class="meta">([^<]*)</p>', page.text, re.S)
+        assert m and english in unescape(m.group(1)), iid
+    # reception: neither the reason nor its French words (they name the codes sent)
+    _console(browser, web, "reception")
+    desk = _card(browser.get(QUEUE), code)
+    assert "Motif :" not in desk and "GLUX" not in desk
+    assert "Motif détaillé non visible pour votre rôle" in desk
+
+
+def test_the_handled_issues_say_who_when_and_why(web: World, browser: TestClient) -> None:
+    a = web.a
+    (kept,) = import_issue(web, a, obx=(K_HIGH,)).issue_ids
+    (dropped,) = import_issue(web, a, obx=(NA,)).issue_ids
+    tech = web.actor(a.emails["technician"])
+    bio = web.actor(a.emails["biologist"])
+    web.lv.lab.messages.resolve_issue(tech, kept, patient_id=a.patients[1])
+    web.lv.lab.messages.discard_issue(bio, dropped, "doublon d'un résultat papier")
+    tech_name = web.lv.accounts.name_of(tech)
+    bio_name = web.lv.accounts.name_of(bio)
+    assert tech_name != bio_name
+    _console(browser, web, "biologist")
+    page = browser.get(f"{QUEUE}?statut=traites")
+    assert page.status_code == 200, _text(page)
+    assert re.search(rf"Rattaché : résultats enregistrés le \d\d/\d\d/\d{{4}} à \d\d:\d\d "
+                     rf"par {tech_name}\.", _card(page, kept))
+    dropped_card = _card(page, dropped)
+    assert re.search(rf"Classé sans enregistrer ses résultats le [0-9/]+ à [0-9:]+ "
+                     rf"par {bio_name}\.", dropped_card)
+    assert "Motif du classement : doublon d'un résultat papier" in dropped_card
+    # reception: who and when, not the reason (it speaks of the results)
+    _console(browser, web, "reception")
+    desk = _card(browser.get(f"{QUEUE}?statut=traites"), dropped)
+    assert f"par {bio_name}." in desk
+    assert "doublon" not in desk and "Motif du classement :" not in desk
+    assert "Motif du classement non visible pour votre rôle" in desk
+    # the CLI operator has no name in the laboratory: the account id is what there is
+    (other,) = import_issue(web, a, obx=(NA,)).issue_ids
+    web.lv.lab.messages.discard_issue(Actor.operator(), other, "essai")
+    _console(browser, web, "biologist")
+    page = browser.get(f"{QUEUE}?statut=traites")
+    assert re.search(rf'id="{other}">.*? par <code>{re.escape(Actor.operator().id)}</code>\.',
+                     page.text, re.S)
+
+
+def test_the_french_reasons_name_what_the_params_carry() -> None:
+    from labvault.web.queue import REASONS_FR
+    several = REASONS_FR["unknown-patient"]({"matched": "several"}, {})
+    assert several.startswith("plusieurs patients du laboratoire") and "fusionner" in several
+    closed = REASONS_FR["order-closed"]({"status": "published", "retraction": "yes"},
+                                        {"order": {"filler_number": "F42"}})
+    assert closed == ("la demande n° F42 est déjà publiée : le retrait d'un résultat validé "
+                      "(OBX-11 D ou W) passe par un biologiste")
+    assert REASONS_FR["invalid-value"]({"code": "2160-0", "field": "unit", "unit": "",
+                                        "expected": "µmol/L"}, {}) == (
+        "le résultat 2160-0 est envoyé sans unité (OBX-6) ; le catalogue l'exprime en µmol/L")
+    assert "(codes envoyés : X1, X2)" in REASONS_FR["unknown-code"]({"codes": "X1, X2"}, {})

@@ -17,7 +17,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError as DbIntegrityError
@@ -51,13 +51,24 @@ MESSAGE_CATEGORIES = frozenset({Category.CLINICAL, Category.IDENTITY})
 # the analyser sent it (identifiers, name, birth date, sex; a registration's categories)
 ISSUE_CATEGORIES = frozenset({Category.CLINICAL, Category.IDENTITY, Category.CONTACT,
                               Category.COVERAGE})
-_ISSUE_CLINICAL = ("order", "results", "reason", "location", "message", "control_id")
+# Why results wait in the queue (``lab_import_issues.kind``); a door words each kind in its
+# own language (the console's: web/queue.py) from the payload's ``params``.
+IssueKind = Literal["unknown-patient", "unknown-code", "invalid-value", "order-closed",
+                    "reused-control-id"]
+ISSUE_KINDS: tuple[IssueKind, ...] = get_args(IssueKind)
+# ``params`` say what ``reason`` says (the codes and values sent): clinical like it
+_ISSUE_CLINICAL = ("order", "results", "reason", "params", "location", "message",
+                   "control_id")
+# of a handled issue's ``resolution``: what says something of its results (a discard's
+# reason typed by the person, the codes mapped, the results stored or discarded)
+_RESOLUTION_CLINICAL = ("reason", "codes", "observation_ids", "results")
 _SUMMARY_FIELDS = {"name": ("birth_name", "first_names"), "birth_date": ("birth_date",),
                    "sex": ("sex",)}
 CONTROL = "hl7_control"
+# issues keeping a message, not results
+WHOLE_MESSAGE_KINDS: tuple[IssueKind, ...] = ("reused-control-id",)
 # OBX-11 (HL7 table 0085): no result to store (X: cannot be obtained), noted in the ACK
 # with a reason; D and W retract a result already sent.
-WHOLE_MESSAGE_KINDS = ("reused-control-id",)   # issues keeping a message, not results
 NOTED = {"I": "result pending", "N": "not asked", "O": "order detail only, no result"}
 NO_RESULT = ("X", *NOTED)
 RETRACTING = {"D": "deleted by the sender (OBX-11 D)",
@@ -93,12 +104,22 @@ def _another_patients(order: I.InboundOrder) -> MessageError:
 OBX_FIELDS = {"code": 3, "value": 5, "unit": 6, "observed_at": 14}
 
 
-def _result_location(r: I.InboundResult, exc: InvalidField | InvalidRecord) -> Location:
-    """Where in the OBX the problem is: OBX-6 for a unit, OBX-5 for a value..."""
+def _field_of(exc: InvalidField | InvalidRecord) -> str:
+    """The result's field a refusal names (``unit``, ``value``...: ``OBX_FIELDS``' keys)."""
     name = exc.field if isinstance(exc, InvalidField) else (
         exc.errors[0].field if exc.errors else "value")
-    field = OBX_FIELDS.get(name.split(".")[0].split("[")[0], r.location.field or 5)
+    return name.split(".")[0].split("[")[0]
+
+
+def _result_location(r: I.InboundResult, exc: InvalidField | InvalidRecord) -> Location:
+    """Where in the OBX the problem is: OBX-6 for a unit, OBX-5 for a value..."""
+    field = OBX_FIELDS.get(_field_of(exc), r.location.field or 5)
     return Location(r.location.segment, r.location.sequence, field)
+
+
+def _codes_sent(results: Sequence[I.InboundResult]) -> str:
+    """The test codes of ``results`` as sent (OBX-3), once each: an issue's ``params``."""
+    return ", ".join(dict.fromkeys(r.code for r in results))
 
 
 def _nothing_to_retract(r: I.InboundResult) -> MessageError:
@@ -144,7 +165,7 @@ class IssuePatientAbsent(IssueRefused, NotFound):
 # What can fix an issue of each kind (hl7-issues resolve's hint).
 _DISCARD_HINT = ('discard it once handled: --discard --reason "..." (--all-results when it '
                  "holds several; REST: POST /api/v1/import-issues/{id}/discard)")
-_RESOLVE_HINTS = {
+_RESOLVE_HINTS: Mapping[IssueKind, str] = {
     "unknown-patient": "give the patient: --patient pt_... (REST: patient_id; labvault "
                        "patient find ...)",
     "unknown-code": "say what each unknown code means: --code LOCAL=LOINC (REST: codes "
@@ -286,6 +307,7 @@ class MessageService:
         issue_id = new_id("iss")
         ctx.issues.append({"issue_id": issue_id, "kind": "reused-control-id", "patient_id": None,
                            "payload": {"kind": "reused-control-id", "reason": reason,
+                                       "params": {"received": str(row["received_at"])},
                                        "message_id": row["message_id"],
                                        "location": "MSH[1]-10", "control_id": msg.control_id,
                                        "message": raw.decode("utf-8", "replace")}})
@@ -489,13 +511,13 @@ class MessageService:
     def _orders_and_results(self, ctx: _Ctx, msg: I.InboundMessage) -> None:
         p = msg.patient
         assert p is not None
-        why = "patient not found by NIR or identifier"
+        why, matched = "patient not found by NIR or identifier", "none"
         try:
             pid = self._match(ctx, p)
         except I.ContentError:
             if msg.message_type != "ORU":
                 raise
-            pid, why = None, "several patients match PID-3 (merge them first)"
+            pid, why, matched = None, "several patients match PID-3 (merge them first)", "several"
         if pid is None and msg.message_type in ("ORM", "OML"):
             if p.record is None:
                 raise I.ContentError([MessageError(
@@ -507,7 +529,7 @@ class MessageService:
             # ORU for a patient we do not know: keep every result, sealed, for a human.
             for order in msg.orders:
                 self._issue(ctx, "unknown-patient", None, order, list(order.results),
-                            p, p.location, why)
+                            p, p.location, why, matched=matched)
             return
         ctx.outcome.patient_id = pid
         cat = self.lab._catalogue(ctx.conn, ctx.tenant_id)
@@ -549,7 +571,8 @@ class MessageService:
                 if not tests:
                     # nothing mappable at all: the results go to the queue below
                     self._issue(ctx, "unknown-code", pid, order, list(order.results), None,
-                                order.location, "no test of this order is in the catalogue")
+                                order.location, "no test of this order is in the catalogue",
+                                codes=_codes_sent(order.results))
                     continue
                 dek = self._key(ctx, pid)
                 if facts is None:
@@ -629,7 +652,7 @@ class MessageService:
                 self._issue(ctx, "unknown-code", pid, group, [r], None,
                             Location(r.location.segment, r.location.sequence, 3),
                             f"code {r.code} ({r.code_system or 'local'}) is not in catalogue "
-                            f"{cat.version}")
+                            f"{cat.version}", code=r.code, system=r.code_system or "local")
                 continue
             try:
                 good.append(L.Observation.interpret(
@@ -637,7 +660,8 @@ class MessageService:
                     self.lv.now()).with_analyser(r.reference_range, r.flags))
             except (InvalidField, InvalidRecord) as exc:
                 self._issue(ctx, "invalid-value", pid, group, [r], None,
-                            _result_location(r, exc), str(exc.message))
+                            _result_location(r, exc), str(exc.message), code=r.code,
+                            field=_field_of(exc), unit=r.unit or "", expected=test.unit or "")
         return good
 
     def _find_order(self, ctx: _Ctx, order: I.InboundOrder,
@@ -693,11 +717,13 @@ class MessageService:
     def _results(self, ctx: _Ctx, order: _Order, group: I.InboundOrder, cat: L.Catalogue,
                  mapping: Mapping[str, str] | None = None) -> None:
         if order.status not in OPEN_STATES:
-            what = ("a retraction (OBX-11 D/W) of a validated result" if any(
-                r.status in RETRACTING for r in group.results) else "a correction")
+            retraction = any(r.status in RETRACTING for r in group.results)
+            what = ("a retraction (OBX-11 D/W) of a validated result" if retraction
+                    else "a correction")
             self._issue(ctx, "order-closed", order.patient_id, group, list(group.results), None,
                         group.location, f"the order is {order.status}: {what} needs a "
-                        "biologist (amend)")
+                        "biologist (amend)", status=str(order.status),
+                        retraction="yes" if retraction else "")
             return
         good = self._interpret(ctx, order.patient_id, group, cat,
                                {"sex": order.sex, "birth_date": order.request.get(
@@ -730,12 +756,14 @@ class MessageService:
                 ctx.outcome.errors.append(_nothing_to_retract(r))
 
     # == import issues ==========================================================================
-    def _issue(self, ctx: _Ctx, kind: str, patient_id: str | None, group: I.InboundOrder,
+    def _issue(self, ctx: _Ctx, kind: IssueKind, patient_id: str | None, group: I.InboundOrder,
                results: Sequence[I.InboundResult], patient: I.InboundPatient | None,
-               location: Location, reason: str) -> None:
+               location: Location, reason: str, **params: str) -> None:
+        """Keep ``results`` as an import issue: ``reason`` in English (the ACK's, the CLI's
+        and the API's), ``params`` the values a door words it with in its own language."""
         issue_id = new_id("iss")
         payload = {
-            "kind": kind, "reason": reason, "message_id": ctx.message_id,
+            "kind": kind, "reason": reason, "params": params, "message_id": ctx.message_id,
             "location": str(location),
             "order": {"placer_number": group.placer_number, "filler_number": group.filler_number,
                       "tests": [{"code": t.code, "system": t.code_system, "display": t.display}
@@ -824,9 +852,10 @@ class MessageService:
             decision = self.lv.gate.check(conn, Access(
                 actor, Action.READ, tid, ISSUE_CATEGORIES, resource="import-issue",
                 patient_ids=(row["patient_id"],) if row["patient_id"] else ()))
-            payload = self._open_issue(conn, row)
+            payload = self._opened(conn, row)
             seen = {**issue_as_seen(payload, decision),
                     **self._details(conn, tid, payload, decision)}
+            self._name_handlers(conn, tid, [seen])
             return {"id": row["issue_id"], "kind": row["kind"], "status": row["status"],
                     "patient_id": row["patient_id"], "message_id": row["message_id"],
                     "created_at": row["created_at"], "resolved_at": row["resolved_at"],
@@ -855,18 +884,37 @@ class MessageService:
         return self.lv.gate.seal_tenant_value(conn, tenant_id, "lab_import_issues", column,
                                               issue_id, _dumps(payload))
 
-    def _open_issue(self, conn: Connection, row: Mapping[str, Any]) -> dict[str, Any]:
+    def _open_issue(self, conn: Connection, row: Mapping[str, Any],
+                    column: str = "issue_sealed") -> dict[str, Any]:
         tid = row["tenant_id"]
         if row["patient_id"] is not None:
             dek = self.lv.gate.patient_key(conn, tid, row["patient_id"])
-            raw = self.lv.gate.open_patient_value(dek, tid, "lab_import_issues", "issue_sealed",
-                                                  row["issue_id"], row["issue_sealed"])
+            raw = self.lv.gate.open_patient_value(dek, tid, "lab_import_issues", column,
+                                                  row["issue_id"], row[column])
         else:
             raw = self.lv.gate.open_tenant_value_checked(conn, tid, "lab_import_issues",
-                                                         "issue_sealed", row["issue_id"],
-                                                         row["issue_sealed"])
+                                                         column, row["issue_id"], row[column])
         data: dict[str, Any] = json.loads(raw)
         return data
+
+    def _opened(self, conn: Connection, row: Mapping[str, Any]) -> dict[str, Any]:
+        """An issue's payload and, once handled, its ``resolution``: who (``by``), when
+        (``at``), and what was done (a discard's ``reason``, a resolution's ``codes``...)."""
+        payload = self._open_issue(conn, row)
+        if row["resolution_sealed"] is not None:
+            payload["resolution"] = self._open_issue(conn, row, "resolution_sealed")
+        return payload
+
+    def _name_handlers(self, conn: Connection, tenant_id: str,
+                       issues: Sequence[Mapping[str, Any]]) -> None:
+        """``resolution.by_name``: the name of the laboratory's staff member who handled
+        each issue (``by`` keeps the account id); None for the CLI operator or an account
+        gone since, whose id is what there is. In the caller's transaction, after its gate
+        decision on the issues (like an alert's ``acked_by_name``)."""
+        handled = [i["resolution"] for i in issues if i.get("resolution")]
+        names = self.lv.accounts.staff_names(conn, tenant_id, (r.get("by") for r in handled))
+        for r in handled:
+            r["by_name"] = names.get(r.get("by") or "")
 
     def list_issues(self, actor: Actor, tenant_id: str,
                     status: str | Sequence[str] | None = "open", limit: int = 500, *,
@@ -889,7 +937,7 @@ class MessageService:
             out = []
             for r in rows:
                 try:
-                    opened = self._open_issue(conn, r)
+                    opened = self._opened(conn, r)
                     payload = issue_as_seen(opened, decision)
                     if detailed:
                         payload.update(self._details(conn, tenant_id, opened, decision))
@@ -899,6 +947,7 @@ class MessageService:
                             "patient_id": r["patient_id"], "message_id": r["message_id"],
                             "created_at": r["created_at"], "resolved_at": r["resolved_at"],
                             **payload})
+            self._name_handlers(conn, tenant_id, out)
             return out
 
     def resolve_issue(self, actor: Actor, issue_id: str, *, patient_id: str | None = None,
@@ -1009,7 +1058,8 @@ class MessageService:
                      if (t := self._resolve_code(cat, r.code, r.code_system)) is not None]
             if not tests:
                 self._issue(ctx, "unknown-code", pid, group, list(group.results), None,
-                            group.location, "no result code is in the catalogue")
+                            group.location, "no result code is in the catalogue",
+                            codes=_codes_sent(group.results))
                 return
             facts = self.lab._patient_facts(ctx.conn, ctx.actor, ctx.tenant_id, pid)
             req = group.request or L.ServiceRequest(())
@@ -1079,14 +1129,30 @@ class MessageService:
             return lrepo.count_messages(conn, tenant_id)
 
 
+def _resolution_as_seen(resolution: Mapping[str, Any], clinical: bool,
+                        withheld: list[str]) -> dict[str, Any]:
+    """A handled issue's ``resolution``: who and when for every reader of the issue; what
+    it says of the results (a discard's reason, the codes mapped...) only with the
+    clinical category whole, like the issue's own ``reason``."""
+    out = {}
+    for key, value in resolution.items():
+        if key in _RESOLUTION_CLINICAL and not clinical:
+            withheld.append(f"resolution.{key}")
+        else:
+            out[key] = value
+    return out
+
+
 def issue_as_seen(payload: Mapping[str, Any], decision: Decision) -> dict[str, Any]:
     """What of an import issue's payload ``decision`` opens (docs/access-policy.md, the
     ``import-issue`` rows): without ``clinical``, no result, order, reason or raw message;
     the patient as sent only in the categories and fields granted — a technician (identity
     restricted to names, birth date and sex) sees the name, birth date and sex the analyser
     sent, not the NIR or other identifiers (any of them may be the NIR), nor the raw
-    message that holds them. ``withheld`` lists what was left out, so that a page can say
-    why something is missing."""
+    message that holds them. A handled issue's ``resolution`` says who handled it and when
+    to every reader, what it says of the results (a discard's reason) only to those the
+    results are opened to (``_resolution_as_seen``). ``withheld`` lists what was left out,
+    so that a page can say why something is missing."""
     cats = decision.categories
     only: Mapping[str, Any] = decision.detail.get("fields", {})
 
@@ -1102,6 +1168,9 @@ def issue_as_seen(payload: Mapping[str, Any], decision: Decision) -> dict[str, A
         if key in _ISSUE_CLINICAL and (not whole(Category.CLINICAL) or (
                 key in ("message", "control_id") and not whole(Category.IDENTITY))):
             withheld.append(key)        # the raw message holds the PID as sent, NIR included
+            continue
+        if key == "resolution" and value is not None:
+            out[key] = _resolution_as_seen(value, whole(Category.CLINICAL), withheld)
             continue
         if key != "patient" or value is None:
             out[key] = value

@@ -15,7 +15,7 @@ French on the issue's card.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Form, Query, Request, Response
@@ -26,7 +26,15 @@ from labvault.domain.categories import Action, Category
 from labvault.errors import AccessDenied, InvalidField, NotFound, UserError
 from labvault.services.lab_messages import WHOLE_MESSAGE_KINDS, IssueRefused
 from labvault.web.desk import catalogue_groups, rule_fr
-from labvault.web.render import FLAG_FR, WebRoute, hl7_date_fr, html, people
+from labvault.web.render import (
+    FLAG_FR,
+    STATUS_FR,
+    WebRoute,
+    fr_datetime,
+    hl7_date_fr,
+    html,
+    people,
+)
 from labvault.web.routes import (
     SEARCH_LIMIT,
     TEXT,
@@ -73,6 +81,7 @@ WITHHELD_FR: Mapping[str, str] = {
     "results": "résultats non visibles pour votre rôle",
     "reason": "motif détaillé non visible pour votre rôle",
     "message": "message brut (il contient les identifiants) masqué pour votre rôle",
+    "resolution.reason": "motif du classement non visible pour votre rôle",
 }
 SEX_FR = {"F": "féminin", "M": "masculin", "U": "inconnu"}
 
@@ -100,6 +109,96 @@ def _worker(user: WebUser, lv: Any) -> str:
                            "message d'automate",
                            "un technicien ou un biologiste du laboratoire s'en charge")
     return tenant_id
+
+
+# == why an issue waits, in French ============================================================
+# By the issue's kind (the service's ISSUE_KINDS), with the values its ``params`` carry (the
+# codes and units sent...: clinical, like the English ``reason``, so absent where the role
+# may not see it); an issue kept before ``params`` were recorded gets its kind's general
+# words. The English ``reason`` stays the API's and the CLI's.
+Params = Mapping[str, str]
+# OBX-3's coding systems that say "the sender's own code" (HL7 table 0396: L, 99zzz)
+LOCAL_SYSTEMS = ("LOCAL", "L")
+
+
+def _unknown_patient_fr(p: Params, issue: Mapping[str, Any]) -> str:
+    if p.get("matched") == "several":
+        return ("plusieurs patients du laboratoire portent les identifiants envoyés par "
+                "l'automate (PID-3) : leurs dossiers sont à fusionner avant de rattacher "
+                "ces résultats")
+    if p.get("matched") == "none":
+        return ("aucun patient du laboratoire ne porte le NIR ni l'identifiant envoyés par "
+                "l'automate (PID-3)")
+    return "le patient envoyé par l'automate (PID-3) n'a pas été reconnu dans le laboratoire"
+
+
+def _unknown_code_fr(p: Params, issue: Mapping[str, Any]) -> str:
+    if p.get("code"):
+        system = p.get("system") or "local"
+        local = system.upper() in LOCAL_SYSTEMS or system.startswith("99")
+        return (f"le code d'analyse « {p['code']} » "
+                f"({'code local' if local else 'système ' + system}) envoyé par "
+                "l'automate n'est pas dans le catalogue du laboratoire")
+    if p.get("codes"):
+        return ("aucune analyse de cette demande n'est dans le catalogue du laboratoire "
+                f"(codes envoyés : {p['codes']})")
+    return "un code d'analyse envoyé par l'automate n'est pas dans le catalogue du laboratoire"
+
+
+def _invalid_value_fr(p: Params, issue: Mapping[str, Any]) -> str:
+    code, field = p.get("code"), p.get("field")
+    if not code:
+        return "une valeur ou une unité envoyée par l'automate n'a pas pu être interprétée"
+    if field == "unit" and p.get("unit"):
+        return (f"l'unité envoyée pour {code} (« {p['unit']} », OBX-6) n'est pas celle du "
+                f"catalogue ({p.get('expected') or 'aucune'}) : labvault ne convertit pas "
+                "les unités")
+    if field == "unit":
+        return (f"le résultat {code} est envoyé sans unité (OBX-6) ; le catalogue l'exprime "
+                f"en {p.get('expected') or 'une unité précise'}")
+    if field == "value":
+        return (f"la valeur envoyée pour {code} (OBX-5) n'est pas de la forme qu'attend le "
+                "catalogue (par exemple du texte ou un intervalle là où un nombre seul est "
+                "attendu)")
+    return f"le résultat {code} envoyé par l'automate n'a pas pu être interprété"
+
+
+def _order_closed_fr(p: Params, issue: Mapping[str, Any]) -> str:
+    order = issue.get("order") or {}
+    number = order.get("filler_number") or order.get("placer_number")
+    status = STATUS_FR.get(p.get("status") or "", "validée")
+    what = ("le retrait d'un résultat validé (OBX-11 D ou W)" if p.get("retraction")
+            else "une correction")
+    return (f"la demande{' n° ' + number if number else ''} est déjà {status} : {what} "
+            "passe par un biologiste")
+
+
+def _reused_control_id_fr(p: Params, issue: Mapping[str, Any]) -> str:
+    control = issue.get("control_id")
+    received = f", reçu le {fr_datetime(p['received'])}" if p.get("received") else ""
+    return (f"le numéro de message{' ' + control if control else ''} (MSH-10) désigne déjà "
+            f"un autre message de cet expéditeur{received} : celui-ci, au contenu différent, "
+            "n'a pas été enregistré")
+
+
+REASONS_FR: Mapping[str, Callable[[Params, Mapping[str, Any]], str]] = {
+    "unknown-patient": _unknown_patient_fr,
+    "unknown-code": _unknown_code_fr,
+    "invalid-value": _invalid_value_fr,
+    "order-closed": _order_closed_fr,
+    "reused-control-id": _reused_control_id_fr,
+}
+
+
+def reason_fr(issue: Mapping[str, Any]) -> str | None:
+    """Why ``issue`` waits, in the console's words; None where its reason is withheld for
+    the role (or, for a kind without French words, the service's English reason)."""
+    if issue.get("reason") is None:
+        return None
+    words = REASONS_FR.get(issue["kind"])
+    if words is None:
+        return str(issue["reason"])
+    return words(issue.get("params") or {}, issue)
 
 
 # == the cards =================================================================================
@@ -149,7 +248,8 @@ def card(issue: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "id": issue["id"], "kind": kind, "status": issue["status"],
         "created_at": issue["created_at"], "resolved_at": issue.get("resolved_at"),
-        "reason": issue.get("reason"), "erased": bool(issue.get("erased")),
+        "reason": issue.get("reason"), "reason_fr": reason_fr(issue),
+        "erased": bool(issue.get("erased")),
         "patient_id": issue.get("patient_id"),
         "name": summary.get("name") or "",
         "birth_date": hl7_date_fr(summary["birth_date"]) if summary.get("birth_date") else "",
@@ -168,7 +268,19 @@ def card(issue: Mapping[str, Any]) -> dict[str, Any]:
                    if issue.get("patient_id") is None and kind not in WHOLE_MESSAGE_KINDS
                    else None),
         "several": len(issue.get("results") or ()) > 1,
+        "handled": _handled(issue.get("resolution")),
     }
+
+
+def _handled(resolution: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """Who handled an issue (their name; the account id when there is none: the CLI
+    operator, an account gone since), when, and a discard's reason where the role may
+    read it (``issue_as_seen``)."""
+    if not resolution:
+        return None
+    return {"by": resolution.get("by_name") or resolution.get("by") or "",
+            "named": bool(resolution.get("by_name")), "at": resolution.get("at"),
+            "reason": resolution.get("reason") if resolution.get("discarded") else None}
 
 
 def _page(user: WebUser, lv: Any, tenant_id: str, *, handled: bool = False,
