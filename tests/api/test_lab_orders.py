@@ -5,6 +5,7 @@ tools (a middleware, a script at the desk) need without FHIR or HL7."""
 from __future__ import annotations
 
 import itertools
+import json
 from typing import Any
 
 from fastapi.testclient import TestClient
@@ -179,3 +180,58 @@ def test_openapi_documents_the_new_routes(client: TestClient) -> None:
         schema = op["requestBody"]["content"]["application/json"]["schema"]
         assert schema["$ref"].endswith(model)
     assert "201" in paths["/api/v1/orders"]["post"]["responses"]
+
+
+def _absent_record_refusals(world: World, role: str) -> list[dict[str, Any]]:
+    """Lab A's ``role`` account's refusals of ids its laboratory does not hold, as the DPO's
+    report shows them (the sealed part opened)."""
+    from labvault.domain.actors import Actor
+    from labvault.services.audit import audit_of
+    report = audit_of(world.lv).user_report(Actor.operator(), world.a.accounts[role])
+    return [e for e in report["items"] if e["rule"] == "absent-record"]
+
+
+def test_a_write_naming_another_laboratory_s_record_is_audited_as_refused(
+        world: World, client: TestClient) -> None:
+    """A probe of another laboratory's ids (a patient for an order, an order for a specimen
+    or results) answers the 404 of an absent id and leaves a refusal in the prober's
+    laboratory's chain (DESIGN §6), written after the refused work rolled back."""
+    from labvault.services.audit import install_audit
+    install_audit(world.lv)
+    a, b = world.a, world.b
+    b_order = _create(client, _bearer(world, b, "reception"), b.patients[0]).json()["id"]
+    b_received = _create(client, _bearer(world, b, "reception"), b.patients[0],
+                         _tube()).json()["id"]
+    rec, tech = _bearer(world, a, "reception"), _bearer(world, a, "technician")
+    nowhere = "pt_" + "0" * 25 + "v"
+    probes = [
+        (rec, "reception", "/api/v1/orders",
+         {"patient_id": b.patients[0], "request": REQ, "specimen": _tube()}, b.patients[0]),
+        (rec, "reception", "/api/v1/orders", {"patient_id": nowhere, "request": REQ}, nowhere),
+        (rec, "reception", f"/api/v1/orders/{b_order}/specimens", _tube(), b_order),
+        (tech, "technician", f"/api/v1/orders/{b_received}/results", {"results": NORMAL},
+         b_received),
+    ]
+    for headers, role, url, body, asked in probes:
+        before = len(_absent_record_refusals(world, role))
+        _problem(client.post(url, json=body, headers=headers), 404, "not-found")
+        new = _absent_record_refusals(world, role)[before:]
+        assert len(new) == 1, (url, new)
+        (entry,) = new
+        assert entry["tenant_id"] == a.tenant_id and entry["outcome"] == "denied"
+        assert entry["action"] == "write" and entry["patient_ids"] == []
+        kind = "patient" if url == "/api/v1/orders" else "order"
+        assert entry["detail"]["kind"] == kind
+        assert entry["sealed"]["asked"] == asked        # caller input: sealed, not clear
+        assert asked not in json.dumps(entry["detail"])
+    # nothing of lab B was written, and lab B's chain holds nothing by lab A's accounts
+    assert world.lv.lab.get_order(world.actor(b.emails["biologist"]), b_order).specimens == []
+    assert world.lv.lab.get_report_by_order(world.actor(b.emails["biologist"]),
+                                            b_received).observations == []
+    from sqlalchemy import select
+
+    from labvault.store.tables_audit import audit_entries as E
+    with world.lv.begin() as conn:
+        actors = set(conn.execute(select(E.c.actor_id).where(E.c.tenant_id == b.tenant_id))
+                     .scalars())
+    assert not actors & set(a.accounts.values())
