@@ -10,6 +10,7 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
+from labvault.api.instants import NO_OFFSET, WITH_OFFSET
 from labvault.domain.categories import Action
 from tests.access.conftest import World
 from tests.api.helpers import bearer as _bearer
@@ -125,11 +126,12 @@ def test_entered_results_then_technical_validation(world: World, client: TestCli
 def test_invalid_bodies_name_the_field(world: World, client: TestClient) -> None:
     a = world.a
     bio = _bearer(world, a, "biologist")
-    body = _problem(_create(client, bio, a.patients[0],
-                            {**_tube(), "type": "BLOOD", "collected_at": "hier matin"},
+    body = _problem(_create(client, bio, a.patients[0], {**_tube(), "type": "BLOOD"},
                             tests=["2823-3", "not-loinc"]), 422, "invalid-record")
-    assert {e["field"] for e in body["errors"]} == {
-        "request.tests[1]", "specimen.type", "specimen.collected_at"}
+    assert {e["field"] for e in body["errors"]} == {"request.tests[1]", "specimen.type"}
+    when = _problem(_create(client, bio, a.patients[0], {**_tube(), "collected_at": "hier"}),
+                    422, "invalid-request")     # a date-time is read by the schema (Instant)
+    assert when["errors"] == [{"field": "specimen.collected_at", "rule": WITH_OFFSET}]
     schema = _problem(client.post("/api/v1/orders", json={"patient_id": a.patients[0]},
                                   headers=bio), 422, "invalid-request")
     assert [e["field"] for e in schema["errors"]] == ["request"]
@@ -235,3 +237,58 @@ def test_a_write_naming_another_laboratory_s_record_is_audited_as_refused(
         actors = set(conn.execute(select(E.c.actor_id).where(E.c.tenant_id == b.tenant_id))
                      .scalars())
     assert not actors & set(a.accounts.values())
+
+
+def test_a_date_time_without_offset_is_refused_naming_the_field(
+        world: World, client: TestClient) -> None:
+    """A French lab's "08:30" means Paris time: taken as UTC it was stored 1-2 h off. Every
+    date-time the REST door reads needs its offset; without one, a 422 naming the field
+    and saying to add it, and nothing is written."""
+    from tests.web.helpers import order
+    a = world.a
+    bio = _bearer(world, a, "biologist")
+    naive = "2026-03-01T08:30:00"
+
+    def refused(r: Any, field: str) -> None:
+        body = _problem(r, 422, "invalid-request")
+        assert body["errors"] == [{"field": field, "rule": NO_OFFSET}], body
+        assert "+01:00" in body["errors"][0]["rule"] and "Z" in body["errors"][0]["rule"]
+
+    orders_before = len(world.lv.lab.list_orders(world.actor(a.emails["biologist"]),
+                                                 a.tenant_id))
+    refused(_create(client, bio, a.patients[0], {**_tube(), "collected_at": naive}),
+            "specimen.collected_at")
+    refused(_create(client, bio, a.patients[0], requested_at="2026-03-01"),
+            "request.requested_at")
+    assert len(world.lv.lab.list_orders(world.actor(a.emails["biologist"]),
+                                        a.tenant_id)) == orders_before
+    oid = _create(client, bio, a.patients[0]).json()["id"]
+    refused(client.post(f"/api/v1/orders/{oid}/specimens",
+                        json={**_tube(), "collected_at": naive}, headers=bio), "collected_at")
+    got = client.post(f"/api/v1/orders/{oid}/specimens",
+                      json={**_tube(), "collected_at": "2026-03-01T08:30:00+01:00"}, headers=bio)
+    assert got.status_code == 201, got.text
+    assert got.json()["collected_at"] == "2026-03-01T08:30:00+01:00"   # as given, not shifted
+    refused(client.post(f"/api/v1/orders/{oid}/results", headers=bio, json={"results": [
+        {"code": "718-7", "value": 13.1, "unit": "g/dL", "observed_at": "2026-03-01T09:00:00Z"},
+        {"code": "2823-3", "value": 4.2, "unit": "mmol/L", "observed_at": naive}]}),
+        "results.1.observed_at")
+    assert world.lv.lab.get_report_by_order(world.actor(a.emails["biologist"]),
+                                            oid).observations == []
+    ok = client.post(f"/api/v1/orders/{oid}/results", headers=bio, json={"results": [
+        {"code": "718-7", "value": 13.1, "unit": "g/dL", "observed_at": "2026-03-01T09:00:00Z"}]})
+    assert ok.status_code == 200, ok.text
+    assert ok.json()["results"][0]["observed_at"] == "2026-03-01T09:00:00+00:00"
+    # a number is not a date-time (it would be read as seconds since 1970)
+    epoch = _problem(_create(client, bio, a.patients[0], requested_at=1772350200), 422,
+                     "invalid-request")
+    assert epoch["errors"] == [{"field": "request.requested_at", "rule": WITH_OFFSET}]
+    published = order(world, a, a.patients[1])
+    refused(client.post(
+        f"/api/v1/observations/{published.observations[0].observation_id}/amendment",
+        headers=bio, json={"result": {"code": "718-7", "value": 12.9, "unit": "g/dL",
+                                      "observed_at": naive}, "reason": "erreur de saisie"}),
+        "result.observed_at")
+    patient = {"Authorization": f"Bearer {world.login(a.emails['patient'])}"}
+    refused(client.get("/api/v1/me/access-log", params={"since": naive}, headers=patient),
+            "query.since")
