@@ -5,10 +5,12 @@ tools (a middleware, a script at the desk) need without FHIR or HL7."""
 from __future__ import annotations
 
 import itertools
+import json
 from typing import Any
 
 from fastapi.testclient import TestClient
 
+from labvault.api.instants import NO_OFFSET, WITH_OFFSET
 from labvault.domain.categories import Action
 from tests.access.conftest import World
 from tests.api.helpers import bearer as _bearer
@@ -124,11 +126,12 @@ def test_entered_results_then_technical_validation(world: World, client: TestCli
 def test_invalid_bodies_name_the_field(world: World, client: TestClient) -> None:
     a = world.a
     bio = _bearer(world, a, "biologist")
-    body = _problem(_create(client, bio, a.patients[0],
-                            {**_tube(), "type": "BLOOD", "collected_at": "hier matin"},
+    body = _problem(_create(client, bio, a.patients[0], {**_tube(), "type": "BLOOD"},
                             tests=["2823-3", "not-loinc"]), 422, "invalid-record")
-    assert {e["field"] for e in body["errors"]} == {
-        "request.tests[1]", "specimen.type", "specimen.collected_at"}
+    assert {e["field"] for e in body["errors"]} == {"request.tests[1]", "specimen.type"}
+    when = _problem(_create(client, bio, a.patients[0], {**_tube(), "collected_at": "hier"}),
+                    422, "invalid-request")     # a date-time is read by the schema (Instant)
+    assert when["errors"] == [{"field": "specimen.collected_at", "rule": WITH_OFFSET}]
     schema = _problem(client.post("/api/v1/orders", json={"patient_id": a.patients[0]},
                                   headers=bio), 422, "invalid-request")
     assert [e["field"] for e in schema["errors"]] == ["request"]
@@ -179,3 +182,113 @@ def test_openapi_documents_the_new_routes(client: TestClient) -> None:
         schema = op["requestBody"]["content"]["application/json"]["schema"]
         assert schema["$ref"].endswith(model)
     assert "201" in paths["/api/v1/orders"]["post"]["responses"]
+
+
+def _absent_record_refusals(world: World, role: str) -> list[dict[str, Any]]:
+    """Lab A's ``role`` account's refusals of ids its laboratory does not hold, as the DPO's
+    report shows them (the sealed part opened)."""
+    from labvault.domain.actors import Actor
+    from labvault.services.audit import audit_of
+    report = audit_of(world.lv).user_report(Actor.operator(), world.a.accounts[role])
+    return [e for e in report["items"] if e["rule"] == "absent-record"]
+
+
+def test_a_write_naming_another_laboratory_s_record_is_audited_as_refused(
+        world: World, client: TestClient) -> None:
+    """A probe of another laboratory's ids (a patient for an order, an order for a specimen
+    or results) answers the 404 of an absent id and leaves a refusal in the prober's
+    laboratory's chain (DESIGN §6), written after the refused work rolled back."""
+    from labvault.services.audit import install_audit
+    install_audit(world.lv)
+    a, b = world.a, world.b
+    b_order = _create(client, _bearer(world, b, "reception"), b.patients[0]).json()["id"]
+    b_received = _create(client, _bearer(world, b, "reception"), b.patients[0],
+                         _tube()).json()["id"]
+    rec, tech = _bearer(world, a, "reception"), _bearer(world, a, "technician")
+    nowhere = "pt_" + "0" * 25 + "v"
+    probes = [
+        (rec, "reception", "/api/v1/orders",
+         {"patient_id": b.patients[0], "request": REQ, "specimen": _tube()}, b.patients[0]),
+        (rec, "reception", "/api/v1/orders", {"patient_id": nowhere, "request": REQ}, nowhere),
+        (rec, "reception", f"/api/v1/orders/{b_order}/specimens", _tube(), b_order),
+        (tech, "technician", f"/api/v1/orders/{b_received}/results", {"results": NORMAL},
+         b_received),
+    ]
+    for headers, role, url, body, asked in probes:
+        before = len(_absent_record_refusals(world, role))
+        _problem(client.post(url, json=body, headers=headers), 404, "not-found")
+        new = _absent_record_refusals(world, role)[before:]
+        assert len(new) == 1, (url, new)
+        (entry,) = new
+        assert entry["tenant_id"] == a.tenant_id and entry["outcome"] == "denied"
+        assert entry["action"] == "write" and entry["patient_ids"] == []
+        kind = "patient" if url == "/api/v1/orders" else "order"
+        assert entry["detail"]["kind"] == kind
+        assert entry["sealed"]["asked"] == asked        # caller input: sealed, not clear
+        assert asked not in json.dumps(entry["detail"])
+    # nothing of lab B was written, and lab B's chain holds nothing by lab A's accounts
+    assert world.lv.lab.get_order(world.actor(b.emails["biologist"]), b_order).specimens == []
+    assert world.lv.lab.get_report_by_order(world.actor(b.emails["biologist"]),
+                                            b_received).observations == []
+    from sqlalchemy import select
+
+    from labvault.store.tables_audit import audit_entries as E
+    with world.lv.begin() as conn:
+        actors = set(conn.execute(select(E.c.actor_id).where(E.c.tenant_id == b.tenant_id))
+                     .scalars())
+    assert not actors & set(a.accounts.values())
+
+
+def test_a_date_time_without_offset_is_refused_naming_the_field(
+        world: World, client: TestClient) -> None:
+    """A French lab's "08:30" means Paris time: taken as UTC it was stored 1-2 h off. Every
+    date-time the REST door reads needs its offset; without one, a 422 naming the field
+    and saying to add it, and nothing is written."""
+    from tests.web.helpers import order
+    a = world.a
+    bio = _bearer(world, a, "biologist")
+    naive = "2026-03-01T08:30:00"
+
+    def refused(r: Any, field: str) -> None:
+        body = _problem(r, 422, "invalid-request")
+        assert body["errors"] == [{"field": field, "rule": NO_OFFSET}], body
+        assert "+01:00" in body["errors"][0]["rule"] and "Z" in body["errors"][0]["rule"]
+
+    orders_before = len(world.lv.lab.list_orders(world.actor(a.emails["biologist"]),
+                                                 a.tenant_id))
+    refused(_create(client, bio, a.patients[0], {**_tube(), "collected_at": naive}),
+            "specimen.collected_at")
+    refused(_create(client, bio, a.patients[0], requested_at="2026-03-01"),
+            "request.requested_at")
+    assert len(world.lv.lab.list_orders(world.actor(a.emails["biologist"]),
+                                        a.tenant_id)) == orders_before
+    oid = _create(client, bio, a.patients[0]).json()["id"]
+    refused(client.post(f"/api/v1/orders/{oid}/specimens",
+                        json={**_tube(), "collected_at": naive}, headers=bio), "collected_at")
+    got = client.post(f"/api/v1/orders/{oid}/specimens",
+                      json={**_tube(), "collected_at": "2026-03-01T08:30:00+01:00"}, headers=bio)
+    assert got.status_code == 201, got.text
+    assert got.json()["collected_at"] == "2026-03-01T08:30:00+01:00"   # as given, not shifted
+    refused(client.post(f"/api/v1/orders/{oid}/results", headers=bio, json={"results": [
+        {"code": "718-7", "value": 13.1, "unit": "g/dL", "observed_at": "2026-03-01T09:00:00Z"},
+        {"code": "2823-3", "value": 4.2, "unit": "mmol/L", "observed_at": naive}]}),
+        "results.1.observed_at")
+    assert world.lv.lab.get_report_by_order(world.actor(a.emails["biologist"]),
+                                            oid).observations == []
+    ok = client.post(f"/api/v1/orders/{oid}/results", headers=bio, json={"results": [
+        {"code": "718-7", "value": 13.1, "unit": "g/dL", "observed_at": "2026-03-01T09:00:00Z"}]})
+    assert ok.status_code == 200, ok.text
+    assert ok.json()["results"][0]["observed_at"] == "2026-03-01T09:00:00+00:00"
+    # a number is not a date-time (it would be read as seconds since 1970)
+    epoch = _problem(_create(client, bio, a.patients[0], requested_at=1772350200), 422,
+                     "invalid-request")
+    assert epoch["errors"] == [{"field": "request.requested_at", "rule": WITH_OFFSET}]
+    published = order(world, a, a.patients[1])
+    refused(client.post(
+        f"/api/v1/observations/{published.observations[0].observation_id}/amendment",
+        headers=bio, json={"result": {"code": "718-7", "value": 12.9, "unit": "g/dL",
+                                      "observed_at": naive}, "reason": "erreur de saisie"}),
+        "result.observed_at")
+    patient = {"Authorization": f"Bearer {world.login(a.emails['patient'])}"}
+    refused(client.get("/api/v1/me/access-log", params={"since": naive}, headers=patient),
+            "query.since")

@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from labvault.api.instants import rule_of
 from labvault.errors import InvalidRecord, UserError
 
 PROBLEM = "application/problem+json"
@@ -52,7 +53,7 @@ async def _user_error(request: Request, exc: Exception) -> JSONResponse:
 async def _validation(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = [{"field": ".".join(str(p) for p in e.get("loc", ()) if p != "body"),
-               "rule": str(e.get("msg", "invalid"))} for e in exc.errors()[:20]]
+               "rule": rule_of(e) or str(e.get("msg", "invalid"))} for e in exc.errors()[:20]]
     return problem(422, "invalid-request", "the request does not match the API schema",
                    "see the OpenAPI document at /openapi.json", errors=errors)
 

@@ -29,6 +29,9 @@ from labvault.domain.categories import Action, Category
 from labvault.errors import AccessDenied, KeyUnavailable, NotFound
 from labvault.store import repositories as repo
 
+# The rule of a refusal for an id the actor's laboratory does not hold (``refuse_absent``).
+ABSENT_RECORD = "absent-record"
+
 
 @dataclass(frozen=True, slots=True)
 class Access:
@@ -177,6 +180,19 @@ class Gate:
                                     {"rule": decision.rule, "resource": access.resource,
                                      "patient_ids": list(access.patient_ids)})
         return decision
+
+    def refuse_absent(self, conn: Connection, access: Access, kind: str, asked: str) -> None:
+        """Record that ``access`` named a record of ``kind`` its laboratory does not hold
+        (absent, or another laboratory's: one entry for both, as the caller gets one 404
+        for both). A refusal like a policy one (outcome ``denied``, counted by the guard's
+        rules on refusals), so it survives the rollback of the refused work; the id asked
+        for is caller input: sealed in the entry, never clear. The caller raises its
+        ``NotFound``."""
+        decision = Decision(False, rule=ABSENT_RECORD, detail={"kind": kind, "asked": asked})
+        denied = getattr(self.budget, "denied", None)
+        if denied is not None:
+            denied(conn, access, decision)
+        self.audit.record(conn, access, decision, "denied")
 
     # -- patient records ---------------------------------------------------------------
     def _dek(self, conn: Connection, tenant_id: str, patient_id: str) -> DataKey:

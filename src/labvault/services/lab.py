@@ -88,6 +88,7 @@ PATIENT_VISIBLE = frozenset({L.OrderStatus.PUBLISHED, L.OrderStatus.AMENDED})
 # came); their results were withdrawn unvalidated, so results and report stay unseen.
 PATIENT_CLOSED = frozenset({L.OrderStatus.REJECTED, L.OrderStatus.CANCELLED})
 _ABSENT = {
+    "patient": ("no such patient", "check the patient id"),
     "order": ("no such order", "check the order id"),
     "report": ("no such report", "check the report id"),
     "observation": ("no such observation", "check the observation id"),
@@ -674,9 +675,23 @@ class LabService:
         """Staff act only inside their own laboratory: another laboratory's record answers
         ``absent(asked)``, byte for byte what an id of that kind that does not exist
         answers (a different message would tell that the record exists elsewhere)."""
-        if tenant_id is None or (actor.tenant_id is not None and actor.tenant_id != tenant_id
-                                 and actor.kind != "operator"):
+        if not self._in_scope(actor, tenant_id):
             raise absent(asked)
+
+    @staticmethod
+    def _in_scope(actor: Actor, tenant_id: str | None) -> bool:
+        return tenant_id is not None and (actor.tenant_id is None or actor.tenant_id == tenant_id
+                                          or actor.kind == "operator")
+
+    def _refused_absent(self, conn: Connection, actor: Actor, action: Action, resource: str,
+                        kind: str, asked: str, tenant_id: str | None = None) -> NotFound:
+        """``absent(kind)`` for a write naming an id the actor's laboratory does not hold
+        (absent or another laboratory's), its refusal recorded first in the actor's
+        laboratory's audit chain (``Gate.refuse_absent``: it survives the rollback). A
+        probe of another laboratory's ids is seen there; the caller learns nothing more."""
+        self.lv.gate.refuse_absent(conn, Access(actor, action, tenant_id or actor.tenant_id,
+                                                CLINICAL, resource=resource), kind, asked)
+        return absent(kind)
 
     def _seal(self, dek: DataKey, tenant_id: str, table: str, column: str, record_id: str,
               data: Mapping[str, Any]) -> bytes:
@@ -827,9 +842,10 @@ class LabService:
         ``If-Match`` names) is still so when it writes -- another writer of the order waits
         for the end of this transaction, then reads what it committed."""
         row = lrepo.order(conn, order_id, lock=lock or action != Action.READ)
-        if row is None:
-            raise absent(asked)
-        self._scope(actor, row["tenant_id"], asked)
+        if row is None or not self._in_scope(actor, row["tenant_id"]):
+            if action == Action.READ:
+                raise absent(asked)
+            raise self._refused_absent(conn, actor, action, resource, asked, order_id)
         if self._unpublished(conn, actor, row["patient_id"], order_id, row["status"]):
             raise absent(asked)
         self._check(conn, actor, action, row["tenant_id"], resource, (row["patient_id"],),
@@ -894,6 +910,11 @@ class LabService:
         self._scope(actor, tenant_id, "laboratory")
         with self.lv.begin() as conn:
             self._check(conn, actor, Action.WRITE, tenant_id, "order", (patient_id,))
+            # before any write: a patient of another laboratory (or none) is a refusal
+            # recorded in this one's chain, not a write that rolls back without a trace
+            if repo.patient_tenant(conn, patient_id) != tenant_id:
+                raise self._refused_absent(conn, actor, Action.WRITE, "order", "patient",
+                                           patient_id, tenant_id)
             if req.filler_number:
                 field = ("accession_number" if spec is not None
                          and spec.accession_number == req.filler_number else "filler_number")
@@ -1336,9 +1357,9 @@ class LabService:
                                "ask a technician or a biologist to validate")
         with self.lv.begin() as conn:
             row = lrepo.order(conn, order_id, lock=True)
-            if row is None:
-                raise absent("order")
-            self._scope(actor, row["tenant_id"], "order")
+            if row is None or not self._in_scope(actor, row["tenant_id"]):
+                raise self._refused_absent(conn, actor, Action.VALIDATE, "report", "order",
+                                           order_id)
             technical = row["status"] == L.OrderStatus.PRELIMINARY.value
             signed = self._signed(actor)
             if technical:
@@ -1512,8 +1533,9 @@ class LabService:
         new_in = L.ResultInput.parse(result)
         with self.lv.begin() as conn:
             orow = lrepo.observation(conn, observation_id)
-            if orow is None:
-                raise absent("observation")
+            if orow is None or not self._in_scope(actor, orow["tenant_id"]):
+                raise self._refused_absent(conn, actor, Action.WRITE, "observation",
+                                           "observation", observation_id)
             order = self._order_for(conn, actor, orow["order_id"], Action.WRITE, "observation",
                                     reason=why, asked="observation")
             # read again under the order's lock: the revision and value being corrected are

@@ -21,6 +21,7 @@ from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from labvault.api.deps import LV, CurrentActor
+from labvault.api.instants import EXAMPLE, Instant
 from labvault.domain import lab as L
 from labvault.errors import AccessDenied, InvalidField, InvalidRecord
 from labvault.services.lab import FillerNumberTaken
@@ -72,8 +73,8 @@ class ServiceRequestIn(BaseModel):
         "the laboratory's order number (HL7 ORC-3/OBR-3, the number an analyser quotes); "
         "one order per number in a laboratory (409 filler-number-taken). Without it, a "
         "specimen given with the order gives its tube number"))
-    requested_at: str | None = Field(default=None, description=(
-        "when it was prescribed: ISO 8601 with its offset (without one: UTC)"),
+    requested_at: Instant | None = Field(default=None, description=(
+        "when it was prescribed: ISO 8601 with its UTC offset (without one: 422)"),
         examples=["2026-03-01T07:45:00+01:00"])
 
 
@@ -82,9 +83,9 @@ class SpecimenIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     type: str = Field(max_length=16, description="one of: " + ", ".join(L.SPECIMEN_TYPES),
                       examples=["BLD"])
-    collected_at: str = Field(description=("when it was collected: ISO 8601 with its "
-                                           "offset (without one: UTC)"),
-                              examples=["2026-03-01T08:30:00+01:00"])
+    collected_at: Instant = Field(description=("when it was collected: ISO 8601 with its "
+                                               "UTC offset (without one: 422)"),
+                                  examples=[EXAMPLE])
     accession_number: str = Field(max_length=64, description=(
         "the tube's number (its label's barcode); it becomes the order's filler number "
         "when the order has none"), examples=["A260301-7K2QX"])
@@ -101,8 +102,21 @@ class OrderIn(BaseModel):
         "awaits it (registered: POST /api/v1/orders/{id}/specimens)"))
 
 
+class ResultIn(BaseModel):
+    """One result as the service reads it (``L.ResultInput.parse``, which checks the rest
+    and names the fields it refuses); only its time is read here, to ask for an offset."""
+    model_config = ConfigDict(extra="allow")
+    observed_at: Instant | None = Field(default=None, description=(
+        "when it was measured: ISO 8601 with its UTC offset (without one: 422)"),
+        examples=[EXAMPLE])
+
+    def as_input(self) -> dict[str, Any]:
+        """The result as sent (its other fields untouched), its time as read."""
+        return self.model_dump(exclude_unset=True)
+
+
 class ResultsIn(BaseModel):
-    results: list[dict[str, Any]] = Field(min_length=1, description=(
+    results: list[ResultIn] = Field(min_length=1, description=(
         "one result per test: code (LOINC, in the catalogue), value (a number, a string "
         "such as \"<0.5\", or a coded {code, display?, system?}), unit (UCUM), and "
         "optionally comment, observed_at; a test entered again before validation is a "
@@ -140,7 +154,7 @@ class ConclusionIn(BaseModel):
 
 
 class AmendmentIn(BaseModel):
-    result: dict[str, Any] = Field(description="the corrected result (same test code)",
+    result: ResultIn = Field(description="the corrected result (same test code)",
                                    examples=[{"code": "2823-3", "value": 4.6,
                                               "unit": "mmol/L"}])
     reason: str = Field(max_length=2000)
@@ -221,8 +235,8 @@ def enter_results(order_id: str, body: ResultsIn, actor: CurrentActor,
                   lv: LV) -> dict[str, Any]:
     """The results as stored, each with its flag and reference range; a panic value
     raises its alert in the same transaction."""
-    return {"results": [o.as_json() for o in lv.lab.enter_results(actor, order_id,
-                                                                  body.results)]}
+    results = [r.as_input() for r in body.results]
+    return {"results": [o.as_json() for o in lv.lab.enter_results(actor, order_id, results)]}
 
 
 @router.get(ORDER, summary="An order's report for review: results, flags, missing tests, "
@@ -277,7 +291,7 @@ def conclusion(order_id: str, body: ConclusionIn, actor: CurrentActor,
              summary="Correct a published result (biologist, with a reason)")
 def amendment(observation_id: str, body: AmendmentIn, actor: CurrentActor,
               lv: LV) -> dict[str, Any]:
-    return lv.lab.amend(actor, observation_id, body.result, body.reason,
+    return lv.lab.amend(actor, observation_id, body.result.as_input(), body.reason,
                         body.conclusion).as_json()
 
 

@@ -6,13 +6,13 @@ for what purpose. Reading this list is itself audited (purpose ``access-log``).
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
 from labvault.api.deps import LV, CurrentActor
+from labvault.api.instants import EXAMPLE, Instant
 from labvault.errors import AccessDenied
 from labvault.services.audit import audit_of
 
@@ -37,7 +37,9 @@ class AccessLog(BaseModel):
 
 @router.get("/access-log", response_model=AccessLog)
 def access_log(lv: LV, actor: CurrentActor,
-               since: datetime | None = Query(None, description="Only accesses from then on.")
+               since: Instant | None = Query(None, description=(
+                   "Only accesses from then on (ISO 8601 with its UTC offset)"),
+                   examples=[EXAMPLE])
                ) -> dict[str, Any]:
     if actor.kind != "patient" or not actor.patient_id:
         raise AccessDenied("only a patient account has an access log",
