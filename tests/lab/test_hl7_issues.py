@@ -156,3 +156,11 @@ def test_the_queue_listing_says_whose_results_and_which(
     lines = issue_lines(known)
     assert lines[1].strip() == f"patient: {paul}"
     assert lines[2].strip() == "result XYZ1 (Mystery): 3 U/L"
+    assert len(lines) == 3                                  # open: no "handled" line
+    # handled issues (--all) say who handled them, when, and how
+    lab_lv.lab.messages.discard_issue(operator, known["id"], "tube cassé, refait")
+    (gone,) = [i for i in lab_lv.lab.messages.list_issues(operator, tenant_id, None)
+               if i["id"] == known["id"]]
+    line = issue_lines(gone)[-1].strip()
+    assert line.startswith(f"discarded by {operator.id} at ")
+    assert line.endswith(" UTC: tube cassé, refait")

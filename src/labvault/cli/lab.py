@@ -194,7 +194,22 @@ def issue_lines(issue: dict[str, object]) -> list[str]:
         flag = f" [{r['flags']}]" if r.get("flags") else ""
         lines.append(f"    result {r.get('code')}{name}: {value} {r.get('unit') or ''}".rstrip()
                      + flag)
+    handled = issue.get("resolution")
+    if isinstance(handled, dict):
+        lines.append("    " + handled_line(handled))
     return lines
+
+
+def handled_line(resolution: dict[str, object]) -> str:
+    """Who handled an issue, when, and how (a discard's reason; the results stored)."""
+    who = resolution.get("by_name") or resolution.get("by") or "?"
+    at = str(resolution.get("at") or "?")[:19].replace("T", " ")
+    if resolution.get("discarded"):
+        why = resolution.get("reason")
+        return f"discarded by {who} at {at} UTC" + (f": {why}" if why else "")
+    stored = resolution.get("observation_ids")
+    return (f"resolved by {who} at {at} UTC"
+            + (f": {len(stored)} results stored" if isinstance(stored, list) else ""))
 
 
 @issues_app.command("resolve")
