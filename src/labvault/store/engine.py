@@ -24,7 +24,12 @@ def make_engine(url: str, checkpoint_pages: int = 1000, synchronous: str = "full
     if synchronous not in SYNCHRONOUS:
         raise ValueError(f"synchronous must be one of {SYNCHRONOUS}, not {synchronous!r}")
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
+        # sqlite3 keeps 128 prepared statements per connection by default; one FHIR
+        # transaction Bundle's work (lab, patients, gate, audit, guard) runs more distinct
+        # statements than that, so each cycle evicted and prepared some again (1.7 % of a
+        # Bundle's instructions, docs/benchmarks.md "Session 12").
+        engine = create_engine(url, connect_args={"timeout": 30, "cached_statements": 1024},
+                               **kwargs)
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
