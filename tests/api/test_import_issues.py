@@ -166,3 +166,27 @@ def test_another_laboratorys_issue_is_absent(world: World, client: TestClient) -
         assert r.status_code == twin.status_code == 404, (path, r.text, twin.text)
         assert r.json()["title"] == twin.json()["title"]
     assert client.get(ISSUES, headers=tech).json()["issues"] == []
+
+
+def test_resolving_with_another_laboratory_s_patient_is_a_recorded_refusal(
+        world: World, client: TestClient) -> None:
+    """The patient named to resolve an issue is an id too: another laboratory's answers
+    like an absent one (``IssuePatientAbsent``) and leaves one refusal in the caller's
+    laboratory's chain, the issue still open and nothing stored."""
+    from labvault.services.audit import audit_of, install_audit
+    install_audit(world.lv)
+    a = world.a
+    tech = _bearer(world, a, "technician")
+    _send(world, a, "Q8", STRANGER_PID, K_HIGH)
+    (issue,) = client.get(ISSUES, headers=tech).json()["issues"]
+    r = client.post(f"{ISSUES}/{issue['id']}/resolution",
+                    json={"patient_id": world.b.patients[0]}, headers=tech)
+    assert r.status_code == 404, r.text
+    assert r.json()["title"] == f"no patient {world.b.patients[0]} in this laboratory"
+    report = audit_of(world.lv).user_report(Actor.operator(), a.accounts["technician"])
+    (entry,) = [e for e in report["items"] if e["rule"] == "absent-record"]
+    assert (entry["tenant_id"], entry["action"], entry["resource"]) == (
+        a.tenant_id, "write", "import-issue")
+    assert entry["detail"] == {"kind": "patient"} and entry["patient_ids"] == []
+    assert entry["sealed"]["asked"] == world.b.patients[0]
+    assert [i["id"] for i in client.get(ISSUES, headers=tech).json()["issues"]] == [issue["id"]]

@@ -2,7 +2,8 @@
 grant reads of its own orders, specimens, results and reports): only once the order's
 report is published (or amended after publication), whatever the door -- enforced in
 ``LabService``, not in the portal. Before, every read is the same "not found" as an absent
-id (and is not audited as a read: nothing was opened); a listing leaves them out."""
+id (and is not audited as a read: nothing was opened; an absent id is, as a refusal that
+names no patient); a listing leaves them out."""
 
 from __future__ import annotations
 
@@ -115,9 +116,13 @@ def test_property_a_patient_sees_an_order_exactly_when_published(
             continue
         before = len(audit.entries)
         hidden = _error(lambda read=read: read(me))  # type: ignore[misc]
+        assert len(audit.entries) == before, (step, name)     # nothing opened, nothing read
         absent = _error(lambda name=name: getattr(lv.lab, name)(me, ABSENT[name]))  # type: ignore[misc]
         assert hidden == absent, (step, name)
-        assert len(audit.entries) == before, (step, name)     # nothing opened, nothing read
+        # an id the laboratory does not hold is a probe, not the patient's own record: its
+        # refusal (docs/audit.md), which names no patient (so no "who saw my record" line)
+        ((access, decision, outcome),) = audit.entries[before:]
+        assert (decision.rule, outcome, access.patient_ids) == ("absent-record", "denied", ())
     listed = {
         "orders": [o.order_id for o in lv.lab.list_orders(me, tenant_id, patient_id=pid)],
         "reports": [r.report_id for r in lv.lab.list_reports(me, tenant_id, patient_id=pid)],

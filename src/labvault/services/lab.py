@@ -685,13 +685,21 @@ class LabService:
 
     def _refused_absent(self, conn: Connection, actor: Actor, action: Action, resource: str,
                         kind: str, asked: str, tenant_id: str | None = None) -> NotFound:
-        """``absent(kind)`` for a write naming an id the actor's laboratory does not hold
-        (absent or another laboratory's), its refusal recorded first in the actor's
-        laboratory's audit chain (``Gate.refuse_absent``: it survives the rollback). A
-        probe of another laboratory's ids is seen there; the caller learns nothing more."""
+        """``absent(kind)`` for an access (read or write) naming an id the actor's
+        laboratory does not hold (absent or another laboratory's), its refusal recorded
+        first in the actor's laboratory's audit chain (``record_absent``)."""
+        self.record_absent(conn, actor, action, resource, kind, asked, tenant_id)
+        return absent(kind)
+
+    def record_absent(self, conn: Connection, actor: Actor, action: Action, resource: str,
+                      kind: str, asked: str, tenant_id: str | None = None) -> None:
+        """Record that ``actor`` named an id of ``kind`` its laboratory does not hold
+        (``Gate.refuse_absent``: in the actor's laboratory's chain -- ``tenant_id`` when
+        the work is scoped to one already -- and it survives the rollback). A probe of
+        another laboratory's ids is seen there; the caller learns nothing more. Called
+        only once the lookup missed: the success path makes no statement more."""
         self.lv.gate.refuse_absent(conn, Access(actor, action, tenant_id or actor.tenant_id,
                                                 CLINICAL, resource=resource), kind, asked)
-        return absent(kind)
 
     def _seal(self, dek: DataKey, tenant_id: str, table: str, column: str, record_id: str,
               data: Mapping[str, Any]) -> bytes:
@@ -832,9 +840,11 @@ class LabService:
     def _order_row(self, conn: Connection, actor: Actor, order_id: str, action: Action,
                    resource: str = "order", reason: str | None = None,
                    purpose: str = CARE, asked: str = "order",
-                   lock: bool = False) -> dict[str, Any]:
+                   lock: bool = False, asked_id: str | None = None) -> dict[str, Any]:
         """The order's row (clear columns only), once the gate allowed ``action`` on it.
-        ``asked``: the kind of id the caller was given (what "not found" names).
+        ``asked``: the kind of id the caller was given (what "not found" names), and
+        ``asked_id`` that id when it is not the order's (a report's): what a refusal of
+        an order the laboratory does not hold records.
 
         Every write locks the order first (``lock``, or any action but a read): the order
         row is the lock of the order's report, specimens and results, so that what a write
@@ -843,9 +853,8 @@ class LabService:
         for the end of this transaction, then reads what it committed."""
         row = lrepo.order(conn, order_id, lock=lock or action != Action.READ)
         if row is None or not self._in_scope(actor, row["tenant_id"]):
-            if action == Action.READ:
-                raise absent(asked)
-            raise self._refused_absent(conn, actor, action, resource, asked, order_id)
+            raise self._refused_absent(conn, actor, action, resource, asked,
+                                       asked_id or order_id)
         if self._unpublished(conn, actor, row["patient_id"], order_id, row["status"]):
             raise absent(asked)
         self._check(conn, actor, action, row["tenant_id"], resource, (row["patient_id"],),
@@ -1801,9 +1810,11 @@ class LabService:
         with self.lv.begin() as conn:
             rep = lrepo.report(conn, report_id)      # (its order id: the rest is read after)
             if rep is None:
-                raise absent("report")
+                raise self._refused_absent(conn, actor, Action.READ, "report", "report",
+                                           report_id)
             row = self._order_row(conn, actor, rep["order_id"], Action.READ, "report",
-                                  purpose=purpose, asked="report", lock=lock)
+                                  purpose=purpose, asked="report", lock=lock,
+                                  asked_id=report_id)
             if published_only and L.OrderStatus(row["status"]) not in PATIENT_VISIBLE:
                 raise ReportNotPublished()
             return self._report_view(conn, self._order_from_row(conn, row))
@@ -1818,8 +1829,8 @@ class LabService:
     def get_observation(self, actor: Actor, observation_id: str,
                         purpose: str = CARE, for_update: bool = False) -> ObservationView:
         with self.lv.begin() as conn:
-            r = self._record_row(conn, actor, "observation", lrepo.observation(
-                conn, observation_id))
+            r = self._record_row(conn, actor, "observation", observation_id,
+                                 lrepo.observation(conn, observation_id))
             if for_update:
                 r = self._locked(conn, r, lambda: lrepo.observation(conn, observation_id))
             self._check(conn, actor, Action.READ, r["tenant_id"], "observation",
@@ -1835,13 +1846,17 @@ class LabService:
         lrepo.order(conn, row["order_id"], lock=True)
         return again() or row
 
-    def _record_row(self, conn: Connection, actor: Actor, kind: str,
-                    row: dict[str, Any] | None) -> dict[str, Any]:
+    def _record_row(self, conn: Connection, actor: Actor, kind: str, record_id: str,
+                    row: dict[str, Any] | None,
+                    action: Action | None = Action.READ) -> dict[str, Any]:
         """A result's or specimen's row as the actor may know it: absent, another lab's and
-        a patient's own unpublished one all answer ``absent(kind)``."""
-        if row is None:
-            raise absent(kind)
-        self._scope(actor, row["tenant_id"], kind)
+        a patient's own unpublished one all answer ``absent(kind)``. An id the actor's
+        laboratory does not hold is recorded as a refused ``action`` (``record_absent``);
+        ``None``: no access is decided (clear change markers), nothing recorded either."""
+        if row is None or not self._in_scope(actor, row["tenant_id"]):
+            if action is None:
+                raise absent(kind)
+            raise self._refused_absent(conn, actor, action, kind, kind, record_id)
         if self._unpublished(conn, actor, row["patient_id"], row["order_id"]):
             raise absent(kind)
         return row
@@ -1849,7 +1864,8 @@ class LabService:
     def get_specimen(self, actor: Actor, specimen_id: str, purpose: str = CARE,
                      for_update: bool = False) -> SpecimenView:
         with self.lv.begin() as conn:
-            r = self._record_row(conn, actor, "specimen", lrepo.specimen(conn, specimen_id))
+            r = self._record_row(conn, actor, "specimen", specimen_id,
+                                 lrepo.specimen(conn, specimen_id))
             if for_update:
                 r = self._locked(conn, r, lambda: lrepo.specimen(conn, specimen_id))
             self._check(conn, actor, Action.READ, r["tenant_id"], "specimen", (r["patient_id"],),
@@ -1877,9 +1893,10 @@ class LabService:
         - specimen: ``status``, ``received_at``"""
         with self.lv.begin() as conn:
             if kind in ("observation", "specimen"):
-                row = self._record_row(conn, actor, kind, lrepo.observation(conn, record_id)
+                row = self._record_row(conn, actor, kind, record_id,
+                                       lrepo.observation(conn, record_id)
                                        if kind == "observation"
-                                       else lrepo.specimen(conn, record_id))
+                                       else lrepo.specimen(conn, record_id), action=None)
                 keys = (("status", "revision", "updated_at") if kind == "observation"
                         else ("status", "received_at"))
                 return {k: row[k] for k in keys}
@@ -1913,8 +1930,8 @@ class LabService:
                             purpose: str = CARE) -> list[HistoryEntry]:
         """Every change of a result: who, when, what (previous/new), why."""
         with self.lv.begin() as conn:
-            r = self._record_row(conn, actor, "observation", lrepo.observation(
-                conn, observation_id))
+            r = self._record_row(conn, actor, "observation", observation_id,
+                                 lrepo.observation(conn, observation_id))
             self._check(conn, actor, Action.READ, r["tenant_id"], "observation",
                         (r["patient_id"],), purpose=purpose)
             dek = self.lv.gate.patient_key(conn, r["tenant_id"], r["patient_id"])

@@ -845,9 +845,9 @@ class MessageService:
         absent one."""
         with self.lv.begin() as conn:
             row = lrepo.issue(conn, issue_id)
-            if row is None:
-                raise absent("import-issue")
-            self.lab._scope(actor, row["tenant_id"], "import-issue")
+            if row is None or not self.lab._in_scope(actor, row["tenant_id"]):
+                raise self.lab._refused_absent(conn, actor, Action.READ, "import-issue",
+                                               "import-issue", issue_id)
             tid = row["tenant_id"]
             decision = self.lv.gate.check(conn, Access(
                 actor, Action.READ, tid, ISSUE_CATEGORIES, resource="import-issue",
@@ -971,6 +971,9 @@ class MessageService:
                                    "its results belong to", "give --patient pt_... (REST: "
                                    "patient_id; labvault patient find ...)")
             if repo.patient_tenant(conn, target) != tid:
+                # a patient this laboratory does not hold: a refusal in its chain
+                self.lab.record_absent(conn, actor, Action.WRITE, "import-issue", "patient",
+                                       target, tid)
                 raise IssuePatientAbsent(target)
             self.lv.gate.check(conn, Access(actor, Action.WRITE, tid, CLINICAL,
                                             resource="import-issue",
@@ -1011,11 +1014,15 @@ class MessageService:
             return {"id": issue_id, "status": "resolved", **resolution}
 
     def _open_row(self, conn: Connection, actor: Actor, issue_id: str) -> dict[str, Any]:
-        """The issue's row, if open and in the actor's laboratory."""
+        """The issue's row, if open and in the actor's laboratory (to handle it: a write).
+        An id the laboratory does not hold is a refusal recorded in its chain; one of its
+        own issues handled already answers the same, unrecorded (nothing was probed)."""
         row = lrepo.issue(conn, issue_id)
-        if row is None or row["status"] != "open":
+        if row is None or not self.lab._in_scope(actor, row["tenant_id"]):
+            raise self.lab._refused_absent(conn, actor, Action.WRITE, "import-issue",
+                                           "import-issue", issue_id)
+        if row["status"] != "open":
             raise absent("import-issue")
-        self.lab._scope(actor, row["tenant_id"], "import-issue")
         return row
 
     def _code_mapping(self, cat: L.Catalogue, results: Sequence[I.InboundResult],

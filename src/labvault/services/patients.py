@@ -399,7 +399,7 @@ class PatientService:
         rec = data if isinstance(data, PatientRecord) else PatientRecord.parse(data)
         lv = self.lv
         with lv.begin() as conn:
-            tenant_id = self._tenant_of(conn, actor, patient_id, lock=True)
+            tenant_id = self._tenant_of(conn, actor, patient_id, lock=True, action=Action.WRITE)
             access = Access(actor, Action.WRITE, tenant_id, ALL, patient_ids=(patient_id,))
             lv.gate.check(conn, access)
             self._rewrite(conn, access, patient_id, rec, rec.categories())
@@ -436,7 +436,9 @@ class PatientService:
         needed = touched | {Category.IDENTITY, Category.CONTACT}
         lv = self.lv
         with lv.begin() as conn:
-            tenant_id = self._tenant_of(conn, actor, patient_id, lock=True)
+            tenant_id = self._tenant_of(conn, actor, patient_id, lock=True,
+                                        action=Action.WRITE, categories=touched,
+                                        purpose=purpose)
             if seen is not None:
                 meta = repo.patient_meta(conn, tenant_id, patient_id)
                 if meta is not None and _times(meta)["updated_at"] != seen:
@@ -485,13 +487,24 @@ class PatientService:
 
     # -- reading ---------------------------------------------------------------------------
     def _tenant_of(self, conn: Connection, actor: Actor, patient_id: str,
-                   lock: bool = False) -> str:
-        """``lock``: the patient's row locked until the end of the transaction
-        (``store.engine.for_update``): a write's first read."""
+                   lock: bool = False, action: Action | None = Action.READ,
+                   categories: frozenset[Category] = ALL, purpose: str = "care") -> str:
+        """The patient's laboratory, if the actor may act on it. ``lock``: the patient's
+        row locked until the end of the transaction (``store.engine.for_update``): a
+        write's first read.
+
+        Staff never learn whether another lab's patient exists: same answer as "absent".
+        Either is a refused ``action`` (with ``categories`` and ``purpose``) recorded in
+        the actor's laboratory's chain (``Gate.refuse_absent``, rule ``absent-record``:
+        the id asked for sealed, no patient named); ``None``: no access is decided
+        (clear change markers), nothing recorded either. Only a miss costs the entry."""
         tenant_id = repo.patient_tenant(conn, patient_id, lock)
-        # Staff never learn whether another lab's patient exists: same answer as "absent".
         if tenant_id is None or (actor.kind not in ("operator", "system")
                                  and actor.tenant_id != tenant_id):
+            if action is not None:
+                self.lv.gate.refuse_absent(conn, Access(
+                    actor, action, actor.tenant_id, categories, purpose=purpose),
+                    "patient", patient_id)
             raise NotFound("no such patient", "check the patient id")
         return tenant_id
 
@@ -558,8 +571,9 @@ class PatientService:
         the record changes before that transaction ends."""
         lv = self.lv
         with lv.begin() as conn:
-            tenant_id = self._tenant_of(conn, actor, patient_id, lock=for_update)
             cats = frozenset(categories) if categories is not None else ALL
+            tenant_id = self._tenant_of(conn, actor, patient_id, lock=for_update,
+                                        categories=cats, purpose=purpose)
             opened = lv.gate.read_patients(conn, Access(
                 actor, Action.READ, tenant_id, cats, purpose=purpose,
                 patient_ids=(patient_id,), reason=reason))
@@ -577,7 +591,7 @@ class PatientService:
         audit entry; another laboratory's patient is absent, as on a read. The FHIR door
         uses it for the versions of records a transaction Bundle has just written."""
         with self.lv.begin() as conn:
-            tenant_id = self._tenant_of(conn, actor, patient_id)
+            tenant_id = self._tenant_of(conn, actor, patient_id, action=None)
             meta = repo.patient_meta(conn, tenant_id, patient_id)
         if meta is None:
             raise NotFound("no such patient", "check the patient id")
@@ -589,7 +603,8 @@ class PatientService:
         lv = self.lv
         at = lv.now()
         with lv.begin() as conn:
-            tenant_id = self._tenant_of(conn, actor, patient_id)
+            tenant_id = self._tenant_of(conn, actor, patient_id, action=Action.ERASE,
+                                        purpose="erasure")
             lv.gate.check(conn, Access(actor, Action.ERASE, tenant_id, ALL,
                                        purpose="erasure", patient_ids=(patient_id,),
                                        reason=reason))
@@ -600,9 +615,12 @@ class PatientService:
                 erase_hook(conn, tenant_id, patient_id)
         return {"id": patient_id, "tenant_id": tenant_id, "erased_at": at.isoformat()}
 
-    def tenant_of(self, actor: Actor, patient_id: str) -> str:
+    def tenant_of(self, actor: Actor, patient_id: str, action: Action = Action.SEARCH) -> str:
+        """The patient's laboratory, if the actor may know it exists (a search by id:
+        another laboratory's or an absent id is a refused ``action``, as in ``_tenant_of``)."""
         with self.lv.begin() as conn:
-            return self._tenant_of(conn, actor, patient_id)
+            return self._tenant_of(conn, actor, patient_id, action=action,
+                                   categories=frozenset({Category.IDENTITY}))
 
     def require(self, patient_id: str) -> None:
         with self.lv.begin() as conn:
