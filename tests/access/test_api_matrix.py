@@ -122,6 +122,19 @@ def _panic_alert(c: Ctx, lab: str) -> str:
 
 
 ALERT_READERS = ("biologist", "lab_admin", "dpo")
+# the outbox to the prescribers' systems (policy resource ``delivery``)
+OUTBOX_ROLES = ("biologist", "lab_admin")
+
+
+def _failed_delivery(c: Ctx, role: str, lab: str) -> str:
+    """A failed message of the lab: a fresh one for a role whose resend succeeds (it
+    moves the message on), else the lab's one (a refusal leaves it failed)."""
+    from tests.web.helpers import failed_delivery
+    key = f"failed-delivery-{lab}"
+    if (lab == "a" and role in OUTBOX_ROLES) or key not in c.cache:
+        _alert_store(c)
+        c.cache[key] = failed_delivery(c.w, c.w.a if lab == "a" else c.w.b)[0]
+    return c.cache[key]
 
 
 def _fhir_cases() -> dict[tuple[str, str], Case]:
@@ -454,6 +467,14 @@ def _web_cases() -> dict[tuple[str, str], Case]:
         ("POST", "/console/messages/{issue_id}/classer"): Case(
             issue("classer", {"reason": "doublon d'un résultat papier"}),
             allow(bench, 200, anon=303), allow(bench, 404, deny=403), form=True),
+        # "Renvoyer au prescripteur": the outbox's roles (policy resource delivery); back
+        # to the patient's page for a biologist, a notice for a lab administrator (who
+        # reads no report); another lab's message: the same 404 as an absent one
+        ("POST", "/console/envois/{outbox_id}/renvoi"): Case(
+            lambda c, r, lab: (f"/console/envois/{_failed_delivery(c, r, lab)}/renvoi",
+                               {"motif": "patient créé dans le logiciel du cabinet"}),
+            allow(("biologist",), 303, anon=303, lab_admin=200),
+            allow(staff, 404, deny=403), form=True),
         # a fresh panic-value alert per call; another lab's: the same 404 as an absent one
         ("POST", "/console/alertes/{alert_id}/prise-en-compte"): Case(
             lambda c, r, lab: (f"/console/alertes/{_panic_alert(c, lab)}/prise-en-compte",
@@ -552,6 +573,15 @@ MATRIX: dict[tuple[str, str], Case] = {
         lambda c, r, lab: (f"/api/v1/alerts/{_panic_alert(c, lab)}/ack", None),
         allow(ALERT_READERS, 200), allow((), 0, deny=403, biologist=404, lab_admin=404,
                                          dpo=404)),
+    # the outbox to the prescribers' systems: the lab's biologists and lab administrators
+    # (policy resource delivery); another lab's message answers 404 like an absent id,
+    # except to a platform account (no laboratory: 403 before any lookup)
+    ("GET", "/api/v1/deliveries"): Case(
+        lambda c, r, lab: ("/api/v1/deliveries?status=failed", None), allow(OUTBOX_ROLES, 200)),
+    ("POST", "/api/v1/deliveries/{outbox_id}/resend"): Case(
+        lambda c, r, lab: (f"/api/v1/deliveries/{_failed_delivery(c, r, lab)}/resend",
+                           {"reason": "patient créé dans le logiciel du cabinet"}),
+        allow(OUTBOX_ROLES, 200), allow((), 0, deny=404, platform_operator=403)),
 }
 
 
@@ -802,6 +832,7 @@ def _id_routes(c: Ctx, client: TestClient) -> dict[tuple[str, str], list[Req]]:
     missing = set(offered) - set(fhir)
     assert not missing, f"FHIR types without a laboratory B record in this test: {missing}"
     alert = _panic_alert(c, "b")
+    failed = _failed_delivery(c, "biologist", "b")
     (issue,) = import_issue(c.w, b).issue_ids
     account = b.accounts["technician"]
     patient = b.patients[0]
@@ -828,6 +859,10 @@ def _id_routes(c: Ctx, client: TestClient) -> dict[tuple[str, str], list[Req]]:
              {"reason": "emergency: patient transferred to ICU tonight", "password": PASSWORD,
               "totp": None})],
         ("POST", "/api/v1/alerts/{alert_id}/ack"): [(f"/api/v1/alerts/{alert}/ack", None)],
+        ("POST", "/api/v1/deliveries/{outbox_id}/resend"): [
+            (f"/api/v1/deliveries/{failed}/resend", {"reason": "patient créé"})],
+        ("POST", "/console/envois/{outbox_id}/renvoi"): [
+            (f"/console/envois/{failed}/renvoi", {"motif": "patient créé"})],
         ("GET", "/portail/rapports/{report_id}.pdf"): [
             (f"/portail/rapports/{order(c.w, b, patient).report_id}.pdf", None)],
         ("GET", "/console/patients/{patient_id}"): [(f"/console/patients/{patient}", None)],

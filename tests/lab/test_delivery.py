@@ -558,3 +558,202 @@ def test_serve_deliver_runs_one_sender_thread(tmp_path: Path, monkeypatch: pytes
     assert "labvault-delivery" not in {t.name for t in threading.enumerate()}
     res = r.invoke(app, ["delivery", "status", "--tenant", tid, "--json"])
     assert [m["status"] for m in json.loads(res.stdout)] == ["delivered"]
+
+
+# -- sending a failed message again (docs/hl7.md "Outbound", "Sending again") -------------------
+def _failed(lv: Labvault, tenant_id: str, patient_id: str, bio: Actor,
+            req: dict[str, Any] = REQ) -> str:
+    """A report published and its message failed (an AE, or no answer with one attempt
+    allowed); the outbox row's id."""
+    view = lv.lab.publish(bio, _final(lv, tenant_id, patient_id, req))
+    send_due(lv, timeout=5, max_attempts=1, backoff=0)
+    (row,) = [r for r in _rows(lv) if r["report_id"] == view.report_id]
+    assert row["status"] == "failed", row
+    return str(row["outbox_id"])
+
+
+def _alert_store(lv: Labvault) -> Any:
+    from labvault.services.alerts import AlertService
+    lv.alerts = lv.gate.alerts = AlertService(lv)
+    return lv.alerts
+
+
+def test_a_refused_message_is_sent_again_once_the_doctor_knows_the_patient(
+        lab_lv: Labvault, tenant_id: str, patient_id: str, bio: Actor) -> None:
+    """The typical case: the doctor's software refused the report (patient unknown there);
+    once the secretary created the patient, a biologist sends it again -- the same message
+    under the same MSH-10, pending and due now, its alert acknowledged, the resend audited
+    with who and why; the next pass delivers it."""
+    from labvault.access.policy import TablePolicy
+    lv = lab_lv
+    alerts = _alert_store(lv)
+    lv.gate.audit = audit = MemoryAudit()
+    receiver = Receiver("AE")
+    try:
+        _to(lv, tenant_id, receiver.port)
+        oid = _failed(lv, tenant_id, patient_id, bio)
+        (alert,) = alerts.list(Actor.operator(), tenant_id, status="open")
+        assert alert["kind"] == "delivery-failed"
+        lv.gate.policy = TablePolicy()              # the production table: a biologist may
+        done = lv.delivery.resend(bio, tenant_id, oid, "  patiente créée dans le DPI  ")
+        assert (done["id"], done["status"], done["attempts"], done["alert_acked"]) == (
+            oid, "pending", 0, alert["id"])
+        row = _rows(lv)[0]
+        assert (row["status"], row["attempts"], row["ack_code"], row["error_sealed"]) == (
+            "pending", 0, None, None)
+        assert row["next_attempt_at"] <= lv.now()   # due now: no backoff, no lease
+        (acked,) = alerts.list(Actor.operator(), tenant_id)
+        assert (acked["status"], acked["acked_by"]) == ("acked", bio.id)
+        (event,) = [e for e in audit.events if e[1] == "delivery.resend"]
+        assert event[0] == bio and event[2] == "success" and event[3] == tenant_id
+        assert event[4]["reason"] == "patiente créée dans le DPI"
+        assert "patient inconnu dans le DPI" in event[4]["previous_error"]   # kept there
+        assert (event[4]["outbox_id"], event[4]["patient_id"]) == (oid, patient_id)
+        decided = [a for a, d, o in audit.entries if a.resource == "delivery"]
+        assert [(a.action.value, a.purpose, a.patient_ids) for a in decided] == [
+            ("write", "care", (patient_id,))]
+        receiver.mode = "AA"                         # the doctor's software knows her now
+        assert send_due(lv, timeout=5).delivered == 1
+        assert len(receiver.received) == 2 and receiver.received[0] == receiver.received[1]
+    finally:
+        receiver.close()
+    assert _rows(lv)[0]["status"] == "delivered"
+    assert lv.delivery.status(Actor.operator(), tenant_id, ["failed"]) == []
+
+
+def test_a_resend_is_refused_with_what_to_do(lab_lv: Labvault, tenant_id: str,
+                                            patient_id: str, bio: Actor,
+                                            receiver: Receiver) -> None:
+    from labvault.errors import InvalidField, NotFound
+    from labvault.services.delivery import DeliveryErased, DeliveryNotFailed, DestinationRemoved
+    from labvault.services.gate import ABSENT_RECORD
+    lv = lab_lv
+    lv.gate.audit = audit = MemoryAudit()
+    closed = _to(lv, tenant_id, _closed_port())
+    failed = _failed(lv, tenant_id, patient_id, bio)
+    with pytest.raises(InvalidField):
+        lv.delivery.resend(bio, tenant_id, failed, "   ")
+    lv.delivery.resend(bio, tenant_id, failed, "le cabinet a rouvert")
+    with pytest.raises(DeliveryNotFailed) as pending:          # sent again already
+        lv.delivery.resend(bio, tenant_id, failed, "deux fois")
+    assert pending.value.http_status == 409 and "pending" in pending.value.message
+    # delivered: nothing to send again
+    lv.delivery.remove_destination(Actor.operator(), tenant_id, closed)
+    accepting = _to(lv, tenant_id, receiver.port)
+    lv.lab.publish(bio, _final(lv, tenant_id, patient_id))
+    send_due(lv, timeout=5)
+    (delivered,) = lv.delivery.status(Actor.operator(), tenant_id, ["delivered"])
+    with pytest.raises(DeliveryNotFailed) as done:
+        lv.delivery.resend(bio, tenant_id, delivered["id"], "au cas où")
+    assert "delivered" in done.value.message
+    # the first one failed again (its destination was removed): nowhere to send it
+    (removed,) = lv.delivery.status(Actor.operator(), tenant_id, ["failed"])
+    assert removed["id"] == failed and removed["error"] == "destination removed before delivery"
+    with pytest.raises(DestinationRemoved) as gone:
+        lv.delivery.resend(bio, tenant_id, failed, "nouvel essai")
+    assert gone.value.http_status == 409 and "delivery add" in gone.value.hint
+    # the patient erased: the message went with the data key
+    other = lv.patients.register(Actor.operator(), tenant_id, patient_data(seed=5))
+    lv.delivery.remove_destination(Actor.operator(), tenant_id, accepting)
+    refusing = Receiver("AE")
+    try:
+        _to(lv, tenant_id, refusing.port)
+        erased = _failed(lv, tenant_id, other, bio, {**REQ, "filler_number": "F-88"})
+    finally:
+        refusing.close()
+    lv.patients.erase(Actor.operator(), other, "demande du patient (art. 17)")
+    with pytest.raises(DeliveryErased) as gone_with_key:
+        lv.delivery.resend(bio, tenant_id, erased, "nouvel essai")
+    assert gone_with_key.value.http_status == 410
+    # another laboratory's message and an id nobody has: one answer, one refusal each
+    lab_b = lv.tenants.add(Actor.operator(), "Autre laboratoire",
+                           make_finess(random.Random(9))).tenant_id
+    theirs = _to(lv, lab_b, refusing.port)
+    assert theirs
+    with lv.begin() as conn:                    # lab B's copy of a failed row
+        row = {**_rows(lv, tenant_id)[0], "tenant_id": lab_b, "outbox_id": "out_" + "7" * 26,
+               "destination_id": theirs, "status": "failed"}
+        conn.execute(delivery_outbox.insert().values(**row))
+    answers = []
+    for asked in ("out_" + "7" * 26, "out_" + "0" * 26):
+        before = len(audit.entries)
+        with pytest.raises(NotFound) as e:
+            lv.delivery.resend(bio, tenant_id, asked, "sonde")
+        answers.append((e.value.message, e.value.hint))
+        (refusal,) = [(a, d) for a, d, o in audit.entries[before:] if o == "denied"]
+        assert refusal[1].rule == ABSENT_RECORD and refusal[0].tenant_id == tenant_id
+        assert refusal[0].resource == "delivery" and refusal[0].patient_ids == ()
+    assert answers[0] == answers[1] and "out_" not in answers[0][0] + answers[0][1]
+    with pytest.raises(NotFound):                 # naming lab B explicitly changes nothing
+        lv.delivery.resend(bio, lab_b, "out_" + "7" * 26, "sonde")
+    assert [r["status"] for r in _rows(lv, lab_b)] == ["failed"]
+
+
+def test_who_may_see_the_outbox_and_resend(lab_lv: Labvault, tenant_id: str,
+                                          patient_id: str, bio: Actor) -> None:
+    """The production table: the lab's biologists (purpose care) and lab administrators
+    (purpose administration) read the outbox and send a failed message again; the desk,
+    the bench and the DPO do not; destinations stay the CLI operator's."""
+    from labvault.access.policy import TablePolicy
+    lv = lab_lv
+    _to(lv, tenant_id, _closed_port())
+    failed = [_failed(lv, tenant_id, patient_id, bio) for _ in range(2)]
+    lv.gate.policy = TablePolicy()
+    lv.gate.audit = audit = MemoryAudit()
+    admin = staff(tenant_id, "lab_admin", name="admin")
+    for who in (bio, admin):
+        assert lv.delivery.may_resend(who)
+        listed = lv.delivery.status(who, tenant_id, ["failed"])
+        assert {r["id"] for r in listed} == set(failed)
+        assert {r["destination"] for r in listed} == {"CHU de test"}
+        assert all("ConnectionRefusedError" in r["error"] for r in listed)
+    lv.delivery.resend(admin, tenant_id, failed[0], "le cabinet a redémarré son serveur")
+    assert [a.purpose for a, _d, o in audit.entries
+            if a.resource == "delivery" and a.action.value == "write" and o == "allowed"] == [
+        "administration"]
+    for role in ("reception", "technician", "dpo"):
+        who = staff(tenant_id, role, name=role)
+        assert not lv.delivery.may_resend(who)
+        with pytest.raises(AccessDenied):
+            lv.delivery.status(who, tenant_id)
+        with pytest.raises(AccessDenied):
+            lv.delivery.resend(who, tenant_id, failed[1], "pas mon rôle")
+    with pytest.raises(AccessDenied):             # another laboratory's outbox
+        lv.delivery.status(staff("ten_other", "biologist"), tenant_id)
+    for who in (bio, admin):
+        with pytest.raises(AccessDenied):
+            lv.delivery.list_destinations(who, tenant_id)
+        with pytest.raises(AccessDenied):
+            lv.delivery.remove_destination(who, tenant_id, _rows(lv)[0]["destination_id"])
+    assert [d["status"] for d in lv.delivery.list_destinations(Actor.operator(),
+                                                               tenant_id)] == ["active"]
+
+
+def test_cli_delivery_resend(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from labvault.cli import app
+    from labvault.config import Settings
+    from labvault.services.wiring import open_labvault
+    with cli_laboratory(tmp_path, monkeypatch) as (r, lv, tid):
+        _to(lv, tid, _closed_port())
+        pid = lv.patients.register(Actor.operator(), tid, patient_data())
+    lv = open_labvault(Settings.from_env())
+    try:
+        oid = _failed(lv, tid, pid, staff(tid, "biologist"))
+    finally:
+        lv.close()
+    res = r.invoke(app, ["delivery", "resend", oid, "--reason", "   "])
+    assert res.exit_code == 2 and "reason" in res.output
+    res = r.invoke(app, ["delivery", "resend", oid, "--tenant", "ten_" + "0" * 26,
+                         "--reason", "essai"])
+    assert res.exit_code == 2 and "no such message" in res.output
+    res = r.invoke(app, ["delivery", "resend", oid, "--reason", "patient créé [DPI]",
+                         "--json"])
+    assert res.exit_code == 0, res.output
+    done = json.loads(res.stdout)
+    assert (done["id"], done["status"], done["attempts"], done["tenant_id"]) == (
+        oid, "pending", 0, tid)
+    assert done["alert_acked"]                 # `labvault serve`'s wiring: the alert store
+    res = r.invoke(app, ["delivery", "resend", oid, "--tenant", tid, "--reason", "encore"])
+    assert res.exit_code == 2 and "only a failed message is sent again" in res.output
+    res = r.invoke(app, ["delivery", "status", "--tenant", tid, "--pending", "--json"])
+    assert [m["id"] for m in json.loads(res.stdout)] == [oid]

@@ -20,14 +20,16 @@ HIGH = [{"code": "718-7", "value": 13.7, "unit": "g/dL"},
 
 
 def order(w: World, lab: Lab, patient_id: str, step: str = "published",
-          results: list[dict[str, Any]] | None = None, conclusion: str | None = None) -> Any:
-    """An order of ``patient_id`` taken to ``step`` (registered: awaiting its specimen |
-    received | preliminary | technical | final | published) by the lab's biologist;
-    returns the report view (the order view at ``registered``, ``received`` and
-    ``technical``, the results at ``preliminary``)."""
+          results: list[dict[str, Any]] | None = None, conclusion: str | None = None,
+          request: dict[str, Any] | None = None) -> Any:
+    """An order of ``patient_id`` (``request``: what is asked, ``REQ`` by default) taken
+    to ``step`` (registered: awaiting its specimen | received | preliminary | technical |
+    final | published) by the lab's biologist; returns the report view (the order view
+    at ``registered``, ``received`` and ``technical``, the results at ``preliminary``)."""
     bio = w.actor(lab.emails["biologist"])
     lv = w.lv
-    o = lv.lab.create_order(bio, lab.tenant_id, patient_id, REQ, None if step == "registered"
+    o = lv.lab.create_order(bio, lab.tenant_id, patient_id, request or REQ,
+                            None if step == "registered"
                             else {**SPEC, "accession_number": f"W{next(_ACCESSION)}"})
     if step in ("registered", "received"):
         return o
@@ -44,6 +46,31 @@ def order(w: World, lab: Lab, patient_id: str, step: str = "published",
 
 
 _ACCESSION = itertools.count(1)
+
+# a prescriber whose reports go to the laboratory's delivery destination (failed_delivery)
+DELIVERY_RPPS = "10000000041"
+DELIVERY_DESTINATION = "Cabinet du Dr Durand"
+REFUSED = "AE: 204 patient inconnu dans le logiciel du cabinet"
+
+
+def failed_delivery(w: World, lab: Lab, patient_id: str | None = None) -> tuple[str, Any]:
+    """A published report of ``lab`` whose message the prescriber's system refused (AE):
+    the destination (added once per laboratory by the CLI operator, routed to
+    ``DELIVERY_RPPS``; never connected to), an order of that prescriber published, its
+    message marked as the sender marks a refusal (failed, the receiver's words, a
+    ``delivery-failed`` alert). Returns the outbox row's id and the report view."""
+    from labvault.domain.actors import Actor
+    from labvault.services.delivery import Due
+    lv, op = w.lv, Actor.operator()
+    if not lv.delivery.list_destinations(op, lab.tenant_id):
+        lv.delivery.add_destination(op, lab.tenant_id, DELIVERY_DESTINATION, "127.0.0.1", 9,
+                                    [DELIVERY_RPPS], insecure_plaintext=True)
+    rep = order(w, lab, patient_id or lab.patients[1], request={
+        **REQ, "prescriber": {"name": "Dr Paul Durand", "rpps": DELIVERY_RPPS}})
+    (row,) = lv.delivery.status(op, lab.tenant_id, ["pending"], rep.report_id)
+    assert lv.delivery.record(Due(lab.tenant_id, row["id"], rep.report_id, rep.patient_id, 0,
+                                  None, rep.order_id), "refused", "AE", REFUSED) == "failed"
+    return str(row["id"]), rep
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 
 

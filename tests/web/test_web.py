@@ -26,7 +26,7 @@ PROTECTED_POST = ["/logout", "/portail/effacement", "/console/recherche", "/cons
                   "/console/validation/ord_x", "/console/alertes/al_x/prise-en-compte",
                   "/console/technique/ord_x", "/console/demandes/ord_x/refus",
                   "/console/diffusion/ord_x", "/console/demandes/ord_x/conclusion",
-                  "/console/demandes/ord_x/correction"]
+                  "/console/demandes/ord_x/correction", "/console/envois/out_x/renvoi"]
 
 
 def test_every_web_route_is_listed_here() -> None:
@@ -36,7 +36,8 @@ def test_every_web_route_is_listed_here() -> None:
               | {("GET", "/login"), ("POST", "/login"), ("GET", "/enrol"), ("POST", "/enrol"),
                  ("GET", "/mfa"), ("POST", "/mfa")})
     normalised = {(m, p.replace("{report_id}", "rep_x").replace("{patient_id}", "pt_x")
-                      .replace("{order_id}", "ord_x").replace("{alert_id}", "al_x"))
+                      .replace("{order_id}", "ord_x").replace("{alert_id}", "al_x")
+                      .replace("{outbox_id}", "out_x"))
                   for m, p in routes}
     assert normalised == listed
 

@@ -39,7 +39,7 @@ MIN_REASON = 10      # characters of written reason required for break-glass
 
 RESOURCES = ("tenant", "keys", "user", "patient", "order", "specimen", "observation", "report",
              "hl7-message", "import-issue", "alert", "clinical-alert", "audit", "export",
-             "breach", "canary", "catalogue")
+             "breach", "canary", "catalogue", "delivery")
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +124,9 @@ RULES: tuple[Rule, ...] = (
     R("biologist", "catalogue", "w", purposes="administration",
       note="reference ranges are a biologist's responsibility"),
     R("biologist", "export", "rwx", ALL4, note="requests an export; the DPO approves it"),
+    R("biologist", "delivery", "rw", purposes="care",
+      note="the outbox to the prescribers' systems: reads where messages stand, sends a "
+           "failed one again (destinations stay the CLI operator's)"),
     *(R("biologist", res, "r", ALL4, BREAK_GLASS, break_glass=True)
       for res in ("patient", *CLINICAL_RESOURCES)),
     # laboratory administrator: the lab's users and alerts, no patient data
@@ -132,6 +135,9 @@ RULES: tuple[Rule, ...] = (
     R("lab_admin", "tenant", "r"),
     R("lab_admin", "catalogue", "w", purposes="administration",
       note="loads the laboratory's own reference ranges"),
+    R("lab_admin", "delivery", "rw", purposes="administration",
+      note="the outbox: reads where messages stand, sends a failed one again (no message "
+           "content; destinations stay the CLI operator's)"),
     # data protection officer: audit, alerts, exports approval, breach register, honeytokens
     R("dpo", "audit", "rx"),
     R("dpo", "alert", "rw"),

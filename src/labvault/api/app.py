@@ -15,6 +15,7 @@ from fastapi import FastAPI
 
 from labvault.api import auth, me, patients, problems, users
 from labvault.api.routers import alerts as alerts_router
+from labvault.api.routers import deliveries as deliveries_router
 from labvault.api.routers import lab as lab_router
 from labvault.api.routers import me_access
 from labvault.api.security import SecurityMiddleware
@@ -63,6 +64,7 @@ def create_app(lv: Labvault, owns_core: bool = False) -> FastAPI:
     app.include_router(me.router)
     app.include_router(me_access.router)
     app.include_router(lab_router.router)
+    app.include_router(deliveries_router.router)
     from labvault.api.fhir import router as fhir_router
     app.include_router(fhir_router)
     install_web(app)          # portal and console pages (docs/web.md)

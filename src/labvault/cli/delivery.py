@@ -152,3 +152,24 @@ def status(tenant: str = TenantOpt,
                               + (f"  {r['error']}" if r["error"] else ""), highlight=False,
                               markup=False)
     emit(rows, as_json, human)
+
+
+@app.command("resend")
+@user_errors
+def resend(outbox_id: str = typer.Argument(..., help="The failed message's id (`out_...`, "
+                                                     "from delivery status --failed)."),
+           reason: str = typer.Option(..., "--reason",
+                                      help="Why it is sent again (e.g. the patient now "
+                                           "exists in the doctor's software); audited, "
+                                           "sealed."),
+           tenant: str = typer.Option(None, "--tenant",
+                                      help="Laboratory id (default: the one holding the "
+                                           "message)."),
+           as_json: bool = JsonOpt) -> None:
+    """Send a failed message again: back to pending, sent at the next pass of the sender."""
+    with opened() as lv:
+        d = lv.delivery.resend(Actor.operator(), tenant, outbox_id, reason)
+    emit(d, as_json, lambda: out_console.print(
+        f"message {d['id']} pending again: sent at the next pass of `labvault delivery send`"
+        + (f"; alert {d['alert_acked']} acknowledged" if d["alert_acked"] else ""),
+        highlight=False, markup=False))

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import Connection
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 PLATFORM = "platform"                 # tenant_id of alerts that concern no lab
 SECURITY_ROLES = frozenset({"dpo", "lab_admin"})   # every alert of their lab
 CLINICAL_ROLES = frozenset({"biologist"})          # the clinical alerts (panic values)
+EVER = datetime(2000, 1, 1, tzinfo=UTC)    # "seen since": any open alert, however old
 NOT_YOURS = ("alerts are for the lab's biologists (panic values), DPO and lab "
              "administrators")
 
@@ -258,6 +259,29 @@ class AlertService:
                                 {"alert_id": alert_id, "kind": row["kind"]})
         return {"id": alert_id, "status": "acked", "acked_by": actor.id,
                 "acked_at": now.isoformat(), "already_acked": False}
+
+    def ack_about(self, conn: Connection, actor: Actor, tenant_id: str, kind: str,
+                  subject: str) -> str | None:
+        """Acknowledge, in the caller's transaction, the open alert of ``kind`` about
+        ``subject`` (the ``subject`` it was raised with), as ``ack`` does: when the work
+        that answers the alert is done (a failed report sent again). Returns its id, or
+        None when none is open or ``actor`` may not acknowledge that kind (nothing done)."""
+        try:
+            which = reach(actor)
+        except AccessDenied:
+            return None
+        if not which.covers(kind):
+            return None
+        digest = self.lv.guard.digest(conn, tenant_id, "alert-subject", subject)
+        row = grepo.open_alert_about(conn, tenant_id, kind, digest, EVER)
+        if row is None:
+            return None
+        self._authorise(conn, actor, tenant_id, Action.WRITE)
+        if not grepo.ack_alert(conn, tenant_id, row["alert_id"], actor.id, self.lv.now()):
+            return None
+        self.lv.gate.audit.event(conn, actor, "alert.acked", "ok", tenant_id,
+                                 {"alert_id": row["alert_id"], "kind": kind})
+        return str(row["alert_id"])
 
     def flush(self, timeout: float = 10.0) -> bool:
         return self.dispatcher.flush(timeout)

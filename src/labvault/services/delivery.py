@@ -13,6 +13,10 @@ prescriber", docs/hl7.md "Outbound").
   resource report: ``open_message``), sends it and reports the outcome (``record``),
   which marks the row, writes an audit event naming destination, report and patient and,
   when the message will not arrive, raises a ``delivery-failed`` alert.
+- **Sending again** (``resend``): a failed message goes back to pending, for the lab's
+  biologists and lab administrators (policy resource ``delivery``) -- once the cause is
+  fixed (e.g. the doctor's software now knows the patient). Destinations stay the CLI
+  operator's (resource ``delivery-destination``: no policy row).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from labvault.domain import outbound as O
 from labvault.domain import validation as v
 from labvault.domain.actors import Actor
 from labvault.domain.categories import Action, Category
-from labvault.errors import InvalidField, NotFound, UserError
+from labvault.errors import Conflict, InvalidField, NotFound, UserError
 from labvault.services.gate import Access
 from labvault.store import repositories as repo
 from labvault.store import repositories_delivery as drepo
@@ -47,6 +51,9 @@ DEFAULT_BACKOFF = 30.0         # seconds before the 2nd attempt; doubled each ti
 MAX_BACKOFF = 3600.0
 ALERT_KIND = "delivery-failed"
 STATUSES = ("pending", "delivered", "failed")
+ALERT_SUBJECT = "delivery|{}"          # a message's delivery-failed alert is about it
+DESTINATIONS = "delivery-destination"  # no policy row: the CLI operator's (TLS file paths)
+OUTBOX = "delivery"                    # policy rows: the lab's biologists and lab admins
 CLINICAL = frozenset({Category.CLINICAL})
 IDENTITY = frozenset({Category.IDENTITY})
 
@@ -83,6 +90,62 @@ class Due:
     order_id: str                        # named by the alert: the biologist's link to it
 
 
+class DeliveryNotFailed(Conflict):
+    """A resend of a message that has not failed: pending (it will be sent) or delivered."""
+
+    code = "delivery-not-failed"
+
+    def __init__(self, status: str) -> None:
+        self.status = status
+        super().__init__(
+            f"this message is {status}: only a failed message is sent again",
+            "it is sent at its next attempt (`labvault delivery send`); nothing to do"
+            if status == "pending" else
+            "the prescriber's system acknowledged it; nothing to send again")
+
+    def details(self) -> dict[str, Any]:
+        return {"delivery_status": self.status}
+
+
+class DestinationRemoved(Conflict):
+    """A resend of a message whose destination was removed since it was queued."""
+
+    code = "destination-removed"
+
+    def __init__(self) -> None:
+        super().__init__("the destination this message was for was removed: there is "
+                         "nowhere to send it again",
+                         "ask the CLI operator to add the prescriber's destination "
+                         "(`labvault delivery add`) for the next reports, and transmit this "
+                         "one yourself (its PDF from the patient's page)")
+
+
+class DeliveryErased(UserError):
+    """A resend of a message whose patient was erased: it went with the data key."""
+
+    code = "delivery-erased"
+    http_status = 410
+
+    def __init__(self) -> None:
+        super().__init__("the patient's record was erased: the message went with its data "
+                         "key, there is nothing left to send",
+                         "nothing to do: an erased patient's reports are not sent")
+
+
+def no_such_message() -> NotFound:
+    """The one answer for an outbox id the laboratory does not hold (absent or another
+    laboratory's): the same bytes, the id not echoed."""
+    return NotFound("no such message in the laboratory's outbox",
+                    "list them with GET /api/v1/deliveries or `labvault delivery status`")
+
+
+def outbox_purpose(actor: Actor) -> str:
+    """The purpose the outbox is used for: care for a biologist (who answers for results
+    reaching the prescriber), administration for everyone else (the lab administrator;
+    the CLI operator and system jobs, whom the policy admits for any purpose)."""
+    return "care" if "biologist" in actor.roles else "administration"
+
+
 def backoff_delay(attempts: int, base: float) -> float:
     """Seconds to wait after the ``attempts``-th failed attempt: base, 2 base, 4 base...
     capped at an hour."""
@@ -104,10 +167,28 @@ class DeliveryService:
 
     # == destinations ==========================================================================
     def _admin(self, conn: Connection, actor: Actor, tenant_id: str, action: Action) -> None:
-        # No policy row names ``delivery``: only the CLI operator (and system jobs) manage
-        # destinations; staff accounts are refused (audited) by default deny.
+        # No policy row names ``delivery-destination``: only the CLI operator (and system
+        # jobs) manage destinations, which name files of the server (TLS certificates and
+        # keys); staff accounts are refused (audited) by default deny.
         self.lv.gate.check(conn, Access(actor, action, tenant_id, frozenset(),
-                                        purpose="administration", resource="delivery"))
+                                        purpose="administration", resource=DESTINATIONS))
+
+    def _outbox(self, conn: Connection, actor: Actor, tenant_id: str, action: Action,
+                patient_ids: tuple[str, ...] = ()) -> None:
+        """The outbox (where messages stand; a failed one sent again): policy resource
+        ``delivery``, no category (the message stays sealed), audited."""
+        self.lv.gate.check(conn, Access(actor, action, tenant_id, frozenset(),
+                                        purpose=outbox_purpose(actor),
+                                        patient_ids=patient_ids, resource=OUTBOX))
+
+    def may_resend(self, actor: Actor) -> bool:
+        """Whether the policy lets ``actor`` send its laboratory's failed messages again
+        (no decision recorded: which forms to show; ``resend`` still asks the gate)."""
+        if actor.kind != "staff" or actor.tenant_id is None:
+            return False
+        return self.lv.gate.policy.decide(Access(
+            actor, Action.WRITE, actor.tenant_id, frozenset(), purpose=outbox_purpose(actor),
+            resource=OUTBOX)).allowed
 
     def add_destination(self, actor: Actor, tenant_id: str, name: str, host: str, port: int,
                         rpps: Sequence[str] = (), all_orders: bool = False,
@@ -329,7 +410,7 @@ class DeliveryService:
             if values["status"] == "failed":
                 self.lv.alerts.raise_alert(conn, item.tenant_id, ALERT_KIND, "high", SYSTEM,
                                            {**ids, "outcome": outcome},
-                                           subject=f"delivery|{item.outbox_id}")
+                                           subject=ALERT_SUBJECT.format(item.outbox_id))
         return str(values["status"])
 
     # == what staff see of it =====================================================================
@@ -347,36 +428,134 @@ class DeliveryService:
             out: dict[str, list[dict[str, Any]]] = {}
             for r in drepo.outbox_of_reports(conn, tenant_id, report_ids):
                 out.setdefault(r["report_id"], []).append(
-                    {k: r[k] for k in ("destination_id", "kind", "status", "attempts",
-                                       "created_at", "updated_at", "delivered_at")})
+                    {k: r[k] for k in ("outbox_id", "destination_id", "kind", "status",
+                                       "attempts", "created_at", "updated_at",
+                                       "delivered_at")})
             return out
 
     # == status ================================================================================
     def status(self, actor: Actor, tenant_id: str, statuses: Sequence[str] = (),
-               report_id: str | None = None) -> list[dict[str, Any]]:
-        """The outbox rows (ids, state, attempts, times; the error, opened through the gate,
-        for failed ones). No personal data in clear: the message stays sealed."""
+               report_id: str | None = None, limit: int = 500,
+               newest_first: bool = False) -> list[dict[str, Any]]:
+        """The outbox rows (ids, state, attempts, times, the destination's name; the
+        receiver's error, opened through the gate, for failed ones), for the CLI operator,
+        the lab's biologists and lab administrators (resource ``delivery``). No personal
+        data in clear: the message stays sealed."""
         for s in statuses:
             if s not in STATUSES:
                 raise InvalidField("status", f"{s!r} is not a delivery status",
                                    f"use one of {', '.join(STATUSES)}")
         self.lv.tenants.get(tenant_id)
         with self.lv.begin() as conn:
-            self._admin(conn, actor, tenant_id, Action.READ)
+            self._outbox(conn, actor, tenant_id, Action.READ)
+            names: dict[str, str | None] = {}
             out = []
-            for r in drepo.outbox(conn, tenant_id, statuses, report_id):
+            for r in drepo.outbox(conn, tenant_id, statuses, report_id, limit, newest_first):
                 error = None
                 if r["error_sealed"] is not None:
                     error = self.lv.gate.open_tenant_value_checked(
                         conn, tenant_id, "delivery_outbox", "error_sealed", r["outbox_id"],
                         r["error_sealed"]).decode()
-                out.append({"id": r["outbox_id"], "destination_id": r["destination_id"],
+                did = r["destination_id"]
+                if did not in names:
+                    names[did] = self._label(conn, tenant_id, did)
+                out.append({"id": r["outbox_id"], "destination_id": did,
+                            "destination": names[did],
                             "report_id": r["report_id"], "order_id": r["order_id"],
                             "patient_id": r["patient_id"], "kind": r["kind"],
                             "status": r["status"], "attempts": r["attempts"],
                             "created_at": r["created_at"],
                             "next_attempt_at": r["next_attempt_at"],
+                            "updated_at": r["updated_at"],
                             "delivered_at": r["delivered_at"], "ack": r["ack_code"],
                             "error": error})
             return out
 
+    def _label(self, conn: Connection, tenant_id: str, destination_id: str) -> str | None:
+        """A destination's name as given at ``delivery add`` (None: no such row)."""
+        d = drepo.destination(conn, tenant_id, destination_id)
+        if d is None:
+            return None
+        return self.lv.gate.open_tenant_value_checked(
+            conn, tenant_id, "delivery_destinations", "label_sealed", destination_id,
+            d["label_sealed"]).decode()
+
+    # == sending a failed message again ===========================================================
+    def resend(self, actor: Actor, tenant_id: str | None, outbox_id: str,
+               reason: str) -> dict[str, Any]:
+        """Send a failed message again: back to ``pending`` (attempts 0, due now, no
+        lease), the same sealed message under the same MSH-10. The row's error and ACK
+        code are cleared -- the next attempt writes its own -- and kept, sealed, in the
+        ``delivery.resend`` audit event with who and why (``reason``: free text, sealed
+        by the audit log). The message's open ``delivery-failed`` alert is acknowledged
+        by the same person. ``tenant_id`` None: the actor's laboratory (the CLI operator:
+        whichever holds the id). Refused: not failed (409), destination removed (409),
+        patient erased (410); an id the laboratory does not hold: ``NotFound``, its
+        refusal recorded (``Gate.refuse_absent``)."""
+        why = v.text(reason, "reason", 2000, required=True)
+        assert why is not None
+        with self.lv.begin() as conn:
+            row = self._held(conn, actor, tenant_id, outbox_id, Action.WRITE)
+            lab, patient_id = row["tenant_id"], row["patient_id"]
+            self._outbox(conn, actor, lab, Action.WRITE, (patient_id,))
+            if row["status"] != "failed":
+                raise DeliveryNotFailed(row["status"])
+            dest = drepo.destination(conn, lab, row["destination_id"])
+            if dest is None or dest["status"] != "active":
+                raise DestinationRemoved()
+            if repo.patient_dek(conn, lab, patient_id) is None:
+                raise DeliveryErased()
+            previous = None
+            if row["error_sealed"] is not None:
+                previous = self.lv.gate.open_tenant_value_checked(
+                    conn, lab, "delivery_outbox", "error_sealed", outbox_id,
+                    row["error_sealed"]).decode()
+            now = self.lv.now()
+            if not drepo.update_outbox(conn, lab, outbox_id, "failed", status="pending",
+                                       attempts=0, next_attempt_at=now, updated_at=now,
+                                       ack_code=None, error_sealed=None):
+                raise DeliveryNotFailed("pending")     # another person sent it again first
+            ids = {"outbox_id": outbox_id, "report_id": row["report_id"],
+                   "order_id": row["order_id"], "patient_id": patient_id,
+                   "destination_id": row["destination_id"]}
+            self.lv.gate.audit.event(conn, actor, "delivery.resend", "success", lab,
+                                     {**ids, "resource": OUTBOX,
+                                      "purpose": outbox_purpose(actor),
+                                      "attempts": row["attempts"], "ack": row["ack_code"],
+                                      "reason": why, "previous_error": previous})
+            acked = self._ack_alert(conn, actor, lab, outbox_id)
+        return {"id": outbox_id, **{k: v_ for k, v_ in ids.items() if k != "outbox_id"},
+                "tenant_id": lab, "status": "pending", "attempts": 0,
+                "next_attempt_at": now, "alert_acked": acked}
+
+    def _held(self, conn: Connection, actor: Actor, tenant_id: str | None, outbox_id: str,
+              action: Action) -> dict[str, Any]:
+        """The outbox row ``outbox_id`` if the actor's laboratory holds it. Absent and
+        another laboratory's answer alike (``no_such_message``), the refusal recorded in
+        the actor's laboratory's chain (the operator's: the one it named, or the
+        platform's)."""
+        oid = outbox_id[:64]
+        staff = actor.kind not in ("operator", "system")
+        lab = actor.tenant_id if staff else tenant_id
+        row: dict[str, Any] | None = None
+        if not staff and lab is None:
+            row = drepo.outbox_row_of_any_lab(conn, oid)
+        elif lab is not None and tenant_id in (None, lab):     # staff: their own lab only
+            row = drepo.outbox_row(conn, lab, oid)
+        if row is None:
+            self.lv.gate.refuse_absent(conn, Access(
+                actor, action, lab, frozenset(), purpose=outbox_purpose(actor),
+                resource=OUTBOX), "delivery", oid)
+            raise no_such_message()
+        return row
+
+    def _ack_alert(self, conn: Connection, actor: Actor, tenant_id: str,
+                   outbox_id: str) -> str | None:
+        """Acknowledge the message's open ``delivery-failed`` alert (the guard's alert
+        store; with another sink -- log lines -- there is nothing stored to acknowledge)."""
+        ack_about = getattr(self.lv.alerts, "ack_about", None)
+        if ack_about is None:
+            return None
+        acked: str | None = ack_about(conn, actor, tenant_id, ALERT_KIND,
+                                      ALERT_SUBJECT.format(outbox_id))
+        return acked

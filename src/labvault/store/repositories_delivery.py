@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Connection
 
+from labvault.store.schema import tenants
 from labvault.store.tables_delivery import (
     delivery_destinations,
     delivery_outbox,
@@ -110,15 +111,27 @@ def outbox_row(conn: Connection, tenant_id: str, outbox_id: str) -> dict[str, An
     return dict(r) if r is not None else None
 
 
+def outbox_row_of_any_lab(conn: Connection, outbox_id: str) -> dict[str, Any] | None:
+    """The row ``outbox_id`` whichever laboratory holds it (the CLI operator's resend
+    without ``--tenant``): a primary-key lookup per laboratory, not a scan of the outbox."""
+    o = delivery_outbox
+    r = conn.execute(select(o).where(o.c.tenant_id.in_(select(tenants.c.tenant_id)),
+                                     o.c.outbox_id == outbox_id)).mappings().first()
+    return dict(r) if r is not None else None
+
+
 def outbox(conn: Connection, tenant_id: str, statuses: Sequence[str] | None = None,
-           report_id: str | None = None, limit: int = 500) -> list[dict[str, Any]]:
+           report_id: str | None = None, limit: int = 500,
+           newest_first: bool = False) -> list[dict[str, Any]]:
     o = delivery_outbox
     q = select(o).where(o.c.tenant_id == tenant_id)
     if statuses:
         q = q.where(o.c.status.in_(list(statuses)))
     if report_id is not None:
         q = q.where(o.c.report_id == report_id)
-    q = q.order_by(o.c.created_at, o.c.outbox_id).limit(limit)
+    order = (o.c.created_at.desc(), o.c.outbox_id.desc()) if newest_first \
+        else (o.c.created_at, o.c.outbox_id)
+    q = q.order_by(*order).limit(limit)
     return [dict(r) for r in conn.execute(q).mappings()]
 
 
@@ -129,7 +142,7 @@ def outbox_of_reports(conn: Connection, tenant_id: str, report_ids: Sequence[str
     out: list[dict[str, Any]] = []
     ids = list(report_ids)
     for i in range(0, len(ids), 500):
-        q = select(o.c.report_id, o.c.destination_id, o.c.kind, o.c.status, o.c.attempts,
+        q = select(o.c.outbox_id, o.c.report_id, o.c.destination_id, o.c.kind, o.c.status, o.c.attempts,
                    o.c.created_at, o.c.updated_at, o.c.delivered_at).where(
             o.c.tenant_id == tenant_id, o.c.report_id.in_(ids[i:i + 500])
         ).order_by(o.c.created_at, o.c.outbox_id)

@@ -8,6 +8,11 @@ import re
 from collections.abc import Mapping
 
 from labvault.errors import AccessDenied, InvalidField, NotFound, UserError
+from labvault.services.delivery import (
+    DeliveryErased,
+    DeliveryNotFailed,
+    DestinationRemoved,
+)
 from labvault.services.lab import (
     IncompleteOrder,
     ReportNotPublished,
@@ -116,6 +121,21 @@ _ABSENT_FR: Mapping[str, tuple[str, str]] = {
     "no open import issue with this id": (
         "ce message d'automate n'est pas en attente dans votre laboratoire (déjà traité, ou "
         "inexistant)", "revenez à la liste des messages d'automate et rechargez-la"),
+    "no such message in the laboratory's outbox": (
+        "cet envoi au prescripteur n'existe pas dans votre laboratoire",
+        "revenez au dossier du patient et rechargez-le"),
+}
+# "Renvoyer au prescripteur" refused (services/delivery.py), as the console says it
+_RESEND_FR: Mapping[type[UserError], tuple[str, str]] = {
+    DestinationRemoved: (
+        "le destinataire de ce compte rendu a été retiré : il n'y a plus où le renvoyer",
+        "demandez à l'exploitant d'ajouter le destinataire du prescripteur (labvault "
+        "delivery add) pour les prochains comptes rendus, et transmettez celui-ci vous-même "
+        "(« Télécharger le compte rendu (PDF) »)"),
+    DeliveryErased: (
+        "le dossier du patient a été effacé : le message est parti avec sa clé, il n'y a "
+        "plus rien à envoyer", "rien à faire : les comptes rendus d'un patient effacé ne "
+        "sont pas envoyés"),
 }
 # the console's form fields, as their labels say them
 _FIELD_FR: Mapping[str, str] = {"reason": "motif de la correction", "conclusion": "conclusion",
@@ -140,6 +160,12 @@ def french(exc: UserError, user_id: str | None,
                 "pas quitter le laboratoire",
                 "un biologiste le valide puis le diffuse (page « Validation biologique »), "
                 "ensuite téléchargez-le depuis le dossier du patient")
+    if isinstance(exc, DeliveryNotFailed):
+        return (("ce compte rendu est déjà en file d'envoi" if exc.status == "pending" else
+                 "ce compte rendu a déjà été reçu par le système du prescripteur")
+                + " : il n'y a rien à renvoyer", "revenez au dossier du patient et rechargez-le")
+    if type(exc) in _RESEND_FR:
+        return _RESEND_FR[type(exc)]
     if isinstance(exc, CsrfRefused):
         return ("le formulaire a expiré ou ne vient pas de labvault : rechargez la page",
                 "rechargez la page, puis renvoyez le formulaire")

@@ -60,6 +60,7 @@ EVENT_FR = {
     "account.released": "compte rétabli", "guard.config": "réglage de la surveillance",
     "backup.create": "sauvegarde", "backup.check": "vérification de sauvegarde",
     "audit.restore-acknowledged": "restauration du journal reconnue",
+    "delivery.resend": "compte rendu renvoyé au logiciel du prescripteur",
     "delivery.destination.add": "destinataire de comptes rendus ajouté",
     "delivery.destination.remove": "destinataire de comptes rendus retiré",
 }

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import parse_qs, urlsplit
 
-from fastapi import APIRouter, Depends, Form, Request, Response
+from fastapi import APIRouter, Depends, Form, Query, Request, Response
 from fastapi.responses import RedirectResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from markupsafe import Markup
@@ -87,6 +87,11 @@ def to_prescriber(queued: int) -> str:
             + (f" ({queued} destinations)" if queued > 1 else "")
             + " : labvault l'envoie (HL7) et signale une alerte s'il ne peut pas être remis.")
 
+
+# "Renvoyer au prescripteur" done (the patient's page says it beside the report)
+RESENT = ("Compte rendu remis en file d'envoi vers le système du prescripteur : labvault "
+          "l'envoie à son prochain passage et signale une alerte s'il n'est toujours pas "
+          "remis. L'alerte de l'échec précédent est prise en compte.")
 
 # where "Prendre en compte" may send the browser back to (never a URL from the form)
 ACK_RETURNS = frozenset({"/console/alertes", "/console/validation"})
@@ -475,7 +480,10 @@ def console_search(request: Request, user: User, lv: LV, csrf: Csrf = "",
 
 
 @router.get("/console/patients/{patient_id}")
-def console_patient(patient_id: str, user: User, lv: LV) -> Response:
+def console_patient(patient_id: str, user: User, lv: LV,
+                    renvoi: Annotated[str, Query(max_length=64)] = "") -> Response:
+    """The patient's record and reports. ``renvoi``: the message "Renvoyer au
+    prescripteur" just put back in the outbox (its confirmation, shown while it waits)."""
     tenant_id = _staff(user)
     record = lv.patients.show(user.actor, patient_id[:64])
     reports: list[Any] | None = None
@@ -493,7 +501,9 @@ def console_patient(patient_id: str, user: User, lv: LV) -> Response:
                                   status=L.OrderStatus.REGISTERED.value)
                if user.may_receive and reports is None else None)
     return html("patient.html", user=user, record=record, reports=reports, staff=True,
-                deliveries=deliveries, waiting=waiting)
+                deliveries=deliveries, waiting=waiting,
+                may_resend=bool(deliveries) and lv.delivery.may_resend(user.actor),
+                resent=renvoi)
 
 
 @router.get("/console/rapports/{report_id}.pdf")
@@ -772,6 +782,27 @@ def amend_result(request: Request, order_id: str, user: User, lv: LV, csrf: Csrf
                  reason)
     return RedirectResponse(f"/console/patients/{obs.patient_id}#{obs.order_id}",
                             status_code=303, headers=NO_STORE)
+
+
+@router.post("/console/envois/{outbox_id}/renvoi")
+def resend_report(request: Request, outbox_id: str, user: User, lv: LV, csrf: Csrf = "",
+                  motif: Annotated[str, Form(max_length=2000)] = "") -> Response:
+    """"Renvoyer au prescripteur" beside a report the prescriber's system did not get: the
+    same call as ``POST /api/v1/deliveries/{id}/resend`` (``lv.delivery.resend``: the
+    message pending again, its alert acknowledged, audited with the reason). Then back to
+    the patient's page, at the report, which confirms it; a lab administrator, who reads
+    no report, gets the confirmation alone."""
+    tenant_id = _staff(user)
+    _check_csrf(request, user, csrf)
+    if not motif.strip():
+        raise UserError("le motif manque", "revenez en arrière, dites pourquoi le compte rendu "
+                        "est renvoyé (par exemple : patient créé dans le logiciel du médecin), "
+                        "puis renvoyez le formulaire")
+    sent = lv.delivery.resend(user.actor, tenant_id, outbox_id, motif)
+    if may(lv, user.actor, Action.READ, "report", frozenset({Category.CLINICAL})):
+        return RedirectResponse(f"/console/patients/{sent['patient_id']}?renvoi={sent['id']}"
+                                f"#{sent['order_id']}", status_code=303, headers=NO_STORE)
+    return _notice(user, "Compte rendu renvoyé", RESENT, ("/console", "Retour à la console"))
 
 
 def _alert_store(user: WebUser, lv: Labvault) -> tuple[str, AlertService, Reach]:
