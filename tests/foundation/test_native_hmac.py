@@ -21,6 +21,8 @@ def test_digest_many_matches_hmac(key: bytes, messages: list[bytes], size: int) 
     assert h.digest_many(messages, size) == expected
     assert h.digest_many_python(messages, size) == expected
     assert [h.digest(m) for m in messages] == [hmac.digest(key, m, "sha256") for m in messages]
+    assert [P.hmac_sha256(key, m) for m in messages] == [hmac.digest(key, m, "sha256")
+                                                         for m in messages]
 
 
 def test_digest_many_rejects_bad_input() -> None:
