@@ -528,8 +528,8 @@ def test_biologists_see_reports_the_prescriber_did_not_get(web: World,
     with lv.begin() as conn:
         failed = lv.alerts.raise_alert(
             conn, web.a.tenant_id, "delivery-failed", "high", Actor.system("delivery"),
-            {"outbox_id": "dout_1", "report_id": "rep_1", "order_id": "ord_1",
-             "patient_id": pid, "outcome": "refused"}, subject="delivery|dout_1")
+            {"outbox_id": "out_1", "report_id": "rep_1", "order_id": "ord_1",
+             "patient_id": pid, "outcome": "refused"}, subject="delivery|out_1")
         security = lv.alerts.raise_alert(
             conn, web.a.tenant_id, "access.off_hours", "medium",
             Actor(kind="staff", id="acct_r", tenant_id=web.a.tenant_id,
