@@ -21,7 +21,7 @@ from tests.web.helpers import HIGH, csrf_in, form_login, order
 PROTECTED_GET = ["/", "/portail", "/portail/acces", "/portail/donnees.json",
                  "/portail/effacement", "/portail/rapports/rep_x.pdf", "/console",
                  "/console/patients/pt_x", "/console/rapports/rep_x.pdf", "/console/validation",
-                 "/console/alertes", "/console/technique"]
+                 "/console/alertes", "/console/technique", "/console/envois"]
 PROTECTED_POST = ["/logout", "/portail/effacement", "/console/recherche", "/console/validation",
                   "/console/validation/ord_x", "/console/alertes/al_x/prise-en-compte",
                   "/console/technique/ord_x", "/console/demandes/ord_x/refus",

@@ -184,10 +184,19 @@ class DeliveryService:
     def may_resend(self, actor: Actor) -> bool:
         """Whether the policy lets ``actor`` send its laboratory's failed messages again
         (no decision recorded: which forms to show; ``resend`` still asks the gate)."""
+        return self._may(actor, Action.WRITE)
+
+    def may_view(self, actor: Actor) -> bool:
+        """Whether the policy lets ``actor`` read where its laboratory's messages stand
+        (no decision recorded: which menu entries to offer; ``status`` still asks the
+        gate)."""
+        return self._may(actor, Action.READ)
+
+    def _may(self, actor: Actor, action: Action) -> bool:
         if actor.kind != "staff" or actor.tenant_id is None:
             return False
         return self.lv.gate.policy.decide(Access(
-            actor, Action.WRITE, actor.tenant_id, frozenset(), purpose=outbox_purpose(actor),
+            actor, action, actor.tenant_id, frozenset(), purpose=outbox_purpose(actor),
             resource=OUTBOX)).allowed
 
     def add_destination(self, actor: Actor, tenant_id: str, name: str, host: str, port: int,

@@ -96,6 +96,16 @@ RESENT = ("Compte rendu remis en file d'envoi vers le système du prescripteur :
 # where "Prendre en compte" may send the browser back to (never a URL from the form)
 ACK_RETURNS = frozenset({"/console/alertes", "/console/validation"})
 
+# "Transmissions aux prescripteurs": the laboratory's outbox (delivery read)
+OUTBOX = "/console/envois"
+# where "Renvoyer au prescripteur" may send the browser back to, instead of the patient's
+# page (never a URL from the form)
+RESEND_RETURNS = frozenset({OUTBOX})
+# failed and pending messages the page lists (each, newest first; more: said so), and
+# the last delivered ones it shows
+OUTBOX_OPEN_LIMIT = 200
+OUTBOX_DELIVERED_SHOWN = 50
+
 
 @dataclass(frozen=True)
 class WebUser:
@@ -107,6 +117,7 @@ class WebUser:
     may_order: bool = False             # "Nouvelle demande": order write
     may_receive: bool = False           # "Réception du prélèvement": specimen write
     may_queue: bool = False             # "Messages d'automate": import-issue read
+    may_outbox: bool = False            # "Transmissions aux prescripteurs": delivery read
 
     @property
     def is_patient(self) -> bool:
@@ -165,7 +176,8 @@ def _as_user(request: Request, creds: HTTPAuthorizationCredentials | None,
                    may_register=may_write(lv, actor, "patient"),
                    may_order=may_write(lv, actor, "order"),
                    may_receive=may_write(lv, actor, "specimen"),
-                   may_queue=may_read_queue(lv, actor))
+                   may_queue=may_read_queue(lv, actor),
+                   may_outbox=lv.delivery.may_view(actor))
     request.state.web_user = user
     return user
 
@@ -786,12 +798,14 @@ def amend_result(request: Request, order_id: str, user: User, lv: LV, csrf: Csrf
 
 @router.post("/console/envois/{outbox_id}/renvoi")
 def resend_report(request: Request, outbox_id: str, user: User, lv: LV, csrf: Csrf = "",
-                  motif: Annotated[str, Form(max_length=2000)] = "") -> Response:
+                  motif: Annotated[str, Form(max_length=2000)] = "",
+                  retour: Annotated[str, Form(max_length=TEXT)] = "") -> Response:
     """"Renvoyer au prescripteur" beside a report the prescriber's system did not get: the
     same call as ``POST /api/v1/deliveries/{id}/resend`` (``lv.delivery.resend``: the
     message pending again, its alert acknowledged, audited with the reason). Then back to
-    the patient's page, at the report, which confirms it; a lab administrator, who reads
-    no report, gets the confirmation alone."""
+    the outbox page when the form came from it (``retour``, only ``RESEND_RETURNS``),
+    otherwise to the patient's page, at the report; either confirms it. A lab
+    administrator, who reads no report, gets the confirmation alone."""
     tenant_id = _staff(user)
     _check_csrf(request, user, csrf)
     if not motif.strip():
@@ -799,10 +813,54 @@ def resend_report(request: Request, outbox_id: str, user: User, lv: LV, csrf: Cs
                         "est renvoyé (par exemple : patient créé dans le logiciel du médecin), "
                         "puis renvoyez le formulaire")
     sent = lv.delivery.resend(user.actor, tenant_id, outbox_id, motif)
+    if retour in RESEND_RETURNS:
+        return RedirectResponse(f"{retour}?renvoi={sent['id']}#envoi-{sent['id']}",
+                                status_code=303, headers=NO_STORE)
     if may(lv, user.actor, Action.READ, "report", frozenset({Category.CLINICAL})):
         return RedirectResponse(f"/console/patients/{sent['patient_id']}?renvoi={sent['id']}"
                                 f"#{sent['order_id']}", status_code=303, headers=NO_STORE)
     return _notice(user, "Compte rendu renvoyé", RESENT, ("/console", "Retour à la console"))
+
+
+@router.get(OUTBOX)
+def outbox_page(user: User, lv: LV,
+                renvoi: Annotated[str, Query(max_length=64)] = "") -> Response:
+    """"Transmissions aux prescripteurs": where the laboratory's messages to the
+    prescribers' systems stand, newest first -- not delivered (to send again, or to pass
+    on another way), waiting, the last delivered -- through ``lv.delivery.status`` (three
+    audited reads: a flood of waiting messages never hides a failed one). Ids, times,
+    attempts, the destination's name and, for failed ones, the receiver's error as the
+    service returns it; never a message nor a patient's name. Those who read reports
+    (biologists) get a link to the order. ``renvoi``: the message just sent again."""
+    tenant_id = _staff(user)
+    failed = _outbox_rows(lv, user, tenant_id, "failed", OUTBOX_OPEN_LIMIT + 1)
+    pending = _outbox_rows(lv, user, tenant_id, "pending", OUTBOX_OPEN_LIMIT + 1)
+    delivered = _outbox_rows(lv, user, tenant_id, "delivered", OUTBOX_DELIVERED_SHOWN)
+    reads_reports = may(lv, user.actor, Action.READ, "report", frozenset({Category.CLINICAL}))
+    for d in (*failed, *pending, *delivered):
+        d["link"] = (_order_link({"patient_id": d["patient_id"], "order_id": d["order_id"]})
+                     if reads_reports else None)
+    more = len(failed) > OUTBOX_OPEN_LIMIT or len(pending) > OUTBOX_OPEN_LIMIT
+    return html("outbox.html", user=user, failed=failed[:OUTBOX_OPEN_LIMIT],
+                pending=pending[:OUTBOX_OPEN_LIMIT], delivered=delivered, more=more,
+                limit=OUTBOX_OPEN_LIMIT, delivered_shown=OUTBOX_DELIVERED_SHOWN,
+                may_resend=bool(failed) and lv.delivery.may_resend(user.actor),
+                resent=renvoi if any(d["id"] == renvoi for d in pending) else "")
+
+
+def _outbox_rows(lv: Labvault, user: WebUser, tenant_id: str, status: str,
+                 limit: int) -> list[dict[str, Any]]:
+    """One status of the outbox, newest first (a role without ``delivery`` read: the
+    gate's refusal, recorded, said in the console's words)."""
+    try:
+        return lv.delivery.status(user.actor, tenant_id, (status,), limit=limit,
+                                  newest_first=True)
+    except AccessDenied as exc:
+        if type(exc) is not AccessDenied or exc.message != "not allowed":   # e.g. budget
+            raise
+        raise AccessDenied("les transmissions aux prescripteurs sont réservées aux "
+                           "biologistes et aux administrateurs du laboratoire",
+                           "demandez à un biologiste du laboratoire") from None
 
 
 def _alert_store(user: WebUser, lv: Labvault) -> tuple[str, AlertService, Reach]:
