@@ -123,7 +123,8 @@ _ABSENT_FR: Mapping[str, tuple[str, str]] = {
         "inexistant)", "revenez à la liste des messages d'automate et rechargez-la"),
     "no such message in the laboratory's outbox": (
         "cet envoi au prescripteur n'existe pas dans votre laboratoire",
-        "revenez au dossier du patient et rechargez-le"),
+        "revenez à la page d'où vous veniez (dossier du patient ou « Transmissions aux "
+        "prescripteurs ») et rechargez-la"),
 }
 # "Renvoyer au prescripteur" refused (services/delivery.py), as the console says it
 _RESEND_FR: Mapping[type[UserError], tuple[str, str]] = {
@@ -163,7 +164,9 @@ def french(exc: UserError, user_id: str | None,
     if isinstance(exc, DeliveryNotFailed):
         return (("ce compte rendu est déjà en file d'envoi" if exc.status == "pending" else
                  "ce compte rendu a déjà été reçu par le système du prescripteur")
-                + " : il n'y a rien à renvoyer", "revenez au dossier du patient et rechargez-le")
+                + " : il n'y a rien à renvoyer",
+                "revenez à la page d'où vous veniez (dossier du patient ou « Transmissions "
+                "aux prescripteurs ») et rechargez-la")
     if type(exc) in _RESEND_FR:
         return _RESEND_FR[type(exc)]
     if isinstance(exc, CsrfRefused):
