@@ -467,6 +467,9 @@ def _web_cases() -> dict[tuple[str, str], Case]:
         ("POST", "/console/messages/{issue_id}/classer"): Case(
             issue("classer", {"reason": "doublon d'un résultat papier"}),
             allow(bench, 200, anon=303), allow(bench, 404, deny=403), form=True),
+        # "Transmissions aux prescripteurs": the outbox's roles (policy resource delivery)
+        ("GET", "/console/envois"): Case(get("/console/envois"),
+                                         allow(("biologist", "lab_admin"), 200, anon=303)),
         # "Renvoyer au prescripteur": the outbox's roles (policy resource delivery); back
         # to the patient's page for a biologist, a notice for a lab administrator (who
         # reads no report); another lab's message: the same 404 as an absent one
