@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from html import unescape
+from typing import Any
 
 from fastapi.testclient import TestClient
 
@@ -103,16 +104,24 @@ def test_another_laboratory_sees_nothing_of_it(web: World, browser: TestClient) 
         assert BUTTON not in text
 
 
+def _resend_from_page(web: World, browser: TestClient, role: str, motif: str,
+                      retour: str = PAGE) -> tuple[str, Any, Any]:
+    """A failed delivery of lab A, sent again by ``role`` from the outbox page's form:
+    (its outbox id, its report, the response)."""
+    oid, rep = failed_delivery(web, web.a)
+    form_login(browser, web, web.a.emails[role])
+    page = browser.get(PAGE)
+    done = browser.post(f"/console/envois/{oid}/renvoi",
+                        data={"csrf": csrf_in(page.text), "retour": retour, "motif": motif})
+    assert done.status_code == 303
+    return oid, rep, done
+
+
 def test_resend_from_the_page_comes_back_here_and_the_row_waits(
         web: World, browser: TestClient) -> None:
     a = web.a
-    oid, rep = failed_delivery(web, a)
-    form_login(browser, web, a.emails["biologist"])
-    page = browser.get(PAGE)
-    done = browser.post(f"/console/envois/{oid}/renvoi",
-                        data={"csrf": csrf_in(page.text), "retour": PAGE,
-                              "motif": "patient créé dans le logiciel du cabinet"})
-    assert done.status_code == 303
+    oid, rep, done = _resend_from_page(web, browser, "biologist",
+                                       "patient créé dans le logiciel du cabinet")
     assert done.headers["location"] == f"{PAGE}?renvoi={oid}#envoi-{oid}"
     after = browser.get(done.headers["location"])
     failed, pending, _delivered = _sections(unescape(after.text))
@@ -130,27 +139,16 @@ def test_resend_from_the_page_comes_back_here_and_the_row_waits(
 
 def test_a_return_outside_the_allow_list_goes_to_the_patient_page(
         web: World, browser: TestClient) -> None:
-    a = web.a
-    oid, rep = failed_delivery(web, a)
-    form_login(browser, web, a.emails["biologist"])
-    page = browser.get(PAGE)
-    done = browser.post(f"/console/envois/{oid}/renvoi",
-                        data={"csrf": csrf_in(page.text), "retour": "https://evil.example/",
-                              "motif": "essai"})
-    assert done.status_code == 303
+    oid, rep, done = _resend_from_page(web, browser, "biologist", "essai",
+                                       retour="https://evil.example/")
     assert done.headers["location"] == (f"/console/patients/{rep.patient_id}?renvoi={oid}"
                                         f"#{rep.order_id}")
 
 
 def test_a_lab_admin_resends_from_the_page_and_comes_back_here(
         web: World, browser: TestClient) -> None:
-    a = web.a
-    oid, _rep = failed_delivery(web, a)
-    form_login(browser, web, a.emails["lab_admin"])
-    page = browser.get(PAGE)
-    done = browser.post(f"/console/envois/{oid}/renvoi",
-                        data={"csrf": csrf_in(page.text), "retour": PAGE,
-                              "motif": "le cabinet a redémarré son serveur"})
-    assert done.status_code == 303 and done.headers["location"].startswith(f"{PAGE}?renvoi=")
+    oid, _rep, done = _resend_from_page(web, browser, "lab_admin",
+                                        "le cabinet a redémarré son serveur")
+    assert done.headers["location"].startswith(f"{PAGE}?renvoi=")
     _failed, pending, _delivered = _sections(unescape(browser.get(done.headers["location"]).text))
     assert oid in pending and "Renvoyé" in pending
