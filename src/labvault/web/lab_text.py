@@ -185,10 +185,16 @@ def french(exc: UserError, user_id: str | None,
         return (f"le champ « {name} » "
                 + (f"dépasse {longer.group(1)} caractères" if longer else "n'est pas valable"),
                 "revenez en arrière, corrigez-le, puis renvoyez le formulaire")
-    if type(exc) is AccessDenied and exc.message == "not allowed":      # the gate's refusal
+    if policy_refusal(exc):
         return ("votre fonction ne permet pas cette action sur ce dossier (refus enregistré)",
                 "si votre travail le demande, voyez l'administrateur du laboratoire")
     return None
+
+
+def policy_refusal(exc: Exception) -> bool:
+    """Whether ``exc`` is the gate's refusal by the policy table (not a budget, a
+    suspension or a door's own refusal, which say more): the console words it."""
+    return type(exc) is AccessDenied and exc.message == "not allowed"
 
 
 def shown(report: ReportView) -> str:

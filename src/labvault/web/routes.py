@@ -856,7 +856,7 @@ def _outbox_rows(lv: Labvault, user: WebUser, tenant_id: str, status: str,
         return lv.delivery.status(user.actor, tenant_id, (status,), limit=limit,
                                   newest_first=True)
     except AccessDenied as exc:
-        if type(exc) is not AccessDenied or exc.message != "not allowed":   # e.g. budget
+        if not lab_text.policy_refusal(exc):                # e.g. a read budget: as it is
             raise
         raise AccessDenied("les transmissions aux prescripteurs sont réservées aux "
                            "biologistes et aux administrateurs du laboratoire",
