@@ -162,10 +162,7 @@ class Gate:
         if detail:
             decision = replace(decision, detail={**decision.detail, **detail})
         if not decision.allowed:
-            denied = getattr(self.budget, "denied", None)   # anomaly rules on refusals (guard)
-            if denied is not None:
-                denied(conn, access, decision)
-            self.audit.record(conn, access, decision, "denied")
+            self._refused(conn, access, decision)
             raise AccessDenied("not allowed",
                                "ask your laboratory administrator if your work needs this access")
         try:
@@ -188,7 +185,12 @@ class Gate:
         rules on refusals), so it survives the rollback of the refused work; the id asked
         for is caller input: sealed in the entry, never clear. The caller raises its
         ``NotFound``."""
-        decision = Decision(False, rule=ABSENT_RECORD, detail={"kind": kind, "asked": asked})
+        self._refused(conn, access, Decision(False, rule=ABSENT_RECORD,
+                                             detail={"kind": kind, "asked": asked}))
+
+    def _refused(self, conn: Connection, access: Access, decision: Decision) -> None:
+        """A refusal: counted by the guard's anomaly rules on refusals (when the budget
+        hook has them), then audited ``denied`` (it survives the work's rollback)."""
         denied = getattr(self.budget, "denied", None)
         if denied is not None:
             denied(conn, access, decision)
