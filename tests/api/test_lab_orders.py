@@ -272,7 +272,7 @@ def test_a_date_time_without_offset_is_refused_naming_the_field(
     refused(client.post(f"/api/v1/orders/{oid}/results", headers=bio, json={"results": [
         {"code": "718-7", "value": 13.1, "unit": "g/dL", "observed_at": "2026-03-01T09:00:00Z"},
         {"code": "2823-3", "value": 4.2, "unit": "mmol/L", "observed_at": naive}]}),
-        "results.1.observed_at")
+        "results[1].observed_at")
     assert world.lv.lab.get_report_by_order(world.actor(a.emails["biologist"]),
                                             oid).observations == []
     ok = client.post(f"/api/v1/orders/{oid}/results", headers=bio, json={"results": [

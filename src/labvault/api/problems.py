@@ -8,6 +8,7 @@ sent back echoes a submitted value (passwords, tokens, identifiers).
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -50,9 +51,24 @@ async def _user_error(request: Request, exc: Exception) -> JSONResponse:
     return problem(exc.http_status, exc.code, exc.message, exc.hint, headers, **extra)
 
 
+def field_path(loc: Sequence[int | str]) -> str:
+    """A schema error's location in the services' style: ``results[1].observed_at``
+    (pydantic says ``("body", "results", 1, "observed_at")``), so that a client reads one
+    style of field name whichever check refused the request."""
+    out = ""
+    for part in loc:
+        if part == "body" and not out:
+            continue
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
 async def _validation(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    errors = [{"field": ".".join(str(p) for p in e.get("loc", ()) if p != "body"),
+    errors = [{"field": field_path(e.get("loc", ())),
                "rule": rule_of(e) or str(e.get("msg", "invalid"))} for e in exc.errors()[:20]]
     return problem(422, "invalid-request", "the request does not match the API schema",
                    "see the OpenAPI document at /openapi.json", errors=errors)
