@@ -223,6 +223,7 @@ def test_review_read_shows_previous_results_to_staff_who_validate_never_to_the_p
     assert doc["review"]["reason"] == "delta" and doc["review"]["tests"] == ["Potassium"]
     (d,) = doc["review"]["deltas"]
     assert (d["previous"], d["current"], d["unit"]) == (4.2, 5.6, "mmol/L")
+    assert d["change"] == 1.4 and k["delta"]["change"] == 1.4      # no float noise
     assert client.get(f"/api/v1/orders/{second.order_id}",
                       headers=tech).json()["previous"][by_code["2823-3"]]["value"] == 4.2
     # published, the patient reads its report: no previous results, whatever the door

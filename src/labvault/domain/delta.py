@@ -72,10 +72,16 @@ class Delta:
                 "value": p.numeric if p.kind == L.ValueKind.NUMERIC else p.value_display(),
                 "comparator": p.comparator, "unit": p.unit,
                 "flag": p.flag.value if p.flag else None,
-                "delta": {"outcome": self.outcome.value, "change": self.change,
-                          "relative": self.relative,
+                "delta": {"outcome": self.outcome.value, "change": shown(self.change),
+                          "relative": shown(self.relative),
                           "limit": self.limit.as_json() if self.limit else None,
                           **({"why": self.why} if self.why else {})}}
+
+
+def shown(x: float | None) -> float | None:
+    """A change as an answer gives it: without the float noise of the subtraction
+    (4.2 -> 5.6 is 1.4, not 1.3999999999999995)."""
+    return None if x is None else round(x, 6)
 
 
 def latest_before(code: str, at: datetime, priors: Iterable[Prior]) -> Prior | None:

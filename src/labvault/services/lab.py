@@ -404,8 +404,8 @@ class Skip:
         if self.deltas:
             out["deltas"] = [{"previous": d.previous.observation.numeric,
                               "previous_at": d.previous.at.isoformat(), "current": d.current,
-                              "unit": d.previous.observation.unit, "change": d.change,
-                              "relative": d.relative,
+                              "unit": d.previous.observation.unit,
+                              "change": D.shown(d.change), "relative": D.shown(d.relative),
                               "limit": d.limit.as_json() if d.limit else None}
                              for d in self.deltas]
         return out
