@@ -200,3 +200,37 @@ def test_openapi_documents_the_lab_steps(client: TestClient) -> None:
     body = paths["/api/v1/orders/{order_id}/biological-validation"]["post"]["requestBody"]
     assert body["content"]["application/json"]["schema"]["$ref"].endswith("BiologicalIn")
     assert "/api/v1/observations/{observation_id}/amendment" in paths
+
+
+def test_review_read_shows_previous_results_to_staff_who_validate_never_to_the_patient(
+        world: World, client: TestClient) -> None:
+    """``previous``: per result, the patient's previous validated result of the test
+    (another order's) and the delta check's outcome; ``review`` says ``delta`` with the
+    values when a change is beyond the test's limit (potassium 4.2 -> 5.6: 1 mmol/L).
+    The patient reading its own report gets none of it."""
+    a = world.a
+    bio, tech = _bearer(world, a, "biologist"), _bearer(world, a, "technician")
+    first = order(world, a, a.patients[0])                   # published: K 4.2, Hb 13.1
+    second = order(world, a, a.patients[0], step="technical", results=K_HIGH)
+    doc = client.get(f"/api/v1/orders/{second.order_id}", headers=bio).json()
+    by_code = {o["code"]: o["id"] for o in doc["observations"]}
+    k = doc["previous"][by_code["2823-3"]]
+    assert (k["value"], k["unit"], k["flag"]) == (4.2, "mmol/L", "N")
+    assert k["delta"]["outcome"] == "delta-exceeded"
+    assert k["delta"]["limit"] == {"absolute": 1.0, "days": 7}
+    assert doc["previous"][by_code["718-7"]]["delta"]["outcome"] == "within-limit"
+    assert k["observation_id"] in {o.observation_id for o in first.observations}
+    assert doc["review"]["reason"] == "delta" and doc["review"]["tests"] == ["Potassium"]
+    (d,) = doc["review"]["deltas"]
+    assert (d["previous"], d["current"], d["unit"]) == (4.2, 5.6, "mmol/L")
+    assert d["change"] == 1.4 and k["delta"]["change"] == 1.4      # no float noise
+    assert client.get(f"/api/v1/orders/{second.order_id}",
+                      headers=tech).json()["previous"][by_code["2823-3"]]["value"] == 4.2
+    # published, the patient reads its report: no previous results, whatever the door
+    bio_actor = world.actor(a.emails["biologist"])
+    world.lv.lab.validate_biological(bio_actor, second.order_id)
+    world.lv.lab.publish(bio_actor, second.order_id)
+    mine = client.get(f"/api/v1/orders/{second.order_id}",
+                      headers=_bearer(world, a, "patient"))
+    assert mine.status_code == 200 and mine.json()["previous"] == {}
+    assert not any(o.observation_id in mine.text for o in first.observations)

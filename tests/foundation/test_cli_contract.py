@@ -68,7 +68,7 @@ def test_demo(sqlite_cli: Cli) -> None:
     assert len(labs) == 2 and sum(x["imported"] for x in labs) == 30
     # a morning of each laboratory: orders at every step, an analyser's results, and two
     # messages waiting in the import-issues queue (an unknown patient, an unknown code)
-    assert [x["lab_day"] for x in labs] == [{"orders": 6, "import_issues": 2}] * 2
+    assert [x["lab_day"] for x in labs] == [{"orders": 7, "import_issues": 2}] * 2
     issues = sqlite_cli.ok("hl7-issues", "list", "--tenant", labs[0]["id"])
     assert sorted(i["kind"] for i in issues) == ["unknown-code", "unknown-patient"]
     again = sqlite_cli.ok("demo", "--labs", "2", "--patients", "30")   # idempotent

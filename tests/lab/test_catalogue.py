@@ -118,7 +118,8 @@ def test_catalogue_show_prints_ranges_and_panic_limits(cli: Cli) -> None:
     r = cli.user_error("catalogue", "load", str(bad), "--tenant", tenant)
     assert "tests[0].ranges[0].age_minimum: is not a known field" in r.stderr
     good = cli.root / "good.json"
-    good.write_text(json.dumps(potassium(local_codes=["K"])))
+    good.write_text(json.dumps(potassium(local_codes=["K"],
+                                         delta={"absolute": 1.0, "percent": 25, "days": 7})))
     cli.ok("catalogue", "load", str(good), "--tenant", tenant)
     shown = cli.ok("catalogue", "show", "--tenant", tenant)
     assert shown["version"] == "t-1"
@@ -132,6 +133,8 @@ def test_catalogue_show_prints_ranges_and_panic_limits(cli: Cli) -> None:
     assert human.exit_code == 0
     assert "(panic <2.8 >6.2)" in human.stdout and "any sex, all ages: 3.5-5.1 mmol/L" in \
         human.stdout
+    assert "delta check: a change beyond 1 mmol/L or 25 % within 7 days" in human.stdout
+    assert k["delta"] == {"absolute": 1.0, "percent": 25.0, "days": 7}
 
 
 def test_a_key_given_twice_is_refused_with_its_line(cli: Cli) -> None:

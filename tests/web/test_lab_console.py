@@ -384,3 +384,39 @@ def test_a_withdrawn_result_refused_in_french() -> None:
                             "acc_t") or ("", "")
     assert _message.startswith("ce résultat a été retiré par vous le ")
     assert "une nouvelle mesure demande une nouvelle demande" in hint
+
+
+def test_previous_results_and_the_delta_hold_on_the_validation_page(
+        web: World, browser: TestClient) -> None:
+    """Under each result, the patient's previous validated result of the test
+    ("Antériorité : …"); a change beyond the test's limit (potassium 4.2 -> 6.0: 1 mmol/L)
+    is said, and keeps the order out of "Valider tous les normaux". Never on the portal."""
+    a = web.a
+    order(web, a, a.patients[0])                          # published: K 4.2, Hb 13.1
+    held = order(web, a, a.patients[0], step="technical",
+                 results=[{"code": "718-7", "value": 13.4, "unit": "g/dL"},
+                          {"code": "2823-3", "value": "6.0", "unit": "mmol/L"}])
+    _console(browser, web, "biologist")
+    page = browser.get("/console/validation")
+    text = _text(page)
+    when = r"\d\d/\d\d/\d{4} à \d\d:\d\d"
+    assert re.search(rf"Antériorité : 4,2 mmol/L le {when} \(normal\)", text)
+    assert re.search(rf"Antériorité : 13,1 g/dL le {when} \(normal\)", text)
+    delta = (rf"écart avec l'antériorité du {when} : 4,2 → 6 mmol/L \(limite ± 1 mmol/L\) : "
+             r"vérifiez l'identité du tube et le patient")
+    assert re.search(delta, text)
+    assert re.search(rf"à revoir : écart avec l'antériorité \({K} : {delta}\)", text)
+    shown = [v for v in SHOWN.findall(page.text) if "=" in v]
+    done = browser.post("/console/validation", data={"csrf": csrf_in(page.text),
+                                                     "shown": shown})
+    assert "0 demande(s) validée(s) ; 1 laissée(s)" in _text(done)
+    assert re.search(rf"{K} : {delta}", _text(done))
+    assert _status(web, held.order_id) == L.OrderStatus.TECHNICALLY_VALIDATED
+    # validated one by one, published: the patient's portal shows no previous result
+    bio = web.actor(a.emails["biologist"])
+    web.lv.lab.validate_biological(bio, held.order_id)
+    web.lv.lab.publish(bio, held.order_id)
+    portal = TestClient(browser.app, base_url="http://testserver", follow_redirects=False)
+    form_login(portal, web, a.emails["patient"], staff=False)
+    mine = _text(portal.get("/portail"))
+    assert "13,4" in mine and "Antériorité" not in mine and "antériorité" not in mine

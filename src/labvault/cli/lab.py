@@ -316,4 +316,11 @@ def catalogue_show(tenant: str = typer.Option(..., "--tenant", help="Laboratory 
                               + (f"  (panic {panic})" if panic else ""), highlight=False)
             for r in t.ranges:
                 out_console.print(f"      {r.band()}: {r.display(t.unit)}", highlight=False)
+            if t.delta is not None:
+                limits = " or ".join(x for x in (
+                    f"{t.delta.absolute:g} {t.unit or ''}".rstrip()
+                    if t.delta.absolute is not None else "",
+                    f"{t.delta.percent:g} %" if t.delta.percent is not None else "") if x)
+                out_console.print(f"      delta check: a change beyond {limits} within "
+                                  f"{t.delta.days} days", highlight=False)
     emit(data, as_json, human)

@@ -543,6 +543,70 @@ def readable_name(label: str | None, display: str) -> str:
     return label or display
 
 
+@dataclass(frozen=True, slots=True)
+class DeltaLimit:
+    """How far a result may move from the patient's previous validated result of the same
+    test before a biologist looks at it (the delta check, ``domain/delta.py``): by more
+    than ``absolute`` (in the catalogue's unit) or more than ``percent`` of the previous
+    value -- either limit given is enough -- compared only with a previous result of the
+    last ``days`` days. At least one limit; both may be given."""
+
+    absolute: float | None
+    percent: float | None
+    days: int
+
+    def as_json(self) -> dict[str, Any]:
+        """As in the catalogue file (only the limits given: it loads back as it is)."""
+        return {**({"absolute": self.absolute} if self.absolute is not None else {}),
+                **({"percent": self.percent} if self.percent is not None else {}),
+                "days": self.days}
+
+
+DELTA_FIELDS = frozenset({"absolute", "percent", "days"})
+DELTA_MAX_DAYS = 366       # a delta check compares recent results; a year is plenty
+
+
+def _parse_delta(raw: object, where: str, kind: ValueKind, code: object,
+                 errors: list[InvalidField]) -> DeltaLimit | None:
+    """A test's ``delta`` (``where`` = ``tests[i].delta``), or None (absent, or its
+    problems added to ``errors``, each naming the test)."""
+    if raw is None:
+        return None
+    of = f" (test {code.strip()})" if isinstance(code, str) and code.strip() else ""
+    example = '"delta": {"absolute": 1.0, "percent": 20, "days": 7}'
+    if not isinstance(raw, Mapping):
+        errors.append(InvalidField(where, f"must be an object{of}", example))
+        return None
+    before = len(errors)
+    _unknown(raw, DELTA_FIELDS, errors, where + ".")
+    if kind != ValueKind.NUMERIC:
+        errors.append(InvalidField(where, f"applies to numeric tests only{of}",
+                                   "a coded or text result has no change to measure: "
+                                   "leave the key out"))
+    limits: dict[str, float | None] = {}
+    for key in ("absolute", "percent"):
+        x = raw.get(key)
+        if x is not None and (isinstance(x, bool) or not isinstance(x, int | float)
+                              or not math.isfinite(x) or x <= 0):
+            errors.append(InvalidField(f"{where}.{key}", f"must be a number above 0{of}",
+                                       example))
+            x = None
+        limits[key] = float(x) if x is not None else None
+    if raw.get("absolute") is None and raw.get("percent") is None:
+        errors.append(InvalidField(where, f"gives neither absolute nor percent{of}",
+                                   "give the change that needs a look: " + example))
+    days = raw.get("days")
+    if (isinstance(days, bool) or not isinstance(days, int)
+            or not 1 <= days <= DELTA_MAX_DAYS):
+        errors.append(InvalidField(f"{where}.days", f"must be a whole number of days from 1 "
+                                   f"to {DELTA_MAX_DAYS}{of}", "the window within which "
+                                   "the previous result is compared, e.g. 7"))
+    if len(errors) > before:
+        return None
+    assert isinstance(days, int)
+    return DeltaLimit(limits["absolute"], limits["percent"], days)
+
+
 # Where an age band without an upper bound ends when bands are compared by width: past
 # any lifespan on record (122 y), so that "18 y and over" is narrower than "0-120 y"
 OPEN_BAND_END = 130.0
@@ -561,6 +625,7 @@ class CatalogueTest:
     local_codes: tuple[str, ...] = ()       # analyzer codes that mean this test
     specimen: str | None = None
     label: str | None = None                # French name on reports ("Hémoglobine")
+    delta: DeltaLimit | None = None         # the delta check's limit (None: not checked)
 
     @property
     def name(self) -> str:
@@ -576,7 +641,8 @@ class CatalogueTest:
                 "unit": self.unit, "ranges": [r.as_json() for r in self.ranges],
                 "panic_low": self.panic_low, "panic_high": self.panic_high,
                 "normal_codes": list(self.normal_codes), "local_codes": list(self.local_codes),
-                "specimen": self.specimen}
+                "specimen": self.specimen,
+                **({"delta": self.delta.as_json()} if self.delta is not None else {})}
 
     def range_for(self, sex: str | None, age: float | None) -> RangeRule | None:
         """Most specific rule first: the narrowest matching age band, then sex-specific
@@ -706,7 +772,7 @@ class Catalogue:
 
 
 TEST_FIELDS = frozenset({"code", "display", "label", "kind", "unit", "ranges", "panic_low",
-                         "panic_high", "normal_codes", "local_codes", "specimen"})
+                         "panic_high", "normal_codes", "local_codes", "specimen", "delta"})
 RANGE_FIELDS = frozenset({"sex", "age_min", "age_max", "low", "high", "text"})
 
 
@@ -769,10 +835,11 @@ def _parse_test(t: object, where: str, errors: list[InvalidField]) -> CatalogueT
     _check_panic(panic_low, panic_high, ranges, where, errors)
     normal_codes = _codes(t, "normal_codes", where, errors)
     local_codes = _codes(t, "local_codes", where, errors)
+    delta = _parse_delta(t.get("delta"), where + ".delta", kind, t.get("code"), errors)
     if len(errors) > before or code is None or display is None:
         return None
     return CatalogueTest(code, display, kind, unit, tuple(r for _, r in ranges), panic_low,
-                         panic_high, normal_codes, local_codes, t.get("specimen"), name)
+                         panic_high, normal_codes, local_codes, t.get("specimen"), name, delta)
 
 
 def _codes(t: Mapping[str, Any], key: str, where: str,

@@ -26,6 +26,10 @@ NORMAL = [{"code": "718-7", "value": 13.1, "unit": "g/dL"},
           {"code": "2823-3", "value": "4.2", "unit": "mmol/L"}]
 HIGH_K = [{"code": "718-7", "value": 12.4, "unit": "g/dL"},
           {"code": "2823-3", "value": "6.9", "unit": "mmol/L"}]     # beyond the panic limit
+# the portal's patient's potassium this morning, 1.4 mmol/L above the published 4.2: the
+# delta check holds it in the biologist's worklist ("écart avec l'antériorité")
+DELTA_K = [{"code": "718-7", "value": 13.0, "unit": "g/dL"},
+           {"code": "2823-3", "value": "5.6", "unit": "mmol/L"}]
 STRANGER = make_nir("M", date(1961, 7, 3), "33063", 118)           # registered nowhere
 
 
@@ -54,7 +58,8 @@ def seed_lab_day(lv: Labvault, tenant_id: str, accounts: Sequence[Mapping[str, A
                  patient_ids: Sequence[str], records: Sequence[Mapping[str, Any]],
                  analyser: Analyser) -> dict[str, int]:
     """Orders of the laboratory's first demo patients at each step (published — the
-    portal account's patient —, validated by the bench, results entered with a critical
+    portal account's patient —, validated by the bench — one of them the portal's
+    patient's again, a potassium the delta check holds —, results entered with a critical
     potassium, tube received, awaiting its tube), an analyser's results, and two messages
     the analyser sent that wait for a person (a patient unknown here, a local code the
     catalogue does not know). Nothing when the laboratory already has orders, or has
@@ -87,6 +92,9 @@ def seed_lab_day(lv: Labvault, tenant_id: str, accounts: Sequence[Mapping[str, A
     technical = order(patient_ids[1], minutes=200)          # the biologist's worklist
     lv.lab.enter_results(tech, technical, NORMAL)
     lv.lab.validate_technical(tech, technical)
+    again = order(patient_ids[0], minutes=60)               # held by the delta check
+    lv.lab.enter_results(tech, again, DELTA_K)
+    lv.lab.validate_technical(tech, again)
     lv.lab.enter_results(tech, order(patient_ids[2]), HIGH_K)   # bench; a critical value
     order(patient_ids[3], minutes=20)                       # tube received, no result yet
     order(patient_ids[4], tube=False)                       # awaits its tube

@@ -49,6 +49,7 @@ from sqlalchemy.engine import Connection
 
 from labvault.crypto import DataKey, SealContext
 from labvault.crypto import blind_index as bi
+from labvault.domain import delta as D
 from labvault.domain import lab as L
 from labvault.domain.actors import Actor
 from labvault.domain.categories import Action, Category
@@ -302,6 +303,12 @@ class ReportView:
     # ORU^R01 messages queued for the prescriber's or hospital's system by the call that
     # returned this view (publication, revised conclusion): 0 when no destination matched
     queued: int = 0
+    # the delta check ("antériorité"), by result id: each result in force with the
+    # patient's previous validated result of its test (another order's) and what the
+    # comparison found -- read only for the staff who validate, when asked
+    # (``previous=True``: the console's validation pages, the REST review read); never
+    # for a patient, the portal or the PDF
+    previous: Mapping[str, D.Delta] = field(default_factory=dict)
 
     @property
     def expected(self) -> dict[str, int]:
@@ -315,7 +322,10 @@ class ReportView:
         in_force = [o for o in self.observations if o.status != "cancelled"]
         return review_reason([o.observation for o in in_force], self.missing,
                              [o.observation for o in in_force
-                              if self.reentries.get(o.observation_id)])
+                              if self.reentries.get(o.observation_id)],
+                             [(o.observation, d) for o in in_force
+                              if (d := self.previous.get(o.observation_id)) is not None
+                              and d.exceeded])
 
     def requested(self, obs: ObservationView) -> bool:
         """Whether the order asked for this result (results of other tests are kept)."""
@@ -354,7 +364,8 @@ class ReportView:
                 "conclusion_revisions": [r.as_json() for r in self.conclusion_revisions],
                 "prescriber": dict(self.prescriber) if self.prescriber else None,
                 **({"reentries": {k: [c.as_json() for c in cs]
-                                  for k, cs in self.reentries.items()}}
+                                  for k, cs in self.reentries.items()},
+                    "previous": {k: d.as_json() for k, d in self.previous.items()}}
                    if staff_names else {})}
 
 
@@ -383,18 +394,30 @@ class Skip:
     tests: tuple[str, ...] = ()
     # analyser-disagrees: per test, the analyser's flag (OBX-8) and labvault's
     flags: tuple[tuple[str, str], ...] = ()
+    # delta: per test, the previous result and the change found (``domain/delta.py``)
+    deltas: tuple[D.Delta, ...] = ()
 
     def as_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"reason": self.reason, "tests": list(self.tests)}
         if self.flags:
             out["flags"] = [{"analyser": a, "labvault": f} for a, f in self.flags]
+        if self.deltas:
+            out["deltas"] = [{"previous": d.previous.observation.numeric,
+                              "previous_at": d.previous.at.isoformat(), "current": d.current,
+                              "unit": d.previous.observation.unit,
+                              "change": D.shown(d.change), "relative": D.shown(d.relative),
+                              "limit": d.limit.as_json() if d.limit else None}
+                             for d in self.deltas]
         return out
 
 
 # Most serious first: an order is reported under the first that applies.
-SKIP_REASONS = ("not-waiting", "changed", "no-results", "panic", "analyser-disagrees",
-                "re-entered", "out-of-range", "indeterminate", "no-reference-range",
-                "incomplete")
+# ``delta`` (a change since the patient's previous result beyond the test's limit) comes
+# right after a panic value: it may be a wrong patient or a wrong tube, which makes every
+# other reason of the order moot -- the identity is checked before the values are read.
+SKIP_REASONS = ("not-waiting", "changed", "no-results", "panic", "delta",
+                "analyser-disagrees", "re-entered", "out-of-range", "indeterminate",
+                "no-reference-range", "incomplete")
 
 
 @dataclass
@@ -404,9 +427,9 @@ class BulkValidation:
     reasons: dict[str, Skip] = field(default_factory=dict)   # skipped order id -> why
 
     def skip(self, order_id: str, reason: str, tests: Iterable[str] = (),
-             flags: Iterable[tuple[str, str]] = ()) -> None:
+             flags: Iterable[tuple[str, str]] = (), deltas: Iterable[D.Delta] = ()) -> None:
         self.skipped.append(order_id)
-        self.reasons[order_id] = Skip(reason, tuple(tests), tuple(flags))
+        self.reasons[order_id] = Skip(reason, tuple(tests), tuple(flags), tuple(deltas))
 
     def as_json(self) -> dict[str, Any]:
         return {"validated": self.validated, "skipped": self.skipped,
@@ -608,25 +631,34 @@ class _Order:
 
 
 def review_reason(results: Sequence[L.Observation], missing: Mapping[str, str],
-                  reentered: Collection[L.Observation] = ()) -> Skip | None:
+                  reentered: Collection[L.Observation] = (),
+                  deltas: Sequence[tuple[L.Observation, D.Delta]] = ()) -> Skip | None:
     """Why an order's results need a biologist's review rather than "validate all normal"
     (the most serious reason, with the tests concerned); None when they may go in bulk.
     ``reentered``: those of ``results`` entered again before validation (a rerun: the
     value was doubted, the biologist compares it with the one it replaced), whatever
-    their flag (``re-entered``)."""
+    their flag (``re-entered``). ``deltas``: those of ``results`` that changed beyond
+    their test's delta limit since the patient's previous result (``delta``), each with
+    what the check found, whatever their flag."""
     if not results:
         return Skip("no-results")
     why: dict[str, list[L.Observation]] = {}
+    found: dict[int, D.Delta] = {}
     for o in results:
         if not L.is_normal(o):
             why.setdefault(_not_normal(o), []).append(o)
         if any(o is r for r in reentered):
             why.setdefault("re-entered", []).append(o)
+        for r, d in deltas:
+            if o is r and d.exceeded:
+                why.setdefault("delta", []).append(o)
+                found[id(o)] = d
     if why:
         reason = min(why, key=SKIP_REASONS.index)
         flags = (tuple((o.analyser_flag or "", o.flag.value if o.flag else "")
                        for o in why[reason]) if reason == "analyser-disagrees" else ())
-        return Skip(reason, tuple(o.name for o in why[reason]), flags)
+        return Skip(reason, tuple(o.name for o in why[reason]), flags,
+                    tuple(found[id(o)] for o in why[reason]) if reason == "delta" else ())
     return Skip("incomplete", tuple(missing.values())) if missing else None
 
 
@@ -643,6 +675,17 @@ def _not_normal(obs: L.Observation) -> str:
     """Why a result keeps its order out of "validate all normal" (a ``SKIP_REASONS``)."""
     reason = L.review_reason(obs)
     return _SKIP_OF[reason] if reason is not None else "indeterminate"
+
+
+def _result_time(obs: L.Observation, row_or_created: Mapping[str, Any] | datetime
+                 ) -> datetime:
+    """When a result was observed, else when it was entered (its row's ``created_at``):
+    the time the delta check orders results by."""
+    if obs.observed_at is not None:
+        return _utc(obs.observed_at)
+    created = (row_or_created if isinstance(row_or_created, datetime)
+               else row_or_created["created_at"])
+    return _utc(created)
 
 
 def default_catalogue_data() -> dict[str, Any]:
@@ -1466,11 +1509,16 @@ class LabService:
             self._check(conn, actor, Action.VALIDATE, tenant_id, "report",
                         [r["patient_id"] for r in rows])
             signed = self._signed(actor)
-            for row in rows:
-                order = self._order_from_row(conn, row)
-                skip = self._bulk_skip(conn, order, expected, partial)
+            orders = [self._order_from_row(conn, row) for row in rows]
+            # the delta check: the patients' previous validated results, under the decision
+            # just made (validating these patients' reports means reading their results:
+            # the previous ones are their earlier reports', the same patients, the same
+            # purpose; see ``_priors``)
+            priors = self._priors(conn, tenant_id, orders)
+            for order in orders:
+                skip = self._bulk_skip(conn, order, expected, partial, priors)
                 if skip is not None:
-                    out.skip(order.order_id, skip.reason, skip.tests, skip.flags)
+                    out.skip(order.order_id, skip.reason, skip.tests, skip.flags, skip.deltas)
                     continue
                 self._validate_bio(conn, actor, order, None, signed=signed)
                 out.validated.append(order.order_id)
@@ -1478,8 +1526,10 @@ class LabService:
 
     def _bulk_skip(self, conn: Connection, order: _Order,
                    expected: Mapping[str, Mapping[str, int]] | None,
-                   partial: bool | None) -> Skip | None:
-        """Why an order may not be validated in bulk (None: it may)."""
+                   partial: bool | None,
+                   priors: Mapping[str, Sequence[tuple[str, D.Prior]]]) -> Skip | None:
+        """Why an order may not be validated in bulk (None: it may). ``priors``: the
+        patients' previous validated results (``_priors``), for the delta check."""
         try:
             rows = self._unchanged(conn, order,
                                    None if expected is None else expected[order.order_id])
@@ -1488,11 +1538,69 @@ class LabService:
         in_force = [r for r in rows if r["status"] != "cancelled"]
         results = self._results(order, in_force)
         missing = self._missing(conn, order, results) if partial is False else {}
+        deltas = self._deltas(conn, order, [(r["observation_id"], o, _result_time(o, r))
+                                            for o, r in zip(results, in_force, strict=True)],
+                              priors)
         # before validation only a re-entry takes a result in force past its first
         # revision (amendments come after publication, a retraction cancels it)
         return review_reason(results, missing, [o for o, r in zip(results, in_force,
                                                                   strict=True)
-                                                if r["revision"] > 1])
+                                                if r["revision"] > 1],
+                             [(o, d) for o, r in zip(results, in_force, strict=True)
+                              if (d := deltas.get(r["observation_id"])) is not None])
+
+    # == previous results: the delta check (docs/lab.md "Previous results") ===================
+    @staticmethod
+    def _validates(actor: Actor) -> bool:
+        """Whether ``actor`` is staff who validate results (technicians, biologists): the
+        only readers shown a patient's previous results beside the results to validate."""
+        return actor.kind == "staff" and bool(actor.roles & L.TECHNICAL_ROLES)
+
+    def _priors(self, conn: Connection, tenant_id: str, orders: Sequence[_Order]
+                ) -> dict[str, list[tuple[str, D.Prior]]]:
+        """The validated results (final or amended, of an order validated, published or
+        amended) of the patients of ``orders``, opened under each patient's key (the key
+        the caller opened their orders with): patient id -> [(order id, result)]. One
+        query for every patient, whatever the number of results.
+
+        No gate decision of its own: the callers call it only after the one they made for
+        these patients' reports (a read of their reports for the review, the validation of
+        "validate all normal"), by staff who validate. A validated result is a part of the
+        patient's earlier report, which that decision already lets them read -- the same
+        patients, the same clinical category, the same purpose, one audited entry naming
+        them. Nothing else is opened: no other patient, no result not validated."""
+        deks = {o.patient_id: o.dek for o in orders}
+        rows = lrepo.validated_observations_of(conn, tenant_id, list(deks),
+                                               sorted(s.value for s in _VALIDATED),
+                                               ("final", "amended"))
+        out: dict[str, list[tuple[str, D.Prior]]] = {}
+        for r in rows:
+            obs = L.Observation.from_json(self._open(
+                deks[r["patient_id"]], tenant_id, "lab_observations", "result_sealed",
+                r["observation_id"], r["result_sealed"]))
+            out.setdefault(r["patient_id"], []).append(
+                (r["order_id"], D.Prior(_result_time(obs, r), obs, r["observation_id"])))
+        return out
+
+    def _deltas(self, conn: Connection, order: _Order,
+                results: Sequence[tuple[str, L.Observation, datetime]],
+                priors: Mapping[str, Sequence[tuple[str, D.Prior]]]) -> dict[str, D.Delta]:
+        """Each of ``results`` (result id, result, its time) with its previous result of
+        another order of the patient, and what the delta check found, by result id."""
+        mine = [p for oid, p in priors.get(order.patient_id, ()) if oid != order.order_id]
+        if not mine:
+            return {}
+        try:
+            cat: L.Catalogue | None = self._catalogue(conn, order.tenant_id)
+        except UserError:               # a stored catalogue failing the checks: no limits
+            cat = None
+        out: dict[str, D.Delta] = {}
+        for rid, obs, at in results:
+            test = cat.get(obs.code) if cat is not None else None
+            found = D.check(obs, at, mine, test.delta if test is not None else None)
+            if found is not None:
+                out[rid] = found
+        return out
 
     # == publication, amendment, rejection, cancellation ========================================
     def publish(self, actor: Actor, order_id: str, partial: bool | None = None) -> ReportView:
@@ -1722,7 +1830,11 @@ class LabService:
                                    order_dek, r["tenant_id"], "lab_observations",
                                    "result_sealed", r["observation_id"], r["result_sealed"])))
 
-    def _report_view(self, conn: Connection, order: _Order) -> ReportView:
+    def _report_view(self, conn: Connection, order: _Order,
+                     priors: Mapping[str, Sequence[tuple[str, D.Prior]]] | None = None
+                     ) -> ReportView:
+        """``priors``: the patients' previous validated results (``_priors``), when the
+        view is for staff who validate (``ReportView.previous``)."""
         rep = lrepo.report_by_order(conn, order.tenant_id, order.order_id)
         assert rep is not None
         payload = self._open(order.dek, order.tenant_id, "lab_reports", "report_sealed",
@@ -1748,7 +1860,10 @@ class LabService:
             self._specimen_views(conn, order),
             order.request.get("prescriber"), L.Priority(order.row["priority"]),
             order.sex, order.birth_date,
-            {oid: c["re-entered"] for oid, c in changes.items() if c.get("re-entered")})
+            {oid: c["re-entered"] for oid, c in changes.items() if c.get("re-entered")},
+            previous=self._deltas(conn, order, [
+                (o.observation_id, o.observation, _result_time(o.observation, o.created_at))
+                for o in obs if o.status != "cancelled"], priors) if priors is not None else {})
 
     def _changes(self, conn: Connection, order: _Order,
                  obs: Sequence[ObservationView]) -> dict[str, dict[str, list[Correction]]]:
@@ -1820,11 +1935,16 @@ class LabService:
             return self._report_view(conn, self._order_from_row(conn, row))
 
     def get_report_by_order(self, actor: Actor, order_id: str,
-                            purpose: str = CARE) -> ReportView:
+                            purpose: str = CARE, previous: bool = False) -> ReportView:
+        """``previous``: with each result's previous result and the delta check
+        (``ReportView.previous``) -- for staff who validate (ignored for anyone else),
+        under the same decision as the read of the report (``_priors``)."""
         with self.lv.begin() as conn:
             order = self._order_for(conn, actor, order_id, Action.READ, "report",
                                     purpose=purpose)
-            return self._report_view(conn, order)
+            priors = (self._priors(conn, order.tenant_id, [order])
+                      if previous and self._validates(actor) else None)
+            return self._report_view(conn, order, priors)
 
     def get_observation(self, actor: Actor, observation_id: str,
                         purpose: str = CARE, for_update: bool = False) -> ObservationView:
@@ -2001,13 +2121,16 @@ class LabService:
     def list_reports(self, actor: Actor, tenant_id: str, patient_id: str | None = None,
                      status: str | None = None, limit: int = 200,
                      purpose: str = CARE, order_status: str | None = None,
-                     urgent_first: bool = False) -> list[ReportView]:
+                     urgent_first: bool = False, previous: bool = False) -> list[ReportView]:
         """Reports, oldest first. ``status``: the report's (FHIR) status; ``order_status``:
         the step its order is at (a worklist: ``technically-validated``...), filtered in
         the query, so that ``limit`` counts only those -- "final" reports are the
         published ones too, and a page keeping the validated ones out of the first 200
         would show none once 200 were published. ``urgent_first``: stat, then urgent
-        orders first."""
+        orders first. ``previous``: each report with its results' previous results and
+        the delta check (``ReportView.previous``), for staff who validate (ignored for
+        anyone else): the patients' validated results read in one query, under the
+        decision made for the listing (``_priors``)."""
         self._scope(actor, tenant_id, "laboratory")
         order_statuses = _order_filter(actor)
         if order_status is not None:
@@ -2021,11 +2144,10 @@ class LabService:
                 return []
             self._check(conn, actor, Action.READ, tenant_id, "report",
                         [r["patient_id"] for r in rows], purpose=purpose)
-            out = []
-            for r in rows:
-                order = self._load_order(conn, r["order_id"])
-                out.append(self._report_view(conn, order))
-            return out
+            orders = [self._load_order(conn, r["order_id"]) for r in rows]
+            priors = (self._priors(conn, tenant_id, orders)
+                      if previous and self._validates(actor) else None)
+            return [self._report_view(conn, order, priors) for order in orders]
 
     def list_observations(self, actor: Actor, tenant_id: str, patient_id: str | None = None,
                           code: str | None = None, status: str | None = None,

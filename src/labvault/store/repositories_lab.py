@@ -245,6 +245,22 @@ def observations_of(conn: Connection, tenant_id: str, *, patient_id: str | None 
     return [dict(r) for r in conn.execute(q).mappings()]
 
 
+def validated_observations_of(conn: Connection, tenant_id: str, patient_ids: Sequence[str],
+                              order_statuses: Sequence[str],
+                              statuses: Sequence[str]) -> list[dict[str, Any]]:
+    """The results of ``patient_ids`` in one of ``statuses`` whose order is in one of
+    ``order_statuses`` (the validated ones: a patient's previous results, the delta
+    check's), in one query for every patient of a worklist."""
+    if not patient_ids:
+        return []
+    q = _of_orders_in(select(lab_observations), lab_observations, order_statuses).where(
+        lab_observations.c.tenant_id == tenant_id,
+        lab_observations.c.patient_id.in_(list(dict.fromkeys(patient_ids))),
+        lab_observations.c.status.in_(list(statuses)))
+    q = q.order_by(lab_observations.c.created_at, lab_observations.c.observation_id)
+    return [dict(r) for r in conn.execute(q).mappings()]
+
+
 def observation(conn: Connection, observation_id: str) -> dict[str, Any] | None:
     return _first(select_rows(conn, lab_observations, _SEL_OBSERVATION, (observation_id,)))
 

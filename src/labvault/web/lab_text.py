@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
+from labvault.domain.delta import Delta
 from labvault.errors import AccessDenied, InvalidField, NotFound, UserError
 from labvault.services.delivery import (
     DeliveryErased,
@@ -42,6 +43,7 @@ SKIP_FR: Mapping[str, str] = {
     "changed": "les résultats ont changé depuis l'ouverture de la page : relisez-les",
     "no-results": "aucun résultat",
     "panic": "valeur critique",
+    "delta": "écart avec l'antériorité",
     "analyser-disagrees": "l'automate et le catalogue ne concordent pas",
     "re-entered": "résultat ressaisi avant validation (nouvelle mesure ou correction de "
                   "saisie) : comparez-le à la valeur remplacée",
@@ -54,12 +56,53 @@ SKIP_FR: Mapping[str, str] = {
 
 def skip_tests(skip: Skip) -> str:
     """The tests an order was left for, with each flag when the analyser's and the
-    catalogue's disagree ("Potassium : l'automate l'a signalé H, le catalogue dit normal")."""
+    catalogue's disagree ("Potassium : l'automate l'a signalé H, le catalogue dit normal"),
+    each change since the previous result when it is beyond the test's limit
+    ("Potassium : écart avec l'antériorité du … : 4,1 → 6 mmol/L (limite ± 1 mmol/L) : …")."""
+    if skip.deltas:
+        return "; ".join(f"{t} : {delta_fr(d)}"
+                         for t, d in zip(skip.tests, skip.deltas, strict=True))
     if not skip.flags:
         return ", ".join(skip.tests)
     from labvault.web.render import FLAG_FR
     return "; ".join(f"{t} : l'automate l'a signalé {a}, le catalogue dit {FLAG_FR.get(f, f)}"
                      for t, (a, f) in zip(skip.tests, skip.flags, strict=True))
+
+
+def previous_fr(d: Delta) -> str:
+    """A result's previous result as the validation pages show it under the result:
+    "Antériorité : 4,1 mmol/L le 01/03/2026 à 08:30 (normal)"."""
+    from labvault.web.render import FLAG_FR, fr_datetime, result_value, unit_print
+    p = d.previous.observation
+    unit = unit_print(p.unit)
+    flag = FLAG_FR.get(p.flag.value, p.flag.value) if p.flag else ""
+    return (f"Antériorité : {result_value(p)}{' ' + unit if unit else ''} le "
+            f"{fr_datetime(d.previous.at)}{f' ({flag})' if flag else ''}")
+
+
+def limit_fr(d: Delta) -> str:
+    """A delta limit the French way: "± 1 mmol/L", "± 50 %", "± 2 g/dL ou ± 20 %"."""
+    from labvault.web.render import number, unit_print
+    if d.limit is None:
+        return ""
+    unit = unit_print(d.previous.observation.unit)
+    parts = ([f"± {number(d.limit.absolute)}{' ' + unit if unit else ''}"]
+             if d.limit.absolute is not None else [])
+    if d.limit.percent is not None:
+        parts.append(f"± {number(d.limit.percent)} %")
+    return " ou ".join(parts)
+
+
+def delta_fr(d: Delta) -> str:
+    """Why a result is held for the delta check, in the laboratory's words: "écart avec
+    l'antériorité du 01/03/2026 à 08:30 : 4,1 → 6 mmol/L (limite ± 1 mmol/L) : vérifiez
+    l'identité du tube et le patient"."""
+    from labvault.web.render import fr_datetime, number, unit_print
+    unit = unit_print(d.previous.observation.unit)
+    return (f"écart avec l'antériorité du {fr_datetime(d.previous.at)} : "
+            f"{number(d.previous.observation.numeric)} → {number(d.current)}"
+            f"{' ' + unit if unit else ''} (limite {limit_fr(d)}) : vérifiez l'identité du "
+            "tube et le patient")
 
 
 _CONFLICT_FR: Mapping[str, tuple[str, str]] = {

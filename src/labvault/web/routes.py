@@ -579,7 +579,7 @@ def bench_worklist(user: User, lv: LV) -> Response:
     tenant_id = _bench(user)
     pending = lv.lab.list_reports(user.actor, tenant_id, limit=WORKLIST_LIMIT + 1,
                                   order_status=L.OrderStatus.PRELIMINARY.value,
-                                  urgent_first=True)
+                                  urgent_first=True, previous=True)
     received = lv.lab.list_orders(user.actor, tenant_id, status=L.OrderStatus.RECEIVED.value,
                                   limit=WORKLIST_LIMIT + 1, specimens=True)
     more = {"pending": len(pending) > WORKLIST_LIMIT, "received": len(received) > WORKLIST_LIMIT}
@@ -629,9 +629,11 @@ def reject_specimen(request: Request, order_id: str, user: User, lv: LV, csrf: C
 # -- biological validation and publication (the biologist) ---------------------------------------
 def _validation_page(user: WebUser, lv: Labvault, tenant_id: str,
                      done: BulkValidation | None = None) -> Response:
+    # with each result's previous result (the delta check): what the biologist compares
+    # before validating, and why "valider tous les normaux" would hold an order
     waiting = lv.lab.list_reports(user.actor, tenant_id, limit=WORKLIST_LIMIT + 1,
                                   order_status=L.OrderStatus.TECHNICALLY_VALIDATED.value,
-                                  urgent_first=True)
+                                  urgent_first=True, previous=True)
     to_publish = lv.lab.list_reports(user.actor, tenant_id, limit=WORKLIST_LIMIT + 1,
                                      order_status=L.OrderStatus.FINAL.value, urgent_first=True)
     more = {"waiting": len(waiting) > WORKLIST_LIMIT,

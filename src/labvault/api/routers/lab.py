@@ -242,7 +242,9 @@ def enter_results(order_id: str, body: ResultsIn, actor: CurrentActor,
 @router.get(ORDER, summary="An order's report for review: results, flags, missing tests, "
                            "`expected` for the validation calls")
 def review_order(order_id: str, actor: CurrentActor, lv: LV) -> dict[str, Any]:
-    return _review(lv.lab.get_report_by_order(actor, order_id))
+    """With ``previous`` (staff who validate): per result, the patient's previous
+    validated result of the test and the delta check's outcome (docs/lab.md)."""
+    return _review(lv.lab.get_report_by_order(actor, order_id, previous=True))
 
 
 @router.post(ORDER + "/technical-validation",

@@ -1,0 +1,136 @@
+"""The delta check: a result compared with the patient's previous validated result of the
+same test (the "antériorité" a biologist reads beside each result to validate).
+
+A change larger than the test's limit (``L.DeltaLimit``, from the catalogue) since the
+previous result -- potassium 4.1 -> 6.0 mmol/L in two days, haemoglobin 13 -> 8 g/dL -- is
+either a clinical event or a wrong-patient / wrong-tube error: the result is held for a
+biologist's review (``delta-exceeded``), whatever its flag. Pure: the caller gives the
+previous results (validated results of the same patient's other orders, opened).
+
+What it does not do: compare across units (no conversion), compare a value with a
+comparator ("<0.5": not a number), compare coded or text results, or look past the
+window. Each of those says so (``Outcome.NOT_COMPARED`` with ``why``,
+``Outcome.OUT_OF_WINDOW``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from labvault.domain import lab as L
+
+# A change at the limit itself is within it; the float noise of the subtraction
+# (0.3 - 0.1 = 0.19999999999999998) never decides.
+_NOISE = 1e-9
+
+
+class Outcome(StrEnum):
+    EXCEEDED = "delta-exceeded"       # held for review
+    WITHIN = "within-limit"
+    NO_LIMIT = "no-limit"             # the catalogue sets no delta limit for this test
+    OUT_OF_WINDOW = "out-of-window"   # the previous result is older than the window
+    NOT_COMPARED = "not-compared"     # see ``why``
+
+
+@dataclass(frozen=True, slots=True)
+class Prior:
+    """A validated result of an earlier order of the same patient, and its time (when it
+    was observed, else when it was entered)."""
+
+    at: datetime
+    observation: L.Observation
+    observation_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """The previous result of a result's test and what the comparison found. ``change``
+    is current - previous (signed, the catalogue's unit), ``relative`` that change in
+    percent of the previous value (None when the previous value is 0); both None when the
+    values were not compared (``why`` says why)."""
+
+    previous: Prior
+    outcome: Outcome
+    current: float | None = None
+    change: float | None = None
+    relative: float | None = None
+    limit: L.DeltaLimit | None = None
+    why: str | None = None
+
+    @property
+    def exceeded(self) -> bool:
+        return self.outcome == Outcome.EXCEEDED
+
+    def as_json(self) -> dict[str, Any]:
+        p = self.previous.observation
+        return {"observation_id": self.previous.observation_id,
+                "at": self.previous.at.isoformat(),
+                "value": p.numeric if p.kind == L.ValueKind.NUMERIC else p.value_display(),
+                "comparator": p.comparator, "unit": p.unit,
+                "flag": p.flag.value if p.flag else None,
+                "delta": {"outcome": self.outcome.value, "change": shown(self.change),
+                          "relative": shown(self.relative),
+                          "limit": self.limit.as_json() if self.limit else None,
+                          **({"why": self.why} if self.why else {})}}
+
+
+def shown(x: float | None) -> float | None:
+    """A change as an answer gives it: without the float noise of the subtraction
+    (4.2 -> 5.6 is 1.4, not 1.3999999999999995)."""
+    return None if x is None else round(x, 6)
+
+
+def latest_before(code: str, at: datetime, priors: Iterable[Prior]) -> Prior | None:
+    """The latest of ``priors`` of test ``code`` observed before ``at`` (None: none)."""
+    earlier = [p for p in priors if p.observation.code == code and p.at < at]
+    return max(earlier, key=lambda p: p.at, default=None)
+
+
+def _not_compared(current: L.Observation, previous: L.Observation) -> str | None:
+    """Why two results of one test cannot be compared as numbers (None: they can)."""
+    if (current.kind != L.ValueKind.NUMERIC or previous.kind != L.ValueKind.NUMERIC
+            or current.numeric is None or previous.numeric is None):
+        return "not numeric"
+    if current.comparator or previous.comparator:
+        return "a value with a comparator (<, >) is not a number"
+    if (current.unit or previous.unit) and not (
+            current.unit and previous.unit and L.same_unit(current.unit, previous.unit)):
+        return f"units differ ({previous.unit or 'none'}, {current.unit or 'none'})"
+    return None
+
+
+def beyond(change: float, limit: float) -> bool:
+    """Whether a change (in absolute value) is beyond a limit; at the limit it is not."""
+    return abs(change) - limit > _NOISE * max(1.0, limit)
+
+
+def check(current: L.Observation, at: datetime, priors: Iterable[Prior],
+          limit: L.DeltaLimit | None) -> Delta | None:
+    """``current`` (observed at ``at``) against the latest validated result of its test
+    before ``at`` among ``priors`` (None: there is none). Exceeded when the change is
+    beyond ``limit.absolute`` or beyond ``limit.percent`` of the previous value (either
+    limit given is enough), the previous result being at most ``limit.days`` old."""
+    previous = latest_before(current.code, at, priors)
+    if previous is None:
+        return None
+    why = _not_compared(current, previous.observation)
+    if why is not None:
+        return Delta(previous, Outcome.NOT_COMPARED, limit=limit, why=why)
+    assert current.numeric is not None and previous.observation.numeric is not None
+    before = previous.observation.numeric
+    change = current.numeric - before
+    relative = change / abs(before) * 100 if before != 0 else None
+    found = Delta(previous, Outcome.WITHIN, current.numeric, change, relative, limit)
+    if limit is None:
+        return Delta(previous, Outcome.NO_LIMIT, current.numeric, change, relative)
+    if at - previous.at > timedelta(days=limit.days):
+        return Delta(previous, Outcome.OUT_OF_WINDOW, current.numeric, change, relative, limit)
+    if ((limit.absolute is not None and beyond(change, limit.absolute))
+            or (limit.percent is not None and relative is not None
+                and beyond(relative, limit.percent))):
+        return Delta(previous, Outcome.EXCEEDED, current.numeric, change, relative, limit)
+    return found
