@@ -130,6 +130,24 @@ def test_a_previous_result_out_of_the_window_is_shown_not_compared(
         second: view.expected}).validated == [second]
 
 
+def test_previous_results_are_read_back_to_the_lookback_only(
+        lab_lv: Labvault, operator: Actor, tenant_id: str, patient_id: str,
+        technician: Actor, biologist: Actor, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A patient followed for years: only results entered within the lookback are opened
+    (each is an unseal), which still covers the longest delta window."""
+    from labvault.domain import lab as L
+    from labvault.services.lab import PRIOR_LOOKBACK_DAYS
+    assert PRIOR_LOOKBACK_DAYS >= 2 * L.DELTA_MAX_DAYS
+    lv = lab_lv
+    _order(lv, operator, tenant_id, patient_id, technician, [_k(4.0, 0)], "final", biologist)
+    second = _order(lv, operator, tenant_id, patient_id, technician, [_k(4.4, 2)])
+    entered = datetime.now(UTC)
+    for days, seen in ((PRIOR_LOOKBACK_DAYS - 1, 1), (PRIOR_LOOKBACK_DAYS + 1, 0)):
+        monkeypatch.setattr(lv, "now", lambda d=days: entered + timedelta(days=d))
+        view = lv.lab.get_report_by_order(biologist, second, previous=True)
+        assert len(view.previous) == seen, days
+
+
 def test_only_validated_results_of_other_orders_count(
         lab_lv: Labvault, operator: Actor, tenant_id: str, patient_id: str,
         technician: Actor, biologist: Actor) -> None:

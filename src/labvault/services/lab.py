@@ -41,7 +41,7 @@ import json
 import threading
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
@@ -675,6 +675,11 @@ def _not_normal(obs: L.Observation) -> str:
     """Why a result keeps its order out of "validate all normal" (a ``SKIP_REASONS``)."""
     reason = L.review_reason(obs)
     return _SKIP_OF[reason] if reason is not None else "indeterminate"
+
+
+# How far back a patient's previous results are read for the delta check and shown beside
+# the results to validate (``LabService._priors``).
+PRIOR_LOOKBACK_DAYS = 2 * L.DELTA_MAX_DAYS
 
 
 def _result_time(obs: L.Observation, row_or_created: Mapping[str, Any] | datetime
@@ -1568,11 +1573,16 @@ class LabService:
         "validate all normal"), by staff who validate. A validated result is a part of the
         patient's earlier report, which that decision already lets them read -- the same
         patients, the same clinical category, the same purpose, one audited entry naming
-        them. Nothing else is opened: no other patient, no result not validated."""
+        them. Nothing else is opened: no other patient, no result not validated.
+
+        Only results entered within ``PRIOR_LOOKBACK_DAYS``: each is unsealed, and a
+        patient followed for years would otherwise make every worklist showing them open
+        their whole history. Every comparison a delta window allows is still made (the
+        longest window, ``L.DELTA_MAX_DAYS``, is half the lookback)."""
         deks = {o.patient_id: o.dek for o in orders}
-        rows = lrepo.validated_observations_of(conn, tenant_id, list(deks),
-                                               sorted(s.value for s in _VALIDATED),
-                                               ("final", "amended"))
+        rows = lrepo.validated_observations_of(
+            conn, tenant_id, list(deks), sorted(s.value for s in _VALIDATED),
+            ("final", "amended"), since=self.lv.now() - timedelta(days=PRIOR_LOOKBACK_DAYS))
         out: dict[str, list[tuple[str, D.Prior]]] = {}
         for r in rows:
             obs = L.Observation.from_json(self._open(

@@ -247,16 +247,19 @@ def observations_of(conn: Connection, tenant_id: str, *, patient_id: str | None 
 
 def validated_observations_of(conn: Connection, tenant_id: str, patient_ids: Sequence[str],
                               order_statuses: Sequence[str],
-                              statuses: Sequence[str]) -> list[dict[str, Any]]:
+                              statuses: Sequence[str], since: datetime
+                              ) -> list[dict[str, Any]]:
     """The results of ``patient_ids`` in one of ``statuses`` whose order is in one of
     ``order_statuses`` (the validated ones: a patient's previous results, the delta
-    check's), in one query for every patient of a worklist."""
+    check's), entered at or after ``since``, in one query for every patient of a
+    worklist."""
     if not patient_ids:
         return []
     q = _of_orders_in(select(lab_observations), lab_observations, order_statuses).where(
         lab_observations.c.tenant_id == tenant_id,
         lab_observations.c.patient_id.in_(list(dict.fromkeys(patient_ids))),
-        lab_observations.c.status.in_(list(statuses)))
+        lab_observations.c.status.in_(list(statuses)),
+        lab_observations.c.created_at >= since)
     q = q.order_by(lab_observations.c.created_at, lab_observations.c.observation_id)
     return [dict(r) for r in conn.execute(q).mappings()]
 
