@@ -470,3 +470,29 @@ def test_the_capability_statement_offers_it_for_patient_and_practitioner(
     cs = httpx.get(f"{server.url}/metadata", headers=HDR).json()
     got = {r["type"]: r["conditionalCreate"] for r in cs["rest"][0]["resource"]}
     assert {t for t, offered in got.items() if offered} == {"Patient", "Practitioner"}
+
+
+def test_the_documented_example_does_what_the_documentation_says(server: Running) -> None:
+    """docs/fhir.md "Conditional create": the example Bundle creates the patient once,
+    then orders for it; the same NIR with another birth date is the 409 it names."""
+    from pathlib import Path
+    text = Path(__file__).resolve().parents[2].joinpath("docs", "fhir.md").read_text()
+    section = text[text.index("### Conditional create"):]
+    example = json.loads(section[section.index("```json") + 7:section.index("```\n")])
+    first = bundle(server, example)
+    assert first.status_code == 200, first.text
+    assert first.json()["entry"][0]["response"]["status"] == "201 Created"
+    pid = first.json()["entry"][0]["response"]["location"]
+    before = counts(server)
+    again = bundle(server, example)
+    assert again.status_code == 200, again.text
+    assert again.json()["entry"][0]["response"]["status"] == "200 OK"
+    assert again.json()["entry"][0]["response"]["location"] == pid
+    order = read(server, again.json()["entry"][1]["response"]["location"]).json()
+    assert order["subject"]["reference"] == pid
+    assert counts(server) == (before[0], before[1] + 1)
+    other_day = json.loads(json.dumps(example).replace('"1985-05-12"', '"1985-05-21"'))
+    r = bundle(server, other_day)
+    assert r.status_code == 409, r.text
+    assert outcome(r)["issue"][0]["expression"] == ["Bundle.entry[0].resource.birthDate"]
+    assert counts(server) == (before[0], before[1] + 1)
