@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from urllib.parse import parse_qsl, urlencode
 
 from labvault.domain import validation
@@ -87,6 +87,7 @@ class Handler(Protocol):
         ...
 
 
+@runtime_checkable
 class ConditionalCreate(Protocol):
     """A handler that offers conditional create (http.html#ccreate): ``If-None-Exist`` on
     a POST, ``ifNoneExist`` on a transaction entry. The condition is a search its
@@ -643,9 +644,7 @@ class FhirServer:
         names, birth date, several parameters, a modifier, another type -- is a 400 naming
         ``where``: those searches are not exact on sealed data (a name search is a folded
         name + first first name + birth date), and a condition is never dropped."""
-        offered = cast("ConditionalCreate | None",
-                       h if getattr(h, "existing", None) is not None else None)
-        if offered is None:
+        if not isinstance(h, ConditionalCreate):
             raise FhirError(400, "not-supported", f"conditional create is not offered for "
                             f"{h.rtype} (only Patient and Practitioner, by identifier): "
                             "search first, then create without the condition", [where])
@@ -664,7 +663,7 @@ class FhirServer:
                             f"got {', '.join(names) or 'none'}. Names and birth dates are not "
                             "an exact match here: search, then create", [where])
         try:
-            offered.condition(items[0][1])
+            h.condition(items[0][1])
         except FhirError as exc:
             if exc.http_status != 400:
                 raise
@@ -677,12 +676,12 @@ class FhirServer:
         a transaction of its own that commits whatever it finds: the reads it made (the
         search, the read of the patient whose identity was compared) stay in the audit
         trail even when the answer is a 409 or a 412 and nothing else is stored."""
-        offered = cast("ConditionalCreate", h)
+        assert isinstance(h, ConditionalCreate)
         failure: UserError | None = None
         found: dict[str, Any] | None = None
         with self.lv.begin():
             try:
-                found = offered.existing(actor, condition, resource)
+                found = h.existing(actor, condition, resource)
             except UserError as exc:       # raised once the reads are committed
                 failure = exc
         if failure is not None:
@@ -992,7 +991,7 @@ class FhirServer:
                 else "not-match",
                 # If-None-Exist by identifier where offered (Patient, Practitioner); If-Match
                 # is not a conditional update (that is PUT [type]?search)
-                "conditionalCreate": getattr(h, "existing", None) is not None,
+                "conditionalCreate": isinstance(h, ConditionalCreate),
                 "conditionalUpdate": False,
                 "searchParam": [{"name": n, "type": t} for n, t in h.search_params.items()],
             })
