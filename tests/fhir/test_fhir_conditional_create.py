@@ -245,6 +245,11 @@ def test_other_types_and_create_conditions_are_refused(server: Running) -> None:
     r = post(server, sr, "identifier=urn:labvault:placer-order-number|PLC-1",
              rtype="ServiceRequest")
     assert r.status_code == 400 and "not offered for ServiceRequest" in r.text
+    before = counts(server)
+    r = httpx.post(f"{server.url}/ServiceRequest?status=active", headers=HDR,
+                   content=json.dumps(sr))
+    assert r.status_code == 400, r.text          # a query on a create: never ignored
+    assert counts(server) == before
     r = httpx.post(f"{server.url}/Patient", content=json.dumps(fhir_patient(p)),
                    headers={**HDR, "If-None-Match": "*"})
     assert r.status_code == 400 and outcome(r)["issue"][0]["expression"] == ["If-None-Match"]
