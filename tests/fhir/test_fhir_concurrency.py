@@ -302,3 +302,48 @@ def test_two_amendments_at_once_are_one_after_the_other(
     assert amended == [(before.revision + 1, value, value + 1),
                        (before.revision + 2, value + 1, value + 2)], amended
     assert b.lv.lab.get_observation(b.actor, oid).observation.numeric == value + 2
+
+
+@pytest.mark.parametrize("how", ["header", "bundle"])
+def test_the_same_new_patient_sent_twice_at_once_is_registered_once(
+        workers: tuple[Running, Running], monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    """A prescriber's system sends its conditional create again (a timeout, a second DPI)
+    while the first is being stored, through another worker: both find no match; the first
+    is held between its identifier check and its insert while the second runs. The second
+    must wait for the first's write (the identifier is locked from its check to the
+    commit), then find the NIR taken -- one patient, never two records of one person."""
+    from labvault.interop.fhir.samples import visit_bundle
+    from labvault.store import repositories as repo
+    from labvault.synthetic import people
+    from tests.fhir.conftest import fhir_patient
+
+    a, b = workers
+    p = next(people(1, seed=97))
+    condition = f"identifier={ids.NIR_SYSTEM}|{p['nir']}"
+
+    def send(srv: Running, n: int) -> httpx.Response:
+        if how == "header":
+            return httpx.post(f"{srv.url}/Patient", timeout=WAIT, content=json.dumps(
+                fhir_patient(p)), headers={**HDR, "If-None-Exist": condition})
+        bundle = visit_bundle(p, n)
+        bundle["entry"][0]["request"]["ifNoneExist"] = condition
+        return httpx.post(srv.url, timeout=WAIT, headers=HDR, content=json.dumps(bundle))
+
+    hold = Hold()
+    monkeypatch.setattr(repo, "insert_patients", hold.before(repo.insert_patients))
+    results: dict[str, Any] = {}
+    first = in_thread(results, "first", lambda: send(a, 970))
+    assert hold.reached.wait(WAIT)
+    then = in_thread(results, "second", lambda: send(b, 971))
+    then.join(OVERLAP)         # free to run now: only a lock makes it wait for the first
+    hold.release.set()
+    first.join(WAIT)
+    then.join(WAIT)
+    won, lost = results["first"], results["second"]
+    assert isinstance(won, httpx.Response) and isinstance(lost, httpx.Response), results
+    assert won.status_code in (200, 201), won.text
+    assert lost.status_code == 422, lost.text
+    assert "already registered" in lost.text
+    found = httpx.get(f"{b.url}/Patient", headers=AUTH, timeout=WAIT,
+                      params={"identifier": f"{ids.NIR_SYSTEM}|{p['nir']}"}).json()
+    assert found["total"] == 1
