@@ -21,6 +21,7 @@ from labvault.domain.categories import PATIENT_CATEGORIES, Action, Category
 from labvault.domain.patient import FIELD_CATEGORIES, IMPORT_FIELDS, PatientRecord
 from labvault.errors import (
     AccessDenied,
+    IdentifierTaken,
     InvalidField,
     InvalidRecord,
     NotFound,
@@ -393,12 +394,12 @@ class PatientService:
             owners = repo.find_by_digest(conn, tenant_id, kind, digest)
             if any(o != patient_id for o in owners):
                 if kind == bi.EXTERNAL_ID:
-                    raise InvalidField("external_id", "a patient with this external_id exists",
-                                       "search for the existing patient instead")
+                    raise IdentifierTaken("external_id", "a patient with this external_id "
+                                          "exists", "search for the existing patient instead")
                 field_ = "nir" if rec.nir and bi.normalise_nir(rec.nir) == value else "ins"
-                raise InvalidField(field_, "a patient with this NIR is already registered in "
-                                   "this laboratory", "search for the existing patient by its "
-                                   "NIR and use that record (or correct the NIR)")
+                raise IdentifierTaken(field_, "a patient with this NIR is already registered "
+                                      "in this laboratory", "search for the existing patient "
+                                      "by its NIR and use that record (or correct the NIR)")
 
     def update(self, actor: Actor, patient_id: str, data: object) -> None:
         """Replace a patient's record (same shape as registration); the data key is kept."""

@@ -22,7 +22,14 @@ from labvault.domain import validation
 from labvault.domain.actors import Actor
 from labvault.domain.categories import Category
 from labvault.domain.patient import PatientRecord
-from labvault.errors import InvalidField, InvalidRecord, NotFound, UserError
+from labvault.errors import (
+    IdentifierTaken,
+    InvalidField,
+    InvalidRecord,
+    NotFound,
+    RppsTaken,
+    UserError,
+)
 from labvault.interop.fhir import ids, versions
 from labvault.interop.fhir import mapping as m
 from labvault.interop.fhir.outcome import FhirError, from_user_error, issue
@@ -633,8 +640,16 @@ class FhirServer:
             found = self._match(actor, h, condition, resource)
             if found is not None:
                 return str(found["id"]), found, False
-        with self.lv.begin():
-            new = ids.to_fhir(h.create(actor, resource))
+        try:
+            with self.lv.begin():
+                new = ids.to_fhir(h.create(actor, resource))
+        except (IdentifierTaken, RppsTaken):
+            # registered by another request since the match (the same conditional create
+            # sent twice at once): the match, once more, answers with it
+            found = None if condition is None else self._match(actor, h, condition, resource)
+            if found is None:
+                raise
+            return str(found["id"]), found, False
         return new, h.read(actor, new), True
 
     def _condition(self, h: Handler, value: object, where: str) -> Query:
@@ -786,6 +801,20 @@ class FhirServer:
         if len(set(full_urls)) != len(full_urls):
             raise FhirError(400, "invalid", "two entries have the same fullUrl",
                             ["Bundle.entry.fullUrl"])
+        try:
+            return self._run(actor, plans, base, retry=True)
+        except _ConditionRaced:
+            # a conditional create's resource was registered by another request between
+            # its match and its create (the same Bundle sent twice at once): run again,
+            # the match now finds it
+            return self._run(actor, plans, base, retry=False)
+
+    def _run(self, actor: Actor, plans: list[_Plan], base: str,
+             retry: bool) -> dict[str, Any]:
+        """The Bundle's entries, planned and checked: conditional creates matched, then
+        every entry in one transaction. ``retry``: an entry whose condition matched nothing
+        but whose create finds its identifier taken since raises ``_ConditionRaced`` (the
+        caller runs the Bundle once more) instead of failing the Bundle."""
         # Conditional creates first, each in a transaction of its own (``_match``: the reads
         # they make stay audited whatever the Bundle's fate); an entry whose condition
         # names an existing resource creates nothing and its fullUrl resolves to it.
@@ -850,6 +879,10 @@ class FhirServer:
                         h.update(actor, p.target_id, bodies[0])
                         news = [p.target_id]
                         status = "200 OK"
+                except (IdentifierTaken, RppsTaken) as exc:
+                    if retry and p.condition is not None:
+                        raise _ConditionRaced from None
+                    raise at_entry(exc, i, p.rtype) from None
                 except UserError as exc:
                     raise at_entry(exc, i, p.rtype) from None
                 for j, new in zip(group, news, strict=True):
@@ -876,6 +909,7 @@ class FhirServer:
         if out:                       # FHIR JSON has no empty arrays (json.html)
             resp["entry"] = out
         return resp
+
 
     @staticmethod
     def _create_grouped(actor: Actor, many: Callable[..., list[str]], group: list[int],
@@ -1010,6 +1044,11 @@ class FhirServer:
                 "interaction": [{"code": "transaction"}],
             }],
         }
+
+
+class _ConditionRaced(Exception):
+    """A conditional create matched nothing, then found its identifier taken when it
+    created: another request registered the resource in between."""
 
 
 @dataclass(frozen=True)
