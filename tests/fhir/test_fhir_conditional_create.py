@@ -257,6 +257,11 @@ def test_other_types_and_create_conditions_are_refused(server: Running) -> None:
                    headers={**HDR, "If-None-Exist": by_nir(p)})
     assert r.status_code == 400                          # one condition, not two
     b = visit_bundle(p, 342)
+    b["entry"][0]["request"]["url"] = f"Patient?{by_nir(p)}"    # not where a condition goes
+    r = bundle(server, b)
+    assert r.status_code == 400, r.text
+    assert outcome(r)["issue"][0]["expression"] == ["Bundle.entry[0].request.url"]
+    b = visit_bundle(p, 342)
     b["entry"][1]["request"]["ifNoneExist"] = "identifier=urn:labvault:placer-order-number|1"
     r = bundle(server, b)
     assert r.status_code == 400, r.text

@@ -910,7 +910,6 @@ class FhirServer:
             resp["entry"] = out
         return resp
 
-
     @staticmethod
     def _create_grouped(actor: Actor, many: Callable[..., list[str]], group: list[int],
                         bodies: list[dict[str, Any]]) -> list[str]:
@@ -965,6 +964,10 @@ class FhirServer:
             if url.split("?", 1)[0] != rtype:
                 raise FhirError(400, "invalid", f"request.url must be {rtype} for a POST of a "
                                 f"{rtype}", [where + ".request.url"])
+            if "?" in url:          # a search there would be a condition silently dropped
+                raise FhirError(400, "not-supported", f"request.url of a POST is {rtype}, "
+                                "without a query: a conditional create's search goes in "
+                                "request.ifNoneExist", [where + ".request.url"])
             if "ifNoneMatch" in req:
                 raise FhirError(400, "not-supported", "ifNoneMatch on a POST is not supported "
                                 "(a resource being created has no version): a conditional "
