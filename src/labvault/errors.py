@@ -40,6 +40,11 @@ class InvalidField(UserError):
         self.rule = rule
 
 
+class IdentifierTaken(InvalidField):
+    """Another patient of the laboratory already has this identifier (NIR, INS, external
+    id): the registration was sent twice, or names someone already registered."""
+
+
 class InvalidRecord(UserError):
     """A record broke one or more field rules; ``errors`` lists them all."""
 
@@ -60,6 +65,10 @@ class NotFound(UserError):
 class Conflict(UserError):
     code = "conflict"
     http_status = 409
+
+
+class RppsTaken(Conflict):
+    """The laboratory's directory already has an entry with this RPPS number."""
 
 
 class RecordChanged(Conflict):

@@ -302,3 +302,72 @@ def test_two_amendments_at_once_are_one_after_the_other(
     assert amended == [(before.revision + 1, value, value + 1),
                        (before.revision + 2, value + 1, value + 2)], amended
     assert b.lv.lab.get_observation(b.actor, oid).observation.numeric == value + 2
+
+
+@pytest.mark.parametrize("how", ["header", "bundle", "practitioner"])
+def test_the_same_new_patient_sent_twice_at_once_is_registered_once(
+        workers: tuple[Running, Running], monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    """A prescriber's system sends its conditional create again (a timeout, a second DPI)
+    while the first is being stored, through another worker: both find no match; the first
+    is held between its identifier check and its insert while the second runs. The second
+    must wait for the first's write (the identifier is locked from its check to the
+    commit), then find the NIR taken, and its match, run again, finds the first's
+    patient: one patient, never two records of one person, and both answers name it."""
+    from labvault.interop.fhir.samples import visit_bundle
+    from labvault.store import repositories as repo
+    from labvault.store import repositories_fhir as prepo
+    from labvault.synthetic import people
+    from tests.fhir.conftest import fhir_patient
+
+    a, b = workers
+    p = next(people(1, seed=97))
+    condition = f"identifier={ids.NIR_SYSTEM}|{p['nir']}"
+
+    rpps = p["prescriber"]["rpps"]
+    if how == "practitioner":
+        condition = f"identifier={ids.RPPS_SYSTEM}|{rpps}"
+
+    def send(srv: Running, n: int) -> httpx.Response:
+        if how == "practitioner":
+            return httpx.post(f"{srv.url}/Practitioner", timeout=WAIT, content=json.dumps({
+                "resourceType": "Practitioner", "name": [{"text": "Dr Anne Martin"}],
+                "identifier": [{"system": ids.RPPS_SYSTEM, "value": rpps}]}),
+                headers={**HDR, "If-None-Exist": condition})
+        if how == "header":
+            return httpx.post(f"{srv.url}/Patient", timeout=WAIT, content=json.dumps(
+                fhir_patient(p)), headers={**HDR, "If-None-Exist": condition})
+        bundle = visit_bundle(p, n)
+        bundle["entry"][0]["request"]["ifNoneExist"] = condition
+        return httpx.post(srv.url, timeout=WAIT, headers=HDR, content=json.dumps(bundle))
+
+    hold = Hold()
+    if how == "practitioner":
+        monkeypatch.setattr(prepo, "insert_practitioner",
+                            hold.before(prepo.insert_practitioner))
+    else:
+        monkeypatch.setattr(repo, "insert_patients", hold.before(repo.insert_patients))
+    results: dict[str, Any] = {}
+    first = in_thread(results, "first", lambda: send(a, 970))
+    assert hold.reached.wait(WAIT)
+    then = in_thread(results, "second", lambda: send(b, 971))
+    then.join(OVERLAP)         # free to run now: only a lock makes it wait for the first
+    hold.release.set()
+    first.join(WAIT)
+    then.join(WAIT)
+    won, lost = results["first"], results["second"]
+    assert isinstance(won, httpx.Response) and isinstance(lost, httpx.Response), results
+    assert (won.status_code, lost.status_code) == ((200, 200) if how == "bundle"
+                                                   else (201, 200)), (won.text, lost.text)
+
+    def patient(r: httpx.Response) -> tuple[str, str]:
+        if how != "bundle":
+            return r.headers["location"].rsplit("/", 1)[1], "201" if r.status_code == 201 \
+                else "200"
+        e = r.json()["entry"][0]["response"]
+        return e["location"].split("/")[1], e["status"][:3]
+    assert patient(won)[1] == "201" and patient(lost) == (patient(won)[0], "200")
+    rtype, system, value = (("Practitioner", ids.RPPS_SYSTEM, rpps) if how == "practitioner"
+                            else ("Patient", ids.NIR_SYSTEM, p["nir"]))
+    found = httpx.get(f"{b.url}/{rtype}", headers=AUTH, timeout=WAIT,
+                      params={"identifier": f"{system}|{value}"}).json()
+    assert found["total"] == 1

@@ -82,11 +82,13 @@ def test_capability_statement_says_how_versions_work(server: Running) -> None:
         assert got[rtype] == ("versioned-update", False, False), rtype
     assert got["Specimen"] == ("versioned", False, False)      # read only: versions, no update
     assert got["AuditEvent"] == ("no-version", False, False)   # an entry never changes
-    # If-None-Match on read (304); no If-None-Exist (conditional create)
+    # If-None-Match on read (304); If-None-Exist (conditional create) by identifier for
+    # Patient and Practitioner only (tests/fhir/test_fhir_conditional_create.py)
     conditional = {r["type"]: (r["conditionalRead"], r["conditionalCreate"])
                    for r in cs["rest"][0]["resource"]}
-    for rtype in ("Patient", "Practitioner", "Coverage", "ServiceRequest", "Specimen",
-                  "Observation", "DiagnosticReport"):
+    for rtype in ("Patient", "Practitioner"):
+        assert conditional[rtype] == ("not-match", True), rtype
+    for rtype in ("Coverage", "ServiceRequest", "Specimen", "Observation", "DiagnosticReport"):
         assert conditional[rtype] == ("not-match", False), rtype
     assert conditional["AuditEvent"] == ("not-supported", False)
 
@@ -348,8 +350,10 @@ def test_a_304_is_never_given_to_whom_the_read_is_refused(server: Running) -> No
 def test_if_none_match_on_update_and_conditional_create_are_not_dropped(
         server: Running) -> None:
     """PUT with If-None-Match: 412 when the resource is at a version it names (``*``: it
-    exists -- always, an update never creates). POST with If-None-Exist or If-None-Match
-    (conditional create, not offered) is a 400, never a create that ignored it."""
+    exists -- always, an update never creates). POST with If-None-Match (a create has no
+    version), or with an If-None-Exist that is not a valid identifier condition (``1`` is no
+    NIR), is a 400, never a create that ignored it (conditional create itself:
+    test_fhir_conditional_create.py)."""
     pat = create_patient(server, 98)
     body, tag = read(server, f"Patient/{pat['id']}")
     moved = {**body, "address": [{"line": ["9 rue Neuve"], "postalCode": "59000",
@@ -383,7 +387,7 @@ def test_if_none_match_on_update_and_conditional_create_are_not_dropped(
 def test_transaction_entry_conditions_are_honoured_or_refused_never_dropped(
         server: Running) -> None:
     """``request.ifNoneMatch`` on a PUT entry is the If-None-Match of an update (412, the
-    whole Bundle stored nothing); on a POST entry (conditional create), like
+    whole Bundle stored nothing); on a POST entry (a create has no version), like
     ``ifModifiedSince`` (a read's condition) or an element Bundle.entry.request does not
     have, it is a 400 naming it."""
     pat = create_patient(server, 100)

@@ -10,6 +10,7 @@ import json
 import logging
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -200,10 +201,21 @@ async def create(rtype: str, request: Request, actor: CurrentActor) -> Response:
     conditions = {name: request.headers[name.lower()] for name in ("If-None-Exist",
                                                                   "If-None-Match")
                   if name.lower() in request.headers}
-    new_id, resource = await blocking(srv.lv, srv.create, actor, rtype, body, conditions)
+    query = [(k, v) for k, v in request.query_params.multi_items() if k != "_format"]
+    if query:
+        # ``POST Patient?identifier=…``: the condition in the URL, as fhirpy's
+        # ``create(**search)`` / ``get_or_create`` send it -- read as If-None-Exist, never
+        # dropped (the client asked for no duplicate)
+        if "If-None-Exist" in conditions:
+            raise FhirError(400, "not-supported", "a create takes one condition: send it as "
+                            "If-None-Exist or in the URL, not both", ["If-None-Exist"])
+        conditions["If-None-Exist"] = urlencode(query)
+    new_id, resource, created = await blocking(srv.lv, srv.create, actor, rtype, body,
+                                               conditions)
     # no vread (readHistory false in the CapabilityStatement): no _history URL that would 404
     location = f"{base_url(request)}/{rtype}/{new_id}"
-    return versioned_response(resource, 201, {"Location": location})
+    # http.html#ccreate: a condition that names one resource creates nothing, 200 with it
+    return versioned_response(resource, 201 if created else 200, {"Location": location})
 
 
 @router.put("/{rtype}/{fhir_id}")

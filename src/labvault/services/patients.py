@@ -21,6 +21,7 @@ from labvault.domain.categories import PATIENT_CATEGORIES, Action, Category
 from labvault.domain.patient import FIELD_CATEGORIES, IMPORT_FIELDS, PatientRecord
 from labvault.errors import (
     AccessDenied,
+    IdentifierTaken,
     InvalidField,
     InvalidRecord,
     NotFound,
@@ -381,18 +382,24 @@ class PatientService:
         idx = repo.current_key_version(conn, tenant_id, "index")
         assert idx is not None
         key = self.lv.keyring.blind_index_key(tenant_id, idx)
-        for kind, value in indexing.index_values(rec):
-            if kind not in (bi.NIR, bi.EXTERNAL_ID):
-                continue
-            owners = repo.find_by_digest(conn, tenant_id, kind, bi.digest(key, kind, value))
+        unique = [(kind, value, bi.digest(key, kind, value))
+                  for kind, value in indexing.index_values(rec)
+                  if kind in (bi.NIR, bi.EXTERNAL_ID)]
+        # locked before they are looked up, until this write commits: the same new patient
+        # sent twice at once is registered once (sorted: two writers never wait on each
+        # other's locks in opposite orders)
+        for digest in sorted({d for _k, _v, d in unique}):
+            repo.lock_identifier(conn, digest)
+        for kind, value, digest in unique:
+            owners = repo.find_by_digest(conn, tenant_id, kind, digest)
             if any(o != patient_id for o in owners):
                 if kind == bi.EXTERNAL_ID:
-                    raise InvalidField("external_id", "a patient with this external_id exists",
-                                       "search for the existing patient instead")
+                    raise IdentifierTaken("external_id", "a patient with this external_id "
+                                          "exists", "search for the existing patient instead")
                 field_ = "nir" if rec.nir and bi.normalise_nir(rec.nir) == value else "ins"
-                raise InvalidField(field_, "a patient with this NIR is already registered in "
-                                   "this laboratory", "search for the existing patient by its "
-                                   "NIR and use that record (or correct the NIR)")
+                raise IdentifierTaken(field_, "a patient with this NIR is already registered "
+                                      "in this laboratory", "search for the existing patient "
+                                      "by its NIR and use that record (or correct the NIR)")
 
     def update(self, actor: Actor, patient_id: str, data: object) -> None:
         """Replace a patient's record (same shape as registration); the data key is kept."""

@@ -17,7 +17,7 @@ from labvault.crypto import blind_index as bi
 from labvault.domain import validation as v
 from labvault.domain.actors import Actor
 from labvault.domain.categories import Action, Category
-from labvault.errors import Conflict, InvalidField, InvalidRecord, NotFound
+from labvault.errors import InvalidField, InvalidRecord, NotFound, RppsTaken
 from labvault.services.gate import Access
 from labvault.store import repositories as repo
 from labvault.store import repositories_fhir as prepo
@@ -147,12 +147,15 @@ class PractitionerService:
         a prescriber's orders between two entries (the gate already allowed the write)."""
         if digest is None:
             return
+        # locked until the write commits: the same new entry sent twice at once (a
+        # conditional create sent again) is added once
+        repo.lock_identifier(conn, digest)
         others = [i for i in prepo.practitioners_by_rpps(conn, tenant_id, digest)
                   if i != practitioner_id]
         if others:
-            raise Conflict("this RPPS number is already in the laboratory's directory",
-                           "find that entry by its RPPS and update it instead of adding "
-                           "another one")
+            raise RppsTaken("this RPPS number is already in the laboratory's directory",
+                            "find that entry by its RPPS and update it instead of adding "
+                            "another one")
 
     def update(self, actor: Actor, practitioner_id: str, data: object,
                tenant_id: str | None = None) -> None:

@@ -12,8 +12,8 @@ from sqlalchemy.engine import Connection, Engine
 
 from labvault.crypto import WrappedTenantKey
 from labvault.domain.categories import Category
-from labvault.store.driver_sql import all_rows, first
-from labvault.store.engine import for_update
+from labvault.store.driver_sql import all_rows, execute, first
+from labvault.store.engine import for_update, open_write_transaction
 from labvault.store.schema import (
     blind_index,
     patient_keys,
@@ -244,6 +244,23 @@ _FIND_BY_DIGEST_SQL = ("SELECT patient_id FROM blind_index WHERE tenant_id = {p}
 
 def find_by_digest(conn: Connection, tenant_id: str, kind: str, digest: bytes) -> list[str]:
     return [r[0] for r in all_rows(conn, _FIND_BY_DIGEST_SQL, (tenant_id, kind, digest))]
+
+
+def lock_identifier(conn: Connection, digest: bytes) -> None:
+    """Until the end of the transaction, the only writer that may give a patient the
+    identifier of this blind-index ``digest`` (a NIR, an INS, an external id): read, check
+    that no patient has it, then write, with no other registration taking it in between
+    (two prescribers' systems sending the same new patient at once, a Bundle sent again
+    after a timeout). PostgreSQL: a transaction advisory lock keyed by the digest (64
+    bits), so that registrations of other identifiers are not held up; the other writer
+    of the same identifier waits, then reads what this one committed (READ COMMITTED).
+    SQLite: the write transaction is opened now (``BEGIN IMMEDIATE``): one writer at a
+    time, which reads the last committed state (``engine.for_update``)."""
+    if conn.dialect.name == "postgresql":
+        execute(conn, "SELECT pg_advisory_xact_lock(%s)",
+                (int.from_bytes(digest[:8], "big", signed=True),)).close()
+    else:
+        open_write_transaction(conn)
 
 
 def find_by_digests(conn: Connection, tenant_id: str, kind: str,

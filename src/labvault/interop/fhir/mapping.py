@@ -117,6 +117,17 @@ def patient_to_fhir(p: Mapping[str, Any]) -> dict[str, Any]:
     return versioned(res, *patient_markers(p))
 
 
+def official_name(r: Mapping[str, Any]) -> int | None:
+    """Where, in ``Patient.name``, the birth name and first names are: the ``official``
+    name, else the first without a use (or ``maiden``)."""
+    names = list(r.get("name") or [])
+    for uses in (("official",), (None, "maiden")):
+        for i, n in enumerate(names):
+            if n.get("use") in uses:
+                return i
+    return None
+
+
 def patient_from_fhir(r: Mapping[str, Any]) -> dict[str, Any]:
     """FHIR Patient -> identity and contact fields of the import shape (docs/formats.md)."""
     out: dict[str, Any] = {}
@@ -147,10 +158,10 @@ def patient_from_fhir(r: Mapping[str, Any]) -> dict[str, Any]:
             raise not_supported(f"Patient.{key}", "a date or flag of death is not stored "
                                 "here; send the patient without it")
     names = list(r.get("name") or [])
-    official = next((n for n in names if n.get("use") == "official"), None) \
-        or next((n for n in names if n.get("use") in (None, "maiden")), None)
-    if official is None:
+    at = official_name(r)
+    if at is None:
         raise invalid("Patient.name", "an official name (birth name and first names) is required")
+    official = names[at]
     out["birth_name"] = official.get("family")
     out["first_names"] = list(official.get("given") or [])
     usual = next((n for n in names if n.get("use") == "usual"), None)

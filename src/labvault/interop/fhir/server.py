@@ -15,19 +15,28 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
-from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import urlencode
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from urllib.parse import parse_qsl, urlencode
 
 from labvault.domain import validation
 from labvault.domain.actors import Actor
 from labvault.domain.categories import Category
-from labvault.errors import InvalidField, InvalidRecord, NotFound, UserError
+from labvault.domain.patient import PatientRecord
+from labvault.errors import (
+    IdentifierTaken,
+    InvalidField,
+    InvalidRecord,
+    NotFound,
+    RppsTaken,
+    UserError,
+)
 from labvault.interop.fhir import ids, versions
 from labvault.interop.fhir import mapping as m
 from labvault.interop.fhir.outcome import FhirError, from_user_error, issue
 from labvault.interop.fhir.search import Token, any_of, checked, parse_date, tokens_in
 from labvault.interop.fhir.validate import SUPPORTED, validate
-from labvault.services.practitioners import PractitionerService
+from labvault.services import identity
+from labvault.services.practitioners import Practitioner, PractitionerService
 
 if TYPE_CHECKING:
     from labvault.services.app import Labvault
@@ -82,6 +91,25 @@ class Handler(Protocol):
         """(``meta.versionId``, ``meta.lastUpdated`` or None) as a read would give them, from
         the record's clear change markers, without reading it (no unsealing, no audited
         read): the ``etag`` and ``lastModified`` of a transaction's response entries."""
+        ...
+
+
+@runtime_checkable
+class ConditionalCreate(Protocol):
+    """A handler that offers conditional create (http.html#ccreate): ``If-None-Exist`` on
+    a POST, ``ifNoneExist`` on a transaction entry. The condition is a search its
+    indexes answer exactly (an identifier), nothing fuzzier."""
+
+    def condition(self, value: str) -> None:
+        """Check the ``identifier`` value of a condition as its search would (a 400 naming
+        ``identifier`` when it is malformed), before anything is read."""
+        ...
+
+    def existing(self, actor: Actor, q: Query, resource: Mapping[str, Any]
+                 ) -> dict[str, Any] | None:
+        """The resource the condition ``q`` names, as a read gives it (the match is that
+        read, through the gate), or None when it names none (create). Several: 412; one
+        that is not the same as ``resource`` (a patient whose identity differs): 409."""
         ...
 
 
@@ -211,17 +239,59 @@ class PatientHandler:
             found.append(pid)
         return found
 
+    @staticmethod
+    def _lookups(value: str) -> list[tuple[bool, str]]:
+        return [identifier_lookup(t) for t in
+                tokens_in("identifier", value, PATIENT_IDENTIFIER_SYSTEMS)]
+
     def _by_identifier(self, actor: Actor, tenant: str, value: str) -> list[str]:
         """Patients with any of the identifiers (comma: or). Every value is checked before
         the first lookup: a malformed one is a 400, never a silently shorter answer."""
-        lookups = [identifier_lookup(t) for t in
-                   tokens_in("identifier", value, PATIENT_IDENTIFIER_SYSTEMS)]
+        lookups = self._lookups(value)
         found: list[str] = []
         for by_nir, code in lookups:
             pids = (self.lv.patients.find(actor, tenant, nir=code) if by_nir
                     else self.lv.patients.find(actor, tenant, external_id=code))
             found.extend(p for p in pids if p not in found)
         return found
+
+    # -- conditional create ------------------------------------------------------------
+    def condition(self, value: str) -> None:
+        self._lookups(value)
+
+    def existing(self, actor: Actor, q: Query, resource: Mapping[str, Any]
+                 ) -> dict[str, Any] | None:
+        """The patient the identifier condition names, if its identity is the one sent.
+
+        The match is the Patient search by identifier (its gate decision, its tenant
+        scoping: another laboratory's patient is never found), then one read of the
+        patient found (identity and contact: what a read of the Patient gives, audited,
+        counted in the read budgets). Its traits are then compared with those sent
+        (``services.identity``): an identifier that names a registered patient whose
+        birth name, first given name, birth date or sex -- or another identifier -- differ
+        is a 409 naming the elements sent that differ, never the stored values. An order
+        attached to the wrong person is the worst error a laboratory can make: the
+        prescriber's system must check the identity, not have it reconciled here."""
+        sent = PatientRecord.parse(m.patient_from_fhir(resource))   # 422 before any read
+        found = self.find_ids(actor, q)
+        if not found:
+            return None
+        if len(found) > 1:
+            raise several_match(self.rtype, len(found))
+        shown = self.show(actor, found[0], (Category.IDENTITY, Category.CONTACT))
+        if identity.unreadable_traits(shown):
+            raise FhirError(403, "forbidden", "this account may not read the identity traits "
+                            "of the patient the condition names (birth name, first name, "
+                            "birth date, sex): the identity cannot be checked")
+        differ = identity.differing(shown, sent)
+        if differ:
+            raise FhirError(409, "conflict", "the identifier matches a patient registered in "
+                            "this laboratory whose identity differs ("
+                            + ", ".join(TRAIT_WORDS[d] for d in differ) + "): check the "
+                            "patient's identity with the prescriber (identity vigilance); "
+                            "nothing was stored and nothing was attached to that record",
+                            [trait_element(resource, d) for d in differ])
+        return m.patient_to_fhir(shown)
 
     def search(self, actor: Actor, q: Query) -> SearchResult:
         found = self.find_ids(actor, q)
@@ -247,6 +317,35 @@ NAME_SEARCH_LIMITS = issue(
     "Search by identifier (NIR/INS) before registering the patient as new.",
     ["family", "given"], severity="warning")
 PATIENT_IDENTIFIER_SYSTEMS = (ids.NIR_SYSTEM, ids.INS_NIA_SYSTEM, ids.EXTERNAL_ID_SYSTEM)
+TRAIT_WORDS = {"birth_name": "birth name", "first_name": "first given name",
+               "birth_date": "birth date", "sex": "sex", "nir": "NIR", "ins": "INS",
+               "external_id": "external id"}
+_TRAIT_SYSTEMS = {"nir": ids.NIR_SYSTEM, "ins": ids.INS_NIA_SYSTEM,
+                  "external_id": ids.EXTERNAL_ID_SYSTEM}
+
+
+def trait_element(resource: Mapping[str, Any], trait: str) -> str:
+    """The element of a Patient resource that carries ``trait`` (``Patient.birthDate``,
+    ``Patient.name[0].family``, ``Patient.identifier[1]``)."""
+    if trait == "birth_date":
+        return "Patient.birthDate"
+    if trait == "sex":
+        return "Patient.gender"
+    if trait in ("birth_name", "first_name"):
+        at = m.official_name(resource)
+        return f"Patient.name[{at}]." + ("family" if trait == "birth_name" else "given[0]")
+    system = _TRAIT_SYSTEMS[trait]
+    for i, ident in enumerate(resource.get("identifier") or []):
+        if ident.get("system") == system:
+            return f"Patient.identifier[{i}]"
+    return "Patient.identifier"
+
+
+def several_match(rtype: str, n: int) -> FhirError:
+    """http.html#ccreate: a condition that names several resources is a 412."""
+    return FhirError(412, "multiple-matches", f"the condition matches {n} {rtype} resources "
+                     "of this laboratory: nothing was created; make the condition name one "
+                     "(one identifier)")
 
 
 def identifier_lookup(token: Token) -> tuple[bool, str]:
@@ -323,11 +422,31 @@ class PractitionerHandler:
 
     def search(self, actor: Actor, q: Query) -> SearchResult:
         identifier = q.one("identifier")
-        rpps = None if identifier is None else [
-            self._rpps(t) for t in tokens_in("identifier", identifier, (ids.RPPS_SYSTEM,))]
+        rpps = None if identifier is None else self._rpps_of(identifier)
         rows, total = self.svc.find(actor, rpps=rpps, offset=q.offset, limit=q.count,
                                     tenant_id=tenant_of(actor))
         return SearchResult([m.practitioner_to_fhir(r) for r in rows], total)
+
+    def _rpps_of(self, value: str) -> list[str]:
+        return [self._rpps(t) for t in tokens_in("identifier", value, (ids.RPPS_SYSTEM,))]
+
+    # -- conditional create ------------------------------------------------------------
+    def condition(self, value: str) -> None:
+        self._rpps_of(value)
+
+    def existing(self, actor: Actor, q: Query, resource: Mapping[str, Any]
+                 ) -> dict[str, Any] | None:
+        """The directory entry with the RPPS number of the condition: the search by RPPS
+        (one audited read of the directory). An RPPS number is one health professional's,
+        nationally: the entry is reused as it is (no name compared)."""
+        Practitioner.parse(m.practitioner_from_fhir(resource))    # 422 before any read
+        identifier = q.one("identifier")
+        assert identifier is not None
+        rows, total = self.svc.find(actor, rpps=self._rpps_of(identifier), offset=0, limit=2,
+                                    tenant_id=tenant_of(actor))
+        if total > 1:
+            raise several_match(self.rtype, total)
+        return m.practitioner_to_fhir(rows[0]) if rows else None
 
     @staticmethod
     def _rpps(token: Token) -> str:
@@ -490,23 +609,99 @@ class FhirServer:
                             [h.rtype])
 
     def create(self, actor: Actor, rtype: str, resource: object,
-               conditions: Mapping[str, str] | None = None) -> tuple[str, dict[str, Any]]:
-        """``conditions``: the request's ``If-None-Exist`` / ``If-None-Match`` headers, if
-        any. Conditional create is not offered: a condition is a 400, never dropped (the
-        client would get the duplicate it asked not to make)."""
+               conditions: Mapping[str, str] | None = None
+               ) -> tuple[str, dict[str, Any], bool]:
+        """(id, the resource as read, whether it was created). ``conditions``: the
+        request's ``If-None-Exist`` / ``If-None-Match`` headers, if any.
+
+        ``If-None-Exist`` is a conditional create (http.html#ccreate) for the types that
+        offer it (Patient, Practitioner: ``identifier=system|value``): no match, the
+        resource is created; one match, nothing is created and the existing resource is
+        the answer (False); several, 412. ``If-None-Match`` on a create, or a condition
+        on another type, is a 400, never dropped (the client would get the duplicate it
+        asked not to make)."""
         tenant_of(actor)
         h = self.handler(rtype)
         self._offers(h, "create")
-        if conditions:
-            header = sorted(conditions)[0]
-            raise FhirError(400, "not-supported", f"{header} is not supported on create: "
-                            "conditional create is not offered (search first, e.g. Patient "
-                            "by identifier, then POST without the header)", [header])
+        conditions = dict(conditions or {})
+        if "If-None-Match" in conditions:
+            raise FhirError(400, "not-supported", "If-None-Match is not supported on create "
+                            "(a resource being created has no version): a conditional create "
+                            "is If-None-Exist: identifier=<system>|<value>", ["If-None-Match"])
+        unknown = sorted(set(conditions) - {"If-None-Exist"})
+        if unknown:
+            raise FhirError(400, "not-supported", f"{unknown[0]} is not a condition of a "
+                            "create", [unknown[0]])
+        condition = (None if "If-None-Exist" not in conditions
+                     else self._condition(h, conditions["If-None-Exist"], "If-None-Exist"))
         validate(resource, rtype)
         assert isinstance(resource, Mapping)
+        if condition is not None:
+            found = self._match(actor, h, condition, resource)
+            if found is not None:
+                return str(found["id"]), found, False
+        try:
+            with self.lv.begin():
+                new = ids.to_fhir(h.create(actor, resource))
+        except (IdentifierTaken, RppsTaken):
+            # registered by another request since the match (the same conditional create
+            # sent twice at once): the match, once more, answers with it
+            found = None if condition is None else self._match(actor, h, condition, resource)
+            if found is None:
+                raise
+            return str(found["id"]), found, False
+        return new, h.read(actor, new), True
+
+    def _condition(self, h: Handler, value: object, where: str) -> Query:
+        """The search a conditional create names (``If-None-Exist``, an entry's
+        ``ifNoneExist``): exactly ``identifier=<system>|<value>`` (comma: alternatives, as
+        in the search), checked as the ``identifier`` search checks it. Anything else --
+        names, birth date, several parameters, a modifier, another type -- is a 400 naming
+        ``where``: those searches are not exact on sealed data (a name search is a folded
+        name + first first name + birth date), and a condition is never dropped."""
+        if not isinstance(h, ConditionalCreate):
+            raise FhirError(400, "not-supported", f"conditional create is not offered for "
+                            f"{h.rtype} (only Patient and Practitioner, by identifier): "
+                            "search first, then create without the condition", [where])
+        if not isinstance(value, str):
+            raise FhirError(400, "structure", "the condition must be a string "
+                            "(identifier=<system>|<value>)", [where])
+        query = value.strip()
+        query = query.removeprefix(f"{h.rtype}?").removeprefix("?")
+        items = parse_qsl(query, keep_blank_values=True)
+        names = [k for k, _v in items]
+        if names != ["identifier"]:
+            systems = (", ".join(PATIENT_IDENTIFIER_SYSTEMS) if h.rtype == "Patient"
+                       else ids.RPPS_SYSTEM)
+            raise FhirError(400, "not-supported", f"a conditional create of a {h.rtype} takes "
+                            f"exactly one condition, identifier=<system>|<value> ({systems}); "
+                            f"got {', '.join(names) or 'none'}. Names and birth dates are not "
+                            "an exact match here: search, then create", [where])
+        try:
+            h.condition(items[0][1])
+        except FhirError as exc:
+            if exc.http_status != 400:
+                raise
+            raise FhirError(400, exc.issue_code, f"condition: {exc.message}", [where]) from None
+        return Query({"identifier": [items[0][1]]}, MAX_COUNT, 0, items)
+
+    def _match(self, actor: Actor, h: Handler, condition: Query,
+               resource: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The resource ``condition`` names (``ConditionalCreate.existing``), looked for in
+        a transaction of its own that commits whatever it finds: the reads it made (the
+        search, the read of the patient whose identity was compared) stay in the audit
+        trail even when the answer is a 409 or a 412 and nothing else is stored."""
+        assert isinstance(h, ConditionalCreate)
+        failure: UserError | None = None
+        found: dict[str, Any] | None = None
         with self.lv.begin():
-            new = ids.to_fhir(h.create(actor, resource))
-        return new, h.read(actor, new)
+            try:
+                found = h.existing(actor, condition, resource)
+            except UserError as exc:       # raised once the reads are committed
+                failure = exc
+        if failure is not None:
+            raise failure
+        return found
 
     def update(self, actor: Actor, rtype: str, fhir_id: str, resource: object,
                if_match: str | None = None, if_none_match: str | None = None
@@ -606,6 +801,33 @@ class FhirServer:
         if len(set(full_urls)) != len(full_urls):
             raise FhirError(400, "invalid", "two entries have the same fullUrl",
                             ["Bundle.entry.fullUrl"])
+        try:
+            return self._run(actor, plans, base, retry=True)
+        except _ConditionRaced:
+            # a conditional create's resource was registered by another request between
+            # its match and its create (the same Bundle sent twice at once): run again,
+            # the match now finds it
+            return self._run(actor, plans, base, retry=False)
+
+    def _run(self, actor: Actor, plans: list[_Plan], base: str,
+             retry: bool) -> dict[str, Any]:
+        """The Bundle's entries, planned and checked: conditional creates matched, then
+        every entry in one transaction. ``retry``: an entry whose condition matched nothing
+        but whose create finds its identifier taken since raises ``_ConditionRaced`` (the
+        caller runs the Bundle once more) instead of failing the Bundle."""
+        # Conditional creates first, each in a transaction of its own (``_match``: the reads
+        # they make stay audited whatever the Bundle's fate); an entry whose condition
+        # names an existing resource creates nothing and its fullUrl resolves to it.
+        existing: dict[int, str] = {}
+        for i, p in enumerate(plans):
+            if p.condition is None:
+                continue
+            try:
+                found = self._match(actor, self.handler(p.rtype), p.condition, p.resource)
+            except UserError as exc:
+                raise at_entry(exc, i, p.rtype) from None
+            if found is not None:
+                existing[i] = str(found["id"])
         resolved: dict[str, str] = {}
         results: dict[int, tuple[str, str, str]] = {}
         order = sorted(range(len(plans)),
@@ -618,7 +840,7 @@ class FhirServer:
                 group = [i]
                 h = self.handler(p.rtype)
                 many = getattr(h, "create_many", None)
-                if p.method == "POST" and many is not None:
+                if p.method == "POST" and many is not None and i not in existing:
                     # results of one order are entered together (one lab call)
                     while k + len(group) < len(order):
                         nxt = plans[order[k + len(group)]]
@@ -633,7 +855,10 @@ class FhirServer:
                     except FhirError as exc:
                         raise at_entry(exc, j, plans[j].rtype) from None
                 try:
-                    if p.method == "POST" and many is not None:
+                    if i in existing:            # its condition named this one: no create
+                        news = [existing[i]]
+                        status = "200 OK"
+                    elif p.method == "POST" and many is not None:
                         news = self._create_grouped(actor, many, group, bodies)
                         status = "201 Created"
                     elif p.method == "POST":
@@ -654,6 +879,10 @@ class FhirServer:
                         h.update(actor, p.target_id, bodies[0])
                         news = [p.target_id]
                         status = "200 OK"
+                except (IdentifierTaken, RppsTaken) as exc:
+                    if retry and p.condition is not None:
+                        raise _ConditionRaced from None
+                    raise at_entry(exc, i, p.rtype) from None
                 except UserError as exc:
                     raise at_entry(exc, i, p.rtype) from None
                 for j, new in zip(group, news, strict=True):
@@ -735,16 +964,21 @@ class FhirServer:
             if url.split("?", 1)[0] != rtype:
                 raise FhirError(400, "invalid", f"request.url must be {rtype} for a POST of a "
                                 f"{rtype}", [where + ".request.url"])
-            if "ifNoneExist" in req:
-                raise FhirError(400, "not-supported", "conditional create is not supported",
-                                [where + ".request.ifNoneExist"])
+            if "?" in url:          # a search there would be a condition silently dropped
+                raise FhirError(400, "not-supported", f"request.url of a POST is {rtype}, "
+                                "without a query: a conditional create's search goes in "
+                                "request.ifNoneExist", [where + ".request.url"])
             if "ifNoneMatch" in req:
-                raise FhirError(400, "not-supported", "conditional create is not supported "
-                                "(ifNoneMatch on a POST)", [where + ".request.ifNoneMatch"])
+                raise FhirError(400, "not-supported", "ifNoneMatch on a POST is not supported "
+                                "(a resource being created has no version): a conditional "
+                                "create is ifNoneExist: identifier=<system>|<value>",
+                                [where + ".request.ifNoneMatch"])
             if "ifMatch" in req:
                 raise FhirError(400, "not-supported", "ifMatch applies to an update (PUT): a "
                                 "created resource has no version yet", [where + ".request.ifMatch"])
-            return _Plan(rtype, "POST", resource, full_url, None)
+            condition = (None if "ifNoneExist" not in req else self._condition(
+                self.handler(rtype), req["ifNoneExist"], where + ".request.ifNoneExist"))
+            return _Plan(rtype, "POST", resource, full_url, None, condition=condition)
         if method == "PUT":
             parts = url.split("/")
             if len(parts) != 2 or parts[0] != rtype or resource.get("id") != parts[1]:
@@ -792,9 +1026,10 @@ class FhirServer:
                 # a time to the second is not
                 "conditionalRead": "not-supported" if versioning == "no-version"
                 else "not-match",
-                # no If-None-Exist (a 400); If-Match is not a conditional update (that is
-                # PUT [type]?search)
-                "conditionalCreate": False, "conditionalUpdate": False,
+                # If-None-Exist by identifier where offered (Patient, Practitioner); If-Match
+                # is not a conditional update (that is PUT [type]?search)
+                "conditionalCreate": isinstance(h, ConditionalCreate),
+                "conditionalUpdate": False,
                 "searchParam": [{"name": n, "type": t} for n, t in h.search_params.items()],
             })
         return {
@@ -814,6 +1049,11 @@ class FhirServer:
         }
 
 
+class _ConditionRaced(Exception):
+    """A conditional create matched nothing, then found its identifier taken when it
+    created: another request registered the resource in between."""
+
+
 @dataclass(frozen=True)
 class _Plan:
     rtype: str
@@ -823,6 +1063,7 @@ class _Plan:
     target_id: str | None
     if_match: frozenset[str] | None = None      # request.ifMatch: the versions accepted
     if_none_match: str | None = None            # request.ifNoneMatch, as sent (checked)
+    condition: Query | None = None              # request.ifNoneExist (a POST), checked
 
 
 # The elements of a Bundle and of its entries (R4 bundle.html): anything else is refused,

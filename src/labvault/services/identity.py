@@ -1,0 +1,73 @@
+"""Identity vigilance: does a description of a person sent by another system name the
+patient a laboratory already holds?
+
+An identifier (NIR, INS, the laboratory's external id) finding a registered patient is
+not enough to attach an order to that record: a NIR typed for the wrong person, or a
+prescriber's software that mixed two patients up, would put one person's results under
+another's identity -- the worst error a laboratory can make (INS rules: an identity is
+the identifier *and* its traits). So the traits sent are compared with the record's:
+birth name, first given name, birth date, sex, folded as the blind indexes fold names
+(case, accents, spaces and punctuation do not count; ``Le Bœuf-d'Arç`` is
+``LEBOEUFDARC``), and the identifiers both sides carry. Any difference: the caller
+checks the identity; nothing is attached.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import date
+from typing import Any
+
+from labvault.crypto import blind_index as bi
+from labvault.domain.patient import PatientRecord
+
+# The traits compared, in the order they are reported (the import shape's words, the
+# first given name standing for ``first_names[0]``).
+TRAITS = ("birth_name", "first_name", "birth_date", "sex")
+IDENTIFIERS = ("nir", "ins", "external_id")
+
+
+def _day(value: object) -> str | None:
+    if isinstance(value, date):
+        return value.isoformat()
+    return str(value)[:10] if value else None
+
+
+def _first(names: object) -> str | None:
+    if isinstance(names, (list, tuple)) and names:
+        return str(names[0])
+    return None
+
+
+def unreadable_traits(stored: Mapping[str, Any]) -> list[str]:
+    """The traits missing from ``stored`` (a view the reader's access narrowed): an
+    identity that cannot be compared is not taken as the same one."""
+    values = {"birth_name": stored.get("birth_name"), "first_name": _first(stored.get("first_names")),
+              "birth_date": stored.get("birth_date"), "sex": stored.get("sex")}
+    return [t for t in TRAITS if not values[t]]
+
+
+def differing(stored: Mapping[str, Any], sent: PatientRecord) -> list[str]:
+    """The traits and identifiers of ``sent`` that differ from the record ``stored`` (as
+    ``PatientService.show`` gives it), in ``TRAITS`` then ``IDENTIFIERS`` order. An
+    identifier only one side carries is not a difference (a prescriber may not know the
+    laboratory's external id; a record may have been registered before its NIR was
+    known): the traits decide then."""
+    out = []
+    if bi.fold_name(str(stored.get("birth_name") or "")) != bi.fold_name(sent.birth_name):
+        out.append("birth_name")
+    if bi.fold_name(_first(stored.get("first_names")) or "") != bi.fold_name(sent.first_names[0]):
+        out.append("first_name")
+    if _day(stored.get("birth_date")) != _day(sent.birth_date):
+        out.append("birth_date")
+    if stored.get("sex") != sent.sex:
+        out.append("sex")
+    for name in IDENTIFIERS:
+        mine, theirs = stored.get(name), getattr(sent, name)
+        if mine and theirs and _identifier(name, str(mine)) != _identifier(name, theirs):
+            out.append(name)
+    return out
+
+
+def _identifier(name: str, value: str) -> str:
+    return value.strip() if name == "external_id" else bi.normalise_nir(value)
