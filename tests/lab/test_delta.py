@@ -135,6 +135,57 @@ def test_a_change_beyond_the_absolute_limit_always_triggers(
     assert found is not None and found.exceeded
 
 
+# -- a coded test: identical (the blood group) -------------------------------------------
+GROUP = L.DeltaLimit(None, None, 366, identical=True)
+
+
+def group(code: str, system: str | None = None, display: str | None = None) -> L.Observation:
+    return L.Observation("882-1", "ABO+Rh", L.ValueKind.CODED, None,
+                         L.CodedValue(code, display, system), None, None, None, None, None,
+                         None, None, None, None, "2026.2")
+
+
+def group_prior(code: str, days_before: float, system: str | None = None,
+                display: str | None = None) -> D.Prior:
+    return D.Prior(T0 - timedelta(days=days_before), group(code, system, display), "obs_prev")
+
+
+def test_a_different_blood_group_is_held_the_same_one_is_not() -> None:
+    found = D.check(group("B+", display="B RhD+"), T0, [group_prior("A+", 200, display="A RhD+")],
+                    GROUP)
+    assert found is not None and found.exceeded
+    assert found.previous_shown == "A RhD+" and found.current_shown == "B RhD+"
+    assert found.change is None and found.current is None
+    # the same code, written with other case or spaces: the same group
+    same = D.check(group("a +"), T0, [group_prior("A+", 200)], GROUP)
+    assert same is not None and same.outcome == D.Outcome.WITHIN
+
+
+def test_blood_groups_of_two_coding_systems_are_not_compared() -> None:
+    found = D.check(group("278149003", "http://snomed.info/sct"), T0,
+                    [group_prior("A+", 10, "urn:lab:local")], GROUP)
+    assert found is not None and found.outcome == D.Outcome.NOT_COMPARED
+    assert found.why is not None and "coding systems differ" in found.why
+    # one side without a system: the codes speak
+    assert D.check(group("B+", "urn:lab:local"), T0, [group_prior("A+", 10)],
+                   GROUP).exceeded  # type: ignore[union-attr]
+
+
+def test_a_blood_group_older_than_the_window_is_shown_not_judged() -> None:
+    found = D.check(group("B+"), T0, [group_prior("A+", 400)], GROUP)
+    assert found is not None and found.outcome == D.Outcome.OUT_OF_WINDOW
+
+
+@given(codes=st.lists(st.sampled_from(["A+", "A-", "B+", "B-", "AB+", "AB-", "O+", "O-"]),
+                      min_size=2, max_size=6))
+def test_a_blood_group_is_held_exactly_when_it_differs_from_the_latest(
+        codes: list[str]) -> None:
+    *earlier, now = codes
+    priors = [group_prior(c, len(earlier) - i) for i, c in enumerate(earlier)]
+    found = D.check(group(now), T0, priors, GROUP)
+    assert found is not None and found.exceeded == (now != earlier[-1])
+
+
 # -- the catalogue's data ------------------------------------------------------------------
 def test_shipped_catalogue_has_limits_for_the_common_tests_only() -> None:
     cat = L.Catalogue.parse(default_catalogue_data())
@@ -142,8 +193,11 @@ def test_shipped_catalogue_has_limits_for_the_common_tests_only() -> None:
     for code in ("2823-3", "2951-2", "14682-9", "718-7", "777-3", "6690-2", "2345-7",
                  "2000-8"):
         assert code in with_limit, code
-    # none for coded tests, nor for tests whose changes are the clinical point
-    assert not {c for c, t in cat.tests.items() if t.kind != L.ValueKind.NUMERIC} & with_limit
+    # for coded tests, only the blood group (identical); none for tests whose changes are
+    # the clinical point
+    assert {c for c, t in cat.tests.items() if t.kind != L.ValueKind.NUMERIC} & with_limit \
+        == {"882-1", "883-9", "10331-7"}
+    assert cat.get("882-1").delta == GROUP  # type: ignore[union-attr]
     assert "6301-6" not in with_limit and "1988-5" not in with_limit
     assert cat.get("2823-3").delta == L.DeltaLimit(1.0, None, 7)  # type: ignore[union-attr]
     # it loads back as it is shown
@@ -172,6 +226,11 @@ def _with_delta(code: str, delta: object) -> dict[str, Any]:
     ("2823-3", {"absolute": 1, "days": 7, "hours": 2}, "delta.hours", "not a known field"),
     ("2823-3", [1, 7], "delta", "must be an object"),
     ("882-1", {"absolute": 1, "days": 7}, "delta", "numeric tests only"),
+    ("882-1", {"days": 7}, "delta", "identical: true"),
+    ("882-1", {"identical": False, "days": 7}, "delta.identical", "must be true"),
+    ("882-1", {"identical": True}, "delta.days", "whole number of days"),
+    ("2823-3", {"identical": True, "absolute": 1, "days": 7}, "delta.identical",
+     "coded tests only"),
 ])
 def test_the_loader_refuses_a_wrong_delta_naming_the_test_and_field(
         code: str, delta: object, field: str, words: str) -> None:

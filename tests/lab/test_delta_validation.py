@@ -202,6 +202,39 @@ def test_another_patient_s_results_change_nothing(
     assert (done.validated == [mine]) is (not held)
 
 
+def test_a_blood_group_that_differs_from_the_previous_determination_is_held(
+        lab_lv: Labvault, operator: Actor, tenant_id: str, patient_id: str,
+        technician: Actor, biologist: Actor) -> None:
+    """The transfusion-safety check of a second determination: a person's group does not
+    change, so another one is a wrong tube or a wrong patient."""
+    from labvault.web.lab_text import skip_tests
+    lv = lab_lv
+
+    def aborh(code: str, display: str, day: float) -> dict[str, Any]:
+        return {"code": "882-1", "value": {"code": code, "display": display},
+                "observed_at": (T0 + timedelta(days=day)).isoformat()}
+    _order(lv, operator, tenant_id, patient_id, technician, [aborh("A+", "A RhD+", 0)],
+           "final", biologist)
+    same = _order(lv, operator, tenant_id, patient_id, technician,
+                  [aborh("A+", "A RhD+", 30)])
+    other = _order(lv, operator, tenant_id, patient_id, technician,
+                   [aborh("B+", "B RhD+", 31)])
+    views = {o: lv.lab.get_report_by_order(biologist, o, previous=True) for o in (same, other)}
+    (kept,) = views[same].previous.values()
+    assert kept.outcome == D.Outcome.WITHIN
+    done = lv.lab.validate_all_normal(biologist, tenant_id,
+                                      expected={o: v.expected for o, v in views.items()})
+    skip = done.reasons[other]
+    assert skip.reason == "delta"
+    (d,) = skip.deltas
+    assert skip.as_json()["deltas"][0]["previous"] == "A RhD+"
+    assert skip.as_json()["deltas"][0]["current"] == "B RhD+"
+    assert d.previous.observation.coded is not None
+    words = skip_tests(skip)
+    assert "différent de la détermination du" in words and "A RhD+ → B RhD+" in words
+    assert same not in done.reasons or done.reasons[same].reason != "delta"
+
+
 class _WithPatients(LabTestPolicy):
     """The test policy, and a patient reading its own records (as the table policy)."""
 

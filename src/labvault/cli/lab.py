@@ -316,7 +316,10 @@ def catalogue_show(tenant: str = typer.Option(..., "--tenant", help="Laboratory 
                               + (f"  (panic {panic})" if panic else ""), highlight=False)
             for r in t.ranges:
                 out_console.print(f"      {r.band()}: {r.display(t.unit)}", highlight=False)
-            if t.delta is not None:
+            if t.delta is not None and t.delta.identical:
+                out_console.print(f"      delta check: any other result than the previous one "
+                                  f"within {t.delta.days} days", highlight=False)
+            elif t.delta is not None:
                 limits = " or ".join(x for x in (
                     f"{t.delta.absolute:g} {t.unit or ''}".rstrip()
                     if t.delta.absolute is not None else "",

@@ -7,9 +7,14 @@ either a clinical event or a wrong-patient / wrong-tube error: the result is hel
 biologist's review (``delta-exceeded``), whatever its flag. Pure: the caller gives the
 previous results (validated results of the same patient's other orders, opened).
 
+A coded test whose limit is ``identical`` (a blood group: ABO, RhD) is held when its code
+differs from the previous result's: a person's blood group does not change, so a
+different one is a wrong tube or a wrong patient -- the transfusion-safety check of a
+second determination.
+
 What it does not do: compare across units (no conversion), compare a value with a
-comparator ("<0.5": not a number), compare coded or text results, or look past the
-window. Each of those says so (``Outcome.NOT_COMPARED`` with ``why``,
+comparator ("<0.5": not a number), compare codes of two different coding systems, compare
+text results, or look past the window. Each of those says so (``Outcome.NOT_COMPARED`` with ``why``,
 ``Outcome.OUT_OF_WINDOW``).
 """
 
@@ -51,7 +56,8 @@ class Delta:
     """The previous result of a result's test and what the comparison found. ``change``
     is current - previous (signed, the catalogue's unit), ``relative`` that change in
     percent of the previous value (None when the previous value is 0); both None when the
-    values were not compared (``why`` says why)."""
+    values were not compared (``why`` says why) or are codes (``current_code``: the
+    current result's code as shown, when a coded test was compared)."""
 
     previous: Prior
     outcome: Outcome
@@ -60,6 +66,18 @@ class Delta:
     relative: float | None = None
     limit: L.DeltaLimit | None = None
     why: str | None = None
+    current_code: str | None = None
+
+    @property
+    def current_shown(self) -> float | str | None:
+        """The current value as answers give it: the number, or the code's display."""
+        return self.current if self.current is not None else self.current_code
+
+    @property
+    def previous_shown(self) -> float | str | None:
+        """The previous value as answers give it: the number, or the code's display."""
+        p = self.previous.observation
+        return p.numeric if p.kind == L.ValueKind.NUMERIC else p.value_display()
 
     @property
     def exceeded(self) -> bool:
@@ -69,7 +87,7 @@ class Delta:
         p = self.previous.observation
         return {"observation_id": self.previous.observation_id,
                 "at": self.previous.at.isoformat(),
-                "value": p.numeric if p.kind == L.ValueKind.NUMERIC else p.value_display(),
+                "value": self.previous_shown,
                 "comparator": p.comparator, "unit": p.unit,
                 "flag": p.flag.value if p.flag else None,
                 "delta": {"outcome": self.outcome.value, "change": shown(self.change),
@@ -117,6 +135,8 @@ def check(current: L.Observation, at: datetime, priors: Iterable[Prior],
     previous = latest_before(current.code, at, priors)
     if previous is None:
         return None
+    if limit is not None and limit.identical:
+        return _same_code(current, at, previous, limit)
     why = _not_compared(current, previous.observation)
     if why is not None:
         return Delta(previous, Outcome.NOT_COMPARED, limit=limit, why=why)
@@ -134,3 +154,28 @@ def check(current: L.Observation, at: datetime, priors: Iterable[Prior],
                 and beyond(relative, limit.percent))):
         return Delta(previous, Outcome.EXCEEDED, current.numeric, change, relative, limit)
     return found
+
+
+def _code_of(obs: L.Observation) -> tuple[str | None, str] | None:
+    """A coded result's (system, code), the code compared without case or spaces."""
+    if obs.kind != L.ValueKind.CODED or obs.coded is None:
+        return None
+    return obs.coded.system, "".join(obs.coded.code.split()).casefold()
+
+
+def _same_code(current: L.Observation, at: datetime, previous: Prior,
+               limit: L.DeltaLimit) -> Delta:
+    """A coded test held when its code is not the previous result's (``identical``)."""
+    now, before = _code_of(current), _code_of(previous.observation)
+    shown = current.value_display() if now is not None else None
+    if now is None or before is None:
+        return Delta(previous, Outcome.NOT_COMPARED, limit=limit, why="not coded",
+                     current_code=shown)
+    if now[0] and before[0] and now[0] != before[0]:
+        # a SNOMED CT code and an analyser's own code for one group cannot be matched here
+        return Delta(previous, Outcome.NOT_COMPARED, limit=limit, current_code=shown,
+                     why=f"coding systems differ ({before[0]}, {now[0]})")
+    if at - previous.at > timedelta(days=limit.days):
+        return Delta(previous, Outcome.OUT_OF_WINDOW, limit=limit, current_code=shown)
+    outcome = Outcome.EXCEEDED if now[1] != before[1] else Outcome.WITHIN
+    return Delta(previous, outcome, limit=limit, current_code=shown)

@@ -549,20 +549,24 @@ class DeltaLimit:
     test before a biologist looks at it (the delta check, ``domain/delta.py``): by more
     than ``absolute`` (in the catalogue's unit) or more than ``percent`` of the previous
     value -- either limit given is enough -- compared only with a previous result of the
-    last ``days`` days. At least one limit; both may be given."""
+    last ``days`` days. At least one limit; both may be given. A coded test has
+    ``identical`` instead: any other code than the previous result's is held (a blood
+    group never changes: a different one is a wrong tube or a wrong patient)."""
 
     absolute: float | None
     percent: float | None
     days: int
+    identical: bool = False
 
     def as_json(self) -> dict[str, Any]:
         """As in the catalogue file (only the limits given: it loads back as it is)."""
         return {**({"absolute": self.absolute} if self.absolute is not None else {}),
                 **({"percent": self.percent} if self.percent is not None else {}),
+                **({"identical": True} if self.identical else {}),
                 "days": self.days}
 
 
-DELTA_FIELDS = frozenset({"absolute", "percent", "days"})
+DELTA_FIELDS = frozenset({"absolute", "percent", "identical", "days"})
 DELTA_MAX_DAYS = 366       # a delta check compares recent results; a year is plenty
 
 
@@ -573,16 +577,31 @@ def _parse_delta(raw: object, where: str, kind: ValueKind, code: object,
     if raw is None:
         return None
     of = f" (test {code.strip()})" if isinstance(code, str) and code.strip() else ""
-    example = '"delta": {"absolute": 1.0, "percent": 20, "days": 7}'
+    example = ('"delta": {"identical": true, "days": 366}' if kind == ValueKind.CODED
+               else '"delta": {"absolute": 1.0, "percent": 20, "days": 7}')
     if not isinstance(raw, Mapping):
         errors.append(InvalidField(where, f"must be an object{of}", example))
         return None
     before = len(errors)
     _unknown(raw, DELTA_FIELDS, errors, where + ".")
-    if kind != ValueKind.NUMERIC:
-        errors.append(InvalidField(where, f"applies to numeric tests only{of}",
-                                   "a coded or text result has no change to measure: "
-                                   "leave the key out"))
+    identical = raw.get("identical")
+    if identical is not None and identical is not True:
+        errors.append(InvalidField(f"{where}.identical", f"must be true when given{of}",
+                                   example))
+    if kind == ValueKind.TEXT:
+        errors.append(InvalidField(where, f"applies to numeric and coded tests only{of}",
+                                   "a text result has no change to measure: leave the key "
+                                   "out"))
+    elif kind == ValueKind.CODED:
+        if raw.get("absolute") is not None or raw.get("percent") is not None:
+            errors.append(InvalidField(where, f"absolute and percent apply to numeric tests "
+                                       f"only{of}", example))
+        elif identical is not True:
+            errors.append(InvalidField(where, f"a coded test's delta check is identical: "
+                                       f"true{of}", example))
+    elif identical is not None:
+        errors.append(InvalidField(f"{where}.identical", f"applies to coded tests only{of}",
+                                   "a number is checked with absolute and/or percent"))
     limits: dict[str, float | None] = {}
     for key in ("absolute", "percent"):
         x = raw.get(key)
@@ -592,7 +611,8 @@ def _parse_delta(raw: object, where: str, kind: ValueKind, code: object,
                                        example))
             x = None
         limits[key] = float(x) if x is not None else None
-    if raw.get("absolute") is None and raw.get("percent") is None:
+    if (kind == ValueKind.NUMERIC and raw.get("absolute") is None
+            and raw.get("percent") is None):
         errors.append(InvalidField(where, f"gives neither absolute nor percent{of}",
                                    "give the change that needs a look: " + example))
     days = raw.get("days")
@@ -604,7 +624,7 @@ def _parse_delta(raw: object, where: str, kind: ValueKind, code: object,
     if len(errors) > before:
         return None
     assert isinstance(days, int)
-    return DeltaLimit(limits["absolute"], limits["percent"], days)
+    return DeltaLimit(limits["absolute"], limits["percent"], days, identical is True)
 
 
 # Where an age band without an upper bound ends when bands are compared by width: past

@@ -402,8 +402,9 @@ class Skip:
         if self.flags:
             out["flags"] = [{"analyser": a, "labvault": f} for a, f in self.flags]
         if self.deltas:
-            out["deltas"] = [{"previous": d.previous.observation.numeric,
-                              "previous_at": d.previous.at.isoformat(), "current": d.current,
+            out["deltas"] = [{"previous": d.previous_shown,
+                              "previous_at": d.previous.at.isoformat(),
+                              "current": d.current_shown,
                               "unit": d.previous.observation.unit,
                               "change": D.shown(d.change), "relative": D.shown(d.relative),
                               "limit": d.limit.as_json() if d.limit else None}

@@ -98,6 +98,10 @@ def delta_fr(d: Delta) -> str:
     l'antériorité du 01/03/2026 à 08:30 : 4,1 → 6 mmol/L (limite ± 1 mmol/L) : vérifiez
     l'identité du tube et le patient"."""
     from labvault.web.render import fr_datetime, number, unit_print
+    if d.current_code is not None:     # a coded test (a blood group): a different code
+        return (f"différent de la détermination du {fr_datetime(d.previous.at)} : "
+                f"{d.previous_shown} → {d.current_code} : vérifiez l'identité du tube et le "
+                "patient")
     unit = unit_print(d.previous.observation.unit)
     return (f"écart avec l'antériorité du {fr_datetime(d.previous.at)} : "
             f"{number(d.previous.observation.numeric)} → {number(d.current)}"
