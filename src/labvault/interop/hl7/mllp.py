@@ -290,8 +290,8 @@ class MllpServer:
             while not self._stopping:
                 try:
                     # asyncio.timeout, not wait_for: wait_for wraps every read in a new task
-                    # (a task, a future and their callbacks per message; docs/benchmarks.md
-                    # "mllp listener / Session 13")
+                    # (a task, a future and their callbacks per message: docs/benchmarks.md,
+                    # "Session 13 (mllp listener)")
                     async with asyncio.timeout(self.idle_timeout):
                         data = await reader.read(65536)
                 except TimeoutError:
