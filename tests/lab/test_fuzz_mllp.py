@@ -242,3 +242,29 @@ def test_a_graceful_stop_answers_the_message_in_hand() -> None:
             assert len(stored) == 1
         with pytest.raises(OSError):         # no new connection once stopping
             socket.create_connection(("127.0.0.1", srv.port), timeout=2).close()
+
+
+def test_an_idle_connection_is_closed_and_a_busy_one_is_not() -> None:
+    """``idle_timeout`` counts from the last byte read: a connection silent that long is
+    closed (whatever it half-sent is dropped), one that keeps sending within it stays open
+    however long it lives, and the time a message spends being stored does not count."""
+    import socket
+
+    def slow_batch(items: list[object]) -> list[bytes]:
+        time.sleep(0.5)                  # longer than the idle timeout: storing, not idle
+        return [b"MSH|^~\\&|||||||ACK|1|P|2.5\rMSA|AA|OK\r" for _ in items]
+
+    srv = MllpServer(lambda raw: b"", "127.0.0.1", 0, idle_timeout=0.3,
+                     handle_many=slow_batch)
+    with serving(srv):
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as quiet, \
+                socket.create_connection(("127.0.0.1", srv.port), timeout=5) as busy:
+            quiet.sendall(b"\x0bMSH|")                   # half a frame, then silence
+            for k in range(4):                           # ~1.2 s over four timeouts
+                time.sleep(0.2)
+                busy.sendall(frame(S.oru_numeric(f"B{k}").encode()))
+                assert b"MSA|AA|OK" in busy.recv(65536)
+            t0 = time.monotonic()
+            assert quiet.recv(1024) == b""               # closed, without an answer
+            assert time.monotonic() - t0 < 1.0          # long since (0.3 s after its bytes)
+        assert srv.messages == 4

@@ -289,7 +289,11 @@ class MllpServer:
         try:
             while not self._stopping:
                 try:
-                    data = await asyncio.wait_for(reader.read(65536), self.idle_timeout)
+                    # asyncio.timeout, not wait_for: wait_for wraps every read in a new task
+                    # (a task, a future and their callbacks per message: docs/benchmarks.md,
+                    # "Session 13 (mllp listener)")
+                    async with asyncio.timeout(self.idle_timeout):
+                        data = await reader.read(65536)
                 except TimeoutError:
                     break
                 if not data or self._stopping:
