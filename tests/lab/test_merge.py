@@ -373,3 +373,29 @@ def test_cli_merge(dup: Dup, monkeypatch: pytest.MonkeyPatch) -> None:
                             "--json"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["duplicate_id"] == dup.duplicate
+
+
+def test_no_plaintext_of_the_duplicate_in_the_database_files(dup: Dup, backend: str) -> None:
+    """After the merge, no byte of the SQLite files (database, WAL) holds the duplicate's
+    identity, its own identifiers or the merge's reason in clear (re-sealing writes no
+    plaintext anywhere, the audit event seals the reason)."""
+    if backend != "sqlite":
+        pytest.skip("a file scan: the SQLite files (tests/foundation/test_plaintext_scan.py "
+                    "scans a pg_dump for imports)")
+    from labvault.domain import validation as v
+    from labvault.services.audit import install_audit
+    from tests.foundation.test_plaintext_scan import Scanner, encoded
+    install_audit(dup.w.lv)                   # the real audit log, written to the database
+    _full_duplicate(dup)
+    dup.w.lv.patients.merge(dup.admin, dup.survivor, dup.duplicate, REASON)
+    p = dup.person
+    first = p["first_names"][0]
+    e164 = v.phone(DUP_PHONE)
+    words = {p["birth_name"], p["birth_name"].upper(), first, f"{first} {p['birth_name']}",
+             DUP_EXT, DUP_PHONE, e164, "0" + e164[3:], REASON, REASON[:30], PORTAL_EMAIL}
+    scanner = Scanner(encoded(words))
+    assert scanner.hits(b"..." + REASON.encode() + DUP_EXT.encode())    # it can find them
+    files = [f for f in dup.w.lv.settings.data_dir.rglob("*") if f.is_file()]
+    assert any(f.name == "labvault.db" for f in files)
+    leaks = {str(f): scanner.hits(f.read_bytes()) for f in files}
+    assert not {k: h for k, h in leaks.items() if h}
