@@ -399,3 +399,25 @@ def test_no_plaintext_of_the_duplicate_in_the_database_files(dup: Dup, backend: 
     assert any(f.name == "labvault.db" for f in files)
     leaks = {str(f): scanner.hits(f.read_bytes()) for f in files}
     assert not {k: h for k, h in leaks.items() if h}
+
+
+def test_who_saw_the_survivor_includes_who_saw_the_duplicate(dup: Dup) -> None:
+    """"Who saw my record" (the portal's and the DPO's, audit/reports.py) of the survivor
+    lists the entries about the duplicate written before the merge: they stay as written,
+    under the duplicate's id, and are the survivor's history now."""
+    from labvault.services.audit import audit_of, install_audit
+    lv = dup.w.lv
+    install_audit(lv)
+    lv.patients.show(dup.bio, dup.duplicate)            # a read of the duplicate
+    dpo = dup.w.actor(dup.w.a.emails["dpo"])
+    reports = audit_of(lv)
+    before = {e["entry_id"] for e in reports.access_log(dpo, dup.duplicate)}
+    assert before
+    survivor_before = {e["entry_id"] for e in reports.access_log(dpo, dup.survivor)}
+    assert not before & survivor_before
+    lv.patients.merge(dup.admin, dup.survivor, dup.duplicate, REASON)
+    after = {e["entry_id"] for e in reports.access_log(dpo, dup.survivor)}
+    assert before <= after and survivor_before <= after
+    from labvault.audit.reports import fhir_id
+    events = reports.fhir_search(dpo, dup.w.a.tenant_id, patient_id=dup.survivor)
+    assert {fhir_id(i) for i in before} <= {e["id"] for e in events}

@@ -58,3 +58,18 @@ def tombstone(conn: Connection, tenant_id: str, patient_id: str, survivor_id: st
         patients.c.tenant_id == tenant_id, patients.c.patient_id == patient_id).values(
         status="merged", merged_into=survivor_id, updated_at=at, identity=None, contact=None,
         coverage=None, clinical=None))
+
+
+def merged_into(conn: Connection, tenant_id: str, patient_id: str) -> list[str]:
+    """The records merged into ``patient_id``, and those merged into them, and so on (their
+    tombstones point at it): whose audit entries are now this record's history too."""
+    out: list[str] = []
+    todo = [patient_id]
+    while todo and len(out) < 10_000:
+        found = list(conn.execute(select(patients.c.patient_id).where(
+            patients.c.tenant_id == tenant_id, patients.c.status == "merged",
+            patients.c.merged_into.in_(todo))).scalars())
+        found = [f for f in found if f not in out and f != patient_id]
+        out.extend(found)
+        todo = found
+    return out
