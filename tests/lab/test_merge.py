@@ -273,6 +273,10 @@ def test_rest_and_fhir_doors(dup: Dup) -> None:
         assert r.status_code == 409 and "already merged" in r.text
         r = call("GET", f"/api/v1/patients/{dup.duplicate}", bio)
         assert r.status_code == 404 and dup.survivor in r.text
+        r = call("GET", f"/console/patients/{dup.duplicate}", bio)
+        assert r.status_code == 404 and f"fusionné dans le dossier {dup.survivor}" in r.text
+        r = call("GET", f"/console/patients/{dup.duplicate}", w.login(w.b.emails["biologist"]))
+        assert r.status_code == 404 and dup.survivor not in r.text
         r = call("GET", f"/fhir/R4/Patient/{to_fhir(dup.duplicate)}", bio)
         assert r.status_code == 410, r.text
         assert f"Patient/{to_fhir(dup.survivor)}" in r.json()["issue"][0]["diagnostics"]
