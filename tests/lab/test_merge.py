@@ -145,13 +145,27 @@ def _snapshot(lv: Labvault) -> dict[str, list[tuple[Any, ...]]]:
     return out
 
 
+def _unlisted(meta: Any) -> tuple[set[str], set[str]]:
+    """(tables of ``meta`` with a patient_id column that merge.py does not list, tables it
+    lists that have none)."""
+    listed = {s.table for s in M.MOVED} | set(M.DROPPED) | set(M.KEPT)
+    have = {t.name for t in meta.tables.values() if "patient_id" in t.c}
+    return have - listed, listed - have
+
+
 def test_every_patient_table_is_listed() -> None:
     """A new table with a ``patient_id`` column fails here until services/merge.py says
     what a merge does with it (moved, dropped or kept)."""
-    listed = {s.table for s in M.MOVED} | set(M.DROPPED) | set(M.KEPT)
-    have = {t.name for t in metadata.tables.values() if "patient_id" in t.c}
-    assert have - listed == set(), f"tables with patient_id not listed in merge.py: {have - listed}"
-    assert listed - have == set(), f"listed tables without patient_id: {listed - have}"
+    missing, stale = _unlisted(metadata)
+    assert missing == set(), f"tables with patient_id not listed in merge.py: {missing}"
+    assert stale == set(), f"listed tables without patient_id: {stale}"
+    # the check can fail: a new patient table is caught
+    from sqlalchemy import Column, MetaData, String, Table
+    m = MetaData()
+    for t in metadata.tables.values():
+        t.to_metadata(m)
+    Table("lab_new_things", m, Column("tenant_id", String(40)), Column("patient_id", String(40)))
+    assert _unlisted(m)[0] == {"lab_new_things"}
     # every column sealed under the patient's key is re-sealed, and only those
     for s in M.MOVED:
         t = metadata.tables[s.table]
@@ -328,6 +342,9 @@ def test_refusals_change_nothing(dup: Dup) -> None:
     (canary,) = lv.guard.plant(Actor.operator(), a.tenant_id, 1)
     assert "honeytoken" in str(_refused(dup, MergeRefused, dup.survivor, canary, force=True))
     assert "honeytoken" in str(_refused(dup, MergeRefused, canary, dup.survivor, force=True))
+    # the CLI operator across laboratories: one laboratory's records only
+    e = _refused(dup, MergeRefused, dup.survivor, w.b.patients[1], actor=Actor.operator())
+    assert "different laboratories" in str(e)
     # forced, with the reason: done, and said so
     out = lv.merges.merge(dup.admin, dup.survivor, stranger, REASON, force=True)
     assert out.forced and "birth_date" in out.differing
