@@ -342,6 +342,9 @@ def test_refusals_change_nothing(dup: Dup) -> None:
     (canary,) = lv.guard.plant(Actor.operator(), a.tenant_id, 1)
     assert "honeytoken" in str(_refused(dup, MergeRefused, dup.survivor, canary, force=True))
     assert "honeytoken" in str(_refused(dup, MergeRefused, canary, dup.survivor, force=True))
+    refusals = [acc.patient_ids for acc, dec, out in lv.gate.audit.entries  # type: ignore[attr-defined]
+                if out == "denied" and dec.rule == "honeytoken"]
+    assert refusals == [(canary,), (canary,)]           # audited as refused, each time
     # the CLI operator across laboratories: one laboratory's records only
     e = _refused(dup, MergeRefused, dup.survivor, w.b.patients[1], actor=Actor.operator())
     assert "different laboratories" in str(e)
