@@ -212,3 +212,21 @@ class MassErasureRefused(UserError):
             f"`labvault purge --confirm-mass-erasure {total}`")
         self.total = total
         self.held = held
+
+
+class MergeRefused(UserError):
+    """A merge that must not be done as asked; nothing was changed."""
+
+    code = "merge-refused"
+    http_status = 409
+
+
+class PatientMerged(NotFound):
+    """The id asked for is a duplicate merged into another record (a tombstone)."""
+
+    code = "patient-merged"
+
+    def __init__(self, patient_id: str, survivor_id: str) -> None:
+        super().__init__(f"patient {patient_id} was merged into {survivor_id}",
+                         f"read {survivor_id}: its record holds this one's data")
+        self.survivor_id = survivor_id

@@ -121,6 +121,19 @@ def _panic_alert(c: Ctx, lab: str) -> str:
     return str(aid)
 
 
+def _merge_pair(c: Ctx, role: str, lab: str) -> Req:
+    """A merge request: a fresh record of the lab and the same person registered again
+    without identifiers (a duplicate), its id in the body."""
+    c.n += 1
+    tenant = (c.w.a if lab == "a" else c.w.b).tenant_id
+    person = patient_json(1500 + c.n, seed=98)
+    keep = c.w.lv.patients.register(Actor.operator(), tenant, person)
+    dup = c.w.lv.patients.register(Actor.operator(), tenant, {
+        k: v for k, v in person.items() if k not in ("nir", "ins", "external_id")})
+    return (f"/api/v1/patients/{keep}/merge",
+            {"duplicate_id": dup, "reason": "même patiente, enregistrée deux fois"})
+
+
 ALERT_READERS = ("biologist", "lab_admin", "dpo")
 # the outbox to the prescribers' systems (policy resource ``delivery``)
 OUTBOX_ROLES = ("biologist", "lab_admin")
@@ -563,6 +576,12 @@ MATRIX: dict[tuple[str, str], Case] = {
                            {"reason": "emergency: patient transferred to ICU tonight",
                             "password": PASSWORD, "totp": c.code(r)}),
         allow(("biologist", "dpo"), 200, platform_operator=404), allow((), 0, deny=404)),
+    # identity vigilance: the lab administrator merges a fresh duplicate (the same person
+    # registered again without identifiers) into a fresh record; another laboratory's
+    # record is absent (404) to everyone, before any policy decision
+    ("POST", "/api/v1/patients/{patient_id}/merge"): Case(
+        _merge_pair, allow(("lab_admin",), 200, platform_operator=404),
+        allow((), 0, deny=404)),
     ("GET", "/api/v1/me"): Case(lambda c, r, lab: ("/api/v1/me", None), everyone(200)),
     ("GET", "/api/v1/me/access-log"): Case(lambda c, r, lab: ("/api/v1/me/access-log", None),
                                            allow(("patient",), 200)),
@@ -857,6 +876,9 @@ def _id_routes(c: Ctx, client: TestClient) -> dict[tuple[str, str], list[Req]]:
         ("PUT", "/api/v1/patients/{patient_id}"): [
             (f"/api/v1/patients/{patient}", patient_json(950, seed=6))],
         ("DELETE", "/api/v1/patients/{patient_id}"): [(f"/api/v1/patients/{patient}", None)],
+        ("POST", "/api/v1/patients/{patient_id}/merge"): [
+            (f"/api/v1/patients/{patient}/merge",
+             {"duplicate_id": c.w.a.patients[2], "reason": "même patient"})],
         ("POST", "/api/v1/patients/{patient_id}/break-glass"): [
             (f"/api/v1/patients/{patient}/break-glass",
              {"reason": "emergency: patient transferred to ICU tonight", "password": PASSWORD,

@@ -79,7 +79,12 @@ def test_policy_invariants(pair: tuple[Actor, Access]) -> None:
         assert len((access.reason or "").strip()) >= 10
         assert actor.roles & {"biologist", "dpo"}
     # no role opens patient categories it has no row for
-    if actor.kind == "staff" and d.categories & set(PATIENT_CATEGORIES):
+    if actor.kind == "staff" and d.categories & set(PATIENT_CATEGORIES) \
+            and access.resource == "patient-merge":
+        # identity vigilance: a merge moves every category and shows none of them
+        assert access.action is Action.WRITE and access.purpose == "administration"
+        assert "lab_admin" in actor.roles
+    elif actor.kind == "staff" and d.categories & set(PATIENT_CATEGORIES):
         assert access.resource in PATIENT_DATA | {"export"}
         assert actor.roles & {"reception", "technician", "biologist", "dpo"}
     if "ghost" in actor.roles and not (actor.roles - {"ghost"}):

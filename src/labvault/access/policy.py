@@ -39,7 +39,7 @@ MIN_REASON = 10      # characters of written reason required for break-glass
 
 RESOURCES = ("tenant", "keys", "user", "patient", "order", "specimen", "observation", "report",
              "hl7-message", "import-issue", "alert", "clinical-alert", "audit", "export",
-             "breach", "canary", "catalogue", "delivery")
+             "breach", "canary", "catalogue", "delivery", "patient-merge")
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +138,9 @@ RULES: tuple[Rule, ...] = (
     R("lab_admin", "delivery", "rw", purposes="administration",
       note="the outbox: reads where messages stand, sends a failed one again (no message "
            "content; destinations stay the CLI operator's)"),
+    R("lab_admin", "patient-merge", "w", ALL4, purposes="administration",
+      note="identity vigilance referent: merges a duplicate record into the record kept "
+           "(everything moves, sealed again; nothing is shown)"),
     # data protection officer: audit, alerts, exports approval, breach register, honeytokens
     R("dpo", "audit", "rx"),
     R("dpo", "alert", "rw"),

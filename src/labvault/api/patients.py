@@ -109,3 +109,23 @@ def break_glass(patient_id: str, body: BreakGlassIn, actor: CurrentActor,
     reason are required; the access is audited and raises an alert."""
     lv.accounts.reauthenticate(actor, body.password, body.totp)
     return lv.patients.show(actor, patient_id, purpose="break-glass", reason=body.reason)
+
+
+class MergeIn(BaseModel):
+    duplicate_id: str = Field(max_length=40, description="the duplicate record, merged into "
+                                                         "the one in the path")
+    reason: str = Field(min_length=5, max_length=2000,
+                        description="why the two records are the same person (audited, sealed)")
+    force: bool = Field(default=False, description="merge even though the birth date, sex, "
+                                                   "NIR or INS differ")
+
+
+@router.post("/{patient_id}/merge")
+def merge_patient(patient_id: str, body: MergeIn, actor: CurrentActor,
+                  lv: LV) -> dict[str, Any]:
+    """Identity vigilance (lab administrator): merge ``duplicate_id`` into this record.
+    Everything the duplicate holds moves here; it stays as a tombstone pointing here. 409
+    when refused (two different people, an erased or merged record, a honeytoken): nothing
+    was changed. Another laboratory's record answers 404 like an absent one."""
+    return lv.patients.merge(actor, patient_id, body.duplicate_id, body.reason,
+                             force=body.force)

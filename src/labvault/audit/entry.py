@@ -29,7 +29,7 @@ SAFE_DETAIL_KEYS = frozenset({
     "purpose", "status", "role", "roles", "break_glass", "factor", "scope", "records", "fields",
     "expires_at", "size", "tree_size", "entries", "problem", "ok", "chains", "pruned",
     "categories", "resource", "action", "outcome", "reason_code", "epoch", "lost_from",
-    "lost_to", "anchored", "changed",
+    "lost_to", "anchored", "changed", "moved", "forced", "differing",
 })
 
 

@@ -23,6 +23,7 @@ from labvault.domain.categories import Action, Category
 from labvault.errors import NotFound
 from labvault.store import repositories as repo
 from labvault.store import repositories_audit as arepo
+from labvault.store import repositories_merge as mrepo
 from labvault.store.schema import patients
 
 if TYPE_CHECKING:
@@ -182,6 +183,21 @@ def _known_actor(conn: Connection, actor_id: str) -> bool:
         or arepo.actor_has_entries(conn, actor_id)
 
 
+def _entries_with_merged(conn: Connection, chain: str, patient_id: str,
+                         since_us: int) -> list[dict[str, Any]]:
+    """The chain's entries about ``patient_id`` and about the duplicates merged into it
+    (services/merge.py): their entries stay as written, under their own ids, and are this
+    record's history now ("who saw my record" includes who saw the duplicate)."""
+    ids = [patient_id, *mrepo.merged_into(conn, chain, patient_id)]
+    if len(ids) == 1:
+        return arepo.entries_for_patient(conn, chain, patient_id, since_us)
+    seen: dict[tuple[str, int], dict[str, Any]] = {}
+    for pid in ids:
+        for r in arepo.entries_for_patient(conn, chain, pid, since_us):
+            seen.setdefault((r["tenant_id"], int(r["seq"])), r)
+    return sorted(seen.values(), key=lambda r: (r["at_us"], r["tenant_id"], r["seq"]))
+
+
 class AuditReports:
     audit: AuditLog
 
@@ -225,8 +241,8 @@ class AuditReports:
             self._check(conn, actor, tenant,
                         "access-log" if actor.kind == "patient" else "audit",
                         patient_ids=(patient_id,))
-            rows = arepo.entries_for_patient(conn, tenant, patient_id,
-                                             datetime_to_us(since) if since else 0)
+            rows = _entries_with_merged(conn, tenant, patient_id,
+                                        datetime_to_us(since) if since else 0)
             labs = self._lab_names(conn)
         out: list[dict[str, Any]] = []
         for row in rows:
@@ -296,7 +312,7 @@ class AuditReports:
             self._check(conn, actor, tenant_id, "audit",
                         patient_ids=(patient_id,) if patient_id else ())
             if patient_id is not None:
-                rows = arepo.entries_for_patient(conn, tenant_id, patient_id, since_us)
+                rows = _entries_with_merged(conn, tenant_id, patient_id, since_us)
             else:
                 assert agent_id is not None
                 rows = arepo.entries_for_actor(conn, agent_id, since_us, until_us)

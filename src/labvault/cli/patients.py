@@ -95,3 +95,35 @@ def erase(patient_id: str = typer.Argument(..., help="Patient id (pt_...)."),
     with opened() as lv:
         data = lv.patients.erase(Actor.operator(), patient_id)
     emit(data, as_json, lambda: out_console.print(f"patient {patient_id} erased"))
+
+
+@app.command("merge")
+@user_errors
+def merge(survivor: str = typer.Argument(..., help="Id of the record kept (pt_...): its "
+                                                   "identity stays as it is."),
+          duplicate: str = typer.Argument(..., help="Id of the duplicate record (pt_...): "
+                                                    "everything it holds moves to SURVIVOR."),
+          reason: str = typer.Option(..., "--reason",
+                                     help="Why the two records are the same person (kept, "
+                                          "sealed, in the audit trail)."),
+          force: bool = typer.Option(False, "--force",
+                                     help="Merge even though the birth date, sex, NIR or INS "
+                                          "differ (a typing error checked by hand)."),
+          as_json: bool = JsonOpt) -> None:
+    """Merge a duplicate patient record into the record kept (identity vigilance): orders,
+    results, reports, messages and deliveries move to SURVIVOR, sealed again under its key;
+    DUPLICATE stays as an empty tombstone pointing at SURVIVOR. One transaction; refused
+    (exit 2, nothing changed) for two different people, an erased or merged record, a
+    honeytoken."""
+    with opened() as lv:
+        data = lv.patients.merge(Actor.operator(), survivor, duplicate, reason, force=force)
+
+    def human() -> None:
+        moved = ", ".join(f"{n} {t}" for t, n in data["moved"].items() if n) or "nothing"
+        out_console.print(f"patient {duplicate} merged into {survivor}: moved {moved}",
+                          highlight=False)
+        if data["differing"]:
+            out_console.print("differing (the survivor's kept): "
+                              + ", ".join(data["differing"]), highlight=False)
+
+    emit(data, as_json, human)

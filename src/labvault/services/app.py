@@ -168,6 +168,8 @@ class Labvault:
         self.breach = BreachService(self)
         from labvault.services.backup import BackupService
         self.backups = BackupService(self)
+        from labvault.services.merge import MergeService
+        self.merges = MergeService(self)
 
     # -- life cycle --------------------------------------------------------------------
     @staticmethod

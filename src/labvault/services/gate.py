@@ -188,6 +188,13 @@ class Gate:
         self._refused(conn, access, Decision(False, rule=ABSENT_RECORD,
                                              detail={"kind": kind, "asked": asked}))
 
+    def refuse(self, conn: Connection, access: Access, rule: str) -> None:
+        """Record that a service refused ``access`` by a rule of its own (``rule``: e.g. a
+        honeytoken record a merge must never touch) after the policy would have allowed
+        it: audited ``denied`` like a policy refusal (it survives the work's rollback).
+        The caller raises its own error."""
+        self._refused(conn, access, Decision(False, rule=rule))
+
     def _refused(self, conn: Connection, access: Access, decision: Decision) -> None:
         """A refusal: counted by the guard's anomaly rules on refusals (when the budget
         hook has them), then audited ``denied`` (it survives the work's rollback)."""

@@ -579,8 +579,12 @@ class PatientService:
         lv = self.lv
         with lv.begin() as conn:
             cats = frozenset(categories) if categories is not None else ALL
-            tenant_id = self._tenant_of(conn, actor, patient_id, lock=for_update,
-                                        categories=cats, purpose=purpose)
+            try:
+                tenant_id = self._tenant_of(conn, actor, patient_id, lock=for_update,
+                                            categories=cats, purpose=purpose)
+            except NotFound:
+                self._merged(conn, actor, patient_id, cats, purpose)
+                raise
             opened = lv.gate.read_patients(conn, Access(
                 actor, Action.READ, tenant_id, cats, purpose=purpose,
                 patient_ids=(patient_id,), reason=reason))
@@ -590,6 +594,35 @@ class PatientService:
         return {"id": patient_id, "tenant_id": tenant_id,
                 "categories": sorted(c.value for c in opened[patient_id]),
                 **_times(meta), **PatientRecord.from_categories(opened[patient_id])}
+
+    def _merged(self, conn: Connection, actor: Actor, patient_id: str,
+                cats: frozenset[Category], purpose: str) -> None:
+        """After a miss: if ``patient_id`` is a duplicate merged into another record of
+        the actor's laboratory, and the policy would let the actor read that record,
+        raise ``PatientMerged`` naming it (the record kept after merges one after the
+        other); anyone else gets the plain "no such patient". Decides nothing (no entry:
+        the miss was recorded), opens nothing."""
+        from labvault.errors import PatientMerged
+        from labvault.store import repositories_merge as mrepo
+        st = mrepo.patient_state(conn, patient_id)
+        survivor = None
+        for _hop in range(16):
+            if st is None or st["status"] != "merged" or not st["merged_into"]:
+                break
+            if actor.kind not in ("operator", "system") and actor.tenant_id != st["tenant_id"]:
+                return
+            survivor = str(st["merged_into"])
+            st = mrepo.patient_state(conn, survivor)
+        if survivor is None or st is None or st["status"] != "active":
+            return
+        if self.lv.gate.categories_of(Access(actor, Action.READ, str(st["tenant_id"]), cats,
+                                             purpose=purpose, patient_ids=(survivor,))):
+            raise PatientMerged(patient_id, survivor)
+
+    def merge(self, actor: Actor, survivor_id: str, duplicate_id: str, reason: str,
+              force: bool = False) -> dict[str, Any]:
+        """Merge a duplicate record into the record kept (``services/merge.py``)."""
+        return self.lv.merges.merge(actor, survivor_id, duplicate_id, reason, force).as_json()
 
     def change_markers(self, actor: Actor, patient_id: str) -> dict[str, Any]:
         """When the record was created and last changed (``created_at``, ``updated_at``,

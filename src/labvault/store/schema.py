@@ -109,13 +109,15 @@ patients = Table(
     "patients", metadata,
     Column("tenant_id", ID, nullable=False),
     Column("patient_id", ID, nullable=False),
-    Column("status", String(20), nullable=False),    # active | erased
+    Column("status", String(20), nullable=False),    # active | erased | merged
     Column("created_at", TS, nullable=False),
     Column("updated_at", TS, nullable=False),
     Column("identity", Blob, nullable=True),
     Column("contact", Blob, nullable=True),
     Column("coverage", Blob, nullable=True),
     Column("clinical", Blob, nullable=True),
+    # a merged duplicate's tombstone: the record kept (services/merge.py; migration 0014)
+    Column("merged_into", ID, nullable=True),
     PrimaryKeyConstraint("tenant_id", "patient_id"),
     Index(None, "patient_id", unique=True),
 )

@@ -8,7 +8,7 @@ import re
 from collections.abc import Mapping
 
 from labvault.domain.delta import Delta
-from labvault.errors import AccessDenied, InvalidField, NotFound, UserError
+from labvault.errors import AccessDenied, InvalidField, NotFound, PatientMerged, UserError
 from labvault.services.delivery import (
     DeliveryErased,
     DeliveryNotFailed,
@@ -221,6 +221,10 @@ def french(exc: UserError, user_id: str | None,
                 "rechargez la page, puis renvoyez le formulaire")
     if not console:
         return None
+    if isinstance(exc, PatientMerged):       # identity vigilance merged it (services/merge.py)
+        return (f"ce dossier, un doublon, a été fusionné dans le dossier {exc.survivor_id}",
+                f"ouvrez le dossier {exc.survivor_id} : il contient ses demandes et ses "
+                "résultats")
     if isinstance(exc, NotFound) and exc.message in _ABSENT_FR:
         return _ABSENT_FR[exc.message]
     if isinstance(exc, InvalidField) and exc.field in _FIELD_FR:

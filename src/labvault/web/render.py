@@ -63,6 +63,7 @@ EVENT_FR = {
     "delivery.resend": "compte rendu renvoyé au logiciel du prescripteur",
     "delivery.destination.add": "destinataire de comptes rendus ajouté",
     "delivery.destination.remove": "destinataire de comptes rendus retiré",
+    "patient.merge": "fusion d'un dossier en double (identitovigilance)",
 }
 
 

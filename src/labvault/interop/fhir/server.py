@@ -27,6 +27,7 @@ from labvault.errors import (
     InvalidField,
     InvalidRecord,
     NotFound,
+    PatientMerged,
     RppsTaken,
     UserError,
 )
@@ -154,6 +155,12 @@ class PatientHandler:
              for_update: bool = False) -> dict[str, Any]:
         try:
             return self.lv.patients.show(actor, patient_id, categories, for_update=for_update)
+        except PatientMerged as merged:
+            # a duplicate merged into another record, asked by someone who may read that
+            # one: 410 Gone naming it (docs/fhir.md, "Merged patients")
+            raise FhirError(410, "deleted", f"Patient/{ids.to_fhir(patient_id)} was merged "
+                            f"into Patient/{ids.to_fhir(merged.survivor_id)}: read that "
+                            "one") from None
         except NotFound:
             raise not_found(self.rtype, ids.to_fhir(patient_id)) from None
 
