@@ -26,6 +26,8 @@ def test_merged_into_is_added_and_removed(tmp_path: Path) -> None:
         command.upgrade(cfg, "0014_patient_merged_into")
         cols = {c["name"] for c in sa.inspect(conn).get_columns("patients")}
         assert "merged_into" in cols
+        assert "ix_patients_tenant_id_merged_into" in {
+            i["name"] for i in sa.inspect(conn).get_indexes("patients")}
         assert conn.execute(sa.text("SELECT status, merged_into, identity FROM patients")
                             ).one() == ("active", None, b"sealed")
         command.downgrade(cfg, "0001_foundation")

@@ -120,6 +120,9 @@ patients = Table(
     Column("merged_into", ID, nullable=True),
     PrimaryKeyConstraint("tenant_id", "patient_id"),
     Index(None, "patient_id", unique=True),
+    # "who saw my record" follows the tombstones back to the survivor: found by pointer,
+    # not by reading every patient of the laboratory
+    Index(None, "tenant_id", "merged_into"),
 )
 
 # One wrapped data key per patient. Deleting the row erases the patient (crypto-shredding).

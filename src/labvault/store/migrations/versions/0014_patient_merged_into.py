@@ -21,10 +21,16 @@ branch_labels = None
 depends_on = None
 
 
+INDEX = "ix_patients_tenant_id_merged_into"
+
+
 def upgrade() -> None:
     op.add_column("patients", sa.Column("merged_into", sa.String(40), nullable=True))
+    # "who saw my record" finds the tombstones pointing at a record by this index
+    op.create_index(INDEX, "patients", ["tenant_id", "merged_into"])
 
 
 def downgrade() -> None:
+    op.drop_index(INDEX, "patients")
     with op.batch_alter_table("patients") as batch:
         batch.drop_column("merged_into")
