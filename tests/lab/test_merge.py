@@ -445,3 +445,45 @@ def test_who_saw_the_survivor_includes_who_saw_the_duplicate(dup: Dup) -> None:
     from labvault.audit.reports import fhir_id
     events = reports.fhir_search(dpo, dup.w.a.tenant_id, patient_id=dup.survivor)
     assert {fhir_id(i) for i in before} <= {e["id"] for e in events}
+
+
+def test_a_message_whose_patient_is_merged_while_it_is_processed_stores_nothing(
+        dup: Dup, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An analyser's message matched the duplicate from the listener's cache (its key
+    fetched), then the duplicate was merged before the message's gate decision. The
+    message must not store results under the duplicate's key, deleted by the merge
+    (unreadable for ever): its patient's key is fetched again after the decision, and the
+    message is refused (AE 206, send again) with nothing stored.
+
+    Here the merge runs inside the message's transaction (the test fixtures bind one
+    connection, so both roll back together); in a running laboratory it is another
+    transaction that commits first, and the decision's audit append (one chain head per
+    laboratory, locked until commit) is what orders the second fetch after it."""
+    from labvault.interop.hl7.handler import Hl7Handler
+    from labvault.services.lab_messages import MessageService
+    lv, a = dup.w.lv, dup.w.a
+    h = Hl7Handler(lv, Actor.system("mllp"), a.tenant_id)
+
+    def oru(n: int) -> bytes:
+        return "\r".join([
+            f"MSH|^~\\&|ANALYZER|LABO|LABVAULT|LABO|20260301083000||ORU^R01|MRG{n}|P|2.5",
+            _pid_segment(dup.person), f"OBR|1|PMRG{n}||58410-2^NFS^LN|||20260301080000",
+            "OBX|1|NM|718-7^Hb^LN||13.1|g/dL|||||F", ""]).encode()
+    first, _ack = h.handle(oru(1))                  # the listener now caches the match
+    assert first.ack_code == "AA" and first.patient_id == dup.duplicate
+    before = _rows_naming(lv, dup.duplicate)
+    decide = MessageService._decide
+    merged: list[str] = []
+
+    def merge_first(self: MessageService, ctx: Any, patient_id: str | None) -> Any:
+        if patient_id == dup.duplicate and not merged:
+            merged.append(lv.merges.merge(dup.admin, dup.survivor, dup.duplicate,
+                                          REASON).duplicate_id)
+        return decide(self, ctx, patient_id)
+    monkeypatch.setattr(MessageService, "_decide", merge_first)
+    outcome, _ack = h.handle(oru(2))
+    assert merged == [dup.duplicate]
+    assert outcome.ack_code == "AE" and [e.code for e in outcome.errors] == ["206"], (
+        outcome.errors)
+    assert "send the message again" in outcome.errors[0].text
+    assert _rows_naming(lv, dup.duplicate) == before     # nothing of the message stored

@@ -222,6 +222,7 @@ ERR_UNSUPPORTED_PROCESSING_ID = "202"
 ERR_UNSUPPORTED_VERSION = "203"
 ERR_UNKNOWN_KEY = "204"
 ERR_DUPLICATE_KEY = "205"
+ERR_RECORD_CHANGED = "206"          # HL7 table 0357 "application record locked": send again
 ERR_INTERNAL = "207"
 
 ERR_TEXT = {
@@ -230,7 +231,8 @@ ERR_TEXT = {
     "103": "Table value not found", "200": "Unsupported message type",
     "201": "Unsupported event code", "202": "Unsupported processing id",
     "203": "Unsupported version id", "204": "Unknown key identifier",
-    "205": "Duplicate key identifier", "207": "Application internal error",
+    "205": "Duplicate key identifier", "206": "Application record locked",
+    "207": "Application internal error",
 }
 
 

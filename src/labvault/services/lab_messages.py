@@ -525,6 +525,20 @@ class MessageService:
                     for e in p.record_errors])
             pid = self._register(ctx, p.record)
         ctx.decision, ctx.decided_for = self._decide(ctx, pid), pid
+        if pid is not None and pid in ctx.deks:
+            # Its key was fetched before the decision (a cached match): a merge or an
+            # erasure of this patient may have committed in between -- the decision's audit
+            # append is what waits for theirs (one chain head per laboratory; PostgreSQL
+            # does not otherwise lock a read). Fetched again now that nothing can change it,
+            # so that nothing is stored under a merged duplicate's (deleted) key.
+            del ctx.deks[pid]
+            try:
+                self._key(ctx, pid)
+            except NotFound:
+                raise I.ContentError([MessageError(
+                    Location("PID", 1, 3), I.ERR_RECORD_CHANGED,
+                    "the patient's record was merged or erased while this message was "
+                    "processed: nothing was stored; send the message again")]) from None
         if pid is None:
             # ORU for a patient we do not know: keep every result, sealed, for a human.
             for order in msg.orders:
