@@ -129,6 +129,21 @@ def in_thread(results: dict[str, Any], name: str, fn: Callable[[], Any]) -> thre
     return t
 
 
+def race(hold: Any, first: Callable[[], Any], second: Callable[[], Any]) -> tuple[Any, Any]:
+    """``first`` runs until ``hold`` stops it; ``second`` is then given ``OVERLAP`` to run
+    (only a lock makes it wait for the first); the first is released. Their answers, or
+    the exceptions they raised (looked at by the test)."""
+    results: dict[str, Any] = {}
+    one = in_thread(results, "first", first)
+    assert hold.reached.wait(WAIT)
+    two = in_thread(results, "second", second)
+    two.join(OVERLAP)         # free to run now: only a lock makes it wait for the first
+    hold.release.set()
+    one.join(WAIT)
+    two.join(WAIT)
+    return results["first"], results["second"]
+
+
 def put(srv: Running, body: dict[str, Any], if_match: str) -> httpx.Response:
     return httpx.put(f"{srv.url}/{body['resourceType']}/{body['id']}", timeout=WAIT,
                      headers={**HDR, "If-Match": if_match}, content=json.dumps(body))
@@ -164,16 +179,9 @@ def test_two_updates_with_the_same_if_match_one_wins_the_other_is_412(
                                     "country": "FR"}]}
     hold = Hold()
     monkeypatch.setattr(versions, "check", hold.after(versions.check))
-    results: dict[str, Any] = {}
-    first = in_thread(results, "first", lambda: put(a, moved("1 rue du Nord"), tag))
-    assert hold.reached.wait(WAIT)
-    then = in_thread(results, "second", lambda: second(b, moved("2 rue du Sud"), tag))
-    then.join(OVERLAP)         # free to run now: only a lock makes it wait for the first
-    hold.release.set()
-    first.join(WAIT)
-    then.join(WAIT)
-    won, lost = results["first"], results["second"]
-    assert isinstance(won, httpx.Response) and isinstance(lost, httpx.Response), results
+    won, lost = race(hold, lambda: put(a, moved("1 rue du Nord"), tag),
+                     lambda: second(b, moved("2 rue du Sud"), tag))
+    assert isinstance(won, httpx.Response) and isinstance(lost, httpx.Response), (won, lost)
     assert (won.status_code, lost.status_code) == (200, 412), (won.text, lost.text)
     (issue,) = outcome(lost)["issue"]
     assert issue["code"] == "conflict" and "changed since it was read" in issue["diagnostics"]
@@ -209,18 +217,10 @@ def test_a_result_re_entered_meanwhile_makes_the_validation_412(
     lab = b.lv.lab
     hold = Hold()
     monkeypatch.setattr(lab, "_store_results", hold.before(lab._store_results))
-    results: dict[str, Any] = {}
-    console = in_thread(results, "console", lambda: lab.enter_results(b.actor, order_id, [{
-        "code": obs.observation.code, "value": (obs.observation.numeric or 0) + 1,
-        "unit": obs.observation.unit}]))
-    assert hold.reached.wait(WAIT)
     final = {**rep, "status": "final", "conclusion": "Bilan normal."}
-    fhir = in_thread(results, "fhir", lambda: put(a, final, tag))
-    fhir.join(OVERLAP)
-    hold.release.set()
-    console.join(WAIT)
-    fhir.join(WAIT)
-    entered, validation = results["console"], results["fhir"]
+    entered, validation = race(hold, lambda: lab.enter_results(b.actor, order_id, [{
+        "code": obs.observation.code, "value": (obs.observation.numeric or 0) + 1,
+        "unit": obs.observation.unit}]), lambda: put(a, final, tag))
     assert not isinstance(entered, BaseException), entered
     assert isinstance(validation, httpx.Response), validation
     assert validation.status_code == 412, validation.text
@@ -245,18 +245,11 @@ def test_a_console_write_waits_for_a_validation_that_checked_first(
     lab = b.lv.lab
     hold = Hold()
     monkeypatch.setattr(versions, "check", hold.after(versions.check))
-    results: dict[str, Any] = {}
     final = {**rep, "status": "final", "conclusion": "Bilan normal."}
-    fhir = in_thread(results, "fhir", lambda: put(a, final, tag))
-    assert hold.reached.wait(WAIT)
-    console = in_thread(results, "console", lambda: lab.enter_results(b.actor, order_id, [{
-        "code": obs.observation.code, "value": (obs.observation.numeric or 0) + 1,
-        "unit": obs.observation.unit}]))
-    console.join(OVERLAP)
-    hold.release.set()
-    fhir.join(WAIT)
-    console.join(WAIT)
-    validation, entered = results["fhir"], results["console"]
+    validation, entered = race(hold, lambda: put(a, final, tag), lambda: lab.enter_results(
+        b.actor, order_id, [{"code": obs.observation.code,
+                             "value": (obs.observation.numeric or 0) + 1,
+                             "unit": obs.observation.unit}]))
     assert isinstance(validation, httpx.Response) and validation.status_code == 200, \
         validation
     assert isinstance(entered, UserError), entered
@@ -287,15 +280,9 @@ def test_two_amendments_at_once_are_one_after_the_other(
         return srv.lv.lab.amend(srv.actor, oid, {"code": before.observation.code,
                                                  "value": new,
                                                  "unit": before.observation.unit}, why)
-    results: dict[str, Any] = {}
-    first = in_thread(results, "first", lambda: amend(a, value + 1, "erreur de saisie"))
-    assert hold.reached.wait(WAIT)
-    then = in_thread(results, "second", lambda: amend(b, value + 2, "second contrôle"))
-    then.join(OVERLAP)
-    hold.release.set()
-    first.join(WAIT)
-    then.join(WAIT)
-    assert not any(isinstance(r, BaseException) for r in results.values()), results
+    results = race(hold, lambda: amend(a, value + 1, "erreur de saisie"),
+                   lambda: amend(b, value + 2, "second contrôle"))
+    assert not any(isinstance(r, BaseException) for r in results), results
     history = b.lv.lab.observation_history(b.actor, oid)
     amended = [(h.revision, h.previous.numeric if h.previous else None,
                 h.new.numeric if h.new else None) for h in history if h.change == "amended"]
@@ -346,16 +333,8 @@ def test_the_same_new_patient_sent_twice_at_once_is_registered_once(
                             hold.before(prepo.insert_practitioner))
     else:
         monkeypatch.setattr(repo, "insert_patients", hold.before(repo.insert_patients))
-    results: dict[str, Any] = {}
-    first = in_thread(results, "first", lambda: send(a, 970))
-    assert hold.reached.wait(WAIT)
-    then = in_thread(results, "second", lambda: send(b, 971))
-    then.join(OVERLAP)         # free to run now: only a lock makes it wait for the first
-    hold.release.set()
-    first.join(WAIT)
-    then.join(WAIT)
-    won, lost = results["first"], results["second"]
-    assert isinstance(won, httpx.Response) and isinstance(lost, httpx.Response), results
+    won, lost = race(hold, lambda: send(a, 970), lambda: send(b, 971))
+    assert isinstance(won, httpx.Response) and isinstance(lost, httpx.Response), (won, lost)
     assert (won.status_code, lost.status_code) == ((200, 200) if how == "bundle"
                                                    else (201, 200)), (won.text, lost.text)
 
