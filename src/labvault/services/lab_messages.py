@@ -36,6 +36,7 @@ from labvault.services.gate import Access, Decision
 from labvault.services.lab import absent
 from labvault.store import repositories as repo
 from labvault.store import repositories_lab as lrepo
+from labvault.store.engine import open_write_transaction
 from labvault.store.ids import new_id
 
 if TYPE_CHECKING:
@@ -327,6 +328,10 @@ class MessageService:
         lv = self.lv
         try:
             with lv.begin() as conn:
+                # SQLite: the message's write transaction from its start (one writer at a
+                # time), so that no merge or erasure commits between its patient's match
+                # and its writes (PostgreSQL: ``_orders_and_results`` checks again)
+                open_write_transaction(conn)
                 dup = self._duplicate(conn, actor, tenant_id, msg, raw, build_ack)
                 if dup is not None:
                     return dup
@@ -525,12 +530,13 @@ class MessageService:
                     for e in p.record_errors])
             pid = self._register(ctx, p.record)
         ctx.decision, ctx.decided_for = self._decide(ctx, pid), pid
-        if pid is not None and pid in ctx.deks:
-            # Its key was fetched before the decision (a cached match): a merge or an
-            # erasure of this patient may have committed in between -- the decision's audit
-            # append is what waits for theirs (one chain head per laboratory; PostgreSQL
-            # does not otherwise lock a read). Fetched again now that nothing can change it,
-            # so that nothing is stored under a merged duplicate's (deleted) key.
+        if pid is not None and pid in ctx.deks and ctx.conn.dialect.name != "sqlite":
+            # Its key was fetched before the decision (a cached match): on PostgreSQL a
+            # merge or an erasure of this patient may have committed in between -- the
+            # decision's audit append is what waits for theirs (one chain head per
+            # laboratory; a read locks nothing). Fetched again now that nothing can change
+            # it, so that nothing is stored under a merged duplicate's (deleted) key.
+            # (SQLite: the write transaction was open before the match, ``_ingest``.)
             del ctx.deks[pid]
             try:
                 self._key(ctx, pid)
