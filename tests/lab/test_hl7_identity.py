@@ -61,6 +61,12 @@ def stored(lv: Labvault, tenant_id: str, op: Actor, patient_id: str) -> tuple[in
             len(lv.lab.list_observations(op, tenant_id, patient_id=patient_id)))
 
 
+def refusals(lv: Labvault) -> list[tuple[str, ...]]:
+    """The patients of the gate's refusals by rule ``identity-mismatch`` (in-memory audit)."""
+    return [acc.patient_ids for acc, dec, out in lv.gate.audit.entries  # type: ignore[attr-defined]
+            if out == "denied" and dec.rule == "identity-mismatch"]
+
+
 def archived(lv: Labvault) -> list[tuple[str | None, str]]:
     with lv.begin() as conn:
         return [(r[0], r[1]) for r in conn.execute(
@@ -90,6 +96,8 @@ def test_an_order_whose_traits_differ_is_refused_and_nothing_stored(
         assert value not in ack.decode().split("MSA|")[1], value
     assert stored(lab_lv, tenant_id, operator, helene) == (0, 0)
     assert archived(lab_lv) == []
+    # the refusal is recorded, naming the patient whose identity was compared
+    assert refusals(lab_lv) == [(helene,)]
     assert len(lab_lv.patients.find(operator, tenant_id, birth_name="LEBEUF",
                                     first_name="Hélène", birth_date="1980-05-17")) == 0
 
@@ -131,6 +139,7 @@ def test_an_order_whose_traits_agree_or_are_not_sent_is_accepted(
     assert ack_of(ack)[0] == "AA", ack
     assert out.patient_id == helene
     assert stored(lab_lv, tenant_id, operator, helene) == (1, 0)
+    assert refusals(lab_lv) == []
 
 
 def test_an_unknown_patient_is_still_registered_from_the_order(

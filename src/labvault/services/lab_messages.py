@@ -187,6 +187,7 @@ _RESOLVE_HINTS: Mapping[IssueKind, str] = {
 # Identity vigilance (services/identity.py): the PID field each trait is sent in (ERR-2),
 # and its words in an ACK or a reason.
 TRAIT_FIELDS = {"birth_name": 5, "first_name": 5, "birth_date": 7, "sex": 8}
+IDENTITY_MISMATCH = "identity-mismatch"     # an order's refusal (audit rule), a queued ORU's kind
 TRAIT_WORDS = {"birth_name": "birth name", "first_name": "first name",
                "birth_date": "birth date", "sex": "sex"}
 
@@ -594,7 +595,7 @@ class MessageService:
         if by_identifier:
             differ, facts = self._compare_identity(ctx, msg, pid)
             if differ:
-                self._identity_mismatch(ctx, msg, differ)
+                self._identity_mismatch(ctx, msg, pid, differ)
                 return
         ctx.outcome.patient_id = pid
         cat = self.lab._catalogue(ctx.conn, ctx.tenant_id)
@@ -692,20 +693,26 @@ class MessageService:
         return (identity.differing_traits(record, sent),
                 {"sex": record["sex"], "birth_date": record["birth_date"]})
 
-    def _identity_mismatch(self, ctx: _Ctx, msg: I.InboundMessage,
+    def _identity_mismatch(self, ctx: _Ctx, msg: I.InboundMessage, pid: str,
                            differ: Sequence[str]) -> None:
         """PID-3 names a registered patient whose ``differ`` traits are not the ones sent:
         a NIR typed for another person, a middleware that mixed two patients up. An order
         (ORM/OML) is refused, AE 205 with one ERR per trait at its PID field; a result
         message's results wait in the queue as ``identity-mismatch`` issues, not stored
         under that patient, until a person says whose they are. Never the record's value
-        in the answer: the sender learns that a trait differs, not what is on record."""
+        in the answer: the sender learns that a trait differs, not what is on record. The
+        refused order is recorded as a refusal (rule ``identity-mismatch``, naming the
+        patient whose identity was compared): it survives the message's rollback, which
+        takes the decision's own entry with it."""
         p = msg.patient
         assert p is not None
 
         def where(trait: str) -> Location:
             return Location("PID", p.location.sequence, TRAIT_FIELDS[trait])
         if msg.message_type != "ORU":
+            self.lv.gate.refuse(ctx.conn, Access(
+                ctx.actor, Action.WRITE, ctx.tenant_id, MESSAGE_CATEGORIES,
+                patient_ids=(pid,), resource="hl7-message", purpose="care"), IDENTITY_MISMATCH)
             raise I.ContentError([MessageError(
                 where(t), I.ERR_DUPLICATE_KEY,
                 f"PID-3 identifies a registered patient whose {TRAIT_WORDS[t]} differs from "
