@@ -28,7 +28,8 @@ def hl7(control: str, *segments: str, mtype: str = "ORU^R01") -> bytes:
 @pytest.fixture
 def paul(lab_lv: Labvault, tenant_id: str, operator: Actor) -> str:
     return lab_lv.patients.register(operator, tenant_id, {
-        **patient_data("M", date(1955, 1, 2)), "nir": PAUL, "birth_name": "LEGRAND"})
+        **patient_data("M", date(1955, 1, 2)), "nir": PAUL, "birth_name": "LEGRAND",
+        "first_names": ["Paul"]})
 
 
 def values(lv: Labvault, tenant_id: str, op: Actor) -> dict[str, tuple[float | None, str | None]]:

@@ -32,13 +32,15 @@ def hl7(mtype: str, control: str, *segments: str) -> bytes:
 @pytest.fixture
 def marie(lab_lv: Labvault, tenant_id: str, operator: Actor) -> str:
     return lab_lv.patients.register(operator, tenant_id, {
-        **patient_data("F", date(1980, 5, 17)), "nir": MARIE, "birth_name": "DUPONT"})
+        **patient_data("F", date(1980, 5, 17)), "nir": MARIE, "birth_name": "DUPONT",
+        "first_names": ["Marie"]})
 
 
 @pytest.fixture
 def paul(lab_lv: Labvault, tenant_id: str, operator: Actor) -> str:
     return lab_lv.patients.register(operator, tenant_id, {
-        **patient_data("M", date(1955, 1, 2)), "nir": PAUL, "birth_name": "LEGRAND"})
+        **patient_data("M", date(1955, 1, 2)), "nir": PAUL, "birth_name": "LEGRAND",
+        "first_names": ["Paul"]})
 
 
 def orders_of(lv: Labvault, tenant_id: str, op: Actor, patient: str) -> dict[str, L.ServiceRequest]:

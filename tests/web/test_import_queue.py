@@ -392,3 +392,31 @@ def test_the_french_reasons_name_what_the_params_carry() -> None:
                                         "expected": "µmol/L"}, {}) == (
         "le résultat 2160-0 est envoyé sans unité (OBX-6) ; le catalogue l'exprime en µmol/L")
     assert "(codes envoyés : X1, X2)" in REASONS_FR["unknown-code"]({"codes": "X1, X2"}, {})
+
+
+def test_an_identity_mismatch_says_why_in_french_and_is_attached_by_a_person(
+        web: World, browser: TestClient) -> None:
+    """An analyser's PID-3 names patient 0, its birth date says someone else: the results
+    wait (identity-mismatch); the card says which trait differs -- never the value on
+    record -- and offers the patient's search; a person attaches them."""
+    a = web.a
+    p = a.patient_data[0]
+    year = int(p["birth_date"][:4])
+    other_day = f"{year - 1}{p['birth_date'][5:7]}{p['birth_date'][8:10]}"
+    pid = (f"PID|1||{p['nir']}^^^^NH||{p['birth_name']}^{p['first_names'][0]}||"
+           f"{other_day}|{p['sex']}")
+    (iid,) = import_issue(web, a, pid, (K_HIGH,)).issue_ids
+    _console(browser, web, "biologist")
+    page = browser.get(QUEUE)
+    card = _card(page, iid)
+    assert "Identité discordante" in card
+    assert ("Motif : l'identifiant envoyé par l'automate (PID-3) désigne un patient du "
+            "laboratoire dont la date de naissance diffère de ce qui a été envoyé : les "
+            "résultats n'ont pas été enregistrés dans son dossier.") in card
+    assert "Que faire : vérifiez l'identité envoyée par l'automate" in card
+    assert p["birth_date"] not in page.text                   # not the record's value
+    assert f'value="{year - 1}-{p["birth_date"][5:]}"' in page.text   # the search, as sent
+    done = browser.post(f"{QUEUE}/{iid}/rattacher",
+                        data={"csrf": csrf_in(page.text), "patient_id": a.patients[0]})
+    assert done.status_code == 200, _text(done)
+    assert "1 résultat enregistré dans le dossier du patient." in _text(done)

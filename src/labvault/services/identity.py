@@ -53,19 +53,40 @@ def differing(stored: Mapping[str, Any], sent: PatientRecord) -> list[str]:
     identifier only one side carries is not a difference (a prescriber may not know the
     laboratory's external id; a record may have been registered before its NIR was
     known): the traits decide then."""
-    out = []
-    if bi.fold_name(str(stored.get("birth_name") or "")) != bi.fold_name(sent.birth_name):
-        out.append("birth_name")
-    if bi.fold_name(_first(stored.get("first_names")) or "") != bi.fold_name(sent.first_names[0]):
-        out.append("first_name")
-    if _day(stored.get("birth_date")) != _day(sent.birth_date):
-        out.append("birth_date")
-    if stored.get("sex") != sent.sex:
-        out.append("sex")
+    out = differing_traits(stored, {"birth_name": sent.birth_name,
+                                    "first_name": sent.first_names[0],
+                                    "birth_date": sent.birth_date, "sex": sent.sex})
     for name in IDENTIFIERS:
         mine, theirs = stored.get(name), getattr(sent, name)
         if mine and theirs and _identifier(name, str(mine)) != _identifier(name, theirs):
             out.append(name)
+    return out
+
+
+def differing_traits(stored: Mapping[str, Any], sent: Mapping[str, object]) -> list[str]:
+    """The traits ``sent`` holds (``TRAITS``' words: ``first_name`` is the first given
+    name) that differ from the record ``stored``, in ``TRAITS`` order; a trait ``sent``
+    does not hold is not compared (an HL7 result message sends no name worth comparing).
+    Names are folded as the blind indexes fold them; a birth date sent as a year, or a
+    year and month (``1980``, ``1980-05``), is compared to that precision. A trait the
+    record does not show (absent, or narrowed away by the reader's access) differs: an
+    identity that cannot be compared is not taken as the same one."""
+    out = []
+    for trait in TRAITS:
+        if trait not in sent:
+            continue
+        theirs = sent[trait]
+        if trait in ("birth_name", "first_name"):
+            mine = stored.get("birth_name") if trait == "birth_name" else _first(
+                stored.get("first_names"))
+            same = mine is not None and bi.fold_name(str(mine)) == bi.fold_name(str(theirs))
+        elif trait == "birth_date":
+            day, sent_day = _day(stored.get("birth_date")), _day(theirs)
+            same = day is not None and sent_day is not None and day.startswith(sent_day)
+        else:
+            same = stored.get(trait) == theirs
+        if not same:
+            out.append(trait)
     return out
 
 

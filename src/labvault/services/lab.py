@@ -928,20 +928,23 @@ class LabService:
         return {"sex": ident.get("sex"), "birth_date": ident.get("birth_date")}
 
     def _patient_facts_checked(self, conn: Connection, decision: Decision, tenant_id: str,
-                               patient_id: str, dek: DataKey) -> dict[str, Any]:
-        """Sex and birth date under a gate ``decision`` already made for this patient
-        (e.g. an HL7 message's one decision): opened only if it allows the identity
-        category, and only the fields it allows."""
+                               patient_id: str, dek: DataKey,
+                               fields: Sequence[str] = ("sex", "birth_date")
+                               ) -> dict[str, Any]:
+        """Sex and birth date (or the identity ``fields`` asked: an HL7 message also
+        compares the names it sent, ``services/identity.py``) under a gate ``decision``
+        already made for this patient (e.g. an HL7 message's one decision): opened only if
+        it allows the identity category, and only the fields it allows (None for the
+        others)."""
         blobs = repo.sealed_patients(conn, tenant_id, (patient_id,), (Category.IDENTITY,))
         if patient_id not in blobs:
             raise NotFound("no such patient", "check the patient id")
         if Category.IDENTITY not in decision.categories:
-            return {"sex": None, "birth_date": None}     # any-sex, any-age ranges then
+            return dict.fromkeys(fields)     # any-sex, any-age ranges then
         ident = self._open(dek, tenant_id, "patients", Category.IDENTITY.value, patient_id,
                            blobs[patient_id].get(Category.IDENTITY))
         only = decision.detail.get("fields", {}).get(Category.IDENTITY.value)
-        return {k: ident.get(k) if only is None or k in only else None
-                for k in ("sex", "birth_date")}
+        return {k: ident.get(k) if only is None or k in only else None for k in fields}
 
     def seal_tenant(self, conn: Connection, tenant_id: str, table: str, column: str,
                     record_id: str, data: bytes) -> bytes:

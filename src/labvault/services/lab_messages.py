@@ -31,7 +31,7 @@ from labvault.domain.categories import Action, Category
 from labvault.domain.inbound import Location, MessageError
 from labvault.domain.patient import PatientRecord
 from labvault.errors import InvalidField, InvalidRecord, NotFound, UserError
-from labvault.services import indexing
+from labvault.services import identity, indexing
 from labvault.services.gate import Access, Decision
 from labvault.services.lab import absent
 from labvault.store import repositories as repo
@@ -45,8 +45,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("labvault.hl7")
 CLINICAL = frozenset({Category.CLINICAL})
-# What one order/result message may touch of its patient: the clinical records it writes
-# and the sex / birth date it reads for the reference ranges.
+# What one order/result message may touch of its patient: the clinical records it writes,
+# the sex / birth date it reads for the reference ranges and the identity traits it
+# compares with those it sent (``_compare_identity``).
 MESSAGE_CATEGORIES = frozenset({Category.CLINICAL, Category.IDENTITY})
 # what an import issue's sealed payload may hold: the results (clinical) and the patient as
 # the analyser sent it (identifiers, name, birth date, sex; a registration's categories)
@@ -55,7 +56,7 @@ ISSUE_CATEGORIES = frozenset({Category.CLINICAL, Category.IDENTITY, Category.CON
 # Why results wait in the queue (``lab_import_issues.kind``); a door words each kind in its
 # own language (the console's: web/queue.py) from the payload's ``params``.
 IssueKind = Literal["unknown-patient", "unknown-code", "invalid-value", "order-closed",
-                    "reused-control-id"]
+                    "reused-control-id", "identity-mismatch"]
 ISSUE_KINDS: tuple[IssueKind, ...] = get_args(IssueKind)
 # ``params`` say what ``reason`` says (the codes and values sent): clinical like it
 _ISSUE_CLINICAL = ("order", "results", "reason", "params", "location", "message",
@@ -177,7 +178,51 @@ _RESOLVE_HINTS: Mapping[IssueKind, str] = {
                     "amendment, then " + _DISCARD_HINT,
     "reused-control-id": "ask the sender to send the message again under a new MSH-10 (the "
                          "first message with that MSH-10 is stored), then " + _DISCARD_HINT,
+    "identity-mismatch": "check the identity the analyser sent against the patient record "
+                         "its PID-3 names, then give the patient the results belong to: "
+                         "--patient pt_... (REST: patient_id; labvault patient find ...), "
+                         "or " + _DISCARD_HINT,
 }
+
+
+# Identity vigilance (services/identity.py): the PID field each trait is sent in (ERR-2),
+# and its words in an ACK or a reason.
+TRAIT_FIELDS = {"birth_name": 5, "first_name": 5, "birth_date": 7, "sex": 8}
+IDENTITY_MISMATCH = "identity-mismatch"     # an order's refusal (audit rule), a queued ORU's kind
+TRAIT_WORDS = {"birth_name": "birth name", "first_name": "first name",
+               "birth_date": "birth date", "sex": "sex"}
+
+
+def sent_traits(msg: I.InboundMessage) -> dict[str, str]:
+    """The identity traits an order or result message sent (``identity.TRAITS``' words),
+    to compare with the record its PID-3 matched; a trait not sent is not compared. Sex
+    only as F or M (U, empty or anything else says nothing). An order (ORM/OML, the
+    prescriber's system, which holds the full identity) sends its names, birth date and
+    sex; a result message (ORU) only its birth date (as precise as sent) and sex: an
+    analyser or a middleware truncates names, drops accents and second first names --
+    compared, they would send sound results to the queue, and folding cannot undo a
+    truncation. Its birth date and sex are not truncated."""
+    p = msg.patient
+    if p is None:
+        return {}
+    out: dict[str, str] = {}
+    if msg.message_type == "ORU":
+        day = re.sub(r"\D", "", p.summary.get("birth_date") or "")
+        if len(day) in (4, 6, 8):
+            out["birth_date"] = "-".join(x for x in (day[:4], day[4:6], day[6:8]) if x)
+        sex = (p.summary.get("sex") or "").upper()
+    else:
+        values = p.changes.values if p.changes is not None else {}
+        if values.get("birth_name"):
+            out["birth_name"] = str(values["birth_name"])
+        if values.get("first_names"):
+            out["first_name"] = str(values["first_names"][0])
+        if values.get("birth_date"):
+            out["birth_date"] = str(values["birth_date"])
+        sex = str(values.get("sex") or "")
+    if sex in ("F", "M"):
+        out["sex"] = sex
+    return out
 
 
 def _group_of(order: Mapping[str, Any], results: Sequence[I.InboundResult]) -> I.InboundOrder:
@@ -523,6 +568,7 @@ class MessageService:
             if msg.message_type != "ORU":
                 raise
             pid, why, matched = None, "several patients match PID-3 (merge them first)", "several"
+        by_identifier = pid is not None      # (not registered from this PID just below)
         if pid is None and msg.message_type in ("ORM", "OML"):
             if p.record is None:
                 raise I.ContentError([MessageError(
@@ -551,9 +597,14 @@ class MessageService:
                 self._issue(ctx, "unknown-patient", None, order, list(order.results),
                             p, p.location, why, matched=matched)
             return
+        facts: dict[str, Any] | None = None
+        if by_identifier:
+            differ, facts = self._compare_identity(ctx, msg, pid)
+            if differ:
+                self._identity_mismatch(ctx, msg, pid, differ)
+                return
         ctx.outcome.patient_id = pid
         cat = self.lab._catalogue(ctx.conn, ctx.tenant_id)
-        facts: dict[str, Any] | None = None
         for order in msg.orders:
             existing = self._find_order(ctx, order, pid)
             if order.control in ("CA", "OC", "DC"):
@@ -625,6 +676,61 @@ class MessageService:
                 self.lab._receive(ctx.conn, ctx.actor, existing, spec)
             if order.results:
                 self._results(ctx, existing, order, cat)
+
+    def _compare_identity(self, ctx: _Ctx, msg: I.InboundMessage, pid: str
+                          ) -> tuple[list[str], dict[str, Any] | None]:
+        """The traits the message sent (``sent_traits``) that differ from those of the
+        record its PID-3 matched (``identity.differing_traits``), and the sex and birth
+        date opened to compare them -- the facts the reference ranges need, so that a
+        message opens its patient's identity once. Opened under the message's one gate
+        decision (which covers the identity category), in the fields it allows; nothing
+        is opened when no trait was sent. A record of unknown sex (U) has none to
+        contradict."""
+        sent = sent_traits(msg)
+        if not sent:
+            return [], None
+        assert ctx.decision is not None and ctx.decided_for == pid
+        names = ("birth_name", "first_names") if {"birth_name", "first_name"} & set(sent) else ()
+        record = self.lab._patient_facts_checked(ctx.conn, ctx.decision, ctx.tenant_id, pid,
+                                                 self._key(ctx, pid),
+                                                 ("sex", "birth_date", *names))
+        if record.get("sex") == "U":
+            sent.pop("sex", None)
+        return (identity.differing_traits(record, sent),
+                {"sex": record["sex"], "birth_date": record["birth_date"]})
+
+    def _identity_mismatch(self, ctx: _Ctx, msg: I.InboundMessage, pid: str,
+                           differ: Sequence[str]) -> None:
+        """PID-3 names a registered patient whose ``differ`` traits are not the ones sent:
+        a NIR typed for another person, a middleware that mixed two patients up. An order
+        (ORM/OML) is refused, AE 205 with one ERR per trait at its PID field; a result
+        message's results wait in the queue as ``identity-mismatch`` issues, not stored
+        under that patient, until a person says whose they are. Never the record's value
+        in the answer: the sender learns that a trait differs, not what is on record. The
+        refused order is recorded as a refusal (rule ``identity-mismatch``, naming the
+        patient whose identity was compared): it survives the message's rollback, which
+        takes the decision's own entry with it."""
+        p = msg.patient
+        assert p is not None
+
+        def where(trait: str) -> Location:
+            return Location("PID", p.location.sequence, TRAIT_FIELDS[trait])
+        if msg.message_type != "ORU":
+            self.lv.gate.refuse(ctx.conn, Access(
+                ctx.actor, Action.WRITE, ctx.tenant_id, MESSAGE_CATEGORIES,
+                patient_ids=(pid,), resource="hl7-message", purpose="care"), IDENTITY_MISMATCH)
+            raise I.ContentError([MessageError(
+                where(t), I.ERR_DUPLICATE_KEY,
+                f"PID-3 identifies a registered patient whose {TRAIT_WORDS[t]} differs from "
+                f"PID-{TRAIT_FIELDS[t]}'s: check the patient's identity (identifier and "
+                "traits), then send the order again; nothing stored") for t in differ])
+        words = ", ".join(TRAIT_WORDS[t] for t in differ)
+        reason = (f"PID-3 identifies a registered patient whose {words} "
+                  f"differ{'s' if len(differ) == 1 else ''} from what was sent: check the "
+                  "identity; the results are not stored under that patient")
+        for order in msg.orders:
+            self._issue(ctx, "identity-mismatch", None, order, list(order.results), p,
+                        where(differ[0]), reason, traits=", ".join(differ))
 
     def _decide(self, ctx: _Ctx, patient_id: str | None) -> Decision:
         """The message's one gate decision (one audit entry): write of an HL7 message's
@@ -799,9 +905,10 @@ class MessageService:
         ctx.issues.append({"issue_id": issue_id, "kind": kind, "patient_id": patient_id,
                            "payload": payload, "panic": self._holds_panic_value(ctx, results)})
         ctx.outcome.issue_ids.append(issue_id)
-        ctx.outcome.errors.append(MessageError(location, I.ERR_UNKNOWN_KEY if kind.startswith(
-            "unknown") else I.ERR_DATA_TYPE, f"{reason}; kept for review as import issue "
-            f"{issue_id}", "W"))
+        code = (I.ERR_UNKNOWN_KEY if kind.startswith("unknown") else
+                I.ERR_DUPLICATE_KEY if kind == "identity-mismatch" else I.ERR_DATA_TYPE)
+        ctx.outcome.errors.append(MessageError(location, code, f"{reason}; kept for review as "
+                                               f"import issue {issue_id}", "W"))
 
     def _write_issues(self, ctx: _Ctx) -> None:
         if not ctx.issues:

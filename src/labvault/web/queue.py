@@ -73,6 +73,10 @@ TODO_FR: Mapping[str, str] = {
     "reused-control-id": "demandez à l'expéditeur de renvoyer ce message sous un nouveau "
                          "numéro (MSH-10 : le premier message portant ce numéro est "
                          "enregistré), puis classez celui-ci.",
+    "identity-mismatch": "vérifiez l'identité envoyée par l'automate avec le dossier que "
+                         "désigne son identifiant et, si besoin, avec le préleveur ; puis "
+                         "recherchez le patient auquel appartiennent ces résultats et "
+                         "« Rattacher à ce patient », ou classez ce message avec un motif.",
 }
 # what the role may not see of an issue (``withheld``), said on its card
 WITHHELD_FR: Mapping[str, str] = {
@@ -132,6 +136,23 @@ def _unknown_patient_fr(p: Params, issue: Mapping[str, Any]) -> str:
     return "le patient envoyé par l'automate (PID-3) n'a pas été reconnu dans le laboratoire"
 
 
+# a trait of identity (services/identity.py's words), in French
+TRAITS_FR = {"birth_name": "le nom de naissance", "first_name": "le prénom",
+             "birth_date": "la date de naissance", "sex": "le sexe"}
+
+
+def _identity_mismatch_fr(p: Params, issue: Mapping[str, Any]) -> str:
+    traits = [TRAITS_FR[t] for t in (p.get("traits") or "").replace(" ", "").split(",")
+              if t in TRAITS_FR]
+    if not traits:
+        return ("l'identifiant envoyé par l'automate (PID-3) désigne un patient du "
+                "laboratoire dont l'identité ne concorde pas avec celle envoyée")
+    words = traits[0] if len(traits) == 1 else ", ".join(traits[:-1]) + " et " + traits[-1]
+    return ("l'identifiant envoyé par l'automate (PID-3) désigne un patient du laboratoire "
+            f"dont {words} {'diffère' if len(traits) == 1 else 'diffèrent'} de ce qui a été "
+            "envoyé : les résultats n'ont pas été enregistrés dans son dossier")
+
+
 def _unknown_code_fr(p: Params, issue: Mapping[str, Any]) -> str:
     if p.get("code"):
         system = p.get("system") or "local"
@@ -187,6 +208,7 @@ REASONS_FR: Mapping[str, Callable[[Params, Mapping[str, Any]], str]] = {
     "invalid-value": _invalid_value_fr,
     "order-closed": _order_closed_fr,
     "reused-control-id": _reused_control_id_fr,
+    "identity-mismatch": _identity_mismatch_fr,
 }
 
 
