@@ -134,6 +134,14 @@ def _merge_pair(c: Ctx, role: str, lab: str) -> Req:
             {"duplicate_id": dup, "reason": "même patiente, enregistrée deux fois"})
 
 
+def _merge_form(req: Req) -> Req:
+    """``_merge_pair`` as the console's merge form sends it."""
+    url, body = req
+    assert body is not None
+    return (url.replace("/api/v1/patients/", "/console/patients/").replace("/merge", "/fusion"),
+            {"doublon": body["duplicate_id"], "motif": body["reason"]})
+
+
 ALERT_READERS = ("biologist", "lab_admin", "dpo")
 # the outbox to the prescribers' systems (policy resource ``delivery``)
 OUTBOX_ROLES = ("biologist", "lab_admin")
@@ -491,6 +499,18 @@ def _web_cases() -> dict[tuple[str, str], Case]:
                                {"motif": "patient créé dans le logiciel du cabinet"}),
             allow(("biologist",), 303, anon=303, lab_admin=200),
             allow(staff, 404, deny=403), form=True),
+        # "Fusionner un doublon": the identity vigilance referent (patient-merge write);
+        # another lab's record: the same 404 as an absent one
+        ("GET", "/console/fusion"): Case(get("/console/fusion"),
+                                         allow(("lab_admin",), 200, anon=303)),
+        ("GET", "/console/patients/{patient_id}/fusion"): Case(
+            lambda c, r, lab: (f"/console/patients/{_merge_pair(c, r, lab)[0].split('/')[4]}"
+                               "/fusion", None),
+            allow(("lab_admin",), 200, anon=303), allow(("lab_admin",), 404, deny=403)),
+        ("POST", "/console/patients/{patient_id}/fusion"): Case(
+            lambda c, r, lab: _merge_form(_merge_pair(c, r, lab)),
+            allow(("lab_admin",), 200, anon=303), allow(("lab_admin",), 404, deny=403),
+            form=True),
         # a fresh panic-value alert per call; another lab's: the same 404 as an absent one
         ("POST", "/console/alertes/{alert_id}/prise-en-compte"): Case(
             lambda c, r, lab: (f"/console/alertes/{_panic_alert(c, lab)}/prise-en-compte",
@@ -891,6 +911,11 @@ def _id_routes(c: Ctx, client: TestClient) -> dict[tuple[str, str], list[Req]]:
         ("GET", "/portail/rapports/{report_id}.pdf"): [
             (f"/portail/rapports/{order(c.w, b, patient).report_id}.pdf", None)],
         ("GET", "/console/patients/{patient_id}"): [(f"/console/patients/{patient}", None)],
+        ("GET", "/console/patients/{patient_id}/fusion"): [
+            (f"/console/patients/{patient}/fusion", None)],
+        ("POST", "/console/patients/{patient_id}/fusion"): [
+            (f"/console/patients/{patient}/fusion",
+             {"doublon": c.w.a.patients[2], "motif": "même patient"})],
         ("GET", "/console/patients/{patient_id}/demande"): [
             (f"/console/patients/{patient}/demande", None)],
         ("POST", "/console/patients/{patient_id}/demande"): [
