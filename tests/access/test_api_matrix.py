@@ -474,9 +474,10 @@ def _web_cases() -> dict[tuple[str, str], Case]:
             reception, allow(receivers, 303, anon=303), allow(receivers, 404, deny=403),
             form=True),
         # the import-issues queue ("Messages d'automate"): the roles with an import-issue
-        # row read it; storing or discarding results is the bench's and the biologist's
+        # row read it; storing or discarding results is the bench's and the biologist's;
+        # the lab administrator (identity vigilance) sees its merge requests (ADT^A40) there
         ("GET", "/console/messages"): Case(get("/console/messages"),
-                                           allow(readers, 200, anon=303)),
+                                           allow((*readers, "lab_admin"), 200, anon=303)),
         ("POST", "/console/messages/{issue_id}/recherche"): Case(
             issue("recherche", {"birth_name": "BARRAULT", "first_name": "Denis",
                                 "birth_date": "1961-07-03"}),
@@ -487,7 +488,10 @@ def _web_cases() -> dict[tuple[str, str], Case]:
             allow(bench, 200, anon=303), allow(bench, 404, deny=403), form=True),
         ("POST", "/console/messages/{issue_id}/classer"): Case(
             issue("classer", {"reason": "doublon d'un résultat papier"}),
-            allow(bench, 200, anon=303), allow(bench, 404, deny=403), form=True),
+            # the lab administrator may decline a merge request: the service decides by
+            # the issue's kind (these are results: refused), another lab's is absent
+            allow(bench, 200, anon=303), allow((*bench, "lab_admin"), 404, deny=403),
+            form=True),
         # "Transmissions aux prescripteurs": the outbox's roles (policy resource delivery)
         ("GET", "/console/envois"): Case(get("/console/envois"),
                                          allow(("biologist", "lab_admin"), 200, anon=303)),

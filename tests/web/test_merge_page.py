@@ -148,3 +148,56 @@ def test_another_labs_record_answers_like_an_absent_one(web: World,
         "csrf": csrf_in(page.text), "doublon": web.b.patients[0], "motif": "même patiente"})
     assert r.status_code == 404
     assert _status(web, web.b.patients[0]) == "active"
+
+
+def test_lab_admin_works_a40_merge_requests_from_the_queue(web: World,
+                                                           browser: TestClient) -> None:
+    """"Messages d'automate" shows the lab administrator the merge requests (ADT^A40):
+    ids, sender, MSH-10; "Comparer et fusionner" opens the merge form prefilled, and the
+    merge closes the request; another is declined ("Classer sans fusionner")."""
+    from tests.web.helpers import merge_request
+    keep, dup, iid = merge_request(web, web.a, 1)
+    keep2, _dup2, iid2 = merge_request(web, web.a, 2)
+    _console(browser, web, "lab_admin")
+    assert 'href="/console/messages"' in browser.get("/console").text
+    queue = browser.get("/console/messages")
+    assert queue.status_code == 200, _text(queue)
+    text = _text(queue)
+    assert "Demandes de fusion" in text and iid in text and iid2 in text
+    link = f"/console/patients/{keep}/fusion?doublon={dup}"
+    assert f'href="{link}"' in queue.text
+    page = browser.get(link)
+    assert page.status_code == 200
+    done = browser.post(f"/console/patients/{keep}/fusion", data={
+        "csrf": csrf_in(page.text), "doublon": dup, "motif": "demande du serveur d'identités"})
+    assert done.status_code == 200 and iid in _text(done) and "est close" in _text(done)
+    op = Actor.operator()
+    assert web.lv.lab.messages.get_issue(op, iid)["status"] == "resolved"
+    # declined with a reason
+    queue = browser.get("/console/messages")
+    assert iid not in _text(queue) and iid2 in _text(queue)
+    r = browser.post(f"/console/messages/{iid2}/classer", data={
+        "csrf": csrf_in(queue.text), "reason": "deux personnes distinctes, vérifié"})
+    assert r.status_code == 200, _text(r)
+    assert web.lv.lab.messages.get_issue(op, iid2)["status"] == "discarded"
+    assert _status(web, keep2) == "active"
+
+
+def test_other_roles_see_a_merge_request_but_leave_it_to_identity_vigilance(
+        web: World, browser: TestClient) -> None:
+    _keep, dup, iid = merge_request_of(web, 3)
+    _console(browser, web, "biologist")
+    queue = browser.get("/console/messages")
+    assert queue.status_code == 200
+    card = queue.text.split(f'id="{iid}"', 1)[1].split("</section>", 1)[0]
+    assert "identitovigilance" in card and "/classer" not in card
+    r = browser.post(f"/console/messages/{iid}/classer", data={
+        "csrf": csrf_in(queue.text), "reason": "pas pour moi"})
+    assert r.status_code == 403
+    assert web.lv.lab.messages.get_issue(Actor.operator(), iid)["status"] == "open"
+    assert _status(web, dup) == "active"
+
+
+def merge_request_of(w: World, i: int) -> tuple[str, str, str]:
+    from tests.web.helpers import merge_request
+    return merge_request(w, w.a, i)

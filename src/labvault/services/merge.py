@@ -112,12 +112,13 @@ class MergeReport:
     differing: list[str] = field(default_factory=list)
     forced: bool = False
     merged_at: str = ""
+    requests: list[str] = field(default_factory=list)   # merge-request issues it closed
 
     def as_json(self) -> dict[str, Any]:
         return {"survivor_id": self.survivor_id, "duplicate_id": self.duplicate_id,
                 "tenant_id": self.tenant_id, "moved": self.moved,
                 "differing": self.differing, "forced": self.forced,
-                "merged_at": self.merged_at}
+                "merged_at": self.merged_at, "requests": self.requests}
 
 
 def _state(lv: Labvault, conn: Connection, actor: Actor, patient_id: str) -> tuple[str, str]:
@@ -213,12 +214,16 @@ class MergeService:
                                                       survivor_id, gone, keep)
             brepo.delete_encodings(conn, tenant_id, duplicate_id)
             mrepo.tombstone(conn, tenant_id, duplicate_id, survivor_id, at)
+            # an ADT^A40 asking for this merge (an import issue) is answered by it
+            report.requests = lv.lab.messages.close_merge_requests(conn, actor, tenant_id,
+                                                                   survivor_id, duplicate_id)
             lv.gate.audit.event(conn, actor, "patient.merge", "success", tenant_id, {
                 "patient_ids": [survivor_id, duplicate_id], "survivor_id": survivor_id,
                 "duplicate_id": duplicate_id, "resource": RESOURCE, "purpose": PURPOSE,
                 "records": sum(report.moved.values()), "forced": report.forced,
                 "differing": diff, "reason": reason,
-                "moved": [f"{t}={n}" for t, n in report.moved.items() if n]})
+                "moved": [f"{t}={n}" for t, n in report.moved.items() if n],
+                "issue_ids": report.requests})
         return report
 
     def compare(self, actor: Actor, survivor_id: str,

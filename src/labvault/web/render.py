@@ -163,7 +163,8 @@ KIND_FR = {"budget.exceeded": "quota de lecture dépassé (compte suspendu)",
 ISSUE_KIND_FR = {"unknown-patient": "patient non reconnu", "unknown-code": "code d'analyse inconnu",
                  "invalid-value": "valeur ou unité non reconnue",
                  "order-closed": "demande déjà validée : une correction est nécessaire",
-                 "reused-control-id": "numéro de message déjà utilisé"}
+                 "reused-control-id": "numéro de message déjà utilisé",
+                 "merge-request": "demande de fusion de dossiers (identitovigilance)"}
 SEVERITY_FR = {"info": "information", "low": "faible", "medium": "moyenne", "high": "élevée",
                "critical": "critique"}
 ALERT_STATUS_FR = {"open": "ouverte", "acked": "prise en compte"}
