@@ -201,3 +201,14 @@ def test_other_roles_see_a_merge_request_but_leave_it_to_identity_vigilance(
 def merge_request_of(w: World, i: int) -> tuple[str, str, str]:
     from tests.web.helpers import merge_request
     return merge_request(w, w.a, i)
+
+
+def test_the_ids_typed_stay_within_the_console(web: World, browser: TestClient) -> None:
+    _console(browser, web, "lab_admin")
+    r = browser.get("/console/fusion", params={"conserve": "//evil.example/x?y",
+                                               "doublon": "a&b"})
+    assert r.status_code == 303
+    assert r.headers["location"] == ("/console/patients/%2F%2Fevil.example%2Fx%3Fy/fusion"
+                                     "?doublon=a%26b")
+    form = browser.get("/console/fusion")
+    assert form.status_code == 200 and 'name="conserve"' in form.text

@@ -15,7 +15,7 @@ import json
 import secrets
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 from fastapi import APIRouter, Depends, Form, Query, Request, Response
 from fastapi.responses import RedirectResponse
@@ -946,9 +946,10 @@ def merge_start(user: User, conserve: PatientId = "", doublon: PatientId = "") -
     merge page."""
     _merger(user)
     if conserve.strip():
-        query = f"?doublon={doublon.strip()}" if doublon.strip() else ""
-        return RedirectResponse(f"/console/patients/{conserve.strip()}/fusion{query}",
-                                status_code=303, headers=NO_STORE)
+        # the ids as typed, quoted: a redirect within the console whatever was typed
+        query = f"?doublon={quote(doublon.strip(), safe='')}" if doublon.strip() else ""
+        return RedirectResponse(f"/console/patients/{quote(conserve.strip(), safe='')}"
+                                f"/fusion{query}", status_code=303, headers=NO_STORE)
     return html("merge.html", user=user, survivor_id=None, duplicate_id=None, cmp=None,
                 shown={}, error=None, done=None)
 
