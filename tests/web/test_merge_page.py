@@ -212,3 +212,31 @@ def test_the_ids_typed_stay_within_the_console(web: World, browser: TestClient) 
                                      "?doublon=a%26b")
     form = browser.get("/console/fusion")
     assert form.status_code == 200 and 'name="conserve"' in form.text
+
+
+def test_the_comparison_is_the_gates_decision_audited(web: World,
+                                                      browser: TestClient) -> None:
+    """Opening the comparison makes the merge's two gate decisions (``patient-merge``,
+    purpose administration), recorded in the laboratory's chain; nothing is merged."""
+    import json
+
+    from sqlalchemy import select
+
+    from labvault.store.tables_audit import audit_entries as E
+    keep, dup, _ = _pair(web, 7)
+    _console(browser, web, "lab_admin")
+
+    def merge_decisions() -> list[dict[str, Any]]:
+        with web.lv.begin() as conn:
+            rows = conn.execute(select(E.c.body, E.c.outcome)
+                                .where(E.c.tenant_id == web.a.tenant_id)).all()
+        return [{**json.loads(r.body), "outcome": r.outcome} for r in rows
+                if json.loads(r.body).get("resource") == "patient-merge"]
+
+    before = len(merge_decisions())
+    assert browser.get(f"/console/patients/{keep}/fusion?doublon={dup}").status_code == 200
+    new = merge_decisions()[before:]
+    assert sorted(p for e in new for p in e["patients"]) == sorted([keep, dup])
+    assert {e["outcome"] for e in new} == {"allowed"}
+    assert {e["purpose"] for e in new} == {"administration"}
+    assert _status(web, dup) == "active"
