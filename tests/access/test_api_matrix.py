@@ -134,6 +134,14 @@ def _merge_pair(c: Ctx, role: str, lab: str) -> Req:
             {"duplicate_id": dup, "reason": "même patiente, enregistrée deux fois"})
 
 
+def _merge_form(req: Req) -> Req:
+    """``_merge_pair`` as the console's merge form sends it."""
+    url, body = req
+    assert body is not None
+    return (url.replace("/api/v1/patients/", "/console/patients/").replace("/merge", "/fusion"),
+            {"doublon": body["duplicate_id"], "motif": body["reason"]})
+
+
 ALERT_READERS = ("biologist", "lab_admin", "dpo")
 # the outbox to the prescribers' systems (policy resource ``delivery``)
 OUTBOX_ROLES = ("biologist", "lab_admin")
@@ -466,9 +474,10 @@ def _web_cases() -> dict[tuple[str, str], Case]:
             reception, allow(receivers, 303, anon=303), allow(receivers, 404, deny=403),
             form=True),
         # the import-issues queue ("Messages d'automate"): the roles with an import-issue
-        # row read it; storing or discarding results is the bench's and the biologist's
+        # row read it; storing or discarding results is the bench's and the biologist's;
+        # the lab administrator (identity vigilance) sees its merge requests (ADT^A40) there
         ("GET", "/console/messages"): Case(get("/console/messages"),
-                                           allow(readers, 200, anon=303)),
+                                           allow((*readers, "lab_admin"), 200, anon=303)),
         ("POST", "/console/messages/{issue_id}/recherche"): Case(
             issue("recherche", {"birth_name": "BARRAULT", "first_name": "Denis",
                                 "birth_date": "1961-07-03"}),
@@ -479,7 +488,10 @@ def _web_cases() -> dict[tuple[str, str], Case]:
             allow(bench, 200, anon=303), allow(bench, 404, deny=403), form=True),
         ("POST", "/console/messages/{issue_id}/classer"): Case(
             issue("classer", {"reason": "doublon d'un résultat papier"}),
-            allow(bench, 200, anon=303), allow(bench, 404, deny=403), form=True),
+            # the lab administrator may decline a merge request: the service decides by
+            # the issue's kind (these are results: refused), another lab's is absent
+            allow(bench, 200, anon=303), allow((*bench, "lab_admin"), 404, deny=403),
+            form=True),
         # "Transmissions aux prescripteurs": the outbox's roles (policy resource delivery)
         ("GET", "/console/envois"): Case(get("/console/envois"),
                                          allow(("biologist", "lab_admin"), 200, anon=303)),
@@ -491,6 +503,18 @@ def _web_cases() -> dict[tuple[str, str], Case]:
                                {"motif": "patient créé dans le logiciel du cabinet"}),
             allow(("biologist",), 303, anon=303, lab_admin=200),
             allow(staff, 404, deny=403), form=True),
+        # "Fusionner un doublon": the identity vigilance referent (patient-merge write);
+        # another lab's record: the same 404 as an absent one
+        ("GET", "/console/fusion"): Case(get("/console/fusion"),
+                                         allow(("lab_admin",), 200, anon=303)),
+        ("GET", "/console/patients/{patient_id}/fusion"): Case(
+            lambda c, r, lab: (f"/console/patients/{_merge_pair(c, r, lab)[0].split('/')[4]}"
+                               "/fusion", None),
+            allow(("lab_admin",), 200, anon=303), allow(("lab_admin",), 404, deny=403)),
+        ("POST", "/console/patients/{patient_id}/fusion"): Case(
+            lambda c, r, lab: _merge_form(_merge_pair(c, r, lab)),
+            allow(("lab_admin",), 200, anon=303), allow(("lab_admin",), 404, deny=403),
+            form=True),
         # a fresh panic-value alert per call; another lab's: the same 404 as an absent one
         ("POST", "/console/alertes/{alert_id}/prise-en-compte"): Case(
             lambda c, r, lab: (f"/console/alertes/{_panic_alert(c, lab)}/prise-en-compte",
@@ -891,6 +915,11 @@ def _id_routes(c: Ctx, client: TestClient) -> dict[tuple[str, str], list[Req]]:
         ("GET", "/portail/rapports/{report_id}.pdf"): [
             (f"/portail/rapports/{order(c.w, b, patient).report_id}.pdf", None)],
         ("GET", "/console/patients/{patient_id}"): [(f"/console/patients/{patient}", None)],
+        ("GET", "/console/patients/{patient_id}/fusion"): [
+            (f"/console/patients/{patient}/fusion", None)],
+        ("POST", "/console/patients/{patient_id}/fusion"): [
+            (f"/console/patients/{patient}/fusion",
+             {"doublon": c.w.a.patients[2], "motif": "même patient"})],
         ("GET", "/console/patients/{patient_id}/demande"): [
             (f"/console/patients/{patient}/demande", None)],
         ("POST", "/console/patients/{patient_id}/demande"): [

@@ -128,6 +128,29 @@ def import_issue(w: World, lab: Lab, pid: str = STRANGER_PID,
     return outcome
 
 
+def merge_request(w: World, lab: Lab, i: int) -> tuple[str, str, str]:
+    """An identity server's ADT^A40 for ``lab``: a record registered with its NIR and
+    external id, the same person registered again under another external id, and the
+    A40 merging the second into the first, kept as a ``merge-request`` import issue.
+    (survivor id, duplicate id, issue id)."""
+    from labvault.domain.actors import Actor
+    from labvault.interop.hl7.handler import Hl7Handler
+    from tests.access.conftest import patient_json
+    person = patient_json(1900 + i, seed=67)
+    op = Actor.operator()
+    keep = w.lv.patients.register(op, lab.tenant_id, {**person, "external_id": f"HX{i}A"})
+    dup = w.lv.patients.register(op, lab.tenant_id, {
+        **{k: v for k, v in person.items() if k not in ("nir", "ins", "external_id")},
+        "external_id": f"HX{i}B"})
+    msg = "\r".join([f"MSH|^~\\&|IDSRV|HOPITAL|LABVAULT|LABO|20260301083000||ADT^A40^ADT_A39|"
+                     f"MR{next(_CONTROL)}|P|2.5", "EVN|A40|20260301083000",
+                     f"PID|1||HX{i}A^^^H^PI||X^Y", f"MRG|HX{i}B^^^H^PI", ""])
+    outcome, ack = Hl7Handler(w.lv, Actor.system("mllp"), lab.tenant_id).handle(msg.encode())
+    assert outcome.ack_code == "AA", ack
+    (iid,) = outcome.issue_ids
+    return keep, dup, str(iid)
+
+
 def registration_form(p: dict[str, Any]) -> dict[str, str]:
     """A patient (``patient_json``) as the console's "Nouveau patient" form sends it."""
     addr, cov, doc = p.get("address") or {}, p.get("coverage") or {}, p.get("prescriber") or {}

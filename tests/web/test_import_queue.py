@@ -242,11 +242,18 @@ def test_another_laboratorys_issue_answers_like_an_absent_one(web: World,
 
 def test_roles_without_the_queue_are_refused(web: World, browser: TestClient) -> None:
     (iid,) = import_issue(web, web.a, obx=(K_HIGH,)).issue_ids
-    _console(browser, web, "lab_admin")
+    _console(browser, web, "dpo")
     assert f'href="{QUEUE}"' not in browser.get("/console").text
     r = browser.get(QUEUE)
     assert r.status_code == 403
     assert "votre fonction ne donne pas accès aux messages d'automate" in _text(r)
+    # the lab administrator gets its merge requests there (ADT^A40), never the results
+    _console(browser, web, "lab_admin")
+    r = browser.get(QUEUE)
+    assert r.status_code == 200 and iid not in r.text and "6,9" not in _text(r)
+    r = browser.post(f"{QUEUE}/{iid}/classer", data={"csrf": csrf_in(r.text),
+                                                     "reason": "doublon"})
+    assert r.status_code == 403
     _console(browser, web, "reception")
     token = csrf_in(browser.get(QUEUE).text)
     r = browser.post(f"{QUEUE}/{iid}/classer", data={"csrf": token, "reason": "doublon"})

@@ -21,12 +21,14 @@ from tests.web.helpers import HIGH, csrf_in, form_login, order
 PROTECTED_GET = ["/", "/portail", "/portail/acces", "/portail/donnees.json",
                  "/portail/effacement", "/portail/rapports/rep_x.pdf", "/console",
                  "/console/patients/pt_x", "/console/rapports/rep_x.pdf", "/console/validation",
-                 "/console/alertes", "/console/technique", "/console/envois"]
+                 "/console/alertes", "/console/technique", "/console/envois", "/console/fusion",
+                 "/console/patients/pt_x/fusion"]
 PROTECTED_POST = ["/logout", "/portail/effacement", "/console/recherche", "/console/validation",
                   "/console/validation/ord_x", "/console/alertes/al_x/prise-en-compte",
                   "/console/technique/ord_x", "/console/demandes/ord_x/refus",
                   "/console/diffusion/ord_x", "/console/demandes/ord_x/conclusion",
-                  "/console/demandes/ord_x/correction", "/console/envois/out_x/renvoi"]
+                  "/console/demandes/ord_x/correction", "/console/envois/out_x/renvoi",
+                  "/console/patients/pt_x/fusion"]
 
 
 def test_every_web_route_is_listed_here() -> None:

@@ -141,6 +141,9 @@ RULES: tuple[Rule, ...] = (
     R("lab_admin", "patient-merge", "w", ALL4, purposes="administration",
       note="identity vigilance referent: merges a duplicate record into the record kept "
            "(everything moves, sealed again; nothing is shown)"),
+    R("lab_admin", "patient-merge", "r", purposes="administration",
+      note="the merge requests waiting for it (ADT^A40 import issues): ids, sender, MSH-10 "
+           "-- no patient category"),
     # data protection officer: audit, alerts, exports approval, breach register, honeytokens
     R("dpo", "audit", "rx"),
     R("dpo", "alert", "rw"),

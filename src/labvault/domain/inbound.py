@@ -204,6 +204,7 @@ class InboundMessage:
     version: str
     patient: InboundPatient | None
     orders: tuple[InboundOrder, ...] = ()
+    merged: InboundPatient | None = None     # ADT^A40: MRG-1, the duplicate named
 
     @property
     def kind(self) -> str:

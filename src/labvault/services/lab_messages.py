@@ -56,7 +56,8 @@ ISSUE_CATEGORIES = frozenset({Category.CLINICAL, Category.IDENTITY, Category.CON
 # Why results wait in the queue (``lab_import_issues.kind``); a door words each kind in its
 # own language (the console's: web/queue.py) from the payload's ``params``.
 IssueKind = Literal["unknown-patient", "unknown-code", "invalid-value", "order-closed",
-                    "reused-control-id", "identity-mismatch"]
+                    "reused-control-id", "identity-mismatch",
+                    "merge-request"]
 ISSUE_KINDS: tuple[IssueKind, ...] = get_args(IssueKind)
 # ``params`` say what ``reason`` says (the codes and values sent): clinical like it
 _ISSUE_CLINICAL = ("order", "results", "reason", "params", "location", "message",
@@ -68,7 +69,10 @@ _SUMMARY_FIELDS = {"name": ("birth_name", "first_names"), "birth_date": ("birth_
                    "sex": ("sex",)}
 CONTROL = "hl7_control"
 # issues keeping a message, not results
-WHOLE_MESSAGE_KINDS: tuple[IssueKind, ...] = ("reused-control-id",)
+WHOLE_MESSAGE_KINDS: tuple[IssueKind, ...] = ("reused-control-id", "merge-request")
+# An ADT^A40 of a hospital's identity server: two records of this laboratory to merge,
+# kept for its identity vigilance (never merged automatically); resolved by the merge.
+MERGE_REQUEST: IssueKind = "merge-request"
 # OBX-11 (HL7 table 0085): no result to store (X: cannot be obtained), noted in the ACK
 # with a reason; D and W retract a result already sent.
 NOTED = {"I": "result pending", "N": "not asked", "O": "order detail only, no result"}
@@ -182,6 +186,11 @@ _RESOLVE_HINTS: Mapping[IssueKind, str] = {
                          "its PID-3 names, then give the patient the results belong to: "
                          "--patient pt_... (REST: patient_id; labvault patient find ...), "
                          "or " + _DISCARD_HINT,
+    "merge-request": "the laboratory's identity vigilance referent (lab_admin) checks both "
+                     "records and merges them (labvault patient merge SURVIVOR DUPLICATE "
+                     "--reason ...; REST: POST /api/v1/patients/{survivor}/merge; the "
+                     "console's \"Fusionner un doublon\"): the merge closes the request; "
+                     "or " + _DISCARD_HINT,
 }
 
 
@@ -223,6 +232,14 @@ def sent_traits(msg: I.InboundMessage) -> dict[str, str]:
     if sex in ("F", "M"):
         out["sex"] = sex
     return out
+
+
+def _merge_access(actor: Actor, tenant_id: str, patient_ids: tuple[str, ...],
+                  action: Action = Action.WRITE) -> Access:
+    """A merge request's gate question: ``patient-merge`` (purpose administration, no
+    category: ids only), the identity vigilance referent's (docs/access-policy.md)."""
+    return Access(actor, action, tenant_id, frozenset(), purpose="administration",
+                  patient_ids=patient_ids, resource="patient-merge")
 
 
 def _group_of(order: Mapping[str, Any], results: Sequence[I.InboundResult]) -> I.InboundOrder:
@@ -386,7 +403,10 @@ class MessageService:
                 if msg.message_type == "ADT":
                     lv.gate.check(conn, Access(actor, Action.WRITE, tenant_id, CLINICAL,
                                                resource="hl7-message", purpose="care"))
-                    self._adt(ctx, msg)
+                    if msg.merged is not None:
+                        self._merge_request(ctx, msg)
+                    else:
+                        self._adt(ctx, msg)
                 else:
                     # one gate decision for the whole message, once its patient is known
                     self._orders_and_results(ctx, msg)
@@ -546,6 +566,95 @@ class MessageService:
         else:
             self._update(ctx, pid, p)
         ctx.outcome.patient_id = pid
+
+    def _merge_request(self, ctx: _Ctx, msg: I.InboundMessage) -> None:
+        """ADT^A40: the sender merged two identities (PID: the one kept; MRG-1: the
+        duplicate). A merge in a laboratory is its identity vigilance's decision: when both
+        are records of this laboratory, distinct, the request is kept as an import issue
+        (``merge-request``: both ids, the sender, MSH-10; under the survivor's key) for its
+        lab administrator; nothing is merged here. The survivor unknown: AE 204 at PID-3;
+        the duplicate unknown (merged already, never registered here) or the same record:
+        AA with a warning, nothing to do."""
+        p, dup = msg.patient, msg.merged
+        assert p is not None and dup is not None
+        survivor = self._match(ctx, p)
+        if survivor is None:
+            raise I.ContentError([MessageError(
+                p.location, I.ERR_UNKNOWN_KEY, "PID-3 names no patient of this laboratory: "
+                "the record the merge keeps is unknown here (send its registration, "
+                "ADT^A04, first)")])
+        ctx.outcome.patient_id = survivor
+        duplicate = self._match(ctx, dup)
+        if duplicate is None or duplicate == survivor:
+            ctx.outcome.errors.append(MessageError(
+                dup.location, I.ERR_UNKNOWN_KEY if duplicate is None else I.ERR_ACCEPTED,
+                "MRG-1 names no patient of this laboratory (merged already, or never "
+                "registered here): nothing to merge" if duplicate is None else
+                "MRG-1 and PID-3 name the same patient here: nothing to merge", "W"))
+            return
+        issue_id = new_id("iss")
+        reason = (f"the sender ({msg.sending}) merged two identities that are two records "
+                  f"here: {duplicate} into {survivor}; the laboratory's identity vigilance "
+                  "decides")
+        ctx.issues.append({"issue_id": issue_id, "kind": MERGE_REQUEST, "patient_id": survivor,
+                           "payload": {"kind": MERGE_REQUEST, "reason": reason,
+                                       "params": {"survivor_id": survivor,
+                                                  "duplicate_id": duplicate,
+                                                  "sender": msg.sending},
+                                       "message_id": ctx.message_id,
+                                       "location": str(dup.location),
+                                       "control_id": msg.control_id, "sender": msg.sending,
+                                       "survivor_id": survivor, "duplicate_id": duplicate}})
+        ctx.outcome.issue_ids.append(issue_id)
+        ctx.outcome.errors.append(MessageError(
+            dup.location, I.ERR_ACCEPTED, f"merge request kept for the laboratory's identity "
+            f"vigilance as import issue {issue_id}: labvault does not merge records "
+            "automatically", "I"))
+
+    def merge_requests(self, actor: Actor, tenant_id: str,
+                       limit: int = 500) -> list[dict[str, Any]]:
+        """The laboratory's open ``merge-request`` issues (ADT^A40), oldest first, as its
+        identity vigilance referent works them: ids, when, the sender and MSH-10 -- no
+        patient data. One gate decision (``patient-merge`` read, purpose administration,
+        no category: the lab administrator's), audited."""
+        self.lab._scope(actor, tenant_id, "laboratory")
+        with self.lv.begin() as conn:
+            rows = lrepo.issues_of_kind(conn, tenant_id, MERGE_REQUEST, "open", limit)
+            pids = tuple(dict.fromkeys(str(r["patient_id"]) for r in rows
+                                       if r["patient_id"]))
+            self.lv.gate.check(conn, _merge_access(actor, tenant_id, pids, Action.READ))
+            out = []
+            for r in rows:
+                try:
+                    p = self._open_issue(conn, r)
+                except NotFound:      # the survivor was erased meanwhile
+                    continue
+                out.append({"id": r["issue_id"], "created_at": r["created_at"],
+                            "survivor_id": p.get("survivor_id"),
+                            "duplicate_id": p.get("duplicate_id"),
+                            "sender": p.get("sender"), "control_id": p.get("control_id")})
+            return out
+
+    def close_merge_requests(self, conn: Connection, actor: Actor, tenant_id: str,
+                             survivor_id: str, duplicate_id: str) -> list[str]:
+        """After a merge (``services/merge.py``, in its transaction, the duplicate's rows
+        already the survivor's): the open ``merge-request`` issues naming this pair (either
+        way round) are resolved by it -- who, when, both ids. Their ids."""
+        done = []
+        for row in lrepo.open_issues_of(conn, tenant_id, MERGE_REQUEST, survivor_id):
+            payload = self._open_issue(conn, row)
+            if {payload.get("survivor_id"), payload.get("duplicate_id")} != {survivor_id,
+                                                                            duplicate_id}:
+                continue
+            ts = self.lv.now()
+            resolution = {"by": actor.id, "at": ts.isoformat(), "merged": True,
+                          "survivor_id": survivor_id, "duplicate_id": duplicate_id}
+            lrepo.update_issue(conn, tenant_id, row["issue_id"], status="resolved",
+                               resolved_at=ts, resolution_sealed=self._seal_issue(
+                                   conn, tenant_id, survivor_id, row["issue_id"],
+                                   "resolution_sealed", resolution))
+            done.append(str(row["issue_id"]))
+        return done
 
     # == orders and results =====================================================================
     def _resolve_code(self, cat: L.Catalogue, code: str, system: str | None,
@@ -1227,10 +1336,13 @@ class MessageService:
         with self.lv.begin() as conn:
             row = self._open_row(conn, actor, issue_id)
             tid = row["tenant_id"]
-            self.lv.gate.check(conn, Access(actor, Action.WRITE, tid, CLINICAL,
-                                            resource="import-issue",
-                                            patient_ids=(row["patient_id"],)
-                                            if row["patient_id"] else ()))
+            pids = (row["patient_id"],) if row["patient_id"] else ()
+            if row["kind"] == MERGE_REQUEST:
+                # declining a merge is identity vigilance's decision, like the merge itself
+                self.lv.gate.check(conn, _merge_access(actor, tid, pids))
+            else:
+                self.lv.gate.check(conn, Access(actor, Action.WRITE, tid, CLINICAL,
+                                                resource="import-issue", patient_ids=pids))
             results = self._open_issue(conn, row).get("results") or []
             if len(results) > 1 and not all_results:
                 codes_sent = ", ".join(str(r.get("code")) for r in results)

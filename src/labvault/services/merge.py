@@ -112,12 +112,13 @@ class MergeReport:
     differing: list[str] = field(default_factory=list)
     forced: bool = False
     merged_at: str = ""
+    requests: list[str] = field(default_factory=list)   # merge-request issues it closed
 
     def as_json(self) -> dict[str, Any]:
         return {"survivor_id": self.survivor_id, "duplicate_id": self.duplicate_id,
                 "tenant_id": self.tenant_id, "moved": self.moved,
                 "differing": self.differing, "forced": self.forced,
-                "merged_at": self.merged_at}
+                "merged_at": self.merged_at, "requests": self.requests}
 
 
 def _state(lv: Labvault, conn: Connection, actor: Actor, patient_id: str) -> tuple[str, str]:
@@ -161,6 +162,22 @@ def differing(survivor: Mapping[str, Any], duplicate: Mapping[str, Any]) -> list
     return identity.differing(survivor, rec)
 
 
+@dataclass(frozen=True)
+class Comparison:
+    """The two records as a merge would find them (``MergeService.compare``): the traits
+    and identifiers on which they differ, by name only."""
+
+    survivor_id: str
+    duplicate_id: str | None
+    tenant_id: str
+    differing: list[str]
+
+    @property
+    def blocking(self) -> list[str]:
+        """The differences a merge refuses unless forced (``BLOCKING``)."""
+        return [d for d in self.differing if d in BLOCKING]
+
+
 class MergeService:
     def __init__(self, lv: Labvault) -> None:
         self.lv = lv
@@ -181,27 +198,8 @@ class MergeService:
                                "give the id of the record kept, then the duplicate's")
         lv = self.lv
         with lv.begin() as conn:
-            # both rows locked, in id order (two merges of the same pair cannot deadlock)
-            states = {pid: _state(lv, conn, actor, pid)
-                      for pid in sorted((survivor_id, duplicate_id))}
-            tenant_id = states[survivor_id][0]
-            if states[duplicate_id][0] != tenant_id:        # the operator, across labs
-                raise MergeRefused("the two records belong to different laboratories",
-                                   "a merge joins two records of one laboratory")
-            lv.load_tenant_keys(conn, tenant_id)
-            for pid in (survivor_id, duplicate_id):
-                access = Access(actor, Action.WRITE, tenant_id, ALL, purpose=PURPOSE,
-                                patient_ids=(pid,), reason=reason, resource=RESOURCE)
-                if lv.guard.is_canary(conn, tenant_id, pid):
-                    lv.gate.refuse(conn, access, "honeytoken")
-                    raise MergeRefused(f"patient {pid} cannot be merged",
-                                       "it is a honeytoken record (docs/guard.md)")
-                lv.gate.check(conn, access, detail={"merge": "survivor" if pid == survivor_id
-                                                    else "duplicate"})
-            keep = lv.gate.patient_key(conn, tenant_id, survivor_id)
-            gone = lv.gate.patient_key(conn, tenant_id, duplicate_id)
-            diff = differing(_identity(lv, conn, tenant_id, survivor_id, keep),
-                             _identity(lv, conn, tenant_id, duplicate_id, gone))
+            tenant_id, keep, gone, diff = self._decided(conn, actor, survivor_id,
+                                                        duplicate_id, reason)
             blocking = [d for d in diff if d in BLOCKING]
             if blocking and not force:
                 raise MergeRefused(
@@ -216,13 +214,77 @@ class MergeService:
                                                       survivor_id, gone, keep)
             brepo.delete_encodings(conn, tenant_id, duplicate_id)
             mrepo.tombstone(conn, tenant_id, duplicate_id, survivor_id, at)
+            # an ADT^A40 asking for this merge (an import issue) is answered by it
+            report.requests = lv.lab.messages.close_merge_requests(conn, actor, tenant_id,
+                                                                   survivor_id, duplicate_id)
             lv.gate.audit.event(conn, actor, "patient.merge", "success", tenant_id, {
                 "patient_ids": [survivor_id, duplicate_id], "survivor_id": survivor_id,
                 "duplicate_id": duplicate_id, "resource": RESOURCE, "purpose": PURPOSE,
                 "records": sum(report.moved.values()), "forced": report.forced,
                 "differing": diff, "reason": reason,
-                "moved": [f"{t}={n}" for t, n in report.moved.items() if n]})
+                "moved": [f"{t}={n}" for t, n in report.moved.items() if n],
+                "issue_ids": report.requests})
         return report
+
+    def compare(self, actor: Actor, survivor_id: str,
+                duplicate_id: str | None) -> Comparison:
+        """What the merge of ``duplicate_id`` into ``survivor_id`` would find, before it is
+        asked (the console's merge form): which traits and identifiers differ -- their
+        names, never their values -- and which of them would refuse it unless forced.
+        Refused exactly as ``merge`` would be (same checks, the same audited gate
+        decisions of ``patient-merge``, marked ``step: compare``); nothing changed.
+        ``duplicate_id`` None: the record kept alone is checked (the form's first step)."""
+        if survivor_id == duplicate_id:
+            raise MergeRefused("the survivor and the duplicate are the same record",
+                               "give the id of the record kept, then the duplicate's")
+        with self.lv.begin() as conn:
+            if duplicate_id is None:
+                tenant_id = _state(self.lv, conn, actor, survivor_id)[0]
+                self._check(conn, actor, tenant_id, survivor_id, None,
+                            {"merge": "survivor", "step": "compare"})
+                return Comparison(survivor_id, None, tenant_id, [])
+            tenant_id, _, _, diff = self._decided(conn, actor, survivor_id, duplicate_id,
+                                                  None, step="compare")
+        return Comparison(survivor_id, duplicate_id, tenant_id, diff)
+
+    def _check(self, conn: Connection, actor: Actor, tenant_id: str, pid: str,
+               reason: str | None, detail: dict[str, Any]) -> None:
+        """The gate's decision of a ``patient-merge`` write of ``pid`` (a honeytoken:
+        refused, audited)."""
+        lv = self.lv
+        access = Access(actor, Action.WRITE, tenant_id, ALL, purpose=PURPOSE,
+                        patient_ids=(pid,), reason=reason, resource=RESOURCE)
+        if lv.guard.is_canary(conn, tenant_id, pid):
+            lv.gate.refuse(conn, access, "honeytoken")
+            raise MergeRefused(f"patient {pid} cannot be merged",
+                               "it is a honeytoken record (docs/guard.md)")
+        lv.gate.check(conn, access, detail=detail)
+
+    def _decided(self, conn: Connection, actor: Actor, survivor_id: str, duplicate_id: str,
+                 reason: str | None, step: str = "merge"
+                 ) -> tuple[str, DataKey, DataKey, list[str]]:
+        """Both records checked (``_state``, one laboratory, no honeytoken) and the gate's
+        decision for each: (laboratory, survivor's key, duplicate's key, traits differing)."""
+        lv = self.lv
+        # both rows locked, in id order (two merges of the same pair cannot deadlock)
+        states = {pid: _state(lv, conn, actor, pid)
+                  for pid in sorted((survivor_id, duplicate_id))}
+        tenant_id = states[survivor_id][0]
+        if states[duplicate_id][0] != tenant_id:        # the operator, across labs
+            raise MergeRefused("the two records belong to different laboratories",
+                               "a merge joins two records of one laboratory")
+        lv.load_tenant_keys(conn, tenant_id)
+        for pid in (survivor_id, duplicate_id):
+            detail: dict[str, Any] = {"merge": "survivor" if pid == survivor_id
+                                      else "duplicate"}
+            if step != "merge":
+                detail["step"] = step
+            self._check(conn, actor, tenant_id, pid, reason, detail)
+        keep = lv.gate.patient_key(conn, tenant_id, survivor_id)
+        gone = lv.gate.patient_key(conn, tenant_id, duplicate_id)
+        diff = differing(_identity(lv, conn, tenant_id, survivor_id, keep),
+                         _identity(lv, conn, tenant_id, duplicate_id, gone))
+        return tenant_id, keep, gone, diff
 
     def _move(self, conn: Connection, spec: Moved, tenant_id: str, duplicate_id: str,
               survivor_id: str, gone: DataKey, keep: DataKey) -> int:

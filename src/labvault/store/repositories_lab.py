@@ -339,6 +339,24 @@ def issues(conn: Connection, tenant_id: str, statuses: Sequence[str] | None = No
     return [dict(r) for r in conn.execute(q).mappings()]
 
 
+def open_issues_of(conn: Connection, tenant_id: str, kind: str,
+                   patient_id: str) -> list[dict[str, Any]]:
+    """The open issues of one kind held under one patient."""
+    t = lab_import_issues.c
+    return [dict(r) for r in conn.execute(select(lab_import_issues).where(
+        t.tenant_id == tenant_id, t.kind == kind, t.patient_id == patient_id,
+        t.status == "open").order_by(t.created_at, t.issue_id)).mappings()]
+
+
+def issues_of_kind(conn: Connection, tenant_id: str, kind: str, status: str,
+                   limit: int = 500) -> list[dict[str, Any]]:
+    """A laboratory's issues of one kind and status, oldest first."""
+    t = lab_import_issues.c
+    return [dict(r) for r in conn.execute(select(lab_import_issues).where(
+        t.tenant_id == tenant_id, t.kind == kind, t.status == status)
+        .order_by(t.created_at, t.issue_id).limit(limit)).mappings()]
+
+
 def issue(conn: Connection, issue_id: str) -> dict[str, Any] | None:
     return _one(conn, select(lab_import_issues).where(lab_import_issues.c.issue_id == issue_id))
 

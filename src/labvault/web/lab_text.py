@@ -8,7 +8,14 @@ import re
 from collections.abc import Mapping
 
 from labvault.domain.delta import Delta
-from labvault.errors import AccessDenied, InvalidField, NotFound, PatientMerged, UserError
+from labvault.errors import (
+    AccessDenied,
+    InvalidField,
+    MergeRefused,
+    NotFound,
+    PatientMerged,
+    UserError,
+)
 from labvault.services.delivery import (
     DeliveryErased,
     DeliveryNotFailed,
@@ -221,6 +228,8 @@ def french(exc: UserError, user_id: str | None,
                 "rechargez la page, puis renvoyez le formulaire")
     if not console:
         return None
+    if (merge := merge_fr(exc)) is not None:
+        return merge
     if isinstance(exc, PatientMerged):       # identity vigilance merged it (services/merge.py)
         return (f"ce dossier, un doublon, a été fusionné dans le dossier {exc.survivor_id}",
                 f"ouvrez le dossier {exc.survivor_id} : il contient ses demandes et ses "
@@ -274,3 +283,60 @@ def parse_shown_orders(values: list[str]) -> dict[str, dict[str, int]]:
                             "rechargez la page, puis validez")
         out[order_id] = parse_shown(results)
     return out
+
+
+# == identity vigilance: merging a duplicate (services/merge.py) ============================
+# the traits and identifiers the merge compares (services/identity.py), as the form says them
+MERGE_TRAITS_FR: Mapping[str, str] = {
+    "birth_name": "nom de naissance", "first_name": "premier prénom",
+    "birth_date": "date de naissance", "sex": "sexe", "nir": "NIR", "ins": "INS",
+    "external_id": "identifiant externe (du système d'origine)",
+}
+# what a merge moved (MergeReport.moved, by table), as the confirmation says it
+MERGE_MOVED_FR: Mapping[str, str] = {
+    "lab_orders": "demandes d'analyses", "lab_specimens": "prélèvements",
+    "lab_observations": "résultats", "lab_observation_history": "versions antérieures de résultats",
+    "lab_reports": "comptes rendus", "lab_hl7_messages": "messages HL7 archivés",
+    "lab_import_issues": "messages d'automate", "delivery_outbox": "envois aux prescripteurs",
+    "accounts": "comptes du portail patient",
+}
+_FORCE_HINT = ("vérifiez les deux identités (pièce d'identité, dossier d'origine) ; s'il "
+               "s'agit bien de la même personne (erreur de saisie), cochez « forcer la "
+               "fusion » et expliquez-le dans le motif")
+
+
+def traits_fr(traits: list[str]) -> str:
+    return ", ".join(MERGE_TRAITS_FR.get(t, t) for t in traits)
+
+
+def merge_fr(exc: UserError) -> tuple[str, str] | None:
+    """A refused merge (``MergeRefused``, or its missing reason) in the console's words;
+    None: not a merge's refusal."""
+    if exc.message == "a merge needs a written reason":
+        return ("le motif de la fusion manque ou est trop court",
+                "revenez en arrière et dites pourquoi les deux dossiers sont la même "
+                "personne : le motif est gardé, scellé, dans le journal d'audit")
+    if not isinstance(exc, MergeRefused):
+        return None
+    msg = exc.message
+    if msg == "the survivor and the duplicate are the same record":
+        return ("le dossier conservé et le doublon sont le même dossier",
+                "donnez l'identifiant du doublon, différent de celui du dossier conservé")
+    if msg == "the two records belong to different laboratories":
+        return ("les deux dossiers appartiennent à des laboratoires différents",
+                "une fusion réunit deux dossiers d'un même laboratoire")
+    if m := re.fullmatch(r"patient (\S+) was already merged into (\S+)", msg):
+        return (f"le dossier {m[1]} a déjà été fusionné dans le dossier {m[2]}",
+                f"s'il reste un doublon, fusionnez-le dans le dossier {m[2]} ; sinon il n'y "
+                "a plus rien à faire")
+    if m := re.fullmatch(r"patient (\S+) is (\S+): it cannot be merged", msg):
+        return (f"le dossier {m[1]} a été effacé (ou est en cours d'effacement) : il ne peut "
+                "pas être fusionné", "un dossier effacé ne contient plus rien à déplacer")
+    if m := re.fullmatch(r"patient (\S+) cannot be merged", msg):
+        return (f"le dossier {m[1]} ne peut pas être fusionné (refus enregistré)",
+                "voyez le délégué à la protection des données du laboratoire")
+    if m := re.fullmatch(r"the two records differ on (.+): they may be two different "
+                         r"people", msg):
+        return (f"les deux dossiers diffèrent sur : {traits_fr(m[1].split(', '))} — ce sont "
+                "peut-être deux personnes différentes", _FORCE_HINT)
+    return ("la fusion est refusée : " + msg, exc.hint)

@@ -77,6 +77,9 @@ TODO_FR: Mapping[str, str] = {
                          "désigne son identifiant et, si besoin, avec le préleveur ; puis "
                          "recherchez le patient auquel appartiennent ces résultats et "
                          "« Rattacher à ce patient », ou classez ce message avec un motif.",
+    "merge-request": "le référent d'identitovigilance (administrateur du laboratoire) "
+                     "vérifie les deux dossiers puis les fusionne (« Fusionner un doublon » : "
+                     "la demande est alors close), ou classe la demande avec un motif.",
 }
 # what the role may not see of an issue (``withheld``), said on its card
 WITHHELD_FR: Mapping[str, str] = {
@@ -92,9 +95,10 @@ SEX_FR = {"F": "féminin", "M": "masculin", "U": "inconnu"}
 
 # == who =======================================================================================
 def _reader(user: WebUser, lv: Any) -> str:
-    """The caller's laboratory, if the policy opens the queue to its role."""
+    """The caller's laboratory, if the policy opens the queue to its role (or, to the
+    identity vigilance referent, its merge requests)."""
     tenant_id = _staff(user)
-    if not may_read_queue(lv, user.actor):
+    if not (may_read_queue(lv, user.actor) or user.may_merge):
         raise AccessDenied("votre fonction ne donne pas accès aux messages d'automate",
                            "l'accueil, les techniciens et les biologistes du laboratoire "
                            "les traitent")
@@ -106,9 +110,11 @@ def _may_work(lv: Any, actor: Actor) -> bool:
     return may(lv, actor, Action.WRITE, "import-issue", CLINICAL)
 
 
-def _worker(user: WebUser, lv: Any) -> str:
+def _worker(user: WebUser, lv: Any, merge_requests: bool = False) -> str:
+    """``merge_requests``: the action applies to a merge request too (a discard), which
+    the identity vigilance referent may do (the service decides by the issue's kind)."""
     tenant_id = _staff(user)
-    if not _may_work(lv, user.actor):
+    if not (_may_work(lv, user.actor) or (merge_requests and user.may_merge)):
         raise AccessDenied("votre fonction ne permet pas de rattacher ni de classer un "
                            "message d'automate",
                            "un technicien ou un biologiste du laboratoire s'en charge")
@@ -202,6 +208,15 @@ def _reused_control_id_fr(p: Params, issue: Mapping[str, Any]) -> str:
             "n'a pas été enregistré")
 
 
+def _merge_request_fr(p: Params, issue: Mapping[str, Any]) -> str:
+    sender = p.get("sender") or issue.get("sender")
+    pair = (f" : le dossier {p['duplicate_id']} dans le dossier {p['survivor_id']}"
+            if p.get("duplicate_id") and p.get("survivor_id") else "")
+    return (f"le serveur d'identités{' ' + sender if sender else ''} a fusionné deux "
+            f"identités qui sont deux dossiers du laboratoire{pair} ; labvault ne fusionne "
+            "pas de lui-même : l'identitovigilance du laboratoire décide")
+
+
 REASONS_FR: Mapping[str, Callable[[Params, Mapping[str, Any]], str]] = {
     "unknown-patient": _unknown_patient_fr,
     "unknown-code": _unknown_code_fr,
@@ -209,6 +224,7 @@ REASONS_FR: Mapping[str, Callable[[Params, Mapping[str, Any]], str]] = {
     "order-closed": _order_closed_fr,
     "reused-control-id": _reused_control_id_fr,
     "identity-mismatch": _identity_mismatch_fr,
+    "merge-request": _merge_request_fr,
 }
 
 
@@ -310,18 +326,22 @@ def _page(user: WebUser, lv: Any, tenant_id: str, *, handled: bool = False,
           typed: Mapping[str, str] | None = None, status: int = 200) -> Response:
     """The queue (open issues, or the handled ones), with what was just done (``notice``)
     or refused (``problem``: issue id, message, hint; on its card)."""
-    issues = lv.lab.messages.list_issues(user.actor, tenant_id,
-                                         HANDLED if handled else "open", QUEUE_LIMIT + 1,
-                                         newest_first=True, detailed=not handled)
+    issues = (lv.lab.messages.list_issues(user.actor, tenant_id,
+                                          HANDLED if handled else "open", QUEUE_LIMIT + 1,
+                                          newest_first=True, detailed=not handled)
+              if may_read_queue(lv, user.actor) else [])
     cards = [card(i) for i in issues[:QUEUE_LIMIT]]
+    # ADT^A40 merge requests, for the identity vigilance referent (ids only)
+    merges = (lv.lab.messages.merge_requests(user.actor, tenant_id, QUEUE_LIMIT)
+              if user.may_merge and not handled else [])
     work = not handled and _may_work(lv, user.actor)
     groups = (catalogue_groups(lv.lab.catalogue(tenant_id))
               if work and any(c["unknown_codes"] for c in cards) else [])
-    on_card = problem is not None and any(c["id"] == problem[0] for c in cards)
+    on_card = problem is not None and any(c["id"] == problem[0] for c in (*cards, *merges))
     return html("messages.html", status, user=user, cards=cards, handled=handled,
                 more=len(issues) > QUEUE_LIMIT, limit=QUEUE_LIMIT, notice=notice,
                 problem=problem, on_card=on_card, typed=typed or {}, work=work,
-                groups=groups)
+                groups=groups, merges=merges, reads_queue=may_read_queue(lv, user.actor))
 
 
 @router.get(QUEUE)
@@ -488,8 +508,9 @@ def discard(request: Request, issue_id: str, user: User, lv: LV, csrf: Csrf = ""
             reason: Annotated[str, Form(max_length=2000)] = "",
             all_results: Tick = "") -> Response:
     """"Classer": ``discard_issue`` with the reason (required, kept sealed); an issue
-    holding several results only with the tick "classer tous les résultats"."""
-    tenant_id = _worker(user, lv)
+    holding several results only with the tick "classer tous les résultats"; a merge
+    request (ADT^A40) by the identity vigilance referent, the merge declined."""
+    tenant_id = _worker(user, lv, merge_requests=True)
     _check_csrf(request, user, csrf)
     iid = issue_id[:64]
     try:

@@ -164,7 +164,8 @@ ISSUE_KIND_FR = {"unknown-patient": "patient non reconnu", "unknown-code": "code
                  "invalid-value": "valeur ou unité non reconnue",
                  "order-closed": "demande déjà validée : une correction est nécessaire",
                  "reused-control-id": "numéro de message déjà utilisé",
-                 "identity-mismatch": "identité discordante"}
+                 "identity-mismatch": "identité discordante",
+                 "merge-request": "demande de fusion de dossiers (identitovigilance)"}
 SEVERITY_FR = {"info": "information", "low": "faible", "medium": "moyenne", "high": "élevée",
                "critical": "critique"}
 ALERT_STATUS_FR = {"open": "ouverte", "acked": "prise en compte"}

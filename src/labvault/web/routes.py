@@ -15,7 +15,7 @@ import json
 import secrets
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 from fastapi import APIRouter, Depends, Form, Query, Request, Response
 from fastapi.responses import RedirectResponse
@@ -38,6 +38,7 @@ from labvault.errors import (
     AccessDenied,
     AuthenticationFailed,
     InvalidField,
+    MergeRefused,
     NotFound,
     UserError,
 )
@@ -47,6 +48,9 @@ from labvault.services.breach import dpo_from_env
 from labvault.services.gate import Access
 from labvault.services.lab import BulkValidation
 from labvault.services.lab_messages import ISSUE_CATEGORIES
+from labvault.services.merge import PURPOSE as MERGE_PURPOSE
+from labvault.services.merge import RESOURCE as MERGE_RESOURCE
+from labvault.services.merge import Comparison, MergeReport
 from labvault.services.portal import PortalService
 from labvault.web import lab_text
 from labvault.web.render import (
@@ -118,6 +122,7 @@ class WebUser:
     may_receive: bool = False           # "Réception du prélèvement": specimen write
     may_queue: bool = False             # "Messages d'automate": import-issue read
     may_outbox: bool = False            # "Transmissions aux prescripteurs": delivery read
+    may_merge: bool = False             # "Fusionner un doublon": patient-merge write
 
     @property
     def is_patient(self) -> bool:
@@ -157,6 +162,16 @@ def may_read_queue(lv: Labvault, actor: Actor) -> bool:
     return may(lv, actor, Action.READ, "import-issue", ISSUE_CATEGORIES)
 
 
+def may_merge(lv: Labvault, actor: Actor) -> bool:
+    """Whether the policy lets ``actor`` merge duplicates in its laboratory (``patient-merge``
+    write, purpose administration: the identity vigilance referent, ``lab_admin``)."""
+    if actor.kind != "staff" or actor.tenant_id is None:
+        return False
+    return bool(lv.gate.categories_of(Access(actor, Action.WRITE, actor.tenant_id,
+                                             frozenset(PATIENT_CATEGORIES),
+                                             purpose=MERGE_PURPOSE, resource=MERGE_RESOURCE)))
+
+
 def portal_of(request: Request) -> PortalService:
     portal: PortalService = request.app.state.portal
     return portal
@@ -177,7 +192,8 @@ def _as_user(request: Request, creds: HTTPAuthorizationCredentials | None,
                    may_order=may_write(lv, actor, "order"),
                    may_receive=may_write(lv, actor, "specimen"),
                    may_queue=may_read_queue(lv, actor),
-                   may_outbox=lv.delivery.may_view(actor))
+                   may_outbox=lv.delivery.may_view(actor),
+                   may_merge=may_merge(lv, actor))
     request.state.web_user = user
     return user
 
@@ -907,3 +923,91 @@ def alerts_list(user: User, lv: LV) -> Response:
         a["link"] = _order_link(a["ids"]) if (clinical_reader
                                               and a["kind"] in CLINICAL_KINDS) else None
     return html("alerts.html", user=user, alerts=items, clinical_only=which.kinds is not None)
+
+
+# == identity vigilance: merging a duplicate record (the lab administrator) ====================
+MERGE = "/console/fusion"
+PatientId = Annotated[str, Query(max_length=64)]
+
+
+def _merger(user: WebUser) -> str:
+    tenant_id = _staff(user)
+    if not user.may_merge:
+        raise AccessDenied("la fusion de doublons est réservée au référent "
+                           "d'identitovigilance (administrateur du laboratoire)",
+                           "demandez-lui de fusionner les deux dossiers")
+    return tenant_id
+
+
+@router.get(MERGE)
+def merge_start(user: User, conserve: PatientId = "", doublon: PatientId = "") -> Response:
+    """"Fusionner un doublon" from the console's menu: the ids of the record kept and of
+    the duplicate (a lab administrator reads no identity: ids only), then the record kept's
+    merge page."""
+    _merger(user)
+    if conserve.strip():
+        # the ids as typed, quoted: a redirect within the console whatever was typed
+        query = f"?doublon={quote(doublon.strip(), safe='')}" if doublon.strip() else ""
+        return RedirectResponse(f"/console/patients/{quote(conserve.strip(), safe='')}"
+                                f"/fusion{query}", status_code=303, headers=NO_STORE)
+    return html("merge.html", user=user, survivor_id=None, duplicate_id=None, cmp=None,
+                shown={}, error=None, done=None)
+
+
+def _merge_page(user: WebUser, lv: Labvault, survivor_id: str, duplicate_id: str | None,
+                status: int = 200, error: tuple[str, str] | None = None,
+                done: MergeReport | None = None) -> Response:
+    """The merge form: both records side by side, compared by ``lv.merges.compare`` (the
+    traits that differ, by name) -- and their identity only when the policy lets the
+    caller read it (a lab administrator: never; ids and the comparison only)."""
+    cmp: Comparison | None = None
+    if done is None:
+        try:
+            cmp = lv.merges.compare(user.actor, survivor_id, duplicate_id or None)
+        except MergeRefused as exc:
+            if duplicate_id is None:
+                raise
+            error = error or lab_text.merge_fr(exc)
+            status = 409
+            cmp = lv.merges.compare(user.actor, survivor_id, None)
+    shown: dict[str, dict[str, Any]] = {}
+    if done is None and may(lv, user.actor, Action.READ, "patient",
+                            frozenset({Category.IDENTITY})):
+        for pid in filter(None, (survivor_id, duplicate_id if cmp and cmp.duplicate_id
+                                 else None)):
+            shown[pid] = lv.patients.show(user.actor, pid, categories=[Category.IDENTITY])
+    return html("merge.html", status, user=user, survivor_id=survivor_id,
+                duplicate_id=duplicate_id, cmp=cmp, shown=shown, error=error, done=done,
+                traits=lab_text.MERGE_TRAITS_FR, moved_fr=lab_text.MERGE_MOVED_FR,
+                traits_fr=lab_text.traits_fr)
+
+
+@router.get("/console/patients/{patient_id}/fusion")
+def merge_form(patient_id: str, user: User, lv: LV, doublon: PatientId = "") -> Response:
+    """"Fusionner un doublon" into this record: the duplicate's id, then both records
+    compared -- the traits on which they differ and which of them refuse the merge unless
+    forced (birth date, sex, NIR, INS) -- a reason, and "forcer" only when they differ."""
+    _merger(user)
+    return _merge_page(user, lv, patient_id[:64], doublon.strip() or None)
+
+
+@router.post("/console/patients/{patient_id}/fusion")
+def merge_duplicate(request: Request, patient_id: str, user: User, lv: LV, csrf: Csrf = "",
+                    doublon: Annotated[str, Form(max_length=64)] = "",
+                    motif: Annotated[str, Form(max_length=2000)] = "",
+                    forcer: Tick = "") -> Response:
+    """The merge (``lv.merges.merge``, the same call as ``POST
+    /api/v1/patients/{id}/merge``): then what moved, counted; refused: the form again
+    with the refusal in French, nothing changed."""
+    _merger(user)
+    _check_csrf(request, user, csrf)
+    survivor_id, duplicate_id = patient_id[:64], doublon.strip()
+    if not duplicate_id:
+        raise UserError("l'identifiant du doublon manque",
+                        "revenez en arrière et donnez l'identifiant du dossier en double")
+    try:
+        report = lv.merges.merge(user.actor, survivor_id, duplicate_id, motif,
+                                 force=bool(forcer))
+    except MergeRefused as exc:
+        return _merge_page(user, lv, survivor_id, duplicate_id, 409, lab_text.merge_fr(exc))
+    return _merge_page(user, lv, survivor_id, duplicate_id, done=report)

@@ -25,7 +25,11 @@ from labvault.errors import InvalidRecord
 from labvault.interop.hl7.parse import Message, Segment
 
 SUPPORTED = {("ADT", "A04"), ("ADT", "A08"), ("ADT", "A01"), ("ADT", "A28"), ("ADT", "A31"),
-             ("ORM", "O01"), ("OML", "O21"), ("ORU", "R01")}
+             ("ADT", "A40"), ("ORM", "O01"), ("OML", "O21"), ("ORU", "R01")}
+# ADT^A40 (merge patient -- patient identifier list; message structure ADT_A39: MSH, EVN,
+# PID, MRG): PID names the record kept, MRG-1 the duplicate. Never merged automatically:
+# a merge request for the laboratory's identity vigilance (services/lab_messages.py).
+MERGE_TRIGGERS = ("A40",)
 VERSIONS = ("2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.7.1", "2.8")
 NIR_OIDS = ("1.2.250.1.213.1.4.8", "1.2.250.1.213.1.4.10")   # INS-NIR, INS-NIR (test)
 NIR_TYPES = ("NH", "INS", "INS-NIR", "SS")
@@ -73,6 +77,26 @@ def parse_dtm(value: str, tz: tzinfo = DEFAULT_TZ) -> datetime:
     return dt.astimezone(UTC)
 
 
+def _identifiers(seg: Segment, field: int) -> list[I.PatientIdentifier]:
+    """A CX list (PID-3, MRG-1): value, type code (CX.5), assigning authority (CX.4)."""
+    ids: list[I.PatientIdentifier] = []
+    for rep in seg.reps(field):
+        value = rep[0][0].strip() if rep and rep[0] else ""
+        if not value or value == NULL:
+            continue
+        authority = "&".join(x for x in rep[3] if x) if len(rep) > 3 else ""
+        type_code = rep[4][0] if len(rep) > 4 and rep[4] else ""
+        ids.append(I.PatientIdentifier(value, type_code or None, authority or None))
+    return ids
+
+
+def _nir_and_others(ids: list[I.PatientIdentifier]) -> tuple[str | None, tuple[str, ...]]:
+    """The NIR (INS-NIR) among ``ids``, and the sender's other identifiers."""
+    nir = next((i.value for i in ids if (i.type_code or "").upper() in NIR_TYPES
+                or any(o in (i.authority or "") for o in NIR_OIDS)), None)
+    return nir, tuple(i.value for i in ids if i.value != nir)
+
+
 class _Mapper:
     def __init__(self, msg: Message, tz: tzinfo) -> None:
         self.msg = msg
@@ -97,22 +121,13 @@ class _Mapper:
 
     # -- PID -----------------------------------------------------------------------------------
     def patient(self, pid: Segment, with_record: bool = True) -> I.InboundPatient:
-        ids: list[I.PatientIdentifier] = []
-        for rep in pid.reps(3):
-            value = rep[0][0].strip() if rep and rep[0] else ""
-            if not value or value == NULL:
-                continue
-            authority = "&".join(x for x in rep[3] if x) if len(rep) > 3 else ""
-            type_code = rep[4][0] if len(rep) > 4 and rep[4] else ""
-            ids.append(I.PatientIdentifier(value, type_code or None, authority or None))
+        ids = _identifiers(pid, 3)
         if not ids and pid.get(2) and pid.get(2) != NULL:   # v2.3 external id
             ids.append(I.PatientIdentifier(pid.get(2), pid.get(2, 5) or None,
                                            pid.get(2, 4) or None))
-        nir = next((i.value for i in ids if (i.type_code or "").upper() in NIR_TYPES
-                    or any(o in (i.authority or "") for o in NIR_OIDS)), None)
-        external = tuple(i.value for i in ids if i.value != nir)
         if not ids:
             self.err(pid, 3, I.ERR_REQUIRED_FIELD_MISSING, "PID-3 (patient identifier) is empty")
+        nir, external = _nir_and_others(ids)
         changes: I.PatientChanges | None = None
         record: PatientRecord | None = None
         record_errors: tuple[MessageError, ...] = ()
@@ -128,6 +143,17 @@ class _Mapper:
                                 "; ".join(e.text for e in record_errors) or None,
                                 Location("PID", pid.sequence, 3), summary, changes,
                                 record_errors)
+
+    def merged(self, mrg: Segment) -> I.InboundPatient:
+        """MRG-1 (prior patient identifier list, CX like PID-3): the duplicate an ADT^A40
+        names, matched as PID-3 is (NIR, else the sender's identifiers)."""
+        ids = _identifiers(mrg, 1)
+        if not ids:
+            self.err(mrg, 1, I.ERR_REQUIRED_FIELD_MISSING,
+                     "MRG-1 (prior patient identifier list) is empty")
+        nir, external = _nir_and_others(ids)
+        return I.InboundPatient(tuple(ids), nir, external, None,
+                                location=Location("MRG", mrg.sequence, 1))
 
     def patient_changes(self, pid: Segment, nir: str | None, external: tuple[str, ...]
                         ) -> I.PatientChanges:
@@ -499,7 +525,7 @@ def header(msg: Message) -> tuple[str, str, str, str, str]:
             else I.ERR_UNSUPPORTED_EVENT
         raise Rejected(MessageError(Location("MSH", 1, 9), code,
                                     f"message type {mtype}^{trigger} is not supported "
-                                    "(ADT^A04/A08, ORM^O01, OML^O21, ORU^R01)"))
+                                    "(ADT^A04/A08/A40, ORM^O01, OML^O21, ORU^R01)"))
     if version and version not in VERSIONS:
         raise Rejected(MessageError(Location("MSH", 1, 12), I.ERR_UNSUPPORTED_VERSION,
                                     f"HL7 version {version} is not supported (2.3 to 2.8)"))
@@ -522,9 +548,19 @@ def to_inbound(msg: Message, tz: tzinfo = DEFAULT_TZ) -> I.InboundMessage:
     m = _Mapper(msg, tz)
     body = list(msg.segments[1:])
     pid = next((s for s in body if s.id == "PID"), None)
-    patient = m.patient(pid, with_record=mtype != "ORU") if pid is not None else None
+    merging = mtype == "ADT" and trigger in MERGE_TRIGGERS
+    patient = (m.patient(pid, with_record=mtype != "ORU" and not merging)
+               if pid is not None else None)
     if patient is None:
         m.err("PID", None, I.ERR_SEGMENT_SEQUENCE, f"{mtype}^{trigger} needs a PID segment")
+    merged: I.InboundPatient | None = None
+    if merging:
+        mrg = next((s for s in body if s.id == "MRG"), None)
+        if mrg is None:
+            m.err("MRG", None, I.ERR_SEGMENT_SEQUENCE,
+                  f"{mtype}^{trigger} needs an MRG segment (MRG-1: the duplicate's identifiers)")
+        else:
+            merged = m.merged(mrg)
     orders: list[I.InboundOrder] = []
     if mtype in ("ORM", "OML", "ORU"):
         orders = m.orders(body, with_results=mtype == "ORU")
@@ -532,4 +568,5 @@ def to_inbound(msg: Message, tz: tzinfo = DEFAULT_TZ) -> I.InboundMessage:
             m.err("OBR", None, I.ERR_SEGMENT_SEQUENCE, f"{mtype}^{trigger} needs an OBR segment")
     if m.errors:
         raise I.ContentError(m.errors)
-    return I.InboundMessage(mtype, trigger, control, sending, version, patient, tuple(orders))
+    return I.InboundMessage(mtype, trigger, control, sending, version, patient, tuple(orders),
+                            merged)
