@@ -25,6 +25,10 @@ from labvault.domain.patient import PatientRecord
 # first given name standing for ``first_names[0]``).
 TRAITS = ("birth_name", "first_name", "birth_date", "sex")
 IDENTIFIERS = ("nir", "ins", "external_id")
+# Their words in an error a door answers (the values are never said)
+TRAIT_WORDS = {"birth_name": "birth name", "first_name": "first name",
+               "birth_date": "birth date", "sex": "sex", "nir": "NIR", "ins": "INS",
+               "external_id": "external id"}
 
 
 def _day(value: object) -> str | None:

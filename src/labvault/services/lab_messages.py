@@ -194,12 +194,10 @@ _RESOLVE_HINTS: Mapping[IssueKind, str] = {
 }
 
 
-# Identity vigilance (services/identity.py): the PID field each trait is sent in (ERR-2),
-# and its words in an ACK or a reason.
+# Identity vigilance (services/identity.py, whose TRAIT_WORDS name the traits): the PID
+# field each trait is sent in (ERR-2).
 TRAIT_FIELDS = {"birth_name": 5, "first_name": 5, "birth_date": 7, "sex": 8}
 IDENTITY_MISMATCH = "identity-mismatch"     # an order's refusal (audit rule), a queued ORU's kind
-TRAIT_WORDS = {"birth_name": "birth name", "first_name": "first name",
-               "birth_date": "birth date", "sex": "sex"}
 
 
 def sent_traits(msg: I.InboundMessage) -> dict[str, str]:
@@ -830,10 +828,10 @@ class MessageService:
                 patient_ids=(pid,), resource="hl7-message", purpose="care"), IDENTITY_MISMATCH)
             raise I.ContentError([MessageError(
                 where(t), I.ERR_DUPLICATE_KEY,
-                f"PID-3 identifies a registered patient whose {TRAIT_WORDS[t]} differs from "
+                f"PID-3 identifies a registered patient whose {identity.TRAIT_WORDS[t]} differs from "
                 f"PID-{TRAIT_FIELDS[t]}'s: check the patient's identity (identifier and "
                 "traits), then send the order again; nothing stored") for t in differ])
-        words = ", ".join(TRAIT_WORDS[t] for t in differ)
+        words = ", ".join(identity.TRAIT_WORDS[t] for t in differ)
         reason = (f"PID-3 identifies a registered patient whose {words} "
                   f"differ{'s' if len(differ) == 1 else ''} from what was sent: check the "
                   "identity; the results are not stored under that patient")

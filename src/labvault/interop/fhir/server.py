@@ -294,7 +294,7 @@ class PatientHandler:
         if differ:
             raise FhirError(409, "conflict", "the identifier matches a patient registered in "
                             "this laboratory whose identity differs ("
-                            + ", ".join(TRAIT_WORDS[d] for d in differ) + "): check the "
+                            + ", ".join(identity.TRAIT_WORDS[d] for d in differ) + "): check the "
                             "patient's identity with the prescriber (identity vigilance); "
                             "nothing was stored and nothing was attached to that record",
                             [trait_element(resource, d) for d in differ])
@@ -324,9 +324,6 @@ NAME_SEARCH_LIMITS = issue(
     "Search by identifier (NIR/INS) before registering the patient as new.",
     ["family", "given"], severity="warning")
 PATIENT_IDENTIFIER_SYSTEMS = (ids.NIR_SYSTEM, ids.INS_NIA_SYSTEM, ids.EXTERNAL_ID_SYSTEM)
-TRAIT_WORDS = {"birth_name": "birth name", "first_name": "first given name",
-               "birth_date": "birth date", "sex": "sex", "nir": "NIR", "ins": "INS",
-               "external_id": "external id"}
 _TRAIT_SYSTEMS = {"nir": ids.NIR_SYSTEM, "ins": ids.INS_NIA_SYSTEM,
                   "external_id": ids.EXTERNAL_ID_SYSTEM}
 
