@@ -197,7 +197,7 @@ _RESOLVE_HINTS: Mapping[IssueKind, str] = {
 # Identity vigilance (services/identity.py, whose TRAIT_WORDS name the traits): the PID
 # field each trait is sent in (ERR-2).
 TRAIT_FIELDS = {"birth_name": 5, "first_name": 5, "birth_date": 7, "sex": 8}
-IDENTITY_MISMATCH = "identity-mismatch"     # an order's refusal (audit rule), a queued ORU's kind
+IDENTITY_MISMATCH: IssueKind = "identity-mismatch"   # an order's refusal (audit rule), a queued ORU's kind
 
 
 def sent_traits(msg: I.InboundMessage) -> dict[str, str]:
@@ -836,7 +836,7 @@ class MessageService:
                   f"differ{'s' if len(differ) == 1 else ''} from what was sent: check the "
                   "identity; the results are not stored under that patient")
         for order in msg.orders:
-            self._issue(ctx, "identity-mismatch", None, order, list(order.results), p,
+            self._issue(ctx, IDENTITY_MISMATCH, None, order, list(order.results), p,
                         where(differ[0]), reason, traits=", ".join(differ))
 
     def _decide(self, ctx: _Ctx, patient_id: str | None) -> Decision:
@@ -1013,7 +1013,7 @@ class MessageService:
                            "payload": payload, "panic": self._holds_panic_value(ctx, results)})
         ctx.outcome.issue_ids.append(issue_id)
         code = (I.ERR_UNKNOWN_KEY if kind.startswith("unknown") else
-                I.ERR_DUPLICATE_KEY if kind == "identity-mismatch" else I.ERR_DATA_TYPE)
+                I.ERR_DUPLICATE_KEY if kind == IDENTITY_MISMATCH else I.ERR_DATA_TYPE)
         ctx.outcome.errors.append(MessageError(location, code, f"{reason}; kept for review as "
                                                f"import issue {issue_id}", "W"))
 

@@ -30,6 +30,7 @@ table with a ``patient_id`` column appears in the schema without being listed he
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -146,7 +147,6 @@ def _identity(lv: Labvault, conn: Connection, tenant_id: str, patient_id: str,
     blob = blobs.get(patient_id, {}).get(Category.IDENTITY)
     if blob is None:
         return {}
-    import json
     data: dict[str, Any] = json.loads(lv.gate.open_patient_value(
         dek, tenant_id, "patients", Category.IDENTITY.value, patient_id, blob))
     return data
