@@ -8,7 +8,7 @@ the ground truth; optionally clkhash/anonlink and Splink on the same data in pla
 How the store is built (for speed): tenants and their keys are created through the
 service; patient rows are then inserted in bulk with their blind-index digests and
 breach encodings computed by the same code the write path uses (``KeyedDigest`` ==
-``blind_index.digest``, ``BreachService.encoding_row``), but WITHOUT sealed
+``blind_index.digest``, ``BreachService.encoding_rows``: sealed), but WITHOUT sealed
 category blobs (triage never reads them) and without per-patient data keys. Triage
 runs in a child process so its peak RSS is measured alone (``ru_maxrss``).
 """
@@ -66,11 +66,10 @@ def build(work: Path, patients: int, labs: int, rows: int, seed: int) -> None:
             v = repo.current_key_version(conn, tid, "index")
             assert v is not None
             kd = KeyedDigest(lv.keyring.blind_index_key(tid, v))
-            enc, ev = lv.breach.encoder(conn, tid)
         now = datetime.now(UTC)
         batch_p: list[dict[str, Any]] = []
         batch_i: list[dict[str, Any]] = []
-        batch_e: list[dict[str, Any]] = []
+        batch_e: list[tuple[str, PatientRecord]] = []
 
         def flush() -> None:
             if not batch_p:  # noqa: B023
@@ -78,7 +77,8 @@ def build(work: Path, patients: int, labs: int, rows: int, seed: int) -> None:
             with lv.begin() as conn:
                 conn.execute(insert(patients_t), batch_p)  # noqa: B023
                 conn.execute(insert(blind_index), batch_i)  # noqa: B023
-                conn.execute(insert(breach_encodings), batch_e)  # noqa: B023
+                conn.execute(insert(breach_encodings),
+                             lv.breach.encoding_rows(conn, tid, batch_e))  # noqa: B023
             for b in (batch_p, batch_i, batch_e):  # noqa: B023
                 b.clear()
 
@@ -91,7 +91,7 @@ def build(work: Path, patients: int, labs: int, rows: int, seed: int) -> None:
             for kind, d in dict.fromkeys((k, kd.index(k, n))
                                          for k, n in indexing.index_values(rec)):
                 batch_i.append({"tenant_id": tid, "kind": kind, "digest": d, "patient_id": pid})
-            batch_e.append(lv.breach.encoding_row(enc, ev, tid, pid, rec))
+            batch_e.append((pid, rec))
             plain.write(json.dumps({"id": pid, **p}) + "\n")
             if rng.random() < keep_p:
                 kept.append((tid, pid, p))

@@ -12,8 +12,8 @@ from labvault.domain.actors import Actor
 from labvault.services.app import Labvault
 from tests.breach.conftest import Score, Store, score
 
-CONTRACT = {"case", "rows", "columns", "matches", "per_tenant", "unmatched_rows", "attribution",
-            "severity"}
+CONTRACT = {"case", "rows", "columns", "matches", "per_tenant", "unmatched_rows", "unencoded",
+            "attribution", "severity"}
 
 FORMATS = [
     ("csv utf-8 ,", lambda p, rows: sd.write_csv(p, rows), "dump.csv"),

@@ -42,6 +42,7 @@ from labvault.crypto.digests import HmacSha256
 
 BITS = 1024
 BYTES = BITS // 8
+STORED_BYTES = 2 * BYTES    # a stored (balanced) encoding: the filter and its complement, shuffled
 # The filter is cut into field segments (bit ranges); a token of field X sets K[X]
 # positions inside X's segment, so the similarity of each field can be read apart
 # (field-level Bloom filters in one record-level encoding).
@@ -360,8 +361,8 @@ class ClkEncoder:
 
     def original_words(self, stored: Sequence[bytes]) -> Words:
         """Original filters of stored encodings, as an (n, WORDS) array of uint64."""
-        if any(len(s) != 2 * BYTES for s in stored):
-            raise ValueError("stored encodings must be 256 bytes")
+        if any(len(s) != STORED_BYTES for s in stored):
+            raise ValueError(f"stored encodings must be {STORED_BYTES} bytes")
         raw = np.frombuffer(b"".join(stored), dtype=np.uint8).reshape(len(stored), 2 * BYTES)
         le = np.ascontiguousarray(raw[:, self._original_le])
         return le.view(np.dtype("<u8")).astype(np.uint64, copy=False).reshape(len(stored), WORDS)

@@ -159,6 +159,10 @@ def triage(dumps: list[Path] = typer.Argument(..., help="Leaked file(s)."),
                               f"({c['confidence']})", highlight=False)
         for t, v in res["per_tenant"].items():
             out_console.print(f"  {t}: {v['patients']} patients, {', '.join(v['categories'])}")
+        for t, n in res.get("unencoded", {}).items():
+            out_console.print(f"  warning: {t}: {n} patients have no matching encoding, so the "
+                              "fuzzy tier could not find them: run `labvault breach backfill` "
+                              "and triage again", highlight=False)
         s = res["severity"]
         out_console.print(f"severity {s['score']} ({s['level']}): {s['rationale']}",
                           highlight=False)

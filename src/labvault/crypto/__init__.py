@@ -5,7 +5,8 @@ package; doors never do (import-linter contract).
 """
 
 from labvault.crypto.envelope import SealContext
-from labvault.crypto.keys import DataKey, KeyRing, WrappedDek, WrappedTenantKey
+from labvault.crypto.keys import ColumnSealer, DataKey, KeyRing, WrappedDek, WrappedTenantKey
 from labvault.crypto.providers.base import KeyProvider
 
-__all__ = ["DataKey", "KeyProvider", "KeyRing", "SealContext", "WrappedDek", "WrappedTenantKey"]
+__all__ = ["ColumnSealer", "DataKey", "KeyProvider", "KeyRing", "SealContext", "WrappedDek",
+           "WrappedTenantKey"]

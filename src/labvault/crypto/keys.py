@@ -9,7 +9,7 @@ never the key):
   (docs/security-model.md, "Blind indexes").
 - ``data``  seals tenant-level values that belong to no patient (audit reasons,
   alert details, evidence, archived messages).
-- any other purpose string a module needs (e.g. ``match`` for breach encodings).
+- any other purpose string a module needs.
 
 Per patient: one random DEK, wrapped by the tenant's current KEK. Destroying the
 wrapped DEK erases the patient everywhere (crypto-shredding).
@@ -21,6 +21,7 @@ unwrapped tenant keys in process memory. Persistence is the services' job.
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -95,12 +96,13 @@ class ColumnSealer:
     the shared part of the associated data built once: the same envelope, the same
     associated data, a fresh random nonce per value."""
 
-    __slots__ = ("_aead", "_env", "_head", "_tail")
+    __slots__ = ("_aead", "_env", "_head", "_tail", "_where")
 
     def __init__(self, key: DataKey, tenant_id: str, table: str, column: str) -> None:
         self._head, self._tail = envelope.aad_parts(tenant_id, table, column, key.key_id)
         self._env = envelope.pack(key.key_id, b"")
         self._aead = key._cipher()
+        self._where = f"{table}.{column}"
 
     def seal(self, record_id: str, plaintext: bytes) -> bytes:
         if "\x00" in record_id:
@@ -115,6 +117,26 @@ class ColumnSealer:
             raise ValueError("seal context parts must not contain NUL")
         return [env + s for s in self._aead.seal_many(
             [(p, head + r.encode() + tail) for r, p in items])]
+
+    def open_many(self, items: Sequence[tuple[str, bytes]]) -> list[bytes]:
+        """Open each (record id, envelope) this key sealed in this column (bulk reads: the
+        breach triage's encodings). A value sealed under another key, or moved from another
+        row, column or tenant, fails the whole call: a tampered store is an incident, not
+        a row to skip."""
+        head, tail, env, open_ = self._head, self._tail, self._env, self._aead.open
+        n = len(env)
+        out = []
+        for record_id, sealed in items:
+            if sealed[:n] != env or "\x00" in record_id:
+                raise IntegrityError(f"sealed value in {self._where} of record {record_id} "
+                                     "is not sealed under the expected key")
+            try:
+                out.append(open_(sealed[n:], head + record_id.encode() + tail))
+            except P.AuthenticationError:
+                raise IntegrityError(
+                    f"sealed value in {self._where} of record {record_id} failed "
+                    "authentication (tampered, moved from another row, or wrong key)") from None
+        return out
 
 
 def _tenant_key_aad(tenant_id: str, purpose: str, version: int) -> bytes:

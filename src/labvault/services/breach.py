@@ -39,6 +39,7 @@ from labvault.breach.encoding import (
     CLK_LABEL,
     FUZZY_ACCEPT,
     PERM_LABEL,
+    STORED_BYTES,
     ClkEncoder,
     MatchIdentity,
 )
@@ -80,6 +81,7 @@ EVIDENCE_CHUNK = 1 << 20
 BACKFILL_BATCH = 500
 IDENTIFY_MAX = 256 << 20        # leaks larger than this are not handed to the guard's identify
 READER_SAMPLE = 500              # matched patients per laboratory looked up in the audit log
+ENCODINGS, SEALED = "breach_encodings", "sealed"   # where a patient's sealed encoding lives
 
 
 def _iso(d: datetime | None) -> str | None:
@@ -391,22 +393,32 @@ class BreachService:
                                         rec.sex))
         return out
 
-    def encoding_row(self, enc: ClkEncoder, version: int, tenant_id: str, patient_id: str,
-                     rec: PatientRecord) -> dict[str, Any]:
-        """The patient's stored encoding and its blocking keys (packed, 8 bytes each)."""
+    def encoding(self, enc: ClkEncoder, rec: PatientRecord) -> bytes:
+        """A patient's encoding (``STORED_BYTES``) then its blocking keys (8 bytes each)."""
         ids = self.identities(rec)
         blocks = dict.fromkeys(b for m in ids for b in enc.blocks(m))
-        return {"tenant_id": tenant_id, "patient_id": patient_id, "key_version": version,
-                "clk": enc.encode(ids[0]), "blocks": b"".join(blocks)}
+        clk = enc.encode(ids[0])
+        if len(clk) != STORED_BYTES:       # triage splits the sealed value at this offset
+            raise ValueError(f"an encoding of {len(clk)} bytes, not {STORED_BYTES}")
+        return clk + b"".join(blocks)
+
+    def encoding_rows(self, conn: Connection, tenant_id: str,
+                      written: Sequence[tuple[str, PatientRecord]]) -> list[dict[str, Any]]:
+        """The ``breach_encodings`` rows of some patients: each encoding sealed under the
+        tenant's data key (one AES-GCM per patient, ~1 µs against the encoding's ~40)."""
+        enc, v = self.encoder(conn, tenant_id)
+        sealer = self.lv.gate.tenant_column_sealer(conn, tenant_id, ENCODINGS, SEALED)
+        sealed = sealer.seal_many([(pid, self.encoding(enc, rec)) for pid, rec in written])
+        return [{"tenant_id": tenant_id, "patient_id": pid, "key_version": v, "sealed": s}
+                for (pid, _), s in zip(written, sealed, strict=True)]
 
     def on_patients_written(self, conn: Connection, tenant_id: str,
                             written: Sequence[tuple[str, PatientRecord]], fresh: bool) -> None:
         """Patient write hook: (re)compute encodings in the writer's transaction."""
         if not written:
             return
-        enc, v = self.encoder(conn, tenant_id)
-        brepo.replace_encodings(conn, tenant_id, [self.encoding_row(enc, v, tenant_id, pid, rec)
-                                                  for pid, rec in written], fresh=fresh)
+        brepo.replace_encodings(conn, tenant_id, self.encoding_rows(conn, tenant_id, written),
+                                fresh=fresh)
 
     def on_patient_erased(self, conn: Connection, tenant_id: str, patient_id: str) -> None:
         brepo.delete_encodings(conn, tenant_id, patient_id)
@@ -507,7 +519,8 @@ class BreachService:
             clock.lap("exact")
             exact_rows = {m.row for m in matches}
             todo = [n for n in range(len(rows)) if n not in exact_rows]
-            fuzzy = self._fuzzy(rows, todo, tenants, workers, clock)
+            unencoded: dict[str, int] = {}
+            fuzzy = self._fuzzy(rows, todo, tenants, workers, clock, unencoded)
             clock.lap("fuzzy")
             for n, (t, pid, score) in sorted(fuzzy.items()):
                 matches.append(Match(n, t, pid, "fuzzy", fuzzy_keys(rows[n].ident),
@@ -517,6 +530,9 @@ class BreachService:
             result = self._summarise(actor, case_id, rows, files, cols, matches, tenants,
                                      circumstances or Circumstances())
             result["attribution"].extend(self._identify_exports(actor, paths, files))
+            # Patients the fuzzy tier could not see (no encoding yet: written before an
+            # upgrade that dropped them, migration 0015) -- said, not silently missed.
+            result["unencoded"] = unencoded
             result_store = dict(result)
             with self.lv.begin() as conn:
                 self._add_event(conn, case_id, "triage", {
@@ -566,8 +582,10 @@ class BreachService:
             _SHARED_EXACT = None
 
     def _fuzzy(self, rows: list[RowKeys], todo: list[int], tenants: Sequence[Mapping[str, Any]],
-               workers: int = 1, clock: _PhaseClock | None = None
-               ) -> dict[int, tuple[str, str, float]]:
+               workers: int = 1, clock: _PhaseClock | None = None,
+               unencoded: dict[str, int] | None = None) -> dict[int, tuple[str, str, float]]:
+        """Best fuzzy match per row; ``unencoded`` gets, per laboratory, how many active
+        patients have no encoding under its current index key (counted, not listed)."""
         best: dict[int, tuple[str, str, float]] = {}
         prep = FuzzyPrep(rows, todo)
         if clock is not None:
@@ -579,8 +597,16 @@ class BreachService:
             for t in tenants:
                 with self.lv.begin() as conn:
                     w = self._work(conn, t["tenant_id"])
-                    data = TenantRows.packed(
-                        brepo.tenant_encoding_rows(conn, w.tenant_id, w.index_version))
+                    rows = brepo.tenant_encoding_rows(conn, w.tenant_id, w.index_version)
+                    missing = repo.count_patients(conn, w.tenant_id) - len(rows)
+                    if missing > 0 and unencoded is not None:
+                        unencoded[w.tenant_id] = missing
+                    # opened here, in the triage's process, under the check made at its start
+                    opened = self.lv.gate.open_tenant_column_checked(
+                        conn, w.tenant_id, ENCODINGS, SEALED, rows)
+                data = TenantRows.packed((pid, o[:STORED_BYTES], o[STORED_BYTES:])
+                                         for (pid, _), o in zip(rows, opened, strict=True))
+                del rows, opened
                 yield w, data
 
         global _SHARED_PREP

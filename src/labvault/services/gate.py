@@ -17,16 +17,17 @@ from this module only (a test greps for it).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from sqlalchemy.engine import Connection
 
-from labvault.crypto import DataKey, KeyRing, SealContext, WrappedDek
+from labvault.crypto import ColumnSealer, DataKey, KeyRing, SealContext, WrappedDek
+from labvault.crypto.envelope import unpack
 from labvault.domain.actors import Actor
 from labvault.domain.categories import Action, Category
-from labvault.errors import AccessDenied, KeyUnavailable, NotFound
+from labvault.errors import AccessDenied, IntegrityError, KeyUnavailable, NotFound
 from labvault.store import repositories as repo
 
 # The rule of a refusal for an id the actor's laboratory does not hold (``refuse_absent``).
@@ -276,12 +277,49 @@ class Gate:
                                   record_id: str, sealed: bytes, purpose: str = "data") -> bytes:
         """Open a tenant-level value after a ``check`` the caller already made
         (e.g. one check for a page of alerts)."""
-        from labvault.crypto.envelope import unpack
         self._load_tenant_keys(conn, tenant_id)
         key_id, _ = unpack(sealed)
         version = int(key_id.rsplit("-", 1)[1])
         key = self.keyring.tenant_data_key(tenant_id, purpose, version)
         return key.open(SealContext(tenant_id, table, column, record_id), sealed)
+
+    def tenant_column_sealer(self, conn: Connection, tenant_id: str, table: str, column: str,
+                             purpose: str = "data") -> ColumnSealer:
+        """``seal_tenant_value`` for many rows of one column (the breach encodings written
+        with a batch of patients): the tenant's current key, the shared part of the
+        associated data built once."""
+        self._load_tenant_keys(conn, tenant_id)
+        version = repo.current_key_version(conn, tenant_id, purpose)
+        if version is None:
+            raise KeyUnavailable(f"tenant {tenant_id} has no {purpose} key",
+                                 "run `labvault keys rotate` to create one")
+        return self.keyring.tenant_data_key(tenant_id, purpose, version).column(
+            tenant_id, table, column)
+
+    def open_tenant_column_checked(self, conn: Connection, tenant_id: str, table: str,
+                                   column: str, items: Sequence[tuple[str, bytes]],
+                                   purpose: str = "data") -> list[bytes]:
+        """``open_tenant_value_checked`` of many (record id, sealed) of one column, in
+        order, after a ``check`` the caller made; values sealed under older key versions
+        (before a rotation) open with theirs."""
+        self._load_tenant_keys(conn, tenant_id)
+        groups: dict[bytes, list[int]] = {}
+        for i, (_, sealed) in enumerate(items):
+            groups.setdefault(sealed[:3 + sealed[2]] if len(sealed) > 2 else sealed,
+                              []).append(i)
+        out: list[bytes] = [b""] * len(items)
+        for head, rows in groups.items():
+            key_id, _ = unpack(head)
+            try:
+                version = int(key_id.rsplit("-", 1)[1])
+            except (IndexError, ValueError):
+                raise IntegrityError(f"{table}.{column}: a value sealed under an unknown "
+                                     f"key {key_id!r}") from None
+            sealer = self.keyring.tenant_data_key(tenant_id, purpose, version).column(
+                tenant_id, table, column)
+            for i, opened in zip(rows, sealer.open_many([items[i] for i in rows]), strict=True):
+                out[i] = opened
+        return out
 
     def categories_of(self, access: Access) -> Iterable[Category]:
         """What the policy would let ``access`` open, without deciding (for UIs)."""

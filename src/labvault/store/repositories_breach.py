@@ -121,10 +121,10 @@ def tenant_index_rows(conn: Connection, tenant_id: str, kinds: Sequence[str]
 
 
 def tenant_encoding_rows(conn: Connection, tenant_id: str, key_version: int
-                         ) -> Sequence[tuple[str, bytes, bytes | None]]:
-    """(patient id, stored encoding, packed blocking keys) of a tenant's encodings under
-    one key version."""
-    return all_rows(conn, "SELECT patient_id, clk, blocks FROM breach_encodings "
+                         ) -> Sequence[tuple[str, bytes]]:
+    """(patient id, sealed encoding and blocking keys) of a tenant's encodings under one
+    index key version."""
+    return all_rows(conn, "SELECT patient_id, sealed FROM breach_encodings "
                               "WHERE tenant_id = {p} AND key_version = {p}",
                         (tenant_id, key_version))
 

@@ -5,10 +5,11 @@
   pseudo tenant ``platform`` (``services.breach.PLATFORM``), whose keys live in
   ``tenant_keys`` like any tenant's; every free-text field is sealed under its
   ``data`` key. Clear columns: ids, status, kind and timestamps only.
-- ``breach_encodings`` / ``breach_blocks``: per patient, the keyed Bloom-filter
-  encoding (CLK, balanced, 2 × 1024 bits) and keyed blocking digests (64-bit HMAC)
-  used by the fuzzy tier of dump triage. Both are keyed with secrets derived from the
-  tenant's index key; neither holds a value in clear.
+- ``breach_encodings``: per patient, the keyed Bloom-filter encoding (CLK, balanced,
+  2 × 1024 bits) and keyed blocking digests (64-bit HMAC) used by the fuzzy tier of dump
+  triage, keyed with secrets derived from the tenant's index key, and **sealed** together
+  under the tenant's ``data`` key (migration 0015): a stolen database gives no encoding
+  to mine for frequent bit patterns (docs/breach.md, "Known attacks").
 """
 
 from __future__ import annotations
@@ -48,9 +49,8 @@ breach_encodings = Table(
     Column("tenant_id", ID, nullable=False),
     Column("patient_id", ID, nullable=False),
     Column("key_version", Integer, nullable=False),        # version of the tenant index key
-    Column("clk", Blob(256), nullable=False),
-    # the patient's blocking keys (8 bytes each, concatenated): read only in bulk by
-    # triage, so one column instead of a row and two index entries per key (migration 0008)
-    Column("blocks", Blob, nullable=True),
+    # sealed (tenant data key): the encoding (256 bytes) then the patient's blocking keys
+    # (8 bytes each): read only in bulk by triage, so one value per patient (0008, 0015)
+    Column("sealed", Blob, nullable=False),
     PrimaryKeyConstraint("tenant_id", "patient_id"),
 )
