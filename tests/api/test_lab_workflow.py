@@ -234,3 +234,30 @@ def test_review_read_shows_previous_results_to_staff_who_validate_never_to_the_p
                       headers=_bearer(world, a, "patient"))
     assert mine.status_code == 200 and mine.json()["previous"] == {}
     assert not any(o.observation_id in mine.text for o in first.observations)
+
+
+def test_review_dates_a_typed_in_previous_result_by_its_specimen(world: World,
+                                                                 client: TestClient) -> None:
+    """``previous.at`` and ``review.deltas[].previous_at``: when the previous result's
+    blood was drawn (its specimen), not when it was typed in (today)."""
+    a, lv = world.a, world.lv
+    bio = world.actor(a.emails["biologist"])
+    drawn = "2026-02-27T09:15:00+01:00"
+
+    def typed_in(collected: str, k: str, n: int) -> str:
+        o = lv.lab.create_order(bio, a.tenant_id, a.patients[0], {"tests": ["2823-3"]},
+                                {"type": "BLD", "collected_at": collected,
+                                 "accession_number": f"PREV{n}"})
+        lv.lab.enter_results(bio, o.order_id, [{"code": "2823-3", "value": k,
+                                                "unit": "mmol/L"}])
+        lv.lab.validate_technical(bio, o.order_id)
+        return o.order_id
+
+    lv.lab.validate_biological(bio, typed_in(drawn, "4.2", 1))
+    current = typed_in("2026-03-01T08:30:00+01:00", "6.0", 2)
+    doc = client.get(f"/api/v1/orders/{current}", headers=_bearer(world, a, "biologist")).json()
+    (prev,) = doc["previous"].values()
+    assert prev["value"] == 4.2 and prev["at"] == "2026-02-27T08:15:00+00:00"
+    assert prev["delta"]["outcome"] == "delta-exceeded"
+    (d,) = doc["review"]["deltas"]
+    assert d["previous_at"] == "2026-02-27T08:15:00+00:00"

@@ -244,3 +244,34 @@ def test_the_loader_refuses_a_wrong_delta_naming_the_test_and_field(
     assert words in errors[where]
     if field != "delta.hours":               # the unknown-key check is the generic one
         assert f"(test {code})" in errors[where]
+
+
+def test_two_results_of_one_time_the_one_entered_first_is_the_earlier() -> None:
+    """Two orders of one blood draw (results typed in: dated by the specimen): the one
+    entered first is the previous one; without entry times, neither is before the other."""
+    entered = T0 + timedelta(hours=2)
+    first = D.Prior(T0, obs(4.1), "obs_first", entered - timedelta(minutes=5))
+    later = D.Prior(T0, obs(4.4), "obs_later", entered + timedelta(minutes=5))
+    assert D.latest_before("2823-3", T0, [first, later], entered) == first
+    assert D.latest_before("2823-3", T0, [first, later]) is None
+    found = D.check(obs(6.0), T0, [later, first], K_LIMIT, entered)
+    assert found is not None and found.previous == first and found.exceeded
+
+
+def test_the_report_prints_a_number_or_a_code_within_the_lookback() -> None:
+    """``report_prior``: the report's "Antériorité" -- the previous result within
+    ``days``, whatever the delta window; a determination for an ``identical`` limit; none
+    for a text result."""
+    assert D.report_prior(obs(4.5), T0, [prior(4.1, 400)], 732) == D.Anteriority(
+        prior(4.1, 400))
+    assert D.report_prior(obs(4.5), T0, [prior(4.1, 733)], 732) is None
+    group = L.DeltaLimit(None, None, 366, identical=True)
+    found = D.report_prior(obs(1, "882-1", None, kind=L.ValueKind.TEXT), T0,
+                           [prior(1, 30, code="882-1", unit=None)], 732, limit=group)
+    assert found is None                                   # a text result: none
+    coded = L.Observation("882-1", "ABO", L.ValueKind.CODED, None,
+                          L.CodedValue("A+", "A RhD+"), None, None, None, None, None, None,
+                          None, None, None, "2026.2")
+    earlier = D.Prior(T0 - timedelta(days=30), coded, "obs_group")
+    assert D.report_prior(coded, T0, [earlier], 732, limit=group) == D.Anteriority(
+        earlier, determination=True)

@@ -390,7 +390,9 @@ def test_previous_results_and_the_delta_hold_on_the_validation_page(
         web: World, browser: TestClient) -> None:
     """Under each result, the patient's previous validated result of the test
     ("Antériorité : …"); a change beyond the test's limit (potassium 4.2 -> 6.0: 1 mmol/L)
-    is said, and keeps the order out of "Valider tous les normaux". Never on the portal."""
+    is said, and keeps the order out of "Valider tous les normaux". On the portal, the
+    compte rendu's "Antériorité" column only: the previous value and date, never the
+    delta check's words (tests/web/test_anteriorities.py)."""
     a = web.a
     order(web, a, a.patients[0])                          # published: K 4.2, Hb 13.1
     held = order(web, a, a.patients[0], step="technical",
@@ -412,11 +414,14 @@ def test_previous_results_and_the_delta_hold_on_the_validation_page(
     assert "0 demande(s) validée(s) ; 1 laissée(s)" in _text(done)
     assert re.search(rf"{K} : {delta}", _text(done))
     assert _status(web, held.order_id) == L.OrderStatus.TECHNICALLY_VALIDATED
-    # validated one by one, published: the patient's portal shows no previous result
+    # validated one by one, published: the patient's portal prints the previous published
+    # result as the compte rendu does (same collection time: the one entered first is the
+    # previous), never the delta check's hold
     bio = web.actor(a.emails["biologist"])
     web.lv.lab.validate_biological(bio, held.order_id)
     web.lv.lab.publish(bio, held.order_id)
     portal = TestClient(browser.app, base_url="http://testserver", follow_redirects=False)
     form_login(portal, web, a.emails["patient"], staff=False)
-    mine = _text(portal.get("/portail"))
-    assert "13,4" in mine and "Antériorité" not in mine and "antériorité" not in mine
+    mine = " ".join(_text(portal.get("/portail")).split())
+    assert "13,4" in mine and "4,2 mmol/L le 01/03/2026" in mine
+    assert "Antériorité :" not in mine and "écart avec l'antériorité" not in mine

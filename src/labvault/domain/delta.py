@@ -5,7 +5,9 @@ A change larger than the test's limit (``L.DeltaLimit``, from the catalogue) sin
 previous result -- potassium 4.1 -> 6.0 mmol/L in two days, haemoglobin 13 -> 8 g/dL -- is
 either a clinical event or a wrong-patient / wrong-tube error: the result is held for a
 biologist's review (``delta-exceeded``), whatever its flag. Pure: the caller gives the
-previous results (validated results of the same patient's other orders, opened).
+previous results (validated results of the same patient's other orders, opened). The
+same previous result is what the compte rendu prints beside a result ("Antériorité",
+``report_prior``), from the published ones only.
 
 A coded test whose limit is ``identical`` (a blood group: ABO, RhD) is held when its code
 differs from the previous result's: a person's blood group does not change, so a
@@ -44,11 +46,14 @@ class Outcome(StrEnum):
 @dataclass(frozen=True, slots=True)
 class Prior:
     """A validated result of an earlier order of the same patient, and its time (when it
-    was observed, else when it was entered)."""
+    was observed, else when its specimen was collected, else when it was entered).
+    ``entered``: when it was entered, which orders two results of one time (two orders of
+    one blood draw: the one entered first is the earlier)."""
 
     at: datetime
     observation: L.Observation
     observation_id: str | None = None
+    entered: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,10 +107,39 @@ def shown(x: float | None) -> float | None:
     return None if x is None else round(x, 6)
 
 
-def latest_before(code: str, at: datetime, priors: Iterable[Prior]) -> Prior | None:
-    """The latest of ``priors`` of test ``code`` observed before ``at`` (None: none)."""
-    earlier = [p for p in priors if p.observation.code == code and p.at < at]
-    return max(earlier, key=lambda p: p.at, default=None)
+def latest_before(code: str, at: datetime, priors: Iterable[Prior],
+                  entered: datetime | None = None) -> Prior | None:
+    """The latest of ``priors`` of test ``code`` before ``at`` (None: none); one of the
+    same time is before when it was entered before ``entered``."""
+    earlier = [p for p in priors if p.observation.code == code and (
+        p.at < at or (p.at == at and entered is not None and p.entered is not None
+                      and p.entered < entered))]
+    return max(earlier, key=lambda p: (p.at, p.entered or p.at), default=None)
+
+
+@dataclass(frozen=True, slots=True)
+class Anteriority:
+    """What a report prints beside a result: the previous result of its test;
+    ``determination`` when the test's result does not change (a limit ``identical``: a
+    blood group, "déjà déterminé le …"), not a value followed over time."""
+
+    previous: Prior
+    determination: bool = False
+
+
+def report_prior(current: L.Observation, at: datetime, priors: Iterable[Prior], days: int,
+                 entered: datetime | None = None,
+                 limit: L.DeltaLimit | None = None) -> Anteriority | None:
+    """The previous result a report prints beside ``current`` (the "Antériorité" column of
+    a French compte rendu): the latest of ``priors`` of its test before ``at``, at most
+    ``days`` older; only for a number or a code (a text result has none). ``limit``: the
+    test's delta limit (an ``identical`` one makes it a determination)."""
+    if current.kind not in (L.ValueKind.NUMERIC, L.ValueKind.CODED):
+        return None
+    previous = latest_before(current.code, at, priors, entered)
+    if previous is None or at - previous.at > timedelta(days=days):
+        return None
+    return Anteriority(previous, limit is not None and limit.identical)
 
 
 def _not_compared(current: L.Observation, previous: L.Observation) -> str | None:
@@ -127,12 +161,13 @@ def beyond(change: float, limit: float) -> bool:
 
 
 def check(current: L.Observation, at: datetime, priors: Iterable[Prior],
-          limit: L.DeltaLimit | None) -> Delta | None:
-    """``current`` (observed at ``at``) against the latest validated result of its test
-    before ``at`` among ``priors`` (None: there is none). Exceeded when the change is
-    beyond ``limit.absolute`` or beyond ``limit.percent`` of the previous value (either
-    limit given is enough), the previous result being at most ``limit.days`` old."""
-    previous = latest_before(current.code, at, priors)
+          limit: L.DeltaLimit | None, entered: datetime | None = None) -> Delta | None:
+    """``current`` (observed at ``at``, entered at ``entered``) against the latest
+    validated result of its test before it among ``priors`` (None: there is none).
+    Exceeded when the change is beyond ``limit.absolute`` or beyond ``limit.percent`` of
+    the previous value (either limit given is enough), the previous result being at most
+    ``limit.days`` old."""
+    previous = latest_before(current.code, at, priors, entered)
     if previous is None:
         return None
     if limit is not None and limit.identical:

@@ -309,6 +309,12 @@ class ReportView:
     # (``previous=True``: the console's validation pages, the REST review read); never
     # for a patient, the portal or the PDF
     previous: Mapping[str, D.Delta] = field(default_factory=dict)
+    # the report's "Antériorité" column, by result id: each number or code in force with
+    # the patient's previous *published* result of its test at this laboratory (another
+    # order's, within ``PRIOR_LOOKBACK_DAYS``) -- what the compte rendu prints beside it,
+    # for the prescriber and the patient (PDF, portal, the console's published report);
+    # read when asked (``anteriorities=True``), for a published report only
+    anteriorities: Mapping[str, D.Anteriority] = field(default_factory=dict)
 
     @property
     def expected(self) -> dict[str, int]:
@@ -335,7 +341,12 @@ class ReportView:
     def collected_at(self) -> datetime | None:
         """When the order's specimen was collected (the earliest, if several): the
         clinically relevant time of the report. None: no specimen received."""
-        return min((s.specimen.collected_at for s in self.specimens), default=None)
+        return _collected(s.specimen for s in self.specimens)
+
+    def result_time(self, obs: ObservationView) -> datetime:
+        """When one of its results was observed, else its specimen collected, else the
+        result entered (``_result_time``)."""
+        return _result_time(obs.observation, obs.created_at, self.collected_at)
 
     @property
     def conclusion_outdated(self) -> bool:
@@ -683,15 +694,26 @@ def _not_normal(obs: L.Observation) -> str:
 PRIOR_LOOKBACK_DAYS = 2 * L.DELTA_MAX_DAYS
 
 
-def _result_time(obs: L.Observation, row_or_created: Mapping[str, Any] | datetime
-                 ) -> datetime:
-    """When a result was observed, else when it was entered (its row's ``created_at``):
-    the time the delta check orders results by."""
-    if obs.observed_at is not None:
-        return _utc(obs.observed_at)
-    created = (row_or_created if isinstance(row_or_created, datetime)
-               else row_or_created["created_at"])
-    return _utc(created)
+def _result_time(obs: L.Observation, entered: datetime,
+                 collected: datetime | None = None) -> datetime:
+    """When a result was observed (an analyser's OBX-14), else when its specimen was
+    collected (``collected``: a result typed in is the specimen's, not the time it was
+    typed), else when it was entered (its row's ``created_at``): the time the delta check
+    orders results by and the report's "Antériorité" is dated by -- in UTC, as answers
+    give times (a collection time keeps the offset it was given with)."""
+    at = obs.observed_at or collected or entered
+    return _utc(at).astimezone(UTC)
+
+
+def _limit(cat: L.Catalogue | None, code: str) -> L.DeltaLimit | None:
+    """A test's delta limit in ``cat`` (None: no catalogue, no such test, no limit)."""
+    test = cat.get(code) if cat is not None else None
+    return test.delta if test is not None else None
+
+
+def _collected(specimens: Iterable[L.Specimen]) -> datetime | None:
+    """When an order's specimen was collected (the earliest, if several; None: none)."""
+    return min((s.collected_at for s in specimens), default=None)
 
 
 def default_catalogue_data() -> dict[str, Any]:
@@ -1524,8 +1546,15 @@ class LabService:
             # the previous ones are their earlier reports', the same patients, the same
             # purpose; see ``_priors``)
             priors = self._priors(conn, tenant_id, orders)
+            # what dates the results typed in without an observation time (opened only
+            # for those: ``_specimens_collected``)
+            specimens: dict[str, list[tuple[str, bytes]]] = {}
+            for s in lrepo.specimens_of(conn, tenant_id, [o.order_id for o in orders]):
+                specimens.setdefault(s["order_id"], []).append(
+                    (s["specimen_id"], s["specimen_sealed"]))
             for order in orders:
-                skip = self._bulk_skip(conn, order, expected, partial, priors)
+                skip = self._bulk_skip(conn, order, expected, partial, priors,
+                                       specimens.get(order.order_id, ()))
                 if skip is not None:
                     out.skip(order.order_id, skip.reason, skip.tests, skip.flags, skip.deltas)
                     continue
@@ -1536,9 +1565,11 @@ class LabService:
     def _bulk_skip(self, conn: Connection, order: _Order,
                    expected: Mapping[str, Mapping[str, int]] | None,
                    partial: bool | None,
-                   priors: Mapping[str, Sequence[tuple[str, D.Prior]]]) -> Skip | None:
+                   priors: Mapping[str, Sequence[tuple[str, D.Prior]]],
+                   specimens: Sequence[tuple[str, bytes]] = ()) -> Skip | None:
         """Why an order may not be validated in bulk (None: it may). ``priors``: the
-        patients' previous validated results (``_priors``), for the delta check."""
+        patients' previous validated results (``_priors``), for the delta check;
+        ``specimens``: the order's (id, sealed), what dates a result typed in."""
         try:
             rows = self._unchanged(conn, order,
                                    None if expected is None else expected[order.order_id])
@@ -1547,9 +1578,11 @@ class LabService:
         in_force = [r for r in rows if r["status"] != "cancelled"]
         results = self._results(order, in_force)
         missing = self._missing(conn, order, results) if partial is False else {}
-        deltas = self._deltas(conn, order, [(r["observation_id"], o, _result_time(o, r))
-                                            for o, r in zip(results, in_force, strict=True)],
-                              priors)
+        collected = (self._specimens_collected(order.dek, order.tenant_id, specimens)
+                     if any(o.observed_at is None for o in results) else None)
+        deltas = self._deltas(conn, order, [
+            (r["observation_id"], o, _result_time(o, r["created_at"], collected),
+             _utc(r["created_at"])) for o, r in zip(results, in_force, strict=True)], priors)
         # before validation only a re-entry takes a result in force past its first
         # revision (amendments come after publication, a retraction cancels it)
         return review_reason(results, missing, [o for o, r in zip(results, in_force,
@@ -1565,42 +1598,97 @@ class LabService:
         only readers shown a patient's previous results beside the results to validate."""
         return actor.kind == "staff" and bool(actor.roles & L.TECHNICAL_ROLES)
 
-    def _priors(self, conn: Connection, tenant_id: str, orders: Sequence[_Order]
+    def _priors(self, conn: Connection, tenant_id: str, orders: Sequence[_Order],
+                published: bool = False,
+                window: tuple[datetime, datetime] | None = None
                 ) -> dict[str, list[tuple[str, D.Prior]]]:
         """The validated results (final or amended, of an order validated, published or
-        amended) of the patients of ``orders``, opened under each patient's key (the key
-        the caller opened their orders with): patient id -> [(order id, result)]. One
-        query for every patient, whatever the number of results.
+        amended; ``published``: of an order published or amended only, what the patient
+        and the prescriber have read) of the patients of ``orders``, opened under each
+        patient's key (the key the caller opened their orders with): patient id ->
+        [(order id, result)], each dated by ``_result_time``. One query for every patient,
+        whatever the number of results, their orders' specimens included.
 
         No gate decision of its own: the callers call it only after the one they made for
         these patients' reports (a read of their reports for the review, the validation of
-        "validate all normal"), by staff who validate. A validated result is a part of the
+        "validate all normal", the read of a published report), by staff who validate, or
+        for a published report by whoever may read it. A validated result is a part of the
         patient's earlier report, which that decision already lets them read -- the same
         patients, the same clinical category, the same purpose, one audited entry naming
-        them. Nothing else is opened: no other patient, no result not validated.
+        them. Nothing else is opened: no other patient, no result not validated (not
+        published, for ``published``), and a specimen only to date a result without an
+        observation time.
 
-        Only results entered within ``PRIOR_LOOKBACK_DAYS``: each is unsealed, and a
-        patient followed for years would otherwise make every worklist showing them open
-        their whole history. Every comparison a delta window allows is still made (the
-        longest window, ``L.DELTA_MAX_DAYS``, is half the lookback)."""
+        Only results entered within ``PRIOR_LOOKBACK_DAYS`` (``window``: entered within
+        it, (since, until)): each is unsealed, and a patient followed for years would
+        otherwise make every worklist showing them open their whole history. Every
+        comparison a delta window allows is still made (the longest window,
+        ``L.DELTA_MAX_DAYS``, is half the lookback)."""
         deks = {o.patient_id: o.dek for o in orders}
+        since, until = window or (self.lv.now() - timedelta(days=PRIOR_LOOKBACK_DAYS), None)
         rows = lrepo.validated_observations_of(
-            conn, tenant_id, list(deks), sorted(s.value for s in _VALIDATED),
-            ("final", "amended"), since=self.lv.now() - timedelta(days=PRIOR_LOOKBACK_DAYS))
+            conn, tenant_id, list(deks),
+            sorted(s.value for s in (PATIENT_VISIBLE if published else _VALIDATED)),
+            ("final", "amended"), since=since, until=until)
+        collected: dict[str, datetime | None] = {}
         out: dict[str, list[tuple[str, D.Prior]]] = {}
         for r in rows:
+            dek = deks[r["patient_id"]]
             obs = L.Observation.from_json(self._open(
-                deks[r["patient_id"]], tenant_id, "lab_observations", "result_sealed",
-                r["observation_id"], r["result_sealed"]))
-            out.setdefault(r["patient_id"], []).append(
-                (r["order_id"], D.Prior(_result_time(obs, r), obs, r["observation_id"])))
+                dek, tenant_id, "lab_observations", "result_sealed", r["observation_id"],
+                r["result_sealed"]))
+            if obs.observed_at is None and r["order_id"] not in collected:
+                collected[r["order_id"]] = self._specimens_collected(dek, tenant_id,
+                                                                     r["specimens"])
+            at = _result_time(obs, r["created_at"], collected.get(r["order_id"]))
+            out.setdefault(r["patient_id"], []).append((r["order_id"], D.Prior(
+                at, obs, r["observation_id"], _utc(r["created_at"]))))
         return out
 
+    def _specimens_collected(self, dek: DataKey, tenant_id: str,
+                             specimens: Iterable[tuple[str, bytes]]) -> datetime | None:
+        """When an order's specimen was collected, from its specimens (id, sealed)."""
+        return _collected(L.Specimen.parse(self._open(
+            dek, tenant_id, "lab_specimens", "specimen_sealed", sid, sealed))
+            for sid, sealed in specimens)
+
+    def _with_anteriorities(self, conn: Connection, orders: Sequence[_Order],
+                            views: Sequence[ReportView]) -> list[ReportView]:
+        """``views`` (of ``orders``), the published ones with their "Antériorité" column
+        (``ReportView.anteriorities``): the patients' published results entered within
+        ``PRIOR_LOOKBACK_DAYS`` of these reports' results, read in one query for them all
+        (``_priors``, under the decision of the read of these reports)."""
+        shown = [(o, v) for o, v in zip(orders, views, strict=True)
+                 if v.order_status in PATIENT_VISIBLE]
+        times = [v.result_time(r) for _o, v in shown for r in v.observations]
+        if not times:
+            return list(views)
+        lookback = timedelta(days=PRIOR_LOOKBACK_DAYS)
+        # a report read again years later opens its own time's results, not the years since
+        tenant_id = shown[0][0].tenant_id
+        priors = self._priors(conn, tenant_id, [o for o, _v in shown], published=True,
+                              window=(min(times) - lookback, max(times) + lookback))
+        try:
+            cat: L.Catalogue | None = self._catalogue(conn, tenant_id)
+        except UserError:               # a stored catalogue failing the checks: no limits
+            cat = None
+        found: dict[str, dict[str, D.Anteriority]] = {}
+        for o, v in shown:
+            mine = [p for oid, p in priors.get(o.patient_id, ()) if oid != o.order_id]
+            found[o.order_id] = {
+                r.observation_id: a for r in v.observations if r.status != "cancelled"
+                and (a := D.report_prior(
+                    r.observation, v.result_time(r), mine, PRIOR_LOOKBACK_DAYS,
+                    _utc(r.created_at), _limit(cat, r.observation.code))) is not None}
+        return [replace(v, anteriorities=found[v.order_id]) if found.get(v.order_id) else v
+                for v in views]
+
     def _deltas(self, conn: Connection, order: _Order,
-                results: Sequence[tuple[str, L.Observation, datetime]],
+                results: Sequence[tuple[str, L.Observation, datetime, datetime]],
                 priors: Mapping[str, Sequence[tuple[str, D.Prior]]]) -> dict[str, D.Delta]:
-        """Each of ``results`` (result id, result, its time) with its previous result of
-        another order of the patient, and what the delta check found, by result id."""
+        """Each of ``results`` (result id, result, its time, when it was entered) with its
+        previous result of another order of the patient, and what the delta check found,
+        by result id."""
         mine = [p for oid, p in priors.get(order.patient_id, ()) if oid != order.order_id]
         if not mine:
             return {}
@@ -1609,9 +1697,8 @@ class LabService:
         except UserError:               # a stored catalogue failing the checks: no limits
             cat = None
         out: dict[str, D.Delta] = {}
-        for rid, obs, at in results:
-            test = cat.get(obs.code) if cat is not None else None
-            found = D.check(obs, at, mine, test.delta if test is not None else None)
+        for rid, obs, at, entered in results:
+            found = D.check(obs, at, mine, _limit(cat, obs.code), entered)
             if found is not None:
                 out[rid] = found
         return out
@@ -1859,6 +1946,8 @@ class LabService:
         concl_at = payload.get("conclusion_at")
         bio = steps.get("biological")
         changes = self._changes(conn, order, obs)
+        specimens = self._specimen_views(conn, order)
+        collected = _collected(s.specimen for s in specimens)
         return ReportView(
             rep["report_id"], order.order_id, order.patient_id, order.tenant_id,
             rep["status"], order.status, rep["created_at"], rep["updated_at"],
@@ -1871,12 +1960,13 @@ class LabService:
                                 r.get("previous"))
              for r in payload.get("conclusion_revisions", ())],
             datetime.fromisoformat(concl_at) if concl_at else (bio.at if bio else None),
-            self._specimen_views(conn, order),
+            specimens,
             order.request.get("prescriber"), L.Priority(order.row["priority"]),
             order.sex, order.birth_date,
             {oid: c["re-entered"] for oid, c in changes.items() if c.get("re-entered")},
             previous=self._deltas(conn, order, [
-                (o.observation_id, o.observation, _result_time(o.observation, o.created_at))
+                (o.observation_id, o.observation,
+                 _result_time(o.observation, o.created_at, collected), _utc(o.created_at))
                 for o in obs if o.status != "cancelled"], priors) if priors is not None else {})
 
     def _changes(self, conn: Connection, order: _Order,
@@ -1922,20 +2012,25 @@ class LabService:
             return L.OrderStatus(row["status"]), rep["report_id"] if rep else ""
 
     def get_report(self, actor: Actor, report_id: str, purpose: str = CARE,
-                   for_update: bool = False) -> ReportView:
+                   for_update: bool = False, anteriorities: bool = False) -> ReportView:
+        """``anteriorities``: a published report with its "Antériorité" column
+        (``ReportView.anteriorities``: the patient's previous published results), read
+        under the same decision as the report (``_with_anteriorities``)."""
         return self._report(actor, report_id, purpose, published_only=False,
-                            lock=for_update)
+                            lock=for_update, anteriorities=anteriorities)
 
-    def get_published_report(self, actor: Actor, report_id: str,
-                             purpose: str = CARE) -> ReportView:
+    def get_published_report(self, actor: Actor, report_id: str, purpose: str = CARE,
+                             anteriorities: bool = False) -> ReportView:
         """A report the laboratory may send out (to its prescriber): published, or amended
         after publication. Read through the gate like ``get_report`` (audited, counted); one
         not published yet raises ``ReportNotPublished`` before anything is opened (the
         transaction, its read entry included, is rolled back: nothing was read)."""
-        return self._report(actor, report_id, purpose, published_only=True)
+        return self._report(actor, report_id, purpose, published_only=True,
+                            anteriorities=anteriorities)
 
     def _report(self, actor: Actor, report_id: str, purpose: str,
-                published_only: bool, lock: bool = False) -> ReportView:
+                published_only: bool, lock: bool = False,
+                anteriorities: bool = False) -> ReportView:
         with self.lv.begin() as conn:
             rep = lrepo.report(conn, report_id)      # (its order id: the rest is read after)
             if rep is None:
@@ -1946,19 +2041,26 @@ class LabService:
                                   asked_id=report_id)
             if published_only and L.OrderStatus(row["status"]) not in PATIENT_VISIBLE:
                 raise ReportNotPublished()
-            return self._report_view(conn, self._order_from_row(conn, row))
+            order = self._order_from_row(conn, row)
+            view = self._report_view(conn, order)
+            return (self._with_anteriorities(conn, [order], [view])[0] if anteriorities
+                    else view)
 
     def get_report_by_order(self, actor: Actor, order_id: str,
-                            purpose: str = CARE, previous: bool = False) -> ReportView:
+                            purpose: str = CARE, previous: bool = False,
+                            anteriorities: bool = False) -> ReportView:
         """``previous``: with each result's previous result and the delta check
         (``ReportView.previous``) -- for staff who validate (ignored for anyone else),
-        under the same decision as the read of the report (``_priors``)."""
+        under the same decision as the read of the report (``_priors``).
+        ``anteriorities``: as ``get_report``."""
         with self.lv.begin() as conn:
             order = self._order_for(conn, actor, order_id, Action.READ, "report",
                                     purpose=purpose)
             priors = (self._priors(conn, order.tenant_id, [order])
                       if previous and self._validates(actor) else None)
-            return self._report_view(conn, order, priors)
+            view = self._report_view(conn, order, priors)
+            return (self._with_anteriorities(conn, [order], [view])[0] if anteriorities
+                    else view)
 
     def get_observation(self, actor: Actor, observation_id: str,
                         purpose: str = CARE, for_update: bool = False) -> ObservationView:
@@ -2135,7 +2237,8 @@ class LabService:
     def list_reports(self, actor: Actor, tenant_id: str, patient_id: str | None = None,
                      status: str | None = None, limit: int = 200,
                      purpose: str = CARE, order_status: str | None = None,
-                     urgent_first: bool = False, previous: bool = False) -> list[ReportView]:
+                     urgent_first: bool = False, previous: bool = False,
+                     anteriorities: bool = False) -> list[ReportView]:
         """Reports, oldest first. ``status``: the report's (FHIR) status; ``order_status``:
         the step its order is at (a worklist: ``technically-validated``...), filtered in
         the query, so that ``limit`` counts only those -- "final" reports are the
@@ -2144,7 +2247,9 @@ class LabService:
         orders first. ``previous``: each report with its results' previous results and
         the delta check (``ReportView.previous``), for staff who validate (ignored for
         anyone else): the patients' validated results read in one query, under the
-        decision made for the listing (``_priors``)."""
+        decision made for the listing (``_priors``). ``anteriorities``: the published
+        reports with their "Antériorité" column (``ReportView.anteriorities``), read in one
+        query for the whole list, under the same decision (``_with_anteriorities``)."""
         self._scope(actor, tenant_id, "laboratory")
         order_statuses = _order_filter(actor)
         if order_status is not None:
@@ -2161,7 +2266,8 @@ class LabService:
             orders = [self._load_order(conn, r["order_id"]) for r in rows]
             priors = (self._priors(conn, tenant_id, orders)
                       if previous and self._validates(actor) else None)
-            return [self._report_view(conn, order, priors) for order in orders]
+            views = [self._report_view(conn, order, priors) for order in orders]
+            return self._with_anteriorities(conn, orders, views) if anteriorities else views
 
     def list_observations(self, actor: Actor, tenant_id: str, patient_id: str | None = None,
                           code: str | None = None, status: str | None = None,

@@ -66,17 +66,21 @@ class PortalService:
                               "reload the page and submit the form again")
 
     # -- patient portal --------------------------------------------------------------------------
-    def my_reports(self, actor: Actor) -> list[ReportView]:
+    def my_reports(self, actor: Actor, anteriorities: bool = True) -> list[ReportView]:
         """The patient's published reports (published or amended after publication), newest
-        first. Reports not yet published are never opened for the portal."""
+        first. Reports not yet published are never opened for the portal.
+        ``anteriorities``: each with its "Antériorité" column, as the compte rendu prints
+        it (``ReportView.anteriorities``: previous results themselves published only)."""
         tenant_id, patient_id = _patient(actor)
         lab = self.lv.lab
         # amended reports were all published first; "final" reports may not be published
         # yet, so those are found through their order's (clear) status before opening.
         out = [r for r in lab.list_reports(actor, tenant_id, patient_id=patient_id,
-                                           status="amended", purpose=PORTAL_PURPOSE)
+                                           status="amended", purpose=PORTAL_PURPOSE,
+                                           anteriorities=anteriorities)
                if r.order_status in PUBLISHED]
-        out.extend(lab.get_report_by_order(actor, o.order_id, purpose=PORTAL_PURPOSE)
+        out.extend(lab.get_report_by_order(actor, o.order_id, purpose=PORTAL_PURPOSE,
+                                           anteriorities=anteriorities)
                    for o in lab.list_orders(actor, tenant_id, patient_id=patient_id,
                                             status=L.OrderStatus.PUBLISHED.value,
                                             purpose=PORTAL_PURPOSE))
@@ -84,11 +88,13 @@ class PortalService:
         return out
 
     def my_report(self, actor: Actor, report_id: str) -> ReportView:
-        """One published report of the patient; anything else (another patient's, not
-        published yet, no such id) answers the same "not found"."""
+        """One published report of the patient, with its "Antériorité" column (the PDF's);
+        anything else (another patient's, not published yet, no such id) answers the same
+        "not found"."""
         _tenant, patient_id = _patient(actor)
         try:
-            rep = self.lv.lab.get_report(actor, report_id, purpose=PORTAL_PURPOSE)
+            rep = self.lv.lab.get_report(actor, report_id, purpose=PORTAL_PURPOSE,
+                                         anteriorities=True)
         except (AccessDenied, NotFound) as exc:
             raise NotFound("no such report", "go back to your results") from exc
         if rep.patient_id != patient_id or rep.order_status not in PUBLISHED:
@@ -138,7 +144,8 @@ class PortalService:
                "account": self.lv.accounts.own_account(actor),
                "record": self.my_record(actor),
                "orders": [order_json(o) for o in self.my_orders(actor)],
-               "reports": [r.as_json(staff_names=False) for r in self.my_reports(actor)]}
+               "reports": [r.as_json(staff_names=False)
+                           for r in self.my_reports(actor, anteriorities=False)]}
         accesses = self.my_accesses(actor)
         return {**doc, "access_log": accesses.others,
                 "own_accesses": {"count": accesses.own_count, "last_at": accesses.own_last}}

@@ -208,6 +208,18 @@ def specimens(conn: Connection, tenant_id: str, order_id: str) -> list[dict[str,
     return select_rows(conn, lab_specimens, _SEL_SPECIMENS, (tenant_id, order_id))
 
 
+def specimens_of(conn: Connection, tenant_id: str, order_ids: Sequence[str]
+                 ) -> list[dict[str, Any]]:
+    """The specimens of ``order_ids``, in one query (a worklist's)."""
+    if not order_ids:
+        return []
+    return [dict(r) for r in conn.execute(select(lab_specimens).where(
+        lab_specimens.c.tenant_id == tenant_id,
+        lab_specimens.c.order_id.in_(list(dict.fromkeys(order_ids)))).order_by(
+        lab_specimens.c.order_id, lab_specimens.c.received_at, lab_specimens.c.specimen_id))
+        .mappings()]
+
+
 def specimen(conn: Connection, specimen_id: str) -> dict[str, Any] | None:
     return _first(select_rows(conn, lab_specimens, _SEL_SPECIMEN, (specimen_id,)))
 
@@ -247,21 +259,38 @@ def observations_of(conn: Connection, tenant_id: str, *, patient_id: str | None 
 
 def validated_observations_of(conn: Connection, tenant_id: str, patient_ids: Sequence[str],
                               order_statuses: Sequence[str],
-                              statuses: Sequence[str], since: datetime
-                              ) -> list[dict[str, Any]]:
+                              statuses: Sequence[str], since: datetime,
+                              until: datetime | None = None) -> list[dict[str, Any]]:
     """The results of ``patient_ids`` in one of ``statuses`` whose order is in one of
     ``order_statuses`` (the validated ones: a patient's previous results, the delta
-    check's), entered at or after ``since``, in one query for every patient of a
-    worklist."""
+    check's; the published ones: a report's "Antériorité" column), entered at or after
+    ``since`` (and before ``until``), each with its order's specimens (``specimens``:
+    [(specimen id, sealed specimen)], what dates a result without an observation time)
+    -- one query for every patient of a worklist, specimens included."""
     if not patient_ids:
         return []
-    q = _of_orders_in(select(lab_observations), lab_observations, order_statuses).where(
+    joined = lab_observations.outerjoin(lab_specimens, and_(
+        lab_specimens.c.tenant_id == lab_observations.c.tenant_id,
+        lab_specimens.c.order_id == lab_observations.c.order_id))
+    q = _of_orders_in(select(lab_observations, lab_specimens.c.specimen_id.label("spec_id"),
+                             lab_specimens.c.specimen_sealed.label("spec_sealed"))
+                      .select_from(joined), lab_observations, order_statuses).where(
         lab_observations.c.tenant_id == tenant_id,
         lab_observations.c.patient_id.in_(list(dict.fromkeys(patient_ids))),
         lab_observations.c.status.in_(list(statuses)),
         lab_observations.c.created_at >= since)
-    q = q.order_by(lab_observations.c.created_at, lab_observations.c.observation_id)
-    return [dict(r) for r in conn.execute(q).mappings()]
+    if until is not None:
+        q = q.where(lab_observations.c.created_at < until)
+    q = q.order_by(lab_observations.c.created_at, lab_observations.c.observation_id,
+                   lab_specimens.c.specimen_id)
+    out: dict[str, dict[str, Any]] = {}
+    for r in conn.execute(q).mappings():
+        row = dict(r)
+        spec = (row.pop("spec_id"), row.pop("spec_sealed"))
+        seen = out.setdefault(row["observation_id"], {**row, "specimens": []})
+        if spec[0] is not None:
+            seen["specimens"].append(spec)
+    return list(out.values())
 
 
 def observation(conn: Connection, observation_id: str) -> dict[str, Any] | None:

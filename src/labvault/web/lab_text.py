@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from labvault.domain.delta import Delta
+from labvault.domain.delta import Anteriority, Delta
 from labvault.errors import (
     AccessDenied,
     InvalidField,
@@ -85,6 +85,18 @@ def previous_fr(d: Delta) -> str:
     flag = FLAG_FR.get(p.flag.value, p.flag.value) if p.flag else ""
     return (f"Antériorité : {result_value(p)}{' ' + unit if unit else ''} le "
             f"{fr_datetime(d.previous.at)}{f' ({flag})' if flag else ''}")
+
+
+def anteriority_fr(a: Anteriority) -> str:
+    """A result's previous published result as the compte rendu prints it in its
+    "Antériorité" column: "4,2 mmol/L le 01/03/2026"; a blood group's previous
+    determination: "Déjà déterminé le 01/03/2026 : A RhD+"."""
+    from labvault.web.render import fr_date, result_value, unit_print
+    p = a.previous.observation
+    if a.determination:
+        return f"Déjà déterminé le {fr_date(a.previous.at)} : {result_value(p)}"
+    unit = unit_print(p.unit)
+    return f"{result_value(p)}{' ' + unit if unit else ''} le {fr_date(a.previous.at)}"
 
 
 def limit_fr(d: Delta) -> str:

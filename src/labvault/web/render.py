@@ -369,6 +369,7 @@ def _env() -> Environment:
     env.filters.update(skip=lambda r: lab_text.SKIP_FR.get(r, r), skip_tests=lab_text.skip_tests,
                        rejection=lambda r: lab_text.REJECTION_FR.get(r, r),
                        previous=lab_text.previous_fr, delta=lab_text.delta_fr,
+                       anteriority=lab_text.anteriority_fr,
                        shown=lab_text.shown)
     env.globals.update(field_value=field_value, who_fr=who_fr, CATEGORY_FIELDS=CATEGORY_FIELDS,
                        REJECTION_FR=lab_text.REJECTION_FR, SPECIMEN_FR=SPECIMEN_FR)

@@ -518,7 +518,9 @@ def console_patient(patient_id: str, user: User, lv: LV,
     if lv.gate.categories_of(Access(user.actor, Action.READ, tenant_id,
                                     frozenset({Category.CLINICAL}), resource="report",
                                     patient_ids=(record["id"],))):
-        reports = lv.lab.list_reports(user.actor, tenant_id, patient_id=record["id"])
+        # the published ones as the compte rendu prints them ("Antériorité" column)
+        reports = lv.lab.list_reports(user.actor, tenant_id, patient_id=record["id"],
+                                      anteriorities=True)
     # whether each published report reached the prescriber's system (delivery), or is the
     # staff's to send: a biologist must not believe the doctor has it when they do not
     deliveries = lv.delivery.of_reports(user.actor, tenant_id, record["id"],
@@ -547,7 +549,8 @@ def console_report_pdf(report_id: str, user: User, lv: LV) -> Response:
     from labvault.web.pdf import report_pdf as render_pdf
     with lv.begin():
         try:
-            report = lv.lab.get_published_report(user.actor, report_id[:64])
+            report = lv.lab.get_published_report(user.actor, report_id[:64],
+                                                 anteriorities=True)
         except NotFound:      # another laboratory's or no such id: one answer
             raise NotFound("ce compte rendu n'existe pas dans votre laboratoire",
                            "revenez au dossier du patient") from None
