@@ -363,3 +363,21 @@ def test_cli(cli: Cli) -> None:
         assert lv.patients.find(Actor.operator(), tenant, nir=synthetic(3)[1]["nir"])
     finally:
         lv.close()
+
+
+def test_a_sealed_record_reindexes_as_parsed() -> None:
+    """The rotation rebuilds records from their sealed identity and contact without
+    validating them again: same index values and breach identities as ``parse``."""
+    from labvault.domain.categories import Category
+    from labvault.domain.patient import PatientRecord
+    from labvault.services import indexing
+    from labvault.services.breach import BreachService
+    recs = synthetic(400, seed=41)
+    recs[0]["ins"] = recs[0]["nir"]
+    for r in recs:
+        parsed = PatientRecord.parse(r)
+        cats = json.loads(json.dumps({c.value: v for c, v in parsed.categories().items()}))
+        rebuilt = PatientRecord.from_sealed(cats[Category.IDENTITY.value],
+                                            cats.get(Category.CONTACT.value))
+        assert indexing.index_values(rebuilt) == indexing.index_values(parsed)
+        assert BreachService.identities(rebuilt) == BreachService.identities(parsed)

@@ -160,12 +160,14 @@ class _Rekey:
             encodings = []
             for pid, *blobs in page:
                 dek = deks.get(str(pid))
-                if dek is None:
-                    continue        # no key, nothing to index (an erasure under way)
-                cats = {cat: self._open(dek, "patients", cat.value, pid, blob)
-                        for cat, blob in zip(_IDENTITY_CONTACT, blobs, strict=True)
-                        if blob is not None}
-                rec = PatientRecord.parse(PatientRecord.from_categories(cats))
+                if dek is None or blobs[0] is None:
+                    continue        # no key or no identity: nothing to index
+                identity, contact = (None if blob is None else
+                                     self._open(dek, "patients", cat.value, pid, blob)
+                                     for cat, blob in zip(_IDENTITY_CONTACT, blobs,
+                                                          strict=True))
+                assert identity is not None
+                rec = PatientRecord.from_sealed(identity, contact)
                 mine = indexing.index_values(rec)
                 owners.extend([pid] * len(mine))
                 values.extend(mine)
