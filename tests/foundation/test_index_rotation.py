@@ -381,3 +381,20 @@ def test_a_sealed_record_reindexes_as_parsed() -> None:
                                             cats.get(Category.CONTACT.value))
         assert indexing.index_values(rebuilt) == indexing.index_values(parsed)
         assert BreachService.identities(rebuilt) == BreachService.identities(parsed)
+
+
+@pytest.mark.parametrize("raw", [
+    S.oru_numeric().encode(), S.oru_v23_local_codes().encode(), S.orm().encode(),
+    S.oml().encode(), S.adt().replace("|FRA|", "|FRA|8859/1", 1).encode("iso8859-1"),
+    b"\xef\xbb\xbf" + S.orm("B1").replace("\r", "\n").encode(),
+    S.orm("B2").replace("\r", "\r\n").encode(),
+    S.oru_numeric().replace("ANALYZER", "ANA\\T\\LYZER^x").encode(),
+], ids=["oru", "oru-v23", "orm", "oml", "adt-latin1", "bom-newlines", "crlf", "escapes"])
+def test_an_archived_message_gives_the_key_it_was_stored_under(raw: bytes) -> None:
+    """The rotation reads the resend key from the archived message's MSH line alone:
+    what the listener read from the whole message."""
+    from labvault.interop.hl7.handler import prepare
+    from labvault.services.lab_messages import archived_control_key, control_key
+    inbound = prepare(raw).inbound
+    assert inbound is not None
+    assert archived_control_key(raw) == control_key(inbound.sending, inbound.control_id)
