@@ -146,15 +146,14 @@ class _Rekey:
     # -- patients: search indexes and breach encodings ----------------------------------------
     def patients(self) -> None:
         lv, conn, t = self.lv, self.conn, self.tenant_id
-        encoded = rrepo.encoded_patients(conn, t)
         enc, v = lv.breach.encoder(conn, t)
         assert v == self.version
-        rrepo.delete_encodings(conn, t)
         rrepo.drop_inactive_indexes(conn, t)
         for page in rrepo.pages(conn, patients, t, "patient_id",
                                 [c.value for c in _IDENTITY_CONTACT],
                                 where=patients.c.status == "active"):
             deks = self._deks(r[0] for r in page)
+            encoded = rrepo.encoded_among(conn, t, [r[0] for r in page])
             owners: list[str] = []
             values: list[tuple[str, str]] = []
             encodings = []
@@ -179,10 +178,11 @@ class _Rekey:
             rrepo.replace_patient_indexes(conn, t, [r[0] for r in page], [
                 {"tenant_id": t, "kind": kind, "digest": d, "patient_id": pid}
                 for pid, kind, d in rows])
-            brepo.replace_encodings(conn, t, encodings, fresh=True)
+            brepo.replace_encodings(conn, t, encodings)
             self.counts["patients"] += len(deks)
             self.counts["patient_digests"] += len(rows)
             self.counts["breach_encodings"] += len(encodings)
+        rrepo.drop_encodings_not_of(conn, t, self.version)
 
     # -- lab workflow ------------------------------------------------------------------------
     def _digest_or_clear(self, kind: str, number: object) -> bytes | None:

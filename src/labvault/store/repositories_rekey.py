@@ -70,14 +70,21 @@ def drop_inactive_indexes(conn: Connection, tenant_id: str) -> None:
                                            blind_index.c.patient_id.not_in(active)))
 
 
-def encoded_patients(conn: Connection, tenant_id: str) -> set[str]:
-    return set(conn.execute(select(breach_encodings.c.patient_id).where(
-        breach_encodings.c.tenant_id == tenant_id)).scalars())
+def encoded_among(conn: Connection, tenant_id: str, patient_ids: Sequence[str]) -> set[str]:
+    """Those of ``patient_ids`` that have a breach encoding."""
+    out: set[str] = set()
+    for i in range(0, len(patient_ids), 500):
+        out.update(conn.execute(select(breach_encodings.c.patient_id).where(
+            breach_encodings.c.tenant_id == tenant_id,
+            breach_encodings.c.patient_id.in_(patient_ids[i:i + 500]))).scalars())
+    return out
 
 
-def delete_encodings(conn: Connection, tenant_id: str) -> None:
-    """Every breach encoding of the tenant (the rotation writes them anew)."""
-    conn.execute(delete(breach_encodings).where(breach_encodings.c.tenant_id == tenant_id))
+def drop_encodings_not_of(conn: Connection, tenant_id: str, key_version: int) -> None:
+    """The tenant's encodings under another key version (those the rotation did not
+    rewrite: patients no longer active)."""
+    conn.execute(delete(breach_encodings).where(breach_encodings.c.tenant_id == tenant_id,
+                                                breach_encodings.c.key_version != key_version))
 
 
 def routed_destinations(conn: Connection, tenant_id: str
