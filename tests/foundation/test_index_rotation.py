@@ -243,6 +243,7 @@ def test_every_lookup_finds_the_same_records_and_no_old_digest_survives(
     one = json.dumps({"nir": lab.decoy["nir"].replace(" ", "")}).encode() + b"\n"
     named = lv.guard.exports.identify(op, one)
     assert named["export_id"] == lab.export["export_id"] and named["evidence"]["decoys"] == 1
+    assert "decoy_identifiers" not in lv.guard.exports.manifest(op, lab.export["export_id"])
     # Breach triage matches a synthetic dump of the laboratory's patients.
     alive = [(t, pid, r) for pid, r in zip(lab.ids, lab.recs, strict=True) if pid != lab.erased]
     dump = sd.make_dump(alive, 5, seed=3)
