@@ -120,11 +120,6 @@ def decoy_exports(conn: Connection, tenant_id: str) -> list[dict[str, Any]]:
         guard_exports.c.export_id)).mappings()]
 
 
-def count_decoys(conn: Connection, tenant_id: str) -> int:
-    return len(conn.execute(select(guard_export_decoys.c.digest).where(
-        guard_export_decoys.c.tenant_id == tenant_id)).all())
-
-
 def replace_decoys(conn: Connection, tenant_id: str, rows: Sequence[Mapping[str, Any]]) -> None:
     conn.execute(delete(guard_export_decoys).where(guard_export_decoys.c.tenant_id == tenant_id))
     cols = ("tenant_id", "kind", "digest", "export_id")
