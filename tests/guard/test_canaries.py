@@ -115,3 +115,18 @@ def test_each_honeytoken_an_account_touches_is_named(glv: Labvault, tenant_id: s
     assert {a["actor_id"] for a in reads} == {"acct_thief"}
     glv.patients.show(staff(tenant_id, role="biologist", ident="acct_other"), first)
     assert len(alerts_of(glv, tenant_id, "canary.read")) == 3   # another account: its own
+
+
+def test_index_rotation_keeps_canaries_findable_and_silent(glv: Labvault, tenant_id: str) -> None:
+    """`keys rotate --index` opens every record, honeytokens included, to recompute its
+    digests: no alert (nobody read them), and a search still finds them -- and alerts."""
+    real = import_people(glv, tenant_id, 3)
+    canary = _plant(glv, tenant_id, 1)[0]
+    nir = glv.patients.show(Actor.operator(), canary)["nir"]     # the test's own read...
+    before = alerts_of(glv, tenant_id)
+    out = glv.keys.rotate_index(Actor.operator(), tenant_id)
+    assert out["patients"] == len(real) + 1
+    assert alerts_of(glv, tenant_id) == before                    # ...the rotation's: none
+    curious = staff(tenant_id, role="biologist", ident="acct_curious")
+    assert glv.patients.find(curious, tenant_id, nir=nir) == [canary]
+    assert alerts_of(glv, tenant_id, "canary.search")

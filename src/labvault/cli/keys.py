@@ -16,16 +16,27 @@ app = typer.Typer(no_args_is_help=True)
 def rotate(tenant: str = typer.Option(None, "--tenant", help="Only this laboratory."),
            root: bool = typer.Option(False, "--root",
                                      help="Rotate the root key and re-wrap every tenant key."),
+           index: bool = typer.Option(False, "--index",
+                                      help="Rotate the blind-index key and recompute every "
+                                           "search digest from the sealed records."),
            as_json: bool = JsonOpt) -> None:
-    """New key-encryption key version(s); patient data keys are re-wrapped, data untouched."""
+    """New key-encryption key version(s); patient data keys are re-wrapped, data untouched.
+    With --index: a new blind-index key, every digest recomputed, the old key destroyed."""
     if root and tenant:
         raise UserError("--root and --tenant are exclusive",
                         "--root rotates the root key (every laboratory's keys are re-wrapped); "
                         "--tenant ID a laboratory's key-encryption key")
+    if root and index:
+        raise UserError("--root and --index are exclusive",
+                        "--root rotates the root key; --index a laboratory's blind-index key "
+                        "(run them one after the other)")
     actor = Actor.operator()
     with opened() as lv:
         if root:
             result: object = lv.keys.rotate_root(actor)
+        elif index:
+            result = ([lv.keys.rotate_index(actor, tenant)] if tenant
+                      else lv.keys.rotate_index_all(actor))
         elif tenant:
             result = [lv.keys.rotate_tenant(actor, tenant)]
         else:

@@ -4,9 +4,9 @@ Per tenant, versioned, stored *wrapped* by the root key (the store keeps the byt
 never the key):
 
 - ``kek``   wraps the patients' data keys (DEKs). Rotation re-wraps DEKs only.
-- ``index`` keys the blind indexes (HMAC-SHA256). Not rotated by ``keys rotate``: a new
-  index key means recomputing every digest from plaintext, which no command does yet
-  (docs/security-model.md, "Blind indexes").
+- ``index`` keys the blind indexes (HMAC-SHA256). ``keys rotate --index`` makes a new
+  version, recomputes every digest from plaintext (``services/rekey.py``) and destroys
+  the old one (docs/security-model.md, "Blind indexes").
 - ``data``  seals tenant-level values that belong to no patient (audit reasons,
   alert details, evidence, archived messages).
 - any other purpose string a module needs.

@@ -211,6 +211,24 @@ class PatientRecord:
         }
 
     @staticmethod
+    def from_sealed(identity: Mapping[str, Any], contact: Mapping[str, Any] | None
+                    ) -> PatientRecord:
+        """The identity and contact of a record as ``categories`` sealed them -- validated
+        when written -- rebuilt without validating again (``parse`` costs half of a bulk
+        re-indexing: services/rekey.py). Coverage and clinical fields are left empty."""
+        c = contact or {}
+        a = c.get("address")
+        return PatientRecord(
+            identity["birth_name"], tuple(identity["first_names"]),
+            date.fromisoformat(identity["birth_date"]), identity["sex"],
+            external_id=identity.get("external_id"), used_name=identity.get("used_name"),
+            birth_place_insee=identity.get("birth_place_insee"), nir=identity.get("nir"),
+            ins=identity.get("ins"),
+            address=Address(a["line"], a["postal_code"], a["city"], a.get("country", "FR"))
+            if a else None,
+            phone=c.get("phone"), email=c.get("email"))
+
+    @staticmethod
     def from_categories(cats: Mapping[Category, Mapping[str, Any]]) -> dict[str, Any]:
         """Flatten opened category blobs back into the import/API shape (only what was opened)."""
         out: dict[str, Any] = {}

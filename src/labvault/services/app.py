@@ -308,8 +308,11 @@ class Labvault:
         checked = self._tx_keys.get() if self._tx.get() is conn else None
         if checked is not None and tenant_id in checked:
             return   # already checked in this transaction
-        if self.keyring.is_loaded(tenant_id, "kek", repo.current_key_version(conn, tenant_id, "kek")
-                                  or 0):
+        # The current index key too: another process may have rotated it (`keys rotate
+        # --index`) while this one still holds the KEK.
+        kek, index = repo.kek_and_index_versions(conn, tenant_id)
+        if (self.keyring.is_loaded(tenant_id, "kek", kek or 0)
+                and (index is None or self.keyring.is_loaded(tenant_id, "index", index))):
             if checked is not None:
                 checked.add(tenant_id)
             return

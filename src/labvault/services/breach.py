@@ -383,6 +383,12 @@ class BreachService:
             self._encoders[(tenant_id, v)] = enc
         return enc, v
 
+    def forget_encoders(self, tenant_id: str) -> None:
+        """Drop a tenant's cached encoders (its index key was rotated, or the rotation
+        failed and the version it prepared will be made again with another key)."""
+        for k in [k for k in self._encoders if k[0] == tenant_id]:
+            del self._encoders[k]
+
     @staticmethod
     def identities(rec: PatientRecord) -> list[MatchIdentity]:
         pc = rec.address.postal_code if rec.address else None

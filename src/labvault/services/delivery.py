@@ -21,6 +21,7 @@ prescriber", docs/hl7.md "Outbound").
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -239,13 +240,17 @@ class DeliveryService:
             digests = [self.lv.lab.digest(conn, tenant_id, RPPS_INDEX, n) for n in numbers]
             sealed = self.lv.gate.seal_tenant_value(conn, tenant_id, "delivery_destinations",
                                                     "label_sealed", did, label.encode())
+            prescribers = self.lv.gate.seal_tenant_value(
+                conn, tenant_id, "delivery_destinations", "prescribers_sealed", did,
+                json.dumps(numbers).encode()) if numbers else None
             drepo.insert_destination(conn, {
                 "tenant_id": tenant_id, "destination_id": did, "status": "active",
                 "host": host, "port": port,
                 "transport": "plaintext" if insecure_plaintext else "tls",
                 "tls_ca": ca, "tls_cert": cert, "tls_key": key,
                 "routing": "all" if all_orders else "rpps", "created_at": self.lv.now(),
-                "removed_at": None, "label_sealed": sealed}, digests)
+                "removed_at": None, "label_sealed": sealed,
+                "prescribers_sealed": prescribers}, digests)
             self.lv.gate.audit.event(conn, actor, "delivery.destination.add", "success",
                                      tenant_id, {"destination_id": did, "host": host,
                                                  "port": port, "prescribers": len(numbers),

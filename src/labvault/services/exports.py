@@ -21,7 +21,7 @@ import os
 import random
 import re
 import secrets
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -66,6 +66,9 @@ EXPORTABLE: dict[str, Category] = {
     "blood_group": Category.CLINICAL, "prescriber": Category.CLINICAL,
 }
 BATCH = 1000
+# A decoy row's identifiers kept as blind-index digests (kind -> field of the row).
+DECOY_KINDS = {bi.NIR: "nir", bi.EMAIL: "email", bi.PHONE: "phone"}
+DECOY_IDENTIFIERS = "decoy_identifiers"    # the sealed manifest's key for them
 MAX_EXPIRY = timedelta(days=30)
 _ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode  # one encoder, reused
 _DURATION = re.compile(r"^\s*(\d+)\s*([hdw])\s*$")
@@ -358,19 +361,16 @@ class ExportService:
         except BaseException:
             path.unlink(missing_ok=True)
             raise
+        # The decoys' identifiers stay in the sealed manifest (synthetic people, never shown):
+        # an index-key rotation recomputes their digests from them (``services/rekey.py``).
+        identifiers = [{k: vals[k] for k in DECOY_KINDS.values() if vals.get(k)}
+                       for _pid, vals in decoys]
         manifest.update({"rows": counts["rows"], "decoys": n_decoys, "file": str(path),
                          "file_sha256": writer.sha.hexdigest(),
-                         "plaintext_sha256": plain.hexdigest(), "bytes": writer.size})
+                         "plaintext_sha256": plain.hexdigest(), "bytes": writer.size,
+                         DECOY_IDENTIFIERS: identifiers})
         with lv.begin() as conn:
-            digests = []
-            for _, (_pid, vals) in zip(decoy_at, decoys, strict=True):
-                for kind, raw in ((bi.NIR, vals.get("nir")), (bi.EMAIL, vals.get("email")),
-                                  (bi.PHONE, vals.get("phone"))):
-                    if raw:
-                        d = bi.digest(idx_key, kind, indexing.search_value(kind, raw))
-                        digests.append({"tenant_id": tenant_id, "kind": kind, "digest": d,
-                                        "export_id": export_id})
-            grepo.insert_decoys(conn, digests)
+            grepo.insert_decoys(conn, decoy_digests(idx_key, tenant_id, export_id, identifiers))
             grepo.update_export(conn, tenant_id, export_id, status="ready",
                                 row_count=counts["rows"], file_sha256=writer.sha.hexdigest(),
                                 manifest_sealed=self._seal(conn, tenant_id, export_id, manifest))
@@ -421,7 +421,9 @@ class ExportService:
             if row is None:
                 raise NotFound(f"no export {export_id}", "list exports with `labvault export list`")
             self.lv.guard._admin_check(conn, actor, row["tenant_id"], Action.READ, "export")
-            return {**self._manifest(conn, row), "status": row["status"]}
+            shown = {k: x for k, x in self._manifest(conn, row).items()
+                     if k != DECOY_IDENTIFIERS}    # what a decoy is stays unsaid
+            return {**shown, "status": row["status"]}
 
     def purge_expired(self, dry_run: bool = False) -> dict[str, Any]:
         lv = self.lv
@@ -597,6 +599,15 @@ def _text(value: Any) -> str:
     if isinstance(value, list):
         return str(value[0]) if value else ""
     return "" if value is None else str(value)
+
+
+def decoy_digests(idx_key: bytes, tenant_id: str, export_id: str,
+                  identifiers: Sequence[Mapping[str, str]]) -> list[dict[str, Any]]:
+    """The decoy rows of an export: a blind-index digest of each decoy's NIR, e-mail
+    and phone (a leaked file quoting one names the export)."""
+    return [{"tenant_id": tenant_id, "kind": kind, "digest": bi.digest(
+                idx_key, kind, indexing.search_value(kind, ident[name])), "export_id": export_id}
+            for ident in identifiers for kind, name in DECOY_KINDS.items() if ident.get(name)]
 
 
 def _row_digests(idx_key: bytes, row: dict[str, Any]) -> dict[str, bytes]:

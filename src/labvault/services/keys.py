@@ -1,9 +1,11 @@
-"""Key operations: KEK rotation (re-wrap data keys), root rotation (re-wrap tenant keys)."""
+"""Key operations: KEK rotation (re-wrap data keys), index-key rotation (recompute the
+blind indexes), root rotation (re-wrap tenant keys)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from labvault.access.accounts import PLATFORM_TENANT
 from labvault.crypto import WrappedDek
 from labvault.domain.actors import Actor
 from labvault.domain.categories import Action
@@ -48,6 +50,18 @@ class KeyService:
         lv.keyring.forget(tenant_id, "kek")
         return {"tenant_id": tenant_id, "kek_version": new, "rewrapped_keys": n,
                 "data_key_version": dv + 1}
+
+    def rotate_index(self, actor: Actor, tenant_id: str) -> dict[str, Any]:
+        """New blind-index key version; every digest of the laboratory recomputed from its
+        sealed plaintext in the same transaction; old index keys destroyed
+        (``services/rekey.py`` says which digests, and from what)."""
+        from labvault.services.rekey import rotate_index
+        return rotate_index(self.lv, actor, tenant_id)
+
+    def rotate_index_all(self, actor: Actor) -> list[dict[str, Any]]:
+        """``rotate_index`` of every laboratory, one transaction each."""
+        return [self.rotate_index(actor, t["id"]) for t in self.lv.tenants.list()
+                if t["id"] != PLATFORM_TENANT]
 
     def rotate_all(self, actor: Actor) -> list[dict[str, Any]]:
         return [self.rotate_tenant(actor, t["id"]) for t in self.lv.tenants.list()]

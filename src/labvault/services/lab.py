@@ -790,8 +790,11 @@ class LabService:
 
     def digest(self, conn: Connection, tenant_id: str, kind: str, value: str) -> bytes:
         """Blind-index digest under the tenant's current index key. The key (not any
-        data) is cached for ``INDEX_KEY_TTL`` seconds: after an index-key change a lookup
-        may miss for that long (the result then waits in the import-issues queue)."""
+        data) is cached for ``INDEX_KEY_TTL`` seconds: after an index-key rotation in
+        another process, this one keeps the old key for that long -- a lookup may miss
+        (the result then waits in the import-issues queue) and a number written then
+        keeps an old digest; docs/security-model.md ("Rotation") asks to stop the
+        listeners while rotating. A rotation in this process drops it at once."""
         import time
         now = time.monotonic()
         hit = self._index_keys.get(tenant_id)
@@ -802,6 +805,10 @@ class LabService:
             hit = (now, self.lv.keyring.blind_index_key(tenant_id, idx))
             self._index_keys[tenant_id] = hit
         return bi.digest(hit[1], kind, value)
+
+    def forget_index_key(self, tenant_id: str) -> None:
+        """Drop the cached index key (after `keys rotate --index` in this process)."""
+        self._index_keys.pop(tenant_id, None)
 
     # == catalogue ==============================================================================
     def default_catalogue(self) -> L.Catalogue:

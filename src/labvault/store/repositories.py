@@ -89,6 +89,23 @@ def current_key_version(conn: Connection, tenant_id: str, purpose: str) -> int |
     return int(row[0]) if row is not None and row[0] is not None else None
 
 
+# Both versions a process must hold to seal, open and search a tenant's records: one
+# statement (``Labvault.load_tenant_keys`` runs it on every transaction's first use).
+_KEK_AND_INDEX_SQL = ("SELECT max(CASE WHEN purpose = 'kek' THEN version END), "
+                      "max(CASE WHEN purpose = 'index' THEN version END) FROM tenant_keys "
+                      "WHERE tenant_id = {p} AND purpose IN ('kek', 'index') "
+                      "AND status = 'active'")
+
+
+def kek_and_index_versions(conn: Connection, tenant_id: str) -> tuple[int | None, int | None]:
+    """Current (KEK, index key) versions of a tenant; None where it has none."""
+    row = first(conn, _KEK_AND_INDEX_SQL, (tenant_id,))
+    if row is None:
+        return None, None
+    return (int(row[0]) if row[0] is not None else None,
+            int(row[1]) if row[1] is not None else None)
+
+
 def set_key_status(conn: Connection, tenant_id: str, purpose: str, version: int,
                    status: str) -> None:
     values: dict[str, Any] = {"status": status}

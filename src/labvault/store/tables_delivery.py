@@ -32,6 +32,9 @@ delivery_destinations = Table(
     Column("created_at", TS, nullable=False),
     Column("removed_at", TS, nullable=True),
     Column("label_sealed", Blob, nullable=False),  # the name given at `delivery add`
+    # the RPPS numbers of its routes (JSON list): an index-key rotation recomputes the
+    # routes' digests from them (migration 0015; NULL for destinations added before)
+    Column("prescribers_sealed", Blob, nullable=True),
     PrimaryKeyConstraint("tenant_id", "destination_id"),
 )
 
