@@ -22,6 +22,7 @@ from pathlib import Path
 
 from labvault.config import Settings
 from labvault.domain.actors import Actor
+from labvault.interop.hl7.archive import archived_control_key
 from labvault.services.app import Labvault
 from labvault.synthetic import make_finess, people, strip_none
 
@@ -64,7 +65,7 @@ def main() -> None:
         try:
             t0 = time.perf_counter()
             c0 = time.process_time()
-            out = lv.keys.rotate_index(Actor.operator(), tenant)
+            out = lv.keys.rotate_index(Actor.operator(), tenant, archived_control_key)
             wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         finally:
             lv.close()

@@ -1,4 +1,4 @@
-"""Breach-matching encodings are sealed under the laboratory's data key (migration 0015):
+"""Breach-matching encodings are sealed under the laboratory's data key (migration 0016):
 the stored bytes hold no encoding, a value moved to another row stops the triage, and a
 store without encodings says so instead of silently matching less."""
 
@@ -107,7 +107,7 @@ def test_migration_drops_unsealed_encodings(tmp_path: Path) -> None:
         conn.execute(sa.text("INSERT INTO breach_encodings (tenant_id, patient_id, key_version, "
                              "clk, blocks) VALUES ('lab_a', 'pt_1', 1, :c, :b)"),
                      {"c": b"\x01" * 256, "b": b"\x02" * 8})
-        command.upgrade(cfg, "0015_breach_sealed_encodings")
+        command.upgrade(cfg, "0016_breach_sealed_encodings")
         cols = {c["name"] for c in sa.inspect(conn).get_columns("breach_encodings")}
         assert cols == {"tenant_id", "patient_id", "key_version", "sealed"}
         assert conn.execute(sa.text("SELECT count(*) FROM breach_encodings")).scalar() == 0

@@ -23,6 +23,7 @@ from labvault.breach import synthdump as sd
 from labvault.domain.actors import Actor
 from labvault.errors import KeyUnavailable, UserError
 from labvault.guard.canaries import is_canary_nir
+from labvault.interop.hl7.archive import archived_control_key
 from labvault.interop.hl7.handler import Hl7Handler
 from labvault.services import rekey
 from labvault.services.app import Labvault
@@ -60,8 +61,9 @@ DIGEST_COLUMNS = [
     (delivery_routes, ("destination_id",), "rpps_digest"),
     (accounts, ("account_id",), "email_digest"),
     (guard_export_decoys, ("export_id", "kind"), "digest"),
-    (breach_encodings, ("patient_id",), "clk"),
-    (breach_encodings, ("patient_id",), "blocks"),
+    # sealed: a new seal each time, so the check below that it changed is weak; the
+    # version column and tests/breach/test_sealed_encodings.py say the rest
+    (breach_encodings, ("patient_id",), "sealed"),
 ]
 
 
@@ -166,6 +168,17 @@ def single_values(rows: dict[tuple[Any, ...], bytes]) -> set[bytes]:
     return out
 
 
+def opened_encodings(lv: Labvault, tenant_id: str) -> dict[str, tuple[int, bytes]]:
+    """Each patient's breach encoding, opened: (index key version, encoding + blocks)."""
+    with lv.begin() as conn:
+        rows = conn.execute(select(breach_encodings.c.patient_id, breach_encodings.c.key_version,
+                                   breach_encodings.c.sealed).where(
+            breach_encodings.c.tenant_id == tenant_id)).all()
+        opened = lv.gate.open_tenant_column_checked(
+            conn, tenant_id, "breach_encodings", "sealed", [(r[0], r[2]) for r in rows])
+    return {r[0]: (r[1], o) for r, o in zip(rows, opened, strict=True)}
+
+
 def find_all(lv: Labvault, lab: Lab) -> list[list[str]]:
     op = Actor.operator()
     out = []
@@ -189,8 +202,9 @@ def test_every_lookup_finds_the_same_records_and_no_old_digest_survives(
     assert all(found[i] == [lab.ids[i // 5]] for i in range(len(found)) if i // 5 != 2)
     before = digests(lv, t)
     assert all(before[k] for k in before), [k for k in before if not before[k]]
+    encodings = opened_encodings(lv, t)
 
-    out = lv.keys.rotate_index(op, t)
+    out = lv.keys.rotate_index(op, t, archived_control_key)
 
     assert out["index_version"] == 2 and out["tenant_id"] == t
     assert out["patients"] == N            # the HL7 patient too, the erased one not
@@ -212,6 +226,15 @@ def test_every_lookup_finds_the_same_records_and_no_old_digest_survives(
         before[("lab_orders", "placer_digest")]) - {k for k in before[
             ("lab_orders", "placer_digest")] if _order_patient(lv, k[0]) == lab.erased}
     assert len(after[("blind_index", "digest")]) == len(before[("blind_index", "digest")])
+    # Breach encodings (sealed): opened, every filter and blocking key made again under
+    # the new version's secrets, none kept from the old one.
+    again = opened_encodings(lv, t)
+    assert set(again) == set(encodings) and {v for v, _ in again.values()} == {2}
+    for pid, (_v, value) in again.items():
+        old_value = encodings[pid][1]
+        assert value[:256] != old_value[:256]
+        assert not ({value[i:i + 8] for i in range(256, len(value), 8)}
+                    & {old_value[i:i + 8] for i in range(256, len(old_value), 8)})
     assert len(after[("lab_hl7_messages", "control_digest")]) == len(
         before[("lab_hl7_messages", "control_digest")])
 
@@ -263,8 +286,8 @@ def _order_patient(lv: Labvault, order_id: str) -> str:
 def test_old_key_destroyed_and_the_rotation_audited(rlv: Labvault, tenant_id: str) -> None:
     lv, op = rlv, Actor.operator()
     lv.patients.import_lines(op, tenant_id, [json.dumps(r) for r in synthetic(3)])
-    lv.keys.rotate_index(op, tenant_id)
-    out = lv.keys.rotate_index(op, tenant_id)
+    lv.keys.rotate_index(op, tenant_id, archived_control_key)
+    out = lv.keys.rotate_index(op, tenant_id, archived_control_key)
     assert out["index_version"] == 3 and out["patients"] == 3
     with lv.begin() as conn:
         keys = {r[0]: (r[1], r[2]) for r in conn.execute(select(
@@ -294,7 +317,7 @@ def test_a_failure_midway_changes_nothing(rlv: Labvault, tmp_path: Path,
 
     monkeypatch.setattr(rekey._Rekey, "accounts", broken)   # after most digests were redone
     with pytest.raises(RuntimeError):
-        lv.keys.rotate_index(op, t)
+        lv.keys.rotate_index(op, t, archived_control_key)
     assert digests(lv, t) == before
     with lv.begin() as conn:
         rows = conn.execute(select(tenant_keys.c.version, tenant_keys.c.status).where(
@@ -302,7 +325,7 @@ def test_a_failure_midway_changes_nothing(rlv: Labvault, tmp_path: Path,
     assert [tuple(r) for r in rows] == [(1, "active")]
     assert find_all(lv, lab) == found
     monkeypatch.undo()
-    out = lv.keys.rotate_index(op, t)             # a retry makes version 2 afresh
+    out = lv.keys.rotate_index(op, t, archived_control_key)             # a retry makes version 2 afresh
     assert out["index_version"] == 2
     assert find_all(lv, lab) == found
     dump = sd.make_dump([(t, lab.ids[0], lab.recs[0])], 0, seed=2)
@@ -321,7 +344,7 @@ def test_a_destination_whose_numbers_are_unknown_stops_the_rotation(
         conn.execute(update(delivery_destinations).where(
             delivery_destinations.c.destination_id == did).values(prescribers_sealed=None))
     with pytest.raises(UserError) as exc:
-        lv.keys.rotate_index(op, tenant_id)
+        lv.keys.rotate_index(op, tenant_id, archived_control_key)
     assert did in exc.value.message and "delivery add" in exc.value.hint
     with lv.begin() as conn:
         assert conn.execute(select(tenant_keys.c.version).where(
@@ -344,7 +367,7 @@ def test_another_process_follows_the_rotation(cli: Cli, monkeypatch: pytest.Monk
         pid = server.patients.find(op, tenant, nir=recs[0]["nir"])
         with server.begin() as conn:
             old = server.lab.digest(conn, tenant, PLACER, "PL1")
-        rotator.keys.rotate_index(op, tenant)
+        rotator.keys.rotate_index(op, tenant, archived_control_key)
         assert server.patients.find(op, tenant, nir=recs[0]["nir"]) == pid
         monkeypatch.setattr(labmod, "INDEX_KEY_TTL", 0.0)
         with server.begin() as conn:
@@ -405,7 +428,7 @@ def test_an_archived_message_gives_the_key_it_was_stored_under(raw: bytes) -> No
     """The rotation reads the resend key from the archived message's MSH line alone:
     what the listener read from the whole message."""
     from labvault.interop.hl7.handler import prepare
-    from labvault.services.lab_messages import archived_control_key, control_key
+    from labvault.services.lab_messages import control_key
     inbound = prepare(raw).inbound
     assert inbound is not None
     assert archived_control_key(raw) == control_key(inbound.sending, inbound.control_id)

@@ -13,6 +13,7 @@ from labvault.domain import validation as v
 from labvault.domain.actors import Actor
 from labvault.domain.categories import PATIENT_CATEGORIES, Action
 from labvault.guard.canaries import canary_nir, canary_person, is_canary_nir
+from labvault.interop.hl7.archive import archived_control_key
 from labvault.services.app import Labvault
 from labvault.services.gate import Access
 from labvault.store import repositories as repo
@@ -124,7 +125,7 @@ def test_index_rotation_keeps_canaries_findable_and_silent(glv: Labvault, tenant
     canary = _plant(glv, tenant_id, 1)[0]
     nir = glv.patients.show(Actor.operator(), canary)["nir"]     # the test's own read...
     before = alerts_of(glv, tenant_id)
-    out = glv.keys.rotate_index(Actor.operator(), tenant_id)
+    out = glv.keys.rotate_index(Actor.operator(), tenant_id, archived_control_key)
     assert out["patients"] == len(real) + 1
     assert alerts_of(glv, tenant_id) == before                    # ...the rotation's: none
     curious = staff(tenant_id, role="biologist", ident="acct_curious")

@@ -35,8 +35,9 @@ def rotate(tenant: str = typer.Option(None, "--tenant", help="Only this laborato
         if root:
             result: object = lv.keys.rotate_root(actor)
         elif index:
-            result = ([lv.keys.rotate_index(actor, tenant)] if tenant
-                      else lv.keys.rotate_index_all(actor))
+            from labvault.interop.hl7.archive import archived_control_key
+            result = ([lv.keys.rotate_index(actor, tenant, archived_control_key)] if tenant
+                      else lv.keys.rotate_index_all(actor, archived_control_key))
         elif tenant:
             result = [lv.keys.rotate_tenant(actor, tenant)]
         else:

@@ -537,7 +537,7 @@ class BreachService:
                                      circumstances or Circumstances())
             result["attribution"].extend(self._identify_exports(actor, paths, files))
             # Patients the fuzzy tier could not see (no encoding yet: written before an
-            # upgrade that dropped them, migration 0015) -- said, not silently missed.
+            # upgrade that dropped them, migration 0016) -- said, not silently missed.
             result["unencoded"] = unencoded
             result_store = dict(result)
             with self.lv.begin() as conn:

@@ -3,6 +3,7 @@ blind indexes), root rotation (re-wrap tenant keys)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from labvault.access.accounts import PLATFORM_TENANT
@@ -51,17 +52,20 @@ class KeyService:
         return {"tenant_id": tenant_id, "kek_version": new, "rewrapped_keys": n,
                 "data_key_version": dv + 1}
 
-    def rotate_index(self, actor: Actor, tenant_id: str) -> dict[str, Any]:
+    def rotate_index(self, actor: Actor, tenant_id: str,
+                     control_key_of: Callable[[bytes], str]) -> dict[str, Any]:
         """New blind-index key version; every digest of the laboratory recomputed from its
         sealed plaintext in the same transaction; old index keys destroyed
-        (``services/rekey.py`` says which digests, and from what)."""
+        (``services/rekey.py`` says which digests, and from what). ``control_key_of``:
+        the HL7 door's reader of an archived message's resend key."""
         from labvault.services.rekey import rotate_index
-        return rotate_index(self.lv, actor, tenant_id)
+        return rotate_index(self.lv, actor, tenant_id, control_key_of)
 
-    def rotate_index_all(self, actor: Actor) -> list[dict[str, Any]]:
+    def rotate_index_all(self, actor: Actor,
+                         control_key_of: Callable[[bytes], str]) -> list[dict[str, Any]]:
         """``rotate_index`` of every laboratory, one transaction each."""
-        return [self.rotate_index(actor, t["id"]) for t in self.lv.tenants.list()
-                if t["id"] != PLATFORM_TENANT]
+        return [self.rotate_index(actor, t["id"], control_key_of)
+                for t in self.lv.tenants.list() if t["id"] != PLATFORM_TENANT]
 
     def rotate_all(self, actor: Actor) -> list[dict[str, Any]]:
         return [self.rotate_tenant(actor, t["id"]) for t in self.lv.tenants.list()]

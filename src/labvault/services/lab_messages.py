@@ -76,23 +76,6 @@ def control_key(sending: str, control_id: str) -> str:
     return f"{sending}\x00{control_id}"
 
 
-def archived_control_key(raw: bytes) -> str:
-    """``control_key`` of an archived message, read again by the HL7 reader that mapped it
-    at ingest (same bytes, same key): an index-key rotation recomputes the digest from it.
-    Raises ``ValueError`` if the bytes no longer read as a message."""
-    # the door's reader, imported late: the core's one use of it, for stored bytes only
-    from labvault.interop.hl7.mapping import Rejected, header
-    from labvault.interop.hl7.parse import BOM, Unparseable, read_message
-    # The key is all in MSH: its line alone reads 4x faster than the whole message.
-    msh = re.split(rb"[\r\n]", raw.removeprefix(BOM).lstrip(b"\r\n\x00 "), maxsplit=1)[0]
-    for text in (msh, raw):
-        try:
-            _kind, _trigger, control, sending, _version = header(read_message(text))
-            return control_key(sending, control)
-        except (Unparseable, Rejected) as exc:
-            error = exc
-    raise ValueError(f"archived message no longer readable: {error}")
-
 # issues keeping a message, not results
 WHOLE_MESSAGE_KINDS: tuple[IssueKind, ...] = ("reused-control-id", "merge-request")
 # An ADT^A40 of a hospital's identity server: two records of this laboratory to merge,

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import or_
@@ -57,7 +57,7 @@ from labvault.services.delivery import RPPS_INDEX
 from labvault.services.exports import DECOY_IDENTIFIERS, decoy_digests
 from labvault.services.gate import Access
 from labvault.services.lab import ACCESSION, FILLER, PLACER
-from labvault.services.lab_messages import CONTROL, archived_control_key
+from labvault.services.lab_messages import CONTROL
 from labvault.store import repositories as repo
 from labvault.store import repositories_breach as brepo
 from labvault.store import repositories_rekey as rrepo
@@ -73,9 +73,12 @@ if TYPE_CHECKING:
 _IDENTITY_CONTACT = (Category.IDENTITY, Category.CONTACT)
 
 
-def rotate_index(lv: Labvault, actor: Actor, tenant_id: str) -> dict[str, Any]:
+def rotate_index(lv: Labvault, actor: Actor, tenant_id: str,
+                 control_key_of: Callable[[bytes], str]) -> dict[str, Any]:
     """New index key version for ``tenant_id``; every digest recomputed (module doc);
-    older versions destroyed. Returns the new version and what was recomputed."""
+    older versions destroyed. Returns the new version and what was recomputed.
+    ``control_key_of``: an archived HL7 message's resend key (``control_key``) from its
+    bytes -- the HL7 door's reader (``interop.hl7.archive``): the core reads no HL7."""
     if tenant_id == PLATFORM_TENANT:
         raise UserError("the platform's index key is not a laboratory's",
                         "give --tenant ID of a laboratory (`labvault tenant list`)")
@@ -91,7 +94,7 @@ def rotate_index(lv: Labvault, actor: Actor, tenant_id: str) -> dict[str, Any]:
             assert old is not None
             new = old + 1
             repo.insert_tenant_key(conn, lv.keyring.new_tenant_key(tenant_id, "index", new))
-            work = _Rekey(lv, conn, tenant_id, old, new)
+            work = _Rekey(lv, conn, tenant_id, old, new, control_key_of)
             work.patients()
             work.orders()
             work.specimens()
@@ -116,8 +119,9 @@ class _Rekey:
     """One laboratory's digests, recomputed inside the rotation's transaction."""
 
     def __init__(self, lv: Labvault, conn: Connection, tenant_id: str, old: int,
-                 new: int) -> None:
+                 new: int, control_key_of: Callable[[bytes], str]) -> None:
         self.lv, self.conn, self.tenant_id, self.version = lv, conn, tenant_id, new
+        self.control_key_of = control_key_of
         self.old = bi.Indexer(lv.keyring.blind_index_key(tenant_id, old))
         self.key = lv.keyring.blind_index_key(tenant_id, new)
         self.new = bi.Indexer(self.key)
@@ -146,7 +150,7 @@ class _Rekey:
     # -- patients: search indexes and breach encodings ----------------------------------------
     def patients(self) -> None:
         lv, conn, t = self.lv, self.conn, self.tenant_id
-        enc, v = lv.breach.encoder(conn, t)
+        _enc, v = lv.breach.encoder(conn, t)
         assert v == self.version
         rrepo.drop_inactive_indexes(conn, t)
         for page in rrepo.pages(conn, patients, t, "patient_id",
@@ -156,7 +160,7 @@ class _Rekey:
             encoded = rrepo.encoded_among(conn, t, [r[0] for r in page])
             owners: list[str] = []
             values: list[tuple[str, str]] = []
-            encodings = []
+            encode: list[tuple[str, PatientRecord]] = []
             for pid, *blobs in page:
                 dek = deks.get(str(pid))
                 if dek is None or blobs[0] is None:
@@ -171,13 +175,14 @@ class _Rekey:
                 owners.extend([pid] * len(mine))
                 values.extend(mine)
                 if pid in encoded:
-                    encodings.append(lv.breach.encoding_row(enc, v, t, pid, rec))
+                    encode.append((str(pid), rec))
             rows = list(dict.fromkeys(
                 (pid, kind, d) for pid, (kind, _), d in zip(
                     owners, values, self.new.digest_many(values), strict=True)))
             rrepo.replace_patient_indexes(conn, t, [r[0] for r in page], [
                 {"tenant_id": t, "kind": kind, "digest": d, "patient_id": pid}
                 for pid, kind, d in rows])
+            encodings = lv.breach.encoding_rows(conn, t, encode)     # sealed, new version
             brepo.replace_encodings(conn, t, encodings)
             self.counts["patients"] += len(deks)
             self.counts["patient_digests"] += len(rows)
@@ -256,7 +261,7 @@ class _Rekey:
                 try:
                     if raw is None:
                         raise ValueError("its patient was erased")
-                    digest = self.new.digest(CONTROL, archived_control_key(raw))
+                    digest = self.new.digest(CONTROL, self.control_key_of(raw))
                     self.counts["hl7_messages"] += 1
                 except ValueError:
                     # unique per laboratory, never NULL: a random value nobody can match

@@ -8,7 +8,7 @@
 - ``breach_encodings``: per patient, the keyed Bloom-filter encoding (CLK, balanced,
   2 × 1024 bits) and keyed blocking digests (64-bit HMAC) used by the fuzzy tier of dump
   triage, keyed with secrets derived from the tenant's index key, and **sealed** together
-  under the tenant's ``data`` key (migration 0015): a stolen database gives no encoding
+  under the tenant's ``data`` key (migration 0016): a stolen database gives no encoding
   to mine for frequent bit patterns (docs/breach.md, "Known attacks").
 """
 
@@ -50,7 +50,7 @@ breach_encodings = Table(
     Column("patient_id", ID, nullable=False),
     Column("key_version", Integer, nullable=False),        # version of the tenant index key
     # sealed (tenant data key): the encoding (256 bytes) then the patient's blocking keys
-    # (8 bytes each): read only in bulk by triage, so one value per patient (0008, 0015)
+    # (8 bytes each): read only in bulk by triage, so one value per patient (0008, 0016)
     Column("sealed", Blob, nullable=False),
     PrimaryKeyConstraint("tenant_id", "patient_id"),
 )

@@ -12,7 +12,7 @@ from the sealed identities; until it has run, a triage says how many patients it
 not match by the fuzzy tier. The downgrade leaves the older, unsealed table empty, for
 the same command of that version to fill.
 
-Revision ID: 0015_breach_sealed_encodings
+Revision ID: 0016_breach_sealed_encodings
 Revises: 0008_breach_packed_blocks
 """
 
@@ -21,7 +21,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0015_breach_sealed_encodings"
+revision = "0016_breach_sealed_encodings"
 down_revision = "0008_breach_packed_blocks"
 branch_labels = None
 depends_on = None
