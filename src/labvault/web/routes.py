@@ -13,6 +13,7 @@ from __future__ import annotations
 import hmac
 import json
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import parse_qs, quote, urlsplit
@@ -48,6 +49,7 @@ from labvault.services.breach import dpo_from_env
 from labvault.services.gate import Access
 from labvault.services.lab import BulkValidation
 from labvault.services.lab_messages import ISSUE_CATEGORIES
+from labvault.services.merge import MIN_REASON as MERGE_MIN_REASON
 from labvault.services.merge import PURPOSE as MERGE_PURPOSE
 from labvault.services.merge import RESOURCE as MERGE_RESOURCE
 from labvault.services.merge import Comparison, MergeReport
@@ -123,6 +125,10 @@ class WebUser:
     may_queue: bool = False             # "Messages d'automate": import-issue read
     may_outbox: bool = False            # "Transmissions aux prescripteurs": delivery read
     may_merge: bool = False             # "Fusionner un doublon": patient-merge write
+    may_search: bool = False            # "Recherche de patient": patient search (identity)
+    # "Alertes" (every alert) or "Alertes cliniques" (a biologist's): alert read
+    may_alerts: bool = False
+    clinical_alerts_only: bool = False
 
     @property
     def is_patient(self) -> bool:
@@ -131,6 +137,65 @@ class WebUser:
     @property
     def roles(self) -> frozenset[str]:
         return self.actor.roles
+
+    @property
+    def may_bench(self) -> bool:
+        """"Validation technique": the roles ``_bench`` lets in."""
+        return bool(L.TECHNICAL_ROLES & self.roles)
+
+    @property
+    def may_validate(self) -> bool:
+        """"Validation biologique": the role ``_biologist`` lets in."""
+        return L.BIOLOGIST_ROLE in self.roles
+
+    @property
+    def tasks(self) -> tuple[Task, ...]:
+        """The console's pages this user may use, in the menu's order (the search page
+        or the "Accueil" page that lists these comes first, then these)."""
+        return tuple(t for t in TASKS if t.offered(self))
+
+
+@dataclass(frozen=True)
+class Task:
+    """A console page in the menu, and on the "Accueil" page of the staff who search no
+    patient (``what``: its line there)."""
+
+    href: str
+    label: str
+    what: str
+    offered: Callable[[WebUser], bool]
+
+    def label_for(self, user: WebUser) -> str:
+        return ("Alertes cliniques" if self.href == ALERTS and user.clinical_alerts_only
+                else self.label)
+
+
+ALERTS = "/console/alertes"
+# each page offered to whom the policy (or the page's own check, for the worklists) lets
+# use it; a link no one may follow is never shown
+TASKS: tuple[Task, ...] = (
+    Task("/console/nouveau-patient", "Nouveau patient",
+         "enregistrer un patient qui se présente", lambda u: u.may_register),
+    Task("/console/technique", "Validation technique",
+         "valider les résultats saisis, refuser un prélèvement non conforme",
+         lambda u: u.may_bench),
+    Task("/console/validation", "Validation biologique",
+         "valeurs critiques à traiter, comptes rendus à valider et à diffuser",
+         lambda u: u.may_validate),
+    Task("/console/messages", "Messages d'automate",
+         "les messages des automates et des serveurs d'identités qui attendent une personne "
+         "(demandes de fusion de dossiers pour l'identitovigilance)",
+         lambda u: u.may_queue or u.may_merge),
+    Task("/console/fusion", "Fusionner un doublon",
+         "fusionner un dossier en double dans le dossier conservé (identitovigilance)",
+         lambda u: u.may_merge),
+    Task(OUTBOX, "Transmissions aux prescripteurs",
+         "où en sont les comptes rendus envoyés aux logiciels des prescripteurs, renvoyer "
+         "ceux qui n'ont pas été remis", lambda u: u.may_outbox),
+    Task(ALERTS, "Alertes",
+         "les alertes du laboratoire (sécurité, valeurs critiques, envois non remis) : les "
+         "lire et les prendre en compte", lambda u: u.may_alerts),
+)
 
 
 # what each desk action writes, as the services ask the gate (patients.register: every
@@ -172,6 +237,30 @@ def may_merge(lv: Labvault, actor: Actor) -> bool:
                                              purpose=MERGE_PURPOSE, resource=MERGE_RESOURCE)))
 
 
+def may_search(lv: Labvault, actor: Actor) -> bool:
+    """Whether the policy lets ``actor`` search its laboratory's patients by identity (the
+    console's search page; lab administrators and the DPO search no patient)."""
+    return may(lv, actor, Action.SEARCH, "patient", frozenset({Category.IDENTITY}))
+
+
+def alerts_reach(lv: Labvault, actor: Actor) -> Reach | None:
+    """Which alerts the policy lets ``actor`` read on the console (``services.alerts.reach``,
+    then the gate's table for that resource; no decision recorded), or None: none, or no
+    alert store plugged in (the page would answer 404)."""
+    from labvault.services.alerts import AlertService, reach
+    if (actor.kind != "staff" or actor.tenant_id is None
+            or not isinstance(lv.alerts, AlertService)):
+        return None
+    try:
+        which = reach(actor)
+    except AccessDenied:
+        return None
+    allowed = lv.gate.policy.decide(Access(actor, Action.READ, actor.tenant_id, frozenset(),
+                                           purpose=which.purpose,
+                                           resource=which.resource)).allowed
+    return which if allowed else None
+
+
 def portal_of(request: Request) -> PortalService:
     portal: PortalService = request.app.state.portal
     return portal
@@ -187,13 +276,16 @@ def _as_user(request: Request, creds: HTTPAuthorizationCredentials | None,
              actor: Actor) -> WebUser:
     bearer = creds is not None and creds.scheme.lower() == "bearer" and bool(creds.credentials)
     lv: Labvault = request.app.state.lv
+    alerts = alerts_reach(lv, actor)
     user = WebUser(actor, portal_of(request).csrf_token(actor), via_cookie=not bearer,
                    may_register=may_write(lv, actor, "patient"),
                    may_order=may_write(lv, actor, "order"),
                    may_receive=may_write(lv, actor, "specimen"),
                    may_queue=may_read_queue(lv, actor),
                    may_outbox=lv.delivery.may_view(actor),
-                   may_merge=may_merge(lv, actor))
+                   may_merge=may_merge(lv, actor), may_search=may_search(lv, actor),
+                   may_alerts=alerts is not None,
+                   clinical_alerts_only=alerts is not None and alerts.kinds is not None)
     request.state.web_user = user
     return user
 
@@ -474,7 +566,12 @@ def erasure_request(request: Request, user: User, portal: Portal, csrf: Csrf = "
 # == staff console ============================================================================
 @router.get("/console")
 def console_home(user: User) -> Response:
+    """Where staff land after login: the patient search for the roles the policy lets
+    search; for the others (lab administrators, the DPO), "Accueil" -- the pages they
+    may use, rather than a search form that would refuse them."""
     _staff(user)
+    if not user.may_search:
+        return html("home.html", user=user)
     return html("console.html", user=user, results=None, searched=False)
 
 
@@ -951,15 +1048,18 @@ def merge_start(user: User, conserve: PatientId = "", doublon: PatientId = "") -
         return RedirectResponse(f"/console/patients/{quote(conserve.strip(), safe='')}"
                                 f"/fusion{query}", status_code=303, headers=NO_STORE)
     return html("merge.html", user=user, survivor_id=None, duplicate_id=None, cmp=None,
-                shown={}, error=None, done=None)
+                shown={}, error=None, done=None, motif_error=None)
 
 
 def _merge_page(user: WebUser, lv: Labvault, survivor_id: str, duplicate_id: str | None,
                 status: int = 200, error: tuple[str, str] | None = None,
-                done: MergeReport | None = None) -> Response:
+                done: MergeReport | None = None, motif: str = "", forced: bool = False,
+                motif_error: str | None = None) -> Response:
     """The merge form: both records side by side, compared by ``lv.merges.compare`` (the
     traits that differ, by name) -- and their identity only when the policy lets the
-    caller read it (a lab administrator: never; ids and the comparison only)."""
+    caller read it (a lab administrator: never; ids and the comparison only). Sent
+    again after a refusal: what was typed (``motif``, ``forced``) kept, ``motif_error``
+    said next to the reason's field."""
     cmp: Comparison | None = None
     if done is None:
         try:
@@ -979,7 +1079,8 @@ def _merge_page(user: WebUser, lv: Labvault, survivor_id: str, duplicate_id: str
     return html("merge.html", status, user=user, survivor_id=survivor_id,
                 duplicate_id=duplicate_id, cmp=cmp, shown=shown, error=error, done=done,
                 traits=lab_text.MERGE_TRAITS_FR, moved_fr=lab_text.MERGE_MOVED_FR,
-                traits_fr=lab_text.traits_fr)
+                traits_fr=lab_text.traits_fr, motif=motif, forced=forced,
+                motif_error=motif_error, min_reason=MERGE_MIN_REASON)
 
 
 @router.get("/console/patients/{patient_id}/fusion")
@@ -1002,12 +1103,19 @@ def merge_duplicate(request: Request, patient_id: str, user: User, lv: LV, csrf:
     _merger(user)
     _check_csrf(request, user, csrf)
     survivor_id, duplicate_id = patient_id[:64], doublon.strip()
-    if not duplicate_id:
-        raise UserError("l'identifiant du doublon manque",
-                        "revenez en arrière et donnez l'identifiant du dossier en double")
+    if not duplicate_id:             # (the form always sends it: a script's request)
+        return _merge_page(user, lv, survivor_id, None, 422, (
+            "l'identifiant du doublon manque", "donnez l'identifiant du dossier en double"))
+    if len(motif.strip()) < MERGE_MIN_REASON:
+        # the service's own rule (it refuses too), said next to the field, the form kept
+        return _merge_page(user, lv, survivor_id, duplicate_id, 422, motif=motif,
+                           forced=bool(forcer), motif_error=f"le motif manque ou est trop court (au moins "
+                                       f"{MERGE_MIN_REASON} caractères) : dites pourquoi les "
+                                       "deux dossiers sont la même personne")
     try:
-        report = lv.merges.merge(user.actor, survivor_id, duplicate_id, motif,
+        report = lv.merges.merge(user.actor, survivor_id, duplicate_id, motif.strip(),
                                  force=bool(forcer))
     except MergeRefused as exc:
-        return _merge_page(user, lv, survivor_id, duplicate_id, 409, lab_text.merge_fr(exc))
+        return _merge_page(user, lv, survivor_id, duplicate_id, 409, lab_text.merge_fr(exc),
+                           motif=motif, forced=bool(forcer))
     return _merge_page(user, lv, survivor_id, duplicate_id, done=report)
