@@ -572,7 +572,15 @@ def console_home(user: User) -> Response:
     _staff(user)
     if not user.may_search:
         return html("home.html", user=user)
-    return html("console.html", user=user, results=None, searched=False)
+    return html("console.html", user=user, results=None, searched=False, typed={}, errors={},
+                problem=None)
+
+
+# the search form's fields, as their labels say them (errors said next to them)
+SEARCH_FIELDS = {"nir": "N° de sécurité sociale (NIR)", "email": "E-mail",
+                 "phone": "Téléphone", "birth_name": "Nom de naissance",
+                 "first_name": "Prénom", "birth_date": "Date de naissance"}
+NAME_DOB = ("birth_name", "first_name", "birth_date")
 
 
 @router.post("/console/recherche")
@@ -583,25 +591,41 @@ def console_search(request: Request, user: User, lv: LV, csrf: Csrf = "",
                    birth_name: Annotated[str, Form(max_length=TEXT)] = "",
                    first_name: Annotated[str, Form(max_length=TEXT)] = "",
                    birth_date: Annotated[str, Form(max_length=TEXT)] = "") -> Response:
-    """Search by POST: identifiers (NIR, e-mail, phone) never appear in a URL or a log."""
+    """Search by POST: identifiers (NIR, e-mail, phone) never appear in a URL or a log.
+    A search the form cannot make (no criterion, a name without its first name and birth
+    date, a NIR, e-mail, phone or date that is not one): the form again (422) with what
+    was typed and the reason in French next to its field; nothing searched."""
     tenant_id = _staff(user)
     _check_csrf(request, user, csrf)
-    crit = {k: v.strip() or None for k, v in (("nir", nir), ("email", email), ("phone", phone),
-                                              ("birth_name", birth_name),
-                                              ("first_name", first_name),
-                                              ("birth_date", birth_date))}
-    if not (crit["nir"] or crit["email"] or crit["phone"]
-            or (crit["birth_name"] and crit["first_name"] and crit["birth_date"])):
-        raise UserError("aucun critère de recherche",
-                        "donnez le NIR, l'e-mail, le téléphone, ou le nom de naissance avec le "
-                        "prénom et la date de naissance")
-    ids = lv.patients.find(user.actor, tenant_id, nir=crit["nir"], email=crit["email"],
-                           phone=crit["phone"], birth_name=crit["birth_name"],
-                           first_name=crit["first_name"], birth_date=crit["birth_date"])
-    results = [lv.patients.show(user.actor, pid, categories=[Category.IDENTITY])
-               for pid in ids[:SEARCH_LIMIT]]
-    return html("console.html", user=user, results=results, searched=True,
-                more=len(ids) > SEARCH_LIMIT)
+    typed = {"nir": nir.strip(), "email": email.strip(), "phone": phone.strip(),
+             "birth_name": birth_name.strip(), "first_name": first_name.strip(),
+             "birth_date": birth_date.strip()}
+    errors: dict[str, str] = {}
+    problem: str | None = None
+    trio = [typed[k] for k in NAME_DOB]
+    if any(trio) and not all(trio):
+        # the index holds the three together: one alone would find nobody
+        errors = {k: "à donner avec les deux autres champs de ce cadre" for k in NAME_DOB
+                  if not typed[k]}
+    elif not any(typed.values()):
+        problem = ("Aucun critère de recherche : donnez le NIR, l'e-mail, le téléphone, ou le "
+                   "nom de naissance avec le prénom et la date de naissance.")
+    if not errors and problem is None:
+        try:
+            ids = lv.patients.find(user.actor, tenant_id, **{k: v or None
+                                                             for k, v in typed.items()})
+        except InvalidField as exc:
+            from labvault.web.desk import rule_fr
+            if exc.field not in SEARCH_FIELDS:
+                raise
+            errors = {exc.field: rule_fr(exc.rule)}
+        else:
+            results = [lv.patients.show(user.actor, pid, categories=[Category.IDENTITY])
+                       for pid in ids[:SEARCH_LIMIT]]
+            return html("console.html", user=user, results=results, searched=True,
+                        more=len(ids) > SEARCH_LIMIT, typed={}, errors={}, problem=None)
+    return html("console.html", 422, user=user, results=None, searched=False, typed=typed,
+                errors=errors, problem=problem)
 
 
 @router.get("/console/patients/{patient_id}")
