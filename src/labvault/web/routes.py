@@ -612,8 +612,11 @@ def console_search(request: Request, user: User, lv: LV, csrf: Csrf = "",
                    "nom de naissance avec le prénom et la date de naissance.")
     if not errors and problem is None:
         try:
-            ids = lv.patients.find(user.actor, tenant_id, **{k: v or None
-                                                             for k, v in typed.items()})
+            ids = lv.patients.find(user.actor, tenant_id, nir=typed["nir"] or None,
+                                   email=typed["email"] or None, phone=typed["phone"] or None,
+                                   birth_name=typed["birth_name"] or None,
+                                   first_name=typed["first_name"] or None,
+                                   birth_date=typed["birth_date"] or None)
         except InvalidField as exc:
             from labvault.web.desk import rule_fr
             if exc.field not in SEARCH_FIELDS:
@@ -831,6 +834,20 @@ def _alert_ids(alert: dict[str, Any]) -> dict[str, str]:
             if isinstance(d, dict) else {})
 
 
+def _closed_by(alert: dict[str, Any]) -> str | None:
+    """How an alert closed with the work it stood for (``AlertService.close_about``'s
+    note), in the console's words; None: acknowledged by hand, or open."""
+    d = alert.get("detail")
+    note = d.get("closed") if isinstance(d, dict) else None
+    if not isinstance(note, dict) or note.get("by") != "import-issue":
+        return None
+    issue = note.get("issue_id", "")
+    if note.get("resolution") == "discarded":
+        return f"close avec le message d'automate {issue}, classé sans enregistrer ses résultats"
+    return (f"close avec le message d'automate {issue}, rattaché au dossier du patient : la "
+            "valeur y suit le circuit des résultats (une valeur critique y a son alerte)")
+
+
 def _order_link(ids: dict[str, str]) -> str | None:
     """The patient's page, at the order (its reports are anchored by order id)."""
     if "patient_id" not in ids:
@@ -1041,6 +1058,7 @@ def alerts_list(user: User, lv: LV) -> Response:
     clinical_reader = L.BIOLOGIST_ROLE in user.roles
     for a in items:       # ids only (never free text) in the references column
         a["ids"] = _alert_ids(a)
+        a["closed"] = _closed_by(a)
         a["link"] = _order_link(a["ids"]) if (clinical_reader
                                               and a["kind"] in CLINICAL_KINDS) else None
     return html("alerts.html", user=user, alerts=items, clinical_only=which.kinds is not None)
