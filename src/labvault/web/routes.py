@@ -636,8 +636,24 @@ def console_patient(patient_id: str, user: User, lv: LV,
                     renvoi: Annotated[str, Query(max_length=64)] = "") -> Response:
     """The patient's record and reports. ``renvoi``: the message "Renvoyer au
     prescripteur" just put back in the outbox (its confirmation, shown while it waits)."""
+    return _patient_page(user, lv, patient_id[:64], resent=renvoi)
+
+
+@dataclass(frozen=True)
+class FormProblem:
+    """A form of the patient's page sent back: which (``form``: its id on the page), the
+    refusal in French next to the field it names, and what was typed."""
+
+    form: str
+    field: str
+    message: str
+    typed: dict[str, str]
+
+
+def _patient_page(user: WebUser, lv: Labvault, patient_id: str, status: int = 200,
+                  resent: str = "", problem: FormProblem | None = None) -> Response:
     tenant_id = _staff(user)
-    record = lv.patients.show(user.actor, patient_id[:64])
+    record = lv.patients.show(user.actor, patient_id)
     reports: list[Any] | None = None
     if lv.gate.categories_of(Access(user.actor, Action.READ, tenant_id,
                                     frozenset({Category.CLINICAL}), resource="report",
@@ -652,10 +668,10 @@ def console_patient(patient_id: str, user: User, lv: LV,
     waiting = (lv.lab.list_orders(user.actor, tenant_id, patient_id=record["id"],
                                   status=L.OrderStatus.REGISTERED.value)
                if user.may_receive and reports is None else None)
-    return html("patient.html", user=user, record=record, reports=reports, staff=True,
+    return html("patient.html", status, user=user, record=record, reports=reports, staff=True,
                 deliveries=deliveries, waiting=waiting,
                 may_resend=bool(deliveries) and lv.delivery.may_resend(user.actor),
-                resent=renvoi)
+                resent=resent, problem=problem)
 
 
 @router.get("/console/rapports/{report_id}.pdf")
@@ -915,8 +931,18 @@ def revise_conclusion(request: Request, order_id: str, user: User, lv: LV, csrf:
     reason, the previous text kept and shown as corrected)."""
     _biologist(user)
     _check_csrf(request, user, csrf)
-    report = lv.lab.revise_conclusion(user.actor, order_id[:64], conclusion,
-                                      reason.strip() or None)
+    try:
+        report = lv.lab.revise_conclusion(user.actor, order_id[:64], conclusion,
+                                          reason.strip() or None)
+    except InvalidField as exc:
+        # the page again, the text typed kept and the refusal next to its field
+        said = lab_text.french(exc, user.actor.id)
+        if exc.field not in ("conclusion", "reason") or said is None:
+            raise
+        order = lv.lab.get_order(user.actor, order_id[:64])
+        return _patient_page(user, lv, order.patient_id, 422, problem=FormProblem(
+            f"conclusion-{order.order_id}", exc.field, said[0],
+            {"conclusion": conclusion, "reason": reason}))
     return RedirectResponse(f"/console/patients/{report.patient_id}", status_code=303,
                             headers=NO_STORE)
 
@@ -933,9 +959,6 @@ def amend_result(request: Request, order_id: str, user: User, lv: LV, csrf: Csrf
     page, which says to send the corrected report to the prescriber."""
     _biologist(user)
     _check_csrf(request, user, csrf)
-    if not value.strip():
-        raise UserError("la nouvelle valeur manque", "revenez en arrière, saisissez la valeur "
-                        "corrigée (avec une virgule ou un point), puis renvoyez le formulaire")
     obs = lv.lab.get_observation(user.actor, observation_id)
     if obs.order_id != order_id:
         raise NotFound("ce résultat n'appartient pas à cette demande",
@@ -944,10 +967,24 @@ def amend_result(request: Request, order_id: str, user: User, lv: LV, csrf: Csrf
         raise UserError("seul un résultat numérique en vigueur se corrige depuis la console",
                         "pour un résultat codé ou textuel, utilisez l'API "
                         "(POST /api/v1/observations/{id}/amendment)")
-    lv.lab.amend(user.actor, obs.observation_id,
-                 {"code": obs.observation.code, "value": value.strip(),
-                  **({"unit": obs.observation.unit} if obs.observation.unit else {})},
-                 reason)
+    typed = {"observation_id": obs.observation_id, "value": value, "reason": reason}
+    form = f"correction-{obs.order_id}"
+    if not value.strip():
+        return _patient_page(user, lv, obs.patient_id, 422, problem=FormProblem(
+            form, "value", "la valeur corrigée manque : saisissez-la (avec une virgule ou un "
+                           "point)", typed))
+    try:
+        lv.lab.amend(user.actor, obs.observation_id,
+                     {"code": obs.observation.code, "value": value.strip(),
+                      **({"unit": obs.observation.unit} if obs.observation.unit else {})},
+                     reason)
+    except InvalidField as exc:
+        said = lab_text.french(exc, user.actor.id)
+        if said is None:
+            raise
+        field = "reason" if exc.field == "reason" else "value"
+        return _patient_page(user, lv, obs.patient_id, 422,
+                             problem=FormProblem(form, field, said[0], typed))
     return RedirectResponse(f"/console/patients/{obs.patient_id}#{obs.order_id}",
                             status_code=303, headers=NO_STORE)
 
