@@ -1002,6 +1002,17 @@ def resend_report(request: Request, outbox_id: str, user: User, lv: LV, csrf: Cs
     tenant_id = _staff(user)
     _check_csrf(request, user, csrf)
     if not motif.strip():
+        # the page the form was on again, the refusal next to the field
+        said = ("le motif manque : dites pourquoi le compte rendu est renvoyé (par exemple : "
+                "patient créé dans le logiciel du médecin)")
+        if retour in RESEND_RETURNS:
+            return _outbox_page(user, lv, tenant_id, status=422, problem=(outbox_id, said))
+        row = next((d for d in lv.delivery.status(user.actor, tenant_id, ("failed",))
+                    if d["id"] == outbox_id), None)
+        if row is not None and may(lv, user.actor, Action.READ, "report",
+                                   frozenset({Category.CLINICAL})):
+            return _patient_page(user, lv, row["patient_id"], 422, problem=FormProblem(
+                f"renvoi-{outbox_id}", "motif", said, {"motif": motif}))
         raise UserError("le motif manque", "revenez en arrière, dites pourquoi le compte rendu "
                         "est renvoyé (par exemple : patient créé dans le logiciel du médecin), "
                         "puis renvoyez le formulaire")
@@ -1025,7 +1036,13 @@ def outbox_page(user: User, lv: LV,
     attempts, the destination's name and, for failed ones, the receiver's error as the
     service returns it; never a message nor a patient's name. Those who read reports
     (biologists) get a link to the order. ``renvoi``: the message just sent again."""
-    tenant_id = _staff(user)
+    return _outbox_page(user, lv, _staff(user), renvoi)
+
+
+def _outbox_page(user: WebUser, lv: Labvault, tenant_id: str, renvoi: str = "",
+                 status: int = 200, problem: tuple[str, str] | None = None) -> Response:
+    """``problem``: a "Renvoyer au prescripteur" refused (the message's id, the refusal
+    said next to its form's field)."""
     failed = _outbox_rows(lv, user, tenant_id, "failed", OUTBOX_OPEN_LIMIT + 1)
     pending = _outbox_rows(lv, user, tenant_id, "pending", OUTBOX_OPEN_LIMIT + 1)
     delivered = _outbox_rows(lv, user, tenant_id, "delivered", OUTBOX_DELIVERED_SHOWN)
@@ -1034,11 +1051,12 @@ def outbox_page(user: User, lv: LV,
         d["link"] = (_order_link({"patient_id": d["patient_id"], "order_id": d["order_id"]})
                      if reads_reports else None)
     more = len(failed) > OUTBOX_OPEN_LIMIT or len(pending) > OUTBOX_OPEN_LIMIT
-    return html("outbox.html", user=user, failed=failed[:OUTBOX_OPEN_LIMIT],
+    return html("outbox.html", status, user=user, failed=failed[:OUTBOX_OPEN_LIMIT],
                 pending=pending[:OUTBOX_OPEN_LIMIT], delivered=delivered, more=more,
                 limit=OUTBOX_OPEN_LIMIT, delivered_shown=OUTBOX_DELIVERED_SHOWN,
                 may_resend=bool(failed) and lv.delivery.may_resend(user.actor),
-                resent=renvoi if any(d["id"] == renvoi for d in pending) else "")
+                resent=renvoi if any(d["id"] == renvoi for d in pending) else "",
+                problem=problem)
 
 
 def _outbox_rows(lv: Labvault, user: WebUser, tenant_id: str, status: str,
