@@ -13,6 +13,7 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from labvault.domain.actors import Actor
+from labvault.errors import UserError
 from labvault.guard.alerts import Dispatcher
 from labvault.services.alerts import AlertService
 from labvault.services.app import Labvault
@@ -237,3 +238,79 @@ def test_a_queued_panic_value_in_a_lower_case_litre_is_alerted(
     out, _ = h.handle(_oru("Q3", unknown, "932", "7.9", unit))
     assert out.ack_code == "AA" and out.patient_id is None and len(out.issue_ids) == 1
     assert len(_panics(store, tenant_id)) == (1 if alerted else 0)
+
+
+def _queued_panic(lv: Labvault, tenant_id: str, control: str, serial: int
+                  ) -> tuple[str, str, str]:
+    """A critical potassium (7.9) for a patient the laboratory does not know yet, waiting
+    in the import-issues queue with its panic-value alert: (issue, alert, NIR)."""
+    import datetime
+
+    from labvault.interop.hl7.handler import Hl7Handler
+    from labvault.synthetic import make_nir
+    nir = make_nir("F", datetime.date(1980, 5, 17), "59350", serial)
+    out, _ = Hl7Handler(lv, Actor.system("mllp"), tenant_id).handle(
+        _oru(control, nir, str(serial), "7.9"))
+    (iid,) = out.issue_ids
+    (alert,) = [a for a in lv.alerts.list(Actor.operator(), tenant_id)  # type: ignore[attr-defined]
+                if a["kind"] == "panic-value" and a["detail"]["detail"].get("issue_id") == iid]
+    assert alert["status"] == "open"
+    return iid, alert["id"], nir
+
+
+def _alert(store: AlertService, tenant_id: str, alert_id: str) -> dict[str, Any]:
+    (a,) = [a for a in store.list(Actor.operator(), tenant_id) if a["id"] == alert_id]
+    return a
+
+
+def test_a_queued_panic_values_alert_closes_when_its_issue_is_resolved(
+        lab_lv: Labvault, store: AlertService, operator: Actor, tenant_id: str,
+        technician: Actor) -> None:
+    """QA: the issue resolved (its results attached to the patient), its panic-value alert
+    stayed open. It is now taken in hand by whoever resolved the issue, with a note saying
+    so; the value, now the patient's result, is alerted by the results' own path, naming
+    the patient, order and result."""
+    iid, alert_id, nir = _queued_panic(lab_lv, tenant_id, "QR1", 311)
+    pid = lab_lv.patients.register(operator, tenant_id, {**patient_data(), "nir": nir})
+    done = lab_lv.lab.messages.resolve_issue(technician, iid, patient_id=pid)
+    closed = _alert(store, tenant_id, alert_id)
+    assert closed["status"] == "acked" and closed["acked_by"] == technician.id
+    assert closed["detail"]["closed"] == {"by": "import-issue", "issue_id": iid,
+                                          "resolution": "resolved", "patient_id": pid}
+    assert closed["detail"]["detail"]["issue_id"] == iid            # the detail is kept
+    (now,) = [a for a in _panics(store, tenant_id) if a["status"] == "open"]
+    named = _named(now)          # the potassium among the message's five results
+    assert named["patient_id"] == pid and named["observation_id"] in done["observation_ids"]
+    (k,) = [o for o in lab_lv.lab.list_observations(operator, tenant_id)
+            if o.observation_id == named["observation_id"]]
+    assert k.observation.code == "2823-3" and k.observation.numeric == 7.9
+    # the acknowledgement is audited, with its note
+    from labvault.services.gate import MemoryAudit
+    audit = lab_lv.gate.audit
+    assert isinstance(audit, MemoryAudit)
+    (acked,) = [e for e in audit.events if e[1] == "alert.acked"]
+    assert acked[0] == technician and acked[4]["alert_id"] == alert_id
+    assert acked[4]["closed"]["resolution"] == "resolved"
+
+
+def test_a_queued_panic_values_alert_closes_when_its_issue_is_discarded(
+        lab_lv: Labvault, store: AlertService, tenant_id: str, biologist: Actor) -> None:
+    iid, alert_id, _nir = _queued_panic(lab_lv, tenant_id, "QD1", 312)
+    lab_lv.lab.messages.discard_issue(biologist, iid, "tube d'un autre laboratoire, rappelé",
+                                      all_results=True)
+    closed = _alert(store, tenant_id, alert_id)
+    assert closed["status"] == "acked" and closed["acked_by"] == biologist.id
+    assert closed["detail"]["closed"] == {"by": "import-issue", "issue_id": iid,
+                                          "resolution": "discarded"}
+    assert [a["id"] for a in _panics(store, tenant_id)] == [alert_id]   # nothing new
+
+
+def test_a_refused_resolution_leaves_the_alert_open(
+        lab_lv: Labvault, store: AlertService, tenant_id: str, technician: Actor) -> None:
+    """Nothing done, nothing closed: the issue and its alert stay open together."""
+    iid, alert_id, _nir = _queued_panic(lab_lv, tenant_id, "QN1", 313)
+    with pytest.raises(UserError):
+        lab_lv.lab.messages.discard_issue(technician, iid, "  ")
+    with pytest.raises(UserError):
+        lab_lv.lab.messages.resolve_issue(technician, iid)          # no patient given
+    assert _alert(store, tenant_id, alert_id)["status"] == "open"

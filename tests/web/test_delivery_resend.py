@@ -38,10 +38,16 @@ def test_a_biologist_sends_a_refused_report_again(web: World, browser: TestClien
     # without the form's CSRF value: refused, nothing sent again
     refused = browser.post(f"/console/envois/{oid}/renvoi", data={"motif": "patient créé"})
     assert refused.status_code == 403
-    # without a reason: said, nothing sent again
+    # without a reason: the page again, said next to the field, nothing sent again
     empty = browser.post(f"/console/envois/{oid}/renvoi",
                          data={"csrf": csrf_in(page.text), "motif": "  "})
-    assert empty.status_code == 400 and "le motif manque" in unescape(empty.text)
+    assert empty.status_code == 422
+    form = re.search(rf'<form method="post" action="/console/envois/{oid}/renvoi">(.*?)</form>',
+                     empty.text, re.S)
+    assert form, "the page again, with the form"
+    assert "Motif : le motif manque" in unescape(form.group(1))
+    assert 'aria-invalid="true"' in form.group(1) and "Rien n'a été renvoyé" in unescape(
+        form.group(1))
     assert web.lv.delivery.status(Actor.operator(), a.tenant_id, ["failed"])[0]["id"] == oid
     done = browser.post(f"/console/envois/{oid}/renvoi",
                         data={"csrf": csrf_in(page.text),

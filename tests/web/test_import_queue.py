@@ -427,3 +427,30 @@ def test_an_identity_mismatch_says_why_in_french_and_is_attached_by_a_person(
                         data={"csrf": csrf_in(page.text), "patient_id": a.patients[0]})
     assert done.status_code == 200, _text(done)
     assert "1 résultat enregistré dans le dossier du patient." in _text(done)
+
+
+def test_a_queued_panic_values_alert_closes_with_its_issue_on_the_console(
+        web: World, browser: TestClient) -> None:
+    """A critical value waiting in the queue is the biologist's at once (an alert, listed
+    at the top of "Validation biologique"); once a technician attaches it to the patient,
+    that alert is closed with a note saying so -- off the biologist's list -- and the value,
+    now the patient's result, has the results' own alert, linked to the patient's order."""
+    from labvault.services.alerts import AlertService
+    a, lv = web.a, web.lv
+    lv.alerts = lv.gate.alerts = AlertService(lv)
+    (iid,) = import_issue(web, a, _pid(a, 1, "MRN992"), (K_HIGH,)).issue_ids
+    _console(browser, web, "biologist")
+    assert iid in browser.get("/console/validation").text
+    _console(browser, web, "technician")
+    page = browser.get(QUEUE)
+    done = browser.post(f"{QUEUE}/{iid}/rattacher",
+                        data={"csrf": csrf_in(page.text), "patient_id": a.patients[1]})
+    assert done.status_code == 200, _text(done)
+    _console(browser, web, "biologist")
+    worklist = browser.get("/console/validation")
+    assert iid not in worklist.text                             # the issue's alert: closed
+    assert f'href="/console/patients/{a.patients[1]}#' in worklist.text   # the result's
+    alerts = _text(browser.get("/console/alertes"))
+    assert (f"close avec le message d'automate {iid}, rattaché au dossier du patient"
+            in alerts)
+    assert "prise en compte le" in alerts and "Hugo Lefebvre" in alerts   # the technician

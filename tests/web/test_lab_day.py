@@ -376,3 +376,41 @@ def test_the_patient_page_reads_identity_first_and_phones_as_written(
     assert phone_fr("+33612345678") == "06 12 34 56 78"
     assert phone_fr("+41223456789") == "+41 22 345 67 89"
     assert phone_fr("pas un numéro") == "pas un numéro"
+
+
+def test_a_refused_correction_keeps_what_the_biologist_typed(
+        web: World, browser: TestClient) -> None:
+    """QA: a correction or a conclusion refused (no reason, a value that is no number)
+    went to the generic error page, "revenez en arrière" -- and a page that is never
+    cached came back empty. Now the patient's page comes back (422) with the refusal next
+    to its field and what was typed kept; nothing changed."""
+    a = web.a
+    rep = order(web, a, a.patients[0], conclusion="Bilan normal.")
+    k = next(o.observation_id for o in rep.observations if o.observation.code == K)
+    _console(browser, web, "biologist")
+    page = browser.get(f"/console/patients/{a.patients[0]}")
+    token = csrf_in(page.text)
+    url = f"/console/demandes/{rep.order_id}/correction"
+    r = browser.post(url, data={"csrf": token, "observation_id": k, "value": "  ",
+                                "reason": "tube du voisin, recontrôlé"})
+    assert r.status_code == 422
+    form = r.text.split(f'id="correction-{rep.order_id}"', 1)[1].split("</form>", 1)[0]
+    assert "Valeur corrigée : la valeur corrigée manque" in unescape(form)
+    assert 'value="tube du voisin, recontrôlé"' in unescape(form)
+    assert f'<option value="{k}" selected>' in form
+    assert f'aria-describedby="err-value-{rep.order_id}" aria-invalid="true"' in form
+    r = browser.post(url, data={"csrf": token, "observation_id": k, "value": "bas",
+                                "reason": "tube du voisin, recontrôlé"})
+    assert r.status_code == 422
+    form = r.text.split(f'id="correction-{rep.order_id}"', 1)[1].split("</form>", 1)[0]
+    assert 'value="bas"' in form and "Valeur corrigée : " in unescape(form)
+    text = "Bilan à contrôler : hémolyse probable sur le tube."
+    r = browser.post(f"/console/demandes/{rep.order_id}/conclusion",
+                     data={"csrf": token, "conclusion": text, "reason": " "})
+    assert r.status_code == 422
+    form = r.text.split(f'id="conclusion-{rep.order_id}"', 1)[1].split("</form>", 1)[0]
+    assert f">{text}</textarea>" in unescape(form)
+    assert "Motif de la correction : le champ « motif de la correction » est obligatoire" \
+        in unescape(form)
+    bio = web.actor(a.emails["biologist"])
+    assert web.lv.lab.get_observation(bio, k).status == "final"           # nothing changed

@@ -88,9 +88,9 @@ def test_traits_that_say_two_people_need_forcer_and_a_reason(web: World,
     assert "date de naissance : différent — la fusion est refusée" in _text(page).lower()
     assert 'name="forcer"' in page.text
     csrf = csrf_in(page.text)
-    # no reason: refused in French, nothing merged
+    # no reason: the form again, refused in French next to the field, nothing merged
     r = browser.post(url, data={"csrf": csrf, "doublon": dup, "motif": "", "forcer": "oui"})
-    assert r.status_code == 400 and "motif de la fusion manque" in _text(r)
+    assert r.status_code == 422 and "Motif de la fusion : le motif manque" in _text(r)
     # not forced: refused in French, the form again
     r = browser.post(url, data={"csrf": csrf, "doublon": dup, "motif": "erreur de saisie"})
     assert r.status_code == 409
@@ -240,3 +240,50 @@ def test_the_comparison_is_the_gates_decision_audited(web: World,
     assert {e["outcome"] for e in new} == {"allowed"}
     assert {e["purpose"] for e in new} == {"administration"}
     assert _status(web, dup) == "active"
+
+
+@pytest.mark.parametrize("motif", ["", "   ", "dup"])
+def test_a_missing_or_short_reason_shows_the_form_again_with_what_was_typed(
+        web: World, browser: TestClient, motif: str) -> None:
+    """QA: an empty or short reason went to the generic error page (the form and the ids
+    lost). Now the form comes back (422): both ids, the reason typed and "forcer" kept,
+    the refusal in French next to the reason's field; nothing merged."""
+    from labvault.services.merge import MIN_REASON
+    keep, dup, _ = _pair(web, 8, birth_date="1950-01-01")
+    _console(browser, web, "lab_admin")
+    url = f"/console/patients/{keep}/fusion"
+    page = browser.get(f"{url}?doublon={dup}")
+    r = browser.post(url, data={"csrf": csrf_in(page.text), "doublon": dup, "motif": motif,
+                                "forcer": "oui"})
+    assert r.status_code == 422, _text(r)
+    text = _text(r)
+    assert f"le motif manque ou est trop court (au moins {MIN_REASON} caractères)" in text
+    assert "Rien n'a été modifié" in text and "Que faire" not in text    # not the error page
+    assert 'aria-describedby="err-motif" aria-invalid="true"' in r.text
+    assert f'action="{url}"' in r.text and f'name="doublon" value="{dup}"' in r.text
+    assert f">{motif}</textarea>" in r.text
+    assert 'name="forcer" value="oui" checked' in r.text
+    assert _status(web, dup) == "active"
+
+
+def test_a_refused_merge_keeps_the_reason_typed(web: World, browser: TestClient) -> None:
+    keep, dup, _ = _pair(web, 9, birth_date="1950-01-01")
+    _console(browser, web, "lab_admin")
+    url = f"/console/patients/{keep}/fusion"
+    page = browser.get(f"{url}?doublon={dup}")
+    r = browser.post(url, data={"csrf": csrf_in(page.text), "doublon": dup,
+                                "motif": "erreur de saisie à l'accueil"})
+    assert r.status_code == 409 and "diffèrent sur : date de naissance" in _text(r)
+    assert ">erreur de saisie à l&#39;accueil</textarea>" in r.text
+
+
+def test_a_form_without_the_duplicate_id_asks_for_it(web: World, browser: TestClient) -> None:
+    keep, _dup, _ = _pair(web, 10)
+    _console(browser, web, "lab_admin")
+    url = f"/console/patients/{keep}/fusion"
+    page = browser.get(url)
+    r = browser.post(url, data={"csrf": csrf_in(page.text), "doublon": " ",
+                                "motif": "même patiente"})
+    assert r.status_code == 422
+    assert "l'identifiant du doublon manque" in _text(r)
+    assert 'name="doublon"' in r.text and f'action="{url}"' in r.text

@@ -152,3 +152,21 @@ def test_a_lab_admin_resends_from_the_page_and_comes_back_here(
     assert done.headers["location"].startswith(f"{PAGE}?renvoi=")
     _failed, pending, _delivered = _sections(unescape(browser.get(done.headers["location"]).text))
     assert oid in pending and "Renvoyé" in pending
+
+
+def test_a_resend_without_a_reason_comes_back_here_said_next_to_the_field(
+        web: World, browser: TestClient) -> None:
+    """QA: a reason of spaces went to the generic error page. The outbox page comes back
+    (422), the refusal next to that row's reason; nothing sent again."""
+    oid, _rep = failed_delivery(web, web.a)
+    form_login(browser, web, web.a.emails["lab_admin"])
+    page = browser.get(PAGE)
+    r = browser.post(f"/console/envois/{oid}/renvoi",
+                     data={"csrf": csrf_in(page.text), "retour": PAGE, "motif": "   "})
+    assert r.status_code == 422
+    text = unescape(r.text)
+    row = text.split(f'id="envoi-{oid}"', 1)[1].split("</tr>", 1)[0]
+    assert "Motif : le motif manque" in row and "Rien n'a été renvoyé" in row
+    assert f'aria-describedby="err-motif-{oid}" aria-invalid="true"' in row
+    (still,) = web.lv.delivery.status(Actor.operator(), web.a.tenant_id, ["failed"])
+    assert still["id"] == oid

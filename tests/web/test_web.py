@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from datetime import UTC, datetime, timedelta
@@ -345,8 +346,34 @@ def test_console_search(web: World, browser: TestClient) -> None:
     assert other.status_code == 200 and "Aucun patient" in other.text
     assert b.patients[0] not in other.text
     empty = browser.post("/console/recherche", data={"csrf": token})
-    assert empty.status_code == 400 and "aucun critère" in empty.text
+    assert empty.status_code == 422 and "Aucun critère de recherche" in empty.text
+    assert 'action="/console/recherche"' in empty.text             # the form again
     assert browser.post("/console/recherche", data={"nir": "1"}).status_code == 403
+
+
+@pytest.mark.parametrize(("sent", "field", "said"), [
+    ({"birth_name": "MARTIN", "first_name": "Jeanne"}, "birth_date",
+     "Date de naissance (AAAA-MM-JJ) : à donner avec les deux autres champs"),
+    ({"nir": "1234"}, "nir", "N° de sécurité sociale (NIR) : "),
+    ({"email": "pas-une-adresse"}, "email", "E-mail : n'est pas une adresse e-mail valable"),
+])
+def test_a_search_the_form_cannot_make_is_said_next_to_its_field(
+        web: World, browser: TestClient, sent: dict[str, str], field: str, said: str) -> None:
+    """QA: a name without its birth date, or a NIR that is not one, went to the generic
+    error page in English ("birth name, first name and birth date go together") and the
+    criteria typed were lost. Now the form comes back (422) with what was typed and the
+    reason in French next to its field; nothing is searched."""
+    form_login(browser, web, web.a.emails["reception"])
+    token = csrf_in(browser.get("/console").text)
+    r = browser.post("/console/recherche", data={"csrf": token, **sent})
+    assert r.status_code == 422, r.text
+    text = " ".join(unescape(re.sub(r"<[^>]+>", " ", r.text)).split())
+    assert said in text and "Recherche non faite" in text
+    assert f'id="{field}" name="{field}"' in r.text
+    assert f'aria-describedby="err-{field}" aria-invalid="true"' in r.text
+    for name, value in sent.items():
+        assert f'value="{value}"' in r.text, name
+    assert " go together" not in text and "not a valid" not in text     # never English
 
 
 def test_validation_worklist_and_validate_all_normal(web: World, browser: TestClient) -> None:

@@ -8,6 +8,11 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 ActorKind = Literal["operator", "staff", "patient", "system"]
+# The client of what labvault's demo seeding does in a demo staff account's name (the
+# morning's orders and results, services/demo_lab.py): no person acted, so the guard's rules
+# about a person's behaviour skip it (``Actor.seeded``). A request's actor always carries
+# its session, so no request passes for one, whatever address it claims.
+SEEDING_CLIENT = "labvault-demo-seed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +26,13 @@ class Actor:
     session_id: str | None = None
     patient_id: str | None = None  # for patient portal accounts: their own record
     request_id: str | None = None
+
+    @property
+    def seeded(self) -> bool:
+        """An action of the demo seeding in a staff account's name (``SEEDING_CLIENT``),
+        not of a person: no session behind it."""
+        return (self.kind == "staff" and self.client == SEEDING_CLIENT
+                and self.session_id is None)
 
     @staticmethod
     def operator() -> Actor:

@@ -283,6 +283,36 @@ class AlertService:
                                  {"alert_id": row["alert_id"], "kind": kind})
         return str(row["alert_id"])
 
+    def close_about(self, conn: Connection, by: Actor, tenant_id: str, kind: str,
+                    subject: str, note: Mapping[str, Any]) -> str | None:
+        """Acknowledge, in the caller's transaction, the open alert of ``kind`` about
+        ``subject`` because the work it stood for is done and the alert has nothing left
+        to ask (an import issue holding a panic value, resolved or discarded). ``by``, who
+        did that work, is recorded as who took the alert in hand -- the gate allowed the
+        work, whatever alerts ``by`` may read (a technician resolves issues, reads no
+        alert) -- and ``note`` (ids and codes only: which work) is added to the alert's
+        sealed detail (``closed``) and to the audit event. Returns the alert's id, or None
+        when none is open."""
+        digest = self.lv.guard.digest(conn, tenant_id, "alert-subject", subject)
+        row = grepo.open_alert_about(conn, tenant_id, kind, digest, EVER)
+        if row is None or not grepo.ack_alert(conn, tenant_id, row["alert_id"], by.id,
+                                              self.lv.now()):
+            return None
+        alert_id = str(row["alert_id"])
+        gate = self.lv.gate
+        body: dict[str, Any] = {"detail": {}, "actor": {}}
+        if row["detail_sealed"] is not None:
+            body = json.loads(gate.open_tenant_value_checked(
+                conn, tenant_id, "guard_alerts", "detail_sealed", alert_id,
+                row["detail_sealed"]))
+        body["closed"] = dict(note)
+        grepo.set_alert_detail(conn, tenant_id, alert_id, gate.seal_tenant_value(
+            conn, tenant_id, "guard_alerts", "detail_sealed", alert_id,
+            json.dumps(body, default=str, sort_keys=True).encode()))
+        gate.audit.event(conn, by, "alert.acked", "ok", tenant_id,
+                         {"alert_id": alert_id, "kind": kind, "closed": dict(note)})
+        return alert_id
+
     def flush(self, timeout: float = 10.0) -> bool:
         return self.dispatcher.flush(timeout)
 

@@ -14,7 +14,7 @@ from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any
 
 from labvault.domain import lab as L
-from labvault.domain.actors import Actor
+from labvault.domain.actors import SEEDING_CLIENT, Actor
 from labvault.synthetic import make_nir
 
 if TYPE_CHECKING:
@@ -34,8 +34,14 @@ STRANGER = make_nir("M", date(1961, 7, 3), "33063", 118)           # registered 
 
 
 def _staff(account: Mapping[str, Any], tenant_id: str) -> Actor:
+    """A demo account as the seeding acts in its name: the workflow records it (who
+    entered, validated, published), while the guard knows no person acted
+    (``SEEDING_CLIENT``): a first run at night or on a Sunday raises no "accès hors des
+    heures d'ouverture" that nobody caused. The same account logged in afterwards is a
+    person, watched as any other."""
     return Actor(kind="staff", id=str(account["id"]), tenant_id=tenant_id,
-                 roles=frozenset({str(account["role"])}), display=str(account["role"]))
+                 roles=frozenset({str(account["role"])}), display=str(account["role"]),
+                 client=SEEDING_CLIENT)
 
 
 def _hl7(control: str, pid: str, *obx: str) -> bytes:

@@ -670,7 +670,10 @@ class GuardBudget:
                         {"patients": hits, "purpose": access.purpose,
                          "resource": access.resource},
                         subject=f"{actor.id}|{','.join(sorted(hits))}")
-        if actor.kind not in ("staff", "patient") or action not in WATCHED:
+        if actor.kind not in ("staff", "patient") or action not in WATCHED or actor.seeded:
+            # the demo seeding's actions in a demo account's name are no person's: budgets,
+            # enumeration, opening hours and new addresses are about a person's behaviour
+            # (honeytokens, above, still alert whoever touches them)
             return
         now = time.time()
         if g.suspended_cached(conn, t, actor.id, now):

@@ -1253,7 +1253,30 @@ class MessageService:
                                resolution_sealed=self._seal_issue(
                                    conn, tid, row["patient_id"], issue_id, "resolution_sealed",
                                    resolution))
+            self._close_panic_alert(conn, actor, tid, issue_id, "resolved", patient_id=target,
+                                    left_as=[i["issue_id"] for i in ctx.issues])
             return {"id": issue_id, "status": "resolved", **resolution}
+
+    def _close_panic_alert(self, conn: Connection, actor: Actor, tenant_id: str,
+                           issue_id: str, resolution: str, patient_id: str | None = None,
+                           left_as: Sequence[str] = ()) -> None:
+        """The issue's open ``panic-value`` alert (raised when its critical value came into
+        the queue: ``_write_issues``) closes with the issue, its note saying how: resolved
+        -- the results are the patient's now, and a value still beyond a panic limit is
+        alerted by the results' own path, naming the patient, order and result
+        (``lab._panic_alert``); what could not be stored is a new issue, alerted on its own
+        (``left_as``) -- or discarded (the reason stays sealed with the issue). Nothing to
+        close without the guard's alert store (log lines)."""
+        close = getattr(self.lv.alerts, "close_about", None)
+        if close is None:
+            return
+        note: dict[str, Any] = {"by": "import-issue", "issue_id": issue_id,
+                                "resolution": resolution}
+        if patient_id is not None:
+            note["patient_id"] = patient_id
+        if left_as:
+            note["left_as"] = list(left_as)
+        close(conn, actor, tenant_id, "panic-value", issue_id, note)
 
     def _open_row(self, conn: Connection, actor: Actor, issue_id: str) -> dict[str, Any]:
         """The issue's row, if open and in the actor's laboratory (to handle it: a write).
@@ -1366,6 +1389,7 @@ class MessageService:
                                resolution_sealed=self._seal_issue(
                                    conn, tid, row["patient_id"], issue_id, "resolution_sealed",
                                    resolution))
+            self._close_panic_alert(conn, actor, tid, issue_id, "discarded")
             return {"id": issue_id, "status": "discarded", "by": actor.id, "at": ts.isoformat(),
                     "results_discarded": len(results)}
 

@@ -116,6 +116,13 @@ def ack_alert(conn: Connection, tenant_id: str, alert_id: str, by: str, at: date
     return res.rowcount == 1
 
 
+def set_alert_detail(conn: Connection, tenant_id: str, alert_id: str, sealed: bytes) -> None:
+    """Replace an alert's sealed detail (a note added when it was closed)."""
+    conn.execute(update(guard_alerts).where(
+        guard_alerts.c.tenant_id == tenant_id, guard_alerts.c.alert_id == alert_id).values(
+        detail_sealed=sealed))
+
+
 # -- sliding-window marks ----------------------------------------------------------------
 def upsert_marks(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
     _upsert(conn, guard_marks, rows, ("tenant_id", "account_id", "kind", "item"),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hmac
 import json
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import parse_qs, quote, urlsplit
@@ -48,6 +49,7 @@ from labvault.services.breach import dpo_from_env
 from labvault.services.gate import Access
 from labvault.services.lab import BulkValidation
 from labvault.services.lab_messages import ISSUE_CATEGORIES
+from labvault.services.merge import MIN_REASON as MERGE_MIN_REASON
 from labvault.services.merge import PURPOSE as MERGE_PURPOSE
 from labvault.services.merge import RESOURCE as MERGE_RESOURCE
 from labvault.services.merge import Comparison, MergeReport
@@ -123,6 +125,10 @@ class WebUser:
     may_queue: bool = False             # "Messages d'automate": import-issue read
     may_outbox: bool = False            # "Transmissions aux prescripteurs": delivery read
     may_merge: bool = False             # "Fusionner un doublon": patient-merge write
+    may_search: bool = False            # "Recherche de patient": patient search (identity)
+    # "Alertes" (every alert) or "Alertes cliniques" (a biologist's): alert read
+    may_alerts: bool = False
+    clinical_alerts_only: bool = False
 
     @property
     def is_patient(self) -> bool:
@@ -131,6 +137,65 @@ class WebUser:
     @property
     def roles(self) -> frozenset[str]:
         return self.actor.roles
+
+    @property
+    def may_bench(self) -> bool:
+        """"Validation technique": the roles ``_bench`` lets in."""
+        return bool(L.TECHNICAL_ROLES & self.roles)
+
+    @property
+    def may_validate(self) -> bool:
+        """"Validation biologique": the role ``_biologist`` lets in."""
+        return L.BIOLOGIST_ROLE in self.roles
+
+    @property
+    def tasks(self) -> tuple[Task, ...]:
+        """The console's pages this user may use, in the menu's order (the search page
+        or the "Accueil" page that lists these comes first, then these)."""
+        return tuple(t for t in TASKS if t.offered(self))
+
+
+@dataclass(frozen=True)
+class Task:
+    """A console page in the menu, and on the "Accueil" page of the staff who search no
+    patient (``what``: its line there)."""
+
+    href: str
+    label: str
+    what: str
+    offered: Callable[[WebUser], bool]
+
+    def label_for(self, user: WebUser) -> str:
+        return ("Alertes cliniques" if self.href == ALERTS and user.clinical_alerts_only
+                else self.label)
+
+
+ALERTS = "/console/alertes"
+# each page offered to whom the policy (or the page's own check, for the worklists) lets
+# use it; a link no one may follow is never shown
+TASKS: tuple[Task, ...] = (
+    Task("/console/nouveau-patient", "Nouveau patient",
+         "enregistrer un patient qui se présente", lambda u: u.may_register),
+    Task("/console/technique", "Validation technique",
+         "valider les résultats saisis, refuser un prélèvement non conforme",
+         lambda u: u.may_bench),
+    Task("/console/validation", "Validation biologique",
+         "valeurs critiques à traiter, comptes rendus à valider et à diffuser",
+         lambda u: u.may_validate),
+    Task("/console/messages", "Messages d'automate",
+         "les messages des automates et des serveurs d'identités qui attendent une personne "
+         "(demandes de fusion de dossiers pour l'identitovigilance)",
+         lambda u: u.may_queue or u.may_merge),
+    Task("/console/fusion", "Fusionner un doublon",
+         "fusionner un dossier en double dans le dossier conservé (identitovigilance)",
+         lambda u: u.may_merge),
+    Task(OUTBOX, "Transmissions aux prescripteurs",
+         "où en sont les comptes rendus envoyés aux logiciels des prescripteurs, renvoyer "
+         "ceux qui n'ont pas été remis", lambda u: u.may_outbox),
+    Task(ALERTS, "Alertes",
+         "les alertes du laboratoire (sécurité, valeurs critiques, envois non remis) : les "
+         "lire et les prendre en compte", lambda u: u.may_alerts),
+)
 
 
 # what each desk action writes, as the services ask the gate (patients.register: every
@@ -172,6 +237,30 @@ def may_merge(lv: Labvault, actor: Actor) -> bool:
                                              purpose=MERGE_PURPOSE, resource=MERGE_RESOURCE)))
 
 
+def may_search(lv: Labvault, actor: Actor) -> bool:
+    """Whether the policy lets ``actor`` search its laboratory's patients by identity (the
+    console's search page; lab administrators and the DPO search no patient)."""
+    return may(lv, actor, Action.SEARCH, "patient", frozenset({Category.IDENTITY}))
+
+
+def alerts_reach(lv: Labvault, actor: Actor) -> Reach | None:
+    """Which alerts the policy lets ``actor`` read on the console (``services.alerts.reach``,
+    then the gate's table for that resource; no decision recorded), or None: none, or no
+    alert store plugged in (the page would answer 404)."""
+    from labvault.services.alerts import AlertService, reach
+    if (actor.kind != "staff" or actor.tenant_id is None
+            or not isinstance(lv.alerts, AlertService)):
+        return None
+    try:
+        which = reach(actor)
+    except AccessDenied:
+        return None
+    allowed = lv.gate.policy.decide(Access(actor, Action.READ, actor.tenant_id, frozenset(),
+                                           purpose=which.purpose,
+                                           resource=which.resource)).allowed
+    return which if allowed else None
+
+
 def portal_of(request: Request) -> PortalService:
     portal: PortalService = request.app.state.portal
     return portal
@@ -187,13 +276,16 @@ def _as_user(request: Request, creds: HTTPAuthorizationCredentials | None,
              actor: Actor) -> WebUser:
     bearer = creds is not None and creds.scheme.lower() == "bearer" and bool(creds.credentials)
     lv: Labvault = request.app.state.lv
+    alerts = alerts_reach(lv, actor)
     user = WebUser(actor, portal_of(request).csrf_token(actor), via_cookie=not bearer,
                    may_register=may_write(lv, actor, "patient"),
                    may_order=may_write(lv, actor, "order"),
                    may_receive=may_write(lv, actor, "specimen"),
                    may_queue=may_read_queue(lv, actor),
                    may_outbox=lv.delivery.may_view(actor),
-                   may_merge=may_merge(lv, actor))
+                   may_merge=may_merge(lv, actor), may_search=may_search(lv, actor),
+                   may_alerts=alerts is not None,
+                   clinical_alerts_only=alerts is not None and alerts.kinds is not None)
     request.state.web_user = user
     return user
 
@@ -474,8 +566,21 @@ def erasure_request(request: Request, user: User, portal: Portal, csrf: Csrf = "
 # == staff console ============================================================================
 @router.get("/console")
 def console_home(user: User) -> Response:
+    """Where staff land after login: the patient search for the roles the policy lets
+    search; for the others (lab administrators, the DPO), "Accueil" -- the pages they
+    may use, rather than a search form that would refuse them."""
     _staff(user)
-    return html("console.html", user=user, results=None, searched=False)
+    if not user.may_search:
+        return html("home.html", user=user)
+    return html("console.html", user=user, results=None, searched=False, typed={}, errors={},
+                problem=None)
+
+
+# the search form's fields, as their labels say them (errors said next to them)
+SEARCH_FIELDS = {"nir": "N° de sécurité sociale (NIR)", "email": "E-mail",
+                 "phone": "Téléphone", "birth_name": "Nom de naissance",
+                 "first_name": "Prénom", "birth_date": "Date de naissance"}
+NAME_DOB = ("birth_name", "first_name", "birth_date")
 
 
 @router.post("/console/recherche")
@@ -486,25 +591,44 @@ def console_search(request: Request, user: User, lv: LV, csrf: Csrf = "",
                    birth_name: Annotated[str, Form(max_length=TEXT)] = "",
                    first_name: Annotated[str, Form(max_length=TEXT)] = "",
                    birth_date: Annotated[str, Form(max_length=TEXT)] = "") -> Response:
-    """Search by POST: identifiers (NIR, e-mail, phone) never appear in a URL or a log."""
+    """Search by POST: identifiers (NIR, e-mail, phone) never appear in a URL or a log.
+    A search the form cannot make (no criterion, a name without its first name and birth
+    date, a NIR, e-mail, phone or date that is not one): the form again (422) with what
+    was typed and the reason in French next to its field; nothing searched."""
     tenant_id = _staff(user)
     _check_csrf(request, user, csrf)
-    crit = {k: v.strip() or None for k, v in (("nir", nir), ("email", email), ("phone", phone),
-                                              ("birth_name", birth_name),
-                                              ("first_name", first_name),
-                                              ("birth_date", birth_date))}
-    if not (crit["nir"] or crit["email"] or crit["phone"]
-            or (crit["birth_name"] and crit["first_name"] and crit["birth_date"])):
-        raise UserError("aucun critère de recherche",
-                        "donnez le NIR, l'e-mail, le téléphone, ou le nom de naissance avec le "
-                        "prénom et la date de naissance")
-    ids = lv.patients.find(user.actor, tenant_id, nir=crit["nir"], email=crit["email"],
-                           phone=crit["phone"], birth_name=crit["birth_name"],
-                           first_name=crit["first_name"], birth_date=crit["birth_date"])
-    results = [lv.patients.show(user.actor, pid, categories=[Category.IDENTITY])
-               for pid in ids[:SEARCH_LIMIT]]
-    return html("console.html", user=user, results=results, searched=True,
-                more=len(ids) > SEARCH_LIMIT)
+    typed = {"nir": nir.strip(), "email": email.strip(), "phone": phone.strip(),
+             "birth_name": birth_name.strip(), "first_name": first_name.strip(),
+             "birth_date": birth_date.strip()}
+    errors: dict[str, str] = {}
+    problem: str | None = None
+    trio = [typed[k] for k in NAME_DOB]
+    if any(trio) and not all(trio):
+        # the index holds the three together: one alone would find nobody
+        errors = {k: "à donner avec les deux autres champs de ce cadre" for k in NAME_DOB
+                  if not typed[k]}
+    elif not any(typed.values()):
+        problem = ("Aucun critère de recherche : donnez le NIR, l'e-mail, le téléphone, ou le "
+                   "nom de naissance avec le prénom et la date de naissance.")
+    if not errors and problem is None:
+        try:
+            ids = lv.patients.find(user.actor, tenant_id, nir=typed["nir"] or None,
+                                   email=typed["email"] or None, phone=typed["phone"] or None,
+                                   birth_name=typed["birth_name"] or None,
+                                   first_name=typed["first_name"] or None,
+                                   birth_date=typed["birth_date"] or None)
+        except InvalidField as exc:
+            from labvault.web.desk import rule_fr
+            if exc.field not in SEARCH_FIELDS:
+                raise
+            errors = {exc.field: rule_fr(exc.rule)}
+        else:
+            results = [lv.patients.show(user.actor, pid, categories=[Category.IDENTITY])
+                       for pid in ids[:SEARCH_LIMIT]]
+            return html("console.html", user=user, results=results, searched=True,
+                        more=len(ids) > SEARCH_LIMIT, typed={}, errors={}, problem=None)
+    return html("console.html", 422, user=user, results=None, searched=False, typed=typed,
+                errors=errors, problem=problem)
 
 
 @router.get("/console/patients/{patient_id}")
@@ -512,8 +636,24 @@ def console_patient(patient_id: str, user: User, lv: LV,
                     renvoi: Annotated[str, Query(max_length=64)] = "") -> Response:
     """The patient's record and reports. ``renvoi``: the message "Renvoyer au
     prescripteur" just put back in the outbox (its confirmation, shown while it waits)."""
+    return _patient_page(user, lv, patient_id[:64], resent=renvoi)
+
+
+@dataclass(frozen=True)
+class FormProblem:
+    """A form of the patient's page sent back: which (``form``: its id on the page), the
+    refusal in French next to the field it names, and what was typed."""
+
+    form: str
+    field: str
+    message: str
+    typed: dict[str, str]
+
+
+def _patient_page(user: WebUser, lv: Labvault, patient_id: str, status: int = 200,
+                  resent: str = "", problem: FormProblem | None = None) -> Response:
     tenant_id = _staff(user)
-    record = lv.patients.show(user.actor, patient_id[:64])
+    record = lv.patients.show(user.actor, patient_id)
     reports: list[Any] | None = None
     if lv.gate.categories_of(Access(user.actor, Action.READ, tenant_id,
                                     frozenset({Category.CLINICAL}), resource="report",
@@ -530,10 +670,10 @@ def console_patient(patient_id: str, user: User, lv: LV,
     waiting = (lv.lab.list_orders(user.actor, tenant_id, patient_id=record["id"],
                                   status=L.OrderStatus.REGISTERED.value)
                if user.may_receive and reports is None else None)
-    return html("patient.html", user=user, record=record, reports=reports, staff=True,
+    return html("patient.html", status, user=user, record=record, reports=reports, staff=True,
                 deliveries=deliveries, waiting=waiting,
                 may_resend=bool(deliveries) and lv.delivery.may_resend(user.actor),
-                resent=renvoi)
+                resent=resent, problem=problem)
 
 
 @router.get("/console/rapports/{report_id}.pdf")
@@ -713,6 +853,20 @@ def _alert_ids(alert: dict[str, Any]) -> dict[str, str]:
             if isinstance(d, dict) else {})
 
 
+def _closed_by(alert: dict[str, Any]) -> str | None:
+    """How an alert closed with the work it stood for (``AlertService.close_about``'s
+    note), in the console's words; None: acknowledged by hand, or open."""
+    d = alert.get("detail")
+    note = d.get("closed") if isinstance(d, dict) else None
+    if not isinstance(note, dict) or note.get("by") != "import-issue":
+        return None
+    issue = note.get("issue_id", "")
+    if note.get("resolution") == "discarded":
+        return f"close avec le message d'automate {issue}, classé sans enregistrer ses résultats"
+    return (f"close avec le message d'automate {issue}, rattaché au dossier du patient : la "
+            "valeur y suit le circuit des résultats (une valeur critique y a son alerte)")
+
+
 def _order_link(ids: dict[str, str]) -> str | None:
     """The patient's page, at the order (its reports are anchored by order id)."""
     if "patient_id" not in ids:
@@ -780,8 +934,18 @@ def revise_conclusion(request: Request, order_id: str, user: User, lv: LV, csrf:
     reason, the previous text kept and shown as corrected)."""
     _biologist(user)
     _check_csrf(request, user, csrf)
-    report = lv.lab.revise_conclusion(user.actor, order_id[:64], conclusion,
-                                      reason.strip() or None)
+    try:
+        report = lv.lab.revise_conclusion(user.actor, order_id[:64], conclusion,
+                                          reason.strip() or None)
+    except InvalidField as exc:
+        # the page again, the text typed kept and the refusal next to its field
+        said = lab_text.french(exc, user.actor.id)
+        if exc.field not in ("conclusion", "reason") or said is None:
+            raise
+        order = lv.lab.get_order(user.actor, order_id[:64])
+        return _patient_page(user, lv, order.patient_id, 422, problem=FormProblem(
+            f"conclusion-{order.order_id}", exc.field, said[0],
+            {"conclusion": conclusion, "reason": reason}))
     return RedirectResponse(f"/console/patients/{report.patient_id}", status_code=303,
                             headers=NO_STORE)
 
@@ -798,9 +962,6 @@ def amend_result(request: Request, order_id: str, user: User, lv: LV, csrf: Csrf
     page, which says to send the corrected report to the prescriber."""
     _biologist(user)
     _check_csrf(request, user, csrf)
-    if not value.strip():
-        raise UserError("la nouvelle valeur manque", "revenez en arrière, saisissez la valeur "
-                        "corrigée (avec une virgule ou un point), puis renvoyez le formulaire")
     obs = lv.lab.get_observation(user.actor, observation_id)
     if obs.order_id != order_id:
         raise NotFound("ce résultat n'appartient pas à cette demande",
@@ -809,10 +970,24 @@ def amend_result(request: Request, order_id: str, user: User, lv: LV, csrf: Csrf
         raise UserError("seul un résultat numérique en vigueur se corrige depuis la console",
                         "pour un résultat codé ou textuel, utilisez l'API "
                         "(POST /api/v1/observations/{id}/amendment)")
-    lv.lab.amend(user.actor, obs.observation_id,
-                 {"code": obs.observation.code, "value": value.strip(),
-                  **({"unit": obs.observation.unit} if obs.observation.unit else {})},
-                 reason)
+    typed = {"observation_id": obs.observation_id, "value": value, "reason": reason}
+    form = f"correction-{obs.order_id}"
+    if not value.strip():
+        return _patient_page(user, lv, obs.patient_id, 422, problem=FormProblem(
+            form, "value", "la valeur corrigée manque : saisissez-la (avec une virgule ou un "
+                           "point)", typed))
+    try:
+        lv.lab.amend(user.actor, obs.observation_id,
+                     {"code": obs.observation.code, "value": value.strip(),
+                      **({"unit": obs.observation.unit} if obs.observation.unit else {})},
+                     reason)
+    except InvalidField as exc:
+        said = lab_text.french(exc, user.actor.id)
+        if said is None:
+            raise
+        field = "reason" if exc.field == "reason" else "value"
+        return _patient_page(user, lv, obs.patient_id, 422,
+                             problem=FormProblem(form, field, said[0], typed))
     return RedirectResponse(f"/console/patients/{obs.patient_id}#{obs.order_id}",
                             status_code=303, headers=NO_STORE)
 
@@ -830,6 +1005,17 @@ def resend_report(request: Request, outbox_id: str, user: User, lv: LV, csrf: Cs
     tenant_id = _staff(user)
     _check_csrf(request, user, csrf)
     if not motif.strip():
+        # the page the form was on again, the refusal next to the field
+        said = ("le motif manque : dites pourquoi le compte rendu est renvoyé (par exemple : "
+                "patient créé dans le logiciel du médecin)")
+        if retour in RESEND_RETURNS:
+            return _outbox_page(user, lv, tenant_id, status=422, problem=(outbox_id, said))
+        row = next((d for d in lv.delivery.status(user.actor, tenant_id, ("failed",))
+                    if d["id"] == outbox_id), None)
+        if row is not None and may(lv, user.actor, Action.READ, "report",
+                                   frozenset({Category.CLINICAL})):
+            return _patient_page(user, lv, row["patient_id"], 422, problem=FormProblem(
+                f"renvoi-{outbox_id}", "motif", said, {"motif": motif}))
         raise UserError("le motif manque", "revenez en arrière, dites pourquoi le compte rendu "
                         "est renvoyé (par exemple : patient créé dans le logiciel du médecin), "
                         "puis renvoyez le formulaire")
@@ -853,7 +1039,13 @@ def outbox_page(user: User, lv: LV,
     attempts, the destination's name and, for failed ones, the receiver's error as the
     service returns it; never a message nor a patient's name. Those who read reports
     (biologists) get a link to the order. ``renvoi``: the message just sent again."""
-    tenant_id = _staff(user)
+    return _outbox_page(user, lv, _staff(user), renvoi)
+
+
+def _outbox_page(user: WebUser, lv: Labvault, tenant_id: str, renvoi: str = "",
+                 status: int = 200, problem: tuple[str, str] | None = None) -> Response:
+    """``problem``: a "Renvoyer au prescripteur" refused (the message's id, the refusal
+    said next to its form's field)."""
     failed = _outbox_rows(lv, user, tenant_id, "failed", OUTBOX_OPEN_LIMIT + 1)
     pending = _outbox_rows(lv, user, tenant_id, "pending", OUTBOX_OPEN_LIMIT + 1)
     delivered = _outbox_rows(lv, user, tenant_id, "delivered", OUTBOX_DELIVERED_SHOWN)
@@ -862,11 +1054,12 @@ def outbox_page(user: User, lv: LV,
         d["link"] = (_order_link({"patient_id": d["patient_id"], "order_id": d["order_id"]})
                      if reads_reports else None)
     more = len(failed) > OUTBOX_OPEN_LIMIT or len(pending) > OUTBOX_OPEN_LIMIT
-    return html("outbox.html", user=user, failed=failed[:OUTBOX_OPEN_LIMIT],
+    return html("outbox.html", status, user=user, failed=failed[:OUTBOX_OPEN_LIMIT],
                 pending=pending[:OUTBOX_OPEN_LIMIT], delivered=delivered, more=more,
                 limit=OUTBOX_OPEN_LIMIT, delivered_shown=OUTBOX_DELIVERED_SHOWN,
                 may_resend=bool(failed) and lv.delivery.may_resend(user.actor),
-                resent=renvoi if any(d["id"] == renvoi for d in pending) else "")
+                resent=renvoi if any(d["id"] == renvoi for d in pending) else "",
+                problem=problem)
 
 
 def _outbox_rows(lv: Labvault, user: WebUser, tenant_id: str, status: str,
@@ -923,6 +1116,7 @@ def alerts_list(user: User, lv: LV) -> Response:
     clinical_reader = L.BIOLOGIST_ROLE in user.roles
     for a in items:       # ids only (never free text) in the references column
         a["ids"] = _alert_ids(a)
+        a["closed"] = _closed_by(a)
         a["link"] = _order_link(a["ids"]) if (clinical_reader
                                               and a["kind"] in CLINICAL_KINDS) else None
     return html("alerts.html", user=user, alerts=items, clinical_only=which.kinds is not None)
@@ -954,15 +1148,18 @@ def merge_start(user: User, conserve: PatientId = "", doublon: PatientId = "") -
         return RedirectResponse(f"/console/patients/{quote(conserve.strip(), safe='')}"
                                 f"/fusion{query}", status_code=303, headers=NO_STORE)
     return html("merge.html", user=user, survivor_id=None, duplicate_id=None, cmp=None,
-                shown={}, error=None, done=None)
+                shown={}, error=None, done=None, motif_error=None)
 
 
 def _merge_page(user: WebUser, lv: Labvault, survivor_id: str, duplicate_id: str | None,
                 status: int = 200, error: tuple[str, str] | None = None,
-                done: MergeReport | None = None) -> Response:
+                done: MergeReport | None = None, motif: str = "", forced: bool = False,
+                motif_error: str | None = None) -> Response:
     """The merge form: both records side by side, compared by ``lv.merges.compare`` (the
     traits that differ, by name) -- and their identity only when the policy lets the
-    caller read it (a lab administrator: never; ids and the comparison only)."""
+    caller read it (a lab administrator: never; ids and the comparison only). Sent
+    again after a refusal: what was typed (``motif``, ``forced``) kept, ``motif_error``
+    said next to the reason's field."""
     cmp: Comparison | None = None
     if done is None:
         try:
@@ -982,7 +1179,8 @@ def _merge_page(user: WebUser, lv: Labvault, survivor_id: str, duplicate_id: str
     return html("merge.html", status, user=user, survivor_id=survivor_id,
                 duplicate_id=duplicate_id, cmp=cmp, shown=shown, error=error, done=done,
                 traits=lab_text.MERGE_TRAITS_FR, moved_fr=lab_text.MERGE_MOVED_FR,
-                traits_fr=lab_text.traits_fr)
+                traits_fr=lab_text.traits_fr, motif=motif, forced=forced,
+                motif_error=motif_error, min_reason=MERGE_MIN_REASON)
 
 
 @router.get("/console/patients/{patient_id}/fusion")
@@ -1005,12 +1203,19 @@ def merge_duplicate(request: Request, patient_id: str, user: User, lv: LV, csrf:
     _merger(user)
     _check_csrf(request, user, csrf)
     survivor_id, duplicate_id = patient_id[:64], doublon.strip()
-    if not duplicate_id:
-        raise UserError("l'identifiant du doublon manque",
-                        "revenez en arrière et donnez l'identifiant du dossier en double")
+    if not duplicate_id:             # (the form always sends it: a script's request)
+        return _merge_page(user, lv, survivor_id, None, 422, (
+            "l'identifiant du doublon manque", "donnez l'identifiant du dossier en double"))
+    if len(motif.strip()) < MERGE_MIN_REASON:
+        # the service's own rule (it refuses too), said next to the field, the form kept
+        return _merge_page(user, lv, survivor_id, duplicate_id, 422, motif=motif,
+                           forced=bool(forcer), motif_error=f"le motif manque ou est trop court (au moins "
+                                       f"{MERGE_MIN_REASON} caractères) : dites pourquoi les "
+                                       "deux dossiers sont la même personne")
     try:
-        report = lv.merges.merge(user.actor, survivor_id, duplicate_id, motif,
+        report = lv.merges.merge(user.actor, survivor_id, duplicate_id, motif.strip(),
                                  force=bool(forcer))
     except MergeRefused as exc:
-        return _merge_page(user, lv, survivor_id, duplicate_id, 409, lab_text.merge_fr(exc))
+        return _merge_page(user, lv, survivor_id, duplicate_id, 409, lab_text.merge_fr(exc),
+                           motif=motif, forced=bool(forcer))
     return _merge_page(user, lv, survivor_id, duplicate_id, done=report)
