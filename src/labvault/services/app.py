@@ -144,6 +144,9 @@ class Labvault:
         # Tenants whose key versions were checked in the open transaction (checked once).
         self._tx_keys: ContextVar[set[str] | None] = ContextVar(f"labvault_txk_{id(self)}",
                                                                 default=None)
+        # Each tenant's current index key version as the latest check read it
+        # (``load_tenant_keys``): what ``current_index_version`` answers.
+        self._index_versions: dict[str, int] = {}
         self.shred_log = ShredLogFile(settings.data_dir / "shred.log")
         self.tx_observers: list[TxObserver] = []
         self.close_hooks: list[Callable[[], None]] = []   # run by close(), before the engine goes
@@ -311,6 +314,8 @@ class Labvault:
         # The current index key too: another process may have rotated it (`keys rotate
         # --index`) while this one still holds the KEK.
         kek, index = repo.kek_and_index_versions(conn, tenant_id)
+        if index is not None:
+            self._index_versions[tenant_id] = index
         if (self.keyring.is_loaded(tenant_id, "kek", kek or 0)
                 and (index is None or self.keyring.is_loaded(tenant_id, "index", index))):
             if checked is not None:
@@ -324,6 +329,16 @@ class Labvault:
             self.keyring.load(rec)
         if checked is not None:
             checked.add(tenant_id)
+
+    def current_index_version(self, conn: Connection, tenant_id: str) -> int:
+        """The tenant's current index key version, as this transaction sees it (read
+        once per transaction with the key check: no statement of its own after that)."""
+        self.load_tenant_keys(conn, tenant_id)
+        version = self._index_versions.get(tenant_id)
+        if version is None:
+            raise KeyUnavailable(f"tenant {tenant_id} has no index key",
+                                 "check the tenant id (`labvault tenant list`)")
+        return version
 
     # -- shredding ----------------------------------------------------------------------
     def replay_shred_log(self) -> int:

@@ -728,7 +728,7 @@ class LabService:
         self._catalogues: dict[str, L.Catalogue] = {}
         self._default: L.Catalogue | None = None
         self._lock = threading.Lock()
-        self._index_keys: dict[str, tuple[float, bytes]] = {}
+        self._index_keys: dict[str, tuple[int, bytes]] = {}
         self._data_keys: dict[str, tuple[float, DataKey]] = {}
         self._active: dict[str, tuple[float, L.Catalogue]] = {}
         from labvault.services.lab_messages import MessageService
@@ -789,20 +789,15 @@ class LabService:
         return data
 
     def digest(self, conn: Connection, tenant_id: str, kind: str, value: str) -> bytes:
-        """Blind-index digest under the tenant's current index key. The key (not any
-        data) is cached for ``INDEX_KEY_TTL`` seconds: after an index-key rotation in
-        another process, this one keeps the old key for that long -- a lookup may miss
-        (the result then waits in the import-issues queue) and a number written then
-        keeps an old digest; docs/security-model.md ("Rotation") asks to stop the
-        listeners while rotating. A rotation in this process drops it at once."""
-        import time
-        now = time.monotonic()
+        """Blind-index digest under the tenant's current index key -- the version this
+        transaction's key check read (``Labvault.current_index_version``: no statement
+        of its own once the transaction has checked the tenant's keys), so a rotation
+        committed by another process is followed from the next transaction on. The key
+        (not any data) is kept per version."""
+        version = self.lv.current_index_version(conn, tenant_id)
         hit = self._index_keys.get(tenant_id)
-        if hit is None or now - hit[0] > INDEX_KEY_TTL:
-            self.lv.load_tenant_keys(conn, tenant_id)
-            idx = repo.current_key_version(conn, tenant_id, "index")
-            assert idx is not None
-            hit = (now, self.lv.keyring.blind_index_key(tenant_id, idx))
+        if hit is None or hit[0] != version:
+            hit = (version, self.lv.keyring.blind_index_key(tenant_id, version))
             self._index_keys[tenant_id] = hit
         return bi.digest(hit[1], kind, value)
 
