@@ -13,6 +13,10 @@ right one); everything the *duplicate* holds moves to it, in one transaction:
   only the key changes);
 - the duplicate's own rows (``DROPPED``) are deleted: its data key, its search indexes (a
   NIR search finds only the survivor), its breach-matching encoding;
+- its external id (and the former ids it kept from earlier merges) become former ids of
+  the survivor (``PatientRecord.former_ids``: sealed in its identity, indexed as external
+  ids), so what still knows the duplicate by its id -- an analyser's middleware, a
+  hospital's ADT, a prescriber's FHIR client -- finds the record kept;
 - the duplicate's ``patients`` row stays as a tombstone: ``status = 'merged'``, every
   sealed category emptied, ``merged_into`` = the survivor's id;
 - the audit trail is never rewritten (``KEPT``): entries stay as written, naming the
@@ -92,7 +96,8 @@ MOVED: tuple[Moved, ...] = (
 # The duplicate's own rows, deleted for its tombstone.
 DROPPED: dict[str, str] = {
     "patient_keys": "the duplicate's data key: nothing is sealed under it any more",
-    "blind_index": "the duplicate's search indexes: a search finds only the survivor",
+    "blind_index": "the duplicate's search indexes: a search finds only the survivor "
+                   "(its external ids through the survivor's former ids)",
     "breach_encodings": "the duplicate's breach-matching encoding (the survivor has its own)",
 }
 
