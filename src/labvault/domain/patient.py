@@ -122,7 +122,7 @@ class PatientRecord:
         bdate = check(lambda: v.birth_date(data.get("birth_date")))
         sex = check(lambda: v.sex(data.get("sex")))
         external_id = check(lambda: v.text(data.get("external_id"), "external_id", 64))
-        former_ids = check(lambda: _former_ids(data.get("former_ids"), external_id)) or ()
+        former_ids = check(lambda: distinct_former_ids(data.get("former_ids"), external_id)) or ()
         insee = (check(lambda: v.insee_commune(data["birth_place_insee"]))
                  if data.get("birth_place_insee") else None)
         nir = (check(lambda: v.nir(data["nir"], "nir", sex, bdate)) if data.get("nir") else None)
@@ -196,7 +196,7 @@ class PatientRecord:
     def with_former_ids(self, ids: Iterable[str]) -> PatientRecord:
         """This record with ``ids`` as its former identifiers: duplicates and its own
         ``external_id`` left out, at most ``MAX_FORMER_IDS`` (``TooManyFormerIds``)."""
-        return replace(self, former_ids=_former_ids(list(ids), self.external_id))
+        return replace(self, former_ids=distinct_former_ids(list(ids), self.external_id))
 
     def keeping_former_ids(self, stored: Sequence[str],
                            stored_external_id: str | None) -> PatientRecord:
@@ -257,9 +257,10 @@ class PatientRecord:
         return out
 
 
-def _former_ids(value: object, external_id: str | None) -> tuple[str, ...]:
+def distinct_former_ids(value: object, external_id: str | None) -> tuple[str, ...]:
     """A list of former external ids (the stored shape), each as ``external_id`` is
-    validated; repeats and the record's own ``external_id`` left out."""
+    validated; repeats and the record's own ``external_id`` left out; more than
+    ``MAX_FORMER_IDS``: ``TooManyFormerIds``."""
     if value is None:
         return ()
     if not isinstance(value, (list, tuple)):

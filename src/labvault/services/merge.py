@@ -44,7 +44,7 @@ from labvault.crypto import DataKey, SealContext
 from labvault.crypto import blind_index as bi
 from labvault.domain.actors import Actor
 from labvault.domain.categories import PATIENT_CATEGORIES, Action, Category
-from labvault.domain.patient import MAX_FORMER_IDS, PatientRecord
+from labvault.domain.patient import MAX_FORMER_IDS, PatientRecord, distinct_former_ids
 from labvault.errors import InvalidRecord, MergeRefused, NotFound, TooManyFormerIds, UserError
 from labvault.services import identity, indexing
 from labvault.services.gate import Access
@@ -159,6 +159,22 @@ def differing(survivor: Mapping[str, Any], duplicate: Mapping[str, Any]) -> list
     return identity.differing(survivor, rec)
 
 
+def former_ids_after(survivor: Mapping[str, Any], duplicate: Mapping[str, Any]
+                     ) -> tuple[str, ...]:
+    """The survivor's former ids once the duplicate is merged into it: its own, then the
+    duplicate's external id and former ids (repeats and the survivor's external id left
+    out). Past ``MAX_FORMER_IDS`` the merge is refused (``MergeRefused``)."""
+    ids = [str(x) for x in (*(survivor.get("former_ids") or ()),
+                            duplicate.get("external_id"),
+                            *(duplicate.get("former_ids") or ())) if x]
+    own = survivor.get("external_id")
+    try:
+        return distinct_former_ids(ids, str(own) if own else None)
+    except TooManyFormerIds as exc:
+        raise MergeRefused(f"the record kept would have more than {MAX_FORMER_IDS} former "
+                           "identifiers", exc.hint) from None
+
+
 @dataclass(frozen=True)
 class Comparison:
     """The two records as a merge would find them (``MergeService.compare``): the traits
@@ -203,6 +219,7 @@ class MergeService:
                     f"the two records differ on {', '.join(blocking)}: they may be two "
                     "different people", "check both identities; if they are the same person "
                     "(a typing error), merge with --force (force=true) and say why")
+            former = former_ids_after(*idents)
             at = lv.now()
             report = MergeReport(survivor_id, duplicate_id, tenant_id, differing=diff,
                                  forced=bool(blocking), merged_at=at.isoformat())
@@ -212,7 +229,7 @@ class MergeService:
             brepo.delete_encodings(conn, tenant_id, duplicate_id)
             mrepo.tombstone(conn, tenant_id, duplicate_id, survivor_id, at)
             report.former_ids = self._keep_identifiers(conn, actor, tenant_id, survivor_id,
-                                                       keep, *idents)
+                                                       keep, idents[0], former)
             # an ADT^A40 asking for this merge (an import issue) is answered by it
             report.requests = lv.lab.messages.close_merge_requests(conn, actor, tenant_id,
                                                                    survivor_id, duplicate_id)
@@ -290,41 +307,27 @@ class MergeService:
 
     def _keep_identifiers(self, conn: Connection, actor: Actor, tenant_id: str,
                           survivor_id: str, keep: DataKey, survivor: Mapping[str, Any],
-                          duplicate: Mapping[str, Any]) -> int:
-        """The duplicate's external id and former ids become former ids of the survivor
-        (its own external id excepted): sealed in its identity, indexed as external ids,
-        so a system still sending one finds the record kept (docs/security-model.md,
-        "Merging duplicates"). After the tombstone (the duplicate's index rows are gone).
-        Returns how many identifiers the survivor gained."""
+                          former: tuple[str, ...]) -> int:
+        """The survivor's former ids become ``former`` (``former_ids``): sealed in its
+        identity, the new ones indexed as external ids, so a system still sending the
+        duplicate's id finds the record kept (docs/security-model.md, "Merging
+        duplicates"). After the tombstone (the duplicate's index rows are gone). Returns
+        how many identifiers the survivor gained."""
         before = [str(x) for x in survivor.get("former_ids") or ()]
-        gained = [str(x) for x in (duplicate.get("external_id"),
-                                   *(duplicate.get("former_ids") or ())) if x]
-        try:
-            rec = PatientRecord.parse(dict(survivor))
-            kept = rec.with_former_ids([*before, *gained])
-        except TooManyFormerIds as exc:
-            raise MergeRefused(f"the record kept would have more than {MAX_FORMER_IDS} "
-                               "former identifiers", exc.hint) from None
-        except InvalidRecord:
-            # the survivor's stored identity cannot be read as a record: nothing to index
-            # it with; its former ids are not extended (never seen in practice)
-            return 0
-        added = len(kept.former_ids) - len(rec.former_ids)
-        if not added:
+        new = [f for f in former if f not in before]
+        if not new:
             return 0
         lv = self.lv
         access = Access(actor, Action.WRITE, tenant_id, frozenset({Category.IDENTITY}),
                         purpose=PURPOSE, patient_ids=(survivor_id,), resource=RESOURCE)
-        identity_blob = {**survivor, **kept.categories()[Category.IDENTITY]}
         repo.update_patient_blobs(conn, tenant_id, survivor_id, lv.gate.seal_patient(
-            conn, access, keep, survivor_id, {Category.IDENTITY: identity_blob}))
+            conn, access, keep, survivor_id,
+            {Category.IDENTITY: {**survivor, "former_ids": list(former)}}))
         idx = repo.current_key_version(conn, tenant_id, "index")
         assert idx is not None
-        new = [f for f in kept.former_ids if f not in rec.former_ids]
         repo.add_index_rows(conn, tenant_id, survivor_id, indexing.digests(
-            lv.keyring.blind_index_key(tenant_id, idx),
-            [(bi.EXTERNAL_ID, f) for f in new]))
-        return added
+            lv.keyring.blind_index_key(tenant_id, idx), [(bi.EXTERNAL_ID, f) for f in new]))
+        return len(new)
 
     def _move(self, conn: Connection, spec: Moved, tenant_id: str, duplicate_id: str,
               survivor_id: str, gone: DataKey, keep: DataKey) -> int:
