@@ -121,9 +121,12 @@ def _csv_delimiter(line: str) -> str | None:
 
 
 # Former identifiers are a merge's (services/merge.py): no door gives them to a record.
-NEW_RECORD_FORMER_IDS = InvalidField(
-    "former_ids", "a new record has no former identifiers: a merge of a duplicate into a "
-    "record keeps the duplicate's external ids there", "leave former_ids out")
+NEW_RECORD_FORMER_IDS = ("a new record has no former identifiers: a merge of a duplicate "
+                         "into a record keeps the duplicate's external ids there")
+
+
+def _no_former_ids() -> InvalidField:
+    return InvalidField("former_ids", NEW_RECORD_FORMER_IDS, "leave former_ids out")
 
 
 def opened_identity(lv: Labvault, conn: Connection, tenant_id: str, patient_id: str,
@@ -211,7 +214,7 @@ class PatientService:
         """Validate and store one patient (same JSON shape as an import line)."""
         rec = data if isinstance(data, PatientRecord) else PatientRecord.parse(data)
         if rec.former_ids:
-            raise NEW_RECORD_FORMER_IDS
+            raise _no_former_ids()
         lv = self.lv
         with lv.begin() as conn:
             lv.load_tenant_keys(conn, tenant_id)
@@ -360,7 +363,7 @@ class PatientService:
                 continue
             if rec.former_ids:
                 report.rejected.append({"line": n, "field": "former_ids",
-                                        "reason": NEW_RECORD_FORMER_IDS.rule})
+                                        "reason": NEW_RECORD_FORMER_IDS})
                 continue
             if d is not None:
                 seen.add(d)
