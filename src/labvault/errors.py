@@ -45,6 +45,16 @@ class IdentifierTaken(InvalidField):
     id): the registration was sent twice, or names someone already registered."""
 
 
+class TooManyFormerIds(InvalidField):
+    """A record would keep more former identifiers (the external ids of duplicates merged
+    into it) than ``domain.patient.MAX_FORMER_IDS``."""
+
+    def __init__(self, count: int, limit: int) -> None:
+        super().__init__("former_ids", f"{count} former identifiers: at most {limit} are kept",
+                         "so many duplicates of one record is an identity problem: check "
+                         "with identity vigilance which records are really this person")
+
+
 class InvalidRecord(UserError):
     """A record broke one or more field rules; ``errors`` lists them all."""
 

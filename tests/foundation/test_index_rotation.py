@@ -412,6 +412,8 @@ def test_a_sealed_record_reindexes_as_parsed() -> None:
     recs[0]["ins"] = recs[0]["nir"]
     for r in recs:
         parsed = PatientRecord.parse(r)
+        if r is recs[1]:              # a survivor of merges: its former ids are indexed too
+            parsed = parsed.with_former_ids(["DUP-1", "DUP-2"])
         cats = json.loads(json.dumps({c.value: v for c, v in parsed.categories().items()}))
         rebuilt = PatientRecord.from_sealed(cats[Category.IDENTITY.value],
                                             cats.get(Category.CONTACT.value))

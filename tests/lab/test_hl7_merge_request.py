@@ -83,12 +83,13 @@ def test_a40_of_two_records_here_is_kept_as_a_merge_request(
     assert done["status"] == "resolved"
     assert done["resolution"]["merged"] is True
     assert done["resolution"]["duplicate_id"] == dup
-    # the same A40 again (a new MSH-10): the duplicate is found no more, nothing to merge
+    # the same A40 again (a new MSH-10): the duplicate's id is a former id of the record
+    # kept now (services/merge.py): MRG-1 names the PID-3 record, nothing to merge
     out, ack = h.handle(a40("M2", MARIE_PID, "MRG|MRN2^^^H^PI"))
     code, errs = ack_of(ack)
     assert code == "AA" and not out.issue_ids
-    assert [(e[2], e[3].split("^")[0], e[4]) for e in errs] == [("MRG^1^1", "204", "W")]
-    assert "nothing to merge" in errs[0][8]
+    assert [(e[2], e[3].split("^")[0], e[4]) for e in errs] == [("MRG^1^1", "0", "W")]
+    assert "name the same patient here: nothing to merge" in errs[0][8]
 
 
 def test_a40_with_the_survivor_unknown_is_refused_at_pid3(

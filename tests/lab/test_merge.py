@@ -205,8 +205,9 @@ def test_merge_moves_everything_under_the_survivor_s_key(dup: Dup) -> None:
             assert conn.execute(select(func.count()).select_from(t).where(
                 t.c.patient_id == dup.duplicate)).scalar_one() == 0
     assert list(lv.shred_log.entries()) == []
-    # a search by the duplicate's identifiers finds the survivor only through its own
-    assert lv.patients.find(dup.bio, a.tenant_id, external_id=DUP_EXT) == []
+    # a search by the duplicate's external id finds the survivor: it is a former id there
+    assert out["former_ids_kept"] == 1
+    assert lv.patients.find(dup.bio, a.tenant_id, external_id=DUP_EXT) == [dup.survivor]
     assert lv.patients.find(dup.bio, a.tenant_id, nir=dup.person["nir"]) == [dup.survivor]
     # the survivor's reports, its previous results
     reports = {r.order_id for r in lv.lab.list_reports(dup.bio, a.tenant_id,

@@ -78,6 +78,24 @@ def test_lab_admin_merges_a_duplicate_and_sees_what_moved(web: World,
     assert len(reports) == 1
 
 
+def test_the_duplicate_s_external_id_kept_is_said_and_shown(web: World,
+                                                            browser: TestClient) -> None:
+    """The confirmation says the duplicate's external id was kept; the biologist sees it
+    on the record kept as "Identifiants antérieurs (fusion)" (never the lab admin, who
+    reads no identity: only the count)."""
+    keep, dup, _ = _pair(web, 4, external_id="ANCIEN-DOSSIER-77")
+    _console(browser, web, "lab_admin")
+    page = browser.get(f"/console/patients/{keep}/fusion?doublon={dup}")
+    done = browser.post(f"/console/patients/{keep}/fusion", data={
+        "csrf": csrf_in(page.text), "doublon": dup, "motif": "même patiente, saisie deux fois"})
+    text = _text(done)
+    assert "Fusion faite" in text and "ANCIEN-DOSSIER-77" not in text
+    assert "1 identifiant du doublon" in text and "identifiant antérieur" in text
+    _console(browser, web, "biologist")
+    record = _text(browser.get(f"/console/patients/{keep}"))
+    assert "Identifiants antérieurs (fusion) ANCIEN-DOSSIER-77" in record
+
+
 def test_traits_that_say_two_people_need_forcer_and_a_reason(web: World,
                                                              browser: TestClient) -> None:
     keep, dup, _ = _pair(web, 2, birth_date="1950-01-01")

@@ -7,24 +7,24 @@ line at once. ``categories()`` splits the record into the sealed category blobs.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import date
 from typing import Any, TypeVar
 
 from labvault.domain import validation as v
 from labvault.domain.categories import Category
-from labvault.errors import InvalidField, InvalidRecord
+from labvault.errors import InvalidField, InvalidRecord, TooManyFormerIds
 
 IMPORT_FIELDS = frozenset({
     "external_id", "birth_name", "used_name", "first_names", "birth_date", "sex",
     "birth_place_insee", "nir", "ins", "address", "phone", "email", "coverage",
-    "blood_group", "prescriber",
+    "blood_group", "prescriber", "former_ids",
 })
 # the category each field of the import shape is sealed in (``PatientRecord.categories``)
 FIELD_CATEGORIES: Mapping[str, Category] = {
     **dict.fromkeys(("external_id", "birth_name", "used_name", "first_names", "birth_date",
-                     "sex", "birth_place_insee", "nir", "ins"), Category.IDENTITY),
+                     "sex", "birth_place_insee", "nir", "ins", "former_ids"), Category.IDENTITY),
     **dict.fromkeys(("address", "phone", "email"), Category.CONTACT),
     "coverage": Category.COVERAGE,
     **dict.fromkeys(("blood_group", "prescriber"), Category.CLINICAL),
@@ -33,6 +33,10 @@ assert set(FIELD_CATEGORIES) == IMPORT_FIELDS
 ADDRESS_FIELDS = frozenset({"line", "postal_code", "city", "country"})
 COVERAGE_FIELDS = frozenset({"amo", "amc", "member_id"})
 PRESCRIBER_FIELDS = frozenset({"name", "rpps"})
+# Former identifiers: the external ids of duplicates merged into a record (services/
+# merge.py), kept so that a system still sending one finds the record kept. Bounded: a
+# record that absorbed more duplicates than this has an identity problem for a person.
+MAX_FORMER_IDS = 20
 
 T = TypeVar("T")
 
@@ -70,6 +74,9 @@ class PatientRecord:
     member_id: str | None = None
     blood_group: str | None = None
     prescriber: Prescriber | None = None
+    # external ids of the duplicates merged into this record: set by a merge only
+    # (``with_former_ids``); never the record's own ``external_id``
+    former_ids: tuple[str, ...] = ()
     extra_clinical: Mapping[str, Any] = field(default_factory=dict)
 
     # -- parsing ---------------------------------------------------------------------
@@ -115,6 +122,7 @@ class PatientRecord:
         bdate = check(lambda: v.birth_date(data.get("birth_date")))
         sex = check(lambda: v.sex(data.get("sex")))
         external_id = check(lambda: v.text(data.get("external_id"), "external_id", 64))
+        former_ids = check(lambda: distinct_former_ids(data.get("former_ids"), external_id)) or ()
         insee = (check(lambda: v.insee_commune(data["birth_place_insee"]))
                  if data.get("birth_place_insee") else None)
         nir = (check(lambda: v.nir(data["nir"], "nir", sex, bdate)) if data.get("nir") else None)
@@ -182,7 +190,26 @@ class PatientRecord:
             birth_name=birth_name, first_names=first_names, birth_date=bdate, sex=sex,
             external_id=external_id, used_name=used_name, birth_place_insee=insee, nir=nir,
             ins=ins, address=address, phone=phone, email=email, amo=amo, amc=amc,
-            member_id=member_id, blood_group=blood, prescriber=prescriber)
+            member_id=member_id, blood_group=blood, prescriber=prescriber,
+            former_ids=former_ids)
+
+    def with_former_ids(self, ids: Iterable[str]) -> PatientRecord:
+        """This record with ``ids`` as its former identifiers: duplicates and its own
+        ``external_id`` left out, at most ``MAX_FORMER_IDS`` (``TooManyFormerIds``)."""
+        return replace(self, former_ids=distinct_former_ids(list(ids), self.external_id))
+
+    def keeping_former_ids(self, stored: Sequence[str],
+                           stored_external_id: str | None) -> PatientRecord:
+        """This record as a rewrite of a stored one stores it: with the stored record's
+        former identifiers (no write door changes them: they are a merge's). When this
+        record's ``external_id`` is one of them -- a system still sending a merged
+        duplicate's id, applied as the record's id by an HL7 update -- the external id it
+        replaces joins them: every id that found the record still finds it."""
+        kept = list(stored)
+        if (self.external_id and self.external_id in kept and stored_external_id
+                and stored_external_id != self.external_id):
+            kept.append(stored_external_id)
+        return self.with_former_ids(kept)
 
     # -- categories --------------------------------------------------------------------
     def categories(self) -> dict[Category, dict[str, Any]]:
@@ -195,7 +222,8 @@ class PatientRecord:
                 "birth_name": self.birth_name, "used_name": self.used_name,
                 "first_names": list(self.first_names), "birth_date": self.birth_date.isoformat(),
                 "sex": self.sex, "birth_place_insee": self.birth_place_insee, "nir": self.nir,
-                "ins": self.ins, "external_id": self.external_id}),
+                "ins": self.ins, "external_id": self.external_id,
+                "former_ids": list(self.former_ids) or None}),
             Category.CONTACT: compact({
                 "address": ({"line": self.address.line, "postal_code": self.address.postal_code,
                              "city": self.address.city, "country": self.address.country}
@@ -223,7 +251,7 @@ class PatientRecord:
             date.fromisoformat(identity["birth_date"]), identity["sex"],
             external_id=identity.get("external_id"), used_name=identity.get("used_name"),
             birth_place_insee=identity.get("birth_place_insee"), nir=identity.get("nir"),
-            ins=identity.get("ins"),
+            ins=identity.get("ins"), former_ids=tuple(identity.get("former_ids") or ()),
             address=Address(a["line"], a["postal_code"], a["city"], a.get("country", "FR"))
             if a else None,
             phone=c.get("phone"), email=c.get("email"))
@@ -245,3 +273,22 @@ class PatientRecord:
         if clin:
             out.update(clin)
         return out
+
+
+def distinct_former_ids(value: object, external_id: str | None) -> tuple[str, ...]:
+    """A list of former external ids (the stored shape), each as ``external_id`` is
+    validated; repeats and the record's own ``external_id`` left out; more than
+    ``MAX_FORMER_IDS``: ``TooManyFormerIds``."""
+    if value is None:
+        return ()
+    if not isinstance(value, (list, tuple)):
+        raise InvalidField("former_ids", "must be a list of identifiers",
+                           "it is the list a read of the record gave; leave it out to keep it")
+    out: list[str] = []
+    for i, raw in enumerate(value):
+        one = v.text(raw, f"former_ids[{i}]", 64, required=True)
+        if one and one != external_id and one not in out:
+            out.append(one)
+    if len(out) > MAX_FORMER_IDS:
+        raise TooManyFormerIds(len(out), MAX_FORMER_IDS)
+    return tuple(out)

@@ -54,7 +54,8 @@ def unreadable_traits(stored: Mapping[str, Any]) -> list[str]:
 def differing(stored: Mapping[str, Any], sent: PatientRecord) -> list[str]:
     """The traits and identifiers of ``sent`` that differ from the record ``stored`` (as
     ``PatientService.show`` gives it), in ``TRAITS`` then ``IDENTIFIERS`` order. An
-    identifier only one side carries is not a difference (a prescriber may not know the
+    external id sent that is one of the record's former ids (a duplicate merged into it)
+    agrees with it. An identifier only one side carries is not a difference (a prescriber may not know the
     laboratory's external id; a record may have been registered before its NIR was
     known): the traits decide then."""
     out = differing_traits(stored, {"birth_name": sent.birth_name,
@@ -63,6 +64,10 @@ def differing(stored: Mapping[str, Any], sent: PatientRecord) -> list[str]:
     for name in IDENTIFIERS:
         mine, theirs = stored.get(name), getattr(sent, name)
         if mine and theirs and _identifier(name, str(mine)) != _identifier(name, theirs):
+            # a merged duplicate's external id (a former id of the record) is the record's
+            if name == "external_id" and _identifier(name, theirs) in {
+                    _identifier(name, str(f)) for f in stored.get("former_ids") or ()}:
+                continue
             out.append(name)
     return out
 

@@ -25,6 +25,8 @@ def index_values(rec: PatientRecord) -> list[tuple[str, str]]:
         out.append((bi.NAME_DOB, bi.normalise_name_dob(rec.used_name, first, rec.birth_date)))
     if rec.external_id:
         out.append((bi.EXTERNAL_ID, rec.external_id))
+    # a merged duplicate's external ids find the record kept, as its own does
+    out.extend((bi.EXTERNAL_ID, former) for former in rec.former_ids)
     return out
 
 

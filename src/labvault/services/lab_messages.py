@@ -34,6 +34,7 @@ from labvault.errors import InvalidField, InvalidRecord, NotFound, UserError
 from labvault.services import identity, indexing
 from labvault.services.gate import Access, Decision
 from labvault.services.lab import absent
+from labvault.services.patients import former_ids_kept
 from labvault.store import repositories as repo
 from labvault.store import repositories_lab as lrepo
 from labvault.store.engine import open_write_transaction
@@ -530,6 +531,8 @@ class MessageService:
             rec = PatientRecord.parse(merged)
         except InvalidRecord as exc:
             raise I.ContentError(p.changes.errors(exc, merged, p.location)) from None
+        # a merge's former identifiers stay (a PID-3 naming one swaps it with the record's)
+        rec = former_ids_kept(rec, opened.get(Category.IDENTITY, {}))
         self._identifiers_free(ctx, patient_id, rec, p.location)
         cats = rec.categories()
         for cat in (Category.COVERAGE, Category.CLINICAL):

@@ -13,6 +13,10 @@ right one); everything the *duplicate* holds moves to it, in one transaction:
   only the key changes);
 - the duplicate's own rows (``DROPPED``) are deleted: its data key, its search indexes (a
   NIR search finds only the survivor), its breach-matching encoding;
+- its external id (and the former ids it kept from earlier merges) become former ids of
+  the survivor (``PatientRecord.former_ids``: sealed in its identity, indexed as external
+  ids), so what still knows the duplicate by its id -- an analyser's middleware, a
+  hospital's ADT, a prescriber's FHIR client -- finds the record kept;
 - the duplicate's ``patients`` row stays as a tombstone: ``status = 'merged'``, every
   sealed category emptied, ``merged_into`` = the survivor's id;
 - the audit trail is never rewritten (``KEPT``): entries stay as written, naming the
@@ -30,7 +34,6 @@ table with a ``patient_id`` column appears in the schema without being listed he
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -38,12 +41,14 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.engine import Connection
 
 from labvault.crypto import DataKey, SealContext
+from labvault.crypto import blind_index as bi
 from labvault.domain.actors import Actor
 from labvault.domain.categories import PATIENT_CATEGORIES, Action, Category
-from labvault.domain.patient import PatientRecord
-from labvault.errors import InvalidRecord, MergeRefused, NotFound, UserError
-from labvault.services import identity
+from labvault.domain.patient import MAX_FORMER_IDS, PatientRecord, distinct_former_ids
+from labvault.errors import InvalidRecord, MergeRefused, NotFound, TooManyFormerIds, UserError
+from labvault.services import identity, indexing
 from labvault.services.gate import Access
+from labvault.services.patients import opened_identity
 from labvault.store import repositories as repo
 from labvault.store import repositories_breach as brepo
 from labvault.store import repositories_merge as mrepo
@@ -91,7 +96,8 @@ MOVED: tuple[Moved, ...] = (
 # The duplicate's own rows, deleted for its tombstone.
 DROPPED: dict[str, str] = {
     "patient_keys": "the duplicate's data key: nothing is sealed under it any more",
-    "blind_index": "the duplicate's search indexes: a search finds only the survivor",
+    "blind_index": "the duplicate's search indexes: a search finds only the survivor "
+                   "(its external ids through the survivor's former ids)",
     "breach_encodings": "the duplicate's breach-matching encoding (the survivor has its own)",
 }
 
@@ -114,12 +120,14 @@ class MergeReport:
     forced: bool = False
     merged_at: str = ""
     requests: list[str] = field(default_factory=list)   # merge-request issues it closed
+    former_ids: int = 0      # the duplicate's external ids kept as the survivor's (a count)
 
     def as_json(self) -> dict[str, Any]:
         return {"survivor_id": self.survivor_id, "duplicate_id": self.duplicate_id,
                 "tenant_id": self.tenant_id, "moved": self.moved,
                 "differing": self.differing, "forced": self.forced,
-                "merged_at": self.merged_at, "requests": self.requests}
+                "merged_at": self.merged_at, "requests": self.requests,
+                "former_ids_kept": self.former_ids}
 
 
 def _state(lv: Labvault, conn: Connection, actor: Actor, patient_id: str) -> tuple[str, str]:
@@ -141,17 +149,6 @@ def _state(lv: Labvault, conn: Connection, actor: Actor, patient_id: str) -> tup
     return str(st["tenant_id"]), str(st["status"])
 
 
-def _identity(lv: Labvault, conn: Connection, tenant_id: str, patient_id: str,
-              dek: DataKey) -> dict[str, Any]:
-    blobs = repo.sealed_patients(conn, tenant_id, (patient_id,), (Category.IDENTITY,))
-    blob = blobs.get(patient_id, {}).get(Category.IDENTITY)
-    if blob is None:
-        return {}
-    data: dict[str, Any] = json.loads(lv.gate.open_patient_value(
-        dek, tenant_id, "patients", Category.IDENTITY.value, patient_id, blob))
-    return data
-
-
 def differing(survivor: Mapping[str, Any], duplicate: Mapping[str, Any]) -> list[str]:
     """The identity traits and identifiers on which the two records differ
     (``identity.differing``); every trait when the duplicate's cannot be read as a record."""
@@ -160,6 +157,22 @@ def differing(survivor: Mapping[str, Any], duplicate: Mapping[str, Any]) -> list
     except InvalidRecord:
         return list(identity.TRAITS)
     return identity.differing(survivor, rec)
+
+
+def former_ids_after(survivor: Mapping[str, Any], duplicate: Mapping[str, Any]
+                     ) -> tuple[str, ...]:
+    """The survivor's former ids once the duplicate is merged into it: its own, then the
+    duplicate's external id and former ids (repeats and the survivor's external id left
+    out). Past ``MAX_FORMER_IDS`` the merge is refused (``MergeRefused``)."""
+    ids = [str(x) for x in (*(survivor.get("former_ids") or ()),
+                            duplicate.get("external_id"),
+                            *(duplicate.get("former_ids") or ())) if x]
+    own = survivor.get("external_id")
+    try:
+        return distinct_former_ids(ids, str(own) if own else None)
+    except TooManyFormerIds as exc:
+        raise MergeRefused(f"the record kept would have more than {MAX_FORMER_IDS} former "
+                           "identifiers", exc.hint) from None
 
 
 @dataclass(frozen=True)
@@ -198,14 +211,15 @@ class MergeService:
                                "give the id of the record kept, then the duplicate's")
         lv = self.lv
         with lv.begin() as conn:
-            tenant_id, keep, gone, diff = self._decided(conn, actor, survivor_id,
-                                                        duplicate_id, reason)
+            tenant_id, keep, gone, diff, idents = self._decided(conn, actor, survivor_id,
+                                                                duplicate_id, reason)
             blocking = [d for d in diff if d in BLOCKING]
             if blocking and not force:
                 raise MergeRefused(
                     f"the two records differ on {', '.join(blocking)}: they may be two "
                     "different people", "check both identities; if they are the same person "
                     "(a typing error), merge with --force (force=true) and say why")
+            former = former_ids_after(*idents)
             at = lv.now()
             report = MergeReport(survivor_id, duplicate_id, tenant_id, differing=diff,
                                  forced=bool(blocking), merged_at=at.isoformat())
@@ -214,6 +228,8 @@ class MergeService:
                                                       survivor_id, gone, keep)
             brepo.delete_encodings(conn, tenant_id, duplicate_id)
             mrepo.tombstone(conn, tenant_id, duplicate_id, survivor_id, at)
+            report.former_ids = self._keep_identifiers(conn, actor, tenant_id, survivor_id,
+                                                       keep, idents[0], former)
             # an ADT^A40 asking for this merge (an import issue) is answered by it
             report.requests = lv.lab.messages.close_merge_requests(conn, actor, tenant_id,
                                                                    survivor_id, duplicate_id)
@@ -223,7 +239,7 @@ class MergeService:
                 "records": sum(report.moved.values()), "forced": report.forced,
                 "differing": diff, "reason": reason,
                 "moved": [f"{t}={n}" for t, n in report.moved.items() if n],
-                "issue_ids": report.requests})
+                "former_ids_kept": report.former_ids, "issue_ids": report.requests})
         return report
 
     def compare(self, actor: Actor, survivor_id: str,
@@ -243,8 +259,8 @@ class MergeService:
                 self._check(conn, actor, tenant_id, survivor_id, None,
                             {"merge": "survivor", "step": "compare"})
                 return Comparison(survivor_id, None, tenant_id, [])
-            tenant_id, _, _, diff = self._decided(conn, actor, survivor_id, duplicate_id,
-                                                  None, step="compare")
+            tenant_id, _, _, diff, _ = self._decided(conn, actor, survivor_id, duplicate_id,
+                                                     None, step="compare")
         return Comparison(survivor_id, duplicate_id, tenant_id, diff)
 
     def _check(self, conn: Connection, actor: Actor, tenant_id: str, pid: str,
@@ -262,9 +278,11 @@ class MergeService:
 
     def _decided(self, conn: Connection, actor: Actor, survivor_id: str, duplicate_id: str,
                  reason: str | None, step: str = "merge"
-                 ) -> tuple[str, DataKey, DataKey, list[str]]:
+                 ) -> tuple[str, DataKey, DataKey, list[str],
+                            tuple[dict[str, Any], dict[str, Any]]]:
         """Both records checked (``_state``, one laboratory, no honeytoken) and the gate's
-        decision for each: (laboratory, survivor's key, duplicate's key, traits differing)."""
+        decision for each: (laboratory, survivor's key, duplicate's key, traits differing,
+        (survivor's identity, duplicate's))."""
         lv = self.lv
         # both rows locked, in id order (two merges of the same pair cannot deadlock)
         states = {pid: _state(lv, conn, actor, pid)
@@ -282,9 +300,34 @@ class MergeService:
             self._check(conn, actor, tenant_id, pid, reason, detail)
         keep = lv.gate.patient_key(conn, tenant_id, survivor_id)
         gone = lv.gate.patient_key(conn, tenant_id, duplicate_id)
-        diff = differing(_identity(lv, conn, tenant_id, survivor_id, keep),
-                         _identity(lv, conn, tenant_id, duplicate_id, gone))
-        return tenant_id, keep, gone, diff
+        survivor = opened_identity(lv, conn, tenant_id, survivor_id, keep)
+        duplicate = opened_identity(lv, conn, tenant_id, duplicate_id, gone)
+        return (tenant_id, keep, gone, differing(survivor, duplicate),
+                (survivor, duplicate))
+
+    def _keep_identifiers(self, conn: Connection, actor: Actor, tenant_id: str,
+                          survivor_id: str, keep: DataKey, survivor: Mapping[str, Any],
+                          former: tuple[str, ...]) -> int:
+        """The survivor's former ids become ``former`` (``former_ids``): sealed in its
+        identity, the new ones indexed as external ids, so a system still sending the
+        duplicate's id finds the record kept (docs/security-model.md, "Merging
+        duplicates"). After the tombstone (the duplicate's index rows are gone). Returns
+        how many identifiers the survivor gained."""
+        before = [str(x) for x in survivor.get("former_ids") or ()]
+        new = [f for f in former if f not in before]
+        if not new:
+            return 0
+        lv = self.lv
+        access = Access(actor, Action.WRITE, tenant_id, frozenset({Category.IDENTITY}),
+                        purpose=PURPOSE, patient_ids=(survivor_id,), resource=RESOURCE)
+        repo.update_patient_blobs(conn, tenant_id, survivor_id, lv.gate.seal_patient(
+            conn, access, keep, survivor_id,
+            {Category.IDENTITY: {**survivor, "former_ids": list(former)}}))
+        idx = repo.current_key_version(conn, tenant_id, "index")
+        assert idx is not None
+        repo.add_index_rows(conn, tenant_id, survivor_id, indexing.digests(
+            lv.keyring.blind_index_key(tenant_id, idx), [(bi.EXTERNAL_ID, f) for f in new]))
+        return len(new)
 
     def _move(self, conn: Connection, spec: Moved, tenant_id: str, duplicate_id: str,
               survivor_id: str, gone: DataKey, keep: DataKey) -> int:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError as DbIntegrityError
 
+from labvault.crypto import DataKey
 from labvault.crypto import blind_index as bi
 from labvault.domain.actors import Actor
 from labvault.domain.categories import PATIENT_CATEGORIES, Action, Category
@@ -119,6 +120,42 @@ def _csv_delimiter(line: str) -> str | None:
     return delimiter if delimiter in stripped else None
 
 
+# Former identifiers are a merge's (services/merge.py): no door gives them to a record.
+NEW_RECORD_FORMER_IDS = ("a new record has no former identifiers: a merge of a duplicate "
+                         "into a record keeps the duplicate's external ids there")
+
+
+def _no_former_ids() -> InvalidField:
+    return InvalidField("former_ids", NEW_RECORD_FORMER_IDS, "leave former_ids out")
+
+
+def opened_identity(lv: Labvault, conn: Connection, tenant_id: str, patient_id: str,
+                    dek: DataKey) -> dict[str, Any]:
+    """The stored identity category of a patient whose write (or merge) the gate decided:
+    opened under its data key, no read decision of its own (nothing leaves the write)."""
+    blobs = repo.sealed_patients(conn, tenant_id, (patient_id,), (Category.IDENTITY,))
+    blob = blobs.get(patient_id, {}).get(Category.IDENTITY)
+    if blob is None:
+        return {}
+    data: dict[str, Any] = json.loads(lv.gate.open_patient_value(
+        dek, tenant_id, "patients", Category.IDENTITY.value, patient_id, blob))
+    return data
+
+
+def former_ids_kept(rec: PatientRecord, stored: Mapping[str, Any]) -> PatientRecord:
+    """``rec``, a rewrite of the record whose identity is ``stored``, with the stored
+    former identifiers (``PatientRecord.keeping_former_ids``). A write may leave them out
+    or send them as a read gave them; another list is refused: only a merge changes them."""
+    before = [str(x) for x in stored.get("former_ids") or ()]
+    kept = rec.keeping_former_ids(before, stored.get("external_id"))
+    if rec.former_ids and set(rec.former_ids) not in (
+            set(kept.former_ids), set(before) - {rec.external_id}):
+        raise InvalidField("former_ids", "the former identifiers of a record are kept by "
+                           "merges only and cannot be changed by a write",
+                           "send them as a read of the record gave them, or leave them out")
+    return kept
+
+
 def _times(meta: Mapping[str, Any]) -> dict[str, str | None]:
     return {k: meta[k].isoformat() if meta[k] else None for k in ("created_at", "updated_at")}
 
@@ -176,6 +213,8 @@ class PatientService:
                  purpose: str = "care") -> str:
         """Validate and store one patient (same JSON shape as an import line)."""
         rec = data if isinstance(data, PatientRecord) else PatientRecord.parse(data)
+        if rec.former_ids:
+            raise _no_former_ids()
         lv = self.lv
         with lv.begin() as conn:
             lv.load_tenant_keys(conn, tenant_id)
@@ -321,6 +360,10 @@ class PatientService:
             d = ext.get(n)
             if d is not None and (d in existing or d in seen):
                 report.skipped += 1
+                continue
+            if rec.former_ids:
+                report.rejected.append({"line": n, "field": "former_ids",
+                                        "reason": NEW_RECORD_FORMER_IDS})
                 continue
             if d is not None:
                 seen.add(d)
@@ -481,8 +524,12 @@ class PatientService:
         tenant_id = access.tenant_id
         assert tenant_id is not None
         lv.load_tenant_keys(conn, tenant_id)
-        self._identifiers_free(conn, tenant_id, rec, patient_id)
         dek = lv.gate.patient_key(conn, tenant_id, patient_id)
+        # the former identifiers a merge gave the record go on with it, whatever the door
+        rec = former_ids_kept(rec, opened_identity(lv, conn, tenant_id, patient_id, dek))
+        if Category.IDENTITY in categories:
+            categories = {**categories, Category.IDENTITY: rec.categories()[Category.IDENTITY]}
+        self._identifiers_free(conn, tenant_id, rec, patient_id)
         repo.update_patient_blobs(conn, tenant_id, patient_id, lv.gate.seal_patient(
             conn, access, dek, patient_id, categories))
         idx = repo.current_key_version(conn, tenant_id, "index")

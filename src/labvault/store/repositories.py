@@ -301,6 +301,15 @@ def replace_index_rows(conn: Connection, tenant_id: str, patient_id: str,
             for k, d in dict.fromkeys(rows)])
 
 
+def add_index_rows(conn: Connection, tenant_id: str, patient_id: str,
+                   rows: Sequence[tuple[str, bytes]]) -> None:
+    """More index rows for a patient (a merge's former identifiers), the others kept."""
+    if rows:
+        conn.execute(insert(blind_index), [
+            {"tenant_id": tenant_id, "kind": k, "digest": d, "patient_id": patient_id}
+            for k, d in dict.fromkeys(rows)])
+
+
 # -- crypto-shredding ------------------------------------------------------------------
 def shred_patient(conn: Connection, tenant_id: str, patient_id: str, at: datetime) -> bool:
     """Destroy the data key, the index rows and the sealed blobs. True if anything was live."""

@@ -351,4 +351,9 @@ def merge_fr(exc: UserError) -> tuple[str, str] | None:
                          r"people", msg):
         return (f"les deux dossiers diffèrent sur : {traits_fr(m[1].split(', '))} — ce sont "
                 "peut-être deux personnes différentes", _FORCE_HINT)
+    if m := re.fullmatch(r"the record kept would have more than (\d+) former identifiers",
+                         msg):
+        return (f"le dossier conservé aurait plus de {m[1]} identifiants antérieurs",
+                "tant de doublons d'un même dossier signalent un problème d'identité : "
+                "vérifiez avec l'identitovigilance quels dossiers sont vraiment cette personne")
     return ("la fusion est refusée : " + msg, exc.hint)

@@ -86,7 +86,8 @@ STATUS_FR = {"registered": "enregistrée", "received": "prélèvement reçu",
 FIELD_FR = {"birth_name": "nom de naissance", "used_name": "nom d'usage",
             "first_names": "prénoms", "birth_date": "date de naissance", "sex": "sexe",
             "birth_place_insee": "lieu de naissance (code INSEE)", "nir": "n° de sécurité sociale",
-            "ins": "INS", "external_id": "identifiant d'origine", "address": "adresse",
+            "ins": "INS", "external_id": "identifiant d'origine",
+            "former_ids": "Identifiants antérieurs (fusion)", "address": "adresse",
             "phone": "téléphone", "email": "e-mail", "amo": "caisse d'assurance maladie (AMO)",
             "amc": "complémentaire santé (AMC)", "member_id": "n° d'adhérent",
             "blood_group": "groupe sanguin", "prescriber": "médecin prescripteur"}
@@ -140,7 +141,7 @@ def patient_fr(report: Any) -> str:
 
 CATEGORY_FIELDS = {
     "identity": ("birth_name", "used_name", "first_names", "birth_date", "sex",
-                 "birth_place_insee", "nir", "ins", "external_id"),
+                 "birth_place_insee", "nir", "ins", "external_id", "former_ids"),
     "contact": ("address", "phone", "email"),
     "coverage": ("amo", "amc", "member_id"),
     "clinical": ("blood_group", "prescriber"),
@@ -220,6 +221,8 @@ def field_value(name: str, value: object) -> str:
         return ""
     if name == "first_names" and isinstance(value, list | tuple):
         return " ".join(str(v) for v in value)
+    if name == "former_ids" and isinstance(value, list | tuple):
+        return ", ".join(str(v) for v in value)
     if name == "birth_date":
         return fr_date(value)
     if name == "sex":

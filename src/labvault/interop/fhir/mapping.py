@@ -84,6 +84,9 @@ def patient_to_fhir(p: Mapping[str, Any]) -> dict[str, Any]:
     if p.get("external_id"):
         ident.append({"use": "secondary", "system": ids.EXTERNAL_ID_SYSTEM,
                       "value": p["external_id"]})
+    # the external ids of duplicates merged into this record (docs/fhir.md, "Identifiers")
+    ident.extend({"use": "old", "system": ids.EXTERNAL_ID_SYSTEM, "value": former}
+                 for former in p.get("former_ids") or ())
     if ident:
         res["identifier"] = ident
     if p.get("birth_place_insee"):
@@ -140,6 +143,9 @@ def patient_from_fhir(r: Mapping[str, Any]) -> dict[str, Any]:
             out["nir"] = value
         elif system == ids.INS_NIA_SYSTEM:
             out["ins"] = value
+        elif system == ids.EXTERNAL_ID_SYSTEM and ident.get("use") == "old":
+            # a former id, as a read shows it: kept by merges only (a write may repeat them)
+            out.setdefault("former_ids", []).append(value)
         elif system == ids.EXTERNAL_ID_SYSTEM:
             out["external_id"] = value
         else:
