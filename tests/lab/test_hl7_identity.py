@@ -172,7 +172,7 @@ def test_results_whose_birth_date_differs_wait_in_the_queue(
     assert archived(lab_lv) == [(None, "AA")]
     (issue,) = lab_lv.lab.messages.list_issues(operator, tenant_id)
     assert issue["kind"] == "identity-mismatch" and issue["patient_id"] is None
-    assert issue["params"] == {"traits": "birth_date"}
+    assert issue["params"] == {"traits": "birth_date", "matched": helene}
     assert issue["patient"]["summary"]["birth_date"] == "19810517"   # type: ignore[index]
     assert "1980-05-17" not in str(issue) and "Hélène" not in str(issue["reason"])
     with lab_lv.begin() as conn:
@@ -188,7 +188,7 @@ def test_results_whose_sex_differs_wait_in_the_queue(h: Hl7Handler, lab_lv: Labv
     code, (err,) = ack_of(ack)
     assert code == "AA" and err[2] == "PID^1^8" and err[4] == "W"
     (issue,) = lab_lv.lab.messages.list_issues(operator, tenant_id)
-    assert issue["params"] == {"traits": "sex"}
+    assert issue["params"] == {"traits": "sex", "matched": helene}
     # two traits: one issue, both named; the warning at the first one's field
     _, ack = h.handle(oru("R2B", pid(sex="M", birth="19790101")))
     code, (err,) = ack_of(ack)

@@ -423,6 +423,9 @@ def test_an_identity_mismatch_says_why_in_french_and_is_attached_by_a_person(
     assert "Que faire : vérifiez l'identité envoyée par l'automate" in card
     assert p["birth_date"] not in page.text                   # not the record's value
     assert f'value="{year - 1}-{p["birth_date"][5:]}"' in page.text   # the search, as sent
+    # the record PID-3 names, to open (through the gate) and compare before attaching
+    assert "Dossier désigné par l'identifiant envoyé ouvrir ce dossier pour comparer" in card
+    assert f'<a href="/console/patients/{a.patients[0]}">ouvrir ce dossier</a>' in page.text
     done = browser.post(f"{QUEUE}/{iid}/rattacher",
                         data={"csrf": csrf_in(page.text), "patient_id": a.patients[0]})
     assert done.status_code == 200, _text(done)

@@ -847,8 +847,10 @@ class MessageService:
                   f"differ{'s' if len(differ) == 1 else ''} from what was sent: check the "
                   "identity; the results are not stored under that patient")
         for order in msg.orders:
+            # ``matched``: the record PID-3 names (an id, not personal): whoever resolves
+            # the issue opens it -- through the gate -- to compare, then attaches
             self._issue(ctx, IDENTITY_MISMATCH, None, order, list(order.results), p,
-                        where(differ[0]), reason, traits=", ".join(differ))
+                        where(differ[0]), reason, traits=", ".join(differ), matched=pid)
 
     def _decide(self, ctx: _Ctx, patient_id: str | None) -> Decision:
         """The message's one gate decision (one audit entry): write of an HL7 message's

@@ -289,6 +289,9 @@ def card(issue: Mapping[str, Any]) -> dict[str, Any]:
         "reason": issue.get("reason"), "reason_fr": reason_fr(issue),
         "erased": bool(issue.get("erased")),
         "patient_id": issue.get("patient_id"),
+        # identity-mismatch: the record PID-3 names, to open and compare before attaching
+        "matched": ((issue.get("params") or {}).get("matched")
+                    if kind == "identity-mismatch" and issue.get("status") == "open" else None),
         "name": summary.get("name") or "",
         "birth_date": hl7_date_fr(summary["birth_date"]) if summary.get("birth_date") else "",
         "sex": SEX_FR.get(str(summary.get("sex") or ""), ""),
