@@ -411,6 +411,13 @@ def _web_cases() -> dict[tuple[str, str], Case]:
             lambda c, r, lab: (f"/console/patients/{_patient_target(c, r, lab)}", None),
             allow(readers, 200, anon=303),
             allow((), 0, deny=404, platform_operator=403, patient=403)),
+        # "Historique des résultats": the roles the policy lets read reports (the gate's
+        # refusal for the others); another lab's patient: the same 404 as an absent one
+        ("GET", "/console/patients/{patient_id}/historique"): Case(
+            lambda c, r, lab: (f"/console/patients/{_patient_target(c, r, lab)}/historique",
+                               None),
+            allow(("technician", "biologist"), 200, anon=303),
+            allow((), 0, deny=404, platform_operator=403, patient=403)),
         # the roles the policy lets read reports (resource report): to send to the prescriber
         ("GET", "/console/rapports/{report_id}.pdf"): Case(
             staff_report, allow(("technician", "biologist"), 200, anon=303),
@@ -915,6 +922,8 @@ def _id_routes(c: Ctx, client: TestClient) -> dict[tuple[str, str], list[Req]]:
         ("GET", "/portail/rapports/{report_id}.pdf"): [
             (f"/portail/rapports/{order(c.w, b, patient).report_id}.pdf", None)],
         ("GET", "/console/patients/{patient_id}"): [(f"/console/patients/{patient}", None)],
+        ("GET", "/console/patients/{patient_id}/historique"): [
+            (f"/console/patients/{patient}/historique", None)],
         ("GET", "/console/patients/{patient_id}/fusion"): [
             (f"/console/patients/{patient}/fusion", None)],
         ("POST", "/console/patients/{patient_id}/fusion"): [

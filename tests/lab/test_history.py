@@ -133,6 +133,19 @@ def test_the_period_and_its_bounds(
     longest = lv.lab.results_history(biologist, tenant_id, patient_id,
                                      since=NOW - timedelta(days=HISTORY_MAX_DAYS))
     assert [r.at for r in longest.results] == [recent, old]
+    # a result entered long after it was taken (a history imported from another system):
+    # in the period it was taken in
+    _at(lv, mp, NOW)
+    taken = NOW - timedelta(days=PRIOR_LOOKBACK_DAYS + 200)
+    imported = lv.lab.create_order(operator, tenant_id, patient_id, {"tests": ["2823-3"]},
+                                   {"type": "BLD", "collected_at": taken.isoformat(),
+                                    "accession_number": f"H{next(_N)}"}).order_id
+    lv.lab.enter_results(technician, imported, [_k("3.9")])
+    lv.lab.validate_final(biologist, imported, None)
+    back_then = lv.lab.results_history(biologist, tenant_id, patient_id,
+                                       since=taken - timedelta(days=10),
+                                       until=taken + timedelta(days=10))
+    assert [(r.at, r.observation.code) for r in back_then.results] == [(taken, "2823-3")]
     for since, until in ((NOW - timedelta(days=HISTORY_MAX_DAYS + 1), None),
                          (NOW, NOW - timedelta(days=1)), (NOW, NOW)):
         with pytest.raises(InvalidField) as exc:

@@ -64,12 +64,7 @@ from labvault.errors import (
     UserError,
 )
 from labvault.services.gate import Access, Decision
-from labvault.services.lab_history import (
-    ENTRY_DELAY_DAYS,
-    HistoryResult,
-    ResultHistory,
-    period,
-)
+from labvault.services.lab_history import HistoryResult, ResultHistory, period
 from labvault.store import driver_sql
 from labvault.store import repositories as repo
 from labvault.store import repositories_lab as lrepo
@@ -1738,7 +1733,8 @@ class LabService:
         each dated by ``_result_time``. One gate decision, the read of the patient's
         reports (a validated result is part of one), audited like a listing of them; one
         query (``_validated_results``, results with their orders' specimens), every result
-        of the period opened (codes are sealed: ``code`` filters after). A patient the
+        entered since the period's start opened (codes are sealed: ``code`` filters after;
+        the time a result is dated by is sealed too: the period filters after). A patient the
         laboratory does not hold (another laboratory's, erased, no such id) answers
         ``absent("patient")``, the miss recorded."""
         self._scope(actor, tenant_id, "laboratory")
@@ -1750,9 +1746,11 @@ class LabService:
             self._check(conn, actor, Action.READ, tenant_id, "report", (patient_id,),
                         purpose=purpose)
             dek = self.lv.gate.patient_key(conn, tenant_id, patient_id)
+            # entered from the period's start on (a result is entered after it was taken),
+            # whenever since: one collected in the period and entered later (a culture, a
+            # history imported from another system) is in it
             found = self._validated_results(
-                conn, tenant_id, {patient_id: dek}, actor.kind == "patient", start,
-                end + timedelta(days=ENTRY_DELAY_DAYS))
+                conn, tenant_id, {patient_id: dek}, actor.kind == "patient", start, None)
             try:
                 cat: L.Catalogue | None = self._catalogue(conn, tenant_id)
             except UserError:           # a stored catalogue failing the checks: own names

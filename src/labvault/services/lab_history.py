@@ -13,14 +13,11 @@ from typing import Any
 from labvault.domain import lab as L
 from labvault.errors import InvalidField
 
-# The longest period one read covers: each result in it is unsealed (a test filter does
-# not narrow the query: codes are sealed), so a patient followed for decades is read a
-# few years at a time.
+# The longest period one read covers (a page of a few years' follow-up; a longer one is
+# read a few years at a time). What one read opens is every result of the patient entered
+# since the period's start: codes and result times are sealed, so a test filter and the
+# period's end narrow after opening.
 HISTORY_MAX_DAYS = 5 * 366
-# A result is dated by its observation or specimen collection, but the store keeps when it
-# was entered: the query reads results entered up to this long after the period's end, so
-# that a culture collected in the period and entered weeks later is in it.
-ENTRY_DELAY_DAYS = 120
 
 
 @dataclass(frozen=True)
