@@ -613,6 +613,12 @@ MATRIX: dict[tuple[str, str], Case] = {
     ("POST", "/api/v1/patients/{patient_id}/merge"): Case(
         _merge_pair, allow(("lab_admin",), 200, platform_operator=404),
         allow((), 0, deny=404)),
+    # a patient's results over time: the roles the policy lets read reports (the gate
+    # refuses the others); another laboratory's patient is absent (404) to its staff
+    ("GET", "/api/v1/patients/{patient_id}/results"): Case(
+        lambda c, r, lab: (f"/api/v1/patients/{_patient_target(c, r, lab)}/results", None),
+        allow(("technician", "biologist"), 200),
+        allow((), 0, deny=404, patient=403, platform_operator=403)),
     ("GET", "/api/v1/me"): Case(lambda c, r, lab: ("/api/v1/me", None), everyone(200)),
     ("GET", "/api/v1/me/access-log"): Case(lambda c, r, lab: ("/api/v1/me/access-log", None),
                                            allow(("patient",), 200)),
@@ -904,6 +910,8 @@ def _id_routes(c: Ctx, client: TestClient) -> dict[tuple[str, str], list[Req]]:
            for op in ("disable", "enable", "unlock", "reset-mfa", "reset-password",
                       "reissue-enrolment")},
         ("GET", "/api/v1/patients/{patient_id}"): [(f"/api/v1/patients/{patient}", None)],
+        ("GET", "/api/v1/patients/{patient_id}/results"): [
+            (f"/api/v1/patients/{patient}/results", None)],
         ("PUT", "/api/v1/patients/{patient_id}"): [
             (f"/api/v1/patients/{patient}", patient_json(950, seed=6))],
         ("DELETE", "/api/v1/patients/{patient_id}"): [(f"/api/v1/patients/{patient}", None)],
