@@ -109,6 +109,10 @@ def test_the_biologist_reads_the_patients_results_over_time(web: World,
     assert 'id="test-718-7"' in one and 'id="test-2823-3"' not in one
     assert '<option value="2823-3">Potassium</option>' in one
     assert '<option value="718-7" selected>Hémoglobine</option>' in one
+    # a test without a result in the period: kept as asked, said
+    none = _words(staff.get(href, params={"analyse": "14682-9"}).text)
+    assert "14682-9 (aucun résultat sur la période)" in none
+    assert "Aucun résultat validé sur cette période pour cette analyse." in none
     # a period without the first order
     june = staff.get(href, params={"depuis": "2026-04-01", "jusqu_au": "2026-12-31"}).text
     assert "02/06/2026" in june and "01/03/2026" not in _words(june).split("Afficher", 1)[1]
