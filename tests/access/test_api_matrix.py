@@ -411,6 +411,13 @@ def _web_cases() -> dict[tuple[str, str], Case]:
             lambda c, r, lab: (f"/console/patients/{_patient_target(c, r, lab)}", None),
             allow(readers, 200, anon=303),
             allow((), 0, deny=404, platform_operator=403, patient=403)),
+        # "Historique des résultats": the roles the policy lets read reports (the gate's
+        # refusal for the others); another lab's patient: the same 404 as an absent one
+        ("GET", "/console/patients/{patient_id}/historique"): Case(
+            lambda c, r, lab: (f"/console/patients/{_patient_target(c, r, lab)}/historique",
+                               None),
+            allow(("technician", "biologist"), 200, anon=303),
+            allow((), 0, deny=404, platform_operator=403, patient=403)),
         # the roles the policy lets read reports (resource report): to send to the prescriber
         ("GET", "/console/rapports/{report_id}.pdf"): Case(
             staff_report, allow(("technician", "biologist"), 200, anon=303),
@@ -606,6 +613,12 @@ MATRIX: dict[tuple[str, str], Case] = {
     ("POST", "/api/v1/patients/{patient_id}/merge"): Case(
         _merge_pair, allow(("lab_admin",), 200, platform_operator=404),
         allow((), 0, deny=404)),
+    # a patient's results over time: the roles the policy lets read reports (the gate
+    # refuses the others); another laboratory's patient is absent (404) to its staff
+    ("GET", "/api/v1/patients/{patient_id}/results"): Case(
+        lambda c, r, lab: (f"/api/v1/patients/{_patient_target(c, r, lab)}/results", None),
+        allow(("technician", "biologist"), 200),
+        allow((), 0, deny=404, patient=403, platform_operator=403)),
     ("GET", "/api/v1/me"): Case(lambda c, r, lab: ("/api/v1/me", None), everyone(200)),
     ("GET", "/api/v1/me/access-log"): Case(lambda c, r, lab: ("/api/v1/me/access-log", None),
                                            allow(("patient",), 200)),
@@ -897,6 +910,8 @@ def _id_routes(c: Ctx, client: TestClient) -> dict[tuple[str, str], list[Req]]:
            for op in ("disable", "enable", "unlock", "reset-mfa", "reset-password",
                       "reissue-enrolment")},
         ("GET", "/api/v1/patients/{patient_id}"): [(f"/api/v1/patients/{patient}", None)],
+        ("GET", "/api/v1/patients/{patient_id}/results"): [
+            (f"/api/v1/patients/{patient}/results", None)],
         ("PUT", "/api/v1/patients/{patient_id}"): [
             (f"/api/v1/patients/{patient}", patient_json(950, seed=6))],
         ("DELETE", "/api/v1/patients/{patient_id}"): [(f"/api/v1/patients/{patient}", None)],
@@ -915,6 +930,8 @@ def _id_routes(c: Ctx, client: TestClient) -> dict[tuple[str, str], list[Req]]:
         ("GET", "/portail/rapports/{report_id}.pdf"): [
             (f"/portail/rapports/{order(c.w, b, patient).report_id}.pdf", None)],
         ("GET", "/console/patients/{patient_id}"): [(f"/console/patients/{patient}", None)],
+        ("GET", "/console/patients/{patient_id}/historique"): [
+            (f"/console/patients/{patient}/historique", None)],
         ("GET", "/console/patients/{patient_id}/fusion"): [
             (f"/console/patients/{patient}/fusion", None)],
         ("POST", "/console/patients/{patient_id}/fusion"): [

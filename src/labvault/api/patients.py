@@ -15,6 +15,7 @@ from fastapi import APIRouter, Body, Query, Response
 from pydantic import BaseModel, Field
 
 from labvault.api.deps import LV, CurrentActor, blocking
+from labvault.api.instants import EXAMPLE, Instant
 from labvault.domain.actors import Actor
 from labvault.domain.categories import Category
 from labvault.errors import AccessDenied
@@ -109,6 +110,24 @@ def break_glass(patient_id: str, body: BreakGlassIn, actor: CurrentActor,
     reason are required; the access is audited and raises an alert."""
     lv.accounts.reauthenticate(actor, body.password, body.totp)
     return lv.patients.show(actor, patient_id, purpose="break-glass", reason=body.reason)
+
+
+@router.get("/{patient_id}/results")
+def results_history(patient_id: str, actor: CurrentActor, lv: LV,
+                    code: str | None = Query(None, max_length=40,
+                                             description="one test's LOINC code"),
+                    since: Instant | None = Query(None, description=(
+                        "results dated from then on (ISO 8601 with its UTC offset; default: "
+                        "732 days before until)"), examples=[EXAMPLE]),
+                    until: Instant | None = Query(None, description=(
+                        "results dated before then (default: now)"), examples=[EXAMPLE])
+                    ) -> dict[str, Any]:
+    """The patient's validated results over time, newest first (docs/lab.md, "A
+    patient's results over time"): the roles the policy lets read reports, one audited
+    read of the patient's reports. A period longer than 1830 days, or ending before it
+    starts: 422. Another laboratory's patient answers 404 like an absent one."""
+    return lv.lab.results_history(actor, _tenant(actor), patient_id, code=code or None,
+                                  since=since, until=until).as_json()
 
 
 class MergeIn(BaseModel):

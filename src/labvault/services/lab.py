@@ -25,6 +25,8 @@ Public API (stable; the FHIR door builds on it):
 - ``get_order``, ``get_report``, ``get_report_by_order``, ``get_observation``,
   ``get_specimen``, ``observation_history``
 - ``load_catalogue(actor, tenant_id, data)``, ``catalogue(tenant_id)``
+- ``results_history(actor, tenant_id, patient_id, code=None, since=None, until=None)
+  -> ResultHistory``: a patient's validated results over time
 
 ``expected`` is what the validating person was shown: ``{observation_id: revision}`` of
 the order (``ReportView.expected``); when the results differ now, the call is refused
@@ -62,6 +64,7 @@ from labvault.errors import (
     UserError,
 )
 from labvault.services.gate import Access, Decision
+from labvault.services.lab_history import HistoryResult, ResultHistory, period
 from labvault.store import driver_sql
 from labvault.store import repositories as repo
 from labvault.store import repositories_lab as lrepo
@@ -1626,14 +1629,29 @@ class LabService:
         otherwise make every worklist showing them open their whole history. Every
         comparison a delta window allows is still made (the longest window,
         ``L.DELTA_MAX_DAYS``, is half the lookback)."""
-        deks = {o.patient_id: o.dek for o in orders}
         since, until = window or (self.lv.now() - timedelta(days=PRIOR_LOOKBACK_DAYS), None)
+        out: dict[str, list[tuple[str, D.Prior]]] = {}
+        for r, obs, at in self._validated_results(
+                conn, tenant_id, {o.patient_id: o.dek for o in orders}, published, since,
+                until):
+            out.setdefault(r["patient_id"], []).append((r["order_id"], D.Prior(
+                at, obs, r["observation_id"], _utc(r["created_at"]))))
+        return out
+
+    def _validated_results(self, conn: Connection, tenant_id: str,
+                           deks: Mapping[str, DataKey], published: bool, since: datetime,
+                           until: datetime | None
+                           ) -> list[tuple[dict[str, Any], L.Observation, datetime]]:
+        """The validated results (``_priors``: which, and who may call it) of the patients
+        of ``deks`` (patient id -> the key the caller opened them with) entered in
+        [``since``, ``until``), each as (row, result opened, its ``_result_time``), in the
+        order entered: one query, their orders' specimens included."""
         rows = lrepo.validated_observations_of(
             conn, tenant_id, list(deks),
             sorted(s.value for s in (PATIENT_VISIBLE if published else _VALIDATED)),
             ("final", "amended"), since=since, until=until)
         collected: dict[str, datetime | None] = {}
-        out: dict[str, list[tuple[str, D.Prior]]] = {}
+        out = []
         for r in rows:
             dek = deks[r["patient_id"]]
             obs = L.Observation.from_json(self._open(
@@ -1642,9 +1660,8 @@ class LabService:
             if obs.observed_at is None and r["order_id"] not in collected:
                 collected[r["order_id"]] = self._specimens_collected(dek, tenant_id,
                                                                      r["specimens"])
-            at = _result_time(obs, r["created_at"], collected.get(r["order_id"]))
-            out.setdefault(r["patient_id"], []).append((r["order_id"], D.Prior(
-                at, obs, r["observation_id"], _utc(r["created_at"]))))
+            out.append((r, obs, _result_time(obs, r["created_at"],
+                                             collected.get(r["order_id"]))))
         return out
 
     def _specimens_collected(self, dek: DataKey, tenant_id: str,
@@ -1704,6 +1721,48 @@ class LabService:
             if found is not None:
                 out[rid] = found
         return out
+
+    # == a patient's results over time (docs/lab.md) ===========================================
+    def results_history(self, actor: Actor, tenant_id: str, patient_id: str,
+                        code: str | None = None, since: datetime | None = None,
+                        until: datetime | None = None, purpose: str = CARE) -> ResultHistory:
+        """A patient's validated results dated in [``since``, ``until``) (default: the
+        last ``PRIOR_LOOKBACK_DAYS``; at most ``HISTORY_MAX_DAYS``), newest first, of the
+        test ``code`` or of every test: final or amended results of an order validated,
+        published or amended (a patient: published or amended only, as its listings),
+        each dated by ``_result_time``. One gate decision, the read of the patient's
+        reports (a validated result is part of one), audited like a listing of them; one
+        query (``_validated_results``, results with their orders' specimens), every result
+        entered since the period's start opened (codes are sealed: ``code`` filters after;
+        the time a result is dated by is sealed too: the period filters after). A patient the
+        laboratory does not hold (another laboratory's, erased, no such id) answers
+        ``absent("patient")``, the miss recorded."""
+        self._scope(actor, tenant_id, "laboratory")
+        start, end = period(self.lv.now(), since, until, PRIOR_LOOKBACK_DAYS)
+        with self.lv.begin() as conn:
+            if repo.patient_tenant(conn, patient_id) != tenant_id:
+                raise self._refused_absent(conn, actor, Action.READ, "report", "patient",
+                                           patient_id, tenant_id)
+            self._check(conn, actor, Action.READ, tenant_id, "report", (patient_id,),
+                        purpose=purpose)
+            dek = self.lv.gate.patient_key(conn, tenant_id, patient_id)
+            # entered from the period's start on (a result is entered after it was taken),
+            # whenever since: one collected in the period and entered later (a culture, a
+            # history imported from another system) is in it
+            found = self._validated_results(
+                conn, tenant_id, {patient_id: dek}, actor.kind == "patient", start, None)
+            try:
+                cat: L.Catalogue | None = self._catalogue(conn, tenant_id)
+            except UserError:           # a stored catalogue failing the checks: own names
+                cat = None
+        found = [(r, obs, at) for r, obs, at in found if start <= at < end]
+        names = {obs.code: (cat.name_of(obs.code) if cat is not None and cat.get(obs.code)
+                            else obs.name) for _r, obs, _at in found}
+        # newest first; two results of one time: the one entered last first
+        found.sort(key=lambda f: (f[2], _utc(f[0]["created_at"])), reverse=True)
+        results = [HistoryResult(r["observation_id"], r["order_id"], at, r["status"], obs)
+                   for r, obs, at in found if code is None or obs.code == code]
+        return ResultHistory(patient_id, start, end, code, results, names)
 
     # == publication, amendment, rejection, cancellation ========================================
     def publish(self, actor: Actor, order_id: str, partial: bool | None = None) -> ReportView:
