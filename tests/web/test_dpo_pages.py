@@ -157,13 +157,13 @@ def test_user_activity_counts_then_every_entry(web: World, browser: TestClient) 
 def test_user_activity_refuses_an_unknown_account_next_to_the_field(
         web: World, browser: TestClient) -> None:
     _console(browser, web, "dpo")
-    for typed in ("acc_nobody", web.b.accounts["biologist"]):    # unknown, another lab's
+    for typed in ("acct_nobody", web.b.accounts["biologist"]):    # unknown, another lab's
         page = browser.get(f"/console/activite-utilisateur?compte={typed}")
         assert page.status_code == 422
         text = _text(page)
         assert "aucun compte de votre laboratoire ne porte cet identifiant" in text
         assert 'aria-invalid="true"' in page.text and f'value="{typed}"' in page.text
-    bad_day = browser.get("/console/activite-utilisateur?compte=acc_x&depuis=2026-13-45")
+    bad_day = browser.get("/console/activite-utilisateur?compte=acct_x&depuis=2026-13-45")
     assert bad_day.status_code == 422 and "ce n'est pas une date" in _text(bad_day)
 
 

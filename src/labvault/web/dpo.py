@@ -46,7 +46,8 @@ RESOURCE_FR = {"patient": "dossier", "order": "demande", "specimen": "prélèvem
                "tenant": "laboratoire", "export": "exports", "breach": "violations de données",
                "import-issue": "messages d'automate", "delivery": "transmissions",
                "patient-merge": "fusion de dossiers", "hl7-message": "messages HL7",
-               "canary": "dossiers témoins", "catalogue": "catalogue", "keys": "clés"}
+               "canary": "dossiers témoins", "catalogue": "catalogue", "keys": "clés",
+               "security": "sécurité"}
 # verify's problem kinds (audit.chain.Problem, docs/audit.md), as the page says them
 PROBLEM_FR = {
     "mac-mismatch": "une entrée a été modifiée, insérée ou déplacée",
@@ -149,7 +150,7 @@ def user_activity(user: User, lv: LV, compte: Id = "", depuis: Day = "",
     since, until, errors = _period(depuis, jusqua)
     asked = any((typed["compte"], depuis, jusqua))
     if asked and not typed["compte"]:
-        errors["compte"] = "l'identifiant du compte manque : donnez-le (il commence par acc_)"
+        errors["compte"] = "l'identifiant du compte manque : donnez-le (il commence par acct_)"
     if errors or not asked:
         return html("dpo_user_activity.html", 422 if errors else 200, user=user, typed=typed,
                     errors=errors, report=None)
@@ -158,7 +159,7 @@ def user_activity(user: User, lv: LV, compte: Id = "", depuis: Day = "",
                                           tenant_id=tenant_id)
     except NotFound:
         errors["compte"] = ("aucun compte de votre laboratoire ne porte cet identifiant, et le "
-                            "journal n'a rien de lui : vérifiez-le (il commence par acc_)")
+                            "journal n'a rien de lui : vérifiez-le (il commence par acct_)")
         return html("dpo_user_activity.html", 422, user=user, typed=typed, errors=errors,
                     report=None)
     items = report["items"][::-1]                                   # newest first
