@@ -522,6 +522,20 @@ def _web_cases() -> dict[tuple[str, str], Case]:
             lambda c, r, lab: _merge_form(_merge_pair(c, r, lab)),
             allow(("lab_admin",), 200, anon=303), allow(("lab_admin",), 404, deny=403),
             form=True),
+        # the DPO's pages (policy resource audit); another laboratory's patient or
+        # account: the refusal of an absent id next to the field (422)
+        ("GET", "/console/journal-patient"): Case(
+            lambda c, r, lab: (f"/console/journal-patient?patient={_patient_target(c, r, lab)}"
+                               "&refus=oui", None),
+            allow(("dpo",), 200, anon=303), allow(("dpo",), 422, deny=403)),
+        ("GET", "/console/activite-utilisateur"): Case(
+            lambda c, r, lab: ("/console/activite-utilisateur?compte="
+                               f"{lab_of(c, lab).accounts['biologist']}", None),
+            allow(("dpo",), 200, anon=303), allow(("dpo",), 422, deny=403)),
+        ("GET", "/console/integrite-journal"): Case(get("/console/integrite-journal"),
+                                                    allow(("dpo",), 200, anon=303)),
+        ("POST", "/console/integrite-journal"): Case(get("/console/integrite-journal"),
+                                                     allow(("dpo",), 200, anon=303), form=True),
         # a fresh panic-value alert per call; another lab's: the same 404 as an absent one
         ("POST", "/console/alertes/{alert_id}/prise-en-compte"): Case(
             lambda c, r, lab: (f"/console/alertes/{_panic_alert(c, lab)}/prise-en-compte",

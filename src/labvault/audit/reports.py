@@ -173,14 +173,18 @@ def to_audit_event(e: AuditEntry, lab_names: dict[str, str]) -> dict[str, Any]:
     return ev
 
 
-def _known_actor(conn: Connection, actor_id: str) -> bool:
+def _known_actor(conn: Connection, actor_id: str, tenant_id: str | None = None) -> bool:
     """An operator or system principal (``os:user@host``, ``system:job``: not accounts,
     an empty report about one is an answer), an account (even one that did nothing yet),
-    or an actor the trail has seen. Anything else is a typo, not an innocent user."""
+    or an actor the trail has seen. Anything else is a typo, not an innocent user.
+    ``tenant_id``: an account of that laboratory (the entries were read from its chain)."""
     from labvault.store import repositories_access as accrepo
-    return actor_id.startswith(("os:", "system:")) \
-        or accrepo.get_account(conn, actor_id) is not None \
-        or arepo.actor_has_entries(conn, actor_id)
+    if actor_id.startswith(("os:", "system:")):
+        return True
+    account = accrepo.get_account(conn, actor_id)
+    if tenant_id is not None:
+        return account is not None and account["tenant_id"] == tenant_id
+    return account is not None or arepo.actor_has_entries(conn, actor_id)
 
 
 def _entries_with_merged(conn: Connection, chain: str, patient_id: str,
@@ -230,12 +234,25 @@ class AuditReports:
 
     # -- who saw my record ------------------------------------------------------------------
     def access_log(self, actor: Actor, patient_id: str, include_denied: bool = False,
-                   since: datetime | None = None) -> list[dict[str, Any]]:
+                   since: datetime | None = None,
+                   until: datetime | None = None) -> list[dict[str, Any]]:
+        """Who touched the record, oldest first (``until``: exclusive): roles and
+        laboratories, as the patient's answer gives them (the patient's portal, the
+        operator's ``labvault audit access``). Staff -- the DPO on the console, who
+        investigates and reads the same trail as AuditEvents -- get each actor's account
+        id too. Staff asking about a record their laboratory does not hold get the answer
+        of an absent id, the miss recorded."""
         if actor.kind == "patient":
             patient_id = actor.patient_id or ""
         with self.lv.begin() as conn:
             tenant = conn.execute(select(patients.c.tenant_id).where(
                 patients.c.patient_id == patient_id)).scalar()
+            if actor.kind == "staff" and tenant != actor.tenant_id:
+                from labvault.services.gate import Access
+                self.lv.gate.refuse_absent(conn, Access(
+                    actor, Action.READ, actor.tenant_id, frozenset(), purpose="audit",
+                    resource="audit"), "patient", patient_id)
+                tenant = None
             if tenant is None:
                 raise NotFound("no such patient", "check the patient id")
             self._check(conn, actor, tenant,
@@ -251,7 +268,10 @@ class AuditReports:
                 continue     # the patient's own look at this list
             if not include_denied and e.outcome not in ("allowed", "success"):
                 continue
+            if until is not None and e.at >= until:
+                continue
             out.append({"at": e.at.isoformat(), "who": self.who(e, labs),
+                        **({"actor_id": e.actor_id} if actor.kind == "staff" else {}),
                         "role": list(e.actor_roles), "lab": labs.get(e.actor_tenant or ""),
                         "actor_kind": e.actor_kind, "action": e.action,
                         "resource": e.resource or None,     # patient, order, report...
@@ -262,12 +282,18 @@ class AuditReports:
 
     # -- the DPO's report on one user -----------------------------------------------------
     def user_report(self, actor: Actor, user_id: str, since: datetime | None = None,
-                    until: datetime | None = None) -> dict[str, Any]:
+                    until: datetime | None = None,
+                    tenant_id: str | None = None) -> dict[str, Any]:
+        """Every entry by ``user_id``, refusals included. ``tenant_id``: that laboratory's
+        chain only (its DPO on the console; the gate decides for that laboratory), where an
+        account of another laboratory with no entry in it is no known actor."""
         with self.lv.begin() as conn:
-            self._check(conn, actor, None, "audit")
+            self._check(conn, actor, tenant_id, "audit")
             rows = arepo.entries_for_actor(conn, user_id, datetime_to_us(since) if since else 0,
                                            datetime_to_us(until) if until else None)
-            if not rows and not _known_actor(conn, user_id):
+            if tenant_id is not None:
+                rows = [r for r in rows if r["tenant_id"] == tenant_id]
+            if not rows and not _known_actor(conn, user_id, tenant_id):
                 raise NotFound(f"no account {user_id}, and no audit entry by it",
                                "check the id (`labvault user show`); the CLI operator is "
                                "os:<user>@<host>, labvault's own jobs system:<job>")

@@ -15,6 +15,7 @@ from fastapi.staticfiles import StaticFiles
 def install(app: FastAPI) -> None:
     from labvault.services.portal import PortalService
     from labvault.web.desk import router as desk
+    from labvault.web.dpo import router as dpo
     from labvault.web.history import router as history
     from labvault.web.queue import router as queue
     from labvault.web.routes import router
@@ -23,6 +24,7 @@ def install(app: FastAPI) -> None:
     app.include_router(desk)          # the reception desk's pages
     app.include_router(queue)         # the import-issues queue ("Messages d'automate")
     app.include_router(history)       # a patient's results over time
+    app.include_router(dpo)           # the DPO's pages (audit trail)
     static = resources.files("labvault.web").joinpath("static")
     app.mount("/static", StaticFiles(directory=str(static)), name="static")
     _page_for_unknown_paths(app)

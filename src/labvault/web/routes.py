@@ -126,6 +126,8 @@ class WebUser:
     may_outbox: bool = False            # "Transmissions aux prescripteurs": delivery read
     may_merge: bool = False             # "Fusionner un doublon": patient-merge write
     may_search: bool = False            # "Recherche de patient": patient search (identity)
+    # the DPO's pages (journal d'un patient, activité d'un utilisateur, intégrité): audit read
+    may_audit: bool = False
     # "Alertes" (every alert) or "Alertes cliniques" (a biologist's): alert read
     may_alerts: bool = False
     clinical_alerts_only: bool = False
@@ -195,6 +197,15 @@ TASKS: tuple[Task, ...] = (
     Task(ALERTS, "Alertes",
          "les alertes du laboratoire (sécurité, valeurs critiques, envois non remis) : les "
          "lire et les prendre en compte", lambda u: u.may_alerts),
+    Task("/console/journal-patient", "Journal d'un patient",
+         "qui a consulté le dossier d'un patient, quand et pourquoi (une plainte « qui a "
+         "consulté mon dossier ? »)", lambda u: u.may_audit),
+    Task("/console/activite-utilisateur", "Activité d'un utilisateur",
+         "tout ce qu'un compte a fait ou tenté dans le laboratoire, refus compris",
+         lambda u: u.may_audit),
+    Task("/console/integrite-journal", "Intégrité du journal",
+         "vérifier que le journal d'audit du laboratoire n'a pas été altéré",
+         lambda u: u.may_audit),
 )
 
 
@@ -235,6 +246,15 @@ def may_merge(lv: Labvault, actor: Actor) -> bool:
     return bool(lv.gate.categories_of(Access(actor, Action.WRITE, actor.tenant_id,
                                              frozenset(PATIENT_CATEGORIES),
                                              purpose=MERGE_PURPOSE, resource=MERGE_RESOURCE)))
+
+
+def may_audit(lv: Labvault, actor: Actor) -> bool:
+    """Whether the policy lets ``actor`` read its laboratory's audit trail (``audit`` read,
+    purpose audit: the DPO's pages). Decided on the policy's table, nothing recorded."""
+    if actor.kind != "staff" or actor.tenant_id is None:
+        return False
+    return lv.gate.policy.decide(Access(actor, Action.READ, actor.tenant_id, frozenset(),
+                                        purpose="audit", resource="audit")).allowed
 
 
 def may_search(lv: Labvault, actor: Actor) -> bool:
@@ -284,6 +304,7 @@ def _as_user(request: Request, creds: HTTPAuthorizationCredentials | None,
                    may_queue=may_read_queue(lv, actor),
                    may_outbox=lv.delivery.may_view(actor),
                    may_merge=may_merge(lv, actor), may_search=may_search(lv, actor),
+                   may_audit=may_audit(lv, actor),
                    may_alerts=alerts is not None,
                    clinical_alerts_only=alerts is not None and alerts.kinds is not None)
     request.state.web_user = user
