@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import re
+from html import unescape
 from typing import Any
 
 from fastapi.testclient import TestClient
@@ -173,3 +174,25 @@ ORDER_FORM: dict[str, Any] = {
     "prescriber_rpps": "10003456786", "priority": "urgent",
     "clinical_notes": "sous anticoagulant", "collected": "oui", "specimen_type": "BLD",
     "collected_at": "2026-03-01T08:30"}
+
+
+def text_of(page: str) -> str:
+    """A page's text as read: tags dropped, entities decoded, white space collapsed."""
+    return " ".join(unescape(re.sub(r"<[^>]+>", " ", page)).split())
+
+
+def logged_in_as(web: World, browser: TestClient, role: str, lab: str = "a") -> TestClient:
+    """A client of ``browser``'s app logged in as ``role`` of lab ``a`` or ``b``."""
+    client = TestClient(browser.app, base_url="http://testserver", follow_redirects=False)
+    form_login(client, web, (web.a if lab == "a" else web.b).emails[role],
+               staff=role != "patient")
+    return client
+
+
+def staff_accesses(web: World, patient_id: str) -> list[dict[str, Any]]:
+    """The patient's access log, staff entries (not a test's own reads of the log)."""
+    from labvault.domain.actors import Actor
+    from labvault.services.audit import audit_of
+    return [e for e in audit_of(web.lv).access_log(Actor.operator(), patient_id,
+                                                   include_denied=True)
+            if e["actor_kind"] == "staff"]

@@ -8,7 +8,6 @@ and the delta check")."""
 
 from __future__ import annotations
 
-import re
 import shutil
 import subprocess
 from html import unescape
@@ -18,16 +17,13 @@ from fastapi.testclient import TestClient
 
 from labvault.web.pdf import report_html
 from tests.access.conftest import World
-from tests.web.helpers import REQ, form_login
+from tests.web.helpers import REQ, form_login, text_of
 
 FIRST = "2026-02-10T09:15:00+01:00"       # Paris time: 10/02/2026 à 09:15
 UNPUBLISHED = "2026-02-20T10:00:00+01:00"
 NOW = "2026-03-01T08:30:00+01:00"
 _N = iter(range(1, 10_000))
 
-
-def _words(page: str) -> str:
-    return " ".join(unescape(re.sub(r"<[^>]+>", " ", page)).split())
 
 
 def _order(web: World, collected: str, k: str, hb: float, step: str = "published") -> Any:
@@ -80,21 +76,21 @@ def test_the_report_prints_the_previous_published_results(web: World,
     # the page it is printed from, likewise
     me = web.lv.accounts.resolve(patient.cookies["labvault_session"])
     portal = browser.app.state.portal  # type: ignore[attr-defined]
-    page = _words(report_html(portal.my_report(me, current.report_id), {}, "Laboratoire a"))
+    page = text_of(report_html(portal.my_report(me, current.report_id), {}, "Laboratoire a"))
     assert all(s in page for s in said) and "6,1" not in page
     # a report with no previous result has no column
     earliest = portal.my_report(me, first.report_id)
     assert earliest.anteriorities == {}
-    assert "Antériorité" not in _words(report_html(earliest, {}, "Laboratoire a"))
+    assert "Antériorité" not in text_of(report_html(earliest, {}, "Laboratoire a"))
     text = _pdf_text(patient.get(f"/portail/rapports/{first.report_id}.pdf").content)
     assert text is None or "Antériorité" not in text
     # the portal's page: the same column, never the unpublished result
-    mine = _words(patient.get("/portail").text)
+    mine = text_of(patient.get("/portail").text)
     assert all(s in mine for s in said)
     assert "6,1" not in mine and "20/02/2026" not in mine
     # the console's patient page: the published report as printed (the unpublished one
     # is listed for staff, but never as a previous result)
-    staff = _words(bio.get(f"/console/patients/{web.a.patients[0]}").text)
+    staff = text_of(bio.get(f"/console/patients/{web.a.patients[0]}").text)
     assert all(s in staff for s in said)
     assert "6,1 mmol/L le 20/02/2026" not in staff
 
@@ -105,5 +101,5 @@ def test_the_validation_page_dates_a_typed_in_previous_result_by_its_specimen(
     _order(web, FIRST, "4.2", 13.1, step="final")
     _order(web, NOW, "4.6", 13.3, step="technical")
     page = unescape(_client(web, browser, "biologist").get("/console/validation").text)
-    assert "Antériorité : 4,2 mmol/L le 10/02/2026 à 09:15 (normal)" in _words(page)
+    assert "Antériorité : 4,2 mmol/L le 10/02/2026 à 09:15 (normal)" in text_of(page)
     assert "Antériorité" not in page.split("<thead>", 1)[1].split("</thead>", 1)[0]

@@ -6,39 +6,20 @@ an unpublished report refused."""
 
 from __future__ import annotations
 
-import re
 import shutil
 import subprocess
 from html import unescape
-from typing import Any
 
 from fastapi.testclient import TestClient
 
-from labvault.domain.actors import Actor
-from labvault.services.audit import audit_of
 from labvault.web.pdf import FROM_CONSOLE, FROM_PORTAL, report_html
 from tests.access.conftest import World
-from tests.web.helpers import REQ, csrf_in, form_login, order
+from tests.web.helpers import REQ, csrf_in, logged_in_as, order, staff_accesses, text_of
 
 DOWNLOAD = "Télécharger le compte rendu (PDF)"
 
 
-def _words(page: str) -> str:
-    return " ".join(unescape(re.sub(r"<[^>]+>", " ", page)).split())
 
-
-def _as(web: World, browser: TestClient, role: str, lab: str = "a") -> TestClient:
-    client = TestClient(browser.app, base_url="http://testserver", follow_redirects=False)
-    form_login(client, web, (web.a if lab == "a" else web.b).emails[role],
-               staff=role != "patient")
-    return client
-
-
-def _log(web: World, patient_id: str) -> list[dict[str, Any]]:
-    """The patient's access log, staff entries (not this test's own reads of the log)."""
-    return [e for e in audit_of(web.lv).access_log(Actor.operator(), patient_id,
-                                                   include_denied=True)
-            if e["actor_kind"] == "staff"]
 
 
 def test_biologist_and_technician_download_the_published_report(web: World,
@@ -50,7 +31,7 @@ def test_biologist_and_technician_download_the_published_report(web: World,
     waiting = order(web, a, a.patients[0], step="final")
     href = f"/console/rapports/{rep.report_id}.pdf"
     for role in ("biologist", "technician"):
-        staff = _as(web, browser, role)
+        staff = logged_in_as(web, browser, role)
         page = staff.get(f"/console/patients/{a.patients[0]}").text
         assert f'href="{href}"' in page and DOWNLOAD in unescape(page)
         assert f"/console/rapports/{waiting.report_id}.pdf" not in page   # not published
@@ -62,7 +43,7 @@ def test_biologist_and_technician_download_the_published_report(web: World,
         assert (pdf.headers["content-disposition"]
                 == f'attachment; filename="compte-rendu-{rep.report_id}.pdf"')
     # the same page as the portal's, said as produced from the console
-    patient = _as(web, browser, "patient")
+    patient = logged_in_as(web, browser, "patient")
     mine = patient.app.state.portal  # type: ignore[attr-defined]
     me = web.lv.accounts.resolve(patient.cookies["labvault_session"])
     report, record = mine.my_report(me, rep.report_id), mine.my_record(me)
@@ -72,7 +53,7 @@ def test_biologist_and_technician_download_the_published_report(web: World,
     assert console == portal.replace(FROM_PORTAL, FROM_CONSOLE) and console != portal
     if shutil.which("pdftotext") is not None:
         text = " ".join(subprocess.run(
-            ["pdftotext", "-", "-"], input=_as(web, browser, "biologist").get(href).content,
+            ["pdftotext", "-", "-"], input=logged_in_as(web, browser, "biologist").get(href).content,
             capture_output=True, check=True).stdout.decode().split())
         for said in (f"FINESS {lab.finess}", a.patient_data[0]["birth_name"].upper(),
                      f"Prescripteur : {REQ['prescriber']['name']}",
@@ -89,7 +70,7 @@ def test_an_amended_report_is_downloaded_with_its_correction(web: World,
     web.lv.lab.amend(bio, obs.observation_id, {"code": "718-7", "value": 12.0, "unit": "g/dL"},
                      "erreur de saisie")
     assert web.lv.lab.get_report(bio, rep.report_id).order_status.value == "amended"
-    staff = _as(web, browser, "biologist")
+    staff = logged_in_as(web, browser, "biologist")
     assert f"/console/rapports/{rep.report_id}.pdf" in staff.get(
         f"/console/patients/{a.patients[0]}").text
     pdf = staff.get(f"/console/rapports/{rep.report_id}.pdf")
@@ -104,27 +85,27 @@ def test_roles_that_do_not_read_reports_are_refused(web: World, browser: TestCli
     rep = order(web, a, a.patients[0])
     href = f"/console/rapports/{rep.report_id}.pdf"
     for role in ("reception", "lab_admin", "dpo"):
-        before = len(_log(web, a.patients[0]))
-        r = _as(web, browser, role).get(href)
+        before = len(staff_accesses(web, a.patients[0]))
+        r = logged_in_as(web, browser, role).get(href)
         assert r.status_code == 403 and not r.content.startswith(b"%PDF"), role
-        new = _log(web, a.patients[0])[before:]
+        new = staff_accesses(web, a.patients[0])[before:]
         assert [(e["resource"], e["outcome"], e["role"]) for e in new] == [
             ("report", "denied", [role])], role
         # and the patient page shows them no download link
         if role == "reception":
-            assert href not in _as(web, browser, role).get(
+            assert href not in logged_in_as(web, browser, role).get(
                 f"/console/patients/{a.patients[0]}").text
-    assert _as(web, browser, "patient").get(href).status_code == 403
+    assert logged_in_as(web, browser, "patient").get(href).status_code == 403
 
 
 def test_every_download_is_audited_as_a_care_read_of_the_report(web: World,
                                                                 browser: TestClient) -> None:
     a = web.a
     rep = order(web, a, a.patients[0])
-    staff = _as(web, browser, "biologist")
-    before = len(_log(web, a.patients[0]))
+    staff = logged_in_as(web, browser, "biologist")
+    before = len(staff_accesses(web, a.patients[0]))
     assert staff.get(f"/console/rapports/{rep.report_id}.pdf").status_code == 200
-    new = _log(web, a.patients[0])[before:]
+    new = staff_accesses(web, a.patients[0])[before:]
     reads = [e for e in new if e["resource"] == "report"]
     assert len(reads) == 1
     assert reads[0]["action"] == "read" and reads[0]["purpose"] == "care"
@@ -141,12 +122,12 @@ def test_another_laboratory_s_report_answers_like_an_absent_one(web: World,
     theirs = order(web, b, b.patients[0]).report_id
     nowhere = theirs[:-6] + "000000"
     for role in ("biologist", "technician", "reception"):
-        staff = _as(web, browser, role)
+        staff = logged_in_as(web, browser, role)
         other = staff.get(f"/console/rapports/{theirs}.pdf")
         absent = staff.get(f"/console/rapports/{nowhere}.pdf")
         assert other.status_code == absent.status_code == 404, role
         assert other.text == absent.text
-        assert "n'existe pas dans votre laboratoire" in _words(other.text)
+        assert "n'existe pas dans votre laboratoire" in text_of(other.text)
 
 
 def test_an_unpublished_report_does_not_leave_the_laboratory(web: World,
@@ -159,16 +140,16 @@ def test_an_unpublished_report_does_not_leave_the_laboratory(web: World,
         web.actor(a.emails["biologist"]),
         order(web, a, a.patients[0], step="technical").order_id)
     assert technical.order_status.value == "technically-validated"
-    staff = _as(web, browser, "biologist")
+    staff = logged_in_as(web, browser, "biologist")
     for report_id in (final.report_id, technical.report_id):
-        before = len(_log(web, a.patients[0]))
+        before = len(staff_accesses(web, a.patients[0]))
         r = staff.get(f"/console/rapports/{report_id}.pdf")
         assert r.status_code == 409 and not r.content.startswith(b"%PDF")
-        said = _words(r.text)
+        said = text_of(r.text)
         assert "ce compte rendu n'est pas encore diffusé" in said
         assert "il ne doit pas quitter le laboratoire" in said and "Validation biologique" in said
         assert "not published" not in said
-        assert _log(web, a.patients[0])[before:] == []
+        assert staff_accesses(web, a.patients[0])[before:] == []
 
 
 def test_diffuser_says_to_download_the_report_for_the_prescriber(web: World,
@@ -178,7 +159,7 @@ def test_diffuser_says_to_download_the_report_for_the_prescriber(web: World,
     a = web.a
     first = order(web, a, a.patients[0], step="final")
     second = order(web, a, a.patients[0], step="technical")
-    staff = _as(web, browser, "biologist")
+    staff = logged_in_as(web, browser, "biologist")
     token = csrf_in(staff.get("/console").text)
     done = [(first, staff.post(f"/console/diffusion/{first.order_id}", data={"csrf": token})),
             (second, staff.post(f"/console/validation/{second.order_id}",
@@ -187,7 +168,7 @@ def test_diffuser_says_to_download_the_report_for_the_prescriber(web: World,
     for o, r in done:
         rep = web.lv.lab.get_report_by_order(bio, o.order_id)
         assert rep.order_status.value == "published"
-        said = _words(r.text)
+        said = text_of(r.text)
         assert r.status_code == 200 and "ne l'envoie pas au prescripteur" in said
         assert f"téléchargez-le (« {DOWNLOAD} »)" in said
         href = f"/console/rapports/{rep.report_id}.pdf"

@@ -5,23 +5,18 @@ whose own catalogue has no labels shows the LOINC display (docs/lab.md, "Test na
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import subprocess
-from html import unescape
 
 from fastapi.testclient import TestClient
 
 from labvault.web.pdf import report_html
 from tests.access.conftest import World
-from tests.web.helpers import form_login, order
+from tests.web.helpers import form_login, order, text_of
 
 HB_FR, HB_LOINC = "Hémoglobine", "Hemoglobin [Mass/volume] in Blood"
 K_LOINC = "Potassium [Moles/volume] in Serum or Plasma"
 
-
-def _words(page: str) -> str:
-    return " ".join(unescape(re.sub(r"<[^>]+>", " ", page)).split())
 
 
 def test_patient_and_staff_read_the_french_names(web: World, browser: TestClient) -> None:
@@ -36,11 +31,11 @@ def test_patient_and_staff_read_the_french_names(web: World, browser: TestClient
                            {"code": "2823-3", "value": "4.2", "unit": "mmol/L"}])
     assert waiting.order_id and received.order_id and panic.order_id
     form_login(browser, web, a.emails["patient"], staff=False)
-    portal = _words(browser.get("/portail").text)
+    portal = text_of(browser.get("/portail").text)
     assert HB_FR in portal and HB_LOINC not in portal and K_LOINC not in portal
     patient = web.lv.accounts.resolve(browser.cookies["labvault_session"])
     mine = browser.app.state.portal.my_report(patient, rep.report_id)  # type: ignore[attr-defined]
-    pdf_page = _words(report_html(mine, {}, "Laboratoire a"))
+    pdf_page = text_of(report_html(mine, {}, "Laboratoire a"))
     assert HB_FR in pdf_page and HB_LOINC not in pdf_page
     pdf = browser.get(f"/portail/rapports/{rep.report_id}.pdf")
     assert pdf.status_code == 200 and pdf.content.startswith(b"%PDF")
@@ -59,14 +54,14 @@ def test_patient_and_staff_read_the_french_names(web: World, browser: TestClient
     staff = TestClient(browser.app, base_url="http://testserver", follow_redirects=False)
     form_login(staff, web, a.emails["biologist"])
     for url in (f"/console/patients/{a.patients[0]}", "/console/validation"):
-        page = _words(staff.get(url).text)
+        page = text_of(staff.get(url).text)
         assert HB_FR in page and HB_LOINC not in page and K_LOINC not in page, url
-    validation = _words(staff.get("/console/validation").text)
+    validation = text_of(staff.get("/console/validation").text)
     assert f"{HB_FR} : 6,5 g/dL — très bas (critique)" in validation      # the panic list
     assert f"à revoir : valeur critique ({HB_FR})" in validation
     staff.cookies.clear()
     form_login(staff, web, a.emails["technician"])
-    bench = _words(staff.get("/console/technique").text)
+    bench = text_of(staff.get("/console/technique").text)
     assert f"Analyses demandées : {HB_FR}, Potassium" in bench and HB_LOINC not in bench
 
 
@@ -82,11 +77,11 @@ def test_a_lab_catalogue_without_labels_shows_the_loinc_display(
     web.lv.lab.load_catalogue(bio, a.tenant_id, plain)
     rep = order(web, a, a.patients[0])
     form_login(browser, web, a.emails["patient"], staff=False)
-    portal = _words(browser.get("/portail").text)
+    portal = text_of(browser.get("/portail").text)
     assert HB_LOINC in portal and K_LOINC in portal and HB_FR not in portal
     patient = web.lv.accounts.resolve(browser.cookies["labvault_session"])
     mine = browser.app.state.portal.my_report(patient, rep.report_id)  # type: ignore[attr-defined]
-    assert HB_LOINC in _words(report_html(mine, {}, "Laboratoire a"))
+    assert HB_LOINC in text_of(report_html(mine, {}, "Laboratoire a"))
     doc = json.loads(browser.get("/portail/donnees.json").content)
     (got,) = [r for r in doc["reports"] if r["id"] == rep.report_id]
     assert {o["label"] for o in got["observations"]} == {HB_LOINC, K_LOINC}

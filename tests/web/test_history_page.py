@@ -15,31 +15,15 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-from labvault.domain.actors import Actor
-from labvault.services.audit import audit_of
 from labvault.web.history import HISTORY_COLUMNS
 from tests.access.conftest import Lab, World
-from tests.web.helpers import HIGH, form_login, order
+from tests.web.helpers import HIGH, logged_in_as, order, staff_accesses, text_of
 
 _N = itertools.count(1)
 RANGE_K = "3,5-5,1 mmol/L"
 
 
-def _words(page: str) -> str:
-    return " ".join(unescape(re.sub(r"<[^>]+>", " ", page)).split())
 
-
-def _as(web: World, browser: TestClient, role: str, lab: str = "a") -> TestClient:
-    client = TestClient(browser.app, base_url="http://testserver", follow_redirects=False)
-    form_login(client, web, (web.a if lab == "a" else web.b).emails[role],
-               staff=role != "patient")
-    return client
-
-
-def _log(web: World, patient_id: str) -> list[dict[str, Any]]:
-    return [e for e in audit_of(web.lv).access_log(Actor.operator(), patient_id,
-                                                   include_denied=True)
-            if e["actor_kind"] == "staff"]
 
 
 def _published(web: World, lab: Lab, patient_id: str, collected: datetime,
@@ -61,7 +45,7 @@ def _published(web: World, lab: Lab, patient_id: str, collected: datetime,
 def _row(page: str, code: str) -> str:
     found = re.search(rf'<tr id="test-{re.escape(code)}">(.*?)</tr>', page, re.S)
     assert found is not None, code
-    return _words(found.group(1))
+    return text_of(found.group(1))
 
 
 def test_the_biologist_reads_the_patients_results_over_time(web: World,
@@ -80,15 +64,15 @@ def test_the_biologist_reads_the_patients_results_over_time(web: World,
     # not validated yet: never in the history
     order(web, a, pid, step="technical", results=[{"code": "718-7", "value": 9.9,
                                                    "unit": "g/dL"}])
-    staff = _as(web, browser, "biologist")
+    staff = logged_in_as(web, browser, "biologist")
     patient_page = staff.get(f"/console/patients/{pid}").text
     href = f"/console/patients/{pid}/historique"
     assert f'href="{href}"' in patient_page and "Historique des résultats" in patient_page
-    before = len(_log(web, pid))
+    before = len(staff_accesses(web, pid))
     r = staff.get(href)
     assert r.status_code == 200, r.text
     page = r.text
-    words = _words(page)
+    words = text_of(page)
     assert "Historique des résultats" in words
     assert a.patient_data[0]["birth_name"] in words          # whose history it is
     # one column per day, newest first
@@ -100,7 +84,7 @@ def test_the_biologist_reads_the_patients_results_over_time(web: World,
     # the reference range of the latest result
     assert k_row.endswith(RANGE_K), k_row
     # one report read (care, the patient named) and one identity read, audited
-    new = _log(web, pid)[before:]
+    new = staff_accesses(web, pid)[before:]
     assert [(e["resource"], e["action"], e["outcome"]) for e in new] == [
         ("report", "read", "allowed"), ("patient", "read", "allowed")]
     assert new[0]["purpose"] == "care"
@@ -110,12 +94,12 @@ def test_the_biologist_reads_the_patients_results_over_time(web: World,
     assert '<option value="2823-3">Potassium</option>' in one
     assert '<option value="718-7" selected>Hémoglobine</option>' in one
     # a test without a result in the period: kept as asked, said
-    none = _words(staff.get(href, params={"analyse": "14682-9"}).text)
+    none = text_of(staff.get(href, params={"analyse": "14682-9"}).text)
     assert "14682-9 (aucun résultat sur la période)" in none
     assert "Aucun résultat validé sur cette période pour cette analyse." in none
     # a period without the first order
     june = staff.get(href, params={"depuis": "2026-04-01", "jusqu_au": "2026-12-31"}).text
-    assert "02/06/2026" in june and "01/03/2026" not in _words(june).split("Afficher", 1)[1]
+    assert "02/06/2026" in june and "01/03/2026" not in text_of(june).split("Afficher", 1)[1]
 
 
 def test_the_technician_reads_it_too_others_are_refused_and_recorded(
@@ -124,29 +108,29 @@ def test_the_technician_reads_it_too_others_are_refused_and_recorded(
     pid = a.patients[0]
     order(web, a, pid)
     href = f"/console/patients/{pid}/historique"
-    assert _as(web, browser, "technician").get(href).status_code == 200
+    assert logged_in_as(web, browser, "technician").get(href).status_code == 200
     for role in ("reception", "lab_admin", "dpo"):
-        before = len(_log(web, pid))
-        client = _as(web, browser, role)
+        before = len(staff_accesses(web, pid))
+        client = logged_in_as(web, browser, role)
         r = client.get(href)
         assert r.status_code == 403, role
         assert "13,1" not in r.text
-        new = _log(web, pid)[before:]
+        new = staff_accesses(web, pid)[before:]
         assert [(e["resource"], e["outcome"]) for e in new] == [("report", "denied")], role
     # the desk reads no report: no link on its patient page
-    assert href not in _as(web, browser, "reception").get(f"/console/patients/{pid}").text
+    assert href not in logged_in_as(web, browser, "reception").get(f"/console/patients/{pid}").text
     # a patient account: not the console
-    assert _as(web, browser, "patient").get(href).status_code == 403
+    assert logged_in_as(web, browser, "patient").get(href).status_code == 403
 
 
 def test_another_laboratorys_patient_answers_like_an_absent_one(
         web: World, browser: TestClient) -> None:
     order(web, web.b, web.b.patients[0])
-    staff = _as(web, browser, "biologist")
+    staff = logged_in_as(web, browser, "biologist")
     theirs = staff.get(f"/console/patients/{web.b.patients[0]}/historique")
     absent = staff.get("/console/patients/pat_doesnotexist/historique")
     assert theirs.status_code == absent.status_code == 404
-    assert _words(theirs.text) == _words(absent.text)
+    assert text_of(theirs.text) == text_of(absent.text)
     assert "13,1" not in theirs.text
 
 
@@ -155,7 +139,7 @@ def test_a_period_the_page_cannot_read_is_said_in_french(web: World,
     a = web.a
     pid = a.patients[0]
     order(web, a, pid)
-    staff = _as(web, browser, "biologist")
+    staff = logged_in_as(web, browser, "biologist")
     href = f"/console/patients/{pid}/historique"
     for params, said in (({"depuis": "hier"}, "Du : ce n'est pas une date"),
                          ({"depuis": "2026-05-01", "jusqu_au": "2026-04-01"},
@@ -164,7 +148,7 @@ def test_a_period_the_page_cannot_read_is_said_in_french(web: World,
                           "Période trop longue")):
         r = staff.get(href, params=params)
         assert r.status_code == 422, params
-        assert said in _words(r.text), params
+        assert said in text_of(r.text), params
         assert "13,1" not in r.text
         assert f'value="{params["depuis"]}"' in r.text          # what was typed, kept
 
@@ -177,7 +161,7 @@ def test_older_days_are_on_the_next_page(web: World, browser: TestClient) -> Non
     for i in range(days):
         _published(web, a, pid, first + timedelta(days=i),
                    [{"code": "718-7", "value": 12 + i / 10, "unit": "g/dL"}])
-    staff = _as(web, browser, "biologist")
+    staff = logged_in_as(web, browser, "biologist")
     page = staff.get(f"/console/patients/{pid}/historique").text
     shown = re.findall(r"<th>(\d\d/\d\d/\d{4})</th>", page)
     assert len(shown) == HISTORY_COLUMNS and shown[0] == "26/01/2026"

@@ -6,9 +6,7 @@ the second-factor page inside the portal's layout."""
 from __future__ import annotations
 
 import json
-import re
 from datetime import datetime
-from html import unescape
 
 from fastapi.testclient import TestClient
 
@@ -16,11 +14,7 @@ from labvault.access.throttle import ACCOUNT_RULES
 from labvault.domain.actors import Actor
 from labvault.services.audit import audit_of
 from tests.access.conftest import PASSWORD, World
-from tests.web.helpers import REQ, SPEC, csrf_in, form_login, order
-
-
-def _words(page: str) -> str:
-    return " ".join(unescape(re.sub(r"<[^>]+>", " ", page)).split())
+from tests.web.helpers import REQ, SPEC, csrf_in, form_login, order, text_of
 
 
 def test_access_log_lists_others_and_counts_the_patients_own_reads(
@@ -31,7 +25,7 @@ def test_access_log_lists_others_and_counts_the_patients_own_reads(
     form_login(browser, web, a.emails["patient"], staff=False)
     for _ in range(3):
         assert browser.get("/portail").status_code == 200
-    page = _words(browser.get("/portail/acces").text)
+    page = text_of(browser.get("/portail/acces").text)
     assert "Personne n'a encore consulté votre dossier, à part vous." in page
     patient = web.lv.accounts.resolve(browser.cookies["labvault_session"])
     rows = audit_of(web.lv).access_log(Actor.operator(), a.patients[0])
@@ -43,7 +37,7 @@ def test_access_log_lists_others_and_counts_the_patients_own_reads(
     assert bio.get(f"/console/patients/{a.patients[0]}").status_code == 200
     web.lv.patients.show(Actor.operator(), a.patients[0], purpose="breach")
     html = browser.get("/portail/acces").text
-    page = _words(html)
+    page = text_of(html)
     others = [r for r in audit_of(web.lv).access_log(patient, a.patients[0])
               if r["actor_kind"] != "patient"]
     assert {r["actor_kind"] for r in others} == {"staff", "operator"}
@@ -157,7 +151,7 @@ def test_login_refusal_says_the_real_lockout_duration(web: World,
     page = browser.get("/login")
     r = browser.post("/login", data={"email": web.a.emails["patient"], "password": "faux",
                                      "csrf": csrf_in(page.text)})
-    said = _words(r.text)
+    said = text_of(r.text)
     assert r.status_code == 401 and "quelques minutes" not in said
     assert (f"Après {ACCOUNT_RULES.lock_after} échecs de suite, le compte est bloqué "
             f"{ACCOUNT_RULES.lock_minutes} minutes") in said
@@ -175,10 +169,10 @@ def test_comparators_are_shown_as_signs(web: World, browser: TestClient) -> None
     (obs,) = [o.observation for o in rep.observations]
     assert obs.comparator == "<=" and obs.value_display() == "<=5"   # stored unchanged
     form_login(browser, web, a.emails["patient"], staff=False)
-    portal = _words(browser.get("/portail").text)
+    portal = text_of(browser.get("/portail").text)
     patient = web.lv.accounts.resolve(browser.cookies["labvault_session"])
     mine = browser.app.state.portal.my_report(patient, rep.report_id)  # type: ignore[attr-defined]
-    pdf = _words(report_html(mine, {}, "Laboratoire a"))
+    pdf = text_of(report_html(mine, {}, "Laboratoire a"))
     for page in (portal, pdf):
         assert "≤ 5 mg/L" in page and "<=" not in page and "&lt;=" not in page
 

@@ -18,13 +18,10 @@ from fastapi.testclient import TestClient
 from labvault.domain.actors import Actor
 from labvault.web.pdf import report_html
 from tests.access.conftest import PASSWORD, World
-from tests.web.helpers import REQ, csrf_in, form_login, order
+from tests.web.helpers import REQ, csrf_in, form_login, order, text_of
 
 PRESCRIBER = f"{REQ['prescriber']['name']} (RPPS {REQ['prescriber']['rpps']})"
 
-
-def _words(page: str) -> str:
-    return " ".join(unescape(re.sub(r"<[^>]+>", " ", page)).split())
 
 
 def test_each_report_names_the_doctor_who_ordered_it(web: World, browser: TestClient) -> None:
@@ -39,15 +36,15 @@ def test_each_report_names_the_doctor_who_ordered_it(web: World, browser: TestCl
     assert rep.prescriber == REQ["prescriber"]
     assert rep.as_json()["prescriber"] == REQ["prescriber"]
     form_login(browser, web, a.emails["patient"], staff=False)
-    assert f"Prescrit par {PRESCRIBER}" in _words(browser.get("/portail").text)
+    assert f"Prescrit par {PRESCRIBER}" in text_of(browser.get("/portail").text)
     patient = web.lv.accounts.resolve(browser.cookies["labvault_session"])
     mine = browser.app.state.portal.my_report(patient, rep.report_id)  # type: ignore[attr-defined]
-    assert f"Prescripteur : {PRESCRIBER}" in _words(report_html(mine, {}, "Laboratoire a"))
+    assert f"Prescripteur : {PRESCRIBER}" in text_of(report_html(mine, {}, "Laboratoire a"))
     bio = TestClient(browser.app, base_url="http://testserver", follow_redirects=False)
     form_login(bio, web, a.emails["biologist"])
-    page = _words(bio.get(f"/console/patients/{a.patients[0]}").text)
+    page = text_of(bio.get(f"/console/patients/{a.patients[0]}").text)
     assert f"Prescripteur de cette demande : {PRESCRIBER}" in page
-    worklist = _words(bio.get("/console/validation").text)
+    worklist = text_of(bio.get("/console/validation").text)
     assert waiting.order_id and f"Prescripteur : {PRESCRIBER}" in worklist
 
 
@@ -63,7 +60,7 @@ def test_pdf_names_the_lab_the_validating_biologist_and_the_time_zone(
     portal = browser.app.state.portal  # type: ignore[attr-defined]
     mine, record = portal.my_report(patient, rep.report_id), portal.my_record(patient)
     lab = web.lv.tenants.get(a.tenant_id)
-    words = _words(report_html(mine, record, lab.name, lab.finess,
+    words = text_of(report_html(mine, record, lab.name, lab.finess,
                                portal.my_specimens(patient, mine)))
     biologist = web.lv.accounts.name_of(web.actor(a.emails["biologist"]))
     assert f"FINESS {lab.finess}" in words
@@ -94,10 +91,10 @@ def test_a_withdrawn_result_shows_no_value_to_the_patient(web: World,
     withdrawn = replace(rep, observations=[
         replace(o, status="cancelled") if o.observation.code == "2823-3" else o
         for o in rep.observations])
-    portal = _words(report_html(withdrawn, {}, "Laboratoire a"))
+    portal = text_of(report_html(withdrawn, {}, "Laboratoire a"))
     assert "annulé" in portal and "4,1" not in portal and "13,1" in portal
     from labvault.web.render import ENV
-    staff = _words(ENV.get_template("_results.html").render(report=withdrawn, staff=True))
+    staff = text_of(ENV.get_template("_results.html").render(report=withdrawn, staff=True))
     assert "4,1" in staff and "annulé" in staff
 
 
@@ -122,7 +119,7 @@ def test_console_shows_the_patients_coverage(web: World, browser: TestClient) ->
     one object, the page looked for top-level fields."""
     a = web.a
     form_login(browser, web, a.emails["biologist"])
-    page = _words(browser.get(f"/console/patients/{a.patients[0]}").text)
+    page = text_of(browser.get(f"/console/patients/{a.patients[0]}").text)
     cov = a.patient_data[0]["coverage"]
     assert f"caisse d'assurance maladie (AMO) {cov['amo']}" in page
     assert f"n° d'adhérent {cov['member_id']}" in page
@@ -142,7 +139,7 @@ def test_publishing_does_not_claim_the_prescriber_has_the_report(web: World,
             browser.post(f"/console/validation/{second.order_id}",
                          data={"csrf": token, "diffuser": "1"})]
     for r in done:
-        said = _words(r.text)
+        said = text_of(r.text)
         assert r.status_code == 200 and "le patient peut l" in said and "sur son portail" in said
         assert "ne l'envoie pas au prescripteur" in said
         assert "le prescripteur et le patient" not in said
@@ -163,7 +160,7 @@ def test_publishing_says_when_the_report_was_queued_for_the_prescribers_system(
         web.lv.delivery.add_destination(op, a.tenant_id, "CHU", "127.0.0.1", 2575, [number],
                                         insecure_plaintext=True)
     destination("10000000041")                     # another prescriber's system
-    said = _words(browser.post(f"/console/diffusion/{orders[0].order_id}",
+    said = text_of(browser.post(f"/console/diffusion/{orders[0].order_id}",
                                data={"csrf": token}).text)
     assert "ne l'envoie pas au prescripteur" in said and "file d'envoi" not in said
     destination(rpps)
@@ -171,7 +168,7 @@ def test_publishing_says_when_the_report_was_queued_for_the_prescribers_system(
             browser.post(f"/console/validation/{orders[2].order_id}",
                          data={"csrf": token, "diffuser": "1"})]
     for r in done:
-        said = _words(r.text)
+        said = text_of(r.text)
         assert r.status_code == 200 and "sur son portail" in said
         assert "mis en file d'envoi vers le système du prescripteur" in said
         assert "ne l'envoie pas au prescripteur" not in said
@@ -191,21 +188,21 @@ def test_the_patient_page_says_whether_each_report_reached_the_prescribers_syste
     token = csrf_in(browser.get("/console").text)
     first = order(web, a, pid, step="final")
     browser.post(f"/console/diffusion/{first.order_id}", data={"csrf": token})
-    page = _words(browser.get(f"/console/patients/{pid}").text)
+    page = text_of(browser.get(f"/console/patients/{pid}").text)
     assert "aucun envoi automatique n'est prévu pour ce prescripteur" in page
     web.lv.delivery.add_destination(op, a.tenant_id, "CHU", "127.0.0.1", 2575, [rpps],
                                     insecure_plaintext=True)
     second, third = order(web, a, pid, step="final"), order(web, a, pid, step="final")
     for o in (second, third):
         browser.post(f"/console/diffusion/{o.order_id}", data={"csrf": token})
-    page = _words(browser.get(f"/console/patients/{pid}").text)
+    page = text_of(browser.get(f"/console/patients/{pid}").text)
     assert page.count("en file d'envoi vers le système du prescripteur") == 2
     due = {d.report_id: d for d in web.lv.delivery.due(a.tenant_id)}
     assert len(due) == 2
     got, lost = sorted(due.values(), key=lambda d: d.outbox_id)
     web.lv.delivery.record(got, "delivered", ack_code="AA")
     web.lv.delivery.record(lost, "refused", ack_code="AE", error="patient inconnu")
-    page = _words(browser.get(f"/console/patients/{pid}").text)
+    page = text_of(browser.get(f"/console/patients/{pid}").text)
     assert "reçu par le système du prescripteur le" in page
     assert "non remis au système du prescripteur" in page
     assert "patient inconnu" not in page                     # the error stays in the CLI/alert
@@ -228,7 +225,7 @@ def test_every_interpretation_flag_is_said_in_french(web: World, browser: TestCl
     a = web.a
     order(web, a, a.patients[0], results=[{"code": "1988-5", "value": "<10", "unit": "mg/L"}])
     form_login(browser, web, a.emails["patient"], staff=False)
-    page = _words(browser.get("/portail").text)
+    page = text_of(browser.get("/portail").text)
     assert "indéterminé" in page and " IND " not in f" {page} "
 
 
@@ -246,7 +243,7 @@ def test_every_purpose_of_an_access_is_said_in_french() -> None:
     row = {"at": "2026-03-01T08:00:00+00:00", "actor_kind": "operator", "lab": None,
            "action": "read", "categories": ["contact"], "purpose": "breach",
            "break_glass": False}
-    page = _words(ENV.get_template("access_log.html").render(
+    page = text_of(ENV.get_template("access_log.html").render(
         user=None, rows=[row], dpo={"name": "", "email": "", "phone": ""}))
     assert "information après une violation de données" in page and "breach" not in page
 
@@ -304,6 +301,6 @@ def test_the_portal_says_how_to_reach_the_dpo(web: World, browser: TestClient,
     monkeypatch.setenv("LABVAULT_DPO_NAME", "Claire Fabre")
     monkeypatch.setenv("LABVAULT_DPO_EMAIL", "dpo@labo-flandres.example.org")
     for path in ("/portail/acces", "/portail/effacement"):
-        page = _words(browser.get(path).text)
+        page = text_of(browser.get(path).text)
         assert ("Délégué à la protection des données : Claire Fabre — "
                 "dpo@labo-flandres.example.org.") in page
