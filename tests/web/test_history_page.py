@@ -15,6 +15,7 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
+from labvault.domain.actors import Actor
 from labvault.web.history import HISTORY_COLUMNS
 from tests.access.conftest import Lab, World
 from tests.web.helpers import HIGH, logged_in_as, order, staff_accesses, text_of
@@ -172,3 +173,19 @@ def test_older_days_are_on_the_next_page(web: World, browser: TestClient) -> Non
     rest = re.findall(r"<th>(\d\d/\d\d/\d{4})</th>", older)
     assert rest == ["06/01/2026", "05/01/2026"]
     assert "Résultats plus anciens" not in older
+
+
+def test_a_merged_duplicate_says_where_its_results_went(web: World,
+                                                        browser: TestClient) -> None:
+    """A duplicate merged since answers as the patient page does: merged into the record
+    kept (for whoever may read that record), not a bare "no such patient"."""
+    a = web.a
+    keep = a.patients[0]
+    p = a.patient_data[0]
+    dup = web.lv.patients.register(Actor.operator(), a.tenant_id, {
+        "birth_name": p["birth_name"] + "X", "first_names": p["first_names"],
+        "birth_date": p["birth_date"], "sex": p["sex"]})
+    web.lv.patients.merge(web.actor(a.emails["lab_admin"]), keep, dup, "doublon d'accueil")
+    r = logged_in_as(web, browser, "biologist").get(f"/console/patients/{dup}/historique")
+    assert r.status_code == 404
+    assert f"a été fusionné dans le dossier {keep}" in text_of(r.text)

@@ -642,6 +642,13 @@ class PatientService:
                 "categories": sorted(c.value for c in opened[patient_id]),
                 **_times(meta), **PatientRecord.from_categories(opened[patient_id])}
 
+    def say_if_merged(self, actor: Actor, patient_id: str, purpose: str = "care") -> None:
+        """After a miss of another service on ``patient_id`` (a page reading the patient's
+        results, say): ``PatientMerged`` when it is a duplicate merged into a record the
+        actor may read (``_merged``); otherwise returns and the caller's miss stands."""
+        with self.lv.begin() as conn:
+            self._merged(conn, actor, patient_id, frozenset({Category.IDENTITY}), purpose)
+
     def _merged(self, conn: Connection, actor: Actor, patient_id: str,
                 cats: frozenset[Category], purpose: str) -> None:
         """After a miss: if ``patient_id`` is a duplicate merged into another record of

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Query, Response
 
 from labvault.api.deps import LV
 from labvault.domain.categories import Category
-from labvault.errors import InvalidField
+from labvault.errors import InvalidField, NotFound
 from labvault.services.lab_history import HISTORY_MAX_DAYS, HistoryResult, ResultHistory
 from labvault.web.render import PARIS, WebRoute, html
 from labvault.web.routes import User, _staff
@@ -110,8 +110,13 @@ def history_page(patient_id: str, user: User, lv: LV,
         since = _start(first) if first else None
         if since is not None and until is None:     # from a day on: up to today
             until = _start(lv.now().astimezone(PARIS).date() + timedelta(days=1))
-        history = lv.lab.results_history(user.actor, tenant_id, patient_id, code=code,
-                                         since=since, until=until)
+        try:
+            history = lv.lab.results_history(user.actor, tenant_id, patient_id, code=code,
+                                             since=since, until=until)
+        except NotFound:
+            # a duplicate merged since: say where its results went, as the patient page does
+            lv.patients.say_if_merged(user.actor, patient_id)
+            raise
     except InvalidField as exc:
         return html("history.html", 422, user=user, patient_id=patient_id, history=None,
                     table=None, record=None, typed=typed, problem=_period_fr(exc),
