@@ -21,7 +21,7 @@ from fastapi import APIRouter, Query, Request, Response
 from labvault.api.deps import LV
 from labvault.errors import AccessDenied, NotFound
 from labvault.services.audit import audit_of
-from labvault.web.render import PARIS, ROLE_FR, WebRoute, html
+from labvault.web.render import ROLE_FR, WebRoute, day_start, html
 from labvault.web.routes import Csrf, User, WebUser, _check_csrf, _staff
 
 router = APIRouter(route_class=WebRoute, include_in_schema=False)
@@ -94,11 +94,8 @@ def _period(depuis: str, jusqua: str) -> tuple[datetime | None, datetime | None,
         errors["jusqua"] = "la fin de la période est avant son début : corrigez l'une des dates"
     if errors:
         return None, None, errors
-
-    def at(d: date | None) -> datetime | None:
-        return None if d is None else datetime(d.year, d.month, d.day, tzinfo=PARIS)
-
-    return at(start), at(end + timedelta(days=1) if end else None), {}
+    return (day_start(start) if start else None,
+            day_start(end + timedelta(days=1)) if end else None, {})
 
 
 def roles_fr(roles: list[str]) -> str:

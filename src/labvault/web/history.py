@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
+from datetime import date, datetime, timedelta
 from typing import Annotated
 from urllib.parse import quote, urlencode
 
@@ -18,7 +18,7 @@ from labvault.api.deps import LV
 from labvault.domain.categories import Category
 from labvault.errors import InvalidField, NotFound
 from labvault.services.lab_history import HISTORY_MAX_DAYS, HistoryResult, ResultHistory
-from labvault.web.render import PARIS, WebRoute, html
+from labvault.web.render import PARIS, WebRoute, day_start, html
 from labvault.web.routes import User, _staff
 
 router = APIRouter(route_class=WebRoute, include_in_schema=False)
@@ -83,11 +83,6 @@ def _day(value: str, name: str) -> date | None:
         raise InvalidField(name, "is not a date (AAAA-MM-JJ)") from None
 
 
-def _start(d: date) -> datetime:
-    """The start of a Paris day, as the aware time the service takes."""
-    return datetime.combine(d, time(), PARIS)
-
-
 @router.get(HISTORY)
 def history_page(patient_id: str, user: User, lv: LV,
                  analyse: Annotated[str, Query(max_length=40)] = "",
@@ -106,10 +101,10 @@ def history_page(patient_id: str, user: User, lv: LV,
              "jusqu_au": jusqu_au.strip()}
     try:
         first, last = _day(depuis, "depuis"), _day(jusqu_au, "jusqu_au")
-        until = _start(last + timedelta(days=1)) if last else None
-        since = _start(first) if first else None
+        until = day_start(last + timedelta(days=1)) if last else None
+        since = day_start(first) if first else None
         if since is not None and until is None:     # from a day on: up to today
-            until = _start(lv.now().astimezone(PARIS).date() + timedelta(days=1))
+            until = day_start(lv.now().astimezone(PARIS).date() + timedelta(days=1))
         try:
             history = lv.lab.results_history(user.actor, tenant_id, patient_id, code=code,
                                              since=since, until=until)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Coroutine, Mapping
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, time
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -22,6 +22,11 @@ from labvault.errors import AuthenticationFailed, UserError
 
 log = logging.getLogger("labvault.web")
 PARIS = ZoneInfo("Europe/Paris")
+
+
+def day_start(d: date) -> datetime:
+    """The start of a Paris day, as the aware time the services take (a period's bound)."""
+    return datetime.combine(d, time(), PARIS)
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 ROLE_FR = {"reception": "accueil", "technician": "technicien", "biologist": "biologiste",
