@@ -278,10 +278,19 @@ class Gate:
         """Open a tenant-level value after a ``check`` the caller already made
         (e.g. one check for a page of alerts)."""
         self._load_tenant_keys(conn, tenant_id)
-        key_id, _ = unpack(sealed)
-        version = int(key_id.rsplit("-", 1)[1])
-        key = self.keyring.tenant_data_key(tenant_id, purpose, version)
+        key = self._sealing_key(tenant_id, table, column, sealed, purpose)
         return key.open(SealContext(tenant_id, table, column, record_id), sealed)
+
+    def _sealing_key(self, tenant_id: str, table: str, column: str, sealed: bytes,
+                     purpose: str) -> DataKey:
+        """The tenant key version a sealed value's envelope names (``data-3``...)."""
+        key_id, _ = unpack(sealed)
+        try:
+            version = int(key_id.rsplit("-", 1)[1])
+        except (IndexError, ValueError):
+            raise IntegrityError(f"{table}.{column}: a value sealed under an unknown "
+                                 f"key {key_id!r}") from None
+        return self.keyring.tenant_data_key(tenant_id, purpose, version)
 
     def tenant_column_sealer(self, conn: Connection, tenant_id: str, table: str, column: str,
                              purpose: str = "data") -> ColumnSealer:
@@ -309,13 +318,7 @@ class Gate:
                               []).append(i)
         out: list[bytes] = [b""] * len(items)
         for head, rows in groups.items():
-            key_id, _ = unpack(head)
-            try:
-                version = int(key_id.rsplit("-", 1)[1])
-            except (IndexError, ValueError):
-                raise IntegrityError(f"{table}.{column}: a value sealed under an unknown "
-                                     f"key {key_id!r}") from None
-            sealer = self.keyring.tenant_data_key(tenant_id, purpose, version).column(
+            sealer = self._sealing_key(tenant_id, table, column, head, purpose).column(
                 tenant_id, table, column)
             for i, opened in zip(rows, sealer.open_many([items[i] for i in rows]), strict=True):
                 out[i] = opened
